@@ -1,0 +1,299 @@
+"""Pure tensor maths on the orthogonal group O(n). No nn.Module lives here.
+
+Every function accepts a stack of matrices, shape ``(..., n, n)``, and works on
+each matrix of the stack independently. Names follow the papers they come from:
+
+- polar factor, QR factor and the Newton-Schulz polar iteration (projections onto O(n));
+- Cayley map and matrix exponential (maps from skew-symmetric matrices onto SO(n));
+- ``sharp`` and the steepest-descent step on O(n) under the spectral norm
+  (Bernstein & Newhouse, "modula" docs, section "orthogonal manifold");
+- orthogonal Procrustes (Schoenemann 1966);
+- Haar sampling (Mezzadri 2007, "How to generate random matrices from the classical
+  compact groups").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_square",
+    "eye_like",
+    "skew",
+    "safe_svd",
+    "polar",
+    "qr_orthogonal",
+    "newton_schulz",
+    "cayley",
+    "expm",
+    "sharp",
+    "tangent_gradient",
+    "steepest_step",
+    "procrustes",
+    "orth_error",
+    "identity_distance",
+    "identity_distance_spectral",
+    "haar_orthogonal",
+]
+
+
+def check_square(A: Tensor, name: str = "matrix", n: int | None = None) -> None:
+    """Raise ValueError unless ``A`` has shape (..., n, n) (and the given n, if any)."""
+    if A.ndim < 2 or A.shape[-1] != A.shape[-2]:
+        want = f"(..., {n}, {n})" if n is not None else "(..., n, n)"
+        raise ValueError(f"{name} must be square with shape {want}; got {tuple(A.shape)}")
+    if n is not None and A.shape[-1] != n:
+        raise ValueError(f"{name} must have shape (..., {n}, {n}); got {tuple(A.shape)}")
+
+
+def _eps(A: Tensor) -> float:
+    return torch.finfo(A.dtype).eps
+
+
+def eye_like(A: Tensor) -> Tensor:
+    """Identity matrices with the shape, dtype and device of ``A`` (..., n, n)."""
+    n = A.shape[-1]
+    return torch.eye(n, dtype=A.dtype, device=A.device).expand(A.shape)
+
+
+def skew(A: Tensor) -> Tensor:
+    """Skew-symmetric part (A - A^T) / 2."""
+    return 0.5 * (A - A.mT)
+
+
+def safe_svd(A: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Reduced SVD ``A = U diag(S) Vh`` with a float64 retry.
+
+    ``torch.linalg.svd`` in float32 occasionally fails to converge on finite,
+    well-conditioned matrices with some LAPACK builds; retrying in float64 is
+    cheap at our sizes and always succeeds on finite input.
+    """
+    if not torch.is_floating_point(A):
+        raise TypeError(f"SVD needs a floating-point tensor; got {A.dtype}")
+    try:
+        U, S, Vh = torch.linalg.svd(A, full_matrices=False)
+        if A.dtype == torch.float64 or bool(torch.isfinite(S).all()):
+            return U, S, Vh
+    except RuntimeError:  # torch.linalg.LinAlgError is a RuntimeError
+        if A.dtype == torch.float64:
+            raise
+    if not bool(torch.isfinite(A).all()):
+        raise ValueError("cannot take the SVD of a matrix with non-finite entries")
+    U, S, Vh = torch.linalg.svd(A.double(), full_matrices=False)
+    return U.to(A.dtype), S.to(A.dtype), Vh.to(A.dtype)
+
+
+# --------------------------------------------------------------------------- projections
+
+
+def polar(A: Tensor) -> Tensor:
+    """Orthogonal polar factor U V^T of A = U S V^T: the nearest orthogonal matrix in
+    Frobenius (and spectral) norm. Unique when A is invertible."""
+    check_square(A)
+    U, _, Vh = safe_svd(A)
+    return U @ Vh
+
+
+def qr_orthogonal(A: Tensor) -> Tensor:
+    """Q of A = QR with the signs fixed so that diag(R) >= 0.
+
+    With that convention the map A -> Q is continuous on invertible matrices and
+    returns Q itself for an orthogonal Q (its R is then the identity)."""
+    check_square(A)
+    Q, R = torch.linalg.qr(A)
+    d = torch.diagonal(R, dim1=-2, dim2=-1)
+    signs = torch.where(d < 0, -torch.ones_like(d), torch.ones_like(d))
+    return Q * signs.unsqueeze(-2)
+
+
+def newton_schulz(
+    A: Tensor, max_steps: int = 100, tol: float | None = None, return_steps: bool = False
+):
+    """Polar factor by the cubic Newton-Schulz iteration X <- 1.5 X - 0.5 X X^T X.
+
+    The input is first divided by an upper bound on its spectral norm, so every
+    singular value lies in (0, 1]; the cubic map sends each singular value towards
+    1 (quadratically near 1), so the iteration converges to the polar factor of any
+    invertible A (Higham, "Functions of Matrices", 8.3). It stops when
+    ||X^T X - I||_F <= tol for every matrix of the batch (default: 4 n eps, the
+    round-off floor of the check itself), when that error stops decreasing, or
+    after ``max_steps``. Unlike Muon's quintic coefficients, which only push
+    singular values into a band around 1, this is an exact projection.
+    Rank-deficient input has no orthogonal polar factor; use ``polar`` for it.
+    """
+    check_square(A)
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1; got {max_steps}")
+    n = A.shape[-1]
+    tol = 4 * n * _eps(A) if tol is None else tol
+    fro = torch.linalg.matrix_norm(A, ord="fro", keepdim=True)
+    # sqrt(||A||_1 ||A||_inf) is another upper bound on ||A||_2, often tighter.
+    one_inf = torch.sqrt(
+        torch.linalg.matrix_norm(A, ord=1, keepdim=True)
+        * torch.linalg.matrix_norm(A, ord=math.inf, keepdim=True)
+    )
+    scale = torch.minimum(fro, one_inf).clamp_min(torch.finfo(A.dtype).tiny)
+    X = A / scale
+    I = eye_like(X)
+    best = math.inf
+    steps = 0
+    for steps in range(1, max_steps + 1):
+        XtX = X.mT @ X
+        err = float(torch.linalg.matrix_norm(XtX - I).max())
+        if err <= tol or err >= best:  # converged, or stalled at round-off
+            steps -= 1
+            break
+        best = err
+        X = 1.5 * X - 0.5 * (X @ XtX)
+    return (X, steps) if return_steps else X
+
+
+# --------------------------------------------------------------------------- maps from so(n)
+
+
+def cayley(A: Tensor) -> Tensor:
+    """Cayley map Q = (I - A/2)^(-1) (I + A/2) of a skew-symmetric A; Q is in SO(n).
+
+    The halves make it agree with exp(A) up to second order."""
+    check_square(A)
+    I = eye_like(A)
+    return torch.linalg.solve(I - 0.5 * A, I + 0.5 * A)
+
+
+def expm(A: Tensor) -> Tensor:
+    """Matrix exponential; for skew-symmetric A the result is in SO(n)."""
+    check_square(A)
+    return torch.linalg.matrix_exp(A)
+
+
+# --------------------------------------------------------------------------- manifold steps
+
+
+def sharp(M: Tensor, rtol: float | None = None) -> tuple[Tensor, Tensor]:
+    """Dual map of the spectral norm: sharp(M) = U V^T over the non-zero singular values.
+
+    Returns ``(sharp(M), S)`` with the singular values S (descending). Singular values
+    at most ``rtol * max(S)`` count as zero (default rtol: n eps). For M = 0 the
+    result is 0.
+    """
+    check_square(M)
+    U, S, Vh = safe_svd(M)
+    rtol = M.shape[-1] * _eps(M) if rtol is None else rtol
+    keep = S > rtol * S[..., :1]
+    return (U * keep.unsqueeze(-2).to(U.dtype)) @ Vh, S
+
+
+def tangent_gradient(W: Tensor, G: Tensor) -> Tensor:
+    """Riemannian gradient on O(n) under the embedded metric: W skew(W^T G)."""
+    return W @ skew(W.mT @ G)
+
+
+def steepest_step(W: Tensor, G: Tensor, eta: float, rtol: float | None = None) -> Tensor:
+    """One steepest-descent step on O(n) under the spectral norm (modula docs,
+    "orthogonal manifold").
+
+    X = sharp(W^T G - G^T W) is the unit-spectral-norm skew direction of steepest
+    descent. If that skew matrix has full rank, X is orthogonal and skew, so
+    X^T X = I and X + X^T = 0, hence (I - eta X)^T (I - eta X) = (1 + eta^2) I and
+
+        W <- W (I - eta X) / sqrt(1 + eta^2)
+
+    stays on O(n) exactly. Otherwise (always for odd n, where a skew matrix is
+    singular) W <- polar(W (I - eta X)).
+
+    Branch tolerance: the polar factor of A is perturbed by about eps * ||A|| / s_min(A)
+    (Higham, "Functions of Matrices", thm 8.9), so the first branch is taken only when
+    s_min > sqrt(eps) s_max, which bounds X's departure from O(n) by ~sqrt(eps). One
+    Newton-Schulz polishing step, X <- 1.5 X - 0.5 X X^T X, then squares whatever
+    error remains (from either branch), so round-off never accumulates over steps.
+    A zero gradient leaves W unchanged.
+    """
+    check_square(W, "W")
+    if G.shape != W.shape:
+        raise ValueError(f"G must have the shape of W, {tuple(W.shape)}; got {tuple(G.shape)}")
+    A = W.mT @ G - G.mT @ W  # skew, (..., n, n)
+    X, S = sharp(A)
+    X = skew(X)  # exact skew-symmetry; sharp of a skew matrix is skew up to round-off
+    rtol = math.sqrt(_eps(W)) if rtol is None else rtol
+    full_rank = S[..., -1] > rtol * S[..., 0]  # (...,)
+    step = W - eta * (W @ X)  # W (I - eta X)
+    if bool(full_rank.all()):
+        W_new = step / math.sqrt(1.0 + eta * eta)
+    elif not bool(full_rank.any()):
+        W_new = polar(step)
+    else:
+        mask = full_rank[..., None, None]
+        W_new = torch.where(mask, step / math.sqrt(1.0 + eta * eta), polar(step))
+    zero_grad = (S[..., 0] == 0)[..., None, None]
+    W_new = torch.where(zero_grad, W, W_new)
+    return 1.5 * W_new - 0.5 * W_new @ (W_new.mT @ W_new)
+
+
+# --------------------------------------------------------------------------- fits and measures
+
+
+def procrustes(X: Tensor, Y: Tensor) -> tuple[Tensor, Tensor]:
+    """Orthogonal Procrustes: the orthogonal Q minimising ||Y - X Q^T||_F.
+
+    X, Y: (..., N, d) rows are samples, so each row y ~ Q x. Q = polar(Y^T X)
+    (Schoenemann 1966). Returns ``(Q, relative_residual)`` with
+    relative_residual = ||Y - X Q^T||_F / ||Y||_F (0 when Y = 0 and the fit is exact).
+    """
+    if X.shape != Y.shape or X.ndim < 2:
+        raise ValueError(
+            f"X and Y must both have shape (..., N, d); got {tuple(X.shape)} and {tuple(Y.shape)}"
+        )
+    Q = polar(Y.mT @ X)  # (..., d, d)
+    resid = torch.linalg.matrix_norm(Y - X @ Q.mT)
+    denom = torch.linalg.matrix_norm(Y)
+    rel = torch.where(denom > 0, resid / denom.clamp_min(torch.finfo(Y.dtype).tiny), resid)
+    return Q, rel
+
+
+def orth_error(W: Tensor) -> Tensor:
+    """||W^T W - I||_F, zero exactly on O(n)."""
+    check_square(W, "W")
+    return torch.linalg.matrix_norm(W.mT @ W - eye_like(W))
+
+
+def identity_distance(W: Tensor) -> Tensor:
+    """||W - I||_F."""
+    check_square(W, "W")
+    return torch.linalg.matrix_norm(W - eye_like(W))
+
+
+def identity_distance_spectral(W: Tensor) -> Tensor:
+    """||W - I||_2 (largest singular value of W - I)."""
+    check_square(W, "W")
+    return torch.linalg.matrix_norm(W - eye_like(W), ord=2)
+
+
+def haar_orthogonal(
+    n: int,
+    *batch: int,
+    generator: torch.Generator | None = None,
+    special: bool = True,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Haar-distributed orthogonal matrices, shape (*batch, n, n).
+
+    QR of a Gaussian matrix with diag(R) > 0 is Haar on O(n) (Mezzadri 2007).
+    With ``special=True`` (default) the result is Haar on SO(n): matrices with
+    det = -1 get their first column negated, a measure-preserving bijection
+    between the two components of O(n).
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1; got {n}")
+    gen_device = generator.device if generator is not None else device
+    Z = torch.randn(*batch, n, n, generator=generator, dtype=torch.float64, device=gen_device)
+    Q = qr_orthogonal(Z)
+    if special:
+        det = torch.linalg.det(Q)
+        flip = torch.ones_like(Q[..., 0, :])
+        flip[..., 0] = torch.where(det < 0, -1.0, 1.0)
+        Q = Q * flip.unsqueeze(-2)
+    return Q.to(dtype=dtype, device=device if device is not None else Q.device)

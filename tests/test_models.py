@@ -1,0 +1,96 @@
+"""Models: every kind trains in our ResNets, torchvision ResNets patch exactly, residual MLPs."""
+
+import pytest
+import torch
+import torchvision
+
+from orthogonal_skip_connections import ResidualMLP, get_model, patch_skips, skip_diagnostics, summarize_skips
+from orthogonal_skip_connections.skips import ORTH_METHODS, SKIP_KINDS
+
+VARIANTS = [(k, {}) for k in SKIP_KINDS if k != "learnable_orth"] + [
+    ("learnable_orth", {"method": m}) for m in ORTH_METHODS
+]
+
+
+@pytest.mark.parametrize("model_type", ["resnet20", "resnet18"])
+@pytest.mark.parametrize("kind,opts", VARIANTS)
+def test_every_kind_forward_backward_finite_gradients(model_type, kind, opts):
+    model = get_model(model_type, num_classes=10, skip_kind=kind, init="haar", **opts)
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (2, 10)
+    torch.nn.functional.cross_entropy(out, torch.tensor([1, 2])).backward()
+    for name, p in model.named_parameters():
+        if kind == "zero" and ".shortcut." in name:  # no skip path: the projection is unused
+            assert p.grad is None
+        elif p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_model_types_and_stems():
+    for model_type, blocks in [("resnet20", 9), ("resnet32", 15), ("resnet56", 27)]:
+        m = get_model(model_type, 100)
+        assert sum(1 for _ in m.modules() if hasattr(_, "skip")) == blocks
+    m = get_model("resnet50", 10, stem="imagenet", in_channels=1, skip_kind="scalar")
+    assert m(torch.randn(1, 1, 64, 64)).shape == (1, 10)
+    assert get_model("resnet20", 10, in_channels=1)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    with pytest.raises(ValueError, match="unknown model_type 'resnet7'"):
+        get_model("resnet7", 10)
+    with pytest.raises(ValueError, match="unknown stem"):
+        get_model("resnet18", 10, stem="tiny")
+
+
+def test_zero_init_residual_block_is_its_skip():
+    m = get_model("resnet20", 10, zero_init_residual=True).eval()
+    block = m.stages[0][1]
+    x = torch.randn(2, 16, 8, 8).relu()
+    torch.testing.assert_close(block(x), x)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_patch_torchvision_identity_is_bit_identical(arch):
+    model = getattr(torchvision.models, arch)(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+        patch_skips(model, "identity")
+        assert torch.equal(model(x), before)
+        patch_skips(model, "learnable_orth", init="identity", method="steepest")
+        torch.testing.assert_close(model(x), before, atol=1e-6, rtol=1e-6)
+        patch_skips(model, "learnable_orth", init="identity", method="exp")
+        torch.testing.assert_close(model(x), before, atol=1e-6, rtol=1e-6)
+        patch_skips(model, "identity")  # back to the plain model
+        assert torch.equal(model(x), before)
+    if arch == "resnet18":  # (Haar matrices of size 2048 for resnet50 would only cost time)
+        patch_skips(model, "learnable_orth", method="cayley", init="haar")
+        rows = skip_diagnostics(model)
+        assert len(rows) == 8 and all(r["det_sign"] == 1 for r in rows)
+        assert model(x).shape == (2, 10)
+
+
+def test_patch_our_resnet_and_rejects_models_without_blocks():
+    m = patch_skips(get_model("resnet20", 10), "scalar")
+    assert {r["kind"] for r in skip_diagnostics(m)} == {"scalar"}
+    with pytest.raises(ValueError, match="found no residual blocks"):
+        patch_skips(torch.nn.Linear(3, 3), "identity")
+
+
+def test_diagnostics_measure_distance_and_orthogonality():
+    m = get_model("resnet20", 10, skip_kind="fixed_orth")
+    s = summarize_skips(skip_diagnostics(m))
+    assert s["skip_orth_error_max"] < 1e-5 and s["skip_identity_distance_mean"] > 1.0
+    assert s["skip_negative_det_count"] == 0
+    s = summarize_skips(skip_diagnostics(get_model("resnet20", 10)))
+    assert s["skip_orth_error_max"] is None and s["skip_identity_distance_mean"] is None
+
+
+def test_residual_mlp_exposes_skip_and_branch():
+    torch.manual_seed(0)
+    mlp = ResidualMLP(dim=2, depth=3, hidden_mult=4, skip_kind="learnable_orth", num_classes=3, init="haar")
+    x = torch.randn(7, 2)
+    assert mlp(x).shape == (7, 3)
+    block = mlp.blocks[0]
+    torch.testing.assert_close(block(x), x @ block.skip.weight.T + block.branch(x))
+    assert mlp.features(x, upto=0).shape == (7, 2)
+    emb = ResidualMLP(dim=16, depth=2, in_features=5, num_classes=2)
+    assert emb(torch.randn(4, 5)).shape == (4, 2)

@@ -1,0 +1,178 @@
+"""The skip contract: every kind, every input layout, the constraint kept under optimisation."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from orthogonal_skip_connections import orthogonal as O
+from orthogonal_skip_connections.skips import (
+    ORTH_METHODS,
+    PARAMETRIZED_METHODS,
+    SKIP_KINDS,
+    OrthogonalUpkeep,
+    apply_matrix,
+    make_skip,
+    split_parameters,
+)
+
+ALL_VARIANTS = [(k, {}) for k in SKIP_KINDS if k != "learnable_orth"] + [
+    ("learnable_orth", {"method": m, "init": i}) for m in ORTH_METHODS for i in ("identity", "haar")
+]
+
+
+@pytest.mark.parametrize("kind,opts", ALL_VARIANTS)
+def test_every_kind_applies_to_every_layout(kind, opts):
+    C = 6
+    skip = make_skip(kind, C, **opts)
+    W = skip.weight
+    x2, x3, x4 = torch.randn(5, C), torch.randn(5, 4, C), torch.randn(5, C, 3, 3)
+    for x in (x2, x3):
+        y = skip(x) + torch.zeros_like(x)
+        expected = x if kind == "identity" else torch.zeros_like(x) if kind == "zero" else x @ W.T
+        torch.testing.assert_close(y, expected)
+    y4 = skip(x4) + torch.zeros_like(x4)
+    expected4 = torch.einsum("oc,nchw->nohw", W, x4) if W is not None else (x4 if kind == "identity" else 0 * x4)
+    torch.testing.assert_close(y4, expected4)
+    # channels_last input gives the same numbers
+    y4_cl = skip(x4.contiguous(memory_format=torch.channels_last)) + torch.zeros_like(x4)
+    torch.testing.assert_close(y4_cl, y4)
+    if kind in ("fixed_orth", "learnable_orth"):
+        assert O.orth_error(W.detach()) < 1e-5
+    if kind == "idempotent":
+        torch.testing.assert_close(W @ W, W, atol=1e-5, rtol=0)
+        assert round(float(torch.trace(W))) == 3  # rank fraction 0.5 of 6
+
+
+def test_apply_matrix_channels_last_needs_no_copy():
+    x = torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    y = apply_matrix(x, O.haar_orthogonal(8))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_haar_init_is_special_unless_asked():
+    dets = [torch.linalg.det(make_skip("learnable_orth", 4, init="haar").weight).item() for _ in range(20)]
+    assert all(d > 0 for d in dets)
+    dets = [
+        torch.linalg.det(make_skip("learnable_orth", 4, init="haar", special=False).weight).item()
+        for _ in range(40)
+    ]
+    assert any(d < 0 for d in dets)
+
+
+def test_generator_makes_init_reproducible():
+    a = make_skip("fixed_orth", 8, generator=torch.Generator().manual_seed(3)).weight
+    b = make_skip("fixed_orth", 8, generator=torch.Generator().manual_seed(3)).weight
+    assert torch.equal(a, b)
+
+
+def test_original_option_names_accepted():
+    s = make_skip("learnable_orth", 4, update_rule="qr", update_rule_iters=7)
+    assert s.method == "qr" and s.ns_steps == 7
+    assert make_skip("learnable_orth", 4, update_rule="svd").method == "svd"
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: make_skip("bogus", 4), "unknown skip kind 'bogus'; allowed: identity, zero"),
+        (lambda: make_skip("learnable_orth", 4, method="adam"), "allowed: steepest, svd, qr"),
+        (lambda: make_skip("learnable_orth", 4, init="ones"), "allowed: identity, haar"),
+        (lambda: make_skip("identity", 4, colour="red"), "unknown skip option"),
+        (lambda: make_skip("idempotent", 4, rank_fraction=0), r"rank_fraction must be in \(0, 1\]"),
+        (lambda: make_skip("linear", 0), "channels must be a positive int"),
+    ],
+)
+def test_bad_input_names_allowed_values(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_mismatched_input_says_expected_shape():
+    with pytest.raises(ValueError, match=r"expects \(N, 4\), \(N, T, 4\) or \(N, 4, H, W\); got \(2, 5\)"):
+        make_skip("linear", 4)(torch.randn(2, 5))
+
+
+def make_optimiser(skip, lr=0.1, momentum=0.9, weight_decay=5e-4):
+    """Weight decay on every parameter except constrained ones (the library's rule: for
+    householder, decay would shrink the fixed -1 diagonal of torch's parametrization, which
+    it reads through .int(), and W would collapse to 0)."""
+    groups = split_parameters(skip)
+    param_groups = [
+        {"params": groups["other"], "weight_decay": weight_decay},
+        {"params": groups["constrained"], "weight_decay": 0.0},
+    ]
+    param_groups = [g for g in param_groups if g["params"]] or [{"params": [torch.zeros(1, requires_grad=True)]}]
+    opt = torch.optim.SGD(param_groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return opt, OrthogonalUpkeep(skip, momentum=momentum, optimizer=opt)
+
+
+@pytest.mark.parametrize("method", ORTH_METHODS)
+def test_learnable_orth_stays_orthogonal_after_1000_sgd_steps(method):
+    """SGD lr 0.1, momentum 0.9, weight decay 5e-4, on a regression towards a rotation."""
+    C = 64
+    g = torch.Generator().manual_seed(0)
+    target = O.haar_orthogonal(C, generator=g)
+    skip = make_skip("learnable_orth", C, method=method, init="haar", generator=g)
+    opt, upkeep = make_optimiser(skip)
+    assert len(upkeep) == (0 if method in PARAMETRIZED_METHODS else 1)
+
+    def loss_fn():
+        x = torch.randn(32, C, 2, 2, generator=g)
+        return F.mse_loss(skip(x), apply_matrix(x, target))
+
+    first = loss_fn().item()
+    for _ in range(1000):
+        opt.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        opt.step()
+        upkeep.step(lr=opt.param_groups[0]["lr"])
+    W = skip.weight.detach()
+    assert O.orth_error(W) <= 1e-4
+    assert loss_fn().item() < first  # it learned something on the way
+
+
+def test_retracted_matrix_is_moved_only_by_upkeep():
+    skip = make_skip("learnable_orth", 8, method="steepest")
+    groups = split_parameters(skip)
+    assert groups["retracted"] == [skip.weight] and not groups["other"]
+    bad = torch.optim.SGD(skip.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="also in the optimiser"):
+        OrthogonalUpkeep(skip, optimizer=bad)
+
+
+def test_parametrized_weights_are_constrained_group():
+    skip = make_skip("learnable_orth", 8, method="cayley")
+    groups = split_parameters(skip)
+    assert len(groups["constrained"]) == 1 and not groups["retracted"] and not groups["other"]
+
+
+def test_upkeep_state_round_trip_continues_identically():
+    def run(steps, state=None, W0=None):
+        skip = make_skip("learnable_orth", 6, method="svd")
+        if W0 is not None:
+            skip.weight.data.copy_(W0)
+        upkeep = OrthogonalUpkeep(skip, momentum=0.9)
+        if state is not None:
+            upkeep.load_state_dict(state)
+        g = torch.Generator().manual_seed(len(steps))
+        for s in steps:
+            x = torch.randn(10, 6, generator=torch.Generator().manual_seed(s))
+            skip(x).pow(3).sum().backward()
+            upkeep.step(0.05)
+        return skip.weight.detach().clone(), upkeep.state_dict()
+
+    W_full, _ = run(range(6))
+    W_half, state = run(range(3))
+    W_resumed, _ = run(range(3, 6), state=state, W0=W_half)
+    assert torch.equal(W_full, W_resumed)
+
+
+def test_upkeep_lr_zero_keeps_weight_and_rejects_negative_lr():
+    skip = make_skip("learnable_orth", 4, method="steepest", init="haar")
+    W = skip.weight.detach().clone()
+    skip(torch.randn(3, 4)).sum().backward()
+    upkeep = OrthogonalUpkeep(skip)
+    upkeep.step(0.0)
+    torch.testing.assert_close(skip.weight.detach(), W)
+    with pytest.raises(ValueError, match="learning rate"):
+        upkeep.step(-1.0)

@@ -1,0 +1,3 @@
+"""Datasets: synthetic classification sets (``synthetic``) and image sets (``vision``)."""
+
+from .synthetic import DATASET_TYPES, SyntheticData, make_synthetic

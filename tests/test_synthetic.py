@@ -1,0 +1,74 @@
+"""Synthetic data: shapes, dtypes, seeding, the dimension-free difficulty of blobs, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from orthogonal_skip_connections.data import DATASET_TYPES, make_synthetic
+from orthogonal_skip_connections.data.synthetic import _lattice_means
+
+
+@pytest.mark.parametrize("dataset_type", DATASET_TYPES)
+@pytest.mark.parametrize("dim", [2, 9])
+def test_shapes_dtypes_split_and_seeding(dataset_type, dim):
+    data = make_synthetic(dataset_type, n_samples=200, dim=dim, test_fraction=0.25, seed=3)
+    X_tr, y_tr, X_te, y_te = data
+    assert X_tr.shape == (150, dim) and X_te.shape == (50, dim)
+    assert y_tr.shape == (150,) and y_te.shape == (50,)
+    assert X_tr.dtype == torch.float32 and y_tr.dtype == torch.int64
+    assert set(torch.cat([y_tr, y_te]).tolist()) == {0, 1}
+    assert torch.isfinite(X_tr).all()
+    again = make_synthetic(dataset_type, n_samples=200, dim=dim, test_fraction=0.25, seed=3)
+    assert torch.equal(again.X_train, X_tr) and torch.equal(again.y_test, y_te)
+    other = make_synthetic(dataset_type, n_samples=200, dim=dim, test_fraction=0.25, seed=4)
+    assert not torch.equal(other.X_train, X_tr)
+
+
+def test_moons_embedding_is_an_isometry():
+    """In d > 2 the 2-D set lies on a 2-plane with the same pairwise distances."""
+    X2 = make_synthetic("moons", n_samples=100, dim=2).X_train.double()
+    X9 = make_synthetic("moons", n_samples=100, dim=9).X_train.double()
+    assert torch.allclose(torch.cdist(X2, X2), torch.cdist(X9, X9), atol=1e-5)
+    assert torch.linalg.matrix_rank(X9 - X9.mean(0), rtol=1e-5) == 2  # float32 round-off
+
+
+@pytest.mark.parametrize("dim", [1, 2, 5, 64])
+def test_blob_means_keep_their_nearest_distance_in_every_dimension(dim):
+    means = _lattice_means(12, dim, np.random.default_rng(0))
+    D = np.linalg.norm(means[:, None] - means[None], axis=-1) + np.eye(12) * 1e9
+    assert np.allclose(D.min(1), 1.0)  # every cluster has a rival at exactly 1 (then scaled)
+
+
+def test_blobs_difficulty_does_not_depend_on_dimension():
+    """Two unit Gaussians `separation` apart: nearest-mean accuracy ~ Phi(separation / 2)."""
+    accs = []
+    for dim in (2, 64):
+        X, y, _, _ = make_synthetic("blobs", n_samples=4000, dim=dim, separation=3.0, seed=1)
+        mu = torch.stack([X[y == k].mean(0) for k in (0, 1)])
+        pred = torch.cdist(X, mu).argmin(1)
+        accs.append((pred == y).float().mean().item())
+    assert abs(accs[0] - accs[1]) < 0.03 and all(0.9 < a < 0.96 for a in accs), accs  # Phi(1.5) = 0.933
+
+
+def test_parity_labels_and_multiclass():
+    X, y, _, _ = make_synthetic("parity", n_samples=100, dim=6, parity_bits=3, num_classes=3)
+    assert torch.equal(y, (X[:, :3] < 0).sum(1) % 3)
+    _, y, _, _ = make_synthetic("blobs", n_samples=300, dim=3, num_classes=4, clusters_per_class=2)
+    assert set(y.tolist()) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(dataset_type="spirals"), "unknown dataset_type 'spirals'; allowed: moons, circles, blobs, classification, parity"),
+        (dict(dataset_type="moons", dim=1), "dim must be >= 2"),
+        (dict(dataset_type="circles", num_classes=3), "2 classes"),
+        (dict(dataset_type="blobs", n_samples=1), "too small"),
+        (dict(dataset_type="parity", dim=3, parity_bits=5), "parity_bits"),
+        (dict(dataset_type="classification", dim=2, num_classes=3, clusters_per_class=2), "2\\*\\*dim"),
+        (dict(dataset_type="blobs", noise=-1.0), "noise"),
+    ],
+)
+def test_bad_arguments_are_one_clear_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_synthetic(**kwargs)

@@ -53,3 +53,176 @@ def summarize_skips(rows: list[dict]) -> dict:
         "skip_identity_distance_max": max(dist),
         "skip_negative_det_count": sum(r["det_sign"] < 0 for r in mats),
     }
+
+
+# --------------------------------------------------------------------------- trained blocks
+# Measurements of the residual blocks y = W x + f(x) of a model with ``model.blocks``
+# (each block holding its residual branch as ``block.branch``; an optional
+# ``model.embed`` runs first), as in ``models.mlp.ResidualMLP``. The theorem under test
+# (Bartlett, Evans & Long 2018, arXiv 1804.05012, adapted to orthogonal W_i) says each
+# block h_i stays close to an orthogonal map W_i: ||h_i - W_i||_L small. Two views:
+# the Lipschitz constant of the branch f_i = h_i - W_i, and how well the best orthogonal
+# map explains the block's input -> output (Procrustes).
+
+__all__ += [
+    "ACTIVATION_LIPSCHITZ",
+    "lipschitz_upper_bound",
+    "jacobian_spectral_norms",
+    "empirical_lipschitz",
+    "block_inputs",
+    "branch_lipschitz",
+    "procrustes_fit",
+    "block_procrustes",
+]
+
+# sup_t |sigma'(t)| of elementwise activations. GELU, SiLU and Mish: the maximum of the
+# autograd derivative on a 1e-4 grid of [-8, 8] in float64, rounded up in the 5th decimal
+# (GELU's is Phi(sqrt 2) + sqrt 2 phi(sqrt 2) = 1.12890...). Dropout counts as identity:
+# the measures are taken in eval mode.
+ACTIVATION_LIPSCHITZ: dict[type, float] = {
+    nn.Identity: 1.0,
+    nn.Dropout: 1.0,
+    nn.ReLU: 1.0,
+    nn.Tanh: 1.0,
+    nn.Softplus: 1.0,
+    nn.Sigmoid: 0.25,
+    nn.GELU: 1.12900,
+    nn.SiLU: 1.09984,
+    nn.Mish: 1.08850,
+}
+
+
+def _activation_lipschitz(module: nn.Module) -> float | None:
+    if isinstance(module, nn.LeakyReLU):
+        return max(1.0, abs(module.negative_slope))
+    if isinstance(module, nn.ELU):
+        return max(1.0, module.alpha)
+    return ACTIVATION_LIPSCHITZ.get(type(module))
+
+
+@torch.no_grad()
+def lipschitz_upper_bound(branch: nn.Module) -> float:
+    """Product-of-spectral-norms bound on the Lipschitz constant (in the 2-norm) of a stack
+    of ``nn.Linear`` layers and elementwise activations (``nn.Sequential`` nests allowed):
+    Lip(f_k o ... o f_1) <= prod_k Lip(f_k), with Lip(x -> W x + b) = ||W||_2 and
+    Lip(sigma) = sup |sigma'|. Exact for a single linear layer; loose otherwise, because
+    the top singular directions of consecutive layers need not line up."""
+    if isinstance(branch, nn.Linear):
+        return float(torch.linalg.matrix_norm(branch.weight.detach().double(), ord=2))
+    if isinstance(branch, nn.Sequential):
+        bound = 1.0
+        for layer in branch:
+            bound *= lipschitz_upper_bound(layer)
+        return bound
+    lip = _activation_lipschitz(branch)
+    if lip is None:
+        allowed = ", ".join(["Linear", "Sequential", "LeakyReLU", "ELU"] + [t.__name__ for t in ACTIVATION_LIPSCHITZ])
+        raise ValueError(
+            f"cannot bound the Lipschitz constant of {type(branch).__name__}; the bound covers: {allowed}"
+        )
+    return lip
+
+
+def jacobian_spectral_norms(f, X: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+    """||D f(x)||_2 at every row x of X: (N, d_in) -> (N,).
+
+    ``f`` maps one point (d_in,) to (d_out,) (an ``nn.Module`` of Linear layers does).
+    Jacobians come from ``torch.func.vmap(torch.func.jacrev(f))``, (n, d_out, d_in) per
+    chunk of n <= chunk_size points, so memory stays bounded for large N. Works under
+    ``torch.no_grad()`` (function transforms ignore the outer grad mode).
+    """
+    from torch.func import jacrev, vmap
+
+    if X.ndim != 2:
+        raise ValueError(f"X must have shape (N, d); got {tuple(X.shape)}")
+    jac = vmap(jacrev(f))
+    norms = [torch.linalg.matrix_norm(jac(chunk).detach(), ord=2) for chunk in X.split(chunk_size)]
+    return torch.cat(norms) if norms else X.new_zeros(0)
+
+
+def empirical_lipschitz(f, X: torch.Tensor, chunk_size: int = 1024) -> float:
+    """Largest Jacobian spectral norm over the points X (N, d): a lower bound on the
+    Lipschitz constant of f on any set containing X, equal to it on a convex set where X
+    contains a point of largest Jacobian norm (always, for an affine f)."""
+    norms = jacobian_spectral_norms(f, X, chunk_size)
+    return float(norms.max()) if norms.numel() else 0.0
+
+
+def _blocks_of(model: nn.Module):
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not all(hasattr(b, "branch") for b in blocks):
+        raise ValueError(
+            f"{type(model).__name__} has no `blocks` whose members have a `branch`; "
+            "block diagnostics need a model shaped like ResidualMLP"
+        )
+    return list(blocks)
+
+
+@torch.no_grad()
+def block_inputs(model: nn.Module, X: torch.Tensor) -> list[torch.Tensor]:
+    """The input of each block when ``model`` sees X (N, d_in): a list of (N, dim), one
+    per block, in model order (block 0's input is ``model.embed(X)`` if there is an embed)."""
+    blocks = _blocks_of(model)
+    z = model.embed(X) if hasattr(model, "embed") else X
+    inputs = []
+    for block in blocks:
+        inputs.append(z)
+        z = block(z)
+    return inputs
+
+
+def branch_lipschitz(model: nn.Module, X: torch.Tensor | None = None) -> list[dict]:
+    """Per block i: ``lipschitz_bound`` (product of spectral norms of f_i) and, when data X
+    (N, d_in) is given, ``lipschitz_empirical`` (largest ||D f_i|| over the block's inputs
+    from X; None without X). Measured in eval mode; the model's mode is restored."""
+    blocks = _blocks_of(model)
+    was_training = model.training
+    model.eval()
+    try:
+        inputs = block_inputs(model, X) if X is not None else [None] * len(blocks)
+        return [
+            {
+                "block": i,
+                "lipschitz_bound": lipschitz_upper_bound(block.branch),
+                "lipschitz_empirical": None if z is None else empirical_lipschitz(block.branch, z),
+            }
+            for i, (block, z) in enumerate(zip(blocks, inputs))
+        ]
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def procrustes_fit(fn, X: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Best orthogonal map Q from inputs X (N, d) to outputs fn(X) (N, d), and its relative
+    residual ||fn(X) - X Q^T||_F / ||fn(X)||_F (0 iff fn is exactly x -> Q x on X).
+    No centring: the theorem's W_i act on x itself, not on x - mean. Float64 throughout."""
+    Y = fn(X)
+    if Y.shape != X.shape:
+        raise ValueError(f"a Procrustes fit needs a map R^d -> R^d; got {tuple(X.shape)} -> {tuple(Y.shape)}")
+    Q, rel = orth.procrustes(X.double(), Y.double())
+    return Q, float(rel)
+
+
+def block_procrustes(model: nn.Module, X: torch.Tensor) -> list[dict]:
+    """Per block i, with Q_i the Procrustes fit of the block's input -> output on data X:
+    ``procrustes_residual`` (relative residual), ``procrustes_identity_distance``
+    ||Q_i - I||_F, and ``procrustes_skip_distance`` ||Q_i - W_i||_F to the block's own skip
+    matrix (None if its skip has no matrix). Eval mode; the model's mode is restored."""
+    blocks = _blocks_of(model)
+    was_training = model.training
+    model.eval()
+    try:
+        rows = []
+        for i, (block, z) in enumerate(zip(blocks, block_inputs(model, X))):
+            Q, rel = procrustes_fit(block, z)
+            W = getattr(getattr(block, "skip", None), "weight", None)
+            rows.append({
+                "block": i,
+                "procrustes_residual": rel,
+                "procrustes_identity_distance": float(orth.identity_distance(Q)),
+                "procrustes_skip_distance": None if W is None else float(torch.linalg.matrix_norm(Q - W.detach().double())),
+            })
+        return rows
+    finally:
+        model.train(was_training)

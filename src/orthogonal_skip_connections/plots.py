@@ -42,3 +42,29 @@ def band(ax, x, ys, label=None, color=None, log=False, alpha=0.25):
     if ys.shape[0] > 1:
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=alpha, linewidth=0)
     return line
+
+
+def panels_over_steps(steps_by_panel, series_by_panel, path, ylabel, log=True, title=None, ncols=3):
+    """One panel per key (e.g. per architecture), several curves per panel, each curve a
+    mean over seeds with a band (:func:`band`).
+
+    steps_by_panel: {panel: (T,)}; series_by_panel: {panel: {label: (seeds, T)}}.
+    Non-positive values are clipped on a log axis. Returns the PNG path."""
+    names = list(series_by_panel)
+    ncols = max(1, min(ncols, len(names)))
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        for label, ys in series_by_panel[name].items():
+            band(ax, steps_by_panel[name], ys, label=label, log=log)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return savefig(fig, path)

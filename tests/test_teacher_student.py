@@ -1,0 +1,281 @@
+"""Teacher-student study (issue 4): hand-written gradients, seed independence, the
+teacher as its own student, the symmetry-aware distance, and the app end to end."""
+
+import itertools
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from orthogonal_skip_connections import orthogonal as O
+from orthogonal_skip_connections.experiments import teacher_student as app
+from orthogonal_skip_connections.models import teacher_student as ts
+from orthogonal_skip_connections.runs import CONFIG_DIR, UserError
+
+ARCHS = list(ts.ARCHS)
+TWO_LAYER = [a for a in ARCHS if ts.ARCHS[a].two_layer]
+MODULE = "orthogonal_skip_connections.experiments.teacher_student"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """d x d matrices: one thread is fastest and avoids fighting over shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(**kw) -> ts.TeacherStudentConfig:
+    opts = dict(d=4, n_train=120, n_test=60, batch_size=20, steps=24, log_every=8, lr=1e-2, dtype="float64")
+    opts.update(kw)
+    return ts.TeacherStudentConfig(**opts)
+
+
+def compose_cfg(*overrides):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose("teacher_student", overrides=list(overrides))
+
+
+# --------------------------------------------------------------------------- maths
+
+
+@pytest.mark.parametrize("output", ts.OUTPUTS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_hand_written_gradients_match_autograd(arch, output):
+    gens = [ts.seed_generator(s, "model") for s in range(3)]
+    params = ts.init_weights(arch, 5, gens, "small", 1.0, "haar")
+    X = torch.randn(3, 5, 11, dtype=torch.float64)  # (S, d, B)
+    k = 1 if ts.scalar_output(arch, output) else 5
+    Y = torch.randn(3, k, 11, dtype=torch.float64)
+    loss, grads = ts.loss_and_grads(arch, params, X, Y, output)
+    leaves = {n: w.clone().requires_grad_() for n, w in params.items()}
+    ref = ts.mse(ts.predict(arch, leaves, X, output), Y)
+    ref_grads = torch.autograd.grad(ref.sum(), list(leaves.values()))
+    torch.testing.assert_close(loss, ref.detach())
+    assert set(grads) == set(leaves)
+    for name, g in zip(leaves, ref_grads):
+        torch.testing.assert_close(grads[name], g, rtol=1e-10, atol=1e-12)
+
+
+def test_formulas_as_written():
+    """The column-major code computes the formulas of the paper and the blog."""
+    gens = [ts.seed_generator(0, "model")]
+    x = torch.randn(4, dtype=torch.float64)
+    I = torch.eye(4, dtype=torch.float64)
+    X = x[None, :, None]  # (S=1, d, B=1)
+    relu = torch.relu
+    for arch, f in {
+        "li_yuan": lambda p: relu((I + p["W"]).T @ x).abs().sum(),
+        "vanilla": lambda p: relu(p["W"].T @ x).abs().sum(),
+        "resnet_block": lambda p: p["W2"].T @ relu(p["W1"].T @ x) + x,
+        "sum_modified": lambda p: p["W2"].T @ relu((p["W1"] + I).T @ x),
+        "modified_resnet": lambda p: p["W2"].T @ relu((p["W1"] + I).T @ x) + x,
+        "orth_resnet": lambda p: p["Q"] @ x + p["W2"].T @ relu(p["W1"].T @ x),
+    }.items():
+        p = {n: w[0] for n, w in ts.init_weights(arch, 4, gens, "gaussian", 2.0, "haar").items()}
+        batched = {n: w[None] for n, w in p.items()}
+        want = f(p)
+        torch.testing.assert_close(ts.predict(arch, batched, X, "vector")[0, :, 0], want.reshape(-1))
+        torch.testing.assert_close(ts.predict(arch, batched, X, "sum")[0, 0, 0], want.sum())
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(optimizer="adam", output="vector"),
+        dict(optimizer="nesterov", momentum=0.5, output="sum", orth_update="steepest"),
+        dict(optimizer="sgd", n_train=0, output="vector", steps=70),  # fresh samples, two chunks
+    ],
+    ids=["adam-vector", "nesterov-sum-steepest", "sgd-fresh"],
+)
+def test_vectorised_run_equals_single_seed_runs(kw):
+    cfg = tiny(**kw)
+    seeds = [3, 4, 5]
+    together = ts.train(ARCHS, cfg, seeds)
+    for i, s in enumerate(seeds):
+        alone = ts.train(ARCHS, cfg, [s])
+        for a in ARCHS:
+            T, A = together[a], alone[a]
+            np.testing.assert_array_equal(T.steps, A.steps)
+            for name in T.teacher:  # the same random draws, bit for bit
+                np.testing.assert_array_equal(T.teacher[name][i], A.teacher[name][0])
+            np.testing.assert_array_equal(T.label_variance[i], A.label_variance[0])
+            # the same trajectory, up to BLAS round-off
+            for key in ("train_loss", "test_loss", "distance", "aligned_distance"):
+                np.testing.assert_allclose(getattr(T, key)[i], getattr(A, key)[0], rtol=1e-10, atol=1e-12)
+            for name in T.student:
+                np.testing.assert_allclose(T.student[name][i], A.student[name][0], rtol=1e-10, atol=1e-12)
+    # and the seeds really differ
+    assert not np.allclose(together["li_yuan"].teacher["W"][0], together["li_yuan"].teacher["W"][1])
+
+
+@pytest.mark.parametrize("output", ts.OUTPUTS)
+def test_teacher_as_its_own_student_has_zero_loss_and_distance(output):
+    cfg = tiny(student_init="teacher", output=output, optimizer="nesterov", momentum=0.9)
+    for a, t in ts.train(ARCHS, cfg, [0, 1]).items():
+        assert np.all(t.train_loss <= 1e-24), a
+        assert np.all(t.test_loss <= 1e-24), a
+        assert np.all(t.distance <= 1e-12), a
+        assert np.all(t.aligned_distance <= 1e-12), a
+        s = ts.summarize(t, fit_tol=1e-3, recover_tol=0.05)
+        assert s["fits"] and s["recovered"] and s["recovered_up_to_symmetry"], a
+
+
+@pytest.mark.parametrize("update", ts.ORTH_UPDATES)
+def test_orth_resnet_q_stays_orthogonal(update):
+    cfg = tiny(orth_update=update, optimizer="adam", lr=5e-2, steps=40, dtype="float32")
+    Q = torch.from_numpy(ts.train(["orth_resnet"], cfg, [0, 1])["orth_resnet"].student["Q"])
+    assert float(O.orth_error(Q).max()) < 1e-5
+
+
+# --------------------------------------------------------------------------- alignment
+
+
+def _permuted_rescaled(arch, teacher, pi, c):
+    """The teacher with its unit k moved to student unit pi[k], and student unit j
+    rescaled by c[j] > 0 (incoming weights times c, outgoing divided by c)."""
+    A = ts.effective_first_layer(arch, teacher)  # (S, d, d), columns = units
+    inv = np.argsort(pi)
+    P = torch.eye(A.shape[-1], dtype=A.dtype)[:, inv]  # column pi[k] of A P is column k of A
+    A_new = A @ P * c[None, None, :]
+    I = torch.eye(A.shape[-1], dtype=A.dtype)
+    W1 = A_new - I if arch.identity_in else A_new
+    if not arch.two_layer:
+        return {"W": W1}
+    W2 = (P.T @ teacher["W2"]) / c[None, :, None]
+    student = {"W1": W1, "W2": W2}
+    if "Q" in teacher:
+        student["Q"] = teacher["Q"].clone()
+    return student
+
+
+@pytest.mark.parametrize("output", ts.OUTPUTS)
+@pytest.mark.parametrize("arch_name", ARCHS)
+def test_aligned_distance_is_zero_for_permuted_rescaled_teacher(arch_name, output):
+    arch = ts.ARCHS[arch_name]
+    d = 6
+    teacher = ts.init_weights(arch, d, [ts.seed_generator(7, "model")], "uniform", orth_init="haar")
+    pi = np.array([2, 0, 5, 1, 4, 3])
+    g = torch.Generator().manual_seed(1)
+    c = torch.rand(d, generator=g, dtype=torch.float64) * 3 + 0.2 if arch.two_layer else torch.ones(d, dtype=torch.float64)
+    student = _permuted_rescaled(arch, teacher, pi, c)
+    X = torch.randn(1, d, 50, dtype=torch.float64)
+    # a symmetry: the same function ...
+    torch.testing.assert_close(ts.predict(arch, student, X, output), ts.predict(arch, teacher, X, output))
+    # ... with other weights, at aligned distance zero
+    assert float(ts.weight_distance(student, teacher)[0]) > 0.5
+    assert ts.aligned_distances(arch, student, teacher, output)[0] < 1e-10
+    A, A_s = (ts.effective_first_layer(arch, p)[0].numpy() for p in (student, teacher))
+    V, V_s = (ts.output_weights(arch, p, output)[0].numpy() for p in (student, teacher))
+    dist, match = ts.aligned_distance(A, V, A_s, V_s, rescale=arch.two_layer)
+    assert dist < 1e-10
+    np.testing.assert_array_equal(match, pi)  # student unit pi[k] is teacher unit k
+
+
+def _brute_force(A, V, A_s, V_s, rescale):
+    """min over all permutations, rescaling each student unit to its teacher's incoming norm."""
+    m = A.shape[1]
+    best = np.inf
+    for pi in itertools.permutations(range(m)):
+        total = 0.0
+        for k, j in enumerate(pi):
+            a, v = A[:, j], V[j]
+            c = np.linalg.norm(A_s[:, k]) / np.linalg.norm(a) if rescale else 1.0
+            total += np.sum((c * a - A_s[:, k]) ** 2) + np.sum((v / c - V_s[k]) ** 2)
+        best = min(best, total)
+    return np.sqrt(best)
+
+
+@pytest.mark.parametrize("k_out", [1, 4])
+@pytest.mark.parametrize("rescale", [True, False])
+def test_aligned_distance_matches_brute_force_at_d4(rescale, k_out):
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        A, A_s = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
+        V, V_s = rng.normal(size=(4, k_out)), rng.normal(size=(4, k_out))
+        dist, pi = ts.aligned_distance(A, V, A_s, V_s, rescale=rescale)
+        assert dist == pytest.approx(_brute_force(A, V, A_s, V_s, rescale), rel=1e-12)
+        assert sorted(pi) == [0, 1, 2, 3]
+        if not rescale:  # the identity matching is one of the candidates
+            assert dist <= np.sqrt(np.sum((A - A_s) ** 2) + np.sum((V - V_s) ** 2)) + 1e-12
+
+
+# --------------------------------------------------------------------------- app
+
+
+def test_app_runs_and_writes_its_files(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", MODULE, f"hydra.run.dir={run}", "progress=false", "d=3", "n_train=60",
+         "n_test=30", "batch_size=10", "epochs=2", "log_every=4", "seeds=2", "output=vector",
+         "optimizer=adam", "lr=0.01"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for name in ("config.yaml", "trajectories.npz", "summary.json", "distance.png", "loss.png"):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    for a in ARCHS:
+        s = summary[a]
+        for key in ("train_loss_final", "test_loss_final", "distance_final", "aligned_distance_final"):
+            assert isinstance(s[key], float)
+        assert isinstance(s["recovered"], bool) and isinstance(s["fits"], bool)
+        assert s["thresholds"]["fit_tol"] == 1e-3 and s["thresholds"]["recover_tol"] == 0.05
+        assert s["steps"] == 12 and s["seeds"] == 2
+    with np.load(run / "trajectories.npz") as z:
+        assert list(z["archs"]) == ARCHS
+        assert z["orth_resnet.distance"].shape == (2, len(z["orth_resnet.steps"]))
+        assert z["sum_modified.student.W2"].shape == (2, 3, 3)
+    assert "aligned" in proc.stdout  # the results table
+
+
+def test_app_in_process_and_refuses_to_overwrite(tmp_path):
+    cfg = compose_cfg("progress=false", "d=3", "n_train=40", "n_test=20", "batch_size=10", "steps=5",
+                      "log_every=5", "seeds=2", "archs=[li_yuan,orth_resnet]", "student.init=teacher")
+    summary = app.main.run(cfg, tmp_path)
+    assert summary["li_yuan"]["fits"] and summary["orth_resnet"]["recovered"]
+    with pytest.raises(UserError, match="already holds a finished run"):
+        app.main.run(cfg, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("archs=[li_yuan,foo]", "unknown architecture 'foo'"),
+        ("d=0", "d must be an integer >= 1"),
+        ("batch_size=500", "larger than the training set"),
+        ("lr=0", "lr must be > 0"),
+        ("lr=-0.1", "lr must be > 0"),
+        ("output=matrix", "unknown output"),
+        ("teacher.init=normal", "unknown teacher init"),
+        ("optimizer=nesterov", "needs momentum > 0"),
+        ("seeds=0", "seeds"),
+        ("steps=0", "steps must be an integer >= 1"),
+    ],
+)
+def test_bad_input_is_one_clear_line(override, message, tmp_path):
+    extra = ["n_train=100"] if override.startswith("batch_size") else []
+    cfg = compose_cfg(override, *extra)
+    with pytest.raises(UserError) as err:
+        app.main.run(cfg, tmp_path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "config.yaml").exists()  # nothing written
+
+
+def test_bad_input_exits_non_zero_from_the_command_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", MODULE, f"hydra.run.dir={tmp_path}", "progress=false", "archs=[nope]"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown architecture 'nope'"), proc.stderr
+    assert not (tmp_path / "summary.json").exists()

@@ -22,22 +22,24 @@ __all__ = ["skip_diagnostics", "summarize_skips"]
 def skip_diagnostics(model: nn.Module) -> list[dict]:
     """One dict per skip, in model order: name, kind, method, and for kinds with a matrix
     orth_error, identity_distance, identity_distance_spectral, det_sign (else None)."""
-    rows = []
-    for name, skip in iter_skips(model):
-        row = {"name": name, "kind": skip.kind, "method": getattr(skip, "method", None)}
-        W = skip.weight
-        if W is None:
-            row.update(orth_error=None, identity_distance=None, identity_distance_spectral=None, det_sign=None)
-        else:
-            W = W.detach().double()  # measures in float64: round-off of fp32 weights is the signal here
-            row.update(
-                orth_error=float(orth.orth_error(W)),
-                identity_distance=float(orth.identity_distance(W)),
-                identity_distance_spectral=float(orth.identity_distance_spectral(W)),
-                det_sign=int(torch.linalg.slogdet(W).sign),
-            )
-        rows.append(row)
-    return rows
+    with orth.one_thread():
+        return [_diagnose(name, skip) for name, skip in iter_skips(model)]
+
+
+def _diagnose(name: str, skip) -> dict:
+    row = {"name": name, "kind": skip.kind, "method": getattr(skip, "method", None)}
+    W = skip.weight
+    if W is None:
+        row.update(orth_error=None, identity_distance=None, identity_distance_spectral=None, det_sign=None)
+        return row
+    W = W.detach().double()  # measure in float64: round-off of fp32 weights is the signal here
+    row.update(
+        orth_error=float(orth.orth_error(W)),
+        identity_distance=float(orth.identity_distance(W)),
+        identity_distance_spectral=float(orth.identity_distance_spectral(W)),
+        det_sign=int(torch.linalg.slogdet(W).sign),
+    )
+    return row
 
 
 def summarize_skips(rows: list[dict]) -> dict:

@@ -212,7 +212,12 @@ class OrthogonalSkip(Skip):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        return apply_matrix(x, self.weight)
+        if self.upkeep == "parametrized":  # W = B phi(A): small-matrix work, see orthogonal.one_thread
+            with orth.one_thread(x.device.type == "cpu"):
+                W = self.weight
+        else:
+            W = self.weight
+        return apply_matrix(x, W)
 
     @torch.no_grad()
     def retract(self, W: Tensor, G: Tensor, eta: float) -> Tensor:
@@ -438,6 +443,11 @@ class OrthogonalUpkeep:
     def step(self, lr: float) -> None:
         if lr < 0:
             raise ValueError(f"learning rate must be >= 0; got {lr}")
+        on_cpu = bool(self.skips) and self.skips[0][1].weight.device.type == "cpu"
+        with orth.one_thread(on_cpu):  # small matrices: see orthogonal.one_thread
+            self._step(lr)
+
+    def _step(self, lr: float) -> None:
         for group in self._groups:
             names = [n for n, _ in group]
             params = [s.weight for _, s in group]

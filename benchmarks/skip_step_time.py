@@ -1,0 +1,82 @@
+"""Train-step time of resnet20 with each learnable_orth method, relative to identity skips.
+
+Every variant is timed in the same process, interleaved round-robin over several rounds
+(so machine noise hits all of them alike), and the median per-step time is divided by
+that of identity. A step is forward + backward + SGD step + the skip's constraint upkeep.
+
+    python benchmarks/skip_step_time.py [--batch 128] [--steps 10] [--rounds 5] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from orthogonal_skip_connections import OrthogonalUpkeep, get_model, split_parameters
+from orthogonal_skip_connections.skips import ORTH_METHODS
+
+
+def make_step(kind: str, method: str | None, batch: int, device: torch.device, channels_last: bool):
+    torch.manual_seed(0)
+    opts = {"method": method} if method else {}
+    model = get_model("resnet20", 10, skip_kind=kind, **opts).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    groups = split_parameters(model)
+    opt = torch.optim.SGD(
+        [{"params": groups["other"], "weight_decay": 5e-4}, {"params": groups["constrained"], "weight_decay": 0.0}],
+        lr=0.05, momentum=0.9,
+    )
+    upkeep = OrthogonalUpkeep(model, momentum=0.9, optimizer=opt)
+    x = torch.randn(batch, 3, 32, 32, device=device).to(memory_format=fmt)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        upkeep.step(opt.param_groups[0]["lr"])
+
+    return step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10, help="steps per timing")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--channels-last", action="store_true")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    variants = [("identity", None)] + [("learnable_orth", m) for m in ORTH_METHODS]
+    steps = {v: make_step(*v, args.batch, device, args.channels_last) for v in variants}
+    for step in steps.values():  # warm-up
+        for _ in range(2):
+            step()
+    times = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        for v, step in steps.items():
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            sync()
+            times[v].append((time.perf_counter() - t0) / args.steps)
+    base = statistics.median(times[variants[0]])
+    print(f"resnet20, batch {args.batch}, device {device}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, {args.rounds} rounds x {args.steps} steps")
+    print(f"{'skip':<28} {'ms/step':>9} {'ratio':>7}")
+    for (kind, method), ts in times.items():
+        med = statistics.median(ts)
+        name = kind if method is None else f"{kind}/{method}"
+        print(f"{name:<28} {1000 * med:9.1f} {med / base:7.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ import sys
 # name -> (module under orthogonal_skip_connections.experiments, one-line description)
 APPS: dict[str, tuple[str, str]] = {
     "run_experiments": ("run_experiments", "train an image classifier (CIFAR-10/100, digits) with any skip kind"),
+    "theorem": ("theorem", "build the decomposition theorem's construction numerically; measure its O(log m / m) claims"),
     "teacher_student": ("teacher_student", "Li & Yuan teacher-student convergence study of the one-block ResNet family, all seeds at once"),
 }
 

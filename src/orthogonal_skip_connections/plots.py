@@ -68,3 +68,29 @@ def panels_over_steps(steps_by_panel, series_by_panel, path, ylabel, log=True, t
         fig.suptitle(title)
     fig.tight_layout()
     return savefig(fig, path)
+
+
+__all__ += ["loglog_rates"]
+
+
+def loglog_rates(ax, x, series: dict, reference=None, reference_label=None, styles: dict | None = None):
+    """Log-log lines of quantities against x (e.g. the number of blocks m).
+
+    ``series``: label -> values (None, zero or negative values are left out: a log axis
+    cannot show them). ``reference``: values of a reference rate at x, drawn dashed in
+    grey. ``styles``: label -> extra ``ax.plot`` keywords."""
+    x = np.asarray(x, dtype=float)
+    styles = styles or {}
+    for label, ys in series.items():
+        ys = np.asarray([np.nan if y is None else y for y in ys], dtype=float)
+        keep = np.isfinite(ys) & (ys > 0)
+        if keep.any():
+            ax.plot(x[keep], ys[keep], marker="o", markersize=3, label=label, **styles.get(label, {}))
+    if reference is not None:
+        ref = np.asarray(reference, dtype=float)
+        keep = np.isfinite(ref) & (ref > 0)
+        ax.plot(x[keep], ref[keep], "--", color="0.5", label=reference_label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", linestyle=":", linewidth=0.5)
+    return ax

@@ -1,0 +1,133 @@
+"""The theorem's construction (construction.py) and the `theorem` app."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from orthogonal_skip_connections import construction as cons
+from orthogonal_skip_connections.experiments import theorem
+from orthogonal_skip_connections.runs import CONFIG_DIR, UserError
+
+TINY = ["ms=[1,2,4,8]", "n_points=24", "n_pairs=16", "progress=false"]
+
+
+def _cfg(overrides):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose(config_name="theorem", overrides=overrides)
+
+
+def _setup(d=3, angle=1.0, stretch=1.5, eps=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    S = cons.unit_skew(d, g)
+    h = cons.tanh_map(d, angle, stretch, eps, g)
+    x = cons.sample_ball(32, d, 2.0, g)
+    pairs = (cons.sample_ball(16, d, 2.0, g), cons.sample_ball(16, d, 2.0, g))
+    return h, S, x, pairs
+
+
+def test_map_family_inverse_and_jacobian():
+    h, _, x, _ = _setup()
+    assert torch.equal(h(torch.zeros(1, 3, dtype=torch.float64)), torch.zeros(1, 3, dtype=torch.float64))
+    assert torch.allclose(h.jacobian(torch.zeros(3, dtype=torch.float64)), h.L)  # Dh(0) = L
+    assert torch.linalg.det(h.L) > 0
+    auto = torch.func.vmap(torch.func.jacrev(h))(x)
+    assert torch.allclose(h.jacobian(x), auto, atol=1e-13)
+    y, residual = h.inverse(h(x))
+    assert residual < 1e-14 and torch.allclose(y, x, atol=1e-13)
+    with pytest.raises(ValueError, match="invertible"):
+        cons.tanh_map(3, 0.0, 2.0, 0.6, torch.Generator())  # eps >= s_min = 1/2
+
+
+def test_composition_is_exact_for_linear_h_and_W_m_identity():
+    """eps = 0: h = L is linear; with W_m = I the blocks telescope to g_m = h, up to round-off."""
+    h, S, x, pairs = _setup(eps=0.0)
+    for m in (1, 3, 16):
+        con = cons.build_construction(h, m, S, rotation_scale=2.0, last_skip_identity=True)
+        assert torch.allclose(con.W[m], torch.eye(3, dtype=torch.float64))
+        r = cons.measure_construction(con, x, pairs)
+        assert r["composition_error"] < 1e-12, r
+        assert r["structural_error"] < 1e-14
+        # a linear h_i - W_i: its Lipschitz constant is its norm, and both estimates agree
+        assert r["lipschitz_gap_pairs"] == pytest.approx(r["lipschitz_gap_jacobian"], rel=0.2)
+        assert r["lipschitz_gap_pairs"] <= r["lipschitz_gap_jacobian"] * (1 + 1e-9)
+
+
+def test_composition_is_g_m_so_W_m_other_than_identity_breaks_it():
+    """h_m o ... o h_1 = g_m = W_m^T h(W_m .): not h when W_m does not commute with h."""
+    h, S, x, pairs = _setup(eps=0.0)
+    con = cons.build_construction(h, 8, S, rotation_scale=2.0)
+    r = cons.measure_construction(con, x, pairs)
+    assert r["composition_error"] > 1e-2
+    assert r["composition_error"] == pytest.approx(r["structural_error"], rel=1e-9)
+
+
+def test_rates_for_dh0_identity_and_the_first_block_for_dh0_far_from_identity():
+    h, S, x, pairs = _setup(angle=0.0, stretch=1.0, eps=0.5)
+    rows = [cons.measure_construction(cons.build_construction(h, m, S), x, pairs) for m in (4, 16, 64)]
+    ms = [r["m"] for r in rows]
+    ref = cons.loglog_slope(ms, [cons.reference_rate(m) for m in ms])
+    for key in ("lipschitz_gap", "identity_distance"):
+        assert cons.loglog_slope(ms, [r[key] for r in rows]) < ref + 0.25
+    # Dh(0) = a quarter turn: block 1 is ~ W_1^T Dh(0) W_1, its gap stays ||Dh(0) - I|| = sqrt 2
+    h, S, x, pairs = _setup(angle=math.pi / 2, stretch=1.0, eps=0.5)
+    r = cons.measure_construction(cons.build_construction(h, 64, S), x, pairs)
+    assert r["lipschitz_gap_block1"] == pytest.approx(math.sqrt(2), rel=0.02)
+    assert r["lipschitz_gap_rest"] < 0.2
+
+
+def test_loglog_slope():
+    assert cons.loglog_slope([2, 4, 8], [1 / 2, 1 / 4, 1 / 8]) == pytest.approx(-1.0)
+    assert cons.loglog_slope([1, 2], [1.0, 0.5]) is None  # m = 1 is left out
+    assert cons.loglog_slope([2, 4, 8], [1e-16, 1e-16, 1e-15], floor=1e-9) is None
+
+
+def test_app_runs_at_tiny_size_and_writes_its_files(tmp_path):
+    cfg = _cfg(TINY + ["maps.dh0_identity.eps=0.0", "last_skip_identity=true"])
+    summary = theorem.main.run(cfg, tmp_path)
+    names = {"config.yaml", "summary.json", "theorem_lipschitz_gap.png"} | {f"theorem_{n}.png" for n in cfg.maps}
+    assert names <= {p.name for p in tmp_path.iterdir()}
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["ms"] == [1, 2, 4, 8] and set(saved["maps"]) == set(cfg.maps)
+    for res in saved["maps"].values():
+        assert [row["m"] for row in res["rows"]] == [1, 2, 4, 8]
+        assert {"m", "composition_error", "lipschitz_gap", "identity_distance"} <= set(res["rows"][0])
+        assert {"composition_error", "lipschitz_gap", "identity_distance"} <= set(res["slopes"])
+    # h linear (h = I here) and W_m = I: the composition is h to round-off
+    assert all(r["composition_error"] < 1e-12 for r in saved["maps"]["dh0_identity"]["rows"])
+    assert saved["maps"]["dh0_identity"]["checks"]["composition_exact"] is True
+    # Dh(0) far from I: the first block keeps a gap of about ||Dh(0) - I|| at every m
+    far = summary["maps"]["dh0_far"]
+    assert far["rows"][-1]["lipschitz_gap_block1"] > 0.9 * far["h"]["dh0_identity_distance"] > 1.0
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("ms=[0,4]", "every m in ms must be an integer >= 1; got 0"),
+        ("dim=1", "dim must be an integer >= 2"),
+        ("maps.dh0_far.eps=0.7", "maps.dh0_far.eps must be < min"),
+        ("+maps.dh0_far.beta=1", "maps.dh0_far must have exactly the keys"),
+        ("c_scale=3.0", "must be < 1"),
+        ("pair_distance=0", "pair_distance must be a number > 0"),
+        ("progress=maybe", "progress must be true or false"),
+    ],
+)
+def test_bad_config_is_one_user_error(override, match, tmp_path):
+    with pytest.raises(UserError, match=match):
+        theorem.main.run(_cfg([override]), tmp_path)
+    assert not (tmp_path / "config.yaml").exists()  # nothing written for a bad run
+
+
+def test_module_entry_point_bad_input_is_one_line_and_exit_2(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "orthogonal_skip_connections.experiments.theorem", f"hydra.run.dir={tmp_path}"]
+    bad = subprocess.run(cmd + ["ms=[0]"], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: every m in ms must be an integer >= 1; got 0"
+    assert not (tmp_path / "summary.json").exists()

@@ -112,6 +112,7 @@ def test_app_runs_at_tiny_size_and_writes_its_files(tmp_path):
         ("ms=[0,4]", "every m in ms must be an integer >= 1; got 0"),
         ("dim=1", "dim must be an integer >= 2"),
         ("maps.dh0_far.eps=0.7", "maps.dh0_far.eps must be < min"),
+        ("maps.dh0_far.eps=abc", "maps.dh0_far.eps must be a number >= 0.0; got 'abc'"),
         ("+maps.dh0_far.beta=1", "maps.dh0_far must have exactly the keys"),
         ("c_scale=3.0", "must be < 1"),
         ("pair_distance=0", "pair_distance must be a number > 0"),

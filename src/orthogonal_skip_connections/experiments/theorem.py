@@ -39,14 +39,14 @@ def _int(cfg, key: str, low: int) -> int:
     return value
 
 
-def _float(cfg, key: str, low: float, strict: bool = True, high: float = math.inf) -> float:
+def _float(cfg, key: str, low: float, strict: bool = True, high: float = math.inf, prefix: str = "") -> float:
     value = cfg[key]
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > low if strict else value >= low) and value <= high
     if not ok:
         bound = f"> {low}" if strict else f">= {low}"
         bound += "" if high == math.inf else f" and <= {high}"
-        raise UserError(f"{key} must be a number {bound}; got {value!r}")
+        raise UserError(f"{prefix}{key} must be a number {bound}; got {value!r}")
     return float(value)
 
 
@@ -92,9 +92,9 @@ def check_config(cfg: DictConfig) -> dict:
             got = sorted(spec) if isinstance(spec, DictConfig) else spec
             raise UserError(f"maps.{name} must have exactly the keys {', '.join(MAP_KEYS)}; got {got!r}")
         c["maps"][name] = {
-            "angle": _float(spec, "angle", -math.inf),
-            "stretch": _float(spec, "stretch", 0.0),
-            "eps": _float(spec, "eps", 0.0, strict=False),
+            "angle": _float(spec, "angle", -math.inf, prefix=f"maps.{name}."),
+            "stretch": _float(spec, "stretch", 0.0, prefix=f"maps.{name}."),
+            "eps": _float(spec, "eps", 0.0, strict=False, prefix=f"maps.{name}."),
         }
         s_min = min(c["maps"][name]["stretch"], 1.0 / c["maps"][name]["stretch"])
         if c["maps"][name]["eps"] >= s_min:

@@ -159,13 +159,15 @@ def output_weights(arch: Arch, params: dict[str, Tensor], output: str) -> Tensor
 
 def _forward(arch: Arch, params: dict[str, Tensor], X: Tensor, output: str):
     """Z, H, V and out = V^T H + skip(X), (S, k, B) with k = 1 for a scalar f."""
-    Z = effective_first_layer(arch, params).mT @ X  # (S, d, B)
+    W1 = params["W1" if arch.two_layer else "W"]
+    # (W1 + I)^T X = X + W1^T X, one fused call
+    Z = torch.baddbmm(X, W1.mT, X) if arch.identity_in else torch.bmm(W1.mT, X)  # (S, d, B)
     H = torch.relu(Z)
     V = output_weights(arch, params, output)  # (S, d, k)
     # ||ReLU(z)||_1 is the sum of the non-negative entries
-    out = V.mT @ H if arch.two_layer else H.sum(1, keepdim=True)  # (S, k, B)
+    out = torch.bmm(V.mT, H) if arch.two_layer else H.sum(1, keepdim=True)  # (S, k, B)
     if arch.skip != "none":
-        skip = X if arch.skip == "identity" else params["Q"] @ X  # (S, d, B)
+        skip = X if arch.skip == "identity" else torch.bmm(params["Q"], X)  # (S, d, B)
         out = out + (skip.sum(1, keepdim=True) if scalar_output(arch, output) else skip)
     return Z, H, V, out
 
@@ -181,9 +183,16 @@ def mse(f: Tensor, y: Tensor) -> Tensor:
 
 
 def loss_and_grads(
-    arch: str | Arch, params: dict[str, Tensor], X: Tensor, Y: Tensor, output: str = "sum"
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """MSE per seed (S,) and its gradient with respect to each weight, {name: (S, d, d)}.
+    arch: str | Arch,
+    params: dict[str, Tensor],
+    X: Tensor,
+    Y: Tensor,
+    output: str = "sum",
+    with_loss: bool = True,
+) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """MSE per seed (S,) (None unless ``with_loss``) and its gradient with respect to
+    each weight, {name: (S, d, d)}; for a summed output the W2 and Q gradients are
+    broadcast views (their columns, resp. rows, repeat).
 
     X: (S, d, B) inputs, Y: (S, k, B) teacher outputs. Chain rule through Z = A^T X,
     H = ReLU(Z), out = V^T H + skip(X), with R = dL/d(out), (S, k, B).
@@ -191,20 +200,21 @@ def loss_and_grads(
     arch = _arch(arch)
     Z, H, V, out = _forward(arch, params, X, output)
     resid = out - Y  # (S, k, B)
-    loss = resid.square().flatten(1).mean(1)  # (S,)
-    R = resid * (2.0 / resid[0].numel())  # dL/d(out) for the mean over k * B entries
-    dH = V @ R if arch.two_layer else R.expand_as(H)  # (S, d, B)
-    dZ = dH * (Z > 0)  # ReLU'(Z), taking the subgradient 0 at 0
-    gA = X @ dZ.mT  # dL/dA = X dZ^T, (S, d, d); dA/dW1 is the identity, with or without + I
+    loss = resid.square().flatten(1).mean(1) if with_loss else None  # (S,)
+    R = resid * (2.0 / (resid.shape[1] * resid.shape[2]))  # dL/d(out) of the mean over k * B entries
+    dH = torch.bmm(V, R) if arch.two_layer else R.expand_as(H)  # (S, d, B)
+    # dZ = dH * ReLU'(Z) (subgradient 0 at 0), the fused kernel autograd uses for ReLU
+    dZ = torch.ops.aten.threshold_backward(dH, Z, 0)
+    gA = torch.bmm(X, dZ.mT)  # dL/dA = X dZ^T, (S, d, d); dA/dW1 is the identity, with or without + I
     if not arch.two_layer:
         return loss, {"W": gA}
-    gV = H @ R.mT  # dL/dV = H R^T, (S, d, k)
+    gV = torch.bmm(H, R.mT)  # dL/dV = H R^T, (S, d, k)
     scalar = scalar_output(arch, output)
     # summed output: V = W2 1, so dL/dW2 = dL/dV 1^T repeats it across W2's columns
-    grads = {"W1": gA, "W2": gV.expand_as(params["W2"]).clone() if scalar else gV}
+    grads = {"W1": gA, "W2": gV.expand_as(params["W2"]) if scalar else gV}
     if arch.skip == "orth":
-        gQ = R @ X.mT  # skip = Q X: dL/dQ = R X^T, (S, k, d); summed: rows repeat
-        grads["Q"] = gQ.expand_as(params["Q"]).clone() if scalar else gQ
+        gQ = torch.bmm(R, X.mT)  # skip = Q X: dL/dQ = R X^T, (S, k, d); summed: rows repeat
+        grads["Q"] = gQ.expand_as(params["Q"]) if scalar else gQ
     return loss, grads
 
 
@@ -517,13 +527,15 @@ class _Run:
     @torch.no_grad()
     def step(self, X: Tensor, Y: Tensor) -> None:
         cfg, lr = self.cfg, self.cfg.lr
-        loss, grads = loss_and_grads(self.arch, self.student, X, Y, cfg.output)
-        self.batch_losses += loss
-        self.batch_count += 1
+        fresh = self.Y_train is None  # then the batch losses are the training loss
+        loss, grads = loss_and_grads(self.arch, self.student, X, Y, cfg.output, with_loss=fresh)
+        if fresh:
+            self.batch_losses += loss
+            self.batch_count += 1
         for name, g in grads.items():
             W = self.student[name]
             if name != "Q":
-                W.sub_(lr * self.opt.direction(name, g))
+                W.add_(self.opt.direction(name, g), alpha=-lr)
             elif cfg.orth_update == "polar":
                 # Riemannian gradient W skew(W^T G) on O(d) (embedded metric), the optimiser's
                 # direction from it, then the polar retraction (Absil et al. 2008, sec. 4.1)

@@ -1,0 +1,201 @@
+"""Image datasets held as tensors, with an on-device loader.
+
+- ``cifar10`` / ``cifar100``: read from the CIFAR "python version" files (the format of
+  https://www.cs.toronto.edu/~kriz/cifar.html) under ``root``; torchvision downloads them
+  when they are missing and ``download`` is true.
+- ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download),
+  split 80/20 once with a fixed seed (stratified).
+
+The whole set lives in one tensor; :class:`TensorLoader` shuffles, augments (random crop
+with padding, horizontal flip) and normalises batches on the device. Every random draw of
+an epoch comes from a generator seeded by (seed, epoch), so an epoch's batches are the same
+whether or not the run was interrupted before it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["DATASETS", "ImageData", "TensorLoader", "load_image_data", "default_data_root", "epoch_generator"]
+
+DATASETS = ("cifar10", "cifar100", "digits")
+DATA_ROOT_ENV = "OSC_DATA_ROOT"
+
+# per-channel mean / std of the training sets
+_CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+_CIFAR_FILES = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
+}
+
+
+def default_data_root() -> Path:
+    """``$OSC_DATA_ROOT`` if set, else ``~/.data`` (the original project's default)."""
+    return Path(os.environ.get(DATA_ROOT_ENV, "~/.data")).expanduser()
+
+
+@dataclass
+class ImageData:
+    """A dataset as tensors. Images are uint8 (N, C, H, W) for CIFAR, float32 for digits."""
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scale: float  # divide raw pixel values by this to get [0, 1]
+    crop_padding: int  # random-crop padding of the training augmentation (0: none)
+    flip: bool  # random horizontal flips in the training augmentation
+
+    @property
+    def in_channels(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.x_train.shape[-1]
+
+
+def _read_cifar(name: str, root: Path, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    folder, train_files, test_files, label_key = _CIFAR_FILES[name]
+    base = root / folder
+    missing = [f for f in train_files + test_files if not (base / f).is_file()]
+    if missing and download:
+        import torchvision
+
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        try:
+            cls(str(root), train=True, download=True)
+        except Exception as err:  # URLError, socket errors, HTTP errors ...
+            raise ValueError(
+                f"{name} is not under {base} and downloading it failed ({type(err).__name__}: {err}); "
+                f"download it elsewhere and copy the folder {folder}/ into {root}, or set data.root"
+            ) from None
+        missing = [f for f in train_files + test_files if not (base / f).is_file()]
+    if missing:
+        raise ValueError(
+            f"{name} not found under {root} (missing {folder}/{missing[0]}) and data.download=false; "
+            f"pass data.download=true to fetch it, or put the python-version files in {base} "
+            f"(or set data.root=... / ${DATA_ROOT_ENV})"
+        )
+
+    def read(files):
+        xs, ys = [], []
+        for f in files:
+            try:
+                with open(base / f, "rb") as fh:
+                    entry = pickle.load(fh, encoding="bytes")
+                xs.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(entry[label_key], dtype=np.int64))
+            except Exception as err:
+                raise ValueError(f"cannot read {base / f} as a CIFAR batch file: {err}") from None
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+    x_train, y_train = read(train_files)
+    x_test, y_test = read(test_files)
+    return x_train, y_train, x_test, y_test
+
+
+def _digits(split_seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = d.images.astype(np.float32)[:, None]  # (1797, 1, 8, 8), values 0..16
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, d.target, test_size=0.2, random_state=split_seed, stratify=d.target
+    )
+    t = torch.from_numpy
+    return t(x_tr), t(y_tr.astype(np.int64)), t(x_te), t(y_te.astype(np.int64))
+
+
+def load_image_data(name: str, root: str | Path | None = None, download: bool = True,
+                    augment: bool = True) -> ImageData:
+    """Load ``name`` (one of DATASETS). Missing files with ``download=False``, or a failed
+    download, raise ValueError with one line naming the root and how to get the data."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+    if name == "digits":
+        x_tr, y_tr, x_te, y_te = _digits()
+        v = x_tr / 16.0
+        return ImageData(name, x_tr, y_tr, x_te, y_te, 10, (float(v.mean()),), (float(v.std()),),
+                         scale=16.0, crop_padding=1 if augment else 0, flip=False)
+    root = default_data_root() if root in (None, "") else Path(root).expanduser()
+    x_tr, y_tr, x_te, y_te = _read_cifar(name, root, download)
+    mean, std = _CIFAR_STATS[name]
+    return ImageData(name, x_tr, y_tr, x_te, y_te, 10 if name == "cifar10" else 100, mean, std,
+                     scale=255.0, crop_padding=4 if augment else 0, flip=augment)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of every random draw in one epoch (order, crops, flips, mixup)."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+
+
+def _random_crop(x: Tensor, pad: int, gen: torch.Generator) -> Tensor:
+    """Zero-pad by ``pad`` and crop back to size at a random offset per image."""
+    n, _, h, w = x.shape
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (N, 1, H, 1)
+    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (N, 1, 1, W)
+    idx_n = torch.arange(n, device=x.device)[:, None, None, None]
+    idx_c = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return xp[idx_n, idx_c, rows, cols]
+
+
+class TensorLoader:
+    """Batches of (normalised images, labels) on ``device``.
+
+    ``train=True``: a fresh permutation each epoch, the dataset's augmentation, and
+    ``drop_last`` so BatchNorm never sees a batch of one. ``train=False``: in order, no
+    augmentation, every sample once.
+    """
+
+    def __init__(self, data: ImageData, batch_size: int, train: bool, device: torch.device,
+                 channels_last: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        self.data, self.train, self.device = data, train, device
+        x, y = (data.x_train, data.y_train) if train else (data.x_test, data.y_test)
+        self.x, self.y = x.to(device), y.to(device)
+        self.batch_size = min(batch_size, len(self.x)) if train else batch_size
+        self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1) * data.scale
+        self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1) * data.scale
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __len__(self) -> int:
+        n = len(self.x)
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    def epoch(self, gen: torch.Generator | None = None):
+        """Yield the batches of one epoch; ``gen`` drives shuffling and augmentation."""
+        n = len(self.x)
+        order = torch.randperm(n, generator=gen).to(self.device) if self.train else None
+        for b in range(len(self)):
+            sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            idx = order[sl] if order is not None else None
+            x = self.x[idx] if idx is not None else self.x[sl]
+            y = self.y[idx] if idx is not None else self.y[sl]
+            x = x.float()
+            if self.train and self.data.crop_padding > 0:
+                x = _random_crop(x, self.data.crop_padding, gen)
+            if self.train and self.data.flip:
+                flip = (torch.rand(len(x), generator=gen) < 0.5).to(self.device)
+                x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+            yield x, y

@@ -1,0 +1,390 @@
+"""The training loop: one, for every experiment that trains an image classifier.
+
+Per step: (mixup) -> forward under autocast where it helps -> loss -> backward ->
+clip -> if every gradient is finite: optimiser step, then the constraint upkeep of
+retracted skips (:class:`~orthogonal_skip_connections.skips.OrthogonalUpkeep`), then the
+learning-rate schedule. Per epoch: metrics, evaluation every ``eval_every`` epochs with
+per-skip diagnostics, and an atomic checkpoint from which ``resume`` continues with the
+same numbers (bit for bit on CPU: every random draw of an epoch comes from a generator
+seeded by (seed, epoch)).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.vision import ImageData, TensorLoader, epoch_generator
+from .diagnostics import skip_diagnostics, summarize_skips
+from .runs import UserError, append_jsonl, atomic_torch_save, progress_bar, write_json
+from .skips import OrthogonalUpkeep, split_parameters
+
+__all__ = ["TrainConfig", "MetricSink", "Diverged", "build_optimizer", "lr_factor", "train_classifier", "evaluate"]
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 15
+    batch_size: int = 128
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    decay_norms_and_biases: bool = False  # weight decay on 1-D parameters (norms, biases, scalars)
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw
+    schedule: str = "cosine"  # cosine | step | constant
+    warmup_epochs: float = 1.0
+    milestones: list[int] = field(default_factory=lambda: [])  # step schedule, in epochs
+    gamma: float = 0.1  # step schedule factor
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
+    upkeep_momentum: float | None = None  # momentum of the retracted skips' step (None: optimiser's)
+    amp: str = "auto"  # auto (bf16 on CUDA, off elsewhere) | bf16 | off
+    channels_last: bool = False
+    eval_every: int = 1
+    seed: int = 0
+    progress: bool = True
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1; got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1; got {self.batch_size}"),
+            (self.optimizer in ("sgd", "adamw"), f"unknown optimizer {self.optimizer!r}; allowed: sgd, adamw"),
+            (self.lr > 0, f"optimizer.lr must be > 0; got {self.lr}"),
+            (0 <= self.momentum < 1, f"optimizer.momentum must be in [0, 1); got {self.momentum}"),
+            (self.weight_decay >= 0, f"optimizer.weight_decay must be >= 0; got {self.weight_decay}"),
+            (self.schedule in ("cosine", "step", "constant"),
+             f"unknown schedule {self.schedule!r}; allowed: cosine, step, constant"),
+            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0; got {self.warmup_epochs}"),
+            (0 < self.gamma <= 1, f"gamma must be in (0, 1]; got {self.gamma}"),
+            (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1); got {self.label_smoothing}"),
+            (self.mixup_alpha >= 0, f"mixup_alpha must be >= 0; got {self.mixup_alpha}"),
+            (self.grad_clip >= 0, f"grad_clip must be >= 0; got {self.grad_clip}"),
+            (self.amp in ("auto", "bf16", "off"), f"unknown amp {self.amp!r}; allowed: auto, bf16, off"),
+            (self.eval_every >= 1, f"eval_every must be >= 1; got {self.eval_every}"),
+            (self.upkeep_momentum is None or 0 <= self.upkeep_momentum < 1,
+             f"upkeep_momentum must be in [0, 1); got {self.upkeep_momentum}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+
+class MetricSink:
+    """Receives every logged record (a flat-ish dict with ``type`` "train" or "eval")."""
+
+    def log(self, record: dict) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class Diverged(RuntimeError):
+    """The loss became non-finite; the summary says ``status: diverged``."""
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, OrthogonalUpkeep]:
+    """Optimiser over every parameter except retracted skip matrices, plus their upkeep.
+
+    Weight decay acts on weight matrices only: never on parametrized orthogonal skips
+    (decay would pull them off their base, and for Householder would zero the fixed
+    diagonal torch reads), and by default not on norms, biases or scalars (1-D and 0-D).
+    """
+    groups = split_parameters(model)
+    decay = [p for p in groups["other"] if p.ndim >= 2 or cfg.decay_norms_and_biases]
+    no_decay = [p for p in groups["other"] if not (p.ndim >= 2 or cfg.decay_norms_and_biases)]
+    param_groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay + groups["constrained"], "weight_decay": 0.0},
+    ]
+    param_groups = [g for g in param_groups if g["params"]]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum,
+                              nesterov=cfg.nesterov and cfg.momentum > 0)
+    else:
+        opt = torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    upkeep_momentum = cfg.momentum if cfg.upkeep_momentum is None else cfg.upkeep_momentum
+    return opt, OrthogonalUpkeep(model, momentum=upkeep_momentum, optimizer=opt)
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base learning rate at optimiser step ``step`` (0-based).
+
+    Linear warm-up over ``warmup_epochs`` starting at 1/warmup_steps (never 0 on the first
+    step), then cosine to 0 over the remaining steps, step decay by ``gamma`` at each
+    milestone epoch, or constant."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if cfg.schedule == "step":
+        epoch = step // steps_per_epoch
+        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    return 1.0
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: TensorLoader, amp: str = "auto") -> dict:
+    """Test loss (mean cross-entropy) and accuracy (percent) over the whole loader."""
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    for x, y in loader.epoch():
+        with _autocast(loader.device, amp):
+            logits = model(x)
+        loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        n += len(y)
+    model.train()
+    return {"test_loss": loss_sum / n, "test_acc": 100.0 * correct / n}
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:
+        raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+
+
+def train_classifier(
+    model: nn.Module,
+    data: ImageData,
+    cfg: TrainConfig,
+    run_dir: Path,
+    device: torch.device,
+    sinks: list[MetricSink] = (),
+    resume: bool = False,
+    extra_summary: dict | None = None,
+) -> dict:
+    """Train ``model`` on ``data``; write metrics.jsonl, checkpoint.pt and summary.json into
+    ``run_dir``; return the summary. Raises :class:`Diverged` (after writing a summary with
+    ``status: diverged``) if the loss becomes non-finite."""
+    cfg.validate()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, metrics_path = run_dir / CHECKPOINT, run_dir / METRICS
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_loader = TensorLoader(data, cfg.batch_size, True, device, cfg.channels_last)
+    test_loader = TensorLoader(data, max(cfg.batch_size, 256), False, device, cfg.channels_last)
+    steps_per_epoch = len(train_loader)
+    opt, upkeep = build_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, cfg))
+
+    state = {"epoch": 0, "step": 0, "train_time_s": 0.0, "best_test_acc": None, "skipped_steps": 0,
+             "last_eval": None}
+    if resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, device)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        upkeep.load_state_dict(ckpt["upkeep"])
+        _set_rng_state(ckpt["rng"])
+        state.update(ckpt["state"])
+        _truncate_metrics(metrics_path, state["epoch"])
+    elif metrics_path.exists():
+        metrics_path.unlink()  # a fresh run in a dir without a checkpoint: start the log anew
+
+    def log(record: dict) -> None:
+        append_jsonl(metrics_path, record)
+        for sink in sinks:
+            sink.log(record)
+
+    def summary(status: str) -> dict:
+        last = state["last_eval"] or {}
+        out = {
+            "status": status,
+            "test_acc": last.get("test_acc"),
+            "best_test_acc": state["best_test_acc"],
+            "test_loss": last.get("test_loss"),
+            "train_loss": state.get("train_loss"),
+            "train_acc": state.get("train_acc"),
+            "epochs": state["epoch"],
+            "steps": state["step"],
+            "train_time_s": state["train_time_s"],
+            "seconds_per_epoch": state["train_time_s"] / max(1, state["epoch"]),
+            "skipped_steps": state["skipped_steps"],
+            **summarize_skips(skip_diagnostics(model)),
+            "device": str(device),
+            "config": asdict(cfg),
+        }
+        out.update(extra_summary or {})
+        return out
+
+    model.train()
+    epochs_bar = progress_bar(range(state["epoch"], cfg.epochs), enabled=cfg.progress, desc="epochs",
+                              initial=state["epoch"], total=cfg.epochs)
+    try:
+        for epoch in epochs_bar:
+            gen = epoch_generator(cfg.seed, epoch)
+            loss_sum, correct, seen = 0.0, 0, 0
+            t0 = time.perf_counter()
+            bar = progress_bar(train_loader.epoch(gen), enabled=cfg.progress, total=steps_per_epoch,
+                               desc=f"epoch {epoch + 1}", leave=False)
+            for x, y in bar:
+                loss, logits, y_hard = _forward(model, x, y, cfg, gen, device)
+                if not torch.isfinite(loss):
+                    state["epoch"] = epoch
+                    raise Diverged(f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {state['step'] + 1}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if _finite_gradients(model, cfg.grad_clip):
+                    opt.step()
+                    upkeep.step(opt.param_groups[0]["lr"])
+                else:  # skip the update (optimiser and upkeep alike), keep the schedule moving
+                    state["skipped_steps"] += 1
+                    opt.zero_grad(set_to_none=True)
+                sched.step()
+                state["step"] += 1
+                loss_sum += float(loss.detach()) * len(y)
+                correct += int((logits.argmax(1) == y_hard).sum())
+                seen += len(y)
+                if cfg.progress:
+                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            epoch_time = time.perf_counter() - t0
+            state.update(epoch=epoch + 1, train_time_s=state["train_time_s"] + epoch_time,
+                         train_loss=loss_sum / seen, train_acc=100.0 * correct / seen)
+            log({"type": "train", "epoch": epoch + 1, "step": state["step"], "lr": opt.param_groups[0]["lr"],
+                 "train_loss": state["train_loss"], "train_acc": state["train_acc"], "epoch_time_s": epoch_time})
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                ev = evaluate(model, test_loader, cfg.amp)
+                skips = skip_diagnostics(model)
+                state["last_eval"] = ev
+                best = state["best_test_acc"]
+                state["best_test_acc"] = ev["test_acc"] if best is None else max(best, ev["test_acc"])
+                log({"type": "eval", "epoch": epoch + 1, "step": state["step"], **ev,
+                     **summarize_skips(skips), "skips": skips})
+                if cfg.progress:
+                    epochs_bar.set_postfix(test_acc=f"{ev['test_acc']:.2f}")
+            atomic_torch_save(
+                {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "upkeep": upkeep.state_dict(), "rng": _rng_state(), "state": state},
+                ckpt_path,
+            )
+    except Diverged:
+        write_json(run_dir / SUMMARY, summary("diverged"))
+        raise
+    finally:
+        for sink in sinks:
+            sink.close()
+    result = summary("completed")
+    write_json(run_dir / SUMMARY, result)
+    return result
+
+
+def _forward(model, x, y, cfg: TrainConfig, gen: torch.Generator, device: torch.device):
+    """Loss and logits of one batch; with mixup (Zhang et al. 2018) the inputs are convex
+    combinations lam x + (1 - lam) x[perm] and the loss mixes the two labels alike."""
+    with _autocast(device, cfg.amp):
+        if cfg.mixup_alpha > 0:
+            lam = _beta(cfg.mixup_alpha, gen)
+            perm = torch.randperm(len(x), generator=gen).to(device)
+            logits = model(lam * x + (1 - lam) * x[perm]).float()
+            loss = lam * F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing) + (1 - lam) * \
+                F.cross_entropy(logits, y[perm], label_smoothing=cfg.label_smoothing)
+            y_hard = y if lam >= 0.5 else y[perm]
+        else:
+            logits = model(x).float()
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            y_hard = y
+    return loss, logits, y_hard
+
+
+def _beta(alpha: float, gen: torch.Generator) -> float:
+    """A Beta(alpha, alpha) draw determined by the epoch generator (torch's Beta sampler
+    takes no generator, so a NumPy generator is seeded from it)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
+def _finite_gradients(model: nn.Module, clip: float) -> bool:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return True
+    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    return bool(torch.isfinite(norm))
+
+
+def _truncate_metrics(path: Path, epoch: int) -> None:
+    """Drop records logged after the checkpoint's epoch (a run killed mid-epoch)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("epoch", 0) <= epoch]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+class TensorBoardSink(MetricSink):
+    """Scalars of every record into a TensorBoard event file under ``log_dir``."""
+
+    def __init__(self, log_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+        self.writer = SummaryWriter(str(log_dir))
+
+    def log(self, record: dict) -> None:
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                self.writer.add_scalar(f"{record['type']}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbSink(MetricSink):
+    """Scalars of every record into a Weights & Biases run (mode online or offline)."""
+
+    def __init__(self, mode: str, project: str, config: dict, run_dir: Path, name: str | None = None):
+        try:
+            import wandb
+        except ImportError:
+            raise UserError(f"wandb.mode={mode} needs the wandb package: pip install wandb") from None
+        self.run = wandb.init(mode=mode, project=project, config=config, dir=str(run_dir), name=name)
+
+    def log(self, record: dict) -> None:
+        scalars = {f"{record['type']}/{k}": v for k, v in record.items() if isinstance(v, (int, float))}
+        self.run.log(scalars, step=record["step"])
+
+    def close(self) -> None:
+        self.run.finish()

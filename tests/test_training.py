@@ -1,0 +1,215 @@
+"""The training loop and the run_experiments app: files, resume, CIFAR files, bad input."""
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from orthogonal_skip_connections import training
+from orthogonal_skip_connections.cli import main as osc_main
+from orthogonal_skip_connections.data.vision import TensorLoader, epoch_generator, load_image_data
+from orthogonal_skip_connections.experiments import run_experiments
+from orthogonal_skip_connections.runs import CONFIG_DIR, UserError
+from orthogonal_skip_connections.training import TrainConfig, lr_factor
+
+APP = "orthogonal_skip_connections.experiments.run_experiments"
+
+
+def config(*overrides, name="run_experiments"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+def digits_cfg(*overrides):
+    return config("dataset=digits", "model.model_type=resnet20", "device=cpu", "progress=false", *overrides)
+
+
+def test_digits_two_epochs_writes_all_files(tmp_path):
+    summary = run_experiments.run(digits_cfg("scheduler.epochs=2", "model.skip_kind=learnable_orth"), tmp_path)
+    for f in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt"):
+        assert (tmp_path / f).is_file(), f
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["status"] == "completed" and saved["epochs"] == 2 and saved["steps"] == 2 * (1437 // 128)
+    assert 10.0 < saved["test_acc"] <= 100.0 and saved["best_test_acc"] >= saved["test_acc"]
+    assert saved["train_time_s"] > 0 and saved["method"] == "steepest"
+    assert saved["skip_orth_error_max"] < 1e-4 and saved["skip_identity_distance_mean"] > 0
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["type"] for r in records] == ["train", "eval", "train", "eval"]
+    assert len(records[1]["skips"]) == 9
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["state"]["epoch"] == 2
+    # the saved result is never overwritten by a second run in the same dir
+    with pytest.raises(UserError, match="already holds a finished run"):
+        run_experiments.run(digits_cfg("scheduler.epochs=2"), tmp_path)
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, monkeypatch):
+    overrides = ("scheduler.epochs=2", "model.skip_kind=learnable_orth", "model.method=steepest",
+                 "model.init=haar", "mixup_alpha=0.2", "optimizer.nesterov=true")
+    full = run_experiments.run(digits_cfg(*overrides), tmp_path / "full")
+
+    real_forward, calls = training._forward, {"n": 0}
+
+    def dying_forward(*args, **kwargs):  # the process dies in the middle of epoch 2
+        calls["n"] += 1
+        if calls["n"] == (1437 // 128) + 4:
+            raise KeyboardInterrupt
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_forward", dying_forward)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiments.run(digits_cfg(*overrides), tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "summary.json").exists()
+    monkeypatch.setattr(training, "_forward", real_forward)
+    resumed = run_experiments.run(digits_cfg(*overrides, "resume=true"), tmp_path / "resumed")
+
+    timing = {"train_time_s", "seconds_per_epoch"}
+    assert {k: v for k, v in full.items() if k not in timing} == {k: v for k, v in resumed.items() if k not in timing}
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    lines = lambda p: [{k: v for k, v in json.loads(s).items() if k != "epoch_time_s"}  # noqa: E731
+                       for s in (p / "metrics.jsonl").read_text().splitlines()]
+    assert lines(tmp_path / "full") == lines(tmp_path / "resumed")
+
+
+def write_fake_cifar(root: Path, name: str, n_train: int = 40, n_test: int = 20) -> None:
+    rng = np.random.default_rng(0)
+    classes = 10 if name == "cifar10" else 100
+    key = b"labels" if name == "cifar10" else b"fine_labels"
+
+    def batch(n):
+        return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), key: list(rng.integers(0, classes, n))}
+
+    if name == "cifar10":
+        folder = root / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        files = {f"data_batch_{i}": batch(n_train // 5) for i in range(1, 6)} | {"test_batch": batch(n_test)}
+    else:
+        folder = root / "cifar-100-python"
+        folder.mkdir(parents=True)
+        files = {"train": batch(n_train), "test": batch(n_test)}
+    for fname, content in files.items():
+        with open(folder / fname, "wb") as f:
+            pickle.dump(content, f)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_from_local_files_without_network(tmp_path, name):
+    write_fake_cifar(tmp_path / "data", name)
+    data = load_image_data(name, tmp_path / "data", download=False)
+    assert data.x_train.shape == (40, 3, 32, 32) and data.x_test.shape == (20, 3, 32, 32)
+    assert data.num_classes == (10 if name == "cifar10" else 100)
+    # training batches are augmented and normalised, test batches only normalised
+    loader = TensorLoader(data, 8, train=False, device=torch.device("cpu"))
+    x, _ = next(loader.epoch())
+    expected = (data.x_test[:8].float() / 255 - torch.tensor(data.mean).view(1, 3, 1, 1)) / torch.tensor(
+        data.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(x, expected)
+    train = TensorLoader(data, 8, train=True, device=torch.device("cpu"))
+    b1 = [x for x, _ in train.epoch(epoch_generator(0, 0))]
+    b2 = [x for x, _ in train.epoch(epoch_generator(0, 0))]
+    assert len(b1) == 5 and all(torch.equal(p, q) for p, q in zip(b1, b2))
+    summary = run_experiments.run(
+        config(f"dataset={name}", f"data.root={tmp_path / 'data'}", "data.download=false", "batch_size=16",
+               "scheduler.epochs=1", "model.model_type=resnet20", "device=cpu", "progress=false"),
+        tmp_path / "run",
+    )
+    assert summary["status"] == "completed" and summary["steps"] == 2
+
+
+def test_missing_cifar_offline_is_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"cifar10 not found under .*data.download=false"):
+        load_image_data("cifar10", tmp_path, download=False)
+
+
+def test_lr_schedule_warmup_starts_nonzero_then_cosine_to_zero():
+    cfg = TrainConfig(epochs=10, warmup_epochs=1)
+    factors = [lr_factor(s, 10, cfg) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[-1] < 0.01
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    step = TrainConfig(epochs=10, warmup_epochs=0, schedule="step", milestones=[5, 8], gamma=0.1)
+    assert [lr_factor(s, 10, step) for s in (0, 49, 50, 80)] == pytest.approx([1, 1, 0.1, 0.01])
+
+
+def test_divergence_guard_writes_diverged_summary(tmp_path):
+    with pytest.raises(training.Diverged):
+        data = load_image_data("digits")
+        data.x_train = data.x_train * float("nan")
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        training.train_classifier(model, data, TrainConfig(epochs=1, progress=False), tmp_path, torch.device("cpu"))
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["status"] == "diverged" and saved["steps"] == 0
+
+
+def test_every_config_composes():
+    for dataset in ("cifar10", "cifar100", "digits"):
+        cfg = config(f"dataset={dataset}")
+        assert cfg.dataset.name == dataset and cfg.batch_size > 0 and cfg.scheduler.epochs > 0
+        run_experiments.train_config(cfg).validate()
+    assert config().dataset.name == "cifar100"  # the original README's default
+    assert config("batch_size=64", "dataset=digits").batch_size == 64  # overrides win
+    for name in Path(CONFIG_DIR).glob("*.yaml"):
+        assert compose_ok(name.stem)
+
+
+def compose_ok(name):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose(config_name=name) is not None
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("optimizer.lr=-1", "optimizer.lr must be > 0"),
+        ("model.skip_kind=bogus", "unknown skip kind 'bogus'"),
+        ("model.method=adam", "unknown learnable_orth method 'adam'"),
+        ("wandb.mode=sometimes", "unknown wandb.mode"),
+        ("device=tpu", "unknown device"),
+    ],
+)
+def test_bad_overrides_raise_before_anything_is_saved(tmp_path, override, match):
+    extra = ["model.skip_kind=learnable_orth"] if "method" in override else []
+    with pytest.raises(ValueError, match=match):
+        run_experiments.run(digits_cfg(override, *extra), tmp_path)
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_bad_input_from_the_command_line_is_one_line_and_nonzero_exit(tmp_path):
+    cases = {
+        "kind": ["dataset=digits", "model.skip_kind=bogus"],
+        "lr": ["dataset=digits", "optimizer.lr=-1"],
+        "dataset": ["dataset=bogus"],
+        "offline": ["dataset=cifar10", f"data.root={tmp_path / 'empty'}", "data.download=false"],
+    }
+    procs = {
+        k: subprocess.Popen([sys.executable, "-m", APP, *args, f"hydra.run.dir={tmp_path / k}", "progress=false"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for k, args in cases.items()
+    }
+    errors = {}
+    for k, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        errors[k] = err
+        assert proc.returncode != 0, k
+        assert "Traceback" not in err, (k, err)
+        assert not (tmp_path / k / "summary.json").exists() and not (tmp_path / k / "checkpoint.pt").exists()
+        if k != "dataset":  # Hydra's own message lists the available datasets
+            lines = [line for line in err.splitlines() if line.strip()]
+            assert len(lines) == 1 and lines[0].startswith("error: "), (k, err)
+    assert "bogus" in errors["dataset"] and "digits" in errors["dataset"]
+
+
+def test_osc_cli_lists_apps_and_rejects_unknown(capsys):
+    assert osc_main(["list"]) == 0
+    assert "run_experiments" in capsys.readouterr().out
+    assert osc_main(["nope"]) == 2
+    assert "unknown experiment 'nope'" in capsys.readouterr().err

@@ -77,6 +77,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             print(f"{run_dir} is already completed (test_acc {done.get('test_acc')}); nothing to resume")
             return done
     device = resolve_device(cfg.device)
+    if cfg.num_threads is not None:
+        if int(cfg.num_threads) < 1:
+            raise UserError(f"num_threads must be >= 1 or null; got {cfg.num_threads}")
+        torch.set_num_threads(int(cfg.num_threads))
     torch.manual_seed(int(cfg.seed))
     data = load_image_data(cfg.dataset.name, cfg.data.root, bool(cfg.data.download), bool(cfg.data.augment))
     m = cfg.model

@@ -34,6 +34,7 @@ __all__ = [
     "progress_bar",
     "resolve_device",
     "to_jsonable",
+    "compose_config",
 ]
 
 CONFIG_DIR = str(Path(__file__).parent / "config")
@@ -158,3 +159,15 @@ def hydra_app(config_name: str):
         return main
 
     return decorate
+
+
+def compose_config(name: str, overrides: list[str] = ()) -> DictConfig:
+    """Compose app ``name``'s config with ``overrides``, inside a running Hydra app (as
+    ``osc study`` does to drive the other apps) or outside one (tests, scripts)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=name, overrides=list(overrides))
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose(config_name=name, overrides=list(overrides))

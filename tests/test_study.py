@@ -1,0 +1,90 @@
+"""osc study and osc report: files, one row per run, the same table twice, failures kept."""
+
+import csv
+
+import pytest
+
+from orthogonal_skip_connections import training
+from orthogonal_skip_connections.cli import main as osc_main
+from orthogonal_skip_connections.experiments import run_experiments, study
+from orthogonal_skip_connections.report import build_report
+from orthogonal_skip_connections.runs import compose_config
+
+VARIANTS = ["identity", "zero", "learnable_orth/cayley"]
+TINY = [
+    "scale=smoke",
+    "jobs=1",
+    "progress=false",
+    f"scales.smoke.classification.variants=[{','.join(VARIANTS)}]",
+    "scales.smoke.classification.seeds=2",
+    "scales.smoke.classification.overrides=['scheduler.epochs=1','device=cpu']",
+    "scales.smoke.teacher_student=['d=3','n_train=200','n_test=100','epochs=2','batch_size=50','lr=0.01',"
+    "'seeds=2','log_every=2']",
+]
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    study.run(compose_config("study", TINY), out)
+    return out
+
+
+def test_study_writes_report_files_and_one_row_per_run(study_dir):
+    for name in ("report.md", "report.html", "results.csv", "accuracy_digits_resnet20.png", "study.json"):
+        assert (study_dir / name).is_file(), name
+    rows = read_csv(study_dir / "results.csv")
+    assert sorted((r["variant"], r["seed"]) for r in rows) == sorted((v, str(s)) for v in VARIANTS for s in (0, 1))
+    assert all(r["status"] == "completed" for r in rows)
+    md = (study_dir / "report.md").read_text()
+    assert "| learnable_orth/cayley | 2/2 |" in md and "## teacher_student" in md
+    assert "data:image/png;base64," in (study_dir / "report.html").read_text()
+    assert "seed" in md and "paired" in md
+
+
+def test_study_rerun_keeps_completed_runs(study_dir):
+    before = {p: p.stat().st_mtime_ns for p in (study_dir / "classification").rglob("summary.json")}
+    study.run(compose_config("study", TINY), study_dir)
+    assert before == {p: p.stat().st_mtime_ns for p in (study_dir / "classification").rglob("summary.json")}
+
+
+def test_report_from_run_dirs_matches_study_and_keeps_failures(study_dir, tmp_path, monkeypatch):
+    again = build_report([study_dir / "classification"], tmp_path / "again")
+    assert read_csv(tmp_path / "again" / "results.csv") == read_csv(study_dir / "results.csv")
+    table = lambda text: [l for l in text.splitlines() if l.startswith("| ")]  # noqa: E741,E731
+    n = 1 + len(VARIANTS)  # header and one line per variant
+    assert table((tmp_path / "again" / "report.md").read_text())[:n] == \
+        table((study_dir / "report.md").read_text())[:n]
+
+    # a diverged run and a run killed before its first checkpoint, next to the good ones
+    base = ["dataset=digits", "model.model_type=resnet20", "progress=false", "scheduler.epochs=1", "device=cpu"]
+    with pytest.raises(SystemExit):
+        run_experiments.run(compose_config("run_experiments", [*base, "optimizer.lr=1e30", "seed=5"]),
+                            tmp_path / "sweep" / "diverged")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_forward", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiments.run(compose_config("run_experiments", [*base, "seed=6"]), tmp_path / "sweep" / "killed")
+    assert osc_main(["report", str(study_dir / "classification"), str(tmp_path / "sweep"),
+                     "--out", str(tmp_path / "both")]) == 0
+    rows = read_csv(tmp_path / "both" / "results.csv")
+    status = {r["seed"]: r["status"] for r in rows if r["variant"] == "identity"}
+    assert status == {"0": "completed", "1": "completed", "5": "diverged", "6": "failed"}
+    md = (tmp_path / "both" / "report.md").read_text()
+    assert "2/4 (seed 5: diverged; seed 6: failed)" in md and "did not complete" in md
+
+
+def test_report_and_study_bad_input(tmp_path, capsys):
+    assert osc_main(["report", str(tmp_path / "missing")]) == 2
+    assert "no such run dir" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown scale 'huge'"):
+        study.run(compose_config("study", ["scale=huge"]), tmp_path)
+    assert not (tmp_path / "missing").exists()  # nothing created for a bad call

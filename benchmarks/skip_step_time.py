@@ -5,6 +5,7 @@ Every variant is timed in the same process, interleaved round-robin over several
 that of identity. A step is forward + backward + SGD step + the skip's constraint upkeep.
 
     python benchmarks/skip_step_time.py [--batch 128] [--steps 10] [--rounds 5] [--device cpu]
+        [--threads N] [--memory-format channels_last|contiguous]
 """
 
 from __future__ import annotations
@@ -50,12 +51,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="steps per timing")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--memory-format", choices=["channels_last", "contiguous"], default="channels_last",
+                   help="layout of inputs and weights (run_experiments' default: channels_last)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    variants = [("identity", None)] + [("learnable_orth", m) for m in ORTH_METHODS]
-    steps = {v: make_step(*v, args.batch, device, args.channels_last) for v in variants}
+    # linear: a plain trainable matrix, the cost of applying any C x C skip without upkeep
+    variants = [("identity", None), ("linear", None)] + [("learnable_orth", m) for m in ORTH_METHODS]
+    steps = {v: make_step(*v, args.batch, device, args.memory_format == "channels_last") for v in variants}
     for step in steps.values():  # warm-up
         for _ in range(2):
             step()
@@ -69,7 +75,7 @@ def main() -> None:
             sync()
             times[v].append((time.perf_counter() - t0) / args.steps)
     base = statistics.median(times[variants[0]])
-    print(f"resnet20, batch {args.batch}, device {device}, torch {torch.__version__}, "
+    print(f"resnet20, batch {args.batch}, {args.memory_format}, device {device}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, {args.rounds} rounds x {args.steps} steps")
     print(f"{'skip':<28} {'ms/step':>9} {'ratio':>7}")
     for (kind, method), ts in times.items():

@@ -228,3 +228,41 @@ def block_procrustes(model: nn.Module, X: torch.Tensor) -> list[dict]:
         return rows
     finally:
         model.train(was_training)
+
+
+# --------------------------------------------------------------------------- stacked and linear fits
+# For models whose parameters carry leading batch axes (several seeds trained at once, see
+# small_training.SeedStack), and a reference for the Procrustes fit.
+
+__all__ += ["lipschitz_upper_bound_stacked", "linear_fit_residual"]
+
+
+@torch.no_grad()
+def lipschitz_upper_bound_stacked(branch: nn.Module) -> torch.Tensor:
+    """:func:`lipschitz_upper_bound` for a branch whose ``nn.Linear`` weights have leading
+    batch axes, (..., out, in): the product of the spectral norms for every batch entry,
+    a float64 tensor of shape (...) (0-d for an ordinary branch)."""
+    if isinstance(branch, nn.Linear):
+        return torch.linalg.matrix_norm(branch.weight.detach().double(), ord=2)
+    if isinstance(branch, nn.Sequential):
+        bound = torch.ones((), dtype=torch.float64)
+        for layer in branch:
+            bound = bound * lipschitz_upper_bound_stacked(layer)
+        return bound
+    return torch.tensor(lipschitz_upper_bound(branch), dtype=torch.float64)  # an activation, or the error
+
+
+@torch.no_grad()
+def linear_fit_residual(X: torch.Tensor, Y: torch.Tensor) -> float:
+    """Relative residual ||Y - X A^T||_F / ||Y||_F of the best linear map A (least squares,
+    no bias, like the Procrustes fit) from inputs X (N, d) to outputs Y (N, d'), in float64.
+
+    The reference for a Procrustes residual: the orthogonal fit can never beat it, and the
+    gap between the two is the part of a block's map that is linear but not orthogonal."""
+    X, Y = X.double(), Y.double()
+    if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y):
+        raise ValueError(f"need X (N, d) and Y (N, d'); got {tuple(X.shape)} and {tuple(Y.shape)}")
+    A_T = torch.linalg.lstsq(X, Y, driver="gelsd").solution  # (d, d'): X A^T ~ Y
+    denom = float(torch.linalg.matrix_norm(Y))
+    resid = float(torch.linalg.matrix_norm(Y - X @ A_T))
+    return resid / denom if denom > 0 else resid

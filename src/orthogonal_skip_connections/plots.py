@@ -94,3 +94,126 @@ def loglog_rates(ax, x, series: dict, reference=None, reference_label=None, styl
     ax.set_yscale("log")
     ax.grid(True, which="both", linestyle=":", linewidth=0.5)
     return ax
+
+
+# --------------------------------------------------------------------------- 2-D pictures
+# Geometry for pictures of maps R^2 -> R^2 and of decision regions: the app evaluates its
+# model on the points these return, these draw the results.
+
+__all__ += ["padded_box", "plane_grid", "grid_lines", "draw_morphed", "decision_regions", "pca_plane", "heatmap",
+            "block_curves"]
+
+CLASS_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink",
+                "tab:gray", "tab:olive", "tab:cyan")
+
+
+def padded_box(P, pad: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Bounding box (lo (2,), hi (2,)) of points P (N, 2), widened by ``pad`` of its size."""
+    P = np.asarray(P, dtype=float)
+    lo, hi = P.min(0), P.max(0)
+    span = np.maximum(hi - lo, 1e-6)
+    return lo - pad * span, hi + pad * span
+
+
+def plane_grid(lo, hi, n: int = 150) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An n x n grid over the box [lo, hi]: xx, yy (n, n) and the points (n*n, 2)."""
+    xx, yy = np.meshgrid(np.linspace(lo[0], hi[0], n), np.linspace(lo[1], hi[1], n))
+    return xx, yy, np.stack([xx.ravel(), yy.ravel()], axis=1)
+
+
+def grid_lines(lo, hi, n_lines: int = 15, n_points: int = 60) -> np.ndarray:
+    """The lines of a square grid over [lo, hi]: (2 n_lines, n_points, 2), the first
+    n_lines horizontal, the rest vertical; each line sampled at n_points points, so its
+    image under a non-linear map is drawn as a curve."""
+    t = np.linspace(0.0, 1.0, n_points)
+    levels = np.linspace(0.0, 1.0, n_lines)
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    horiz = np.stack([np.broadcast_to(t, (n_lines, n_points)), np.broadcast_to(levels[:, None], (n_lines, n_points))], -1)
+    vert = horiz[..., ::-1]
+    return lo + np.concatenate([horiz, vert]) * (hi - lo)
+
+
+def draw_morphed(ax, lines, points=None, labels=None, title=None):
+    """Curves ``lines`` (K, P, 2) (a grid's image under a map) and, optionally, the image
+    ``points`` (N, 2) of the data coloured by class ``labels`` (N,)."""
+    lines = np.asarray(lines)
+    K = len(lines)
+    for k, line in enumerate(lines):
+        ax.plot(line[:, 0], line[:, 1], color="0.35" if k < K // 2 else "0.6", linewidth=0.6)
+    if points is not None:
+        points, labels = np.asarray(points), np.asarray(labels)
+        for c in np.unique(labels):
+            pts = points[labels == c]
+            ax.scatter(pts[:, 0], pts[:, 1], s=3, color=CLASS_COLORS[int(c) % len(CLASS_COLORS)], alpha=0.6)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def decision_regions(ax, xx, yy, predicted, X=None, y=None, num_classes: int = 2, title=None):
+    """Filled regions of the predicted class ``predicted`` (n, n) on the grid (xx, yy),
+    with the points X (N, 2) coloured by their class y on top."""
+    from matplotlib.colors import ListedColormap
+
+    colors = [CLASS_COLORS[c % len(CLASS_COLORS)] for c in range(num_classes)]
+    ax.contourf(xx, yy, np.asarray(predicted), levels=np.arange(num_classes + 1) - 0.5,
+                cmap=ListedColormap(colors), alpha=0.25)
+    if X is not None:
+        X, y = np.asarray(X), np.asarray(y)
+        for c in range(num_classes):
+            pts = X[y == c]
+            ax.scatter(pts[:, 0], pts[:, 1], s=4, color=colors[c], edgecolors="none")
+    ax.set_xlim(xx.min(), xx.max())
+    ax.set_ylim(yy.min(), yy.max())
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def pca_plane(X) -> tuple[np.ndarray, np.ndarray]:
+    """The plane of the first two principal components of X (N, d), d >= 2: the mean
+    (d,) and an orthonormal basis V (d, 2). Coordinates are (X - mean) @ V; a point
+    (a, b) of the plane is mean + a V[:, 0] + b V[:, 1] in R^d."""
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2 or X.shape[1] < 2:
+        raise ValueError(f"a PCA plane needs points in R^d with d >= 2; got shape {X.shape}")
+    mean = X.mean(0)
+    _, _, Vt = np.linalg.svd(X - mean, full_matrices=False)
+    return mean, Vt[:2].T
+
+
+def heatmap(ax, M, row_labels, col_labels, fmt: str = "{:.2g}", cmap: str = "viridis", title=None,
+            xlabel=None, ylabel=None, vmin=None, vmax=None):
+    """Matrix M (rows, cols) as coloured cells with each value written in; NaN cells blank."""
+    M = np.asarray(M, dtype=float)
+    im = ax.imshow(M, cmap=cmap, aspect="auto", vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(M.shape[1]), [str(c) for c in col_labels])
+    ax.set_yticks(range(M.shape[0]), [str(r) for r in row_labels])
+    lo, hi = np.nanmin(M) if np.isfinite(M).any() else 0, np.nanmax(M) if np.isfinite(M).any() else 1
+    for (i, j), v in np.ndenumerate(M):
+        if np.isfinite(v):
+            dark = (v - lo) / max(hi - lo, 1e-300) < 0.5
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    if title:
+        ax.set_title(title, fontsize=9)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    return im
+
+
+def block_curves(ax, x, ys, log=False, cmap: str = "viridis", label_every: int | None = None):
+    """One curve per block, each a mean over seeds with a band (:func:`band`): ys has shape
+    (seeds, len(x), blocks); blocks are coloured from first (dark) to last (light)."""
+    ys = np.asarray(ys, dtype=float)
+    L = ys.shape[-1]
+    colors = plt.get_cmap(cmap)(np.linspace(0.0, 0.9, max(L, 1)))
+    label_every = label_every or max(1, L // 4)
+    for i in range(L):
+        label = f"block {i + 1}" if i % label_every == 0 or i == L - 1 else None
+        band(ax, x, ys[..., i], label=label, color=colors[i], log=log, alpha=0.12)
+    ax.grid(True, which="both", alpha=0.3)

@@ -192,10 +192,9 @@ def heatmap(ax, M, row_labels, col_labels, fmt: str = "{:.2g}", cmap: str = "vir
     im = ax.imshow(M, cmap=cmap, aspect="auto", vmin=vmin, vmax=vmax)
     ax.set_xticks(range(M.shape[1]), [str(c) for c in col_labels])
     ax.set_yticks(range(M.shape[0]), [str(r) for r in row_labels])
-    lo, hi = np.nanmin(M) if np.isfinite(M).any() else 0, np.nanmax(M) if np.isfinite(M).any() else 1
     for (i, j), v in np.ndenumerate(M):
         if np.isfinite(v):
-            dark = (v - lo) / max(hi - lo, 1e-300) < 0.5
+            dark = float(im.norm(v)) < 0.5  # white text on the dark half of the colour map
             ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7, color="white" if dark else "black")
     if title:
         ax.set_title(title, fontsize=9)

@@ -1,0 +1,205 @@
+"""`osc construction_validity`: do the blocks of a trained residual net act like orthogonal
+maps, as in the theorem's construction?
+
+The construction (paper Theorem 1, after Bartlett, Evans & Long 2018, arXiv 1804.05012)
+writes a map as h_m o ... o h_1 with every block h_i close to an orthogonal W_i. For a
+trained net the question is empirical: take block i's inputs Z_i (N, d) on data and its
+outputs h_i(Z_i), and fit the best orthogonal map Q_i (Procrustes, Schoenemann 1966). The
+relative residual ||h_i(Z_i) - Z_i Q_i^T||_F / ||h_i(Z_i)||_F is 0 exactly when the block is
+orthogonal on the data. Next to it, the residual of the best *linear* map (least squares)
+says how much of the misfit is non-linearity rather than non-orthogonality, and
+||Q_i - W_i||_F says whether the fitted map is the block's own skip.
+
+Over a grid of (dimension d, classes, depth m) and skip kinds, ``seeds`` models per grid
+point are trained at once (:mod:`~orthogonal_skip_connections.small_training`).
+
+    python -m orthogonal_skip_connections.experiments.construction_validity
+    osc construction_validity dims=[2,8,32] n_blocks=[2,4,8,16] skip_kinds=[learnable_orth]
+
+Writes config.yaml, summary.json and figures into the run dir.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..data.synthetic import make_synthetic
+from ..diagnostics import block_inputs, block_procrustes, linear_fit_residual
+from ..runs import UserError, hydra_app, progress_bar, resolve_device, save_config, write_json
+from ..skips import SKIP_KINDS
+from ..small_training import (
+    SeedStack,
+    check_fresh_run_dir,
+    config_number,
+    int_list,
+    residual_mlp_factory,
+    seed_list,
+    train_config_from,
+    train_small_classifier,
+)
+from ..training import Diverged
+
+DATASETS = ("blobs", "classification", "parity", "moons", "circles")
+FIT_ON = ("test", "train")
+
+
+def check_config(cfg: DictConfig) -> dict:
+    """Every value checked, and every dataset and model option tried, before anything is written."""
+    if cfg.dataset_type not in DATASETS:
+        raise UserError(f"unknown dataset_type {cfg.dataset_type!r}; allowed: {', '.join(DATASETS)}")
+    kinds = cfg.skip_kinds
+    if not OmegaConf.is_list(kinds) or len(kinds) == 0 or any(k not in SKIP_KINDS for k in kinds):
+        raise UserError(f"skip_kinds must be a non-empty list of: {', '.join(SKIP_KINDS)}; got {kinds!r}")
+    if cfg.fit_on not in FIT_ON:
+        raise UserError(f"unknown fit_on {cfg.fit_on!r}; allowed: {', '.join(FIT_ON)}")
+    c = {
+        "kinds": list(dict.fromkeys(kinds)),
+        "dims": int_list(cfg, "dims", 1),
+        "classes": int_list(cfg, "num_classes", 2),
+        "depths": int_list(cfg, "n_blocks", 1),
+        "seeds": seed_list(cfg),
+        "train": train_config_from(cfg),
+        "device": resolve_device(cfg.device),
+        "data": {},
+    }
+    for d in c["dims"]:
+        for k in c["classes"]:
+            try:
+                c["data"][(d, k)] = make_synthetic(
+                    cfg.dataset_type, n_samples=cfg.n_samples, dim=d, num_classes=k, test_fraction=cfg.test_fraction,
+                    noise=cfg.noise, separation=cfg.separation, clusters_per_class=cfg.clusters_per_class,
+                    seed=cfg.seed)
+            except (TypeError, ValueError) as err:
+                raise UserError(f"{cfg.dataset_type} with d={d}, num_classes={k}: {err}") from None
+            for kind in c["kinds"]:  # checks the model options (once per grid point: cheap)
+                residual_mlp_factory(cfg, d, c["depths"][0], k, kind)
+    c["factory"] = lambda d, m, k, kind: residual_mlp_factory(cfg, d, m, k, kind)
+    return c
+
+
+@torch.no_grad()
+def fit_blocks(model, X) -> dict:
+    """Per block of one trained model (eval mode), on inputs X (N, d): Procrustes and
+    linear-fit residuals, and the distances of Q_i from I and from the skip W_i; lists of
+    length m."""
+    rows = block_procrustes(model, X)
+    linear = [linear_fit_residual(z, block(z)) for block, z in zip(model.blocks, block_inputs(model, X))]
+    return {
+        "procrustes_residual": [r["procrustes_residual"] for r in rows],
+        "linear_residual": linear,
+        "procrustes_identity_distance": [r["procrustes_identity_distance"] for r in rows],
+        "procrustes_skip_distance": [r["procrustes_skip_distance"] for r in rows],
+    }
+
+
+def run_point(c: dict, cfg: DictConfig, kind: str, d: int, k: int, m: int) -> dict:
+    """Train the seeds of one grid point; fit every block before and after training."""
+    data = c["data"][(d, k)]
+    stack = SeedStack.build(c["factory"](d, m, k, kind), c["seeds"]).to(c["device"])
+    X = data.X_test if cfg.fit_on == "test" else data.X_train
+    at_init = [fit_blocks(stack.model(s).cpu().eval(), X)["procrustes_residual"] for s in range(len(stack))]
+    try:
+        result = train_small_classifier(stack, data.X_train, data.y_train, c["train"], data.X_test, data.y_test,
+                                        desc=f"{kind} d={d} k={k} m={m}")
+    except Diverged as err:
+        raise UserError(f"{kind} d={d} num_classes={k} m={m}: {err}") from None
+    fits = [fit_blocks(stack.model(s).cpu().eval(), X) for s in range(len(stack))]
+    per_seed = {key: [f[key] for f in fits] for key in fits[0]}  # key -> (S, m)
+    per_seed["procrustes_residual_at_init"] = at_init
+    resid = np.asarray(per_seed["procrustes_residual"])  # (S, m)
+    return {
+        "kind": kind, "dim": d, "num_classes": k, "n_blocks": m, "seeds": result["seeds"],
+        "test_acc": result["test_acc"], "train_acc": result["train_acc"],
+        "procrustes_residual_mean": float(resid.mean()),
+        "procrustes_residual_seed_sd": float(resid.mean(1).std()),
+        "procrustes_residual_max": float(resid.max()),
+        "linear_residual_mean": float(np.mean(per_seed["linear_residual"])),
+        "procrustes_residual_at_init_mean": float(np.mean(at_init)),
+        "procrustes_identity_distance_mean": float(np.mean(per_seed["procrustes_identity_distance"])),
+        "per_block": per_seed,
+        "train_time_s": result["train_time_s"],
+    }
+
+
+def draw(c: dict, rows: list[dict], run_dir: Path) -> list[str]:
+    from ..plots import heatmap, plt, savefig
+
+    kinds, classes, dims, depths = c["kinds"], c["classes"], c["dims"], c["depths"]
+    at = {(r["kind"], r["dim"], r["num_classes"], r["n_blocks"]): r for r in rows}
+    files = []
+
+    fig, axes = plt.subplots(len(kinds), len(classes), figsize=(4.5 * len(classes), 3.4 * len(kinds)),
+                             squeeze=False, sharey=True)
+    for i, kind in enumerate(kinds):
+        for j, k in enumerate(classes):
+            ax = axes[i, j]
+            for d in dims:
+                rs = [at[(kind, d, k, m)] for m in depths]
+                per_seed = np.stack([np.asarray(r["per_block"]["procrustes_residual"]).mean(1) for r in rs], 1)  # (S, M)
+                mid, sd = per_seed.mean(0), per_seed.std(0)
+                line = ax.plot(depths, mid, marker="o", label=f"d = {d}")[0]
+                ax.fill_between(depths, mid - sd, mid + sd, color=line.get_color(), alpha=0.2)
+                ax.plot(depths, [r["linear_residual_mean"] for r in rs], linestyle=":", color=line.get_color())
+                ax.plot(depths, [r["procrustes_residual_at_init_mean"] for r in rs], linestyle="--",
+                        color=line.get_color(), alpha=0.6)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("number of blocks m")
+            ax.set_title(f"{kind}, {k} classes", fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+            if j == 0:
+                ax.set_ylabel("Procrustes residual\n(mean over blocks)")
+            ax.legend(fontsize="x-small")
+    fig.suptitle("relative residual of the best orthogonal fit of each block (solid; band: seeds; dashed: at "
+                 "initialisation) and of the best linear fit (dotted)", fontsize=9)
+    fig.tight_layout()
+    files.append(savefig(fig, run_dir / "construction_validity_grid.png").name)
+
+    size = ((1.1 * len(depths) + 2.0) * len(classes), (0.5 * len(dims) + 1.5) * len(kinds))
+    fig, axes = plt.subplots(len(kinds), len(classes), figsize=size, squeeze=False)
+    vmax = max(r["procrustes_residual_mean"] for r in rows)
+    for i, kind in enumerate(kinds):
+        for j, k in enumerate(classes):
+            M = [[at[(kind, d, k, m)]["procrustes_residual_mean"] for m in depths] for d in dims]
+            im = heatmap(axes[i, j], M, dims, depths, title=f"{kind}, {k} classes", xlabel="blocks m",
+                         ylabel="dimension d", vmin=0.0, vmax=vmax)
+    fig.subplots_adjust(hspace=0.55, wspace=0.35, right=0.8)
+    fig.colorbar(im, ax=axes, shrink=0.8, label="Procrustes residual, mean over blocks and seeds")
+    files.append(savefig(fig, run_dir / "construction_validity_heatmap.png").name)
+    return files
+
+
+@hydra_app("construction_validity")
+def main(cfg: DictConfig, run_dir: Path) -> dict:
+    c = check_config(cfg)
+    check_fresh_run_dir(run_dir)
+    save_config(cfg, run_dir)
+    grid = [(kind, d, k, m) for kind in c["kinds"] for d in c["dims"] for k in c["classes"] for m in c["depths"]]
+    rows = [run_point(c, cfg, *point) for point in progress_bar(grid, enabled=cfg.progress, desc="grid")]
+    summary = {
+        "question": "is each trained block h_i close to an orthogonal map (relative Procrustes residual near 0)?",
+        "dataset_type": cfg.dataset_type,
+        "fit_on": cfg.fit_on,
+        "by_kind": {
+            kind: {
+                "procrustes_residual_mean": float(np.mean([r["procrustes_residual_mean"] for r in rows if r["kind"] == kind])),
+                "linear_residual_mean": float(np.mean([r["linear_residual_mean"] for r in rows if r["kind"] == kind])),
+                "procrustes_residual_at_init_mean": float(np.mean([r["procrustes_residual_at_init_mean"]
+                                                                   for r in rows if r["kind"] == kind])),
+                "test_acc_mean": float(np.mean([np.mean(r["test_acc"]) for r in rows if r["kind"] == kind])),
+            }
+            for kind in c["kinds"]
+        },
+        "grid": rows,
+        "train_time_s": sum(r["train_time_s"] for r in rows),
+    }
+    summary["figures"] = draw(c, rows, run_dir)
+    write_json(run_dir / "summary.json", summary)  # last: its presence means a finished run
+    return summary
+
+
+if __name__ == "__main__":
+    main()

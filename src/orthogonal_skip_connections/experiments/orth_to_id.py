@@ -1,0 +1,322 @@
+"""`osc orth_to_id`: do the orthogonal skips W_i of a trained residual net approach I as
+depth grows?
+
+The theorem's construction (paper Theorem 1, after Bartlett, Evans & Long 2018, arXiv
+1804.05012) puts its W_i at ||I - W_i|| = O(log m / m) from the identity; trained networks
+need not. For every dataset, dimension d and depth m this app trains ``seeds`` ResidualMLP
+classifiers at once (:mod:`~orthogonal_skip_connections.small_training`) and records, per
+block i along training, ||W_i - I||_F, sign det W_i and the Lipschitz constant of the
+residual branch f_i (the product-of-spectral-norms bound and the largest Jacobian norm over
+training points). The summary answers the question per (dataset, d) with the mean over
+blocks of the final ||W_i - I||_F at each depth, its log-log slope against m and the
+slope log(m)/m would have.
+
+    python -m orthogonal_skip_connections.experiments.orth_to_id
+    osc orth_to_id dims=[2,16,64] n_blocks=[2,4,8,16] skip.init=identity
+
+Writes config.yaml, summary.json, trajectories.npz and figures into the run dir.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from scipy.stats import spearmanr
+
+from .. import construction as cons
+from .. import orthogonal as orth
+from ..data.synthetic import make_synthetic
+from ..runs import UserError, hydra_app, progress_bar, resolve_device, save_config, write_json
+from ..small_training import (
+    SeedStack,
+    branch_lipschitz_bounds,
+    branch_lipschitz_empirical,
+    check_fresh_run_dir,
+    config_number,
+    int_list,
+    seed_list,
+    residual_mlp_factory,
+    skip_matrices,
+    steps_per_epoch,
+    train_config_from,
+    train_small_classifier,
+)
+from ..training import Diverged
+
+DATASETS = ("blobs", "parity")
+MATRIX_KINDS = ("learnable_orth", "fixed_orth", "linear", "random", "scalar", "idempotent")
+SERIES = ("identity_distance", "lipschitz_bound", "lipschitz_empirical", "orth_error", "det_sign")
+
+
+def check_config(cfg: DictConfig) -> dict:
+    """Every value checked, and every dataset built, before anything is written."""
+    datasets = cfg.datasets
+    if not OmegaConf.is_list(datasets) or len(datasets) == 0 or any(d not in DATASETS for d in datasets):
+        raise UserError(f"datasets must be a non-empty list of: {', '.join(DATASETS)}; got {datasets!r}")
+    if cfg.skip.kind not in MATRIX_KINDS:
+        raise UserError(f"skip.kind={cfg.skip.kind!r} has no matrix W_i to compare with I; allowed: {', '.join(MATRIX_KINDS)}")
+    c = {
+        "datasets": list(dict.fromkeys(datasets)),
+        "dims": int_list(cfg, "dims", 2),
+        "depths": int_list(cfg, "n_blocks", 1),
+        "seeds": seed_list(cfg),
+        "log_points": config_number(cfg, "log_points", 1, integer=True),
+        "lipschitz_points": config_number(cfg, "lipschitz_points", 1, integer=True),
+        "pca_grid": config_number(cfg, "pca_grid", 2, integer=True),
+        "slope_fraction": config_number(cfg, "slope_fraction", 0),
+        "train": train_config_from(cfg),
+        "device": resolve_device(cfg.device),
+    }
+    c["data"] = {(ds, d): make_data(cfg, ds, d) for ds in c["datasets"] for d in c["dims"]}
+    c["factory"] = lambda d, m, k: residual_mlp_factory(cfg, d, m, k, cfg.skip.kind)
+    for (ds, d), data in c["data"].items():
+        c["factory"](d, c["depths"][0], data.num_classes)  # checks the model options once
+    return c
+
+
+def make_data(cfg: DictConfig, dataset: str, dim: int):
+    common = dict(n_samples=cfg.n_samples, dim=dim, test_fraction=cfg.test_fraction, seed=cfg.seed)
+    try:
+        if dataset == "blobs":
+            b = cfg.blobs
+            return make_synthetic("blobs", num_classes=b.num_classes, clusters_per_class=b.clusters_per_class,
+                                  separation=b.separation, noise=b.noise, **common)
+        p = cfg.parity
+        if isinstance(p.bits, bool) or not isinstance(p.bits, int) or p.bits < 1:
+            raise UserError(f"parity.bits must be an integer >= 1; got {p.bits!r}")
+        return make_synthetic("parity", num_classes=p.num_classes, parity_bits=min(p.bits, dim), noise=p.noise, **common)
+    except UserError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{dataset} (d={dim}): {err}") from None
+
+
+def measure_blocks(stack: SeedStack, X_lip: torch.Tensor) -> dict:
+    """Per seed and block, (S, L) each: ||W_i - I||_F, ||W_i^T W_i - I||_F, sign det W_i and
+    the two Lipschitz estimates of the branch f_i."""
+    W = skip_matrices(stack)  # (S, L, n, n) float64
+    return {
+        "identity_distance": orth.identity_distance(W),
+        "orth_error": orth.orth_error(W),
+        "det_sign": torch.linalg.slogdet(W).sign,
+        "lipschitz_bound": branch_lipschitz_bounds(stack),
+        "lipschitz_empirical": branch_lipschitz_empirical(stack, X_lip),
+    }
+
+
+def run_one(c: dict, dataset: str, dim: int, depth: int) -> tuple[dict, dict, SeedStack]:
+    """Train the seeds of one (dataset, d, m); return its summary row, its trajectories
+    {series: (T, S, L)} with "steps" (T,), and the trained stack."""
+    data, tcfg = c["data"][(dataset, dim)], c["train"]
+    stack = SeedStack.build(c["factory"](dim, depth, data.num_classes), c["seeds"]).to(c["device"])
+    total = tcfg.epochs * steps_per_epoch(len(data.X_train), tcfg.batch_size)
+    X_lip = data.X_train[: c["lipschitz_points"]].to(c["device"])
+    W_init = skip_matrices(stack)  # (S, L, n, n)
+    try:
+        result = train_small_classifier(
+            stack, data.X_train, data.y_train, tcfg, data.X_test, data.y_test,
+            log_every=max(1, total // c["log_points"]), measure=lambda st: measure_blocks(st, X_lip),
+            desc=f"{dataset} d={dim} m={depth}",
+        )
+    except Diverged as err:
+        raise UserError(f"{dataset} d={dim} m={depth}: {err}") from None
+    travelled = torch.linalg.matrix_norm(skip_matrices(stack) - W_init)  # ||W_end - W_init||_F, (S, L)
+    hist = result["history"]
+    traj = {"steps": np.array([h["step"] for h in hist])}
+    for key in SERIES:
+        traj[key] = np.stack([h[key].cpu().numpy() for h in hist])  # (T, S, L)
+    first, last = ({k: v.cpu().numpy() for k, v in h.items() if k != "step"} for h in (hist[0], hist[-1]))
+    row = {
+        "dataset": dataset, "dim": dim, "n_blocks": depth, "num_classes": data.num_classes,
+        "seeds": result["seeds"], "steps": result["steps"], "train_time_s": result["train_time_s"],
+        "train_acc": result["train_acc"], "test_acc": result["test_acc"],
+        # per seed (rows) and block (columns)
+        "initial_identity_distance": first["identity_distance"],
+        "final_identity_distance": last["identity_distance"],
+        "final_lipschitz_bound": last["lipschitz_bound"],
+        "final_lipschitz_empirical": last["lipschitz_empirical"],
+        "initial_det_sign": first["det_sign"].astype(int),
+        "final_det_sign": last["det_sign"].astype(int),
+        "travelled": travelled.cpu().numpy(),
+        "orth_error_max": float(traj["orth_error"].max()),
+    }
+    return row, traj, stack
+
+
+def _mean_sd(per_seed: np.ndarray) -> tuple[float, float]:
+    return float(per_seed.mean()), float(per_seed.std())
+
+
+def by_depth(rows: list[dict]) -> list[dict]:
+    """Per (dataset, d, m): the mean over blocks of each seed's final (and initial)
+    ||W_i - I||_F, then mean and std over seeds; also divided by sqrt(2 d), the
+    root-mean-square ||W - I||_F of a Haar-random W (E tr W = 0), so dimensions compare."""
+    out = []
+    for r in rows:
+        fin = np.asarray(r["final_identity_distance"]).mean(1)  # (S,)
+        ini = np.asarray(r["initial_identity_distance"]).mean(1)
+        haar = math.sqrt(2 * r["dim"])
+        out.append({
+            "dataset": r["dataset"], "dim": r["dim"], "n_blocks": r["n_blocks"],
+            "final_identity_distance_mean": _mean_sd(fin)[0], "final_identity_distance_sd": _mean_sd(fin)[1],
+            "initial_identity_distance_mean": _mean_sd(ini)[0],
+            "final_relative_to_haar": _mean_sd(fin)[0] / haar,
+            "moved_towards_identity": _mean_sd(ini)[0] - _mean_sd(fin)[0],
+            "travelled_mean": float(np.mean(r["travelled"])),
+            "final_lipschitz_bound_mean": float(np.mean(r["final_lipschitz_bound"])),
+            "final_lipschitz_empirical_mean": float(np.mean(r["final_lipschitz_empirical"])),
+            "negative_det_count": int((np.asarray(r["final_det_sign"]) < 0).sum()),
+            "test_acc_mean": float(np.mean(r["test_acc"])), "test_acc_sd": float(np.std(r["test_acc"])),
+        })
+    return out
+
+
+def answer(table: list[dict], rows: list[dict], fraction: float) -> dict:
+    """Per dataset and d: does the mean final ||W_i - I||_F shrink with depth m like
+    log(m)/m? Counted as approaching I when its log-log slope against m is at most
+    ``fraction`` times the slope of log(m)/m over the same depths (so it decays at least
+    that fraction of the theorem's rate). And how does ||W_i - I||_F go with Lip(f_i),
+    over all blocks, seeds and depths (Spearman's rank correlation)?"""
+    out = {}
+    for key in sorted({(t["dataset"], t["dim"]) for t in table}):
+        ts = sorted((t for t in table if (t["dataset"], t["dim"]) == key), key=lambda t: t["n_blocks"])
+        ms = [t["n_blocks"] for t in ts]
+        dist = [t["final_identity_distance_mean"] for t in ts]
+        slope = cons.loglog_slope(ms, dist)
+        ref = cons.loglog_slope(ms, [cons.reference_rate(m) for m in ms])
+        rs = [r for r in rows if (r["dataset"], r["dim"]) == key]
+        w = np.concatenate([np.ravel(r["final_identity_distance"]) for r in rs])
+        lip = np.concatenate([np.ravel(r["final_lipschitz_empirical"]) for r in rs])
+        rho = spearmanr(w, lip).statistic if len(w) > 2 and np.ptp(w) > 0 and np.ptp(lip) > 0 else None
+        out[f"{key[0]}/d={key[1]}"] = {
+            "dataset": key[0], "dim": key[1], "n_blocks": ms,
+            "final_identity_distance_mean": dist,
+            "final_relative_to_haar": [t["final_relative_to_haar"] for t in ts],
+            "loglog_slope_vs_depth": slope,
+            "reference_slope_log_m_over_m": ref,
+            "approaches_identity_with_depth": None if slope is None or ref is None else bool(slope <= fraction * ref),
+            "spearman_identity_distance_vs_lipschitz": None if rho is None else float(rho),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict, run_dir: Path) -> list[str]:
+    from ..plots import block_curves, decision_regions, pca_plane, plane_grid, plt, savefig
+
+    files = []
+    depth = max(c["depths"])
+    for ds in c["datasets"]:
+        fig, axes = plt.subplots(len(c["dims"]), 4, figsize=(17, 3.3 * len(c["dims"])), squeeze=False)
+        for row_axes, d in zip(axes, c["dims"]):
+            t = trajs[(ds, d, depth)]
+            steps = t["steps"]
+            ys = lambda k: np.moveaxis(t[k], 0, 1)  # noqa: E731  (T, S, L) -> (S, T, L)
+            block_curves(row_axes[0], steps, ys("identity_distance"))
+            row_axes[0].set_ylabel(f"d = {d}\n||W_i - I||_F")
+            block_curves(row_axes[1], steps, ys("lipschitz_bound"), log=True)
+            row_axes[1].set_ylabel("Lip(f_i): product bound")
+            block_curves(row_axes[2], steps, ys("lipschitz_empirical"), log=True)
+            row_axes[2].set_ylabel("Lip(f_i): max ||Df_i|| on data")
+            mean_w, mean_l = t["identity_distance"].mean(1), t["lipschitz_empirical"].mean(1)  # (T, L)
+            colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, depth))
+            for i in range(depth):
+                row_axes[3].plot(mean_l[:, i], mean_w[:, i], color=colors[i], linewidth=1)
+                row_axes[3].scatter(mean_l[-1, i], mean_w[-1, i], color=colors[i], s=12)
+            row_axes[3].set_xscale("log")
+            row_axes[3].set_xlabel("Lip(f_i) on data (dot: end)")
+            row_axes[3].set_ylabel("||W_i - I||_F")
+            row_axes[3].grid(True, alpha=0.3)
+            for ax in row_axes[:3]:
+                ax.set_xlabel("step")
+        axes[0, 0].legend(fontsize="x-small")
+        fig.suptitle(f"{ds}, m = {depth} blocks: per-block trajectories, mean and band over {len(c['seeds'])} seeds")
+        fig.subplots_adjust(wspace=0.4, hspace=0.35, top=1 - 0.35 / (3.3 * len(c["dims"])))  # cheaper than tight_layout
+        files.append(savefig(fig, run_dir / f"orth_to_id_trajectories_{ds}.png").name)
+
+    fig, axes = plt.subplots(2, len(c["datasets"]), figsize=(5.5 * len(c["datasets"]), 7), squeeze=False)
+    for j, ds in enumerate(c["datasets"]):
+        for d in c["dims"]:
+            rs = sorted((r for r in rows if r["dataset"] == ds and r["dim"] == d), key=lambda r: r["n_blocks"])
+            ms = [r["n_blocks"] for r in rs]
+            haar = math.sqrt(2 * d)
+            fin = np.stack([np.asarray(r["final_identity_distance"]).mean(1) / haar for r in rs], 1)  # (S, M)
+            ini = np.array([np.mean(r["initial_identity_distance"]) / haar for r in rs])
+            line = axes[0, j].plot(ms, fin.mean(0), marker="o", label=f"d = {d}")[0]
+            axes[0, j].fill_between(ms, fin.mean(0) - fin.std(0), fin.mean(0) + fin.std(0), color=line.get_color(), alpha=0.2)
+            axes[0, j].plot(ms, ini, linestyle=":", color=line.get_color())
+            lip = np.stack([np.asarray(r["final_lipschitz_empirical"]).mean(1) for r in rs], 1)
+            axes[1, j].plot(ms, lip.mean(0), marker="o", color=line.get_color(), label=f"d = {d}")
+            axes[1, j].fill_between(ms, lip.mean(0) - lip.std(0), lip.mean(0) + lip.std(0), color=line.get_color(), alpha=0.2)
+        axes[0, j].set_title(f"{ds}: mean over blocks of final ||W_i - I||_F / sqrt(2d)\n(dotted: at init)", fontsize=9)
+        axes[1, j].set_title(f"{ds}: mean over blocks of final Lip(f_i) on data", fontsize=9)
+        for ax in axes[:, j]:
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("number of blocks m")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize="small")
+        axes[1, j].set_yscale("log")
+    fig.tight_layout()
+    files.append(savefig(fig, run_dir / "orth_to_id_depth.png").name)
+
+    fig, axes = plt.subplots(len(c["datasets"]), len(c["dims"]), figsize=(3.6 * len(c["dims"]), 3.6 * len(c["datasets"])),
+                             squeeze=False)
+    for i, ds in enumerate(c["datasets"]):
+        for j, d in enumerate(c["dims"]):
+            data, model = c["data"][(ds, d)], models[(ds, d)]
+            X = data.X_test.numpy()
+            mean, V = pca_plane(X)
+            P = (X - mean) @ V  # (N, 2)
+            lo, hi = P.min(0) - 0.5, P.max(0) + 0.5
+            xx, yy, G = plane_grid(lo, hi, c["pca_grid"])
+            lifted = torch.as_tensor(mean + G @ V.T, dtype=torch.float32)  # (n*n, d)
+            with torch.no_grad():
+                pred = model(lifted).argmax(-1).numpy().reshape(xx.shape)
+                acc = 100 * float((model(data.X_test).argmax(-1) == data.y_test).double().mean())
+            decision_regions(axes[i, j], xx, yy, pred, P, data.y_test.numpy(), data.num_classes,
+                             title=f"{ds}, d = {d}, m = {depth}, seed {c['seeds'][0]}: test {acc:.1f}%")
+    fig.suptitle("decision regions on the plane of the first two principal components of the test data", fontsize=9)
+    fig.tight_layout()
+    files.append(savefig(fig, run_dir / "orth_to_id_pca.png").name)
+    return files
+
+
+@hydra_app("orth_to_id")
+def main(cfg: DictConfig, run_dir: Path) -> dict:
+    c = check_config(cfg)
+    check_fresh_run_dir(run_dir)
+    save_config(cfg, run_dir)
+    rows, trajs, models = [], {}, {}
+    grid = [(ds, d, m) for ds in c["datasets"] for d in c["dims"] for m in c["depths"]]
+    bar = progress_bar(grid, enabled=cfg.progress, desc="orth_to_id")
+    for ds, d, m in bar:
+        row, traj, stack = run_one(c, ds, d, m)
+        rows.append(row)
+        trajs[(ds, d, m)] = traj
+        if m == max(c["depths"]):
+            models[(ds, d)] = stack.model(0).cpu().eval()
+    table = by_depth(rows)
+    np.savez_compressed(run_dir / "trajectories.npz", **{
+        f"{ds}/d={d}/m={m}/{k}": v for (ds, d, m), t in trajs.items() for k, v in t.items()})
+    summary = {
+        "question": "do the skip matrices W_i of a trained residual net approach I as the depth m grows?",
+        "skip": {"kind": cfg.skip.kind, "method": cfg.skip.method, "init": cfg.skip.init, "special": cfg.skip.special},
+        "answer": answer(table, rows, c["slope_fraction"]),
+        "by_depth": table,
+        "runs": rows,
+        "orth_error_max": max(r["orth_error_max"] for r in rows),
+        "train_time_s": sum(r["train_time_s"] for r in rows),
+    }
+    summary["figures"] = draw(c, rows, trajs, table, models, run_dir)
+    write_json(run_dir / "summary.json", summary)  # last: its presence means a finished run
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""The small-model trainer (seeds stacked) and the three synthetic-data apps:
+orth_residual_synthetic_data, orth_to_id, construction_validity."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from orthogonal_skip_connections import orthogonal as orth
+from orthogonal_skip_connections.cli import APPS
+from orthogonal_skip_connections.data.synthetic import make_synthetic
+from orthogonal_skip_connections.diagnostics import branch_lipschitz, linear_fit_residual
+from orthogonal_skip_connections.experiments import construction_validity, orth_residual_synthetic_data, orth_to_id
+from orthogonal_skip_connections.models.mlp import ResidualMLP
+from orthogonal_skip_connections.runs import CONFIG_DIR, UserError
+from orthogonal_skip_connections.small_training import (
+    SeedStack,
+    branch_lipschitz_bounds,
+    branch_lipschitz_empirical,
+    build_stacked_optimizer,
+    skip_matrices,
+    train_small_classifier,
+)
+from orthogonal_skip_connections.training import TrainConfig
+
+PKG = "orthogonal_skip_connections.experiments"
+
+
+def config(name, *overrides):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose(config_name=name, overrides=["progress=false", *overrides])
+
+
+@pytest.fixture(scope="module")
+def moons():
+    return make_synthetic("moons", n_samples=400, seed=0)
+
+
+def tcfg(**kw):
+    base = dict(epochs=4, batch_size=50, optimizer="adamw", lr=0.02, weight_decay=1e-4, warmup_epochs=0.0, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def mlp(kind="learnable_orth", dim=2, depth=2, classes=2, **options):
+    return lambda: ResidualMLP(dim, depth, hidden_mult=4, skip_kind=kind, num_classes=classes, **options)
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+def test_stacked_seeds_follow_their_single_runs(moons):
+    """Seed s of a stacked run = the run of seed s alone: same init, same batches, same
+    optimiser and retracted-skip steps (up to float round-off of batched matmuls)."""
+    make = mlp(init="haar", method="steepest")
+    cfg = tcfg(grad_clip=1.0, weight_decay=1e-3)
+    stack = SeedStack.build(make, [3, 5, 7])
+    many = train_small_classifier(stack, moons.X_train, moons.y_train, cfg, moons.X_test, moons.y_test)
+    for s, seed in ((0, 3), (2, 7)):
+        alone = SeedStack.build(make, [seed])
+        one = train_small_classifier(alone, moons.X_train, moons.y_train, cfg, moons.X_test, moons.y_test)
+        a, b = stack.runner.state_dict(), alone.runner.state_dict()
+        for key in a:
+            torch.testing.assert_close(a[key][s], b[key][0], rtol=1e-5, atol=1e-6, msg=key)
+        assert one["test_acc"][0] == pytest.approx(many["test_acc"][s], abs=0.5)
+    # seeds differ from each other, and stack.model(s) is seed s as a plain module
+    assert not torch.equal(stack.runner.model.blocks[0].skip.weight[0], stack.runner.model.blocks[0].skip.weight[1])
+    with torch.no_grad():
+        torch.testing.assert_close(stack.model(1)(moons.X_test), stack(moons.X_test)[1])
+
+
+@pytest.mark.parametrize("kind,options", [("identity", {}), ("learnable_orth", {"method": "steepest", "init": "haar"})])
+def test_trainer_learns_moons(moons, kind, options):
+    stack = SeedStack.build(mlp(kind, **options), [0, 1])
+    result = train_small_classifier(stack, moons.X_train, moons.y_train, tcfg(epochs=40), moons.X_test, moons.y_test)
+    assert min(result["test_acc"]) > 85.0 and min(result["train_acc"]) > 85.0  # chance: 50%
+    assert max(result["test_acc"]) > 97.0  # (a width-8 ReLU branch can stall a seed near 90%)
+    assert result["steps"] == 40 * (320 // 50) and len(result["seeds"]) == 2
+
+
+@pytest.mark.parametrize("method", ["steepest", "svd", "cayley"])
+def test_orthogonal_skips_stay_orthogonal_and_out_of_the_optimiser(moons, method):
+    stack = SeedStack.build(mlp(method=method, init="haar", depth=3), [0, 1, 2])
+    opt, upkeep = build_stacked_optimizer(stack, tcfg())
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    skips = [b.skip for b in stack.template.blocks]
+    if method == "cayley":  # parametrized: the optimiser moves its unconstrained parameter, without decay
+        assert len(upkeep) == 0
+        no_decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+        assert all(id(p) in no_decay for s in skips for p in s.parameters())
+    else:  # retracted: only the upkeep moves W, stacked (S, n, n)
+        assert len(upkeep) == 3 and all(id(s.weight) not in in_opt for s in skips)
+        assert skips[0].weight.shape == (3, 2, 2)
+    biases = [b.branch[0].bias for b in stack.template.blocks]  # (S, hidden): 2-D, still no decay
+    assert all(any(id(p) in {id(q) for q in g["params"]} and g["weight_decay"] == 0 for g in opt.param_groups)
+               for p in biases)
+    W0 = skip_matrices(stack)
+    train_small_classifier(stack, moons.X_train, moons.y_train, tcfg(epochs=3))
+    W = skip_matrices(stack)  # (S, L, n, n)
+    assert W.shape == (3, 3, 2, 2)
+    assert float(orth.orth_error(W).max()) < 1e-5
+    assert float(torch.linalg.matrix_norm(W - W0).min()) > 1e-3  # they did move
+
+
+def test_stacked_measurements_equal_per_model_diagnostics():
+    stack = SeedStack.build(mlp(init="haar", dim=5, depth=3, classes=3), [0, 1])
+    X = torch.randn(40, 5)
+    bounds, emp, W = branch_lipschitz_bounds(stack), branch_lipschitz_empirical(stack, X), skip_matrices(stack)
+    assert bounds.shape == emp.shape == (2, 3) and W.shape == (2, 3, 5, 5)
+    for s in range(2):
+        model = stack.model(s)
+        for i, row in enumerate(branch_lipschitz(model, X)):
+            assert bounds[s, i].item() == pytest.approx(row["lipschitz_bound"], rel=1e-6)
+            assert emp[s, i].item() == pytest.approx(row["lipschitz_empirical"], rel=1e-5)
+            torch.testing.assert_close(W[s, i], model.blocks[i].skip.weight.double())
+    assert skip_matrices(SeedStack.build(mlp("identity"), [0])) is None
+
+
+def test_linear_fit_residual_is_zero_for_a_linear_map_and_below_procrustes():
+    X = torch.randn(50, 4, dtype=torch.float64)
+    A = torch.randn(4, 4, dtype=torch.float64)
+    assert linear_fit_residual(X, X @ A.T) < 1e-12
+    _, rel = orth.procrustes(X, X @ A.T)
+    assert float(rel) > 0.05
+
+
+# --------------------------------------------------------------------------- the apps
+
+
+def test_orth_residual_synthetic_data_tiny(tmp_path):
+    cfg = config("orth_residual_synthetic_data", "dataset_type=blobs", "num_classes=3", "n_blocks=2", "epochs=2",
+                 "n_samples=200", "skip_kinds=[identity,learnable_orth,zero]", "skip.init=haar", "region_grid=20")
+    summary = orth_residual_synthetic_data.main.run(cfg, tmp_path)
+    for f in ("config.yaml", "summary.json", "synthetic_blocks.png"):
+        assert (tmp_path / f).is_file(), f
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert set(saved["accuracy"]) == {"identity", "learnable_orth", "zero"}
+    orth_blocks = saved["kinds"][1]["blocks"]
+    assert len(orth_blocks) == 2 and all(b["orth_error"] < 1e-5 and b["det_sign"] == 1 for b in orth_blocks)
+    assert saved["kinds"][0]["blocks"][0]["identity_distance"] is None  # identity has no matrix
+    assert summary["figures"] == ["synthetic_blocks.png"]
+    with pytest.raises(UserError, match="already holds a finished run"):
+        orth_residual_synthetic_data.main.run(cfg, tmp_path)
+
+
+def test_orth_to_id_tiny(tmp_path):
+    cfg = config("orth_to_id", "dims=[2,3]", "n_blocks=[1,2]", "seeds=2", "epochs=2", "n_samples=200",
+                 "log_points=2", "lipschitz_points=16", "pca_grid=10", "skip.special=false", "seed=1")
+    summary = orth_to_id.main.run(cfg, tmp_path)
+    for f in ("config.yaml", "summary.json", "trajectories.npz", "orth_to_id_depth.png", "orth_to_id_pca.png",
+              "orth_to_id_trajectories_blobs.png", "orth_to_id_trajectories_parity.png"):
+        assert (tmp_path / f).is_file(), f
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert len(saved["runs"]) == 8 and len(saved["by_depth"]) == 8
+    assert set(saved["answer"]) == {"blobs/d=2", "blobs/d=3", "parity/d=2", "parity/d=3"}
+    run = saved["runs"][-1]
+    assert run["seeds"] == [1, 2] and np.shape(run["final_identity_distance"]) == (2, 2)
+    assert np.all(np.abs(run["final_det_sign"]) == 1) and saved["orth_error_max"] < 1e-5
+    # a retracted step stays on its component of O(d): the sign of det W never changes
+    for r in saved["runs"]:
+        assert r["initial_det_sign"] == r["final_det_sign"]
+    traj = np.load(tmp_path / "trajectories.npz")
+    steps = traj["parity/d=3/m=2/steps"]
+    assert steps[0] == 0 and steps[-1] == run["steps"]
+    assert traj["parity/d=3/m=2/lipschitz_empirical"].shape == (len(steps), 2, 2)
+    # the empirical estimate never exceeds the product bound
+    assert np.all(traj["parity/d=3/m=2/lipschitz_empirical"] <= traj["parity/d=3/m=2/lipschitz_bound"] * (1 + 1e-5))
+    assert summary["by_depth"][0]["final_relative_to_haar"] > 0
+
+
+def test_construction_validity_tiny(tmp_path):
+    cfg = config("construction_validity", "dims=[2,3]", "num_classes=[2,3]", "n_blocks=[1,2]", "seeds=2",
+                 "epochs=2", "n_samples=200", "skip_kinds=[learnable_orth]")
+    summary = construction_validity.main.run(cfg, tmp_path)
+    for f in ("config.yaml", "summary.json", "construction_validity_grid.png", "construction_validity_heatmap.png"):
+        assert (tmp_path / f).is_file(), f
+    grid = json.loads((tmp_path / "summary.json").read_text())["grid"]
+    assert len(grid) == 8
+    for row in grid:
+        res = np.asarray(row["per_block"]["procrustes_residual"])
+        assert res.shape == (2, row["n_blocks"]) and np.all((res >= 0) & (res <= 1 + 1e-9))
+        # the orthogonal fit can never beat the best linear fit
+        assert np.all(res >= np.asarray(row["per_block"]["linear_residual"]) - 1e-9)
+    assert set(summary["by_kind"]) == {"learnable_orth"}
+
+
+@pytest.mark.parametrize(
+    "app,override,match",
+    [
+        (orth_residual_synthetic_data, "dataset_type=parity", "unknown dataset_type 'parity'"),
+        (orth_residual_synthetic_data, "skip_kinds=[identity,bogus]", "skip_kinds must be"),
+        (orth_residual_synthetic_data, "dataset_type=moons num_classes=3", "moons has 2 classes"),
+        (orth_to_id, "dims=[1,4]", "every entry of dims must be an integer >= 2"),
+        (orth_to_id, "skip.kind=identity", "has no matrix"),
+        (orth_to_id, "datasets=[moons]", "datasets must be"),
+        (construction_validity, "fit_on=everything", "unknown fit_on"),
+        (construction_validity, "lr=0", "lr must be a number > 0"),
+        (construction_validity, "skip.method=adam", "unknown learnable_orth method"),
+    ],
+)
+def test_bad_input_is_rejected_before_anything_is_written(tmp_path, app, override, match):
+    with pytest.raises(UserError, match=match):
+        app.main.run(config(app.main.config_name, *override.split()), tmp_path)
+    assert not (tmp_path / "config.yaml").exists() and not (tmp_path / "summary.json").exists()
+
+
+def test_original_commands_and_one_line_errors(tmp_path):
+    """The original project's command line works; a user's mistake is one line, exit 2."""
+    runs = {
+        "ok": ["orth_residual_synthetic_data", "dataset_type=circles", "epochs=1", "n_blocks=1", "n_samples=100",
+               "region_grid=10"],
+        "dataset": ["orth_to_id", "datasets=[spiral]"],
+    }
+    procs = {k: subprocess.Popen([sys.executable, "-m", f"{PKG}.{args[0]}", *args[1:], f"hydra.run.dir={tmp_path / k}",
+                                  "progress=false"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k, args in runs.items()}
+    for k, proc in procs.items():
+        _, err = proc.communicate(timeout=120)
+        if k == "ok":
+            assert proc.returncode == 0, err
+            assert (tmp_path / k / "summary.json").is_file() and (tmp_path / k / "synthetic_blocks.png").is_file()
+        else:
+            lines = [line for line in err.splitlines() if line.strip()]
+            assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (k, err)
+            assert not (tmp_path / k / "summary.json").exists() and not (tmp_path / k / "config.yaml").exists()
+    assert {"orth_residual_synthetic_data", "orth_to_id", "construction_validity"} <= set(APPS)

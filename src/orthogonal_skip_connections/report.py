@@ -277,14 +277,23 @@ def _other_section(d: Path, out_dir: Path) -> tuple[str, list[str], list[Path]]:
     synthetic experiments, theorem): its summary's headline numbers and its figures."""
     summary = json.loads((d / "summary.json").read_text())
     title = summary.get("title") or d.name
-    lines = []
-    table = summary.get("report_table")  # apps may provide a ready table: a list of flat dicts
+    lines = [f"Question: {summary['question']}", ""] if isinstance(summary.get("question"), str) else []
+    def flat(row: dict) -> dict:
+        return {c: x for c, x in row.items() if isinstance(x, (int, float, str, bool)) or x is None}
+
+    # the table: the app's own "report_table", else its first list of records (one row per
+    # depth, kind, ...), else a dict of records (one entry per architecture, ...)
+    table = summary.get("report_table")
     if not (isinstance(table, list) and table and isinstance(table[0], dict)):
-        # a dict of dicts (e.g. one entry per architecture) becomes a table of its scalars
-        nested = {k: v for k, v in summary.items() if isinstance(v, dict)
-                  and any(isinstance(x, (int, float, str, bool)) for x in v.values())}
-        table = [{"": k, **{c: x for c, x in v.items() if isinstance(x, (int, float, str, bool)) or x is None}}
-                 for k, v in nested.items()] or None
+        lists = [v for v in summary.values() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+        nested = {k: v for k, v in summary.items() if isinstance(v, dict) and k != "meta"
+                  and any(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values())}
+        if lists:
+            table = [flat(x) for x in lists[0]]
+        elif nested:
+            table = [{"": k, **flat(v)} for k, v in nested.items()]
+        else:
+            table = None
     if table:
         cols = list(dict.fromkeys(c for row in table for c in row))[:10]
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -140,19 +140,24 @@ def run(cfg: DictConfig, study_dir: Path) -> dict:
     save_config(cfg, study_dir)
     scale = cfg.scales[cfg.scale]
     status: dict[str, object] = {}
+    seconds: dict[str, float] = {}
+
+    def timed(part: str, fn, *args):
+        start = time.perf_counter()
+        status[part] = fn(*args)
+        seconds[part] = time.perf_counter() - start
+
     if "classification" in cfg.parts:
-        status["classification"] = run_classification(cfg, study_dir)
-    if "teacher_student" in cfg.parts and "teacher_student" in APPS:
-        status["teacher_student"] = run_app("teacher_student", [*scale.teacher_student,
-                                            *cfg.overrides.teacher_student], study_dir / "teacher_student",
-                                            cfg.progress)
-    if "synthetic" in cfg.parts:
-        for name in SYNTHETIC_APPS:
-            if name in APPS:
-                status[name] = run_app(name, [*scale[name], *cfg.overrides[name]], study_dir / name, cfg.progress)
+        timed("classification", run_classification, cfg, study_dir)
+    apps = (["teacher_student"] if "teacher_student" in cfg.parts else []) + \
+        (list(SYNTHETIC_APPS) if "synthetic" in cfg.parts else [])
+    for name in apps:
+        if name in APPS:
+            timed(name, run_app, name, [*scale[name], *cfg.overrides[name]], study_dir / name, cfg.progress)
     report = build_report([study_dir], study_dir, title=f"Do orthogonal skips help? (osc study, scale={cfg.scale})")
     wall = time.perf_counter() - t0
-    write_json(study_dir / "study.json", {"scale": cfg.scale, "wall_time_s": wall, "status": status})
+    write_json(study_dir / "study.json", {"scale": cfg.scale, "wall_time_s": wall, "seconds": seconds,
+                                          "status": status})
     print(f"study finished in {wall:.0f} s; report: {report['report'].resolve()} (also report.html, results.csv)")
     return {"wall_time_s": wall, "status": status, **report}
 

@@ -226,7 +226,7 @@ def test_app_runs_writes_its_files_and_refuses_to_overwrite(tmp_path, monkeypatc
         for key in ("train_loss_final", "test_loss_final", "distance_final", "aligned_distance_final"):
             assert isinstance(s[key], float)
         assert isinstance(s["recovered"], bool) and isinstance(s["fits"], bool)
-        assert s["thresholds"]["fit_tol"] == 1e-4 and s["thresholds"]["recover_tol"] == 0.05
+        assert s["thresholds"]["fit_tol"] == 1e-6 and s["thresholds"]["recover_tol"] == 0.05
         assert s["steps"] == 12 and s["seeds"] == 2
     with np.load(run / "trajectories.npz") as z:
         assert list(z["archs"]) == ARCHS

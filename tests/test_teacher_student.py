@@ -180,6 +180,24 @@ def test_aligned_distance_is_zero_for_permuted_rescaled_teacher(arch_name, outpu
     np.testing.assert_array_equal(match, pi)  # student unit pi[k] is teacher unit k
 
 
+def test_summed_output_sees_only_row_sums_of_w2_and_column_sums_of_q():
+    """sum(W2^T h) = (W2 1)^T h and sum(Q x) = (1^T Q) x: changing W2 by a matrix with zero
+    row sums, or Q by a row permutation, changes neither f nor the aligned distance."""
+    arch = ts.ARCHS["orth_resnet"]
+    teacher = ts.init_weights(arch, 5, [ts.seed_generator(3, "model")], "uniform", orth_init="haar")
+    M = torch.randn(1, 5, 5, dtype=torch.float64)
+    student = {
+        "W1": teacher["W1"].clone(),
+        "W2": teacher["W2"] + M - M.mean(-1, keepdim=True),  # zero row sums added
+        "Q": teacher["Q"][:, [3, 0, 4, 1, 2]],  # rows permuted: 1^T Q unchanged
+    }
+    X = torch.randn(1, 5, 40, dtype=torch.float64)
+    torch.testing.assert_close(ts.predict(arch, student, X, "sum"), ts.predict(arch, teacher, X, "sum"))
+    assert float(ts.weight_distance(student, teacher)[0]) > 1.0
+    assert ts.aligned_distances(arch, student, teacher, "sum")[0] < 1e-10
+    assert ts.aligned_distances(arch, student, teacher, "vector")[0] > 1.0  # a vector output sees them
+
+
 def _brute_force(A, V, A_s, V_s, rescale):
     """min over all permutations, rescaling each student unit to its teacher's incoming norm."""
     m = A.shape[1]

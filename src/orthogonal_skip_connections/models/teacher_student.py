@@ -45,7 +45,8 @@ and ``aligned_distance``, which first divides out the symmetries that leave f
 unchanged: hidden units can be permuted (Hungarian matching, Kuhn 1955, via
 ``scipy.optimize.linear_sum_assignment``) and, where an output layer follows, each unit
 can be rescaled by c > 0 (a -> c a, v -> v / c) because ReLU is positively
-homogeneous; with ``output="sum"`` only the row sums W2 1 of W2 reach the output.
+homogeneous; with ``output="sum"`` only the row sums W2 1 of W2 (and the column sums
+1^T Q of Q) reach the output.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ __all__ = [
     "init_weights",
     "effective_first_layer",
     "output_weights",
+    "skip_weights",
     "predict",
     "mse",
     "loss_and_grads",
@@ -370,17 +372,28 @@ def aligned_distance(
     return float(math.sqrt(max(C[rows, cols].sum() + extra_sq, 0.0))), pi
 
 
+def skip_weights(arch: str | Arch, params: dict[str, Tensor], output: str) -> Tensor | None:
+    """The part of Q (orth_resnet) that reaches f: Q, or its column sums 1^T Q for a
+    summed output (sum(Q x) = (1^T Q) x), (S, k, d); None for the other architectures."""
+    if "Q" not in params:
+        return None
+    Q = params["Q"]
+    return Q.sum(-2, keepdim=True) if scalar_output(arch, output) else Q
+
+
 def aligned_distances(arch: str | Arch, params: dict[str, Tensor], teacher: dict[str, Tensor], output: str) -> np.ndarray:
     """``aligned_distance`` for every seed: (S,). Units are compared through
-    A = W1 (+ I) and V = W2 (or W2 1 for a summed output); one-layer (1-norm)
-    architectures have no rescaling symmetry (their output weights are fixed at 1)."""
+    A = W1 (+ I) and V = W2 (or W2 1 for a summed output), Q through
+    :func:`skip_weights`; one-layer (1-norm) architectures have no rescaling symmetry
+    (their output weights are fixed at 1)."""
     arch = _arch(arch)
     A = effective_first_layer(arch, params).double().cpu().numpy()  # (S, d, d)
     A_s = effective_first_layer(arch, teacher).double().cpu().numpy()
     V = output_weights(arch, params, output).double().cpu().numpy()  # (S, d, k)
     V_s = output_weights(arch, teacher, output).double().cpu().numpy()
     if "Q" in params:
-        extra = torch.linalg.matrix_norm(params["Q"] - teacher["Q"]).square().double().cpu().numpy()
+        dQ = skip_weights(arch, params, output) - skip_weights(arch, teacher, output)
+        extra = torch.linalg.matrix_norm(dQ).square().double().cpu().numpy()
     else:
         extra = np.zeros(A.shape[0])
     return np.array(
@@ -481,7 +494,7 @@ class Trajectory:
     aligned_distance: np.ndarray  # (S, T)
     label_variance: np.ndarray  # (S,) Var(y) on the test set, the loss of the best constant
     teacher_norm: np.ndarray  # (S,) sum of ||W*||_F (the unaligned distance of a zero student)
-    teacher_aligned_norm: np.ndarray  # (S,) aligned distance of the zero student: sqrt(||W1*||^2 (+ ||V*||^2 + ||Q*||^2))
+    teacher_aligned_norm: np.ndarray  # (S,) aligned distance of the zero student: sqrt(||W1*||^2 (+ ||V*||^2 + ||skip_weights(Q*)||^2))
     teacher: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (S, d, d)
     student: dict[str, np.ndarray] = field(default_factory=dict)  # final weights
 
@@ -577,7 +590,7 @@ class _Run:
         if arch.two_layer:
             sq = sq + torch.linalg.matrix_norm(output_weights(arch, self.teacher, cfg.output)).square()
         if "Q" in self.teacher:
-            sq = sq + torch.linalg.matrix_norm(self.teacher["Q"]).square()
+            sq = sq + torch.linalg.matrix_norm(skip_weights(arch, self.teacher, cfg.output)).square()
         stack = lambda k: np.stack(self.log[k], axis=1)  # noqa: E731  (S, T)
         np_ = lambda t: t.detach().cpu().double().numpy()  # noqa: E731
         return Trajectory(

@@ -34,7 +34,6 @@ from ..skips import SKIP_KINDS
 from ..small_training import (
     SeedStack,
     check_fresh_run_dir,
-    config_number,
     int_list,
     residual_mlp_factory,
     seed_list,

@@ -208,6 +208,8 @@ def answer(table: list[dict], rows: list[dict], fraction: float) -> dict:
 
 
 def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict, run_dir: Path) -> list[str]:
+    from matplotlib.ticker import NullFormatter
+
     from ..plots import block_curves, decision_regions, pca_plane, plane_grid, plt, savefig
 
     files = []
@@ -230,6 +232,7 @@ def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict
                 row_axes[3].plot(mean_l[:, i], mean_w[:, i], color=colors[i], linewidth=1)
                 row_axes[3].scatter(mean_l[-1, i], mean_w[-1, i], color=colors[i], s=12)
             row_axes[3].set_xscale("log")
+            row_axes[3].xaxis.set_minor_formatter(NullFormatter())  # crowded labels otherwise
             row_axes[3].set_xlabel("Lip(f_i) on data (dot: end)")
             row_axes[3].set_ylabel("||W_i - I||_F")
             row_axes[3].grid(True, alpha=0.3)
@@ -237,7 +240,7 @@ def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict
                 ax.set_xlabel("step")
         axes[0, 0].legend(fontsize="x-small")
         fig.suptitle(f"{ds}, m = {depth} blocks: per-block trajectories, mean and band over {len(c['seeds'])} seeds")
-        fig.subplots_adjust(wspace=0.4, hspace=0.35, top=1 - 0.35 / (3.3 * len(c["dims"])))  # cheaper than tight_layout
+        fig.subplots_adjust(wspace=0.4, hspace=0.35, top=1 - 0.6 / (3.3 * len(c["dims"])))  # cheaper than tight_layout
         files.append(savefig(fig, run_dir / f"orth_to_id_trajectories_{ds}.png").name)
 
     fig, axes = plt.subplots(2, len(c["datasets"]), figsize=(5.5 * len(c["datasets"]), 7), squeeze=False)

@@ -194,6 +194,7 @@ def task_tables(rows: list[dict]) -> dict[str, list[dict]]:
             vok = [r for r in vrows if r["status"] == "completed"]
             accs = [r["test_acc"] for r in vok]
             mean, lo, hi = t_interval(accs)
+            lo, hi = max(lo, 0.0), min(hi, 100.0)  # an accuracy interval stays within [0, 100]
             diffs = [r["test_acc"] - base_acc[r["seed"]] for r in vok if r["seed"] in base_acc]
             dmean, dlo, dhi = t_interval(diffs) if variant != "identity" else (math.nan,) * 3
             reached = [r["epochs_to_target"] for r in vok]
@@ -207,18 +208,22 @@ def task_tables(rows: list[dict]) -> dict[str, list[dict]]:
                 "reached_target": f"{sum(x is not None for x in reached)}/{len(reached)}",
                 "identity_distance": _mean([r["skip_identity_distance_mean"] for r in vok]),
                 "diff_mean": dmean, "diff_lo": dlo, "diff_hi": dhi, "paired_seeds": len(diffs),
-                "verdict": _verdict(variant, dmean, dlo, dhi, len(diffs)),
+                "verdict": _verdict(variant, dmean, dlo, dhi, len(diffs), spread=float(np.ptp(diffs)) if diffs else 0.0),
                 "target_acc": trows[0]["target_acc"],
             })
         tables[task] = table
     return tables
 
 
-def _verdict(variant, dmean, dlo, dhi, n) -> str:
+def _verdict(variant, dmean, dlo, dhi, n, spread: float = 1.0) -> str:
     if variant == "identity":
         return "baseline"
     if n < 2 or math.isnan(dlo):
         return f"cannot compare with identity ({n} paired seed{'s' if n != 1 else ''}; need 2)"
+    if spread == 0.0:  # a t-interval of identical differences has zero width: say what was seen
+        return (f"{'better' if dmean > 0 else 'worse' if dmean < 0 else 'no different'} than identity by "
+                f"{abs(dmean):.2f} points in each of {n} paired seeds (no spread: more seeds would say "
+                "how sure that is)")
     if dlo <= 0 <= dhi:
         return (f"no detectable difference from identity at {n} seeds "
                 f"(95% CI of the difference [{dlo:+.2f}, {dhi:+.2f}] points contains 0)")
@@ -339,7 +344,8 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
         md += [f"{len(rows)} classifier runs over {len(tables)} task(s)"
                + (f"; {n_bad} did not complete (listed in the tables, kept in results.csv)." if n_bad else "."),
                "Accuracy is the final test accuracy; the 95% intervals are Student-t over seeds; "
-               "the difference vs identity is paired by seed.", ""]
+               "the difference vs identity is paired by seed. Step times exclude evaluation; runs made "
+               "side by side (osc study's jobs > 1) share the machine, so compare them with care.", ""]
     figures: list[tuple[str, Path]] = []
     for task, table in tables.items():
         md += [f"## Classification: {task}", ""] + _table_md(table) + [""]

@@ -154,7 +154,6 @@ def test_upkeep_state_round_trip_continues_identically():
         upkeep = OrthogonalUpkeep(skip, momentum=0.9)
         if state is not None:
             upkeep.load_state_dict(state)
-        g = torch.Generator().manual_seed(len(steps))
         for s in steps:
             x = torch.randn(10, 6, generator=torch.Generator().manual_seed(s))
             skip(x).pow(3).sum().backward()

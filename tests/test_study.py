@@ -55,6 +55,7 @@ def test_study_rerun_keeps_completed_runs(study_dir):
 
 def test_report_from_run_dirs_matches_study_and_keeps_failures(study_dir, tmp_path, monkeypatch):
     again = build_report([study_dir / "classification"], tmp_path / "again")
+    assert len(again["rows"]) == 2 * len(VARIANTS)
     assert read_csv(tmp_path / "again" / "results.csv") == read_csv(study_dir / "results.csv")
     table = lambda text: [l for l in text.splitlines() if l.startswith("| ")]  # noqa: E741,E731
     n = 1 + len(VARIANTS)  # header and one line per variant

@@ -35,6 +35,7 @@ def test_digits_two_epochs_writes_all_files(tmp_path):
     for f in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt"):
         assert (tmp_path / f).is_file(), f
     saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary))  # what was returned is what was saved
     assert saved["status"] == "completed" and saved["epochs"] == 2 and saved["steps"] == 2 * (1437 // 128)
     assert 10.0 < saved["test_acc"] <= 100.0 and saved["best_test_acc"] >= saved["test_acc"]
     assert saved["train_time_s"] > 0 and saved["method"] == "steepest"

@@ -24,7 +24,6 @@ transformations for learning deep neural networks" (``idempotent``), plus
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 import torch

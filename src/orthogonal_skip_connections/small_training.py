@@ -503,6 +503,18 @@ def int_list(cfg, key: str, low: int) -> list[int]:
     return sorted(set(value))
 
 
+def skip_kind_list(cfg, key: str = "skip_kinds") -> list[str]:
+    """A non-empty list of skip kinds at ``cfg[key]``, in order, duplicates dropped."""
+    from omegaconf import OmegaConf
+
+    from .skips import SKIP_KINDS
+
+    kinds = cfg[key]
+    if not OmegaConf.is_list(kinds) or len(kinds) == 0 or any(k not in SKIP_KINDS for k in kinds):
+        raise UserError(f"{key} must be a non-empty list of: {', '.join(SKIP_KINDS)}; got {kinds!r}")
+    return list(dict.fromkeys(kinds))
+
+
 def seed_list(cfg: DictConfig) -> list[int]:
     """The seeds of a stack from the keys ``seed`` (first) and ``seeds`` (how many):
     seed, seed + 1, ..., seed + seeds - 1."""

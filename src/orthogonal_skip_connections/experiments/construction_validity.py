@@ -25,18 +25,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ..data.synthetic import make_synthetic
 from ..diagnostics import block_inputs, block_procrustes, linear_fit_residual
 from ..runs import UserError, hydra_app, progress_bar, resolve_device, save_config, write_json
-from ..skips import SKIP_KINDS
 from ..small_training import (
     SeedStack,
     check_fresh_run_dir,
     int_list,
     residual_mlp_factory,
     seed_list,
+    skip_kind_list,
     train_config_from,
     train_small_classifier,
 )
@@ -50,13 +50,10 @@ def check_config(cfg: DictConfig) -> dict:
     """Every value checked, and every dataset and model option tried, before anything is written."""
     if cfg.dataset_type not in DATASETS:
         raise UserError(f"unknown dataset_type {cfg.dataset_type!r}; allowed: {', '.join(DATASETS)}")
-    kinds = cfg.skip_kinds
-    if not OmegaConf.is_list(kinds) or len(kinds) == 0 or any(k not in SKIP_KINDS for k in kinds):
-        raise UserError(f"skip_kinds must be a non-empty list of: {', '.join(SKIP_KINDS)}; got {kinds!r}")
     if cfg.fit_on not in FIT_ON:
         raise UserError(f"unknown fit_on {cfg.fit_on!r}; allowed: {', '.join(FIT_ON)}")
     c = {
-        "kinds": list(dict.fromkeys(kinds)),
+        "kinds": skip_kind_list(cfg),
         "dims": int_list(cfg, "dims", 1),
         "classes": int_list(cfg, "num_classes", 2),
         "depths": int_list(cfg, "n_blocks", 1),

@@ -18,17 +18,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ..data.synthetic import make_synthetic
 from ..diagnostics import block_inputs, block_procrustes, branch_lipschitz, skip_diagnostics
 from ..runs import UserError, hydra_app, progress_bar, resolve_device, save_config, write_json
-from ..skips import SKIP_KINDS
 from ..small_training import (
     SeedStack,
     check_fresh_run_dir,
     config_number,
     residual_mlp_factory,
+    skip_kind_list,
     train_config_from,
     train_small_classifier,
 )
@@ -41,11 +41,8 @@ def check_config(cfg: DictConfig) -> dict:
     """Every value checked, and the data built, before anything is written."""
     if cfg.dataset_type not in DATASETS:
         raise UserError(f"unknown dataset_type {cfg.dataset_type!r}; allowed: {', '.join(DATASETS)} (2-D data)")
-    kinds = cfg.skip_kinds
-    if not OmegaConf.is_list(kinds) or len(kinds) == 0 or any(k not in SKIP_KINDS for k in kinds):
-        raise UserError(f"skip_kinds must be a non-empty list of: {', '.join(SKIP_KINDS)}; got {kinds!r}")
     c = {
-        "kinds": list(dict.fromkeys(kinds)),
+        "kinds": skip_kind_list(cfg),
         "n_blocks": config_number(cfg, "n_blocks", 1, integer=True),
         "seed": config_number(cfg, "seed", 0, integer=True),
         "grid_lines": config_number(cfg, "grid_lines", 2, integer=True),

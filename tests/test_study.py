@@ -89,3 +89,21 @@ def test_report_and_study_bad_input(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown scale 'huge'"):
         study.run(compose_config("study", ["scale=huge"]), tmp_path)
     assert not (tmp_path / "missing").exists()  # nothing created for a bad call
+
+
+def test_paired_verdicts():
+    from orthogonal_skip_connections.report import task_tables
+
+    def row(variant, seed, acc):
+        return {"task": "t", "variant": variant, "seed": seed, "status": "completed", "test_acc": acc,
+                "step_time_s": 1.0, "epochs_to_target": 1, "skip_identity_distance_mean": None, "target_acc": 90}
+
+    base = [row("identity", s, a) for s, a in enumerate([98.0, 97.5, 99.0])]
+    same = [row("zero", s, a - 0.8333333333333 + 1e-14 * s) for s, a in enumerate([98.0, 97.5, 99.0])]
+    noisy = [row("linear", s, a + d) for s, (a, d) in enumerate(zip([98.0, 97.5, 99.0], [1.0, -1.0, 0.5]))]
+    better = [row("scalar", s, a + d) for s, (a, d) in enumerate(zip([98.0, 97.5, 99.0], [2.0, 2.1, 1.9]))]
+    table = {t["variant"]: t for t in task_tables(base + same + noisy + better)["t"]}
+    assert "worse than identity by 0.83 points in each of 3 paired seeds" in table["zero"]["verdict"]
+    assert table["linear"]["verdict"].startswith("no detectable difference from identity at 3 seeds")
+    assert table["scalar"]["verdict"].startswith("better than identity by 2.00 points")
+    assert table["identity"]["acc_hi"] <= 100.0

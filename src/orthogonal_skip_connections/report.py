@@ -220,7 +220,7 @@ def _verdict(variant, dmean, dlo, dhi, n, spread: float = 1.0) -> str:
         return "baseline"
     if n < 2 or math.isnan(dlo):
         return f"cannot compare with identity ({n} paired seed{'s' if n != 1 else ''}; need 2)"
-    if spread == 0.0:  # a t-interval of identical differences has zero width: say what was seen
+    if spread < 1e-9:  # a t-interval of (round-off) identical differences has no width: say what was seen
         return (f"{'better' if dmean > 0 else 'worse' if dmean < 0 else 'no different'} than identity by "
                 f"{abs(dmean):.2f} points in each of {n} paired seeds (no spread: more seeds would say "
                 "how sure that is)")

@@ -95,6 +95,7 @@ class Skip(nn.Module):
 
     kind = "skip"
     upkeep = "none"
+    has_path = True  # False: no skip path at all, so a block need not compute its shortcut
 
     def __init__(self, channels: int):
         super().__init__()
@@ -128,6 +129,7 @@ class ZeroSkip(Skip):
     """No skip at all: returns a 0-d zero that broadcasts against the branch output."""
 
     kind = "zero"
+    has_path = False
     weight = property(lambda self: None, doc="no matrix")
 
     def forward(self, x: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..skips import ZeroSkip, make_skip
+from ..skips import make_skip
 
 
 def _conv_bn(c_in: int, c_out: int, k: int, stride: int = 1) -> list[nn.Module]:
@@ -45,7 +45,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.branch(x)
-        if isinstance(self.skip, ZeroSkip):  # no skip path: the projection would be wasted work
+        if not self.skip.has_path:  # e.g. the zero kind: the projection would be wasted work
             return F.relu(out)
         return F.relu(out + self.skip(self.shortcut(x)))
 

@@ -17,7 +17,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from orthogonal_skip_connections import OrthogonalUpkeep, get_model, split_parameters
+import orthogonal_skip_connections as osc
+from orthogonal_skip_connections import get_model
 from orthogonal_skip_connections.skips import ORTH_METHODS
 
 
@@ -27,20 +28,14 @@ def make_step(kind: str, method: str | None, batch: int, device: torch.device, c
     model = get_model("resnet20", 10, skip_kind=kind, **opts).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    groups = split_parameters(model)
-    opt = torch.optim.SGD(
-        [{"params": groups["other"], "weight_decay": 5e-4}, {"params": groups["constrained"], "weight_decay": 0.0}],
-        lr=0.05, momentum=0.9,
-    )
-    upkeep = OrthogonalUpkeep(model, momentum=0.9, optimizer=opt)
+    opt = osc.optimizer(model, torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(batch, 3, 32, 32, device=device).to(memory_format=fmt)
     y = torch.randint(0, 10, (batch,), device=device)
 
     def step():
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
-        opt.step()
-        upkeep.step(opt.param_groups[0]["lr"])
+        opt.step()  # the retraction included
 
     return step
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from orthogonal_skip_connections import ResidualMLP
-from orthogonal_skip_connections.orthogonal import polar
+from orthogonal_skip_connections.maths.orthogonal import polar
 from orthogonal_skip_connections.diagnostics import (
     block_procrustes,
     branch_lipschitz,

@@ -11,7 +11,7 @@ from orthogonal_skip_connections.runs import CONFIG_DIR, compose_config
 
 PKG = Path(CONFIG_DIR).parent
 # library modules that read an app's config on its behalf
-SHARED_READERS = ["small_training.py", "runs.py"]
+SHARED_READERS = ["experiments/_common.py", "runs.py"]
 
 
 def leaves(d, prefix=()):

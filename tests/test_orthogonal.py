@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orthogonal_skip_connections import orthogonal as O
+from orthogonal_skip_connections.maths import orthogonal as O
 
 
 def tol(dtype, n):

@@ -4,15 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from orthogonal_skip_connections import orthogonal as O
+from orthogonal_skip_connections.maths import orthogonal as O
 from orthogonal_skip_connections.skips import (
     ORTH_METHODS,
     PARAMETRIZED_METHODS,
     SKIP_KINDS,
-    OrthogonalUpkeep,
     apply_matrix,
     make_skip,
-    split_parameters,
 )
 
 ALL_VARIANTS = [(k, {}) for k in SKIP_KINDS if k != "learnable_orth"] + [
@@ -90,88 +88,3 @@ def test_bad_input_names_allowed_values(call, match):
 def test_mismatched_input_says_expected_shape():
     with pytest.raises(ValueError, match=r"expects \(N, 4\), \(N, T, 4\) or \(N, 4, H, W\); got \(2, 5\)"):
         make_skip("linear", 4)(torch.randn(2, 5))
-
-
-def make_optimiser(skip, lr=0.1, momentum=0.9, weight_decay=5e-4):
-    """Weight decay on every parameter except constrained ones (the library's rule: for
-    householder, decay would shrink the fixed -1 diagonal of torch's parametrization, which
-    it reads through .int(), and W would collapse to 0)."""
-    groups = split_parameters(skip)
-    param_groups = [
-        {"params": groups["other"], "weight_decay": weight_decay},
-        {"params": groups["constrained"], "weight_decay": 0.0},
-    ]
-    param_groups = [g for g in param_groups if g["params"]] or [{"params": [torch.zeros(1, requires_grad=True)]}]
-    opt = torch.optim.SGD(param_groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return opt, OrthogonalUpkeep(skip, momentum=momentum, optimizer=opt)
-
-
-@pytest.mark.parametrize("method", ORTH_METHODS)
-def test_learnable_orth_stays_orthogonal_after_1000_sgd_steps(method):
-    """SGD lr 0.1, momentum 0.9, weight decay 5e-4, on a regression towards a rotation."""
-    C = 64
-    g = torch.Generator().manual_seed(0)
-    target = O.haar_orthogonal(C, generator=g)
-    skip = make_skip("learnable_orth", C, method=method, init="haar", generator=g)
-    opt, upkeep = make_optimiser(skip)
-    assert len(upkeep) == (0 if method in PARAMETRIZED_METHODS else 1)
-
-    def loss_fn():
-        x = torch.randn(32, C, 2, 2, generator=g)
-        return F.mse_loss(skip(x), apply_matrix(x, target))
-
-    first = loss_fn().item()
-    for _ in range(1000):
-        opt.zero_grad(set_to_none=True)
-        loss_fn().backward()
-        opt.step()
-        upkeep.step(lr=opt.param_groups[0]["lr"])
-    W = skip.weight.detach()
-    assert O.orth_error(W) <= 1e-4
-    assert loss_fn().item() < first  # it learned something on the way
-
-
-def test_retracted_matrix_is_moved_only_by_upkeep():
-    skip = make_skip("learnable_orth", 8, method="steepest")
-    groups = split_parameters(skip)
-    assert groups["retracted"] == [skip.weight] and not groups["other"]
-    bad = torch.optim.SGD(skip.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="also in the optimiser"):
-        OrthogonalUpkeep(skip, optimizer=bad)
-
-
-def test_parametrized_weights_are_constrained_group():
-    skip = make_skip("learnable_orth", 8, method="cayley")
-    groups = split_parameters(skip)
-    assert len(groups["constrained"]) == 1 and not groups["retracted"] and not groups["other"]
-
-
-def test_upkeep_state_round_trip_continues_identically():
-    def run(steps, state=None, W0=None):
-        skip = make_skip("learnable_orth", 6, method="svd")
-        if W0 is not None:
-            skip.weight.data.copy_(W0)
-        upkeep = OrthogonalUpkeep(skip, momentum=0.9)
-        if state is not None:
-            upkeep.load_state_dict(state)
-        for s in steps:
-            x = torch.randn(10, 6, generator=torch.Generator().manual_seed(s))
-            skip(x).pow(3).sum().backward()
-            upkeep.step(0.05)
-        return skip.weight.detach().clone(), upkeep.state_dict()
-
-    W_full, _ = run(range(6))
-    W_half, state = run(range(3))
-    W_resumed, _ = run(range(3, 6), state=state, W0=W_half)
-    assert torch.equal(W_full, W_resumed)
-
-
-def test_upkeep_lr_zero_keeps_weight_and_rejects_negative_lr():
-    skip = make_skip("learnable_orth", 4, method="steepest", init="haar")
-    W = skip.weight.detach().clone()
-    skip(torch.randn(3, 4)).sum().backward()
-    upkeep = OrthogonalUpkeep(skip)
-    upkeep.step(0.0)
-    torch.testing.assert_close(skip.weight.detach(), W)
-    with pytest.raises(ValueError, match="learning rate"):
-        upkeep.step(-1.0)

@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from orthogonal_skip_connections import training
+from orthogonal_skip_connections.train import classifier as training
 from orthogonal_skip_connections.cli import main as osc_main
 from orthogonal_skip_connections.experiments import run_experiments, study
 from orthogonal_skip_connections.report import build_report

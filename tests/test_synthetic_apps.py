@@ -10,22 +10,22 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from orthogonal_skip_connections import orthogonal as orth
+from orthogonal_skip_connections.maths import orthogonal as orth
 from orthogonal_skip_connections.cli import APPS
 from orthogonal_skip_connections.data.synthetic import make_synthetic
 from orthogonal_skip_connections.diagnostics import branch_lipschitz, linear_fit_residual
 from orthogonal_skip_connections.experiments import construction_validity, orth_residual_synthetic_data, orth_to_id
 from orthogonal_skip_connections.models.mlp import ResidualMLP
 from orthogonal_skip_connections.runs import CONFIG_DIR, UserError
-from orthogonal_skip_connections.small_training import (
-    SeedStack,
+from orthogonal_skip_connections.models.stack import SeedStack
+from orthogonal_skip_connections.optim import build_optimizer
+from orthogonal_skip_connections.diagnostics import (
     branch_lipschitz_bounds,
     branch_lipschitz_empirical,
-    build_stacked_optimizer,
     skip_matrices,
-    train_small_classifier,
 )
-from orthogonal_skip_connections.training import TrainConfig
+from orthogonal_skip_connections.train.small import train_small_classifier
+from orthogonal_skip_connections.train.classifier import TrainConfig
 
 PKG = "orthogonal_skip_connections.experiments"
 
@@ -84,15 +84,15 @@ def test_trainer_learns_moons(moons, kind, options):
 @pytest.mark.parametrize("method", ["steepest", "svd", "cayley"])
 def test_orthogonal_skips_stay_orthogonal_and_out_of_the_optimiser(moons, method):
     stack = SeedStack.build(mlp(method=method, init="haar", depth=3), [0, 1, 2])
-    opt, upkeep = build_stacked_optimizer(stack, tcfg())
-    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    opt = build_optimizer(stack, tcfg().optim(), batch_dims=1)
+    retracted = [p for g in opt.param_groups if "retraction" in g for p in g["params"]]
     skips = [b.skip for b in stack.template.blocks]
     if method == "cayley":  # parametrized: the optimiser moves its unconstrained parameter, without decay
-        assert len(upkeep) == 0
+        assert not retracted
         no_decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
         assert all(id(p) in no_decay for s in skips for p in s.parameters())
-    else:  # retracted: only the upkeep moves W, stacked (S, n, n)
-        assert len(upkeep) == 3 and all(id(s.weight) not in in_opt for s in skips)
+    else:  # retracted: the optimiser's retracted group holds the stacked (S, n, n) matrices
+        assert len(retracted) == 3 and {id(p) for p in retracted} == {id(s.weight) for s in skips}
         assert skips[0].weight.shape == (3, 2, 2)
     biases = [b.branch[0].bias for b in stack.template.blocks]  # (S, hidden): 2-D, still no decay
     assert all(any(id(p) in {id(q) for q in g["params"]} and g["weight_decay"] == 0 for g in opt.param_groups)
@@ -198,7 +198,7 @@ def test_construction_validity_tiny(tmp_path):
         (orth_to_id, "datasets=[moons]", "datasets must be"),
         (construction_validity, "fit_on=everything", "unknown fit_on"),
         (construction_validity, "lr=0", "lr must be a number > 0"),
-        (construction_validity, "skip.method=adam", "unknown learnable_orth method"),
+        (construction_validity, "skip.method=adam", "unknown orthogonal method"),
     ],
 )
 def test_bad_input_is_rejected_before_anything_is_written(tmp_path, app, override, match):

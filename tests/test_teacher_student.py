@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from orthogonal_skip_connections import orthogonal as O
+from orthogonal_skip_connections.maths import orthogonal as O
 from orthogonal_skip_connections.experiments import teacher_student as app
 from orthogonal_skip_connections.models import teacher_student as ts
 from orthogonal_skip_connections.runs import CONFIG_DIR, UserError

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from orthogonal_skip_connections import construction as cons
+from orthogonal_skip_connections.maths import construction as cons
 from orthogonal_skip_connections.experiments import theorem
 from orthogonal_skip_connections.runs import CONFIG_DIR, UserError
 

@@ -11,12 +11,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from orthogonal_skip_connections import training
+from orthogonal_skip_connections.train import classifier as training
 from orthogonal_skip_connections.cli import main as osc_main
 from orthogonal_skip_connections.data.vision import TensorLoader, epoch_generator, load_image_data
 from orthogonal_skip_connections.experiments import run_experiments
 from orthogonal_skip_connections.runs import CONFIG_DIR, UserError
-from orthogonal_skip_connections.training import TrainConfig, lr_factor
+from orthogonal_skip_connections.optim import lr_factor
+from orthogonal_skip_connections.train.classifier import TrainConfig
 
 APP = "orthogonal_skip_connections.experiments.run_experiments"
 
@@ -133,12 +134,12 @@ def test_missing_cifar_offline_is_one_clear_error(tmp_path):
 
 def test_lr_schedule_warmup_starts_nonzero_then_cosine_to_zero():
     cfg = TrainConfig(epochs=10, warmup_epochs=1)
-    factors = [lr_factor(s, 10, cfg) for s in range(100)]
+    factors = [lr_factor(s, 10, cfg.epochs, cfg.optim()) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert factors[10] == pytest.approx(1.0) and factors[-1] < 0.01
     assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
     step = TrainConfig(epochs=10, warmup_epochs=0, schedule="step", milestones=[5, 8], gamma=0.1)
-    assert [lr_factor(s, 10, step) for s in (0, 49, 50, 80)] == pytest.approx([1, 1, 0.1, 0.01])
+    assert [lr_factor(s, 10, step.epochs, step.optim()) for s in (0, 49, 50, 80)] == pytest.approx([1, 1, 0.1, 0.01])
 
 
 def test_divergence_guard_writes_diverged_summary(tmp_path):
@@ -170,9 +171,9 @@ def compose_ok(name):
 @pytest.mark.parametrize(
     "override,match",
     [
-        ("optimizer.lr=-1", "optimizer.lr must be > 0"),
+        ("optimizer.lr=-1", "lr must be > 0"),
         ("model.skip_kind=bogus", "unknown skip kind 'bogus'"),
-        ("model.method=adam", "unknown learnable_orth method 'adam'"),
+        ("model.method=adam", "unknown orthogonal method 'adam'"),
         ("wandb.mode=sometimes", "unknown wandb.mode"),
         ("device=tpu", "unknown device"),
     ],

@@ -12,7 +12,8 @@ import math
 import torch
 from torch import nn
 
-from . import orthogonal as orth
+from .maths import orthogonal as orth
+from .models.stack import SeedStack
 from .skips import iter_skips
 
 __all__ = ["skip_diagnostics", "summarize_skips"]
@@ -266,3 +267,73 @@ def linear_fit_residual(X: torch.Tensor, Y: torch.Tensor) -> float:
     denom = float(torch.linalg.matrix_norm(Y))
     resid = float(torch.linalg.matrix_norm(Y - X @ A_T))
     return resid / denom if denom > 0 else resid
+
+
+# --------------------------------------------------------------------------- measurements
+# Of stacked models shaped like models.mlp.ResidualMLP: ``embed`` (maybe nn.Identity), then
+# ``blocks``, each y = skip(x) + branch(x). Every function returns a leading seed axis S.
+
+
+def _blocks(stack: SeedStack):
+    blocks = getattr(stack.template, "blocks", None)
+    if blocks is None or not all(hasattr(b, "skip") and hasattr(b, "branch") for b in blocks):
+        raise ValueError("these measurements need a model shaped like ResidualMLP (blocks with skip and branch)")
+    return blocks
+
+
+@torch.no_grad()
+def skip_matrices(stack: SeedStack) -> Tensor | None:
+    """The skip matrix W_i of every block and seed, (S, L, n, n) in float64, or None when
+    the skips carry no matrix (identity, zero). Read off as skip(I)^T (a skip maps a row
+    x to x W^T), so parametrized kinds are evaluated through their parametrization."""
+    blocks = _blocks(stack)
+    if len(blocks) == 0 or blocks[0].skip.weight is None:
+        return None
+    n = blocks[0].skip.channels
+    eye = torch.eye(n, device=next(stack.parameters()).device)
+
+    def fn(model, I):
+        return torch.stack([b.skip(I).mT for b in model.blocks])  # (L, n, n)
+
+    return stack.apply(fn, eye).double()
+
+
+@torch.no_grad()
+def stacked_block_inputs(stack: SeedStack, X: Tensor) -> list[Tensor]:
+    """The input of each block for every seed when the models see X (N, d): a list of L
+    tensors (S, N, n)."""
+    _blocks(stack)
+
+    def fn(model, x):
+        z, inputs = model.embed(x), []
+        for block in model.blocks:
+            inputs.append(z)
+            z = block(z)
+        return tuple(inputs)
+
+    return list(stack.apply(fn, X))
+
+
+@torch.no_grad()
+def branch_lipschitz_bounds(stack: SeedStack) -> Tensor:
+    """Product-of-spectral-norms bound on Lip(f_i) for every seed and block: (S, L) float64
+    (:func:`~orthogonal_skip_connections.diagnostics.lipschitz_upper_bound_stacked`)."""
+    blocks = _blocks(stack)
+    S = len(stack)
+    cols = [lipschitz_upper_bound_stacked(b.branch).double().expand(S) for b in blocks]
+    return torch.stack(cols, dim=1) if cols else torch.zeros(S, 0, dtype=torch.float64)
+
+
+def branch_lipschitz_empirical(stack: SeedStack, X: Tensor, chunk_size: int = 256) -> Tensor:
+    """Largest Jacobian spectral norm of each branch f_i over its inputs from X (N, d):
+    (S, L) float64. The per-seed version of
+    :func:`~orthogonal_skip_connections.diagnostics.empirical_lipschitz`: Jacobians from
+    ``vmap(jacrev(f_i))`` per seed, all seeds at once."""
+    blocks = _blocks(stack)
+    inputs = stacked_block_inputs(stack, X)  # L x (S, N, n)
+    cols = []
+    for i in range(len(blocks)):
+        norms = stack.apply(lambda m, z, i=i: jacobian_spectral_norms(m.blocks[i].branch, z, chunk_size),
+                            inputs[i], in_dims=(0,))  # (S, N)
+        cols.append(norms.amax(1).double())
+    return torch.stack(cols, dim=1) if cols else torch.zeros(len(stack), 0, dtype=torch.float64)

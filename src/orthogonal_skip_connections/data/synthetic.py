@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..orthogonal import haar_orthogonal
+from ..maths.orthogonal import haar_orthogonal
 
 __all__ = ["DATASET_TYPES", "DEFAULT_NOISE", "SyntheticData", "make_synthetic"]
 

@@ -11,7 +11,7 @@ says how much of the misfit is non-linearity rather than non-orthogonality, and
 ||Q_i - W_i||_F says whether the fitted map is the block's own skip.
 
 Over a grid of (dimension d, classes, depth m) and skip kinds, ``seeds`` models per grid
-point are trained at once (:mod:`~orthogonal_skip_connections.small_training`).
+point are trained at once (:mod:`~orthogonal_skip_connections.train.small`).
 
     python -m orthogonal_skip_connections.experiments.construction_validity
     osc construction_validity dims=[2,8,32] n_blocks=[2,4,8,16] skip_kinds=[learnable_orth]
@@ -30,17 +30,10 @@ from omegaconf import DictConfig
 from ..data.synthetic import make_synthetic
 from ..diagnostics import block_inputs, block_procrustes, linear_fit_residual
 from ..runs import UserError, hydra_app, progress_bar, resolve_device, save_config, write_json
-from ..small_training import (
-    SeedStack,
-    check_fresh_run_dir,
-    int_list,
-    residual_mlp_factory,
-    seed_list,
-    skip_kind_list,
-    train_config_from,
-    train_small_classifier,
-)
-from ..training import Diverged
+from ..models.stack import SeedStack
+from ._common import check_fresh_run_dir, int_list, residual_mlp_factory, seed_list, skip_kind_list, train_config_from
+from ..train.small import train_small_classifier
+from ..train.classifier import Diverged
 
 DATASETS = ("blobs", "classification", "parity", "moons", "circles")
 FIT_ON = ("test", "train")

@@ -2,7 +2,7 @@
 any skip kinds (the original project's figure).
 
 One ResidualMLP per skip kind, its blocks y = W x + f(x) acting on R^2 itself and a linear
-head on top, trained on a 2-D set (:mod:`~orthogonal_skip_connections.small_training`).
+head on top, trained on a 2-D set (:mod:`~orthogonal_skip_connections.train.small`).
 Per block the figure shows a grid over the block's inputs and the data carried by the
 skip (x -> W x), by the residual branch (x -> f(x)) and by the whole block; the last
 panel of each row shows the decision regions and accuracies. summary.json holds the
@@ -23,16 +23,10 @@ from omegaconf import DictConfig
 from ..data.synthetic import make_synthetic
 from ..diagnostics import block_inputs, block_procrustes, branch_lipschitz, skip_diagnostics
 from ..runs import UserError, hydra_app, progress_bar, resolve_device, save_config, write_json
-from ..small_training import (
-    SeedStack,
-    check_fresh_run_dir,
-    config_number,
-    residual_mlp_factory,
-    skip_kind_list,
-    train_config_from,
-    train_small_classifier,
-)
-from ..training import Diverged
+from ..models.stack import SeedStack
+from ._common import check_fresh_run_dir, config_number, residual_mlp_factory, skip_kind_list, train_config_from
+from ..train.small import train_small_classifier
+from ..train.classifier import Diverged
 
 DATASETS = ("moons", "circles", "blobs", "classification")
 

@@ -4,7 +4,7 @@ depth grows?
 The theorem's construction (paper Theorem 1, after Bartlett, Evans & Long 2018, arXiv
 1804.05012) puts its W_i at ||I - W_i|| = O(log m / m) from the identity; trained networks
 need not. For every dataset, dimension d and depth m this app trains ``seeds`` ResidualMLP
-classifiers at once (:mod:`~orthogonal_skip_connections.small_training`) and records, per
+classifiers at once (:mod:`~orthogonal_skip_connections.train.small`) and records, per
 block i along training, ||W_i - I||_F, sign det W_i and the Lipschitz constant of the
 residual branch f_i (the product-of-spectral-norms bound and the largest Jacobian norm over
 training points). The summary answers the question per (dataset, d) with the mean over
@@ -27,25 +27,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from scipy.stats import spearmanr
 
-from .. import construction as cons
-from .. import orthogonal as orth
+from ..maths import construction as cons
+from ..maths import orthogonal as orth
 from ..data.synthetic import make_synthetic
 from ..runs import UserError, hydra_app, progress_bar, resolve_device, save_config, write_json
-from ..small_training import (
-    SeedStack,
-    branch_lipschitz_bounds,
-    branch_lipschitz_empirical,
-    check_fresh_run_dir,
-    config_number,
-    int_list,
-    seed_list,
-    residual_mlp_factory,
-    skip_matrices,
-    steps_per_epoch,
-    train_config_from,
-    train_small_classifier,
-)
-from ..training import Diverged
+from ..models.stack import SeedStack
+from ..diagnostics import branch_lipschitz_bounds, branch_lipschitz_empirical, skip_matrices
+from ._common import check_fresh_run_dir, config_number, int_list, seed_list, residual_mlp_factory, train_config_from
+from ..train.small import steps_per_epoch, train_small_classifier
+from ..train.classifier import Diverged
 
 DATASETS = ("blobs", "parity")
 MATRIX_KINDS = ("learnable_orth", "fixed_orth", "linear", "random", "scalar", "idempotent")

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..data.vision import load_image_data
 from ..models import get_model
 from ..runs import UserError, hydra_app, read_json, resolve_device, save_config
-from ..training import (
+from ..train.classifier import (
     CHECKPOINT,
     SUMMARY,
     Diverged,

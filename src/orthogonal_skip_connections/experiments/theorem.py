@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .. import construction as cons
+from ..maths import construction as cons
 from ..runs import UserError, hydra_app, progress_bar, save_config, write_json
 
 MAP_KEYS = ("angle", "stretch", "eps")

@@ -7,15 +7,14 @@ from torch import nn
 from .mlp import ResidualMLP, ResidualMLPBlock
 from .resnet import RESNETS, BasicBlock, Bottleneck, ResNet, resnet
 
-MODEL_TYPES = RESNETS
-
-__all__ = ["get_model", "MODEL_TYPES", "ResNet", "BasicBlock", "Bottleneck", "ResidualMLP", "ResidualMLPBlock"]
+__all__ = ["get_model", "ResNet", "BasicBlock", "Bottleneck", "ResidualMLP", "ResidualMLPBlock"]
 
 
-def get_model(model_type: str, num_classes: int, skip_kind: str = "identity", **options) -> nn.Module:
+def get_model(model_type: str, num_classes: int, skip_kind: str | None = None, **options) -> nn.Module:
     """Build an image classifier ``model_type`` with ``skip_kind`` skips.
 
     options: ``in_channels`` (default 3), ``stem`` (cifar | imagenet), ``zero_init_residual``,
-    and the skip options of :func:`orthogonal_skip_connections.skips.make_skip`.
+    and either the skip options of :func:`orthogonal_skip_connections.skips.make_skip` or
+    ``skip_layer=skip(kind, ...)`` (default: identity skips).
     """
     return resnet(model_type, num_classes, skip_kind, **options)

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..skips import make_skip
+from ..skips import SkipFactory, skip_layer_from
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "softplus": nn.Softplus}
 
 
 class ResidualMLPBlock(nn.Module):
-    def __init__(self, dim: int, hidden: int, skip_kind: str, activation: str, skip_options: dict):
+    def __init__(self, dim: int, hidden: int, skip_layer: SkipFactory, activation: str):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; allowed: {', '.join(ACTIVATIONS)}")
         self.branch = nn.Sequential(nn.Linear(dim, hidden), ACTIVATIONS[activation](), nn.Linear(hidden, dim))
-        self.skip = make_skip(skip_kind, dim, **skip_options)
+        self.skip = skip_layer(dim)
 
     def forward(self, x: Tensor) -> Tensor:  # x: (..., dim)
         return self.skip(x) + self.branch(x)
@@ -40,20 +40,22 @@ class ResidualMLP(nn.Module):
         dim: int,
         depth: int,
         hidden_mult: float = 2.0,
-        skip_kind: str = "identity",
+        skip_kind: str | None = None,
         num_classes: int | None = None,
         in_features: int | None = None,
         activation: str = "relu",
+        skip_layer: SkipFactory | None = None,
         **skip_options,
     ):
         super().__init__()
+        skip_layer = skip_layer_from(skip_kind, skip_layer, skip_options)
         if dim < 1 or depth < 0:
             raise ValueError(f"need dim >= 1 and depth >= 0; got dim={dim}, depth={depth}")
         hidden = max(1, round(hidden_mult * dim))
         in_features = dim if in_features is None else in_features
         self.embed = nn.Identity() if in_features == dim else nn.Linear(in_features, dim)
         self.blocks = nn.ModuleList(
-            ResidualMLPBlock(dim, hidden, skip_kind, activation, skip_options) for _ in range(depth)
+            ResidualMLPBlock(dim, hidden, skip_layer, activation) for _ in range(depth)
         )
         self.head = nn.Identity() if num_classes is None else nn.Linear(dim, num_classes)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..skips import make_skip
+from ..skips import SkipFactory, skip_layer_from
 
 
 def _conv_bn(c_in: int, c_out: int, k: int, stride: int = 1) -> list[nn.Module]:
@@ -34,14 +34,14 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, c_in: int, planes: int, stride: int, skip_kind: str, skip_options: dict):
+    def __init__(self, c_in: int, planes: int, stride: int, skip_layer: SkipFactory):
         super().__init__()
         c_out = planes * self.expansion
         self.branch = nn.Sequential(
             *_conv_bn(c_in, planes, 3, stride), nn.ReLU(inplace=True), *_conv_bn(planes, c_out, 3)
         )
         self.shortcut = _shortcut(c_in, c_out, stride)
-        self.skip = make_skip(skip_kind, c_out, **skip_options)
+        self.skip = skip_layer(c_out)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.branch(x)
@@ -55,7 +55,7 @@ class Bottleneck(BasicBlock):
 
     expansion = 4
 
-    def __init__(self, c_in: int, planes: int, stride: int, skip_kind: str, skip_options: dict):
+    def __init__(self, c_in: int, planes: int, stride: int, skip_layer: SkipFactory):
         nn.Module.__init__(self)
         c_out = planes * self.expansion
         self.branch = nn.Sequential(
@@ -66,7 +66,7 @@ class Bottleneck(BasicBlock):
             *_conv_bn(planes, c_out, 1),
         )
         self.shortcut = _shortcut(c_in, c_out, stride)
-        self.skip = make_skip(skip_kind, c_out, **skip_options)
+        self.skip = skip_layer(c_out)
 
 
 class ResNet(nn.Module):
@@ -80,11 +80,13 @@ class ResNet(nn.Module):
         num_classes: int,
         in_channels: int = 3,
         stem: str = "cifar",
-        skip_kind: str = "identity",
+        skip_kind: str | None = None,
         zero_init_residual: bool = False,
+        skip_layer: SkipFactory | None = None,
         **skip_options,
     ):
         super().__init__()
+        skip_layer = skip_layer_from(skip_kind, skip_layer, skip_options)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1; got {num_classes}")
         if in_channels < 1:
@@ -105,7 +107,7 @@ class ResNet(nn.Module):
             blocks = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(block(c_in, w, stride, skip_kind, skip_options))
+                blocks.append(block(c_in, w, stride, skip_layer))
                 c_in = w * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -132,8 +134,9 @@ IMAGENET_STYLE = {
 RESNETS = tuple(CIFAR_DEPTHS) + tuple(IMAGENET_STYLE)
 
 
-def resnet(model_type: str, num_classes: int, skip_kind: str = "identity", **options) -> ResNet:
-    """Build ``model_type`` (one of RESNETS); options go to :class:`ResNet` and the skips."""
+def resnet(model_type: str, num_classes: int, skip_kind: str | None = None, **options) -> ResNet:
+    """Build ``model_type`` (one of RESNETS); options go to :class:`ResNet` and the skips
+    (a kind and its options, or ``skip_layer=skip(kind, ...)``)."""
     if model_type in CIFAR_DEPTHS:
         n = (CIFAR_DEPTHS[model_type] - 2) // 6
         options.setdefault("stem", "cifar")

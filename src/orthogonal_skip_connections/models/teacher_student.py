@@ -60,7 +60,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from .. import orthogonal as orth
+from ..maths import orthogonal as orth
 
 __all__ = [
     "Arch",

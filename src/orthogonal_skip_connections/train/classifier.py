@@ -1,9 +1,9 @@
 """The training loop: one, for every experiment that trains an image classifier.
 
 Per step: (mixup) -> forward under autocast where it helps -> loss -> backward ->
-clip -> if every gradient is finite: optimiser step, then the constraint upkeep of
-retracted skips (:class:`~orthogonal_skip_connections.skips.OrthogonalUpkeep`), then the
-learning-rate schedule. Per epoch: metrics, evaluation every ``eval_every`` epochs with
+clip -> if every gradient is finite: optimiser step (which also retracts the retracted
+orthogonal skips, :mod:`~orthogonal_skip_connections.optim`), then the learning-rate
+schedule. Per epoch: metrics, evaluation every ``eval_every`` epochs with
 per-skip diagnostics, and an atomic checkpoint from which ``resume`` continues with the
 same numbers (bit for bit on CPU: every random draw of an epoch comes from a generator
 seeded by (seed, epoch)).
@@ -12,7 +12,6 @@ seeded by (seed, epoch)).
 from __future__ import annotations
 
 import json
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -23,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.vision import ImageData, TensorLoader, epoch_generator
-from .diagnostics import skip_diagnostics, summarize_skips
-from .runs import UserError, append_jsonl, atomic_torch_save, progress_bar, write_json
-from .skips import OrthogonalUpkeep, split_parameters
+from ..data.vision import ImageData, TensorLoader, epoch_generator
+from ..diagnostics import skip_diagnostics, summarize_skips
+from ..runs import UserError, append_jsonl, atomic_torch_save, progress_bar, write_json
+from ..optim import OptimConfig, build_optimizer, lr_scheduler
 
-__all__ = ["TrainConfig", "MetricSink", "Diverged", "build_optimizer", "lr_factor", "train_classifier", "evaluate"]
+__all__ = ["TrainConfig", "MetricSink", "Diverged", "train_classifier", "evaluate"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -39,7 +38,7 @@ SUMMARY = "summary.json"
 class TrainConfig:
     epochs: int = 15
     batch_size: int = 128
-    optimizer: str = "sgd"  # sgd | adamw
+    optimizer: str = "sgd"  # sgd | adamw | adam
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
@@ -53,36 +52,35 @@ class TrainConfig:
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.0
     grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
-    upkeep_momentum: float | None = None  # momentum of the retracted skips' step (None: optimiser's)
+    upkeep_momentum: float | None = None  # momentum of the retracted skips' step (None: momentum)
     amp: str = "auto"  # auto (bf16 on CUDA, off elsewhere) | bf16 | off
     channels_last: bool = False
     eval_every: int = 1
     seed: int = 0
     progress: bool = True
 
+    def optim(self) -> OptimConfig:
+        """The optimiser and schedule part, for :mod:`~orthogonal_skip_connections.optim`."""
+        return OptimConfig(
+            name=self.optimizer, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
+            weight_decay=self.weight_decay, decay_norms_and_biases=self.decay_norms_and_biases,
+            betas=tuple(self.betas), retraction_momentum=self.upkeep_momentum, schedule=self.schedule,
+            warmup_epochs=self.warmup_epochs, milestones=list(self.milestones), gamma=self.gamma,
+        )
+
     def validate(self) -> None:
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1; got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1; got {self.batch_size}"),
-            (self.optimizer in ("sgd", "adamw"), f"unknown optimizer {self.optimizer!r}; allowed: sgd, adamw"),
-            (self.lr > 0, f"optimizer.lr must be > 0; got {self.lr}"),
-            (0 <= self.momentum < 1, f"optimizer.momentum must be in [0, 1); got {self.momentum}"),
-            (self.weight_decay >= 0, f"optimizer.weight_decay must be >= 0; got {self.weight_decay}"),
-            (self.schedule in ("cosine", "step", "constant"),
-             f"unknown schedule {self.schedule!r}; allowed: cosine, step, constant"),
-            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0; got {self.warmup_epochs}"),
-            (0 < self.gamma <= 1, f"gamma must be in (0, 1]; got {self.gamma}"),
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1); got {self.label_smoothing}"),
             (self.mixup_alpha >= 0, f"mixup_alpha must be >= 0; got {self.mixup_alpha}"),
             (self.grad_clip >= 0, f"grad_clip must be >= 0; got {self.grad_clip}"),
             (self.amp in ("auto", "bf16", "off"), f"unknown amp {self.amp!r}; allowed: auto, bf16, off"),
             (self.eval_every >= 1, f"eval_every must be >= 1; got {self.eval_every}"),
-            (self.upkeep_momentum is None or 0 <= self.upkeep_momentum < 1,
-             f"upkeep_momentum must be in [0, 1); got {self.upkeep_momentum}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
+        problems = [message for ok, message in checks if not ok] + self.optim().problems()
+        if problems:
+            raise UserError(problems[0])
 
 
 class MetricSink:
@@ -97,49 +95,6 @@ class MetricSink:
 
 class Diverged(RuntimeError):
     """The loss became non-finite; the summary says ``status: diverged``."""
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, OrthogonalUpkeep]:
-    """Optimiser over every parameter except retracted skip matrices, plus their upkeep.
-
-    Weight decay acts on weight matrices only: never on parametrized orthogonal skips
-    (decay would pull them off their base, and for Householder would zero the fixed
-    diagonal torch reads), and by default not on norms, biases or scalars (1-D and 0-D).
-    """
-    groups = split_parameters(model)
-    decay = [p for p in groups["other"] if p.ndim >= 2 or cfg.decay_norms_and_biases]
-    no_decay = [p for p in groups["other"] if not (p.ndim >= 2 or cfg.decay_norms_and_biases)]
-    param_groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay + groups["constrained"], "weight_decay": 0.0},
-    ]
-    param_groups = [g for g in param_groups if g["params"]]
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum,
-                              nesterov=cfg.nesterov and cfg.momentum > 0)
-    else:
-        opt = torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas))
-    upkeep_momentum = cfg.momentum if cfg.upkeep_momentum is None else cfg.upkeep_momentum
-    return opt, OrthogonalUpkeep(model, momentum=upkeep_momentum, optimizer=opt)
-
-
-def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
-    """Multiplier of the base learning rate at optimiser step ``step`` (0-based).
-
-    Linear warm-up over ``warmup_epochs`` starting at 1/warmup_steps (never 0 on the first
-    step), then cosine to 0 over the remaining steps, step decay by ``gamma`` at each
-    milestone epoch, or constant."""
-    total = cfg.epochs * steps_per_epoch
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    if step < warmup:
-        return (step + 1) / warmup
-    if cfg.schedule == "cosine":
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    if cfg.schedule == "step":
-        epoch = step // steps_per_epoch
-        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
-    return 1.0
 
 
 def _autocast(device: torch.device, amp: str):
@@ -206,8 +161,8 @@ def train_classifier(
     train_loader = TensorLoader(data, cfg.batch_size, True, device, cfg.channels_last)
     test_loader = TensorLoader(data, max(cfg.batch_size, 256), False, device, cfg.channels_last)
     steps_per_epoch = len(train_loader)
-    opt, upkeep = build_optimizer(model, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, cfg))
+    opt = build_optimizer(model, cfg.optim())
+    sched = lr_scheduler(opt, cfg.optim(), steps_per_epoch, cfg.epochs)
 
     state = {"epoch": 0, "step": 0, "train_time_s": 0.0, "best_test_acc": None, "skipped_steps": 0,
              "last_eval": None}
@@ -216,7 +171,6 @@ def train_classifier(
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        upkeep.load_state_dict(ckpt["upkeep"])
         _set_rng_state(ckpt["rng"])
         state.update(ckpt["state"])
         _truncate_metrics(metrics_path, state["epoch"])
@@ -267,9 +221,8 @@ def train_classifier(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if _finite_gradients(model, cfg.grad_clip):
-                    opt.step()
-                    upkeep.step(opt.param_groups[0]["lr"])
-                else:  # skip the update (optimiser and upkeep alike), keep the schedule moving
+                    opt.step()  # retracted skips included
+                else:  # skip the update (retraction included), keep the schedule moving
                     state["skipped_steps"] += 1
                     opt.zero_grad(set_to_none=True)
                 sched.step()
@@ -298,7 +251,7 @@ def train_classifier(
                     epochs_bar.set_postfix(test_acc=f"{ev['test_acc']:.2f}")
             atomic_torch_save(
                 {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "upkeep": upkeep.state_dict(), "rng": _rng_state(), "state": state},
+                 "rng": _rng_state(), "state": state},
                 ckpt_path,
             )
     except Diverged:

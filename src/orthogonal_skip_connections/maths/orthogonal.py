@@ -22,6 +22,12 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "RETRACTED_METHODS",
+    "PARAMETRIZED_METHODS",
+    "ORTH_METHODS",
+    "DEFAULT_METHOD",
+    "ORTH_INITS",
+    "retract",
     "check_square",
     "one_thread",
     "eye_like",
@@ -275,6 +281,39 @@ def steepest_step(W: Tensor, G: Tensor, eta: float, rtol: float | None = None) -
     zero_grad = (S[..., 0] == 0)[..., None, None]
     W_new = torch.where(zero_grad, W, W_new)
     return 1.5 * W_new - 0.5 * W_new @ (W_new.mT @ W_new)
+
+
+# --------------------------------------------------------------------------- retractions
+# The one definition of the ways a matrix is kept on O(n); skips, optim and the apps read
+# these names. Retracted methods move W by a Euclidean-gradient step, then map back onto
+# O(n) (``retract``); parametrized ones write W = B phi(A) through torch's
+# ``parametrizations.orthogonal`` (their torch names: ``TORCH_MAPS``).
+
+RETRACTED_METHODS = ("steepest", "svd", "qr", "newton_schulz")
+PARAMETRIZED_METHODS = ("cayley", "exp", "householder")
+ORTH_METHODS = RETRACTED_METHODS + PARAMETRIZED_METHODS
+DEFAULT_METHOD = "steepest"
+ORTH_INITS = ("identity", "haar")
+TORCH_MAPS = {"cayley": "cayley", "exp": "matrix_exp", "householder": "householder"}
+
+
+def retract(method: str, W: Tensor, G: Tensor, eta: float, ns_steps: int = 100) -> Tensor:
+    """One retracted step from W along -G with step size eta; (..., n, n) batched.
+
+    ``steepest``: the spectral-norm steepest step of length eta (:func:`steepest_step`);
+    ``svd`` / ``qr`` / ``newton_schulz``: the Riemannian-gradient step
+    W - eta W skew(W^T G) (Absil et al. 2008, sec. 3.6) mapped back onto O(n) by the
+    polar factor, the Q factor or ``ns_steps`` Newton-Schulz iterations."""
+    if method == "steepest":
+        return steepest_step(W, G, eta)
+    if method not in RETRACTED_METHODS:
+        raise ValueError(f"unknown retraction {method!r}; allowed: {', '.join(RETRACTED_METHODS)}")
+    W_step = W - eta * tangent_gradient(W, G)
+    if method == "svd":
+        return polar(W_step)
+    if method == "qr":
+        return qr_orthogonal(W_step)
+    return newton_schulz(W_step, max_steps=ns_steps)
 
 
 # --------------------------------------------------------------------------- fits and measures

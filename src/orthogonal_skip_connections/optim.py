@@ -1,0 +1,288 @@
+"""Layer 3, optim: one optimiser for every loop, with the retraction inside its ``step()``.
+
+    opt = optimizer(model, torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+returns an instance of a subclass of the given torch optimiser class (``isinstance(opt,
+torch.optim.SGD)`` holds) whose param groups are
+
+1. ``decay``: weight matrices and convolution kernels, with ``weight_decay``;
+2. ``no_decay``: norms, biases, scalars (1-D and 0-D; decayed too with
+   ``decay_norms_and_biases``) and the free parameters of parametrized orthogonal
+   weights (``cayley``/``exp``/``householder``: decay would pull W = B phi(A) towards B,
+   and for Householder it would zero the fixed diagonal torch reads);
+3. ``retracted`` (one group per retraction method, ``lr_scale`` and ``ns_steps``): the
+   matrices marked by :func:`~orthogonal_skip_connections.skips.orthogonal_` with a
+   retracted method. ``step()`` first runs the wrapped optimiser on groups 1-2, then moves
+   every retracted matrix on O(n) with step size ``group["lr"] * group["lr_scale"]``, so
+   any ``torch.optim.lr_scheduler`` drives it like any other group; no weight decay.
+
+Momentum of the retraction (the same rule in every loop, chosen to match the original
+project's upkeep): a heavy-ball buffer of the Euclidean gradient, m <- mu m + G (m = G
+on the first step), and the retraction moves W along -m. ``mu`` is the group's
+``retraction_momentum``: the ``retraction_momentum`` argument if given, else the
+optimiser's ``momentum`` (SGD), else its first beta (Adam family), else 0. Heavy-ball on
+the Euclidean gradient keeps the buffer in one fixed coordinate system; the retraction
+itself projects the step onto the tangent space (``svd``/``qr``/``newton_schulz``) or
+takes the spectral-norm steepest step (``steepest``), see
+:func:`~orthogonal_skip_connections.maths.orthogonal.retract`.
+
+Matrices of one group and one shape are stacked and retracted as one batch. The
+buffers live in ``opt.state`` like any optimiser state, so one ``state_dict()`` holds
+everything. When a step is skipped (the loops skip ``opt.step()`` on non-finite
+gradients) both halves are skipped.
+
+Also here: the learning-rate schedule every loop uses (:func:`lr_factor`,
+:func:`lr_scheduler`), described by :class:`OptimConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .maths import orthogonal as orth
+from .skips.constraint import retracted_parameters
+
+__all__ = [
+    "optimizer",
+    "RetractingOptimizer",
+    "param_groups",
+    "OptimConfig",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "build_optimizer",
+    "lr_factor",
+    "lr_scheduler",
+]
+
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+SCHEDULES = ("cosine", "step", "constant")
+
+
+def _orthogonal_parametrized(model: nn.Module) -> set[int]:
+    """ids of the free parameters behind torch ``orthogonal`` parametrizations."""
+    ids = set()
+    for module in model.modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for plist in module.parametrizations.values():
+            if any(type(p).__name__ == "_Orthogonal" for p in plist):
+                ids.update(id(p) for p in plist.parameters())
+    return ids
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float = 0.0,
+    decay_norms_and_biases: bool = False,
+    batch_dims: int = 0,
+    retraction_momentum: float = 0.0,
+) -> list[dict]:
+    """The param groups described in the module docstring (empty groups left out).
+
+    ``batch_dims``: leading axes that stack copies of a model (1 for the seed-stacked
+    models, whose bias is (S, out)); a parameter is a weight matrix when
+    ``p.ndim - batch_dims >= 2``."""
+    if not 0.0 <= retraction_momentum < 1.0:
+        raise ValueError(f"retraction_momentum must be in [0, 1); got {retraction_momentum}")
+    constrained = _orthogonal_parametrized(model)
+    decay, no_decay, retracted = [], [], defaultdict(list)
+    specs = {id(p): spec for p, spec in retracted_parameters(model)}
+    seen = set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        spec = specs.get(id(p))
+        if spec is not None:
+            retracted[spec].append(p)
+        elif id(p) not in constrained and (p.ndim - batch_dims >= 2 or decay_norms_and_biases):
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    for spec, params in retracted.items():
+        groups.append({"params": params, "weight_decay": 0.0, "name": f"retracted_{spec.method}",
+                       "retraction": spec.method, "lr_scale": spec.lr_scale, "ns_steps": spec.ns_steps,
+                       "retraction_momentum": retraction_momentum})
+    return [g for g in groups if g["params"]]
+
+
+class RetractingOptimizer:
+    """Mixin placed before a torch optimiser class (see :func:`optimizer`): groups with a
+    ``retraction`` key are stepped on O(n) after the wrapped optimiser's own step."""
+
+    _osc_retracting = True
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        groups = self.param_groups
+        euclidean = [g for g in groups if "retraction" not in g]
+        retracted = [g for g in groups if "retraction" in g]
+        if euclidean:
+            self.param_groups = euclidean  # the wrapped optimiser sees only its own groups
+            try:
+                super().step()
+            finally:
+                self.param_groups = groups
+        if retracted:
+            p0 = retracted[0]["params"][0]
+            with orth.one_thread(p0.device.type == "cpu"):  # small matrices: see orthogonal.one_thread
+                for group in retracted:
+                    self._retract(group)
+        return loss
+
+    def _retract(self, group: dict) -> None:
+        lr = group["lr"]
+        if isinstance(lr, Tensor):
+            lr = float(lr)
+        if lr < 0:
+            raise ValueError(f"learning rate must be >= 0; got {lr}")
+        mu = group["retraction_momentum"]
+        by_shape = defaultdict(list)
+        for p in group["params"]:
+            by_shape[tuple(p.shape)].append(p)
+        for params in by_shape.values():
+            W = torch.stack([p.detach() for p in params])  # (B, ..., n, n)
+            G = torch.stack([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
+            if mu > 0:
+                states = [self.state[p] for p in params]
+                if all("retraction_buffer" in s for s in states):
+                    G = torch.stack([s["retraction_buffer"] for s in states]).mul_(mu).add_(G)
+                for s, g in zip(states, G.unbind(0)):
+                    s["retraction_buffer"] = g.clone()
+            W_new = orth.retract(group["retraction"], W, G, lr * group["lr_scale"], group["ns_steps"])
+            for p, w in zip(params, W_new.unbind(0)):
+                p.copy_(w)
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _retracting_class(cls: type) -> type:
+    if issubclass(cls, RetractingOptimizer):
+        return cls
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise TypeError(f"optimizer_class must be a torch.optim.Optimizer subclass; got {cls!r}")
+    if cls not in _CLASSES:
+        _CLASSES[cls] = type(f"Retracting{cls.__name__}", (RetractingOptimizer, cls), {"__module__": __name__})
+    return _CLASSES[cls]
+
+
+def optimizer(
+    model: nn.Module,
+    optimizer_class: type = torch.optim.SGD,
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    decay_norms_and_biases: bool = False,
+    retraction_momentum: float | None = None,
+    batch_dims: int = 0,
+    **kwargs,
+) -> torch.optim.Optimizer:
+    """An optimiser of ``optimizer_class`` (any torch optimiser: SGD, AdamW, ...) over
+    every trainable parameter of ``model``, retracted orthogonal matrices included.
+
+    ``kwargs`` go to ``optimizer_class`` (``momentum``, ``nesterov``, ``betas``, ...).
+    See the module docstring for the groups and the retraction's momentum rule."""
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"lr must be a finite number >= 0; got {lr!r}")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be >= 0; got {weight_decay!r}")
+    if retraction_momentum is None:
+        retraction_momentum = kwargs.get("momentum", kwargs.get("betas", (0.0,))[0])
+        if "momentum" not in kwargs and "betas" not in kwargs:  # the class's own default
+            import inspect
+
+            defaults = inspect.signature(optimizer_class.__init__).parameters
+            if "momentum" in defaults and isinstance(defaults["momentum"].default, (int, float)):
+                retraction_momentum = defaults["momentum"].default
+            elif "betas" in defaults and isinstance(defaults["betas"].default, tuple):
+                retraction_momentum = defaults["betas"].default[0]
+    groups = param_groups(model, weight_decay, decay_norms_and_biases, batch_dims, float(retraction_momentum))
+    if not groups:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters")
+    return _retracting_class(optimizer_class)(groups, lr=lr, **kwargs)
+
+
+# --------------------------------------------------------------------------- configured
+
+
+@dataclass
+class OptimConfig:
+    """An optimiser and its schedule as the loops and apps configure them."""
+
+    name: str = "sgd"  # sgd | adamw | adam
+    lr: float = 0.1
+    momentum: float = 0.9  # sgd; also the retraction's momentum unless retraction_momentum is set
+    nesterov: bool = False  # sgd
+    weight_decay: float = 5e-4
+    decay_norms_and_biases: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
+    retraction_momentum: float | None = None  # None: momentum
+    schedule: str = "cosine"  # cosine | step | constant
+    warmup_epochs: float = 1.0
+    milestones: list[int] = field(default_factory=list)  # step schedule, in epochs
+    gamma: float = 0.1  # step schedule factor
+
+    def problems(self) -> list[str]:
+        """What is wrong with this configuration, one line each (empty: nothing)."""
+        checks = [
+            (self.name in OPTIMIZERS, f"unknown optimizer {self.name!r}; allowed: {', '.join(OPTIMIZERS)}"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0; got {self.lr}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1); got {self.momentum}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0; got {self.weight_decay}"),
+            (self.retraction_momentum is None or 0 <= self.retraction_momentum < 1,
+             f"retraction_momentum must be in [0, 1); got {self.retraction_momentum}"),
+            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}"),
+            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0; got {self.warmup_epochs}"),
+            (0 < self.gamma <= 1, f"gamma must be in (0, 1]; got {self.gamma}"),
+            (all(m >= 0 for m in self.milestones), f"milestones must be epochs >= 0; got {self.milestones}"),
+        ]
+        return [message for ok, message in checks if not ok]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_dims: int = 0) -> torch.optim.Optimizer:
+    """:func:`optimizer` from an :class:`OptimConfig`. The retraction's momentum is
+    ``cfg.retraction_momentum``, else ``cfg.momentum`` (whatever the optimiser)."""
+    mu = cfg.momentum if cfg.retraction_momentum is None else cfg.retraction_momentum
+    common = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, decay_norms_and_biases=cfg.decay_norms_and_biases,
+                  retraction_momentum=mu, batch_dims=batch_dims, foreach=True)
+    if cfg.name == "sgd":
+        return optimizer(model, torch.optim.SGD, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                         **common)
+    return optimizer(model, OPTIMIZERS[cfg.name], betas=tuple(cfg.betas), **common)
+
+
+def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: OptimConfig) -> float:
+    """Multiplier of the base learning rate at optimiser step ``step`` (0-based).
+
+    Linear warm-up over ``warmup_epochs`` starting at 1/warmup_steps (never 0 on the first
+    step), then cosine to 0 over the remaining steps, step decay by ``gamma`` at each
+    milestone epoch, or constant."""
+    total = epochs * steps_per_epoch
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if cfg.schedule == "step":
+        epoch = step // steps_per_epoch
+        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    return 1.0
+
+
+def lr_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, epochs: int):
+    """A ``LambdaLR`` stepped once per optimiser step with :func:`lr_factor`."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, steps_per_epoch, epochs, cfg))

@@ -1,0 +1,30 @@
+"""Layer 2, skips: the contract (:mod:`.contract`), the kinds and their registry
+(:mod:`.kinds`), orthogonal constraints for any square weight (:mod:`.constraint`) and
+``patch_skips`` for existing models (:mod:`.patch`)."""
+
+from ..maths.orthogonal import DEFAULT_METHOD, ORTH_INITS, ORTH_METHODS, PARAMETRIZED_METHODS, RETRACTED_METHODS
+from .constraint import Retraction, mark_retracted, orthogonal_, retracted_parameters, retraction_of
+from .contract import Skip, apply_matrix, iter_skips
+from .kinds import (
+    SKIP_KINDS,
+    SKIP_OPTIONS,
+    IdentitySkip,
+    MatrixSkip,
+    OrthogonalSkip,
+    ScalarSkip,
+    SkipFactory,
+    ZeroSkip,
+    make_skip,
+    skip,
+    skip_layer_from,
+)
+from .patch import patch_skips
+
+__all__ = [
+    "DEFAULT_METHOD", "ORTH_INITS", "ORTH_METHODS", "PARAMETRIZED_METHODS", "RETRACTED_METHODS",
+    "Retraction", "mark_retracted", "orthogonal_", "retracted_parameters", "retraction_of",
+    "Skip", "apply_matrix", "iter_skips",
+    "SKIP_KINDS", "SKIP_OPTIONS", "IdentitySkip", "MatrixSkip", "OrthogonalSkip", "ScalarSkip", "SkipFactory",
+    "ZeroSkip", "make_skip", "skip", "skip_layer_from",
+    "patch_skips",
+]

@@ -1,0 +1,189 @@
+"""Keeping a square weight orthogonal: ``orthogonal_(module, "weight", method=...)``.
+
+The mechanism for any module (a skip, an ``nn.Linear``, a user's block), in the spirit
+of geotorch and ``torch.nn.utils.parametrizations.orthogonal``. Two families, one call:
+
+- parametrized methods (``cayley``, ``exp``, ``householder``) register torch's
+  ``orthogonal`` parametrization: W = B phi(A) is orthogonal by construction and any
+  optimiser may move A (never with weight decay: see :mod:`..optim`);
+- retracted methods (``steepest``, ``svd``, ``qr``, ``newton_schulz``) leave W a plain
+  parameter and mark it with a :class:`Retraction`; the optimiser of
+  :func:`orthogonal_skip_connections.optim.optimizer` finds the mark and moves W on O(n)
+  inside its own ``step()``. A plain torch optimiser handed a marked matrix refuses to step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrizations, parametrize
+
+from ..maths import orthogonal as orth
+
+__all__ = ["Retraction", "retraction_of", "mark_retracted", "retracted_parameters", "orthogonal_", "resolve_method"]
+
+_MARK = "_osc_retraction"  # on a parameter: a cache, lost by copy.deepcopy of the parameter
+_MODULE_MARKS = "_osc_retractions"  # on its module, {name: Retraction}: the record, kept by deepcopy
+_TORCH_NAMES = {v: k for k, v in orth.TORCH_MAPS.items()}  # matrix_exp -> exp, ...
+
+
+@dataclass(frozen=True)
+class Retraction:
+    """How the optimiser keeps a retracted matrix on O(n): ``method`` (one of
+    ``RETRACTED_METHODS``), its step is ``lr * lr_scale``, ``ns_steps`` caps Newton-Schulz."""
+
+    method: str
+    lr_scale: float = 1.0
+    ns_steps: int = 100
+
+    def __post_init__(self):
+        if self.method not in orth.RETRACTED_METHODS:
+            raise ValueError(f"unknown retraction {self.method!r}; allowed: {', '.join(orth.RETRACTED_METHODS)}")
+        if not (isinstance(self.lr_scale, (int, float)) and self.lr_scale > 0):
+            raise ValueError(f"lr_scale must be > 0; got {self.lr_scale!r}")
+        if not (isinstance(self.ns_steps, int) and self.ns_steps >= 1):
+            raise ValueError(f"ns_steps (update_rule_iters) must be an integer >= 1; got {self.ns_steps!r}")
+
+
+def retraction_of(p: Tensor) -> Retraction | None:
+    """The :class:`Retraction` a parameter is marked with, or None."""
+    return getattr(p, _MARK, None)
+
+
+def mark_retracted(p: Tensor, spec: Retraction, module: nn.Module | None = None, name: str | None = None) -> Tensor:
+    """Mark ``p`` (a (..., n, n) parameter) as moved by ``spec``'s retraction; returns p.
+    With ``module`` and ``name`` the mark is also recorded on the module, where it
+    survives ``copy.deepcopy`` and replacing the parameter (see :func:`retracted_parameters`)."""
+    orth.check_square(p, "retracted matrix")
+    setattr(p, _MARK, spec)
+    if module is not None:
+        module.__dict__.setdefault(_MODULE_MARKS, {})[name] = spec
+    _guard_plain_optimizers()
+    return p
+
+
+def retracted_parameters(model: nn.Module) -> list[tuple[nn.Parameter, Retraction]]:
+    """Every retracted matrix of ``model`` with its :class:`Retraction`, read from the
+    modules' records (so deep copies and seed-stacked copies are found too); each
+    parameter is (re)marked on the way, which arms the guard against plain optimisers."""
+    out, seen = [], set()
+    for module in model.modules():
+        for name, spec in module.__dict__.get(_MODULE_MARKS, {}).items():
+            p = module._parameters.get(name)
+            if p is None or id(p) in seen:
+                continue
+            seen.add(id(p))
+            out.append((mark_retracted(p, spec), spec))
+    return out
+
+
+_GUARD = []
+
+
+def _guard_plain_optimizers() -> None:
+    """Once per process: a global step pre-hook that stops a plain torch optimiser from
+    stepping a retracted matrix (it would move W off O(n) by a Euclidean step). Each
+    optimiser's groups are scanned once, and again only when they change."""
+    if _GUARD:
+        return
+
+    def hook(opt, args, kwargs):
+        if getattr(opt, "_osc_retracting", False):
+            return
+        key = tuple(len(g["params"]) for g in opt.param_groups)
+        if opt.__dict__.get("_osc_checked") == key:
+            return
+        for g in opt.param_groups:
+            for p in g["params"]:
+                spec = retraction_of(p)
+                if spec is not None:
+                    raise TypeError(
+                        f"a retracted orthogonal matrix ({spec.method}) is in a plain {type(opt).__name__}, "
+                        "which would step it off O(n); build the optimiser with "
+                        f"orthogonal_skip_connections.optimizer(model, torch.optim.{type(opt).__name__}, ...)"
+                    )
+        opt.__dict__["_osc_checked"] = key
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    _GUARD.append(register_optimizer_step_pre_hook(hook))
+
+
+def resolve_method(method: str | None = None, orthogonal_map: str | None = None,
+                   update_rule: str | None = None) -> str:
+    """One method name from this library's (``method``), torch's (``orthogonal_map``:
+    ``matrix_exp``, ``cayley``, ``householder``) or the original project's
+    (``update_rule``) vocabulary; they must agree when several are given."""
+    given = {}
+    if method is not None:
+        given["method"] = method
+    if orthogonal_map is not None:
+        given["orthogonal_map"] = _TORCH_NAMES.get(orthogonal_map, orthogonal_map)
+    if update_rule is not None:
+        given["update_rule"] = update_rule
+    names = set(given.values())
+    if len(names) > 1:
+        raise ValueError(f"{' and '.join(f'{k}={v!r}' for k, v in given.items())} disagree")
+    name = names.pop() if names else orth.DEFAULT_METHOD
+    if name not in orth.ORTH_METHODS:
+        allowed = ", ".join(orth.ORTH_METHODS) + " (torch's names: " + ", ".join(_TORCH_NAMES) + ")"
+        raise ValueError(f"unknown orthogonal method {name!r}; allowed: {allowed}")
+    return name
+
+
+def initial_orthogonal(n: int, init: str, special: bool = True, generator: torch.Generator | None = None,
+                       dtype=None, device=None) -> Tensor:
+    """I (``identity``) or a Haar draw on SO(n) (O(n) with ``special=False``): (n, n)."""
+    if init not in orth.ORTH_INITS:
+        raise ValueError(f"unknown orthogonal init {init!r}; allowed: {', '.join(orth.ORTH_INITS)}")
+    W = orth.haar_orthogonal(n, generator=generator, special=special) if init == "haar" else torch.eye(n)
+    return W.to(dtype=dtype or torch.get_default_dtype(), device=device)
+
+
+def orthogonal_(
+    module: nn.Module,
+    name: str = "weight",
+    method: str | None = None,
+    init: str | None = "identity",
+    *,
+    orthogonal_map: str | None = None,
+    special: bool = True,
+    lr_scale: float = 1.0,
+    ns_steps: int | None = None,
+    generator: torch.Generator | None = None,
+    update_rule: str | None = None,
+    update_rule_iters: int | None = None,
+) -> nn.Module:
+    """Constrain the square parameter ``module.<name>`` to O(n); returns ``module``.
+
+    ``method`` (or torch's ``orthogonal_map``, or the original ``update_rule``): one of
+    ``ORTH_METHODS``, default ``steepest``. ``init``: ``identity``, ``haar`` or None (keep
+    the current weight, projected onto O(n) by its polar factor). ``lr_scale`` and
+    ``ns_steps`` (``update_rule_iters``) tune a retracted method. Train with
+    ``orthogonal_skip_connections.optim.optimizer(model, ...)``.
+    """
+    method = resolve_method(method, orthogonal_map, update_rule)
+    if ns_steps is not None and update_rule_iters is not None and ns_steps != update_rule_iters:
+        raise ValueError(f"ns_steps={ns_steps} and update_rule_iters={update_rule_iters} disagree")
+    ns = ns_steps if ns_steps is not None else update_rule_iters if update_rule_iters is not None else 100
+    if parametrize.is_parametrized(module, name):
+        raise ValueError(f"{type(module).__name__}.{name} is already parametrized")
+    W = getattr(module, name, None)
+    if not isinstance(W, nn.Parameter):
+        raise ValueError(f"{type(module).__name__}.{name} must be an nn.Parameter; got {type(W).__name__}")
+    if W.ndim != 2 or W.shape[0] != W.shape[1]:
+        raise ValueError(f"{type(module).__name__}.{name} must be a square matrix; got shape {tuple(W.shape)}")
+    with torch.no_grad():
+        if init is None:
+            W0 = orth.polar(W.detach().double()).to(W.dtype)
+        else:
+            W0 = initial_orthogonal(W.shape[0], init, special, generator, W.dtype, W.device)
+        W.copy_(W0)
+    if method in orth.PARAMETRIZED_METHODS:
+        # W = B phi(A) with B = W0 and A = 0 at the start (torch's trivialization)
+        parametrizations.orthogonal(module, name, orthogonal_map=orth.TORCH_MAPS[method])
+    else:
+        mark_retracted(W, Retraction(method, float(lr_scale), int(ns)), module, name)
+    return module

@@ -1,0 +1,77 @@
+"""``patch_skips``: give an existing model (this library's or torchvision's ResNets) other skips."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .contract import Skip
+from .kinds import SkipFactory, skip as skip_factory
+
+__all__ = ["patch_skips"]
+
+
+
+
+class _PatchedShortcut(nn.Module):
+    """Shortcut of a patched torchvision block: projection (if any), then skip."""
+
+    def __init__(self, projection: nn.Module | None, skip: Skip):
+        super().__init__()
+        self.projection = projection
+        self.skip = skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.projection is not None:
+            x = self.projection(x)
+        return self.skip(x)
+
+
+def _torchvision_out_channels(block: nn.Module) -> int | None:
+    bn = getattr(block, "bn3", None) or getattr(block, "bn2", None)
+    if hasattr(block, "downsample") and isinstance(bn, nn.BatchNorm2d):
+        return bn.num_features
+    return None
+
+
+def patch_skips(model: nn.Module, kind: str | SkipFactory | None = None, *, skip_layer: SkipFactory | None = None,
+                **options) -> nn.Module:
+    """Replace the identity path of every residual block of ``model`` by another skip.
+
+    The skip is ``kind`` with ``options`` (as :func:`make_skip`), or ``skip_layer``, a
+    factory ``channels -> Skip`` such as ``skip("learnable_orth", method="cayley")``.
+    Works on this library's models (blocks with a ``skip`` attribute) and on
+    torchvision-style ResNets (BasicBlock / Bottleneck with ``downsample``), where the
+    skip is applied after the projection shortcut if there is one. ``identity`` on an
+    unpatched torchvision model changes nothing, so outputs stay bit-identical.
+    Modifies ``model`` in place and returns it.
+    """
+    if isinstance(kind, SkipFactory):
+        kind, skip_layer = None, kind
+    if (kind is None) == (skip_layer is None):
+        raise ValueError("give a skip kind or a skip_layer factory (exactly one)")
+    factory = skip_layer if skip_layer is not None else skip_factory(kind, **options)
+    if options and skip_layer is not None:
+        raise ValueError(f"options {sorted(options)} go into skip(...), not beside skip_layer")
+    found = 0
+    for module in list(model.modules()):
+        old = getattr(module, "skip", None)
+        if isinstance(old, Skip) and not isinstance(module, _PatchedShortcut):
+            module.skip = factory(old.channels)
+            found += 1
+            continue
+        channels = _torchvision_out_channels(module)
+        if channels is None:
+            continue
+        found += 1
+        shortcut = module.downsample
+        projection = shortcut.projection if isinstance(shortcut, _PatchedShortcut) else shortcut
+        if factory.kind == "identity":
+            module.downsample = projection
+        else:
+            module.downsample = _PatchedShortcut(projection, factory(channels))
+    if found == 0:
+        raise ValueError(
+            f"found no residual blocks in {type(model).__name__}: expected blocks with a "
+            "`skip` attribute or torchvision BasicBlock/Bottleneck blocks"
+        )
+    return model

@@ -1,0 +1,205 @@
+"""Training small vector classifiers, several seeds at once: the one routine behind the
+synthetic-data apps (``orth_residual_synthetic_data``, ``orth_to_id``,
+``construction_validity``).
+
+The image-scale loop (:func:`~orthogonal_skip_connections.training.train_classifier`) trains
+one model at a time. The models here are tiny (a few residual blocks of width 2 to 64),
+so one model per step leaves the machine idle in Python overhead; instead the S models of
+S seeds are *stacked* and trained as one:
+
+- :class:`~orthogonal_skip_connections.models.stack.SeedStack` holds S copies of one
+  architecture with every parameter stacked along a new leading seed axis, evaluated
+  with ``torch.func.vmap``.
+- :func:`train_small_classifier` is the loop: the optimiser of
+  :func:`~orthogonal_skip_connections.optim.build_optimizer` (same groups and options,
+  with the seed axis discounted when telling weight matrices from biases), the schedule of
+  :func:`~orthogonal_skip_connections.optim.lr_factor`, and
+  the retraction inside the optimiser's step, which moves all retracted skips of all seeds
+  as one batch through the ``(..., n, n)`` maths of
+  :mod:`~orthogonal_skip_connections.maths.orthogonal`.
+
+Why stacking is exact. The loss is the sum over seeds of each seed's mean cross-entropy,
+so the gradient of the stacked parameter at seed s is seed s's own gradient; SGD, AdamW,
+weight decay and the retraction all act entry-wise or per matrix; gradient clipping is done
+per seed; and each seed draws its initial weights (``torch.manual_seed(seed)``) and its
+minibatch order (``epoch_generator(seed, epoch)``) from its own stream. So seed s follows
+the trajectory it would follow alone, up to float round-off: a batched matmul may sum in
+another order than an unbatched one (the tests compare a stacked run with single runs).
+
+Measurements of stacked models live in :mod:`~orthogonal_skip_connections.diagnostics`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data.vision import epoch_generator
+from ..maths import orthogonal as orth
+from ..models.stack import SeedStack
+from ..optim import build_optimizer, lr_scheduler
+from ..runs import UserError, progress_bar
+from .classifier import Diverged, TrainConfig
+
+__all__ = ["train_small_classifier", "steps_per_epoch", "evaluate_stack"]
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimiser steps per epoch over n samples: n // batch_size (the last partial batch
+    is dropped), or 1 full-batch step when batch_size >= n."""
+    return max(1, n // batch_size)
+
+
+def _batches(n: int, batch_size: int, seeds: list[int], epoch: int, device) -> list[Tensor | None]:
+    """Index batches of one epoch: a list of (S, B) index tensors, one row per seed, each
+    seed's order drawn from ``epoch_generator(seed, epoch)``; the last partial batch is
+    dropped. ``[None]`` (the whole set, no shuffling) when one batch holds everything."""
+    if batch_size >= n:
+        return [None]
+    perms = torch.stack([torch.randperm(n, generator=epoch_generator(s, epoch)) for s in seeds]).to(device)
+    steps = n // batch_size
+    return [perms[:, k * batch_size:(k + 1) * batch_size] for k in range(steps)]  # (S, B) each
+
+
+def _per_seed_loss(logits: Tensor, y: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Mean cross-entropy of each seed: logits (S, N, C), y (S, N) or (N,) -> (S,)."""
+    S, N, C = logits.shape
+    y = y.expand(S, N) if y.ndim == 1 else y
+    ce = F.cross_entropy(logits.reshape(S * N, C).float(), y.reshape(S * N), reduction="none",
+                         label_smoothing=label_smoothing)
+    return ce.view(S, N).mean(1)
+
+
+@torch.no_grad()
+def _clip_per_seed(stack: SeedStack, max_norm: float) -> Tensor:
+    """Clip each seed's gradient to global 2-norm <= max_norm (as clip_grad_norm_ does for
+    one model: factor max_norm / (norm + 1e-6), capped at 1). Returns the norms (S,)."""
+    grads = [p.grad for p in stack.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(len(stack))
+    norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]), dim=0)
+    if max_norm > 0:
+        factor = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(factor.to(g.dtype).view(-1, *([1] * (g.ndim - 1))))
+    return norms
+
+
+@torch.no_grad()
+def evaluate_stack(stack: SeedStack, X: Tensor, y: Tensor) -> dict:
+    """Per-seed mean cross-entropy and accuracy (percent) on X (N, d), y (N,): lists of S."""
+    logits = stack(X)  # (S, N, C)
+    loss = _per_seed_loss(logits, y)
+    acc = 100.0 * (logits.argmax(-1) == y).double().mean(1)
+    return {"loss": loss.tolist(), "acc": acc.tolist()}
+
+
+def train_small_classifier(
+    stack: SeedStack,
+    X_train: Tensor,
+    y_train: Tensor,
+    cfg: TrainConfig,
+    X_test: Tensor | None = None,
+    y_test: Tensor | None = None,
+    log_every: int = 0,
+    measure: Callable[[SeedStack], dict] | None = None,
+    desc: str = "train",
+) -> dict:
+    """Train every seed of ``stack`` on (X_train (N, d), y_train (N,)); return a summary.
+
+    Per step: per-seed minibatch (or the full set when ``batch_size >= N``) -> logits
+    (S, B, C) -> loss = sum over seeds of each seed's mean cross-entropy -> backward ->
+    per-seed clipping (``grad_clip``) -> optimiser step (retraction included) -> schedule
+    (:func:`~orthogonal_skip_connections.optim.lr_factor`). A non-finite loss or
+    gradient raises :class:`~orthogonal_skip_connections.training.Diverged`.
+
+    Fields of :class:`TrainConfig` used: epochs, batch_size, optimizer, lr, momentum,
+    nesterov, weight_decay, decay_norms_and_biases, betas, schedule, warmup_epochs,
+    milestones, gamma, label_smoothing, grad_clip, upkeep_momentum, progress. Not
+    supported: mixup_alpha > 0; amp, channels_last, eval_every and seed do not apply (the
+    seeds are the stack's).
+
+    ``measure(stack)`` (optional) returns a dict of tensors or numbers; it is called
+    before the first step, every ``log_every`` steps (0: never in between) and after the
+    last step, under ``torch.no_grad``; the results are returned as ``history``, a list
+    of ``{"step": k, **measure(stack)}``.
+
+    Returns ``{"seeds", "steps", "epochs", "train_time_s", "train_loss", "train_acc",
+    "test_loss", "test_acc", "history"}``, per-seed values as lists of length S (test
+    values None without test data). CPU work runs on one thread (see
+    :func:`~orthogonal_skip_connections.orthogonal.one_thread`).
+    """
+    cfg.validate()
+    if cfg.mixup_alpha > 0:
+        raise UserError("mixup is not supported by the small-model trainer; set mixup_alpha=0")
+    if X_train.ndim != 2 or y_train.shape != X_train.shape[:1]:
+        raise ValueError(f"need X_train (N, d) and y_train (N,); got {tuple(X_train.shape)} and {tuple(y_train.shape)}")
+    if log_every < 0:
+        raise ValueError(f"log_every must be >= 0; got {log_every}")
+    device = next(stack.parameters()).device
+    X_train, y_train = X_train.to(device), y_train.to(device)
+    n = len(X_train)
+    per_epoch = steps_per_epoch(n, cfg.batch_size)
+    total_steps = cfg.epochs * per_epoch
+    # batch_dims=1: a stacked bias is (S, out), a matrix (S, out, in)
+    opt = build_optimizer(stack, cfg.optim(), batch_dims=1)
+    sched = lr_scheduler(opt, cfg.optim(), per_epoch, cfg.epochs)
+    history: list[dict] = []
+
+    def log(step: int) -> None:
+        if measure is not None:
+            with torch.no_grad():
+                history.append({"step": step, **measure(stack)})
+
+    step, t_train = 0, 0.0
+    with orth.one_thread(device.type == "cpu"):
+        log(0)
+        bar = progress_bar(range(cfg.epochs), enabled=cfg.progress, desc=desc, leave=False)
+        for epoch in bar:
+            t0 = time.perf_counter()
+            for idx in _batches(n, cfg.batch_size, stack.seeds, epoch, device):
+                if idx is None:
+                    logits, y = stack(X_train), y_train  # (S, N, C), (N,)
+                else:
+                    logits, y = stack(X_train[idx]), y_train[idx]  # (S, B, C), (S, B)
+                losses = _per_seed_loss(logits, y, cfg.label_smoothing)  # (S,)
+                if not bool(torch.isfinite(losses).all()):
+                    bad = [stack.seeds[i] for i in torch.nonzero(~torch.isfinite(losses)).flatten().tolist()]
+                    raise Diverged(f"loss became non-finite for seed(s) {bad} at step {step + 1}; try a lower lr")
+                opt.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                norms = _clip_per_seed(stack, cfg.grad_clip)
+                if not bool(torch.isfinite(norms).all()):
+                    raise Diverged(f"a gradient became non-finite at step {step + 1}; try a lower lr")
+                opt.step()  # retracted skips of every seed included
+                sched.step()
+                step += 1
+                if log_every and step % log_every == 0 and step != total_steps:
+                    t_train += time.perf_counter() - t0
+                    log(step)
+                    t0 = time.perf_counter()
+            t_train += time.perf_counter() - t0
+            if cfg.progress:
+                bar.set_postfix(loss=f"{float(losses.mean()):.3f}")
+        bar.close()
+        log(step)
+        train = evaluate_stack(stack, X_train, y_train)
+        test = evaluate_stack(stack, X_test.to(device), y_test.to(device)) if X_test is not None else None
+    return {
+        "seeds": list(stack.seeds),
+        "steps": step,
+        "epochs": cfg.epochs,
+        "train_time_s": t_train,
+        "train_loss": train["loss"],
+        "train_acc": train["acc"],
+        "test_loss": None if test is None else test["loss"],
+        "test_acc": None if test is None else test["acc"],
+        "history": history,
+    }

@@ -1,0 +1,289 @@
+"""The one optimiser: retraction inside step(), groups, schedulers, state_dict, misuse,
+and orthogonal_ / skip factories for users' own modules."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import orthogonal_skip_connections as osc
+from orthogonal_skip_connections.maths import orthogonal as O
+from orthogonal_skip_connections.models import get_model
+from orthogonal_skip_connections.optim import param_groups
+from orthogonal_skip_connections.skips import (
+    PARAMETRIZED_METHODS,
+    RETRACTED_METHODS,
+    apply_matrix,
+    iter_skips,
+    make_skip,
+    retracted_parameters,
+    retraction_of,
+)
+
+
+# --------------------------------------------------------------------------- an oracle
+
+
+def reference_run(model, data, lr=0.05, momentum=0.9, weight_decay=5e-4, steps=50):
+    """The procedure this library used before optim.py (three objects and a copied lr),
+    written out independently: plain torch SGD over decay / no-decay groups, then every
+    retracted matrix moved one at a time by a Euclidean heavy-ball buffer and its
+    retraction, at the optimiser's lr."""
+    retracted = [p for p, _ in retracted_parameters(model)]
+    parametrized = {id(p) for _, s in iter_skips(model) if s.upkeep == "parametrized" for p in s.parameters()}
+    rest = [p for p in model.parameters() if all(p is not w for w in retracted)]
+    decay = [p for p in rest if p.ndim >= 2 and id(p) not in parametrized]
+    no_decay = [p for p in rest if not (p.ndim >= 2 and id(p) not in parametrized)]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                          lr=lr, momentum=momentum)
+    opt.__dict__["_osc_checked"] = tuple(len(g["params"]) for g in opt.param_groups)  # it never holds a retracted W
+    buffers, losses = {}, []
+    for x, y in data[:steps]:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for i, W in enumerate(retracted):
+                G = W.grad if i not in buffers else momentum * buffers[i] + W.grad
+                buffers[i] = G.clone()
+                spec = retraction_of(W)
+                W.copy_(O.retract(spec.method, W.detach(), G, lr, spec.ns_steps))
+                W.grad = None  # consumed (the SGD above never zeroes it)
+        losses.append(loss.item())
+    return losses
+
+
+def library_run(model, data, lr=0.05, momentum=0.9, weight_decay=5e-4, steps=50):
+    opt = osc.optimizer(model, torch.optim.SGD, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    losses = []
+    for x, y in data[:steps]:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def tiny_batches(n=50, seed=0, distinct=4):
+    """n steps cycling over ``distinct`` fixed batches (so the loss can fall)."""
+    g = torch.Generator().manual_seed(seed)
+    batches = [(torch.randn(8, 3, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(distinct)]
+    return [batches[i % distinct] for i in range(n)]
+
+
+@pytest.mark.parametrize("kind,method", [("identity", None), ("learnable_orth", "steepest"),
+                                         ("learnable_orth", "svd"), ("learnable_orth", "cayley")])
+def test_optimizer_reproduces_the_two_object_procedure(kind, method):
+    torch.manual_seed(0)
+    model = get_model("resnet20", 10, kind, method=method, init="haar")
+    twin = copy.deepcopy(model)
+    data = tiny_batches()
+    ours, reference = library_run(model, data), reference_run(twin, data)
+    assert max(abs(a - b) for a, b in zip(ours, reference)) <= 1e-6
+    assert sum(ours[-4:]) < sum(ours[:4])
+
+
+def regression(C, method, generator):
+    target = O.haar_orthogonal(C, generator=generator)
+    skip = make_skip("learnable_orth", C, method=method, init="haar", generator=generator)
+    model = nn.Sequential(nn.Linear(C, C), skip)
+
+    def loss_fn():
+        x = torch.randn(32, C, generator=generator)
+        return F.mse_loss(model(x), apply_matrix(x, target))
+
+    return model, skip, loss_fn
+
+
+@pytest.mark.parametrize("method", RETRACTED_METHODS)
+@pytest.mark.parametrize("setting", ["sgd_cosine", "adamw_onecycle"])
+def test_retracted_methods_stay_orthogonal_for_1000_steps_under_schedulers(method, setting):
+    """fp32, C = 64, 1000 steps with momentum and weight decay, the scheduler driving the
+    retracted group's lr through the optimiser's param_groups."""
+    g = torch.Generator().manual_seed(1)
+    model, skip, loss_fn = regression(64, method, g)
+    if setting == "sgd_cosine":
+        opt = osc.optimizer(model, torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=1000)
+    else:
+        opt = osc.optimizer(model, torch.optim.AdamW, lr=1e-3, weight_decay=1e-2)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=1000)
+    retracted = [grp for grp in opt.param_groups if "retraction" in grp]
+    assert len(retracted) == 1 and retracted[0]["params"] == [skip.weight] and retracted[0]["weight_decay"] == 0
+    first = loss_fn().item()
+    lrs = set()
+    for _ in range(1000):
+        opt.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        opt.step()
+        sched.step()
+        lrs.add(round(retracted[0]["lr"], 12))
+    assert float(O.orth_error(skip.weight.detach())) <= 1e-4
+    assert loss_fn().item() < first
+    assert len(lrs) > 100  # the scheduler moved the retracted group's lr
+
+
+@pytest.mark.parametrize("method", PARAMETRIZED_METHODS)
+def test_parametrized_weights_go_without_decay(method):
+    skip = make_skip("learnable_orth", 8, method=method)
+    model = nn.Sequential(nn.Linear(8, 8), skip)
+    opt = osc.optimizer(model, torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    no_decay = {id(p) for grp in opt.param_groups if grp["weight_decay"] == 0 for p in grp["params"]}
+    assert all(id(p) in no_decay for p in skip.parameters())
+    assert not any("retraction" in grp for grp in opt.param_groups)
+
+
+def test_state_dict_resumes_bit_for_bit():
+    def build():
+        torch.manual_seed(3)
+        model = get_model("resnet20", 10, "learnable_orth", method="svd", init="haar")
+        opt = osc.optimizer(model, torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4)
+        return model, opt
+
+    def steps(model, opt, data):
+        for x, y in data:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    data = tiny_batches(6)
+    model, opt = build()
+    steps(model, opt, data)
+    full = model.state_dict()
+
+    model, opt = build()
+    steps(model, opt, data[:3])
+    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict()})
+    assert any("retraction_buffer" in s for s in saved["opt"]["state"].values())
+    model, opt = build()
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    steps(model, opt, data[3:])
+    for k, v in full.items():
+        assert torch.equal(v, model.state_dict()[k]), k
+
+
+def test_skipped_step_skips_the_retraction_too():
+    """The loops skip opt.step() on non-finite gradients: nothing moves, W included."""
+    skip = make_skip("learnable_orth", 6, method="steepest", init="haar")
+    opt = osc.optimizer(skip, torch.optim.SGD, lr=0.1, momentum=0.9)
+    W = skip.weight.detach().clone()
+    skip(torch.randn(3, 6)).sum().backward()
+    torch.testing.assert_close(skip.weight.detach(), W)  # backward alone moves nothing
+    opt.step()
+    assert not torch.equal(skip.weight.detach(), W)
+
+
+def test_plain_torch_optimizer_refuses_a_retracted_matrix():
+    skip = make_skip("learnable_orth", 8, method="steepest")
+    bad = torch.optim.SGD(skip.parameters(), lr=0.1)
+    skip(torch.randn(2, 8)).sum().backward()
+    W = skip.weight.detach().clone()
+    with pytest.raises(TypeError, match=r"plain SGD.*orthogonal_skip_connections.optimizer"):
+        bad.step()
+    assert torch.equal(skip.weight.detach(), W)
+    plain = nn.Linear(3, 3)
+    torch.optim.SGD(plain.parameters(), lr=0.1).step()  # unrelated optimisers are untouched
+
+
+def test_lr_zero_keeps_weights_and_bad_arguments_are_refused():
+    skip = make_skip("learnable_orth", 4, method="qr", init="haar")
+    W = skip.weight.detach().clone()
+    opt = osc.optimizer(skip, torch.optim.SGD, lr=0.0, momentum=0.9)
+    skip(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    torch.testing.assert_close(skip.weight.detach(), W)
+    with pytest.raises(ValueError, match="lr must be"):
+        osc.optimizer(skip, torch.optim.SGD, lr=-1.0)
+    with pytest.raises(TypeError, match="torch.optim.Optimizer subclass"):
+        osc.optimizer(skip, dict, lr=0.1)
+
+
+def test_batch_dims_tells_stacked_biases_from_matrices():
+    model = nn.Linear(4, 4)
+    model.weight = nn.Parameter(torch.zeros(3, 4, 4))  # a stack of 3 seeds' matrices
+    model.bias = nn.Parameter(torch.zeros(3, 4))  # ... and biases: 2-D, but no matrix
+    groups = {g["name"]: g["params"] for g in param_groups(model, 5e-4, batch_dims=1)}
+    assert groups["decay"] == [model.weight] and groups["no_decay"] == [model.bias]
+
+
+# --------------------------------------------------------------------------- users' modules
+
+
+@pytest.mark.parametrize("method", ["steepest", "svd", "cayley", "matrix_exp"])
+def test_orthogonal_on_a_linear_layer_trains_and_stays_orthogonal(method):
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 16)
+    kwargs = {"orthogonal_map": method} if method == "matrix_exp" else {"method": method}
+    osc.orthogonal_(layer, "weight", init="haar", **kwargs)
+    target = O.haar_orthogonal(16, generator=torch.Generator().manual_seed(1))
+    opt = osc.optimizer(layer, torch.optim.AdamW, lr=0.01, weight_decay=1e-2)
+    first = None
+    for _ in range(200):
+        x = torch.randn(32, 16)
+        loss = F.mse_loss(layer(x) - layer.bias, x @ target.T)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(O.orth_error(layer.weight.detach())) <= 1e-4
+    assert loss.item() < 0.5 * first
+
+
+def test_orthogonal_on_a_custom_block_keeps_init_none_as_polar_factor():
+    class Mixer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mix = nn.Parameter(torch.randn(5, 5))
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return self.scale * x @ self.mix.T
+
+    block = Mixer()
+    M = block.mix.detach().clone()
+    osc.orthogonal_(block, "mix", method="newton_schulz", init=None, update_rule_iters=60)
+    torch.testing.assert_close(block.mix.detach().double(), O.polar(M.double()), atol=1e-5, rtol=0)
+    assert retraction_of(block.mix).ns_steps == 60
+    opt = osc.optimizer(block, torch.optim.SGD, lr=0.01, momentum=0.9)
+    target = O.haar_orthogonal(5, generator=torch.Generator().manual_seed(2))
+    for _ in range(50):
+        opt.zero_grad()
+        x = torch.randn(4, 5)
+        (block(x) - x @ target.T).square().sum().backward()
+        opt.step()
+    assert float(O.orth_error(block.mix.detach())) <= 1e-4
+
+
+def test_orthogonal_refuses_non_square_and_unknown_methods():
+    with pytest.raises(ValueError, match="square matrix"):
+        osc.orthogonal_(nn.Linear(3, 4), "weight")
+    with pytest.raises(ValueError, match="unknown orthogonal method 'bogus'"):
+        osc.orthogonal_(nn.Linear(3, 3), "weight", method="bogus")
+    with pytest.raises(ValueError, match="disagree"):
+        osc.orthogonal_(nn.Linear(3, 3), "weight", method="svd", update_rule="qr")
+
+
+def test_skip_layer_factory_in_models_and_patch_skips():
+    factory = osc.skip("learnable_orth", method="cayley", init="haar")
+    model = osc.get_model("resnet20", 10, skip_layer=factory)
+    skips = [s for _, s in iter_skips(model)]
+    assert skips and all(s.method == "cayley" and s.init == "haar" for s in skips)
+    mlp = osc.ResidualMLP(6, 3, skip_layer=osc.skip("linear"))
+    assert all(s.kind == "linear" for _, s in iter_skips(mlp))
+    osc.patch_skips(mlp, osc.skip("learnable_orth", update_rule="qr"))
+    assert all(s.method == "qr" for _, s in iter_skips(mlp))
+    with pytest.raises(ValueError, match="unknown skip kind 'bogus'"):
+        osc.skip("bogus")
+    with pytest.raises(ValueError, match="unknown skip option"):
+        osc.skip("identity", colour="red")
+
+
+def test_identity_and_scalar_skips_refuse_wrong_channel_counts():
+    for kind in ("identity", "scalar"):
+        with pytest.raises(ValueError, match=r"expects \(N, 4\)"):
+            make_skip(kind, 4)(torch.randn(2, 5))

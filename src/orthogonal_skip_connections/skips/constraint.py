@@ -22,7 +22,7 @@ from torch.nn.utils import parametrizations, parametrize
 
 from ..maths import orthogonal as orth
 
-__all__ = ["Retraction", "retraction_of", "mark_retracted", "retracted_parameters", "orthogonal_", "resolve_method"]
+__all__ = ["Retraction", "retraction_of", "recorded_retraction", "mark_retracted", "retracted_parameters", "orthogonal_", "resolve_method"]
 
 _MARK = "_osc_retraction"  # on a parameter: a cache, lost by copy.deepcopy of the parameter
 _MODULE_MARKS = "_osc_retractions"  # on its module, {name: Retraction}: the record, kept by deepcopy
@@ -62,6 +62,11 @@ def mark_retracted(p: Tensor, spec: Retraction, module: nn.Module | None = None,
         module.__dict__.setdefault(_MODULE_MARKS, {})[name] = spec
     _guard_plain_optimizers()
     return p
+
+
+def recorded_retraction(module: nn.Module, name: str) -> Retraction | None:
+    """The :class:`Retraction` recorded on ``module`` for its parameter ``name``, or None."""
+    return module.__dict__.get(_MODULE_MARKS, {}).get(name)
 
 
 def retracted_parameters(model: nn.Module) -> list[tuple[nn.Parameter, Retraction]]:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..maths import orthogonal as orth
-from .constraint import initial_orthogonal, orthogonal_, resolve_method
+from .constraint import initial_orthogonal, orthogonal_, recorded_retraction, resolve_method
 from .contract import Skip, apply_matrix
 
 __all__ = [
@@ -141,7 +141,8 @@ class OrthogonalSkip(Skip):
     @property
     def lr_scale(self) -> float:
         """Multiplier of the learning rate of a retracted step (1 for parametrized methods)."""
-        return self.__dict__["_osc_retractions"]["weight"].lr_scale if self.upkeep == "retracted" else 1.0
+        spec = recorded_retraction(self, "weight")
+        return 1.0 if spec is None else spec.lr_scale
 
     @property
     def ns_steps(self) -> int:

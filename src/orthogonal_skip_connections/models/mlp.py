@@ -4,27 +4,41 @@ Each block computes ``y = skip(x) + f(x)`` with the residual branch
 ``f(x) = W2 act(W1 x + b1) + b2`` (hidden width ``hidden_mult * dim``), so a block is
 exactly the h_i = W_i + (h_i - W_i) decomposition studied by the theory: ``block.skip``
 holds W_i (``block.skip.weight``) and ``block.branch`` holds h_i - W_i.
+``residual_mode`` (``add`` | ``orthogonal_update`` | ``rotation``) replaces the addition
+(see :mod:`..skips.residual`; on vectors ``channel`` and ``global`` coincide); only ``add``
+keeps that reading of a block.
 """
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 from torch import Tensor, nn
 
 from ..skips import SkipFactory, skip_layer_from
+from ..skips.residual import DEFAULT_EPS, Residual
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "softplus": nn.Softplus}
 
 
 class ResidualMLPBlock(nn.Module):
-    def __init__(self, dim: int, hidden: int, skip_layer: SkipFactory, activation: str):
+    def __init__(self, dim: int, hidden: int, skip_layer: SkipFactory, activation: str,
+                 residual_layer: Callable[[], Residual] = Residual):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; allowed: {', '.join(ACTIVATIONS)}")
         self.branch = nn.Sequential(nn.Linear(dim, hidden), ACTIVATIONS[activation](), nn.Linear(hidden, dim))
         self.skip = skip_layer(dim)
+        self.residual = residual_layer()
 
     def forward(self, x: Tensor) -> Tensor:  # x: (..., dim)
-        return self.skip(x) + self.branch(x)
+        if self.residual.mode == "add":
+            return self.skip(x) + self.branch(x)
+        out = self.branch(x)
+        if not self.skip.has_path:  # every mode gives the branch on a zero stream
+            return out
+        return self.residual(self.skip(x), out)
 
 
 class ResidualMLP(nn.Module):
@@ -33,6 +47,7 @@ class ResidualMLP(nn.Module):
     ``in_features``: if given and different from ``dim``, a linear embedding maps inputs
     to ``dim`` first (otherwise blocks act on the input space itself, as the 2-D
     pictures need). ``num_classes``: if given, a linear head produces logits.
+    ``residual_mode``, ``orthogonal_method``, ``residual_eps``: see :mod:`..skips.residual`.
     """
 
     def __init__(
@@ -45,17 +60,22 @@ class ResidualMLP(nn.Module):
         in_features: int | None = None,
         activation: str = "relu",
         skip_layer: SkipFactory | None = None,
+        residual_mode: str = "add",
+        orthogonal_method: str = "channel",
+        residual_eps: float = DEFAULT_EPS,
         **skip_options,
     ):
         super().__init__()
         skip_layer = skip_layer_from(skip_kind, skip_layer, skip_options)
+        residual_layer = partial(Residual, residual_mode, orthogonal_method, residual_eps)
+        residual_layer()  # checks the mode, method and eps before anything is built
         if dim < 1 or depth < 0:
             raise ValueError(f"need dim >= 1 and depth >= 0; got dim={dim}, depth={depth}")
         hidden = max(1, round(hidden_mult * dim))
         in_features = dim if in_features is None else in_features
         self.embed = nn.Identity() if in_features == dim else nn.Linear(in_features, dim)
         self.blocks = nn.ModuleList(
-            ResidualMLPBlock(dim, hidden, skip_layer, activation) for _ in range(depth)
+            ResidualMLPBlock(dim, hidden, skip_layer, activation, residual_layer) for _ in range(depth)
         )
         self.head = nn.Identity() if num_classes is None else nn.Linear(dim, num_classes)
 

@@ -1,22 +1,37 @@
-"""ResNets whose skip paths are pluggable (He et al. 2016, "Deep residual learning").
+"""ResNets whose skip paths are pluggable: v1 (He et al. 2016, "Deep residual learning")
+and v2, pre-activation (He et al. 2016, "Identity mappings in deep residual networks").
 
-Every residual block computes ``relu(f(x) + skip(shortcut(x)))`` where ``shortcut`` is
-the 1x1 projection (conv + BN) where shape changes and the identity elsewhere, and
-``skip`` is any kind from :mod:`orthogonal_skip_connections.skips`.
+A v1 block computes ``relu(f(x) + skip(shortcut(x)))`` where ``shortcut`` is the 1x1
+projection (conv + BN) where shape changes and the identity elsewhere, and ``skip`` is any
+kind from :mod:`orthogonal_skip_connections.skips`. A v2 block computes
+``f(x) + skip(shortcut(x))`` with nothing after the addition: ``f`` starts with BN-ReLU
+(pre-activation), the stream between blocks is never normalised or rectified, and the
+projection shortcut (a 1x1 conv, no BN) takes the pre-activated input where shape changes,
+the pure stream ``x`` elsewhere. ``residual_mode`` replaces the addition in either
+(``add``, ``orthogonal_update``, ``rotation``; see :mod:`..skips.residual`), with
+``skip(shortcut(x))`` as the stream.
 
 - CIFAR ResNets ``resnet20/32/44/56/110``: 3 stages of widths 16, 32, 64 with
   (depth - 2) / 6 basic blocks each (He et al. 2016, section 4.2).
 - ``resnet18/34/50``: 4 stages of widths 64..512 (basic or bottleneck blocks) with a
   ``cifar`` stem (3x3 conv, no max-pool, for 32x32 inputs) or an ``imagenet`` stem
   (7x7 conv stride 2, then 3x3 max-pool).
+- Pre-activation ``preact_resnet20/32/44/56/110`` and ``resnet18v2/34v2/50v2``: the same
+  stages with v2 blocks; the stem is a bare conv (``cifar``; the first block
+  pre-activates) or conv-BN-ReLU-maxpool (``imagenet``), and a final BN-ReLU precedes
+  the pooling (He et al. 2016b, and the fb.resnet.torch ``preresnet``).
 """
 
 from __future__ import annotations
+
+from functools import partial
+from typing import Callable
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..skips import SkipFactory, skip_layer_from
+from ..skips.residual import DEFAULT_EPS, Residual
 
 
 def _conv_bn(c_in: int, c_out: int, k: int, stride: int = 1) -> list[nn.Module]:
@@ -34,7 +49,8 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, c_in: int, planes: int, stride: int, skip_layer: SkipFactory):
+    def __init__(self, c_in: int, planes: int, stride: int, skip_layer: SkipFactory,
+                 residual_layer: Callable[[], Residual] = Residual):
         super().__init__()
         c_out = planes * self.expansion
         self.branch = nn.Sequential(
@@ -42,12 +58,13 @@ class BasicBlock(nn.Module):
         )
         self.shortcut = _shortcut(c_in, c_out, stride)
         self.skip = skip_layer(c_out)
+        self.residual = residual_layer()
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.branch(x)
         if not self.skip.has_path:  # e.g. the zero kind: the projection would be wasted work
-            return F.relu(out)
-        return F.relu(out + self.skip(self.shortcut(x)))
+            return F.relu(out)  # (every residual mode gives the branch itself on a zero stream)
+        return F.relu(self.residual(self.skip(self.shortcut(x)), out))
 
 
 class Bottleneck(BasicBlock):
@@ -55,7 +72,8 @@ class Bottleneck(BasicBlock):
 
     expansion = 4
 
-    def __init__(self, c_in: int, planes: int, stride: int, skip_layer: SkipFactory):
+    def __init__(self, c_in: int, planes: int, stride: int, skip_layer: SkipFactory,
+                 residual_layer: Callable[[], Residual] = Residual):
         nn.Module.__init__(self)
         c_out = planes * self.expansion
         self.branch = nn.Sequential(
@@ -67,14 +85,82 @@ class Bottleneck(BasicBlock):
         )
         self.shortcut = _shortcut(c_in, c_out, stride)
         self.skip = skip_layer(c_out)
+        self.residual = residual_layer()
+
+
+def _bn_relu(c: int) -> list[nn.Module]:
+    return [nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+
+
+def _conv(c_in: int, c_out: int, k: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, k, stride, padding=k // 2, bias=False)
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation basic block (He et al. 2016b, fig. 4e):
+    ``y = skip(shortcut(x)) + f(x)`` with ``f = conv3(relu(BN(conv3(relu(BN(x))))))``.
+
+    ``preact = relu(BN(x))`` is the branch's first step; where the shape changes the
+    projection shortcut (1x1 conv, stride) takes ``preact`` as its input (as in
+    fb.resnet.torch's ``preresnet`` and kuangliu/pytorch-cifar), elsewhere the skip acts on
+    the pure stream ``x``.
+    """
+
+    expansion = 1
+
+    def __init__(self, c_in: int, planes: int, stride: int, skip_layer: SkipFactory,
+                 residual_layer: Callable[[], Residual] = Residual):
+        super().__init__()
+        c_out = planes * self.expansion
+        self.preact = nn.Sequential(*_bn_relu(c_in))
+        self.branch = self._branch(c_in, planes, c_out, stride)
+        self.shortcut = (
+            None if stride == 1 and c_in == c_out else _conv(c_in, c_out, 1, stride)
+        )
+        self.skip = skip_layer(c_out)
+        self.residual = residual_layer()
+
+    @staticmethod
+    def _branch(c_in: int, planes: int, c_out: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(_conv(c_in, planes, 3, stride), *_bn_relu(planes), _conv(planes, c_out, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = self.preact(x)
+        out = self.branch(pre)
+        if not self.skip.has_path:
+            return out
+        stream = x if self.shortcut is None else self.shortcut(pre)
+        return self.residual(self.skip(stream), out)
+
+
+class PreActBottleneck(PreActBlock):
+    """Pre-activation bottleneck: BN-ReLU-1x1, BN-ReLU-3x3 (stride), BN-ReLU-1x1 (x4)."""
+
+    expansion = 4
+
+    @staticmethod
+    def _branch(c_in: int, planes: int, c_out: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(
+            _conv(c_in, planes, 1),
+            *_bn_relu(planes),
+            _conv(planes, planes, 3, stride),
+            *_bn_relu(planes),
+            _conv(planes, c_out, 1),
+        )
 
 
 class ResNet(nn.Module):
-    """Stem, stages of residual blocks, global average pool, linear classifier."""
+    """Stem, stages of residual blocks, global average pool, linear classifier.
+
+    ``block``: :class:`BasicBlock` / :class:`Bottleneck` (v1) or :class:`PreActBlock` /
+    :class:`PreActBottleneck` (v2, which adds a final BN-ReLU before the pooling).
+    ``residual_mode`` (``add`` | ``orthogonal_update`` | ``rotation``), ``orthogonal_method``
+    (``channel`` | ``global``) and ``residual_eps``: see :mod:`..skips.residual`.
+    """
 
     def __init__(
         self,
-        block: type[BasicBlock],
+        block: type[nn.Module],
         blocks_per_stage: list[int],
         widths: list[int],
         num_classes: int,
@@ -83,16 +169,23 @@ class ResNet(nn.Module):
         skip_kind: str | None = None,
         zero_init_residual: bool = False,
         skip_layer: SkipFactory | None = None,
+        residual_mode: str = "add",
+        orthogonal_method: str = "channel",
+        residual_eps: float = DEFAULT_EPS,
         **skip_options,
     ):
         super().__init__()
         skip_layer = skip_layer_from(skip_kind, skip_layer, skip_options)
+        residual_layer = partial(Residual, residual_mode, orthogonal_method, residual_eps)
+        residual_layer()  # checks the mode, method and eps before anything is built
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1; got {num_classes}")
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1; got {in_channels}")
+        preact = issubclass(block, PreActBlock)
         if stem == "cifar":
-            layers = [*_conv_bn(in_channels, widths[0], 3), nn.ReLU(inplace=True)]
+            layers = [_conv(in_channels, widths[0], 3)] if preact else [
+                *_conv_bn(in_channels, widths[0], 3), nn.ReLU(inplace=True)]
         elif stem == "imagenet":
             layers = [
                 *_conv_bn(in_channels, widths[0], 7, 2),
@@ -107,21 +200,25 @@ class ResNet(nn.Module):
             blocks = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(block(c_in, w, stride, skip_layer))
+                blocks.append(block(c_in, w, stride, skip_layer, residual_layer))
                 c_in = w * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
+        # v2: the stream leaves the last block un-normalised; v1 has nothing here
+        self.final = nn.Sequential(*_bn_relu(c_in)) if preact else None
         self.fc = nn.Linear(c_in, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        if zero_init_residual:  # last BN of each branch starts at 0: each block starts as its skip
-            for m in self.modules():
-                if isinstance(m, BasicBlock):
+        if zero_init_residual:  # last BN (v1) or conv (v2) of each branch starts at 0:
+            for m in self.modules():  # each block starts as its skip
+                if isinstance(m, (BasicBlock, PreActBlock)):
                     nn.init.zeros_(m.branch[-1].weight)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stages(self.stem(x))  # (N, C, H, W)
+        if self.final is not None:
+            x = self.final(x)
         return self.fc(x.mean(dim=(2, 3)))  # (N, num_classes)
 
 
@@ -131,17 +228,26 @@ IMAGENET_STYLE = {
     "resnet34": (BasicBlock, [3, 4, 6, 3]),
     "resnet50": (Bottleneck, [3, 4, 6, 3]),
 }
-RESNETS = tuple(CIFAR_DEPTHS) + tuple(IMAGENET_STYLE)
+PREACT_CIFAR_DEPTHS = {f"preact_{k}": v for k, v in CIFAR_DEPTHS.items()}
+PREACT_IMAGENET_STYLE = {
+    "resnet18v2": (PreActBlock, [2, 2, 2, 2]),
+    "resnet34v2": (PreActBlock, [3, 4, 6, 3]),
+    "resnet50v2": (PreActBottleneck, [3, 4, 6, 3]),
+}
+RESNETS = tuple(CIFAR_DEPTHS) + tuple(IMAGENET_STYLE) + tuple(PREACT_CIFAR_DEPTHS) + tuple(PREACT_IMAGENET_STYLE)
 
 
 def resnet(model_type: str, num_classes: int, skip_kind: str | None = None, **options) -> ResNet:
     """Build ``model_type`` (one of RESNETS); options go to :class:`ResNet` and the skips
     (a kind and its options, or ``skip_layer=skip(kind, ...)``)."""
-    if model_type in CIFAR_DEPTHS:
-        n = (CIFAR_DEPTHS[model_type] - 2) // 6
+    cifar = {**CIFAR_DEPTHS, **PREACT_CIFAR_DEPTHS}
+    if model_type in cifar:
+        n = (cifar[model_type] - 2) // 6
+        block = PreActBlock if model_type in PREACT_CIFAR_DEPTHS else BasicBlock
         options.setdefault("stem", "cifar")
-        return ResNet(BasicBlock, [n] * 3, [16, 32, 64], num_classes, skip_kind=skip_kind, **options)
-    if model_type in IMAGENET_STYLE:
-        block, layers = IMAGENET_STYLE[model_type]
+        return ResNet(block, [n] * 3, [16, 32, 64], num_classes, skip_kind=skip_kind, **options)
+    imagenet_style = {**IMAGENET_STYLE, **PREACT_IMAGENET_STYLE}
+    if model_type in imagenet_style:
+        block, layers = imagenet_style[model_type]
         return ResNet(block, layers, [64, 128, 256, 512], num_classes, skip_kind=skip_kind, **options)
     raise ValueError(f"unknown model_type {model_type!r}; allowed: {', '.join(RESNETS)}")

@@ -1,6 +1,8 @@
 """Layer 2, skips: the contract (:mod:`.contract`), the kinds and their registry
 (:mod:`.kinds`), orthogonal constraints for any square weight (:mod:`.constraint`) and
-``patch_skips`` for existing models (:mod:`.patch`)."""
+``patch_skips`` for existing models (:mod:`.patch`), and the residual modes (``add``,
+``orthogonal_update``, ``rotation``) blocks combine their skip path and branch with
+(:mod:`.residual`)."""
 
 from ..maths.orthogonal import DEFAULT_METHOD, ORTH_INITS, ORTH_METHODS, PARAMETRIZED_METHODS, RETRACTED_METHODS
 from .constraint import Retraction, mark_retracted, orthogonal_, retracted_parameters, retraction_of
@@ -19,6 +21,15 @@ from .kinds import (
     skip_layer_from,
 )
 from .patch import patch_skips
+from .residual import (
+    DEFAULT_EPS,
+    ORTHOGONAL_METHODS,
+    RESIDUAL_MODES,
+    Residual,
+    check_residual_mode,
+    orthogonal_part,
+    residual_combine,
+)
 
 __all__ = [
     "DEFAULT_METHOD", "ORTH_INITS", "ORTH_METHODS", "PARAMETRIZED_METHODS", "RETRACTED_METHODS",
@@ -27,4 +38,6 @@ __all__ = [
     "SKIP_KINDS", "SKIP_OPTIONS", "IdentitySkip", "MatrixSkip", "OrthogonalSkip", "ScalarSkip", "SkipFactory",
     "ZeroSkip", "make_skip", "skip", "skip_layer_from",
     "patch_skips",
+    "DEFAULT_EPS", "ORTHOGONAL_METHODS", "RESIDUAL_MODES", "Residual", "check_residual_mode", "orthogonal_part",
+    "residual_combine",
 ]

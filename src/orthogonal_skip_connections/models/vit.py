@@ -1,0 +1,177 @@
+"""A Vision Transformer for small images whose residual additions are pluggable skips.
+
+Dosovitskiy et al. 2021, "An image is worth 16x16 words", with pre-norm blocks (as in
+timm's ``VisionTransformer``): the image is cut into ``patch_size`` x ``patch_size``
+patches (32x32 CIFAR with patch 4: 64 tokens; 8x8 digits with patch 2: 16 tokens), each
+embedded linearly, a learned position embedding added, optionally a class token
+prepended; then ``depth`` blocks of
+
+    x = residual(skip_attn(x), attn(LN(x)))      # multi-head self-attention
+    x = residual(skip_mlp(x),  mlp(LN(x)))       # Linear-GELU-Linear, hidden mlp_ratio * width
+
+and a final LayerNorm, pooling (the class token, or the mean of the tokens) and a linear
+head. Each residual sub-block (:class:`PreNormResidual`) owns a ``skip`` built by the skip
+contract for ``width`` channels and acting token-wise on ``(N, T, C)``, so every skip kind,
+``skip_layer=skip(...)`` factory and :func:`~orthogonal_skip_connections.skips.patch_skips`
+work on it; ``residual`` is the residual mode (``add`` gives ``skip(x) + f(LN(x))``).
+
+Named sizes follow the usual configurations (timm / DeiT): ``vit_tiny`` (width 192,
+depth 12, 3 heads) and ``vit_small`` (384, 12, 6), MLP ratio 4.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..skips import SkipFactory, skip_layer_from
+from ..skips.residual import DEFAULT_EPS, Residual
+
+__all__ = ["VIT_SIZES", "ViT", "Attention", "Mlp", "PreNormResidual", "vit"]
+
+VIT_SIZES = {
+    "vit_tiny": {"width": 192, "depth": 12, "heads": 3},
+    "vit_small": {"width": 384, "depth": 12, "heads": 6},
+}
+POOLS = ("cls", "mean")
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one qkv projection and
+    ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, T, C)
+        n, t, c = x.shape
+        qkv = self.qkv(x).reshape(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (N, heads, T, C / heads)
+        return self.proj(out.transpose(1, 2).reshape(n, t, c))
+
+
+class Mlp(nn.Sequential):
+    def __init__(self, width: int, hidden: int):
+        super().__init__(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+
+class PreNormResidual(nn.Module):
+    """``residual(skip(x), branch(norm(x)))`` on tokens ``(N, T, C)``."""
+
+    def __init__(self, width: int, branch: nn.Module, skip_layer: SkipFactory,
+                 residual_layer: Callable[[], Residual] = Residual):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.branch = branch
+        self.skip = skip_layer(width)
+        self.residual = residual_layer()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.branch(self.norm(x))
+        if not self.skip.has_path:  # the zero kind: every mode gives the branch on a zero stream
+            return out
+        return self.residual(self.skip(x), out)
+
+
+class Block(nn.Sequential):
+    """One transformer block: attention sub-block, then MLP sub-block."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, skip_layer: SkipFactory,
+                 residual_layer: Callable[[], Residual]):
+        super().__init__()
+        self.attn = PreNormResidual(width, Attention(width, heads), skip_layer, residual_layer)
+        self.mlp = PreNormResidual(width, Mlp(width, max(1, round(mlp_ratio * width))), skip_layer, residual_layer)
+
+
+class ViT(nn.Module):
+    """Vision Transformer; see the module docstring. ``pool``: ``cls`` (a class token) or
+    ``mean`` (the mean of the patch tokens)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 32,
+        patch_size: int = 4,
+        in_channels: int = 3,
+        width: int = 192,
+        depth: int = 12,
+        heads: int = 3,
+        mlp_ratio: float = 4.0,
+        pool: str = "cls",
+        skip_kind: str | None = None,
+        skip_layer: SkipFactory | None = None,
+        residual_mode: str = "add",
+        orthogonal_method: str = "channel",
+        residual_eps: float = DEFAULT_EPS,
+        **skip_options,
+    ):
+        super().__init__()
+        skip_layer = skip_layer_from(skip_kind, skip_layer, skip_options)
+        residual_layer = partial(Residual, residual_mode, orthogonal_method, residual_eps)
+        residual_layer()  # checks the mode, method and eps before anything is built
+        for name, value in [("num_classes", num_classes), ("image_size", image_size), ("patch_size", patch_size),
+                            ("in_channels", in_channels), ("width", width), ("heads", heads)]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}")
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+            raise ValueError(f"depth must be an int >= 0; got {depth!r}")
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+        if width % heads:
+            raise ValueError(f"width {width} is not a multiple of heads {heads}")
+        if not mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be > 0; got {mlp_ratio!r}")
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r}; allowed: {', '.join(POOLS)}")
+        self.image_size, self.patch_size, self.pool = image_size, patch_size, pool
+        num_patches = (image_size // patch_size) ** 2
+        self.patch_embed = nn.Conv2d(in_channels, width, patch_size, patch_size)  # one Linear per patch
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width)) if pool == "cls" else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + (pool == "cls"), width))
+        self.blocks = nn.Sequential(*(Block(width, heads, mlp_ratio, skip_layer, residual_layer)
+                                      for _ in range(depth)))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:  # timm's: truncated normal (std 0.02) for linears and embeddings
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        w = self.patch_embed.weight
+        nn.init.trunc_normal_(w.view(w.shape[0], -1), std=0.02)
+        nn.init.zeros_(self.patch_embed.bias)
+
+    def tokens(self, x: Tensor) -> Tensor:
+        """(N, C_in, H, W) images -> (N, T, width) tokens after the last block (before the norm)."""
+        if x.ndim != 4 or x.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f"ViT expects images (N, C, {self.image_size}, {self.image_size}); got {tuple(x.shape)}")
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (N, T, width)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.blocks(x + self.pos_embed)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(self.tokens(x))
+        x = x[:, 0] if self.cls_token is not None else x.mean(dim=1)  # (N, width)
+        return self.head(x)
+
+
+def vit(model_type: str, num_classes: int, skip_kind: str | None = None, **options) -> ViT:
+    """``vit_tiny`` or ``vit_small``; ``options`` override the size (``width``, ``depth``,
+    ``heads``, ``mlp_ratio``) and set ``image_size``, ``patch_size``, ``in_channels``,
+    ``pool``, the residual mode and the skips, as :class:`ViT`."""
+    if model_type not in VIT_SIZES:
+        raise ValueError(f"unknown model_type {model_type!r}; allowed: {', '.join(VIT_SIZES)}")
+    return ViT(num_classes, skip_kind=skip_kind, **{**VIT_SIZES[model_type], **options})

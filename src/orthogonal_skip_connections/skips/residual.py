@@ -1,0 +1,143 @@
+"""Residual modes: how a block combines its skip path with its branch.
+
+Every residual block of this library computes a *stream* ``s = skip(shortcut(x))`` (the
+skip of :mod:`.contract` applied to the input, after the projection shortcut where the
+shape changes) and an *update* ``f = branch(x)``, then combines them with one of:
+
+``add`` (default)
+    ``y = s + f``: the usual residual addition (He et al. 2016).
+
+``orthogonal_update``
+    ``y = s + f_perp`` with ``f_perp = f - (<s, f> / (<s, s> + eps)) s``: the update's
+    component parallel to the stream is removed (Oh et al. 2025, "Revisiting Residual
+    Connections: Orthogonal Updates for Stable and Efficient Deep Networks",
+    arXiv 2505.11881; official code github.com/BootsofLagrangian/ortho-residual,
+    ``connect.py``). As there, the stream is what the block adds to (their ``shortcut(x)``;
+    here ``skip(shortcut(x))``, so for a matrix skip W the projection is onto ``W x``),
+    ``eps = 1e-6`` is added to ``<s, s>`` and both inner products are taken in float32
+    (the scale is cast back to the input's dtype). ``orthogonal_method`` chooses the
+    group the inner products run over:
+
+    - ``channel`` (the official default, "feature-wise"): over the channels at each
+      position: dim 1 of a conv map ``(N, C, H, W)`` (one projection per pixel), the last
+      dim of tokens ``(N, T, C)`` (one per token) or of vectors ``(N, C)``.
+    - ``global``: over everything but the batch dim: ``C*H*W`` of a conv map (as the
+      official ``_orthogonal_global``, which flattens from dim 1), ``T*C`` of tokens, ``C``
+      of vectors (there it equals ``channel``). For tokens the official ViT always uses
+      ``channel`` (``ConnLoggerMixin._connect_and_collect`` overrides the method for
+      attention and MLP outputs); ``global`` on tokens is this library's extension.
+
+``rotation``
+    Norm-preserving: the stream is rotated in the plane spanned by ``s`` and ``f``,
+    ``y = cos(theta) s + (sin(theta) / theta) f_perp`` with ``theta = ||f_perp|| / ||s||``
+    and ``f_perp`` the exact projection (no eps), so ``||y|| = ||s||`` in every group
+    (``channel``: every position / token; ``global``: every sample). This is the update rule
+    of the "Orthogonal Transformer" (github.com/cutethanks/orthogonal-transformer,
+    README, "Orthogonal Transformer update rule": ``x' = exp(B) x`` with the bivector
+    ``B = x f_perp^T - f_perp x^T``), whose implementation keeps ``||x|| = sqrt(d)`` and
+    takes ``theta = ||f_perp|| / sqrt(d)``; dividing by ``||s||`` instead is the same angle
+    for such streams and makes the rule scale-free for streams of any norm (this
+    library's choice). For small ``theta`` it is ``s + f_perp`` to first order, i.e.
+    the orthogonal update. Edge cases: ``f`` parallel to ``s`` gives ``theta = 0`` and
+    ``y = s`` (``sin(theta)/theta`` is ``torch.sinc``, smooth at 0); where the stream is
+    exactly zero (the ``zero`` skip kind, or a dead position) there is no plane to rotate
+    in, and ``y = f`` there (the plain update), so a block without a skip path is its
+    branch in every mode.
+
+Blocks own a :class:`Residual` (no parameters, no buffers: state_dicts are unchanged);
+``residual_combine`` is the same as a function.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["RESIDUAL_MODES", "ORTHOGONAL_METHODS", "DEFAULT_EPS", "Residual", "residual_combine", "orthogonal_part",
+           "check_residual_mode"]
+
+RESIDUAL_MODES = ("add", "orthogonal_update", "rotation")
+ORTHOGONAL_METHODS = ("channel", "global")
+DEFAULT_EPS = 1e-6  # Oh et al.'s residual_eps
+
+
+def check_residual_mode(mode: str, method: str = "channel", eps: float = DEFAULT_EPS) -> None:
+    """One-line ValueError for an unknown mode or method, or a bad eps."""
+    if mode not in RESIDUAL_MODES:
+        raise ValueError(f"unknown residual_mode {mode!r}; allowed: {', '.join(RESIDUAL_MODES)}")
+    if method not in ORTHOGONAL_METHODS:
+        raise ValueError(f"unknown orthogonal_method {method!r}; allowed: {', '.join(ORTHOGONAL_METHODS)}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"residual eps must be a number >= 0; got {eps!r}")
+
+
+def _group_dims(x: Tensor, method: str) -> tuple[int, ...]:
+    """The dims one inner product runs over (see the module docstring)."""
+    if x.ndim < 2:
+        raise ValueError(f"a residual stream needs a batch dim and a channel dim; got shape {tuple(x.shape)}")
+    if method == "global":
+        return tuple(range(1, x.ndim))
+    return (1,) if x.ndim == 4 else (x.ndim - 1,)  # channels first for conv maps, last otherwise
+
+
+def _dot(a: Tensor, b: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """<a, b> over ``dims`` (kept), in float32 at least."""
+    dtype = torch.promote_types(a.dtype, torch.float32)
+    return (a.to(dtype) * b.to(dtype)).sum(dims, keepdim=True)
+
+
+def orthogonal_part(stream: Tensor, update: Tensor, method: str = "channel", eps: float = DEFAULT_EPS) -> Tensor:
+    """f_perp = f - (<s, f> / (<s, s> + eps)) s, grouped by ``method`` (Oh et al. 2025)."""
+    dims = _group_dims(stream, method)
+    scale = _dot(stream, update, dims) / (_dot(stream, stream, dims) + eps)
+    return update - scale.to(update.dtype) * stream
+
+
+def _rotate(stream: Tensor, update: Tensor, method: str) -> Tensor:
+    dims = _group_dims(stream, method)
+    ss = _dot(stream, stream, dims)  # ||s||^2, float32 or wider
+    nonzero = ss > 0
+    ss_safe = torch.where(nonzero, ss, torch.ones_like(ss))
+    f = update.to(ss.dtype)
+    s = stream.to(ss.dtype)
+    f_perp = f - (_dot(s, f, dims) / ss_safe) * s
+    # theta = ||f_perp|| / ||s||; the clamp keeps sqrt differentiable at f_perp = 0 (theta
+    # ~ 1e-18 then, where cos = 1 and sinc = 1 to float precision).
+    theta = torch.sqrt((_dot(f_perp, f_perp, dims) / ss_safe).clamp_min(1e-36))
+    rotated = torch.cos(theta) * s + torch.sinc(theta / torch.pi) * f_perp  # sinc(t/pi) = sin(t)/t
+    return torch.where(nonzero, rotated, f).to(torch.promote_types(stream.dtype, update.dtype))
+
+
+def residual_combine(mode: str, stream: Tensor, update: Tensor, method: str = "channel",
+                     eps: float = DEFAULT_EPS) -> Tensor:
+    """Combine a block's stream ``s`` and update ``f`` (same shape) by ``mode``; see the
+    module docstring for the three modes and the ``method`` grouping."""
+    if mode == "add":
+        return update + stream  # the order of the original blocks (relu(out + skip(...)))
+    if stream.shape != update.shape:
+        raise ValueError(f"stream {tuple(stream.shape)} and update {tuple(update.shape)} differ in shape")
+    if mode == "orthogonal_update":
+        return stream + orthogonal_part(stream, update, method, eps)
+    if mode == "rotation":
+        return _rotate(stream, update, method)
+    check_residual_mode(mode, method, eps)
+    raise AssertionError("unreachable")
+
+
+class Residual(nn.Module):
+    """``Residual(mode, method, eps)(stream, update)``: :func:`residual_combine` as a
+    module a block owns (no parameters or buffers)."""
+
+    def __init__(self, mode: str = "add", method: str = "channel", eps: float = DEFAULT_EPS):
+        super().__init__()
+        check_residual_mode(mode, method, eps)
+        self.mode, self.method, self.eps = mode, method, float(eps)
+
+    def forward(self, stream: Tensor, update: Tensor) -> Tensor:
+        return residual_combine(self.mode, stream, update, self.method, self.eps)
+
+    def extra_repr(self) -> str:
+        if self.mode == "add":
+            return "mode=add"
+        extra = f", eps={self.eps:g}" if self.mode == "orthogonal_update" else ""
+        return f"mode={self.mode}, method={self.method}{extra}"

@@ -1,0 +1,352 @@
+"""Residual modes (add, orthogonal_update, rotation) and the pre-activation ResNets: the
+invariants of each mode on conv maps, tokens and vectors, v1 ResNets unchanged by ``add``,
+every skip kind x mode on preact_resnet20, and a few digits steps that lower the loss."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from orthogonal_skip_connections import ResidualMLP, get_model, optimizer, patch_skips
+from orthogonal_skip_connections.data.vision import load_image_data
+from orthogonal_skip_connections.models.resnet import RESNETS, Bottleneck, ResNet
+from orthogonal_skip_connections.skips import (
+    SKIP_KINDS,
+    Residual,
+    orthogonal_part,
+    residual_combine,
+    skip_layer_from,
+)
+
+# (mode, orthogonal_method): the grid every model is run under
+MODES = [("add", "channel"), ("orthogonal_update", "channel"), ("orthogonal_update", "global"),
+         ("rotation", "channel"), ("rotation", "global")]
+KINDS = list(SKIP_KINDS) + ["learnable_orth:cayley"]
+REL = 1e-5  # fp32 tolerance of the invariants, relative
+
+
+def kind_options(kind: str) -> tuple[str, dict]:
+    if kind == "learnable_orth:cayley":
+        return "learnable_orth", {"method": "cayley", "init": "haar"}
+    return kind, ({"init": "haar"} if kind == "learnable_orth" else {})
+
+
+def group_dot(a: Tensor, b: Tensor, method: str) -> Tensor:
+    """<a, b> per group (dims kept): the channels at each position (channel: dim 1 of a
+    conv map, the last dim otherwise) or everything but the batch dim (global)."""
+    if method == "global":
+        dims = tuple(range(1, a.ndim))
+    else:
+        dims = (1,) if a.ndim == 4 else (a.ndim - 1,)
+    return (a * b).sum(dims, keepdim=True)
+
+
+def group_norm(a: Tensor, method: str) -> Tensor:
+    return group_dot(a, a, method).sqrt()
+
+
+SHAPES = {"conv": (4, 16, 5, 5), "tokens": (4, 7, 24), "vectors": (6, 24)}
+
+
+# --------------------------------------------------------------------------- the formulas
+
+
+@pytest.mark.parametrize("layout", SHAPES)
+@pytest.mark.parametrize("method", ["channel", "global"])
+def test_orthogonal_update_adds_a_term_orthogonal_to_the_stream(layout, method):
+    s = 3 * torch.randn(SHAPES[layout])
+    f = torch.randn(SHAPES[layout]) + s  # f has a large parallel part in every group
+    if layout == "conv":
+        s = s.contiguous(memory_format=torch.channels_last)  # the grouping is by dim, not by memory
+    added = residual_combine("orthogonal_update", s, f, method) - s
+    rel = group_dot(added, s, method).abs() / (group_norm(added, method) * group_norm(s, method))
+    assert rel.max() < REL
+    assert (group_dot(f, s, method) / (group_norm(f, method) * group_norm(s, method))).min() > 0.2
+    # the grouping is the paper's: channel = per position (or token), global = per sample
+    # (per-position orthogonality implies per-sample orthogonality, not the converse)
+    if layout != "vectors":  # on vectors the two groupings coincide
+        other = residual_combine("orthogonal_update", s, f, "global" if method == "channel" else "channel") - s
+        assert (other - added).abs().max() > 1e-2
+        if method == "global":
+            assert group_dot(added, s, "channel").abs().max() > 1e-2
+    else:
+        torch.testing.assert_close(residual_combine("orthogonal_update", s, f, "channel"),
+                                   residual_combine("orthogonal_update", s, f, "global"), rtol=0, atol=0)
+    # Oh et al.'s eps: f_perp = f - <s, f> / (<s, s> + eps) s, so a zero stream passes f through
+    torch.testing.assert_close(orthogonal_part(torch.zeros_like(f), f, method), f, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", SHAPES)
+@pytest.mark.parametrize("method", ["channel", "global"])
+def test_rotation_preserves_the_norm_of_every_group(layout, method):
+    s, f = torch.randn(SHAPES[layout]), 2 * torch.randn(SHAPES[layout])
+    y = residual_combine("rotation", s, f, method)
+    rel = (group_norm(y, method) - group_norm(s, method)).abs() / group_norm(s, method)
+    assert rel.max() < REL
+    assert (y - s).abs().max() > 0.1  # it moved
+    # it moved within the plane of s and f: y = a s + b f_perp per group
+    f_perp = orthogonal_part(s, f, method, eps=0.0)
+    a = group_dot(y, s, method) / group_dot(s, s, method)
+    b = group_dot(y, f_perp, method) / group_dot(f_perp, f_perp, method)
+    torch.testing.assert_close(y, a * s + b * f_perp, atol=1e-5, rtol=1e-5)
+
+
+def test_rotation_angle_and_edge_cases():
+    s = torch.tensor([[2.0, 0.0, 0.0]])
+    f = torch.tensor([[5.0, 3.0, 0.0]])  # f_perp = (0, 3, 0), theta = ||f_perp|| / ||s|| = 1.5
+    y = residual_combine("rotation", s, f)
+    torch.testing.assert_close(y, torch.tensor([[2 * torch.cos(torch.tensor(1.5)), 2 * torch.sin(torch.tensor(1.5)), 0.0]]))
+    # small theta: the orthogonal update to first order
+    g = torch.tensor([[0.0, 1e-3, 0.0]])
+    torch.testing.assert_close(residual_combine("rotation", s, g), s + g, atol=1e-6, rtol=0)
+    # f parallel to s: theta = 0, the stream stays; gradients are finite there
+    s2 = torch.tensor([[1.0, 2.0, -1.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    f2 = torch.tensor([[2.0, 4.0, -2.0], [1.0, -1.0, 3.0]], requires_grad=True)
+    y2 = residual_combine("rotation", s2, f2)
+    torch.testing.assert_close(y2[0], s2[0].detach())
+    torch.testing.assert_close(y2[1], f2[1].detach())  # a zero stream: the plain update
+    y2.sum().backward()
+    assert torch.isfinite(s2.grad).all() and torch.isfinite(f2.grad).all()
+
+
+def test_add_is_plain_addition_and_bad_values_are_one_line_errors():
+    s, f = torch.randn(3, 8), torch.randn(3, 8)
+    assert torch.equal(residual_combine("add", s, f), s + f)
+    with pytest.raises(ValueError, match="unknown residual_mode 'sum'; allowed: add, orthogonal_update, rotation"):
+        get_model("preact_resnet20", 10, residual_mode="sum")
+    with pytest.raises(ValueError, match="unknown orthogonal_method 'spatial'; allowed: channel, global"):
+        get_model("vit_tiny", 10, residual_mode="orthogonal_update", orthogonal_method="spatial")
+    with pytest.raises(ValueError, match="unknown residual_mode"):
+        ResidualMLP(4, 2, residual_mode="orthogonal")
+    with pytest.raises(ValueError, match="residual eps"):
+        Residual("orthogonal_update", eps=-1.0)
+    with pytest.raises(ValueError, match="differ in shape"):
+        residual_combine("rotation", s, f[:, :4])
+
+
+# --------------------------------------------------------------------------- the models
+
+
+def _capture_residuals(model: nn.Module):
+    """(stream, output) of every Residual module's forward."""
+    seen = []
+    for m in model.modules():
+        if isinstance(m, Residual):
+            m.register_forward_hook(lambda mod, args, out: seen.append((mod, args[0].detach(), out.detach())))
+    return seen
+
+
+@pytest.mark.parametrize("model_type,x", [("preact_resnet20", torch.randn(3, 3, 8, 8)),
+                                          ("resnet20", torch.randn(3, 3, 8, 8)),
+                                          ("vit_tiny", torch.randn(3, 3, 8, 8))])
+@pytest.mark.parametrize("mode,method", MODES[1:])
+def test_invariants_hold_inside_the_models(model_type, x, mode, method):
+    opts = {"image_size": 8, "patch_size": 2, "depth": 3} if model_type == "vit_tiny" else {}
+    model = get_model(model_type, 10, "learnable_orth", init="haar", residual_mode=mode,
+                      orthogonal_method=method, **opts)
+    seen = _capture_residuals(model)
+    model(x)
+    assert len(seen) == (6 if model_type == "vit_tiny" else 9)
+    for mod, s, y in seen:
+        assert (mod.mode, mod.method) == (mode, method)
+        if mode == "orthogonal_update":
+            added = y - s
+            rel = group_dot(added, s, method).abs() / (group_norm(added, method) * group_norm(s, method))
+            assert rel.max() < REL
+        else:
+            n = group_norm(s, method)
+            assert ((group_norm(y, method) - n).abs() / n).max() < REL
+
+
+class _OldBasicBlock(nn.Module):
+    """The v1 block as it was before residual modes existed (the oracle for ``add``)."""
+
+    expansion = 1
+
+    def __init__(self, c_in, planes, stride, skip_layer):
+        super().__init__()
+        c_out = planes * self.expansion
+        self.branch = nn.Sequential(*_conv_bn(c_in, planes, 3, stride), nn.ReLU(inplace=True),
+                                    *_conv_bn(planes, c_out, 3))
+        self.shortcut = _shortcut(c_in, c_out, stride)
+        self.skip = skip_layer(c_out)
+
+    def forward(self, x):
+        out = self.branch(x)
+        if not self.skip.has_path:
+            return F.relu(out)
+        return F.relu(out + self.skip(self.shortcut(x)))
+
+
+class _OldBottleneck(_OldBasicBlock):
+    expansion = 4
+
+    def __init__(self, c_in, planes, stride, skip_layer):
+        nn.Module.__init__(self)
+        c_out = planes * self.expansion
+        self.branch = nn.Sequential(*_conv_bn(c_in, planes, 1), nn.ReLU(inplace=True),
+                                    *_conv_bn(planes, planes, 3, stride), nn.ReLU(inplace=True),
+                                    *_conv_bn(planes, c_out, 1))
+        self.shortcut = _shortcut(c_in, c_out, stride)
+        self.skip = skip_layer(c_out)
+
+
+def _conv_bn(c_in, c_out, k, stride=1):
+    return [nn.Conv2d(c_in, c_out, k, stride, padding=k // 2, bias=False), nn.BatchNorm2d(c_out)]
+
+
+def _shortcut(c_in, c_out, stride):
+    if stride == 1 and c_in == c_out:
+        return nn.Identity()
+    return nn.Sequential(*_conv_bn(c_in, c_out, 1, stride))
+
+
+class _OldResNet(nn.Module):
+    def __init__(self, block, blocks_per_stage, widths, num_classes, in_channels=3, kind="identity"):
+        super().__init__()
+        skip_layer = skip_layer_from(kind, None, {})
+        self.stem = nn.Sequential(*_conv_bn(in_channels, widths[0], 3), nn.ReLU(inplace=True))
+        stages, c_in = [], widths[0]
+        for i, (n, w) in enumerate(zip(blocks_per_stage, widths)):
+            blocks = []
+            for j in range(n):
+                blocks.append(block(c_in, w, 2 if (i > 0 and j == 0) else 1, skip_layer))
+                c_in = w * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Linear(c_in, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        x = self.stages(self.stem(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("block,layers,widths", [
+    (_OldBasicBlock, [3, 3, 3], [16, 32, 64]),  # resnet20
+    (_OldBottleneck, [1, 2, 1, 1], [8, 16, 32, 64]),  # a small resnet50-style net
+])
+@pytest.mark.parametrize("kind", ["identity", "zero"])
+def test_add_mode_v1_resnets_are_bit_identical_to_the_old_code(block, layers, widths, kind):
+    torch.manual_seed(3)
+    if block is _OldBasicBlock:
+        new = get_model("resnet20", 10, kind, residual_mode="add")
+    else:
+        new = ResNet(Bottleneck, layers, widths, 10, skip_kind=kind, residual_mode="add")
+    torch.manual_seed(3)
+    old = _OldResNet(block, layers, widths, 10, kind=kind)
+    # the same seed builds the same weights as before (only parameter-free modules were added)
+    assert list(new.state_dict()) == list(old.state_dict())  # same names, same order
+    assert all(torch.equal(a, b) for a, b in zip(new.state_dict().values(), old.state_dict().values()))
+    x = torch.randn(2, 3, 16, 16)
+    for train in (True, False):
+        new.train(train), old.train(train)
+        assert torch.equal(new(x), old(x))
+
+
+def test_add_mode_mlp_is_bit_identical_to_skip_plus_branch():
+    model = ResidualMLP(6, 3, skip_kind="linear", num_classes=4, in_features=5)
+    x = torch.randn(7, 5)
+    h = model.embed(x)
+    for block in model.blocks:
+        h = block.skip(h) + block.branch(h)
+    assert torch.equal(model(x), model.head(h))
+
+
+def test_preact_models_and_their_blocks():
+    for model_type, blocks in [("preact_resnet20", 9), ("preact_resnet32", 15), ("preact_resnet56", 27)]:
+        m = get_model(model_type, 100)
+        assert sum(1 for b in m.modules() if hasattr(b, "skip")) == blocks
+    assert {"preact_resnet44", "preact_resnet56", "resnet18v2", "resnet34v2", "resnet50v2"} <= set(RESNETS)
+    m = get_model("resnet50v2", 10, stem="imagenet", in_channels=1, skip_kind="scalar")
+    assert m(torch.randn(1, 1, 64, 64)).shape == (1, 10)
+    # nothing after the addition: a block with a zero branch is exactly its skip, even for
+    # negative inputs (a v1 block would rectify them)
+    m = get_model("preact_resnet20", 10, zero_init_residual=True).eval()
+    x = torch.randn(2, 16, 8, 8)
+    assert (x < 0).any()
+    torch.testing.assert_close(m.stages[0][1](x), x, rtol=0, atol=0)
+    # where the shape changes the projection takes the pre-activated input
+    block = m.stages[1][0]
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), block.shortcut(block.preact(x)) + block.branch(block.preact(x)))
+    with pytest.raises(ValueError, match="apply to ViT models only"):
+        get_model("preact_resnet20", 10, patch_size=2)
+    assert get_model("resnet18v2", 10, image_size=32)(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode,method", MODES[:4])
+def test_every_kind_and_mode_on_preact_resnet20(kind, mode, method):
+    k, opts = kind_options(kind)
+    model = get_model("preact_resnet20", 10, k, in_channels=1, residual_mode=mode, orthogonal_method=method, **opts)
+    out = model(torch.randn(4, 1, 8, 8))
+    assert out.shape == (4, 10) and torch.isfinite(out).all()
+    F.cross_entropy(out, torch.tensor([1, 2, 3, 4])).backward()
+    for name, p in model.named_parameters():
+        if k == "zero" and ".shortcut." in name:  # no skip path: the projection is unused
+            assert p.grad is None
+        elif p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_patch_skips_keeps_the_residual_mode():
+    m = get_model("preact_resnet20", 10, residual_mode="rotation")
+    patch_skips(m, "learnable_orth", method="cayley")
+    assert {b.residual.mode for b in m.modules() if hasattr(b, "residual")} == {"rotation"}
+    assert m(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_image_data("digits", augment=False)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(d.x_train), generator=g)[:256]
+    x = (d.x_train[idx] / d.scale - d.mean[0]) / d.std[0]
+    return x, d.y_train[idx]
+
+
+def _loss_before_and_after(model, x, y, opt, steps, batch=32):
+    def loss_on_all():
+        with torch.no_grad():
+            return float(F.cross_entropy(model(x), y))
+
+    before = loss_on_all()
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        idx = torch.randint(len(x), (batch,), generator=g)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    return before, loss_on_all()
+
+
+@pytest.mark.parametrize("model_type", ["preact_resnet20", "resnet20", "vit_tiny", "mlp"])
+@pytest.mark.parametrize("mode,method", MODES[:4])
+def test_a_few_digits_steps_lower_the_loss(digits, model_type, mode, method):
+    """With learnable orthogonal skips, retracted inside the optimiser's step."""
+    x, y = digits
+    kw = dict(residual_mode=mode, orthogonal_method=method)
+    if model_type == "mlp":
+        model = ResidualMLP(64, 4, skip_kind="learnable_orth", num_classes=10, **kw)
+        x = x.flatten(1)
+        opt, steps = optimizer(model, torch.optim.SGD, lr=0.05, momentum=0.9), 12
+    elif model_type == "vit_tiny":  # narrower and shallower, 4 tokens: the test is of the modes, not the size
+        model = get_model("vit_tiny", 10, "learnable_orth", in_channels=1, image_size=8, patch_size=4,
+                          width=32, depth=2, heads=2, pool="mean", **kw)
+        opt, steps = optimizer(model, torch.optim.AdamW, lr=3e-3), 30
+    else:
+        model = get_model(model_type, 10, "learnable_orth", in_channels=1, **kw)
+        opt, steps = optimizer(model, torch.optim.SGD, lr=0.1, momentum=0.9), 12
+    before, after = _loss_before_and_after(model, x, y, opt, steps)
+    assert after < 0.85 * before, (before, after)
+    skips = [m for m in model.modules() if type(m).__name__ == "OrthogonalSkip"]
+    assert skips
+    for m in skips:  # the retraction kept every orthogonal skip on O(n)
+        W = m.weight.detach()
+        torch.testing.assert_close(W.T @ W, torch.eye(W.shape[0]), atol=1e-4, rtol=0)

@@ -8,7 +8,8 @@ from orthogonal_skip_connections.train import classifier as training
 from orthogonal_skip_connections.cli import main as osc_main
 from orthogonal_skip_connections.experiments import run_experiments, study
 from orthogonal_skip_connections.report import build_report
-from orthogonal_skip_connections.runs import compose_config
+from orthogonal_skip_connections.experiments._app import compose as compose_config
+from orthogonal_skip_connections.train.classifier import Diverged
 
 VARIANTS = ["identity", "zero", "learnable_orth/cayley"]
 TINY = [
@@ -31,7 +32,7 @@ def read_csv(path):
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
-    study.run(compose_config("study", TINY), out)
+    study.main.run(compose_config("study", TINY), out)
     return out
 
 
@@ -49,7 +50,7 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
 
 def test_study_rerun_keeps_completed_runs(study_dir):
     before = {p: p.stat().st_mtime_ns for p in (study_dir / "classification").rglob("summary.json")}
-    study.run(compose_config("study", TINY), study_dir)
+    study.main.run(compose_config("study", [*TINY, "resume=true"]), study_dir)
     assert before == {p: p.stat().st_mtime_ns for p in (study_dir / "classification").rglob("summary.json")}
 
 
@@ -64,8 +65,8 @@ def test_report_from_run_dirs_matches_study_and_keeps_failures(study_dir, tmp_pa
 
     # a diverged run and a run killed before its first checkpoint, next to the good ones
     base = ["dataset=digits", "model.model_type=resnet20", "progress=false", "scheduler.epochs=1", "device=cpu"]
-    with pytest.raises(SystemExit):
-        run_experiments.run(compose_config("run_experiments", [*base, "optimizer.lr=1e30", "seed=5"]),
+    with pytest.raises(Diverged):
+        run_experiments.main.run(compose_config("run_experiments", [*base, "optimizer.lr=1e30", "seed=5"]),
                             tmp_path / "sweep" / "diverged")
 
     def killed(*args, **kwargs):
@@ -73,7 +74,7 @@ def test_report_from_run_dirs_matches_study_and_keeps_failures(study_dir, tmp_pa
 
     monkeypatch.setattr(training, "_forward", killed)
     with pytest.raises(KeyboardInterrupt):
-        run_experiments.run(compose_config("run_experiments", [*base, "seed=6"]), tmp_path / "sweep" / "killed")
+        run_experiments.main.run(compose_config("run_experiments", [*base, "seed=6"]), tmp_path / "sweep" / "killed")
     assert osc_main(["report", str(study_dir / "classification"), str(tmp_path / "sweep"),
                      "--out", str(tmp_path / "both")]) == 0
     rows = read_csv(tmp_path / "both" / "results.csv")
@@ -87,7 +88,7 @@ def test_report_and_study_bad_input(tmp_path, capsys):
     assert osc_main(["report", str(tmp_path / "missing")]) == 2
     assert "no such run dir" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown scale 'huge'"):
-        study.run(compose_config("study", ["scale=huge"]), tmp_path)
+        study.main.run(compose_config("study", ["scale=huge"]), tmp_path)
     assert not (tmp_path / "missing").exists()  # nothing created for a bad call
 
 

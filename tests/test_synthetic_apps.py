@@ -16,7 +16,8 @@ from orthogonal_skip_connections.data.synthetic import make_synthetic
 from orthogonal_skip_connections.diagnostics import branch_lipschitz, linear_fit_residual
 from orthogonal_skip_connections.experiments import construction_validity, orth_residual_synthetic_data, orth_to_id
 from orthogonal_skip_connections.models.mlp import ResidualMLP
-from orthogonal_skip_connections.runs import CONFIG_DIR, UserError
+from orthogonal_skip_connections.experiments._app import CONFIG_DIR
+from orthogonal_skip_connections.runs import UserError
 from orthogonal_skip_connections.models.stack import SeedStack
 from orthogonal_skip_connections.optim import build_optimizer
 from orthogonal_skip_connections.diagnostics import (

@@ -14,7 +14,8 @@ from hydra import compose, initialize_config_dir
 from orthogonal_skip_connections.maths import orthogonal as O
 from orthogonal_skip_connections.experiments import teacher_student as app
 from orthogonal_skip_connections.models import teacher_student as ts
-from orthogonal_skip_connections.runs import CONFIG_DIR, UserError
+from orthogonal_skip_connections.experiments._app import CONFIG_DIR
+from orthogonal_skip_connections.runs import UserError
 
 ARCHS = list(ts.ARCHS)
 TWO_LAYER = [a for a in ARCHS if ts.ARCHS[a].two_layer]

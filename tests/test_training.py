@@ -15,7 +15,8 @@ from orthogonal_skip_connections.train import classifier as training
 from orthogonal_skip_connections.cli import main as osc_main
 from orthogonal_skip_connections.data.vision import TensorLoader, epoch_generator, load_image_data
 from orthogonal_skip_connections.experiments import run_experiments
-from orthogonal_skip_connections.runs import CONFIG_DIR, UserError
+from orthogonal_skip_connections.experiments._app import CONFIG_DIR
+from orthogonal_skip_connections.runs import UserError
 from orthogonal_skip_connections.optim import lr_factor
 from orthogonal_skip_connections.train.classifier import TrainConfig
 
@@ -32,7 +33,7 @@ def digits_cfg(*overrides):
 
 
 def test_digits_two_epochs_writes_all_files(tmp_path):
-    summary = run_experiments.run(digits_cfg("scheduler.epochs=2", "model.skip_kind=learnable_orth"), tmp_path)
+    summary = run_experiments.main.run(digits_cfg("scheduler.epochs=2", "model.skip_kind=learnable_orth"), tmp_path)
     for f in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt"):
         assert (tmp_path / f).is_file(), f
     saved = json.loads((tmp_path / "summary.json").read_text())
@@ -48,13 +49,13 @@ def test_digits_two_epochs_writes_all_files(tmp_path):
     assert ckpt["state"]["epoch"] == 2
     # the saved result is never overwritten by a second run in the same dir
     with pytest.raises(UserError, match="already holds a finished run"):
-        run_experiments.run(digits_cfg("scheduler.epochs=2"), tmp_path)
+        run_experiments.main.run(digits_cfg("scheduler.epochs=2"), tmp_path)
 
 
 def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, monkeypatch):
     overrides = ("scheduler.epochs=2", "model.skip_kind=learnable_orth", "model.method=steepest",
                  "model.init=haar", "mixup_alpha=0.2", "optimizer.nesterov=true")
-    full = run_experiments.run(digits_cfg(*overrides), tmp_path / "full")
+    full = run_experiments.main.run(digits_cfg(*overrides), tmp_path / "full")
 
     real_forward, calls = training._forward, {"n": 0}
 
@@ -66,12 +67,12 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(training, "_forward", dying_forward)
     with pytest.raises(KeyboardInterrupt):
-        run_experiments.run(digits_cfg(*overrides), tmp_path / "resumed")
+        run_experiments.main.run(digits_cfg(*overrides), tmp_path / "resumed")
     assert not (tmp_path / "resumed" / "summary.json").exists()
     monkeypatch.setattr(training, "_forward", real_forward)
-    resumed = run_experiments.run(digits_cfg(*overrides, "resume=true"), tmp_path / "resumed")
+    resumed = run_experiments.main.run(digits_cfg(*overrides, "resume=true"), tmp_path / "resumed")
 
-    timing = {"train_time_s", "seconds_per_epoch"}
+    timing = {"train_time_s", "seconds_per_epoch", "provenance", "report"}  # wall times
     assert {k: v for k, v in full.items() if k not in timing} == {k: v for k, v in resumed.items() if k not in timing}
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
@@ -119,7 +120,7 @@ def test_cifar_from_local_files_without_network(tmp_path, name):
     b1 = [x for x, _ in train.epoch(epoch_generator(0, 0))]
     b2 = [x for x, _ in train.epoch(epoch_generator(0, 0))]
     assert len(b1) == 5 and all(torch.equal(p, q) for p, q in zip(b1, b2))
-    summary = run_experiments.run(
+    summary = run_experiments.main.run(
         config(f"dataset={name}", f"data.root={tmp_path / 'data'}", "data.download=false", "batch_size=16",
                "scheduler.epochs=1", "model.model_type=resnet20", "device=cpu", "progress=false"),
         tmp_path / "run",
@@ -156,7 +157,7 @@ def test_every_config_composes():
     for dataset in ("cifar10", "cifar100", "digits"):
         cfg = config(f"dataset={dataset}")
         assert cfg.dataset.name == dataset and cfg.batch_size > 0 and cfg.scheduler.epochs > 0
-        run_experiments.train_config(cfg).validate()
+        run_experiments.main.config([f"dataset={dataset}"]).train_config().validate()
     assert config().dataset.name == "cifar100"  # the original README's default
     assert config("batch_size=64", "dataset=digits").batch_size == 64  # overrides win
     for name in Path(CONFIG_DIR).glob("*.yaml"):
@@ -181,7 +182,7 @@ def compose_ok(name):
 def test_bad_overrides_raise_before_anything_is_saved(tmp_path, override, match):
     extra = ["model.skip_kind=learnable_orth"] if "method" in override else []
     with pytest.raises(ValueError, match=match):
-        run_experiments.run(digits_cfg(override, *extra), tmp_path)
+        run_experiments.main.run(digits_cfg(override, *extra), tmp_path)
     assert not (tmp_path / "summary.json").exists() and not (tmp_path / "checkpoint.pt").exists()
 
 

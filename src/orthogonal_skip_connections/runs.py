@@ -1,32 +1,22 @@
-"""What every app shares: the run directory, files written atomically, progress bars,
-and the rule that a user's mistake is one clear line and a non-zero exit.
-
-Apps in ``experiments/`` are thin Hydra apps built on :func:`hydra_app`::
-
-    @hydra_app("teacher_student")
-    def main(cfg, run_dir):
-        ...                         # build from cfg, call the library, save into run_dir
-"""
+"""Layer 0: what every layer may use. :class:`UserError` (a user's mistake: one line,
+exit code 2, no traceback), files written atomically, JSON/JSONL, progress bars and
+the device choice. No Hydra, no omegaconf: the apps in ``experiments/`` hold those, and
+run dirs live in :mod:`~orthogonal_skip_connections.rundir`."""
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import json
 import math
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 __all__ = [
     "UserError",
-    "hydra_app",
-    "run_dir_of_job",
-    "save_config",
     "write_json",
     "read_json",
     "append_jsonl",
@@ -34,10 +24,8 @@ __all__ = [
     "progress_bar",
     "resolve_device",
     "to_jsonable",
-    "compose_config",
+    "atomic_write_text",
 ]
-
-CONFIG_DIR = str(Path(__file__).parent / "config")
 
 
 class UserError(ValueError):
@@ -45,9 +33,9 @@ class UserError(ValueError):
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Plain JSON types for numpy/torch scalars, arrays, paths and configs; NaN/inf -> None."""
-    if isinstance(obj, DictConfig) or OmegaConf.is_list(obj):
-        return OmegaConf.to_container(obj, resolve=True)
+    """Plain JSON types for numpy/torch scalars, arrays, paths and dataclasses; NaN/inf -> None."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -97,8 +85,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     _atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
 
 
-def save_config(cfg: DictConfig, run_dir: Path) -> None:
-    _atomic_write(Path(run_dir) / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True)))
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text))
 
 
 def progress_bar(iterable=None, enabled: bool = True, **kwargs):
@@ -125,49 +113,3 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError("device=mps was asked for but MPS is not available; use device=auto or cpu")
     return device
-
-
-def run_dir_of_job() -> Path:
-    """The current Hydra job's output directory (``hydra.run.dir=...`` sets it)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.output_dir)
-
-
-def hydra_app(config_name: str):
-    """Turn ``fn(cfg, run_dir) -> result`` into a Hydra app with our error rule.
-
-    A :class:`UserError` (or any ValueError: the library's checks of configured values)
-    becomes one line on
-    stderr, ``error: ...``, and exit code 2. The wrapped function is also available
-    undecorated as ``main.run(cfg, run_dir)`` for tests and for apps that drive others.
-    """
-    import hydra
-
-    def decorate(fn: Callable[[DictConfig, Path], Any]):
-        @hydra.main(config_path=CONFIG_DIR, config_name=config_name, version_base=None)
-        @functools.wraps(fn)
-        def main(cfg: DictConfig):
-            try:
-                return fn(cfg, run_dir_of_job())
-            except ValueError as err:  # UserError, or a library check on a configured value
-                print(f"error: {err}", file=sys.stderr)
-                sys.exit(2)
-
-        main.run = fn
-        main.config_name = config_name
-        return main
-
-    return decorate
-
-
-def compose_config(name: str, overrides: list[str] = ()) -> DictConfig:
-    """Compose app ``name``'s config with ``overrides``, inside a running Hydra app (as
-    ``osc study`` does to drive the other apps) or outside one (tests, scripts)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name=name, overrides=list(overrides))
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        return compose(config_name=name, overrides=list(overrides))

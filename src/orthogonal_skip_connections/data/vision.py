@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..runs import UserError
+
 __all__ = ["DATASETS", "ImageData", "TensorLoader", "load_image_data", "default_data_root", "epoch_generator"]
 
 DATASETS = ("cifar10", "cifar100", "digits")
@@ -80,13 +82,13 @@ def _read_cifar(name: str, root: Path, download: bool) -> tuple[Tensor, Tensor, 
         try:
             cls(str(root), train=True, download=True)
         except Exception as err:  # URLError, socket errors, HTTP errors ...
-            raise ValueError(
+            raise UserError(
                 f"{name} is not under {base} and downloading it failed ({type(err).__name__}: {err}); "
                 f"download it elsewhere and copy the folder {folder}/ into {root}, or set data.root"
             ) from None
         missing = [f for f in train_files + test_files if not (base / f).is_file()]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{name} not found under {root} (missing {folder}/{missing[0]}) and data.download=false; "
             f"pass data.download=true to fetch it, or put the python-version files in {base} "
             f"(or set data.root=... / ${DATA_ROOT_ENV})"
@@ -101,7 +103,7 @@ def _read_cifar(name: str, root: Path, download: bool) -> tuple[Tensor, Tensor, 
                 xs.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 ys.append(np.asarray(entry[label_key], dtype=np.int64))
             except Exception as err:
-                raise ValueError(f"cannot read {base / f} as a CIFAR batch file: {err}") from None
+                raise UserError(f"cannot read {base / f} as a CIFAR batch file: {err}") from None
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
     x_train, y_train = read(train_files)

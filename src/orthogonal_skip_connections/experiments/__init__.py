@@ -1,1 +1,8 @@
-"""Thin Hydra apps: build from config, call the library, save into the run dir."""
+"""Layer 6: the apps, one module each, all of one shape (:mod:`._app`). ``APPS`` (in :mod:`._app`) is the
+registry that ``osc`` and ``osc study`` read; no app imports another app."""
+
+from __future__ import annotations
+
+from ._app import APPS, load_app
+
+__all__ = ["APPS", "load_app"]

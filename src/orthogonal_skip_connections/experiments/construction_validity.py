@@ -21,40 +21,64 @@ Writes config.yaml, summary.json and figures into the run dir.
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
-import torch
-from omegaconf import DictConfig
 
+from ..analysis.blocks import by_kind, fit_blocks, verdict
 from ..data.synthetic import make_synthetic
-from ..diagnostics import block_inputs, block_procrustes, linear_fit_residual
-from ..runs import UserError, hydra_app, progress_bar, resolve_device, save_config, write_json
 from ..models.stack import SeedStack
-from ._common import check_fresh_run_dir, int_list, residual_mlp_factory, seed_list, skip_kind_list, train_config_from
-from ..train.small import train_small_classifier
+from ..rundir import RunDir, column
+from ..runs import UserError, progress_bar, resolve_device
 from ..train.classifier import Diverged
+from ..train.small import train_small_classifier
+from ._app import App, SkipOptions, SmallTraining, choice, ints_at_least, require, residual_mlp_factory, skip_kinds
 
 DATASETS = ("blobs", "classification", "parity", "moons", "circles")
 FIT_ON = ("test", "train")
 
 
-def check_config(cfg: DictConfig) -> dict:
-    """Every value checked, and every dataset and model option tried, before anything is written."""
-    if cfg.dataset_type not in DATASETS:
-        raise UserError(f"unknown dataset_type {cfg.dataset_type!r}; allowed: {', '.join(DATASETS)}")
-    if cfg.fit_on not in FIT_ON:
-        raise UserError(f"unknown fit_on {cfg.fit_on!r}; allowed: {', '.join(FIT_ON)}")
-    c = {
-        "kinds": skip_kind_list(cfg),
-        "dims": int_list(cfg, "dims", 1),
-        "classes": int_list(cfg, "num_classes", 2),
-        "depths": int_list(cfg, "n_blocks", 1),
-        "seeds": seed_list(cfg),
-        "train": train_config_from(cfg),
-        "device": resolve_device(cfg.device),
-        "data": {},
-    }
+@dataclass
+class Config(SmallTraining):
+    dataset_type: str
+    dims: list[int]
+    num_classes: list[int]
+    n_blocks: list[int]
+    skip_kinds: list[str]
+    seeds: int
+    seed: int
+    n_samples: int
+    test_fraction: float
+    noise: Optional[float]
+    separation: float
+    clusters_per_class: int
+    fit_on: str
+    hidden_mult: float
+    activation: str
+    skip: SkipOptions
+    device: str
+
+    def check(self) -> None:
+        self.check_training()
+        choice("dataset_type", self.dataset_type, DATASETS)
+        choice("fit_on", self.fit_on, FIT_ON)
+        self.skip_kinds = skip_kinds("skip_kinds", self.skip_kinds)
+        self.dims = ints_at_least("dims", self.dims, 1)
+        self.num_classes = ints_at_least("num_classes", self.num_classes, 2)
+        self.n_blocks = ints_at_least("n_blocks", self.n_blocks, 1)
+        require(self.seeds >= 1, "seeds", "an integer >= 1", self.seeds)
+        require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        require(self.hidden_mult > 0, "hidden_mult", "a number > 0", self.hidden_mult)
+
+
+def prepare(cfg: Config) -> dict:
+    """Every dataset built and every model option tried, before anything is written."""
+    c = {"kinds": cfg.skip_kinds, "dims": cfg.dims, "classes": cfg.num_classes, "depths": cfg.n_blocks,
+         "seeds": list(range(cfg.seed, cfg.seed + cfg.seeds)), "train": cfg.train_config(),
+         "device": resolve_device(cfg.device), "data": {}}
     for d in c["dims"]:
         for k in c["classes"]:
             try:
@@ -70,22 +94,7 @@ def check_config(cfg: DictConfig) -> dict:
     return c
 
 
-@torch.no_grad()
-def fit_blocks(model, X) -> dict:
-    """Per block of one trained model (eval mode), on inputs X (N, d): Procrustes and
-    linear-fit residuals, and the distances of Q_i from I and from the skip W_i; lists of
-    length m."""
-    rows = block_procrustes(model, X)
-    linear = [linear_fit_residual(z, block(z)) for block, z in zip(model.blocks, block_inputs(model, X))]
-    return {
-        "procrustes_residual": [r["procrustes_residual"] for r in rows],
-        "linear_residual": linear,
-        "procrustes_identity_distance": [r["procrustes_identity_distance"] for r in rows],
-        "procrustes_skip_distance": [r["procrustes_skip_distance"] for r in rows],
-    }
-
-
-def run_point(c: dict, cfg: DictConfig, kind: str, d: int, k: int, m: int) -> dict:
+def run_point(c: dict, cfg: Config, kind: str, d: int, k: int, m: int) -> dict:
     """Train the seeds of one grid point; fit every block before and after training."""
     data = c["data"][(d, k)]
     stack = SeedStack.build(c["factory"](d, m, k, kind), c["seeds"]).to(c["device"])
@@ -95,7 +104,7 @@ def run_point(c: dict, cfg: DictConfig, kind: str, d: int, k: int, m: int) -> di
         result = train_small_classifier(stack, data.X_train, data.y_train, c["train"], data.X_test, data.y_test,
                                         desc=f"{kind} d={d} k={k} m={m}")
     except Diverged as err:
-        raise UserError(f"{kind} d={d} num_classes={k} m={m}: {err}") from None
+        raise Diverged(f"{kind} d={d} num_classes={k} m={m}: {err}") from None
     fits = [fit_blocks(stack.model(s).cpu().eval(), X) for s in range(len(stack))]
     per_seed = {key: [f[key] for f in fits] for key in fits[0]}  # key -> (S, m)
     per_seed["procrustes_residual_at_init"] = at_init
@@ -161,34 +170,52 @@ def draw(c: dict, rows: list[dict], run_dir: Path) -> list[str]:
     return files
 
 
-@hydra_app("construction_validity")
-def main(cfg: DictConfig, run_dir: Path) -> dict:
-    c = check_config(cfg)
-    check_fresh_run_dir(run_dir)
-    save_config(cfg, run_dir)
+def report(cfg: Config, rows: list[dict], table: dict, figures: list[str]) -> dict:
+    kinds = [{"kind": k, **t} for k, t in table.items()]
+    return {
+        "title": f"Are trained blocks close to orthogonal maps? ({cfg.dataset_type}, fitted on {cfg.fit_on} data)",
+        "question": "is each trained block h_i close to an orthogonal map (relative Procrustes residual near 0)?",
+        "tables": [
+            {"caption": "per skip kind: means over the grid", "columns": [
+                column("kind", "skip kind"), column("procrustes_residual_mean", "Procrustes residual"),
+                column("procrustes_residual_at_init_mean", "Procrustes residual at init"),
+                column("linear_residual_mean", "linear-fit residual"), column("test_acc", "test accuracy", "%")],
+             "rows": kinds},
+            {"caption": "per grid point: means over seeds and blocks", "columns": [
+                column("kind", "skip kind"), column("dim", "d"), column("num_classes", "classes"),
+                column("n_blocks", "blocks m"), column("procrustes_residual_mean", "Procrustes residual"),
+                column("procrustes_residual_seed_sd", "std over seeds"),
+                column("linear_residual_mean", "linear-fit residual"),
+                column("procrustes_identity_distance_mean", "||Q_i - I||_F")],
+             "rows": rows},
+        ],
+        "verdict": verdict(table),
+        "figures": figures,
+    }
+
+
+def run(cfg: Config, rd: RunDir) -> dict:
+    c = prepare(cfg)
+    rd.start(cfg)
+    rd.device = c["device"]
     grid = [(kind, d, k, m) for kind in c["kinds"] for d in c["dims"] for k in c["classes"] for m in c["depths"]]
     rows = [run_point(c, cfg, *point) for point in progress_bar(grid, enabled=cfg.progress, desc="grid")]
+    table = by_kind(rows, c["kinds"])
     summary = {
         "question": "is each trained block h_i close to an orthogonal map (relative Procrustes residual near 0)?",
         "dataset_type": cfg.dataset_type,
         "fit_on": cfg.fit_on,
-        "by_kind": {
-            kind: {
-                "procrustes_residual_mean": float(np.mean([r["procrustes_residual_mean"] for r in rows if r["kind"] == kind])),
-                "linear_residual_mean": float(np.mean([r["linear_residual_mean"] for r in rows if r["kind"] == kind])),
-                "procrustes_residual_at_init_mean": float(np.mean([r["procrustes_residual_at_init_mean"]
-                                                                   for r in rows if r["kind"] == kind])),
-                "test_acc_mean": float(np.mean([np.mean(r["test_acc"]) for r in rows if r["kind"] == kind])),
-            }
-            for kind in c["kinds"]
-        },
+        "by_kind": {kind: {**{k: v for k, v in t.items() if k != "test_acc"}, "test_acc_mean": t["test_acc"]}
+                    for kind, t in table.items()},
         "grid": rows,
         "train_time_s": sum(r["train_time_s"] for r in rows),
     }
-    summary["figures"] = draw(c, rows, run_dir)
-    write_json(run_dir / "summary.json", summary)  # last: its presence means a finished run
+    summary["figures"] = draw(c, rows, rd.path)
+    summary["report"] = report(cfg, rows, table, summary["figures"])
     return summary
 
 
+main = App("construction_validity", Config, run)
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,38 +15,61 @@ the Procrustes fit of the block.
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
-from omegaconf import DictConfig
 
 from ..data.synthetic import make_synthetic
 from ..diagnostics import block_inputs, block_procrustes, branch_lipschitz, skip_diagnostics
-from ..runs import UserError, hydra_app, progress_bar, resolve_device, save_config, write_json
 from ..models.stack import SeedStack
-from ._common import check_fresh_run_dir, config_number, residual_mlp_factory, skip_kind_list, train_config_from
-from ..train.small import train_small_classifier
+from ..rundir import RunDir, column
+from ..runs import UserError, progress_bar, resolve_device
 from ..train.classifier import Diverged
+from ..train.small import train_small_classifier
+from ._app import App, SkipOptions, SmallTraining, choice, require, residual_mlp_factory, skip_kinds
 
 DATASETS = ("moons", "circles", "blobs", "classification")
 
 
-def check_config(cfg: DictConfig) -> dict:
-    """Every value checked, and the data built, before anything is written."""
-    if cfg.dataset_type not in DATASETS:
-        raise UserError(f"unknown dataset_type {cfg.dataset_type!r}; allowed: {', '.join(DATASETS)} (2-D data)")
-    c = {
-        "kinds": skip_kind_list(cfg),
-        "n_blocks": config_number(cfg, "n_blocks", 1, integer=True),
-        "seed": config_number(cfg, "seed", 0, integer=True),
-        "grid_lines": config_number(cfg, "grid_lines", 2, integer=True),
-        "region_grid": config_number(cfg, "region_grid", 2, integer=True),
-        "train": train_config_from(cfg),
-        "device": resolve_device(cfg.device),
-    }
+@dataclass
+class Config(SmallTraining):
+    dataset_type: str
+    skip_kinds: list[str]
+    n_blocks: int
+    n_samples: int
+    test_fraction: float
+    noise: Optional[float]
+    num_classes: int
+    seed: int
+    hidden_mult: float
+    activation: str
+    skip: SkipOptions
+    grid_lines: int
+    region_grid: int
+    device: str
+
+    def check(self) -> None:
+        self.check_training()
+        choice("dataset_type", self.dataset_type, DATASETS)
+        self.skip_kinds = skip_kinds("skip_kinds", self.skip_kinds)
+        require(self.n_blocks >= 1, "n_blocks", "an integer >= 1", self.n_blocks)
+        require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        require(self.grid_lines >= 2, "grid_lines", "an integer >= 2", self.grid_lines)
+        require(self.region_grid >= 2, "region_grid", "an integer >= 2", self.region_grid)
+        require(self.hidden_mult > 0, "hidden_mult", "a number > 0", self.hidden_mult)
+
+
+def prepare(cfg: Config) -> dict:
+    """The data, the model factories and the training config, built before anything is
+    written (a dataset or model option the library refuses is one line)."""
+    c = {"kinds": cfg.skip_kinds, "n_blocks": cfg.n_blocks, "seed": cfg.seed, "grid_lines": cfg.grid_lines,
+         "region_grid": cfg.region_grid, "train": cfg.train_config(), "device": resolve_device(cfg.device)}
     try:
         c["data"] = make_synthetic(cfg.dataset_type, n_samples=cfg.n_samples, dim=2, num_classes=cfg.num_classes,
-                                   test_fraction=cfg.test_fraction, noise=cfg.noise, seed=c["seed"])
+                                   test_fraction=cfg.test_fraction, noise=cfg.noise, seed=cfg.seed)
     except (TypeError, ValueError) as err:
         raise UserError(f"dataset_type={cfg.dataset_type}: {err}") from None
     c["factories"] = {k: residual_mlp_factory(cfg, 2, c["n_blocks"], c["data"].num_classes, k) for k in c["kinds"]}
@@ -61,7 +84,7 @@ def run_kind(c: dict, kind: str) -> tuple[dict, torch.nn.Module]:
         result = train_small_classifier(stack, data.X_train, data.y_train, c["train"], data.X_test, data.y_test,
                                         desc=kind)
     except Diverged as err:
-        raise UserError(f"{kind}: {err}") from None
+        raise Diverged(f"{kind}: {err}") from None
     model = stack.model(0).cpu().eval()
     blocks = [
         {**{k: v for k, v in skip.items() if k != "name"}, **lip, **fit}
@@ -114,11 +137,37 @@ def draw(c: dict, rows: list[dict], models: dict, run_dir: Path) -> list[str]:
     return [savefig(fig, run_dir / "synthetic_blocks.png").name]
 
 
-@hydra_app("orth_residual_synthetic_data")
-def main(cfg: DictConfig, run_dir: Path) -> dict:
-    c = check_config(cfg)
-    check_fresh_run_dir(run_dir)
-    save_config(cfg, run_dir)
+def report(cfg: Config, rows: list[dict], figures: list[str]) -> dict:
+    table = [{"kind": r["kind"], "train_acc": r["train_acc"], "test_acc": r["test_acc"],
+              "test_loss": r["test_loss"],
+              "identity_distance": None if r["blocks"][0].get("identity_distance") is None else
+              sum(b["identity_distance"] for b in r["blocks"]) / len(r["blocks"]),
+              "procrustes": sum(b["procrustes_residual"] for b in r["blocks"]) / len(r["blocks"])} for r in rows]
+    best = max(table, key=lambda t: t["test_acc"])
+    ties = [t["kind"] for t in table if t["test_acc"] == best["test_acc"]]
+    verdict = (f"on {cfg.dataset_type} with {cfg.n_blocks} block(s), {' and '.join(ties)} reach(es) the best test "
+               f"accuracy, {best['test_acc']:.1f}%; " +
+               ", ".join(f"{t['kind']} {t['test_acc']:.1f}%" for t in table if t["kind"] not in ties) +
+               ("; " if len(ties) < len(table) else "") +
+               f"its blocks sit a mean relative Procrustes residual of {best['procrustes']:.2f} from an orthogonal map.")
+    return {
+        "title": f"What each block of a 2-D residual classifier does ({cfg.dataset_type})",
+        "question": "how do the skip, the residual branch and the whole block move the data, per skip kind?",
+        "tables": [{"caption": "per skip kind (one seed)",
+                    "columns": [column("kind", "skip kind"), column("train_acc", "train accuracy", "%"),
+                                column("test_acc", "test accuracy", "%"), column("test_loss", "test loss", "nats"),
+                                column("identity_distance", "mean ||W_i - I||_F"),
+                                column("procrustes", "mean relative Procrustes residual")],
+                    "rows": table}],
+        "verdict": verdict,
+        "figures": figures,
+    }
+
+
+def run(cfg: Config, rd: RunDir) -> dict:
+    c = prepare(cfg)
+    rd.start(cfg)
+    rd.device = c["device"]
     rows, models = [], {}
     for kind in progress_bar(c["kinds"], enabled=cfg.progress, desc="skip kinds"):
         row, models[kind] = run_kind(c, kind)
@@ -129,10 +178,12 @@ def main(cfg: DictConfig, run_dir: Path) -> dict:
         "accuracy": {r["kind"]: {"train_acc": r["train_acc"], "test_acc": r["test_acc"]} for r in rows},
         "kinds": rows,
     }
-    summary["figures"] = draw(c, rows, models, run_dir)
-    write_json(run_dir / "summary.json", summary)  # last: its presence means a finished run
+    summary["figures"] = draw(c, rows, models, rd.path)
+    summary["report"] = report(cfg, rows, summary["figures"])
     return summary
 
 
+main = App("orth_residual_synthetic_data", Config, run)
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,46 +20,94 @@ Writes config.yaml, summary.json, trajectories.npz and figures into the run dir.
 from __future__ import annotations
 
 import math
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
-from scipy.stats import spearmanr
 
-from ..maths import construction as cons
-from ..maths import orthogonal as orth
+from ..analysis.depth import answer, by_depth, measure_blocks, verdict
 from ..data.synthetic import make_synthetic
-from ..runs import UserError, hydra_app, progress_bar, resolve_device, save_config, write_json
+from ..diagnostics import skip_matrices
 from ..models.stack import SeedStack
-from ..diagnostics import branch_lipschitz_bounds, branch_lipschitz_empirical, skip_matrices
-from ._common import check_fresh_run_dir, config_number, int_list, seed_list, residual_mlp_factory, train_config_from
-from ..train.small import steps_per_epoch, train_small_classifier
+from ..rundir import RunDir, column
+from ..runs import UserError, progress_bar, resolve_device
 from ..train.classifier import Diverged
+from ..train.small import steps_per_epoch, train_small_classifier
+from ._app import App, SkipOptions, SmallTraining, ints_at_least, number, one_of, require, residual_mlp_factory
 
 DATASETS = ("blobs", "parity")
 MATRIX_KINDS = ("learnable_orth", "fixed_orth", "linear", "random", "scalar", "idempotent")
 SERIES = ("identity_distance", "lipschitz_bound", "lipschitz_empirical", "orth_error", "det_sign")
 
 
-def check_config(cfg: DictConfig) -> dict:
-    """Every value checked, and every dataset built, before anything is written."""
-    datasets = cfg.datasets
-    if not OmegaConf.is_list(datasets) or len(datasets) == 0 or any(d not in DATASETS for d in datasets):
-        raise UserError(f"datasets must be a non-empty list of: {', '.join(DATASETS)}; got {datasets!r}")
-    if cfg.skip.kind not in MATRIX_KINDS:
-        raise UserError(f"skip.kind={cfg.skip.kind!r} has no matrix W_i to compare with I; allowed: {', '.join(MATRIX_KINDS)}")
+@dataclass
+class BlobsConfig:
+    num_classes: int
+    clusters_per_class: int
+    separation: float
+    noise: float
+
+
+@dataclass
+class ParityConfig:
+    num_classes: int
+    bits: int
+    noise: float
+
+
+@dataclass
+class Skip(SkipOptions):
+    kind: str
+
+
+@dataclass
+class Config(SmallTraining):
+    datasets: list[str]
+    dims: list[int]
+    n_blocks: list[int]
+    seeds: int
+    seed: int
+    n_samples: int
+    test_fraction: float
+    blobs: BlobsConfig
+    parity: ParityConfig
+    hidden_mult: float
+    activation: str
+    skip: Skip
+    log_points: int
+    lipschitz_points: int
+    slope_fraction: float
+    pca_grid: int
+    device: str
+
+    def check(self) -> None:
+        self.check_training()
+        self.datasets = one_of("datasets", self.datasets, DATASETS)
+        if self.skip.kind not in MATRIX_KINDS:
+            raise UserError(f"skip.kind={self.skip.kind!r} has no matrix W_i to compare with I; "
+                            f"allowed: {', '.join(MATRIX_KINDS)}")
+        self.dims = ints_at_least("dims", self.dims, 2)
+        self.n_blocks = ints_at_least("n_blocks", self.n_blocks, 1)
+        require(self.seeds >= 1, "seeds", "an integer >= 1", self.seeds)
+        require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        require(self.parity.bits >= 1, "parity.bits", "an integer >= 1", self.parity.bits)
+        require(self.log_points >= 1, "log_points", "an integer >= 1", self.log_points)
+        require(self.lipschitz_points >= 1, "lipschitz_points", "an integer >= 1", self.lipschitz_points)
+        require(self.pca_grid >= 2, "pca_grid", "an integer >= 2", self.pca_grid)
+        number("slope_fraction", self.slope_fraction, 0)
+        require(self.hidden_mult > 0, "hidden_mult", "a number > 0", self.hidden_mult)
+
+
+def prepare(cfg: Config) -> dict:
+    """The data of every (dataset, d), the model factory and the training config, built
+    before anything is written."""
     c = {
-        "datasets": list(dict.fromkeys(datasets)),
-        "dims": int_list(cfg, "dims", 2),
-        "depths": int_list(cfg, "n_blocks", 1),
-        "seeds": seed_list(cfg),
-        "log_points": config_number(cfg, "log_points", 1, integer=True),
-        "lipschitz_points": config_number(cfg, "lipschitz_points", 1, integer=True),
-        "pca_grid": config_number(cfg, "pca_grid", 2, integer=True),
-        "slope_fraction": config_number(cfg, "slope_fraction", 0),
-        "train": train_config_from(cfg),
-        "device": resolve_device(cfg.device),
+        "datasets": cfg.datasets, "dims": cfg.dims, "depths": cfg.n_blocks,
+        "seeds": list(range(cfg.seed, cfg.seed + cfg.seeds)), "log_points": cfg.log_points,
+        "lipschitz_points": cfg.lipschitz_points, "pca_grid": cfg.pca_grid, "slope_fraction": cfg.slope_fraction,
+        "train": cfg.train_config(), "device": resolve_device(cfg.device),
     }
     c["data"] = {(ds, d): make_data(cfg, ds, d) for ds in c["datasets"] for d in c["dims"]}
     c["factory"] = lambda d, m, k: residual_mlp_factory(cfg, d, m, k, cfg.skip.kind)
@@ -68,7 +116,7 @@ def check_config(cfg: DictConfig) -> dict:
     return c
 
 
-def make_data(cfg: DictConfig, dataset: str, dim: int):
+def make_data(cfg: Config, dataset: str, dim: int):
     common = dict(n_samples=cfg.n_samples, dim=dim, test_fraction=cfg.test_fraction, seed=cfg.seed)
     try:
         if dataset == "blobs":
@@ -76,26 +124,11 @@ def make_data(cfg: DictConfig, dataset: str, dim: int):
             return make_synthetic("blobs", num_classes=b.num_classes, clusters_per_class=b.clusters_per_class,
                                   separation=b.separation, noise=b.noise, **common)
         p = cfg.parity
-        if isinstance(p.bits, bool) or not isinstance(p.bits, int) or p.bits < 1:
-            raise UserError(f"parity.bits must be an integer >= 1; got {p.bits!r}")
         return make_synthetic("parity", num_classes=p.num_classes, parity_bits=min(p.bits, dim), noise=p.noise, **common)
     except UserError:
         raise
     except (TypeError, ValueError) as err:
         raise UserError(f"{dataset} (d={dim}): {err}") from None
-
-
-def measure_blocks(stack: SeedStack, X_lip: torch.Tensor) -> dict:
-    """Per seed and block, (S, L) each: ||W_i - I||_F, ||W_i^T W_i - I||_F, sign det W_i and
-    the two Lipschitz estimates of the branch f_i."""
-    W = skip_matrices(stack)  # (S, L, n, n) float64
-    return {
-        "identity_distance": orth.identity_distance(W),
-        "orth_error": orth.orth_error(W),
-        "det_sign": torch.linalg.slogdet(W).sign,
-        "lipschitz_bound": branch_lipschitz_bounds(stack),
-        "lipschitz_empirical": branch_lipschitz_empirical(stack, X_lip),
-    }
 
 
 def run_one(c: dict, dataset: str, dim: int, depth: int) -> tuple[dict, dict, SeedStack]:
@@ -113,7 +146,7 @@ def run_one(c: dict, dataset: str, dim: int, depth: int) -> tuple[dict, dict, Se
             desc=f"{dataset} d={dim} m={depth}",
         )
     except Diverged as err:
-        raise UserError(f"{dataset} d={dim} m={depth}: {err}") from None
+        raise Diverged(f"{dataset} d={dim} m={depth}: {err}") from None
     travelled = torch.linalg.matrix_norm(skip_matrices(stack) - W_init)  # ||W_end - W_init||_F, (S, L)
     hist = result["history"]
     traj = {"steps": np.array([h["step"] for h in hist])}
@@ -135,66 +168,6 @@ def run_one(c: dict, dataset: str, dim: int, depth: int) -> tuple[dict, dict, Se
         "orth_error_max": float(traj["orth_error"].max()),
     }
     return row, traj, stack
-
-
-def _mean_sd(per_seed: np.ndarray) -> tuple[float, float]:
-    return float(per_seed.mean()), float(per_seed.std())
-
-
-def by_depth(rows: list[dict]) -> list[dict]:
-    """Per (dataset, d, m): the mean over blocks of each seed's final (and initial)
-    ||W_i - I||_F, then mean and std over seeds; also divided by sqrt(2 d), the
-    root-mean-square ||W - I||_F of a Haar-random W (E tr W = 0), so dimensions compare."""
-    out = []
-    for r in rows:
-        fin = np.asarray(r["final_identity_distance"]).mean(1)  # (S,)
-        ini = np.asarray(r["initial_identity_distance"]).mean(1)
-        haar = math.sqrt(2 * r["dim"])
-        out.append({
-            "dataset": r["dataset"], "dim": r["dim"], "n_blocks": r["n_blocks"],
-            "final_identity_distance_mean": _mean_sd(fin)[0], "final_identity_distance_sd": _mean_sd(fin)[1],
-            "initial_identity_distance_mean": _mean_sd(ini)[0],
-            "final_relative_to_haar": _mean_sd(fin)[0] / haar,
-            "moved_towards_identity": _mean_sd(ini)[0] - _mean_sd(fin)[0],
-            "travelled_mean": float(np.mean(r["travelled"])),
-            "final_lipschitz_bound_mean": float(np.mean(r["final_lipschitz_bound"])),
-            "final_lipschitz_empirical_mean": float(np.mean(r["final_lipschitz_empirical"])),
-            "negative_det_count": int((np.asarray(r["final_det_sign"]) < 0).sum()),
-            "test_acc_mean": float(np.mean(r["test_acc"])), "test_acc_sd": float(np.std(r["test_acc"])),
-        })
-    return out
-
-
-def answer(table: list[dict], rows: list[dict], fraction: float) -> dict:
-    """Per dataset and d: does the mean final ||W_i - I||_F shrink with depth m like
-    log(m)/m? Counted as approaching I when its log-log slope against m is at most
-    ``fraction`` times the slope of log(m)/m over the same depths (so it decays at least
-    that fraction of the theorem's rate). And how does ||W_i - I||_F go with Lip(f_i),
-    over all blocks, seeds and depths (Spearman's rank correlation)?"""
-    out = {}
-    for key in sorted({(t["dataset"], t["dim"]) for t in table}):
-        ts = sorted((t for t in table if (t["dataset"], t["dim"]) == key), key=lambda t: t["n_blocks"])
-        ms = [t["n_blocks"] for t in ts]
-        dist = [t["final_identity_distance_mean"] for t in ts]
-        slope = cons.loglog_slope(ms, dist)
-        ref = cons.loglog_slope(ms, [cons.reference_rate(m) for m in ms])
-        rs = [r for r in rows if (r["dataset"], r["dim"]) == key]
-        w = np.concatenate([np.ravel(r["final_identity_distance"]) for r in rs])
-        lip = np.concatenate([np.ravel(r["final_lipschitz_empirical"]) for r in rs])
-        rho = spearmanr(w, lip).statistic if len(w) > 2 and np.ptp(w) > 0 and np.ptp(lip) > 0 else None
-        out[f"{key[0]}/d={key[1]}"] = {
-            "dataset": key[0], "dim": key[1], "n_blocks": ms,
-            "final_identity_distance_mean": dist,
-            "final_relative_to_haar": [t["final_relative_to_haar"] for t in ts],
-            "loglog_slope_vs_depth": slope,
-            "reference_slope_log_m_over_m": ref,
-            "approaches_identity_with_depth": None if slope is None or ref is None else bool(slope <= fraction * ref),
-            "spearman_identity_distance_vs_lipschitz": None if rho is None else float(rho),
-        }
-    return out
-
-
-# --------------------------------------------------------------------------- figures
 
 
 def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict, run_dir: Path) -> list[str]:
@@ -280,36 +253,67 @@ def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict
     return files
 
 
-@hydra_app("orth_to_id")
-def main(cfg: DictConfig, run_dir: Path) -> dict:
-    c = check_config(cfg)
-    check_fresh_run_dir(run_dir)
-    save_config(cfg, run_dir)
+def report(cfg: Config, table: list[dict], ans: dict, figures: list[str]) -> dict:
+    rows = [{**a, "setting": key, "slope": a["loglog_slope_vs_depth"], "ref": a["reference_slope_log_m_over_m"],
+             "approaches": a["approaches_identity_with_depth"], "rho": a["spearman_identity_distance_vs_lipschitz"]}
+            for key, a in ans.items()]
+    return {
+        "title": f"Do trained {cfg.skip.kind} skips approach I as depth grows? ({cfg.skip.init} start)",
+        "question": "do the skip matrices W_i of a trained residual net approach I as the depth m grows?",
+        "tables": [
+            {"caption": "per (dataset, d, m): means over seeds of the mean over blocks",
+             "columns": [column("dataset", "dataset"), column("dim", "d"), column("n_blocks", "blocks m"),
+                         column("initial_identity_distance_mean", "||W_i - I||_F at start"),
+                         column("final_identity_distance_mean", "||W_i - I||_F at end"),
+                         column("final_relative_to_haar", "end / Haar mean sqrt(2d)"),
+                         column("final_lipschitz_empirical_mean", "Lip(f_i) on data"),
+                         column("negative_det_count", "det W_i < 0", "blocks"),
+                         column("test_acc_mean", "test accuracy", "%")],
+             "rows": table},
+            {"caption": f"per (dataset, d): log-log slope against m (approaches I: slope <= {cfg.slope_fraction:g} "
+                        "x the slope of log(m)/m)",
+             "columns": [column("setting", "dataset, d"), column("n_blocks", "depths m"),
+                         column("slope", "slope of final ||W_i - I||_F"), column("ref", "slope of log(m)/m"),
+                         column("approaches", "approaches I"),
+                         column("rho", "Spearman rho (||W_i - I||_F vs Lip(f_i))")],
+             "rows": rows},
+        ],
+        "verdict": verdict(ans, cfg.slope_fraction),
+        "figures": figures,
+    }
+
+
+def run(cfg: Config, rd: RunDir) -> dict:
+    c = prepare(cfg)
+    rd.start(cfg)
+    rd.device = c["device"]
     rows, trajs, models = [], {}, {}
     grid = [(ds, d, m) for ds in c["datasets"] for d in c["dims"] for m in c["depths"]]
-    bar = progress_bar(grid, enabled=cfg.progress, desc="orth_to_id")
-    for ds, d, m in bar:
+    for ds, d, m in progress_bar(grid, enabled=cfg.progress, desc="orth_to_id"):
         row, traj, stack = run_one(c, ds, d, m)
         rows.append(row)
         trajs[(ds, d, m)] = traj
         if m == max(c["depths"]):
             models[(ds, d)] = stack.model(0).cpu().eval()
     table = by_depth(rows)
-    np.savez_compressed(run_dir / "trajectories.npz", **{
+    np.savez_compressed(rd.path / "trajectories.npz", **{
         f"{ds}/d={d}/m={m}/{k}": v for (ds, d, m), t in trajs.items() for k, v in t.items()})
+    ans = answer(table, rows, c["slope_fraction"])
     summary = {
         "question": "do the skip matrices W_i of a trained residual net approach I as the depth m grows?",
         "skip": {"kind": cfg.skip.kind, "method": cfg.skip.method, "init": cfg.skip.init, "special": cfg.skip.special},
-        "answer": answer(table, rows, c["slope_fraction"]),
+        "answer": ans,
         "by_depth": table,
         "runs": rows,
         "orth_error_max": max(r["orth_error_max"] for r in rows),
         "train_time_s": sum(r["train_time_s"] for r in rows),
     }
-    summary["figures"] = draw(c, rows, trajs, table, models, run_dir)
-    write_json(run_dir / "summary.json", summary)  # last: its presence means a finished run
+    summary["figures"] = draw(c, rows, trajs, table, models, rd.path)
+    summary["report"] = report(cfg, table, ans, summary["figures"])
     return summary
 
 
+main = App("orth_to_id", Config, run)
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

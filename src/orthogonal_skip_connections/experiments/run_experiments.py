@@ -4,111 +4,212 @@
         model.skip_kind=learnable_orth dataset=cifar100
     osc run_experiments dataset=digits model.model_type=resnet20 scheduler.epochs=2
 
-Writes config.yaml, metrics.jsonl, checkpoint.pt and summary.json into the run dir.
+Writes config.yaml, run.json, metrics.jsonl, checkpoint.pt and summary.json into the run
+dir; ``resume=true`` continues an unfinished run from its checkpoint.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+from dataclasses import asdict, dataclass
+from typing import Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from ..data.vision import load_image_data
+from ..data.vision import DATASETS, load_image_data
 from ..models import get_model
-from ..runs import UserError, hydra_app, read_json, resolve_device, save_config
-from ..train.classifier import (
-    CHECKPOINT,
-    SUMMARY,
-    Diverged,
-    TensorBoardSink,
-    TrainConfig,
-    WandbSink,
-    train_classifier,
-)
+from ..models.resnet import RESNETS
+from ..rundir import RunDir, column
+from ..runs import UserError, resolve_device
+from ..skips import DEFAULT_METHOD, skip
+from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_classifier
+from ._app import App, choice, require
 
 WANDB_MODES = ("disabled", "offline", "online")
 
 
-def train_config(cfg: DictConfig) -> TrainConfig:
-    o, s = cfg.optimizer, cfg.scheduler
-    return TrainConfig(
-        epochs=int(s.epochs), batch_size=int(cfg.batch_size), optimizer=o.name, lr=float(o.lr),
-        momentum=float(o.momentum), nesterov=bool(o.nesterov), weight_decay=float(o.weight_decay),
-        decay_norms_and_biases=bool(o.decay_norms_and_biases), schedule=s.name,
-        warmup_epochs=float(s.warmup_epochs), milestones=[int(m) for m in s.milestones], gamma=float(s.gamma),
-        label_smoothing=float(cfg.label_smoothing), mixup_alpha=float(cfg.mixup_alpha),
-        grad_clip=float(cfg.grad_clip),
-        upkeep_momentum=None if o.upkeep_momentum is None else float(o.upkeep_momentum),
-        amp=cfg.amp, channels_last=bool(cfg.channels_last), eval_every=int(cfg.eval_every),
-        seed=int(cfg.seed), progress=bool(cfg.progress),
-    )
+@dataclass
+class ModelConfig:
+    model_type: str
+    stem: str
+    skip_kind: str
+    method: Optional[str]
+    update_rule: Optional[str]
+    update_rule_iters: Optional[int]
+    init: str
+    special: bool
+    rank_fraction: float
+    lr_scale: float
+    zero_init_residual: bool
+
+    def skip_options(self) -> dict:
+        """The skip options; None means "the kind's default"."""
+        opts = {"method": self.method, "update_rule": self.update_rule, "update_rule_iters": self.update_rule_iters,
+                "init": self.init, "special": self.special, "rank_fraction": self.rank_fraction,
+                "lr_scale": self.lr_scale}
+        return {k: v for k, v in opts.items() if v is not None}
+
+    @property
+    def orth_method(self) -> str | None:
+        """The learnable_orth method (its original name ``update_rule`` accepted)."""
+        if self.skip_kind != "learnable_orth":
+            return None
+        return self.method or self.update_rule or DEFAULT_METHOD
 
 
-def skip_options(m: DictConfig) -> dict:
-    """The model's skip options; None means "the kind's default"."""
-    opts = {
-        "method": m.method, "update_rule": m.update_rule, "update_rule_iters": m.update_rule_iters,
-        "init": m.init, "special": m.special, "rank_fraction": m.rank_fraction, "lr_scale": m.lr_scale,
+@dataclass
+class OptimizerConfig:
+    name: str
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    decay_norms_and_biases: bool
+    upkeep_momentum: Optional[float]
+
+
+@dataclass
+class SchedulerConfig:
+    name: str
+    epochs: int
+    warmup_epochs: float
+    milestones: list[int]
+    gamma: float
+
+
+@dataclass
+class DatasetConfig:
+    name: str
+
+
+@dataclass
+class DataConfig:
+    root: Optional[str]
+    download: bool
+    augment: bool
+
+
+@dataclass
+class WandbConfig:
+    mode: str
+    project: str
+
+
+@dataclass
+class Config:
+    model: ModelConfig
+    dataset: DatasetConfig
+    batch_size: int
+    optimizer: OptimizerConfig
+    scheduler: SchedulerConfig
+    label_smoothing: float
+    mixup_alpha: float
+    grad_clip: float
+    amp: str
+    channels_last: bool
+    eval_every: int
+    data: DataConfig
+    seed: int
+    device: str
+    num_threads: Optional[int]
+    resume: bool
+    progress: bool
+    tensorboard: bool
+    wandb: WandbConfig
+
+    def train_config(self) -> TrainConfig:
+        o, s = self.optimizer, self.scheduler
+        return TrainConfig(
+            epochs=s.epochs, batch_size=self.batch_size, optimizer=o.name, lr=o.lr, momentum=o.momentum,
+            nesterov=o.nesterov, weight_decay=o.weight_decay, decay_norms_and_biases=o.decay_norms_and_biases,
+            schedule=s.name, warmup_epochs=s.warmup_epochs, milestones=list(s.milestones), gamma=s.gamma,
+            label_smoothing=self.label_smoothing, mixup_alpha=self.mixup_alpha, grad_clip=self.grad_clip,
+            upkeep_momentum=o.upkeep_momentum, amp=self.amp, channels_last=self.channels_last,
+            eval_every=self.eval_every, seed=self.seed, progress=self.progress,
+        )
+
+    def check(self) -> None:
+        try:
+            self.train_config().validate()
+        except UserError as err:  # name the key as the user wrote it
+            msg = str(err)
+            for short, full in (("lr ", "optimizer.lr "), ("epochs ", "scheduler.epochs ")):
+                msg = msg.replace(short, full, 1) if msg.startswith(short) else msg
+            raise UserError(msg) from None
+        choice("dataset", self.dataset.name, DATASETS)
+        choice("model.model_type", self.model.model_type, RESNETS)
+        choice("wandb.mode", self.wandb.mode, WANDB_MODES)
+        require(self.num_threads is None or self.num_threads >= 1, "num_threads", "an integer >= 1 or null",
+                self.num_threads)
+        require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        try:
+            skip(self.model.skip_kind, **self.model.skip_options())
+        except (TypeError, ValueError) as err:
+            raise UserError(str(err)) from None
+        resolve_device(self.device)
+
+    def labels(self) -> dict:
+        """What a report groups this run by (run.json)."""
+        m = self.model
+        variant = m.skip_kind if m.orth_method is None else \
+            f"{m.skip_kind}/{m.orth_method}" + ("/haar" if m.init == "haar" else "")
+        return {"task": f"{self.dataset.name}/{m.model_type}", "dataset": self.dataset.name,
+                "model_type": m.model_type, "variant": variant, "skip_kind": m.skip_kind,
+                "method": m.orth_method or "", "init": m.init if m.skip_kind == "learnable_orth" else "",
+                "seed": self.seed, "planned_epochs": self.scheduler.epochs, "batch_size": self.batch_size,
+                "lr": self.optimizer.lr}
+
+
+def report(cfg: Config, s: dict) -> dict:
+    labels = cfg.labels()
+    moved = s.get("skip_identity_distance_mean")
+    verdict = (f"{labels['variant']} skips on {labels['task']}: test accuracy {s['test_acc']:.2f}% after "
+               f"{s['epochs']} epochs (best {s['best_test_acc']:.2f}%)")
+    verdict += "." if moved is None else f"; the skip matrices end a mean ||W - I||_F = {moved:.3g} from I."
+    return {
+        "title": f"{labels['task']} with {labels['variant']} skips, seed {cfg.seed}",
+        "question": "how accurate is this classifier with this skip kind, and how far do its skips move from I?",
+        "tables": [{
+            "caption": "final numbers",
+            "columns": [column("test_acc", "test accuracy", "%"), column("best_test_acc", "best test accuracy", "%"),
+                        column("test_loss", "test loss", "nats"), column("epochs", "epochs", ""),
+                        column("train_time_s", "training time", "s"),
+                        column("skip_identity_distance_mean", "mean ||W - I||_F", ""),
+                        column("skip_orth_error_max", "max ||W^T W - I||_F", "")],
+            "rows": [{k: s.get(k) for k in ("test_acc", "best_test_acc", "test_loss", "epochs", "train_time_s",
+                                            "skip_identity_distance_mean", "skip_orth_error_max")}],
+        }],
+        "verdict": verdict,
+        "figures": [],
     }
-    return {k: v for k, v in opts.items() if v is not None}
 
 
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Never overwrite a saved result: a dir with a summary or checkpoint is only resumed."""
-    summary, ckpt = run_dir / SUMMARY, run_dir / CHECKPOINT
-    if resume:
-        return
-    if summary.exists() or ckpt.exists():
-        what = "a finished run" if summary.exists() else "an unfinished run (resume=true continues it)"
-        raise UserError(f"{run_dir} already holds {what}; choose another hydra.run.dir")
-
-
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    tcfg = train_config(cfg)
-    tcfg.validate()
-    if cfg.wandb.mode not in WANDB_MODES:
-        raise UserError(f"unknown wandb.mode {cfg.wandb.mode!r}; allowed: {', '.join(WANDB_MODES)}")
-    check_run_dir(run_dir, bool(cfg.resume))
-    if cfg.resume and (run_dir / SUMMARY).exists():
-        done = read_json(run_dir / SUMMARY)
-        if done.get("status") == "completed":
-            print(f"{run_dir} is already completed (test_acc {done.get('test_acc')}); nothing to resume")
-            return done
+def run(cfg: Config, rd: RunDir) -> dict:
     device = resolve_device(cfg.device)
     if cfg.num_threads is not None:
-        if int(cfg.num_threads) < 1:
-            raise UserError(f"num_threads must be >= 1 or null; got {cfg.num_threads}")
-        torch.set_num_threads(int(cfg.num_threads))
-    torch.manual_seed(int(cfg.seed))
-    data = load_image_data(cfg.dataset.name, cfg.data.root, bool(cfg.data.download), bool(cfg.data.augment))
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    data = load_image_data(cfg.dataset.name, cfg.data.root, cfg.data.download, cfg.data.augment)
     m = cfg.model
     model = get_model(m.model_type, data.num_classes, m.skip_kind, in_channels=data.in_channels, stem=m.stem,
-                      zero_init_residual=bool(m.zero_init_residual), **skip_options(m))
-    save_config(cfg, run_dir)
+                      zero_init_residual=m.zero_init_residual, **m.skip_options())
+    rd.start(cfg, labels=cfg.labels())
+    rd.device = device
     sinks = []
     if cfg.tensorboard:
-        sinks.append(TensorBoardSink(run_dir / "tensorboard"))
+        sinks.append(TensorBoardSink(rd.path / "tensorboard"))
     if cfg.wandb.mode != "disabled":
-        sinks.append(WandbSink(cfg.wandb.mode, cfg.wandb.project, OmegaConf.to_container(cfg, resolve=True),
-                               run_dir, name=run_dir.name))
-    opts = skip_options(m)
-    method = opts.get("method", opts.get("update_rule", "steepest")) if m.skip_kind == "learnable_orth" else None
-    extra = {"dataset": data.name, "model_type": m.model_type, "skip_kind": m.skip_kind, "method": method,
-             "seed": int(cfg.seed)}
-    try:
-        summary = train_classifier(model, data, tcfg, run_dir, device, sinks, resume=bool(cfg.resume),
-                                   extra_summary=extra)
-    except Diverged as err:
-        print(f"error: training diverged: {err}; summary in {run_dir / SUMMARY}", file=sys.stderr)
-        sys.exit(1)
+        sinks.append(WandbSink(cfg.wandb.mode, cfg.wandb.project, asdict(cfg), rd.path, name=rd.path.name))
+    extra = {"dataset": data.name, "model_type": m.model_type, "skip_kind": m.skip_kind, "method": m.orth_method,
+             "seed": cfg.seed}
+    summary = train_classifier(model, data, cfg.train_config(), rd.path, device, sinks, resume=cfg.resume,
+                               extra_summary=extra)  # raises Diverged after writing a "diverged" summary
     print(f"test accuracy {summary['test_acc']:.2f}% (best {summary['best_test_acc']:.2f}%) "
-          f"after {summary['epochs']} epochs; run dir {run_dir}")
-    return summary
+          f"after {summary['epochs']} epochs; run dir {rd.path}")
+    return {**summary, "report": report(cfg, summary)}
 
 
-main = hydra_app("run_experiments")(run)
+main = App("run_experiments", Config, run, resume=True)
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

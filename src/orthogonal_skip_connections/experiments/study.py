@@ -14,28 +14,77 @@ completed and resumes the unfinished ones from their checkpoints.
 
 from __future__ import annotations
 
-import importlib
 import re
+import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from ..cli import APPS
 from ..report import build_report
-from ..runs import UserError, compose_config, hydra_app, progress_bar, read_json, save_config, write_json
+from ..rundir import RunDir, column
+from ..runs import progress_bar, read_json, write_json
+from ..train.classifier import Diverged
+from ._app import APPS, App, choice, compose, load_app, one_of, require
 
 SCALES = ("smoke", "default", "full")
 PARTS = ("classification", "teacher_student", "synthetic")
 SYNTHETIC_APPS = ("orth_to_id", "orth_residual_synthetic_data")
 
 
+@dataclass
+class Classification:
+    tasks: list[str]
+    seeds: int
+    variants: list[str]
+    overrides: list[str]
+
+
+@dataclass
+class Scale:
+    classification: Classification
+    teacher_student: list[str]
+    orth_to_id: list[str]
+    orth_residual_synthetic_data: list[str]
+
+
+@dataclass
+class Overrides:
+    run_experiments: list[str]
+    teacher_student: list[str]
+    orth_to_id: list[str]
+    orth_residual_synthetic_data: list[str]
+
+
+@dataclass
+class Config:
+    scale: str
+    parts: list[str]
+    jobs: int
+    progress: bool
+    resume: bool
+    overrides: Overrides
+    scales: dict[str, Scale]
+
+    def check(self) -> None:
+        choice("scale", self.scale, [s for s in SCALES if s in self.scales])
+        one_of("parts", self.parts, PARTS)
+        require(self.jobs >= 1, "jobs", "an integer >= 1", self.jobs)
+        c = self.scales[self.scale].classification
+        require(c.seeds >= 1, f"scales.{self.scale}.classification.seeds", "an integer >= 1", c.seeds)
+        for task in c.tasks:
+            require(task.count("/") == 1, f"scales.{self.scale}.classification.tasks", "dataset/model_type entries",
+                    task)
+        for variant in c.variants:
+            require(1 <= len(variant.split("/")) <= 3, f"scales.{self.scale}.classification.variants",
+                    "kind, kind/method or kind/method/init entries", variant)
+
+
 def variant_overrides(variant: str) -> list[str]:
     """``kind[/method[/init]]`` -> run_experiments overrides."""
     parts = variant.split("/")
-    if not 1 <= len(parts) <= 3:
-        raise UserError(f"variant {variant!r} must look like kind, kind/method or kind/method/init")
     out = [f"model.skip_kind={parts[0]}"]
     if len(parts) > 1:
         out.append(f"model.method={parts[1]}")
@@ -44,19 +93,19 @@ def variant_overrides(variant: str) -> list[str]:
     return out
 
 
-def classification_jobs(cfg: DictConfig, study_dir: Path) -> list[tuple[str, dict, Path]]:
-    """(label, resolved run_experiments config, run dir) for every (task, variant, seed)."""
+def classification_jobs(cfg: Config, study_dir: Path) -> list[tuple[str, dict, Path]]:
+    """(label, resolved run_experiments config, run dir) for every (task, variant, seed);
+    every config is composed and checked here, before any run starts."""
     c = cfg.scales[cfg.scale].classification
     jobs = []
     for task in c.tasks:
-        if task.count("/") != 1:
-            raise UserError(f"classification task {task!r} must look like dataset/model_type")
         dataset, model_type = task.split("/")
         for variant in c.variants:
-            for seed in range(int(c.seeds)):
+            for seed in range(c.seeds):
                 overrides = [f"dataset={dataset}", f"model.model_type={model_type}", *variant_overrides(variant),
                              f"seed={seed}", "progress=false", *c.overrides, *cfg.overrides.run_experiments]
-                run_cfg = compose_config("run_experiments", overrides)
+                run_cfg = compose("run_experiments", overrides)
+                load_app("run_experiments").config(overrides)  # a mistake is one line, before any run
                 name = re.sub(r"[^A-Za-z0-9]+", "_", variant)
                 run_dir = study_dir / "classification" / f"{dataset}_{model_type}" / name / f"seed{seed}"
                 jobs.append((f"{task} {variant} seed {seed}",
@@ -67,19 +116,15 @@ def classification_jobs(cfg: DictConfig, study_dir: Path) -> list[tuple[str, dic
 def run_classification_job(cfg_dict: dict, run_dir: Path) -> str:
     """One run_experiments run (in this process or a joblib worker); returns its status.
     A completed run is kept as it is; an unfinished one resumes from its checkpoint."""
-    from . import run_experiments
-
     summary = run_dir / "summary.json"
     if summary.exists():
         status = read_json(summary).get("status", "unknown")
         if status == "completed":
             return status
-    cfg = OmegaConf.create(cfg_dict)
-    cfg.resume = (run_dir / "checkpoint.pt").exists() or summary.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_dict = {**cfg_dict, "resume": (run_dir / "checkpoint.pt").exists() or summary.exists()}
     try:
-        run_experiments.run(cfg, run_dir)
-    except SystemExit:  # run() exits 1 after writing a "diverged" summary
+        load_app("run_experiments").run(cfg_dict, run_dir)
+    except Diverged:  # a "diverged" summary was written; the report lists it
         pass
     except Exception as err:  # a crash is recorded and reported, and the study goes on
         (run_dir / "error.txt").write_text("".join(traceback.format_exception(err)))
@@ -91,14 +136,13 @@ def _labelled_job(label: str, cfg_dict: dict, run_dir: Path) -> tuple[str, str]:
     return label, run_classification_job(cfg_dict, run_dir)
 
 
-def run_classification(cfg: DictConfig, study_dir: Path) -> dict[str, str]:
-    jobs = classification_jobs(cfg, study_dir)
+def run_classification(cfg: Config, study_dir: Path, jobs: list) -> dict[str, str]:
     bar = progress_bar(total=len(jobs), enabled=cfg.progress, desc="classification runs")
     statuses = {}
-    if int(cfg.jobs) > 1 and len(jobs) > 1:
+    if cfg.jobs > 1 and len(jobs) > 1:
         from joblib import Parallel, delayed
 
-        results = Parallel(n_jobs=int(cfg.jobs), return_as="generator_unordered")(
+        results = Parallel(n_jobs=cfg.jobs, return_as="generator_unordered")(
             delayed(_labelled_job)(*job) for job in jobs
         )
     else:
@@ -112,33 +156,42 @@ def run_classification(cfg: DictConfig, study_dir: Path) -> dict[str, str]:
 
 
 def run_app(name: str, overrides: list[str], run_dir: Path, progress: bool) -> str:
-    """Run another app's ``run(cfg, run_dir)`` unless its summary is already there."""
+    """Run another app in this process unless its summary is already there."""
     if (run_dir / "summary.json").exists():
         return "completed"
-    module = importlib.import_module(f"orthogonal_skip_connections.experiments.{APPS[name][0]}")
-    cfg = compose_config(name, [*overrides, f"progress={str(progress).lower()}"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    module.main.run(cfg, run_dir)
+    load_app(name).run([*overrides, f"progress={str(progress).lower()}"], run_dir)
     return "completed"
 
 
-def validate(cfg: DictConfig) -> None:
-    if cfg.scale not in SCALES:
-        raise UserError(f"unknown scale {cfg.scale!r}; allowed: {', '.join(SCALES)}")
-    unknown = [p for p in cfg.parts if p not in PARTS]
-    if unknown:
-        raise UserError(f"unknown part(s) {unknown}; allowed: {', '.join(PARTS)}")
-    if int(cfg.jobs) < 1:
-        raise UserError(f"jobs must be >= 1; got {cfg.jobs}")
-    if int(cfg.scales[cfg.scale].classification.seeds) < 1:
-        raise UserError("classification seeds must be >= 1")
+def report(cfg: Config, status: dict, seconds: dict, wall: float) -> dict:
+    runs = status.get("classification", {})
+    done = sum(s == "completed" for s in runs.values())
+    rows = [{"part": part, "status": s if isinstance(s, str) else f"{sum(x == 'completed' for x in s.values())}"
+             f"/{len(s)} runs completed", "seconds": seconds.get(part)} for part, s in status.items()]
+    verdict = (f"{done} of {len(runs)} classification runs completed" if runs else "no classification runs") + \
+        f"; {sum(s == 'completed' for s in status.values() if isinstance(s, str))} other app(s) completed, in " \
+        f"{wall:.0f} s; report.md compares every skip kind with identity."
+    return {
+        "title": f"osc study, scale={cfg.scale}",
+        "question": "do orthogonal skips help?",
+        "tables": [{"caption": "parts of the study", "columns": [
+            column("part", "part"), column("status", "status"), column("seconds", "time", "s")], "rows": rows}],
+        "verdict": verdict,
+        "figures": [],
+    }
 
 
-def run(cfg: DictConfig, study_dir: Path) -> dict:
-    validate(cfg)
+def run(cfg: Config, rd: RunDir) -> dict:
+    study_dir = rd.path
     t0 = time.perf_counter()
-    save_config(cfg, study_dir)
+    jobs = classification_jobs(cfg, study_dir) if "classification" in cfg.parts else []
     scale = cfg.scales[cfg.scale]
+    apps = (["teacher_student"] if "teacher_student" in cfg.parts else []) + \
+        (list(SYNTHETIC_APPS) if "synthetic" in cfg.parts else [])
+    apps = [name for name in apps if name in APPS]
+    for name in apps:  # every app's config checked before anything runs
+        load_app(name).config([*getattr(scale, name), *getattr(cfg.overrides, name)])
+    rd.start(cfg)
     status: dict[str, object] = {}
     seconds: dict[str, float] = {}
 
@@ -147,22 +200,21 @@ def run(cfg: DictConfig, study_dir: Path) -> dict:
         status[part] = fn(*args)
         seconds[part] = time.perf_counter() - start
 
-    if "classification" in cfg.parts:
-        timed("classification", run_classification, cfg, study_dir)
-    apps = (["teacher_student"] if "teacher_student" in cfg.parts else []) + \
-        (list(SYNTHETIC_APPS) if "synthetic" in cfg.parts else [])
+    if jobs:
+        timed("classification", run_classification, cfg, study_dir, jobs)
     for name in apps:
-        if name in APPS:
-            timed(name, run_app, name, [*scale[name], *cfg.overrides[name]], study_dir / name, cfg.progress)
-    report = build_report([study_dir], study_dir, title=f"Do orthogonal skips help? (osc study, scale={cfg.scale})")
+        timed(name, run_app, name, [*getattr(scale, name), *getattr(cfg.overrides, name)], study_dir / name,
+              cfg.progress)
+    built = build_report([study_dir], study_dir, title=f"Do orthogonal skips help? (osc study, scale={cfg.scale})")
     wall = time.perf_counter() - t0
     write_json(study_dir / "study.json", {"scale": cfg.scale, "wall_time_s": wall, "seconds": seconds,
                                           "status": status})
-    print(f"study finished in {wall:.0f} s; report: {report['report'].resolve()} (also report.html, results.csv)")
-    return {"wall_time_s": wall, "status": status, **report}
+    print(f"study finished in {wall:.0f} s; report: {built['report'].resolve()} (also report.html, results.csv)")
+    return {"wall_time_s": wall, "status": status, "seconds": seconds, "rows": built["rows"],
+            "report_md": built["report"], "report": report(cfg, status, seconds, wall)}
 
 
-main = hydra_app("study")(run)
+main = App("study", Config, run, resume=True, redo_completed=True)
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

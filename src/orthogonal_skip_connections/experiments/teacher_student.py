@@ -14,78 +14,99 @@ distance.png and loss.png.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from ..models import teacher_student as ts
-from ..runs import UserError, hydra_app, resolve_device, save_config, write_json
+from ..models.teacher_student import ARCHS, summarize
+from ..rundir import RunDir, column
+from ..runs import UserError, resolve_device
+from ._app import App, one_of, require, typed
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+@dataclass
+class Teacher:
+    init: str
+    scale: float
 
 
-def _positive(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > 0
+@dataclass
+class Student:
+    init: str
+    scale: float
+    orth_init: str
 
 
-def build(cfg: DictConfig) -> tuple[list[str], ts.TeacherStudentConfig, list[int]]:
-    """Check the whole config up front; return (archs, training config, seeds)."""
-    archs = cfg.archs
-    if isinstance(archs, str):
-        archs = [archs]
-    if not OmegaConf.is_list(archs) and not isinstance(archs, list):
-        raise UserError(f"archs must be a list of architectures from {', '.join(ts.ARCHS)}; got {archs!r}")
-    archs = list(archs)
-    if not archs:
-        raise UserError(f"archs is empty; allowed: {', '.join(ts.ARCHS)}")
-    for a in archs:
-        if a not in ts.ARCHS:
-            raise UserError(f"unknown architecture {a!r}; allowed: {', '.join(ts.ARCHS)}")
-    if len(set(archs)) != len(archs):
-        raise UserError(f"archs lists an architecture twice: {archs}")
-    if not _is_int(cfg.seeds) or cfg.seeds < 1:
-        raise UserError(f"seeds (the number of runs) must be an integer >= 1; got {cfg.seeds!r}")
-    if not _is_int(cfg.seed) or cfg.seed < 0:
-        raise UserError(f"seed (the first seed) must be an integer >= 0; got {cfg.seed!r}")
-    for key in ("fit", "recover"):
-        if not _positive(cfg.thresholds[key]):
-            raise UserError(f"thresholds.{key} must be > 0; got {cfg.thresholds[key]!r}")
-    if not _is_int(cfg.num_threads) or cfg.num_threads < 1:
-        raise UserError(f"num_threads must be an integer >= 1; got {cfg.num_threads!r}")
-    if not isinstance(cfg.progress, bool):
-        raise UserError(f"progress must be true or false; got {cfg.progress!r}")
-    device = resolve_device(str(cfg.device))
-    try:
-        train_cfg = ts.TeacherStudentConfig(
-            d=cfg.d,
-            output=cfg.output,
-            n_train=cfg.n_train,
-            n_test=cfg.n_test,
-            batch_size=cfg.batch_size,
-            teacher_init=cfg.teacher.init,
-            teacher_scale=cfg.teacher.scale,
-            student_init=cfg.student.init,
-            student_scale=cfg.student.scale,
-            orth_init=cfg.student.orth_init,
-            orth_update=cfg.orth_update,
-            optimizer=cfg.optimizer,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            epochs=cfg.epochs,
-            steps=cfg.steps,
-            log_every=cfg.log_every,
-            dtype=cfg.dtype,
-            device=str(device),
-        )
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    return archs, train_cfg, list(range(cfg.seed, cfg.seed + cfg.seeds))
+@dataclass
+class Thresholds:
+    fit: float
+    recover: float
+
+
+@dataclass
+class Config:
+    archs: list[str]
+    output: str
+    d: int
+    n_train: int
+    n_test: int
+    batch_size: int
+    teacher: Teacher
+    student: Student
+    orth_update: str
+    optimizer: str
+    lr: float
+    momentum: float
+    epochs: int
+    steps: Optional[int]
+    log_every: int
+    seeds: int
+    seed: int
+    thresholds: Thresholds
+    dtype: str
+    device: str
+    num_threads: int
+    progress: bool
+
+    def check(self) -> None:
+        for a in self.archs:
+            if a not in ARCHS:
+                raise UserError(f"unknown architecture {a!r}; allowed: {', '.join(ARCHS)}")
+        require(len(set(self.archs)) == len(self.archs), "archs", "a list without repeats", self.archs)
+        self.archs = one_of("archs", self.archs, ARCHS)
+        require(self.seeds >= 1, "seeds (the number of runs)", "an integer >= 1", self.seeds)
+        require(self.seed >= 0, "seed (the first seed)", "an integer >= 0", self.seed)
+        for key in ("fit", "recover"):
+            value = getattr(self.thresholds, key)
+            require(np.isfinite(value) and value > 0, f"thresholds.{key}", "> 0", value)
+        require(self.num_threads >= 1, "num_threads", "an integer >= 1", self.num_threads)
+        self.train_config()
+
+    def train_config(self) -> ts.TeacherStudentConfig:
+        device = resolve_device(self.device)
+        try:
+            return ts.TeacherStudentConfig(
+                d=self.d, output=self.output, n_train=self.n_train, n_test=self.n_test, batch_size=self.batch_size,
+                teacher_init=self.teacher.init, teacher_scale=self.teacher.scale, student_init=self.student.init,
+                student_scale=self.student.scale, orth_init=self.student.orth_init, orth_update=self.orth_update,
+                optimizer=self.optimizer, lr=self.lr, momentum=self.momentum, epochs=self.epochs, steps=self.steps,
+                log_every=self.log_every, dtype=self.dtype, device=str(device),
+            )
+        except ValueError as err:  # the trainer's checks of these values, raised before anything runs
+            raise UserError(str(err)) from None
+
+
+def build(cfg: Config) -> tuple[list[str], ts.TeacherStudentConfig, list[int]]:
+    """(archs, training config, seeds) of a checked config (or of a composed one)."""
+    cfg = typed(Config, cfg)
+    return list(cfg.archs), cfg.train_config(), list(range(cfg.seed, cfg.seed + cfg.seeds))
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -122,34 +143,57 @@ def plot(trajs: dict[str, ts.Trajectory], run_dir: Path) -> None:
     )
 
 
-@hydra_app("teacher_student")
-def main(cfg: DictConfig, run_dir: Path):
+def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
+    rows = [{"arch": a, "formula": ARCHS[a].formula, **{k: summary[a][k] for k in (
+        "train_loss_final", "test_loss_final", "distance_final", "aligned_distance_final")},
+        "fits": f"{summary[a]['fits_seeds']}/{n_seeds}", "recovered": f"{summary[a]['recovered_seeds']}/{n_seeds}",
+        "symmetry": f"{summary[a]['recovered_up_to_symmetry_seeds']}/{n_seeds}"} for a in archs]
+    fit_all = [a for a in archs if summary[a]["fits_seeds"] == n_seeds]
+    rec_all = [a for a in archs if summary[a]["recovered_seeds"] == n_seeds]
+    sym_only = [a for a in archs if summary[a]["recovered_up_to_symmetry_seeds"] > summary[a]["recovered_seeds"]]
+    verdict = (f"over {n_seeds} seeds, {len(fit_all)} of {len(archs)} architectures fit the data in every seed "
+               f"(train loss <= {cfg.thresholds.fit:g} Var(y)){': ' + ', '.join(fit_all) if fit_all else ''}; "
+               f"{len(rec_all)} recover the teacher's weights in every seed{': ' + ', '.join(rec_all) if rec_all else ''}")
+    verdict += (f"; {', '.join(sym_only)} recover it only up to a symmetry (permutation, rescaling) in some seeds."
+                if sym_only else ".")
+    return {
+        "title": "Teacher-student convergence (Li & Yuan 2017 and the one-block ResNet variants)",
+        "question": "does SGD recover the teacher's weights, and up to which symmetry, for each architecture?",
+        "tables": [{"caption": "final numbers, means over seeds; verdicts as seed counts", "columns": [
+            column("arch", "architecture"), column("formula", "student f(x)"),
+            column("train_loss_final", "train loss", "MSE"), column("test_loss_final", "test loss", "MSE"),
+            column("distance_final", "||W - W*||_F"), column("aligned_distance_final", "aligned distance"),
+            column("fits", "fits", "seeds"), column("recovered", "recovered", "seeds"),
+            column("symmetry", "up to symmetry", "seeds")], "rows": rows}],
+        "verdict": verdict,
+        "figures": ["distance.png", "loss.png"],
+    }
+
+
+def run(cfg: Config, rd: RunDir) -> dict:
     archs, train_cfg, seeds = build(cfg)
-    run_dir = Path(run_dir)
-    if (run_dir / "summary.json").exists():
-        raise UserError(f"{run_dir} already holds a finished run (summary.json); choose another hydra.run.dir")
     torch.set_num_threads(cfg.num_threads)
-    save_config(cfg, run_dir)
-    start = time.perf_counter()
+    rd.start(cfg)
+    rd.device = train_cfg.device
     trajs = ts.train(archs, train_cfg, seeds, progress=cfg.progress)
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - rd.started
 
     arrays = {"archs": np.array(archs)}
     for t in trajs.values():
         arrays.update(t.arrays())
-    _save_npz(run_dir / "trajectories.npz", arrays)
-    summary = {a: ts.summarize(t, cfg.thresholds.fit, cfg.thresholds.recover) for a, t in trajs.items()}
+    _save_npz(rd.path / "trajectories.npz", arrays)
+    summary = {a: summarize(t, cfg.thresholds.fit, cfg.thresholds.recover) for a, t in trajs.items()}
     summary["meta"] = {
-        "formulas": {a: ts.ARCHS[a].formula for a in archs},
+        "formulas": {a: ARCHS[a].formula for a in archs},
         "seeds": seeds,
         "steps": train_cfg.total_steps,
         "train_seconds": elapsed,
         "seconds_per_step": elapsed / max(train_cfg.total_steps, 1),
     }
-    plot(trajs, run_dir)
-    write_json(run_dir / "summary.json", summary)  # written last: its presence marks a finished run
+    plot(trajs, rd.path)
     print(table(summary, archs, len(seeds)))
-    print(f"run dir: {run_dir}")
+    print(f"run dir: {rd.path}")
+    summary["report"] = report(summary, archs, len(seeds), cfg)
     return summary
 
 
@@ -171,5 +215,7 @@ def _fmt(v) -> str:
     return "nan" if v is None or not np.isfinite(v) else f"{v:.3g}"
 
 
+main = App("teacher_student", Config, run)
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

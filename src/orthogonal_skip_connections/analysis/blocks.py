@@ -1,0 +1,47 @@
+"""Is each block h_i of a trained residual net close to an orthogonal map, as the theorem's
+construction has it (paper Theorem 1, after Bartlett, Evans & Long 2018, arXiv
+1804.05012)? Per block, the relative residual of the best orthogonal (Procrustes,
+Schoenemann 1966) fit of its map on data, next to the best linear fit's."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..diagnostics import block_inputs, block_procrustes, linear_fit_residual
+
+__all__ = ["fit_blocks", "by_kind", "verdict"]
+
+
+@torch.no_grad()
+def fit_blocks(model, X) -> dict:
+    """Per block of one trained model (eval mode), on inputs X (N, d): Procrustes and
+    linear-fit residuals, and the distances of Q_i from I and from the skip W_i; lists of
+    length m."""
+    rows = block_procrustes(model, X)
+    linear = [linear_fit_residual(z, block(z)) for block, z in zip(model.blocks, block_inputs(model, X))]
+    return {
+        "procrustes_residual": [r["procrustes_residual"] for r in rows],
+        "linear_residual": linear,
+        "procrustes_identity_distance": [r["procrustes_identity_distance"] for r in rows],
+        "procrustes_skip_distance": [r["procrustes_skip_distance"] for r in rows],
+    }
+
+
+def by_kind(rows: list[dict], kinds: list[str]) -> dict:
+    """Per skip kind, means over the grid of the per-point means."""
+    def mean(kind, key):
+        return float(np.mean([r[key] if key != "test_acc" else np.mean(r[key]) for r in rows if r["kind"] == kind]))
+
+    return {kind: {key: mean(kind, key) for key in ("procrustes_residual_mean", "linear_residual_mean",
+                                                    "procrustes_residual_at_init_mean", "test_acc")}
+            for kind in kinds}
+
+
+def verdict(table: dict) -> str:
+    """One sentence: how far from orthogonal the trained blocks are, per kind."""
+    parts = [f"{kind}: {t['procrustes_residual_mean']:.2f} after training ({t['procrustes_residual_at_init_mean']:.2f}"
+             f" at initialisation; best linear fit {t['linear_residual_mean']:.2f})" for kind, t in table.items()]
+    closest = min(table, key=lambda k: table[k]["procrustes_residual_mean"])
+    return ("mean relative Procrustes residual of the trained blocks (0: orthogonal on the data) - "
+            + "; ".join(parts) + f"; {closest} blocks are the closest to orthogonal maps.")

@@ -1,0 +1,418 @@
+"""The one app shape (the only layer that imports Hydra and omegaconf).
+
+An app is a module in ``experiments/`` with
+
+- a typed config: a dataclass (``@dataclass class Config``, fields typed, no defaults:
+  the defaults are the app's YAML in ``config/``, composed on top of the dataclass,
+  registered with Hydra's ConfigStore as ``<app>_schema``), whose ``check()`` raises a
+  one-line :class:`UserError` naming the key for a value out of range;
+- ``run(cfg, rd) -> summary``: checks what needs the library (datasets, model options),
+  then ``rd.start(cfg)``, library calls, and returns the summary with its ``report``
+  section; it returns or raises, never exits;
+- ``main = App("name", Config, run)`` and ``if __name__ == "__main__": sys.exit(main())``.
+
+:class:`App` does the rest: composes the config from the command line *before* Hydra
+runs, so a mistyped or unknown key, a wrong type or a value out of range is one line on
+stderr and exit code 2 with nothing written; claims the run dir (:class:`RunDir`: fresh
+or resumed); writes summary.json with provenance. Only :meth:`App.__call__` turns a
+:class:`UserError` into exit code 2 and a diverged training into exit code 1; any other
+exception (a library bug) propagates as a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+from ..rundir import RunDir
+from ..runs import UserError
+from ..train.classifier import Diverged
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "config")
+
+__all__ = ["APPS", "load_app", "App", "CONFIG_DIR", "compose", "require", "choice", "one_of", "SmallTraining", "SkipOptions"]
+
+
+# --------------------------------------------------------------------------- the registry
+
+# name -> (module under orthogonal_skip_connections.experiments, one-line description)
+APPS: dict[str, tuple[str, str]] = {
+    "study": ("study", "the main job: a small complete study of skip kinds and its report (scale=smoke|default|full)"),
+    "run_experiments": ("run_experiments", "train an image classifier (CIFAR-10/100, digits) with any skip kind"),
+    "theorem": ("theorem", "build the decomposition theorem's construction numerically; measure its O(log m / m) claims"),
+    "teacher_student": ("teacher_student", "Li & Yuan teacher-student convergence study of the one-block ResNet family, all seeds at once"),
+    "orth_residual_synthetic_data": ("orth_residual_synthetic_data", "2-D residual classifiers per skip kind: grids morphed by each block's skip, branch and whole map; decision regions"),
+    "orth_to_id": ("orth_to_id", "do trained orthogonal skips W_i approach I as depth grows? ||W_i - I|| vs branch Lipschitz constants over training"),
+    "construction_validity": ("construction_validity", "Procrustes fit of each trained block: is it close to an orthogonal map? over (dimension, classes, depth)"),
+}
+
+
+def load_app(name: str):
+    """The :class:`~._app.App` of app ``name`` (its module's ``main``)."""
+    if name not in APPS:
+        raise UserError(f"unknown experiment {name!r}; allowed: {', '.join(APPS)}")
+    return importlib.import_module(f"{__package__}.{APPS[name][0]}").main
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def require(ok: bool, key: str, allowed: str, value: Any) -> None:
+    """Raise ``UserError("<key> must be <allowed>; got <value>")`` unless ``ok``."""
+    if not ok:
+        raise UserError(f"{key} must be {allowed}; got {value!r}")
+
+
+def choice(key: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise UserError(f"unknown {key} {value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
+def one_of(key: str, values: list, allowed, low_count: int = 1) -> list:
+    """A non-empty list of allowed values, in order, duplicates dropped."""
+    require(len(values) >= low_count and all(v in allowed for v in values), key,
+            f"a non-empty list of: {', '.join(map(str, allowed))}", values)
+    return list(dict.fromkeys(values))
+
+
+def ints_at_least(key: str, values: list, low: int) -> list[int]:
+    """A non-empty list of integers >= low, sorted, duplicates dropped."""
+    require(len(values) > 0, key, f"a non-empty list of integers >= {low}", values)
+    for v in values:
+        if v < low:
+            raise UserError(f"every entry of {key} must be an integer >= {low}; got {v!r}")
+    return sorted(set(values))
+
+
+def number(key: str, value: float, low: float = -math.inf, strict: bool = False, high: float = math.inf) -> None:
+    ok = math.isfinite(value) and (value > low if strict else value >= low) and value <= high
+    bound = " and ".join(b for b in [
+        "" if low == -math.inf else f"{'>' if strict else '>='} {low}", "" if high == math.inf else f"<= {high}"] if b)
+    require(ok, key, f"a number {bound}".strip(), value)
+
+
+# --------------------------------------------------------------------------- shared config parts
+
+
+@dataclasses.dataclass
+class SmallTraining:
+    """The training keys the small-model apps share, at the top level of their configs."""
+
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    schedule: str
+    milestones: list[int]
+    gamma: float
+    warmup_epochs: float
+    grad_clip: float
+    progress: bool
+
+    def check_training(self) -> None:
+        from ..optim import OPTIMIZERS, SCHEDULES
+
+        choice("optimizer", self.optimizer, OPTIMIZERS)
+        choice("schedule", self.schedule, SCHEDULES)
+        require(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
+        require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        number("lr", self.lr, 0, strict=True)
+        number("momentum", self.momentum, 0)
+        number("weight_decay", self.weight_decay, 0)
+        number("gamma", self.gamma, 0, strict=True)
+        number("warmup_epochs", self.warmup_epochs, 0)
+        number("grad_clip", self.grad_clip, 0)
+        for m in self.milestones:
+            require(m >= 1, "milestones", "epochs >= 1", m)
+
+    def train_config(self):
+        """The :class:`TrainConfig` of the small-model trainer."""
+        from ..train.classifier import TrainConfig
+
+        tcfg = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
+                           momentum=self.momentum, weight_decay=self.weight_decay, schedule=self.schedule,
+                           milestones=sorted(set(self.milestones)), gamma=self.gamma,
+                           warmup_epochs=self.warmup_epochs, grad_clip=self.grad_clip, progress=self.progress)
+        tcfg.validate()
+        return tcfg
+
+
+@dataclasses.dataclass
+class SkipOptions:
+    """``skip.*`` of the ResidualMLP apps."""
+
+    method: str
+    init: str
+    special: bool
+    lr_scale: float
+
+    def options(self) -> dict:
+        return {"method": self.method, "init": self.init, "special": self.special, "lr_scale": self.lr_scale}
+
+
+def residual_mlp_factory(cfg, dim: int, depth: int, num_classes: int, skip_kind: str):
+    """``make_model()`` for :meth:`SeedStack.build`: a ResidualMLP classifier whose ``depth``
+    blocks act on R^dim itself, then a linear head, from ``cfg.hidden_mult``,
+    ``cfg.activation`` and ``cfg.skip``. One model is built here to check the options (a
+    mistake is one line, before anything is written)."""
+    import torch
+
+    from ..models.mlp import ResidualMLP
+
+    def make_model():
+        return ResidualMLP(dim, depth, hidden_mult=cfg.hidden_mult, skip_kind=skip_kind, num_classes=num_classes,
+                           activation=cfg.activation, **cfg.skip.options())
+
+    with torch.random.fork_rng(devices=[]):
+        try:
+            make_model()
+        except (TypeError, ValueError) as err:
+            raise UserError(str(err)) from None
+    return make_model
+
+
+def skip_kinds(key: str, kinds: list[str]) -> list[str]:
+    from ..skips import SKIP_KINDS
+
+    return one_of(key, kinds, SKIP_KINDS)
+
+
+# --------------------------------------------------------------------------- composing
+
+
+def _register(name: str, schema: type) -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=f"{name}_schema", node=schema)
+
+
+def _schema_node(schema: type, path: list[str]):
+    """The type at dotted ``path`` under the dataclass ``schema`` (None if unknown)."""
+    import typing
+
+    node: Any = schema
+    skip = False
+    for part in path:
+        if skip:  # a key of a Dict[str, X]: any name, then X
+            skip = False
+            continue
+        if not dataclasses.is_dataclass(node):
+            return None
+        node = typing.get_type_hints(node).get(part)
+        if typing.get_origin(node) is dict:
+            node, skip = typing.get_args(node)[1], True
+    return None if skip else node
+
+
+def _allowed_keys(schema: type, path: list[str]) -> list[str] | None:
+    node = _schema_node(schema, path)
+    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else None
+
+
+def _kind(tp) -> str:
+    """'an integer', 'a number', ... for a field type."""
+    import typing
+
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is typing.Union and len(args) == 1:
+        return _kind(args[0]) + " or null"
+    if typing.get_origin(tp) is list:
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(args[0], "values")
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, "a mapping")
+
+
+def _one_line(err: BaseException, schema: type) -> str:
+    """One line from Hydra's or omegaconf's (multi-line) composition error."""
+    cause = err
+    while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        key = cause.full_key
+        if isinstance(cause, (ConfigKeyError, AttributeError)):
+            parts = key.split(".")
+            allowed = _allowed_keys(schema, parts[:-1])
+            where = ".".join(parts[:-1])
+            return f"unknown key {key!r}" + (f"; allowed{' in ' + where if where else ''}: {', '.join(allowed)}"
+                                            if allowed else "")
+        if isinstance(cause, MissingMandatoryValue):
+            return f"{key} has no value; set it ({key}=...)"
+        msg = str(getattr(cause, "msg", cause)).splitlines()[0]
+        tp = _schema_node(schema, re.sub(r"\[\d+\]", "", key).split("."))
+        if "[" in key and tp is not None:  # an entry of a list
+            import typing
+
+            tp, key = (typing.get_args(tp) or [None])[0], "every entry of " + re.sub(r"\[\d+\]", "", key)
+        got = re.search(r"[Vv]alue '(.*?)'", msg)
+        if tp is not None and got:
+            return f"{key} must be {_kind(tp)}; got {got.group(1)!r}"
+        return f"{key}: {msg}"
+    options = getattr(err, "options", None)
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if options:
+        first = first.rstrip(".") + f"; allowed: {', '.join(options)}"
+    return first
+
+
+def _compose_raw(name: str, overrides: list[str], hydra_config: bool = False) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose(config_name=name, overrides=list(overrides), return_hydra_config=hydra_config)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return hydra_compose(config_name=name, overrides=list(overrides), return_hydra_config=hydra_config)
+
+
+def compose(name: str, overrides: list[str] = ()) -> DictConfig:
+    """App ``name``'s config (its YAML over its schema) with ``overrides``, inside a running
+    Hydra app or outside one; a mistake is a one-line :class:`UserError`."""
+    app = load_app(name)
+    try:
+        return _compose_raw(name, list(overrides))
+    except Exception as err:  # Hydra's composition errors: unknown key, wrong type, no such option
+        raise UserError(_one_line(err, app.schema)) from None
+
+
+def typed(schema: type, cfg: Any):
+    """``cfg`` (a composed DictConfig, a plain dict or an instance) as a checked ``schema``
+    instance: unknown keys, wrong types and missing values are one-line UserErrors, and
+    then ``check()`` tests the ranges."""
+    if not isinstance(cfg, schema):
+        if isinstance(cfg, (DictConfig, dict)):
+            cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+            cfg = {k: v for k, v in cfg.items() if k != "hydra"}
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+            cfg = OmegaConf.to_object(merged)
+        except OmegaConfBaseException as err:
+            raise UserError(_one_line(err, schema)) from None
+    cfg.check()
+    return cfg
+
+
+# --------------------------------------------------------------------------- the app
+
+
+class App:
+    """An app: its name (= config name), typed config and ``run(cfg, rd)``.
+
+    ``main = App(...)``; ``main()`` is the command-line entry (returns the exit code);
+    ``main.run(cfg, run_dir)`` runs it in-process (cfg: overrides, DictConfig, dict or
+    instance) and returns the summary or raises."""
+
+    def __init__(self, name: str, schema: type, fn: Callable, resume: bool = False, redo_completed: bool = False):
+        """``resume``: the app can continue an unfinished run (``resume=true``);
+        ``redo_completed``: resuming a completed run runs it again (apps that skip the
+        parts already done, like ``study``) instead of returning its summary."""
+        self.name = self.config_name = name
+        self.schema = schema
+        self.fn = fn
+        self.supports_resume = resume
+        self.redo_completed = redo_completed
+        _register(name, schema)
+
+    def config(self, overrides: list[str] = ()):
+        """The checked config instance for ``overrides``."""
+        return typed(self.schema, compose(self.name, overrides))
+
+    def run(self, cfg: Any, run_dir: Path, command: str | None = None) -> dict:
+        if isinstance(cfg, (list, tuple)):
+            cfg = compose(self.name, cfg)
+        cfg = typed(self.schema, cfg)
+        rd = RunDir.claim(run_dir, resume=bool(getattr(cfg, "resume", False)),
+                          supports_resume=self.supports_resume, app=self.name)
+        rd.command = command
+        if rd.resume and not self.redo_completed:
+            done = rd.completed
+            if done is not None:
+                print(f"{rd.path} is already completed; nothing to resume")
+                return done
+        summary = self.fn(cfg, rd)
+        if not rd.is_started:
+            raise RuntimeError(f"{self.name}: run() returned without rd.start(cfg)")
+        return rd.finish(summary)
+
+    # the command line -------------------------------------------------------------
+
+    def _precheck(self, argv: list[str]) -> None:
+        """Compose and check the config, and check an explicit hydra.run.dir, before Hydra
+        runs (which would print multi-line errors and create the run dir)."""
+        flags = [a for a in argv if a.startswith("-")]
+        overrides = [a for a in argv if not a.startswith("-")]
+        if any(f not in ("-m", "--multirun") for f in flags):
+            return  # --help, --cfg, --info...: Hydra's own business
+        jobs = [overrides]
+        if flags:  # multirun: check every combination of the sweep
+            from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            try:
+                parsed = OverridesParser.create().parse_overrides(overrides)
+            except Exception as err:
+                raise UserError(_one_line(err, self.schema)) from None
+            jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+        for job in jobs:
+            cfg = typed(self.schema, compose(self.name, job))
+            for o in job:
+                if o.startswith("hydra.run.dir=") and not flags:
+                    RunDir.claim(o.split("=", 1)[1], resume=bool(getattr(cfg, "resume", False)),
+                                 supports_resume=self.supports_resume)
+
+    def __call__(self, argv: list[str] | None = None) -> int:
+        """Run from the command line: ``argv`` (default ``sys.argv[1:]``) are Hydra overrides.
+        Returns the exit code (0; 2 for a user's mistake; 1 for a diverged training); called
+        without ``argv`` (as a program) a non-zero code is raised as SystemExit."""
+        code = self._main(argv)
+        if argv is None and code:
+            raise SystemExit(code)
+        return code
+
+    def _main(self, argv: list[str] | None) -> int:
+        import hydra
+        from hydra.core.hydra_config import HydraConfig
+
+        argv = list(sys.argv[1:] if argv is None else argv)
+        try:
+            self._precheck(argv)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        command = f"osc {self.name} {shlex.join(argv)}".strip()
+
+        @hydra.main(config_path=CONFIG_DIR, config_name=self.name, version_base=None)
+        def task(cfg: DictConfig) -> None:
+            try:
+                self.run(cfg, Path(HydraConfig.get().runtime.output_dir), command=command)
+            except UserError as err:
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(2)
+            except Diverged as err:
+                print(f"error: training diverged: {err}", file=sys.stderr)
+                sys.exit(1)
+
+        saved = sys.argv
+        named = [] if any(a.startswith("hydra.job.name=") for a in argv) else [f"hydra.job.name={self.name}"]
+        sys.argv = [f"osc {self.name}", *argv, *named]  # Hydra parses sys.argv
+        try:
+            task()
+        except SystemExit as exit_:
+            return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        finally:
+            sys.argv = saved
+        return 0
+
+
+def as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]

@@ -1,0 +1,85 @@
+"""Layer 5, the study report: read run dirs back and write results.csv, report.md and a
+self-contained report.html.
+
+``build_report(paths, out_dir)`` finds every run dir under ``paths`` (single runs, Hydra
+multirun sweep dirs, several sweeps, study dirs). Classifier runs (run_experiments) make
+the classification tables (:mod:`.classification`: numbers over seeds, paired verdicts);
+every other finished run is rendered from its summary's ``report`` section as it is
+(:mod:`.render`), with its figures.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from ..runs import UserError, read_json
+from .classification import (
+    CSV_COLUMNS,
+    RunRecord,
+    curves_figure,
+    find_runs,
+    results_rows,
+    table_markdown,
+    task_tables,
+)
+from .render import section_markdown, to_html
+
+__all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "build_report", "CSV_COLUMNS"]
+
+
+def _section(d: Path, out_dir: Path) -> list[str]:
+    """Markdown of another app's run dir: its report section and its figures (copied)."""
+    summary = read_json(d / "summary.json")
+    report = summary.get("report")
+    if not isinstance(report, dict):
+        return [f"## {d.name}", "", f"Run dir: `{d}`: no report section in its summary.json (an older run?)", ""]
+    md = [f"## {d.name}: {report['title']}", "", f"Run dir: `{d}`", ""] + section_markdown(report) + [""]
+    for name in report["figures"]:
+        fig = d / name
+        if not fig.is_file():
+            continue
+        local = out_dir / f"{d.name}_{fig.name}"
+        if fig.resolve() != local.resolve():
+            local.write_bytes(fig.read_bytes())
+        md += [f"![{fig.stem}]({local.name})", ""]
+    return md
+
+
+def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal skips help?") -> dict:
+    """Write results.csv, report.md, report.html and figures into ``out_dir``; return
+    ``{"rows": ..., "tables": ..., "report": path}``."""
+    out_dir = Path(out_dir)
+    runs, others = find_runs([Path(p) for p in paths])
+    others = [d for d in others if d.resolve() != out_dir.resolve()]
+    if not runs and not others:
+        raise UserError(f"no run dirs found under {', '.join(map(str, paths))}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = results_rows(runs)
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    tables = task_tables(rows)
+
+    md = [f"# {title}", ""]
+    if rows:
+        n_bad = sum(r["status"] != "completed" for r in rows)
+        md += [f"{len(rows)} classifier runs over {len(tables)} task(s)"
+               + (f"; {n_bad} did not complete (listed in the tables, kept in results.csv)." if n_bad else "."),
+               "Accuracy is the final test accuracy; the 95% intervals are Student-t over seeds; "
+               "the difference vs identity is paired by seed. Step times exclude evaluation; runs made "
+               "side by side (osc study's jobs > 1) share the machine, so compare them with care.", ""]
+    for task, table in tables.items():
+        md += [f"## Classification: {task}", ""] + table_markdown(table) + [""]
+        md += ["Verdicts:", ""] + [f"- **{t['variant']}**: {t['verdict']}." for t in table
+                                   if t["variant"] != "identity"] + [""]
+        fig = curves_figure(task, runs, out_dir)
+        if fig is not None:
+            md += [f"![{task} accuracy]({fig.name})", ""]
+    for d in others:
+        md += _section(d, out_dir)
+    report_md = out_dir / "report.md"
+    report_md.write_text("\n".join(md) + "\n")
+    (out_dir / "report.html").write_text(to_html("\n".join(md), out_dir, title))
+    return {"rows": rows, "tables": tables, "report": report_md}

@@ -1,0 +1,250 @@
+"""The classification table of the study report: every run_experiments run dir read back
+(by its run.json labels and summary.json), skip kinds compared with error bars over seeds.
+
+- ``results.csv``: tidy, one row per classifier run (labels and final metrics, failed
+  and diverged runs included with their status);
+- per task, a table of accuracy (mean +- std and a 95% t-interval over seeds), step time,
+  epochs to a target accuracy, ||W - I||_F, and the paired difference from ``identity``
+  with a verdict ("not detectable" when its interval contains 0);
+- figures: test-accuracy curves per task with bands over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..plots import band, plt, savefig
+from ..rundir import CHECKPOINT, RUN, SUMMARY
+from ..runs import UserError, read_json
+
+__all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "table_markdown", "curves_figure",
+           "CSV_COLUMNS", "CLASSIFIER_APP"]
+
+CLASSIFIER_APP = "run_experiments"
+
+CSV_COLUMNS = [
+    "task", "dataset", "model_type", "variant", "skip_kind", "method", "init", "seed", "status", "epochs",
+    "planned_epochs", "steps", "batch_size", "lr", "test_acc", "best_test_acc", "test_loss", "train_loss",
+    "train_time_s", "step_time_s", "epochs_to_target", "target_acc", "skip_identity_distance_mean",
+    "skip_orth_error_max", "skip_negative_det_count", "device", "run_dir",
+]
+
+
+@dataclass
+class RunRecord:
+    """One classifier run dir as read back from disk: its run.json labels (task, variant,
+    seed, ...), its summary (None if it never finished) and its evaluations."""
+
+    path: Path
+    labels: dict
+    summary: dict | None
+    evals: list[dict] = field(default_factory=list)  # (epoch, test_acc) records of metrics.jsonl
+
+    @property
+    def status(self) -> str:
+        if self.summary is not None:
+            return self.summary.get("status", "unknown")
+        return "incomplete" if (self.path / CHECKPOINT).exists() else "failed"
+
+    @property
+    def variant(self) -> str:
+        return self.labels["variant"]
+
+    @property
+    def task(self) -> str:
+        return self.labels["task"]
+
+
+def find_runs(paths: list[Path]) -> tuple[list[RunRecord], list[Path]]:
+    """Classifier runs and other apps' finished run dirs under ``paths`` (single runs,
+    Hydra multirun sweep dirs, study dirs). A run dir is known by its run.json (written
+    when the run started); a study's own dir is an index, not a result."""
+    runs, others, seen = [], [], set()
+    for root in paths:
+        root = Path(root)
+        if not root.exists():
+            raise UserError(f"no such run dir: {root}")
+        candidates = [root] + sorted(p for p in root.rglob("*") if p.is_dir() and p.name != ".hydra")
+        for d in candidates:
+            if d.resolve() in seen or not (d / RUN).is_file() or any(p in seen for p in d.resolve().parents):
+                continue
+            meta = read_json(d / RUN)
+            summary = read_json(d / SUMMARY) if (d / SUMMARY).exists() else None
+            if meta.get("app") == CLASSIFIER_APP:
+                seen.add(d.resolve())
+                evals = []
+                if (d / "metrics.jsonl").exists():
+                    for line in (d / "metrics.jsonl").read_text().splitlines():
+                        rec = json.loads(line)
+                        if rec.get("type") == "eval":
+                            evals.append({"epoch": rec["epoch"], "test_acc": rec["test_acc"]})
+                runs.append(RunRecord(d, meta["labels"], summary, evals))
+            elif summary is not None and meta.get("app") != "study":
+                seen.add(d.resolve())
+                others.append(d)
+    return runs, others
+
+
+def _target_acc(runs: list[RunRecord]) -> float | None:
+    """The fixed accuracy of "epochs to reach": 95% of identity's mean final accuracy
+    (of all completed runs when there is no identity), floored to a whole percent."""
+    done = [r for r in runs if r.status == "completed" and r.summary.get("test_acc") is not None]
+    base = [r for r in done if r.variant == "identity"] or done
+    if not base:
+        return None
+    return float(math.floor(0.95 * np.mean([r.summary["test_acc"] for r in base])))
+
+
+def results_rows(runs: list[RunRecord]) -> list[dict]:
+    """One tidy row per run (CSV_COLUMNS), sorted by task, variant, seed."""
+    targets = {t: _target_acc([r for r in runs if r.task == t]) for t in {r.task for r in runs}}
+    rows = []
+    for r in runs:
+        s, lab, target = r.summary or {}, r.labels, targets[r.task]
+        reached = [e["epoch"] for e in r.evals if target is not None and e["test_acc"] >= target]
+        steps = s.get("steps")
+        rows.append({
+            "task": r.task, "dataset": lab["dataset"], "model_type": lab["model_type"],
+            "variant": r.variant, "skip_kind": lab["skip_kind"], "method": lab["method"], "init": lab["init"],
+            "seed": lab["seed"], "status": r.status, "epochs": s.get("epochs"), "planned_epochs": lab["planned_epochs"],
+            "steps": steps, "batch_size": lab["batch_size"], "lr": lab["lr"],
+            "test_acc": s.get("test_acc"), "best_test_acc": s.get("best_test_acc"), "test_loss": s.get("test_loss"),
+            "train_loss": s.get("train_loss"), "train_time_s": s.get("train_time_s"),
+            "step_time_s": s["train_time_s"] / steps if steps else None,
+            "epochs_to_target": reached[0] if reached else None, "target_acc": target,
+            "skip_identity_distance_mean": s.get("skip_identity_distance_mean"),
+            "skip_orth_error_max": s.get("skip_orth_error_max"),
+            "skip_negative_det_count": s.get("skip_negative_det_count"), "device": s.get("device"),
+            "run_dir": str(r.path),
+        })
+    order = _variant_order([r["variant"] for r in rows])
+    rows.sort(key=lambda r: (r["task"], order.index(r["variant"]), r["seed"] if r["seed"] is not None else -1))
+    return rows
+
+
+def _variant_order(variants) -> list[str]:
+    known = ["identity", "zero", "fixed_orth", "learnable_orth", "random", "linear", "scalar", "idempotent"]
+    return sorted(set(variants), key=lambda v: (known.index(v.split("/")[0]) if v.split("/")[0] in known
+                                                else len(known), v))
+
+
+def t_interval(x) -> tuple[float, float, float]:
+    """(mean, low, high) of a 95% Student-t interval; low = high = nan for fewer than 2 values."""
+    from scipy import stats
+
+    x = np.asarray([v for v in x if v is not None], dtype=float)
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return mean, mean - half, mean + half
+
+
+def _mean(values) -> float:
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else math.nan
+
+
+def task_tables(rows: list[dict]) -> dict[str, list[dict]]:
+    """Per task, one summary row per variant (statistics over its completed seeds)."""
+    tables = {}
+    for task in sorted({r["task"] for r in rows}):
+        trows = [r for r in rows if r["task"] == task]
+        ok = [r for r in trows if r["status"] == "completed"]
+        base_time = _mean([r["step_time_s"] for r in ok if r["variant"] == "identity"])
+        base_acc = {r["seed"]: r["test_acc"] for r in ok if r["variant"] == "identity"}
+        table = []
+        for variant in _variant_order([r["variant"] for r in trows]):
+            vrows = [r for r in trows if r["variant"] == variant]
+            vok = [r for r in vrows if r["status"] == "completed"]
+            accs = [r["test_acc"] for r in vok]
+            mean, lo, hi = t_interval(accs)
+            lo, hi = max(lo, 0.0), min(hi, 100.0)  # an accuracy interval stays within [0, 100]
+            diffs = [r["test_acc"] - base_acc[r["seed"]] for r in vok if r["seed"] in base_acc]
+            dmean, dlo, dhi = t_interval(diffs) if variant != "identity" else (math.nan,) * 3
+            reached = [r["epochs_to_target"] for r in vok]
+            table.append({
+                "variant": variant, "runs": len(vrows), "completed": len(vok),
+                "failed": [f"seed {r['seed']}: {r['status']}" for r in vrows if r["status"] != "completed"],
+                "acc_mean": mean, "acc_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else math.nan,
+                "acc_lo": lo, "acc_hi": hi,
+                "step_time_ratio": _mean([r["step_time_s"] for r in vok]) / base_time if base_time else math.nan,
+                "epochs_to_target": _mean(reached) if all(x is not None for x in reached) else math.nan,
+                "reached_target": f"{sum(x is not None for x in reached)}/{len(reached)}",
+                "identity_distance": _mean([r["skip_identity_distance_mean"] for r in vok]),
+                "diff_mean": dmean, "diff_lo": dlo, "diff_hi": dhi, "paired_seeds": len(diffs),
+                "verdict": _verdict(variant, dmean, dlo, dhi, len(diffs), spread=float(np.ptp(diffs)) if diffs else 0.0),
+                "target_acc": trows[0]["target_acc"],
+            })
+        tables[task] = table
+    return tables
+
+
+def _verdict(variant, dmean, dlo, dhi, n, spread: float = 1.0) -> str:
+    if variant == "identity":
+        return "baseline"
+    if n < 2 or math.isnan(dlo):
+        return f"cannot compare with identity ({n} paired seed{'s' if n != 1 else ''}; need 2)"
+    if spread < 1e-9:  # a t-interval of (round-off) identical differences has no width: say what was seen
+        return (f"{'better' if dmean > 0 else 'worse' if dmean < 0 else 'no different'} than identity by "
+                f"{abs(dmean):.2f} points in each of {n} paired seeds (no spread: more seeds would say "
+                "how sure that is)")
+    if dlo <= 0 <= dhi:
+        return (f"no detectable difference from identity at {n} seeds "
+                f"(95% CI of the difference [{dlo:+.2f}, {dhi:+.2f}] points contains 0)")
+    word = "better" if dmean > 0 else "worse"
+    return f"{word} than identity by {abs(dmean):.2f} points (95% CI [{dlo:+.2f}, {dhi:+.2f}], {n} paired seeds)"
+
+
+def _fmt(x, spec=".2f", none="–") -> str:
+    return none if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def table_markdown(table: list[dict]) -> list[str]:
+    target = table[0]["target_acc"] if table else None
+    lines = [
+        f"| skip | runs | test acc % (mean ± std) | 95% CI | step time / identity | "
+        f"epochs to {_fmt(target, '.0f')}% | final ‖W − I‖_F | difference vs identity (95% CI) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for t in table:
+        runs = f"{t['completed']}/{t['runs']}" + (f" ({'; '.join(t['failed'])})" if t["failed"] else "")
+        diff = "–" if t["variant"] == "identity" or math.isnan(t["diff_mean"]) else \
+            f"{t['diff_mean']:+.2f} [{_fmt(t['diff_lo'], '+.2f')}, {_fmt(t['diff_hi'], '+.2f')}]"
+        reach = _fmt(t["epochs_to_target"], ".1f") if not math.isnan(t["epochs_to_target"]) else \
+            f"– (reached {t['reached_target']})"
+        lines.append(
+            f"| {t['variant']} | {runs} | {_fmt(t['acc_mean'])} ± {_fmt(t['acc_std'])} | "
+            f"[{_fmt(t['acc_lo'])}, {_fmt(t['acc_hi'])}] | {_fmt(t['step_time_ratio'], '.2f')} | {reach} | "
+            f"{_fmt(t['identity_distance'], '.3f')} | {diff} |"
+        )
+    return lines
+
+
+def curves_figure(task: str, runs: list[RunRecord], out_dir: Path) -> Path | None:
+    by_variant: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        if r.task == task and r.status == "completed" and r.evals:
+            by_variant.setdefault(r.variant, []).append(r)
+    if not by_variant:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for variant in _variant_order(list(by_variant)):
+        group = by_variant[variant]
+        epochs = sorted(set.intersection(*[{e["epoch"] for e in r.evals} for r in group]))
+        ys = [[next(e["test_acc"] for e in r.evals if e["epoch"] == ep) for ep in epochs] for r in group]
+        band(ax, epochs, ys, label=f"{variant} (n={len(group)})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{task}: test accuracy, mean ± std over seeds")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return savefig(fig, out_dir / f"accuracy_{re.sub(r'[^A-Za-z0-9]+', '_', task)}.png")

@@ -1,0 +1,67 @@
+"""Every app has one shape: a mistyped key, an unknown key or a wrong type fails when the
+config is composed (one line on stderr naming the key, exit code 2, no run dir), and a
+finished summary carries provenance and a report section."""
+
+import json
+
+import pytest
+
+from orthogonal_skip_connections.cli import main as osc
+from orthogonal_skip_connections.experiments import APPS
+from orthogonal_skip_connections.rundir import check_report
+
+# the tiny settings the app tests use
+TINY = {
+    "run_experiments": ["dataset=digits", "model.model_type=resnet20", "scheduler.epochs=1", "device=cpu"],
+    "theorem": ["ms=[1,2,4]", "n_points=16", "n_pairs=16"],
+    "teacher_student": ["d=3", "n_train=40", "n_test=20", "batch_size=10", "steps=4", "log_every=2", "seeds=2"],
+    "orth_residual_synthetic_data": ["epochs=1", "n_blocks=1", "n_samples=100", "region_grid=10",
+                                     "schedule=step", "milestones=[1]", "gamma=0.5"],
+    "orth_to_id": ["datasets=[blobs]", "dims=[2]", "n_blocks=[1,2]", "seeds=2", "epochs=1", "n_samples=100",
+                   "log_points=2", "pca_grid=10"],
+    "construction_validity": ["dims=[2]", "num_classes=[2]", "n_blocks=[1]", "seeds=2", "epochs=1",
+                              "n_samples=100"],
+    "study": ["scale=smoke", "jobs=1", "parts=[classification]", "scales.smoke.classification.variants=[identity]",
+              "scales.smoke.classification.seeds=1",
+              "scales.smoke.classification.overrides=['scheduler.epochs=1','device=cpu']"],
+}
+BAD = [("bogus_key=1", "bogus_key"), ("optimizer.lrr=0.1", "optimizer"), ("seed=abc", "seed"),
+       ("+bogus_key=1", "bogus_key")]
+
+
+def test_every_app_has_tiny_settings():
+    assert set(TINY) == set(APPS)
+
+
+@pytest.mark.parametrize("app", sorted(APPS))
+@pytest.mark.parametrize("override,key", BAD)
+def test_mistakes_are_one_line_exit_2_and_no_run_dir(app, override, key, tmp_path, capsys):
+    if app == "study" and override == "seed=abc":
+        override, key = "jobs=abc", "jobs"  # study has no seed
+    if app == "run_experiments" and override == "optimizer.lrr=0.1":
+        key = "optimizer.lrr"
+    run_dir = tmp_path / "run"
+    assert osc([app, override, f"hydra.run.dir={run_dir}", "progress=false"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], err
+    assert "Traceback" not in err
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("app", sorted(APPS))
+def test_summary_has_provenance_and_report(app, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert osc([app, *TINY[app], f"hydra.run.dir={run_dir}", "progress=false"]) == 0, capsys.readouterr().err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    prov = summary["provenance"]
+    assert {"package_version", "git_commit", "torch_version", "python_version", "device", "wall_time_s",
+            "command"} <= set(prov)
+    assert prov["wall_time_s"] > 0 and prov["command"].startswith(f"osc {app}")
+    report = check_report(summary["report"])
+    assert report["verdict"] and report["tables"] and all(t["rows"] for t in report["tables"])
+    for name in report["figures"]:
+        assert (run_dir / name).is_file(), name
+    # a finished run is never overwritten
+    assert osc([app, *TINY[app], f"hydra.run.dir={run_dir}", "progress=false"]) == 2
+    assert "already holds a finished run" in capsys.readouterr().err

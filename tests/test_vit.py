@@ -74,6 +74,8 @@ def test_bad_configurations_are_one_line_errors():
         get_model("vit_huge", 10)
     with pytest.raises(ValueError, match=r"ViT expects images \(N, C, 8, 8\)"):
         get_model("vit_tiny", 10, **DIGITS, depth=1)(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"option\(s\) \['stem'\] apply to ResNet models only, not vit_tiny"):
+        get_model("vit_tiny", 10, stem="cifar")
     with pytest.raises(ValueError, match="unknown skip option"):
         ViT(10, patch_sise=2)
 

@@ -10,6 +10,7 @@ from .vit import VIT_SIZES, ViT, vit
 
 MODEL_TYPES = RESNETS + tuple(VIT_SIZES)
 VIT_ONLY_OPTIONS = ("patch_size", "width", "depth", "heads", "mlp_ratio", "pool")
+RESNET_ONLY_OPTIONS = ("stem", "zero_init_residual")
 
 __all__ = ["MODEL_TYPES", "get_model", "ResNet", "BasicBlock", "Bottleneck", "PreActBlock", "PreActBottleneck",
            "ViT", "ResidualMLP", "ResidualMLPBlock"]
@@ -28,6 +29,9 @@ def get_model(model_type: str, num_classes: int, skip_kind: str | None = None, *
     (cls | mean), overriding the named size.
     """
     if model_type in VIT_SIZES:
+        resnet_only = sorted(set(options) & set(RESNET_ONLY_OPTIONS))
+        if resnet_only:
+            raise ValueError(f"option(s) {resnet_only} apply to ResNet models only, not {model_type}")
         return vit(model_type, num_classes, skip_kind, **options)
     if model_type in RESNETS:
         vit_only = sorted(set(options) & set(VIT_ONLY_OPTIONS))

@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from orthogonal_skip_connections.models import teacher_student as ts
+from orthogonal_skip_connections.models.teacher_student import ARCHS
+from orthogonal_skip_connections.train import teacher_student as ts
 
 
 def blog_loop_step_time(d: int, batch: int, steps: int) -> float:
@@ -73,7 +74,7 @@ def main() -> None:
     blog = blog_loop_step_time(d, B, args.blog_steps)
     one = vectorised_step_time(["modified_resnet"], 1, d, B, args.steps, N)
     many = vectorised_step_time(["modified_resnet"], 32, d, B, args.steps, N)
-    all6 = vectorised_step_time(list(ts.ARCHS), 8, d, B, args.steps, N)
+    all6 = vectorised_step_time(list(ARCHS), 8, d, B, args.steps, N)
     full_steps = 100 * (N // B)
     print(f"d={d}, batch={B}, threads={args.threads}; seconds per step (modified_resnet):")
     print(f"  blog-style per-sample loop, 1 seed : {blog * 1e3:9.2f} ms   (1.00x)")

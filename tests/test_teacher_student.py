@@ -13,7 +13,9 @@ from hydra import compose, initialize_config_dir
 
 from orthogonal_skip_connections.maths import orthogonal as O
 from orthogonal_skip_connections.experiments import teacher_student as app
+from orthogonal_skip_connections.analysis import teacher_student as tsa
 from orthogonal_skip_connections.models import teacher_student as ts
+from orthogonal_skip_connections.train import teacher_student as tst
 from orthogonal_skip_connections.experiments._app import CONFIG_DIR
 from orthogonal_skip_connections.runs import UserError
 
@@ -31,10 +33,10 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def tiny(**kw) -> ts.TeacherStudentConfig:
+def tiny(**kw) -> tst.TeacherStudentConfig:
     opts = dict(d=4, n_train=120, n_test=60, batch_size=20, steps=24, log_every=8, lr=1e-2, dtype="float64")
     opts.update(kw)
-    return ts.TeacherStudentConfig(**opts)
+    return tst.TeacherStudentConfig(**opts)
 
 
 def compose_cfg(*overrides):
@@ -85,6 +87,91 @@ def test_formulas_as_written():
         torch.testing.assert_close(ts.predict(arch, batched, X, "sum")[0, 0, 0], want.sum())
 
 
+# --------------------------------------------------------------------------- optimiser
+
+
+def _student_and_optimizer(arch, optimizer, momentum=0.0, orth_update="polar", S=3, d=4, lr=0.05):
+    cfg = tiny(d=d, optimizer=optimizer, momentum=momentum, orth_update=orth_update, lr=lr)
+    gens = [ts.seed_generator(s, "model") for s in range(S)]
+    student = ts.Student(arch, ts.init_weights(arch, d, gens, "small", 1.0, "haar"),
+                         orth_method=tst.ORTH_UPDATES[orth_update])
+    return student, tst.build_optimizer(student, cfg)
+
+
+def _gradients(student, steps, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in student.tensors().items()}
+            for _ in range(steps)]
+
+
+@pytest.mark.parametrize("optimizer,momentum", [("sgd", 0.0), ("sgd", 0.7), ("nesterov", 0.7), ("adam", 0.0)])
+def test_torch_optimizer_steps_follow_the_formulas(optimizer, momentum):
+    """The loop's SGD / heavy ball / Nesterov / Adam (torch.optim through osc.optimizer) take
+    the steps of the formulas written out here (those of the loop's former hand-written
+    optimiser) on (S, d, d) weights: buffer b = g at the first step, then b <- mu b + g,
+    direction b (heavy ball) or g + mu b (Nesterov); Adam with betas (0.9, 0.999), eps 1e-8,
+    bias-corrected."""
+    lr = 0.05
+    student, opt = _student_and_optimizer("modified_resnet", optimizer, momentum, lr=lr)
+    want = {n: p.detach().clone() for n, p in student.tensors().items()}
+    state = {n: {} for n in want}
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for t, grads in enumerate(_gradients(student, 4), start=1):
+        for n, p in student.tensors().items():
+            p.grad = grads[n].clone()
+        opt.step()
+        for n, g in grads.items():
+            st = state[n]
+            if optimizer == "adam":
+                st["m"] = b1 * st.get("m", 0) + (1 - b1) * g
+                st["v"] = b2 * st.get("v", 0) + (1 - b2) * g * g
+                D = (st["m"] / (1 - b1**t)) / ((st["v"] / (1 - b2**t)).sqrt() + eps)
+            elif momentum == 0:
+                D = g
+            else:
+                st["b"] = momentum * st["b"] + g if "b" in st else g.clone()
+                D = g + momentum * st["b"] if optimizer == "nesterov" else st["b"]
+            want[n] = want[n] - lr * D
+        for n, p in student.tensors().items():
+            torch.testing.assert_close(p.detach(), want[n], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("optimizer,momentum", [("sgd", 0.0), ("nesterov", 0.6), ("adam", 0.0)])
+@pytest.mark.parametrize("orth_update", list(tst.ORTH_UPDATES))
+def test_q_moves_by_the_library_retraction_rule(orth_update, optimizer, momentum):
+    """Q (orth_resnet) is a retracted matrix of osc.optimizer: heavy ball on the Euclidean
+    gradient, m <- mu m + G (mu = momentum, beta1 = 0.9 for Adam), then the retraction
+    along m: polar(W - lr W skew(W^T m)) for ``polar``, the spectral steepest step of
+    length lr for ``steepest``. With sgd and no momentum this is the loop's original
+    step (the Riemannian gradient, then the polar factor)."""
+    lr = 0.05
+    student, opt = _student_and_optimizer("orth_resnet", optimizer, momentum, orth_update, lr=lr)
+    Q = student.tensors()["Q"]
+    W, m = Q.detach().clone(), None
+    mu = 0.9 if optimizer == "adam" else momentum
+    for grads in _gradients(student, 4, seed=1):
+        for n, p in student.tensors().items():
+            p.grad = grads[n].clone()
+        opt.step()
+        G = grads["Q"]
+        m = G.clone() if m is None or mu == 0 else mu * m + G
+        if orth_update == "polar":
+            W = O.polar(W - lr * O.tangent_gradient(W, m))
+        else:
+            W = O.steepest_step(W, m, lr)
+        torch.testing.assert_close(Q.detach(), W, rtol=1e-10, atol=1e-12)
+    assert float(O.orth_error(Q.detach()).max()) < 1e-12
+
+
+def test_student_q_is_refused_by_a_plain_torch_optimizer():
+    student, _ = _student_and_optimizer("orth_resnet", "sgd")
+    plain = torch.optim.SGD(student.parameters(), lr=0.1)
+    for p in student.parameters():
+        p.grad = torch.zeros_like(p)
+    with pytest.raises(TypeError, match="retracted orthogonal matrix"):
+        plain.step()
+
+
 # --------------------------------------------------------------------------- seeds
 
 
@@ -100,9 +187,9 @@ def test_formulas_as_written():
 def test_vectorised_run_equals_single_seed_runs(kw):
     cfg = tiny(**kw)
     seeds = [3, 4, 5]
-    together = ts.train(ARCHS, cfg, seeds)
+    together = tst.train(ARCHS, cfg, seeds)
     for i, s in enumerate(seeds):
-        alone = ts.train(ARCHS, cfg, [s])
+        alone = tst.train(ARCHS, cfg, [s])
         for a in ARCHS:
             T, A = together[a], alone[a]
             np.testing.assert_array_equal(T.steps, A.steps)
@@ -121,19 +208,19 @@ def test_vectorised_run_equals_single_seed_runs(kw):
 @pytest.mark.parametrize("output", ts.OUTPUTS)
 def test_teacher_as_its_own_student_has_zero_loss_and_distance(output):
     cfg = tiny(student_init="teacher", output=output, optimizer="nesterov", momentum=0.9)
-    for a, t in ts.train(ARCHS, cfg, [0, 1]).items():
+    for a, t in tst.train(ARCHS, cfg, [0, 1]).items():
         assert np.all(t.train_loss <= 1e-24), a
         assert np.all(t.test_loss <= 1e-24), a
         assert np.all(t.distance <= 1e-12), a
         assert np.all(t.aligned_distance <= 1e-12), a
-        s = ts.summarize(t, fit_tol=1e-3, recover_tol=0.05)
+        s = tsa.summarize(t, fit_tol=1e-3, recover_tol=0.05)
         assert s["fits"] and s["recovered"] and s["recovered_up_to_symmetry"], a
 
 
-@pytest.mark.parametrize("update", ts.ORTH_UPDATES)
+@pytest.mark.parametrize("update", tst.ORTH_UPDATES)
 def test_orth_resnet_q_stays_orthogonal(update):
     cfg = tiny(orth_update=update, optimizer="adam", lr=5e-2, steps=40, dtype="float32")
-    Q = torch.from_numpy(ts.train(["orth_resnet"], cfg, [0, 1])["orth_resnet"].student["Q"])
+    Q = torch.from_numpy(tst.train(["orth_resnet"], cfg, [0, 1])["orth_resnet"].student["Q"])
     assert float(O.orth_error(Q).max()) < 1e-5
 
 
@@ -172,11 +259,11 @@ def test_aligned_distance_is_zero_for_permuted_rescaled_teacher(arch_name, outpu
     # a symmetry: the same function ...
     torch.testing.assert_close(ts.predict(arch, student, X, output), ts.predict(arch, teacher, X, output))
     # ... with other weights, at aligned distance zero
-    assert float(ts.weight_distance(student, teacher)[0]) > 0.5
-    assert ts.aligned_distances(arch, student, teacher, output)[0] < 1e-10
+    assert float(tsa.weight_distance(student, teacher)[0]) > 0.5
+    assert tsa.aligned_distances(arch, student, teacher, output)[0] < 1e-10
     A, A_s = (ts.effective_first_layer(arch, p)[0].numpy() for p in (student, teacher))
     V, V_s = (ts.output_weights(arch, p, output)[0].numpy() for p in (student, teacher))
-    dist, match = ts.aligned_distance(A, V, A_s, V_s, rescale=arch.two_layer)
+    dist, match = tsa.aligned_distance(A, V, A_s, V_s, rescale=arch.two_layer)
     assert dist < 1e-10
     np.testing.assert_array_equal(match, pi)  # student unit pi[k] is teacher unit k
 
@@ -194,9 +281,9 @@ def test_summed_output_sees_only_row_sums_of_w2_and_column_sums_of_q():
     }
     X = torch.randn(1, 5, 40, dtype=torch.float64)
     torch.testing.assert_close(ts.predict(arch, student, X, "sum"), ts.predict(arch, teacher, X, "sum"))
-    assert float(ts.weight_distance(student, teacher)[0]) > 1.0
-    assert ts.aligned_distances(arch, student, teacher, "sum")[0] < 1e-10
-    assert ts.aligned_distances(arch, student, teacher, "vector")[0] > 1.0  # a vector output sees them
+    assert float(tsa.weight_distance(student, teacher)[0]) > 1.0
+    assert tsa.aligned_distances(arch, student, teacher, "sum")[0] < 1e-10
+    assert tsa.aligned_distances(arch, student, teacher, "vector")[0] > 1.0  # a vector output sees them
 
 
 def _brute_force(A, V, A_s, V_s, rescale):
@@ -220,7 +307,7 @@ def test_aligned_distance_matches_brute_force_at_d4(rescale, k_out):
     for _ in range(5):
         A, A_s = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
         V, V_s = rng.normal(size=(4, k_out)), rng.normal(size=(4, k_out))
-        dist, pi = ts.aligned_distance(A, V, A_s, V_s, rescale=rescale)
+        dist, pi = tsa.aligned_distance(A, V, A_s, V_s, rescale=rescale)
         assert dist == pytest.approx(_brute_force(A, V, A_s, V_s, rescale), rel=1e-12)
         assert sorted(pi) == [0, 1, 2, 3]
         if not rescale:  # the identity matching is one of the candidates
@@ -264,9 +351,9 @@ def test_teacher_as_student_through_the_app(tmp_path):
     cfg = compose_cfg("progress=false", "d=3", "n_train=40", "n_test=20", "batch_size=10", "steps=5",
                       "log_every=5", "seeds=2", "archs=[li_yuan,orth_resnet]", "student.init=teacher")
     archs, train_cfg, seeds = app.build(cfg)
-    trajs = ts.train(archs, train_cfg, seeds)
+    trajs = tst.train(archs, train_cfg, seeds)
     for t in trajs.values():
-        s = ts.summarize(t, cfg.thresholds.fit, cfg.thresholds.recover)
+        s = tsa.summarize(t, cfg.thresholds.fit, cfg.thresholds.recover)
         assert s["fits"] and s["recovered"] and s["recovered_up_to_symmetry"]
 
 

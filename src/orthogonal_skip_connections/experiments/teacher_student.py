@@ -4,7 +4,7 @@
     osc teacher_student teacher.init=gaussian teacher.scale=0.1 output=vector
 
 Trains a student of every architecture in ``archs`` against a teacher of the same
-architecture, all seeds at once (``models/teacher_student.py``), and writes into the
+architecture, all seeds at once (``train/teacher_student.py``), and writes into the
 run dir: config.yaml, trajectories.npz (per architecture: steps, per-seed metrics,
 teacher and final student weights), summary.json (per architecture: final losses and
 distances, means over seeds, and the fits / recovered verdicts with their thresholds),
@@ -24,8 +24,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..models import teacher_student as ts
-from ..models.teacher_student import ARCHS, summarize
+from ..analysis.teacher_student import summarize
+from ..models.teacher_student import ARCHS
+from ..train import teacher_student as ts
 from ..rundir import RunDir, column
 from ..runs import UserError, resolve_device
 from ._app import App, one_of, require, typed

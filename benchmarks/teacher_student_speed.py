@@ -47,18 +47,31 @@ def blog_loop_step_time(d: int, batch: int, steps: int) -> float:
 
 
 def vectorised_step_time(archs, seeds: int, d: int, batch: int, steps: int, n_train: int) -> float:
-    """Seconds per step of ``ts.train`` (all ``archs`` and seeds at once): the time of a
-    run of ``steps + 1`` steps minus that of a 1-step run (set-up: data, teachers, logs)."""
+    """Seconds per step of ``ts.train`` (all ``archs`` and seeds at once): the time of the
+    training loop of a ``steps + 1``-step run minus that of a 1-step run (both end with
+    one metric log). Only the loop is timed, through the progress bar it iterates, so
+    the set-up (100,000 samples per seed, teachers, labels), whose time varies by more
+    than a few hundred steps take, stays out of the difference."""
+    loop_times = []
+
+    def timed(iterable, **kwargs):
+        start = time.perf_counter()
+        yield from iterable
+        loop_times.append(time.perf_counter() - start)
 
     def run(n: int) -> float:
         cfg = ts.TeacherStudentConfig(d=d, n_train=n_train, n_test=1000, batch_size=batch, steps=n, log_every=n)
-        start = time.perf_counter()
         ts.train(archs, cfg, range(seeds))
-        return time.perf_counter() - start
+        return loop_times.pop()
 
-    run(1)  # warm-up
-    # best of three: on a shared machine the minimum is the least disturbed measurement
-    return min(max(run(steps + 1) - run(1), 1e-9) for _ in range(3)) / steps
+    bar, ts.progress_bar = ts.progress_bar, timed
+    try:
+        run(1)  # warm-up
+        # best of three of each: on a shared machine the minimum is the least disturbed
+        t1 = min(run(1) for _ in range(3))
+        return max(min(run(steps + 1) for _ in range(3)) - t1, 1e-9) / steps
+    finally:
+        ts.progress_bar = bar
 
 
 def main() -> None:

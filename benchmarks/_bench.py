@@ -1,0 +1,101 @@
+"""What the benchmark scripts share: the device and its name, synchronised timing of
+variants interleaved round-robin, the optimiser of this library, and a plain-text table.
+
+Not a module of the library: the scripts import it as a sibling (``python benchmarks/x.py``
+puts this folder on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: cuda if there is one, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for but no CUDA GPU is available")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def header(title: str, device: torch.device) -> str:
+    """One line naming what was measured, on which device, with which torch."""
+    cuda = f", CUDA {torch.version.cuda}" if device.type == "cuda" else ""
+    return f"{title}\ndevice: {device_name(device)}; torch {torch.__version__}{cuda}"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_times(
+    steps: dict[str, Callable[[], object]],
+    device: torch.device,
+    rounds: int,
+    calls: int,
+    warmup: int = 2,
+    between: Callable[[str], None] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, one number per round.
+
+    Every round times ``calls`` calls of each function in turn (so machine noise and clock
+    changes hit every variant alike), with the device synchronised before and after.
+    ``between(name)`` runs before each timing, outside it (settings, measurements)."""
+    for name, fn in steps.items():
+        if between is not None:
+            between(name)
+        for _ in range(warmup):
+            fn()
+    synchronize(device)
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            if between is not None:
+                between(name)
+            synchronize(device)
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            synchronize(device)
+            times[name].append((time.perf_counter() - t0) / calls)
+    return times
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float = 0.1, momentum: float = 0.9,
+                   weight_decay: float = 5e-4) -> torch.optim.Optimizer:
+    """SGD from this library: its ``step()`` also keeps the retracted orthogonal matrices
+    on O(n) (no separate upkeep call)."""
+    from orthogonal_skip_connections.optim import optimizer
+
+    return optimizer(model, torch.optim.SGD, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def table(columns: list[str], rows: list[list], aligns: str | None = None) -> str:
+    """A plain-text table; floats are written as given (format them first)."""
+    cells = [[str(c) for c in columns]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    aligns = aligns or "<" + ">" * (len(columns) - 1)
+
+    def fmt(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) if a == "<" else c.rjust(w) for c, w, a in zip(row, widths, aligns))
+
+    lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]]
+    return "\n".join(lines)

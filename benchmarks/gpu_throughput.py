@@ -1,0 +1,187 @@
+"""Train-step time of every skip kind and learnable_orth method over identity's, and the
+training throughput (images/s) of ResNet-18 with identity skips, on any device.
+
+A step is: zero_grad, forward under autocast (bf16 by default), cross-entropy, backward,
+``opt.step()`` of this library's optimiser (which also retracts the retracted orthogonal
+skips). Variants of one model are timed side by side in one process, interleaved
+round-robin over several rounds with the device synchronised around each timing; the
+table gives the median over rounds and its ratio to identity's median (and the same for
+the fastest round). The ``opt.step`` column times the optimiser step alone (retraction
+included), on the gradients of one backward pass. A second table times ResNet-18 with
+identity skips under other settings (fp32, NCHW, cudnn.benchmark off).
+
+Targets (issue 13, on an H100/H200): every learnable_orth method within 1.05x of
+identity's step time; ResNet-18 (CIFAR stem) >= 20,000 training images/s in bf16.
+
+    python benchmarks/gpu_throughput.py                     # resnet20 and resnet18, batch 512
+    python benchmarks/gpu_throughput.py --quick             # seconds on a CPU: a smoke run
+    python benchmarks/gpu_throughput.py --models resnet18 --batch 1024 --rounds 7 --steps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from _bench import header, interleaved_times, make_optimizer, median, resolve_device, synchronize, table
+
+from orthogonal_skip_connections import get_model
+from orthogonal_skip_connections.skips import ORTH_METHODS, SKIP_KINDS
+
+IMG_TARGET = 20_000  # images/s, ResNet-18 bf16 identity, H100/H200
+RATIO_TARGET = 1.05  # learnable_orth step time / identity's, H100/H200
+
+
+def variants() -> list[tuple[str, str | None]]:
+    """identity first (the baseline), then every other kind, then every learnable_orth method."""
+    kinds = [("identity", None)] + [(k, None) for k in SKIP_KINDS if k not in ("identity", "learnable_orth")]
+    return kinds + [("learnable_orth", m) for m in ORTH_METHODS]
+
+
+def label(kind: str, method: str | None) -> str:
+    return kind if method is None else f"{kind}/{method}"
+
+
+class Step:
+    """One training step of one model on one fixed batch, under one set of settings."""
+
+    def __init__(self, model_type: str, kind: str, method: str | None, batch: int, device: torch.device,
+                 amp: bool = True, channels_last: bool = True, cudnn_benchmark: bool = True):
+        torch.manual_seed(0)
+        opts = {"method": method} if method else {}
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = get_model(model_type, 10, skip_kind=kind, **opts).to(device).to(memory_format=fmt)
+        self.opt = make_optimizer(self.model)
+        self.x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+        self.y = torch.randint(0, 10, (batch,), device=device)
+        self.amp = amp
+        self.device = device
+        self.cudnn_benchmark = cudnn_benchmark
+
+    def settings(self) -> None:
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+
+    def backward(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
+        with ctx:
+            loss = F.cross_entropy(self.model(self.x).float(), self.y)
+        loss.backward()
+
+    def __call__(self) -> None:
+        self.backward()
+        self.opt.step()
+
+
+def optimizer_step_times(steps: dict[str, Step], device: torch.device, rounds: int, calls: int) -> dict[str, float]:
+    """Median seconds of ``opt.step()`` alone (on the gradients of one backward pass)."""
+    for step in steps.values():
+        step.settings()
+        step.backward()
+    times = interleaved_times({name: s.opt.step for name, s in steps.items()}, device, rounds, calls, warmup=1)
+    return {name: median(ts) for name, ts in times.items()}
+
+
+def skip_table(model_type: str, args, device: torch.device) -> tuple[str, list[str]]:
+    chosen = [(k, m) for k, m in variants() if args.variants is None or label(k, m) in args.variants]
+    if chosen[0][0] != "identity":
+        raise SystemExit("--variants must include identity (the baseline)")
+    steps = {label(k, m): Step(model_type, k, m, args.batch, device, not args.no_amp) for k, m in chosen}
+    times = interleaved_times(steps, device, args.rounds, args.steps, args.warmup,
+                              between=lambda name: steps[name].settings())
+    opt_times = optimizer_step_times(steps, device, args.rounds, args.steps)
+    base_med, base_min = median(times["identity"]), min(times["identity"])
+    rows, misses = [], []
+    for name, ts in times.items():
+        med, fastest = median(ts), min(ts)
+        ratio = med / base_med
+        target = ""
+        if name.startswith("learnable_orth"):
+            target = "ok" if ratio <= RATIO_TARGET else "MISS"
+            if ratio > RATIO_TARGET:
+                misses.append(f"{model_type} {name}: {ratio:.3f}x identity (target <= {RATIO_TARGET}x)")
+        rows.append([name, f"{1000 * med:.2f}", f"{ratio:.3f}", f"{1000 * fastest:.2f}", f"{fastest / base_min:.3f}",
+                     f"{1000 * opt_times[name]:.2f}", f"{args.batch / med:,.0f}", target])
+    title = (f"{model_type} (CIFAR stem), batch {args.batch}, {'bf16 autocast' if not args.no_amp else 'fp32'}, "
+             f"channels_last, cudnn.benchmark on; {args.rounds} rounds x {args.steps} steps, warm-up {args.warmup}")
+    text = title + "\n" + table(
+        ["skip", "median ms", "ratio", "min ms", "ratio", "opt.step ms", "img/s", f"<= {RATIO_TARGET}x"], rows,
+        "<>>>>>><")
+    return text, misses
+
+
+def settings_table(args, device: torch.device) -> tuple[str, list[str]]:
+    """ResNet-18 with identity skips: images/s under the default and other settings."""
+    settings = {
+        "bf16, channels_last, cudnn.benchmark": {"amp": True, "channels_last": True, "cudnn_benchmark": True},
+        "bf16, channels_last, no cudnn.benchmark": {"amp": True, "channels_last": True, "cudnn_benchmark": False},
+        "bf16, NCHW, cudnn.benchmark": {"amp": True, "channels_last": False, "cudnn_benchmark": True},
+        "fp32, channels_last, cudnn.benchmark": {"amp": False, "channels_last": True, "cudnn_benchmark": True},
+    }
+    steps = {name: Step("resnet18", "identity", None, args.batch, device, **kw) for name, kw in settings.items()}
+    times = interleaved_times(steps, device, args.rounds, args.steps, args.warmup,
+                              between=lambda name: steps[name].settings())
+    torch.backends.cudnn.benchmark = True
+    rows, misses = [], []
+    for name, ts in times.items():
+        ips = args.batch / median(ts)
+        target = ""
+        if name.startswith("bf16, channels_last, cudnn"):
+            target = "ok" if ips >= IMG_TARGET else "MISS"
+            if ips < IMG_TARGET:
+                misses.append(f"resnet18 identity bf16: {ips:,.0f} img/s (target >= {IMG_TARGET:,})")
+        rows.append([name, f"{1000 * median(ts):.2f}", f"{ips:,.0f}", f"{max(args.batch / t for t in ts):,.0f}",
+                     target])
+    text = (f"resnet18 (CIFAR stem), identity skips, batch {args.batch}: training images/s by setting "
+            f"(forward + backward + SGD step; no data loading)\n")
+    text += table(["setting", "median ms", "img/s", "best img/s", f">= {IMG_TARGET:,}"], rows, "<>>><")
+    return text, misses
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="resnet20,resnet18", help="comma-separated model types")
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--steps", type=int, default=20, help="steps per timing")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
+    p.add_argument("--device", default="auto", help="auto (cuda if any, else cpu) | cpu | cuda | cuda:N")
+    p.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated subset, e.g. identity,learnable_orth/householder (default: all)")
+    p.add_argument("--no-settings", action="store_true", help="skip the resnet18 settings table")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: resnet20 only, batch 16, 2 rounds x 1 step, warm-up 1")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.models, args.batch, args.steps, args.rounds, args.warmup = "resnet20", 16, 1, 2, 1
+    if args.variants is not None:
+        args.variants = {v.strip() for v in args.variants.split(",")}
+    device = resolve_device(args.device)
+    print(header("train-step time by skip kind, and ResNet-18 training throughput", device), flush=True)
+    misses = []
+    for model_type in args.models.split(","):
+        text, miss = skip_table(model_type.strip(), args, device)
+        misses += miss
+        print("\n" + text, flush=True)
+    if not args.no_settings:
+        text, miss = settings_table(args, device)
+        misses += miss
+        print("\n" + text, flush=True)
+    synchronize(device)
+    if device.type == "cuda":
+        print(f"\npeak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+    print("\ntargets (H100/H200; informative on other devices):",
+          "all met" if not misses else f"{len(misses)} missed")
+    for m in misses:
+        print("  " + m)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

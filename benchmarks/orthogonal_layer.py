@@ -1,0 +1,234 @@
+"""One constrained C x C orthogonal layer, trained by SGD, in this library, in geotorch and
+in torch: step time and how orthogonal the weight stays; then the per-call cost of each
+retraction, batched against one call per matrix.
+
+The layer is y = x W^T with W in O(C), fitted by SGD (momentum 0.9) to a Haar-random
+orthogonal teacher: loss = mean (x W^T - x Q^T)^2 over a fixed batch x of B x C normal
+inputs; W starts at I everywhere. The variants:
+
+- ``osc <method>``: a ``learnable_orth`` skip of this library (``make_skip``), stepped by
+  ``orthogonal_skip_connections.optim.optimizer``; retracted methods (``steepest``, the
+  default, ``svd``, ``qr``, ``newton_schulz``) are moved on O(C) inside ``opt.step()``,
+  parametrized ones (``cayley``, ``exp``, ``householder``) are torch's parametrization;
+- ``torch <map>``: ``nn.Linear`` with ``torch.nn.utils.parametrizations.orthogonal``
+  (``matrix_exp``, ``cayley``, ``householder``), plain ``torch.optim.SGD``;
+- ``geotorch <triv>``: ``nn.Linear`` with ``geotorch.orthogonal`` (``expm``, ``cayley``),
+  plain ``torch.optim.SGD`` (left out, with a note, if geotorch is not installed:
+  ``pip install geotorch`` or the project's ``bench`` extra).
+
+All variants of one C run side by side in one process: ``--steps`` steps each (default
+1000), in ``--rounds`` interleaved rounds, each round timed with the device
+synchronised; step time is the median over rounds, and after every round
+||W^T W - I||_F is measured in float64; the table gives the largest over the run and
+the last. Target (issue 13): this library's layer no slower than geotorch's and torch's
+at every C while at least as orthogonal, checked here against their default maps
+(``torch matrix_exp``, ``geotorch expm``); the fastest variant of all is named under each table.
+
+The second table times ``maths.orthogonal.retract`` (and the parametrized maps) on a
+stack of K matrices (one call) against K calls on one matrix each.
+
+    python benchmarks/orthogonal_layer.py                  # C in 16, 64, 256, 512; 1000 steps
+    python benchmarks/orthogonal_layer.py --quick          # seconds on a CPU: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+from _bench import header, interleaved_times, make_optimizer, median, resolve_device, table
+from torch import nn
+
+from orthogonal_skip_connections.maths import orthogonal as orth
+from orthogonal_skip_connections.skips import ORTH_METHODS, RETRACTED_METHODS, make_skip
+
+try:
+    import geotorch
+except ImportError:  # optional: the bench extra
+    geotorch = None
+
+OURS = "osc steepest"  # this library's default method: the row the target is about
+DEFAULTS = ("torch matrix_exp", "geotorch expm")  # torch's (for a square weight) and geotorch's default maps
+
+
+class Task:
+    """A layer, its optimiser and its fixed regression problem; ``weight()`` reads W."""
+
+    def __init__(self, name: str, layer: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, target: torch.Tensor):
+        self.name, self.layer, self.opt, self.x, self.target = name, layer, opt, x, target
+
+    def __call__(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        F.mse_loss(self.layer(self.x), self.target).backward()
+        self.opt.step()
+
+    @torch.no_grad()
+    def weight(self) -> torch.Tensor:
+        return self.layer.weight.detach()
+
+    @torch.no_grad()
+    def loss(self) -> float:
+        return float(F.mse_loss(self.layer(self.x), self.target))
+
+
+def build_tasks(C: int, batch: int, lr: float, device: torch.device, householder: bool = True) -> dict[str, Task]:
+    g = torch.Generator().manual_seed(C)
+    x = torch.randn(batch, C, generator=g).to(device)
+    Q = orth.haar_orthogonal(C, generator=g).to(device)
+    target = x @ Q.T
+    tasks = {}
+    for method in ORTH_METHODS:
+        if method == "householder" and not householder:
+            continue
+        layer = make_skip("learnable_orth", C, method=method, init="identity").to(device)
+        tasks[f"osc {method}"] = Task(f"osc {method}", layer, make_optimizer(layer, lr=lr, weight_decay=0.0), x,
+                                      target)
+    for omap in ("matrix_exp", "cayley", "householder") if householder else ("matrix_exp", "cayley"):
+        layer = nn.Linear(C, C, bias=False)
+        with torch.no_grad():
+            layer.weight.copy_(torch.eye(C))
+        nn.utils.parametrizations.orthogonal(layer, "weight", orthogonal_map=omap)
+        layer.to(device)
+        tasks[f"torch {omap}"] = Task(f"torch {omap}", layer, torch.optim.SGD(layer.parameters(), lr=lr, momentum=0.9),
+                                      x, target)
+    if geotorch is not None:
+        for triv in ("expm", "cayley"):
+            layer = nn.Linear(C, C, bias=False)
+            geotorch.orthogonal(layer, "weight", triv=triv)
+            layer.weight = torch.eye(C)  # geotorch starts at a random point; start at I like the others
+            layer.to(device)
+            tasks[f"geotorch {triv}"] = Task(f"geotorch {triv}", layer,
+                                             torch.optim.SGD(layer.parameters(), lr=lr, momentum=0.9), x, target)
+    return tasks
+
+
+def layer_table(C: int, args, device: torch.device) -> tuple[str, list[str]]:
+    tasks = build_tasks(C, args.batch, args.lr, device, householder=C <= args.householder_max)
+    errors = {name: [] for name in tasks}
+
+    def measure(name: str) -> None:  # runs before each timing: the error after the previous round
+        errors[name].append(float(orth.orth_error(tasks[name].weight().double())))
+
+    calls = args.steps // args.rounds
+    times = interleaved_times(tasks, device, args.rounds, calls, warmup=args.warmup, between=measure)
+    for name in tasks:
+        measure(name)
+    meds = {name: median(ts) for name, ts in times.items()}
+    base = meds["torch matrix_exp"]
+    geo = meds.get("geotorch expm")
+    rows = []
+    for name, task in tasks.items():
+        rows.append([name, f"{1e6 * meds[name]:.0f}", f"{meds[name] / base:.2f}",
+                     f"{meds[name] / geo:.2f}" if geo else "-", f"{max(errors[name][1:]):.1e}",
+                     f"{errors[name][-1]:.1e}", f"{task.loss():.2e}"])
+    text = (f"C = {C}: batch {args.batch}, SGD lr {args.lr} momentum 0.9, {calls * args.rounds} steps "
+            f"({args.rounds} rounds x {calls}, after {args.warmup} warm-up)")
+    if C > args.householder_max:
+        text += f"; householder rows left out (C > --householder-max {args.householder_max})"
+    text += "\n"
+    text += table(["layer", "us/step", "/ torch exp", "/ geotorch", "max orth err", "last orth err", "final loss"],
+                  rows, "<>>>>>>")
+    # the target: this library's default layer no slower than torch's and geotorch's default
+    # layers (matrix_exp, expm), and at least as orthogonal; the fastest of all is named too
+    misses = []
+    for other in [n for n in DEFAULTS if n in tasks]:
+        if meds[OURS] > meds[other]:
+            misses.append(f"C={C}: {OURS} {1e6 * meds[OURS]:.0f} us/step is slower than {other} "
+                          f"({1e6 * meds[other]:.0f} us/step, {meds[OURS] / meds[other]:.2f}x)")
+        if max(errors[OURS][1:]) > max(errors[other][1:]):
+            misses.append(f"C={C}: {OURS} max orth err {max(errors[OURS][1:]):.1e} > {other}'s "
+                          f"{max(errors[other][1:]):.1e}")
+    fastest = min(tasks, key=lambda n: meds[n])
+    text += f"\nfastest: {fastest} ({meds[fastest] / meds[OURS]:.2f}x {OURS}'s time)"
+    return text, misses
+
+
+def _retraction_calls(W: torch.Tensor, G: torch.Tensor, A: torch.Tensor) -> dict:
+    """Each retraction (and parametrized map) on the K matrices: one call, and K calls."""
+    K = len(W)
+    fns = {}
+    for method in RETRACTED_METHODS:
+        fns[f"{method} batched"] = lambda m=method: orth.retract(m, W, G, 0.05)
+        fns[f"{method} loop"] = lambda m=method: [orth.retract(m, W[i], G[i], 0.05) for i in range(K)]
+    fns["cayley map batched"] = lambda: orth.cayley(A)
+    fns["cayley map loop"] = lambda: [orth.cayley(A[i]) for i in range(K)]
+    fns["exp map batched"] = lambda: orth.expm(A)
+    fns["exp map loop"] = lambda: [orth.expm(A[i]) for i in range(K)]
+    return fns
+
+
+def retraction_table(Cs: list[int], args, device: torch.device) -> str:
+    K = args.k
+    rows = []
+    for C in Cs:
+        g = torch.Generator().manual_seed(C)
+        # one draw at a time: a batched det of n >= 256 after torch.set_num_threads can make
+        # MKL fail (DLASWP) and hang on the CPU (seen with torch 2.11 and 2.14)
+        W = torch.stack([orth.haar_orthogonal(C, generator=g) for _ in range(K)]).to(device)
+        G = (1e-2 * torch.randn(K, C, C, generator=g)).to(device)
+        fns = _retraction_calls(W, G, orth.skew(G))
+        times = interleaved_times(fns, device, args.retract_rounds, args.retract_calls, warmup=2)
+        for name in [n for n in fns if n.endswith("batched")]:
+            base = name[: -len(" batched")]
+            b, loop = median(times[name]), median(times[base + " loop"])
+            rows.append([str(C), base, f"{1e6 * b:.0f}", f"{1e6 * loop:.0f}", f"{1e6 * b / K:.0f}",
+                         f"{loop / b:.1f}"])
+    text = (f"per-call cost of each retraction (step 0.05) and each parametrized map on K = {K} matrices: "
+            f"one batched call vs {K} calls of one matrix\n")
+    return text + table(["C", "retraction", "batched us", "loop us", "us/matrix batched", "loop / batched"], rows,
+                        "><>>>>")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="16,64,256,512", help="comma-separated C")
+    p.add_argument("--batch", type=int, default=256, help="rows of x")
+    p.add_argument("--steps", type=int, default=1000, help="timed SGD steps per variant")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--k", type=int, default=8, help="matrices per batched retraction call")
+    p.add_argument("--retract-calls", type=int, default=5, help="calls per timing in the retraction table")
+    p.add_argument("--retract-sizes", default=None, help="C of the retraction table (default: --sizes; '' for none)")
+    p.add_argument("--retract-rounds", type=int, default=5, help="rounds in the retraction table")
+    p.add_argument("--householder-max", type=int, default=64,
+                   help="largest C with householder rows (C Householder reflections per forward: slow)")
+    p.add_argument("--device", default="auto", help="auto (cuda if any, else cpu) | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--quick", action="store_true", help="smoke run: C in 16, 64; 40 steps in 4 rounds")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.sizes, args.steps, args.rounds, args.warmup = "16,64", 40, 4, 1
+        args.retract_calls, args.retract_rounds = 2, 2
+    if args.steps < args.rounds or args.rounds < 2:
+        raise SystemExit("need --rounds >= 2 and --steps >= --rounds")
+    device = resolve_device(args.device)
+    Cs = [int(c) for c in args.sizes.split(",") if c]
+    print(header("a C x C orthogonal layer: this library vs torch.nn.utils.parametrizations.orthogonal vs "
+                 "geotorch.orthogonal", device), flush=True)
+    if geotorch is None:
+        print("geotorch: not installed, its rows are left out (pip install geotorch, or the bench extra)")
+    else:
+        print(f"geotorch {geotorch.__version__}")
+    misses = []
+    for C in Cs:
+        text, miss = layer_table(C, args, device)
+        misses += miss
+        print("\n" + text, flush=True)
+    retract_sizes = Cs if args.retract_sizes is None else [int(c) for c in args.retract_sizes.split(",") if c]
+    if retract_sizes:
+        print("\n" + retraction_table(retract_sizes, args, device), flush=True)
+    if not Cs:
+        return
+    print(f"\ntarget ({OURS} no slower than {' and '.join(DEFAULTS)} at every C, and at least as orthogonal): "
+          f"{'met' if not misses else f'{len(misses)} missed'}")
+    for m in misses:
+        print("  " + m)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,142 @@
+"""The CUDA path: bf16 training steps with every skip kind, resume on CUDA, the on-device
+loader on CUDA. Skipped (at collection cost only) where no CUDA GPU is present, as on CI;
+run on a GPU machine with ``python -m pytest -q tests/test_cuda.py``."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import orthogonal_skip_connections as osc
+from orthogonal_skip_connections.data.vision import TensorLoader, epoch_generator, load_image_data
+from orthogonal_skip_connections.skips import ORTH_METHODS, SKIP_KINDS
+from orthogonal_skip_connections.train.classifier import MetricSink, TrainConfig, train_classifier
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+CUDA = torch.device("cuda")
+VARIANTS = [(k, None) for k in SKIP_KINDS if k != "learnable_orth"] + [("learnable_orth", m) for m in ORTH_METHODS]
+
+
+def write_cifar10(root, n_train=80, n_test=40, seed=0):
+    """Random CIFAR-10 "python version" files (the format load_image_data reads)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+
+    def batch(n):
+        return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                b"labels": list(rng.integers(0, 10, n))}
+
+    files = {f"data_batch_{i}": batch(n_train // 5) for i in range(1, 6)} | {"test_batch": batch(n_test)}
+    for name, content in files.items():
+        with open(folder / name, "wb") as f:
+            pickle.dump(content, f)
+
+
+@pytest.mark.parametrize("kind,method", VARIANTS, ids=[k if m is None else f"{k}-{m}" for k, m in VARIANTS])
+def test_bf16_training_step_every_skip(kind, method):
+    opts = {"method": method, "init": "haar"} if method else {}
+    model = osc.get_model("resnet20", 10, skip_kind=kind, **opts).to(CUDA).to(memory_format=torch.channels_last)
+    opt = osc.optimizer(model, torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(16, 3, 32, 32, device=CUDA).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (16,), device=CUDA)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for _ in range(3):
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(CUDA.type, dtype=torch.bfloat16):
+            logits = model(x)
+        assert logits.dtype == torch.bfloat16
+        loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        assert torch.isfinite(loss)
+        for name, p in model.named_parameters():
+            if p.grad is None:  # a zero skip never computes the projection shortcut
+                assert kind == "zero" and ".shortcut." in name, name
+                continue
+            assert p.grad.dtype == p.dtype and torch.isfinite(p.grad).all(), name
+        opt.step()
+    moved = [n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert moved  # the step did something
+    rows = osc.skip_diagnostics(model)
+    assert rows and all(r["kind"] == kind for r in rows)
+    for r in rows:
+        if kind in ("learnable_orth", "fixed_orth"):
+            # float32 weights measured in float64: round-off of C x C fp32 products, C <= 64
+            assert r["orth_error"] < 1e-4, (r["name"], r["orth_error"])
+    if kind == "learnable_orth":
+        # the skip matrices moved on O(n): some W changed, and each is still orthogonal
+        assert any(r["identity_distance"] > 0 for r in rows)
+
+
+class _DieAtEpoch(MetricSink):
+    """Kills the run when epoch ``epoch``'s train record arrives (before its checkpoint)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def log(self, record):
+        if record["type"] == "train" and record["epoch"] == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("method", ["steepest", "cayley"])
+def test_resume_on_cuda_matches_uninterrupted(tmp_path, monkeypatch, method):
+    # deterministic kernels: on CUDA, "the same numbers" needs cuDNN's deterministic algorithms
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    write_cifar10(tmp_path / "data")
+    data = load_image_data("cifar10", tmp_path / "data", download=False)
+
+    def run(run_dir, sinks=(), resume=False):
+        torch.manual_seed(0)
+        model = osc.get_model("resnet20", 10, skip_kind="learnable_orth", method=method, init="haar")
+        cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, amp="bf16", channels_last=True, progress=False,
+                          mixup_alpha=0.2, seed=1)
+        return train_classifier(model, data, cfg, run_dir, CUDA, sinks=list(sinks), resume=resume)
+
+    full = run(tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed", sinks=[_DieAtEpoch(2)])
+    assert not (tmp_path / "resumed" / "summary.json").exists()
+    resumed = run(tmp_path / "resumed", resume=True)
+
+    assert full["status"] == resumed["status"] == "completed" and resumed["epochs"] == 3
+    assert full["device"].startswith(CUDA.type)
+    timing = {"train_time_s", "seconds_per_epoch"}
+    a = {k: v for k, v in full.items() if k not in timing}
+    b = {k: v for k, v in resumed.items() if k not in timing}
+    assert a == b
+    wa = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["model"]
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), (key, float((wa[key].float() - wb[key].float()).abs().max()))
+
+    def lines(p):
+        return [{k: v for k, v in json.loads(s).items() if k != "epoch_time_s"}
+                for s in (p / "metrics.jsonl").read_text().splitlines()]
+
+    assert lines(tmp_path / "full") == lines(tmp_path / "resumed")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_on_device_loader_same_batches_on_cuda_as_on_cpu(tmp_path, channels_last):
+    write_cifar10(tmp_path / "data", n_train=100, n_test=30)
+    data = load_image_data("cifar10", tmp_path / "data", download=False)
+    for train in (True, False):
+        cpu = TensorLoader(data, 16, train, torch.device("cpu"), channels_last)
+        gpu = TensorLoader(data, 16, train, CUDA, channels_last)
+        assert len(cpu) == len(gpu)
+        for epoch in (0, 1):
+            gens = (epoch_generator(3, epoch), epoch_generator(3, epoch)) if train else (None, None)
+            batches_cpu = list(cpu.epoch(gens[0]))
+            batches_gpu = list(gpu.epoch(gens[1]))
+            assert len(batches_cpu) == len(batches_gpu) == len(cpu)
+            for (xc, yc), (xg, yg) in zip(batches_cpu, batches_gpu):
+                assert xg.device.type == yg.device.type == CUDA.type
+                assert xg.is_contiguous(memory_format=torch.channels_last) == channels_last
+                assert torch.equal(yc, yg.cpu())
+                torch.testing.assert_close(xg.cpu(), xc, rtol=1e-6, atol=1e-6)

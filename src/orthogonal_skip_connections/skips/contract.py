@@ -46,32 +46,6 @@ class Skip(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        if not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive int; got {channels!r}")
-        self.channels = channels
-
-    def _check(self, x: Tensor) -> None:
-        c = x.shape[1] if x.ndim == 4 else x.shape[-1]
-        if x.ndim not in (2, 3, 4) or c != self.channels:
-            raise ValueError(
-                f"{self.kind} skip expects (N, {self.channels}), (N, T, {self.channels}) or "
-                f"(N, {self.channels}, H, W); got {tuple(x.shape)}"
-            )
-
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}"
-
-
-class Skip(nn.Module):
-    """Base class. Subclasses set ``kind`` and ``upkeep``, implement ``forward`` and
-    provide ``weight`` (the C x C matrix, or None for kinds without one)."""
-
-    kind = "skip"
-    upkeep = "none"
-    has_path = True
-
-    def __init__(self, channels: int):
-        super().__init__()
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels must be a positive int; got {channels!r}")
         self.channels = channels

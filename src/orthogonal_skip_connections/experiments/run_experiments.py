@@ -17,11 +17,11 @@ from typing import Optional
 import torch
 
 from ..data.vision import DATASETS, load_image_data
-from ..models import get_model
-from ..models.resnet import RESNETS
+from ..models import MODEL_TYPES, VIT_SIZES, check_model_options, get_model
 from ..rundir import RunDir, column
 from ..runs import UserError, resolve_device
-from ..skips import DEFAULT_METHOD, skip
+from ..models.vit import POOLS
+from ..skips import DEFAULT_METHOD, ORTHOGONAL_METHODS, RESIDUAL_MODES, skip
 from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_classifier
 from ._app import App, choice, require
 
@@ -41,6 +41,41 @@ class ModelConfig:
     rank_fraction: float
     lr_scale: float
     zero_init_residual: bool
+    residual_mode: str
+    orthogonal_method: str
+    residual_eps: float
+    patch_size: Optional[int]
+    width: Optional[int]
+    depth: Optional[int]
+    heads: Optional[int]
+    mlp_ratio: Optional[float]
+    pool: Optional[str]
+
+    @property
+    def is_vit(self) -> bool:
+        return self.model_type in VIT_SIZES
+
+    def model_options(self, image_size: int) -> dict:
+        """get_model's options: the residual mode for every model, and the architecture
+        keys that were set. A ViT gets ``stem``/``zero_init_residual`` only when they
+        differ from the ResNet default (cifar, false) and a ResNet gets a ViT key only when
+        it is not null, so get_model refuses the other family's options in one line."""
+        opts = {"residual_mode": self.residual_mode, "orthogonal_method": self.orthogonal_method,
+                "residual_eps": self.residual_eps, "image_size": image_size}
+        vit_keys = {"patch_size": self.patch_size, "width": self.width, "depth": self.depth, "heads": self.heads,
+                    "mlp_ratio": self.mlp_ratio, "pool": self.pool}
+        opts.update({k: v for k, v in vit_keys.items() if v is not None})
+        if not self.is_vit:
+            return {**opts, "stem": self.stem, "zero_init_residual": self.zero_init_residual}
+        opts.setdefault("patch_size", 2 if image_size <= 16 else 4)  # 8x8 digits: 16 tokens; 32x32: 64
+        resnet_set = {"stem": self.stem != "cifar", "zero_init_residual": self.zero_init_residual}
+        opts.update({k: getattr(self, k) for k, given in resnet_set.items() if given})
+        return opts
+
+    @property
+    def residual_label(self) -> str:
+        """The residual mode as a report groups it: ``add``, or ``<mode>/<method>``."""
+        return "add" if self.residual_mode == "add" else f"{self.residual_mode}/{self.orthogonal_method}"
 
     def skip_options(self) -> dict:
         """The skip options; None means "the kind's default"."""
@@ -137,7 +172,22 @@ class Config:
                 msg = msg.replace(short, full, 1) if msg.startswith(short) else msg
             raise UserError(msg) from None
         choice("dataset", self.dataset.name, DATASETS)
-        choice("model.model_type", self.model.model_type, RESNETS)
+        choice("model.model_type", self.model.model_type, MODEL_TYPES)
+        m = self.model
+        choice("model.residual_mode", m.residual_mode, RESIDUAL_MODES)
+        choice("model.orthogonal_method", m.orthogonal_method, ORTHOGONAL_METHODS)
+        require(m.residual_eps >= 0, "model.residual_eps", "a number >= 0", m.residual_eps)
+        for key in ("patch_size", "width", "depth", "heads"):
+            value = getattr(m, key)
+            require(value is None or value >= (0 if key == "depth" else 1), f"model.{key}",
+                    "null or an integer >= " + ("0" if key == "depth" else "1"), value)
+        require(m.mlp_ratio is None or m.mlp_ratio > 0, "model.mlp_ratio", "null or a number > 0", m.mlp_ratio)
+        if m.pool is not None:
+            choice("model.pool", m.pool, POOLS)
+        try:  # the other family's options, named as get_model names them (one line)
+            check_model_options(m.model_type, m.model_options(image_size=32))
+        except ValueError as err:
+            raise UserError(f"model: {err}") from None
         choice("wandb.mode", self.wandb.mode, WANDB_MODES)
         require(self.num_threads is None or self.num_threads >= 1, "num_threads", "an integer >= 1 or null",
                 self.num_threads)
@@ -153,8 +203,11 @@ class Config:
         m = self.model
         variant = m.skip_kind if m.orth_method is None else \
             f"{m.skip_kind}/{m.orth_method}" + ("/haar" if m.init == "haar" else "")
-        return {"task": f"{self.dataset.name}/{m.model_type}", "dataset": self.dataset.name,
-                "model_type": m.model_type, "variant": variant, "skip_kind": m.skip_kind,
+        sized = [f"{k}={getattr(m, k)}" for k in ("patch_size", "width", "depth", "heads", "mlp_ratio", "pool")
+                 if m.is_vit and getattr(m, k) is not None]  # a resized ViT is its own task
+        return {"task": f"{self.dataset.name}/{m.model_type}" + (f"[{','.join(sized)}]" if sized else ""),
+                "dataset": self.dataset.name, "model_type": m.model_type, "variant": variant,
+                "residual_mode": m.residual_label, "skip_kind": m.skip_kind,
                 "method": m.orth_method or "", "init": m.init if m.skip_kind == "learnable_orth" else "",
                 "seed": self.seed, "planned_epochs": self.scheduler.epochs, "batch_size": self.batch_size,
                 "lr": self.optimizer.lr}
@@ -163,11 +216,12 @@ class Config:
 def report(cfg: Config, s: dict) -> dict:
     labels = cfg.labels()
     moved = s.get("skip_identity_distance_mean")
-    verdict = (f"{labels['variant']} skips on {labels['task']}: test accuracy {s['test_acc']:.2f}% after "
+    mode = "" if labels["residual_mode"] == "add" else f" and {labels['residual_mode']} residuals"
+    verdict = (f"{labels['variant']} skips{mode} on {labels['task']}: test accuracy {s['test_acc']:.2f}% after "
                f"{s['epochs']} epochs (best {s['best_test_acc']:.2f}%)")
     verdict += "." if moved is None else f"; the skip matrices end a mean ||W - I||_F = {moved:.3g} from I."
     return {
-        "title": f"{labels['task']} with {labels['variant']} skips, seed {cfg.seed}",
+        "title": f"{labels['task']} with {labels['variant']} skips{mode}, seed {cfg.seed}",
         "question": "how accurate is this classifier with this skip kind, and how far do its skips move from I?",
         "tables": [{
             "caption": "final numbers",
@@ -191,8 +245,11 @@ def run(cfg: Config, rd: RunDir) -> dict:
     torch.manual_seed(cfg.seed)
     data = load_image_data(cfg.dataset.name, cfg.data.root, cfg.data.download, cfg.data.augment)
     m = cfg.model
-    model = get_model(m.model_type, data.num_classes, m.skip_kind, in_channels=data.in_channels, stem=m.stem,
-                      zero_init_residual=m.zero_init_residual, **m.skip_options())
+    try:  # e.g. a ViT's patch size that does not divide the image, or width not divisible by heads
+        model = get_model(m.model_type, data.num_classes, m.skip_kind, in_channels=data.in_channels,
+                          **m.model_options(data.image_size), **m.skip_options())
+    except ValueError as err:
+        raise UserError(f"model: {err}") from None
     rd.start(cfg, labels=cfg.labels())
     rd.device = device
     sinks = []
@@ -201,7 +258,7 @@ def run(cfg: Config, rd: RunDir) -> dict:
     if cfg.wandb.mode != "disabled":
         sinks.append(WandbSink(cfg.wandb.mode, cfg.wandb.project, asdict(cfg), rd.path, name=rd.path.name))
     extra = {"dataset": data.name, "model_type": m.model_type, "skip_kind": m.skip_kind, "method": m.orth_method,
-             "seed": cfg.seed}
+             "residual_mode": m.residual_label, "seed": cfg.seed}
     summary = train_classifier(model, data, cfg.train_config(), rd.path, device, sinks, resume=cfg.resume,
                                extra_summary=extra)  # raises Diverged after writing a "diverged" summary
     print(f"test accuracy {summary['test_acc']:.2f}% (best {summary['best_test_acc']:.2f}%) "

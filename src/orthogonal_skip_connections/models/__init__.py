@@ -12,7 +12,7 @@ MODEL_TYPES = RESNETS + tuple(VIT_SIZES)
 VIT_ONLY_OPTIONS = ("patch_size", "width", "depth", "heads", "mlp_ratio", "pool")
 RESNET_ONLY_OPTIONS = ("stem", "zero_init_residual")
 
-__all__ = ["MODEL_TYPES", "get_model", "ResNet", "BasicBlock", "Bottleneck", "PreActBlock", "PreActBottleneck",
+__all__ = ["MODEL_TYPES", "VIT_SIZES", "get_model", "check_model_options", "ResNet", "BasicBlock", "Bottleneck", "PreActBlock", "PreActBottleneck",
            "ViT", "ResidualMLP", "ResidualMLPBlock"]
 
 
@@ -28,15 +28,20 @@ def get_model(model_type: str, num_classes: int, skip_kind: str | None = None, *
     ViTs: ``patch_size`` (default 4), ``width``, ``depth``, ``heads``, ``mlp_ratio``, ``pool``
     (cls | mean), overriding the named size.
     """
+    check_model_options(model_type, options)
     if model_type in VIT_SIZES:
-        resnet_only = sorted(set(options) & set(RESNET_ONLY_OPTIONS))
-        if resnet_only:
-            raise ValueError(f"option(s) {resnet_only} apply to ResNet models only, not {model_type}")
         return vit(model_type, num_classes, skip_kind, **options)
-    if model_type in RESNETS:
-        vit_only = sorted(set(options) & set(VIT_ONLY_OPTIONS))
-        if vit_only:
-            raise ValueError(f"option(s) {vit_only} apply to ViT models only, not {model_type}")
-        options.pop("image_size", None)  # convolutions take any size
-        return resnet(model_type, num_classes, skip_kind, **options)
-    raise ValueError(f"unknown model_type {model_type!r}; allowed: {', '.join(MODEL_TYPES)}")
+    options = {k: v for k, v in options.items() if k != "image_size"}  # convolutions take any size
+    return resnet(model_type, num_classes, skip_kind, **options)
+
+
+def check_model_options(model_type: str, options) -> None:
+    """One-line ValueError for an unknown ``model_type`` or an option (name) that belongs
+    to the other family (ResNet-only options for a ViT, ViT-only ones for a ResNet)."""
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown model_type {model_type!r}; allowed: {', '.join(MODEL_TYPES)}")
+    vit_model = model_type in VIT_SIZES
+    wrong = sorted(set(options) & set(RESNET_ONLY_OPTIONS if vit_model else VIT_ONLY_OPTIONS))
+    if wrong:
+        raise ValueError(f"option(s) {wrong} apply to {'ResNet' if vit_model else 'ViT'} models only, "
+                         f"not {model_type}")

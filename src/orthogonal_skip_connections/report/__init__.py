@@ -19,13 +19,14 @@ from .classification import (
     RunRecord,
     curves_figure,
     find_runs,
+    mode_tables,
     results_rows,
     table_markdown,
     task_tables,
 )
 from .render import section_markdown, to_html
 
-__all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "build_report", "CSV_COLUMNS"]
+__all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "mode_tables", "build_report", "CSV_COLUMNS"]
 
 
 def _section(d: Path, out_dir: Path) -> list[str]:
@@ -65,7 +66,7 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
     md = [f"# {title}", ""]
     if rows:
         n_bad = sum(r["status"] != "completed" for r in rows)
-        md += [f"{len(rows)} classifier runs over {len(tables)} task(s)"
+        md += [f"{len(rows)} classifier runs over {len({r['task'] for r in rows})} task(s)"
                + (f"; {n_bad} did not complete (listed in the tables, kept in results.csv)." if n_bad else "."),
                "Accuracy is the final test accuracy; the 95% intervals are Student-t over seeds; "
                "the difference vs identity is paired by seed. Step times exclude evaluation; runs made "
@@ -77,9 +78,19 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
         fig = curves_figure(task, runs, out_dir)
         if fig is not None:
             md += [f"![{task} accuracy]({fig.name})", ""]
+    modes = mode_tables(rows)
+    for task, table in modes.items():  # residual modes (add, orthogonal_update, rotation) x skips
+        md += [f"## Residual modes: {task}", "",
+               "Each residual mode (skips/residual.py) with each skip kind, against add residuals with identity "
+               "skips, paired by seed.", ""] + table_markdown(table) + [""]
+        md += ["Verdicts:", ""] + [f"- **{t['residual_mode']} / {t['variant']}**: {t['verdict']}." for t in table
+                                   if t["verdict"] != "baseline"] + [""]
+        fig = curves_figure(task, runs, out_dir, modes=True)
+        if fig is not None:
+            md += [f"![{task} accuracy by residual mode]({fig.name})", ""]
     for d in others:
         md += _section(d, out_dir)
     report_md = out_dir / "report.md"
     report_md.write_text("\n".join(md) + "\n")
     (out_dir / "report.html").write_text(to_html("\n".join(md), out_dir, title))
-    return {"rows": rows, "tables": tables, "report": report_md}
+    return {"rows": rows, "tables": tables, "mode_tables": modes, "report": report_md}

@@ -6,6 +6,9 @@
 - per task, a table of accuracy (mean +- std and a 95% t-interval over seeds), step time,
   epochs to a target accuracy, ||W - I||_F, and the paired difference from ``identity``
   with a verdict ("not detectable" when its interval contains 0);
+- per task with residual modes other than ``add`` (:mod:`..skips.residual`), the same
+  statistics per (residual mode, skip) arm against ``add``/``identity`` instead
+  (``mode_tables``);
 - figures: test-accuracy curves per task with bands over seeds.
 """
 
@@ -23,13 +26,13 @@ from ..plots import band, plt, savefig
 from ..rundir import CHECKPOINT, RUN, SUMMARY
 from ..runs import UserError, read_json
 
-__all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "table_markdown", "curves_figure",
-           "CSV_COLUMNS", "CLASSIFIER_APP"]
+__all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "mode_tables", "table_markdown", "curves_figure",
+           "CSV_COLUMNS", "CLASSIFIER_APP", "MODE_BASELINE"]
 
 CLASSIFIER_APP = "run_experiments"
 
 CSV_COLUMNS = [
-    "task", "dataset", "model_type", "variant", "skip_kind", "method", "init", "seed", "status", "epochs",
+    "task", "dataset", "model_type", "variant", "residual_mode", "skip_kind", "method", "init", "seed", "status", "epochs",
     "planned_epochs", "steps", "batch_size", "lr", "test_acc", "best_test_acc", "test_loss", "train_loss",
     "train_time_s", "step_time_s", "epochs_to_target", "target_acc", "skip_identity_distance_mean",
     "skip_orth_error_max", "skip_negative_det_count", "device", "run_dir",
@@ -59,6 +62,10 @@ class RunRecord:
     @property
     def task(self) -> str:
         return self.labels["task"]
+
+    @property
+    def residual_mode(self) -> str:
+        return self.labels.get("residual_mode", "add")  # runs made before residual modes added
 
 
 def find_runs(paths: list[Path]) -> tuple[list[RunRecord], list[Path]]:
@@ -95,7 +102,7 @@ def _target_acc(runs: list[RunRecord]) -> float | None:
     """The fixed accuracy of "epochs to reach": 95% of identity's mean final accuracy
     (of all completed runs when there is no identity), floored to a whole percent."""
     done = [r for r in runs if r.status == "completed" and r.summary.get("test_acc") is not None]
-    base = [r for r in done if r.variant == "identity"] or done
+    base = [r for r in done if r.variant == "identity" and r.residual_mode == "add"] or done
     if not base:
         return None
     return float(math.floor(0.95 * np.mean([r.summary["test_acc"] for r in base])))
@@ -111,7 +118,7 @@ def results_rows(runs: list[RunRecord]) -> list[dict]:
         steps = s.get("steps")
         rows.append({
             "task": r.task, "dataset": lab["dataset"], "model_type": lab["model_type"],
-            "variant": r.variant, "skip_kind": lab["skip_kind"], "method": lab["method"], "init": lab["init"],
+            "variant": r.variant, "residual_mode": r.residual_mode, "skip_kind": lab["skip_kind"], "method": lab["method"], "init": lab["init"],
             "seed": lab["seed"], "status": r.status, "epochs": s.get("epochs"), "planned_epochs": lab["planned_epochs"],
             "steps": steps, "batch_size": lab["batch_size"], "lr": lab["lr"],
             "test_acc": s.get("test_acc"), "best_test_acc": s.get("best_test_acc"), "test_loss": s.get("test_loss"),
@@ -124,7 +131,9 @@ def results_rows(runs: list[RunRecord]) -> list[dict]:
             "run_dir": str(r.path),
         })
     order = _variant_order([r["variant"] for r in rows])
-    rows.sort(key=lambda r: (r["task"], order.index(r["variant"]), r["seed"] if r["seed"] is not None else -1))
+    modes = _mode_order([r["residual_mode"] for r in rows])
+    rows.sort(key=lambda r: (r["task"], modes.index(r["residual_mode"]), order.index(r["variant"]),
+                             r["seed"] if r["seed"] is not None else -1))
     return rows
 
 
@@ -132,6 +141,12 @@ def _variant_order(variants) -> list[str]:
     known = ["identity", "zero", "fixed_orth", "learnable_orth", "random", "linear", "scalar", "idempotent"]
     return sorted(set(variants), key=lambda v: (known.index(v.split("/")[0]) if v.split("/")[0] in known
                                                 else len(known), v))
+
+
+def _mode_order(modes) -> list[str]:
+    known = ["add", "orthogonal_update", "rotation"]
+    return sorted(set(modes), key=lambda m: (known.index(m.split("/")[0]) if m.split("/")[0] in known
+                                             else len(known), m))
 
 
 def t_interval(x) -> tuple[float, float, float]:
@@ -153,55 +168,88 @@ def _mean(values) -> float:
     return float(np.mean(v)) if v else math.nan
 
 
+def _is_add(r: dict) -> bool:
+    return r.get("residual_mode", "add") == "add"
+
+
+def _arm_stats(vrows: list[dict], base: list[dict], is_base: bool, baseline: str, target_acc) -> dict:
+    """Statistics of one arm's runs ``vrows`` over its completed seeds, with the paired
+    difference (by seed) from the completed ``base`` runs, and a verdict."""
+    vok = [r for r in vrows if r["status"] == "completed"]
+    base_time = _mean([r["step_time_s"] for r in base])
+    base_acc = {r["seed"]: r["test_acc"] for r in base}
+    accs = [r["test_acc"] for r in vok]
+    mean, lo, hi = t_interval(accs)
+    lo, hi = max(lo, 0.0), min(hi, 100.0)  # an accuracy interval stays within [0, 100]
+    diffs = [r["test_acc"] - base_acc[r["seed"]] for r in vok if r["seed"] in base_acc]
+    dmean, dlo, dhi = t_interval(diffs) if not is_base else (math.nan,) * 3
+    reached = [r["epochs_to_target"] for r in vok]
+    return {
+        "runs": len(vrows), "completed": len(vok),
+        "failed": [f"seed {r['seed']}: {r['status']}" for r in vrows if r["status"] != "completed"],
+        "acc_mean": mean, "acc_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else math.nan,
+        "acc_lo": lo, "acc_hi": hi,
+        "step_time_ratio": _mean([r["step_time_s"] for r in vok]) / base_time if base_time else math.nan,
+        "epochs_to_target": _mean(reached) if all(x is not None for x in reached) else math.nan,
+        "reached_target": f"{sum(x is not None for x in reached)}/{len(reached)}",
+        "identity_distance": _mean([r["skip_identity_distance_mean"] for r in vok]),
+        "diff_mean": dmean, "diff_lo": dlo, "diff_hi": dhi, "paired_seeds": len(diffs),
+        "verdict": "baseline" if is_base else _verdict(None, dmean, dlo, dhi, len(diffs),
+                                                       spread=float(np.ptp(diffs)) if diffs else 0.0,
+                                                       baseline=baseline),
+        "target_acc": target_acc,
+    }
+
+
 def task_tables(rows: list[dict]) -> dict[str, list[dict]]:
-    """Per task, one summary row per variant (statistics over its completed seeds)."""
+    """Per task, one summary row per skip variant (statistics over its completed seeds).
+    A task with runs of other residual modes than ``add`` is tabled by :func:`mode_tables`
+    instead (its add runs there too)."""
     tables = {}
-    for task in sorted({r["task"] for r in rows}):
+    for task in sorted({r["task"] for r in rows} - {r["task"] for r in rows if not _is_add(r)}):
         trows = [r for r in rows if r["task"] == task]
-        ok = [r for r in trows if r["status"] == "completed"]
-        base_time = _mean([r["step_time_s"] for r in ok if r["variant"] == "identity"])
-        base_acc = {r["seed"]: r["test_acc"] for r in ok if r["variant"] == "identity"}
-        table = []
-        for variant in _variant_order([r["variant"] for r in trows]):
-            vrows = [r for r in trows if r["variant"] == variant]
-            vok = [r for r in vrows if r["status"] == "completed"]
-            accs = [r["test_acc"] for r in vok]
-            mean, lo, hi = t_interval(accs)
-            lo, hi = max(lo, 0.0), min(hi, 100.0)  # an accuracy interval stays within [0, 100]
-            diffs = [r["test_acc"] - base_acc[r["seed"]] for r in vok if r["seed"] in base_acc]
-            dmean, dlo, dhi = t_interval(diffs) if variant != "identity" else (math.nan,) * 3
-            reached = [r["epochs_to_target"] for r in vok]
-            table.append({
-                "variant": variant, "runs": len(vrows), "completed": len(vok),
-                "failed": [f"seed {r['seed']}: {r['status']}" for r in vrows if r["status"] != "completed"],
-                "acc_mean": mean, "acc_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else math.nan,
-                "acc_lo": lo, "acc_hi": hi,
-                "step_time_ratio": _mean([r["step_time_s"] for r in vok]) / base_time if base_time else math.nan,
-                "epochs_to_target": _mean(reached) if all(x is not None for x in reached) else math.nan,
-                "reached_target": f"{sum(x is not None for x in reached)}/{len(reached)}",
-                "identity_distance": _mean([r["skip_identity_distance_mean"] for r in vok]),
-                "diff_mean": dmean, "diff_lo": dlo, "diff_hi": dhi, "paired_seeds": len(diffs),
-                "verdict": _verdict(variant, dmean, dlo, dhi, len(diffs), spread=float(np.ptp(diffs)) if diffs else 0.0),
-                "target_acc": trows[0]["target_acc"],
-            })
-        tables[task] = table
+        base = [r for r in trows if r["status"] == "completed" and r["variant"] == "identity"]
+        tables[task] = [{"variant": variant, **_arm_stats([r for r in trows if r["variant"] == variant], base,
+                                                          variant == "identity", "identity", trows[0]["target_acc"])}
+                        for variant in _variant_order([r["variant"] for r in trows])]
     return tables
 
 
-def _verdict(variant, dmean, dlo, dhi, n, spread: float = 1.0) -> str:
-    if variant == "identity":
+MODE_BASELINE = ("add", "identity")
+
+
+def mode_tables(rows: list[dict]) -> dict[str, list[dict]]:
+    """Per task that has runs with a residual mode other than ``add``: one summary row per
+    (residual mode, skip variant) arm, paired by seed with ``add`` residuals and identity
+    skips (MODE_BASELINE); the same statistics and verdicts as :func:`task_tables`."""
+    tables = {}
+    for task in sorted({r["task"] for r in rows if not _is_add(r)}):
+        trows = [r for r in rows if r["task"] == task]
+        arm = lambda r: (r.get("residual_mode", "add"), r["variant"])  # noqa: E731
+        base = [r for r in trows if r["status"] == "completed" and arm(r) == MODE_BASELINE]
+        modes, variants = _mode_order([arm(r)[0] for r in trows]), _variant_order([r["variant"] for r in trows])
+        arms = sorted({arm(r) for r in trows}, key=lambda a: (modes.index(a[0]), variants.index(a[1])))
+        tables[task] = [{"residual_mode": mode, "variant": variant,
+                         **_arm_stats([r for r in trows if arm(r) == (mode, variant)], base,
+                                      (mode, variant) == MODE_BASELINE, "/".join(MODE_BASELINE),
+                                      trows[0]["target_acc"])} for mode, variant in arms]
+    return tables
+
+
+def _verdict(variant, dmean, dlo, dhi, n, spread: float = 1.0, baseline: str = "identity") -> str:
+    if variant == baseline:
         return "baseline"
     if n < 2 or math.isnan(dlo):
-        return f"cannot compare with identity ({n} paired seed{'s' if n != 1 else ''}; need 2)"
+        return f"cannot compare with {baseline} ({n} paired seed{'s' if n != 1 else ''}; need 2)"
     if spread < 1e-9:  # a t-interval of (round-off) identical differences has no width: say what was seen
-        return (f"{'better' if dmean > 0 else 'worse' if dmean < 0 else 'no different'} than identity by "
+        return (f"{'better' if dmean > 0 else 'worse' if dmean < 0 else 'no different'} than {baseline} by "
                 f"{abs(dmean):.2f} points in each of {n} paired seeds (no spread: more seeds would say "
                 "how sure that is)")
     if dlo <= 0 <= dhi:
-        return (f"no detectable difference from identity at {n} seeds "
+        return (f"no detectable difference from {baseline} at {n} seeds "
                 f"(95% CI of the difference [{dlo:+.2f}, {dhi:+.2f}] points contains 0)")
     word = "better" if dmean > 0 else "worse"
-    return f"{word} than identity by {abs(dmean):.2f} points (95% CI [{dlo:+.2f}, {dhi:+.2f}], {n} paired seeds)"
+    return f"{word} than {baseline} by {abs(dmean):.2f} points (95% CI [{dlo:+.2f}, {dhi:+.2f}], {n} paired seeds)"
 
 
 def _fmt(x, spec=".2f", none="–") -> str:
@@ -209,42 +257,52 @@ def _fmt(x, spec=".2f", none="–") -> str:
 
 
 def table_markdown(table: list[dict]) -> list[str]:
+    """Markdown of a :func:`task_tables` table, or of a :func:`mode_tables` table (which
+    gets a first column, the residual mode, and is compared with add/identity)."""
     target = table[0]["target_acc"] if table else None
+    modes = bool(table) and "residual_mode" in table[0]
+    base = "/".join(MODE_BASELINE) if modes else "identity"
     lines = [
-        f"| skip | runs | test acc % (mean ± std) | 95% CI | step time / identity | "
-        f"epochs to {_fmt(target, '.0f')}% | final ‖W − I‖_F | difference vs identity (95% CI) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| {'residual mode | ' if modes else ''}skip | runs | test acc % (mean ± std) | 95% CI | "
+        f"step time / {base} | epochs to {_fmt(target, '.0f')}% | final ‖W − I‖_F | "
+        f"difference vs {base} (95% CI) |",
+        "|---|---|---|---|---|---|---|---|" + ("---|" if modes else ""),
     ]
     for t in table:
         runs = f"{t['completed']}/{t['runs']}" + (f" ({'; '.join(t['failed'])})" if t["failed"] else "")
-        diff = "–" if t["variant"] == "identity" or math.isnan(t["diff_mean"]) else \
+        diff = "–" if t["verdict"] == "baseline" or math.isnan(t["diff_mean"]) else \
             f"{t['diff_mean']:+.2f} [{_fmt(t['diff_lo'], '+.2f')}, {_fmt(t['diff_hi'], '+.2f')}]"
         reach = _fmt(t["epochs_to_target"], ".1f") if not math.isnan(t["epochs_to_target"]) else \
             f"– (reached {t['reached_target']})"
         lines.append(
-            f"| {t['variant']} | {runs} | {_fmt(t['acc_mean'])} ± {_fmt(t['acc_std'])} | "
+            f"| {t['residual_mode'] + ' | ' if modes else ''}{t['variant']} | {runs} | "
+            f"{_fmt(t['acc_mean'])} ± {_fmt(t['acc_std'])} | "
             f"[{_fmt(t['acc_lo'])}, {_fmt(t['acc_hi'])}] | {_fmt(t['step_time_ratio'], '.2f')} | {reach} | "
             f"{_fmt(t['identity_distance'], '.3f')} | {diff} |"
         )
     return lines
 
 
-def curves_figure(task: str, runs: list[RunRecord], out_dir: Path) -> Path | None:
-    by_variant: dict[str, list[RunRecord]] = {}
+def curves_figure(task: str, runs: list[RunRecord], out_dir: Path, modes: bool = False) -> Path | None:
+    """Test accuracy over epochs, one band per skip variant of the ``add`` runs, or with
+    ``modes`` one band per (residual mode, skip variant) arm of every run."""
+    by_arm: dict[tuple[str, str], list[RunRecord]] = {}
     for r in runs:
-        if r.task == task and r.status == "completed" and r.evals:
-            by_variant.setdefault(r.variant, []).append(r)
-    if not by_variant:
+        if r.task == task and r.status == "completed" and r.evals and (modes or r.residual_mode == "add"):
+            by_arm.setdefault((r.residual_mode, r.variant), []).append(r)
+    if not by_arm:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for variant in _variant_order(list(by_variant)):
-        group = by_variant[variant]
+    mode_order, variant_order = _mode_order([a[0] for a in by_arm]), _variant_order([a[1] for a in by_arm])
+    for arm in sorted(by_arm, key=lambda a: (mode_order.index(a[0]), variant_order.index(a[1]))):
+        group = by_arm[arm]
         epochs = sorted(set.intersection(*[{e["epoch"] for e in r.evals} for r in group]))
         ys = [[next(e["test_acc"] for e in r.evals if e["epoch"] == ep) for ep in epochs] for r in group]
-        band(ax, epochs, ys, label=f"{variant} (n={len(group)})")
+        band(ax, epochs, ys, label=f"{' / '.join(arm) if modes else arm[1]} (n={len(group)})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{task}: test accuracy, mean ± std over seeds")
+    ax.set_title(f"{task}{': residual modes' if modes else ''}: test accuracy, mean ± std over seeds")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return savefig(fig, out_dir / f"accuracy_{re.sub(r'[^A-Za-z0-9]+', '_', task)}.png")
+    name = f"accuracy_{'modes_' if modes else ''}{re.sub(r'[^A-Za-z0-9]+', '_', task)}.png"
+    return savefig(fig, out_dir / name)

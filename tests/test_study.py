@@ -19,6 +19,9 @@ TINY = [
     f"scales.smoke.classification.variants=[{','.join(VARIANTS)}]",
     "scales.smoke.classification.seeds=2",
     "scales.smoke.classification.overrides=['scheduler.epochs=1','device=cpu']",
+    "scales.smoke.residual_modes.tasks=[digits/preact_resnet20]",
+    "scales.smoke.residual_modes.modes=[add,rotation]",
+    "scales.smoke.residual_modes.overrides=['scheduler.epochs=1','device=cpu']",
     "scales.smoke.teacher_student=['d=3','n_train=200','n_test=100','epochs=2','batch_size=50','lr=0.01',"
     "'seeds=2','log_every=2']",
 ]
@@ -40,10 +43,15 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
     for name in ("report.md", "report.html", "results.csv", "accuracy_digits_resnet20.png", "study.json"):
         assert (study_dir / name).is_file(), name
     rows = read_csv(study_dir / "results.csv")
-    assert sorted((r["variant"], r["seed"]) for r in rows) == sorted((v, str(s)) for v in VARIANTS for s in (0, 1))
+    skip_rows = [r for r in rows if r["task"] == "digits/resnet20"]
+    assert sorted((r["variant"], r["seed"]) for r in skip_rows) == \
+        sorted((v, str(s)) for v in VARIANTS for s in (0, 1))
+    assert sorted((r["residual_mode"], r["seed"]) for r in rows if r["task"] == "digits/preact_resnet20") == \
+        [("add", "0"), ("add", "1"), ("rotation/channel", "0"), ("rotation/channel", "1")]
     assert all(r["status"] == "completed" for r in rows)
     md = (study_dir / "report.md").read_text()
     assert "| learnable_orth/cayley | 2/2 |" in md and "## teacher_student" in md
+    assert "## Residual modes: digits/preact_resnet20" in md and "| rotation/channel | identity | 2/2 |" in md
     assert "data:image/png;base64," in (study_dir / "report.html").read_text()
     assert "seed" in md and "paired" in md
 
@@ -57,7 +65,8 @@ def test_study_rerun_keeps_completed_runs(study_dir):
 def test_report_from_run_dirs_matches_study_and_keeps_failures(study_dir, tmp_path, monkeypatch):
     again = build_report([study_dir / "classification"], tmp_path / "again")
     assert len(again["rows"]) == 2 * len(VARIANTS)
-    assert read_csv(tmp_path / "again" / "results.csv") == read_csv(study_dir / "results.csv")
+    assert read_csv(tmp_path / "again" / "results.csv") == \
+        [r for r in read_csv(study_dir / "results.csv") if r["task"] == "digits/resnet20"]  # not residual_modes/
     table = lambda text: [l for l in text.splitlines() if l.startswith("| ")]  # noqa: E741,E731
     n = 1 + len(VARIANTS)  # header and one line per variant
     assert table((tmp_path / "again" / "report.md").read_text())[:n] == \

@@ -4,6 +4,10 @@
     osc study scale=smoke      # every kind, fewer seeds and epochs
     osc study scale=full       # the GPU setting (CIFAR-10/100, ResNet-18/56, 5 seeds)
 
+Its ``residual_modes`` part trains residual modes (add, orthogonal_update, rotation) x
+skip kinds on a pre-activation ResNet and a ViT; the report gives them their own table,
+paired with add residuals and identity skips.
+
 It drives the other apps (their ``run`` functions, with configs composed from their own
 YAML plus the scale's overrides) and never copies them: classification runs through
 ``run_experiments`` (several at once with joblib), then ``teacher_student`` and the
@@ -27,10 +31,10 @@ from ..report import build_report
 from ..rundir import RunDir, column
 from ..runs import progress_bar, read_json, write_json
 from ..train.classifier import Diverged
-from ._app import APPS, App, choice, compose, load_app, one_of, require
+from ._app import APPS, App, choice, compose, load_app, one_of, require, typed
 
 SCALES = ("smoke", "default", "full")
-PARTS = ("classification", "teacher_student", "synthetic")
+PARTS = ("classification", "residual_modes", "teacher_student", "synthetic")
 SYNTHETIC_APPS = ("orth_to_id", "orth_residual_synthetic_data")
 
 
@@ -43,8 +47,19 @@ class Classification:
 
 
 @dataclass
+class ResidualModes:
+    tasks: list[str]
+    seeds: int
+    modes: list[str]  # residual_mode or residual_mode/orthogonal_method
+    variants: list[str]
+    overrides: list[str]
+    model_overrides: dict[str, list[str]]  # model_type -> its run_experiments overrides (before `overrides`)
+
+
+@dataclass
 class Scale:
     classification: Classification
+    residual_modes: ResidualModes
     teacher_student: list[str]
     orth_to_id: list[str]
     orth_residual_synthetic_data: list[str]
@@ -80,6 +95,15 @@ class Config:
         for variant in c.variants:
             require(1 <= len(variant.split("/")) <= 3, f"scales.{self.scale}.classification.variants",
                     "kind, kind/method or kind/method/init entries", variant)
+        r, key = self.scales[self.scale].residual_modes, f"scales.{self.scale}.residual_modes"
+        require(r.seeds >= 1, f"{key}.seeds", "an integer >= 1", r.seeds)
+        for task in r.tasks:
+            require(task.count("/") == 1, f"{key}.tasks", "dataset/model_type entries", task)
+        for mode in r.modes:
+            require(1 <= len(mode.split("/")) <= 2, f"{key}.modes", "mode or mode/orthogonal_method entries", mode)
+        for variant in r.variants:
+            require(1 <= len(variant.split("/")) <= 3, f"{key}.variants",
+                    "kind, kind/method or kind/method/init entries", variant)
 
 
 def variant_overrides(variant: str) -> list[str]:
@@ -93,6 +117,40 @@ def variant_overrides(variant: str) -> list[str]:
     return out
 
 
+def mode_overrides(mode: str) -> list[str]:
+    """``mode[/method]`` -> run_experiments overrides."""
+    parts = mode.split("/")
+    return [f"model.residual_mode={parts[0]}"] + ([f"model.orthogonal_method={parts[1]}"] if len(parts) > 1 else [])
+
+
+def _job(dataset: str, model_type: str, overrides: list[str], run_dir: Path, label: str) -> tuple[str, dict, Path]:
+    """One planned run_experiments run, its config composed and checked now (a mistake is
+    one line, before any run starts)."""
+    overrides = [f"dataset={dataset}", f"model.model_type={model_type}", *overrides]
+    run_cfg = compose("run_experiments", overrides)
+    typed(load_app("run_experiments").schema, run_cfg)
+    return label, OmegaConf.to_container(run_cfg, resolve=True), run_dir
+
+
+def mode_jobs(cfg: Config, study_dir: Path) -> list[tuple[str, dict, Path]]:
+    """The residual_modes part's plan, as :func:`classification_jobs`: every (task, residual
+    mode, skip variant, seed), in study_dir/residual_modes/<task>/<mode>/<variant>/seed<k>."""
+    r = cfg.scales[cfg.scale].residual_modes
+    jobs = []
+    for task in r.tasks:
+        dataset, model_type = task.split("/")
+        task_overrides = r.model_overrides.get(model_type, [])
+        for mode in r.modes:
+            for variant in r.variants:
+                for seed in range(r.seeds):
+                    overrides = [*mode_overrides(mode), *variant_overrides(variant), f"seed={seed}", "progress=false",
+                                 *task_overrides, *r.overrides, *cfg.overrides.run_experiments]
+                    run_dir = study_dir / "residual_modes" / f"{dataset}_{model_type}" / \
+                        re.sub(r"[^A-Za-z0-9]+", "_", mode) / re.sub(r"[^A-Za-z0-9]+", "_", variant) / f"seed{seed}"
+                    jobs.append(_job(dataset, model_type, overrides, run_dir, f"{task} {mode} {variant} seed {seed}"))
+    return jobs
+
+
 def classification_jobs(cfg: Config, study_dir: Path) -> list[tuple[str, dict, Path]]:
     """(label, resolved run_experiments config, run dir) for every (task, variant, seed);
     every config is composed and checked here, before any run starts."""
@@ -102,14 +160,11 @@ def classification_jobs(cfg: Config, study_dir: Path) -> list[tuple[str, dict, P
         dataset, model_type = task.split("/")
         for variant in c.variants:
             for seed in range(c.seeds):
-                overrides = [f"dataset={dataset}", f"model.model_type={model_type}", *variant_overrides(variant),
-                             f"seed={seed}", "progress=false", *c.overrides, *cfg.overrides.run_experiments]
-                run_cfg = compose("run_experiments", overrides)
-                load_app("run_experiments").config(overrides)  # a mistake is one line, before any run
+                overrides = [*variant_overrides(variant), f"seed={seed}", "progress=false", *c.overrides,
+                             *cfg.overrides.run_experiments]
                 name = re.sub(r"[^A-Za-z0-9]+", "_", variant)
                 run_dir = study_dir / "classification" / f"{dataset}_{model_type}" / name / f"seed{seed}"
-                jobs.append((f"{task} {variant} seed {seed}",
-                             OmegaConf.to_container(run_cfg, resolve=True), run_dir))
+                jobs.append(_job(dataset, model_type, overrides, run_dir, f"{task} {variant} seed {seed}"))
     return jobs
 
 
@@ -170,7 +225,8 @@ def report(cfg: Config, status: dict, seconds: dict, wall: float) -> dict:
              f"/{len(s)} runs completed", "seconds": seconds.get(part)} for part, s in status.items()]
     verdict = (f"{done} of {len(runs)} classification runs completed" if runs else "no classification runs") + \
         f"; {sum(s == 'completed' for s in status.values() if isinstance(s, str))} other app(s) completed, in " \
-        f"{wall:.0f} s; report.md compares every skip kind with identity."
+        f"{wall:.0f} s; report.md compares every skip kind with identity" + \
+        (" and every residual mode x skip kind with add/identity." if "residual_modes" in status else ".")
     return {
         "title": f"osc study, scale={cfg.scale}",
         "question": "do orthogonal skips help?",
@@ -185,6 +241,7 @@ def run(cfg: Config, rd: RunDir) -> dict:
     study_dir = rd.path
     t0 = time.perf_counter()
     jobs = classification_jobs(cfg, study_dir) if "classification" in cfg.parts else []
+    modes = mode_jobs(cfg, study_dir) if "residual_modes" in cfg.parts else []
     scale = cfg.scales[cfg.scale]
     apps = (["teacher_student"] if "teacher_student" in cfg.parts else []) + \
         (list(SYNTHETIC_APPS) if "synthetic" in cfg.parts else [])
@@ -202,6 +259,8 @@ def run(cfg: Config, rd: RunDir) -> dict:
 
     if jobs:
         timed("classification", run_classification, cfg, study_dir, jobs)
+    if modes:
+        timed("residual_modes", run_classification, cfg, study_dir, modes)
     for name in apps:
         timed(name, run_app, name, [*getattr(scale, name), *getattr(cfg.overrides, name)], study_dir / name,
               cfg.progress)

@@ -132,3 +132,16 @@ def test_mode_table_pairs_arms_with_add_identity_by_seed():
     assert md[0].startswith("| residual mode | skip |") and "difference vs add/identity" in md[0]
     assert any(line.startswith("| rotation/channel | identity | 3/3 |") and "-10.67" in line for line in md)
     assert mode_tables([r for r in rows if r["residual_mode"] == "add"]) == {}  # no other mode, no mode table
+
+
+def test_the_run_experiments_commands_in_related_work_compose():
+    """Every `osc run_experiments ...` command docs/related_work.md gives is a valid config."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "related_work.md").read_text()
+    commands = re.findall(r"`osc run_experiments([^`]*)`", text)
+    assert len(commands) >= 3
+    for args in commands:
+        run_experiments.main.config(shlex.split(args))  # raises a one-line UserError if not

@@ -14,9 +14,22 @@ An app is a module in ``experiments/`` with
 :class:`App` does the rest: composes the config from the command line *before* Hydra
 runs, so a mistyped or unknown key, a wrong type or a value out of range is one line on
 stderr and exit code 2 with nothing written; claims the run dir (:class:`RunDir`: fresh
-or resumed); writes summary.json with provenance. Only :meth:`App.__call__` turns a
-:class:`UserError` into exit code 2 and a diverged training into exit code 1; any other
-exception (a library bug) propagates as a traceback.
+or resumed, locked, a resume with a changed config refused); writes summary.json with
+provenance. Only :meth:`App.__call__` turns a :class:`UserError` into exit code 2 and a
+diverged training (the rule of :mod:`~orthogonal_skip_connections.train.divergence`)
+into exit code 1 with a ``status: diverged`` summary; any other exception (a library bug)
+propagates as a traceback.
+
+Refused calls leave nothing behind: a run dir this call made is removed, and the
+``.hydra/`` files and job log Hydra rewrote in an existing run dir are put back as they
+were. Booleans are ``true`` or ``false`` only (``resume=no`` is refused, not read).
+
+Sweeps (``-m``): every job's config is checked before the first job runs (a bad value is
+one line, exit 2, nothing run). A job that then fails (a user error found at run time, a
+diverged training, a library error) is recorded in its run dir (summary.json with
+``status: failed`` and ``reason``, or ``status: diverged``; a library error's traceback in
+error.txt), one line is printed, and the sweep goes on; its exit code is the worst of its
+jobs' (2 > 1 > 0).
 """
 
 from __future__ import annotations
@@ -26,16 +39,18 @@ import importlib
 import math
 import re
 import shlex
+import shutil
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from ..rundir import RunDir
+from ..rundir import RunDir, check_dir_writable
 from ..runs import UserError
-from ..train.classifier import Diverged
+from ..train.divergence import Diverged
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "config")
 
@@ -279,10 +294,38 @@ def compose(name: str, overrides: list[str] = ()) -> DictConfig:
     """App ``name``'s config (its YAML over its schema) with ``overrides``, inside a running
     Hydra app or outside one; a mistake is a one-line :class:`UserError`."""
     app = load_app(name)
+    _strict_booleans(app.schema, overrides)
     try:
         return _compose_raw(name, list(overrides))
     except Exception as err:  # Hydra's composition errors: unknown key, wrong type, no such option
         raise UserError(_one_line(err, app.schema)) from None
+
+
+def _strict_booleans(schema: type, overrides) -> None:
+    """A boolean key takes ``true`` or ``false`` only: omegaconf would read ``no``, ``off``,
+    ``0`` or ``y`` as booleans, which a user may not mean."""
+    import typing
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, parsed = OverridesParser.create(), []
+    for override in overrides:
+        try:
+            parsed += parser.parse_overrides([override])
+        except Exception as err:  # the grammar's message names no key: name the override
+            raise UserError(f"cannot parse the override {override!r}: {_one_line(err, schema)}; see "
+                            f"https://hydra.cc/docs/advanced/override_grammar/basic/") from None
+    parsed = [o for o in parsed if not o.key_or_group.startswith("hydra.")]
+    for o in parsed:
+        key = o.key_or_group.lstrip("+~")
+        tp = _schema_node(schema, key.split("."))
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if not (tp is bool or (typing.get_origin(tp) is typing.Union and args == [bool])) or o.is_delete():
+            continue
+        values = list(o.value().list) if o.is_sweep_override() and hasattr(o.value(), "list") else [o.value()]
+        for v in values:
+            if not isinstance(v, bool) and not (v is None and tp is not bool):
+                raise UserError(f"{key} must be true or false; got {v!r}")
 
 
 def typed(schema: type, cfg: Any):
@@ -312,6 +355,9 @@ class App:
     ``main.run(cfg, run_dir)`` runs it in-process (cfg: overrides, DictConfig, dict or
     instance) and returns the summary or raises."""
 
+    _claims: list = []
+    _explicit = None
+
     def __init__(self, name: str, schema: type, fn: Callable, resume: bool = False, redo_completed: bool = False):
         """``resume``: the app can continue an unfinished run (``resume=true``);
         ``redo_completed``: resuming a completed run runs it again (apps that skip the
@@ -327,22 +373,43 @@ class App:
         """The checked config instance for ``overrides``."""
         return typed(self.schema, compose(self.name, overrides))
 
-    def run(self, cfg: Any, run_dir: Path, command: str | None = None) -> dict:
+    def run(self, cfg: Any, run_dir: Path, command: str | None = None, record_failures: bool = False) -> dict:
+        """Run in ``run_dir``; returns the summary or raises (UserError, Diverged after a
+        ``status: diverged`` summary, or a library error). ``record_failures``: a
+        UserError or library error is first recorded as a ``status: failed`` summary (a
+        sweep's job)."""
         if isinstance(cfg, (list, tuple)):
             cfg = compose(self.name, cfg)
         cfg = typed(self.schema, cfg)
         rd = RunDir.claim(run_dir, resume=bool(getattr(cfg, "resume", False)),
-                          supports_resume=self.supports_resume, app=self.name)
-        rd.command = command
-        if rd.resume and not self.redo_completed:
-            done = rd.completed
-            if done is not None:
-                print(f"{rd.path} is already completed; nothing to resume")
-                return done
-        summary = self.fn(cfg, rd)
-        if not rd.is_started:
-            raise RuntimeError(f"{self.name}: run() returned without rd.start(cfg)")
-        return rd.finish(summary)
+                          supports_resume=self.supports_resume, app=self.name, config=cfg)
+        labels = cfg.labels() if hasattr(cfg, "labels") else None
+        try:
+            rd.command = command
+            if rd.resume and not self.redo_completed:
+                done = rd.completed
+                if done is not None:
+                    print(f"{rd.path} is already completed; nothing to resume")
+                    return done
+            try:
+                summary = self.fn(cfg, rd)
+            except Diverged as err:
+                rd.diverged(err.info, err.partial, labels)
+                raise
+            except Exception as err:
+                if record_failures:
+                    reason = str(err).splitlines()[0] if isinstance(err, UserError) else \
+                        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (traceback in error.txt)"
+                    if not isinstance(err, UserError):
+                        rd.path.mkdir(parents=True, exist_ok=True)
+                        (rd.path / "error.txt").write_text("".join(traceback.format_exception(err)))
+                    rd.failed(reason, labels)
+                raise
+            if not rd.is_started:
+                raise RuntimeError(f"{self.name}: run() returned without rd.start(cfg)")
+            return rd.finish(summary)
+        finally:
+            rd.release()
 
     # the command line -------------------------------------------------------------
 
@@ -363,12 +430,18 @@ class App:
             except Exception as err:
                 raise UserError(_one_line(err, self.schema)) from None
             jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+            for o in overrides:
+                if o.startswith("hydra.sweep.dir="):
+                    check_dir_writable(Path(o.split("=", 1)[1]), "hydra.sweep.dir")
         for job in jobs:
             cfg = typed(self.schema, compose(self.name, job))
             for o in job:
                 if o.startswith("hydra.run.dir=") and not flags:
-                    RunDir.claim(o.split("=", 1)[1], resume=bool(getattr(cfg, "resume", False)),
-                                 supports_resume=self.supports_resume)
+                    path = Path(o.split("=", 1)[1])
+                    self._explicit = (path, path.exists(), _hydra_files(path))
+                    # held (locked) until the run ends: a second writer is refused before Hydra writes
+                    self._claims.append(RunDir.claim(path, resume=bool(getattr(cfg, "resume", False)),
+                                                     supports_resume=self.supports_resume, config=cfg))
 
     def __call__(self, argv: list[str] | None = None) -> int:
         """Run from the command line: ``argv`` (default ``sys.argv[1:]``) are Hydra overrides.
@@ -384,19 +457,51 @@ class App:
         from hydra.core.hydra_config import HydraConfig
 
         argv = list(sys.argv[1:] if argv is None else argv)
+        self._claims, self._explicit, codes = [], None, []
         try:
-            self._precheck(argv)
-        except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            try:
+                self._precheck(argv)
+            except UserError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            return self._hydra(argv, codes)
+        finally:
+            for rd in self._claims:
+                rd.release()
+            self._claims = []
+
+    def _hydra(self, argv: list[str], codes: list[int]) -> int:
+        import hydra
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
         command = f"osc {self.name} {shlex.join(argv)}".strip()
 
         @hydra.main(config_path=CONFIG_DIR, config_name=self.name, version_base=None)
         def task(cfg: DictConfig) -> None:
+            hc = HydraConfig.get()
+            run_dir = Path(hc.runtime.output_dir)
+            if hc.mode == RunMode.MULTIRUN:  # a sweep's job: record a failure and go on
+                try:
+                    self.run(cfg, run_dir, command=command, record_failures=True)
+                    codes.append(0)
+                except UserError as err:
+                    print(f"error: job {hc.job.num} ({run_dir}): {err}", file=sys.stderr)
+                    codes.append(2)
+                except Diverged as err:
+                    print(f"error: job {hc.job.num} ({run_dir}): training diverged: {err}", file=sys.stderr)
+                    codes.append(1)
+                except Exception as err:
+                    print(f"error: job {hc.job.num} ({run_dir}) failed: {type(err).__name__}: {err}; traceback in "
+                          f"{run_dir / 'error.txt'}".splitlines()[0], file=sys.stderr)
+                    codes.append(1)
+                return
+            fresh = self._explicit is None and not _has_results(run_dir)
             try:
-                self.run(cfg, Path(HydraConfig.get().runtime.output_dir), command=command)
+                self.run(cfg, run_dir, command=command)
             except UserError as err:
                 print(f"error: {err}", file=sys.stderr)
+                self._undo(run_dir, fresh)
                 sys.exit(2)
             except Diverged as err:
                 print(f"error: training diverged: {err}", file=sys.stderr)
@@ -411,7 +516,40 @@ class App:
             return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
         finally:
             sys.argv = saved
-        return 0
+        return max(codes, default=0)
+
+    def _undo(self, run_dir: Path, fresh: bool) -> None:
+        """After a refusal inside Hydra: remove a run dir this call made, or put back the
+        .hydra/ files and job log Hydra rewrote in one that was there before."""
+        if self._explicit is not None:
+            path, existed, files = self._explicit
+            if path.resolve() != run_dir.resolve():
+                return
+            if not existed:
+                shutil.rmtree(path, ignore_errors=True)
+                return
+            for p in _hydra_files(path):
+                if p not in files:
+                    p.unlink(missing_ok=True)
+            for p, data in files.items():
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_bytes(data)
+        elif fresh:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _hydra_files(path: Path) -> dict[Path, bytes]:
+    """What Hydra writes into a run dir (.hydra/*, the job's .log), with their bytes."""
+    path = Path(path)
+    if not path.is_dir():
+        return {}
+    files = [p for p in (path / ".hydra").glob("*") if p.is_file()] + [p for p in path.glob("*.log") if p.is_file()]
+    return {p: p.read_bytes() for p in files}
+
+
+def _has_results(path: Path) -> bool:
+    """Whether a run dir holds anything besides Hydra's own files and the lock."""
+    return path.is_dir() and any(p.name not in (".hydra", ".lock") and p.suffix != ".log" for p in path.iterdir())
 
 
 def as_list(value) -> list:

@@ -190,6 +190,9 @@ def run(cfg: Config, rd: RunDir) -> dict:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     data = load_image_data(cfg.dataset.name, cfg.data.root, cfg.data.download, cfg.data.augment)
+    n_train = len(data.x_train)
+    require(cfg.batch_size <= n_train, "batch_size", f"at most the training set's size ({n_train} images of "
+            f"{data.name})", cfg.batch_size)
     m = cfg.model
     model = get_model(m.model_type, data.num_classes, m.skip_kind, in_channels=data.in_channels, stem=m.stem,
                       zero_init_residual=m.zero_init_residual, **m.skip_options())

@@ -519,14 +519,17 @@ class App:
         return max(codes, default=0)
 
     def _undo(self, run_dir: Path, fresh: bool) -> None:
-        """After a refusal inside Hydra: remove a run dir this call made, or put back the
-        .hydra/ files and job log Hydra rewrote in one that was there before."""
+        """After a refusal inside Hydra: remove a run dir this call made (unless the run had
+        started: then its files say what happened), or put back the .hydra/ files and job
+        log Hydra rewrote in one that was there before."""
+        started = (run_dir / "run.json").exists()
         if self._explicit is not None:
             path, existed, files = self._explicit
             if path.resolve() != run_dir.resolve():
                 return
             if not existed:
-                shutil.rmtree(path, ignore_errors=True)
+                if not started:
+                    shutil.rmtree(path, ignore_errors=True)
                 return
             for p in _hydra_files(path):
                 if p not in files:
@@ -534,7 +537,7 @@ class App:
             for p, data in files.items():
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_bytes(data)
-        elif fresh:
+        elif fresh and not started:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 

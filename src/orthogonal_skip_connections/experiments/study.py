@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from ..report import build_report
 from ..rundir import RunDir, column
-from ..runs import progress_bar, read_json, write_json
+from ..runs import UserError, progress_bar, read_json, write_json
 from ..train.classifier import Diverged
 from ._app import APPS, App, choice, compose, load_app, one_of, require
 
@@ -202,6 +202,11 @@ def run(cfg: Config, rd: RunDir) -> dict:
 
     if jobs:
         timed("classification", run_classification, cfg, study_dir, jobs)
+        runs = status["classification"]
+        if all(str(s).startswith("failed") for s in runs.values()):  # the cause, not "no run dirs found"
+            label, why = next(iter(runs.items()))
+            raise UserError(f"all {len(runs)} classification runs failed; {label}: {str(why).removeprefix('failed: ')}"
+                            f" (each run dir under {study_dir / 'classification'} holds its error.txt)")
     for name in apps:
         timed(name, run_app, name, [*getattr(scale, name), *getattr(cfg.overrides, name)], study_dir / name,
               cfg.progress)

@@ -62,8 +62,10 @@ def root(tmp_path_factory):
     """Finished run dirs of three apps, an unfinished one, a file, CIFAR dirs (empty, and
     one with a crafted pickle), and odd run dirs for ``osc report``."""
     root = tmp_path_factory.mktemp("faults")
-    for app in FINISHED:
-        assert osc([app, *TINY[app], f"hydra.run.dir={root / 'done' / app}", "progress=false"]) == 0
+    assert osc(["run_experiments", *TINY["run_experiments"], f"hydra.run.dir={root / 'done' / 'run_experiments'}",
+                "progress=false"]) == 0
+    for app in FINISHED[1:]:  # a finished dir is one with a summary.json (tests/test_apps.py runs each app)
+        shutil.copytree(root / "done" / "run_experiments", root / "done" / app)
     unfinished = root / "unfinished"
     shutil.copytree(root / "done" / "run_experiments", unfinished)
     (unfinished / "summary.json").unlink()
@@ -390,3 +392,12 @@ def test_a_sweep_goes_on_after_a_failed_and_a_diverged_job(tmp_path, capsys):
     assert osc(["report", str(sweep)]) == 0
     csv = (sweep / "report" / "results.csv").read_text()
     assert csv.count("failed") == 2 and csv.count("diverged") == 1 and csv.count("completed") == 1
+
+
+def test_a_study_whose_runs_all_fail_says_why(tmp_path, capsys):
+    study = tmp_path / "study"
+    overrides = f'overrides.run_experiments=["dataset=cifar10","data.download=false","data.root={tmp_path}"]'
+    code, lines, err = run(["study", *TINY["study"], overrides, f"hydra.run.dir={study}", "progress=false"], capsys)
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "all 1 classification runs failed" in lines[0] and "cifar10 not found" in lines[0]
+    assert list(study.rglob("error.txt"))  # the details stay where the line says

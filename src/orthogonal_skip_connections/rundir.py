@@ -130,21 +130,18 @@ def config_differences(saved: Any, config: Any, ignored=RESUME_IGNORED) -> list[
     return sorted(k for k in set(a) | set(b) if not skip(k) and a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
-def check_dir_writable(path: Path, key: str = "hydra.run.dir") -> None:
+def check_dir_writable(path: Path, key: str = "hydra.run.dir", shown: str | None = None) -> None:
     """Refuse (one line) a run dir that is a file, or under a file, or that cannot be
-    created or written. Writes nothing."""
+    created or written. Writes nothing. ``shown``: the value to name (default ``path``)."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{key}={path} is a file, not a directory; choose another {key}")
+    where = f"{key}={shown if shown is not None else path}"
     probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
+    while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise UserError(f"{key}={path}: {probe} is a file, not a directory; choose another {key}")
+        raise UserError(f"{where}: {probe} is a file, not a directory; choose another {key}")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{key}={path}: {probe} is not writable; choose another {key}")
+        raise UserError(f"{where}: {probe} is not writable; choose another {key}")
 
 
 _HELD: dict[str, list] = {}  # resolved run dir -> [file descriptor, claims]: flock is per open file

@@ -433,12 +433,25 @@ class App:
             for o in overrides:
                 if o.startswith("hydra.sweep.dir="):
                     check_dir_writable(Path(o.split("=", 1)[1]), "hydra.sweep.dir")
+        explicit = [o for o in overrides if o.startswith("hydra.sweep.dir=" if flags else "hydra.run.dir=")]
+        if not explicit:  # the default dir's fixed part (before the first ${...}) must be writable
+            key = "hydra.sweep.dir" if flags else "hydra.run.dir"
+            try:
+                hc = _compose_raw(self.name, jobs[0], hydra_config=True).hydra
+                pattern = str(OmegaConf.to_container(hc.sweep if flags else hc.run, resolve=False)["dir"])
+            except Exception:  # Hydra's own config: checked by Hydra
+                pattern = ""
+            if pattern:
+                check_dir_writable(Path(pattern.split("${")[0] or "."), key, shown=f"{pattern} (the default)")
         for job in jobs:
             cfg = typed(self.schema, compose(self.name, job))
             for o in job:
                 if o.startswith("hydra.run.dir=") and not flags:
                     path = Path(o.split("=", 1)[1])
-                    self._explicit = (path, path.exists(), _hydra_files(path))
+                    top = path  # the outermost dir this call would make
+                    while not top.parent.exists() and top.parent != top.parent.parent:
+                        top = top.parent
+                    self._explicit = (path, path.exists(), _hydra_files(path), top)
                     # held (locked) until the run ends: a second writer is refused before Hydra writes
                     self._claims.append(RunDir.claim(path, resume=bool(getattr(cfg, "resume", False)),
                                                      supports_resume=self.supports_resume, config=cfg))
@@ -524,12 +537,12 @@ class App:
         log Hydra rewrote in one that was there before."""
         started = (run_dir / "run.json").exists()
         if self._explicit is not None:
-            path, existed, files = self._explicit
+            path, existed, files, top = self._explicit
             if path.resolve() != run_dir.resolve():
                 return
             if not existed:
                 if not started:
-                    shutil.rmtree(path, ignore_errors=True)
+                    shutil.rmtree(top, ignore_errors=True)
                 return
             for p in _hydra_files(path):
                 if p not in files:

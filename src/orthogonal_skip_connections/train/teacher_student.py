@@ -330,6 +330,7 @@ def train(
     guard = DivergenceGuard(trivial_loss=max(float(r.Y_test.double().square().mean((1, 2)).max()) for r in runs))
     guard.initial_loss = max(float(np.nanmax(r.log["train_loss"][0])) if np.isfinite(r.log["train_loss"][0]).any()
                              else 0.0 for r in runs)
+    guard.last_finite_loss, guard.last_finite_step = guard.initial_loss, 0  # the losses logged at step 0
 
     def check(step: int) -> None:
         losses = {}

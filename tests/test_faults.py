@@ -177,6 +177,10 @@ CASES = [
     ("th-progress-no", ["theorem", "progress=no"], ["progress"]),
     ("th-n-pairs", ["theorem", "n_pairs=1"], ["n_pairs"]),
     ("th-dir-finished", ["theorem", f"hydra.run.dir={M}/done/theorem"], ["done/theorem", "finished"]),
+    ("th-interpolation", ["theorem", "seed=${oops}"], ["seed", "oops"]),
+    ("th-hydra-key", ["theorem", "hydra.bogus=1"], ["hydra.bogus"]),
+    ("th-hydra-launcher", ["theorem", "hydra/launcher=bogus"], ["hydra/launcher/bogus", "basic"]),
+    ("th-sweep-without-m", ["theorem", "seed=1,2"], ["seed=1,2"]),
     # teacher_student
     ("ts-batch-zero", ["teacher_student", "batch_size=0"], ["batch_size"]),
     ("ts-batch-too-big", ["teacher_student", "batch_size=100"], ["batch_size", "n_train"]),

@@ -333,10 +333,10 @@ def typed(schema: type, cfg: Any):
     instance: unknown keys, wrong types and missing values are one-line UserErrors, and
     then ``check()`` tests the ranges."""
     if not isinstance(cfg, schema):
-        if isinstance(cfg, (DictConfig, dict)):
-            cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-            cfg = {k: v for k, v in cfg.items() if k != "hydra"}
         try:
+            if isinstance(cfg, (DictConfig, dict)):
+                cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+                cfg = {k: v for k, v in cfg.items() if k != "hydra"}
             merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
             cfg = OmegaConf.to_object(merged)
         except OmegaConfBaseException as err:

@@ -466,9 +466,6 @@ class App:
         return code
 
     def _main(self, argv: list[str] | None) -> int:
-        import hydra
-        from hydra.core.hydra_config import HydraConfig
-
         argv = list(sys.argv[1:] if argv is None else argv)
         self._claims, self._explicit, codes = [], None, []
         try:

@@ -317,10 +317,11 @@ class RunDir:
         return self.finish({**partial, "status": "diverged", "divergence": info,
                             "skipped_steps": info.get("skipped_steps"), "report": report})
 
-    def failed(self, reason: str, labels: dict | None = None) -> dict:
+    def failed(self, reason: str, labels: dict | None = None, user_error: bool = True) -> dict:
         """Write run.json (if the run had not started) and summary.json with ``status:
-        failed`` and ``reason`` (one line), provenance and a report section."""
+        failed``, ``reason`` (one line) and ``user_error`` (a mistake in the input, exit
+        code 2; else a library error, 1), provenance and a report section."""
         self._mark_started(labels)
         report = {"title": f"{self.app or 'run'}: failed", "question": "did the run complete?",
                   "tables": [], "verdict": f"the run failed: {reason}", "figures": []}
-        return self.finish({"status": "failed", "reason": reason, "report": report})
+        return self.finish({"status": "failed", "reason": reason, "user_error": user_error, "report": report})

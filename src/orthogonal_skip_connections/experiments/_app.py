@@ -403,7 +403,7 @@ class App:
                     if not isinstance(err, UserError):
                         rd.path.mkdir(parents=True, exist_ok=True)
                         (rd.path / "error.txt").write_text("".join(traceback.format_exception(err)))
-                    rd.failed(reason, labels)
+                    rd.failed(reason, labels, user_error=isinstance(err, UserError))
                 raise
             if not rd.is_started:
                 raise RuntimeError(f"{self.name}: run() returned without rd.start(cfg)")
@@ -466,8 +466,17 @@ class App:
         return code
 
     def _main(self, argv: list[str] | None) -> int:
+        import os
+        import tempfile
+
         argv = list(sys.argv[1:] if argv is None else argv)
         self._claims, self._explicit, codes = [], None, []
+        # a sweep's failed jobs write their exit codes here: they may run in other processes
+        # (Hydra's joblib or submitit launchers), which inherit the environment
+        fd, codes_file = tempfile.mkstemp(prefix="osc-sweep-", suffix=".codes")
+        os.close(fd)
+        saved_env = os.environ.get(CODES_ENV)
+        os.environ[CODES_ENV] = codes_file
         try:
             try:
                 self._precheck(argv)
@@ -479,6 +488,11 @@ class App:
             for rd in self._claims:
                 rd.release()
             self._claims = []
+            if saved_env is None:
+                os.environ.pop(CODES_ENV, None)
+            else:
+                os.environ[CODES_ENV] = saved_env
+            os.unlink(codes_file)
 
     def _hydra(self, argv: list[str], codes: list[int]) -> int:
         import hydra
@@ -494,17 +508,16 @@ class App:
             if hc.mode == RunMode.MULTIRUN:  # a sweep's job: record a failure and go on
                 try:
                     self.run(cfg, run_dir, command=command, record_failures=True)
-                    codes.append(0)
                 except UserError as err:
                     print(f"error: job {hc.job.num} ({run_dir}): {err}", file=sys.stderr)
-                    codes.append(2)
+                    _write_code(2)
                 except Diverged as err:
                     print(f"error: job {hc.job.num} ({run_dir}): training diverged: {err}", file=sys.stderr)
-                    codes.append(1)
+                    _write_code(1)
                 except Exception as err:
                     print(f"error: job {hc.job.num} ({run_dir}) failed: {type(err).__name__}: {err}; traceback in "
                           f"{run_dir / 'error.txt'}".splitlines()[0], file=sys.stderr)
-                    codes.append(1)
+                    _write_code(1)
                 return
             fresh = self._explicit is None and not _has_results(run_dir)
             try:
@@ -526,6 +539,7 @@ class App:
             return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
         finally:
             sys.argv = saved
+            codes += _read_codes()
         return max(codes, default=0)
 
     def _undo(self, run_dir: Path, fresh: bool) -> None:
@@ -549,6 +563,29 @@ class App:
                 p.write_bytes(data)
         elif fresh and not started:
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+CODES_ENV = "OSC_SWEEP_CODES"
+
+
+def _write_code(code: int) -> None:
+    """Append a failed sweep job's exit code to the file the sweep's parent reads."""
+    import os
+
+    path = os.environ.get(CODES_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{code}\n")
+
+
+def _read_codes() -> list[int]:
+    import os
+
+    path = os.environ.get(CODES_ENV)
+    try:
+        return [int(line) for line in Path(path).read_text().split()] if path else []
+    except (OSError, ValueError):
+        return []
 
 
 def _hydra_files(path: Path) -> dict[Path, bytes]:

@@ -73,9 +73,12 @@ def root(tmp_path_factory):
     (root / "cifar_empty").mkdir()
     write_cifar(root / "cifar_evil", evil=root / "PWNED")
     odd = root / "odd"
+    done = {f: json.loads((root / "done" / "run_experiments" / f).read_text()) for f in ("summary.json", "run.json")}
     for name, summary, meta in [
         ("corrupt", "{not json", None), ("list", "[1, 2]", None),
         ("labels", None, {"app": "run_experiments", "labels": {"task": "digits/resnet20"}}),
+        ("acc", json.dumps({**done["summary.json"], "test_acc": None}), None),
+        ("seed", None, {**done["run.json"], "labels": {**done["run.json"]["labels"], "seed": "a"}}),
     ]:
         d = odd / name / "run"
         shutil.copytree(root / "done" / "run_experiments", d)
@@ -219,6 +222,8 @@ CASES = [
     ("rp-corrupt", ["report", f"{M}/odd/corrupt"], ["odd/corrupt/run/summary.json"]),
     ("rp-list", ["report", f"{M}/odd/list"], ["odd/list/run/summary.json", "list"]),
     ("rp-odd-labels", ["report", f"{M}/odd/labels"], ["odd/labels/run/run.json"]),
+    ("rp-completed-without-accuracy", ["report", f"{M}/odd/acc"], ["odd/acc/run/summary.json", "test_acc"]),
+    ("rp-seed-not-a-number", ["report", f"{M}/odd/seed"], ["odd/seed/run/run.json", "labels.seed"]),
     ("rp-out-file", ["report", f"{M}/done", "--out", f"{M}/a_file"], ["a_file"]),
     ("rp-missing", ["report", f"{M}/nowhere"], ["nowhere"]),
     ("rp-empty", ["report", f"{M}/cifar_empty"], ["cifar_empty"]),

@@ -83,6 +83,7 @@ def find_runs(paths: list[Path]) -> tuple[list[RunRecord], list[Path]]:
                 if missing:
                     raise UserError(f"{d / RUN}: its labels lack {', '.join(missing)} (a run dir of another "
                                     f"version?); move it out of the dirs given to osc report")
+                _check_types(d, labels, summary)
                 runs.append(RunRecord(d, labels, summary, _evals(d / "metrics.jsonl")))
             elif summary is not None and meta.get("app") != "study":
                 seen.add(d.resolve())
@@ -92,6 +93,31 @@ def find_runs(paths: list[Path]) -> tuple[list[RunRecord], list[Path]]:
 
 LABELS = {"task", "dataset", "model_type", "variant", "skip_kind", "method", "init", "seed", "planned_epochs",
           "batch_size", "lr"}  # run.json labels of a classifier run (run_experiments' Config.labels)
+
+
+_NUMBERS = ("test_acc", "best_test_acc", "test_loss", "train_loss", "train_time_s", "steps", "epochs",
+            "skip_identity_distance_mean", "skip_orth_error_max", "skip_negative_det_count")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_types(d: Path, labels: dict, summary: dict | None) -> None:
+    """A classifier run's labels and summary hold what the tables compute with: numbers
+    where numbers go (a file edited by hand or of another version is one line)."""
+    for key in ("seed", "planned_epochs", "batch_size", "lr"):
+        if not (_is_number(labels[key]) or (key == "seed" and labels[key] is None)):
+            raise UserError(f"{d / RUN}: labels.{key} must be a number; got {labels[key]!r}")
+    if summary is None:
+        return
+    if not isinstance(summary.get("status", "completed"), str):
+        raise UserError(f"{d / SUMMARY}: status must be a string; got {summary['status']!r}")
+    for key in _NUMBERS:
+        if summary.get(key) is not None and not _is_number(summary[key]):
+            raise UserError(f"{d / SUMMARY}: {key} must be a number or null; got {summary[key]!r}")
+    if summary.get("status", "completed") == "completed" and not _is_number(summary.get("test_acc")):
+        raise UserError(f"{d / SUMMARY}: a completed run needs a test_acc; got {summary.get('test_acc')!r}")
 
 
 def _read_object(path: Path) -> dict:

@@ -185,8 +185,8 @@ def verdict(ans: dict, fraction: float) -> str:
     elif len(unknown) == len(ans):
         head = "cannot tell (fewer than two seeds or two depths)"
     else:
-        head = "no: in no setting does training bring the W_i towards I faster with depth " \
-               f"(at least {fraction:g} x the rate of log(m)/m)"
+        head = f"no: in none of the {len(ans) - len(unknown)} settings judged does training bring the W_i " \
+               f"towards I, the more so the deeper the net (at least {fraction:g} x the rate of log(m)/m)"
         if unknown:
             head += f"; cannot tell for {', '.join(unknown)}"
     return head + " - " + "; ".join(parts) + "."

@@ -314,9 +314,7 @@ def _yaml_options(text: str) -> tuple[list[str], list[tuple[str, str, str]]]:
             continue
         seen_key = True
         key, rest = m.groups()
-        value, _, comment = rest.partition(" #")
-        if not value.strip() and rest.startswith("#"):
-            value, comment = "", rest[1:]
+        value, _, comment = ("", "", rest[1:]) if rest.startswith("#") else rest.partition(" #")
         while stack and stack[-1][0] >= indent:
             stack.pop()
         if indent == 0 and key in ("defaults", "hydra"):
@@ -348,7 +346,7 @@ def help_text(name: str) -> str:
     width = min(34, max(len(f"{k} = {v}") for k, v, _ in options if v) + 2)
     for key, value, comment in options:
         node = _schema_node(app.schema, key.split("."))
-        if not value and dataclasses.is_dataclass(node):
+        if not value:  # a mapping: its keys follow
             lines.append(f"  {key}:" + (f"  {comment}" if comment else ""))
             continue
         origin = typing.get_origin(node)

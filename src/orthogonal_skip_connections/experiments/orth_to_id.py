@@ -265,7 +265,7 @@ def report(cfg: Config, table: list[dict], ans: dict, figures: list[str]) -> dic
         settings.append({
             "setting": key, "n_blocks": a["n_blocks"], "seeds": a["seeds"], "measure": a["corrected_distance"],
             "moved": a["moved_towards_identity"], "slope": a["loglog_slope_vs_depth"],
-            "slope_ci": "–" if lo is None or math.isnan(lo) else f"[{lo:+.2f}, {hi:+.2f}]",
+            "slope_ci": "–" if lo is None or math.isnan(lo) else f"[{lo:+.3g}, {hi:+.3g}]",
             "ref": a["reference_slope_log_m_over_m"], "falls": a["falls_with_depth"],
             "approaches": "cannot tell" if a["approaches_identity_with_depth"] is None
             else a["approaches_identity_with_depth"],

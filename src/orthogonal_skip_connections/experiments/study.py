@@ -28,7 +28,7 @@ from ..report import build_report
 from ..rundir import RunDir, column
 from ..runs import progress_bar, read_json, write_json
 from ..train.classifier import Diverged
-from ._app import APPS, App, choice, compose, load_app, one_of, require
+from ._app import APPS, App, choice, compose, load_app, one_of, require, typed
 
 SCALES = ("smoke", "default", "full")
 PARTS = ("classification", "teacher_student", "synthetic")
@@ -108,7 +108,7 @@ def classification_jobs(cfg: Config, study_dir: Path) -> list[tuple[str, dict, P
                      f"seed={seed}", "progress=false", f"save_checkpoint={cfg.save_checkpoint}", *c.overrides,
                      *cfg.overrides.run_experiments]
         run_cfg = compose("run_experiments", overrides)
-        load_app("run_experiments").config(overrides)  # a mistake is one line, before any run
+        typed(load_app("run_experiments").schema, run_cfg)  # a mistake is one line, before any run
         name = re.sub(r"[^A-Za-z0-9]+", "_", variant)
         run_dir = study_dir / "classification" / f"{dataset}_{model_type}" / name / f"seed{seed}"
         jobs.append((f"{task} {variant} seed {seed}",

@@ -133,14 +133,14 @@ def plot(trajs: dict[str, ts.Trajectory], run_dir: Path) -> None:
          for a, t in trajs.items()},
         run_dir / "distance.png",
         ylabel="distance to teacher",
-        title="student-teacher distance (mean, band: geometric std over seeds)",
+        title="student-teacher distance (geometric mean over seeds, band: ×/÷ geometric std)",
     )
     panels_over_steps(
         steps,
         {a: {"train": t.train_loss, "test": t.test_loss} for a, t in trajs.items()},
         run_dir / "loss.png",
         ylabel="MSE",
-        title="training and test loss (mean, band: geometric std over seeds)",
+        title="training and test loss (geometric mean over seeds, band: ×/÷ geometric std)",
     )
 
 
@@ -158,6 +158,7 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
     fit_any = [a for a in archs if summary[a]["fits_seeds"] > 0]
     rec_any = [a for a in archs if summary[a]["recovered_seeds"] > 0]
     sym = [a for a in archs if summary[a]["recovered_up_to_symmetry_seeds"] > summary[a]["recovered_seeds"]]
+    diverged = [a for a in archs if summary[a]["diverged_seeds"] > 0]
     count = lambda a, k: f"{a} {summary[a][k]}/{n_seeds}"  # noqa: E731
     verdict = (f"over {n_seeds} seeds of {summary['meta']['steps']} steps, "
                + (f"{', '.join(count(a, 'fits_seeds') for a in fit_any)} fit the data" if fit_any
@@ -165,7 +166,9 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
                + (f"; {', '.join(count(a, 'recovered_seeds') for a in rec_any)} recover the teacher's weights as they are"
                   if rec_any else "; none recovers the teacher's weights as they are")
                + (f"; {', '.join(count(a, 'recovered_up_to_symmetry_seeds') for a in sym)} recover them only up to a "
-                  "permutation and rescaling of hidden units" if sym else "") + ".")
+                  "permutation and rescaling of hidden units" if sym else "")
+               + (f"; {', '.join(count(a, 'diverged_seeds') for a in diverged)} diverged (non-finite loss: lower lr)"
+                  if diverged else "") + ".")
     twins = [("sum_modified", "modified_resnet"), ("li_yuan", "li_yuan")]
     same = [(x, y) for x, y in twins[:1] if x in archs and y in archs]
     notes = []

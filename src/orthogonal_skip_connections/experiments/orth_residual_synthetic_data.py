@@ -138,7 +138,7 @@ def draw(c: dict, rows: list[dict], models: dict, run_dir: Path) -> list[str]:
                          title=f"{row['kind']}: train {row['train_acc']:.1f}%, test {row['test_acc']:.1f}%")
     fig.suptitle(f"{data.dataset_type}: the grid and the test data carried by each block's skip, branch and whole\n"
                  f"map (inputs of block i = outputs of block i - 1); right: decision regions", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / (2.6 * nrows)))  # room for the two-line title
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (2.6 * nrows)))  # room for the two-line title
     return [savefig(fig, run_dir / "synthetic_blocks.png").name]
 
 

@@ -147,10 +147,12 @@ def train_classifier(
     sinks: list[MetricSink] = (),
     resume: bool = False,
     extra_summary: dict | None = None,
+    save_checkpoint: bool = True,
 ) -> dict:
-    """Train ``model`` on ``data``; write metrics.jsonl, checkpoint.pt and summary.json into
-    ``run_dir``; return the summary. Raises :class:`Diverged` (after writing a summary with
-    ``status: diverged``, also its ``partial``) when the run diverges by the rule of
+    """Train ``model`` on ``data``; write metrics.jsonl, checkpoint.pt (after every epoch,
+    unless ``save_checkpoint`` is false: then a killed run cannot resume) and summary.json
+    into ``run_dir``; return the summary. Raises :class:`Diverged` (after writing a summary
+    with ``status: diverged``, also its ``partial``) when the run diverges by the rule of
     :mod:`.divergence`."""
     cfg.validate()
     run_dir = Path(run_dir)
@@ -259,11 +261,12 @@ def train_classifier(
                     epochs_bar.set_postfix(test_acc=f"{ev['test_acc']:.2f}")
             guard.check(state["step"], {"train loss": state["train_loss"], "test loss": ev_now and ev_now["test_loss"]})
             state["guard"] = guard.state()
-            atomic_torch_save(
-                {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "rng": _rng_state(), "state": state},
-                ckpt_path,
-            )
+            if save_checkpoint:
+                atomic_torch_save(
+                    {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "rng": _rng_state(), "state": state},
+                    ckpt_path,
+                )
     except Diverged as err:
         err.partial = {**summary("diverged"), "divergence": err.info}
         write_json(run_dir / SUMMARY, err.partial)

@@ -48,8 +48,8 @@ __all__ = ["RunDir", "SUMMARY", "CHECKPOINT", "CONFIG", "RUN", "column", "proven
 
 # keys that may differ between a run and its resume: they change how a run is shown or
 # where it computes, not what it computes (on CPU a resumed run stays bit-identical)
-RESUME_IGNORED = ("resume", "progress", "num_threads", "device", "jobs", "data.root", "data.download",
-                  "tensorboard", "wandb.mode", "wandb.project")
+RESUME_IGNORED = ("resume", "progress", "num_threads", "device", "jobs", "save_checkpoint", "data.root",
+                  "data.download", "tensorboard", "wandb.mode", "wandb.project")
 LOCK = ".lock"
 CONFIG = "config.yaml"
 RUN = "run.json"  # written at start: which app, and the labels a report groups runs by

@@ -87,7 +87,7 @@ def test_study_plans_the_residual_mode_task(tmp_path):
 
 def test_study_refuses_a_bad_mode_in_one_line(tmp_path, capsys):
     run_dir = tmp_path / "study"
-    assert osc(["study", "scale=smoke", "parts=[residual_modes]", "scales.smoke.residual_modes.modes=[add,bogus]",
+    assert osc(["study", "scale=smoke", "progress=false", "parts=[residual_modes]", "scales.smoke.residual_modes.modes=[add,bogus]",
                 "scales.smoke.residual_modes.tasks=[digits/preact_resnet20]", "scales.smoke.residual_modes.seeds=1",
                 f"hydra.run.dir={run_dir}"]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]

@@ -26,6 +26,7 @@ from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_cl
 from ._app import App, choice, require
 
 WANDB_MODES = ("disabled", "offline", "online")
+CHECKPOINT_MODES = ("last", "none")
 
 
 @dataclass
@@ -148,6 +149,7 @@ class Config:
     device: str
     num_threads: Optional[int]
     resume: bool
+    save_checkpoint: str
     progress: bool
     tensorboard: bool
     wandb: WandbConfig
@@ -189,6 +191,7 @@ class Config:
         except ValueError as err:
             raise UserError(f"model: {err}") from None
         choice("wandb.mode", self.wandb.mode, WANDB_MODES)
+        choice("save_checkpoint", self.save_checkpoint, CHECKPOINT_MODES)
         require(self.num_threads is None or self.num_threads >= 1, "num_threads", "an integer >= 1 or null",
                 self.num_threads)
         require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
@@ -244,6 +247,9 @@ def run(cfg: Config, rd: RunDir) -> dict:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     data = load_image_data(cfg.dataset.name, cfg.data.root, cfg.data.download, cfg.data.augment)
+    n_train = len(data.x_train)
+    require(cfg.batch_size <= n_train, "batch_size", f"at most the training set's size ({n_train} images of "
+            f"{data.name})", cfg.batch_size)
     m = cfg.model
     try:  # e.g. a ViT's patch size that does not divide the image, or width not divisible by heads
         model = get_model(m.model_type, data.num_classes, m.skip_kind, in_channels=data.in_channels,
@@ -258,11 +264,10 @@ def run(cfg: Config, rd: RunDir) -> dict:
     if cfg.wandb.mode != "disabled":
         sinks.append(WandbSink(cfg.wandb.mode, cfg.wandb.project, asdict(cfg), rd.path, name=rd.path.name))
     extra = {"dataset": data.name, "model_type": m.model_type, "skip_kind": m.skip_kind, "method": m.orth_method,
-             "residual_mode": m.residual_label, "seed": cfg.seed}
+             "residual_mode": m.residual_label, "seed": cfg.seed, "n_test": len(data.y_test)}
     summary = train_classifier(model, data, cfg.train_config(), rd.path, device, sinks, resume=cfg.resume,
-                               extra_summary=extra)  # raises Diverged after writing a "diverged" summary
-    print(f"test accuracy {summary['test_acc']:.2f}% (best {summary['best_test_acc']:.2f}%) "
-          f"after {summary['epochs']} epochs; run dir {rd.path}")
+                               extra_summary=extra, save_checkpoint=cfg.save_checkpoint == "last")
+    # train_classifier raises Diverged after writing a "diverged" summary
     return {**summary, "report": report(cfg, summary)}
 
 

@@ -16,13 +16,13 @@ from typing import Optional
 
 import torch
 
-from ..data.vision import DATASETS, load_image_data
-from ..models import get_model
+from ..data.vision import DATASETS
 from ..models.resnet import RESNETS
 from ..rundir import RunDir, column
 from ..runs import UserError, resolve_device
 from ..skips import DEFAULT_METHOD, skip
 from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_classifier
+from ..train.image import ClassifierSpec, build_classifier
 from ._app import App, choice, require
 
 WANDB_MODES = ("disabled", "offline", "online")
@@ -148,6 +148,13 @@ class Config:
             raise UserError(str(err)) from None
         resolve_device(self.device)
 
+    def spec(self) -> ClassifierSpec:
+        """The data and model settings (config.yaml's layout, which train.image.load_run reads)."""
+        m = self.model
+        return ClassifierSpec(self.dataset.name, m.model_type, m.skip_kind,
+                              {"stem": m.stem, "zero_init_residual": m.zero_init_residual, **m.skip_options()},
+                              self.data.root, self.data.download, self.data.augment)
+
     def labels(self) -> dict:
         """What a report groups this run by (run.json)."""
         m = self.model
@@ -188,11 +195,8 @@ def run(cfg: Config, rd: RunDir) -> dict:
     device = resolve_device(cfg.device)
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
-    torch.manual_seed(cfg.seed)
-    data = load_image_data(cfg.dataset.name, cfg.data.root, cfg.data.download, cfg.data.augment)
     m = cfg.model
-    model = get_model(m.model_type, data.num_classes, m.skip_kind, in_channels=data.in_channels, stem=m.stem,
-                      zero_init_residual=m.zero_init_residual, **m.skip_options())
+    model, data = build_classifier(cfg.spec(), cfg.seed)  # seed, data, model: load_run rebuilds the init alike
     rd.start(cfg, labels=cfg.labels())
     rd.device = device
     sinks = []

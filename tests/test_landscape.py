@@ -143,3 +143,15 @@ def test_grid_axis_has_the_centre_exactly():
     assert L.grid_axis(5, 2.0).tolist() == [-2.0, -1.0, 0.0, 1.0, 2.0]
     with pytest.raises(ValueError, match="odd"):
         L.grid_axis(4, 1.0)
+
+
+def test_app_refuses_a_run_dir_without_checkpoint_in_one_line(tmp_path, capsys):
+    from orthogonal_skip_connections.cli import main as osc
+
+    (tmp_path / "half").mkdir()
+    out = tmp_path / "out"
+    assert osc(["loss_landscape", f"runs=[{tmp_path / 'half'}]", f"hydra.run.dir={out}", "progress=false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a trained classifier run dir" in err[0] and not (out / "summary.json").exists()
+    assert osc(["loss_landscape", "steps=4", f"hydra.run.dir={out}"]) == 2
+    assert "steps must be an odd integer" in capsys.readouterr().err

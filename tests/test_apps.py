@@ -25,6 +25,8 @@ TINY = {
                        "train.variants=[identity,learnable_orth]", "train.n_train=64", "train.epochs=1",
                        "train.batch_size=32", "steps=3", "steps_1d=3", "n_eval=32", "hessian.iters=2",
                        "hessian.samples=2", "device=cpu"],
+    "two_stage": ["model_type=resnet20", "n_train=64", "seeds=1", "stage1_epochs=1", "stage2_epochs=1",
+                  "batch_size=32", "fit_images=32", "device=cpu"],
     "study": ["scale=smoke", "jobs=1", "parts=[classification]", "scales.smoke.classification.variants=[identity]",
               "scales.smoke.classification.seeds=1",
               "scales.smoke.classification.overrides=['scheduler.epochs=1','device=cpu']"],

@@ -90,12 +90,12 @@ def fit_skips(model: nn.Module, x: Tensor, batch_size: int = 256) -> list[dict]:
 @torch.no_grad()
 def load_with_skips(target: nn.Module, source: nn.Module, matrices: dict[str, Tensor]) -> None:
     """Copy every weight of ``source`` into ``target`` (the same architecture with other
-    skips), then set each block's orthogonal skip to ``matrices[block name]``: a retracted
+    skips; the source's own skip matrices, if any, are not copied), then set each block's orthogonal skip to ``matrices[block name]``: a retracted
     skip's weight is overwritten, a parametrized one is assigned (its base becomes the
     matrix, A = 0). Every weight of ``target`` must be covered by one or the other."""
-    state = source.state_dict()
-    missing, unexpected = target.load_state_dict(state, strict=False)
     skip_names = {f"{name}.skip" for name in matrices}
+    state = {k: v for k, v in source.state_dict().items() if not any(k.startswith(s + ".") for s in skip_names)}
+    missing, unexpected = target.load_state_dict(state, strict=False)
     uncovered = [k for k in missing if not any(k.startswith(s + ".") for s in skip_names)]
     if uncovered or unexpected:
         raise ValueError(f"the models differ beyond their skips: missing {uncovered[:3]}, unexpected {unexpected[:3]}")

@@ -78,7 +78,7 @@ def test_two_stage_app_at_tiny_size(tmp_path):
         assert two["loss_before_swap"] == ident["loss_before_swap"]  # one stage-1 model, paired
         assert two["stage1_test_acc"] == ident["stage1_test_acc"]
         assert two["loss_after_swap"] is not None and 0 <= two["fit_residual_mean"] <= 1
-        assert len(two["curve"]) == 2 and two["curve"][1]["epoch"] == 2
+        assert [e["epoch"] for e in two["curve"]] == [1, 1, 2] and two["curve"][1]["test_loss"] == two["loss_after_swap"]
     for r in rows:
         if r["variant"] != "identity":
             assert r["skip_orth_error_max"] < 1e-4 and r["drift_stage2"] > 0

@@ -142,7 +142,10 @@ def run_seed(cfg: Config, seed: int, root: Path, device) -> list[dict]:
         s2 = train_classifier(model, data, cfg.train_config(2, seed), path, device)
         W_end = skip_matrices(model)
         stage1_path = root / f"seed{seed}" / f"{'identity' if name == 'two_stage' else name}_stage1"
-        curve = _evals(stage1_path) + [{**e, "epoch": e["epoch"] + cfg.stage1_epochs} for e in _evals(path)]
+        swapped_point = [{"epoch": cfg.stage1_epochs, "test_acc": swap["acc_after"], "test_loss": swap["loss_after"]}] \
+            if swap else []  # two_stage's curve jumps at the swap
+        curve = _evals(stage1_path) + swapped_point + \
+            [{**e, "epoch": e["epoch"] + cfg.stage1_epochs} for e in _evals(path)]
         row = {
             "variant": name, "seed": seed, "test_acc": s2["test_acc"], "test_loss": s2["test_loss"],
             "stage1_test_acc": s1["test_acc"], "stage1_test_loss": s1["test_loss"],
@@ -163,7 +166,8 @@ def run_seed(cfg: Config, seed: int, root: Path, device) -> list[dict]:
     swapped, _ = build_classifier(cfg.spec("learnable_orth", "identity"), seed)
     load_with_skips(swapped, ident, {f["name"]: f["Q"] for f in fits})
     swapped.to(device)
-    swap = {"loss_before": evaluate_loss(ident, x_test, y_test)[0], "loss_after": evaluate_loss(swapped, x_test, y_test)[0],
+    after = evaluate_loss(swapped, x_test, y_test)
+    swap = {"loss_before": evaluate_loss(ident, x_test, y_test)[0], "loss_after": after[0], "acc_after": after[1],
             "residual_mean": float(np.mean([f["residual"] for f in fits])),
             "residual_max": float(np.max([f["residual"] for f in fits])),
             "rank_deficient": sum(f["rank_deficient"] for f in fits),
@@ -234,7 +238,7 @@ def draw(cfg: Config, rows: list[dict], path: Path) -> str:
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for v in VARIANTS:
         rs = [r for r in rows if r["variant"] == v]
-        epochs = [e["epoch"] for e in rs[0]["curve"]]
+        epochs = [e["epoch"] for e in rs[0]["curve"]]  # two_stage: the end of stage 1 twice, before and after
         for a, key in ((ax, "test_acc"), (ax2, "test_loss")):
             band(a, epochs, [[e[key] for e in r["curve"]] for r in rs], label=v)
     swaps = [r["loss_after_swap"] for r in rows if r["variant"] == "two_stage"]

@@ -48,7 +48,7 @@ VARIANTS = ("two_stage", "identity", "orth_identity", "orth_haar")
 
 @dataclass
 class Config:
-    dataset: str
+    dataset_name: str
     model_type: str
     n_train: Optional[int]
     seeds: int
@@ -72,7 +72,7 @@ class Config:
         from ..models.resnet import RESNETS
         from ..skips import ORTH_METHODS
 
-        choice("dataset", self.dataset, DATASETS)
+        choice("dataset_name", self.dataset_name, DATASETS)
         choice("model_type", self.model_type, RESNETS)
         choice("method", self.method, ORTH_METHODS)
         require(self.n_train is None or self.n_train >= 2, "n_train", "an integer >= 2 or null", self.n_train)
@@ -97,7 +97,7 @@ class Config:
 
     def spec(self, kind: str, init: str = "identity") -> ClassifierSpec:
         options = {"method": self.method, "init": init} if kind == "learnable_orth" else {}
-        return ClassifierSpec(self.dataset, self.model_type, kind, options, n_train=self.n_train)
+        return ClassifierSpec(self.dataset_name, self.model_type, kind, options, n_train=self.n_train)
 
 
 def _evals(path: Path) -> list[dict]:
@@ -252,7 +252,7 @@ def draw(cfg: Config, rows: list[dict], path: Path) -> str:
     ax2.set_yscale("log")
     ax.legend(fontsize="small")
     ax2.legend(fontsize="small")
-    fig.suptitle(f"{cfg.model_type} on {cfg.dataset}: identity -> Procrustes-orthogonal swap vs. one skip kind "
+    fig.suptitle(f"{cfg.model_type} on {cfg.dataset_name}: identity -> Procrustes-orthogonal swap vs. one skip kind "
                  f"throughout (mean, band: std over {cfg.seeds} seeds)", fontsize=10)
     fig.tight_layout()
     return savefig(fig, path).name
@@ -261,7 +261,7 @@ def draw(cfg: Config, rows: list[dict], path: Path) -> str:
 def report(cfg: Config, table: list[dict], figure: str) -> dict:
     return {
         "title": f"Two-stage training: identity, then Procrustes-fitted orthogonal skips ({cfg.model_type} on "
-                 f"{cfg.dataset}, {cfg.stage1_epochs} + {cfg.stage2_epochs} epochs)",
+                 f"{cfg.dataset_name}, {cfg.stage1_epochs} + {cfg.stage2_epochs} epochs)",
         "question": "does training with identity skips, then swapping each for the orthogonal matrix that best fits "
                     "its block and fine-tuning it on O(n), beat identity throughout or orthogonal skips from the "
                     "start, at the same total epochs?",

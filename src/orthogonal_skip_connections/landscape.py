@@ -19,7 +19,8 @@
 - **A 2-D grid** theta* + a d1 + b d2 around the trained weights, and **the 1-D
   interpolation** (1 - t) theta_0 + t theta* from the initialisation (Goodfellow et al. 2015,
   "Qualitatively characterizing neural network optimization problems"; BatchNorm running
-  statistics interpolated alike, retracted skips retracted by the polar factor). Each point
+  means interpolated alike, running variances geometrically, retracted skips retracted by
+  the polar factor). Each point
   is evaluated on a fixed evaluation subset, in batches, BatchNorm in eval mode.
 - **Sharpness**: the top Hessian eigenvalue of the loss by power iteration on
   Hessian-vector products (Pearlmutter 1994; converges to the eigenvalue of largest
@@ -57,7 +58,7 @@ __all__ = [
     "landscape_of", "CACHE_VERSION",
 ]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: running variances interpolated geometrically
 
 
 # --------------------------------------------------------------------------- data
@@ -183,18 +184,19 @@ def set_point(model: nn.Module, base: dict[str, Tensor], directions: list[dict[s
 
 @torch.no_grad()
 def set_interpolation(model: nn.Module, start: dict[str, Tensor], end: dict[str, Tensor], t: float) -> None:
-    """(1 - t) start + t end on every coordinate (running statistics included; the
-    retracted skips retracted by the polar factor); exactly ``start`` at t = 0 and ``end``
-    at t = 1."""
+    """(1 - t) start + t end on every coordinate (running means included; the retracted
+    skips retracted by the polar factor; BatchNorm running variances geometrically,
+    v0^(1 - t) v1^t, which stays positive for t outside [0, 1], where a linear
+    extrapolation turns negative); exactly ``start`` at t = 0 and ``end`` at t = 1."""
     for c in coordinates(model):
         if t == 0 or t == 1:
             value = start[c.name] if t == 0 else end[c.name]
+        elif c.name.endswith("running_var"):  # geometric: positive for every t, extrapolation too
+            value = start[c.name].clamp_min(1e-30) ** (1 - t) * end[c.name].clamp_min(1e-30) ** t
         else:
             value = (1 - t) * start[c.name] + t * end[c.name]
             if c.role == "retracted":
                 value = orth.polar(value.double()).to(c.tensor.dtype)
-            if c.name.endswith("running_var"):
-                value = value.clamp_min(0)
         c.tensor.copy_(value)
 
 

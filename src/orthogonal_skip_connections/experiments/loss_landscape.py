@@ -91,7 +91,7 @@ class Config:
     def check(self) -> None:
         from ..data.vision import DATASETS
         from ..models.resnet import RESNETS
-        from ..skips import SKIP_KINDS
+        from ..skips import SKIP_KINDS, skip
 
         require(self.steps >= 1 and self.steps % 2 == 1, "steps", "an odd integer >= 1 (the centre is a grid point)",
                 self.steps)
@@ -116,6 +116,10 @@ class Config:
             parts = v.split("/")
             require(parts[0] in SKIP_KINDS and len(parts) <= 3, "train.variants",
                     f"kind[/method[/init]] entries with kind one of {', '.join(SKIP_KINDS)}", v)
+            try:
+                skip(parts[0], **variant_spec(self, v).model_options)
+            except (TypeError, ValueError) as err:
+                raise UserError(f"train.variants: {v}: {err}") from None
         require(t.seeds >= 1, "train.seeds", "an integer >= 1", t.seeds)
         require(t.n_train is None or t.n_train >= 2, "train.n_train", "an integer >= 2 or null", t.n_train)
         self.train_config().validate()

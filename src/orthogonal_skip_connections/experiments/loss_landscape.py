@@ -25,6 +25,7 @@ Writes config.yaml, summary.json, landscape_2d.png and landscape_1d.png into the
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from dataclasses import asdict, dataclass
@@ -294,17 +295,28 @@ def _ci(values) -> tuple[float, float, float]:
     return t_interval([v for v in values if v is not None])
 
 
+def _geometric_ci(values) -> tuple[float, float, float]:
+    """Geometric mean and 95% interval (Student-t on the logs): sharpness spans decades
+    across seeds, where an arithmetic interval runs below 0. NaN unless all are > 0."""
+    v = [x for x in values if x is not None]
+    if not v or min(v) <= 0:
+        return (math.nan,) * 3
+    m, lo, hi = t_interval(np.log(v))
+    return math.exp(m), math.exp(lo), math.exp(hi)
+
+
 def variant_rows(rows: list[dict]) -> list[dict]:
     out = []
     for v in _variants(rows):
         rs = [r for r in rows if r["variant"] == v]
-        lam, lam_lo, lam_hi = _ci([r["top_eigenvalue"] for r in rs])
-        tr, tr_lo, tr_hi = _ci([r["trace"] for r in rs])
+        lam, lam_lo, lam_hi = _geometric_ci([r["top_eigenvalue"] for r in rs])
+        tr, tr_lo, tr_hi = _geometric_ci([r["trace"] for r in rs])
         out.append({
             "variant": v, "runs": len(rs), "test_acc": _ci([r["test_acc"] for r in rs])[0],
             "centre_loss": float(np.mean([r["centre_loss"] for r in rs])),
             "edge_loss_mean": float(np.mean([r["edge_loss_mean"] for r in rs])),
             "top_eigenvalue": lam, "top_eigenvalue_lo": lam_lo, "top_eigenvalue_hi": lam_hi,
+            "top_eigenvalue_mean": float(np.mean([r["top_eigenvalue"] for r in rs])),
             "trace": tr, "trace_lo": tr_lo, "trace_hi": tr_hi,
             "converged": f"{sum(r['power_converged'] for r in rs)}/{len(rs)}",
             "interpolation_monotone": f"{sum(r['interpolation_monotone'] for r in rs)}/{len(rs)}",
@@ -317,17 +329,23 @@ def verdict(table: list[dict], n_min: int) -> str:
         t = table[0]
         return (f"one variant ({t['variant']}): top Hessian eigenvalue {t['top_eigenvalue']:.3g}, trace "
                 f"{t['trace']:.3g}; nothing to compare it with.")
+    if any(math.isnan(t["top_eigenvalue"]) for t in table):
+        return ("a top Hessian eigenvalue is <= 0 (the trained weights are not at a minimum along it), so "
+                "geometric means are undefined: see the per-run table.")
     by = sorted(table, key=lambda t: t["top_eigenvalue"])
     flat, sharp = by[0], by[-1]
     if n_min < 2 or np.isnan(flat["top_eigenvalue_hi"]) or np.isnan(sharp["top_eigenvalue_lo"]):
         sure = f"with {n_min} seed per variant there are no intervals: cannot tell whether the order holds"
     elif flat["top_eigenvalue_hi"] < sharp["top_eigenvalue_lo"]:
-        sure = "their 95% intervals over seeds do not overlap"
+        sure = f"the 95% intervals over seeds of {flat['variant']} and {sharp['variant']} do not overlap"
     else:
-        sure = "their 95% intervals over seeds overlap, so the order is not established"
-    order = " < ".join(f"{t['variant']} ({t['top_eigenvalue']:.3g})" for t in by)
-    return (f"Top Hessian eigenvalue at the trained weights, flattest to sharpest: {order}; {sure}. "
-            f"Hessian traces: " + ", ".join(f"{t['variant']} {t['trace']:.3g}" for t in table) + ".")
+        sure = (f"the 95% intervals over seeds of {flat['variant']} and {sharp['variant']} overlap, so even that "
+                "order is not established")
+    order = " < ".join(f"{t['variant']} ({t['top_eigenvalue']:.3g} [{t['top_eigenvalue_lo']:.3g}, "
+                       f"{t['top_eigenvalue_hi']:.3g}])" for t in by)
+    return (f"Top Hessian eigenvalue at the trained weights (geometric mean over seeds, 95% interval), flattest "
+            f"to sharpest: {order}; {sure}. Hessian traces: "
+            + ", ".join(f"{t['variant']} {t['trace']:.3g}" for t in table) + ".")
 
 
 def report(cfg: Config, table: list[dict], rows: list[dict], figures: list[str], handling: dict) -> dict:
@@ -336,15 +354,17 @@ def report(cfg: Config, table: list[dict], rows: list[dict], figures: list[str],
         "question": "how sharp is the training loss around the trained weights of each skip kind, and what lies "
                     "between the initial and the trained weights?",
         "tables": [
-            {"caption": f"sharpness per variant over seeds (95% Student-t intervals); loss on {cfg.n_eval} "
+            {"caption": f"sharpness per variant over seeds: geometric means, 95% intervals by Student-t on the logs "
+                        f"(the values span decades); loss on {cfg.n_eval} "
                         f"{cfg.eval_split} images, BatchNorm in eval mode; Hessian over every weight except the "
                         "skips'; edge loss: mean over the boundary of the 2-D grid "
                         f"(radius {cfg.radius:g} in filter-normalised units)",
              "columns": [column("variant", "variant"), column("runs", "seeds"),
                          column("test_acc", "test accuracy", "%"), column("centre_loss", "loss at the trained weights"),
-                         column("top_eigenvalue", "top Hessian eigenvalue"),
+                         column("top_eigenvalue", "top Hessian eigenvalue (geometric mean)"),
                          column("top_eigenvalue_lo", "95% CI low"), column("top_eigenvalue_hi", "95% CI high"),
-                         column("trace", "Hessian trace (Hutchinson)"), column("trace_lo", "95% CI low"),
+                         column("top_eigenvalue_mean", "arithmetic mean"),
+                         column("trace", "Hessian trace (Hutchinson, geometric mean)"), column("trace_lo", "95% CI low"),
                          column("trace_hi", "95% CI high"), column("converged", "power iteration converged"),
                          column("edge_loss_mean", "edge loss"),
                          column("interpolation_monotone", "monotone from init")],

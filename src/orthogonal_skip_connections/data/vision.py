@@ -72,6 +72,31 @@ class ImageData:
         return self.x_train.shape[-1]
 
 
+# What a CIFAR "python version" file may hold, besides dicts, lists, bytes, str and
+# numbers (pickle's own opcodes): NumPy arrays and numbers, rebuilt by these functions
+# (NumPy 1 and 2 names; _frombuffer for protocol 5). Anything else is refused before it
+# is imported.
+_CIFAR_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),  # a NumPy number
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),  # bytes pickled by Python 3 at protocol 2
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """A pickle reader that admits only what CIFAR batch files contain (dicts, lists,
+    bytes/str, numbers, NumPy arrays): a crafted file naming any other callable (os.system,
+    builtins.eval, ...) is refused when that name is read, so its payload never runs."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR file holds only dicts, lists, "
+                                         f"bytes, str and NumPy arrays")
+        return super().find_class(module, name)
+
+
 def _read_cifar(name: str, root: Path, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     folder, train_files, test_files, label_key = _CIFAR_FILES[name]
     base = root / folder
@@ -100,11 +125,12 @@ def _read_cifar(name: str, root: Path, download: bool) -> tuple[Tensor, Tensor, 
         for f in files:
             try:
                 with open(base / f, "rb") as fh:
-                    entry = pickle.load(fh, encoding="bytes")
+                    entry = _CifarUnpickler(fh, encoding="bytes").load()
                 xs.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 ys.append(np.asarray(entry[label_key], dtype=np.int64))
             except Exception as err:
-                raise UserError(f"cannot read {base / f} as a CIFAR batch file: {err}") from None
+                raise UserError(f"cannot read {base / f} as a CIFAR batch file: {type(err).__name__}: "
+                                f"{str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")) from None
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
     x_train, y_train = read(train_files)

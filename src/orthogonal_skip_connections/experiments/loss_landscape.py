@@ -353,6 +353,23 @@ def report(cfg: Config, table: list[dict], rows: list[dict], figures: list[str],
         "title": "Loss landscapes and sharpness per skip kind",
         "question": "how sharp is the training loss around the trained weights of each skip kind, and what lies "
                     "between the initial and the trained weights?",
+        "measures": [
+            f"loss: mean cross-entropy of the model in eval mode (BatchNorm running statistics) on a fixed subset of "
+            f"{cfg.n_eval} {cfg.eval_split} images, evaluated in batches of {cfg.batch_size}",
+            f"2-D grid (Li et al. 2018): loss at theta* + a d1 + b d2, a and b in [-{cfg.radius:g}, {cfg.radius:g}] "
+            f"({cfg.steps} x {cfg.steps} points), d_k Gaussian directions (seed {cfg.direction_seed}) rescaled filter "
+            "by filter to the norms of the trained weights' filters, 0 on biases and BatchNorm parameters; "
+            "constrained skips kept on O(n) as the last table says",
+            f"1-D path (Goodfellow et al. 2015): loss at (1 - t) theta_0 + t theta*, t in [{cfg.t_range[0]:g}, "
+            f"{cfg.t_range[1]:g}], theta_0 the run's initial weights (rebuilt from its seed); running means linearly, "
+            "running variances geometrically",
+            f"top Hessian eigenvalue: power iteration on Hessian-vector products (at most {cfg.hessian.iters}, stopped "
+            f"at relative change {cfg.hessian.tol:g}), the eigenvalue of largest magnitude; Hessian trace: "
+            f"Hutchinson's estimate over {cfg.hessian.samples} Rademacher probes; both w.r.t. every weight except "
+            "the skips' (the coordinates all skip kinds share), on the same images",
+            "edge loss: mean loss over the boundary of the 2-D grid; monotone from init: the 1-D loss never rises "
+            "on t in [0, 1]",
+        ],
         "tables": [
             {"caption": f"sharpness per variant over seeds: geometric means, 95% intervals by Student-t on the logs "
                         f"(the values span decades); loss on {cfg.n_eval} "

@@ -26,6 +26,7 @@ from ..train.image import ClassifierSpec, build_classifier
 from ._app import App, choice, require
 
 WANDB_MODES = ("disabled", "offline", "online")
+CHECKPOINT_MODES = ("last", "none")
 
 
 @dataclass
@@ -113,6 +114,7 @@ class Config:
     device: str
     num_threads: Optional[int]
     resume: bool
+    save_checkpoint: str
     progress: bool
     tensorboard: bool
     wandb: WandbConfig
@@ -139,6 +141,7 @@ class Config:
         choice("dataset", self.dataset.name, DATASETS)
         choice("model.model_type", self.model.model_type, RESNETS)
         choice("wandb.mode", self.wandb.mode, WANDB_MODES)
+        choice("save_checkpoint", self.save_checkpoint, CHECKPOINT_MODES)
         require(self.num_threads is None or self.num_threads >= 1, "num_threads", "an integer >= 1 or null",
                 self.num_threads)
         require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
@@ -197,6 +200,9 @@ def run(cfg: Config, rd: RunDir) -> dict:
         torch.set_num_threads(cfg.num_threads)
     m = cfg.model
     model, data = build_classifier(cfg.spec(), cfg.seed)  # seed, data, model: load_run rebuilds the init alike
+    n_train = len(data.x_train)
+    require(cfg.batch_size <= n_train, "batch_size", f"at most the training set's size ({n_train} images of "
+            f"{data.name})", cfg.batch_size)
     rd.start(cfg, labels=cfg.labels())
     rd.device = device
     sinks = []
@@ -205,11 +211,10 @@ def run(cfg: Config, rd: RunDir) -> dict:
     if cfg.wandb.mode != "disabled":
         sinks.append(WandbSink(cfg.wandb.mode, cfg.wandb.project, asdict(cfg), rd.path, name=rd.path.name))
     extra = {"dataset": data.name, "model_type": m.model_type, "skip_kind": m.skip_kind, "method": m.orth_method,
-             "seed": cfg.seed}
+             "seed": cfg.seed, "n_test": len(data.y_test)}
     summary = train_classifier(model, data, cfg.train_config(), rd.path, device, sinks, resume=cfg.resume,
-                               extra_summary=extra)  # raises Diverged after writing a "diverged" summary
-    print(f"test accuracy {summary['test_acc']:.2f}% (best {summary['best_test_acc']:.2f}%) "
-          f"after {summary['epochs']} epochs; run dir {rd.path}")
+                               extra_summary=extra, save_checkpoint=cfg.save_checkpoint == "last")
+    # train_classifier raises Diverged after writing a "diverged" summary
     return {**summary, "report": report(cfg, summary)}
 
 

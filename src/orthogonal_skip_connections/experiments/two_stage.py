@@ -265,6 +265,17 @@ def report(cfg: Config, table: list[dict], figure: str) -> dict:
         "question": "does training with identity skips, then swapping each for the orthogonal matrix that best fits "
                     "its block and fine-tuning it on O(n), beat identity throughout or orthogonal skips from the "
                     "start, at the same total epochs?",
+        "measures": [
+            f"variants, each {cfg.stage1_epochs} + {cfg.stage2_epochs} epochs with the same schedules (stage 1: lr "
+            f"{cfg.lr:g}, cosine with warm-up; stage 2: lr {cfg.finetune_lr:g}, cosine, a fresh optimiser): two_stage "
+            "= identity skips, then each skip W_i := Q_i, then learnable orthogonal skips; identity = identity "
+            "throughout; orth_identity / orth_haar = learnable orthogonal skips from I / a Haar draw throughout",
+            f"Q_i: the orthogonal Procrustes fit (Schoenemann 1966) of block i's skip inputs X to its residual sums "
+            f"Y = X + f_i(X) on {cfg.fit_images} training images, one row per pixel: argmin ||Y - X Q^T||_F over "
+            "O(C); Procrustes residual ||Y - X Q_i^T||_F / ||Y||_F, mean over blocks (0: the block is orthogonal)",
+            "test loss after the swap: of the identity model with its skips replaced by the Q_i, before any "
+            "fine-tuning; drift in stage 2: mean over skips of ||W_end - W_start||_F over stage 2",
+        ],
         "tables": [{
             "caption": f"over {cfg.seeds} seeds, 95% Student-t intervals; difference vs identity paired by seed "
                        "(two_stage and identity share their stage-1 model); drift: mean ||W_end - W_start||_F of "

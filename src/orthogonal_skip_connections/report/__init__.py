@@ -11,13 +11,17 @@ every other finished run is rendered from its summary's ``report`` section as it
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
-from ..runs import UserError, read_json
+from ..rundir import check_report
+from ..runs import UserError
 from .classification import (
     CSV_COLUMNS,
     RunRecord,
+    caveat,
     curves_figure,
+    _read_object,
     find_runs,
     results_rows,
     table_markdown,
@@ -29,20 +33,20 @@ __all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "build_repor
 
 
 def _section(d: Path, out_dir: Path) -> list[str]:
-    """Markdown of another app's run dir: its report section and its figures (copied)."""
-    summary = read_json(d / "summary.json")
+    """Markdown of another app's run dir: its report section and links to its figures."""
+    summary = _read_object(d / "summary.json")
     report = summary.get("report")
     if not isinstance(report, dict):
         return [f"## {d.name}", "", f"Run dir: `{d}`: no report section in its summary.json (an older run?)", ""]
+    try:
+        check_report(report)
+    except ValueError as err:
+        raise UserError(f"{d / 'summary.json'}: malformed report section ({str(err)[:120]})") from None
     md = [f"## {d.name}: {report['title']}", "", f"Run dir: `{d}`", ""] + section_markdown(report) + [""]
     for name in report["figures"]:
         fig = d / name
-        if not fig.is_file():
-            continue
-        local = out_dir / f"{d.name}_{fig.name}"
-        if fig.resolve() != local.resolve():
-            local.write_bytes(fig.read_bytes())
-        md += [f"![{fig.stem}]({local.name})", ""]
+        if fig.is_file():  # linked where it lies (report.html inlines it): never copied
+            md += [f"![{d.name}: {fig.stem}]({Path(os.path.relpath(fig.resolve(), out_dir.resolve())).as_posix()})", ""]
     return md
 
 
@@ -50,6 +54,8 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
     """Write results.csv, report.md, report.html and figures into ``out_dir``; return
     ``{"rows": ..., "tables": ..., "report": path}``."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; give a directory (made if missing)")
     runs, others = find_runs([Path(p) for p in paths])
     others = [d for d in others if d.resolve() != out_dir.resolve()]
     if not runs and not others:
@@ -68,10 +74,13 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
         md += [f"{len(rows)} classifier runs over {len(tables)} task(s)"
                + (f"; {n_bad} did not complete (listed in the tables, kept in results.csv)." if n_bad else "."),
                "Accuracy is the final test accuracy; the 95% intervals are Student-t over seeds; "
-               "the difference vs identity is paired by seed. Step times exclude evaluation; runs made "
-               "side by side (osc study's jobs > 1) share the machine, so compare them with care.", ""]
+               "the difference vs identity is paired by seed. Step times exclude evaluation; they are shown as "
+               "the mean ratio to identity with its range over seeds, because runs made side by side (osc "
+               "study's jobs > 1) share the machine and the ratio moves from one study to the next "
+               "(benchmarks/skip_step_time.py measures it alone).", ""]
     for task, table in tables.items():
-        md += [f"## Classification: {task}", ""] + table_markdown(table) + [""]
+        md += [f"## Classification: {task}", "", caveat(task, table, [r for r in rows if r["task"] == task]), ""]
+        md += table_markdown(table) + [""]
         md += ["Verdicts:", ""] + [f"- **{t['variant']}**: {t['verdict']}." for t in table
                                    if t["variant"] != "identity"] + [""]
         fig = curves_figure(task, runs, out_dir)

@@ -54,7 +54,9 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
     # figures stay where their app wrote them (linked, never copied); no checkpoints by default
     assert sorted(p.name for p in study_dir.glob("*.png")) == ["accuracy_digits_resnet20.png"]
     assert "](teacher_student/distance.png)" in md
-    assert not list(study_dir.rglob("checkpoint.pt"))
+    # ... except in the classification runs loss_landscape reads (smoke: seed 0 of zero, identity, learnable_orth/steepest)
+    assert sorted(p.parent for p in study_dir.rglob("checkpoint.pt")) == sorted(
+        study_dir / "classification" / "digits_resnet20" / v / "seed0" for v in ("zero", "identity"))
     assert not list(study_dir.rglob("*.log"))
 
 
@@ -69,7 +71,8 @@ def test_study_has_landscape_of_its_own_runs_and_two_stage(study_dir):
     assert sorted(r["run_dir"] for r in landscape["runs"]) == sorted(
         str(study_dir / "classification" / "digits_resnet20" / v / "seed0") for v in ("zero", "identity"))
     assert landscape["trained"] == []
-    assert (study_dir / "loss_landscape_landscape_2d.png").is_file() and (study_dir / "two_stage_two_stage.png").is_file()
+    for fig in ("loss_landscape/landscape_2d.png", "loss_landscape/landscape_1d.png", "two_stage/two_stage.png"):
+        assert f"]({fig})" in md and (study_dir / fig).is_file(), fig
 
 
 def test_study_rerun_keeps_completed_runs(study_dir):

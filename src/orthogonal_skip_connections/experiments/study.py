@@ -118,12 +118,16 @@ def classification_jobs(cfg: Config, study_dir: Path) -> list[tuple[str, dict, P
     """(label, resolved run_experiments config, run dir) for every (task, variant, seed);
     every config is composed and checked here, before any run starts."""
     c = cfg.scales[cfg.scale].classification
+    want = cfg.scales[cfg.scale].landscape_runs
     jobs = []
     grid = [(task, variant, seed) for task in c.tasks for variant in c.variants for seed in range(c.seeds)]
     for task, variant, seed in progress_bar(grid, enabled=cfg.progress, desc="checking run configs", leave=False):
         dataset, model_type = task.split("/")
+        # the runs loss_landscape will read keep their trained weights (checkpoint.pt)
+        keep = "landscape" in cfg.parts and task == want.task and variant in want.variants and seed < want.seeds
         overrides = [f"dataset={dataset}", f"model.model_type={model_type}", *variant_overrides(variant),
-                     f"seed={seed}", "progress=false", f"save_checkpoint={cfg.save_checkpoint}", *c.overrides,
+                     f"seed={seed}", "progress=false", f"save_checkpoint={'last' if keep else cfg.save_checkpoint}",
+                     *c.overrides,
                      *cfg.overrides.run_experiments]
         run_cfg = compose("run_experiments", overrides)
         typed(load_app("run_experiments").schema, run_cfg)  # a mistake is one line, before any run
@@ -146,7 +150,7 @@ def landscape_overrides(cfg: Config, jobs: list, study_dir: Path) -> list[str]:
             path = study_dir / "classification" / f"{dataset}_{model_type}" / re.sub(r"[^A-Za-z0-9]+", "_", variant) / \
                 f"seed{seed}"
             if any(p == path for _, _, p in jobs) and (path / "summary.json").exists() and \
-                    read_json(path / "summary.json").get("status") == "completed":
+                    (path / "checkpoint.pt").exists() and read_json(path / "summary.json").get("status") == "completed":
                 runs.append(path)
     chosen = [f"runs=[{','.join(repr(str(p)) for p in runs)}]"] if runs else []
     return ["train.dir=null", "cache_dir=null", *cfg.scales[cfg.scale].loss_landscape, *cfg.overrides.loss_landscape,

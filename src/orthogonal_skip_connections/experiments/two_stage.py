@@ -129,7 +129,8 @@ def run_seed(cfg: Config, seed: int, root: Path, device) -> list[dict]:
                              ("orth_haar", "learnable_orth", "haar")):
         model, data = build_classifier(cfg.spec(kind, init), seed)
         start = skip_matrices(model)
-        s = train_classifier(model, data, cfg.train_config(1, seed), root / f"seed{seed}" / f"{name}_stage1", device)
+        s = train_classifier(model, data, cfg.train_config(1, seed), root / f"seed{seed}" / f"{name}_stage1", device,
+                             save_checkpoint=False)  # the app cannot resume: no checkpoint.pt to keep
         stage1[name] = (model, data, s, start)
     rows = []
     x_fit, y_fit = eval_subset(stage1["identity"][1], cfg.fit_images, seed, "train", device)
@@ -139,7 +140,7 @@ def run_seed(cfg: Config, seed: int, root: Path, device) -> list[dict]:
         loss_before = evaluate_loss(model, x_test, y_test)[0] if swap is None else swap["loss_before"]
         W2 = skip_matrices(model)
         path = root / f"seed{seed}" / f"{name}_stage2"
-        s2 = train_classifier(model, data, cfg.train_config(2, seed), path, device)
+        s2 = train_classifier(model, data, cfg.train_config(2, seed), path, device, save_checkpoint=False)
         W_end = skip_matrices(model)
         stage1_path = root / f"seed{seed}" / f"{'identity' if name == 'two_stage' else name}_stage1"
         swapped_point = [{"epoch": cfg.stage1_epochs, "test_acc": swap["acc_after"], "test_loss": swap["loss_after"]}] \

@@ -10,8 +10,8 @@
   coordinate X is moved, W staying orthogonal by construction. Torch's maps read only the
   strictly lower triangle of X (A = tril(X) - tril(X)^T for cayley and exp; the
   Householder vectors, with the signs on the diagonal, for householder), so the direction
-  is Gaussian there, 0 elsewhere, scaled to ||D||_F = ||W||_F = sqrt(n). A retracted skip (``steepest``, ``svd``, ``qr``,
-  ``newton_schulz``: W itself is the parameter) is moved by *perturb-then-retract*:
+  is Gaussian there, 0 elsewhere, scaled to ||D||_F = ||W||_F = sqrt(n). A retracted skip
+  (``steepest``, ``svd``, ``qr``, ``newton_schulz``: W itself is the parameter) is moved by *perturb-then-retract*:
   W(a, b) = polar(W + a D1 + b D2) (:func:`~.maths.orthogonal.polar`, the nearest
   orthogonal matrix), with D_k a Gaussian projected onto the tangent space at W,
   D = W skew(W^T G), scaled to ||D||_F = ||W||_F (layer-wise: a per-row rescaling would

@@ -70,8 +70,9 @@ def skip_io(model: nn.Module, x: Tensor, batch_size: int = 256) -> list[tuple[st
 def fit_skips(model: nn.Module, x: Tensor, batch_size: int = 256) -> list[dict]:
     """Per residual block: ``name``, the Procrustes matrix ``Q`` (C, C) float64 of its
     skip inputs -> sums on images x, its relative ``residual`` ||Y - X Q^T||_F / ||Y||_F,
-    ``identity_distance`` ||Q - I||_F and ``rank_deficient`` (X of rank < C: Q is then
-    (rank at relative tolerance 1e-5, float32 activations) fixed on the span of the data only, and chosen closest to I off it)."""
+    ``identity_distance`` ||Q - I||_F and ``rank_deficient`` (X of rank < C at relative
+    tolerance 1e-5, float32 activations: Q is then fixed on the span of the data only, and
+    chosen closest to I off it)."""
     rows = []
     for name, X, Y in skip_io(model, x, batch_size):
         # Where X has rank < C (a block after a 1x1 projection from fewer channels) the fit is
@@ -90,9 +91,10 @@ def fit_skips(model: nn.Module, x: Tensor, batch_size: int = 256) -> list[dict]:
 @torch.no_grad()
 def load_with_skips(target: nn.Module, source: nn.Module, matrices: dict[str, Tensor]) -> None:
     """Copy every weight of ``source`` into ``target`` (the same architecture with other
-    skips; the source's own skip matrices, if any, are not copied), then set each block's orthogonal skip to ``matrices[block name]``: a retracted
-    skip's weight is overwritten, a parametrized one is assigned (its base becomes the
-    matrix, A = 0). Every weight of ``target`` must be covered by one or the other."""
+    skips; the source's own skip matrices, if any, are not copied), then set each block's
+    orthogonal skip to ``matrices[block name]``: a retracted skip's weight is overwritten,
+    a parametrized one is assigned (its base becomes the matrix, A = 0). Every weight of
+    ``target`` must be covered by one or the other."""
     skip_names = {f"{name}.skip" for name in matrices}
     state = {k: v for k, v in source.state_dict().items() if not any(k.startswith(s + ".") for s in skip_names)}
     missing, unexpected = target.load_state_dict(state, strict=False)

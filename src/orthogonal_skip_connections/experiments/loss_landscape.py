@@ -381,7 +381,8 @@ def report(cfg: Config, table: list[dict], rows: list[dict], figures: list[str],
                          column("top_eigenvalue", "top Hessian eigenvalue (geometric mean)"),
                          column("top_eigenvalue_lo", "95% CI low"), column("top_eigenvalue_hi", "95% CI high"),
                          column("top_eigenvalue_mean", "arithmetic mean"),
-                         column("trace", "Hessian trace (Hutchinson, geometric mean)"), column("trace_lo", "95% CI low"),
+                         column("trace", "Hessian trace (Hutchinson, geometric mean)"),
+                         column("trace_lo", "95% CI low"),
                          column("trace_hi", "95% CI high"), column("converged", "power iteration converged"),
                          column("edge_loss_mean", "edge loss"),
                          column("interpolation_monotone", "monotone from init")],
@@ -439,7 +440,8 @@ def run(cfg: Config, rd: RunDir) -> dict:
         handling.setdefault(run.variant, skip_handling(run.model))
         print(f"{run.variant} seed {run.seed}: loss {out['centre_loss']:.4g}, top eigenvalue "
               f"{out['top_eigenvalue']:.4g} ({'converged' if out['power_converged'] else 'NOT converged'} after "
-              f"{out['power_iterations']} iterations), trace {out['trace']:.4g}" + (" (cached)" if out["cached"] else ""))
+              f"{out['power_iterations']} iterations), trace {out['trace']:.4g}"
+              + (" (cached)" if out["cached"] else ""))
     rows = [run_row(r) for r in results]
     table = variant_rows(rows)
     figures = [draw_2d(results, rd.path / "landscape_2d.png"), draw_1d(results, rd.path / "landscape_1d.png")]

@@ -38,7 +38,7 @@ from ..analysis.two_stage import fit_skips, load_with_skips, skip_matrices
 from ..landscape import eval_subset, evaluate_loss
 from ..report.classification import t_interval
 from ..rundir import RunDir, column
-from ..runs import UserError, resolve_device
+from ..runs import resolve_device
 from ..train.classifier import TrainConfig, train_classifier
 from ..train.image import ClassifierSpec, build_classifier
 from ._app import App, choice, number, require
@@ -203,7 +203,8 @@ def by_variant(rows: list[dict]) -> list[dict]:
                     "diff": d, "diff_lo": dlo, "diff_hi": dhi, "stage1_test_loss": _ci(rs, "stage1_test_loss")[0],
                     "loss_before_swap": _ci(rs, "loss_before_swap")[0], "loss_after_swap": after,
                     "loss_after_swap_lo": alo, "loss_after_swap_hi": ahi, "drift_stage2": drift,
-                    "drift_stage2_lo": drlo, "drift_stage2_hi": drhi, "fit_residual_mean": _ci(rs, "fit_residual_mean")[0],
+                    "drift_stage2_lo": drlo, "drift_stage2_hi": drhi,
+                    "fit_residual_mean": _ci(rs, "fit_residual_mean")[0],
                     "end_identity_distance": _ci(rs, "end_identity_distance")[0]})
     return out
 

@@ -30,12 +30,17 @@ def test_run_experiments_trains_a_vit_with_global_orthogonal_updates(tmp_path, c
 
 
 def test_model_options_go_to_the_right_family():
-    cfg = run_experiments.main.config(["dataset=digits", "model.model_type=vit_tiny", "model.residual_mode=rotation"])
-    opts = cfg.model.model_options(image_size=8)
-    assert opts["patch_size"] == 2 and opts["residual_mode"] == "rotation" and "stem" not in opts
+    from orthogonal_skip_connections.train.image import build_classifier
+
+    cfg = run_experiments.main.config(["dataset=digits", "model.model_type=vit_tiny", "model.residual_mode=rotation",
+                                       "model.depth=1"])
+    opts = cfg.model.model_options()
+    assert opts["residual_mode"] == "rotation" and "stem" not in opts and "zero_init_residual" not in opts
     assert "width" not in opts  # null keeps the named size's value
+    model, _ = build_classifier(cfg.spec(), seed=0)
+    assert (model.patch_size, model.image_size) == (2, 8)  # from the data: 8x8 digits in 2x2 patches
     cfg = run_experiments.main.config(["dataset=digits", "model.model_type=preact_resnet20"])
-    opts = cfg.model.model_options(image_size=8)
+    opts = cfg.model.model_options()
     assert opts["stem"] == "cifar" and opts["residual_mode"] == "add" and "patch_size" not in opts
 
 

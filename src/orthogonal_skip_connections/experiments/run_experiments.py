@@ -16,13 +16,14 @@ from typing import Optional
 
 import torch
 
-from ..data.vision import DATASETS, load_image_data
-from ..models import MODEL_TYPES, VIT_SIZES, check_model_options, get_model
+from ..data.vision import DATASETS
+from ..models import MODEL_TYPES, VIT_SIZES, check_model_options
 from ..rundir import RunDir, column
 from ..runs import UserError, resolve_device
 from ..models.vit import POOLS
 from ..skips import DEFAULT_METHOD, ORTHOGONAL_METHODS, RESIDUAL_MODES, skip
 from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_classifier
+from ..train.image import ClassifierSpec, build_classifier
 from ._app import App, choice, require
 
 WANDB_MODES = ("disabled", "offline", "online")
@@ -56,19 +57,19 @@ class ModelConfig:
     def is_vit(self) -> bool:
         return self.model_type in VIT_SIZES
 
-    def model_options(self, image_size: int) -> dict:
+    def model_options(self) -> dict:
         """get_model's options: the residual mode for every model, and the architecture
         keys that were set. A ViT gets ``stem``/``zero_init_residual`` only when they
         differ from the ResNet default (cifar, false) and a ResNet gets a ViT key only when
-        it is not null, so get_model refuses the other family's options in one line."""
+        it is not null, so get_model refuses the other family's options in one line. (The
+        image size and a ViT's default patch size come from the data: train.image.)"""
         opts = {"residual_mode": self.residual_mode, "orthogonal_method": self.orthogonal_method,
-                "residual_eps": self.residual_eps, "image_size": image_size}
+                "residual_eps": self.residual_eps}
         vit_keys = {"patch_size": self.patch_size, "width": self.width, "depth": self.depth, "heads": self.heads,
                     "mlp_ratio": self.mlp_ratio, "pool": self.pool}
         opts.update({k: v for k, v in vit_keys.items() if v is not None})
         if not self.is_vit:
             return {**opts, "stem": self.stem, "zero_init_residual": self.zero_init_residual}
-        opts.setdefault("patch_size", 2 if image_size <= 16 else 4)  # 8x8 digits: 16 tokens; 32x32: 64
         resnet_set = {"stem": self.stem != "cifar", "zero_init_residual": self.zero_init_residual}
         opts.update({k: getattr(self, k) for k, given in resnet_set.items() if given})
         return opts
@@ -187,7 +188,7 @@ class Config:
         if m.pool is not None:
             choice("model.pool", m.pool, POOLS)
         try:  # the other family's options, named as get_model names them (one line)
-            check_model_options(m.model_type, m.model_options(image_size=32))
+            check_model_options(m.model_type, m.model_options())
         except ValueError as err:
             raise UserError(f"model: {err}") from None
         choice("wandb.mode", self.wandb.mode, WANDB_MODES)
@@ -200,6 +201,12 @@ class Config:
         except (TypeError, ValueError) as err:
             raise UserError(str(err)) from None
         resolve_device(self.device)
+
+    def spec(self) -> ClassifierSpec:
+        """The data and model settings (config.yaml's layout, which train.image.load_run reads)."""
+        m = self.model
+        return ClassifierSpec(self.dataset.name, m.model_type, m.skip_kind, {**m.model_options(), **m.skip_options()},
+                              self.data.root, self.data.download, self.data.augment)
 
     def labels(self) -> dict:
         """What a report groups this run by (run.json)."""
@@ -245,17 +252,11 @@ def run(cfg: Config, rd: RunDir) -> dict:
     device = resolve_device(cfg.device)
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
-    torch.manual_seed(cfg.seed)
-    data = load_image_data(cfg.dataset.name, cfg.data.root, cfg.data.download, cfg.data.augment)
+    m = cfg.model
+    model, data = build_classifier(cfg.spec(), cfg.seed)  # seed, data, model: load_run rebuilds the init alike
     n_train = len(data.x_train)
     require(cfg.batch_size <= n_train, "batch_size", f"at most the training set's size ({n_train} images of "
             f"{data.name})", cfg.batch_size)
-    m = cfg.model
-    try:  # e.g. a ViT's patch size that does not divide the image, or width not divisible by heads
-        model = get_model(m.model_type, data.num_classes, m.skip_kind, in_channels=data.in_channels,
-                          **m.model_options(data.image_size), **m.skip_options())
-    except ValueError as err:
-        raise UserError(f"model: {err}") from None
     rd.start(cfg, labels=cfg.labels())
     rd.device = device
     sinks = []

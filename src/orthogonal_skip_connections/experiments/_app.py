@@ -35,6 +35,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 
 from ..rundir import RunDir
 from ..runs import UserError
+from ..train import distributed
 from ..train.classifier import Diverged
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "config")
@@ -312,15 +313,19 @@ class App:
     ``main.run(cfg, run_dir)`` runs it in-process (cfg: overrides, DictConfig, dict or
     instance) and returns the summary or raises."""
 
-    def __init__(self, name: str, schema: type, fn: Callable, resume: bool = False, redo_completed: bool = False):
+    def __init__(self, name: str, schema: type, fn: Callable, resume: bool = False, redo_completed: bool = False,
+                 torchrun: bool = False):
         """``resume``: the app can continue an unfinished run (``resume=true``);
         ``redo_completed``: resuming a completed run runs it again (apps that skip the
-        parts already done, like ``study``) instead of returning its summary."""
+        parts already done, like ``study``) instead of returning its summary;
+        ``torchrun``: the app trains data-parallel when started by torchrun (every rank
+        runs in rank 0's run dir, and only rank 0 writes)."""
         self.name = self.config_name = name
         self.schema = schema
         self.fn = fn
         self.supports_resume = resume
         self.redo_completed = redo_completed
+        self.torchrun = torchrun
         _register(name, schema)
 
     def config(self, overrides: list[str] = ()):
@@ -331,8 +336,11 @@ class App:
         if isinstance(cfg, (list, tuple)):
             cfg = compose(self.name, cfg)
         cfg = typed(self.schema, cfg)
-        rd = RunDir.claim(run_dir, resume=bool(getattr(cfg, "resume", False)),
-                          supports_resume=self.supports_resume, app=self.name)
+        if distributed.is_main():
+            rd = RunDir.claim(run_dir, resume=bool(getattr(cfg, "resume", False)),
+                              supports_resume=self.supports_resume, app=self.name)
+        else:  # under torchrun: rank 0 claims the dir; the other ranks write nothing
+            rd = RunDir(run_dir, resume=bool(getattr(cfg, "resume", False)), app=self.name)
         rd.command = command
         if rd.resume and not self.redo_completed:
             done = rd.completed
@@ -366,7 +374,7 @@ class App:
         for job in jobs:
             cfg = typed(self.schema, compose(self.name, job))
             for o in job:
-                if o.startswith("hydra.run.dir=") and not flags:
+                if o.startswith("hydra.run.dir=") and not flags and distributed.is_main():
                     RunDir.claim(o.split("=", 1)[1], resume=bool(getattr(cfg, "resume", False)),
                                  supports_resume=self.supports_resume)
 
@@ -379,12 +387,50 @@ class App:
             raise SystemExit(code)
         return code
 
+    def _job_name(self, argv: list[str]) -> list[str]:
+        return [] if any(a.startswith("hydra.job.name=") for a in argv) else [f"hydra.job.name={self.name}"]
+
+    def _join_ranks(self, argv: list[str]) -> list[str]:
+        """Under torchrun: join the process group; rank 0 resolves and claims the run dir
+        and every rank runs in it, the others with Hydra's own files and logs turned off.
+        Returns the overrides to run with; a mistake is the same UserError on every rank."""
+        if not self.torchrun:
+            raise UserError(f"{self.name} does not run under torchrun; start it without torchrun")
+        if any(a in ("-m", "--multirun") for a in argv):
+            raise UserError("torchrun runs one job; start one torchrun per job of a sweep")
+        distributed.init_from_env()
+        run_dir, error = None, None
+        if distributed.is_main():
+            try:
+                from hydra.core.utils import setup_globals
+
+                setup_globals()  # the ${now:...} resolver
+                cfg = typed(self.schema, compose(self.name, argv))
+                hydra_cfg = _compose_raw(self.name, [*argv, *self._job_name(argv)], hydra_config=True)
+                run_dir = str(Path(OmegaConf.select(hydra_cfg, "hydra.run.dir")).absolute())
+                RunDir.claim(run_dir, resume=bool(getattr(cfg, "resume", False)),
+                             supports_resume=self.supports_resume)
+            except UserError as err:
+                error = str(err)
+            except Exception as err:  # Hydra's composition errors
+                error = _one_line(err, self.schema)
+        run_dir, error = distributed.broadcast_object((run_dir, error))
+        if error is not None:
+            raise UserError(error)
+        quoted = "'" + run_dir.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        argv = [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={quoted}"]
+        if not distributed.is_main():
+            argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+        return argv
+
     def _main(self, argv: list[str] | None) -> int:
         import hydra
         from hydra.core.hydra_config import HydraConfig
 
         argv = list(sys.argv[1:] if argv is None else argv)
         try:
+            if distributed.launched_by_torchrun():
+                argv = self._join_ranks(argv)
             self._precheck(argv)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
@@ -403,7 +449,7 @@ class App:
                 sys.exit(1)
 
         saved = sys.argv
-        named = [] if any(a.startswith("hydra.job.name=") for a in argv) else [f"hydra.job.name={self.name}"]
+        named = self._job_name(argv)
         sys.argv = [f"osc {self.name}", *argv, *named]  # Hydra parses sys.argv
         try:
             task()
@@ -411,6 +457,8 @@ class App:
             return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
         finally:
             sys.argv = saved
+            if distributed.launched_by_torchrun():
+                distributed.leave()
         return 0
 
 

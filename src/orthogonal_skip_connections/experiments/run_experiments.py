@@ -5,7 +5,13 @@
     osc run_experiments dataset=digits model.model_type=resnet20 scheduler.epochs=2
 
 Writes config.yaml, run.json, metrics.jsonl, checkpoint.pt and summary.json into the run
-dir; ``resume=true`` continues an unfinished run from its checkpoint.
+dir; ``resume=true`` continues an unfinished run from its checkpoint. ``compile=true`` runs
+the training step through torch.compile. Under torchrun it trains with
+DistributedDataParallel, one process per device (``batch_size`` is the global batch;
+rank 0 writes the run dir; ``sync_batchnorm=true`` on GPUs):
+
+    torchrun --nproc_per_node=4 -m orthogonal_skip_connections.experiments.run_experiments \
+        dataset=cifar10 model.skip_kind=learnable_orth hydra.run.dir=outputs/ddp_run
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from ..models.resnet import RESNETS
 from ..rundir import RunDir, column
 from ..runs import UserError, resolve_device
 from ..skips import DEFAULT_METHOD, skip
+from ..train import distributed
 from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_classifier
 from ._app import App, choice, require
 
@@ -107,6 +114,9 @@ class Config:
     grad_clip: float
     amp: str
     channels_last: bool
+    compile: bool
+    compile_backend: str
+    sync_batchnorm: bool
     eval_every: int
     data: DataConfig
     seed: int
@@ -125,6 +135,7 @@ class Config:
             schedule=s.name, warmup_epochs=s.warmup_epochs, milestones=list(s.milestones), gamma=s.gamma,
             label_smoothing=self.label_smoothing, mixup_alpha=self.mixup_alpha, grad_clip=self.grad_clip,
             upkeep_momentum=o.upkeep_momentum, amp=self.amp, channels_last=self.channels_last,
+            compile=self.compile, compile_backend=self.compile_backend, sync_batchnorm=self.sync_batchnorm,
             eval_every=self.eval_every, seed=self.seed, progress=self.progress,
         )
 
@@ -185,7 +196,7 @@ def report(cfg: Config, s: dict) -> dict:
 
 
 def run(cfg: Config, rd: RunDir) -> dict:
-    device = resolve_device(cfg.device)
+    device = distributed.device_for_rank(resolve_device(cfg.device))
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
@@ -196,20 +207,22 @@ def run(cfg: Config, rd: RunDir) -> dict:
     rd.start(cfg, labels=cfg.labels())
     rd.device = device
     sinks = []
-    if cfg.tensorboard:
+    main_rank = distributed.is_main()  # under torchrun only rank 0 logs
+    if cfg.tensorboard and main_rank:
         sinks.append(TensorBoardSink(rd.path / "tensorboard"))
-    if cfg.wandb.mode != "disabled":
+    if cfg.wandb.mode != "disabled" and main_rank:
         sinks.append(WandbSink(cfg.wandb.mode, cfg.wandb.project, asdict(cfg), rd.path, name=rd.path.name))
     extra = {"dataset": data.name, "model_type": m.model_type, "skip_kind": m.skip_kind, "method": m.orth_method,
              "seed": cfg.seed}
     summary = train_classifier(model, data, cfg.train_config(), rd.path, device, sinks, resume=cfg.resume,
                                extra_summary=extra)  # raises Diverged after writing a "diverged" summary
-    print(f"test accuracy {summary['test_acc']:.2f}% (best {summary['best_test_acc']:.2f}%) "
-          f"after {summary['epochs']} epochs; run dir {rd.path}")
+    if main_rank:
+        print(f"test accuracy {summary['test_acc']:.2f}% (best {summary['best_test_acc']:.2f}%) "
+              f"after {summary['epochs']} epochs; run dir {rd.path}")
     return {**summary, "report": report(cfg, summary)}
 
 
-main = App("run_experiments", Config, run, resume=True)
+main = App("run_experiments", Config, run, resume=True, torchrun=True)
 
 if __name__ == "__main__":
     sys.exit(main())

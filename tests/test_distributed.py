@@ -113,3 +113,26 @@ def test_apps_that_cannot_run_under_torchrun_say_so(monkeypatch, capsys):
     monkeypatch.setenv("RANK", "0")
     assert theorem.main([]) == 2
     assert "does not run under torchrun" in capsys.readouterr().err
+
+
+def test_two_job_multirun_with_the_basic_launcher_makes_two_run_dirs_that_osc_report_reads(tmp_path):
+    import csv
+
+    from orthogonal_skip_connections.cli import main as osc_main
+    from orthogonal_skip_connections.experiments import run_experiments
+
+    sweep = tmp_path / "sweep"
+    code = run_experiments.main(["-m", "seed=0,1", "dataset=digits", "model.model_type=resnet20", "device=cpu",
+                                 "progress=false", "scheduler.epochs=1", "batch_size=256",
+                                 "model.skip_kind=learnable_orth", f"hydra.sweep.dir={sweep}"])
+    assert code == 0
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in runs] == ["0", "1"]  # hydra.sweep.subdir: the job number
+    for seed, run in enumerate(runs):
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["seed"] == seed
+    assert osc_main(["report", str(sweep), "--out", str(tmp_path / "report")]) == 0
+    with open(tmp_path / "report" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["seed"] for r in rows) == ["0", "1"]
+    assert {r["variant"] for r in rows} == {"learnable_orth/steepest"} and all(r["status"] == "completed" for r in rows)

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _Orthogonal as _TorchOrthogonal  # ours subclass it
 
 from .maths import orthogonal as orth
 from .skips.constraint import retracted_parameters
@@ -71,7 +72,7 @@ def _orthogonal_parametrized(model: nn.Module) -> set[int]:
         if not parametrize.is_parametrized(module):
             continue
         for plist in module.parametrizations.values():
-            if any(type(p).__name__ == "_Orthogonal" for p in plist):
+            if any(isinstance(p, _TorchOrthogonal) for p in plist):
                 ids.update(id(p) for p in plist.parameters())
     return ids
 

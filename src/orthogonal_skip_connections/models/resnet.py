@@ -64,7 +64,7 @@ class BasicBlock(nn.Module):
         out = self.branch(x)
         if not self.skip.has_path:  # e.g. the zero kind: the projection would be wasted work
             return F.relu(out)  # (every residual mode gives the branch itself on a zero stream)
-        return F.relu(self.residual(self.skip(self.shortcut(x)), out))
+        return F.relu(self.residual.with_skip(self.skip, self.shortcut(x), out))
 
 
 class Bottleneck(BasicBlock):
@@ -130,7 +130,7 @@ class PreActBlock(nn.Module):
         if not self.skip.has_path:
             return out
         stream = x if self.shortcut is None else self.shortcut(pre)
-        return self.residual(self.skip(stream), out)
+        return self.residual.with_skip(self.skip, stream, out)
 
 
 class PreActBottleneck(PreActBlock):

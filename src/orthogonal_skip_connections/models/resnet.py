@@ -129,8 +129,16 @@ class PreActBlock(nn.Module):
         out = self.branch(pre)
         if not self.skip.has_path:
             return out
-        stream = x if self.shortcut is None else self.shortcut(pre)
-        return self.residual.with_skip(self.skip, stream, out)
+        if self.shortcut is None:
+            return self.residual.with_skip(self.skip, x, out)
+        W = self.skip.folding_matrix(pre) if hasattr(self.skip, "folding_matrix") else None
+        if W is None:
+            return self.residual.with_skip(self.skip, self.shortcut(pre), out)
+        # a matrix skip after the bare 1x1 projection folds into it: W (K pre) = (W K) pre,
+        # one convolution with the C x C_in kernel W K instead of a convolution and a GEMM
+        K = self.shortcut.weight  # (C, C_in, 1, 1)
+        folded = F.conv2d(pre, (W @ K.flatten(1)).view_as(K), stride=self.shortcut.stride)
+        return self.residual(folded, out)
 
 
 class PreActBottleneck(PreActBlock):

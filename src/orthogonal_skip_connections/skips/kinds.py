@@ -92,6 +92,11 @@ class MatrixSkip(Skip):
         self._check(x)
         return apply_matrix_add(x, self.weight, out)
 
+    def folding_matrix(self, x: Tensor) -> Tensor:
+        """W, for a block to fold into a linear map that precedes the skip (the 1x1
+        projection shortcut of a pre-activation block); ``x``: that map's input."""
+        return self.weight
+
 
 class ScalarSkip(Skip):
     """y = alpha x with a trainable scalar alpha (init 1); ``weight`` is alpha I."""
@@ -167,6 +172,10 @@ class OrthogonalSkip(Skip):
     def add_to(self, x: Tensor, out: Tensor) -> Tensor:
         self._check(x)
         return apply_matrix_add(x, self.matrix(x), out)
+
+    def folding_matrix(self, x: Tensor) -> Tensor:
+        """W, for a block to fold into a linear map that precedes the skip (see MatrixSkip)."""
+        return self.matrix(x)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, method={self.method}, init={self.init}"

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..data.vision import ImageData, TensorLoader, epoch_generator
 from ..diagnostics import skip_diagnostics, summarize_skips
@@ -122,6 +123,12 @@ def _autocast(device: torch.device, amp: str):
 def evaluate(model: nn.Module, loader: TensorLoader, amp: str = "auto") -> dict:
     """Test loss (mean cross-entropy) and accuracy (percent) over the whole loader."""
     model.eval()
+    # parametrized skips: W = B phi(A) is computed once for the whole pass, not per batch
+    with parametrize.cached():
+        return _evaluate(model, loader, amp)
+
+
+def _evaluate(model: nn.Module, loader: TensorLoader, amp: str) -> dict:
     loss_sum, correct, n = 0.0, 0, 0
     for x, y in loader.epoch():
         with _autocast(loader.device, amp):

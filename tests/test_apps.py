@@ -34,6 +34,55 @@ def test_every_app_has_tiny_settings():
 
 
 @pytest.mark.parametrize("app", sorted(APPS))
+def test_one_run_dir_layout(app):
+    """outputs/<app>/<date>_<time>_<what> for every app (sweeps under multirun/<app>/)."""
+    import yaml
+
+    from orthogonal_skip_connections.experiments._app import CONFIG_DIR
+
+    hydra = yaml.safe_load(open(f"{CONFIG_DIR}/{app}.yaml"))["hydra"]
+    assert hydra["run"]["dir"].startswith(f"outputs/{app}/${{now:%Y-%m-%d_%H-%M-%S}}")
+
+
+@pytest.mark.parametrize("app", sorted(APPS))
+def test_help_shows_every_option_with_its_meaning(app, capsys):
+    from omegaconf import OmegaConf
+
+    from orthogonal_skip_connections.experiments._app import compose
+
+    assert osc([app, "--help"]) == 0
+    text = capsys.readouterr().out
+    cfg = OmegaConf.to_container(compose(app), resolve=False)
+    cfg.pop("dataset", None)  # run_experiments' config group, listed with its choices
+    assert "dataset=cifar100  (config group; one of: cifar10, cifar100, digits)" in text or app != "run_experiments"
+
+    def leaves(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict) and v and k not in ("scales", "maps"):
+                yield from leaves(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}"
+
+    for key in leaves(cfg):
+        assert f"\n  {key} = " in text or f"\n  {key}:" in text, key
+    if app == "run_experiments":
+        for key in ("update_rule", "rank_fraction", "lr_scale", "upkeep_momentum", "special", "stem"):
+            line = next(l for l in text.splitlines() if f".{key} = " in l)  # noqa: E741
+            assert ";" in line, line  # a meaning after the type
+
+
+def test_osc_list_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from orthogonal_skip_connections.cli import main; main(['list']); "
+            "assert 'torch' not in sys.modules and 'hydra' not in sys.modules")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "teacher_student" in out.stdout
+
+
+@pytest.mark.parametrize("app", sorted(APPS))
 @pytest.mark.parametrize("override,key", BAD)
 def test_mistakes_are_one_line_exit_2_and_no_run_dir(app, override, key, tmp_path, capsys):
     if app == "study" and override == "seed=abc":
@@ -60,6 +109,16 @@ def test_summary_has_provenance_and_report(app, tmp_path, capsys):
     assert prov["wall_time_s"] > 0 and prov["command"].startswith(f"osc {app}")
     report = check_report(summary["report"])
     assert report["verdict"] and report["tables"] and all(t["rows"] for t in report["tables"])
+    assert report["question"].strip().endswith("?")
+    for table in report["tables"]:  # columns labelled in words, not raw keys
+        for col in table["columns"]:
+            assert col["label"] and ("_" not in col["key"] or col["label"] != col["key"]), col
+    if app not in ("study", "run_experiments"):  # the theory sections define what they measure
+        assert report.get("measures"), app
+    # the terminal: a result line and the run dir, last; no empty <app>.log
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-2].startswith(f"{app}: ") and out[-1] == f"run dir: {run_dir.resolve()}", out[-3:]
+    assert not list(run_dir.glob("*.log"))
     for name in report["figures"]:
         assert (run_dir / name).is_file(), name
     # a finished run is never overwritten

@@ -53,7 +53,7 @@ def test_ranks_hold_identical_weights_and_rank0_writes_one_result_set(full_run):
     assert sorted(p.name for p in full_run.iterdir()) == ["run", "weights"]
     run = full_run / "run"
     assert sorted(p.name for p in run.iterdir()) == [".hydra", "checkpoint.pt", "config.yaml", "metrics.jsonl",
-                                                      "run.json", "run_experiments.log", "summary.json"]
+                                                      "run.json", "summary.json"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["world_size"] == 2
     assert summary["steps"] == 2 * STEPS_PER_EPOCH  # batch_size is the global batch

@@ -46,6 +46,14 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
     assert "| learnable_orth/cayley | 2/2 |" in md and "## teacher_student" in md
     assert "data:image/png;base64," in (study_dir / "report.html").read_text()
     assert "seed" in md and "paired" in md
+    # the headline's caveat: test-set size and the smallest difference the seeds could tell
+    assert "**Caveat**: 360 test images (accuracy moves in steps of 0.28 points)" in md
+    assert "could be told from 0" in md
+    # figures stay where their app wrote them (linked, never copied); no checkpoints by default
+    assert sorted(p.name for p in study_dir.glob("*.png")) == ["accuracy_digits_resnet20.png"]
+    assert "](teacher_student/distance.png)" in md
+    assert not list(study_dir.rglob("checkpoint.pt"))
+    assert not list(study_dir.rglob("*.log"))
 
 
 def test_study_rerun_keeps_completed_runs(study_dir):
@@ -184,3 +192,30 @@ def test_killed_study_leaves_no_orphaned_worker(tmp_path):
             study_proc.kill()
         for pid in _alive(workers | _children(study_proc.pid)):
             os.kill(pid, signal.SIGKILL)
+
+def test_smallest_detectable_difference():
+    """t_{0.975, n-1} s / sqrt(n) with s the pooled std of the paired differences, never below
+    one test example (100 / N points); clipped intervals are marked."""
+    from scipy import stats
+
+    from orthogonal_skip_connections.report.classification import detectable_difference, table_markdown
+    from orthogonal_skip_connections.report import task_tables
+
+    def row(variant, seed, acc):
+        return {"task": "t", "variant": variant, "seed": seed, "status": "completed", "test_acc": acc,
+                "step_time_s": 1.0 + 0.1 * seed, "epochs_to_target": 1, "skip_identity_distance_mean": None,
+                "target_acc": 90, "n_test": 400}
+
+    base = [row("identity", s, a) for s, a in enumerate([99.0, 99.5, 100.0])]
+    a = [row("zero", s, x + d) for s, (x, d) in enumerate(zip([99.0, 99.5, 100.0], [1.0, -1.0, 0.0]))]
+    b = [row("linear", s, x + d) for s, (x, d) in enumerate(zip([99.0, 99.5, 100.0], [0.5, 0.0, -0.5]))]
+    rows = base + a + b
+    table = task_tables(rows)["t"]
+    d = detectable_difference(table, rows)
+    pooled = ((1.0 + 0.25) / 2) ** 0.5  # sample variances 1 and 0.25
+    assert d["n_test"] == 400 and d["step"] == 0.25 and d["seeds"] == 3
+    assert abs(d["pooled_sd"] - pooled) < 1e-12
+    assert abs(d["smallest"] - stats.t.ppf(0.975, 2) * pooled / 3 ** 0.5) < 1e-12
+    md = "\n".join(table_markdown(table))
+    assert "100.00†]" in md and "clipped" in md  # identity's interval passes 100 and is cut there
+    assert "(1.00–1.00)" in md  # step-time ratio per seed, paired with identity

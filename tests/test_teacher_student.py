@@ -367,7 +367,7 @@ def test_teacher_as_student_through_the_app(tmp_path):
         ("lr=-0.1", "lr must be > 0"),
         ("output=matrix", "unknown output"),
         ("teacher.init=normal", "unknown teacher init"),
-        ("optimizer=nesterov", "needs momentum > 0"),
+        ("momentum=0", "needs momentum > 0"),
         ("seeds=0", "seeds"),
         ("steps=0", "steps must be an integer >= 1"),
     ],

@@ -11,22 +11,43 @@ Layers (each imports only from those above it in this list; tests/test_layers.py
 7. cli.py        ``osc``
 """
 
-from .diagnostics import skip_diagnostics, summarize_skips
-from .maths import orthogonal
-from .models import ResidualMLP, get_model
-from .optim import optimizer
-from .skips import make_skip, orthogonal_, patch_skips, skip
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the public names, imported on first use (``osc list`` needs no torch)
+    from .diagnostics import skip_diagnostics, summarize_skips
+    from .maths import orthogonal
+    from .models import ResidualMLP, get_model
+    from .optim import optimizer
+    from .skips import make_skip, orthogonal_, patch_skips, skip
 
 __version__ = "0.1.0"
-__all__ = [
-    "orthogonal",
-    "optimizer",
-    "orthogonal_",
-    "skip",
-    "make_skip",
-    "patch_skips",
-    "get_model",
-    "ResidualMLP",
-    "skip_diagnostics",
-    "summarize_skips",
-]
+_LAZY = {
+    "orthogonal": ("maths", "orthogonal"),
+    "optimizer": ("optim", "optimizer"),
+    "orthogonal_": ("skips", "orthogonal_"),
+    "skip": ("skips", "skip"),
+    "make_skip": ("skips", "make_skip"),
+    "patch_skips": ("skips", "patch_skips"),
+    "get_model": ("models", "get_model"),
+    "ResidualMLP": ("models", "ResidualMLP"),
+    "skip_diagnostics": ("diagnostics", "skip_diagnostics"),
+    "summarize_skips": ("diagnostics", "summarize_skips"),
+}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    """``osc.skip``, ``osc.optimizer``, ...: imported from their module when first asked for."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = getattr(importlib.import_module(f".{module}", __name__), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

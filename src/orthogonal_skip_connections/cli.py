@@ -1,4 +1,5 @@
-"""``osc <experiment> [hydra overrides]`` runs an app; ``osc list`` lists them."""
+"""``osc <experiment> [hydra overrides]`` runs an app; ``osc list`` lists them (without
+importing torch or Hydra: the registry is plain data)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ def usage() -> str:
     lines = ["usage: osc <experiment> [hydra overrides]   |   osc report DIR... [--out OUT]   |   osc list",
              "", "experiments:"]
     lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in APPS.items()]
-    lines += ["", f"  {'report':<{width}}  build report.md/.html and results.csv from existing run dirs"]
+    lines += ["", f"  {'report':<{width}}  build report.md/.html and results.csv from existing run dirs",
+              "", "osc <experiment> --help lists its options with their defaults, meanings and allowed values."]
     return "\n".join(lines)
 
 

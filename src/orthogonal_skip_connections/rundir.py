@@ -72,17 +72,24 @@ def provenance(device: Any = None, wall_time_s: float | None = None, command: st
 
 def check_report(report: Any) -> dict:
     """A summary's ``report`` section: {title, question, tables: [{caption, columns:
-    [{key, label, unit}], rows}], verdict, figures}. Raises ValueError (a library bug,
-    not a user's mistake) when it is malformed."""
+    [{key, label, unit}], rows, note?}], verdict, figures} and optionally ``measures`` (what
+    the section measures: definitions, formulas, thresholds) and ``notes`` (caveats), lists
+    of sentences. The question and the verdict are non-empty sentences and every column has
+    a label. Raises ValueError (a library bug, not a user's mistake) when it is malformed."""
     if not isinstance(report, dict) or set(REPORT_KEYS) - set(report):
         raise ValueError(f"a report section needs the keys {', '.join(REPORT_KEYS)}; got {report!r:.200}")
+    if not isinstance(report["question"], str) or not report["question"].strip():
+        raise ValueError(f"a report's question is a sentence; got {report['question']!r}")
+    for key in ("measures", "notes"):
+        if not all(isinstance(x, str) and x for x in report.get(key, [])):
+            raise ValueError(f"a report's {key} are sentences; got {report[key]!r:.200}")
     for table in report["tables"]:
         if set(table) < {"caption", "columns", "rows"}:
             raise ValueError(f"a report table needs caption, columns and rows; got {sorted(table)}")
         for col in table["columns"]:
-            if set(col) != {"key", "label", "unit"}:
+            if set(col) != {"key", "label", "unit"} or not col["label"]:
                 raise ValueError(f"a report column needs exactly key, label and unit; got {col!r}")
-    if not isinstance(report["verdict"], str):
+    if not isinstance(report["verdict"], str) or not report["verdict"].strip():
         raise ValueError(f"a report's verdict is a sentence; got {report['verdict']!r}")
     return report
 

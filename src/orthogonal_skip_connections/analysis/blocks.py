@@ -34,14 +34,28 @@ def by_kind(rows: list[dict], kinds: list[str]) -> dict:
         return float(np.mean([r[key] if key != "test_acc" else np.mean(r[key]) for r in rows if r["kind"] == kind]))
 
     return {kind: {key: mean(kind, key) for key in ("procrustes_residual_mean", "linear_residual_mean",
-                                                    "procrustes_residual_at_init_mean", "test_acc")}
+                                                    "procrustes_residual_at_init_mean", "test_acc",
+                                                    "procrustes_residual_seed_sd")}
             for kind in kinds}
 
 
 def verdict(table: dict) -> str:
-    """One sentence: how far from orthogonal the trained blocks are, per kind."""
-    parts = [f"{kind}: {t['procrustes_residual_mean']:.2f} after training ({t['procrustes_residual_at_init_mean']:.2f}"
-             f" at initialisation; best linear fit {t['linear_residual_mean']:.2f})" for kind, t in table.items()]
+    """One sentence: per kind, did training leave the blocks closer to orthogonal maps than
+    they were at initialisation? "cannot tell" when the change is within the seeds' spread."""
+    parts = []
+    for kind, t in table.items():
+        after, before, sd = t["procrustes_residual_mean"], t["procrustes_residual_at_init_mean"], \
+            t.get("procrustes_residual_seed_sd", 0.0)
+        if not sd or sd != sd:
+            word = "cannot tell (one seed)" if after != before else "unchanged"
+        elif after + sd < before:
+            word = "closer to orthogonal than at initialisation"
+        elif after - sd > before:
+            word = "further from orthogonal than at initialisation"
+        else:
+            word = "cannot tell (the change is within the seeds' spread)"
+        parts.append(f"{kind}: {word}, residual {after:.2f} ± {sd:.2f} after training vs {before:.2f} at "
+                     f"initialisation (best linear fit {t['linear_residual_mean']:.2f})")
     closest = min(table, key=lambda k: table[k]["procrustes_residual_mean"])
-    return ("mean relative Procrustes residual of the trained blocks (0: orthogonal on the data) - "
-            + "; ".join(parts) + f"; {closest} blocks are the closest to orthogonal maps.")
+    return (f"{closest} blocks end closest to orthogonal maps; " + "; ".join(parts)
+            + " (relative Procrustes residual: 0 = orthogonal on the data, ± std over seeds).")

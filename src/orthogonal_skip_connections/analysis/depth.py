@@ -1,8 +1,10 @@
-"""Does a trained residual net's skip W_i approach I as depth m grows (orth_to_id)? Per-block
-measurements of a seed stack, the per-depth table and the per-(dataset, d) answer: the
-log-log slope of the final ||W_i - I||_F against m next to log(m)/m's (the theorem's
-construction puts ||I - W_i|| at O(log m / m); paper Theorem 1, after Bartlett, Evans &
-Long 2018, arXiv 1804.05012)."""
+"""Does training bring a residual net's skips W_i towards I, the more so the deeper the net
+(orth_to_id)? Per-block measurements of a seed stack, the per-depth table and the
+per-(dataset, d) answer. The theorem's construction puts ||I - W_i|| at O(log m / m) (paper
+Theorem 1, after Bartlett, Evans & Long 2018, arXiv 1804.05012); a trained net is compared
+with that rate only through what training did: the distance moved towards I (start - end)
+and the part of the start distance left (end / start), each with its spread over seeds. A
+depth trend of the end alone could come from the random (Haar) starting points."""
 
 from __future__ import annotations
 
@@ -33,73 +35,158 @@ def measure_blocks(stack: SeedStack, X_lip: torch.Tensor) -> dict:
     }
 
 
-def _mean_sd(per_seed: np.ndarray) -> tuple[float, float]:
-    return float(per_seed.mean()), float(per_seed.std())
+def t_interval(x) -> tuple[float, float, float]:
+    """(mean, low, high) of the 95% Student-t interval of the mean of ``x``; low = high =
+    nan for fewer than two values, low = high = mean when the values do not spread."""
+    from scipy import stats
+
+    x = np.asarray(x, dtype=float)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return mean, mean - half, mean + half
+
+
+def _per_seed(r: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per seed (S,): the mean over blocks of ||W_i - I||_F at the start and at the end."""
+    return (np.asarray(r["initial_identity_distance"], dtype=float).mean(1),
+            np.asarray(r["final_identity_distance"], dtype=float).mean(1))
+
+
+START_TOL = 1e-6  # a start closer to I than this (init=identity) leaves nothing to divide by
 
 
 def by_depth(rows: list[dict]) -> list[dict]:
-    """Per (dataset, d, m): the mean over blocks of each seed's final (and initial)
-    ||W_i - I||_F, then mean and std over seeds; also divided by sqrt(2 d), the
-    root-mean-square ||W - I||_F of a Haar-random W (E tr W = 0), so dimensions compare."""
+    """Per (dataset, d, m): each seed's mean over blocks of ||W_i - I||_F at the start and at
+    the end of training; what training moved them towards I (start - end: > 0 towards I,
+    < 0 away), its mean, std and 95% t-interval over seeds; and end / start, the part of
+    the distance from the start that is left. The start of a Haar draw is sqrt(2 d) from I
+    on average (E tr W = 0), so end / sqrt(2 d) compares dimensions."""
     out = []
     for r in rows:
-        fin = np.asarray(r["final_identity_distance"]).mean(1)  # (S,)
-        ini = np.asarray(r["initial_identity_distance"]).mean(1)
-        haar = math.sqrt(2 * r["dim"])
+        ini, fin = _per_seed(r)
+        moved = ini - fin
+        mv, lo, hi = t_interval(moved)
+        left = fin / ini if np.all(ini > START_TOL) else None
         out.append({
-            "dataset": r["dataset"], "dim": r["dim"], "n_blocks": r["n_blocks"],
-            "final_identity_distance_mean": _mean_sd(fin)[0], "final_identity_distance_sd": _mean_sd(fin)[1],
-            "initial_identity_distance_mean": _mean_sd(ini)[0],
-            "final_relative_to_haar": _mean_sd(fin)[0] / haar,
-            "moved_towards_identity": _mean_sd(ini)[0] - _mean_sd(fin)[0],
-            "travelled_mean": float(np.mean(r["travelled"])),
-            "final_lipschitz_bound_mean": float(np.mean(r["final_lipschitz_bound"])),
-            "final_lipschitz_empirical_mean": float(np.mean(r["final_lipschitz_empirical"])),
-            "negative_det_count": int((np.asarray(r["final_det_sign"]) < 0).sum()),
-            "test_acc_mean": float(np.mean(r["test_acc"])), "test_acc_sd": float(np.std(r["test_acc"])),
+            "dataset": r["dataset"], "dim": r["dim"], "n_blocks": r["n_blocks"], "seeds": len(ini),
+            "initial_identity_distance_mean": float(ini.mean()),
+            "expected_start_distance": math.sqrt(2 * r["dim"]),
+            "final_identity_distance_mean": float(fin.mean()), "final_identity_distance_sd": float(fin.std()),
+            "final_relative_to_haar": float(fin.mean()) / math.sqrt(2 * r["dim"]),
+            "moved_towards_identity": mv, "moved_towards_identity_sd": float(moved.std(ddof=1)) if len(moved) > 1
+            else math.nan, "moved_lo": lo, "moved_hi": hi,
+            "distance_left": None if left is None else float(left.mean()),
+            "travelled_mean": float(np.mean(r["travelled"])) if "travelled" in r else math.nan,
+            "final_lipschitz_bound_mean": float(np.mean(r["final_lipschitz_bound"])) if "final_lipschitz_bound" in r
+            else math.nan,
+            "final_lipschitz_empirical_mean": float(np.mean(r["final_lipschitz_empirical"]))
+            if "final_lipschitz_empirical" in r else math.nan,
+            "negative_det_count": int((np.asarray(r["final_det_sign"]) < 0).sum()) if "final_det_sign" in r else 0,
+            "test_acc_mean": float(np.mean(r["test_acc"])) if "test_acc" in r else math.nan,
+            "test_acc_sd": float(np.std(r["test_acc"])) if "test_acc" in r else math.nan,
         })
     return out
 
 
 def answer(table: list[dict], rows: list[dict], fraction: float) -> dict:
-    """Per dataset and d: does the mean final ||W_i - I||_F shrink with depth m like
-    log(m)/m? Counted as approaching I when its log-log slope against m is at most
-    ``fraction`` times the slope of log(m)/m over the same depths (so it decays at least
-    that fraction of the theorem's rate). And how does ||W_i - I||_F go with Lip(f_i),
-    over all blocks, seeds and depths (Spearman's rank correlation)?"""
+    """Per dataset and d: did *training* bring the W_i closer to I, the more so the deeper
+    the net? Two conditions, both over seeds:
+
+    1. moved towards I: at the largest depth, start - end (mean over blocks) has a 95%
+       t-interval over seeds above 0;
+    2. with depth: the part of the distance left, end / start per seed (which divides out
+       where the Haar draw started; with init=identity the start is I and the end itself is
+       used), falls with m: its per-seed log-log slopes against m have a 95% t-interval
+       below 0 and a mean at most ``fraction`` times the slope of log(m)/m (the theorem's
+       rate ||I - W_i|| = O(log m / m)).
+
+    ``approaches_identity_with_depth`` is true when both hold, false when either fails, and
+    None ("cannot tell") with fewer than two seeds or two depths. Spearman's rank
+    correlation of ||W_i - I||_F with Lip(f_i) over all blocks, seeds and depths is kept
+    alongside."""
     out = {}
     for key in sorted({(t["dataset"], t["dim"]) for t in table}):
         ts = sorted((t for t in table if (t["dataset"], t["dim"]) == key), key=lambda t: t["n_blocks"])
+        rs = sorted((r for r in rows if (r["dataset"], r["dim"]) == key), key=lambda r: r["n_blocks"])
         ms = [t["n_blocks"] for t in ts]
-        dist = [t["final_identity_distance_mean"] for t in ts]
-        slope = cons.loglog_slope(ms, dist)
+        per_seed = [_per_seed(r) for r in rs]  # [(ini (S,), fin (S,))] per depth
+        n_seeds = min(len(ini) for ini, _ in per_seed)
+        from_identity = not all(np.all(ini > START_TOL) for ini, _ in per_seed)
+        # the start-corrected distance per seed and depth: (S, M)
+        y = np.stack([fin if from_identity else fin / ini for ini, fin in per_seed], 1)[:n_seeds]
+        slopes = [cons.loglog_slope(ms, list(y[s]), floor=1e-12) for s in range(n_seeds)]
+        slopes = [s for s in slopes if s is not None]
         ref = cons.loglog_slope(ms, [cons.reference_rate(m) for m in ms])
-        rs = [r for r in rows if (r["dataset"], r["dim"]) == key]
+        slope, slope_lo, slope_hi = t_interval(slopes) if slopes else (math.nan,) * 3
+        deepest = ts[-1]
+        moved_ok = None if math.isnan(deepest["moved_lo"]) else bool(deepest["moved_lo"] > 0)
+        if from_identity:
+            moved_ok = None  # started at I: there is no way towards it
+        falls = None if (len(ms) < 2 or n_seeds < 2 or math.isnan(slope_hi) or ref is None) else \
+            bool(slope_hi < 0 and slope <= fraction * ref)
+        if from_identity:
+            approaches = falls
+        elif moved_ok is False or falls is False:
+            approaches = False
+        elif moved_ok is None or falls is None:
+            approaches = None
+        else:
+            approaches = True
         w = np.concatenate([np.ravel(r["final_identity_distance"]) for r in rs])
-        lip = np.concatenate([np.ravel(r["final_lipschitz_empirical"]) for r in rs])
+        lip = np.concatenate([np.ravel(r.get("final_lipschitz_empirical", np.zeros_like(r["final_identity_distance"])))
+                              for r in rs])
         rho = spearmanr(w, lip).statistic if len(w) > 2 and np.ptp(w) > 0 and np.ptp(lip) > 0 else None
         out[f"{key[0]}/d={key[1]}"] = {
-            "dataset": key[0], "dim": key[1], "n_blocks": ms,
-            "final_identity_distance_mean": dist,
+            "dataset": key[0], "dim": key[1], "n_blocks": ms, "seeds": n_seeds,
+            "started_at_identity": from_identity,
+            "initial_identity_distance_mean": [t["initial_identity_distance_mean"] for t in ts],
+            "final_identity_distance_mean": [t["final_identity_distance_mean"] for t in ts],
             "final_relative_to_haar": [t["final_relative_to_haar"] for t in ts],
-            "loglog_slope_vs_depth": slope,
+            "moved_at_largest_depth": deepest["moved_towards_identity"],
+            "moved_at_largest_depth_ci": [deepest["moved_lo"], deepest["moved_hi"]],
+            "start_at_largest_depth": deepest["initial_identity_distance_mean"],
+            "moved_towards_identity": moved_ok,
+            "corrected_distance": "end" if from_identity else "end / start",
+            "loglog_slope_vs_depth": None if math.isnan(slope) else slope,
+            "loglog_slope_ci": [slope_lo, slope_hi],
             "reference_slope_log_m_over_m": ref,
-            "approaches_identity_with_depth": None if slope is None or ref is None else bool(slope <= fraction * ref),
+            "falls_with_depth": falls,
+            "approaches_identity_with_depth": approaches,
             "spearman_identity_distance_vs_lipschitz": None if rho is None else float(rho),
         }
     return out
 
 
-# --------------------------------------------------------------------------- figures
-
-
 def verdict(ans: dict, fraction: float) -> str:
-    """One sentence from the per-(dataset, d) answers."""
-    known = {k: a for k, a in ans.items() if a["approaches_identity_with_depth"] is not None}
-    yes = [k for k, a in known.items() if a["approaches_identity_with_depth"]]
-    text = (f"the trained W_i approach I with depth (mean final ||W_i - I||_F falling with m at least {fraction:g} "
-            f"times as fast as log(m)/m) in {len(yes)} of {len(known)} (dataset, d) settings")
-    text += f" ({', '.join(yes)})" if yes else ""
-    if len(known) < len(ans):
-        text += f"; {len(ans) - len(known)} setting(s) have too few depths for a slope"
-    return text + "."
+    """One sentence from the per-(dataset, d) answers: what training did, with the seeds'
+    spread, and "cannot tell" where seeds or depths are too few."""
+    def fmt_ci(ci):
+        return "no interval (one seed)" if any(v is None or math.isnan(v) for v in ci) else \
+            f"95% CI [{ci[0]:+.3g}, {ci[1]:+.3g}]"
+
+    yes = [k for k, a in ans.items() if a["approaches_identity_with_depth"] is True]
+    unknown = [k for k, a in ans.items() if a["approaches_identity_with_depth"] is None]
+    parts = []
+    for k, a in ans.items():
+        m = a["n_blocks"][-1]
+        if a["started_at_identity"]:
+            parts.append(f"{k}: started at I and ended {a['final_identity_distance_mean'][-1]:.3g} from it at m = {m}")
+        else:
+            parts.append(f"{k}: training moved the W_i {a['moved_at_largest_depth']:+.3g} towards I at m = {m} "
+                         f"({fmt_ci(a['moved_at_largest_depth_ci'])}) from a start {a['start_at_largest_depth']:.3g} "
+                         "away")
+    if len(yes) == len(ans):
+        head = "yes: training brings the W_i towards I, the more so the deeper the net, in every setting"
+    elif yes:
+        head = f"in {len(yes)} of {len(ans)} (dataset, d) settings ({', '.join(yes)}) training brings the W_i " \
+               "towards I, the more so the deeper the net; not in the others"
+    elif len(unknown) == len(ans):
+        head = "cannot tell (fewer than two seeds or two depths)"
+    else:
+        head = f"no: in none of the {len(ans) - len(unknown)} settings judged does training bring the W_i " \
+               f"towards I, the more so the deeper the net (at least {fraction:g} x the rate of log(m)/m)"
+        if unknown:
+            head += f"; cannot tell for {', '.join(unknown)}"
+    return head + " - " + "; ".join(parts) + "."

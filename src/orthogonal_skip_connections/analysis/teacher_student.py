@@ -126,6 +126,8 @@ def zero_student_aligned_norm(arch: str | Arch, teacher: dict[str, Tensor], outp
 
 def summarize(traj: Trajectory, fit_tol: float, recover_tol: float) -> dict:
     """Final numbers of one architecture, means (and std) over seeds, with verdicts.
+    ``*_geomean`` and ``*_gsd`` are the geometric mean and geometric std over seeds (what
+    the figures draw: losses and distances span orders of magnitude across seeds).
 
     fits: final train loss / Var(y) <= fit_tol (Var(y) is the loss of the best constant,
     so this is 1 - R^2). recovered: distance / sum ||W*||_F <= recover_tol.
@@ -150,6 +152,10 @@ def summarize(traj: Trajectory, fit_tol: float, recover_tol: float) -> dict:
     def std(v):
         return float(np.std(v))
 
+    def geo(v):  # geometric mean and geometric std over seeds, the statistic of the figures (plots.band)
+        logs = np.log(np.clip(np.asarray(v, dtype=float), 1e-300, None))
+        return float(np.exp(logs.mean())), float(np.exp(logs.std()))
+
     out = {"seeds": len(traj.seeds), "steps": int(traj.steps[-1])}
     for key, arr in (("train_loss", final(traj.train_loss)), ("test_loss", final(traj.test_loss)),
                      ("distance", final(traj.distance)), ("aligned_distance", final(traj.aligned_distance)),
@@ -157,6 +163,7 @@ def summarize(traj: Trajectory, fit_tol: float, recover_tol: float) -> dict:
                      ("relative_aligned_distance", rel_aligned)):
         out[f"{key}_final"] = mean(arr)
         out[f"{key}_final_std"] = std(arr)
+        out[f"{key}_final_geomean"], out[f"{key}_final_gsd"] = geo(arr) if np.all(np.isfinite(arr)) else (None, None)
     out["distance_initial"] = mean(traj.distance[:, 0])
     out["aligned_distance_initial"] = mean(traj.aligned_distance[:, 0])
     out["fits"] = bool(ok(np.mean(rel_train), fit_tol))

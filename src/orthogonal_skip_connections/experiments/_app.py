@@ -45,23 +45,7 @@ __all__ = ["APPS", "load_app", "App", "CONFIG_DIR", "compose", "require", "choic
 
 # --------------------------------------------------------------------------- the registry
 
-# name -> (module under orthogonal_skip_connections.experiments, one-line description)
-APPS: dict[str, tuple[str, str]] = {
-    "study": ("study", "the main job: a small complete study of skip kinds and its report (scale=smoke|default|full)"),
-    "run_experiments": ("run_experiments", "train an image classifier (CIFAR-10/100, digits) with any skip kind"),
-    "theorem": ("theorem", "build the decomposition theorem's construction numerically; measure its O(log m / m) claims"),
-    "teacher_student": ("teacher_student", "Li & Yuan teacher-student convergence study of the one-block ResNet family, all seeds at once"),
-    "orth_residual_synthetic_data": ("orth_residual_synthetic_data", "2-D residual classifiers per skip kind: grids morphed by each block's skip, branch and whole map; decision regions"),
-    "orth_to_id": ("orth_to_id", "do trained orthogonal skips W_i approach I as depth grows? ||W_i - I|| vs branch Lipschitz constants over training"),
-    "construction_validity": ("construction_validity", "Procrustes fit of each trained block: is it close to an orthogonal map? over (dimension, classes, depth)"),
-}
-
-
-def load_app(name: str):
-    """The :class:`~._app.App` of app ``name`` (its module's ``main``)."""
-    if name not in APPS:
-        raise UserError(f"unknown experiment {name!r}; allowed: {', '.join(APPS)}")
-    return importlib.import_module(f"{__package__}.{APPS[name][0]}").main
+from ._registry import APPS, load_app  # noqa: E402  (no torch, no Hydra: ``osc list`` stays fast)
 
 
 # --------------------------------------------------------------------------- checks
@@ -303,6 +287,78 @@ def typed(schema: type, cfg: Any):
     return cfg
 
 
+# --------------------------------------------------------------------------- --help
+
+
+def _yaml_options(text: str) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """(header comment lines, [(dotted key, default as written, comment)]) of an app's YAML,
+    read line by line so that the comments, which say what each key means and which values
+    it allows, are kept. The defaults list and the hydra block are left out."""
+    header, options, stack, skip_indent = [], [], [], None
+    seen_key = False
+    for raw in text.splitlines():
+        line = raw.rstrip()
+        stripped = line.lstrip()
+        if not stripped:
+            continue
+        if stripped.startswith("#"):
+            if not seen_key:
+                header.append(stripped.lstrip("#").strip())
+            continue
+        indent = len(line) - len(stripped)
+        if skip_indent is not None:
+            if indent > skip_indent or stripped.startswith("- "):
+                continue
+            skip_indent = None
+        m = re.match(r"([A-Za-z_][\w-]*):\s*(.*)$", stripped)
+        if m is None:
+            continue
+        seen_key = True
+        key, rest = m.groups()
+        value, _, comment = ("", "", rest[1:]) if rest.startswith("#") else rest.partition(" #")
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        if indent == 0 and key in ("defaults", "hydra"):
+            skip_indent = indent
+            continue
+        path = ".".join([k for _, k in stack] + [key])
+        if not value.strip():
+            stack.append((indent, key))
+        options.append((path, value.strip(), comment.strip().lstrip("#").strip()))
+    return header, options
+
+
+def help_text(name: str) -> str:
+    """``osc <app> --help``: every option of the app with its default, its type and what its
+    YAML comment says it means and allows; config groups with their choices."""
+    import typing
+
+    app = load_app(name)
+    text = (Path(CONFIG_DIR) / f"{name}.yaml").read_text()
+    header, options = _yaml_options(text)
+    lines = [f"usage: osc {name} [key=value ...] [hydra.run.dir=DIR] [-m for a sweep]", "",
+             f"{name}: {APPS[name][1]}", ""]
+    lines += [h for h in header if h] + [""]
+    groups = re.findall(r"^\s*-\s*(\w+):\s*(\w+)\s*(?:#\s*(.*))?$", text, flags=re.M)  # defaults' groups
+    for group, default, comment in groups:
+        choices = sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+        lines.append(f"  {group}={default}  (config group; one of: {', '.join(choices)}){'  ' + comment if comment else ''}")
+    lines.append("options (key = default: type; meaning and allowed values):")
+    width = min(34, max(len(f"{k} = {v}") for k, v, _ in options if v) + 2)
+    for key, value, comment in options:
+        node = _schema_node(app.schema, key.split("."))
+        if not value:  # a mapping: its keys follow
+            lines.append(f"  {key}:" + (f"  {comment}" if comment else ""))
+            continue
+        origin = typing.get_origin(node)
+        kind = _kind(node) if node is not None and origin is not dict else "a mapping"
+        lines.append(f"  {f'{key} = {value}':<{width}} {kind}" + (f"; {comment}" if comment else ""))
+    lines += ["", "Lists are written key=[a,b]; nested keys key.sub=value. A mistyped key, a wrong type or a value",
+              "out of range is one line and exit code 2, before anything is written.",
+              f"Hydra's own options: osc {name} --hydra-help"]
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- the app
 
 
@@ -314,15 +370,17 @@ class App:
     instance) and returns the summary or raises."""
 
     def __init__(self, name: str, schema: type, fn: Callable, resume: bool = False, redo_completed: bool = False,
-                 torchrun: bool = False):
+                 console: Callable[[dict], str] | None = None, torchrun: bool = False):
         """``resume``: the app can continue an unfinished run (``resume=true``);
         ``redo_completed``: resuming a completed run runs it again (apps that skip the
         parts already done, like ``study``) instead of returning its summary;
-        ``torchrun``: the app trains data-parallel when started by torchrun (every rank
-        runs in rank 0's run dir, and only rank 0 writes)."""
+        ``console(summary)``: extra text (a table) printed before the result line when the
+        app runs from the command line; ``torchrun``: the app trains data-parallel when
+        started by torchrun (every rank runs in rank 0's run dir, and only rank 0 writes)."""
         self.name = self.config_name = name
         self.schema = schema
         self.fn = fn
+        self.console = console
         self.supports_resume = resume
         self.redo_completed = redo_completed
         self.torchrun = torchrun
@@ -353,6 +411,17 @@ class App:
         return rd.finish(summary)
 
     # the command line -------------------------------------------------------------
+
+    def print_result(self, summary: dict, run_dir: Path) -> None:
+        """The end of every app on the command line: its console text (if any), one line
+        with its result (the report's verdict) and the path of its run dir, after any
+        progress bar has gone (tqdm.write keeps them apart)."""
+        from tqdm.auto import tqdm
+
+        if self.console is not None:
+            tqdm.write(self.console(summary))
+        tqdm.write(f"{self.name}: {summary['report']['verdict']}")
+        tqdm.write(f"run dir: {Path(run_dir).resolve()}")
 
     def _precheck(self, argv: list[str]) -> None:
         """Compose and check the config, and check an explicit hydra.run.dir, before Hydra
@@ -428,6 +497,9 @@ class App:
         from hydra.core.hydra_config import HydraConfig
 
         argv = list(sys.argv[1:] if argv is None else argv)
+        if any(a in ("-h", "--help") for a in argv):
+            print(help_text(self.name))
+            return 0
         try:
             if distributed.launched_by_torchrun():
                 argv = self._join_ranks(argv)
@@ -440,7 +512,10 @@ class App:
         @hydra.main(config_path=CONFIG_DIR, config_name=self.name, version_base=None)
         def task(cfg: DictConfig) -> None:
             try:
-                self.run(cfg, Path(HydraConfig.get().runtime.output_dir), command=command)
+                run_dir = Path(HydraConfig.get().runtime.output_dir)
+                summary = self.run(cfg, run_dir, command=command)
+                if distributed.is_main():  # under torchrun: rank 0 speaks for all
+                    self.print_result(summary, run_dir)
             except UserError as err:
                 print(f"error: {err}", file=sys.stderr)
                 sys.exit(2)

@@ -175,14 +175,25 @@ def report(cfg: Config, rows: list[dict], table: dict, figures: list[str]) -> di
     return {
         "title": f"Are trained blocks close to orthogonal maps? ({cfg.dataset_type}, fitted on {cfg.fit_on} data)",
         "question": "is each trained block h_i close to an orthogonal map (relative Procrustes residual near 0)?",
+        "measures": [
+            f"model: ResidualMLP blocks h_i(z) = W_i z + f_i(z) on R^d, f_i = Linear(d, {cfg.hidden_mult:g} d) -> "
+            f"{cfg.activation} -> Linear, {cfg.seeds} seed(s) per grid point, {cfg.epochs} epochs on {cfg.dataset_type}",
+            f"Procrustes residual: with Z_i the inputs of block i on the {cfg.fit_on} data and Q_i the best "
+            "orthogonal map (Schoenemann 1966), ||h_i(Z_i) - Z_i Q_i^T||_F / ||h_i(Z_i)||_F: 0 when the block is "
+            "orthogonal on the data, no unit; averaged over blocks and seeds",
+            "linear-fit residual: the same with the best linear map (least squares): the part of the misfit that "
+            "no linear map removes is non-linearity, the rest is non-orthogonality",
+            "||Q_i - I||_F: how far the fitted orthogonal map is from the identity",
+        ],
         "tables": [
             {"caption": "per skip kind: means over the grid", "columns": [
-                column("kind", "skip kind"), column("procrustes_residual_mean", "Procrustes residual"),
-                column("procrustes_residual_at_init_mean", "Procrustes residual at init"),
+                column("kind", "skip kind"), column("procrustes_residual_mean", "Procrustes residual after training"),
+                column("procrustes_residual_seed_sd", "its std over seeds"),
+                column("procrustes_residual_at_init_mean", "Procrustes residual at initialisation"),
                 column("linear_residual_mean", "linear-fit residual"), column("test_acc", "test accuracy", "%")],
              "rows": kinds},
             {"caption": "per grid point: means over seeds and blocks", "columns": [
-                column("kind", "skip kind"), column("dim", "d"), column("num_classes", "classes"),
+                column("kind", "skip kind"), column("dim", "dimension d"), column("num_classes", "classes"),
                 column("n_blocks", "blocks m"), column("procrustes_residual_mean", "Procrustes residual"),
                 column("procrustes_residual_seed_sd", "std over seeds"),
                 column("linear_residual_mean", "linear-fit residual"),

@@ -7,9 +7,10 @@ need not. For every dataset, dimension d and depth m this app trains ``seeds`` R
 classifiers at once (:mod:`~orthogonal_skip_connections.train.small`) and records, per
 block i along training, ||W_i - I||_F, sign det W_i and the Lipschitz constant of the
 residual branch f_i (the product-of-spectral-norms bound and the largest Jacobian norm over
-training points). The summary answers the question per (dataset, d) with the mean over
-blocks of the final ||W_i - I||_F at each depth, its log-log slope against m and the
-slope log(m)/m would have.
+training points). The summary answers per (dataset, d) about what training did: how far it
+moved the W_i towards I (start - end, with its 95% interval over seeds) and whether the part
+of the start distance left (end / start) falls with m at a rate comparable with log(m)/m's;
+the end distances alone would inherit their depth trend from the Haar starting points.
 
     python -m orthogonal_skip_connections.experiments.orth_to_id
     osc orth_to_id dims=[2,16,64] n_blocks=[2,4,8,16] skip.init=identity
@@ -254,29 +255,61 @@ def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict
 
 
 def report(cfg: Config, table: list[dict], ans: dict, figures: list[str]) -> dict:
-    rows = [{**a, "setting": key, "slope": a["loglog_slope_vs_depth"], "ref": a["reference_slope_log_m_over_m"],
-             "approaches": a["approaches_identity_with_depth"], "rho": a["spearman_identity_distance_vs_lipschitz"]}
-            for key, a in ans.items()]
+    rows = [{**t, "moved": f"{t['moved_towards_identity']:+.3g} ± {t['moved_towards_identity_sd']:.2g}"
+             if math.isfinite(t["moved_towards_identity_sd"]) else f"{t['moved_towards_identity']:+.3g}",
+             "moved_ci": "–" if math.isnan(t["moved_lo"]) else f"[{t['moved_lo']:+.3g}, {t['moved_hi']:+.3g}]"}
+            for t in table]
+    settings = []
+    for key, a in ans.items():
+        lo, hi = a["loglog_slope_ci"]
+        settings.append({
+            "setting": key, "n_blocks": a["n_blocks"], "seeds": a["seeds"], "measure": a["corrected_distance"],
+            "moved": a["moved_towards_identity"], "slope": a["loglog_slope_vs_depth"],
+            "slope_ci": "–" if lo is None or math.isnan(lo) else f"[{lo:+.3g}, {hi:+.3g}]",
+            "ref": a["reference_slope_log_m_over_m"], "falls": a["falls_with_depth"],
+            "approaches": "cannot tell" if a["approaches_identity_with_depth"] is None
+            else a["approaches_identity_with_depth"],
+            "rho": a["spearman_identity_distance_vs_lipschitz"]})
+    question = ("does training bring the skip matrices W_i of a residual net towards I, the more so the deeper the "
+                "net (as the theorem's construction has them, ||I - W_i|| = O(log m / m))?")
     return {
         "title": f"Do trained {cfg.skip.kind} skips approach I as depth grows? ({cfg.skip.init} start)",
-        "question": "do the skip matrices W_i of a trained residual net approach I as the depth m grows?",
+        "question": question,
+        "measures": [
+            f"model: a ResidualMLP with m blocks y = W_i x + f_i(x) on R^d, f_i = Linear(d, {cfg.hidden_mult:g} d) -> "
+            f"{cfg.activation} -> Linear, then a linear head; W_i: {cfg.skip.kind} skips ({cfg.skip.method}, "
+            f"{cfg.skip.init} start), {cfg.seeds} seed(s) per (dataset, d, m), {cfg.epochs} epochs",
+            "distance from I: ||W_i - I||_F (Frobenius norm, no unit), averaged over the m blocks of each seed; a "
+            "Haar-random W starts sqrt(2d) from I on average",
+            "moved towards I: start - end of that distance per seed (> 0: towards I, < 0: away); mean ± std and "
+            "95% Student-t interval over seeds",
+            "end / start: the part of the start distance left after training, which divides out where the random "
+            "start was (with an identity start: the end distance itself)",
+            f"falls with depth: the per-seed log-log slope of end / start against m has a 95% interval below 0 and a "
+            f"mean at most {cfg.slope_fraction:g} x the slope of log(m)/m",
+            "Lip(f_i): the largest Jacobian spectral norm of the branch f_i at training points",
+        ],
         "tables": [
-            {"caption": "per (dataset, d, m): means over seeds of the mean over blocks",
-             "columns": [column("dataset", "dataset"), column("dim", "d"), column("n_blocks", "blocks m"),
-                         column("initial_identity_distance_mean", "||W_i - I||_F at start"),
-                         column("final_identity_distance_mean", "||W_i - I||_F at end"),
-                         column("final_relative_to_haar", "end / Haar mean sqrt(2d)"),
+            {"caption": "per (dataset, d, m): distances from I of the W_i, means over seeds of the mean over blocks",
+             "columns": [column("dataset", "dataset"), column("dim", "dimension d"), column("n_blocks", "blocks m"),
+                         column("initial_identity_distance_mean", "distance from I at start"),
+                         column("final_identity_distance_mean", "distance from I at end"),
+                         column("moved", "moved towards I (mean ± std over seeds)"),
+                         column("moved_ci", "moved towards I, 95% CI"),
+                         column("distance_left", "end / start"),
                          column("final_lipschitz_empirical_mean", "Lip(f_i) on data"),
                          column("negative_det_count", "det W_i < 0", "blocks"),
                          column("test_acc_mean", "test accuracy", "%")],
-             "rows": table},
-            {"caption": f"per (dataset, d): log-log slope against m (approaches I: slope <= {cfg.slope_fraction:g} "
-                        "x the slope of log(m)/m)",
-             "columns": [column("setting", "dataset, d"), column("n_blocks", "depths m"),
-                         column("slope", "slope of final ||W_i - I||_F"), column("ref", "slope of log(m)/m"),
-                         column("approaches", "approaches I"),
-                         column("rho", "Spearman rho (||W_i - I||_F vs Lip(f_i))")],
              "rows": rows},
+            {"caption": "per (dataset, d): the verdict's two conditions",
+             "columns": [column("setting", "dataset, d"), column("n_blocks", "depths m"), column("seeds", "seeds"),
+                         column("moved", "moved towards I at the largest m (CI > 0)"),
+                         column("measure", "distance compared across depths"),
+                         column("slope", "log-log slope vs m (mean over seeds)"),
+                         column("slope_ci", "slope, 95% CI"), column("ref", "slope of log(m)/m"),
+                         column("falls", "falls with depth"), column("approaches", "approaches I with depth"),
+                         column("rho", "Spearman rho, distance vs Lip(f_i)")],
+             "rows": settings},
         ],
         "verdict": verdict(ans, cfg.slope_fraction),
         "figures": figures,
@@ -300,7 +333,7 @@ def run(cfg: Config, rd: RunDir) -> dict:
         f"{ds}/d={d}/m={m}/{k}": v for (ds, d, m), t in trajs.items() for k, v in t.items()})
     ans = answer(table, rows, c["slope_fraction"])
     summary = {
-        "question": "do the skip matrices W_i of a trained residual net approach I as the depth m grows?",
+        "question": "does training bring the skip matrices W_i towards I, the more so the deeper the net?",
         "skip": {"kind": cfg.skip.kind, "method": cfg.skip.method, "init": cfg.skip.init, "special": cfg.skip.special},
         "answer": ans,
         "by_depth": table,

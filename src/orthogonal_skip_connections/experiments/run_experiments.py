@@ -33,6 +33,7 @@ from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_cl
 from ._app import App, choice, require
 
 WANDB_MODES = ("disabled", "offline", "online")
+CHECKPOINT_MODES = ("last", "none")
 
 
 @dataclass
@@ -123,6 +124,7 @@ class Config:
     device: str
     num_threads: Optional[int]
     resume: bool
+    save_checkpoint: str
     progress: bool
     tensorboard: bool
     wandb: WandbConfig
@@ -150,6 +152,7 @@ class Config:
         choice("dataset", self.dataset.name, DATASETS)
         choice("model.model_type", self.model.model_type, RESNETS)
         choice("wandb.mode", self.wandb.mode, WANDB_MODES)
+        choice("save_checkpoint", self.save_checkpoint, CHECKPOINT_MODES)
         require(self.num_threads is None or self.num_threads >= 1, "num_threads", "an integer >= 1 or null",
                 self.num_threads)
         require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
@@ -213,12 +216,10 @@ def run(cfg: Config, rd: RunDir) -> dict:
     if cfg.wandb.mode != "disabled" and main_rank:
         sinks.append(WandbSink(cfg.wandb.mode, cfg.wandb.project, asdict(cfg), rd.path, name=rd.path.name))
     extra = {"dataset": data.name, "model_type": m.model_type, "skip_kind": m.skip_kind, "method": m.orth_method,
-             "seed": cfg.seed}
+             "seed": cfg.seed, "n_test": len(data.y_test)}
     summary = train_classifier(model, data, cfg.train_config(), rd.path, device, sinks, resume=cfg.resume,
-                               extra_summary=extra)  # raises Diverged after writing a "diverged" summary
-    if main_rank:
-        print(f"test accuracy {summary['test_acc']:.2f}% (best {summary['best_test_acc']:.2f}%) "
-              f"after {summary['epochs']} epochs; run dir {rd.path}")
+                               extra_summary=extra, save_checkpoint=cfg.save_checkpoint == "last")
+    # train_classifier raises Diverged after writing a "diverged" summary
     return {**summary, "report": report(cfg, summary)}
 
 

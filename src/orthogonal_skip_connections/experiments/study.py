@@ -11,7 +11,8 @@ with the joblib launcher; one after another in this process with the basic launc
 when ``jobs=1``), then ``teacher_student`` and the
 synthetic apps, then ``report.build_report`` over everything it made. A study killed
 half-way and started again with the same ``hydra.run.dir`` skips the runs already
-completed and resumes the unfinished ones from their checkpoints.
+completed and starts the unfinished ones again (from their checkpoints with
+``save_checkpoint=last``; the default, ``none``, keeps no checkpoints).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ..report import build_report
 from ..rundir import RunDir, column
 from ..runs import progress_bar, read_json, write_json
 from ..train.classifier import Diverged
-from ._app import APPS, CONFIG_DIR, App, choice, compose, load_app, one_of, require
+from ._app import APPS, CONFIG_DIR, App, choice, compose, load_app, one_of, require, typed
 
 SCALES = ("smoke", "default", "full")
 PARTS = ("classification", "teacher_student", "synthetic")
@@ -69,6 +70,7 @@ class Config:
     jobs: int
     progress: bool
     resume: bool
+    save_checkpoint: str
     overrides: Overrides
     scales: dict[str, Scale]
 
@@ -76,6 +78,7 @@ class Config:
         choice("scale", self.scale, [s for s in SCALES if s in self.scales])
         one_of("parts", self.parts, PARTS)
         require(self.jobs >= 1, "jobs", "an integer >= 1", self.jobs)
+        choice("save_checkpoint", self.save_checkpoint, ("last", "none"))
         c = self.scales[self.scale].classification
         require(c.seeds >= 1, f"scales.{self.scale}.classification.seeds", "an integer >= 1", c.seeds)
         for task in c.tasks:
@@ -102,18 +105,18 @@ def classification_jobs(cfg: Config, study_dir: Path) -> list[tuple[str, dict, P
     variant, seed); every config is composed and checked here, before any run starts."""
     c = cfg.scales[cfg.scale].classification
     jobs = []
-    for task in c.tasks:
+    grid = [(task, variant, seed) for task in c.tasks for variant in c.variants for seed in range(c.seeds)]
+    for task, variant, seed in progress_bar(grid, enabled=cfg.progress, desc="checking run configs", leave=False):
         dataset, model_type = task.split("/")
-        for variant in c.variants:
-            for seed in range(c.seeds):
-                overrides = [f"dataset={dataset}", f"model.model_type={model_type}", *variant_overrides(variant),
-                             f"seed={seed}", "progress=false", *c.overrides, *cfg.overrides.run_experiments]
-                run_cfg = compose("run_experiments", overrides)
-                load_app("run_experiments").config(overrides)  # a mistake is one line, before any run
-                name = re.sub(r"[^A-Za-z0-9]+", "_", variant)
-                run_dir = study_dir / "classification" / f"{dataset}_{model_type}" / name / f"seed{seed}"
-                jobs.append((f"{task} {variant} seed {seed}",
-                             OmegaConf.to_container(run_cfg, resolve=True), run_dir, overrides))
+        overrides = [f"dataset={dataset}", f"model.model_type={model_type}", *variant_overrides(variant),
+                     f"seed={seed}", "progress=false", f"save_checkpoint={cfg.save_checkpoint}", *c.overrides,
+                     *cfg.overrides.run_experiments]
+        run_cfg = compose("run_experiments", overrides)
+        typed(load_app("run_experiments").schema, run_cfg)  # a mistake is one line, before any run
+        name = re.sub(r"[^A-Za-z0-9]+", "_", variant)
+        run_dir = study_dir / "classification" / f"{dataset}_{model_type}" / name / f"seed{seed}"
+        jobs.append((f"{task} {variant} seed {seed}",
+                     OmegaConf.to_container(run_cfg, resolve=True), run_dir, overrides))
     return jobs
 
 
@@ -243,14 +246,15 @@ def run_app(name: str, overrides: list[str], run_dir: Path, progress: bool) -> s
     return "completed"
 
 
-def report(cfg: Config, status: dict, seconds: dict, wall: float) -> dict:
+def report(cfg: Config, status: dict, seconds: dict, wall: float, study_dir: Path) -> dict:
     runs = status.get("classification", {})
     done = sum(s == "completed" for s in runs.values())
     rows = [{"part": part, "status": s if isinstance(s, str) else f"{sum(x == 'completed' for x in s.values())}"
              f"/{len(s)} runs completed", "seconds": seconds.get(part)} for part, s in status.items()]
     verdict = (f"{done} of {len(runs)} classification runs completed" if runs else "no classification runs") + \
         f"; {sum(s == 'completed' for s in status.values() if isinstance(s, str))} other app(s) completed, in " \
-        f"{wall:.0f} s; report.md compares every skip kind with identity."
+        f"{wall:.0f} s; the report (every skip kind against identity, and each app's finding): " \
+        f"{(study_dir / 'report.html').resolve()} (also report.md, results.csv)."
     return {
         "title": f"osc study, scale={cfg.scale}",
         "question": "do orthogonal skips help?",
@@ -289,9 +293,8 @@ def run(cfg: Config, rd: RunDir) -> dict:
     wall = time.perf_counter() - t0
     write_json(study_dir / "study.json", {"scale": cfg.scale, "wall_time_s": wall, "seconds": seconds,
                                           "status": status})
-    print(f"study finished in {wall:.0f} s; report: {built['report'].resolve()} (also report.html, results.csv)")
     return {"wall_time_s": wall, "status": status, "seconds": seconds, "rows": built["rows"],
-            "report_md": built["report"], "report": report(cfg, status, seconds, wall)}
+            "report_md": built["report"], "report": report(cfg, status, seconds, wall, study_dir)}
 
 
 main = App("study", Config, run, resume=True, redo_completed=True)

@@ -133,39 +133,88 @@ def plot(trajs: dict[str, ts.Trajectory], run_dir: Path) -> None:
          for a, t in trajs.items()},
         run_dir / "distance.png",
         ylabel="distance to teacher",
-        title="student-teacher distance (mean, band: geometric std over seeds)",
+        title="student-teacher distance (geometric mean over seeds, band: ×/÷ geometric std)",
     )
     panels_over_steps(
         steps,
         {a: {"train": t.train_loss, "test": t.test_loss} for a, t in trajs.items()},
         run_dir / "loss.png",
         ylabel="MSE",
-        title="training and test loss (mean, band: geometric std over seeds)",
+        title="training and test loss (geometric mean over seeds, band: ×/÷ geometric std)",
     )
 
 
+def _geo(s: dict, key: str) -> str:
+    """'g ×/÷ f': the geometric mean over seeds and the geometric std factor."""
+    g, f = s.get(f"{key}_final_geomean"), s.get(f"{key}_final_gsd")
+    return "diverged" if g is None else f"{g:.2g} ×/÷ {f:.2g}"
+
+
 def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
-    rows = [{"arch": a, "formula": ARCHS[a].formula, **{k: summary[a][k] for k in (
-        "train_loss_final", "test_loss_final", "distance_final", "aligned_distance_final")},
-        "fits": f"{summary[a]['fits_seeds']}/{n_seeds}", "recovered": f"{summary[a]['recovered_seeds']}/{n_seeds}",
-        "symmetry": f"{summary[a]['recovered_up_to_symmetry_seeds']}/{n_seeds}"} for a in archs]
-    fit_all = [a for a in archs if summary[a]["fits_seeds"] == n_seeds]
-    rec_all = [a for a in archs if summary[a]["recovered_seeds"] == n_seeds]
-    sym_only = [a for a in archs if summary[a]["recovered_up_to_symmetry_seeds"] > summary[a]["recovered_seeds"]]
-    verdict = (f"over {n_seeds} seeds, {len(fit_all)} of {len(archs)} architectures fit the data in every seed "
-               f"(train loss <= {cfg.thresholds.fit:g} Var(y)){': ' + ', '.join(fit_all) if fit_all else ''}; "
-               f"{len(rec_all)} recover the teacher's weights in every seed{': ' + ', '.join(rec_all) if rec_all else ''}")
-    verdict += (f"; {', '.join(sym_only)} recover it only up to a symmetry (permutation, rescaling) in some seeds."
-                if sym_only else ".")
+    rows = [{"arch": a, "formula": ARCHS[a].formula,
+             **{k: _geo(summary[a], k) for k in ("relative_train_loss", "test_loss", "distance", "aligned_distance")},
+             "fits": f"{summary[a]['fits_seeds']}/{n_seeds}", "recovered": f"{summary[a]['recovered_seeds']}/{n_seeds}",
+             "symmetry": f"{summary[a]['recovered_up_to_symmetry_seeds']}/{n_seeds}"} for a in archs]
+    fit_any = [a for a in archs if summary[a]["fits_seeds"] > 0]
+    rec_any = [a for a in archs if summary[a]["recovered_seeds"] > 0]
+    sym = [a for a in archs if summary[a]["recovered_up_to_symmetry_seeds"] > summary[a]["recovered_seeds"]]
+    diverged = [a for a in archs if summary[a]["diverged_seeds"] > 0]
+    count = lambda a, k: f"{a} {summary[a][k]}/{n_seeds}"  # noqa: E731
+    verdict = (f"over {n_seeds} seeds of {summary['meta']['steps']} steps, "
+               + (f"{', '.join(count(a, 'fits_seeds') for a in fit_any)} fit the data" if fit_any
+                  else "no architecture fits the data in any seed (cannot tell stuck from slow: train longer)")
+               + (f"; {', '.join(count(a, 'recovered_seeds') for a in rec_any)} recover the teacher's weights as they are"
+                  if rec_any else "; none recovers the teacher's weights as they are")
+               + (f"; {', '.join(count(a, 'recovered_up_to_symmetry_seeds') for a in sym)} recover them only up to a "
+                  "permutation and rescaling of hidden units" if sym else "")
+               + (f"; {', '.join(count(a, 'diverged_seeds') for a in diverged)} diverged (non-finite loss: lower lr)"
+                  if diverged else "") + ".")
+    twins = [("sum_modified", "modified_resnet"), ("li_yuan", "li_yuan")]
+    same = [(x, y) for x, y in twins[:1] if x in archs and y in archs]
+    notes = []
+    if same:
+        notes.append("sum_modified and modified_resnet differ only by the outer + x, which teacher and student share: "
+                     "it cancels in f_student(x) - f_teacher(x), so both train identically and their rows agree "
+                     "(only the relative loss can differ, since Var(y) includes the + x term); likewise resnet_block "
+                     "trains as the plain net W2^T ReLU(W1^T x).")
+    if cfg.output == "sum":
+        notes.append("with a summed output only W2 1 (and 1^T Q) reach the output: the rest of W2 never moves, so the "
+                     "plain distance cannot fall to 0 for the two-layer architectures; the aligned distance compares "
+                     "only what the output sees.")
+    thr = cfg.thresholds
     return {
         "title": "Teacher-student convergence (Li & Yuan 2017 and the one-block ResNet variants)",
-        "question": "does SGD recover the teacher's weights, and up to which symmetry, for each architecture?",
-        "tables": [{"caption": "final numbers, means over seeds; verdicts as seed counts", "columns": [
+        "question": "does gradient descent recover the teacher's weights, and up to which symmetry, for each "
+                    "architecture?",
+        "measures": [
+            f"setting: each seed draws its own teacher of the same architecture ({cfg.teacher.init} entries, scale "
+            f"{cfg.teacher.scale:g}) and student ({cfg.student.init} init); inputs x ~ N(0, I_d), d = {cfg.d}, "
+            f"{cfg.n_train} training and {cfg.n_test} test samples, {cfg.optimizer} lr {cfg.lr:g} momentum "
+            f"{cfg.momentum:g}, batch {cfg.batch_size}, {summary['meta']['steps']} steps, "
+            f"output {'summed to a scalar' if cfg.output == 'sum' else 'the d-vector'}",
+            "architectures (W, W1, W2 are d x d; Q is orthogonal, kept on O(d) by retraction): "
+            + "; ".join(f"{a}: f(x) = {ARCHS[a].formula}" for a in archs),
+            "statistic: every loss and distance is the geometric mean over seeds ×/÷ the geometric std factor "
+            "(as in the figures), since seeds spread over orders of magnitude",
+            "relative train loss: final training MSE / Var(y), i.e. 1 - R^2 (Var(y) is the loss of the best constant)",
+            "distance: sum over weight matrices of ||W - W*||_F; aligned distance: the same after matching hidden "
+            "units to the teacher's (Hungarian algorithm) and rescaling each by c > 0 (ReLU is positively "
+            "homogeneous)",
+            f"fits: relative train loss <= {thr.fit:g}; recovered: distance / (distance of the all-zero student) <= "
+            f"{thr.recover:g}; up to symmetry: aligned distance / (aligned distance of the all-zero student) <= "
+            f"{thr.recover:g}; each counted per seed, k of n",
+        ],
+        "tables": [{"caption": "final numbers: geometric mean over seeds ×/÷ geometric std; verdicts as seed counts",
+                    "columns": [
             column("arch", "architecture"), column("formula", "student f(x)"),
-            column("train_loss_final", "train loss", "MSE"), column("test_loss_final", "test loss", "MSE"),
-            column("distance_final", "||W - W*||_F"), column("aligned_distance_final", "aligned distance"),
-            column("fits", "fits", "seeds"), column("recovered", "recovered", "seeds"),
-            column("symmetry", "up to symmetry", "seeds")], "rows": rows}],
+            column("relative_train_loss", "train loss / Var(y)"), column("test_loss", "test loss", "MSE"),
+            column("distance", "distance to teacher ||W - W*||_F"),
+            column("aligned_distance", "aligned distance (perm. + rescaling)"),
+            column("fits", f"fits (loss/Var(y) <= {thr.fit:g})", "seeds"),
+            column("recovered", f"recovered (rel. distance <= {thr.recover:g})", "seeds"),
+            column("symmetry", f"up to symmetry (rel. aligned <= {thr.recover:g})", "seeds")], "rows": rows,
+            "note": notes[0] if same else ""}],
+        "notes": notes[1:] if same else notes,
         "verdict": verdict,
         "figures": ["distance.png", "loss.png"],
     }
@@ -185,6 +234,7 @@ def run(cfg: Config, rd: RunDir) -> dict:
     _save_npz(rd.path / "trajectories.npz", arrays)
     summary = {a: summarize(t, cfg.thresholds.fit, cfg.thresholds.recover) for a, t in trajs.items()}
     summary["meta"] = {
+        "archs": archs,
         "formulas": {a: ARCHS[a].formula for a in archs},
         "seeds": seeds,
         "steps": train_cfg.total_steps,
@@ -192,21 +242,21 @@ def run(cfg: Config, rd: RunDir) -> dict:
         "seconds_per_step": elapsed / max(train_cfg.total_steps, 1),
     }
     plot(trajs, rd.path)
-    print(table(summary, archs, len(seeds)))
-    print(f"run dir: {rd.path}")
     summary["report"] = report(summary, archs, len(seeds), cfg)
     return summary
 
 
 def table(summary: dict, archs: list[str], n_seeds: int) -> str:
-    """The final numbers as a plain-text table (means over seeds; verdicts as seed counts)."""
-    head = f"{'arch':<16}{'train loss':>11}{'test loss':>11}{'distance':>10}{'aligned':>10}{'fits':>6}{'recov.':>8}{'up to sym.':>12}"
+    """The final numbers as a plain-text table: geometric means over seeds (as in the
+    figures); verdicts as seed counts."""
+    head = (f"{'arch':<16}{'loss/Var(y)':>12}{'test MSE':>10}{'distance':>10}{'aligned':>10}{'fits':>6}"
+            f"{'recov.':>8}{'up to sym.':>12}   (geometric means over {n_seeds} seeds)")
     rows = [head]
     for a in archs:
         s = summary[a]
         rows.append(
-            f"{a:<16}{_fmt(s['train_loss_final']):>11}{_fmt(s['test_loss_final']):>11}"
-            f"{_fmt(s['distance_final']):>10}{_fmt(s['aligned_distance_final']):>10}"
+            f"{a:<16}{_fmt(s['relative_train_loss_final_geomean']):>12}{_fmt(s['test_loss_final_geomean']):>10}"
+            f"{_fmt(s['distance_final_geomean']):>10}{_fmt(s['aligned_distance_final_geomean']):>10}"
             f"{s['fits_seeds']:>4}/{n_seeds}{s['recovered_seeds']:>6}/{n_seeds}{s['recovered_up_to_symmetry_seeds']:>10}/{n_seeds}"
         )
     return "\n".join(rows)
@@ -216,7 +266,8 @@ def _fmt(v) -> str:
     return "nan" if v is None or not np.isfinite(v) else f"{v:.3g}"
 
 
-main = App("teacher_student", Config, run)
+main = App("teacher_student", Config, run,
+           console=lambda s: table(s, s["meta"]["archs"], len(s["meta"]["seeds"])))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,12 +11,14 @@ every other finished run is rendered from its summary's ``report`` section as it
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from ..runs import UserError, read_json
 from .classification import (
     CSV_COLUMNS,
     RunRecord,
+    caveat,
     curves_figure,
     find_runs,
     results_rows,
@@ -29,7 +31,7 @@ __all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "build_repor
 
 
 def _section(d: Path, out_dir: Path) -> list[str]:
-    """Markdown of another app's run dir: its report section and its figures (copied)."""
+    """Markdown of another app's run dir: its report section and links to its figures."""
     summary = read_json(d / "summary.json")
     report = summary.get("report")
     if not isinstance(report, dict):
@@ -37,12 +39,8 @@ def _section(d: Path, out_dir: Path) -> list[str]:
     md = [f"## {d.name}: {report['title']}", "", f"Run dir: `{d}`", ""] + section_markdown(report) + [""]
     for name in report["figures"]:
         fig = d / name
-        if not fig.is_file():
-            continue
-        local = out_dir / f"{d.name}_{fig.name}"
-        if fig.resolve() != local.resolve():
-            local.write_bytes(fig.read_bytes())
-        md += [f"![{fig.stem}]({local.name})", ""]
+        if fig.is_file():  # linked where it lies (report.html inlines it): never copied
+            md += [f"![{d.name}: {fig.stem}]({Path(os.path.relpath(fig.resolve(), out_dir.resolve())).as_posix()})", ""]
     return md
 
 
@@ -68,10 +66,13 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
         md += [f"{len(rows)} classifier runs over {len(tables)} task(s)"
                + (f"; {n_bad} did not complete (listed in the tables, kept in results.csv)." if n_bad else "."),
                "Accuracy is the final test accuracy; the 95% intervals are Student-t over seeds; "
-               "the difference vs identity is paired by seed. Step times exclude evaluation; runs made "
-               "side by side (osc study's jobs > 1) share the machine, so compare them with care.", ""]
+               "the difference vs identity is paired by seed. Step times exclude evaluation; they are shown as "
+               "the mean ratio to identity with its range over seeds, because runs made side by side (osc "
+               "study's jobs > 1) share the machine and the ratio moves from one study to the next "
+               "(benchmarks/skip_step_time.py measures it alone).", ""]
     for task, table in tables.items():
-        md += [f"## Classification: {task}", ""] + table_markdown(table) + [""]
+        md += [f"## Classification: {task}", "", caveat(task, table, [r for r in rows if r["task"] == task]), ""]
+        md += table_markdown(table) + [""]
         md += ["Verdicts:", ""] + [f"- **{t['variant']}**: {t['verdict']}." for t in table
                                    if t["variant"] != "identity"] + [""]
         fig = curves_figure(task, runs, out_dir)

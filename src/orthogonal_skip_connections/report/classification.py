@@ -23,7 +23,8 @@ from ..plots import band, plt, savefig
 from ..rundir import CHECKPOINT, RUN, SUMMARY
 from ..runs import UserError, read_json
 
-__all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "table_markdown", "curves_figure",
+__all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "table_markdown", "curves_figure", "caveat",
+           "detectable_difference",
            "CSV_COLUMNS", "CLASSIFIER_APP"]
 
 CLASSIFIER_APP = "run_experiments"
@@ -32,7 +33,7 @@ CSV_COLUMNS = [
     "task", "dataset", "model_type", "variant", "skip_kind", "method", "init", "seed", "status", "epochs",
     "planned_epochs", "steps", "batch_size", "lr", "test_acc", "best_test_acc", "test_loss", "train_loss",
     "train_time_s", "step_time_s", "epochs_to_target", "target_acc", "skip_identity_distance_mean",
-    "skip_orth_error_max", "skip_negative_det_count", "device", "run_dir",
+    "skip_orth_error_max", "skip_negative_det_count", "n_test", "device", "run_dir",
 ]
 
 
@@ -120,7 +121,8 @@ def results_rows(runs: list[RunRecord]) -> list[dict]:
             "epochs_to_target": reached[0] if reached else None, "target_acc": target,
             "skip_identity_distance_mean": s.get("skip_identity_distance_mean"),
             "skip_orth_error_max": s.get("skip_orth_error_max"),
-            "skip_negative_det_count": s.get("skip_negative_det_count"), "device": s.get("device"),
+            "skip_negative_det_count": s.get("skip_negative_det_count"), "n_test": s.get("n_test"),
+            "device": s.get("device"),
             "run_dir": str(r.path),
         })
     order = _variant_order([r["variant"] for r in rows])
@@ -161,22 +163,28 @@ def task_tables(rows: list[dict]) -> dict[str, list[dict]]:
         ok = [r for r in trows if r["status"] == "completed"]
         base_time = _mean([r["step_time_s"] for r in ok if r["variant"] == "identity"])
         base_acc = {r["seed"]: r["test_acc"] for r in ok if r["variant"] == "identity"}
+        base_step = {r["seed"]: r["step_time_s"] for r in ok if r["variant"] == "identity"}
         table = []
         for variant in _variant_order([r["variant"] for r in trows]):
             vrows = [r for r in trows if r["variant"] == variant]
             vok = [r for r in vrows if r["status"] == "completed"]
             accs = [r["test_acc"] for r in vok]
             mean, lo, hi = t_interval(accs)
-            lo, hi = max(lo, 0.0), min(hi, 100.0)  # an accuracy interval stays within [0, 100]
+            clipped = (lo < 0.0, hi > 100.0)  # an accuracy interval stays within [0, 100]: say where it was cut
+            lo, hi = max(lo, 0.0), min(hi, 100.0)
             diffs = [r["test_acc"] - base_acc[r["seed"]] for r in vok if r["seed"] in base_acc]
+            ratios = [r["step_time_s"] / base_step[r["seed"]] for r in vok
+                      if base_step.get(r["seed"]) and r["step_time_s"] is not None]
             dmean, dlo, dhi = t_interval(diffs) if variant != "identity" else (math.nan,) * 3
             reached = [r["epochs_to_target"] for r in vok]
             table.append({
                 "variant": variant, "runs": len(vrows), "completed": len(vok),
                 "failed": [f"seed {r['seed']}: {r['status']}" for r in vrows if r["status"] != "completed"],
                 "acc_mean": mean, "acc_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else math.nan,
-                "acc_lo": lo, "acc_hi": hi,
+                "acc_lo": lo, "acc_hi": hi, "acc_ci_clipped": clipped,
                 "step_time_ratio": _mean([r["step_time_s"] for r in vok]) / base_time if base_time else math.nan,
+                "step_time_ratio_range": (min(ratios), max(ratios)) if ratios else (math.nan, math.nan),
+                "diff_sd": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan,
                 "epochs_to_target": _mean(reached) if all(x is not None for x in reached) else math.nan,
                 "reached_target": f"{sum(x is not None for x in reached)}/{len(reached)}",
                 "identity_distance": _mean([r["skip_identity_distance_mean"] for r in vok]),
@@ -211,7 +219,7 @@ def _fmt(x, spec=".2f", none="–") -> str:
 def table_markdown(table: list[dict]) -> list[str]:
     target = table[0]["target_acc"] if table else None
     lines = [
-        f"| skip | runs | test acc % (mean ± std) | 95% CI | step time / identity | "
+        f"| skip | runs | test acc % (mean ± std) | 95% CI | step time / identity, mean (range over seeds) | "
         f"epochs to {_fmt(target, '.0f')}% | final ‖W − I‖_F | difference vs identity (95% CI) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -221,12 +229,57 @@ def table_markdown(table: list[dict]) -> list[str]:
             f"{t['diff_mean']:+.2f} [{_fmt(t['diff_lo'], '+.2f')}, {_fmt(t['diff_hi'], '+.2f')}]"
         reach = _fmt(t["epochs_to_target"], ".1f") if not math.isnan(t["epochs_to_target"]) else \
             f"– (reached {t['reached_target']})"
+        lo_cut, hi_cut = t.get("acc_ci_clipped", (False, False))
+        ci = f"[{_fmt(t['acc_lo'])}{'†' if lo_cut else ''}, {_fmt(t['acc_hi'])}{'†' if hi_cut else ''}]"
+        rlo, rhi = t.get("step_time_ratio_range", (math.nan, math.nan))
+        step = _fmt(t["step_time_ratio"], ".2f") + ("" if t["variant"] == "identity" or math.isnan(rlo) else
+                                                    f" ({rlo:.2f}–{rhi:.2f})")
         lines.append(
             f"| {t['variant']} | {runs} | {_fmt(t['acc_mean'])} ± {_fmt(t['acc_std'])} | "
-            f"[{_fmt(t['acc_lo'])}, {_fmt(t['acc_hi'])}] | {_fmt(t['step_time_ratio'], '.2f')} | {reach} | "
+            f"{ci} | {step} | {reach} | "
             f"{_fmt(t['identity_distance'], '.3f')} | {diff} |"
         )
+    if any(any(t.get("acc_ci_clipped", ())) for t in table):
+        lines += ["", "† the t-interval reached past 100% (or below 0%) and is clipped there."]
     return lines
+
+
+def detectable_difference(table: list[dict], rows: list[dict]) -> dict:
+    """What a task's comparison with identity could resolve: the test-set size N (accuracy
+    moves in steps of 100/N points), the number n of paired seeds, the pooled std s of the
+    paired differences over the variants, and the smallest difference a paired 95%
+    t-interval at n seeds would tell from 0 at that spread: t_{0.975, n-1} s / sqrt(n),
+    never less than one test example. None where fewer than two seeds are paired."""
+    from scipy import stats
+
+    sizes = {r["n_test"] for r in rows if r.get("n_test")}
+    n_test = max(sizes) if sizes else None
+    paired = [t for t in table if t["variant"] != "identity" and t["paired_seeds"] >= 2]
+    n = min((t["paired_seeds"] for t in paired), default=0)
+    step = 100.0 / n_test if n_test else None
+    if n < 2:
+        return {"n_test": n_test, "step": step, "seeds": n, "pooled_sd": None, "smallest": None}
+    pooled = math.sqrt(float(np.mean([t["diff_sd"] ** 2 for t in paired if not math.isnan(t["diff_sd"])] or [0.0])))
+    smallest = float(stats.t.ppf(0.975, n - 1)) * pooled / math.sqrt(n)
+    return {"n_test": n_test, "step": step, "seeds": n, "pooled_sd": pooled,
+            "smallest": max(smallest, step or 0.0)}
+
+
+def caveat(task: str, table: list[dict], rows: list[dict]) -> str:
+    """The one line above a task's table: how big a difference the study could have seen."""
+    d = detectable_difference(table, rows)
+    accs = [t["acc_mean"] for t in table if not math.isnan(t["acc_mean"])]
+    size = f"{d['n_test']} test images (accuracy moves in steps of {d['step']:.2f} points)" if d["n_test"] else \
+        "test-set size unknown (runs made before it was recorded)"
+    if d["smallest"] is None:
+        return f"**Caveat**: {size}; fewer than 2 seeds paired with identity, so no difference can be judged."
+    text = (f"**Caveat**: {size}; at {d['seeds']} seeds, with the paired differences' pooled std of "
+            f"{d['pooled_sd']:.2f} points, only differences larger than about {d['smallest']:.2f} points could be "
+            "told from 0")
+    if accs and min(accs) >= 95.0:
+        text += (f"; every variant scores {min(accs):.1f}–{max(accs):.1f}%, so the task is near saturation and "
+                 "'no detectable difference' means 'cannot tell', not 'equal'")
+    return text + "."
 
 
 def curves_figure(task: str, runs: list[RunRecord], out_dir: Path) -> Path | None:

@@ -170,10 +170,12 @@ def train_classifier(
     sinks: list[MetricSink] = (),
     resume: bool = False,
     extra_summary: dict | None = None,
+    save_checkpoint: bool = True,
 ) -> dict:
-    """Train ``model`` on ``data``; write metrics.jsonl, checkpoint.pt and summary.json into
-    ``run_dir``; return the summary. Raises :class:`Diverged` (after writing a summary with
-    ``status: diverged``) if the loss becomes non-finite."""
+    """Train ``model`` on ``data``; write metrics.jsonl, checkpoint.pt (after every epoch,
+    unless ``save_checkpoint`` is false: then a killed run cannot resume) and summary.json
+    into ``run_dir``; return the summary. Raises :class:`Diverged` (after writing a summary
+    with ``status: diverged``) if the loss becomes non-finite."""
     cfg.validate()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -286,7 +288,7 @@ def train_classifier(
                      **summarize_skips(skips), "skips": skips})
                 if show:
                     epochs_bar.set_postfix(test_acc=f"{ev['test_acc']:.2f}")
-            if main:
+            if save_checkpoint and main:
                 atomic_torch_save(
                     {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "rng": _rng_state(), "state": state},

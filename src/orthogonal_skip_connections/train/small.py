@@ -187,7 +187,7 @@ def train_small_classifier(
                     t0 = time.perf_counter()
             t_train += time.perf_counter() - t0
             if cfg.progress:
-                bar.set_postfix(loss=f"{float(losses.mean()):.3f}")
+                bar.set_postfix(loss=f"{float(losses.detach().mean()):.3f}")
         bar.close()
         log(step)
         train = evaluate_stack(stack, X_train, y_train)

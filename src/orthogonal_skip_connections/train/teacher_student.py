@@ -23,7 +23,7 @@ through its own SGD / Nesterov / Adam and retracted along the result: with
 ``momentum=0`` and sgd (the default) both give the same step; with momentum, Nesterov or
 Adam, Q now moves by heavy-ball on the Euclidean gradient, as every other retracted
 matrix in the library does. Measured on orth_resnet, 8 seeds, 50,000 steps, uniform
-teacher, summed output, d = 10 unless said: the app's default (sgd, lr 1e-4, no
+teacher, summed output, d = 10 unless said: the blog's optimiser (sgd, lr 1e-4, no
 momentum) moves by round-off only (final losses within 5e-4 relative per seed, same
 verdicts); Nesterov (lr 1e-3, momentum 0.9, the runs of
 ``notes/teacher_student_findings.md``) fits 0/8 seeds instead of 1/8 (mean aligned

@@ -66,3 +66,16 @@ def test_compiled_training_matches_eager_with_parametrized_and_retracted_skips(t
 def test_compile_backend_is_checked():
     with pytest.raises(ValueError, match="unknown compile_backend 'fast'; allowed: inductor, aot_eager, eager"):
         TrainConfig(compile=True, compile_backend="fast").validate()
+
+
+def test_run_experiments_compile_true_matches_eager(tmp_path):
+    """The app's compile=true key end to end (resnet20 on digits, Cayley skips, one epoch)."""
+    from orthogonal_skip_connections.experiments import run_experiments
+
+    base = ["dataset=digits", "model.model_type=resnet20", "device=cpu", "progress=false", "scheduler.epochs=1",
+            "batch_size=256", "model.skip_kind=learnable_orth", "model.method=cayley", "model.init=haar"]
+    eager = run_experiments.main.run(base, tmp_path / "eager")
+    compiled = run_experiments.main.run([*base, "compile=true", "compile_backend=aot_eager"], tmp_path / "compiled")
+    assert compiled["config"]["compile"] is True and eager["config"]["compile"] is False
+    for key in ("train_loss", "test_loss"):
+        assert abs(eager[key] - compiled[key]) < 1e-4, key

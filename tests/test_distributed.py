@@ -52,7 +52,7 @@ def test_ranks_hold_identical_weights_and_rank0_writes_one_result_set(full_run):
     # exactly one set of result files, in the one run dir, and nothing else in the cwd
     assert sorted(p.name for p in full_run.iterdir()) == ["run", "weights"]
     run = full_run / "run"
-    assert sorted(p.name for p in run.iterdir()) == [".hydra", "checkpoint.pt", "config.yaml", "metrics.jsonl",
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", ".lock", "checkpoint.pt", "config.yaml", "metrics.jsonl",
                                                       "run.json", "summary.json"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["world_size"] == 2

@@ -21,6 +21,8 @@ TINY = [
     "scales.smoke.classification.overrides=['scheduler.epochs=1','device=cpu']",
     "scales.smoke.teacher_student=['d=3','n_train=200','n_test=100','epochs=2','batch_size=50','lr=0.01',"
     "'seeds=2','log_every=2']",
+    "overrides.loss_landscape=['n_eval=32','hessian.iters=2','hessian.samples=2','steps=3','steps_1d=3']",
+    "overrides.two_stage=['n_train=64','batch_size=32','fit_images=32']",
 ]
 
 
@@ -52,8 +54,25 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
     # figures stay where their app wrote them (linked, never copied); no checkpoints by default
     assert sorted(p.name for p in study_dir.glob("*.png")) == ["accuracy_digits_resnet20.png"]
     assert "](teacher_student/distance.png)" in md
-    assert not list(study_dir.rglob("checkpoint.pt"))
+    # ... except in the classification runs loss_landscape reads (smoke: seed 0 of zero, identity, learnable_orth/steepest)
+    assert sorted(p.parent for p in study_dir.rglob("checkpoint.pt")) == sorted(
+        study_dir / "classification" / "digits_resnet20" / v / "seed0" for v in ("zero", "identity"))
     assert not list(study_dir.rglob("*.log"))
+
+
+def test_study_has_landscape_of_its_own_runs_and_two_stage(study_dir):
+    import json
+
+    md = (study_dir / "report.md").read_text()
+    assert "## loss_landscape: Loss landscapes and sharpness" in md and "## two_stage: Two-stage training" in md
+    landscape = json.loads((study_dir / "loss_landscape" / "summary.json").read_text())
+    # the classification runs of the variants it was asked for (smoke: zero, identity, learnable_orth/steepest;
+    # this study ran zero and identity of those), seed 0: nothing trained anew
+    assert sorted(r["run_dir"] for r in landscape["runs"]) == sorted(
+        str(study_dir / "classification" / "digits_resnet20" / v / "seed0") for v in ("zero", "identity"))
+    assert landscape["trained"] == []
+    for fig in ("loss_landscape/landscape_2d.png", "loss_landscape/landscape_1d.png", "two_stage/two_stage.png"):
+        assert f"]({fig})" in md and (study_dir / fig).is_file(), fig
 
 
 def test_study_rerun_keeps_completed_runs(study_dir):

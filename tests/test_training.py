@@ -150,7 +150,9 @@ def test_divergence_guard_writes_diverged_summary(tmp_path):
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
         training.train_classifier(model, data, TrainConfig(epochs=1, progress=False), tmp_path, torch.device("cpu"))
     saved = json.loads((tmp_path / "summary.json").read_text())
-    assert saved["status"] == "diverged" and saved["steps"] == 0
+    # every step's loss is NaN: each is skipped, and the 10th skipped in a row ends the run
+    assert saved["status"] == "diverged" and saved["steps"] == 10 and saved["skipped_steps"] == 10
+    assert saved["divergence"]["last_finite_loss"] is None and saved["divergence"]["step"] == 10
 
 
 def test_every_config_composes():

@@ -1,18 +1,33 @@
 """Layer 5: one run directory, opened and closed the same way by every app.
 
-    rd = RunDir.claim(path, resume=False, supports_resume=False)  # refuses a used dir; writes nothing
+    rd = RunDir.claim(path, resume=False, supports_resume=False, config=cfg)  # refuses a used dir
     rd.start(config_dict)              # creates the dir, writes config.yaml (plain YAML)
     ...                                # the app writes metrics, checkpoints, figures into rd.path
     summary = rd.finish(summary)       # summary.json, last, with a ``provenance`` block
+    rd.release()                       # the run dir's lock
 
 summary.json is written last: its presence means a finished run, and a dir holding it (or
 a checkpoint) is never reused unless the app can resume and ``resume=true`` asks for it.
 Every summary carries a ``report`` section (see :func:`check_report`) that ``osc report``
 renders as it is. No Hydra here: the apps hand over plain dicts.
+
+One writer at a time: :meth:`RunDir.claim` takes an exclusive ``flock`` on ``<dir>/.lock``
+(held until :meth:`release` or the process ends, so a killed run never leaves a stale
+lock); a second claim of the same dir, from any process, is refused in one line. A
+resumed run must have the config it was started with: ``resume=true`` with a config that
+differs from the saved config.yaml in any key but :data:`RESUME_IGNORED` is refused in one
+line naming the keys, before anything is written. Temporary files a killed write left
+behind (``.<name>.*.tmp``) are removed when a run resumes.
+
+A run that does not complete still leaves a summary.json: ``status: diverged``
+(:meth:`RunDir.diverged`, with where and how training diverged) or ``status: failed``
+(:meth:`RunDir.failed`, with the reason), each with provenance and a report section.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import platform
 import shlex
 import subprocess
@@ -29,8 +44,14 @@ from .runs import UserError, atomic_write_text, read_json, to_jsonable, write_js
 from .train import distributed
 from .train.classifier import CHECKPOINT, SUMMARY
 
-__all__ = ["RunDir", "SUMMARY", "CHECKPOINT", "CONFIG", "RUN", "column", "provenance", "check_report", "git_commit"]
+__all__ = ["RunDir", "SUMMARY", "CHECKPOINT", "CONFIG", "RUN", "column", "provenance", "check_report", "git_commit",
+           "RESUME_IGNORED", "config_differences", "check_dir_writable"]
 
+# keys that may differ between a run and its resume: they change how a run is shown or
+# where it computes, not what it computes (on CPU a resumed run stays bit-identical)
+RESUME_IGNORED = ("resume", "progress", "num_threads", "device", "jobs", "save_checkpoint", "data.root",
+                  "data.download", "tensorboard", "wandb.mode", "wandb.project")
+LOCK = ".lock"
 CONFIG = "config.yaml"
 RUN = "run.json"  # written at start: which app, and the labels a report groups runs by
 REPORT_KEYS = ("title", "question", "tables", "verdict", "figures")
@@ -99,6 +120,80 @@ def column(key: str, label: str, unit: str = "") -> dict:
     return {"key": key, "label": label, "unit": unit}
 
 
+def _flat(obj: Any, prefix: str = "") -> dict:
+    """{"a.b": value} of a nested dict (lists are values)."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: obj}
+
+
+def config_differences(saved: Any, config: Any, ignored=RESUME_IGNORED) -> list[str]:
+    """Dotted keys whose values differ between two configs (dataclasses or dicts),
+    except ``ignored`` ones (a key or any key under it)."""
+    a, b = _flat(to_jsonable(saved)), _flat(to_jsonable(config))
+    skip = lambda k: any(k == i or k.startswith(i + ".") for i in ignored)  # noqa: E731
+    return sorted(k for k in set(a) | set(b) if not skip(k) and a.get(k, "<absent>") != b.get(k, "<absent>"))
+
+
+def check_dir_writable(path: Path, key: str = "hydra.run.dir", shown: str | None = None) -> None:
+    """Refuse (one line) a run dir that is a file, or under a file, or that cannot be
+    created or written. Writes nothing. ``shown``: the value to name (default ``path``)."""
+    path = Path(path)
+    where = f"{key}={shown if shown is not None else path}"
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"{where}: {probe} is a file, not a directory; choose another {key}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{where}: {probe} is not writable; choose another {key}")
+
+
+_HELD: dict[str, list] = {}  # resolved run dir -> [file descriptor, claims]: flock is per open file
+
+
+def _lock(path: Path) -> bool:
+    """Take ``<path>/.lock`` (creating the dir); reentrant within this process. Returns
+    whether the dir was created here."""
+    import fcntl
+
+    key = str(path.resolve())
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return False
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise UserError(f"cannot write the run dir {path}: {err.strerror or err}; choose another hydra.run.dir") \
+            from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise UserError(f"{path} is in use by another run (its .lock is held); wait for it to end or choose "
+                            f"another hydra.run.dir") from None
+        raise
+    _HELD[key] = [fd, 1]
+    return created
+
+
+def _unlock(path: Path) -> None:
+    key = str(Path(path).resolve())
+    held = _HELD.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] == 0:
+        os.close(held[0])  # closing the descriptor releases the flock
+        del _HELD[key]
+
+
 class RunDir:
     """A run directory claimed by one run (see the module docstring)."""
 
@@ -111,18 +206,63 @@ class RunDir:
         self.command: str | None = None
 
     @classmethod
-    def claim(cls, path: Path, resume: bool = False, supports_resume: bool = False, app: str | None = None) -> "RunDir":
-        """Refuse a dir that holds a finished run, or an unfinished one unless this app can
-        resume it and ``resume`` is asked for. Writes nothing."""
+    def claim(cls, path: Path, resume: bool = False, supports_resume: bool = False, app: str | None = None,
+              config: Any = None) -> "RunDir":
+        """Lock the dir (see the module docstring), then refuse a dir that holds a finished
+        run, or an unfinished one unless this app can resume it and ``resume`` is asked
+        for, or a resume whose ``config`` differs from the saved one. A refused claim
+        releases the lock and removes the dir if it made it; otherwise only the dir and its
+        .lock are written (and, when resuming, stale .tmp files removed)."""
         path = Path(path)
         if resume and not supports_resume:
             raise UserError("resume=true: this app cannot resume a run; start a fresh hydra.run.dir")
-        summary, ckpt = path / SUMMARY, path / CHECKPOINT
-        if not resume and (summary.exists() or ckpt.exists()):
-            what = "a finished run (summary.json)" if summary.exists() else \
-                "an unfinished run (checkpoint.pt; resume=true continues it)"
-            raise UserError(f"{path} already holds {what}; choose another hydra.run.dir")
+        check_dir_writable(path)
+        created = _lock(path)
+        try:
+            summary, ckpt = path / SUMMARY, path / CHECKPOINT
+            if not resume and (summary.exists() or ckpt.exists()):
+                what = f"a {cls._status(summary)} run (summary.json)" if summary.exists() else \
+                    "an unfinished run (checkpoint.pt; resume=true continues it)"
+                raise UserError(f"{path} already holds {what}; choose another hydra.run.dir")
+            if resume and config is not None and (path / CONFIG).is_file():
+                try:
+                    saved = yaml.safe_load((path / CONFIG).read_text())
+                except (OSError, yaml.YAMLError) as err:
+                    raise UserError(f"cannot read {path / CONFIG}: {type(err).__name__}") from None
+                diff = config_differences(saved, config)
+                if diff:
+                    raise UserError(f"resume=true with a config that differs from {path / CONFIG} in "
+                                    f"{', '.join(diff)}; resume with the saved values, or start a fresh "
+                                    f"hydra.run.dir (may differ: {', '.join(RESUME_IGNORED)})")
+        except BaseException:
+            _unlock(path)
+            if created:
+                (path / LOCK).unlink(missing_ok=True)
+                try:
+                    path.rmdir()
+                except OSError:
+                    pass
+            raise
+        if resume:
+            for tmp in path.glob(".*.tmp"):  # left by a write that was killed half-way
+                tmp.unlink(missing_ok=True)
         return cls(path, resume=resume, app=app)
+
+    @staticmethod
+    def _status(summary: Path) -> str:
+        try:
+            status = read_json(summary).get("status", "completed")
+        except Exception:
+            return "finished"
+        return status if status in ("diverged", "failed") else "finished"
+
+    def release(self) -> None:
+        """Release the run dir's lock (once per claim)."""
+        if not self._released:
+            self._released = True
+            _unlock(self.path)
+
+    _released = False
 
     @property
     def completed(self) -> dict | None:
@@ -158,3 +298,43 @@ class RunDir:
         if distributed.is_main():
             write_json(self.path / SUMMARY, out)
         return out
+
+    def _mark_started(self, labels: dict | None) -> None:
+        """run.json for a run that ends before :meth:`start` (so that reports find it)."""
+        if not self.is_started:
+            self.is_started = True
+            if distributed.is_main():  # under torchrun only rank 0 writes
+                self.path.mkdir(parents=True, exist_ok=True)
+                write_json(self.path / RUN, {"app": self.app, "labels": labels or {}})
+
+    def diverged(self, info: dict, partial: dict | None = None, labels: dict | None = None) -> dict:
+        """Write summary.json with ``status: diverged``: ``info`` (where and how training
+        diverged: step, reason, last finite loss, skipped steps, the rule), the partial
+        results ``partial``, provenance and a report section saying so."""
+        partial = {k: v for k, v in (partial or {}).items() if k not in ("status", "report")}
+        self._mark_started(labels)
+        verdict = (f"training diverged at step {info.get('step')}: {info.get('reason')}; last finite loss "
+                   f"{info.get('last_finite_loss')!r} (step {info.get('last_finite_step')}), "
+                   f"{info.get('skipped_steps')} optimiser step(s) skipped for non-finite numbers")
+        report = {
+            "title": f"{self.app or 'run'}: diverged",
+            "question": "did training stay finite?",
+            "tables": [{"caption": "divergence (rule: " + str(info.get("rule", "")) + ")",
+                        "columns": [column(k, k.replace("_", " ")) for k in
+                                    ("step", "reason", "last_finite_loss", "last_finite_step", "skipped_steps")],
+                        "rows": [{k: info.get(k) for k in ("step", "reason", "last_finite_loss", "last_finite_step",
+                                                           "skipped_steps")}]}],
+            "verdict": verdict + ".",
+            "figures": [],
+        }
+        return self.finish({**partial, "status": "diverged", "divergence": info,
+                            "skipped_steps": info.get("skipped_steps"), "report": report})
+
+    def failed(self, reason: str, labels: dict | None = None, user_error: bool = True) -> dict:
+        """Write run.json (if the run had not started) and summary.json with ``status:
+        failed``, ``reason`` (one line) and ``user_error`` (a mistake in the input, exit
+        code 2; else a library error, 1), provenance and a report section."""
+        self._mark_started(labels)
+        report = {"title": f"{self.app or 'run'}: failed", "question": "did the run complete?",
+                  "tables": [], "verdict": f"the run failed: {reason}", "figures": []}
+        return self.finish({"status": "failed", "reason": reason, "user_error": user_error, "report": report})

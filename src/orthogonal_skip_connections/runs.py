@@ -51,6 +51,10 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once (os.umask can only be read by setting it)
+
+
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
     """Write to a temporary file beside ``path``, then rename over it: readers see the
     old file or the new one, never half of one."""
@@ -60,6 +64,7 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> 
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should read like any other file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -14,6 +14,7 @@ whether or not the run was interrupted before it.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 from dataclasses import dataclass
@@ -71,6 +72,31 @@ class ImageData:
         return self.x_train.shape[-1]
 
 
+# What a CIFAR "python version" file may hold, besides dicts, lists, bytes, str and
+# numbers (pickle's own opcodes): NumPy arrays and numbers, rebuilt by these functions
+# (NumPy 1 and 2 names; _frombuffer for protocol 5). Anything else is refused before it
+# is imported.
+_CIFAR_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),  # a NumPy number
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),  # bytes pickled by Python 3 at protocol 2
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """A pickle reader that admits only what CIFAR batch files contain (dicts, lists,
+    bytes/str, numbers, NumPy arrays): a crafted file naming any other callable (os.system,
+    builtins.eval, ...) is refused when that name is read, so its payload never runs."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR file holds only dicts, lists, "
+                                         f"bytes, str and NumPy arrays")
+        return super().find_class(module, name)
+
+
 def _read_cifar(name: str, root: Path, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     folder, train_files, test_files, label_key = _CIFAR_FILES[name]
     base = root / folder
@@ -99,11 +125,12 @@ def _read_cifar(name: str, root: Path, download: bool) -> tuple[Tensor, Tensor, 
         for f in files:
             try:
                 with open(base / f, "rb") as fh:
-                    entry = pickle.load(fh, encoding="bytes")
+                    entry = _CifarUnpickler(fh, encoding="bytes").load()
                 xs.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 ys.append(np.asarray(entry[label_key], dtype=np.int64))
             except Exception as err:
-                raise UserError(f"cannot read {base / f} as a CIFAR batch file: {err}") from None
+                raise UserError(f"cannot read {base / f} as a CIFAR batch file: {type(err).__name__}: "
+                                f"{str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")) from None
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
     x_train, y_train = read(train_files)
@@ -111,7 +138,10 @@ def _read_cifar(name: str, root: Path, download: bool) -> tuple[Tensor, Tensor, 
     return x_train, y_train, x_test, y_test
 
 
-def _digits(split_seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+@functools.lru_cache(maxsize=2)
+def _digits_arrays(split_seed: int) -> tuple[np.ndarray, ...]:
+    """The split as NumPy arrays, read once per process (scikit-learn parses a compressed
+    CSV each time: ~1 s on a busy 2-core machine, for apps that build several models)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -120,8 +150,12 @@ def _digits(split_seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x_tr, x_te, y_tr, y_te = train_test_split(
         x, d.target, test_size=0.2, random_state=split_seed, stratify=d.target
     )
-    t = torch.from_numpy
-    return t(x_tr), t(y_tr.astype(np.int64)), t(x_te), t(y_te.astype(np.int64))
+    return x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64)
+
+
+def _digits(split_seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x_tr, y_tr, x_te, y_te = (torch.from_numpy(a.copy()) for a in _digits_arrays(split_seed))  # fresh tensors
+    return x_tr, y_tr, x_te, y_te
 
 
 def load_image_data(name: str, root: str | Path | None = None, download: bool = True,

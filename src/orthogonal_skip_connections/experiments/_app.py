@@ -14,9 +14,22 @@ An app is a module in ``experiments/`` with
 :class:`App` does the rest: composes the config from the command line *before* Hydra
 runs, so a mistyped or unknown key, a wrong type or a value out of range is one line on
 stderr and exit code 2 with nothing written; claims the run dir (:class:`RunDir`: fresh
-or resumed); writes summary.json with provenance. Only :meth:`App.__call__` turns a
-:class:`UserError` into exit code 2 and a diverged training into exit code 1; any other
-exception (a library bug) propagates as a traceback.
+or resumed, locked, a resume with a changed config refused); writes summary.json with
+provenance. Only :meth:`App.__call__` turns a :class:`UserError` into exit code 2 and a
+diverged training (the rule of :mod:`~orthogonal_skip_connections.train.divergence`)
+into exit code 1 with a ``status: diverged`` summary; any other exception (a library bug)
+propagates as a traceback.
+
+Refused calls leave nothing behind: a run dir this call made is removed, and the
+``.hydra/`` files and job log Hydra rewrote in an existing run dir are put back as they
+were. Booleans are ``true`` or ``false`` only (``resume=no`` is refused, not read).
+
+Sweeps (``-m``): every job's config is checked before the first job runs (a bad value is
+one line, exit 2, nothing run). A job that then fails (a user error found at run time, a
+diverged training, a library error) is recorded in its run dir (summary.json with
+``status: failed`` and ``reason``, or ``status: diverged``; a library error's traceback in
+error.txt), one line is printed, and the sweep goes on; its exit code is the worst of its
+jobs' (2 > 1 > 0).
 """
 
 from __future__ import annotations
@@ -26,17 +39,19 @@ import importlib
 import math
 import re
 import shlex
+import shutil
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from ..rundir import RunDir
+from ..rundir import RunDir, check_dir_writable
 from ..runs import UserError
 from ..train import distributed
-from ..train.classifier import Diverged
+from ..train.divergence import Diverged
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "config")
 
@@ -264,10 +279,38 @@ def compose(name: str, overrides: list[str] = ()) -> DictConfig:
     """App ``name``'s config (its YAML over its schema) with ``overrides``, inside a running
     Hydra app or outside one; a mistake is a one-line :class:`UserError`."""
     app = load_app(name)
+    _strict_booleans(app.schema, overrides)
     try:
         return _compose_raw(name, list(overrides))
     except Exception as err:  # Hydra's composition errors: unknown key, wrong type, no such option
         raise UserError(_one_line(err, app.schema)) from None
+
+
+def _strict_booleans(schema: type, overrides) -> None:
+    """A boolean key takes ``true`` or ``false`` only: omegaconf would read ``no``, ``off``,
+    ``0`` or ``y`` as booleans, which a user may not mean."""
+    import typing
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, parsed = OverridesParser.create(), []
+    for override in overrides:
+        try:
+            parsed += parser.parse_overrides([override])
+        except Exception as err:  # the grammar's message names no key: name the override
+            raise UserError(f"cannot parse the override {override!r}: {_one_line(err, schema)}; see "
+                            f"https://hydra.cc/docs/advanced/override_grammar/basic/") from None
+    parsed = [o for o in parsed if not o.key_or_group.startswith("hydra.")]
+    for o in parsed:
+        key = o.key_or_group.lstrip("+~")
+        tp = _schema_node(schema, key.split("."))
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if not (tp is bool or (typing.get_origin(tp) is typing.Union and args == [bool])) or o.is_delete():
+            continue
+        values = list(o.value().list) if o.is_sweep_override() and hasattr(o.value(), "list") else [o.value()]
+        for v in values:
+            if not isinstance(v, bool) and not (v is None and tp is not bool):
+                raise UserError(f"{key} must be true or false; got {v!r}")
 
 
 def typed(schema: type, cfg: Any):
@@ -275,10 +318,10 @@ def typed(schema: type, cfg: Any):
     instance: unknown keys, wrong types and missing values are one-line UserErrors, and
     then ``check()`` tests the ranges."""
     if not isinstance(cfg, schema):
-        if isinstance(cfg, (DictConfig, dict)):
-            cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-            cfg = {k: v for k, v in cfg.items() if k != "hydra"}
         try:
+            if isinstance(cfg, (DictConfig, dict)):
+                cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+                cfg = {k: v for k, v in cfg.items() if k != "hydra"}
             merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
             cfg = OmegaConf.to_object(merged)
         except OmegaConfBaseException as err:
@@ -369,6 +412,9 @@ class App:
     ``main.run(cfg, run_dir)`` runs it in-process (cfg: overrides, DictConfig, dict or
     instance) and returns the summary or raises."""
 
+    _claims: list = []
+    _explicit = None
+
     def __init__(self, name: str, schema: type, fn: Callable, resume: bool = False, redo_completed: bool = False,
                  console: Callable[[dict], str] | None = None, torchrun: bool = False):
         """``resume``: the app can continue an unfinished run (``resume=true``);
@@ -390,25 +436,46 @@ class App:
         """The checked config instance for ``overrides``."""
         return typed(self.schema, compose(self.name, overrides))
 
-    def run(self, cfg: Any, run_dir: Path, command: str | None = None) -> dict:
+    def run(self, cfg: Any, run_dir: Path, command: str | None = None, record_failures: bool = False) -> dict:
+        """Run in ``run_dir``; returns the summary or raises (UserError, Diverged after a
+        ``status: diverged`` summary, or a library error). ``record_failures``: a
+        UserError or library error is first recorded as a ``status: failed`` summary (a
+        sweep's job)."""
         if isinstance(cfg, (list, tuple)):
             cfg = compose(self.name, cfg)
         cfg = typed(self.schema, cfg)
         if distributed.is_main():
             rd = RunDir.claim(run_dir, resume=bool(getattr(cfg, "resume", False)),
-                              supports_resume=self.supports_resume, app=self.name)
-        else:  # under torchrun: rank 0 claims the dir; the other ranks write nothing
+                              supports_resume=self.supports_resume, app=self.name, config=cfg)
+        else:  # under torchrun: rank 0 claims (and locks) the dir; the other ranks write nothing
             rd = RunDir(run_dir, resume=bool(getattr(cfg, "resume", False)), app=self.name)
-        rd.command = command
-        if rd.resume and not self.redo_completed:
-            done = rd.completed
-            if done is not None:
-                print(f"{rd.path} is already completed; nothing to resume")
-                return done
-        summary = self.fn(cfg, rd)
-        if not rd.is_started:
-            raise RuntimeError(f"{self.name}: run() returned without rd.start(cfg)")
-        return rd.finish(summary)
+        labels = cfg.labels() if hasattr(cfg, "labels") else None
+        try:
+            rd.command = command
+            if rd.resume and not self.redo_completed:
+                done = rd.completed
+                if done is not None:
+                    print(f"{rd.path} is already completed; nothing to resume")
+                    return done
+            try:
+                summary = self.fn(cfg, rd)
+            except Diverged as err:
+                rd.diverged(err.info, err.partial, labels)
+                raise
+            except Exception as err:
+                if record_failures:
+                    reason = str(err).splitlines()[0] if isinstance(err, UserError) else \
+                        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (traceback in error.txt)"
+                    if not isinstance(err, UserError):
+                        rd.path.mkdir(parents=True, exist_ok=True)
+                        (rd.path / "error.txt").write_text("".join(traceback.format_exception(err)))
+                    rd.failed(reason, labels, user_error=isinstance(err, UserError))
+                raise
+            if not rd.is_started:
+                raise RuntimeError(f"{self.name}: run() returned without rd.start(cfg)")
+            return rd.finish(summary)
+        finally:
+            rd.release()
 
     # the command line -------------------------------------------------------------
 
@@ -440,12 +507,31 @@ class App:
             except Exception as err:
                 raise UserError(_one_line(err, self.schema)) from None
             jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+            for o in overrides:
+                if o.startswith("hydra.sweep.dir="):
+                    check_dir_writable(Path(o.split("=", 1)[1]), "hydra.sweep.dir")
+        explicit = [o for o in overrides if o.startswith("hydra.sweep.dir=" if flags else "hydra.run.dir=")]
+        if not explicit:  # the default dir's fixed part (before the first ${...}) must be writable
+            key = "hydra.sweep.dir" if flags else "hydra.run.dir"
+            try:
+                hc = _compose_raw(self.name, jobs[0], hydra_config=True).hydra
+                pattern = str(OmegaConf.to_container(hc.sweep if flags else hc.run, resolve=False)["dir"])
+            except Exception:  # Hydra's own config: checked by Hydra
+                pattern = ""
+            if pattern:
+                check_dir_writable(Path(pattern.split("${")[0] or "."), key, shown=f"{pattern} (the default)")
         for job in jobs:
             cfg = typed(self.schema, compose(self.name, job))
             for o in job:
                 if o.startswith("hydra.run.dir=") and not flags and distributed.is_main():
-                    RunDir.claim(o.split("=", 1)[1], resume=bool(getattr(cfg, "resume", False)),
-                                 supports_resume=self.supports_resume)
+                    path = Path(o.split("=", 1)[1])
+                    top = path  # the outermost dir this call would make
+                    while not top.parent.exists() and top.parent != top.parent.parent:
+                        top = top.parent
+                    self._explicit = (path, path.exists(), _hydra_files(path), top)
+                    # held (locked) until the run ends: a second writer is refused before Hydra writes
+                    self._claims.append(RunDir.claim(path, resume=bool(getattr(cfg, "resume", False)),
+                                                     supports_resume=self.supports_resume, config=cfg))
 
     def __call__(self, argv: list[str] | None = None) -> int:
         """Run from the command line: ``argv`` (default ``sys.argv[1:]``) are Hydra overrides.
@@ -455,6 +541,93 @@ class App:
         if argv is None and code:
             raise SystemExit(code)
         return code
+
+    def _main(self, argv: list[str] | None) -> int:
+        import os
+        import tempfile
+
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if any(a in ("-h", "--help") for a in argv):
+            print(help_text(self.name))
+            return 0
+        self._claims, self._explicit, codes = [], None, []
+        # a sweep's failed jobs write their exit codes here: they may run in other processes
+        # (Hydra's joblib or submitit launchers), which inherit the environment
+        fd, codes_file = tempfile.mkstemp(prefix="osc-sweep-", suffix=".codes")
+        os.close(fd)
+        saved_env = os.environ.get(CODES_ENV)
+        os.environ[CODES_ENV] = codes_file
+        try:
+            try:
+                if distributed.launched_by_torchrun():
+                    argv = self._join_ranks(argv)
+                self._precheck(argv)
+            except UserError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            return self._hydra(argv, codes)
+        finally:
+            if distributed.launched_by_torchrun():
+                distributed.leave()
+            for rd in self._claims:
+                rd.release()
+            self._claims = []
+            if saved_env is None:
+                os.environ.pop(CODES_ENV, None)
+            else:
+                os.environ[CODES_ENV] = saved_env
+            os.unlink(codes_file)
+
+    def _hydra(self, argv: list[str], codes: list[int]) -> int:
+        import hydra
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        command = f"osc {self.name} {shlex.join(argv)}".strip()
+
+        @hydra.main(config_path=CONFIG_DIR, config_name=self.name, version_base=None)
+        def task(cfg: DictConfig) -> None:
+            hc = HydraConfig.get()
+            run_dir = Path(hc.runtime.output_dir)
+            if hc.mode == RunMode.MULTIRUN:  # a sweep's job: record a failure and go on
+                try:
+                    self.print_result(self.run(cfg, run_dir, command=command, record_failures=True), run_dir)
+                except UserError as err:
+                    print(f"error: job {hc.job.num} ({run_dir}): {err}", file=sys.stderr)
+                    _write_code(2)
+                except Diverged as err:
+                    print(f"error: job {hc.job.num} ({run_dir}): training diverged: {err}", file=sys.stderr)
+                    _write_code(1)
+                except Exception as err:
+                    print(f"error: job {hc.job.num} ({run_dir}) failed: {type(err).__name__}: {err}; traceback in "
+                          f"{run_dir / 'error.txt'}".splitlines()[0], file=sys.stderr)
+                    _write_code(1)
+                return
+            fresh = self._explicit is None and not _has_results(run_dir)
+            try:
+                summary = self.run(cfg, run_dir, command=command)
+                if distributed.is_main():  # under torchrun: rank 0 speaks for all
+                    self.print_result(summary, run_dir)
+            except UserError as err:
+                print(f"error: {err}", file=sys.stderr)
+                if distributed.is_main():
+                    self._undo(run_dir, fresh)
+                sys.exit(2)
+            except Diverged as err:
+                print(f"error: training diverged: {err}", file=sys.stderr)
+                sys.exit(1)
+
+        saved = sys.argv
+        named = self._job_name(argv)
+        sys.argv = [f"osc {self.name}", *argv, *named]  # Hydra parses sys.argv
+        try:
+            task()
+        except SystemExit as exit_:
+            return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        finally:
+            sys.argv = saved
+            codes += _read_codes()
+        return max(codes, default=0)
 
     def _job_name(self, argv: list[str]) -> list[str]:
         return [] if any(a.startswith("hydra.job.name=") for a in argv) else [f"hydra.job.name={self.name}"]
@@ -478,7 +651,7 @@ class App:
                 hydra_cfg = _compose_raw(self.name, [*argv, *self._job_name(argv)], hydra_config=True)
                 run_dir = str(Path(OmegaConf.select(hydra_cfg, "hydra.run.dir")).absolute())
                 RunDir.claim(run_dir, resume=bool(getattr(cfg, "resume", False)),
-                             supports_resume=self.supports_resume)
+                             supports_resume=self.supports_resume, config=cfg).release()  # a check only
             except UserError as err:
                 error = str(err)
             except Exception as err:  # Hydra's composition errors
@@ -486,55 +659,71 @@ class App:
         run_dir, error = distributed.broadcast_object((run_dir, error))
         if error is not None:
             raise UserError(error)
-        quoted = "'" + run_dir.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        quoted = run_dir if re.fullmatch(r"[\w/.+-]+", run_dir) else \
+            "'" + run_dir.replace("\\", "\\\\").replace("'", "\\'") + "'"
         argv = [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={quoted}"]
         if not distributed.is_main():
             argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
         return argv
 
-    def _main(self, argv: list[str] | None) -> int:
-        import hydra
-        from hydra.core.hydra_config import HydraConfig
+    def _undo(self, run_dir: Path, fresh: bool) -> None:
+        """After a refusal inside Hydra: remove a run dir this call made (unless the run had
+        started: then its files say what happened), or put back the .hydra/ files and job
+        log Hydra rewrote in one that was there before."""
+        started = (run_dir / "run.json").exists()
+        if self._explicit is not None:
+            path, existed, files, top = self._explicit
+            if path.resolve() != run_dir.resolve():
+                return
+            if not existed:
+                if not started:
+                    shutil.rmtree(top, ignore_errors=True)
+                return
+            for p in _hydra_files(path):
+                if p not in files:
+                    p.unlink(missing_ok=True)
+            for p, data in files.items():
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_bytes(data)
+        elif fresh and not started:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
-        argv = list(sys.argv[1:] if argv is None else argv)
-        if any(a in ("-h", "--help") for a in argv):
-            print(help_text(self.name))
-            return 0
-        try:
-            if distributed.launched_by_torchrun():
-                argv = self._join_ranks(argv)
-            self._precheck(argv)
-        except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        command = f"osc {self.name} {shlex.join(argv)}".strip()
 
-        @hydra.main(config_path=CONFIG_DIR, config_name=self.name, version_base=None)
-        def task(cfg: DictConfig) -> None:
-            try:
-                run_dir = Path(HydraConfig.get().runtime.output_dir)
-                summary = self.run(cfg, run_dir, command=command)
-                if distributed.is_main():  # under torchrun: rank 0 speaks for all
-                    self.print_result(summary, run_dir)
-            except UserError as err:
-                print(f"error: {err}", file=sys.stderr)
-                sys.exit(2)
-            except Diverged as err:
-                print(f"error: training diverged: {err}", file=sys.stderr)
-                sys.exit(1)
+CODES_ENV = "OSC_SWEEP_CODES"
 
-        saved = sys.argv
-        named = self._job_name(argv)
-        sys.argv = [f"osc {self.name}", *argv, *named]  # Hydra parses sys.argv
-        try:
-            task()
-        except SystemExit as exit_:
-            return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-        finally:
-            sys.argv = saved
-            if distributed.launched_by_torchrun():
-                distributed.leave()
-        return 0
+
+def _write_code(code: int) -> None:
+    """Append a failed sweep job's exit code to the file the sweep's parent reads."""
+    import os
+
+    path = os.environ.get(CODES_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{code}\n")
+
+
+def _read_codes() -> list[int]:
+    import os
+
+    path = os.environ.get(CODES_ENV)
+    try:
+        return [int(line) for line in Path(path).read_text().split()] if path else []
+    except (OSError, ValueError):
+        return []
+
+
+def _hydra_files(path: Path) -> dict[Path, bytes]:
+    """What Hydra writes into a run dir (.hydra/*, the job's .log), with their bytes."""
+    path = Path(path)
+    if not path.is_dir():
+        return {}
+    files = [p for p in (path / ".hydra").glob("*") if p.is_file()] + [p for p in path.glob("*.log") if p.is_file()]
+    return {p: p.read_bytes() for p in files}
+
+
+def _has_results(path: Path) -> bool:
+    """Whether a run dir holds anything besides Hydra's own files and the lock."""
+    return path.is_dir() and any(p.name not in (".hydra", ".lock") and p.suffix != ".log" for p in path.iterdir())
 
 
 def as_list(value) -> list:

@@ -15,6 +15,8 @@ APPS: dict[str, tuple[str, str]] = {
     "teacher_student": ("teacher_student", "Li & Yuan teacher-student convergence study of the one-block ResNet family, all seeds at once"),
     "orth_residual_synthetic_data": ("orth_residual_synthetic_data", "2-D residual classifiers per skip kind: grids morphed by each block's skip, branch and whole map; decision regions"),
     "orth_to_id": ("orth_to_id", "does training bring orthogonal skips W_i towards I as depth grows? ||W_i - I|| vs branch Lipschitz constants over training"),
+    "loss_landscape": ("loss_landscape", "loss landscapes (Li et al. 2018) and Hessian sharpness of trained classifiers per skip kind; trains the default resnet56/digits runs when missing"),
+    "two_stage": ("two_stage", "identity skips, then each swapped for its block's Procrustes-orthogonal fit and fine-tuned on O(n), vs identity or orthogonal throughout"),
     "construction_validity": ("construction_validity", "Procrustes fit of each trained block: is it close to an orthogonal map? over (dimension, classes, depth)"),
 }
 

@@ -104,7 +104,7 @@ def run_point(c: dict, cfg: Config, kind: str, d: int, k: int, m: int) -> dict:
         result = train_small_classifier(stack, data.X_train, data.y_train, c["train"], data.X_test, data.y_test,
                                         desc=f"{kind} d={d} k={k} m={m}")
     except Diverged as err:
-        raise Diverged(f"{kind} d={d} num_classes={k} m={m}: {err}") from None
+        raise err.within(f"{kind} d={d} num_classes={k} m={m}") from None
     fits = [fit_blocks(stack.model(s).cpu().eval(), X) for s in range(len(stack))]
     per_seed = {key: [f[key] for f in fits] for key in fits[0]}  # key -> (S, m)
     per_seed["procrustes_residual_at_init"] = at_init

@@ -84,7 +84,7 @@ def run_kind(c: dict, kind: str) -> tuple[dict, torch.nn.Module]:
         result = train_small_classifier(stack, data.X_train, data.y_train, c["train"], data.X_test, data.y_test,
                                         desc=kind)
     except Diverged as err:
-        raise Diverged(f"{kind}: {err}") from None
+        raise err.within(f"{kind}") from None
     model = stack.model(0).cpu().eval()
     blocks = [
         {**{k: v for k, v in skip.items() if k != "name"}, **lip, **fit}

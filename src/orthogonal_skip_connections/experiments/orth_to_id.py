@@ -147,7 +147,7 @@ def run_one(c: dict, dataset: str, dim: int, depth: int) -> tuple[dict, dict, Se
             desc=f"{dataset} d={dim} m={depth}",
         )
     except Diverged as err:
-        raise Diverged(f"{dataset} d={dim} m={depth}: {err}") from None
+        raise err.within(f"{dataset} d={dim} m={depth}") from None
     travelled = torch.linalg.matrix_norm(skip_matrices(stack) - W_init)  # ||W_end - W_init||_F, (S, L)
     hist = result["history"]
     traj = {"steps": np.array([h["step"] for h in hist])}

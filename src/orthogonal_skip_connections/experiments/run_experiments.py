@@ -22,14 +22,14 @@ from typing import Optional
 
 import torch
 
-from ..data.vision import DATASETS, load_image_data
-from ..models import get_model
+from ..data.vision import DATASETS
 from ..models.resnet import RESNETS
 from ..rundir import RunDir, column
 from ..runs import UserError, resolve_device
 from ..skips import DEFAULT_METHOD, skip
 from ..train import distributed
 from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_classifier
+from ..train.image import ClassifierSpec, build_classifier
 from ._app import App, choice, require
 
 WANDB_MODES = ("disabled", "offline", "online")
@@ -162,6 +162,13 @@ class Config:
             raise UserError(str(err)) from None
         resolve_device(self.device)
 
+    def spec(self) -> ClassifierSpec:
+        """The data and model settings (config.yaml's layout, which train.image.load_run reads)."""
+        m = self.model
+        return ClassifierSpec(self.dataset.name, m.model_type, m.skip_kind,
+                              {"stem": m.stem, "zero_init_residual": m.zero_init_residual, **m.skip_options()},
+                              self.data.root, self.data.download, self.data.augment)
+
     def labels(self) -> dict:
         """What a report groups this run by (run.json)."""
         m = self.model
@@ -202,11 +209,11 @@ def run(cfg: Config, rd: RunDir) -> dict:
     device = distributed.device_for_rank(resolve_device(cfg.device))
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
-    torch.manual_seed(cfg.seed)
-    data = load_image_data(cfg.dataset.name, cfg.data.root, cfg.data.download, cfg.data.augment)
     m = cfg.model
-    model = get_model(m.model_type, data.num_classes, m.skip_kind, in_channels=data.in_channels, stem=m.stem,
-                      zero_init_residual=m.zero_init_residual, **m.skip_options())
+    model, data = build_classifier(cfg.spec(), cfg.seed)  # seed, data, model: load_run rebuilds the init alike
+    n_train = len(data.x_train)
+    require(cfg.batch_size <= n_train, "batch_size", f"at most the training set's size ({n_train} images of "
+            f"{data.name})", cfg.batch_size)
     rd.start(cfg, labels=cfg.labels())
     rd.device = device
     sinks = []

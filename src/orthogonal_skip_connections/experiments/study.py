@@ -30,12 +30,12 @@ from omegaconf import OmegaConf
 
 from ..report import build_report
 from ..rundir import RunDir, column
-from ..runs import progress_bar, read_json, write_json
+from ..runs import UserError, progress_bar, read_json, write_json
 from ..train.classifier import Diverged
 from ._app import APPS, CONFIG_DIR, App, choice, compose, load_app, one_of, require, typed
 
 SCALES = ("smoke", "default", "full")
-PARTS = ("classification", "teacher_student", "synthetic")
+PARTS = ("classification", "teacher_student", "synthetic", "landscape", "two_stage")
 SYNTHETIC_APPS = ("orth_to_id", "orth_residual_synthetic_data")
 
 
@@ -48,11 +48,24 @@ class Classification:
 
 
 @dataclass
+class LandscapeRuns:
+    """Which classification runs of this study ``loss_landscape`` analyses: those of ``task``
+    with these variants and seeds < ``seeds`` (none ran: the app trains its own)."""
+
+    task: str
+    variants: list[str]
+    seeds: int
+
+
+@dataclass
 class Scale:
     classification: Classification
     teacher_student: list[str]
     orth_to_id: list[str]
     orth_residual_synthetic_data: list[str]
+    landscape_runs: LandscapeRuns
+    loss_landscape: list[str]
+    two_stage: list[str]
 
 
 @dataclass
@@ -61,6 +74,8 @@ class Overrides:
     teacher_student: list[str]
     orth_to_id: list[str]
     orth_residual_synthetic_data: list[str]
+    loss_landscape: list[str]
+    two_stage: list[str]
 
 
 @dataclass
@@ -87,6 +102,9 @@ class Config:
         for variant in c.variants:
             require(1 <= len(variant.split("/")) <= 3, f"scales.{self.scale}.classification.variants",
                     "kind, kind/method or kind/method/init entries", variant)
+        lr = self.scales[self.scale].landscape_runs
+        require(lr.task.count("/") == 1, f"scales.{self.scale}.landscape_runs.task", "a dataset/model_type", lr.task)
+        require(lr.seeds >= 0, f"scales.{self.scale}.landscape_runs.seeds", "an integer >= 0", lr.seeds)
 
 
 def variant_overrides(variant: str) -> list[str]:
@@ -104,12 +122,16 @@ def classification_jobs(cfg: Config, study_dir: Path) -> list[tuple[str, dict, P
     """(label, resolved run_experiments config, run dir, its overrides) for every (task,
     variant, seed); every config is composed and checked here, before any run starts."""
     c = cfg.scales[cfg.scale].classification
+    want = cfg.scales[cfg.scale].landscape_runs
     jobs = []
     grid = [(task, variant, seed) for task in c.tasks for variant in c.variants for seed in range(c.seeds)]
     for task, variant, seed in progress_bar(grid, enabled=cfg.progress, desc="checking run configs", leave=False):
         dataset, model_type = task.split("/")
+        # the runs loss_landscape will read keep their trained weights (checkpoint.pt)
+        keep = "landscape" in cfg.parts and task == want.task and variant in want.variants and seed < want.seeds
         overrides = [f"dataset={dataset}", f"model.model_type={model_type}", *variant_overrides(variant),
-                     f"seed={seed}", "progress=false", f"save_checkpoint={cfg.save_checkpoint}", *c.overrides,
+                     f"seed={seed}", "progress=false", f"save_checkpoint={'last' if keep else cfg.save_checkpoint}",
+                     *c.overrides,
                      *cfg.overrides.run_experiments]
         run_cfg = compose("run_experiments", overrides)
         typed(load_app("run_experiments").schema, run_cfg)  # a mistake is one line, before any run
@@ -118,6 +140,25 @@ def classification_jobs(cfg: Config, study_dir: Path) -> list[tuple[str, dict, P
         jobs.append((f"{task} {variant} seed {seed}",
                      OmegaConf.to_container(run_cfg, resolve=True), run_dir, overrides))
     return jobs
+
+
+def landscape_overrides(cfg: Config, jobs: list, study_dir: Path) -> list[str]:
+    """loss_landscape's overrides: the scale's, the user's, and ``runs=[...]`` for the
+    completed classification runs named by ``landscape_runs`` (its own training runs and
+    cache inside its run dir either way)."""
+    want = cfg.scales[cfg.scale].landscape_runs
+    dataset, model_type = want.task.split("/")
+    runs = []
+    for variant in want.variants:
+        for seed in range(want.seeds):
+            path = study_dir / "classification" / f"{dataset}_{model_type}" / re.sub(r"[^A-Za-z0-9]+", "_", variant) / \
+                f"seed{seed}"
+            if any(p == path for _, _, p, _ in jobs) and (path / "summary.json").exists() and \
+                    (path / "checkpoint.pt").exists() and read_json(path / "summary.json").get("status") == "completed":
+                runs.append(path)
+    chosen = [f"runs=[{','.join(repr(str(p)) for p in runs)}]"] if runs else []
+    return ["train.dir=null", "cache_dir=null", *cfg.scales[cfg.scale].loss_landscape, *cfg.overrides.loss_landscape,
+            *chosen]
 
 
 def run_classification_job(cfg_dict: dict, run_dir: Path) -> str:
@@ -271,7 +312,8 @@ def run(cfg: Config, rd: RunDir) -> dict:
     jobs = classification_jobs(cfg, study_dir) if "classification" in cfg.parts else []
     scale = cfg.scales[cfg.scale]
     apps = (["teacher_student"] if "teacher_student" in cfg.parts else []) + \
-        (list(SYNTHETIC_APPS) if "synthetic" in cfg.parts else [])
+        (list(SYNTHETIC_APPS) if "synthetic" in cfg.parts else []) + \
+        (["loss_landscape"] if "landscape" in cfg.parts else []) + (["two_stage"] if "two_stage" in cfg.parts else [])
     apps = [name for name in apps if name in APPS]
     for name in apps:  # every app's config checked before anything runs
         load_app(name).config([*getattr(scale, name), *getattr(cfg.overrides, name)])
@@ -286,9 +328,15 @@ def run(cfg: Config, rd: RunDir) -> dict:
 
     if jobs:
         timed("classification", run_classification, cfg, study_dir, jobs)
-    for name in apps:
-        timed(name, run_app, name, [*getattr(scale, name), *getattr(cfg.overrides, name)], study_dir / name,
-              cfg.progress)
+        runs = status["classification"]
+        if all(str(s).startswith("failed") for s in runs.values()):  # the cause, not "no run dirs found"
+            label, why = next(iter(runs.items()))
+            raise UserError(f"all {len(runs)} classification runs failed; {label}: {str(why).removeprefix('failed: ')}"
+                            f" (each run dir under {study_dir / 'classification'} holds its error.txt)")
+    for name in apps:  # loss_landscape after classification: it reads those runs
+        overrides = landscape_overrides(cfg, jobs, study_dir) if name == "loss_landscape" else \
+            [*getattr(scale, name), *getattr(cfg.overrides, name)]
+        timed(name, run_app, name, overrides, study_dir / name, cfg.progress)
     built = build_report([study_dir], study_dir, title=f"Do orthogonal skips help? (osc study, scale={cfg.scale})")
     wall = time.perf_counter() - t0
     write_json(study_dir / "study.json", {"scale": cfg.scale, "wall_time_s": wall, "seconds": seconds,

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..skips import SkipFactory, skip_layer_from
+from ..skips.contract import observed
 from ..skips.residual import DEFAULT_EPS, Residual
 
 
@@ -131,7 +132,9 @@ class PreActBlock(nn.Module):
             return out
         if self.shortcut is None:
             return self.residual.with_skip(self.skip, x, out)
-        W = self.skip.folding_matrix(pre) if hasattr(self.skip, "folding_matrix") else None
+        foldable = hasattr(self.skip, "folding_matrix") and self.residual.mode == "add" and \
+            not observed(self.skip, self.residual, self.shortcut)
+        W = self.skip.folding_matrix(pre) if foldable else None
         if W is None:
             return self.residual.with_skip(self.skip, self.shortcut(pre), out)
         # a matrix skip after the bare 1x1 projection folds into it: W (K pre) = (W K) pre,

@@ -14,12 +14,14 @@ import csv
 import os
 from pathlib import Path
 
-from ..runs import UserError, read_json
+from ..rundir import check_report
+from ..runs import UserError
 from .classification import (
     CSV_COLUMNS,
     RunRecord,
     caveat,
     curves_figure,
+    _read_object,
     find_runs,
     results_rows,
     table_markdown,
@@ -32,10 +34,14 @@ __all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "build_repor
 
 def _section(d: Path, out_dir: Path) -> list[str]:
     """Markdown of another app's run dir: its report section and links to its figures."""
-    summary = read_json(d / "summary.json")
+    summary = _read_object(d / "summary.json")
     report = summary.get("report")
     if not isinstance(report, dict):
         return [f"## {d.name}", "", f"Run dir: `{d}`: no report section in its summary.json (an older run?)", ""]
+    try:
+        check_report(report)
+    except ValueError as err:
+        raise UserError(f"{d / 'summary.json'}: malformed report section ({str(err)[:120]})") from None
     md = [f"## {d.name}: {report['title']}", "", f"Run dir: `{d}`", ""] + section_markdown(report) + [""]
     for name in report["figures"]:
         fig = d / name
@@ -48,6 +54,8 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
     """Write results.csv, report.md, report.html and figures into ``out_dir``; return
     ``{"rows": ..., "tables": ..., "report": path}``."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; give a directory (made if missing)")
     runs, others = find_runs([Path(p) for p in paths])
     others = [d for d in others if d.resolve() != out_dir.resolve()]
     if not runs and not others:

@@ -75,21 +75,78 @@ def find_runs(paths: list[Path]) -> tuple[list[RunRecord], list[Path]]:
         for d in candidates:
             if d.resolve() in seen or not (d / RUN).is_file() or any(p in seen for p in d.resolve().parents):
                 continue
-            meta = read_json(d / RUN)
-            summary = read_json(d / SUMMARY) if (d / SUMMARY).exists() else None
+            meta = _read_object(d / RUN)
+            summary = _read_object(d / SUMMARY) if (d / SUMMARY).exists() else None
             if meta.get("app") == CLASSIFIER_APP:
                 seen.add(d.resolve())
-                evals = []
-                if (d / "metrics.jsonl").exists():
-                    for line in (d / "metrics.jsonl").read_text().splitlines():
-                        rec = json.loads(line)
-                        if rec.get("type") == "eval":
-                            evals.append({"epoch": rec["epoch"], "test_acc": rec["test_acc"]})
-                runs.append(RunRecord(d, meta["labels"], summary, evals))
+                labels = meta.get("labels")
+                missing = sorted(LABELS - set(labels)) if isinstance(labels, dict) else sorted(LABELS)
+                if missing:
+                    raise UserError(f"{d / RUN}: its labels lack {', '.join(missing)} (a run dir of another "
+                                    f"version?); move it out of the dirs given to osc report")
+                _check_types(d, labels, summary)
+                runs.append(RunRecord(d, labels, summary, _evals(d / "metrics.jsonl")))
             elif summary is not None and meta.get("app") != "study":
                 seen.add(d.resolve())
                 others.append(d)
     return runs, others
+
+
+LABELS = {"task", "dataset", "model_type", "variant", "skip_kind", "method", "init", "seed", "planned_epochs",
+          "batch_size", "lr"}  # run.json labels of a classifier run (run_experiments' Config.labels)
+
+
+_NUMBERS = ("test_acc", "best_test_acc", "test_loss", "train_loss", "train_time_s", "steps", "epochs",
+            "skip_identity_distance_mean", "skip_orth_error_max", "skip_negative_det_count")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_types(d: Path, labels: dict, summary: dict | None) -> None:
+    """A classifier run's labels and summary hold what the tables compute with: numbers
+    where numbers go (a file edited by hand or of another version is one line)."""
+    for key in ("seed", "planned_epochs", "batch_size", "lr"):
+        if not (_is_number(labels[key]) or (key == "seed" and labels[key] is None)):
+            raise UserError(f"{d / RUN}: labels.{key} must be a number; got {labels[key]!r}")
+    if summary is None:
+        return
+    if not isinstance(summary.get("status", "completed"), str):
+        raise UserError(f"{d / SUMMARY}: status must be a string; got {summary['status']!r}")
+    for key in _NUMBERS:
+        if summary.get(key) is not None and not _is_number(summary[key]):
+            raise UserError(f"{d / SUMMARY}: {key} must be a number or null; got {summary[key]!r}")
+    if summary.get("status", "completed") == "completed" and not _is_number(summary.get("test_acc")):
+        raise UserError(f"{d / SUMMARY}: a completed run needs a test_acc; got {summary.get('test_acc')!r}")
+
+
+def _read_object(path: Path) -> dict:
+    """A JSON object from ``path``; a corrupt file or another JSON type is one line."""
+    try:
+        obj = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read {path}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} holds a JSON {type(obj).__name__}, not an object; is it a run dir's file?")
+    return obj
+
+
+def _evals(path: Path) -> list[dict]:
+    """(epoch, test_acc) of the eval records of metrics.jsonl (a corrupt line is one line)."""
+    evals = []
+    if not path.exists():
+        return evals
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if rec.get("type") == "eval":
+                evals.append({"epoch": int(rec["epoch"]), "test_acc": float(rec["test_acc"])})
+        except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+            raise UserError(f"{path}, line {n}: not an evaluation record of this version") from None
+    return evals
 
 
 def _target_acc(runs: list[RunRecord]) -> float | None:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Skip", "apply_matrix", "apply_matrix_add", "iter_skips"]
+__all__ = ["Skip", "apply_matrix", "apply_matrix_add", "iter_skips", "observed"]
 
 
 def apply_matrix(x: Tensor, W: Tensor) -> Tensor:
@@ -53,6 +53,16 @@ def apply_matrix_add(x: Tensor, W: Tensor, out: Tensor) -> Tensor:
             c = x.shape[-1]
             return torch.addmm(out.reshape(-1, c), x.reshape(-1, c), W.mT).view(out.shape)
     return apply_matrix(x, W) + out
+
+
+def observed(*modules: nn.Module) -> bool:
+    """Whether a forward hook watches any of ``modules`` (or every module): a block then
+    calls its skip and its residual sum as separate modules, unfused, so the hooks see them."""
+    from torch.nn.modules import module as _m
+
+    if _m._global_forward_hooks or _m._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 class Skip(nn.Module):

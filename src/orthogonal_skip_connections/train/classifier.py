@@ -1,9 +1,10 @@
 """The training loop: one, for every experiment that trains an image classifier.
 
 Per step: (mixup) -> forward under autocast where it helps -> loss -> backward ->
-clip -> if every gradient is finite: optimiser step (which also retracts the retracted
-orthogonal skips, :mod:`~orthogonal_skip_connections.optim`), then the learning-rate
-schedule. Per epoch: metrics, evaluation every ``eval_every`` epochs with
+clip -> if the loss and every gradient are finite: optimiser step (which also retracts the
+retracted orthogonal skips, :mod:`~orthogonal_skip_connections.optim`), else the step is
+skipped; then the learning-rate schedule. When the run counts as diverged is the rule of
+:mod:`~orthogonal_skip_connections.train.divergence` (the reference loss: log C). Per epoch: metrics, evaluation every ``eval_every`` epochs with
 per-skip diagnostics, and an atomic checkpoint from which ``resume`` continues with the
 same numbers (bit for bit on CPU: every random draw of an epoch comes from a generator
 seeded by (seed, epoch)).
@@ -17,6 +18,7 @@ DistributedDataParallel and the data are sharded per rank (see :mod:`.distribute
 from __future__ import annotations
 
 import json
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -34,6 +36,7 @@ from ..skips import iter_skips
 from ..runs import UserError, append_jsonl, atomic_torch_save, progress_bar, write_json
 from ..optim import OptimConfig, build_optimizer, lr_scheduler
 from . import distributed
+from .divergence import Diverged, DivergenceGuard
 
 __all__ = ["TrainConfig", "MetricSink", "Diverged", "train_classifier", "evaluate"]
 
@@ -109,10 +112,6 @@ class MetricSink:
         pass
 
 
-class Diverged(RuntimeError):
-    """The loss became non-finite; the summary says ``status: diverged``."""
-
-
 def _autocast(device: torch.device, amp: str):
     if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -175,7 +174,8 @@ def train_classifier(
     """Train ``model`` on ``data``; write metrics.jsonl, checkpoint.pt (after every epoch,
     unless ``save_checkpoint`` is false: then a killed run cannot resume) and summary.json
     into ``run_dir``; return the summary. Raises :class:`Diverged` (after writing a summary
-    with ``status: diverged``) if the loss becomes non-finite."""
+    with ``status: diverged``, also its ``partial``) when the run diverges by the rule of
+    :mod:`.divergence`."""
     cfg.validate()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -196,7 +196,8 @@ def train_classifier(
     sched = lr_scheduler(opt, cfg.optim(), steps_per_epoch, cfg.epochs)
 
     state = {"epoch": 0, "step": 0, "train_time_s": 0.0, "best_test_acc": None, "skipped_steps": 0,
-             "last_eval": None}
+             "last_eval": None, "guard": None}
+    guard = DivergenceGuard(trivial_loss=math.log(max(2, data.num_classes)))
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, device)
         model.load_state_dict(ckpt["model"])
@@ -204,6 +205,7 @@ def train_classifier(
         sched.load_state_dict(ckpt["scheduler"])
         _set_rng_state(ckpt["rng"])
         state.update(ckpt["state"])
+        guard.load_state(state.get("guard"))
         if main:
             _truncate_metrics(metrics_path, state["epoch"])
     elif metrics_path.exists() and main:
@@ -229,7 +231,7 @@ def train_classifier(
             "steps": state["step"],
             "train_time_s": state["train_time_s"],
             "seconds_per_epoch": state["train_time_s"] / max(1, state["epoch"]),
-            "skipped_steps": state["skipped_steps"],
+            "skipped_steps": guard.skipped_steps,
             **summarize_skips(skip_diagnostics(model)),
             "device": str(device),
             "world_size": distributed.world_size(),
@@ -251,22 +253,27 @@ def train_classifier(
                                desc=f"epoch {epoch + 1}", leave=False)
             for x, y in bar:
                 loss, logits, y_hard = _forward(step_model, x, y, cfg, gen, device)
-                if distributed.any_true(not torch.isfinite(loss)):  # every rank stops together
-                    state["epoch"] = epoch
-                    raise Diverged(f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {state['step'] + 1}")
+                loss_value = float(loss.detach())
+                if distributed.world_size() > 1:  # every rank judges one number: the global batch's loss
+                    loss_value = distributed.all_sum([loss_value])[0] / distributed.world_size()
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if _finite_gradients(model, cfg.grad_clip):
+                finite = math.isfinite(loss_value)
+                if finite:
+                    loss.backward()
+                    finite = _finite_gradients(model, cfg.grad_clip)
+                if finite:
                     opt.step()  # retracted skips included
                 else:  # skip the update (retraction included), keep the schedule moving
-                    state["skipped_steps"] += 1
                     opt.zero_grad(set_to_none=True)
                 sched.step()
                 state["step"] += 1
-                loss_sum += float(loss.detach()) * len(y)
-                correct += int((logits.argmax(1) == y_hard).sum())
-                seen += len(y)
-                if show:
+                guard.step(state["step"], loss_value, finite)  # raises Diverged after too many skipped
+                state["skipped_steps"] = guard.skipped_steps
+                if finite:
+                    loss_sum += loss_value * len(y)
+                    correct += int((logits.argmax(1) == y_hard).sum())
+                    seen += len(y)
+                if show and seen:
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -275,11 +282,13 @@ def train_classifier(
                 loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], None)
                 distributed.broadcast_buffers(model)  # BatchNorm statistics: rank 0's, on every rank
             state.update(epoch=epoch + 1, train_time_s=state["train_time_s"] + epoch_time,
-                         train_loss=loss_sum / seen, train_acc=100.0 * correct / seen)
+                         train_loss=loss_sum / seen if seen else float("nan"),
+                         train_acc=100.0 * correct / seen if seen else float("nan"))
             log({"type": "train", "epoch": epoch + 1, "step": state["step"], "lr": opt.param_groups[0]["lr"],
                  "train_loss": state["train_loss"], "train_acc": state["train_acc"], "epoch_time_s": epoch_time})
+            ev_now = None
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                ev = evaluate(model, test_loader, cfg.amp)
+                ev = ev_now = evaluate(model, test_loader, cfg.amp)
                 skips = skip_diagnostics(model)
                 state["last_eval"] = ev
                 best = state["best_test_acc"]
@@ -288,15 +297,18 @@ def train_classifier(
                      **summarize_skips(skips), "skips": skips})
                 if show:
                     epochs_bar.set_postfix(test_acc=f"{ev['test_acc']:.2f}")
+            guard.check(state["step"], {"train loss": state["train_loss"], "test loss": ev_now and ev_now["test_loss"]})
+            state["guard"] = guard.state()
             if save_checkpoint and main:
                 atomic_torch_save(
                     {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "rng": _rng_state(), "state": state},
                     ckpt_path,
                 )
-    except Diverged:
+    except Diverged as err:
+        err.partial = {**summary("diverged"), "divergence": err.info}
         if main:
-            write_json(run_dir / SUMMARY, summary("diverged"))
+            write_json(run_dir / SUMMARY, err.partial)
         raise
     finally:
         for sink in sinks:

@@ -31,6 +31,7 @@ Measurements of stacked models live in :mod:`~orthogonal_skip_connections.diagno
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -43,7 +44,8 @@ from ..maths import orthogonal as orth
 from ..models.stack import SeedStack
 from ..optim import build_optimizer, lr_scheduler
 from ..runs import UserError, progress_bar
-from .classifier import Diverged, TrainConfig
+from .classifier import TrainConfig
+from .divergence import Diverged, DivergenceGuard  # noqa: F401  (Diverged: raised from here)
 
 __all__ = ["train_small_classifier", "steps_per_epoch", "evaluate_stack"]
 
@@ -117,8 +119,11 @@ def train_small_classifier(
     Per step: per-seed minibatch (or the full set when ``batch_size >= N``) -> logits
     (S, B, C) -> loss = sum over seeds of each seed's mean cross-entropy -> backward ->
     per-seed clipping (``grad_clip``) -> optimiser step (retraction included) -> schedule
-    (:func:`~orthogonal_skip_connections.optim.lr_factor`). A non-finite loss or
-    gradient raises :class:`~orthogonal_skip_connections.training.Diverged`.
+    (:func:`~orthogonal_skip_connections.optim.lr_factor`). A step whose loss or
+    gradient is non-finite for any seed is skipped for all seeds (the stack is one run);
+    the run diverges (:class:`~orthogonal_skip_connections.train.divergence.Diverged`) by
+    the rule of :mod:`~orthogonal_skip_connections.train.divergence`, checked at the end
+    of every epoch on each seed's mean training loss, with reference loss log C.
 
     Fields of :class:`TrainConfig` used: epochs, batch_size, optimizer, lr, momentum,
     nesterov, weight_decay, decay_norms_and_biases, betas, schedule, warmup_epochs,
@@ -152,6 +157,8 @@ def train_small_classifier(
     opt = build_optimizer(stack, cfg.optim(), batch_dims=1)
     sched = lr_scheduler(opt, cfg.optim(), per_epoch, cfg.epochs)
     history: list[dict] = []
+    n_classes = int(y_train.max()) + 1 if len(y_train) else 2
+    guard = DivergenceGuard(trivial_loss=math.log(max(2, n_classes)))
 
     def log(step: int) -> None:
         if measure is not None:
@@ -164,30 +171,36 @@ def train_small_classifier(
         bar = progress_bar(range(cfg.epochs), enabled=cfg.progress, desc=desc, leave=False)
         for epoch in bar:
             t0 = time.perf_counter()
+            epoch_loss, epoch_steps = torch.zeros(len(stack.seeds), dtype=torch.float64), 0
             for idx in _batches(n, cfg.batch_size, stack.seeds, epoch, device):
                 if idx is None:
                     logits, y = stack(X_train), y_train  # (S, N, C), (N,)
                 else:
                     logits, y = stack(X_train[idx]), y_train[idx]  # (S, B, C), (S, B)
                 losses = _per_seed_loss(logits, y, cfg.label_smoothing)  # (S,)
-                if not bool(torch.isfinite(losses).all()):
-                    bad = [stack.seeds[i] for i in torch.nonzero(~torch.isfinite(losses)).flatten().tolist()]
-                    raise Diverged(f"loss became non-finite for seed(s) {bad} at step {step + 1}; try a lower lr")
                 opt.zero_grad(set_to_none=True)
-                losses.sum().backward()
-                norms = _clip_per_seed(stack, cfg.grad_clip)
-                if not bool(torch.isfinite(norms).all()):
-                    raise Diverged(f"a gradient became non-finite at step {step + 1}; try a lower lr")
-                opt.step()  # retracted skips of every seed included
+                finite = bool(torch.isfinite(losses).all())
+                if finite:
+                    losses.sum().backward()
+                    finite = bool(torch.isfinite(_clip_per_seed(stack, cfg.grad_clip)).all())
+                if finite:
+                    opt.step()  # retracted skips of every seed included
+                    epoch_loss += losses.detach().double().cpu()
+                    epoch_steps += 1
+                else:  # skipped for every seed; the schedule moves on
+                    opt.zero_grad(set_to_none=True)
                 sched.step()
                 step += 1
+                guard.step(step, losses.detach(), finite)  # raises Diverged after too many skipped
                 if log_every and step % log_every == 0 and step != total_steps:
                     t_train += time.perf_counter() - t0
                     log(step)
                     t0 = time.perf_counter()
             t_train += time.perf_counter() - t0
+            mean_loss = epoch_loss / epoch_steps if epoch_steps else torch.full_like(epoch_loss, float("nan"))
+            guard.check(step, {f"training loss (seed {s})": float(v) for s, v in zip(stack.seeds, mean_loss)})
             if cfg.progress:
-                bar.set_postfix(loss=f"{float(losses.detach().mean()):.3f}")
+                bar.set_postfix(loss=f"{float(mean_loss.mean()):.3f}")
         bar.close()
         log(step)
         train = evaluate_stack(stack, X_train, y_train)

@@ -60,6 +60,7 @@ from ..models.teacher_student import (
     seed_generator,
 )
 from ..runs import progress_bar
+from .divergence import DivergenceGuard
 
 __all__ = [
     "OPTIMIZERS",
@@ -299,6 +300,13 @@ def train(
     ``seed_generator(s, "model")`` the teacher, then the student. All architectures see
     the same inputs. Metrics are logged at step 0, every ``log_every`` steps and at the
     end.
+
+    Divergence follows the rule of :mod:`~orthogonal_skip_connections.train.divergence`:
+    a step with a non-finite gradient (any architecture, any seed) is skipped for all; the
+    check points are the metric logs (training and test loss of every architecture and
+    seed), the reference loss max(loss at step 0, E[y^2] (the zero predictor's)); a failed
+    retraction of Q diverges at once. Raises
+    :class:`~orthogonal_skip_connections.train.divergence.Diverged`.
     """
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -319,6 +327,21 @@ def train(
     total = cfg.total_steps
     for r in runs:
         r.record(0, X_train, X_test)
+    guard = DivergenceGuard(trivial_loss=max(float(r.Y_test.double().square().mean((1, 2)).max()) for r in runs))
+    guard.initial_loss = max(float(np.nanmax(r.log["train_loss"][0])) if np.isfinite(r.log["train_loss"][0]).any()
+                             else 0.0 for r in runs)
+    guard.last_finite_loss, guard.last_finite_step = guard.initial_loss, 0  # the losses logged at step 0
+
+    def check(step: int) -> None:
+        losses = {}
+        for r in runs:
+            losses[f"{r.arch.name} training loss"] = r.log["train_loss"][-1]
+            losses[f"{r.arch.name} test loss"] = r.log["test_loss"][-1]
+        guard.check(step, losses)
+        guard.last_finite_loss = max(float(np.max(v)) for v in losses.values())
+        guard.last_finite_step = step
+
+    grads = [p for r in runs for p in r.student.values()]
 
     chunk_steps = 64  # fresh samples are drawn this many steps at a time, per seed
     order = chunk = None
@@ -336,9 +359,17 @@ def train(
             index, X = None, chunk[:, k]
         for r in runs:
             r.gradients(X, r.labels(X, index))
-        opt.step()  # SGD / Nesterov / Adam on W, W1, W2; the retraction on Q
+        # one fused max-|g| per tensor: finite or not, without the overflow of a sum
+        finite = bool(torch.isfinite(torch.stack(torch._foreach_norm([p.grad for p in grads], float("inf")))).all())
+        if finite:
+            try:
+                opt.step()  # SGD / Nesterov / Adam on W, W1, W2; the retraction on Q
+            except torch.linalg.LinAlgError as err:  # the polar retraction's SVD on non-finite numbers
+                raise guard.diverge(t + 1, f"the retraction of Q failed ({str(err).splitlines()[0][:80]})") from None
+        guard.step(t + 1, None, finite)
         if (t + 1) % cfg.log_every == 0 or t + 1 == total:
             for r in runs:
                 r.record(t + 1, X_train, X_test)
+            check(t + 1)
     return {r.arch.name: r.trajectory(seeds) for r in runs}
 

@@ -1,0 +1,457 @@
+"""`osc loss_landscape`: loss landscapes and sharpness of trained classifiers, per skip kind.
+
+For every run dir (a trained image classifier: config.yaml and checkpoint.pt, as
+``osc run_experiments`` writes them) this app evaluates, on a fixed subset of the training
+images with BatchNorm in eval mode (:mod:`~orthogonal_skip_connections.landscape`):
+
+- the loss on a 2-D grid theta* + a d1 + b d2 along two filter-normalised Gaussian
+  directions (Li et al. 2018), constrained skips kept on O(n);
+- the loss along (1 - t) theta_0 + t theta* from the initialisation (Goodfellow et al. 2015);
+- the top Hessian eigenvalue (power iteration, with its convergence) and the Hessian trace
+  (Hutchinson) at theta*.
+
+With ``runs=[]`` it analyses its default runs (resnet56 on digits with zero, identity and
+learnable_orth skips, ``train.seeds`` each) under ``train.dir``, training those that are
+missing (``train_missing=true``) through the shared classifier loop. Results are cached
+per run in ``cache_dir`` (keyed by the checkpoint's hash and every setting), so running
+again with the same arguments only redraws.
+
+    osc loss_landscape                                   # the default runs, trained if missing
+    osc loss_landscape steps=31 radius=0.5 n_eval=1000
+    osc loss_landscape 'runs=[outputs/run_experiments/a,outputs/run_experiments/b]'
+
+Writes config.yaml, summary.json, landscape_2d.png and landscape_1d.png into the run dir.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import yaml
+
+from ..landscape import LandscapeSettings, landscape_of, skip_handling
+from ..report.classification import t_interval
+from ..rundir import RunDir, column
+from ..runs import UserError, atomic_write_text, read_json, resolve_device, to_jsonable
+from ..train.classifier import TrainConfig, train_classifier
+from ..train.image import ClassifierSpec, build_classifier, load_run, run_variant
+from ._app import App, choice, number, require
+
+SPLITS = ("train", "test")
+
+
+@dataclass
+class TrainSection:
+    dir: Optional[str]
+    dataset: str
+    model_type: str
+    variants: list[str]
+    seeds: int
+    n_train: Optional[int]
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    warmup_epochs: float
+
+
+@dataclass
+class HessianSection:
+    iters: int
+    tol: float
+    samples: int
+
+
+@dataclass
+class Config:
+    runs: list[str]
+    train_missing: bool
+    train: TrainSection
+    steps: int
+    radius: float
+    steps_1d: int
+    t_range: list[float]
+    n_eval: int
+    eval_split: str
+    direction_seed: int
+    batch_size: int
+    hessian: HessianSection
+    cache_dir: Optional[str]
+    device: str
+    num_threads: Optional[int]
+    progress: bool
+
+    def check(self) -> None:
+        from ..data.vision import DATASETS
+        from ..models.resnet import RESNETS
+        from ..skips import SKIP_KINDS, skip
+
+        require(self.steps >= 1 and self.steps % 2 == 1, "steps", "an odd integer >= 1 (the centre is a grid point)",
+                self.steps)
+        number("radius", self.radius, 0, strict=True)
+        require(self.steps_1d >= 2, "steps_1d", "an integer >= 2", self.steps_1d)
+        require(len(self.t_range) == 2 and self.t_range[0] < self.t_range[1], "t_range", "[t_min, t_max] with "
+                "t_min < t_max", self.t_range)
+        require(self.n_eval >= 1, "n_eval", "an integer >= 1", self.n_eval)
+        choice("eval_split", self.eval_split, SPLITS)
+        require(self.direction_seed >= 0, "direction_seed", "an integer >= 0", self.direction_seed)
+        require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        require(self.hessian.iters >= 1, "hessian.iters", "an integer >= 1", self.hessian.iters)
+        number("hessian.tol", self.hessian.tol, 0, strict=True)
+        require(self.hessian.samples >= 2, "hessian.samples", "an integer >= 2", self.hessian.samples)
+        require(self.num_threads is None or self.num_threads >= 1, "num_threads", "an integer >= 1 or null",
+                self.num_threads)
+        t = self.train
+        choice("train.dataset", t.dataset, DATASETS)
+        choice("train.model_type", t.model_type, RESNETS)
+        require(len(t.variants) > 0, "train.variants", "a non-empty list of kind[/method[/init]]", t.variants)
+        for v in t.variants:
+            parts = v.split("/")
+            require(parts[0] in SKIP_KINDS and len(parts) <= 3, "train.variants",
+                    f"kind[/method[/init]] entries with kind one of {', '.join(SKIP_KINDS)}", v)
+            try:
+                skip(parts[0], **variant_spec(self, v).model_options)
+            except (TypeError, ValueError) as err:
+                raise UserError(f"train.variants: {v}: {err}") from None
+        require(t.seeds >= 1, "train.seeds", "an integer >= 1", t.seeds)
+        require(t.n_train is None or t.n_train >= 2, "train.n_train", "an integer >= 2 or null", t.n_train)
+        self.train_config().validate()
+        resolve_device(self.device)
+
+    def train_config(self) -> TrainConfig:
+        t = self.train
+        return TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
+                           weight_decay=t.weight_decay, warmup_epochs=t.warmup_epochs, channels_last=True,
+                           progress=self.progress)
+
+    def settings(self) -> LandscapeSettings:
+        return LandscapeSettings(steps=self.steps, radius=self.radius, steps_1d=self.steps_1d, t_min=self.t_range[0],
+                                 t_max=self.t_range[1], n_eval=self.n_eval, eval_split=self.eval_split,
+                                 direction_seed=self.direction_seed, batch_size=self.batch_size,
+                                 hessian_iters=self.hessian.iters, hessian_tol=self.hessian.tol,
+                                 hutchinson_samples=self.hessian.samples)
+
+
+# --------------------------------------------------------------------------- the runs
+
+
+def variant_spec(cfg: Config, variant: str) -> ClassifierSpec:
+    """``kind[/method[/init]]`` -> the spec of a default run."""
+    parts = variant.split("/")
+    options = {}
+    if len(parts) > 1:
+        options["method"] = parts[1]
+    if len(parts) > 2:
+        options["init"] = parts[2]
+    return ClassifierSpec(cfg.train.dataset, cfg.train.model_type, parts[0], options, n_train=cfg.train.n_train)
+
+
+def default_runs(cfg: Config, rd: RunDir) -> list[tuple[Path, ClassifierSpec, int]]:
+    """(run dir, spec, seed) of every default run; a dir holding a run with other settings
+    is refused (one line) before anything is trained."""
+    root = Path(cfg.train.dir) if cfg.train.dir else rd.path / "runs"
+    out = []
+    for variant in cfg.train.variants:
+        spec = variant_spec(cfg, variant)
+        for seed in range(cfg.train.seeds):
+            path = root / f"{cfg.train.dataset}_{cfg.train.model_type}" / re.sub(r"[^A-Za-z0-9]+", "_", variant) / \
+                f"seed{seed}"
+            want = run_config(cfg, spec, seed)
+            if (path / "config.yaml").is_file() and yaml.safe_load((path / "config.yaml").read_text()) != want:
+                raise UserError(f"{path} holds a run with other settings; choose another train.dir")
+            out.append((path, spec, seed))
+    return out
+
+
+def run_config(cfg: Config, spec: ClassifierSpec, seed: int) -> dict:
+    """What a default run's config.yaml holds (plain YAML types, as read back)."""
+    tcfg = cfg.train_config()
+    tcfg.seed = seed
+    return to_jsonable({**spec.to_config(), "seed": seed,
+                        "train": {k: v for k, v in asdict(tcfg).items() if k != "progress"}})
+
+
+def completed(path: Path) -> bool:
+    return (path / "summary.json").is_file() and read_json(path / "summary.json").get("status") == "completed"
+
+
+def train_run(cfg: Config, path: Path, spec: ClassifierSpec, seed: int, device) -> None:
+    """Train one default run through the shared classifier loop (resuming a killed one)."""
+    model, data = build_classifier(spec, seed)
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path / "config.yaml", yaml.safe_dump(run_config(cfg, spec, seed), sort_keys=False))
+    tcfg = cfg.train_config()
+    tcfg.seed = seed
+    print(f"training {run_variant(spec)} seed {seed} into {path}")
+    train_classifier(model, data, tcfg, path, device, resume=(path / "checkpoint.pt").exists(),
+                     extra_summary={"skip_kind": spec.skip_kind, "seed": seed})
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _variants(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["variant"] for r in rows))
+
+
+def draw_2d(results: list[dict], path: Path) -> str:
+    """Contour (top) and 3-D surface (bottom) of the first run of every variant, side by
+    side on one logarithmic colour scale."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import LogNorm
+
+    from ..plots import plt, savefig
+
+    firsts = [next(r for r in results if r["variant"] == v) for v in _variants(results)]
+    lo = min(float(r["loss"].min()) for r in firsts)
+    hi = max(float(r["loss"].max()) for r in firsts)
+    lo = max(lo, 1e-4)
+    norm = LogNorm(vmin=lo, vmax=max(hi, lo * 1.01))
+    levels = np.geomspace(norm.vmin, norm.vmax, 25)
+    n = len(firsts)
+    fig = plt.figure(figsize=(4.6 * n, 8.6))
+    for i, r in enumerate(firsts):
+        A, B = np.meshgrid(r["alphas"], r["betas"], indexing="ij")
+        Z = np.clip(r["loss"], norm.vmin, norm.vmax)
+        ax = fig.add_subplot(2, n, i + 1)
+        ax.contourf(A, B, Z, levels=levels, norm=norm, cmap="viridis")
+        ax.contour(A, B, Z, levels=levels[::3], colors="white", linewidths=0.4, alpha=0.6)
+        ax.plot([0], [0], marker="*", color="red", markersize=9)
+        ax.set_title(f"{r['variant']} (seed {r['seed']})\ncentre loss {r['centre_loss']:.3g}, "
+                     f"$\\lambda_{{max}}$ {r['top_eigenvalue']:.3g}", fontsize=9)
+        ax.set_xlabel("direction 1 (filter-normalised)")
+        if i == 0:
+            ax.set_ylabel("direction 2")
+        ax.set_aspect("equal")
+        ax3 = fig.add_subplot(2, n, n + i + 1, projection="3d")
+        ax3.plot_surface(A, B, np.log10(Z), facecolors=plt.get_cmap("viridis")(norm(Z)), rstride=1, cstride=1,
+                         linewidth=0, antialiased=False, shade=False)
+        ax3.set_zlim(np.log10(norm.vmin), np.log10(norm.vmax))
+        ax3.set_zlabel("log10 loss")
+        ax3.view_init(elev=30, azim=-60)
+    fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=fig.axes, shrink=0.6,
+                 label="training loss (cross-entropy; one colour scale for all)")
+    fig.suptitle("loss around the trained weights along two random filter-normalised directions "
+                 "(the same directions for every variant's shared weights)", fontsize=10)
+    return savefig(fig, path).name
+
+
+def draw_1d(results: list[dict], path: Path) -> str:
+    """Loss and accuracy along (1 - t) init + t trained, every variant on one axis (mean
+    over seeds, band: min to max)."""
+    from ..plots import plt, savefig
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for v in _variants(results):
+        rs = [r for r in results if r["variant"] == v]
+        ts = rs[0]["ts"]
+        for a, key in ((ax, "loss_1d"), (ax2, "acc_1d")):
+            ys = np.stack([r[key] for r in rs])
+            line = a.plot(ts, ys.mean(0), label=f"{v} ({len(rs)} seed{'s' if len(rs) > 1 else ''})")[0]
+            if len(rs) > 1:
+                a.fill_between(ts, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_yscale("log")
+    ax.set_ylabel("training loss (cross-entropy)")
+    ax2.set_ylabel("training accuracy (%)")
+    for a in (ax, ax2):
+        a.axvline(0, color="grey", linewidth=0.6, linestyle=":")
+        a.axvline(1, color="grey", linewidth=0.6, linestyle=":")
+        a.set_xlabel("t: (1 - t) initial weights + t trained weights")
+        a.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.suptitle("from initialisation (t = 0) to the trained weights (t = 1)", fontsize=10)
+    fig.tight_layout()
+    return savefig(fig, path).name
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def run_row(r: dict) -> dict:
+    edge = np.concatenate([r["loss"][0], r["loss"][-1], r["loss"][1:-1, 0], r["loss"][1:-1, -1]])
+    ts, l1 = r["ts"], r["loss_1d"]
+    inside = (ts >= 0) & (ts <= 1)
+    return {
+        "variant": r["variant"], "seed": r["seed"], "run_dir": r["run_dir"], "test_acc": r["test_acc"],
+        "centre_loss": r["centre_loss"], "centre_acc": r["centre_acc"], "edge_loss_mean": float(edge.mean()),
+        "top_eigenvalue": r["top_eigenvalue"], "power_iterations": r["power_iterations"],
+        "power_converged": r["power_converged"], "power_relative_change": r["power_relative_change"],
+        "trace": r["trace"], "trace_se": r["trace_se"],
+        "interpolation_max_loss": float(l1[inside].max()), "interpolation_monotone":
+            bool(np.all(np.diff(l1[inside]) <= 1e-6 * np.abs(l1[inside][:-1]).clip(1e-12))),
+        "checkpoint_sha256": r["checkpoint_sha256"], "cached": r["cached"], "skip_handling": r["skip_handling"],
+    }
+
+
+def _ci(values) -> tuple[float, float, float]:
+    return t_interval([v for v in values if v is not None])
+
+
+def _geometric_ci(values) -> tuple[float, float, float]:
+    """Geometric mean and 95% interval (Student-t on the logs): sharpness spans decades
+    across seeds, where an arithmetic interval runs below 0. NaN unless all are > 0."""
+    v = [x for x in values if x is not None]
+    if not v or min(v) <= 0:
+        return (math.nan,) * 3
+    m, lo, hi = t_interval(np.log(v))
+    return math.exp(m), math.exp(lo), math.exp(hi)
+
+
+def variant_rows(rows: list[dict]) -> list[dict]:
+    out = []
+    for v in _variants(rows):
+        rs = [r for r in rows if r["variant"] == v]
+        lam, lam_lo, lam_hi = _geometric_ci([r["top_eigenvalue"] for r in rs])
+        tr, tr_lo, tr_hi = _geometric_ci([r["trace"] for r in rs])
+        out.append({
+            "variant": v, "runs": len(rs), "test_acc": _ci([r["test_acc"] for r in rs])[0],
+            "centre_loss": float(np.mean([r["centre_loss"] for r in rs])),
+            "edge_loss_mean": float(np.mean([r["edge_loss_mean"] for r in rs])),
+            "top_eigenvalue": lam, "top_eigenvalue_lo": lam_lo, "top_eigenvalue_hi": lam_hi,
+            "top_eigenvalue_mean": float(np.mean([r["top_eigenvalue"] for r in rs])),
+            "trace": tr, "trace_lo": tr_lo, "trace_hi": tr_hi,
+            "converged": f"{sum(r['power_converged'] for r in rs)}/{len(rs)}",
+            "interpolation_monotone": f"{sum(r['interpolation_monotone'] for r in rs)}/{len(rs)}",
+        })
+    return out
+
+
+def verdict(table: list[dict], n_min: int) -> str:
+    if len(table) < 2:
+        t = table[0]
+        return (f"one variant ({t['variant']}): top Hessian eigenvalue {t['top_eigenvalue']:.3g}, trace "
+                f"{t['trace']:.3g}; nothing to compare it with.")
+    if any(math.isnan(t["top_eigenvalue"]) for t in table):
+        return ("a top Hessian eigenvalue is <= 0 (the trained weights are not at a minimum along it), so "
+                "geometric means are undefined: see the per-run table.")
+    by = sorted(table, key=lambda t: t["top_eigenvalue"])
+    flat, sharp = by[0], by[-1]
+    if n_min < 2 or np.isnan(flat["top_eigenvalue_hi"]) or np.isnan(sharp["top_eigenvalue_lo"]):
+        sure = f"with {n_min} seed per variant there are no intervals: cannot tell whether the order holds"
+    elif flat["top_eigenvalue_hi"] < sharp["top_eigenvalue_lo"]:
+        sure = f"the 95% intervals over seeds of {flat['variant']} and {sharp['variant']} do not overlap"
+    else:
+        sure = (f"the 95% intervals over seeds of {flat['variant']} and {sharp['variant']} overlap, so even that "
+                "order is not established")
+    order = " < ".join(f"{t['variant']} ({t['top_eigenvalue']:.3g} [{t['top_eigenvalue_lo']:.3g}, "
+                       f"{t['top_eigenvalue_hi']:.3g}])" for t in by)
+    return (f"Top Hessian eigenvalue at the trained weights (geometric mean over seeds, 95% interval), flattest "
+            f"to sharpest: {order}; {sure}. Hessian traces: "
+            + ", ".join(f"{t['variant']} {t['trace']:.3g}" for t in table) + ".")
+
+
+def report(cfg: Config, table: list[dict], rows: list[dict], figures: list[str], handling: dict) -> dict:
+    return {
+        "title": "Loss landscapes and sharpness per skip kind",
+        "question": "how sharp is the training loss around the trained weights of each skip kind, and what lies "
+                    "between the initial and the trained weights?",
+        "measures": [
+            f"loss: mean cross-entropy of the model in eval mode (BatchNorm running statistics) on a fixed subset of "
+            f"{cfg.n_eval} {cfg.eval_split} images, evaluated in batches of {cfg.batch_size}",
+            f"2-D grid (Li et al. 2018): loss at theta* + a d1 + b d2, a and b in [-{cfg.radius:g}, {cfg.radius:g}] "
+            f"({cfg.steps} x {cfg.steps} points), d_k Gaussian directions (seed {cfg.direction_seed}) rescaled filter "
+            "by filter to the norms of the trained weights' filters, 0 on biases and BatchNorm parameters; "
+            "constrained skips kept on O(n) as the last table says",
+            f"1-D path (Goodfellow et al. 2015): loss at (1 - t) theta_0 + t theta*, t in [{cfg.t_range[0]:g}, "
+            f"{cfg.t_range[1]:g}], theta_0 the run's initial weights (rebuilt from its seed); running means linearly, "
+            "running variances geometrically",
+            f"top Hessian eigenvalue: power iteration on Hessian-vector products (at most {cfg.hessian.iters}, stopped "
+            f"at relative change {cfg.hessian.tol:g}), the eigenvalue of largest magnitude; Hessian trace: "
+            f"Hutchinson's estimate over {cfg.hessian.samples} Rademacher probes; both w.r.t. every weight except "
+            "the skips' (the coordinates all skip kinds share), on the same images",
+            "edge loss: mean loss over the boundary of the 2-D grid; monotone from init: the 1-D loss never rises "
+            "on t in [0, 1]",
+        ],
+        "tables": [
+            {"caption": f"sharpness per variant over seeds: geometric means, 95% intervals by Student-t on the logs "
+                        f"(the values span decades); loss on {cfg.n_eval} "
+                        f"{cfg.eval_split} images, BatchNorm in eval mode; Hessian over every weight except the "
+                        "skips'; edge loss: mean over the boundary of the 2-D grid "
+                        f"(radius {cfg.radius:g} in filter-normalised units)",
+             "columns": [column("variant", "variant"), column("runs", "seeds"),
+                         column("test_acc", "test accuracy", "%"), column("centre_loss", "loss at the trained weights"),
+                         column("top_eigenvalue", "top Hessian eigenvalue (geometric mean)"),
+                         column("top_eigenvalue_lo", "95% CI low"), column("top_eigenvalue_hi", "95% CI high"),
+                         column("top_eigenvalue_mean", "arithmetic mean"),
+                         column("trace", "Hessian trace (Hutchinson, geometric mean)"),
+                         column("trace_lo", "95% CI low"),
+                         column("trace_hi", "95% CI high"), column("converged", "power iteration converged"),
+                         column("edge_loss_mean", "edge loss"),
+                         column("interpolation_monotone", "monotone from init")],
+             "rows": table},
+            {"caption": "per run",
+             "columns": [column("variant", "variant"), column("seed", "seed"), column("centre_loss", "loss"),
+                         column("top_eigenvalue", "top Hessian eigenvalue"),
+                         column("power_iterations", "power iterations"),
+                         column("power_relative_change", "last relative change"), column("trace", "trace"),
+                         column("trace_se", "trace std. error"), column("interpolation_max_loss",
+                                                                         "max loss on t in [0, 1]"),
+                         column("cached", "from cache")],
+             "rows": rows},
+            {"caption": "how each variant's constrained skips were moved",
+             "columns": [column("variant", "variant"), column("skip_handling", "skips on the grid")],
+             "rows": [{"variant": v, "skip_handling": h} for v, h in handling.items()]},
+        ],
+        "verdict": verdict(table, min(t["runs"] for t in table)),
+        "figures": figures,
+    }
+
+
+def run(cfg: Config, rd: RunDir) -> dict:
+    device = resolve_device(cfg.device)
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    if cfg.runs:
+        paths = [Path(p) for p in cfg.runs]
+        for p in paths:
+            if not (p / "config.yaml").is_file() or not (p / "checkpoint.pt").is_file():
+                raise UserError(f"runs: {p} is not a trained classifier run dir (needs config.yaml and checkpoint.pt)")
+        todo = []
+    else:
+        planned = default_runs(cfg, rd)
+        todo = [(p, spec, seed) for p, spec, seed in planned if not completed(p)]
+        if todo and not cfg.train_missing:
+            raise UserError(f"{len(todo)} default run(s) missing (first: {todo[0][0]}); set train_missing=true "
+                            "to train them, or give runs=[...]")
+        paths = [p for p, _, _ in planned]
+    rd.start(cfg)
+    rd.device = device
+    for p, spec, seed in todo:
+        train_run(cfg, p, spec, seed, device)
+    settings = cfg.settings()
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else rd.path / "cache"
+    results, handling = [], {}
+    for p in paths:
+        run = load_run(p, device)
+        cache = cache_root / f"{run.checkpoint_sha256[:16]}.npz"
+        out = landscape_of(run.model, run.init_model, run.data, settings, run.checkpoint_sha256, run.seed, cache,
+                           device, cfg.progress, desc=f"{run.variant} seed {run.seed}")
+        summary = read_json(p / "summary.json") if (p / "summary.json").is_file() else {}
+        results.append({**out, "variant": run.variant, "seed": run.seed, "run_dir": str(p),
+                        "test_acc": summary.get("test_acc")})
+        handling.setdefault(run.variant, skip_handling(run.model))
+        print(f"{run.variant} seed {run.seed}: loss {out['centre_loss']:.4g}, top eigenvalue "
+              f"{out['top_eigenvalue']:.4g} ({'converged' if out['power_converged'] else 'NOT converged'} after "
+              f"{out['power_iterations']} iterations), trace {out['trace']:.4g}"
+              + (" (cached)" if out["cached"] else ""))
+    rows = [run_row(r) for r in results]
+    table = variant_rows(rows)
+    figures = [draw_2d(results, rd.path / "landscape_2d.png"), draw_1d(results, rd.path / "landscape_1d.png")]
+    grids = {f"{r['variant']} seed {r['seed']}": {"alphas": r["alphas"], "loss": r["loss"], "ts": r["ts"],
+                                                  "loss_1d": r["loss_1d"]} for r in results}
+    return {"runs": rows, "by_variant": table, "skip_handling": handling, "trained": [str(p) for p, _, _ in todo],
+            "grids": grids, "figures": figures, "report": report(cfg, table, rows, figures, handling)}
+
+
+main = App("loss_landscape", Config, run)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""`osc two_stage`: train with identity skips, swap each skip for the orthogonal matrix that
+best explains its block, fine-tune with the orthogonal skips constrained. Does it beat
+identity throughout, or orthogonal skips from the start?
+
+Per seed, four variants with the same total epochs and the same two learning-rate
+schedules (stage 1: ``stage1_epochs`` at ``lr``, cosine with warm-up; stage 2:
+``stage2_epochs`` at ``finetune_lr``, cosine, a fresh optimiser):
+
+- ``two_stage``: identity skips in stage 1; then every skip becomes the Procrustes fit Q_i of
+  its block (skip inputs -> residual sums on ``fit_images`` training images,
+  :func:`~orthogonal_skip_connections.analysis.two_stage.fit_skips`) and stage 2 trains
+  ``learnable_orth`` skips (``method``) starting from Q_i;
+- ``identity``: the same stage-1 model, identity skips in stage 2 too (paired with two_stage);
+- ``orth_identity`` and ``orth_haar``: ``learnable_orth`` skips through both stages,
+  initialised at I or Haar-random.
+
+Measured: test accuracy and loss, the test loss right before and right after the swap,
+the fit's relative residual, and how far the orthogonal matrices move in stage 2,
+mean ||W_end - W_start||_F over skips.
+
+    osc two_stage seeds=3 stage1_epochs=10 stage2_epochs=5
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..analysis.two_stage import fit_skips, load_with_skips, skip_matrices
+from ..landscape import eval_subset, evaluate_loss
+from ..report.classification import t_interval
+from ..rundir import RunDir, column
+from ..runs import resolve_device
+from ..train.classifier import TrainConfig, train_classifier
+from ..train.image import ClassifierSpec, build_classifier
+from ._app import App, choice, number, require
+
+VARIANTS = ("two_stage", "identity", "orth_identity", "orth_haar")
+
+
+@dataclass
+class Config:
+    dataset_name: str
+    model_type: str
+    n_train: Optional[int]
+    seeds: int
+    seed: int
+    stage1_epochs: int
+    stage2_epochs: int
+    method: str
+    fit_images: int
+    batch_size: int
+    lr: float
+    finetune_lr: float
+    momentum: float
+    weight_decay: float
+    warmup_epochs: float
+    device: str
+    num_threads: Optional[int]
+    progress: bool
+
+    def check(self) -> None:
+        from ..data.vision import DATASETS
+        from ..models.resnet import RESNETS
+        from ..skips import ORTH_METHODS
+
+        choice("dataset_name", self.dataset_name, DATASETS)
+        choice("model_type", self.model_type, RESNETS)
+        choice("method", self.method, ORTH_METHODS)
+        require(self.n_train is None or self.n_train >= 2, "n_train", "an integer >= 2 or null", self.n_train)
+        require(self.seeds >= 1, "seeds", "an integer >= 1", self.seeds)
+        require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        require(self.stage1_epochs >= 1, "stage1_epochs", "an integer >= 1", self.stage1_epochs)
+        require(self.stage2_epochs >= 1, "stage2_epochs", "an integer >= 1", self.stage2_epochs)
+        require(self.fit_images >= 1, "fit_images", "an integer >= 1", self.fit_images)
+        number("finetune_lr", self.finetune_lr, 0, strict=True)
+        require(self.num_threads is None or self.num_threads >= 1, "num_threads", "an integer >= 1 or null",
+                self.num_threads)
+        for stage in (1, 2):
+            self.train_config(stage, 0).validate()
+        resolve_device(self.device)
+
+    def train_config(self, stage: int, seed: int) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.stage1_epochs if stage == 1 else self.stage2_epochs, batch_size=self.batch_size,
+            lr=self.lr if stage == 1 else self.finetune_lr, momentum=self.momentum, weight_decay=self.weight_decay,
+            warmup_epochs=self.warmup_epochs if stage == 1 else 0.0, channels_last=True,
+            seed=seed * 2 + stage - 1, progress=self.progress)
+
+    def spec(self, kind: str, init: str = "identity") -> ClassifierSpec:
+        options = {"method": self.method, "init": init} if kind == "learnable_orth" else {}
+        return ClassifierSpec(self.dataset_name, self.model_type, kind, options, n_train=self.n_train)
+
+
+def _evals(path: Path) -> list[dict]:
+    out = []
+    for line in (path / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("type") == "eval":
+            out.append({"epoch": rec["epoch"], "test_acc": rec["test_acc"], "test_loss": rec["test_loss"]})
+    return out
+
+
+def _drift(before: dict, after: dict) -> float | None:
+    """Mean over skips of ||W_after - W_before||_F (None without matrices)."""
+    if not before:
+        return None
+    return float(np.mean([float(torch.linalg.matrix_norm(after[k] - before[k])) for k in before]))
+
+
+def _identity_distance(W: dict) -> float | None:
+    if not W:
+        return None
+    return float(np.mean([float(torch.linalg.matrix_norm(w - torch.eye(len(w), dtype=w.dtype))) for w in W.values()]))
+
+
+def run_seed(cfg: Config, seed: int, root: Path, device) -> list[dict]:
+    """The four variants of one seed; one row each."""
+    stage1 = {}
+    for name, kind, init in (("identity", "identity", "identity"), ("orth_identity", "learnable_orth", "identity"),
+                             ("orth_haar", "learnable_orth", "haar")):
+        model, data = build_classifier(cfg.spec(kind, init), seed)
+        start = skip_matrices(model)
+        s = train_classifier(model, data, cfg.train_config(1, seed), root / f"seed{seed}" / f"{name}_stage1", device,
+                             save_checkpoint=False)  # the app cannot resume: no checkpoint.pt to keep
+        stage1[name] = (model, data, s, start)
+    rows = []
+    x_fit, y_fit = eval_subset(stage1["identity"][1], cfg.fit_images, seed, "train", device)
+    x_test, y_test = eval_subset(stage1["identity"][1], len(stage1["identity"][1].x_test), 0, "test", device)
+
+    def finish(name, model, data, s1, start, swap=None):
+        loss_before = evaluate_loss(model, x_test, y_test)[0] if swap is None else swap["loss_before"]
+        W2 = skip_matrices(model)
+        path = root / f"seed{seed}" / f"{name}_stage2"
+        s2 = train_classifier(model, data, cfg.train_config(2, seed), path, device, save_checkpoint=False)
+        W_end = skip_matrices(model)
+        stage1_path = root / f"seed{seed}" / f"{'identity' if name == 'two_stage' else name}_stage1"
+        swapped_point = [{"epoch": cfg.stage1_epochs, "test_acc": swap["acc_after"], "test_loss": swap["loss_after"]}] \
+            if swap else []  # two_stage's curve jumps at the swap
+        curve = _evals(stage1_path) + swapped_point + \
+            [{**e, "epoch": e["epoch"] + cfg.stage1_epochs} for e in _evals(path)]
+        row = {
+            "variant": name, "seed": seed, "test_acc": s2["test_acc"], "test_loss": s2["test_loss"],
+            "stage1_test_acc": s1["test_acc"], "stage1_test_loss": s1["test_loss"],
+            "loss_before_swap": loss_before,
+            "loss_after_swap": swap["loss_after"] if swap else None,  # no swap: nothing to show
+            "fit_residual_mean": swap["residual_mean"] if swap else None,
+            "fit_residual_max": swap["residual_max"] if swap else None,
+            "fit_rank_deficient": swap["rank_deficient"] if swap else None,
+            "drift_stage2": _drift(W2, W_end), "drift_total": _drift(start, W_end) if start else None,
+            "start_identity_distance": _identity_distance(W2), "end_identity_distance": _identity_distance(W_end),
+            "skip_orth_error_max": s2.get("skip_orth_error_max"), "curve": curve,
+        }
+        rows.append(row)
+
+    # two_stage: the identity model of stage 1, its skips swapped for their Procrustes fits
+    ident, data, s1, _ = stage1["identity"]
+    fits = fit_skips(ident, x_fit)
+    swapped, _ = build_classifier(cfg.spec("learnable_orth", "identity"), seed)
+    load_with_skips(swapped, ident, {f["name"]: f["Q"] for f in fits})
+    swapped.to(device)
+    after = evaluate_loss(swapped, x_test, y_test)
+    swap = {"loss_before": evaluate_loss(ident, x_test, y_test)[0], "loss_after": after[0], "acc_after": after[1],
+            "residual_mean": float(np.mean([f["residual"] for f in fits])),
+            "residual_max": float(np.max([f["residual"] for f in fits])),
+            "rank_deficient": sum(f["rank_deficient"] for f in fits),
+            "identity_distance": float(np.mean([f["identity_distance"] for f in fits]))}
+    finish("two_stage", swapped, data, s1, None, swap)
+    finish("identity", copy.deepcopy(ident), data, s1, None)
+    for name in ("orth_identity", "orth_haar"):
+        model, data, s1, start = stage1[name]
+        finish(name, model, data, s1, start)
+    return rows
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _ci(rows, key):
+    return t_interval([r[key] for r in rows if r.get(key) is not None])
+
+
+def by_variant(rows: list[dict]) -> list[dict]:
+    base = {r["seed"]: r["test_acc"] for r in rows if r["variant"] == "identity"}
+    out = []
+    for v in VARIANTS:
+        rs = [r for r in rows if r["variant"] == v]
+        acc, lo, hi = _ci(rs, "test_acc")
+        lo, hi = max(lo, 0.0), min(hi, 100.0)  # an accuracy interval stays within [0, 100]
+        diffs = [r["test_acc"] - base[r["seed"]] for r in rs if r["seed"] in base]
+        d, dlo, dhi = t_interval(diffs) if v != "identity" else (math.nan,) * 3
+        after, alo, ahi = _ci(rs, "loss_after_swap")
+        drift, drlo, drhi = _ci(rs, "drift_stage2")
+        out.append({"variant": v, "seeds": len(rs), "test_acc": acc, "test_acc_lo": lo, "test_acc_hi": hi,
+                    "diff": d, "diff_lo": dlo, "diff_hi": dhi, "stage1_test_loss": _ci(rs, "stage1_test_loss")[0],
+                    "loss_before_swap": _ci(rs, "loss_before_swap")[0], "loss_after_swap": after,
+                    "loss_after_swap_lo": alo, "loss_after_swap_hi": ahi, "drift_stage2": drift,
+                    "drift_stage2_lo": drlo, "drift_stage2_hi": drhi,
+                    "fit_residual_mean": _ci(rs, "fit_residual_mean")[0],
+                    "end_identity_distance": _ci(rs, "end_identity_distance")[0]})
+    return out
+
+
+def verdict(table: list[dict]) -> str:
+    t = {r["variant"]: r for r in table}
+    two = t["two_stage"]
+    parts = []
+    for v in ("identity", "orth_identity", "orth_haar"):
+        o = t[v]
+        parts.append(f"{v} {o['test_acc']:.2f}%")
+    d = two["diff"]
+    if math.isnan(two["diff_lo"]):
+        vs_id = f"cannot tell against identity ({two['seeds']} seed{'s' if two['seeds'] != 1 else ''}; need 2)"
+    elif two["diff_lo"] <= 0 <= two["diff_hi"]:
+        vs_id = (f"no detectable difference from identity throughout (paired difference {d:+.2f} points, 95% CI "
+                 f"[{two['diff_lo']:+.2f}, {two['diff_hi']:+.2f}])")
+    else:
+        vs_id = (f"{'better' if d > 0 else 'worse'} than identity throughout by {abs(d):.2f} points (95% CI "
+                 f"[{two['diff_lo']:+.2f}, {two['diff_hi']:+.2f}])")
+    jump = two["loss_after_swap"] - two["loss_before_swap"]
+    return (f"two_stage reaches {two['test_acc']:.2f}% test accuracy ({', '.join(parts)}): {vs_id}. The swap moves "
+            f"the test loss from {two['loss_before_swap']:.3g} to {two['loss_after_swap']:.3g} ({jump:+.3g}; mean "
+            f"Procrustes residual {two['fit_residual_mean']:.3g}); in fine-tuning its matrices move "
+            f"{two['drift_stage2']:.3g} (mean ||W_end - Q||_F), against {t['orth_identity']['drift_stage2']:.3g} "
+            f"and {t['orth_haar']['drift_stage2']:.3g} for orthogonal skips trained from I and from Haar in the same "
+            "stage.")
+
+
+def draw(cfg: Config, rows: list[dict], path: Path) -> str:
+    from ..plots import band, plt, savefig
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for v in VARIANTS:
+        rs = [r for r in rows if r["variant"] == v]
+        epochs = [e["epoch"] for e in rs[0]["curve"]]  # two_stage: the end of stage 1 twice, before and after
+        for a, key in ((ax, "test_acc"), (ax2, "test_loss")):
+            band(a, epochs, [[e[key] for e in r["curve"]] for r in rs], label=v)
+    swaps = [r["loss_after_swap"] for r in rows if r["variant"] == "two_stage"]
+    ax2.plot([cfg.stage1_epochs] * len(swaps), swaps, "x", color="black", label="two_stage right after the swap")
+    for a in (ax, ax2):
+        a.axvline(cfg.stage1_epochs, color="grey", linestyle="--", linewidth=0.8)
+        a.set_xlabel("epoch (dashed: end of stage 1, the swap)")
+        a.grid(alpha=0.3)
+    ax.set_ylabel("test accuracy (%)")
+    ax2.set_ylabel("test loss (cross-entropy)")
+    ax2.set_yscale("log")
+    ax.legend(fontsize="small")
+    ax2.legend(fontsize="small")
+    fig.suptitle(f"{cfg.model_type} on {cfg.dataset_name}: identity -> Procrustes-orthogonal swap vs. one skip kind "
+                 f"throughout (mean, band: std over {cfg.seeds} seeds)", fontsize=10)
+    fig.tight_layout()
+    return savefig(fig, path).name
+
+
+def report(cfg: Config, table: list[dict], figure: str) -> dict:
+    return {
+        "title": f"Two-stage training: identity, then Procrustes-fitted orthogonal skips ({cfg.model_type} on "
+                 f"{cfg.dataset_name}, {cfg.stage1_epochs} + {cfg.stage2_epochs} epochs)",
+        "question": "does training with identity skips, then swapping each for the orthogonal matrix that best fits "
+                    "its block and fine-tuning it on O(n), beat identity throughout or orthogonal skips from the "
+                    "start, at the same total epochs?",
+        "measures": [
+            f"variants, each {cfg.stage1_epochs} + {cfg.stage2_epochs} epochs with the same schedules (stage 1: lr "
+            f"{cfg.lr:g}, cosine with warm-up; stage 2: lr {cfg.finetune_lr:g}, cosine, a fresh optimiser): two_stage "
+            "= identity skips, then each skip W_i := Q_i, then learnable orthogonal skips; identity = identity "
+            "throughout; orth_identity / orth_haar = learnable orthogonal skips from I / a Haar draw throughout",
+            f"Q_i: the orthogonal Procrustes fit (Schoenemann 1966) of block i's skip inputs X to its residual sums "
+            f"Y = X + f_i(X) on {cfg.fit_images} training images, one row per pixel: argmin ||Y - X Q^T||_F over "
+            "O(C); Procrustes residual ||Y - X Q_i^T||_F / ||Y||_F, mean over blocks (0: the block is orthogonal)",
+            "test loss after the swap: of the identity model with its skips replaced by the Q_i, before any "
+            "fine-tuning; drift in stage 2: mean over skips of ||W_end - W_start||_F over stage 2",
+        ],
+        "tables": [{
+            "caption": f"over {cfg.seeds} seeds, 95% Student-t intervals; difference vs identity paired by seed "
+                       "(two_stage and identity share their stage-1 model); drift: mean ||W_end - W_start||_F of "
+                       f"the skips over stage 2 ({cfg.method} constraint)",
+            "columns": [column("variant", "variant"), column("seeds", "seeds"),
+                        column("test_acc", "test accuracy", "%"), column("test_acc_lo", "95% CI low", "%"),
+                        column("test_acc_hi", "95% CI high", "%"), column("diff", "vs identity", "points"),
+                        column("diff_lo", "95% CI low", "points"), column("diff_hi", "95% CI high", "points"),
+                        column("loss_before_swap", "test loss end of stage 1"),
+                        column("loss_after_swap", "test loss after the swap"),
+                        column("loss_after_swap_lo", "95% CI low"), column("loss_after_swap_hi", "95% CI high"),
+                        column("fit_residual_mean", "Procrustes residual"),
+                        column("drift_stage2", "drift in stage 2"), column("drift_stage2_lo", "95% CI low"),
+                        column("drift_stage2_hi", "95% CI high"),
+                        column("end_identity_distance", "final ||W - I||_F")],
+            "rows": table}],
+        "verdict": verdict(table),
+        "figures": [figure],
+    }
+
+
+def run(cfg: Config, rd: RunDir) -> dict:
+    device = resolve_device(cfg.device)
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    build_classifier(cfg.spec("learnable_orth", "haar"), cfg.seed)  # data and options checked before any write
+    rd.start(cfg)
+    rd.device = device
+    rows = []
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+        rows += run_seed(cfg, seed, rd.path, device)
+        done = [r for r in rows if r["seed"] == seed]
+        print(f"seed {seed}: " + ", ".join(f"{r['variant']} {r['test_acc']:.2f}%" for r in done))
+    table = by_variant(rows)
+    figure = draw(cfg, rows, rd.path / "two_stage.png")
+    return {"runs": rows, "by_variant": table, "figures": [figure], "report": report(cfg, table, figure)}
+
+
+main = App("two_stage", Config, run)
+
+if __name__ == "__main__":
+    sys.exit(main())

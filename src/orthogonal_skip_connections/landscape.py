@@ -1,0 +1,455 @@
+"""Loss landscapes and sharpness of a trained classifier.
+
+- **Random directions with filter-wise normalisation** (Li et al. 2018, "Visualizing the
+  Loss Landscape of Neural Nets", sec. 4): for every weight with ndim >= 2 (convolutions,
+  the linear head) a Gaussian direction d whose every filter (slice along dim 0) is
+  rescaled to the norm of the matching filter of the weight, d_i <- d_i ||theta_i|| / ||d_i||;
+  the direction is 0 on biases and BatchNorm parameters (their "ignore biasbn").
+- **Constrained skip matrices stay on O(n)**. A parametrized skip (``cayley``, ``exp``,
+  ``householder``: W = B phi(A)) is moved through its parametrization: its unconstrained
+  coordinate X is moved, W staying orthogonal by construction. Torch's maps read only the
+  strictly lower triangle of X (A = tril(X) - tril(X)^T for cayley and exp; the
+  Householder vectors, with the signs on the diagonal, for householder), so the direction
+  is Gaussian there, 0 elsewhere, scaled to ||D||_F = ||W||_F = sqrt(n). A retracted skip
+  (``steepest``, ``svd``, ``qr``, ``newton_schulz``: W itself is the parameter) is moved by *perturb-then-retract*:
+  W(a, b) = polar(W + a D1 + b D2) (:func:`~.maths.orthogonal.polar`, the nearest
+  orthogonal matrix), with D_k a Gaussian projected onto the tangent space at W,
+  D = W skew(W^T G), scaled to ||D||_F = ||W||_F (layer-wise: a per-row rescaling would
+  leave the tangent space). :func:`skip_handling` says which, per model.
+- **A 2-D grid** theta* + a d1 + b d2 around the trained weights, and **the 1-D
+  interpolation** (1 - t) theta_0 + t theta* from the initialisation (Goodfellow et al. 2015,
+  "Qualitatively characterizing neural network optimization problems"; BatchNorm running
+  means interpolated alike, running variances geometrically, retracted skips retracted by
+  the polar factor). Each point
+  is evaluated on a fixed evaluation subset, in batches, BatchNorm in eval mode.
+- **Sharpness**: the top Hessian eigenvalue of the loss by power iteration on
+  Hessian-vector products (Pearlmutter 1994; converges to the eigenvalue of largest
+  magnitude, reported with its iterations and last relative change), and the trace by
+  Hutchinson's estimator tr(H) = E[v^T H v], v Rademacher (Hutchinson 1990). Both over
+  every parameter except the skips' (the coordinates all skip kinds share).
+- **A cache** (.npz) per run keyed by the checkpoint's hash and every argument, so a
+  re-run only redraws.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data.vision import ImageData
+from .maths import orthogonal as orth
+from .runs import progress_bar
+from .skips import iter_skips, retracted_parameters
+
+__all__ = [
+    "eval_subset", "Coordinate", "coordinates", "skip_handling", "snapshot", "random_direction", "set_point",
+    "set_interpolation", "restore", "evaluate_loss", "grid_axis", "landscape_2d", "interpolation_1d",
+    "hessian_parameters", "make_hvp", "power_iteration", "hutchinson_trace", "sharpness", "LandscapeSettings",
+    "landscape_of", "CACHE_VERSION",
+]
+
+CACHE_VERSION = 2  # 2: running variances interpolated geometrically
+
+
+# --------------------------------------------------------------------------- data
+
+
+def eval_subset(data: ImageData, n: int, seed: int = 0, split: str = "train",
+                device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """A fixed subset of ``n`` images of ``split`` (all if fewer), normalised as the
+    training loader does, without augmentation: (x (n, C, H, W) float32, y (n,))."""
+    x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    mean = torch.tensor(data.mean).view(1, -1, 1, 1) * data.scale
+    std = torch.tensor(data.std).view(1, -1, 1, 1) * data.scale
+    return ((x[idx].float() - mean) / std).to(device), y[idx].to(device)
+
+
+# --------------------------------------------------------------------------- coordinates
+
+
+@dataclass
+class Coordinate:
+    """One tensor of the model's state that a landscape moves: ``role`` is ``filter``
+    (a weight with ndim >= 2: filter-normalised directions), ``flat`` (biases, BatchNorm
+    parameters: direction 0), ``retracted`` (a retracted orthogonal skip matrix:
+    perturb-then-retract), ``parametrized`` (the unconstrained ``original`` X of a torch
+    orthogonal parametrization) or ``buffer`` (BatchNorm running statistics: moved only by
+    the 1-D interpolation)."""
+
+    name: str
+    tensor: Tensor
+    role: str
+
+
+def coordinates(model: nn.Module) -> list[Coordinate]:
+    """The :class:`Coordinate` of every parameter and floating-point buffer, in model order.
+    A parametrization's fixed base (``...parametrizations.weight.0.base``) is not a
+    coordinate: the parametrized skip moves through its ``original``."""
+    retracted = {id(p) for p, _ in retracted_parameters(model)}
+    out = []
+    for name, p in model.named_parameters():
+        role = "retracted" if id(p) in retracted else "parametrized" if name.endswith(".original") \
+            else "filter" if p.ndim >= 2 else "flat"
+        out.append(Coordinate(name, p, role))
+    for name, b in model.named_buffers():
+        if b.is_floating_point() and not name.endswith(".base"):
+            out.append(Coordinate(name, b, "buffer"))
+    return out
+
+
+def skip_handling(model: nn.Module) -> str:
+    """How this model's constrained skips are moved (one sentence, for the outputs)."""
+    kinds = {}
+    for _, s in iter_skips(model):
+        upkeep = getattr(s, "upkeep", "none")
+        if upkeep != "none":
+            kinds.setdefault(upkeep, set()).add(getattr(s, "method", s.kind))
+    if not kinds:
+        return "no constrained skips (nothing to keep on a manifold)"
+    parts = []
+    if "retracted" in kinds:
+        parts.append(f"retracted skips ({', '.join(sorted(kinds['retracted']))}): perturb-then-retract, "
+                     "W(a, b) = polar(W + a D1 + b D2) with D tangent at W and ||D||_F = ||W||_F")
+    if "parametrized" in kinds:
+        parts.append(f"parametrized skips ({', '.join(sorted(kinds['parametrized']))}): moved through the "
+                     "parametrization W = B phi(A): a Gaussian on the strictly lower triangle of its "
+                     "unconstrained X, ||D||_F = ||W||_F")
+    return "; ".join(parts)
+
+
+@torch.no_grad()
+def snapshot(model: nn.Module) -> dict[str, Tensor]:
+    """A copy of every coordinate's current value."""
+    return {c.name: c.tensor.detach().clone() for c in coordinates(model)}
+
+
+def _generator(seed: int, name: str, k: int) -> torch.Generator:
+    """Per (seed, coordinate name, direction index): the same tensor of every model that
+    shares a name (zero, identity and orthogonal skips share every convolution) gets the
+    same Gaussian draw, so their landscapes are cut along the same directions."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode()) * 31 + k) % 2**63)
+
+
+@torch.no_grad()
+def random_direction(model: nn.Module, seed: int = 0, k: int = 0) -> dict[str, Tensor]:
+    """Direction ``k`` of ``seed``: filter-normalised for weights, 0 on biases, BatchNorm
+    parameters and buffers, tangent and layer-normalised for retracted skips."""
+    out = {}
+    for c in coordinates(model):
+        theta = c.tensor.detach()
+        if c.role in ("flat", "buffer"):
+            out[c.name] = torch.zeros_like(theta)
+            continue
+        g = torch.randn(theta.shape, generator=_generator(seed, c.name, k), dtype=torch.float64)
+        theta64 = theta.double().cpu()
+        if c.role == "retracted":
+            d = theta64 @ orth.skew(theta64.mT @ g)  # tangent at W: W Omega, Omega skew
+            d = d * (torch.linalg.matrix_norm(theta64) / torch.linalg.matrix_norm(d).clamp_min(1e-30))
+        elif c.role == "parametrized":  # the strictly lower triangle is what torch's maps read
+            d = g.tril(-1)
+            d = d * (theta.shape[-1] ** 0.5 / torch.linalg.matrix_norm(d).clamp_min(1e-30))  # ||D|| = ||W||
+        else:
+            shape = (-1,) + (1,) * (theta.ndim - 1)
+            d_norm = g.flatten(1).norm(dim=1).clamp_min(1e-30).view(shape)  # one norm per filter
+            d = g * (theta64.flatten(1).norm(dim=1).view(shape) / d_norm)
+        out[c.name] = d.to(theta.dtype).to(theta.device)
+    return out
+
+
+@torch.no_grad()
+def set_point(model: nn.Module, base: dict[str, Tensor], directions: list[dict[str, Tensor]],
+              coeffs: list[float]) -> None:
+    """Set the model to base + sum_k coeffs[k] directions[k] (buffers: base), retracted
+    skips retracted by the polar factor (not when every coefficient is 0: the base itself)."""
+    moved = any(c != 0 for c in coeffs)
+    for c in coordinates(model):
+        value = base[c.name]
+        if c.role != "buffer" and moved:
+            value = value + sum(float(a) * d[c.name] for a, d in zip(coeffs, directions))
+            if c.role == "retracted":
+                value = orth.polar(value.double()).to(c.tensor.dtype)
+        c.tensor.copy_(value)
+
+
+@torch.no_grad()
+def set_interpolation(model: nn.Module, start: dict[str, Tensor], end: dict[str, Tensor], t: float) -> None:
+    """(1 - t) start + t end on every coordinate (running means included; the retracted
+    skips retracted by the polar factor; BatchNorm running variances geometrically,
+    v0^(1 - t) v1^t, which stays positive for t outside [0, 1], where a linear
+    extrapolation turns negative); exactly ``start`` at t = 0 and ``end`` at t = 1."""
+    for c in coordinates(model):
+        if t == 0 or t == 1:
+            value = start[c.name] if t == 0 else end[c.name]
+        elif c.name.endswith("running_var"):  # geometric: positive for every t, extrapolation too
+            value = start[c.name].clamp_min(1e-30) ** (1 - t) * end[c.name].clamp_min(1e-30) ** t
+        else:
+            value = (1 - t) * start[c.name] + t * end[c.name]
+            if c.role == "retracted":
+                value = orth.polar(value.double()).to(c.tensor.dtype)
+        c.tensor.copy_(value)
+
+
+restore = lambda model, state: set_point(model, state, [], [])  # noqa: E731  (the state itself)
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (%) of ``model`` in eval mode over (x, y), in batches."""
+    was_training = model.training
+    model.eval()
+    loss, correct = 0.0, 0
+    try:
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+            logits = model(xb).float()
+            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(1) == yb).sum())
+    finally:
+        model.train(was_training)
+    return loss / len(y), 100.0 * correct / len(y)
+
+
+def grid_axis(steps: int, radius: float) -> np.ndarray:
+    """``steps`` (odd) points from -radius to radius, the middle one exactly 0."""
+    if steps < 1 or steps % 2 == 0:
+        raise ValueError(f"steps must be an odd integer >= 1 (so the grid has the trained weights at its centre); "
+                         f"got {steps}")
+    k = steps // 2
+    return radius * np.arange(-k, k + 1, dtype=np.float64) / max(k, 1)
+
+
+def landscape_2d(model, x, y, directions, alphas, betas, batch_size=512, progress=False, desc="grid"):
+    """Loss and accuracy (len(alphas), len(betas)) on the plane base + a d1 + b d2 around
+    the model's current weights, which are restored afterwards."""
+    base = snapshot(model)
+    loss = np.zeros((len(alphas), len(betas)))
+    acc = np.zeros_like(loss)
+    points = [(i, j) for i in range(len(alphas)) for j in range(len(betas))]
+    try:
+        for i, j in progress_bar(points, enabled=progress, desc=desc, leave=False):
+            set_point(model, base, directions, [alphas[i], betas[j]])
+            loss[i, j], acc[i, j] = evaluate_loss(model, x, y, batch_size)
+    finally:
+        restore(model, base)
+    return loss, acc
+
+
+def interpolation_1d(model, init_state, x, y, ts, batch_size=512, progress=False, desc="1-D"):
+    """Loss and accuracy at (1 - t) init + t trained for every t (the model's current
+    weights are the trained ones, restored afterwards)."""
+    trained = snapshot(model)
+    loss, acc = np.zeros(len(ts)), np.zeros(len(ts))
+    try:
+        for i, t in enumerate(progress_bar(ts, enabled=progress, desc=desc, leave=False)):
+            set_interpolation(model, init_state, trained, float(t))
+            loss[i], acc[i] = evaluate_loss(model, x, y, batch_size)
+    finally:
+        restore(model, trained)
+    return loss, acc
+
+
+# --------------------------------------------------------------------------- sharpness
+
+
+def hessian_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every trainable parameter except those of skip connections."""
+    in_skips = {id(p) for _, s in iter_skips(model) for p in s.parameters()}
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in in_skips]
+
+
+def make_hvp(loss_parts: list[Callable[[], Tensor]], params: list[Tensor]):
+    """v -> H v for the Hessian H of sum_k loss_parts[k]() w.r.t. ``params`` (v and H v:
+    lists shaped like params), one double backward per part (Pearlmutter 1994)."""
+
+    def hvp(v: list[Tensor]) -> list[Tensor]:
+        out = [torch.zeros_like(p) for p in params]
+        for part in loss_parts:
+            grads = torch.autograd.grad(part(), params, create_graph=True, allow_unused=True,
+                                        materialize_grads=True)
+            dot = sum((g * vi).sum() for g, vi in zip(grads, v))
+            if not dot.requires_grad:  # the loss is linear in params: H = 0
+                continue
+            for o, h in zip(out, torch.autograd.grad(dot, params, allow_unused=True, materialize_grads=True)):
+                o += h.detach()
+        return out
+
+    return hvp
+
+
+def _dot(a: list[Tensor], b: list[Tensor]) -> float:
+    return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
+
+
+def power_iteration(hvp, params: list[Tensor], iters: int = 50, tol: float = 1e-4, seed: int = 0) -> dict:
+    """Eigenvalue of largest magnitude of the Hessian behind ``hvp``: v <- H v / ||H v||,
+    lambda = v^T H v, stopped when |lambda_k - lambda_{k-1}| <= tol |lambda_k|. Returns
+    ``eigenvalue``, ``iterations``, ``converged``, ``relative_change`` (the last one) and
+    ``history`` (every estimate)."""
+    g = torch.Generator().manual_seed(seed)
+    v = [torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device) for p in params]
+    norm = _dot(v, v) ** 0.5
+    v = [x / norm for x in v]
+    history, change = [], float("inf")
+    for _ in range(iters):
+        hv = hvp(v)
+        lam = _dot(v, hv)
+        if history:
+            change = abs(lam - history[-1]) / max(abs(lam), 1e-30)
+        history.append(lam)
+        norm = _dot(hv, hv) ** 0.5
+        if norm == 0:
+            change = 0.0
+            break
+        v = [x / norm for x in hv]
+        if change <= tol:
+            break
+    return {"eigenvalue": history[-1], "iterations": len(history), "converged": change <= tol,
+            "relative_change": change, "history": history}
+
+
+def hutchinson_trace(hvp, params: list[Tensor], samples: int = 20, seed: int = 0) -> dict:
+    """tr(H) ~ mean of v^T H v over Rademacher v (Hutchinson 1990): ``trace`` and its
+    standard error ``trace_se`` over the ``samples`` draws."""
+    g = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(samples):
+        v = [(torch.randint(0, 2, p.shape, generator=g) * 2 - 1).to(p.dtype).to(p.device) for p in params]
+        values.append(_dot(v, hvp(v)))
+    values = np.asarray(values)
+    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return {"trace": float(values.mean()), "trace_se": se, "samples": len(values)}
+
+
+def sharpness(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512, iters: int = 50, tol: float = 1e-3,
+              samples: int = 20, seed: int = 0) -> dict:
+    """Top Hessian eigenvalue (power iteration) and trace (Hutchinson) of the mean
+    cross-entropy over (x, y), BatchNorm in eval mode, w.r.t. :func:`hessian_parameters`."""
+    was_training = model.training
+    model.eval()
+    params = hessian_parameters(model)
+    n = len(y)
+    parts = [lambda xb=xb, yb=yb: F.cross_entropy(model(xb).float(), yb, reduction="sum") / n
+             for xb, yb in zip(x.split(batch_size), y.split(batch_size))]
+    hvp = make_hvp(parts, params)
+    try:
+        top = power_iteration(hvp, params, iters, tol, seed)
+        trace = hutchinson_trace(hvp, params, samples, seed + 1)
+    finally:
+        model.train(was_training)
+    return {"top_eigenvalue": top["eigenvalue"], "power_iterations": top["iterations"],
+            "power_converged": top["converged"], "power_relative_change": top["relative_change"],
+            "power_history": top["history"], **trace, "hessian_parameters": int(sum(p.numel() for p in params))}
+
+
+# --------------------------------------------------------------------------- one model, cached
+
+
+@dataclass
+class LandscapeSettings:
+    """Every argument a landscape's numbers depend on (the cache key, with the checkpoint's hash)."""
+
+    steps: int = 21
+    radius: float = 1.0
+    steps_1d: int = 41
+    t_min: float = -0.25
+    t_max: float = 1.25
+    n_eval: int = 512
+    eval_split: str = "train"
+    eval_seed: int = 0
+    direction_seed: int = 0
+    batch_size: int = 512
+    hessian_iters: int = 50
+    hessian_tol: float = 1e-3
+    hutchinson_samples: int = 20
+
+
+def _key(settings: LandscapeSettings, checkpoint_sha256: str, init_seed: int) -> dict:
+    key = asdict(settings)
+    key.pop("batch_size")  # changes nothing but round-off
+    return {"version": CACHE_VERSION, "checkpoint_sha256": checkpoint_sha256, "init_seed": init_seed, **key}
+
+
+def _load_cache(path: Path, key: dict) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if json.loads(str(z["key"])) != key:
+                return None
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError):
+        return None  # unreadable: computed again
+
+
+def _save_cache(path: Path, arrays: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def landscape_of(model: nn.Module, init_model: nn.Module, data: ImageData, settings: LandscapeSettings,
+                 checkpoint_sha256: str, init_seed: int, cache_path: Path | None = None,
+                 device: torch.device | str = "cpu", progress: bool = False, desc: str = "") -> dict:
+    """Everything about one trained model: the 2-D grid (``alphas``, ``betas``, ``loss``,
+    ``acc``), the 1-D interpolation from ``init_model`` (``ts``, ``loss_1d``, ``acc_1d``),
+    the centre's loss and accuracy, and the sharpness numbers. With ``cache_path`` the
+    result is read from there when its key (checkpoint hash and every setting) matches,
+    with no forward pass, else computed and saved (``cached`` says which)."""
+    key = _key(settings, checkpoint_sha256, init_seed)
+    if cache_path is not None:
+        hit = _load_cache(Path(cache_path), key)
+        if hit is not None:
+            out = _unpack(hit)
+            out["cached"] = True
+            return out
+    s = settings
+    model = model.to(device).eval()
+    x, y = eval_subset(data, s.n_eval, s.eval_seed, s.eval_split, device)
+    alphas, betas = grid_axis(s.steps, s.radius), grid_axis(s.steps, s.radius)
+    ts = np.linspace(s.t_min, s.t_max, s.steps_1d)
+    if not np.any(np.isclose(ts, 1.0)):
+        ts = np.sort(np.append(ts, 1.0))
+    directions = [random_direction(model, s.direction_seed, k) for k in (0, 1)]
+    centre = evaluate_loss(model, x, y, s.batch_size)
+    loss, acc = landscape_2d(model, x, y, directions, alphas, betas, s.batch_size, progress, f"{desc} 2-D")
+    init_state = snapshot(init_model.to(device))
+    loss_1d, acc_1d = interpolation_1d(model, init_state, x, y, ts, s.batch_size, progress, f"{desc} 1-D")
+    sharp = sharpness(model, x, y, s.batch_size, s.hessian_iters, s.hessian_tol, s.hutchinson_samples,
+                      s.direction_seed)
+    arrays = {
+        "key": np.array(json.dumps(key, sort_keys=True)), "alphas": alphas, "betas": betas, "loss": loss, "acc": acc,
+        "ts": ts, "loss_1d": loss_1d, "acc_1d": acc_1d, "centre_loss": np.array(centre[0]),
+        "centre_acc": np.array(centre[1]), "direction_seed": np.array(s.direction_seed),
+        "checkpoint_sha256": np.array(checkpoint_sha256), "skip_handling": np.array(skip_handling(model)),
+        "power_history": np.asarray(sharp.pop("power_history")),
+        "sharpness": np.array(json.dumps(sharp)),
+    }
+    if cache_path is not None:
+        _save_cache(Path(cache_path), arrays)
+    out = _unpack(arrays)
+    out["cached"] = False
+    return out
+
+
+def _unpack(z: dict) -> dict:
+    out = {k: (v.item() if v.ndim == 0 else v) for k, v in z.items() if k not in ("key", "sharpness")}
+    out["key"] = json.loads(str(z["key"]))
+    out.update(json.loads(str(z["sharpness"])))
+    return out

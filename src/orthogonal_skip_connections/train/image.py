@@ -1,0 +1,147 @@
+"""An image classifier built from its settings, and a trained run dir loaded back.
+
+One building function for every app that trains or reads an image classifier
+(``run_experiments``, ``loss_landscape``, ``two_stage``): the torch seed is set, then the
+data are loaded, then the model is built, in that order, so the same settings and seed
+give the same initial weights. That is what lets :func:`load_run` rebuild a run's
+initialisation from its seed (``run_experiments`` saves no initial weights).
+
+A run dir holds ``config.yaml`` in ``run_experiments``' layout (``model.*``,
+``dataset.name``, ``data.*``, ``seed``; ``n_train`` optional) and ``checkpoint.pt``
+written by :func:`~.classifier.train_classifier`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from ..data.vision import ImageData, load_image_data
+from ..models import get_model
+from ..runs import UserError
+from .classifier import CHECKPOINT, load_checkpoint
+
+__all__ = ["ClassifierSpec", "build_classifier", "subset_train", "TrainedRun", "load_run", "file_sha256",
+           "run_variant"]
+
+CONFIG = "config.yaml"
+
+
+@dataclass
+class ClassifierSpec:
+    """Data and model settings of an image classifier. ``model_options`` go to
+    :func:`~orthogonal_skip_connections.models.get_model` (skip options, ``stem``,
+    ``zero_init_residual``, ``residual_mode``...); None values mean "the default"."""
+
+    dataset: str
+    model_type: str
+    skip_kind: str
+    model_options: dict = field(default_factory=dict)
+    data_root: str | None = None
+    download: bool = True
+    augment: bool = True
+    n_train: int | None = None  # the first n_train training images only (None: all)
+
+    def to_config(self) -> dict:
+        """The spec in run_experiments' config.yaml layout (what :func:`load_run` reads)."""
+        return {"model": {"model_type": self.model_type, "skip_kind": self.skip_kind, **self.model_options},
+                "dataset": {"name": self.dataset},
+                "data": {"root": self.data_root, "download": self.download, "augment": self.augment},
+                "n_train": self.n_train}
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "ClassifierSpec":
+        model = dict(cfg["model"])
+        data = cfg.get("data") or {}
+        return cls(dataset=cfg["dataset"]["name"], model_type=model.pop("model_type"),
+                   skip_kind=model.pop("skip_kind"), model_options=model, data_root=data.get("root"),
+                   download=bool(data.get("download", True)), augment=bool(data.get("augment", True)),
+                   n_train=cfg.get("n_train"))
+
+
+def subset_train(data: ImageData, n_train: int | None) -> ImageData:
+    """``data`` with only its first ``n_train`` training images (the test set unchanged)."""
+    if n_train is None or n_train >= len(data.x_train):
+        return data
+    return dataclasses.replace(data, x_train=data.x_train[:n_train], y_train=data.y_train[:n_train])
+
+
+def build_classifier(spec: ClassifierSpec, seed: int) -> tuple[nn.Module, ImageData]:
+    """Seed torch with ``seed``, load the data, build the model (in that order). A bad
+    model option is one line (UserError)."""
+    torch.manual_seed(seed)
+    data = subset_train(load_image_data(spec.dataset, spec.data_root, spec.download, spec.augment), spec.n_train)
+    options = {k: v for k, v in spec.model_options.items() if v is not None}
+    try:
+        model = get_model(spec.model_type, data.num_classes, spec.skip_kind, in_channels=data.in_channels,
+                          **options)
+    except (TypeError, ValueError) as err:
+        raise UserError(str(err)) from None
+    return model, data
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_variant(spec: ClassifierSpec) -> str:
+    """The variant label of a run: the skip kind, with ``/method`` for learnable_orth and
+    ``/haar`` for a Haar initialisation (as run_experiments labels its runs)."""
+    if spec.skip_kind != "learnable_orth":
+        return spec.skip_kind
+    o = spec.model_options
+    method = o.get("method") or o.get("update_rule") or "steepest"
+    return f"learnable_orth/{method}" + ("/haar" if o.get("init") == "haar" else "")
+
+
+@dataclass
+class TrainedRun:
+    """A trained run dir loaded back: the model at its trained weights (eval mode), the
+    same model at its initial weights, its data, spec, seed, and the checkpoint's hash."""
+
+    path: Path
+    spec: ClassifierSpec
+    seed: int
+    model: nn.Module
+    init_model: nn.Module
+    data: ImageData
+    checkpoint_sha256: str
+    variant: str
+
+
+def load_run(path: Path, device: torch.device | str = "cpu") -> TrainedRun:
+    """Load ``path`` (config.yaml and checkpoint.pt). The initial weights are rebuilt from
+    the run's seed (see the module docstring). Missing or unreadable files are one line."""
+    path = Path(path)
+    cfg_path, ckpt_path = path / CONFIG, path / CHECKPOINT
+    for f in (cfg_path, ckpt_path):
+        if not f.is_file():
+            raise UserError(f"{path} is not a trained classifier run dir (no {f.name})")
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text())
+        spec = ClassifierSpec.from_config(cfg)
+        seed = int(cfg.get("seed", 0))
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(f"cannot read {cfg_path} as a classifier run's config ({type(err).__name__}: {err})") from None
+    model, data = build_classifier(spec, seed)
+    init_model = copy.deepcopy(model)
+    ckpt = load_checkpoint(ckpt_path, torch.device("cpu"))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, RuntimeError) as err:
+        raise UserError(f"{ckpt_path} does not fit the model its config.yaml describes: {str(err).splitlines()[0]}") \
+            from None
+    device = torch.device(device)
+    return TrainedRun(path, spec, seed, model.to(device).eval(), init_model.to(device).eval(), data,
+                      file_sha256(ckpt_path), run_variant(spec))

@@ -1,0 +1,412 @@
+"""Honest results under faults (issue 10), driven through ``osc`` in-process.
+
+- A table of bad inputs over every app: each is exit code 2, exactly one line on stderr
+  that names the key or file, no traceback, no new file or directory anywhere under the
+  test's root, and the finished (and unfinished) run dirs there byte-identical.
+- Divergence, per app with a training loop: ``status: diverged``, exit code 1, the step,
+  the last finite loss and the skipped steps in summary.json (the rule of
+  ``train/divergence.py``).
+- A resume with a changed config is refused; one with only ignorable keys changed goes on
+  and cleans the .tmp files a killed write left.
+- Two writers: the second is refused while the first holds the run dir.
+- A crafted CIFAR pickle is refused and its payload never runs.
+- A sweep goes on after a failed and a diverged job, records both, and exits non-zero;
+  the report lists them.
+"""
+
+import hashlib
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from orthogonal_skip_connections.cli import main as osc
+from orthogonal_skip_connections.experiments import load_app
+
+TINY = {
+    "run_experiments": ["dataset=digits", "model.model_type=resnet20", "scheduler.epochs=1", "device=cpu"],
+    "theorem": ["ms=[1,2,4]", "n_points=16", "n_pairs=16"],
+    "teacher_student": ["d=3", "n_train=40", "n_test=20", "batch_size=10", "steps=4", "log_every=2", "seeds=2"],
+    "orth_residual_synthetic_data": ["epochs=1", "n_blocks=1", "n_samples=100", "region_grid=10"],
+    "orth_to_id": ["datasets=[blobs]", "dims=[2]", "n_blocks=[1,2]", "seeds=2", "epochs=1", "n_samples=100",
+                   "log_points=2", "pca_grid=10"],
+    "construction_validity": ["dims=[2]", "num_classes=[2]", "n_blocks=[1]", "seeds=2", "epochs=1",
+                              "n_samples=100"],
+    "study": ["scale=smoke", "jobs=1", "parts=[classification]", "scales.smoke.classification.variants=[identity]",
+              "scales.smoke.classification.seeds=1"],
+}
+FINISHED = ("run_experiments", "theorem", "teacher_student")
+
+
+def run(argv, capsys):
+    code = osc([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, [line for line in out.err.splitlines() if line.strip()], out.err
+
+
+def snapshot(root: Path) -> dict:
+    """Every path under root, with a hash of each file's bytes."""
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """Finished run dirs of three apps, an unfinished one, a file, CIFAR dirs (empty, and
+    one with a crafted pickle), and odd run dirs for ``osc report``."""
+    root = tmp_path_factory.mktemp("faults")
+    assert osc(["run_experiments", *TINY["run_experiments"], f"hydra.run.dir={root / 'done' / 'run_experiments'}",
+                "progress=false"]) == 0
+    for app in FINISHED[1:]:  # a finished dir is one with a summary.json (tests/test_apps.py runs each app)
+        shutil.copytree(root / "done" / "run_experiments", root / "done" / app)
+    unfinished = root / "unfinished"
+    shutil.copytree(root / "done" / "run_experiments", unfinished)
+    (unfinished / "summary.json").unlink()
+    (root / "a_file").write_text("not a dir\n")
+    (root / "cifar_empty").mkdir()
+    write_cifar(root / "cifar_evil", evil=root / "PWNED")
+    odd = root / "odd"
+    done = {f: json.loads((root / "done" / "run_experiments" / f).read_text()) for f in ("summary.json", "run.json")}
+    for name, summary, meta in [
+        ("corrupt", "{not json", None), ("list", "[1, 2]", None),
+        ("labels", None, {"app": "run_experiments", "labels": {"task": "digits/resnet20"}}),
+        ("acc", json.dumps({**done["summary.json"], "test_acc": None}), None),
+        ("seed", None, {**done["run.json"], "labels": {**done["run.json"]["labels"], "seed": "a"}}),
+    ]:
+        d = odd / name / "run"
+        shutil.copytree(root / "done" / "run_experiments", d)
+        if summary is not None:
+            (d / "summary.json").write_text(summary)
+        if meta is not None:
+            (d / "run.json").write_text(json.dumps(meta))
+    return root
+
+
+class Payload:
+    """Unpickling this runs ``open(path, "w")``: the crafted CIFAR file's payload."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def write_cifar(base: Path, evil: Path | None = None) -> None:
+    folder = base / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        entry = {b"data": rng.integers(0, 256, (8, 3072), dtype=np.uint8), b"labels": list(range(8)),
+                 b"batch_label": b"x", b"filenames": [b"f"] * 8}
+        if evil is not None and name == "data_batch_1":
+            entry[b"labels"] = Payload(evil)
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f)
+
+
+M = "ROOT"  # placeholder: the fixture's root dir
+# (id, argv, words the one line must contain)
+CASES = [
+    # run_experiments: keys, values, types
+    ("re-unknown-key", ["run_experiments", "bogus_key=1"], ["bogus_key"]),
+    ("re-unknown-plus", ["run_experiments", "+bogus=1"], ["bogus"]),
+    ("re-unknown-nested", ["run_experiments", "optimizer.lrr=0.1"], ["optimizer.lrr"]),
+    ("re-dataset-bogus", ["run_experiments", "dataset=bogus"], ["bogus", "digits"]),
+    ("re-lr-abc", ["run_experiments", "optimizer.lr=abc"], ["optimizer.lr"]),
+    ("re-lr-negative", ["run_experiments", "optimizer.lr=-1"], ["lr"]),
+    ("re-lr-nan", ["run_experiments", "optimizer.lr=nan"], ["lr"]),
+    ("re-resume-no", ["run_experiments", "resume=no"], ["resume", "true or false"]),
+    ("re-download-no", ["run_experiments", "data.download=no"], ["data.download", "true or false"]),
+    ("re-progress-maybe", ["run_experiments", "progress=maybe"], ["progress"]),
+    ("re-channels-last-1", ["run_experiments", "channels_last=1"], ["channels_last", "true or false"]),
+    ("re-augment-off", ["run_experiments", "data.augment=off"], ["data.augment", "true or false"]),
+    ("re-batch-too-big", ["run_experiments", "batch_size=5000"], ["batch_size", "1437"]),
+    ("re-batch-zero", ["run_experiments", "batch_size=0"], ["batch_size"]),
+    ("re-epochs-float", ["run_experiments", "scheduler.epochs=1.5"], ["scheduler.epochs"]),
+    ("re-epochs-zero", ["run_experiments", "scheduler.epochs=0"], ["scheduler.epochs"]),
+    ("re-seed-negative", ["run_experiments", "seed=-1"], ["seed"]),
+    ("re-seed-abc", ["run_experiments", "seed=abc"], ["seed"]),
+    ("re-skip-kind", ["run_experiments", "model.skip_kind=bogus"], ["bogus"]),
+    ("re-method", ["run_experiments", "model.skip_kind=learnable_orth", "model.method=adam"], ["adam"]),
+    ("re-model-type", ["run_experiments", "model.model_type=resnet7"], ["model.model_type"]),
+    ("re-wandb-mode", ["run_experiments", "wandb.mode=sometimes"], ["wandb.mode"]),
+    ("re-device", ["run_experiments", "device=tpu"], ["device"]),
+    ("re-amp", ["run_experiments", "amp=fp8"], ["amp"]),
+    ("re-label-smoothing", ["run_experiments", "label_smoothing=1.5"], ["label_smoothing"]),
+    ("re-mixup", ["run_experiments", "mixup_alpha=-1"], ["mixup_alpha"]),
+    ("re-eval-every", ["run_experiments", "eval_every=0"], ["eval_every"]),
+    ("re-num-threads", ["run_experiments", "num_threads=0"], ["num_threads"]),
+    ("re-grammar-bracket", ["run_experiments", "model.skip_kind=["], ["model.skip_kind"]),
+    ("re-grammar-paren", ["run_experiments", "optimizer.lr=(0.1"], ["optimizer.lr"]),
+    # run_experiments: run dirs
+    ("re-dir-is-file", ["run_experiments", f"hydra.run.dir={M}/a_file"], ["a_file", "hydra.run.dir"]),
+    ("re-dir-under-file", ["run_experiments", f"hydra.run.dir={M}/a_file/run"], ["a_file", "hydra.run.dir"]),
+    ("re-dir-unwritable", ["run_experiments", "hydra.run.dir=/proc/osc_run"], ["/proc/osc_run"]),
+    ("re-dir-finished", ["run_experiments", f"hydra.run.dir={M}/done/run_experiments"],
+     ["done/run_experiments", "finished"]),
+    ("re-dir-unfinished", ["run_experiments", f"hydra.run.dir={M}/unfinished"], ["unfinished", "resume=true"]),
+    ("re-resume-finished-other-lr", ["run_experiments", "resume=true", "optimizer.lr=0.05",
+                                     f"hydra.run.dir={M}/done/run_experiments"], ["optimizer.lr"]),
+    ("re-resume-lr", ["run_experiments", "resume=true", "optimizer.lr=0.05", f"hydra.run.dir={M}/unfinished"],
+     ["optimizer.lr", "config.yaml"]),
+    ("re-resume-epochs", ["run_experiments", "resume=true", "scheduler.epochs=3", f"hydra.run.dir={M}/unfinished"],
+     ["scheduler.epochs"]),
+    ("re-resume-schedule", ["run_experiments", "resume=true", "scheduler.name=step",
+                            f"hydra.run.dir={M}/unfinished"], ["scheduler.name"]),
+    ("re-resume-skip-kind", ["run_experiments", "resume=true", "model.skip_kind=zero",
+                             f"hydra.run.dir={M}/unfinished"], ["model.skip_kind"]),
+    ("re-cifar-missing", ["run_experiments", "dataset=cifar10", f"data.root={M}/cifar_empty", "data.download=false"],
+     ["cifar10", "cifar_empty"]),
+    ("re-cifar-crafted", ["run_experiments", "dataset=cifar10", f"data.root={M}/cifar_evil", "data.download=false"],
+     ["data_batch_1", "refused"]),
+    ("re-sweep-bogus", ["run_experiments", "-m", "model.skip_kind=bogus,identity", f"hydra.sweep.dir={M}/sweep"],
+     ["bogus"]),
+    ("re-sweep-dir-file", ["run_experiments", "-m", "seed=0,1", f"hydra.sweep.dir={M}/a_file"], ["a_file"]),
+    # theorem
+    ("th-dim", ["theorem", "dim=1"], ["dim"]),
+    ("th-ms", ["theorem", "ms=[0]"], ["ms"]),
+    ("th-c-scale", ["theorem", "c_scale=0"], ["c_scale"]),
+    ("th-seed", ["theorem", "seed=-1"], ["seed"]),
+    ("th-resume", ["theorem", "resume=true"], ["resume"]),
+    ("th-eps", ["theorem", "maps.dh0_far.eps=5"], ["maps.dh0_far.eps"]),
+    ("th-progress-no", ["theorem", "progress=no"], ["progress"]),
+    ("th-n-pairs", ["theorem", "n_pairs=1"], ["n_pairs"]),
+    ("th-dir-finished", ["theorem", f"hydra.run.dir={M}/done/theorem"], ["done/theorem", "finished"]),
+    ("th-interpolation", ["theorem", "seed=${oops}"], ["seed", "oops"]),
+    ("th-hydra-key", ["theorem", "hydra.bogus=1"], ["hydra.bogus"]),
+    ("th-hydra-launcher", ["theorem", "hydra/launcher=bogus"], ["hydra/launcher/bogus", "basic"]),
+    ("th-sweep-without-m", ["theorem", "seed=1,2"], ["seed=1,2"]),
+    # teacher_student
+    ("ts-batch-zero", ["teacher_student", "batch_size=0"], ["batch_size"]),
+    ("ts-batch-too-big", ["teacher_student", "batch_size=100"], ["batch_size", "n_train"]),
+    ("ts-archs", ["teacher_student", "archs=[bogus]"], ["bogus"]),
+    ("ts-lr-zero", ["teacher_student", "lr=0"], ["lr"]),
+    ("ts-seeds", ["teacher_student", "seeds=0"], ["seeds"]),
+    ("ts-seed", ["teacher_student", "seed=-1"], ["seed"]),
+    ("ts-dtype", ["teacher_student", "dtype=float16"], ["dtype"]),
+    ("ts-steps-float", ["teacher_student", "steps=1.5"], ["steps"]),
+    ("ts-epochs-abc", ["teacher_student", "epochs=abc"], ["epochs"]),
+    ("ts-nesterov", ["teacher_student", "optimizer=nesterov", "momentum=0"], ["nesterov"]),
+    ("ts-threshold", ["teacher_student", "thresholds.fit=0"], ["thresholds.fit"]),
+    ("ts-dir-finished", ["teacher_student", f"hydra.run.dir={M}/done/teacher_student"], ["finished"]),
+    # the small-model apps
+    ("sy-dataset", ["orth_residual_synthetic_data", "dataset_type=spiral"], ["dataset_type"]),
+    ("sy-skip-kinds", ["orth_residual_synthetic_data", "skip_kinds=[bogus]"], ["skip_kinds"]),
+    ("sy-epochs-float", ["orth_residual_synthetic_data", "epochs=1.5"], ["epochs"]),
+    ("sy-seed", ["orth_residual_synthetic_data", "seed=-1"], ["seed"]),
+    ("sy-lr-abc", ["orth_residual_synthetic_data", "lr=abc"], ["lr"]),
+    ("sy-special-no", ["orth_residual_synthetic_data", "skip.special=no"], ["skip.special", "true or false"]),
+    ("oi-dims", ["orth_to_id", "dims=[1]"], ["dims"]),
+    ("oi-seed", ["orth_to_id", "seed=-1"], ["seed"]),
+    ("oi-datasets", ["orth_to_id", "datasets=[bogus]"], ["datasets"]),
+    ("cv-fit-on", ["construction_validity", "fit_on=bogus"], ["fit_on"]),
+    ("cv-seed", ["construction_validity", "seed=-1"], ["seed"]),
+    ("cv-blocks", ["construction_validity", "n_blocks=[0]"], ["n_blocks"]),
+    # study
+    ("st-scale", ["study", "scale=huge"], ["scale"]),
+    ("st-jobs", ["study", "jobs=0"], ["jobs"]),
+    ("st-parts", ["study", "parts=[bogus]"], ["parts"]),
+    ("st-resume-maybe", ["study", "resume=maybe"], ["resume"]),
+    ("st-old-comment-example", ["study", "overrides.run_experiments=[optimizer.lr=0.05]"],
+     ["overrides.run_experiments"]),
+    ("st-bad-app-override", ["study", 'overrides.run_experiments=["optimizer.lr=abc"]'], ["optimizer.lr"]),
+    # osc report and osc itself
+    ("rp-corrupt", ["report", f"{M}/odd/corrupt"], ["odd/corrupt/run/summary.json"]),
+    ("rp-list", ["report", f"{M}/odd/list"], ["odd/list/run/summary.json", "list"]),
+    ("rp-odd-labels", ["report", f"{M}/odd/labels"], ["odd/labels/run/run.json"]),
+    ("rp-completed-without-accuracy", ["report", f"{M}/odd/acc"], ["odd/acc/run/summary.json", "test_acc"]),
+    ("rp-seed-not-a-number", ["report", f"{M}/odd/seed"], ["odd/seed/run/run.json", "labels.seed"]),
+    ("rp-out-file", ["report", f"{M}/done", "--out", f"{M}/a_file"], ["a_file"]),
+    ("rp-missing", ["report", f"{M}/nowhere"], ["nowhere"]),
+    ("rp-empty", ["report", f"{M}/cifar_empty"], ["cifar_empty"]),
+    ("osc-unknown-app", ["bogus_app"], ["bogus_app"]),
+]
+
+
+def test_the_table_is_large():
+    assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
+    assert {c[1][0] for c in CASES} >= set(TINY) | {"report"}
+
+
+@pytest.mark.parametrize("case,argv,words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(root, case, argv, words, capsys):
+    app = argv[0]
+    argv = [a.replace(M, str(root)) for a in argv]
+    if app in TINY:
+        argv = [app, *TINY[app], *argv[1:], "progress=false"]
+        if not any(a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in argv):
+            argv.append(f"hydra.run.dir={root / 'fresh' / case}")
+    before = snapshot(root)
+    code, lines, err = run(argv, capsys)
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for word in words:
+        assert word.replace(M, str(root)) in lines[0], (word, lines[0])
+    assert snapshot(root) == before  # nothing new (PWNED included), run dirs byte-identical
+
+
+def test_the_study_yaml_comment_example_parses():
+    from orthogonal_skip_connections.experiments._app import CONFIG_DIR
+
+    comment = next(line for line in (Path(CONFIG_DIR) / "study.yaml").read_text().splitlines()
+                   if "e.g." in line and "overrides." in line)
+    example = comment.split("e.g.", 1)[1].strip().strip("'")
+    cfg = load_app("study").config([example])
+    assert cfg.overrides.run_experiments == ["optimizer.lr=0.05"]
+
+
+# --------------------------------------------------------------------------- divergence
+
+DIVERGE = {
+    "run_experiments": ["optimizer.lr=1e6", "scheduler.epochs=2"],
+    "orth_residual_synthetic_data": ["lr=1e6", "epochs=4"],
+    "orth_to_id": ["lr=1e6", "epochs=4", "n_blocks=[2]"],
+    "construction_validity": ["lr=1e6", "epochs=4"],
+    "teacher_student": ["lr=1e6"],
+}
+
+
+@pytest.mark.parametrize("app", sorted(DIVERGE))
+def test_divergence_is_called_divergence(app, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, lines, err = run([app, *TINY[app], *DIVERGE[app], f"hydra.run.dir={run_dir}", "progress=false"], capsys)
+    assert code == 1, err
+    assert len(lines) == 1 and "diverged" in lines[0] and "Traceback" not in err, err
+    s = json.loads((run_dir / "summary.json").read_text())
+    d = s["divergence"]
+    assert s["status"] == "diverged" and s["app"] == app
+    assert d["step"] >= 1 and d["skipped_steps"] == s["skipped_steps"] >= 0 and d["rule"] and d["reason"]
+    # the last finite loss is a number no later than the divergence (None: no step was finite)
+    assert d["last_finite_loss"] is None or (d["last_finite_step"] <= d["step"] and d["last_finite_loss"] >= 0)
+    assert {"git_commit", "command", "wall_time_s"} <= set(s["provenance"])
+    assert "diverged" in s["report"]["verdict"]
+    # a diverged run is not reused without resume=true
+    code, lines, _ = run([app, *TINY[app], f"hydra.run.dir={run_dir}", "progress=false"], capsys)
+    assert code == 2 and "diverged" in lines[0]
+
+
+def test_classifier_divergence_counts_skipped_steps(tmp_path, capsys):
+    """The issue's case (lr 1e6): skipped steps are counted and the run ends diverged
+    with its last finite loss, where it used to end 'completed' at 10% accuracy."""
+    run_dir = tmp_path / "run"
+    code, _, err = run(["run_experiments", *TINY["run_experiments"], "optimizer.lr=1e6", "scheduler.epochs=3",
+                        "scheduler.warmup_epochs=0", f"hydra.run.dir={run_dir}", "progress=false"], capsys)
+    assert code == 1, err
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "diverged" and s["divergence"]["last_finite_loss"] is not None
+    assert s["divergence"]["last_finite_step"] < s["divergence"]["step"] or "exceeds" in s["divergence"]["reason"]
+
+
+def test_sane_runs_never_trip_the_rule(tmp_path, capsys):
+    from orthogonal_skip_connections.train.divergence import DivergenceGuard, Diverged
+
+    g = DivergenceGuard(trivial_loss=np.log(10))
+    for step in range(1, 30):  # isolated non-finite steps are skipped, not fatal
+        g.step(step, float("nan") if step % 3 == 0 else 2.3, finite=step % 3 != 0)
+    g.check(29, {"train loss": 2.0, "test loss": [2.1, 2.2]})
+    assert g.skipped_steps == 9 and g.last_finite_loss == 2.3 and g.last_finite_step == 29
+    with pytest.raises(Diverged, match="exceeds"):
+        g.check(30, {"test loss": 1e4})
+    with pytest.raises(Diverged, match="in a row"):
+        for step in range(31, 41):
+            g.step(step, float("inf"), finite=False)
+
+
+# --------------------------------------------------------------------------- resume, writers, sweeps
+
+
+def test_resume_ignores_only_the_documented_keys_and_cleans_tmp_files(root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(root / "unfinished", run_dir)
+    (run_dir / ".checkpoint.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    config = (run_dir / "config.yaml").read_bytes()
+    code, lines, err = run(["run_experiments", *TINY["run_experiments"], "resume=true", "num_threads=2",
+                            f"hydra.run.dir={run_dir}", "progress=true"], capsys)
+    assert code == 0, err
+    assert not list(run_dir.glob(".*.tmp"))
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    saved, now = yaml.safe_load(config), yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert {k: v for k, v in saved.items() if k not in ("resume", "num_threads", "progress")} == \
+        {k: v for k, v in now.items() if k not in ("resume", "num_threads", "progress")}
+
+
+def test_a_second_writer_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from orthogonal_skip_connections.rundir import RunDir
+        RunDir.claim({str(run_dir)!r})
+        print("held", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = snapshot(tmp_path)
+        code, lines, err = run(["run_experiments", *TINY["run_experiments"], f"hydra.run.dir={run_dir}",
+                                "progress=false"], capsys)
+        assert code == 2 and len(lines) == 1 and "in use by another run" in lines[0] and str(run_dir) in lines[0]
+        assert snapshot(tmp_path) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # the lock goes with the process that held it
+    from orthogonal_skip_connections.rundir import RunDir
+
+    RunDir.claim(run_dir).release()
+
+
+def test_crafted_cifar_pickle_never_runs(tmp_path):
+    from orthogonal_skip_connections.data.vision import load_image_data
+    from orthogonal_skip_connections.runs import UserError
+
+    write_cifar(tmp_path / "data", evil=tmp_path / "PWNED")
+    with pytest.raises(UserError, match=r"data_batch_1.*refused to load (io|builtins)\.open") as err:
+        load_image_data("cifar10", tmp_path / "data", download=False)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "PWNED").exists()
+    # the same files without the payload load
+    shutil.rmtree(tmp_path / "data")
+    write_cifar(tmp_path / "data")
+    assert load_image_data("cifar10", tmp_path / "data", download=False).x_train.shape == (40, 3, 32, 32)
+
+
+def test_a_sweep_goes_on_after_a_failed_and_a_diverged_job(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    code, lines, err = run(["run_experiments", "-m", *TINY["run_experiments"], "dataset=cifar10,digits",
+                            f"data.root={tmp_path / 'nothing'}", "data.download=false", "optimizer.lr=1e30,0.1",
+                            "model.model_type=resnet20", "scheduler.epochs=1", f"hydra.sweep.dir={sweep}",
+                            "progress=false"], capsys)
+    assert code == 2, err  # the worst of the jobs: two failed (cifar10 missing), one diverged
+    assert "Traceback" not in err and len(lines) == 3, err
+    status = {}
+    for d in sorted(p for p in sweep.iterdir() if p.is_dir()):
+        s = json.loads((d / "summary.json").read_text())
+        cfg = yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text())
+        key = " ".join(o for o in cfg if o.startswith(("dataset", "optimizer.lr")))
+        status[key.replace("1e+30", "1e30")] = s["status"]
+        if s["status"] == "failed":
+            assert "cifar10 not found" in s["reason"]
+    assert status == {"dataset=cifar10 optimizer.lr=1e30": "failed", "dataset=cifar10 optimizer.lr=0.1": "failed",
+                      "dataset=digits optimizer.lr=1e30": "diverged", "dataset=digits optimizer.lr=0.1": "completed"}
+    # the report lists every job with its status
+    assert osc(["report", str(sweep)]) == 0
+    csv = (sweep / "report" / "results.csv").read_text()
+    assert csv.count("failed") == 2 and csv.count("diverged") == 1 and csv.count("completed") == 1
+
+
+def test_a_study_whose_runs_all_fail_says_why(tmp_path, capsys):
+    study = tmp_path / "study"
+    overrides = f'overrides.run_experiments=["dataset=cifar10","data.download=false","data.root={tmp_path}"]'
+    code, lines, err = run(["study", *TINY["study"], overrides, f"hydra.run.dir={study}", "progress=false"], capsys)
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "all 1 classification runs failed" in lines[0] and "cifar10 not found" in lines[0]
+    assert list(study.rglob("error.txt"))  # the details stay where the line says

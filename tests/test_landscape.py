@@ -1,0 +1,157 @@
+"""Loss landscapes and sharpness (landscape.py) on a tiny trained run dir: the grid's centre
+is the loaded model's loss, directions are filter-normalised, orthogonal skips stay on O(n)
+wherever the grid goes, the cache answers without a forward pass, and the power iteration
+finds the top eigenvalue of a quadratic whose Hessian is known."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from orthogonal_skip_connections import landscape as L
+from orthogonal_skip_connections.maths import orthogonal as orth
+from orthogonal_skip_connections.skips import iter_skips
+from orthogonal_skip_connections.train.classifier import TrainConfig, train_classifier
+from orthogonal_skip_connections.train.image import ClassifierSpec, build_classifier, load_run
+
+SETTINGS = L.LandscapeSettings(steps=3, radius=0.5, steps_1d=3, n_eval=64, batch_size=32, hessian_iters=3,
+                               hutchinson_samples=2)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A resnet20 with retracted orthogonal skips, trained 1 epoch on 128 digits images."""
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("run")
+    spec = ClassifierSpec("digits", "resnet20", "learnable_orth", {"method": "steepest", "init": "haar"}, n_train=128)
+    model, data = build_classifier(spec, seed=3)
+    (path / "config.yaml").write_text(yaml.safe_dump({**spec.to_config(), "seed": 3}))
+    train_classifier(model, data, TrainConfig(epochs=1, batch_size=64, progress=False, seed=3), path,
+                     torch.device("cpu"))
+    return path
+
+
+class Counter:
+    def __init__(self, model):
+        self.n = 0
+        model.register_forward_hook(lambda *args: setattr(self, "n", self.n + 1))
+
+
+def test_centre_is_the_loaded_models_loss_and_the_cache_skips_every_forward(run_dir, tmp_path):
+    run = load_run(run_dir)
+    assert run.variant == "learnable_orth/steepest/haar" and run.seed == 3
+    # the initial weights are rebuilt from the seed: not the trained ones
+    assert not torch.equal(run.model.fc.weight, run.init_model.fc.weight)
+    cache = tmp_path / "cache.npz"
+    out = L.landscape_of(run.model, run.init_model, run.data, SETTINGS, run.checkpoint_sha256, run.seed, cache)
+    assert not out["cached"] and out["loss"].shape == (3, 3) and out["checkpoint_sha256"] == run.checkpoint_sha256
+    # an independent evaluation of the loaded model on the same subset, in one batch
+    x, y = L.eval_subset(run.data, SETTINGS.n_eval, SETTINGS.eval_seed, "train")
+    with torch.no_grad():
+        fresh = load_run(run_dir).model.eval()
+        loss = float(F.cross_entropy(fresh(x), y))
+    assert out["loss"][1, 1] == out["centre_loss"]
+    assert math.isclose(out["centre_loss"], loss, rel_tol=1e-5)
+    assert np.isclose(out["loss_1d"][np.isclose(out["ts"], 1.0)][0], loss, rtol=1e-5)  # t = 1: the trained model
+    assert out["loss"].max() > out["centre_loss"]  # the trained weights sit lower than the corners
+
+    counter = Counter(run.model)
+    again = L.landscape_of(run.model, run.init_model, run.data, SETTINGS, run.checkpoint_sha256, run.seed, cache)
+    assert again["cached"] and counter.n == 0
+    np.testing.assert_array_equal(again["loss"], out["loss"])
+    assert again["top_eigenvalue"] == out["top_eigenvalue"]
+    # another radius is another landscape: computed, not read
+    other = L.LandscapeSettings(**{**SETTINGS.__dict__, "radius": 0.25})
+    redo = L.landscape_of(run.model, run.init_model, run.data, other, run.checkpoint_sha256, run.seed, cache)
+    assert not redo["cached"] and counter.n > 0
+
+
+def test_directions_are_filter_normalised(run_dir):
+    model = load_run(run_dir).model
+    d = L.random_direction(model, seed=1, k=0)
+    roles = {c.name: c.role for c in L.coordinates(model)}
+    assert {"filter", "flat", "retracted", "buffer"} <= set(roles.values())
+    for c in L.coordinates(model):
+        theta, dc = c.tensor.detach().double(), d[c.name].double()
+        if c.role == "filter":  # every filter (slice along dim 0) as long as the weight's
+            torch.testing.assert_close(dc.flatten(1).norm(dim=1), theta.flatten(1).norm(dim=1), rtol=1e-5, atol=0)
+            assert not torch.allclose(dc, theta)
+        elif c.role == "retracted":  # tangent at W (W^T D skew) and as long as W
+            torch.testing.assert_close((theta.T @ dc + dc.T @ theta).norm(), torch.zeros((), dtype=torch.float64),
+                                       atol=1e-4, rtol=0)
+            torch.testing.assert_close(dc.norm(), theta.norm(), rtol=1e-5, atol=0)
+        else:  # biases, BatchNorm parameters and statistics
+            assert torch.count_nonzero(dc) == 0, c.name
+    # the same name gets the same draw in another model (zero and identity skips share every conv)
+    other, _ = build_classifier(ClassifierSpec("digits", "resnet20", "identity", n_train=128), seed=3)
+    other.load_state_dict({k: v for k, v in model.state_dict().items() if ".skip." not in k})
+    d_other = L.random_direction(other, seed=1, k=0)
+    torch.testing.assert_close(d_other["stages.1.0.branch.0.weight"], d["stages.1.0.branch.0.weight"])
+
+
+@pytest.mark.parametrize("method", ["steepest", "cayley", "householder"])
+def test_orthogonal_skips_stay_orthogonal_across_the_grid(method):
+    model, _ = build_classifier(ClassifierSpec("digits", "resnet20", "learnable_orth",
+                                               {"method": method, "init": "haar"}), seed=0)
+    base = L.snapshot(model)
+    directions = [L.random_direction(model, 0, k) for k in (0, 1)]
+    init, _ = build_classifier(ClassifierSpec("digits", "resnet20", "learnable_orth",
+                                              {"method": method, "init": "identity"}), seed=1)
+    moved = []
+    for a, b in [(2.0, -2.0), (-0.7, 1.3)]:
+        L.set_point(model, base, directions, [a, b])
+        moved.append(model.stages[0][0].skip.weight.detach().clone())
+        for _, s in iter_skips(model):
+            assert float(orth.orth_error(s.weight.detach().double())) <= 1e-5
+    L.set_interpolation(model, L.snapshot(init), base, 0.4)
+    for _, s in iter_skips(model):
+        assert float(orth.orth_error(s.weight.detach().double())) <= 1e-5
+    assert not torch.allclose(moved[0], moved[1])  # the skips did move
+    L.restore(model, base)
+    assert all(torch.equal(c.tensor, base[c.name]) for c in L.coordinates(model))
+
+
+def test_power_iteration_and_hutchinson_on_a_known_quadratic():
+    g = torch.Generator().manual_seed(0)
+    eig = torch.tensor([7.0, 3.0, 2.5, 1.0, 0.5, 0.1, -0.5, -2.0], dtype=torch.float64)
+    Q = orth.haar_orthogonal(8, generator=g, dtype=torch.float64)
+    A = Q @ torch.diag(eig) @ Q.T  # f(theta) = 1/2 theta^T A theta + b^T theta: Hessian A everywhere
+    b = torch.randn(8, generator=g, dtype=torch.float64)
+    theta = torch.randn(2, 4, generator=g, dtype=torch.float64, requires_grad=True)  # any parameter shape
+    bias = torch.zeros(3, dtype=torch.float64, requires_grad=True)  # and a parameter it does not depend on
+
+    def loss():
+        t = theta.reshape(-1)
+        return 0.5 * t @ A @ t + b @ t + 0.0 * bias.sum()
+
+    hvp = L.make_hvp([loss], [theta, bias])
+    top = L.power_iteration(hvp, [theta, bias], iters=300, tol=1e-10)
+    assert top["converged"] and math.isclose(top["eigenvalue"], 7.0, rel_tol=1e-8)
+    assert top["iterations"] == len(top["history"]) < 300
+    trace = L.hutchinson_trace(hvp, [theta, bias], samples=400)
+    assert abs(trace["trace"] - float(eig.sum())) < 4 * trace["trace_se"]
+    # a diagonal Hessian: every Rademacher probe gives the trace exactly
+    diag = L.make_hvp([lambda: 0.5 * (eig * theta.reshape(-1) ** 2).sum()], [theta])
+    exact = L.hutchinson_trace(diag, [theta], samples=3)
+    assert math.isclose(exact["trace"], float(eig.sum()), rel_tol=1e-12) and exact["trace_se"] < 1e-12
+
+
+def test_grid_axis_has_the_centre_exactly():
+    assert L.grid_axis(5, 2.0).tolist() == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="odd"):
+        L.grid_axis(4, 1.0)
+
+
+def test_app_refuses_a_run_dir_without_checkpoint_in_one_line(tmp_path, capsys):
+    from orthogonal_skip_connections.cli import main as osc
+
+    (tmp_path / "half").mkdir()
+    out = tmp_path / "out"
+    assert osc(["loss_landscape", f"runs=[{tmp_path / 'half'}]", f"hydra.run.dir={out}", "progress=false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a trained classifier run dir" in err[0] and not (out / "summary.json").exists()
+    assert osc(["loss_landscape", "steps=4", f"hydra.run.dir={out}"]) == 2
+    assert "steps must be an odd integer" in capsys.readouterr().err

@@ -1,0 +1,88 @@
+"""The two-stage scheme: the Procrustes fit of a block that is an orthogonal map is exact
+and recovers the map, swapping in the fitted skips then leaves the loss unchanged, and
+`osc two_stage` at tiny size compares its four variants over seeds."""
+
+import json
+
+import pytest
+import torch
+
+from orthogonal_skip_connections.analysis.two_stage import fit_skips, load_with_skips, skip_matrices
+from orthogonal_skip_connections.landscape import eval_subset, evaluate_loss
+from orthogonal_skip_connections.maths import orthogonal as orth
+from orthogonal_skip_connections.train.image import ClassifierSpec, build_classifier
+
+
+def orthogonal_blocks(kind: str):
+    """resnet20 whose every branch is switched off (last BN scale and shift 0): each block's
+    residual sum is its skip applied to its input, an orthogonal map."""
+    model, data = build_classifier(ClassifierSpec("digits", "resnet20", kind, n_train=64), seed=0)
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "branch") and hasattr(m, "skip"):
+                m.branch[-1].weight.zero_()
+                m.branch[-1].bias.zero_()
+    return model.eval(), data
+
+
+@pytest.mark.parametrize("kind", ["fixed_orth", "identity"])
+def test_procrustes_fit_is_exact_for_orthogonal_blocks(kind):
+    model, data = orthogonal_blocks(kind)
+    x, y = eval_subset(data, 48)
+    fits = fit_skips(model, x)
+    W = skip_matrices(model)
+    assert len(fits) == 9
+    for f in fits:
+        assert f["residual"] < 1e-5, f
+        assert float(orth.orth_error(f["Q"])) < 1e-10
+        if not f["rank_deficient"]:  # the data span every channel: the map is determined, and found
+            target = W[f["name"]] if kind == "fixed_orth" else torch.eye(len(f["Q"]), dtype=torch.float64)
+            assert float(torch.linalg.matrix_norm(f["Q"] - target)) < 1e-5
+    assert sum(not f["rank_deficient"] for f in fits) >= 3
+
+    # swapped into constrained orthogonal skips (retracted or parametrized), the loss is unchanged
+    before = evaluate_loss(model, x, y)
+    for method in ("steepest", "cayley"):
+        target, _ = build_classifier(ClassifierSpec("digits", "resnet20", "learnable_orth", {"method": method},
+                                                    n_train=64), seed=5)
+        load_with_skips(target, model, {f["name"]: f["Q"] for f in fits})
+        after = evaluate_loss(target, x, y)
+        assert after[0] == pytest.approx(before[0], rel=1e-5) and after[1] == before[1]
+
+
+def test_a_block_far_from_orthogonal_has_a_large_residual():
+    model, data = build_classifier(ClassifierSpec("digits", "resnet20", "identity", n_train=64), seed=0)
+    x, _ = eval_subset(data, 48)
+    assert max(f["residual"] for f in fit_skips(model, x)) > 0.1
+
+
+def test_load_with_skips_refuses_another_architecture():
+    source, _ = build_classifier(ClassifierSpec("digits", "resnet20", "identity"), seed=0)
+    other, _ = build_classifier(ClassifierSpec("digits", "resnet32", "learnable_orth"), seed=0)
+    with pytest.raises(ValueError, match="differ beyond their skips"):
+        load_with_skips(other, source, {})
+
+
+def test_two_stage_app_at_tiny_size(tmp_path):
+    from orthogonal_skip_connections.cli import main as osc
+
+    out = tmp_path / "run"
+    assert osc(["two_stage", "n_train=64", "seeds=2", "stage1_epochs=1", "stage2_epochs=1", "batch_size=32",
+                "fit_images=32", "device=cpu", "method=cayley", f"hydra.run.dir={out}", "progress=false"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    rows = s["runs"]
+    assert sorted((r["variant"], r["seed"]) for r in rows) == sorted(
+        (v, seed) for v in ("two_stage", "identity", "orth_identity", "orth_haar") for seed in (0, 1))
+    for seed in (0, 1):
+        two, ident = (next(r for r in rows if r["variant"] == v and r["seed"] == seed) for v in ("two_stage", "identity"))
+        assert two["loss_before_swap"] == ident["loss_before_swap"]  # one stage-1 model, paired
+        assert two["stage1_test_acc"] == ident["stage1_test_acc"]
+        assert two["loss_after_swap"] is not None and 0 <= two["fit_residual_mean"] <= 1
+        assert [e["epoch"] for e in two["curve"]] == [1, 1, 2] and two["curve"][1]["test_loss"] == two["loss_after_swap"]
+    for r in rows:
+        if r["variant"] != "identity":
+            assert r["skip_orth_error_max"] < 1e-4 and r["drift_stage2"] > 0
+    table = {t["variant"]: t for t in s["report"]["tables"][0]["rows"]}
+    assert set(table) == {"two_stage", "identity", "orth_identity", "orth_haar"}
+    assert table["two_stage"]["test_acc_lo"] <= table["two_stage"]["test_acc"] <= table["two_stage"]["test_acc_hi"]
+    assert (out / "two_stage.png").is_file() and s["report"]["figures"] == ["two_stage.png"]

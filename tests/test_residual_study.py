@@ -80,11 +80,11 @@ def test_study_plans_the_residual_mode_task(tmp_path):
     assert {"add", "orthogonal_update", "rotation"} <= set(r.modes) and "learnable_orth/steepest" in r.variants
     assert len(jobs) == len(r.tasks) * len(r.modes) * len(r.variants) * r.seeds
     arms = {(c["model"]["model_type"], c["model"]["residual_mode"], c["model"]["skip_kind"], c["seed"])
-            for _, c, _ in jobs}
+            for _, c, _, _ in jobs}
     assert len(arms) == len(jobs)  # every (model, mode, skip, seed) once
-    vit = [c for _, c, _ in jobs if c["model"]["model_type"] == "vit_tiny"]
+    vit = [c for _, c, _, _ in jobs if c["model"]["model_type"] == "vit_tiny"]
     assert all(c["optimizer"]["name"] == "adamw" and c["model"]["depth"] == 4 for c in vit)  # its own overrides
-    dirs = [d for _, _, d in jobs]
+    dirs = [d for _, _, d, _ in jobs]
     assert len(set(dirs)) == len(dirs) and all(d.relative_to(tmp_path).parts[0] == "residual_modes" for d in dirs)
     full = study.main.config(["scale=full"]).scales["full"].residual_modes
     assert {"cifar10/vit_small", "cifar100/vit_small", "cifar10/resnet18v2", "cifar100/resnet18v2"} <= set(full.tasks)

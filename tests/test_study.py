@@ -14,7 +14,7 @@ from orthogonal_skip_connections.train.classifier import Diverged
 VARIANTS = ["identity", "zero", "learnable_orth/cayley"]
 TINY = [
     "scale=smoke",
-    "jobs=1",
+    "jobs=2",  # Hydra's joblib launcher, two worker processes
     "progress=false",
     f"scales.smoke.classification.variants=[{','.join(VARIANTS)}]",
     "scales.smoke.classification.seeds=2",
@@ -146,6 +146,81 @@ def test_paired_verdicts():
     assert table["scalar"]["verdict"].startswith("better than identity by 2.00 points")
     assert table["identity"]["acc_hi"] <= 100.0
 
+
+def _children(pid: int) -> set[int]:
+    """Every live descendant of ``pid`` (read from /proc)."""
+    import os
+
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":  # a zombie has already exited
+                parents[int(entry)] = int(fields[1])
+    out, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier} - out
+        out |= frontier
+    return out
+
+
+def _alive(pids: set[int]) -> set[int]:
+    import os
+
+    alive = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.add(pid)
+        except OSError:
+            pass
+    return alive
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc")
+def test_killed_study_leaves_no_orphaned_worker(tmp_path):
+    """osc study with jobs=2 runs its classification jobs in Hydra's joblib launcher's worker
+    processes; SIGKILL the study mid-run and, 5 s later, none of its processes is left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "orthogonal_skip_connections.cli", "study", "scale=smoke", "jobs=2", "progress=false",
+           "parts=[classification]", "scales.smoke.classification.variants=[identity,linear]",
+           "scales.smoke.classification.seeds=1",
+           "scales.smoke.classification.overrides=['scheduler.epochs=200','device=cpu']", f"hydra.run.dir={tmp_path}"]
+    study_proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  start_new_session=True)
+    workers = set()
+    try:
+        deadline = time.monotonic() + 120
+        started = []
+        while time.monotonic() < deadline and len(started) < 2 and study_proc.poll() is None:
+            time.sleep(0.2)  # both jobs have started training (config.yaml is written by each run)
+            started = list((tmp_path / "classification").rglob("config.yaml"))
+        assert len(started) == 2, study_proc.stderr.read().decode()[-2000:] if study_proc.poll() else "timed out"
+        workers = _children(study_proc.pid)
+        assert len(workers) >= 2  # the launcher's worker processes
+        study_proc.send_signal(signal.SIGKILL)
+        study_proc.wait()
+        time.sleep(5)
+        left = _alive(workers)
+        assert not left, f"orphaned after the study died: {left}"
+    finally:
+        if study_proc.poll() is None:
+            study_proc.kill()
+        for pid in _alive(workers | _children(study_proc.pid)):
+            os.kill(pid, signal.SIGKILL)
 
 def test_smallest_detectable_difference():
     """t_{0.975, n-1} s / sqrt(n) with s the pooled std of the paired differences, never below

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _Orthogonal as _TorchOrthogonal  # ours subclass it
 
 from .maths import orthogonal as orth
 from .skips.constraint import retracted_parameters
@@ -71,7 +72,7 @@ def _orthogonal_parametrized(model: nn.Module) -> set[int]:
         if not parametrize.is_parametrized(module):
             continue
         for plist in module.parametrizations.values():
-            if any(type(p).__name__ == "_Orthogonal" for p in plist):
+            if any(isinstance(p, _TorchOrthogonal) for p in plist):
                 ids.update(id(p) for p in plist.parameters())
     return ids
 
@@ -120,26 +121,47 @@ class RetractingOptimizer:
 
     _osc_retracting = True
 
-    @torch.no_grad()
+    def _split(self) -> tuple[list[dict], list[dict]]:
+        """(the wrapped optimiser's groups, the retracted groups), cached: found again only
+        when ``param_groups`` is replaced (``load_state_dict``) or grows (``add_param_group``)."""
+        groups = self.param_groups
+        cached = self.__dict__.get("_osc_split")
+        if cached is None or cached[0] is not groups or cached[1] != len(groups):
+            euclidean = [g for g in groups if "retraction" not in g]
+            retracted = [g for g in groups if "retraction" in g]
+            cached = (groups, len(groups), euclidean, retracted)
+            self.__dict__["_osc_split"] = cached
+        return cached[2], cached[3]
+
+    def _wrapped_step(self, closure=None):
+        """The wrapped class's own ``step``. torch wraps a class's ``step`` in its profiling
+        and hook-calling wrapper once a plain instance of it exists; that wrapper already
+        ran around this ``step``, so it is unwrapped here (hooks run once, not twice)."""
+        fn = super().step
+        if getattr(fn, "hooked", False):
+            return fn.__wrapped__(self, closure)
+        return fn(closure)
+
     def step(self, closure=None):
+        euclidean, retracted = self._split()
+        if not retracted:  # nothing to retract: the wrapped optimiser's step, as it is
+            return self._wrapped_step(closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         groups = self.param_groups
-        euclidean = [g for g in groups if "retraction" not in g]
-        retracted = [g for g in groups if "retraction" in g]
         if euclidean:
             self.param_groups = euclidean  # the wrapped optimiser sees only its own groups
             try:
-                super().step()
+                self._wrapped_step()
             finally:
                 self.param_groups = groups
-        if retracted:
-            p0 = retracted[0]["params"][0]
-            with orth.one_thread(p0.device.type == "cpu"):  # small matrices: see orthogonal.one_thread
-                for group in retracted:
-                    self._retract(group)
+        p0 = retracted[0]["params"][0]
+        # small matrices: one thread, see orthogonal.one_thread
+        with torch.no_grad(), orth.one_thread(p0.device.type == "cpu"):
+            for group in retracted:
+                self._retract(group)
         return loss
 
     def _retract(self, group: dict) -> None:

@@ -41,6 +41,7 @@ import torch
 import yaml
 
 from .runs import UserError, atomic_write_text, read_json, to_jsonable, write_json
+from .train import distributed
 from .train.classifier import CHECKPOINT, SUMMARY
 
 __all__ = ["RunDir", "SUMMARY", "CHECKPOINT", "CONFIG", "RUN", "column", "provenance", "check_report", "git_commit",
@@ -274,12 +275,15 @@ class RunDir:
 
     def start(self, config: Any, labels: dict | None = None) -> None:
         """Create the dir, save the config (a dataclass or dict) as config.yaml and write
-        run.json: the app's name and ``labels`` (what a report groups this run by)."""
+        run.json: the app's name and ``labels`` (what a report groups this run by).
+        Under torchrun only rank 0 writes (here and in :meth:`finish`)."""
+        self.started = time.perf_counter()
+        self.is_started = True
+        if not distributed.is_main():
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path / CONFIG, yaml.safe_dump(to_jsonable(config), sort_keys=False))
         write_json(self.path / RUN, {"app": self.app, "labels": labels or {}})
-        self.started = time.perf_counter()
-        self.is_started = True
 
     is_started = False
 
@@ -291,15 +295,17 @@ class RunDir:
         out["provenance"] = provenance(device if device is not None else self.device,
                                        time.perf_counter() - self.started, self.command)
         out = to_jsonable(out)
-        write_json(self.path / SUMMARY, out)
+        if distributed.is_main():
+            write_json(self.path / SUMMARY, out)
         return out
 
     def _mark_started(self, labels: dict | None) -> None:
         """run.json for a run that ends before :meth:`start` (so that reports find it)."""
         if not self.is_started:
-            self.path.mkdir(parents=True, exist_ok=True)
-            write_json(self.path / RUN, {"app": self.app, "labels": labels or {}})
             self.is_started = True
+            if distributed.is_main():  # under torchrun only rank 0 writes
+                self.path.mkdir(parents=True, exist_ok=True)
+                write_json(self.path / RUN, {"app": self.app, "labels": labels or {}})
 
     def diverged(self, info: dict, partial: dict | None = None, labels: dict | None = None) -> dict:
         """Write summary.json with ``status: diverged``: ``info`` (where and how training

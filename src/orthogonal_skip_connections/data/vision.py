@@ -181,12 +181,11 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
 
 
-def _random_crop(x: Tensor, pad: int, gen: torch.Generator) -> Tensor:
-    """Zero-pad by ``pad`` and crop back to size at a random offset per image."""
+def _random_crop(x: Tensor, pad: int, oy: Tensor, ox: Tensor) -> Tensor:
+    """Zero-pad by ``pad`` and crop back to size at offset (oy[i], ox[i]) of image i."""
     n, _, h, w = x.shape
     xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    oy, ox = oy.to(x.device), ox.to(x.device)
     rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (N, 1, H, 1)
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (N, 1, 1, W)
     idx_n = torch.arange(n, device=x.device)[:, None, None, None]
@@ -200,16 +199,27 @@ class TensorLoader:
     ``train=True``: a fresh permutation each epoch, the dataset's augmentation, and
     ``drop_last`` so BatchNorm never sees a batch of one. ``train=False``: in order, no
     augmentation, every sample once.
+
+    ``rank`` of ``world`` (data-parallel training): ``batch_size`` is the global batch;
+    every rank draws the same permutation and augmentation for the whole batch from the
+    epoch's generator and yields its own contiguous ``batch_size / world`` share of it, so
+    the ranks together see exactly the batches one process would. Evaluation
+    (``train=False``) is not sharded.
     """
 
     def __init__(self, data: ImageData, batch_size: int, train: bool, device: torch.device,
-                 channels_last: bool = False):
+                 channels_last: bool = False, rank: int = 0, world: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, {world}); got {rank}")
         self.data, self.train, self.device = data, train, device
         x, y = (data.x_train, data.y_train) if train else (data.x_test, data.y_test)
         self.x, self.y = x.to(device), y.to(device)
         self.batch_size = min(batch_size, len(self.x)) if train else batch_size
+        self.rank, self.world = (rank, world) if train else (0, 1)
+        if self.batch_size % self.world:
+            raise ValueError(f"batch_size {self.batch_size} does not split evenly over {self.world} processes")
         self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1) * data.scale
         self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1) * data.scale
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -222,16 +232,25 @@ class TensorLoader:
         """Yield the batches of one epoch; ``gen`` drives shuffling and augmentation."""
         n = len(self.x)
         order = torch.randperm(n, generator=gen).to(self.device) if self.train else None
+        share = self.batch_size // self.world
+        mine = slice(self.rank * share, (self.rank + 1) * share)
         for b in range(len(self)):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            idx = order[sl] if order is not None else None
-            x = self.x[idx] if idx is not None else self.x[sl]
-            y = self.y[idx] if idx is not None else self.y[sl]
-            x = x.float()
-            if self.train and self.data.crop_padding > 0:
-                x = _random_crop(x, self.data.crop_padding, gen)
-            if self.train and self.data.flip:
-                flip = (torch.rand(len(x), generator=gen) < 0.5).to(self.device)
-                x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            if order is None:
+                x, y = self.x[sl].float(), self.y[sl]
+            else:  # draws for the whole global batch (the same on every rank), then this rank's share
+                idx = order[sl]
+                pad = self.data.crop_padding
+                if pad > 0:
+                    oy = torch.randint(0, 2 * pad + 1, (len(idx),), generator=gen)
+                    ox = torch.randint(0, 2 * pad + 1, (len(idx),), generator=gen)
+                if self.data.flip:
+                    flip = torch.rand(len(idx), generator=gen) < 0.5
+                idx = idx[mine]
+                x, y = self.x[idx].float(), self.y[idx]
+                if pad > 0:
+                    x = _random_crop(x, pad, oy[mine], ox[mine])
+                if self.data.flip:
+                    x = torch.where(flip[mine].to(self.device)[:, None, None, None], x.flip(3), x)
             x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
             yield x, y

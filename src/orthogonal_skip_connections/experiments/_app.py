@@ -50,6 +50,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 
 from ..rundir import RunDir, check_dir_writable
 from ..runs import UserError
+from ..train import distributed
 from ..train.divergence import Diverged
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "config")
@@ -415,18 +416,20 @@ class App:
     _explicit = None
 
     def __init__(self, name: str, schema: type, fn: Callable, resume: bool = False, redo_completed: bool = False,
-                 console: Callable[[dict], str] | None = None):
+                 console: Callable[[dict], str] | None = None, torchrun: bool = False):
         """``resume``: the app can continue an unfinished run (``resume=true``);
         ``redo_completed``: resuming a completed run runs it again (apps that skip the
         parts already done, like ``study``) instead of returning its summary;
         ``console(summary)``: extra text (a table) printed before the result line when the
-        app runs from the command line."""
+        app runs from the command line; ``torchrun``: the app trains data-parallel when
+        started by torchrun (every rank runs in rank 0's run dir, and only rank 0 writes)."""
         self.name = self.config_name = name
         self.schema = schema
         self.fn = fn
         self.console = console
         self.supports_resume = resume
         self.redo_completed = redo_completed
+        self.torchrun = torchrun
         _register(name, schema)
 
     def config(self, overrides: list[str] = ()):
@@ -441,8 +444,11 @@ class App:
         if isinstance(cfg, (list, tuple)):
             cfg = compose(self.name, cfg)
         cfg = typed(self.schema, cfg)
-        rd = RunDir.claim(run_dir, resume=bool(getattr(cfg, "resume", False)),
-                          supports_resume=self.supports_resume, app=self.name, config=cfg)
+        if distributed.is_main():
+            rd = RunDir.claim(run_dir, resume=bool(getattr(cfg, "resume", False)),
+                              supports_resume=self.supports_resume, app=self.name, config=cfg)
+        else:  # under torchrun: rank 0 claims (and locks) the dir; the other ranks write nothing
+            rd = RunDir(run_dir, resume=bool(getattr(cfg, "resume", False)), app=self.name)
         labels = cfg.labels() if hasattr(cfg, "labels") else None
         try:
             rd.command = command
@@ -517,7 +523,7 @@ class App:
         for job in jobs:
             cfg = typed(self.schema, compose(self.name, job))
             for o in job:
-                if o.startswith("hydra.run.dir=") and not flags:
+                if o.startswith("hydra.run.dir=") and not flags and distributed.is_main():
                     path = Path(o.split("=", 1)[1])
                     top = path  # the outermost dir this call would make
                     while not top.parent.exists() and top.parent != top.parent.parent:
@@ -553,12 +559,16 @@ class App:
         os.environ[CODES_ENV] = codes_file
         try:
             try:
+                if distributed.launched_by_torchrun():
+                    argv = self._join_ranks(argv)
                 self._precheck(argv)
             except UserError as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
             return self._hydra(argv, codes)
         finally:
+            if distributed.launched_by_torchrun():
+                distributed.leave()
             for rd in self._claims:
                 rd.release()
             self._claims = []
@@ -596,17 +606,19 @@ class App:
             fresh = self._explicit is None and not _has_results(run_dir)
             try:
                 summary = self.run(cfg, run_dir, command=command)
-                self.print_result(summary, run_dir)
+                if distributed.is_main():  # under torchrun: rank 0 speaks for all
+                    self.print_result(summary, run_dir)
             except UserError as err:
                 print(f"error: {err}", file=sys.stderr)
-                self._undo(run_dir, fresh)
+                if distributed.is_main():
+                    self._undo(run_dir, fresh)
                 sys.exit(2)
             except Diverged as err:
                 print(f"error: training diverged: {err}", file=sys.stderr)
                 sys.exit(1)
 
         saved = sys.argv
-        named = [] if any(a.startswith("hydra.job.name=") for a in argv) else [f"hydra.job.name={self.name}"]
+        named = self._job_name(argv)
         sys.argv = [f"osc {self.name}", *argv, *named]  # Hydra parses sys.argv
         try:
             task()
@@ -616,6 +628,43 @@ class App:
             sys.argv = saved
             codes += _read_codes()
         return max(codes, default=0)
+
+    def _job_name(self, argv: list[str]) -> list[str]:
+        return [] if any(a.startswith("hydra.job.name=") for a in argv) else [f"hydra.job.name={self.name}"]
+
+    def _join_ranks(self, argv: list[str]) -> list[str]:
+        """Under torchrun: join the process group; rank 0 resolves and claims the run dir
+        and every rank runs in it, the others with Hydra's own files and logs turned off.
+        Returns the overrides to run with; a mistake is the same UserError on every rank."""
+        if not self.torchrun:
+            raise UserError(f"{self.name} does not run under torchrun; start it without torchrun")
+        if any(a in ("-m", "--multirun") for a in argv):
+            raise UserError("torchrun runs one job; start one torchrun per job of a sweep")
+        distributed.init_from_env()
+        run_dir, error = None, None
+        if distributed.is_main():
+            try:
+                from hydra.core.utils import setup_globals
+
+                setup_globals()  # the ${now:...} resolver
+                cfg = typed(self.schema, compose(self.name, argv))
+                hydra_cfg = _compose_raw(self.name, [*argv, *self._job_name(argv)], hydra_config=True)
+                run_dir = str(Path(OmegaConf.select(hydra_cfg, "hydra.run.dir")).absolute())
+                RunDir.claim(run_dir, resume=bool(getattr(cfg, "resume", False)),
+                             supports_resume=self.supports_resume, config=cfg).release()  # a check only
+            except UserError as err:
+                error = str(err)
+            except Exception as err:  # Hydra's composition errors
+                error = _one_line(err, self.schema)
+        run_dir, error = distributed.broadcast_object((run_dir, error))
+        if error is not None:
+            raise UserError(error)
+        quoted = run_dir if re.fullmatch(r"[\w/.+-]+", run_dir) else \
+            "'" + run_dir.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        argv = [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={quoted}"]
+        if not distributed.is_main():
+            argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+        return argv
 
     def _undo(self, run_dir: Path, fresh: bool) -> None:
         """After a refusal inside Hydra: remove a run dir this call made (unless the run had

@@ -5,7 +5,13 @@
     osc run_experiments dataset=digits model.model_type=resnet20 scheduler.epochs=2
 
 Writes config.yaml, run.json, metrics.jsonl, checkpoint.pt and summary.json into the run
-dir; ``resume=true`` continues an unfinished run from its checkpoint.
+dir; ``resume=true`` continues an unfinished run from its checkpoint. ``compile=true`` runs
+the training step through torch.compile. Under torchrun it trains with
+DistributedDataParallel, one process per device (``batch_size`` is the global batch;
+rank 0 writes the run dir; ``sync_batchnorm=true`` on GPUs):
+
+    torchrun --nproc_per_node=4 -m orthogonal_skip_connections.experiments.run_experiments \
+        dataset=cifar10 model.skip_kind=learnable_orth hydra.run.dir=outputs/ddp_run
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from ..rundir import RunDir, column
 from ..runs import UserError, resolve_device
 from ..models.vit import POOLS
 from ..skips import DEFAULT_METHOD, ORTHOGONAL_METHODS, RESIDUAL_MODES, skip
+from ..train import distributed
 from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_classifier
 from ..train.image import ClassifierSpec, build_classifier
 from ._app import App, choice, require
@@ -144,6 +151,9 @@ class Config:
     grad_clip: float
     amp: str
     channels_last: bool
+    compile: bool
+    compile_backend: str
+    sync_batchnorm: bool
     eval_every: int
     data: DataConfig
     seed: int
@@ -163,6 +173,7 @@ class Config:
             schedule=s.name, warmup_epochs=s.warmup_epochs, milestones=list(s.milestones), gamma=s.gamma,
             label_smoothing=self.label_smoothing, mixup_alpha=self.mixup_alpha, grad_clip=self.grad_clip,
             upkeep_momentum=o.upkeep_momentum, amp=self.amp, channels_last=self.channels_last,
+            compile=self.compile, compile_backend=self.compile_backend, sync_batchnorm=self.sync_batchnorm,
             eval_every=self.eval_every, seed=self.seed, progress=self.progress,
         )
 
@@ -249,7 +260,7 @@ def report(cfg: Config, s: dict) -> dict:
 
 
 def run(cfg: Config, rd: RunDir) -> dict:
-    device = resolve_device(cfg.device)
+    device = distributed.device_for_rank(resolve_device(cfg.device))
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     m = cfg.model
@@ -260,9 +271,10 @@ def run(cfg: Config, rd: RunDir) -> dict:
     rd.start(cfg, labels=cfg.labels())
     rd.device = device
     sinks = []
-    if cfg.tensorboard:
+    main_rank = distributed.is_main()  # under torchrun only rank 0 logs
+    if cfg.tensorboard and main_rank:
         sinks.append(TensorBoardSink(rd.path / "tensorboard"))
-    if cfg.wandb.mode != "disabled":
+    if cfg.wandb.mode != "disabled" and main_rank:
         sinks.append(WandbSink(cfg.wandb.mode, cfg.wandb.project, asdict(cfg), rd.path, name=rd.path.name))
     extra = {"dataset": data.name, "model_type": m.model_type, "skip_kind": m.skip_kind, "method": m.orth_method,
              "residual_mode": m.residual_label, "seed": cfg.seed, "n_test": len(data.y_test)}
@@ -272,7 +284,7 @@ def run(cfg: Config, rd: RunDir) -> dict:
     return {**summary, "report": report(cfg, summary)}
 
 
-main = App("run_experiments", Config, run, resume=True)
+main = App("run_experiments", Config, run, resume=True, torchrun=True)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,9 @@ paired with add residuals and identity skips.
 
 It drives the other apps (their ``run`` functions, with configs composed from their own
 YAML plus the scale's overrides) and never copies them: classification runs through
-``run_experiments`` (several at once with joblib), then ``teacher_student`` and the
+``run_experiments``, launched by Hydra's launchers (``jobs`` at once in worker processes
+with the joblib launcher; one after another in this process with the basic launcher
+when ``jobs=1``), then ``teacher_student`` and the
 synthetic apps, then ``report.build_report`` over everything it made. A study killed
 half-way and started again with the same ``hydra.run.dir`` skips the runs already
 completed and starts the unfinished ones again (from their checkpoints with
@@ -19,8 +21,10 @@ completed and starts the unfinished ones again (from their checkpoints with
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -32,7 +36,7 @@ from ..report import build_report
 from ..rundir import RunDir, column
 from ..runs import UserError, progress_bar, read_json, write_json
 from ..train.classifier import Diverged
-from ._app import APPS, App, choice, compose, load_app, one_of, require, typed
+from ._app import APPS, CONFIG_DIR, App, choice, compose, load_app, one_of, require, typed
 
 SCALES = ("smoke", "default", "full")
 PARTS = ("classification", "residual_modes", "teacher_student", "synthetic", "landscape", "two_stage")
@@ -144,16 +148,17 @@ def mode_overrides(mode: str) -> list[str]:
     return [f"model.residual_mode={parts[0]}"] + ([f"model.orthogonal_method={parts[1]}"] if len(parts) > 1 else [])
 
 
-def _job(dataset: str, model_type: str, overrides: list[str], run_dir: Path, label: str) -> tuple[str, dict, Path]:
-    """One planned run_experiments run, its config composed and checked now (a mistake is
-    one line, before any run starts)."""
+def _job(dataset: str, model_type: str, overrides: list[str], run_dir: Path,
+         label: str) -> tuple[str, dict, Path, list[str]]:
+    """One planned run_experiments run: (label, resolved config, run dir, its overrides), the
+    config composed and checked now (a mistake is one line, before any run starts)."""
     overrides = [f"dataset={dataset}", f"model.model_type={model_type}", *overrides]
     run_cfg = compose("run_experiments", overrides)
     typed(load_app("run_experiments").schema, run_cfg)
-    return label, OmegaConf.to_container(run_cfg, resolve=True), run_dir
+    return label, OmegaConf.to_container(run_cfg, resolve=True), run_dir, overrides
 
 
-def mode_jobs(cfg: Config, study_dir: Path) -> list[tuple[str, dict, Path]]:
+def mode_jobs(cfg: Config, study_dir: Path) -> list[tuple[str, dict, Path, list[str]]]:
     """The residual_modes part's plan, as :func:`classification_jobs`: every (task, residual
     mode, skip variant, seed), in study_dir/residual_modes/<task>/<mode>/<variant>/seed<k>."""
     r = cfg.scales[cfg.scale].residual_modes
@@ -172,9 +177,9 @@ def mode_jobs(cfg: Config, study_dir: Path) -> list[tuple[str, dict, Path]]:
     return jobs
 
 
-def classification_jobs(cfg: Config, study_dir: Path) -> list[tuple[str, dict, Path]]:
-    """(label, resolved run_experiments config, run dir) for every (task, variant, seed);
-    every config is composed and checked here, before any run starts."""
+def classification_jobs(cfg: Config, study_dir: Path) -> list[tuple[str, dict, Path, list[str]]]:
+    """(label, resolved run_experiments config, run dir, its overrides) for every (task,
+    variant, seed); every config is composed and checked here, before any run starts."""
     c = cfg.scales[cfg.scale].classification
     want = cfg.scales[cfg.scale].landscape_runs
     jobs = []
@@ -183,16 +188,12 @@ def classification_jobs(cfg: Config, study_dir: Path) -> list[tuple[str, dict, P
         dataset, model_type = task.split("/")
         # the runs loss_landscape will read keep their trained weights (checkpoint.pt)
         keep = "landscape" in cfg.parts and task == want.task and variant in want.variants and seed < want.seeds
-        overrides = [f"dataset={dataset}", f"model.model_type={model_type}", *variant_overrides(variant),
-                     f"seed={seed}", "progress=false", f"save_checkpoint={'last' if keep else cfg.save_checkpoint}",
-                     *c.overrides,
+        overrides = [*variant_overrides(variant), f"seed={seed}", "progress=false",
+                     f"save_checkpoint={'last' if keep else cfg.save_checkpoint}", *c.overrides,
                      *cfg.overrides.run_experiments]
-        run_cfg = compose("run_experiments", overrides)
-        typed(load_app("run_experiments").schema, run_cfg)  # a mistake is one line, before any run
         name = re.sub(r"[^A-Za-z0-9]+", "_", variant)
         run_dir = study_dir / "classification" / f"{dataset}_{model_type}" / name / f"seed{seed}"
-        jobs.append((f"{task} {variant} seed {seed}",
-                     OmegaConf.to_container(run_cfg, resolve=True), run_dir))
+        jobs.append(_job(dataset, model_type, overrides, run_dir, f"{task} {variant} seed {seed}"))
     return jobs
 
 
@@ -207,7 +208,7 @@ def landscape_overrides(cfg: Config, jobs: list, study_dir: Path) -> list[str]:
         for seed in range(want.seeds):
             path = study_dir / "classification" / f"{dataset}_{model_type}" / re.sub(r"[^A-Za-z0-9]+", "_", variant) / \
                 f"seed{seed}"
-            if any(p == path for _, _, p in jobs) and (path / "summary.json").exists() and \
+            if any(p == path for _, _, p, _ in jobs) and (path / "summary.json").exists() and \
                     (path / "checkpoint.pt").exists() and read_json(path / "summary.json").get("status") == "completed":
                 runs.append(path)
     chosen = [f"runs=[{','.join(repr(str(p)) for p in runs)}]"] if runs else []
@@ -234,25 +235,101 @@ def run_classification_job(cfg_dict: dict, run_dir: Path) -> str:
     return read_json(summary).get("status", "unknown") if summary.exists() else "failed"
 
 
-def _labelled_job(label: str, cfg_dict: dict, run_dir: Path) -> tuple[str, str]:
-    return label, run_classification_job(cfg_dict, run_dir)
+_PARENT_ENV = "OSC_STUDY_PID"  # set by the study for its launcher's worker processes
+
+
+def _exit_with_parent() -> None:
+    """In a worker process of the study (a direct child): a daemon thread that ends the
+    process within half a second of the study's death, so a killed study leaves no
+    orphaned training behind (its files are written atomically; resume picks them up)."""
+    study = int(os.environ.get(_PARENT_ENV, "0"))
+    if study in (0, os.getpid()) or os.getppid() != study or getattr(_exit_with_parent, "armed", False):
+        return
+    _exit_with_parent.armed = True
+
+    def watch():
+        while os.getppid() == study:
+            time.sleep(0.25)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-study", daemon=True).start()
+
+
+def classification_task(cfg) -> str:
+    """Hydra task of one classification job (run in the launcher's worker process or in
+    this one): its run dir is the job's Hydra output dir."""
+    from hydra.core.hydra_config import HydraConfig
+
+    _exit_with_parent()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    return run_classification_job(OmegaConf.to_container(cfg, resolve=True), run_dir)
+
+
+def _launcher(cfg: Config, study_dir: Path):
+    """Hydra's joblib launcher (``cfg.jobs`` worker processes), or its basic launcher (in
+    this process) when ``jobs=1``, set up to run :func:`classification_task` with job
+    dirs under ``study_dir``."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.plugins import Plugins
+    from hydra.core.utils import setup_globals
+    from hydra.types import HydraContext, RunMode
+
+    setup_globals()
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(CONFIG_DIR))
+    launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={cfg.jobs}"] if cfg.jobs > 1 else \
+        ["hydra/launcher=basic"]
+    overrides = [*launcher, f"hydra.sweep.dir={_quote(study_dir)}", "hydra.job.chdir=false",
+                 "hydra.job.name=run_experiments", "hydra/hydra_logging=disabled", "hydra/job_logging=disabled"]
+    master = loader.load_configuration("run_experiments", overrides=overrides, run_mode=RunMode.MULTIRUN)
+    return Plugins.instance().instantiate_launcher(
+        hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks(master)),
+        task_function=classification_task, config=master)
+
+
+def _quote(value) -> str:
+    """A string as a quoted Hydra override value."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def run_classification(cfg: Config, study_dir: Path, jobs: list) -> dict[str, str]:
-    bar = progress_bar(total=len(jobs), enabled=cfg.progress, desc="classification runs")
-    statuses = {}
-    if cfg.jobs > 1 and len(jobs) > 1:
-        from joblib import Parallel, delayed
+    """Every classification job through Hydra's launcher; returns {label: status}. The
+    progress bar counts the summaries written so far."""
+    from hydra.core.utils import JobStatus
 
-        results = Parallel(n_jobs=cfg.jobs, return_as="generator_unordered")(
-            delayed(_labelled_job)(*job) for job in jobs
-        )
-    else:
-        results = (_labelled_job(*job) for job in jobs)
-    for label, status in results:
-        statuses[label] = status
-        bar.set_postfix_str(f"{label}: {status}")
-        bar.update()
+    launcher = _launcher(cfg, study_dir)
+    job_overrides = [[*overrides, f"hydra.sweep.subdir={_quote(run_dir.relative_to(study_dir))}"]
+                     for _, _, run_dir, overrides in jobs]
+    bar = progress_bar(total=len(jobs), enabled=cfg.progress, desc="classification runs")
+    done = threading.Event()
+
+    def count():
+        while not done.wait(1.0):
+            bar.n = sum((run_dir / "summary.json").exists() for _, _, run_dir, _ in jobs)
+            bar.refresh()
+
+    watcher = threading.Thread(target=count, daemon=True)
+    watcher.start()
+    saved = os.environ.get(_PARENT_ENV)
+    os.environ[_PARENT_ENV] = str(os.getpid())  # read by the workers: see _exit_with_parent
+    try:
+        returns = launcher.launch(job_overrides, initial_job_idx=0)
+    finally:
+        done.set()
+        watcher.join()
+        if saved is None:
+            os.environ.pop(_PARENT_ENV, None)
+        else:
+            os.environ[_PARENT_ENV] = saved
+    statuses = {}
+    for (label, *_), ret in zip(jobs, returns):
+        if ret.status == JobStatus.COMPLETED:
+            statuses[label] = ret.return_value
+        else:
+            statuses[label] = f"failed: {type(ret._return_value).__name__}: {ret._return_value}"
+    bar.n = len(jobs)
+    bar.set_postfix_str(f"{sum(s == 'completed' for s in statuses.values())} completed")
     bar.close()
     return statuses
 

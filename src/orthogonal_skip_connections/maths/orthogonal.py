@@ -30,6 +30,7 @@ __all__ = [
     "retract",
     "check_square",
     "one_thread",
+    "householder_wy",
     "eye_like",
     "skew",
     "safe_svd",
@@ -200,6 +201,25 @@ def newton_schulz(
 
 
 # --------------------------------------------------------------------------- maps from so(n)
+
+
+def householder_wy(X: Tensor) -> Tensor:
+    """Q = H_1 H_2 ... H_n, H_i = I - tau_i v_i v_i^T, from the strictly lower triangle of X:
+    v_i = e_i + (column i of X below the diagonal) and tau_i = 2 / v_i^T v_i (so each H_i is
+    a reflection), i.e. ``torch.linalg.householder_product(X.tril(-1), tau)`` as torch's
+    orthogonal parametrization calls it; (..., n, n).
+
+    Computed in compact WY form, Q = I - V T^{-1} V^T with V = I + tril(X, -1) and
+    T = striu(V^T V) + diag(V^T V) / 2 (Joffrain, Low, Quintana-Orti and van de Geijn 2006,
+    "Accumulating Householder transformations, revisited", thm 1): three matrix products
+    and a triangular solve, whose backward is as cheap, where the product of n reflectors
+    and its backward take O(n) small steps each."""
+    check_square(X, "X")
+    eye = eye_like(X)
+    V = X.tril(-1) + eye
+    M = V.mT @ V
+    T = M.triu(1) + torch.diag_embed(0.5 * M.diagonal(dim1=-2, dim2=-1))
+    return eye - V @ torch.linalg.solve_triangular(T, V.mT, upper=True)
 
 
 @single_threaded

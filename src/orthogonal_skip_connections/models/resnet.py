@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..skips import SkipFactory, skip_layer_from
+from ..skips.contract import observed
 from ..skips.residual import DEFAULT_EPS, Residual
 
 
@@ -64,7 +65,7 @@ class BasicBlock(nn.Module):
         out = self.branch(x)
         if not self.skip.has_path:  # e.g. the zero kind: the projection would be wasted work
             return F.relu(out)  # (every residual mode gives the branch itself on a zero stream)
-        return F.relu(self.residual(self.skip(self.shortcut(x)), out))
+        return F.relu(self.residual.with_skip(self.skip, self.shortcut(x), out))
 
 
 class Bottleneck(BasicBlock):
@@ -129,8 +130,18 @@ class PreActBlock(nn.Module):
         out = self.branch(pre)
         if not self.skip.has_path:
             return out
-        stream = x if self.shortcut is None else self.shortcut(pre)
-        return self.residual(self.skip(stream), out)
+        if self.shortcut is None:
+            return self.residual.with_skip(self.skip, x, out)
+        foldable = hasattr(self.skip, "folding_matrix") and self.residual.mode == "add" and \
+            not observed(self.skip, self.residual, self.shortcut)
+        W = self.skip.folding_matrix(pre) if foldable else None
+        if W is None:
+            return self.residual.with_skip(self.skip, self.shortcut(pre), out)
+        # a matrix skip after the bare 1x1 projection folds into it: W (K pre) = (W K) pre,
+        # one convolution with the C x C_in kernel W K instead of a convolution and a GEMM
+        K = self.shortcut.weight  # (C, C_in, 1, 1)
+        folded = F.conv2d(pre, (W @ K.flatten(1)).view_as(K), stride=self.shortcut.stride)
+        return self.residual(folded, out)
 
 
 class PreActBottleneck(PreActBlock):

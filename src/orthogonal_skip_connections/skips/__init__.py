@@ -6,7 +6,7 @@
 
 from ..maths.orthogonal import DEFAULT_METHOD, ORTH_INITS, ORTH_METHODS, PARAMETRIZED_METHODS, RETRACTED_METHODS
 from .constraint import Retraction, mark_retracted, orthogonal_, retracted_parameters, retraction_of
-from .contract import Skip, apply_matrix, iter_skips
+from .contract import Skip, apply_matrix, apply_matrix_add, iter_skips
 from .kinds import (
     SKIP_KINDS,
     SKIP_OPTIONS,
@@ -34,7 +34,7 @@ from .residual import (
 __all__ = [
     "DEFAULT_METHOD", "ORTH_INITS", "ORTH_METHODS", "PARAMETRIZED_METHODS", "RETRACTED_METHODS",
     "Retraction", "mark_retracted", "orthogonal_", "retracted_parameters", "retraction_of",
-    "Skip", "apply_matrix", "iter_skips",
+    "Skip", "apply_matrix", "apply_matrix_add", "iter_skips",
     "SKIP_KINDS", "SKIP_OPTIONS", "IdentitySkip", "MatrixSkip", "OrthogonalSkip", "ScalarSkip", "SkipFactory",
     "ZeroSkip", "make_skip", "skip", "skip_layer_from",
     "patch_skips",

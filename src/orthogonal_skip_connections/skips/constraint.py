@@ -5,7 +5,9 @@ of geotorch and ``torch.nn.utils.parametrizations.orthogonal``. Two families, on
 
 - parametrized methods (``cayley``, ``exp``, ``householder``) register torch's
   ``orthogonal`` parametrization: W = B phi(A) is orthogonal by construction and any
-  optimiser may move A (never with weight decay: see :mod:`..optim`);
+  optimiser may move A (never with weight decay: see :mod:`..optim`). The same state and
+  the same W as ``torch.nn.utils.parametrizations.orthogonal``; only the Householder map
+  of a square weight is computed faster (:class:`OrthogonalMap`);
 - retracted methods (``steepest``, ``svd``, ``qr``, ``newton_schulz``) leave W a plain
   parameter and mark it with a :class:`Retraction`; the optimiser of
   :func:`orthogonal_skip_connections.optim.optimizer` finds the mark and moves W on O(n)
@@ -22,7 +24,24 @@ from torch.nn.utils import parametrizations, parametrize
 
 from ..maths import orthogonal as orth
 
-__all__ = ["Retraction", "retraction_of", "recorded_retraction", "mark_retracted", "retracted_parameters", "orthogonal_", "resolve_method"]
+__all__ = ["OrthogonalMap", "Retraction", "retraction_of", "recorded_retraction", "mark_retracted", "retracted_parameters", "orthogonal_", "resolve_method"]
+
+class OrthogonalMap(parametrizations._Orthogonal):
+    """torch's orthogonal parametrization (its state_dict, its right_inverse, its W), with
+    the Householder map of a square real weight in compact WY form
+    (:func:`~orthogonal_skip_connections.maths.orthogonal.householder_wy`): the same Q as
+    ``householder_product`` (to round-off) at a fraction of its forward and backward cost."""
+
+    def forward(self, X: Tensor) -> Tensor:
+        square = X.size(-1) == X.size(-2)
+        if self.orthogonal_map != parametrizations._OrthMaps.householder or not square or X.is_complex():
+            return super().forward(X)
+        # the diagonal of X holds the signs (+-1) torch keeps fixed; see its _Orthogonal
+        Q = orth.householder_wy(X) * X.diagonal(dim1=-2, dim2=-1).int().unsqueeze(-2)
+        if hasattr(self, "base"):
+            Q = self.base @ Q
+        return Q
+
 
 _MARK = "_osc_retraction"  # on a parameter: a cache, lost by copy.deepcopy of the parameter
 _MODULE_MARKS = "_osc_retractions"  # on its module, {name: Retraction}: the record, kept by deepcopy
@@ -187,8 +206,11 @@ def orthogonal_(
             W0 = initial_orthogonal(W.shape[0], init, special, generator, W.dtype, W.device)
         W.copy_(W0)
     if method in orth.PARAMETRIZED_METHODS:
-        # W = B phi(A) with B = W0 and A = 0 at the start (torch's trivialization)
-        parametrizations.orthogonal(module, name, orthogonal_map=orth.TORCH_MAPS[method])
+        # W = B phi(A) with B = W0 and A = 0 at the start (torch's trivialization), registered
+        # as torch.nn.utils.parametrizations.orthogonal does
+        orth_map = getattr(parametrizations._OrthMaps, orth.TORCH_MAPS[method])
+        parametrize.register_parametrization(module, name, OrthogonalMap(W, orth_map, use_trivialization=True),
+                                             unsafe=True)
     else:
         mark_retracted(W, Retraction(method, float(lr_scale), int(ns)), module, name)
     return module

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Skip", "apply_matrix", "iter_skips"]
+__all__ = ["Skip", "apply_matrix", "apply_matrix_add", "iter_skips", "observed"]
 
 
 def apply_matrix(x: Tensor, W: Tensor) -> Tensor:
@@ -34,6 +34,35 @@ def apply_matrix(x: Tensor, W: Tensor) -> Tensor:
             return F.linear(x.permute(0, 2, 3, 1), W).permute(0, 3, 1, 2)
         return F.conv2d(x, W[:, :, None, None])
     return F.linear(x, W)  # (N, C) or (N, T, C): x W^T
+
+
+def apply_matrix_add(x: Tensor, W: Tensor, out: Tensor) -> Tensor:
+    """out + W x: a residual sum with a matrix skip, as one GEMM (``addmm``, beta = 1) where
+    the layout allows: the product is written straight into the sum, so the skip costs its
+    GEMM and no extra pass over the activations. That needs x and out as matrices of rows
+    (channels last: (N, H, W, C) views of channels_last maps, or (N, C) / (N, T, C));
+    otherwise the product and the sum are two operations."""
+    if x.shape == out.shape and x.dtype == out.dtype:
+        if x.ndim == 4:
+            cl = torch.channels_last
+            if x.is_contiguous(memory_format=cl) and out.is_contiguous(memory_format=cl):
+                n, c, h, w = x.shape
+                rows = lambda t: t.permute(0, 2, 3, 1).reshape(n * h * w, c)  # noqa: E731 - views
+                return torch.addmm(rows(out), rows(x), W.mT).view(n, h, w, c).permute(0, 3, 1, 2)
+        elif x.is_contiguous() and out.is_contiguous():
+            c = x.shape[-1]
+            return torch.addmm(out.reshape(-1, c), x.reshape(-1, c), W.mT).view(out.shape)
+    return apply_matrix(x, W) + out
+
+
+def observed(*modules: nn.Module) -> bool:
+    """Whether a forward hook watches any of ``modules`` (or every module): a block then
+    calls its skip and its residual sum as separate modules, unfused, so the hooks see them."""
+    from torch.nn.modules import module as _m
+
+    if _m._global_forward_hooks or _m._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 class Skip(nn.Module):
@@ -57,6 +86,10 @@ class Skip(nn.Module):
                 f"{self.kind} skip expects (N, {self.channels}), (N, T, {self.channels}) or "
                 f"(N, {self.channels}, H, W); got {tuple(x.shape)}"
             )
+
+    def add_to(self, x: Tensor, out: Tensor) -> Tensor:
+        """``skip(x) + out`` (a residual block's sum); kinds with a matrix fuse the two."""
+        return self(x) + out
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..maths import orthogonal as orth
 from .constraint import initial_orthogonal, orthogonal_, recorded_retraction, resolve_method
-from .contract import Skip, apply_matrix
+from .contract import Skip, apply_matrix, apply_matrix_add
 
 __all__ = [
     "SKIP_KINDS",
@@ -88,6 +88,15 @@ class MatrixSkip(Skip):
         self._check(x)
         return apply_matrix(x, self.weight)
 
+    def add_to(self, x: Tensor, out: Tensor) -> Tensor:
+        self._check(x)
+        return apply_matrix_add(x, self.weight, out)
+
+    def folding_matrix(self, x: Tensor) -> Tensor:
+        """W, for a block to fold into a linear map that precedes the skip (the 1x1
+        projection shortcut of a pre-activation block); ``x``: that map's input."""
+        return self.weight
+
 
 class ScalarSkip(Skip):
     """y = alpha x with a trainable scalar alpha (init 1); ``weight`` is alpha I."""
@@ -148,14 +157,25 @@ class OrthogonalSkip(Skip):
     def ns_steps(self) -> int:
         return self._ns_steps
 
+    def matrix(self, x: Tensor) -> Tensor:
+        """W for a forward on ``x``; for a parametrized method W = B phi(A) is small-matrix
+        work, run on one CPU thread (see orthogonal.one_thread)."""
+        if self.upkeep == "parametrized":
+            with orth.one_thread(x.device.type == "cpu"):
+                return self.weight
+        return self.weight
+
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        if self.upkeep == "parametrized":  # W = B phi(A): small-matrix work, see orthogonal.one_thread
-            with orth.one_thread(x.device.type == "cpu"):
-                W = self.weight
-        else:
-            W = self.weight
-        return apply_matrix(x, W)
+        return apply_matrix(x, self.matrix(x))
+
+    def add_to(self, x: Tensor, out: Tensor) -> Tensor:
+        self._check(x)
+        return apply_matrix_add(x, self.matrix(x), out)
+
+    def folding_matrix(self, x: Tensor) -> Tensor:
+        """W, for a block to fold into a linear map that precedes the skip (see MatrixSkip)."""
+        return self.matrix(x)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, method={self.method}, init={self.init}"

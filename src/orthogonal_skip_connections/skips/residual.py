@@ -136,6 +136,15 @@ class Residual(nn.Module):
     def forward(self, stream: Tensor, update: Tensor) -> Tensor:
         return residual_combine(self.mode, stream, update, self.method, self.eps)
 
+    def with_skip(self, skip: nn.Module, x: Tensor, update: Tensor) -> Tensor:
+        """``self(skip(x), update)``; in ``add`` mode ``skip.add_to`` fuses a matrix skip's
+        product with the sum (unless a forward hook watches the skip or this module)."""
+        from .contract import observed
+
+        if self.mode == "add" and hasattr(skip, "add_to") and not observed(skip, self):
+            return skip.add_to(x, update)
+        return self(skip(x), update)
+
     def extra_repr(self) -> str:
         if self.mode == "add":
             return "mode=add"

@@ -8,6 +8,11 @@ skipped; then the learning-rate schedule. When the run counts as diverged is the
 per-skip diagnostics, and an atomic checkpoint from which ``resume`` continues with the
 same numbers (bit for bit on CPU: every random draw of an epoch comes from a generator
 seeded by (seed, epoch)).
+
+``compile``: the forward and backward run through ``torch.compile`` (the model's
+parametrized orthogonal skips included); the optimiser step, and with it the retraction,
+stays eager, outside the compiled graph. Under ``torchrun`` the model is wrapped in
+DistributedDataParallel and the data are sharded per rank (see :mod:`.distributed`).
 """
 
 from __future__ import annotations
@@ -23,11 +28,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..data.vision import ImageData, TensorLoader, epoch_generator
 from ..diagnostics import skip_diagnostics, summarize_skips
+from ..skips import iter_skips
 from ..runs import UserError, append_jsonl, atomic_torch_save, progress_bar, write_json
 from ..optim import OptimConfig, build_optimizer, lr_scheduler
+from . import distributed
 from .divergence import Diverged, DivergenceGuard
 
 __all__ = ["TrainConfig", "MetricSink", "Diverged", "train_classifier", "evaluate"]
@@ -35,6 +43,9 @@ __all__ = ["TrainConfig", "MetricSink", "Diverged", "train_classifier", "evaluat
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+# torch.compile backends: inductor generates fused kernels (C++ on the CPU, Triton on CUDA);
+# aot_eager captures the same forward and backward graphs and runs them with eager kernels
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
 
 @dataclass
@@ -58,6 +69,9 @@ class TrainConfig:
     upkeep_momentum: float | None = None  # momentum of the retracted skips' step (None: momentum)
     amp: str = "auto"  # auto (bf16 on CUDA, off elsewhere) | bf16 | off
     channels_last: bool = False
+    compile: bool = False  # torch.compile the forward/backward (the optimiser step stays eager)
+    compile_backend: str = "inductor"  # torch.compile's backend: inductor | aot_eager | eager
+    sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over the global batch
     eval_every: int = 1
     seed: int = 0
     progress: bool = True
@@ -80,6 +94,8 @@ class TrainConfig:
             (self.grad_clip >= 0, f"grad_clip must be >= 0; got {self.grad_clip}"),
             (self.amp in ("auto", "bf16", "off"), f"unknown amp {self.amp!r}; allowed: auto, bf16, off"),
             (self.eval_every >= 1, f"eval_every must be >= 1; got {self.eval_every}"),
+            (self.compile_backend in COMPILE_BACKENDS,
+             f"unknown compile_backend {self.compile_backend!r}; allowed: {', '.join(COMPILE_BACKENDS)}"),
         ]
         problems = [message for ok, message in checks if not ok] + self.optim().problems()
         if problems:
@@ -106,6 +122,12 @@ def _autocast(device: torch.device, amp: str):
 def evaluate(model: nn.Module, loader: TensorLoader, amp: str = "auto") -> dict:
     """Test loss (mean cross-entropy) and accuracy (percent) over the whole loader."""
     model.eval()
+    # parametrized skips: W = B phi(A) is computed once for the whole pass, not per batch
+    with parametrize.cached():
+        return _evaluate(model, loader, amp)
+
+
+def _evaluate(model: nn.Module, loader: TensorLoader, amp: str) -> dict:
     loss_sum, correct, n = 0.0, 0, 0
     for x, y in loader.epoch():
         with _autocast(loader.device, amp):
@@ -158,10 +180,16 @@ def train_classifier(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = run_dir / CHECKPOINT, run_dir / METRICS
+    main = distributed.is_main()  # only rank 0 writes files
+    if cfg.batch_size % distributed.world_size():
+        raise UserError(f"batch_size {cfg.batch_size} (the global batch) does not split evenly over "
+                        f"{distributed.world_size()} processes")
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    train_loader = TensorLoader(data, cfg.batch_size, True, device, cfg.channels_last)
+    step_model = _step_model(model, cfg, device)
+    train_loader = TensorLoader(data, cfg.batch_size, True, device, cfg.channels_last,
+                                rank=distributed.rank(), world=distributed.world_size())
     test_loader = TensorLoader(data, max(cfg.batch_size, 256), False, device, cfg.channels_last)
     steps_per_epoch = len(train_loader)
     opt = build_optimizer(model, cfg.optim())
@@ -178,11 +206,14 @@ def train_classifier(
         _set_rng_state(ckpt["rng"])
         state.update(ckpt["state"])
         guard.load_state(state.get("guard"))
-        _truncate_metrics(metrics_path, state["epoch"])
-    elif metrics_path.exists():
+        if main:
+            _truncate_metrics(metrics_path, state["epoch"])
+    elif metrics_path.exists() and main:
         metrics_path.unlink()  # a fresh run in a dir without a checkpoint: start the log anew
 
     def log(record: dict) -> None:
+        if not main:
+            return
         append_jsonl(metrics_path, record)
         for sink in sinks:
             sink.log(record)
@@ -203,24 +234,28 @@ def train_classifier(
             "skipped_steps": guard.skipped_steps,
             **summarize_skips(skip_diagnostics(model)),
             "device": str(device),
+            "world_size": distributed.world_size(),
             "config": asdict(cfg),
         }
         out.update(extra_summary or {})
         return out
 
     model.train()
-    epochs_bar = progress_bar(range(state["epoch"], cfg.epochs), enabled=cfg.progress, desc="epochs",
+    show = cfg.progress and main
+    epochs_bar = progress_bar(range(state["epoch"], cfg.epochs), enabled=show, desc="epochs",
                               initial=state["epoch"], total=cfg.epochs)
     try:
         for epoch in epochs_bar:
             gen = epoch_generator(cfg.seed, epoch)
             loss_sum, correct, seen = 0.0, 0, 0
             t0 = time.perf_counter()
-            bar = progress_bar(train_loader.epoch(gen), enabled=cfg.progress, total=steps_per_epoch,
+            bar = progress_bar(train_loader.epoch(gen), enabled=show, total=steps_per_epoch,
                                desc=f"epoch {epoch + 1}", leave=False)
             for x, y in bar:
-                loss, logits, y_hard = _forward(model, x, y, cfg, gen, device)
+                loss, logits, y_hard = _forward(step_model, x, y, cfg, gen, device)
                 loss_value = float(loss.detach())
+                if distributed.world_size() > 1:  # every rank judges one number: the global batch's loss
+                    loss_value = distributed.all_sum([loss_value])[0] / distributed.world_size()
                 opt.zero_grad(set_to_none=True)
                 finite = math.isfinite(loss_value)
                 if finite:
@@ -238,11 +273,14 @@ def train_classifier(
                     loss_sum += loss_value * len(y)
                     correct += int((logits.argmax(1) == y_hard).sum())
                     seen += len(y)
-                if cfg.progress and seen:
+                if show and seen:
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
             if device.type == "cuda":
                 torch.cuda.synchronize()
             epoch_time = time.perf_counter() - t0
+            if distributed.world_size() > 1:  # the epoch's numbers over the global batches
+                loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], None)
+                distributed.broadcast_buffers(model)  # BatchNorm statistics: rank 0's, on every rank
             state.update(epoch=epoch + 1, train_time_s=state["train_time_s"] + epoch_time,
                          train_loss=loss_sum / seen if seen else float("nan"),
                          train_acc=100.0 * correct / seen if seen else float("nan"))
@@ -257,11 +295,11 @@ def train_classifier(
                 state["best_test_acc"] = ev["test_acc"] if best is None else max(best, ev["test_acc"])
                 log({"type": "eval", "epoch": epoch + 1, "step": state["step"], **ev,
                      **summarize_skips(skips), "skips": skips})
-                if cfg.progress:
+                if show:
                     epochs_bar.set_postfix(test_acc=f"{ev['test_acc']:.2f}")
             guard.check(state["step"], {"train loss": state["train_loss"], "test loss": ev_now and ev_now["test_loss"]})
             state["guard"] = guard.state()
-            if save_checkpoint:
+            if save_checkpoint and main:
                 atomic_torch_save(
                     {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "rng": _rng_state(), "state": state},
@@ -269,14 +307,37 @@ def train_classifier(
                 )
     except Diverged as err:
         err.partial = {**summary("diverged"), "divergence": err.info}
-        write_json(run_dir / SUMMARY, err.partial)
+        if main:
+            write_json(run_dir / SUMMARY, err.partial)
         raise
     finally:
         for sink in sinks:
             sink.close()
     result = summary("completed")
-    write_json(run_dir / SUMMARY, result)
+    if main:
+        write_json(run_dir / SUMMARY, result)
     return result
+
+
+def _step_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """What the training step calls: ``model`` itself, wrapped in DistributedDataParallel
+    under a process group (BatchNorm synchronised if asked), compiled if asked. Its
+    parameters are ``model``'s, so ``model.state_dict()`` is what is saved."""
+    out = model
+    if distributed.world_size() > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if cfg.sync_batchnorm:
+            if device.type != "cuda":  # torch's SyncBatchNorm runs on GPUs only
+                raise UserError(f"sync_batchnorm=true needs CUDA devices; this run is on {device}")
+            nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the BatchNorm children in place
+        # a block without a skip path (the zero kind) leaves its projection shortcut unused
+        unused = any(not s.has_path for _, s in iter_skips(model))
+        out = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=unused)
+    if cfg.compile:
+        out = torch.compile(out, backend=cfg.compile_backend)
+    return out
 
 
 def _forward(model, x, y, cfg: TrainConfig, gen: torch.Generator, device: torch.device):

@@ -1,0 +1,138 @@
+"""Data-parallel training under torchrun (gloo, 2 CPU processes, resnet20 on digits):
+the ranks end with identical weights, retracted skips included; rank 0 alone writes one
+set of result files; a killed-then-resumed run matches an uninterrupted one bit for bit."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from orthogonal_skip_connections.train import distributed
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+SRC = Path(__file__).resolve().parents[1] / "src"
+STEPS_PER_EPOCH = 1437 // 256
+OVERRIDES = ["dataset=digits", "model.model_type=resnet20", "device=cpu", "progress=false", "batch_size=256",
+             "scheduler.epochs=2", "model.skip_kind=learnable_orth", "model.method=steepest", "model.init=haar",
+             "optimizer.nesterov=true"]
+
+
+def torchrun(cwd: Path, *overrides: str, **env) -> subprocess.CompletedProcess:
+    environ = {**os.environ, "OMP_NUM_THREADS": "1", **env,
+               "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
+           *OVERRIDES, *overrides]
+    return subprocess.run(cmd, cwd=cwd, env=environ, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """One uninterrupted 2-process run; each rank's final weights saved beside it."""
+    cwd = tmp_path_factory.mktemp("ddp_full")
+    (cwd / "weights").mkdir()
+    out = torchrun(cwd, "hydra.run.dir=run", OSC_TEST_RANK_WEIGHTS=str(cwd / "weights"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return cwd
+
+
+def test_ranks_hold_identical_weights_and_rank0_writes_one_result_set(full_run):
+    w0 = torch.load(full_run / "weights" / "rank0.pt", weights_only=True)
+    w1 = torch.load(full_run / "weights" / "rank1.pt", weights_only=True)
+    assert w0.keys() == w1.keys()
+    skips = [k for k in w0 if ".skip." in k]
+    assert len(skips) == 9  # the retracted orthogonal skip of every block
+    for key in w0:  # every parameter and buffer (BatchNorm statistics included)
+        assert torch.equal(w0[key], w1[key]), key
+    skip0 = w0[skips[0]]
+    assert torch.linalg.matrix_norm(skip0.T @ skip0 - torch.eye(len(skip0))) < 1e-4  # still orthogonal
+    # exactly one set of result files, in the one run dir, and nothing else in the cwd
+    assert sorted(p.name for p in full_run.iterdir()) == ["run", "weights"]
+    run = full_run / "run"
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", ".lock", "checkpoint.pt", "config.yaml", "metrics.jsonl",
+                                                      "run.json", "summary.json"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["world_size"] == 2
+    assert summary["steps"] == 2 * STEPS_PER_EPOCH  # batch_size is the global batch
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["type"] for r in records] == ["train", "eval", "train", "eval"]  # logged once, not per rank
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(saved[k], w0[k]) for k in w0)
+
+
+def test_killed_and_resumed_ddp_run_matches_uninterrupted(full_run, tmp_path):
+    died = torchrun(tmp_path, "hydra.run.dir=run", OSC_TEST_DIE_AT_FORWARD=str(STEPS_PER_EPOCH + 3))
+    assert died.returncode != 0
+    run = tmp_path / "run"
+    assert (run / "checkpoint.pt").exists() and not (run / "summary.json").exists()
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["state"]["epoch"] == 1
+    resumed = torchrun(tmp_path, "hydra.run.dir=run", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    a = torch.load(full_run / "run" / "checkpoint.pt", weights_only=True)
+    b = torch.load(run / "checkpoint.pt", weights_only=True)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    timing = {"train_time_s", "seconds_per_epoch", "provenance", "report"}
+    full = json.loads((full_run / "run" / "summary.json").read_text())
+    again = json.loads((run / "summary.json").read_text())
+    assert {k: v for k, v in full.items() if k not in timing} == {k: v for k, v in again.items() if k not in timing}
+    lines = lambda p: [{k: v for k, v in json.loads(s).items() if k != "epoch_time_s"}  # noqa: E731
+                       for s in (p / "metrics.jsonl").read_text().splitlines()]
+    assert lines(full_run / "run") == lines(run)
+
+
+def test_loader_shards_are_the_single_process_batches():
+    from orthogonal_skip_connections.data.vision import TensorLoader, epoch_generator, load_image_data
+
+    data = load_image_data("digits")
+    cpu = torch.device("cpu")
+    whole = list(TensorLoader(data, 64, True, cpu).epoch(epoch_generator(0, 1)))
+    shards = [list(TensorLoader(data, 64, True, cpu, rank=r, world=4).epoch(epoch_generator(0, 1)))
+              for r in range(4)]
+    assert all(len(s) == len(whole) for s in shards)
+    for b, (x, y) in enumerate(whole):
+        assert torch.equal(torch.cat([s[b][0] for s in shards]), x)
+        assert torch.equal(torch.cat([s[b][1] for s in shards]), y)
+    with pytest.raises(ValueError, match="split evenly"):
+        TensorLoader(data, 66, True, cpu, rank=0, world=4)
+
+
+def test_without_a_process_group_everything_is_rank_0_of_1():
+    assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
+    assert distributed.all_sum([1.5, 2.0]) == [1.5, 2.0] and distributed.any_true(False) is False
+
+
+def test_apps_that_cannot_run_under_torchrun_say_so(monkeypatch, capsys):
+    from orthogonal_skip_connections.experiments import theorem
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert theorem.main([]) == 2
+    assert "does not run under torchrun" in capsys.readouterr().err
+
+
+def test_two_job_multirun_with_the_basic_launcher_makes_two_run_dirs_that_osc_report_reads(tmp_path):
+    import csv
+
+    from orthogonal_skip_connections.cli import main as osc_main
+    from orthogonal_skip_connections.experiments import run_experiments
+
+    sweep = tmp_path / "sweep"
+    code = run_experiments.main(["-m", "seed=0,1", "dataset=digits", "model.model_type=resnet20", "device=cpu",
+                                 "progress=false", "scheduler.epochs=1", "batch_size=256",
+                                 "model.skip_kind=learnable_orth", f"hydra.sweep.dir={sweep}"])
+    assert code == 0
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in runs] == ["0", "1"]  # hydra.sweep.subdir: the job number
+    for seed, run in enumerate(runs):
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["seed"] == seed
+    assert osc_main(["report", str(sweep), "--out", str(tmp_path / "report")]) == 0
+    with open(tmp_path / "report" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["seed"] for r in rows) == ["0", "1"]
+    assert {r["variant"] for r in rows} == {"learnable_orth/steepest"} and all(r["status"] == "completed" for r in rows)

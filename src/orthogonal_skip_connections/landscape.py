@@ -34,8 +34,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,7 +46,7 @@ from torch import Tensor, nn
 
 from .data.vision import ImageData
 from .maths import orthogonal as orth
-from .runs import progress_bar
+from .runs import progress_bar, write_npz
 from .skips import iter_skips, retracted_parameters
 
 __all__ = [
@@ -391,19 +389,6 @@ def _load_cache(path: Path, key: dict) -> dict | None:
         return None  # unreadable: computed again
 
 
-def _save_cache(path: Path, arrays: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def landscape_of(model: nn.Module, init_model: nn.Module, data: ImageData, settings: LandscapeSettings,
                  checkpoint_sha256: str, init_seed: int, cache_path: Path | None = None,
                  device: torch.device | str = "cpu", progress: bool = False, desc: str = "") -> dict:
@@ -442,7 +427,7 @@ def landscape_of(model: nn.Module, init_model: nn.Module, data: ImageData, setti
         "sharpness": np.array(json.dumps(sharp)),
     }
     if cache_path is not None:
-        _save_cache(Path(cache_path), arrays)
+        write_npz(Path(cache_path), arrays)
     out = _unpack(arrays)
     out["cached"] = False
     return out

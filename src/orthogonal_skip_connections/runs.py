@@ -72,6 +72,13 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> 
         raise
 
 
+def write_npz(path: Path, arrays: dict) -> None:
+    """``np.savez`` through a temporary file and a rename: never a half-written file."""
+    import numpy as np  # here, not at the top: ``osc list`` imports this module and needs no numpy
+
+    _atomic_write(path, lambda f: np.savez(f, **arrays), mode="wb")
+
+
 def write_json(path: Path, obj: Any) -> None:
     _atomic_write(path, lambda f: json.dump(to_jsonable(obj), f, indent=2, allow_nan=False))
 

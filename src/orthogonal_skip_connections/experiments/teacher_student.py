@@ -13,9 +13,7 @@ distance.png and loss.png.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from ..analysis.teacher_student import summarize
 from ..models.teacher_student import ARCHS
 from ..train import teacher_student as ts
 from ..rundir import RunDir, column
-from ..runs import UserError, resolve_device
+from ..runs import UserError, resolve_device, write_npz
 from ._app import App, one_of, require, typed
 
 
@@ -108,19 +106,6 @@ def build(cfg: Config) -> tuple[list[str], ts.TeacherStudentConfig, list[int]]:
     """(archs, training config, seeds) of a checked config (or of a composed one)."""
     cfg = typed(Config, cfg)
     return list(cfg.archs), cfg.train_config(), list(range(cfg.seed, cfg.seed + cfg.seeds))
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez to a temporary file, then rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def plot(trajs: dict[str, ts.Trajectory], run_dir: Path) -> None:
@@ -231,7 +216,7 @@ def run(cfg: Config, rd: RunDir) -> dict:
     arrays = {"archs": np.array(archs)}
     for t in trajs.values():
         arrays.update(t.arrays())
-    _save_npz(rd.path / "trajectories.npz", arrays)
+    write_npz(rd.path / "trajectories.npz", arrays)
     summary = {a: summarize(t, cfg.thresholds.fit, cfg.thresholds.recover) for a, t in trajs.items()}
     summary["meta"] = {
         "archs": archs,

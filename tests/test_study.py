@@ -248,3 +248,24 @@ def test_smallest_detectable_difference():
     md = "\n".join(table_markdown(table))
     assert "100.00†]" in md and "clipped" in md  # identity's interval passes 100 and is cut there
     assert "(1.00–1.00)" in md  # step-time ratio per seed, paired with identity
+
+
+def test_a_paired_difference_interval_is_clipped_at_100_points():
+    """Two accuracies differ by at most 100 points: a wider t-interval of the paired
+    differences is cut there and marked, and the verdict still reads its signs."""
+    from orthogonal_skip_connections.report import task_tables
+    from orthogonal_skip_connections.report.classification import table_markdown
+
+    def row(variant, seed, acc):
+        return {"task": "t", "variant": variant, "seed": seed, "status": "completed", "test_acc": acc,
+                "step_time_s": 1.0, "epochs_to_target": 1, "skip_identity_distance_mean": None,
+                "target_acc": 90, "n_test": 360}
+
+    accs = [98.0, 97.0, 98.5]
+    rows = [row("identity", s, a) for s, a in enumerate(accs)] + \
+        [row("zero", s, a) for s, a in enumerate([10.0, 96.0, 97.5])]  # one seed collapsed to chance
+    zero = next(t for t in task_tables(rows)["t"] if t["variant"] == "zero")
+    assert zero["diff_lo"] == -100.0 and zero["diff_ci_clipped"] == (True, False)
+    assert -100.0 < zero["diff_mean"] < 0 < zero["diff_hi"] <= 100.0
+    md = "\n".join(table_markdown([t for t in task_tables(rows)["t"]]))
+    assert "[-100.00†," in md and "±100 points" in md

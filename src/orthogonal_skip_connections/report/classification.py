@@ -245,6 +245,8 @@ def _arm_stats(vrows: list[dict], base: list[dict], is_base: bool, baseline: str
     ratios = [r["step_time_s"] / base_step[r["seed"]] for r in vok
               if base_step.get(r["seed"]) and r["step_time_s"] is not None]
     dmean, dlo, dhi = t_interval(diffs) if not is_base else (math.nan,) * 3
+    diff_clipped = (dlo < -100.0, dhi > 100.0)  # two accuracies differ by at most 100 points
+    dlo, dhi = max(dlo, -100.0), min(dhi, 100.0)  # (NaN stays NaN; the verdict reads only signs)
     reached = [r["epochs_to_target"] for r in vok]
     return {
         "runs": len(vrows), "completed": len(vok),
@@ -257,7 +259,8 @@ def _arm_stats(vrows: list[dict], base: list[dict], is_base: bool, baseline: str
         "epochs_to_target": _mean(reached) if all(x is not None for x in reached) else math.nan,
         "reached_target": f"{sum(x is not None for x in reached)}/{len(reached)}",
         "identity_distance": _mean([r["skip_identity_distance_mean"] for r in vok]),
-        "diff_mean": dmean, "diff_lo": dlo, "diff_hi": dhi, "paired_seeds": len(diffs),
+        "diff_mean": dmean, "diff_lo": dlo, "diff_hi": dhi, "diff_ci_clipped": diff_clipped,
+        "paired_seeds": len(diffs),
         "verdict": "baseline" if is_base else _verdict(None, dmean, dlo, dhi, len(diffs),
                                                        spread=float(np.ptp(diffs)) if diffs else 0.0,
                                                        baseline=baseline),
@@ -334,8 +337,10 @@ def table_markdown(table: list[dict]) -> list[str]:
     ]
     for t in table:
         runs = f"{t['completed']}/{t['runs']}" + (f" ({'; '.join(t['failed'])})" if t["failed"] else "")
+        dlo_cut, dhi_cut = t.get("diff_ci_clipped", (False, False))
         diff = "–" if t["verdict"] == "baseline" or math.isnan(t["diff_mean"]) else \
-            f"{t['diff_mean']:+.2f} [{_fmt(t['diff_lo'], '+.2f')}, {_fmt(t['diff_hi'], '+.2f')}]"
+            f"{t['diff_mean']:+.2f} [{_fmt(t['diff_lo'], '+.2f')}{'†' if dlo_cut else ''}, " \
+            f"{_fmt(t['diff_hi'], '+.2f')}{'†' if dhi_cut else ''}]"
         reach = _fmt(t["epochs_to_target"], ".1f") if not math.isnan(t["epochs_to_target"]) else \
             f"– (reached {t['reached_target']})"
         lo_cut, hi_cut = t.get("acc_ci_clipped", (False, False))
@@ -348,8 +353,9 @@ def table_markdown(table: list[dict]) -> list[str]:
             f"{_fmt(t['acc_mean'])} ± {_fmt(t['acc_std'])} | {ci} | {step} | {reach} | "
             f"{_fmt(t['identity_distance'], '.3f')} | {diff} |"
         )
-    if any(any(t.get("acc_ci_clipped", ())) for t in table):
-        lines += ["", "† the t-interval reached past 100% (or below 0%) and is clipped there."]
+    if any(any(t.get("acc_ci_clipped", ())) or any(t.get("diff_ci_clipped", ())) for t in table):
+        lines += ["", "† the t-interval reached past 100% (or below 0%) and is clipped there; for a difference, past "
+                      "±100 points."]
     return lines
 
 

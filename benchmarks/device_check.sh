@@ -8,8 +8,9 @@
 # wheels, see the device tool's README):
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
-#     hydra-core omegaconf antlr4-python3-runtime==4.9.3 geotorch hydra-joblib-launcher joblib PyYAML
+#     --platform any -d .whl hydra-core omegaconf geotorch hydra-joblib-launcher
+#   python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3   # an sdist only: built here
+# (pure-Python wheels, under 0.5 MB; the checkout may still hold them from an earlier session)
 # then run, carrying .whl:  bash benchmarks/device_check.sh      (--quick: a smoke run, any machine)
 #
 # Parts (each under its own time limit, so one slow part cannot eat the others):

@@ -38,6 +38,13 @@ class OrthogonalMap(parametrizations._Orthogonal):
     solve) without the check."""
 
     def forward(self, X: Tensor) -> Tensor:
+        # W in the weight's own precision, also inside an autocast region (bf16 products would
+        # leave it orthogonal to ~1e-2 only, and bf16 has no triangular solve on the CPU); the
+        # layer that applies W casts it as autocast says
+        with torch.autocast(X.device.type, enabled=False):
+            return self._forward(X)
+
+    def _forward(self, X: Tensor) -> Tensor:
         square = X.size(-1) == X.size(-2)
         maps = parametrizations._OrthMaps
         if self.orthogonal_map not in (maps.householder, maps.cayley) or not square or X.is_complex():

@@ -182,3 +182,60 @@ def test_on_device_loader_same_batches_on_cuda_as_on_cpu(tmp_path, channels_last
                 assert xg.is_contiguous(memory_format=torch.channels_last) == channels_last
                 assert torch.equal(yc, yg.cpu())
                 torch.testing.assert_close(xg.cpu(), xc, rtol=1e-6, atol=1e-6)
+
+
+SYNC_FREE = {  # skips whose upkeep has no retraction (a retraction's maths reads the host; not the loop's)
+    "identity": {},
+    "linear": {},
+    "cayley": {"skip_kind": "learnable_orth", "method": "cayley", "init": "haar"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SYNC_FREE))
+@pytest.mark.parametrize("extras", [{}, {"mixup_alpha": 0.2, "grad_clip": 1.0, "label_smoothing": 0.1}],
+                         ids=["plain", "mixup-clip"])
+def test_training_steps_synchronise_only_for_their_one_read(tmp_path, monkeypatch, name, extras):
+    """Every training step (the loader's batch included) runs under
+    ``torch.cuda.set_sync_debug_mode("error")``, so any synchronising CUDA call in it raises;
+    the one exception is the step's read of its loss and gradient norm (``Tensor.tolist``,
+    let through and counted): at most one per step. Epoch ends (metrics, evaluation,
+    checkpoint) run in the default mode."""
+    write_cifar10(tmp_path / "data", n_train=160, n_test=40)
+    data = load_image_data("cifar10", tmp_path / "data", download=False)
+    real_epoch, real_tolist = TensorLoader.epoch, torch.Tensor.tolist
+    reads, steps = [0], []
+
+    def epoch(self, gen=None):
+        if not self.train:
+            yield from real_epoch(self, gen)
+            return
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for batch in real_epoch(self, gen):
+                before = reads[0]
+                yield batch
+                steps.append(reads[0] - before)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    def tolist(self):
+        mode = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("default")
+        try:
+            reads[0] += 1
+            return real_tolist(self)
+        finally:
+            torch.cuda.set_sync_debug_mode(mode)
+
+    monkeypatch.setattr(TensorLoader, "epoch", epoch)
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    opts = {"skip_kind": name, **SYNC_FREE[name]}
+    torch.manual_seed(0)
+    model = osc.get_model("resnet20", 10, **opts)
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, channels_last=True, progress=False, **extras)
+    try:
+        summary = train_classifier(model, data, cfg, tmp_path / "run", CUDA)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert summary["status"] == "completed" and summary["device"].startswith(CUDA.type)
+    assert len(steps) == 2 * (160 // 32) and max(steps) <= 1, steps

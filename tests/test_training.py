@@ -167,6 +167,9 @@ def test_every_config_composes():
 
 
 def compose_ok(name):
+    from orthogonal_skip_connections.experiments import load_app
+
+    load_app(name)  # registers <name>_schema, the typed schema its YAML starts from (also when run alone)
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
         return compose(config_name=name) is not None
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import orthogonal_skip_connections as osc
+from orthogonal_skip_connections.optim import param_groups
 from orthogonal_skip_connections.maths import orthogonal as orth
 from orthogonal_skip_connections.models.resnet import PreActBlock
 from orthogonal_skip_connections.skips import apply_matrix, apply_matrix_add, iter_skips
@@ -108,7 +109,7 @@ def test_optimizer_without_retracted_groups_steps_like_the_plain_one_and_calls_h
     a = torch.nn.Linear(5, 5)
     b = torch.nn.Linear(5, 5)
     b.load_state_dict(a.state_dict())
-    plain = torch.optim.SGD(osc.optim.param_groups(a, 1e-2), lr=0.1, momentum=0.9)  # torch hooks SGD.step now
+    plain = torch.optim.SGD(param_groups(a, 1e-2), lr=0.1, momentum=0.9)  # torch hooks SGD.step now
     ours = osc.optimizer(b, torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-2)
     calls = []
     ours.register_step_pre_hook(lambda *args: calls.append(1))

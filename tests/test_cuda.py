@@ -3,9 +3,7 @@ loader on CUDA. Skipped (at collection cost only) where no CUDA GPU is present, 
 run on a GPU machine with ``python -m pytest -q tests/test_cuda.py``."""
 
 import json
-import pickle
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,22 +17,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 CUDA = torch.device("cuda")
 VARIANTS = [(k, None) for k in SKIP_KINDS if k != "learnable_orth"] + [("learnable_orth", m) for m in ORTH_METHODS]
-
-
-def write_cifar10(root, n_train=80, n_test=40, seed=0):
-    """Random CIFAR-10 "python version" files (the format load_image_data reads)."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-
-    def batch(n):
-        return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                b"labels": list(rng.integers(0, 10, n))}
-
-    files = {f"data_batch_{i}": batch(n_train // 5) for i in range(1, 6)} | {"test_batch": batch(n_test)}
-    for name, content in files.items():
-        with open(folder / name, "wb") as f:
-            pickle.dump(content, f)
 
 
 @pytest.mark.parametrize("kind,method", VARIANTS, ids=[k if m is None else f"{k}-{m}" for k, m in VARIANTS])
@@ -126,11 +108,11 @@ class _DieAtEpoch(MetricSink):
 
 
 @pytest.mark.parametrize("method", ["steepest", "cayley"])
-def test_resume_on_cuda_matches_uninterrupted(tmp_path, monkeypatch, method):
+def test_resume_on_cuda_matches_uninterrupted(tmp_path, monkeypatch, method, fake_cifar):
     # deterministic kernels: on CUDA, "the same numbers" needs cuDNN's deterministic algorithms
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    write_cifar10(tmp_path / "data")
+    fake_cifar(tmp_path / "data", "cifar10", n_train=80, n_test=40)
     data = load_image_data("cifar10", tmp_path / "data", download=False)
 
     def run(run_dir, sinks=(), resume=False):
@@ -165,8 +147,8 @@ def test_resume_on_cuda_matches_uninterrupted(tmp_path, monkeypatch, method):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_on_device_loader_same_batches_on_cuda_as_on_cpu(tmp_path, channels_last):
-    write_cifar10(tmp_path / "data", n_train=100, n_test=30)
+def test_on_device_loader_same_batches_on_cuda_as_on_cpu(tmp_path, channels_last, fake_cifar):
+    fake_cifar(tmp_path / "data", "cifar10", n_train=100, n_test=30)
     data = load_image_data("cifar10", tmp_path / "data", download=False)
     for train in (True, False):
         cpu = TensorLoader(data, 16, train, torch.device("cpu"), channels_last)
@@ -194,13 +176,13 @@ SYNC_FREE = {  # skips whose upkeep has no retraction (a retraction's maths read
 @pytest.mark.parametrize("name", sorted(SYNC_FREE))
 @pytest.mark.parametrize("extras", [{}, {"mixup_alpha": 0.2, "grad_clip": 1.0, "label_smoothing": 0.1}],
                          ids=["plain", "mixup-clip"])
-def test_training_steps_synchronise_only_for_their_one_read(tmp_path, monkeypatch, name, extras):
+def test_training_steps_synchronise_only_for_their_one_read(tmp_path, monkeypatch, name, extras, fake_cifar):
     """Every training step (the loader's batch included) runs under
     ``torch.cuda.set_sync_debug_mode("error")``, so any synchronising CUDA call in it raises;
     the one exception is the step's read of its loss and gradient norm (``Tensor.tolist``,
     let through and counted): at most one per step. Epoch ends (metrics, evaluation,
     checkpoint) run in the default mode."""
-    write_cifar10(tmp_path / "data", n_train=160, n_test=40)
+    fake_cifar(tmp_path / "data", "cifar10", n_train=160, n_test=40)
     data = load_image_data("cifar10", tmp_path / "data", download=False)
     real_epoch, real_tolist = TensorLoader.epoch, torch.Tensor.tolist
     reads, steps = [0], []

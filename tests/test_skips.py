@@ -2,12 +2,10 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from orthogonal_skip_connections.maths import orthogonal as O
 from orthogonal_skip_connections.skips import (
     ORTH_METHODS,
-    PARAMETRIZED_METHODS,
     SKIP_KINDS,
     apply_matrix,
     make_skip,

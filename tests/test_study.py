@@ -170,7 +170,6 @@ def _children(pid: int) -> set[int]:
 
 
 def _alive(pids: set[int]) -> set[int]:
-    import os
 
     alive = set()
     for pid in pids:

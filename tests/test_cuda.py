@@ -72,6 +72,48 @@ def test_bf16_training_step_every_skip(kind, method):
         assert any(r["identity_distance"] > 0 for r in rows)
 
 
+@pytest.mark.parametrize("impl", ["factor", "matmul"])
+def test_retractions_on_cuda_agree_with_the_cpu_and_matmul_reads_nothing_back(impl):
+    """Every retracted method on CUDA: the CPU's factor result to 1e-4, orthogonal to
+    round-off, and with impl="matmul" (CUDA's default) no host synchronisation at all."""
+    from orthogonal_skip_connections.maths import orthogonal as O
+
+    g = torch.Generator().manual_seed(0)
+    for n in (16, 64, 256):
+        W = torch.stack([O.haar_orthogonal(n, generator=g) for _ in range(4)])
+        G = torch.randn(4, n, n, generator=g)
+        for method in O.RETRACTED_METHODS:
+            want = O.retract(method, W, G, 0.1, impl="factor")
+            Wc, Gc = W.to(CUDA), G.to(CUDA)
+            torch.cuda.synchronize()
+            if impl == "matmul":
+                torch.cuda.set_sync_debug_mode("error")  # any host read raises
+            try:
+                got = O.retract(method, Wc, Gc, 0.1, impl=impl)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+            assert float((got.cpu() - want).abs().max()) <= 1e-4, (n, method)
+            assert float(O.orth_error(got.double()).max()) <= 1e-5 * n, (n, method)
+
+
+def test_optimizer_step_on_cuda_reads_nothing_back():
+    """opt.step() of resnet20 with retracted skips (CUDA's default impl): no synchronisation."""
+    model = osc.get_model("resnet20", 10, skip_kind="learnable_orth", method="steepest", init="haar").to(CUDA)
+    opt = osc.optimizer(model, torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=True)
+    x = torch.randn(8, 3, 32, 32, device=CUDA)
+    y = torch.randint(0, 10, (8,), device=CUDA)
+    for _ in range(2):  # the second step also reads the momentum buffers
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    assert max(r["orth_error"] for r in osc.skip_diagnostics(model)) < 1e-4
+
+
 class _DieAtEpoch(MetricSink):
     """Kills the run when epoch ``epoch``'s train record arrives (before its checkpoint)."""
 

@@ -53,6 +53,7 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
     assert all(r["status"] == "completed" for r in rows)
     md = (study_dir / "report.md").read_text()
     assert "| learnable_orth/cayley | 2/2 |" in md and "## teacher_student" in md
+    assert "## construction_validity" in md  # the synthetic part runs all three synthetic apps
     assert "## Residual modes: digits/preact_resnet20" in md and "| rotation/channel | identity | 2/2 |" in md
     assert "data:image/png;base64," in (study_dir / "report.html").read_text()
     assert "seed" in md and "paired" in md

@@ -228,3 +228,18 @@ def test_original_commands_and_one_line_errors(tmp_path):
             assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (k, err)
             assert not (tmp_path / k / "summary.json").exists() and not (tmp_path / k / "config.yaml").exists()
     assert {"orth_residual_synthetic_data", "orth_to_id", "construction_validity"} <= set(APPS)
+
+
+def test_construction_verdict_names_a_closest_kind_only_when_the_spreads_separate():
+    from orthogonal_skip_connections.analysis.blocks import verdict
+
+    def row(after, sd):
+        return {"procrustes_residual_mean": after, "procrustes_residual_at_init_mean": 0.2,
+                "procrustes_residual_seed_sd": sd, "linear_residual_mean": 0.1}
+
+    close = verdict({"identity": row(0.2485, 0.0297), "learnable_orth": row(0.2444, 0.0214)})
+    assert close.startswith("no kind ends detectably closer to orthogonal maps than the others (learnable_orth lowest")
+    apart = verdict({"identity": row(0.40, 0.02), "learnable_orth": row(0.10, 0.02)})
+    assert apart.startswith("learnable_orth blocks end closest to orthogonal maps; ")
+    assert verdict({"identity": row(0.40, float("nan")), "linear": row(0.1, 0.0)}).startswith(
+        "no kind can be told closest to orthogonal maps (one seed)")

@@ -33,6 +33,13 @@ class OrthogonalMap(parametrizations._Orthogonal):
     ``householder_product`` (to round-off) at a fraction of its forward and backward cost."""
 
     def forward(self, X: Tensor) -> Tensor:
+        # W in the weight's own precision, also inside an autocast region (bf16 products would
+        # leave it orthogonal to ~1e-2 only, and bf16 has no triangular solve on the CPU); the
+        # layer that applies W casts it as autocast says
+        with torch.autocast(X.device.type, enabled=False):
+            return self._forward(X)
+
+    def _forward(self, X: Tensor) -> Tensor:
         square = X.size(-1) == X.size(-2)
         if self.orthogonal_map != parametrizations._OrthMaps.householder or not square or X.is_complex():
             return super().forward(X)

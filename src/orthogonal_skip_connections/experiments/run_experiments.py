@@ -27,7 +27,7 @@ from ..models import MODEL_TYPES, VIT_SIZES, check_model_options
 from ..rundir import RunDir, column
 from ..runs import UserError, resolve_device
 from ..models.vit import POOLS
-from ..skips import DEFAULT_METHOD, ORTHOGONAL_METHODS, RESIDUAL_MODES, skip
+from ..skips import DEFAULT_METHOD, ORTHOGONAL_METHODS, RESIDUAL_MODES, STREAM_NORMS, resolve_stream_norm, skip
 from ..train import distributed
 from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_classifier
 from ..train.image import ClassifierSpec, build_classifier
@@ -53,6 +53,7 @@ class ModelConfig:
     residual_mode: str
     orthogonal_method: str
     residual_eps: float
+    stream_norm: Optional[str]
     patch_size: Optional[int]
     width: Optional[int]
     depth: Optional[int]
@@ -73,7 +74,7 @@ class ModelConfig:
         opts = {"residual_mode": self.residual_mode, "orthogonal_method": self.orthogonal_method,
                 "residual_eps": self.residual_eps}
         vit_keys = {"patch_size": self.patch_size, "width": self.width, "depth": self.depth, "heads": self.heads,
-                    "mlp_ratio": self.mlp_ratio, "pool": self.pool}
+                    "mlp_ratio": self.mlp_ratio, "pool": self.pool, "stream_norm": self.stream_norm}
         opts.update({k: v for k, v in vit_keys.items() if v is not None})
         if not self.is_vit:
             return {**opts, "stem": self.stem, "zero_init_residual": self.zero_init_residual}
@@ -83,8 +84,15 @@ class ModelConfig:
 
     @property
     def residual_label(self) -> str:
-        """The residual mode as a report groups it: ``add``, or ``<mode>/<method>``."""
-        return "add" if self.residual_mode == "add" else f"{self.residual_mode}/{self.orthogonal_method}"
+        """The residual mode as a report groups it: ``add``, or ``<mode>/<method>``, with
+        ``/sqrt_d`` where a ViT's stream is rescaled (``rotation``'s default; a rotation run
+        labelled without it kept the embeddings' scale, as every run before 2026-11-30)."""
+        if self.residual_mode == "add":
+            return "add"
+        label = f"{self.residual_mode}/{self.orthogonal_method}"
+        if self.is_vit and resolve_stream_norm(self.stream_norm, self.residual_mode) == "sqrt_d":
+            label += "/sqrt_d"
+        return label
 
     def skip_options(self) -> dict:
         """The skip options; None means "the kind's default"."""
@@ -191,6 +199,12 @@ class Config:
         choice("model.residual_mode", m.residual_mode, RESIDUAL_MODES)
         choice("model.orthogonal_method", m.orthogonal_method, ORTHOGONAL_METHODS)
         require(m.residual_eps >= 0, "model.residual_eps", "a number >= 0", m.residual_eps)
+        if m.stream_norm is not None:
+            choice("model.stream_norm", m.stream_norm, STREAM_NORMS)
+            try:
+                resolve_stream_norm(m.stream_norm, m.residual_mode)
+            except ValueError as err:
+                raise UserError(f"model.{err}") from None
         for key in ("patch_size", "width", "depth", "heads"):
             value = getattr(m, key)
             require(value is None or value >= (0 if key == "depth" else 1), f"model.{key}",

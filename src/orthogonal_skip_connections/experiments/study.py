@@ -56,7 +56,7 @@ class Classification:
 class ResidualModes:
     tasks: list[str]
     seeds: int
-    modes: list[str]  # residual_mode or residual_mode/orthogonal_method
+    modes: list[str]  # residual_mode[/orthogonal_method[/stream_norm]]
     variants: list[str]
     overrides: list[str]
     model_overrides: dict[str, list[str]]  # model_type -> its run_experiments overrides (before `overrides`)
@@ -125,7 +125,8 @@ class Config:
         for task in r.tasks:
             require(task.count("/") == 1, f"{key}.tasks", "dataset/model_type entries", task)
         for mode in r.modes:
-            require(1 <= len(mode.split("/")) <= 2, f"{key}.modes", "mode or mode/orthogonal_method entries", mode)
+            require(1 <= len(mode.split("/")) <= 3, f"{key}.modes",
+                    "mode, mode/orthogonal_method or mode/orthogonal_method/stream_norm entries", mode)
         for variant in r.variants:
             require(1 <= len(variant.split("/")) <= 3, f"{key}.variants",
                     "kind, kind/method or kind/method/init entries", variant)
@@ -146,9 +147,9 @@ def variant_overrides(variant: str) -> list[str]:
 
 
 def mode_overrides(mode: str) -> list[str]:
-    """``mode[/method]`` -> run_experiments overrides."""
-    parts = mode.split("/")
-    return [f"model.residual_mode={parts[0]}"] + ([f"model.orthogonal_method={parts[1]}"] if len(parts) > 1 else [])
+    """``mode[/method[/stream_norm]]`` -> run_experiments overrides."""
+    keys = ("model.residual_mode", "model.orthogonal_method", "model.stream_norm")
+    return [f"{key}={part}" for key, part in zip(keys, mode.split("/"))]
 
 
 def _job(dataset: str, model_type: str, overrides: list[str], run_dir: Path,

@@ -9,7 +9,7 @@ from .resnet import RESNETS, BasicBlock, Bottleneck, PreActBlock, PreActBottlene
 from .vit import VIT_SIZES, ViT, vit
 
 MODEL_TYPES = RESNETS + tuple(VIT_SIZES)
-VIT_ONLY_OPTIONS = ("patch_size", "width", "depth", "heads", "mlp_ratio", "pool")
+VIT_ONLY_OPTIONS = ("patch_size", "width", "depth", "heads", "mlp_ratio", "pool", "stream_norm")
 RESNET_ONLY_OPTIONS = ("stem", "zero_init_residual")
 
 __all__ = ["MODEL_TYPES", "VIT_SIZES", "get_model", "check_model_options", "ResNet", "BasicBlock", "Bottleneck", "PreActBlock", "PreActBottleneck",
@@ -26,7 +26,8 @@ def get_model(model_type: str, num_classes: int, skip_kind: str | None = None, *
     ``skip_layer=skip(kind, ...)`` (default: identity skips).
     ResNets: ``stem`` (cifar | imagenet), ``zero_init_residual``.
     ViTs: ``patch_size`` (default 4), ``width``, ``depth``, ``heads``, ``mlp_ratio``, ``pool``
-    (cls | mean), overriding the named size.
+    (cls | mean), overriding the named size; ``stream_norm`` (sqrt_d | none; default sqrt_d
+    under rotation: the tokens rescaled to norm sqrt(width) before the first block).
     """
     check_model_options(model_type, options)
     if model_type in VIT_SIZES:

@@ -15,6 +15,14 @@ contract for ``width`` channels and acting token-wise on ``(N, T, C)``, so every
 ``skip_layer=skip(...)`` factory and :func:`~orthogonal_skip_connections.skips.patch_skips`
 work on it; ``residual`` is the residual mode (``add`` gives ``skip(x) + f(LN(x))``).
 
+``stream_norm``: under ``residual_mode="rotation"``, which keeps every token's norm, the
+tokens (class token and position embedding included) are rescaled to norm ``sqrt(width)``
+each (``orthogonal_method="global"``: each sample's tokens to ``sqrt(T * width)``) once,
+before the first block (``"sqrt_d"``, the default there), or left at the embeddings' scale
+(``"none"``); see :mod:`..skips.residual`. With skips that keep norms (identity, fixed and
+learnable orthogonal) every token then has norm ``sqrt(width)`` after every block. Under
+``add`` and ``orthogonal_update`` the stream is never rescaled.
+
 Named sizes follow the usual configurations (timm / DeiT): ``vit_tiny`` (width 192,
 depth 12, 3 heads) and ``vit_small`` (384, 12, 6), MLP ratio 4.
 """
@@ -29,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..skips import SkipFactory, skip_layer_from
-from ..skips.residual import DEFAULT_EPS, Residual
+from ..skips.residual import DEFAULT_EPS, Residual, StreamNorm, resolve_stream_norm
 
 __all__ = ["VIT_SIZES", "ViT", "Attention", "Mlp", "PreNormResidual", "vit"]
 
@@ -110,12 +118,14 @@ class ViT(nn.Module):
         residual_mode: str = "add",
         orthogonal_method: str = "channel",
         residual_eps: float = DEFAULT_EPS,
+        stream_norm: str | None = None,
         **skip_options,
     ):
         super().__init__()
         skip_layer = skip_layer_from(skip_kind, skip_layer, skip_options)
         residual_layer = partial(Residual, residual_mode, orthogonal_method, residual_eps)
         residual_layer()  # checks the mode, method and eps before anything is built
+        self.stream_norm = resolve_stream_norm(stream_norm, residual_mode)
         for name, value in [("num_classes", num_classes), ("image_size", image_size), ("patch_size", patch_size),
                             ("in_channels", in_channels), ("width", width), ("heads", heads)]:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -135,6 +145,8 @@ class ViT(nn.Module):
         self.patch_embed = nn.Conv2d(in_channels, width, patch_size, patch_size)  # one Linear per patch
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width)) if pool == "cls" else None
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + (pool == "cls"), width))
+        # no parameters: the state_dict is the same with and without it
+        self.rescale = StreamNorm(orthogonal_method) if self.stream_norm == "sqrt_d" else nn.Identity()
         self.blocks = nn.Sequential(*(Block(width, heads, mlp_ratio, skip_layer, residual_layer)
                                       for _ in range(depth)))
         self.norm = nn.LayerNorm(width)
@@ -160,7 +172,7 @@ class ViT(nn.Module):
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (N, T, width)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        return self.blocks(x + self.pos_embed)
+        return self.blocks(self.rescale(x + self.pos_embed))
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(self.tokens(x))
@@ -171,7 +183,7 @@ class ViT(nn.Module):
 def vit(model_type: str, num_classes: int, skip_kind: str | None = None, **options) -> ViT:
     """``vit_tiny`` or ``vit_small``; ``options`` override the size (``width``, ``depth``,
     ``heads``, ``mlp_ratio``) and set ``image_size``, ``patch_size``, ``in_channels``,
-    ``pool``, the residual mode and the skips, as :class:`ViT`."""
+    ``pool``, the residual mode, ``stream_norm`` and the skips, as :class:`ViT`."""
     if model_type not in VIT_SIZES:
         raise ValueError(f"unknown model_type {model_type!r}; allowed: {', '.join(VIT_SIZES)}")
     return ViT(num_classes, skip_kind=skip_kind, **{**VIT_SIZES[model_type], **options})

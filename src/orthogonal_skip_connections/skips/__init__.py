@@ -25,10 +25,14 @@ from .residual import (
     DEFAULT_EPS,
     ORTHOGONAL_METHODS,
     RESIDUAL_MODES,
+    STREAM_NORMS,
     Residual,
+    StreamNorm,
     check_residual_mode,
     orthogonal_part,
+    rescale_stream,
     residual_combine,
+    resolve_stream_norm,
     rotation_angle,
 )
 
@@ -40,5 +44,5 @@ __all__ = [
     "ZeroSkip", "make_skip", "skip", "skip_layer_from",
     "patch_skips",
     "DEFAULT_EPS", "ORTHOGONAL_METHODS", "RESIDUAL_MODES", "Residual", "check_residual_mode", "orthogonal_part",
-    "residual_combine", "rotation_angle",
+    "residual_combine", "rotation_angle", "STREAM_NORMS", "StreamNorm", "rescale_stream", "resolve_stream_norm",
 ]

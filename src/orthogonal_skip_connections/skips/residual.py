@@ -74,6 +74,26 @@ shape changes) and an *update* ``f = branch(x)``, then combines them with one of
 
 Blocks own a :class:`Residual` (no parameters, no buffers: state_dicts are unchanged);
 ``residual_combine`` is the same as a function.
+
+The stream's scale under ``rotation`` (``stream_norm``)
+    ``rotation`` keeps every group's norm, so a stream keeps, through every block, the norm
+    it enters the first block with, while the branches' outputs grow as they learn. Only
+    the ratio ``||f_perp|| / ||s||`` matters (the angle): where the stream starts small
+    against the branches the angles saturate near ``pi/2`` and each block all but replaces
+    the stream (the digits ViT at AdamW lr 3e-3: tokens at norm ~0.44 from the embeddings'
+    std-0.02 initialisation, branch outputs ~4.3; notes/residual_modes_findings.md). With
+    ``stream_norm="sqrt_d"`` a model rescales its stream once, before the first block, so
+    that every group has norm ``sqrt(n)``, ``n`` its number of entries (one unit per entry,
+    the scale LayerNorm gives): ``channel`` groups (each token) to ``sqrt(d)`` for width
+    ``d``, ``global`` groups (each sample's ``T x d`` tokens) to ``sqrt(T d)``. That is the
+    Orthogonal Transformer's ``||x|| = sqrt(d)`` (github.com/cutethanks/orthogonal-transformer,
+    README); nGPT (Loshchilov et al. 2024, arXiv 2410.01131, sec. 2) keeps its stream on the
+    unit sphere instead and learns scales for the branches' inputs and the logits, which
+    here the pre-norm LayerNorms and the final LayerNorm already do. A group that is exactly
+    zero stays zero (no direction to keep). ``sqrt_d`` is the default under ``rotation``
+    (:func:`resolve_stream_norm`) and refused under ``add`` and ``orthogonal_update``: those
+    modes do not keep the stream's norm (``||s + f_perp|| >= ||s||``), the stream grows
+    with the branches, and rescaling would change models that must stay what they were.
 """
 
 from __future__ import annotations
@@ -82,11 +102,13 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["RESIDUAL_MODES", "ORTHOGONAL_METHODS", "DEFAULT_EPS", "Residual", "residual_combine", "orthogonal_part",
-           "check_residual_mode", "rotation_angle"]
+           "check_residual_mode", "rotation_angle", "STREAM_NORMS", "resolve_stream_norm", "StreamNorm",
+           "rescale_stream"]
 
 RESIDUAL_MODES = ("add", "orthogonal_update", "rotation")
 ORTHOGONAL_METHODS = ("channel", "global")
 DEFAULT_EPS = 1e-6  # Oh et al.'s residual_eps
+STREAM_NORMS = ("sqrt_d", "none")
 
 
 def check_residual_mode(mode: str, method: str = "channel", eps: float = DEFAULT_EPS) -> None:
@@ -195,3 +217,48 @@ class Residual(nn.Module):
             return "mode=add"
         extra = f", eps={self.eps:g}" if self.mode == "orthogonal_update" else ""
         return f"mode={self.mode}, method={self.method}{extra}"
+
+
+def resolve_stream_norm(stream_norm: str | None, mode: str) -> str:
+    """``stream_norm`` as given, or (None) the mode's default: ``sqrt_d`` under ``rotation``,
+    ``none`` otherwise. One-line ValueError for an unknown value or ``sqrt_d`` with a mode
+    that does not keep the stream's norm (module docstring)."""
+    if stream_norm is None:
+        return "sqrt_d" if mode == "rotation" else "none"
+    if stream_norm not in STREAM_NORMS:
+        raise ValueError(f"unknown stream_norm {stream_norm!r}; allowed: {', '.join(STREAM_NORMS)} (or null: sqrt_d "
+                         f"under residual_mode=rotation, none otherwise)")
+    if stream_norm == "sqrt_d" and mode != "rotation":
+        raise ValueError(f"stream_norm=sqrt_d applies to residual_mode=rotation only (the mode that keeps the "
+                         f"stream's norm); got residual_mode={mode!r}")
+    return stream_norm
+
+
+def rescale_stream(x: Tensor, method: str = "channel") -> Tensor:
+    """``x`` with every group (``method``, as the residual modes group) rescaled to norm
+    ``sqrt(n)``, ``n`` the group's number of entries: ``sqrt(n) x / ||x||``; a zero group
+    stays zero. Computed in float32 at least, returned in ``x``'s dtype."""
+    dims = _group_dims(x, method)
+    n = 1
+    for d in dims:
+        n *= x.shape[d]
+    ss = _dot(x, x, dims)
+    nonzero = ss > 0
+    scale = torch.where(nonzero, torch.rsqrt(torch.where(nonzero, ss, torch.ones_like(ss)) / n), torch.zeros_like(ss))
+    return (x.to(ss.dtype) * scale).to(x.dtype)
+
+
+class StreamNorm(nn.Module):
+    """:func:`rescale_stream` as a module (no parameters or buffers): what a model applies
+    to its stream before the first block under ``stream_norm="sqrt_d"``."""
+
+    def __init__(self, method: str = "channel"):
+        super().__init__()
+        check_residual_mode("rotation", method)
+        self.method = method
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rescale_stream(x, self.method)
+
+    def extra_repr(self) -> str:
+        return f"norm=sqrt(n), method={self.method}"

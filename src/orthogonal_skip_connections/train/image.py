@@ -60,6 +60,9 @@ class ClassifierSpec:
     def from_config(cls, cfg: dict) -> "ClassifierSpec":
         model = dict(cfg["model"])
         data = cfg.get("data") or {}
+        if model.get("model_type") in VIT_SIZES and model.get("residual_mode") == "rotation" \
+                and "stream_norm" not in model:
+            model["stream_norm"] = "none"  # a run from before stream_norm existed: its tokens were never rescaled
         return cls(dataset=cfg["dataset"]["name"], model_type=model.pop("model_type"),
                    skip_kind=model.pop("skip_kind"), model_options=model, data_root=data.get("root"),
                    download=bool(data.get("download", True)), augment=bool(data.get("augment", True)),

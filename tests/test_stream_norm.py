@@ -1,8 +1,9 @@
 """The stream's scale under ``rotation`` (``stream_norm``): the rescaling itself against its
 formula, a rotation ViT's tokens at norm sqrt(d) entering the first block and after every
 block, finite gradients, one-line refusals, add/orthogonal_update ViTs unchanged bit for bit
-(against a hand-written forward), old run configs loaded as they were trained, and a few
-digits steps at AdamW lr 3e-3 that lower the loss with the rescaled stream and not without."""
+by default (against a hand-written forward), the control (add with sqrt_d), old run configs
+loaded as they were trained, and a few digits steps at AdamW lr 3e-3 that lower the loss
+with the rescaled stream and not without."""
 
 import math
 
@@ -69,9 +70,7 @@ def test_resolve_stream_norm_defaults_and_refusals():
     assert resolve_stream_norm(None, "rotation") == "sqrt_d"
     assert resolve_stream_norm(None, "add") == resolve_stream_norm(None, "orthogonal_update") == "none"
     assert resolve_stream_norm("none", "rotation") == "none"
-    for mode in ("add", "orthogonal_update"):
-        with pytest.raises(ValueError, match=f"stream_norm=sqrt_d applies to residual_mode=rotation only.*'{mode}'"):
-            resolve_stream_norm("sqrt_d", mode)
+    assert resolve_stream_norm("sqrt_d", "add") == "sqrt_d"  # a control, asked for explicitly
     with pytest.raises(ValueError, match="unknown stream_norm 'unit'; allowed: sqrt_d, none"):
         resolve_stream_norm("unit", "rotation")
     with pytest.raises(ValueError, match="unknown orthogonal_method"):
@@ -168,11 +167,34 @@ def test_other_modes_and_rotation_without_rescaling_are_bit_identical_to_the_old
     rot.load_state_dict(sd)
 
 
+@pytest.mark.parametrize("mode", ["add", "orthogonal_update"])
+def test_sqrt_d_in_the_other_modes_is_the_rescaled_embedding_then_the_old_blocks(mode):
+    torch.manual_seed(4)
+    model = get_model("vit_tiny", 10, "identity", **DIGITS, width=32, depth=2, heads=2, residual_mode=mode,
+                      stream_norm="sqrt_d")
+    with torch.no_grad():  # branches as large as trained ones
+        for name, p in model.blocks.named_parameters():
+            if "branch" in name and name.endswith("weight"):
+                p.mul_(25)
+    seen = _sub_block_streams(model)
+    x = torch.randn(3, 1, 8, 8)
+    out = model(x)
+    torch.testing.assert_close(token_norms(seen[0][0], "channel"), torch.full((3, 17), math.sqrt(32)), rtol=REL, atol=0)
+    # from there the blocks are those of the plain model, and the stream grows
+    t = torch.cat([model.cls_token.expand(3, -1, -1), model.patch_embed(x).flatten(2).transpose(1, 2)], dim=1)
+    t = t + model.pos_embed
+    t = math.sqrt(32) * t / t.norm(dim=-1, keepdim=True)
+    t = model.blocks(t)
+    torch.testing.assert_close(out, model.head(model.norm(t)[:, 0]), rtol=1e-5, atol=1e-5)
+    last = token_norms(seen[-1][1], "channel")
+    assert ((last - math.sqrt(32)).abs() / math.sqrt(32)).max() > 0.1  # these modes do not keep the norm
+    if mode == "orthogonal_update":  # ||s + f_perp|| >= ||s||: the stream only grows
+        assert (last >= math.sqrt(32) * (1 - REL)).all()
+
+
 def test_bad_stream_norms_are_one_line_errors():
     with pytest.raises(ValueError, match="unknown stream_norm 'sphere'"):
         get_model("vit_tiny", 10, **DIGITS, depth=1, residual_mode="rotation", stream_norm="sphere")
-    with pytest.raises(ValueError, match="applies to residual_mode=rotation only"):
-        get_model("vit_tiny", 10, **DIGITS, depth=1, stream_norm="sqrt_d")
     with pytest.raises(ValueError, match=r"\['stream_norm'\] apply to ViT models only"):
         get_model("preact_resnet20", 10, residual_mode="rotation", stream_norm="sqrt_d")
 
@@ -229,6 +251,8 @@ def test_run_experiments_labels_the_rescaled_stream_and_old_configs_load_unresca
     assert off.labels()["residual_mode"] == "rotation/channel"  # as every rotation run before the option
     add = run_experiments.main.config(["dataset=digits", "model.model_type=vit_tiny"])
     assert add.labels()["residual_mode"] == "add" and "stream_norm" not in add.model.model_options()
+    control = run_experiments.main.config(["dataset=digits", "model.model_type=vit_tiny", "model.stream_norm=sqrt_d"])
+    assert control.labels()["residual_mode"] == "add/sqrt_d"  # its own arm, not the add/identity baseline
     resnet = run_experiments.main.config(["dataset=digits", "model.model_type=preact_resnet20",
                                           "model.residual_mode=rotation"])
     assert resnet.labels()["residual_mode"] == "rotation/channel" and "stream_norm" not in resnet.model.model_options()
@@ -245,10 +269,7 @@ def test_run_experiments_labels_the_rescaled_stream_and_old_configs_load_unresca
 @pytest.mark.parametrize("override,expected", [
     (["model.model_type=vit_tiny", "model.residual_mode=rotation", "model.stream_norm=unit"],
      "unknown model.stream_norm 'unit'; allowed: sqrt_d, none"),
-    (["model.model_type=vit_tiny", "model.stream_norm=sqrt_d"],
-     "model.stream_norm=sqrt_d applies to residual_mode=rotation only"),
-    (["model.model_type=vit_tiny", "model.residual_mode=orthogonal_update", "model.stream_norm=sqrt_d"],
-     "got residual_mode='orthogonal_update'"),
+    (["model.model_type=vit_tiny", "model.stream_norm=null_d"], "unknown model.stream_norm 'null_d'"),
     (["model.model_type=preact_resnet20", "model.residual_mode=rotation", "model.stream_norm=sqrt_d"],
      "['stream_norm'] apply to ViT models only"),
 ])

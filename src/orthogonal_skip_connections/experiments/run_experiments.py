@@ -87,9 +87,7 @@ class ModelConfig:
         """The residual mode as a report groups it: ``add``, or ``<mode>/<method>``, with
         ``/sqrt_d`` where a ViT's stream is rescaled (``rotation``'s default; a rotation run
         labelled without it kept the embeddings' scale, as every run before 2026-11-30)."""
-        if self.residual_mode == "add":
-            return "add"
-        label = f"{self.residual_mode}/{self.orthogonal_method}"
+        label = "add" if self.residual_mode == "add" else f"{self.residual_mode}/{self.orthogonal_method}"
         if self.is_vit and resolve_stream_norm(self.stream_norm, self.residual_mode) == "sqrt_d":
             label += "/sqrt_d"
         return label
@@ -201,10 +199,6 @@ class Config:
         require(m.residual_eps >= 0, "model.residual_eps", "a number >= 0", m.residual_eps)
         if m.stream_norm is not None:
             choice("model.stream_norm", m.stream_norm, STREAM_NORMS)
-            try:
-                resolve_stream_norm(m.stream_norm, m.residual_mode)
-            except ValueError as err:
-                raise UserError(f"model.{err}") from None
         for key in ("patch_size", "width", "depth", "heads"):
             value = getattr(m, key)
             require(value is None or value >= (0 if key == "depth" else 1), f"model.{key}",

@@ -26,8 +26,8 @@ def get_model(model_type: str, num_classes: int, skip_kind: str | None = None, *
     ``skip_layer=skip(kind, ...)`` (default: identity skips).
     ResNets: ``stem`` (cifar | imagenet), ``zero_init_residual``.
     ViTs: ``patch_size`` (default 4), ``width``, ``depth``, ``heads``, ``mlp_ratio``, ``pool``
-    (cls | mean), overriding the named size; ``stream_norm`` (sqrt_d | none; default sqrt_d
-    under rotation: the tokens rescaled to norm sqrt(width) before the first block).
+    (cls | mean), overriding the named size; ``stream_norm`` (sqrt_d: the tokens rescaled to
+    norm sqrt(width) before the first block | none; default sqrt_d under rotation only).
     """
     check_model_options(model_type, options)
     if model_type in VIT_SIZES:

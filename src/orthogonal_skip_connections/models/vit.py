@@ -15,13 +15,14 @@ contract for ``width`` channels and acting token-wise on ``(N, T, C)``, so every
 ``skip_layer=skip(...)`` factory and :func:`~orthogonal_skip_connections.skips.patch_skips`
 work on it; ``residual`` is the residual mode (``add`` gives ``skip(x) + f(LN(x))``).
 
-``stream_norm``: under ``residual_mode="rotation"``, which keeps every token's norm, the
-tokens (class token and position embedding included) are rescaled to norm ``sqrt(width)``
-each (``orthogonal_method="global"``: each sample's tokens to ``sqrt(T * width)``) once,
-before the first block (``"sqrt_d"``, the default there), or left at the embeddings' scale
-(``"none"``); see :mod:`..skips.residual`. With skips that keep norms (identity, fixed and
-learnable orthogonal) every token then has norm ``sqrt(width)`` after every block. Under
-``add`` and ``orthogonal_update`` the stream is never rescaled.
+``stream_norm``: ``"sqrt_d"`` rescales the tokens (class token and position embedding
+included) to norm ``sqrt(width)`` each (``orthogonal_method="global"``: each sample's tokens
+to ``sqrt(T * width)``) once, before the first block; ``"none"`` leaves them at the
+embeddings' scale (see :mod:`..skips.residual`). The default is ``"sqrt_d"`` under
+``residual_mode="rotation"``, which keeps every token's norm: with skips that keep norms
+(identity, fixed and learnable orthogonal) every token then has norm ``sqrt(width)`` after
+every block. Under ``add`` and ``orthogonal_update`` it is ``"none"`` (the model as it was);
+``"sqrt_d"`` there is a control.
 
 Named sizes follow the usual configurations (timm / DeiT): ``vit_tiny`` (width 192,
 depth 12, 3 heads) and ``vit_small`` (384, 12, 6), MLP ratio 4.

@@ -65,7 +65,8 @@ shape changes) and an *update* ``f = branch(x)``, then combines them with one of
     by less than a right angle however large its branch output. It does not make a stream
     whose norm is small against the branch outputs useful: the digits ViT at AdamW lr 3e-3
     (tokens at norm ~0.4, branch outputs ~4) trains with neither angle; with ``atan`` its
-    angles saturate near ``pi/2``, each block then all but replaces the stream.
+    angles saturate near ``pi/2``, each block then all but replaces the stream. Hence
+    ``stream_norm`` (below), which puts the stream at a fixed scale first.
 
     Edge cases: ``f`` parallel to ``s`` gives ``theta = 0`` and ``y = s``; where the stream
     is exactly zero (the ``zero`` skip kind, or a dead position) there is no plane to rotate
@@ -91,9 +92,11 @@ The stream's scale under ``rotation`` (``stream_norm``)
     unit sphere instead and learns scales for the branches' inputs and the logits, which
     here the pre-norm LayerNorms and the final LayerNorm already do. A group that is exactly
     zero stays zero (no direction to keep). ``sqrt_d`` is the default under ``rotation``
-    (:func:`resolve_stream_norm`) and refused under ``add`` and ``orthogonal_update``: those
-    modes do not keep the stream's norm (``||s + f_perp|| >= ||s||``), the stream grows
-    with the branches, and rescaling would change models that must stay what they were.
+    only (:func:`resolve_stream_norm`). ``add`` and ``orthogonal_update`` do not keep the
+    stream's norm (``||s + f_perp|| >= ||s||``): their stream grows with the branches, so
+    they do not need it and stay as they were by default; ``sqrt_d`` may be asked for there
+    as a control (is a gain of rotation with ``sqrt_d`` the rotation's, or the rescaled
+    embeddings'?): the stream then starts at ``sqrt(n)`` and grows from there.
 """
 
 from __future__ import annotations
@@ -221,16 +224,12 @@ class Residual(nn.Module):
 
 def resolve_stream_norm(stream_norm: str | None, mode: str) -> str:
     """``stream_norm`` as given, or (None) the mode's default: ``sqrt_d`` under ``rotation``,
-    ``none`` otherwise. One-line ValueError for an unknown value or ``sqrt_d`` with a mode
-    that does not keep the stream's norm (module docstring)."""
+    ``none`` otherwise (module docstring). One-line ValueError for an unknown value."""
     if stream_norm is None:
         return "sqrt_d" if mode == "rotation" else "none"
     if stream_norm not in STREAM_NORMS:
         raise ValueError(f"unknown stream_norm {stream_norm!r}; allowed: {', '.join(STREAM_NORMS)} (or null: sqrt_d "
                          f"under residual_mode=rotation, none otherwise)")
-    if stream_norm == "sqrt_d" and mode != "rotation":
-        raise ValueError(f"stream_norm=sqrt_d applies to residual_mode=rotation only (the mode that keeps the "
-                         f"stream's norm); got residual_mode={mode!r}")
     return stream_norm
 
 
@@ -250,7 +249,7 @@ def rescale_stream(x: Tensor, method: str = "channel") -> Tensor:
 
 class StreamNorm(nn.Module):
     """:func:`rescale_stream` as a module (no parameters or buffers): what a model applies
-    to its stream before the first block under ``stream_norm="sqrt_d"``."""
+    to its stream before the first block under ``stream_norm="sqrt_d"`` (checks ``method``)."""
 
     def __init__(self, method: str = "channel"):
         super().__init__()

@@ -4,6 +4,7 @@ import json
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,21 @@ def test_divergence_guard_writes_diverged_summary(tmp_path):
     assert saved["status"] == "diverged" and saved["steps"] == 10 and saved["skipped_steps"] == 10
     assert saved["divergence"]["last_finite_loss"] is None and saved["divergence"]["step"] == 10
 
+
+
+def test_a_skipped_first_step_makes_no_scheduler_order_warning(tmp_path):
+    """A non-finite first step is skipped and the schedule moves on (on purpose): torch's
+    "lr_scheduler.step() before optimizer.step()" warning is not shown for it."""
+    data = load_image_data("digits")
+    data.x_train = data.x_train * float("nan")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(training.Diverged):
+            training.train_classifier(model, data, TrainConfig(epochs=1, progress=False), tmp_path,
+                                      torch.device("cpu"))
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)], [str(w.message) for w in caught]
+    assert json.loads((tmp_path / "summary.json").read_text())["skipped_steps"] == 10
 
 def test_every_config_composes():
     for dataset in ("cifar10", "cifar100", "digits"):

@@ -32,12 +32,14 @@ everything. When a step is skipped (the loops skip ``opt.step()`` on non-finite
 gradients) both halves are skipped.
 
 Also here: the learning-rate schedule every loop uses (:func:`lr_factor`,
-:func:`lr_scheduler`), described by :class:`OptimConfig`.
+:func:`lr_scheduler`, a :class:`StepSchedule` that moves on over skipped steps), described by
+:class:`OptimConfig`.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -59,6 +61,7 @@ __all__ = [
     "build_optimizer",
     "lr_factor",
     "lr_scheduler",
+    "StepSchedule",
 ]
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
@@ -305,6 +308,25 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: OptimConfig) ->
     return 1.0
 
 
-def lr_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, epochs: int):
-    """A ``LambdaLR`` stepped once per optimiser step with :func:`lr_factor`."""
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, steps_per_epoch, epochs, cfg))
+class StepSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """A ``LambdaLR`` that moves on over skipped optimiser steps.
+
+    The loops step the schedule once per step, the skipped ones included
+    (``sched.step(skipped=True)``). torch warns "Detected call of `lr_scheduler.step()`
+    before `optimizer.step()`" when the very first step was skipped; that order is
+    deliberate here, so that one warning is dropped for a step the loop says it skipped.
+    Every other warning, and that one for a step not said to be skipped (a loop that
+    forgot ``opt.step()``), is shown. Same state_dict as ``LambdaLR``."""
+
+    def step(self, epoch: int | None = None, skipped: bool = False) -> None:
+        if not skipped:
+            return super().step(epoch)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before "
+                                    r"`optimizer\.step\(\)`", category=UserWarning)
+            return super().step(epoch)
+
+
+def lr_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> StepSchedule:
+    """A :class:`StepSchedule` stepped once per optimiser step (skipped ones too) with :func:`lr_factor`."""
+    return StepSchedule(opt, lambda k: lr_factor(k, steps_per_epoch, epochs, cfg))

@@ -265,7 +265,7 @@ def train_classifier(
                     opt.step()  # retracted skips included
                 else:  # skip the update (retraction included), keep the schedule moving
                     opt.zero_grad(set_to_none=True)
-                sched.step()
+                sched.step(skipped=not finite)
                 state["step"] += 1
                 guard.step(state["step"], loss_value, finite)  # raises Diverged after too many skipped
                 state["skipped_steps"] = guard.skipped_steps

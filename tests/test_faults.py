@@ -167,6 +167,11 @@ CASES = [
      ["cifar10", "cifar_empty"]),
     ("re-cifar-crafted", ["run_experiments", "dataset=cifar10", f"data.root={M}/cifar_evil", "data.download=false"],
      ["data_batch_1", "refused"]),
+    ("re-warmup-inf", ["run_experiments", "scheduler.warmup_epochs=inf"], ["scheduler.warmup_epochs", "finite"]),
+    ("re-weight-decay-inf", ["run_experiments", "optimizer.weight_decay=inf"], ["optimizer.weight_decay", "finite"]),
+    ("re-mixup-inf", ["run_experiments", "mixup_alpha=inf"], ["mixup_alpha", "finite"]),
+    ("re-residual-eps-inf", ["run_experiments", "model.residual_eps=inf"], ["model.residual_eps"]),
+    ("re-lr-scale-inf", ["run_experiments", "model.skip_kind=learnable_orth", "model.lr_scale=inf"], ["lr_scale"]),
     ("re-sweep-bogus", ["run_experiments", "-m", "model.skip_kind=bogus,identity", f"hydra.sweep.dir={M}/sweep"],
      ["bogus"]),
     ("re-sweep-dir-file", ["run_experiments", "-m", "seed=0,1", f"hydra.sweep.dir={M}/a_file"], ["a_file"]),
@@ -207,6 +212,15 @@ CASES = [
     ("oi-dims", ["orth_to_id", "dims=[1]"], ["dims"]),
     ("oi-seed", ["orth_to_id", "seed=-1"], ["seed"]),
     ("oi-datasets", ["orth_to_id", "datasets=[bogus]"], ["datasets"]),
+    ("sy-noise-nan", ["orth_residual_synthetic_data", "noise=nan"], ["noise", "finite"]),
+    ("sy-lr-scale-inf", ["orth_residual_synthetic_data", "skip.lr_scale=inf"], ["lr_scale", "finite"]),
+    ("sy-hidden-mult-inf", ["orth_residual_synthetic_data", "hidden_mult=inf"], ["hidden_mult", "finite"]),
+    ("oi-separation-nan", ["orth_to_id", "blobs.separation=nan"], ["blobs", "separation"]),
+    ("oi-noise-inf", ["orth_to_id", "blobs.noise=inf"], ["blobs", "noise"]),
+    ("oi-hidden-mult-inf", ["orth_to_id", "hidden_mult=inf"], ["hidden_mult"]),
+    ("cv-noise-nan", ["construction_validity", "noise=nan"], ["noise", "finite"]),
+    ("cv-separation-inf", ["construction_validity", "separation=inf"], ["separation", "finite"]),
+    ("cv-lr-scale-inf", ["construction_validity", "skip.lr_scale=inf"], ["lr_scale"]),
     ("cv-fit-on", ["construction_validity", "fit_on=bogus"], ["fit_on"]),
     ("cv-seed", ["construction_validity", "seed=-1"], ["seed"]),
     ("cv-blocks", ["construction_validity", "n_blocks=[0]"], ["n_blocks"]),
@@ -410,3 +424,4 @@ def test_a_study_whose_runs_all_fail_says_why(tmp_path, capsys):
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert "all 1 classification runs failed" in lines[0] and "cifar10 not found" in lines[0]
     assert list(study.rglob("error.txt"))  # the details stay where the line says
+

@@ -130,7 +130,7 @@ def test_cifar_from_local_files_without_network(tmp_path, name):
 
 
 def test_missing_cifar_offline_is_one_clear_error(tmp_path):
-    with pytest.raises(ValueError, match=r"cifar10 not found under .*data.download=false"):
+    with pytest.raises(UserError, match=r"cifar10 not found under .*data.download=false"):
         load_image_data("cifar10", tmp_path, download=False)
 
 
@@ -199,7 +199,7 @@ def compose_ok(name):
 )
 def test_bad_overrides_raise_before_anything_is_saved(tmp_path, override, match):
     extra = ["model.skip_kind=learnable_orth"] if "method" in override else []
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(UserError, match=match):
         run_experiments.main.run(digits_cfg(override, *extra), tmp_path)
     assert not (tmp_path / "summary.json").exists() and not (tmp_path / "checkpoint.pt").exists()
 

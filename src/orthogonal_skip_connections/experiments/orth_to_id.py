@@ -126,9 +126,7 @@ def make_data(cfg: Config, dataset: str, dim: int):
                                   separation=b.separation, noise=b.noise, **common)
         p = cfg.parity
         return make_synthetic("parity", num_classes=p.num_classes, parity_bits=min(p.bits, dim), noise=p.noise, **common)
-    except UserError:
-        raise
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError) as err:  # the library's checks of these values (UserError is neither)
         raise UserError(f"{dataset} (d={dim}): {err}") from None
 
 

@@ -31,7 +31,7 @@ from ..skips import DEFAULT_METHOD, ORTHOGONAL_METHODS, RESIDUAL_MODES, skip
 from ..train import distributed
 from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_classifier
 from ..train.image import ClassifierSpec, build_classifier
-from ._app import App, choice, require
+from ._app import App, choice, number, require
 
 WANDB_MODES = ("disabled", "offline", "online")
 CHECKPOINT_MODES = ("last", "none")
@@ -182,7 +182,10 @@ class Config:
             self.train_config().validate()
         except UserError as err:  # name the key as the user wrote it
             msg = str(err)
-            for short, full in (("lr ", "optimizer.lr "), ("epochs ", "scheduler.epochs ")):
+            for short, full in (("lr ", "optimizer.lr "), ("epochs ", "scheduler.epochs "),
+                                ("weight_decay ", "optimizer.weight_decay "), ("momentum ", "optimizer.momentum "),
+                                ("warmup_epochs ", "scheduler.warmup_epochs "), ("gamma ", "scheduler.gamma "),
+                                ("milestones ", "scheduler.milestones ")):
                 msg = msg.replace(short, full, 1) if msg.startswith(short) else msg
             raise UserError(msg) from None
         choice("dataset", self.dataset.name, DATASETS)
@@ -190,7 +193,7 @@ class Config:
         m = self.model
         choice("model.residual_mode", m.residual_mode, RESIDUAL_MODES)
         choice("model.orthogonal_method", m.orthogonal_method, ORTHOGONAL_METHODS)
-        require(m.residual_eps >= 0, "model.residual_eps", "a number >= 0", m.residual_eps)
+        number("model.residual_eps", m.residual_eps, 0)
         for key in ("patch_size", "width", "depth", "heads"):
             value = getattr(m, key)
             require(value is None or value >= (0 if key == "depth" else 1), f"model.{key}",

@@ -90,7 +90,7 @@ class TrainConfig:
             (self.epochs >= 1, f"epochs must be >= 1; got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1; got {self.batch_size}"),
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1); got {self.label_smoothing}"),
-            (self.mixup_alpha >= 0, f"mixup_alpha must be >= 0; got {self.mixup_alpha}"),
+            (0 <= self.mixup_alpha < math.inf, f"mixup_alpha must be a finite number >= 0; got {self.mixup_alpha}"),
             (self.grad_clip >= 0, f"grad_clip must be >= 0; got {self.grad_clip}"),
             (self.amp in ("auto", "bf16", "off"), f"unknown amp {self.amp!r}; allowed: auto, bf16, off"),
             (self.eval_every >= 1, f"eval_every must be >= 1; got {self.eval_every}"),

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..maths.orthogonal import haar_orthogonal
 
-__all__ = ["DATASET_TYPES", "DEFAULT_NOISE", "SyntheticData", "make_synthetic"]
+__all__ = ["DATASET_TYPES", "DEFAULT_NOISE", "SyntheticData", "make_synthetic", "check_synthetic"]
 
 DATASET_TYPES = ("moons", "circles", "blobs", "classification", "parity")
 # noise when none is given: the original project's values for moons/circles, unit
@@ -160,6 +160,28 @@ def _check(dataset_type, n_samples, dim, num_classes, test_fraction, noise, sepa
         raise ValueError(f"circles factor (inner / outer radius) must be in (0, 1); got {factor}")
 
 
+def check_synthetic(
+    dataset_type: str,
+    n_samples: int = 1000,
+    dim: int = 2,
+    num_classes: int = 2,
+    test_fraction: float = 0.2,
+    noise: float | None = None,
+    separation: float = 3.0,
+    clusters_per_class: int = 1,
+    parity_bits: int | None = None,
+    factor: float = 0.5,
+    seed: int = 0,
+) -> float:
+    """The ValueError :func:`make_synthetic` would raise for these arguments, without making
+    any data (an app checks its config with it before anything runs). Returns the noise
+    used (``noise``, or the type's default)."""
+    noise = DEFAULT_NOISE.get(dataset_type, 0.0) if noise is None else float(noise)
+    _check(dataset_type, n_samples, dim, num_classes, test_fraction, noise, separation,
+           clusters_per_class, parity_bits, factor)
+    return noise
+
+
 def make_synthetic(
     dataset_type: str,
     n_samples: int = 1000,
@@ -181,9 +203,8 @@ def make_synthetic(
     ``factor``: circles only, inner radius / outer radius. The split is stratified;
     the same arguments always give the same tensors.
     """
-    noise = DEFAULT_NOISE.get(dataset_type, 0.0) if noise is None else float(noise)
-    _check(dataset_type, n_samples, dim, num_classes, test_fraction, noise, separation,
-           clusters_per_class, parity_bits, factor)
+    noise = check_synthetic(dataset_type, n_samples, dim, num_classes, test_fraction, noise, separation,
+                            clusters_per_class, parity_bits, factor)
     from sklearn import datasets
     from sklearn.model_selection import train_test_split
 

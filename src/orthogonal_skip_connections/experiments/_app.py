@@ -22,8 +22,8 @@ The parts, each importable from here as before:
 - :mod:`._parts`    config parts several apps share (``SmallTraining``, ``SkipOptions``, ...)
 - :mod:`._compose`  the config from YAML + schema + overrides (``compose``, ``typed``), one-line errors
 - :mod:`._help`     ``osc <app> --help``
-- :mod:`._command_line`  the Hydra glue: checks before Hydra runs, exit codes, sweeps, torchrun,
-  and what a refused call leaves behind (nothing)
+- :mod:`._command_line`  the Hydra glue: checks before Hydra runs, exit codes, sweeps, torchrun
+- :mod:`._leftovers`  what a call refused inside Hydra leaves behind (nothing that was not there)
 - :mod:`._registry` the list of apps (no torch, no Hydra: ``osc list`` stays fast)
 """
 
@@ -41,11 +41,11 @@ from ..train.divergence import Diverged
 from ._checks import choice, ints_at_least, number, one_of, require
 from ._command_line import CommandLine
 from ._compose import CONFIG_DIR, compose, register_schema, typed
-from ._parts import SkipOptions, SmallTraining, residual_mlp_factory, skip_kinds
+from ._parts import SkipOptions, SmallTraining, check_synthetic_data, residual_mlp_factory, skip_kinds
 from ._registry import APPS, load_app
 
 __all__ = ["APPS", "load_app", "App", "CONFIG_DIR", "compose", "typed", "require", "choice", "one_of", "ints_at_least",
-           "number", "SmallTraining", "SkipOptions", "residual_mlp_factory", "skip_kinds"]
+           "number", "SmallTraining", "SkipOptions", "residual_mlp_factory", "skip_kinds", "check_synthetic_data"]
 
 
 class App:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -42,6 +41,7 @@ from ..train import distributed
 from ..train.divergence import Diverged
 from ._compose import CONFIG_DIR, compose, compose_raw, one_line, typed
 from ._help import help_text
+from ._leftovers import has_results, hydra_files, outermost_new, undo
 
 __all__ = ["CommandLine", "CODES_ENV"]
 
@@ -56,6 +56,7 @@ class CommandLine:
         self.app = app
         self.claims: list[RunDir] = []  # held (locked) until the call ends
         self.explicit = None  # (hydra.run.dir, existed, Hydra's files in it, outermost dir this call makes)
+        self.default_top = None  # the outermost dir above the default run dir that this call would make
 
     def main(self, argv: list[str]) -> int:
         """The exit code of ``osc <app> *argv``: 0; 2 for a user's mistake; 1 for a diverged
@@ -121,16 +122,16 @@ class CommandLine:
             except Exception:  # Hydra's own config: checked by Hydra
                 pattern = ""
             if pattern:
-                check_dir_writable(Path(pattern.split("${")[0] or "."), key, shown=f"{pattern} (the default)")
+                fixed = Path(pattern.split("${")[0] or ".")
+                check_dir_writable(fixed, key, shown=f"{pattern} (the default)")
+                if not flags and not fixed.exists():
+                    self.default_top = outermost_new(fixed).absolute()
         for job in jobs:
             cfg = typed(app.schema, compose(app.name, job))
             for o in job:
                 if o.startswith("hydra.run.dir=") and not flags and distributed.is_main():
                     path = Path(o.split("=", 1)[1])
-                    top = path  # the outermost dir this call would make
-                    while not top.parent.exists() and top.parent != top.parent.parent:
-                        top = top.parent
-                    self.explicit = (path, path.exists(), hydra_files(path), top)
+                    self.explicit = (path, path.exists(), hydra_files(path), outermost_new(path))
                     # held (locked) until the run ends: a second writer is refused before Hydra writes
                     self.claims.append(RunDir.claim(path, resume=bool(getattr(cfg, "resume", False)),
                                                     supports_resume=app.supports_resume, config=cfg))
@@ -224,26 +225,8 @@ class CommandLine:
         return argv
 
     def undo(self, run_dir: Path, fresh: bool) -> None:
-        """After a refusal inside Hydra: remove a run dir this call made (unless the run had
-        started: then its files say what happened), or put back the .hydra/ files and job
-        log Hydra rewrote in one that was there before."""
-        started = (run_dir / "run.json").exists()
-        if self.explicit is not None:
-            path, existed, files, top = self.explicit
-            if path.resolve() != run_dir.resolve():
-                return
-            if not existed:
-                if not started:
-                    shutil.rmtree(top, ignore_errors=True)
-                return
-            for p in hydra_files(path):
-                if p not in files:
-                    p.unlink(missing_ok=True)
-            for p, data in files.items():
-                p.parent.mkdir(parents=True, exist_ok=True)
-                p.write_bytes(data)
-        elif fresh and not started:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        """After a refusal inside Hydra: leave nothing behind (:func:`._leftovers.undo`)."""
+        undo(run_dir, fresh, self.explicit, self.default_top)
 
 
 def job_name(app_name: str, argv: list[str]) -> list[str]:
@@ -264,17 +247,3 @@ def read_codes() -> list[int]:
         return [int(line) for line in Path(path).read_text().split()] if path else []
     except (OSError, ValueError):
         return []
-
-
-def hydra_files(path: Path) -> dict[Path, bytes]:
-    """What Hydra writes into a run dir (.hydra/*, the job's .log), with their bytes."""
-    path = Path(path)
-    if not path.is_dir():
-        return {}
-    files = [p for p in (path / ".hydra").glob("*") if p.is_file()] + [p for p in path.glob("*.log") if p.is_file()]
-    return {p: p.read_bytes() for p in files}
-
-
-def has_results(path: Path) -> bool:
-    """Whether a run dir holds anything besides Hydra's own files and the lock."""
-    return path.is_dir() and any(p.name not in (".hydra", ".lock") and p.suffix != ".log" for p in path.iterdir())

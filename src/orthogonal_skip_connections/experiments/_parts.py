@@ -9,7 +9,7 @@ import dataclasses
 from ..runs import UserError
 from ._checks import choice, number, one_of, require
 
-__all__ = ["SmallTraining", "SkipOptions", "residual_mlp_factory", "skip_kinds"]
+__all__ = ["SmallTraining", "SkipOptions", "residual_mlp_factory", "skip_kinds", "check_synthetic_data"]
 
 
 @dataclasses.dataclass
@@ -89,6 +89,19 @@ def residual_mlp_factory(cfg, dim: int, depth: int, num_classes: int, skip_kind:
         except (TypeError, ValueError) as err:
             raise UserError(str(err)) from None
     return make_model
+
+
+def check_synthetic_data(where: str, dataset_type: str, **args) -> None:
+    """One line (a UserError starting with ``where``) for synthetic-data arguments the
+    library refuses (:func:`~orthogonal_skip_connections.data.synthetic.check_synthetic`);
+    for ``Config.check``, so that they are refused before Hydra makes a run dir. No data
+    is made."""
+    from ..data.synthetic import check_synthetic
+
+    try:
+        check_synthetic(dataset_type, **args)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{where}: {err}") from None
 
 
 def skip_kinds(key: str, kinds: list[str]) -> list[str]:

@@ -30,7 +30,7 @@ from ..models.vit import POOLS
 from ..skips import DEFAULT_METHOD, ORTHOGONAL_METHODS, RESIDUAL_MODES, skip
 from ..train import distributed
 from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_classifier
-from ..train.image import ClassifierSpec, build_classifier
+from ..train.image import ClassifierSpec, build_classifier, check_classifier
 from ._app import App, choice, number, require
 
 WANDB_MODES = ("disabled", "offline", "online")
@@ -214,6 +214,10 @@ class Config:
             skip(self.model.skip_kind, **self.model.skip_options())
         except (TypeError, ValueError) as err:
             raise UserError(str(err)) from None
+        try:  # the model's shape on this dataset's images (a ViT's patches), before Hydra makes a run dir
+            check_classifier(self.spec())
+        except (TypeError, ValueError) as err:
+            raise UserError(f"model: {err}") from None
         resolve_device(self.device)
 
     def spec(self) -> ClassifierSpec:

@@ -80,12 +80,30 @@ def median(xs: list[float]) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, lr: float = 0.1, momentum: float = 0.9,
-                   weight_decay: float = 5e-4) -> torch.optim.Optimizer:
+                   weight_decay: float = 5e-4, retraction_impl: str = "auto") -> torch.optim.Optimizer:
     """SGD from this library: its ``step()`` also keeps the retracted orthogonal matrices
-    on O(n) (no separate upkeep call)."""
+    on O(n) (no separate upkeep call), by SVD/QR (``factor``) or by products (``matmul``)."""
     from orthogonal_skip_connections.optim import optimizer
 
-    return optimizer(model, torch.optim.SGD, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return optimizer(model, torch.optim.SGD, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                     retraction_impl=retraction_impl)
+
+
+def impl_rows(methods, impls: list[str], device: torch.device) -> list[tuple[str, str, str]]:
+    """(method, impl, suffix) for each retracted method and each retraction impl asked for;
+    the impl ``auto`` picks on ``device`` has no suffix, the other is marked ``@factor`` /
+    ``@matmul``. Parametrized methods get one row with impl ``auto``."""
+    from orthogonal_skip_connections.maths.orthogonal import RETRACTED_METHODS, resolve_impl
+
+    auto = resolve_impl("auto", device)
+    rows = []
+    for m in methods:
+        if m not in RETRACTED_METHODS:
+            rows.append((m, "auto", ""))
+            continue
+        for impl in dict.fromkeys(resolve_impl(i, device) for i in impls):
+            rows.append((m, impl, "" if impl == auto else f"@{impl}"))
+    return rows
 
 
 def table(columns: list[str], rows: list[list], aligns: str | None = None) -> str:

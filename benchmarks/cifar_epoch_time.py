@@ -10,9 +10,16 @@ run of ``python -m orthogonal_skip_connections.experiments.run_experiments`` wit
 first epoch (cuDNN autotuning, allocator warm-up) is left out and the table gives the
 median of the others as seconds and training images/s, and its ratio to identity's.
 
+``--baseline-src`` runs every variant also with another checkout's ``src/`` (before /
+after a change to the loop), interleaved with this one's over ``--rounds`` rounds, and
+adds the ratio this / baseline of each variant. ``--dataset digits`` uses the bundled
+digits (1,437 images of 8x8) instead of CIFAR-shaped files.
+
     python benchmarks/cifar_epoch_time.py                                  # resnet18, 3 epochs
     python benchmarks/cifar_epoch_time.py --model resnet56 --variants identity,learnable_orth/steepest
     python benchmarks/cifar_epoch_time.py --quick                          # seconds on a CPU
+    python benchmarks/cifar_epoch_time.py --dataset digits --model resnet20 --batch 128 --epochs 4 \
+        --rounds 3 --variants identity,learnable_orth/cayley --baseline-src ../old-checkout/src
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import argparse
 import json
 import pickle
 import statistics
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 from _bench import table
+
+SRC = Path(__file__).resolve().parents[1] / "src"  # this checkout's library
 
 # the classification variants of `osc study scale=full`
 FULL_VARIANTS = ("identity,zero,fixed_orth,learnable_orth/steepest,learnable_orth/cayley,linear,scalar,idempotent")
@@ -61,14 +71,17 @@ def overrides(variant: str) -> list[str]:
     return out
 
 
-def run_variant(variant: str, args, root: Path, out: Path) -> dict:
-    run_dir = out / variant.replace("/", "-")
-    cmd = [sys.executable, "-m", APP, "dataset=cifar10", f"model.model_type={args.model}", f"batch_size={args.batch}",
-           "optimizer.lr=0.2", f"scheduler.epochs={args.epochs}", "scheduler.warmup_epochs=1", f"data.root={root}",
-           "data.download=false", "progress=false", f"device={args.device}", f"hydra.run.dir={run_dir}",
-           *overrides(variant), *args.extra]
+def run_variant(variant: str, args, root: Path, out: Path, src: Path = SRC, tag: str = "") -> dict:
+    """One run of the app with the library in ``src``; its epoch times and summary."""
+    run_dir = out / (variant.replace("/", "-") + tag)
+    data = ([f"data.root={root}", "data.download=false"] if args.dataset == "cifar10" else [])
+    cmd = [sys.executable, "-m", APP, f"dataset={args.dataset}", f"model.model_type={args.model}",
+           f"batch_size={args.batch}", f"optimizer.lr={args.lr}", f"scheduler.epochs={args.epochs}",
+           "scheduler.warmup_epochs=1", *data, "progress=false", f"device={args.device}",
+           f"hydra.run.dir={run_dir}", *overrides(variant), *args.extra]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         return {"variant": variant, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
@@ -77,17 +90,31 @@ def run_variant(variant: str, args, root: Path, out: Path) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"variant": variant, "epoch_times": epoch_times, "wall": wall, "device": summary.get("device"),
             "steps": summary["steps"], "orth": summary.get("skip_orth_error_max"),
-            "test_acc": summary.get("test_acc")}
+            "test_acc": summary.get("test_acc"), "train_loss": summary.get("train_loss")}
+
+
+def merge(runs: list[dict]) -> dict:
+    """The rounds of one variant as one result: epoch 1 of each run left out, later epochs pooled."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    return {**runs[0], "first": [r["epoch_times"][0] for r in runs],
+            "later": [t for r in runs for t in r["epoch_times"][1:]], "wall": statistics.median(r["wall"] for r in runs)}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet18")
+    p.add_argument("--dataset", choices=["cifar10", "digits"], default="cifar10",
+                   help="cifar10: random CIFAR-shaped files; digits: the bundled 1,437 8x8 images")
     p.add_argument("--variants", default=FULL_VARIANTS, help="comma-separated kind[/method[/init]]")
-    p.add_argument("--n", type=int, default=50_000, help="training images")
+    p.add_argument("--n", type=int, default=50_000, help="training images (cifar10)")
     p.add_argument("--n-test", type=int, default=10_000)
     p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--lr", type=float, default=0.2)
     p.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is left out; >= 2)")
+    p.add_argument("--rounds", type=int, default=1, help="runs per variant (and version), interleaved")
+    p.add_argument("--baseline-src", default=None, help="another checkout's src/ to time side by side")
     p.add_argument("--device", default="auto")
     p.add_argument("--root", default=None, help="folder for the random CIFAR files (default: a temporary one)")
     p.add_argument("--out", default=None, help="folder for the run dirs (default: a temporary one)")
@@ -99,39 +126,51 @@ def main(argv: list[str] | None = None) -> None:
         args.variants = "identity,learnable_orth/steepest"
     if args.epochs < 2:
         raise SystemExit("--epochs must be >= 2 (the first is left out)")
+    versions = {"": SRC} | ({"baseline": Path(args.baseline_src).resolve()} if args.baseline_src else {})
+    variants = [v.strip() for v in args.variants.split(",")]
+    runs: dict[tuple[str, str], list[dict]] = {(v, k): [] for v in variants for k in versions}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.root) if args.root else Path(tmp) / "data"
         out = Path(args.out) if args.out else Path(tmp) / "runs"
-        if not (root / "cifar-10-batches-py" / "test_batch").exists():
+        if args.dataset == "cifar10" and not (root / "cifar-10-batches-py" / "test_batch").exists():
             write_cifar10(root, args.n, args.n_test)
-        results = []
-        for variant in args.variants.split(","):
-            r = run_variant(variant.strip(), args, root, out)
-            results.append(r)
-            print(f"  {variant}: " + (f"epochs {', '.join(f'{t:.2f}' for t in r['epoch_times'])} s, "
-                                       f"run {r['wall']:.0f} s" if "error" not in r else f"FAILED: {r['error']}"),
-                  flush=True)
+        for i in range(args.rounds):
+            for variant in variants:
+                for key, src in versions.items():
+                    r = run_variant(variant, args, root, out, src, f"-{key or 'this'}-{i}")
+                    runs[(variant, key)].append(r)
+                    name = f"{variant}{' (' + key + ')' if key else ''}"
+                    print(f"  {name}: " + (f"epochs {', '.join(f'{t:.2f}' for t in r['epoch_times'])} s, "
+                                           f"run {r['wall']:.0f} s" if "error" not in r else f"FAILED: {r['error']}"),
+                          flush=True)
     import torch
 
-    device = next((r["device"] for r in results if "device" in r), args.device)
-    name = torch.cuda.get_device_name() if str(device).startswith("cuda") else "CPU"
-    n = args.n // args.batch * args.batch
-    base = next((statistics.median(r["epoch_times"][1:]) for r in results
-                 if r["variant"] == "identity" and "error" not in r), None)
+    results = {k: merge(v) for k, v in runs.items()}
+    device = next((r["device"] for r in results.values() if "device" in r), args.device)
+    name = torch.cuda.get_device_name() if str(device).startswith("cuda") else \
+        f"CPU ({os.cpu_count()} cores)"
+    n_train = args.n if args.dataset == "cifar10" else next((r["steps"] // args.epochs * args.batch
+                                                          for r in results.values() if "steps" in r), 0)
+    n = n_train // args.batch * args.batch
+    base = {k: statistics.median(r["later"]) for (v, k), r in results.items() if v == "identity" and "error" not in r}
     rows = []
-    for r in results:
+    for (variant, key), r in results.items():
+        label = f"{variant}{' (' + key + ')' if key else ''}"
         if "error" in r:
-            rows.append([r["variant"], "failed", "", "", "", "", ""])
+            rows.append([label, "failed", "", "", "", "", "", "", ""])
             continue
-        t = statistics.median(r["epoch_times"][1:])
-        rows.append([r["variant"], f"{r['epoch_times'][0]:.2f}", f"{t:.2f}", f"{n / t:,.0f}",
-                     f"{t / base:.3f}" if base else "-", "-" if r["orth"] is None else f"{r['orth']:.1e}",
-                     f"{r['wall']:.0f}"])
-    print(f"\nrun_experiments dataset=cifar10 (random CIFAR-shaped files, {args.n:,} train images) "
-          f"model.model_type={args.model} batch_size={args.batch}, {args.epochs} epochs\n"
-          f"device: {name} ({device}); torch {torch.__version__}")
-    print(table(["variant", "epoch 1 s", "epoch s (later, median)", "train img/s", "ratio", "max orth err",
-                 "run wall s"], rows, "<>>>>>>"))
+        t = statistics.median(r["later"])
+        this = results.get((variant, ""), {})
+        vs = "-" if not key or "error" in this else f"{statistics.median(this['later']) / t:.3f}"
+        rows.append([label, f"{statistics.median(r['first']):.2f}", f"{t:.3f}", f"{n / t:,.0f}",
+                     f"{t / base[key]:.3f}" if key in base else "-", vs,
+                     "-" if r["orth"] is None else f"{r['orth']:.1e}", repr(r["train_loss"]), f"{r['wall']:.0f}"])
+    data = (f"dataset=cifar10 (random CIFAR-shaped files, {args.n:,} train images)" if args.dataset == "cifar10"
+            else "dataset=digits")
+    print(f"\nrun_experiments {data} model.model_type={args.model} batch_size={args.batch}, {args.epochs} epochs, "
+          f"{args.rounds} round(s)\ndevice: {name} ({device}); torch {torch.__version__}")
+    print(table(["variant", "epoch 1 s", "epoch s (later, median)", "train img/s", "/ identity",
+                 "this / baseline", "max orth err", "train loss", "run wall s"], rows, "<>>>>>>>>"))
 
 
 if __name__ == "__main__":

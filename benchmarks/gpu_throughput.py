@@ -12,6 +12,8 @@ identity skips under other settings (fp32, NCHW, cudnn.benchmark off).
 
 Targets (issue 13, on an H100/H200): every learnable_orth method within 1.05x of
 identity's step time; ResNet-18 (CIFAR stem) >= 20,000 training images/s in bf16.
+``--impls factor,matmul`` times the retracted methods both ways (SVD/QR with host-side
+tests, or matrix products only: the default on CUDA).
 
     python benchmarks/gpu_throughput.py                     # resnet20 and resnet18, batch 512
     python benchmarks/gpu_throughput.py --quick             # seconds on a CPU: a smoke run
@@ -26,7 +28,7 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from _bench import header, interleaved_times, make_optimizer, median, resolve_device, synchronize, table
+from _bench import header, impl_rows, interleaved_times, make_optimizer, median, resolve_device, synchronize, table
 
 from orthogonal_skip_connections import get_model
 from orthogonal_skip_connections.skips import ORTH_METHODS, SKIP_KINDS
@@ -35,26 +37,25 @@ IMG_TARGET = 20_000  # images/s, ResNet-18 bf16 identity, H100/H200
 RATIO_TARGET = 1.05  # learnable_orth step time / identity's, H100/H200
 
 
-def variants() -> list[tuple[str, str | None]]:
-    """identity first (the baseline), then every other kind, then every learnable_orth method."""
-    kinds = [("identity", None)] + [(k, None) for k in SKIP_KINDS if k not in ("identity", "learnable_orth")]
-    return kinds + [("learnable_orth", m) for m in ORTH_METHODS]
-
-
-def label(kind: str, method: str | None) -> str:
-    return kind if method is None else f"{kind}/{method}"
+def variants(impls: list[str], device: torch.device) -> list[tuple[str, str | None, str, str]]:
+    """(kind, method, retraction impl, label): identity first (the baseline), then every other
+    kind, then every learnable_orth method, retracted ones once per impl in ``impls``."""
+    kinds = [("identity", None, "auto", "identity")]
+    kinds += [(k, None, "auto", k) for k in SKIP_KINDS if k not in ("identity", "learnable_orth")]
+    return kinds + [("learnable_orth", m, impl, f"learnable_orth/{m}{suffix}")
+                    for m, impl, suffix in impl_rows(ORTH_METHODS, impls, device)]
 
 
 class Step:
     """One training step of one model on one fixed batch, under one set of settings."""
 
     def __init__(self, model_type: str, kind: str, method: str | None, batch: int, device: torch.device,
-                 amp: bool = True, channels_last: bool = True, cudnn_benchmark: bool = True):
+                 amp: bool = True, channels_last: bool = True, cudnn_benchmark: bool = True, impl: str = "auto"):
         torch.manual_seed(0)
         opts = {"method": method} if method else {}
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = get_model(model_type, 10, skip_kind=kind, **opts).to(device).to(memory_format=fmt)
-        self.opt = make_optimizer(self.model)
+        self.opt = make_optimizer(self.model, retraction_impl=impl)
         self.x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
         self.y = torch.randint(0, 10, (batch,), device=device)
         self.amp = amp
@@ -86,10 +87,11 @@ def optimizer_step_times(steps: dict[str, Step], device: torch.device, rounds: i
 
 
 def skip_table(model_type: str, args, device: torch.device) -> tuple[str, list[str]]:
-    chosen = [(k, m) for k, m in variants() if args.variants is None or label(k, m) in args.variants]
-    if chosen[0][0] != "identity":
+    chosen = [v for v in variants(args.impls, device) if args.variants is None or v[3] in args.variants]
+    if not chosen or chosen[0][0] != "identity":
         raise SystemExit("--variants must include identity (the baseline)")
-    steps = {label(k, m): Step(model_type, k, m, args.batch, device, not args.no_amp) for k, m in chosen}
+    steps = {name: Step(model_type, k, m, args.batch, device, not args.no_amp, impl=impl)
+             for k, m, impl, name in chosen}
     times = interleaved_times(steps, device, args.rounds, args.steps, args.warmup,
                               between=lambda name: steps[name].settings())
     opt_times = optimizer_step_times(steps, device, args.rounds, args.steps)
@@ -153,6 +155,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--variants", default=None,
                    help="comma-separated subset, e.g. identity,learnable_orth/householder (default: all)")
     p.add_argument("--no-settings", action="store_true", help="skip the resnet18 settings table")
+    p.add_argument("--impls", default="auto",
+                   help="retraction impls of the retracted methods: auto | factor,matmul (a row each; the one "
+                        "auto picks on this device is unmarked, the other marked @factor / @matmul)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: resnet20 only, batch 16, 2 rounds x 1 step, warm-up 1")
@@ -163,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         args.models, args.batch, args.steps, args.rounds, args.warmup = "resnet20", 16, 1, 2, 1
     if args.variants is not None:
         args.variants = {v.strip() for v in args.variants.split(",")}
+    args.impls = [i.strip() for i in args.impls.split(",") if i.strip()]
     device = resolve_device(args.device)
     print(header("train-step time by skip kind, and ResNet-18 training throughput", device), flush=True)
     misses = []

@@ -25,7 +25,9 @@ at every C while at least as orthogonal, checked here against their default maps
 (``torch matrix_exp``, ``geotorch expm``); the fastest variant of all is named under each table.
 
 The second table times ``maths.orthogonal.retract`` (and the parametrized maps) on a
-stack of K matrices (one call) against K calls on one matrix each.
+stack of K matrices (one call) against K calls on one matrix each. Retracted methods get a
+row per ``--impls`` (default both: ``factor``, SVD/QR with host-side tests, the CPU's
+default; ``matmul``, products only, CUDA's default; the non-default one is marked ``@``).
 
     python benchmarks/orthogonal_layer.py                  # C in 16, 64, 256, 512; 1000 steps
     python benchmarks/orthogonal_layer.py --quick          # seconds on a CPU: a smoke run
@@ -38,7 +40,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from _bench import header, interleaved_times, make_optimizer, median, resolve_device, table
+from _bench import header, impl_rows, interleaved_times, make_optimizer, median, resolve_device, table
 from torch import nn
 
 from orthogonal_skip_connections.maths import orthogonal as orth
@@ -73,18 +75,20 @@ class Task:
         return float(F.mse_loss(self.layer(self.x), self.target))
 
 
-def build_tasks(C: int, batch: int, lr: float, device: torch.device, householder: bool = True) -> dict[str, Task]:
+def build_tasks(C: int, batch: int, lr: float, device: torch.device, householder: bool = True,
+                impls: tuple[str, ...] = ("factor", "matmul")) -> dict[str, Task]:
     g = torch.Generator().manual_seed(C)
     x = torch.randn(batch, C, generator=g).to(device)
     Q = orth.haar_orthogonal(C, generator=g).to(device)
     target = x @ Q.T
     tasks = {}
-    for method in ORTH_METHODS:
+    for method, impl, suffix in impl_rows(ORTH_METHODS, list(impls), device):
         if method == "householder" and not householder:
             continue
         layer = make_skip("learnable_orth", C, method=method, init="identity").to(device)
-        tasks[f"osc {method}"] = Task(f"osc {method}", layer, make_optimizer(layer, lr=lr, weight_decay=0.0), x,
-                                      target)
+        name = f"osc {method}{suffix}"
+        tasks[name] = Task(name, layer, make_optimizer(layer, lr=lr, weight_decay=0.0, retraction_impl=impl), x,
+                           target)
     for omap in ("matrix_exp", "cayley", "householder") if householder else ("matrix_exp", "cayley"):
         layer = nn.Linear(C, C, bias=False)
         with torch.no_grad():
@@ -105,7 +109,7 @@ def build_tasks(C: int, batch: int, lr: float, device: torch.device, householder
 
 
 def layer_table(C: int, args, device: torch.device) -> tuple[str, list[str]]:
-    tasks = build_tasks(C, args.batch, args.lr, device, householder=C <= args.householder_max)
+    tasks = build_tasks(C, args.batch, args.lr, device, householder=C <= args.householder_max, impls=args.impls)
     errors = {name: [] for name in tasks}
 
     def measure(name: str) -> None:  # runs before each timing: the error after the previous round
@@ -145,13 +149,14 @@ def layer_table(C: int, args, device: torch.device) -> tuple[str, list[str]]:
     return text, misses
 
 
-def _retraction_calls(W: torch.Tensor, G: torch.Tensor, A: torch.Tensor) -> dict:
-    """Each retraction (and parametrized map) on the K matrices: one call, and K calls."""
+def _retraction_calls(W: torch.Tensor, G: torch.Tensor, A: torch.Tensor, impls: list[str]) -> dict:
+    """Each retraction (once per impl) and parametrized map on the K matrices: one call, and K calls."""
     K = len(W)
     fns = {}
-    for method in RETRACTED_METHODS:
-        fns[f"{method} batched"] = lambda m=method: orth.retract(m, W, G, 0.05)
-        fns[f"{method} loop"] = lambda m=method: [orth.retract(m, W[i], G[i], 0.05) for i in range(K)]
+    for method, impl, suffix in impl_rows(RETRACTED_METHODS, impls, W.device):
+        fns[f"{method}{suffix} batched"] = lambda m=method, i=impl: orth.retract(m, W, G, 0.05, impl=i)
+        fns[f"{method}{suffix} loop"] = lambda m=method, i=impl: [orth.retract(m, W[k], G[k], 0.05, impl=i)
+                                                                  for k in range(K)]
     fns["cayley map batched"] = lambda: orth.cayley(A)
     fns["cayley map loop"] = lambda: [orth.cayley(A[i]) for i in range(K)]
     fns["exp map batched"] = lambda: orth.expm(A)
@@ -168,7 +173,7 @@ def retraction_table(Cs: list[int], args, device: torch.device) -> str:
         # MKL fail (DLASWP) and hang on the CPU (seen with torch 2.11 and 2.14)
         W = torch.stack([orth.haar_orthogonal(C, generator=g) for _ in range(K)]).to(device)
         G = (1e-2 * torch.randn(K, C, C, generator=g)).to(device)
-        fns = _retraction_calls(W, G, orth.skew(G))
+        fns = _retraction_calls(W, G, orth.skew(G), args.impls)
         times = interleaved_times(fns, device, args.retract_rounds, args.retract_calls, warmup=2)
         for name in [n for n in fns if n.endswith("batched")]:
             base = name[: -len(" batched")]
@@ -196,9 +201,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--householder-max", type=int, default=64,
                    help="largest C with householder rows (C Householder reflections per forward: slow)")
     p.add_argument("--device", default="auto", help="auto (cuda if any, else cpu) | cpu | cuda | cuda:N")
+    p.add_argument("--impls", default="factor,matmul",
+                   help="retraction impls of the retracted methods (a row each; the one auto picks on this "
+                        "device is unmarked, the other marked @factor / @matmul)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--quick", action="store_true", help="smoke run: C in 16, 64; 40 steps in 4 rounds")
     args = p.parse_args(argv)
+    args.impls = [i.strip() for i in args.impls.split(",") if i.strip()]
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:

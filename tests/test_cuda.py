@@ -3,9 +3,7 @@ loader on CUDA. Skipped (at collection cost only) where no CUDA GPU is present, 
 run on a GPU machine with ``python -m pytest -q tests/test_cuda.py``."""
 
 import json
-import pickle
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,22 +17,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 CUDA = torch.device("cuda")
 VARIANTS = [(k, None) for k in SKIP_KINDS if k != "learnable_orth"] + [("learnable_orth", m) for m in ORTH_METHODS]
-
-
-def write_cifar10(root, n_train=80, n_test=40, seed=0):
-    """Random CIFAR-10 "python version" files (the format load_image_data reads)."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-
-    def batch(n):
-        return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                b"labels": list(rng.integers(0, 10, n))}
-
-    files = {f"data_batch_{i}": batch(n_train // 5) for i in range(1, 6)} | {"test_batch": batch(n_test)}
-    for name, content in files.items():
-        with open(folder / name, "wb") as f:
-            pickle.dump(content, f)
 
 
 @pytest.mark.parametrize("kind,method", VARIANTS, ids=[k if m is None else f"{k}-{m}" for k, m in VARIANTS])
@@ -72,6 +54,48 @@ def test_bf16_training_step_every_skip(kind, method):
         assert any(r["identity_distance"] > 0 for r in rows)
 
 
+@pytest.mark.parametrize("impl", ["factor", "matmul"])
+def test_retractions_on_cuda_agree_with_the_cpu_and_matmul_reads_nothing_back(impl):
+    """Every retracted method on CUDA: the CPU's factor result to 1e-4, orthogonal to
+    round-off, and with impl="matmul" (CUDA's default) no host synchronisation at all."""
+    from orthogonal_skip_connections.maths import orthogonal as O
+
+    g = torch.Generator().manual_seed(0)
+    for n in (16, 64, 256):
+        W = torch.stack([O.haar_orthogonal(n, generator=g) for _ in range(4)])
+        G = torch.randn(4, n, n, generator=g)
+        for method in O.RETRACTED_METHODS:
+            want = O.retract(method, W, G, 0.1, impl="factor")
+            Wc, Gc = W.to(CUDA), G.to(CUDA)
+            torch.cuda.synchronize()
+            if impl == "matmul":
+                torch.cuda.set_sync_debug_mode("error")  # any host read raises
+            try:
+                got = O.retract(method, Wc, Gc, 0.1, impl=impl)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+            assert float((got.cpu() - want).abs().max()) <= 1e-4, (n, method)
+            assert float(O.orth_error(got.double()).max()) <= 1e-5 * n, (n, method)
+
+
+def test_optimizer_step_on_cuda_reads_nothing_back():
+    """opt.step() of resnet20 with retracted skips (CUDA's default impl): no synchronisation."""
+    model = osc.get_model("resnet20", 10, skip_kind="learnable_orth", method="steepest", init="haar").to(CUDA)
+    opt = osc.optimizer(model, torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=True)
+    x = torch.randn(8, 3, 32, 32, device=CUDA)
+    y = torch.randint(0, 10, (8,), device=CUDA)
+    for _ in range(2):  # the second step also reads the momentum buffers
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    assert max(r["orth_error"] for r in osc.skip_diagnostics(model)) < 1e-4
+
+
 class _DieAtEpoch(MetricSink):
     """Kills the run when epoch ``epoch``'s train record arrives (before its checkpoint)."""
 
@@ -84,11 +108,11 @@ class _DieAtEpoch(MetricSink):
 
 
 @pytest.mark.parametrize("method", ["steepest", "cayley"])
-def test_resume_on_cuda_matches_uninterrupted(tmp_path, monkeypatch, method):
+def test_resume_on_cuda_matches_uninterrupted(tmp_path, monkeypatch, method, fake_cifar):
     # deterministic kernels: on CUDA, "the same numbers" needs cuDNN's deterministic algorithms
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    write_cifar10(tmp_path / "data")
+    fake_cifar(tmp_path / "data", "cifar10", n_train=80, n_test=40)
     data = load_image_data("cifar10", tmp_path / "data", download=False)
 
     def run(run_dir, sinks=(), resume=False):
@@ -123,8 +147,8 @@ def test_resume_on_cuda_matches_uninterrupted(tmp_path, monkeypatch, method):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_on_device_loader_same_batches_on_cuda_as_on_cpu(tmp_path, channels_last):
-    write_cifar10(tmp_path / "data", n_train=100, n_test=30)
+def test_on_device_loader_same_batches_on_cuda_as_on_cpu(tmp_path, channels_last, fake_cifar):
+    fake_cifar(tmp_path / "data", "cifar10", n_train=100, n_test=30)
     data = load_image_data("cifar10", tmp_path / "data", download=False)
     for train in (True, False):
         cpu = TensorLoader(data, 16, train, torch.device("cpu"), channels_last)
@@ -140,3 +164,60 @@ def test_on_device_loader_same_batches_on_cuda_as_on_cpu(tmp_path, channels_last
                 assert xg.is_contiguous(memory_format=torch.channels_last) == channels_last
                 assert torch.equal(yc, yg.cpu())
                 torch.testing.assert_close(xg.cpu(), xc, rtol=1e-6, atol=1e-6)
+
+
+SYNC_FREE = {  # skips whose upkeep has no retraction (a retraction's maths reads the host; not the loop's)
+    "identity": {},
+    "linear": {},
+    "cayley": {"skip_kind": "learnable_orth", "method": "cayley", "init": "haar"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SYNC_FREE))
+@pytest.mark.parametrize("extras", [{}, {"mixup_alpha": 0.2, "grad_clip": 1.0, "label_smoothing": 0.1}],
+                         ids=["plain", "mixup-clip"])
+def test_training_steps_synchronise_only_for_their_one_read(tmp_path, monkeypatch, name, extras, fake_cifar):
+    """Every training step (the loader's batch included) runs under
+    ``torch.cuda.set_sync_debug_mode("error")``, so any synchronising CUDA call in it raises;
+    the one exception is the step's read of its loss and gradient norm (``Tensor.tolist``,
+    let through and counted): at most one per step. Epoch ends (metrics, evaluation,
+    checkpoint) run in the default mode."""
+    fake_cifar(tmp_path / "data", "cifar10", n_train=160, n_test=40)
+    data = load_image_data("cifar10", tmp_path / "data", download=False)
+    real_epoch, real_tolist = TensorLoader.epoch, torch.Tensor.tolist
+    reads, steps = [0], []
+
+    def epoch(self, gen=None):
+        if not self.train:
+            yield from real_epoch(self, gen)
+            return
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for batch in real_epoch(self, gen):
+                before = reads[0]
+                yield batch
+                steps.append(reads[0] - before)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    def tolist(self):
+        mode = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("default")
+        try:
+            reads[0] += 1
+            return real_tolist(self)
+        finally:
+            torch.cuda.set_sync_debug_mode(mode)
+
+    monkeypatch.setattr(TensorLoader, "epoch", epoch)
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    opts = {"skip_kind": name, **SYNC_FREE[name]}
+    torch.manual_seed(0)
+    model = osc.get_model("resnet20", 10, **opts)
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, channels_last=True, progress=False, **extras)
+    try:
+        summary = train_classifier(model, data, cfg, tmp_path / "run", CUDA)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert summary["status"] == "completed" and summary["device"].startswith(CUDA.type)
+    assert len(steps) == 2 * (160 // 32) and max(steps) <= 1, steps

@@ -155,3 +155,15 @@ def test_app_refuses_a_run_dir_without_checkpoint_in_one_line(tmp_path, capsys):
     assert len(err) == 1 and "not a trained classifier run dir" in err[0] and not (out / "summary.json").exists()
     assert osc(["loss_landscape", "steps=4", f"hydra.run.dir={out}"]) == 2
     assert "steps must be an odd integer" in capsys.readouterr().err
+
+
+def test_sharpness_verdict_shows_no_nan_interval_for_one_seed():
+    from orthogonal_skip_connections.experiments.loss_landscape import verdict
+
+    nan = float("nan")
+    one = [{"variant": v, "top_eigenvalue": lam, "top_eigenvalue_lo": nan, "top_eigenvalue_hi": nan, "trace": 2 * lam}
+           for v, lam in (("identity", 537.0), ("zero", 898.0))]
+    text = verdict(one, 1)
+    assert "nan" not in text and "identity (537) < zero (898)" in text and "cannot tell" in text
+    two = [dict(t, top_eigenvalue_lo=t["top_eigenvalue"] / 2, top_eigenvalue_hi=t["top_eigenvalue"] * 2) for t in one]
+    assert "identity (537 [268, 1.07e+03]) < zero (898 [449, 1.8e+03])" in verdict(two, 3)

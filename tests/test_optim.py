@@ -128,6 +128,44 @@ def test_retracted_methods_stay_orthogonal_for_1000_steps_under_schedulers(metho
     assert len(lrs) > 100  # the scheduler moved the retracted group's lr
 
 
+@pytest.mark.parametrize("method", RETRACTED_METHODS)
+def test_matmul_retractions_follow_the_factor_trajectory_and_stay_orthogonal(method):
+    """retraction_impl="matmul" (what CUDA runs by default) on the CPU: the first 50 steps
+    follow the SVD/QR trajectory, and 1000 steps of SGD with momentum, decay and a cosine
+    schedule leave W orthogonal. steepest follows it for one step only: its direction maps every
+    singular value of W^T G - G^T W to 1, and the two impls part (softly, see ``msign``) on those
+    below sqrt(eps) times the largest, which this regression's low-rank gradients have."""
+    runs = {}
+    for impl in ("factor", "matmul"):
+        torch.manual_seed(0)  # nn.Linear's initialisation
+        g = torch.Generator().manual_seed(1)
+        model, skip, loss_fn = regression(64, method, g)
+        opt = osc.optimizer(model, torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4, retraction_impl=impl)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=1000)
+        first, weights = loss_fn().item(), []
+        for step in range(1000 if impl == "matmul" else 50):
+            opt.zero_grad(set_to_none=True)
+            loss_fn().backward()
+            opt.step()
+            sched.step()
+            if step < 50:
+                weights.append(skip.weight.detach().clone())
+        runs[impl] = weights
+    compared = 1 if method == "steepest" else 50
+    for k, (a, b) in enumerate(zip(runs["factor"][:compared], runs["matmul"])):
+        assert float((a - b).abs().max()) <= 1e-4, k
+    assert float(O.orth_error(skip.weight.detach())) <= 1e-4
+    assert loss_fn().item() < first
+
+
+def test_retraction_impl_is_checked_and_kept_in_the_groups():
+    skip = make_skip("learnable_orth", 8, method="qr")
+    opt = osc.optimizer(skip, torch.optim.SGD, lr=0.1, retraction_impl="matmul")
+    assert [g["retraction_impl"] for g in opt.param_groups if "retraction" in g] == ["matmul"]
+    with pytest.raises(ValueError, match="unknown retraction impl 'svd'"):
+        osc.optimizer(skip, torch.optim.SGD, lr=0.1, retraction_impl="svd")
+
+
 @pytest.mark.parametrize("method", PARAMETRIZED_METHODS)
 def test_parametrized_weights_go_without_decay(method):
     skip = make_skip("learnable_orth", 8, method=method)

@@ -8,6 +8,7 @@ import scipy.linalg
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from helpers import HostReads
 
 from orthogonal_skip_connections.maths import orthogonal as O
 
@@ -186,3 +187,78 @@ def test_bad_shapes_say_what_was_expected():
         O.polar(torch.randn(3, 4))
     with pytest.raises(ValueError, match="shape of W"):
         O.steepest_step(torch.eye(3), torch.zeros(4, 4), 0.1)
+
+
+# --------------------------------------------------------------------------- matrix products only
+
+
+def test_ns_schedule_reaches_one_from_its_lower_bound():
+    for lower in (1e-6, 1e-3, 0.5, 0.99):
+        alphas = O.ns_schedule(lower, tol=1e-7)
+        x = torch.linspace(lower, 1.0, 2001, dtype=torch.float64)  # every singular value of [lower, 1]
+        for a in alphas:
+            x = 0.5 * a * x * (3 - a * a * x * x)
+        assert float((1 - x).abs().max()) <= 1e-7 and float(x.max()) <= 1 + 1e-12
+    assert len(O.ns_schedule(0.99)) <= 2 and len(O.ns_schedule(1e-3)) <= 12
+    with pytest.raises(ValueError, match="lower"):
+        O.ns_schedule(0.0)
+
+
+@pytest.mark.parametrize("n", [8, 33, 64])
+def test_msign_matches_the_svd_sharp(n):
+    g = torch.Generator().manual_seed(n)
+    A = torch.randn(3, n, n, generator=g, dtype=torch.float64)
+    S = A - A.mT  # skew: odd n is singular, with a one-dimensional kernel
+    for M in (A, S):  # the kernel of S: round-off-sized singular values, amplified to <= n eps / sqrt(eps)
+        X, _ = O.sharp(M)
+        torch.testing.assert_close(O.msign(M), X, atol=1e-6, rtol=0)
+    assert float(torch.linalg.matrix_norm(O.msign(S.float()), ord=2).max()) <= 1 + 1e-5
+    assert float(O.msign(torch.zeros(2, n, n)).abs().max()) == 0.0
+
+
+def test_polar_matmul_and_cholesky_qr_match_scipy():
+    g = torch.Generator().manual_seed(3)
+    n = 40
+    U = O.haar_orthogonal(n, generator=g, dtype=torch.float64)
+    V = O.haar_orthogonal(n, generator=g, dtype=torch.float64)
+    A = (U * torch.linspace(1.0, 0.02, n, dtype=torch.float64)) @ V.T * 5.0  # singular values in [0.1, 5]
+    Q = O.polar_matmul(A, lower=0.02 / math.sqrt(n))  # the bound exceeds ||A||_2 by at most sqrt(n)
+    np.testing.assert_allclose(Q.numpy(), scipy.linalg.polar(A.numpy())[0], atol=1e-10)
+    Qs, R = scipy.linalg.qr(A.numpy())
+    Qs = Qs * np.sign(np.diag(R))  # the Q of the QR with diag(R) > 0
+    np.testing.assert_allclose(O.cholesky_qr(A).numpy(), Qs, atol=1e-9)
+    assert float(O.orth_error(O.cholesky_qr(A.float()))) <= tol(torch.float32, n)
+
+
+@pytest.mark.parametrize("method", O.RETRACTED_METHODS)
+@pytest.mark.parametrize("n", [16, 17, 64])
+def test_matmul_retraction_is_the_factor_retraction(method, n):
+    """The same map up to round-off, on the manifold, for small and large steps, batched."""
+    g = torch.Generator().manual_seed(n)
+    W = torch.stack([O.haar_orthogonal(n, generator=g) for _ in range(3)])
+    G = torch.randn(3, n, n, generator=g)
+    for eta in (0.01, 0.3, 1.0):
+        a = O.retract(method, W, G, eta, impl="factor")
+        b = O.retract(method, W, G, eta, impl="matmul")
+        assert float((a - b).abs().max()) <= 1e-4, (eta, float((a - b).abs().max()))
+        assert float(O.orth_error(b).max()) <= tol(torch.float32, n)
+    torch.testing.assert_close(O.retract(method, W, torch.zeros_like(G), 0.1, impl="matmul"), W)
+
+
+def test_matmul_retraction_reads_nothing_back_to_the_host():
+    W = torch.stack([O.haar_orthogonal(32) for _ in range(2)])
+    G = torch.randn(2, 32, 32)
+    for method in O.RETRACTED_METHODS:
+        with HostReads() as reads:
+            O.retract(method, W, G, 0.1, impl="matmul")
+        assert reads.count == 0, method
+    with HostReads() as reads:  # the counter sees the factor path's rank test
+        O.retract("steepest", W, G, 0.1, impl="factor")
+    assert reads.count > 0
+
+
+def test_retraction_impl_names():
+    assert O.resolve_impl("auto", "cpu") == "factor" and O.resolve_impl("auto", "cuda") == "matmul"
+    assert O.resolve_impl("matmul", "cpu") == "matmul"
+    with pytest.raises(ValueError, match="allowed: auto, factor, matmul"):
+        O.resolve_impl("gpu", "cpu")

@@ -2,12 +2,10 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from orthogonal_skip_connections.maths import orthogonal as O
 from orthogonal_skip_connections.skips import (
     ORTH_METHODS,
-    PARAMETRIZED_METHODS,
     SKIP_KINDS,
     apply_matrix,
     make_skip,
@@ -88,3 +86,19 @@ def test_bad_input_names_allowed_values(call, match):
 def test_mismatched_input_says_expected_shape():
     with pytest.raises(ValueError, match=r"expects \(N, 4\), \(N, T, 4\) or \(N, 4, H, W\); got \(2, 5\)"):
         make_skip("linear", 4)(torch.randn(2, 5))
+
+
+@pytest.mark.parametrize("method", ["cayley", "exp", "householder"])
+def test_parametrized_skip_under_cpu_bf16_autocast(method):
+    """W = B phi(A) is computed in float32 inside an autocast region (bf16 has no CPU
+    triangular solve, and bf16 products would leave W orthogonal to ~1e-2 only)."""
+    from orthogonal_skip_connections.maths.orthogonal import orth_error
+
+    skip = make_skip("learnable_orth", 16, method=method, init="haar")
+    x = torch.randn(4, 16, 5, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert skip.weight.dtype == torch.float32
+        assert float(orth_error(skip.weight.detach().double())) < 1e-5
+        y = skip(x)
+    y.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in skip.parameters())

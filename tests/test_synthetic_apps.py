@@ -241,3 +241,18 @@ def test_small_trainer_skips_a_non_finite_first_step_without_the_scheduler_order
         with pytest.raises(Diverged):
             train_small_classifier(stack, X, moons.y_train, tcfg(), moons.X_test, moons.y_test)
     assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_construction_verdict_names_a_closest_kind_only_when_the_spreads_separate():
+    from orthogonal_skip_connections.analysis.blocks import verdict
+
+    def row(after, sd):
+        return {"procrustes_residual_mean": after, "procrustes_residual_at_init_mean": 0.2,
+                "procrustes_residual_seed_sd": sd, "linear_residual_mean": 0.1}
+
+    close = verdict({"identity": row(0.2485, 0.0297), "learnable_orth": row(0.2444, 0.0214)})
+    assert close.startswith("no kind ends detectably closer to orthogonal maps than the others (learnable_orth lowest")
+    apart = verdict({"identity": row(0.40, 0.02), "learnable_orth": row(0.10, 0.02)})
+    assert apart.startswith("learnable_orth blocks end closest to orthogonal maps; ")
+    assert verdict({"identity": row(0.40, float("nan")), "linear": row(0.1, 0.0)}).startswith(
+        "no kind can be told closest to orthogonal maps (one seed)")

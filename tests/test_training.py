@@ -1,13 +1,11 @@
 """The training loop and the run_experiments app: files, resume, CIFAR files, bad input."""
 
 import json
-import pickle
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -84,30 +82,9 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, monkeypatch):
     assert lines(tmp_path / "full") == lines(tmp_path / "resumed")
 
 
-def write_fake_cifar(root: Path, name: str, n_train: int = 40, n_test: int = 20) -> None:
-    rng = np.random.default_rng(0)
-    classes = 10 if name == "cifar10" else 100
-    key = b"labels" if name == "cifar10" else b"fine_labels"
-
-    def batch(n):
-        return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), key: list(rng.integers(0, classes, n))}
-
-    if name == "cifar10":
-        folder = root / "cifar-10-batches-py"
-        folder.mkdir(parents=True)
-        files = {f"data_batch_{i}": batch(n_train // 5) for i in range(1, 6)} | {"test_batch": batch(n_test)}
-    else:
-        folder = root / "cifar-100-python"
-        folder.mkdir(parents=True)
-        files = {"train": batch(n_train), "test": batch(n_test)}
-    for fname, content in files.items():
-        with open(folder / fname, "wb") as f:
-            pickle.dump(content, f)
-
-
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
-def test_cifar_from_local_files_without_network(tmp_path, name):
-    write_fake_cifar(tmp_path / "data", name)
+def test_cifar_from_local_files_without_network(tmp_path, name, fake_cifar):
+    fake_cifar(tmp_path / "data", name)
     data = load_image_data(name, tmp_path / "data", download=False)
     assert data.x_train.shape == (40, 3, 32, 32) and data.x_test.shape == (20, 3, 32, 32)
     assert data.num_classes == (10 if name == "cifar10" else 100)
@@ -183,6 +160,9 @@ def test_every_config_composes():
 
 
 def compose_ok(name):
+    from orthogonal_skip_connections.experiments import load_app
+
+    load_app(name)  # registers <name>_schema, the typed schema its YAML starts from (also when run alone)
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
         return compose(config_name=name) is not None
 

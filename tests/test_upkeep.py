@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import orthogonal_skip_connections as osc
+from orthogonal_skip_connections.optim import param_groups
 from orthogonal_skip_connections.maths import orthogonal as orth
 from orthogonal_skip_connections.models.resnet import PreActBlock
 from orthogonal_skip_connections.skips import apply_matrix, apply_matrix_add, iter_skips
@@ -80,12 +81,35 @@ def test_householder_skip_has_torchs_state_and_weight():
     assert orth.orth_error(ours.weight) < 1e-5
 
 
+@pytest.mark.parametrize("batch", [(), (3,)])
+def test_cayley_skip_is_torchs_cayley_map_bit_for_bit(batch):
+    """OrthogonalMap's Cayley map skips torch's singularity check (a host read), nothing
+    else: the same W and the same gradients as torch's own parametrization, exactly."""
+    from torch.nn.utils import parametrizations
+
+    from orthogonal_skip_connections.skips.constraint import OrthogonalMap
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.linalg.qr(torch.randn(*batch, 16, 16, generator=g))[0]
+    cayley = parametrizations._OrthMaps.cayley
+    ours = OrthogonalMap(W, cayley, use_trivialization=True)
+    theirs = parametrizations._Orthogonal(W, cayley, use_trivialization=True)
+    ours.base, theirs.base = W, W  # W = base @ cayley(X), as after registration
+    X = (0.3 * torch.randn(*batch, 16, 16, generator=g)).requires_grad_()
+    G = torch.randn(*batch, 16, 16, generator=g)
+    Q_ours, Q_theirs = ours(X), theirs(X)
+    assert torch.equal(Q_ours, Q_theirs) and orth.orth_error(Q_ours).max() < 1e-5
+    (g_ours,) = torch.autograd.grad((Q_ours * G).sum(), X)
+    (g_theirs,) = torch.autograd.grad((Q_theirs * G).sum(), X)
+    assert torch.equal(g_ours, g_theirs)
+
+
 def test_optimizer_without_retracted_groups_steps_like_the_plain_one_and_calls_hooks_once():
     torch.manual_seed(0)
     a = torch.nn.Linear(5, 5)
     b = torch.nn.Linear(5, 5)
     b.load_state_dict(a.state_dict())
-    plain = torch.optim.SGD(osc.optim.param_groups(a, 1e-2), lr=0.1, momentum=0.9)  # torch hooks SGD.step now
+    plain = torch.optim.SGD(param_groups(a, 1e-2), lr=0.1, momentum=0.9)  # torch hooks SGD.step now
     ours = osc.optimizer(b, torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-2)
     calls = []
     ours.register_step_pre_hook(lambda *args: calls.append(1))

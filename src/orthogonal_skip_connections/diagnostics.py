@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .maths import orthogonal as orth
 from .models.stack import SeedStack

@@ -48,6 +48,7 @@ from .data.vision import ImageData
 from .maths import orthogonal as orth
 from .runs import progress_bar, write_npz
 from .skips import iter_skips, retracted_parameters
+from .train.classifier import classification_sums
 
 __all__ = [
     "eval_subset", "Coordinate", "coordinates", "skip_handling", "snapshot", "random_direction", "set_point",
@@ -206,12 +207,8 @@ def evaluate_loss(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512)
     """Mean cross-entropy and accuracy (%) of ``model`` in eval mode over (x, y), in batches."""
     was_training = model.training
     model.eval()
-    loss, correct = 0.0, 0
-    try:
-        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-            logits = model(xb).float()
-            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(1) == yb).sum())
+    try:  # the sums stay on the device: one host read per evaluation, not two per batch
+        loss, correct, _ = classification_sums(model, zip(x.split(batch_size), y.split(batch_size)))
     finally:
         model.train(was_training)
     return loss / len(y), 100.0 * correct / len(y)

@@ -26,7 +26,10 @@ itself projects the step onto the tangent space (``svd``/``qr``/``newton_schulz`
 takes the spectral-norm steepest step (``steepest``), see
 :func:`~orthogonal_skip_connections.maths.orthogonal.retract`.
 
-Matrices of one group and one shape are stacked and retracted as one batch. The
+Matrices of one group and one shape are stacked and retracted as one batch. On CUDA the
+retractions use matrix products only (``retraction_impl="auto"``, see
+:data:`~orthogonal_skip_connections.maths.orthogonal.RETRACTION_IMPLS`): no batched SVD, and
+nothing read back to the host inside ``step()``. The
 buffers live in ``opt.state`` like any optimiser state, so one ``state_dict()`` holds
 everything. When a step is skipped (the loops skip ``opt.step()`` on non-finite
 gradients) both halves are skipped.
@@ -86,12 +89,16 @@ def param_groups(
     decay_norms_and_biases: bool = False,
     batch_dims: int = 0,
     retraction_momentum: float = 0.0,
+    retraction_impl: str = "auto",
 ) -> list[dict]:
     """The param groups described in the module docstring (empty groups left out).
 
     ``batch_dims``: leading axes that stack copies of a model (1 for the seed-stacked
     models, whose bias is (S, out)); a parameter is a weight matrix when
-    ``p.ndim - batch_dims >= 2``."""
+    ``p.ndim - batch_dims >= 2``. ``retraction_impl``: how the retractions compute their
+    projection (:data:`~orthogonal_skip_connections.maths.orthogonal.RETRACTION_IMPLS`;
+    ``auto``: products only on CUDA, SVD/QR on the CPU)."""
+    orth.resolve_impl(retraction_impl, "cpu")  # refuses an unknown name now, not at the first step
     if not 0.0 <= retraction_momentum < 1.0:
         raise ValueError(f"retraction_momentum must be in [0, 1); got {retraction_momentum}")
     constrained = _orthogonal_parametrized(model)
@@ -114,7 +121,7 @@ def param_groups(
     for spec, params in retracted.items():
         groups.append({"params": params, "weight_decay": 0.0, "name": f"retracted_{spec.method}",
                        "retraction": spec.method, "lr_scale": spec.lr_scale, "ns_steps": spec.ns_steps,
-                       "retraction_momentum": retraction_momentum})
+                       "retraction_momentum": retraction_momentum, "retraction_impl": retraction_impl})
     return [g for g in groups if g["params"]]
 
 
@@ -186,7 +193,8 @@ class RetractingOptimizer:
                     G = torch.stack([s["retraction_buffer"] for s in states]).mul_(mu).add_(G)
                 for s, g in zip(states, G.unbind(0)):
                     s["retraction_buffer"] = g.clone()
-            W_new = orth.retract(group["retraction"], W, G, lr * group["lr_scale"], group["ns_steps"])
+            W_new = orth.retract(group["retraction"], W, G, lr * group["lr_scale"], group["ns_steps"],
+                                 group.get("retraction_impl", "auto"))  # older checkpoints lack the key
             for p, w in zip(params, W_new.unbind(0)):
                 p.copy_(w)
 
@@ -212,6 +220,7 @@ def optimizer(
     weight_decay: float = 0.0,
     decay_norms_and_biases: bool = False,
     retraction_momentum: float | None = None,
+    retraction_impl: str = "auto",
     batch_dims: int = 0,
     **kwargs,
 ) -> torch.optim.Optimizer:
@@ -219,7 +228,8 @@ def optimizer(
     every trainable parameter of ``model``, retracted orthogonal matrices included.
 
     ``kwargs`` go to ``optimizer_class`` (``momentum``, ``nesterov``, ``betas``, ...).
-    See the module docstring for the groups and the retraction's momentum rule."""
+    See the module docstring for the groups and the retraction's momentum rule;
+    ``retraction_impl`` as in :func:`param_groups`."""
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
         raise ValueError(f"lr must be a finite number >= 0; got {lr!r}")
     if not weight_decay >= 0:
@@ -234,7 +244,8 @@ def optimizer(
                 retraction_momentum = defaults["momentum"].default
             elif "betas" in defaults and isinstance(defaults["betas"].default, tuple):
                 retraction_momentum = defaults["betas"].default[0]
-    groups = param_groups(model, weight_decay, decay_norms_and_biases, batch_dims, float(retraction_momentum))
+    groups = param_groups(model, weight_decay, decay_norms_and_biases, batch_dims, float(retraction_momentum),
+                          retraction_impl)
     if not groups:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     return _retracting_class(optimizer_class)(groups, lr=lr, **kwargs)

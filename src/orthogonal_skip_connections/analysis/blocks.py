@@ -56,6 +56,22 @@ def verdict(table: dict) -> str:
             word = "cannot tell (the change is within the seeds' spread)"
         parts.append(f"{kind}: {word}, residual {after:.2f} ± {sd:.2f} after training vs {before:.2f} at "
                      f"initialisation (best linear fit {t['linear_residual_mean']:.2f})")
-    closest = min(table, key=lambda k: table[k]["procrustes_residual_mean"])
-    return (f"{closest} blocks end closest to orthogonal maps; " + "; ".join(parts)
+    return (_closest(table) + "; ".join(parts)
             + " (relative Procrustes residual: 0 = orthogonal on the data, ± std over seeds).")
+
+
+def _closest(table: dict) -> str:
+    """Which kind's blocks end closest to orthogonal maps, said only when its mean plus its
+    seeds' std stays below every other kind's mean minus theirs (the rule of :func:`verdict`)."""
+    if len(table) < 2:
+        return ""
+    ranked = sorted(table, key=lambda k: table[k]["procrustes_residual_mean"])
+    sd = {k: table[k].get("procrustes_residual_seed_sd", 0.0) for k in ranked}
+    if any(not v or v != v for v in sd.values()):
+        return "no kind can be told closest to orthogonal maps (one seed); "
+    best = ranked[0]
+    top = table[best]["procrustes_residual_mean"] + sd[best]
+    if all(top < table[k]["procrustes_residual_mean"] - sd[k] for k in ranked[1:]):
+        return f"{best} blocks end closest to orthogonal maps; "
+    return (f"no kind ends detectably closer to orthogonal maps than the others ({best} lowest, within the "
+            f"seeds' spread of {ranked[1]}); ")

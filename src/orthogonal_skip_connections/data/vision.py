@@ -26,7 +26,8 @@ from torch import Tensor
 
 from ..runs import UserError
 
-__all__ = ["DATASETS", "IMAGE_SHAPES", "ImageData", "TensorLoader", "load_image_data", "default_data_root", "epoch_generator"]
+__all__ = ["DATASETS", "IMAGE_SHAPES", "ImageData", "TensorLoader", "load_image_data", "default_data_root",
+           "epoch_generator", "to_device"]
 
 DATASETS = ("cifar10", "cifar100", "digits")
 # (channels, height, width) of each dataset's images, known before anything is loaded
@@ -184,11 +185,22 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` (a small CPU tensor: a generator's draws) on ``device`` without waiting for it.
+    A blocking host-to-GPU copy synchronises the stream (the CPU would wait for the previous
+    training step every batch), and an asynchronous one from pageable memory may too (CUDA's
+    API synchronisation notes), so on CUDA the draws go through pinned memory: the copy
+    is queued on the stream, and torch's pinned-memory cache keeps the buffer until it is done."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _random_crop(x: Tensor, pad: int, oy: Tensor, ox: Tensor) -> Tensor:
     """Zero-pad by ``pad`` and crop back to size at offset (oy[i], ox[i]) of image i."""
     n, _, h, w = x.shape
     xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    oy, ox = oy.to(x.device), ox.to(x.device)
+    oy, ox = to_device(oy, x.device), to_device(ox, x.device)
     rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (N, 1, H, 1)
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (N, 1, 1, W)
     idx_n = torch.arange(n, device=x.device)[:, None, None, None]
@@ -234,7 +246,7 @@ class TensorLoader:
     def epoch(self, gen: torch.Generator | None = None):
         """Yield the batches of one epoch; ``gen`` drives shuffling and augmentation."""
         n = len(self.x)
-        order = torch.randperm(n, generator=gen).to(self.device) if self.train else None
+        order = to_device(torch.randperm(n, generator=gen), self.device) if self.train else None
         share = self.batch_size // self.world
         mine = slice(self.rank * share, (self.rank + 1) * share)
         for b in range(len(self)):
@@ -254,6 +266,6 @@ class TensorLoader:
                 if pad > 0:
                     x = _random_crop(x, pad, oy[mine], ox[mine])
                 if self.data.flip:
-                    x = torch.where(flip[mine].to(self.device)[:, None, None, None], x.flip(3), x)
+                    x = torch.where(to_device(flip[mine], self.device)[:, None, None, None], x.flip(3), x)
             x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
             yield x, y

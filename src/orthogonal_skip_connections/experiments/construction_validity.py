@@ -147,8 +147,10 @@ def draw(c: dict, rows: list[dict], run_dir: Path) -> list[str]:
                 mid, sd = per_seed.mean(0), per_seed.std(0)
                 line = ax.plot(depths, mid, marker="o", label=f"d = {d}")[0]
                 ax.fill_between(depths, mid - sd, mid + sd, color=line.get_color(), alpha=0.2)
-                ax.plot(depths, [r["linear_residual_mean"] for r in rs], linestyle=":", color=line.get_color())
-                ax.plot(depths, [r["procrustes_residual_at_init_mean"] for r in rs], linestyle="--",
+                # small open markers too, so a grid of one depth still shows both reference values
+                ax.plot(depths, [r["linear_residual_mean"] for r in rs], linestyle=":", marker=".",
+                        color=line.get_color())
+                ax.plot(depths, [r["procrustes_residual_at_init_mean"] for r in rs], linestyle="--", marker="x",
                         color=line.get_color(), alpha=0.6)
             ax.set_xscale("log", base=2)
             ax.set_xlabel("number of blocks m")
@@ -157,7 +159,7 @@ def draw(c: dict, rows: list[dict], run_dir: Path) -> list[str]:
             if j == 0:
                 ax.set_ylabel("Procrustes residual\n(mean over blocks)")
             ax.legend(fontsize="x-small")
-    fig.suptitle("relative residual of the best orthogonal fit of each block (solid; band: seeds; dashed: at "
+    fig.suptitle("relative residual of the best orthogonal fit of each block (solid; band: seeds; dashed, x: at "
                  "initialisation) and of the best linear fit (dotted)", fontsize=9)
     fig.tight_layout()
     files.append(savefig(fig, run_dir / "construction_validity_grid.png").name)

@@ -341,8 +341,12 @@ def verdict(table: list[dict], n_min: int) -> str:
     else:
         sure = (f"the 95% intervals over seeds of {flat['variant']} and {sharp['variant']} overlap, so even that "
                 "order is not established")
-    order = " < ".join(f"{t['variant']} ({t['top_eigenvalue']:.3g} [{t['top_eigenvalue_lo']:.3g}, "
-                       f"{t['top_eigenvalue_hi']:.3g}])" for t in by)
+    def value(t):  # one seed has no interval: the value alone, not "[nan, nan]"
+        if np.isnan(t["top_eigenvalue_lo"]) or np.isnan(t["top_eigenvalue_hi"]):
+            return f"{t['top_eigenvalue']:.3g}"
+        return f"{t['top_eigenvalue']:.3g} [{t['top_eigenvalue_lo']:.3g}, {t['top_eigenvalue_hi']:.3g}]"
+
+    order = " < ".join(f"{t['variant']} ({value(t)})" for t in by)
     return (f"Top Hessian eigenvalue at the trained weights (geometric mean over seeds, 95% interval), flattest "
             f"to sharpest: {order}; {sure}. Hessian traces: "
             + ", ".join(f"{t['variant']} {t['trace']:.3g}" for t in table) + ".")

@@ -166,8 +166,8 @@ def report(cfg: Config, rows: list[dict], figures: list[str], data) -> dict:
         verdict = (f"cannot tell which skip kind is better from one seed: test accuracies {accs} differ by at most "
                    f"{gap:.1f} points ({round(gap * n_test / 100)} of {n_test} test points)")
     closest = min(table, key=lambda t: t["procrustes"])
-    verdict += (f"; {closest['kind']} blocks are the closest to orthogonal maps (mean relative Procrustes residual "
-                f"{closest['procrustes']:.2f}; 0 = orthogonal on the data).")
+    verdict += (f"; in this one seed, {closest['kind']} blocks are the closest to orthogonal maps (mean relative "
+                f"Procrustes residual {closest['procrustes']:.2f}; 0 = orthogonal on the data).")
     return {
         "title": f"What each block of a 2-D residual classifier does ({cfg.dataset_type})",
         "question": "how do the skip, the residual branch and the whole block move the data, per skip kind, and "

@@ -13,7 +13,8 @@ YAML plus the scale's overrides) and never copies them: classification runs thro
 ``run_experiments``, launched by Hydra's launchers (``jobs`` at once in worker processes
 with the joblib launcher; one after another in this process with the basic launcher
 when ``jobs=1``), then ``teacher_student`` and the
-synthetic apps, then ``report.build_report`` over everything it made. A study killed
+synthetic apps (``orth_to_id``, ``orth_residual_synthetic_data``, ``construction_validity``),
+then ``report.build_report`` over everything it made. A study killed
 half-way and started again with the same ``hydra.run.dir`` skips the runs already
 completed and starts the unfinished ones again (from their checkpoints with
 ``save_checkpoint=last``; the default, ``none``, keeps no checkpoints).
@@ -40,7 +41,7 @@ from ._app import APPS, CONFIG_DIR, App, choice, compose, load_app, one_of, requ
 
 SCALES = ("smoke", "default", "full")
 PARTS = ("classification", "residual_modes", "teacher_student", "synthetic", "landscape", "two_stage")
-SYNTHETIC_APPS = ("orth_to_id", "orth_residual_synthetic_data")
+SYNTHETIC_APPS = ("orth_to_id", "orth_residual_synthetic_data", "construction_validity")
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Scale:
     teacher_student: list[str]
     orth_to_id: list[str]
     orth_residual_synthetic_data: list[str]
+    construction_validity: list[str]
     landscape_runs: LandscapeRuns
     loss_landscape: list[str]
     two_stage: list[str]
@@ -89,6 +91,7 @@ class Overrides:
     teacher_student: list[str]
     orth_to_id: list[str]
     orth_residual_synthetic_data: list[str]
+    construction_validity: list[str]
     loss_landscape: list[str]
     two_stage: list[str]
 

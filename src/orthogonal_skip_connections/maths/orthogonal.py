@@ -4,6 +4,9 @@ Every function accepts a stack of matrices, shape ``(..., n, n)``, and works on
 each matrix of the stack independently. Names follow the papers they come from:
 
 - polar factor, QR factor and the Newton-Schulz polar iteration (projections onto O(n));
+- the same projections from matrix products alone, with no host synchronisation (the
+  scaled Newton-Schulz iteration of Chen & Chow 2014 and CholeskyQR2), which the retractions
+  use on GPUs, where batched SVDs are slow (see ``RETRACTION_IMPLS``);
 - Cayley map and matrix exponential (maps from skew-symmetric matrices onto SO(n));
 - ``sharp`` and the steepest-descent step on O(n) under the spectral norm
   (Bernstein & Newhouse, "modula" docs, section "orthogonal manifold");
@@ -27,7 +30,14 @@ __all__ = [
     "ORTH_METHODS",
     "DEFAULT_METHOD",
     "ORTH_INITS",
+    "RETRACTION_IMPLS",
     "retract",
+    "resolve_impl",
+    "ns_schedule",
+    "scaled_newton_schulz",
+    "msign",
+    "polar_matmul",
+    "cholesky_qr",
     "check_square",
     "one_thread",
     "householder_wy",
@@ -200,6 +210,98 @@ def newton_schulz(
     return (X, steps) if return_steps else X
 
 
+# --------------------------------------------------------------------------- matrix products only
+# The projections above decide things on the host (an SVD that may fail, a rank test, a
+# stopping test), and each decision waits for the device. On a GPU that wait, and the batched
+# SVD itself (tens to hundreds of ms at n = 256-512, notes/gpu_findings.md), cost far more
+# than the matrix products below, whose number of iterations is fixed in advance from a bound
+# known on the host, so nothing is read back.
+
+
+def ns_schedule(lower: float, tol: float = 1e-7, max_steps: int = 60) -> list[float]:
+    """Scaling factors alpha_k of the scaled Newton-Schulz iteration for singular values in
+    [lower, 1] (Chen & Chow 2014, "A stable scaling of Newton-Schulz for improving the sign
+    function computation of a Hermitian matrix"), until the interval reaches [1 - tol, 1].
+
+    Step k maps x -> g(x) = alpha x (3 - alpha^2 x^2) / 2, whose maximum 1 is at x = 1/alpha;
+    alpha^2 = 3 / (1 + l + l^2) is the choice that makes g(l) = g(1), so [l, 1] is mapped onto
+    [g(l), 1] and the lower end grows by up to 2.6x a step (3 / (2 sqrt(3)) x sqrt(3)) until it
+    is near 1, then quadratically (alpha -> 1: the plain cubic iteration). From lower = 1e-3
+    that is 11 steps; from 0.99, 2."""
+    if not 0.0 < lower <= 1.0:
+        raise ValueError(f"lower must be in (0, 1]; got {lower}")
+    alphas, l = [], float(lower)
+    while 1.0 - l > tol and len(alphas) < max_steps:
+        alpha = math.sqrt(3.0 / (1.0 + l + l * l))
+        alphas.append(alpha)
+        l = 0.5 * alpha * l * (3.0 - alpha * alpha * l * l)
+    return alphas
+
+
+def scaled_newton_schulz(X: Tensor, alphas: list[float]) -> Tensor:
+    """X <- alpha X (3 I - alpha^2 X^T X) / 2 for each alpha of ``alphas`` (:func:`ns_schedule`);
+    (..., n, n). Every singular value in (0, 1] moves towards 1, zero ones stay zero (the
+    map is an odd polynomial), none leaves [0, 1]; the singular vectors are kept. Products
+    only: nothing is read back to the host."""
+    for alpha in alphas:
+        XtX = X.mT @ X
+        X = torch.baddbmm(X, X, XtX, beta=1.5 * alpha, alpha=-0.5 * alpha ** 3) if X.ndim == 3 else \
+            1.5 * alpha * X - (0.5 * alpha ** 3) * (X @ XtX)
+    return X
+
+
+def _spectral_bound(A: Tensor) -> Tensor:
+    """An upper bound on ||A||_2 for each matrix, (..., 1, 1): min(||A||_F, sqrt(||A||_1 ||A||_inf))."""
+    fro = torch.linalg.matrix_norm(A, ord="fro", keepdim=True)
+    one_inf = torch.sqrt(torch.linalg.matrix_norm(A, ord=1, keepdim=True)
+                         * torch.linalg.matrix_norm(A, ord=math.inf, keepdim=True))
+    return torch.minimum(fro, one_inf).clamp_min(torch.finfo(A.dtype).tiny)
+
+
+def msign(A: Tensor, rtol: float | None = None) -> Tensor:
+    """sharp(A) = U V^T from matrix products: A divided by a bound on its spectral norm,
+    then the scaled Newton-Schulz iteration (:func:`scaled_newton_schulz`); (..., n, n).
+
+    A polynomial cannot cut at a threshold as :func:`sharp` does: singular values above
+    ``rtol`` times the largest (default sqrt(eps), the rank tolerance of :func:`steepest_step`)
+    go to 1 within round-off, exact zeros stay zero, and those below are amplified by at most
+    about 1 / rtol, so round-off-sized ones (n eps) stay small; the result's spectral norm is at
+    most 1. The number of iterations depends on n and the dtype only."""
+    check_square(A)
+    n = A.shape[-1]
+    rtol = math.sqrt(_eps(A)) if rtol is None else rtol
+    # The bound exceeds ||A||_2 by at most sqrt(n), so sigma_i >= rtol sigma_1 scales to >= rtol / sqrt(n).
+    floor = min(1.0, rtol / math.sqrt(n))
+    return scaled_newton_schulz(A / _spectral_bound(A), ns_schedule(floor, tol=_eps(A)))
+
+
+def polar_matmul(A: Tensor, lower: float, upper: float | None = None, max_steps: int | None = None) -> Tensor:
+    """Orthogonal polar factor of A from matrix products, for A whose singular values lie in
+    [lower * s, s]: s is ``upper`` when the caller knows a bound on ||A||_2, else
+    :func:`_spectral_bound` (A), computed on the device; ``lower`` in (0, 1] is known on the
+    host (retractions know it from their step size). Converges to round-off for any such A;
+    a smaller singular value is pushed towards 1 by the same steps but may not reach it.
+    ``max_steps`` cuts the iteration short (an approximate projection); (..., n, n)."""
+    check_square(A)
+    X = A / (_spectral_bound(A) if upper is None else upper)
+    return scaled_newton_schulz(X, ns_schedule(lower, tol=_eps(A))[:max_steps])
+
+
+def cholesky_qr(A: Tensor) -> Tensor:
+    """Q of A = QR with diag(R) > 0 (the map of :func:`qr_orthogonal`) by CholeskyQR2: R from
+    the Cholesky factor of A^T A, Q = A R^{-1}, done twice (Yamamoto et al. 2015, "Roundoff
+    error analysis of the CholeskyQR2 algorithm"): orthogonal to round-off for A whose
+    condition number is below about eps^{-1/2} (3e3 in float32), as a retraction's step from
+    an orthogonal matrix is. ``cholesky_ex`` does not check the factorisation on the host."""
+    check_square(A)
+    Q = A
+    for _ in range(2):
+        L, _info = torch.linalg.cholesky_ex(Q.mT @ Q)  # A^T A = L L^T, R = L^T
+        Q = torch.linalg.solve_triangular(L, Q.mT, upper=False).mT  # Q R^{-1} = (L^{-1} Q^T)^T
+    return Q
+
+
+
 # --------------------------------------------------------------------------- maps from so(n)
 
 
@@ -262,7 +364,7 @@ def tangent_gradient(W: Tensor, G: Tensor) -> Tensor:
 
 
 @single_threaded
-def steepest_step(W: Tensor, G: Tensor, eta: float, rtol: float | None = None) -> Tensor:
+def steepest_step(W: Tensor, G: Tensor, eta: float, rtol: float | None = None, impl: str = "factor") -> Tensor:
     """One steepest-descent step on O(n) under the spectral norm (modula docs,
     "orthogonal manifold").
 
@@ -273,19 +375,34 @@ def steepest_step(W: Tensor, G: Tensor, eta: float, rtol: float | None = None) -
         W <- W (I - eta X) / sqrt(1 + eta^2)
 
     stays on O(n) exactly. Otherwise (always for odd n, where a skew matrix is
-    singular) W <- polar(W (I - eta X)).
+    singular) W <- polar(W (I - eta X)) = W polar(I - eta X), which is the same formula
+    in the full-rank case.
 
-    Branch tolerance: the polar factor of A is perturbed by about eps * ||A|| / s_min(A)
-    (Higham, "Functions of Matrices", thm 8.9), so the first branch is taken only when
-    s_min > sqrt(eps) s_max, which bounds X's departure from O(n) by ~sqrt(eps). One
-    Newton-Schulz polishing step, X <- 1.5 X - 0.5 X X^T X, then squares whatever
-    error remains (from either branch), so round-off never accumulates over steps.
-    A zero gradient leaves W unchanged.
+    ``impl="factor"``: X from an SVD. Branch tolerance: the polar factor of A is perturbed
+    by about eps * ||A|| / s_min(A) (Higham, "Functions of Matrices", thm 8.9), so the first
+    branch is taken only when s_min > sqrt(eps) s_max, which bounds X's departure from O(n)
+    by ~sqrt(eps). A zero gradient leaves W unchanged.
+    ``impl="matmul"``: X = :func:`msign` (A) (singular values of A below sqrt(eps) times the
+    largest count as zero only softly), then W polar(I - eta X) with the polar factor
+    from products: X is skew with ||X||_2 <= 1, so I - eta X is normal with singular values
+    sqrt(1 + eta^2 x_i^2) in [1, sqrt(1 + eta^2)], a bound known on the host
+    (:func:`polar_matmul`). No host synchronisation; a zero gradient gives X = 0 and W back.
+    Both: one Newton-Schulz polishing step, X <- 1.5 X - 0.5 X X^T X, then squares whatever
+    error remains, so round-off never accumulates over steps.
     """
     check_square(W, "W")
     if G.shape != W.shape:
         raise ValueError(f"G must have the shape of W, {tuple(W.shape)}; got {tuple(G.shape)}")
     A = W.mT @ G - G.mT @ W  # skew, (..., n, n)
+    if impl == "matmul":
+        X = skew(msign(A, rtol))
+        M = eye_like(X) - eta * X  # W_new = W polar(M)
+        # ||X||_2 <= 1 up to round-off; the 1e-3 margin keeps the bound an upper one
+        upper = math.sqrt(1.0 + (eta * (1.0 + 1e-3)) ** 2)
+        W_new = W @ polar_matmul(M, 1.0 / upper, upper)
+        return 1.5 * W_new - 0.5 * W_new @ (W_new.mT @ W_new)
+    if impl != "factor":
+        raise ValueError(f"unknown impl {impl!r}; allowed: factor, matmul")
     X, S = sharp(A)
     X = skew(X)  # exact skew-symmetry; sharp of a skew matrix is skew up to round-off
     rtol = math.sqrt(_eps(W)) if rtol is None else rtol
@@ -315,25 +432,76 @@ ORTH_METHODS = RETRACTED_METHODS + PARAMETRIZED_METHODS
 DEFAULT_METHOD = "steepest"
 ORTH_INITS = ("identity", "haar")
 TORCH_MAPS = {"cayley": "cayley", "exp": "matrix_exp", "householder": "householder"}
+# How a retraction computes its projection: "factor" (SVD / QR, with host-side tests: exact
+# rank decisions, the fastest on CPUs), "matmul" (matrix products and a Cholesky factor,
+# fixed iteration counts, nothing read back to the host: for GPUs), "auto" (matmul on CUDA,
+# factor elsewhere). Both compute the same maps up to round-off, except that "matmul"'s
+# steepest direction treats singular values of W^T G - G^T W below sqrt(eps) times the
+# largest softly (see msign), where the SVD's sharp cuts at n eps.
+RETRACTION_IMPLS = ("auto", "factor", "matmul")
+# The step of the svd / newton_schulz retractions has singular values in [1, sqrt(1 + (eta
+# ||S||_2)^2)], S = skew(W^T G); "matmul" runs the iterations that reach round-off for
+# eta ||S||_2 up to this bound (13-14 steps for n = 16-512), and leaves larger (diverging)
+# steps unfinished.
+MATMUL_MAX_STEP = 1e3
 
 
-def retract(method: str, W: Tensor, G: Tensor, eta: float, ns_steps: int = 100) -> Tensor:
+def resolve_impl(impl: str, device: torch.device | str) -> str:
+    """``auto`` -> ``matmul`` on CUDA, ``factor`` elsewhere; the other names as they are."""
+    if impl not in RETRACTION_IMPLS:
+        raise ValueError(f"unknown retraction impl {impl!r}; allowed: {', '.join(RETRACTION_IMPLS)}")
+    if impl == "auto":
+        return "matmul" if torch.device(device).type == "cuda" else "factor"
+    return impl
+
+
+@contextlib.contextmanager
+def _ieee_matmul(device: torch.device):
+    """Full float32 products on CUDA for the block (TF32's 10-bit mantissa would leave W
+    orthogonal only to ~1e-3); host-side flags only, no synchronisation."""
+    if device.type != "cuda" or not torch.backends.cuda.matmul.allow_tf32:
+        yield
+        return
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+
+def retract(method: str, W: Tensor, G: Tensor, eta: float, ns_steps: int = 100, impl: str = "auto") -> Tensor:
     """One retracted step from W along -G with step size eta; (..., n, n) batched.
 
     ``steepest``: the spectral-norm steepest step of length eta (:func:`steepest_step`);
     ``svd`` / ``qr`` / ``newton_schulz``: the Riemannian-gradient step
     W - eta W skew(W^T G) (Absil et al. 2008, sec. 3.6) mapped back onto O(n) by the
-    polar factor, the Q factor or ``ns_steps`` Newton-Schulz iterations."""
-    if method == "steepest":
-        return steepest_step(W, G, eta)
+    polar factor, the Q factor or ``ns_steps`` Newton-Schulz iterations.
+    ``impl`` (:data:`RETRACTION_IMPLS`): with ``matmul``, the polar factor (``svd`` and
+    ``newton_schulz``, then the same map; ``ns_steps`` still caps the latter) comes from
+    :func:`polar_matmul` and the Q factor from :func:`cholesky_qr`."""
     if method not in RETRACTED_METHODS:
         raise ValueError(f"unknown retraction {method!r}; allowed: {', '.join(RETRACTED_METHODS)}")
-    W_step = W - eta * tangent_gradient(W, G)
-    if method == "svd":
-        return polar(W_step)
-    if method == "qr":
-        return qr_orthogonal(W_step)
-    return newton_schulz(W_step, max_steps=ns_steps)
+    impl = resolve_impl(impl, W.device)
+    with _ieee_matmul(W.device):
+        if method == "steepest":
+            return steepest_step(W, G, eta, impl=impl)
+        if impl == "matmul" and method != "qr":
+            # polar(W (I - eta S)) = W polar(M), M = I - eta S with S = skew(W^T G): M is normal with
+            # singular values sqrt(1 + eta^2 s_i^2) in [1, sqrt(1 + (eta ||S||_2)^2)] and its bound
+            # min(||M||_F, ||M||_1) <= 1 + sqrt(n) eta ||S||_2 (||M||_1 = ||M||_inf for this M), so
+            # 1 / (1 + sqrt(n) MATMUL_MAX_STEP) covers every step with eta ||S||_2 <= MATMUL_MAX_STEP.
+            M = eye_like(W) - eta * skew(W.mT @ G)
+            lower = 1.0 / (1.0 + math.sqrt(W.shape[-1]) * MATMUL_MAX_STEP)
+            X = W @ polar_matmul(M, lower, max_steps=ns_steps if method == "newton_schulz" else None)
+            return 1.5 * X - 0.5 * X @ (X.mT @ X)
+        W_step = W - eta * tangent_gradient(W, G)  # W (I - eta S), singular values >= 1
+        if impl == "matmul":
+            return cholesky_qr(W_step)
+        if method == "svd":
+            return polar(W_step)
+        if method == "qr":
+            return qr_orthogonal(W_step)
+        return newton_schulz(W_step, max_steps=ns_steps)
 
 
 # --------------------------------------------------------------------------- fits and measures

@@ -29,6 +29,7 @@ from .residual import (
     check_residual_mode,
     orthogonal_part,
     residual_combine,
+    rotation_angle,
 )
 
 __all__ = [
@@ -39,5 +40,5 @@ __all__ = [
     "ZeroSkip", "make_skip", "skip", "skip_layer_from",
     "patch_skips",
     "DEFAULT_EPS", "ORTHOGONAL_METHODS", "RESIDUAL_MODES", "Residual", "check_residual_mode", "orthogonal_part",
-    "residual_combine",
+    "residual_combine", "rotation_angle",
 ]

@@ -31,14 +31,33 @@ class OrthogonalMap(parametrizations._Orthogonal):
     """torch's orthogonal parametrization (its state_dict, its right_inverse, its W), with
     the Householder map of a square real weight in compact WY form
     (:func:`~orthogonal_skip_connections.maths.orthogonal.householder_wy`): the same Q as
-    ``householder_product`` (to round-off) at a fraction of its forward and backward cost."""
+    ``householder_product`` (to round-off) at a fraction of its forward and backward cost,
+    and the Cayley map without a host read: torch's ``linalg.solve`` reads the LU's
+    singularity flag on the host (on a GPU a synchronisation per skip per forward), but
+    I - A/2 with A skew-symmetric is never singular (eigenvalues 1 - i lambda/2, lambda
+    real), so :func:`torch.linalg.solve_ex` gives the same Q (bit for bit: the same LU
+    solve) without the check."""
 
     def forward(self, X: Tensor) -> Tensor:
+        # W in the weight's own precision, also inside an autocast region (bf16 products would
+        # leave it orthogonal to ~1e-2 only, and bf16 has no triangular solve on the CPU); the
+        # layer that applies W casts it as autocast says
+        with torch.autocast(X.device.type, enabled=False):
+            return self._forward(X)
+
+    def _forward(self, X: Tensor) -> Tensor:
         square = X.size(-1) == X.size(-2)
-        if self.orthogonal_map != parametrizations._OrthMaps.householder or not square or X.is_complex():
+        maps = parametrizations._OrthMaps
+        if self.orthogonal_map not in (maps.householder, maps.cayley) or not square or X.is_complex():
             return super().forward(X)
-        # the diagonal of X holds the signs (+-1) torch keeps fixed; see its _Orthogonal
-        Q = orth.householder_wy(X) * X.diagonal(dim1=-2, dim2=-1).int().unsqueeze(-2)
+        if self.orthogonal_map == maps.householder:
+            # the diagonal of X holds the signs (+-1) torch keeps fixed; see its _Orthogonal
+            Q = orth.householder_wy(X) * X.diagonal(dim1=-2, dim2=-1).int().unsqueeze(-2)
+        else:  # torch's Cayley map (I + A/2)(I - A/2)^-1 of A = X_lower - X_lower^T
+            X = X.tril()
+            A = X - X.mT
+            Id = torch.eye(X.size(-1), dtype=A.dtype, device=A.device)
+            Q = torch.linalg.solve_ex(torch.add(Id, A, alpha=-0.5), torch.add(Id, A, alpha=0.5)).result
         if hasattr(self, "base"):
             Q = self.base @ Q
         return Q

@@ -28,21 +28,49 @@ shape changes) and an *update* ``f = branch(x)``, then combines them with one of
       attention and MLP outputs); ``global`` on tokens is this library's extension.
 
 ``rotation``
-    Norm-preserving: the stream is rotated in the plane spanned by ``s`` and ``f``,
-    ``y = cos(theta) s + (sin(theta) / theta) f_perp`` with ``theta = ||f_perp|| / ||s||``
-    and ``f_perp`` the exact projection (no eps), so ``||y|| = ||s||`` in every group
-    (``channel``: every position / token; ``global``: every sample). This is the update rule
-    of the "Orthogonal Transformer" (github.com/cutethanks/orthogonal-transformer,
+    Norm-preserving: the stream is rotated in the plane spanned by ``s`` and ``f``, towards
+    ``f_perp`` (the exact projection, no eps), by the angle ``theta = atan(||f_perp|| / ||s||)``
+    in ``[0, pi/2)``, so ``||y|| = ||s||`` in every group (``channel``: every position /
+    token; ``global``: every sample). With ``u = f_perp / ||f_perp||`` and
+    ``tan(theta) = ||f_perp|| / ||s||``, ``cos(theta) = ||s|| / r`` and
+    ``sin(theta) = ||f_perp|| / r`` where ``r = sqrt(||s||^2 + ||f_perp||^2) = ||s + f_perp||``
+    (Pythagoras, as ``f_perp`` is orthogonal to ``s``), hence::
+
+        y = cos(theta) s + sin(theta) ||s|| u = (||s|| / r) (s + f_perp)
+          = ||s|| (s + f_perp) / ||s + f_perp||
+
+    i.e. the orthogonal update ``s + f_perp`` (above), rescaled back to the stream's norm.
+    That is how it is computed (no trigonometry, no division by ``||f_perp||``, smooth at
+    ``f_perp = 0`` where ``y = s``). In the language of Riemannian optimisation (Absil,
+    Mahony & Sepulchre 2008, "Optimization Algorithms on Matrix Manifolds", sec. 4.1, whose
+    first example of a retraction is the sphere's ``(x + xi) / ||x + xi||``) it is that
+    retraction of the tangent step ``f_perp`` on the sphere of radius ``||s||``; the sphere's
+    exponential map is the rotation by ``||f_perp|| / ||s||`` instead (the same to first
+    order in ``theta``).
+
+    Where it comes from. The "Orthogonal Transformer" (github.com/cutethanks/orthogonal-transformer,
     README, "Orthogonal Transformer update rule": ``x' = exp(B) x`` with the bivector
-    ``B = x f_perp^T - f_perp x^T``), whose implementation keeps ``||x|| = sqrt(d)`` and
-    takes ``theta = ||f_perp|| / sqrt(d)``; dividing by ``||s||`` instead is the same angle
-    for such streams and makes the rule scale-free for streams of any norm (this
-    library's choice). For small ``theta`` it is ``s + f_perp`` to first order, i.e.
-    the orthogonal update. Edge cases: ``f`` parallel to ``s`` gives ``theta = 0`` and
-    ``y = s`` (``sin(theta)/theta`` is ``torch.sinc``, smooth at 0); where the stream is
-    exactly zero (the ``zero`` skip kind, or a dead position) there is no plane to rotate
-    in, and ``y = f`` there (the plain update), so a block without a skip path is its
-    branch in every mode.
+    ``B = x f_perp^T - f_perp x^T``) rotates by the unbounded angle ``||f_perp|| / sqrt(d)``
+    with ``||x|| = sqrt(d)`` (the exponential map). Add-then-renormalise to a fixed norm is
+    also nGPT's update (Loshchilov et al. 2024, "nGPT: Normalized Transformer with
+    Representation Learning on the Hypersphere", arXiv 2410.01131, ``h <- Norm(h + alpha
+    (h_M - h))``), there with a learned step and to the unit norm. Bounding the angle with
+    ``atan`` and keeping each group's own norm ``||s||`` is this library's choice. Until
+    2026-11-30 this mode used the exponential map, ``theta = ||f_perp|| / ||s||`` unbounded,
+    ``y = cos(theta) s + (sin(theta) / theta) f_perp``, which turned streams by several
+    radians per block (preact_resnet20 at initialisation: median 2.4 rad, maximum 8.7) and
+    made preact_resnet20 at SGD lr 0.1 unstable on digits (84.72 +- 28.11 % over 5 seeds;
+    97.61 +- 0.54 with ``atan``, the same seeds; notes/residual_modes_findings.md, where the
+    old numbers are labelled with the old angle). With ``atan`` one block turns the stream
+    by less than a right angle however large its branch output. It does not make a stream
+    whose norm is small against the branch outputs useful: the digits ViT at AdamW lr 3e-3
+    (tokens at norm ~0.4, branch outputs ~4) trains with neither angle; with ``atan`` its
+    angles saturate near ``pi/2``, each block then all but replaces the stream.
+
+    Edge cases: ``f`` parallel to ``s`` gives ``theta = 0`` and ``y = s``; where the stream
+    is exactly zero (the ``zero`` skip kind, or a dead position) there is no plane to rotate
+    in, and ``y = f`` there (the plain update), so a block without a skip path is its branch
+    in every mode. Computed in float32 at least (bf16/fp16 inputs are cast back).
 
 Blocks own a :class:`Residual` (no parameters, no buffers: state_dicts are unchanged);
 ``residual_combine`` is the same as a function.
@@ -56,7 +84,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["RESIDUAL_MODES", "ORTHOGONAL_METHODS", "DEFAULT_EPS", "Residual", "residual_combine", "orthogonal_part",
-           "check_residual_mode"]
+           "check_residual_mode", "rotation_angle"]
 
 RESIDUAL_MODES = ("add", "orthogonal_update", "rotation")
 ORTHOGONAL_METHODS = ("channel", "global")
@@ -96,18 +124,35 @@ def orthogonal_part(stream: Tensor, update: Tensor, method: str = "channel", eps
 
 
 def _rotate(stream: Tensor, update: Tensor, method: str) -> Tensor:
+    """``||s|| (s + f_perp) / ||s + f_perp||`` per group: the rotation by
+    ``atan(||f_perp|| / ||s||)`` (module docstring); ``f`` where ``s = 0``."""
     dims = _group_dims(stream, method)
     ss = _dot(stream, stream, dims)  # ||s||^2, float32 or wider
     nonzero = ss > 0
+    # where s = 0 the rotated branch is discarded by torch.where, but its gradient is still
+    # computed (and multiplied by 0): every division and sqrt there must stay finite, so it
+    # runs on ss := 1 (and on ||s + f_perp||^2 >= ||s||^2 = 1)
     ss_safe = torch.where(nonzero, ss, torch.ones_like(ss))
     f = update.to(ss.dtype)
     s = stream.to(ss.dtype)
-    f_perp = f - (_dot(s, f, dims) / ss_safe) * s
-    # theta = ||f_perp|| / ||s||; the clamp keeps sqrt differentiable at f_perp = 0 (theta
-    # ~ 1e-18 then, where cos = 1 and sinc = 1 to float precision).
-    theta = torch.sqrt((_dot(f_perp, f_perp, dims) / ss_safe).clamp_min(1e-36))
-    rotated = torch.cos(theta) * s + torch.sinc(theta / torch.pi) * f_perp  # sinc(t/pi) = sin(t)/t
+    moved = s + (f - (_dot(s, f, dims) / ss_safe) * s)  # s + f_perp
+    mm = _dot(moved, moved, dims)  # = ||s||^2 + ||f_perp||^2 >= ||s||^2 > 0 (up to rounding)
+    # cos(theta) (s + f_perp); the maximum only matters where s = 0 and f = 0 (mm = 0 there).
+    # Float32 squares: finite for norms up to ~1e19.
+    rotated = torch.sqrt(ss_safe / torch.maximum(mm, ss_safe * 0.5)) * moved
     return torch.where(nonzero, rotated, f).to(torch.promote_types(stream.dtype, update.dtype))
+
+
+def rotation_angle(stream: Tensor, update: Tensor, method: str = "channel") -> Tensor:
+    """The angle ``theta = atan(||f_perp|| / ||s||)`` by which ``rotation`` turns each group
+    (dims kept; 0 where the stream is zero), for diagnostics."""
+    dims = _group_dims(stream, method)
+    ss = _dot(stream, stream, dims)
+    s, f = stream.to(ss.dtype), update.to(ss.dtype)
+    ss_safe = torch.where(ss > 0, ss, torch.ones_like(ss))
+    f_perp = f - (_dot(s, f, dims) / ss_safe) * s
+    theta = torch.atan2(_dot(f_perp, f_perp, dims).sqrt(), ss.sqrt())
+    return torch.where(ss > 0, theta, torch.zeros_like(theta))
 
 
 def residual_combine(mode: str, stream: Tensor, update: Tensor, method: str = "channel",

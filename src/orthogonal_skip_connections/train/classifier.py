@@ -3,7 +3,10 @@
 Per step: (mixup) -> forward under autocast where it helps -> loss -> backward ->
 clip -> if the loss and every gradient are finite: optimiser step (which also retracts the
 retracted orthogonal skips, :mod:`~orthogonal_skip_connections.optim`), else the step is
-skipped; then the learning-rate schedule. When the run counts as diverged is the rule of
+skipped; then the learning-rate schedule. The host reads the device once per step (the
+loss and the gradient norm, in one transfer: on a GPU each read is a synchronisation that
+stops the CPU from queueing the next step); the epoch's loss and accuracy sums stay on
+the device until the epoch's end. When the run counts as diverged is the rule of
 :mod:`~orthogonal_skip_connections.train.divergence` (the reference loss: log C). Per epoch: metrics, evaluation every ``eval_every`` epochs with
 per-skip diagnostics, and an atomic checkpoint from which ``resume`` continues with the
 same numbers (bit for bit on CPU: every random draw of an epoch comes from a generator
@@ -30,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..data.vision import ImageData, TensorLoader, epoch_generator
+from ..data.vision import ImageData, TensorLoader, epoch_generator, to_device
 from ..diagnostics import skip_diagnostics, summarize_skips
 from ..skips import iter_skips
 from ..runs import UserError, append_jsonl, atomic_torch_save, progress_bar, write_json
@@ -38,7 +41,7 @@ from ..optim import OptimConfig, build_optimizer, lr_scheduler
 from . import distributed
 from .divergence import Diverged, DivergenceGuard
 
-__all__ = ["TrainConfig", "MetricSink", "Diverged", "train_classifier", "evaluate"]
+__all__ = ["TrainConfig", "MetricSink", "Diverged", "train_classifier", "evaluate", "classification_sums"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -128,15 +131,36 @@ def evaluate(model: nn.Module, loader: TensorLoader, amp: str = "auto") -> dict:
 
 
 def _evaluate(model: nn.Module, loader: TensorLoader, amp: str) -> dict:
-    loss_sum, correct, n = 0.0, 0, 0
-    for x, y in loader.epoch():
-        with _autocast(loader.device, amp):
-            logits = model(x)
-        loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-        n += len(y)
+    loss_sum, correct, n = classification_sums(model, loader.epoch(), lambda: _autocast(loader.device, amp))
     model.train()
     return {"test_loss": loss_sum / n, "test_acc": 100.0 * correct / n}
+
+
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of running sums kept on ``device``: float64, so that they equal the Python
+    floats they replace bit for bit (float32 on MPS, which has no float64)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def classification_sums(model: nn.Module, batches, autocast=nullcontext) -> tuple[float, int, int]:
+    """Summed cross-entropy, number of correct predictions and number of samples of ``model``
+    over ``batches`` ((x, y) pairs; the forward inside ``autocast()``). The sums stay on the
+    device until the end: one host read (one GPU synchronisation) for the whole pass."""
+    loss_sum = correct = None
+    n = 0
+    for x, y in batches:
+        with autocast():
+            logits = model(x)
+        if loss_sum is None:
+            loss_sum = torch.zeros((), dtype=sum_dtype(y.device), device=y.device)
+            correct = torch.zeros((), dtype=torch.int64, device=y.device)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").to(loss_sum.dtype)
+        correct += (logits.argmax(1) == y).sum()
+        n += len(y)
+    if loss_sum is None:
+        return 0.0, 0, 0
+    total, right = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
+    return total, int(right), n
 
 
 def _rng_state() -> dict:
@@ -247,20 +271,26 @@ def train_classifier(
     try:
         for epoch in epochs_bar:
             gen = epoch_generator(cfg.seed, epoch)
-            loss_sum, correct, seen = 0.0, 0, 0
+            # the epoch's sums stay on the device; the host reads them at the epoch's end
+            loss_sum = torch.zeros((), dtype=sum_dtype(device), device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            seen = 0
             t0 = time.perf_counter()
             bar = progress_bar(train_loader.epoch(gen), enabled=show, total=steps_per_epoch,
                                desc=f"epoch {epoch + 1}", leave=False)
             for x, y in bar:
                 loss, logits, y_hard = _forward(step_model, x, y, cfg, gen, device)
-                loss_value = float(loss.detach())
-                if distributed.world_size() > 1:  # every rank judges one number: the global batch's loss
-                    loss_value = distributed.all_sum([loss_value])[0] / distributed.world_size()
                 opt.zero_grad(set_to_none=True)
-                finite = math.isfinite(loss_value)
-                if finite:
-                    loss.backward()
-                    finite = _finite_gradients(model, cfg.grad_clip)
+                loss.backward()  # also for a non-finite loss: its gradients are non-finite, and the step is skipped
+                norm = _grad_norm(model, cfg.grad_clip, device)
+                # every rank judges the same numbers: the global batch's loss; DDP's averaged gradients
+                batch_loss = distributed.all_mean(loss.detach().to(loss_sum.dtype))
+                read = [batch_loss, norm.to(loss_sum.dtype)]
+                if show:  # the bar's figures ride along: the sums up to the previous step
+                    read += [loss_sum, correct.to(loss_sum.dtype)]
+                values = torch.stack(read).tolist()  # the step's one host read
+                loss_value = values[0]
+                finite = math.isfinite(loss_value) and math.isfinite(values[1])
                 if finite:
                     opt.step()  # retracted skips included
                 else:  # skip the update (retraction included), keep the schedule moving
@@ -269,12 +299,15 @@ def train_classifier(
                 state["step"] += 1
                 guard.step(state["step"], loss_value, finite)  # raises Diverged after too many skipped
                 state["skipped_steps"] = guard.skipped_steps
-                if finite:
-                    loss_sum += loss_value * len(y)
-                    correct += int((logits.argmax(1) == y_hard).sum())
-                    seen += len(y)
                 if show and seen:
-                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+                    bar.set_postfix(loss=f"{values[2] / seen:.3f}", acc=f"{100 * values[3] / seen:.1f}",
+                                    refresh=False)
+                if finite:
+                    loss_sum += batch_loss * len(y)
+                    correct += (logits.argmax(1) == y_hard).sum()
+                    seen += len(y)
+            loss_sum, correct = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
+            correct = int(correct)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             epoch_time = time.perf_counter() - t0
@@ -346,7 +379,7 @@ def _forward(model, x, y, cfg: TrainConfig, gen: torch.Generator, device: torch.
     with _autocast(device, cfg.amp):
         if cfg.mixup_alpha > 0:
             lam = _beta(cfg.mixup_alpha, gen)
-            perm = torch.randperm(len(x), generator=gen).to(device)
+            perm = to_device(torch.randperm(len(x), generator=gen), device)
             logits = model(lam * x + (1 - lam) * x[perm]).float()
             loss = lam * F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing) + (1 - lam) * \
                 F.cross_entropy(logits, y[perm], label_smoothing=cfg.label_smoothing)
@@ -365,12 +398,17 @@ def _beta(alpha: float, gen: torch.Generator) -> float:
     return float(np.random.default_rng(seed).beta(alpha, alpha))
 
 
-def _finite_gradients(model: nn.Module, clip: float) -> bool:
+def _grad_norm(model: nn.Module, clip: float, device: torch.device) -> torch.Tensor:
+    """The global gradient norm, a tensor on ``device`` (not read); if ``clip`` > 0 the
+    gradients are clipped to norm ``clip`` too. Without clipping the norm alone is computed
+    (clip_grad_norm_ at an infinite bound would also multiply every gradient by 1.0)."""
     params = [p for p in model.parameters() if p.grad is not None]
     if not params:
-        return True
-    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-    return bool(torch.isfinite(norm))
+        return torch.zeros((), device=device)
+    total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if clip > 0 or total_norm is None:
+        return torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+    return total_norm([p.grad for p in params])
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:

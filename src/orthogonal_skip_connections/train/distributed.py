@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["launched_by_torchrun", "init_from_env", "rank", "world_size", "is_main", "device_for_rank",
-           "broadcast_object", "broadcast_buffers", "all_sum", "any_true", "barrier", "leave"]
+           "broadcast_object", "broadcast_buffers", "all_sum", "all_mean", "any_true", "barrier", "leave"]
 
 
 def launched_by_torchrun() -> bool:
@@ -101,6 +101,17 @@ def all_sum(values: list[float], device: torch.device | None = None) -> list[flo
     t = torch.tensor(values, dtype=torch.float64, device=device or _collective_device())
     dist.all_reduce(t)
     return t.tolist()
+
+
+def all_mean(t: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks of ``t``, identical on every rank, as a tensor on ``t``'s device:
+    the collective runs on the device (NCCL) without a host read. Same numbers as
+    ``all_sum([float(t)])[0] / world_size()`` for a float64 ``t``."""
+    if not _active():
+        return t
+    s = t.detach().to(_collective_device(), copy=True)  # a copy: the all-reduce is in place
+    dist.all_reduce(s)
+    return (s / world_size()).to(t.device)
 
 
 def any_true(flag: bool) -> bool:

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 13 in one call of about 9 minutes, for a session that is lent a
+# GPU machine (15 minutes of device time in all, so one call with room to rerun a part).
+# Everything it prints also lands in $OUT (or ./device_out when OUT is unset).
+#
+# Before the call, in the repository root of the machine that makes the call (the GPU
+# machine has torch but no Hydra; hydra-core, omegaconf, antlr4 and geotorch travel as
+# wheels, see the device tool's README):
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform any -d .whl hydra-core omegaconf geotorch hydra-joblib-launcher
+#   python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3   # an sdist only: built here
+# (pure-Python wheels, under 0.5 MB; the checkout may still hold them from an earlier session)
+# then run, carrying .whl:  bash benchmarks/device_check.sh      (--quick: a smoke run, any machine)
+#
+# Parts (each under its own time limit, so one slow part cannot eat the others):
+#   1. tests/test_cuda.py                                    (bf16 steps, resume, loader, retractions)
+#   2. gpu_throughput.py --impls factor,matmul, resnet20 and resnet18   (step time vs identity)
+#   3. orthogonal_layer.py, C in 16..512                     (vs torch and geotorch)
+#   4. cifar_epoch_time.py, 2 epochs                         (end to end through run_experiments)
+set -u
+cd "$(dirname "$0")/.."
+out="${OUT:-device_out}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm,memory.total --format=csv
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+  git log -1 --oneline 2>/dev/null
+} 2>&1 | tee "$out/env.txt"
+
+part() {  # part NAME SECONDS COMMAND...: run under a limit, its output in $out/NAME.txt
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (limit ${limit}s): $*"
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$out/$name.txt" 2>&1
+  local rc=$?
+  tail -n 60 "$out/$name.txt"
+  echo "== $name: exit $rc after $((SECONDS - t0)) s"
+}
+
+if [ "${1:-}" = "--quick" ]; then  # a smoke run of the script itself, on any machine (CUDA tests skip)
+  part cuda_tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+  part step_time 200 python3 benchmarks/gpu_throughput.py --quick --impls factor,matmul --no-settings
+  part orthogonal_layer 120 python3 benchmarks/orthogonal_layer.py --quick
+  part epoch_time 110 python3 benchmarks/cifar_epoch_time.py --quick --variants identity,learnable_orth/steepest
+  exit 0
+fi
+part cuda_tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+part step_time 200 python3 benchmarks/gpu_throughput.py --models resnet20,resnet18 --impls factor,matmul \
+  --rounds 3 --steps 10 --warmup 2
+part orthogonal_layer 120 python3 benchmarks/orthogonal_layer.py --sizes 16,64,256,512 --steps 200 --rounds 4 \
+  --retract-sizes 64,256,512 --retract-rounds 3 --retract-calls 3
+part epoch_time 110 python3 benchmarks/cifar_epoch_time.py --epochs 2 \
+  --variants identity,learnable_orth/steepest,learnable_orth/cayley,linear

@@ -440,6 +440,9 @@ CHECKED_BEFORE_HYDRA = [
     ("orth_residual_synthetic_data", ["test_fraction=1.5"], "test_fraction"),
     ("orth_residual_synthetic_data", ["activation=bogus"], "unknown activation"),
     ("orth_to_id", ["blobs.clusters_per_class=0"], "clusters_per_class"),
+    ("orth_to_id", ["device=tpu"], "unknown device"),
+    ("construction_validity", ["device=''"], "unknown device"),
+    ("orth_residual_synthetic_data", ["device=cuda:x"], "unknown device"),
 ]
 
 

@@ -74,6 +74,7 @@ class Config(SmallTraining):
         require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
         require(self.hidden_mult > 0, "hidden_mult", "a number > 0", self.hidden_mult)
         # what the library would refuse at run time, refused here (before Hydra makes a run dir)
+        resolve_device(self.device)
         for d in self.dims:
             for k in self.num_classes:
                 check_synthetic_data(f"{self.dataset_type} with d={d}, num_classes={k}", self.dataset_type,

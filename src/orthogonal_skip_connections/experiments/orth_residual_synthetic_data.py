@@ -61,6 +61,7 @@ class Config(SmallTraining):
         require(self.region_grid >= 2, "region_grid", "an integer >= 2", self.region_grid)
         require(self.hidden_mult > 0, "hidden_mult", "a number > 0", self.hidden_mult)
         # what the library would refuse at run time, refused here (before Hydra makes a run dir)
+        resolve_device(self.device)
         check_synthetic_data(f"dataset_type={self.dataset_type}", self.dataset_type, **self.data_args())
         for kind in self.skip_kinds:
             residual_mlp_factory(self, 2, self.n_blocks, self.num_classes, kind)

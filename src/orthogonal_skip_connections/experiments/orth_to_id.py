@@ -101,6 +101,7 @@ class Config(SmallTraining):
         number("slope_fraction", self.slope_fraction, 0)
         require(self.hidden_mult > 0, "hidden_mult", "a number > 0", self.hidden_mult)
         # what the library would refuse at run time, refused here (before Hydra makes a run dir)
+        resolve_device(self.device)
         for dataset in self.datasets:
             for d in self.dims:
                 args = data_args(self, dataset, d)

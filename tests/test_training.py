@@ -134,6 +134,22 @@ def test_divergence_guard_writes_diverged_summary(tmp_path):
 
 
 
+def test_a_huge_test_loss_with_a_healthy_training_loss_is_not_divergence(tmp_path, monkeypatch):
+    """The rule judges training losses only: a plain resnet56 (zero skips) on digits had a
+    test loss of 7.2e6 in eval mode after its first epoch, with a training loss of 2.32."""
+    real = training.evaluate
+
+    def exploded(*args, **kwargs):
+        return {**real(*args, **kwargs), "test_loss": 7.2e6}
+
+    monkeypatch.setattr(training, "evaluate", exploded)
+    data = load_image_data("digits")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    summary = training.train_classifier(model, data, TrainConfig(epochs=2, progress=False), tmp_path,
+                                        torch.device("cpu"))
+    assert summary["status"] == "completed" and summary["test_loss"] == 7.2e6
+
+
 def test_a_skipped_first_step_makes_no_scheduler_order_warning(tmp_path):
     """A non-finite first step is skipped and the schedule moves on (on purpose): torch's
     "lr_scheduler.step() before optimizer.step()" warning is not shown for it."""
@@ -147,6 +163,7 @@ def test_a_skipped_first_step_makes_no_scheduler_order_warning(tmp_path):
                                       torch.device("cpu"))
     assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)], [str(w.message) for w in caught]
     assert json.loads((tmp_path / "summary.json").read_text())["skipped_steps"] == 10
+
 
 def test_every_config_composes():
     for dataset in ("cifar10", "cifar100", "digits"):

@@ -319,9 +319,8 @@ def train_classifier(
                          train_acc=100.0 * correct / seen if seen else float("nan"))
             log({"type": "train", "epoch": epoch + 1, "step": state["step"], "lr": opt.param_groups[0]["lr"],
                  "train_loss": state["train_loss"], "train_acc": state["train_acc"], "epoch_time_s": epoch_time})
-            ev_now = None
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                ev = ev_now = evaluate(model, test_loader, cfg.amp)
+                ev = evaluate(model, test_loader, cfg.amp)
                 skips = skip_diagnostics(model)
                 state["last_eval"] = ev
                 best = state["best_test_acc"]
@@ -330,7 +329,7 @@ def train_classifier(
                      **summarize_skips(skips), "skips": skips})
                 if show:
                     epochs_bar.set_postfix(test_acc=f"{ev['test_acc']:.2f}")
-            guard.check(state["step"], {"train loss": state["train_loss"], "test loss": ev_now and ev_now["test_loss"]})
+            guard.check(state["step"], {"train loss": state["train_loss"]})  # test losses are not judged
             state["guard"] = guard.state()
             if save_checkpoint and main:
                 atomic_torch_save(

@@ -15,6 +15,7 @@ import torch
 
 from orthogonal_skip_connections.data.vision import ImageData, load_image_data
 from orthogonal_skip_connections.models.resnet import BasicBlock, ResNet
+from orthogonal_skip_connections.runs import UserError
 from orthogonal_skip_connections.skips import skip
 from orthogonal_skip_connections.train.classifier import TrainConfig, train_classifier
 
@@ -64,7 +65,7 @@ def test_compiled_training_matches_eager_with_parametrized_and_retracted_skips(t
 
 
 def test_compile_backend_is_checked():
-    with pytest.raises(ValueError, match="unknown compile_backend 'fast'; allowed: inductor, aot_eager, eager"):
+    with pytest.raises(UserError, match="unknown compile_backend 'fast'; allowed: inductor, aot_eager, eager"):
         TrainConfig(compile=True, compile_backend="fast").validate()
 
 

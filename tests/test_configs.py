@@ -14,7 +14,7 @@ from orthogonal_skip_connections.experiments._app import CONFIG_DIR
 
 PKG = Path(CONFIG_DIR).parent
 # the shared entry and config parts every app reads its config through
-SHARED_READERS = ["experiments/_app.py"]
+SHARED_READERS = sorted(p.relative_to(PKG).as_posix() for p in (PKG / "experiments").glob("_*.py"))
 
 
 def fields(schema, prefix=()):

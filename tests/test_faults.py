@@ -167,6 +167,13 @@ CASES = [
      ["cifar10", "cifar_empty"]),
     ("re-cifar-crafted", ["run_experiments", "dataset=cifar10", f"data.root={M}/cifar_evil", "data.download=false"],
      ["data_batch_1", "refused"]),
+    ("re-warmup-inf", ["run_experiments", "scheduler.warmup_epochs=inf"], ["scheduler.warmup_epochs", "finite"]),
+    ("re-weight-decay-inf", ["run_experiments", "optimizer.weight_decay=inf"], ["optimizer.weight_decay", "finite"]),
+    ("re-mixup-inf", ["run_experiments", "mixup_alpha=inf"], ["mixup_alpha", "finite"]),
+    ("re-residual-eps-inf", ["run_experiments", "model.residual_eps=inf"], ["model.residual_eps"]),
+    ("re-lr-scale-inf", ["run_experiments", "model.skip_kind=learnable_orth", "model.lr_scale=inf"], ["lr_scale"]),
+    ("re-vit-patch", ["run_experiments", "model.model_type=vit_tiny", "model.patch_size=3"],
+     ["patch_size 3", "8x8"]),
     ("re-sweep-bogus", ["run_experiments", "-m", "model.skip_kind=bogus,identity", f"hydra.sweep.dir={M}/sweep"],
      ["bogus"]),
     ("re-sweep-dir-file", ["run_experiments", "-m", "seed=0,1", f"hydra.sweep.dir={M}/a_file"], ["a_file"]),
@@ -207,6 +214,15 @@ CASES = [
     ("oi-dims", ["orth_to_id", "dims=[1]"], ["dims"]),
     ("oi-seed", ["orth_to_id", "seed=-1"], ["seed"]),
     ("oi-datasets", ["orth_to_id", "datasets=[bogus]"], ["datasets"]),
+    ("sy-noise-nan", ["orth_residual_synthetic_data", "noise=nan"], ["noise", "finite"]),
+    ("sy-lr-scale-inf", ["orth_residual_synthetic_data", "skip.lr_scale=inf"], ["lr_scale", "finite"]),
+    ("sy-hidden-mult-inf", ["orth_residual_synthetic_data", "hidden_mult=inf"], ["hidden_mult", "finite"]),
+    ("oi-separation-nan", ["orth_to_id", "blobs.separation=nan"], ["blobs", "separation"]),
+    ("oi-noise-inf", ["orth_to_id", "blobs.noise=inf"], ["blobs", "noise"]),
+    ("oi-hidden-mult-inf", ["orth_to_id", "hidden_mult=inf"], ["hidden_mult"]),
+    ("cv-noise-nan", ["construction_validity", "noise=nan"], ["noise", "finite"]),
+    ("cv-separation-inf", ["construction_validity", "separation=inf"], ["separation", "finite"]),
+    ("cv-lr-scale-inf", ["construction_validity", "skip.lr_scale=inf"], ["lr_scale"]),
     ("cv-fit-on", ["construction_validity", "fit_on=bogus"], ["fit_on"]),
     ("cv-seed", ["construction_validity", "seed=-1"], ["seed"]),
     ("cv-blocks", ["construction_validity", "n_blocks=[0]"], ["n_blocks"]),
@@ -410,3 +426,74 @@ def test_a_study_whose_runs_all_fail_says_why(tmp_path, capsys):
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert "all 1 classification runs failed" in lines[0] and "cifar10 not found" in lines[0]
     assert list(study.rglob("error.txt"))  # the details stay where the line says
+
+
+
+# What the library would refuse only once the app runs is refused by the app's Config.check,
+# before Hydra makes a run dir (and before any data are loaded or made).
+CHECKED_BEFORE_HYDRA = [
+    ("run_experiments", ["dataset=digits", "model.model_type=vit_tiny", "model.patch_size=3"], "not a multiple"),
+    ("run_experiments", ["dataset=digits", "model.model_type=vit_tiny", "model.width=100", "model.heads=3"],
+     "not a multiple of heads"),
+    ("construction_validity", ["n_samples=0"], "too small"),
+    ("construction_validity", ["dataset_type=blobs", "noise=0"], "blobs need noise > 0"),
+    ("orth_residual_synthetic_data", ["test_fraction=1.5"], "test_fraction"),
+    ("orth_residual_synthetic_data", ["activation=bogus"], "unknown activation"),
+    ("orth_to_id", ["blobs.clusters_per_class=0"], "clusters_per_class"),
+    ("orth_to_id", ["device=tpu"], "unknown device"),
+    ("construction_validity", ["device=''"], "unknown device"),
+    ("orth_residual_synthetic_data", ["device=cuda:x"], "unknown device"),
+]
+
+
+@pytest.mark.parametrize("app,overrides,words", CHECKED_BEFORE_HYDRA)
+def test_library_refusals_are_found_by_the_config_check(app, overrides, words):
+    from orthogonal_skip_connections.runs import UserError
+
+    with pytest.raises(UserError, match=words):
+        load_app(app).config(overrides)
+
+
+def test_a_refusal_at_run_time_leaves_no_dirs_in_the_default_place(tmp_path, monkeypatch, capsys):
+    """A refusal found only when the app runs (data missing) removes the run dir Hydra made
+    in its default place and the empty dirs above it that this call made; dirs that were
+    there before stay."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    argv = ["run_experiments", "dataset=cifar10", f"data.root={tmp_path / 'empty'}", "data.download=false",
+            "progress=false"]
+    code, lines, err = run(argv, capsys)
+    assert code == 2 and len(lines) == 1 and "cifar10 not found" in lines[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no outputs/run_experiments/
+    (tmp_path / "outputs" / "run_experiments" / "older").mkdir(parents=True)
+    code, lines, err = run(argv, capsys)
+    assert code == 2, err
+    assert [p.name for p in (tmp_path / "outputs" / "run_experiments").iterdir()] == ["older"]
+    code, lines, err = run(["run_experiments", *TINY["run_experiments"], "model.model_type=vit_tiny",
+                            "model.patch_size=3", "progress=false"], capsys)  # refused before Hydra runs
+    assert code == 2 and "patch_size 3" in lines[0], err
+    assert [p.name for p in (tmp_path / "outputs" / "run_experiments").iterdir()] == ["older"]
+
+
+def test_undo_never_removes_a_dir_that_holds_results(tmp_path):
+    from orthogonal_skip_connections.experiments._command_line import CommandLine
+
+    run_dir = tmp_path / "outputs" / "app" / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "checkpoint.pt").write_bytes(b"weights")
+    call = CommandLine(load_app("theorem"))
+    call.default_top = (tmp_path / "outputs").absolute()
+    call.undo(run_dir, fresh=True)
+    assert (run_dir / "checkpoint.pt").read_bytes() == b"weights"
+    (run_dir / "checkpoint.pt").unlink()  # only Hydra's files left: the run dir and the dirs above it go
+    call.undo(run_dir, fresh=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_image_shapes_the_check_uses_are_what_the_loaders_return(tmp_path):
+    from orthogonal_skip_connections.data.vision import IMAGE_SHAPES, load_image_data
+
+    write_cifar(tmp_path)
+    for name, root in (("digits", None), ("cifar10", tmp_path)):
+        data = load_image_data(name, root, download=False)
+        assert tuple(data.x_train.shape[1:]) == tuple(data.x_test.shape[1:]) == IMAGE_SHAPES[name]

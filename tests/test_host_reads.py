@@ -12,26 +12,13 @@ i's; the end of an epoch (metrics, evaluation, diagnostics, checkpoint) is outsi
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from helpers import HostReads
 
 from orthogonal_skip_connections.data.vision import ImageData, TensorLoader, load_image_data
 from orthogonal_skip_connections.models.resnet import BasicBlock, ResNet
 from orthogonal_skip_connections.skips import skip
 from orthogonal_skip_connections.train import classifier
 from orthogonal_skip_connections.train.classifier import TrainConfig, train_classifier
-
-
-class HostReads(TorchDispatchMode):
-    """Counts host reads of tensor values while active (see the module docstring)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def reads_per_step(monkeypatch, model, cfg, tmp_path, n_train=256):

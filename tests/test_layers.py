@@ -115,3 +115,26 @@ def test_the_import_reader_resolves_relative_imports(tmp_path, source, expected)
     path.write_text(source + "\n")
     module = "orthogonal_skip_connections.maths.x" if source.startswith("from . ") else "orthogonal_skip_connections.train.x"
     assert imports(path, module) == [(1, expected)]
+
+
+# the app machinery's parts (experiments/_*.py); the value checks and the shared config
+# parts are plain Python that a library user or a test can import without Hydra
+HYDRA_FREE_APP_PARTS = ("_checks", "_parts", "_registry", "_leftovers")
+APP_PART_MAX_LINES = 300
+
+
+def test_the_app_machinery_is_split_along_its_seams():
+    found = []
+    for path in sorted((PKG / "experiments").glob("_*.py")):
+        n = len(path.read_text().splitlines())
+        if n > APP_PART_MAX_LINES:
+            found.append(f"{path.name}: {n} lines (> {APP_PART_MAX_LINES}: split it along a seam)")
+        if path.stem not in HYDRA_FREE_APP_PARTS:
+            continue
+        for line, target in imports(path, f"{PKG.name}.experiments.{path.stem}"):
+            parts = target.split(".")
+            if parts[0] in HYDRA:
+                found.append(f"{path.name}:{line} imports {target}")
+            if parts[:2] == [PKG.name, "experiments"] and (len(parts) < 3 or parts[2] not in HYDRA_FREE_APP_PARTS):
+                found.append(f"{path.name}:{line} imports {target} (which may import Hydra)")
+    assert found == []

@@ -2,6 +2,7 @@
 and orthogonal_ / skip factories for users' own modules."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 import orthogonal_skip_connections as osc
 from orthogonal_skip_connections.maths import orthogonal as O
 from orthogonal_skip_connections.models import get_model
-from orthogonal_skip_connections.optim import param_groups
+from orthogonal_skip_connections.optim import OptimConfig, lr_factor, lr_scheduler, param_groups
 from orthogonal_skip_connections.skips import (
     PARAMETRIZED_METHODS,
     RETRACTED_METHODS,
@@ -325,3 +326,26 @@ def test_identity_and_scalar_skips_refuse_wrong_channel_counts():
     for kind in ("identity", "scalar"):
         with pytest.raises(ValueError, match=r"expects \(N, 4\)"):
             make_skip(kind, 4)(torch.randn(2, 5))
+
+
+
+SCHED_WARNING = r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`"
+
+
+def test_schedule_moves_on_over_a_skipped_first_step_without_torch_s_order_warning():
+    """The loops step the schedule on a skipped step too. torch's order warning is dropped
+    for a step said to be skipped, and only then: a schedule stepped before the optimiser
+    without saying so (a loop that forgot opt.step()) still warns."""
+    cfg = OptimConfig(name="sgd", lr=0.1, schedule="cosine")
+    model = nn.Linear(3, 3)
+    opt = osc.optimizer(model, torch.optim.SGD, lr=0.1)
+    sched = lr_scheduler(opt, cfg, steps_per_epoch=4, epochs=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sched.step(skipped=True)  # the first step was skipped: no optimiser step
+        warnings.warn("another warning", UserWarning)  # not hidden
+    assert [str(w.message) for w in caught] == ["another warning"]
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * lr_factor(1, 4, 1, cfg))  # the schedule moved on
+    fresh = lr_scheduler(osc.optimizer(model, torch.optim.SGD, lr=0.1), cfg, steps_per_epoch=4, epochs=1)
+    with pytest.warns(UserWarning, match=SCHED_WARNING):
+        fresh.step()

@@ -8,6 +8,7 @@ import scipy.linalg
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from helpers import HostReads
 
 from orthogonal_skip_connections.maths import orthogonal as O
 
@@ -189,20 +190,6 @@ def test_bad_shapes_say_what_was_expected():
 
 
 # --------------------------------------------------------------------------- matrix products only
-
-
-class HostReads(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts reads of a tensor's value by the host (``.item()``, ``bool(t)``, ``float(t)``:
-    each is ``aten._local_scalar_dense``, a device synchronisation on a GPU)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def test_ns_schedule_reaches_one_from_its_lower_bound():

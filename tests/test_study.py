@@ -9,6 +9,7 @@ from orthogonal_skip_connections.cli import main as osc_main
 from orthogonal_skip_connections.experiments import run_experiments, study
 from orthogonal_skip_connections.report import build_report
 from orthogonal_skip_connections.experiments._app import compose as compose_config
+from orthogonal_skip_connections.runs import UserError
 from orthogonal_skip_connections.train.classifier import Diverged
 
 VARIANTS = ["identity", "zero", "learnable_orth/cayley"]
@@ -125,7 +126,7 @@ def test_report_from_run_dirs_matches_study_and_keeps_failures(study_dir, tmp_pa
 def test_report_and_study_bad_input(tmp_path, capsys):
     assert osc_main(["report", str(tmp_path / "missing")]) == 2
     assert "no such run dir" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="unknown scale 'huge'"):
+    with pytest.raises(UserError, match="unknown scale 'huge'"):
         study.main.run(compose_config("study", ["scale=huge"]), tmp_path)
     assert not (tmp_path / "missing").exists()  # nothing created for a bad call
 

@@ -4,6 +4,7 @@ orth_residual_synthetic_data, orth_to_id, construction_validity."""
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from orthogonal_skip_connections.diagnostics import (
 )
 from orthogonal_skip_connections.train.small import train_small_classifier
 from orthogonal_skip_connections.train.classifier import TrainConfig
+from orthogonal_skip_connections.train.divergence import Diverged
 
 PKG = "orthogonal_skip_connections.experiments"
 
@@ -228,6 +230,17 @@ def test_original_commands_and_one_line_errors(tmp_path):
             assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (k, err)
             assert not (tmp_path / k / "summary.json").exists() and not (tmp_path / k / "config.yaml").exists()
     assert {"orth_residual_synthetic_data", "orth_to_id", "construction_validity"} <= set(APPS)
+
+
+def test_small_trainer_skips_a_non_finite_first_step_without_the_scheduler_order_warning(moons):
+    X = moons.X_train.clone()
+    X[:] = float("nan")  # every step non-finite: skipped; the 10th in a row ends the run
+    stack = SeedStack.build(mlp("identity"), [0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(Diverged):
+            train_small_classifier(stack, X, moons.y_train, tcfg(), moons.X_test, moons.y_test)
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)], [str(w.message) for w in caught]
 
 
 def test_construction_verdict_names_a_closest_kind_only_when_the_spreads_separate():

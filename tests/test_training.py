@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,7 @@ def test_cifar_from_local_files_without_network(tmp_path, name, fake_cifar):
 
 
 def test_missing_cifar_offline_is_one_clear_error(tmp_path):
-    with pytest.raises(ValueError, match=r"cifar10 not found under .*data.download=false"):
+    with pytest.raises(UserError, match=r"cifar10 not found under .*data.download=false"):
         load_image_data("cifar10", tmp_path, download=False)
 
 
@@ -130,6 +131,38 @@ def test_divergence_guard_writes_diverged_summary(tmp_path):
     # every step's loss is NaN: each is skipped, and the 10th skipped in a row ends the run
     assert saved["status"] == "diverged" and saved["steps"] == 10 and saved["skipped_steps"] == 10
     assert saved["divergence"]["last_finite_loss"] is None and saved["divergence"]["step"] == 10
+
+
+
+def test_a_huge_test_loss_with_a_healthy_training_loss_is_not_divergence(tmp_path, monkeypatch):
+    """The rule judges training losses only: a plain resnet56 (zero skips) on digits had a
+    test loss of 7.2e6 in eval mode after its first epoch, with a training loss of 2.32."""
+    real = training.evaluate
+
+    def exploded(*args, **kwargs):
+        return {**real(*args, **kwargs), "test_loss": 7.2e6}
+
+    monkeypatch.setattr(training, "evaluate", exploded)
+    data = load_image_data("digits")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    summary = training.train_classifier(model, data, TrainConfig(epochs=2, progress=False), tmp_path,
+                                        torch.device("cpu"))
+    assert summary["status"] == "completed" and summary["test_loss"] == 7.2e6
+
+
+def test_a_skipped_first_step_makes_no_scheduler_order_warning(tmp_path):
+    """A non-finite first step is skipped and the schedule moves on (on purpose): torch's
+    "lr_scheduler.step() before optimizer.step()" warning is not shown for it."""
+    data = load_image_data("digits")
+    data.x_train = data.x_train * float("nan")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(training.Diverged):
+            training.train_classifier(model, data, TrainConfig(epochs=1, progress=False), tmp_path,
+                                      torch.device("cpu"))
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)], [str(w.message) for w in caught]
+    assert json.loads((tmp_path / "summary.json").read_text())["skipped_steps"] == 10
 
 
 def test_every_config_composes():
@@ -163,7 +196,7 @@ def compose_ok(name):
 )
 def test_bad_overrides_raise_before_anything_is_saved(tmp_path, override, match):
     extra = ["model.skip_kind=learnable_orth"] if "method" in override else []
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(UserError, match=match):
         run_experiments.main.run(digits_cfg(override, *extra), tmp_path)
     assert not (tmp_path / "summary.json").exists() and not (tmp_path / "checkpoint.pt").exists()
 

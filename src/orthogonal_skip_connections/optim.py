@@ -35,12 +35,14 @@ everything. When a step is skipped (the loops skip ``opt.step()`` on non-finite
 gradients) both halves are skipped.
 
 Also here: the learning-rate schedule every loop uses (:func:`lr_factor`,
-:func:`lr_scheduler`), described by :class:`OptimConfig`.
+:func:`lr_scheduler`, a :class:`StepSchedule` that moves on over skipped steps), described by
+:class:`OptimConfig`.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -62,6 +64,7 @@ __all__ = [
     "build_optimizer",
     "lr_factor",
     "lr_scheduler",
+    "StepSchedule",
 ]
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
@@ -274,11 +277,12 @@ class OptimConfig:
             (self.name in OPTIMIZERS, f"unknown optimizer {self.name!r}; allowed: {', '.join(OPTIMIZERS)}"),
             (math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0; got {self.lr}"),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1); got {self.momentum}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0; got {self.weight_decay}"),
+            (0 <= self.weight_decay < math.inf, f"weight_decay must be a finite number >= 0; got {self.weight_decay}"),
             (self.retraction_momentum is None or 0 <= self.retraction_momentum < 1,
              f"retraction_momentum must be in [0, 1); got {self.retraction_momentum}"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}"),
-            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0; got {self.warmup_epochs}"),
+            (0 <= self.warmup_epochs < math.inf,
+             f"warmup_epochs must be a finite number >= 0; got {self.warmup_epochs}"),
             (0 < self.gamma <= 1, f"gamma must be in (0, 1]; got {self.gamma}"),
             (all(m >= 0 for m in self.milestones), f"milestones must be epochs >= 0; got {self.milestones}"),
         ]
@@ -316,6 +320,25 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: OptimConfig) ->
     return 1.0
 
 
-def lr_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, epochs: int):
-    """A ``LambdaLR`` stepped once per optimiser step with :func:`lr_factor`."""
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, steps_per_epoch, epochs, cfg))
+class StepSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """A ``LambdaLR`` that moves on over skipped optimiser steps.
+
+    The loops step the schedule once per step, the skipped ones included
+    (``sched.step(skipped=True)``). torch warns "Detected call of `lr_scheduler.step()`
+    before `optimizer.step()`" when the very first step was skipped; that order is
+    deliberate here, so that one warning is dropped for a step the loop says it skipped.
+    Every other warning, and that one for a step not said to be skipped (a loop that
+    forgot ``opt.step()``), is shown. Same state_dict as ``LambdaLR``."""
+
+    def step(self, epoch: int | None = None, skipped: bool = False) -> None:
+        if not skipped:
+            return super().step(epoch)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before "
+                                    r"`optimizer\.step\(\)`", category=UserWarning)
+            return super().step(epoch)
+
+
+def lr_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> StepSchedule:
+    """A :class:`StepSchedule` stepped once per optimiser step (skipped ones too) with :func:`lr_factor`."""
+    return StepSchedule(opt, lambda k: lr_factor(k, steps_per_epoch, epochs, cfg))

@@ -28,8 +28,17 @@ __all__ = [
 ]
 
 
-class UserError(ValueError):
-    """Bad input from the user: printed as one line, exit code 2, no traceback."""
+class UserError(Exception):
+    """Bad input from the user: printed as one line, exit code 2, no traceback.
+
+    Deliberately not a ValueError. A ValueError is a library function refusing its
+    arguments; code that passed it a user's value converts it where it knows which key the
+    value came from (``except (TypeError, ValueError) as err: raise UserError(...)``, in the
+    app's ``Config.check`` when the value can be checked there). Were UserError a
+    ValueError, such ``except`` clauses (and any "try, else fall back" on ValueError) would
+    also catch and rewrap or swallow user errors, and a library ValueError could be taken
+    for a user's mistake; the command line catches UserError only, so a library error
+    that no app converted is a traceback: a bug to fix, not a message to hide."""
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..maths.orthogonal import haar_orthogonal
 
-__all__ = ["DATASET_TYPES", "DEFAULT_NOISE", "SyntheticData", "make_synthetic"]
+__all__ = ["DATASET_TYPES", "DEFAULT_NOISE", "SyntheticData", "make_synthetic", "check_synthetic"]
 
 DATASET_TYPES = ("moons", "circles", "blobs", "classification", "parity")
 # noise when none is given: the original project's values for moons/circles, unit
@@ -141,12 +141,12 @@ def _check(dataset_type, n_samples, dim, num_classes, test_fraction, noise, sepa
         raise ValueError(f"test_fraction must be in (0, 1); got {test_fraction}")
     if not isinstance(n_samples, int) or not 1 <= math.ceil(test_fraction * n_samples) < n_samples:
         raise ValueError(f"n_samples={n_samples!r} is too small for test_fraction={test_fraction}")
-    if noise < 0:
-        raise ValueError(f"noise must be >= 0; got {noise}")
+    if not 0 <= noise < math.inf:
+        raise ValueError(f"noise must be a finite number >= 0; got {noise}")
     if dataset_type == "blobs" and noise == 0:
         raise ValueError("blobs need noise > 0: it is the cluster standard deviation")
-    if separation <= 0:
-        raise ValueError(f"separation must be > 0; got {separation}")
+    if not 0 < separation < math.inf:
+        raise ValueError(f"separation must be a finite number > 0; got {separation}")
     if not isinstance(clusters_per_class, int) or clusters_per_class < 1:
         raise ValueError(f"clusters_per_class must be an integer >= 1; got {clusters_per_class!r}")
     if dataset_type == "classification" and num_classes * clusters_per_class > 2**dim:
@@ -158,6 +158,28 @@ def _check(dataset_type, n_samples, dim, num_classes, test_fraction, noise, sepa
         raise ValueError(f"parity_bits must be in 1..dim={dim}; got {parity_bits}")
     if dataset_type == "circles" and not 0.0 < factor < 1.0:
         raise ValueError(f"circles factor (inner / outer radius) must be in (0, 1); got {factor}")
+
+
+def check_synthetic(
+    dataset_type: str,
+    n_samples: int = 1000,
+    dim: int = 2,
+    num_classes: int = 2,
+    test_fraction: float = 0.2,
+    noise: float | None = None,
+    separation: float = 3.0,
+    clusters_per_class: int = 1,
+    parity_bits: int | None = None,
+    factor: float = 0.5,
+    seed: int = 0,
+) -> float:
+    """The ValueError :func:`make_synthetic` would raise for these arguments, without making
+    any data (an app checks its config with it before anything runs). Returns the noise
+    used (``noise``, or the type's default)."""
+    noise = DEFAULT_NOISE.get(dataset_type, 0.0) if noise is None else float(noise)
+    _check(dataset_type, n_samples, dim, num_classes, test_fraction, noise, separation,
+           clusters_per_class, parity_bits, factor)
+    return noise
 
 
 def make_synthetic(
@@ -181,9 +203,8 @@ def make_synthetic(
     ``factor``: circles only, inner radius / outer radius. The split is stratified;
     the same arguments always give the same tensors.
     """
-    noise = DEFAULT_NOISE.get(dataset_type, 0.0) if noise is None else float(noise)
-    _check(dataset_type, n_samples, dim, num_classes, test_fraction, noise, separation,
-           clusters_per_class, parity_bits, factor)
+    noise = check_synthetic(dataset_type, n_samples, dim, num_classes, test_fraction, noise, separation,
+                            clusters_per_class, parity_bits, factor)
     from sklearn import datasets
     from sklearn.model_selection import train_test_split
 

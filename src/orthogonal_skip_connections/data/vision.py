@@ -26,10 +26,13 @@ from torch import Tensor
 
 from ..runs import UserError
 
-__all__ = ["DATASETS", "ImageData", "TensorLoader", "load_image_data", "default_data_root", "epoch_generator",
-           "to_device"]
+__all__ = ["DATASETS", "IMAGE_SHAPES", "ImageData", "TensorLoader", "load_image_data", "default_data_root",
+           "epoch_generator", "to_device"]
 
 DATASETS = ("cifar10", "cifar100", "digits")
+# (channels, height, width) of each dataset's images, known before anything is loaded
+# (a config can be checked against it); the loaders return exactly these shapes
+IMAGE_SHAPES = {"cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "digits": (1, 8, 8)}
 DATA_ROOT_ENV = "OSC_DATA_ROOT"
 
 # per-channel mean / std of the training sets

@@ -35,7 +35,8 @@ from ..rundir import RunDir, column
 from ..runs import UserError, progress_bar, resolve_device
 from ..train.classifier import Diverged
 from ..train.small import train_small_classifier
-from ._app import App, SkipOptions, SmallTraining, choice, ints_at_least, require, residual_mlp_factory, skip_kinds
+from ._app import (App, SkipOptions, SmallTraining, check_synthetic_data, choice, ints_at_least, require,
+                   residual_mlp_factory, skip_kinds)
 
 DATASETS = ("blobs", "classification", "parity", "moons", "circles")
 FIT_ON = ("test", "train")
@@ -72,24 +73,30 @@ class Config(SmallTraining):
         require(self.seeds >= 1, "seeds", "an integer >= 1", self.seeds)
         require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
         require(self.hidden_mult > 0, "hidden_mult", "a number > 0", self.hidden_mult)
+        # what the library would refuse at run time, refused here (before Hydra makes a run dir)
+        resolve_device(self.device)
+        for d in self.dims:
+            for k in self.num_classes:
+                check_synthetic_data(f"{self.dataset_type} with d={d}, num_classes={k}", self.dataset_type,
+                                     **self.data_args(d, k))
+                for kind in self.skip_kinds:  # the model options (one small model per grid point: cheap)
+                    residual_mlp_factory(self, d, self.n_blocks[0], k, kind)
+
+    def data_args(self, d: int, k: int) -> dict:
+        """make_synthetic's arguments but the type, for d dimensions and k classes."""
+        return dict(n_samples=self.n_samples, dim=d, num_classes=k, test_fraction=self.test_fraction,
+                    noise=self.noise, separation=self.separation, clusters_per_class=self.clusters_per_class,
+                    seed=self.seed)
 
 
 def prepare(cfg: Config) -> dict:
-    """Every dataset built and every model option tried, before anything is written."""
+    """Every dataset built, before anything is written (the options were checked by ``Config.check``)."""
     c = {"kinds": cfg.skip_kinds, "dims": cfg.dims, "classes": cfg.num_classes, "depths": cfg.n_blocks,
          "seeds": list(range(cfg.seed, cfg.seed + cfg.seeds)), "train": cfg.train_config(),
          "device": resolve_device(cfg.device), "data": {}}
     for d in c["dims"]:
         for k in c["classes"]:
-            try:
-                c["data"][(d, k)] = make_synthetic(
-                    cfg.dataset_type, n_samples=cfg.n_samples, dim=d, num_classes=k, test_fraction=cfg.test_fraction,
-                    noise=cfg.noise, separation=cfg.separation, clusters_per_class=cfg.clusters_per_class,
-                    seed=cfg.seed)
-            except (TypeError, ValueError) as err:
-                raise UserError(f"{cfg.dataset_type} with d={d}, num_classes={k}: {err}") from None
-            for kind in c["kinds"]:  # checks the model options (once per grid point: cheap)
-                residual_mlp_factory(cfg, d, c["depths"][0], k, kind)
+            c["data"][(d, k)] = make_synthetic(cfg.dataset_type, **cfg.data_args(d, k))
     c["factory"] = lambda d, m, k, kind: residual_mlp_factory(cfg, d, m, k, kind)
     return c
 

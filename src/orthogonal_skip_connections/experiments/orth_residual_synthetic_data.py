@@ -29,7 +29,7 @@ from ..rundir import RunDir, column
 from ..runs import UserError, progress_bar, resolve_device
 from ..train.classifier import Diverged
 from ..train.small import train_small_classifier
-from ._app import App, SkipOptions, SmallTraining, choice, require, residual_mlp_factory, skip_kinds
+from ._app import App, SkipOptions, SmallTraining, check_synthetic_data, choice, require, residual_mlp_factory, skip_kinds
 
 DATASETS = ("moons", "circles", "blobs", "classification")
 
@@ -60,18 +60,24 @@ class Config(SmallTraining):
         require(self.grid_lines >= 2, "grid_lines", "an integer >= 2", self.grid_lines)
         require(self.region_grid >= 2, "region_grid", "an integer >= 2", self.region_grid)
         require(self.hidden_mult > 0, "hidden_mult", "a number > 0", self.hidden_mult)
+        # what the library would refuse at run time, refused here (before Hydra makes a run dir)
+        resolve_device(self.device)
+        check_synthetic_data(f"dataset_type={self.dataset_type}", self.dataset_type, **self.data_args())
+        for kind in self.skip_kinds:
+            residual_mlp_factory(self, 2, self.n_blocks, self.num_classes, kind)
+
+    def data_args(self) -> dict:
+        """make_synthetic's arguments but the type: 2-D data."""
+        return dict(n_samples=self.n_samples, dim=2, num_classes=self.num_classes, test_fraction=self.test_fraction,
+                    noise=self.noise, seed=self.seed)
 
 
 def prepare(cfg: Config) -> dict:
     """The data, the model factories and the training config, built before anything is
-    written (a dataset or model option the library refuses is one line)."""
+    written (the options were checked by ``Config.check``)."""
     c = {"kinds": cfg.skip_kinds, "n_blocks": cfg.n_blocks, "seed": cfg.seed, "grid_lines": cfg.grid_lines,
          "region_grid": cfg.region_grid, "train": cfg.train_config(), "device": resolve_device(cfg.device)}
-    try:
-        c["data"] = make_synthetic(cfg.dataset_type, n_samples=cfg.n_samples, dim=2, num_classes=cfg.num_classes,
-                                   test_fraction=cfg.test_fraction, noise=cfg.noise, seed=cfg.seed)
-    except (TypeError, ValueError) as err:
-        raise UserError(f"dataset_type={cfg.dataset_type}: {err}") from None
+    c["data"] = make_synthetic(cfg.dataset_type, **cfg.data_args())
     c["factories"] = {k: residual_mlp_factory(cfg, 2, c["n_blocks"], c["data"].num_classes, k) for k in c["kinds"]}
     return c
 

@@ -36,7 +36,8 @@ from ..rundir import RunDir, column
 from ..runs import UserError, progress_bar, resolve_device
 from ..train.classifier import Diverged
 from ..train.small import steps_per_epoch, train_small_classifier
-from ._app import App, SkipOptions, SmallTraining, ints_at_least, number, one_of, require, residual_mlp_factory
+from ._app import (App, SkipOptions, SmallTraining, check_synthetic_data, ints_at_least, number, one_of, require,
+                   residual_mlp_factory)
 
 DATASETS = ("blobs", "parity")
 MATRIX_KINDS = ("learnable_orth", "fixed_orth", "linear", "random", "scalar", "idempotent")
@@ -99,37 +100,38 @@ class Config(SmallTraining):
         require(self.pca_grid >= 2, "pca_grid", "an integer >= 2", self.pca_grid)
         number("slope_fraction", self.slope_fraction, 0)
         require(self.hidden_mult > 0, "hidden_mult", "a number > 0", self.hidden_mult)
+        # what the library would refuse at run time, refused here (before Hydra makes a run dir)
+        resolve_device(self.device)
+        for dataset in self.datasets:
+            for d in self.dims:
+                args = data_args(self, dataset, d)
+                check_synthetic_data(f"{dataset} (d={d})", dataset, **args)
+                residual_mlp_factory(self, d, self.n_blocks[0], args["num_classes"], self.skip.kind)
+
+
+def data_args(cfg: Config, dataset: str, dim: int) -> dict:
+    """make_synthetic's arguments but the type, for ``dataset`` in ``dim`` dimensions."""
+    common = dict(n_samples=cfg.n_samples, dim=dim, test_fraction=cfg.test_fraction, seed=cfg.seed)
+    if dataset == "blobs":
+        b = cfg.blobs
+        return dict(num_classes=b.num_classes, clusters_per_class=b.clusters_per_class, separation=b.separation,
+                    noise=b.noise, **common)
+    p = cfg.parity
+    return dict(num_classes=p.num_classes, parity_bits=min(p.bits, dim), noise=p.noise, **common)
 
 
 def prepare(cfg: Config) -> dict:
     """The data of every (dataset, d), the model factory and the training config, built
-    before anything is written."""
+    before anything is written (the options were checked by ``Config.check``)."""
     c = {
         "datasets": cfg.datasets, "dims": cfg.dims, "depths": cfg.n_blocks,
         "seeds": list(range(cfg.seed, cfg.seed + cfg.seeds)), "log_points": cfg.log_points,
         "lipschitz_points": cfg.lipschitz_points, "pca_grid": cfg.pca_grid, "slope_fraction": cfg.slope_fraction,
         "train": cfg.train_config(), "device": resolve_device(cfg.device),
     }
-    c["data"] = {(ds, d): make_data(cfg, ds, d) for ds in c["datasets"] for d in c["dims"]}
+    c["data"] = {(ds, d): make_synthetic(ds, **data_args(cfg, ds, d)) for ds in c["datasets"] for d in c["dims"]}
     c["factory"] = lambda d, m, k: residual_mlp_factory(cfg, d, m, k, cfg.skip.kind)
-    for (ds, d), data in c["data"].items():
-        c["factory"](d, c["depths"][0], data.num_classes)  # checks the model options once
     return c
-
-
-def make_data(cfg: Config, dataset: str, dim: int):
-    common = dict(n_samples=cfg.n_samples, dim=dim, test_fraction=cfg.test_fraction, seed=cfg.seed)
-    try:
-        if dataset == "blobs":
-            b = cfg.blobs
-            return make_synthetic("blobs", num_classes=b.num_classes, clusters_per_class=b.clusters_per_class,
-                                  separation=b.separation, noise=b.noise, **common)
-        p = cfg.parity
-        return make_synthetic("parity", num_classes=p.num_classes, parity_bits=min(p.bits, dim), noise=p.noise, **common)
-    except UserError:
-        raise
-    except (TypeError, ValueError) as err:
-        raise UserError(f"{dataset} (d={dim}): {err}") from None
 
 
 def run_one(c: dict, dataset: str, dim: int, depth: int) -> tuple[dict, dict, SeedStack]:

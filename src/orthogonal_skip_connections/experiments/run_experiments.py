@@ -30,8 +30,8 @@ from ..models.vit import POOLS
 from ..skips import DEFAULT_METHOD, ORTHOGONAL_METHODS, RESIDUAL_MODES, STREAM_NORMS, resolve_stream_norm, skip
 from ..train import distributed
 from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_classifier
-from ..train.image import ClassifierSpec, build_classifier
-from ._app import App, choice, require
+from ..train.image import ClassifierSpec, build_classifier, check_classifier
+from ._app import App, choice, number, require
 
 WANDB_MODES = ("disabled", "offline", "online")
 CHECKPOINT_MODES = ("last", "none")
@@ -188,7 +188,10 @@ class Config:
             self.train_config().validate()
         except UserError as err:  # name the key as the user wrote it
             msg = str(err)
-            for short, full in (("lr ", "optimizer.lr "), ("epochs ", "scheduler.epochs ")):
+            for short, full in (("lr ", "optimizer.lr "), ("epochs ", "scheduler.epochs "),
+                                ("weight_decay ", "optimizer.weight_decay "), ("momentum ", "optimizer.momentum "),
+                                ("warmup_epochs ", "scheduler.warmup_epochs "), ("gamma ", "scheduler.gamma "),
+                                ("milestones ", "scheduler.milestones ")):
                 msg = msg.replace(short, full, 1) if msg.startswith(short) else msg
             raise UserError(msg) from None
         choice("dataset", self.dataset.name, DATASETS)
@@ -196,7 +199,7 @@ class Config:
         m = self.model
         choice("model.residual_mode", m.residual_mode, RESIDUAL_MODES)
         choice("model.orthogonal_method", m.orthogonal_method, ORTHOGONAL_METHODS)
-        require(m.residual_eps >= 0, "model.residual_eps", "a number >= 0", m.residual_eps)
+        number("model.residual_eps", m.residual_eps, 0)
         if m.stream_norm is not None:
             choice("model.stream_norm", m.stream_norm, STREAM_NORMS)
         for key in ("patch_size", "width", "depth", "heads"):
@@ -219,6 +222,10 @@ class Config:
             skip(self.model.skip_kind, **self.model.skip_options())
         except (TypeError, ValueError) as err:
             raise UserError(str(err)) from None
+        try:  # the model's shape on this dataset's images (a ViT's patches), before Hydra makes a run dir
+            check_classifier(self.spec())
+        except (TypeError, ValueError) as err:
+            raise UserError(f"model: {err}") from None
         resolve_device(self.device)
 
     def spec(self) -> ClassifierSpec:

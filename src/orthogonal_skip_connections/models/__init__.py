@@ -6,13 +6,13 @@ from torch import nn
 
 from .mlp import ResidualMLP, ResidualMLPBlock
 from .resnet import RESNETS, BasicBlock, Bottleneck, PreActBlock, PreActBottleneck, ResNet, resnet
-from .vit import VIT_SIZES, ViT, vit
+from .vit import VIT_SIZES, ViT, check_vit, vit
 
 MODEL_TYPES = RESNETS + tuple(VIT_SIZES)
 VIT_ONLY_OPTIONS = ("patch_size", "width", "depth", "heads", "mlp_ratio", "pool", "stream_norm")
 RESNET_ONLY_OPTIONS = ("stem", "zero_init_residual")
 
-__all__ = ["MODEL_TYPES", "VIT_SIZES", "get_model", "check_model_options", "ResNet", "BasicBlock", "Bottleneck", "PreActBlock", "PreActBottleneck",
+__all__ = ["MODEL_TYPES", "VIT_SIZES", "get_model", "check_model_options", "check_vit", "ResNet", "BasicBlock", "Bottleneck", "PreActBlock", "PreActBottleneck",
            "ViT", "ResidualMLP", "ResidualMLPBlock"]
 
 

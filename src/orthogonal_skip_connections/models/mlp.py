@@ -11,6 +11,7 @@ keeps that reading of a block.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Callable
 
@@ -71,6 +72,8 @@ class ResidualMLP(nn.Module):
         residual_layer()  # checks the mode, method and eps before anything is built
         if dim < 1 or depth < 0:
             raise ValueError(f"need dim >= 1 and depth >= 0; got dim={dim}, depth={depth}")
+        if isinstance(hidden_mult, bool) or not isinstance(hidden_mult, (int, float)) or not 0 < hidden_mult < math.inf:
+            raise ValueError(f"hidden_mult must be a finite number > 0; got {hidden_mult!r}")
         hidden = max(1, round(hidden_mult * dim))
         in_features = dim if in_features is None else in_features
         self.embed = nn.Identity() if in_features == dim else nn.Linear(in_features, dim)

@@ -30,6 +30,8 @@ depth 12, 3 heads) and ``vit_small`` (384, 12, 6), MLP ratio 4.
 
 from __future__ import annotations
 
+import inspect
+import math
 from functools import partial
 from typing import Callable
 
@@ -40,7 +42,7 @@ from torch import Tensor, nn
 from ..skips import SkipFactory, skip_layer_from
 from ..skips.residual import DEFAULT_EPS, Residual, StreamNorm, resolve_stream_norm
 
-__all__ = ["VIT_SIZES", "ViT", "Attention", "Mlp", "PreNormResidual", "vit"]
+__all__ = ["VIT_SIZES", "ViT", "Attention", "Mlp", "PreNormResidual", "vit", "check_vit"]
 
 VIT_SIZES = {
     "vit_tiny": {"width": 192, "depth": 12, "heads": 3},
@@ -127,20 +129,7 @@ class ViT(nn.Module):
         residual_layer = partial(Residual, residual_mode, orthogonal_method, residual_eps)
         residual_layer()  # checks the mode, method and eps before anything is built
         self.stream_norm = resolve_stream_norm(stream_norm, residual_mode)
-        for name, value in [("num_classes", num_classes), ("image_size", image_size), ("patch_size", patch_size),
-                            ("in_channels", in_channels), ("width", width), ("heads", heads)]:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
-            raise ValueError(f"depth must be an int >= 0; got {depth!r}")
-        if image_size % patch_size:
-            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
-        if width % heads:
-            raise ValueError(f"width {width} is not a multiple of heads {heads}")
-        if not mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be > 0; got {mlp_ratio!r}")
-        if pool not in POOLS:
-            raise ValueError(f"unknown pool {pool!r}; allowed: {', '.join(POOLS)}")
+        _check_shape(num_classes, image_size, patch_size, in_channels, width, depth, heads, mlp_ratio, pool)
         self.image_size, self.patch_size, self.pool = image_size, patch_size, pool
         num_patches = (image_size // patch_size) ** 2
         self.patch_embed = nn.Conv2d(in_channels, width, patch_size, patch_size)  # one Linear per patch
@@ -179,6 +168,38 @@ class ViT(nn.Module):
         x = self.norm(self.tokens(x))
         x = x[:, 0] if self.cls_token is not None else x.mean(dim=1)  # (N, width)
         return self.head(x)
+
+
+def _check_shape(num_classes, image_size, patch_size, in_channels, width, depth, heads, mlp_ratio, pool) -> None:
+    for name, value in [("num_classes", num_classes), ("image_size", image_size), ("patch_size", patch_size),
+                        ("in_channels", in_channels), ("width", width), ("heads", heads)]:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int; got {value!r}")
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+        raise ValueError(f"depth must be an int >= 0; got {depth!r}")
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+    if width % heads:
+        raise ValueError(f"width {width} is not a multiple of heads {heads}")
+    if not 0 < mlp_ratio < math.inf:
+        raise ValueError(f"mlp_ratio must be a finite number > 0; got {mlp_ratio!r}")
+    if pool not in POOLS:
+        raise ValueError(f"unknown pool {pool!r}; allowed: {', '.join(POOLS)}")
+
+
+_SHAPE_KEYS = ("image_size", "patch_size", "in_channels", "width", "depth", "heads", "mlp_ratio", "pool")
+
+
+def check_vit(model_type: str, num_classes: int = 10, **options) -> None:
+    """The ValueError ``vit(model_type, num_classes, **options)`` raises for its shape (image
+    side and patch, width and heads, depth, mlp_ratio, pool), without building it: an app
+    checks its config with it before anything runs. Options that are not about the shape
+    (skips, residual mode) are not looked at here."""
+    if model_type not in VIT_SIZES:
+        raise ValueError(f"unknown model_type {model_type!r}; allowed: {', '.join(VIT_SIZES)}")
+    defaults = {k: p.default for k, p in inspect.signature(ViT).parameters.items() if k in _SHAPE_KEYS}
+    shape = {**defaults, **VIT_SIZES[model_type], **{k: v for k, v in options.items() if k in _SHAPE_KEYS}}
+    _check_shape(num_classes, **shape)
 
 
 def vit(model_type: str, num_classes: int, skip_kind: str | None = None, **options) -> ViT:

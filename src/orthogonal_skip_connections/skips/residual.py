@@ -101,6 +101,8 @@ The stream's scale under ``rotation`` (``stream_norm``)
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -120,8 +122,8 @@ def check_residual_mode(mode: str, method: str = "channel", eps: float = DEFAULT
         raise ValueError(f"unknown residual_mode {mode!r}; allowed: {', '.join(RESIDUAL_MODES)}")
     if method not in ORTHOGONAL_METHODS:
         raise ValueError(f"unknown orthogonal_method {method!r}; allowed: {', '.join(ORTHOGONAL_METHODS)}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-        raise ValueError(f"residual eps must be a number >= 0; got {eps!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < math.inf:
+        raise ValueError(f"residual eps must be a finite number >= 0; got {eps!r}")
 
 
 def _group_dims(x: Tensor, method: str) -> tuple[int, ...]:

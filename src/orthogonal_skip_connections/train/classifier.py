@@ -93,7 +93,7 @@ class TrainConfig:
             (self.epochs >= 1, f"epochs must be >= 1; got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1; got {self.batch_size}"),
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1); got {self.label_smoothing}"),
-            (self.mixup_alpha >= 0, f"mixup_alpha must be >= 0; got {self.mixup_alpha}"),
+            (0 <= self.mixup_alpha < math.inf, f"mixup_alpha must be a finite number >= 0; got {self.mixup_alpha}"),
             (self.grad_clip >= 0, f"grad_clip must be >= 0; got {self.grad_clip}"),
             (self.amp in ("auto", "bf16", "off"), f"unknown amp {self.amp!r}; allowed: auto, bf16, off"),
             (self.eval_every >= 1, f"eval_every must be >= 1; got {self.eval_every}"),
@@ -295,7 +295,7 @@ def train_classifier(
                     opt.step()  # retracted skips included
                 else:  # skip the update (retraction included), keep the schedule moving
                     opt.zero_grad(set_to_none=True)
-                sched.step()
+                sched.step(skipped=not finite)
                 state["step"] += 1
                 guard.step(state["step"], loss_value, finite)  # raises Diverged after too many skipped
                 state["skipped_steps"] = guard.skipped_steps
@@ -319,9 +319,8 @@ def train_classifier(
                          train_acc=100.0 * correct / seen if seen else float("nan"))
             log({"type": "train", "epoch": epoch + 1, "step": state["step"], "lr": opt.param_groups[0]["lr"],
                  "train_loss": state["train_loss"], "train_acc": state["train_acc"], "epoch_time_s": epoch_time})
-            ev_now = None
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                ev = ev_now = evaluate(model, test_loader, cfg.amp)
+                ev = evaluate(model, test_loader, cfg.amp)
                 skips = skip_diagnostics(model)
                 state["last_eval"] = ev
                 best = state["best_test_acc"]
@@ -330,7 +329,7 @@ def train_classifier(
                      **summarize_skips(skips), "skips": skips})
                 if show:
                     epochs_bar.set_postfix(test_acc=f"{ev['test_acc']:.2f}")
-            guard.check(state["step"], {"train loss": state["train_loss"], "test loss": ev_now and ev_now["test_loss"]})
+            guard.check(state["step"], {"train loss": state["train_loss"]})  # test losses are not judged
             state["guard"] = guard.state()
             if save_checkpoint and main:
                 atomic_torch_save(

@@ -23,13 +23,13 @@ import torch
 import yaml
 from torch import nn
 
-from ..data.vision import ImageData, load_image_data
-from ..models import VIT_SIZES, get_model
+from ..data.vision import IMAGE_SHAPES, ImageData, load_image_data
+from ..models import VIT_SIZES, check_model_options, check_vit, get_model
 from ..runs import UserError
 from .classifier import CHECKPOINT, load_checkpoint
 
-__all__ = ["ClassifierSpec", "build_classifier", "subset_train", "TrainedRun", "load_run", "file_sha256",
-           "run_variant"]
+__all__ = ["ClassifierSpec", "build_classifier", "check_classifier", "model_options", "subset_train", "TrainedRun",
+           "load_run", "file_sha256", "run_variant"]
 
 CONFIG = "config.yaml"
 
@@ -81,17 +81,38 @@ def build_classifier(spec: ClassifierSpec, seed: int) -> tuple[nn.Module, ImageD
     model option is one line (UserError)."""
     torch.manual_seed(seed)
     data = subset_train(load_image_data(spec.dataset, spec.data_root, spec.download, spec.augment), spec.n_train)
-    options = {k: v for k, v in spec.model_options.items() if v is not None}
-    if spec.model_type in VIT_SIZES:  # a ViT's size comes from the data; a config.yaml's ResNet defaults do not apply
-        options = {k: v for k, v in options.items() if (k, v) not in (("stem", "cifar"), ("zero_init_residual", False))}
-        options.setdefault("image_size", data.image_size)
-        options.setdefault("patch_size", 2 if data.image_size <= 16 else 4)  # 8x8 digits: 16 tokens; 32x32: 64
+    options = model_options(spec, data.image_size)
     try:
         model = get_model(spec.model_type, data.num_classes, spec.skip_kind, in_channels=data.in_channels,
                           **options)
     except (TypeError, ValueError) as err:
         raise UserError(str(err)) from None
     return model, data
+
+
+def model_options(spec: ClassifierSpec, image_size: int) -> dict:
+    """The options :func:`build_classifier` hands to ``get_model`` for images of side
+    ``image_size`` (None values dropped: the defaults)."""
+    options = {k: v for k, v in spec.model_options.items() if v is not None}
+    if spec.model_type in VIT_SIZES:  # a ViT's size comes from the data; a config.yaml's ResNet defaults do not apply
+        options = {k: v for k, v in options.items() if (k, v) not in (("stem", "cifar"), ("zero_init_residual", False))}
+        options.setdefault("image_size", image_size)
+        options.setdefault("patch_size", 2 if image_size <= 16 else 4)  # 8x8 digits: 16 tokens; 32x32: 64
+    return options
+
+
+def check_classifier(spec: ClassifierSpec) -> None:
+    """The ValueError :func:`build_classifier` would meet in the model's shape for this
+    dataset (a ViT's patches and heads; the other family's options), found from the
+    dataset's known image shape without loading data or building the model."""
+    channels, side, _ = IMAGE_SHAPES[spec.dataset]
+    options = model_options(spec, side)
+    check_model_options(spec.model_type, options)
+    if spec.model_type in VIT_SIZES:
+        try:
+            check_vit(spec.model_type, in_channels=channels, **options)
+        except ValueError as err:
+            raise ValueError(f"{err} ({spec.dataset} images are {side}x{side})") from None
 
 
 def file_sha256(path: Path) -> str:

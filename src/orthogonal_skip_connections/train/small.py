@@ -189,7 +189,7 @@ def train_small_classifier(
                     epoch_steps += 1
                 else:  # skipped for every seed; the schedule moves on
                     opt.zero_grad(set_to_none=True)
-                sched.step()
+                sched.step(skipped=not finite)
                 step += 1
                 guard.step(step, losses.detach(), finite)  # raises Diverged after too many skipped
                 if log_every and step % log_every == 0 and step != total_steps:

@@ -334,9 +334,8 @@ def train(
 
     def check(step: int) -> None:
         losses = {}
-        for r in runs:
+        for r in runs:  # training losses only: the rule judges the optimisation, not generalisation
             losses[f"{r.arch.name} training loss"] = r.log["train_loss"][-1]
-            losses[f"{r.arch.name} test loss"] = r.log["test_loss"][-1]
         guard.check(step, losses)
         guard.last_finite_loss = max(float(np.max(v)) for v in losses.values())
         guard.last_finite_step = step

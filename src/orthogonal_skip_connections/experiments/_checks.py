@@ -1,0 +1,46 @@
+"""One-line checks of config values, for the apps' ``Config.check()``: each raises a
+:class:`~orthogonal_skip_connections.runs.UserError` naming the key, what is allowed and
+what was given. No Hydra, no omegaconf, no torch."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..runs import UserError
+
+__all__ = ["require", "choice", "one_of", "ints_at_least", "number"]
+
+
+def require(ok: bool, key: str, allowed: str, value: Any) -> None:
+    """Raise ``UserError("<key> must be <allowed>; got <value>")`` unless ``ok``."""
+    if not ok:
+        raise UserError(f"{key} must be {allowed}; got {value!r}")
+
+
+def choice(key: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise UserError(f"unknown {key} {value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
+def one_of(key: str, values: list, allowed, low_count: int = 1) -> list:
+    """A non-empty list of allowed values, in order, duplicates dropped."""
+    require(len(values) >= low_count and all(v in allowed for v in values), key,
+            f"a non-empty list of: {', '.join(map(str, allowed))}", values)
+    return list(dict.fromkeys(values))
+
+
+def ints_at_least(key: str, values: list, low: int) -> list[int]:
+    """A non-empty list of integers >= low, sorted, duplicates dropped."""
+    require(len(values) > 0, key, f"a non-empty list of integers >= {low}", values)
+    for v in values:
+        if v < low:
+            raise UserError(f"every entry of {key} must be an integer >= {low}; got {v!r}")
+    return sorted(set(values))
+
+
+def number(key: str, value: float, low: float = -math.inf, strict: bool = False, high: float = math.inf) -> None:
+    ok = math.isfinite(value) and (value > low if strict else value >= low) and value <= high
+    bound = " and ".join(b for b in [
+        "" if low == -math.inf else f"{'>' if strict else '>='} {low}", "" if high == math.inf else f"<= {high}"] if b)
+    require(ok, key, f"a number {bound}".strip(), value)

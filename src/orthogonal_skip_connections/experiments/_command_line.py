@@ -1,0 +1,249 @@
+"""An app on the command line: the Hydra glue around :meth:`App.run <._app.App.run>`.
+
+Before Hydra runs, the config is composed and checked (:meth:`CommandLine.precheck`), so a
+mistyped or unknown key, a wrong type or a value out of range is one line on stderr and exit
+code 2 with nothing written, and an explicit ``hydra.run.dir`` is claimed (locked) so that a
+second writer is refused before Hydra writes into it. Only here does a
+:class:`~orthogonal_skip_connections.runs.UserError` become exit code 2 and a diverged
+training (the rule of :mod:`~orthogonal_skip_connections.train.divergence`) exit code 1;
+any other exception (a library bug) propagates as a traceback.
+
+Refused calls leave nothing behind: a run dir this call made is removed, and the ``.hydra/``
+files and job log Hydra rewrote in an existing run dir are put back as they were
+(:meth:`CommandLine.undo`).
+
+Sweeps (``-m``): every job's config is checked before the first job runs (a bad value is
+one line, exit 2, nothing run). A job that then fails (a user error found at run time, a
+diverged training, a library error) is recorded in its run dir (summary.json with
+``status: failed`` and ``reason``, or ``status: diverged``; a library error's traceback in
+error.txt), one line is printed, and the sweep goes on; its exit code is the worst of its
+jobs' (2 > 1 > 0). Jobs may run in other processes (Hydra's joblib or submitit launchers):
+they append their codes to a file named by :data:`CODES_ENV`.
+
+Under ``torchrun`` (apps built with ``torchrun=True``) rank 0 resolves and claims the run
+dir and every rank runs in it (:meth:`CommandLine.join_ranks`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..rundir import RunDir, check_dir_writable
+from ..runs import UserError
+from ..train import distributed
+from ..train.divergence import Diverged
+from ._compose import CONFIG_DIR, compose, compose_raw, one_line, typed
+from ._help import help_text
+from ._leftovers import has_results, hydra_files, outermost_new, undo
+
+__all__ = ["CommandLine", "CODES_ENV"]
+
+CODES_ENV = "OSC_SWEEP_CODES"
+
+
+class CommandLine:
+    """One command-line call of ``app`` (an :class:`~._app.App`): the run dirs it claimed
+    before Hydra ran, and what an explicit ``hydra.run.dir`` held before."""
+
+    def __init__(self, app):
+        self.app = app
+        self.claims: list[RunDir] = []  # held (locked) until the call ends
+        self.explicit = None  # (hydra.run.dir, existed, Hydra's files in it, outermost dir this call makes)
+        self.default_top = None  # the outermost dir above the default run dir that this call would make
+
+    def main(self, argv: list[str]) -> int:
+        """The exit code of ``osc <app> *argv``: 0; 2 for a user's mistake; 1 for a diverged
+        training (a sweep: its worst job's)."""
+        if any(a in ("-h", "--help") for a in argv):
+            print(help_text(self.app.name))
+            return 0
+        codes: list[int] = []
+        # a sweep's failed jobs write their exit codes here: they may run in other processes
+        # (Hydra's joblib or submitit launchers), which inherit the environment
+        fd, codes_file = tempfile.mkstemp(prefix="osc-sweep-", suffix=".codes")
+        os.close(fd)
+        saved_env = os.environ.get(CODES_ENV)
+        os.environ[CODES_ENV] = codes_file
+        try:
+            try:
+                if distributed.launched_by_torchrun():
+                    argv = self.join_ranks(argv)
+                self.precheck(argv)
+            except UserError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            return self.hydra(argv, codes)
+        finally:
+            if distributed.launched_by_torchrun():
+                distributed.leave()
+            for rd in self.claims:
+                rd.release()
+            self.claims = []
+            if saved_env is None:
+                os.environ.pop(CODES_ENV, None)
+            else:
+                os.environ[CODES_ENV] = saved_env
+            os.unlink(codes_file)
+
+    def precheck(self, argv: list[str]) -> None:
+        """Compose and check the config, and check an explicit hydra.run.dir, before Hydra
+        runs (which would print multi-line errors and create the run dir)."""
+        app = self.app
+        flags = [a for a in argv if a.startswith("-")]
+        overrides = [a for a in argv if not a.startswith("-")]
+        if any(f not in ("-m", "--multirun") for f in flags):
+            return  # --help, --cfg, --info...: Hydra's own business
+        jobs = [overrides]
+        if flags:  # multirun: check every combination of the sweep
+            from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            try:
+                parsed = OverridesParser.create().parse_overrides(overrides)
+            except Exception as err:
+                raise UserError(one_line(err, app.schema)) from None
+            jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+            for o in overrides:
+                if o.startswith("hydra.sweep.dir="):
+                    check_dir_writable(Path(o.split("=", 1)[1]), "hydra.sweep.dir")
+        explicit = [o for o in overrides if o.startswith("hydra.sweep.dir=" if flags else "hydra.run.dir=")]
+        if not explicit:  # the default dir's fixed part (before the first ${...}) must be writable
+            key = "hydra.sweep.dir" if flags else "hydra.run.dir"
+            try:
+                hc = compose_raw(app.name, jobs[0], hydra_config=True).hydra
+                pattern = str(OmegaConf.to_container(hc.sweep if flags else hc.run, resolve=False)["dir"])
+            except Exception:  # Hydra's own config: checked by Hydra
+                pattern = ""
+            if pattern:
+                fixed = Path(pattern.split("${")[0] or ".")
+                check_dir_writable(fixed, key, shown=f"{pattern} (the default)")
+                if not flags and not fixed.exists():
+                    self.default_top = outermost_new(fixed).absolute()
+        for job in jobs:
+            cfg = typed(app.schema, compose(app.name, job))
+            for o in job:
+                if o.startswith("hydra.run.dir=") and not flags and distributed.is_main():
+                    path = Path(o.split("=", 1)[1])
+                    self.explicit = (path, path.exists(), hydra_files(path), outermost_new(path))
+                    # held (locked) until the run ends: a second writer is refused before Hydra writes
+                    self.claims.append(RunDir.claim(path, resume=bool(getattr(cfg, "resume", False)),
+                                                    supports_resume=app.supports_resume, config=cfg))
+
+    def hydra(self, argv: list[str], codes: list[int]) -> int:
+        """Run the app under ``@hydra.main`` (one job, or a sweep's jobs)."""
+        import hydra
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        app = self.app
+        command = f"osc {app.name} {shlex.join(argv)}".strip()
+
+        @hydra.main(config_path=CONFIG_DIR, config_name=app.name, version_base=None)
+        def task(cfg: DictConfig) -> None:
+            hc = HydraConfig.get()
+            run_dir = Path(hc.runtime.output_dir)
+            if hc.mode == RunMode.MULTIRUN:  # a sweep's job: record a failure and go on
+                try:
+                    app.print_result(app.run(cfg, run_dir, command=command, record_failures=True), run_dir)
+                except UserError as err:
+                    print(f"error: job {hc.job.num} ({run_dir}): {err}", file=sys.stderr)
+                    write_code(2)
+                except Diverged as err:
+                    print(f"error: job {hc.job.num} ({run_dir}): training diverged: {err}", file=sys.stderr)
+                    write_code(1)
+                except Exception as err:
+                    print(f"error: job {hc.job.num} ({run_dir}) failed: {type(err).__name__}: {err}; traceback in "
+                          f"{run_dir / 'error.txt'}".splitlines()[0], file=sys.stderr)
+                    write_code(1)
+                return
+            fresh = self.explicit is None and not has_results(run_dir)
+            try:
+                summary = app.run(cfg, run_dir, command=command)
+                if distributed.is_main():  # under torchrun: rank 0 speaks for all
+                    app.print_result(summary, run_dir)
+            except UserError as err:
+                print(f"error: {err}", file=sys.stderr)
+                if distributed.is_main():
+                    self.undo(run_dir, fresh)
+                sys.exit(2)
+            except Diverged as err:
+                print(f"error: training diverged: {err}", file=sys.stderr)
+                sys.exit(1)
+
+        saved = sys.argv
+        named = job_name(app.name, argv)
+        sys.argv = [f"osc {app.name}", *argv, *named]  # Hydra parses sys.argv
+        try:
+            task()
+        except SystemExit as exit_:
+            return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        finally:
+            sys.argv = saved
+            codes += read_codes()
+        return max(codes, default=0)
+
+    def join_ranks(self, argv: list[str]) -> list[str]:
+        """Under torchrun: join the process group; rank 0 resolves and claims the run dir
+        and every rank runs in it, the others with Hydra's own files and logs turned off.
+        Returns the overrides to run with; a mistake is the same UserError on every rank."""
+        app = self.app
+        if not app.torchrun:
+            raise UserError(f"{app.name} does not run under torchrun; start it without torchrun")
+        if any(a in ("-m", "--multirun") for a in argv):
+            raise UserError("torchrun runs one job; start one torchrun per job of a sweep")
+        distributed.init_from_env()
+        run_dir, error = None, None
+        if distributed.is_main():
+            try:
+                from hydra.core.utils import setup_globals
+
+                setup_globals()  # the ${now:...} resolver
+                cfg = typed(app.schema, compose(app.name, argv))
+                hydra_cfg = compose_raw(app.name, [*argv, *job_name(app.name, argv)], hydra_config=True)
+                run_dir = str(Path(OmegaConf.select(hydra_cfg, "hydra.run.dir")).absolute())
+                RunDir.claim(run_dir, resume=bool(getattr(cfg, "resume", False)),
+                             supports_resume=app.supports_resume, config=cfg).release()  # a check only
+            except UserError as err:
+                error = str(err)
+            except Exception as err:  # Hydra's composition errors
+                error = one_line(err, app.schema)
+        run_dir, error = distributed.broadcast_object((run_dir, error))
+        if error is not None:
+            raise UserError(error)
+        quoted = run_dir if re.fullmatch(r"[\w/.+-]+", run_dir) else \
+            "'" + run_dir.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        argv = [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={quoted}"]
+        if not distributed.is_main():
+            argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+        return argv
+
+    def undo(self, run_dir: Path, fresh: bool) -> None:
+        """After a refusal inside Hydra: leave nothing behind (:func:`._leftovers.undo`)."""
+        undo(run_dir, fresh, self.explicit, self.default_top)
+
+
+def job_name(app_name: str, argv: list[str]) -> list[str]:
+    return [] if any(a.startswith("hydra.job.name=") for a in argv) else [f"hydra.job.name={app_name}"]
+
+
+def write_code(code: int) -> None:
+    """Append a failed sweep job's exit code to the file the sweep's parent reads."""
+    path = os.environ.get(CODES_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{code}\n")
+
+
+def read_codes() -> list[int]:
+    path = os.environ.get(CODES_ENV)
+    try:
+        return [int(line) for line in Path(path).read_text().split()] if path else []
+    except (OSError, ValueError):
+        return []

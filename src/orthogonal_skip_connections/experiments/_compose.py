@@ -1,0 +1,167 @@
+"""Composing an app's config: its YAML in ``config/`` over its dataclass schema (registered
+with Hydra's ConfigStore as ``<app>_schema``), inside a running Hydra app or outside one,
+and reading it back as a checked dataclass instance (:func:`typed`).
+
+Every mistake is one line (:class:`~orthogonal_skip_connections.runs.UserError`): Hydra's
+and omegaconf's multi-line composition errors are cut down to the key, what it allows and
+what was given (:func:`one_line`); booleans are ``true`` or ``false`` only
+(:func:`strict_booleans`: omegaconf would read ``no`` or ``0``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+from ..runs import UserError
+from ._registry import load_app
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "config")
+
+__all__ = ["CONFIG_DIR", "compose", "typed", "register_schema", "compose_raw", "one_line", "schema_node", "kind_of",
+           "strict_booleans"]
+
+
+def register_schema(name: str, schema: type) -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=f"{name}_schema", node=schema)
+
+
+# --------------------------------------------------------------------------- the schema, read by key
+
+
+def schema_node(schema: type, path: list[str]):
+    """The type at dotted ``path`` under the dataclass ``schema`` (None if unknown)."""
+    node: Any = schema
+    skip = False
+    for part in path:
+        if skip:  # a key of a Dict[str, X]: any name, then X
+            skip = False
+            continue
+        if not dataclasses.is_dataclass(node):
+            return None
+        node = typing.get_type_hints(node).get(part)
+        if typing.get_origin(node) is dict:
+            node, skip = typing.get_args(node)[1], True
+    return None if skip else node
+
+
+def allowed_keys(schema: type, path: list[str]) -> list[str] | None:
+    node = schema_node(schema, path)
+    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else None
+
+
+def kind_of(tp) -> str:
+    """'an integer', 'a number', ... for a field type."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is typing.Union and len(args) == 1:
+        return kind_of(args[0]) + " or null"
+    if typing.get_origin(tp) is list:
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(args[0], "values")
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, "a mapping")
+
+
+# --------------------------------------------------------------------------- one line per mistake
+
+
+def one_line(err: BaseException, schema: type) -> str:
+    """One line from Hydra's or omegaconf's (multi-line) composition error."""
+    cause = err
+    while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        key = cause.full_key
+        if isinstance(cause, (ConfigKeyError, AttributeError)):
+            parts = key.split(".")
+            allowed = allowed_keys(schema, parts[:-1])
+            where = ".".join(parts[:-1])
+            return f"unknown key {key!r}" + (f"; allowed{' in ' + where if where else ''}: {', '.join(allowed)}"
+                                            if allowed else "")
+        if isinstance(cause, MissingMandatoryValue):
+            return f"{key} has no value; set it ({key}=...)"
+        msg = str(getattr(cause, "msg", cause)).splitlines()[0]
+        tp = schema_node(schema, re.sub(r"\[\d+\]", "", key).split("."))
+        if "[" in key and tp is not None:  # an entry of a list
+            tp, key = (typing.get_args(tp) or [None])[0], "every entry of " + re.sub(r"\[\d+\]", "", key)
+        got = re.search(r"[Vv]alue '(.*?)'", msg)
+        if tp is not None and got:
+            return f"{key} must be {kind_of(tp)}; got {got.group(1)!r}"
+        return f"{key}: {msg}"
+    options = getattr(err, "options", None)
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if options:
+        first = first.rstrip(".") + f"; allowed: {', '.join(options)}"
+    return first
+
+
+def strict_booleans(schema: type, overrides) -> None:
+    """A boolean key takes ``true`` or ``false`` only: omegaconf would read ``no``, ``off``,
+    ``0`` or ``y`` as booleans, which a user may not mean."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, parsed = OverridesParser.create(), []
+    for override in overrides:
+        try:
+            parsed += parser.parse_overrides([override])
+        except Exception as err:  # the grammar's message names no key: name the override
+            raise UserError(f"cannot parse the override {override!r}: {one_line(err, schema)}; see "
+                            f"https://hydra.cc/docs/advanced/override_grammar/basic/") from None
+    parsed = [o for o in parsed if not o.key_or_group.startswith("hydra.")]
+    for o in parsed:
+        key = o.key_or_group.lstrip("+~")
+        tp = schema_node(schema, key.split("."))
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if not (tp is bool or (typing.get_origin(tp) is typing.Union and args == [bool])) or o.is_delete():
+            continue
+        values = list(o.value().list) if o.is_sweep_override() and hasattr(o.value(), "list") else [o.value()]
+        for v in values:
+            if not isinstance(v, bool) and not (v is None and tp is not bool):
+                raise UserError(f"{key} must be true or false; got {v!r}")
+
+
+# --------------------------------------------------------------------------- composing
+
+
+def compose_raw(name: str, overrides: list[str], hydra_config: bool = False) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose(config_name=name, overrides=list(overrides), return_hydra_config=hydra_config)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return hydra_compose(config_name=name, overrides=list(overrides), return_hydra_config=hydra_config)
+
+
+def compose(name: str, overrides: list[str] = ()) -> DictConfig:
+    """App ``name``'s config (its YAML over its schema) with ``overrides``, inside a running
+    Hydra app or outside one; a mistake is a one-line :class:`UserError`."""
+    app = load_app(name)
+    strict_booleans(app.schema, overrides)
+    try:
+        return compose_raw(name, list(overrides))
+    except Exception as err:  # Hydra's composition errors: unknown key, wrong type, no such option
+        raise UserError(one_line(err, app.schema)) from None
+
+
+def typed(schema: type, cfg: Any):
+    """``cfg`` (a composed DictConfig, a plain dict or an instance) as a checked ``schema``
+    instance: unknown keys, wrong types and missing values are one-line UserErrors, and
+    then ``check()`` tests the ranges."""
+    if not isinstance(cfg, schema):
+        try:
+            if isinstance(cfg, (DictConfig, dict)):
+                cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+                cfg = {k: v for k, v in cfg.items() if k != "hydra"}
+            merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+            cfg = OmegaConf.to_object(merged)
+        except OmegaConfBaseException as err:
+            raise UserError(one_line(err, schema)) from None
+    cfg.check()
+    return cfg

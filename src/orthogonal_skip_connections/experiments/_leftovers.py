@@ -1,0 +1,80 @@
+"""What a command-line call refused inside Hydra leaves behind: nothing that was not there.
+
+A run dir this call made (and the empty dirs above it that it made: ``outputs/<app>/``)
+is removed if it holds nothing but Hydra's own files (``.hydra/``, the job's ``.log``) and
+the lock; a dir that holds anything else (a started run's run.json, a resumed run's
+checkpoint and metrics) is never removed, and in a dir that was there before only the
+``.hydra/`` files and job log Hydra rewrote are put back as they were."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+__all__ = ["undo", "outermost_new", "hydra_files", "has_results"]
+
+
+def undo(run_dir: Path, fresh: bool, explicit: tuple | None, default_top: Path | None) -> None:
+    """After a refusal inside Hydra in ``run_dir``. ``fresh``: the dir held nothing but
+    Hydra's files when the run began; ``explicit``: (hydra.run.dir as given, whether it
+    existed, Hydra's files in it then, the outermost dir making it would make), or None for
+    the default dir; ``default_top``: the outermost dir above the default run dir that this
+    call made (None: all were there)."""
+    if has_results(run_dir):
+        if explicit is not None and explicit[1]:
+            restore_hydra_files(explicit, run_dir)
+        return
+    if explicit is not None:
+        path, existed, _, top = explicit
+        if path.resolve() != run_dir.resolve():
+            return
+        if existed:
+            restore_hydra_files(explicit, run_dir)
+        else:
+            shutil.rmtree(top, ignore_errors=True)
+    elif fresh:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if default_top is not None:  # the empty dirs Hydra made above it (outputs/<app>/)
+            parent = run_dir.absolute().parent
+            while parent == default_top or default_top in parent.parents:
+                try:
+                    parent.rmdir()  # empty dirs only
+                except OSError:
+                    break
+                parent = parent.parent
+
+
+def restore_hydra_files(explicit: tuple, run_dir: Path) -> None:
+    """Put back the .hydra/ files and job log of an existing explicit run dir as they were."""
+    path, _, files, _ = explicit
+    if path.resolve() != run_dir.resolve():
+        return
+    for p in hydra_files(path):
+        if p not in files:
+            p.unlink(missing_ok=True)
+    for p, data in files.items():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+
+
+def outermost_new(path: Path) -> Path:
+    """The outermost of ``path`` and its parents that does not exist yet (what making
+    ``path`` would make first)."""
+    top = Path(path)
+    while not top.parent.exists() and top.parent != top.parent.parent:
+        top = top.parent
+    return top
+
+
+def hydra_files(path: Path) -> dict[Path, bytes]:
+    """What Hydra writes into a run dir (.hydra/*, the job's .log), with their bytes."""
+    path = Path(path)
+    if not path.is_dir():
+        return {}
+    files = [p for p in (path / ".hydra").glob("*") if p.is_file()] + [p for p in path.glob("*.log") if p.is_file()]
+    return {p: p.read_bytes() for p in files}
+
+
+def has_results(path: Path) -> bool:
+    """Whether a run dir holds anything besides Hydra's own files and the lock."""
+    return path.is_dir() and any(p.name not in (".hydra", ".lock") and p.suffix != ".log" for p in path.iterdir())

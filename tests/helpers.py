@@ -1,0 +1,46 @@
+"""Helpers shared by several test modules (``from helpers import ...``; pytest puts this
+folder on ``sys.path``)."""
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class HostReads(TorchDispatchMode):
+    """Counts reads of a tensor's value by the host while active (``.item()``, ``bool(t)``,
+    ``float(t)``, ``.tolist()`` of one number: each is ``aten._local_scalar_dense``, a device
+    synchronisation on a GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def write_fake_cifar(root, name="cifar10", n_train=40, n_test=20, seed=0):
+    """Random CIFAR-10 / CIFAR-100 "python version" files under ``root`` (the format
+    ``load_image_data`` reads; datasets cannot be downloaded here)."""
+    import pickle
+    from pathlib import Path
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    classes, key = (10, b"labels") if name == "cifar10" else (100, b"fine_labels")
+
+    def batch(n):
+        return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), key: list(rng.integers(0, classes, n))}
+
+    if name == "cifar10":
+        folder = Path(root) / "cifar-10-batches-py"
+        files = {f"data_batch_{i}": batch(n_train // 5) for i in range(1, 6)} | {"test_batch": batch(n_test)}
+    else:
+        folder = Path(root) / "cifar-100-python"
+        files = {"train": batch(n_train), "test": batch(n_test)}
+    folder.mkdir(parents=True, exist_ok=True)
+    for fname, content in files.items():
+        with open(folder / fname, "wb") as f:
+            pickle.dump(content, f)

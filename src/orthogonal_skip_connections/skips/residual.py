@@ -88,15 +88,19 @@ The stream's scale under ``rotation`` (``stream_norm``)
     the scale LayerNorm gives): ``channel`` groups (each token) to ``sqrt(d)`` for width
     ``d``, ``global`` groups (each sample's ``T x d`` tokens) to ``sqrt(T d)``. That is the
     Orthogonal Transformer's ``||x|| = sqrt(d)`` (github.com/cutethanks/orthogonal-transformer,
-    README); nGPT (Loshchilov et al. 2024, arXiv 2410.01131, sec. 2) keeps its stream on the
-    unit sphere instead and learns scales for the branches' inputs and the logits, which
-    here the pre-norm LayerNorms and the final LayerNorm already do. A group that is exactly
-    zero stays zero (no direction to keep). ``sqrt_d`` is the default under ``rotation``
+    README); nGPT (Loshchilov et al. 2024, arXiv 2410.01131) keeps its hidden vectors on the
+    unit sphere instead and learns scaling factors (attention logits, MLP units, output
+    logits) and per-block step sizes; here the pre-norm LayerNorms' and the final
+    LayerNorm's affine scales play roughly that part. A group that is exactly zero stays
+    zero (no direction to keep). ``sqrt_d`` is the default under ``rotation``
     only (:func:`resolve_stream_norm`). ``add`` and ``orthogonal_update`` do not keep the
     stream's norm (``||s + f_perp|| >= ||s||``): their stream grows with the branches, so
     they do not need it and stay as they were by default; ``sqrt_d`` may be asked for there
     as a control (is a gain of rotation with ``sqrt_d`` the rotation's, or the rescaled
-    embeddings'?): the stream then starts at ``sqrt(n)`` and grows from there.
+    embeddings'?): the stream then starts at ``sqrt(n)`` and grows from there. Measured on
+    the digits ViT at lr 3e-3 (5 seeds): rotation with ``sqrt_d`` 97.83 +- 0.99 % (at chance
+    without), add 93.67 +- 1.19, add with ``sqrt_d`` 97.22 +- 0.86: the rescaling, not the
+    rotation, makes most of the difference there.
 """
 
 from __future__ import annotations

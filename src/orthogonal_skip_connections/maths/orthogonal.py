@@ -225,8 +225,8 @@ def ns_schedule(lower: float, tol: float = 1e-7, max_steps: int = 60) -> list[fl
 
     Step k maps x -> g(x) = alpha x (3 - alpha^2 x^2) / 2, whose maximum 1 is at x = 1/alpha;
     alpha^2 = 3 / (1 + l + l^2) is the choice that makes g(l) = g(1), so [l, 1] is mapped onto
-    [g(l), 1] and the lower end grows by up to 2.6x a step (3 / (2 sqrt(3)) x sqrt(3)) until it
-    is near 1, then quadratically (alpha -> 1: the plain cubic iteration). From lower = 1e-3
+    [g(l), 1] and the lower end grows by up to 2.6x a step (g(l) ~ 1.5 sqrt(3) l for small l)
+    until it is near 1, then quadratically (alpha -> 1: the plain cubic iteration). From lower = 1e-3
     that is 11 steps; from 0.99, 2."""
     if not 0.0 < lower <= 1.0:
         raise ValueError(f"lower must be in (0, 1]; got {lower}")

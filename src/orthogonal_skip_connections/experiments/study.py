@@ -172,8 +172,9 @@ def mode_jobs(cfg: Config, study_dir: Path) -> list[tuple[str, dict, Path, list[
     for task, mode, variant, seed in progress_bar(grid, enabled=cfg.progress, desc="checking residual-mode configs",
                                                   leave=False):
         dataset, model_type = task.split("/")
-        overrides = [*mode_overrides(mode), *variant_overrides(variant), f"seed={seed}", "progress=false",
-                     f"save_checkpoint={cfg.save_checkpoint}", *r.model_overrides.get(model_type, []), *r.overrides,
+        # the model type's own settings first, so a mode's explicit parts (e.g. /sqrt_d) win over them
+        overrides = [*r.model_overrides.get(model_type, []), *mode_overrides(mode), *variant_overrides(variant),
+                     f"seed={seed}", "progress=false", f"save_checkpoint={cfg.save_checkpoint}", *r.overrides,
                      *cfg.overrides.run_experiments]
         run_dir = study_dir / "residual_modes" / f"{dataset}_{model_type}" / re.sub(r"[^A-Za-z0-9]+", "_", mode) / \
             re.sub(r"[^A-Za-z0-9]+", "_", variant) / f"seed{seed}"

@@ -44,3 +44,32 @@ def write_fake_cifar(root, name="cifar10", n_train=40, n_test=20, seed=0):
     for fname, content in files.items():
         with open(folder / fname, "wb") as f:
             pickle.dump(content, f)
+
+
+def digits_subset(n: int, seed: int = 0):
+    """``n`` digits training images (normalised, unaugmented, (n, 1, 8, 8)) and labels,
+    drawn without replacement by ``seed``."""
+    from orthogonal_skip_connections.data.vision import load_image_data
+
+    d = load_image_data("digits", augment=False)
+    idx = torch.randperm(len(d.x_train), generator=torch.Generator().manual_seed(seed))[:n]
+    return (d.x_train[idx] / d.scale - d.mean[0]) / d.std[0], d.y_train[idx]
+
+
+def loss_before_and_after(model, x, y, opt, steps: int, batch: int = 32) -> tuple[float, float]:
+    """Cross-entropy on all of (x, y) before and after ``steps`` steps of ``opt`` on random
+    mini-batches (drawn by a generator of seed 1)."""
+    import torch.nn.functional as F
+
+    def loss_on_all():
+        with torch.no_grad():
+            return float(F.cross_entropy(model(x), y))
+
+    before = loss_on_all()
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        idx = torch.randint(len(x), (batch,), generator=g)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    return before, loss_on_all()

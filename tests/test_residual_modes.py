@@ -8,9 +8,9 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from helpers import digits_subset, loss_before_and_after
 
 from orthogonal_skip_connections import ResidualMLP, get_model, optimizer, patch_skips
-from orthogonal_skip_connections.data.vision import load_image_data
 from orthogonal_skip_connections.models.resnet import RESNETS, Bottleneck, ResNet
 from orthogonal_skip_connections.skips import (
     SKIP_KINDS,
@@ -389,26 +389,7 @@ def test_patch_skips_keeps_the_residual_mode():
 
 @pytest.fixture(scope="module")
 def digits():
-    d = load_image_data("digits", augment=False)
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(d.x_train), generator=g)[:256]
-    x = (d.x_train[idx] / d.scale - d.mean[0]) / d.std[0]
-    return x, d.y_train[idx]
-
-
-def _loss_before_and_after(model, x, y, opt, steps, batch=32):
-    def loss_on_all():
-        with torch.no_grad():
-            return float(F.cross_entropy(model(x), y))
-
-    before = loss_on_all()
-    g = torch.Generator().manual_seed(1)
-    for _ in range(steps):
-        idx = torch.randint(len(x), (batch,), generator=g)
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
-        opt.step()
-    return before, loss_on_all()
+    return digits_subset(256)
 
 
 @pytest.mark.parametrize("model_type", ["preact_resnet20", "resnet20", "vit_tiny", "mlp"])
@@ -433,7 +414,7 @@ def test_a_few_digits_steps_lower_the_loss(digits, model_type, mode, method):
     else:
         model = get_model(model_type, 10, "learnable_orth", in_channels=1, **kw)
         opt, steps = optimizer(model, torch.optim.SGD, lr=0.1, momentum=0.9), 24 if mode == "rotation" else 12
-    before, after = _loss_before_and_after(model, x, y, opt, steps)
+    before, after = loss_before_and_after(model, x, y, opt, steps)
     assert after < 0.85 * before, (before, after)
     skips = [m for m in model.modules() if type(m).__name__ == "OrthogonalSkip"]
     assert skips

@@ -9,11 +9,10 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+from helpers import digits_subset, loss_before_and_after
 
 from orthogonal_skip_connections import get_model, optimizer
-from orthogonal_skip_connections.data.vision import load_image_data
 from orthogonal_skip_connections.experiments import run_experiments, study
 from orthogonal_skip_connections.models.vit import PreNormResidual
 from orthogonal_skip_connections.skips import StreamNorm, rescale_stream, resolve_stream_norm
@@ -204,24 +203,13 @@ def test_bad_stream_norms_are_one_line_errors():
 
 @pytest.fixture(scope="module")
 def digits():
-    d = load_image_data("digits", augment=False)
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(d.x_train), generator=g)[:512]
-    return (d.x_train[idx] / d.scale - d.mean[0]) / d.std[0], d.y_train[idx]
+    return digits_subset(512)
 
 
-def _loss_ratio(model, x, y, lr, steps, batch=32) -> float:
-    opt = optimizer(model, torch.optim.AdamW, lr=lr, weight_decay=0.05)
-    with torch.no_grad():
-        before = float(F.cross_entropy(model(x), y))
-    g = torch.Generator().manual_seed(1)
-    for _ in range(steps):
-        idx = torch.randint(len(x), (batch,), generator=g)
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
-        opt.step()
-    with torch.no_grad():
-        return float(F.cross_entropy(model(x), y)) / before
+def _loss_ratio(model, x, y, lr, steps) -> float:
+    before, after = loss_before_and_after(model, x, y, optimizer(model, torch.optim.AdamW, lr=lr, weight_decay=0.05),
+                                          steps)
+    return after / before
 
 
 def test_a_few_steps_at_lr_3e_3_train_the_rescaled_rotation_vit_and_not_the_unscaled_one(digits):

@@ -77,6 +77,25 @@ def test_help_shows_every_option_with_its_meaning(app, capsys):
             assert ";" in line, line  # a meaning after the type
 
 
+def test_help_keeps_comments_and_values_written_over_several_lines(capsys):
+    """A YAML comment continued on the next lines and a list wrapped over several lines
+    reach --help whole (the residual modes' list once stopped before `rotation`)."""
+    from orthogonal_skip_connections.experiments._help import yaml_options
+
+    header, options = yaml_options("# head\na: [1, 2,\n    3]   # one\n  # two\nb: 0  # b\n# note\nc: 1\n")
+    assert header == ["head"]
+    assert options == [("a", "[1, 2, 3]", "one two"), ("b", "0", "b"), (None, "", "note"), ("c", "1", "")]
+    assert osc(["run_experiments", "--help"]) == 0
+    text = capsys.readouterr().out
+    line = next(l for l in text.splitlines() if "model.residual_mode = " in l)  # noqa: E741
+    assert "rotation" in line
+    assert "vit_tiny" in next(l for l in text.splitlines() if "model.model_type = " in l)  # noqa: E741
+    assert osc(["study", "--help"]) == 0
+    for line in capsys.readouterr().out.splitlines():
+        if " = [" in line:
+            assert line.count("[") == line.count("]"), line
+
+
 def test_osc_list_imports_no_torch():
     import subprocess
     import sys

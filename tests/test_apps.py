@@ -123,6 +123,18 @@ def test_mistakes_are_one_line_exit_2_and_no_run_dir(app, override, key, tmp_pat
     assert not run_dir.exists()
 
 
+@pytest.mark.parametrize("override,expected", [
+    ("dataset=cifar1", "error: unknown dataset 'cifar1'; allowed: cifar10, cifar100, digits"),
+    ("model.skip_kind=identity,zero", "a list is written key=[a,b], a sweep over a,b needs -m"),
+])
+def test_group_typo_and_sweep_without_m_are_one_plain_line(override, expected, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert osc(["run_experiments", "dataset=digits", override, f"hydra.run.dir={run_dir}"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert not run_dir.exists()
+
+
 @pytest.mark.parametrize("app", sorted(APPS))
 def test_summary_has_provenance_and_report(app, tmp_path, capsys):
     run_dir = tmp_path / "run"

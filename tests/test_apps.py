@@ -126,6 +126,7 @@ def test_mistakes_are_one_line_exit_2_and_no_run_dir(app, override, key, tmp_pat
 @pytest.mark.parametrize("override,expected", [
     ("dataset=cifar1", "error: unknown dataset 'cifar1'; allowed: cifar10, cifar100, digits"),
     ("model.skip_kind=identity,zero", "a list is written key=[a,b], a sweep over a,b needs -m"),
+    ("hydra/launcher=jobib", "error: unknown hydra/launcher 'jobib'; allowed: basic, joblib"),
 ])
 def test_group_typo_and_sweep_without_m_are_one_plain_line(override, expected, tmp_path, capsys):
     run_dir = tmp_path / "run"
@@ -133,6 +134,16 @@ def test_group_typo_and_sweep_without_m_are_one_plain_line(override, expected, t
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0], lines
     assert not run_dir.exists()
+
+
+def test_slurm_launcher_without_slurm_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun on it
+    sweep = tmp_path / "sweep"
+    assert osc(["run_experiments", "-m", "dataset=digits", "seed=0,1", "hydra/launcher=submitit_slurm",
+                f"hydra.sweep.dir={sweep}"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no `srun` here" in lines[0], lines
+    assert not sweep.exists()
 
 
 @pytest.mark.parametrize("app", sorted(APPS))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -110,6 +111,10 @@ class CommandLine:
             except Exception as err:
                 raise UserError(one_line(err, app.schema)) from None
             jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+            if "hydra/launcher=submitit_slurm" in overrides and shutil.which("srun") is None:
+                # submitit's own refusal comes from inside Hydra's launcher, as a traceback
+                raise UserError("hydra/launcher=submitit_slurm submits to Slurm, and there is no `srun` here: run "
+                                "the sweep where Slurm is (a login node), or use hydra/launcher=joblib on this machine")
             for o in overrides:
                 if o.startswith("hydra.sweep.dir="):
                     check_dir_writable(Path(o.split("=", 1)[1]), "hydra.sweep.dir")

@@ -95,7 +95,7 @@ def one_line(err: BaseException, schema: type) -> str:
         return f"{key}: {msg}"
     options = getattr(err, "options", None)
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    missing = re.match(r"(?:In '[^']*': )?Could not find '([^'/]+)/([^']+)'", first)
+    missing = re.match(r"(?:In '[^']*': )?Could not find '([^']+)/([^'/]+)'", first)
     if missing:  # a config group's option mistyped: dataset=cifar1
         first = f"unknown {missing.group(1)} {missing.group(2)!r}"
     if first.startswith("Ambiguous value for argument"):  # key=a,b without -m

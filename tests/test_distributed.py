@@ -136,3 +136,19 @@ def test_two_job_multirun_with_the_basic_launcher_makes_two_run_dirs_that_osc_re
         rows = list(csv.DictReader(f))
     assert sorted(r["seed"] for r in rows) == ["0", "1"]
     assert {r["variant"] for r in rows} == {"learnable_orth/steepest"} and all(r["status"] == "completed" for r in rows)
+
+
+def test_refused_torchrun_run_leaves_no_run_dir(tmp_path, monkeypatch, capsys):
+    """Rank 0's path under torchrun (the process group stubbed out): missing data is one
+    line, and the run dir its own pre-Hydra check made is removed like any refused run's."""
+    from orthogonal_skip_connections.experiments import run_experiments
+
+    monkeypatch.setattr(distributed, "launched_by_torchrun", lambda: True)
+    monkeypatch.setattr(distributed, "init_from_env", lambda *a, **k: None)
+    monkeypatch.setattr(distributed, "broadcast_object", lambda obj, src=0: obj)
+    run = tmp_path / "outputs" / "run"
+    code = run_experiments.main(["dataset=cifar10", "data.download=false", f"data.root={tmp_path / 'none'}",
+                                 "model.model_type=resnet20", "device=cpu", "progress=false", f"hydra.run.dir={run}"])
+    assert code == 2
+    assert "data.download=false" in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists()

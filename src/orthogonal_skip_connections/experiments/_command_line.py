@@ -136,7 +136,9 @@ class CommandLine:
             for o in job:
                 if o.startswith("hydra.run.dir=") and not flags and distributed.is_main():
                     path = Path(o.split("=", 1)[1])
-                    self.explicit = (path, path.exists(), hydra_files(path), outermost_new(path))
+                    if self.explicit is None or self.explicit[0].resolve() != path.resolve():
+                        # (under torchrun, join_ranks saw the dir before its check claim made it)
+                        self.explicit = (path, path.exists(), hydra_files(path), outermost_new(path))
                     # held (locked) until the run ends: a second writer is refused before Hydra writes
                     self.claims.append(RunDir.claim(path, resume=bool(getattr(cfg, "resume", False)),
                                                     supports_resume=app.supports_resume, config=cfg))
@@ -213,6 +215,8 @@ class CommandLine:
                 cfg = typed(app.schema, compose(app.name, argv))
                 hydra_cfg = compose_raw(app.name, [*argv, *job_name(app.name, argv)], hydra_config=True)
                 run_dir = str(Path(OmegaConf.select(hydra_cfg, "hydra.run.dir")).absolute())
+                path = Path(run_dir)  # as it was before the check below makes it: what a refusal puts back
+                self.explicit = (path, path.exists(), hydra_files(path), outermost_new(path))
                 RunDir.claim(run_dir, resume=bool(getattr(cfg, "resume", False)),
                              supports_resume=app.supports_resume, config=cfg).release()  # a check only
             except UserError as err:

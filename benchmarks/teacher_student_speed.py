@@ -12,6 +12,7 @@ import argparse
 import time
 
 import torch
+from _bench import header
 
 from orthogonal_skip_connections.models.teacher_student import ARCHS
 from orthogonal_skip_connections.train import teacher_student as ts
@@ -69,13 +70,17 @@ def vectorised_step_time(archs, seeds: int, d: int, batch: int, steps: int, n_tr
         run(1)  # warm-up
         # best of three of each: on a shared machine the minimum is the least disturbed
         t1 = min(run(1) for _ in range(3))
-        return max(min(run(steps + 1) for _ in range(3)) - t1, 1e-9) / steps
+        diff = min(run(steps + 1) for _ in range(3)) - t1
+        if diff <= 0:  # the noise exceeds the steps' time: no ratio can be printed
+            raise SystemExit(f"{len(archs)} arch(s) x {seeds} seed(s): {steps + 1} steps took no longer than 1 "
+                             f"step (timing noise); raise --steps")
+        return diff / steps
     finally:
         ts.progress_bar = bar
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300, help="steps timed for the vectorised trainer")
     parser.add_argument("--blog-steps", type=int, default=5, help="steps timed for the per-sample loop")
     parser.add_argument("--threads", type=int, default=1)
@@ -89,6 +94,7 @@ def main() -> None:
     many = vectorised_step_time(["modified_resnet"], 32, d, B, args.steps, N)
     all6 = vectorised_step_time(list(ARCHS), 8, d, B, args.steps, N)
     full_steps = 100 * (N // B)
+    print(header("teacher-student training step, per-sample loop vs vectorised", torch.device("cpu")))
     print(f"d={d}, batch={B}, threads={args.threads}; seconds per step (modified_resnet):")
     print(f"  blog-style per-sample loop, 1 seed : {blog * 1e3:9.2f} ms   (1.00x)")
     print(f"  vectorised, S=1                    : {one * 1e3:9.3f} ms   ({blog / one:7.1f}x faster)")

@@ -172,3 +172,17 @@ def test_summary_has_provenance_and_report(app, tmp_path, capsys):
     # a finished run is never overwritten
     assert osc([app, *TINY[app], f"hydra.run.dir={run_dir}", "progress=false"]) == 2
     assert "already holds a finished run" in capsys.readouterr().err
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    from orthogonal_skip_connections.experiments import load_app
+
+    app = load_app("run_experiments")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app, "run", interrupted)
+    assert osc(["run_experiments", "dataset=digits", f"hydra.run.dir={tmp_path / 'run'}"]) == 130
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == ["interrupted; what it saved continues with resume=true and the same hydra.run.dir"], lines

@@ -80,7 +80,13 @@ class CommandLine:
             except UserError as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
-            return self.hydra(argv, codes)
+            try:
+                return self.hydra(argv, codes)
+            except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of wherever it landed
+                hint = "; what it saved continues with resume=true and the same hydra.run.dir" \
+                    if self.app.supports_resume else ""
+                print(f"interrupted{hint}", file=sys.stderr)
+                return 130
         finally:
             if distributed.launched_by_torchrun():
                 distributed.leave()

@@ -17,7 +17,7 @@ digits (1,437 images of 8x8) instead of CIFAR-shaped files.
 
     python benchmarks/cifar_epoch_time.py                                  # resnet18, 3 epochs
     python benchmarks/cifar_epoch_time.py --model resnet56 --variants identity,learnable_orth/steepest
-    python benchmarks/cifar_epoch_time.py --quick                          # seconds on a CPU
+    python benchmarks/cifar_epoch_time.py --quick                          # smoke run: ~1 min per variant on a CPU
     python benchmarks/cifar_epoch_time.py --dataset digits --model resnet20 --batch 128 --epochs 4 \
         --rounds 3 --variants identity,learnable_orth/cayley --baseline-src ../old-checkout/src
 """

@@ -20,6 +20,11 @@
 #   4. cifar_epoch_time.py, 2 epochs                         (end to end through run_experiments)
 set -u
 cd "$(dirname "$0")/.."
+if [ "${1:-}" != "--quick" ] && ! python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+  echo "device_check.sh: no CUDA device here (or no torch for python3): the full check is for a GPU machine;" \
+    "--quick runs a smoke run of the script on any machine" >&2
+  exit 2
+fi
 out="${OUT:-device_out}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -29,8 +34,11 @@ if [ -d .whl ]; then
 fi
 {
   date -u
-  nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm,memory.total --format=csv
-  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm,memory.total --format=csv
+  fi
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+    torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device: CPU only')"
   git log -1 --oneline 2>/dev/null
 } 2>&1 | tee "$out/env.txt"
 
@@ -49,7 +57,7 @@ if [ "${1:-}" = "--quick" ]; then  # a smoke run of the script itself, on any ma
   part cuda_tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
   part step_time 200 python3 benchmarks/gpu_throughput.py --quick --impls factor,matmul --no-settings
   part orthogonal_layer 120 python3 benchmarks/orthogonal_layer.py --quick
-  part epoch_time 110 python3 benchmarks/cifar_epoch_time.py --quick --variants identity,learnable_orth/steepest
+  part epoch_time 240 python3 benchmarks/cifar_epoch_time.py --quick --variants identity,learnable_orth/steepest
   exit 0
 fi
 part cuda_tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py

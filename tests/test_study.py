@@ -309,3 +309,11 @@ def test_full_scale_plan_checks_every_config_and_builds_every_model(tmp_path, fa
     assert len(built) >= 2 + len(full.residual_modes.modes) * 2  # resnet18, resnet56; each mode of vit_small, resnet18v2
     for name in study.SYNTHETIC_APPS + ("teacher_student", "loss_landscape", "two_stage"):
         load_app(name).config(list(getattr(full, name)))
+
+
+def test_report_of_identity_runs_alone_has_no_empty_verdict_list(study_dir, tmp_path, capsys):
+    assert osc_main(["report", str(study_dir / "classification" / "digits_resnet20" / "identity"),
+                     str(study_dir / "teacher_student"), "--out", str(tmp_path / "r")]) == 0
+    assert "2 classifier runs, 1 other app run(s); report:" in capsys.readouterr().out
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "Verdicts:" not in md and "No verdict: identity is the only skip kind here" in md

@@ -39,7 +39,9 @@ def report(argv: list[str]) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{len(result['rows'])} classifier runs; report: {result['report'].resolve()} (also report.html, results.csv)")
+    others = f", {len(result['others'])} other app run(s)" if result["others"] else ""
+    print(f"{len(result['rows'])} classifier runs{others}; report: {result['report'].resolve()} "
+          f"(also report.html, results.csv)")
     return 0
 
 

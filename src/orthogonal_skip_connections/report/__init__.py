@@ -82,8 +82,9 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
     for task, table in tables.items():
         md += [f"## Classification: {task}", "", caveat(task, table, [r for r in rows if r["task"] == task]), ""]
         md += table_markdown(table) + [""]
-        md += ["Verdicts:", ""] + [f"- **{t['variant']}**: {t['verdict']}." for t in table
-                                   if t["variant"] != "identity"] + [""]
+        verdicts = [f"- **{t['variant']}**: {t['verdict']}." for t in table if t["variant"] != "identity"]
+        md += (["Verdicts:", ""] + verdicts if verdicts else
+               ["No verdict: identity is the only skip kind here, nothing to compare it with."]) + [""]
         fig = curves_figure(task, runs, out_dir)
         if fig is not None:
             md += [f"![{task} accuracy]({fig.name})", ""]
@@ -93,8 +94,10 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
                "Each residual mode (skips/residual.py) with each skip kind, against add residuals with identity "
                "skips, paired by seed.", "", caveat(task, table, [r for r in rows if r["task"] == task]), ""]
         md += table_markdown(table) + [""]
-        md += ["Verdicts:", ""] + [f"- **{t['residual_mode']} / {t['variant']}**: {t['verdict']}." for t in table
-                                   if t["verdict"] != "baseline"] + [""]
+        verdicts = [f"- **{t['residual_mode']} / {t['variant']}**: {t['verdict']}." for t in table
+                    if t["verdict"] != "baseline"]
+        md += (["Verdicts:", ""] + verdicts if verdicts else
+               ["No verdict: add/identity is the only variant here, nothing to compare it with."]) + [""]
         fig = curves_figure(task, runs, out_dir, modes=True)
         if fig is not None:
             md += [f"![{task} accuracy by residual mode]({fig.name})", ""]
@@ -103,4 +106,4 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
     report_md = out_dir / "report.md"
     report_md.write_text("\n".join(md) + "\n")
     (out_dir / "report.html").write_text(to_html("\n".join(md), out_dir, title))
-    return {"rows": rows, "tables": tables, "mode_tables": modes, "report": report_md}
+    return {"rows": rows, "tables": tables, "mode_tables": modes, "others": others, "report": report_md}

@@ -57,6 +57,10 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
     assert "## construction_validity" in md  # the synthetic part runs all three synthetic apps
     assert "## Residual modes: digits/preact_resnet20" in md and "| rotation/channel | identity | 2/2 |" in md
     assert "data:image/png;base64," in (study_dir / "report.html").read_text()
+    import json
+    verdict = json.loads((study_dir / "summary.json").read_text())["report"]["verdict"]
+    assert verdict.startswith(f"{2 * len(VARIANTS)} of {2 * len(VARIANTS)} classification runs and 4 of 4 "
+                              "residual-mode runs completed"), verdict
     assert "seed" in md and "paired" in md
     # the headline's caveat: test-set size and the smallest difference the seeds could tell
     assert "**Caveat**: 360 test images (accuracy moves in steps of 0.28 points)" in md

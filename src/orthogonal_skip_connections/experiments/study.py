@@ -352,7 +352,11 @@ def report(cfg: Config, status: dict, seconds: dict, wall: float, study_dir: Pat
     done = sum(s == "completed" for s in runs.values())
     rows = [{"part": part, "status": s if isinstance(s, str) else f"{sum(x == 'completed' for x in s.values())}"
              f"/{len(s)} runs completed", "seconds": seconds.get(part)} for part, s in status.items()]
-    verdict = (f"{done} of {len(runs)} classification runs completed" if runs else "no classification runs") + \
+    mode_runs = status.get("residual_modes", {})
+    counts = [f"{n} of {len(r)} {what} runs" for what, r, n in (
+        ("classification", runs, done),
+        ("residual-mode", mode_runs, sum(s == "completed" for s in mode_runs.values()))) if r]
+    verdict = (" and ".join(counts) + " completed" if counts else "no classification runs") + \
         f"; {sum(s == 'completed' for s in status.values() if isinstance(s, str))} other app(s) completed, in " \
         f"{wall:.0f} s; the report (every skip kind against identity, " + \
         ("every residual mode x skip kind against add/identity, " if "residual_modes" in status else "") + \

@@ -390,3 +390,13 @@ def test_bad_input_exits_non_zero_from_the_command_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: unknown architecture 'nope'"), proc.stderr
     assert not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.parametrize("init", ["uniform", "gaussian", "small"])
+def test_every_weight_init_takes_its_scale(init):
+    """teacher.scale / student.scale act on every init that has a scale (uniform once ignored it)."""
+    arch = ts.as_arch("modified_resnet")
+    one, two = (ts.init_weights(arch, 4, [ts.seed_generator(3, "model")], init, scale)["W1"] for scale in (1.0, 2.0))
+    assert torch.equal(two, 2 * one)
+    if init == "uniform":
+        assert 0 <= float(two.min()) and float(two.max()) < 2 and float(two.max()) > 1

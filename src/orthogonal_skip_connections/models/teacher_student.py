@@ -237,7 +237,7 @@ def init_weights(
 ) -> dict[str, Tensor]:
     """Weights for S seeds, one generator each: {name: (S, d, d)}.
 
-    init: ``uniform`` entries U[0, 1) (the blog's teacher); ``gaussian`` a Gaussian
+    init: ``uniform`` entries U[0, scale) (the blog's teacher: U[0, 1)); ``gaussian`` a Gaussian
     matrix rescaled to spectral norm ``scale`` (Li & Yuan's small-norm teacher);
     ``small`` entries N(0, 1/d) times ``scale`` (the usual O(1/sqrt(d)) student);
     ``zero``. Q (orth_resnet) is I or Haar on SO(d) (``orth_init``; the teacher's Q
@@ -260,7 +260,7 @@ def init_weights(
                 ws[name] = Q.to(dtype=dtype, device=device)
                 continue
             if init == "uniform":
-                W = torch.rand(d, d, generator=g, dtype=torch.float64)
+                W = torch.rand(d, d, generator=g, dtype=torch.float64) * scale
             elif init == "gaussian":
                 G = torch.randn(d, d, generator=g, dtype=torch.float64)
                 W = G * (scale / torch.linalg.matrix_norm(G, ord=2))

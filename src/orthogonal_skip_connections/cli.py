@@ -31,7 +31,7 @@ def report(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="osc report", description=report.__doc__)
     parser.add_argument("dirs", nargs="+", type=Path, help="run dirs, sweep dirs or study dirs")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default: first DIR/report)")
-    parser.add_argument("--title", default="Do orthogonal skips help?")
+    parser.add_argument("--title", default="Do orthogonal skips help?", help="the report's heading (default: %(default)s)")
     args = parser.parse_args(argv)
     out = args.out or args.dirs[0] / "report"
     try:

@@ -189,7 +189,7 @@ CASES = [
     ("th-dir-finished", ["theorem", f"hydra.run.dir={M}/done/theorem"], ["done/theorem", "finished"]),
     ("th-interpolation", ["theorem", "seed=${oops}"], ["seed", "oops"]),
     ("th-hydra-key", ["theorem", "hydra.bogus=1"], ["hydra.bogus"]),
-    ("th-hydra-launcher", ["theorem", "hydra/launcher=bogus"], ["hydra/launcher/bogus", "basic"]),
+    ("th-hydra-launcher", ["theorem", "hydra/launcher=bogus"], ["unknown hydra/launcher 'bogus'", "basic"]),
     ("th-sweep-without-m", ["theorem", "seed=1,2"], ["seed=1,2"]),
     # teacher_student
     ("ts-batch-zero", ["teacher_student", "batch_size=0"], ["batch_size"]),

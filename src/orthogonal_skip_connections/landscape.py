@@ -21,7 +21,10 @@
   "Qualitatively characterizing neural network optimization problems"; BatchNorm running
   means interpolated alike, running variances geometrically, retracted skips retracted by
   the polar factor). Each point
-  is evaluated on a fixed evaluation subset, in batches, BatchNorm in eval mode.
+  is evaluated on a fixed evaluation subset, in batches, BatchNorm in eval mode, in
+  channels_last. Points are evaluated one at a time: K points at once by ``torch.func.vmap``
+  over K stacked copies of the weights was 1.45-1.6x slower per point on CPU
+  (benchmarks/landscape_grid.py, notes/landscape_two_stage_findings.md).
 - **Sharpness**: the top Hessian eigenvalue of the loss by power iteration on
   Hessian-vector products (Pearlmutter 1994; converges to the eigenvalue of largest
   magnitude, reported with its iterations and last relative change), and the trace by
@@ -51,8 +54,8 @@ from .skips import iter_skips, retracted_parameters
 from .train.classifier import classification_sums
 
 __all__ = [
-    "eval_subset", "channels_last", "Coordinate", "coordinates", "skip_handling", "snapshot", "random_direction", "set_point",
-    "set_interpolation", "restore", "evaluate_loss", "grid_axis", "landscape_2d", "interpolation_1d",
+    "eval_subset", "channels_last", "Coordinate", "coordinates", "skip_handling", "snapshot", "random_direction",
+    "set_point", "set_interpolation", "restore", "evaluate_loss", "grid_axis", "landscape_2d", "interpolation_1d",
     "hessian_parameters", "make_hvp", "power_iteration", "hutchinson_trace", "sharpness", "LandscapeSettings",
     "landscape_of", "CACHE_VERSION",
 ]
@@ -247,8 +250,9 @@ def evaluate_loss(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512)
 def channels_last(model: nn.Module, x: Tensor) -> tuple[nn.Module, Tensor]:
     """``model`` (in place) and images ``x`` in the channels_last layout, the layout the
     classifier loop trains in (``TrainConfig.channels_last``); other inputs unchanged.
-    The same numbers up to round-off; measured on CPU (resnet56, 512 digits images, one
-    thread) a forward took about 0.7x the time of the NCHW one: benchmarks/landscape_grid.py."""
+    The same numbers up to round-off (1e-7 relative); on CPU (resnet56, 512 digits images,
+    one thread) a grid point took 0.65x its NCHW time (benchmarks/landscape_grid.py); on a
+    GPU unmeasured."""
     if x.ndim != 4:
         return model, x
     return model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)

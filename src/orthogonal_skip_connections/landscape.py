@@ -23,7 +23,7 @@
   the polar factor). Each point
   is evaluated on a fixed evaluation subset, in batches, BatchNorm in eval mode, in
   channels_last. Points are evaluated one at a time: K points at once by ``torch.func.vmap``
-  over K stacked copies of the weights was 1.45-1.6x slower per point on CPU
+  over K stacked copies of the weights was 1.24-1.83x slower per point on CPU
   (benchmarks/landscape_grid.py, notes/landscape_two_stage_findings.md).
 - **Sharpness**: the top Hessian eigenvalue of the loss by power iteration on
   Hessian-vector products (Pearlmutter 1994; converges to the eigenvalue of largest
@@ -251,7 +251,7 @@ def channels_last(model: nn.Module, x: Tensor) -> tuple[nn.Module, Tensor]:
     """``model`` (in place) and images ``x`` in the channels_last layout, the layout the
     classifier loop trains in (``TrainConfig.channels_last``); other inputs unchanged.
     The same numbers up to round-off (1e-7 relative); on CPU (resnet56, 512 digits images,
-    one thread) a grid point took 0.65x its NCHW time (benchmarks/landscape_grid.py); on a
+    one thread) a grid point took 0.67-0.79x its old time (benchmarks/landscape_grid.py); on a
     GPU unmeasured."""
     if x.ndim != 4:
         return model, x

@@ -83,7 +83,7 @@ def old_path(model, init_state, x, y, ts, batch_size):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet56")
     ap.add_argument("--kind", default="learnable_orth/steepest", help="kind[/method]")
     ap.add_argument("--n-eval", type=int, default=512)

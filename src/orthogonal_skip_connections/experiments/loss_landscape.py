@@ -42,7 +42,7 @@ from ..rundir import RunDir, column
 from ..runs import UserError, atomic_write_text, read_json, resolve_device, to_jsonable
 from ..train.classifier import TrainConfig, train_classifier
 from ..train.image import ClassifierSpec, build_classifier, load_run, run_variant
-from ._app import App, choice, number, require
+from ._app import App, choice, number, path_or_null, require
 
 SPLITS = ("train", "test")
 
@@ -109,7 +109,11 @@ class Config:
         require(self.hessian.samples >= 2, "hessian.samples", "an integer >= 2", self.hessian.samples)
         require(self.num_threads is None or self.num_threads >= 1, "num_threads", "an integer >= 1 or null",
                 self.num_threads)
+        for run in self.runs:
+            path_or_null("runs", run)
+        path_or_null("cache_dir", self.cache_dir)
         t = self.train
+        path_or_null("train.dir", t.dir)
         choice("train.dataset", t.dataset, DATASETS)
         choice("train.model_type", t.model_type, RESNETS)
         require(len(t.variants) > 0, "train.variants", "a non-empty list of kind[/method[/init]]", t.variants)

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from ..data.vision import DATASETS
-from ..models import MODEL_TYPES, VIT_SIZES, check_model_options
+from ..models import MODEL_TYPES, STEMS, VIT_SIZES, check_model_options
 from ..rundir import RunDir, column
 from ..runs import UserError, resolve_device
 from ..models.vit import POOLS
@@ -31,7 +31,7 @@ from ..skips import DEFAULT_METHOD, ORTHOGONAL_METHODS, RESIDUAL_MODES, STREAM_N
 from ..train import distributed
 from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_classifier
 from ..train.image import ClassifierSpec, build_classifier, check_classifier
-from ._app import App, choice, number, require
+from ._app import App, choice, number, path_or_null, require
 
 WANDB_MODES = ("disabled", "offline", "online")
 CHECKPOINT_MODES = ("last", "none")
@@ -197,6 +197,7 @@ class Config:
         choice("dataset", self.dataset.name, DATASETS)
         choice("model.model_type", self.model.model_type, MODEL_TYPES)
         m = self.model
+        choice("model.stem", m.stem, STEMS)
         choice("model.residual_mode", m.residual_mode, RESIDUAL_MODES)
         choice("model.orthogonal_method", m.orthogonal_method, ORTHOGONAL_METHODS)
         number("model.residual_eps", m.residual_eps, 0)
@@ -213,7 +214,9 @@ class Config:
             check_model_options(m.model_type, m.model_options())
         except ValueError as err:
             raise UserError(f"model: {err}") from None
+        path_or_null("data.root", self.data.root)
         choice("wandb.mode", self.wandb.mode, WANDB_MODES)
+        require(self.wandb.project.strip() != "", "wandb.project", "a W&B project name", self.wandb.project)
         choice("save_checkpoint", self.save_checkpoint, CHECKPOINT_MODES)
         require(self.num_threads is None or self.num_threads >= 1, "num_threads", "an integer >= 1 or null",
                 self.num_threads)

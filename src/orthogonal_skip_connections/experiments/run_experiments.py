@@ -30,7 +30,7 @@ from ..models.vit import POOLS
 from ..skips import DEFAULT_METHOD, ORTHOGONAL_METHODS, RESIDUAL_MODES, STREAM_NORMS, resolve_stream_norm, skip
 from ..train import distributed
 from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_classifier
-from ..train.image import ClassifierSpec, build_classifier, check_classifier
+from ..train.image import ClassifierSpec, build_classifier, check_batch_size, check_classifier
 from ._app import App, choice, number, path_or_null, require
 
 WANDB_MODES = ("disabled", "offline", "online")
@@ -229,6 +229,7 @@ class Config:
             check_classifier(self.spec())
         except (TypeError, ValueError) as err:
             raise UserError(f"model: {err}") from None
+        check_batch_size("batch_size", self.batch_size, self.dataset.name)  # the standard split's size
         resolve_device(self.device)
 
     def spec(self) -> ClassifierSpec:
@@ -283,9 +284,7 @@ def run(cfg: Config, rd: RunDir) -> dict:
         torch.set_num_threads(cfg.num_threads)
     m = cfg.model
     model, data = build_classifier(cfg.spec(), cfg.seed)  # seed, data, model: load_run rebuilds the init alike
-    n_train = len(data.x_train)
-    require(cfg.batch_size <= n_train, "batch_size", f"at most the training set's size ({n_train} images of "
-            f"{data.name})", cfg.batch_size)
+    check_batch_size("batch_size", cfg.batch_size, data.name, loaded=data)  # a data root with fewer images
     rd.start(cfg, labels=cfg.labels())
     rd.device = device
     sinks = []

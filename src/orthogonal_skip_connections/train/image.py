@@ -23,12 +23,12 @@ import torch
 import yaml
 from torch import nn
 
-from ..data.vision import IMAGE_SHAPES, ImageData, load_image_data
+from ..data.vision import IMAGE_SHAPES, TRAIN_SIZES, ImageData, load_image_data
 from ..models import VIT_SIZES, check_model_options, check_vit, get_model
 from ..runs import UserError
 from .classifier import CHECKPOINT, load_checkpoint
 
-__all__ = ["ClassifierSpec", "build_classifier", "check_classifier", "model_options", "subset_train", "TrainedRun",
+__all__ = ["ClassifierSpec", "build_classifier", "check_classifier", "check_batch_size", "model_options", "subset_train", "TrainedRun",
            "load_run", "file_sha256", "run_variant"]
 
 CONFIG = "config.yaml"
@@ -113,6 +113,20 @@ def check_classifier(spec: ClassifierSpec) -> None:
             check_vit(spec.model_type, in_channels=channels, **options)
         except ValueError as err:
             raise ValueError(f"{err} ({spec.dataset} images are {side}x{side})") from None
+
+
+def check_batch_size(key: str, batch_size: int, dataset: str, n_train: int | None = None,
+                     loaded: ImageData | None = None) -> None:
+    """Refuse (one line) a training batch larger than the training set: the loader drops
+    the last partial batch, so such a batch could never be drawn (it would be cut to the
+    set's size, a different run from the one configured). The set's size comes from the
+    ``loaded`` data when given, else from the dataset's standard split (``TRAIN_SIZES``)
+    and ``n_train`` (the first n_train images only), known before anything is loaded."""
+    n = len(loaded.x_train) if loaded is not None else \
+        min(TRAIN_SIZES[dataset], n_train if n_train is not None else TRAIN_SIZES[dataset])
+    if batch_size > n:
+        what = f"{dataset} with n_train={n_train}" if n_train is not None and n < TRAIN_SIZES[dataset] else dataset
+        raise UserError(f"{key} must be at most the training set's size ({n} images of {what}); got {batch_size}")
 
 
 def file_sha256(path: Path) -> str:

@@ -25,7 +25,8 @@ from torch import nn
 
 from ..data.vision import IMAGE_SHAPES, TRAIN_SIZES, ImageData, load_image_data
 from ..models import VIT_SIZES, check_model_options, check_vit, get_model
-from ..runs import UserError
+from ..models.vit import vit_min_parameters
+from ..runs import UserError, check_memory
 from .classifier import CHECKPOINT, load_checkpoint
 
 __all__ = ["ClassifierSpec", "build_classifier", "check_classifier", "check_batch_size", "model_options", "subset_train", "TrainedRun",
@@ -104,7 +105,8 @@ def model_options(spec: ClassifierSpec, image_size: int) -> dict:
 def check_classifier(spec: ClassifierSpec) -> None:
     """The ValueError :func:`build_classifier` would meet in the model's shape for this
     dataset (a ViT's patches and heads; the other family's options), found from the
-    dataset's known image shape without loading data or building the model."""
+    dataset's known image shape without loading data or building the model; a UserError
+    for a ViT too large for this machine's memory (:func:`~..runs.check_memory`)."""
     channels, side, _ = IMAGE_SHAPES[spec.dataset]
     options = model_options(spec, side)
     check_model_options(spec.model_type, options)
@@ -113,6 +115,9 @@ def check_classifier(spec: ClassifierSpec) -> None:
             check_vit(spec.model_type, in_channels=channels, **options)
         except ValueError as err:
             raise ValueError(f"{err} ({spec.dataset} images are {side}x{side})") from None
+        size = {**VIT_SIZES[spec.model_type], **options}
+        check_memory(f"{spec.model_type} of width {size['width']} and depth {size['depth']} (its float32 weights and "
+                     f"gradients)", 8 * vit_min_parameters(spec.model_type, in_channels=channels, **options))
 
 
 def check_batch_size(key: str, batch_size: int, dataset: str, n_train: int | None = None,

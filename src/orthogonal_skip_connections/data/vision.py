@@ -26,7 +26,8 @@ from torch import Tensor
 
 from ..runs import UserError
 
-__all__ = ["DATASETS", "IMAGE_SHAPES", "TRAIN_SIZES", "ImageData", "TensorLoader", "load_image_data", "default_data_root",
+__all__ = ["DATASETS", "IMAGE_SHAPES", "TRAIN_SIZES", "ImageData", "TensorLoader", "load_image_data",
+           "default_data_root",
            "epoch_generator", "to_device"]
 
 DATASETS = ("cifar10", "cifar100", "digits")

@@ -46,7 +46,8 @@ from ._parts import (SkipOptions, SmallTraining, check_residual_mlp_memory, chec
 from ._registry import APPS, load_app
 
 __all__ = ["APPS", "load_app", "App", "CONFIG_DIR", "compose", "typed", "require", "choice", "one_of", "ints_at_least",
-           "number", "path_or_null", "SmallTraining", "SkipOptions", "residual_mlp_factory", "skip_kinds", "check_synthetic_data",
+           "number", "path_or_null", "SmallTraining", "SkipOptions", "residual_mlp_factory", "skip_kinds",
+           "check_synthetic_data",
            "check_residual_mlp_memory"]
 
 

@@ -24,7 +24,8 @@ from ._registry import load_app
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "config")
 
-__all__ = ["CONFIG_DIR", "compose", "compose_each", "typed", "register_schema", "compose_raw", "one_line", "schema_node", "kind_of",
+__all__ = ["CONFIG_DIR", "compose", "compose_each", "typed", "register_schema", "compose_raw", "one_line",
+           "schema_node", "kind_of",
            "strict_booleans"]
 
 

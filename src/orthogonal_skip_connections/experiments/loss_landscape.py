@@ -433,7 +433,8 @@ def run(cfg: Config, rd: RunDir) -> dict:
                             "to train them, or give runs=[...]")
         if todo:  # the data as loaded (a data root with fewer images than the standard split), before any write
             _, data = build_classifier(todo[0][1], todo[0][2])
-            check_batch_size("train.batch_size", cfg.train.batch_size, cfg.train.dataset, cfg.train.n_train, loaded=data)
+            t = cfg.train
+            check_batch_size("train.batch_size", t.batch_size, t.dataset, t.n_train, loaded=data)
         paths = [p for p, _, _ in planned]
     rd.start(cfg)
     rd.device = device

@@ -63,7 +63,8 @@ class Config(SmallTraining):
         require(self.hidden_mult > 0, "hidden_mult", "a number > 0", self.hidden_mult)
         # what the library would refuse at run time, refused here (before Hydra makes a run dir)
         resolve_device(self.device)
-        check_residual_mlp_memory(f"n_blocks={self.n_blocks}, n_samples={self.n_samples}, region_grid={self.region_grid}",
+        check_residual_mlp_memory(f"n_blocks={self.n_blocks}, n_samples={self.n_samples}, "
+                                  f"region_grid={self.region_grid}",
                                   2, self.n_blocks, self.hidden_mult, self.num_classes, 1, self.n_samples,
                                   self.region_grid ** 2)
         check_synthetic_data(f"dataset_type={self.dataset_type}", self.dataset_type, **self.data_args())

@@ -304,7 +304,8 @@ def run(cfg: Config, rd: RunDir) -> dict:
     device = resolve_device(cfg.device)
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
-    _, data = build_classifier(cfg.spec("learnable_orth", "haar"), cfg.seed)  # data and options checked before any write
+    # data and options checked before any write
+    _, data = build_classifier(cfg.spec("learnable_orth", "haar"), cfg.seed)
     check_batch_size("batch_size", cfg.batch_size, cfg.dataset_name, cfg.n_train, loaded=data)
     rd.start(cfg)
     rd.device = device

@@ -12,7 +12,8 @@ MODEL_TYPES = RESNETS + tuple(VIT_SIZES)
 VIT_ONLY_OPTIONS = ("patch_size", "width", "depth", "heads", "mlp_ratio", "pool", "stream_norm")
 RESNET_ONLY_OPTIONS = ("stem", "zero_init_residual")
 
-__all__ = ["MODEL_TYPES", "VIT_SIZES", "STEMS", "get_model", "check_model_options", "check_vit", "ResNet", "BasicBlock", "Bottleneck", "PreActBlock", "PreActBottleneck",
+__all__ = ["MODEL_TYPES", "VIT_SIZES", "STEMS",
+           "get_model", "check_model_options", "check_vit", "ResNet", "BasicBlock", "Bottleneck", "PreActBlock", "PreActBottleneck",
            "ViT", "ResidualMLP", "ResidualMLPBlock"]
 
 

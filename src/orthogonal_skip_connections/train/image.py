@@ -29,7 +29,8 @@ from ..models.vit import vit_min_parameters
 from ..runs import UserError, check_memory
 from .classifier import CHECKPOINT, load_checkpoint
 
-__all__ = ["ClassifierSpec", "build_classifier", "check_classifier", "check_batch_size", "model_options", "subset_train", "TrainedRun",
+__all__ = ["ClassifierSpec", "build_classifier", "check_classifier", "check_batch_size",
+           "model_options", "subset_train", "TrainedRun",
            "load_run", "file_sha256", "run_variant"]
 
 CONFIG = "config.yaml"

@@ -3,6 +3,7 @@ is the loaded model's loss, directions are filter-normalised, orthogonal skips s
 wherever the grid goes, the cache answers without a forward pass, and the power iteration
 finds the top eigenvalue of a quadratic whose Hessian is known."""
 
+import copy
 import math
 
 import numpy as np
@@ -167,3 +168,78 @@ def test_sharpness_verdict_shows_no_nan_interval_for_one_seed():
     assert "nan" not in text and "identity (537) < zero (898)" in text and "cannot tell" in text
     two = [dict(t, top_eigenvalue_lo=t["top_eigenvalue"] / 2, top_eigenvalue_hi=t["top_eigenvalue"] * 2) for t in one]
     assert "identity (537 [268, 1.07e+03]) < zero (898 [449, 1.8e+03])" in verdict(two, 3)
+
+
+def mixed_resnet(seed: int = 0):
+    """One BasicBlock per stage (BatchNorm everywhere): retracted steepest skips, a
+    parametrized Cayley skip in the middle stage; BatchNorm statistics moved off 0 / 1."""
+    from orthogonal_skip_connections.models.resnet import BasicBlock, ResNet
+    from orthogonal_skip_connections.skips import skip
+
+    torch.manual_seed(seed)
+    model = ResNet(BasicBlock, [1, 1, 1], [16, 32, 64], 10, in_channels=1,
+                   skip_layer=skip("learnable_orth", method="steepest", init="haar"))
+    model.stages[1][0].skip = skip("learnable_orth", method="cayley", init="haar")(32)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def oracle_point(model, values: dict, retract, x, y) -> tuple[float, float]:
+    """The oracle: every coordinate written by hand from ``values``, each skip named in
+    ``retract`` by its own polar factor, the model evaluated in NCHW on all of x at once."""
+    with torch.no_grad():
+        for c in L.coordinates(model):
+            v = values[c.name]
+            c.tensor.copy_(orth.polar(v.double()).float() if c.name in retract else v)
+        logits = model(x)
+    return float(F.cross_entropy(logits, y)), 100.0 * float((logits.argmax(1) == y).float().mean())
+
+
+def test_fast_grid_and_path_give_the_point_by_point_numbers_and_restore_the_weights():
+    """landscape_2d / interpolation_1d in channels_last, in batches (the coordinates listed
+    once, only moving ones rewritten, polar factors batched) against the oracle point by
+    point; the model's weights afterwards bit for bit the ones before."""
+    model = mixed_resnet()
+    coords = L.coordinates(model)
+    assert {"retracted", "parametrized", "filter", "flat", "buffer"} <= {c.role for c in coords}
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 1, 8, 8, generator=g), torch.randint(0, 10, (40,), generator=g)
+    d0, d1 = directions = [L.random_direction(model, 5, k) for k in (0, 1)]
+    axis = L.grid_axis(3, 1.0)
+    ts = [-0.25, 0.0, 0.4, 1.0, 1.25]
+    start = L.snapshot(mixed_resnet(seed=1))  # the 1-D path's initial weights
+    base = L.snapshot(model)
+    retracted = {c.name for c in coords if c.role == "retracted"}
+    oracle = copy.deepcopy(model)
+
+    def grid_values(a, b):
+        return {c.name: base[c.name] if c.role == "buffer" else base[c.name] + (a * d0[c.name] + b * d1[c.name])
+                for c in coords}
+
+    def path_values(t):
+        if t in (0, 1):
+            return start if t == 0 else base
+        return {c.name: start[c.name].clamp_min(1e-30) ** (1 - t) * base[c.name].clamp_min(1e-30) ** t
+                if c.name.endswith("running_var") else (1 - t) * start[c.name] + t * base[c.name] for c in coords}
+
+    ref = np.array([[oracle_point(oracle, grid_values(a, b), retracted if (a, b) != (0, 0) else (), x, y)
+                     for b in axis] for a in axis])
+    ref_1d = np.array([oracle_point(oracle, path_values(t), retracted if t not in (0, 1) else (), x, y) for t in ts])
+
+    fast, fast_x = L.channels_last(model, x)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in fast.parameters() if p.ndim == 4)
+    loss, acc = L.landscape_2d(fast, fast_x, y, directions, axis, axis, batch_size=16)
+    assert np.ptp(loss) > 0.1  # the grid moved the model
+    np.testing.assert_allclose(loss, ref[..., 0], rtol=1e-5, atol=0)
+    assert np.abs(acc - ref[..., 1]).max() <= 100 / len(y) + 1e-9  # at most one argmax flipped by round-off
+    loss_1d, acc_1d = L.interpolation_1d(fast, start, fast_x, y, ts, batch_size=16)
+    np.testing.assert_allclose(loss_1d, ref_1d[:, 0], rtol=1e-5, atol=0)
+    assert np.abs(acc_1d - ref_1d[:, 1]).max() <= 100 / len(y) + 1e-9
+    for c in L.coordinates(fast):  # restored bit for bit
+        assert torch.equal(c.tensor, base[c.name]), c.name

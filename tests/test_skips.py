@@ -45,6 +45,34 @@ def test_apply_matrix_channels_last_needs_no_copy():
     assert y.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_matrix_skips_on_feature_maps_run_under_vmap(monkeypatch):
+    """SeedStack (torch.func.vmap) over conv nets with matrix skips: inside vmap a tensor has
+    no memory format to ask about, so the skip takes the conv2d path there; outside it a
+    channels_last input still takes the GEMM path (conv2d is then never called)."""
+    from orthogonal_skip_connections.models.resnet import BasicBlock, ResNet
+    from orthogonal_skip_connections.models.stack import SeedStack
+    from orthogonal_skip_connections.skips import skip
+
+    def make():
+        return ResNet(BasicBlock, [1, 1, 1], [8, 16, 16], 10, in_channels=1,
+                      skip_layer=skip("learnable_orth", method="steepest", init="haar")).eval()
+
+    stack = SeedStack.build(make, [0, 1]).eval()
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = stack(x)
+        for s in range(2):
+            torch.testing.assert_close(out[s], stack.model(s).eval()(x), rtol=1e-5, atol=1e-5)
+    W, xc = O.haar_orthogonal(8), torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    expected = apply_matrix(xc.contiguous(), W)  # NCHW: the 1x1 convolution
+
+    def no_conv(*args, **kwargs):
+        raise AssertionError("channels_last input outside vmap must take the GEMM path")
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", no_conv)
+    torch.testing.assert_close(apply_matrix(xc, W), expected)
+
+
 def test_haar_init_is_special_unless_asked():
     dets = [torch.linalg.det(make_skip("learnable_orth", 4, init="haar").weight).item() for _ in range(20)]
     assert all(d > 0 for d in dets)

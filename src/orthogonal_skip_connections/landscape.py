@@ -21,7 +21,10 @@
   "Qualitatively characterizing neural network optimization problems"; BatchNorm running
   means interpolated alike, running variances geometrically, retracted skips retracted by
   the polar factor). Each point
-  is evaluated on a fixed evaluation subset, in batches, BatchNorm in eval mode.
+  is evaluated on a fixed evaluation subset, in batches, BatchNorm in eval mode, in
+  channels_last. Points are evaluated one at a time: K points at once by ``torch.func.vmap``
+  over K stacked copies of the weights was 1.24-1.83x slower per point on CPU
+  (benchmarks/landscape_grid.py, notes/landscape_two_stage_findings.md).
 - **Sharpness**: the top Hessian eigenvalue of the loss by power iteration on
   Hessian-vector products (Pearlmutter 1994; converges to the eigenvalue of largest
   magnitude, reported with its iterations and last relative change), and the trace by
@@ -51,8 +54,8 @@ from .skips import iter_skips, retracted_parameters
 from .train.classifier import classification_sums
 
 __all__ = [
-    "eval_subset", "Coordinate", "coordinates", "skip_handling", "snapshot", "random_direction", "set_point",
-    "set_interpolation", "restore", "evaluate_loss", "grid_axis", "landscape_2d", "interpolation_1d",
+    "eval_subset", "channels_last", "Coordinate", "coordinates", "skip_handling", "snapshot", "random_direction",
+    "set_point", "set_interpolation", "restore", "evaluate_loss", "grid_axis", "landscape_2d", "interpolation_1d",
     "hessian_parameters", "make_hvp", "power_iteration", "hutchinson_trace", "sharpness", "LandscapeSettings",
     "landscape_of", "CACHE_VERSION",
 ]
@@ -167,36 +170,66 @@ def random_direction(model: nn.Module, seed: int = 0, k: int = 0) -> dict[str, T
 
 
 @torch.no_grad()
+def _write(values: list[tuple[Coordinate, Tensor]]) -> None:
+    """Copy each value into its coordinate; a retracted skip's value is first retracted by
+    its polar factor (float64), one batched SVD per matrix size rather than one per skip
+    (resnet56: 27 skips of 3 sizes; the same factors, each matrix's own LAPACK call)."""
+    retract: dict[tuple, list[tuple[Coordinate, Tensor]]] = {}
+    for c, value in values:
+        if c.role == "retracted":
+            retract.setdefault((tuple(value.shape), value.device), []).append((c, value))
+        else:
+            c.tensor.copy_(value)
+    for group in retract.values():
+        factors = orth.polar(torch.stack([v.double() for _, v in group]))
+        for (c, _), q in zip(group, factors):
+            c.tensor.copy_(q.to(c.tensor.dtype))
+
+
+@torch.no_grad()
+def _reset(coords: list[Coordinate], state: dict[str, Tensor]) -> None:
+    """``coords`` set to their values in ``state`` as they are (nothing retracted)."""
+    for c in coords:
+        c.tensor.copy_(state[c.name])
+
+
+@torch.no_grad()
+def _move(coords: list[Coordinate], base: dict[str, Tensor], directions: list[dict[str, Tensor]],
+          coeffs: list[float]) -> None:
+    """``coords`` (no buffers) to base + sum_k coeffs[k] directions[k], retracted skips retracted."""
+    _write([(c, base[c.name] + sum(float(a) * d[c.name] for a, d in zip(coeffs, directions))) for c in coords])
+
+
+@torch.no_grad()
 def set_point(model: nn.Module, base: dict[str, Tensor], directions: list[dict[str, Tensor]],
               coeffs: list[float]) -> None:
     """Set the model to base + sum_k coeffs[k] directions[k] (buffers: base), retracted
     skips retracted by the polar factor (not when every coefficient is 0: the base itself)."""
-    moved = any(c != 0 for c in coeffs)
-    for c in coordinates(model):
-        value = base[c.name]
-        if c.role != "buffer" and moved:
-            value = value + sum(float(a) * d[c.name] for a, d in zip(coeffs, directions))
-            if c.role == "retracted":
-                value = orth.polar(value.double()).to(c.tensor.dtype)
-        c.tensor.copy_(value)
+    coords = coordinates(model)
+    if not any(c != 0 for c in coeffs):
+        _reset(coords, base)
+        return
+    _reset([c for c in coords if c.role == "buffer"], base)
+    _move([c for c in coords if c.role != "buffer"], base, directions, coeffs)
 
 
 @torch.no_grad()
-def set_interpolation(model: nn.Module, start: dict[str, Tensor], end: dict[str, Tensor], t: float) -> None:
+def set_interpolation(model: nn.Module, start: dict[str, Tensor], end: dict[str, Tensor], t: float,
+                      coords: list[Coordinate] | None = None) -> None:
     """(1 - t) start + t end on every coordinate (running means included; the retracted
     skips retracted by the polar factor; BatchNorm running variances geometrically,
     v0^(1 - t) v1^t, which stays positive for t outside [0, 1], where a linear
-    extrapolation turns negative); exactly ``start`` at t = 0 and ``end`` at t = 1."""
-    for c in coordinates(model):
+    extrapolation turns negative); exactly ``start`` at t = 0 and ``end`` at t = 1.
+    ``coords``: :func:`coordinates` of ``model``, when the caller has them."""
+    values = []
+    for c in coordinates(model) if coords is None else coords:
         if t == 0 or t == 1:
-            value = start[c.name] if t == 0 else end[c.name]
+            c.tensor.copy_(start[c.name] if t == 0 else end[c.name])
         elif c.name.endswith("running_var"):  # geometric: positive for every t, extrapolation too
-            value = start[c.name].clamp_min(1e-30) ** (1 - t) * end[c.name].clamp_min(1e-30) ** t
+            c.tensor.copy_(start[c.name].clamp_min(1e-30) ** (1 - t) * end[c.name].clamp_min(1e-30) ** t)
         else:
-            value = (1 - t) * start[c.name] + t * end[c.name]
-            if c.role == "retracted":
-                value = orth.polar(value.double()).to(c.tensor.dtype)
-        c.tensor.copy_(value)
+            values.append((c, (1 - t) * start[c.name] + t * end[c.name]))
+    _write(values)
 
 
 restore = lambda model, state: set_point(model, state, [], [])  # noqa: E731  (the state itself)
@@ -214,6 +247,17 @@ def evaluate_loss(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512)
     return loss / len(y), 100.0 * correct / len(y)
 
 
+def channels_last(model: nn.Module, x: Tensor) -> tuple[nn.Module, Tensor]:
+    """``model`` (in place) and images ``x`` in the channels_last layout, the layout the
+    classifier loop trains in (``TrainConfig.channels_last``); other inputs unchanged.
+    The same numbers up to round-off (1e-7 relative); on CPU (resnet56, 512 digits images,
+    one thread) a grid point took 0.67-0.79x its old time (benchmarks/landscape_grid.py); on a
+    GPU unmeasured."""
+    if x.ndim != 4:
+        return model, x
+    return model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+
+
 def grid_axis(steps: int, radius: float) -> np.ndarray:
     """``steps`` (odd) points from -radius to radius, the middle one exactly 0."""
     if steps < 1 or steps % 2 == 0:
@@ -223,16 +267,32 @@ def grid_axis(steps: int, radius: float) -> np.ndarray:
     return radius * np.arange(-k, k + 1, dtype=np.float64) / max(k, 1)
 
 
+def _moving(coords: list[Coordinate], directions: list[dict[str, Tensor]]) -> list[Coordinate]:
+    """The coordinates a grid moves: those (buffers aside) where some direction is non-zero.
+    The rest (biases, BatchNorm parameters and statistics under :func:`random_direction`)
+    stay at the base the whole grid long, so they are not rewritten at every point."""
+    return [c for c in coords if c.role != "buffer" and any(bool(d[c.name].any()) for d in directions)]
+
+
 def landscape_2d(model, x, y, directions, alphas, betas, batch_size=512, progress=False, desc="grid"):
     """Loss and accuracy (len(alphas), len(betas)) on the plane base + a d1 + b d2 around
-    the model's current weights, which are restored afterwards."""
+    the model's current weights, which are restored afterwards.
+
+    The same numbers as :func:`set_point` then :func:`evaluate_loss` at every point, with
+    the per-point work cut to what changes: the coordinates listed once, only those a
+    direction moves rewritten, the retracted skips' polar factors batched per size."""
     base = snapshot(model)
+    moving = _moving(coordinates(model), directions)
     loss = np.zeros((len(alphas), len(betas)))
     acc = np.zeros_like(loss)
     points = [(i, j) for i in range(len(alphas)) for j in range(len(betas))]
     try:
         for i, j in progress_bar(points, enabled=progress, desc=desc, leave=False):
-            set_point(model, base, directions, [alphas[i], betas[j]])
+            coeffs = [alphas[i], betas[j]]
+            if any(c != 0 for c in coeffs):
+                _move(moving, base, directions, coeffs)
+            else:  # the centre: the base itself (a retracted skip is not re-projected)
+                _reset(moving, base)
             loss[i, j], acc[i, j] = evaluate_loss(model, x, y, batch_size)
     finally:
         restore(model, base)
@@ -243,10 +303,11 @@ def interpolation_1d(model, init_state, x, y, ts, batch_size=512, progress=False
     """Loss and accuracy at (1 - t) init + t trained for every t (the model's current
     weights are the trained ones, restored afterwards)."""
     trained = snapshot(model)
+    coords = coordinates(model)
     loss, acc = np.zeros(len(ts)), np.zeros(len(ts))
     try:
         for i, t in enumerate(progress_bar(ts, enabled=progress, desc=desc, leave=False)):
-            set_interpolation(model, init_state, trained, float(t))
+            set_interpolation(model, init_state, trained, float(t), coords)
             loss[i], acc[i] = evaluate_loss(model, x, y, batch_size)
     finally:
         restore(model, trained)
@@ -393,7 +454,8 @@ def landscape_of(model: nn.Module, init_model: nn.Module, data: ImageData, setti
     ``acc``), the 1-D interpolation from ``init_model`` (``ts``, ``loss_1d``, ``acc_1d``),
     the centre's loss and accuracy, and the sharpness numbers. With ``cache_path`` the
     result is read from there when its key (checkpoint hash and every setting) matches,
-    with no forward pass, else computed and saved (``cached`` says which)."""
+    with no forward pass, else computed and saved (``cached`` says which). Every evaluation
+    runs in channels_last (:func:`channels_last`): ``model`` is left in that layout."""
     key = _key(settings, checkpoint_sha256, init_seed)
     if cache_path is not None:
         hit = _load_cache(Path(cache_path), key)
@@ -404,6 +466,7 @@ def landscape_of(model: nn.Module, init_model: nn.Module, data: ImageData, setti
     s = settings
     model = model.to(device).eval()
     x, y = eval_subset(data, s.n_eval, s.eval_seed, s.eval_split, device)
+    model, x = channels_last(model, x)
     alphas, betas = grid_axis(s.steps, s.radius), grid_axis(s.steps, s.radius)
     ts = np.linspace(s.t_min, s.t_max, s.steps_1d)
     if not np.any(np.isclose(ts, 1.0)):

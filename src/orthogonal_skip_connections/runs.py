@@ -138,9 +138,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def machine_memory() -> int:
-    """Bytes of physical memory of this machine (``os.sysconf``; no psutil)."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+def machine_memory() -> int | None:
+    """Bytes of physical memory of this machine (``os.sysconf``; no psutil), or None where
+    the system does not say (Windows has no ``os.sysconf``)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def check_memory(what: str, nbytes: float) -> None:
@@ -150,7 +154,7 @@ def check_memory(what: str, nbytes: float) -> None:
     Only the clearly absurd is refused: the bound counts the largest tensors, never
     activations, so anything that could fit runs and meets its own limits."""
     total = machine_memory()
-    if nbytes > total:
+    if total is not None and nbytes > total:
         raise UserError(f"{what} would need at least {_bytes(nbytes)} of memory; this machine has {_bytes(total)}")
 
 

@@ -159,9 +159,14 @@ def compose_each(name: str, jobs: Iterable[list[str]]) -> Iterator[DictConfig]:
     are applied to a copy by Hydra's own rule for them
     (``ConfigLoaderImpl._apply_overrides_to_config``, what Hydra does after composing the
     defaults). A mistake is the same one-line UserError as :func:`compose`'s."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    try:  # a Hydra internal (1.3): where a release renames it, every job is composed whole
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        apply_values = ConfigLoaderImpl._apply_overrides_to_config
+    except (ImportError, AttributeError):
+        yield from (compose(name, list(job)) for job in jobs)
+        return
     schema = load_app(name).schema
     parser, bases = OverridesParser.create(), {}
     for job in jobs:
@@ -174,7 +179,7 @@ def compose_each(name: str, jobs: Iterable[list[str]]) -> Iterator[DictConfig]:
             bases[key] = compose(name, list(key))
         cfg = copy.deepcopy(bases[key])
         try:
-            ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if o not in group], cfg)
+            apply_values([o for o in parsed if o not in group], cfg)
         except Exception as err:
             raise UserError(one_line(err, schema)) from None
         yield cfg

@@ -32,7 +32,7 @@ from ..analysis.blocks import by_kind, fit_blocks, verdict
 from ..data.synthetic import make_synthetic
 from ..models.stack import SeedStack
 from ..rundir import RunDir, column
-from ..runs import UserError, progress_bar, resolve_device
+from ..runs import progress_bar, resolve_device
 from ..train.classifier import Diverged
 from ..train.small import train_small_classifier
 from ._app import (App, SkipOptions, SmallTraining, check_residual_mlp_memory, check_synthetic_data, choice,

@@ -1,6 +1,6 @@
 """Data-parallel training under ``torchrun`` (DistributedDataParallel, one process per device).
 
-    torchrun --nproc_per_node=2 -m orthogonal_skip_connections.experiments.run_experiments ...
+    torchrun --standalone --nproc_per_node=2 -m orthogonal_skip_connections.experiments.run_experiments ...
 
 torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address in every
 process's environment; :func:`init_from_env` joins the process group (NCCL on CUDA, gloo on

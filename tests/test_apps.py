@@ -107,6 +107,25 @@ def test_osc_list_imports_no_torch():
     assert "teacher_student" in out.stdout
 
 
+def test_osc_version_names_the_package_and_what_it_runs_on():
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+    from importlib.metadata import version
+
+    import orthogonal_skip_connections
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert orthogonal_skip_connections.__version__ == pyproject["project"]["version"]
+    code = ("import sys; from orthogonal_skip_connections.cli import main; sys.exit(main(['--version']) or "
+            "('torch' in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"osc {pyproject['project']['version']} (Python ")
+    assert f"torch {version('torch')}" in out.stdout and "hydra-core " in out.stdout
+
+
 @pytest.mark.parametrize("app", sorted(APPS))
 @pytest.mark.parametrize("override,key", BAD)
 def test_mistakes_are_one_line_exit_2_and_no_run_dir(app, override, key, tmp_path, capsys):

@@ -12,7 +12,8 @@ from .experiments import APPS, load_app
 
 def usage() -> str:
     width = max(map(len, APPS))
-    lines = ["usage: osc <experiment> [hydra overrides]   |   osc report DIR... [--out OUT]   |   osc list",
+    lines = ["usage: osc <experiment> [hydra overrides]   |   osc report DIR... [--out OUT]   |   osc list"
+             "   |   osc --version",
              "", "experiments:"]
     lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in APPS.items()]
     lines += ["", f"  {'report':<{width}}  build report.md/.html and results.csv from existing run dirs",
@@ -45,6 +46,25 @@ def report(argv: list[str]) -> int:
     return 0
 
 
+def version() -> str:
+    """This package's version and those of what it runs on, for a bug report (read from the
+    installed packages' metadata: no torch import)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    from . import __version__
+
+    def of(package: str) -> str:
+        try:
+            return installed(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    deps = ", ".join(f"{p} {of(p)}" for p in ("torch", "torchvision", "hydra-core", "omegaconf"))
+    return f"osc {__version__} (Python {platform.python_version()}, {deps})"
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(sys.argv[1:] if argv is None else argv)
@@ -57,6 +77,9 @@ def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
+    if argv[0] in ("--version", "-V"):
+        print(version())
+        return 0
     if argv[0] == "list":
         print(usage())
         return 0

@@ -274,6 +274,29 @@ def test_a_paired_difference_interval_is_clipped_at_100_points():
     assert -100.0 < zero["diff_mean"] < 0 < zero["diff_hi"] <= 100.0
     md = "\n".join(table_markdown([t for t in task_tables(rows)["t"]]))
     assert "[-100.00†," in md and "±100 points" in md
+    assert "[-100.00†, +" in zero["verdict"]  # the verdict marks the cut end as the table does
+
+
+def test_caveat_says_when_the_seeds_cannot_tell_anything():
+    """At 2 seeds t_{0.975, 1} = 12.7: a paired spread of 20 points gives an interval wider
+    than the 100-point scale, and the caveat says so instead of naming a 'smallest
+    detectable difference' of ~115 points."""
+    from orthogonal_skip_connections.report import task_tables
+    from orthogonal_skip_connections.report.classification import caveat
+
+    def row(variant, seed, acc):
+        return {"task": "t", "variant": variant, "seed": seed, "status": "completed", "test_acc": acc,
+                "step_time_s": 1.0, "epochs_to_target": 1, "skip_identity_distance_mean": None,
+                "target_acc": 90, "n_test": 360}
+
+    rows = [row("identity", s, a) for s, a in enumerate([90.0, 92.0])] + \
+        [row("zero", s, a) for s, a in enumerate([80.0, 100.0])]  # paired differences -10, +8
+    text = caveat("t", task_tables(rows)["t"], rows)
+    assert "more than the whole scale" in text and "more seeds are needed" in text
+    assert "only differences larger than" not in text
+    close = [row("identity", s, a) for s, a in enumerate([90.0, 92.0])] + \
+        [row("zero", s, a) for s, a in enumerate([90.5, 92.4])]
+    assert "only differences larger than about" in caveat("t", task_tables(close)["t"], close)
 
 
 def test_full_scale_plan_checks_every_config_and_builds_every_model(tmp_path, fake_cifar):

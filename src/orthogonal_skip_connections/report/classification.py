@@ -263,7 +263,7 @@ def _arm_stats(vrows: list[dict], base: list[dict], is_base: bool, baseline: str
         "paired_seeds": len(diffs),
         "verdict": "baseline" if is_base else _verdict(None, dmean, dlo, dhi, len(diffs),
                                                        spread=float(np.ptp(diffs)) if diffs else 0.0,
-                                                       baseline=baseline),
+                                                       baseline=baseline, clipped=diff_clipped),
         "target_acc": target_acc,
     }
 
@@ -303,7 +303,11 @@ def mode_tables(rows: list[dict]) -> dict[str, list[dict]]:
     return tables
 
 
-def _verdict(variant, dmean, dlo, dhi, n, spread: float = 1.0, baseline: str = "identity") -> str:
+def _verdict(variant, dmean, dlo, dhi, n, spread: float = 1.0, baseline: str = "identity",
+             clipped: tuple[bool, bool] = (False, False)) -> str:
+    """One sentence comparing an arm with ``baseline`` from the paired difference's mean and
+    95% interval [dlo, dhi] (``clipped``: which ends were cut at -100/+100 points, marked †
+    as in the table)."""
     if variant == baseline:
         return "baseline"
     if n < 2 or math.isnan(dlo):
@@ -312,11 +316,12 @@ def _verdict(variant, dmean, dlo, dhi, n, spread: float = 1.0, baseline: str = "
         return (f"{'better' if dmean > 0 else 'worse' if dmean < 0 else 'no different'} than {baseline} by "
                 f"{abs(dmean):.2f} points in each of {n} paired seeds (no spread: more seeds would say "
                 "how sure that is)")
+    ci = f"[{dlo:+.2f}{'†' if clipped[0] else ''}, {dhi:+.2f}{'†' if clipped[1] else ''}]"
     if dlo <= 0 <= dhi:
         return (f"no detectable difference from {baseline} at {n} seeds "
-                f"(95% CI of the difference [{dlo:+.2f}, {dhi:+.2f}] points contains 0)")
+                f"(95% CI of the difference {ci} points contains 0)")
     word = "better" if dmean > 0 else "worse"
-    return f"{word} than {baseline} by {abs(dmean):.2f} points (95% CI [{dlo:+.2f}, {dhi:+.2f}], {n} paired seeds)"
+    return f"{word} than {baseline} by {abs(dmean):.2f} points (95% CI {ci}, {n} paired seeds)"
 
 
 def _fmt(x, spec=".2f", none="–") -> str:
@@ -389,8 +394,12 @@ def caveat(task: str, table: list[dict], rows: list[dict]) -> str:
     if d["smallest"] is None:
         return f"**Caveat**: {size}; fewer than 2 seeds paired with identity, so no difference can be judged."
     text = (f"**Caveat**: {size}; at {d['seeds']} seeds, with the paired differences' pooled std of "
-            f"{d['pooled_sd']:.2f} points, only differences larger than about {d['smallest']:.2f} points could be "
-            "told from 0")
+            f"{d['pooled_sd']:.2f} points, ")
+    if d["smallest"] >= 100.0:  # two accuracies differ by at most 100 points
+        text += (f"the paired t-interval is about ±{d['smallest']:.0f} points wide, more than the whole scale, so "
+                 "no difference could be told from 0: more seeds are needed")
+    else:
+        text += f"only differences larger than about {d['smallest']:.2f} points could be told from 0"
     if accs and min(accs) >= 95.0:
         text += (f"; every variant scores {min(accs):.1f}–{max(accs):.1f}%, so the task is near saturation and "
                  "'no detectable difference' means 'cannot tell', not 'equal'")

@@ -16,7 +16,7 @@ identity's step time; ResNet-18 (CIFAR stem) >= 20,000 training images/s in bf16
 tests, or matrix products only: the default on CUDA).
 
     python benchmarks/gpu_throughput.py                     # resnet20 and resnet18, batch 512
-    python benchmarks/gpu_throughput.py --quick             # seconds on a CPU: a smoke run
+    python benchmarks/gpu_throughput.py --quick             # a smoke run: about a minute on a 2-core CPU
     python benchmarks/gpu_throughput.py --models resnet18 --batch 1024 --rounds 7 --steps 30
 """
 

@@ -30,7 +30,7 @@ row per ``--impls`` (default both: ``factor``, SVD/QR with host-side tests, the 
 default; ``matmul``, products only, CUDA's default; the non-default one is marked ``@``).
 
     python benchmarks/orthogonal_layer.py                  # C in 16, 64, 256, 512; 1000 steps
-    python benchmarks/orthogonal_layer.py --quick          # seconds on a CPU: a smoke run
+    python benchmarks/orthogonal_layer.py --quick          # a smoke run: about a minute on a 2-core CPU
 """
 
 from __future__ import annotations

@@ -333,8 +333,9 @@ def make_hvp(loss_parts: list[Callable[[], Tensor]], params: list[Tensor], reuse
     ``reuse_graph`` (default: when there is one part): g and its graph are built once, on
     the first call, and every later product is one backward of g . v through them
     (``retain_graph``), not a forward, a backward and a double backward each: the same H v
-    bit for bit on CPU, 0.62-0.81x the time per product (resnet56, 512 digits images, one
-    thread; benchmarks/landscape_hessian.py). Otherwise each product rebuilds every part's
+    bit for bit on CPU, 0.58-0.73x the time per product and 0.76-0.80x per ``sharpness()``
+    call (resnet56, 512 digits images, one thread; benchmarks/landscape_hessian.py; on a GPU
+    unmeasured, the same work removed). Otherwise each product rebuilds every part's
     graph in turn, so that one part's graph is alive at a time: the memory bound that
     splitting the data into parts is for. Neither changes the parameters or their ``.grad``."""
     reuse = len(loss_parts) == 1 if reuse_graph is None else reuse_graph

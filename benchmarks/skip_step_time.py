@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 import orthogonal_skip_connections as osc
-from orthogonal_skip_connections import get_model
 from orthogonal_skip_connections.skips import ORTH_METHODS
 
 

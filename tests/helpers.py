@@ -20,9 +20,10 @@ class HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def write_fake_cifar(root, name="cifar10", n_train=40, n_test=20, seed=0):
+def write_fake_cifar(root, name="cifar10", n_train=40, n_test=20, seed=0, payload=None):
     """Random CIFAR-10 / CIFAR-100 "python version" files under ``root`` (the format
-    ``load_image_data`` reads; datasets cannot be downloaded here)."""
+    ``load_image_data`` reads; datasets cannot be downloaded here). ``payload``: an object
+    pickled as the first training file's labels (a crafted file)."""
     import pickle
     from pathlib import Path
 
@@ -41,6 +42,8 @@ def write_fake_cifar(root, name="cifar10", n_train=40, n_test=20, seed=0):
         folder = Path(root) / "cifar-100-python"
         files = {"train": batch(n_train), "test": batch(n_test)}
     folder.mkdir(parents=True, exist_ok=True)
+    if payload is not None:
+        files[next(iter(files))][key] = payload
     for fname, content in files.items():
         with open(folder / fname, "wb") as f:
             pickle.dump(content, f)

@@ -16,7 +16,6 @@
 
 import hashlib
 import json
-import pickle
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
+from helpers import write_fake_cifar
 
 from orthogonal_skip_connections.cli import main as osc
 from orthogonal_skip_connections.experiments import load_app
@@ -41,6 +42,10 @@ TINY = {
                               "n_samples=100"],
     "study": ["scale=smoke", "jobs=1", "parts=[classification]", "scales.smoke.classification.variants=[identity]",
               "scales.smoke.classification.seeds=1"],
+    "two_stage": ["model_type=resnet20", "n_train=64", "seeds=1", "stage1_epochs=1", "stage2_epochs=1",
+                  "batch_size=32", "fit_images=32", "device=cpu"],
+    "loss_landscape": ["train.dir=null", "cache_dir=null", "train.model_type=resnet20", "train.seeds=1",
+                       "train.n_train=64", "train.epochs=1", "train.batch_size=32", "device=cpu"],
 }
 FINISHED = ("run_experiments", "theorem", "teacher_student")
 
@@ -72,6 +77,7 @@ def root(tmp_path_factory):
     (root / "a_file").write_text("not a dir\n")
     (root / "cifar_empty").mkdir()
     write_cifar(root / "cifar_evil", evil=root / "PWNED")
+    write_cifar(root / "cifar_small")  # 40 training images
     odd = root / "odd"
     done = {f: json.loads((root / "done" / "run_experiments" / f).read_text()) for f in ("summary.json", "run.json")}
     for name, summary, meta in [
@@ -100,16 +106,9 @@ class Payload:
 
 
 def write_cifar(base: Path, evil: Path | None = None) -> None:
-    folder = base / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        entry = {b"data": rng.integers(0, 256, (8, 3072), dtype=np.uint8), b"labels": list(range(8)),
-                 b"batch_label": b"x", b"filenames": [b"f"] * 8}
-        if evil is not None and name == "data_batch_1":
-            entry[b"labels"] = Payload(evil)
-        with open(folder / name, "wb") as f:
-            pickle.dump(entry, f)
+    """Fake CIFAR-10 files (40 training images); ``evil``: the first training file's labels
+    are a :class:`Payload` that would create that file."""
+    write_fake_cifar(base, "cifar10", n_train=40, n_test=8, payload=None if evil is None else Payload(evil))
 
 
 M = "ROOT"  # placeholder: the fixture's root dir
@@ -174,6 +173,14 @@ CASES = [
     ("re-lr-scale-inf", ["run_experiments", "model.skip_kind=learnable_orth", "model.lr_scale=inf"], ["lr_scale"]),
     ("re-vit-patch", ["run_experiments", "model.model_type=vit_tiny", "model.patch_size=3"],
      ["patch_size 3", "8x8"]),
+    ("re-stem-blank", ["run_experiments", "model.stem=''"], ["model.stem", "cifar, imagenet"]),
+    ("re-data-root-blank", ["run_experiments", "data.root=' '"], ["data.root", "a path or null"]),
+    ("re-batch-above-cifar-files", ["run_experiments", "dataset=cifar10", f"data.root={M}/cifar_small",
+                                    "data.download=false", "batch_size=41"], ["batch_size", "40 images of cifar10"]),
+    ("re-vit-too-wide", ["run_experiments", "model.model_type=vit_tiny", "model.width=999999", "model.heads=3"],
+     ["width 999999", "memory"]),
+    ("re-vit-too-deep", ["run_experiments", "model.model_type=vit_tiny", "model.depth=100000000"],
+     ["depth 100000000", "memory"]),
     ("re-sweep-bogus", ["run_experiments", "-m", "model.skip_kind=bogus,identity", f"hydra.sweep.dir={M}/sweep"],
      ["bogus"]),
     ("re-sweep-dir-file", ["run_experiments", "-m", "seed=0,1", f"hydra.sweep.dir={M}/a_file"], ["a_file"]),
@@ -226,6 +233,18 @@ CASES = [
     ("cv-fit-on", ["construction_validity", "fit_on=bogus"], ["fit_on"]),
     ("cv-seed", ["construction_validity", "seed=-1"], ["seed"]),
     ("cv-blocks", ["construction_validity", "n_blocks=[0]"], ["n_blocks"]),
+    ("th-dim-huge", ["theorem", "dim=1000000000"], ["dim=1000000000", "memory"]),
+    ("ts-d-huge", ["teacher_student", "d=1000000000"], ["d=1000000000", "memory"]),
+    ("ts-seeds-huge", ["teacher_student", "seeds=1000000000"], ["seeds=1000000000", "memory"]),
+    ("sy-blocks-huge", ["orth_residual_synthetic_data", "n_blocks=1000000000"], ["n_blocks=1000000000", "memory"]),
+    ("sy-region-grid-huge", ["orth_residual_synthetic_data", "region_grid=1000000"], ["region_grid", "memory"]),
+    ("oi-dims-huge", ["orth_to_id", "dims=[1000000000]"], ["dims up to 1000000000", "memory"]),
+    ("oi-seeds-huge", ["orth_to_id", "seeds=1000000000"], ["seeds=1000000000", "memory"]),
+    ("cv-blocks-huge", ["construction_validity", "n_blocks=[1000000000]"], ["n_blocks up to 1000000000", "memory"]),
+    ("cv-classes-huge", ["construction_validity", "num_classes=[1000000000]"], ["num_classes up to", "memory"]),
+    ("ts2-batch-above-n-train", ["two_stage", "batch_size=65"], ["batch_size", "64 images of digits"]),
+    ("ll-batch-above-n-train", ["loss_landscape", "train.batch_size=65"], ["train.batch_size", "64 images"]),
+    ("ll-cache-dir-blank", ["loss_landscape", "cache_dir=''"], ["cache_dir", "a path or null"]),
     # study
     ("st-scale", ["study", "scale=huge"], ["scale"]),
     ("st-jobs", ["study", "jobs=0"], ["jobs"]),
@@ -234,6 +253,13 @@ CASES = [
     ("st-old-comment-example", ["study", "overrides.run_experiments=[optimizer.lr=0.05]"],
      ["overrides.run_experiments"]),
     ("st-bad-app-override", ["study", 'overrides.run_experiments=["optimizer.lr=abc"]'], ["optimizer.lr"]),
+    ("st-override-lr", ["study", 'overrides.run_experiments=["optimizer.lr=-1"]'],
+     ["part classification", "optimizer.lr"]),
+    ("st-override-stem", ["study", "overrides.run_experiments=[\"model.stem=''\"]"], ["model.stem"]),
+    ("st-override-part-not-run", ["study", 'overrides.two_stage=["bogus_key=1"]'],
+     ["part two_stage (not in parts", "bogus_key"]),
+    ("st-override-batch", ["study", 'overrides.loss_landscape=["train.batch_size=100000"]'],
+     ["part landscape", "train.batch_size", "1437"]),
     # osc report and osc itself
     ("rp-corrupt", ["report", f"{M}/odd/corrupt"], ["odd/corrupt/run/summary.json"]),
     ("rp-list", ["report", f"{M}/odd/list"], ["odd/list/run/summary.json", "list"]),
@@ -443,6 +469,20 @@ CHECKED_BEFORE_HYDRA = [
     ("orth_to_id", ["device=tpu"], "unknown device"),
     ("construction_validity", ["device=''"], "unknown device"),
     ("orth_residual_synthetic_data", ["device=cuda:x"], "unknown device"),
+    # blank values, batches above the training set, absurd sizes, a study's parts
+    ("run_experiments", ["dataset=digits", "model.stem=' '"], "model.stem"),
+    ("run_experiments", ["dataset=digits", "batch_size=1438"], "1437 images of digits"),
+    ("run_experiments", ["dataset=digits", "model.model_type=vit_small", "model.depth=100000000"], "memory"),
+    ("two_stage", ["n_train=100", "batch_size=101"], "100 images of digits"),
+    ("loss_landscape", ["train.n_train=100", "train.batch_size=101"], "100 images of digits"),
+    ("loss_landscape", ["train.dir=''"], "train.dir"),
+    ("orth_to_id", ["dims=[1000000000]"], "memory"),
+    ("construction_validity", ["n_blocks=[1000000000]"], "memory"),
+    ("orth_residual_synthetic_data", ["n_blocks=1000000000"], "memory"),
+    ("theorem", ["ms=[1000000000]"], "memory"),
+    ("teacher_student", ["d=1000000000"], "memory"),
+    ("study", ["parts=[synthetic]", 'overrides.run_experiments=["optimizer.lr=-1"]'],
+     r"part classification \(not in parts, checked all the same\), digits/resnet20 identity: optimizer.lr"),
 ]
 
 

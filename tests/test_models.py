@@ -94,3 +94,44 @@ def test_residual_mlp_exposes_skip_and_branch():
     assert mlp.features(x, upto=0).shape == (7, 2)
     emb = ResidualMLP(dim=16, depth=2, in_features=5, num_classes=2)
     assert emb(torch.randn(4, 5)).shape == (4, 2)
+
+
+@pytest.mark.parametrize("kind", SKIP_KINDS)
+def test_size_bounds_counted_from_the_config_never_exceed_the_built_model(kind):
+    """The memory check's parameter counts (made without building anything) are lower
+    bounds of the built models' numel, and exact for the ResidualMLP without skip weights."""
+    from orthogonal_skip_connections.models.mlp import residual_mlp_min_parameters
+    from orthogonal_skip_connections.models.vit import vit_min_parameters
+
+    def numel(model):
+        return sum(p.numel() for p in model.parameters())
+
+    for dim, depth, mult, classes, inputs in [(2, 3, 2.0, 2, None), (5, 2, 1.5, 7, 3), (8, 0, 4.0, None, None)]:
+        model = ResidualMLP(dim, depth, hidden_mult=mult, skip_kind=kind, num_classes=classes, in_features=inputs)
+        bound = residual_mlp_min_parameters(dim, depth, mult, classes, inputs)
+        skips = sum(p.numel() for b in model.blocks for p in b.skip.parameters())
+        assert bound == numel(model) - skips, (dim, depth)
+    vit = get_model("vit_tiny", 10, kind, width=48, depth=2, heads=3, image_size=8, patch_size=2, in_channels=1)
+    bound = vit_min_parameters("vit_tiny", width=48, depth=2, heads=3, image_size=8, patch_size=2, in_channels=1)
+    assert 0.8 * numel(vit) < bound <= numel(vit)
+
+
+def test_memory_check_refuses_only_above_the_machines_memory():
+    from orthogonal_skip_connections.runs import UserError, check_memory, machine_memory
+
+    total = machine_memory()
+    assert total > 2**28  # read from the system, not a guess
+    check_memory("this", total)
+    with pytest.raises(UserError, match=r"^this would need at least .* of memory; this machine has") as err:
+        check_memory("this", total + 1)
+    assert "\n" not in str(err.value)
+
+
+def test_memory_check_passes_where_the_system_does_not_say(monkeypatch):
+    import os
+
+    from orthogonal_skip_connections.runs import check_memory, machine_memory
+
+    monkeypatch.delattr(os, "sysconf")  # as on Windows
+    assert machine_memory() is None
+    check_memory("this", 1e30)  # nothing to compare with: the run meets its own limits

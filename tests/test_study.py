@@ -309,3 +309,26 @@ def test_full_scale_plan_checks_every_config_and_builds_every_model(tmp_path, fa
     assert len(built) >= 2 + len(full.residual_modes.modes) * 2  # resnet18, resnet56; each mode of vit_small, resnet18v2
     for name in study.SYNTHETIC_APPS + ("teacher_student", "loss_landscape", "two_stage"):
         load_app(name).config(list(getattr(full, name)))
+
+
+def test_compose_each_gives_what_compose_gives():
+    """The study's plans are composed by compose_each (Hydra's override rule applied to one
+    composition per set of group overrides): the same configs and the same one-line
+    mistakes as composing each job alone."""
+    from omegaconf import OmegaConf
+
+    from orthogonal_skip_connections.experiments._compose import compose, compose_each
+
+    cfg = study.main.config(["scale=default", "progress=false"])
+    plan = (study.classification_plan(cfg, seeds=1) + study.mode_plan(cfg, seeds=1))[::3]
+    jobs = [[f"dataset={d}", f"model.model_type={m}", *o] for _, d, m, o, _ in plan]
+    jobs.append(["dataset=cifar10", "+wandb.extra=1", "optimizer.lr=0.3", "model.method=null"])
+    for job, fast in zip(jobs, compose_each("run_experiments", jobs)):
+        assert OmegaConf.to_container(fast, resolve=True) == \
+            OmegaConf.to_container(compose("run_experiments", job), resolve=True), job
+    for bad in (["bogus=1"], ["optimizer.lr=abc"], ["resume=no"], ["dataset=bogus"], ["+optimizer.lr=1"]):
+        with pytest.raises(UserError) as slow:
+            compose("run_experiments", bad)
+        with pytest.raises(UserError) as fast:
+            next(compose_each("run_experiments", [bad]))
+        assert str(fast.value) == str(slow.value)

@@ -25,6 +25,8 @@ __all__ = [
     "resolve_device",
     "to_jsonable",
     "atomic_write_text",
+    "machine_memory",
+    "check_memory",
 ]
 
 
@@ -134,3 +136,30 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError("device=mps was asked for but MPS is not available; use device=auto or cpu")
     return device
+
+
+def machine_memory() -> int | None:
+    """Bytes of physical memory of this machine (``os.sysconf``; no psutil), or None where
+    the system does not say (Windows has no ``os.sysconf``)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(what: str, nbytes: float) -> None:
+    """Refuse (one line) a configuration whose ``nbytes`` (a lower bound of what it will
+    allocate, counted from the config without allocating anything) exceed this machine's
+    physical memory: it could only die of a MemoryError or be killed after a long wait.
+    Only the clearly absurd is refused: the bound counts the largest tensors, never
+    activations, so anything that could fit runs and meets its own limits."""
+    total = machine_memory()
+    if total is not None and nbytes > total:
+        raise UserError(f"{what} would need at least {_bytes(nbytes)} of memory; this machine has {_bytes(total)}")
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.3g} {unit}"
+        n /= 1000

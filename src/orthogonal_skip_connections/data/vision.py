@@ -26,13 +26,18 @@ from torch import Tensor
 
 from ..runs import UserError
 
-__all__ = ["DATASETS", "IMAGE_SHAPES", "ImageData", "TensorLoader", "load_image_data", "default_data_root",
+__all__ = ["DATASETS", "IMAGE_SHAPES", "TRAIN_SIZES", "ImageData", "TensorLoader", "load_image_data",
+           "default_data_root",
            "epoch_generator", "to_device"]
 
 DATASETS = ("cifar10", "cifar100", "digits")
 # (channels, height, width) of each dataset's images, known before anything is loaded
 # (a config can be checked against it); the loaders return exactly these shapes
 IMAGE_SHAPES = {"cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "digits": (1, 8, 8)}
+# training images of each dataset's standard split: digits' is fixed (80% of 1797, the
+# split below); CIFAR's are the published files' (a data root holding other files is
+# checked again once they are loaded)
+TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "digits": 1437}
 DATA_ROOT_ENV = "OSC_DATA_ROOT"
 
 # per-channel mean / std of the training sets

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..runs import UserError
 
-__all__ = ["require", "choice", "one_of", "ints_at_least", "number"]
+__all__ = ["require", "choice", "one_of", "ints_at_least", "number", "path_or_null"]
 
 
 def require(ok: bool, key: str, allowed: str, value: Any) -> None:
@@ -44,3 +44,9 @@ def number(key: str, value: float, low: float = -math.inf, strict: bool = False,
     bound = " and ".join(b for b in [
         "" if low == -math.inf else f"{'>' if strict else '>='} {low}", "" if high == math.inf else f"<= {high}"] if b)
     require(ok, key, f"a number {bound}".strip(), value)
+
+
+def path_or_null(key: str, value: str | None) -> None:
+    """A path key: null or a path, never a blank string (``''`` would read as the current
+    directory, where nothing of the run belongs)."""
+    require(value is None or value.strip() != "", key, "a path or null", value)

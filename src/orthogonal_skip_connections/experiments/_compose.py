@@ -9,11 +9,12 @@ what was given (:func:`one_line`); booleans are ``true`` or ``false`` only
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
@@ -23,7 +24,8 @@ from ._registry import load_app
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "config")
 
-__all__ = ["CONFIG_DIR", "compose", "typed", "register_schema", "compose_raw", "one_line", "schema_node", "kind_of",
+__all__ = ["CONFIG_DIR", "compose", "compose_each", "typed", "register_schema", "compose_raw", "one_line",
+           "schema_node", "kind_of",
            "strict_booleans"]
 
 
@@ -148,6 +150,39 @@ def compose(name: str, overrides: list[str] = ()) -> DictConfig:
         return compose_raw(name, list(overrides))
     except Exception as err:  # Hydra's composition errors: unknown key, wrong type, no such option
         raise UserError(one_line(err, app.schema)) from None
+
+
+def compose_each(name: str, jobs: Iterable[list[str]]) -> Iterator[DictConfig]:
+    """``compose(name, job)`` for each job in turn, several times faster for many jobs that share
+    their config-group overrides (a study's plan): Hydra composes each distinct set of
+    group overrides (``dataset=...``, ``hydra/...``) once, and each job's value overrides
+    are applied to a copy by Hydra's own rule for them
+    (``ConfigLoaderImpl._apply_overrides_to_config``, what Hydra does after composing the
+    defaults). A mistake is the same one-line UserError as :func:`compose`'s."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:  # a Hydra internal (1.3): where a release renames it, every job is composed whole
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        apply_values = ConfigLoaderImpl._apply_overrides_to_config
+    except (ImportError, AttributeError):
+        yield from (compose(name, list(job)) for job in jobs)
+        return
+    schema = load_app(name).schema
+    parser, bases = OverridesParser.create(), {}
+    for job in jobs:
+        strict_booleans(schema, job)  # also parses each override: a grammar error is one line there
+        parsed = parser.parse_overrides(list(job))
+        group = [o for o in parsed if o.package is not None or o.key_or_group.split(".")[0].startswith("hydra")
+                 or (Path(CONFIG_DIR) / o.key_or_group.lstrip("+~")).is_dir()]
+        key = tuple(o.input_line for o in group)
+        if key not in bases:
+            bases[key] = compose(name, list(key))
+        cfg = copy.deepcopy(bases[key])
+        try:
+            apply_values([o for o in parsed if o not in group], cfg)
+        except Exception as err:
+            raise UserError(one_line(err, schema)) from None
+        yield cfg
 
 
 def typed(schema: type, cfg: Any):

@@ -9,7 +9,8 @@ import dataclasses
 from ..runs import UserError
 from ._checks import choice, number, one_of, require
 
-__all__ = ["SmallTraining", "SkipOptions", "residual_mlp_factory", "skip_kinds", "check_synthetic_data"]
+__all__ = ["SmallTraining", "SkipOptions", "residual_mlp_factory", "skip_kinds", "check_synthetic_data",
+           "check_residual_mlp_memory"]
 
 
 @dataclasses.dataclass
@@ -89,6 +90,23 @@ def residual_mlp_factory(cfg, dim: int, depth: int, num_classes: int, skip_kind:
         except (TypeError, ValueError) as err:
             raise UserError(str(err)) from None
     return make_model
+
+
+def check_residual_mlp_memory(where: str, dim: int, depth: int, hidden_mult: float, num_classes: int, seeds: int,
+                              n_samples: int, grid_points: int = 0) -> None:
+    """One line (before anything is built) when ``seeds`` ResidualMLPs of this size with
+    their gradients (float32), ``n_samples`` data points in ``dim`` dimensions (made in
+    float64) and ``grid_points`` points of a picture's grid (float32) cannot fit in this
+    machine's memory: a lower bound (skips, optimiser state and activations not counted)."""
+    from ..models.mlp import residual_mlp_min_parameters
+    from ..runs import check_memory
+
+    try:
+        params = residual_mlp_min_parameters(dim, depth, hidden_mult, num_classes)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    check_memory(f"{where}: {seeds} model(s) of {params:.3g} weights and {n_samples * dim:.3g} data values",
+                 8 * seeds * params + 8 * n_samples * dim + 4 * grid_points * dim)
 
 
 def check_synthetic_data(where: str, dataset_type: str, **args) -> None:

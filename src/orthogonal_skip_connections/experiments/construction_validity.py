@@ -32,11 +32,11 @@ from ..analysis.blocks import by_kind, fit_blocks, verdict
 from ..data.synthetic import make_synthetic
 from ..models.stack import SeedStack
 from ..rundir import RunDir, column
-from ..runs import UserError, progress_bar, resolve_device
+from ..runs import progress_bar, resolve_device
 from ..train.classifier import Diverged
 from ..train.small import train_small_classifier
-from ._app import (App, SkipOptions, SmallTraining, check_synthetic_data, choice, ints_at_least, require,
-                   residual_mlp_factory, skip_kinds)
+from ._app import (App, SkipOptions, SmallTraining, check_residual_mlp_memory, check_synthetic_data, choice,
+                   ints_at_least, require, residual_mlp_factory, skip_kinds)
 
 DATASETS = ("blobs", "classification", "parity", "moons", "circles")
 FIT_ON = ("test", "train")
@@ -75,6 +75,9 @@ class Config(SmallTraining):
         require(self.hidden_mult > 0, "hidden_mult", "a number > 0", self.hidden_mult)
         # what the library would refuse at run time, refused here (before Hydra makes a run dir)
         resolve_device(self.device)
+        d, k, m = self.dims[-1], self.num_classes[-1], self.n_blocks[-1]  # the largest, before any model is built
+        check_residual_mlp_memory(f"dims up to {d}, num_classes up to {k}, n_blocks up to {m}, seeds={self.seeds}, "
+                                  f"n_samples={self.n_samples}", d, m, self.hidden_mult, k, self.seeds, self.n_samples)
         for d in self.dims:
             for k in self.num_classes:
                 check_synthetic_data(f"{self.dataset_type} with d={d}, num_classes={k}", self.dataset_type,

@@ -41,8 +41,8 @@ from ..report.classification import t_interval
 from ..rundir import RunDir, column
 from ..runs import UserError, atomic_write_text, read_json, resolve_device, to_jsonable
 from ..train.classifier import TrainConfig, train_classifier
-from ..train.image import ClassifierSpec, build_classifier, load_run, run_variant
-from ._app import App, choice, number, require
+from ..train.image import ClassifierSpec, build_classifier, check_batch_size, load_run, run_variant
+from ._app import App, choice, number, path_or_null, require
 
 SPLITS = ("train", "test")
 
@@ -109,7 +109,11 @@ class Config:
         require(self.hessian.samples >= 2, "hessian.samples", "an integer >= 2", self.hessian.samples)
         require(self.num_threads is None or self.num_threads >= 1, "num_threads", "an integer >= 1 or null",
                 self.num_threads)
+        for run in self.runs:
+            path_or_null("runs", run)
+        path_or_null("cache_dir", self.cache_dir)
         t = self.train
+        path_or_null("train.dir", t.dir)
         choice("train.dataset", t.dataset, DATASETS)
         choice("train.model_type", t.model_type, RESNETS)
         require(len(t.variants) > 0, "train.variants", "a non-empty list of kind[/method[/init]]", t.variants)
@@ -124,6 +128,8 @@ class Config:
         require(t.seeds >= 1, "train.seeds", "an integer >= 1", t.seeds)
         require(t.n_train is None or t.n_train >= 2, "train.n_train", "an integer >= 2 or null", t.n_train)
         self.train_config().validate()
+        if not self.runs:  # it trains (or reads) the default runs
+            check_batch_size("train.batch_size", t.batch_size, t.dataset, t.n_train)
         resolve_device(self.device)
 
     def train_config(self) -> TrainConfig:
@@ -425,6 +431,10 @@ def run(cfg: Config, rd: RunDir) -> dict:
         if todo and not cfg.train_missing:
             raise UserError(f"{len(todo)} default run(s) missing (first: {todo[0][0]}); set train_missing=true "
                             "to train them, or give runs=[...]")
+        if todo:  # the data as loaded (a data root with fewer images than the standard split), before any write
+            _, data = build_classifier(todo[0][1], todo[0][2])
+            t = cfg.train
+            check_batch_size("train.batch_size", t.batch_size, t.dataset, t.n_train, loaded=data)
         paths = [p for p, _, _ in planned]
     rd.start(cfg)
     rd.device = device

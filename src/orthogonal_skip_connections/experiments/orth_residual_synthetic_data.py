@@ -26,10 +26,11 @@ from ..data.synthetic import make_synthetic
 from ..diagnostics import block_inputs, block_procrustes, branch_lipschitz, skip_diagnostics
 from ..models.stack import SeedStack
 from ..rundir import RunDir, column
-from ..runs import UserError, progress_bar, resolve_device
+from ..runs import progress_bar, resolve_device
 from ..train.classifier import Diverged
 from ..train.small import train_small_classifier
-from ._app import App, SkipOptions, SmallTraining, check_synthetic_data, choice, require, residual_mlp_factory, skip_kinds
+from ._app import (App, SkipOptions, SmallTraining, check_residual_mlp_memory, check_synthetic_data, choice, require,
+                   residual_mlp_factory, skip_kinds)
 
 DATASETS = ("moons", "circles", "blobs", "classification")
 
@@ -62,6 +63,10 @@ class Config(SmallTraining):
         require(self.hidden_mult > 0, "hidden_mult", "a number > 0", self.hidden_mult)
         # what the library would refuse at run time, refused here (before Hydra makes a run dir)
         resolve_device(self.device)
+        check_residual_mlp_memory(f"n_blocks={self.n_blocks}, n_samples={self.n_samples}, "
+                                  f"region_grid={self.region_grid}",
+                                  2, self.n_blocks, self.hidden_mult, self.num_classes, 1, self.n_samples,
+                                  self.region_grid ** 2)
         check_synthetic_data(f"dataset_type={self.dataset_type}", self.dataset_type, **self.data_args())
         for kind in self.skip_kinds:
             residual_mlp_factory(self, 2, self.n_blocks, self.num_classes, kind)

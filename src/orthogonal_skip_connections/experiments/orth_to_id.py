@@ -36,8 +36,8 @@ from ..rundir import RunDir, column
 from ..runs import UserError, progress_bar, resolve_device
 from ..train.classifier import Diverged
 from ..train.small import steps_per_epoch, train_small_classifier
-from ._app import (App, SkipOptions, SmallTraining, check_synthetic_data, ints_at_least, number, one_of, require,
-                   residual_mlp_factory)
+from ._app import (App, SkipOptions, SmallTraining, check_residual_mlp_memory, check_synthetic_data, ints_at_least,
+                   number, one_of, require, residual_mlp_factory)
 
 DATASETS = ("blobs", "parity")
 MATRIX_KINDS = ("learnable_orth", "fixed_orth", "linear", "random", "scalar", "idempotent")
@@ -102,7 +102,12 @@ class Config(SmallTraining):
         require(self.hidden_mult > 0, "hidden_mult", "a number > 0", self.hidden_mult)
         # what the library would refuse at run time, refused here (before Hydra makes a run dir)
         resolve_device(self.device)
-        for dataset in self.datasets:
+        for dataset in self.datasets:  # the largest models and data first, before any is built
+            d, m = self.dims[-1], self.n_blocks[-1]
+            check_residual_mlp_memory(f"{dataset} with dims up to {d}, n_blocks up to {m}, seeds={self.seeds}, "
+                                      f"n_samples={self.n_samples}, pca_grid={self.pca_grid}", d, m, self.hidden_mult,
+                                      data_args(self, dataset, d)["num_classes"], self.seeds, self.n_samples,
+                                      self.pca_grid ** 2)
             for d in self.dims:
                 args = data_args(self, dataset, d)
                 check_synthetic_data(f"{dataset} (d={d})", dataset, **args)

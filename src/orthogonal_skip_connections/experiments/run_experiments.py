@@ -23,15 +23,15 @@ from typing import Optional
 import torch
 
 from ..data.vision import DATASETS
-from ..models import MODEL_TYPES, VIT_SIZES, check_model_options
+from ..models import MODEL_TYPES, STEMS, VIT_SIZES, check_model_options
 from ..rundir import RunDir, column
 from ..runs import UserError, resolve_device
 from ..models.vit import POOLS
 from ..skips import DEFAULT_METHOD, ORTHOGONAL_METHODS, RESIDUAL_MODES, STREAM_NORMS, resolve_stream_norm, skip
 from ..train import distributed
 from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_classifier
-from ..train.image import ClassifierSpec, build_classifier, check_classifier
-from ._app import App, choice, number, require
+from ..train.image import ClassifierSpec, build_classifier, check_batch_size, check_classifier
+from ._app import App, choice, number, path_or_null, require
 
 WANDB_MODES = ("disabled", "offline", "online")
 CHECKPOINT_MODES = ("last", "none")
@@ -197,6 +197,7 @@ class Config:
         choice("dataset", self.dataset.name, DATASETS)
         choice("model.model_type", self.model.model_type, MODEL_TYPES)
         m = self.model
+        choice("model.stem", m.stem, STEMS)
         choice("model.residual_mode", m.residual_mode, RESIDUAL_MODES)
         choice("model.orthogonal_method", m.orthogonal_method, ORTHOGONAL_METHODS)
         number("model.residual_eps", m.residual_eps, 0)
@@ -213,7 +214,9 @@ class Config:
             check_model_options(m.model_type, m.model_options())
         except ValueError as err:
             raise UserError(f"model: {err}") from None
+        path_or_null("data.root", self.data.root)
         choice("wandb.mode", self.wandb.mode, WANDB_MODES)
+        require(self.wandb.project.strip() != "", "wandb.project", "a W&B project name", self.wandb.project)
         choice("save_checkpoint", self.save_checkpoint, CHECKPOINT_MODES)
         require(self.num_threads is None or self.num_threads >= 1, "num_threads", "an integer >= 1 or null",
                 self.num_threads)
@@ -226,6 +229,7 @@ class Config:
             check_classifier(self.spec())
         except (TypeError, ValueError) as err:
             raise UserError(f"model: {err}") from None
+        check_batch_size("batch_size", self.batch_size, self.dataset.name)  # the standard split's size
         resolve_device(self.device)
 
     def spec(self) -> ClassifierSpec:
@@ -280,9 +284,7 @@ def run(cfg: Config, rd: RunDir) -> dict:
         torch.set_num_threads(cfg.num_threads)
     m = cfg.model
     model, data = build_classifier(cfg.spec(), cfg.seed)  # seed, data, model: load_run rebuilds the init alike
-    n_train = len(data.x_train)
-    require(cfg.batch_size <= n_train, "batch_size", f"at most the training set's size ({n_train} images of "
-            f"{data.name})", cfg.batch_size)
+    check_batch_size("batch_size", cfg.batch_size, data.name, loaded=data)  # a data root with fewer images
     rd.start(cfg, labels=cfg.labels())
     rd.device = device
     sinks = []

@@ -30,6 +30,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from omegaconf import OmegaConf
 
@@ -37,7 +38,8 @@ from ..report import build_report
 from ..rundir import RunDir, column
 from ..runs import UserError, progress_bar, read_json, write_json
 from ..train.classifier import Diverged
-from ._app import APPS, CONFIG_DIR, App, choice, compose, load_app, one_of, require, typed
+from ._app import APPS, CONFIG_DIR, App, choice, load_app, one_of, require, typed
+from ._compose import compose_each
 
 SCALES = ("smoke", "default", "full")
 PARTS = ("classification", "residual_modes", "teacher_student", "synthetic", "landscape", "two_stage")
@@ -133,6 +135,51 @@ class Config:
         lr = self.scales[self.scale].landscape_runs
         require(lr.task.count("/") == 1, f"scales.{self.scale}.landscape_runs.task", "a dataset/model_type", lr.task)
         require(lr.seeds >= 0, f"scales.{self.scale}.landscape_runs.seeds", "an integer >= 0", lr.seeds)
+        self.check_apps()
+
+    def check_apps(self) -> None:
+        """Compose and check every config this study would run, before anything runs (so
+        before Hydra makes the study's run dir): each classification and residual-mode
+        setting once (seeds aside: they only set ``seed``), then every other app's config
+        (the scale's overrides, then ``overrides.<app>``). Every part is checked, also one
+        not in ``parts``: its overrides are the user's all the same, and a resumed study
+        may run it later. A mistake is one line naming the part and the setting. Each
+        config is checked once per process (the command line checks before Hydra runs,
+        the app again when it starts)."""
+        for part, plan in (("classification", classification_plan(self, seeds=1)),
+                           ("residual_modes", mode_plan(self, seeds=1))):
+            plan = [job for job in plan if ("run_experiments", job[1], job[2], *job[3]) not in _CHECKED]
+            done = 0
+            try:
+                for _ in _composed(plan):
+                    _CHECKED.add(("run_experiments", plan[done][1], plan[done][2], *plan[done][3]))
+                    done += 1
+            except UserError as err:
+                label = plan[done][0].removesuffix(" seed 0")
+                raise UserError(f"study part {part}{_unused(self, part)}, {label}: {err}") from None
+        scale = self.scales[self.scale]
+        for name in OTHER_APPS:
+            overrides = [*(["train.dir=null", "cache_dir=null"] if name == "loss_landscape" else []),
+                         *getattr(scale, name), *getattr(self.overrides, name)]
+            if name not in APPS or (name, *overrides) in _CHECKED:
+                continue
+            part = next(p for p, names in PART_APPS.items() if name in names)
+            try:
+                load_app(name).config(overrides)
+            except UserError as err:
+                raise UserError(f"study part {part}{_unused(self, part)}, {name}: {err}") from None
+            _CHECKED.add((name, *overrides))
+
+
+_CHECKED: set[tuple] = set()  # (app, *overrides) of the configs checked in this process
+# the parts that run other apps than run_experiments, and their apps
+PART_APPS = {"teacher_student": ("teacher_student",), "synthetic": SYNTHETIC_APPS, "landscape": ("loss_landscape",),
+             "two_stage": ("two_stage",)}
+OTHER_APPS = tuple(name for names in PART_APPS.values() for name in names)
+
+
+def _unused(cfg: Config, part: str) -> str:
+    return "" if part in cfg.parts else " (not in parts, checked all the same)"
 
 
 def variant_overrides(variant: str) -> list[str]:
@@ -152,54 +199,79 @@ def mode_overrides(mode: str) -> list[str]:
     return [f"{key}={part}" for key, part in zip(keys, mode.split("/"))]
 
 
-def _job(dataset: str, model_type: str, overrides: list[str], run_dir: Path,
-         label: str) -> tuple[str, dict, Path, list[str]]:
-    """One planned run_experiments run: (label, resolved config, run dir, its overrides), the
-    config composed and checked now (a mistake is one line, before any run starts)."""
-    overrides = [f"dataset={dataset}", f"model.model_type={model_type}", *overrides]
-    run_cfg = compose("run_experiments", overrides)
-    typed(load_app("run_experiments").schema, run_cfg)
-    return label, OmegaConf.to_container(run_cfg, resolve=True), run_dir, overrides
+def _composed(plan: list) -> Iterator[tuple[dict, list[str]]]:
+    """Each run_experiments config of ``plan`` (resolved) with its overrides (the task's
+    first), composed and checked in turn: a mistake is a one-line UserError."""
+    schema = load_app("run_experiments").schema
+    jobs = [[f"dataset={dataset}", f"model.model_type={model_type}", *overrides]
+            for _, dataset, model_type, overrides, _ in plan]
+    for overrides, run_cfg in zip(jobs, compose_each("run_experiments", jobs)):
+        typed(schema, run_cfg)
+        yield OmegaConf.to_container(run_cfg, resolve=True), overrides
 
 
-def mode_jobs(cfg: Config, study_dir: Path) -> list[tuple[str, dict, Path, list[str]]]:
-    """The residual_modes part's plan, as :func:`classification_jobs`: every (task, residual
-    mode, skip variant, seed), in study_dir/residual_modes/<task>/<mode>/<variant>/seed<k>."""
-    r = cfg.scales[cfg.scale].residual_modes
-    jobs = []
-    grid = [(task, mode, variant, seed) for task in r.tasks for mode in r.modes for variant in r.variants
-            for seed in range(r.seeds)]
-    for task, mode, variant, seed in progress_bar(grid, enabled=cfg.progress, desc="checking residual-mode configs",
-                                                  leave=False):
+def _dir_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text)
+
+
+def classification_plan(cfg: Config, seeds: int | None = None) -> list[tuple[str, str, str, list[str], Path]]:
+    """(label, dataset, model_type, overrides, run dir relative to the study's) of every
+    classification run: each (task, variant, seed < ``seeds``; default: the scale's)."""
+    c = cfg.scales[cfg.scale].classification
+    want = cfg.scales[cfg.scale].landscape_runs
+    plan = []
+    for task in c.tasks:
         dataset, model_type = task.split("/")
-        # the model type's own settings first, so a mode's explicit parts (e.g. /sqrt_d) win over them
-        overrides = [*r.model_overrides.get(model_type, []), *mode_overrides(mode), *variant_overrides(variant),
-                     f"seed={seed}", "progress=false", f"save_checkpoint={cfg.save_checkpoint}", *r.overrides,
-                     *cfg.overrides.run_experiments]
-        run_dir = study_dir / "residual_modes" / f"{dataset}_{model_type}" / re.sub(r"[^A-Za-z0-9]+", "_", mode) / \
-            re.sub(r"[^A-Za-z0-9]+", "_", variant) / f"seed{seed}"
-        jobs.append(_job(dataset, model_type, overrides, run_dir, f"{task} {mode} {variant} seed {seed}"))
-    return jobs
+        for variant in c.variants:
+            for seed in range(c.seeds if seeds is None else min(seeds, c.seeds)):
+                # the runs loss_landscape will read keep their trained weights (checkpoint.pt)
+                keep = "landscape" in cfg.parts and task == want.task and variant in want.variants and \
+                    seed < want.seeds
+                overrides = [*variant_overrides(variant), f"seed={seed}", "progress=false",
+                             f"save_checkpoint={'last' if keep else cfg.save_checkpoint}", *c.overrides,
+                             *cfg.overrides.run_experiments]
+                run_dir = Path("classification", f"{dataset}_{model_type}", _dir_name(variant), f"seed{seed}")
+                plan.append((f"{task} {variant} seed {seed}", dataset, model_type, overrides, run_dir))
+    return plan
+
+
+def mode_plan(cfg: Config, seeds: int | None = None) -> list[tuple[str, str, str, list[str], Path]]:
+    """The residual_modes part's runs, as :func:`classification_plan`: every (task, residual
+    mode, skip variant, seed), in residual_modes/<task>/<mode>/<variant>/seed<k>."""
+    r = cfg.scales[cfg.scale].residual_modes
+    plan = []
+    for task in r.tasks:
+        dataset, model_type = task.split("/")
+        for mode in r.modes:
+            for variant in r.variants:
+                for seed in range(r.seeds if seeds is None else min(seeds, r.seeds)):
+                    # the model type's own settings first, so a mode's explicit parts (e.g. /sqrt_d) win over them
+                    overrides = [*r.model_overrides.get(model_type, []), *mode_overrides(mode),
+                                 *variant_overrides(variant), f"seed={seed}", "progress=false",
+                                 f"save_checkpoint={cfg.save_checkpoint}", *r.overrides, *cfg.overrides.run_experiments]
+                    run_dir = Path("residual_modes", f"{dataset}_{model_type}", _dir_name(mode), _dir_name(variant),
+                                   f"seed{seed}")
+                    plan.append((f"{task} {mode} {variant} seed {seed}", dataset, model_type, overrides, run_dir))
+    return plan
+
+
+def _jobs(cfg: Config, plan: list, study_dir: Path, desc: str) -> list[tuple[str, dict, Path, list[str]]]:
+    """(label, resolved run_experiments config, run dir, its overrides) for every run of
+    ``plan``; every config is composed and checked here, before any run starts."""
+    composed = progress_bar(_composed(plan), total=len(plan), enabled=cfg.progress, desc=desc, leave=False)
+    return [(label, run_cfg, study_dir / run_dir, overrides)
+            for (label, _, _, _, run_dir), (run_cfg, overrides) in zip(plan, composed)]
 
 
 def classification_jobs(cfg: Config, study_dir: Path) -> list[tuple[str, dict, Path, list[str]]]:
-    """(label, resolved run_experiments config, run dir, its overrides) for every (task,
-    variant, seed); every config is composed and checked here, before any run starts."""
-    c = cfg.scales[cfg.scale].classification
-    want = cfg.scales[cfg.scale].landscape_runs
-    jobs = []
-    grid = [(task, variant, seed) for task in c.tasks for variant in c.variants for seed in range(c.seeds)]
-    for task, variant, seed in progress_bar(grid, enabled=cfg.progress, desc="checking run configs", leave=False):
-        dataset, model_type = task.split("/")
-        # the runs loss_landscape will read keep their trained weights (checkpoint.pt)
-        keep = "landscape" in cfg.parts and task == want.task and variant in want.variants and seed < want.seeds
-        overrides = [*variant_overrides(variant), f"seed={seed}", "progress=false",
-                     f"save_checkpoint={'last' if keep else cfg.save_checkpoint}", *c.overrides,
-                     *cfg.overrides.run_experiments]
-        name = re.sub(r"[^A-Za-z0-9]+", "_", variant)
-        run_dir = study_dir / "classification" / f"{dataset}_{model_type}" / name / f"seed{seed}"
-        jobs.append(_job(dataset, model_type, overrides, run_dir, f"{task} {variant} seed {seed}"))
-    return jobs
+    """Every (task, variant, seed) of the classification part, in
+    study_dir/classification/<task>/<variant>/seed<k>: see :func:`_jobs`."""
+    return _jobs(cfg, classification_plan(cfg), study_dir, "checking run configs")
+
+
+def mode_jobs(cfg: Config, study_dir: Path) -> list[tuple[str, dict, Path, list[str]]]:
+    """Every (task, residual mode, skip variant, seed) of the residual_modes part: see :func:`_jobs`."""
+    return _jobs(cfg, mode_plan(cfg), study_dir, "checking residual-mode configs")
 
 
 def landscape_overrides(cfg: Config, jobs: list, study_dir: Path) -> list[str]:
@@ -378,8 +450,6 @@ def run(cfg: Config, rd: RunDir) -> dict:
         (list(SYNTHETIC_APPS) if "synthetic" in cfg.parts else []) + \
         (["loss_landscape"] if "landscape" in cfg.parts else []) + (["two_stage"] if "two_stage" in cfg.parts else [])
     apps = [name for name in apps if name in APPS]
-    for name in apps:  # every app's config checked before anything runs
-        load_app(name).config([*getattr(scale, name), *getattr(cfg.overrides, name)])
     rd.start(cfg)
     status: dict[str, object] = {}
     seconds: dict[str, float] = {}

@@ -26,7 +26,7 @@ from ..analysis.teacher_student import summarize
 from ..models.teacher_student import ARCHS
 from ..train import teacher_student as ts
 from ..rundir import RunDir, column
-from ..runs import UserError, resolve_device, write_npz
+from ..runs import UserError, check_memory, resolve_device, write_npz
 from ._app import App, one_of, require, typed
 
 
@@ -87,6 +87,10 @@ class Config:
             require(np.isfinite(value) and value > 0, f"thresholds.{key}", "> 0", value)
         require(self.num_threads >= 1, "num_threads", "an integer >= 1", self.num_threads)
         self.train_config()
+        # at least a (d, d) student matrix and its gradient per seed and the data, in dtype
+        check_memory(f"d={self.d}, n_train={self.n_train}, n_test={self.n_test}, seeds={self.seeds}",
+                     torch.finfo(getattr(torch, self.dtype)).bits // 8 *
+                     (2 * self.seeds * self.d ** 2 + (self.n_train + self.n_test) * self.d))
 
     def train_config(self) -> ts.TeacherStudentConfig:
         device = resolve_device(self.device)

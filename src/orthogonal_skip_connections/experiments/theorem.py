@@ -22,7 +22,7 @@ import torch
 from ..analysis import rates
 from ..maths import construction as cons
 from ..rundir import RunDir, column
-from ..runs import UserError, progress_bar
+from ..runs import UserError, check_memory, progress_bar
 from ._app import App, ints_at_least, number, require
 
 
@@ -71,6 +71,9 @@ class Config:
                 raise UserError(f"c = c_scale * log(m) / m must be < 1; c_scale={self.c_scale} gives "
                                 f"{self.c_scale * math.log(m) / m:.3g} at m={m}")
         self.ms = ints_at_least("ms", self.ms, 1)
+        # float64 W_0..W_m (m + 1, d, d) and the Jacobians at the n_points points (N, d, d) of one block
+        check_memory(f"dim={self.dim} with m up to {self.ms[-1]} and n_points={self.n_points}",
+                     8 * (self.ms[-1] + 1 + self.n_points) * self.dim ** 2)
         require(len(self.maps) > 0, "maps", "a non-empty mapping name -> {angle, stretch, eps}", self.maps)
         for name, spec in self.maps.items():
             number(f"maps.{name}.angle", spec.angle)

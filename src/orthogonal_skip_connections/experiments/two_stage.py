@@ -40,7 +40,7 @@ from ..report.classification import t_interval
 from ..rundir import RunDir, column
 from ..runs import resolve_device
 from ..train.classifier import TrainConfig, train_classifier
-from ..train.image import ClassifierSpec, build_classifier
+from ..train.image import ClassifierSpec, build_classifier, check_batch_size
 from ._app import App, choice, number, require
 
 VARIANTS = ("two_stage", "identity", "orth_identity", "orth_haar")
@@ -86,6 +86,7 @@ class Config:
                 self.num_threads)
         for stage in (1, 2):
             self.train_config(stage, 0).validate()
+        check_batch_size("batch_size", self.batch_size, self.dataset_name, self.n_train)
         resolve_device(self.device)
 
     def train_config(self, stage: int, seed: int) -> TrainConfig:
@@ -303,7 +304,9 @@ def run(cfg: Config, rd: RunDir) -> dict:
     device = resolve_device(cfg.device)
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
-    build_classifier(cfg.spec("learnable_orth", "haar"), cfg.seed)  # data and options checked before any write
+    # data and options checked before any write
+    _, data = build_classifier(cfg.spec("learnable_orth", "haar"), cfg.seed)
+    check_batch_size("batch_size", cfg.batch_size, cfg.dataset_name, cfg.n_train, loaded=data)
     rd.start(cfg)
     rd.device = device
     rows = []

@@ -5,14 +5,15 @@ from __future__ import annotations
 from torch import nn
 
 from .mlp import ResidualMLP, ResidualMLPBlock
-from .resnet import RESNETS, BasicBlock, Bottleneck, PreActBlock, PreActBottleneck, ResNet, resnet
+from .resnet import RESNETS, STEMS, BasicBlock, Bottleneck, PreActBlock, PreActBottleneck, ResNet, resnet
 from .vit import VIT_SIZES, ViT, check_vit, vit
 
 MODEL_TYPES = RESNETS + tuple(VIT_SIZES)
 VIT_ONLY_OPTIONS = ("patch_size", "width", "depth", "heads", "mlp_ratio", "pool", "stream_norm")
 RESNET_ONLY_OPTIONS = ("stem", "zero_init_residual")
 
-__all__ = ["MODEL_TYPES", "VIT_SIZES", "get_model", "check_model_options", "check_vit", "ResNet", "BasicBlock", "Bottleneck", "PreActBlock", "PreActBottleneck",
+__all__ = ["MODEL_TYPES", "VIT_SIZES", "STEMS",
+           "get_model", "check_model_options", "check_vit", "ResNet", "BasicBlock", "Bottleneck", "PreActBlock", "PreActBottleneck",
            "ViT", "ResidualMLP", "ResidualMLPBlock"]
 
 
@@ -37,8 +38,9 @@ def get_model(model_type: str, num_classes: int, skip_kind: str | None = None, *
 
 
 def check_model_options(model_type: str, options) -> None:
-    """One-line ValueError for an unknown ``model_type`` or an option (name) that belongs
-    to the other family (ResNet-only options for a ViT, ViT-only ones for a ResNet)."""
+    """One-line ValueError for an unknown ``model_type``, an option (name) that belongs
+    to the other family (ResNet-only options for a ViT, ViT-only ones for a ResNet), or an
+    unknown ResNet ``stem``."""
     if model_type not in MODEL_TYPES:
         raise ValueError(f"unknown model_type {model_type!r}; allowed: {', '.join(MODEL_TYPES)}")
     vit_model = model_type in VIT_SIZES
@@ -46,3 +48,5 @@ def check_model_options(model_type: str, options) -> None:
     if wrong:
         raise ValueError(f"option(s) {wrong} apply to {'ResNet' if vit_model else 'ViT'} models only, "
                          f"not {model_type}")
+    if "stem" in options and options["stem"] not in STEMS:
+        raise ValueError(f"unknown stem {options['stem']!r}; allowed: {', '.join(STEMS)}")

@@ -23,6 +23,22 @@ from ..skips.residual import DEFAULT_EPS, Residual
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "softplus": nn.Softplus}
 
 
+def _check_hidden_mult(hidden_mult) -> None:
+    if isinstance(hidden_mult, bool) or not isinstance(hidden_mult, (int, float)) or not 0 < hidden_mult < math.inf:
+        raise ValueError(f"hidden_mult must be a finite number > 0; got {hidden_mult!r}")
+
+
+def residual_mlp_min_parameters(dim: int, depth: int, hidden_mult: float, num_classes: int | None = None,
+                                in_features: int | None = None) -> int:
+    """The parameters of :class:`ResidualMLP` without its skips (which add 0 to dim^2 per
+    block by kind): a lower bound of its size, counted without building it."""
+    _check_hidden_mult(hidden_mult)
+    hidden = max(1, round(hidden_mult * dim))
+    embed = 0 if in_features in (None, dim) else (in_features + 1) * dim
+    head = 0 if num_classes is None else (dim + 1) * num_classes
+    return embed + depth * ((dim + 1) * hidden + (hidden + 1) * dim) + head
+
+
 class ResidualMLPBlock(nn.Module):
     def __init__(self, dim: int, hidden: int, skip_layer: SkipFactory, activation: str,
                  residual_layer: Callable[[], Residual] = Residual):
@@ -72,8 +88,7 @@ class ResidualMLP(nn.Module):
         residual_layer()  # checks the mode, method and eps before anything is built
         if dim < 1 or depth < 0:
             raise ValueError(f"need dim >= 1 and depth >= 0; got dim={dim}, depth={depth}")
-        if isinstance(hidden_mult, bool) or not isinstance(hidden_mult, (int, float)) or not 0 < hidden_mult < math.inf:
-            raise ValueError(f"hidden_mult must be a finite number > 0; got {hidden_mult!r}")
+        _check_hidden_mult(hidden_mult)
         hidden = max(1, round(hidden_mult * dim))
         in_features = dim if in_features is None else in_features
         self.embed = nn.Identity() if in_features == dim else nn.Linear(in_features, dim)

@@ -34,6 +34,8 @@ from ..skips import SkipFactory, skip_layer_from
 from ..skips.contract import observed
 from ..skips.residual import DEFAULT_EPS, Residual
 
+STEMS = ("cifar", "imagenet")  # 3x3, no max-pool (32x32 and smaller) | 7x7/2 + max-pool
+
 
 def _conv_bn(c_in: int, c_out: int, k: int, stride: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, k, stride, padding=k // 2, bias=False), nn.BatchNorm2d(c_out)]
@@ -204,7 +206,7 @@ class ResNet(nn.Module):
                 nn.MaxPool2d(3, 2, 1),
             ]
         else:
-            raise ValueError(f"unknown stem {stem!r}; allowed: cifar, imagenet")
+            raise ValueError(f"unknown stem {stem!r}; allowed: {', '.join(STEMS)}")
         self.stem = nn.Sequential(*layers)
         stages, c_in = [], widths[0]
         for i, (n, w) in enumerate(zip(blocks_per_stage, widths)):

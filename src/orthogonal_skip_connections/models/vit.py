@@ -202,6 +202,17 @@ def check_vit(model_type: str, num_classes: int = 10, **options) -> None:
     _check_shape(num_classes, **shape)
 
 
+def vit_min_parameters(model_type: str, **options) -> int:
+    """The weight matrices of a ViT's patch embedding and blocks (qkv and output
+    projections, the MLP's two layers), without biases, norms, skips or head: a lower bound
+    of its parameter count from its shape options (as :func:`check_vit`), without building it."""
+    defaults = {k: p.default for k, p in inspect.signature(ViT).parameters.items() if k in _SHAPE_KEYS}
+    shape = {**defaults, **VIT_SIZES[model_type], **{k: v for k, v in options.items() if k in _SHAPE_KEYS}}
+    w, p = shape["width"], shape["patch_size"]
+    hidden = max(1, round(shape["mlp_ratio"] * w))
+    return shape["in_channels"] * p * p * w + shape["depth"] * (4 * w * w + 2 * w * hidden)
+
+
 def vit(model_type: str, num_classes: int, skip_kind: str | None = None, **options) -> ViT:
     """``vit_tiny`` or ``vit_small``; ``options`` override the size (``width``, ``depth``,
     ``heads``, ``mlp_ratio``) and set ``image_size``, ``patch_size``, ``in_channels``,

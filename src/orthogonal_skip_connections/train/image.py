@@ -23,12 +23,14 @@ import torch
 import yaml
 from torch import nn
 
-from ..data.vision import IMAGE_SHAPES, ImageData, load_image_data
+from ..data.vision import IMAGE_SHAPES, TRAIN_SIZES, ImageData, load_image_data
 from ..models import VIT_SIZES, check_model_options, check_vit, get_model
-from ..runs import UserError
+from ..models.vit import vit_min_parameters
+from ..runs import UserError, check_memory
 from .classifier import CHECKPOINT, load_checkpoint
 
-__all__ = ["ClassifierSpec", "build_classifier", "check_classifier", "model_options", "subset_train", "TrainedRun",
+__all__ = ["ClassifierSpec", "build_classifier", "check_classifier", "check_batch_size",
+           "model_options", "subset_train", "TrainedRun",
            "load_run", "file_sha256", "run_variant"]
 
 CONFIG = "config.yaml"
@@ -104,7 +106,8 @@ def model_options(spec: ClassifierSpec, image_size: int) -> dict:
 def check_classifier(spec: ClassifierSpec) -> None:
     """The ValueError :func:`build_classifier` would meet in the model's shape for this
     dataset (a ViT's patches and heads; the other family's options), found from the
-    dataset's known image shape without loading data or building the model."""
+    dataset's known image shape without loading data or building the model; a UserError
+    for a ViT too large for this machine's memory (:func:`~..runs.check_memory`)."""
     channels, side, _ = IMAGE_SHAPES[spec.dataset]
     options = model_options(spec, side)
     check_model_options(spec.model_type, options)
@@ -113,6 +116,23 @@ def check_classifier(spec: ClassifierSpec) -> None:
             check_vit(spec.model_type, in_channels=channels, **options)
         except ValueError as err:
             raise ValueError(f"{err} ({spec.dataset} images are {side}x{side})") from None
+        size = {**VIT_SIZES[spec.model_type], **options}
+        check_memory(f"{spec.model_type} of width {size['width']} and depth {size['depth']} (its float32 weights and "
+                     f"gradients)", 8 * vit_min_parameters(spec.model_type, in_channels=channels, **options))
+
+
+def check_batch_size(key: str, batch_size: int, dataset: str, n_train: int | None = None,
+                     loaded: ImageData | None = None) -> None:
+    """Refuse (one line) a training batch larger than the training set: the loader drops
+    the last partial batch, so such a batch could never be drawn (it would be cut to the
+    set's size, a different run from the one configured). The set's size comes from the
+    ``loaded`` data when given, else from the dataset's standard split (``TRAIN_SIZES``)
+    and ``n_train`` (the first n_train images only), known before anything is loaded."""
+    n = len(loaded.x_train) if loaded is not None else \
+        min(TRAIN_SIZES[dataset], n_train if n_train is not None else TRAIN_SIZES[dataset])
+    if batch_size > n:
+        what = f"{dataset} with n_train={n_train}" if n_train is not None and n < TRAIN_SIZES[dataset] else dataset
+        raise UserError(f"{key} must be at most the training set's size ({n} images of {what}); got {batch_size}")
 
 
 def file_sha256(path: Path) -> str:

@@ -243,3 +243,67 @@ def test_fast_grid_and_path_give_the_point_by_point_numbers_and_restore_the_weig
     assert np.abs(acc_1d - ref_1d[:, 1]).max() <= 100 / len(y) + 1e-9
     for c in L.coordinates(fast):  # restored bit for bit
         assert torch.equal(c.tensor, base[c.name]), c.name
+
+
+def test_hvp_reusing_the_gradient_graph_matches_rebuilding_it_and_a_finite_difference():
+    """make_hvp with one part builds g and its graph once and reuses it; the products equal
+    those of the graph rebuilt per call (the old path; several parts too), forward-over-reverse
+    AD (torch.func.jvp of torch.func.grad) and a central finite difference of the gradient,
+    all in float64 (eps small enough that no ReLU input changes sign), and H v stays linear
+    in v across reuses. The parameters and their .grad are left untouched."""
+    from torch.func import functional_call, grad, jvp
+
+    model = mixed_resnet().double()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(24, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 10, (24,), generator=g)
+    params = L.hessian_parameters(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    before = [p.detach().clone() for p in params]
+
+    def parts(k):
+        return [lambda xb=xb, yb=yb: F.cross_entropy(model(xb), yb, reduction="sum") / len(y)
+                for xb, yb in zip(x.split(len(y) // k), y.split(len(y) // k))]
+
+    reused, rebuilt, split = L.make_hvp(parts(1), params), L.make_hvp(parts(1), params, reuse_graph=False), \
+        L.make_hvp(parts(3), params)
+    vs = [[torch.randn(p.shape, generator=g, dtype=torch.float64) for p in params] for _ in range(2)]
+
+    def loss_at(values):  # a functional call: the model's own tensors untouched
+        return F.cross_entropy(functional_call(model, {names[id(p)]: t for p, t in zip(params, values)}, (x,)), y)
+
+    theta = tuple(p.detach() for p in params)
+    eps = 1e-7
+    for v in vs:
+        hv = reused(v)
+        scale = max(float(t.abs().max()) for t in hv)
+        assert scale > 1e-3  # a Hessian that is not 0
+        forward_over_reverse = jvp(grad(loss_at), (theta,), (tuple(v),))[1]
+        plus, minus = (grad(loss_at)(tuple(t + s * eps * d for t, d in zip(theta, v))) for s in (1, -1))
+        fd = [(a - b) / (2 * eps) for a, b in zip(plus, minus)]
+        for other, tol in ((rebuilt(v), 1e-12), (split(v), 1e-12), (forward_over_reverse, 1e-12), (fd, 1e-6)):
+            for a, b in zip(hv, other):
+                torch.testing.assert_close(a, b, rtol=0, atol=tol * scale)
+    # the graph is reused, not consumed: a third product is still linear in v
+    both = reused([a + 2 * b for a, b in zip(*vs)])
+    for h, a, b in zip(both, reused(vs[0]), reused(vs[1])):
+        torch.testing.assert_close(h, a + 2 * b, rtol=1e-10, atol=1e-12)
+    assert all(torch.equal(p, b) and p.grad is None for p, b in zip(params, before))
+
+
+def test_sharpness_with_one_part_gives_the_rebuilt_graphs_numbers():
+    """sharpness() with one part (the graph reused) against several parts (rebuilt per
+    product, the old path), same seed, the same number of power iterations: top eigenvalue,
+    its history and the Hutchinson trace agree to float32 round-off; the model is left in
+    its mode, its weights and .grad untouched."""
+    model = mixed_resnet().train()
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g)
+    model, x = L.channels_last(model, x)
+    before = L.snapshot(model)
+    one = L.sharpness(model, x, y, batch_size=32, iters=6, tol=0.0, samples=3, seed=4)
+    four = L.sharpness(model, x, y, batch_size=8, iters=6, tol=0.0, samples=3, seed=4)
+    assert one["power_iterations"] == four["power_iterations"] == 6
+    np.testing.assert_allclose(one["power_history"], four["power_history"], rtol=1e-5)
+    assert math.isclose(one["trace"], four["trace"], rel_tol=1e-5) and one["trace"] != 0
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(c.tensor, before[c.name]) for c in L.coordinates(model))

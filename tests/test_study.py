@@ -212,7 +212,8 @@ def test_killed_study_leaves_no_orphaned_worker(tmp_path):
         started = []
         while time.monotonic() < deadline and len(started) < 2 and study_proc.poll() is None:
             time.sleep(0.2)  # both jobs have started training (config.yaml is written by each run)
-            started = list((tmp_path / "classification").rglob("config.yaml"))
+            # each run's own config.yaml (Hydra's copy under .hydra/ may come first)
+            started = [p for p in (tmp_path / "classification").rglob("config.yaml") if p.parent.name != ".hydra"]
         assert len(started) == 2, study_proc.stderr.read().decode()[-2000:] if study_proc.poll() else "timed out"
         workers = _children(study_proc.pid)
         assert len(workers) >= 2  # the launcher's worker processes

@@ -245,6 +245,8 @@ def test_fast_grid_and_path_give_the_point_by_point_numbers_and_restore_the_weig
         assert torch.equal(c.tensor, base[c.name]), c.name
 
 
+# torch's jvp rule for nll_loss_backward is registered through torch.jit.script (deprecated)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_hvp_reusing_the_gradient_graph_matches_rebuilding_it_and_a_finite_difference():
     """make_hvp with one part builds g and its graph once and reuses it; the products equal
     those of the graph rebuilt per call (the old path; several parts too), forward-over-reverse

@@ -117,3 +117,26 @@ def table(columns: list[str], rows: list[list], aligns: str | None = None) -> st
 
     lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]]
     return "\n".join(lines)
+
+
+def add_classifier_args(ap) -> None:
+    """The options of a benchmark that times one trained-shape classifier on digits images:
+    ``--model``, ``--kind`` (kind[/method]), ``--n-eval``, ``--device``, ``--threads``."""
+    ap.add_argument("--model", default="resnet56")
+    ap.add_argument("--kind", default="learnable_orth/steepest", help="kind[/method]")
+    ap.add_argument("--n-eval", type=int, default=512)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=1)
+
+
+def digits_classifier(args, seed: int = 0):
+    """(model in eval mode on the device, its ImageData, the device) from
+    :func:`add_classifier_args`' options; sets torch's CPU threads."""
+    from orthogonal_skip_connections.train.image import ClassifierSpec, build_classifier
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    kind, *method = args.kind.split("/")
+    spec = ClassifierSpec("digits", args.model, kind, {"method": method[0]} if method else {})
+    model, data = build_classifier(spec, seed=seed)
+    return model.to(device).eval(), data, device

@@ -28,11 +28,10 @@ import copy
 import numpy as np
 import torch
 
-from _bench import header, interleaved_times, median, resolve_device, table
+from _bench import add_classifier_args, digits_classifier, header, interleaved_times, median, table
 from orthogonal_skip_connections import landscape as L
 from orthogonal_skip_connections.maths import orthogonal as orth
 from orthogonal_skip_connections.models.stack import SeedStack
-from orthogonal_skip_connections.train.image import ClassifierSpec, build_classifier
 
 
 @torch.no_grad()
@@ -84,22 +83,13 @@ def old_path(model, init_state, x, y, ts, batch_size):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="resnet56")
-    ap.add_argument("--kind", default="learnable_orth/steepest", help="kind[/method]")
-    ap.add_argument("--n-eval", type=int, default=512)
+    add_classifier_args(ap)
     ap.add_argument("--steps", type=int, default=3, help="grid points per axis (odd); the 1-D path gets steps^2")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--stack", default="2,4", help="K of the vmapped forward ('' to skip)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    kind, *method = args.kind.split("/")
-    spec = ClassifierSpec("digits", args.model, kind, {"method": method[0]} if method else {})
-    model, data = build_classifier(spec, seed=0)
-    init, _ = build_classifier(spec, seed=1)
-    model, init = model.to(device).eval(), init.to(device)
+    model, data, device = digits_classifier(args)
+    init = digits_classifier(args, seed=1)[0]  # the 1-D path's start
     x, y = L.eval_subset(data, args.n_eval, device=device)
     directions = [L.random_direction(model, 0, k) for k in (0, 1)]
     axis = L.grid_axis(args.steps, 1.0)

@@ -34,9 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp
 
-from _bench import header, interleaved_times, median, resolve_device, table
+from _bench import add_classifier_args, digits_classifier, header, interleaved_times, median, table
 from orthogonal_skip_connections import landscape as L
-from orthogonal_skip_connections.train.image import ClassifierSpec, build_classifier
 
 
 def rel_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -47,22 +46,13 @@ def rel_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="resnet56")
-    ap.add_argument("--kind", default="learnable_orth/steepest", help="kind[/method]")
-    ap.add_argument("--n-eval", type=int, default=512)
+    add_classifier_args(ap)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--probes", type=int, default=4, help="K of the batched-probes candidate (0 to skip)")
     ap.add_argument("--iters", type=int, default=4, help="power iterations per sharpness() call")
     ap.add_argument("--samples", type=int, default=2, help="Hutchinson probes per sharpness() call")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    kind, *method = args.kind.split("/")
-    spec = ClassifierSpec("digits", args.model, kind, {"method": method[0]} if method else {})
-    model, data = build_classifier(spec, seed=0)
-    model = model.to(device).eval()
+    model, data, device = digits_classifier(args)
     x, y = L.eval_subset(data, args.n_eval, device=device)
     n = len(y)
     nchw = copy.deepcopy(model)

@@ -223,7 +223,7 @@ def draw_2d(results: list[dict], path: Path) -> str:
     norm = LogNorm(vmin=lo, vmax=max(hi, lo * 1.01))
     levels = np.geomspace(norm.vmin, norm.vmax, 25)
     n = len(firsts)
-    fig = plt.figure(figsize=(4.6 * n, 8.6))
+    fig = plt.figure(figsize=(4.6 * n + 1.2, 8.6), layout="constrained")  # each panel's labels clear of the next
     for i, r in enumerate(firsts):
         A, B = np.meshgrid(r["alphas"], r["betas"], indexing="ij")
         Z = np.clip(r["loss"], norm.vmin, norm.vmax)
@@ -245,7 +245,7 @@ def draw_2d(results: list[dict], path: Path) -> str:
         ax3.view_init(elev=30, azim=-60)
     fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=fig.axes, shrink=0.6,
                  label="training loss (cross-entropy; one colour scale for all)")
-    fig.suptitle("loss around the trained weights along two random filter-normalised directions "
+    fig.suptitle("loss around the trained weights along two random filter-normalised directions\n"
                  "(the same directions for every variant's shared weights)", fontsize=10)
     return savefig(fig, path).name
 

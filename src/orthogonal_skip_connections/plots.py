@@ -9,9 +9,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["plt", "savefig", "band"]
+__all__ = ["plt", "savefig", "band", "plain_log_labels", "ticks_at", "integer_ticks", "shared_legend"]
 
 
 def savefig(fig, path: Path, dpi: int = 120) -> Path:
@@ -21,6 +22,49 @@ def savefig(fig, path: Path, dpi: int = 120) -> Path:
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+class _PlainLogFormatter(matplotlib.ticker.LogFormatterSciNotation):
+    """matplotlib's own choice of which log-axis ticks to label, each written as a plain
+    number (0.3, 2, 40) from 1e-3 to 1e4 instead of 3 x 10^-1; beyond that range in powers of 10."""
+
+    def __call__(self, x, pos=None):
+        text = super().__call__(x, pos)
+        if text and 1e-3 <= abs(x) < 1e4:
+            return self.fix_minus(f"{x:.4g}")
+        return text
+
+
+def plain_log_labels(ax, which: str = "y") -> None:
+    """Plain-number tick labels on the log axes ``which`` ("x", "y" or "xy") of ``ax`` (call
+    after the scale is set: setting a scale resets the formatters)."""
+    for name in which:
+        axis = ax.xaxis if name == "x" else ax.yaxis
+        if axis.get_scale() == "log":
+            axis.set_major_formatter(_PlainLogFormatter())
+            axis.set_minor_formatter(_PlainLogFormatter())
+
+
+def ticks_at(axis, values) -> None:
+    """Ticks at exactly ``values`` (e.g. the depths a sweep ran), labelled as plain numbers,
+    no minor ticks: for a log axis over a few powers of 2, where matplotlib would write 2^1 or
+    crowd 2 x 10^0, 3 x 10^0, ... together."""
+    values = sorted(set(float(v) for v in values))
+    axis.set_ticks(values, labels=[f"{v:g}" for v in values])
+    axis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
+def integer_ticks(axis) -> None:
+    """Ticks at whole numbers only (epochs), never at 1.25."""
+    axis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+
+
+def shared_legend(fig, ax, ncols: int | None = None, loc: str = "outside lower center", **kwargs):
+    """One legend for the whole figure, from ``ax``'s labelled artists, outside every panel
+    (``loc`` "outside ...": the figure needs ``layout="constrained"``), for figures whose
+    panels all draw the same series."""
+    handles, labels = ax.get_legend_handles_labels()
+    return fig.legend(handles, labels, loc=loc, ncols=ncols or min(len(labels), 5), fontsize="small", **kwargs)
 
 
 def band(ax, x, ys, label=None, color=None, log=False, alpha=0.25):
@@ -46,27 +90,34 @@ def band(ax, x, ys, label=None, color=None, log=False, alpha=0.25):
 
 def panels_over_steps(steps_by_panel, series_by_panel, path, ylabel, log=True, title=None, ncols=3):
     """One panel per key (e.g. per architecture), several curves per panel, each curve a
-    mean over seeds with a band (:func:`band`).
+    mean over seeds with a band (:func:`band`), all panels on one y scale (they are compared)
+    and one legend below them when every panel draws the same labels.
 
     steps_by_panel: {panel: (T,)}; series_by_panel: {panel: {label: (seeds, T)}}.
     Non-positive values are clipped on a log axis. Returns the PNG path."""
     names = list(series_by_panel)
     ncols = max(1, min(ncols, len(names)))
     nrows = -(-len(names) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows + 0.4), squeeze=False, sharey=True,
+                             layout="constrained")
+    same_labels = len({tuple(series_by_panel[n]) for n in names}) == 1
+    for k, (ax, name) in enumerate(zip(axes.flat, names)):
         for label, ys in series_by_panel[name].items():
             band(ax, steps_by_panel[name], ys, label=label, log=log)
         ax.set_title(name)
         ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
+        if k % ncols == 0:
+            ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize="small")
+        if not same_labels:
+            ax.legend(fontsize="small")
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
+    plain_log_labels(axes.flat[0], "y")  # the panels share their y axis and its tick labels
+    if same_labels:
+        shared_legend(fig, axes.flat[0])
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return savefig(fig, path)
 
 

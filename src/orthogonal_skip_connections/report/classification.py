@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..plots import band, plt, savefig
+from ..plots import band, integer_ticks, plt, savefig
 from ..rundir import CHECKPOINT, RUN, SUMMARY
 from ..runs import UserError, read_json
 
@@ -415,7 +415,7 @@ def curves_figure(task: str, runs: list[RunRecord], out_dir: Path, modes: bool =
             by_arm.setdefault((r.residual_mode, r.variant), []).append(r)
     if not by_arm:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
     mode_order, variant_order = _mode_order([a[0] for a in by_arm]), _variant_order([a[1] for a in by_arm])
     for arm in sorted(by_arm, key=lambda a: (mode_order.index(a[0]), variant_order.index(a[1]))):
         group = by_arm[arm]
@@ -423,9 +423,11 @@ def curves_figure(task: str, runs: list[RunRecord], out_dir: Path, modes: bool =
         ys = [[next(e["test_acc"] for e in r.evals if e["epoch"] == ep) for ep in epochs] for r in group]
         band(ax, epochs, ys, label=f"{' / '.join(arm) if modes else arm[1]} (n={len(group)})")
     ax.set_xlabel("epoch")
+    integer_ticks(ax.xaxis)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{task}{': residual modes' if modes else ''}: test accuracy, mean ± std over seeds")
-    ax.legend(fontsize=8)
+    ax.set_title(f"{task}{': residual modes' if modes else ''}\ntest accuracy, mean ± std over seeds", fontsize=10)
+    # beside the axes, not over the curves: accuracy curves fill any corner by the last epoch
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3)
     name = f"accuracy_{'modes_' if modes else ''}{re.sub(r'[^A-Za-z0-9]+', '_', task)}.png"
     return savefig(fig, out_dir / name)

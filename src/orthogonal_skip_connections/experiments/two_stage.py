@@ -236,9 +236,9 @@ def verdict(table: list[dict]) -> str:
 
 
 def draw(cfg: Config, rows: list[dict], path: Path) -> str:
-    from ..plots import band, plt, savefig
+    from ..plots import band, integer_ticks, plain_log_labels, plt, savefig, shared_legend
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
     for v in VARIANTS:
         rs = [r for r in rows if r["variant"] == v]
         epochs = [e["epoch"] for e in rs[0]["curve"]]  # two_stage: the end of stage 1 twice, before and after
@@ -249,15 +249,15 @@ def draw(cfg: Config, rows: list[dict], path: Path) -> str:
     for a in (ax, ax2):
         a.axvline(cfg.stage1_epochs, color="grey", linestyle="--", linewidth=0.8)
         a.set_xlabel("epoch (dashed: end of stage 1, the swap)")
+        integer_ticks(a.xaxis)
         a.grid(alpha=0.3)
     ax.set_ylabel("test accuracy (%)")
     ax2.set_ylabel("test loss (cross-entropy)")
     ax2.set_yscale("log")
-    ax.legend(fontsize="small")
-    ax2.legend(fontsize="small")
+    plain_log_labels(ax2, "y")
+    shared_legend(fig, ax2)  # both panels draw the same variants; below them, not over the bands
     fig.suptitle(f"{cfg.model_type} on {cfg.dataset_name}: identity -> Procrustes-orthogonal swap vs. one skip kind "
                  f"throughout (mean, band: std over {cfg.seeds} seeds)", fontsize=10)
-    fig.tight_layout()
     return savefig(fig, path).name
 
 

@@ -3,6 +3,7 @@ writes a PNG; none trains anything. Uses matplotlib's non-interactive Agg backen
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -35,12 +36,38 @@ class _PlainLogFormatter(matplotlib.ticker.LogFormatterSciNotation):
         return text
 
 
-def plain_log_labels(ax, which: str = "y") -> None:
+class _SparseLogLocator(matplotlib.ticker.Locator):
+    """Few ticks on a log axis: powers of 10 when at least three lie in view, else the
+    sparser of 1-2-5 and 1-2-3-5 x 10^k that puts two in view, else a few round linear values
+    (matplotlib's LogLocator falls back to a linear locator's many ticks there)."""
+
+    def __call__(self):
+        return self.tick_values(*self.axis.get_view_interval())
+
+    def tick_values(self, vmin, vmax):
+        vmin, vmax = sorted((max(vmin, 1e-300), max(vmax, 1e-300)))
+        decades = range(math.floor(math.log10(vmin)), math.ceil(math.log10(vmax)) + 1)
+        for subs in ((1,), (1, 2, 5), (1, 2, 3, 5)):
+            inside = [s * 10.0 ** k for k in decades for s in subs if vmin <= s * 10.0 ** k <= vmax]
+            if len(inside) >= (3 if subs == (1,) else 2):
+                return inside
+        return [t for t in matplotlib.ticker.MaxNLocator(4).tick_values(vmin, vmax) if vmin <= t <= vmax]
+
+
+def plain_log_labels(ax, which: str = "y", sparse: bool = False) -> None:
     """Plain-number tick labels on the log axes ``which`` ("x", "y" or "xy") of ``ax`` (call
-    after the scale is set: setting a scale resets the formatters)."""
+    after the scale is set: setting a scale resets the formatters). ``sparse``: labels at
+    1, 2 and 5 x 10^k only, for a short axis (matplotlib labels 0.3, 0.4, ..., 0.9 on one
+    under a decade long, which run together on a narrow panel)."""
     for name in which:
         axis = ax.xaxis if name == "x" else ax.yaxis
-        if axis.get_scale() == "log":
+        if axis.get_scale() != "log":
+            continue
+        if sparse:
+            axis.set_major_locator(_SparseLogLocator())
+            axis.set_major_formatter(_PlainLogFormatter(minor_thresholds=(np.inf, np.inf)))
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        else:
             axis.set_major_formatter(_PlainLogFormatter())
             axis.set_minor_formatter(_PlainLogFormatter())
 

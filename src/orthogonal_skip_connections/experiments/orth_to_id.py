@@ -179,9 +179,9 @@ def run_one(c: dict, dataset: str, dim: int, depth: int) -> tuple[dict, dict, Se
 
 
 def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict, run_dir: Path) -> list[str]:
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.lines import Line2D
 
-    from ..plots import block_curves, decision_regions, pca_plane, plane_grid, plt, savefig
+    from ..plots import block_curves, decision_regions, pca_plane, plain_log_labels, plane_grid, plt, savefig, ticks_at
 
     files = []
     depth = max(c["depths"])
@@ -203,15 +203,19 @@ def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict
                 row_axes[3].plot(mean_l[:, i], mean_w[:, i], color=colors[i], linewidth=1)
                 row_axes[3].scatter(mean_l[-1, i], mean_w[-1, i], color=colors[i], s=12)
             row_axes[3].set_xscale("log")
-            row_axes[3].xaxis.set_minor_formatter(NullFormatter())  # crowded labels otherwise
+            plain_log_labels(row_axes[3], "x", sparse=True)  # a narrow panel: 0.5, 1, 2 rather than 0.3 ... 0.9
+            plain_log_labels(row_axes[1], "y")
+            plain_log_labels(row_axes[2], "y")
             row_axes[3].set_xlabel("Lip(f_i) on data (dot: end)")
             row_axes[3].set_ylabel("||W_i - I||_F")
             row_axes[3].grid(True, alpha=0.3)
             for ax in row_axes[:3]:
                 ax.set_xlabel("step")
-        axes[0, 0].legend(fontsize="x-small")
         fig.suptitle(f"{ds}, m = {depth} blocks: per-block trajectories, mean and band over {len(c['seeds'])} seeds")
         fig.subplots_adjust(wspace=0.4, hspace=0.35, top=1 - 0.6 / (3.3 * len(c["dims"])))  # cheaper than tight_layout
+        # one legend for every panel (the colours are the blocks'), beside them rather than over the first one's bands
+        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(0.91, 0.5),
+                   fontsize="small", title="colour: block i", title_fontsize="small")
         files.append(savefig(fig, run_dir / f"orth_to_id_trajectories_{ds}.png").name)
 
     fig, axes = plt.subplots(2, len(c["datasets"]), figsize=(5.5 * len(c["datasets"]), 7), squeeze=False)
@@ -228,14 +232,17 @@ def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict
             lip = np.stack([np.asarray(r["final_lipschitz_empirical"]).mean(1) for r in rs], 1)
             axes[1, j].plot(ms, lip.mean(0), marker="o", color=line.get_color(), label=f"d = {d}")
             axes[1, j].fill_between(ms, lip.mean(0) - lip.std(0), lip.mean(0) + lip.std(0), color=line.get_color(), alpha=0.2)
-        axes[0, j].set_title(f"{ds}: mean over blocks of final ||W_i - I||_F / sqrt(2d)\n(dotted: at init)", fontsize=9)
+        axes[0, j].set_title(f"{ds}: mean over blocks of final ||W_i - I||_F / sqrt(2d)", fontsize=9)
         axes[1, j].set_title(f"{ds}: mean over blocks of final Lip(f_i) on data", fontsize=9)
-        for ax in axes[:, j]:
+        at_init = Line2D([], [], linestyle=":", color="0.4", label="at initialisation")
+        for ax, extra in zip(axes[:, j], ([at_init], [])):
             ax.set_xscale("log", base=2)
+            ticks_at(ax.xaxis, [r["n_blocks"] for r in rows if r["dataset"] == ds])  # 2, 4, 8 rather than 2^1
             ax.set_xlabel("number of blocks m")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize="small")
+            ax.legend(handles=ax.get_legend_handles_labels()[0] + extra, fontsize="small")
         axes[1, j].set_yscale("log")
+        plain_log_labels(axes[1, j], "y")
     fig.tight_layout()
     files.append(savefig(fig, run_dir / "orth_to_id_depth.png").name)
 
@@ -255,7 +262,11 @@ def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict
                 acc = 100 * float((model(data.X_test).argmax(-1) == data.y_test).double().mean())
             decision_regions(axes[i, j], xx, yy, pred, P, data.y_test.numpy(), data.num_classes,
                              title=f"{ds}, d = {d}, m = {depth}, seed {c['seeds'][0]}: test {acc:.1f}%")
-    fig.suptitle("decision regions on the plane of the first two principal components of the test data", fontsize=9)
+            axes[i, j].set_xlabel("PC 1", fontsize=8)
+            axes[i, j].set_ylabel("PC 2", fontsize=8)
+    fig.suptitle("decision regions on the plane of the first two principal components of the test data\n"
+                 "(points: the test data projected onto that plane; for d > 2 they lie off it, so a correctly "
+                 "classified\npoint can sit in another class's region)", fontsize=9)
     fig.tight_layout()
     files.append(savefig(fig, run_dir / "orth_to_id_pca.png").name)
     return files

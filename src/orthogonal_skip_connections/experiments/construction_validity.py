@@ -134,14 +134,20 @@ def run_point(c: dict, cfg: Config, kind: str, d: int, k: int, m: int) -> dict:
 
 
 def draw(c: dict, rows: list[dict], run_dir: Path) -> list[str]:
-    from ..plots import heatmap, plt, savefig
+    from matplotlib.lines import Line2D
+
+    from ..plots import heatmap, plt, savefig, ticks_at
 
     kinds, classes, dims, depths = c["kinds"], c["classes"], c["dims"], c["depths"]
     at = {(r["kind"], r["dim"], r["num_classes"], r["n_blocks"]): r for r in rows}
     files = []
 
-    fig, axes = plt.subplots(len(kinds), len(classes), figsize=(4.5 * len(classes), 3.4 * len(kinds)),
-                             squeeze=False, sharey=True)
+    fig, axes = plt.subplots(len(kinds), len(classes), figsize=(4.5 * len(classes), 3.4 * len(kinds) + 0.6),
+                             squeeze=False, sharey=True, layout="constrained")
+    # what the line styles mean, once for the figure (the colours, d, are in each panel's legend)
+    styles = [Line2D([], [], color="0.3", marker="o", label="Procrustes residual after training (band: std over seeds)"),
+              Line2D([], [], color="0.3", linestyle="--", marker="x", alpha=0.6, label="Procrustes residual at initialisation"),
+              Line2D([], [], color="0.3", linestyle=":", marker=".", label="best linear fit's residual")]
     for i, kind in enumerate(kinds):
         for j, k in enumerate(classes):
             ax = axes[i, j]
@@ -150,34 +156,37 @@ def draw(c: dict, rows: list[dict], run_dir: Path) -> list[str]:
                 per_seed = np.stack([np.asarray(r["per_block"]["procrustes_residual"]).mean(1) for r in rs], 1)  # (S, M)
                 mid, sd = per_seed.mean(0), per_seed.std(0)
                 line = ax.plot(depths, mid, marker="o", label=f"d = {d}")[0]
-                ax.fill_between(depths, mid - sd, mid + sd, color=line.get_color(), alpha=0.2)
+                if len(depths) > 1:
+                    ax.fill_between(depths, mid - sd, mid + sd, color=line.get_color(), alpha=0.2)
+                else:  # a band over one depth is a line too thin to see
+                    ax.errorbar(depths, mid, yerr=sd, color=line.get_color(), capsize=3, linestyle="none")
                 # small open markers too, so a grid of one depth still shows both reference values
                 ax.plot(depths, [r["linear_residual_mean"] for r in rs], linestyle=":", marker=".",
                         color=line.get_color())
                 ax.plot(depths, [r["procrustes_residual_at_init_mean"] for r in rs], linestyle="--", marker="x",
                         color=line.get_color(), alpha=0.6)
             ax.set_xscale("log", base=2)
+            ticks_at(ax.xaxis, depths)  # 2, 8 rather than 2^1, 2^3
             ax.set_xlabel("number of blocks m")
             ax.set_title(f"{kind}, {k} classes", fontsize=9)
             ax.grid(True, which="both", alpha=0.3)
             if j == 0:
                 ax.set_ylabel("Procrustes residual\n(mean over blocks)")
             ax.legend(fontsize="x-small")
-    fig.suptitle("relative residual of the best orthogonal fit of each block (solid; band: seeds; dashed, x: at "
-                 "initialisation) and of the best linear fit (dotted)", fontsize=9)
-    fig.tight_layout()
+    fig.legend(handles=styles, loc="outside lower center", ncols=1 if len(classes) == 1 else 3, fontsize="x-small")
+    fig.suptitle("relative residual of the best orthogonal fit of each block\nand of the best linear fit, mean over "
+                 "blocks", fontsize=9)
     files.append(savefig(fig, run_dir / "construction_validity_grid.png").name)
 
     size = ((1.1 * len(depths) + 2.0) * len(classes), (0.5 * len(dims) + 1.5) * len(kinds))
-    fig, axes = plt.subplots(len(kinds), len(classes), figsize=size, squeeze=False)
+    fig, axes = plt.subplots(len(kinds), len(classes), figsize=size, squeeze=False, layout="constrained")
     vmax = max(r["procrustes_residual_mean"] for r in rows)
     for i, kind in enumerate(kinds):
         for j, k in enumerate(classes):
             M = [[at[(kind, d, k, m)]["procrustes_residual_mean"] for m in depths] for d in dims]
             im = heatmap(axes[i, j], M, dims, depths, title=f"{kind}, {k} classes", xlabel="blocks m",
                          ylabel="dimension d", vmin=0.0, vmax=vmax)
-    fig.subplots_adjust(hspace=0.55, wspace=0.35, right=0.8)
-    fig.colorbar(im, ax=axes, shrink=0.8, label="Procrustes residual, mean over blocks and seeds")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="Procrustes residual\n(mean over blocks and seeds)")
     files.append(savefig(fig, run_dir / "construction_validity_heatmap.png").name)
     return files
 

@@ -170,6 +170,11 @@ def loglog_rates(ax, x, series: dict, reference=None, reference_label=None, styl
         ax.plot(x[keep], ref[keep], "--", color="0.5", label=reference_label)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    if len(x) <= 12 and np.all(x == np.round(x)):  # counts (blocks m): ticks at them, 2 4 8 rather than 2 x 10^0
+        ticks_at(ax.xaxis, x)
+    else:
+        plain_log_labels(ax, "x")
+    plain_log_labels(ax, "y")
     ax.grid(True, which="both", linestyle=":", linewidth=0.5)
     return ax
 

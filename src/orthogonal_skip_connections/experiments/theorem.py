@@ -86,7 +86,7 @@ class Config:
 
 
 def draw(summary: dict, run_dir: Path) -> list[str]:
-    from ..plots import loglog_rates, plt, savefig
+    from ..plots import loglog_rates, plain_log_labels, plt, savefig
 
     files = []
     ref_label = "log(m)/m (scaled)"
@@ -111,10 +111,11 @@ def draw(summary: dict, run_dir: Path) -> list[str]:
         h = res["h"]
         ax.set_title(f"{name}: ||Dh(0) - I|| = {h['dh0_identity_distance']:.2g}, eps = {h['eps']:g}", fontsize=10)
         ax.set_xlabel("number of blocks m")
+        ax.set_ylabel("distance or norm (no unit)")
         ax.legend(fontsize="small")
         files.append(savefig(fig, run_dir / f"theorem_{name}.png").name)
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     for name, res in summary["maps"].items():
         ms = [r["m"] for r in res["rows"]]
         loglog_rates(ax1, ms, {name: [r["lipschitz_gap"] for r in res["rows"]]})
@@ -127,6 +128,7 @@ def draw(summary: dict, run_dir: Path) -> list[str]:
     ax1.legend(fontsize="small")
     ax2.set_yscale("log")
     ax2.set_xscale("log")
+    plain_log_labels(ax2, "xy")
     ax2.set_xlabel("block i")
     ax2.set_title(f"||h_i - W_i||_L per block, m = {max(ms)}")
     ax2.grid(True, which="both", linestyle=":", linewidth=0.5)

@@ -213,6 +213,7 @@ def draw_2d(results: list[dict], path: Path) -> str:
     side on one logarithmic colour scale."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LogNorm
+    from matplotlib.ticker import MaxNLocator
 
     from ..plots import plt, savefig
 
@@ -237,10 +238,14 @@ def draw_2d(results: list[dict], path: Path) -> str:
         if i == 0:
             ax.set_ylabel("direction 2")
         ax.set_aspect("equal")
+        for axis in (ax.xaxis, ax.yaxis):  # -1, -0.5, 0, ...: at 0.25 steps the labels ran together
+            axis.set_major_locator(MaxNLocator(4))
         ax3 = fig.add_subplot(2, n, n + i + 1, projection="3d")
         ax3.plot_surface(A, B, np.log10(Z), facecolors=plt.get_cmap("viridis")(norm(Z)), rstride=1, cstride=1,
                          linewidth=0, antialiased=False, shade=False)
         ax3.set_zlim(np.log10(norm.vmin), np.log10(norm.vmax))
+        ax3.set_xlabel("direction 1", fontsize=8)
+        ax3.set_ylabel("direction 2", fontsize=8)
         ax3.set_zlabel("log10 loss")
         ax3.view_init(elev=30, azim=-60)
     fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=fig.axes, shrink=0.6,
@@ -253,7 +258,7 @@ def draw_2d(results: list[dict], path: Path) -> str:
 def draw_1d(results: list[dict], path: Path) -> str:
     """Loss and accuracy along (1 - t) init + t trained, every variant on one axis (mean
     over seeds, band: min to max)."""
-    from ..plots import plt, savefig
+    from ..plots import plain_log_labels, plt, savefig
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for v in _variants(results):
@@ -265,6 +270,7 @@ def draw_1d(results: list[dict], path: Path) -> str:
             if len(rs) > 1:
                 a.fill_between(ts, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_yscale("log")
+    plain_log_labels(ax, "y")
     ax.set_ylabel("training loss (cross-entropy)")
     ax2.set_ylabel("training accuracy (%)")
     for a in (ax, ax2):

@@ -231,6 +231,11 @@ def draw_morphed(ax, lines, points=None, labels=None, title=None):
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_xticks([])
     ax.set_yticks([])
+    flat = lines.reshape(-1, 2)
+    if np.ptp(flat, axis=0).max() <= 1e-6 * (1.0 + np.abs(flat).max()):  # e.g. a zero skip: one dot, say why
+        x0, y0 = flat.mean(0)
+        ax.text(0.5, 0.35, f"the whole plane maps to\none point ({x0:.2g}, {y0:.2g})", transform=ax.transAxes,
+                ha="center", va="top", fontsize=7, color="0.3")
     if title:
         ax.set_title(title, fontsize=8)
 

@@ -129,7 +129,7 @@ def draw(c: dict, rows: list[dict], models: dict, run_dir: Path) -> list[str]:
     # one row per (kind, block), four columns: skip, branch, whole block, and the decision
     # regions beside each kind's first block, so the figure fits a page's width at any depth
     nrows = len(rows) * L
-    fig, axes = plt.subplots(nrows, 4, figsize=(11, 2.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, 4, figsize=(11, 2.6 * nrows + 0.5), squeeze=False, layout="constrained")
     for k, row in enumerate(rows):
         model = models[row["kind"]]
         for i, (block, Z) in enumerate(zip(model.blocks, block_inputs(model, X))):  # Z: (N, 2)
@@ -149,7 +149,6 @@ def draw(c: dict, rows: list[dict], models: dict, run_dir: Path) -> list[str]:
                          title=f"{row['kind']}: train {row['train_acc']:.1f}%, test {row['test_acc']:.1f}%")
     fig.suptitle(f"{data.dataset_type}: the grid and the test data carried by each block's skip, branch and whole\n"
                  f"map (inputs of block i = outputs of block i - 1); right: decision regions", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (2.6 * nrows)))  # room for the two-line title
     return [savefig(fig, run_dir / "synthetic_blocks.png").name]
 
 

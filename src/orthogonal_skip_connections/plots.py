@@ -37,9 +37,9 @@ class _PlainLogFormatter(matplotlib.ticker.LogFormatterSciNotation):
 
 
 class _SparseLogLocator(matplotlib.ticker.Locator):
-    """Few ticks on a log axis: powers of 10 when at least three lie in view, else the
-    sparser of 1-2-5 and 1-2-3-5 x 10^k that puts two in view, else a few round linear values
-    (matplotlib's LogLocator falls back to a linear locator's many ticks there)."""
+    """Few ticks on a log axis: the sparsest of powers of 10, 1-2-5 and 1-2-3-5 x 10^k that
+    puts two in view, else a few round linear values (matplotlib's LogLocator falls back to
+    a linear locator's many ticks there)."""
 
     def __call__(self):
         return self.tick_values(*self.axis.get_view_interval())
@@ -49,7 +49,7 @@ class _SparseLogLocator(matplotlib.ticker.Locator):
         decades = range(math.floor(math.log10(vmin)), math.ceil(math.log10(vmax)) + 1)
         for subs in ((1,), (1, 2, 5), (1, 2, 3, 5)):
             inside = [s * 10.0 ** k for k in decades for s in subs if vmin <= s * 10.0 ** k <= vmax]
-            if len(inside) >= (3 if subs == (1,) else 2):
+            if len(inside) >= 2:
                 return inside
         return [t for t in matplotlib.ticker.MaxNLocator(4).tick_values(vmin, vmax) if vmin <= t <= vmax]
 

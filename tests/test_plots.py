@@ -1,0 +1,61 @@
+"""The tick helpers of plots.py: what a reader sees on an axis (labels drawn, not pixels)."""
+
+import numpy as np
+import pytest
+
+from orthogonal_skip_connections.plots import (draw_morphed, grid_lines, integer_ticks, loglog_rates, plain_log_labels,
+                                               plt)
+
+
+def _labels(ax, which: str) -> list[tuple[float, str]]:
+    """(position, text) of every labelled tick inside the view of ``ax``'s axis ``which``."""
+    ax.figure.canvas.draw()
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    lo, hi = sorted(axis.get_view_interval())
+    ticks = axis.get_major_ticks() + axis.get_minor_ticks()
+    return [(t.get_loc(), t.label1.get_text()) for t in ticks
+            if t.label1.get_visible() and t.label1.get_text() and lo <= t.get_loc() <= hi]
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("lo, hi", [(0.22, 0.9), (0.6, 1.9), (2.3, 2.5), (0.45, 2.3), (0.01, 0.5)])
+def test_log_axis_labels_are_plain_numbers_at_their_ticks(lo, hi, sparse):
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([lo, hi], [lo, hi])
+    ax.set_yscale("log")
+    plain_log_labels(ax, "y", sparse=sparse)
+    labels = _labels(ax, "y")
+    plt.close(fig)
+    assert len(labels) >= 2, labels  # a reader can read the scale off the axis
+    for loc, text in labels:  # a number, not 3 x 10^-1 mathtext, and the number of its tick
+        assert float(text.replace("\N{MINUS SIGN}", "-")) == pytest.approx(loc, rel=1e-3)
+    if sparse:
+        assert len(labels) <= 5, labels  # a narrow panel's labels do not run together
+
+
+def test_loglog_rates_ticks_counts_at_their_values():
+    fig, ax = plt.subplots()
+    ms = [2, 4, 8, 16, 32, 64]
+    loglog_rates(ax, ms, {"a": [1.0 / m for m in ms]})
+    labels = _labels(ax, "x")
+    plt.close(fig)
+    assert [t for _, t in labels] == [str(m) for m in ms]
+
+
+def test_integer_ticks_never_label_a_fraction_of_an_epoch():
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3], [10, 40, 70])
+    integer_ticks(ax.xaxis)
+    locs = [loc for loc, _ in _labels(ax, "x")]
+    plt.close(fig)
+    assert locs and all(float(loc).is_integer() for loc in locs)
+
+
+def test_draw_morphed_says_when_the_map_collapses_the_plane():
+    lines = grid_lines([-1, -1], [1, 1], n_lines=5, n_points=10)
+    fig, (ax0, ax1) = plt.subplots(1, 2)
+    draw_morphed(ax0, np.zeros_like(lines))  # a zero skip: every point goes to 0
+    draw_morphed(ax1, lines)
+    collapsed, plain = [t.get_text() for t in ax0.texts], [t.get_text() for t in ax1.texts]
+    plt.close(fig)
+    assert any("one point" in t for t in collapsed) and not plain

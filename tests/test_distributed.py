@@ -152,3 +152,22 @@ def test_refused_torchrun_run_leaves_no_run_dir(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert "data.download=false" in capsys.readouterr().err
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_refusal_under_torchrun_is_said_once_by_rank_0(rank, tmp_path, monkeypatch, capsys):
+    """Every rank checks the same overrides and meets the same mistake: rank 0 prints the one
+    line, the other ranks exit 2 without a copy of it."""
+    from orthogonal_skip_connections.experiments import run_experiments
+
+    monkeypatch.setattr(distributed, "launched_by_torchrun", lambda: True)
+    monkeypatch.setattr(distributed, "init_from_env", lambda *a, **k: None)
+    monkeypatch.setattr(distributed, "broadcast_object", lambda obj, src=0: obj)
+    monkeypatch.setenv("RANK", rank)
+    code = run_experiments.main(["optimizer.lr=abc", f"hydra.run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "run").exists()
+    if rank == "0":
+        assert err.startswith("error: ") and "optimizer.lr" in err and err.count("\n") == 1
+    else:
+        assert err == ""

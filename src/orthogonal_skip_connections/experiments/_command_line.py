@@ -78,7 +78,10 @@ class CommandLine:
                     argv = self.join_ranks(argv)
                 self.precheck(argv)
             except UserError as err:
-                print(f"error: {err}", file=sys.stderr)
+                # under torchrun every rank meets the same check on the same (rank 0's) overrides:
+                # rank 0 says it for all, rather than one copy of the line per process
+                if not distributed.launched_by_torchrun() or os.environ.get("RANK", "0") == "0":
+                    print(f"error: {err}", file=sys.stderr)
                 return 2
             try:
                 return self.hydra(argv, codes)

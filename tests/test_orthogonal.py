@@ -158,6 +158,47 @@ def test_haar_special_and_reproducible():
     assert abs(float((Q**2).mean()) - 1 / 6) < 0.01
 
 
+@pytest.fixture
+def two_threads():
+    """torch.set_num_threads(2), as one_thread and the apps' num_threads call it; restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_large_stacks_stay_correct_after_set_num_threads(two_threads):
+    # After set_num_threads, torch's batched CPU LU of matrices above ~150 x 150 is wrong
+    # (pytorch#141358): haar_orthogonal's determinants, cayley's solve and the construction's
+    # Jacobian solves must still agree with one-matrix-at-a-time oracles.
+    g = torch.Generator().manual_seed(0)
+    Q = O.haar_orthogonal(256, 4, generator=g, dtype=torch.float64)
+    dets = torch.stack([torch.linalg.det(q) for q in Q])
+    torch.testing.assert_close(dets, torch.ones(4, dtype=torch.float64))
+    A = torch.randn(3, 200, 200, dtype=torch.float64, generator=g)
+    B = torch.randn(3, 200, 2, dtype=torch.float64, generator=g)
+    X = O.solve_safe(A, B)
+    torch.testing.assert_close(X, torch.stack([torch.linalg.solve(a, b) for a, b in zip(A, B)]))
+    assert float((A @ X - B).abs().max()) < 1e-9
+    X1 = O.solve_safe(A[:1], B)  # A broadcast over B's stack
+    torch.testing.assert_close(X1, torch.linalg.solve(A[0], B))
+    sign, logabs = O.slogdet_safe(A.reshape(3, 1, 200, 200))
+    ref = [torch.linalg.slogdet(a) for a in A]
+    assert sign.shape == (3, 1)
+    torch.testing.assert_close(sign.flatten(), torch.stack([r[0] for r in ref]))
+    torch.testing.assert_close(logabs.flatten(), torch.stack([r[1] for r in ref]))
+    S = O.skew(torch.randn(2, 600, 600, dtype=torch.float64, generator=g))  # above one_thread's 512
+    assert float(O.orth_error(O.cayley(0.1 * S)).max()) < 1e-10
+
+
+def test_solve_safe_differentiates_like_solve():
+    A = (torch.randn(2, 130, 130, dtype=torch.float64) + 20 * torch.eye(130)).requires_grad_()
+    B = torch.randn(2, 130, 1, dtype=torch.float64)
+    (gA,) = torch.autograd.grad(O.solve_safe(A, B).sum(), A)
+    (rA,) = torch.autograd.grad(torch.stack([torch.linalg.solve(a, b) for a, b in zip(A, B)]).sum(), A)
+    torch.testing.assert_close(gA, rA)
+
+
 def test_measures():
     W = 2 * torch.eye(3)
     assert float(O.orth_error(W)) == pytest.approx(3 * math.sqrt(3))

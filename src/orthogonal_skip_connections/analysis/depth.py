@@ -29,7 +29,7 @@ def measure_blocks(stack: SeedStack, X_lip: torch.Tensor) -> dict:
     return {
         "identity_distance": orth.identity_distance(W),
         "orth_error": orth.orth_error(W),
-        "det_sign": torch.linalg.slogdet(W).sign,
+        "det_sign": orth.slogdet_safe(W)[0],
         "lipschitz_bound": branch_lipschitz_bounds(stack),
         "lipschitz_empirical": branch_lipschitz_empirical(stack, X_lip),
     }

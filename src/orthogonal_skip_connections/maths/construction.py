@@ -110,19 +110,19 @@ class TanhMap:
         below 1e-12 (Newton has stalled at round-off), or after ``max_iter`` steps.
         """
         scale = torch.linalg.vector_norm(t, dim=-1).clamp_min(torch.finfo(t.dtype).tiny)  # (...,)
-        y = torch.linalg.solve(self.L, t.unsqueeze(-1)).squeeze(-1)
+        y = orth.solve_safe(self.L, t.unsqueeze(-1)).squeeze(-1)
         r = self(y) - t
         res = torch.linalg.vector_norm(r, dim=-1)
         worst = float((res / scale).max()) if res.numel() else 0.0
         for _ in range(max_iter):
             if worst <= 4 * _EPS:
                 break
-            newton = y - torch.linalg.solve(self.jacobian(y), r.unsqueeze(-1)).squeeze(-1)
+            newton = y - orth.solve_safe(self.jacobian(y), r.unsqueeze(-1)).squeeze(-1)
             r_newton = self(newton) - t
             res_newton = torch.linalg.vector_norm(r_newton, dim=-1)
             use_newton = (res_newton < res).unsqueeze(-1)
             if not bool(use_newton.all()):
-                chord = y - torch.linalg.solve(self.L, r.unsqueeze(-1)).squeeze(-1)
+                chord = y - orth.solve_safe(self.L, r.unsqueeze(-1)).squeeze(-1)
                 newton = torch.where(use_newton, newton, chord)
                 r_newton = torch.where(use_newton, r_newton, self(chord) - t)
                 res_newton = torch.linalg.vector_norm(r_newton, dim=-1)
@@ -306,7 +306,7 @@ def _measure(con: Construction, x: Tensor, pairs: tuple[Tensor, Tensor]) -> dict
     for i in torch.arange(1, m + 1).split(chunk):  # i: (K,) block indices
         Dg, Dg_prev = con.g_jacobian(i, x), con.g_jacobian(i - 1, x)  # (K, N, d, d)
         # D h_i = Dg_i Dg_(i-1)^(-1): solve X Dg_(i-1) = Dg_i as Dg_(i-1)^T X^T = Dg_i^T
-        Dh_i = torch.linalg.solve(Dg_prev.mT, Dg.mT).mT
+        Dh_i = orth.solve_safe(Dg_prev.mT, Dg.mT).mT
         W_i = con.W[i]  # (K, d, d)
         gap_jac[i - 1] = torch.linalg.matrix_norm(Dh_i - W_i.unsqueeze(1), ord=2).amax(-1)
 

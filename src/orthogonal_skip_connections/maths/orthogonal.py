@@ -40,6 +40,8 @@ __all__ = [
     "cholesky_qr",
     "check_square",
     "one_thread",
+    "solve_safe",
+    "slogdet_safe",
     "householder_wy",
     "eye_like",
     "skew",
@@ -106,6 +108,43 @@ def single_threaded(fn):
             return fn(A, *args, **kwargs)
 
     return wrapper
+
+
+# Batched LU factorisations on the CPU go wrong silently after any torch.set_num_threads call
+# (which one_thread makes, and the apps' num_threads): torch hands the matrices of a stack to
+# several threads, and MKL's getrf then returns wrong factors for n above ~150 (pytorch
+# issues #141358, #142815; measured with torch 2.14.1 and 2.11: a 153 x 153 stack already
+# gave wrong determinants, 512 x 512 an "Intel oneMKL ERROR ... SLASWP" and a refused solve).
+# One matrix at a time is correct (and keeps MKL's own threads within each matrix); so are
+# QR, SVD, eigh, Cholesky, matrix_exp and lu_solve of a stack, and solve with one A.
+_LU_STACK_SAFE_N = 128
+
+
+def _lu_stack_at_risk(A: Tensor, batch: torch.Size) -> bool:
+    return A.device.type == "cpu" and A.shape[-1] > _LU_STACK_SAFE_N and batch.numel() > 1
+
+
+def solve_safe(A: Tensor, B: Tensor) -> Tensor:
+    """``torch.linalg.solve(A, B)`` for A (..., n, n), B (..., n, k), differentiable, with a
+    stack of large CPU matrices A factored one matrix at a time (see above)."""
+    batch = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
+    if A.ndim == 2 or not _lu_stack_at_risk(A, batch):
+        return torch.linalg.solve(A, B)
+    A_ = A.expand(*batch, *A.shape[-2:]).reshape(-1, *A.shape[-2:])
+    B_ = B.expand(*batch, *B.shape[-2:]).reshape(-1, *B.shape[-2:])
+    X = torch.stack([torch.linalg.solve(a, b) for a, b in zip(A_, B_)])
+    return X.reshape(*batch, *B.shape[-2:])
+
+
+def slogdet_safe(A: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.linalg.slogdet(A)`` (sign, log|det|), shape (...,) each, with a stack of large
+    CPU matrices factored one matrix at a time (see above)."""
+    if not _lu_stack_at_risk(A, A.shape[:-2]):
+        return tuple(torch.linalg.slogdet(A))
+    parts = [torch.linalg.slogdet(a) for a in A.reshape(-1, *A.shape[-2:])]
+    sign = torch.stack([p[0] for p in parts]).reshape(A.shape[:-2])
+    logabs = torch.stack([p[1] for p in parts]).reshape(A.shape[:-2])
+    return sign, logabs
 
 
 def eye_like(A: Tensor) -> Tensor:
@@ -331,7 +370,7 @@ def cayley(A: Tensor) -> Tensor:
     The halves make it agree with exp(A) up to second order."""
     check_square(A)
     I = eye_like(A)
-    return torch.linalg.solve(I - 0.5 * A, I + 0.5 * A)
+    return solve_safe(I - 0.5 * A, I + 0.5 * A)
 
 
 def expm(A: Tensor) -> Tensor:
@@ -565,8 +604,8 @@ def haar_orthogonal(
     Z = torch.randn(*batch, n, n, generator=generator, dtype=torch.float64, device=gen_device)
     Q = qr_orthogonal(Z)
     if special:
-        det = torch.linalg.det(Q)
+        sign = slogdet_safe(Q)[0]
         flip = torch.ones_like(Q[..., 0, :])
-        flip[..., 0] = torch.where(det < 0, -1.0, 1.0)
+        flip[..., 0] = torch.where(sign < 0, -1.0, 1.0)
         Q = Q * flip.unsqueeze(-2)
     return Q.to(dtype=dtype, device=device if device is not None else Q.device)

@@ -17,7 +17,7 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from ..skips import SkipFactory, skip_layer_from
+from ..skips import SkipFactory, batch_upkeep, skip_layer_from
 from ..skips.residual import DEFAULT_EPS, Residual
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "softplus": nn.Softplus}
@@ -96,6 +96,7 @@ class ResidualMLP(nn.Module):
             ResidualMLPBlock(dim, hidden, skip_layer, activation, residual_layer) for _ in range(depth)
         )
         self.head = nn.Identity() if num_classes is None else nn.Linear(dim, num_classes)
+        batch_upkeep(self)  # parametrized skips: each size's W's in one call per forward
 
     def features(self, x: Tensor, upto: int | None = None) -> Tensor:
         """Output of the first ``upto`` blocks (all by default), before the head."""

@@ -30,7 +30,7 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..skips import SkipFactory, skip_layer_from
+from ..skips import SkipFactory, batch_upkeep, skip_layer_from
 from ..skips.contract import observed
 from ..skips.residual import DEFAULT_EPS, Residual
 
@@ -227,6 +227,7 @@ class ResNet(nn.Module):
             for m in self.modules():  # each block starts as its skip
                 if isinstance(m, (BasicBlock, PreActBlock)):
                     nn.init.zeros_(m.branch[-1].weight)
+        batch_upkeep(self)  # parametrized skips: each size's W's in one call per forward
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stages(self.stem(x))  # (N, C, H, W)

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..skips import SkipFactory, skip_layer_from
+from ..skips import SkipFactory, batch_upkeep, skip_layer_from
 from ..skips.residual import DEFAULT_EPS, Residual, StreamNorm, resolve_stream_norm
 
 __all__ = ["VIT_SIZES", "ViT", "Attention", "Mlp", "PreNormResidual", "vit", "check_vit"]
@@ -142,6 +142,7 @@ class ViT(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, num_classes)
         self._init_weights()
+        batch_upkeep(self)  # parametrized skips: each size's W's in one call per forward
 
     def _init_weights(self) -> None:  # timm's: truncated normal (std 0.02) for linears and embeddings
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

@@ -1,10 +1,12 @@
 """Layer 2, skips: the contract (:mod:`.contract`), the kinds and their registry
-(:mod:`.kinds`), orthogonal constraints for any square weight (:mod:`.constraint`) and
+(:mod:`.kinds`), orthogonal constraints for any square weight (:mod:`.constraint`), the parametrized
+skips of a model computed in one batched call per size (:mod:`.batched`),
 ``patch_skips`` for existing models (:mod:`.patch`), and the residual modes (``add``,
 ``orthogonal_update``, ``rotation``) blocks combine their skip path and branch with
 (:mod:`.residual`)."""
 
 from ..maths.orthogonal import DEFAULT_METHOD, ORTH_INITS, ORTH_METHODS, PARAMETRIZED_METHODS, RETRACTED_METHODS
+from .batched import batch_upkeep
 from .constraint import Retraction, mark_retracted, orthogonal_, retracted_parameters, retraction_of
 from .contract import Skip, apply_matrix, apply_matrix_add, iter_skips
 from .kinds import (
@@ -38,7 +40,7 @@ from .residual import (
 
 __all__ = [
     "DEFAULT_METHOD", "ORTH_INITS", "ORTH_METHODS", "PARAMETRIZED_METHODS", "RETRACTED_METHODS",
-    "Retraction", "mark_retracted", "orthogonal_", "retracted_parameters", "retraction_of",
+    "batch_upkeep", "Retraction", "mark_retracted", "orthogonal_", "retracted_parameters", "retraction_of",
     "Skip", "apply_matrix", "apply_matrix_add", "iter_skips",
     "SKIP_KINDS", "SKIP_OPTIONS", "IdentitySkip", "MatrixSkip", "OrthogonalSkip", "ScalarSkip", "SkipFactory",
     "ZeroSkip", "make_skip", "skip", "skip_layer_from",

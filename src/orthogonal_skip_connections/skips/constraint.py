@@ -46,21 +46,36 @@ class OrthogonalMap(parametrizations._Orthogonal):
             return self._forward(X)
 
     def _forward(self, X: Tensor) -> Tensor:
-        square = X.size(-1) == X.size(-2)
-        maps = parametrizations._OrthMaps
-        if self.orthogonal_map not in (maps.householder, maps.cayley) or not square or X.is_complex():
+        if not self.maps_stacks(X):
             return super().forward(X)
-        if self.orthogonal_map == maps.householder:
-            # the diagonal of X holds the signs (+-1) torch keeps fixed; see its _Orthogonal
-            Q = orth.householder_wy(X) * X.diagonal(dim1=-2, dim2=-1).int().unsqueeze(-2)
-        else:  # torch's Cayley map (I + A/2)(I - A/2)^-1 of A = X_lower - X_lower^T
-            X = X.tril()
-            A = X - X.mT
-            Id = torch.eye(X.size(-1), dtype=A.dtype, device=A.device)
-            Q = torch.linalg.solve_ex(torch.add(Id, A, alpha=-0.5), torch.add(Id, A, alpha=0.5)).result
+        Q = self.phi(self.orthogonal_map, X)
         if hasattr(self, "base"):
             Q = self.base @ Q
         return Q
+
+    @staticmethod
+    def maps_stacks(X: Tensor) -> bool:
+        """Whether :meth:`phi` computes this map of ``X``: a square real (..., n, n) weight."""
+        return X.size(-1) == X.size(-2) and not X.is_complex()
+
+    @staticmethod
+    def phi(orthogonal_map, X: Tensor) -> Tensor:
+        """phi(X) of a square real X (..., n, n), the orthogonal factor torch's parametrization
+        multiplies its base by (W = B phi(X)); any stack of X at once, each matrix as alone:
+        ``matrix_exp`` exp(A), ``cayley`` (I + A/2)(I - A/2)^-1 with A = X_lower - X_lower^T,
+        ``householder`` the product of the reflections of X's strictly lower triangle, signed
+        by X's diagonal (+-1, fixed by torch's right_inverse)."""
+        maps = parametrizations._OrthMaps
+        if orthogonal_map == maps.householder:
+            return orth.householder_wy(X) * X.diagonal(dim1=-2, dim2=-1).int().unsqueeze(-2)
+        X = X.tril()
+        A = X - X.mT
+        if orthogonal_map == maps.matrix_exp:  # the same ops as torch's _Orthogonal.forward
+            return torch.matrix_exp(A)
+        if orth._lu_stack_at_risk(A, A.shape[:-2]):  # large CPU matrices: one LU at a time (see orth)
+            return torch.stack([OrthogonalMap.phi(orthogonal_map, x) for x in X.unbind(0)])
+        Id = torch.eye(X.size(-1), dtype=A.dtype, device=A.device)
+        return torch.linalg.solve_ex(torch.add(Id, A, alpha=-0.5), torch.add(Id, A, alpha=0.5)).result
 
 
 _MARK = "_osc_retraction"  # on a parameter: a cache, lost by copy.deepcopy of the parameter

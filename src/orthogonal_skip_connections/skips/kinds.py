@@ -159,9 +159,19 @@ class OrthogonalSkip(Skip):
     def ns_steps(self) -> int:
         return self._ns_steps
 
+    shared_weight = None  # W, while a model's forward computes its skips' W's together (.batched)
+
+    @property
+    def shares_upkeep(self) -> bool:
+        """Whether a model may compute this skip's W together with others (.batched)."""
+        return self.upkeep == "parametrized"
+
     def matrix(self, x: Tensor) -> Tensor:
-        """W for a forward on ``x``; for a parametrized method W = B phi(A) is small-matrix
-        work, run on one CPU thread (see orthogonal.one_thread)."""
+        """W for a forward on ``x``: this skip's share of its model's batched upkeep if there
+        is one (:func:`~.batched.batch_upkeep`), else, for a parametrized method,
+        W = B phi(A), small-matrix work run on one CPU thread (see orthogonal.one_thread)."""
+        if self.shared_weight is not None:
+            return self.shared_weight
         if self.upkeep == "parametrized":
             with orth.one_thread(x.device.type == "cpu"):
                 return self.weight

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .batched import batch_upkeep
 from .contract import Skip
 from .kinds import SkipFactory, skip as skip_factory
 
@@ -74,4 +75,4 @@ def patch_skips(model: nn.Module, kind: str | SkipFactory | None = None, *, skip
             f"found no residual blocks in {type(model).__name__}: expected blocks with a "
             "`skip` attribute or torchvision BasicBlock/Bottleneck blocks"
         )
-    return model
+    return batch_upkeep(model)  # parametrized skips: each size's W's in one call per forward

@@ -1,0 +1,127 @@
+"""The parametrized orthogonal skips of a model computed together: one batched call per
+(map, size, dtype, device) and forward, instead of one call per skip.
+
+A parametrized skip (``cayley``, ``exp``, ``householder``; :mod:`.constraint`) holds
+W = B phi(X) as torch's parametrization: ``skip.weight`` computes it from the skip's own X
+and B whenever it is read, one skip at a time. The maps accept stacks (``matrix_exp``,
+the Cayley solve, the compact WY form of :func:`~..maths.orthogonal.householder_wy`), so
+the k skips of one size can share one call: W_1..W_k = stack(B_i) phi(stack(X_i)). Each
+W_i is the same matrix as alone (to round-off), and autograd takes each gradient back
+through the stack to its own X_i.
+
+:func:`batch_upkeep` (``model``) registers two hooks on the model. Before its forward
+they compute the W's of every group of two or more such skips; each skip's forward then
+uses its share (:attr:`OrthogonalSkip.shared_weight`); after the forward (also one that
+raised) the shares are dropped, so the next forward, a skip or block called on its own,
+and ``skip.weight`` compute W as torch's parametrization does. Inside
+``torch.nn.utils.parametrize.cached()`` (evaluation) the batched W's go into torch's
+cache instead, where the skips find them: computed once per pass, as without batching.
+Nothing is stored: state_dicts, checkpoints and the parametrization are those of the
+skips alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from ..maths import orthogonal as orth
+from .constraint import OrthogonalMap
+
+__all__ = ["CPU_MAX_N", "batch_upkeep", "is_batching", "shared_groups", "shared_weights"]
+
+# Largest n batched on the CPU. Forward + backward of the W's, 1 thread, torch 2.14, time per
+# skip / batched (benchmarks/skip_step_time.py and a sweep of sizes): resnet20's 3 x (16, 32,
+# 64) 1.43x (cayley), 1.48x (exp), 1.48x (householder); 2 x 64 1.3-1.4x; 2-3 x 128 1.02-1.08x;
+# 2 x 256 0.92-0.99x; all of resnet18's 2 x (64, 128, 256, 512) 0.93-0.96x: a large matrix
+# keeps the core busy alone, and the stack is a copy. (The Cayley solve of a stack of n > 128
+# runs one matrix at a time anyway: see OrthogonalMap.phi.) On a GPU every size is batched.
+CPU_MAX_N = 128
+
+
+def _group_key(module: nn.Module):
+    """(map, n, dtype, device) of a skip whose W can be computed in a batch, else None: a
+    module that asks for it (``shares_upkeep``) with one :class:`OrthogonalMap` (with base)
+    on a square real 2-D ``weight``, of n <= ``CPU_MAX_N`` on the CPU."""
+    if not getattr(module, "shares_upkeep", False) or not parametrize.is_parametrized(module, "weight"):
+        return None
+    plist = module.parametrizations.weight
+    if len(plist) != 1 or not isinstance(plist[0], OrthogonalMap) or getattr(plist[0], "base", None) is None:
+        return None
+    X = plist.original
+    if X.ndim != 2 or not OrthogonalMap.maps_stacks(X):
+        return None
+    if X.device.type == "cpu" and X.shape[-1] > CPU_MAX_N:
+        return None
+    return plist[0].orthogonal_map, X.shape[-1], X.dtype, X.device
+
+
+def shared_groups(model: nn.Module) -> list[list[nn.Module]]:
+    """The skips of ``model`` whose W's :func:`batch_upkeep` computes together: lists of two
+    or more skips of one (map, size, dtype, device), in the order of ``model.modules()``."""
+    groups: dict = {}
+    for m in model.modules():
+        key = _group_key(m)
+        if key is not None:
+            groups.setdefault(key, []).append(m)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def shared_weights(skips: list[nn.Module]) -> tuple[Tensor, ...]:
+    """W_i = B_i phi(X_i) of each skip of one group (see :func:`shared_groups`) in one
+    batched call: the same matrices as each ``skip.weight`` (to round-off), differentiable
+    with respect to each skip's own X_i. In the weight's precision (autocast off), on one
+    thread for CPU matrices (small-matrix work: see ``orthogonal.one_thread``)."""
+    plists = [m.parametrizations.weight for m in skips]
+    X = torch.stack([p.original for p in plists])  # (k, n, n)
+    B = torch.stack([p[0].base for p in plists])
+    with torch.autocast(X.device.type, enabled=False), orth.one_thread(X.device.type == "cpu"):
+        return (B @ OrthogonalMap.phi(plists[0][0].orthogonal_map, X)).unbind(0)
+
+
+def _open(model: nn.Module, args) -> None:
+    groups = shared_groups(model)
+    if not groups:
+        return
+    cache = parametrize._cache if parametrize._cache_enabled else None
+    for group in groups:
+        if cache is None:
+            group = [m for m in group if m.shared_weight is None]  # an enclosing model's share is kept
+        else:  # evaluation under parametrize.cached(): torch's cache holds W for the whole pass
+            group = [m for m in group if cache.get((id(m), "weight")) is None]
+        if len(group) < 2:
+            continue
+        for m, W in zip(group, shared_weights(group)):
+            if cache is None:
+                m.shared_weight = W
+            else:
+                cache[(id(m), "weight")] = W
+
+
+def _close(model: nn.Module, args, output) -> None:
+    for m in model.modules():
+        if getattr(m, "shared_weight", None) is not None:
+            m.shared_weight = None
+
+
+def batch_upkeep(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Make ``model`` compute the W's of its parametrized orthogonal skips in one batched
+    call per (map, size, dtype, device) and forward (module docstring), or (``enabled=False``)
+    one skip at a time again; returns ``model``. Idempotent; skips added or replaced later
+    are found at the next forward."""
+    registered = is_batching(model)
+    if enabled and not registered:
+        model.register_forward_pre_hook(_open)
+        model.register_forward_hook(_close, always_call=True)
+    elif not enabled and registered:  # found by function (deep copies hold copies of any handle)
+        for hooks, fn in ((model._forward_pre_hooks, _open), (model._forward_hooks, _close)):
+            for key in [k for k, h in hooks.items() if h is fn]:
+                del hooks[key]
+                model._forward_hooks_always_called.pop(key, None)
+    return model
+
+
+def is_batching(model: nn.Module) -> bool:
+    """Whether :func:`batch_upkeep` is on for ``model``."""
+    return any(h is _open for h in model._forward_pre_hooks.values())

@@ -134,8 +134,9 @@ def test_large_cpu_matrices_and_lone_sizes_stay_per_skip():
     sizes = sorted(g[0].channels for g in shared_groups(model))
     assert sizes == [n for n in (64, 128) if n <= batched.CPU_MAX_N]  # 256 and 512 one at a time on the CPU
     mixed = osc.get_model("resnet20", 10, skip_kind="learnable_orth", method="steepest")
+    assert not is_batching(mixed)  # nothing to share: no hooks, no cost per forward
     mixed.stages[1][0].skip = osc.skip("learnable_orth", method="cayley")(32)
-    assert shared_groups(mixed) == []  # a lone parametrized skip has nothing to share
+    assert shared_groups(mixed) == [] and not is_batching(batch_upkeep(mixed))  # a lone one neither
 
 
 def test_cayley_stack_of_large_cpu_matrices_is_solved_one_at_a_time():

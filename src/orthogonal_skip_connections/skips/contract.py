@@ -83,6 +83,8 @@ class Skip(nn.Module):
     kind = "skip"
     upkeep = "none"
     has_path = True  # False: no skip path at all, so a block need not compute its shortcut
+    shares_upkeep = False  # True: a model may compute W with other skips' (see .batched)
+    shared_weight = None  # W, while a model's forward computes its skips' W's together (.batched)
 
     def __init__(self, channels: int):
         super().__init__()

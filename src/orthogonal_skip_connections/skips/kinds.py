@@ -159,8 +159,6 @@ class OrthogonalSkip(Skip):
     def ns_steps(self) -> int:
         return self._ns_steps
 
-    shared_weight = None  # W, while a model's forward computes its skips' W's together (.batched)
-
     @property
     def shares_upkeep(self) -> bool:
         """Whether a model may compute this skip's W together with others (.batched)."""

@@ -221,3 +221,28 @@ def test_training_steps_synchronise_only_for_their_one_read(tmp_path, monkeypatc
         torch.cuda.set_sync_debug_mode("default")
     assert summary["status"] == "completed" and summary["device"].startswith(CUDA.type)
     assert len(steps) == 2 * (160 // 32) and max(steps) <= 1, steps
+
+
+@pytest.mark.parametrize("method", ["cayley", "exp", "householder"])
+def test_batched_parametrized_upkeep_on_cuda_is_the_per_skip_one(method):
+    """resnet18 on CUDA batches every size (64 to 512, no CPU limit there): the same logits
+    and gradients as one skip at a time, float64."""
+    import copy
+
+    from orthogonal_skip_connections.skips.batched import batch_upkeep, shared_groups
+
+    torch.manual_seed(0)
+    model = osc.get_model("resnet18", 10, skip_kind="learnable_orth", method=method, init="haar").to(CUDA).double()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("original"):
+                p.add_(0.1 * torch.randn_like(p))
+    assert sorted(g[0].channels for g in shared_groups(model)) == [64, 128, 256, 512]
+    plain = batch_upkeep(copy.deepcopy(model), enabled=False)
+    x = torch.randn(2, 3, 32, 32, device=CUDA, dtype=torch.float64)
+    a, b = model(x), plain(x)
+    torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    a.sum().backward()
+    b.sum().backward()
+    for (name, p), q in zip(model.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-9, rtol=0, msg=name)

@@ -9,14 +9,16 @@ and vectors (BatchNorm in eval mode, the loss of :func:`landscape.sharpness`):
   g . v; channels_last, as :func:`landscape.landscape_of` runs it;
 - ``new``: ``make_hvp`` as ``sharpness()`` now calls it with one part: g and its graph
   built once (outside the timing: that is what a reused graph saves), then one backward of
-  g . v per product; channels_last; ``new NCHW``: the same in NCHW;
+  g . v per product; channels_last; ``new NCHW``: the same in NCHW; ``new, BN affine``: the
+  same with BatchNorm written as its affine map (:func:`landscape.batchnorm_as_affine`), as
+  ``sharpness()`` runs it;
 - candidates not used by the library: ``old, 4 parts`` (the images split in 4 loss parts,
   as ``batch_size`` < ``n_eval`` splits them); ``forward-over-reverse`` (torch.func.jvp of
   torch.func.grad over functional_call); ``K probes batched`` (K products in one backward,
   ``autograd.grad(..., is_grads_batched=True)`` over the reused graph, per product).
 
-Then whole ``sharpness()`` calls, old (``make_hvp`` forced to ``reuse_graph=False``) against
-new, with a fixed number of power iterations (``tol=0``) and probes; every H v of the old and
+Then whole ``sharpness()`` calls, old (``make_hvp`` forced to ``reuse_graph=False``, BatchNorm's
+own double backward) against new (the reused graph, ``new, native BN`` without the affine map), with a fixed number of power iterations (``tol=0``) and probes; every H v of the old and
 the new call is compared.
 
     python benchmarks/landscape_hessian.py [--model resnet56] [--kind learnable_orth/steepest]
@@ -26,6 +28,7 @@ the new call is compared.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 
@@ -68,6 +71,12 @@ def main() -> None:
     old = L.make_hvp(loss_parts(model, x_cl), params, reuse_graph=False)
     new = L.make_hvp(loss_parts(model, x_cl), params)
     new_nchw = L.make_hvp(loss_parts(nchw, x), params_nchw)
+    new_affine = L.make_hvp(loss_parts(model, x_cl), params)
+
+    def with_affine_bn(v):
+        with L.batchnorm_as_affine(model):
+            return new_affine(v)
+
     old_4 = L.make_hvp(loss_parts(model, x_cl, 4), params, reuse_graph=False)
     names = {id(p): name for name, p in model.named_parameters()}
 
@@ -76,7 +85,8 @@ def main() -> None:
         return F.cross_entropy(out.float(), y, reduction="sum") / n
 
     theta = tuple(p.detach() for p in params)
-    fns = {"old": lambda: old(v), "new": lambda: new(v), "new NCHW": lambda: new_nchw(v),
+    fns = {"old": lambda: old(v), "new": lambda: new(v), "new, BN affine": lambda: with_affine_bn(v),
+           "new NCHW": lambda: new_nchw(v),
            "old, 4 parts": lambda: old_4(v),
            "forward-over-reverse": lambda: list(jvp(grad(loss_of), (theta,), (tuple(v),))[1])}
     per_call = {name: 1 for name in fns}
@@ -87,7 +97,7 @@ def main() -> None:
             grads, params, grad_outputs=stacked, retain_graph=True, is_grads_batched=True)]
         per_call[f"{args.probes} probes batched"] = args.probes
     ref = old(v)
-    new(v)  # builds the reused graph before the timing
+    new(v), with_affine_bn(v)  # build the reused graphs before the timing
     diffs = {name: rel_diff(fn(), ref) for name, fn in fns.items()}
     print(header(f"Hessian-vector products for sharpness(), {args.model} {args.kind} on {n} digits images "
                  f"({sum(p.numel() for p in params)} Hessian parameters), {args.rounds} rounds", device))
@@ -105,14 +115,18 @@ def main() -> None:
     results = {}
     library_make_hvp = L.make_hvp
 
+    library_affine = L.batchnorm_as_affine
+
     def run(name: str) -> None:
         L.make_hvp = functools.partial(library_make_hvp, reuse_graph=False) if name == "old" else library_make_hvp
+        if name != "new":  # BatchNorm's own double backward, as before batchnorm_as_affine
+            L.batchnorm_as_affine = lambda model: contextlib.nullcontext()
         try:
             results[name] = L.sharpness(model, x_cl, y, n, args.iters, 0.0, args.samples, seed=0)
         finally:
-            L.make_hvp = library_make_hvp
+            L.make_hvp, L.batchnorm_as_affine = library_make_hvp, library_affine
 
-    calls = {name: functools.partial(run, name) for name in ("old", "new")}
+    calls = {name: functools.partial(run, name) for name in ("old", "new, native BN", "new")}
     times = interleaved_times(calls, device, args.rounds, 1, warmup=1)
     old_s, new_s = results["old"], results["new"]
     history = np.abs(np.subtract(new_s["power_history"], old_s["power_history"])) / np.abs(old_s["power_history"])

@@ -1,5 +1,6 @@
-"""The CUDA path: bf16 training steps with every skip kind, resume on CUDA, the on-device
-loader on CUDA. Skipped (at collection cost only) where no CUDA GPU is present, as on CI;
+"""The CUDA path: bf16 training steps with every skip kind (ResNet and ViT, every residual
+mode), resume on CUDA, the on-device loader on CUDA, compile=true with inductor, the loss
+landscape and the Hessian on CUDA. Skipped (at collection cost only) where no CUDA GPU is present, as on CI;
 run on a GPU machine with ``python -m pytest -q tests/test_cuda.py``."""
 
 import json
@@ -221,6 +222,87 @@ def test_training_steps_synchronise_only_for_their_one_read(tmp_path, monkeypatc
         torch.cuda.set_sync_debug_mode("default")
     assert summary["status"] == "completed" and summary["device"].startswith(CUDA.type)
     assert len(steps) == 2 * (160 // 32) and max(steps) <= 1, steps
+
+
+def test_compile_true_on_cuda_with_inductor_matches_eager(tmp_path, monkeypatch):
+    """compile=true as a GPU user runs it (inductor, bf16 autocast off so the two runs can be
+    compared closely; TF32 off for the same reason): a retracted and a parametrized
+    orthogonal skip in one model, 2 epochs on digits, the same losses and weights as eager."""
+    from test_compile import mixed_model, small_digits
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+    def train(name, **options):
+        model = mixed_model()
+        cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05, amp="off", channels_last=True, progress=False,
+                          **options)
+        summary = train_classifier(model, small_digits(), cfg, tmp_path / name, CUDA)
+        records = [json.loads(s) for s in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return model, summary, records
+
+    eager, s_eager, r_eager = train("eager")
+    compiled, s_comp, r_comp = train("compiled", compile=True, compile_backend="inductor")
+    assert s_comp["steps"] == s_eager["steps"] > 0
+    for a, b in zip(r_eager, r_comp):
+        for key in ("train_loss", "test_loss"):
+            if key in a:
+                assert abs(a[key] - b[key]) < 1e-3, (key, a[key], b[key])
+    for (name, p), q in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        assert torch.allclose(p, q, atol=1e-3), name
+    assert s_comp["skip_orth_error_max"] < 1e-4
+
+
+def test_landscape_grid_and_sharpness_on_cuda_match_the_cpu(monkeypatch):
+    """The loss landscape's grid (channels_last, only moving coordinates rewritten, batched
+    polar factors) and the Hessian's top eigenvalue and trace give the CPU's numbers on CUDA
+    (TF32 off: float32 against float32)."""
+    from test_landscape import mixed_resnet
+
+    from orthogonal_skip_connections import landscape as L
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 1, 8, 8, generator=g), torch.randint(0, 10, (64,), generator=g)
+    axis = L.grid_axis(3, 1.0)
+    results = []
+    for device in (torch.device("cpu"), CUDA):
+        model = mixed_resnet().to(device).eval()
+        directions = [L.random_direction(model, 5, k) for k in (0, 1)]
+        fast, fast_x = L.channels_last(model, x.to(device))
+        loss, acc = L.landscape_2d(fast, fast_x, y.to(device), directions, axis, axis, batch_size=32)
+        sharp = L.sharpness(fast, fast_x, y.to(device), batch_size=64, iters=5, tol=0.0, samples=2)
+        results.append((loss, sharp))
+    (loss_cpu, s_cpu), (loss_cuda, s_cuda) = results
+    assert loss_cpu.std() > 0.05  # the grid moved the model
+    torch.testing.assert_close(torch.from_numpy(loss_cuda), torch.from_numpy(loss_cpu), rtol=1e-4, atol=1e-5)
+    for key in ("top_eigenvalue", "trace"):
+        assert abs(s_cuda[key] - s_cpu[key]) <= 1e-3 * abs(s_cpu[key]) + 1e-5, (key, s_cpu[key], s_cuda[key])
+
+
+@pytest.mark.parametrize("residual_mode", ["add", "orthogonal_update", "rotation"])
+@pytest.mark.parametrize("method", ["steepest", "cayley"])
+def test_vit_bf16_steps_on_cuda_every_residual_mode(residual_mode, method):
+    """A small ViT with orthogonal skips trains in bf16 on CUDA in every residual mode:
+    finite loss and gradients, bf16 logits, the skips still orthogonal after three steps."""
+    torch.manual_seed(0)
+    model = osc.get_model("vit_tiny", 10, skip_kind="learnable_orth", method=method, init="haar",
+                          residual_mode=residual_mode, width=64, depth=2, heads=2).to(CUDA)
+    opt = osc.optimizer(model, torch.optim.SGD, lr=0.05, momentum=0.9)
+    x, y = torch.randn(16, 3, 32, 32, device=CUDA), torch.randint(0, 10, (16,), device=CUDA)
+    for _ in range(3):
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(CUDA.type, dtype=torch.bfloat16):
+            logits = model(x)
+        assert logits.dtype == torch.bfloat16
+        loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        opt.step()
+    rows = osc.skip_diagnostics(model)
+    assert rows and max(r["orth_error"] for r in rows) < 1e-4
 
 
 @pytest.mark.parametrize("method", ["cayley", "exp", "householder"])

@@ -143,6 +143,8 @@ CASES = [
     ("re-mixup", ["run_experiments", "mixup_alpha=-1"], ["mixup_alpha"]),
     ("re-eval-every", ["run_experiments", "eval_every=0"], ["eval_every"]),
     ("re-num-threads", ["run_experiments", "num_threads=0"], ["num_threads"]),
+    ("re-num-threads-huge", ["run_experiments", "num_threads=1000000"], ["num_threads", "CPUs"]),  # was a segfault
+    ("ts-num-threads-huge", ["teacher_student", "num_threads=1000000"], ["num_threads", "CPUs"]),
     ("re-grammar-bracket", ["run_experiments", "model.skip_kind=["], ["model.skip_kind"]),
     ("re-grammar-paren", ["run_experiments", "optimizer.lr=(0.1"], ["optimizer.lr"]),
     # run_experiments: run dirs

@@ -309,3 +309,45 @@ def test_sharpness_with_one_part_gives_the_rebuilt_graphs_numbers():
     assert math.isclose(one["trace"], four["trace"], rel_tol=1e-5) and one["trace"] != 0
     assert model.training and all(p.grad is None for p in model.parameters())
     assert all(torch.equal(c.tensor, before[c.name]) for c in L.coordinates(model))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_batchnorm_as_affine_is_the_same_function_with_the_same_hessian():
+    """Inside batchnorm_as_affine, eval-mode BatchNorm (2-D and 1-D, with and without its
+    own weight and bias) gives BatchNorm's outputs and the same Hessian-vector products
+    (float64, against the native module); a training-mode BatchNorm is left alone and every
+    module has its own forward back afterwards."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.BatchNorm2d(4, affine=False),
+        torch.nn.Flatten(), torch.nn.Linear(4 * 36, 5), torch.nn.BatchNorm1d(5)).double()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                if m.weight is not None:
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.2, 0.2)
+    model.eval()
+    x = torch.randn(6, 2, 8, 8, dtype=torch.float64)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    params = list(model.parameters())
+    v = [torch.randn_like(p) for p in params]
+
+    def hv():
+        part = [lambda: (model(x) ** 2).sum()]  # a loss with curvature in every parameter
+        return L.make_hvp(part, params)(v)
+
+    ref_out, ref_hv = model(x), hv()
+    with L.batchnorm_as_affine(model):
+        assert all("forward" in m.__dict__ for m in model.modules()
+                   if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+        torch.testing.assert_close(model(x), ref_out, rtol=1e-12, atol=1e-12)
+        assert model[:2](x_cl).is_contiguous(memory_format=torch.channels_last)
+        for a, b in zip(hv(), ref_hv):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    model[1].train()
+    with L.batchnorm_as_affine(model):
+        assert "forward" not in model[1].__dict__ and "forward" in model[3].__dict__

@@ -38,6 +38,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import zlib
 from dataclasses import asdict, dataclass
@@ -58,7 +59,7 @@ from .train.classifier import classification_sums
 __all__ = [
     "eval_subset", "channels_last", "Coordinate", "coordinates", "skip_handling", "snapshot", "random_direction",
     "set_point", "set_interpolation", "restore", "evaluate_loss", "grid_axis", "landscape_2d", "interpolation_1d",
-    "hessian_parameters", "make_hvp", "power_iteration", "hutchinson_trace", "sharpness", "LandscapeSettings",
+    "hessian_parameters", "make_hvp", "batchnorm_as_affine", "power_iteration", "hutchinson_trace", "sharpness", "LandscapeSettings",
     "landscape_of", "CACHE_VERSION",
 ]
 
@@ -405,6 +406,39 @@ def hutchinson_trace(hvp, params: list[Tensor], samples: int = 20, seed: int = 0
     return {"trace": float(values.mean()), "trace_se": se, "samples": len(values)}
 
 
+@contextlib.contextmanager
+def batchnorm_as_affine(model: nn.Module):
+    """Inside the block, every BatchNorm of ``model`` in eval mode with running statistics
+    computes its output as x * s + t, s = weight / sqrt(running_var + eps), t = bias -
+    running_mean * s: the same function of x, weight and bias (to float round-off), whose
+    double backward is two elementwise products instead of BatchNorm's general one. resnet56
+    on 512 digits images, one thread, reused graph (benchmarks/landscape_hessian.py): a
+    Hessian-vector product 0.77-0.87x the time, a whole ``sharpness()`` call 0.88x; H v within
+    7e-7 relative; the call's peak memory +12 % (the graph keeps more elementwise terms)."""
+    patched = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training and m.running_var is not None:
+            m.forward = _affine_batchnorm(m)  # an instance attribute: nn.Module.__call__ finds it first
+            patched.append(m)
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward
+
+
+def _affine_batchnorm(m: nn.modules.batchnorm._BatchNorm) -> Callable[[Tensor], Tensor]:
+    def forward(x: Tensor) -> Tensor:  # x (N, C, *spatial)
+        s = torch.rsqrt(m.running_var + m.eps)
+        if m.weight is not None:
+            s = m.weight * s
+        t = -m.running_mean * s if m.bias is None else m.bias - m.running_mean * s
+        shape = (-1,) + (1,) * (x.ndim - 2)
+        return x * s.view(shape) + t.view(shape)
+
+    return forward
+
+
 def sharpness(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512, iters: int = 50, tol: float = 1e-3,
               samples: int = 20, seed: int = 0) -> dict:
     """Top Hessian eigenvalue (power iteration) and trace (Hutchinson) of the mean
@@ -412,7 +446,8 @@ def sharpness(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512, ite
     (x, y) is one loss part per ``batch_size`` images; with one part the Hessian-vector
     products reuse one gradient graph (:func:`make_hvp`), which lives until the call returns.
     The products run in the layout of ``model`` and ``x`` (channels_last in
-    :func:`landscape_of`)."""
+    :func:`landscape_of`), with BatchNorm written as its affine map
+    (:func:`batchnorm_as_affine`)."""
     was_training = model.training
     model.eval()
     params = hessian_parameters(model)
@@ -421,8 +456,9 @@ def sharpness(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512, ite
              for xb, yb in zip(x.split(batch_size), y.split(batch_size))]
     hvp = make_hvp(parts, params)
     try:
-        top = power_iteration(hvp, params, iters, tol, seed)
-        trace = hutchinson_trace(hvp, params, samples, seed + 1)
+        with batchnorm_as_affine(model):
+            top = power_iteration(hvp, params, iters, tol, seed)
+            trace = hutchinson_trace(hvp, params, samples, seed + 1)
     finally:
         model.train(was_training)
     return {"top_eigenvalue": top["eigenvalue"], "power_iterations": top["iterations"],

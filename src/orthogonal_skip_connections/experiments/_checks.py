@@ -5,17 +5,30 @@ what was given. No Hydra, no omegaconf, no torch."""
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from ..runs import UserError
 
-__all__ = ["require", "choice", "one_of", "ints_at_least", "number", "path_or_null"]
+__all__ = ["require", "threads", "choice", "one_of", "ints_at_least", "number", "path_or_null"]
 
 
 def require(ok: bool, key: str, allowed: str, value: Any) -> None:
     """Raise ``UserError("<key> must be <allowed>; got <value>")`` unless ``ok``."""
     if not ok:
         raise UserError(f"{key} must be {allowed}; got {value!r}")
+
+
+def threads(value: Any, nullable: bool = True, key: str = "num_threads") -> None:
+    """CPU threads: an integer from 1 to this machine's CPU count (or null, torch's default:
+    one per core). More threads than cores only slow a run down, and far more make OpenMP
+    fail to create them (a segmentation fault at 10^6)."""
+    cpus = os.cpu_count()
+    null = " or null (torch's default: one per core)" if nullable else ""
+    allowed = (f"an integer from 1 to {cpus} (this machine's CPUs){null}" if cpus else f"an integer >= 1{null}")
+    ok = (value is None and nullable) or (
+        isinstance(value, int) and not isinstance(value, bool) and value >= 1 and (cpus is None or value <= cpus))
+    require(ok, key, allowed, value)
 
 
 def choice(key: str, value: Any, allowed) -> None:

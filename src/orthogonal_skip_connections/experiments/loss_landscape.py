@@ -42,7 +42,7 @@ from ..rundir import RunDir, column
 from ..runs import UserError, atomic_write_text, read_json, resolve_device, to_jsonable
 from ..train.classifier import TrainConfig, train_classifier
 from ..train.image import ClassifierSpec, build_classifier, check_batch_size, load_run, run_variant
-from ._app import App, choice, number, path_or_null, require
+from ._app import App, choice, number, path_or_null, require, threads
 
 SPLITS = ("train", "test")
 
@@ -107,8 +107,7 @@ class Config:
         require(self.hessian.iters >= 1, "hessian.iters", "an integer >= 1", self.hessian.iters)
         number("hessian.tol", self.hessian.tol, 0, strict=True)
         require(self.hessian.samples >= 2, "hessian.samples", "an integer >= 2", self.hessian.samples)
-        require(self.num_threads is None or self.num_threads >= 1, "num_threads", "an integer >= 1 or null",
-                self.num_threads)
+        threads(self.num_threads)
         for run in self.runs:
             path_or_null("runs", run)
         path_or_null("cache_dir", self.cache_dir)

@@ -31,7 +31,7 @@ from ..skips import DEFAULT_METHOD, ORTHOGONAL_METHODS, RESIDUAL_MODES, STREAM_N
 from ..train import distributed
 from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_classifier
 from ..train.image import ClassifierSpec, build_classifier, check_batch_size, check_classifier
-from ._app import App, choice, number, path_or_null, require
+from ._app import App, choice, number, path_or_null, require, threads
 
 WANDB_MODES = ("disabled", "offline", "online")
 CHECKPOINT_MODES = ("last", "none")
@@ -218,8 +218,7 @@ class Config:
         choice("wandb.mode", self.wandb.mode, WANDB_MODES)
         require(self.wandb.project.strip() != "", "wandb.project", "a W&B project name", self.wandb.project)
         choice("save_checkpoint", self.save_checkpoint, CHECKPOINT_MODES)
-        require(self.num_threads is None or self.num_threads >= 1, "num_threads", "an integer >= 1 or null",
-                self.num_threads)
+        threads(self.num_threads)
         require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
         try:
             skip(self.model.skip_kind, **self.model.skip_options())

@@ -27,7 +27,7 @@ from ..models.teacher_student import ARCHS
 from ..train import teacher_student as ts
 from ..rundir import RunDir, column
 from ..runs import UserError, check_memory, resolve_device, write_npz
-from ._app import App, one_of, require, typed
+from ._app import App, one_of, require, threads, typed
 
 
 @dataclass
@@ -85,7 +85,7 @@ class Config:
         for key in ("fit", "recover"):
             value = getattr(self.thresholds, key)
             require(np.isfinite(value) and value > 0, f"thresholds.{key}", "> 0", value)
-        require(self.num_threads >= 1, "num_threads", "an integer >= 1", self.num_threads)
+        threads(self.num_threads, nullable=False)
         self.train_config()
         # at least a (d, d) student matrix and its gradient per seed and the data, in dtype
         check_memory(f"d={self.d}, n_train={self.n_train}, n_test={self.n_test}, seeds={self.seeds}",

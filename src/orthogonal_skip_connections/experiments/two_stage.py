@@ -41,7 +41,7 @@ from ..rundir import RunDir, column
 from ..runs import resolve_device
 from ..train.classifier import TrainConfig, train_classifier
 from ..train.image import ClassifierSpec, build_classifier, check_batch_size
-from ._app import App, choice, number, require
+from ._app import App, choice, number, require, threads
 
 VARIANTS = ("two_stage", "identity", "orth_identity", "orth_haar")
 
@@ -82,8 +82,7 @@ class Config:
         require(self.stage2_epochs >= 1, "stage2_epochs", "an integer >= 1", self.stage2_epochs)
         require(self.fit_images >= 1, "fit_images", "an integer >= 1", self.fit_images)
         number("finetune_lr", self.finetune_lr, 0, strict=True)
-        require(self.num_threads is None or self.num_threads >= 1, "num_threads", "an integer >= 1 or null",
-                self.num_threads)
+        threads(self.num_threads)
         for stage in (1, 2):
             self.train_config(stage, 0).validate()
         check_batch_size("batch_size", self.batch_size, self.dataset_name, self.n_train)

@@ -178,3 +178,20 @@ def test_seed_stack_vmap_batches_each_seed_like_the_model_alone(monkeypatch):
         alone(x).square().sum().backward()
         for (name, p), q in zip(stack.template.named_parameters(), alone.parameters()):
             torch.testing.assert_close(p.grad[s], q.grad, atol=1e-12, rtol=0, msg=name)
+
+
+def test_landscape_grid_moves_the_batched_skips_like_the_unbatched_ones():
+    """The loss landscape writes each parametrized skip's X in place point after point; the
+    batched forward (under the evaluation's parametrize.cached) follows every move."""
+    from orthogonal_skip_connections import landscape as L
+
+    model = moved_model("cayley", dtype=torch.float64)
+    plain = batch_upkeep(copy.deepcopy(model), enabled=False)
+    x, y = torch.randn(16, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (16,))
+    grids = []
+    for m in (model, plain):
+        directions = [L.random_direction(m, seed=0, k=k) for k in (0, 1)]
+        grids.append(L.landscape_2d(m, x, y, directions, [-0.5, 0.5], [-0.5, 0.0, 0.5])[0])
+    np_grid, np_plain = grids
+    assert float(abs(np_grid - np_plain).max()) < 1e-10
+    assert len({round(float(v), 6) for v in np_grid.ravel()}) == 6  # every point its own loss

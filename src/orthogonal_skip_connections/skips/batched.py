@@ -88,7 +88,9 @@ def _open(model: nn.Module, args) -> None:
     cache = parametrize._cache if parametrize._cache_enabled else None
     for group in groups:
         if cache is None:
-            group = [m for m in group if m.shared_weight is None]  # an enclosing model's share is kept
+            # a model inside another batching model: the outer one's shares are used as they are
+            # (the inner one's close drops them; outer skips called after it compute W alone)
+            group = [m for m in group if m.shared_weight is None]
         else:  # evaluation under parametrize.cached(): torch's cache holds W for the whole pass
             group = [m for m in group if cache.get((id(m), "weight")) is None]
         if len(group) < 2:

@@ -142,8 +142,9 @@ def test_large_cpu_matrices_and_lone_sizes_stay_per_skip():
 def test_cayley_stack_of_large_cpu_matrices_is_solved_one_at_a_time():
     """OrthogonalMap.phi on a stack of n > 128 CPU matrices: the per-matrix result (a batched
     CPU LU is wrong there after torch.set_num_threads; see maths.orthogonal)."""
-    from orthogonal_skip_connections.skips.constraint import OrthogonalMap
     from torch.nn.utils.parametrizations import _OrthMaps
+
+    from orthogonal_skip_connections.skips.constraint import OrthogonalMap
 
     g = torch.Generator().manual_seed(0)
     X = 0.01 * torch.randn(2, 160, 160, generator=g, dtype=torch.float64)

@@ -196,3 +196,26 @@ def test_landscape_grid_moves_the_batched_skips_like_the_unbatched_ones():
     np_grid, np_plain = grids
     assert float(abs(np_grid - np_plain).max()) < 1e-10
     assert len({round(float(v), 6) for v in np_grid.ravel()}) == 6  # every point its own loss
+
+
+def test_under_ddp_the_wrapped_model_batches_with_the_plain_models_gradients(tmp_path, monkeypatch):
+    """DistributedDataParallel (gloo, one process here; tests/test_distributed.py runs two)
+    calls the model, whose hooks batch the skips; its gradient hooks on each X still fire."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = moved_model("exp")
+        plain = batch_upkeep(copy.deepcopy(model), enabled=False)
+        ddp = DistributedDataParallel(model)
+        calls = []
+        monkeypatch.setattr(batched, "shared_weights", lambda g, f=batched.shared_weights: calls.append(len(g)) or f(g))
+        x, y = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 3, 5, 9])
+        F.cross_entropy(ddp(x), y).backward()
+        F.cross_entropy(plain(x), y).backward()
+        assert calls == [3, 3, 3]
+        for (name, p), q in zip(model.named_parameters(), plain.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-12, rtol=0, msg=name)
+    finally:
+        dist.destroy_process_group()

@@ -18,8 +18,9 @@
 #                                                              compile with inductor, landscape)
 #   2. skip_apply.py                                         (what applying a skip matrix costs, by implementation)
 #   3. gpu_throughput.py --impls factor,matmul, resnet20 and resnet18   (step time vs identity)
-#   4. orthogonal_layer.py, C in 16..512                     (vs torch and geotorch)
-#   5. cifar_epoch_time.py, 2 epochs                         (end to end through run_experiments)
+#   4. gpu_throughput.py --compile, resnet20                 (the same, compile=true: no per-op host cost)
+#   5. orthogonal_layer.py, C in 64..512                     (vs torch and geotorch; 16 and 64 measured on the H100)
+#   6. cifar_epoch_time.py, 2 epochs                         (end to end through run_experiments)
 set -u
 cd "$(dirname "$0")/.."
 if [ "${1:-}" != "--quick" ] && ! python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
@@ -59,15 +60,19 @@ if [ "${1:-}" = "--quick" ]; then  # a smoke run of the script itself, on any ma
   part cuda_tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
   part skip_apply 60 python3 benchmarks/skip_apply.py --quick
   part step_time 200 python3 benchmarks/gpu_throughput.py --quick --impls factor,matmul --no-settings
+  part step_time_compiled 200 python3 benchmarks/gpu_throughput.py --quick --no-settings --compile aot_eager \
+    --variants identity,linear,learnable_orth/steepest,learnable_orth/cayley
   part orthogonal_layer 120 python3 benchmarks/orthogonal_layer.py --quick
   part epoch_time 240 python3 benchmarks/cifar_epoch_time.py --quick --variants identity,learnable_orth/steepest
   exit 0
 fi
 part cuda_tests 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
-part skip_apply 40 python3 benchmarks/skip_apply.py
-part step_time 150 python3 benchmarks/gpu_throughput.py --models resnet20,resnet18 --impls factor,matmul \
+part skip_apply 30 python3 benchmarks/skip_apply.py
+part step_time 130 python3 benchmarks/gpu_throughput.py --models resnet20,resnet18 --impls factor,matmul \
   --rounds 3 --steps 10 --warmup 2
-part orthogonal_layer 100 python3 benchmarks/orthogonal_layer.py --sizes 16,64,256,512 --steps 200 --rounds 4 \
-  --retract-sizes 64,256,512 --retract-rounds 3 --retract-calls 3
-part epoch_time 90 python3 benchmarks/cifar_epoch_time.py --epochs 2 \
-  --variants identity,learnable_orth/steepest,learnable_orth/cayley,linear
+part step_time_compiled 100 python3 benchmarks/gpu_throughput.py --models resnet20 --compile --no-settings \
+  --variants identity,linear,learnable_orth/steepest,learnable_orth/cayley,learnable_orth/exp --rounds 3 --steps 10 --warmup 2
+part orthogonal_layer 60 python3 benchmarks/orthogonal_layer.py --sizes 64,256,512 --steps 100 --rounds 3 \
+  --retract-sizes 256,512 --retract-rounds 2 --retract-calls 2
+part epoch_time 60 python3 benchmarks/cifar_epoch_time.py --epochs 2 \
+  --variants identity,learnable_orth/steepest,linear

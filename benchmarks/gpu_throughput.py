@@ -13,7 +13,8 @@ identity skips under other settings (fp32, NCHW, cudnn.benchmark off).
 Targets (issue 13, on an H100/H200): every learnable_orth method within 1.05x of
 identity's step time; ResNet-18 (CIFAR stem) >= 20,000 training images/s in bf16.
 ``--impls factor,matmul`` times the retracted methods both ways (SVD/QR with host-side
-tests, or matrix products only: the default on CUDA).
+tests, or matrix products only: the default on CUDA). ``--compile`` times compile=true's
+step (forward and backward through torch.compile).
 
     python benchmarks/gpu_throughput.py                     # resnet20 and resnet18, batch 512
     python benchmarks/gpu_throughput.py --quick             # a smoke run: about a minute on a 2-core CPU
@@ -50,12 +51,16 @@ class Step:
     """One training step of one model on one fixed batch, under one set of settings."""
 
     def __init__(self, model_type: str, kind: str, method: str | None, batch: int, device: torch.device,
-                 amp: bool = True, channels_last: bool = True, cudnn_benchmark: bool = True, impl: str = "auto"):
+                 amp: bool = True, channels_last: bool = True, cudnn_benchmark: bool = True, impl: str = "auto",
+                 compile_backend: str | None = None):
         torch.manual_seed(0)
         opts = {"method": method} if method else {}
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = get_model(model_type, 10, skip_kind=kind, **opts).to(device).to(memory_format=fmt)
         self.opt = make_optimizer(self.model, retraction_impl=impl)
+        # compile=true of run_experiments: the forward and backward compiled, opt.step (with the
+        # retraction) eager; the parameters stay the model's own, so the optimiser sees them
+        self.forward = torch.compile(self.model, backend=compile_backend) if compile_backend else self.model
         self.x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
         self.y = torch.randint(0, 10, (batch,), device=device)
         self.amp = amp
@@ -69,7 +74,7 @@ class Step:
         self.opt.zero_grad(set_to_none=True)
         ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
         with ctx:
-            loss = F.cross_entropy(self.model(self.x).float(), self.y)
+            loss = F.cross_entropy(self.forward(self.x).float(), self.y)
         loss.backward()
 
     def __call__(self) -> None:
@@ -90,7 +95,8 @@ def skip_table(model_type: str, args, device: torch.device) -> tuple[str, list[s
     chosen = [v for v in variants(args.impls, device) if args.variants is None or v[3] in args.variants]
     if not chosen or chosen[0][0] != "identity":
         raise SystemExit("--variants must include identity (the baseline)")
-    steps = {name: Step(model_type, k, m, args.batch, device, not args.no_amp, impl=impl)
+    steps = {name: Step(model_type, k, m, args.batch, device, not args.no_amp, impl=impl,
+                        compile_backend=args.compile)
              for k, m, impl, name in chosen}
     times = interleaved_times(steps, device, args.rounds, args.steps, args.warmup,
                               between=lambda name: steps[name].settings())
@@ -108,7 +114,8 @@ def skip_table(model_type: str, args, device: torch.device) -> tuple[str, list[s
         rows.append([name, f"{1000 * med:.2f}", f"{ratio:.3f}", f"{1000 * fastest:.2f}", f"{fastest / base_min:.3f}",
                      f"{1000 * opt_times[name]:.2f}", f"{args.batch / med:,.0f}", target])
     title = (f"{model_type} (CIFAR stem), batch {args.batch}, {'bf16 autocast' if not args.no_amp else 'fp32'}, "
-             f"channels_last, cudnn.benchmark on; {args.rounds} rounds x {args.steps} steps, warm-up {args.warmup}")
+             f"channels_last, cudnn.benchmark on; {args.rounds} rounds x {args.steps} steps, warm-up {args.warmup}"
+             + (f"; forward and backward compiled ({args.compile})" if args.compile else ""))
     text = title + "\n" + table(
         ["skip", "median ms", "ratio", "min ms", "ratio", "opt.step ms", "img/s", f"<= {RATIO_TARGET}x"], rows,
         "<>>>>>><")
@@ -159,6 +166,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="retraction impls of the retracted methods: auto | factor,matmul (a row each; the one "
                         "auto picks on this device is unmarked, the other marked @factor / @matmul)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile each model's forward and backward (compile=true; default backend inductor), "
+                        "the optimiser step eager: where eager steps are bound by the host's launches, as resnet20's "
+                        "on a GPU, this removes most of a skip's per-op cost. Compiling takes a while per variant")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: resnet20 only, batch 16, 2 rounds x 1 step, warm-up 1")
     args = p.parse_args(argv)

@@ -75,6 +75,22 @@ def _eps(A: Tensor) -> float:
     return torch.finfo(A.dtype).eps
 
 
+# The products-only retractions run on GPUs, where a retraction step is bound by the host's
+# calls, not by the kernels of these small matrices (one call is several microseconds; a
+# 64 x 64 product, less). ``@`` on stacks is ``matmul``, which expands, reshapes and views
+# around its ``bmm`` (about ten dispatcher calls); ``bmm`` and ``baddbmm`` are one each.
+def _mm(A: Tensor, B: Tensor) -> Tensor:
+    """A @ B for (..., n, n) stacks of one shape: one ``bmm`` for a 3-D stack."""
+    return torch.bmm(A, B) if A.ndim == 3 and B.ndim == 3 else A @ B
+
+
+def _ns_polish(X: Tensor) -> Tensor:
+    """One Newton-Schulz step 1.5 X - 0.5 X (X^T X): one ``baddbmm`` for a 3-D stack."""
+    if X.ndim == 3:
+        return torch.baddbmm(X, X, torch.bmm(X.mT, X), beta=1.5, alpha=-0.5)
+    return 1.5 * X - 0.5 * X @ (X.mT @ X)
+
+
 @contextlib.contextmanager
 def one_thread(enabled: bool = True):
     """Run the block on one CPU thread (restoring the count after).
@@ -283,7 +299,7 @@ def scaled_newton_schulz(X: Tensor, alphas: list[float]) -> Tensor:
     map is an odd polynomial), none leaves [0, 1]; the singular vectors are kept. Products
     only: nothing is read back to the host."""
     for alpha in alphas:
-        XtX = X.mT @ X
+        XtX = _mm(X.mT, X)
         X = torch.baddbmm(X, X, XtX, beta=1.5 * alpha, alpha=-0.5 * alpha ** 3) if X.ndim == 3 else \
             1.5 * alpha * X - (0.5 * alpha ** 3) * (X @ XtX)
     return X
@@ -335,7 +351,7 @@ def cholesky_qr(A: Tensor) -> Tensor:
     check_square(A)
     Q = A
     for _ in range(2):
-        L, _info = torch.linalg.cholesky_ex(Q.mT @ Q)  # A^T A = L L^T, R = L^T
+        L, _info = torch.linalg.cholesky_ex(_mm(Q.mT, Q))  # A^T A = L L^T, R = L^T
         Q = torch.linalg.solve_triangular(L, Q.mT, upper=False).mT  # Q R^{-1} = (L^{-1} Q^T)^T
     return Q
 
@@ -432,14 +448,14 @@ def steepest_step(W: Tensor, G: Tensor, eta: float, rtol: float | None = None, i
     check_square(W, "W")
     if G.shape != W.shape:
         raise ValueError(f"G must have the shape of W, {tuple(W.shape)}; got {tuple(G.shape)}")
-    A = W.mT @ G - G.mT @ W  # skew, (..., n, n)
     if impl == "matmul":
-        X = skew(msign(A, rtol))
+        B = _mm(W.mT, G)
+        X = skew(msign(B - B.mT, rtol))  # A = W^T G - G^T W = B - B^T: skew, (..., n, n)
         M = eye_like(X) - eta * X  # W_new = W polar(M)
         # ||X||_2 <= 1 up to round-off; the 1e-3 margin keeps the bound an upper one
         upper = math.sqrt(1.0 + (eta * (1.0 + 1e-3)) ** 2)
-        W_new = W @ polar_matmul(M, 1.0 / upper, upper)
-        return 1.5 * W_new - 0.5 * W_new @ (W_new.mT @ W_new)
+        return _ns_polish(_mm(W, polar_matmul(M, 1.0 / upper, upper)))
+    A = W.mT @ G - G.mT @ W  # skew, (..., n, n)
     if impl != "factor":
         raise ValueError(f"unknown impl {impl!r}; allowed: factor, matmul")
     X, S = sharp(A)
@@ -529,10 +545,9 @@ def retract(method: str, W: Tensor, G: Tensor, eta: float, ns_steps: int = 100, 
             # singular values sqrt(1 + eta^2 s_i^2) in [1, sqrt(1 + (eta ||S||_2)^2)] and its bound
             # min(||M||_F, ||M||_1) <= 1 + sqrt(n) eta ||S||_2 (||M||_1 = ||M||_inf for this M), so
             # 1 / (1 + sqrt(n) MATMUL_MAX_STEP) covers every step with eta ||S||_2 <= MATMUL_MAX_STEP.
-            M = eye_like(W) - eta * skew(W.mT @ G)
+            M = eye_like(W) - eta * skew(_mm(W.mT, G))
             lower = 1.0 / (1.0 + math.sqrt(W.shape[-1]) * MATMUL_MAX_STEP)
-            X = W @ polar_matmul(M, lower, max_steps=ns_steps if method == "newton_schulz" else None)
-            return 1.5 * X - 0.5 * X @ (X.mT @ X)
+            return _ns_polish(_mm(W, polar_matmul(M, lower, max_steps=ns_steps if method == "newton_schulz" else None)))
         W_step = W - eta * tangent_gradient(W, G)  # W (I - eta S), singular values >= 1
         if impl == "matmul":
             return cholesky_qr(W_step)

@@ -17,7 +17,8 @@
 #   1. tests/test_cuda.py                                    (bf16 steps, resume, loader, retractions,
 #                                                              compile with inductor, landscape)
 #   2. skip_apply.py                                         (what applying a skip matrix costs, by implementation)
-#   3. gpu_throughput.py --impls factor,matmul, resnet20 and resnet18   (step time vs identity)
+#   3. gpu_throughput.py --impls factor,matmul --profile, resnet20 and resnet18   (step time vs identity;
+#                                                              kernel time vs host calls per step)
 #   4. gpu_throughput.py --compile, resnet20                 (the same, compile=true: no per-op host cost)
 #   5. orthogonal_layer.py, C in 64..512                     (vs torch and geotorch; 16 and 64 measured on the H100)
 #   6. cifar_epoch_time.py, 2 epochs                         (end to end through run_experiments)
@@ -66,10 +67,10 @@ if [ "${1:-}" = "--quick" ]; then  # a smoke run of the script itself, on any ma
   part epoch_time 240 python3 benchmarks/cifar_epoch_time.py --quick --variants identity,learnable_orth/steepest
   exit 0
 fi
-part cuda_tests 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+part cuda_tests 180 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
 part skip_apply 30 python3 benchmarks/skip_apply.py
-part step_time 130 python3 benchmarks/gpu_throughput.py --models resnet20,resnet18 --impls factor,matmul \
-  --rounds 3 --steps 10 --warmup 2
+part step_time 150 python3 benchmarks/gpu_throughput.py --models resnet20,resnet18 --impls factor,matmul \
+  --rounds 3 --steps 10 --warmup 2 --profile
 part step_time_compiled 100 python3 benchmarks/gpu_throughput.py --models resnet20 --compile --no-settings \
   --variants identity,linear,learnable_orth/steepest,learnable_orth/cayley,learnable_orth/exp --rounds 3 --steps 10 --warmup 2
 part orthogonal_layer 60 python3 benchmarks/orthogonal_layer.py --sizes 64,256,512 --steps 100 --rounds 3 \

@@ -91,6 +91,31 @@ def optimizer_step_times(steps: dict[str, Step], device: torch.device, rounds: i
     return {name: median(ts) for name, ts in times.items()}
 
 
+def step_profile(step: Step, device: torch.device, steps: int = 3) -> tuple[int, float | None]:
+    """(aten calls the host issues per step, device kernel ms per step or None) over
+    ``steps`` steps under torch.profiler. Where the kernels take much less than the step's
+    wall time, the step is bound by the host's calls, not by the device."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    step.settings()
+    try:
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                step()
+            synchronize(device)
+    except Exception as err:  # a device whose profiler cannot attach (CUPTI unavailable): say so, go on
+        print(f"profiler unavailable ({type(err).__name__}: {err})")
+        return 0, None
+    events = prof.key_averages()
+    calls = sum(e.count for e in events if e.key.startswith("aten::")) // steps
+    if device.type != "cuda":
+        return calls, None
+    kernel_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in events
+                    if str(getattr(e, "device_type", "")).endswith("CUDA"))
+    return calls, kernel_us / 1000 / steps
+
+
 def skip_table(model_type: str, args, device: torch.device) -> tuple[str, list[str]]:
     chosen = [v for v in variants(args.impls, device) if args.variants is None or v[3] in args.variants]
     if not chosen or chosen[0][0] != "identity":
@@ -101,6 +126,7 @@ def skip_table(model_type: str, args, device: torch.device) -> tuple[str, list[s
     times = interleaved_times(steps, device, args.rounds, args.steps, args.warmup,
                               between=lambda name: steps[name].settings())
     opt_times = optimizer_step_times(steps, device, args.rounds, args.steps)
+    profiles = {name: step_profile(s, device) for name, s in steps.items()} if args.profile else {}
     base_med, base_min = median(times["identity"]), min(times["identity"])
     rows, misses = [], []
     for name, ts in times.items():
@@ -113,12 +139,15 @@ def skip_table(model_type: str, args, device: torch.device) -> tuple[str, list[s
                 misses.append(f"{model_type} {name}: {ratio:.3f}x identity (target <= {RATIO_TARGET}x)")
         rows.append([name, f"{1000 * med:.2f}", f"{ratio:.3f}", f"{1000 * fastest:.2f}", f"{fastest / base_min:.3f}",
                      f"{1000 * opt_times[name]:.2f}", f"{args.batch / med:,.0f}", target])
+        if args.profile:
+            calls, kernel_ms = profiles[name]
+            rows[-1][-1:-1] = [f"{calls:,}", "-" if kernel_ms is None else f"{kernel_ms:.2f}"]
     title = (f"{model_type} (CIFAR stem), batch {args.batch}, {'bf16 autocast' if not args.no_amp else 'fp32'}, "
              f"channels_last, cudnn.benchmark on; {args.rounds} rounds x {args.steps} steps, warm-up {args.warmup}"
              + (f"; forward and backward compiled ({args.compile})" if args.compile else ""))
-    text = title + "\n" + table(
-        ["skip", "median ms", "ratio", "min ms", "ratio", "opt.step ms", "img/s", f"<= {RATIO_TARGET}x"], rows,
-        "<>>>>>><")
+    columns = ["skip", "median ms", "ratio", "min ms", "ratio", "opt.step ms", "img/s"]
+    columns += ["aten calls/step", "kernel ms/step"] if args.profile else []
+    text = title + "\n" + table(columns + [f"<= {RATIO_TARGET}x"], rows, "<" + ">" * (len(columns) - 1) + "<")
     return text, misses
 
 
@@ -166,6 +195,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="retraction impls of the retracted methods: auto | factor,matmul (a row each; the one "
                         "auto picks on this device is unmarked, the other marked @factor / @matmul)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile 3 steps of each variant: aten calls per step (the host's work) and, on CUDA, "
+                        "the kernels' time per step; kernels well under the step's time mean a host-bound step")
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile each model's forward and backward (compile=true; default backend inductor), "
                         "the optimiser step eager: where eager steps are bound by the host's launches, as resnet20's "

@@ -22,6 +22,10 @@
 #   4. gpu_throughput.py --compile, resnet20                 (the same, compile=true: no per-op host cost)
 #   5. orthogonal_layer.py, C in 64..512                     (vs torch and geotorch; 16 and 64 measured on the H100)
 #   6. cifar_epoch_time.py, 2 epochs                         (end to end through run_experiments)
+# If device time remains after it (each a separate call):
+#   python3 benchmarks/gpu_throughput.py --models resnet20 --compile --compile-mode reduce-overhead --no-settings \
+#     --variants identity,linear,learnable_orth/steepest,learnable_orth/cayley   (CUDA graphs: no launch cost at all)
+#   python3 benchmarks/landscape_grid.py --device cuda --stack 2,4,8;  python3 benchmarks/landscape_hessian.py --device cuda
 set -u
 cd "$(dirname "$0")/.."
 if [ "${1:-}" != "--quick" ] && ! python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then

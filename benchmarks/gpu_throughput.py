@@ -52,7 +52,7 @@ class Step:
 
     def __init__(self, model_type: str, kind: str, method: str | None, batch: int, device: torch.device,
                  amp: bool = True, channels_last: bool = True, cudnn_benchmark: bool = True, impl: str = "auto",
-                 compile_backend: str | None = None):
+                 compile_backend: str | None = None, compile_mode: str | None = None):
         torch.manual_seed(0)
         opts = {"method": method} if method else {}
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -60,7 +60,8 @@ class Step:
         self.opt = make_optimizer(self.model, retraction_impl=impl)
         # compile=true of run_experiments: the forward and backward compiled, opt.step (with the
         # retraction) eager; the parameters stay the model's own, so the optimiser sees them
-        self.forward = torch.compile(self.model, backend=compile_backend) if compile_backend else self.model
+        self.forward = (torch.compile(self.model, backend=compile_backend, mode=compile_mode) if compile_backend
+                        else self.model)
         self.x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
         self.y = torch.randint(0, 10, (batch,), device=device)
         self.amp = amp
@@ -121,7 +122,7 @@ def skip_table(model_type: str, args, device: torch.device) -> tuple[str, list[s
     if not chosen or chosen[0][0] != "identity":
         raise SystemExit("--variants must include identity (the baseline)")
     steps = {name: Step(model_type, k, m, args.batch, device, not args.no_amp, impl=impl,
-                        compile_backend=args.compile)
+                        compile_backend=args.compile, compile_mode=args.compile_mode)
              for k, m, impl, name in chosen}
     times = interleaved_times(steps, device, args.rounds, args.steps, args.warmup,
                               between=lambda name: steps[name].settings())
@@ -144,7 +145,8 @@ def skip_table(model_type: str, args, device: torch.device) -> tuple[str, list[s
             rows[-1][-1:-1] = [f"{calls:,}", "-" if kernel_ms is None else f"{kernel_ms:.2f}"]
     title = (f"{model_type} (CIFAR stem), batch {args.batch}, {'bf16 autocast' if not args.no_amp else 'fp32'}, "
              f"channels_last, cudnn.benchmark on; {args.rounds} rounds x {args.steps} steps, warm-up {args.warmup}"
-             + (f"; forward and backward compiled ({args.compile})" if args.compile else ""))
+             + (f"; forward and backward compiled ({args.compile}"
+                + (f", mode {args.compile_mode})" if args.compile_mode else ")") if args.compile else ""))
     columns = ["skip", "median ms", "ratio", "min ms", "ratio", "opt.step ms", "img/s"]
     columns += ["aten calls/step", "kernel ms/step"] if args.profile else []
     text = title + "\n" + table(columns + [f"<= {RATIO_TARGET}x"], rows, "<" + ">" * (len(columns) - 1) + "<")
@@ -195,6 +197,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="retraction impls of the retracted methods: auto | factor,matmul (a row each; the one "
                         "auto picks on this device is unmarked, the other marked @factor / @matmul)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--compile-mode", default=None,
+                   help="torch.compile's mode with --compile (inductor): reduce-overhead replays the step's kernels as "
+                        "CUDA graphs, which removes the host's per-launch cost; not a setting of the library yet")
     p.add_argument("--profile", action="store_true",
                    help="also profile 3 steps of each variant: aten calls per step (the host's work) and, on CUDA, "
                         "the kernels' time per step; kernels well under the step's time mean a host-bound step")
@@ -205,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: resnet20 only, batch 16, 2 rounds x 1 step, warm-up 1")
     args = p.parse_args(argv)
+    if args.compile_mode and not args.compile:
+        raise SystemExit("--compile-mode needs --compile")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:

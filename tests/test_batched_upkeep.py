@@ -129,6 +129,28 @@ def test_a_forward_that_raises_drops_the_shares():
     assert all(s.shared_weight is None for _, s in iter_skips(model))
 
 
+def test_nested_batching_models_share_once_clean_up_and_compute_the_same():
+    """A batching model inside another: the outer model gives every share (the inner one
+    finds them given), the outer skips keep theirs through the inner forward, every share
+    is gone afterwards, and the output is that of one skip at a time."""
+    inner = moved_model("cayley")
+    outer = torch.nn.Sequential(inner)
+    outer.add_module("skip_after", osc.skip("learnable_orth", method="cayley")(10))  # on the logits
+    outer.add_module("skip_after2", osc.skip("learnable_orth", method="cayley")(10))
+    outer.double()
+    batch_upkeep(outer)
+    assert is_batching(outer) and is_batching(inner)
+    seen = {}
+    outer.skip_after.register_forward_pre_hook(lambda m, a: seen.setdefault("share", m.shared_weight))
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    y = outer(x)
+    assert seen["share"] is not None  # the outer share survived the inner model's forward
+    assert all(s.shared_weight is None for _, s in iter_skips(outer))
+    with torch.no_grad():  # the same numbers as one skip at a time
+        batch_upkeep(outer, enabled=False), batch_upkeep(inner, enabled=False)
+        torch.testing.assert_close(outer(x), y.detach(), rtol=1e-12, atol=1e-12)
+
+
 def test_large_cpu_matrices_and_lone_sizes_stay_per_skip():
     model = osc.get_model("resnet18", 10, skip_kind="learnable_orth", method="cayley")
     sizes = sorted(g[0].channels for g in shared_groups(model))

@@ -171,6 +171,8 @@ SYNC_FREE = {  # skips whose upkeep has no retraction (a retraction's maths read
     "identity": {},
     "linear": {},
     "cayley": {"skip_kind": "learnable_orth", "method": "cayley", "init": "haar"},
+    # householder too; not exp: torch's matrix_exp picks its degree from the matrices' norms on the host
+    "householder": {"skip_kind": "learnable_orth", "method": "householder", "init": "haar"},
 }
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 13 in one call of about 9 minutes, for a session that is lent a
-# GPU machine (15 minutes of device time in all, so one call with room to rerun a part).
+# The GPU checks of issue 13 in one call of about 10 minutes, for a session that is lent a
+# GPU machine (15 minutes of device time in all, start-up included: one call, made first).
 # Everything it prints also lands in $OUT (or ./device_out when OUT is unset).
 #
 # Before the call, in the repository root of the machine that makes the call (the GPU

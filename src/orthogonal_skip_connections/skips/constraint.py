@@ -35,8 +35,10 @@ class OrthogonalMap(parametrizations._Orthogonal):
     and the Cayley map without a host read: torch's ``linalg.solve`` reads the LU's
     singularity flag on the host (on a GPU a synchronisation per skip per forward), but
     I - A/2 with A skew-symmetric is never singular (eigenvalues 1 - i lambda/2, lambda
-    real), so :func:`torch.linalg.solve_ex` gives the same Q (bit for bit: the same LU
-    solve) without the check."""
+    real), so on a GPU :func:`torch.linalg.solve_ex` gives the same Q (bit for bit: the same
+    LU solve) without the check. On the CPU, where the check reads no device, the solve is
+    :func:`~orthogonal_skip_connections.maths.orthogonal.solve_safe` (a large stack one LU at
+    a time: torch's batched CPU LU can be wrong)."""
 
     def forward(self, X: Tensor) -> Tensor:
         # W in the weight's own precision, also inside an autocast region (bf16 products would
@@ -72,10 +74,11 @@ class OrthogonalMap(parametrizations._Orthogonal):
         A = X - X.mT
         if orthogonal_map == maps.matrix_exp:  # the same ops as torch's _Orthogonal.forward
             return torch.matrix_exp(A)
-        if orth._lu_stack_at_risk(A, A.shape[:-2]):  # large CPU matrices: one LU at a time (see orth)
-            return torch.stack([OrthogonalMap.phi(orthogonal_map, x) for x in X.unbind(0)])
         Id = torch.eye(X.size(-1), dtype=A.dtype, device=A.device)
-        return torch.linalg.solve_ex(torch.add(Id, A, alpha=-0.5), torch.add(Id, A, alpha=0.5)).result
+        lhs, rhs = torch.add(Id, A, alpha=-0.5), torch.add(Id, A, alpha=0.5)
+        if A.device.type == "cpu":  # the singularity check reads no device; a large stack, one LU at a time
+            return orth.solve_safe(lhs, rhs)
+        return torch.linalg.solve_ex(lhs, rhs).result
 
 
 _MARK = "_osc_retraction"  # on a parameter: a cache, lost by copy.deepcopy of the parameter

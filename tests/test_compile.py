@@ -80,3 +80,18 @@ def test_run_experiments_compile_true_matches_eager(tmp_path):
     assert compiled["config"]["compile"] is True and eager["config"]["compile"] is False
     for key in ("train_loss", "test_loss"):
         assert abs(eager[key] - compiled[key]) < 1e-4, key
+
+
+def test_a_disabled_one_thread_block_compiles_as_plain_code():
+    """On a GPU the skips' small-matrix blocks run ``one_thread(False)``: dynamo must trace
+    through it (a torch call before the enabled test made dynamo skip the whole frame)."""
+    from orthogonal_skip_connections.maths import orthogonal as orth
+
+    def f(x):
+        with orth.one_thread(False):
+            y = x * 2
+        return y + 1
+
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(f)(torch.randn(3))
+    assert explained.graph_count == 1 and explained.graph_break_count == 0

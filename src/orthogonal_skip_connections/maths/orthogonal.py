@@ -100,8 +100,11 @@ def one_thread(enabled: bool = True):
     (OpenMP threads spinning against each other); small matmuls suffer alike. For the
     small matrices of this module one thread is as fast as two on a quiet machine anyway.
     """
+    if not enabled:  # before any torch call: torch.compile traces a disabled block as plain code
+        yield
+        return
     threads = torch.get_num_threads()
-    if not enabled or threads == 1:
+    if threads == 1:
         yield
         return
     torch.set_num_threads(1)

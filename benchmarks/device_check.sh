@@ -20,7 +20,7 @@
 #   3. gpu_throughput.py --impls factor,matmul --profile, resnet20 and resnet18   (step time vs identity;
 #                                                              kernel time vs host calls per step)
 #   4. gpu_throughput.py --compile, resnet20                 (the same, compile=true: no per-op host cost)
-#   5. orthogonal_layer.py, C in 64..512                     (vs torch and geotorch; 16 and 64 measured on the H100)
+#   5. orthogonal_layer.py, C in 16..512                     (vs torch and geotorch)
 #   6. cifar_epoch_time.py, 2 epochs                         (end to end through run_experiments)
 # If device time remains after it (each a separate call):
 #   python3 benchmarks/gpu_throughput.py --models resnet20 --compile --compile-mode reduce-overhead --no-settings \
@@ -77,7 +77,7 @@ part step_time 150 python3 benchmarks/gpu_throughput.py --models resnet20,resnet
   --rounds 3 --steps 10 --warmup 2 --profile
 part step_time_compiled 100 python3 benchmarks/gpu_throughput.py --models resnet20 --compile --no-settings \
   --variants identity,linear,learnable_orth/steepest,learnable_orth/cayley,learnable_orth/exp --rounds 3 --steps 10 --warmup 2
-part orthogonal_layer 60 python3 benchmarks/orthogonal_layer.py --sizes 64,256,512 --steps 100 --rounds 3 \
+part orthogonal_layer 60 python3 benchmarks/orthogonal_layer.py --sizes 16,64,256,512 --steps 100 --rounds 3 \
   --retract-sizes 256,512 --retract-rounds 2 --retract-calls 2
 part epoch_time 60 python3 benchmarks/cifar_epoch_time.py --epochs 2 \
   --variants identity,learnable_orth/steepest,linear

@@ -71,7 +71,9 @@ if [ "${1:-}" = "--quick" ]; then  # a smoke run of the script itself, on any ma
   part epoch_time 240 python3 benchmarks/cifar_epoch_time.py --quick --variants identity,learnable_orth/steepest
   exit 0
 fi
-part cuda_tests 180 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+# a hung test should not take the part's summary with it (pytest-timeout is in the GPU image)
+per_test=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout=120")
+part cuda_tests 180 python3 -m pytest -q -rfE -p no:cacheprovider $per_test tests/test_cuda.py
 part skip_apply 30 python3 benchmarks/skip_apply.py
 part step_time 150 python3 benchmarks/gpu_throughput.py --models resnet20,resnet18 --impls factor,matmul \
   --rounds 3 --steps 10 --warmup 2 --profile

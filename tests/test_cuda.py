@@ -226,35 +226,6 @@ def test_training_steps_synchronise_only_for_their_one_read(tmp_path, monkeypatc
     assert len(steps) == 2 * (160 // 32) and max(steps) <= 1, steps
 
 
-def test_compile_true_on_cuda_with_inductor_matches_eager(tmp_path, monkeypatch):
-    """compile=true as a GPU user runs it (inductor, bf16 autocast off so the two runs can be
-    compared closely; TF32 off for the same reason): a retracted and a parametrized
-    orthogonal skip in one model, 2 epochs on digits, the same losses and weights as eager."""
-    from test_compile import mixed_model, small_digits
-
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-
-    def train(name, **options):
-        model = mixed_model()
-        cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05, amp="off", channels_last=True, progress=False,
-                          **options)
-        summary = train_classifier(model, small_digits(), cfg, tmp_path / name, CUDA)
-        records = [json.loads(s) for s in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-        return model, summary, records
-
-    eager, s_eager, r_eager = train("eager")
-    compiled, s_comp, r_comp = train("compiled", compile=True, compile_backend="inductor")
-    assert s_comp["steps"] == s_eager["steps"] > 0
-    for a, b in zip(r_eager, r_comp):
-        for key in ("train_loss", "test_loss"):
-            if key in a:
-                assert abs(a[key] - b[key]) < 1e-3, (key, a[key], b[key])
-    for (name, p), q in zip(eager.state_dict().items(), compiled.state_dict().values()):
-        assert torch.allclose(p, q, atol=1e-3), name
-    assert s_comp["skip_orth_error_max"] < 1e-4
-
-
 def test_landscape_grid_and_sharpness_on_cuda_match_the_cpu(monkeypatch):
     """The loss landscape's grid (channels_last, only moving coordinates rewritten, batched
     polar factors) and the Hessian's top eigenvalue and trace give the CPU's numbers on CUDA
@@ -330,3 +301,33 @@ def test_batched_parametrized_upkeep_on_cuda_is_the_per_skip_one(method):
     b.sum().backward()
     for (name, p), q in zip(model.named_parameters(), plain.parameters()):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-9, rtol=0, msg=name)
+
+
+# last: inductor compiles for a while, and the device check runs this file under a time limit
+def test_compile_true_on_cuda_with_inductor_matches_eager(tmp_path, monkeypatch):
+    """compile=true as a GPU user runs it (inductor, bf16 autocast off so the two runs can be
+    compared closely; TF32 off for the same reason): a retracted and a parametrized
+    orthogonal skip in one model, 2 epochs on digits, the same losses and weights as eager."""
+    from test_compile import mixed_model, small_digits
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+    def train(name, **options):
+        model = mixed_model()
+        cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05, amp="off", channels_last=True, progress=False,
+                          **options)
+        summary = train_classifier(model, small_digits(), cfg, tmp_path / name, CUDA)
+        records = [json.loads(s) for s in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return model, summary, records
+
+    eager, s_eager, r_eager = train("eager")
+    compiled, s_comp, r_comp = train("compiled", compile=True, compile_backend="inductor")
+    assert s_comp["steps"] == s_eager["steps"] > 0
+    for a, b in zip(r_eager, r_comp):
+        for key in ("train_loss", "test_loss"):
+            if key in a:
+                assert abs(a[key] - b[key]) < 1e-3, (key, a[key], b[key])
+    for (name, p), q in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        assert torch.allclose(p, q, atol=1e-3), name
+    assert s_comp["skip_orth_error_max"] < 1e-4

@@ -25,6 +25,7 @@
 # If device time remains after it (each a separate call):
 #   python3 benchmarks/gpu_throughput.py --models resnet20 --compile --compile-mode reduce-overhead --no-settings \
 #     --variants identity,linear,learnable_orth/steepest,learnable_orth/cayley   (CUDA graphs: no launch cost at all)
+#   python3 benchmarks/skip_step_time.py --device cuda --no-steps --methods cayley,exp,householder   (batched W's)
 #   python3 benchmarks/landscape_grid.py --device cuda --stack 2,4,8;  python3 benchmarks/landscape_hessian.py --device cuda
 set -u
 cd "$(dirname "$0")/.."

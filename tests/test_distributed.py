@@ -154,6 +154,27 @@ def test_refused_torchrun_run_leaves_no_run_dir(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "outputs").exists()
 
 
+def test_a_run_time_refusal_on_another_rank_says_whose_it_is(tmp_path, monkeypatch, capsys):
+    """Missing data met at run time by rank 1 of 2 (the process group stubbed out): one line
+    that names the rank, exit 2, nothing written by it."""
+    from orthogonal_skip_connections.experiments import run_experiments
+
+    monkeypatch.setattr(distributed, "launched_by_torchrun", lambda: True)
+    monkeypatch.setattr(distributed, "init_from_env", lambda *a, **k: None)
+    run = tmp_path / "outputs" / "run"
+    # what rank 0 would broadcast: the run dir it checked, no error, the outermost dir it makes
+    monkeypatch.setattr(distributed, "broadcast_object", lambda obj, src=0: (str(run), None, str(run.parent)))
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    code = run_experiments.main(["dataset=cifar10", "data.download=false", f"data.root={tmp_path / 'none'}",
+                                 "model.model_type=resnet20", "device=cpu", "progress=false", f"hydra.run.dir={run}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: rank 1 of 2: ") and "data.download=false" in err and err.count("\n") == 1
+    # the dir this rank's Hydra made (rank 0 removes its own) is gone, up to rank 0's outermost new dir
+    assert not (tmp_path / "outputs").exists()
+
+
 @pytest.mark.parametrize("rank", ["0", "1"])
 def test_a_refusal_under_torchrun_is_said_once_by_rank_0(rank, tmp_path, monkeypatch, capsys):
     """Every rank checks the same overrides and meets the same mistake: rank 0 prints the one
@@ -171,3 +192,20 @@ def test_a_refusal_under_torchrun_is_said_once_by_rank_0(rank, tmp_path, monkeyp
         assert err.startswith("error: ") and "optimizer.lr" in err and err.count("\n") == 1
     else:
         assert err == ""
+
+
+def test_remove_empty_takes_empty_dirs_up_to_top_and_nothing_else(tmp_path):
+    from orthogonal_skip_connections.experiments._leftovers import remove_empty
+
+    top = tmp_path / "a"
+    (top / "b" / "run").mkdir(parents=True)
+    (top / "keep.txt").write_text("x")
+    remove_empty(top / "b" / "run", top)
+    assert not (top / "b").exists() and (top / "keep.txt").exists()  # stopped at the first non-empty dir
+    (tmp_path / "other" / "run").mkdir(parents=True)
+    remove_empty(tmp_path / "other" / "run", top)  # not under top: left alone
+    assert (tmp_path / "other" / "run").exists()
+    (top / "c").mkdir()
+    (top / "c" / "f").write_text("y")
+    remove_empty(top / "c", top)  # not empty: left alone
+    assert (top / "c" / "f").exists()

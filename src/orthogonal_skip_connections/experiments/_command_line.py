@@ -42,7 +42,7 @@ from ..train import distributed
 from ..train.divergence import Diverged
 from ._compose import CONFIG_DIR, compose, compose_raw, one_line, typed
 from ._help import help_text
-from ._leftovers import has_results, hydra_files, outermost_new, undo
+from ._leftovers import has_results, hydra_files, outermost_new, remove_empty, undo
 
 __all__ = ["CommandLine", "CODES_ENV"]
 
@@ -58,6 +58,7 @@ class CommandLine:
         self.claims: list[RunDir] = []  # held (locked) until the call ends
         self.explicit = None  # (hydra.run.dir, existed, Hydra's files in it, outermost dir this call makes)
         self.default_top = None  # the outermost dir above the default run dir that this call would make
+        self.rank0_top = None  # under torchrun, on the other ranks: the outermost dir rank 0's run makes
 
     def main(self, argv: list[str]) -> int:
         """The exit code of ``osc <app> *argv``: 0; 2 for a user's mistake; 1 for a diverged
@@ -185,12 +186,14 @@ class CommandLine:
                 if distributed.is_main():  # under torchrun: rank 0 speaks for all
                     app.print_result(summary, run_dir)
             except UserError as err:
-                print(f"error: {err}", file=sys.stderr)
+                print(f"error: {_rank_prefix()}{err}", file=sys.stderr)
                 if distributed.is_main():
                     self.undo(run_dir, fresh)
+                elif self.rank0_top is not None:  # this rank's Hydra may have made the dir again
+                    remove_empty(run_dir, self.rank0_top)  # after rank 0 removed it: empty dirs only
                 sys.exit(2)
             except Diverged as err:
-                print(f"error: training diverged: {err}", file=sys.stderr)
+                print(f"error: {_rank_prefix()}training diverged: {err}", file=sys.stderr)
                 sys.exit(1)
 
         saved = sys.argv
@@ -232,9 +235,11 @@ class CommandLine:
                 error = str(err)
             except Exception as err:  # Hydra's composition errors
                 error = one_line(err, app.schema)
-        run_dir, error = distributed.broadcast_object((run_dir, error))
+        top = str(self.explicit[3]) if self.explicit is not None and not self.explicit[1] else None
+        run_dir, error, top = distributed.broadcast_object((run_dir, error, top))
         if error is not None:
             raise UserError(error)
+        self.rank0_top = None if distributed.is_main() or top is None else Path(top)
         quoted = run_dir if re.fullmatch(r"[\w/.+-]+", run_dir) else \
             "'" + run_dir.replace("\\", "\\\\").replace("'", "\\'") + "'"
         argv = [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={quoted}"]
@@ -265,3 +270,12 @@ def read_codes() -> list[int]:
         return [int(line) for line in Path(path).read_text().split()] if path else []
     except (OSError, ValueError):
         return []
+
+
+def _rank_prefix() -> str:
+    """``rank k of n: `` on the other ranks of a torchrun run, else nothing. A refusal at run
+    time can be one rank's own (its shard, its device), so every rank says it, and its line
+    says whose it is; rank 0's reads as a single process's would."""
+    if distributed.is_main():
+        return ""
+    return f"rank {distributed.rank()} of {distributed.world_size()}: "

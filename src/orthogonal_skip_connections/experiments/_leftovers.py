@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-__all__ = ["undo", "outermost_new", "hydra_files", "has_results"]
+__all__ = ["undo", "remove_empty", "outermost_new", "hydra_files", "has_results"]
 
 
 def undo(run_dir: Path, fresh: bool, explicit: tuple | None, default_top: Path | None) -> None:
@@ -42,6 +42,22 @@ def undo(run_dir: Path, fresh: bool, explicit: tuple | None, default_top: Path |
                 except OSError:
                     break
                 parent = parent.parent
+
+
+def remove_empty(run_dir: Path, top: Path) -> None:
+    """Remove ``run_dir`` and its parents up to ``top`` (which must contain it) while they
+    are empty: what another process's Hydra made again after the refusal was undone."""
+    path, top = Path(run_dir).absolute(), Path(top).absolute()
+    if path != top and top not in path.parents:
+        return
+    while True:
+        try:
+            path.rmdir()  # empty dirs only
+        except OSError:
+            return
+        if path == top:
+            return
+        path = path.parent
 
 
 def restore_hydra_files(explicit: tuple, run_dir: Path) -> None:

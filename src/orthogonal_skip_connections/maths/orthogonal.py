@@ -550,7 +550,8 @@ def retract(method: str, W: Tensor, G: Tensor, eta: float, ns_steps: int = 100, 
             # 1 / (1 + sqrt(n) MATMUL_MAX_STEP) covers every step with eta ||S||_2 <= MATMUL_MAX_STEP.
             M = eye_like(W) - eta * skew(_mm(W.mT, G))
             lower = 1.0 / (1.0 + math.sqrt(W.shape[-1]) * MATMUL_MAX_STEP)
-            return _ns_polish(_mm(W, polar_matmul(M, lower, max_steps=ns_steps if method == "newton_schulz" else None)))
+            steps = ns_steps if method == "newton_schulz" else None
+            return _ns_polish(_mm(W, polar_matmul(M, lower, max_steps=steps)))
         W_step = W - eta * tangent_gradient(W, G)  # W (I - eta S), singular values >= 1
         if impl == "matmul":
             return cholesky_qr(W_step)

@@ -59,8 +59,8 @@ from .train.classifier import classification_sums
 __all__ = [
     "eval_subset", "channels_last", "Coordinate", "coordinates", "skip_handling", "snapshot", "random_direction",
     "set_point", "set_interpolation", "restore", "evaluate_loss", "grid_axis", "landscape_2d", "interpolation_1d",
-    "hessian_parameters", "make_hvp", "batchnorm_as_affine", "power_iteration", "hutchinson_trace", "sharpness", "LandscapeSettings",
-    "landscape_of", "CACHE_VERSION",
+    "hessian_parameters", "make_hvp", "batchnorm_as_affine", "power_iteration", "hutchinson_trace", "sharpness",
+    "LandscapeSettings", "landscape_of", "CACHE_VERSION",
 ]
 
 CACHE_VERSION = 2  # 2: running variances interpolated geometrically

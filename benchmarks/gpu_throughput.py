@@ -14,7 +14,7 @@ Targets (issue 13, on an H100/H200): every learnable_orth method within 1.05x of
 identity's step time; ResNet-18 (CIFAR stem) >= 20,000 training images/s in bf16.
 ``--impls factor,matmul`` times the retracted methods both ways (SVD/QR with host-side
 tests, or matrix products only: the default on CUDA). ``--compile`` times compile=true's
-step (forward and backward through torch.compile).
+step (forward and backward through torch.compile, and the products-only retraction).
 
     python benchmarks/gpu_throughput.py                     # resnet20 and resnet18, batch 512
     python benchmarks/gpu_throughput.py --quick             # a smoke run: about a minute on a 2-core CPU
@@ -58,10 +58,13 @@ class Step:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = get_model(model_type, 10, skip_kind=kind, **opts).to(device).to(memory_format=fmt)
         self.opt = make_optimizer(self.model, retraction_impl=impl)
-        # compile=true of run_experiments: the forward and backward compiled, opt.step (with the
-        # retraction) eager; the parameters stay the model's own, so the optimiser sees them
+        # compile=true of run_experiments: the forward and backward compiled, and the retraction
+        # where it runs from products (matmul impl: the CUDA default); the rest of opt.step eager.
+        # The parameters stay the model's own, so the optimiser sees them
         self.forward = (torch.compile(self.model, backend=compile_backend, mode=compile_mode) if compile_backend
                         else self.model)
+        if compile_backend:
+            self.opt.compile_retraction(compile_backend, compile_mode)
         self.x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
         self.y = torch.randint(0, 10, (batch,), device=device)
         self.amp = amp
@@ -145,7 +148,7 @@ def skip_table(model_type: str, args, device: torch.device) -> tuple[str, list[s
             rows[-1][-1:-1] = [f"{calls:,}", "-" if kernel_ms is None else f"{kernel_ms:.2f}"]
     title = (f"{model_type} (CIFAR stem), batch {args.batch}, {'bf16 autocast' if not args.no_amp else 'fp32'}, "
              f"channels_last, cudnn.benchmark on; {args.rounds} rounds x {args.steps} steps, warm-up {args.warmup}"
-             + (f"; forward and backward compiled ({args.compile}"
+             + (f"; forward, backward and products-only retraction compiled ({args.compile}"
                 + (f", mode {args.compile_mode})" if args.compile_mode else ")") if args.compile else ""))
     columns = ["skip", "median ms", "ratio", "min ms", "ratio", "opt.step ms", "img/s"]
     columns += ["aten calls/step", "kernel ms/step"] if args.profile else []
@@ -205,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
                         "the kernels' time per step; kernels well under the step's time mean a host-bound step")
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile each model's forward and backward (compile=true; default backend inductor), "
-                        "the optimiser step eager: where eager steps are bound by the host's launches, as resnet20's "
+                        "and the retraction where it runs from products (the CUDA default; see "
+                        "RetractingOptimizer.compile_retraction), the rest of the optimiser step eager: where eager steps are bound by the host's launches, as resnet20's "
                         "on a GPU, this removes most of a skip's per-op cost. Compiling takes a while per variant")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: resnet20 only, batch 16, 2 rounds x 1 step, warm-up 1")

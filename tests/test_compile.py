@@ -16,7 +16,7 @@ import torch
 from orthogonal_skip_connections.data.vision import ImageData, load_image_data
 from orthogonal_skip_connections.models.resnet import BasicBlock, ResNet
 from orthogonal_skip_connections.runs import UserError
-from orthogonal_skip_connections.skips import skip
+from orthogonal_skip_connections.skips import orthogonal_, retracted_parameters, skip
 from orthogonal_skip_connections.train.classifier import TrainConfig, train_classifier
 
 BACKENDS = ["aot_eager"] + (["inductor"] if os.environ.get("OSC_TEST_INDUCTOR") == "1" else [])
@@ -95,3 +95,106 @@ def test_a_disabled_one_thread_block_compiles_as_plain_code():
     torch._dynamo.reset()
     explained = torch._dynamo.explain(f)(torch.randn(3))
     assert explained.graph_count == 1 and explained.graph_break_count == 0
+
+
+# --------------------------------------------------------------------------- the retraction compiled
+
+
+def retracted_model(method: str, seed: int = 0) -> ResNet:
+    """Two blocks per stage: two skips per shape (8, 16, 32), so every group stacks."""
+    torch.manual_seed(seed)
+    return ResNet(BasicBlock, [2, 2, 2], [8, 16, 32], 10, in_channels=1,
+                  skip_layer=skip("learnable_orth", method=method, init="haar"))
+
+
+def counting(backend: str = "aot_eager"):
+    """A torch.compile backend that records each graph it is given, then compiles it with ``backend``."""
+    inner = torch._dynamo.lookup_backend(backend)
+    graphs = []
+
+    def compile_graph(gm, example_inputs):
+        graphs.append(gm)
+        return inner(gm, example_inputs)
+
+    return compile_graph, graphs
+
+
+def train_steps(model, opt, steps: int, seed: int = 0) -> list[float]:
+    """``steps`` SGD steps on random 8 x 8 images under a warm-up then 1/k schedule."""
+    from torch.nn import functional as F
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: (k + 1) / 3 if k < 3 else 3 / (k + 1))
+    g = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    losses = []
+    for _ in range(steps):
+        x, y = torch.randn(16, 1, 8, 8, generator=g).to(device), torch.randint(0, 10, (16,), generator=g).to(device)
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", ["steepest", "svd", "qr", "newton_schulz"])
+def test_compiled_retraction_is_the_eager_retraction(method, backend):
+    """compile_retraction: the same steps as eager (matmul impl, momentum, a changing learning
+    rate), one graph for the whole group however the rate moves, W on O(n), the same state."""
+    from orthogonal_skip_connections.maths import orthogonal as orth
+    from orthogonal_skip_connections.optim import optimizer
+
+    torch._dynamo.reset()
+    backend, graphs = counting(backend)
+    models = [retracted_model(method), retracted_model(method)]
+    opts = [optimizer(m, torch.optim.SGD, lr=0.2, momentum=0.9, retraction_impl="matmul") for m in models]
+    opts[1].compile_retraction(backend)
+    eager, compiled = (train_steps(m, o, 8) for m, o in zip(models, opts))
+    assert len(graphs) == 1  # one group, three shapes, eight learning rates: one graph
+    # steepest's compiled polar iteration is sized for a bound on eta, not eta: round-off apart
+    atol = 1e-5 if method == "steepest" else 1e-6
+    assert max(abs(a - b) for a, b in zip(eager, compiled)) <= atol
+    for (name, p), q in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(q, p, atol=atol, rtol=0, msg=name)
+    Ws = [W for W, _spec in retracted_parameters(models[1])]
+    assert len(Ws) == 6 and max(float(orth.orth_error(W.detach())) for W in Ws) <= 1e-5
+    states = [o.state_dict()["state"] for o in opts]
+    assert states[0].keys() == states[1].keys()
+    for k in states[0]:
+        for key, value in states[0][k].items():
+            torch.testing.assert_close(states[1][k][key], value, atol=10 * atol, rtol=0)
+
+
+def test_compiled_retraction_keeps_w_orthogonal_over_a_thousand_steps():
+    """steepest, compiled, 1000 momentum steps on random gradients: W stays on O(n)."""
+    from orthogonal_skip_connections.maths import orthogonal as orth
+    from orthogonal_skip_connections.optim import optimizer
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList([orthogonal_(torch.nn.Linear(n, n, bias=False), method="steepest", init="haar")
+                                  for n in (8, 8, 32)])
+    W = [layer.weight for layer in layers]
+    opt = optimizer(layers, torch.optim.SGD, lr=0.05, momentum=0.9, retraction_impl="matmul")
+    opt.compile_retraction("aot_eager")
+    g = torch.Generator().manual_seed(0)
+    for _ in range(1000):
+        for p in W:
+            p.grad = torch.randn(p.shape, generator=g)
+        opt.step()
+    assert max(float(orth.orth_error(p.detach())) for p in W) <= 2e-6
+
+
+def test_a_factoring_retraction_stays_eager_under_compile_retraction():
+    """The CPU default (SVD with host-side rank tests) is not handed to torch.compile."""
+    from orthogonal_skip_connections.optim import optimizer
+
+    torch._dynamo.reset()
+    backend, graphs = counting()
+    models = [retracted_model("steepest"), retracted_model("steepest")]
+    opts = [optimizer(m, torch.optim.SGD, lr=0.2, momentum=0.9) for m in models]
+    opts[1].compile_retraction(backend)
+    a, b = (train_steps(m, o, 3) for m, o in zip(models, opts))
+    assert graphs == [] and a == b

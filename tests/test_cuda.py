@@ -302,6 +302,32 @@ def test_batched_parametrized_upkeep_on_cuda_is_the_per_skip_one(method):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-9, rtol=0, msg=name)
 
 
+@pytest.mark.parametrize("method", ["steepest", "qr"])
+def test_compiled_retraction_on_cuda_matches_eager_and_reads_nothing_back(method):
+    """compile_retraction with inductor on CUDA (what compile=true does there): the eager
+    steps to round-off, W on O(n), and no synchronisation in opt.step() once compiled."""
+    from test_compile import retracted_model, train_steps
+
+    models = [retracted_model(method).to(CUDA), retracted_model(method).to(CUDA)]
+    opts = [osc.optimizer(m, torch.optim.SGD, lr=0.2, momentum=0.9, foreach=True) for m in models]
+    opts[1].compile_retraction("inductor")
+    eager, compiled = (train_steps(m, o, 4) for m, o in zip(models, opts))
+    assert max(abs(a - b) for a, b in zip(eager, compiled)) <= 1e-4
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(q, p, atol=1e-4, rtol=0)
+    x = torch.randn(16, 1, 8, 8, device=CUDA)
+    y = torch.randint(0, 10, (16,), device=CUDA)
+    opts[1].zero_grad(set_to_none=True)
+    F.cross_entropy(models[1](x), y).backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        opts[1].step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert max(r["orth_error"] for r in osc.skip_diagnostics(models[1])) < 1e-4
+
+
 # last: inductor compiles for a while, and the device check runs this file under a time limit
 def test_compile_true_on_cuda_with_inductor_matches_eager(tmp_path, monkeypatch):
     """compile=true as a GPU user runs it (inductor, bf16 autocast off so the two runs can be

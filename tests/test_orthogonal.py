@@ -303,3 +303,21 @@ def test_retraction_impl_names():
     assert O.resolve_impl("matmul", "cpu") == "matmul"
     with pytest.raises(ValueError, match="allowed: auto, factor, matmul"):
         O.resolve_impl("gpu", "cpu")
+
+
+@pytest.mark.parametrize("method", O.RETRACTED_METHODS)
+def test_matmul_retraction_takes_a_tensor_step_size(method):
+    """A compiled step passes eta as a 0-d tensor (one graph for every learning rate) and, for
+    steepest, a looser float bound eta_max: the same step to round-off, nothing read back."""
+    g = torch.Generator().manual_seed(1)
+    W = torch.stack([O.haar_orthogonal(24, generator=g) for _ in range(2)])
+    G = torch.randn(2, 24, 24, generator=g)
+    for eta in (0.003, 0.1, 0.6):
+        a = O.retract(method, W, G, eta, impl="matmul")
+        with HostReads() as reads:
+            b = O.retract(method, W, G, torch.tensor(eta), impl="matmul", eta_max=1.0)
+        assert reads.count == 0
+        assert float((a - b).abs().max()) <= 2e-6, (eta, float((a - b).abs().max()))
+        assert float(O.orth_error(b).max()) <= tol(torch.float32, 24)
+    with pytest.raises(ValueError, match="a tensor eta needs eta_max"):
+        O.steepest_step(W, G, torch.tensor(0.1), impl="matmul")

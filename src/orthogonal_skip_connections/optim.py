@@ -174,29 +174,87 @@ class RetractingOptimizer:
                 self._retract(group)
         return loss
 
+    def compile_retraction(self, backend: str = "inductor", mode: str | None = None):
+        """Run the retraction of every group that retracts from matrix products only
+        (``retraction_impl`` ``matmul``, the CUDA default) through ``torch.compile``: one
+        graph per stack of matrices (the stacking, the momentum buffer, the retraction and
+        the copy back), whose host cost is a few calls instead of the hundreds an eager
+        retraction issues (on a GPU the eager step is bound by those calls). The step size
+        enters as a device tensor, so a changing learning rate does not compile again;
+        ``steepest``'s polar iteration is sized for a power-of-two bound on it (at least the
+        schedule's ``initial_lr``), so its result agrees with the eager step to round-off.
+        Groups that factor (SVD, QR: the CPU default) read the host on purpose and stay
+        eager. ``mode`` as in ``torch.compile`` (``reduce-overhead``: CUDA graphs; the
+        parameters and buffers are marked as static addresses). Returns the optimiser."""
+        self.__dict__["_osc_compiled"] = torch.compile(_retract_stacks, backend=backend, mode=mode, dynamic=False)
+        self.__dict__["_osc_compile_mode"] = mode
+        return self
+
     def _retract(self, group: dict) -> None:
         lr = group["lr"]
         if isinstance(lr, Tensor):
             lr = float(lr)
         if lr < 0:
             raise ValueError(f"learning rate must be >= 0; got {lr}")
+        eta = lr * group["lr_scale"]
         mu = group["retraction_momentum"]
+        impl = orth.resolve_impl(group.get("retraction_impl", "auto"),  # older checkpoints lack the key
+                                 group["params"][0].device)
+        compiled = self.__dict__.get("_osc_compiled") if impl == "matmul" else None
         by_shape = defaultdict(list)
         for p in group["params"]:
             by_shape[tuple(p.shape)].append(p)
+        stacks = []  # (params, grads, momentum buffers or None) per shape
         for params in by_shape.values():
-            W = torch.stack([p.detach() for p in params])  # (B, ..., n, n)
-            G = torch.stack([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
-            if mu > 0:
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            bufs = None
+            if mu > 0:  # m <- mu m + G, m = G on the first step (from m = 0: the same numbers)
                 states = [self.state[p] for p in params]
-                if all("retraction_buffer" in s for s in states):
-                    G = torch.stack([s["retraction_buffer"] for s in states]).mul_(mu).add_(G)
-                for s, g in zip(states, G.unbind(0)):
-                    s["retraction_buffer"] = g.clone()
-            W_new = orth.retract(group["retraction"], W, G, lr * group["lr_scale"], group["ns_steps"],
-                                 group.get("retraction_impl", "auto"))  # older checkpoints lack the key
-            for p, w in zip(params, W_new.unbind(0)):
-                p.copy_(w)
+                for s, p in zip(states, params):
+                    if "retraction_buffer" not in s:
+                        s["retraction_buffer"] = torch.zeros_like(p)
+                bufs = [s["retraction_buffer"] for s in states]
+            stacks.append((params, grads, bufs))
+        if compiled is None:
+            _retract_stacks(stacks, mu, group["retraction"], eta, group["ns_steps"], impl)
+            return
+        eta_t = self._eta_tensor(stacks[0][0][0])
+        eta_t.fill_(eta)  # a kernel on the device, no transfer
+        eta_max = None
+        if group["retraction"] == "steepest":  # a bound that moves rarely: few compilations
+            eta_max = 2.0 ** math.ceil(math.log2(max(eta, group.get("initial_lr", lr) * group["lr_scale"],
+                                                     2.0 ** -20)))
+        if self.__dict__.get("_osc_compile_mode") == "reduce-overhead":
+            for params, _grads, bufs in stacks:
+                for t in params + (bufs or []):
+                    torch._dynamo.mark_static_address(t)
+        with orth._ieee_matmul(eta_t.device):
+            compiled(stacks, mu, group["retraction"], eta_t, group["ns_steps"], impl, eta_max)
+
+    def _eta_tensor(self, p: Tensor) -> Tensor:
+        """A 0-d tensor of p's dtype and device that carries the step size into compiled steps."""
+        etas = self.__dict__.setdefault("_osc_eta", {})
+        key = (p.dtype, p.device)
+        if key not in etas:
+            etas[key] = torch.zeros((), dtype=p.dtype, device=p.device)
+        return etas[key]
+
+
+def _retract_stacks(stacks: list[tuple[list[Tensor], list[Tensor], list[Tensor] | None]], mu: float, method: str,
+                    eta: float | Tensor, ns_steps: int, impl: str, eta_max: float | None = None) -> None:
+    """One retraction of a group, in place, one (B, n, n) stack per shape: for each
+    ``(params, grads, bufs)`` of ``stacks``, m <- mu m + G into the momentum buffers ``bufs``
+    (None: no momentum), then W <- retract(W, m)."""
+    for params, grads, bufs in stacks:
+        W = torch.stack([p.detach() for p in params])  # (B, ..., n, n)
+        G = torch.stack(grads)
+        if bufs is not None:
+            G = torch.stack(bufs).mul_(mu).add_(G)
+            for b, g in zip(bufs, G.unbind(0)):
+                b.copy_(g)
+        W_new = orth.retract(method, W, G, eta, ns_steps, impl, eta_max=eta_max)
+        for p, w in zip(params, W_new.unbind(0)):
+            p.detach().copy_(w)
 
 
 _CLASSES: dict[type, type] = {}

@@ -123,7 +123,8 @@ def single_threaded(fn):
 
     @functools.wraps(fn)
     def wrapper(A, *args, **kwargs):
-        with one_thread(_is_small_cpu(A)):
+        # a compiled caller (RetractingOptimizer.compile_retraction) sets the threads around its call
+        with one_thread(_is_small_cpu(A) and not torch.compiler.is_compiling()):
             return fn(A, *args, **kwargs)
 
     return wrapper
@@ -422,7 +423,8 @@ def tangent_gradient(W: Tensor, G: Tensor) -> Tensor:
 
 
 @single_threaded
-def steepest_step(W: Tensor, G: Tensor, eta: float, rtol: float | None = None, impl: str = "factor") -> Tensor:
+def steepest_step(W: Tensor, G: Tensor, eta: float | Tensor, rtol: float | None = None, impl: str = "factor",
+                  eta_max: float | None = None) -> Tensor:
     """One steepest-descent step on O(n) under the spectral norm (modula docs,
     "orthogonal manifold").
 
@@ -445,6 +447,9 @@ def steepest_step(W: Tensor, G: Tensor, eta: float, rtol: float | None = None, i
     from products: X is skew with ||X||_2 <= 1, so I - eta X is normal with singular values
     sqrt(1 + eta^2 x_i^2) in [1, sqrt(1 + eta^2)], a bound known on the host
     (:func:`polar_matmul`). No host synchronisation; a zero gradient gives X = 0 and W back.
+    Here ``eta`` may also be a 0-d tensor, as a compiled step passes it (one graph for every
+    learning rate); the bound then comes from ``eta_max`` >= eta, a host float (default: eta
+    itself), and the iteration runs the few extra steps that the looser bound needs.
     Both: one Newton-Schulz polishing step, X <- 1.5 X - 0.5 X X^T X, then squares whatever
     error remains, so round-off never accumulates over steps.
     """
@@ -456,7 +461,11 @@ def steepest_step(W: Tensor, G: Tensor, eta: float, rtol: float | None = None, i
         X = skew(msign(B - B.mT, rtol))  # A = W^T G - G^T W = B - B^T: skew, (..., n, n)
         M = eye_like(X) - eta * X  # W_new = W polar(M)
         # ||X||_2 <= 1 up to round-off; the 1e-3 margin keeps the bound an upper one
-        upper = math.sqrt(1.0 + (eta * (1.0 + 1e-3)) ** 2)
+        if eta_max is None:
+            if isinstance(eta, Tensor):
+                raise ValueError("a tensor eta needs eta_max, a float bound on it")
+            eta_max = eta
+        upper = math.sqrt(1.0 + (eta_max * (1.0 + 1e-3)) ** 2)
         return _ns_polish(_mm(W, polar_matmul(M, 1.0 / upper, upper)))
     A = W.mT @ G - G.mT @ W  # skew, (..., n, n)
     if impl != "factor":
@@ -527,7 +536,8 @@ def _ieee_matmul(device: torch.device):
         torch.backends.cuda.matmul.allow_tf32 = True
 
 
-def retract(method: str, W: Tensor, G: Tensor, eta: float, ns_steps: int = 100, impl: str = "auto") -> Tensor:
+def retract(method: str, W: Tensor, G: Tensor, eta: float | Tensor, ns_steps: int = 100, impl: str = "auto",
+            eta_max: float | None = None) -> Tensor:
     """One retracted step from W along -G with step size eta; (..., n, n) batched.
 
     ``steepest``: the spectral-norm steepest step of length eta (:func:`steepest_step`);
@@ -536,13 +546,14 @@ def retract(method: str, W: Tensor, G: Tensor, eta: float, ns_steps: int = 100, 
     polar factor, the Q factor or ``ns_steps`` Newton-Schulz iterations.
     ``impl`` (:data:`RETRACTION_IMPLS`): with ``matmul``, the polar factor (``svd`` and
     ``newton_schulz``, then the same map; ``ns_steps`` still caps the latter) comes from
-    :func:`polar_matmul` and the Q factor from :func:`cholesky_qr`."""
+    :func:`polar_matmul` and the Q factor from :func:`cholesky_qr`; there ``eta`` may be a 0-d
+    tensor (with ``eta_max``, a float bound on it, for ``steepest``: see :func:`steepest_step`)."""
     if method not in RETRACTED_METHODS:
         raise ValueError(f"unknown retraction {method!r}; allowed: {', '.join(RETRACTED_METHODS)}")
     impl = resolve_impl(impl, W.device)
     with _ieee_matmul(W.device):
         if method == "steepest":
-            return steepest_step(W, G, eta, impl=impl)
+            return steepest_step(W, G, eta, impl=impl, eta_max=eta_max)
         if impl == "matmul" and method != "qr":
             # polar(W (I - eta S)) = W polar(M), M = I - eta S with S = skew(W^T G): M is normal with
             # singular values sqrt(1 + eta^2 s_i^2) in [1, sqrt(1 + (eta ||S||_2)^2)] and its bound

@@ -13,8 +13,10 @@ same numbers (bit for bit on CPU: every random draw of an epoch comes from a gen
 seeded by (seed, epoch)).
 
 ``compile``: the forward and backward run through ``torch.compile`` (the model's
-parametrized orthogonal skips included); the optimiser step, and with it the retraction,
-stays eager, outside the compiled graph. Under ``torchrun`` the model is wrapped in
+parametrized orthogonal skips included), and so does the retraction where it runs from
+matrix products (on CUDA, see :meth:`~orthogonal_skip_connections.optim.RetractingOptimizer.compile_retraction`);
+the rest of the optimiser step, and the retraction where it factors (SVD, QR: on the CPU),
+stay eager. Under ``torchrun`` the model is wrapped in
 DistributedDataParallel and the data are sharded per rank (see :mod:`.distributed`).
 """
 
@@ -72,7 +74,7 @@ class TrainConfig:
     upkeep_momentum: float | None = None  # momentum of the retracted skips' step (None: momentum)
     amp: str = "auto"  # auto (bf16 on CUDA, off elsewhere) | bf16 | off
     channels_last: bool = False
-    compile: bool = False  # torch.compile the forward/backward (the optimiser step stays eager)
+    compile: bool = False  # torch.compile the forward/backward, and the retraction where it runs from products
     compile_backend: str = "inductor"  # torch.compile's backend: inductor | aot_eager | eager
     sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over the global batch
     eval_every: int = 1
@@ -217,6 +219,8 @@ def train_classifier(
     test_loader = TensorLoader(data, max(cfg.batch_size, 256), False, device, cfg.channels_last)
     steps_per_epoch = len(train_loader)
     opt = build_optimizer(model, cfg.optim())
+    if cfg.compile:
+        opt.compile_retraction(cfg.compile_backend)
     sched = lr_scheduler(opt, cfg.optim(), steps_per_epoch, cfg.epochs)
 
     state = {"epoch": 0, "step": 0, "train_time_s": 0.0, "best_test_acc": None, "skipped_steps": 0,

@@ -19,12 +19,15 @@
 #   2. skip_apply.py                                         (what applying a skip matrix costs, by implementation)
 #   3. gpu_throughput.py --impls factor,matmul --profile, resnet20 and resnet18   (step time vs identity;
 #                                                              kernel time vs host calls per step)
-#   4. gpu_throughput.py --compile, resnet20                 (the same, compile=true: no per-op host cost)
+#   4. gpu_throughput.py --compile, resnet20                 (the same, compile=true: forward, backward and
+#                                                              retraction compiled, no per-op host cost)
 #   5. orthogonal_layer.py, C in 16..512                     (vs torch and geotorch)
 #   6. cifar_epoch_time.py, 2 epochs                         (end to end through run_experiments)
 # If device time remains after it (each a separate call):
 #   python3 benchmarks/gpu_throughput.py --models resnet20 --compile --compile-mode reduce-overhead --no-settings \
 #     --variants identity,linear,learnable_orth/steepest,learnable_orth/cayley   (CUDA graphs: no launch cost at all)
+#   python3 benchmarks/orthogonal_layer.py --sizes 64,256,512 --steps 100 --rounds 3 --retract-sizes "" --compile
+#     (the layer with its retraction compiled, as compile=true runs it)
 #   python3 benchmarks/skip_step_time.py --device cuda --no-steps --methods cayley,exp,householder   (batched W's)
 #   python3 benchmarks/landscape_grid.py --device cuda --stack 2,4,8;  python3 benchmarks/landscape_hessian.py --device cuda
 set -u
@@ -68,7 +71,7 @@ if [ "${1:-}" = "--quick" ]; then  # a smoke run of the script itself, on any ma
   part step_time 200 python3 benchmarks/gpu_throughput.py --quick --impls factor,matmul --no-settings
   part step_time_compiled 200 python3 benchmarks/gpu_throughput.py --quick --no-settings --compile aot_eager \
     --variants identity,linear,learnable_orth/steepest,learnable_orth/cayley
-  part orthogonal_layer 120 python3 benchmarks/orthogonal_layer.py --quick
+  part orthogonal_layer 120 python3 benchmarks/orthogonal_layer.py --quick --compile aot_eager
   part epoch_time 240 python3 benchmarks/cifar_epoch_time.py --quick --variants identity,learnable_orth/steepest
   exit 0
 fi

@@ -14,7 +14,10 @@ inputs; W starts at I everywhere. The variants:
   (``matrix_exp``, ``cayley``, ``householder``), plain ``torch.optim.SGD``;
 - ``geotorch <triv>``: ``nn.Linear`` with ``geotorch.orthogonal`` (``expm``, ``cayley``),
   plain ``torch.optim.SGD`` (left out, with a note, if geotorch is not installed:
-  ``pip install geotorch`` or the project's ``bench`` extra).
+  ``pip install geotorch`` or the project's ``bench`` extra);
+- ``osc <method>... compiled`` (with ``--compile``): the products-only retraction of the
+  methods in ``--compile-methods`` run through torch.compile, as compile=true runs it
+  (``RetractingOptimizer.compile_retraction``; compiling is not in the timings).
 
 All variants of one C run side by side in one process: ``--steps`` steps each (default
 1000), in ``--rounds`` interleaved rounds, each round timed with the device
@@ -76,7 +79,8 @@ class Task:
 
 
 def build_tasks(C: int, batch: int, lr: float, device: torch.device, householder: bool = True,
-                impls: tuple[str, ...] = ("factor", "matmul")) -> dict[str, Task]:
+                impls: tuple[str, ...] = ("factor", "matmul"), compiled: tuple[str, ...] = (),
+                backend: str = "inductor") -> dict[str, Task]:
     g = torch.Generator().manual_seed(C)
     x = torch.randn(batch, C, generator=g).to(device)
     Q = orth.haar_orthogonal(C, generator=g).to(device)
@@ -89,6 +93,12 @@ def build_tasks(C: int, batch: int, lr: float, device: torch.device, householder
         name = f"osc {method}{suffix}"
         tasks[name] = Task(name, layer, make_optimizer(layer, lr=lr, weight_decay=0.0, retraction_impl=impl), x,
                            target)
+    for method in compiled:
+        suffix = "" if orth.resolve_impl("auto", device) == "matmul" else "@matmul"
+        layer = make_skip("learnable_orth", C, method=method, init="identity").to(device)
+        name = f"osc {method}{suffix} compiled"
+        opt = make_optimizer(layer, lr=lr, weight_decay=0.0, retraction_impl="matmul").compile_retraction(backend)
+        tasks[name] = Task(name, layer, opt, x, target)
     for omap in ("matrix_exp", "cayley", "householder") if householder else ("matrix_exp", "cayley"):
         layer = nn.Linear(C, C, bias=False)
         with torch.no_grad():
@@ -109,7 +119,8 @@ def build_tasks(C: int, batch: int, lr: float, device: torch.device, householder
 
 
 def layer_table(C: int, args, device: torch.device) -> tuple[str, list[str]]:
-    tasks = build_tasks(C, args.batch, args.lr, device, householder=C <= args.householder_max, impls=args.impls)
+    tasks = build_tasks(C, args.batch, args.lr, device, householder=C <= args.householder_max, impls=args.impls,
+                        compiled=args.compile_methods if args.compile else (), backend=args.compile)
     errors = {name: [] for name in tasks}
 
     def measure(name: str) -> None:  # runs before each timing: the error after the previous round
@@ -136,14 +147,16 @@ def layer_table(C: int, args, device: torch.device) -> tuple[str, list[str]]:
                   rows, "<>>>>>>")
     # the target: this library's default layer no slower than torch's and geotorch's default
     # layers (matrix_exp, expm), and at least as orthogonal; the fastest of all is named too
+    # (and, with --compile, the compiled steepest row checked the same way, reported apart)
     misses = []
-    for other in [n for n in DEFAULTS if n in tasks]:
-        if meds[OURS] > meds[other]:
-            misses.append(f"C={C}: {OURS} {1e6 * meds[OURS]:.0f} us/step is slower than {other} "
-                          f"({1e6 * meds[other]:.0f} us/step, {meds[OURS] / meds[other]:.2f}x)")
-        if max(errors[OURS][1:]) > max(errors[other][1:]):
-            misses.append(f"C={C}: {OURS} max orth err {max(errors[OURS][1:]):.1e} > {other}'s "
-                          f"{max(errors[other][1:]):.1e}")
+    for ours in [OURS] + [n for n in tasks if n.startswith(OURS) and n.endswith(" compiled")]:
+        for other in [n for n in DEFAULTS if n in tasks]:
+            if meds[ours] > meds[other]:
+                misses.append(f"C={C}: {ours} {1e6 * meds[ours]:.0f} us/step is slower than {other} "
+                              f"({1e6 * meds[other]:.0f} us/step, {meds[ours] / meds[other]:.2f}x)")
+            if max(errors[ours][1:]) > max(errors[other][1:]):
+                misses.append(f"C={C}: {ours} max orth err {max(errors[ours][1:]):.1e} > {other}'s "
+                              f"{max(errors[other][1:]):.1e}")
     fastest = min(tasks, key=lambda n: meds[n])
     text += f"\nfastest: {fastest} ({meds[fastest] / meds[OURS]:.2f}x {OURS}'s time)"
     return text, misses
@@ -205,9 +218,19 @@ def main(argv: list[str] | None = None) -> None:
                    help="retraction impls of the retracted methods (a row each; the one auto picks on this "
                         "device is unmarked, the other marked @factor / @matmul)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="also a row per method of --compile-methods whose products-only retraction runs through "
+                        "torch.compile (default backend inductor), as compile=true runs it")
+    p.add_argument("--compile-methods", default="steepest",
+                   help="retracted methods given a compiled row with --compile (comma-separated)")
     p.add_argument("--quick", action="store_true", help="smoke run: C in 16, 64; 40 steps in 4 rounds")
     args = p.parse_args(argv)
     args.impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    args.compile_methods = [m.strip() for m in args.compile_methods.split(",") if m.strip()]
+    unknown = [m for m in args.compile_methods if m not in RETRACTED_METHODS]
+    if unknown:
+        raise SystemExit(f"--compile-methods: not retracted methods: {', '.join(unknown)}; "
+                         f"allowed: {', '.join(RETRACTED_METHODS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:

@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile's mode with --compile (inductor): reduce-overhead replays the step's kernels as "
-                        "CUDA graphs, which removes the host's per-launch cost; not a setting of the library yet")
+                        "CUDA graphs, which removes the host's per-launch cost (run_experiments' compile_mode)")
     p.add_argument("--profile", action="store_true",
                    help="also profile 3 steps of each variant: aten calls per step (the host's work) and, on CUDA, "
                         "the kernels' time per step; kernels well under the step's time mean a host-bound step")

@@ -67,6 +67,37 @@ def test_compiled_training_matches_eager_with_parametrized_and_retracted_skips(t
 def test_compile_backend_is_checked():
     with pytest.raises(UserError, match="unknown compile_backend 'fast'; allowed: inductor, aot_eager, eager"):
         TrainConfig(compile=True, compile_backend="fast").validate()
+    with pytest.raises(UserError, match="unknown compile_mode 'fastest'; allowed: default, reduce-overhead"):
+        TrainConfig(compile=True, compile_mode="fastest").validate()
+    with pytest.raises(UserError, match="compile_mode=reduce-overhead needs compile=true"):
+        TrainConfig(compile_mode="reduce-overhead").validate()
+    with pytest.raises(UserError, match="compile_mode=max-autotune is a mode of the inductor backend; "
+                                        "compile_backend is aot_eager"):
+        TrainConfig(compile=True, compile_backend="aot_eager", compile_mode="max-autotune").validate()
+
+
+def test_compile_mode_reaches_the_model_and_the_retraction(tmp_path, monkeypatch):
+    """compile_mode=reduce-overhead from the app's command line: torch.compile is asked for that
+    mode for the model and for the retraction (what it does there is a GPU's business: CUDA
+    graphs; on the CPU, inductor's default code). torch.compile is recorded, not run."""
+    from orthogonal_skip_connections.experiments import run_experiments
+
+    calls = []
+
+    def record(fn, **kwargs):
+        calls.append((getattr(fn, "__name__", type(fn).__name__), kwargs))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", record)
+    base = ["dataset=digits", "model.model_type=resnet20", "device=cpu", "progress=false", "scheduler.epochs=1",
+            "batch_size=512", "model.skip_kind=learnable_orth", "model.method=steepest"]
+    summary = run_experiments.main.run([*base, "compile=true", "compile_mode=reduce-overhead"], tmp_path / "run")
+    assert summary["config"]["compile_mode"] == "reduce-overhead"
+    assert [(name, kw["backend"], kw["mode"]) for name, kw in calls] == [
+        ("ResNet", "inductor", "reduce-overhead"), ("_retract_stacks", "inductor", "reduce-overhead")]
+    calls.clear()
+    run_experiments.main.run([*base, "compile=true"], tmp_path / "default")
+    assert [kw["mode"] for _, kw in calls] == [None, None]
 
 
 def test_run_experiments_compile_true_matches_eager(tmp_path):

@@ -329,10 +329,12 @@ def test_compiled_retraction_on_cuda_matches_eager_and_reads_nothing_back(method
 
 
 # last: inductor compiles for a while, and the device check runs this file under a time limit
-def test_compile_true_on_cuda_with_inductor_matches_eager(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compile_true_on_cuda_with_inductor_matches_eager(tmp_path, monkeypatch, mode):
     """compile=true as a GPU user runs it (inductor, bf16 autocast off so the two runs can be
     compared closely; TF32 off for the same reason): a retracted and a parametrized
-    orthogonal skip in one model, 2 epochs on digits, the same losses and weights as eager."""
+    orthogonal skip in one model, 2 epochs on digits, the same losses and weights as eager;
+    with compile_mode=reduce-overhead the compiled graphs replay as CUDA graphs."""
     from test_compile import mixed_model, small_digits
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -347,7 +349,7 @@ def test_compile_true_on_cuda_with_inductor_matches_eager(tmp_path, monkeypatch)
         return model, summary, records
 
     eager, s_eager, r_eager = train("eager")
-    compiled, s_comp, r_comp = train("compiled", compile=True, compile_backend="inductor")
+    compiled, s_comp, r_comp = train("compiled", compile=True, compile_backend="inductor", compile_mode=mode)
     assert s_comp["steps"] == s_eager["steps"] > 0
     for a, b in zip(r_eager, r_comp):
         for key in ("train_loss", "test_loss"):

@@ -159,6 +159,7 @@ class Config:
     channels_last: bool
     compile: bool
     compile_backend: str
+    compile_mode: str
     sync_batchnorm: bool
     eval_every: int
     data: DataConfig
@@ -179,7 +180,8 @@ class Config:
             schedule=s.name, warmup_epochs=s.warmup_epochs, milestones=list(s.milestones), gamma=s.gamma,
             label_smoothing=self.label_smoothing, mixup_alpha=self.mixup_alpha, grad_clip=self.grad_clip,
             upkeep_momentum=o.upkeep_momentum, amp=self.amp, channels_last=self.channels_last,
-            compile=self.compile, compile_backend=self.compile_backend, sync_batchnorm=self.sync_batchnorm,
+            compile=self.compile, compile_backend=self.compile_backend, compile_mode=self.compile_mode,
+            sync_batchnorm=self.sync_batchnorm,
             eval_every=self.eval_every, seed=self.seed, progress=self.progress,
         )
 

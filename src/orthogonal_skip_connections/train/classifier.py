@@ -12,7 +12,8 @@ per-skip diagnostics, and an atomic checkpoint from which ``resume`` continues w
 same numbers (bit for bit on CPU: every random draw of an epoch comes from a generator
 seeded by (seed, epoch)).
 
-``compile``: the forward and backward run through ``torch.compile`` (the model's
+``compile``: the forward and backward run through ``torch.compile`` (backend
+``compile_backend``, inductor's mode ``compile_mode``; the model's
 parametrized orthogonal skips included), and so does the retraction where it runs from
 matrix products (on CUDA, see :meth:`~orthogonal_skip_connections.optim.RetractingOptimizer.compile_retraction`);
 the rest of the optimiser step, and the retraction where it factors (SVD, QR: on the CPU),
@@ -51,6 +52,10 @@ SUMMARY = "summary.json"
 # torch.compile backends: inductor generates fused kernels (C++ on the CPU, Triton on CUDA);
 # aot_eager captures the same forward and backward graphs and runs them with eager kernels
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+# inductor's modes: reduce-overhead replays the compiled kernels as CUDA graphs (on a GPU: one
+# launch for a graph's hundreds; nothing changes on the CPU), the max-autotune ones also time
+# alternative kernels while compiling
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -76,6 +81,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False  # torch.compile the forward/backward, and the retraction where it runs from products
     compile_backend: str = "inductor"  # torch.compile's backend: inductor | aot_eager | eager
+    compile_mode: str = "default"  # inductor's mode: default | reduce-overhead (CUDA graphs) | max-autotune | ...
     sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over the global batch
     eval_every: int = 1
     seed: int = 0
@@ -101,6 +107,13 @@ class TrainConfig:
             (self.eval_every >= 1, f"eval_every must be >= 1; got {self.eval_every}"),
             (self.compile_backend in COMPILE_BACKENDS,
              f"unknown compile_backend {self.compile_backend!r}; allowed: {', '.join(COMPILE_BACKENDS)}"),
+            (self.compile_mode in COMPILE_MODES,
+             f"unknown compile_mode {self.compile_mode!r}; allowed: {', '.join(COMPILE_MODES)}"),
+            (self.compile_mode == "default" or self.compile,
+             f"compile_mode={self.compile_mode} needs compile=true"),
+            (self.compile_mode == "default" or self.compile_backend == "inductor",
+             f"compile_mode={self.compile_mode} is a mode of the inductor backend; compile_backend is "
+             f"{self.compile_backend}"),
         ]
         problems = [message for ok, message in checks if not ok] + self.optim().problems()
         if problems:
@@ -220,7 +233,7 @@ def train_classifier(
     steps_per_epoch = len(train_loader)
     opt = build_optimizer(model, cfg.optim())
     if cfg.compile:
-        opt.compile_retraction(cfg.compile_backend)
+        opt.compile_retraction(cfg.compile_backend, _mode(cfg))
     sched = lr_scheduler(opt, cfg.optim(), steps_per_epoch, cfg.epochs)
 
     state = {"epoch": 0, "step": 0, "train_time_s": 0.0, "best_test_acc": None, "skipped_steps": 0,
@@ -372,8 +385,13 @@ def _step_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.
         out = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=unused)
     if cfg.compile:
-        out = torch.compile(out, backend=cfg.compile_backend)
+        out = torch.compile(out, backend=cfg.compile_backend, mode=_mode(cfg))
     return out
+
+
+def _mode(cfg: TrainConfig) -> str | None:
+    """torch.compile's ``mode`` argument: None for the default."""
+    return None if cfg.compile_mode == "default" else cfg.compile_mode
 
 
 def _forward(model, x, y, cfg: TrainConfig, gen: torch.Generator, device: torch.device):

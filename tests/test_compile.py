@@ -29,12 +29,13 @@ def small_digits(n_train: int = 256, n_test: int = 128) -> ImageData:
 
 
 def mixed_model() -> ResNet:
-    """The smallest CIFAR-style ResNet (one block per stage): retracted steepest skips, and
-    a parametrized Cayley skip in the middle stage."""
+    """The smallest CIFAR-style ResNet (one block per stage): a retracted steepest skip, a
+    parametrized Cayley skip in the middle stage and an exp skip in the last."""
     torch.manual_seed(0)
     model = ResNet(BasicBlock, [1, 1, 1], [16, 32, 64], 10, in_channels=1,
                    skip_layer=skip("learnable_orth", method="steepest", init="haar"))
     model.stages[1][0].skip = skip("learnable_orth", method="cayley", init="haar")(32)
+    model.stages[2][0].skip = skip("learnable_orth", method="exp", init="haar")(64)
     return model
 
 
@@ -229,3 +230,32 @@ def test_a_factoring_retraction_stays_eager_under_compile_retraction():
     opts[1].compile_retraction(backend)
     a, b = (train_steps(m, o, 3) for m, o in zip(models, opts))
     assert graphs == [] and a == b
+
+
+def test_compiled_exp_skips_take_the_host_free_exponential(monkeypatch):
+    """Compiled for a GPU, the exp map is expm_fixed (torch's matrix_exp reads the host, which
+    a CUDA graph cannot hold). The GPU test is made true on the CPU here: the compiled graphs
+    hold no matrix_exp, and the loss and every gradient are eager's (matrix_exp) to round-off."""
+    from torch.nn import functional as F
+
+    from orthogonal_skip_connections.skips import constraint
+
+    monkeypatch.setattr(constraint, "_compiling_for_a_gpu", lambda A: torch.compiler.is_compiling())
+    torch._dynamo.reset()
+    backend, graphs = counting()
+    eager, model = retracted_model("exp"), retracted_model("exp")
+    with torch.no_grad():  # away from W = B: exp of a non-zero A
+        for m in (eager, model):
+            for name, p in m.named_parameters():
+                if "original" in name:
+                    p.copy_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    compiled = torch.compile(model, backend=backend)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    losses = [F.cross_entropy(m(x), y) for m in (eager, compiled)]
+    for loss in losses:
+        loss.backward()
+    assert abs(float(losses[0].detach()) - float(losses[1].detach())) <= 1e-5
+    for (name, p), q in zip(eager.named_parameters(), model.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+    targets = {str(node.target) for gm in graphs for node in gm.graph.nodes if node.op == "call_function"}
+    assert graphs and not any("matrix_exp" in t for t in targets), targets

@@ -328,12 +328,31 @@ def test_compiled_retraction_on_cuda_matches_eager_and_reads_nothing_back(method
     assert max(r["orth_error"] for r in osc.skip_diagnostics(models[1])) < 1e-4
 
 
+def test_compiled_exp_skips_on_cuda_read_nothing_back():
+    """exp skips compiled for CUDA take expm_fixed: once compiled, a forward and backward
+    synchronise nothing (eager, torch's matrix_exp reads its norms on the host)."""
+    from test_compile import retracted_model
+
+    model = retracted_model("exp").to(CUDA)
+    compiled = torch.compile(model)
+    x = torch.randn(16, 1, 8, 8, device=CUDA)
+    y = torch.randint(0, 10, (16,), device=CUDA)
+    F.cross_entropy(compiled(x), y).backward()  # compiles
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        F.cross_entropy(compiled(x), y).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert max(r["orth_error"] for r in osc.skip_diagnostics(model)) < 1e-4
+
+
 # last: inductor compiles for a while, and the device check runs this file under a time limit
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_compile_true_on_cuda_with_inductor_matches_eager(tmp_path, monkeypatch, mode):
     """compile=true as a GPU user runs it (inductor, bf16 autocast off so the two runs can be
-    compared closely; TF32 off for the same reason): a retracted and a parametrized
-    orthogonal skip in one model, 2 epochs on digits, the same losses and weights as eager;
+    compared closely; TF32 off for the same reason): a retracted skip and two parametrized ones
+    (cayley, exp) in one model, 2 epochs on digits, the same losses and weights as eager;
     with compile_mode=reduce-overhead the compiled graphs replay as CUDA graphs."""
     from test_compile import mixed_model, small_digits
 

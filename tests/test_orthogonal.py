@@ -321,3 +321,42 @@ def test_matmul_retraction_takes_a_tensor_step_size(method):
         assert float(O.orth_error(b).max()) <= tol(torch.float32, 24)
     with pytest.raises(ValueError, match="a tensor eta needs eta_max"):
         O.steepest_step(W, G, torch.tensor(0.1), impl="matmul")
+
+
+@pytest.mark.parametrize("m, u", [(12, 2.0 ** -24), (18, 2.0 ** -53)])
+def test_taylor_theta_is_where_the_tail_reaches_u(m, u):
+    from fractions import Fraction
+
+    def tail(t):  # sum_{m < k <= m + 40} t^k / k! in exact rationals (the rest is below 1e-40 here)
+        t = Fraction(t)
+        return float(sum(t ** k / math.factorial(k) for k in range(m + 1, m + 41)))
+
+    theta = O.taylor_theta(m, u)
+    assert tail(theta) <= u * (1 + 1e-6) and tail(theta * 1.01) > u
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_expm_fixed_matches_scipy_at_every_scale_and_reads_nothing_back(dtype):
+    """exp of skew-symmetric stacks from ||A|| ~ 1e-3 to ~300 (0 to 9 squarings): as close
+    to scipy's expm as torch's matrix_exp is (or closer), on O(n), without a host read."""
+    g = torch.Generator().manual_seed(0)
+    for scale in (0.0, 1e-3, 0.3, 1.0, 5.0, 30.0, 300.0):
+        A = scale * O.skew(torch.randn(3, 24, 24, generator=g, dtype=torch.float64)) / math.sqrt(24)
+        want = torch.from_numpy(np.stack([scipy.linalg.expm(a) for a in A.numpy()]))
+        with HostReads() as reads:
+            got = O.expm_fixed(A.to(dtype)).double()
+        assert reads.count == 0
+        err = float((got - want).abs().max())
+        torch_err = float((torch.linalg.matrix_exp(A.to(dtype)).double() - want).abs().max())
+        assert err <= max(2 * torch_err, 4 * torch.finfo(dtype).eps), (scale, err, torch_err)
+    torch.testing.assert_close(O.expm_fixed(torch.zeros(2, 5, 5, dtype=dtype)), torch.eye(5, dtype=dtype).expand(2, 5, 5))
+
+
+def test_expm_fixed_gradient_is_matrix_exps():
+    g = torch.Generator().manual_seed(1)
+    for scale in (1e-3, 1.0, 30.0):
+        X = (scale * torch.randn(3, 16, 16, generator=g, dtype=torch.float64)).requires_grad_()
+        G = torch.randn(3, 16, 16, generator=g, dtype=torch.float64)
+        want, = torch.autograd.grad((torch.linalg.matrix_exp(O.skew(X)) * G).sum(), X)
+        got, = torch.autograd.grad((O.expm_fixed(O.skew(X)) * G).sum(), X)
+        assert float((got - want).abs().max()) <= 1e-12 * float(want.abs().max()), scale

@@ -399,6 +399,75 @@ def expm(A: Tensor) -> Tensor:
     return torch.linalg.matrix_exp(A)
 
 
+def taylor_theta(m: int, u: float) -> float:
+    """The largest theta with sum_{k > m} theta^k / k! <= u: for ||X|| <= theta the Taylor
+    polynomial of exp of degree m is within u of exp(X) in that norm (the tail's bound)."""
+    def tail(t: float) -> float:
+        term, total, k = t ** (m + 1) / math.factorial(m + 1), 0.0, m + 1
+        while term > 1e-9 * u:  # the terms fall faster than geometrically once k > t
+            total += term
+            k += 1
+            term *= t / k
+        return total
+
+    lo, hi = 0.0, 1.0
+    while tail(hi) <= u:
+        hi *= 2.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if tail(mid) <= u else (lo, mid)
+    return lo
+
+
+# expm_fixed: squarings it can do; ||A||_1 up to theta * 2^12 (about 6,000 in float32) is exact
+# to round-off, larger A are scaled by 2^-12 only and lose accuracy
+EXPM_MAX_SQUARINGS = 12
+
+
+def _taylor_exp(X: Tensor, m: int) -> Tensor:
+    """sum_{k <= m} X^k / k! by Paterson-Stockmeyer (Higham, "Functions of Matrices", sec.
+    4.2): powers X^2..X^4 once, then Horner in X^4 over blocks of four coefficients, so degree
+    12 takes 6 products and degree 18 takes 7 (term by term: 11 and 17)."""
+    q = 4
+    powers = [eye_like(X), X]
+    for _ in range(q - 1):
+        powers.append(_mm(powers[-1], X))
+    Xq = powers.pop()  # X^4; powers = I, X, X^2, X^3
+
+    def block(j: int) -> Tensor:  # B_j = sum_i X^i / (jq + i)!, i < q, jq + i <= m
+        return sum(powers[i] / math.factorial(j * q + i) for i in range(min(q, m - j * q + 1)))
+
+    J = m // q
+    P = block(J)
+    for j in range(J - 1, -1, -1):
+        P = _mm(P, Xq) + block(j)
+    return P
+
+
+def expm_fixed(A: Tensor, max_squarings: int = EXPM_MAX_SQUARINGS) -> Tensor:
+    """exp(A) by scaling and squaring in a fixed sequence of products: nothing is read back to
+    the host (``torch.linalg.matrix_exp`` reads its matrices' norms on the host to choose its
+    degree and squarings, a synchronisation on a GPU that a CUDA graph cannot hold); (..., n, n).
+
+    Per matrix, on the device: s = ceil(log2(||A||_1 / theta)) clipped to [0, max_squarings],
+    X = A / 2^s, the Taylor polynomial of degree m (12 in float32 and below, 18 in float64) with
+    theta = :func:`taylor_theta` (m, unit round-off), then ``max_squarings`` squarings of which
+    matrix k takes the first s_k (the others pass it through). For skew-symmetric A (the
+    parametrization's) ||exp(X) - T_m(X)||_2 <= u and each squaring adds about one more u: the
+    result is orthogonal to round-off times 2^s, as for any scaling and squaring. Its
+    gradient is autograd's through these products (s is piecewise constant in A). Costs
+    6-7 + max_squarings batched products whatever A is: meant for compiled GPU code."""
+    check_square(A)
+    m = 18 if A.dtype == torch.float64 else 12
+    theta = taylor_theta(m, _eps(A) / 2)
+    norm1 = torch.linalg.matrix_norm(A, ord=1, keepdim=True)  # (..., 1, 1); ||A||_2 <= it for skew A
+    s = torch.ceil(torch.log2(norm1 / theta)).clamp(0, max_squarings)  # ||A||_1 = 0: log2 = -inf, s = 0
+    E = _taylor_exp(A * torch.exp2(-s), m)
+    for k in range(max_squarings):
+        E = torch.where(s > k, _mm(E, E), E)
+    return E
+
+
 # --------------------------------------------------------------------------- manifold steps
 
 

@@ -38,7 +38,10 @@ class OrthogonalMap(parametrizations._Orthogonal):
     real), so on a GPU :func:`torch.linalg.solve_ex` gives the same Q (bit for bit: the same
     LU solve) without the check. On the CPU, where the check reads no device, the solve is
     :func:`~orthogonal_skip_connections.maths.orthogonal.solve_safe` (a large stack one LU at
-    a time: torch's batched CPU LU can be wrong)."""
+    a time: torch's batched CPU LU can be wrong). The exponential map is torch's ``matrix_exp``,
+    except in code compiled for a GPU: there :func:`~orthogonal_skip_connections.maths.orthogonal.expm_fixed`,
+    the same exp(A) to round-off from a fixed sequence of products (torch's reads its
+    matrices' norms on the host, which a CUDA graph cannot hold)."""
 
     def forward(self, X: Tensor) -> Tensor:
         # W in the weight's own precision, also inside an autocast region (bf16 products would
@@ -72,13 +75,20 @@ class OrthogonalMap(parametrizations._Orthogonal):
             return orth.householder_wy(X) * X.diagonal(dim1=-2, dim2=-1).int().unsqueeze(-2)
         X = X.tril()
         A = X - X.mT
-        if orthogonal_map == maps.matrix_exp:  # the same ops as torch's _Orthogonal.forward
-            return torch.matrix_exp(A)
+        if orthogonal_map == maps.matrix_exp:
+            if _compiling_for_a_gpu(A):  # torch's matrix_exp reads the host: no CUDA graph could hold it
+                return orth.expm_fixed(A)
+            return torch.matrix_exp(A)  # the same ops as torch's _Orthogonal.forward
         Id = torch.eye(X.size(-1), dtype=A.dtype, device=A.device)
         lhs, rhs = torch.add(Id, A, alpha=-0.5), torch.add(Id, A, alpha=0.5)
         if A.device.type == "cpu":  # the singularity check reads no device; a large stack, one LU at a time
             return orth.solve_safe(lhs, rhs)
         return torch.linalg.solve_ex(lhs, rhs).result
+
+
+def _compiling_for_a_gpu(A: Tensor) -> bool:
+    """Whether ``A`` is being traced by torch.compile on a device other than the CPU."""
+    return A.device.type != "cpu" and torch.compiler.is_compiling()
 
 
 _MARK = "_osc_retraction"  # on a parameter: a cache, lost by copy.deepcopy of the parameter

@@ -177,9 +177,11 @@ class RetractingOptimizer:
     def compile_retraction(self, backend: str = "inductor", mode: str | None = None):
         """Run the retraction of every group that retracts from matrix products only
         (``retraction_impl`` ``matmul``, the CUDA default) through ``torch.compile``: one
-        graph per stack of matrices (the stacking, the momentum buffer, the retraction and
-        the copy back), whose host cost is a few calls instead of the hundreds an eager
-        retraction issues (on a GPU the eager step is bound by those calls). The step size
+        graph per group, every shape's stack in it (the stacking, the momentum buffer, the
+        retraction and the copy back). Its host calls are the retraction's GEMMs and a few
+        fused kernels instead of the several hundred calls of an eager retraction (on a GPU
+        the eager step is bound by those calls; resnet20's steepest: 788 -> 369 aten calls,
+        106 of them GEMMs). The step size
         enters as a device tensor, so a changing learning rate does not compile again;
         ``steepest``'s polar iteration is sized for a power-of-two bound on it (at least the
         schedule's ``initial_lr``), so its result agrees with the eager step to round-off.

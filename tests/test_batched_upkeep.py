@@ -178,10 +178,13 @@ def test_cayley_stack_of_large_cpu_matrices_is_solved_one_at_a_time():
     assert float(orth.orth_error(Q).max()) < 1e-12
 
 
-def test_seed_stack_vmap_batches_each_seed_like_the_model_alone(monkeypatch):
+@pytest.mark.parametrize("method", ["cayley", "exp"])
+def test_seed_stack_vmap_batches_each_seed_like_the_model_alone(monkeypatch, method):
+    """(exp: inside vmap the map cannot read its squarings on the host, as it does on the CPU
+    elsewhere; it takes expm_fixed's fixed sequence, the same W to round-off.)"""
     from orthogonal_skip_connections.models.stack import SeedStack
 
-    make = lambda: osc.ResidualMLP(8, 3, skip_kind="learnable_orth", method="cayley", init="haar",  # noqa: E731
+    make = lambda: osc.ResidualMLP(8, 3, skip_kind="learnable_orth", method=method, init="haar",  # noqa: E731
                                    num_classes=3, in_features=2)
     stack = SeedStack.build(make, [0, 1]).double()
     with torch.no_grad():

@@ -40,10 +40,12 @@ class OrthogonalMap(parametrizations._Orthogonal):
     :func:`~orthogonal_skip_connections.maths.orthogonal.solve_safe` (a large stack one LU at
     a time: torch's batched CPU LU can be wrong). The exponential map is
     :func:`~orthogonal_skip_connections.maths.orthogonal.expm_fixed`, the same exp(A) as
-    torch's ``matrix_exp`` to round-off (closer to scipy's): under torch.compile with its full
-    fixed sequence of products (``matrix_exp`` reads its matrices' norms on the host, which a
-    CUDA graph cannot hold), on the CPU with the squarings the stack needs (forward and
-    backward in 0.5-0.6x ``matrix_exp``'s time); eager on a GPU it is torch's ``matrix_exp``."""
+    torch's ``matrix_exp`` to round-off (closer to scipy's): under torch.compile and inside
+    ``torch.func`` transforms (vmap over seeds) with its full fixed sequence of products
+    (``matrix_exp`` reads its matrices' norms on the host, which a CUDA graph cannot hold and
+    vmap cannot batch), elsewhere on the CPU with the squarings the stack needs, read on the
+    host (forward and backward in 0.5-0.6x ``matrix_exp``'s time); eager on a GPU it is
+    torch's ``matrix_exp``."""
 
     def forward(self, X: Tensor) -> Tensor:
         # W in the weight's own precision, also inside an autocast region (bf16 products would
@@ -78,8 +80,8 @@ class OrthogonalMap(parametrizations._Orthogonal):
         X = X.tril()
         A = X - X.mT
         if orthogonal_map == maps.matrix_exp:
-            if torch.compiler.is_compiling():  # no host read: a CUDA graph can hold it
-                return orth.expm_fixed(A)
+            if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(A):
+                return orth.expm_fixed(A)  # no host read: a CUDA graph can hold it, vmap can batch it
             if A.device.type == "cpu":  # the host read is free: no more squarings than needed
                 return orth.expm_fixed(A, orth.expm_squarings(A))
             return torch.matrix_exp(A)  # the same ops as torch's _Orthogonal.forward

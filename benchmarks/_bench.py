@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -54,13 +55,18 @@ def interleaved_times(
 
     Every round times ``calls`` calls of each function in turn (so machine noise and clock
     changes hit every variant alike), with the device synchronised before and after.
-    ``between(name)`` runs before each timing, outside it (settings, measurements)."""
+    ``between(name)`` runs before each timing, outside it (settings, measurements). A warm-up
+    longer than 5 s (compiling, say) is reported on stderr as it ends, so a run cut short by
+    a time limit still says where its time went."""
     for name, fn in steps.items():
         if between is not None:
             between(name)
+        t0 = time.perf_counter()
         for _ in range(warmup):
             fn()
-    synchronize(device)
+        synchronize(device)
+        if time.perf_counter() - t0 > 5.0:
+            print(f"  warm-up of {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     times = {name: [] for name in steps}
     for _ in range(rounds):
         for name, fn in steps.items():

@@ -84,7 +84,7 @@ part skip_apply 30 python3 benchmarks/skip_apply.py
 part step_time 150 python3 benchmarks/gpu_throughput.py --models resnet20,resnet18 --impls factor,matmul \
   --rounds 3 --steps 10 --warmup 2 --profile
 part step_time_compiled 100 python3 benchmarks/gpu_throughput.py --models resnet20 --compile --no-settings \
-  --variants identity,linear,learnable_orth/steepest,learnable_orth/cayley,learnable_orth/exp --rounds 3 --steps 10 --warmup 2
+  --variants identity,learnable_orth/steepest,learnable_orth/exp,learnable_orth/cayley --rounds 3 --steps 10 --warmup 2
 part orthogonal_layer 60 python3 benchmarks/orthogonal_layer.py --sizes 16,64,256,512 --steps 100 --rounds 3 \
   --retract-sizes 256,512 --retract-rounds 2 --retract-calls 2
 part epoch_time 60 python3 benchmarks/cifar_epoch_time.py --epochs 2 \

@@ -114,19 +114,30 @@ def test_run_experiments_compile_true_matches_eager(tmp_path):
         assert abs(eager[key] - compiled[key]) < 1e-4, key
 
 
-def test_a_disabled_one_thread_block_compiles_as_plain_code():
-    """On a GPU the skips' small-matrix blocks run ``one_thread(False)``: dynamo must trace
-    through it (a torch call before the enabled test made dynamo skip the whole frame)."""
+@pytest.mark.parametrize("enabled", [False, True])
+def test_a_one_thread_block_compiles_as_plain_code(enabled):
+    """The skips' small-matrix blocks run in ``one_thread(device is the CPU)``: dynamo must trace
+    through it either way (a thread switch, or a torch call before the enabled test, made
+    dynamo leave the whole frame eager: resnet20 with cayley skips compiled to 6 graphs on
+    the CPU, now 2, the batching hook's and the model's)."""
     from orthogonal_skip_connections.maths import orthogonal as orth
 
     def f(x):
-        with orth.one_thread(False):
+        with orth.one_thread(enabled):
             y = x * 2
         return y + 1
 
     torch._dynamo.reset()
     explained = torch._dynamo.explain(f)(torch.randn(3))
     assert explained.graph_count == 1 and explained.graph_break_count == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with orth.one_thread(True):  # eager, it still switches
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- the retraction compiled
@@ -232,19 +243,13 @@ def test_a_factoring_retraction_stays_eager_under_compile_retraction():
     assert graphs == [] and a == b
 
 
-def test_compiled_exp_skips_take_the_host_free_exponential(monkeypatch):
+def test_compiled_exp_skips_take_the_host_free_exponential():
     """Compiled, the exp map is expm_fixed's full fixed sequence (torch's matrix_exp reads the
-    host, which a CUDA graph cannot hold). GPU conditions on the CPU: the skips' small-matrix
-    blocks run without one_thread (on a GPU they do; on the CPU its thread switch makes dynamo
-    leave the block eager). The graphs hold the exponential and no matrix_exp; the loss and
-    every gradient are eager's to round-off."""
-    import contextlib
-
+    host, which a CUDA graph cannot hold). The graphs hold the exponential and no matrix_exp
+    (the skips' one_thread blocks are traced as plain code); the loss and every gradient are
+    eager's (squarings read on the host) to round-off."""
     from torch.nn import functional as F
 
-    from orthogonal_skip_connections.maths import orthogonal as orth
-
-    monkeypatch.setattr(orth, "one_thread", contextlib.nullcontext)
     torch._dynamo.reset()
     backend, graphs = counting()
     eager, model = retracted_model("exp"), retracted_model("exp")

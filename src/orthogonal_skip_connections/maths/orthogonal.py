@@ -99,8 +99,12 @@ def one_thread(enabled: bool = True):
     took 0.7 ms on one thread and 30-200 ms on two whenever the other core was busy
     (OpenMP threads spinning against each other); small matmuls suffer alike. For the
     small matrices of this module one thread is as fast as two on a quiet machine anyway.
+    Under torch.compile the block is traced as plain code (a thread switch is no graph
+    operation: dynamo would leave the whole calling frame eager), and the compiled code
+    runs with the process's threads.
     """
-    if not enabled:  # before any torch call: torch.compile traces a disabled block as plain code
+    # before any other torch call: dynamo traces is_compiling() as a constant
+    if not enabled or torch.compiler.is_compiling():
         yield
         return
     threads = torch.get_num_threads()
@@ -123,8 +127,7 @@ def single_threaded(fn):
 
     @functools.wraps(fn)
     def wrapper(A, *args, **kwargs):
-        # a compiled caller (RetractingOptimizer.compile_retraction) sets the threads around its call
-        with one_thread(_is_small_cpu(A) and not torch.compiler.is_compiling()):
+        with one_thread(_is_small_cpu(A)):
             return fn(A, *args, **kwargs)
 
     return wrapper

@@ -351,16 +351,18 @@ def test_compiled_exp_skips_on_cuda_read_nothing_back():
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_compile_true_on_cuda_with_inductor_matches_eager(tmp_path, monkeypatch, mode):
     """compile=true as a GPU user runs it (inductor, bf16 autocast off so the two runs can be
-    compared closely; TF32 off for the same reason): a retracted skip and two parametrized ones
-    (cayley, exp) in one model, 2 epochs on digits, the same losses and weights as eager;
-    with compile_mode=reduce-overhead the compiled graphs replay as CUDA graphs."""
+    compared closely; TF32 off for the same reason): a retracted skip and a parametrized one
+    (cayley) in one model, 2 epochs on digits, the same losses and weights as eager. With
+    compile_mode=reduce-overhead the compiled graphs replay as CUDA graphs, and an exp skip
+    joins (its map must hold no host read there; left out of the default case to keep part 1
+    of the device check within its time)."""
     from test_compile import mixed_model, small_digits
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
 
     def train(name, **options):
-        model = mixed_model()
+        model = mixed_model(with_exp=mode == "reduce-overhead")
         cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05, amp="off", channels_last=True, progress=False,
                           **options)
         summary = train_classifier(model, small_digits(), cfg, tmp_path / name, CUDA)

@@ -348,6 +348,8 @@ def test_expm_fixed_matches_scipy_at_every_scale_and_reads_nothing_back(dtype):
             got = O.expm_fixed(A.to(dtype)).double()
         assert reads.count == 0
         err = float((got - want).abs().max())
+        read = O.expm_fixed(A.to(dtype), None).double()  # the squarings read on the host (CPU): the same
+        assert float((read - got).abs().max()) <= 4 * torch.finfo(dtype).eps * max(1.0, scale), scale
         torch_err = float((torch.linalg.matrix_exp(A.to(dtype)).double() - want).abs().max())
         assert err <= max(2 * torch_err, 4 * torch.finfo(dtype).eps), (scale, err, torch_err)
     torch.testing.assert_close(O.expm_fixed(torch.zeros(2, 5, 5, dtype=dtype)), torch.eye(5, dtype=dtype).expand(2, 5, 5))

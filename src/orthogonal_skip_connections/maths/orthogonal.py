@@ -457,24 +457,25 @@ def _expm_degree(A: Tensor) -> int:
 
 
 def _expm_scalings(A: Tensor, m: int) -> Tensor:
-    """s = ceil(log2(||A||_1 / theta_m)) >= 0 per matrix, (..., 1, 1), on A's device; ||A||_2 <=
-    ||A||_1 for skew-symmetric A. ||A||_1 = 0 gives log2 = -inf, s = 0; a NaN norm gives 0 (the
-    polynomial is NaN then anyway)."""
-    norm1 = torch.linalg.matrix_norm(A.detach(), ord=1, keepdim=True)  # s is piecewise constant: no gradient
+    """s = ceil(log2(b / theta_m)) >= 0 per matrix, (..., 1, 1), on A's device, b the bound on
+    ||A||_2 of :func:`_spectral_bound` (a zero A gives s = 0; a NaN one 0 too, its polynomial
+    is NaN anyway)."""
+    bound = _spectral_bound(A.detach())  # s is piecewise constant: no gradient
     key = (m, _eps(A) / 2)
     if key not in _THETAS:  # a bisection in Python: once per degree and dtype
         _THETAS[key] = taylor_theta(*key)
-    s = torch.ceil(torch.log2(norm1 / _THETAS[key])).clamp(min=0)
+    s = torch.ceil(torch.log2(bound / _THETAS[key])).clamp(min=0)
     return torch.nan_to_num(s, nan=0.0, posinf=1024.0)
 
 
-def expm_squarings(A: Tensor) -> int:
-    """The squarings :func:`expm_fixed` needs for the stack A: the largest s of its matrices
-    (read on the host)."""
-    return int(_expm_scalings(A, _expm_degree(A)).max()) if A.numel() else 0
+def _host_read_is_free(A: Tensor) -> bool:
+    """A plain CPU tensor outside torch.compile: reading its values costs no synchronisation,
+    and no transform (vmap) or graph capture stands in the way."""
+    return (A.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not torch._C._functorch.is_functorch_wrapped_tensor(A))
 
 
-def expm_fixed(A: Tensor, max_squarings: int = EXPM_MAX_SQUARINGS) -> Tensor:
+def expm_fixed(A: Tensor, max_squarings: int | None = EXPM_MAX_SQUARINGS) -> Tensor:
     """exp(A) by scaling and squaring in a fixed sequence of products: nothing is read back to
     the host (``torch.linalg.matrix_exp`` reads its matrices' norms on the host to choose its
     degree and squarings, a synchronisation on a GPU that a CUDA graph cannot hold); (..., n, n).
@@ -486,13 +487,17 @@ def expm_fixed(A: Tensor, max_squarings: int = EXPM_MAX_SQUARINGS) -> Tensor:
     parametrization's) ||exp(X) - T_m(X)||_2 <= u and each squaring adds about one more u: the
     result is orthogonal to round-off times 2^s, as for any scaling and squaring. Its
     gradient is autograd's through these products (s is piecewise constant in A). Costs
-    6-7 + max_squarings batched products whatever A is: meant for compiled GPU code. Where a
-    host read is free (the CPU), ``max_squarings`` = :func:`expm_squarings` (A) does no more
-    squarings than the stack needs: forward and backward then cost 0.5-0.6x matrix_exp's
-    (resnet20's skip sizes, one CPU thread; its backward exponentiates a 2n x 2n matrix)."""
+    6-7 + max_squarings batched products whatever A is: meant for compiled GPU code.
+    ``max_squarings=None``: as many as the stack needs, read on the host where that is free
+    (a CPU tensor outside torch.compile and vmap), else EXPM_MAX_SQUARINGS; on the CPU forward
+    and backward then cost 0.5-0.6x matrix_exp's (resnet20's skip sizes, one thread; its
+    backward exponentiates a 2n x 2n matrix)."""
     check_square(A)
     m = _expm_degree(A)
-    s = _expm_scalings(A, m).clamp(max=max_squarings)
+    s = _expm_scalings(A, m)
+    if max_squarings is None:
+        max_squarings = int(s.max()) if A.numel() and _host_read_is_free(A) else EXPM_MAX_SQUARINGS
+    s = s.clamp(max=max_squarings)
     E = _taylor_exp(A * torch.exp2(-s), m)
     for k in range(max_squarings):
         E = torch.where(s > k, _mm(E, E), E)

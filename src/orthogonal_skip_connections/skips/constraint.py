@@ -80,11 +80,11 @@ class OrthogonalMap(parametrizations._Orthogonal):
         X = X.tril()
         A = X - X.mT
         if orthogonal_map == maps.matrix_exp:
-            if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(A):
-                return orth.expm_fixed(A)  # no host read: a CUDA graph can hold it, vmap can batch it
-            if A.device.type == "cpu":  # the host read is free: no more squarings than needed
-                return orth.expm_fixed(A, orth.expm_squarings(A))
-            return torch.matrix_exp(A)  # the same ops as torch's _Orthogonal.forward
+            if A.device.type != "cpu" and not torch.compiler.is_compiling():
+                return torch.matrix_exp(A)  # eager on a GPU: torch's, the same ops as _Orthogonal.forward
+            # compiled: nothing read on the host (a CUDA graph can hold it); on the CPU the
+            # squarings the stack needs (a fixed 12 inside vmap)
+            return orth.expm_fixed(A, None)
         Id = torch.eye(X.size(-1), dtype=A.dtype, device=A.device)
         lhs, rhs = torch.add(Id, A, alpha=-0.5), torch.add(Id, A, alpha=0.5)
         if A.device.type == "cpu":  # the singularity check reads no device; a large stack, one LU at a time

@@ -269,3 +269,31 @@ def test_compiled_exp_skips_take_the_host_free_exponential():
         torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
     targets = {str(node.target) for gm in graphs for node in gm.graph.nodes if node.op == "call_function"}
     assert any("exp2" in t for t in targets) and not any("matrix_exp" in t for t in targets), targets
+
+
+def test_batched_parametrized_skips_compile_once():
+    """Training steps and an evaluation between them compile the batching hook and the
+    forward once each (two graphs): a guard that changes after the first forward compiles
+    again on the second step. Two did, for every parametrized kind (resnet20 on digits,
+    compile=true: 3 graphs and a recompilation): the skips' ``shared_weight`` moved from the
+    class to the instance, and the exp map's table of theta_m grew on first use."""
+    from torch.nn import functional as F
+
+    from orthogonal_skip_connections.data.vision import TensorLoader
+    from orthogonal_skip_connections.train.classifier import evaluate
+
+    torch._dynamo.reset()
+    backend, graphs = counting("eager")
+    model = retracted_model("exp")  # two exp skips of each size: three batched groups
+    compiled = torch.compile(model, backend=backend)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    test = TensorLoader(small_digits(64, 32), 32, False, torch.device("cpu"))
+    for step in range(3):
+        x, y = torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
+        opt.zero_grad()
+        F.cross_entropy(compiled(x), y).backward()
+        opt.step()
+        if step == 1:  # evaluation runs the model itself (eval mode, torch's parametrization cache)
+            evaluate(model, test, amp="off")
+    assert len(graphs) == 2, [len(gm.graph.nodes) for gm in graphs]

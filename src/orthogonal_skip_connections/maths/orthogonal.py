@@ -449,11 +449,21 @@ def _taylor_exp(X: Tensor, m: int) -> Tensor:
     return P
 
 
-_THETAS: dict[tuple[int, float], float] = {}
-
-
 def _expm_degree(A: Tensor) -> int:
-    return 18 if A.dtype == torch.float64 else 12
+    return _degree_of(A.dtype)
+
+
+def _degree_of(dtype: torch.dtype) -> int:
+    return 18 if dtype == torch.float64 else 12
+
+
+# theta_m for (degree, unit round-off) of every floating dtype, filled at import: a table that
+# grew on first use changed a global torch.compile guards on (``key in _THETAS``), so the first
+# compiled forward with an exp skip compiled its graph twice
+_THETAS: dict[tuple[int, float], float] = {
+    (_degree_of(dt), torch.finfo(dt).eps / 2): taylor_theta(_degree_of(dt), torch.finfo(dt).eps / 2)
+    for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+}
 
 
 def _expm_scalings(A: Tensor, m: int) -> Tensor:

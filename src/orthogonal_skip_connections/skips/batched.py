@@ -111,7 +111,7 @@ def _close(model: nn.Module, args, output) -> None:
     # only the skips this model's open gave a share: no walk over the modules (on a GPU, where
     # a step is bound by the host, a walk over resnet20's 131 modules cost 86 us per forward)
     for m in model.__dict__.pop(_GIVEN, ()):
-        m.shared_weight = None
+        m.shared_weight = None  # an instance attribute from the start (Skip.__init__): see there
 
 
 def batch_upkeep(model: nn.Module, enabled: bool = True) -> nn.Module:

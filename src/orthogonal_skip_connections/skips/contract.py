@@ -91,6 +91,10 @@ class Skip(nn.Module):
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels must be a positive int; got {channels!r}")
         self.channels = channels
+        # in the instance's __dict__ from the start, as after a batched forward's close: torch.compile
+        # guards on where the attribute lives, so a class default here compiled the batching
+        # hook's graph twice (once before, once after the first forward set it on the instance)
+        self.shared_weight = None
 
     def _check(self, x: Tensor) -> None:
         c = x.shape[1] if x.ndim == 4 else x.shape[-1]

@@ -271,29 +271,23 @@ def test_compiled_exp_skips_take_the_host_free_exponential():
     assert any("exp2" in t for t in targets) and not any("matrix_exp" in t for t in targets), targets
 
 
-def test_batched_parametrized_skips_compile_once():
-    """Training steps and an evaluation between them compile the batching hook and the
-    forward once each (two graphs): a guard that changes after the first forward compiles
-    again on the second step. Two did, for every parametrized kind (resnet20 on digits,
-    compile=true: 3 graphs and a recompilation): the skips' ``shared_weight`` moved from the
-    class to the instance, and the exp map's table of theta_m grew on first use."""
-    from torch.nn import functional as F
-
-    from orthogonal_skip_connections.data.vision import TensorLoader
-    from orthogonal_skip_connections.train.classifier import evaluate
+def test_training_loop_compiles_once_over_epochs(tmp_path):
+    """train_classifier with compile=true over several epochs (warm-up then cosine decay,
+    mixup, label smoothing, clipping, an evaluation every epoch) compiles its two graphs (the
+    batching hook's and the model's) in the first step and never again: nothing that changes
+    per step or per epoch (the learning rate, mixup's lambda, train/eval) reaches a guard. A
+    recompilation per epoch would, after torch's limit of 8 per code object, leave the rest
+    of a long run silently eager. Two guards did change after the first forward (3 graphs, the
+    hook's twice): the skips' ``shared_weight`` moved from the class to the instance, and the
+    exp map's table of theta_m grew on first use."""
+    from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
-    backend, graphs = counting("eager")
-    model = retracted_model("exp")  # two exp skips of each size: three batched groups
-    compiled = torch.compile(model, backend=backend)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    g = torch.Generator().manual_seed(0)
-    test = TensorLoader(small_digits(64, 32), 32, False, torch.device("cpu"))
-    for step in range(3):
-        x, y = torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
-        opt.zero_grad()
-        F.cross_entropy(compiled(x), y).backward()
-        opt.step()
-        if step == 1:  # evaluation runs the model itself (eval mode, torch's parametrization cache)
-            evaluate(model, test, amp="off")
-    assert len(graphs) == 2, [len(gm.graph.nodes) for gm in graphs]
+    counters.clear()
+    model = retracted_model("exp")  # two exp skips of each size: batched W's
+    cfg = TrainConfig(epochs=4, batch_size=64, lr=0.05, warmup_epochs=1.5, mixup_alpha=0.2, label_smoothing=0.1,
+                      grad_clip=1.0, channels_last=True, progress=False, compile=True, compile_backend="eager")
+    summary = train_classifier(model, small_digits(192, 64), cfg, tmp_path / "run", torch.device("cpu"),
+                               save_checkpoint=False)
+    assert summary["steps"] == 4 * 3
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])

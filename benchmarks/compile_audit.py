@@ -11,9 +11,10 @@ logging caught in the process. Reported per variant:
 - recompiles: "Recompiling function" records (the failed guard of each below the table),
   and whether dynamo hit its recompile limit (then a code object silently runs eagerly);
 - compile s: the first epoch's time minus a later epoch's (the warm-up's extra cost);
-- dloss: the largest difference of the training losses (per step) compiled against eager,
-  same seed, over the first ``--first`` and ``--record`` steps; round-off ref: the same for
-  eager against eager in the other memory layout. Training at the digits defaults amplifies
+- dloss: the difference of the training losses (per step) compiled against eager, same
+  seed, at the first step (before any update: the forward's round-off) and the largest over
+  the first ``--first`` and ``--record`` steps; ref: the same for eager against eager in the
+  other memory layout. Training at the digits defaults amplifies
   a round-off difference about 30x per step (1e-7 -> 1e-2 in 4 steps, eager against eager),
   so only the first steps compare to 1e-4 and later ones to the reference's size;
 - step ratio (``--ratio``): a compiled and an eager copy of the model timed side by side in
@@ -209,16 +210,17 @@ def main(argv: list[str] | None = None) -> None:
                                        "record": args.record}, venv, args.timeout)
             wall = time.perf_counter() - t0
             if "error" in comp:
-                rows.append([variant, "ERROR"] + [""] * 9)
+                rows.append([variant, "ERROR"] + [""] * 11)
                 notes.append(f"{variant}: {comp['error']}")
                 continue
             et = comp["epoch_times"]
             compile_s = et[0] - statistics.median(et[1:]) if len(et) > 1 else float("nan")
-            dloss = ["-"] * 3
+            dloss = ["-"] * 5
             if eager and "error" not in eager and "error" not in ref:
                 d = [abs(a - b) for a, b in zip(eager["losses"], comp["losses"])]
                 r = [abs(a - b) for a, b in zip(eager["losses"], ref["losses"])]
-                dloss = [f"{max(d[:args.first]):.1e}", f"{max(d):.1e}", f"{max(r):.1e}"]
+                k = args.first
+                dloss = [f"{x:.1e}" for x in (d[0], max(d[:k]), max(r[:k]), max(d), max(r))]
             elif eager:
                 notes.append(f"{variant} eager: {eager.get('error') or ref.get('error')}")
             ratio = "-"
@@ -244,10 +246,11 @@ def main(argv: list[str] | None = None) -> None:
     from _bench import table
 
     print(table(["variant", "graphs", "breaks", "recompiles", "limit hit", "compile s", "run s",
-                 f"dloss {args.first} steps", f"dloss {args.record} steps", "round-off ref",
-                 "step compiled/eager"], rows, "<" + ">" * 10))
-    print(f"dloss: max |compiled - eager| training loss per step; round-off ref: the same for eager in the other "
-          f"memory layout (channels_last={not args.channels_last}), the growth of a round-off difference alone")
+                 "dloss 1st", f"dloss {args.first}", f"ref {args.first}", f"dloss {args.record}", f"ref {args.record}",
+                 "step compiled/eager"], rows, "<" + ">" * 12))
+    print(f"dloss 1st / {args.first} / {args.record}: |compiled - eager| training loss at the first step (before any "
+          f"update) and the max over the first {args.first} and {args.record} steps; ref: the same for eager against "
+          f"eager in the other memory layout (channels_last={not args.channels_last}), round-off's own growth")
     for n in notes:
         print(n)
 

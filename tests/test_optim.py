@@ -206,6 +206,38 @@ def test_state_dict_resumes_bit_for_bit():
         assert torch.equal(v, model.state_dict()[k]), k
 
 
+@pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.NAdam])
+def test_state_dict_of_any_optimizer_loads_into_a_fresh_one_and_resumes_bit_for_bit(cls):
+    """These classes read every parameter's state["step"] when a state_dict is loaded; a
+    retracted matrix's state is its momentum buffer alone (loading once raised KeyError)."""
+    def build():
+        torch.manual_seed(1)
+        model = osc.ResidualMLP(6, 2, num_classes=3, in_features=5, skip_layer=osc.skip("learnable_orth", method="qr"))
+        return model, osc.optimizer(model, cls, lr=0.01, retraction_momentum=0.5)
+
+    def steps(model, opt, data):
+        for x, y in data:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(4, 5, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(6)]
+    model, opt = build()
+    steps(model, opt, data)
+    full = copy.deepcopy(model.state_dict())
+    model, opt = build()
+    steps(model, opt, data[:3])
+    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict()})
+    model, opt = build()
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    assert any("retraction_buffer" in s for s in opt.state.values())
+    steps(model, opt, data[3:])
+    for k, v in full.items():
+        assert torch.equal(v, model.state_dict()[k]), k
+
+
 def test_skipped_step_skips_the_retraction_too():
     """The loops skip opt.step() on non-finite gradients: nothing moves, W included."""
     skip = make_skip("learnable_orth", 6, method="steepest", init="haar")

@@ -143,6 +143,17 @@ class RetractingOptimizer:
             self.__dict__["_osc_split"] = cached
         return cached[2], cached[3]
 
+    def __setstate__(self, state: dict) -> None:
+        """``load_state_dict`` (and unpickling) end here. The wrapped class's own
+        ``__setstate__`` reads its per-parameter state (Adam, RMSprop, Adagrad, ...: each
+        state's ``step``) over every group; a retracted matrix's state is its momentum buffer
+        alone, so it is held back from that reading and put back after."""
+        retracted = {id(p) for g in state.get("param_groups", ()) if "retraction" in g for p in g["params"]}
+        own = state.get("state", {})
+        held = {p: own.pop(p) for p in list(own) if id(p) in retracted}
+        super().__setstate__(state)
+        self.state.update(held)
+
     def _wrapped_step(self, closure=None):
         """The wrapped class's own ``step``. torch wraps a class's ``step`` in its profiling
         and hook-calling wrapper once a plain instance of it exists; that wrapper already

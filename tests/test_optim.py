@@ -249,6 +249,24 @@ def test_skipped_step_skips_the_retraction_too():
     assert not torch.equal(skip.weight.detach(), W)
 
 
+@pytest.mark.parametrize("method", RETRACTED_METHODS)
+def test_a_retracted_matrix_without_gradient_stays_put_like_any_parameter(method):
+    """torch's optimisers step no parameter whose grad is None; a retracted matrix that took no
+    part in the loss once kept moving along its momentum buffer (by ~0.2-0.5 in 3 steps)."""
+    used, unused = (make_skip("learnable_orth", 6, method=method, init="haar") for _ in range(2))
+    opt = osc.optimizer(nn.ModuleList([used, unused]), torch.optim.SGD, lr=0.1, momentum=0.9)
+    (used(torch.randn(3, 6)).sum() + unused(torch.randn(3, 6)).sum()).backward()
+    opt.step()  # both move, both hold a momentum buffer
+    W, buf = unused.weight.detach().clone(), opt.state[unused.weight]["retraction_buffer"].clone()
+    W_used = used.weight.detach().clone()
+    for _ in range(3):
+        opt.zero_grad(set_to_none=True)
+        used(torch.randn(3, 6)).sum().backward()
+        opt.step()
+    assert torch.equal(unused.weight.detach(), W) and torch.equal(opt.state[unused.weight]["retraction_buffer"], buf)
+    assert not torch.equal(used.weight.detach(), W_used)
+
+
 def test_plain_torch_optimizer_refuses_a_retracted_matrix():
     skip = make_skip("learnable_orth", 8, method="steepest")
     bad = torch.optim.SGD(skip.parameters(), lr=0.1)

@@ -32,7 +32,9 @@ retractions use matrix products only (``retraction_impl="auto"``, see
 nothing read back to the host inside ``step()``. The
 buffers live in ``opt.state`` like any optimiser state, so one ``state_dict()`` holds
 everything. When a step is skipped (the loops skip ``opt.step()`` on non-finite
-gradients) both halves are skipped.
+gradients) both halves are skipped. A matrix whose ``grad`` is None (it took no part in
+the loss since ``zero_grad()``) is not moved and its buffer is kept, as torch's optimisers
+treat any parameter without a gradient.
 
 Also here: the learning-rate schedule every loop uses (:func:`lr_factor`,
 :func:`lr_scheduler`, a :class:`StepSchedule` that moves on over skipped steps), described by
@@ -216,10 +218,13 @@ class RetractingOptimizer:
         compiled = self.__dict__.get("_osc_compiled") if impl == "matmul" else None
         by_shape = defaultdict(list)
         for p in group["params"]:
-            by_shape[tuple(p.shape)].append(p)
+            if p.grad is not None:  # as torch's optimisers: no gradient, no step (and no momentum)
+                by_shape[tuple(p.shape)].append(p)
+        if not by_shape:
+            return
         stacks = []  # (params, grads, momentum buffers or None) per shape
         for params in by_shape.values():
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            grads = [p.grad for p in params]
             bufs = None
             if mu > 0:  # m <- mu m + G, m = G on the first step (from m = 0: the same numbers)
                 states = [self.state[p] for p in params]

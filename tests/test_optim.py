@@ -279,6 +279,44 @@ def test_plain_torch_optimizer_refuses_a_retracted_matrix():
     torch.optim.SGD(plain.parameters(), lr=0.1).step()  # unrelated optimisers are untouched
 
 
+def test_plain_optimizer_refuses_the_matrices_of_a_deep_copy_and_of_replaced_parameters():
+    """torch's Parameter.__deepcopy__ drops the mark: a deep-copied model's matrices once went
+    through a plain SGD unrefused (||W^T W - I|| ~ 2 after 3 steps)."""
+    model = osc.ResidualMLP(4, 2, skip_layer=osc.skip("learnable_orth", method="svd", init="haar"))
+    layer = osc.orthogonal_(nn.Linear(4, 4), "weight", method="qr")
+    layer.load_state_dict({"weight": torch.eye(4), "bias": torch.zeros(4)}, assign=True)  # a new Parameter
+    for m in (copy.deepcopy(model), layer):
+        bad = torch.optim.SGD(m.parameters(), lr=0.1)
+        m(torch.randn(2, 4)).sum().backward()
+        with pytest.raises(TypeError, match="plain SGD"):
+            bad.step()
+    copied = copy.deepcopy(model)  # ... and the library's optimiser still retracts the copy
+    assert [g["name"] for g in osc.optimizer(copied, torch.optim.SGD, lr=0.1).param_groups][-1] == "retracted_svd"
+
+
+def test_add_param_group_refuses_a_retracted_matrix_in_a_plain_group_and_takes_param_groups():
+    """A plain group added to osc.optimizer's optimiser once stepped its retracted matrices by
+    the wrapped SGD (||W^T W - I|| 3e-2 after one step); param_groups(module) adds them right."""
+    first = osc.ResidualMLP(4, 1, skip_layer=osc.skip("learnable_orth", method="qr"))
+    second = osc.ResidualMLP(4, 1, skip_layer=osc.skip("learnable_orth", method="qr", init="haar"))
+    opt = osc.optimizer(first, torch.optim.SGD, lr=0.1, momentum=0.9)
+    n = len(opt.param_groups)
+    with pytest.raises(TypeError, match=r"add_param_group got a retracted orthogonal matrix \(qr\).*param_groups"):
+        opt.add_param_group({"params": second.parameters(), "lr": 0.5})
+    assert len(opt.param_groups) == n
+    opt.add_param_group({"params": nn.Linear(2, 2).weight})  # plain parameters as in torch
+    for group in param_groups(second, 5e-4, retraction_momentum=0.9):
+        opt.add_param_group({**group, "lr": 0.2})
+    skip = next(s for _, s in iter_skips(second))
+    W0 = skip.weight.detach().clone()
+    for _ in range(20):
+        opt.zero_grad()
+        x = torch.randn(8, 4)
+        F.mse_loss(second(x), x.flip(-1)).backward()
+        opt.step()
+    assert float(O.orth_error(skip.weight.detach())) < 1e-5 and float((skip.weight.detach() - W0).norm()) > 0.1
+
+
 def test_lr_zero_keeps_weights_and_bad_arguments_are_refused():
     skip = make_skip("learnable_orth", 4, method="qr", init="haar")
     W = skip.weight.detach().clone()

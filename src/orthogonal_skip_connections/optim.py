@@ -54,7 +54,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _Orthogonal as _TorchOrthogonal  # ours subclass it
 
 from .maths import orthogonal as orth
-from .skips.constraint import retracted_parameters
+from .skips.constraint import retracted_parameters, retraction_among
 
 __all__ = [
     "optimizer",
@@ -144,6 +144,21 @@ class RetractingOptimizer:
             cached = (groups, len(groups), euclidean, retracted)
             self.__dict__["_osc_split"] = cached
         return cached[2], cached[3]
+
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's ``add_param_group``; a group without a ``retraction`` key must hold no
+        retracted matrix (the wrapped optimiser would step it off O(n)). A module's groups,
+        retracted ones included: ``for g in param_groups(module): opt.add_param_group(g)``."""
+        if "retraction" not in param_group:
+            params = param_group["params"]
+            param_group["params"] = params = [params] if isinstance(params, Tensor) else list(params)
+            spec = retraction_among(params)
+            if spec is not None:
+                raise TypeError(
+                    f"add_param_group got a retracted orthogonal matrix ({spec.method}) in a group without a "
+                    "retraction, which would step it off O(n); add the groups of "
+                    "orthogonal_skip_connections.optim.param_groups(module) instead")
+        super().add_param_group(param_group)
 
     def __setstate__(self, state: dict) -> None:
         """``load_state_dict`` (and unpickling) end here. The wrapped class's own

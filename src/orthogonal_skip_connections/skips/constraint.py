@@ -17,6 +17,7 @@ of geotorch and ``torch.nn.utils.parametrizations.orthogonal``. Two families, on
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +26,7 @@ from torch.nn.utils import parametrizations, parametrize
 
 from ..maths import orthogonal as orth
 
-__all__ = ["OrthogonalMap", "Retraction", "retraction_of", "recorded_retraction", "mark_retracted", "retracted_parameters", "orthogonal_", "resolve_method"]
+__all__ = ["OrthogonalMap", "Retraction", "retraction_of", "retraction_among", "recorded_retraction", "mark_retracted", "retracted_parameters", "orthogonal_", "resolve_method"]
 
 class OrthogonalMap(parametrizations._Orthogonal):
     """torch's orthogonal parametrization (its state_dict, its right_inverse, its W), with
@@ -93,7 +94,7 @@ class OrthogonalMap(parametrizations._Orthogonal):
 
 
 _MARK = "_osc_retraction"  # on a parameter: a cache, lost by copy.deepcopy of the parameter
-_MODULE_MARKS = "_osc_retractions"  # on its module, {name: Retraction}: the record, kept by deepcopy
+_MODULE_MARKS = "_osc_retractions"  # on its module, a _Record {name: Retraction}, kept by deepcopy
 _TORCH_NAMES = {v: k for k, v in orth.TORCH_MAPS.items()}  # matrix_exp -> exp, ...
 
 
@@ -115,9 +116,51 @@ class Retraction:
             raise ValueError(f"ns_steps (update_rule_iters) must be an integer >= 1; got {self.ns_steps!r}")
 
 
+class _Record(dict):
+    """{name: Retraction}, the record of a module's retracted matrices, kept in the module's
+    ``__dict__``. torch's ``Parameter.__deepcopy__`` copies a tensor without its attributes,
+    so the matrices of a deep copy are unmarked; every live record is therefore listed (weakly)
+    in ``_RECORDS``, a deep copy's record too (bound to the copied module, which copy's memo
+    holds before the module's state is copied), and the guard against plain optimisers marks
+    each record's current parameters again (:func:`_mark_recorded`)."""
+
+    def __init__(self, module: nn.Module | None = None, items=()):
+        super().__init__(items)
+        self.module = weakref.ref(module) if module is not None else lambda: None
+        _RECORDS[id(self)] = self
+
+    def __deepcopy__(self, memo):
+        return _Record(memo.get(id(self.module())), self)  # specs are frozen: shared
+
+    def __reduce__(self):  # torch.save(model): the module is pickled before its state, so no cycle
+        return _Record, (self.module(), dict(self))
+
+
+_RECORDS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> record (a dict: unhashable)
+
+
+def _mark_recorded() -> None:
+    """Mark the current parameter of every live record (deep copies' included)."""
+    for record in list(_RECORDS.values()):
+        module = record.module()
+        if module is None:
+            continue
+        for name, spec in record.items():
+            p = module._parameters.get(name)
+            if p is not None:
+                setattr(p, _MARK, spec)
+
+
 def retraction_of(p: Tensor) -> Retraction | None:
     """The :class:`Retraction` a parameter is marked with, or None."""
     return getattr(p, _MARK, None)
+
+
+def retraction_among(params) -> Retraction | None:
+    """The :class:`Retraction` of the first retracted matrix among ``params`` (the matrices
+    of deep copies included), or None."""
+    _mark_recorded()
+    return next((spec for spec in map(retraction_of, params) if spec is not None), None)
 
 
 def mark_retracted(p: Tensor, spec: Retraction, module: nn.Module | None = None, name: str | None = None) -> Tensor:
@@ -127,7 +170,10 @@ def mark_retracted(p: Tensor, spec: Retraction, module: nn.Module | None = None,
     orth.check_square(p, "retracted matrix")
     setattr(p, _MARK, spec)
     if module is not None:
-        module.__dict__.setdefault(_MODULE_MARKS, {})[name] = spec
+        record = module.__dict__.get(_MODULE_MARKS)
+        if not isinstance(record, _Record):  # none yet (or a plain dict of an older pickle)
+            record = module.__dict__[_MODULE_MARKS] = _Record(module, record or {})
+        record[name] = spec
     _guard_plain_optimizers()
     return p
 
@@ -168,15 +214,13 @@ def _guard_plain_optimizers() -> None:
         key = tuple(len(g["params"]) for g in opt.param_groups)
         if opt.__dict__.get("_osc_checked") == key:
             return
-        for g in opt.param_groups:
-            for p in g["params"]:
-                spec = retraction_of(p)
-                if spec is not None:
-                    raise TypeError(
-                        f"a retracted orthogonal matrix ({spec.method}) is in a plain {type(opt).__name__}, "
-                        "which would step it off O(n); build the optimiser with "
-                        f"orthogonal_skip_connections.optimizer(model, torch.optim.{type(opt).__name__}, ...)"
-                    )
+        spec = retraction_among(p for g in opt.param_groups for p in g["params"])
+        if spec is not None:
+            raise TypeError(
+                f"a retracted orthogonal matrix ({spec.method}) is in a plain {type(opt).__name__}, "
+                "which would step it off O(n); build the optimiser with "
+                f"orthogonal_skip_connections.optimizer(model, torch.optim.{type(opt).__name__}, ...)"
+            )
         opt.__dict__["_osc_checked"] = key
 
     from torch.optim.optimizer import register_optimizer_step_pre_hook

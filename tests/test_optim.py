@@ -328,6 +328,8 @@ def test_lr_zero_keeps_weights_and_bad_arguments_are_refused():
         osc.optimizer(skip, torch.optim.SGD, lr=-1.0)
     with pytest.raises(TypeError, match="torch.optim.Optimizer subclass"):
         osc.optimizer(skip, dict, lr=0.1)
+    with pytest.raises(TypeError, match=r"takes the model \(an nn.Module\).*got list.*param_groups\(part\)"):
+        osc.optimizer([{"params": skip.parameters(), "lr": 0.1}], torch.optim.SGD, lr=0.1)
 
 
 def test_batch_dims_tells_stacked_biases_from_matrices():

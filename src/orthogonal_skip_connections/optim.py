@@ -321,6 +321,10 @@ def optimizer(
     ``kwargs`` go to ``optimizer_class`` (``momentum``, ``nesterov``, ``betas``, ...).
     See the module docstring for the groups and the retraction's momentum rule;
     ``retraction_impl`` as in :func:`param_groups`."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"optimizer takes the model (an nn.Module), whose param groups it makes itself; got "
+                        f"{type(model).__name__} (another lr for a part: opt.add_param_group per group of "
+                        "orthogonal_skip_connections.optim.param_groups(part), with its own lr)")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
         raise ValueError(f"lr must be a finite number >= 0; got {lr!r}")
     if not weight_decay >= 0:

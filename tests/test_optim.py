@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 import orthogonal_skip_connections as osc
 from orthogonal_skip_connections.maths import orthogonal as O
@@ -395,6 +396,12 @@ def test_orthogonal_refuses_non_square_and_unknown_methods():
         osc.orthogonal_(nn.Linear(3, 3), "weight", method="bogus")
     with pytest.raises(ValueError, match="disagree"):
         osc.orthogonal_(nn.Linear(3, 3), "weight", method="svd", update_rule="qr")
+    for second in ("qr", "cayley"):  # once reset W to I, or left cayley's free matrix marked as retracted
+        layer = osc.orthogonal_(nn.Linear(3, 3), "weight", method="svd", init="haar")
+        W = layer.weight.detach().clone()
+        with pytest.raises(ValueError, match=r"Linear.weight is already kept orthogonal \(svd\)"):
+            osc.orthogonal_(layer, "weight", method=second)
+        assert torch.equal(layer.weight.detach(), W) and not parametrize.is_parametrized(layer)
 
 
 def test_skip_layer_factory_in_models_and_patch_skips():

@@ -290,6 +290,10 @@ def orthogonal_(
     W = getattr(module, name, None)
     if not isinstance(W, nn.Parameter):
         raise ValueError(f"{type(module).__name__}.{name} must be an nn.Parameter; got {type(W).__name__}")
+    spec = retraction_of(W) or recorded_retraction(module, name)
+    if spec is not None:  # a second call would reset W, or leave a parametrized W marked as retracted
+        raise ValueError(f"{type(module).__name__}.{name} is already kept orthogonal ({spec.method}); "
+                         "orthogonal_ constrains a weight once")
     if W.ndim != 2 or W.shape[0] != W.shape[1]:
         raise ValueError(f"{type(module).__name__}.{name} must be a square matrix; got shape {tuple(W.shape)}")
     with torch.no_grad():

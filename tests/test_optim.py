@@ -268,6 +268,23 @@ def test_a_retracted_matrix_without_gradient_stays_put_like_any_parameter(method
     assert not torch.equal(used.weight.detach(), W_used)
 
 
+def test_maximize_ascends_the_retraction_too():
+    """maximize=True on -loss is minimising loss, bit for bit; the retraction once descended -loss."""
+    def run(maximize):
+        torch.manual_seed(0)
+        skip = make_skip("learnable_orth", 5, method="svd")
+        opt = osc.optimizer(skip, torch.optim.SGD, lr=0.05, momentum=0.9, maximize=maximize)
+        for _ in range(5):
+            x = torch.randn(4, 5)
+            loss = (skip(x) - x.flip(-1)).square().mean()
+            opt.zero_grad()
+            (-loss if maximize else loss).backward()
+            opt.step()
+        return skip.weight.detach()
+
+    assert torch.equal(run(True), run(False)) and not torch.equal(run(False), torch.eye(5))
+
+
 def test_plain_torch_optimizer_refuses_a_retracted_matrix():
     skip = make_skip("learnable_orth", 8, method="steepest")
     bad = torch.optim.SGD(skip.parameters(), lr=0.1)

@@ -34,7 +34,8 @@ buffers live in ``opt.state`` like any optimiser state, so one ``state_dict()`` 
 everything. When a step is skipped (the loops skip ``opt.step()`` on non-finite
 gradients) both halves are skipped. A matrix whose ``grad`` is None (it took no part in
 the loss since ``zero_grad()``) is not moved and its buffer is kept, as torch's optimisers
-treat any parameter without a gradient.
+treat any parameter without a gradient. With the wrapped class's ``maximize=True`` the
+retraction ascends too.
 
 Also here: the learning-rate schedule every loop uses (:func:`lr_factor`,
 :func:`lr_scheduler`, a :class:`StepSchedule` that moves on over skipped steps), described by
@@ -239,7 +240,7 @@ class RetractingOptimizer:
             return
         stacks = []  # (params, grads, momentum buffers or None) per shape
         for params in by_shape.values():
-            grads = [p.grad for p in params]
+            grads = [p.grad.neg() if group.get("maximize", False) else p.grad for p in params]  # ascent
             bufs = None
             if mu > 0:  # m <- mu m + G, m = G on the first step (from m = 0: the same numbers)
                 states = [self.state[p] for p in params]

@@ -9,7 +9,7 @@ torch.optim.SGD)`` holds) whose param groups are
 2. ``no_decay``: norms, biases, scalars (1-D and 0-D; decayed too with
    ``decay_norms_and_biases``) and the free parameters of parametrized orthogonal
    weights (``cayley``/``exp``/``householder``: decay would pull W = B phi(A) towards B,
-   and for Householder it would zero the fixed diagonal torch reads);
+   and shrink the +-1 diagonal whose signs the Householder map reads);
 3. ``retracted`` (one group per retraction method, ``lr_scale`` and ``ns_steps``): the
    matrices marked by :func:`~orthogonal_skip_connections.skips.orthogonal_` with a
    retracted method. ``step()`` first runs the wrapped optimiser on groups 1-2, then moves

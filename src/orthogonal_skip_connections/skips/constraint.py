@@ -74,10 +74,12 @@ class OrthogonalMap(parametrizations._Orthogonal):
         multiplies its base by (W = B phi(X)); any stack of X at once, each matrix as alone:
         ``matrix_exp`` exp(A), ``cayley`` (I + A/2)(I - A/2)^-1 with A = X_lower - X_lower^T,
         ``householder`` the product of the reflections of X's strictly lower triangle, signed
-        by X's diagonal (+-1, fixed by torch's right_inverse)."""
+        by the signs of X's diagonal (+-1, set by torch's right_inverse, no gradient). torch
+        reads that diagonal with ``.int()``, which truncates: one step of weight decay (a plain
+        AdamW's default 0.01) takes 1 to 0.99999 and W to 0; its sign is the same +-1 at any decay."""
         maps = parametrizations._OrthMaps
         if orthogonal_map == maps.householder:
-            return orth.householder_wy(X) * X.diagonal(dim1=-2, dim2=-1).int().unsqueeze(-2)
+            return orth.householder_wy(X) * X.diagonal(dim1=-2, dim2=-1).detach().sign().unsqueeze(-2)
         X = X.tril()
         A = X - X.mT
         if orthogonal_map == maps.matrix_exp:

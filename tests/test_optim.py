@@ -344,6 +344,8 @@ def test_lr_zero_keeps_weights_and_bad_arguments_are_refused():
     torch.testing.assert_close(skip.weight.detach(), W)
     with pytest.raises(ValueError, match="lr must be"):
         osc.optimizer(skip, torch.optim.SGD, lr=-1.0)
+    with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0; got inf"):
+        osc.optimizer(skip, torch.optim.SGD, lr=0.1, weight_decay=float("inf"))
     with pytest.raises(TypeError, match="torch.optim.Optimizer subclass"):
         osc.optimizer(skip, dict, lr=0.1)
     with pytest.raises(TypeError, match=r"takes the model \(an nn.Module\).*got list.*param_groups\(part\)"):
@@ -413,6 +415,10 @@ def test_orthogonal_refuses_non_square_and_unknown_methods():
         osc.orthogonal_(nn.Linear(3, 3), "weight", method="bogus")
     with pytest.raises(ValueError, match="disagree"):
         osc.orthogonal_(nn.Linear(3, 3), "weight", method="svd", update_rule="qr")
+    with pytest.raises(ValueError, match="Linear has no parameter 'weigth'; its parameters: weight, bias"):
+        osc.orthogonal_(nn.Linear(3, 3), "weigth")
+    with pytest.raises(ValueError, match=r"already parametrized \(torch.nn.utils.parametrize\)"):
+        osc.orthogonal_(nn.utils.parametrizations.weight_norm(nn.Linear(3, 3)), "weight")
     for second in ("qr", "cayley"):  # once reset W to I, or left cayley's free matrix marked as retracted
         layer = osc.orthogonal_(nn.Linear(3, 3), "weight", method="svd", init="haar")
         W = layer.weight.detach().clone()

@@ -328,8 +328,8 @@ def optimizer(
                         "orthogonal_skip_connections.optim.param_groups(part), with its own lr)")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
         raise ValueError(f"lr must be a finite number >= 0; got {lr!r}")
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be >= 0; got {weight_decay!r}")
+    if not 0 <= weight_decay < math.inf:
+        raise ValueError(f"weight_decay must be a finite number >= 0; got {weight_decay!r}")
     if retraction_momentum is None:
         retraction_momentum = kwargs.get("momentum", kwargs.get("betas", (0.0,))[0])
         if "momentum" not in kwargs and "betas" not in kwargs:  # the class's own default

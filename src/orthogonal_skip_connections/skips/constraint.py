@@ -288,8 +288,12 @@ def orthogonal_(
         raise ValueError(f"ns_steps={ns_steps} and update_rule_iters={update_rule_iters} disagree")
     ns = ns_steps if ns_steps is not None else update_rule_iters if update_rule_iters is not None else 100
     if parametrize.is_parametrized(module, name):
-        raise ValueError(f"{type(module).__name__}.{name} is already parametrized")
+        raise ValueError(f"{type(module).__name__}.{name} is already parametrized (torch.nn.utils.parametrize); "
+                         "orthogonal_ needs a plain nn.Parameter")
     W = getattr(module, name, None)
+    if W is None and name not in module._parameters:
+        raise ValueError(f"{type(module).__name__} has no parameter {name!r}; its parameters: "
+                         f"{', '.join(n for n, _ in module.named_parameters(recurse=False)) or 'none'}")
     if not isinstance(W, nn.Parameter):
         raise ValueError(f"{type(module).__name__}.{name} must be an nn.Parameter; got {type(W).__name__}")
     spec = retraction_of(W) or recorded_retraction(module, name)

@@ -20,7 +20,9 @@ Momentum of the retraction (the same rule in every loop, chosen to match the ori
 project's upkeep): a heavy-ball buffer of the Euclidean gradient, m <- mu m + G (m = G
 on the first step), and the retraction moves W along -m. ``mu`` is the group's
 ``retraction_momentum``: the ``retraction_momentum`` argument if given, else the
-optimiser's ``momentum`` (SGD), else its first beta (Adam family), else 0. Heavy-ball on
+optimiser's ``momentum`` (SGD), else its first beta (Adam family), else 0, fixed at
+construction (a scheduler that cycles ``momentum`` or ``betas``, as ``OneCycleLR`` does, moves
+the wrapped optimiser's, not this one). Heavy-ball on
 the Euclidean gradient keeps the buffer in one fixed coordinate system; the retraction
 itself projects the step onto the tangent space (``svd``/``qr``/``newton_schulz``) or
 takes the spectral-norm steepest step (``steepest``), see
@@ -149,7 +151,8 @@ class RetractingOptimizer:
     def add_param_group(self, param_group: dict) -> None:
         """torch's ``add_param_group``; a group without a ``retraction`` key must hold no
         retracted matrix (the wrapped optimiser would step it off O(n)). A module's groups,
-        retracted ones included: ``for g in param_groups(module): opt.add_param_group(g)``."""
+        retracted ones included: ``for g in param_groups(module): opt.add_param_group(g)``
+        (``param_groups``' ``retraction_momentum`` is 0 unless given)."""
         if "retraction" not in param_group:
             params = param_group["params"]
             param_group["params"] = params = [params] if isinstance(params, Tensor) else list(params)

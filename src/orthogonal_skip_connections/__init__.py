@@ -44,7 +44,9 @@ def __getattr__(name: str):
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module, attr = _LAZY[name]
-    value = getattr(importlib.import_module(f".{module}", __name__), attr)
+    parent = importlib.import_module(f".{module}", __name__)
+    # an attribute of a module, or a submodule (``orthogonal`` of maths/, which its package does not import)
+    value = getattr(parent, attr) if hasattr(parent, attr) else importlib.import_module(f".{attr}", parent.__name__)
     globals()[name] = value
     return value
 

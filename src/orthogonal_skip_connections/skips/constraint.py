@@ -5,13 +5,15 @@ of geotorch and ``torch.nn.utils.parametrizations.orthogonal``. Two families, on
 
 - parametrized methods (``cayley``, ``exp``, ``householder``) register torch's
   ``orthogonal`` parametrization: W = B phi(A) is orthogonal by construction and any
-  optimiser may move A (never with weight decay: see :mod:`..optim`). The same state and
-  the same W as ``torch.nn.utils.parametrizations.orthogonal``; only the Householder map
-  of a square weight is computed faster (:class:`OrthogonalMap`);
+  optimiser may move A (``osc.optimizer`` never decays it: see :mod:`..optim`). The same
+  state and the same W as ``torch.nn.utils.parametrizations.orthogonal``; only the
+  Householder map of a square weight is computed faster, and stays orthogonal under a plain
+  optimiser's weight decay where torch's collapses to 0 (:class:`OrthogonalMap`);
 - retracted methods (``steepest``, ``svd``, ``qr``, ``newton_schulz``) leave W a plain
   parameter and mark it with a :class:`Retraction`; the optimiser of
   :func:`orthogonal_skip_connections.optim.optimizer` finds the mark and moves W on O(n)
-  inside its own ``step()``. A plain torch optimiser handed a marked matrix refuses to step.
+  inside its own ``step()``. A plain torch optimiser handed a marked matrix refuses to step
+  (a deep copy's matrices too).
 """
 
 from __future__ import annotations

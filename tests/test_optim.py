@@ -239,6 +239,33 @@ def test_state_dict_of_any_optimizer_loads_into_a_fresh_one_and_resumes_bit_for_
         assert torch.equal(v, model.state_dict()[k]), k
 
 
+def test_the_optimizer_object_pickles_with_its_model_and_steps_on_alike():
+    """torch.save(opt) raised PicklingError (the retracting subclass is made at run time)."""
+    import io
+
+    torch.manual_seed(0)
+    model = osc.ResidualMLP(4, 2, skip_layer=osc.skip("learnable_orth", method="qr", init="haar"))
+    opt = osc.optimizer(model, torch.optim.Adam, lr=0.01)
+    data = [torch.randn(3, 4) for _ in range(4)]
+
+    def step(model, opt, x):
+        opt.zero_grad()
+        model(x).square().sum().backward()
+        opt.step()
+
+    step(model, opt, data[0])
+    buffer = io.BytesIO()
+    torch.save({"model": model, "opt": opt}, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert type(loaded["opt"]) is type(opt) and loaded["opt"].param_groups[0]["params"][0] is next(loaded["model"].parameters())
+    for x in data[1:]:
+        step(model, opt, x)
+        step(loaded["model"], loaded["opt"], x)
+    for a, b in zip(model.state_dict().values(), loaded["model"].state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_skipped_step_skips_the_retraction_too():
     """The loops skip opt.step() on non-finite gradients: nothing moves, W included."""
     skip = make_skip("learnable_orth", 6, method="steepest", init="haar")

@@ -164,6 +164,11 @@ class RetractingOptimizer:
                     "orthogonal_skip_connections.optim.param_groups(module) instead")
         super().add_param_group(param_group)
 
+    def __reduce_ex__(self, protocol):
+        """Pickled by the class it wraps: the subclass is made at run time, so pickle cannot
+        find it by name (``torch.save(opt)`` raised PicklingError). The state is torch's."""
+        return _new_retracting, (type(self)._osc_wrapped,), self.__getstate__()
+
     def __setstate__(self, state: dict) -> None:
         """``load_state_dict`` (and unpickling) end here. The wrapped class's own
         ``__setstate__`` reads its per-parameter state (Adam, RMSprop, Adagrad, ...: each
@@ -303,8 +308,16 @@ def _retracting_class(cls: type) -> type:
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise TypeError(f"optimizer_class must be a torch.optim.Optimizer subclass; got {cls!r}")
     if cls not in _CLASSES:
-        _CLASSES[cls] = type(f"Retracting{cls.__name__}", (RetractingOptimizer, cls), {"__module__": __name__})
+        _CLASSES[cls] = type(f"Retracting{cls.__name__}", (RetractingOptimizer, cls),
+                             {"__module__": __name__, "_osc_wrapped": cls})
     return _CLASSES[cls]
+
+
+def _new_retracting(cls: type) -> torch.optim.Optimizer:
+    """An empty instance of the retracting subclass of ``cls``, for unpickling (see
+    :meth:`RetractingOptimizer.__reduce_ex__`)."""
+    retracting = _retracting_class(cls)
+    return retracting.__new__(retracting)
 
 
 def optimizer(

@@ -79,6 +79,8 @@ class OrthogonalMap(parametrizations._Orthogonal):
         by the signs of X's diagonal (+-1, set by torch's right_inverse, no gradient). torch
         reads that diagonal with ``.int()``, which truncates: one step of weight decay (a plain
         AdamW's default 0.01) takes 1 to 0.99999 and W to 0; its sign is the same +-1 at any decay."""
+        if X.dtype in (torch.float16, torch.bfloat16):  # half-precision weights: the map in float32
+            return OrthogonalMap.phi(orthogonal_map, X.float()).to(X.dtype)  # (no half LU on the CPU)
         maps = parametrizations._OrthMaps
         if orthogonal_map == maps.householder:
             return orth.householder_wy(X) * X.diagonal(dim1=-2, dim2=-1).detach().sign().unsqueeze(-2)

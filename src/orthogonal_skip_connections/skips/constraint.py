@@ -261,8 +261,9 @@ def initial_orthogonal(n: int, init: str, special: bool = True, generator: torch
     """I (``identity``) or a Haar draw on SO(n) (O(n) with ``special=False``): (n, n)."""
     if init not in orth.ORTH_INITS:
         raise ValueError(f"unknown orthogonal init {init!r}; allowed: {', '.join(orth.ORTH_INITS)}")
-    W = orth.haar_orthogonal(n, generator=generator, special=special) if init == "haar" else torch.eye(n)
-    return W.to(dtype=dtype or torch.get_default_dtype(), device=device)
+    dtype = dtype or torch.get_default_dtype()  # Haar drawn in float64 and rounded once to it (float64: exact)
+    W = orth.haar_orthogonal(n, generator=generator, special=special, dtype=dtype) if init == "haar" else torch.eye(n)
+    return W.to(dtype=dtype, device=device)
 
 
 def orthogonal_(

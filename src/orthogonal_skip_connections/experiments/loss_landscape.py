@@ -8,7 +8,7 @@ images with BatchNorm in eval mode (:mod:`~orthogonal_skip_connections.landscape
   directions (Li et al. 2018), constrained skips kept on O(n);
 - the loss along (1 - t) theta_0 + t theta* from the initialisation (Goodfellow et al. 2015);
 - the top Hessian eigenvalue (Lanczos, with a bound on its error) and the Hessian trace
-  (Hutchinson) at theta*.
+  (Hutchinson, deflated by the Lanczos vectors) at theta*.
 
 With ``runs=[]`` it analyses its default runs (resnet56 on digits with zero, identity and
 learnable_orth skips, ``train.seeds`` each) under ``train.dir``, training those that are
@@ -381,7 +381,8 @@ def report(cfg: Config, table: list[dict], rows: list[dict], figures: list[str],
             f"top Hessian eigenvalue: the largest, by the Lanczos process on Hessian-vector products (at most "
             f"{cfg.hessian.iters}, stopped when the Ritz residual bounds its error by {cfg.hessian.tol:g} of its "
             "value); Hessian trace: "
-            f"Hutchinson's estimate over {cfg.hessian.samples} Rademacher probes; both w.r.t. every weight except "
+            f"exact on the span of the Lanczos vectors (at least {cfg.hessian.samples // 2}), Hutchinson's estimate "
+            f"over {cfg.hessian.samples} Rademacher probes on the rest; both w.r.t. every weight except "
             "the skips' (the coordinates all skip kinds share), on the same images",
             "edge loss: mean loss over the boundary of the 2-D grid; monotone from init: the 1-D loss never rises "
             "on t in [0, 1]",

@@ -167,7 +167,10 @@ class RetractingOptimizer:
     def __reduce_ex__(self, protocol):
         """Pickled by the class it wraps: the subclass is made at run time, so pickle cannot
         find it by name (``torch.save(opt)`` raised PicklingError). The state is torch's."""
-        return _new_retracting, (type(self)._osc_wrapped,), self.__getstate__()
+        wrapped = type(self).__dict__.get("_osc_wrapped")  # a class of one's own pickles as usual
+        if wrapped is None:
+            return super().__reduce_ex__(protocol)
+        return _new_retracting, (wrapped,), self.__getstate__()
 
     def __setstate__(self, state: dict) -> None:
         """``load_state_dict`` (and unpickling) end here. The wrapped class's own

@@ -379,6 +379,29 @@ def test_lr_zero_keeps_weights_and_bad_arguments_are_refused():
         osc.optimizer([{"params": skip.parameters(), "lr": 0.1}], torch.optim.SGD, lr=0.1)
 
 
+def test_a_tensor_lr_as_torch_allows_trains_as_the_float_one():
+    """torch optimisers take lr as a one-element tensor (for compiled steps); osc.optimizer
+    refused it ('must be a finite number'). Scheduled, it moves the retraction bit for bit alike."""
+    def run(lr):
+        torch.manual_seed(0)
+        model = osc.ResidualMLP(6, 2, skip_layer=osc.skip("learnable_orth", method="svd", init="haar"))
+        opt = osc.optimizer(model, torch.optim.SGD, lr=lr, momentum=0.9)
+        sched = torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)
+        for _ in range(4):
+            opt.zero_grad()
+            x = torch.randn(3, 6)
+            F.mse_loss(model(x), x.flip(-1)).backward()
+            opt.step()
+            sched.step()
+        return model.state_dict()
+
+    as_float, as_tensor = run(0.05), run(torch.tensor(0.05))
+    assert all(torch.equal(as_float[k], as_tensor[k]) for k in as_float)
+    for bad in (torch.tensor([0.1, 0.2]), torch.tensor(float("nan")), True):
+        with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+            osc.optimizer(nn.Linear(2, 2), torch.optim.SGD, lr=bad)
+
+
 def test_batch_dims_tells_stacked_biases_from_matrices():
     model = nn.Linear(4, 4)
     model.weight = nn.Parameter(torch.zeros(3, 4, 4))  # a stack of 3 seeds' matrices

@@ -327,7 +327,7 @@ def optimizer(
     model: nn.Module,
     optimizer_class: type = torch.optim.SGD,
     *,
-    lr: float,
+    lr: float | Tensor,
     weight_decay: float = 0.0,
     decay_norms_and_biases: bool = False,
     retraction_momentum: float | None = None,
@@ -345,8 +345,10 @@ def optimizer(
         raise TypeError(f"optimizer takes the model (an nn.Module), whose param groups it makes itself; got "
                         f"{type(model).__name__} (another lr for a part: opt.add_param_group per group of "
                         "orthogonal_skip_connections.optim.param_groups(part), with its own lr)")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
-        raise ValueError(f"lr must be a finite number >= 0; got {lr!r}")
+    value = float(lr) if isinstance(lr, Tensor) and lr.numel() == 1 and lr.is_floating_point() else lr
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"lr must be a finite number >= 0 (a float or, as torch allows, a one-element tensor); "
+                         f"got {lr!r}")
     if not 0 <= weight_decay < math.inf:
         raise ValueError(f"weight_decay must be a finite number >= 0; got {weight_decay!r}")
     if retraction_momentum is None:

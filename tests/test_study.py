@@ -278,8 +278,8 @@ def test_killed_study_leaves_no_orphaned_worker(tmp_path):
             os.kill(pid, signal.SIGKILL)
 
 def test_smallest_detectable_difference():
-    """t_{0.975, n-1} s / sqrt(n) with s the pooled std of the paired differences, never below
-    one test example (100 / N points); clipped intervals are marked."""
+    """t_{1 - 0.025/m, n-1} s / sqrt(n) with s the pooled std of the paired differences of the m
+    kinds compared, never below one test example (100 / N points); clipped intervals are marked."""
     from scipy import stats
 
     from orthogonal_skip_connections.report.classification import detectable_difference, table_markdown
@@ -299,7 +299,8 @@ def test_smallest_detectable_difference():
     pooled = ((1.0 + 0.25) / 2) ** 0.5  # sample variances 1 and 0.25
     assert d["n_test"] == 400 and d["step"] == 0.25 and d["seeds"] == 3
     assert abs(d["pooled_sd"] - pooled) < 1e-12
-    assert abs(d["smallest"] - stats.t.ppf(0.975, 2) * pooled / 3 ** 0.5) < 1e-12
+    # two comparisons with identity: Holm's first step tests at 0.05 / 2
+    assert d["comparisons"] == 2 and abs(d["smallest"] - stats.t.ppf(1 - 0.025 / 2, 2) * pooled / 3 ** 0.5) < 1e-12
     md = "\n".join(table_markdown(table))
     assert "100.00†]" in md and "clipped" in md  # identity's interval passes 100 and is cut there
     assert "(1.00–1.00)" in md  # step-time ratio per seed, paired with identity

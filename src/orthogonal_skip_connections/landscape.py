@@ -378,8 +378,9 @@ def lanczos(hvp, params: list[Tensor], iters: int = 50, tol: float = 1e-3, seed:
     y = Q_k s has the residual ||H y - theta y|| = beta_k |s_k| (s_k: the last entry of the
     unit eigenvector s of T_k), so some eigenvalue of H lies within that bound of theta.
     Stopped when the bound is <= tol |theta| (not before ``min_iters`` products), or when the
-    Krylov space is exhausted (beta_k = 0: theta is exact). The vectors are kept in the parameters' dtype and device
-    (memory: (iters + 1) x the parameter count), the scalars in float64.
+    Krylov space is exhausted (beta_k = 0: theta is exact). The vectors are kept in the
+    parameters' dtype and device (memory: (iters + 1) x the parameter count), the scalars in
+    float64.
 
     Returns ``eigenvalue`` (theta), ``residual`` (the bound over |theta|), ``iterations``
     (products), ``converged`` and ``history`` (theta after each product); with
@@ -429,8 +430,8 @@ def hutchinson_trace(hvp, params: list[Tensor], samples: int = 20, seed: int = 0
     = tr(Q H Q^T): tr(H) = tr(Q H Q^T) + tr(P H P), P = I - Q^T Q, the second term by the same
     probes projected, P v. Still unbiased, and its variance is only that of P H P: the
     dominant curvature directions, which Krylov vectors hold, no longer add noise (the idea of
-    Hutch++, Meyer et al. 2021, with the Krylov space as the sketch). On resnet56/digits, 30
-    probes, a basis of 5-10 Lanczos vectors cut the standard error 2-5x (notes/
+    Hutch++, Meyer et al. 2021, with the Krylov space as the sketch). On resnet56/digits, 20
+    probes, a basis of 10 Lanczos vectors cut the standard error 2-9x (notes/
     landscape_two_stage_findings.md)."""
     g = torch.Generator().manual_seed(seed)
     sizes, shapes = [p.numel() for p in params], [p.shape for p in params]

@@ -410,9 +410,10 @@ def table_markdown(table: list[dict]) -> list[str]:
 def detectable_difference(table: list[dict], rows: list[dict]) -> dict:
     """What a task's comparison with identity could resolve: the test-set size N (accuracy
     moves in steps of 100/N points), the number n of paired seeds, the pooled std s of the
-    paired differences over the variants, and the smallest difference a paired 95%
-    t-interval at n seeds would tell from 0 at that spread: t_{0.975, n-1} s / sqrt(n),
-    never less than one test example. None where fewer than two seeds are paired."""
+    paired differences over the m variants compared, and the smallest difference the
+    verdicts could tell from 0 at that spread: the first step of Holm's procedure tests at
+    0.05 / m, so t_{1 - 0.025/m, n-1} s / sqrt(n) (m = 1: the paired 95% t-interval's half
+    width), never less than one test example. None where fewer than two seeds are paired."""
     from scipy import stats
 
     sizes = {r["n_test"] for r in rows if r.get("n_test")}
@@ -420,12 +421,13 @@ def detectable_difference(table: list[dict], rows: list[dict]) -> dict:
     paired = [t for t in table if t["verdict"] != "baseline" and t["paired_seeds"] >= 2]
     n = min((t["paired_seeds"] for t in paired), default=0)
     step = 100.0 / n_test if n_test else None
+    m = len(paired)
     if n < 2:
-        return {"n_test": n_test, "step": step, "seeds": n, "pooled_sd": None, "smallest": None}
+        return {"n_test": n_test, "step": step, "seeds": n, "pooled_sd": None, "smallest": None, "comparisons": m}
     pooled = math.sqrt(float(np.mean([t["diff_sd"] ** 2 for t in paired if not math.isnan(t["diff_sd"])] or [0.0])))
-    smallest = float(stats.t.ppf(0.975, n - 1)) * pooled / math.sqrt(n)
+    smallest = float(stats.t.ppf(1 - 0.025 / m, n - 1)) * pooled / math.sqrt(n)
     return {"n_test": n_test, "step": step, "seeds": n, "pooled_sd": pooled,
-            "smallest": max(smallest, step or 0.0)}
+            "smallest": max(smallest, step or 0.0), "comparisons": m}
 
 
 def caveat(task: str, table: list[dict], rows: list[dict]) -> str:
@@ -438,11 +440,13 @@ def caveat(task: str, table: list[dict], rows: list[dict]) -> str:
         return f"**Caveat**: {size}; fewer than 2 seeds paired with identity, so no difference can be judged."
     text = (f"**Caveat**: {size}; at {d['seeds']} seeds, with the paired differences' pooled std of "
             f"{d['pooled_sd']:.2f} points, ")
+    holm = (f" (among {d['comparisons']} comparisons, Holm's first step tests at 0.05 / {d['comparisons']})"
+            if d["comparisons"] > 1 else "")
     if d["smallest"] >= 100.0:  # two accuracies differ by at most 100 points
-        text += (f"the paired t-interval is about ±{d['smallest']:.0f} points wide, more than the whole scale, so "
-                 "no difference could be told from 0: more seeds are needed")
+        text += (f"a difference would have to exceed about {d['smallest']:.0f} points to be told from 0{holm}, more "
+                 "than the whole scale, so no difference could be: more seeds are needed")
     else:
-        text += f"only differences larger than about {d['smallest']:.2f} points could be told from 0"
+        text += f"only differences larger than about {d['smallest']:.2f} points could be told from 0{holm}"
     if accs and min(accs) >= 95.0:
         text += (f"; every variant scores {min(accs):.1f}–{max(accs):.1f}%, so the task is near saturation and "
                  "'no detectable difference' means 'cannot tell', not 'equal'")

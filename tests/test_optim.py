@@ -519,3 +519,38 @@ def test_schedule_moves_on_over_a_skipped_first_step_without_torch_s_order_warni
     fresh = lr_scheduler(osc.optimizer(model, torch.optim.SGD, lr=0.1), cfg, steps_per_epoch=4, epochs=1)
     with pytest.warns(UserWarning, match=SCHED_WARNING):
         fresh.step()
+
+
+def test_an_ema_of_retracted_skips_is_put_back_on_o_n_by_its_polar_factor():
+    """An EMA (torch's AveragedModel) of orthogonal matrices leaves O(n); project_orthogonal_
+    replaces each retracted matrix by the nearest orthogonal one (scipy's polar as the oracle),
+    leaves parametrized skips and orthogonal matrices as they are, and reports how far it moved."""
+    import numpy as np
+    import scipy.linalg
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    for method in ("svd", "cayley"):
+        model = osc.get_model("resnet20", 10, skip_layer=osc.skip("learnable_orth", method=method, init="haar"))
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+        opt = osc.optimizer(model, torch.optim.SGD, lr=0.1, momentum=0.9)
+        for _ in range(10):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            ema.update_parameters(model)
+        before = [s.weight.detach().clone() for _, s in iter_skips(ema.module)]
+        moved = osc.project_orthogonal_(ema.module)
+        after = [s.weight.detach() for _, s in iter_skips(ema.module)]
+        if method == "cayley":  # W = phi(mean of free matrices): orthogonal already, nothing retracted
+            assert moved == 0.0 and all(torch.equal(a, b) for a, b in zip(before, after))
+            continue
+        assert max(float(O.orth_error(b.double())) for b in before) > 1e-3  # the average left O(n)
+        assert max(float(O.orth_error(a.double())) for a in after) < 3e-5  # float32 round-off at n = 64
+        for a, b in zip(after, before):
+            u, _ = scipy.linalg.polar(b.double().numpy())
+            np.testing.assert_allclose(a.numpy(), u, atol=1e-6)
+        assert moved == pytest.approx(max(float(torch.linalg.matrix_norm((a - b).double())) for a, b in
+                                          zip(after, before)), rel=1e-6)
+        assert osc.project_orthogonal_(ema.module) < 3e-5  # a second call finds them orthogonal

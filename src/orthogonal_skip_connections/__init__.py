@@ -21,13 +21,14 @@ if TYPE_CHECKING:  # the public names, imported on first use (``osc list`` needs
     from .maths import orthogonal
     from .models import ResidualMLP, get_model
     from .optim import optimizer
-    from .skips import make_skip, orthogonal_, patch_skips, skip
+    from .skips import make_skip, orthogonal_, patch_skips, project_orthogonal_, skip
 
 __version__ = "0.1.0"
 _LAZY = {
     "orthogonal": ("maths", "orthogonal"),
     "optimizer": ("optim", "optimizer"),
     "orthogonal_": ("skips", "orthogonal_"),
+    "project_orthogonal_": ("skips", "project_orthogonal_"),
     "skip": ("skips", "skip"),
     "make_skip": ("skips", "make_skip"),
     "patch_skips": ("skips", "patch_skips"),

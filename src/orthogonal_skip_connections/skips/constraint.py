@@ -28,7 +28,7 @@ from torch.nn.utils import parametrizations, parametrize
 
 from ..maths import orthogonal as orth
 
-__all__ = ["OrthogonalMap", "Retraction", "retraction_of", "retraction_among", "recorded_retraction", "mark_retracted", "retracted_parameters", "orthogonal_", "resolve_method"]
+__all__ = ["OrthogonalMap", "Retraction", "retraction_of", "retraction_among", "recorded_retraction", "mark_retracted", "retracted_parameters", "project_orthogonal_", "orthogonal_", "resolve_method"]
 
 class OrthogonalMap(parametrizations._Orthogonal):
     """torch's orthogonal parametrization (its state_dict, its right_inverse, its W), with
@@ -202,6 +202,23 @@ def retracted_parameters(model: nn.Module) -> list[tuple[nn.Parameter, Retractio
             seen.add(id(p))
             out.append((mark_retracted(p, spec), spec))
     return out
+
+
+@torch.no_grad()
+def project_orthogonal_(model: nn.Module) -> float:
+    """Put every retracted matrix of ``model`` back on O(n) by its polar factor, the nearest
+    orthogonal matrix in Frobenius norm, in place. For matrices set by something other than
+    the retraction: an average of weights (``torch.optim.swa_utils.AveragedModel``'s EMA or
+    SWA: a mean of orthogonal matrices is not orthogonal), an interpolation, a hand edit.
+    Orthogonal matrices stay as they are (to round-off); parametrized methods need nothing
+    (an average of their free matrices still maps to O(n)). Returns the largest
+    ||W_new - W_old||_F moved, 0.0 for a model without retracted matrices."""
+    moved = 0.0
+    for p, _ in retracted_parameters(model):
+        Q = orth.polar(p.detach())
+        moved = max(moved, float(torch.linalg.matrix_norm((Q - p).double()).max()))
+        p.copy_(Q)
+    return moved
 
 
 _GUARD = []

@@ -18,7 +18,7 @@ and vectors (BatchNorm in eval mode, the loss of :func:`landscape.sharpness`):
   ``autograd.grad(..., is_grads_batched=True)`` over the reused graph, per product).
 
 Then whole ``sharpness()`` calls, old (``make_hvp`` forced to ``reuse_graph=False``, BatchNorm's
-own double backward) against new (the reused graph, ``new, native BN`` without the affine map), with a fixed number of power iterations (``tol=0``) and probes; every H v of the old and
+own double backward) against new (the reused graph, ``new, native BN`` without the affine map), with a fixed number of Lanczos steps (``tol=0``) and probes; every H v of the old and
 the new call is compared.
 
     python benchmarks/landscape_hessian.py [--model resnet56] [--kind learnable_orth/steepest]
@@ -52,7 +52,7 @@ def main() -> None:
     add_classifier_args(ap)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--probes", type=int, default=4, help="K of the batched-probes candidate (0 to skip)")
-    ap.add_argument("--iters", type=int, default=4, help="power iterations per sharpness() call")
+    ap.add_argument("--iters", type=int, default=4, help="Lanczos steps per sharpness() call")
     ap.add_argument("--samples", type=int, default=2, help="Hutchinson probes per sharpness() call")
     args = ap.parse_args()
     model, data, device = digits_classifier(args)
@@ -129,11 +129,11 @@ def main() -> None:
     calls = {name: functools.partial(run, name) for name in ("old", "new, native BN", "new")}
     times = interleaved_times(calls, device, args.rounds, 1, warmup=1)
     old_s, new_s = results["old"], results["new"]
-    history = np.abs(np.subtract(new_s["power_history"], old_s["power_history"])) / np.abs(old_s["power_history"])
+    history = np.abs(np.subtract(new_s["lanczos_history"], old_s["lanczos_history"])) / np.abs(old_s["lanczos_history"])
     products = args.iters + args.samples
-    print(f"\nwhole sharpness() calls: {args.iters} power iterations (tol 0) + {args.samples} Hutchinson probes = "
+    print(f"\nwhole sharpness() calls: {args.iters} Lanczos steps (tol 0) + {args.samples} Hutchinson probes = "
           f"{products} products; top eigenvalue {new_s['top_eigenvalue']:.6g} (old {old_s['top_eigenvalue']:.6g}), "
-          f"max rel. diff over the power history {history.max():.1e}, trace {new_s['trace']:.6g} "
+          f"max rel. diff over the Lanczos history {history.max():.1e}, trace {new_s['trace']:.6g} "
           f"(old {old_s['trace']:.6g})")
     rows = []
     for name in calls:

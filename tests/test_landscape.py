@@ -1,6 +1,6 @@
 """Loss landscapes and sharpness (landscape.py) on a tiny trained run dir: the grid's centre
 is the loaded model's loss, directions are filter-normalised, orthogonal skips stay on O(n)
-wherever the grid goes, the cache answers without a forward pass, and the power iteration
+wherever the grid goes, the cache answers without a forward pass, and the Lanczos process
 finds the top eigenvalue of a quadratic whose Hessian is known."""
 
 import copy
@@ -115,7 +115,7 @@ def test_orthogonal_skips_stay_orthogonal_across_the_grid(method):
     assert all(torch.equal(c.tensor, base[c.name]) for c in L.coordinates(model))
 
 
-def test_power_iteration_and_hutchinson_on_a_known_quadratic():
+def test_lanczos_and_hutchinson_on_a_known_quadratic():
     g = torch.Generator().manual_seed(0)
     eig = torch.tensor([7.0, 3.0, 2.5, 1.0, 0.5, 0.1, -0.5, -2.0], dtype=torch.float64)
     Q = orth.haar_orthogonal(8, generator=g, dtype=torch.float64)
@@ -129,9 +129,16 @@ def test_power_iteration_and_hutchinson_on_a_known_quadratic():
         return 0.5 * t @ A @ t + b @ t + 0.0 * bias.sum()
 
     hvp = L.make_hvp([loss], [theta, bias])
-    top = L.power_iteration(hvp, [theta, bias], iters=300, tol=1e-10)
-    assert top["converged"] and math.isclose(top["eigenvalue"], 7.0, rel_tol=1e-8)
-    assert top["iterations"] == len(top["history"]) < 300
+    top = L.lanczos(hvp, [theta, bias], iters=300, tol=1e-10)
+    assert top["converged"] and math.isclose(top["eigenvalue"], 7.0, rel_tol=1e-10)
+    # H has 9 distinct eigenvalues (A's and the bias's 0), so its Krylov spaces have dimension <= 9
+    assert top["iterations"] == len(top["history"]) <= 9
+    # ... and the Krylov space holds every direction H does not annihilate: deflated by it, the
+    # trace is exact whatever the probes
+    kept = L.lanczos(hvp, [theta, bias], iters=300, tol=0.0, keep_basis=True)
+    exact = L.hutchinson_trace(hvp, [theta, bias], 3, 1, kept["basis"], kept["basis_trace"])
+    assert math.isclose(exact["trace"], float(eig.sum()), rel_tol=1e-10) and exact["trace_se"] < 1e-10
+    assert exact["trace_deflation"] == kept["iterations"] == len(kept["basis"])
     trace = L.hutchinson_trace(hvp, [theta, bias], samples=400)
     assert abs(trace["trace"] - float(eig.sum())) < 4 * trace["trace_se"]
     # a diagonal Hessian: every Rademacher probe gives the trace exactly
@@ -294,7 +301,7 @@ def test_hvp_reusing_the_gradient_graph_matches_rebuilding_it_and_a_finite_diffe
 
 def test_sharpness_with_one_part_gives_the_rebuilt_graphs_numbers():
     """sharpness() with one part (the graph reused) against several parts (rebuilt per
-    product, the old path), same seed, the same number of power iterations: top eigenvalue,
+    product, the old path), same seed, the same number of Lanczos steps: top eigenvalue,
     its history and the Hutchinson trace agree to float32 round-off; the model is left in
     its mode, its weights and .grad untouched."""
     model = mixed_resnet().train()
@@ -304,11 +311,66 @@ def test_sharpness_with_one_part_gives_the_rebuilt_graphs_numbers():
     before = L.snapshot(model)
     one = L.sharpness(model, x, y, batch_size=32, iters=6, tol=0.0, samples=3, seed=4)
     four = L.sharpness(model, x, y, batch_size=8, iters=6, tol=0.0, samples=3, seed=4)
-    assert one["power_iterations"] == four["power_iterations"] == 6
-    np.testing.assert_allclose(one["power_history"], four["power_history"], rtol=1e-5)
+    assert one["lanczos_iterations"] == four["lanczos_iterations"] == 6
+    np.testing.assert_allclose(one["lanczos_history"], four["lanczos_history"], rtol=1e-5)
     assert math.isclose(one["trace"], four["trace"], rel_tol=1e-5) and one["trace"] != 0
     assert model.training and all(p.grad is None for p in model.parameters())
     assert all(torch.equal(c.tensor, before[c.name]) for c in L.coordinates(model))
+
+
+def _symmetric(eigenvalues, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    Q = orth.haar_orthogonal(len(eigenvalues), generator=g, dtype=torch.float64)
+    return Q @ torch.diag(torch.as_tensor(eigenvalues, dtype=torch.float64)) @ Q.T
+
+
+def test_lanczos_finds_the_largest_eigenvalue_not_the_largest_in_magnitude():
+    """Sharpness is lambda_max: a more negative eigenvalue (-12, which power iteration would
+    find) does not replace the largest (10), and a close second (9.9, 9.8: power iteration's
+    rate 0.99) does not stall it. Checked against numpy's eigvalsh."""
+    eig = np.concatenate([[10.0, 9.9, 9.8, -12.0], np.linspace(-3, 3, 196)])
+    A = _symmetric(eig, seed=1)
+    x = torch.zeros(200, dtype=torch.float64)
+    top = L.lanczos(lambda v: [A @ v[0]], [x], iters=80, tol=1e-9, seed=3)
+    assert top["converged"] and top["iterations"] < 80
+    np.testing.assert_allclose(top["eigenvalue"], np.linalg.eigvalsh(A.numpy())[-1], rtol=1e-9)
+    longer = L.lanczos(lambda v: [A @ v[0]], [x], iters=80, tol=1e-9, seed=3, min_iters=top["iterations"] + 5)
+    assert longer["iterations"] == top["iterations"] + 5 and longer["converged"]
+
+
+def test_trace_deflated_by_krylov_vectors_is_unbiased_and_tighter():
+    """A Hessian with a few dominant eigenvalues (as trained nets have): over the same 200
+    probes, the deflated estimate's interval holds the true trace and is several times tighter
+    than plain Hutchinson's, which the dominant directions make noisy."""
+    rng = np.random.default_rng(0)
+    eig = np.concatenate([[100.0, 60.0, 40.0, 25.0, 15.0], rng.normal(size=195)])
+    A = _symmetric(eig, seed=4)
+    x = torch.zeros(200, dtype=torch.float64)
+    hvp = lambda v: [A @ v[0]]  # noqa: E731
+    krylov = L.lanczos(hvp, [x], iters=10, tol=0.0, keep_basis=True, seed=5)
+    plain = L.hutchinson_trace(hvp, [x], 200, seed=6)
+    deflated = L.hutchinson_trace(hvp, [x], 200, 6, krylov["basis"], krylov["basis_trace"])
+    for est in (plain, deflated):
+        assert abs(est["trace"] - eig.sum()) < 4 * est["trace_se"]
+    assert deflated["trace_se"] < plain["trace_se"] / 4 and deflated["trace_deflation"] == 10
+
+
+@pytest.mark.parametrize("steps", [2, 5, 12])
+def test_lanczos_error_bound_holds_before_convergence(steps):
+    """Stopped early (tol 0), theta is still a lower bound of lambda_max (interlacing) and an
+    eigenvalue of H lies within the reported residual bound of it, in float32 vectors too."""
+    eig = np.random.default_rng(steps).normal(size=150) * np.r_[10.0, np.ones(149)]
+    A = _symmetric(eig, seed=steps)
+    lam = np.linalg.eigvalsh(A.numpy())
+    for dtype in (torch.float64, torch.float32):
+        x = torch.zeros(150, dtype=dtype)
+        top = L.lanczos(lambda v: [(A.to(dtype) @ v[0])], [x], iters=steps, tol=0.0)
+        theta, bound = top["eigenvalue"], top["residual"] * abs(top["eigenvalue"])
+        slack = 1e-10 if dtype == torch.float64 else 1e-4 * abs(lam).max()
+        assert top["iterations"] == steps and not top["converged"]
+        assert theta <= lam[-1] + slack
+        assert np.abs(lam - theta).min() <= bound + slack
+        assert np.all(np.diff(top["history"]) >= -slack)  # Ritz values rise towards lambda_max
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")

@@ -138,3 +138,17 @@ def test_the_app_machinery_is_split_along_its_seams():
             if parts[:2] == [PKG.name, "experiments"] and (len(parts) < 3 or parts[2] not in HYDRA_FREE_APP_PARTS):
                 found.append(f"{path.name}:{line} imports {target} (which may import Hydra)")
     assert found == []
+
+
+def test_every_public_name_resolves_in_a_fresh_interpreter():
+    """``osc.<name>`` for each name of ``__all__``, in a process where nothing imported the
+    modules before (here in pytest other tests have): ``osc.orthogonal`` once raised
+    AttributeError, maths/ not importing its submodule."""
+    import subprocess
+    import sys
+
+    code = ("import types, orthogonal_skip_connections as osc; "
+            "assert all(getattr(osc, n) is not None for n in osc.__all__); "
+            "assert isinstance(osc.orthogonal, types.ModuleType) and callable(osc.orthogonal.retract)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

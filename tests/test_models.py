@@ -75,6 +75,18 @@ def test_patch_our_resnet_and_rejects_models_without_blocks():
         patch_skips(torch.nn.Linear(3, 3), "identity")
 
 
+@pytest.mark.parametrize("kind,options", [("learnable_orth", {"method": "svd"}), ("learnable_orth", {"method": "cayley"}),
+                                          ("linear", {})])
+def test_patched_skips_take_the_dtype_of_their_block(kind, options):
+    """A model moved before patching (to float64 here; to a GPU alike) once got float32 CPU skips:
+    'expected scalar type Double but found Float' at its first forward."""
+    torch.manual_seed(0)
+    model = get_model("resnet20", 10).double()
+    patch_skips(model, kind, **options)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    assert model(torch.randn(2, 3, 8, 8, dtype=torch.float64)).dtype == torch.float64
+
+
 def test_diagnostics_measure_distance_and_orthogonality():
     m = get_model("resnet20", 10, skip_kind="fixed_orth")
     s = summarize_skips(skip_diagnostics(m))

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 import orthogonal_skip_connections as osc
 from orthogonal_skip_connections.maths import orthogonal as O
@@ -206,6 +207,65 @@ def test_state_dict_resumes_bit_for_bit():
         assert torch.equal(v, model.state_dict()[k]), k
 
 
+@pytest.mark.parametrize("cls", [torch.optim.Adam, torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.NAdam])
+def test_state_dict_of_any_optimizer_loads_into_a_fresh_one_and_resumes_bit_for_bit(cls):
+    """These classes read every parameter's state["step"] when a state_dict is loaded; a
+    retracted matrix's state is its momentum buffer alone (loading once raised KeyError)."""
+    def build():
+        torch.manual_seed(1)
+        model = osc.ResidualMLP(6, 2, num_classes=3, in_features=5, skip_layer=osc.skip("learnable_orth", method="qr"))
+        return model, osc.optimizer(model, cls, lr=0.01, retraction_momentum=0.5)
+
+    def steps(model, opt, data):
+        for x, y in data:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(4, 5, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(6)]
+    model, opt = build()
+    steps(model, opt, data)
+    full = copy.deepcopy(model.state_dict())
+    model, opt = build()
+    steps(model, opt, data[:3])
+    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict()})
+    model, opt = build()
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    assert any("retraction_buffer" in s for s in opt.state.values())
+    steps(model, opt, data[3:])
+    for k, v in full.items():
+        assert torch.equal(v, model.state_dict()[k]), k
+
+
+def test_the_optimizer_object_pickles_with_its_model_and_steps_on_alike():
+    """torch.save(opt) raised PicklingError (the retracting subclass is made at run time)."""
+    import io
+
+    torch.manual_seed(0)
+    model = osc.ResidualMLP(4, 2, skip_layer=osc.skip("learnable_orth", method="qr", init="haar"))
+    opt = osc.optimizer(model, torch.optim.Adam, lr=0.01)
+    data = [torch.randn(3, 4) for _ in range(4)]
+
+    def step(model, opt, x):
+        opt.zero_grad()
+        model(x).square().sum().backward()
+        opt.step()
+
+    step(model, opt, data[0])
+    buffer = io.BytesIO()
+    torch.save({"model": model, "opt": opt}, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert type(loaded["opt"]) is type(opt) and loaded["opt"].param_groups[0]["params"][0] is next(loaded["model"].parameters())
+    for x in data[1:]:
+        step(model, opt, x)
+        step(loaded["model"], loaded["opt"], x)
+    for a, b in zip(model.state_dict().values(), loaded["model"].state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_skipped_step_skips_the_retraction_too():
     """The loops skip opt.step() on non-finite gradients: nothing moves, W included."""
     skip = make_skip("learnable_orth", 6, method="steepest", init="haar")
@@ -215,6 +275,41 @@ def test_skipped_step_skips_the_retraction_too():
     torch.testing.assert_close(skip.weight.detach(), W)  # backward alone moves nothing
     opt.step()
     assert not torch.equal(skip.weight.detach(), W)
+
+
+@pytest.mark.parametrize("method", RETRACTED_METHODS)
+def test_a_retracted_matrix_without_gradient_stays_put_like_any_parameter(method):
+    """torch's optimisers step no parameter whose grad is None; a retracted matrix that took no
+    part in the loss once kept moving along its momentum buffer (by ~0.2-0.5 in 3 steps)."""
+    used, unused = (make_skip("learnable_orth", 6, method=method, init="haar") for _ in range(2))
+    opt = osc.optimizer(nn.ModuleList([used, unused]), torch.optim.SGD, lr=0.1, momentum=0.9)
+    (used(torch.randn(3, 6)).sum() + unused(torch.randn(3, 6)).sum()).backward()
+    opt.step()  # both move, both hold a momentum buffer
+    W, buf = unused.weight.detach().clone(), opt.state[unused.weight]["retraction_buffer"].clone()
+    W_used = used.weight.detach().clone()
+    for _ in range(3):
+        opt.zero_grad(set_to_none=True)
+        used(torch.randn(3, 6)).sum().backward()
+        opt.step()
+    assert torch.equal(unused.weight.detach(), W) and torch.equal(opt.state[unused.weight]["retraction_buffer"], buf)
+    assert not torch.equal(used.weight.detach(), W_used)
+
+
+def test_maximize_ascends_the_retraction_too():
+    """maximize=True on -loss is minimising loss, bit for bit; the retraction once descended -loss."""
+    def run(maximize):
+        torch.manual_seed(0)
+        skip = make_skip("learnable_orth", 5, method="svd")
+        opt = osc.optimizer(skip, torch.optim.SGD, lr=0.05, momentum=0.9, maximize=maximize)
+        for _ in range(5):
+            x = torch.randn(4, 5)
+            loss = (skip(x) - x.flip(-1)).square().mean()
+            opt.zero_grad()
+            (-loss if maximize else loss).backward()
+            opt.step()
+        return skip.weight.detach()
+
+    assert torch.equal(run(True), run(False)) and not torch.equal(run(False), torch.eye(5))
 
 
 def test_plain_torch_optimizer_refuses_a_retracted_matrix():
@@ -229,6 +324,44 @@ def test_plain_torch_optimizer_refuses_a_retracted_matrix():
     torch.optim.SGD(plain.parameters(), lr=0.1).step()  # unrelated optimisers are untouched
 
 
+def test_plain_optimizer_refuses_the_matrices_of_a_deep_copy_and_of_replaced_parameters():
+    """torch's Parameter.__deepcopy__ drops the mark: a deep-copied model's matrices once went
+    through a plain SGD unrefused (||W^T W - I|| ~ 2 after 3 steps)."""
+    model = osc.ResidualMLP(4, 2, skip_layer=osc.skip("learnable_orth", method="svd", init="haar"))
+    layer = osc.orthogonal_(nn.Linear(4, 4), "weight", method="qr")
+    layer.load_state_dict({"weight": torch.eye(4), "bias": torch.zeros(4)}, assign=True)  # a new Parameter
+    for m in (copy.deepcopy(model), layer):
+        bad = torch.optim.SGD(m.parameters(), lr=0.1)
+        m(torch.randn(2, 4)).sum().backward()
+        with pytest.raises(TypeError, match="plain SGD"):
+            bad.step()
+    copied = copy.deepcopy(model)  # ... and the library's optimiser still retracts the copy
+    assert [g["name"] for g in osc.optimizer(copied, torch.optim.SGD, lr=0.1).param_groups][-1] == "retracted_svd"
+
+
+def test_add_param_group_refuses_a_retracted_matrix_in_a_plain_group_and_takes_param_groups():
+    """A plain group added to osc.optimizer's optimiser once stepped its retracted matrices by
+    the wrapped SGD (||W^T W - I|| 3e-2 after one step); param_groups(module) adds them right."""
+    first = osc.ResidualMLP(4, 1, skip_layer=osc.skip("learnable_orth", method="qr"))
+    second = osc.ResidualMLP(4, 1, skip_layer=osc.skip("learnable_orth", method="qr", init="haar"))
+    opt = osc.optimizer(first, torch.optim.SGD, lr=0.1, momentum=0.9)
+    n = len(opt.param_groups)
+    with pytest.raises(TypeError, match=r"add_param_group got a retracted orthogonal matrix \(qr\).*param_groups"):
+        opt.add_param_group({"params": second.parameters(), "lr": 0.5})
+    assert len(opt.param_groups) == n
+    opt.add_param_group({"params": nn.Linear(2, 2).weight})  # plain parameters as in torch
+    for group in param_groups(second, 5e-4, retraction_momentum=0.9):
+        opt.add_param_group({**group, "lr": 0.2})
+    skip = next(s for _, s in iter_skips(second))
+    W0 = skip.weight.detach().clone()
+    for _ in range(20):
+        opt.zero_grad()
+        x = torch.randn(8, 4)
+        F.mse_loss(second(x), x.flip(-1)).backward()
+        opt.step()
+    assert float(O.orth_error(skip.weight.detach())) < 1e-5 and float((skip.weight.detach() - W0).norm()) > 0.1
+
+
 def test_lr_zero_keeps_weights_and_bad_arguments_are_refused():
     skip = make_skip("learnable_orth", 4, method="qr", init="haar")
     W = skip.weight.detach().clone()
@@ -238,8 +371,35 @@ def test_lr_zero_keeps_weights_and_bad_arguments_are_refused():
     torch.testing.assert_close(skip.weight.detach(), W)
     with pytest.raises(ValueError, match="lr must be"):
         osc.optimizer(skip, torch.optim.SGD, lr=-1.0)
+    with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0; got inf"):
+        osc.optimizer(skip, torch.optim.SGD, lr=0.1, weight_decay=float("inf"))
     with pytest.raises(TypeError, match="torch.optim.Optimizer subclass"):
         osc.optimizer(skip, dict, lr=0.1)
+    with pytest.raises(TypeError, match=r"takes the model \(an nn.Module\).*got list.*param_groups\(part\)"):
+        osc.optimizer([{"params": skip.parameters(), "lr": 0.1}], torch.optim.SGD, lr=0.1)
+
+
+def test_a_tensor_lr_as_torch_allows_trains_as_the_float_one():
+    """torch optimisers take lr as a one-element tensor (for compiled steps); osc.optimizer
+    refused it ('must be a finite number'). Scheduled, it moves the retraction bit for bit alike."""
+    def run(lr):
+        torch.manual_seed(0)
+        model = osc.ResidualMLP(6, 2, skip_layer=osc.skip("learnable_orth", method="svd", init="haar"))
+        opt = osc.optimizer(model, torch.optim.SGD, lr=lr, momentum=0.9)
+        sched = torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)
+        for _ in range(4):
+            opt.zero_grad()
+            x = torch.randn(3, 6)
+            F.mse_loss(model(x), x.flip(-1)).backward()
+            opt.step()
+            sched.step()
+        return model.state_dict()
+
+    as_float, as_tensor = run(0.05), run(torch.tensor(0.05))
+    assert all(torch.equal(as_float[k], as_tensor[k]) for k in as_float)
+    for bad in (torch.tensor([0.1, 0.2]), torch.tensor(float("nan")), True):
+        with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+            osc.optimizer(nn.Linear(2, 2), torch.optim.SGD, lr=bad)
 
 
 def test_batch_dims_tells_stacked_biases_from_matrices():
@@ -305,6 +465,16 @@ def test_orthogonal_refuses_non_square_and_unknown_methods():
         osc.orthogonal_(nn.Linear(3, 3), "weight", method="bogus")
     with pytest.raises(ValueError, match="disagree"):
         osc.orthogonal_(nn.Linear(3, 3), "weight", method="svd", update_rule="qr")
+    with pytest.raises(ValueError, match="Linear has no parameter 'weigth'; its parameters: weight, bias"):
+        osc.orthogonal_(nn.Linear(3, 3), "weigth")
+    with pytest.raises(ValueError, match=r"already parametrized \(torch.nn.utils.parametrize\)"):
+        osc.orthogonal_(nn.utils.parametrizations.weight_norm(nn.Linear(3, 3)), "weight")
+    for second in ("qr", "cayley"):  # once reset W to I, or left cayley's free matrix marked as retracted
+        layer = osc.orthogonal_(nn.Linear(3, 3), "weight", method="svd", init="haar")
+        W = layer.weight.detach().clone()
+        with pytest.raises(ValueError, match=r"Linear.weight is already kept orthogonal \(svd\)"):
+            osc.orthogonal_(layer, "weight", method=second)
+        assert torch.equal(layer.weight.detach(), W) and not parametrize.is_parametrized(layer)
 
 
 def test_skip_layer_factory_in_models_and_patch_skips():
@@ -349,3 +519,38 @@ def test_schedule_moves_on_over_a_skipped_first_step_without_torch_s_order_warni
     fresh = lr_scheduler(osc.optimizer(model, torch.optim.SGD, lr=0.1), cfg, steps_per_epoch=4, epochs=1)
     with pytest.warns(UserWarning, match=SCHED_WARNING):
         fresh.step()
+
+
+def test_an_ema_of_retracted_skips_is_put_back_on_o_n_by_its_polar_factor():
+    """An EMA (torch's AveragedModel) of orthogonal matrices leaves O(n); project_orthogonal_
+    replaces each retracted matrix by the nearest orthogonal one (scipy's polar as the oracle),
+    leaves parametrized skips and orthogonal matrices as they are, and reports how far it moved."""
+    import numpy as np
+    import scipy.linalg
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    for method in ("svd", "cayley"):
+        model = osc.get_model("resnet20", 10, skip_layer=osc.skip("learnable_orth", method=method, init="haar"))
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+        opt = osc.optimizer(model, torch.optim.SGD, lr=0.1, momentum=0.9)
+        for _ in range(10):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            ema.update_parameters(model)
+        before = [s.weight.detach().clone() for _, s in iter_skips(ema.module)]
+        moved = osc.project_orthogonal_(ema.module)
+        after = [s.weight.detach() for _, s in iter_skips(ema.module)]
+        if method == "cayley":  # W = phi(mean of free matrices): orthogonal already, nothing retracted
+            assert moved == 0.0 and all(torch.equal(a, b) for a, b in zip(before, after))
+            continue
+        assert max(float(O.orth_error(b.double())) for b in before) > 1e-3  # the average left O(n)
+        assert max(float(O.orth_error(a.double())) for a in after) < 3e-5  # float32 round-off at n = 64
+        for a, b in zip(after, before):
+            u, _ = scipy.linalg.polar(b.double().numpy())
+            np.testing.assert_allclose(a.numpy(), u, atol=1e-6)
+        assert moved == pytest.approx(max(float(torch.linalg.matrix_norm((a - b).double())) for a, b in
+                                          zip(after, before)), rel=1e-6)
+        assert osc.project_orthogonal_(ema.module) < 3e-5  # a second call finds them orthogonal

@@ -130,3 +130,44 @@ def test_parametrized_skip_under_cpu_bf16_autocast(method):
         y = skip(x)
     y.float().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in skip.parameters())
+
+
+@pytest.mark.parametrize("method", ORTH_METHODS)
+def test_half_precision_weights_train_every_method_within_their_rounding(method):
+    """A bf16 model (weights stored in bf16, no autocast): the maps and retractions run in
+    float32 and round once. qr, cayley and householder raised NotImplementedError (no bf16
+    QR / LU / triangular solve on the CPU), and Newton-Schulz in bf16 left W 20x further from
+    O(n) than the rounding of W itself."""
+    import orthogonal_skip_connections as osc
+
+    torch.manual_seed(0)
+    skip = make_skip("learnable_orth", 32, method=method, init="haar").bfloat16()
+    rounding = float(O.orth_error(skip.weight.detach().double()))  # a bf16-rounded orthogonal W
+    opt = osc.optimizer(skip, torch.optim.SGD, lr=0.05, momentum=0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        x = torch.randn(8, 32, dtype=torch.bfloat16)
+        (skip(x).float() - x.float().flip(-1)).square().mean().backward()
+        opt.step()
+    assert skip.weight.dtype == torch.bfloat16
+    assert float(O.orth_error(skip.weight.detach().double())) < 2.5 * rounding
+
+
+def test_float64_by_default_dtype_gives_float64_matrices_exact_to_float64():
+    """Under torch.set_default_dtype(float64) the idempotent projector was float32 (a float64
+    model failed at its first forward) and Haar draws were float32-rounded (||W^T W - I|| 1e-7
+    for fixed_orth, forever, and for a retracted skip until its first step)."""
+    from orthogonal_skip_connections.models import get_model
+
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        for kind, opts in [("fixed_orth", {}), ("learnable_orth", {"method": "svd", "init": "haar"}),
+                           ("learnable_orth", {"method": "cayley", "init": "haar"})]:
+            W = make_skip(kind, 16, **opts).weight.detach()
+            assert W.dtype == torch.float64 and float(O.orth_error(W)) < 1e-12, kind
+        P = make_skip("idempotent", 16).weight
+        assert P.dtype == torch.float64 and float((P @ P - P).abs().max()) < 1e-12
+        assert get_model("resnet20", 10, "idempotent")(torch.randn(2, 3, 8, 8)).dtype == torch.float64
+    finally:
+        torch.set_default_dtype(before)

@@ -2,6 +2,7 @@
 
 import csv
 
+import numpy as np
 import pytest
 
 from orthogonal_skip_connections.train import classifier as training
@@ -153,6 +154,54 @@ def test_paired_verdicts():
     assert table["identity"]["acc_hi"] <= 100.0
 
 
+def _arm_rows(variant, accs, target=90):
+    return [{"task": "t", "variant": variant, "seed": s, "status": "completed", "test_acc": a, "step_time_s": 1.0,
+             "epochs_to_target": 1, "skip_identity_distance_mean": None, "target_acc": target}
+            for s, a in enumerate(accs)]
+
+
+def test_verdicts_count_the_comparisons_with_identity_by_holm():
+    """Each arm's p is scipy's paired t-test; an arm is called better or worse exactly when
+    Holm's step-down procedure (reject the k-th smallest p while p_(k) <= alpha / (m - k + 1),
+    stop at the first that is not) rejects it; one raw "better" among many arms is not kept."""
+    from scipy import stats
+
+    from orthogonal_skip_connections.report import task_tables
+
+    rng = np.random.default_rng(3)
+    kinds = ["zero", "fixed_orth", "learnable_orth/steepest", "linear", "scalar", "idempotent"]
+    for trial in range(40):
+        n = int(rng.integers(3, 6))
+        base = 90 + rng.normal(size=n)
+        accs = {k: base + rng.normal(rng.choice([0.0, 0.0, 1.5, -3.0]), rng.uniform(0.2, 2.0), size=n)
+                for k in kinds[: int(rng.integers(2, 7))]}
+        rows = _arm_rows("identity", base) + [r for k, a in accs.items() for r in _arm_rows(k, a)]
+        table = {t["variant"]: t for t in task_tables(rows)["t"]}
+        p = {k: stats.ttest_rel(a, base).pvalue for k, a in accs.items()}
+        for k in accs:
+            assert table[k]["p_value"] == pytest.approx(p[k], rel=1e-9) and table[k]["comparisons"] == len(accs)
+        for alpha in (0.01, 0.05, 0.2):
+            rejected, m = set(), len(p)
+            for j, k in enumerate(sorted(p, key=p.get)):
+                if p[k] > alpha / (m - j):
+                    break
+                rejected.add(k)
+            assert {k for k in accs if table[k]["p_holm"] <= alpha} == rejected, (trial, alpha)
+        for k in accs:
+            said = table[k]["verdict"].split(" ")[0]
+            assert (said in ("better", "worse")) == (table[k]["p_holm"] < 0.05), table[k]["verdict"]
+
+    # one raw difference (p = 0.035) among five comparisons: not called better
+    base = [90.0, 91.0, 92.0]
+    rows = _arm_rows("identity", base) + _arm_rows("scalar", [91.0, 93.0, 93.5])  # differences 1, 2, 1.5
+    rows += [r for k, d in zip(kinds[:4], ([0.5, -0.5, 0.1], [1, -1, 0.2], [-0.3, 0.4, -0.2], [2, -1.5, 0.3]))
+             for r in _arm_rows(k, np.add(base, d))]
+    scalar = next(t for t in task_tables(rows)["t"] if t["variant"] == "scalar")
+    assert scalar["diff_lo"] > 0 and scalar["p_value"] < 0.05 <= scalar["p_holm"]
+    assert scalar["verdict"].startswith("no detectable difference from identity once the 5 comparisons with it "
+                                        "are counted"), scalar["verdict"]
+
+
 def _children(pid: int) -> set[int]:
     """Every live descendant of ``pid`` (read from /proc)."""
     import os
@@ -229,8 +278,8 @@ def test_killed_study_leaves_no_orphaned_worker(tmp_path):
             os.kill(pid, signal.SIGKILL)
 
 def test_smallest_detectable_difference():
-    """t_{0.975, n-1} s / sqrt(n) with s the pooled std of the paired differences, never below
-    one test example (100 / N points); clipped intervals are marked."""
+    """t_{1 - 0.025/m, n-1} s / sqrt(n) with s the pooled std of the paired differences of the m
+    kinds compared, never below one test example (100 / N points); clipped intervals are marked."""
     from scipy import stats
 
     from orthogonal_skip_connections.report.classification import detectable_difference, table_markdown
@@ -250,7 +299,8 @@ def test_smallest_detectable_difference():
     pooled = ((1.0 + 0.25) / 2) ** 0.5  # sample variances 1 and 0.25
     assert d["n_test"] == 400 and d["step"] == 0.25 and d["seeds"] == 3
     assert abs(d["pooled_sd"] - pooled) < 1e-12
-    assert abs(d["smallest"] - stats.t.ppf(0.975, 2) * pooled / 3 ** 0.5) < 1e-12
+    # two comparisons with identity: Holm's first step tests at 0.05 / 2
+    assert d["comparisons"] == 2 and abs(d["smallest"] - stats.t.ppf(1 - 0.025 / 2, 2) * pooled / 3 ** 0.5) < 1e-12
     md = "\n".join(table_markdown(table))
     assert "100.00†]" in md and "clipped" in md  # identity's interval passes 100 and is cut there
     assert "(1.00–1.00)" in md  # step-time ratio per seed, paired with identity

@@ -81,6 +81,23 @@ def test_householder_skip_has_torchs_state_and_weight():
     assert orth.orth_error(ours.weight) < 1e-5
 
 
+def test_householder_skip_survives_a_plain_optimizer_s_weight_decay():
+    """Parametrized skips train with any optimiser: a plain AdamW (default weight_decay 0.01)
+    shrinks the +-1 diagonal the map reads its signs from; torch's .int() read of it turned
+    W into 0 after one step."""
+    torch.manual_seed(0)
+    skip = osc.make_skip("learnable_orth", 6, method="householder", init="haar")
+    signs = skip.parametrizations.weight.original.diagonal().clone()
+    opt = torch.optim.AdamW(skip.parameters(), lr=1e-3)
+    for _ in range(3):
+        opt.zero_grad()
+        skip(torch.randn(4, 6)).sum().backward()
+        opt.step()
+    diagonal = skip.parametrizations.weight.original.diagonal()
+    assert (diagonal.abs() < 1).all() and torch.equal(diagonal.sign(), signs)  # decayed, same signs
+    assert orth.orth_error(skip.weight.detach()) < 1e-5
+
+
 @pytest.mark.parametrize("batch", [(), (3,)])
 def test_cayley_skip_is_torchs_cayley_map_bit_for_bit(batch):
     """OrthogonalMap's Cayley map skips torch's singularity check (a host read), nothing

@@ -78,6 +78,12 @@ def test_bad_configurations_are_one_line_errors():
         get_model("vit_tiny", 10, stem="cifar")
     with pytest.raises(ValueError, match="unknown skip option"):
         ViT(10, patch_sise=2)
+    # through get_model a misspelt model option is named as such, the model's options listed
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['patch_sise'\] for vit_tiny; allowed: .*patch_size"):
+        get_model("vit_tiny", 10, patch_sise=2)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['in_chanels'\] for resnet20; allowed: in_channels.*"
+                                         r"and the skip options method"):
+        get_model("resnet20", 10, in_chanels=1)
 
 
 @pytest.fixture(scope="module")

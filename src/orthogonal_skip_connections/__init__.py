@@ -21,13 +21,14 @@ if TYPE_CHECKING:  # the public names, imported on first use (``osc list`` needs
     from .maths import orthogonal
     from .models import ResidualMLP, get_model
     from .optim import optimizer
-    from .skips import make_skip, orthogonal_, patch_skips, skip
+    from .skips import make_skip, orthogonal_, patch_skips, project_orthogonal_, skip
 
 __version__ = "0.1.0"
 _LAZY = {
     "orthogonal": ("maths", "orthogonal"),
     "optimizer": ("optim", "optimizer"),
     "orthogonal_": ("skips", "orthogonal_"),
+    "project_orthogonal_": ("skips", "project_orthogonal_"),
     "skip": ("skips", "skip"),
     "make_skip": ("skips", "make_skip"),
     "patch_skips": ("skips", "patch_skips"),
@@ -44,7 +45,9 @@ def __getattr__(name: str):
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module, attr = _LAZY[name]
-    value = getattr(importlib.import_module(f".{module}", __name__), attr)
+    parent = importlib.import_module(f".{module}", __name__)
+    # an attribute of a module, or a submodule (``orthogonal`` of maths/, which its package does not import)
+    value = getattr(parent, attr) if hasattr(parent, attr) else importlib.import_module(f".{attr}", parent.__name__)
     globals()[name] = value
     return value
 

@@ -9,7 +9,7 @@ torch.optim.SGD)`` holds) whose param groups are
 2. ``no_decay``: norms, biases, scalars (1-D and 0-D; decayed too with
    ``decay_norms_and_biases``) and the free parameters of parametrized orthogonal
    weights (``cayley``/``exp``/``householder``: decay would pull W = B phi(A) towards B,
-   and for Householder it would zero the fixed diagonal torch reads);
+   and shrink the +-1 diagonal whose signs the Householder map reads);
 3. ``retracted`` (one group per retraction method, ``lr_scale`` and ``ns_steps``): the
    matrices marked by :func:`~orthogonal_skip_connections.skips.orthogonal_` with a
    retracted method. ``step()`` first runs the wrapped optimiser on groups 1-2, then moves
@@ -20,7 +20,9 @@ Momentum of the retraction (the same rule in every loop, chosen to match the ori
 project's upkeep): a heavy-ball buffer of the Euclidean gradient, m <- mu m + G (m = G
 on the first step), and the retraction moves W along -m. ``mu`` is the group's
 ``retraction_momentum``: the ``retraction_momentum`` argument if given, else the
-optimiser's ``momentum`` (SGD), else its first beta (Adam family), else 0. Heavy-ball on
+optimiser's ``momentum`` (SGD), else its first beta (Adam family), else 0, fixed at
+construction (a scheduler that cycles ``momentum`` or ``betas``, as ``OneCycleLR`` does, moves
+the wrapped optimiser's, not this one). Heavy-ball on
 the Euclidean gradient keeps the buffer in one fixed coordinate system; the retraction
 itself projects the step onto the tangent space (``svd``/``qr``/``newton_schulz``) or
 takes the spectral-norm steepest step (``steepest``), see
@@ -32,7 +34,10 @@ retractions use matrix products only (``retraction_impl="auto"``, see
 nothing read back to the host inside ``step()``. The
 buffers live in ``opt.state`` like any optimiser state, so one ``state_dict()`` holds
 everything. When a step is skipped (the loops skip ``opt.step()`` on non-finite
-gradients) both halves are skipped.
+gradients) both halves are skipped. A matrix whose ``grad`` is None (it took no part in
+the loss since ``zero_grad()``) is not moved and its buffer is kept, as torch's optimisers
+treat any parameter without a gradient. With the wrapped class's ``maximize=True`` the
+retraction ascends too.
 
 Also here: the learning-rate schedule every loop uses (:func:`lr_factor`,
 :func:`lr_scheduler`, a :class:`StepSchedule` that moves on over skipped steps), described by
@@ -52,7 +57,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _Orthogonal as _TorchOrthogonal  # ours subclass it
 
 from .maths import orthogonal as orth
-from .skips.constraint import retracted_parameters
+from .skips.constraint import retracted_parameters, retraction_among
 
 __all__ = [
     "optimizer",
@@ -143,6 +148,41 @@ class RetractingOptimizer:
             self.__dict__["_osc_split"] = cached
         return cached[2], cached[3]
 
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's ``add_param_group``; a group without a ``retraction`` key must hold no
+        retracted matrix (the wrapped optimiser would step it off O(n)). A module's groups,
+        retracted ones included: ``for g in param_groups(module): opt.add_param_group(g)``
+        (``param_groups``' ``retraction_momentum`` is 0 unless given)."""
+        if "retraction" not in param_group:
+            params = param_group["params"]
+            param_group["params"] = params = [params] if isinstance(params, Tensor) else list(params)
+            spec = retraction_among(params)
+            if spec is not None:
+                raise TypeError(
+                    f"add_param_group got a retracted orthogonal matrix ({spec.method}) in a group without a "
+                    "retraction, which would step it off O(n); add the groups of "
+                    "orthogonal_skip_connections.optim.param_groups(module) instead")
+        super().add_param_group(param_group)
+
+    def __reduce_ex__(self, protocol):
+        """Pickled by the class it wraps: the subclass is made at run time, so pickle cannot
+        find it by name (``torch.save(opt)`` raised PicklingError). The state is torch's."""
+        wrapped = type(self).__dict__.get("_osc_wrapped")  # a class of one's own pickles as usual
+        if wrapped is None:
+            return super().__reduce_ex__(protocol)
+        return _new_retracting, (wrapped,), self.__getstate__()
+
+    def __setstate__(self, state: dict) -> None:
+        """``load_state_dict`` (and unpickling) end here. The wrapped class's own
+        ``__setstate__`` reads its per-parameter state (Adam, RMSprop, Adagrad, ...: each
+        state's ``step``) over every group; a retracted matrix's state is its momentum buffer
+        alone, so it is held back from that reading and put back after."""
+        retracted = {id(p) for g in state.get("param_groups", ()) if "retraction" in g for p in g["params"]}
+        own = state.get("state", {})
+        held = {p: own.pop(p) for p in list(own) if id(p) in retracted}
+        super().__setstate__(state)
+        self.state.update(held)
+
     def _wrapped_step(self, closure=None):
         """The wrapped class's own ``step``. torch wraps a class's ``step`` in its profiling
         and hook-calling wrapper once a plain instance of it exists; that wrapper already
@@ -205,10 +245,13 @@ class RetractingOptimizer:
         compiled = self.__dict__.get("_osc_compiled") if impl == "matmul" else None
         by_shape = defaultdict(list)
         for p in group["params"]:
-            by_shape[tuple(p.shape)].append(p)
+            if p.grad is not None:  # as torch's optimisers: no gradient, no step (and no momentum)
+                by_shape[tuple(p.shape)].append(p)
+        if not by_shape:
+            return
         stacks = []  # (params, grads, momentum buffers or None) per shape
         for params in by_shape.values():
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            grads = [p.grad.neg() if group.get("maximize", False) else p.grad for p in params]  # ascent
             bufs = None
             if mu > 0:  # m <- mu m + G, m = G on the first step (from m = 0: the same numbers)
                 states = [self.state[p] for p in params]
@@ -268,15 +311,23 @@ def _retracting_class(cls: type) -> type:
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise TypeError(f"optimizer_class must be a torch.optim.Optimizer subclass; got {cls!r}")
     if cls not in _CLASSES:
-        _CLASSES[cls] = type(f"Retracting{cls.__name__}", (RetractingOptimizer, cls), {"__module__": __name__})
+        _CLASSES[cls] = type(f"Retracting{cls.__name__}", (RetractingOptimizer, cls),
+                             {"__module__": __name__, "_osc_wrapped": cls})
     return _CLASSES[cls]
+
+
+def _new_retracting(cls: type) -> torch.optim.Optimizer:
+    """An empty instance of the retracting subclass of ``cls``, for unpickling (see
+    :meth:`RetractingOptimizer.__reduce_ex__`)."""
+    retracting = _retracting_class(cls)
+    return retracting.__new__(retracting)
 
 
 def optimizer(
     model: nn.Module,
     optimizer_class: type = torch.optim.SGD,
     *,
-    lr: float,
+    lr: float | Tensor,
     weight_decay: float = 0.0,
     decay_norms_and_biases: bool = False,
     retraction_momentum: float | None = None,
@@ -290,10 +341,16 @@ def optimizer(
     ``kwargs`` go to ``optimizer_class`` (``momentum``, ``nesterov``, ``betas``, ...).
     See the module docstring for the groups and the retraction's momentum rule;
     ``retraction_impl`` as in :func:`param_groups`."""
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
-        raise ValueError(f"lr must be a finite number >= 0; got {lr!r}")
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be >= 0; got {weight_decay!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"optimizer takes the model (an nn.Module), whose param groups it makes itself; got "
+                        f"{type(model).__name__} (another lr for a part: opt.add_param_group per group of "
+                        "orthogonal_skip_connections.optim.param_groups(part), with its own lr)")
+    value = float(lr) if isinstance(lr, Tensor) and lr.numel() == 1 and lr.is_floating_point() else lr
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"lr must be a finite number >= 0 (a float or, as torch allows, a one-element tensor); "
+                         f"got {lr!r}")
+    if not 0 <= weight_decay < math.inf:
+        raise ValueError(f"weight_decay must be a finite number >= 0; got {weight_decay!r}")
     if retraction_momentum is None:
         retraction_momentum = kwargs.get("momentum", kwargs.get("betas", (0.0,))[0])
         if "momentum" not in kwargs and "betas" not in kwargs:  # the class's own default

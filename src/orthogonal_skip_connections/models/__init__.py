@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+
 from torch import nn
 
+from ..skips import SKIP_OPTIONS
 from .mlp import ResidualMLP, ResidualMLPBlock
 from .resnet import RESNETS, STEMS, BasicBlock, Bottleneck, PreActBlock, PreActBottleneck, ResNet, resnet
 from .vit import VIT_SIZES, ViT, check_vit, vit
@@ -39,8 +42,8 @@ def get_model(model_type: str, num_classes: int, skip_kind: str | None = None, *
 
 def check_model_options(model_type: str, options) -> None:
     """One-line ValueError for an unknown ``model_type``, an option (name) that belongs
-    to the other family (ResNet-only options for a ViT, ViT-only ones for a ResNet), or an
-    unknown ResNet ``stem``."""
+    to the other family (ResNet-only options for a ViT, ViT-only ones for a ResNet), an
+    option neither the model nor its skips take (listing both), or an unknown ResNet ``stem``."""
     if model_type not in MODEL_TYPES:
         raise ValueError(f"unknown model_type {model_type!r}; allowed: {', '.join(MODEL_TYPES)}")
     vit_model = model_type in VIT_SIZES
@@ -48,5 +51,19 @@ def check_model_options(model_type: str, options) -> None:
     if wrong:
         raise ValueError(f"option(s) {wrong} apply to {'ResNet' if vit_model else 'ViT'} models only, "
                          f"not {model_type}")
+    named = _named_options(ViT if vit_model else ResNet)
+    unknown = sorted(set(options) - set(named) - set(SKIP_OPTIONS))
+    if unknown:  # (else a misspelt model option would be called an unknown skip option)
+        raise ValueError(f"unknown option(s) {unknown} for {model_type}; allowed: {', '.join(named)}, "
+                         f"and the skip options {', '.join(SKIP_OPTIONS)}")
     if "stem" in options and options["stem"] not in STEMS:
         raise ValueError(f"unknown stem {options['stem']!r}; allowed: {', '.join(STEMS)}")
+
+
+def _named_options(cls: type) -> list[str]:
+    """The keyword options of ``get_model`` for models of ``cls``: its constructor's named
+    arguments but the ones ``get_model`` sets itself, and ``image_size`` (every model)."""
+    fixed = {"self", "block", "blocks_per_stage", "widths", "num_classes", "skip_kind"}
+    params = inspect.signature(cls.__init__).parameters.values()
+    names = [p.name for p in params if p.name not in fixed and p.kind is not p.VAR_KEYWORD]
+    return names + ["image_size"] * ("image_size" not in names)

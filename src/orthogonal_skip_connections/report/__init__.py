@@ -75,7 +75,9 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
         md += [f"{len(rows)} classifier runs over {len({r['task'] for r in rows})} task(s)"
                + (f"; {n_bad} did not complete (listed in the tables, kept in results.csv)." if n_bad else "."),
                "Accuracy is the final test accuracy; the 95% intervals are Student-t over seeds; "
-               "the difference vs identity is paired by seed. Step times exclude evaluation; they are shown as "
+               "the difference vs identity is paired by seed, and a verdict of better or worse also needs the "
+               "paired t-test's p-value, Holm-adjusted over the task's comparisons with identity, below 0.05 (the "
+               "intervals are per comparison). Step times exclude evaluation; they are shown as "
                "the mean ratio to identity with its range over seeds, because runs made side by side (osc "
                "study's jobs > 1) share the machine and the ratio moves from one study to the next "
                "(benchmarks/skip_step_time.py measures it alone).", ""]
@@ -92,7 +94,8 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
     for task, table in modes.items():  # residual modes (add, orthogonal_update, rotation) x skips
         md += [f"## Residual modes: {task}", "",
                "Each residual mode (skips/residual.py) with each skip kind, against add residuals with identity "
-               "skips, paired by seed.", "", caveat(task, table, [r for r in rows if r["task"] == task]), ""]
+               "skips, paired by seed; verdicts Holm-adjusted over the arms.", "",
+               caveat(task, table, [r for r in rows if r["task"] == task]), ""]
         md += table_markdown(table) + [""]
         verdicts = [f"- **{t['residual_mode']} / {t['variant']}**: {t['verdict']}." for t in table
                     if t["verdict"] != "baseline"]

@@ -5,7 +5,8 @@
   and diverged runs included with their status);
 - per task, a table of accuracy (mean +- std and a 95% t-interval over seeds), step time,
   epochs to a target accuracy, ||W - I||_F, and the paired difference from ``identity``
-  with a verdict ("not detectable" when its interval contains 0);
+  with a verdict ("not detectable" when its interval contains 0, or when the paired t-test's
+  p-value, Holm-adjusted over the task's comparisons with identity, is not below 0.05);
 - per task with residual modes other than ``add`` (:mod:`..skips.residual`), the same
   statistics per (residual mode, skip) arm against ``add``/``identity`` instead
   (``mode_tables``);
@@ -260,7 +261,8 @@ def _arm_stats(vrows: list[dict], base: list[dict], is_base: bool, baseline: str
         "reached_target": f"{sum(x is not None for x in reached)}/{len(reached)}",
         "identity_distance": _mean([r["skip_identity_distance_mean"] for r in vok]),
         "diff_mean": dmean, "diff_lo": dlo, "diff_hi": dhi, "diff_ci_clipped": diff_clipped,
-        "paired_seeds": len(diffs),
+        "paired_seeds": len(diffs), "p_value": math.nan if is_base else _paired_p(diffs), "p_holm": math.nan,
+        "comparisons": 0,
         "verdict": "baseline" if is_base else _verdict(None, dmean, dlo, dhi, len(diffs),
                                                        spread=float(np.ptp(diffs)) if diffs else 0.0,
                                                        baseline=baseline, clipped=diff_clipped),
@@ -276,9 +278,10 @@ def task_tables(rows: list[dict]) -> dict[str, list[dict]]:
     for task in sorted({r["task"] for r in rows} - {r["task"] for r in rows if not _is_add(r)}):
         trows = [r for r in rows if r["task"] == task]
         base = [r for r in trows if r["status"] == "completed" and r["variant"] == "identity"]
-        tables[task] = [{"variant": variant, **_arm_stats([r for r in trows if r["variant"] == variant], base,
-                                                          variant == "identity", "identity", trows[0]["target_acc"])}
-                        for variant in _variant_order([r["variant"] for r in trows])]
+        tables[task] = _holm([{"variant": variant,
+                               **_arm_stats([r for r in trows if r["variant"] == variant], base,
+                                            variant == "identity", "identity", trows[0]["target_acc"])}
+                              for variant in _variant_order([r["variant"] for r in trows])], "identity")
     return tables
 
 
@@ -296,18 +299,51 @@ def mode_tables(rows: list[dict]) -> dict[str, list[dict]]:
         base = [r for r in trows if r["status"] == "completed" and arm(r) == MODE_BASELINE]
         modes, variants = _mode_order([arm(r)[0] for r in trows]), _variant_order([r["variant"] for r in trows])
         arms = sorted({arm(r) for r in trows}, key=lambda a: (modes.index(a[0]), variants.index(a[1])))
-        tables[task] = [{"residual_mode": mode, "variant": variant,
-                         **_arm_stats([r for r in trows if arm(r) == (mode, variant)], base,
-                                      (mode, variant) == MODE_BASELINE, "/".join(MODE_BASELINE),
-                                      trows[0]["target_acc"])} for mode, variant in arms]
+        tables[task] = _holm([{"residual_mode": mode, "variant": variant,
+                               **_arm_stats([r for r in trows if arm(r) == (mode, variant)], base,
+                                            (mode, variant) == MODE_BASELINE, "/".join(MODE_BASELINE),
+                                            trows[0]["target_acc"])} for mode, variant in arms],
+                             "/".join(MODE_BASELINE))
     return tables
 
 
+def _paired_p(diffs: list[float]) -> float:
+    """Two-sided p-value of the paired t-test (mean difference 0) on the per-seed differences;
+    NaN for fewer than 2 or for differences without spread (the t statistic is undefined)."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=float)
+    if len(d) < 2 or float(np.ptp(d)) < 1e-9:
+        return math.nan
+    t = float(d.mean() / (d.std(ddof=1) / math.sqrt(len(d))))
+    return float(2 * stats.t.sf(abs(t), len(d) - 1))
+
+
+def _holm(table: list[dict], baseline: str) -> list[dict]:
+    """Holm's step-down adjustment (Holm 1979) of the arms' paired p-values over the m
+    comparisons of one table with its baseline: the k-th smallest p becomes
+    max over j <= k of min(1, (m - j + 1) p_(j)). It keeps the chance of any false "better" or
+    "worse" in the table at 5%, where m separate 95% intervals would allow up to m x 5%. The
+    verdicts are rewritten with it; the intervals in the table stay per comparison."""
+    tested = sorted((t for t in table if not math.isnan(t["p_value"])), key=lambda t: t["p_value"])
+    m, running = len(tested), 0.0
+    for j, t in enumerate(tested):
+        running = max(running, min(1.0, (m - j) * t["p_value"]))
+        t["p_holm"], t["comparisons"] = running, m
+        t["verdict"] = _verdict(None, t["diff_mean"], t["diff_lo"], t["diff_hi"], t["paired_seeds"],
+                                baseline=baseline, clipped=t["diff_ci_clipped"], p=t["p_value"],
+                                p_holm=running, comparisons=m)
+    return table
+
+
 def _verdict(variant, dmean, dlo, dhi, n, spread: float = 1.0, baseline: str = "identity",
-             clipped: tuple[bool, bool] = (False, False)) -> str:
+             clipped: tuple[bool, bool] = (False, False), p: float = math.nan, p_holm: float = math.nan,
+             comparisons: int = 1) -> str:
     """One sentence comparing an arm with ``baseline`` from the paired difference's mean and
     95% interval [dlo, dhi] (``clipped``: which ends were cut at -100/+100 points, marked †
-    as in the table)."""
+    as in the table), and, among ``comparisons`` > 1 with the same baseline, the paired
+    t-test's ``p`` and its Holm-adjusted ``p_holm`` (:func:`_holm`): an interval that excludes
+    0 is "better" or "worse" only when ``p_holm`` < 0.05 too."""
     if variant == baseline:
         return "baseline"
     if n < 2 or math.isnan(dlo):
@@ -321,6 +357,13 @@ def _verdict(variant, dmean, dlo, dhi, n, spread: float = 1.0, baseline: str = "
         return (f"no detectable difference from {baseline} at {n} seeds "
                 f"(95% CI of the difference {ci} points contains 0)")
     word = "better" if dmean > 0 else "worse"
+    if comparisons > 1 and not math.isnan(p_holm):
+        if p_holm >= 0.05:
+            return (f"no detectable difference from {baseline} once the {comparisons} comparisons with it are "
+                    f"counted: alone, the 95% CI of the difference {ci} points excludes 0 (paired t-test p = "
+                    f"{p:.2g}), but Holm's adjusted p is {p_holm:.2g}")
+        return (f"{word} than {baseline} by {abs(dmean):.2f} points (95% CI {ci}, {n} paired seeds; p = {p:.2g}, "
+                f"Holm-adjusted over {comparisons} comparisons {p_holm:.2g})")
     return f"{word} than {baseline} by {abs(dmean):.2f} points (95% CI {ci}, {n} paired seeds)"
 
 
@@ -367,9 +410,10 @@ def table_markdown(table: list[dict]) -> list[str]:
 def detectable_difference(table: list[dict], rows: list[dict]) -> dict:
     """What a task's comparison with identity could resolve: the test-set size N (accuracy
     moves in steps of 100/N points), the number n of paired seeds, the pooled std s of the
-    paired differences over the variants, and the smallest difference a paired 95%
-    t-interval at n seeds would tell from 0 at that spread: t_{0.975, n-1} s / sqrt(n),
-    never less than one test example. None where fewer than two seeds are paired."""
+    paired differences over the m variants compared, and the smallest difference the
+    verdicts could tell from 0 at that spread: the first step of Holm's procedure tests at
+    0.05 / m, so t_{1 - 0.025/m, n-1} s / sqrt(n) (m = 1: the paired 95% t-interval's half
+    width), never less than one test example. None where fewer than two seeds are paired."""
     from scipy import stats
 
     sizes = {r["n_test"] for r in rows if r.get("n_test")}
@@ -377,12 +421,13 @@ def detectable_difference(table: list[dict], rows: list[dict]) -> dict:
     paired = [t for t in table if t["verdict"] != "baseline" and t["paired_seeds"] >= 2]
     n = min((t["paired_seeds"] for t in paired), default=0)
     step = 100.0 / n_test if n_test else None
+    m = len(paired)
     if n < 2:
-        return {"n_test": n_test, "step": step, "seeds": n, "pooled_sd": None, "smallest": None}
+        return {"n_test": n_test, "step": step, "seeds": n, "pooled_sd": None, "smallest": None, "comparisons": m}
     pooled = math.sqrt(float(np.mean([t["diff_sd"] ** 2 for t in paired if not math.isnan(t["diff_sd"])] or [0.0])))
-    smallest = float(stats.t.ppf(0.975, n - 1)) * pooled / math.sqrt(n)
+    smallest = float(stats.t.ppf(1 - 0.025 / m, n - 1)) * pooled / math.sqrt(n)
     return {"n_test": n_test, "step": step, "seeds": n, "pooled_sd": pooled,
-            "smallest": max(smallest, step or 0.0)}
+            "smallest": max(smallest, step or 0.0), "comparisons": m}
 
 
 def caveat(task: str, table: list[dict], rows: list[dict]) -> str:
@@ -395,11 +440,13 @@ def caveat(task: str, table: list[dict], rows: list[dict]) -> str:
         return f"**Caveat**: {size}; fewer than 2 seeds paired with identity, so no difference can be judged."
     text = (f"**Caveat**: {size}; at {d['seeds']} seeds, with the paired differences' pooled std of "
             f"{d['pooled_sd']:.2f} points, ")
+    holm = (f" (among {d['comparisons']} comparisons, Holm's first step tests at 0.05 / {d['comparisons']})"
+            if d["comparisons"] > 1 else "")
     if d["smallest"] >= 100.0:  # two accuracies differ by at most 100 points
-        text += (f"the paired t-interval is about ±{d['smallest']:.0f} points wide, more than the whole scale, so "
-                 "no difference could be told from 0: more seeds are needed")
+        text += (f"a difference would have to exceed about {d['smallest']:.0f} points to be told from 0{holm}, more "
+                 "than the whole scale, so no difference could be: more seeds are needed")
     else:
-        text += f"only differences larger than about {d['smallest']:.2f} points could be told from 0"
+        text += f"only differences larger than about {d['smallest']:.2f} points could be told from 0{holm}"
     if accs and min(accs) >= 95.0:
         text += (f"; every variant scores {min(accs):.1f}–{max(accs):.1f}%, so the task is near saturation and "
                  "'no detectable difference' means 'cannot tell', not 'equal'")

@@ -7,7 +7,14 @@ skips of a model computed in one batched call per size (:mod:`.batched`),
 
 from ..maths.orthogonal import DEFAULT_METHOD, ORTH_INITS, ORTH_METHODS, PARAMETRIZED_METHODS, RETRACTED_METHODS
 from .batched import batch_upkeep
-from .constraint import Retraction, mark_retracted, orthogonal_, retracted_parameters, retraction_of
+from .constraint import (
+    Retraction,
+    mark_retracted,
+    orthogonal_,
+    project_orthogonal_,
+    retracted_parameters,
+    retraction_of,
+)
 from .contract import Skip, apply_matrix, apply_matrix_add, iter_skips
 from .kinds import (
     SKIP_KINDS,
@@ -40,7 +47,8 @@ from .residual import (
 
 __all__ = [
     "DEFAULT_METHOD", "ORTH_INITS", "ORTH_METHODS", "PARAMETRIZED_METHODS", "RETRACTED_METHODS",
-    "batch_upkeep", "Retraction", "mark_retracted", "orthogonal_", "retracted_parameters", "retraction_of",
+    "batch_upkeep", "Retraction", "mark_retracted", "orthogonal_", "project_orthogonal_", "retracted_parameters",
+    "retraction_of",
     "Skip", "apply_matrix", "apply_matrix_add", "iter_skips",
     "SKIP_KINDS", "SKIP_OPTIONS", "IdentitySkip", "MatrixSkip", "OrthogonalSkip", "ScalarSkip", "SkipFactory",
     "ZeroSkip", "make_skip", "skip", "skip_layer_from",

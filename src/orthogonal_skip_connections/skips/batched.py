@@ -17,7 +17,10 @@ and ``skip.weight`` compute W as torch's parametrization does. Inside
 ``torch.nn.utils.parametrize.cached()`` (evaluation) the batched W's go into torch's
 cache instead, where the skips find them: computed once per pass, as without batching.
 Nothing is stored: state_dicts, checkpoints and the parametrization are those of the
-skips alone.
+skips alone. One limit follows: ``torch.utils.checkpoint(..., use_reentrant=False)`` around
+part of such a model recomputes that part in the backward pass, after the shares were
+dropped, so its skips compute W alone there and torch refuses the differing recomputation
+(CheckpointError); such a model needs ``batch_upkeep(model, enabled=False)``.
 """
 
 from __future__ import annotations

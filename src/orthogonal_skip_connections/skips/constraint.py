@@ -5,18 +5,21 @@ of geotorch and ``torch.nn.utils.parametrizations.orthogonal``. Two families, on
 
 - parametrized methods (``cayley``, ``exp``, ``householder``) register torch's
   ``orthogonal`` parametrization: W = B phi(A) is orthogonal by construction and any
-  optimiser may move A (never with weight decay: see :mod:`..optim`). The same state and
-  the same W as ``torch.nn.utils.parametrizations.orthogonal``; only the Householder map
-  of a square weight is computed faster (:class:`OrthogonalMap`);
+  optimiser may move A (``osc.optimizer`` never decays it: see :mod:`..optim`). The same
+  state and the same W as ``torch.nn.utils.parametrizations.orthogonal``; only the
+  Householder map of a square weight is computed faster, and stays orthogonal under a plain
+  optimiser's weight decay where torch's collapses to 0 (:class:`OrthogonalMap`);
 - retracted methods (``steepest``, ``svd``, ``qr``, ``newton_schulz``) leave W a plain
   parameter and mark it with a :class:`Retraction`; the optimiser of
   :func:`orthogonal_skip_connections.optim.optimizer` finds the mark and moves W on O(n)
-  inside its own ``step()``. A plain torch optimiser handed a marked matrix refuses to step.
+  inside its own ``step()``. A plain torch optimiser handed a marked matrix refuses to step
+  (a deep copy's matrices too).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +28,7 @@ from torch.nn.utils import parametrizations, parametrize
 
 from ..maths import orthogonal as orth
 
-__all__ = ["OrthogonalMap", "Retraction", "retraction_of", "recorded_retraction", "mark_retracted", "retracted_parameters", "orthogonal_", "resolve_method"]
+__all__ = ["OrthogonalMap", "Retraction", "retraction_of", "retraction_among", "recorded_retraction", "mark_retracted", "retracted_parameters", "project_orthogonal_", "orthogonal_", "resolve_method"]
 
 class OrthogonalMap(parametrizations._Orthogonal):
     """torch's orthogonal parametrization (its state_dict, its right_inverse, its W), with
@@ -73,10 +76,14 @@ class OrthogonalMap(parametrizations._Orthogonal):
         multiplies its base by (W = B phi(X)); any stack of X at once, each matrix as alone:
         ``matrix_exp`` exp(A), ``cayley`` (I + A/2)(I - A/2)^-1 with A = X_lower - X_lower^T,
         ``householder`` the product of the reflections of X's strictly lower triangle, signed
-        by X's diagonal (+-1, fixed by torch's right_inverse)."""
+        by the signs of X's diagonal (+-1, set by torch's right_inverse, no gradient). torch
+        reads that diagonal with ``.int()``, which truncates: one step of weight decay (a plain
+        AdamW's default 0.01) takes 1 to 0.99999 and W to 0; its sign is the same +-1 at any decay."""
+        if X.dtype in (torch.float16, torch.bfloat16):  # half-precision weights: the map in float32
+            return OrthogonalMap.phi(orthogonal_map, X.float()).to(X.dtype)  # (no half LU on the CPU)
         maps = parametrizations._OrthMaps
         if orthogonal_map == maps.householder:
-            return orth.householder_wy(X) * X.diagonal(dim1=-2, dim2=-1).int().unsqueeze(-2)
+            return orth.householder_wy(X) * X.diagonal(dim1=-2, dim2=-1).detach().sign().unsqueeze(-2)
         X = X.tril()
         A = X - X.mT
         if orthogonal_map == maps.matrix_exp:
@@ -93,7 +100,7 @@ class OrthogonalMap(parametrizations._Orthogonal):
 
 
 _MARK = "_osc_retraction"  # on a parameter: a cache, lost by copy.deepcopy of the parameter
-_MODULE_MARKS = "_osc_retractions"  # on its module, {name: Retraction}: the record, kept by deepcopy
+_MODULE_MARKS = "_osc_retractions"  # on its module, a _Record {name: Retraction}, kept by deepcopy
 _TORCH_NAMES = {v: k for k, v in orth.TORCH_MAPS.items()}  # matrix_exp -> exp, ...
 
 
@@ -115,9 +122,51 @@ class Retraction:
             raise ValueError(f"ns_steps (update_rule_iters) must be an integer >= 1; got {self.ns_steps!r}")
 
 
+class _Record(dict):
+    """{name: Retraction}, the record of a module's retracted matrices, kept in the module's
+    ``__dict__``. torch's ``Parameter.__deepcopy__`` copies a tensor without its attributes,
+    so the matrices of a deep copy are unmarked; every live record is therefore listed (weakly)
+    in ``_RECORDS``, a deep copy's record too (bound to the copied module, which copy's memo
+    holds before the module's state is copied), and the guard against plain optimisers marks
+    each record's current parameters again (:func:`_mark_recorded`)."""
+
+    def __init__(self, module: nn.Module | None = None, items=()):
+        super().__init__(items)
+        self.module = weakref.ref(module) if module is not None else lambda: None
+        _RECORDS[id(self)] = self
+
+    def __deepcopy__(self, memo):
+        return _Record(memo.get(id(self.module())), self)  # specs are frozen: shared
+
+    def __reduce__(self):  # torch.save(model): the module is pickled before its state, so no cycle
+        return _Record, (self.module(), dict(self))
+
+
+_RECORDS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> record (a dict: unhashable)
+
+
+def _mark_recorded() -> None:
+    """Mark the current parameter of every live record (deep copies' included)."""
+    for record in list(_RECORDS.values()):
+        module = record.module()
+        if module is None:
+            continue
+        for name, spec in record.items():
+            p = module._parameters.get(name)
+            if p is not None:
+                setattr(p, _MARK, spec)
+
+
 def retraction_of(p: Tensor) -> Retraction | None:
     """The :class:`Retraction` a parameter is marked with, or None."""
     return getattr(p, _MARK, None)
+
+
+def retraction_among(params) -> Retraction | None:
+    """The :class:`Retraction` of the first retracted matrix among ``params`` (the matrices
+    of deep copies included), or None."""
+    _mark_recorded()
+    return next((spec for spec in map(retraction_of, params) if spec is not None), None)
 
 
 def mark_retracted(p: Tensor, spec: Retraction, module: nn.Module | None = None, name: str | None = None) -> Tensor:
@@ -127,7 +176,10 @@ def mark_retracted(p: Tensor, spec: Retraction, module: nn.Module | None = None,
     orth.check_square(p, "retracted matrix")
     setattr(p, _MARK, spec)
     if module is not None:
-        module.__dict__.setdefault(_MODULE_MARKS, {})[name] = spec
+        record = module.__dict__.get(_MODULE_MARKS)
+        if not isinstance(record, _Record):  # none yet (or a plain dict of an older pickle)
+            record = module.__dict__[_MODULE_MARKS] = _Record(module, record or {})
+        record[name] = spec
     _guard_plain_optimizers()
     return p
 
@@ -152,6 +204,23 @@ def retracted_parameters(model: nn.Module) -> list[tuple[nn.Parameter, Retractio
     return out
 
 
+@torch.no_grad()
+def project_orthogonal_(model: nn.Module) -> float:
+    """Put every retracted matrix of ``model`` back on O(n) by its polar factor, the nearest
+    orthogonal matrix in Frobenius norm, in place. For matrices set by something other than
+    the retraction: an average of weights (``torch.optim.swa_utils.AveragedModel``'s EMA or
+    SWA: a mean of orthogonal matrices is not orthogonal), an interpolation, a hand edit.
+    Orthogonal matrices stay as they are (to round-off); parametrized methods need nothing
+    (an average of their free matrices still maps to O(n)). Returns the largest
+    ||W_new - W_old||_F moved, 0.0 for a model without retracted matrices."""
+    moved = 0.0
+    for p, _ in retracted_parameters(model):
+        Q = orth.polar(p.detach())
+        moved = max(moved, float(torch.linalg.matrix_norm((Q - p).double()).max()))
+        p.copy_(Q)
+    return moved
+
+
 _GUARD = []
 
 
@@ -168,15 +237,13 @@ def _guard_plain_optimizers() -> None:
         key = tuple(len(g["params"]) for g in opt.param_groups)
         if opt.__dict__.get("_osc_checked") == key:
             return
-        for g in opt.param_groups:
-            for p in g["params"]:
-                spec = retraction_of(p)
-                if spec is not None:
-                    raise TypeError(
-                        f"a retracted orthogonal matrix ({spec.method}) is in a plain {type(opt).__name__}, "
-                        "which would step it off O(n); build the optimiser with "
-                        f"orthogonal_skip_connections.optimizer(model, torch.optim.{type(opt).__name__}, ...)"
-                    )
+        spec = retraction_among(p for g in opt.param_groups for p in g["params"])
+        if spec is not None:
+            raise TypeError(
+                f"a retracted orthogonal matrix ({spec.method}) is in a plain {type(opt).__name__}, "
+                "which would step it off O(n); build the optimiser with "
+                f"orthogonal_skip_connections.optimizer(model, torch.optim.{type(opt).__name__}, ...)"
+            )
         opt.__dict__["_osc_checked"] = key
 
     from torch.optim.optimizer import register_optimizer_step_pre_hook
@@ -211,8 +278,9 @@ def initial_orthogonal(n: int, init: str, special: bool = True, generator: torch
     """I (``identity``) or a Haar draw on SO(n) (O(n) with ``special=False``): (n, n)."""
     if init not in orth.ORTH_INITS:
         raise ValueError(f"unknown orthogonal init {init!r}; allowed: {', '.join(orth.ORTH_INITS)}")
-    W = orth.haar_orthogonal(n, generator=generator, special=special) if init == "haar" else torch.eye(n)
-    return W.to(dtype=dtype or torch.get_default_dtype(), device=device)
+    dtype = dtype or torch.get_default_dtype()  # Haar drawn in float64 and rounded once to it (float64: exact)
+    W = orth.haar_orthogonal(n, generator=generator, special=special, dtype=dtype) if init == "haar" else torch.eye(n)
+    return W.to(dtype=dtype, device=device)
 
 
 def orthogonal_(
@@ -242,10 +310,18 @@ def orthogonal_(
         raise ValueError(f"ns_steps={ns_steps} and update_rule_iters={update_rule_iters} disagree")
     ns = ns_steps if ns_steps is not None else update_rule_iters if update_rule_iters is not None else 100
     if parametrize.is_parametrized(module, name):
-        raise ValueError(f"{type(module).__name__}.{name} is already parametrized")
+        raise ValueError(f"{type(module).__name__}.{name} is already parametrized (torch.nn.utils.parametrize); "
+                         "orthogonal_ needs a plain nn.Parameter")
     W = getattr(module, name, None)
+    if W is None and name not in module._parameters:
+        raise ValueError(f"{type(module).__name__} has no parameter {name!r}; its parameters: "
+                         f"{', '.join(n for n, _ in module.named_parameters(recurse=False)) or 'none'}")
     if not isinstance(W, nn.Parameter):
         raise ValueError(f"{type(module).__name__}.{name} must be an nn.Parameter; got {type(W).__name__}")
+    spec = retraction_of(W) or recorded_retraction(module, name)
+    if spec is not None:  # a second call would reset W, or leave a parametrized W marked as retracted
+        raise ValueError(f"{type(module).__name__}.{name} is already kept orthogonal ({spec.method}); "
+                         "orthogonal_ constrains a weight once")
     if W.ndim != 2 or W.shape[0] != W.shape[1]:
         raise ValueError(f"{type(module).__name__}.{name} must be a square matrix; got shape {tuple(W.shape)}")
     with torch.no_grad():

@@ -271,7 +271,7 @@ class SkipFactory:
             return MatrixSkip(kind, initial_orthogonal(channels, "haar", self.special, g), trainable=False)
         # idempotent: orthogonal projector U U^T onto a random subspace of dimension r
         r = max(1, round(self.rank_fraction * channels))
-        U = orth.haar_orthogonal(channels, generator=g, special=False)[:, :r]
+        U = orth.haar_orthogonal(channels, generator=g, special=False, dtype=torch.get_default_dtype())[:, :r]
         return MatrixSkip(kind, U @ U.T, trainable=False)
 
     def __repr__(self) -> str:

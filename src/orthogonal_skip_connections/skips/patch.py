@@ -34,6 +34,15 @@ def _torchvision_out_channels(block: nn.Module) -> int | None:
     return None
 
 
+def _placed(skip: Skip, block: nn.Module) -> Skip:
+    """``skip`` on the device and in the floating dtype of ``block`` (its first floating
+    parameter or buffer): a model moved to a GPU or to float64 before patching stays usable."""
+    for t in (*block.parameters(), *block.buffers()):
+        if t.is_floating_point():
+            return skip.to(device=t.device, dtype=t.dtype)
+    return skip
+
+
 def patch_skips(model: nn.Module, kind: str | SkipFactory | None = None, *, skip_layer: SkipFactory | None = None,
                 **options) -> nn.Module:
     """Replace the identity path of every residual block of ``model`` by another skip.
@@ -43,8 +52,8 @@ def patch_skips(model: nn.Module, kind: str | SkipFactory | None = None, *, skip
     Works on this library's models (blocks with a ``skip`` attribute) and on
     torchvision-style ResNets (BasicBlock / Bottleneck with ``downsample``), where the
     skip is applied after the projection shortcut if there is one. ``identity`` on an
-    unpatched torchvision model changes nothing, so outputs stay bit-identical.
-    Modifies ``model`` in place and returns it.
+    unpatched torchvision model changes nothing, so outputs stay bit-identical. The new skips
+    take the device and dtype of the block they go into. Modifies ``model`` in place and returns it.
     """
     if isinstance(kind, SkipFactory):
         kind, skip_layer = None, kind
@@ -57,7 +66,7 @@ def patch_skips(model: nn.Module, kind: str | SkipFactory | None = None, *, skip
     for module in list(model.modules()):
         old = getattr(module, "skip", None)
         if isinstance(old, Skip) and not isinstance(module, _PatchedShortcut):
-            module.skip = factory(old.channels)
+            module.skip = _placed(factory(old.channels), module)
             found += 1
             continue
         channels = _torchvision_out_channels(module)
@@ -69,7 +78,7 @@ def patch_skips(model: nn.Module, kind: str | SkipFactory | None = None, *, skip
         if factory.kind == "identity":
             module.downsample = projection
         else:
-            module.downsample = _PatchedShortcut(projection, factory(channels))
+            module.downsample = _PatchedShortcut(projection, _placed(factory(channels), module))
     if found == 0:
         raise ValueError(
             f"found no residual blocks in {type(model).__name__}: expected blocks with a "

@@ -55,6 +55,19 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
     assert all(r["status"] == "completed" for r in rows)
     md = (study_dir / "report.md").read_text()
     assert "| learnable_orth/cayley | 2/2 |" in md and "## teacher_student" in md
+    # comparisons.csv: one row per compared arm, with the verdicts the report prints and Holm's p
+    arms = read_csv(study_dir / "comparisons.csv")
+    assert sorted(r["variant"] for r in arms if r["task"] == "digits/resnet20") == sorted(VARIANTS)
+    assert sorted(r["residual_mode"] for r in arms if r["task"] == "digits/preact_resnet20") == \
+        ["add", "rotation/channel"]
+    for r in arms:
+        if r["verdict"] == "baseline":
+            assert r["p_value"] == "" and r["variant"] == "identity"
+            continue
+        assert f"{r['verdict']}." in md
+        if r["p_value"]:
+            assert float(r["p_value"]) <= float(r["p_holm"]) <= 1.0 and int(r["comparisons"]) >= 1
+    assert any(r["p_holm"] for r in arms)
     assert "## construction_validity" in md  # the synthetic part runs all three synthetic apps
     assert "## Residual modes: digits/preact_resnet20" in md and "| rotation/channel | identity | 2/2 |" in md
     assert "data:image/png;base64," in (study_dir / "report.html").read_text()

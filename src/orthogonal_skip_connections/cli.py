@@ -16,7 +16,7 @@ def usage() -> str:
              "   |   osc --version",
              "", "experiments:"]
     lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in APPS.items()]
-    lines += ["", f"  {'report':<{width}}  build report.md/.html and results.csv from existing run dirs",
+    lines += ["", f"  {'report':<{width}}  build report.md/.html, results.csv and comparisons.csv from run dirs",
               "", "osc <experiment> --help lists its options with their defaults, meanings and allowed values."]
     return "\n".join(lines)
 
@@ -42,7 +42,7 @@ def report(argv: list[str]) -> int:
         return 2
     others = f", {len(result['others'])} other app run(s)" if result["others"] else ""
     print(f"{len(result['rows'])} classifier runs{others}; report: {result['report'].resolve()} "
-          f"(also report.html, results.csv)")
+          f"(also report.html, results.csv, comparisons.csv)")
     return 0
 
 

@@ -433,7 +433,7 @@ def report(cfg: Config, status: dict, seconds: dict, wall: float, study_dir: Pat
         f"{wall:.0f} s; the report (every skip kind against identity, " + \
         ("every residual mode x skip kind against add/identity, " if "residual_modes" in status else "") + \
         "and each app's finding): " \
-        f"{(study_dir / 'report.html').resolve()} (also report.md, results.csv)."
+        f"{(study_dir / 'report.html').resolve()} (also report.md, results.csv, comparisons.csv)."
     return {
         "title": f"osc study, scale={cfg.scale}",
         "question": "do orthogonal skips help?",

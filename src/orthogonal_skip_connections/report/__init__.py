@@ -1,5 +1,6 @@
-"""Layer 5, the study report: read run dirs back and write results.csv, report.md and a
-self-contained report.html.
+"""Layer 5, the study report: read run dirs back and write results.csv (one row per run),
+comparisons.csv (one row per compared arm: the tables' numbers, p-values included), report.md
+and a self-contained report.html.
 
 ``build_report(paths, out_dir)`` finds every run dir under ``paths`` (single runs, Hydra
 multirun sweep dirs, several sweeps, study dirs). Classifier runs (run_experiments) make
@@ -30,7 +31,23 @@ from .classification import (
 )
 from .render import section_markdown, to_html
 
-__all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "mode_tables", "build_report", "CSV_COLUMNS"]
+__all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "mode_tables", "build_report", "CSV_COLUMNS",
+           "COMPARISON_COLUMNS"]
+
+
+# comparisons.csv: per task and arm (skip variant, or residual mode x skip variant), what the
+# report's tables show: accuracy over seeds, the paired difference from the baseline (identity,
+# or add/identity), the paired t-test's p-value and Holm's adjustment over the table, the verdict
+COMPARISON_COLUMNS = [
+    "task", "residual_mode", "variant", "runs", "completed", "acc_mean", "acc_std", "acc_lo", "acc_hi",
+    "diff_mean", "diff_lo", "diff_hi", "paired_seeds", "p_value", "p_holm", "comparisons", "step_time_ratio",
+    "epochs_to_target", "identity_distance", "verdict",
+]
+
+
+def _cell(v):
+    """A CSV cell: NaN and None empty, as in results.csv."""
+    return "" if v is None or (isinstance(v, float) and v != v) else v
 
 
 def _section(d: Path, out_dir: Path) -> list[str]:
@@ -52,7 +69,7 @@ def _section(d: Path, out_dir: Path) -> list[str]:
 
 
 def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal skips help?") -> dict:
-    """Write results.csv, report.md, report.html and figures into ``out_dir``; return
+    """Write results.csv, comparisons.csv, report.md, report.html and figures into ``out_dir``; return
     ``{"rows": ..., "tables": ..., "report": path}``."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -68,6 +85,14 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
         writer.writeheader()
         writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
     tables = task_tables(rows)
+    modes = mode_tables(rows)
+    arms = [{"task": task, "residual_mode": t.get("residual_mode", "add"), **t}
+            for group in (tables, modes) for task, table in group.items() for t in table]
+    if arms:  # the tables' numbers, machine-readable: one row per arm and task
+        with open(out_dir / "comparisons.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COMPARISON_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows({k: _cell(v) for k, v in a.items()} for a in arms)
 
     md = [f"# {title}", ""]
     if rows:
@@ -90,7 +115,6 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
         fig = curves_figure(task, runs, out_dir)
         if fig is not None:
             md += [f"![{task} accuracy]({fig.name})", ""]
-    modes = mode_tables(rows)
     for task, table in modes.items():  # residual modes (add, orthogonal_update, rotation) x skips
         md += [f"## Residual modes: {task}", "",
                "Each residual mode (skips/residual.py) with each skip kind, against add residuals with identity "

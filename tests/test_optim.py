@@ -554,3 +554,27 @@ def test_an_ema_of_retracted_skips_is_put_back_on_o_n_by_its_polar_factor():
         assert moved == pytest.approx(max(float(torch.linalg.matrix_norm((a - b).double())) for a, b in
                                           zip(after, before)), rel=1e-6)
         assert osc.project_orthogonal_(ema.module) < 3e-5  # a second call finds them orthogonal
+
+
+def test_orthogonal_weights_lists_a_users_own_constrained_layers():
+    """osc.orthogonal_weights finds weights made orthogonal with orthogonal_ outside any skip
+    (which skip_diagnostics does not list), retracted and parametrized, by their state_dict
+    names, and measures them: on O(n) after training, off it once an edit moves one."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 2))
+    osc.orthogonal_(net[0], "weight", method="qr", init="haar")
+    osc.orthogonal_(net[2], "weight", method="householder", init="haar")
+    opt = osc.optimizer(net, torch.optim.Adam, lr=1e-2)
+    x, y = torch.randn(64, 6), torch.randint(0, 2, (64,))
+    for _ in range(50):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    assert osc.skip_diagnostics(net) == []
+    rows = osc.orthogonal_weights(net)
+    assert [(r["name"], r["method"], r["n"]) for r in rows] == [("0.weight", "qr", 6), ("2.weight", "householder", 6)]
+    assert all(r["orth_error"] < 1e-5 for r in rows)
+    assert "0.weight" in net.state_dict() and "2.parametrizations.weight.original" in net.state_dict()
+    with torch.no_grad():
+        net[0].weight.mul_(1.1)  # an edit outside the retraction
+    assert osc.orthogonal_weights(net)[0]["orth_error"] == pytest.approx(0.21 * 6 ** 0.5, rel=1e-3)

@@ -17,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the public names, imported on first use (``osc list`` needs no torch)
-    from .diagnostics import skip_diagnostics, summarize_skips
+    from .diagnostics import orthogonal_weights, skip_diagnostics, summarize_skips
     from .maths import orthogonal
     from .models import ResidualMLP, get_model
     from .optim import optimizer
@@ -36,6 +36,7 @@ _LAZY = {
     "ResidualMLP": ("models", "ResidualMLP"),
     "skip_diagnostics": ("diagnostics", "skip_diagnostics"),
     "summarize_skips": ("diagnostics", "summarize_skips"),
+    "orthogonal_weights": ("diagnostics", "orthogonal_weights"),
 }
 __all__ = list(_LAZY)
 

@@ -11,12 +11,13 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .maths import orthogonal as orth
 from .models.stack import SeedStack
 from .skips import iter_skips
 
-__all__ = ["skip_diagnostics", "summarize_skips"]
+__all__ = ["skip_diagnostics", "summarize_skips", "orthogonal_weights"]
 
 
 @torch.no_grad()
@@ -41,6 +42,39 @@ def _diagnose(name: str, skip) -> dict:
         det_sign=int(torch.linalg.slogdet(W).sign),
     )
     return row
+
+
+@torch.no_grad()
+def orthogonal_weights(model: nn.Module) -> list[dict]:
+    """Every weight of ``model`` this library keeps on O(n), in model order: the orthogonal
+    skips' and any made orthogonal with ``orthogonal_(module, name)`` (which
+    :func:`skip_diagnostics`, one row per skip, does not list). One dict each: name (as in
+    ``model.state_dict()``, without torch's ``parametrizations.`` path), method, n and
+    orth_error = ||W^T W - I||_F in float64 (the largest over a seed stack's leading axes)."""
+    from .skips.constraint import OrthogonalMap, recorded_retraction
+
+    rows = []
+    with orth.one_thread():
+        for prefix, module in model.named_modules():
+            name_of = (lambda attr: f"{prefix}.{attr}" if prefix else attr)  # noqa: E731
+            if parametrize.is_parametrized(module):
+                for attr, plist in module.parametrizations.items():
+                    if isinstance(plist[0], OrthogonalMap):
+                        method = _TORCH_TO_OURS.get(plist[0].orthogonal_map.name, plist[0].orthogonal_map.name)
+                        rows.append(_orthogonal_row(name_of(attr), method, getattr(module, attr)))
+            for attr, p in module.named_parameters(recurse=False):
+                spec = recorded_retraction(module, attr)
+                if spec is not None:
+                    rows.append(_orthogonal_row(name_of(attr), spec.method, p))
+    return rows
+
+
+_TORCH_TO_OURS = {v: k for k, v in orth.TORCH_MAPS.items()}  # matrix_exp -> exp, ...
+
+
+def _orthogonal_row(name: str, method: str, W: Tensor) -> dict:
+    W = W.detach().double()
+    return {"name": name, "method": method, "n": W.shape[-1], "orth_error": float(orth.orth_error(W).max())}
 
 
 def summarize_skips(rows: list[dict]) -> dict:

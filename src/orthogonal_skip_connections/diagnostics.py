@@ -16,6 +16,7 @@ from torch.nn.utils import parametrize
 from .maths import orthogonal as orth
 from .models.stack import SeedStack
 from .skips import iter_skips
+from .skips.constraint import _TORCH_NAMES, OrthogonalMap, recorded_retraction
 
 __all__ = ["skip_diagnostics", "summarize_skips", "orthogonal_weights"]
 
@@ -51,8 +52,6 @@ def orthogonal_weights(model: nn.Module) -> list[dict]:
     :func:`skip_diagnostics`, one row per skip, does not list). One dict each: name (as in
     ``model.state_dict()``, without torch's ``parametrizations.`` path), method, n and
     orth_error = ||W^T W - I||_F in float64 (the largest over a seed stack's leading axes)."""
-    from .skips.constraint import OrthogonalMap, recorded_retraction
-
     rows = []
     with orth.one_thread():
         for prefix, module in model.named_modules():
@@ -60,16 +59,13 @@ def orthogonal_weights(model: nn.Module) -> list[dict]:
             if parametrize.is_parametrized(module):
                 for attr, plist in module.parametrizations.items():
                     if isinstance(plist[0], OrthogonalMap):
-                        method = _TORCH_TO_OURS.get(plist[0].orthogonal_map.name, plist[0].orthogonal_map.name)
+                        method = _TORCH_NAMES.get(plist[0].orthogonal_map.name, plist[0].orthogonal_map.name)
                         rows.append(_orthogonal_row(name_of(attr), method, getattr(module, attr)))
             for attr, p in module.named_parameters(recurse=False):
                 spec = recorded_retraction(module, attr)
                 if spec is not None:
                     rows.append(_orthogonal_row(name_of(attr), spec.method, p))
     return rows
-
-
-_TORCH_TO_OURS = {v: k for k, v in orth.TORCH_MAPS.items()}  # matrix_exp -> exp, ...
 
 
 def _orthogonal_row(name: str, method: str, W: Tensor) -> dict:

@@ -379,3 +379,37 @@ def test_compile_true_on_cuda_with_inductor_matches_eager(tmp_path, monkeypatch,
     for (name, p), q in zip(eager.state_dict().items(), compiled.state_dict().values()):
         assert torch.allclose(p, q, atol=1e-3), name
     assert s_comp["skip_orth_error_max"] < 1e-4
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("method", ["steepest", "svd"])
+def test_a_model_split_over_cpu_and_cuda_retracts_each_part_where_it_lives(method, compiled):
+    """Model parallelism by hand: one skip on the CPU, one of the same size on the GPU, one
+    optimiser. Stacks are made per (shape, dtype, device), so each moves as it does alone
+    (stacked by shape alone, torch.stack refused the two devices)."""
+    from orthogonal_skip_connections.skips import make_skip
+
+    def make(device):
+        return make_skip("learnable_orth", 16, method=method, init="haar",
+                         generator=torch.Generator().manual_seed(5)).to(device)
+
+    def train(skips):
+        opt = osc.optimizer(torch.nn.ModuleList(skips), torch.optim.SGD, lr=0.2, momentum=0.9)
+        if compiled:
+            opt.compile_retraction("inductor")  # the CUDA part compiled; the CPU part factors, eagerly
+        g = torch.Generator().manual_seed(0)
+        for _ in range(4):
+            x = torch.randn(8, 16, generator=g)
+            opt.zero_grad(set_to_none=True)
+            sum((s(x.to(s.weight.device)) ** 3).sum().cpu() for s in skips).backward()
+            opt.step()
+
+    together, alone = [make("cpu"), make(CUDA)], [make("cpu"), make(CUDA)]
+    train(together)
+    for s in alone:
+        train([s])
+    for a, b in zip(together, alone):
+        assert a.weight.device == b.weight.device
+        torch.testing.assert_close(a.weight, b.weight, atol=1e-6, rtol=0)
+        W = a.weight.detach().double()
+        assert torch.linalg.matrix_norm(W.T @ W - torch.eye(16, dtype=W.dtype, device=W.device)) < 1e-4

@@ -295,6 +295,39 @@ def test_a_retracted_matrix_without_gradient_stays_put_like_any_parameter(method
     assert not torch.equal(used.weight.detach(), W_used)
 
 
+@pytest.mark.parametrize("method", RETRACTED_METHODS)
+def test_retracted_matrices_of_two_precisions_each_move_as_alone(method):
+    """Stacks are made per (shape, dtype, device): a float64 and a float32 skip of one size
+    (or, on a split model, a CPU and a GPU one: tests/test_cuda.py) each take exactly the
+    step they take alone. Stacked by shape alone, torch.stack promoted the float32 matrix to
+    float64 and retracted it there (and matrices on two devices could not be stacked)."""
+    def make(dtype):
+        return make_skip("learnable_orth", 6, method=method, init="haar",
+                         generator=torch.Generator().manual_seed(3)).to(dtype)
+
+    def train(skips):
+        opt = osc.optimizer(nn.ModuleList(skips), torch.optim.SGD, lr=0.2, momentum=0.9)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(5):
+            x = torch.randn(4, 6, generator=g, dtype=torch.float64)
+            opt.zero_grad(set_to_none=True)
+            sum((s(x.to(s.weight.dtype)) ** 3).sum() for s in skips).backward()
+            opt.step()
+
+    together = [make(torch.float64), make(torch.float32)]
+    alone = [make(torch.float64), make(torch.float32)]
+    train(together)
+    for s in alone:
+        train([s])
+    for a, b in zip(together, alone):
+        assert a.weight.dtype == b.weight.dtype
+        assert torch.equal(a.weight.detach(), b.weight.detach())
+        eye = torch.eye(6, dtype=a.weight.dtype)
+        tol = 1e-12 if a.weight.dtype == torch.float64 else 1e-5
+        assert torch.linalg.matrix_norm(a.weight.detach().T @ a.weight.detach() - eye) < tol
+    assert not torch.equal(together[0].weight.detach().float(), together[1].weight.detach())  # not one trajectory
+
+
 def test_maximize_ascends_the_retraction_too():
     """maximize=True on -loss is minimising loss, bit for bit; the retraction once descended -loss."""
     def run(maximize):

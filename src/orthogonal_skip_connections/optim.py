@@ -28,7 +28,7 @@ itself projects the step onto the tangent space (``svd``/``qr``/``newton_schulz`
 takes the spectral-norm steepest step (``steepest``), see
 :func:`~orthogonal_skip_connections.maths.orthogonal.retract`.
 
-Matrices of one group and one shape are stacked and retracted as one batch. On CUDA the
+Matrices of one group, shape, dtype and device are stacked and retracted as one batch. On CUDA the
 retractions use matrix products only (``retraction_impl="auto"``, see
 :data:`~orthogonal_skip_connections.maths.orthogonal.RETRACTION_IMPLS`): no batched SVD, and
 nothing read back to the host inside ``step()``. The
@@ -207,9 +207,9 @@ class RetractingOptimizer:
                 self._wrapped_step()
             finally:
                 self.param_groups = groups
-        p0 = retracted[0]["params"][0]
+        on_cpu = any(p.device.type == "cpu" for g in retracted for p in g["params"])
         # small matrices: one thread, see orthogonal.one_thread
-        with torch.no_grad(), orth.one_thread(p0.device.type == "cpu"):
+        with torch.no_grad(), orth.one_thread(on_cpu):
             for group in retracted:
                 self._retract(group)
         return loss
@@ -240,17 +240,15 @@ class RetractingOptimizer:
             raise ValueError(f"learning rate must be >= 0; got {lr}")
         eta = lr * group["lr_scale"]
         mu = group["retraction_momentum"]
-        impl = orth.resolve_impl(group.get("retraction_impl", "auto"),  # older checkpoints lack the key
-                                 group["params"][0].device)
-        compiled = self.__dict__.get("_osc_compiled") if impl == "matmul" else None
-        by_shape = defaultdict(list)
+        impl_name = group.get("retraction_impl", "auto")  # older checkpoints lack the key
+        # one stack per (shape, dtype, device): a model split over devices (pipeline or model
+        # parallel) or holding skips of two precisions retracts each part where it lives
+        by_kind = defaultdict(list)
         for p in group["params"]:
             if p.grad is not None:  # as torch's optimisers: no gradient, no step (and no momentum)
-                by_shape[tuple(p.shape)].append(p)
-        if not by_shape:
-            return
-        stacks = []  # (params, grads, momentum buffers or None) per shape
-        for params in by_shape.values():
+                by_kind[(p.dtype, p.device, tuple(p.shape))].append(p)
+        by_place = defaultdict(list)  # (dtype, device) -> its stacks: (params, grads, momentum buffers or None)
+        for (dtype, device, _shape), params in by_kind.items():
             grads = [p.grad.neg() if group.get("maximize", False) else p.grad for p in params]  # ascent
             bufs = None
             if mu > 0:  # m <- mu m + G, m = G on the first step (from m = 0: the same numbers)
@@ -259,10 +257,18 @@ class RetractingOptimizer:
                     if "retraction_buffer" not in s:
                         s["retraction_buffer"] = torch.zeros_like(p)
                 bufs = [s["retraction_buffer"] for s in states]
-            stacks.append((params, grads, bufs))
-        if compiled is None:
-            _retract_stacks(stacks, mu, group["retraction"], eta, group["ns_steps"], impl)
-            return
+            by_place[(dtype, device)].append((params, grads, bufs))
+        for (_dtype, device), stacks in by_place.items():
+            impl = orth.resolve_impl(impl_name, device)
+            compiled = self.__dict__.get("_osc_compiled") if impl == "matmul" else None
+            if compiled is None:
+                _retract_stacks(stacks, mu, group["retraction"], eta, group["ns_steps"], impl)
+            else:
+                self._retract_compiled(compiled, stacks, group, eta, lr, mu, impl)
+
+    def _retract_compiled(self, compiled, stacks: list, group: dict, eta: float, lr: float, mu: float,
+                          impl: str) -> None:
+        """The compiled retraction of one (dtype, device)'s stacks (see :meth:`compile_retraction`)."""
         eta_t = self._eta_tensor(stacks[0][0][0])
         eta_t.fill_(eta)  # a kernel on the device, no transfer
         eta_max = None

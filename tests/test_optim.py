@@ -510,6 +510,19 @@ def test_orthogonal_refuses_non_square_and_unknown_methods():
         assert torch.equal(layer.weight.detach(), W) and not parametrize.is_parametrized(layer)
 
 
+@pytest.mark.parametrize("method", PARAMETRIZED_METHODS)
+def test_lr_scale_is_refused_where_it_would_be_ignored(method):
+    """lr_scale scales the retracted step; a parametrized method's free matrix is stepped by
+    the optimiser at its group's lr, so lr_scale there did nothing without a word."""
+    with pytest.raises(ValueError, match=rf"lr_scale=3 .*{method}"):
+        osc.orthogonal_(nn.Linear(4, 4, bias=False), method=method, lr_scale=3)
+    with pytest.raises(ValueError, match=rf"lr_scale=0.5 .*{method}"):
+        osc.skip("learnable_orth", method=method, lr_scale=0.5)
+    osc.skip("learnable_orth", method=method, lr_scale=1.0)(4)  # the default, as the apps pass it
+    osc.skip("linear", lr_scale=2.0)(4)  # other kinds take no upkeep at all: nothing to refuse
+    assert osc.skip("learnable_orth", method="svd", lr_scale=3)(4).lr_scale == 3
+
+
 def test_skip_layer_factory_in_models_and_patch_skips():
     factory = osc.skip("learnable_orth", method="cayley", init="haar")
     model = osc.get_model("resnet20", 10, skip_layer=factory)

@@ -283,6 +283,18 @@ def initial_orthogonal(n: int, init: str, special: bool = True, generator: torch
     return W.to(dtype=dtype, device=device)
 
 
+def check_lr_scale(method: str, lr_scale) -> None:
+    """Refuse an ``lr_scale`` that ``method`` would ignore: only a retracted step is scaled; a
+    parametrized method's free matrix is a parameter the optimiser steps at its group's lr."""
+    if isinstance(lr_scale, bool) or not (isinstance(lr_scale, (int, float)) and 0 < lr_scale < math.inf):
+        raise ValueError(f"lr_scale must be a finite number > 0; got {lr_scale!r}")
+    if method in orth.PARAMETRIZED_METHODS and lr_scale != 1:
+        raise ValueError(
+            f"lr_scale={lr_scale:g} scales the step of a retracted method ({', '.join(orth.RETRACTED_METHODS)}); "
+            f"{method} is a parametrization whose free matrix the optimiser steps at its own lr (another lr for it: "
+            "a param group of its own, see the README)")
+
+
 def orthogonal_(
     module: nn.Module,
     name: str = "weight",
@@ -306,6 +318,7 @@ def orthogonal_(
     ``orthogonal_skip_connections.optim.optimizer(model, ...)``.
     """
     method = resolve_method(method, orthogonal_map, update_rule)
+    check_lr_scale(method, lr_scale)
     if ns_steps is not None and update_rule_iters is not None and ns_steps != update_rule_iters:
         raise ValueError(f"ns_steps={ns_steps} and update_rule_iters={update_rule_iters} disagree")
     ns = ns_steps if ns_steps is not None else update_rule_iters if update_rule_iters is not None else 100

@@ -9,13 +9,11 @@ transformations for learning deep neural networks" (``idempotent``), plus
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from ..maths import orthogonal as orth
-from .constraint import initial_orthogonal, orthogonal_, recorded_retraction, resolve_method
+from .constraint import check_lr_scale, initial_orthogonal, orthogonal_, recorded_retraction, resolve_method
 from .contract import Skip, apply_matrix, apply_matrix_add
 
 __all__ = [
@@ -244,8 +242,7 @@ class SkipFactory:
         if isinstance(self.ns_steps, bool) or not isinstance(self.ns_steps, int) or self.ns_steps < 1:
             raise ValueError(f"ns_steps (update_rule_iters) must be an integer >= 1; got {self.ns_steps!r}")
         self.lr_scale = opts.get("lr_scale", 1.0)
-        if isinstance(self.lr_scale, bool) or not isinstance(self.lr_scale, (int, float)) or not 0 < self.lr_scale < math.inf:
-            raise ValueError(f"lr_scale must be a finite number > 0; got {self.lr_scale!r}")
+        check_lr_scale(self.method if kind == "learnable_orth" else "", self.lr_scale)
         self.rank_fraction = float(opts.get("rank_fraction", 0.5))
         if not 0.0 < self.rank_fraction <= 1.0:
             raise ValueError(f"rank_fraction must be in (0, 1]; got {self.rank_fraction}")

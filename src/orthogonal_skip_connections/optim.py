@@ -278,7 +278,7 @@ class RetractingOptimizer:
         if self.__dict__.get("_osc_compile_mode") == "reduce-overhead":
             for params, _grads, bufs in stacks:
                 for t in params + (bufs or []):
-                    torch._dynamo.mark_static_address(t)
+                    torch._dynamo.mark_static_address(t, guard=False)  # 2.11+ default; 2.4 guarded
         with orth._ieee_matmul(eta_t.device):
             compiled(stacks, mu, group["retraction"], eta_t, group["ns_steps"], impl, eta_max)
 

@@ -91,9 +91,8 @@ def _ns_polish(X: Tensor) -> Tensor:
     return 1.5 * X - 0.5 * X @ (X.mT @ X)
 
 
-@contextlib.contextmanager
 def one_thread(enabled: bool = True):
-    """Run the block on one CPU thread (restoring the count after).
+    """A context manager: run the block on one CPU thread (restoring the count after).
 
     Measured on a 2-core machine with torch 2.14: a float32 SVD of three 32 x 32 matrices
     took 0.7 ms on one thread and 30-200 ms on two whenever the other core was busy
@@ -101,16 +100,20 @@ def one_thread(enabled: bool = True):
     small matrices of this module one thread is as fast as two on a quiet machine anyway.
     Under torch.compile the block is traced as plain code (a thread switch is no graph
     operation: dynamo would leave the whole calling frame eager), and the compiled code
-    runs with the process's threads.
+    runs with the process's threads. A plain function returning ``nullcontext()`` there, not
+    a generator context manager: the dynamo of torch 2.4 and 2.5.1 does not trace one (it
+    left the calling frame eager, 0 graphs; 2.11 and 2.14 trace it), nor the compiled
+    retraction in one graph (3 to 18; notes/versions.md).
     """
     # before any other torch call: dynamo traces is_compiling() as a constant
     if not enabled or torch.compiler.is_compiling():
-        yield
-        return
+        return contextlib.nullcontext()
     threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
+    return contextlib.nullcontext() if threads == 1 else _threads_set_to_one(threads)
+
+
+@contextlib.contextmanager
+def _threads_set_to_one(threads: int):
     torch.set_num_threads(1)
     try:
         yield
@@ -637,13 +640,20 @@ def resolve_impl(impl: str, device: torch.device | str) -> str:
     return impl
 
 
-@contextlib.contextmanager
 def _ieee_matmul(device: torch.device):
-    """Full float32 products on CUDA for the block (TF32's 10-bit mantissa would leave W
-    orthogonal only to ~1e-3); host-side flags only, no synchronisation."""
-    if device.type != "cuda" or not torch.backends.cuda.matmul.allow_tf32:
-        yield
-        return
+    """A context manager: full float32 products on CUDA for the block (TF32's 10-bit mantissa
+    would leave W orthogonal only to ~1e-3); host-side flags only, no synchronisation.
+    Under torch.compile it does nothing (a flag set inside a graph is no graph operation): the
+    caller sets the flag around the compiled call, as ``RetractingOptimizer`` does. A plain
+    function returning ``nullcontext()``, not a generator context manager, which the dynamo
+    of torch 2.4 and 2.5.1 does not trace (see :func:`one_thread`)."""
+    if device.type != "cuda" or torch.compiler.is_compiling() or not torch.backends.cuda.matmul.allow_tf32:
+        return contextlib.nullcontext()
+    return _tf32_off()
+
+
+@contextlib.contextmanager
+def _tf32_off():
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
         yield

@@ -17,8 +17,11 @@ from orthogonal_skip_connections.data.vision import ImageData, load_image_data
 from orthogonal_skip_connections.models.resnet import BasicBlock, ResNet
 from orthogonal_skip_connections.runs import UserError
 from orthogonal_skip_connections.skips import orthogonal_, retracted_parameters, skip
-from orthogonal_skip_connections.train.classifier import TrainConfig, train_classifier
+from orthogonal_skip_connections.train.classifier import COMPILE_MIN_TORCH, TrainConfig, train_classifier
 
+# compile=true is refused on an older torch (TrainConfig.validate); compile_retraction is not
+needs_compile = pytest.mark.skipif(torch.__version__ < COMPILE_MIN_TORCH,
+                                   reason=f"compile=true needs torch >= {COMPILE_MIN_TORCH}")
 BACKENDS = ["aot_eager"] + (["inductor"] if os.environ.get("OSC_TEST_INDUCTOR") == "1" else [])
 
 
@@ -48,6 +51,7 @@ def train(tmp_path, name, **options):
     return model, summary, records
 
 
+@needs_compile
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_compiled_training_matches_eager_with_parametrized_and_retracted_skips(tmp_path, backend):
     eager, s_eager, r_eager = train(tmp_path, "eager")
@@ -78,6 +82,20 @@ def test_compile_backend_is_checked():
         TrainConfig(compile=True, compile_backend="aot_eager", compile_mode="max-autotune").validate()
 
 
+def test_compile_true_on_a_torch_older_than_its_floor_is_one_line(monkeypatch):
+    """pyproject allows torch 2.4, whose compiler splits these models into dozens of graphs:
+    compile=true there is refused in one line naming the version it needs and the one running."""
+    from torch.torch_version import TorchVersion
+
+    monkeypatch.setattr(torch, "__version__", TorchVersion("2.4.1+cu121"))
+    with pytest.raises(UserError, match=r"^compile=true needs torch >= 2\.5 .*; this is torch 2\.4\.1\+cu121$"):
+        TrainConfig(compile=True).validate()
+    TrainConfig().validate()  # without compile: nothing to refuse
+    monkeypatch.setattr(torch, "__version__", TorchVersion("2.5.1"))
+    TrainConfig(compile=True).validate()
+
+
+@needs_compile
 def test_compile_mode_reaches_the_model_and_the_retraction(tmp_path, monkeypatch):
     """compile_mode=reduce-overhead from the app's command line: torch.compile is asked for that
     mode for the model and for the retraction (what it does there is a GPU's business: CUDA
@@ -102,6 +120,7 @@ def test_compile_mode_reaches_the_model_and_the_retraction(tmp_path, monkeypatch
     assert [kw["mode"] for _, kw in calls] == [None, None]
 
 
+@needs_compile
 def test_run_experiments_compile_true_matches_eager(tmp_path):
     """The app's compile=true key end to end (resnet20 on digits, Cayley skips, one epoch)."""
     from orthogonal_skip_connections.experiments import run_experiments
@@ -271,6 +290,7 @@ def test_compiled_exp_skips_take_the_host_free_exponential():
     assert any("exp2" in t for t in targets) and not any("matrix_exp" in t for t in targets), targets
 
 
+@needs_compile
 def test_training_loop_compiles_once_over_epochs(tmp_path):
     """train_classifier with compile=true over several epochs (warm-up then cosine decay,
     mixup, label smoothing, clipping, an evaluation every epoch) compiles its two graphs (the

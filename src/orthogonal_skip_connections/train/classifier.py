@@ -56,6 +56,11 @@ COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 # launch for a graph's hundreds; nothing changes on the CPU), the max-autotune ones also time
 # alternative kernels while compiling
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# compile=true's oldest torch: 2.4's dynamo cannot trace the batching hooks of parametrized skips
+# (attribute writes on modules) and splits a model into dozens of graphs (33 where 2 are due,
+# tests/test_compile.py); 2.5.1 passes that file. Compared as a version (TorchVersion), since no
+# cheap feature test tells how a model will trace.
+COMPILE_MIN_TORCH = "2.5"
 
 
 @dataclass
@@ -114,6 +119,9 @@ class TrainConfig:
             (self.compile_mode == "default" or self.compile_backend == "inductor",
              f"compile_mode={self.compile_mode} is a mode of the inductor backend; compile_backend is "
              f"{self.compile_backend}"),
+            (not self.compile or torch.__version__ >= COMPILE_MIN_TORCH,
+             f"compile=true needs torch >= {COMPILE_MIN_TORCH} (torch 2.4's compiler splits these models into "
+             f"dozens of graphs); this is torch {torch.__version__}"),
         ]
         problems = [message for ok, message in checks if not ok] + self.optim().problems()
         if problems:

@@ -110,12 +110,13 @@ def test_osc_list_imports_no_torch():
 def test_osc_version_names_the_package_and_what_it_runs_on():
     import subprocess
     import sys
-    import tomllib
     from pathlib import Path
     from importlib.metadata import version
 
     import orthogonal_skip_connections
 
+    # tomllib is Python 3.11+; on 3.10 (the floor) its backport, where installed
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert orthogonal_skip_connections.__version__ == pyproject["project"]["version"]
     code = ("import sys; from orthogonal_skip_connections.cli import main; sys.exit(main(['--version']) or "

@@ -252,8 +252,9 @@ def test_fast_grid_and_path_give_the_point_by_point_numbers_and_restore_the_weig
         assert torch.equal(c.tensor, base[c.name]), c.name
 
 
-# torch's jvp rule for nll_loss_backward is registered through torch.jit.script (deprecated)
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+# torch's jvp rule for nll_loss_backward is registered through torch.jit.script (deprecated: a
+# FutureWarning in torch 2.14, a DeprecationWarning in 2.11)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_hvp_reusing_the_gradient_graph_matches_rebuilding_it_and_a_finite_difference():
     """make_hvp with one part builds g and its graph once and reuses it; the products equal
     those of the graph rebuilt per call (the old path; several parts too), forward-over-reverse
@@ -373,7 +374,7 @@ def test_lanczos_error_bound_holds_before_convergence(steps):
         assert np.all(np.diff(top["history"]) >= -slack)  # Ritz values rise towards lambda_max
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_batchnorm_as_affine_is_the_same_function_with_the_same_hessian():
     """Inside batchnorm_as_affine, eval-mode BatchNorm (2-D and 1-D, with and without its
     own weight and bias) gives BatchNorm's outputs and the same Hessian-vector products

@@ -170,6 +170,8 @@ CASES = [
      ["data_batch_1", "refused"]),
     ("re-warmup-inf", ["run_experiments", "scheduler.warmup_epochs=inf"], ["scheduler.warmup_epochs", "finite"]),
     ("re-weight-decay-inf", ["run_experiments", "optimizer.weight_decay=inf"], ["optimizer.weight_decay", "finite"]),
+    ("re-upkeep-adaptive-sgd", ["run_experiments", "optimizer.upkeep_adaptive=true"],
+     ["optimizer.upkeep_adaptive", "adam or adamw", "'sgd'"]),
     ("re-mixup-inf", ["run_experiments", "mixup_alpha=inf"], ["mixup_alpha", "finite"]),
     ("re-residual-eps-inf", ["run_experiments", "model.residual_eps=inf"], ["model.residual_eps"]),
     ("re-lr-scale-inf", ["run_experiments", "model.skip_kind=learnable_orth", "model.lr_scale=inf"], ["lr_scale"]),

@@ -116,6 +116,7 @@ class OptimizerConfig:
     weight_decay: float
     decay_norms_and_biases: bool
     upkeep_momentum: Optional[float]
+    upkeep_adaptive: bool
 
 
 @dataclass
@@ -179,7 +180,7 @@ class Config:
             nesterov=o.nesterov, weight_decay=o.weight_decay, decay_norms_and_biases=o.decay_norms_and_biases,
             schedule=s.name, warmup_epochs=s.warmup_epochs, milestones=list(s.milestones), gamma=s.gamma,
             label_smoothing=self.label_smoothing, mixup_alpha=self.mixup_alpha, grad_clip=self.grad_clip,
-            upkeep_momentum=o.upkeep_momentum, amp=self.amp, channels_last=self.channels_last,
+            upkeep_momentum=o.upkeep_momentum, upkeep_adaptive=o.upkeep_adaptive, amp=self.amp, channels_last=self.channels_last,
             compile=self.compile, compile_backend=self.compile_backend, compile_mode=self.compile_mode,
             sync_batchnorm=self.sync_batchnorm,
             eval_every=self.eval_every, seed=self.seed, progress=self.progress,
@@ -193,7 +194,8 @@ class Config:
             for short, full in (("lr ", "optimizer.lr "), ("epochs ", "scheduler.epochs "),
                                 ("weight_decay ", "optimizer.weight_decay "), ("momentum ", "optimizer.momentum "),
                                 ("warmup_epochs ", "scheduler.warmup_epochs "), ("gamma ", "scheduler.gamma "),
-                                ("milestones ", "scheduler.milestones ")):
+                                ("milestones ", "scheduler.milestones "),
+                                ("retraction_adaptive ", "optimizer.upkeep_adaptive ")):
                 msg = msg.replace(short, full, 1) if msg.startswith(short) else msg
             raise UserError(msg) from None
         choice("dataset", self.dataset.name, DATASETS)

@@ -241,6 +241,29 @@ class Config:
         return ClassifierSpec(self.dataset.name, m.model_type, m.skip_kind, {**m.model_options(), **m.skip_options()},
                               self.data.root, self.data.download, self.data.augment)
 
+    # Keys that are not a setting of the experiment: the arm a report tables a run in (skip
+    # variant, residual mode), the seed, and how a run is executed or logged.
+    ARM_KEYS = ("model.skip_kind", "model.method", "model.update_rule", "model.init", "model.residual_mode",
+                "model.orthogonal_method", "model.stream_norm", "seed")
+    HOW_KEYS = ("device", "num_threads", "resume", "save_checkpoint", "progress", "tensorboard", "wandb.mode",
+                "wandb.project", "data.root", "data.download", "eval_every", "compile", "compile_backend",
+                "compile_mode", "channels_last")
+
+    def settings(self) -> dict:
+        """Every other config value, flattened (``optimizer.lr``, ``model.lr_scale``, ...): a
+        report splits a task's runs whose settings differ into tasks of their own."""
+        flat = {}
+
+        def walk(prefix: str, value) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}{k}.", v)
+            else:
+                flat[prefix[:-1]] = list(value) if isinstance(value, (list, tuple)) else value
+
+        walk("", asdict(self))
+        return {k: v for k, v in flat.items() if k not in self.ARM_KEYS + self.HOW_KEYS}
+
     def labels(self) -> dict:
         """What a report groups this run by (run.json)."""
         m = self.model
@@ -253,7 +276,7 @@ class Config:
                 "residual_mode": m.residual_label, "skip_kind": m.skip_kind,
                 "method": m.orth_method or "", "init": m.init if m.skip_kind == "learnable_orth" else "",
                 "seed": self.seed, "planned_epochs": self.scheduler.epochs, "batch_size": self.batch_size,
-                "lr": self.optimizer.lr}
+                "lr": self.optimizer.lr, "settings": self.settings()}
 
 
 def report(cfg: Config, s: dict) -> dict:

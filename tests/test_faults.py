@@ -229,6 +229,8 @@ CASES = [
     ("oi-datasets", ["orth_to_id", "datasets=[bogus]"], ["datasets"]),
     ("sy-noise-nan", ["orth_residual_synthetic_data", "noise=nan"], ["noise", "finite"]),
     ("sy-lr-scale-inf", ["orth_residual_synthetic_data", "skip.lr_scale=inf"], ["lr_scale", "finite"]),
+    ("sy-upkeep-adaptive-sgd", ["orth_residual_synthetic_data", "optimizer=sgd", "upkeep_adaptive=true"],
+     ["upkeep_adaptive", "adam or adamw"]),
     ("sy-lr-scale-parametrized", ["orth_residual_synthetic_data", "skip.method=exp", "skip.lr_scale=0.5"],
      ["lr_scale=0.5", "exp"]),
     ("sy-hidden-mult-inf", ["orth_residual_synthetic_data", "hidden_mult=inf"], ["hidden_mult", "finite"]),

@@ -162,9 +162,11 @@ def main(argv: list[str] | None = None) -> None:
         t = statistics.median(r["later"])
         this = results.get((variant, ""), {})
         vs = "-" if not key or "error" in this else f"{statistics.median(this['later']) / t:.3f}"
+        # ||W^T W - I|| is an error only for the orthogonal kinds (a linear skip's W need not be)
+        orthogonal = r["orth"] is not None and variant.startswith(("learnable_orth", "fixed_orth"))
         rows.append([label, f"{statistics.median(r['first']):.2f}", f"{t:.3f}", f"{n / t:,.0f}",
                      f"{t / base[key]:.3f}" if key in base else "-", vs,
-                     "-" if r["orth"] is None else f"{r['orth']:.1e}", repr(r["train_loss"]), f"{r['wall']:.0f}"])
+                     f"{r['orth']:.1e}" if orthogonal else "-", repr(r["train_loss"]), f"{r['wall']:.0f}"])
     data = (f"dataset=cifar10 (random CIFAR-shaped files, {args.n:,} train images)" if args.dataset == "cifar10"
             else "dataset=digits")
     print(f"\nrun_experiments {data} model.model_type={args.model} batch_size={args.batch}, {args.epochs} epochs, "

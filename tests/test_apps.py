@@ -166,6 +166,22 @@ def test_slurm_launcher_without_slurm_is_one_line(tmp_path, capsys, monkeypatch)
     assert not sweep.exists()
 
 
+def test_cfg_after_overrides_shows_the_config_and_two_modes_are_one_line(tmp_path, capsys, monkeypatch):
+    """``osc <app> seed=3 --cfg job`` (Hydra's usual order) prints the composed config: the
+    job name the command line adds to the overrides must not land after the flag, where
+    Hydra's argparse refuses it. Two of Hydra's modes at once are one line, not a traceback."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    assert osc(["run_experiments", "dataset=digits", "seed=3", "--cfg", "job"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["seed"] == 3 and cfg["dataset"]["name"] == "digits"
+    assert osc(["run_experiments", "-m", "seed=0,1", "--cfg", "job"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--cfg and --multirun" in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("app", sorted(APPS))
 def test_summary_has_provenance_and_report(app, tmp_path, capsys):
     run_dir = tmp_path / "run"

@@ -102,7 +102,7 @@ def regression(C, method, generator):
 
 
 @pytest.mark.parametrize("method", RETRACTED_METHODS)
-@pytest.mark.parametrize("setting", ["sgd_cosine", "adamw_onecycle"])
+@pytest.mark.parametrize("setting", ["sgd_cosine", "adamw_onecycle", "adamw_adaptive_onecycle"])
 def test_retracted_methods_stay_orthogonal_for_1000_steps_under_schedulers(method, setting):
     """fp32, C = 64, 1000 steps with momentum and weight decay, the scheduler driving the
     retracted group's lr through the optimiser's param_groups."""
@@ -112,7 +112,8 @@ def test_retracted_methods_stay_orthogonal_for_1000_steps_under_schedulers(metho
         opt = osc.optimizer(model, torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=1000)
     else:
-        opt = osc.optimizer(model, torch.optim.AdamW, lr=1e-3, weight_decay=1e-2)
+        opt = osc.optimizer(model, torch.optim.AdamW, lr=1e-3, weight_decay=1e-2,
+                            retraction_adaptive=setting == "adamw_adaptive_onecycle")
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=1000)
     retracted = [grp for grp in opt.param_groups if "retraction" in grp]
     assert len(retracted) == 1 and retracted[0]["params"] == [skip.weight] and retracted[0]["weight_decay"] == 0
@@ -237,6 +238,115 @@ def test_state_dict_of_any_optimizer_loads_into_a_fresh_one_and_resumes_bit_for_
     steps(model, opt, data[3:])
     for k, v in full.items():
         assert torch.equal(v, model.state_dict()[k]), k
+
+
+# --------------------------------------------------------------------------- Adam in so(n)
+
+
+def lie_adam_reference(Ws, grads_per_step, lr, betas, eps, method):
+    """retraction_adaptive written out one matrix at a time (the oracle): Omega = skew(W^T G),
+    Adam's moments and bias correction per matrix (its own step count: a None gradient is no
+    step), then the retraction along W Omega_hat."""
+    states = [dict(t=0, m=torch.zeros_like(W), v=torch.zeros_like(W)) for W in Ws]
+    Ws = [W.clone() for W in Ws]
+    for grads in grads_per_step:
+        for i, G in enumerate(grads):
+            if G is None:
+                continue
+            st = states[i]
+            Omega = 0.5 * (Ws[i].T @ G - G.T @ Ws[i])
+            st["t"] += 1
+            st["m"] = betas[0] * st["m"] + (1 - betas[0]) * Omega
+            st["v"] = betas[1] * st["v"] + (1 - betas[1]) * Omega * Omega
+            m_hat, v_hat = st["m"] / (1 - betas[0] ** st["t"]), st["v"] / (1 - betas[1] ** st["t"])
+            Ws[i] = O.retract(method, Ws[i], Ws[i] @ (m_hat / (v_hat.sqrt() + eps)), lr)
+    return Ws
+
+
+@pytest.mark.parametrize("method", ["svd", "qr"])
+def test_adaptive_retraction_is_adam_in_the_lie_algebra_matrix_by_matrix(method):
+    """float64, three skips of two sizes, 12 steps of AdamW, one skip without a gradient in
+    some steps (so the stack's matrices count different steps): the library's stacked step
+    equals the one-matrix-at-a-time oracle, and every W stays on O(n)."""
+    torch.manual_seed(0)
+    skips = nn.ModuleList([make_skip("learnable_orth", n, method=method, init="haar").double() for n in (5, 5, 3)])
+    opt = osc.optimizer(skips, torch.optim.AdamW, lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1,
+                        retraction_adaptive=True)
+    start = [s.weight.detach().clone() for s in skips]
+    g = torch.Generator().manual_seed(1)
+    grads_per_step = []
+    for k in range(12):
+        opt.zero_grad(set_to_none=True)
+        used = [0, 2] if k % 3 == 1 else [0, 1, 2]
+        loss = sum((skips[i](torch.randn(4, skips[i].channels, generator=g, dtype=torch.float64)) ** 3).sum()
+                   for i in used)
+        loss.backward()
+        grads_per_step.append([s.weight.grad.clone() if s.weight.grad is not None else None for s in skips])
+        opt.step()
+    expected = lie_adam_reference(start, grads_per_step, 0.05, (0.8, 0.95), 1e-6, method)
+    for s, W in zip(skips, expected):
+        torch.testing.assert_close(s.weight.detach(), W, atol=1e-12, rtol=0)
+        assert float(O.orth_error(s.weight.detach())) < 1e-12
+    assert [opt.state[s.weight]["retraction_step"] for s in skips] == [12, 8, 12]
+
+
+def test_adaptive_retraction_is_scale_free_and_steps_as_adam_on_a_cayley_skip():
+    """What Adam's normalisation buys: the loss times 1000 takes the same steps (the heavy-ball
+    retraction's step grows 1000-fold); and from W = I the first step is the one Adam takes on
+    a cayley skip's free matrix (W = cayley(A), A <- A - lr sign(dL/dA)), to O(lr^2)."""
+    def run(method, scale, adaptive, steps=5, lr=1e-3):
+        torch.manual_seed(0)
+        skip = make_skip("learnable_orth", 8, method=method).double()
+        target = O.haar_orthogonal(8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        opt = osc.optimizer(skip, torch.optim.Adam, lr=lr, eps=1e-14, retraction_adaptive=adaptive)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(steps):
+            x = torch.randn(16, 8, generator=g, dtype=torch.float64)
+            opt.zero_grad(set_to_none=True)
+            (scale * F.mse_loss(skip(x), x @ target.T)).backward()
+            opt.step()
+        return skip.weight.detach()
+
+    torch.testing.assert_close(run("svd", 1000.0, True), run("svd", 1.0, True), atol=1e-12, rtol=0)
+    plain = run("svd", 1000.0, False) - run("svd", 1.0, False)
+    assert float(plain.norm()) > 1e-2  # without it, the scale is the step
+    eye = torch.eye(8, dtype=torch.float64)
+    adaptive, cayley = run("svd", 1.0, True, steps=1), run("cayley", 1.0, False, steps=1)
+    assert 0.5e-3 < float((adaptive - eye).abs().max()) < 2e-3  # a step of about lr per coordinate
+    assert float((adaptive - cayley).abs().max()) < 1e-5  # the same step, to O(lr^2)
+
+
+def test_adaptive_retraction_resumes_bit_for_bit_and_is_refused_without_betas():
+    def build():
+        torch.manual_seed(1)
+        model = osc.ResidualMLP(6, 2, num_classes=3, in_features=5, skip_layer=osc.skip("learnable_orth", method="svd"))
+        return model, osc.optimizer(model, torch.optim.NAdam, lr=0.01, retraction_adaptive=True)
+
+    def steps(model, opt, data):
+        for x, y in data:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(4, 5, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(6)]
+    model, opt = build()
+    steps(model, opt, data)
+    full = copy.deepcopy(model.state_dict())
+    model, opt = build()
+    steps(model, opt, data[:3])
+    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict()})
+    model, opt = build()
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    assert any(s.get("retraction_step") == 3 for s in opt.state.values())
+    steps(model, opt, data[3:])
+    for k, v in full.items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    with pytest.raises(ValueError, match="retraction_adaptive.*SGD has none"):
+        osc.optimizer(model, torch.optim.SGD, lr=0.1, retraction_adaptive=True)
+    assert OptimConfig(name="sgd", retraction_adaptive=True).problems() == [
+        "retraction_adaptive needs optimizer adam or adamw (its betas and eps); got 'sgd'"]
 
 
 def test_the_optimizer_object_pickles_with_its_model_and_steps_on_alike():

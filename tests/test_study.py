@@ -120,11 +120,18 @@ def test_report_from_run_dirs_matches_study_and_keeps_failures(study_dir, tmp_pa
     assert table((tmp_path / "again" / "report.md").read_text())[:n] == \
         table((study_dir / "report.md").read_text())[:n]
 
-    # a diverged run and a run killed before its first checkpoint, next to the good ones
+    # a diverged run and a run killed before its first checkpoint, next to the good ones, with the
+    # study's settings (a run of other settings would be tabled as a task of its own)
     base = ["dataset=digits", "model.model_type=resnet20", "progress=false", "scheduler.epochs=1", "device=cpu"]
+    real_forward = training._forward
+
+    def nan_loss(*args, **kwargs):  # every step non-finite: the run diverges after 10
+        loss, logits, y = real_forward(*args, **kwargs)
+        return loss * float("nan"), logits, y
+
+    monkeypatch.setattr(training, "_forward", nan_loss)
     with pytest.raises(Diverged):
-        run_experiments.main.run(compose_config("run_experiments", [*base, "optimizer.lr=1e30", "seed=5"]),
-                            tmp_path / "sweep" / "diverged")
+        run_experiments.main.run(compose_config("run_experiments", [*base, "seed=5"]), tmp_path / "sweep" / "diverged")
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
@@ -139,6 +146,38 @@ def test_report_from_run_dirs_matches_study_and_keeps_failures(study_dir, tmp_pa
     assert status == {"0": "completed", "1": "completed", "5": "diverged", "6": "failed"}
     md = (tmp_path / "both" / "report.md").read_text()
     assert "2/4 (seed 5: diverged; seed 6: failed)" in md and "did not complete" in md
+
+
+def test_runs_of_other_settings_are_tabled_as_tasks_of_their_own(study_dir, tmp_path):
+    """Two sweeps that differ only in a setting (here optimizer.upkeep_adaptive) under one
+    directory were pooled as seeds of one arm, each seed counted twice; each is now a task named
+    by the differing value, with the same table as the sweep reported alone. Runs of an older
+    version (no settings in run.json) are compared by what they have."""
+    import json
+    import shutil
+
+    a, b = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
+    shutil.copytree(study_dir / "classification", a)
+    shutil.copytree(study_dir / "classification", b)
+    for run_json in b.rglob("run.json"):
+        meta = json.loads(run_json.read_text())
+        assert meta["labels"]["settings"]["optimizer.upkeep_adaptive"] is False
+        meta["labels"]["settings"]["optimizer.upkeep_adaptive"] = True
+        run_json.write_text(json.dumps(meta))
+    alone = build_report([a], tmp_path / "alone")
+    both = build_report([tmp_path / "runs"], tmp_path / "both")
+    assert list(alone["tables"]) == ["digits/resnet20"]
+    assert list(both["tables"]) == ["digits/resnet20 [optimizer.upkeep_adaptive=false]",
+                                    "digits/resnet20 [optimizer.upkeep_adaptive=true]"]
+    for table in both["tables"].values():
+        assert table == alone["tables"]["digits/resnet20"]
+    md = (tmp_path / "both" / "report.md").read_text()
+    assert "## Classification: digits/resnet20 [optimizer.upkeep_adaptive=true]" in md
+    for run_json in b.rglob("run.json"):  # as written before run.json had settings
+        meta = json.loads(run_json.read_text())
+        del meta["labels"]["settings"]
+        run_json.write_text(json.dumps(meta))
+    assert list(build_report([tmp_path / "runs"], tmp_path / "old")["tables"]) == ["digits/resnet20"]
 
 
 def test_report_and_study_bad_input(tmp_path, capsys):

@@ -2,11 +2,12 @@
 
 Layers (each imports only from those above it in this list; tests/test_layers.py checks):
 
+0. runs.py       errors (UserError), atomic files, progress bars, devices: used by every layer
 1. maths/        pure tensor maths on O(n), the decomposition theorem's construction
 2. skips/, models/, data/   the skip contract and kinds, orthogonal constraints, models, datasets
 3. optim.py      the one optimiser (retraction inside step) and the lr schedule
 4. train/, diagnostics.py, analysis/, landscape.py   training loops; measurements of trained models
-5. runs.py, report/, plots.py   run dirs, files, progress; reports and figures
+5. rundir.py, report/, plots.py   run dirs (locks, provenance, resume); reports and figures
 6. experiments/  thin Hydra apps (the only place Hydra and omegaconf are imported)
 7. cli.py        ``osc``
 """

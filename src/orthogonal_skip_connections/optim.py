@@ -28,6 +28,21 @@ itself projects the step onto the tangent space (``svd``/``qr``/``newton_schulz`
 takes the spectral-norm steepest step (``steepest``), see
 :func:`~orthogonal_skip_connections.maths.orthogonal.retract`.
 
+Adam's normalisation for the retraction (``retraction_adaptive=True``, Adam-family optimisers
+only): instead of the heavy-ball buffer, Adam's two moments of the Riemannian gradient in the
+Lie algebra, Omega = skew(W^T G) in so(n) (left-trivialised: the tangent vector is W Omega),
+m <- b1 m + (1 - b1) Omega, v <- b2 v + (1 - b2) Omega * Omega (elementwise), and the step
+W Omega_hat with Omega_hat = m_hat / (sqrt(v_hat) + eps), bias-corrected as Adam's (Kingma & Ba
+2015), with the group's ``betas`` and ``eps``. m and Omega_hat stay skew (v is symmetric), so
+W Omega_hat is a tangent vector that every retraction takes as it is. It is what Adam does to a
+parametrized method's free matrix (W = B phi(A), Adam on A; Lezcano-Casado 2019), with the
+base moved to the current W at every step, and the moments kept in so(n) (the
+left-trivialised frame, as Kong, Wang & Tao 2023 for Adam on the Stiefel manifold). Each
+matrix's steps are counted in ``opt.state`` for the bias correction. Without it, under Adam
+the gradient-sized retractions (``svd``, ``qr``, ``newton_schulz``) step by lr x |G| and at
+Adam's learning rates barely move. Runs eagerly (``compile_retraction`` leaves such groups
+alone).
+
 Matrices of one group, shape, dtype and device are stacked and retracted as one batch. On CUDA the
 retractions use matrix products only (``retraction_impl="auto"``, see
 :data:`~orthogonal_skip_connections.maths.orthogonal.RETRACTION_IMPLS`): no batched SVD, and
@@ -95,6 +110,7 @@ def param_groups(
     batch_dims: int = 0,
     retraction_momentum: float = 0.0,
     retraction_impl: str = "auto",
+    retraction_adaptive: bool = False,
 ) -> list[dict]:
     """The param groups described in the module docstring (empty groups left out).
 
@@ -102,7 +118,9 @@ def param_groups(
     models, whose bias is (S, out)); a parameter is a weight matrix when
     ``p.ndim - batch_dims >= 2``. ``retraction_impl``: how the retractions compute their
     projection (:data:`~orthogonal_skip_connections.maths.orthogonal.RETRACTION_IMPLS`;
-    ``auto``: products only on CUDA, SVD/QR on the CPU)."""
+    ``auto``: products only on CUDA, SVD/QR on the CPU). ``retraction_adaptive``: Adam's
+    moments in so(n) instead of the heavy-ball buffer (module docstring; the optimiser
+    must carry ``betas`` and ``eps``, as the Adam family does)."""
     orth.resolve_impl(retraction_impl, "cpu")  # refuses an unknown name now, not at the first step
     if not 0.0 <= retraction_momentum < 1.0:
         raise ValueError(f"retraction_momentum must be in [0, 1); got {retraction_momentum}")
@@ -126,7 +144,8 @@ def param_groups(
     for spec, params in retracted.items():
         groups.append({"params": params, "weight_decay": 0.0, "name": f"retracted_{spec.method}",
                        "retraction": spec.method, "lr_scale": spec.lr_scale, "ns_steps": spec.ns_steps,
-                       "retraction_momentum": retraction_momentum, "retraction_impl": retraction_impl})
+                       "retraction_momentum": retraction_momentum, "retraction_impl": retraction_impl,
+                       "retraction_adaptive": bool(retraction_adaptive)})
     return [g for g in groups if g["params"]]
 
 
@@ -241,6 +260,7 @@ class RetractingOptimizer:
         eta = lr * group["lr_scale"]
         mu = group["retraction_momentum"]
         impl_name = group.get("retraction_impl", "auto")  # older checkpoints lack the key
+        adaptive = group.get("retraction_adaptive", False)
         # one stack per (shape, dtype, device): a model split over devices (pipeline or model
         # parallel) or holding skips of two precisions retracts each part where it lives
         by_kind = defaultdict(list)
@@ -251,7 +271,9 @@ class RetractingOptimizer:
         for (dtype, device, _shape), params in by_kind.items():
             grads = [p.grad.neg() if group.get("maximize", False) else p.grad for p in params]  # ascent
             bufs = None
-            if mu > 0:  # m <- mu m + G, m = G on the first step (from m = 0: the same numbers)
+            if adaptive:  # Adam in so(n): the step W Omega_hat, no heavy-ball buffer
+                grads = self._lie_adam_directions(params, grads, group)
+            elif mu > 0:  # m <- mu m + G, m = G on the first step (from m = 0: the same numbers)
                 states = [self.state[p] for p in params]
                 for s, p in zip(states, params):
                     if "retraction_buffer" not in s:
@@ -260,9 +282,9 @@ class RetractingOptimizer:
             by_place[(dtype, device)].append((params, grads, bufs))
         for (_dtype, device), stacks in by_place.items():
             impl = orth.resolve_impl(impl_name, device)
-            compiled = self.__dict__.get("_osc_compiled") if impl == "matmul" else None
+            compiled = self.__dict__.get("_osc_compiled") if impl == "matmul" and not adaptive else None
             if compiled is None:
-                _retract_stacks(stacks, mu, group["retraction"], eta, group["ns_steps"], impl)
+                _retract_stacks(stacks, 0.0 if adaptive else mu, group["retraction"], eta, group["ns_steps"], impl)
             else:
                 self._retract_compiled(compiled, stacks, group, eta, lr, mu, impl)
 
@@ -281,6 +303,36 @@ class RetractingOptimizer:
                     torch._dynamo.mark_static_address(t, guard=False)  # 2.11+ default; 2.4 guarded
         with orth._ieee_matmul(eta_t.device):
             compiled(stacks, mu, group["retraction"], eta_t, group["ns_steps"], impl, eta_max)
+
+    def _lie_adam_directions(self, params: list[Tensor], grads: list[Tensor], group: dict) -> list[Tensor]:
+        """W Omega_hat for each matrix of one (shape, dtype, device) stack: Adam's bias-corrected
+        moments of Omega = skew(W^T G) in so(n), updated in ``opt.state`` (module docstring)."""
+        beta1, beta2 = group["betas"]
+        eps = group["eps"]
+        W = torch.stack([p.detach() for p in params])  # (B, ..., n, n)
+        Omega = orth.skew(W.mT @ torch.stack(grads))  # the Riemannian gradient, left-trivialised
+        states = [self.state[p] for p in params]
+        for st, p in zip(states, params):
+            if "retraction_exp_avg" not in st:
+                st["retraction_step"] = 0
+                st["retraction_exp_avg"] = torch.zeros_like(p)
+                st["retraction_exp_avg_sq"] = torch.zeros_like(p)
+        m = torch.stack([st["retraction_exp_avg"] for st in states]).mul_(beta1).add_(Omega, alpha=1 - beta1)
+        v = torch.stack([st["retraction_exp_avg_sq"] for st in states]).mul_(beta2)
+        v.addcmul_(Omega, Omega, value=1 - beta2)
+        for st, m_i, v_i in zip(states, m.unbind(0), v.unbind(0)):
+            st["retraction_step"] += 1
+            st["retraction_exp_avg"].copy_(m_i)
+            st["retraction_exp_avg_sq"].copy_(v_i)
+        steps = [st["retraction_step"] for st in states]
+        if len(set(steps)) == 1:  # the usual case: one count for the stack
+            bc1, bc2 = 1 - beta1 ** steps[0], 1 - beta2 ** steps[0]
+        else:  # a matrix that missed steps (no gradient) has its own count
+            shape = (len(steps),) + (1,) * (W.ndim - 1)
+            bc1 = torch.tensor([1 - beta1 ** t for t in steps], dtype=W.dtype).view(shape).to(W.device)
+            bc2 = torch.tensor([1 - beta2 ** t for t in steps], dtype=W.dtype).view(shape).to(W.device)
+        Omega_hat = (m / bc1) / ((v / bc2).sqrt() + eps)  # skew: m skew, v symmetric
+        return list((W @ Omega_hat).unbind(0))
 
     def _eta_tensor(self, p: Tensor) -> Tensor:
         """A 0-d tensor of p's dtype and device that carries the step size into compiled steps."""
@@ -338,6 +390,7 @@ def optimizer(
     decay_norms_and_biases: bool = False,
     retraction_momentum: float | None = None,
     retraction_impl: str = "auto",
+    retraction_adaptive: bool = False,
     batch_dims: int = 0,
     **kwargs,
 ) -> torch.optim.Optimizer:
@@ -346,7 +399,8 @@ def optimizer(
 
     ``kwargs`` go to ``optimizer_class`` (``momentum``, ``nesterov``, ``betas``, ...).
     See the module docstring for the groups and the retraction's momentum rule;
-    ``retraction_impl`` as in :func:`param_groups`."""
+    ``retraction_impl`` as in :func:`param_groups`; ``retraction_adaptive`` (Adam family):
+    Adam's moments in so(n) for the retraction instead of the heavy-ball buffer."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimizer takes the model (an nn.Module), whose param groups it makes itself; got "
                         f"{type(model).__name__} (another lr for a part: opt.add_param_group per group of "
@@ -368,10 +422,14 @@ def optimizer(
             elif "betas" in defaults and isinstance(defaults["betas"].default, tuple):
                 retraction_momentum = defaults["betas"].default[0]
     groups = param_groups(model, weight_decay, decay_norms_and_biases, batch_dims, float(retraction_momentum),
-                          retraction_impl)
+                          retraction_impl, retraction_adaptive)
     if not groups:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
-    return _retracting_class(optimizer_class)(groups, lr=lr, **kwargs)
+    opt = _retracting_class(optimizer_class)(groups, lr=lr, **kwargs)
+    if retraction_adaptive and not ("betas" in opt.defaults and "eps" in opt.defaults):
+        raise ValueError(f"retraction_adaptive takes Adam's betas and eps from the optimiser; "
+                         f"{optimizer_class.__name__} has none (use Adam, AdamW, NAdam, RAdam, Adamax, ...)")
+    return opt
 
 
 # --------------------------------------------------------------------------- configured
@@ -389,6 +447,7 @@ class OptimConfig:
     decay_norms_and_biases: bool = False
     betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
     retraction_momentum: float | None = None  # None: momentum
+    retraction_adaptive: bool = False  # adam, adamw: Adam's moments in so(n) for the retraction
     schedule: str = "cosine"  # cosine | step | constant
     warmup_epochs: float = 1.0
     milestones: list[int] = field(default_factory=list)  # step schedule, in epochs
@@ -403,6 +462,8 @@ class OptimConfig:
             (0 <= self.weight_decay < math.inf, f"weight_decay must be a finite number >= 0; got {self.weight_decay}"),
             (self.retraction_momentum is None or 0 <= self.retraction_momentum < 1,
              f"retraction_momentum must be in [0, 1); got {self.retraction_momentum}"),
+            (not self.retraction_adaptive or self.name in ("adam", "adamw"),
+             f"retraction_adaptive needs optimizer adam or adamw (its betas and eps); got {self.name!r}"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}"),
             (0 <= self.warmup_epochs < math.inf,
              f"warmup_epochs must be a finite number >= 0; got {self.warmup_epochs}"),
@@ -421,7 +482,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_dims: int = 0) -> 
     if cfg.name == "sgd":
         return optimizer(model, torch.optim.SGD, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                          **common)
-    return optimizer(model, OPTIMIZERS[cfg.name], betas=tuple(cfg.betas), **common)
+    return optimizer(model, OPTIMIZERS[cfg.name], betas=tuple(cfg.betas), retraction_adaptive=cfg.retraction_adaptive,
+                     **common)
 
 
 def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: OptimConfig) -> float:

@@ -47,6 +47,9 @@ from ._leftovers import has_results, hydra_files, outermost_new, remove_empty, u
 __all__ = ["CommandLine", "CODES_ENV"]
 
 CODES_ENV = "OSC_SWEEP_CODES"
+# Hydra's flags that each choose what the call does (its short name -> its long one): one per call
+_MODES = {f: long for long, short in (("--run", "-r"), ("--multirun", "-m"), ("--cfg", "-c"), ("--info", "-i"),
+                                      ("--shell-completion", "-sc")) for f in (long, short)}
 
 
 class CommandLine:
@@ -109,6 +112,10 @@ class CommandLine:
         app = self.app
         flags = [a for a in argv if a.startswith("-")]
         overrides = [a for a in argv if not a.startswith("-")]
+        modes = sorted({_MODES[f.split("=")[0]] for f in flags if f.split("=")[0] in _MODES})
+        if len(modes) > 1:  # Hydra's own refusal is a traceback
+            raise UserError(f"{' and '.join(modes)} cannot be given together: Hydra takes one of "
+                            f"{', '.join(sorted(set(_MODES.values())))}")
         if any(f not in ("-m", "--multirun") for f in flags):
             return  # --help, --cfg, --info...: Hydra's own business
         jobs = [overrides]
@@ -197,8 +204,7 @@ class CommandLine:
                 sys.exit(1)
 
         saved = sys.argv
-        named = job_name(app.name, argv)
-        sys.argv = [f"osc {app.name}", *argv, *named]  # Hydra parses sys.argv
+        sys.argv = [f"osc {app.name}", *with_job_name(app.name, argv)]  # Hydra parses sys.argv
         try:
             task()
         except SystemExit as exit_:
@@ -254,6 +260,16 @@ class CommandLine:
 
 def job_name(app_name: str, argv: list[str]) -> list[str]:
     return [] if any(a.startswith("hydra.job.name=") for a in argv) else [f"hydra.job.name={app_name}"]
+
+
+def with_job_name(app_name: str, argv: list[str]) -> list[str]:
+    """``argv`` with ``hydra.job.name=<app>`` next to its last override: Hydra's argparse
+    takes the overrides as one run of positionals, so one appended after a flag
+    (``seed=1 --cfg job``) would be refused as an unrecognized argument."""
+    named = job_name(app_name, argv)
+    last = max((i for i, a in enumerate(argv) if not a.startswith("-") and ("=" in a or a.startswith("~"))),
+               default=len(argv) - 1)
+    return [*argv[:last + 1], *named, *argv[last + 1:]]
 
 
 def write_code(code: int) -> None:

@@ -22,6 +22,7 @@ class SmallTraining:
     optimizer: str
     lr: float
     momentum: float
+    upkeep_adaptive: bool
     weight_decay: float
     schedule: str
     milestones: list[int]
@@ -43,6 +44,8 @@ class SmallTraining:
         number("gamma", self.gamma, 0, strict=True)
         number("warmup_epochs", self.warmup_epochs, 0)
         number("grad_clip", self.grad_clip, 0)
+        require(not self.upkeep_adaptive or self.optimizer in ("adam", "adamw"), "upkeep_adaptive",
+                "false with optimizer sgd (Adam's moments need adam or adamw)", self.upkeep_adaptive)
         for m in self.milestones:
             require(m >= 1, "milestones", "epochs >= 1", m)
 
@@ -51,7 +54,8 @@ class SmallTraining:
         from ..train.classifier import TrainConfig
 
         tcfg = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
-                           momentum=self.momentum, weight_decay=self.weight_decay, schedule=self.schedule,
+                           momentum=self.momentum, upkeep_adaptive=self.upkeep_adaptive,
+                           weight_decay=self.weight_decay, schedule=self.schedule,
                            milestones=sorted(set(self.milestones)), gamma=self.gamma,
                            warmup_epochs=self.warmup_epochs, grad_clip=self.grad_clip, progress=self.progress)
         tcfg.validate()

@@ -116,6 +116,7 @@ class OptimizerConfig:
     weight_decay: float
     decay_norms_and_biases: bool
     upkeep_momentum: Optional[float]
+    upkeep_adaptive: bool
 
 
 @dataclass
@@ -179,7 +180,7 @@ class Config:
             nesterov=o.nesterov, weight_decay=o.weight_decay, decay_norms_and_biases=o.decay_norms_and_biases,
             schedule=s.name, warmup_epochs=s.warmup_epochs, milestones=list(s.milestones), gamma=s.gamma,
             label_smoothing=self.label_smoothing, mixup_alpha=self.mixup_alpha, grad_clip=self.grad_clip,
-            upkeep_momentum=o.upkeep_momentum, amp=self.amp, channels_last=self.channels_last,
+            upkeep_momentum=o.upkeep_momentum, upkeep_adaptive=o.upkeep_adaptive, amp=self.amp, channels_last=self.channels_last,
             compile=self.compile, compile_backend=self.compile_backend, compile_mode=self.compile_mode,
             sync_batchnorm=self.sync_batchnorm,
             eval_every=self.eval_every, seed=self.seed, progress=self.progress,
@@ -193,7 +194,8 @@ class Config:
             for short, full in (("lr ", "optimizer.lr "), ("epochs ", "scheduler.epochs "),
                                 ("weight_decay ", "optimizer.weight_decay "), ("momentum ", "optimizer.momentum "),
                                 ("warmup_epochs ", "scheduler.warmup_epochs "), ("gamma ", "scheduler.gamma "),
-                                ("milestones ", "scheduler.milestones ")):
+                                ("milestones ", "scheduler.milestones "),
+                                ("retraction_adaptive ", "optimizer.upkeep_adaptive ")):
                 msg = msg.replace(short, full, 1) if msg.startswith(short) else msg
             raise UserError(msg) from None
         choice("dataset", self.dataset.name, DATASETS)
@@ -239,6 +241,29 @@ class Config:
         return ClassifierSpec(self.dataset.name, m.model_type, m.skip_kind, {**m.model_options(), **m.skip_options()},
                               self.data.root, self.data.download, self.data.augment)
 
+    # Keys that are not a setting of the experiment: the arm a report tables a run in (skip
+    # variant, residual mode), the seed, and how a run is executed or logged.
+    ARM_KEYS = ("model.skip_kind", "model.method", "model.update_rule", "model.init", "model.residual_mode",
+                "model.orthogonal_method", "model.stream_norm", "seed")
+    HOW_KEYS = ("device", "num_threads", "resume", "save_checkpoint", "progress", "tensorboard", "wandb.mode",
+                "wandb.project", "data.root", "data.download", "eval_every", "compile", "compile_backend",
+                "compile_mode", "channels_last")
+
+    def settings(self) -> dict:
+        """Every other config value, flattened (``optimizer.lr``, ``model.lr_scale``, ...): a
+        report splits a task's runs whose settings differ into tasks of their own."""
+        flat = {}
+
+        def walk(prefix: str, value) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}{k}.", v)
+            else:
+                flat[prefix[:-1]] = list(value) if isinstance(value, (list, tuple)) else value
+
+        walk("", asdict(self))
+        return {k: v for k, v in flat.items() if k not in self.ARM_KEYS + self.HOW_KEYS}
+
     def labels(self) -> dict:
         """What a report groups this run by (run.json)."""
         m = self.model
@@ -251,7 +276,7 @@ class Config:
                 "residual_mode": m.residual_label, "skip_kind": m.skip_kind,
                 "method": m.orth_method or "", "init": m.init if m.skip_kind == "learnable_orth" else "",
                 "seed": self.seed, "planned_epochs": self.scheduler.epochs, "batch_size": self.batch_size,
-                "lr": self.optimizer.lr}
+                "lr": self.optimizer.lr, "settings": self.settings()}
 
 
 def report(cfg: Config, s: dict) -> dict:

@@ -96,7 +96,34 @@ def find_runs(paths: list[Path]) -> tuple[list[RunRecord], list[Path]]:
             elif summary is not None and meta.get("app") != "study":
                 seen.add(d.resolve())
                 others.append(d)
+    _split_by_settings(runs)
     return runs, others
+
+
+def _setting(value) -> str:
+    """A config value as an override writes it: true, null, 0.001, [1, 2]."""
+    return json.dumps(value) if isinstance(value, (bool, list, type(None))) else f"{value}"
+
+
+def _split_by_settings(runs: list[RunRecord]) -> None:
+    """A task whose runs differ in a setting (run.json's ``labels.settings``: optimizer.name,
+    optimizer.upkeep_adaptive, model.lr_scale, ...; not the skip variant, residual mode or
+    seed) becomes one task per combination, named by the differing values ("digits/resnet20
+    [optimizer.upkeep_adaptive=true]"), so that different experiments are never pooled as seeds of
+    one arm. A key missing from a run (a run of an older version) is compared among the runs
+    that have it."""
+    for task in sorted({r.task for r in runs}):
+        truns = [r for r in runs if r.task == task and isinstance(r.labels.get("settings"), dict)]
+        values: dict[str, set] = {}
+        for r in truns:
+            for key, value in r.labels["settings"].items():
+                values.setdefault(key, set()).add(json.dumps(value, sort_keys=True))
+        differing = sorted(k for k, v in values.items() if len(v) > 1)
+        if not differing:
+            continue
+        for r in truns:
+            parts = [f"{k}={_setting(r.labels['settings'][k])}" for k in differing if k in r.labels["settings"]]
+            r.labels["task"] = f"{task} [{', '.join(parts)}]"
 
 
 LABELS = {"task", "dataset", "model_type", "variant", "skip_kind", "method", "init", "seed", "planned_epochs",

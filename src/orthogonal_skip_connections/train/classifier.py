@@ -82,6 +82,7 @@ class TrainConfig:
     mixup_alpha: float = 0.0
     grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
     upkeep_momentum: float | None = None  # momentum of the retracted skips' step (None: momentum)
+    upkeep_adaptive: bool = False  # adam/adamw: Adam's moments in so(n) for the retracted skips' step
     amp: str = "auto"  # auto (bf16 on CUDA, off elsewhere) | bf16 | off
     channels_last: bool = False
     compile: bool = False  # torch.compile the forward/backward, and the retraction where it runs from products
@@ -97,7 +98,8 @@ class TrainConfig:
         return OptimConfig(
             name=self.optimizer, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
             weight_decay=self.weight_decay, decay_norms_and_biases=self.decay_norms_and_biases,
-            betas=tuple(self.betas), retraction_momentum=self.upkeep_momentum, schedule=self.schedule,
+            betas=tuple(self.betas), retraction_momentum=self.upkeep_momentum,
+            retraction_adaptive=self.upkeep_adaptive, schedule=self.schedule,
             warmup_epochs=self.warmup_epochs, milestones=list(self.milestones), gamma=self.gamma,
         )
 

@@ -101,8 +101,9 @@ def regression(C, method, generator):
     return model, skip, loss_fn
 
 
-@pytest.mark.parametrize("method", RETRACTED_METHODS)
-@pytest.mark.parametrize("setting", ["sgd_cosine", "adamw_onecycle", "adamw_adaptive_onecycle"])
+@pytest.mark.parametrize("method,setting", [(m, s) for s in ("sgd_cosine", "adamw_onecycle") for m in RETRACTED_METHODS]
+                         # Adam's direction in so(n): the same maps, a tangent direction of another size
+                         + [(m, "adamw_adaptive_onecycle") for m in ("svd", "newton_schulz")])
 def test_retracted_methods_stay_orthogonal_for_1000_steps_under_schedulers(method, setting):
     """fp32, C = 64, 1000 steps with momentum and weight decay, the scheduler driving the
     retracted group's lr through the optimiser's param_groups."""

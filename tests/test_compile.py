@@ -230,6 +230,38 @@ def test_compiled_retraction_is_the_eager_retraction(method, backend):
             torch.testing.assert_close(states[1][k][key], value, atol=10 * atol, rtol=0)
 
 
+@pytest.mark.parametrize("method", ["svd", "steepest"])
+def test_compiled_adaptive_retraction_is_the_eager_one_in_one_graph(method):
+    """retraction_adaptive under compile_retraction: Adam's moments in so(n) and the retraction
+    in one graph for eight steps (the bias corrections and the learning rate change every step
+    and enter as device tensors), the eager steps to round-off, the same optimiser state."""
+    from orthogonal_skip_connections.optim import optimizer
+
+    torch._dynamo.reset()
+    backend, graphs = counting("aot_eager")
+    models = [retracted_model(method), retracted_model(method)]
+    opts = [optimizer(m, torch.optim.AdamW, lr=0.01, retraction_impl="matmul", retraction_adaptive=True)
+            for m in models]
+    opts[1].compile_retraction(backend)
+    eager, compiled = (train_steps(m, o, 8) for m, o in zip(models, opts))
+    assert len(graphs) == 1
+    atol = 1e-5 if method == "steepest" else 1e-6
+    assert max(abs(a - b) for a, b in zip(eager, compiled)) <= atol
+    for (W, _), (V, _) in zip(retracted_parameters(models[0]), retracted_parameters(models[1])):
+        torch.testing.assert_close(V, W, atol=atol, rtol=0)
+    for (name, p), q in zip(models[0].named_parameters(), models[1].parameters()):
+        # AdamW's own weights: its normalisation turns round-off in a tiny gradient into ~lr x 1e-3
+        torch.testing.assert_close(q, p, atol=2e-5, rtol=0, msg=name)
+    states = [o.state_dict()["state"] for o in opts]
+    steps = [s["retraction_step"] for s in states[1].values() if "retraction_step" in s]
+    assert len(steps) == 6 and set(steps) == {8}
+    for k in states[0]:
+        for key, value in states[0][k].items():
+            if key.startswith("retraction"):
+                torch.testing.assert_close(torch.as_tensor(states[1][k][key]), torch.as_tensor(value),
+                                           atol=10 * atol, rtol=0)
+
+
 def test_compiled_retraction_keeps_w_orthogonal_over_a_thousand_steps():
     """steepest, compiled, 1000 momentum steps on random gradients: W stays on O(n)."""
     from orthogonal_skip_connections.maths import orthogonal as orth

@@ -302,14 +302,18 @@ def test_batched_parametrized_upkeep_on_cuda_is_the_per_skip_one(method):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-9, rtol=0, msg=name)
 
 
-@pytest.mark.parametrize("method", ["steepest"])
-def test_compiled_retraction_on_cuda_matches_eager_and_reads_nothing_back(method):
+@pytest.mark.parametrize("method,adaptive", [("steepest", False), ("svd", True)])
+def test_compiled_retraction_on_cuda_matches_eager_and_reads_nothing_back(method, adaptive):
     """compile_retraction with inductor on CUDA (what compile=true does there): the eager
-    steps to round-off, W on O(n), and no synchronisation in opt.step() once compiled."""
+    steps to round-off, W on O(n), and no synchronisation in opt.step() once compiled; also
+    with Adam's moments in so(n) (retraction_adaptive: its bias corrections are device tensors)."""
     from test_compile import retracted_model, train_steps
 
     models = [retracted_model(method).to(CUDA), retracted_model(method).to(CUDA)]
-    opts = [osc.optimizer(m, torch.optim.SGD, lr=0.2, momentum=0.9, foreach=True) for m in models]
+    if adaptive:
+        opts = [osc.optimizer(m, torch.optim.AdamW, lr=0.01, retraction_adaptive=True, foreach=True) for m in models]
+    else:
+        opts = [osc.optimizer(m, torch.optim.SGD, lr=0.2, momentum=0.9, foreach=True) for m in models]
     opts[1].compile_retraction("inductor")
     eager, compiled = (train_steps(m, o, 4) for m, o in zip(models, opts))
     assert max(abs(a - b) for a, b in zip(eager, compiled)) <= 1e-4

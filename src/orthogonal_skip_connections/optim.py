@@ -40,8 +40,8 @@ base moved to the current W at every step, and the moments kept in so(n) (the
 left-trivialised frame, as Kong, Wang & Tao 2023 for Adam on the Stiefel manifold). Each
 matrix's steps are counted in ``opt.state`` for the bias correction. Without it, under Adam
 the gradient-sized retractions (``svd``, ``qr``, ``newton_schulz``) step by lr x |G| and at
-Adam's learning rates barely move. Runs eagerly (``compile_retraction`` leaves such groups
-alone).
+Adam's learning rates barely move. ``compile_retraction`` compiles it too (the bias
+corrections enter as device tensors).
 
 Matrices of one group, shape, dtype and device are stacked and retracted as one batch. On CUDA the
 retractions use matrix products only (``retraction_impl="auto"``, see
@@ -261,97 +261,105 @@ class RetractingOptimizer:
         mu = group["retraction_momentum"]
         impl_name = group.get("retraction_impl", "auto")  # older checkpoints lack the key
         adaptive = group.get("retraction_adaptive", False)
+        adam = (*group["betas"], group["eps"]) if adaptive else None
         # one stack per (shape, dtype, device): a model split over devices (pipeline or model
-        # parallel) or holding skips of two precisions retracts each part where it lives
+        # parallel) or holding skips of two precisions retracts each part where it lives; with
+        # Adam's moments also per step count (one bias correction per stack)
         by_kind = defaultdict(list)
         for p in group["params"]:
             if p.grad is not None:  # as torch's optimisers: no gradient, no step (and no momentum)
-                by_kind[(p.dtype, p.device, tuple(p.shape))].append(p)
-        by_place = defaultdict(list)  # (dtype, device) -> its stacks: (params, grads, momentum buffers or None)
-        for (dtype, device, _shape), params in by_kind.items():
+                step = self.state[p].get("retraction_step", 0) if adaptive else 0
+                by_kind[(p.dtype, p.device, tuple(p.shape), step)].append(p)
+        by_place = defaultdict(list)  # (dtype, device) -> its stacks: (params, grads, momentum buffers, moments)
+        for (dtype, device, _shape, _step), params in by_kind.items():
             grads = [p.grad.neg() if group.get("maximize", False) else p.grad for p in params]  # ascent
-            bufs = None
+            bufs = moments = None
             if adaptive:  # Adam in so(n): the step W Omega_hat, no heavy-ball buffer
-                grads = self._lie_adam_directions(params, grads, group)
+                moments = self._lie_adam_moments(params, adam)
             elif mu > 0:  # m <- mu m + G, m = G on the first step (from m = 0: the same numbers)
                 states = [self.state[p] for p in params]
-                for s, p in zip(states, params):
-                    if "retraction_buffer" not in s:
-                        s["retraction_buffer"] = torch.zeros_like(p)
-                bufs = [s["retraction_buffer"] for s in states]
-            by_place[(dtype, device)].append((params, grads, bufs))
+                for st, p in zip(states, params):
+                    if "retraction_buffer" not in st:
+                        st["retraction_buffer"] = torch.zeros_like(p)
+                bufs = [st["retraction_buffer"] for st in states]
+            by_place[(dtype, device)].append((params, grads, bufs, moments))
         for (_dtype, device), stacks in by_place.items():
             impl = orth.resolve_impl(impl_name, device)
-            compiled = self.__dict__.get("_osc_compiled") if impl == "matmul" and not adaptive else None
+            compiled = self.__dict__.get("_osc_compiled") if impl == "matmul" else None
             if compiled is None:
-                _retract_stacks(stacks, 0.0 if adaptive else mu, group["retraction"], eta, group["ns_steps"], impl)
+                _retract_stacks(stacks, mu, group["retraction"], eta, group["ns_steps"], impl, adam=adam)
             else:
-                self._retract_compiled(compiled, stacks, group, eta, lr, mu, impl)
+                self._retract_compiled(compiled, stacks, group, eta, lr, mu, impl, adam)
 
     def _retract_compiled(self, compiled, stacks: list, group: dict, eta: float, lr: float, mu: float,
-                          impl: str) -> None:
-        """The compiled retraction of one (dtype, device)'s stacks (see :meth:`compile_retraction`)."""
-        eta_t = self._eta_tensor(stacks[0][0][0])
-        eta_t.fill_(eta)  # a kernel on the device, no transfer
+                          impl: str, adam: tuple | None) -> None:
+        """The compiled retraction of one (dtype, device)'s stacks (see :meth:`compile_retraction`):
+        the step size and Adam's bias corrections enter as device tensors (no recompilation as
+        they change)."""
+        p0 = stacks[0][0][0]
+        eta_t = self._scalar_tensor(p0, "eta", eta)
+        if adam is not None:
+            stacks = [(params, grads, bufs, (m, v, self._scalar_tensor(p0, ("bc1", i), bc1),
+                                             self._scalar_tensor(p0, ("bc2", i), bc2)))
+                      for i, (params, grads, bufs, (m, v, bc1, bc2)) in enumerate(stacks)]
         eta_max = None
         if group["retraction"] == "steepest":  # a bound that moves rarely: few compilations
             eta_max = 2.0 ** math.ceil(math.log2(max(eta, group.get("initial_lr", lr) * group["lr_scale"],
                                                      2.0 ** -20)))
         if self.__dict__.get("_osc_compile_mode") == "reduce-overhead":
-            for params, _grads, bufs in stacks:
-                for t in params + (bufs or []):
+            for params, _grads, bufs, moments in stacks:
+                for t in params + (bufs or []) + (moments[0] + moments[1] if moments else []):
                     torch._dynamo.mark_static_address(t, guard=False)  # 2.11+ default; 2.4 guarded
         with orth._ieee_matmul(eta_t.device):
-            compiled(stacks, mu, group["retraction"], eta_t, group["ns_steps"], impl, eta_max)
+            compiled(stacks, mu, group["retraction"], eta_t, group["ns_steps"], impl, eta_max, adam)
 
-    def _lie_adam_directions(self, params: list[Tensor], grads: list[Tensor], group: dict) -> list[Tensor]:
-        """W Omega_hat for each matrix of one (shape, dtype, device) stack: Adam's bias-corrected
-        moments of Omega = skew(W^T G) in so(n), updated in ``opt.state`` (module docstring)."""
-        beta1, beta2 = group["betas"]
-        eps = group["eps"]
-        W = torch.stack([p.detach() for p in params])  # (B, ..., n, n)
-        Omega = orth.skew(W.mT @ torch.stack(grads))  # the Riemannian gradient, left-trivialised
+    def _lie_adam_moments(self, params: list[Tensor], adam: tuple) -> tuple:
+        """(first moments, second moments, 1 - b1^t, 1 - b2^t) of one stack whose matrices
+        have each taken t - 1 steps: the state of Adam in so(n) (module docstring), the step
+        counted here; the moments themselves are updated by :func:`_retract_stacks`."""
+        beta1, beta2, _eps = adam
         states = [self.state[p] for p in params]
         for st, p in zip(states, params):
             if "retraction_exp_avg" not in st:
                 st["retraction_step"] = 0
                 st["retraction_exp_avg"] = torch.zeros_like(p)
                 st["retraction_exp_avg_sq"] = torch.zeros_like(p)
-        m = torch.stack([st["retraction_exp_avg"] for st in states]).mul_(beta1).add_(Omega, alpha=1 - beta1)
-        v = torch.stack([st["retraction_exp_avg_sq"] for st in states]).mul_(beta2)
-        v.addcmul_(Omega, Omega, value=1 - beta2)
-        for st, m_i, v_i in zip(states, m.unbind(0), v.unbind(0)):
             st["retraction_step"] += 1
-            st["retraction_exp_avg"].copy_(m_i)
-            st["retraction_exp_avg_sq"].copy_(v_i)
-        steps = [st["retraction_step"] for st in states]
-        if len(set(steps)) == 1:  # the usual case: one count for the stack
-            bc1, bc2 = 1 - beta1 ** steps[0], 1 - beta2 ** steps[0]
-        else:  # a matrix that missed steps (no gradient) has its own count
-            shape = (len(steps),) + (1,) * (W.ndim - 1)
-            bc1 = torch.tensor([1 - beta1 ** t for t in steps], dtype=W.dtype).view(shape).to(W.device)
-            bc2 = torch.tensor([1 - beta2 ** t for t in steps], dtype=W.dtype).view(shape).to(W.device)
-        Omega_hat = (m / bc1) / ((v / bc2).sqrt() + eps)  # skew: m skew, v symmetric
-        return list((W @ Omega_hat).unbind(0))
+        t = states[0]["retraction_step"]  # one count per stack (see _retract)
+        return ([st["retraction_exp_avg"] for st in states], [st["retraction_exp_avg_sq"] for st in states],
+                1 - beta1 ** t, 1 - beta2 ** t)
 
-    def _eta_tensor(self, p: Tensor) -> Tensor:
-        """A 0-d tensor of p's dtype and device that carries the step size into compiled steps."""
-        etas = self.__dict__.setdefault("_osc_eta", {})
-        key = (p.dtype, p.device)
-        if key not in etas:
-            etas[key] = torch.zeros((), dtype=p.dtype, device=p.device)
-        return etas[key]
+    def _scalar_tensor(self, p: Tensor, slot, value: float) -> Tensor:
+        """A 0-d tensor of p's dtype and device holding ``value`` (filled by a kernel there, no
+        transfer), one per ``slot``: carries a number that changes every step into compiled
+        steps."""
+        held = self.__dict__.setdefault("_osc_scalars", {})
+        key = (p.dtype, p.device, slot)
+        if key not in held:
+            held[key] = torch.zeros((), dtype=p.dtype, device=p.device)
+        return held[key].fill_(value)
 
 
-def _retract_stacks(stacks: list[tuple[list[Tensor], list[Tensor], list[Tensor] | None]], mu: float, method: str,
-                    eta: float | Tensor, ns_steps: int, impl: str, eta_max: float | None = None) -> None:
+def _retract_stacks(stacks: list[tuple], mu: float, method: str, eta: float | Tensor, ns_steps: int, impl: str,
+                    eta_max: float | None = None, adam: tuple | None = None) -> None:
     """One retraction of a group, in place, one (B, n, n) stack per shape: for each
-    ``(params, grads, bufs)`` of ``stacks``, m <- mu m + G into the momentum buffers ``bufs``
-    (None: no momentum), then W <- retract(W, m)."""
-    for params, grads, bufs in stacks:
+    ``(params, grads, bufs, moments)`` of ``stacks``, either (``moments``, with ``adam`` =
+    (b1, b2, eps)) Adam's moments of Omega = skew(W^T G) in so(n) and the direction
+    W Omega_hat, or m <- mu m + G into the momentum buffers ``bufs`` (None: no momentum);
+    then W <- retract(W, that direction)."""
+    for params, grads, bufs, moments in stacks:
         W = torch.stack([p.detach() for p in params])  # (B, ..., n, n)
         G = torch.stack(grads)
-        if bufs is not None:
+        if moments is not None:  # Adam in so(n) (optim's module docstring)
+            m_bufs, v_bufs, bc1, bc2 = moments
+            beta1, beta2, eps = adam
+            Omega = orth.skew(W.mT @ G)  # the Riemannian gradient, left-trivialised
+            m = torch.stack(m_bufs).mul_(beta1).add_(Omega, alpha=1 - beta1)
+            v = torch.stack(v_bufs).mul_(beta2).addcmul_(Omega, Omega, value=1 - beta2)
+            for b, x in zip(m_bufs + v_bufs, m.unbind(0) + v.unbind(0)):
+                b.copy_(x)
+            G = W @ ((m / bc1) / ((v / bc2).sqrt() + eps))  # W Omega_hat: Omega_hat is skew
+        elif bufs is not None:
             G = torch.stack(bufs).mul_(mu).add_(G)
             for b, g in zip(bufs, G.unbind(0)):
                 b.copy_(g)

@@ -116,8 +116,7 @@ class Retraction:
     def __post_init__(self):
         if self.method not in orth.RETRACTED_METHODS:
             raise ValueError(f"unknown retraction {self.method!r}; allowed: {', '.join(orth.RETRACTED_METHODS)}")
-        if not (isinstance(self.lr_scale, (int, float)) and 0 < self.lr_scale < math.inf):
-            raise ValueError(f"lr_scale must be a finite number > 0; got {self.lr_scale!r}")
+        check_lr_scale(self.method, self.lr_scale)
         if not (isinstance(self.ns_steps, int) and self.ns_steps >= 1):
             raise ValueError(f"ns_steps (update_rule_iters) must be an integer >= 1; got {self.ns_steps!r}")
 

@@ -363,3 +363,43 @@ def test_expm_fixed_gradient_is_matrix_exps():
         want, = torch.autograd.grad((torch.linalg.matrix_exp(O.skew(X)) * G).sum(), X)
         got, = torch.autograd.grad((O.expm_fixed(O.skew(X)) * G).sum(), X)
         assert float((got - want).abs().max()) <= 1e-12 * float(want.abs().max()), scale
+
+
+@pytest.mark.parametrize("user_sets", ["nothing", "allow_tf32", "fp32_precision", "global fp32_precision"])
+def test_ieee_matmul_turns_tf32_off_whichever_flag_the_user_set(user_sets):
+    """The retraction's full-float32 block on CUDA (host flags only, so testable on a CPU):
+    TF32 off inside, the user's setting back after. torch >= 2.9 raises on reading the old
+    ``allow_tf32`` once the new ``fp32_precision`` is set, so a user of the new flag must not
+    meet that error in our block."""
+    matmul = torch.backends.cuda.matmul
+    new_api = hasattr(torch.backends, "fp32_precision")
+    if user_sets != "allow_tf32" and not new_api:
+        pytest.skip("torch < 2.9 has only allow_tf32")
+
+    def tf32() -> bool:
+        return matmul.fp32_precision == "tf32" if new_api else matmul.allow_tf32
+
+    try:
+        if user_sets == "allow_tf32":
+            matmul.allow_tf32 = True
+        elif user_sets == "fp32_precision":
+            matmul.fp32_precision = "tf32"
+        elif user_sets == "global fp32_precision":
+            torch.backends.fp32_precision = "tf32"
+        before = tf32()
+        assert before == (user_sets != "nothing")
+        with O._ieee_matmul(torch.device("cuda")):
+            assert not tf32()
+            if user_sets == "allow_tf32":  # the old API's user reads a consistent old flag
+                assert matmul.allow_tf32 is False
+        assert tf32() == before
+        if user_sets == "allow_tf32":
+            assert matmul.allow_tf32 is True
+        with O._ieee_matmul(torch.device("cpu")):  # nothing to do off CUDA
+            assert tf32() == before
+    finally:  # the defaults back: the old flag off (sets both), the new ones unset
+        matmul.allow_tf32 = False
+        if new_api:
+            matmul.fp32_precision = "none"
+            torch.backends.fp32_precision = "none"
+        assert matmul.allow_tf32 is False

@@ -647,18 +647,43 @@ def _ieee_matmul(device: torch.device):
     caller sets the flag around the compiled call, as ``RetractingOptimizer`` does. A plain
     function returning ``nullcontext()``, not a generator context manager, which the dynamo
     of torch 2.4 and 2.5.1 does not trace (see :func:`one_thread`)."""
-    if device.type != "cuda" or torch.compiler.is_compiling() or not torch.backends.cuda.matmul.allow_tf32:
+    if device.type != "cuda" or torch.compiler.is_compiling() or not _cublas_tf32():
         return contextlib.nullcontext()
     return _tf32_off()
 
 
+def _cublas_tf32() -> bool:
+    """Whether cuBLAS may use TF32 for float32 products. From torch 2.9 the flag has a new
+    name (``torch.backends.cuda.matmul.fp32_precision``, which also inherits
+    ``torch.backends.fp32_precision``), and reading the old ``allow_tf32`` raises once a user
+    has set the new one; the new name is read where it exists."""
+    matmul = torch.backends.cuda.matmul
+    try:
+        return matmul.fp32_precision == "tf32"
+    except AttributeError:  # torch < 2.9: the old flag only
+        return matmul.allow_tf32
+
+
 @contextlib.contextmanager
 def _tf32_off():
-    torch.backends.cuda.matmul.allow_tf32 = False
+    """TF32 off for the block, set through the API the user set it with: the old flag while
+    it reads consistently (it sets the new one too), else the new flag, restored after."""
+    matmul = torch.backends.cuda.matmul
+    try:
+        matmul.allow_tf32  # noqa: B018 (raises on torch >= 2.9 once the new flag was set)
+    except RuntimeError:
+        before = matmul.fp32_precision
+        matmul.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision = before
+        return
+    matmul.allow_tf32 = False
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = True
+        matmul.allow_tf32 = True
 
 
 def retract(method: str, W: Tensor, G: Tensor, eta: float | Tensor, ns_steps: int = 100, impl: str = "auto",

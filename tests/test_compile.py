@@ -17,11 +17,10 @@ from orthogonal_skip_connections.data.vision import ImageData, load_image_data
 from orthogonal_skip_connections.models.resnet import BasicBlock, ResNet
 from orthogonal_skip_connections.runs import UserError
 from orthogonal_skip_connections.skips import orthogonal_, retracted_parameters, skip
-from orthogonal_skip_connections.train.classifier import COMPILE_MIN_TORCH, TrainConfig, train_classifier
+from orthogonal_skip_connections.train.classifier import COMPILE_MIN_TORCH, TrainConfig, torch_release, train_classifier
 
 # compile=true is refused on an older torch (TrainConfig.validate); compile_retraction is not
-needs_compile = pytest.mark.skipif(torch.__version__ < COMPILE_MIN_TORCH,
-                                   reason=f"compile=true needs torch >= {COMPILE_MIN_TORCH}")
+needs_compile = pytest.mark.skipif(torch_release() < COMPILE_MIN_TORCH, reason="compile=true needs torch >= 2.5")
 BACKENDS = ["aot_eager"] + (["inductor"] if os.environ.get("OSC_TEST_INDUCTOR") == "1" else [])
 
 
@@ -91,8 +90,9 @@ def test_compile_true_on_a_torch_older_than_its_floor_is_one_line(monkeypatch):
     with pytest.raises(UserError, match=r"^compile=true needs torch >= 2\.5 .*; this is torch 2\.4\.1\+cu121$"):
         TrainConfig(compile=True).validate()
     TrainConfig().validate()  # without compile: nothing to refuse
-    monkeypatch.setattr(torch, "__version__", TorchVersion("2.5.1"))
-    TrainConfig(compile=True).validate()
+    for allowed in ("2.5.1", "2.5.0a0+git1234", "2.10.0", "3.0.0.dev20270101"):  # 2.5's pre-releases too
+        monkeypatch.setattr(torch, "__version__", TorchVersion(allowed))
+        TrainConfig(compile=True).validate()
 
 
 @needs_compile

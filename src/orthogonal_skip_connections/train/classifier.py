@@ -58,9 +58,16 @@ COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # compile=true's oldest torch: 2.4's dynamo cannot trace the batching hooks of parametrized skips
 # (attribute writes on modules) and splits a model into dozens of graphs (33 where 2 are due,
-# tests/test_compile.py); 2.5.1 passes that file. Compared as a version (TorchVersion), since no
-# cheap feature test tells how a model will trace.
-COMPILE_MIN_TORCH = "2.5"
+# tests/test_compile.py); 2.5.1 passes that file. Compared as (major, minor), so that 2.5's
+# pre-releases and local builds ("2.5.0a0+git...") pass too, since no cheap feature test tells
+# how a model will trace.
+COMPILE_MIN_TORCH = (2, 5)
+
+
+def torch_release(version: str | None = None) -> tuple[int, int]:
+    """(major, minor) of a torch version string, pre-release and local parts ignored."""
+    major, minor = (version or torch.__version__).split(".")[:2]
+    return int(major), int(minor)
 
 
 @dataclass
@@ -121,8 +128,8 @@ class TrainConfig:
             (self.compile_mode == "default" or self.compile_backend == "inductor",
              f"compile_mode={self.compile_mode} is a mode of the inductor backend; compile_backend is "
              f"{self.compile_backend}"),
-            (not self.compile or torch.__version__ >= COMPILE_MIN_TORCH,
-             f"compile=true needs torch >= {COMPILE_MIN_TORCH} (torch 2.4's compiler splits these models into "
+            (not self.compile or torch_release() >= COMPILE_MIN_TORCH,
+             f"compile=true needs torch >= {'.'.join(map(str, COMPILE_MIN_TORCH))} (torch 2.4's compiler splits these models into "
              f"dozens of graphs); this is torch {torch.__version__}"),
         ]
         problems = [message for ok, message in checks if not ok] + self.optim().problems()

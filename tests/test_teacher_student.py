@@ -3,6 +3,7 @@ teacher as its own student, the symmetry-aware distance, and the app end to end.
 
 import itertools
 import json
+import math
 import subprocess
 import sys
 
@@ -90,8 +91,8 @@ def test_formulas_as_written():
 # --------------------------------------------------------------------------- optimiser
 
 
-def _student_and_optimizer(arch, optimizer, momentum=0.0, orth_update="polar", S=3, d=4, lr=0.05):
-    cfg = tiny(d=d, optimizer=optimizer, momentum=momentum, orth_update=orth_update, lr=lr)
+def _student_and_optimizer(arch, optimizer, momentum=0.0, orth_update="polar", S=3, d=4, lr=0.05, **kw):
+    cfg = tiny(d=d, optimizer=optimizer, momentum=momentum, orth_update=orth_update, lr=lr, **kw)
     gens = [ts.seed_generator(s, "model") for s in range(S)]
     student = ts.Student(arch, ts.init_weights(arch, d, gens, "small", 1.0, "haar"),
                          orth_method=tst.ORTH_UPDATES[orth_update])
@@ -161,6 +162,31 @@ def test_q_moves_by_the_library_retraction_rule(orth_update, optimizer, momentum
             W = O.steepest_step(W, m, lr)
         torch.testing.assert_close(Q.detach(), W, rtol=1e-10, atol=1e-12)
     assert float(O.orth_error(Q.detach()).max()) < 1e-12
+
+
+def test_adam_upkeep_adaptive_moves_q_by_adams_step_in_so_d():
+    """upkeep_adaptive=true: Q takes Adam's step in so(d) (osc.optimizer's retraction_adaptive).
+    At the first step Adam's direction is sign(skew(W^T G)) entrywise, so every seed's Q moves
+    by lr sqrt(d(d - 1)) in Frobenius norm (to O(lr^2)), whatever the gradient's scale; without
+    it the step is lr x (the gradient's size), which the scale changes."""
+    d, lr = 5, 1e-3
+    moves = {}
+    for adaptive in (False, True):
+        for scale in (1.0, 1000.0):
+            student, opt = _student_and_optimizer("orth_resnet", "adam", d=d, lr=lr, upkeep_adaptive=adaptive)
+            Q = student.tensors()["Q"]
+            W = Q.detach().clone()
+            for n, g in _gradients(student, 1, seed=2)[0].items():
+                student.tensors()[n].grad = scale * g
+            opt.step()
+            moves[adaptive, scale] = torch.linalg.matrix_norm(Q.detach() - W)  # (S,)
+            assert float(O.orth_error(Q.detach()).max()) < 1e-12
+    torch.testing.assert_close(moves[True, 1.0], torch.full((3,), lr * math.sqrt(d * (d - 1)), dtype=W.dtype),
+                               rtol=1e-3, atol=0)
+    torch.testing.assert_close(moves[True, 1000.0], moves[True, 1.0], rtol=1e-6, atol=0)
+    assert bool((moves[False, 1000.0] > 100 * moves[False, 1.0]).all())
+    with pytest.raises(ValueError, match="upkeep_adaptive=true needs optimizer=adam"):
+        tiny(optimizer="sgd", upkeep_adaptive=True)
 
 
 def test_student_q_is_refused_by_a_plain_torch_optimizer():
@@ -368,6 +394,7 @@ def test_teacher_as_student_through_the_app(tmp_path):
         ("output=matrix", "unknown output"),
         ("teacher.init=normal", "unknown teacher init"),
         ("momentum=0", "needs momentum > 0"),
+        ("upkeep_adaptive=true", "upkeep_adaptive=true needs optimizer=adam"),
         ("seeds=0", "seeds"),
         ("steps=0", "steps must be an integer >= 1"),
     ],

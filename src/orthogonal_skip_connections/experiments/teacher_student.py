@@ -61,6 +61,7 @@ class Config:
     student: Student
     orth_update: str
     optimizer: str
+    upkeep_adaptive: bool
     lr: float
     momentum: float
     epochs: int
@@ -99,7 +100,7 @@ class Config:
                 d=self.d, output=self.output, n_train=self.n_train, n_test=self.n_test, batch_size=self.batch_size,
                 teacher_init=self.teacher.init, teacher_scale=self.teacher.scale, student_init=self.student.init,
                 student_scale=self.student.scale, orth_init=self.student.orth_init, orth_update=self.orth_update,
-                optimizer=self.optimizer, lr=self.lr, momentum=self.momentum, epochs=self.epochs, steps=self.steps,
+                optimizer=self.optimizer, upkeep_adaptive=self.upkeep_adaptive, lr=self.lr, momentum=self.momentum, epochs=self.epochs, steps=self.steps,
                 log_every=self.log_every, dtype=self.dtype, device=str(device),
             )
         except ValueError as err:  # the trainer's checks of these values, raised before anything runs

@@ -97,6 +97,7 @@ class TeacherStudentConfig:
     orth_init: str = "identity"
     orth_update: str = "polar"
     optimizer: str = "sgd"
+    upkeep_adaptive: bool = False  # adam: Q retracted along Adam's step in so(d) (optim.retraction_adaptive)
     lr: float = 1e-4
     momentum: float = 0.0
     epochs: int = 100
@@ -132,6 +133,9 @@ class TeacherStudentConfig:
         need(_finite(self.lr) and self.lr > 0, f"lr must be > 0; got {self.lr!r}")
         need(_finite(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1); got {self.momentum!r}")
         need(self.optimizer != "nesterov" or self.momentum > 0, "optimizer=nesterov needs momentum > 0")
+        need(isinstance(self.upkeep_adaptive, bool), f"upkeep_adaptive must be true or false; got {self.upkeep_adaptive!r}")
+        need(not self.upkeep_adaptive or self.optimizer == "adam",
+             f"upkeep_adaptive=true needs optimizer=adam (Adam's moments); got optimizer={self.optimizer}")
         if self.steps is None:
             need(self.n_train > 0, "n_train=0 (fresh samples every step) needs steps=N, not epochs")
             need(is_int(self.epochs) and self.epochs >= 1, f"epochs must be an integer >= 1; got {self.epochs!r}")
@@ -196,7 +200,7 @@ def build_optimizer(students: nn.Module, cfg: TeacherStudentConfig) -> torch.opt
     no weight decay); Q's retraction is stepped inside its ``step()``."""
     if cfg.optimizer == "adam":
         return optim.optimizer(students, torch.optim.Adam, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
-                               batch_dims=1, foreach=True)
+                               retraction_adaptive=cfg.upkeep_adaptive, batch_dims=1, foreach=True)
     return optim.optimizer(students, torch.optim.SGD, lr=cfg.lr, momentum=cfg.momentum,
                            nesterov=cfg.optimizer == "nesterov", batch_dims=1, foreach=True)
 

@@ -17,7 +17,8 @@ skew(W^T G), then the polar factor; Absil et al. 2008, sec. 4.1), ``steepest`` t
 spectral-norm steepest step of length lr (modula). Q's momentum follows the library-wide
 rule of :mod:`~orthogonal_skip_connections.optim`: a heavy-ball buffer of the Euclidean
 gradient, m <- mu m + G, then the retraction along m, with mu = ``momentum`` (sgd,
-nesterov) or beta1 = 0.9 (adam). This is a deliberate change from the first version of
+nesterov) or beta1 = 0.9 (adam); with adam and ``upkeep_adaptive``, Adam's step in so(d)
+instead (``retraction_adaptive`` of :func:`~orthogonal_skip_connections.optim.optimizer`). This is a deliberate change from the first version of
 this loop, which fed the Riemannian gradient (polar) or the Euclidean one (steepest)
 through its own SGD / Nesterov / Adam and retracted along the result: with
 ``momentum=0`` and sgd (the default) both give the same step; with momentum, Nesterov or

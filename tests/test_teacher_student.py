@@ -204,11 +204,11 @@ def test_student_q_is_refused_by_a_plain_torch_optimizer():
 @pytest.mark.parametrize(
     "kw",
     [
-        dict(optimizer="adam", output="vector"),
+        dict(optimizer="adam", output="vector", upkeep_adaptive=True),  # Q: Adam's moments per seed's matrix
         dict(optimizer="nesterov", momentum=0.5, output="sum", orth_update="steepest"),
         dict(optimizer="sgd", n_train=0, output="vector", steps=70),  # fresh samples, two chunks
     ],
-    ids=["adam-vector", "nesterov-sum-steepest", "sgd-fresh"],
+    ids=["adam-adaptive-vector", "nesterov-sum-steepest", "sgd-fresh"],
 )
 def test_vectorised_run_equals_single_seed_runs(kw):
     cfg = tiny(**kw)

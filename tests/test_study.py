@@ -173,6 +173,12 @@ def test_runs_of_other_settings_are_tabled_as_tasks_of_their_own(study_dir, tmp_
         assert table == alone["tables"]["digits/resnet20"]
     md = (tmp_path / "both" / "report.md").read_text()
     assert "## Classification: digits/resnet20 [optimizer.upkeep_adaptive=true]" in md
+    for run_json in sorted(b.rglob("run.json"))[::2]:  # a setting of a later version: not in every run
+        meta = json.loads(run_json.read_text())
+        del meta["labels"]["settings"]["optimizer.upkeep_adaptive"]
+        run_json.write_text(json.dumps(meta))
+    assert sorted(build_report([tmp_path / "runs"], tmp_path / "mixed")["tables"]) == [
+        f"digits/resnet20 [optimizer.upkeep_adaptive={v}]" for v in ("false", "true", "unrecorded")]
     for run_json in b.rglob("run.json"):  # as written before run.json had settings
         meta = json.loads(run_json.read_text())
         del meta["labels"]["settings"]

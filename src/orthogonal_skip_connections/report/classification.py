@@ -111,7 +111,8 @@ def _split_by_settings(runs: list[RunRecord]) -> None:
     seed) becomes one task per combination, named by the differing values ("digits/resnet20
     [optimizer.upkeep_adaptive=true]"), so that different experiments are never pooled as seeds of
     one arm. A key missing from a run (a run of an older version) is compared among the runs
-    that have it."""
+    that have it; where it splits them, the runs without it are named "key=unrecorded". Runs
+    with no settings at all stay under the task's plain name."""
     for task in sorted({r.task for r in runs}):
         truns = [r for r in runs if r.task == task and isinstance(r.labels.get("settings"), dict)]
         values: dict[str, set] = {}
@@ -122,7 +123,8 @@ def _split_by_settings(runs: list[RunRecord]) -> None:
         if not differing:
             continue
         for r in truns:
-            parts = [f"{k}={_setting(r.labels['settings'][k])}" for k in differing if k in r.labels["settings"]]
+            parts = [f"{k}={_setting(r.labels['settings'][k]) if k in r.labels['settings'] else 'unrecorded'}"
+                     for k in differing]
             r.labels["task"] = f"{task} [{', '.join(parts)}]"
 
 

@@ -140,6 +140,24 @@ def _geo(s: dict, key: str) -> str:
     return "diverged" if g is None else f"{g:.2g} ×/÷ {f:.2g}"
 
 
+def _optimizer_text(cfg: Config, archs: list[str]) -> str:
+    """The optimiser as the run used it: Adam's betas rather than the (unused) momentum, and
+    how orth_resnet's Q moved (train/teacher_student.py's docstring)."""
+    if cfg.optimizer == "adam":
+        text = f"adam lr {cfg.lr:g} (betas 0.9, 0.999)"
+    else:
+        text = f"{cfg.optimizer} lr {cfg.lr:g}" + (f" momentum {cfg.momentum:g}" if cfg.momentum else "")
+    if "orth_resnet" in archs:
+        rule = {"polar": "polar retraction", "steepest": "spectral steepest step"}[cfg.orth_update]
+        if cfg.upkeep_adaptive:
+            text += f"; Q by {rule} along Adam's step in so(d) (upkeep_adaptive)"
+        else:
+            mu = 0.9 if cfg.optimizer == "adam" else cfg.momentum
+            text += f"; Q by {rule} along " + (f"the heavy-ball momentum ({mu:g}) of its gradient" if mu
+                                               else "its gradient")
+    return text
+
+
 def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
     rows = [{"arch": a, "formula": ARCHS[a].formula,
              **{k: _geo(summary[a], k) for k in ("relative_train_loss", "test_loss", "distance", "aligned_distance")},
@@ -179,8 +197,8 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
         "measures": [
             f"setting: each seed draws its own teacher of the same architecture ({cfg.teacher.init} entries, scale "
             f"{cfg.teacher.scale:g}) and student ({cfg.student.init} init); inputs x ~ N(0, I_d), d = {cfg.d}, "
-            f"{cfg.n_train} training and {cfg.n_test} test samples, {cfg.optimizer} lr {cfg.lr:g} momentum "
-            f"{cfg.momentum:g}, batch {cfg.batch_size}, {summary['meta']['steps']} steps, "
+            f"{cfg.n_train} training and {cfg.n_test} test samples, {_optimizer_text(cfg, archs)}, "
+            f"batch {cfg.batch_size}, {summary['meta']['steps']} steps, "
             f"output {'summed to a scalar' if cfg.output == 'sum' else 'the d-vector'}",
             "architectures (W, W1, W2 are d x d; Q is orthogonal, kept on O(d) by retraction): "
             + "; ".join(f"{a}: f(x) = {ARCHS[a].formula}" for a in archs),

@@ -256,3 +256,16 @@ def test_construction_verdict_names_a_closest_kind_only_when_the_spreads_separat
     assert apart.startswith("learnable_orth blocks end closest to orthogonal maps; ")
     assert verdict({"identity": row(0.40, float("nan")), "linear": row(0.1, 0.0)}).startswith(
         "no kind can be told closest to orthogonal maps (one seed)")
+
+
+@pytest.mark.parametrize("app", ["orth_to_id", "orth_residual_synthetic_data", "construction_validity"])
+def test_reports_say_how_the_models_were_trained(app):
+    """The "what is measured" line names the optimiser, lr, schedule and epochs, and whether
+    retracted skips took Adam's step: two runs differing in those read differently."""
+    main = {"orth_to_id": orth_to_id, "orth_residual_synthetic_data": orth_residual_synthetic_data,
+            "construction_validity": construction_validity}[app].main
+    plain = main.config(["optimizer=adamw", "lr=0.02", "epochs=3"]).training_text()
+    adaptive = main.config(["optimizer=adamw", "lr=0.02", "epochs=3", "upkeep_adaptive=true"]).training_text()
+    assert plain.startswith("3 epochs of batch ") and "adamw lr 0.02" in plain and "schedule" in plain
+    assert "upkeep_adaptive" not in plain
+    assert adaptive == plain + "; retracted skips by Adam's step in so(n) (upkeep_adaptive)"

@@ -49,6 +49,19 @@ class SmallTraining:
         for m in self.milestones:
             require(m >= 1, "milestones", "epochs >= 1", m)
 
+    def training_text(self) -> str:
+        """How the models were trained, for a report's "what is measured" list: epochs,
+        optimiser, lr, schedule, and whether retracted skips took Adam's step."""
+        text = f"{self.epochs} epochs of batch {self.batch_size}, {self.optimizer} lr {self.lr:g}"
+        if self.optimizer == "sgd" and self.momentum:
+            text += f" momentum {self.momentum:g}"
+        if self.weight_decay:
+            text += f" weight decay {self.weight_decay:g}"
+        text += f", {self.schedule} schedule"
+        if self.upkeep_adaptive:
+            text += "; retracted skips by Adam's step in so(n) (upkeep_adaptive)"
+        return text
+
     def train_config(self):
         """The :class:`TrainConfig` of the small-model trainer."""
         from ..train.classifier import TrainConfig

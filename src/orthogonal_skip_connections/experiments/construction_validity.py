@@ -198,7 +198,8 @@ def report(cfg: Config, rows: list[dict], table: dict, figures: list[str]) -> di
         "question": "is each trained block h_i close to an orthogonal map (relative Procrustes residual near 0)?",
         "measures": [
             f"model: ResidualMLP blocks h_i(z) = W_i z + f_i(z) on R^d, f_i = Linear(d, {cfg.hidden_mult:g} d) -> "
-            f"{cfg.activation} -> Linear, {cfg.seeds} seed(s) per grid point, {cfg.epochs} epochs on {cfg.dataset_type}",
+            f"{cfg.activation} -> Linear, {cfg.seeds} seed(s) per grid point, {cfg.training_text()} on "
+            f"{cfg.dataset_type}",
             f"Procrustes residual: with Z_i the inputs of block i on the {cfg.fit_on} data and Q_i the best "
             "orthogonal map (Schoenemann 1966), ||h_i(Z_i) - Z_i Q_i^T||_F / ||h_i(Z_i)||_F: 0 when the block is "
             "orthogonal on the data, no unit; averaged over blocks and seeds",

@@ -179,8 +179,8 @@ def report(cfg: Config, rows: list[dict], figures: list[str], data) -> dict:
                     "does the skip kind change the accuracy?",
         "measures": [
             f"model: {cfg.n_blocks} block(s) y = W x + f(x) on R^2 (f = Linear(2, {2 * cfg.hidden_mult:g}) -> "
-            f"{cfg.activation} -> Linear), then a linear head; one seed ({cfg.seed}) per skip kind, {cfg.epochs} "
-            f"epochs; {n_test} test points ({100 / n_test:.2g} accuracy points each)",
+            f"{cfg.activation} -> Linear), then a linear head; one seed ({cfg.seed}) per skip kind, "
+            f"{cfg.training_text()}; {n_test} test points ({100 / n_test:.2g} accuracy points each)",
             "figure: one row per (skip kind, block): the grid and the test points as carried by the skip x -> W x, "
             "the branch x -> f(x) and the whole block; right: the decision regions",
             "||W_i - I||_F: distance of each skip matrix from the identity, mean over blocks (– for kinds without a "

@@ -296,7 +296,8 @@ def report(cfg: Config, table: list[dict], ans: dict, figures: list[str]) -> dic
         "measures": [
             f"model: a ResidualMLP with m blocks y = W_i x + f_i(x) on R^d, f_i = Linear(d, {cfg.hidden_mult:g} d) -> "
             f"{cfg.activation} -> Linear, then a linear head; W_i: {cfg.skip.kind} skips ({cfg.skip.method}, "
-            f"{cfg.skip.init} start), {cfg.seeds} seed(s) per (dataset, d, m), {cfg.epochs} epochs",
+            f"{cfg.skip.init} start), {cfg.seeds} seed(s) per (dataset, d, m), "
+            f"{cfg.training_text()}",
             "distance from I: ||W_i - I||_F (Frobenius norm, no unit), averaged over the m blocks of each seed; a "
             "Haar-random W starts sqrt(2d) from I on average",
             "moved towards I: start - end of that distance per seed (> 0: towards I, < 0: away); mean ± std and "

@@ -100,8 +100,8 @@ class Config:
                 d=self.d, output=self.output, n_train=self.n_train, n_test=self.n_test, batch_size=self.batch_size,
                 teacher_init=self.teacher.init, teacher_scale=self.teacher.scale, student_init=self.student.init,
                 student_scale=self.student.scale, orth_init=self.student.orth_init, orth_update=self.orth_update,
-                optimizer=self.optimizer, upkeep_adaptive=self.upkeep_adaptive, lr=self.lr, momentum=self.momentum, epochs=self.epochs, steps=self.steps,
-                log_every=self.log_every, dtype=self.dtype, device=str(device),
+                optimizer=self.optimizer, upkeep_adaptive=self.upkeep_adaptive, lr=self.lr, momentum=self.momentum,
+                epochs=self.epochs, steps=self.steps, log_every=self.log_every, dtype=self.dtype, device=str(device),
             )
         except ValueError as err:  # the trainer's checks of these values, raised before anything runs
             raise UserError(str(err)) from None
@@ -143,8 +143,9 @@ def _geo(s: dict, key: str) -> str:
 def _optimizer_text(cfg: Config, archs: list[str]) -> str:
     """The optimiser as the run used it: Adam's betas rather than the (unused) momentum, and
     how orth_resnet's Q moved (train/teacher_student.py's docstring)."""
+    beta1, beta2 = ts.ADAM_BETAS
     if cfg.optimizer == "adam":
-        text = f"adam lr {cfg.lr:g} (betas 0.9, 0.999)"
+        text = f"adam lr {cfg.lr:g} (betas {beta1:g}, {beta2:g})"
     else:
         text = f"{cfg.optimizer} lr {cfg.lr:g}" + (f" momentum {cfg.momentum:g}" if cfg.momentum else "")
     if "orth_resnet" in archs:
@@ -152,7 +153,7 @@ def _optimizer_text(cfg: Config, archs: list[str]) -> str:
         if cfg.upkeep_adaptive:
             text += f"; Q by {rule} along Adam's step in so(d) (upkeep_adaptive)"
         else:
-            mu = 0.9 if cfg.optimizer == "adam" else cfg.momentum
+            mu = beta1 if cfg.optimizer == "adam" else cfg.momentum
             text += f"; Q by {rule} along " + (f"the heavy-ball momentum ({mu:g}) of its gradient" if mu
                                                else "its gradient")
     return text

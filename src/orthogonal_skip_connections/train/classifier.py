@@ -64,9 +64,9 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 COMPILE_MIN_TORCH = (2, 5)
 
 
-def torch_release(version: str | None = None) -> tuple[int, int]:
-    """(major, minor) of a torch version string, pre-release and local parts ignored."""
-    major, minor = (version or torch.__version__).split(".")[:2]
+def torch_release() -> tuple[int, int]:
+    """(major, minor) of the running torch, pre-release and local parts ignored."""
+    major, minor = torch.__version__.split(".")[:2]
     return int(major), int(minor)
 
 
@@ -129,8 +129,8 @@ class TrainConfig:
              f"compile_mode={self.compile_mode} is a mode of the inductor backend; compile_backend is "
              f"{self.compile_backend}"),
             (not self.compile or torch_release() >= COMPILE_MIN_TORCH,
-             f"compile=true needs torch >= {'.'.join(map(str, COMPILE_MIN_TORCH))} (torch 2.4's compiler splits these models into "
-             f"dozens of graphs); this is torch {torch.__version__}"),
+             f"compile=true needs torch >= {'.'.join(map(str, COMPILE_MIN_TORCH))} (torch 2.4's compiler splits "
+             f"these models into dozens of graphs); this is torch {torch.__version__}"),
         ]
         problems = [message for ok, message in checks if not ok] + self.optim().problems()
         if problems:

@@ -18,8 +18,8 @@ spectral-norm steepest step of length lr (modula). Q's momentum follows the libr
 rule of :mod:`~orthogonal_skip_connections.optim`: a heavy-ball buffer of the Euclidean
 gradient, m <- mu m + G, then the retraction along m, with mu = ``momentum`` (sgd,
 nesterov) or beta1 = 0.9 (adam); with adam and ``upkeep_adaptive``, Adam's step in so(d)
-instead (``retraction_adaptive`` of :func:`~orthogonal_skip_connections.optim.optimizer`). This is a deliberate change from the first version of
-this loop, which fed the Riemannian gradient (polar) or the Euclidean one (steepest)
+instead (``retraction_adaptive`` of :func:`~orthogonal_skip_connections.optim.optimizer`).
+This is a deliberate change from the first version of this loop, which fed the Riemannian gradient (polar) or the Euclidean one (steepest)
 through its own SGD / Nesterov / Adam and retracted along the result: with
 ``momentum=0`` and sgd (the default) both give the same step; with momentum, Nesterov or
 Adam, Q now moves by heavy-ball on the Euclidean gradient, as every other retracted
@@ -79,6 +79,7 @@ OPTIMIZERS = ("sgd", "nesterov", "adam")
 TEACHER_INITS = ("uniform", "gaussian")
 STUDENT_INITS = ("small", "zero", "teacher")
 ORTH_UPDATES = {"polar": "svd", "steepest": "steepest"}  # orth_update -> retraction method of Q
+ADAM_BETAS = (0.9, 0.999)  # optimizer=adam (eps 1e-8)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -200,7 +201,7 @@ def build_optimizer(students: nn.Module, cfg: TeacherStudentConfig) -> torch.opt
     :func:`orthogonal_skip_connections.optim.optimizer` (seed axis first: ``batch_dims=1``;
     no weight decay); Q's retraction is stepped inside its ``step()``."""
     if cfg.optimizer == "adam":
-        return optim.optimizer(students, torch.optim.Adam, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
+        return optim.optimizer(students, torch.optim.Adam, lr=cfg.lr, betas=ADAM_BETAS, eps=1e-8,
                                retraction_adaptive=cfg.upkeep_adaptive, batch_dims=1, foreach=True)
     return optim.optimizer(students, torch.optim.SGD, lr=cfg.lr, momentum=cfg.momentum,
                            nesterov=cfg.optimizer == "nesterov", batch_dims=1, foreach=True)

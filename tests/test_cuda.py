@@ -87,6 +87,42 @@ def test_retractions_on_cuda_agree_with_the_cpu_and_matmul_reads_nothing_back(im
             assert float(O.orth_error(got.double()).max()) <= 1e-5 * n, (n, method)
 
 
+@pytest.mark.parametrize("flag", ["allow_tf32", "fp32_precision", "torch.backends.fp32_precision"])
+def test_retractions_stay_float32_exact_with_tf32_on_by_any_flag(flag):
+    """TF32 on for cuBLAS, by the old flag or torch >= 2.9's new ones: the retractions still
+    run in full float32 (W^T W = I to float32 round-off; TF32's 10-bit mantissa leaves ~1e-3),
+    raise nothing (reading the old flag raises once a new one is set), and the user's
+    setting is on again afterwards."""
+    from orthogonal_skip_connections.maths import orthogonal as O
+
+    matmul = torch.backends.cuda.matmul
+    new_api = hasattr(torch.backends, "fp32_precision")
+    if flag != "allow_tf32" and not new_api:
+        pytest.skip("torch < 2.9 has only allow_tf32")
+    g = torch.Generator().manual_seed(1)
+    n = 256
+    W = torch.stack([O.haar_orthogonal(n, generator=g) for _ in range(4)]).to(CUDA)
+    G = torch.randn(4, n, n, generator=g).to(CUDA)
+    try:
+        if flag == "allow_tf32":
+            matmul.allow_tf32 = True
+        elif flag == "fp32_precision":
+            matmul.fp32_precision = "tf32"
+        else:
+            torch.backends.fp32_precision = "tf32"
+        if torch.cuda.get_device_capability() >= (8, 0):  # the premise: a TF32 W^T W is this coarse
+            assert float(O.orth_error(W).max()) > 1e-3  # (expected ~8e-3 at n = 256; float32: ~1e-5)
+        for method in O.RETRACTED_METHODS:
+            got = O.retract(method, W, G, 0.1)
+            assert float(O.orth_error(got.double()).max()) <= 1e-5 * n, method
+        assert (matmul.fp32_precision == "tf32") if new_api else matmul.allow_tf32
+    finally:
+        matmul.allow_tf32 = False
+        if new_api:
+            matmul.fp32_precision = "none"
+            torch.backends.fp32_precision = "none"
+
+
 def test_optimizer_step_on_cuda_reads_nothing_back():
     """opt.step() of resnet20 with retracted skips (CUDA's default impl): no synchronisation."""
     model = osc.get_model("resnet20", 10, skip_kind="learnable_orth", method="steepest", init="haar").to(CUDA)

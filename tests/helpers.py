@@ -59,6 +59,16 @@ def digits_subset(n: int, seed: int = 0):
     return (d.x_train[idx] / d.scale - d.mean[0]) / d.std[0], d.y_train[idx]
 
 
+def small_digits(n_train: int = 256, n_test: int = 128):
+    """The first ``n_train`` / ``n_test`` images of digits' split, as an ImageData (its
+    augmentation and normalisation): a training run of a few steps."""
+    from orthogonal_skip_connections.data.vision import ImageData, load_image_data
+
+    d = load_image_data("digits")
+    return ImageData(d.name, d.x_train[:n_train], d.y_train[:n_train], d.x_test[:n_test], d.y_test[:n_test],
+                     d.num_classes, d.mean, d.std, d.scale, d.crop_padding, d.flip)
+
+
 def loss_before_and_after(model, x, y, opt, steps: int, batch: int = 32) -> tuple[float, float]:
     """Cross-entropy on all of (x, y) before and after ``steps`` steps of ``opt`` on random
     mini-batches (drawn by a generator of seed 1)."""

@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from orthogonal_skip_connections.data.vision import ImageData, load_image_data
+from helpers import small_digits
 from orthogonal_skip_connections.models.resnet import BasicBlock, ResNet
 from orthogonal_skip_connections.runs import UserError
 from orthogonal_skip_connections.skips import orthogonal_, retracted_parameters, skip
@@ -22,12 +22,6 @@ from orthogonal_skip_connections.train.classifier import COMPILE_MIN_TORCH, Trai
 # compile=true is refused on an older torch (TrainConfig.validate); compile_retraction is not
 needs_compile = pytest.mark.skipif(torch_release() < COMPILE_MIN_TORCH, reason="compile=true needs torch >= 2.5")
 BACKENDS = ["aot_eager"] + (["inductor"] if os.environ.get("OSC_TEST_INDUCTOR") == "1" else [])
-
-
-def small_digits(n_train: int = 256, n_test: int = 128) -> ImageData:
-    d = load_image_data("digits")
-    return ImageData(d.name, d.x_train[:n_train], d.y_train[:n_train], d.x_test[:n_test], d.y_test[:n_test],
-                     d.num_classes, d.mean, d.std, d.scale, d.crop_padding, d.flip)
 
 
 def mixed_model(with_exp: bool = True) -> ResNet:

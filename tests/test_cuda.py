@@ -152,8 +152,9 @@ class _DieAtEpoch(MetricSink):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("method", ["steepest", "cayley"])
-def test_resume_on_cuda_matches_uninterrupted(tmp_path, monkeypatch, method, fake_cifar):
+@pytest.mark.parametrize("method,amp", [("steepest", "bf16"), ("cayley", "bf16"), ("svd", "fp16")])
+def test_resume_on_cuda_matches_uninterrupted(tmp_path, monkeypatch, method, amp, fake_cifar):
+    """(fp16: the GradScaler's loss scale resumes too)"""
     # deterministic kernels: on CUDA, "the same numbers" needs cuDNN's deterministic algorithms
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
@@ -163,7 +164,7 @@ def test_resume_on_cuda_matches_uninterrupted(tmp_path, monkeypatch, method, fak
     def run(run_dir, sinks=(), resume=False):
         torch.manual_seed(0)
         model = osc.get_model("resnet20", 10, skip_kind="learnable_orth", method=method, init="haar")
-        cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, amp="bf16", channels_last=True, progress=False,
+        cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, amp=amp, channels_last=True, progress=False,
                           mixup_alpha=0.2, seed=1)
         return train_classifier(model, data, cfg, run_dir, CUDA, sinks=list(sinks), resume=resume)
 
@@ -174,7 +175,7 @@ def test_resume_on_cuda_matches_uninterrupted(tmp_path, monkeypatch, method, fak
     resumed = run(tmp_path / "resumed", resume=True)
 
     assert full["status"] == resumed["status"] == "completed" and resumed["epochs"] == 3
-    assert full["device"].startswith(CUDA.type)
+    assert full["device"].startswith(CUDA.type) and full["precision"] == amp
     timing = {"train_time_s", "seconds_per_epoch"}
     a = {k: v for k, v in full.items() if k not in timing}
     b = {k: v for k, v in resumed.items() if k not in timing}
@@ -189,6 +190,17 @@ def test_resume_on_cuda_matches_uninterrupted(tmp_path, monkeypatch, method, fak
                 for s in (p / "metrics.jsonl").read_text().splitlines()]
 
     assert lines(tmp_path / "full") == lines(tmp_path / "resumed")
+
+
+def test_amp_auto_picks_the_gpus_native_half_precision():
+    """amp=auto on this GPU: bf16 on compute capability 8.0+ (the H100/H200 class), fp16 on
+    7.x, float32 on older GPUs."""
+    from orthogonal_skip_connections.train.classifier import amp_dtype
+
+    major = torch.cuda.get_device_capability()[0]
+    assert amp_dtype(CUDA, "auto") == (torch.bfloat16 if major >= 8 else torch.float16 if major == 7 else None)
+    assert amp_dtype(CUDA, "fp16") == torch.float16 and amp_dtype(CUDA, "off") is None
+    assert amp_dtype(torch.device("cpu"), "auto") is None
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -221,8 +233,9 @@ SYNC_FREE = {  # skips whose upkeep has no retraction (a retraction's maths read
 
 
 @pytest.mark.parametrize("name", sorted(SYNC_FREE))
-@pytest.mark.parametrize("extras", [{}, {"mixup_alpha": 0.2, "grad_clip": 1.0, "label_smoothing": 0.1}],
-                         ids=["plain", "mixup-clip"])
+@pytest.mark.parametrize("extras", [{}, {"mixup_alpha": 0.2, "grad_clip": 1.0, "label_smoothing": 0.1},
+                                    {"amp": "fp16", "grad_clip": 1.0}],
+                         ids=["plain", "mixup-clip", "fp16-clip"])
 def test_training_steps_synchronise_only_for_their_one_read(tmp_path, monkeypatch, name, extras, fake_cifar):
     """Every training step (the loader's batch included) runs under
     ``torch.cuda.set_sync_debug_mode("error")``, so any synchronising CUDA call in it raises;

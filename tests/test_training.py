@@ -82,6 +82,88 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, monkeypatch):
     assert lines(tmp_path / "full") == lines(tmp_path / "resumed")
 
 
+@pytest.mark.parametrize("capability,want", [((9, 0), torch.bfloat16), ((8, 6), torch.bfloat16),
+                                             ((7, 5), torch.float16), ((7, 0), torch.float16), ((6, 1), None)])
+def test_amp_auto_picks_native_half_precision_by_compute_capability(monkeypatch, capability, want):
+    """amp=auto: bf16 where GPUs run it natively (8.0+), fp16 on Volta/Turing (7.x: fp16 tensor
+    cores, bf16 only emulated), float32 on older GPUs and off CUDA; the explicit modes as named."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    cuda = torch.device("cuda")
+    assert training.amp_dtype(cuda, "auto") == want
+    assert training.amp_dtype(torch.device("cpu"), "auto") is None
+    assert (training.amp_dtype(cuda, "bf16"), training.amp_dtype(cuda, "fp16"), training.amp_dtype(cuda, "off")) \
+        == (torch.bfloat16, torch.float16, None)
+
+
+_REAL_SCALER = torch.amp.GradScaler
+
+
+def _fp16_run(run_dir, monkeypatch, init_scale: float, growth_interval: int, epochs: int, resume=False, **cfg):
+    """resnet20 on 128 digits images, amp=fp16 (on the CPU here), torch's GradScaler started
+    at ``init_scale`` and doubling after ``growth_interval`` clean steps; (summary, model)."""
+    import functools
+
+    import orthogonal_skip_connections as osc
+    from helpers import small_digits
+
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(_REAL_SCALER, init_scale=init_scale,
+                                                                   growth_interval=growth_interval))
+    torch.manual_seed(0)
+    model = osc.get_model("resnet20", 10, "learnable_orth", method="svd", in_channels=1)
+    tcfg = TrainConfig(epochs=epochs, batch_size=32, amp="fp16", warmup_epochs=0, progress=False, **cfg)
+    summary = training.train_classifier(model, small_digits(128, 64), tcfg, run_dir, torch.device("cpu"),
+                                        resume=resume)
+    return summary, model
+
+
+def test_fp16_loss_scale_cancels_exactly_clipping_included(tmp_path, monkeypatch):
+    """amp=fp16 (what amp=auto picks on Volta and Turing GPUs) scales the loss before backward
+    and unscales the gradients before clipping and the step: scaling by a power of two is
+    exact in floating point, so runs at scales 2^12 and 2^13 take the same steps, to float32
+    round-off in the clipping (measured 1e-7 of the distance moved). Unscaled too late
+    (after clipping, or never), their steps would differ by 2x."""
+    import orthogonal_skip_connections as osc
+
+    a, model_a = _fp16_run(tmp_path / "a", monkeypatch, 2.0**12, 10**6, 1, grad_clip=0.5)
+    b, model_b = _fp16_run(tmp_path / "b", monkeypatch, 2.0**13, 10**6, 1, grad_clip=0.5)
+    assert a["precision"] == "fp16" and a["overflow_steps"] == b["overflow_steps"] == 0
+    torch.manual_seed(0)
+    start = osc.get_model("resnet20", 10, "learnable_orth", method="svd", in_channels=1)
+    for (name, p), q, p0 in zip(model_a.named_parameters(), model_b.parameters(), start.parameters()):
+        p, q, p0 = p.detach(), q.detach(), p0.detach()
+        moved = float((p - p0).abs().max())
+        assert moved > 0 and float((p - q).abs().max()) <= 1e-5 * moved, name
+
+
+def test_fp16_overflows_are_skipped_not_divergence_and_resume_exactly(tmp_path, monkeypatch):
+    """Started at a loss scale of 2^20, float16's gradients overflow: those steps are skipped
+    and halve the scale, but they are counted as overflow_steps, not as skipped steps towards
+    divergence; the scale grows again every 3 clean steps. Killed in epoch 2 and resumed, the
+    run equals the uninterrupted one, the loss scale included (saved in the checkpoint)."""
+    full, _ = _fp16_run(tmp_path / "full", monkeypatch, 2.0**20, 3, 2)
+    assert full["status"] == "completed" and full["overflow_steps"] >= 2 and full["skipped_steps"] == 0
+    real_forward, calls = training._forward, {"n": 0}
+
+    def dying_forward(*args, **kwargs):  # the process dies in the middle of epoch 2 (4 steps each)
+        calls["n"] += 1
+        if calls["n"] == 4 + 2:
+            raise KeyboardInterrupt
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_forward", dying_forward)
+    with pytest.raises(KeyboardInterrupt):
+        _fp16_run(tmp_path / "resumed", monkeypatch, 2.0**20, 3, 2)
+    monkeypatch.setattr(training, "_forward", real_forward)
+    resumed, _ = _fp16_run(tmp_path / "resumed", monkeypatch, 2.0**20, 3, 2, resume=True)
+    timing = {"train_time_s", "seconds_per_epoch"}
+    assert {k: v for k, v in full.items() if k not in timing} == {k: v for k, v in resumed.items() if k not in timing}
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert a["scaler"] == b["scaler"] and a["scaler"]["scale"] < 2.0**20
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_from_local_files_without_network(tmp_path, name, fake_cifar):
     fake_cifar(tmp_path / "data", name)

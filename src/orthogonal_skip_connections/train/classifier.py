@@ -62,6 +62,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 # pre-releases and local builds ("2.5.0a0+git...") pass too, since no cheap feature test tells
 # how a model will trace.
 COMPILE_MIN_TORCH = (2, 5)
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 def torch_release() -> tuple[int, int]:
@@ -90,7 +91,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
     upkeep_momentum: float | None = None  # momentum of the retracted skips' step (None: momentum)
     upkeep_adaptive: bool = False  # adam/adamw: Adam's moments in so(n) for the retracted skips' step
-    amp: str = "auto"  # auto (bf16 on CUDA, off elsewhere) | bf16 | off
+    amp: str = "auto"  # auto (see amp_dtype: bf16 on CUDA 8.0+, fp16 on 7.x, else off) | bf16 | fp16 | off
     channels_last: bool = False
     compile: bool = False  # torch.compile the forward/backward, and the retraction where it runs from products
     compile_backend: str = "inductor"  # torch.compile's backend: inductor | aot_eager | eager
@@ -117,7 +118,7 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1); got {self.label_smoothing}"),
             (0 <= self.mixup_alpha < math.inf, f"mixup_alpha must be a finite number >= 0; got {self.mixup_alpha}"),
             (self.grad_clip >= 0, f"grad_clip must be >= 0; got {self.grad_clip}"),
-            (self.amp in ("auto", "bf16", "off"), f"unknown amp {self.amp!r}; allowed: auto, bf16, off"),
+            (self.amp in AMP_MODES, f"unknown amp {self.amp!r}; allowed: {', '.join(AMP_MODES)}"),
             (self.eval_every >= 1, f"eval_every must be >= 1; got {self.eval_every}"),
             (self.compile_backend in COMPILE_BACKENDS,
              f"unknown compile_backend {self.compile_backend!r}; allowed: {', '.join(COMPILE_BACKENDS)}"),
@@ -147,10 +148,22 @@ class MetricSink:
         pass
 
 
+def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """The autocast dtype of ``amp`` on ``device`` (None: full float32). ``auto``: bfloat16
+    on CUDA GPUs of compute capability 8.0 and later (Ampere, Hopper, ...), which run it
+    natively; float16 on 7.x (Volta, Turing: fp16 tensor cores, bfloat16 only emulated),
+    with dynamic loss scaling in the training loop; float32 elsewhere (older GPUs, CPU, MPS)."""
+    if amp == "auto":
+        if device.type != "cuda":
+            return None
+        major = torch.cuda.get_device_capability(device)[0]
+        return torch.bfloat16 if major >= 8 else torch.float16 if major == 7 else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
 def _autocast(device: torch.device, amp: str):
-    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
+    dtype = amp_dtype(device, amp)
+    return nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @torch.no_grad()
@@ -252,15 +265,24 @@ def train_classifier(
     if cfg.compile:
         opt.compile_retraction(cfg.compile_backend, _mode(cfg))
     sched = lr_scheduler(opt, cfg.optim(), steps_per_epoch, cfg.epochs)
+    precision = amp_dtype(device, cfg.amp)
+    # float16 autocast: dynamic loss scaling (Micikevicius et al. 2018, "Mixed precision
+    # training", sec. 3.2) by torch's GradScaler, its scale kept on the device (read with the
+    # step's one host read): the loss scaled before backward, the gradients unscaled before
+    # clipping and the step; gradients that overflowed make the step a skipped one and halve
+    # the scale, 2000 clean steps double it
+    scaler = torch.amp.GradScaler(device.type) if precision == torch.float16 else None
 
     state = {"epoch": 0, "step": 0, "train_time_s": 0.0, "best_test_acc": None, "skipped_steps": 0,
-             "last_eval": None, "guard": None}
+             "overflow_steps": 0, "last_eval": None, "guard": None}
     guard = DivergenceGuard(trivial_loss=math.log(max(2, data.num_classes)))
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, device)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
         _set_rng_state(ckpt["rng"])
         state.update(ckpt["state"])
         guard.load_state(state.get("guard"))
@@ -290,6 +312,8 @@ def train_classifier(
             "train_time_s": state["train_time_s"],
             "seconds_per_epoch": state["train_time_s"] / max(1, state["epoch"]),
             "skipped_steps": guard.skipped_steps,
+            "overflow_steps": state.get("overflow_steps", 0),
+            "precision": {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[precision],
             **summarize_skips(skip_diagnostics(model)),
             "device": str(device),
             "world_size": distributed.world_size(),
@@ -315,28 +339,39 @@ def train_classifier(
             for x, y in bar:
                 loss, logits, y_hard = _forward(step_model, x, y, cfg, gen, device)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()  # also for a non-finite loss: its gradients are non-finite, and the step is skipped
+                # also for a non-finite loss: its gradients are non-finite, and the step is skipped
+                (loss if scaler is None else scaler.scale(loss)).backward()
+                if scaler is not None:
+                    scaler.unscale_(opt)  # the gradients as unscaled (non-finite where they overflowed)
                 norm = _grad_norm(model, cfg.grad_clip, device)
                 # every rank judges the same numbers: the global batch's loss; DDP's averaged gradients
                 batch_loss = distributed.all_mean(loss.detach().to(loss_sum.dtype))
                 read = [batch_loss, norm.to(loss_sum.dtype)]
                 if show:  # the bar's figures ride along: the sums up to the previous step
                     read += [loss_sum, correct.to(loss_sum.dtype)]
+                if scaler is not None:  # the loss scale of this step
+                    read.append(scaler.scale(torch.ones((), device=device)).to(loss_sum.dtype))
                 values = torch.stack(read).tolist()  # the step's one host read
                 loss_value = values[0]
                 finite = math.isfinite(loss_value) and math.isfinite(values[1])
+                # gradients that overflowed at a scale above 1 with a finite loss: the scale was too
+                # large, which the halving fixes; skipped, but no sign of divergence
+                overflow = scaler is not None and not finite and math.isfinite(loss_value) and values[-1] > 1
                 if finite:
                     opt.step()  # retracted skips included
                 else:  # skip the update (retraction included), keep the schedule moving
                     opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.update()
                 sched.step(skipped=not finite)
                 state["step"] += 1
-                guard.step(state["step"], loss_value, finite)  # raises Diverged after too many skipped
+                state["overflow_steps"] = state.get("overflow_steps", 0) + overflow
+                guard.step(state["step"], loss_value, finite or overflow)  # raises Diverged after too many skipped
                 state["skipped_steps"] = guard.skipped_steps
                 if show and seen:
                     bar.set_postfix(loss=f"{values[2] / seen:.3f}", acc=f"{100 * values[3] / seen:.1f}",
                                     refresh=False)
-                if finite:
+                if finite or overflow:  # an overflow's loss is that of the weights as they were: counted
                     loss_sum += batch_loss * len(y)
                     correct += (logits.argmax(1) == y_hard).sum()
                     seen += len(y)
@@ -368,7 +403,8 @@ def train_classifier(
             if save_checkpoint and main:
                 atomic_torch_save(
                     {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "rng": _rng_state(), "state": state},
+                     "rng": _rng_state(), "state": state,
+                     **({"scaler": scaler.state_dict()} if scaler is not None else {})},
                     ckpt_path,
                 )
     except Diverged as err:

@@ -7,7 +7,10 @@ The rule (:data:`RULE`):
    (NaN or +-inf) is skipped: the weights, the optimiser's state and the constrained skips
    stay as they were; the learning-rate schedule moves on. Every skipped step is counted
    (``skipped_steps`` in summary.json). The run is diverged when
-   :data:`MAX_CONSECUTIVE_SKIPPED` = 10 steps in a row are skipped.
+   :data:`MAX_CONSECUTIVE_SKIPPED` = 10 steps in a row are skipped. Under float16 autocast
+   with loss scaling, a step whose gradients overflowed at a loss scale above 1 while its
+   loss was finite is skipped too, but counted apart (``overflow_steps``): the halved scale
+   fixes it, so it says nothing of divergence.
 2. **Checks.** At every check point (the end of each epoch; each metric log of
    teacher-student), the recorded training losses (every seed) must be finite
    and at most :data:`EXPLOSION_FACTOR` = 1000 times the reference loss

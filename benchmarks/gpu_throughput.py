@@ -52,7 +52,7 @@ class Step:
 
     def __init__(self, model_type: str, kind: str, method: str | None, batch: int, device: torch.device,
                  amp: bool = True, channels_last: bool = True, cudnn_benchmark: bool = True, impl: str = "auto",
-                 compile_backend: str | None = None, compile_mode: str | None = None):
+                 compile_backend: str | None = None, compile_mode: str | None = None, fp16: bool = False):
         torch.manual_seed(0)
         opts = {"method": method} if method else {}
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -68,6 +68,10 @@ class Step:
         self.x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
         self.y = torch.randint(0, 10, (batch,), device=device)
         self.amp = amp
+        # amp=fp16 of run_experiments (amp=auto's choice on 7.x GPUs): float16 autocast and
+        # torch's GradScaler (the loop's unscale before the step, the update after it)
+        self.dtype = torch.float16 if fp16 else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(device.type) if fp16 and amp else None
         self.device = device
         self.cudnn_benchmark = cudnn_benchmark
 
@@ -76,14 +80,18 @@ class Step:
 
     def backward(self) -> None:
         self.opt.zero_grad(set_to_none=True)
-        ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
+        ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.amp else nullcontext()
         with ctx:
             loss = F.cross_entropy(self.forward(self.x).float(), self.y)
-        loss.backward()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
 
     def __call__(self) -> None:
         self.backward()
         self.opt.step()
+        if self.scaler is not None:
+            self.scaler.update()
 
 
 def optimizer_step_times(steps: dict[str, Step], device: torch.device, rounds: int, calls: int) -> dict[str, float]:
@@ -162,6 +170,8 @@ def settings_table(args, device: torch.device) -> tuple[str, list[str]]:
         "bf16, channels_last, cudnn.benchmark": {"amp": True, "channels_last": True, "cudnn_benchmark": True},
         "bf16, channels_last, no cudnn.benchmark": {"amp": True, "channels_last": True, "cudnn_benchmark": False},
         "bf16, NCHW, cudnn.benchmark": {"amp": True, "channels_last": False, "cudnn_benchmark": True},
+        "fp16 + loss scaling, channels_last, cudnn.benchmark": {"amp": True, "fp16": True, "channels_last": True,
+                                                                "cudnn_benchmark": True},
         "fp32, channels_last, cudnn.benchmark": {"amp": False, "channels_last": True, "cudnn_benchmark": True},
     }
     steps = {name: Step("resnet18", "identity", None, args.batch, device, **kw) for name, kw in settings.items()}

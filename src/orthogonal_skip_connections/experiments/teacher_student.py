@@ -140,23 +140,21 @@ def _geo(s: dict, key: str) -> str:
     return "diverged" if g is None else f"{g:.2g} ×/÷ {f:.2g}"
 
 
-def _optimizer_text(cfg: Config, archs: list[str]) -> str:
-    """The optimiser as the run used it: Adam's betas rather than the (unused) momentum, and
-    how orth_resnet's Q moved (train/teacher_student.py's docstring)."""
+def _optimizer_text(cfg: Config) -> str:
+    """The optimiser as the run used it: Adam's betas rather than its (unused) momentum."""
     beta1, beta2 = ts.ADAM_BETAS
     if cfg.optimizer == "adam":
-        text = f"adam lr {cfg.lr:g} (betas {beta1:g}, {beta2:g})"
-    else:
-        text = f"{cfg.optimizer} lr {cfg.lr:g}" + (f" momentum {cfg.momentum:g}" if cfg.momentum else "")
-    if "orth_resnet" in archs:
-        rule = {"polar": "polar retraction", "steepest": "spectral steepest step"}[cfg.orth_update]
-        if cfg.upkeep_adaptive:
-            text += f"; Q by {rule} along Adam's step in so(d) (upkeep_adaptive)"
-        else:
-            mu = beta1 if cfg.optimizer == "adam" else cfg.momentum
-            text += f"; Q by {rule} along " + (f"the heavy-ball momentum ({mu:g}) of its gradient" if mu
-                                               else "its gradient")
-    return text
+        return f"adam lr {cfg.lr:g} (betas {beta1:g}, {beta2:g})"
+    return f"{cfg.optimizer} lr {cfg.lr:g}" + (f" momentum {cfg.momentum:g}" if cfg.momentum else "")
+
+
+def _q_rule(cfg: Config) -> str:
+    """How orth_resnet's Q moved on O(d) (train/teacher_student.py's docstring)."""
+    rule = {"polar": "the polar retraction", "steepest": "the spectral steepest step"}[cfg.orth_update]
+    if cfg.upkeep_adaptive:
+        return f"{rule} along Adam's step in so(d) (upkeep_adaptive)"
+    mu = ts.ADAM_BETAS[0] if cfg.optimizer == "adam" else cfg.momentum
+    return f"{rule} along " + (f"the heavy-ball momentum ({mu:g}) of its gradient" if mu else "its gradient")
 
 
 def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
@@ -198,10 +196,11 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
         "measures": [
             f"setting: each seed draws its own teacher of the same architecture ({cfg.teacher.init} entries, scale "
             f"{cfg.teacher.scale:g}) and student ({cfg.student.init} init); inputs x ~ N(0, I_d), d = {cfg.d}, "
-            f"{cfg.n_train} training and {cfg.n_test} test samples, {_optimizer_text(cfg, archs)}, "
+            f"{cfg.n_train} training and {cfg.n_test} test samples, {_optimizer_text(cfg)}, "
             f"batch {cfg.batch_size}, {summary['meta']['steps']} steps, "
             f"output {'summed to a scalar' if cfg.output == 'sum' else 'the d-vector'}",
-            "architectures (W, W1, W2 are d x d; Q is orthogonal, kept on O(d) by retraction): "
+            "architectures (W, W1, W2 are d x d"
+            + (f"; Q is orthogonal, kept on O(d) by {_q_rule(cfg)}" if "orth_resnet" in archs else "") + "): "
             + "; ".join(f"{a}: f(x) = {ARCHS[a].formula}" for a in archs),
             "statistic: every loss and distance is the geometric mean over seeds ×/÷ the geometric std factor "
             "(as in the figures), since seeds spread over orders of magnitude",

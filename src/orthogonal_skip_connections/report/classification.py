@@ -36,7 +36,7 @@ CSV_COLUMNS = [
     "task", "dataset", "model_type", "variant", "residual_mode", "skip_kind", "method", "init", "seed", "status", "epochs",
     "planned_epochs", "steps", "batch_size", "lr", "test_acc", "best_test_acc", "test_loss", "train_loss",
     "train_time_s", "step_time_s", "epochs_to_target", "target_acc", "skip_identity_distance_mean",
-    "skip_orth_error_max", "skip_negative_det_count", "n_test", "device", "run_dir",
+    "skip_orth_error_max", "skip_negative_det_count", "n_test", "device", "precision", "run_dir",
 ]
 
 
@@ -215,7 +215,7 @@ def results_rows(runs: list[RunRecord]) -> list[dict]:
             "skip_identity_distance_mean": s.get("skip_identity_distance_mean"),
             "skip_orth_error_max": s.get("skip_orth_error_max"),
             "skip_negative_det_count": s.get("skip_negative_det_count"), "n_test": s.get("n_test"),
-            "device": s.get("device"),
+            "device": s.get("device"), "precision": s.get("precision"),  # bf16 | fp16 | fp32 (older runs: none)
             "run_dir": str(r.path),
         })
     order = _variant_order([r["variant"] for r in rows])

@@ -44,7 +44,8 @@ def study_dir(tmp_path_factory):
 
 
 def test_study_writes_report_files_and_one_row_per_run(study_dir):
-    for name in ("report.md", "report.html", "results.csv", "accuracy_digits_resnet20.png", "study.json"):
+    for name in ("report.md", "report.html", "results.csv", "accuracy_digits_resnet20.png",
+                 "identity_distance_digits_resnet20.png", "study.json"):
         assert (study_dir / name).is_file(), name
     rows = read_csv(study_dir / "results.csv")
     skip_rows = [r for r in rows if r["task"] == "digits/resnet20"]
@@ -81,7 +82,9 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
     assert "could be told from 0" in md
     # figures stay where their app wrote them (linked, never copied); no checkpoints by default
     assert sorted(p.name for p in study_dir.glob("*.png")) == ["accuracy_digits_resnet20.png",
-                                                               "accuracy_modes_digits_preact_resnet20.png"]
+                                                               "accuracy_modes_digits_preact_resnet20.png",
+                                                               "identity_distance_digits_resnet20.png"]
+    assert "![digits/resnet20 distance from I](identity_distance_digits_resnet20.png)" in md
     assert "](teacher_student/distance.png)" in md
     # ... except in the classification runs loss_landscape reads (smoke: seed 0 of zero, identity, learnable_orth/steepest)
     assert sorted(p.parent for p in study_dir.rglob("checkpoint.pt")) == sorted(
@@ -453,6 +456,8 @@ def test_report_of_identity_runs_alone_has_no_empty_verdict_list(study_dir, tmp_
     assert "2 classifier runs, 1 other app run(s); report:" in capsys.readouterr().out
     md = (tmp_path / "r" / "report.md").read_text()
     assert "Verdicts:" not in md and "No verdict: identity is the only skip kind here" in md
+    # identity skips have no matrix: no distance-from-I figure
+    assert "distance from I" not in md and not list((tmp_path / "r").glob("identity_distance_*.png"))
 
 
 def test_compose_each_gives_what_compose_gives():

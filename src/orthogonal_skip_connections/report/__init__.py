@@ -115,6 +115,12 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
         fig = curves_figure(task, runs, out_dir)
         if fig is not None:
             md += [f"![{task} accuracy]({fig.name})", ""]
+        fig = curves_figure(task, runs, out_dir, key="identity_distance")
+        if fig is not None:  # the question of the theorem: do the trained skip matrices approach I?
+            md += ["How far the skip matrices are from I during training (mean over a run's skips of "
+                   "||W - I||_F; 0 for a skip that is the identity). The theorem says that in a deep enough "
+                   "net the orthogonal skips approach I, so a falling curve supports it; a curve started at 0 "
+                   "(init=identity) can only rise.", "", f"![{task} distance from I]({fig.name})", ""]
     for task, table in modes.items():  # residual modes (add, orthogonal_update, rotation) x skips
         md += [f"## Residual modes: {task}", "",
                "Each residual mode (skips/residual.py) with each skip kind, against add residuals with identity "

@@ -48,7 +48,7 @@ class RunRecord:
     path: Path
     labels: dict
     summary: dict | None
-    evals: list[dict] = field(default_factory=list)  # (epoch, test_acc) records of metrics.jsonl
+    evals: list[dict] = field(default_factory=list)  # (epoch, test_acc, identity_distance) of metrics.jsonl
 
     @property
     def status(self) -> str:
@@ -169,7 +169,8 @@ def _read_object(path: Path) -> dict:
 
 
 def _evals(path: Path) -> list[dict]:
-    """(epoch, test_acc) of the eval records of metrics.jsonl (a corrupt line is one line)."""
+    """epoch, test_acc and identity_distance (the mean ||W - I||_F of the run's skip matrices,
+    None for kinds without one) of the eval records of metrics.jsonl (a corrupt line is one line)."""
     evals = []
     if not path.exists():
         return evals
@@ -179,7 +180,9 @@ def _evals(path: Path) -> list[dict]:
         try:
             rec = json.loads(line)
             if rec.get("type") == "eval":
-                evals.append({"epoch": int(rec["epoch"]), "test_acc": float(rec["test_acc"])})
+                distance = rec.get("skip_identity_distance_mean")
+                evals.append({"epoch": int(rec["epoch"]), "test_acc": float(rec["test_acc"]),
+                              "identity_distance": None if distance is None else float(distance)})
         except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
             raise UserError(f"{path}, line {n}: not an evaluation record of this version") from None
     return evals
@@ -482,28 +485,40 @@ def caveat(task: str, table: list[dict], rows: list[dict]) -> str:
     return text + "."
 
 
-def curves_figure(task: str, runs: list[RunRecord], out_dir: Path, modes: bool = False) -> Path | None:
-    """Test accuracy over epochs, one band per skip variant of the ``add`` runs, or with
-    ``modes`` one band per (residual mode, skip variant) arm of every run."""
+# what curves_figure can draw over epochs: (y label, title, file name prefix)
+CURVES = {
+    "test_acc": ("test accuracy (%)", "test accuracy", "accuracy"),
+    "identity_distance": ("mean ||W - I||_F over the skips", "distance of the skip matrices from I",
+                          "identity_distance"),
+}
+
+
+def curves_figure(task: str, runs: list[RunRecord], out_dir: Path, modes: bool = False,
+                  key: str = "test_acc") -> Path | None:
+    """``key`` (test accuracy, or the skip matrices' mean distance from I) over epochs, one band
+    per skip variant of the ``add`` runs, or with ``modes`` one band per (residual mode, skip
+    variant) arm of every run; arms without the measure (no skip matrix) are left out."""
     by_arm: dict[tuple[str, str], list[RunRecord]] = {}
     for r in runs:
-        if r.task == task and r.status == "completed" and r.evals and (modes or r.residual_mode == "add"):
+        if (r.task == task and r.status == "completed" and r.evals and (modes or r.residual_mode == "add")
+                and all(e[key] is not None for e in r.evals)):
             by_arm.setdefault((r.residual_mode, r.variant), []).append(r)
     if not by_arm:
         return None
+    ylabel, what, prefix = CURVES[key]
     fig, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
     mode_order, variant_order = _mode_order([a[0] for a in by_arm]), _variant_order([a[1] for a in by_arm])
     for arm in sorted(by_arm, key=lambda a: (mode_order.index(a[0]), variant_order.index(a[1]))):
         group = by_arm[arm]
         epochs = sorted(set.intersection(*[{e["epoch"] for e in r.evals} for r in group]))
-        ys = [[next(e["test_acc"] for e in r.evals if e["epoch"] == ep) for ep in epochs] for r in group]
+        ys = [[next(e[key] for e in r.evals if e["epoch"] == ep) for ep in epochs] for r in group]
         band(ax, epochs, ys, label=f"{' / '.join(arm) if modes else arm[1]} (n={len(group)})")
     ax.set_xlabel("epoch")
     integer_ticks(ax.xaxis)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{task}{': residual modes' if modes else ''}\ntest accuracy, mean ± std over seeds", fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{task}{': residual modes' if modes else ''}\n{what}, mean ± std over seeds", fontsize=10)
     # beside the axes, not over the curves: accuracy curves fill any corner by the last epoch
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3)
-    name = f"accuracy_{'modes_' if modes else ''}{re.sub(r'[^A-Za-z0-9]+', '_', task)}.png"
+    name = f"{prefix}_{'modes_' if modes else ''}{re.sub(r'[^A-Za-z0-9]+', '_', task)}.png"
     return savefig(fig, out_dir / name)

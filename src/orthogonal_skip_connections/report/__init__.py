@@ -134,6 +134,9 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
         fig = curves_figure(task, runs, out_dir, modes=True)
         if fig is not None:
             md += [f"![{task} accuracy by residual mode]({fig.name})", ""]
+        fig = curves_figure(task, runs, out_dir, modes=True, key="identity_distance")
+        if fig is not None:
+            md += [f"![{task} distance from I by residual mode]({fig.name})", ""]
     for d in others:
         md += _section(d, out_dir)
     report_md = out_dir / "report.md"

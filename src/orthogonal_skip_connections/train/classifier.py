@@ -272,6 +272,7 @@ def train_classifier(
     # clipping and the step; gradients that overflowed make the step a skipped one and halve
     # the scale, 2000 clean steps double it
     scaler = torch.amp.GradScaler(device.type) if precision == torch.float16 else None
+    one = torch.ones((), device=device)  # scaler.scale(one): the step's loss scale, on the device
 
     state = {"epoch": 0, "step": 0, "train_time_s": 0.0, "best_test_acc": None, "skipped_steps": 0,
              "overflow_steps": 0, "last_eval": None, "guard": None}
@@ -350,7 +351,7 @@ def train_classifier(
                 if show:  # the bar's figures ride along: the sums up to the previous step
                     read += [loss_sum, correct.to(loss_sum.dtype)]
                 if scaler is not None:  # the loss scale of this step
-                    read.append(scaler.scale(torch.ones((), device=device)).to(loss_sum.dtype))
+                    read.append(scaler.scale(one).to(loss_sum.dtype))
                 values = torch.stack(read).tolist()  # the step's one host read
                 loss_value = values[0]
                 finite = math.isfinite(loss_value) and math.isfinite(values[1])

@@ -372,6 +372,20 @@ def test_population_loss_matches_monte_carlo(arch_name, output):
     assert torch.all((exact - mc).abs() < 5 * se), (exact, mc, se)
 
 
+@pytest.mark.parametrize("arch_name", ["vanilla", "resnet_block"])
+def test_population_loss_of_a_narrower_student(arch_name):
+    """m = 3 hidden units against a teacher of 4 (W1 d x m, W2 m x d): how finding 3's
+    best merged students are measured; against Monte Carlo as above."""
+    arch, d, n = ts.ARCHS[arch_name], 4, 100_000
+    g = torch.Generator().manual_seed(3)
+    teacher = ts.init_weights(arch, d, [ts.seed_generator(0, "model")], "uniform")
+    student = {k: torch.rand(1, d, 3, generator=g, dtype=torch.float64) if k in ("W", "W1")
+               else torch.rand(1, 3, d, generator=g, dtype=torch.float64) for k in teacher}
+    X = torch.randn(1, d, n, generator=g, dtype=torch.float64)
+    err = (ts.predict(arch, student, X, "sum") - ts.predict(arch, teacher, X, "sum")).square().flatten(1)
+    exact = tsa.population_loss(arch, student, teacher, "sum")
+    assert float((exact - err.mean()).abs()) < 5 * float(err.std()) / math.sqrt(n)
+
 @pytest.mark.parametrize("output", ts.OUTPUTS)
 @pytest.mark.parametrize("arch_name", ARCHS)
 def test_population_loss_is_zero_on_the_symmetry_orbit_only(arch_name, output):

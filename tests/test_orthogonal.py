@@ -366,7 +366,7 @@ def test_expm_fixed_gradient_is_matrix_exps():
 
 
 # every degree the host-read path can choose, float32 (16 x 16 skew parts of randn): 0 (degree
-# 1), 1e-6 (2), 1e-4 (4), 1e-2 (6), 3e-2 (9), 0.1 (12), 1 and 30 (12 with 4 and 9 squarings)
+# 1), 1e-6 (2), 1e-4 (4), 1e-2 (6), 3e-2 (9), 0.1 (12), 1 and 30 (12 with 3 and 8 squarings)
 _EXPM_SCALES = (0.0, 1e-6, 1e-4, 1e-2, 3e-2, 0.1, 1.0, 30.0)
 
 
@@ -407,6 +407,7 @@ def test_expm_products(monkeypatch):
     A = torch.zeros(2, 8, 8)
     assert products(O.expm_fixed, A, None) == 0
     assert products(O.expm_fixed, A, 0) == 5
+    assert products(O.expm_fixed, A, None, False) == 5 + O.EXPM_MAX_SQUARINGS  # the plan not read: GPU eager's
     A = 1e-3 * O.skew(torch.randn(2, 8, 8))
     assert products(O.expm_fixed, A, None) == 2  # degree 4, no squaring
 

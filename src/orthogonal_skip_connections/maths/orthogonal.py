@@ -519,11 +519,17 @@ def _degree_choices(dtype: torch.dtype) -> tuple[int, ...]:
     return tuple(m for m in _CHEAP_DEGREES if m < top) + (top,)
 
 
-# theta where degree m's polynomial has a derivative within u of exp's: the derivative of
-# sum_{k > m} X^k / k! in a direction H is at most sum_{k >= m} theta^k / k! ||H||, the tail of
-# degree m - 1 (degree 1 at theta ~ u: only A = 0 exactly, a parametrization's start)
+def _grad_theta(m: int, u: float) -> float:
+    """theta where degree m's polynomial is within u of exp and its derivative within 8u: the
+    derivative of sum_{k > m} X^k / k! in a direction H is at most sum_{k >= m} theta^k / k! ||H||,
+    the tail of degree m - 1. 8u is what the fixed degree gives at its own theta (float32: degree
+    12, sum_{k >= 12} 1.56^k / k! ~ 8u); a low degree at the value's theta alone would give far
+    more (degree 1, the derivative off by ||A|| ~ 3e-4, where the value is within u)."""
+    return min(taylor_theta(m, u), taylor_theta(m - 1, 8 * u))
+
+
 _GRAD_THETAS: dict[tuple[int, float], float] = {
-    (m, torch.finfo(dt).eps / 2): taylor_theta(m - 1, torch.finfo(dt).eps / 2)
+    (m, torch.finfo(dt).eps / 2): _grad_theta(m, torch.finfo(dt).eps / 2)
     for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64) for m in _degree_choices(dt)
 }
 
@@ -531,8 +537,8 @@ _GRAD_THETAS: dict[tuple[int, float], float] = {
 def _cheapest_degree(bound: Tensor, A: Tensor) -> tuple[int, float]:
     """The degree m and its theta with the fewest products for the stack's largest bound (read on
     the host): Paterson-Stockmeyer's plus the squarings to bring the bound below theta, theta
-    from :data:`_GRAD_THETAS` so that value and gradient are both exact to round-off (the larger
-    degree on a tie: fewer squarings)."""
+    from :func:`_grad_theta` so that value and gradient are both exact to round-off (the larger
+    degree on a tie: fewer squarings, each of which doubles the rounding error)."""
     b, u = float(bound.max()), _eps(A) / 2
     best = None
     for m in _degree_choices(A.dtype):
@@ -550,7 +556,7 @@ def _host_read_is_free(A: Tensor) -> bool:
             and not torch._C._functorch.is_functorch_wrapped_tensor(A))
 
 
-def expm_fixed(A: Tensor, max_squarings: int | None = EXPM_MAX_SQUARINGS) -> Tensor:
+def expm_fixed(A: Tensor, max_squarings: int | None = EXPM_MAX_SQUARINGS, read: bool | None = None) -> Tensor:
     """exp(A) by scaling and squaring in a fixed sequence of products: nothing is read back to
     the host (``torch.linalg.matrix_exp`` reads its matrices' norms on the host to choose its
     degree and squarings, a synchronisation on a GPU that a CUDA graph cannot hold); (..., n, n).
@@ -567,13 +573,14 @@ def expm_fixed(A: Tensor, max_squarings: int | None = EXPM_MAX_SQUARINGS) -> Ten
     ``max_squarings=None``, where a host read is free (a CPU tensor outside torch.compile and
     vmap): the degree and squarings are chosen for the stack on the host, the fewest products
     that keep value and gradient exact to round-off (:func:`_cheapest_degree`): none at A = 0, 2
-    for ||A||_2 up to 0.03 (float32), the fixed degree and as many squarings as needed for large
+    for ||A||_2 up to 0.06 (float32), the fixed degree and as many squarings as needed for large
     A. Forward and backward then cost 0.2-0.95x matrix_exp's (n = 16 to 256, ||A||_2 = 0.01 to
     1, one thread; its backward exponentiates a 2n x 2n matrix). Elsewhere ``None`` means
-    EXPM_MAX_SQUARINGS."""
+    EXPM_MAX_SQUARINGS. ``read=True`` reads the plan on the host wherever A is (on a GPU one
+    synchronisation, as ``matrix_exp``'s), ``False`` never; ``None``: where that is free."""
     check_square(A)
     bound = _spectral_bound(A.detach())  # s is piecewise constant: no gradient
-    read = max_squarings is None and A.numel() and _host_read_is_free(A)
+    read = bool(max_squarings is None and A.numel() and (_host_read_is_free(A) if read is None else read))
     if read and math.isfinite(float(bound.max())):
         m, theta = _cheapest_degree(bound, A)
         s = _expm_scalings(bound, theta)

@@ -504,3 +504,71 @@ def test_compose_each_gives_what_compose_gives():
         with pytest.raises(UserError) as fast:
             next(compose_each("run_experiments", [bad]))
         assert str(fast.value) == str(slow.value)
+
+
+def test_report_tables_skip_distance_vs_depth(study_dir, tmp_path):
+    """Runs of one dataset at three depths of one CIFAR ResNet family get a "skip distance vs
+    depth" section: per variant the mean ||W_i - I||_F per depth and the per-seed log-log slope
+    against the number of blocks m with its t-interval, checked against distances planted as
+    c_seed * m^p_seed (np.polyfit and scipy's t-interval as the oracles); the per-block profile
+    reads the first and last block and the stages. One depth alone has no such section."""
+    import json
+    import shutil
+
+    from scipy import stats
+
+    planted = {0: (2.0, -0.5), 1: (3.0, -0.7)}  # seed: (c, p)
+    depths = {"resnet20": 9, "resnet32": 15, "resnet56": 27}
+    for model_type, m in depths.items():
+        dst = tmp_path / "runs" / model_type
+        shutil.copytree(study_dir / "classification", dst)
+        for run_json in dst.rglob("run.json"):
+            meta = json.loads(run_json.read_text())
+            meta["labels"]["model_type"] = model_type
+            meta["labels"]["task"] = f"digits/{model_type}"
+            run_json.write_text(json.dumps(meta))
+            if meta["labels"]["variant"] != "learnable_orth/cayley":
+                continue
+            c, p = planted[meta["labels"]["seed"]]
+            x = c * m ** p
+            dist = [x] * m
+            dist[0], dist[-1] = 1.2 * x, 0.8 * x  # the mean over blocks stays x
+            n = m // 3
+            skips = [{"name": f"stages.{i // n}.{i % n}.skip", "kind": "learnable_orth", "method": "cayley",
+                      "identity_distance": d} for i, d in enumerate(dist)]
+            metrics = run_json.parent / "metrics.jsonl"
+            recs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            last = max(i for i, r in enumerate(recs) if r["type"] == "eval")
+            recs[last]["skips"] = skips
+            metrics.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = build_report([tmp_path / "runs"], tmp_path / "report")
+    key = "digits/resnet{20,32,56}"
+    assert list(out["depth_tables"]) == [key]
+    rows = {t["variant"]: t for t in out["depth_tables"][key]}
+    assert set(rows) == set(VARIANTS)
+    ms = [9, 15, 27]
+    cay = rows["learnable_orth/cayley"]
+    assert cay["ms"] == ms and cay["has_matrix"] and not rows["identity"]["has_matrix"]
+    for cell, m in zip(cay["cells"], ms):
+        assert cell["dist_mean"] == pytest.approx(np.mean([c * m ** p for c, p in planted.values()]))
+        assert cell["seeds"] == 2
+    slopes = [np.polyfit(np.log(ms), np.log([c * m ** p for m in ms]), 1)[0] for c, p in planted.values()]
+    assert slopes == pytest.approx([-0.5, -0.7])
+    half = stats.t.ppf(0.975, 1) * np.std(slopes, ddof=1) / np.sqrt(2)
+    assert cay["slope"] == pytest.approx(-0.6)
+    assert (cay["slope_lo"], cay["slope_hi"]) == pytest.approx((-0.6 - half, -0.6 + half))
+    assert cay["reference_slope"] == pytest.approx(np.polyfit(np.log(ms), np.log([np.log(m) / m for m in ms]), 1)[0])
+    prof = {p["m"]: p for p in out["depth_profiles"][key] if p["variant"] == "learnable_orth/cayley"}
+    for m in ms:
+        xs = [c * m ** p for c, p in planted.values()]
+        assert prof[m]["first"] == pytest.approx(1.2 * np.mean(xs)) and prof[m]["last"] == pytest.approx(0.8 * np.mean(xs))
+        assert prof[m]["stages"][1] == pytest.approx(np.mean(xs))
+        n = m // 3
+        assert prof[m]["stages"][0] == pytest.approx(np.mean(xs) * (n + 0.2) / n)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert f"## Skip distance vs depth: {key}" in md
+    assert "no clear trend" in md  # two seeds: the slope's t-interval (1 dof) holds 0
+    assert (tmp_path / "report" / "skip_distance_vs_depth_digits_resnet_20_32_56.png").is_file()
+    alone = build_report([tmp_path / "runs" / "resnet20"], tmp_path / "alone")
+    assert alone["depth_tables"] == {}
+    assert "Skip distance vs depth" not in (tmp_path / "alone" / "report.md").read_text()

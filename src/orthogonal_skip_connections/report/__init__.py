@@ -4,7 +4,9 @@ and a self-contained report.html.
 
 ``build_report(paths, out_dir)`` finds every run dir under ``paths`` (single runs, Hydra
 multirun sweep dirs, several sweeps, study dirs). Classifier runs (run_experiments) make
-the classification tables (:mod:`.classification`: numbers over seeds, paired verdicts);
+the classification tables (:mod:`.classification`: numbers over seeds, paired verdicts),
+and where they come at several depths of one CIFAR ResNet family, the skip distance vs
+depth section (:mod:`.depth`: the OrthResNet theorem's question, do the W_i approach I);
 every other finished run is rendered from its summary's ``report`` section as it is
 (:mod:`.render`), with its figures.
 """
@@ -29,6 +31,7 @@ from .classification import (
     table_markdown,
     task_tables,
 )
+from .depth import depth_figure, depth_groups, depth_markdown, depth_tables, profile_rows
 from .render import section_markdown, to_html
 
 __all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "mode_tables", "build_report", "CSV_COLUMNS",
@@ -121,6 +124,20 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
                    "||W - I||_F; 0 for a skip that is the identity). The theorem says that in a deep enough "
                    "net the orthogonal skips approach I, so a falling curve supports it; a curve started at 0 "
                    "(init=identity) can only rise.", "", f"![{task} distance from I]({fig.name})", ""]
+    groups = depth_groups(runs)  # one dataset, one CIFAR ResNet family at several depths: the theorem's question
+    depth = depth_tables(groups)
+    profiles = profile_rows(groups)
+    for key, table in depth.items():
+        md += [f"## Skip distance vs depth: {key}", "",
+               "The theorem's construction puts each skip W_i O(log m / m) from I in a net of m blocks, so in a "
+               "deep enough net the learned orthogonal skips should approach I. Per skip variant: the final mean "
+               "||W_i - I||_F over the blocks (per seed, then mean and 95% t-interval over seeds) and the accuracy "
+               "at each depth; the per-seed log-log slope of that distance against m, with its t-interval over "
+               "seeds, beside log(m)/m's slope over the same m (a falling distance has a negative slope).", ""]
+        md += depth_markdown(key, table, profiles[key]) + [""]
+        fig = depth_figure(key, table, groups, out_dir)
+        if fig is not None:
+            md += [f"![{key} skip distance vs depth]({fig.name})", ""]
     for task, table in modes.items():  # residual modes (add, orthogonal_update, rotation) x skips
         md += [f"## Residual modes: {task}", "",
                "Each residual mode (skips/residual.py) with each skip kind, against add residuals with identity "
@@ -142,4 +159,4 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
     report_md = out_dir / "report.md"
     report_md.write_text("\n".join(md) + "\n")
     (out_dir / "report.html").write_text(to_html("\n".join(md), out_dir, title))
-    return {"rows": rows, "tables": tables, "mode_tables": modes, "others": others, "report": report_md}
+    return {"rows": rows, "tables": tables, "mode_tables": modes, "depth_tables": depth, "depth_profiles": profiles, "others": others, "report": report_md}

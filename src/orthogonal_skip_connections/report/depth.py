@@ -1,0 +1,250 @@
+"""Skip distance vs depth: the OrthResNet theorem's question asked of image classifiers.
+
+The theorem's construction puts each skip W_i at ||I - W_i|| = O(log m / m) from I in a net
+of m blocks (paper Theorem 1, after Bartlett, Evans & Long 2018, arXiv 1804.05012), so in a
+deep enough net learned orthogonal skips "should" approach I. When the classifier runs of
+one dataset differ only in the depth of one CIFAR ResNet family (resnet20/32/44/56/110, or
+their preact_ versions; same settings, run.json's labels), ``depth_tables`` lays out, per
+skip variant: the final mean ||W_i - I||_F over the blocks (per seed, then its 95%
+t-interval over seeds) at each depth, with the accuracy beside it (a distance trend from a
+net that did not train means nothing), and the per-seed log-log slope of that mean against
+the number of blocks m, with its t-interval over seeds, next to the slope of log(m)/m over
+the same m (about -0.8 over m = 9..54; a rate of m^-p has slope -p). ``profile_rows`` gives
+the per-block profile: first and last block, and the mean per stage (a stage's blocks share
+one width n, and ||W - I||_F of an n x n matrix grows like sqrt(n), so stages are compared
+only among themselves across depths).
+
+m is the number of skips a run's last evaluation lists (metrics.jsonl's ``skips``: one per
+residual block, 3 (depth - 2) / 6 for the CIFAR ResNets).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..maths.construction import loglog_slope, reference_rate
+from ..models.resnet import CIFAR_DEPTHS, PREACT_CIFAR_DEPTHS
+from ..plots import loglog_rates, plt, savefig
+from .classification import RunRecord, _variant_order, t_interval
+
+__all__ = ["final_skips", "depth_groups", "depth_tables", "profile_rows", "depth_markdown", "depth_figure"]
+
+_FAMILY = {**{k: ("resnet", v) for k, v in CIFAR_DEPTHS.items()},
+           **{k: ("preact_resnet", v) for k, v in PREACT_CIFAR_DEPTHS.items()}}
+
+
+def final_skips(path: Path) -> list[dict] | None:
+    """The per-skip rows (name, identity_distance, ...) of the last eval record of a run's
+    metrics.jsonl that has them; None when none has (an older run, or no metrics)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    last = None
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # find_runs has read this file already and named a corrupt line
+        if isinstance(rec, dict) and rec.get("type") == "eval" and isinstance(rec.get("skips"), list):
+            last = rec["skips"]
+    return last
+
+
+def depth_groups(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    """Completed ``add`` runs grouped by (dataset, CIFAR ResNet family, settings): the groups
+    whose runs come at two or more depths. The key names them: "digits/resnet{20,32,56}"
+    (plus the task's settings suffix, if any)."""
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in runs:
+        fam = _FAMILY.get(r.labels.get("model_type"))
+        if fam is None or r.status != "completed" or r.residual_mode != "add":
+            continue
+        suffix = r.task.split(" ", 1)[1] if " " in r.task else ""  # "[optimizer.name=adamw]" from _split_by_settings
+        groups.setdefault((r.labels["dataset"], fam[0], suffix), []).append(r)
+    out = {}
+    for (dataset, family, suffix), rs in sorted(groups.items()):
+        depths = sorted({_FAMILY[r.labels["model_type"]][1] for r in rs})
+        if len(depths) >= 2:
+            key = f"{dataset}/{family}{{{','.join(map(str, depths))}}}" + (f" {suffix}" if suffix else "")
+            out[key] = rs
+    return out
+
+
+def _per_run(r: RunRecord) -> dict | None:
+    """m, the per-block distances (None for a block without a matrix) and the accuracy of one run."""
+    skips = final_skips(r.path / "metrics.jsonl")
+    if not skips:
+        return None
+    return {"m": len(skips), "seed": r.labels["seed"], "acc": r.summary.get("test_acc"),
+            "names": [s.get("name", "") for s in skips],
+            "dist": [s.get("identity_distance") for s in skips]}
+
+
+def depth_tables(groups: dict[str, list[RunRecord]]) -> dict[str, list[dict]]:
+    """Per group, one row per skip variant: ``ms`` (blocks per depth), per depth the mean over
+    seeds and 95% t-interval of the per-seed mean ||W_i - I||_F (None for variants without
+    a skip matrix) and of the accuracy, the seeds; the mean log-log slope of the per-seed
+    distance against m (seeds present at every depth), its t-interval, and the slope of
+    log(m)/m over the same m."""
+    out = {}
+    for key, rs in groups.items():
+        per = [(r.variant, p) for r in rs if (p := _per_run(r)) is not None]
+        ms = sorted({p["m"] for _, p in per})
+        rows = []
+        for variant in _variant_order([v for v, _ in per]):
+            ps = [p for v, p in per if v == variant]
+            dist = {}  # m -> {seed: mean distance}
+            acc = {}
+            for p in ps:
+                acc.setdefault(p["m"], {})[p["seed"]] = p["acc"]
+                d = [x for x in p["dist"] if x is not None]
+                if d and len(d) == len(p["dist"]):
+                    dist.setdefault(p["m"], {})[p["seed"]] = float(np.mean(d))
+            has = bool(dist)
+            cells = []
+            for m in ms:
+                dm, dlo, dhi = t_interval(list(dist.get(m, {}).values())) if has else (math.nan,) * 3
+                am, alo, ahi = t_interval(list(acc.get(m, {}).values()))
+                cells.append({"m": m, "seeds": len(acc.get(m, {})), "dist_mean": dm, "dist_lo": dlo, "dist_hi": dhi,
+                              "acc_mean": am, "acc_lo": alo, "acc_hi": ahi})
+            slopes = []
+            dms = [m for m in ms if m in dist]
+            if has and len(dms) >= 2:
+                for seed in sorted(set.intersection(*[set(dist[m]) for m in dms])):
+                    s = loglog_slope(dms, [dist[m][seed] for m in dms], floor=1e-12)
+                    if s is not None:
+                        slopes.append(s)
+            sm, slo, shi = t_interval(slopes) if slopes else (math.nan,) * 3
+            rows.append({"group": key, "variant": variant, "ms": ms, "cells": cells, "has_matrix": has,
+                         "slope": sm, "slope_lo": slo, "slope_hi": shi, "slope_seeds": len(slopes),
+                         "reference_slope": loglog_slope(dms, [reference_rate(m) for m in dms]) if len(dms) >= 2
+                         else None})
+        out[key] = rows
+    return out
+
+
+def _trend(t: dict) -> str:
+    """falls / rises with depth where the slope's interval excludes 0, else no clear trend."""
+    if not t["has_matrix"]:
+        return "no skip matrix"
+    if math.isnan(t["slope_hi"]):
+        return "cannot tell (fewer than two seeds at two depths)"
+    if t["slope_hi"] < 0:
+        ref = t["reference_slope"]
+        rate = "" if ref is None else (" at least as fast as log(m)/m" if t["slope_hi"] <= ref else
+                                       " but slower than log(m)/m" if t["slope_lo"] > ref else
+                                       ", its interval holding log(m)/m's slope")
+        return "falls with depth" + rate
+    if t["slope_lo"] > 0:
+        return "rises with depth (away from I)"
+    return "no clear trend (the slope's interval holds 0)"
+
+
+def profile_rows(groups: dict[str, list[RunRecord]]) -> dict[str, list[dict]]:
+    """Per group, per (variant with a matrix, m): mean over seeds of the first and the last
+    block's ||W_i - I||_F and of each stage's mean (stages named ``stages.<k>.`` in the
+    skips' names)."""
+    out = {}
+    for key, rs in groups.items():
+        per = [(r.variant, p) for r in rs if (p := _per_run(r)) is not None]
+        rows = []
+        for variant in _variant_order([v for v, _ in per]):
+            for m in sorted({p["m"] for v, p in per if v == variant}):
+                ps = [p for v, p in per if v == variant and p["m"] == m and all(x is not None for x in p["dist"])]
+                if not ps:
+                    continue
+                stages: dict[int, list[float]] = {}
+                for p in ps:
+                    by: dict[int, list[float]] = {}
+                    for name, x in zip(p["names"], p["dist"]):
+                        hit = re.search(r"stages\.(\d+)\.", name)
+                        if hit:
+                            by.setdefault(int(hit.group(1)), []).append(x)
+                    for k, xs in by.items():
+                        stages.setdefault(k, []).append(float(np.mean(xs)))
+                rows.append({"variant": variant, "m": m, "seeds": len(ps),
+                             "first": float(np.mean([p["dist"][0] for p in ps])),
+                             "last": float(np.mean([p["dist"][-1] for p in ps])),
+                             "stages": {k: float(np.mean(v)) for k, v in sorted(stages.items())}})
+        out[key] = rows
+    return out
+
+
+def _ci(mean, lo, hi, spec=".2f") -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:{spec}}" + ("" if math.isnan(lo) else f" [{lo:{spec}}, {hi:{spec}}]")
+
+
+def depth_markdown(key: str, table: list[dict], profile: list[dict]) -> list[str]:
+    """The section's tables: distance and accuracy per depth, slope vs log(m)/m's, the verdict
+    per variant; then the per-block profile."""
+    ms = table[0]["ms"]
+    lines = ["| skip | " + " | ".join(f"m = {m}: ‖W − I‖_F [95% CI] · acc %" for m in ms)
+             + " | log-log slope vs m [95% CI] | log(m)/m's slope | with depth |",
+             "|---|" + "---|" * len(ms) + "---|---|---|"]
+    for t in table:
+        cells = [f"{_ci(c['dist_mean'], c['dist_lo'], c['dist_hi'])} · {_ci(c['acc_mean'], math.nan, math.nan)}"
+                 f" (n={c['seeds']})" for c in t["cells"]]
+        ref = "–" if t["reference_slope"] is None else f"{t['reference_slope']:+.2f}"
+        slope = _ci(t["slope"], t["slope_lo"], t["slope_hi"], "+.2f") if t["has_matrix"] else "–"
+        lines.append(f"| {t['variant']} | " + " | ".join(cells) + f" | {slope} | {ref} | {_trend(t)} |")
+    if profile:
+        n_stages = max(len(p["stages"]) for p in profile)
+        lines += ["", "Per-block profile (mean over seeds of ||W_i - I||_F; a stage's blocks share one width, "
+                      "so compare a stage across depths, not stages with each other):", "",
+                  "| skip | m | first block | last block | " + " | ".join(f"stage {k} mean" for k in range(n_stages))
+                  + " |", "|---|---|---|---|" + "---|" * n_stages]
+        for p in profile:
+            st = [f"{p['stages'][k]:.2f}" if k in p["stages"] else "–" for k in range(n_stages)]
+            lines.append(f"| {p['variant']} | {p['m']} | {p['first']:.2f} | {p['last']:.2f} | " + " | ".join(st) + " |")
+    return lines
+
+
+def depth_figure(key: str, table: list[dict], groups: dict[str, list[RunRecord]], out_dir: Path) -> Path | None:
+    """Left: mean ||W - I||_F against m (log-log, error bars the 95% t-interval over seeds)
+    per variant with a matrix, and log(m)/m scaled through the first variant's first point.
+    Right: the per-block distance against the block's place in the net (i / m), one line per
+    depth (mean over seeds), one panel per variant."""
+    rows = [t for t in table if t["has_matrix"]]
+    if not rows:
+        return None
+    per = [(r.variant, p) for r in groups[key] if (p := _per_run(r)) is not None]
+    fig, axes = plt.subplots(1, 1 + len(rows), figsize=(4.2 * (1 + len(rows)), 3.6), squeeze=False,
+                             layout="constrained")
+    ax = axes[0, 0]
+    ms = rows[0]["ms"]
+    first = rows[0]["cells"][0]["dist_mean"]
+    ref = [first * reference_rate(m) / reference_rate(ms[0]) for m in ms] if first > 0 else None
+    loglog_rates(ax, ms, {t["variant"]: [c["dist_mean"] for c in t["cells"]] for t in rows}, reference=ref,
+                 reference_label="log(m)/m (scaled)")
+    for line, t in zip(ax.get_lines(), rows):
+        c = t["cells"]
+        y = np.array([x["dist_mean"] for x in c])
+        lo = np.array([x["dist_lo"] for x in c])
+        hi = np.array([x["dist_hi"] for x in c])
+        if np.all(np.isfinite(lo)):
+            ax.errorbar(ms, y, yerr=[y - lo, hi - y], fmt="none", ecolor=line.get_color(), capsize=2)
+    ax.set_xlabel("blocks m")
+    ax.set_ylabel("mean ||W_i - I||_F at the end")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{key}\nskip distance vs depth", fontsize=9)
+    cmap = plt.get_cmap("viridis")
+    for ax, t in zip(axes[0, 1:], rows):
+        for k, m in enumerate(ms):
+            ds = [p["dist"] for v, p in per if v == t["variant"] and p["m"] == m and None not in p["dist"]]
+            if ds:
+                ax.plot((np.arange(m) + 0.5) / m, np.mean(ds, 0), marker=".", markersize=3,
+                        color=cmap(k / max(1, len(ms) - 1)), label=f"m = {m} (n={len(ds)})")
+        ax.set_xlabel("block place in the net, i / m")
+        ax.set_title(f"{t['variant']}: per block", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0, 1].set_ylabel("||W_i - I||_F (mean over seeds)")
+    name = "skip_distance_vs_depth_" + re.sub(r"[^A-Za-z0-9]+", "_", key).strip("_") + ".png"
+    return savefig(fig, out_dir / name)

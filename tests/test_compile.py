@@ -164,6 +164,13 @@ def retracted_model(method: str, seed: int = 0) -> ResNet:
                   skip_layer=skip("learnable_orth", method=method, init="haar"))
 
 
+def exp_model() -> ResNet:
+    """One stage of two blocks (8 channels): two exp skips of one size, so they stack (the
+    batched W's), in a third of :func:`retracted_model`'s graph."""
+    torch.manual_seed(0)
+    return ResNet(BasicBlock, [2], [8], 10, in_channels=1, skip_layer=skip("learnable_orth", method="exp", init="haar"))
+
+
 def counting(backend: str = "aot_eager"):
     """A torch.compile backend that records each graph it is given, then compiles it with ``backend``."""
     inner = torch._dynamo.lookup_backend(backend)
@@ -298,7 +305,7 @@ def test_compiled_exp_skips_take_the_host_free_exponential():
 
     torch._dynamo.reset()
     backend, graphs = counting()
-    eager, model = retracted_model("exp"), retracted_model("exp")
+    eager, model = exp_model(), exp_model()
     with torch.no_grad():  # away from W = B: exp of a non-zero A, a few squarings
         for m in (eager, model):
             for name, p in m.named_parameters():
@@ -330,7 +337,7 @@ def test_training_loop_compiles_once_over_epochs(tmp_path):
 
     torch._dynamo.reset()
     counters.clear()
-    model = retracted_model("exp")  # two exp skips of each size: batched W's
+    model = exp_model()  # two exp skips of one size: batched W's
     cfg = TrainConfig(epochs=4, batch_size=64, lr=0.05, warmup_epochs=1.5, mixup_alpha=0.2, label_smoothing=0.1,
                       grad_clip=1.0, channels_last=True, progress=False, compile=True, compile_backend="eager")
     summary = train_classifier(model, small_digits(192, 64), cfg, tmp_path / "run", torch.device("cpu"),

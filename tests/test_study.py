@@ -28,6 +28,10 @@ TINY = [
     "'seeds=2','log_every=2']",
     "overrides.loss_landscape=['n_eval=32','hessian.iters=2','hessian.samples=2','steps=3','steps_1d=3']",
     "overrides.two_stage=['n_train=64','batch_size=32','fit_images=32']",
+    # the synthetic part's three apps at test_apps.py's tiny sizes (each is read here for its section only)
+    "overrides.orth_to_id=['dims=[2]','n_blocks=[1,2]','epochs=1','n_samples=100','log_points=2','pca_grid=10']",
+    "overrides.orth_residual_synthetic_data=['epochs=1','n_blocks=1','n_samples=100','region_grid=10']",
+    "overrides.construction_validity=['n_blocks=[1]','seeds=2','epochs=1','n_samples=100']",
 ]
 
 

@@ -32,8 +32,8 @@ stack of K matrices (one call) against K calls on one matrix each. Retracted met
 row per ``--impls`` (default both: ``factor``, SVD/QR with host-side tests, the CPU's
 default; ``matmul``, products only, CUDA's default; the non-default one is marked ``@``).
 The exp map also gets forward-and-backward rows at ||A||_2 ~ 1: torch's ``matrix_exp`` (what
-an eager GPU run uses) against ``expm_fixed`` with the squarings read on the host (the CPU's)
-and with its fixed 12 (compiled code's).
+an eager GPU run uses) against ``expm_fixed`` with its degree and squarings read on the host
+(the CPU's; on a GPU one synchronisation, as torch's) and with its fixed 12 (compiled code's).
 
     python benchmarks/orthogonal_layer.py                  # C in 16, 64, 256, 512; 1000 steps
     python benchmarks/orthogonal_layer.py --quick          # a smoke run: about a minute on a 2-core CPU
@@ -178,10 +178,10 @@ def _retraction_calls(W: torch.Tensor, G: torch.Tensor, A: torch.Tensor, impls: 
     fns["exp map batched"] = lambda: orth.expm(A)
     fns["exp map loop"] = lambda: [orth.expm(A[i]) for i in range(K)]
     # the exp parametrization's W and its backward, at ||A||_2 ~ 1 (a few squarings): torch's
-    # matrix_exp (eager GPUs), expm_fixed with the squarings read on the host (the CPU) and with
-    # its fixed 12 (compiled code)
+    # matrix_exp (eager GPUs: one host read), expm_fixed with its degree and squarings read on the
+    # host (the CPU's; on a GPU one host read, as torch's) and with its fixed 12 (compiled code)
     A1 = orth.skew(torch.randn(W.shape, generator=torch.Generator().manual_seed(1)).to(W.device)) / W.shape[-1] ** 0.5
-    maps = {"torch": orth.expm, "fixed read": lambda X: orth.expm_fixed(X, None),
+    maps = {"torch": orth.expm, "fixed read": lambda X: orth.expm_fixed(X, None, read=True),
             "fixed 12": orth.expm_fixed}
     for label, f in maps.items():
         fns[f"exp {label} fwd+bwd batched"] = lambda f=f: _forward_backward(f, A1)

@@ -365,6 +365,53 @@ def test_expm_fixed_gradient_is_matrix_exps():
         assert float((got - want).abs().max()) <= 1e-12 * float(want.abs().max()), scale
 
 
+# every degree the host-read path can choose, float32 (16 x 16 skew parts of randn): 0 (degree
+# 1), 1e-6 (2), 1e-4 (4), 1e-2 (6), 3e-2 (9), 0.1 (12), 1 and 30 (12 with 3 and 8 squarings)
+_EXPM_SCALES = (0.0, 1e-6, 1e-4, 1e-2, 3e-2, 0.1, 1.0, 30.0)
+
+
+def test_expm_fixed_with_the_degree_read_on_the_host_has_exp_gradient():
+    """The CPU's path (max_squarings=None) chooses its degree per stack, as low as 1: value and
+    gradient stay as exact as the fixed degree's (a degree chosen by the value's error alone gave
+    gradients 20x off at ||A|| ~ 1e-5 in float32)."""
+    g = torch.Generator().manual_seed(1)
+    for scale in _EXPM_SCALES:
+        X = (scale * torch.randn(3, 16, 16, generator=g, dtype=torch.float64)).requires_grad_()
+        G = torch.randn(3, 16, 16, generator=g, dtype=torch.float64)
+        want, = torch.autograd.grad((torch.linalg.matrix_exp(O.skew(X)) * G).sum(), X)
+        got, = torch.autograd.grad((O.expm_fixed(O.skew(X), None) * G).sum(), X)
+        assert float((got - want).abs().max()) <= 1e-12 * float(want.abs().max()), scale
+        X32 = X.detach().float().requires_grad_()
+        got, = torch.autograd.grad((O.expm_fixed(O.skew(X32), None) * G.float()).sum(), X32)
+        torch32, = torch.autograd.grad((torch.linalg.matrix_exp(O.skew(X32)) * G.float()).sum(), X32)
+        err, torch_err = (float((a.double() - want).abs().max() / want.abs().max()) for a in (got, torch32))
+        assert err <= max(2 * torch_err, 8 * torch.finfo(torch.float32).eps), (scale, err, torch_err)
+
+
+def test_expm_products(monkeypatch):
+    """Paterson-Stockmeyer's count (Higham, "Functions of Matrices", sec. 4.2): degree 12 in 5
+    products, 18 in 7; the host-read path takes none at A = 0 (a parametrization's start) and
+    fewer than the fixed degree for small A."""
+    calls = []
+    mm, addmm = O._mm, O._addmm
+    monkeypatch.setattr(O, "_mm", lambda a, b: calls.append(1) or mm(a, b))
+    monkeypatch.setattr(O, "_addmm", lambda c, a, b: calls.append(1) or addmm(c, a, b))
+
+    def products(fn, *args) -> int:
+        calls.clear()
+        fn(*args)
+        return len(calls)
+
+    X = torch.randn(8, 8, dtype=torch.float64) / 8
+    assert [products(O._taylor_exp, X, m) for m in (1, 2, 4, 6, 9, 12, 16, 18)] == [0, 1, 2, 3, 4, 5, 6, 7]
+    A = torch.zeros(2, 8, 8)
+    assert products(O.expm_fixed, A, None) == 0
+    assert products(O.expm_fixed, A, 0) == 5
+    assert products(O.expm_fixed, A, None, False) == 5 + O.EXPM_MAX_SQUARINGS  # the plan not read: GPU eager's
+    A = 1e-3 * O.skew(torch.randn(2, 8, 8))
+    assert products(O.expm_fixed, A, None) == 2  # degree 4, no squaring
+
+
 @pytest.mark.parametrize("user_sets", ["nothing", "allow_tf32", "fp32_precision", "global fp32_precision"])
 def test_ieee_matmul_turns_tf32_off_whichever_flag_the_user_set(user_sets):
     """The retraction's full-float32 block on CUDA (host flags only, so testable on a CPU):

@@ -193,6 +193,29 @@ def test_runs_of_other_settings_are_tabled_as_tasks_of_their_own(study_dir, tmp_
     assert list(build_report([tmp_path / "runs"], tmp_path / "old")["tables"]) == ["digits/resnet20"]
 
 
+def test_runs_of_other_precisions_are_tabled_apart(study_dir, tmp_path):
+    """amp=auto is one setting value, yet bf16 on one GPU and fp16 on another: runs that trained
+    in different precisions are not seeds of one arm."""
+    import json
+    import shutil
+
+    a, b = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
+    shutil.copytree(study_dir / "classification", a)
+    shutil.copytree(study_dir / "classification", b)
+    summaries = sorted(b.rglob("summary.json"))
+    assert summaries
+    for path in summaries:
+        summary = json.loads(path.read_text())
+        assert summary["precision"] == "fp32"
+        summary["precision"] = "bf16"
+        path.write_text(json.dumps(summary))
+    alone = build_report([a], tmp_path / "alone")
+    both = build_report([tmp_path / "runs"], tmp_path / "both")
+    assert list(both["tables"]) == ["digits/resnet20 [precision=bf16]", "digits/resnet20 [precision=fp32]"]
+    for table in both["tables"].values():
+        assert table == alone["tables"]["digits/resnet20"]
+
+
 def test_report_and_study_bad_input(tmp_path, capsys):
     assert osc_main(["report", str(tmp_path / "missing")]) == 2
     assert "no such run dir" in capsys.readouterr().err

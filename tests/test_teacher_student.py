@@ -222,7 +222,7 @@ def test_vectorised_run_equals_single_seed_runs(kw):
                 np.testing.assert_array_equal(T.teacher[name][i], A.teacher[name][0])
             np.testing.assert_array_equal(T.label_variance[i], A.label_variance[0])
             # the same trajectory, up to BLAS round-off
-            for key in ("train_loss", "test_loss", "distance", "aligned_distance"):
+            for key in ("train_loss", "test_loss", "population_loss", "distance", "aligned_distance"):
                 np.testing.assert_allclose(getattr(T, key)[i], getattr(A, key)[0], rtol=1e-10, atol=1e-12)
             for name in T.student:
                 np.testing.assert_allclose(T.student[name][i], A.student[name][0], rtol=1e-10, atol=1e-12)
@@ -236,6 +236,7 @@ def test_teacher_as_its_own_student_has_zero_loss_and_distance(output):
     for a, t in tst.train(ARCHS, cfg, [0, 1]).items():
         assert np.all(t.train_loss <= 1e-24), a
         assert np.all(t.test_loss <= 1e-24), a
+        assert np.all(t.population_loss <= 1e-13 * t.label_variance[:, None]), a
         assert np.all(t.distance <= 1e-12), a
         assert np.all(t.aligned_distance <= 1e-12), a
         s = tsa.summarize(t, fit_tol=1e-3, recover_tol=0.05)
@@ -339,6 +340,115 @@ def test_aligned_distance_matches_brute_force_at_d4(rescale, k_out):
             assert dist <= np.sqrt(np.sum((A - A_s) ** 2) + np.sum((V - V_s) ** 2)) + 1e-12
 
 
+# --------------------------------------------------------------------------- population loss
+
+
+def test_relu_kernel_closed_form_at_known_angles():
+    """E[ReLU(a.x)^2] = |a|^2 / 2; ReLU(z) ReLU(-z) = 0; at 90 degrees E = |a||b| / (2 pi)."""
+    a = torch.tensor([[3.0], [4.0], [0.0]], dtype=torch.float64)  # |a| = 5
+    b = torch.tensor([[0.0], [0.0], [2.0]], dtype=torch.float64)  # orthogonal to a, |b| = 2
+    K = tsa.relu_kernel(torch.cat([a, -a, b, 0 * a], 1), torch.cat([a, -a, b, 0 * a], 1))
+    assert float(K[0, 0]) == pytest.approx(12.5) and float(K[1, 1]) == pytest.approx(12.5)
+    assert abs(float(K[0, 1])) < 1e-12  # never active together
+    assert float(K[0, 2]) == pytest.approx(10 / (2 * math.pi))
+    assert torch.all(K[3] == 0) and torch.all(K[:, 3] == 0)  # a zero unit
+
+
+@pytest.mark.parametrize("output", ts.OUTPUTS)
+@pytest.mark.parametrize("arch_name", ARCHS)
+def test_population_loss_matches_monte_carlo(arch_name, output):
+    """The closed form against the mean of ||f - f*||^2 / k over 100,000 fresh Gaussian inputs,
+    within 5 standard errors of that mean."""
+    arch, d, n = ts.ARCHS[arch_name], 4, 100_000
+    gens = [ts.seed_generator(s, "model") for s in (0, 1)]
+    teacher = ts.init_weights(arch, d, gens, "uniform", orth_init="haar")
+    student = ts.init_weights(arch, d, gens, "small", orth_init="haar")  # Q: another Haar draw
+    exact = tsa.population_loss(arch, student, teacher, output)
+    X = torch.randn(2, d, n, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    err = (ts.predict(arch, student, X, output) - ts.predict(arch, teacher, X, output)).square().mean(1)  # (S, n)
+    mc, se = err.mean(1), err.std(1) / math.sqrt(n)
+    assert torch.all(exact > 0.05) and torch.all(se < 0.02 * exact)  # a test that can fail
+    assert torch.all((exact - mc).abs() < 5 * se), (exact, mc, se)
+
+
+@pytest.mark.parametrize("arch_name", ["vanilla", "resnet_block"])
+def test_population_loss_of_a_narrower_student(arch_name):
+    """m = 3 hidden units against a teacher of 4 (W1 d x m, W2 m x d): how finding 3's
+    best merged students are measured; against Monte Carlo as above."""
+    arch, d, n = ts.ARCHS[arch_name], 4, 100_000
+    g = torch.Generator().manual_seed(3)
+    teacher = ts.init_weights(arch, d, [ts.seed_generator(0, "model")], "uniform")
+    student = {k: torch.rand(1, d, 3, generator=g, dtype=torch.float64) if k in ("W", "W1")
+               else torch.rand(1, 3, d, generator=g, dtype=torch.float64) for k in teacher}
+    X = torch.randn(1, d, n, generator=g, dtype=torch.float64)
+    err = (ts.predict(arch, student, X, "sum") - ts.predict(arch, teacher, X, "sum")).square().flatten(1)
+    exact = tsa.population_loss(arch, student, teacher, "sum")
+    assert float((exact - err.mean()).abs()) < 5 * float(err.std()) / math.sqrt(n)
+
+@pytest.mark.parametrize("output", ts.OUTPUTS)
+@pytest.mark.parametrize("arch_name", ARCHS)
+def test_population_loss_is_zero_on_the_symmetry_orbit_only(arch_name, output):
+    arch, d = ts.ARCHS[arch_name], 6
+    teacher = ts.init_weights(arch, d, [ts.seed_generator(7, "model")], "uniform", orth_init="haar")
+    c = torch.rand(d, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3 + 0.2
+    student = _permuted_rescaled(arch, teacher, np.array([2, 0, 5, 1, 4, 3]), c if arch.two_layer else torch.ones(d))
+    scale = float(tsa.population_loss(arch, {k: 0 * w for k, w in teacher.items()}, teacher, output)[0])
+    assert float(tsa.population_loss(arch, student, teacher, output)[0]) <= 1e-13 * scale
+    name = "W1" if arch.two_layer else "W"
+    nudged = {**student, name: student[name] + 1e-3 * torch.ones_like(student[name])}
+    assert float(tsa.population_loss(arch, nudged, teacher, output)[0]) > 1e-9 * scale
+
+
+def test_a_flipped_unit_and_its_linear_part_in_q_are_the_same_function():
+    """ReLU(z) = ReLU(-z) + z: with a summed output, orth_resnet computes the same f after
+    unit j's incoming weights change sign if 1^T Q takes up v_j a_j^T. Neither the
+    permutation nor the rescaling of the aligned distance covers this; Q stays orthogonal only
+    for special teachers (||1^T Q|| = sqrt(d) for every Q in O(d))."""
+    arch, d, j = ts.ARCHS["orth_resnet"], 5, 2
+    teacher = ts.init_weights(arch, d, [ts.seed_generator(3, "model")], "uniform", orth_init="haar")
+    v = ts.output_weights(arch, teacher, "sum")[0, j, 0]  # unit j's output weight, W2 1
+    student = {k: w.clone() for k, w in teacher.items()}
+    student["W1"][0, :, j] *= -1
+    student["Q"][0, 0, :] += v * teacher["W1"][0, :, j]  # the column sums of Q gain v a_j
+    X = torch.randn(1, d, 1000, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    torch.testing.assert_close(ts.predict(arch, student, X, "sum"), ts.predict(arch, teacher, X, "sum"))
+    assert float(tsa.population_loss(arch, student, teacher, "sum")[0]) < 1e-12
+    assert tsa.aligned_distances(arch, student, teacher, "sum")[0] > 1.0
+    assert float(tsa.population_loss(arch, student, teacher, "vector")[0]) > 0.01  # a vector output tells them apart
+
+
+def test_closest_unit_angle():
+    A = torch.eye(4, dtype=torch.float64)
+    A[:, 1] = torch.tensor([math.cos(math.radians(30)), math.sin(math.radians(30)), 0, 0]) * 2.5
+    A[:, 3] = torch.tensor([0, 0, -1.0, 0])  # 180 degrees from unit 2
+    for name in ("vanilla", "li_yuan", "resnet_block"):
+        arch = ts.ARCHS[name]
+        W = A - torch.eye(4, dtype=torch.float64) if arch.identity_in else A
+        teacher = {"W1": W[None], "W2": torch.ones(1, 4, 4)} if arch.two_layer else {"W": W[None]}
+        assert float(tsa.closest_unit_angle(arch, teacher)[0]) == pytest.approx(30.0)
+
+
+def test_summary_lists_the_seeds_that_fit_without_being_recovered():
+    T = 3
+    traj = tst.Trajectory(
+        arch="resnet_block", seeds=np.array([4, 5, 6]), steps=np.arange(T),
+        train_loss=np.array([[1.0, 1e-3, 1e-9], [1.0, 1e-3, 1e-8], [1.0, 1e-3, 1e-3]]),
+        test_loss=np.ones((3, T)), population_loss=np.array([[1.0, 1.0, 2e-9], [1.0, 1.0, 3e-8], [1.0, 1.0, 1e-3]]),
+        distance=np.ones((3, T)), aligned_distance=np.array([[1.0, 1.0, 1e-4], [1.0, 1.0, 2.0], [1.0, 1.0, 2.0]]),
+        label_variance=np.ones(3), teacher_norm=np.ones(3), teacher_aligned_norm=np.full(3, 4.0),
+        teacher_closest_angle=np.array([30.0, 1.5, 20.0]))
+    s = tsa.summarize(traj, fit_tol=1e-6, recover_tol=0.05)
+    assert s["fits_seeds"] == 2 and s["recovered_up_to_symmetry_seeds"] == 1
+    assert s["fits_not_recovered"] == [{"seed": 5, "relative_train_loss": 1e-8, "relative_population_loss": 3e-8,
+                                         "relative_aligned_distance": 0.5, "teacher_closest_angle_deg": 1.5}]
+    assert s["relative_population_loss_final"] == pytest.approx((2e-9 + 3e-8 + 1e-3) / 3)
+    # and the report names that seed with its teacher's angle
+    notes = app.report({"resnet_block": s, "meta": {"steps": 2}}, ["resnet_block"], 3,
+                       compose_cfg("archs=[resnet_block]"))["notes"]
+    assert any("resnet_block seed 5 (loss/Var(y) 1e-08, population 3e-08, aligned distance 0.5" in n
+               and "1.5 degrees apart" in n for n in notes), notes
+
+
 # --------------------------------------------------------------------------- app
 
 
@@ -354,14 +464,18 @@ def test_app_runs_writes_its_files_and_refuses_to_overwrite(tmp_path, monkeypatc
     summary = json.loads((run / "summary.json").read_text())
     for a in ARCHS:
         s = summary[a]
-        for key in ("train_loss_final", "test_loss_final", "distance_final", "aligned_distance_final"):
+        for key in ("train_loss_final", "test_loss_final", "distance_final", "aligned_distance_final",
+                    "relative_population_loss_final"):
             assert isinstance(s[key], float)
+        assert isinstance(s["fits_not_recovered"], list)
         assert isinstance(s["recovered"], bool) and isinstance(s["fits"], bool)
         assert s["thresholds"]["fit_tol"] == 1e-6 and s["thresholds"]["recover_tol"] == 0.05
         assert s["steps"] == 12 and s["seeds"] == 2
     with np.load(run / "trajectories.npz") as z:
         assert list(z["archs"]) == ARCHS
         assert z["orth_resnet.distance"].shape == (2, len(z["orth_resnet.steps"]))
+        assert z["orth_resnet.population_loss"].shape == (2, len(z["orth_resnet.steps"]))
+        assert z["orth_resnet.teacher_closest_angle"].shape == (2,)
         assert z["sum_modified.student.W2"].shape == (2, 3, 3)
     assert "aligned" in capsys.readouterr().out  # the results table
     before = (run / "summary.json").read_bytes()
@@ -370,6 +484,34 @@ def test_app_runs_writes_its_files_and_refuses_to_overwrite(tmp_path, monkeypatc
     assert exit_.value.code == 2
     assert "already holds a finished run" in capsys.readouterr().err
     assert (run / "summary.json").read_bytes() == before
+
+
+def test_warm_start_from_an_earlier_run_through_the_app(tmp_path):
+    """student.start: the second run starts where the first ended (same data, same teachers:
+    its step-0 losses and distances are the first run's final ones); another teacher is refused
+    with one line, before anything is written."""
+    common = ["progress=false", "d=3", "n_train=40", "n_test=20", "batch_size=10", "log_every=4", "seeds=2",
+              "archs=[vanilla,orth_resnet]", "optimizer=adam", "lr=0.02", "dtype=float64"]
+    first = app.main.run(compose_cfg(*common, "steps=8"), tmp_path / "first")
+    with np.load(tmp_path / "first" / "trajectories.npz") as z:
+        before = {k: z[k] for k in z.files}
+    cfg = compose_cfg(*common, "steps=4", "seed=1", "seeds=1", f"student.start={tmp_path / 'first'}")
+    second = app.main.run(cfg, tmp_path / "second")
+    with np.load(tmp_path / "second" / "trajectories.npz") as z:
+        for a in ("vanilla", "orth_resnet"):
+            for key in ("train_loss", "test_loss", "population_loss", "distance", "aligned_distance"):
+                np.testing.assert_allclose(z[f"{a}.{key}"][0, 0], before[f"{a}.{key}"][1, -1], rtol=1e-12)
+            assert z[f"{a}.train_loss"][0, -1] != z[f"{a}.train_loss"][0, 0]  # and it trained on
+    assert second["meta"]["steps"] == 4 and first["meta"]["steps"] == 8
+    setting = second["report"]["measures"][0]
+    assert f"warm-started from the final weights of {tmp_path / 'first'}" in setting and "d = 3," in setting
+    for override, message in (("teacher.scale=2", "another teacher"), ("seeds=3", "has no seed 2"),
+                              ("archs=[li_yuan]", "holds no li_yuan run")):
+        with pytest.raises(UserError) as err:
+            app.main.run(compose_cfg(*common, "steps=4", f"student.start={tmp_path / 'first'}", override),
+                         tmp_path / "third")
+        assert message in str(err.value) and "\n" not in str(err.value)
+        assert not (tmp_path / "third").exists()
 
 
 def test_teacher_as_student_through_the_app(tmp_path):
@@ -396,6 +538,7 @@ def test_teacher_as_student_through_the_app(tmp_path):
         ("upkeep_adaptive=true", "upkeep_adaptive=true needs optimizer=adam"),
         ("seeds=0", "seeds"),
         ("steps=0", "steps must be an integer >= 1"),
+        ("student.start=no/such/run", "no such run dir or trajectories.npz"),
     ],
 )
 def test_bad_input_is_one_clear_line(override, message, tmp_path):

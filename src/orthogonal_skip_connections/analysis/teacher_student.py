@@ -10,6 +10,13 @@ can be rescaled by c > 0 (a -> c a, v -> v / c) because ReLU is positively
 homogeneous; with ``output="sum"`` only the row sums W2 1 of W2 (and the column sums
 1^T Q of Q) reach the output.
 
+Whether a student computes the teacher's function, not only on the training sample, is
+measured exactly by :func:`population_loss`: E ||f(x) - f*(x)||^2 over x ~ N(0, I_d) in
+closed form (the degree-1 arc-cosine kernel), the limit of the test loss as n_test grows.
+:func:`closest_unit_angle` gives the smallest angle between two of the teacher's hidden units:
+two near-collinear teacher units leave the loss almost flat along the directions that
+tell them apart (``notes/teacher_student_findings.md``, finding 3).
+
 A run's final numbers, means and spreads over seeds with their verdicts (fits, recovered,
 recovered up to symmetry), come from :func:`summarize`.
 """
@@ -35,6 +42,9 @@ __all__ = [
     "aligned_distance",
     "aligned_distances",
     "zero_student_aligned_norm",
+    "relu_kernel",
+    "population_loss",
+    "closest_unit_angle",
     "summarize",
 ]
 
@@ -121,6 +131,62 @@ def zero_student_aligned_norm(arch: str | Arch, teacher: dict[str, Tensor], outp
     return sq.sqrt()
 
 
+# --------------------------------------------------------------------------- population loss
+
+
+def relu_kernel(A: Tensor, B: Tensor) -> Tensor:
+    """E[ReLU(a^T x) ReLU(b^T x)] over x ~ N(0, I_d) for every column a of A and b of B:
+    (..., d, m), (..., d, n) -> (..., m, n).
+
+    Half the arc-cosine kernel of degree 1 (Cho & Saul 2009, eq. 6):
+    |a| |b| (sin t + (pi - t) cos t) / (2 pi), t the angle between a and b; |a|^2 / 2 at
+    t = 0. 0 where a or b is 0. For values, not gradients: the kernel is C^1 but not C^2
+    at t = 0, and autograd's chain through arccos gives nan at exactly parallel columns."""
+    na, nb = torch.linalg.vector_norm(A, dim=-2), torch.linalg.vector_norm(B, dim=-2)  # (..., m), (..., n)
+    nn_ = na[..., :, None] * nb[..., None, :]
+    cos = torch.where(nn_ > 0, (A.mT @ B) / torch.where(nn_ > 0, nn_, 1.0), 0.0).clamp(-1.0, 1.0)
+    t = torch.arccos(cos)
+    return nn_ * (torch.sin(t) + (math.pi - t) * cos) / (2 * math.pi)
+
+
+def population_loss(arch: str | Arch, params: dict[str, Tensor], teacher: dict[str, Tensor], output: str) -> Tensor:
+    """E ||f(x) - f*(x)||^2 / k over x ~ N(0, I_d), exactly, per seed: (S,), float64.
+
+    The loss of :func:`~orthogonal_skip_connections.models.teacher_student.mse` (mean over
+    the k output entries) on infinitely many fresh inputs. f - f* is itself one network,
+    out = V^T ReLU(A^T x) + U x with the units of both (A = [A_s, A*], V = [V_s; -V*]) and
+    U the difference of the linear skips (Q or 1^T Q; the shared + x cancels), so
+
+        E ||out||^2 = tr(V^T K V) + sum(V^T * (U A)) + ||U||_F^2,
+
+    K = :func:`relu_kernel` (A, A), and E[ReLU(a^T x) x] = a / 2 (Stein's lemma) for the
+    cross term. The three terms cancel to the round-off of float64 (~1e-16 E||f*||^2) when
+    the student is the teacher up to symmetry; clamped at 0.
+    """
+    arch = as_arch(arch)
+    A = torch.cat([effective_first_layer(arch, params), effective_first_layer(arch, teacher)], -1).double()
+    V = torch.cat([output_weights(arch, params, output), -output_weights(arch, teacher, output)], -2).double()
+    sq = (V * (relu_kernel(A, A) @ V)).sum((-2, -1))
+    if "Q" in params:
+        U = (skip_weights(arch, params, output) - skip_weights(arch, teacher, output)).double()  # (S, k, d)
+        sq = sq + (V.mT * (U @ A)).sum((-2, -1)) + U.square().sum((-2, -1))
+    return sq.clamp(min=0.0) / V.shape[-1]
+
+
+def closest_unit_angle(arch: str | Arch, teacher: dict[str, Tensor]) -> Tensor:
+    """The smallest angle, in degrees, between the incoming weights of two hidden units
+    (columns of A = W1 (+ I)), per seed: (S,), float64. 0 for two parallel units; units
+    with zero incoming weights are left out (inf when fewer than two remain)."""
+    A = effective_first_layer(as_arch(arch), teacher).double()
+    n = torch.linalg.vector_norm(A, dim=-2)  # (S, m)
+    unit = A / torch.where(n > 0, n, 1.0)[..., None, :]
+    cos = (unit.mT @ unit).clamp(-1.0, 1.0)  # (S, m, m)
+    m = A.shape[-1]
+    ok = (n[..., :, None] > 0) & (n[..., None, :] > 0) & ~torch.eye(m, dtype=torch.bool, device=A.device)
+    angle = torch.rad2deg(torch.arccos(cos)).masked_fill(~ok, math.inf)
+    return angle.flatten(-2).min(-1).values
+
+
 # --------------------------------------------------------------------------- summary
 
 
@@ -134,10 +200,13 @@ def summarize(traj: Trajectory, fit_tol: float, recover_tol: float) -> dict:
     recovered_up_to_symmetry: aligned distance / teacher_aligned_norm <= recover_tol.
     A verdict holds when it holds for the mean over seeds; ``*_seeds`` count the seeds
     for which it holds on their own. Diverged seeds (non-finite loss) count as
-    failures and make the means null.
+    failures and make the means null. ``fits_not_recovered`` lists the seeds that fit but
+    are not recovered up to symmetry, each with its relative train and population losses,
+    relative aligned distance and the angle between its teacher's two closest hidden units.
     """
     final = lambda a: a[:, -1]  # noqa: E731
     rel_train = final(traj.train_loss) / np.maximum(traj.label_variance, np.finfo(float).tiny)
+    rel_population = final(traj.population_loss) / np.maximum(traj.label_variance, np.finfo(float).tiny)
     rel_dist = final(traj.distance) / np.maximum(traj.teacher_norm, np.finfo(float).tiny)
     rel_aligned = final(traj.aligned_distance) / np.maximum(traj.teacher_aligned_norm, np.finfo(float).tiny)
     diverged = ~np.isfinite(final(traj.train_loss)) | ~np.isfinite(final(traj.distance))
@@ -158,6 +227,7 @@ def summarize(traj: Trajectory, fit_tol: float, recover_tol: float) -> dict:
 
     out = {"seeds": len(traj.seeds), "steps": int(traj.steps[-1])}
     for key, arr in (("train_loss", final(traj.train_loss)), ("test_loss", final(traj.test_loss)),
+                     ("population_loss", final(traj.population_loss)), ("relative_population_loss", rel_population),
                      ("distance", final(traj.distance)), ("aligned_distance", final(traj.aligned_distance)),
                      ("relative_train_loss", rel_train), ("relative_distance", rel_dist),
                      ("relative_aligned_distance", rel_aligned)):
@@ -173,6 +243,13 @@ def summarize(traj: Trajectory, fit_tol: float, recover_tol: float) -> dict:
     out["recovered_seeds"] = int(ok(rel_dist, recover_tol).sum())
     out["recovered_up_to_symmetry_seeds"] = int(ok(rel_aligned, recover_tol).sum())
     out["diverged_seeds"] = int(diverged.sum())
+    odd = np.flatnonzero(ok(rel_train, fit_tol) & ~ok(rel_aligned, recover_tol))
+    out["fits_not_recovered"] = [
+        {"seed": int(traj.seeds[i]), "relative_train_loss": float(rel_train[i]),
+         "relative_population_loss": float(rel_population[i]), "relative_aligned_distance": float(rel_aligned[i]),
+         "teacher_closest_angle_deg": float(traj.teacher_closest_angle[i])}
+        for i in odd
+    ]
     out["thresholds"] = {
         "fit": f"train_loss / Var(y) <= {fit_tol:g}",
         "recover": f"distance / sum ||W*||_F <= {recover_tol:g}",

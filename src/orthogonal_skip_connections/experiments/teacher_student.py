@@ -5,10 +5,11 @@
 
 Trains a student of every architecture in ``archs`` against a teacher of the same
 architecture, all seeds at once (``train/teacher_student.py``), and writes into the
-run dir: config.yaml, trajectories.npz (per architecture: steps, per-seed metrics,
-teacher and final student weights), summary.json (per architecture: final losses and
-distances, means over seeds, and the fits / recovered verdicts with their thresholds),
-distance.png and loss.png.
+run dir: config.yaml, trajectories.npz (per architecture: steps, per-seed metrics (train,
+test and exact population loss, distances), teacher and final student weights),
+summary.json (per architecture: final losses and distances, means over seeds, the fits /
+recovered verdicts with their thresholds, and the seeds that fit without being recovered
+up to symmetry), distance.png and loss.png.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Student:
     init: str
     scale: float
     orth_init: str
+    start: Optional[str]
 
 
 @dataclass
@@ -88,6 +90,12 @@ class Config:
             require(np.isfinite(value) and value > 0, f"thresholds.{key}", "> 0", value)
         threads(self.num_threads, nullable=False)
         self.train_config()
+        if self.student.start is not None:
+            seeds = list(range(self.seed, self.seed + self.seeds))
+            try:
+                ts.check_start(self.archs, self.train_config(), seeds, load_start(self.student.start, self.archs, seeds))
+            except ValueError as err:
+                raise UserError(f"student.start={self.student.start}: {err}") from None
         # at least a (d, d) student matrix and its gradient per seed and the data, in dtype
         check_memory(f"d={self.d}, n_train={self.n_train}, n_test={self.n_test}, seeds={self.seeds}",
                      torch.finfo(getattr(torch, self.dtype)).bits // 8 *
@@ -105,6 +113,32 @@ class Config:
             )
         except ValueError as err:  # the trainer's checks of these values, raised before anything runs
             raise UserError(str(err)) from None
+
+
+def load_start(path: str, archs: list[str], seeds: list[int]) -> dict[str, dict]:
+    """The final teacher and student weights of an earlier run (its dir or its
+    trajectories.npz) for ``archs`` and ``seeds``, as :func:`ts.train`'s ``start`` takes them."""
+    file = Path(path)
+    file = file / "trajectories.npz" if file.is_dir() else file
+    if not file.is_file():
+        raise UserError(f"student.start={path!r}: no such run dir or trajectories.npz")
+    try:
+        with np.load(file) as z:
+            start = {}
+            for a in archs:
+                if f"{a}.seeds" not in z:
+                    held = ", ".join(str(x) for x in z["archs"]) if "archs" in z else "none"
+                    raise UserError(f"student.start: {file} holds no {a} run (it holds: {held})")
+                saved = [int(x) for x in z[f"{a}.seeds"]]
+                missing = [s for s in seeds if s not in saved]
+                if missing:
+                    raise UserError(f"student.start: {file} has no seed {missing[0]} for {a} (it has seeds "
+                                    f"{', '.join(map(str, saved))})")
+                rows = [saved.index(s) for s in seeds]
+                start[a] = {k: {n: z[f"{a}.{k}.{n}"][rows] for n in ARCHS[a].params} for k in ("teacher", "student")}
+    except (OSError, ValueError, KeyError) as err:  # not an npz, or one without the weights
+        raise UserError(f"student.start: cannot read the weights in {file} ({str(err).splitlines()[0][:100]})") from None
+    return start
 
 
 def build(cfg: Config) -> tuple[list[str], ts.TeacherStudentConfig, list[int]]:
@@ -127,10 +161,11 @@ def plot(trajs: dict[str, ts.Trajectory], run_dir: Path) -> None:
     )
     panels_over_steps(
         steps,
-        {a: {"train": t.train_loss, "test": t.test_loss} for a, t in trajs.items()},
+        {a: {"train": t.train_loss, "test": t.test_loss, "population (exact)": t.population_loss}
+         for a, t in trajs.items()},
         run_dir / "loss.png",
         ylabel="MSE",
-        title="training and test loss (geometric mean over seeds, band: ×/÷ geometric std)",
+        title="training, test and exact population loss (geometric mean over seeds, band: ×/÷ geometric std)",
     )
 
 
@@ -159,7 +194,8 @@ def _q_rule(cfg: Config) -> str:
 
 def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
     rows = [{"arch": a, "formula": ARCHS[a].formula,
-             **{k: _geo(summary[a], k) for k in ("relative_train_loss", "test_loss", "distance", "aligned_distance")},
+             **{k: _geo(summary[a], k) for k in ("relative_train_loss", "test_loss", "relative_population_loss",
+                                                 "distance", "aligned_distance")},
              "fits": f"{summary[a]['fits_seeds']}/{n_seeds}", "recovered": f"{summary[a]['recovered_seeds']}/{n_seeds}",
              "symmetry": f"{summary[a]['recovered_up_to_symmetry_seeds']}/{n_seeds}"} for a in archs]
     fit_any = [a for a in archs if summary[a]["fits_seeds"] > 0]
@@ -188,6 +224,15 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
         notes.append("with a summed output only W2 1 (and 1^T Q) reach the output: the rest of W2 never moves, so the "
                      "plain distance cannot fall to 0 for the two-layer architectures; the aligned distance compares "
                      "only what the output sees.")
+    odd = [f"{a} seed {e['seed']} (loss/Var(y) {e['relative_train_loss']:.2g}, population {e['relative_population_loss']:.2g}, "
+           f"aligned distance {e['relative_aligned_distance']:.2g} of the zero student's; its teacher's two closest "
+           f"hidden units are {e['teacher_closest_angle_deg']:.2g} degrees apart)"
+           for a in archs for e in summary[a]["fits_not_recovered"]]
+    if odd:
+        notes.append("fit but not recovered up to symmetry: " + "; ".join(odd) + ". A small angle means two "
+                     "near-collinear teacher units: the loss is then almost flat along the directions that tell them "
+                     "apart, and a student can sit just under the fit threshold for a long time "
+                     "(notes/teacher_student_findings.md, finding 3).")
     thr = cfg.thresholds
     return {
         "title": "Teacher-student convergence (Li & Yuan 2017 and the one-block ResNet variants)",
@@ -195,7 +240,9 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
                     "architecture?",
         "measures": [
             f"setting: each seed draws its own teacher of the same architecture ({cfg.teacher.init} entries, scale "
-            f"{cfg.teacher.scale:g}) and student ({cfg.student.init} init); inputs x ~ N(0, I_d), d = {cfg.d}, "
+            f"{cfg.teacher.scale:g}) and student ("
+            + (f"{cfg.student.init} init" if cfg.student.start is None
+               else f"warm-started from the final weights of {cfg.student.start}") + f"); inputs x ~ N(0, I_d), d = {cfg.d}, "
             f"{cfg.n_train} training and {cfg.n_test} test samples, {_optimizer_text(cfg)}, "
             f"batch {cfg.batch_size}, {summary['meta']['steps']} steps, "
             f"output {'summed to a scalar' if cfg.output == 'sum' else 'the d-vector'}",
@@ -205,6 +252,8 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
             "statistic: every loss and distance is the geometric mean over seeds ×/÷ the geometric std factor "
             "(as in the figures), since seeds spread over orders of magnitude",
             "relative train loss: final training MSE / Var(y), i.e. 1 - R^2 (Var(y) is the loss of the best constant)",
+            "population loss: E ||f(x) - f*(x)||^2 / k over x ~ N(0, I_d) in closed form (arc-cosine kernel, Cho & "
+            "Saul 2009), the test loss on infinitely many inputs, divided by Var(y)",
             "distance: sum over weight matrices of ||W - W*||_F; aligned distance: the same after matching hidden "
             "units to the teacher's (Hungarian algorithm) and rescaling each by c > 0 (ReLU is positively "
             "homogeneous)",
@@ -216,6 +265,7 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
                     "columns": [
             column("arch", "architecture"), column("formula", "student f(x)"),
             column("relative_train_loss", "train loss / Var(y)"), column("test_loss", "test loss", "MSE"),
+            column("relative_population_loss", "population loss / Var(y)"),
             column("distance", "distance to teacher ||W - W*||_F"),
             column("aligned_distance", "aligned distance (perm. + rescaling)"),
             column("fits", f"fits (loss/Var(y) <= {thr.fit:g})", "seeds"),
@@ -233,7 +283,8 @@ def run(cfg: Config, rd: RunDir) -> dict:
     torch.set_num_threads(cfg.num_threads)
     rd.start(cfg)
     rd.device = train_cfg.device
-    trajs = ts.train(archs, train_cfg, seeds, progress=cfg.progress)
+    start = None if cfg.student.start is None else load_start(cfg.student.start, archs, seeds)
+    trajs = ts.train(archs, train_cfg, seeds, progress=cfg.progress, start=start)  # start: checked by cfg.check()
     elapsed = time.perf_counter() - rd.started
 
     arrays = {"archs": np.array(archs)}

@@ -432,23 +432,48 @@ def taylor_theta(m: int, u: float) -> float:
 EXPM_MAX_SQUARINGS = 12
 
 
+def _ps_products(m: int, q: int) -> int:
+    """Products of :func:`_taylor_exp`'s degree-m polynomial in blocks of q: X^2..X^q, then one
+    Horner step in X^q per block below the top (none for a top block I / m!, when q divides m)."""
+    return (q - 1) + m // q - (m % q == 0)
+
+
+def _ps_block(m: int) -> int:
+    """The block size q with the fewest products for degree m (the smaller q on a tie)."""
+    return min(range(1, m + 1), key=lambda q: (_ps_products(m, q), q))
+
+
+def _addmm(C: Tensor, A: Tensor, B: Tensor) -> Tensor:
+    """C + A @ B in one call for a 2-D or 3-D stack (``addmm``, ``baddbmm``)."""
+    if A.ndim == B.ndim == C.ndim == 3:
+        return torch.baddbmm(C, A, B)
+    return torch.addmm(C, A, B) if A.ndim == B.ndim == C.ndim == 2 else C + A @ B
+
+
 def _taylor_exp(X: Tensor, m: int) -> Tensor:
     """sum_{k <= m} X^k / k! by Paterson-Stockmeyer (Higham, "Functions of Matrices", sec.
-    4.2): powers X^2..X^4 once, then Horner in X^4 over blocks of four coefficients, so degree
-    12 takes 6 products and degree 18 takes 7 (term by term: 11 and 17)."""
-    q = 4
+    4.2): powers X^2..X^q once, then Horner in X^q over blocks of q coefficients, so degree
+    12 takes 5 products and degree 18 takes 7 (term by term: 11 and 17). One call per term
+    and per Horner step (small matrices cost their calls, not their flops)."""
+    q = _ps_block(m)
     powers = [eye_like(X), X]
     for _ in range(q - 1):
         powers.append(_mm(powers[-1], X))
-    Xq = powers.pop()  # X^4; powers = I, X, X^2, X^3
+    Xq = powers.pop()  # X^q; powers = I, X, ..., X^(q-1)
 
-    def block(j: int) -> Tensor:  # B_j = sum_i X^i / (jq + i)!, i < q, jq + i <= m
-        return sum(powers[i] / math.factorial(j * q + i) for i in range(min(q, m - j * q + 1)))
+    def block(j: int, B: Tensor | None = None) -> Tensor:  # B + sum_i X^i / (jq + i)!, i < q, jq + i <= m
+        for i in range(min(q, m - j * q + 1)):
+            c = 1.0 / math.factorial(j * q + i)
+            B = powers[i] * c if B is None else torch.add(B, powers[i], alpha=c)
+        return B
 
     J = m // q
-    P = block(J)
+    if m % q == 0:  # the top block is I / m!: its Horner step is X^q / m!, no product
+        P, J = block(J - 1, Xq / math.factorial(m)), J - 1
+    else:
+        P = block(J)
     for j in range(J - 1, -1, -1):
-        P = _mm(P, Xq) + block(j)
+        P = _addmm(block(j), P, Xq)
     return P
 
 
@@ -469,16 +494,59 @@ _THETAS: dict[tuple[int, float], float] = {
 }
 
 
-def _expm_scalings(A: Tensor, m: int) -> Tensor:
-    """s = ceil(log2(b / theta_m)) >= 0 per matrix, (..., 1, 1), on A's device, b the bound on
-    ||A||_2 of :func:`_spectral_bound` (a zero A gives s = 0; a NaN one 0 too, its polynomial
-    is NaN anyway)."""
-    bound = _spectral_bound(A.detach())  # s is piecewise constant: no gradient
+def _expm_scalings(bound: Tensor, theta: float) -> Tensor:
+    """s = ceil(log2(b / theta)) >= 0 per matrix, (..., 1, 1), on the bound's device, b the
+    bound on ||A||_2 of :func:`_spectral_bound` (a zero A gives s = 0; a NaN one 0 too, its
+    polynomial is NaN anyway)."""
+    s = torch.ceil(torch.log2(bound / theta)).clamp(min=0)
+    return torch.nan_to_num(s, nan=0.0, posinf=1024.0)
+
+
+def _theta(m: int, A: Tensor) -> float:
     key = (m, _eps(A) / 2)
     if key not in _THETAS:  # a bisection in Python: once per degree and dtype
         _THETAS[key] = taylor_theta(*key)
-    s = torch.ceil(torch.log2(bound / _THETAS[key])).clamp(min=0)
-    return torch.nan_to_num(s, nan=0.0, posinf=1024.0)
+    return _THETAS[key]
+
+
+# The host-read path's degrees: the largest for each count of products (0, 1, 2, ...), up to
+# the dtype's fixed degree
+_CHEAP_DEGREES = (1, 2, 4, 6, 9, 12, 16)
+
+
+def _degree_choices(dtype: torch.dtype) -> tuple[int, ...]:
+    top = _degree_of(dtype)
+    return tuple(m for m in _CHEAP_DEGREES if m < top) + (top,)
+
+
+def _grad_theta(m: int, u: float) -> float:
+    """theta where degree m's polynomial is within u of exp and its derivative within 8u: the
+    derivative of sum_{k > m} X^k / k! in a direction H is at most sum_{k >= m} theta^k / k! ||H||,
+    the tail of degree m - 1. 8u is what the fixed degree gives at its own theta (float32: degree
+    12, sum_{k >= 12} 1.56^k / k! ~ 8u); a low degree at the value's theta alone would give far
+    more (degree 1, the derivative off by ||A|| ~ 3e-4, where the value is within u)."""
+    return min(taylor_theta(m, u), taylor_theta(m - 1, 8 * u))
+
+
+_GRAD_THETAS: dict[tuple[int, float], float] = {
+    (m, torch.finfo(dt).eps / 2): _grad_theta(m, torch.finfo(dt).eps / 2)
+    for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64) for m in _degree_choices(dt)
+}
+
+
+def _cheapest_degree(bound: Tensor, A: Tensor) -> tuple[int, float]:
+    """The degree m and its theta with the fewest products for the stack's largest bound (read on
+    the host): Paterson-Stockmeyer's plus the squarings to bring the bound below theta, theta
+    from :func:`_grad_theta` so that value and gradient are both exact to round-off (the larger
+    degree on a tie: fewer squarings, each of which doubles the rounding error)."""
+    b, u = float(bound.max()), _eps(A) / 2
+    best = None
+    for m in _degree_choices(A.dtype):
+        theta = _GRAD_THETAS[(m, u)]
+        cost = _ps_products(m, _ps_block(m)) + max(0, math.ceil(math.log2(b / theta)))
+        if best is None or cost <= best[0]:
+            best = (cost, m, theta)
+    return best[1], best[2]
 
 
 def _host_read_is_free(A: Tensor) -> bool:
@@ -488,7 +556,7 @@ def _host_read_is_free(A: Tensor) -> bool:
             and not torch._C._functorch.is_functorch_wrapped_tensor(A))
 
 
-def expm_fixed(A: Tensor, max_squarings: int | None = EXPM_MAX_SQUARINGS) -> Tensor:
+def expm_fixed(A: Tensor, max_squarings: int | None = EXPM_MAX_SQUARINGS, read: bool | None = None) -> Tensor:
     """exp(A) by scaling and squaring in a fixed sequence of products: nothing is read back to
     the host (``torch.linalg.matrix_exp`` reads its matrices' norms on the host to choose its
     degree and squarings, a synchronisation on a GPU that a CUDA graph cannot hold); (..., n, n).
@@ -500,20 +568,32 @@ def expm_fixed(A: Tensor, max_squarings: int | None = EXPM_MAX_SQUARINGS) -> Ten
     parametrization's) ||exp(X) - T_m(X)||_2 <= u and each squaring adds about one more u: the
     result is orthogonal to round-off times 2^s, as for any scaling and squaring. Its
     gradient is autograd's through these products (s is piecewise constant in A). Costs
-    6-7 + max_squarings batched products whatever A is: meant for compiled GPU code.
-    ``max_squarings=None``: as many as the stack needs, read on the host where that is free
-    (a CPU tensor outside torch.compile and vmap), else EXPM_MAX_SQUARINGS; on the CPU forward
-    and backward then cost 0.5-0.6x matrix_exp's (resnet20's skip sizes, one thread; its
-    backward exponentiates a 2n x 2n matrix)."""
+    5-7 + max_squarings batched products whatever A is: meant for compiled GPU code.
+
+    ``max_squarings=None``, where a host read is free (a CPU tensor outside torch.compile and
+    vmap): the degree and squarings are chosen for the stack on the host, the fewest products
+    that keep value and gradient exact to round-off (:func:`_cheapest_degree`): none at A = 0, 2
+    for ||A||_2 up to 0.06 (float32), the fixed degree and as many squarings as needed for large
+    A. Forward and backward then cost 0.2-0.95x matrix_exp's (n = 16 to 256, ||A||_2 = 0.01 to
+    1, one thread; its backward exponentiates a 2n x 2n matrix). Elsewhere ``None`` means
+    EXPM_MAX_SQUARINGS. ``read=True`` reads the plan on the host wherever A is (on a GPU one
+    synchronisation, as ``matrix_exp``'s), ``False`` never; ``None``: where that is free."""
     check_square(A)
-    m = _expm_degree(A)
-    s = _expm_scalings(A, m)
+    bound = _spectral_bound(A.detach())  # s is piecewise constant: no gradient
+    read = bool(max_squarings is None and A.numel() and (_host_read_is_free(A) if read is None else read))
+    if read and math.isfinite(float(bound.max())):
+        m, theta = _cheapest_degree(bound, A)
+        s = _expm_scalings(bound, theta)
+    else:
+        m = _expm_degree(A)
+        s = _expm_scalings(bound, _theta(m, A))
     if max_squarings is None:
-        max_squarings = int(s.max()) if A.numel() and _host_read_is_free(A) else EXPM_MAX_SQUARINGS
+        max_squarings = int(s.max()) if read else EXPM_MAX_SQUARINGS
     s = s.clamp(max=max_squarings)
     E = _taylor_exp(A * torch.exp2(-s), m)
+    common = int(s.min()) if read else 0  # squarings every matrix takes: no mask needed
     for k in range(max_squarings):
-        E = torch.where(s > k, _mm(E, E), E)
+        E = _mm(E, E) if k < common else torch.where(s > k, _mm(E, E), E)
     return E
 
 

@@ -134,7 +134,7 @@ def output_weights(arch: Arch, params: dict[str, Tensor], output: str) -> Tensor
     output (only W2's row sums reach f), ones for the 1-norm."""
     if not arch.two_layer:
         W = params["W"]
-        return torch.ones(*W.shape[:-1], 1, dtype=W.dtype, device=W.device)
+        return torch.ones(*W.shape[:-2], W.shape[-1], 1, dtype=W.dtype, device=W.device)  # one row per unit (column of W)
     W2 = params["W2"]
     return W2.sum(-1, keepdim=True) if output == "sum" else W2
 

@@ -112,20 +112,33 @@ def _split_by_settings(runs: list[RunRecord]) -> None:
     [optimizer.upkeep_adaptive=true]"), so that different experiments are never pooled as seeds of
     one arm. A key missing from a run (a run of an older version) is compared among the runs
     that have it; where it splits them, the runs without it are named "key=unrecorded". Runs
-    with no settings at all stay under the task's plain name."""
+    with no settings at all stay under the task's plain name.
+
+    The precision a run trained in (summary.json's ``precision``: bf16, fp16, fp32) counts as
+    a setting too: ``amp=auto`` is one setting value, yet bf16 on an A100 and fp16 on a V100."""
+    settings = {id(r): _settings_of(r) for r in runs}
     for task in sorted({r.task for r in runs}):
-        truns = [r for r in runs if r.task == task and isinstance(r.labels.get("settings"), dict)]
+        truns = [r for r in runs if r.task == task and settings[id(r)] is not None]
         values: dict[str, set] = {}
         for r in truns:
-            for key, value in r.labels["settings"].items():
+            for key, value in settings[id(r)].items():
                 values.setdefault(key, set()).add(json.dumps(value, sort_keys=True))
         differing = sorted(k for k, v in values.items() if len(v) > 1)
         if not differing:
             continue
         for r in truns:
-            parts = [f"{k}={_setting(r.labels['settings'][k]) if k in r.labels['settings'] else 'unrecorded'}"
-                     for k in differing]
+            s = settings[id(r)]
+            parts = [f"{k}={_setting(s[k]) if k in s else 'unrecorded'}" for k in differing]
             r.labels["task"] = f"{task} [{', '.join(parts)}]"
+
+
+def _settings_of(r: RunRecord) -> dict | None:
+    """run.json's settings, with the precision the run trained in where its summary says."""
+    settings = r.labels.get("settings")
+    precision = (r.summary or {}).get("precision")
+    if not isinstance(settings, dict):
+        return None if precision is None else {"precision": precision}
+    return settings if precision is None else {**settings, "precision": precision}
 
 
 LABELS = {"task", "dataset", "model_type", "variant", "skip_kind", "method", "init", "seed", "planned_epochs",

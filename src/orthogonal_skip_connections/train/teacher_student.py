@@ -45,7 +45,13 @@ import torch
 from torch import Tensor, nn
 
 from .. import optim
-from ..analysis.teacher_student import aligned_distances, weight_distance, zero_student_aligned_norm
+from ..analysis.teacher_student import (
+    aligned_distances,
+    closest_unit_angle,
+    population_loss,
+    weight_distance,
+    zero_student_aligned_norm,
+)
 from ..maths.orthogonal import ORTH_INITS
 from ..models.teacher_student import (
     ARCHS,
@@ -72,6 +78,7 @@ __all__ = [
     "TeacherStudentConfig",
     "Trajectory",
     "build_optimizer",
+    "check_start",
     "train",
 ]
 
@@ -174,11 +181,13 @@ class Trajectory:
     steps: np.ndarray  # (T,)
     train_loss: np.ndarray  # (S, T)
     test_loss: np.ndarray  # (S, T)
+    population_loss: np.ndarray  # (S, T) the test loss on infinitely many inputs, exact (analysis.population_loss)
     distance: np.ndarray  # (S, T) sum of ||W - W*||_F
     aligned_distance: np.ndarray  # (S, T)
     label_variance: np.ndarray  # (S,) Var(y) on the test set, the loss of the best constant
     teacher_norm: np.ndarray  # (S,) sum of ||W*||_F (the unaligned distance of a zero student)
     teacher_aligned_norm: np.ndarray  # (S,) aligned distance of the zero student: sqrt(||W1*||^2 (+ ||V*||^2 + ||skip_weights(Q*)||^2))
+    teacher_closest_angle: np.ndarray  # (S,) degrees between the teacher's two closest hidden units (analysis.closest_unit_angle)
     teacher: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (S, d, d)
     student: dict[str, np.ndarray] = field(default_factory=dict)  # final weights
 
@@ -186,8 +195,8 @@ class Trajectory:
         """Flat ``{"<arch>.<key>": array}`` for ``np.savez``."""
         out = {
             f"{self.arch}.{k}": getattr(self, k)
-            for k in ("seeds", "steps", "train_loss", "test_loss", "distance", "aligned_distance",
-                      "label_variance", "teacher_norm", "teacher_aligned_norm")
+            for k in ("seeds", "steps", "train_loss", "test_loss", "population_loss", "distance", "aligned_distance",
+                      "label_variance", "teacher_norm", "teacher_aligned_norm", "teacher_closest_angle")
         }
         out.update({f"{self.arch}.teacher.{n}": w for n, w in self.teacher.items()})
         out.update({f"{self.arch}.student.{n}": w for n, w in self.student.items()})
@@ -210,12 +219,14 @@ def build_optimizer(students: nn.Module, cfg: TeacherStudentConfig) -> torch.opt
 class _Run:
     """Teacher, student, labels and metric log of one architecture."""
 
-    def __init__(self, arch: Arch, cfg: TeacherStudentConfig, seeds, X_train, X_test):
+    def __init__(self, arch: Arch, cfg: TeacherStudentConfig, seeds, X_train, X_test, start=None):
         dtype, device, d = cfg.torch_dtype, X_test.device, cfg.d
         self.arch, self.cfg = arch, cfg
         gens = [seed_generator(s, "model") for s in seeds]  # teacher first, then student
         self.teacher = init_weights(arch, d, gens, cfg.teacher_init, cfg.teacher_scale, "haar", dtype, device)
-        if cfg.student_init == "teacher":
+        if start is not None:
+            weights = _start_weights(arch, start, self.teacher)
+        elif cfg.student_init == "teacher":
             weights = self.teacher
         else:
             weights = init_weights(arch, d, gens, cfg.student_init, cfg.student_scale, cfg.orth_init, dtype, device)
@@ -223,7 +234,9 @@ class _Run:
         self.student = self.module.tensors()  # {name: nn.Parameter (S, d, d)}, stepped in place
         self.Y_train = predict(arch, self.teacher, X_train, cfg.output) if X_train is not None else None  # (S, k, N)
         self.Y_test = predict(arch, self.teacher, X_test, cfg.output)  # (S, k, n_test)
-        self.log: dict[str, list] = {k: [] for k in ("step", "train_loss", "test_loss", "distance", "aligned_distance")}
+        self.log: dict[str, list] = {
+            k: [] for k in ("step", "train_loss", "test_loss", "population_loss", "distance", "aligned_distance")
+        }
         self.batch_losses = torch.zeros(len(seeds), dtype=dtype, device=device)  # since the last log
         self.batch_count = 0
 
@@ -265,6 +278,11 @@ class _Run:
         self.log["test_loss"].append(test.double().cpu().numpy())
         self.log["distance"].append(weight_distance(self.student, self.teacher).double().cpu().numpy())
         finite = all(bool(torch.isfinite(w).all()) for w in self.student.values())
+        self.log["population_loss"].append(
+            population_loss(self.arch, self.student, self.teacher, cfg.output).cpu().numpy()
+            if finite
+            else np.full(len(test), np.nan)
+        )
         self.log["aligned_distance"].append(
             aligned_distances(self.arch, self.student, self.teacher, cfg.output)
             if finite
@@ -283,14 +301,48 @@ class _Run:
             steps=np.asarray(self.log["step"]),
             train_loss=stack("train_loss"),
             test_loss=stack("test_loss"),
+            population_loss=stack("population_loss"),
             distance=stack("distance"),
             aligned_distance=stack("aligned_distance"),
             label_variance=np_(var),
             teacher_norm=np_(sum(torch.linalg.matrix_norm(w) for w in self.teacher.values())),
             teacher_aligned_norm=np_(zero_student_aligned_norm(arch, self.teacher, cfg.output)),
+            teacher_closest_angle=np_(closest_unit_angle(arch, self.teacher)),
             teacher={n: np_(w) for n, w in self.teacher.items()},
             student={n: np_(w) for n, w in self.student.items()},
         )
+
+
+def _start_weights(arch: Arch, start: dict, teacher: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The student weights of ``start`` ({"teacher": {name: (S, d, d)}, "student": ...}, as
+    a :class:`Trajectory` holds them) as tensors like ``teacher``'s, after checking that
+    they were trained against this very teacher (ValueError otherwise)."""
+    for key in ("teacher", "student"):
+        names = sorted(start.get(key, {}))
+        if names != sorted(arch.params):
+            raise ValueError(f"start weights of {arch.name}: {key} has {', '.join(names) or 'nothing'}; "
+                             f"expected {', '.join(arch.params)}")
+    for name, w in teacher.items():
+        saved = torch.as_tensor(np.asarray(start["teacher"][name]), dtype=torch.float64)
+        # the saved teacher is this one rounded to the dtype it was trained in (float32 or float64)
+        if saved.shape != w.shape or not torch.allclose(saved, w.double().cpu(), rtol=1e-6, atol=1e-7):
+            raise ValueError(f"start weights of {arch.name} were trained against another teacher ({name} differs: "
+                             "seeds, d, teacher.init and teacher.scale must be those of the run started from)")
+    return {n: torch.as_tensor(np.asarray(start["student"][n])).to(dtype=teacher[n].dtype, device=teacher[n].device)
+            for n in arch.params}
+
+
+def check_start(archs: Sequence[str], cfg: TeacherStudentConfig, seeds: Sequence[int], start: dict[str, dict]) -> None:
+    """Raise ValueError (one line) unless ``start`` holds weights for exactly ``archs``,
+    trained against the teachers that ``cfg`` and ``seeds`` draw (what :func:`train` checks
+    too, here without drawing any data)."""
+    if set(start) != {as_arch(a).name for a in archs}:
+        raise ValueError(f"start weights for {', '.join(sorted(start))}; expected {', '.join(map(str, archs))}")
+    for a in archs:
+        arch = as_arch(a)
+        gens = [seed_generator(int(s), "model") for s in seeds]  # each architecture draws its teacher first
+        teacher = init_weights(arch, cfg.d, gens, cfg.teacher_init, cfg.teacher_scale, "haar", cfg.torch_dtype)
+        _start_weights(arch, start[arch.name], teacher)
 
 
 def train(
@@ -298,8 +350,15 @@ def train(
     cfg: TeacherStudentConfig,
     seeds: Sequence[int],
     progress: bool = False,
+    start: dict[str, dict] | None = None,
 ) -> dict[str, Trajectory]:
     """Train a student of every architecture in ``archs`` for every seed, all at once.
+
+    ``start`` ({arch: {"teacher": {name: (S, d, d)}, "student": {...}}}, rows in the order
+    of ``seeds``) warm-starts each student from given weights, e.g. the final weights of an
+    earlier run (``Trajectory.teacher`` / ``.student``), instead of ``cfg.student_init``; the
+    teachers must be the ones this config and these seeds draw (checked). A warm start, not
+    a resume: the optimiser's state and the epochs' shuffles start afresh.
 
     Per seed s, the generator ``seed_generator(s, "data")`` draws the training inputs,
     the test inputs, then each epoch's shuffle (or each chunk of fresh samples), and
@@ -325,7 +384,11 @@ def train(
     gens = [seed_generator(s, "data") for s in seeds]
     X_train = sample_inputs(gens, cfg.n_train, d, dtype=dtype).to(device) if cfg.n_train else None  # (S, d, N)
     X_test = sample_inputs(gens, cfg.n_test, d, dtype=dtype).to(device)  # (S, d, n_test)
-    runs = [_Run(a, cfg, seeds, X_train, X_test) for a in arch_list]
+    if start is not None and set(start) != {a.name for a in arch_list}:
+        raise ValueError(f"start weights for {', '.join(sorted(start))}; expected {', '.join(a.name for a in arch_list)}")
+    if start is not None:  # teachers drawn in a fixed order per seed: check before drawing any data
+        check_start(archs, cfg, seeds, start)
+    runs = [_Run(a, cfg, seeds, X_train, X_test, None if start is None else start[a.name]) for a in arch_list]
     # one optimiser over every architecture: torch's per-step overhead (tens of us, as
     # much as the maths of one small architecture) is paid once per step, and the update
     # of all weights is one foreach call

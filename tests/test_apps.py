@@ -96,6 +96,24 @@ def test_help_keeps_comments_and_values_written_over_several_lines(capsys):
             assert line.count("[") == line.count("]"), line
 
 
+@pytest.mark.parametrize("app", sorted(APPS))
+def test_every_app_module_runs_as_a_program(app):
+    """``python -m orthogonal_skip_connections.experiments.<module>`` (the original project's
+    commands) ends in ``if __name__ == "__main__": sys.exit(main())``, so the exit codes the
+    in-process tests read from ``main(argv)`` are the program's (read from the source with
+    ast; one module run as a program in a fresh interpreter: tests/test_training.py)."""
+    import ast
+    from pathlib import Path
+
+    from orthogonal_skip_connections.experiments import _registry
+
+    source = Path(_registry.__file__).with_name(f"{APPS[app][0]}.py").read_text()
+    last = ast.parse(source).body[-1]
+    assert ast.unparse(last) == "if __name__ == '__main__':\n    sys.exit(main())", ast.unparse(last)
+    assert any(isinstance(node, ast.Import) and any(a.name == "sys" for a in node.names)
+               for node in ast.parse(source).body)
+
+
 def test_osc_list_imports_no_torch():
     import subprocess
     import sys

@@ -1,6 +1,9 @@
-"""Data-parallel training under torchrun (gloo, 2 CPU processes, resnet20 on digits):
-the ranks end with identical weights, retracted skips included; rank 0 alone writes one
-set of result files; a killed-then-resumed run matches an uninterrupted one bit for bit."""
+"""Data-parallel training under torchrun (gloo, 2 CPU processes, resnet20 on 40 CIFAR-10
+format images): the ranks end with identical weights, retracted skips included; rank 0
+alone writes one set of result files; a killed-then-resumed run matches an uninterrupted
+one bit for bit. (CIFAR files the tests write rather than digits: each worker process then
+skips scikit-learn's import, ~1.3 s of CPU per process; 5 steps per epoch, as digits' 1437
+images in batches of 256 gave.)"""
 
 import json
 import os
@@ -15,26 +18,37 @@ from orthogonal_skip_connections.train import distributed
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 SRC = Path(__file__).resolve().parents[1] / "src"
-STEPS_PER_EPOCH = 1437 // 256
-OVERRIDES = ["dataset=digits", "model.model_type=resnet20", "device=cpu", "progress=false", "batch_size=256",
-             "scheduler.epochs=2", "model.skip_kind=learnable_orth", "model.method=steepest", "model.init=haar",
-             "optimizer.nesterov=true"]
+N_TRAIN, BATCH = 40, 8  # the global batch: 4 images per rank
+STEPS_PER_EPOCH = N_TRAIN // BATCH
+OVERRIDES = ["dataset=cifar10", "data.download=false", "model.model_type=resnet20", "device=cpu", "progress=false",
+             f"batch_size={BATCH}", "scheduler.epochs=2", "model.skip_kind=learnable_orth", "model.method=steepest",
+             "model.init=haar", "optimizer.nesterov=true"]
 
 
-def torchrun(cwd: Path, *overrides: str, **env) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory):
+    """CIFAR-10 files of N_TRAIN training and 16 test images (random), outside every run's cwd."""
+    from helpers import write_fake_cifar
+
+    root = tmp_path_factory.mktemp("ddp_data")
+    write_fake_cifar(root, "cifar10", n_train=N_TRAIN, n_test=16)
+    return root
+
+
+def torchrun(cwd: Path, data_root: Path, *overrides: str, **env) -> subprocess.CompletedProcess:
     environ = {**os.environ, "OMP_NUM_THREADS": "1", **env,
                "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
-           *OVERRIDES, *overrides]
+           *OVERRIDES, f"data.root={data_root}", *overrides]
     return subprocess.run(cmd, cwd=cwd, env=environ, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
+def full_run(tmp_path_factory, cifar_root):
     """One uninterrupted 2-process run; each rank's final weights saved beside it."""
     cwd = tmp_path_factory.mktemp("ddp_full")
     (cwd / "weights").mkdir()
-    out = torchrun(cwd, "hydra.run.dir=run", OSC_TEST_RANK_WEIGHTS=str(cwd / "weights"))
+    out = torchrun(cwd, cifar_root, "hydra.run.dir=run", OSC_TEST_RANK_WEIGHTS=str(cwd / "weights"))
     assert out.returncode == 0, out.stderr[-3000:]
     return cwd
 
@@ -63,13 +77,13 @@ def test_ranks_hold_identical_weights_and_rank0_writes_one_result_set(full_run):
     assert all(torch.equal(saved[k], w0[k]) for k in w0)
 
 
-def test_killed_and_resumed_ddp_run_matches_uninterrupted(full_run, tmp_path):
-    died = torchrun(tmp_path, "hydra.run.dir=run", OSC_TEST_DIE_AT_FORWARD=str(STEPS_PER_EPOCH + 3))
+def test_killed_and_resumed_ddp_run_matches_uninterrupted(full_run, cifar_root, tmp_path):
+    died = torchrun(tmp_path, cifar_root, "hydra.run.dir=run", OSC_TEST_DIE_AT_FORWARD=str(STEPS_PER_EPOCH + 3))
     assert died.returncode != 0
     run = tmp_path / "run"
     assert (run / "checkpoint.pt").exists() and not (run / "summary.json").exists()
     assert torch.load(run / "checkpoint.pt", weights_only=True)["state"]["epoch"] == 1
-    resumed = torchrun(tmp_path, "hydra.run.dir=run", "resume=true")
+    resumed = torchrun(tmp_path, cifar_root, "hydra.run.dir=run", "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     a = torch.load(full_run / "run" / "checkpoint.pt", weights_only=True)

@@ -69,8 +69,11 @@ def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     assert osc(["run_experiments", *TINY["run_experiments"], f"hydra.run.dir={root / 'done' / 'run_experiments'}",
                 "progress=false"]) == 0
+    # the copies below are read for their json files only: without the 2 MB checkpoint, each case's two
+    # snapshots hash 5 MB rather than 21 MB (the two dirs a run_experiments case may touch keep theirs)
+    no_checkpoint = shutil.ignore_patterns("checkpoint.pt")
     for app in FINISHED[1:]:  # a finished dir is one with a summary.json (tests/test_apps.py runs each app)
-        shutil.copytree(root / "done" / "run_experiments", root / "done" / app)
+        shutil.copytree(root / "done" / "run_experiments", root / "done" / app, ignore=no_checkpoint)
     unfinished = root / "unfinished"
     shutil.copytree(root / "done" / "run_experiments", unfinished)
     (unfinished / "summary.json").unlink()
@@ -87,7 +90,7 @@ def root(tmp_path_factory):
         ("seed", None, {**done["run.json"], "labels": {**done["run.json"]["labels"], "seed": "a"}}),
     ]:
         d = odd / name / "run"
-        shutil.copytree(root / "done" / "run_experiments", d)
+        shutil.copytree(root / "done" / "run_experiments", d, ignore=no_checkpoint)
         if summary is not None:
             (d / "summary.json").write_text(summary)
         if meta is not None:

@@ -80,8 +80,12 @@ def tiny_batches(n=50, seed=0, distinct=4):
 @pytest.mark.parametrize("kind,method", [("identity", None), ("learnable_orth", "steepest"),
                                          ("learnable_orth", "svd"), ("learnable_orth", "cayley")])
 def test_optimizer_reproduces_the_two_object_procedure(kind, method):
+    """resnet20's layout with two blocks per stage (a resnet14): every kind of parameter, and
+    two skips of each size (16, 32, 64), so the retraction steps stacks as in a resnet20."""
+    from orthogonal_skip_connections.models.resnet import BasicBlock, ResNet
+
     torch.manual_seed(0)
-    model = get_model("resnet20", 10, kind, method=method, init="haar")
+    model = ResNet(BasicBlock, [2, 2, 2], [16, 32, 64], 10, skip_kind=kind, method=method, init="haar", stem="cifar")
     twin = copy.deepcopy(model)
     data = tiny_batches()
     ours, reference = library_run(model, data), reference_run(twin, data)

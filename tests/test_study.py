@@ -28,6 +28,10 @@ TINY = [
     "'seeds=2','log_every=2']",
     "overrides.loss_landscape=['n_eval=32','hessian.iters=2','hessian.samples=2','steps=3','steps_1d=3']",
     "overrides.two_stage=['n_train=64','batch_size=32','fit_images=32']",
+    # the synthetic part's three apps at test_apps.py's tiny sizes (each is read here for its section only)
+    "overrides.orth_to_id=['dims=[2]','n_blocks=[1,2]','epochs=1','n_samples=100','log_points=2','pca_grid=10']",
+    "overrides.orth_residual_synthetic_data=['epochs=1','n_blocks=1','n_samples=100','region_grid=10']",
+    "overrides.construction_validity=['n_blocks=[1]','seeds=2','epochs=1','n_samples=100']",
 ]
 
 
@@ -323,7 +327,7 @@ def _alive(pids: set[int]) -> set[int]:
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc")
 def test_killed_study_leaves_no_orphaned_worker(tmp_path):
     """osc study with jobs=2 runs its classification jobs in Hydra's joblib launcher's worker
-    processes; SIGKILL the study mid-run and, 5 s later, none of its processes is left."""
+    processes; SIGKILL the study mid-run and, within 5 s, none of its processes is left."""
     import os
     import signal
     import subprocess
@@ -352,9 +356,11 @@ def test_killed_study_leaves_no_orphaned_worker(tmp_path):
         assert len(workers) >= 2  # the launcher's worker processes
         study_proc.send_signal(signal.SIGKILL)
         study_proc.wait()
-        time.sleep(5)
-        left = _alive(workers)
-        assert not left, f"orphaned after the study died: {left}"
+        deadline, left = time.monotonic() + 5, _alive(workers)
+        while left and time.monotonic() < deadline:  # a dead pid stays dead: no need to wait out the 5 s
+            time.sleep(0.1)
+            left = _alive(workers)
+        assert not left, f"orphaned 5 s after the study died: {left}"
     finally:
         if study_proc.poll() is None:
             study_proc.kill()

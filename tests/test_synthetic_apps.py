@@ -210,25 +210,25 @@ def test_bad_input_is_rejected_before_anything_is_written(tmp_path, app, overrid
     assert not (tmp_path / "config.yaml").exists() and not (tmp_path / "summary.json").exists()
 
 
-def test_original_commands_and_one_line_errors(tmp_path):
-    """The original project's command line works; a user's mistake is one line, exit 2."""
-    runs = {
-        "ok": ["orth_residual_synthetic_data", "dataset_type=circles", "epochs=1", "n_blocks=1", "n_samples=100",
-               "region_grid=10"],
-        "dataset": ["orth_to_id", "datasets=[spiral]"],
-    }
-    procs = {k: subprocess.Popen([sys.executable, "-m", f"{PKG}.{args[0]}", *args[1:], f"hydra.run.dir={tmp_path / k}",
-                                  "progress=false"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for k, args in runs.items()}
-    for k, proc in procs.items():
-        _, err = proc.communicate(timeout=120)
-        if k == "ok":
-            assert proc.returncode == 0, err
-            assert (tmp_path / k / "summary.json").is_file() and (tmp_path / k / "synthetic_blocks.png").is_file()
-        else:
-            lines = [line for line in err.splitlines() if line.strip()]
-            assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (k, err)
-            assert not (tmp_path / k / "summary.json").exists() and not (tmp_path / k / "config.yaml").exists()
+def test_original_commands_and_one_line_errors(tmp_path, capsys):
+    """The original project's command line works (a fresh interpreter); a user's mistake is
+    one line, exit 2 (orth_to_id's ``main``, what its ``python -m`` runs: tests/test_apps.py
+    reads each module's ``__main__`` guard)."""
+    ok = subprocess.Popen([sys.executable, "-m", f"{PKG}.orth_residual_synthetic_data", "dataset_type=circles",
+                           "epochs=1", "n_blocks=1", "n_samples=100", "region_grid=10",
+                           f"hydra.run.dir={tmp_path / 'ok'}", "progress=false"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:  # while the subprocess starts: the mistake, in this process
+        bad = tmp_path / "dataset"
+        assert orth_to_id.main(["datasets=[spiral]", f"hydra.run.dir={bad}", "progress=false"]) == 2
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        assert not (bad / "summary.json").exists() and not (bad / "config.yaml").exists()
+    finally:
+        _, err = ok.communicate(timeout=120)
+    assert ok.returncode == 0, err
+    assert (tmp_path / "ok" / "summary.json").is_file() and (tmp_path / "ok" / "synthetic_blocks.png").is_file()
     assert {"orth_residual_synthetic_data", "orth_to_id", "construction_validity"} <= set(APPS)
 
 

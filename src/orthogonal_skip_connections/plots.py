@@ -94,11 +94,12 @@ def shared_legend(fig, ax, ncols: int | None = None, loc: str = "outside lower c
     return fig.legend(handles, labels, loc=loc, ncols=ncols or min(len(labels), 5), fontsize="small", **kwargs)
 
 
-def band(ax, x, ys, label=None, color=None, log=False, alpha=0.25):
+def band(ax, x, ys, label=None, color=None, log=False, alpha=0.25, **line_kw):
     """Mean over seeds with a band: ys has shape (seeds, len(x)).
 
     The band is mean +- std on a linear axis, and the geometric mean times/divided by the
-    geometric std on a log axis (so it never crosses zero)."""
+    geometric std on a log axis (so it never crosses zero); ``alpha=0``: no band.
+    ``line_kw``: more ``ax.plot`` keywords for the mean's line (linestyle, linewidth, ...)."""
     ys = np.asarray(ys, dtype=float)
     x = np.asarray(x)
     if log:
@@ -109,19 +110,23 @@ def band(ax, x, ys, label=None, color=None, log=False, alpha=0.25):
     else:
         mid, sd = ys.mean(0), ys.std(0)
         lo, hi = mid - sd, mid + sd
-    (line,) = ax.plot(x, mid, label=label, color=color)
-    if ys.shape[0] > 1:
+    (line,) = ax.plot(x, mid, label=label, color=color, **line_kw)
+    if ys.shape[0] > 1 and alpha > 0:
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=alpha, linewidth=0)
     return line
 
 
-def panels_over_steps(steps_by_panel, series_by_panel, path, ylabel, log=True, title=None, ncols=3):
+def panels_over_steps(steps_by_panel, series_by_panel, path, ylabel, log=True, title=None, ncols=3,
+                      styles: dict | None = None):
     """One panel per key (e.g. per architecture), several curves per panel, each curve a
     mean over seeds with a band (:func:`band`), all panels on one y scale (they are compared)
     and one legend below them when every panel draws the same labels.
 
-    steps_by_panel: {panel: (T,)}; series_by_panel: {panel: {label: (seeds, T)}}.
-    Non-positive values are clipped on a log axis. Returns the PNG path."""
+    steps_by_panel: {panel: (T,)}; series_by_panel: {panel: {label: (seeds, T)}}; styles:
+    label -> extra :func:`band` keywords (curves that coincide stay visible drawn wide under
+    dashed; ``alpha=0``: no band). Non-positive values are clipped on a log axis. Returns the
+    PNG path."""
+    styles = styles or {}
     names = list(series_by_panel)
     ncols = max(1, min(ncols, len(names)))
     nrows = -(-len(names) // ncols)
@@ -130,7 +135,7 @@ def panels_over_steps(steps_by_panel, series_by_panel, path, ylabel, log=True, t
     same_labels = len({tuple(series_by_panel[n]) for n in names}) == 1
     for k, (ax, name) in enumerate(zip(axes.flat, names)):
         for label, ys in series_by_panel[name].items():
-            band(ax, steps_by_panel[name], ys, label=label, log=log)
+            band(ax, steps_by_panel[name], ys, label=label, log=log, **styles.get(label, {}))
         ax.set_title(name)
         ax.set_xlabel("step")
         if k % ncols == 0:

@@ -541,7 +541,8 @@ def test_report_tables_skip_distance_vs_depth(study_dir, tmp_path):
             dist[0], dist[-1] = 1.2 * x, 0.8 * x  # the mean over blocks stays x
             n = m // 3
             skips = [{"name": f"stages.{i // n}.{i % n}.skip", "kind": "learnable_orth", "method": "cayley",
-                      "identity_distance": d} for i, d in enumerate(dist)]
+                      "identity_distance": d, "identity_distance_spectral": 0.5 * d * m ** 0.25}
+                     for i, d in enumerate(dist)]  # the spectral distance planted 0.25 steeper
             metrics = run_json.parent / "metrics.jsonl"
             recs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
             last = max(i for i, r in enumerate(recs) if r["type"] == "eval")
@@ -563,6 +564,9 @@ def test_report_tables_skip_distance_vs_depth(study_dir, tmp_path):
     half = stats.t.ppf(0.975, 1) * np.std(slopes, ddof=1) / np.sqrt(2)
     assert cay["slope"] == pytest.approx(-0.6)
     assert (cay["slope_lo"], cay["slope_hi"]) == pytest.approx((-0.6 - half, -0.6 + half))
+    assert cay["spectral_slope"] == pytest.approx(-0.35)  # each seed's slope + 0.25
+    assert (cay["spectral_slope_lo"], cay["spectral_slope_hi"]) == pytest.approx((-0.35 - half, -0.35 + half))
+    assert np.isnan(rows["identity"]["spectral_slope"])
     assert cay["reference_slope"] == pytest.approx(np.polyfit(np.log(ms), np.log([np.log(m) / m for m in ms]), 1)[0])
     prof = {p["m"]: p for p in out["depth_profiles"][key] if p["variant"] == "learnable_orth/cayley"}
     for m in ms:

@@ -133,7 +133,8 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
                "deep enough net the learned orthogonal skips should approach I. Per skip variant: the final mean "
                "||W_i - I||_F over the blocks (per seed, then mean and 95% t-interval over seeds) and the accuracy "
                "at each depth; the per-seed log-log slope of that distance against m, with its t-interval over "
-               "seeds, beside log(m)/m's slope over the same m (a falling distance has a negative slope).", ""]
+               "seeds, and the same slope for the spectral ||W_i - I||_2 (the theorem's norm), beside log(m)/m's "
+               "slope over the same m (a falling distance has a negative slope).", ""]
         md += depth_markdown(key, table, profiles[key]) + [""]
         fig = depth_figure(key, table, groups, out_dir)
         if fig is not None:

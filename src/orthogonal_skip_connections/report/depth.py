@@ -8,7 +8,8 @@ their preact_ versions; same settings, run.json's labels), ``depth_tables`` lays
 skip variant: the final mean ||W_i - I||_F over the blocks (per seed, then its 95%
 t-interval over seeds) at each depth, with the accuracy beside it (a distance trend from a
 net that did not train means nothing), and the per-seed log-log slope of that mean against
-the number of blocks m, with its t-interval over seeds, next to the slope of log(m)/m over
+the number of blocks m, with its t-interval over seeds (and the same for the spectral
+||W_i - I||_2 of the eval records, the theorem's norm), next to the slope of log(m)/m over
 the same m (about -0.8 over m = 9..54; a rate of m^-p has slope -p). ``profile_rows`` gives
 the per-block profile: first and last block, and the mean per stage (a stage's blocks share
 one width n, and ||W - I||_F of an n x n matrix grows like sqrt(n), so stages are compared
@@ -82,7 +83,28 @@ def _per_run(r: RunRecord) -> dict | None:
         return None
     return {"m": len(skips), "seed": r.labels["seed"], "acc": r.summary.get("test_acc"),
             "names": [s.get("name", "") for s in skips],
-            "dist": [s.get("identity_distance") for s in skips]}
+            "dist": [s.get("identity_distance") for s in skips],
+            "spectral": [s.get("identity_distance_spectral") for s in skips]}
+
+
+def _seed_means(ps: list[dict], key: str) -> dict[int, dict]:
+    """m -> {seed: mean over the blocks of ``key``} for runs whose every block has it."""
+    out: dict[int, dict] = {}
+    for p in ps:
+        d = [x for x in p[key] if x is not None]
+        if d and len(d) == len(p[key]):
+            out.setdefault(p["m"], {})[p["seed"]] = float(np.mean(d))
+    return out
+
+
+def _slopes(dist: dict[int, dict]) -> list[float]:
+    """The per-seed log-log slopes of the distance against m, for the seeds present at every m."""
+    ms = sorted(dist)
+    if len(ms) < 2:
+        return []
+    seeds = sorted(set.intersection(*[set(dist[m]) for m in ms]))
+    slopes = [loglog_slope(ms, [dist[m][seed] for m in ms], floor=1e-12) for seed in seeds]
+    return [x for x in slopes if x is not None]
 
 
 def depth_tables(groups: dict[str, list[RunRecord]]) -> dict[str, list[dict]]:
@@ -98,13 +120,10 @@ def depth_tables(groups: dict[str, list[RunRecord]]) -> dict[str, list[dict]]:
         rows = []
         for variant in _variant_order([v for v, _ in per]):
             ps = [p for v, p in per if v == variant]
-            dist = {}  # m -> {seed: mean distance}
+            dist = _seed_means(ps, "dist")  # m -> {seed: mean distance}
             acc = {}
             for p in ps:
                 acc.setdefault(p["m"], {})[p["seed"]] = p["acc"]
-                d = [x for x in p["dist"] if x is not None]
-                if d and len(d) == len(p["dist"]):
-                    dist.setdefault(p["m"], {})[p["seed"]] = float(np.mean(d))
             has = bool(dist)
             cells = []
             for m in ms:
@@ -112,16 +131,14 @@ def depth_tables(groups: dict[str, list[RunRecord]]) -> dict[str, list[dict]]:
                 am, alo, ahi = t_interval(list(acc.get(m, {}).values()))
                 cells.append({"m": m, "seeds": len(acc.get(m, {})), "dist_mean": dm, "dist_lo": dlo, "dist_hi": dhi,
                               "acc_mean": am, "acc_lo": alo, "acc_hi": ahi})
-            slopes = []
             dms = [m for m in ms if m in dist]
-            if has and len(dms) >= 2:
-                for seed in sorted(set.intersection(*[set(dist[m]) for m in dms])):
-                    s = loglog_slope(dms, [dist[m][seed] for m in dms], floor=1e-12)
-                    if s is not None:
-                        slopes.append(s)
+            slopes = _slopes(dist)
             sm, slo, shi = t_interval(slopes) if slopes else (math.nan,) * 3
+            spectral = _slopes(_seed_means(ps, "spectral"))  # ||I - W_i||_2, the theorem's own norm
+            pm, plo, phi = t_interval(spectral) if spectral else (math.nan,) * 3
             rows.append({"group": key, "variant": variant, "ms": ms, "cells": cells, "has_matrix": has,
                          "slope": sm, "slope_lo": slo, "slope_hi": shi, "slope_seeds": len(slopes),
+                         "spectral_slope": pm, "spectral_slope_lo": plo, "spectral_slope_hi": phi,
                          "reference_slope": loglog_slope(dms, [reference_rate(m) for m in dms]) if len(dms) >= 2
                          else None})
         out[key] = rows
@@ -186,14 +203,15 @@ def depth_markdown(key: str, table: list[dict], profile: list[dict]) -> list[str
     per variant; then the per-block profile."""
     ms = table[0]["ms"]
     lines = ["| skip | " + " | ".join(f"m = {m}: ‖W − I‖_F [95% CI] · acc %" for m in ms)
-             + " | log-log slope vs m [95% CI] | log(m)/m's slope | with depth |",
-             "|---|" + "---|" * len(ms) + "---|---|---|"]
+             + " | log-log slope vs m [95% CI] | spectral ‖W − I‖₂'s slope | log(m)/m's slope | with depth |",
+             "|---|" + "---|" * len(ms) + "---|---|---|---|"]
     for t in table:
         cells = [f"{_ci(c['dist_mean'], c['dist_lo'], c['dist_hi'])} · {_ci(c['acc_mean'], math.nan, math.nan)}"
                  f" (n={c['seeds']})" for c in t["cells"]]
         ref = "–" if t["reference_slope"] is None else f"{t['reference_slope']:+.2f}"
         slope = _ci(t["slope"], t["slope_lo"], t["slope_hi"], "+.2f") if t["has_matrix"] else "–"
-        lines.append(f"| {t['variant']} | " + " | ".join(cells) + f" | {slope} | {ref} | {_trend(t)} |")
+        spectral = _ci(t["spectral_slope"], t["spectral_slope_lo"], t["spectral_slope_hi"], "+.2f")
+        lines.append(f"| {t['variant']} | " + " | ".join(cells) + f" | {slope} | {spectral} | {ref} | {_trend(t)} |")
     if profile:
         n_stages = max(len(p["stages"]) for p in profile)
         lines += ["", "Per-block profile (mean over seeds of ||W_i - I||_F; a stage's blocks share one width, "

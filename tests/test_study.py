@@ -578,6 +578,13 @@ def test_report_tables_skip_distance_vs_depth(study_dir, tmp_path):
     md = (tmp_path / "report" / "report.md").read_text()
     assert f"## Skip distance vs depth: {key}" in md
     assert "no clear trend" in md  # two seeds: the slope's t-interval (1 dof) holds 0
+    assert "read the trend with care" not in md  # every depth trained alike (the same copied runs)
+    for path in (tmp_path / "runs" / "resnet56").rglob("summary.json"):  # the deepest net "did not train"
+        summary = json.loads(path.read_text())
+        summary["test_acc"] -= 50.0
+        path.write_text(json.dumps(summary))
+    md = build_report([tmp_path / "runs"], tmp_path / "untrained")["report"].read_text()
+    assert md.count("m = 27 to") == 1 and "read the trend with care" in md  # cayley's row (identity, zero: no matrix)
     assert (tmp_path / "report" / "skip_distance_vs_depth_digits_resnet_20_32_56.png").is_file()
     alone = build_report([tmp_path / "runs" / "resnet20"], tmp_path / "alone")
     assert alone["depth_tables"] == {}

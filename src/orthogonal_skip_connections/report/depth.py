@@ -145,8 +145,28 @@ def depth_tables(groups: dict[str, list[RunRecord]]) -> dict[str, list[dict]]:
     return out
 
 
+# accuracy points below the variant's best depth from which a depth counts as not trained
+UNTRAINED_GAP = 10.0
+
+
+def _untrained(t: dict) -> str:
+    """'; m = 27 trained to 44% (best depth 98%): read the trend with care' for the depths whose
+    mean accuracy is UNTRAINED_GAP points or more below the best depth's, else ''."""
+    accs = {c["m"]: c["acc_mean"] for c in t["cells"] if not math.isnan(c["acc_mean"])}
+    if not accs:
+        return ""
+    best = max(accs.values())
+    low = [f"m = {m} to {a:.0f}%" for m, a in accs.items() if a <= best - UNTRAINED_GAP]
+    return f"; {', '.join(low)} (best depth {best:.0f}%): read the trend with care" if low else ""
+
+
 def _trend(t: dict) -> str:
-    """falls / rises with depth where the slope's interval excludes 0, else no clear trend."""
+    """falls / rises with depth where the slope's interval excludes 0, else no clear trend;
+    with a caveat where a depth trained far worse than the best (:func:`_untrained`)."""
+    return _direction(t) + (_untrained(t) if t["has_matrix"] else "")
+
+
+def _direction(t: dict) -> str:
     if not t["has_matrix"]:
         return "no skip matrix"
     if math.isnan(t["slope_hi"]):

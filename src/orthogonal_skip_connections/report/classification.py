@@ -49,6 +49,7 @@ class RunRecord:
     labels: dict
     summary: dict | None
     evals: list[dict] = field(default_factory=list)  # (epoch, test_acc, identity_distance) of metrics.jsonl
+    skips: list[dict] | None = None  # the per-skip rows (name, identity_distance, ...) of its last eval listing them
 
     @property
     def status(self) -> str:
@@ -92,7 +93,7 @@ def find_runs(paths: list[Path]) -> tuple[list[RunRecord], list[Path]]:
                     raise UserError(f"{d / RUN}: its labels lack {', '.join(missing)} (a run dir of another "
                                     f"version?); move it out of the dirs given to osc report")
                 _check_types(d, labels, summary)
-                runs.append(RunRecord(d, labels, summary, _evals(d / "metrics.jsonl")))
+                runs.append(RunRecord(d, labels, summary, *_evals(d / "metrics.jsonl")))
             elif summary is not None and meta.get("app") != "study":
                 seen.add(d.resolve())
                 others.append(d)
@@ -181,12 +182,13 @@ def _read_object(path: Path) -> dict:
     return obj
 
 
-def _evals(path: Path) -> list[dict]:
+def _evals(path: Path) -> tuple[list[dict], list[dict] | None]:
     """epoch, test_acc and identity_distance (the mean ||W - I||_F of the run's skip matrices,
-    None for kinds without one) of the eval records of metrics.jsonl (a corrupt line is one line)."""
-    evals = []
+    None for kinds without one) of the eval records of metrics.jsonl (a corrupt line is one line),
+    and the per-skip rows of the last eval record that lists them (None if none does)."""
+    evals, skips = [], None
     if not path.exists():
-        return evals
+        return evals, skips
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -196,9 +198,11 @@ def _evals(path: Path) -> list[dict]:
                 distance = rec.get("skip_identity_distance_mean")
                 evals.append({"epoch": int(rec["epoch"]), "test_acc": float(rec["test_acc"]),
                               "identity_distance": None if distance is None else float(distance)})
+                if isinstance(rec.get("skips"), list):
+                    skips = rec["skips"]
         except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
             raise UserError(f"{path}, line {n}: not an evaluation record of this version") from None
-    return evals
+    return evals, skips
 
 
 def _target_acc(runs: list[RunRecord]) -> float | None:

@@ -15,13 +15,13 @@ the per-block profile: first and last block, and the mean per stage (a stage's b
 one width n, and ||W - I||_F of an n x n matrix grows like sqrt(n), so stages are compared
 only among themselves across depths).
 
-m is the number of skips a run's last evaluation lists (metrics.jsonl's ``skips``: one per
-residual block, 3 (depth - 2) / 6 for the CIFAR ResNets).
+m is the number of skips a run's last evaluation lists (metrics.jsonl's ``skips``, read by
+``find_runs`` into ``RunRecord.skips``: one per residual block, 3 (depth - 2) / 6 for the CIFAR
+ResNets).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -33,27 +33,10 @@ from ..models.resnet import CIFAR_DEPTHS, PREACT_CIFAR_DEPTHS
 from ..plots import loglog_rates, plt, savefig
 from .classification import RunRecord, _variant_order, t_interval
 
-__all__ = ["final_skips", "depth_groups", "depth_tables", "profile_rows", "depth_markdown", "depth_figure"]
+__all__ = ["depth_groups", "depth_tables", "profile_rows", "depth_markdown", "depth_figure"]
 
 _FAMILY = {**{k: ("resnet", v) for k, v in CIFAR_DEPTHS.items()},
            **{k: ("preact_resnet", v) for k, v in PREACT_CIFAR_DEPTHS.items()}}
-
-
-def final_skips(path: Path) -> list[dict] | None:
-    """The per-skip rows (name, identity_distance, ...) of the last eval record of a run's
-    metrics.jsonl that has them; None when none has (an older run, or no metrics)."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    last = None
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # find_runs has read this file already and named a corrupt line
-        if isinstance(rec, dict) and rec.get("type") == "eval" and isinstance(rec.get("skips"), list):
-            last = rec["skips"]
-    return last
 
 
 def depth_groups(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
@@ -78,7 +61,7 @@ def depth_groups(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
 
 def _per_run(r: RunRecord) -> dict | None:
     """m, the per-block distances (None for a block without a matrix) and the accuracy of one run."""
-    skips = final_skips(r.path / "metrics.jsonl")
+    skips = r.skips  # read with the run (find_runs)
     if not skips:
         return None
     return {"m": len(skips), "seed": r.labels["seed"], "acc": r.summary.get("test_acc"),

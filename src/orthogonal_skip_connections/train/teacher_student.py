@@ -381,13 +381,11 @@ def train(
         raise ValueError(f"need at least one architecture; allowed: {', '.join(ARCHS)}")
     dtype, device = cfg.torch_dtype, torch.device(cfg.device)
     S, B, d = len(seeds), cfg.batch_size, cfg.d
+    if start is not None:  # the architectures and their teachers, before any data is drawn
+        check_start(archs, cfg, seeds, start)
     gens = [seed_generator(s, "data") for s in seeds]
     X_train = sample_inputs(gens, cfg.n_train, d, dtype=dtype).to(device) if cfg.n_train else None  # (S, d, N)
     X_test = sample_inputs(gens, cfg.n_test, d, dtype=dtype).to(device)  # (S, d, n_test)
-    if start is not None and set(start) != {a.name for a in arch_list}:
-        raise ValueError(f"start weights for {', '.join(sorted(start))}; expected {', '.join(a.name for a in arch_list)}")
-    if start is not None:  # teachers drawn in a fixed order per seed: check before drawing any data
-        check_start(archs, cfg, seeds, start)
     runs = [_Run(a, cfg, seeds, X_train, X_test, None if start is None else start[a.name]) for a in arch_list]
     # one optimiser over every architecture: torch's per-step overhead (tens of us, as
     # much as the maths of one small architecture) is paid once per step, and the update

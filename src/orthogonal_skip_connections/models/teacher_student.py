@@ -221,8 +221,9 @@ def seed_generator(seed: int, stream: str, device: torch.device | str = "cpu") -
 
 def sample_inputs(gens: Sequence[torch.Generator], n: int, d: int, *batch: int, dtype=torch.float64) -> Tensor:
     """n inputs x ~ N(0, I_d) per seed, drawn seed by seed on the CPU, as columns:
-    (S, *batch, d, n)."""
-    return torch.stack([torch.randn(*batch, n, d, generator=g, dtype=dtype).mT for g in gens]).contiguous()
+    (S, *batch, d, n). Drawn in float32 whatever ``dtype`` (torch's draws differ by dtype),
+    so a float64 run sees the float32 run's inputs, exactly, and the two compare."""
+    return torch.stack([torch.randn(*batch, n, d, generator=g, dtype=torch.float32).mT for g in gens]).to(dtype).contiguous()
 
 
 def init_weights(

@@ -198,7 +198,7 @@ def test_baked_copy_computes_the_same_without_upkeep_and_pickles(method):
     assert not any(parametrize.is_parametrized(m) for m in baked.modules())
     assert retracted_parameters(baked) == [] and not is_batching(baked)
     skips = [s for s in baked.modules() if isinstance(s, OrthogonalSkip)]
-    assert len(skips) == 9
+    assert len(skips) == 9 and {s.upkeep for s in skips} == {"none"}
     for W in [s.weight for s in skips] + [baked[1].weight]:
         assert type(W) is torch.nn.Parameter and float(O.orth_error(W.detach())) < 1e-5
     with torch.no_grad():

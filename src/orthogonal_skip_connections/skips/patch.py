@@ -99,10 +99,10 @@ def baked_copy(model: nn.Module) -> nn.Module:
     holding its current value: each parametrized tensor (``cayley``, ``exp``, ``householder``
     skips and weights, and any other torch parametrization) is W = B phi(A) computed once,
     each retracted matrix (``steepest``, ``svd``, ``qr``, ``newton_schulz``) is unmarked,
-    and no batched upkeep runs. It computes what ``model`` computes, without the upkeep, and
-    goes where a parametrized model cannot: ``torch.save(copy)`` (torch refuses to pickle a
-    parametrized module), ``torch.export``, and plain torch optimisers (its W's are then free
-    matrices, as a ``linear`` skip's). ``model`` is left as it was."""
+    and no batched upkeep runs. It computes what ``model`` computes without recomputing any W,
+    and goes where a constrained model cannot: ``torch.save(copy)`` (torch refuses to pickle a
+    parametrized module) and plain torch optimisers (its W's are then free matrices, as a
+    ``linear`` skip's). ``model`` is left as it was."""
     out = copy.deepcopy(model)
     batch_upkeep(out, enabled=False)
     for module in list(out.modules()):
@@ -117,6 +117,6 @@ def baked_copy(model: nn.Module) -> nn.Module:
             for name, (value, requires_grad) in values.items():
                 module.register_parameter(name, nn.Parameter(value, requires_grad=requires_grad))
         module.__dict__.pop(_MODULE_MARKS, None)  # the record; deepcopy left the parameters unmarked
-        if isinstance(module, Skip) and getattr(module, "upkeep", None) is not None:
-            module.upkeep = "baked"  # OrthogonalSkip: W is read as is, and shared with no other skip
+        if isinstance(module, Skip):
+            module.upkeep = "none"  # the contract's word for a W kept by nothing: read as is, shared with no skip
     return out

@@ -512,6 +512,43 @@ def test_population_hessian_at_the_teacher_is_flat_exactly_along_the_symmetries(
     assert float(reduced.min()) > 1e-5 * top
 
 
+
+@pytest.mark.parametrize("arch_name,output", [("sum_modified", "sum"), ("orth_resnet", "vector")])
+def test_balanced_rescales_units_without_changing_f(arch_name, output):
+    arch, d = ts.ARCHS[arch_name], 4
+    student = ts.init_weights(arch, d, [ts.seed_generator(s, "data") for s in (0, 1)], "small", orth_init="haar")
+    b = tsa.balanced(arch, student, output)
+    X = torch.randn(2, d, 50, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(ts.predict(arch, b, X, output), ts.predict(arch, student, X, output))
+    na = torch.linalg.vector_norm(ts.effective_first_layer(arch, b), dim=-2)
+    nv = torch.linalg.vector_norm(ts.output_weights(arch, b, output), dim=-1)
+    torch.testing.assert_close(na, nv)
+    assert float((na - torch.linalg.vector_norm(ts.effective_first_layer(arch, student), dim=-2)).abs().max()) > 0.1
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.parametrize("arch_name,balance", [("sum_modified", False), ("orth_resnet", True)])
+def test_newton_reaches_the_teacher_from_near_it(arch_name, balance):
+    """Started 0.05 away from the teacher (permuted, rescaled), Newton across the symmetry
+    orbits ends on the teacher's orbit: population loss 0 and aligned distance 0 (the
+    teacher is the oracle), quadratically (few steps, from a gradient that was not small)."""
+    arch, d = ts.ARCHS[arch_name], 4
+    teacher = ts.init_weights(arch, d, [ts.seed_generator(3, "model")], "uniform", orth_init="haar")
+    student = _permuted_rescaled(arch, teacher, np.array([1, 3, 0, 2]), torch.tensor([0.5, 2.0, 1.0, 1.5], dtype=torch.float64))
+    g = torch.Generator().manual_seed(1)
+    n = tsa.population_hessian(arch, student, teacher, "sum").gradient.shape[-1]
+    x = torch.randn(1, n, generator=g, dtype=torch.float64)
+    start = tsa.population_chart(arch, student, 0.05 * x / x.norm())
+    cp = tsa.newton_critical_point(arch, start, teacher, "sum", steps=8, balance=balance)
+    norms = cp.gradient_norms[0]
+    done = norms[~norms.isnan()]
+    scale = float(tsa.population_loss(arch, {k: 0 * w for k, w in teacher.items()}, teacher, "sum")[0])
+    assert float(done[0]) > 1e-3 * scale and float(done[-1]) < 1e-13 * scale and len(done) <= 7, done
+    assert float(tsa.population_loss(arch, cp.params, teacher, "sum")[0]) < 1e-13 * scale
+    assert tsa.aligned_distances(arch, cp.params, teacher, "sum")[0] < 1e-6
+    if "Q" in cp.params:
+        torch.testing.assert_close(cp.params["Q"][0] @ cp.params["Q"][0].mT, torch.eye(d, dtype=torch.float64))
+
 def test_closest_unit_angle():
     A = torch.eye(4, dtype=torch.float64)
     A[:, 1] = torch.tensor([math.cos(math.radians(30)), math.sin(math.radians(30)), 0, 0]) * 2.5

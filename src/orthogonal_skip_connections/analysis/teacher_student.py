@@ -15,7 +15,11 @@ measured exactly by :func:`population_loss`: E ||f(x) - f*(x)||^2 over x ~ N(0, 
 closed form (the degree-1 arc-cosine kernel), the limit of the test loss as n_test grows.
 :func:`closest_unit_angle` gives the smallest angle between two of the teacher's hidden units:
 two near-collinear teacher units leave the loss almost flat along the directions that
-tell them apart (``notes/teacher_student_findings.md``, finding 3).
+tell them apart (``notes/teacher_student_findings.md``, finding 3). Its gradient and Hessian
+across the symmetry orbits are :func:`population_hessian`'s; :func:`newton_critical_point`
+refines a trained student to the critical point it sits near (a minimum or a saddle), and
+:func:`balanced` picks the representative of a student's rescaling orbit with
+|incoming| = |outgoing| weights per unit.
 
 A run's final numbers, means and spreads over seeds with their verdicts (fits, recovered,
 recovered up to symmetry), come from :func:`summarize`.
@@ -47,6 +51,10 @@ __all__ = [
     "population_loss",
     "PopulationHessian",
     "population_hessian",
+    "population_chart",
+    "CriticalPoint",
+    "balanced",
+    "newton_critical_point",
     "closest_unit_angle",
     "summarize",
 ]
@@ -249,11 +257,46 @@ def _symmetry_generators(arch: Arch, p: dict[str, Tensor], output: str, blocks: 
 
 
 def _skew(s: Tensor, d: int) -> Tensor:
-    """sum_{i<j} s_ij (E_ij - E_ji) / sqrt(2), s in torch.triu_indices(d, d, 1) order: ||S||_F = ||s||."""
+    """sum_{i<j} s_ij (E_ij - E_ji) / sqrt(2), s (..., d (d - 1) / 2) in torch.triu_indices(d, d, 1)
+    order: (..., d, d), ||S||_F = ||s||."""
     i, j = torch.triu_indices(d, d, 1)
-    S = torch.zeros(d, d, dtype=s.dtype, device=s.device)
-    S[i, j] = s / math.sqrt(2)
+    S = torch.zeros(*s.shape[:-1], d, d, dtype=s.dtype, device=s.device)
+    S[..., i, j] = s / math.sqrt(2)
     return S - S.mT
+
+
+def _chart_blocks(arch: Arch, params: dict[str, Tensor]) -> dict[str, slice]:
+    """The coordinates of each weight in population_hessian's chart, in ``arch.params`` order."""
+    blocks, start = {}, 0
+    for nm in arch.params:
+        d = params[nm].shape[-1]
+        size = d * (d - 1) // 2 if nm == "Q" else params[nm][0].numel()
+        blocks[nm] = slice(start, start + size)
+        start += size
+    return blocks
+
+
+def _chart(arch: Arch, params: dict[str, Tensor], x: Tensor, blocks: dict[str, slice]) -> dict[str, Tensor]:
+    """The weights at coordinates x (S, n) of population_hessian's chart around params (S, ...):
+    W + x_W for the Euclidean weights, Q exp(S(x_Q)) for Q."""
+    out = {}
+    for nm in arch.params:
+        w, xb = params[nm], x[..., blocks[nm]]
+        if nm == "Q":
+            out[nm] = w @ torch.linalg.matrix_exp(_skew(xb, w.shape[-1]))
+        else:
+            out[nm] = w + xb.reshape(w.shape)
+    return out
+
+
+def population_chart(arch: str | Arch, params: dict[str, Tensor], x: Tensor) -> dict[str, Tensor]:
+    """The student at coordinates x (S, n) of :func:`population_hessian`'s chart around
+    ``params``: W + x_W for W, W1 and W2, Q exp(S(x_Q)) for Q (x = 0 gives ``params``).
+    A step taken in the coordinates of a :class:`PopulationHessian`, e.g. along one of its
+    eigenvectors, lands here."""
+    arch = as_arch(arch)
+    p = {nm: params[nm].double() for nm in arch.params}
+    return _chart(arch, p, x.double(), _chart_blocks(arch, p))
 
 
 def population_hessian(arch: str | Arch, params: dict[str, Tensor], teacher: dict[str, Tensor],
@@ -279,29 +322,95 @@ def population_hessian(arch: str | Arch, params: dict[str, Tensor], teacher: dic
     """
     arch = as_arch(arch)
     names = arch.params
-    sizes = {nm: (params[nm].shape[-1] * (params[nm].shape[-1] - 1) // 2 if nm == "Q" else params[nm][0].numel())
-             for nm in names}
-    blocks, start = {}, 0
-    for nm in names:
-        blocks[nm] = slice(start, start + sizes[nm])
-        start += sizes[nm]
-    n = start
+    blocks = _chart_blocks(arch, params)
+    n = blocks[names[-1]].stop
     grads, hessians, syms = [], [], []
     for s in range(params[names[0]].shape[0]):
-        p = {nm: params[nm][s].detach().double().cpu() for nm in names}
+        p = {nm: params[nm][s:s + 1].detach().double().cpu() for nm in names}
         tea = {nm: w[s:s + 1].detach().double().cpu() for nm, w in teacher.items()}
 
-        def loss(theta: Tensor) -> Tensor:
-            w = {nm: (p[nm] @ torch.linalg.matrix_exp(_skew(theta[blocks[nm]], p[nm].shape[-1])) if nm == "Q"
-                      else theta[blocks[nm]].reshape(p[nm].shape))[None] for nm in names}
-            return population_loss(arch, w, tea, output).sum()
+        def loss(x: Tensor) -> Tensor:
+            return population_loss(arch, _chart(arch, p, x[None], blocks), tea, output).sum()
 
-        theta0 = torch.cat([torch.zeros(sizes[nm], dtype=torch.float64) if nm == "Q" else p[nm].flatten() for nm in names])
-        grads.append(torch.func.grad(loss)(theta0))
-        hessians.append(torch.func.hessian(loss)(theta0))
+        x0 = torch.zeros(n, dtype=torch.float64)
+        grads.append(torch.func.grad(loss)(x0))
+        hessians.append(torch.func.hessian(loss)(x0))
+        p = {nm: w[0] for nm, w in p.items()}
         G = _symmetry_generators(arch, p, output, blocks, n)
         syms.append(torch.linalg.svd(G, full_matrices=False).U if G.shape[1] else G)
     return PopulationHessian(blocks, torch.stack(grads), torch.stack(hessians), torch.stack(syms))
+
+
+@dataclass(frozen=True)
+class CriticalPoint:
+    """Where :func:`newton_critical_point` ended, per seed."""
+
+    params: dict[str, Tensor]  # the student's weights there, (S, ...) float64
+    hessian: PopulationHessian  # at params
+    gradient_norms: Tensor  # (S, steps + 1): |gradient off the symmetries| before each step; nan after a seed stopped
+
+
+def balanced(arch: str | Arch, params: dict[str, Tensor], output: str) -> dict[str, Tensor]:
+    """The same student with each hidden unit rescaled (a_j -> c a_j, W2[j] -> W2[j] / c,
+    c > 0) to |a_j| = |V_j|, V = :func:`output_weights` (W2 1 for a summed output): f is
+    unchanged. Gradient flow conserves |a_j|^2 - |W2[j]|^2 (Du, Hu & Lee 2018), so a unit that
+    starts with |a_j| ~ 1 and a small W2[j] stays unbalanced; its direction then turns at a
+    rate proportional to |V_j| / |a_j|. Units with a_j = 0 or V_j = 0 are left as they are;
+    one-layer architectures (no output weights to trade against) are returned unchanged."""
+    arch = as_arch(arch)
+    if not arch.two_layer:
+        return dict(params)
+    A = effective_first_layer(arch, params)
+    na, nv = torch.linalg.vector_norm(A, dim=-2), torch.linalg.vector_norm(output_weights(arch, params, output), dim=-1)
+    ok = (na > 0) & (nv > 0)
+    c = torch.where(ok, (nv / torch.where(ok, na, 1.0)).sqrt(), 1.0)  # (S, m)
+    out = dict(params)
+    out["W1"] = A * c[..., None, :] + (params["W1"] - A)  # W1 = A (- I)
+    out["W2"] = params["W2"] / c[..., :, None]
+    return out
+
+
+def newton_critical_point(arch: str | Arch, params: dict[str, Tensor], teacher: dict[str, Tensor], output: str,
+                          steps: int = 20, tol: float = 1e-14, balance: bool = False) -> CriticalPoint:
+    """Newton's method for a critical point of :func:`population_loss`, across the symmetry
+    orbits, seed by seed.
+
+    Each step solves (U^T H U) y = -U^T g and moves to x = U y in :func:`population_hessian`'s
+    chart (:func:`population_chart`), U an orthonormal basis of the complement of the listed
+    symmetries: the symmetry directions are flat at a critical point, so H is singular
+    along them and the step leaves them out. Plain Newton, no line search: it converges
+    quadratically to a nondegenerate critical point of any index (a saddle as well as a
+    minimum) when started close enough, and it may wander or diverge elsewhere, e.g. near a
+    dead unit, whose flat directions are not listed; ``gradient_norms`` shows which
+    happened. A seed stops once |U^T g| <= tol * ||H||_2 (the gradient a displacement of
+    tol makes; round-off leaves ~1e-16 of E[f*^2]) or after ``steps`` steps.
+
+    With ``balance``, every step starts from the :func:`balanced` representative of the
+    current point's rescaling orbit (same f): Newton in the quotient by the rescalings. Without
+    it, a unit with a small output weight can slide along its orbit (|a_j| -> infinity,
+    V_j -> 0) while f converges, and the coordinates degenerate.
+    """
+    arch = as_arch(arch)
+    S = params[arch.params[0]].shape[0]
+    out, norms = {nm: [] for nm in arch.params}, torch.full((S, steps + 1), math.nan, dtype=torch.float64)
+    for s in range(S):
+        p = {nm: params[nm][s:s + 1].detach().double().cpu() for nm in arch.params}
+        tea = {nm: w[s:s + 1].detach().double().cpu() for nm, w in teacher.items()}
+        for k in range(steps + 1):
+            if balance:
+                p = balanced(arch, p, output)
+            h = population_hessian(arch, p, tea, output)
+            r = h.symmetries.shape[-1]
+            U = torch.linalg.svd(h.symmetries[0], full_matrices=True).U[:, r:]  # (n, n - r)
+            g = U.mT @ h.gradient[0]
+            norms[s, k] = g.norm()
+            if k == steps or norms[s, k] <= tol * torch.linalg.matrix_norm(h.hessian[0], 2):
+                break
+            p = population_chart(arch, p, (U @ torch.linalg.solve(U.mT @ h.hessian[0] @ U, -g))[None])
+        for nm in arch.params:
+            out[nm].append(p[nm])
+    final = {nm: torch.cat(w) for nm, w in out.items()}
+    return CriticalPoint(final, population_hessian(arch, final, teacher, output), norms)
 
 
 def closest_unit_angle(arch: str | Arch, teacher: dict[str, Tensor]) -> Tensor:

@@ -515,21 +515,27 @@ def curves_figure(task: str, runs: list[RunRecord], out_dir: Path, modes: bool =
     """``key`` (test accuracy, or the skip matrices' mean distance from I) over epochs, one band
     per skip variant of the ``add`` runs, or with ``modes`` one band per (residual mode, skip
     variant) arm of every run; arms without the measure (no skip matrix) are left out."""
+    shown = [r for r in runs if r.task == task and r.status == "completed" and r.evals
+             and (modes or r.residual_mode == "add")]
     by_arm: dict[tuple[str, str], list[RunRecord]] = {}
-    for r in runs:
-        if (r.task == task and r.status == "completed" and r.evals and (modes or r.residual_mode == "add")
-                and all(e[key] is not None for e in r.evals)):
+    for r in shown:
+        if all(e[key] is not None for e in r.evals):
             by_arm.setdefault((r.residual_mode, r.variant), []).append(r)
     if not by_arm:
         return None
     ylabel, what, prefix = CURVES[key]
     fig, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
-    mode_order, variant_order = _mode_order([a[0] for a in by_arm]), _variant_order([a[1] for a in by_arm])
-    for arm in sorted(by_arm, key=lambda a: (mode_order.index(a[0]), variant_order.index(a[1]))):
+    # colours by the arm's place among all the task's arms, so an arm has one colour in the accuracy
+    # and the distance figure (which leaves out arms without a skip matrix, identity among them)
+    arms = {(r.residual_mode, r.variant) for r in shown}
+    mode_order, variant_order = _mode_order([a[0] for a in arms]), _variant_order([a[1] for a in arms])
+    arms = sorted(arms, key=lambda a: (mode_order.index(a[0]), variant_order.index(a[1])))
+    for arm in [a for a in arms if a in by_arm]:
         group = by_arm[arm]
         epochs = sorted(set.intersection(*[{e["epoch"] for e in r.evals} for r in group]))
         ys = [[next(e[key] for e in r.evals if e["epoch"] == ep) for ep in epochs] for r in group]
-        band(ax, epochs, ys, label=f"{' / '.join(arm) if modes else arm[1]} (n={len(group)})")
+        band(ax, epochs, ys, label=f"{' / '.join(arm) if modes else arm[1]} (n={len(group)})",
+             color=f"C{arms.index(arm) % 10}")
     ax.set_xlabel("epoch")
     integer_ticks(ax.xaxis)
     ax.set_ylabel(ylabel)

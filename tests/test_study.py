@@ -73,6 +73,11 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
         if r["p_value"]:
             assert float(r["p_value"]) <= float(r["p_holm"]) <= 1.0 and int(r["comparisons"]) >= 1
     assert any(r["p_holm"] for r in arms)
+    # the threshold of "epochs to X%", per task: in comparisons.csv beside epochs_to_target, and said in the report
+    for task in {r["task"] for r in rows}:
+        target = {r["target_acc"] for r in rows if r["task"] == task}
+        assert len(target) == 1 and {r["target_acc"] for r in arms if r["task"] == task} == target
+        assert f"Epochs to {float(target.pop()):.0f}%: mean over seeds of the first epoch" in md
     assert "## construction_validity" in md  # the synthetic part runs all three synthetic apps
     assert "## Residual modes: digits/preact_resnet20" in md and "| rotation/channel | identity | 2/2 |" in md
     assert "data:image/png;base64," in (study_dir / "report.html").read_text()
@@ -394,6 +399,19 @@ def test_smallest_detectable_difference():
     md = "\n".join(table_markdown(table))
     assert "100.00†]" in md and "clipped" in md  # identity's interval passes 100 and is cut there
     assert "(1.00–1.00)" in md  # step-time ratio per seed, paired with identity
+
+
+def test_epochs_to_target_note_names_its_threshold():
+    """The "epochs to X%" column's note says what X is: 95% of identity's mean final accuracy,
+    or of all completed runs' when no identity run completed (an `osc report` of one kind)."""
+    from orthogonal_skip_connections.report import task_tables
+    from orthogonal_skip_connections.report.classification import table_markdown
+
+    with_identity = "\n".join(table_markdown(task_tables(_arm_rows("identity", [95, 96]) +
+                                                         _arm_rows("zero", [90, 91]))["t"]))
+    assert "| epochs to 90% |" in with_identity and "reached 90%, 95% of identity's mean final accuracy" in with_identity
+    alone = "\n".join(table_markdown(task_tables(_arm_rows("zero", [90, 91], target=86))["t"]))
+    assert "reached 86%, 95% of the mean final accuracy of all completed runs (no identity run" in alone
 
 
 def test_a_paired_difference_interval_is_clipped_at_100_points():

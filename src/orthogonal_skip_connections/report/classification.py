@@ -450,6 +450,12 @@ def table_markdown(table: list[dict]) -> list[str]:
             f"{_fmt(t['acc_mean'])} ± {_fmt(t['acc_std'])} | {ci} | {step} | {reach} | "
             f"{_fmt(t['identity_distance'], '.3f')} | {diff} |"
         )
+    if target is not None:  # the column's threshold is computed (_target_acc): say from what
+        of = (f"95% of {base}'s mean final accuracy" if any(t["verdict"] == "baseline" and t["completed"]
+                                                            for t in table)
+              else f"95% of the mean final accuracy of all completed runs (no {base} run completed)")
+        lines += ["", f"Epochs to {target:.0f}%: mean over seeds of the first epoch whose test accuracy reached "
+                      f"{target:.0f}%, {of}, rounded down; – where a seed never reached it."]
     if any(any(t.get("acc_ci_clipped", ())) or any(t.get("diff_ci_clipped", ())) for t in table):
         lines += ["", "† the t-interval reached past 100% (or below 0%) and is clipped there; for a difference, past "
                       "±100 points."]

@@ -116,10 +116,14 @@ def test_study_has_landscape_of_its_own_runs_and_two_stage(study_dir):
         assert f"]({fig})" in md and (study_dir / fig).is_file(), fig
 
 
-def test_study_rerun_keeps_completed_runs(study_dir):
+def test_study_rerun_keeps_completed_runs(study_dir, capsys):
     before = {p: p.stat().st_mtime_ns for p in (study_dir / "classification").rglob("summary.json")}
     study.main.run(compose_config("study", [*TINY, "resume=true"]), study_dir)
     assert before == {p: p.stat().st_mtime_ns for p in (study_dir / "classification").rglob("summary.json")}
+    # each part is named on stdout as it starts, in the order it runs
+    parts = [line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines() if line.startswith("study, part ")]
+    assert parts == ["classification", "residual_modes", "teacher_student", "orth_to_id",
+                     "orth_residual_synthetic_data", "construction_validity", "loss_landscape", "two_stage"]
 
 
 def test_report_from_run_dirs_matches_study_and_keeps_failures(study_dir, tmp_path, monkeypatch):

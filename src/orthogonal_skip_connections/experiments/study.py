@@ -458,7 +458,12 @@ def run(cfg: Config, rd: RunDir) -> dict:
     status: dict[str, object] = {}
     seconds: dict[str, float] = {}
 
+    parts = (["classification"] if jobs else []) + (["residual_modes"] if modes else []) + apps
+
     def timed(part: str, fn, *args):
+        # which part runs, on stdout: the parts' bars and lines (loss_landscape's, two_stage's per seed) say
+        # nothing of their app, and with progress=false nothing else is printed for minutes
+        print(f"study, part {parts.index(part) + 1} of {len(parts)}: {part}", flush=True)
         start = time.perf_counter()
         status[part] = fn(*args)
         seconds[part] = time.perf_counter() - start

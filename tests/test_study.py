@@ -606,7 +606,7 @@ def test_report_tables_skip_distance_vs_depth(study_dir, tmp_path):
         summary["test_acc"] -= 50.0
         path.write_text(json.dumps(summary))
     md = build_report([tmp_path / "runs"], tmp_path / "untrained")["report"].read_text()
-    assert md.count("m = 27 to") == 1 and "read the trend with care" in md  # cayley's row (identity, zero: no matrix)
+    assert md.count("m = 27 trained to") == 1 and "read the trend with care" in md  # cayley's row (identity, zero: no matrix)
     assert (tmp_path / "report" / "skip_distance_vs_depth_digits_resnet_20_32_56.png").is_file()
     alone = build_report([tmp_path / "runs" / "resnet20"], tmp_path / "alone")
     assert alone["depth_tables"] == {}

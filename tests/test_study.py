@@ -189,6 +189,8 @@ def test_runs_of_other_settings_are_tabled_as_tasks_of_their_own(study_dir, tmp_
         assert table == alone["tables"]["digits/resnet20"]
     md = (tmp_path / "both" / "report.md").read_text()
     assert "## Classification: digits/resnet20 [optimizer.upkeep_adaptive=true]" in md
+    # the figure's file named by the task, without the bracket's trailing underscore
+    assert "](accuracy_digits_resnet20_optimizer_upkeep_adaptive_true.png)" in md
     for run_json in sorted(b.rglob("run.json"))[::2]:  # a setting of a later version: not in every run
         meta = json.loads(run_json.read_text())
         del meta["labels"]["settings"]["optimizer.upkeep_adaptive"]

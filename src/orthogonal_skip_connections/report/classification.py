@@ -549,5 +549,5 @@ def curves_figure(task: str, runs: list[RunRecord], out_dir: Path, modes: bool =
     # beside the axes, not over the curves: accuracy curves fill any corner by the last epoch
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3)
-    name = f"{prefix}_{'modes_' if modes else ''}{re.sub(r'[^A-Za-z0-9]+', '_', task)}.png"
+    name = f"{prefix}_{'modes_' if modes else ''}{re.sub(r'[^A-Za-z0-9]+', '_', task).strip('_')}.png"
     return savefig(fig, out_dir / name)

@@ -17,8 +17,9 @@ one line, exit 2, nothing run). A job that then fails (a user error found at run
 diverged training, a library error) is recorded in its run dir (summary.json with
 ``status: failed`` and ``reason``, or ``status: diverged``; a library error's traceback in
 error.txt), one line is printed, and the sweep goes on; its exit code is the worst of its
-jobs' (2 > 1 > 0). Jobs may run in other processes (Hydra's joblib or submitit launchers):
-they append their codes to a file named by :data:`CODES_ENV`.
+jobs' (2 > 1 > 0), and its last line names the dir holding its jobs' run dirs. Jobs may run in
+other processes (Hydra's joblib or submitit launchers): they append their run dirs and codes to
+a file named by :data:`CODES_ENV`.
 
 Under ``torchrun`` (apps built with ``torchrun=True``) rank 0 resolves and claims the run
 dir and every rank runs in it (:meth:`CommandLine.join_ranks`).
@@ -174,6 +175,7 @@ class CommandLine:
             hc = HydraConfig.get()
             run_dir = Path(hc.runtime.output_dir)
             if hc.mode == RunMode.MULTIRUN:  # a sweep's job: record a failure and go on
+                write_job_dir(run_dir)
                 try:
                     app.print_result(app.run(cfg, run_dir, command=command, record_failures=True), run_dir)
                 except UserError as err:
@@ -212,6 +214,12 @@ class CommandLine:
         finally:
             sys.argv = saved
             codes += read_codes()
+        dirs = read_job_dirs()
+        if dirs:  # a sweep: where its results are, last (each job's own lines scroll by above)
+            where = Path(os.path.commonpath(dirs)) if len(dirs) > 1 else Path(dirs[0]).parent
+            failed = f", {len(codes)} failed" if codes else ""
+            print(f"sweep: {len(dirs)} job{'s' if len(dirs) != 1 else ''}{failed}; run dirs under {where} "
+                  f"(osc report {shlex.quote(str(where))} tables them)")
         return max(codes, default=0)
 
     def join_ranks(self, argv: list[str]) -> list[str]:
@@ -280,12 +288,28 @@ def write_code(code: int) -> None:
             f.write(f"{code}\n")
 
 
-def read_codes() -> list[int]:
+def write_job_dir(run_dir: Path) -> None:
+    """Append a sweep job's run dir to the same file, as ``dir <path>``."""
+    path = os.environ.get(CODES_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(f"dir {Path(run_dir).resolve()}\n")
+
+
+def _lines() -> list[str]:
     path = os.environ.get(CODES_ENV)
     try:
-        return [int(line) for line in Path(path).read_text().split()] if path else []
-    except (OSError, ValueError):
+        return Path(path).read_text().splitlines() if path else []
+    except OSError:
         return []
+
+
+def read_codes() -> list[int]:
+    return [int(line) for line in _lines() if line.strip().lstrip("-").isdigit()]
+
+
+def read_job_dirs() -> list[str]:
+    return [line[4:] for line in _lines() if line.startswith("dir ")]
 
 
 def _rank_prefix() -> str:

@@ -233,6 +233,13 @@ def test_report_and_study_bad_input(tmp_path, capsys):
     with pytest.raises(UserError, match="unknown scale 'huge'"):
         study.main.run(compose_config("study", ["scale=huge"]), tmp_path)
     assert not (tmp_path / "missing").exists()  # nothing created for a bad call
+    # a list of overrides written unquoted: the grammar's message, and the list as it must be written
+    assert osc_main(["study", "overrides.teacher_student=[d=3,epochs=5]", f"hydra.run.dir={tmp_path / 's'}"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+    fixed = "overrides.teacher_student=['d=3','epochs=5']"
+    assert f'each override in a list is quoted: "{fixed}"' in err
+    assert list(compose_config("study", [fixed]).overrides.teacher_student) == ["d=3", "epochs=5"]
 
 
 def test_paired_verdicts():

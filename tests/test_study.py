@@ -85,6 +85,7 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
     verdict = json.loads((study_dir / "summary.json").read_text())["report"]["verdict"]
     assert verdict.startswith(f"{2 * len(VARIANTS)} of {2 * len(VARIANTS)} classification runs and 4 of 4 "
                               "residual-mode runs completed"), verdict
+    assert verdict.endswith("report.html (also report.md, results.csv, comparisons.csv)."), verdict
     assert "seed" in md and "paired" in md
     # the headline's caveat: test-set size and the smallest difference the seeds could tell
     assert "**Caveat**: 360 test images (accuracy moves in steps of 0.28 points)" in md
@@ -514,6 +515,10 @@ def test_report_of_identity_runs_alone_has_no_empty_verdict_list(study_dir, tmp_
     assert osc_main(["report", str(study_dir / "classification" / "digits_resnet20" / "identity"),
                      str(study_dir / "teacher_student"), "--out", str(tmp_path / "r")]) == 0
     assert "2 classifier runs, 1 other app run(s); report:" in capsys.readouterr().out
+    # no classifier run: no comparisons.csv, and the line names only the files written
+    assert osc_main(["report", str(study_dir / "teacher_student"), "--out", str(tmp_path / "ts")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("report.md (also report.html, results.csv)")
+    assert not (tmp_path / "ts" / "comparisons.csv").exists()
     md = (tmp_path / "r" / "report.md").read_text()
     assert "Verdicts:" not in md and "No verdict: identity is the only skip kind here" in md
     # identity skips have no matrix: no distance-from-I figure

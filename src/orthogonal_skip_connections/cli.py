@@ -43,7 +43,7 @@ def report(argv: list[str]) -> int:
         return 2
     others = f", {len(result['others'])} other app run(s)" if result["others"] else ""
     print(f"{len(result['rows'])} classifier runs{others}; report: {result['report'].resolve()} "
-          f"(also report.html, results.csv, comparisons.csv)")
+          f"(also {', '.join(result['written'])})")
     return 0
 
 

@@ -73,8 +73,9 @@ def _section(d: Path, out_dir: Path) -> list[str]:
 
 
 def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal skips help?") -> dict:
-    """Write results.csv, comparisons.csv, report.md, report.html and figures into ``out_dir``; return
-    ``{"rows": ..., "tables": ..., "report": path}``."""
+    """Write results.csv, comparisons.csv (when there are classifier arms to compare), report.md,
+    report.html and figures into ``out_dir``; return ``{"rows": ..., "tables": ..., "report": path,
+    "written": the names of the other files}``."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; give a directory (made if missing)")
@@ -161,4 +162,6 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
     report_md = out_dir / "report.md"
     report_md.write_text("\n".join(md) + "\n")
     (out_dir / "report.html").write_text(to_html("\n".join(md), out_dir, title))
-    return {"rows": rows, "tables": tables, "mode_tables": modes, "depth_tables": depth, "depth_profiles": profiles, "others": others, "report": report_md}
+    written = ["report.html", "results.csv"] + (["comparisons.csv"] if arms else [])  # beside report.md
+    return {"rows": rows, "tables": tables, "mode_tables": modes, "depth_tables": depth, "depth_profiles": profiles,
+            "others": others, "report": report_md, "written": written}

@@ -361,6 +361,23 @@ def test_aligned_distance_matches_brute_force_at_d4(rescale, k_out):
 # --------------------------------------------------------------------------- population loss
 
 
+def test_relu_kernel_in_column_slices_is_the_kernel_at_once(monkeypatch):
+    """relu_kernel bounds its (..., m, n, d) temporaries by slicing A's columns: the same
+    numbers (to the last bits of a smaller GEMM) and gradients as at once, with the slices one
+    column wide or uneven."""
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(3, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)  # (S, d, m)
+    B = torch.randn(3, 6, 5, generator=g, dtype=torch.float64)
+    whole = tsa.relu_kernel(A, B)
+    (gw,) = torch.autograd.grad(whole.square().sum(), A)
+    for chunk in (3 * 5 * 6, 2 * 3 * 5 * 6 + 1):  # one column of A per slice; two (7 = 2 + 2 + 2 + 1)
+        monkeypatch.setattr(tsa, "KERNEL_CHUNK", chunk)
+        part = tsa.relu_kernel(A, B)
+        (gp,) = torch.autograd.grad(part.square().sum(), A)
+        torch.testing.assert_close(part, whole, rtol=1e-14, atol=1e-15)
+        torch.testing.assert_close(gp, gw, rtol=1e-13, atol=1e-14)
+
+
 def test_relu_kernel_closed_form_at_known_angles():
     """E[ReLU(a.x)^2] = |a|^2 / 2; ReLU(z) ReLU(-z) = 0; at 90 degrees E = |a||b| / (2 pi)."""
     a = torch.tensor([[3.0], [4.0], [0.0]], dtype=torch.float64)  # |a| = 5

@@ -137,6 +137,9 @@ def zero_student_aligned_norm(arch: str | Arch, teacher: dict[str, Tensor], outp
 # --------------------------------------------------------------------------- population loss
 
 
+KERNEL_CHUNK = 1 << 22  # numbers in one of relu_kernel's (..., m, n, d) temporaries (32 MB in float64)
+
+
 def relu_kernel(A: Tensor, B: Tensor) -> Tensor:
     """E[ReLU(a^T x) ReLU(b^T x)] over x ~ N(0, I_d) for every column a of A and b of B:
     (..., d, m), (..., d, n) -> (..., m, n).
@@ -146,7 +149,8 @@ def relu_kernel(A: Tensor, B: Tensor) -> Tensor:
     a = b, 0 where a or b is 0. Written as (w + p atan2(w, -p)) / (2 pi) with p = a^T b and
     w = |a| |b| sin t, sin t = |a' - b'| |a' + b'| / 2 for the unit vectors a', b': this keeps
     t accurate near 0 and pi, where arccos(p / (|a| |b|)) loses half the digits (at the
-    cost of (..., m, n, d) temporaries).
+    cost of (..., m, n, d) temporaries, built for a slice of A's columns at a time so that
+    each holds at most ``KERNEL_CHUNK`` numbers: d = 128, 8 seeds would take 2 GB at once).
 
     Twice differentiable by autograd wherever a, b != 0. Near parallel (antiparallel)
     columns the kernel is p / 2 (0) plus w^3 / (6 pi p^2) + O(w^5): C^2 in the weights but
@@ -154,6 +158,10 @@ def relu_kernel(A: Tensor, B: Tensor) -> Tensor:
     and so are the ones autograd returns where w rounds to 0 (a column with itself: sqrt is
     evaluated at 1 there, not at 0). Not differentiable at a zero column (a dead unit):
     autograd returns 0 there."""
+    (d, m), n = A.shape[-2:], B.shape[-1]
+    rows = max(1, KERNEL_CHUNK // max(1, math.prod(torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])) * n * d))
+    if m > rows:  # the same numbers, column slice by column slice of A
+        return torch.cat([relu_kernel(A[..., i:i + rows], B) for i in range(0, m, rows)], -2)
     na, nb = A.square().sum(-2), B.square().sum(-2)  # squared norms, (..., m), (..., n)
     ua = (A / torch.where(na > 0, na, 1.0).sqrt()[..., None, :]).mT[..., :, None, :]  # a', (..., m, 1, d)
     ub = (B / torch.where(nb > 0, nb, 1.0).sqrt()[..., None, :]).mT[..., None, :, :]  # b', (..., 1, n, d)

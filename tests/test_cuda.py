@@ -408,7 +408,11 @@ def test_compile_true_on_cuda_with_inductor_matches_eager(tmp_path, monkeypatch,
     (cayley) in one model, 2 epochs on digits, the same losses and weights as eager. With
     compile_mode=reduce-overhead the compiled graphs replay as CUDA graphs, and an exp skip
     joins (its map must hold no host read there; left out of the default case to keep part 1
-    of the device check within its time)."""
+    of the device check within its time). Compiled kernels round differently from eager ones,
+    and through BatchNorm on 2 x 2 maps a round-off difference grows about 30x per step
+    (notes/compile_findings.md; inductor on the CPU, 8 steps, one thread: losses 6.5e-4 apart,
+    weights up to 12% of the distance they moved). So each weight is held to a quarter of the
+    distance it moved in training: a compiled step that lost an update would be about 100% off."""
     from test_compile import mixed_model, small_digits
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -422,6 +426,7 @@ def test_compile_true_on_cuda_with_inductor_matches_eager(tmp_path, monkeypatch,
         records = [json.loads(s) for s in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         return model, summary, records
 
+    init = mixed_model(with_exp=mode == "reduce-overhead").state_dict()
     eager, s_eager, r_eager = train("eager")
     compiled, s_comp, r_comp = train("compiled", compile=True, compile_backend="inductor", compile_mode=mode)
     assert s_comp["steps"] == s_eager["steps"] > 0
@@ -430,7 +435,11 @@ def test_compile_true_on_cuda_with_inductor_matches_eager(tmp_path, monkeypatch,
             if key in a:
                 assert abs(a[key] - b[key]) < 1e-3, (key, a[key], b[key])
     for (name, p), q in zip(eager.state_dict().items(), compiled.state_dict().values()):
-        assert torch.allclose(p, q, atol=1e-3), name
+        if p.is_floating_point():
+            moved = float((p.cpu() - init[name]).abs().max())
+            assert float((q - p).abs().max()) <= 0.25 * moved + 1e-5, (name, moved)
+        else:
+            assert torch.equal(p, q), name  # BatchNorm's step counters
     assert s_comp["skip_orth_error_max"] < 1e-4
 
 

@@ -171,3 +171,53 @@ def test_float64_by_default_dtype_gives_float64_matrices_exact_to_float64():
         assert get_model("resnet20", 10, "idempotent")(torch.randn(2, 3, 8, 8)).dtype == torch.float64
     finally:
         torch.set_default_dtype(before)
+
+
+@pytest.mark.parametrize("method", ORTH_METHODS)
+def test_baked_copy_computes_the_same_without_upkeep_and_pickles(method):
+    """baked_copy: every W a plain parameter at its current value. The copy computes what
+    the model computes, torch.save/torch.load round-trips it (torch refuses a parametrized
+    module), a plain optimiser steps it, and the model itself is left as it was."""
+    import io
+
+    from torch.nn.utils import parametrize
+
+    import orthogonal_skip_connections as osc
+    from orthogonal_skip_connections.skips import OrthogonalSkip, retracted_parameters
+    from orthogonal_skip_connections.skips.batched import is_batching
+
+    torch.manual_seed(0)
+    model = osc.get_model("resnet20", 10, skip_layer=osc.skip("learnable_orth", method=method, init="haar")).eval()
+    head = osc.orthogonal_(torch.nn.Linear(10, 10), method=method, init="haar")  # a user's layer, same constraint
+    model = torch.nn.Sequential(model, head).eval()
+    retracted = method in O.RETRACTED_METHODS
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(3, 3, 32, 32)
+
+    baked = osc.baked_copy(model)
+    assert not any(parametrize.is_parametrized(m) for m in baked.modules())
+    assert retracted_parameters(baked) == [] and not is_batching(baked)
+    skips = [s for s in baked.modules() if isinstance(s, OrthogonalSkip)]
+    assert len(skips) == 9 and {s.upkeep for s in skips} == {"none"}
+    for W in [s.weight for s in skips] + [baked[1].weight]:
+        assert type(W) is torch.nn.Parameter and float(O.orth_error(W.detach())) < 1e-5
+    with torch.no_grad():
+        y = model(x)
+        torch.testing.assert_close(baked(x), y, rtol=1e-5, atol=1e-6)
+    buf = io.BytesIO()
+    torch.save(baked, buf)
+    buf.seek(0)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(buf, weights_only=False)(x), y, rtol=1e-5, atol=1e-6)
+
+    # the model is unchanged: still constrained, same weights, and a plain optimiser still refused
+    assert [p for p, _ in retracted_parameters(model)] != [] if retracted else parametrize.is_parametrized(head)
+    opt = torch.optim.SGD(baked.parameters(), lr=0.1)
+    baked(x).square().mean().backward()
+    opt.step()  # W's now free matrices, as a linear skip's
+    assert float(O.orth_error(baked[1].weight.detach())) > 1e-4
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    if retracted:
+        with pytest.raises(TypeError, match="retracted orthogonal matrix"):
+            torch.optim.SGD(model.parameters(), lr=0.1).step()

@@ -77,7 +77,7 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
     for task in {r["task"] for r in rows}:
         target = {r["target_acc"] for r in rows if r["task"] == task}
         assert len(target) == 1 and {r["target_acc"] for r in arms if r["task"] == task} == target
-        assert f"Epochs to {float(target.pop()):.0f}%: mean over seeds of the first epoch" in md
+        assert f"Epochs to {float(target.pop()):.0f}%: mean over runs of the first epoch" in md
     assert "## construction_validity" in md  # the synthetic part runs all three synthetic apps
     assert "## Residual modes: digits/preact_resnet20" in md and "| rotation/channel | identity | 2/2 |" in md
     assert "data:image/png;base64," in (study_dir / "report.html").read_text()
@@ -428,6 +428,31 @@ def test_epochs_to_target_note_names_its_threshold():
     assert "reached 86%, 95% of the mean final accuracy of all completed runs (no identity run" in alone
 
 
+def test_runs_of_one_seed_are_one_sample():
+    """A sweep over a setting identity ignores (``model.skip_kind=identity,learnable_orth
+    model.method=steepest,cayley``) repeats each identity seed: the statistics average an
+    arm's runs per seed and count seeds, so the repeats neither narrow identity's interval
+    nor change the paired differences (here identity's runs of a seed differ, as two runs
+    of one seed on a GPU can)."""
+    from orthogonal_skip_connections.report import task_tables
+    from orthogonal_skip_connections.report.classification import table_markdown
+
+    ident = _arm_rows("identity", [90.0, 92.0, 95.0])
+    twice = ident + [{**r, "test_acc": r["test_acc"] + 1.0} for r in ident]  # each seed run again: +1 point
+    rows = _arm_rows("zero", [89.0, 93.0, 94.0])
+    once = {t["variant"]: t for t in task_tables(_arm_rows("identity", [90.5, 92.5, 95.5]) + rows)["t"]}
+    table = {t["variant"]: t for t in task_tables(twice + rows)["t"]}
+    assert table["identity"]["runs"] == 6 and table["identity"]["seeds"] == 3
+    for key in ("acc_mean", "acc_std", "acc_lo", "acc_hi"):
+        assert table["identity"][key] == pytest.approx(once["identity"][key], rel=1e-12), key
+    for key in ("diff_mean", "diff_lo", "diff_hi", "p_value", "paired_seeds"):
+        assert table["zero"][key] == pytest.approx(once["zero"][key], rel=1e-12), key
+    assert table["zero"]["paired_seeds"] == 3
+    md = "\n".join(table_markdown(list(table.values())))
+    assert "| identity | 6/6 of 3 seeds‡ |" in md and "one sample per seed" in md
+    assert "‡" not in "\n".join(table_markdown(list(once.values())))
+
+
 def test_a_paired_difference_interval_is_clipped_at_100_points():
     """Two accuracies differ by at most 100 points: a wider t-interval of the paired
     differences is cut there and marked, and the verdict still reads its signs."""
@@ -625,3 +650,14 @@ def test_report_tables_skip_distance_vs_depth(study_dir, tmp_path):
     alone = build_report([tmp_path / "runs" / "resnet20"], tmp_path / "alone")
     assert alone["depth_tables"] == {}
     assert "Skip distance vs depth" not in (tmp_path / "alone" / "report.md").read_text()
+
+
+def test_depth_section_counts_a_seed_once():
+    """The depth section's per-depth samples are seeds too: two runs of one seed and depth
+    (a sweep over a setting the variant ignores) are averaged, not one of them dropped."""
+    from orthogonal_skip_connections.report.depth import _seed_means
+
+    runs = [{"m": 9, "seed": 0, "acc": 90.0, "dist": [1.0, 1.0]}, {"m": 9, "seed": 0, "acc": 92.0, "dist": [3.0, 3.0]},
+            {"m": 9, "seed": 1, "acc": 95.0, "dist": [2.0, None]}, {"m": 15, "seed": 1, "acc": 96.0, "dist": [4.0, 6.0]}]
+    assert _seed_means(runs, "dist") == {9: {0: 2.0}, 15: {1: 5.0}}  # a run with a block unmeasured is left out
+    assert _seed_means(runs, "acc") == {9: {0: 91.0, 1: 95.0}, 15: {1: 96.0}}

@@ -361,6 +361,23 @@ def test_aligned_distance_matches_brute_force_at_d4(rescale, k_out):
 # --------------------------------------------------------------------------- population loss
 
 
+def test_relu_kernel_in_column_slices_is_the_kernel_at_once(monkeypatch):
+    """relu_kernel bounds its (..., m, n, d) temporaries by slicing A's columns: the same
+    numbers (to the last bits of a smaller GEMM) and gradients as at once, with the slices one
+    column wide or uneven."""
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(3, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)  # (S, d, m)
+    B = torch.randn(3, 6, 5, generator=g, dtype=torch.float64)
+    whole = tsa.relu_kernel(A, B)
+    (gw,) = torch.autograd.grad(whole.square().sum(), A)
+    for chunk in (3 * 5 * 6, 2 * 3 * 5 * 6 + 1):  # one column of A per slice; two (7 = 2 + 2 + 2 + 1)
+        monkeypatch.setattr(tsa, "KERNEL_CHUNK", chunk)
+        part = tsa.relu_kernel(A, B)
+        (gp,) = torch.autograd.grad(part.square().sum(), A)
+        torch.testing.assert_close(part, whole, rtol=1e-14, atol=1e-15)
+        torch.testing.assert_close(gp, gw, rtol=1e-13, atol=1e-14)
+
+
 def test_relu_kernel_closed_form_at_known_angles():
     """E[ReLU(a.x)^2] = |a|^2 / 2; ReLU(z) ReLU(-z) = 0; at 90 degrees E = |a||b| / (2 pi)."""
     a = torch.tensor([[3.0], [4.0], [0.0]], dtype=torch.float64)  # |a| = 5
@@ -433,6 +450,83 @@ def test_a_flipped_unit_and_its_linear_part_in_q_are_the_same_function():
     assert float(tsa.population_loss(arch, student, teacher, "sum")[0]) < 1e-12
     assert tsa.aligned_distances(arch, student, teacher, "sum")[0] > 1.0
     assert float(tsa.population_loss(arch, student, teacher, "vector")[0]) > 0.01  # a vector output tells them apart
+
+
+def _chart_point(arch, base, blocks, theta):
+    """The weights at coordinates theta, as population_hessian documents them; Q's chart
+    Q exp(S) is built here from itertools' pair order (row-major i < j)."""
+    point = {}
+    for name in arch.params:
+        x = theta[blocks[name]]
+        if name == "Q":
+            d = base["Q"].shape[-1]
+            S = torch.zeros(d, d, dtype=torch.float64)
+            for (i, j), s in zip(itertools.combinations(range(d), 2), x):
+                S[i, j], S[j, i] = s / math.sqrt(2), -s / math.sqrt(2)
+            point[name] = base["Q"] @ torch.linalg.matrix_exp(S)
+        else:
+            point[name] = x.reshape(base[name].shape)
+    return point
+
+
+# torch.func.hessian through matrix_exp (Q's chart) uses a rule torch registers through the
+# deprecated torch.jit.script (as test_landscape.py's jvp of nll_loss_backward does)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.parametrize("arch_name,output", [("orth_resnet", "sum"), ("orth_resnet", "vector"),
+                                              ("sum_modified", "sum"), ("vanilla", "sum")])
+def test_population_hessian_matches_finite_differences(arch_name, output):
+    """The gradient against central differences of population_loss, and v^T H v against
+    second differences along random directions, at a student that is not a critical point."""
+    arch, d = ts.ARCHS[arch_name], 4
+    teacher = ts.init_weights(arch, d, [ts.seed_generator(s, "model") for s in (0, 1)], "uniform", orth_init="haar")
+    student = ts.init_weights(arch, d, [ts.seed_generator(s, "data") for s in (0, 1)], "small", orth_init="haar")
+    ph = tsa.population_hessian(arch, student, teacher, output)
+    n = ph.gradient.shape[-1]
+    g = torch.Generator().manual_seed(0)
+    for s in range(2):
+        base = {k: w[s:s + 1] for k, w in student.items()}
+        tea = {k: w[s:s + 1] for k, w in teacher.items()}
+        theta0 = torch.cat([torch.zeros(d * (d - 1) // 2, dtype=torch.float64) if k == "Q" else base[k].flatten()
+                            for k in arch.params])
+
+        def F(theta):
+            return float(tsa.population_loss(arch, _chart_point(arch, base, ph.blocks, theta), tea, output)[0])
+
+        h = 1e-6
+        fd = torch.tensor([(F(theta0 + h * e) - F(theta0 - h * e)) / (2 * h) for e in torch.eye(n, dtype=torch.float64)],
+                          dtype=torch.float64)
+        assert float(fd.abs().max()) > 1e-2  # not a critical point
+        torch.testing.assert_close(ph.gradient[s], fd, rtol=0, atol=1e-7 * float(fd.abs().max()))
+        H = ph.hessian[s]
+        for _ in range(3):
+            v = torch.randn(n, generator=g, dtype=torch.float64)
+            v /= v.norm()
+            h = 1e-3
+            second = (F(theta0 + h * v) - 2 * F(theta0) + F(theta0 - h * v)) / h**2
+            assert abs(float(v @ H @ v) - second) < 1e-5 * float(H.abs().max()), (float(v @ H @ v), second)
+
+
+@pytest.mark.parametrize("arch_name,output", [("orth_resnet", "sum"), ("orth_resnet", "vector"),
+                                              ("resnet_block", "sum"), ("li_yuan", "sum")])
+def test_population_hessian_at_the_teacher_is_flat_exactly_along_the_symmetries(arch_name, output):
+    """At the teacher, permuted and rescaled (zero loss, every student unit exactly parallel
+    to a teacher unit): gradient 0; the Hessian is 0 along the listed symmetries and
+    positive definite on the rest, so the list is complete (no other flat direction)."""
+    arch, d = ts.ARCHS[arch_name], 4
+    teacher = ts.init_weights(arch, d, [ts.seed_generator(2, "model")], "uniform", orth_init="haar")
+    c = torch.tensor([0.5, 2.0, 1.0, 3.0], dtype=torch.float64) if arch.two_layer else torch.ones(d, dtype=torch.float64)
+    student = _permuted_rescaled(arch, teacher, np.array([2, 0, 3, 1]), c)
+    ph = tsa.population_hessian(arch, student, teacher, output)
+    r = (d + (d * (d - 1) if output == "sum" else 0) if arch.two_layer else 0) + \
+        ((d - 1) * (d - 2) // 2 if arch.skip == "orth" and output == "sum" else 0)
+    assert ph.symmetries.shape[-1] == r
+    torch.testing.assert_close(ph.symmetries.mT @ ph.symmetries, torch.eye(r, dtype=torch.float64)[None])
+    full, reduced = ph.eigenvalues()
+    top = float(full.max())
+    assert float(ph.gradient.abs().max()) < 1e-12 * top
+    assert float((ph.hessian @ ph.symmetries).norm()) < 1e-12 * top
+    assert int((full.abs() < 1e-9 * top).sum()) == r
+    assert float(reduced.min()) > 1e-5 * top
 
 
 def test_closest_unit_angle():

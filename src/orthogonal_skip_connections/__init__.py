@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # the public names, imported on first use (``osc list`` needs
     from .maths import orthogonal
     from .models import ResidualMLP, get_model
     from .optim import optimizer
-    from .skips import make_skip, orthogonal_, patch_skips, project_orthogonal_, skip
+    from .skips import baked_copy, make_skip, orthogonal_, patch_skips, project_orthogonal_, skip
 
 __version__ = "0.1.0"
 _LAZY = {
@@ -33,6 +33,7 @@ _LAZY = {
     "skip": ("skips", "skip"),
     "make_skip": ("skips", "make_skip"),
     "patch_skips": ("skips", "patch_skips"),
+    "baked_copy": ("skips", "baked_copy"),
     "get_model": ("models", "get_model"),
     "ResidualMLP": ("models", "ResidualMLP"),
     "skip_diagnostics": ("diagnostics", "skip_diagnostics"),

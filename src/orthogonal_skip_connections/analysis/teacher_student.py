@@ -24,6 +24,7 @@ recovered up to symmetry), come from :func:`summarize`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -44,6 +45,8 @@ __all__ = [
     "zero_student_aligned_norm",
     "relu_kernel",
     "population_loss",
+    "PopulationHessian",
+    "population_hessian",
     "closest_unit_angle",
     "summarize",
 ]
@@ -134,19 +137,42 @@ def zero_student_aligned_norm(arch: str | Arch, teacher: dict[str, Tensor], outp
 # --------------------------------------------------------------------------- population loss
 
 
+KERNEL_CHUNK = 1 << 22  # numbers in one of relu_kernel's (..., m, n, d) temporaries (32 MB in float64)
+
+
 def relu_kernel(A: Tensor, B: Tensor) -> Tensor:
     """E[ReLU(a^T x) ReLU(b^T x)] over x ~ N(0, I_d) for every column a of A and b of B:
     (..., d, m), (..., d, n) -> (..., m, n).
 
     Half the arc-cosine kernel of degree 1 (Cho & Saul 2009, eq. 6):
-    |a| |b| (sin t + (pi - t) cos t) / (2 pi), t the angle between a and b; |a|^2 / 2 at
-    t = 0. 0 where a or b is 0. For values, not gradients: the kernel is C^1 but not C^2
-    at t = 0, and autograd's chain through arccos gives nan at exactly parallel columns."""
-    na, nb = torch.linalg.vector_norm(A, dim=-2), torch.linalg.vector_norm(B, dim=-2)  # (..., m), (..., n)
-    nn_ = na[..., :, None] * nb[..., None, :]
-    cos = torch.where(nn_ > 0, (A.mT @ B) / torch.where(nn_ > 0, nn_, 1.0), 0.0).clamp(-1.0, 1.0)
-    t = torch.arccos(cos)
-    return nn_ * (torch.sin(t) + (math.pi - t) * cos) / (2 * math.pi)
+    (|a| |b| sin t + (pi - t) a^T b) / (2 pi), t the angle between a and b; |a|^2 / 2 at
+    a = b, 0 where a or b is 0. Written as (w + p atan2(w, -p)) / (2 pi) with p = a^T b and
+    w = |a| |b| sin t, sin t = |a' - b'| |a' + b'| / 2 for the unit vectors a', b': this keeps
+    t accurate near 0 and pi, where arccos(p / (|a| |b|)) loses half the digits (at the
+    cost of (..., m, n, d) temporaries, built for a slice of A's columns at a time so that
+    each holds at most ``KERNEL_CHUNK`` numbers: d = 128, 8 seeds would take 2 GB at once).
+
+    Twice differentiable by autograd wherever a, b != 0. Near parallel (antiparallel)
+    columns the kernel is p / 2 (0) plus w^3 / (6 pi p^2) + O(w^5): C^2 in the weights but
+    not C^3. At exactly parallel columns the w-terms' first and second derivatives are 0,
+    and so are the ones autograd returns where w rounds to 0 (a column with itself: sqrt is
+    evaluated at 1 there, not at 0). Not differentiable at a zero column (a dead unit):
+    autograd returns 0 there."""
+    (d, m), n = A.shape[-2:], B.shape[-1]
+    rows = max(1, KERNEL_CHUNK // max(1, math.prod(torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])) * n * d))
+    if m > rows:  # the same numbers, column slice by column slice of A
+        return torch.cat([relu_kernel(A[..., i:i + rows], B) for i in range(0, m, rows)], -2)
+    na, nb = A.square().sum(-2), B.square().sum(-2)  # squared norms, (..., m), (..., n)
+    ua = (A / torch.where(na > 0, na, 1.0).sqrt()[..., None, :]).mT[..., :, None, :]  # a', (..., m, 1, d)
+    ub = (B / torch.where(nb > 0, nb, 1.0).sqrt()[..., None, :]).mT[..., None, :, :]  # b', (..., 1, n, d)
+    sin2 = (ua - ub).square().sum(-1) * (ua + ub).square().sum(-1) / 4  # (..., m, n)
+    w2 = na[..., :, None] * nb[..., None, :] * sin2
+    par = w2 == 0  # parallel, antiparallel or a zero column: sqrt's derivative is infinite at 0
+    w = torch.where(par, 0.0, torch.where(par, 1.0, w2).sqrt())
+    p = A.mT @ B  # (..., m, n)
+    zero = (na[..., :, None] == 0) | (nb[..., None, :] == 0)
+    k = (w + p * torch.atan2(w, torch.where(zero, 1.0, -p))) / (2 * math.pi)  # atan2(w, -p) = pi - t
+    return torch.where(zero, 0.0, k)
 
 
 def population_loss(arch: str | Arch, params: dict[str, Tensor], teacher: dict[str, Tensor], output: str) -> Tensor:
@@ -161,7 +187,10 @@ def population_loss(arch: str | Arch, params: dict[str, Tensor], teacher: dict[s
 
     K = :func:`relu_kernel` (A, A), and E[ReLU(a^T x) x] = a / 2 (Stein's lemma) for the
     cross term. The three terms cancel to the round-off of float64 (~1e-16 E||f*||^2) when
-    the student is the teacher up to symmetry; clamped at 0.
+    the student is the teacher up to symmetry; the value is clamped at 0, its derivatives
+    are not (at the teacher they are those of the unclamped sum, 0 and the Gauss-Newton
+    Hessian). Twice differentiable by autograd: see :func:`relu_kernel` and
+    :func:`population_hessian`.
     """
     arch = as_arch(arch)
     A = torch.cat([effective_first_layer(arch, params), effective_first_layer(arch, teacher)], -1).double()
@@ -170,7 +199,117 @@ def population_loss(arch: str | Arch, params: dict[str, Tensor], teacher: dict[s
     if "Q" in params:
         U = (skip_weights(arch, params, output) - skip_weights(arch, teacher, output)).double()  # (S, k, d)
         sq = sq + (V.mT * (U @ A)).sum((-2, -1)) + U.square().sum((-2, -1))
-    return sq.clamp(min=0.0) / V.shape[-1]
+    sq = sq + (sq.clamp(min=0.0) - sq).detach()  # the value clamped at 0, the derivatives left as they are
+    return sq / V.shape[-1]
+
+
+@dataclass(frozen=True)
+class PopulationHessian:
+    """Gradient and Hessian of :func:`population_loss` at a student, per seed, in the
+    coordinates of :func:`population_hessian`, with the directions its known symmetries
+    leave flat."""
+
+    blocks: dict[str, slice]  # the coordinates of each weight, in arch.params order
+    gradient: Tensor  # (S, n)
+    hessian: Tensor  # (S, n, n)
+    symmetries: Tensor  # (S, n, r) orthonormal columns: directions that leave f unchanged
+
+    def eigenvalues(self) -> tuple[Tensor, Tensor]:
+        """(all n eigenvalues of the Hessian, the n - r of its restriction to the
+        orthogonal complement of ``symmetries``), ascending, per seed: (S, n), (S, n - r).
+        At a critical point the symmetries' r eigenvalues are 0, and the point is a strict
+        local minimum modulo symmetries when the n - r are all positive."""
+        r = self.symmetries.shape[-1]
+        U = torch.linalg.svd(self.symmetries, full_matrices=True).U[..., r:]  # (S, n, n - r)
+        return torch.linalg.eigvalsh(self.hessian), torch.linalg.eigvalsh(U.mT @ self.hessian @ U)
+
+
+def _symmetry_generators(arch: Arch, p: dict[str, Tensor], output: str, blocks: dict[str, slice], n: int) -> Tensor:
+    """One seed's symmetry directions in population_hessian's coordinates, (n, r), not
+    orthonormalised. p holds that seed's weights: W1 (d, m), W2 (m, k), Q (d, d)."""
+    cols = []
+
+    def direction(**parts: Tensor) -> None:
+        v = torch.zeros(n, dtype=torch.float64)
+        for name, part in parts.items():
+            v[blocks[name]] = part.flatten()
+        cols.append(v)
+
+    if arch.two_layer:
+        A, W2 = effective_first_layer(arch, {k: v[None] for k, v in p.items()})[0], p["W2"]
+        for j in range(W2.shape[0]):  # d/dc at c = 1 of a_j -> c a_j, W2[j] -> W2[j] / c
+            dW1, dW2 = torch.zeros_like(A), torch.zeros_like(W2)
+            dW1[:, j], dW2[j] = A[:, j], -W2[j]
+            direction(W1=dW1, W2=dW2)
+        if output == "sum":  # only W2 1 reaches f: W2 -> W2 + M with M 1 = 0
+            perp = torch.linalg.svd(torch.ones(1, W2.shape[1], dtype=torch.float64)).Vh[1:]  # orthonormal, each row . 1 = 0
+            for j in range(W2.shape[0]):
+                for row in perp:
+                    dW2 = torch.zeros_like(W2)
+                    dW2[j] = row
+                    direction(W2=dW2)
+    if "Q" in p and output == "sum":  # only u = 1^T Q reaches f: Q exp(S) with u S = 0 leaves it
+        d = p["Q"].shape[-1]
+        L = torch.stack([p["Q"].sum(0) @ _skew(e, d) for e in torch.eye(d * (d - 1) // 2, dtype=torch.float64)], 1)
+        for row in torch.linalg.svd(L).Vh[d - 1:]:  # s -> u S has rank d - 1 (u != 0): so(d - 1) is left
+            direction(Q=row)
+    return torch.stack(cols, 1) if cols else torch.zeros(n, 0, dtype=torch.float64)
+
+
+def _skew(s: Tensor, d: int) -> Tensor:
+    """sum_{i<j} s_ij (E_ij - E_ji) / sqrt(2), s in torch.triu_indices(d, d, 1) order: ||S||_F = ||s||."""
+    i, j = torch.triu_indices(d, d, 1)
+    S = torch.zeros(d, d, dtype=s.dtype, device=s.device)
+    S[i, j] = s / math.sqrt(2)
+    return S - S.mT
+
+
+def population_hessian(arch: str | Arch, params: dict[str, Tensor], teacher: dict[str, Tensor],
+                       output: str) -> PopulationHessian:
+    """Gradient and Hessian of :func:`population_loss` with respect to the student's
+    weights, seed by seed, in float64 (autograd twice through the closed form).
+
+    Coordinates, in ``arch.params`` order: the entries of W, W1 and W2, row-major
+    (Euclidean); for Q on O(d), the chart Q exp(S(s)) around the given Q with
+    S = sum_{i<j} s_ij (E_ij - E_ji) / sqrt(2) (d (d - 1) / 2 coordinates, pairs (i, j) in
+    ``torch.triu_indices`` order; ||Q S||_F = ||s||). t -> Q exp(tS) are the geodesics of
+    O(d)'s bi-invariant metric, so these are normal coordinates: at s = 0 the gradient and
+    Hessian are the Riemannian ones (Absil, Mahony & Sepulchre 2008, sec. 5.5). Q should
+    be orthogonal to the precision wanted (``maths.orthogonal.polar`` a float32 one).
+
+    ``symmetries`` spans the directions that leave f unchanged: each hidden unit's
+    positive rescaling (a_j -> c a_j, W2[j] -> W2[j] / c; two-layer architectures), and
+    with ``output="sum"`` the directions the output cannot see: W2 -> W2 + M with M 1 = 0,
+    and Q exp(S) with (1^T Q) S = 0. r = m (+ m (k - 1) + (d - 1)(d - 2) / 2) of them for m
+    units. At a critical point they are eigenvectors with eigenvalue 0; a dead unit
+    (a_j = 0) adds flat directions that are not listed. Units exactly parallel to others
+    are fine (the kernel is C^2 there, :func:`relu_kernel`); W2 may be m x k with m != d.
+    """
+    arch = as_arch(arch)
+    names = arch.params
+    sizes = {nm: (params[nm].shape[-1] * (params[nm].shape[-1] - 1) // 2 if nm == "Q" else params[nm][0].numel())
+             for nm in names}
+    blocks, start = {}, 0
+    for nm in names:
+        blocks[nm] = slice(start, start + sizes[nm])
+        start += sizes[nm]
+    n = start
+    grads, hessians, syms = [], [], []
+    for s in range(params[names[0]].shape[0]):
+        p = {nm: params[nm][s].detach().double().cpu() for nm in names}
+        tea = {nm: w[s:s + 1].detach().double().cpu() for nm, w in teacher.items()}
+
+        def loss(theta: Tensor) -> Tensor:
+            w = {nm: (p[nm] @ torch.linalg.matrix_exp(_skew(theta[blocks[nm]], p[nm].shape[-1])) if nm == "Q"
+                      else theta[blocks[nm]].reshape(p[nm].shape))[None] for nm in names}
+            return population_loss(arch, w, tea, output).sum()
+
+        theta0 = torch.cat([torch.zeros(sizes[nm], dtype=torch.float64) if nm == "Q" else p[nm].flatten() for nm in names])
+        grads.append(torch.func.grad(loss)(theta0))
+        hessians.append(torch.func.hessian(loss)(theta0))
+        G = _symmetry_generators(arch, p, output, blocks, n)
+        syms.append(torch.linalg.svd(G, full_matrices=False).U if G.shape[1] else G)
+    return PopulationHessian(blocks, torch.stack(grads), torch.stack(hessians), torch.stack(syms))
 
 
 def closest_unit_angle(arch: str | Arch, teacher: dict[str, Tensor]) -> Tensor:

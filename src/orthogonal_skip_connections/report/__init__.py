@@ -43,7 +43,7 @@ __all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "mode_tables
 # or add/identity), the paired t-test's p-value and Holm's adjustment over the table, the epochs to
 # target_acc (the accuracy epochs_to_target is counted to), the verdict
 COMPARISON_COLUMNS = [
-    "task", "residual_mode", "variant", "runs", "completed", "acc_mean", "acc_std", "acc_lo", "acc_hi",
+    "task", "residual_mode", "variant", "runs", "completed", "seeds", "acc_mean", "acc_std", "acc_lo", "acc_hi",
     "diff_mean", "diff_lo", "diff_hi", "paired_seeds", "p_value", "p_holm", "comparisons", "step_time_ratio",
     "epochs_to_target", "target_acc", "identity_distance", "verdict",
 ]

@@ -280,26 +280,37 @@ def _is_add(r: dict) -> bool:
     return r.get("residual_mode", "add") == "add"
 
 
+def _per_seed(rows: list[dict], key: str) -> dict:
+    """seed -> the mean of ``key`` over the runs of that seed (a run without a seed is its own).
+    The seed is the unit of replication: runs of one seed in one arm (a sweep over
+    ``model.method`` repeats the identity run for each method) are one sample, not several."""
+    by_seed: dict = {}
+    for i, r in enumerate(rows):
+        if r[key] is not None:
+            by_seed.setdefault(r["seed"] if r["seed"] is not None else ("run", i), []).append(r[key])
+    return {seed: float(np.mean(v)) for seed, v in by_seed.items()}
+
+
 def _arm_stats(vrows: list[dict], base: list[dict], is_base: bool, baseline: str, target_acc) -> dict:
-    """Statistics of one arm's runs ``vrows`` over its completed seeds, with the paired
-    difference (by seed) from the completed ``base`` runs, and a verdict."""
+    """Statistics of one arm's runs ``vrows`` over its completed seeds (runs of one seed
+    averaged first), with the paired difference (by seed) from the completed ``base`` runs,
+    and a verdict."""
     vok = [r for r in vrows if r["status"] == "completed"]
     base_time = _mean([r["step_time_s"] for r in base])
-    base_acc = {r["seed"]: r["test_acc"] for r in base}
-    base_step = {r["seed"]: r["step_time_s"] for r in base}
-    accs = [r["test_acc"] for r in vok]
+    base_acc, base_step = _per_seed(base, "test_acc"), _per_seed(base, "step_time_s")
+    acc, step = _per_seed(vok, "test_acc"), _per_seed(vok, "step_time_s")
+    accs = list(acc.values())
     mean, lo, hi = t_interval(accs)
     clipped = (lo < 0.0, hi > 100.0)  # an accuracy interval stays within [0, 100]: say where it was cut
     lo, hi = max(lo, 0.0), min(hi, 100.0)
-    diffs = [r["test_acc"] - base_acc[r["seed"]] for r in vok if r["seed"] in base_acc]
-    ratios = [r["step_time_s"] / base_step[r["seed"]] for r in vok
-              if base_step.get(r["seed"]) and r["step_time_s"] is not None]
+    diffs = [a - base_acc[seed] for seed, a in acc.items() if seed in base_acc]
+    ratios = [t / base_step[seed] for seed, t in step.items() if base_step.get(seed)]
     dmean, dlo, dhi = t_interval(diffs) if not is_base else (math.nan,) * 3
     diff_clipped = (dlo < -100.0, dhi > 100.0)  # two accuracies differ by at most 100 points
     dlo, dhi = max(dlo, -100.0), min(dhi, 100.0)  # (NaN stays NaN; the verdict reads only signs)
     reached = [r["epochs_to_target"] for r in vok]
     return {
-        "runs": len(vrows), "completed": len(vok),
+        "runs": len(vrows), "completed": len(vok), "seeds": len(acc),
         "failed": [f"seed {r['seed']}: {r['status']}" for r in vrows if r["status"] != "completed"],
         "acc_mean": mean, "acc_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else math.nan,
         "acc_lo": lo, "acc_hi": hi, "acc_ci_clipped": clipped,
@@ -434,6 +445,8 @@ def table_markdown(table: list[dict]) -> list[str]:
     ]
     for t in table:
         runs = f"{t['completed']}/{t['runs']}" + (f" ({'; '.join(t['failed'])})" if t["failed"] else "")
+        if t.get("seeds", t["completed"]) < t["completed"]:
+            runs += f" of {t['seeds']} seeds‡"
         dlo_cut, dhi_cut = t.get("diff_ci_clipped", (False, False))
         diff = "–" if t["verdict"] == "baseline" or math.isnan(t["diff_mean"]) else \
             f"{t['diff_mean']:+.2f} [{_fmt(t['diff_lo'], '+.2f')}{'†' if dlo_cut else ''}, " \
@@ -454,11 +467,15 @@ def table_markdown(table: list[dict]) -> list[str]:
         of = (f"95% of {base}'s mean final accuracy" if any(t["verdict"] == "baseline" and t["completed"]
                                                             for t in table)
               else f"95% of the mean final accuracy of all completed runs (no {base} run completed)")
-        lines += ["", f"Epochs to {target:.0f}%: mean over seeds of the first epoch whose test accuracy reached "
-                      f"{target:.0f}%, {of}, rounded down; – where a seed never reached it."]
+        lines += ["", f"Epochs to {target:.0f}%: mean over runs of the first epoch whose test accuracy reached "
+                      f"{target:.0f}%, {of}, rounded down; – where a run never reached it."]
     if any(any(t.get("acc_ci_clipped", ())) or any(t.get("diff_ci_clipped", ())) for t in table):
         lines += ["", "† the t-interval reached past 100% (or below 0%) and is clipped there; for a difference, past "
                       "±100 points."]
+    if any(t.get("seeds", t["completed"]) < t["completed"] for t in table):
+        lines += ["", "‡ several runs of one seed (e.g. a sweep over a setting this skip ignores, such as model.method "
+                      "for identity): they are averaged into one sample per seed, so the statistics count seeds, "
+                      "not runs."]
     return lines
 
 

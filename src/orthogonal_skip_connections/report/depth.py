@@ -71,13 +71,18 @@ def _per_run(r: RunRecord) -> dict | None:
 
 
 def _seed_means(ps: list[dict], key: str) -> dict[int, dict]:
-    """m -> {seed: mean over the blocks of ``key``} for runs whose every block has it."""
-    out: dict[int, dict] = {}
+    """m -> {seed: mean over the blocks of ``key``} for runs whose every block has it (or the
+    run's ``key`` itself where it is a number, the accuracy); runs of one seed and depth (a
+    sweep over a setting the variant ignores) are averaged: one sample per seed."""
+    runs: dict[int, dict] = {}
     for p in ps:
-        d = [x for x in p[key] if x is not None]
-        if d and len(d) == len(p[key]):
-            out.setdefault(p["m"], {})[p["seed"]] = float(np.mean(d))
-    return out
+        v = p[key]
+        if isinstance(v, list):
+            d = [x for x in v if x is not None]
+            v = float(np.mean(d)) if d and len(d) == len(v) else None
+        if v is not None:
+            runs.setdefault(p["m"], {}).setdefault(p["seed"], []).append(v)
+    return {m: {seed: float(np.mean(v)) for seed, v in by_seed.items()} for m, by_seed in runs.items()}
 
 
 def _slopes(dist: dict[int, dict]) -> list[float]:
@@ -104,9 +109,7 @@ def depth_tables(groups: dict[str, list[RunRecord]]) -> dict[str, list[dict]]:
         for variant in _variant_order([v for v, _ in per]):
             ps = [p for v, p in per if v == variant]
             dist = _seed_means(ps, "dist")  # m -> {seed: mean distance}
-            acc = {}
-            for p in ps:
-                acc.setdefault(p["m"], {})[p["seed"]] = p["acc"]
+            acc = _seed_means(ps, "acc")
             has = bool(dist)
             cells = []
             for m in ms:

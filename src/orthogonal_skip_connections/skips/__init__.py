@@ -1,7 +1,7 @@
 """Layer 2, skips: the contract (:mod:`.contract`), the kinds and their registry
 (:mod:`.kinds`), orthogonal constraints for any square weight (:mod:`.constraint`), the parametrized
 skips of a model computed in one batched call per size (:mod:`.batched`),
-``patch_skips`` for existing models (:mod:`.patch`), and the residual modes (``add``,
+``patch_skips`` for existing models and ``baked_copy`` for trained ones (:mod:`.patch`), and the residual modes (``add``,
 ``orthogonal_update``, ``rotation``) blocks combine their skip path and branch with
 (:mod:`.residual`)."""
 
@@ -29,7 +29,7 @@ from .kinds import (
     skip,
     skip_layer_from,
 )
-from .patch import patch_skips
+from .patch import baked_copy, patch_skips
 from .residual import (
     DEFAULT_EPS,
     ORTHOGONAL_METHODS,
@@ -52,7 +52,7 @@ __all__ = [
     "Skip", "apply_matrix", "apply_matrix_add", "iter_skips",
     "SKIP_KINDS", "SKIP_OPTIONS", "IdentitySkip", "MatrixSkip", "OrthogonalSkip", "ScalarSkip", "SkipFactory",
     "ZeroSkip", "make_skip", "skip", "skip_layer_from",
-    "patch_skips",
+    "baked_copy", "patch_skips",
     "DEFAULT_EPS", "ORTHOGONAL_METHODS", "RESIDUAL_MODES", "Residual", "check_residual_mode", "orthogonal_part",
     "residual_combine", "rotation_angle", "STREAM_NORMS", "StreamNorm", "rescale_stream", "resolve_stream_norm",
 ]

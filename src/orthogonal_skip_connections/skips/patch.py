@@ -1,14 +1,20 @@
-"""``patch_skips``: give an existing model (this library's or torchvision's ResNets) other skips."""
+"""``patch_skips``: give an existing model (this library's or torchvision's ResNets) other skips;
+``baked_copy``: a trained model with its orthogonal constraints baked into plain weights."""
 
 from __future__ import annotations
 
+import copy
+
+import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .batched import batch_upkeep
+from .constraint import _MODULE_MARKS
 from .contract import Skip
 from .kinds import SkipFactory, skip as skip_factory
 
-__all__ = ["patch_skips"]
+__all__ = ["baked_copy", "patch_skips"]
 
 
 
@@ -85,3 +91,32 @@ def patch_skips(model: nn.Module, kind: str | SkipFactory | None = None, *, skip
             "`skip` attribute or torchvision BasicBlock/Bottleneck blocks"
         )
     return batch_upkeep(model)  # parametrized skips: each size's W's in one call per forward
+
+
+@torch.no_grad()
+def baked_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in which every constrained weight is a plain ``nn.Parameter``
+    holding its current value: each parametrized tensor (``cayley``, ``exp``, ``householder``
+    skips and weights, and any other torch parametrization) is W = B phi(A) computed once,
+    each retracted matrix (``steepest``, ``svd``, ``qr``, ``newton_schulz``) is unmarked,
+    and no batched upkeep runs. It computes what ``model`` computes without recomputing any W,
+    and goes where a constrained model cannot: ``torch.save(copy)`` (torch refuses to pickle a
+    parametrized module) and plain torch optimisers (its W's are then free matrices, as a
+    ``linear`` skip's). ``model`` is left as it was."""
+    out = copy.deepcopy(model)
+    batch_upkeep(out, enabled=False)
+    for module in list(out.modules()):
+        if parametrize.is_parametrized(module):
+            # not torch's remove_parametrizations: it edits the module's class, which a deep
+            # copy shares with the original (torch makes one class per parametrized module)
+            plists = module.parametrizations
+            values = {name: (getattr(module, name).detach().clone(),
+                             any(p.requires_grad for p in plists[name].parameters())) for name in plists}
+            module.__class__ = module.__class__.__bases__[0]  # the module's own class, before parametrizing
+            del module._modules["parametrizations"]
+            for name, (value, requires_grad) in values.items():
+                module.register_parameter(name, nn.Parameter(value, requires_grad=requires_grad))
+        module.__dict__.pop(_MODULE_MARKS, None)  # the record; deepcopy left the parameters unmarked
+        if isinstance(module, Skip):
+            module.upkeep = "none"  # the contract's word for a W kept by nothing: read as is, shared with no skip
+    return out

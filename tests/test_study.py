@@ -73,6 +73,11 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
         if r["p_value"]:
             assert float(r["p_value"]) <= float(r["p_holm"]) <= 1.0 and int(r["comparisons"]) >= 1
     assert any(r["p_holm"] for r in arms)
+    for r in arms:  # an interval cut at 0 / 100 is flagged, as report.md's dagger does
+        if r["acc_lo"]:
+            assert ("low" in r["acc_ci_clipped"]) == (float(r["acc_lo"]) == 0.0), r
+            assert ("high" in r["acc_ci_clipped"]) == (float(r["acc_hi"]) == 100.0), r
+        assert set(r["diff_ci_clipped"].split()) <= {"low", "high"}
     # the threshold of "epochs to X%", per task: in comparisons.csv beside epochs_to_target, and said in the report
     for task in {r["task"] for r in rows}:
         target = {r["target_acc"] for r in rows if r["task"] == task}

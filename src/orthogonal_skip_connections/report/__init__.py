@@ -45,13 +45,18 @@ __all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "mode_tables
 COMPARISON_COLUMNS = [
     "task", "residual_mode", "variant", "runs", "completed", "seeds", "acc_mean", "acc_std", "acc_lo", "acc_hi",
     "diff_mean", "diff_lo", "diff_hi", "paired_seeds", "p_value", "p_holm", "comparisons", "step_time_ratio",
-    "epochs_to_target", "target_acc", "identity_distance", "verdict",
-]
+    "epochs_to_target", "target_acc", "identity_distance", "verdict", "acc_ci_clipped", "diff_ci_clipped",
+]  # *_ci_clipped: which end of the interval was cut at 0 / 100 (accuracy) or -100 / +100 points (low, high)
 
 
 def _cell(v):
     """A CSV cell: NaN and None empty, as in results.csv."""
     return "" if v is None or (isinstance(v, float) and v != v) else v
+
+
+def _ends(cut: tuple[bool, bool]) -> str:
+    """(low cut, high cut) as a CSV cell: "low", "high", "low high" or empty."""
+    return " ".join(end for end, c in zip(("low", "high"), cut) if c)
 
 
 def _section(d: Path, out_dir: Path) -> list[str]:
@@ -97,7 +102,8 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
         with open(out_dir / "comparisons.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COMPARISON_COLUMNS, extrasaction="ignore")
             writer.writeheader()
-            writer.writerows({k: _cell(v) for k, v in a.items()} for a in arms)
+            writer.writerows({k: _cell(_ends(v) if k.endswith("_ci_clipped") else v) for k, v in a.items()}
+                             for a in arms)
 
     md = [f"# {title}", ""]
     if rows:
@@ -123,9 +129,11 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
         fig = curves_figure(task, runs, out_dir, key="identity_distance")
         if fig is not None:  # the question of the theorem: do the trained skip matrices approach I?
             md += ["How far the skip matrices are from I during training (mean over a run's skips of "
-                   "||W - I||_F; 0 for a skip that is the identity). The theorem says that in a deep enough "
-                   "net the orthogonal skips approach I, so a falling curve supports it; a curve started at 0 "
-                   "(init=identity) can only rise.", "", f"![{task} distance from I]({fig.name})", ""]
+                   "||W - I||_F; 0 for a skip that is the identity): where training takes the skips from "
+                   "their start (a curve started at 0, init=identity, can only rise). The theorem's question is "
+                   "one of depth (in a deep enough net the orthogonal skips sit near I), which one depth cannot "
+                   "answer: runs at several depths get the \"skip distance vs depth\" section.", "",
+                   f"![{task} distance from I]({fig.name})", ""]
     groups = depth_groups(runs)  # one dataset, one CIFAR ResNet family at several depths: the theorem's question
     depth = depth_tables(groups)
     profiles = profile_rows(groups)

@@ -259,6 +259,8 @@ def test_teacher_as_its_own_student_has_zero_loss_and_distance(output):
         assert np.all(t.aligned_distance <= 1e-12), a
         s = tsa.summarize(t, fit_tol=1e-3, recover_tol=0.05)
         assert s["fits"] and s["recovered"] and s["recovered_up_to_symmetry"], a
+        rel, fits, rec = tsa.seed_outcomes(t, fit_tol=1e-3, recover_tol=0.05)  # the per-seed verdicts it counts
+        assert fits.all() and rec.all() and np.all(rel <= 1e-20), a
 
 
 @pytest.mark.parametrize("update", tst.ORTH_UPDATES)
@@ -540,7 +542,7 @@ def test_closest_unit_angle():
         assert float(tsa.closest_unit_angle(arch, teacher)[0]) == pytest.approx(30.0)
 
 
-def test_summary_lists_the_seeds_that_fit_without_being_recovered():
+def test_summary_lists_the_seeds_that_fit_without_being_recovered(tmp_path):
     T = 3
     traj = tst.Trajectory(
         arch="resnet_block", seeds=np.array([4, 5, 6]), steps=np.arange(T),
@@ -554,6 +556,10 @@ def test_summary_lists_the_seeds_that_fit_without_being_recovered():
     assert s["fits_not_recovered"] == [{"seed": 5, "relative_train_loss": 1e-8, "relative_population_loss": 3e-8,
                                          "relative_aligned_distance": 0.5, "teacher_closest_angle_deg": 1.5}]
     assert s["relative_population_loss_final"] == pytest.approx((2e-9 + 3e-8 + 1e-3) / 3)
+    rel, fits, rec = tsa.seed_outcomes(traj, fit_tol=1e-6, recover_tol=0.05)  # outcomes.png's three groups
+    np.testing.assert_array_equal(rel, [1e-9, 1e-8, 1e-3])
+    assert fits.tolist() == [True, True, False] and rec.tolist() == [True, False, False]
+    assert app.plot_outcomes({"resnet_block": traj}, tmp_path, 1e-6, 0.05).is_file()
     # and the report names that seed with its teacher's angle
     notes = app.report({"resnet_block": s, "meta": {"steps": 2}}, ["resnet_block"], 3,
                        compose_cfg("archs=[resnet_block]"))["notes"]
@@ -571,9 +577,10 @@ def test_app_runs_writes_its_files_and_refuses_to_overwrite(tmp_path, monkeypatc
             "batch_size=10", "epochs=2", "log_every=4", "seeds=2", "output=vector", "optimizer=adam", "lr=0.01"]
     monkeypatch.setattr(sys, "argv", argv)
     app.main()
-    for name in ("config.yaml", "trajectories.npz", "summary.json", "distance.png", "loss.png"):
+    for name in ("config.yaml", "trajectories.npz", "summary.json", "distance.png", "loss.png", "outcomes.png"):
         assert (run / name).is_file(), name
     summary = json.loads((run / "summary.json").read_text())
+    assert summary["report"]["figures"] == ["distance.png", "loss.png", "outcomes.png"]
     for a in ARCHS:
         s = summary[a]
         for key in ("train_loss_final", "test_loss_final", "distance_final", "aligned_distance_final",

@@ -48,6 +48,7 @@ __all__ = [
     "PopulationHessian",
     "population_hessian",
     "closest_unit_angle",
+    "seed_outcomes",
     "summarize",
 ]
 
@@ -329,6 +330,22 @@ def closest_unit_angle(arch: str | Arch, teacher: dict[str, Tensor]) -> Tensor:
 # --------------------------------------------------------------------------- summary
 
 
+def _within(v: np.ndarray, tol: float) -> np.ndarray:
+    """v <= tol, False where v is not finite (a diverged seed fails every verdict)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(v) & (v <= tol)
+
+
+def seed_outcomes(traj: Trajectory, fit_tol: float, recover_tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per seed, (S,) each: the final train loss / Var(y), whether it fits (<= ``fit_tol``)
+    and whether it is recovered up to symmetry (aligned distance / the zero student's <=
+    ``recover_tol``): :func:`summarize`'s per-seed verdicts."""
+    tiny = np.finfo(float).tiny
+    rel_train = traj.train_loss[:, -1] / np.maximum(traj.label_variance, tiny)
+    rel_aligned = traj.aligned_distance[:, -1] / np.maximum(traj.teacher_aligned_norm, tiny)
+    return rel_train, _within(rel_train, fit_tol), _within(rel_aligned, recover_tol)
+
+
 def summarize(traj: Trajectory, fit_tol: float, recover_tol: float) -> dict:
     """Final numbers of one architecture, means (and std) over seeds, with verdicts.
     ``*_geomean`` and ``*_gsd`` are the geometric mean and geometric std over seeds (what
@@ -350,10 +367,7 @@ def summarize(traj: Trajectory, fit_tol: float, recover_tol: float) -> dict:
     rel_aligned = final(traj.aligned_distance) / np.maximum(traj.teacher_aligned_norm, np.finfo(float).tiny)
     diverged = ~np.isfinite(final(traj.train_loss)) | ~np.isfinite(final(traj.distance))
 
-    def ok(v, tol):
-        with np.errstate(invalid="ignore"):
-            return np.isfinite(v) & (v <= tol)
-
+    ok = _within
     def mean(v):
         return float(np.mean(v))
 

@@ -542,6 +542,16 @@ def test_closest_unit_angle():
         assert float(tsa.closest_unit_angle(arch, teacher)[0]) == pytest.approx(30.0)
 
 
+def test_closest_angle_by_fit_is_the_exact_rank_test():
+    """Do the seeds that fail have closer teacher units? Medians per group, and the exact
+    two-sided Mann-Whitney p of a complete separation of 4 and 3 seeds: 2 / C(7, 3) = 2/35."""
+    c = tsa.closest_angle_by_fit([30.0, 5.0, 31.0, 6.0, 33.0, 7.0, 32.0], [1, 0, 1, 0, 1, 0, 1])
+    assert c["fit_median"] == 31.5 and c["not_fit_median"] == 6.0
+    assert c["p_value"] == pytest.approx(2 / 35, rel=1e-9)
+    assert tsa.closest_angle_by_fit([30.0, 5.0, 31.0], [1, 0, 1])["p_value"] is None  # fewer than 3 in a group
+    assert tsa.closest_angle_by_fit([30.0, 31.0], [1, 1])["not_fit_median"] is None
+
+
 def test_summary_lists_the_seeds_that_fit_without_being_recovered(tmp_path):
     T = 3
     traj = tst.Trajectory(
@@ -561,8 +571,15 @@ def test_summary_lists_the_seeds_that_fit_without_being_recovered(tmp_path):
     assert fits.tolist() == [True, True, False] and rec.tolist() == [True, False, False]
     assert app.plot_outcomes({"resnet_block": traj}, tmp_path, 1e-6, 0.05).is_file()
     # and the report names that seed with its teacher's angle
+    assert s["closest_angle"] == {"fit_median": 15.75, "not_fit_median": 20.0, "p_value": None}
     notes = app.report({"resnet_block": s, "meta": {"steps": 2}}, ["resnet_block"], 3,
                        compose_cfg("archs=[resnet_block]"))["notes"]
+    assert not any("Mann-Whitney" in n for n in notes)  # 2 and 1 seeds: no test
+    tested = {**s, "closest_angle": tsa.closest_angle_by_fit([30.0, 5.0, 31.0, 6.0, 33.0, 7.0, 32.0],
+                                                              [1, 0, 1, 0, 1, 0, 1])}
+    said = app.report({"resnet_block": tested, "meta": {"steps": 2}}, ["resnet_block"], 7,
+                      compose_cfg("archs=[resnet_block]"))["notes"]
+    assert any("resnet_block 31.5° / 6.0° (p = 0.057)" in n for n in said), said
     assert any("resnet_block seed 5 (loss/Var(y) 1e-08, population 3e-08, aligned distance 0.5" in n
                and "1.5 degrees apart" in n for n in notes), notes
 

@@ -49,6 +49,7 @@ __all__ = [
     "population_hessian",
     "closest_unit_angle",
     "seed_outcomes",
+    "closest_angle_by_fit",
     "summarize",
 ]
 
@@ -346,6 +347,19 @@ def seed_outcomes(traj: Trajectory, fit_tol: float, recover_tol: float) -> tuple
     return rel_train, _within(rel_train, fit_tol), _within(rel_aligned, recover_tol)
 
 
+def closest_angle_by_fit(angle: np.ndarray, fits: np.ndarray) -> dict:
+    """Do the seeds that fail to fit have teachers with closer hidden units? The median
+    closest-unit angle (degrees) of the seeds that fit and of those that do not, and the
+    two-sided Mann-Whitney U test's p-value (None unless each group has 3 or more seeds)."""
+    from scipy.stats import mannwhitneyu
+
+    angle, fits = np.asarray(angle, dtype=float), np.asarray(fits, dtype=bool)
+    a, b = angle[fits], angle[~fits]
+    return {"fit_median": float(np.median(a)) if len(a) else None,
+            "not_fit_median": float(np.median(b)) if len(b) else None,
+            "p_value": float(mannwhitneyu(a, b, alternative="two-sided").pvalue) if min(len(a), len(b)) >= 3 else None}
+
+
 def summarize(traj: Trajectory, fit_tol: float, recover_tol: float) -> dict:
     """Final numbers of one architecture, means (and std) over seeds, with verdicts.
     ``*_geomean`` and ``*_gsd`` are the geometric mean and geometric std over seeds (what
@@ -403,6 +417,7 @@ def summarize(traj: Trajectory, fit_tol: float, recover_tol: float) -> dict:
          "teacher_closest_angle_deg": float(traj.teacher_closest_angle[i])}
         for i in odd
     ]
+    out["closest_angle"] = closest_angle_by_fit(traj.teacher_closest_angle, ok(rel_train, fit_tol))
     out["thresholds"] = {
         "fit": f"train_loss / Var(y) <= {fit_tol:g}",
         "recover": f"distance / sum ||W*||_F <= {recover_tol:g}",

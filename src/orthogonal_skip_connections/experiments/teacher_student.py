@@ -276,6 +276,13 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
                      "near-collinear teacher units: the loss is then almost flat along the directions that tell them "
                      "apart, and a student can sit just under the fit threshold for a long time "
                      "(notes/teacher_student_findings.md, finding 3).")
+    tested = [(a, summary[a]["closest_angle"]) for a in archs if summary[a]["closest_angle"]["p_value"] is not None]
+    if tested:
+        notes.append("closest pair of the teacher's hidden units (the effective first layer's columns), median over "
+                     "the seeds that fit / that do not, with the two-sided Mann-Whitney p-value: " + "; ".join(
+                         f"{a} {c['fit_median']:.1f}° / {c['not_fit_median']:.1f}° (p = {c['p_value']:.2g})"
+                         for a, c in tested) + " (outcomes.png draws every seed; closer units stall more seeds on "
+                     "plateaus in notes/teacher_student_findings.md).")
     thr = cfg.thresholds
     return {
         "title": "Teacher-student convergence (Li & Yuan 2017 and the one-block ResNet variants)",

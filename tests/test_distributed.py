@@ -129,7 +129,7 @@ def test_apps_that_cannot_run_under_torchrun_say_so(monkeypatch, capsys):
     assert "does not run under torchrun" in capsys.readouterr().err
 
 
-def test_two_job_multirun_with_the_basic_launcher_makes_two_run_dirs_that_osc_report_reads(tmp_path):
+def test_two_job_multirun_with_the_basic_launcher_makes_two_run_dirs_that_osc_report_reads(tmp_path, capsys):
     import csv
 
     from orthogonal_skip_connections.cli import main as osc_main
@@ -142,6 +142,9 @@ def test_two_job_multirun_with_the_basic_launcher_makes_two_run_dirs_that_osc_re
     assert code == 0
     runs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name for p in runs] == ["0", "1"]  # hydra.sweep.subdir: the job number
+    # the sweep's last line says where its jobs' run dirs are, not the last job's alone
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"sweep: 2 jobs; run dirs under {sweep.resolve()} (osc report {sweep.resolve()} tables them)"
     for seed, run in enumerate(runs):
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["seed"] == seed

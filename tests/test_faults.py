@@ -53,6 +53,7 @@ FINISHED = ("run_experiments", "theorem", "teacher_student")
 def run(argv, capsys):
     code = osc([str(a) for a in argv])
     out = capsys.readouterr()
+    run.out = out.out  # stdout, for the few tests that read it
     return code, [line for line in out.err.splitlines() if line.strip()], out.err
 
 
@@ -442,6 +443,8 @@ def test_a_sweep_goes_on_after_a_failed_and_a_diverged_job(tmp_path, capsys):
                             "progress=false"], capsys)
     assert code == 2, err  # the worst of the jobs: two failed (cifar10 missing), one diverged
     assert "Traceback" not in err and len(lines) == 3, err
+    assert run.out.strip().endswith(f"sweep: 4 jobs, 3 failed; run dirs under {sweep.resolve()} "
+                                 f"(osc report {sweep.resolve()} tables them)"), run.out
     status = {}
     for d in sorted(p for p in sweep.iterdir() if p.is_dir()):
         s = json.loads((d / "summary.json").read_text())

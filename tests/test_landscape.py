@@ -174,7 +174,9 @@ def test_sharpness_verdict_shows_no_nan_interval_for_one_seed():
     text = verdict(one, 1)
     assert "nan" not in text and "identity (537) < zero (898)" in text and "cannot tell" in text
     two = [dict(t, top_eigenvalue_lo=t["top_eigenvalue"] / 2, top_eigenvalue_hi=t["top_eigenvalue"] * 2) for t in one]
-    assert "identity (537 [268, 1.07e+03]) < zero (898 [449, 1.8e+03])" in verdict(two, 3)
+    # three significant digits, written plainly: 1070 beside 898, not 1.07e+03
+    assert "identity (537 [268, 1070]) < zero (898 [449, 1800])" in verdict(two, 3)
+    assert "Hessian traces: identity 1070, zero 1800." in verdict(two, 3)
 
 
 def mixed_resnet(seed: int = 0):

@@ -73,6 +73,16 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
         if r["p_value"]:
             assert float(r["p_value"]) <= float(r["p_holm"]) <= 1.0 and int(r["comparisons"]) >= 1
     assert any(r["p_holm"] for r in arms)
+    for r in arms:  # an interval cut at 0 / 100 is flagged, as report.md's dagger does
+        if r["acc_lo"]:
+            assert ("low" in r["acc_ci_clipped"]) == (float(r["acc_lo"]) == 0.0), r
+            assert ("high" in r["acc_ci_clipped"]) == (float(r["acc_hi"]) == 100.0), r
+        assert set(r["diff_ci_clipped"].split()) <= {"low", "high"}
+    # the threshold of "epochs to X%", per task: in comparisons.csv beside epochs_to_target, and said in the report
+    for task in {r["task"] for r in rows}:
+        target = {r["target_acc"] for r in rows if r["task"] == task}
+        assert len(target) == 1 and {r["target_acc"] for r in arms if r["task"] == task} == target
+        assert f"Epochs to {float(target.pop()):.0f}%: mean over runs of the first epoch" in md
     assert "## construction_validity" in md  # the synthetic part runs all three synthetic apps
     assert "## Residual modes: digits/preact_resnet20" in md and "| rotation/channel | identity | 2/2 |" in md
     assert "data:image/png;base64," in (study_dir / "report.html").read_text()
@@ -80,6 +90,7 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
     verdict = json.loads((study_dir / "summary.json").read_text())["report"]["verdict"]
     assert verdict.startswith(f"{2 * len(VARIANTS)} of {2 * len(VARIANTS)} classification runs and 4 of 4 "
                               "residual-mode runs completed"), verdict
+    assert verdict.endswith("report.html (also report.md, results.csv, comparisons.csv)."), verdict
     assert "seed" in md and "paired" in md
     # the headline's caveat: test-set size and the smallest difference the seeds could tell
     assert "**Caveat**: 360 test images (accuracy moves in steps of 0.28 points)" in md
@@ -111,10 +122,14 @@ def test_study_has_landscape_of_its_own_runs_and_two_stage(study_dir):
         assert f"]({fig})" in md and (study_dir / fig).is_file(), fig
 
 
-def test_study_rerun_keeps_completed_runs(study_dir):
+def test_study_rerun_keeps_completed_runs(study_dir, capsys):
     before = {p: p.stat().st_mtime_ns for p in (study_dir / "classification").rglob("summary.json")}
     study.main.run(compose_config("study", [*TINY, "resume=true"]), study_dir)
     assert before == {p: p.stat().st_mtime_ns for p in (study_dir / "classification").rglob("summary.json")}
+    # each part is named on stdout as it starts, in the order it runs
+    parts = [line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines() if line.startswith("study, part ")]
+    assert parts == ["classification", "residual_modes", "teacher_student", "orth_to_id",
+                     "orth_residual_synthetic_data", "construction_validity", "loss_landscape", "two_stage"]
 
 
 def test_report_from_run_dirs_matches_study_and_keeps_failures(study_dir, tmp_path, monkeypatch):
@@ -180,6 +195,8 @@ def test_runs_of_other_settings_are_tabled_as_tasks_of_their_own(study_dir, tmp_
         assert table == alone["tables"]["digits/resnet20"]
     md = (tmp_path / "both" / "report.md").read_text()
     assert "## Classification: digits/resnet20 [optimizer.upkeep_adaptive=true]" in md
+    # the figure's file named by the task, without the bracket's trailing underscore
+    assert "](accuracy_digits_resnet20_optimizer_upkeep_adaptive_true.png)" in md
     for run_json in sorted(b.rglob("run.json"))[::2]:  # a setting of a later version: not in every run
         meta = json.loads(run_json.read_text())
         del meta["labels"]["settings"]["optimizer.upkeep_adaptive"]
@@ -222,6 +239,13 @@ def test_report_and_study_bad_input(tmp_path, capsys):
     with pytest.raises(UserError, match="unknown scale 'huge'"):
         study.main.run(compose_config("study", ["scale=huge"]), tmp_path)
     assert not (tmp_path / "missing").exists()  # nothing created for a bad call
+    # a list of overrides written unquoted: the grammar's message, and the list as it must be written
+    assert osc_main(["study", "overrides.teacher_student=[d=3,epochs=5]", f"hydra.run.dir={tmp_path / 's'}"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+    fixed = "overrides.teacher_student=['d=3','epochs=5']"
+    assert f'each override in a list is quoted: "{fixed}"' in err
+    assert list(compose_config("study", [fixed]).overrides.teacher_student) == ["d=3", "epochs=5"]
 
 
 def test_paired_verdicts():
@@ -396,6 +420,19 @@ def test_smallest_detectable_difference():
     assert "(1.00–1.00)" in md  # step-time ratio per seed, paired with identity
 
 
+def test_epochs_to_target_note_names_its_threshold():
+    """The "epochs to X%" column's note says what X is: 95% of identity's mean final accuracy,
+    or of all completed runs' when no identity run completed (an `osc report` of one kind)."""
+    from orthogonal_skip_connections.report import task_tables
+    from orthogonal_skip_connections.report.classification import table_markdown
+
+    with_identity = "\n".join(table_markdown(task_tables(_arm_rows("identity", [95, 96]) +
+                                                         _arm_rows("zero", [90, 91]))["t"]))
+    assert "| epochs to 90% |" in with_identity and "reached 90%, 95% of identity's mean final accuracy" in with_identity
+    alone = "\n".join(table_markdown(task_tables(_arm_rows("zero", [90, 91], target=86))["t"]))
+    assert "reached 86%, 95% of the mean final accuracy of all completed runs (no identity run" in alone
+
+
 def test_runs_of_one_seed_are_one_sample():
     """A sweep over a setting identity ignores (``model.skip_kind=identity,learnable_orth
     model.method=steepest,cayley``) repeats each identity seed: the statistics average an
@@ -508,6 +545,10 @@ def test_report_of_identity_runs_alone_has_no_empty_verdict_list(study_dir, tmp_
     assert osc_main(["report", str(study_dir / "classification" / "digits_resnet20" / "identity"),
                      str(study_dir / "teacher_student"), "--out", str(tmp_path / "r")]) == 0
     assert "2 classifier runs, 1 other app run(s); report:" in capsys.readouterr().out
+    # no classifier run: no comparisons.csv, and the line names only the files written
+    assert osc_main(["report", str(study_dir / "teacher_student"), "--out", str(tmp_path / "ts")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("report.md (also report.html, results.csv)")
+    assert not (tmp_path / "ts" / "comparisons.csv").exists()
     md = (tmp_path / "r" / "report.md").read_text()
     assert "Verdicts:" not in md and "No verdict: identity is the only skip kind here" in md
     # identity skips have no matrix: no distance-from-I figure
@@ -609,7 +650,7 @@ def test_report_tables_skip_distance_vs_depth(study_dir, tmp_path):
         summary["test_acc"] -= 50.0
         path.write_text(json.dumps(summary))
     md = build_report([tmp_path / "runs"], tmp_path / "untrained")["report"].read_text()
-    assert md.count("m = 27 to") == 1 and "read the trend with care" in md  # cayley's row (identity, zero: no matrix)
+    assert md.count("m = 27 trained to") == 1 and "read the trend with care" in md  # cayley's row (identity, zero: no matrix)
     assert (tmp_path / "report" / "skip_distance_vs_depth_digits_resnet_20_32_56.png").is_file()
     alone = build_report([tmp_path / "runs" / "resnet20"], tmp_path / "alone")
     assert alone["depth_tables"] == {}

@@ -259,6 +259,8 @@ def test_teacher_as_its_own_student_has_zero_loss_and_distance(output):
         assert np.all(t.aligned_distance <= 1e-12), a
         s = tsa.summarize(t, fit_tol=1e-3, recover_tol=0.05)
         assert s["fits"] and s["recovered"] and s["recovered_up_to_symmetry"], a
+        rel, fits, rec = tsa.seed_outcomes(t, fit_tol=1e-3, recover_tol=0.05)  # the per-seed verdicts it counts
+        assert fits.all() and rec.all() and np.all(rel <= 1e-20), a
 
 
 @pytest.mark.parametrize("update", tst.ORTH_UPDATES)
@@ -359,6 +361,23 @@ def test_aligned_distance_matches_brute_force_at_d4(rescale, k_out):
 
 
 # --------------------------------------------------------------------------- population loss
+
+
+def test_relu_kernel_in_column_slices_is_the_kernel_at_once(monkeypatch):
+    """relu_kernel bounds its (..., m, n, d) temporaries by slicing A's columns: the same
+    numbers (to the last bits of a smaller GEMM) and gradients as at once, with the slices one
+    column wide or uneven."""
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(3, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)  # (S, d, m)
+    B = torch.randn(3, 6, 5, generator=g, dtype=torch.float64)
+    whole = tsa.relu_kernel(A, B)
+    (gw,) = torch.autograd.grad(whole.square().sum(), A)
+    for chunk in (3 * 5 * 6, 2 * 3 * 5 * 6 + 1):  # one column of A per slice; two (7 = 2 + 2 + 2 + 1)
+        monkeypatch.setattr(tsa, "KERNEL_CHUNK", chunk)
+        part = tsa.relu_kernel(A, B)
+        (gp,) = torch.autograd.grad(part.square().sum(), A)
+        torch.testing.assert_close(part, whole, rtol=1e-14, atol=1e-15)
+        torch.testing.assert_close(gp, gw, rtol=1e-13, atol=1e-14)
 
 
 def test_relu_kernel_closed_form_at_known_angles():
@@ -560,7 +579,17 @@ def test_closest_unit_angle():
         assert float(tsa.closest_unit_angle(arch, teacher)[0]) == pytest.approx(30.0)
 
 
-def test_summary_lists_the_seeds_that_fit_without_being_recovered():
+def test_closest_angle_by_fit_is_the_exact_rank_test():
+    """Do the seeds that fail have closer teacher units? Medians per group, and the exact
+    two-sided Mann-Whitney p of a complete separation of 4 and 3 seeds: 2 / C(7, 3) = 2/35."""
+    c = tsa.closest_angle_by_fit([30.0, 5.0, 31.0, 6.0, 33.0, 7.0, 32.0], [1, 0, 1, 0, 1, 0, 1])
+    assert c["fit_median"] == 31.5 and c["not_fit_median"] == 6.0
+    assert c["p_value"] == pytest.approx(2 / 35, rel=1e-9)
+    assert tsa.closest_angle_by_fit([30.0, 5.0, 31.0], [1, 0, 1])["p_value"] is None  # fewer than 3 in a group
+    assert tsa.closest_angle_by_fit([30.0, 31.0], [1, 1])["not_fit_median"] is None
+
+
+def test_summary_lists_the_seeds_that_fit_without_being_recovered(tmp_path):
     T = 3
     traj = tst.Trajectory(
         arch="resnet_block", seeds=np.array([4, 5, 6]), steps=np.arange(T),
@@ -574,9 +603,20 @@ def test_summary_lists_the_seeds_that_fit_without_being_recovered():
     assert s["fits_not_recovered"] == [{"seed": 5, "relative_train_loss": 1e-8, "relative_population_loss": 3e-8,
                                          "relative_aligned_distance": 0.5, "teacher_closest_angle_deg": 1.5}]
     assert s["relative_population_loss_final"] == pytest.approx((2e-9 + 3e-8 + 1e-3) / 3)
+    rel, fits, rec = tsa.seed_outcomes(traj, fit_tol=1e-6, recover_tol=0.05)  # outcomes.png's three groups
+    np.testing.assert_array_equal(rel, [1e-9, 1e-8, 1e-3])
+    assert fits.tolist() == [True, True, False] and rec.tolist() == [True, False, False]
+    assert app.plot_outcomes({"resnet_block": traj}, tmp_path, 1e-6, 0.05).is_file()
     # and the report names that seed with its teacher's angle
+    assert s["closest_angle"] == {"fit_median": 15.75, "not_fit_median": 20.0, "p_value": None}
     notes = app.report({"resnet_block": s, "meta": {"steps": 2}}, ["resnet_block"], 3,
                        compose_cfg("archs=[resnet_block]"))["notes"]
+    assert not any("Mann-Whitney" in n for n in notes)  # 2 and 1 seeds: no test
+    tested = {**s, "closest_angle": tsa.closest_angle_by_fit([30.0, 5.0, 31.0, 6.0, 33.0, 7.0, 32.0],
+                                                              [1, 0, 1, 0, 1, 0, 1])}
+    said = app.report({"resnet_block": tested, "meta": {"steps": 2}}, ["resnet_block"], 7,
+                      compose_cfg("archs=[resnet_block]"))["notes"]
+    assert any("resnet_block 31.5° / 6.0° (p = 0.057)" in n for n in said), said
     assert any("resnet_block seed 5 (loss/Var(y) 1e-08, population 3e-08, aligned distance 0.5" in n
                and "1.5 degrees apart" in n for n in notes), notes
 
@@ -591,9 +631,10 @@ def test_app_runs_writes_its_files_and_refuses_to_overwrite(tmp_path, monkeypatc
             "batch_size=10", "epochs=2", "log_every=4", "seeds=2", "output=vector", "optimizer=adam", "lr=0.01"]
     monkeypatch.setattr(sys, "argv", argv)
     app.main()
-    for name in ("config.yaml", "trajectories.npz", "summary.json", "distance.png", "loss.png"):
+    for name in ("config.yaml", "trajectories.npz", "summary.json", "distance.png", "loss.png", "outcomes.png"):
         assert (run / name).is_file(), name
     summary = json.loads((run / "summary.json").read_text())
+    assert summary["report"]["figures"] == ["distance.png", "loss.png", "outcomes.png"]
     for a in ARCHS:
         s = summary[a]
         for key in ("train_loss_final", "test_loss_final", "distance_final", "aligned_distance_final",

@@ -319,3 +319,7 @@ def test_osc_cli_lists_apps_and_rejects_unknown(capsys):
     assert "run_experiments" in capsys.readouterr().out
     assert osc_main(["nope"]) == 2
     assert "unknown experiment 'nope'" in capsys.readouterr().err
+    assert osc_main(["reprot", "outputs"]) == 2  # a typo of a command: its nearest name is offered
+    assert "unknown experiment 'reprot' (did you mean report?)" in capsys.readouterr().err
+    assert osc_main(["run_experiment"]) == 2
+    assert "(did you mean run_experiments?)" in capsys.readouterr().err

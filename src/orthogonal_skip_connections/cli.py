@@ -3,6 +3,7 @@ importing torch or Hydra: the registry is plain data)."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ def report(argv: list[str]) -> int:
         return 2
     others = f", {len(result['others'])} other app run(s)" if result["others"] else ""
     print(f"{len(result['rows'])} classifier runs{others}; report: {result['report'].resolve()} "
-          f"(also report.html, results.csv, comparisons.csv)")
+          f"(also {', '.join(result['written'])})")
     return 0
 
 
@@ -87,7 +88,11 @@ def _main(argv: list[str]) -> int:
         return report(argv[1:])
     name = argv[0]
     if name not in APPS:
-        print(f"error: unknown experiment {name!r}; allowed: {', '.join(APPS)} (or `osc list`)", file=sys.stderr)
+        commands = [*APPS, "report", "list"]
+        close = difflib.get_close_matches(name, commands, n=1)  # `osc reprot`, `osc run_experiment`
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        print(f"error: unknown experiment {name!r}{hint}; allowed: {', '.join(APPS)}, or report DIR..., list",
+              file=sys.stderr)
         return 2
     return load_app(name)(argv[1:])
 

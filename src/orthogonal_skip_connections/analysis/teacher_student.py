@@ -56,6 +56,8 @@ __all__ = [
     "balanced",
     "newton_critical_point",
     "closest_unit_angle",
+    "seed_outcomes",
+    "closest_angle_by_fit",
     "summarize",
 ]
 
@@ -145,6 +147,9 @@ def zero_student_aligned_norm(arch: str | Arch, teacher: dict[str, Tensor], outp
 # --------------------------------------------------------------------------- population loss
 
 
+KERNEL_CHUNK = 1 << 22  # numbers in one of relu_kernel's (..., m, n, d) temporaries (32 MB in float64)
+
+
 def relu_kernel(A: Tensor, B: Tensor) -> Tensor:
     """E[ReLU(a^T x) ReLU(b^T x)] over x ~ N(0, I_d) for every column a of A and b of B:
     (..., d, m), (..., d, n) -> (..., m, n).
@@ -154,7 +159,8 @@ def relu_kernel(A: Tensor, B: Tensor) -> Tensor:
     a = b, 0 where a or b is 0. Written as (w + p atan2(w, -p)) / (2 pi) with p = a^T b and
     w = |a| |b| sin t, sin t = |a' - b'| |a' + b'| / 2 for the unit vectors a', b': this keeps
     t accurate near 0 and pi, where arccos(p / (|a| |b|)) loses half the digits (at the
-    cost of (..., m, n, d) temporaries).
+    cost of (..., m, n, d) temporaries, built for a slice of A's columns at a time so that
+    each holds at most ``KERNEL_CHUNK`` numbers: d = 128, 8 seeds would take 2 GB at once).
 
     Twice differentiable by autograd wherever a, b != 0. Near parallel (antiparallel)
     columns the kernel is p / 2 (0) plus w^3 / (6 pi p^2) + O(w^5): C^2 in the weights but
@@ -162,6 +168,10 @@ def relu_kernel(A: Tensor, B: Tensor) -> Tensor:
     and so are the ones autograd returns where w rounds to 0 (a column with itself: sqrt is
     evaluated at 1 there, not at 0). Not differentiable at a zero column (a dead unit):
     autograd returns 0 there."""
+    (d, m), n = A.shape[-2:], B.shape[-1]
+    rows = max(1, KERNEL_CHUNK // max(1, math.prod(torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])) * n * d))
+    if m > rows:  # the same numbers, column slice by column slice of A
+        return torch.cat([relu_kernel(A[..., i:i + rows], B) for i in range(0, m, rows)], -2)
     na, nb = A.square().sum(-2), B.square().sum(-2)  # squared norms, (..., m), (..., n)
     ua = (A / torch.where(na > 0, na, 1.0).sqrt()[..., None, :]).mT[..., :, None, :]  # a', (..., m, 1, d)
     ub = (B / torch.where(nb > 0, nb, 1.0).sqrt()[..., None, :]).mT[..., None, :, :]  # b', (..., 1, n, d)
@@ -430,6 +440,35 @@ def closest_unit_angle(arch: str | Arch, teacher: dict[str, Tensor]) -> Tensor:
 # --------------------------------------------------------------------------- summary
 
 
+def _within(v: np.ndarray, tol: float) -> np.ndarray:
+    """v <= tol, False where v is not finite (a diverged seed fails every verdict)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(v) & (v <= tol)
+
+
+def seed_outcomes(traj: Trajectory, fit_tol: float, recover_tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per seed, (S,) each: the final train loss / Var(y), whether it fits (<= ``fit_tol``)
+    and whether it is recovered up to symmetry (aligned distance / the zero student's <=
+    ``recover_tol``): :func:`summarize`'s per-seed verdicts."""
+    tiny = np.finfo(float).tiny
+    rel_train = traj.train_loss[:, -1] / np.maximum(traj.label_variance, tiny)
+    rel_aligned = traj.aligned_distance[:, -1] / np.maximum(traj.teacher_aligned_norm, tiny)
+    return rel_train, _within(rel_train, fit_tol), _within(rel_aligned, recover_tol)
+
+
+def closest_angle_by_fit(angle: np.ndarray, fits: np.ndarray) -> dict:
+    """Do the seeds that fail to fit have teachers with closer hidden units? The median
+    closest-unit angle (degrees) of the seeds that fit and of those that do not, and the
+    two-sided Mann-Whitney U test's p-value (None unless each group has 3 or more seeds)."""
+    from scipy.stats import mannwhitneyu
+
+    angle, fits = np.asarray(angle, dtype=float), np.asarray(fits, dtype=bool)
+    a, b = angle[fits], angle[~fits]
+    return {"fit_median": float(np.median(a)) if len(a) else None,
+            "not_fit_median": float(np.median(b)) if len(b) else None,
+            "p_value": float(mannwhitneyu(a, b, alternative="two-sided").pvalue) if min(len(a), len(b)) >= 3 else None}
+
+
 def summarize(traj: Trajectory, fit_tol: float, recover_tol: float) -> dict:
     """Final numbers of one architecture, means (and std) over seeds, with verdicts.
     ``*_geomean`` and ``*_gsd`` are the geometric mean and geometric std over seeds (what
@@ -451,10 +490,7 @@ def summarize(traj: Trajectory, fit_tol: float, recover_tol: float) -> dict:
     rel_aligned = final(traj.aligned_distance) / np.maximum(traj.teacher_aligned_norm, np.finfo(float).tiny)
     diverged = ~np.isfinite(final(traj.train_loss)) | ~np.isfinite(final(traj.distance))
 
-    def ok(v, tol):
-        with np.errstate(invalid="ignore"):
-            return np.isfinite(v) & (v <= tol)
-
+    ok = _within
     def mean(v):
         return float(np.mean(v))
 
@@ -490,6 +526,7 @@ def summarize(traj: Trajectory, fit_tol: float, recover_tol: float) -> dict:
          "teacher_closest_angle_deg": float(traj.teacher_closest_angle[i])}
         for i in odd
     ]
+    out["closest_angle"] = closest_angle_by_fit(traj.teacher_closest_angle, ok(rel_train, fit_tol))
     out["thresholds"] = {
         "fit": f"train_loss / Var(y) <= {fit_tol:g}",
         "recover": f"distance / sum ||W*||_F <= {recover_tol:g}",

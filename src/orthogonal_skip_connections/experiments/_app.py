@@ -24,6 +24,7 @@ The parts, each importable from here as before:
 - :mod:`._help`     ``osc <app> --help``
 - :mod:`._command_line`  the Hydra glue: checks before Hydra runs, exit codes, sweeps, torchrun
 - :mod:`._leftovers`  what a call refused inside Hydra leaves behind (nothing that was not there)
+- :mod:`._sweep_record`  what a sweep's jobs tell the sweep's process (run dirs, failures) and its last line
 - :mod:`._registry` the list of apps (no torch, no Hydra: ``osc list`` stays fast)
 """
 

@@ -17,8 +17,9 @@ one line, exit 2, nothing run). A job that then fails (a user error found at run
 diverged training, a library error) is recorded in its run dir (summary.json with
 ``status: failed`` and ``reason``, or ``status: diverged``; a library error's traceback in
 error.txt), one line is printed, and the sweep goes on; its exit code is the worst of its
-jobs' (2 > 1 > 0). Jobs may run in other processes (Hydra's joblib or submitit launchers):
-they append their codes to a file named by :data:`CODES_ENV`.
+jobs' (2 > 1 > 0), and its last line names the dir holding its jobs' run dirs. Jobs may run in
+other processes (Hydra's joblib or submitit launchers): they append their run dirs and codes to
+a file named by :data:`CODES_ENV` (:mod:`._sweep_record`).
 
 Under ``torchrun`` (apps built with ``torchrun=True``) rank 0 resolves and claims the run
 dir and every rank runs in it (:meth:`CommandLine.join_ranks`).
@@ -43,10 +44,10 @@ from ..train.divergence import Diverged
 from ._compose import CONFIG_DIR, compose, compose_raw, one_line, typed
 from ._help import help_text
 from ._leftovers import has_results, hydra_files, outermost_new, remove_empty, undo
+from ._sweep_record import CODES_ENV, read_codes, read_job_dirs, sweep_line, write_code, write_job_dir
 
 __all__ = ["CommandLine", "CODES_ENV"]
 
-CODES_ENV = "OSC_SWEEP_CODES"
 # Hydra's flags that each choose what the call does (its short name -> its long one): one per call
 _MODES = {f: long for long, short in (("--run", "-r"), ("--multirun", "-m"), ("--cfg", "-c"), ("--info", "-i"),
                                       ("--shell-completion", "-sc")) for f in (long, short)}
@@ -174,6 +175,7 @@ class CommandLine:
             hc = HydraConfig.get()
             run_dir = Path(hc.runtime.output_dir)
             if hc.mode == RunMode.MULTIRUN:  # a sweep's job: record a failure and go on
+                write_job_dir(run_dir)
                 try:
                     app.print_result(app.run(cfg, run_dir, command=command, record_failures=True), run_dir)
                 except UserError as err:
@@ -212,6 +214,9 @@ class CommandLine:
         finally:
             sys.argv = saved
             codes += read_codes()
+        line = sweep_line(read_job_dirs(), codes)
+        if line:  # a sweep: where its results are, last (each job's own lines scroll by above)
+            print(line)
         return max(codes, default=0)
 
     def join_ranks(self, argv: list[str]) -> list[str]:
@@ -270,22 +275,6 @@ def with_job_name(app_name: str, argv: list[str]) -> list[str]:
     last = max((i for i, a in enumerate(argv) if not a.startswith("-") and ("=" in a or a.startswith("~"))),
                default=len(argv) - 1)
     return [*argv[:last + 1], *named, *argv[last + 1:]]
-
-
-def write_code(code: int) -> None:
-    """Append a failed sweep job's exit code to the file the sweep's parent reads."""
-    path = os.environ.get(CODES_ENV)
-    if path:
-        with open(path, "a") as f:
-            f.write(f"{code}\n")
-
-
-def read_codes() -> list[int]:
-    path = os.environ.get(CODES_ENV)
-    try:
-        return [int(line) for line in Path(path).read_text().split()] if path else []
-    except (OSError, ValueError):
-        return []
 
 
 def _rank_prefix() -> str:

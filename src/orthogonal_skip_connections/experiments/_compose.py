@@ -107,6 +107,19 @@ def one_line(err: BaseException, schema: type) -> str:
     return first
 
 
+def _list_hint(override: str) -> str:
+    """For a list of overrides written unquoted (osc study's ``overrides.teacher_student=[d=3]``,
+    which the grammar cannot read: ``=`` inside a list), the same list quoted, as it must be."""
+    key, _, value = override.partition("=")
+    if not (value.startswith("[") and value.endswith("]") and "=" in value):
+        return ""
+    items = value[1:-1].split(",")
+    if "[" in value[1:-1] or any("'" in i or '"' in i for i in items):  # nested or partly quoted: no guess
+        return "each override in a list is quoted, 'key=value'; "
+    quoted = ",".join(f"'{i.strip()}'" for i in items)
+    return f"each override in a list is quoted: \"{key}=[{quoted}]\" (shell quotes around it); "
+
+
 def strict_booleans(schema: type, overrides) -> None:
     """A boolean key takes ``true`` or ``false`` only: omegaconf would read ``no``, ``off``,
     ``0`` or ``y`` as booleans, which a user may not mean."""
@@ -117,8 +130,8 @@ def strict_booleans(schema: type, overrides) -> None:
         try:
             parsed += parser.parse_overrides([override])
         except Exception as err:  # the grammar's message names no key: name the override
-            raise UserError(f"cannot parse the override {override!r}: {one_line(err, schema)}; see "
-                            f"https://hydra.cc/docs/advanced/override_grammar/basic/") from None
+            raise UserError(f"cannot parse the override {override!r}: {one_line(err, schema)}; "
+                            f"{_list_hint(override)}see https://hydra.cc/docs/advanced/override_grammar/basic/") from None
     parsed = [o for o in parsed if not o.key_or_group.startswith("hydra.")]
     for o in parsed:
         key = o.key_or_group.lstrip("+~")

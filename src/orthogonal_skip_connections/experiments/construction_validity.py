@@ -145,7 +145,8 @@ def draw(c: dict, rows: list[dict], run_dir: Path) -> list[str]:
     fig, axes = plt.subplots(len(kinds), len(classes), figsize=(4.5 * len(classes), 3.4 * len(kinds) + 0.6),
                              squeeze=False, sharey=True, layout="constrained")
     # what the line styles mean, once for the figure (the colours, d, are in each panel's legend)
-    styles = [Line2D([], [], color="0.3", marker="o", label="Procrustes residual after training (band: std over seeds)"),
+    styles = [Line2D([], [], color="0.3", marker="o", label="Procrustes residual after training "
+                     f"({'band' if len(depths) > 1 else 'bar'}: std over seeds)"),
               Line2D([], [], color="0.3", linestyle="--", marker="x", alpha=0.6, label="Procrustes residual at initialisation"),
               Line2D([], [], color="0.3", linestyle=":", marker=".", label="best linear fit's residual")]
     for i, kind in enumerate(kinds):

@@ -335,11 +335,16 @@ def variant_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _g3(x: float) -> str:
+    """Three significant digits written plainly (1440, not 1.44e+03, beside 983 in one sentence)."""
+    return f"{float(f'{x:.3g}'):g}"
+
+
 def verdict(table: list[dict], n_min: int) -> str:
     if len(table) < 2:
         t = table[0]
-        return (f"one variant ({t['variant']}): top Hessian eigenvalue {t['top_eigenvalue']:.3g}, trace "
-                f"{t['trace']:.3g}; nothing to compare it with.")
+        return (f"one variant ({t['variant']}): top Hessian eigenvalue {_g3(t['top_eigenvalue'])}, trace "
+                f"{_g3(t['trace'])}; nothing to compare it with.")
     if any(math.isnan(t["top_eigenvalue"]) for t in table):
         return ("a top Hessian eigenvalue is <= 0 (the trained weights are not at a minimum along it), so "
                 "geometric means are undefined: see the per-run table.")
@@ -354,13 +359,13 @@ def verdict(table: list[dict], n_min: int) -> str:
                 "order is not established")
     def value(t):  # one seed has no interval: the value alone, not "[nan, nan]"
         if np.isnan(t["top_eigenvalue_lo"]) or np.isnan(t["top_eigenvalue_hi"]):
-            return f"{t['top_eigenvalue']:.3g}"
-        return f"{t['top_eigenvalue']:.3g} [{t['top_eigenvalue_lo']:.3g}, {t['top_eigenvalue_hi']:.3g}]"
+            return _g3(t["top_eigenvalue"])
+        return f"{_g3(t['top_eigenvalue'])} [{_g3(t['top_eigenvalue_lo'])}, {_g3(t['top_eigenvalue_hi'])}]"
 
     order = " < ".join(f"{t['variant']} ({value(t)})" for t in by)
     return (f"Top Hessian eigenvalue at the trained weights (geometric mean over seeds, 95% interval), flattest "
             f"to sharpest: {order}; {sure}. Hessian traces: "
-            + ", ".join(f"{t['variant']} {t['trace']:.3g}" for t in table) + ".")
+            + ", ".join(f"{t['variant']} {_g3(t['trace'])}" for t in table) + ".")
 
 
 def report(cfg: Config, table: list[dict], rows: list[dict], figures: list[str], handling: dict) -> dict:

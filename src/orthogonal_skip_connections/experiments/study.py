@@ -419,7 +419,7 @@ def run_app(name: str, overrides: list[str], run_dir: Path, progress: bool) -> s
     return "completed"
 
 
-def report(cfg: Config, status: dict, seconds: dict, wall: float, study_dir: Path) -> dict:
+def report(cfg: Config, status: dict, seconds: dict, wall: float, study_dir: Path, written: list[str]) -> dict:
     runs = status.get("classification", {})
     done = sum(s == "completed" for s in runs.values())
     rows = [{"part": part, "status": s if isinstance(s, str) else f"{sum(x == 'completed' for x in s.values())}"
@@ -433,7 +433,7 @@ def report(cfg: Config, status: dict, seconds: dict, wall: float, study_dir: Pat
         f"{wall:.0f} s; the report (every skip kind against identity, " + \
         ("every residual mode x skip kind against add/identity, " if "residual_modes" in status else "") + \
         "and each app's finding): " \
-        f"{(study_dir / 'report.html').resolve()} (also report.md, results.csv, comparisons.csv)."
+        f"{(study_dir / 'report.html').resolve()} (also {', '.join(['report.md', *written])})."
     return {
         "title": f"osc study, scale={cfg.scale}",
         "question": "do orthogonal skips help?",
@@ -458,7 +458,12 @@ def run(cfg: Config, rd: RunDir) -> dict:
     status: dict[str, object] = {}
     seconds: dict[str, float] = {}
 
+    parts = (["classification"] if jobs else []) + (["residual_modes"] if modes else []) + apps
+
     def timed(part: str, fn, *args):
+        # which part runs, on stdout: the parts' bars and lines (loss_landscape's, two_stage's per seed) say
+        # nothing of their app, and with progress=false nothing else is printed for minutes
+        print(f"study, part {parts.index(part) + 1} of {len(parts)}: {part}", flush=True)
         start = time.perf_counter()
         status[part] = fn(*args)
         seconds[part] = time.perf_counter() - start
@@ -481,7 +486,8 @@ def run(cfg: Config, rd: RunDir) -> dict:
     write_json(study_dir / "study.json", {"scale": cfg.scale, "wall_time_s": wall, "seconds": seconds,
                                           "status": status})
     return {"wall_time_s": wall, "status": status, "seconds": seconds, "rows": built["rows"],
-            "report_md": built["report"], "report": report(cfg, status, seconds, wall, study_dir)}
+            "report_md": built["report"],
+            "report": report(cfg, status, seconds, wall, study_dir, [w for w in built["written"] if w != "report.html"])}
 
 
 main = App("study", Config, run, resume=True, redo_completed=True)

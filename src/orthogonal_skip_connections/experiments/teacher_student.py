@@ -9,7 +9,8 @@ run dir: config.yaml, trajectories.npz (per architecture: steps, per-seed metric
 test and exact population loss, distances), teacher and final student weights),
 summary.json (per architecture: final losses and distances, means over seeds, the fits /
 recovered verdicts with their thresholds, and the seeds that fit without being recovered
-up to symmetry), distance.png and loss.png.
+up to symmetry), distance.png, loss.png and outcomes.png (each seed's final loss against its
+teacher's closest pair of hidden units, marked by verdict).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..analysis.teacher_student import summarize
+from ..analysis.teacher_student import seed_outcomes, summarize
 from ..models.teacher_student import ARCHS
 from ..train import teacher_student as ts
 from ..rundir import RunDir, column
@@ -147,6 +148,44 @@ def build(cfg: Config) -> tuple[list[str], ts.TeacherStudentConfig, list[int]]:
     return list(cfg.archs), cfg.train_config(), list(range(cfg.seed, cfg.seed + cfg.seeds))
 
 
+def plot_outcomes(trajs: dict[str, ts.Trajectory], run_dir: Path, fit: float, recover: float) -> Path:
+    """outcomes.png: per architecture, each seed's final train loss / Var(y) against the angle
+    between its teacher's two closest hidden units, marked by verdict (recovered up to
+    symmetry, fits only, neither), with the fit threshold: whether the seeds that fail are
+    the near-degenerate teachers (notes/teacher_student_findings.md, finding 3)."""
+    from ..plots import plain_log_labels, plt, savefig, shared_legend
+
+    names = list(trajs)
+    ncols = min(3, len(names))
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows + 0.6), squeeze=False, sharex=True,
+                             sharey=True, layout="constrained")
+    kinds = (("recovered up to symmetry", "o", "tab:green"), ("fits, not recovered", "^", "tab:orange"),
+             ("neither", "x", "tab:gray"))
+    for k, (ax, name) in enumerate(zip(axes.flat, names)):
+        t = trajs[name]
+        rel, fits, rec = seed_outcomes(t, fit, recover)
+        masks = (rec, fits & ~rec, ~fits & ~rec)  # as summarize counts them
+        for (label, marker, color), mask in zip(kinds, masks):
+            ax.scatter(t.teacher_closest_angle[mask], np.clip(np.nan_to_num(rel[mask], nan=1.0, posinf=1.0), 1e-16, None),
+                       marker=marker, color=color, s=22, label=label)
+        ax.axhline(fit, color="black", linestyle="--", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_title(f"{name}: " + ", ".join(f"{int(m.sum())} {word}" for m, word in
+                                             zip(masks, ("recovered", "fit only", "neither"))), fontsize="medium")
+        if k % ncols == 0:
+            ax.set_ylabel("final train loss / Var(y)")
+        if k >= len(names) - ncols:
+            ax.set_xlabel("angle of the teacher's closest hidden units (°)")
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    plain_log_labels(axes.flat[0], "y")
+    shared_legend(fig, axes.flat[0])
+    fig.suptitle(f"each seed's outcome against its teacher's closest pair of hidden units (dashed: the fit threshold {fit:g})")
+    return savefig(fig, run_dir / "outcomes.png")
+
+
 def plot(trajs: dict[str, ts.Trajectory], run_dir: Path) -> None:
     from ..plots import panels_over_steps
 
@@ -237,6 +276,13 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
                      "near-collinear teacher units: the loss is then almost flat along the directions that tell them "
                      "apart, and a student can sit just under the fit threshold for a long time "
                      "(notes/teacher_student_findings.md, finding 3).")
+    tested = [(a, summary[a]["closest_angle"]) for a in archs if summary[a]["closest_angle"]["p_value"] is not None]
+    if tested:
+        notes.append("closest pair of the teacher's hidden units (the effective first layer's columns), median over "
+                     "the seeds that fit / that do not, with the two-sided Mann-Whitney p-value: " + "; ".join(
+                         f"{a} {c['fit_median']:.1f}° / {c['not_fit_median']:.1f}° (p = {c['p_value']:.2g})"
+                         for a, c in tested) + " (outcomes.png draws every seed; closer units stall more seeds on "
+                     "plateaus in notes/teacher_student_findings.md).")
     thr = cfg.thresholds
     return {
         "title": "Teacher-student convergence (Li & Yuan 2017 and the one-block ResNet variants)",
@@ -278,7 +324,7 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
             "note": notes[0] if same else ""}],
         "notes": notes[1:] if same else notes,
         "verdict": verdict,
-        "figures": ["distance.png", "loss.png"],
+        "figures": ["distance.png", "loss.png", "outcomes.png"],
     }
 
 
@@ -305,6 +351,7 @@ def run(cfg: Config, rd: RunDir) -> dict:
         "seconds_per_step": elapsed / max(train_cfg.total_steps, 1),
     }
     plot(trajs, rd.path)
+    plot_outcomes(trajs, rd.path, cfg.thresholds.fit, cfg.thresholds.recover)
     summary["report"] = report(summary, archs, len(seeds), cfg)
     return summary
 

@@ -241,8 +241,8 @@ def draw(cfg: Config, rows: list[dict], path: Path) -> str:
     for v in VARIANTS:
         rs = [r for r in rows if r["variant"] == v]
         epochs = [e["epoch"] for e in rs[0]["curve"]]  # two_stage: the end of stage 1 twice, before and after
-        for a, key in ((ax, "test_acc"), (ax2, "test_loss")):
-            band(a, epochs, [[e[key] for e in r["curve"]] for r in rs], label=v)
+        for a, key, log in ((ax, "test_acc", False), (ax2, "test_loss", True)):  # the loss on a log axis: geometric band
+            band(a, epochs, [[e[key] for e in r["curve"]] for r in rs], label=v, log=log)
     swaps = [r["loss_after_swap"] for r in rows if r["variant"] == "two_stage"]
     ax2.plot([cfg.stage1_epochs] * len(swaps), swaps, "x", color="black", label="two_stage right after the swap")
     for a in (ax, ax2):
@@ -252,11 +252,11 @@ def draw(cfg: Config, rows: list[dict], path: Path) -> str:
         a.grid(alpha=0.3)
     ax.set_ylabel("test accuracy (%)")
     ax2.set_ylabel("test loss (cross-entropy)")
-    ax2.set_yscale("log")
-    plain_log_labels(ax2, "y")
+    plain_log_labels(ax2, "y")  # (band set the log scale)
     shared_legend(fig, ax2)  # both panels draw the same variants; below them, not over the bands
     fig.suptitle(f"{cfg.model_type} on {cfg.dataset_name}: identity -> Procrustes-orthogonal swap vs. one skip kind "
-                 f"throughout (mean, band: std over {cfg.seeds} seeds)", fontsize=10)
+                 f"throughout (band over {cfg.seeds} seeds: accuracy mean ± std, loss geometric mean ×/÷ geometric std)",
+                 fontsize=10)
     return savefig(fig, path).name
 
 

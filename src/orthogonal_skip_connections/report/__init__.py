@@ -40,17 +40,23 @@ __all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "mode_tables
 
 # comparisons.csv: per task and arm (skip variant, or residual mode x skip variant), what the
 # report's tables show: accuracy over seeds, the paired difference from the baseline (identity,
-# or add/identity), the paired t-test's p-value and Holm's adjustment over the table, the verdict
+# or add/identity), the paired t-test's p-value and Holm's adjustment over the table, the epochs to
+# target_acc (the accuracy epochs_to_target is counted to), the verdict
 COMPARISON_COLUMNS = [
     "task", "residual_mode", "variant", "runs", "completed", "seeds", "acc_mean", "acc_std", "acc_lo", "acc_hi",
     "diff_mean", "diff_lo", "diff_hi", "paired_seeds", "p_value", "p_holm", "comparisons", "step_time_ratio",
-    "epochs_to_target", "identity_distance", "verdict",
-]
+    "epochs_to_target", "target_acc", "identity_distance", "verdict", "acc_ci_clipped", "diff_ci_clipped",
+]  # *_ci_clipped: which end of the interval was cut at 0 / 100 (accuracy) or -100 / +100 points (low, high)
 
 
 def _cell(v):
     """A CSV cell: NaN and None empty, as in results.csv."""
     return "" if v is None or (isinstance(v, float) and v != v) else v
+
+
+def _ends(cut: tuple[bool, bool]) -> str:
+    """(low cut, high cut) as a CSV cell: "low", "high", "low high" or empty."""
+    return " ".join(end for end, c in zip(("low", "high"), cut) if c)
 
 
 def _section(d: Path, out_dir: Path) -> list[str]:
@@ -72,8 +78,9 @@ def _section(d: Path, out_dir: Path) -> list[str]:
 
 
 def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal skips help?") -> dict:
-    """Write results.csv, comparisons.csv, report.md, report.html and figures into ``out_dir``; return
-    ``{"rows": ..., "tables": ..., "report": path}``."""
+    """Write results.csv, comparisons.csv (when there are classifier arms to compare), report.md,
+    report.html and figures into ``out_dir``; return ``{"rows": ..., "tables": ..., "report": path,
+    "written": the names of the other files}``."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; give a directory (made if missing)")
@@ -95,7 +102,8 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
         with open(out_dir / "comparisons.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COMPARISON_COLUMNS, extrasaction="ignore")
             writer.writeheader()
-            writer.writerows({k: _cell(v) for k, v in a.items()} for a in arms)
+            writer.writerows({k: _cell(_ends(v) if k.endswith("_ci_clipped") else v) for k, v in a.items()}
+                             for a in arms)
 
     md = [f"# {title}", ""]
     if rows:
@@ -121,9 +129,11 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
         fig = curves_figure(task, runs, out_dir, key="identity_distance")
         if fig is not None:  # the question of the theorem: do the trained skip matrices approach I?
             md += ["How far the skip matrices are from I during training (mean over a run's skips of "
-                   "||W - I||_F; 0 for a skip that is the identity). The theorem says that in a deep enough "
-                   "net the orthogonal skips approach I, so a falling curve supports it; a curve started at 0 "
-                   "(init=identity) can only rise.", "", f"![{task} distance from I]({fig.name})", ""]
+                   "||W - I||_F; 0 for a skip that is the identity): where training takes the skips from "
+                   "their start (a curve started at 0, init=identity, can only rise). The theorem's question is "
+                   "one of depth (in a deep enough net the orthogonal skips sit near I), which one depth cannot "
+                   "answer: runs at several depths get the \"skip distance vs depth\" section.", "",
+                   f"![{task} distance from I]({fig.name})", ""]
     groups = depth_groups(runs)  # one dataset, one CIFAR ResNet family at several depths: the theorem's question
     depth = depth_tables(groups)
     profiles = profile_rows(groups)
@@ -160,4 +170,6 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
     report_md = out_dir / "report.md"
     report_md.write_text("\n".join(md) + "\n")
     (out_dir / "report.html").write_text(to_html("\n".join(md), out_dir, title))
-    return {"rows": rows, "tables": tables, "mode_tables": modes, "depth_tables": depth, "depth_profiles": profiles, "others": others, "report": report_md}
+    written = ["report.html", "results.csv"] + (["comparisons.csv"] if arms else [])  # beside report.md
+    return {"rows": rows, "tables": tables, "mode_tables": modes, "depth_tables": depth, "depth_profiles": profiles,
+            "others": others, "report": report_md, "written": written}

@@ -463,6 +463,12 @@ def table_markdown(table: list[dict]) -> list[str]:
             f"{_fmt(t['acc_mean'])} ± {_fmt(t['acc_std'])} | {ci} | {step} | {reach} | "
             f"{_fmt(t['identity_distance'], '.3f')} | {diff} |"
         )
+    if target is not None:  # the column's threshold is computed (_target_acc): say from what
+        of = (f"95% of {base}'s mean final accuracy" if any(t["verdict"] == "baseline" and t["completed"]
+                                                            for t in table)
+              else f"95% of the mean final accuracy of all completed runs (no {base} run completed)")
+        lines += ["", f"Epochs to {target:.0f}%: mean over runs of the first epoch whose test accuracy reached "
+                      f"{target:.0f}%, {of}, rounded down; – where a run never reached it."]
     if any(any(t.get("acc_ci_clipped", ())) or any(t.get("diff_ci_clipped", ())) for t in table):
         lines += ["", "† the t-interval reached past 100% (or below 0%) and is clipped there; for a difference, past "
                       "±100 points."]
@@ -532,21 +538,27 @@ def curves_figure(task: str, runs: list[RunRecord], out_dir: Path, modes: bool =
     """``key`` (test accuracy, or the skip matrices' mean distance from I) over epochs, one band
     per skip variant of the ``add`` runs, or with ``modes`` one band per (residual mode, skip
     variant) arm of every run; arms without the measure (no skip matrix) are left out."""
+    shown = [r for r in runs if r.task == task and r.status == "completed" and r.evals
+             and (modes or r.residual_mode == "add")]
     by_arm: dict[tuple[str, str], list[RunRecord]] = {}
-    for r in runs:
-        if (r.task == task and r.status == "completed" and r.evals and (modes or r.residual_mode == "add")
-                and all(e[key] is not None for e in r.evals)):
+    for r in shown:
+        if all(e[key] is not None for e in r.evals):
             by_arm.setdefault((r.residual_mode, r.variant), []).append(r)
     if not by_arm:
         return None
     ylabel, what, prefix = CURVES[key]
     fig, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
-    mode_order, variant_order = _mode_order([a[0] for a in by_arm]), _variant_order([a[1] for a in by_arm])
-    for arm in sorted(by_arm, key=lambda a: (mode_order.index(a[0]), variant_order.index(a[1]))):
+    # colours by the arm's place among all the task's arms, so an arm has one colour in the accuracy
+    # and the distance figure (which leaves out arms without a skip matrix, identity among them)
+    arms = {(r.residual_mode, r.variant) for r in shown}
+    mode_order, variant_order = _mode_order([a[0] for a in arms]), _variant_order([a[1] for a in arms])
+    arms = sorted(arms, key=lambda a: (mode_order.index(a[0]), variant_order.index(a[1])))
+    for arm in [a for a in arms if a in by_arm]:
         group = by_arm[arm]
         epochs = sorted(set.intersection(*[{e["epoch"] for e in r.evals} for r in group]))
         ys = [[next(e[key] for e in r.evals if e["epoch"] == ep) for ep in epochs] for r in group]
-        band(ax, epochs, ys, label=f"{' / '.join(arm) if modes else arm[1]} (n={len(group)})")
+        band(ax, epochs, ys, label=f"{' / '.join(arm) if modes else arm[1]} (n={len(group)})",
+             color=f"C{arms.index(arm) % 10}")
     ax.set_xlabel("epoch")
     integer_ticks(ax.xaxis)
     ax.set_ylabel(ylabel)
@@ -554,5 +566,5 @@ def curves_figure(task: str, runs: list[RunRecord], out_dir: Path, modes: bool =
     # beside the axes, not over the curves: accuracy curves fill any corner by the last epoch
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3)
-    name = f"{prefix}_{'modes_' if modes else ''}{re.sub(r'[^A-Za-z0-9]+', '_', task)}.png"
+    name = f"{prefix}_{'modes_' if modes else ''}{re.sub(r'[^A-Za-z0-9]+', '_', task).strip('_')}.png"
     return savefig(fig, out_dir / name)

@@ -142,7 +142,7 @@ def _untrained(t: dict) -> str:
     if not accs:
         return ""
     best = max(accs.values())
-    low = [f"m = {m} to {a:.0f}%" for m, a in accs.items() if a <= best - UNTRAINED_GAP]
+    low = [f"m = {m} trained to {a:.0f}%" for m, a in accs.items() if a <= best - UNTRAINED_GAP]
     return f"; {', '.join(low)} (best depth {best:.0f}%): read the trend with care" if low else ""
 
 

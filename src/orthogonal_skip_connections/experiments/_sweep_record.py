@@ -1,0 +1,57 @@
+"""What a sweep's jobs tell the process that started the sweep: their run dirs and the exit
+codes of those that failed, appended to one file named by :data:`CODES_ENV` (jobs may run in
+other processes: Hydra's joblib or submitit launchers, which inherit the environment), and
+the sweep's closing line made from them. No Hydra here."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+__all__ = ["CODES_ENV", "write_code", "write_job_dir", "read_codes", "read_job_dirs", "sweep_line"]
+
+CODES_ENV = "OSC_SWEEP_CODES"
+
+
+def write_code(code: int) -> None:
+    """Append a failed sweep job's exit code to the file the sweep's parent reads."""
+    path = os.environ.get(CODES_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{code}\n")
+
+
+def write_job_dir(run_dir: Path) -> None:
+    """Append a sweep job's run dir to the same file, as ``dir <path>``."""
+    path = os.environ.get(CODES_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(f"dir {Path(run_dir).resolve()}\n")
+
+
+def _lines() -> list[str]:
+    path = os.environ.get(CODES_ENV)
+    try:
+        return Path(path).read_text().splitlines() if path else []
+    except OSError:
+        return []
+
+
+def read_codes() -> list[int]:
+    return [int(line) for line in _lines() if line.strip().lstrip("-").isdigit()]
+
+
+def read_job_dirs() -> list[str]:
+    return [line[4:] for line in _lines() if line.startswith("dir ")]
+
+
+def sweep_line(dirs: list[str], codes: list[int]) -> str:
+    """``sweep: 4 jobs, 3 failed; run dirs under D (osc report D tables them)``, or '' for no
+    job dirs (not a sweep)."""
+    if not dirs:
+        return ""
+    where = Path(os.path.commonpath(dirs)) if len(dirs) > 1 else Path(dirs[0]).parent
+    failed = f", {len(codes)} failed" if codes else ""
+    return (f"sweep: {len(dirs)} job{'s' if len(dirs) != 1 else ''}{failed}; run dirs under {where} "
+            f"(osc report {shlex.quote(str(where))} tables them)")

@@ -579,6 +579,35 @@ def test_closest_unit_angle():
         assert float(tsa.closest_unit_angle(arch, teacher)[0]) == pytest.approx(30.0)
 
 
+def test_teacher_unit_coverage_finds_the_unit_left_out():
+    """Teacher units e_0..e_4 (resnet_block, W1* = I); student unit j < 4 is e_j turned by t_j
+    towards e_{j+1}, and unit 4 is e_0 turned by 0.4 towards e_2, so no student unit lies near e_4:
+    cos(e_k, student j) is cos t_k for j = k, sin t_{k-1} for j = k - 1, cos 0.4 and sin 0.4 for
+    unit 4 and e_0, e_2, 0 otherwise. The student's units are then shuffled and rescaled by
+    positive factors, which must not matter."""
+    d, t = 5, torch.tensor([0.1, 0.7, 0.3, 0.5, 0.2], dtype=torch.float64)
+    A = torch.zeros(d, d, dtype=torch.float64)
+    for j in range(d - 1):
+        A[j, j], A[j + 1, j] = math.cos(t[j]), math.sin(t[j])
+    A[0, d - 1], A[2, d - 1] = math.cos(0.4), math.sin(0.4)
+    expect = torch.tensor([max(math.cos(t[0]), math.cos(0.4)), max(math.cos(t[1]), math.sin(t[0])),
+                           max(math.cos(t[2]), math.sin(t[1]), math.sin(0.4)),
+                           max(math.cos(t[3]), math.sin(t[2])), math.sin(t[3])], dtype=torch.float64)
+    owner = torch.tensor([0, 1, 2, 3, 3])  # which student unit gives each maximum (before shuffling)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    scale = torch.tensor([0.5, 2.0, 3.0, 0.1, 1.7], dtype=torch.float64)
+    student = {"W1": (A[:, perm] * scale)[None], "W2": torch.ones(1, d, d, dtype=torch.float64)}
+    teacher = {"W1": torch.eye(d, dtype=torch.float64)[None], "W2": torch.ones(1, d, d, dtype=torch.float64)}
+    cos, j = tsa.teacher_unit_coverage("resnet_block", student, teacher)
+    assert torch.allclose(cos[0], expect, rtol=1e-12, atol=1e-15), (cos, expect)
+    assert torch.equal(perm[j[0][:d - 1]], owner[:d - 1]) and perm[j[0][d - 1]] == 3
+    assert int(cos[0].argmin()) == d - 1  # the unit left out
+    # sum_modified sees the same units through A = W1 + I
+    cos2, _ = tsa.teacher_unit_coverage("sum_modified", {k: v - torch.eye(d) * (k == "W1") for k, v in student.items()},
+                                        {"W1": torch.zeros(1, d, d, dtype=torch.float64), "W2": teacher["W2"]})
+    assert torch.allclose(cos2, cos, rtol=1e-12, atol=1e-15)
+
+
 def test_closest_angle_by_fit_is_the_exact_rank_test():
     """Do the seeds that fail have closer teacher units? Medians per group, and the exact
     two-sided Mann-Whitney p of a complete separation of 4 and 3 seeds: 2 / C(7, 3) = 2/35."""

@@ -17,9 +17,10 @@ closed form (the degree-1 arc-cosine kernel), the limit of the test loss as n_te
 two near-collinear teacher units leave the loss almost flat along the directions that
 tell them apart (``notes/teacher_student_findings.md``, finding 3). Its gradient and Hessian
 across the symmetry orbits are :func:`population_hessian`'s; :func:`newton_critical_point`
-refines a trained student to the critical point it sits near (a minimum or a saddle), and
+refines a trained student to the critical point it sits near (a minimum or a saddle),
 :func:`balanced` picks the representative of a student's rescaling orbit with
-|incoming| = |outgoing| weights per unit.
+|incoming| = |outgoing| weights per unit, and :func:`teacher_unit_coverage` finds the teacher
+unit a stalled student has left out.
 
 A run's final numbers, means and spreads over seeds with their verdicts (fits, recovered,
 recovered up to symmetry), come from :func:`summarize`.
@@ -56,6 +57,7 @@ __all__ = [
     "balanced",
     "newton_critical_point",
     "closest_unit_angle",
+    "teacher_unit_coverage",
     "seed_outcomes",
     "closest_angle_by_fit",
     "summarize",
@@ -435,6 +437,25 @@ def closest_unit_angle(arch: str | Arch, teacher: dict[str, Tensor]) -> Tensor:
     ok = (n[..., :, None] > 0) & (n[..., None, :] > 0) & ~torch.eye(m, dtype=torch.bool, device=A.device)
     angle = torch.rad2deg(torch.arccos(cos)).masked_fill(~ok, math.inf)
     return angle.flatten(-2).min(-1).values
+
+
+def teacher_unit_coverage(arch: str | Arch, params: dict[str, Tensor], teacher: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """For every teacher hidden unit k, the largest cosine between its incoming weights a*_k
+    and a student unit's a_j (columns of A = W1 (+ I)), and that student unit j, per seed:
+    (S, m*) float64 and (S, m*) long. Direction only: unchanged by permuting or positively
+    rescaling the student's units. A teacher unit that no student unit lines up with (cosine
+    well below 1) is the one a stalled student has left out, merged into a neighbour
+    (``notes/teacher_student_findings.md``); j then names the student unit that covers it
+    together with its neighbour. A zero column has cosine 0 with everything."""
+    arch = as_arch(arch)
+
+    def directions(A: Tensor) -> Tensor:
+        n = torch.linalg.vector_norm(A, dim=-2)
+        return A / torch.where(n > 0, n, 1.0)[..., None, :]
+
+    cos = directions(effective_first_layer(arch, params).double()).mT @ directions(effective_first_layer(arch, teacher).double())
+    best = cos.max(-2)  # over the student's units: cos is (S, m, m*)
+    return best.values, best.indices
 
 
 # --------------------------------------------------------------------------- summary

@@ -55,7 +55,6 @@ from ._sweep_record import CODES_ENV, read_codes, read_job_dirs, sweep_line, wri
 
 __all__ = ["CommandLine", "CODES_ENV"]
 
-# Hydra's flags that each choose what the call does (its short name -> its long one): one per call
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the process is, so that it unwinds as after Ctrl-C."""
 
@@ -64,6 +63,7 @@ def _raise_terminated(signum, frame):
     raise Terminated
 
 
+# Hydra's flags that each choose what the call does (its short name -> its long one): one per call
 _MODES = {f: long for long, short in (("--run", "-r"), ("--multirun", "-m"), ("--cfg", "-c"), ("--info", "-i"),
                                       ("--shell-completion", "-sc")) for f in (long, short)}
 

@@ -675,3 +675,21 @@ def test_depth_section_counts_a_seed_once():
             {"m": 9, "seed": 1, "acc": 95.0, "dist": [2.0, None]}, {"m": 15, "seed": 1, "acc": 96.0, "dist": [4.0, 6.0]}]
     assert _seed_means(runs, "dist") == {9: {0: 2.0}, 15: {1: 5.0}}  # a run with a block unmeasured is left out
     assert _seed_means(runs, "acc") == {9: {0: 91.0, 1: 95.0}, 15: {1: 96.0}}
+
+
+def test_distance_figure_starts_at_zero(tmp_path, monkeypatch):
+    """The distance-from-I curves are drawn from 0 (the skip at I): skips that start far away
+    and barely move (Haar starts: 8.31 to 8.33) are a flat line, not a curve filling the axes."""
+    from orthogonal_skip_connections.report import classification
+
+    figures = []
+    monkeypatch.setattr(classification, "savefig", lambda fig, path: figures.append(fig) or path)
+    runs = [classification.RunRecord(tmp_path / f"s{seed}", {"task": "digits/resnet20", "variant": "learnable_orth",
+                                                              "seed": seed}, {"status": "completed"},
+                                     [{"epoch": e, "test_acc": 90.0, "identity_distance": 8.31 + 0.01 * e * seed}
+                                      for e in (1, 2, 3)]) for seed in (0, 1)]
+    classification.curves_figure("digits/resnet20", runs, tmp_path, key="identity_distance")
+    classification.curves_figure("digits/resnet20", runs, tmp_path, key="test_acc")
+    distance, accuracy = (fig.axes[0].get_ylim() for fig in figures)
+    assert distance[0] == 0 and distance[1] > 8.31
+    assert accuracy[0] > 0  # accuracy keeps its autoscaled axis

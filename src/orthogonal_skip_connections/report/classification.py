@@ -571,7 +571,7 @@ def curves_figure(task: str, runs: list[RunRecord], out_dir: Path, modes: bool =
     integer_ticks(ax.xaxis)
     ax.set_ylabel(ylabel)
     if key == "identity_distance":  # from 0 (the skip at I): autoscaled, skips that barely move (a Haar start,
-        ax.set_ylim(bottom=0)       # ~8.3 throughout) would look as if they travelled the whole height
+        ax.set_ylim(0, 1.08 * ax.get_ylim()[1])  # ~8.3 throughout) would look as if they travelled the whole height
     ax.set_title(f"{task}{': residual modes' if modes else ''}\n{what}, mean ± std over seeds", fontsize=10)
     # beside the axes, not over the curves: accuracy curves fill any corner by the last epoch
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)

@@ -24,10 +24,7 @@ a file named by :data:`CODES_ENV` (:mod:`._sweep_record`).
 Under ``torchrun`` (apps built with ``torchrun=True``) rank 0 resolves and claims the run
 dir and every rank runs in it (:meth:`CommandLine.join_ranks`).
 
-SIGTERM (``kill``, Slurm's time limit) stops a call as Ctrl-C does: one line, the run dirs
-released, a joblib launcher's workers shut down, exit code 143 (128 + 15); what was saved
-continues with ``resume=true``. Under torchrun the signal keeps its default: torchrun sends
-it to every rank when one fails.
+Ctrl-C and SIGTERM stop a call with one line (:mod:`._interrupt`).
 """
 
 from __future__ import annotations
@@ -36,10 +33,8 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -50,18 +45,11 @@ from ..train import distributed
 from ..train.divergence import Diverged
 from ._compose import CONFIG_DIR, compose, compose_raw, one_line, typed
 from ._help import help_text
+from ._interrupt import sigterm_as_interrupt, stopped
 from ._leftovers import has_results, hydra_files, outermost_new, remove_empty, undo
 from ._sweep_record import CODES_ENV, read_codes, read_job_dirs, sweep_line, write_code, write_job_dir
 
 __all__ = ["CommandLine", "CODES_ENV"]
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the process is, so that it unwinds as after Ctrl-C."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated
-
 
 # Hydra's flags that each choose what the call does (its short name -> its long one): one per call
 _MODES = {f: long for long, short in (("--run", "-r"), ("--multirun", "-m"), ("--cfg", "-c"), ("--info", "-i"),
@@ -103,19 +91,13 @@ class CommandLine:
                 if not distributed.launched_by_torchrun() or os.environ.get("RANK", "0") == "0":
                     print(f"error: {err}", file=sys.stderr)
                 return 2
-            on_term = None
-            if threading.current_thread() is threading.main_thread() and not distributed.launched_by_torchrun():
-                on_term = signal.signal(signal.SIGTERM, _raise_terminated)
             try:
-                return self.hydra(argv, codes)
+                with sigterm_as_interrupt(not distributed.launched_by_torchrun()):
+                    return self.hydra(argv, codes)
             except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: one line, not the traceback of wherever it landed
-                hint = "; what it saved continues with resume=true and the same hydra.run.dir" \
-                    if self.app.supports_resume else ""
-                print(f"{'terminated' if isinstance(stop, Terminated) else 'interrupted'}{hint}", file=sys.stderr)
-                return 143 if isinstance(stop, Terminated) else 130
-            finally:
-                if on_term is not None:
-                    signal.signal(signal.SIGTERM, on_term)
+                line, code = stopped(stop, self.app.supports_resume)
+                print(line, file=sys.stderr)
+                return code
         finally:
             if distributed.launched_by_torchrun():
                 distributed.leave()

@@ -228,6 +228,52 @@ def test_summary_has_provenance_and_report(app, tmp_path, capsys):
     assert "already holds a finished run" in capsys.readouterr().err
 
 
+def test_sigterm_is_one_line_and_exit_143(tmp_path, capsys, monkeypatch):
+    """SIGTERM (kill, Slurm's time limit) unwinds as Ctrl-C does, so that a joblib launcher's
+    workers are shut down and the run dir released; the previous handler is put back."""
+    import os
+    import signal
+    import time
+
+    from orthogonal_skip_connections.experiments import load_app
+
+    app = load_app("run_experiments")
+
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the handler raises here, at once
+        raise AssertionError("SIGTERM did not stop the run")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(app, "run", killed)
+    assert osc(["run_experiments", "dataset=digits", f"hydra.run.dir={tmp_path / 'run'}"]) == 143
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == ["terminated; what it saved continues with resume=true and the same hydra.run.dir"], lines
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_progress_bars_hold_no_process_semaphore(monkeypatch):
+    """tqdm's default lock is a multiprocessing semaphore, leaked (with a warning from the
+    resource tracker) by every launcher worker killed mid-run: the bars use a thread lock."""
+    import multiprocessing.synchronize
+
+    from tqdm.auto import tqdm
+
+    from orthogonal_skip_connections.runs import progress_bar
+
+    made = []
+    init = multiprocessing.synchronize.SemLock.__init__
+    monkeypatch.setattr(multiprocessing.synchronize.SemLock, "__init__",
+                        lambda self, *a, **k: (made.append(1), init(self, *a, **k))[1])
+    for cls in tqdm.__mro__:  # as in a fresh worker: no lock made yet
+        if "_lock" in vars(cls):
+            monkeypatch.delattr(cls, "_lock")
+    assert list(progress_bar(range(3), enabled=False)) == [0, 1, 2]
+    with progress_bar(total=2, enabled=True) as bar:
+        bar.update(2)
+    assert made == []
+
+
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     from orthogonal_skip_connections.experiments import load_app
 

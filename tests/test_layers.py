@@ -119,7 +119,7 @@ def test_the_import_reader_resolves_relative_imports(tmp_path, source, expected)
 
 # the app machinery's parts (experiments/_*.py); the value checks and the shared config
 # parts are plain Python that a library user or a test can import without Hydra
-HYDRA_FREE_APP_PARTS = ("_checks", "_parts", "_registry", "_leftovers", "_sweep_record")
+HYDRA_FREE_APP_PARTS = ("_checks", "_parts", "_registry", "_leftovers", "_sweep_record", "_interrupt")
 APP_PART_MAX_LINES = 300
 
 

@@ -82,7 +82,7 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
     for task in {r["task"] for r in rows}:
         target = {r["target_acc"] for r in rows if r["task"] == task}
         assert len(target) == 1 and {r["target_acc"] for r in arms if r["task"] == task} == target
-        assert f"Epochs to {float(target.pop()):.0f}%: mean over runs of the first epoch" in md
+        assert f"Epochs to {float(target.pop()):.0f}%: mean over seeds of the first epoch" in md
     assert "## construction_validity" in md  # the synthetic part runs all three synthetic apps
     assert "## Residual modes: digits/preact_resnet20" in md and "| rotation/channel | identity | 2/2 |" in md
     assert "data:image/png;base64," in (study_dir / "report.html").read_text()
@@ -456,6 +456,15 @@ def test_runs_of_one_seed_are_one_sample():
     md = "\n".join(table_markdown(list(table.values())))
     assert "| identity | 6/6 of 3 seeds‡ |" in md and "one sample per seed" in md
     assert "‡" not in "\n".join(table_markdown(list(once.values())))
+    # "epochs to X%" too: a seed's runs are averaged, and a seed with a run that never got there has not reached it
+    later = [{**r, "epochs_to_target": 1 + 2 * r["seed"]} for r in ident] + \
+        [{**r, "epochs_to_target": 2 + 2 * r["seed"]} for r in ident]  # seed s: epochs 1 + 2s and 2 + 2s
+    identity = next(t for t in task_tables(later + rows)["t"] if t["variant"] == "identity")
+    assert identity["epochs_to_target"] == pytest.approx(np.mean([1.5, 3.5, 5.5])) and identity["reached_target"] == "3/3"
+    later[-1]["epochs_to_target"] = None  # seed 2's second run never reached the target
+    identity = next(t for t in task_tables(later + rows)["t"] if t["variant"] == "identity")
+    assert np.isnan(identity["epochs_to_target"]) and identity["reached_target"] == "2/3"
+    assert "– (reached 2/3 seeds)" in "\n".join(table_markdown([identity]))
 
 
 def test_a_paired_difference_interval_is_clipped_at_100_points():
@@ -666,3 +675,21 @@ def test_depth_section_counts_a_seed_once():
             {"m": 9, "seed": 1, "acc": 95.0, "dist": [2.0, None]}, {"m": 15, "seed": 1, "acc": 96.0, "dist": [4.0, 6.0]}]
     assert _seed_means(runs, "dist") == {9: {0: 2.0}, 15: {1: 5.0}}  # a run with a block unmeasured is left out
     assert _seed_means(runs, "acc") == {9: {0: 91.0, 1: 95.0}, 15: {1: 96.0}}
+
+
+def test_distance_figure_starts_at_zero(tmp_path, monkeypatch):
+    """The distance-from-I curves are drawn from 0 (the skip at I): skips that start far away
+    and barely move (Haar starts: 8.31 to 8.33) are a flat line, not a curve filling the axes."""
+    from orthogonal_skip_connections.report import classification
+
+    figures = []
+    monkeypatch.setattr(classification, "savefig", lambda fig, path: figures.append(fig) or path)
+    runs = [classification.RunRecord(tmp_path / f"s{seed}", {"task": "digits/resnet20", "variant": "learnable_orth",
+                                                              "seed": seed}, {"status": "completed"},
+                                     [{"epoch": e, "test_acc": 90.0, "identity_distance": 8.31 + 0.01 * e * seed}
+                                      for e in (1, 2, 3)]) for seed in (0, 1)]
+    classification.curves_figure("digits/resnet20", runs, tmp_path, key="identity_distance")
+    classification.curves_figure("digits/resnet20", runs, tmp_path, key="test_acc")
+    distance, accuracy = (fig.axes[0].get_ylim() for fig in figures)
+    assert distance[0] == 0 and distance[1] > 8.31
+    assert accuracy[0] > 0  # accuracy keeps its autoscaled axis

@@ -114,8 +114,16 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def progress_bar(iterable=None, enabled: bool = True, **kwargs):
     """tqdm, or a silent pass-through with the same methods when ``enabled`` is false."""
+    import threading
+
     from tqdm.auto import tqdm
 
+    if not hasattr(tqdm, "_lock"):
+        # tqdm's default lock holds a multiprocessing semaphore, which a worker process killed
+        # mid-run (a joblib pool shut down on Ctrl-C or SIGTERM) leaks, and the resource
+        # tracker then warns about. Only threads share it here (launcher workers are spawned,
+        # each with its own), so a thread lock does its job.
+        tqdm.set_lock(threading.RLock())
     return tqdm(iterable, disable=not enabled, dynamic_ncols=True, **kwargs)
 
 

@@ -23,6 +23,8 @@ a file named by :data:`CODES_ENV` (:mod:`._sweep_record`).
 
 Under ``torchrun`` (apps built with ``torchrun=True``) rank 0 resolves and claims the run
 dir and every rank runs in it (:meth:`CommandLine.join_ranks`).
+
+Ctrl-C and SIGTERM stop a call with one line (:mod:`._interrupt`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from ..train import distributed
 from ..train.divergence import Diverged
 from ._compose import CONFIG_DIR, compose, compose_raw, one_line, typed
 from ._help import help_text
+from ._interrupt import sigterm_as_interrupt, stopped
 from ._leftovers import has_results, hydra_files, outermost_new, remove_empty, undo
 from ._sweep_record import CODES_ENV, read_codes, read_job_dirs, sweep_line, write_code, write_job_dir
 
@@ -89,12 +92,12 @@ class CommandLine:
                     print(f"error: {err}", file=sys.stderr)
                 return 2
             try:
-                return self.hydra(argv, codes)
-            except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of wherever it landed
-                hint = "; what it saved continues with resume=true and the same hydra.run.dir" \
-                    if self.app.supports_resume else ""
-                print(f"interrupted{hint}", file=sys.stderr)
-                return 130
+                with sigterm_as_interrupt(not distributed.launched_by_torchrun()):
+                    return self.hydra(argv, codes)
+            except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: one line, not the traceback of wherever it landed
+                line, code = stopped(stop, self.app.supports_resume)
+                print(line, file=sys.stderr)
+                return code
         finally:
             if distributed.launched_by_torchrun():
                 distributed.leave()

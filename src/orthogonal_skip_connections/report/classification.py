@@ -206,13 +206,14 @@ def _evals(path: Path) -> tuple[list[dict], list[dict] | None]:
 
 
 def _target_acc(runs: list[RunRecord]) -> float | None:
-    """The fixed accuracy of "epochs to reach": 95% of identity's mean final accuracy
-    (of all completed runs when there is no identity), floored to a whole percent."""
+    """The fixed accuracy of "epochs to reach": 95% of identity's mean final accuracy over
+    seeds (of all completed runs when there is no identity), floored to a whole percent."""
     done = [r for r in runs if r.status == "completed" and r.summary.get("test_acc") is not None]
     base = [r for r in done if r.variant == "identity" and r.residual_mode == "add"] or done
     if not base:
         return None
-    return float(math.floor(0.95 * np.mean([r.summary["test_acc"] for r in base])))
+    per_seed = _per_seed([{"seed": r.labels["seed"], "test_acc": r.summary["test_acc"]} for r in base], "test_acc")
+    return float(math.floor(0.95 * np.mean(list(per_seed.values()))))
 
 
 def results_rows(runs: list[RunRecord]) -> list[dict]:
@@ -280,15 +281,20 @@ def _is_add(r: dict) -> bool:
     return r.get("residual_mode", "add") == "add"
 
 
-def _per_seed(rows: list[dict], key: str) -> dict:
-    """seed -> the mean of ``key`` over the runs of that seed (a run without a seed is its own).
-    The seed is the unit of replication: runs of one seed in one arm (a sweep over
-    ``model.method`` repeats the identity run for each method) are one sample, not several."""
+def _by_seed(rows: list[dict], key: str) -> dict:
+    """seed -> the values of ``key`` in the runs of that seed (a run without a seed is its own)."""
     by_seed: dict = {}
     for i, r in enumerate(rows):
-        if r[key] is not None:
-            by_seed.setdefault(r["seed"] if r["seed"] is not None else ("run", i), []).append(r[key])
-    return {seed: float(np.mean(v)) for seed, v in by_seed.items()}
+        by_seed.setdefault(r["seed"] if r["seed"] is not None else ("run", i), []).append(r[key])
+    return by_seed
+
+
+def _per_seed(rows: list[dict], key: str) -> dict:
+    """seed -> the mean of ``key`` over the runs of that seed (runs without it left out).
+    The seed is the unit of replication: runs of one seed in one arm (a sweep over
+    ``model.method`` repeats the identity run for each method) are one sample, not several."""
+    return {seed: float(np.mean(v)) for seed, values in _by_seed(rows, key).items()
+            if (v := [x for x in values if x is not None])}
 
 
 def _arm_stats(vrows: list[dict], base: list[dict], is_base: bool, baseline: str, target_acc) -> dict:
@@ -308,7 +314,8 @@ def _arm_stats(vrows: list[dict], base: list[dict], is_base: bool, baseline: str
     dmean, dlo, dhi = t_interval(diffs) if not is_base else (math.nan,) * 3
     diff_clipped = (dlo < -100.0, dhi > 100.0)  # two accuracies differ by at most 100 points
     dlo, dhi = max(dlo, -100.0), min(dhi, 100.0)  # (NaN stays NaN; the verdict reads only signs)
-    reached = [r["epochs_to_target"] for r in vok]
+    # per seed, the mean epoch its runs reached the target at; None if one of them never did
+    reached = [None if None in v else float(np.mean(v)) for v in _by_seed(vok, "epochs_to_target").values()]
     return {
         "runs": len(vrows), "completed": len(vok), "seeds": len(acc),
         "failed": [f"seed {r['seed']}: {r['status']}" for r in vrows if r["status"] != "completed"],
@@ -452,7 +459,7 @@ def table_markdown(table: list[dict]) -> list[str]:
             f"{t['diff_mean']:+.2f} [{_fmt(t['diff_lo'], '+.2f')}{'†' if dlo_cut else ''}, " \
             f"{_fmt(t['diff_hi'], '+.2f')}{'†' if dhi_cut else ''}]"
         reach = _fmt(t["epochs_to_target"], ".1f") if not math.isnan(t["epochs_to_target"]) else \
-            f"– (reached {t['reached_target']})"
+            f"– (reached {t['reached_target']} seeds)"
         lo_cut, hi_cut = t.get("acc_ci_clipped", (False, False))
         ci = f"[{_fmt(t['acc_lo'])}{'†' if lo_cut else ''}, {_fmt(t['acc_hi'])}{'†' if hi_cut else ''}]"
         rlo, rhi = t.get("step_time_ratio_range", (math.nan, math.nan))
@@ -467,8 +474,9 @@ def table_markdown(table: list[dict]) -> list[str]:
         of = (f"95% of {base}'s mean final accuracy" if any(t["verdict"] == "baseline" and t["completed"]
                                                             for t in table)
               else f"95% of the mean final accuracy of all completed runs (no {base} run completed)")
-        lines += ["", f"Epochs to {target:.0f}%: mean over runs of the first epoch whose test accuracy reached "
-                      f"{target:.0f}%, {of}, rounded down; – where a run never reached it."]
+        lines += ["", f"Epochs to {target:.0f}%: mean over seeds of the first epoch whose test accuracy reached "
+                      f"{target:.0f}%, {of}, rounded down; – where a seed never reached it (how many did: "
+                      f"reached k/n seeds)."]
     if any(any(t.get("acc_ci_clipped", ())) or any(t.get("diff_ci_clipped", ())) for t in table):
         lines += ["", "† the t-interval reached past 100% (or below 0%) and is clipped there; for a difference, past "
                       "±100 points."]
@@ -562,6 +570,8 @@ def curves_figure(task: str, runs: list[RunRecord], out_dir: Path, modes: bool =
     ax.set_xlabel("epoch")
     integer_ticks(ax.xaxis)
     ax.set_ylabel(ylabel)
+    if key == "identity_distance":  # from 0 (the skip at I): autoscaled, skips that barely move (a Haar start,
+        ax.set_ylim(0, 1.08 * ax.get_ylim()[1])  # ~8.3 throughout) would look as if they travelled the whole height
     ax.set_title(f"{task}{': residual modes' if modes else ''}\n{what}, mean ± std over seeds", fontsize=10)
     # beside the axes, not over the curves: accuracy curves fill any corner by the last epoch
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)

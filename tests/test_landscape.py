@@ -416,3 +416,22 @@ def test_batchnorm_as_affine_is_the_same_function_with_the_same_hessian():
     model[1].train()
     with L.batchnorm_as_affine(model):
         assert "forward" not in model[1].__dict__ and "forward" in model[3].__dict__
+
+
+def test_a_run_measures_how_far_its_skips_moved(run_dir):
+    """metrics.jsonl's ||W - W_0||_F per skip is the distance between the trained skips and
+    W_0 rebuilt from the seed (load_run's init_model): the run kept its true start. From a
+    Haar start it is not ||W - I||_F, and summary.json has its mean."""
+    import json
+
+    from orthogonal_skip_connections.diagnostics import skip_weights
+
+    run = load_run(run_dir)
+    end, start = skip_weights(run.model), skip_weights(run.init_model)
+    evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    for row in evals[-1]["skips"]:
+        moved = float(torch.linalg.norm(end[row["name"]] - start[row["name"]]))
+        assert moved > 0 and row["start_distance"] == pytest.approx(moved, rel=1e-9)
+        assert abs(row["start_distance"] - row["identity_distance"]) > 1.0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["skip_start_distance_mean"] == pytest.approx(np.mean([r["start_distance"] for r in evals[-1]["skips"]]))

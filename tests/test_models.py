@@ -94,6 +94,35 @@ def test_diagnostics_measure_distance_and_orthogonality():
     assert s["skip_negative_det_count"] == 0
     s = summarize_skips(skip_diagnostics(get_model("resnet20", 10)))
     assert s["skip_orth_error_max"] is None and s["skip_identity_distance_mean"] is None
+    assert "skip_start_distance_mean" not in s  # measured only against a given start
+
+
+def test_diagnostics_measure_how_far_the_skips_moved_from_their_start():
+    """||W - W_0||_F: 0 at the start; started at I it is ||W - I||_F; from a Haar start it is
+    the distance moved, not the distance from I."""
+    import orthogonal_skip_connections as osc
+    from orthogonal_skip_connections.diagnostics import skip_weights
+    from orthogonal_skip_connections.skips import iter_skips
+
+    torch.manual_seed(0)
+    for init in ("identity", "haar"):
+        m = get_model("resnet20", 10, skip_layer=osc.skip("learnable_orth", method="steepest", init=init))
+        start = skip_weights(m)
+        assert len(start) == 9 and all(w.dtype == torch.float64 for w in start.values())
+        assert {r["start_distance"] for r in skip_diagnostics(m, start)} == {0.0}
+        with torch.no_grad():  # move each W along a rotation, W exp(0.1 (A - A^T)), as an optimiser would
+            for _, skip in iter_skips(m):
+                A = torch.randn(skip.weight.shape, dtype=torch.float64)
+                skip.weight.copy_((skip.weight.double() @ torch.linalg.matrix_exp(0.1 * (A - A.T))).float())
+        rows = skip_diagnostics(m, start)
+        for r, (name, skip) in zip(rows, iter_skips(m)):
+            assert r["start_distance"] == pytest.approx(float(torch.linalg.norm(skip.weight.detach().double() - start[name])))
+            if init == "identity":
+                assert r["start_distance"] == pytest.approx(r["identity_distance"], rel=1e-12)
+            else:
+                assert abs(r["start_distance"] - r["identity_distance"]) > 1.0
+        moved = [r["start_distance"] for r in rows]
+        assert summarize_skips(rows)["skip_start_distance_mean"] == pytest.approx(sum(moved) / len(moved))
 
 
 def test_residual_mlp_exposes_skip_and_branch():

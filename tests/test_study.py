@@ -693,3 +693,21 @@ def test_distance_figure_starts_at_zero(tmp_path, monkeypatch):
     distance, accuracy = (fig.axes[0].get_ylim() for fig in figures)
     assert distance[0] == 0 and distance[1] > 8.31
     assert accuracy[0] > 0  # accuracy keeps its autoscaled axis
+
+
+def test_the_table_says_how_far_skips_moved_where_they_did_not_start_at_identity():
+    """From a Haar start the final ‖W − I‖_F (~8.3) says nothing of training: the cell adds
+    ‖W − W₀‖_F. Started at I the two are one number, given once; runs from before the start
+    was kept have none."""
+    from orthogonal_skip_connections.report import task_tables
+    from orthogonal_skip_connections.report.classification import table_markdown
+
+    def arm(variant, ident, start):
+        return [{**r, "skip_identity_distance_mean": ident, "skip_start_distance_mean": start}
+                for r in _arm_rows(variant, [95.0, 96.0])]
+
+    rows = _arm_rows("identity", [95.0, 96.0]) + arm("learnable_orth/cayley/haar", 8.3, 0.6) + \
+        arm("learnable_orth/cayley", 0.5, 0.5) + arm("learnable_orth/steepest", 3.0, None)
+    md = "\n".join(table_markdown(task_tables(rows)["t"]))
+    assert "| 8.300 (moved 0.600) |" in md and "| 0.500 |" in md and "| 3.000 |" in md
+    assert md.count("(moved") == 2 and "‖W − W₀‖_F" in md  # the cell and the note under the table

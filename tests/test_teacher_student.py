@@ -568,6 +568,83 @@ def test_newton_reaches_the_teacher_from_near_it(arch_name, balance):
     if "Q" in cp.params:
         torch.testing.assert_close(cp.params["Q"][0] @ cp.params["Q"][0].mT, torch.eye(d, dtype=torch.float64))
 
+def test_trust_region_step_minimises_the_model_on_the_ball():
+    """The trust-region subproblem, min g^T y + y^T diag(lam) y / 2 over |y| <= delta, against
+    scipy's SLSQP from 5 starts per row (the oracle): an interior Newton step, boundary
+    steps with and without negative curvature, and the hard case (g = 0 along a negative
+    lowest eigenvalue, where the step must still reach the boundary)."""
+    from scipy.optimize import minimize
+
+    gen = torch.Generator().manual_seed(0)
+    n = 5
+    lam = torch.sort(torch.randn(6, n, generator=gen, dtype=torch.float64), dim=-1).values
+    lam[0] = lam[0].abs() + 0.5  # positive definite, large ball: Newton's step
+    lam[1] = lam[1].abs() + 0.5  # positive definite, small ball
+    g = torch.randn(6, n, generator=gen, dtype=torch.float64)
+    lam[4, 0], g[4, 0] = -1.0, 0.0  # hard case
+    lam[5, 0], g[5, :2] = -0.3, torch.tensor([0.0, 1e-3])  # hard case with a small gradient elsewhere
+    delta = torch.tensor([100.0, 0.1, 0.5, 2.0, 0.7, 0.4], dtype=torch.float64)
+    y = tsa._trust_region_step(g, lam, delta)
+    torch.testing.assert_close(y[0], -g[0] / lam[0])
+    assert bool((y.norm(dim=-1) <= delta * (1 + 1e-12)).all())
+    torch.testing.assert_close(y[1:].norm(dim=-1), delta[1:])  # every other row ends on the boundary
+    rng = np.random.default_rng(0)
+
+    def oracle(G, L, D):  # SLSQP's best from 5 starts
+        def model(v):
+            return float(G @ v + 0.5 * (L * v) @ v)
+
+        ball = {"type": "ineq", "fun": lambda v: D * D - v @ v, "jac": lambda v: -2 * v}
+        return model, min(minimize(model, x0, jac=lambda v: G + L * v, method="SLSQP", constraints=[ball],
+                                   options={"ftol": 1e-14, "maxiter": 500}).fun
+                          for x0 in rng.standard_normal((5, n)) * D / (2 * math.sqrt(n)))
+
+    for s in range(6):
+        model, best = oracle(g[s].numpy(), lam[s].numpy(), float(delta[s]))
+        assert abs(model(y[s].numpy()) - best) <= 1e-9 * (abs(best) + 1e-12), (s, model(y[s].numpy()), best)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_trust_region_descent_leaves_a_saddle_that_newton_stops_on():
+    """Plain Newton from a random student converges to a saddle (|gradient| at round-off, a
+    negative eigenvalue); the trust-region descent started there leaves it along the
+    negative curvature and ends, with every step downhill, at a local minimum (second-order
+    conditions, from population_hessian): for this teacher the teacher itself, loss 0 and
+    aligned distance 0 (the oracle)."""
+    arch, d = ts.ARCHS["vanilla"], 3
+    teacher = ts.init_weights(arch, d, [ts.seed_generator(24, "model")], "uniform")
+    student = ts.init_weights(arch, d, [ts.seed_generator(24, "data")], "gaussian")
+    scale = float(tsa.population_loss(arch, {"W": 0 * teacher["W"]}, teacher, "sum")[0])
+    saddle = tsa.newton_critical_point(arch, student, teacher, "sum", steps=30)
+    start = float(tsa.population_loss(arch, saddle.params, teacher, "sum")[0])
+    assert float(saddle.hessian.gradient.norm()) < 1e-13 * scale and start > 1e-4 * scale
+    assert float(saddle.hessian.eigenvalues()[1][0, 0]) < -1e-2 * scale
+    cp = tsa.trust_region_descent(arch, saddle.params, teacher, "sum", steps=40)
+    done = cp.gradient_norms[0][~cp.gradient_norms[0].isnan()]
+    assert 2 < len(done) < 40  # it moved, and it stopped
+    assert float(cp.hessian.gradient.norm()) < 1e-13 * scale
+    assert float(cp.hessian.eigenvalues()[1][0, 0]) > 1e-4 * scale
+    assert float(tsa.population_loss(arch, cp.params, teacher, "sum")[0]) < 1e-13 * scale
+    assert tsa.aligned_distances(arch, cp.params, teacher, "sum")[0] < 1e-6
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_trust_region_descent_batches_seeds_and_balances_two_layer_units():
+    """Two seeds of sum_modified (rescaling and W2 symmetries) from a small init, at once:
+    each seed ends where it ends when descended alone, here on its teacher's orbit."""
+    arch, d = ts.ARCHS["sum_modified"], 3
+    teacher = ts.init_weights(arch, d, [ts.seed_generator(s, "model") for s in (0, 5)], "uniform")
+    student = ts.init_weights(arch, d, [ts.seed_generator(s, "data") for s in (0, 5)], "small")
+    both = tsa.trust_region_descent(arch, student, teacher, "sum", steps=60)
+    scale = tsa.population_loss(arch, {k: 0 * w for k, w in teacher.items()}, teacher, "sum")
+    assert bool((tsa.population_loss(arch, both.params, teacher, "sum") < 1e-13 * scale).all())
+    assert float(np.abs(tsa.aligned_distances(arch, both.params, teacher, "sum")).max()) < 1e-6
+    one = tsa.trust_region_descent(arch, {k: w[1:] for k, w in student.items()}, {k: w[1:] for k, w in teacher.items()},
+                                   "sum", steps=60)
+    for k in arch.params:
+        torch.testing.assert_close(both.params[k][1:], one.params[k], rtol=0, atol=1e-12)
+
+
 def test_closest_unit_angle():
     A = torch.eye(4, dtype=torch.float64)
     A[:, 1] = torch.tensor([math.cos(math.radians(30)), math.sin(math.radians(30)), 0, 0]) * 2.5

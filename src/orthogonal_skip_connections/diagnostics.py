@@ -2,7 +2,9 @@
 
 For each skip matrix W (C x C): ||W^T W - I||_F (distance from O(n)), ||W - I||_F and
 ||W - I||_2 (distance from the identity skip) and sign(det W) (+1 on SO(n); a
-reflection, -1, can never reach I by moving continuously on O(n)).
+reflection, -1, can never reach I by moving continuously on O(n)); given the matrices W_0
+at the start of training (:func:`skip_weights`), also ||W - W_0||_F, how far training moved
+it (for a skip started away from I, e.g. a Haar sample, not its distance from I).
 """
 
 from __future__ import annotations
@@ -18,22 +20,33 @@ from .models.stack import SeedStack
 from .skips import iter_skips
 from .skips.constraint import _TORCH_NAMES, OrthogonalMap, recorded_retraction
 
-__all__ = ["skip_diagnostics", "summarize_skips", "orthogonal_weights"]
+__all__ = ["skip_diagnostics", "skip_weights", "summarize_skips", "orthogonal_weights"]
 
 
 @torch.no_grad()
-def skip_diagnostics(model: nn.Module) -> list[dict]:
+def skip_diagnostics(model: nn.Module, start: dict[str, Tensor] | None = None) -> list[dict]:
     """One dict per skip, in model order: name, kind, method, and for kinds with a matrix
-    orth_error, identity_distance, identity_distance_spectral, det_sign (else None)."""
+    orth_error, identity_distance, identity_distance_spectral, det_sign (else None). With
+    ``start`` (:func:`skip_weights` at the start of training), also start_distance =
+    ||W - W_0||_F (None for a skip without a matrix or not in ``start``)."""
     with orth.one_thread():
-        return [_diagnose(name, skip) for name, skip in iter_skips(model)]
+        return [_diagnose(name, skip, start) for name, skip in iter_skips(model)]
 
 
-def _diagnose(name: str, skip) -> dict:
+@torch.no_grad()
+def skip_weights(model: nn.Module) -> dict[str, Tensor]:
+    """name -> a float64 copy, on the CPU, of each skip's matrix (skips without one left out)."""
+    return {name: skip.weight.detach().double().cpu() for name, skip in iter_skips(model)
+            if skip.weight is not None}
+
+
+def _diagnose(name: str, skip, start: dict[str, Tensor] | None) -> dict:
     row = {"name": name, "kind": skip.kind, "method": getattr(skip, "method", None)}
     W = skip.weight
     if W is None:
         row.update(orth_error=None, identity_distance=None, identity_distance_spectral=None, det_sign=None)
+        if start is not None:
+            row["start_distance"] = None
         return row
     W = W.detach().double()  # measure in float64: round-off of fp32 weights is the signal here
     row.update(
@@ -42,6 +55,9 @@ def _diagnose(name: str, skip) -> dict:
         identity_distance_spectral=float(orth.identity_distance_spectral(W)),
         det_sign=int(torch.linalg.slogdet(W).sign),
     )
+    if start is not None:
+        W0 = start.get(name)
+        row["start_distance"] = None if W0 is None else float(torch.linalg.norm(W - W0.to(W.device)))
     return row
 
 
@@ -80,12 +96,16 @@ def summarize_skips(rows: list[dict]) -> dict:
         return {"skip_orth_error_max": None, "skip_identity_distance_mean": None,
                 "skip_identity_distance_max": None, "skip_negative_det_count": None}
     dist = [r["identity_distance"] for r in mats]
-    return {
+    out = {
         "skip_orth_error_max": max(r["orth_error"] for r in mats),
         "skip_identity_distance_mean": math.fsum(dist) / len(dist),
         "skip_identity_distance_max": max(dist),
         "skip_negative_det_count": sum(r["det_sign"] < 0 for r in mats),
     }
+    moved = [r["start_distance"] for r in mats if r.get("start_distance") is not None]
+    if moved:  # rows measured against the start of training (skip_diagnostics' ``start``)
+        out["skip_start_distance_mean"] = math.fsum(moved) / len(moved)
+    return out
 
 
 # --------------------------------------------------------------------------- trained blocks

@@ -285,7 +285,11 @@ def report(cfg: Config, s: dict) -> dict:
     mode = "" if labels["residual_mode"] == "add" else f" and {labels['residual_mode']} residuals"
     verdict = (f"{labels['variant']} skips{mode} on {labels['task']}: test accuracy {s['test_acc']:.2f}% after "
                f"{s['epochs']} epochs (best {s['best_test_acc']:.2f}%)")
-    verdict += "." if moved is None else f"; the skip matrices end a mean ||W - I||_F = {moved:.3g} from I."
+    verdict += "." if moved is None else f"; the skip matrices end a mean ||W - I||_F = {moved:.3g} from I"
+    start = s.get("skip_start_distance_mean")  # where the skips did not start at I (a Haar start), also how far they moved
+    if moved is not None:
+        verdict += f" ({start:.3g} from where they started)." if start is not None and \
+            abs(start - moved) > 1e-6 * max(1.0, moved) else "."
     return {
         "title": f"{labels['task']} with {labels['variant']} skips{mode}, seed {cfg.seed}",
         "question": "how accurate is this classifier with this skip kind, and how far do its skips move from I?",
@@ -295,9 +299,11 @@ def report(cfg: Config, s: dict) -> dict:
                         column("test_loss", "test loss", "nats"), column("epochs", "epochs", ""),
                         column("train_time_s", "training time", "s"),
                         column("skip_identity_distance_mean", "mean ||W - I||_F", ""),
+                        column("skip_start_distance_mean", "mean ||W - W_0||_F (moved from the start)", ""),
                         column("skip_orth_error_max", "max ||W^T W - I||_F", "")],
             "rows": [{k: s.get(k) for k in ("test_acc", "best_test_acc", "test_loss", "epochs", "train_time_s",
-                                            "skip_identity_distance_mean", "skip_orth_error_max")}],
+                                            "skip_identity_distance_mean", "skip_start_distance_mean",
+                                            "skip_orth_error_max")}],
         }],
         "verdict": verdict,
         "figures": [],

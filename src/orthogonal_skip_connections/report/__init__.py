@@ -45,7 +45,7 @@ __all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "mode_tables
 COMPARISON_COLUMNS = [
     "task", "residual_mode", "variant", "runs", "completed", "seeds", "acc_mean", "acc_std", "acc_lo", "acc_hi",
     "diff_mean", "diff_lo", "diff_hi", "paired_seeds", "p_value", "p_holm", "comparisons", "step_time_ratio",
-    "epochs_to_target", "target_acc", "identity_distance", "verdict", "acc_ci_clipped", "diff_ci_clipped",
+    "epochs_to_target", "target_acc", "identity_distance", "start_distance", "verdict", "acc_ci_clipped", "diff_ci_clipped",
 ]  # *_ci_clipped: which end of the interval was cut at 0 / 100 (accuracy) or -100 / +100 points (low, high)
 
 

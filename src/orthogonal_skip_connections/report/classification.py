@@ -36,7 +36,7 @@ CSV_COLUMNS = [
     "task", "dataset", "model_type", "variant", "residual_mode", "skip_kind", "method", "init", "seed", "status", "epochs",
     "planned_epochs", "steps", "batch_size", "lr", "test_acc", "best_test_acc", "test_loss", "train_loss",
     "train_time_s", "step_time_s", "epochs_to_target", "target_acc", "skip_identity_distance_mean",
-    "skip_orth_error_max", "skip_negative_det_count", "n_test", "device", "precision", "run_dir",
+    "skip_start_distance_mean", "skip_orth_error_max", "skip_negative_det_count", "n_test", "device", "precision", "run_dir",
 ]
 
 
@@ -147,7 +147,7 @@ LABELS = {"task", "dataset", "model_type", "variant", "skip_kind", "method", "in
 
 
 _NUMBERS = ("test_acc", "best_test_acc", "test_loss", "train_loss", "train_time_s", "steps", "epochs",
-            "skip_identity_distance_mean", "skip_orth_error_max", "skip_negative_det_count")
+            "skip_identity_distance_mean", "skip_start_distance_mean", "skip_orth_error_max", "skip_negative_det_count")
 
 
 def _is_number(v) -> bool:
@@ -234,6 +234,7 @@ def results_rows(runs: list[RunRecord]) -> list[dict]:
             "step_time_s": s["train_time_s"] / steps if steps else None,
             "epochs_to_target": reached[0] if reached else None, "target_acc": target,
             "skip_identity_distance_mean": s.get("skip_identity_distance_mean"),
+            "skip_start_distance_mean": s.get("skip_start_distance_mean"),  # ||W - W_0||_F (runs since 2026-11-30)
             "skip_orth_error_max": s.get("skip_orth_error_max"),
             "skip_negative_det_count": s.get("skip_negative_det_count"), "n_test": s.get("n_test"),
             "device": s.get("device"), "precision": s.get("precision"),  # bf16 | fp16 | fp32 (older runs: none)
@@ -327,6 +328,7 @@ def _arm_stats(vrows: list[dict], base: list[dict], is_base: bool, baseline: str
         "epochs_to_target": _mean(reached) if all(x is not None for x in reached) else math.nan,
         "reached_target": f"{sum(x is not None for x in reached)}/{len(reached)}",
         "identity_distance": _mean([r["skip_identity_distance_mean"] for r in vok]),
+        "start_distance": _mean([r.get("skip_start_distance_mean") for r in vok]),
         "diff_mean": dmean, "diff_lo": dlo, "diff_hi": dhi, "diff_ci_clipped": diff_clipped,
         "paired_seeds": len(diffs), "p_value": math.nan if is_base else _paired_p(diffs), "p_holm": math.nan,
         "comparisons": 0,
@@ -468,7 +470,7 @@ def table_markdown(table: list[dict]) -> list[str]:
         lines.append(
             f"| {t['residual_mode'] + ' | ' if modes else ''}{t['variant']} | {runs} | "
             f"{_fmt(t['acc_mean'])} ± {_fmt(t['acc_std'])} | {ci} | {step} | {reach} | "
-            f"{_fmt(t['identity_distance'], '.3f')} | {diff} |"
+            f"{_distance_cell(t)} | {diff} |"
         )
     if target is not None:  # the column's threshold is computed (_target_acc): say from what
         of = (f"95% of {base}'s mean final accuracy" if any(t["verdict"] == "baseline" and t["completed"]
@@ -480,11 +482,24 @@ def table_markdown(table: list[dict]) -> list[str]:
     if any(any(t.get("acc_ci_clipped", ())) or any(t.get("diff_ci_clipped", ())) for t in table):
         lines += ["", "† the t-interval reached past 100% (or below 0%) and is clipped there; for a difference, past "
                       "±100 points."]
+    if any("moved" in _distance_cell(t) for t in table):
+        lines += ["", "(moved x): the mean over the skips of ‖W − W₀‖_F, how far training moved them from their start "
+                      "W₀, given where they did not start at I (init=haar, fixed_orth, idempotent)."]
     if any(t.get("seeds", t["completed"]) < t["completed"] for t in table):
         lines += ["", "‡ several runs of one seed (e.g. a sweep over a setting this skip ignores, such as model.method "
                       "for identity): they are averaged into one sample per seed, so the statistics count seeds, "
                       "not runs."]
     return lines
+
+
+def _distance_cell(t: dict) -> str:
+    """The final mean ‖W − I‖_F; after it, how far the skips moved (‖W − W₀‖_F) where that
+    differs, i.e. where they did not start at I."""
+    d, moved = t["identity_distance"], t.get("start_distance", math.nan)
+    cell = _fmt(d, ".3f")
+    if not (math.isnan(d) or math.isnan(moved)) and abs(moved - d) > 1e-6 * max(1.0, d):
+        cell += f" (moved {moved:.3f})"
+    return cell
 
 
 def detectable_difference(table: list[dict], rows: list[dict]) -> dict:

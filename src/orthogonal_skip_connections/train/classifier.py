@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..data.vision import ImageData, TensorLoader, epoch_generator, to_device
-from ..diagnostics import skip_diagnostics, summarize_skips
+from ..diagnostics import skip_diagnostics, skip_weights, summarize_skips
 from ..skips import iter_skips
 from ..runs import UserError, append_jsonl, atomic_torch_save, progress_bar, write_json
 from ..optim import OptimConfig, build_optimizer, lr_scheduler
@@ -275,7 +275,7 @@ def train_classifier(
     one = torch.ones((), device=device)  # scaler.scale(one): the step's loss scale, on the device
 
     state = {"epoch": 0, "step": 0, "train_time_s": 0.0, "best_test_acc": None, "skipped_steps": 0,
-             "overflow_steps": 0, "last_eval": None, "guard": None}
+             "overflow_steps": 0, "last_eval": None, "guard": None, "skip_start": None}
     guard = DivergenceGuard(trivial_loss=math.log(max(2, data.num_classes)))
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, device)
@@ -289,8 +289,12 @@ def train_classifier(
         guard.load_state(state.get("guard"))
         if main:
             _truncate_metrics(metrics_path, state["epoch"])
-    elif metrics_path.exists() and main:
-        metrics_path.unlink()  # a fresh run in a dir without a checkpoint: start the log anew
+    else:
+        # each skip's W_0, kept in the checkpoint: how far training moves it (a checkpoint from
+        # before this was kept has none, and its run reports no such distance)
+        state["skip_start"] = skip_weights(model)
+        if metrics_path.exists() and main:
+            metrics_path.unlink()  # a fresh run in a dir without a checkpoint: start the log anew
 
     def log(record: dict) -> None:
         if not main:
@@ -315,7 +319,7 @@ def train_classifier(
             "skipped_steps": guard.skipped_steps,
             "overflow_steps": state.get("overflow_steps", 0),
             "precision": {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[precision],
-            **summarize_skips(skip_diagnostics(model)),
+            **summarize_skips(skip_diagnostics(model, state["skip_start"])),
             "device": str(device),
             "world_size": distributed.world_size(),
             "config": asdict(cfg),
@@ -391,7 +395,7 @@ def train_classifier(
                  "train_loss": state["train_loss"], "train_acc": state["train_acc"], "epoch_time_s": epoch_time})
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 ev = evaluate(model, test_loader, cfg.amp)
-                skips = skip_diagnostics(model)
+                skips = skip_diagnostics(model, state["skip_start"])
                 state["last_eval"] = ev
                 best = state["best_test_acc"]
                 state["best_test_acc"] = ev["test_acc"] if best is None else max(best, ev["test_acc"])

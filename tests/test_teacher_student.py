@@ -248,6 +248,22 @@ def test_float64_run_sees_the_float32_runs_data(n_train):
             np.testing.assert_allclose(getattr(t32, key), getattr(t64, key), rtol=1e-3, err_msg=key)
 
 
+def test_another_data_draw_keeps_the_teachers_and_starts():
+    """data_draw = k > 0 trains each seed on another sample of inputs, with the same teacher and
+    the same start: the population loss at step 0 (a function of teacher and student only)
+    agrees to the last bit, the sample losses do not, and two draws differ from each other."""
+    runs = {k: tst.train(["resnet_block"], tiny(data_draw=k, steps=4), [0, 1])["resnet_block"] for k in (0, 1, 2)}
+    for k in (1, 2):
+        for name in runs[0].teacher:
+            np.testing.assert_array_equal(runs[k].teacher[name], runs[0].teacher[name])
+        np.testing.assert_array_equal(runs[k].population_loss[:, 0], runs[0].population_loss[:, 0])
+        assert np.all(np.abs(runs[k].train_loss[:, 0] / runs[0].train_loss[:, 0] - 1) > 1e-4)
+        assert np.all(np.abs(runs[k].test_loss[:, 0] / runs[0].test_loss[:, 0] - 1) > 1e-4)
+    assert np.all(runs[1].train_loss[:, 0] != runs[2].train_loss[:, 0])
+    with pytest.raises(ValueError, match="data_draw must be an integer >= 0"):
+        tiny(data_draw=-1)
+
+
 @pytest.mark.parametrize("output", ts.OUTPUTS)
 def test_teacher_as_its_own_student_has_zero_loss_and_distance(output):
     cfg = tiny(student_init="teacher", output=output, optimizer="nesterov", momentum=0.9)

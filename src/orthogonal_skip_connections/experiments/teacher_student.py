@@ -59,6 +59,7 @@ class Config:
     d: int
     n_train: int
     n_test: int
+    data_draw: int
     batch_size: int
     teacher: Teacher
     student: Student
@@ -106,7 +107,8 @@ class Config:
         device = resolve_device(self.device)
         try:
             return ts.TeacherStudentConfig(
-                d=self.d, output=self.output, n_train=self.n_train, n_test=self.n_test, batch_size=self.batch_size,
+                d=self.d, output=self.output, n_train=self.n_train, n_test=self.n_test, data_draw=self.data_draw,
+                batch_size=self.batch_size,
                 teacher_init=self.teacher.init, teacher_scale=self.teacher.scale, student_init=self.student.init,
                 student_scale=self.student.scale, orth_init=self.student.orth_init, orth_update=self.orth_update,
                 optimizer=self.optimizer, upkeep_adaptive=self.upkeep_adaptive, lr=self.lr, momentum=self.momentum,
@@ -293,7 +295,8 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
             f"{cfg.teacher.scale:g}) and student ("
             + (f"{cfg.student.init} init" if cfg.student.start is None
                else f"warm-started from the final weights of {cfg.student.start}") + f"); inputs x ~ N(0, I_d), d = {cfg.d}, "
-            f"{cfg.n_train} training and {cfg.n_test} test samples, {_optimizer_text(cfg)}, "
+            f"{cfg.n_train} training and {cfg.n_test} test samples"
+            + (f" (draw {cfg.data_draw} of each seed's inputs)" if cfg.data_draw else "") + f", {_optimizer_text(cfg)}, "
             f"batch {cfg.batch_size}, {summary['meta']['steps']} steps, "
             f"output {'summed to a scalar' if cfg.output == 'sum' else 'the d-vector'}",
             "architectures (W, W1, W2 are d x d"

@@ -98,6 +98,7 @@ class TeacherStudentConfig:
     output: str = "sum"
     n_train: int = 100_000  # 0: fresh samples every step
     n_test: int = 10_000
+    data_draw: int = 0  # which sample of inputs per seed: 0 the seed's own, k > 0 another (same teachers, starts)
     batch_size: int = 200
     teacher_init: str = "uniform"
     teacher_scale: float = 1.0
@@ -127,6 +128,8 @@ class TeacherStudentConfig:
         need(self.output in OUTPUTS, f"unknown output {self.output!r}; allowed: {', '.join(OUTPUTS)}")
         need(is_int(self.n_train) and self.n_train >= 0, f"n_train must be an integer >= 0 (0: fresh samples every step); got {self.n_train!r}")
         need(is_int(self.n_test) and self.n_test >= 1, f"n_test must be an integer >= 1; got {self.n_test!r}")
+        need(is_int(self.data_draw) and self.data_draw >= 0,
+             f"data_draw must be an integer >= 0 (0: each seed's own inputs); got {self.data_draw!r}")
         need(is_int(self.batch_size) and self.batch_size >= 1, f"batch_size must be an integer >= 1; got {self.batch_size!r}")
         need(
             self.n_train == 0 or self.batch_size <= self.n_train,
@@ -360,7 +363,8 @@ def train(
     teachers must be the ones this config and these seeds draw (checked). A warm start, not
     a resume: the optimiser's state and the epochs' shuffles start afresh.
 
-    Per seed s, the generator ``seed_generator(s, "data")`` draws the training inputs,
+    Per seed s, the generator ``seed_generator(s, "data")`` (``"data<k>"`` for
+    ``cfg.data_draw`` = k > 0) draws the training inputs,
     the test inputs, then each epoch's shuffle (or each chunk of fresh samples), and
     ``seed_generator(s, "model")`` the teacher, then the student. All architectures see
     the same inputs. Metrics are logged at step 0, every ``log_every`` steps and at the
@@ -383,7 +387,8 @@ def train(
     S, B, d = len(seeds), cfg.batch_size, cfg.d
     if start is not None:  # the architectures and their teachers, before any data is drawn
         check_start(archs, cfg, seeds, start)
-    gens = [seed_generator(s, "data") for s in seeds]
+    # draw k > 0: another stream of inputs for the same seed, its teacher and start unchanged
+    gens = [seed_generator(s, "data" if cfg.data_draw == 0 else f"data{cfg.data_draw}") for s in seeds]
     X_train = sample_inputs(gens, cfg.n_train, d, dtype=dtype).to(device) if cfg.n_train else None  # (S, d, N)
     X_test = sample_inputs(gens, cfg.n_test, d, dtype=dtype).to(device)  # (S, d, n_test)
     runs = [_Run(a, cfg, seeds, X_train, X_test, None if start is None else start[a.name]) for a in arch_list]

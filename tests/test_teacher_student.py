@@ -264,6 +264,21 @@ def test_another_data_draw_keeps_the_teachers_and_starts():
         tiny(data_draw=-1)
 
 
+def test_another_start_draw_keeps_the_teachers_and_data():
+    """start_draw = k > 0 starts each seed's student elsewhere, with the same teacher and the
+    same inputs: the labels' variance (teacher and data only) agrees to the last bit, the
+    step-0 population loss (which depends on the student) does not."""
+    runs = {k: tst.train(["resnet_block"], tiny(start_draw=k, steps=4), [0, 1])["resnet_block"] for k in (0, 1)}
+    for name in runs[0].teacher:
+        np.testing.assert_array_equal(runs[1].teacher[name], runs[0].teacher[name])
+    np.testing.assert_array_equal(runs[1].label_variance, runs[0].label_variance)
+    assert np.all(np.abs(runs[1].population_loss[:, 0] / runs[0].population_loss[:, 0] - 1) > 1e-4)
+    with pytest.raises(ValueError, match="start_draw must be an integer >= 0"):
+        tiny(start_draw=-2)
+    with pytest.raises(ValueError, match="nothing to draw"):
+        tiny(start_draw=1, student_init="teacher")
+
+
 @pytest.mark.parametrize("output", ts.OUTPUTS)
 def test_teacher_as_its_own_student_has_zero_loss_and_distance(output):
     cfg = tiny(student_init="teacher", output=output, optimizer="nesterov", momentum=0.9)

@@ -60,6 +60,7 @@ class Config:
     n_train: int
     n_test: int
     data_draw: int
+    start_draw: int
     batch_size: int
     teacher: Teacher
     student: Student
@@ -92,6 +93,9 @@ class Config:
             require(np.isfinite(value) and value > 0, f"thresholds.{key}", "> 0", value)
         threads(self.num_threads, nullable=False)
         self.train_config()
+        if self.student.start is not None and self.start_draw:
+            raise UserError(f"start_draw={self.start_draw} draws a new start, and student.start={self.student.start} "
+                            f"gives one: choose one")
         if self.student.start is not None:
             seeds = list(range(self.seed, self.seed + self.seeds))
             try:
@@ -108,7 +112,7 @@ class Config:
         try:
             return ts.TeacherStudentConfig(
                 d=self.d, output=self.output, n_train=self.n_train, n_test=self.n_test, data_draw=self.data_draw,
-                batch_size=self.batch_size,
+                start_draw=self.start_draw, batch_size=self.batch_size,
                 teacher_init=self.teacher.init, teacher_scale=self.teacher.scale, student_init=self.student.init,
                 student_scale=self.student.scale, orth_init=self.student.orth_init, orth_update=self.orth_update,
                 optimizer=self.optimizer, upkeep_adaptive=self.upkeep_adaptive, lr=self.lr, momentum=self.momentum,
@@ -293,7 +297,8 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
         "measures": [
             f"setting: each seed draws its own teacher of the same architecture ({cfg.teacher.init} entries, scale "
             f"{cfg.teacher.scale:g}) and student ("
-            + (f"{cfg.student.init} init" if cfg.student.start is None
+            + (f"{cfg.student.init} init" + (f", draw {cfg.start_draw}" if cfg.start_draw else "")
+               if cfg.student.start is None
                else f"warm-started from the final weights of {cfg.student.start}") + f"); inputs x ~ N(0, I_d), d = {cfg.d}, "
             f"{cfg.n_train} training and {cfg.n_test} test samples"
             + (f" (draw {cfg.data_draw} of each seed's inputs)" if cfg.data_draw else "") + f", {_optimizer_text(cfg)}, "

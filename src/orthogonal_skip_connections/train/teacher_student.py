@@ -99,6 +99,7 @@ class TeacherStudentConfig:
     n_train: int = 100_000  # 0: fresh samples every step
     n_test: int = 10_000
     data_draw: int = 0  # which sample of inputs per seed: 0 the seed's own, k > 0 another (same teachers, starts)
+    start_draw: int = 0  # which student start per seed: 0 the seed's own, k > 0 another (same teachers, data)
     batch_size: int = 200
     teacher_init: str = "uniform"
     teacher_scale: float = 1.0
@@ -130,6 +131,10 @@ class TeacherStudentConfig:
         need(is_int(self.n_test) and self.n_test >= 1, f"n_test must be an integer >= 1; got {self.n_test!r}")
         need(is_int(self.data_draw) and self.data_draw >= 0,
              f"data_draw must be an integer >= 0 (0: each seed's own inputs); got {self.data_draw!r}")
+        need(is_int(self.start_draw) and self.start_draw >= 0,
+             f"start_draw must be an integer >= 0 (0: each seed's own start); got {self.start_draw!r}")
+        need(self.start_draw == 0 or self.student_init != "teacher",
+             "start_draw draws another student start; student init 'teacher' starts at the teacher, with nothing to draw")
         need(is_int(self.batch_size) and self.batch_size >= 1, f"batch_size must be an integer >= 1; got {self.batch_size!r}")
         need(
             self.n_train == 0 or self.batch_size <= self.n_train,
@@ -232,6 +237,8 @@ class _Run:
         elif cfg.student_init == "teacher":
             weights = self.teacher
         else:
+            if cfg.start_draw:  # another start for the same teacher: the student from its own stream
+                gens = [seed_generator(s, f"start{cfg.start_draw}") for s in seeds]
             weights = init_weights(arch, d, gens, cfg.student_init, cfg.student_scale, cfg.orth_init, dtype, device)
         self.module = Student(arch, weights, orth_method=ORTH_UPDATES[cfg.orth_update])
         self.student = self.module.tensors()  # {name: nn.Parameter (S, d, d)}, stepped in place
@@ -366,7 +373,8 @@ def train(
     Per seed s, the generator ``seed_generator(s, "data")`` (``"data<k>"`` for
     ``cfg.data_draw`` = k > 0) draws the training inputs,
     the test inputs, then each epoch's shuffle (or each chunk of fresh samples), and
-    ``seed_generator(s, "model")`` the teacher, then the student. All architectures see
+    ``seed_generator(s, "model")`` the teacher, then the student (the student from
+    ``seed_generator(s, "start<k>")`` for ``cfg.start_draw`` = k > 0). All architectures see
     the same inputs. Metrics are logged at step 0, every ``log_every`` steps and at the
     end.
 

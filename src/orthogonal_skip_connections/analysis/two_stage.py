@@ -15,9 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..diagnostics import procrustes_fit
+from ..diagnostics import procrustes_fit, skip_weights
 from ..maths import orthogonal as orth
-from ..skips import iter_skips
 
 __all__ = ["skip_io", "fit_skips", "load_with_skips", "skip_matrices"]
 
@@ -115,8 +114,4 @@ def load_with_skips(target: nn.Module, source: nn.Module, matrices: dict[str, Te
 @torch.no_grad()
 def skip_matrices(model: nn.Module) -> dict[str, Tensor]:
     """The current matrix of every skip that has one, by block name, float64 on the CPU."""
-    out = {}
-    for name, s in iter_skips(model):
-        if s.weight is not None:
-            out[name.removesuffix(".skip")] = s.weight.detach().double().cpu()
-    return out
+    return {name.removesuffix(".skip"): W for name, W in skip_weights(model).items()}

@@ -20,7 +20,7 @@ from .models.stack import SeedStack
 from .skips import iter_skips
 from .skips.constraint import _TORCH_NAMES, OrthogonalMap, recorded_retraction
 
-__all__ = ["skip_diagnostics", "skip_weights", "summarize_skips", "orthogonal_weights"]
+__all__ = ["skip_diagnostics", "skip_weights", "summarize_skips", "started_away_from_identity", "orthogonal_weights"]
 
 
 @torch.no_grad()
@@ -106,6 +106,14 @@ def summarize_skips(rows: list[dict]) -> dict:
     if moved:  # rows measured against the start of training (skip_diagnostics' ``start``)
         out["skip_start_distance_mean"] = math.fsum(moved) / len(moved)
     return out
+
+
+def started_away_from_identity(identity_distance: float | None, start_distance: float | None) -> bool:
+    """Whether ||W - W_0||_F says more than ||W - I||_F: they differ (beyond round-off), so
+    the skips did not start at I (a Haar start, fixed_orth, idempotent). Either None or nan: no."""
+    if identity_distance is None or start_distance is None or math.isnan(identity_distance) or math.isnan(start_distance):
+        return False
+    return abs(start_distance - identity_distance) > 1e-6 * max(1.0, identity_distance)
 
 
 # --------------------------------------------------------------------------- trained blocks

@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 from ..data.vision import DATASETS
+from ..diagnostics import started_away_from_identity
 from ..models import MODEL_TYPES, STEMS, VIT_SIZES, check_model_options
 from ..rundir import RunDir, column
 from ..runs import UserError, resolve_device
@@ -285,11 +286,11 @@ def report(cfg: Config, s: dict) -> dict:
     mode = "" if labels["residual_mode"] == "add" else f" and {labels['residual_mode']} residuals"
     verdict = (f"{labels['variant']} skips{mode} on {labels['task']}: test accuracy {s['test_acc']:.2f}% after "
                f"{s['epochs']} epochs (best {s['best_test_acc']:.2f}%)")
-    verdict += "." if moved is None else f"; the skip matrices end a mean ||W - I||_F = {moved:.3g} from I"
-    start = s.get("skip_start_distance_mean")  # where the skips did not start at I (a Haar start), also how far they moved
+    start = s.get("skip_start_distance_mean")  # skips that did not start at I (a Haar start): also how far they moved
     if moved is not None:
-        verdict += f" ({start:.3g} from where they started)." if start is not None and \
-            abs(start - moved) > 1e-6 * max(1.0, moved) else "."
+        verdict += f"; the skip matrices end a mean ||W - I||_F = {moved:.3g} from I" + \
+            (f" ({start:.3g} from where they started)" if started_away_from_identity(moved, start) else "")
+    verdict += "."
     return {
         "title": f"{labels['task']} with {labels['variant']} skips{mode}, seed {cfg.seed}",
         "question": "how accurate is this classifier with this skip kind, and how far do its skips move from I?",

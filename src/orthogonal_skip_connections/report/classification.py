@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..diagnostics import started_away_from_identity
 from ..plots import band, integer_ticks, plt, savefig
 from ..rundir import CHECKPOINT, RUN, SUMMARY
 from ..runs import UserError, read_json
@@ -496,10 +497,7 @@ def _distance_cell(t: dict) -> str:
     """The final mean ‖W − I‖_F; after it, how far the skips moved (‖W − W₀‖_F) where that
     differs, i.e. where they did not start at I."""
     d, moved = t["identity_distance"], t.get("start_distance", math.nan)
-    cell = _fmt(d, ".3f")
-    if not (math.isnan(d) or math.isnan(moved)) and abs(moved - d) > 1e-6 * max(1.0, d):
-        cell += f" (moved {moved:.3f})"
-    return cell
+    return _fmt(d, ".3f") + (f" (moved {moved:.3f})" if started_away_from_identity(d, moved) else "")
 
 
 def detectable_difference(table: list[dict], rows: list[dict]) -> dict:

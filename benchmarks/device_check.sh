@@ -11,7 +11,8 @@
 #     --platform any -d .whl hydra-core omegaconf geotorch hydra-joblib-launcher
 #   python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3   # an sdist only: built here
 # (pure-Python wheels, under 0.5 MB; the checkout may still hold them from an earlier session)
-# then run, carrying .whl:  bash benchmarks/device_check.sh      (--quick: a smoke run, any machine)
+# then run, carrying .whl:  bash benchmarks/device_check.sh      (--quick: a smoke run, any machine;
+# run it here first: it also runs tests/test_cuda.py on the CPU, which catches a CUDA test broken since the last GPU run)
 #
 # Parts (each under its own time limit, so one slow part cannot eat the others):
 #   1. tests/test_cuda.py                                    (bf16 steps, resume, loader, retractions,
@@ -67,8 +68,8 @@ part() {  # part NAME SECONDS COMMAND...: run under a limit, its output in $out/
   echo "== $name: exit $rc after $((SECONDS - t0)) s"
 }
 
-if [ "${1:-}" = "--quick" ]; then  # a smoke run of the script itself, on any machine (CUDA tests skip)
-  part cuda_tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+if [ "${1:-}" = "--quick" ]; then  # a smoke run of the script itself, on any machine (the CUDA tests rehearsed on the CPU)
+  part cuda_tests 240 env OSC_CUDA_REHEARSAL=1 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
   part skip_apply 60 python3 benchmarks/skip_apply.py --quick
   part step_time 200 python3 benchmarks/gpu_throughput.py --quick --impls factor,matmul --no-settings
   part step_time_compiled 200 python3 benchmarks/gpu_throughput.py --quick --no-settings --compile aot_eager \

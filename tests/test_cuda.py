@@ -1,9 +1,16 @@
 """The CUDA path: bf16 training steps with every skip kind (ResNet and ViT, every residual
 mode), resume on CUDA, the on-device loader on CUDA, compile=true with inductor, the loss
 landscape and the Hessian on CUDA. Skipped (at collection cost only) where no CUDA GPU is present, as on CI;
-run on a GPU machine with ``python -m pytest -q tests/test_cuda.py``."""
+run on a GPU machine with ``python -m pytest -q tests/test_cuda.py``.
+
+``OSC_CUDA_REHEARSAL=1`` runs them on the CPU instead (about 2 minutes; ``device_check.sh --quick``
+does), so that a test broken since the last GPU run shows before device time is spent on it: the
+synchronisation checks become no-ops, the GPU reports compute capability 0.0 (no TF32, no half
+precision by ``amp=auto``), and the one test about a CUDA-only limit skips."""
 
 import json
+import os
+import types
 
 import pytest
 import torch
@@ -14,10 +21,29 @@ from orthogonal_skip_connections.data.vision import TensorLoader, epoch_generato
 from orthogonal_skip_connections.skips import ORTH_METHODS, SKIP_KINDS
 from orthogonal_skip_connections.train.classifier import MetricSink, TrainConfig, train_classifier
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+REHEARSAL = os.environ.get("OSC_CUDA_REHEARSAL") == "1"
+pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() or REHEARSAL), reason="needs a CUDA GPU")
 
-CUDA = torch.device("cuda")
+CUDA = torch.device("cpu" if REHEARSAL else "cuda")
+# torch.cuda's calls made by these tests; on the CPU (rehearsal) they do nothing
+cuda = types.SimpleNamespace(synchronize=lambda: None, set_sync_debug_mode=lambda mode: None,
+                             get_sync_debug_mode=lambda: 0, get_device_capability=lambda: (0, 0)) if REHEARSAL else torch.cuda
 VARIANTS = [(k, None) for k in SKIP_KINDS if k != "learnable_orth"] + [("learnable_orth", m) for m in ORTH_METHODS]
+
+
+@pytest.fixture
+def no_tf32():
+    """TF32 off for cuDNN and cuBLAS during the test (float32 against float32), the flags as they
+    were afterwards. Not by monkeypatch: pytest 9.2 undoes a setattr by deleting the attribute when
+    it was not in the instance's ``__dict__``, and cuBLAS's flags are served by
+    ``cuBLASModule.__getattr__``, so the undo raised."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = before
 
 
 def bf16_steps(model, opt, x, y, steps: int = 3, unused_grad=lambda name: False) -> None:
@@ -76,13 +102,13 @@ def test_retractions_on_cuda_agree_with_the_cpu_and_matmul_reads_nothing_back(im
         for method in O.RETRACTED_METHODS:
             want = O.retract(method, W, G, 0.1, impl="factor")
             Wc, Gc = W.to(CUDA), G.to(CUDA)
-            torch.cuda.synchronize()
+            cuda.synchronize()
             if impl == "matmul":
-                torch.cuda.set_sync_debug_mode("error")  # any host read raises
+                cuda.set_sync_debug_mode("error")  # any host read raises
             try:
                 got = O.retract(method, Wc, Gc, 0.1, impl=impl)
             finally:
-                torch.cuda.set_sync_debug_mode(0)
+                cuda.set_sync_debug_mode(0)
             assert float((got.cpu() - want).abs().max()) <= 1e-4, (n, method)
             assert float(O.orth_error(got.double()).max()) <= 1e-5 * n, (n, method)
 
@@ -110,7 +136,7 @@ def test_retractions_stay_float32_exact_with_tf32_on_by_any_flag(flag):
             matmul.fp32_precision = "tf32"
         else:
             torch.backends.fp32_precision = "tf32"
-        if torch.cuda.get_device_capability() >= (8, 0):  # the premise: a TF32 W^T W is this coarse
+        if cuda.get_device_capability() >= (8, 0):  # the premise: a TF32 W^T W is this coarse
             assert float(O.orth_error(W).max()) > 1e-3  # (expected ~8e-3 at n = 256; float32: ~1e-5)
         for method in O.RETRACTED_METHODS:
             got = O.retract(method, W, G, 0.1)
@@ -132,12 +158,12 @@ def test_optimizer_step_on_cuda_reads_nothing_back():
     for _ in range(2):  # the second step also reads the momentum buffers
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
+        cuda.synchronize()
+        cuda.set_sync_debug_mode("error")
         try:
             opt.step()
         finally:
-            torch.cuda.set_sync_debug_mode(0)
+            cuda.set_sync_debug_mode(0)
     assert max(r["orth_error"] for r in osc.skip_diagnostics(model)) < 1e-4
 
 
@@ -197,7 +223,7 @@ def test_amp_auto_picks_the_gpus_native_half_precision():
     7.x, float32 on older GPUs."""
     from orthogonal_skip_connections.train.classifier import amp_dtype
 
-    major = torch.cuda.get_device_capability()[0]
+    major = cuda.get_device_capability()[0]
     assert amp_dtype(CUDA, "auto") == (torch.bfloat16 if major >= 8 else torch.float16 if major == 7 else None)
     assert amp_dtype(CUDA, "fp16") == torch.float16 and amp_dtype(CUDA, "off") is None
     assert amp_dtype(torch.device("cpu"), "auto") is None
@@ -238,7 +264,7 @@ SYNC_FREE = {  # skips whose upkeep has no retraction (a retraction's maths read
                          ids=["plain", "mixup-clip", "fp16-clip"])
 def test_training_steps_synchronise_only_for_their_one_read(tmp_path, monkeypatch, name, extras, fake_cifar):
     """Every training step (the loader's batch included) runs under
-    ``torch.cuda.set_sync_debug_mode("error")``, so any synchronising CUDA call in it raises;
+    ``cuda.set_sync_debug_mode("error")``, so any synchronising CUDA call in it raises;
     the one exception is the step's read of its loss and gradient norm (``Tensor.tolist``,
     let through and counted): at most one per step. Epoch ends (metrics, evaluation,
     checkpoint) run in the default mode."""
@@ -251,23 +277,23 @@ def test_training_steps_synchronise_only_for_their_one_read(tmp_path, monkeypatc
         if not self.train:
             yield from real_epoch(self, gen)
             return
-        torch.cuda.set_sync_debug_mode("error")
+        cuda.set_sync_debug_mode("error")
         try:
             for batch in real_epoch(self, gen):
                 before = reads[0]
                 yield batch
                 steps.append(reads[0] - before)
         finally:
-            torch.cuda.set_sync_debug_mode("default")
+            cuda.set_sync_debug_mode("default")
 
     def tolist(self):
-        mode = torch.cuda.get_sync_debug_mode()
-        torch.cuda.set_sync_debug_mode("default")
+        mode = cuda.get_sync_debug_mode()
+        cuda.set_sync_debug_mode("default")
         try:
             reads[0] += 1
             return real_tolist(self)
         finally:
-            torch.cuda.set_sync_debug_mode(mode)
+            cuda.set_sync_debug_mode(mode)
 
     monkeypatch.setattr(TensorLoader, "epoch", epoch)
     monkeypatch.setattr(torch.Tensor, "tolist", tolist)
@@ -278,12 +304,12 @@ def test_training_steps_synchronise_only_for_their_one_read(tmp_path, monkeypatc
     try:
         summary = train_classifier(model, data, cfg, tmp_path / "run", CUDA)
     finally:
-        torch.cuda.set_sync_debug_mode("default")
+        cuda.set_sync_debug_mode("default")
     assert summary["status"] == "completed" and summary["device"].startswith(CUDA.type)
     assert len(steps) == 2 * (160 // 32) and max(steps) <= 1, steps
 
 
-def test_landscape_grid_and_sharpness_on_cuda_match_the_cpu(monkeypatch):
+def test_landscape_grid_and_sharpness_on_cuda_match_the_cpu(no_tf32):
     """The loss landscape's grid (channels_last, only moving coordinates rewritten, batched
     polar factors) and the Hessian's top eigenvalue and trace give the CPU's numbers on CUDA
     (TF32 off: float32 against float32)."""
@@ -291,8 +317,6 @@ def test_landscape_grid_and_sharpness_on_cuda_match_the_cpu(monkeypatch):
 
     from orthogonal_skip_connections import landscape as L
 
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, 1, 8, 8, generator=g), torch.randint(0, 10, (64,), generator=g)
     axis = L.grid_axis(3, 1.0)
@@ -330,6 +354,8 @@ def test_vit_bf16_steps_on_cuda_every_residual_mode(residual_mode, method):
 def test_batched_parametrized_upkeep_on_cuda_is_the_per_skip_one(method):
     """resnet18 on CUDA batches every size (64 to 512, no CPU limit there): the same logits
     and gradients as one skip at a time, float64."""
+    if REHEARSAL:
+        pytest.skip("the CPU batches sizes up to 128 only")
     import copy
 
     from orthogonal_skip_connections.skips.batched import batch_upkeep, shared_groups
@@ -372,12 +398,12 @@ def test_compiled_retraction_on_cuda_matches_eager_and_reads_nothing_back(method
     y = torch.randint(0, 10, (16,), device=CUDA)
     opts[1].zero_grad(set_to_none=True)
     F.cross_entropy(models[1](x), y).backward()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
+    cuda.synchronize()
+    cuda.set_sync_debug_mode("error")
     try:
         opts[1].step()
     finally:
-        torch.cuda.set_sync_debug_mode(0)
+        cuda.set_sync_debug_mode(0)
     assert max(r["orth_error"] for r in osc.skip_diagnostics(models[1])) < 1e-4
 
 
@@ -391,18 +417,18 @@ def test_compiled_exp_skips_on_cuda_read_nothing_back():
     x = torch.randn(16, 1, 8, 8, device=CUDA)
     y = torch.randint(0, 10, (16,), device=CUDA)
     F.cross_entropy(compiled(x), y).backward()  # compiles
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
+    cuda.synchronize()
+    cuda.set_sync_debug_mode("error")
     try:
         F.cross_entropy(compiled(x), y).backward()
     finally:
-        torch.cuda.set_sync_debug_mode(0)
+        cuda.set_sync_debug_mode(0)
     assert max(r["orth_error"] for r in osc.skip_diagnostics(model)) < 1e-4
 
 
 # last: inductor compiles for a while, and the device check runs this file under a time limit
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_compile_true_on_cuda_with_inductor_matches_eager(tmp_path, monkeypatch, mode):
+def test_compile_true_on_cuda_with_inductor_matches_eager(tmp_path, no_tf32, mode):
     """compile=true as a GPU user runs it (inductor, bf16 autocast off so the two runs can be
     compared closely; TF32 off for the same reason): a retracted skip and a parametrized one
     (cayley) in one model, 2 epochs on digits, the same losses and weights as eager. With
@@ -415,8 +441,6 @@ def test_compile_true_on_cuda_with_inductor_matches_eager(tmp_path, monkeypatch,
     distance it moved in training: a compiled step that lost an update would be about 100% off."""
     from test_compile import mixed_model, small_digits
 
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
 
     def train(name, **options):
         model = mixed_model(with_exp=mode == "reduce-overhead")

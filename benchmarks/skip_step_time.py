@@ -155,7 +155,9 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    from _bench import resolve_device
+
+    device = resolve_device(args.device)
     methods = [m for m in args.methods.split(",") if m]
     upkeep_models = [m for m in args.upkeep_models.split(",") if m]
     if upkeep_models and [m for m in methods if m in PARAMETRIZED_METHODS]:

@@ -90,3 +90,57 @@ def test_lipschitz_bound_and_estimate_on_nonlinear_branches():
         lipschitz_upper_bound(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)))
     with pytest.raises(ValueError, match="no `blocks`"):
         branch_lipschitz(nn.Linear(3, 3))
+
+
+def _relu_kept_by_hand(model, x):
+    """The stream walked block by block in eval mode, each block's pieces called apart:
+    (||relu(W s)||² / ||W s||², ||relu(z)||² / ||z||²) per block, z = residual(W s, f(s))."""
+    from orthogonal_skip_connections.models.resnet import BasicBlock
+
+    def kept(v):
+        v = v.double()
+        return float(v.clamp(min=0).square().sum() / v.square().sum())
+
+    model.eval()
+    out, z = [], model.stem(x)
+    for b in (m for m in model.stages.modules() if isinstance(m, BasicBlock)):  # the blocks, in order
+        skip_out, f = b.skip(b.shortcut(z)), b.branch(z)
+        out.append((kept(skip_out), kept(b.residual(skip_out, f))))
+        z = b(z)
+    return out
+
+
+@pytest.mark.parametrize("kind,opts", [("identity", {}), ("learnable_orth", {"method": "cayley", "init": "haar"}),
+                                       ("linear", {})])
+def test_relu_kept_energy_matches_the_blocks_called_by_hand(kind, opts):
+    from orthogonal_skip_connections.diagnostics import relu_kept_energy
+    from orthogonal_skip_connections.models import get_model
+
+    torch.manual_seed(0)
+    model = get_model("resnet20", 10, skip_kind=kind, in_channels=1, **opts)
+    x = torch.randn(32, 1, 8, 8)
+    rows = relu_kept_energy(model, x)
+    assert model.training  # left in the mode it was in
+    with torch.no_grad():
+        want = _relu_kept_by_hand(model, x)
+    assert len(rows) == len(want) == 9
+    for row, (skip_kept, sum_kept) in zip(rows, want):
+        assert row["skip_kept"] == pytest.approx(skip_kept, abs=1e-6)
+        assert row["sum_kept"] == pytest.approx(sum_kept, abs=1e-6)
+    projection = [not isinstance(b.shortcut, nn.Identity) for b in model.modules() if hasattr(b, "shortcut")]
+    if kind == "identity":
+        # the stream entering a block is a ReLU's output: the identity skip keeps all of it;
+        # only a projection shortcut (conv, BN) gives the ReLU something to cut
+        assert [r["skip_kept"] == 1.0 for r in rows] == [not p for p in projection]
+    if kind == "learnable_orth":
+        # a Haar W mixes the non-negative stream's channels: the ReLU cuts about half
+        assert max(r["skip_kept"] for r, p in zip(rows, projection) if not p) < 0.8
+
+
+def test_relu_kept_energy_refuses_a_net_without_a_relu_after_the_sum():
+    from orthogonal_skip_connections.diagnostics import relu_kept_energy
+    from orthogonal_skip_connections.models import get_model
+
+    model = get_model("preact_resnet20", 10, skip_kind="identity", in_channels=1)
+    with pytest.raises(ValueError, match="no post-activation residual block"):
+        relu_kept_energy(model, torch.randn(4, 1, 8, 8))

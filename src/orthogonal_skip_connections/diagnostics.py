@@ -116,6 +116,50 @@ def started_away_from_identity(identity_distance: float | None, start_distance: 
     return abs(start_distance - identity_distance) > 1e-6 * max(1.0, identity_distance)
 
 
+__all__ += ["relu_kept_energy"]
+
+
+def _energy_kept(v: Tensor) -> float:
+    """||relu(v)||² / ||v||², in float64 (nan for v = 0)."""
+    v = v.detach().double()
+    return float(torch.relu(v).square().sum() / v.square().sum())
+
+
+@torch.no_grad()
+def relu_kept_energy(model: nn.Module, x: Tensor) -> list[dict]:
+    """What the ReLU after the sum of each post-activation block, relu(W s + f(s)) (``BasicBlock``
+    and ``Bottleneck``: He et al. 2016a), keeps of what reaches it, with ``model`` in eval mode
+    on the batch ``x``. One dict per block with a skip path, in model order: ``name``,
+    ``skip_kept`` = ||relu(W s)||² / ||W s||² (the skip path alone, s the shortcut's output) and
+    ``sum_kept`` = ||relu(z)||² / ||z||² (z the combined stream the ReLU sees, in any residual
+    mode). An identity skip on a stream that is itself a ReLU's output keeps all of it
+    (skip_kept = 1); a skip far from I mixes the channels of that non-negative stream, and the
+    ReLU cuts the negative part (about half for a Haar W: notes/image_depth_findings.md, 4).
+    ``model`` is left in the mode it was in. ValueError if it has no such block."""
+    from .models.resnet import BasicBlock  # Bottleneck is one; pre-activation blocks have no ReLU after the sum
+
+    blocks = [(name, b) for name, b in model.named_modules() if isinstance(b, BasicBlock) and b.skip.has_path]
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no post-activation residual block (relu after the sum) "
+                         "with a skip path")
+    seen: dict[tuple[str, int], Tensor] = {}
+    hooks = []
+    for i, (_, b) in enumerate(blocks):
+        # a hook on the skip and on the residual also makes with_skip call them apart (no fused product)
+        hooks.append(b.skip.register_forward_hook(lambda m, args, out, i=i: seen.__setitem__(("skip", i), out)))
+        hooks.append(b.residual.register_forward_hook(lambda m, args, out, i=i: seen.__setitem__(("sum", i), out)))
+    training = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        model.train(training)
+        for h in hooks:
+            h.remove()
+    return [{"name": name, "skip_kept": _energy_kept(seen["skip", i]), "sum_kept": _energy_kept(seen["sum", i])}
+            for i, (name, _) in enumerate(blocks)]
+
+
 # --------------------------------------------------------------------------- trained blocks
 # Measurements of the residual blocks y = W x + f(x) of a model with ``model.blocks``
 # (each block holding its residual branch as ``block.branch``; an optional

@@ -396,6 +396,9 @@ def test_resume_ignores_only_the_documented_keys_and_cleans_tmp_files(root, tmp_
 
 
 def test_a_second_writer_is_refused(tmp_path, capsys):
+    from orthogonal_skip_connections.report.classification import RunRecord
+    from orthogonal_skip_connections.rundir import RunDir, in_use
+
     run_dir = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
@@ -411,13 +414,18 @@ def test_a_second_writer_is_refused(tmp_path, capsys):
                                 "progress=false"], capsys)
         assert code == 2 and len(lines) == 1 and "in use by another run" in lines[0] and str(run_dir) in lines[0]
         assert snapshot(tmp_path) == before
+        # osc report calls a run dir without a summary "running" while its lock is held, not failed
+        assert in_use(run_dir) and RunRecord(run_dir, {}, None).status == "running"
+        assert snapshot(tmp_path) == before  # asking took nothing and wrote nothing
     finally:
         holder.kill()
         holder.wait()
     # the lock goes with the process that held it
-    from orthogonal_skip_connections.rundir import RunDir
-
-    RunDir.claim(run_dir).release()
+    assert not in_use(run_dir) and RunRecord(run_dir, {}, None).status == "failed"
+    rd = RunDir.claim(run_dir)
+    assert in_use(run_dir)  # held by this process
+    rd.release()
+    assert not in_use(run_dir)
 
 
 def test_crafted_cifar_pickle_never_runs(tmp_path):

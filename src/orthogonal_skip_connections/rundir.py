@@ -45,7 +45,7 @@ from .train import distributed
 from .train.classifier import CHECKPOINT, SUMMARY
 
 __all__ = ["RunDir", "SUMMARY", "CHECKPOINT", "CONFIG", "RUN", "column", "provenance", "check_report", "git_commit",
-           "RESUME_IGNORED", "config_differences", "check_dir_writable"]
+           "RESUME_IGNORED", "config_differences", "check_dir_writable", "in_use"]
 
 # keys that may differ between a run and its resume: they change how a run is shown or
 # where it computes, not what it computes (on CPU a resumed run stays bit-identical)
@@ -181,6 +181,27 @@ def _lock(path: Path) -> bool:
         raise
     _HELD[key] = [fd, 1]
     return created
+
+
+def in_use(path: Path) -> bool:
+    """Whether a run holds ``<path>/.lock`` now (this process or another): a run dir without a
+    summary is then a run still going, not one that died. Takes nothing and creates nothing."""
+    import fcntl
+
+    path = Path(path)
+    if str(path.resolve()) in _HELD:
+        return True
+    try:
+        fd = os.open(path / LOCK, os.O_RDONLY)
+    except OSError:  # no .lock: never claimed, or claimed by a version that did not lock
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as err:
+        return err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+    finally:
+        os.close(fd)  # also releases the shared lock, if it was taken
+    return False
 
 
 def _unlock(path: Path) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..diagnostics import started_away_from_identity
 from ..plots import band, integer_ticks, plt, savefig
-from ..rundir import CHECKPOINT, RUN, SUMMARY
+from ..rundir import CHECKPOINT, RUN, SUMMARY, in_use
 from ..runs import UserError, read_json
 
 __all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "mode_tables", "table_markdown", "curves_figure",
@@ -54,8 +54,12 @@ class RunRecord:
 
     @property
     def status(self) -> str:
+        """The summary's status; without a summary "running" while a process holds the run
+        dir's lock, else "incomplete" (a checkpoint to resume from) or "failed"."""
         if self.summary is not None:
             return self.summary.get("status", "unknown")
+        if in_use(self.path):
+            return "running"
         return "incomplete" if (self.path / CHECKPOINT).exists() else "failed"
 
     @property

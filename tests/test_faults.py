@@ -426,6 +426,16 @@ def test_a_second_writer_is_refused(tmp_path, capsys):
     assert in_use(run_dir)  # held by this process
     rd.release()
     assert not in_use(run_dir)
+    # a report asking at the moment a run claims the dir does not refuse the run: its shared
+    # lock lasts a moment (held here for 20 ms), and the claim tries again
+    import fcntl
+    import os
+    import threading
+
+    fd = os.open(run_dir / ".lock", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    threading.Timer(0.02, os.close, [fd]).start()
+    RunDir.claim(run_dir).release()
 
 
 def test_crafted_cifar_pickle_never_runs(tmp_path):

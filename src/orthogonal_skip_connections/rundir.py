@@ -171,21 +171,28 @@ def _lock(path: Path) -> bool:
     except OSError as err:
         raise UserError(f"cannot write the run dir {path}: {err.strerror or err}; choose another hydra.run.dir") \
             from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        os.close(fd)
-        if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            raise UserError(f"{path} is in use by another run (its .lock is held); wait for it to end or choose "
-                            f"another hydra.run.dir") from None
-        raise
+    # a few tries 10 ms apart: in_use (osc report) holds a shared lock for a moment, a run for its whole life
+    for attempt in range(5):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as err:
+            if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK) and attempt < 4:
+                time.sleep(0.01)
+                continue
+            os.close(fd)
+            if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise UserError(f"{path} is in use by another run (its .lock is held); wait for it to end or "
+                                f"choose another hydra.run.dir") from None
+            raise
     _HELD[key] = [fd, 1]
     return created
 
 
 def in_use(path: Path) -> bool:
     """Whether a run holds ``<path>/.lock`` now (this process or another): a run dir without a
-    summary is then a run still going, not one that died. Takes nothing and creates nothing."""
+    summary is then a run still going, not one that died. Creates nothing; the shared lock it
+    takes to ask lasts a moment, and a run claiming the dir meanwhile tries again (``_lock``)."""
     import fcntl
 
     path = Path(path)

@@ -286,3 +286,8 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     assert osc(["run_experiments", "dataset=digits", f"hydra.run.dir={tmp_path / 'run'}"]) == 130
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert lines == ["interrupted; what it saved continues with resume=true and the same hydra.run.dir"], lines
+    # with save_checkpoint=none one run saves nothing to resume from, and the line does not promise it
+    assert osc(["run_experiments", "dataset=digits", "save_checkpoint=none",
+                f"hydra.run.dir={tmp_path / 'run2'}"]) == 130
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == ["interrupted"], lines

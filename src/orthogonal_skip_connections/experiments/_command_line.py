@@ -66,6 +66,7 @@ class CommandLine:
         self.explicit = None  # (hydra.run.dir, existed, Hydra's files in it, outermost dir this call makes)
         self.default_top = None  # the outermost dir above the default run dir that this call would make
         self.rank0_top = None  # under torchrun, on the other ranks: the outermost dir rank 0's run makes
+        self.saves_nothing = False  # one run with save_checkpoint=none: a stop leaves nothing to resume
 
     def main(self, argv: list[str]) -> int:
         """The exit code of ``osc <app> *argv``: 0; 2 for a user's mistake; 1 for a diverged
@@ -95,7 +96,7 @@ class CommandLine:
                 with sigterm_as_interrupt(not distributed.launched_by_torchrun()):
                     return self.hydra(argv, codes)
             except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: one line, not the traceback of wherever it landed
-                line, code = stopped(stop, self.app.supports_resume)
+                line, code = stopped(stop, self.app.supports_resume and not self.saves_nothing)
                 print(line, file=sys.stderr)
                 return code
         finally:
@@ -154,6 +155,8 @@ class CommandLine:
                     self.default_top = outermost_new(fixed).absolute()
         for job in jobs:
             cfg = typed(app.schema, compose(app.name, job))
+            # (a sweep stopped mid-way keeps its finished jobs, whatever save_checkpoint says)
+            self.saves_nothing = not flags and getattr(cfg, "save_checkpoint", None) == "none"
             for o in job:
                 if o.startswith("hydra.run.dir=") and not flags and distributed.is_main():
                     path = Path(o.split("=", 1)[1])

@@ -153,6 +153,7 @@ def check_dir_writable(path: Path, key: str = "hydra.run.dir", shown: str | None
 
 
 _HELD: dict[str, list] = {}  # resolved run dir -> [file descriptor, claims]: flock is per open file
+_HELD_ELSEWHERE = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)  # a non-blocking flock's "someone holds it"
 
 
 def _lock(path: Path) -> bool:
@@ -177,11 +178,11 @@ def _lock(path: Path) -> bool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
         except OSError as err:
-            if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK) and attempt < 4:
+            if err.errno in _HELD_ELSEWHERE and attempt < 4:
                 time.sleep(0.01)
                 continue
             os.close(fd)
-            if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            if err.errno in _HELD_ELSEWHERE:
                 raise UserError(f"{path} is in use by another run (its .lock is held); wait for it to end or "
                                 f"choose another hydra.run.dir") from None
             raise
@@ -205,7 +206,7 @@ def in_use(path: Path) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as err:
-        return err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+        return err.errno in _HELD_ELSEWHERE
     finally:
         os.close(fd)  # also releases the shared lock, if it was taken
     return False

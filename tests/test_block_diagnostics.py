@@ -138,9 +138,11 @@ def test_relu_kept_energy_matches_the_blocks_called_by_hand(kind, opts):
 
 
 def test_relu_kept_energy_refuses_a_net_without_a_relu_after_the_sum():
-    from orthogonal_skip_connections.diagnostics import relu_kept_energy
+    from orthogonal_skip_connections.diagnostics import relu_kept_energy, summarize_relu_kept
     from orthogonal_skip_connections.models import get_model
 
     model = get_model("preact_resnet20", 10, skip_kind="identity", in_channels=1)
     with pytest.raises(ValueError, match="no post-activation residual block"):
         relu_kept_energy(model, torch.randn(4, 1, 8, 8))
+    # the trainer's summary leaves such a net without the measure instead
+    assert set(summarize_relu_kept(model, torch.randn(4, 1, 8, 8)).values()) == {None}

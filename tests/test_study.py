@@ -98,8 +98,10 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
     # figures stay where their app wrote them (linked, never copied); no checkpoints by default
     assert sorted(p.name for p in study_dir.glob("*.png")) == ["accuracy_digits_resnet20.png",
                                                                "accuracy_modes_digits_preact_resnet20.png",
-                                                               "identity_distance_digits_resnet20.png"]
+                                                               "identity_distance_digits_resnet20.png",
+                                                               "relu_kept_digits_resnet20.png"]
     assert "![digits/resnet20 distance from I](identity_distance_digits_resnet20.png)" in md
+    assert "![digits/resnet20 share kept by the ReLU](relu_kept_digits_resnet20.png)" in md
     assert "](teacher_student/distance.png)" in md
     # ... except in the classification runs loss_landscape reads (smoke: seed 0 of zero, identity, learnable_orth/steepest)
     assert sorted(p.parent for p in study_dir.rglob("checkpoint.pt")) == sorted(

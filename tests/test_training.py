@@ -46,6 +46,18 @@ def test_digits_two_epochs_writes_all_files(tmp_path):
     assert len(records[1]["skips"]) == 9
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ckpt["state"]["epoch"] == 2
+    # what the ReLU after each sum keeps, measured on the trained model and the first 256 test images
+    from orthogonal_skip_connections.diagnostics import relu_kept_energy
+    from orthogonal_skip_connections.train.image import load_run
+
+    probe, _ = next(iter(TensorLoader(load_image_data("digits"), 256, False, torch.device("cpu"), False).epoch()))
+    rows = relu_kept_energy(load_run(tmp_path).model, probe)
+    assert [r["name"] for r in records[3]["relu_kept_blocks"]] == [r["name"] for r in rows]
+    for key in ("skip_kept", "sum_kept"):
+        assert [r[key] for r in records[3]["relu_kept_blocks"]] == pytest.approx([r[key] for r in rows], rel=1e-5)
+    assert saved["relu_kept_skip_mean"] == records[3]["relu_kept_skip_mean"] == pytest.approx(
+        sum(r["skip_kept"] for r in rows) / 9, rel=1e-5)
+    assert 0.0 < saved["relu_kept_skip_mean"] < 1.0 and 0.0 < saved["relu_kept_sum_mean"] < 1.0
     # the saved result is never overwritten by a second run in the same dir
     with pytest.raises(UserError, match="already holds a finished run"):
         run_experiments.main.run(digits_cfg("scheduler.epochs=2"), tmp_path)

@@ -116,7 +116,7 @@ def started_away_from_identity(identity_distance: float | None, start_distance: 
     return abs(start_distance - identity_distance) > 1e-6 * max(1.0, identity_distance)
 
 
-__all__ += ["relu_kept_energy"]
+__all__ += ["relu_kept_energy", "summarize_relu_kept"]
 
 
 def _energy_kept(v: Tensor) -> float:
@@ -136,9 +136,7 @@ def relu_kept_energy(model: nn.Module, x: Tensor) -> list[dict]:
     (skip_kept = 1); a skip far from I mixes the channels of that non-negative stream, and the
     ReLU cuts the negative part (about half for a Haar W: notes/image_depth_findings.md, 4).
     ``model`` is left in the mode it was in. ValueError if it has no such block."""
-    from .models.resnet import BasicBlock  # Bottleneck is one; pre-activation blocks have no ReLU after the sum
-
-    blocks = [(name, b) for name, b in model.named_modules() if isinstance(b, BasicBlock) and b.skip.has_path]
+    blocks = _post_activation_blocks(model)
     if not blocks:
         raise ValueError(f"{type(model).__name__} has no post-activation residual block (relu after the sum) "
                          "with a skip path")
@@ -158,6 +156,25 @@ def relu_kept_energy(model: nn.Module, x: Tensor) -> list[dict]:
             h.remove()
     return [{"name": name, "skip_kept": _energy_kept(seen["skip", i]), "sum_kept": _energy_kept(seen["sum", i])}
             for i, (name, _) in enumerate(blocks)]
+
+
+def _post_activation_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, block) of ``model``'s post-activation blocks with a skip path, in model order."""
+    from .models.resnet import BasicBlock  # Bottleneck is one; pre-activation blocks have no ReLU after the sum
+
+    return [(name, b) for name, b in model.named_modules() if isinstance(b, BasicBlock) and b.skip.has_path]
+
+
+def summarize_relu_kept(model: nn.Module, x: Tensor) -> dict:
+    """Model-level summary of :func:`relu_kept_energy` on the batch ``x``: the mean over blocks of
+    ``skip_kept`` and of ``sum_kept``, and the rows themselves as ``relu_kept_blocks``; all None
+    for a model without such a block (pre-activation nets, ViTs, the ``zero`` kind)."""
+    if not _post_activation_blocks(model):
+        return {"relu_kept_skip_mean": None, "relu_kept_sum_mean": None, "relu_kept_blocks": None}
+    rows = relu_kept_energy(model, x)
+    return {"relu_kept_skip_mean": math.fsum(r["skip_kept"] for r in rows) / len(rows),
+            "relu_kept_sum_mean": math.fsum(r["sum_kept"] for r in rows) / len(rows),
+            "relu_kept_blocks": rows}
 
 
 # --------------------------------------------------------------------------- trained blocks

@@ -134,6 +134,14 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
                    "one of depth (in a deep enough net the orthogonal skips sit near I), which one depth cannot "
                    "answer: runs at several depths get the \"skip distance vs depth\" section.", "",
                    f"![{task} distance from I]({fig.name})", ""]
+        fig = curves_figure(task, runs, out_dir, key="relu_kept")
+        if fig is not None:  # post-activation ResNets, relu(W s + f(s)): a skip far from I loses part of its signal
+            md += ["What the ReLU after each block's sum keeps of the skip path, ||relu(W s)||² / ||W s||² (mean over "
+                   "the blocks, on the first 256 test images; `diagnostics.relu_kept_energy`). The stream s "
+                   "leaving a block is a ReLU's output, so an identity skip keeps all of it but for the projection "
+                   "shortcuts; a skip far from I mixes the channels of that non-negative stream, and the ReLU cuts "
+                   "the negative part (about half for a Haar-random W).", "",
+                   f"![{task} share kept by the ReLU]({fig.name})", ""]
     groups = depth_groups(runs)  # one dataset, one CIFAR ResNet family at several depths: the theorem's question
     depth = depth_tables(groups)
     profiles = profile_rows(groups)

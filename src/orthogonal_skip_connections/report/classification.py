@@ -37,7 +37,8 @@ CSV_COLUMNS = [
     "task", "dataset", "model_type", "variant", "residual_mode", "skip_kind", "method", "init", "seed", "status", "epochs",
     "planned_epochs", "steps", "batch_size", "lr", "test_acc", "best_test_acc", "test_loss", "train_loss",
     "train_time_s", "step_time_s", "epochs_to_target", "target_acc", "skip_identity_distance_mean",
-    "skip_start_distance_mean", "skip_orth_error_max", "skip_negative_det_count", "n_test", "device", "precision", "run_dir",
+    "skip_start_distance_mean", "skip_orth_error_max", "skip_negative_det_count", "relu_kept_skip_mean", "n_test",
+    "device", "precision", "run_dir",
 ]
 
 
@@ -188,8 +189,9 @@ def _read_object(path: Path) -> dict:
 
 
 def _evals(path: Path) -> tuple[list[dict], list[dict] | None]:
-    """epoch, test_acc and identity_distance (the mean ||W - I||_F of the run's skip matrices,
-    None for kinds without one) of the eval records of metrics.jsonl (a corrupt line is one line),
+    """epoch, test_acc, identity_distance (the mean ||W - I||_F of the run's skip matrices,
+    None for kinds without one) and relu_kept (the mean share of the skip path's energy that the
+    ReLU after each block's sum keeps, None for nets without one) of the eval records of metrics.jsonl (a corrupt line is one line),
     and the per-skip rows of the last eval record that lists them (None if none does)."""
     evals, skips = [], None
     if not path.exists():
@@ -200,9 +202,10 @@ def _evals(path: Path) -> tuple[list[dict], list[dict] | None]:
         try:
             rec = json.loads(line)
             if rec.get("type") == "eval":
-                distance = rec.get("skip_identity_distance_mean")
+                distance, kept = rec.get("skip_identity_distance_mean"), rec.get("relu_kept_skip_mean")
                 evals.append({"epoch": int(rec["epoch"]), "test_acc": float(rec["test_acc"]),
-                              "identity_distance": None if distance is None else float(distance)})
+                              "identity_distance": None if distance is None else float(distance),
+                              "relu_kept": None if kept is None else float(kept)})
                 if isinstance(rec.get("skips"), list):
                     skips = rec["skips"]
         except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
@@ -241,7 +244,9 @@ def results_rows(runs: list[RunRecord]) -> list[dict]:
             "skip_identity_distance_mean": s.get("skip_identity_distance_mean"),
             "skip_start_distance_mean": s.get("skip_start_distance_mean"),  # ||W - W_0||_F (runs since 2026-11-30)
             "skip_orth_error_max": s.get("skip_orth_error_max"),
-            "skip_negative_det_count": s.get("skip_negative_det_count"), "n_test": s.get("n_test"),
+            "skip_negative_det_count": s.get("skip_negative_det_count"),
+            "relu_kept_skip_mean": s.get("relu_kept_skip_mean"),  # post-activation ResNets (runs since 2026-11-30)
+            "n_test": s.get("n_test"),
             "device": s.get("device"), "precision": s.get("precision"),  # bf16 | fp16 | fp32 (older runs: none)
             "run_dir": str(r.path),
         })
@@ -555,6 +560,8 @@ CURVES = {
     "test_acc": ("test accuracy (%)", "test accuracy", "accuracy"),
     "identity_distance": ("mean ||W - I||_F over the skips", "distance of the skip matrices from I",
                           "identity_distance"),
+    "relu_kept": ("mean ||relu(W s)||² / ||W s||² over the blocks", "share of the skip path kept by the ReLU "
+                  "after the sum", "relu_kept"),
 }
 
 
@@ -589,6 +596,8 @@ def curves_figure(task: str, runs: list[RunRecord], out_dir: Path, modes: bool =
     ax.set_ylabel(ylabel)
     if key == "identity_distance":  # from 0 (the skip at I): autoscaled, skips that barely move (a Haar start,
         ax.set_ylim(0, 1.08 * ax.get_ylim()[1])  # ~8.3 throughout) would look as if they travelled the whole height
+    if key == "relu_kept":  # a share: 0 to 1, so that identity's ~1 and a Haar skip's ~0.5 read as such
+        ax.set_ylim(0, 1.04)
     ax.set_title(f"{task}{': residual modes' if modes else ''}\n{what}, mean ± std over seeds", fontsize=10)
     # beside the axes, not over the curves: accuracy curves fill any corner by the last epoch
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..data.vision import ImageData, TensorLoader, epoch_generator, to_device
-from ..diagnostics import skip_diagnostics, skip_weights, summarize_skips
+from ..diagnostics import skip_diagnostics, skip_weights, summarize_relu_kept, summarize_skips
 from ..skips import iter_skips
 from ..runs import UserError, append_jsonl, atomic_torch_save, progress_bar, write_json
 from ..optim import OptimConfig, build_optimizer, lr_scheduler
@@ -260,6 +260,8 @@ def train_classifier(
     train_loader = TensorLoader(data, cfg.batch_size, True, device, cfg.channels_last,
                                 rank=distributed.rank(), world=distributed.world_size())
     test_loader = TensorLoader(data, max(cfg.batch_size, 256), False, device, cfg.channels_last)
+    # the first 256 test images: what the ReLU after each block's sum keeps is measured on them
+    probe = next(iter(test_loader.epoch()))[0][:256]
     steps_per_epoch = len(train_loader)
     opt = build_optimizer(model, cfg.optim())
     if cfg.compile:
@@ -320,6 +322,8 @@ def train_classifier(
             "overflow_steps": state.get("overflow_steps", 0),
             "precision": {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[precision],
             **summarize_skips(skip_diagnostics(model, state["skip_start"])),
+            "relu_kept_skip_mean": last.get("relu_kept_skip_mean"),
+            "relu_kept_sum_mean": last.get("relu_kept_sum_mean"),
             "device": str(device),
             "world_size": distributed.world_size(),
             "config": asdict(cfg),
@@ -395,6 +399,7 @@ def train_classifier(
                  "train_loss": state["train_loss"], "train_acc": state["train_acc"], "epoch_time_s": epoch_time})
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 ev = evaluate(model, test_loader, cfg.amp)
+                ev.update(summarize_relu_kept(model, probe))  # post-activation ResNets; None for others
                 skips = skip_diagnostics(model, state["skip_start"])
                 state["last_eval"] = ev
                 best = state["best_test_acc"]

@@ -488,6 +488,64 @@ def test_add_param_group_refuses_a_retracted_matrix_in_a_plain_group_and_takes_p
     assert float(O.orth_error(skip.weight.detach())) < 1e-5 and float((skip.weight.detach() - W0).norm()) > 0.1
 
 
+def test_a_part_added_later_is_retracted_with_the_optimisers_settings():
+    """The README's recipe for another lr on a part (built frozen, then its param_groups added)
+    once gave the part's retracted skips momentum 0 and no Adam moments, whatever the optimiser
+    had: param_groups' own defaults. They now come from the optimiser, and a plain group gets none."""
+    model = get_model("resnet20", 10, skip_layer=osc.skip("learnable_orth", method="svd"), in_channels=1)
+    part = model.stages[2].requires_grad_(False)
+    opt = osc.optimizer(model, torch.optim.AdamW, lr=1e-3, retraction_adaptive=True, retraction_impl="factor")
+    n = len(opt.param_groups)
+    part.requires_grad_(True)
+    for group in param_groups(part, 5e-4):
+        opt.add_param_group({**group, "lr": 1e-4})
+    added = opt.param_groups[n:]
+    assert [g["name"] for g in added] == ["decay", "no_decay", "retracted_svd"]
+    assert {(g["retraction_momentum"], g["retraction_adaptive"], g["retraction_impl"]) for g in opt.param_groups
+            if "retraction" in g} == {(0.9, True, "factor")}  # AdamW's first beta
+    assert not any(k.startswith("retraction_") for g in added[:2] for k in g)
+    # the adaptive step moves the part's skips as it moves the others (without it, svd under AdamW barely moves)
+    skip = model.stages[2][1].skip
+    W0 = skip.weight.detach().clone()
+    for _ in range(5):
+        opt.zero_grad()
+        F.cross_entropy(model(torch.randn(4, 1, 8, 8)), torch.randint(0, 10, (4,))).backward()
+        opt.step()
+    assert float((skip.weight.detach() - W0).norm()) > 1e-2 and float(O.orth_error(skip.weight.detach())) < 1e-5
+    # settings given to param_groups are kept; a bad one is refused when the group is added
+    keep = get_model("resnet20", 10, skip_layer=osc.skip("learnable_orth", method="qr"), in_channels=1)
+    opt.add_param_group(param_groups(keep, retraction_momentum=0.5)[-1])
+    assert opt.param_groups[-1]["retraction_momentum"] == 0.5 and opt.param_groups[-1]["retraction_adaptive"]
+    with pytest.raises(ValueError, match=r"retraction_momentum must be in \[0, 1\); got 1.5"):
+        opt.add_param_group({**param_groups(get_model("resnet20", 10, skip_layer=osc.skip("learnable_orth", method="qr"),
+                                                      in_channels=1))[-1], "retraction_momentum": 1.5})
+
+
+def test_a_non_finite_gradient_in_a_retraction_names_its_group():
+    from orthogonal_skip_connections.maths.orthogonal import NonFiniteError
+
+    model = osc.ResidualMLP(4, 1, skip_layer=osc.skip("learnable_orth", method="steepest", init="haar"))
+    opt = osc.optimizer(model, torch.optim.SGD, lr=0.1, retraction_impl="factor")
+    model(torch.randn(3, 4)).sum().backward()
+    next(s for _, s in iter_skips(model)).weight.grad.fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match=r"param group 'retracted_steepest': cannot take the SVD.*skip opt.step\(\)"):
+        opt.step()
+    assert issubclass(NonFiniteError, ValueError)  # what safe_svd raised before it had a name
+
+
+def test_optimizer_names_what_was_wrong():
+    model = osc.ResidualMLP(4, 1, skip_layer=osc.skip("learnable_orth", method="qr"))
+    with pytest.raises(TypeError, match="got an instance of SGD: pass the class itself"):
+        osc.optimizer(model, torch.optim.SGD(model.parameters(), lr=0.1), lr=0.1)
+    with pytest.raises(TypeError, match="got 'sgd'"):
+        osc.optimizer(model, "sgd", lr=0.1)
+    # the retraction's momentum follows momentum or the first beta: a bad one is named as given
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\) \(the retraction's.*got 1.5"):
+        osc.optimizer(model, torch.optim.SGD, lr=0.1, momentum=1.5)
+    with pytest.raises(ValueError, match=r"betas\[0\] must be in \[0, 1\)"):
+        osc.optimizer(model, torch.optim.AdamW, lr=0.1, betas=(1.5, 0.9))
+
+
 def test_lr_zero_keeps_weights_and_bad_arguments_are_refused():
     skip = make_skip("learnable_orth", 4, method="qr", init="haar")
     W = skip.weight.detach().clone()

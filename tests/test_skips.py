@@ -104,6 +104,7 @@ def test_original_option_names_accepted():
         (lambda: make_skip("identity", 4, colour="red"), "unknown skip option"),
         (lambda: make_skip("idempotent", 4, rank_fraction=0), r"rank_fraction must be in \(0, 1\]"),
         (lambda: make_skip("linear", 0), "channels must be a positive int"),
+        (lambda: make_skip("fixed_orth", 4, special="no"), "special must be True or False; got 'no'"),
     ],
 )
 def test_bad_input_names_allowed_values(call, match):

@@ -108,11 +108,14 @@ def param_groups(
     weight_decay: float = 0.0,
     decay_norms_and_biases: bool = False,
     batch_dims: int = 0,
-    retraction_momentum: float = 0.0,
-    retraction_impl: str = "auto",
-    retraction_adaptive: bool = False,
+    retraction_momentum: float | None = None,
+    retraction_impl: str | None = None,
+    retraction_adaptive: bool | None = None,
 ) -> list[dict]:
     """The param groups described in the module docstring (empty groups left out).
+    A retraction setting left None is left out of the retracted groups: the optimiser they
+    are given to fills it in (:meth:`RetractingOptimizer.add_param_group`), so that a part
+    added to ``osc.optimizer``'s optimiser later is retracted as the rest.
 
     ``batch_dims``: leading axes that stack copies of a model (1 for the seed-stacked
     models, whose bias is (S, out)); a parameter is a weight matrix when
@@ -121,9 +124,9 @@ def param_groups(
     ``auto``: products only on CUDA, SVD/QR on the CPU). ``retraction_adaptive``: Adam's
     moments in so(n) instead of the heavy-ball buffer (module docstring; the optimiser
     must carry ``betas`` and ``eps``, as the Adam family does)."""
-    orth.resolve_impl(retraction_impl, "cpu")  # refuses an unknown name now, not at the first step
-    if not 0.0 <= retraction_momentum < 1.0:
-        raise ValueError(f"retraction_momentum must be in [0, 1); got {retraction_momentum}")
+    settings = {k: v for k, v in (("retraction_momentum", retraction_momentum), ("retraction_impl", retraction_impl),
+                                  ("retraction_adaptive", retraction_adaptive)) if v is not None}
+    _check_retraction_settings(settings)
     constrained = _orthogonal_parametrized(model)
     decay, no_decay, retracted = [], [], defaultdict(list)
     specs = {id(p): spec for p, spec in retracted_parameters(model)}
@@ -143,10 +146,23 @@ def param_groups(
               {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
     for spec, params in retracted.items():
         groups.append({"params": params, "weight_decay": 0.0, "name": f"retracted_{spec.method}",
-                       "retraction": spec.method, "lr_scale": spec.lr_scale, "ns_steps": spec.ns_steps,
-                       "retraction_momentum": retraction_momentum, "retraction_impl": retraction_impl,
-                       "retraction_adaptive": bool(retraction_adaptive)})
+                       "retraction": spec.method, "lr_scale": spec.lr_scale, "ns_steps": spec.ns_steps, **settings})
     return [g for g in groups if g["params"]]
+
+
+# a retracted group's settings, and what they are when neither the group nor its optimiser sets them
+RETRACTION_SETTINGS = {"retraction_momentum": 0.0, "retraction_impl": "auto", "retraction_adaptive": False}
+
+
+def _check_retraction_settings(settings: dict) -> None:
+    """ValueError for a retraction setting out of range (an unknown impl: now, not at the first step)."""
+    if "retraction_impl" in settings:
+        orth.resolve_impl(settings["retraction_impl"], "cpu")
+    mu = settings.get("retraction_momentum", 0.0)
+    if isinstance(mu, bool) or not (isinstance(mu, (int, float)) and 0.0 <= mu < 1.0):
+        raise ValueError(f"retraction_momentum must be in [0, 1); got {mu!r}")
+    if not isinstance(settings.get("retraction_adaptive", False), bool):
+        raise ValueError(f"retraction_adaptive must be true or false; got {settings['retraction_adaptive']!r}")
 
 
 class RetractingOptimizer:
@@ -170,9 +186,16 @@ class RetractingOptimizer:
     def add_param_group(self, param_group: dict) -> None:
         """torch's ``add_param_group``; a group without a ``retraction`` key must hold no
         retracted matrix (the wrapped optimiser would step it off O(n)). A module's groups,
-        retracted ones included: ``for g in param_groups(module): opt.add_param_group(g)``
-        (``param_groups``' ``retraction_momentum`` is 0 unless given)."""
-        if "retraction" not in param_group:
+        retracted ones included: ``for g in param_groups(module): opt.add_param_group(g)``.
+        A retracted group takes the retraction settings it lacks from the optimiser's
+        (``osc.optimizer``'s ``retraction_momentum``, ``retraction_impl``, ``retraction_adaptive``),
+        else :data:`RETRACTION_SETTINGS`."""
+        own = set(param_group)
+        if "retraction" in param_group:
+            for key, fallback in RETRACTION_SETTINGS.items():
+                param_group.setdefault(key, self.defaults.get(key, fallback))
+            _check_retraction_settings(param_group)
+        else:
             params = param_group["params"]
             param_group["params"] = params = [params] if isinstance(params, Tensor) else list(params)
             spec = retraction_among(params)
@@ -182,6 +205,9 @@ class RetractingOptimizer:
                     "retraction, which would step it off O(n); add the groups of "
                     "orthogonal_skip_connections.optim.param_groups(module) instead")
         super().add_param_group(param_group)
+        if "retraction" not in param_group:  # torch filled in the optimiser's retraction settings: not this group's
+            for key in RETRACTION_SETTINGS.keys() - own:
+                param_group.pop(key, None)
 
     def __reduce_ex__(self, protocol):
         """Pickled by the class it wraps: the subclass is made at run time, so pickle cannot
@@ -230,7 +256,13 @@ class RetractingOptimizer:
         # small matrices: one thread, see orthogonal.one_thread
         with torch.no_grad(), orth.one_thread(on_cpu):
             for group in retracted:
-                self._retract(group)
+                try:
+                    self._retract(group)
+                except orth.NonFiniteError as err:
+                    raise orth.NonFiniteError(
+                        f"param group {group.get('name', group['retraction'])!r}: {err}: a gradient (or momentum) of "
+                        "its orthogonal matrices is not finite, as when the loss diverges; skip opt.step() on a "
+                        "non-finite gradient, as the library's training loops do") from None
         return loss
 
     def compile_retraction(self, backend: str = "inductor", mode: str | None = None):
@@ -372,10 +404,12 @@ _CLASSES: dict[type, type] = {}
 
 
 def _retracting_class(cls: type) -> type:
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        got = (f"an instance of {type(cls).__name__}: pass the class itself" if isinstance(cls, torch.optim.Optimizer)
+               else repr(cls))
+        raise TypeError(f"optimizer_class must be a torch.optim.Optimizer subclass; got {got}")
     if issubclass(cls, RetractingOptimizer):
         return cls
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        raise TypeError(f"optimizer_class must be a torch.optim.Optimizer subclass; got {cls!r}")
     if cls not in _CLASSES:
         _CLASSES[cls] = type(f"Retracting{cls.__name__}", (RetractingOptimizer, cls),
                              {"__module__": __name__, "_osc_wrapped": cls})
@@ -419,9 +453,14 @@ def optimizer(
                          f"got {lr!r}")
     if not 0 <= weight_decay < math.inf:
         raise ValueError(f"weight_decay must be a finite number >= 0; got {weight_decay!r}")
+    _retracting_class(optimizer_class)  # refuses what is not an optimiser class first
     if retraction_momentum is None:
         retraction_momentum = kwargs.get("momentum", kwargs.get("betas", (0.0,))[0])
-        if "momentum" not in kwargs and "betas" not in kwargs:  # the class's own default
+        given = "momentum" if "momentum" in kwargs else "betas[0]" if "betas" in kwargs else None
+        if given is not None and not (isinstance(retraction_momentum, (int, float)) and 0 <= retraction_momentum < 1):
+            raise ValueError(f"{given} must be in [0, 1) (the retraction's momentum follows it unless "
+                             f"retraction_momentum is given); got {retraction_momentum!r}")
+        if given is None:  # the class's own default
             import inspect
 
             defaults = inspect.signature(optimizer_class.__init__).parameters
@@ -429,11 +468,14 @@ def optimizer(
                 retraction_momentum = defaults["momentum"].default
             elif "betas" in defaults and isinstance(defaults["betas"].default, tuple):
                 retraction_momentum = defaults["betas"].default[0]
-    groups = param_groups(model, weight_decay, decay_norms_and_biases, batch_dims, float(retraction_momentum),
+    groups = param_groups(model, weight_decay, decay_norms_and_biases, batch_dims, retraction_momentum,
                           retraction_impl, retraction_adaptive)
     if not groups:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     opt = _retracting_class(optimizer_class)(groups, lr=lr, **kwargs)
+    # for the groups added later (add_param_group), as torch's defaults are
+    opt.defaults.update(retraction_momentum=float(retraction_momentum), retraction_impl=retraction_impl,
+                        retraction_adaptive=bool(retraction_adaptive))
     if retraction_adaptive and not ("betas" in opt.defaults and "eps" in opt.defaults):
         raise ValueError(f"retraction_adaptive takes Adam's betas and eps from the optimiser; "
                          f"{optimizer_class.__name__} has none (use Adam, AdamW, NAdam, RAdam, Adamax, ...)")

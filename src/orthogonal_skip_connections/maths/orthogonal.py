@@ -46,6 +46,7 @@ __all__ = [
     "eye_like",
     "skew",
     "safe_svd",
+    "NonFiniteError",
     "polar",
     "qr_orthogonal",
     "newton_schulz",
@@ -184,6 +185,10 @@ def skew(A: Tensor) -> Tensor:
     return 0.5 * (A - A.mT)
 
 
+class NonFiniteError(ValueError):
+    """A factorisation was given a matrix with a non-finite entry (a diverged loss's gradient)."""
+
+
 @single_threaded
 def safe_svd(A: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Reduced SVD ``A = U diag(S) Vh`` with a float64 retry.
@@ -202,7 +207,7 @@ def safe_svd(A: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if A.dtype == torch.float64:
             raise
     if not bool(torch.isfinite(A).all()):
-        raise ValueError("cannot take the SVD of a matrix with non-finite entries")
+        raise NonFiniteError("cannot take the SVD of a matrix with non-finite entries")
     U, S, Vh = torch.linalg.svd(A.double(), full_matrices=False)
     return U.to(A.dtype), S.to(A.dtype), Vh.to(A.dtype)
 

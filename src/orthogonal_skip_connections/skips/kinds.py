@@ -234,7 +234,9 @@ class SkipFactory:
         self.kind = kind
         self.method = resolve_method(opts.get("method"), opts.get("orthogonal_map"), opts.get("update_rule"))
         self.init = _choice("learnable_orth init", opts.get("init", "identity"), orth.ORTH_INITS)
-        self.special = bool(opts.get("special", True))
+        self.special = opts.get("special", True)
+        if not isinstance(self.special, bool):  # bool("no") would be True
+            raise ValueError(f"special must be True or False; got {self.special!r}")
         self.generator = opts.get("generator")
         if "ns_steps" in opts and "update_rule_iters" in opts and opts["ns_steps"] != opts["update_rule_iters"]:
             raise ValueError(f"ns_steps={opts['ns_steps']} and update_rule_iters={opts['update_rule_iters']} disagree")

@@ -155,6 +155,14 @@ CASES = [
     ("re-dir-is-file", ["run_experiments", f"hydra.run.dir={M}/a_file"], ["a_file", "hydra.run.dir"]),
     ("re-dir-under-file", ["run_experiments", f"hydra.run.dir={M}/a_file/run"], ["a_file", "hydra.run.dir"]),
     ("re-dir-unwritable", ["run_experiments", "hydra.run.dir=/proc/osc_run"], ["/proc/osc_run"]),
+    # the dir as Hydra parses it (quotes removed, ${...} resolved), not the text after '=': a lock file
+    # once landed in ./'ROOT/a_file'/ and a failed run left ROOT/fresh/identity behind
+    ("re-dir-is-file-quoted", ["run_experiments", f"hydra.run.dir='{M}/a_file'"], ["a_file", "hydra.run.dir"]),
+    ("re-sweep-dir-file-quoted", ["run_experiments", "-m", "seed=0,1", f"hydra.sweep.dir='{M}/a_file'"],
+     ["a_file", "hydra.sweep.dir"]),
+    ("re-dir-interpolated-data-missing", ["run_experiments", "dataset=cifar10", f"data.root={M}/cifar_empty",
+                                          "data.download=false", f"hydra.run.dir={M}/fresh/${{model.skip_kind}}"],
+     ["cifar10", "cifar_empty"]),
     ("re-dir-finished", ["run_experiments", f"hydra.run.dir={M}/done/run_experiments"],
      ["done/run_experiments", "finished"]),
     ("re-dir-unfinished", ["run_experiments", f"hydra.run.dir={M}/unfinished"], ["unfinished", "resume=true"]),
@@ -293,7 +301,8 @@ def test_the_table_is_large():
 
 
 @pytest.mark.parametrize("case,argv,words", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_nothing_written(root, case, argv, words, capsys):
+def test_bad_input_is_one_line_exit_2_and_nothing_written(root, case, argv, words, capsys, monkeypatch):
+    monkeypatch.chdir(root)  # what lands in the working dir is written too
     app = argv[0]
     argv = [a.replace(M, str(root)) for a in argv]
     if app in TINY:

@@ -137,9 +137,10 @@ class CommandLine:
                 # submitit's own refusal comes from inside Hydra's launcher, as a traceback
                 raise UserError("hydra/launcher=submitit_slurm submits to Slurm, and there is no `srun` here: run "
                                 "the sweep where Slurm is (a login node), or use hydra/launcher=joblib on this machine")
-            for o in overrides:
-                if o.startswith("hydra.sweep.dir="):
-                    check_dir_writable(Path(o.split("=", 1)[1]), "hydra.sweep.dir")
+            if any(o.startswith("hydra.sweep.dir=") for o in overrides):
+                sweep_dir = hydra_dir(app.name, jobs[0], "hydra.sweep.dir")
+                if sweep_dir is not None:
+                    check_dir_writable(sweep_dir, "hydra.sweep.dir")
         explicit = [o for o in overrides if o.startswith("hydra.sweep.dir=" if flags else "hydra.run.dir=")]
         if not explicit:  # the default dir's fixed part (before the first ${...}) must be writable
             key = "hydra.sweep.dir" if flags else "hydra.run.dir"
@@ -157,9 +158,9 @@ class CommandLine:
             cfg = typed(app.schema, compose(app.name, job))
             # (a sweep stopped mid-way keeps its finished jobs, whatever save_checkpoint says)
             self.saves_nothing = not flags and getattr(cfg, "save_checkpoint", None) == "none"
-            for o in job:
-                if o.startswith("hydra.run.dir=") and not flags and distributed.is_main():
-                    path = Path(o.split("=", 1)[1])
+            if not flags and distributed.is_main() and any(o.startswith("hydra.run.dir=") for o in job):
+                path = hydra_dir(app.name, job, "hydra.run.dir")
+                if path is not None:
                     if self.explicit is None or self.explicit[0].resolve() != path.resolve():
                         # (under torchrun, join_ranks saw the dir before its check claim made it)
                         self.explicit = (path, path.exists(), hydra_files(path), outermost_new(path))
@@ -238,12 +239,12 @@ class CommandLine:
         run_dir, error = None, None
         if distributed.is_main():
             try:
-                from hydra.core.utils import setup_globals
-
-                setup_globals()  # the ${now:...} resolver
                 cfg = typed(app.schema, compose(app.name, argv))
-                hydra_cfg = compose_raw(app.name, [*argv, *job_name(app.name, argv)], hydra_config=True)
-                run_dir = str(Path(OmegaConf.select(hydra_cfg, "hydra.run.dir")).absolute())
+                path = hydra_dir(app.name, argv, "hydra.run.dir")
+                if path is None:
+                    raise UserError("hydra.run.dir cannot be resolved before the run; under torchrun give a plain "
+                                    "path or ${now:...} and the config's own keys")
+                run_dir = str(path.absolute())
                 path = Path(run_dir)  # as it was before the check below makes it: what a refusal puts back
                 self.explicit = (path, path.exists(), hydra_files(path), outermost_new(path))
                 RunDir.claim(run_dir, resume=bool(getattr(cfg, "resume", False)),
@@ -267,6 +268,21 @@ class CommandLine:
     def undo(self, run_dir: Path, fresh: bool) -> None:
         """After a refusal inside Hydra: leave nothing behind (:func:`._leftovers.undo`)."""
         undo(run_dir, fresh, self.explicit, self.default_top)
+
+
+def hydra_dir(app_name: str, overrides: list[str], key: str) -> Path | None:
+    """The dir Hydra makes of ``key`` (``hydra.run.dir``, ``hydra.sweep.dir``) with ``overrides``:
+    the value as Hydra parses it (``hydra.run.dir='/a b'`` is ``/a b``, quotes and escapes
+    removed) with its ``${...}`` resolved (the config's keys, ``${now:...}``), not the text
+    after ``=``. None where only the run itself can resolve it (``${hydra:runtime...}``)."""
+    from hydra.core.utils import setup_globals
+
+    setup_globals()  # the ${now:...} resolver
+    try:
+        hydra_cfg = compose_raw(app_name, [*overrides, *job_name(app_name, overrides)], hydra_config=True)
+        return Path(str(OmegaConf.select(hydra_cfg, key)))
+    except Exception:  # Hydra's own business when it runs
+        return None
 
 
 def job_name(app_name: str, argv: list[str]) -> list[str]:

@@ -78,6 +78,15 @@ def root(tmp_path_factory):
     unfinished = root / "unfinished"
     shutil.copytree(root / "done" / "run_experiments", unfinished)
     (unfinished / "summary.json").unlink()
+    # resumes refused: a summary.json that cannot be read, no config.yaml to check against, a checkpoint
+    # that is not one (its refusal comes after config.yaml was rewritten: the snapshot sees it put back)
+    resume = root / "resume"
+    shutil.copytree(root / "done" / "run_experiments", resume / "corrupt_summary", ignore=no_checkpoint)
+    (resume / "corrupt_summary" / "summary.json").write_text('{"status": "compl')
+    for name, data in (("no_config", b"PK"), ("bad_checkpoint", b"garbage\n")):
+        shutil.copytree(unfinished, resume / name, ignore=no_checkpoint)
+        (resume / name / "checkpoint.pt").write_bytes(data)
+    (resume / "no_config" / "config.yaml").unlink()
     (root / "a_file").write_text("not a dir\n")
     (root / "cifar_empty").mkdir()
     write_cifar(root / "cifar_evil", evil=root / "PWNED")
@@ -176,6 +185,12 @@ CASES = [
                             f"hydra.run.dir={M}/unfinished"], ["scheduler.name"]),
     ("re-resume-skip-kind", ["run_experiments", "resume=true", "model.skip_kind=zero",
                              f"hydra.run.dir={M}/unfinished"], ["model.skip_kind"]),
+    ("re-resume-corrupt-summary", ["run_experiments", "resume=true", f"hydra.run.dir={M}/resume/corrupt_summary"],
+     ["corrupt_summary/summary.json", "JSONDecodeError", "move it away"]),
+    ("re-resume-no-config", ["run_experiments", "resume=true", f"hydra.run.dir={M}/resume/no_config"],
+     ["no config.yaml"]),
+    ("re-resume-bad-checkpoint", ["run_experiments", "resume=true", f"hydra.run.dir={M}/resume/bad_checkpoint"],
+     ["bad_checkpoint/checkpoint.pt", "UnpicklingError", "move it away"]),
     ("re-cifar-missing", ["run_experiments", "dataset=cifar10", f"data.root={M}/cifar_empty", "data.download=false"],
      ["cifar10", "cifar_empty"]),
     ("re-cifar-crafted", ["run_experiments", "dataset=cifar10", f"data.root={M}/cifar_evil", "data.download=false"],

@@ -253,6 +253,17 @@ class RunDir:
                 what = f"a {cls._status(summary)} run (summary.json)" if summary.exists() else \
                     "an unfinished run (checkpoint.pt; resume=true continues it)"
                 raise UserError(f"{path} already holds {what}; choose another hydra.run.dir")
+            if resume and summary.exists():  # read when the run starts (RunDir.completed): refuse now if it cannot be
+                try:
+                    reason = None if isinstance(read_json(summary), dict) else "not a JSON object"
+                except Exception as err:
+                    reason = type(err).__name__
+                if reason is not None:
+                    raise UserError(f"cannot read {summary} ({reason}): move it away to resume from checkpoint.pt, "
+                                    "or start a fresh hydra.run.dir")
+            if resume and config is not None and not (path / CONFIG).is_file() and (summary.exists() or ckpt.exists()):
+                raise UserError(f"{path} holds a run but no config.yaml to check resume=true against; start a "
+                                "fresh hydra.run.dir")
             if resume and config is not None and (path / CONFIG).is_file():
                 try:
                     saved = yaml.safe_load((path / CONFIG).read_text())

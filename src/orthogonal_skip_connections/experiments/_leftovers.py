@@ -83,11 +83,14 @@ def outermost_new(path: Path) -> Path:
 
 
 def hydra_files(path: Path) -> dict[Path, bytes]:
-    """What Hydra writes into a run dir (.hydra/*, the job's .log), with their bytes."""
+    """What a call rewrites in a run dir before the run can be refused, with their bytes: Hydra's
+    files (.hydra/*, the job's .log) and the run's config.yaml and run.json (a resume that then
+    cannot read its checkpoint)."""
     path = Path(path)
     if not path.is_dir():
         return {}
     files = [p for p in (path / ".hydra").glob("*") if p.is_file()] + [p for p in path.glob("*.log") if p.is_file()]
+    files += [p for p in (path / "config.yaml", path / "run.json") if p.is_file()]
     return {p: p.read_bytes() for p in files}
 
 

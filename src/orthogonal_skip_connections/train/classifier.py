@@ -223,10 +223,14 @@ def _set_rng_state(state: dict) -> None:
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict:
+    """The checkpoint at ``path``, read by torch's safe loader (tensors and plain containers only);
+    a file it cannot read is a one-line UserError saying what to do."""
     try:
         return torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:
-        raise UserError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from None
+    except Exception as err:  # torch's own text is many lines, and for a pickle offers the unsafe loader
+        raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}): not a whole checkpoint of this "
+                        "library (a write cut short, another file); move it away to start this run over, or "
+                        "choose another hydra.run.dir") from None
 
 
 def train_classifier(

@@ -291,3 +291,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
                 f"hydra.run.dir={tmp_path / 'run2'}"]) == 130
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert lines == ["interrupted"], lines
+    # a sweep resumes by its sweep dir
+    assert osc(["run_experiments", "-m", "dataset=digits", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]) == 130
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines[-1] == "interrupted; what it saved continues with resume=true and the same hydra.sweep.dir", lines

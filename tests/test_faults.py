@@ -479,13 +479,14 @@ def test_crafted_cifar_pickle_never_runs(tmp_path):
 
 def test_a_sweep_goes_on_after_a_failed_and_a_diverged_job(tmp_path, capsys):
     sweep = tmp_path / "sweep"
-    code, lines, err = run(["run_experiments", "-m", *TINY["run_experiments"], "dataset=cifar10,digits",
+    # -m between the overrides: Hydra's argparse alone would refuse it (a run of positionals)
+    code, lines, err = run(["run_experiments", *TINY["run_experiments"], "dataset=cifar10,digits", "-m",
                             f"data.root={tmp_path / 'nothing'}", "data.download=false", "optimizer.lr=1e30,0.1",
                             "model.model_type=resnet20", "scheduler.epochs=1", f"hydra.sweep.dir={sweep}",
                             "progress=false"], capsys)
     assert code == 2, err  # the worst of the jobs: two failed (cifar10 missing), one diverged
     assert "Traceback" not in err and len(lines) == 3, err
-    assert run.out.strip().endswith(f"sweep: 4 jobs, 3 failed; run dirs under {sweep.resolve()} "
+    assert run.out.strip().endswith(f"sweep: 4 jobs, 2 failed, 1 diverged; run dirs under {sweep.resolve()} "
                                  f"(osc report {sweep.resolve()} tables them)"), run.out
     status = {}
     for d in sorted(p for p in sweep.iterdir() if p.is_dir()):

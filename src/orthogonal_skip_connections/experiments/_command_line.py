@@ -74,6 +74,9 @@ class CommandLine:
         if any(a in ("-h", "--help") for a in argv):
             print(help_text(self.app.name))
             return 0
+        # Hydra's argparse takes the overrides as one run of positionals: `a=1 -m b=2` was its usage error
+        flags = ("-m", "--multirun", "-r", "--run")  # the flags that take no value
+        argv = [a for a in argv if a in flags] + [a for a in argv if a not in flags]
         codes: list[int] = []
         # a sweep's failed jobs write their exit codes here: they may run in other processes
         # (Hydra's joblib or submitit launchers), which inherit the environment
@@ -96,7 +99,8 @@ class CommandLine:
                 with sigterm_as_interrupt(not distributed.launched_by_torchrun()):
                     return self.hydra(argv, codes)
             except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: one line, not the traceback of wherever it landed
-                line, code = stopped(stop, self.app.supports_resume and not self.saves_nothing)
+                line, code = stopped(stop, self.app.supports_resume and not self.saves_nothing,
+                                     sweep=any(a in ("-m", "--multirun") for a in argv))
                 print(line, file=sys.stderr)
                 return code
         finally:

@@ -38,9 +38,10 @@ def sigterm_as_interrupt(enabled: bool = True):
         signal.signal(signal.SIGTERM, previous)
 
 
-def stopped(stop: KeyboardInterrupt, supports_resume: bool) -> tuple[str, int]:
+def stopped(stop: KeyboardInterrupt, supports_resume: bool, sweep: bool = False) -> tuple[str, int]:
     """The line to print and the exit code for a call stopped by Ctrl-C (130) or SIGTERM (143 = 128 + 15)."""
-    hint = "; what it saved continues with resume=true and the same hydra.run.dir" if supports_resume else ""
+    key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+    hint = f"; what it saved continues with resume=true and the same {key}" if supports_resume else ""
     if isinstance(stop, Terminated):
         return f"terminated{hint}", 143
     return f"interrupted{hint}", 130

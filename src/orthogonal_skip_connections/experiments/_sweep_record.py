@@ -5,6 +5,7 @@ the sweep's closing line made from them. No Hydra here."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from pathlib import Path
@@ -47,11 +48,22 @@ def read_job_dirs() -> list[str]:
 
 
 def sweep_line(dirs: list[str], codes: list[int]) -> str:
-    """``sweep: 4 jobs, 3 failed; run dirs under D (osc report D tables them)``, or '' for no
-    job dirs (not a sweep)."""
+    """``sweep: 4 jobs, 2 failed, 1 diverged; run dirs under D (osc report D tables them)``, or ''
+    for no job dirs (not a sweep). A job whose summary.json says ``diverged`` is counted as such,
+    the other jobs with a non-zero code as failed."""
     if not dirs:
         return ""
     where = Path(os.path.commonpath(dirs)) if len(dirs) > 1 else Path(dirs[0]).parent
-    failed = f", {len(codes)} failed" if codes else ""
+    diverged = sum(_status(d) == "diverged" for d in dirs)
+    failed = (f", {len(codes) - diverged} failed" if len(codes) > diverged else "") + \
+        (f", {diverged} diverged" if diverged else "")
     return (f"sweep: {len(dirs)} job{'s' if len(dirs) != 1 else ''}{failed}; run dirs under {where} "
             f"(osc report {shlex.quote(str(where))} tables them)")
+
+
+def _status(run_dir: str) -> str | None:
+    """The ``status`` of a job's summary.json (None if it has none, or cannot be read)."""
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -254,6 +254,8 @@ CASES = [
     ("oi-dims", ["orth_to_id", "dims=[1]"], ["dims"]),
     ("oi-seed", ["orth_to_id", "seed=-1"], ["seed"]),
     ("oi-datasets", ["orth_to_id", "datasets=[bogus]"], ["datasets"]),
+    ("oi-skip-kind", ["orth_to_id", "skip.kind=bogus"], ["skip.kind='bogus' is not a skip kind"]),
+    ("oi-slope-fraction-inf", ["orth_to_id", "slope_fraction=inf"], ["slope_fraction", "finite"]),
     ("sy-noise-nan", ["orth_residual_synthetic_data", "noise=nan"], ["noise", "finite"]),
     ("sy-lr-scale-inf", ["orth_residual_synthetic_data", "skip.lr_scale=inf"], ["lr_scale", "finite"]),
     ("sy-upkeep-adaptive-sgd", ["orth_residual_synthetic_data", "optimizer=sgd", "upkeep_adaptive=true"],
@@ -305,6 +307,7 @@ CASES = [
     ("rp-seed-not-a-number", ["report", f"{M}/odd/seed"], ["odd/seed/run/run.json", "labels.seed"]),
     ("rp-out-file", ["report", f"{M}/done", "--out", f"{M}/a_file"], ["a_file"]),
     ("rp-missing", ["report", f"{M}/nowhere"], ["nowhere"]),
+    ("rp-file", ["report", f"{M}/a_file"], ["a_file is a file"]),
     ("rp-empty", ["report", f"{M}/cifar_empty"], ["cifar_empty"]),
     ("osc-unknown-app", ["bogus_app"], ["bogus_app"]),
 ]

@@ -200,7 +200,7 @@ def test_construction_validity_tiny(tmp_path):
         (orth_to_id, "skip.kind=identity", "has no matrix"),
         (orth_to_id, "datasets=[moons]", "datasets must be"),
         (construction_validity, "fit_on=everything", "unknown fit_on"),
-        (construction_validity, "lr=0", "lr must be a number > 0"),
+        (construction_validity, "lr=0", "lr must be a finite number > 0"),
         (construction_validity, "skip.method=adam", "unknown orthogonal method"),
     ],
 )

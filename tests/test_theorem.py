@@ -114,7 +114,7 @@ def test_app_runs_at_tiny_size_and_writes_its_files(tmp_path):
         ("maps.dh0_far.eps=abc", "maps.dh0_far.eps must be a number; got 'abc'"),
         ("+maps.dh0_far.beta=1", "unknown key 'maps.dh0_far.beta'; allowed in maps.dh0_far: angle, stretch, eps"),
         ("c_scale=3.0", "must be < 1"),
-        ("pair_distance=0", "pair_distance must be a number > 0"),
+        ("pair_distance=0", "pair_distance must be a finite number > 0"),
         ("progress=maybe", "progress must be true or false"),
     ],
 )

@@ -56,7 +56,7 @@ def number(key: str, value: float, low: float = -math.inf, strict: bool = False,
     ok = math.isfinite(value) and (value > low if strict else value >= low) and value <= high
     bound = " and ".join(b for b in [
         "" if low == -math.inf else f"{'>' if strict else '>='} {low}", "" if high == math.inf else f"<= {high}"] if b)
-    require(ok, key, f"a number {bound}".strip(), value)
+    require(ok, key, f"a finite number {bound}".strip(), value)
 
 
 def path_or_null(key: str, value: str | None) -> None:

@@ -33,6 +33,7 @@ from ..data.synthetic import make_synthetic
 from ..diagnostics import skip_matrices
 from ..models.stack import SeedStack
 from ..rundir import RunDir, column
+from ..skips import SKIP_KINDS
 from ..runs import UserError, progress_bar, resolve_device
 from ..train.classifier import Diverged
 from ..train.small import steps_per_epoch, train_small_classifier
@@ -88,7 +89,8 @@ class Config(SmallTraining):
         self.check_training()
         self.datasets = one_of("datasets", self.datasets, DATASETS)
         if self.skip.kind not in MATRIX_KINDS:
-            raise UserError(f"skip.kind={self.skip.kind!r} has no matrix W_i to compare with I; "
+            what = "has no matrix W_i to compare with I" if self.skip.kind in SKIP_KINDS else "is not a skip kind"
+            raise UserError(f"skip.kind={self.skip.kind!r} {what}; "
                             f"allowed: {', '.join(MATRIX_KINDS)}")
         self.dims = ints_at_least("dims", self.dims, 2)
         self.n_blocks = ints_at_least("n_blocks", self.n_blocks, 1)

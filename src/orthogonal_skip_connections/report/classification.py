@@ -85,6 +85,8 @@ def find_runs(paths: list[Path]) -> tuple[list[RunRecord], list[Path]]:
         root = Path(root)
         if not root.exists():
             raise UserError(f"no such run dir: {root}")
+        if not root.is_dir():
+            raise UserError(f"{root} is a file; give run dirs, or dirs that hold them")
         candidates = [root] + sorted(p for p in root.rglob("*") if p.is_dir() and p.name != ".hydra")
         for d in candidates:
             if d.resolve() in seen or not (d / RUN).is_file() or any(p in seen for p in d.resolve().parents):

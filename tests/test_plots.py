@@ -59,3 +59,18 @@ def test_draw_morphed_says_when_the_map_collapses_the_plane():
     collapsed, plain = [t.get_text() for t in ax0.texts], [t.get_text() for t in ax1.texts]
     plt.close(fig)
     assert any("one point" in t for t in collapsed) and not plain
+
+
+def test_a_skip_variant_has_one_colour_in_every_figure():
+    from orthogonal_skip_connections.plots import VARIANT_COLORS, variant_colors
+
+    full = variant_colors(["identity", "zero", "fixed_orth", "learnable_orth/cayley", "learnable_orth/cayley/haar"])
+    landscape = variant_colors(["zero", "identity", "learnable_orth/steepest"])
+    two_stage = variant_colors(["two_stage", "identity", "orth_identity", "orth_haar"])
+    assert full["identity"] == landscape["identity"] == two_stage["identity"] == "C0"
+    assert full["zero"] == landscape["zero"]
+    # the variants the table does not list take colours of their own, none of the table's
+    others = [full["learnable_orth/cayley/haar"], two_stage["two_stage"], two_stage["orth_identity"],
+              two_stage["orth_haar"]]
+    assert not set(others) & set(VARIANT_COLORS.values()) and len(set(others[1:])) == 3
+    assert len(set(VARIANT_COLORS.values())) == len(VARIANT_COLORS)

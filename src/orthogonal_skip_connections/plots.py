@@ -94,6 +94,29 @@ def shared_legend(fig, ax, ncols: int | None = None, loc: str = "outside lower c
     return fig.legend(handles, labels, loc=loc, ncols=ncols or min(len(labels), 5), fontsize="small", **kwargs)
 
 
+# One colour per skip variant (run_experiments' ``variant`` label) in every figure of a report:
+# identity the blue of the accuracy curves, zero orange, ... The variants not listed (a Haar start,
+# two_stage's arms) take the colours after them in turn (:func:`variant_colors`).
+VARIANT_COLORS = {
+    "identity": "C0", "zero": "C1", "fixed_orth": "C2", "learnable_orth/cayley": "C3",
+    "learnable_orth/steepest": "C4", "linear": "C5", "scalar": "C6", "idempotent": "C7", "random": "C8",
+    "learnable_orth/exp": "C9", "learnable_orth/svd": "#393b79", "learnable_orth/qr": "#637939",
+    "learnable_orth/newton_schulz": "#8c6d31", "learnable_orth/householder": "#7b4173",
+}
+_MORE_COLORS = ("#843c39", "#5254a3", "#bd9e39", "#ad494a", "#a55194", "#6b6ecf", "#8ca252", "#e7969c")
+
+
+def variant_colors(variants) -> dict[str, str]:
+    """``{variant: colour}`` for ``variants`` in their order: :data:`VARIANT_COLORS`' colour for
+    the variants it lists, the next of a further set for the others."""
+    variants = list(dict.fromkeys(variants))
+    more = iter(_MORE_COLORS * (1 + len(variants) // len(_MORE_COLORS)))
+    return {v: VARIANT_COLORS.get(v) or next(more) for v in variants}
+
+
+__all__ += ["VARIANT_COLORS", "variant_colors"]
+
+
 def band(ax, x, ys, label=None, color=None, log=False, alpha=0.25, **line_kw):
     """Mean over seeds with a band: ys has shape (seeds, len(x)).
 

@@ -257,15 +257,17 @@ def draw_2d(results: list[dict], path: Path) -> str:
 def draw_1d(results: list[dict], path: Path) -> str:
     """Loss and accuracy along (1 - t) init + t trained, every variant on one axis (mean
     over seeds, band: min to max)."""
-    from ..plots import plain_log_labels, plt, savefig
+    from ..plots import plain_log_labels, plt, savefig, variant_colors
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = variant_colors(_variants(results))  # each variant's colour in the report's other figures
     for v in _variants(results):
         rs = [r for r in results if r["variant"] == v]
         ts = rs[0]["ts"]
         for a, key in ((ax, "loss_1d"), (ax2, "acc_1d")):
             ys = np.stack([r[key] for r in rs])
-            line = a.plot(ts, ys.mean(0), label=f"{v} ({len(rs)} seed{'s' if len(rs) > 1 else ''})")[0]
+            line = a.plot(ts, ys.mean(0), label=f"{v} ({len(rs)} seed{'s' if len(rs) > 1 else ''})",
+                          color=colors[v])[0]
             if len(rs) > 1:
                 a.fill_between(ts, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_yscale("log")

@@ -235,14 +235,15 @@ def verdict(table: list[dict]) -> str:
 
 
 def draw(cfg: Config, rows: list[dict], path: Path) -> str:
-    from ..plots import band, integer_ticks, plain_log_labels, plt, savefig, shared_legend
+    from ..plots import band, integer_ticks, plain_log_labels, plt, savefig, shared_legend, variant_colors
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
+    colors = variant_colors(VARIANTS)  # identity's colour in the report's other figures
     for v in VARIANTS:
         rs = [r for r in rows if r["variant"] == v]
         epochs = [e["epoch"] for e in rs[0]["curve"]]  # two_stage: the end of stage 1 twice, before and after
         for a, key, log in ((ax, "test_acc", False), (ax2, "test_loss", True)):  # the loss on a log axis: geometric band
-            band(a, epochs, [[e[key] for e in r["curve"]] for r in rs], label=v, log=log)
+            band(a, epochs, [[e[key] for e in r["curve"]] for r in rs], label=v, log=log, color=colors[v])
     swaps = [r["loss_after_swap"] for r in rows if r["variant"] == "two_stage"]
     ax2.plot([cfg.stage1_epochs] * len(swaps), swaps, "x", color="black", label="two_stage right after the swap")
     for a in (ax, ax2):

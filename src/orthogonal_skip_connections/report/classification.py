@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..diagnostics import started_away_from_identity
-from ..plots import band, integer_ticks, plt, savefig
+from ..plots import band, integer_ticks, plt, savefig, variant_colors
 from ..rundir import CHECKPOINT, RUN, SUMMARY, in_use
 from ..runs import UserError, read_json
 
@@ -582,17 +582,23 @@ def curves_figure(task: str, runs: list[RunRecord], out_dir: Path, modes: bool =
         return None
     ylabel, what, prefix = CURVES[key]
     fig, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
-    # colours by the arm's place among all the task's arms, so an arm has one colour in the accuracy
-    # and the distance figure (which leaves out arms without a skip matrix, identity among them)
+    # colours: a skip variant's own in every figure (plots.VARIANT_COLORS); with residual modes, by the
+    # arm's place among all the task's arms, so an arm has one colour in the accuracy and the distance
+    # figure (which leaves out arms without a skip matrix, identity among them)
     arms = {(r.residual_mode, r.variant) for r in shown}
     mode_order, variant_order = _mode_order([a[0] for a in arms]), _variant_order([a[1] for a in arms])
     arms = sorted(arms, key=lambda a: (mode_order.index(a[0]), variant_order.index(a[1])))
+    colors = variant_colors(variant_order)
+    baseline = ("add", "identity")
     for arm in [a for a in arms if a in by_arm]:
         group = by_arm[arm]
         epochs = sorted(set.intersection(*[{e["epoch"] for e in r.evals} for r in group]))
         ys = [[next(e[key] for e in r.evals if e["epoch"] == ep) for ep in epochs] for r in group]
         band(ax, epochs, ys, label=f"{' / '.join(arm) if modes else arm[1]} (n={len(group)})",
-             color=f"C{arms.index(arm) % 10}")
+             color=f"C{arms.index(arm) % 10}" if modes else colors[arm[1]],
+             # the baseline on top: another arm at the same value (zero and fixed_orth at chance, scalar's
+             # kept share at identity's) would hide the curve every other one is read against
+             **({"zorder": 3, "linewidth": 2.0} if arm == baseline else {}))
     ax.set_xlabel("epoch")
     integer_ticks(ax.xaxis)
     ax.set_ylabel(ylabel)

@@ -159,6 +159,8 @@ CASES = [
     ("re-num-threads-huge", ["run_experiments", "num_threads=1000000"], ["num_threads", "CPUs"]),  # was a segfault
     ("ts-num-threads-huge", ["teacher_student", "num_threads=1000000"], ["num_threads", "CPUs"]),
     ("re-grammar-bracket", ["run_experiments", "model.skip_kind=["], ["model.skip_kind"]),
+    ("re-section-as-value", ["run_experiments", "optimizer=adam"], ["optimizer is a group of settings", "optimizer.<key>",
+                                                                  "name, lr"]),
     ("re-grammar-paren", ["run_experiments", "optimizer.lr=(0.1"], ["optimizer.lr"]),
     # run_experiments: run dirs
     ("re-dir-is-file", ["run_experiments", f"hydra.run.dir={M}/a_file"], ["a_file", "hydra.run.dir"]),

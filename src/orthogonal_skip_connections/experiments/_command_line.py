@@ -43,7 +43,7 @@ from ..rundir import RunDir, check_dir_writable
 from ..runs import UserError
 from ..train import distributed
 from ..train.divergence import Diverged
-from ._compose import CONFIG_DIR, compose, compose_raw, one_line, typed
+from ._compose import CONFIG_DIR, compose, compose_raw, hydra_dir, one_line, typed, with_job_name
 from ._help import help_text
 from ._interrupt import sigterm_as_interrupt, stopped
 from ._leftovers import has_results, hydra_files, outermost_new, remove_empty, undo
@@ -272,35 +272,6 @@ class CommandLine:
     def undo(self, run_dir: Path, fresh: bool) -> None:
         """After a refusal inside Hydra: leave nothing behind (:func:`._leftovers.undo`)."""
         undo(run_dir, fresh, self.explicit, self.default_top)
-
-
-def hydra_dir(app_name: str, overrides: list[str], key: str) -> Path | None:
-    """The dir Hydra makes of ``key`` (``hydra.run.dir``, ``hydra.sweep.dir``) with ``overrides``:
-    the value as Hydra parses it (``hydra.run.dir='/a b'`` is ``/a b``, quotes and escapes
-    removed) with its ``${...}`` resolved (the config's keys, ``${now:...}``), not the text
-    after ``=``. None where only the run itself can resolve it (``${hydra:runtime...}``)."""
-    from hydra.core.utils import setup_globals
-
-    setup_globals()  # the ${now:...} resolver
-    try:
-        hydra_cfg = compose_raw(app_name, [*overrides, *job_name(app_name, overrides)], hydra_config=True)
-        return Path(str(OmegaConf.select(hydra_cfg, key)))
-    except Exception:  # Hydra's own business when it runs
-        return None
-
-
-def job_name(app_name: str, argv: list[str]) -> list[str]:
-    return [] if any(a.startswith("hydra.job.name=") for a in argv) else [f"hydra.job.name={app_name}"]
-
-
-def with_job_name(app_name: str, argv: list[str]) -> list[str]:
-    """``argv`` with ``hydra.job.name=<app>`` next to its last override: Hydra's argparse
-    takes the overrides as one run of positionals, so one appended after a flag
-    (``seed=1 --cfg job``) would be refused as an unrecognized argument."""
-    named = job_name(app_name, argv)
-    last = max((i for i, a in enumerate(argv) if not a.startswith("-") and ("=" in a or a.startswith("~"))),
-               default=len(argv) - 1)
-    return [*argv[:last + 1], *named, *argv[last + 1:]]
 
 
 def _rank_prefix() -> str:

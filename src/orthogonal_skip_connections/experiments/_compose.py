@@ -5,7 +5,8 @@ and reading it back as a checked dataclass instance (:func:`typed`).
 Every mistake is one line (:class:`~orthogonal_skip_connections.runs.UserError`): Hydra's
 and omegaconf's multi-line composition errors are cut down to the key, what it allows and
 what was given (:func:`one_line`); booleans are ``true`` or ``false`` only
-(:func:`strict_booleans`: omegaconf would read ``no`` or ``0``)."""
+(:func:`strict_booleans`: omegaconf would read ``no`` or ``0``). Also what Hydra makes of a
+call's overrides before it runs: its run or sweep dir (:func:`hydra_dir`), its job name."""
 
 from __future__ import annotations
 
@@ -25,8 +26,7 @@ from ._registry import load_app
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "config")
 
 __all__ = ["CONFIG_DIR", "compose", "compose_each", "typed", "register_schema", "compose_raw", "one_line",
-           "schema_node", "kind_of",
-           "strict_booleans"]
+           "schema_node", "kind_of", "strict_booleans", "hydra_dir", "job_name", "with_job_name"]
 
 
 def register_schema(name: str, schema: type) -> None:
@@ -88,6 +88,9 @@ def one_line(err: BaseException, schema: type) -> str:
         if isinstance(cause, MissingMandatoryValue):
             return f"{key} has no value; set it ({key}=...)"
         msg = str(getattr(cause, "msg", cause)).splitlines()[0]
+        section = allowed_keys(schema, key.split("."))
+        if section and msg.startswith("Invalid type assigned"):  # optimizer=adam: a value for a whole section
+            return f"{key} is a group of settings, not one value; set its keys ({key}.<key>=...): {', '.join(section)}"
         tp = schema_node(schema, re.sub(r"\[\d+\]", "", key).split("."))
         if "[" in key and tp is not None:  # an entry of a list
             tp, key = (typing.get_args(tp) or [None])[0], "every entry of " + re.sub(r"\[\d+\]", "", key)
@@ -218,3 +221,34 @@ def typed(schema: type, cfg: Any):
             raise UserError(one_line(err, schema)) from None
     cfg.check()
     return cfg
+
+
+# --------------------------------------------------------------------------- what Hydra makes of the overrides
+
+def hydra_dir(app_name: str, overrides: list[str], key: str) -> Path | None:
+    """The dir Hydra makes of ``key`` (``hydra.run.dir``, ``hydra.sweep.dir``) with ``overrides``:
+    the value as Hydra parses it (``hydra.run.dir='/a b'`` is ``/a b``, quotes and escapes
+    removed) with its ``${...}`` resolved (the config's keys, ``${now:...}``), not the text
+    after ``=``. None where only the run itself can resolve it (``${hydra:runtime...}``)."""
+    from hydra.core.utils import setup_globals
+
+    setup_globals()  # the ${now:...} resolver
+    try:
+        hydra_cfg = compose_raw(app_name, [*overrides, *job_name(app_name, overrides)], hydra_config=True)
+        return Path(str(OmegaConf.select(hydra_cfg, key)))
+    except Exception:  # Hydra's own business when it runs
+        return None
+
+
+def job_name(app_name: str, argv: list[str]) -> list[str]:
+    return [] if any(a.startswith("hydra.job.name=") for a in argv) else [f"hydra.job.name={app_name}"]
+
+
+def with_job_name(app_name: str, argv: list[str]) -> list[str]:
+    """``argv`` with ``hydra.job.name=<app>`` next to its last override: Hydra's argparse
+    takes the overrides as one run of positionals, so one appended after a flag
+    (``seed=1 --cfg job``) would be refused as an unrecognized argument."""
+    named = job_name(app_name, argv)
+    last = max((i for i, a in enumerate(argv) if not a.startswith("-") and ("=" in a or a.startswith("~"))),
+               default=len(argv) - 1)
+    return [*argv[:last + 1], *named, *argv[last + 1:]]

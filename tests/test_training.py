@@ -58,6 +58,11 @@ def test_digits_two_epochs_writes_all_files(tmp_path):
     assert saved["relu_kept_skip_mean"] == records[3]["relu_kept_skip_mean"] == pytest.approx(
         sum(r["skip_kept"] for r in rows) / 9, rel=1e-5)
     assert 0.0 < saved["relu_kept_skip_mean"] < 1.0 and 0.0 < saved["relu_kept_sum_mean"] < 1.0
+    # the report's step time: the epochs after the first (which pays one-off costs), per step
+    from orthogonal_skip_connections.report import find_runs, results_rows
+
+    (row,) = results_rows(find_runs([tmp_path])[0])
+    assert row["step_time_s"] == pytest.approx(records[2]["epoch_time_s"] / (1437 // 128))
     # the saved result is never overwritten by a second run in the same dir
     with pytest.raises(UserError, match="already holds a finished run"):
         run_experiments.main.run(digits_cfg("scheduler.epochs=2"), tmp_path)

@@ -113,7 +113,8 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
                "Accuracy is the final test accuracy; the 95% intervals are Student-t over seeds; "
                "the difference vs identity is paired by seed, and a verdict of better or worse also needs the "
                "paired t-test's p-value, Holm-adjusted over the task's comparisons with identity, below 0.05 (the "
-               "intervals are per comparison). Step times exclude evaluation; they are shown as "
+               "intervals are per comparison). Step times are the median over epochs after the first (which also "
+               "pays one-off costs) of an epoch's training time per step, evaluation excluded; they are shown as "
                "the mean ratio to identity with its range over seeds, because runs made side by side (osc "
                "study's jobs > 1) share the machine and the ratio moves from one study to the next "
                "(benchmarks/skip_step_time.py measures it alone).", ""]
@@ -130,7 +131,7 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
         if fig is not None:  # the question of the theorem: do the trained skip matrices approach I?
             md += ["How far the skip matrices are from I during training (mean over a run's skips of "
                    "||W - I||_F; 0 for a skip that is the identity): where training takes the skips from "
-                   "their start (a curve started at 0, init=identity, can only rise). The theorem's question is "
+                   "their start (a curve started at 0, init=identity, can only rise at first). The theorem's question is "
                    "one of depth (in a deep enough net the orthogonal skips sit near I), which one depth cannot "
                    "answer: runs at several depths get the \"skip distance vs depth\" section.", "",
                    f"![{task} distance from I]({fig.name})", ""]

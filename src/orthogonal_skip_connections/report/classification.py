@@ -52,6 +52,7 @@ class RunRecord:
     summary: dict | None
     evals: list[dict] = field(default_factory=list)  # (epoch, test_acc, identity_distance) of metrics.jsonl
     skips: list[dict] | None = None  # the per-skip rows (name, identity_distance, ...) of its last eval listing them
+    epoch_step_times: list[float] = field(default_factory=list)  # per epoch: its training time / its steps
 
     @property
     def status(self) -> str:
@@ -190,19 +191,25 @@ def _read_object(path: Path) -> dict:
     return obj
 
 
-def _evals(path: Path) -> tuple[list[dict], list[dict] | None]:
+def _evals(path: Path) -> tuple[list[dict], list[dict] | None, list[float]]:
     """epoch, test_acc, identity_distance (the mean ||W - I||_F of the run's skip matrices,
     None for kinds without one) and relu_kept (the mean share of the skip path's energy that the
-    ReLU after each block's sum keeps, None for nets without one) of the eval records of metrics.jsonl (a corrupt line is one line),
-    and the per-skip rows of the last eval record that lists them (None if none does)."""
-    evals, skips = [], None
+    ReLU after each block's sum keeps, None for nets without one) of the eval records of
+    metrics.jsonl (a corrupt line is one line), the per-skip rows of the last eval record that
+    lists them (None if none does), and each epoch's training time per step (train records)."""
+    evals, skips, step_times, last_step = [], None, [], 0
     if not path.exists():
-        return evals, skips
+        return evals, skips, step_times
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
+            if rec.get("type") == "train" and "epoch_time_s" in rec:
+                step = int(rec["step"])
+                if step > last_step:
+                    step_times.append(float(rec["epoch_time_s"]) / (step - last_step))
+                last_step = step
             if rec.get("type") == "eval":
                 distance, kept = rec.get("skip_identity_distance_mean"), rec.get("relu_kept_skip_mean")
                 evals.append({"epoch": int(rec["epoch"]), "test_acc": float(rec["test_acc"]),
@@ -212,7 +219,7 @@ def _evals(path: Path) -> tuple[list[dict], list[dict] | None]:
                     skips = rec["skips"]
         except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
             raise UserError(f"{path}, line {n}: not an evaluation record of this version") from None
-    return evals, skips
+    return evals, skips, step_times
 
 
 def _target_acc(runs: list[RunRecord]) -> float | None:
@@ -241,7 +248,7 @@ def results_rows(runs: list[RunRecord]) -> list[dict]:
             "steps": steps, "batch_size": lab["batch_size"], "lr": lab["lr"],
             "test_acc": s.get("test_acc"), "best_test_acc": s.get("best_test_acc"), "test_loss": s.get("test_loss"),
             "train_loss": s.get("train_loss"), "train_time_s": s.get("train_time_s"),
-            "step_time_s": s["train_time_s"] / steps if steps else None,
+            "step_time_s": _step_time(r),
             "epochs_to_target": reached[0] if reached else None, "target_acc": target,
             "skip_identity_distance_mean": s.get("skip_identity_distance_mean"),
             "skip_start_distance_mean": s.get("skip_start_distance_mean"),  # ||W - W_0||_F (runs since 2026-11-30)
@@ -257,6 +264,17 @@ def results_rows(runs: list[RunRecord]) -> list[dict]:
     rows.sort(key=lambda r: (r["task"], modes.index(r["residual_mode"]), order.index(r["variant"]),
                              r["seed"] if r["seed"] is not None else -1))
     return rows
+
+
+def _step_time(r: RunRecord) -> float | None:
+    """Seconds per training step: the median over the epochs after the first (the first also
+    pays one-off costs: allocation, kernel choice, the process's own start for the first run of a
+    study, which is identity's), or training time / steps where metrics.jsonl has fewer epochs."""
+    later = r.epoch_step_times[1:]
+    if later:
+        return float(np.median(later))
+    s = r.summary or {}
+    return s["train_time_s"] / s["steps"] if s.get("steps") else None
 
 
 def _variant_order(variants) -> list[str]:

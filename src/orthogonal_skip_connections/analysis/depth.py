@@ -174,9 +174,12 @@ def verdict(ans: dict, fraction: float) -> str:
         if a["started_at_identity"]:
             parts.append(f"{k}: started at I and ended {a['final_identity_distance_mean'][-1]:.3g} from it at m = {m}")
         else:
-            parts.append(f"{k}: training moved the W_i {a['moved_at_largest_depth']:+.3g} towards I at m = {m} "
-                         f"({fmt_ci(a['moved_at_largest_depth_ci'])}) from a start {a['start_at_largest_depth']:.3g} "
-                         "away")
+            moved = a["moved_at_largest_depth"]
+            way = "towards" if moved >= 0 else "away from"
+            ci = fmt_ci(a["moved_at_largest_depth_ci"])
+            parts.append(f"{k}: training moved the W_i {abs(moved):.3g} {way} I at m = {m} "
+                         f"({'start - end, ' if ci.startswith('95%') else ''}{ci}) from a start "
+                         f"{a['start_at_largest_depth']:.3g} away")
     if len(yes) == len(ans):
         head = "yes: training brings the W_i towards I, the more so the deeper the net, in every setting"
     elif yes:

@@ -239,7 +239,8 @@ class RunDir:
               config: Any = None) -> "RunDir":
         """Lock the dir (see the module docstring), then refuse a dir that holds a finished
         run, or an unfinished one unless this app can resume it and ``resume`` is asked
-        for, or a resume whose ``config`` differs from the saved one. A refused claim
+        for, or a resume whose ``config`` differs from the saved one (or that has no saved one to
+        compare with, or whose summary.json cannot be read). A refused claim
         releases the lock and removes the dir if it made it; otherwise only the dir and its
         .lock are written (and, when resuming, stale .tmp files removed)."""
         path = Path(path)

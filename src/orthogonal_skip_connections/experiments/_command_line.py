@@ -248,8 +248,9 @@ class CommandLine:
                 if path is None:
                     raise UserError("hydra.run.dir cannot be resolved before the run; under torchrun give a plain "
                                     "path or ${now:...} and the config's own keys")
-                run_dir = str(path.absolute())
-                path = Path(run_dir)  # as it was before the check below makes it: what a refusal puts back
+                path = path.absolute()
+                run_dir = str(path)
+                # as it was before the check below makes it: what a refusal puts back
                 self.explicit = (path, path.exists(), hydra_files(path), outermost_new(path))
                 RunDir.claim(run_dir, resume=bool(getattr(cfg, "resume", False)),
                              supports_resume=app.supports_resume, config=cfg).release()  # a check only

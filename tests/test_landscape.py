@@ -176,7 +176,11 @@ def test_sharpness_verdict_shows_no_nan_interval_for_one_seed():
     two = [dict(t, top_eigenvalue_lo=t["top_eigenvalue"] / 2, top_eigenvalue_hi=t["top_eigenvalue"] * 2) for t in one]
     # three significant digits, written plainly: 1070 beside 898, not 1.07e+03
     assert "identity (537 [268, 1070]) < zero (898 [449, 1800])" in verdict(two, 3)
-    assert "Hessian traces: identity 1070, zero 1800." in verdict(two, 3)
+    assert "Hessian traces: identity 1070, zero 1800." in verdict(two, 3) and "Lanczos" not in verdict(two, 3)
+    # a Lanczos run stopped at its iteration limit gives a lower bound: the verdict says so
+    short = [dict(t, converged="3/3" if t["variant"] == "identity" else "1/3") for t in two]
+    assert verdict(short, 3).endswith("Lanczos did not converge in every run of zero (1/3 converged): their values "
+                                      "are lower bounds, which may change the order.")
 
 
 def mixed_resnet(seed: int = 0):

@@ -365,9 +365,14 @@ def verdict(table: list[dict], n_min: int) -> str:
         return f"{_g3(t['top_eigenvalue'])} [{_g3(t['top_eigenvalue_lo'])}, {_g3(t['top_eigenvalue_hi'])}]"
 
     order = " < ".join(f"{t['variant']} ({value(t)})" for t in by)
+    # a Lanczos run stopped at its iteration limit: its top Ritz value is at most the top eigenvalue
+    short = [f"{t['variant']} ({t['converged']} converged)" for t in table
+             if "converged" in t and len(set(t["converged"].split("/"))) > 1]
+    caveat = (f" Lanczos did not converge in every run of {', '.join(short)}: their values are "
+              "lower bounds, which may change the order." if short else "")
     return (f"Top Hessian eigenvalue at the trained weights (geometric mean over seeds, 95% interval), flattest "
             f"to sharpest: {order}; {sure}. Hessian traces: "
-            + ", ".join(f"{t['variant']} {_g3(t['trace'])}" for t in table) + ".")
+            + ", ".join(f"{t['variant']} {_g3(t['trace'])}" for t in table) + "." + caveat)
 
 
 def report(cfg: Config, table: list[dict], rows: list[dict], figures: list[str], handling: dict) -> dict:

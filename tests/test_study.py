@@ -102,6 +102,12 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
                                                                "relu_kept_digits_resnet20.png"]
     assert "![digits/resnet20 distance from I](identity_distance_digits_resnet20.png)" in md
     assert "![digits/resnet20 share kept by the ReLU](relu_kept_digits_resnet20.png)" in md
+    # the answers on one screen, before the sections: a line per classification task and per app
+    short = md.split("## In short", 1)[1].split("\n## ", 1)[0]
+    assert md.index("## In short") < md.index("## Classification: digits/resnet20")
+    assert "- **digits/resnet20**: " in short and "- **Residual modes: digits/preact_resnet20**: " in short
+    assert "- **teacher_student**: " in short and "- **orth_to_id**: no" in short, short
+    assert "not told apart from identity: " in short
     assert "](teacher_student/distance.png)" in md
     # ... except in the classification runs loss_landscape reads (smoke: seed 0 of zero, identity, learnable_orth/steepest)
     assert sorted(p.parent for p in study_dir.rglob("checkpoint.pt")) == sorted(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 
 from ..rundir import check_report
@@ -77,6 +78,40 @@ def _section(d: Path, out_dir: Path) -> list[str]:
     return md
 
 
+def _in_short(tables: dict, modes: dict, others: list[Path]) -> list[str]:
+    """The report's answers on one screen, one line per section (none for a single section):
+    per classification task the arms better than, worse than and not told from the baseline, and
+    the first clause of each other app's verdict."""
+    lines = []
+    for group, name in ((tables, "variant"), (modes, None)):
+        for task, table in group.items():
+            arms = {"better": [], "worse": [], "other": []}
+            for t in table:
+                if t["verdict"] == "baseline":
+                    continue
+                arm = t["variant"] if name else f"{t['residual_mode']}/{t['variant']}"
+                word = t["verdict"].split(" ", 1)[0]
+                arms[word if word in ("better", "worse") else "other"].append(arm)
+            if not any(arms.values()):
+                continue
+            base = "identity" if name else "add/identity"
+            said = [f"better than {base}: {', '.join(arms['better'])}" if arms["better"] else "",
+                    f"worse than {base}: {', '.join(arms['worse'])}" if arms["worse"] else "",
+                    f"not told apart from {base}: {', '.join(arms['other'])}" if arms["other"] else ""]
+            lines.append(f"- **{'Residual modes: ' if not name else ''}{task}**: {'; '.join(x for x in said if x)}.")
+    for d in others:
+        try:
+            verdict = str(_read_object(d / "summary.json")["report"]["verdict"])
+        except (UserError, KeyError, TypeError):
+            continue
+        first = re.split(r"\. |; | - ", verdict, maxsplit=1)[0].rstrip(".")  # its first clause: the answer
+        lines.append(f"- **{d.name}**: {first}.")
+    if len(lines) < 2:
+        return []
+    return ["## In short", "", *lines, "", "Each section below gives the numbers, their intervals and the verdict's "
+            "reasons.", ""]
+
+
 def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal skips help?") -> dict:
     """Write results.csv, comparisons.csv (when there are classifier arms to compare), report.md,
     report.html and figures into ``out_dir``; return ``{"rows": ..., "tables": ..., "report": path,
@@ -118,6 +153,7 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
                "the mean ratio to identity with its range over seeds, because runs made side by side (osc "
                "study's jobs > 1) share the machine and the ratio moves from one study to the next "
                "(benchmarks/skip_step_time.py measures it alone).", ""]
+    md += _in_short(tables, modes, others)
     for task, table in tables.items():
         md += [f"## Classification: {task}", "", caveat(task, table, [r for r in rows if r["task"] == task]), ""]
         md += table_markdown(table) + [""]

@@ -209,7 +209,7 @@ def plot(trajs: dict[str, ts.Trajectory], run_dir: Path) -> None:
         {a: {"train": t.train_loss, "test": t.test_loss, "population (exact)": t.population_loss}
          for a, t in trajs.items()},
         run_dir / "loss.png",
-        ylabel="MSE (not divided by Var(y), as the table's is)",
+        ylabel="MSE (raw)",  # the table divides the train and population losses by Var(y)
         title="training, test and exact population loss (geometric mean over seeds; band: the training loss ×/÷ geometric std)",
         # the three coincide where a student generalises: wide, medium and dashed, all visible;
         # the seeds' band is the training loss's

@@ -274,6 +274,24 @@ def test_paired_verdicts():
     assert table["identity"]["acc_hi"] <= 100.0
 
 
+def test_step_time_ratio_and_distance_count_seeds_not_runs():
+    """A seed run twice in one arm (a sweep plus a lone rerun) once weighed double in the step
+    time ratio and the distance from I, and the ratio was mean(times) / mean(identity's): 1.13
+    beside its own per-seed range 1.14-1.18. Both are now means over seeds."""
+    from orthogonal_skip_connections.report import task_tables
+
+    def row(variant, seed, t, dist=None):
+        return {"task": "t", "variant": variant, "seed": seed, "status": "completed", "test_acc": 90.0 + seed,
+                "step_time_s": t, "epochs_to_target": 1, "skip_identity_distance_mean": dist, "target_acc": 90}
+
+    base = [row("identity", 0, 1.0), row("identity", 1, 2.0)]
+    orth = [row("linear", 0, 1.2, 6.0), row("linear", 0, 1.2, 6.0), row("linear", 1, 2.2, 3.0)]
+    t = {a["variant"]: a for a in task_tables(base + orth)["t"]}["linear"]
+    assert t["step_time_ratio"] == pytest.approx((1.2 / 1.0 + 2.2 / 2.0) / 2)
+    assert t["step_time_ratio_range"] == pytest.approx((1.1, 1.2))
+    assert t["identity_distance"] == pytest.approx(4.5)  # (6 + 3) / 2, not (6 + 6 + 3) / 3
+
+
 def _arm_rows(variant, accs, target=90):
     return [{"task": "t", "variant": variant, "seed": s, "status": "completed", "test_acc": a, "step_time_s": 1.0,
              "epochs_to_target": 1, "skip_identity_distance_mean": None, "target_acc": target}

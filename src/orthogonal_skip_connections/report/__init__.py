@@ -142,9 +142,12 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
 
     md = [f"# {title}", ""]
     if rows:
-        n_bad = sum(r["status"] != "completed" for r in rows)
-        md += [f"{len(rows)} classifier runs over {len({r['task'] for r in rows})} task(s)"
-               + (f"; {n_bad} did not complete (listed in the tables, kept in results.csv)." if n_bad else "."),
+        n_running = sum(r["status"] == "running" for r in rows)
+        n_bad = sum(r["status"] not in ("completed", "running") for r in rows)
+        md += [f"{len(rows)} classifier run{'s' if len(rows) != 1 else ''} over {len({r['task'] for r in rows})} "
+               "task(s)" + (f"; {n_running} still running" if n_running else "")
+               + (f"; {n_bad} did not complete" if n_bad else "")
+               + (" (listed in the tables, kept in results.csv)." if n_running or n_bad else "."),
                "Accuracy is the final test accuracy; the 95% intervals are Student-t over seeds; "
                "the difference vs identity is paired by seed, and a verdict of better or worse also needs the "
                "paired t-test's p-value, Holm-adjusted over the task's comparisons with identity, below 0.05 (the "

@@ -316,7 +316,7 @@ def _by_seed(rows: list[dict], key: str) -> dict:
     """seed -> the values of ``key`` in the runs of that seed (a run without a seed is its own)."""
     by_seed: dict = {}
     for i, r in enumerate(rows):
-        by_seed.setdefault(r["seed"] if r["seed"] is not None else ("run", i), []).append(r[key])
+        by_seed.setdefault(r["seed"] if r["seed"] is not None else ("run", i), []).append(r.get(key))
     return by_seed
 
 
@@ -352,13 +352,15 @@ def _arm_stats(vrows: list[dict], base: list[dict], is_base: bool, baseline: str
         "failed": [f"seed {r['seed']}: {r['status']}" for r in vrows if r["status"] != "completed"],
         "acc_mean": mean, "acc_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else math.nan,
         "acc_lo": lo, "acc_hi": hi, "acc_ci_clipped": clipped,
-        "step_time_ratio": _mean([r["step_time_s"] for r in vok]) / base_time if base_time else math.nan,
+        # the mean of the per-seed ratios (it lies within their range); without a paired seed, of the means
+        "step_time_ratio": _mean(ratios) if ratios else
+        _mean([r["step_time_s"] for r in vok]) / base_time if base_time else math.nan,
         "step_time_ratio_range": (min(ratios), max(ratios)) if ratios else (math.nan, math.nan),
         "diff_sd": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan,
         "epochs_to_target": _mean(reached) if all(x is not None for x in reached) else math.nan,
         "reached_target": f"{sum(x is not None for x in reached)}/{len(reached)}",
-        "identity_distance": _mean([r["skip_identity_distance_mean"] for r in vok]),
-        "start_distance": _mean([r.get("skip_start_distance_mean") for r in vok]),
+        "identity_distance": _mean(_per_seed(vok, "skip_identity_distance_mean").values()),  # over seeds
+        "start_distance": _mean(_per_seed(vok, "skip_start_distance_mean").values()),
         "diff_mean": dmean, "diff_lo": dlo, "diff_hi": dhi, "diff_ci_clipped": diff_clipped,
         "paired_seeds": len(diffs), "p_value": math.nan if is_base else _paired_p(diffs), "p_holm": math.nan,
         "comparisons": 0,

@@ -154,7 +154,7 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
                "intervals are per comparison). Step times are the median over epochs after the first (which also "
                "pays one-off costs) of an epoch's training time per step, evaluation excluded; they are shown as "
                "the mean ratio to identity with its range over seeds, because runs made side by side (osc "
-               "study's jobs > 1) share the machine and the ratio moves from one study to the next "
+               "study's jobs > 1, a sweep on the joblib launcher) share the machine and the ratio moves from one study to the next "
                "(benchmarks/skip_step_time.py measures it alone).", ""]
     md += _in_short(tables, modes, others)
     for task, table in tables.items():

@@ -292,6 +292,24 @@ def test_step_time_ratio_and_distance_count_seeds_not_runs():
     assert t["identity_distance"] == pytest.approx(4.5)  # (6 + 3) / 2, not (6 + 6 + 3) / 3
 
 
+def test_caveat_names_the_arms_that_ended_at_chance():
+    from orthogonal_skip_connections.report import task_tables
+    from orthogonal_skip_connections.report.classification import caveat
+
+    def row(variant, seed, acc, dataset="digits"):
+        return {"task": "t", "dataset": dataset, "variant": variant, "seed": seed, "status": "completed",
+                "test_acc": acc, "step_time_s": 1.0, "epochs_to_target": None, "skip_identity_distance_mean": None,
+                "target_acc": 90, "n_test": 360}
+
+    rows = [row("identity", s, 95.0 + s) for s in range(3)] + [row("zero", s, 10.0 + 0.3 * s) for s in range(3)]
+    text = caveat("t", task_tables(rows)["t"], rows)
+    assert text.endswith("; zero ended within 2 points of chance (10%): it did not train, so its comparison says "
+                         "nothing about the skip."), text
+    # 11% is far above chance for CIFAR-100's 100 classes (1%)
+    rows = [dict(r, dataset="cifar100", test_acc=r["test_acc"] + 1) for r in rows]
+    assert "chance" not in caveat("t", task_tables(rows)["t"], rows)
+
+
 def _arm_rows(variant, accs, target=90):
     return [{"task": "t", "variant": variant, "seed": s, "status": "completed", "test_acc": a, "step_time_s": 1.0,
              "epochs_to_target": 1, "skip_identity_distance_mean": None, "target_acc": target}

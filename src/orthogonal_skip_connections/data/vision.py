@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..runs import UserError
 
-__all__ = ["DATASETS", "IMAGE_SHAPES", "TRAIN_SIZES", "ImageData", "TensorLoader", "load_image_data",
+__all__ = ["DATASETS", "IMAGE_SHAPES", "NUM_CLASSES", "TRAIN_SIZES", "ImageData", "TensorLoader", "load_image_data",
            "default_data_root",
            "epoch_generator", "to_device"]
 
@@ -34,6 +34,7 @@ DATASETS = ("cifar10", "cifar100", "digits")
 # (channels, height, width) of each dataset's images, known before anything is loaded
 # (a config can be checked against it); the loaders return exactly these shapes
 IMAGE_SHAPES = {"cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "digits": (1, 8, 8)}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}
 # training images of each dataset's standard split: digits' is fixed (80% of 1797, the
 # split below); CIFAR's are the published files' (a data root holding other files is
 # checked again once they are loaded)
@@ -176,12 +177,12 @@ def load_image_data(name: str, root: str | Path | None = None, download: bool = 
     if name == "digits":
         x_tr, y_tr, x_te, y_te = _digits()
         v = x_tr / 16.0
-        return ImageData(name, x_tr, y_tr, x_te, y_te, 10, (float(v.mean()),), (float(v.std()),),
+        return ImageData(name, x_tr, y_tr, x_te, y_te, NUM_CLASSES[name], (float(v.mean()),), (float(v.std()),),
                          scale=16.0, crop_padding=1 if augment else 0, flip=False)
     root = default_data_root() if root in (None, "") else Path(root).expanduser()
     x_tr, y_tr, x_te, y_te = _read_cifar(name, root, download)
     mean, std = _CIFAR_STATS[name]
-    return ImageData(name, x_tr, y_tr, x_te, y_te, 10 if name == "cifar10" else 100, mean, std,
+    return ImageData(name, x_tr, y_tr, x_te, y_te, NUM_CLASSES[name], mean, std,
                      scale=255.0, crop_padding=4 if augment else 0, flip=augment)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.vision import NUM_CLASSES
 from ..diagnostics import started_away_from_identity
 from ..plots import band, integer_ticks, plt, savefig, variant_colors
 from ..rundir import CHECKPOINT, RUN, SUMMARY, in_use
@@ -561,7 +562,8 @@ def caveat(task: str, table: list[dict], rows: list[dict]) -> str:
     size = f"{d['n_test']} test images (accuracy moves in steps of {d['step']:.2f} points)" if d["n_test"] else \
         "test-set size unknown (runs made before it was recorded)"
     if d["smallest"] is None:
-        return f"**Caveat**: {size}; fewer than 2 seeds paired with identity, so no difference can be judged."
+        return (f"**Caveat**: {size}; fewer than 2 seeds paired with identity, so no difference can be judged"
+                f"{_at_chance(table, rows)}.")
     text = (f"**Caveat**: {size}; at {d['seeds']} seeds, with the paired differences' pooled std of "
             f"{d['pooled_sd']:.2f} points, ")
     holm = (f" (among {d['comparisons']} comparisons, Holm's first step tests at 0.05 / {d['comparisons']})"
@@ -574,7 +576,23 @@ def caveat(task: str, table: list[dict], rows: list[dict]) -> str:
     if accs and min(accs) >= 95.0:
         text += (f"; every variant scores {min(accs):.1f}–{max(accs):.1f}%, so the task is near saturation and "
                  "'no detectable difference' means 'cannot tell', not 'equal'")
-    return text + "."
+    return text + _at_chance(table, rows) + "."
+
+
+def _at_chance(table: list[dict], rows: list[dict]) -> str:
+    """'; <arms> ended within 2 points of chance ...' for the arms whose mean accuracy did (they
+    did not train: a comparison of them says nothing about their skip), else ''."""
+    classes = {NUM_CLASSES.get(r.get("dataset")) for r in rows} - {None}
+    if len(classes) != 1:
+        return ""
+    chance = 100.0 / classes.pop()
+    idle = [t["variant"] if _is_add(t) else f"{t['residual_mode']}/{t['variant']}" for t in table
+            if not math.isnan(t["acc_mean"]) and t["acc_mean"] < chance + 2.0]
+    if not idle:
+        return ""
+    one = len(idle) == 1
+    return (f"; {', '.join(idle)} ended within 2 points of chance ({chance:.0f}%): {'it' if one else 'they'} did not "
+            f"train, so {'its comparison says' if one else 'their comparisons say'} nothing about the skip")
 
 
 # what curves_figure can draw over epochs: (y label, title, file name prefix)

@@ -637,6 +637,9 @@ def curves_figure(task: str, runs: list[RunRecord], out_dir: Path, modes: bool =
              # the baseline on top: another arm at the same value (zero and fixed_orth at chance, scalar's
              # kept share at identity's) would hide the curve every other one is read against
              **({"zorder": 3, "linewidth": 2.0} if arm == baseline else {}))
+    classes = {NUM_CLASSES.get(r.labels.get("dataset")) for r in shown} - {None}
+    if key == "test_acc" and len(classes) == 1:  # what an arm that did not train scores: flat curves read as such
+        ax.axhline(100.0 / classes.pop(), color="grey", linestyle=":", linewidth=1.0, label="chance")
     ax.set_xlabel("epoch")
     integer_ticks(ax.xaxis)
     ax.set_ylabel(ylabel)

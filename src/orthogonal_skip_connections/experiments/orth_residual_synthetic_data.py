@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
 from ..data.synthetic import make_synthetic
@@ -122,6 +123,8 @@ def _image(fn, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def draw(c: dict, rows: list[dict], models: dict, run_dir: Path) -> list[str]:
+    from matplotlib.ticker import MaxNLocator
+
     from ..plots import decision_regions, draw_morphed, grid_lines, padded_box, plane_grid, plt, savefig
 
     data, L = c["data"], c["n_blocks"]
@@ -137,9 +140,20 @@ def draw(c: dict, rows: list[dict], models: dict, run_dir: Path) -> list[str]:
             lines = grid_lines(*padded_box(Z.numpy()), n_lines=c["grid_lines"])  # (K, P, 2)
             G = torch.as_tensor(lines.reshape(-1, 2), dtype=torch.float32)
             maps = (("skip: W x", block.skip), ("branch: f(x)", block.branch), ("block: W x + f(x)", block))
-            for j, (name, fn) in enumerate(maps):
-                draw_morphed(ax_row[j], _image(fn, G).numpy().reshape(lines.shape), _image(fn, Z).numpy(), y,
-                             title=f"{row['kind']}, block {i + 1}: {name}")
+            images = [(_image(fn, G).numpy().reshape(lines.shape), _image(fn, Z).numpy()) for _, fn in maps]
+            for j, ((name, _), (grid_image, data_image)) in enumerate(zip(maps, images)):
+                draw_morphed(ax_row[j], grid_image, data_image, y, title=f"{row['kind']}, block {i + 1}: {name}")
+            # one scale for the row's three maps, with ticks: how big f(x) is beside W x is the point
+            lo = np.min([np.min(a, axis=tuple(range(a.ndim - 1))) for im in images for a in im], axis=0)
+            hi = np.max([np.max(a, axis=tuple(range(a.ndim - 1))) for im in images for a in im], axis=0)
+            pad = 0.05 * float(np.max(hi - lo)) + 1e-6
+            for ax in ax_row[:3]:
+                ax.set_aspect("equal", adjustable="box")
+                ax.set_xlim(lo[0] - pad, hi[0] + pad)
+                ax.set_ylim(lo[1] - pad, hi[1] + pad)
+                for axis in (ax.xaxis, ax.yaxis):
+                    axis.set_major_locator(MaxNLocator(4))
+                ax.tick_params(labelsize=7)
             ax_row[0].set_ylabel(f"{row['kind']}\nblock {i + 1}", fontsize=10)
             if i > 0:
                 ax_row[3].set_visible(False)
@@ -148,7 +162,8 @@ def draw(c: dict, rows: list[dict], models: dict, run_dir: Path) -> list[str]:
         decision_regions(axes[k * L, 3], xx, yy, pred, X.numpy(), y, data.num_classes,
                          title=f"{row['kind']}: train {row['train_acc']:.1f}%, test {row['test_acc']:.1f}%")
     fig.suptitle(f"{data.dataset_type}: the grid and the test data carried by each block's skip, branch and whole\n"
-                 f"map (inputs of block i = outputs of block i - 1); right: decision regions", fontsize=10)
+                 f"map, on one scale per row (inputs of block i = outputs of block i - 1); right: decision regions",
+                 fontsize=10)
     return [savefig(fig, run_dir / "synthetic_blocks.png").name]
 
 

@@ -60,9 +60,9 @@ def _ends(cut: tuple[bool, bool]) -> str:
     return " ".join(end for end, c in zip(("low", "high"), cut) if c)
 
 
-def _section(d: Path, out_dir: Path) -> list[str]:
-    """Markdown of another app's run dir: its report section and links to its figures."""
-    summary = _read_object(d / "summary.json")
+def _section(d: Path, summary: dict, out_dir: Path) -> list[str]:
+    """Markdown of another app's run dir (``summary``: its summary.json): its report section and
+    links to its figures."""
     report = summary.get("report")
     if not isinstance(report, dict):
         return [f"## {d.name}", "", f"Run dir: `{d}`: no report section in its summary.json (an older run?)", ""]
@@ -78,10 +78,10 @@ def _section(d: Path, out_dir: Path) -> list[str]:
     return md
 
 
-def _in_short(tables: dict, modes: dict, others: list[Path]) -> list[str]:
+def _in_short(tables: dict, modes: dict, others: dict[Path, dict]) -> list[str]:
     """The report's answers on one screen, one line per section (none for a single section):
     per classification task the arms better than, worse than and not told from the baseline, and
-    the first clause of each other app's verdict."""
+    the first clause of each other app's verdict (``others``: run dir -> summary.json)."""
     lines = []
     for group, name in ((tables, "variant"), (modes, None)):
         for task, table in group.items():
@@ -99,10 +99,10 @@ def _in_short(tables: dict, modes: dict, others: list[Path]) -> list[str]:
                     f"worse than {base}: {', '.join(arms['worse'])}" if arms["worse"] else "",
                     f"not told apart from {base}: {', '.join(arms['other'])}" if arms["other"] else ""]
             lines.append(f"- **{'Residual modes: ' if not name else ''}{task}**: {'; '.join(x for x in said if x)}.")
-    for d in others:
+    for d, summary in others.items():
         try:
-            verdict = str(_read_object(d / "summary.json")["report"]["verdict"])
-        except (UserError, KeyError, TypeError):
+            verdict = str(summary["report"]["verdict"])
+        except (KeyError, TypeError):  # no report section: _section says so
             continue
         first = re.split(r"\. |; | - ", verdict, maxsplit=1)[0].rstrip(".")  # its first clause: the answer
         lines.append(f"- **{d.name}**: {first}.")
@@ -156,7 +156,8 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
                "the mean ratio to identity with its range over seeds, because runs made side by side (osc "
                "study's jobs > 1, a sweep on the joblib launcher) share the machine and the ratio moves from one study to the next "
                "(benchmarks/skip_step_time.py measures it alone).", ""]
-    md += _in_short(tables, modes, others)
+    summaries = {d: _read_object(d / "summary.json") for d in others}  # read once, for both uses
+    md += _in_short(tables, modes, summaries)
     for task, table in tables.items():
         md += [f"## Classification: {task}", "", caveat(task, table, [r for r in rows if r["task"] == task]), ""]
         md += table_markdown(table) + [""]
@@ -214,7 +215,7 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
         if fig is not None:
             md += [f"![{task} distance from I by residual mode]({fig.name})", ""]
     for d in others:
-        md += _section(d, out_dir)
+        md += _section(d, summaries[d], out_dir)
     report_md = out_dir / "report.md"
     report_md.write_text("\n".join(md) + "\n")
     (out_dir / "report.html").write_text(to_html("\n".join(md), out_dir, title))

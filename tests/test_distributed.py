@@ -212,7 +212,7 @@ def test_a_refusal_under_torchrun_is_said_once_by_rank_0(rank, tmp_path, monkeyp
 
 
 def test_remove_empty_takes_empty_dirs_up_to_top_and_nothing_else(tmp_path):
-    from orthogonal_skip_connections.experiments._leftovers import remove_empty
+    from orthogonal_skip_connections.runs import remove_empty
 
     top = tmp_path / "a"
     (top / "b" / "run").mkdir(parents=True)

@@ -482,6 +482,42 @@ def test_crafted_cifar_pickle_never_runs(tmp_path):
     assert load_image_data("cifar10", tmp_path / "data", download=False).x_train.shape == (40, 3, 32, 32)
 
 
+def test_a_failed_cifar_download_leaves_nothing_it_made(tmp_path, monkeypatch):
+    """A download that breaks off (offline, here faked) is one line, and takes back the dirs and
+    the partial archive it made; a data.root that was there, and an archive in it, stay."""
+    import urllib.error
+
+    import torchvision
+
+    from orthogonal_skip_connections.data.vision import load_image_data
+    from orthogonal_skip_connections.runs import UserError
+
+    class OfflineCIFAR10:  # what torchvision leaves when the network fails half-way
+        filename = torchvision.datasets.CIFAR10.filename
+
+        def __init__(self, root, train=True, download=False):
+            Path(root).mkdir(parents=True, exist_ok=True)
+            (Path(root) / self.filename).write_bytes(b"half an archive")
+            raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", OfflineCIFAR10)
+    new_root = tmp_path / "new" / "data"
+    with pytest.raises(UserError, match=r"downloading it failed \(URLError") as err:
+        load_image_data("cifar10", new_root, download=True)
+    assert "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # neither new/ nor new/data/
+    mine = tmp_path / "mine"  # the user's own dir: kept, emptied of the partial archive only
+    (mine / "notes.txt").parent.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(UserError, match="downloading it failed"):
+        load_image_data("cifar10", mine, download=True)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    (mine / "notes.txt").unlink()
+    with pytest.raises(UserError, match="downloading it failed"):
+        load_image_data("cifar10", mine, download=True)
+    assert mine.is_dir()  # empty, but it was there before
+
+
 def test_a_sweep_goes_on_after_a_failed_and_a_diverged_job(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     # -m between the overrides: Hydra's argparse alone would refuse it (a run of positionals)

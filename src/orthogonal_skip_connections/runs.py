@@ -27,6 +27,8 @@ __all__ = [
     "atomic_write_text",
     "machine_memory",
     "check_memory",
+    "outermost_new",
+    "remove_empty",
 ]
 
 
@@ -110,6 +112,31 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     _atomic_write(path, lambda f: f.write(text))
+
+
+def outermost_new(path: Path) -> Path:
+    """The outermost of ``path`` and its parents that does not exist yet (what making
+    ``path`` would make first)."""
+    top = Path(path)
+    while not top.parent.exists() and top.parent != top.parent.parent:
+        top = top.parent
+    return top
+
+
+def remove_empty(path: Path, top: Path) -> None:
+    """Remove ``path`` and its parents up to ``top`` (which must contain it) while they are
+    empty: the dirs a refused call made (``top`` from :func:`outermost_new`), and nothing else."""
+    path, top = Path(path).absolute(), Path(top).absolute()
+    if path != top and top not in path.parents:
+        return
+    while True:
+        try:
+            path.rmdir()  # empty dirs only
+        except OSError:
+            return
+        if path == top:
+            return
+        path = path.parent
 
 
 def progress_bar(iterable=None, enabled: bool = True, **kwargs):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..runs import UserError
+from ..runs import UserError, outermost_new, remove_empty
 
 __all__ = ["DATASETS", "IMAGE_SHAPES", "NUM_CLASSES", "TRAIN_SIZES", "ImageData", "TensorLoader", "load_image_data",
            "default_data_root",
@@ -115,9 +115,16 @@ def _read_cifar(name: str, root: Path, download: bool) -> tuple[Tensor, Tensor, 
         import torchvision
 
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        top = None if root.exists() else outermost_new(root)  # the first dir the download would make
+        archive = root / cls.filename
+        had_archive = archive.exists()
         try:
             cls(str(root), train=True, download=True)
         except Exception as err:  # URLError, socket errors, HTTP errors ...
+            if not had_archive:  # what the failed download left: a partial archive, the dirs it made
+                archive.unlink(missing_ok=True)
+            if top is not None:
+                remove_empty(root, top)
             raise UserError(
                 f"{name} is not under {base} and downloading it failed ({type(err).__name__}: {err}); "
                 f"download it elsewhere and copy the folder {folder}/ into {root}, or set data.root"

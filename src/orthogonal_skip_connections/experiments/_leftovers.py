@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-__all__ = ["undo", "remove_empty", "outermost_new", "hydra_files", "has_results"]
+__all__ = ["undo", "hydra_files", "has_results"]
 
 
 def undo(run_dir: Path, fresh: bool, explicit: tuple | None, default_top: Path | None) -> None:
@@ -44,22 +44,6 @@ def undo(run_dir: Path, fresh: bool, explicit: tuple | None, default_top: Path |
                 parent = parent.parent
 
 
-def remove_empty(run_dir: Path, top: Path) -> None:
-    """Remove ``run_dir`` and its parents up to ``top`` (which must contain it) while they
-    are empty: what another process's Hydra made again after the refusal was undone."""
-    path, top = Path(run_dir).absolute(), Path(top).absolute()
-    if path != top and top not in path.parents:
-        return
-    while True:
-        try:
-            path.rmdir()  # empty dirs only
-        except OSError:
-            return
-        if path == top:
-            return
-        path = path.parent
-
-
 def restore_hydra_files(explicit: tuple, run_dir: Path) -> None:
     """Put back the .hydra/ files and job log of an existing explicit run dir as they were."""
     path, _, files, _ = explicit
@@ -71,15 +55,6 @@ def restore_hydra_files(explicit: tuple, run_dir: Path) -> None:
     for p, data in files.items():
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
-
-
-def outermost_new(path: Path) -> Path:
-    """The outermost of ``path`` and its parents that does not exist yet (what making
-    ``path`` would make first)."""
-    top = Path(path)
-    while not top.parent.exists() and top.parent != top.parent.parent:
-        top = top.parent
-    return top
 
 
 def hydra_files(path: Path) -> dict[Path, bytes]:

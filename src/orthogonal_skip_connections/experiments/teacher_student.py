@@ -261,8 +261,8 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
                   "permutation and rescaling of hidden units" if sym else "")
                + (f"; {', '.join(count(a, 'diverged_seeds') for a in diverged)} diverged (non-finite loss: lower lr)"
                   if diverged else "") + ".")
-    twins = [("sum_modified", "modified_resnet"), ("li_yuan", "li_yuan")]
-    same = [(x, y) for x, y in twins[:1] if x in archs and y in archs]
+    thr = cfg.thresholds
+    same = "sum_modified" in archs and "modified_resnet" in archs
     notes = []
     if same:
         notes.append("sum_modified and modified_resnet differ only by the outer + x, which teacher and student share: "
@@ -282,6 +282,14 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
                      "near-collinear teacher units: the loss is then almost flat along the directions that tell them "
                      "apart, and a student can sit just under the fit threshold for a long time "
                      "(notes/teacher_student_findings.md, finding 3).")
+    near = [f"{a} seed {e['seed']} (loss/Var(y) {e['relative_train_loss']:.2g}, aligned distance "
+            f"{e['relative_aligned_distance']:.2g} of the zero student's)"
+            for a in archs for e in summary[a]["recovered_not_fit"]]
+    if near:
+        notes.append("recovered up to symmetry without fitting yet: " + "; ".join(near) + f". Recovery is a distance "
+                     f"within {thr.recover:g} of the zero student's, fitting a loss below {thr.fit:g} of Var(y): a "
+                     "loss falls like a distance squared, so a student near its teacher can still sit above the fit "
+                     "threshold, and counts as recovered but not as fitting.")
     tested = [(a, summary[a]["closest_angle"]) for a in archs if summary[a]["closest_angle"]["p_value"] is not None]
     if tested:
         notes.append("closest pair of the teacher's hidden units (the effective first layer's columns), median over "
@@ -289,7 +297,6 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
                          f"{a} {c['fit_median']:.1f}° / {c['not_fit_median']:.1f}° (p = {c['p_value']:.2g})"
                          for a, c in tested) + " (outcomes.png draws every seed; at d = 5 closer units stalled more seeds on "
                      "plateaus, at d = 10 not: notes/teacher_student_findings.md).")
-    thr = cfg.thresholds
     return {
         "title": "Teacher-student convergence (Li & Yuan 2017 and the one-block ResNet variants)",
         "question": "does gradient descent recover the teacher's weights, and up to which symmetry, for each "

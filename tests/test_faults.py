@@ -406,6 +406,34 @@ def test_sane_runs_never_trip_the_rule(tmp_path, capsys):
             g.step(step, float("inf"), finite=False)
 
 
+def test_a_retraction_on_overflowed_numbers_is_divergence():
+    """Rule 3: finite gradients times a huge learning rate overflow a retracted matrix; the
+    SVD's error on it (a traceback from every loop before) is raised as Diverged. (steepest
+    normalises its step and stays finite; qr and newton_schulz return NaN, which the next
+    step's loss shows: rule 1.)"""
+    import torch
+
+    import orthogonal_skip_connections as osc
+    from orthogonal_skip_connections.train.divergence import DivergenceGuard, Diverged
+
+    skip = osc.make_skip("learnable_orth", 4, method="svd")
+    opt = osc.optimizer(skip, torch.optim.SGD, lr=1e38)
+    skip.weight.grad = torch.full((4, 4), 1e30).triu()  # finite, as the loops require; not symmetric (tangent at I)
+    with pytest.raises(Diverged, match=r"a retraction failed on non-finite numbers .* \(step 7;"):
+        DivergenceGuard(trivial_loss=1.0).optimizer_step(opt, 7)
+
+
+def test_a_one_step_run_whose_step_blew_up_the_weights_is_divergence(tmp_path, capsys):
+    """The epochs' losses are those before each step: the final weights are judged too (a
+    traceback in the block diagnostics before, from an SVD of non-finite Jacobians)."""
+    run_dir = tmp_path / "run"
+    code, lines, err = run(["orth_residual_synthetic_data", *TINY["orth_residual_synthetic_data"], "lr=1e37",
+                            "skip_kinds=[learnable_orth]", f"hydra.run.dir={run_dir}", "progress=false"], capsys)
+    assert code == 1 and "Traceback" not in err, err
+    assert "final training loss (seed 0) became nan" in lines[0]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
+
+
 # --------------------------------------------------------------------------- resume, writers, sweeps
 
 

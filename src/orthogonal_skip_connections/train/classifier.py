@@ -371,7 +371,7 @@ def train_classifier(
                 # large, which the halving fixes; skipped, but no sign of divergence
                 overflow = scaler is not None and not finite and math.isfinite(loss_value) and values[-1] > 1
                 if finite:
-                    opt.step()  # retracted skips included
+                    guard.optimizer_step(opt, state["step"] + 1)  # retracted skips included
                 else:  # skip the update (retraction included), keep the schedule moving
                     opt.zero_grad(set_to_none=True)
                 if scaler is not None:

@@ -19,7 +19,10 @@ The rule (:data:`RULE`):
    prediction over C classes; squared error: E[y^2], the zero prediction). Otherwise the
    run is diverged.
 3. **Failed upkeep.** A constrained matrix whose retraction fails on non-finite numbers
-   (an SVD that does not converge) diverges the run at once.
+   (finite gradients whose step overflows the matrix: the SVD of ``svd`` refuses it)
+   diverges the run at once (:meth:`DivergenceGuard.optimizer_step`). A retraction that
+   returns NaN instead (``qr``, ``newton_schulz``) shows in the next step's loss (rule 1),
+   and the small-model loop judges its final weights' loss as one more check point.
 
 Why this rule: a single non-finite step (a bf16 overflow, a rare bad batch) is survivable
 and is skipped, not fatal; ten in a row with unchanged weights means the weights or the
@@ -41,6 +44,10 @@ from __future__ import annotations
 
 import math
 from typing import Iterable
+
+import torch
+
+from ..maths.orthogonal import NonFiniteError
 
 __all__ = ["Diverged", "DivergenceGuard", "RULE", "MAX_CONSECUTIVE_SKIPPED", "EXPLOSION_FACTOR"]
 
@@ -114,6 +121,16 @@ class DivergenceGuard:
                         partial)
 
     # -- per step
+    def optimizer_step(self, opt, step: int) -> None:
+        """``opt.step()`` for optimiser step ``step`` (1-based), a retraction that fails on
+        non-finite numbers (rule 3: finite gradients times a huge learning rate can still
+        overflow a matrix) raised as :class:`Diverged` instead of the optimiser's error."""
+        try:
+            opt.step()
+        except (NonFiniteError, torch.linalg.LinAlgError) as err:
+            raise self.diverge(step, f"a retraction failed on non-finite numbers ({str(err).splitlines()[0][:120]})") \
+                from None
+
     def step(self, step: int, losses, finite: bool) -> bool:
         """Record optimiser step ``step`` (1-based) with batch ``losses`` (a number or a
         per-seed list/tensor); ``finite``: whether loss and gradients were finite (the

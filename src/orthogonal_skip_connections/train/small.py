@@ -184,7 +184,7 @@ def train_small_classifier(
                     losses.sum().backward()
                     finite = bool(torch.isfinite(_clip_per_seed(stack, cfg.grad_clip)).all())
                 if finite:
-                    opt.step()  # retracted skips of every seed included
+                    guard.optimizer_step(opt, step + 1)  # retracted skips of every seed included
                     epoch_loss += losses.detach().double().cpu()
                     epoch_steps += 1
                 else:  # skipped for every seed; the schedule moves on
@@ -204,6 +204,9 @@ def train_small_classifier(
         bar.close()
         log(step)
         train = evaluate_stack(stack, X_train, y_train)
+        # a last check point on the final weights: the epochs' losses were those before each step,
+        # so the last update (all of a one-step run's) would otherwise go unjudged
+        guard.check(step, {f"final training loss (seed {s})": v for s, v in zip(stack.seeds, train["loss"])})
         test = evaluate_stack(stack, X_test.to(device), y_test.to(device)) if X_test is not None else None
     return {
         "seeds": list(stack.seeds),

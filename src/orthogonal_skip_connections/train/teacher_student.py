@@ -441,10 +441,7 @@ def train(
         # one fused max-|g| per tensor: finite or not, without the overflow of a sum
         finite = bool(torch.isfinite(torch.stack(torch._foreach_norm([p.grad for p in grads], float("inf")))).all())
         if finite:
-            try:
-                opt.step()  # SGD / Nesterov / Adam on W, W1, W2; the retraction on Q
-            except torch.linalg.LinAlgError as err:  # the polar retraction's SVD on non-finite numbers
-                raise guard.diverge(t + 1, f"the retraction of Q failed ({str(err).splitlines()[0][:80]})") from None
+            guard.optimizer_step(opt, t + 1)  # SGD / Nesterov / Adam on W, W1, W2; the retraction on Q
         guard.step(t + 1, None, finite)
         if (t + 1) % cfg.log_every == 0 or t + 1 == total:
             for r in runs:

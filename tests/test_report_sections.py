@@ -6,7 +6,7 @@ import math
 import numpy as np
 import torch
 
-from orthogonal_skip_connections.analysis.depth import answer, by_depth, verdict
+from orthogonal_skip_connections.analysis.depth import answer, by_depth, corrected_distance, verdict
 from orthogonal_skip_connections.maths import orthogonal as orth
 
 DEPTHS = [2, 4, 8, 16]
@@ -70,6 +70,22 @@ def test_moving_towards_identity_by_the_same_share_at_every_depth_is_not_a_depth
 
     a, _ = _answer(_rows(half))
     assert a["moved_towards_identity"] is True and a["approaches_identity_with_depth"] is False
+
+
+def test_the_depth_figure_draws_what_the_verdict_judges():
+    """corrected_distance (orth_to_id_depth.png's top row) is end / start per seed, the table's
+    "distance left" per depth; moved along the geodesic to I with the part log(m)/m of the
+    angle left, it falls with depth in every seed. From I, it is the end itself."""
+    rows = _rows(lambda A, W0, m: orth.expm(A * math.log(m) / m))
+    ms, y, from_identity = corrected_distance(rows[::-1])  # any order in, sorted by depth out
+    assert ms == DEPTHS and y.shape == (SEEDS, len(DEPTHS)) and not from_identity
+    np.testing.assert_allclose(y.mean(0), [t["distance_left"] for t in by_depth(rows)], rtol=1e-12)
+    assert np.all(np.diff(y[:, 1:], axis=1) < 0) and np.all(y < 1)  # log(m)/m: equal at m = 2 and 4
+    for r in rows:
+        r["initial_identity_distance"] = np.zeros_like(r["initial_identity_distance"])
+    ms, y, from_identity = corrected_distance(rows)
+    assert from_identity
+    np.testing.assert_array_equal(y[:, 0], np.asarray(rows[0]["final_identity_distance"]).mean(1))
 
 
 def test_one_seed_cannot_tell():

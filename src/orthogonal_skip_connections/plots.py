@@ -212,7 +212,7 @@ def loglog_rates(ax, x, series: dict, reference=None, reference_label=None, styl
 # model on the points these return, these draw the results.
 
 __all__ += ["padded_box", "plane_grid", "grid_lines", "draw_morphed", "decision_regions", "pca_plane", "heatmap",
-            "block_curves"]
+            "block_curves", "block_colorbar", "class_legend"]
 
 CLASS_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink",
                 "tab:gray", "tab:olive", "tab:cyan")
@@ -289,6 +289,15 @@ def decision_regions(ax, xx, yy, predicted, X=None, y=None, num_classes: int = 2
         ax.set_title(title, fontsize=8)
 
 
+def class_legend(fig, num_classes: int, **kwargs):
+    """One legend for :func:`decision_regions`' class colours (class 0 .. num_classes - 1)."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=CLASS_COLORS[c % len(CLASS_COLORS)], label=f"class {c}") for c in range(num_classes)]
+    return fig.legend(handles=handles, fontsize="small", title="colour: class (region: predicted, point: true)",
+                      title_fontsize="small", **kwargs)
+
+
 def pca_plane(X) -> tuple[np.ndarray, np.ndarray]:
     """The plane of the first two principal components of X (N, d), d >= 2: the mean
     (d,) and an orthonormal basis V (d, 2). Coordinates are (X - mean) @ V; a point
@@ -321,14 +330,33 @@ def heatmap(ax, M, row_labels, col_labels, fmt: str = "{:.2g}", cmap: str = "vir
     return im
 
 
-def block_curves(ax, x, ys, log=False, cmap: str = "viridis", label_every: int | None = None):
-    """One curve per block, each a mean over seeds with a band (:func:`band`): ys has shape
-    (seeds, len(x), blocks); blocks are coloured from first (dark) to last (light)."""
+def block_curves(ax, x, ys, log=False, cmap: str = "viridis"):
+    """One line per block, its mean over seeds (geometric on a log axis), coloured from the
+    first block (dark) to the last (light), and in black the mean over blocks with its band
+    over seeds (:func:`band`): ys has shape (seeds, len(x), blocks). Eight bands, one per
+    block, would pile into one smear; the lines show the blocks, the one band the seeds.
+    Returns the colour scale of the blocks, for :func:`block_colorbar`."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import ListedColormap, Normalize
+
     ys = np.asarray(ys, dtype=float)
     L = ys.shape[-1]
     colors = plt.get_cmap(cmap)(np.linspace(0.0, 0.9, max(L, 1)))
-    label_every = label_every or max(1, L // 4)
+    logs = np.log(np.clip(ys, 1e-300, None)) if log else None
     for i in range(L):
-        label = f"block {i + 1}" if i % label_every == 0 or i == L - 1 else None
-        band(ax, x, ys[..., i], label=label, color=colors[i], log=log, alpha=0.12)
+        mid = np.exp(logs[..., i].mean(0)) if log else ys[..., i].mean(0)
+        ax.plot(x, mid, color=colors[i], linewidth=1)
+    over_blocks = np.exp(logs.mean(-1)) if log else ys.mean(-1)  # (seeds, len(x))
+    band(ax, x, over_blocks, color="black", log=log, alpha=0.15, linewidth=2, label="mean over blocks")
     ax.grid(True, which="both", alpha=0.3)
+    return ScalarMappable(Normalize(0.5, L + 0.5), ListedColormap(colors))  # one colour per block
+
+
+def block_colorbar(fig, scale, axes) -> None:
+    """A colour bar beside ``axes`` naming the blocks of :func:`block_curves` (1 .. L)."""
+    L = scale.cmap.N
+    bar = fig.colorbar(scale, ax=axes, fraction=0.02, pad=0.01)
+    bar.set_ticks(np.unique(np.linspace(1, L, min(L, 8)).round()))
+    bar.set_label("block i", fontsize="small")
+
+

@@ -19,7 +19,7 @@ from ..maths import construction as cons
 from ..maths import orthogonal as orth
 from ..models.stack import SeedStack
 
-__all__ = ["measure_blocks", "by_depth", "answer", "verdict"]
+__all__ = ["measure_blocks", "by_depth", "corrected_distance", "answer", "verdict"]
 
 
 def measure_blocks(stack: SeedStack, X_lip: torch.Tensor) -> dict:
@@ -90,6 +90,20 @@ def by_depth(rows: list[dict]) -> list[dict]:
     return out
 
 
+def corrected_distance(rows: list[dict]) -> tuple[list[int], np.ndarray, bool]:
+    """The rows of one (dataset, d): the depths m (sorted), the start-corrected distance per
+    seed and depth (S, M), and whether the skips started at I. Corrected: end / start, the part
+    of each seed's start distance (mean over blocks) left at the end, which divides out where
+    the Haar draw started; with init=identity the start is I and the end itself is used. What
+    :func:`answer` judges and orth_to_id's depth figure draws."""
+    rs = sorted(rows, key=lambda r: r["n_blocks"])
+    per_seed = [_per_seed(r) for r in rs]  # [(ini (S,), fin (S,))] per depth
+    n_seeds = min(len(ini) for ini, _ in per_seed)
+    from_identity = not all(np.all(ini > START_TOL) for ini, _ in per_seed)
+    y = np.stack([fin if from_identity else fin / ini for ini, fin in per_seed], 1)[:n_seeds]
+    return [r["n_blocks"] for r in rs], y, from_identity
+
+
 def answer(table: list[dict], rows: list[dict], fraction: float) -> dict:
     """Per dataset and d: did *training* bring the W_i closer to I, the more so the deeper
     the net? Two conditions, both over seeds:
@@ -109,13 +123,9 @@ def answer(table: list[dict], rows: list[dict], fraction: float) -> dict:
     out = {}
     for key in sorted({(t["dataset"], t["dim"]) for t in table}):
         ts = sorted((t for t in table if (t["dataset"], t["dim"]) == key), key=lambda t: t["n_blocks"])
-        rs = sorted((r for r in rows if (r["dataset"], r["dim"]) == key), key=lambda r: r["n_blocks"])
-        ms = [t["n_blocks"] for t in ts]
-        per_seed = [_per_seed(r) for r in rs]  # [(ini (S,), fin (S,))] per depth
-        n_seeds = min(len(ini) for ini, _ in per_seed)
-        from_identity = not all(np.all(ini > START_TOL) for ini, _ in per_seed)
-        # the start-corrected distance per seed and depth: (S, M)
-        y = np.stack([fin if from_identity else fin / ini for ini, fin in per_seed], 1)[:n_seeds]
+        rs = [r for r in rows if (r["dataset"], r["dim"]) == key]
+        ms, y, from_identity = corrected_distance(rs)  # y: (S, M)
+        n_seeds = len(y)
         slopes = [cons.loglog_slope(ms, list(y[s]), floor=1e-12) for s in range(n_seeds)]
         slopes = [s for s in slopes if s is not None]
         ref = cons.loglog_slope(ms, [cons.reference_rate(m) for m in ms])

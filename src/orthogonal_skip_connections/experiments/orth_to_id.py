@@ -183,61 +183,78 @@ def run_one(c: dict, dataset: str, dim: int, depth: int) -> tuple[dict, dict, Se
 def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict, run_dir: Path) -> list[str]:
     from matplotlib.lines import Line2D
 
-    from ..plots import block_curves, decision_regions, pca_plane, plain_log_labels, plane_grid, plt, savefig, ticks_at
+    from ..analysis.depth import corrected_distance, t_interval
+    from ..maths.construction import reference_rate
+    from ..plots import (block_colorbar, block_curves, class_legend, decision_regions, pca_plane, plain_log_labels,
+                         plane_grid, plt, savefig, ticks_at)
 
     files = []
     depth = max(c["depths"])
     for ds in c["datasets"]:
-        fig, axes = plt.subplots(len(c["dims"]), 4, figsize=(17, 3.3 * len(c["dims"])), squeeze=False)
+        fig, axes = plt.subplots(len(c["dims"]), 4, figsize=(18, 3.3 * len(c["dims"])), squeeze=False,
+                                 layout="constrained")
         for row_axes, d in zip(axes, c["dims"]):
             t = trajs[(ds, d, depth)]
             steps = t["steps"]
             ys = lambda k: np.moveaxis(t[k], 0, 1)  # noqa: E731  (T, S, L) -> (S, T, L)
-            block_curves(row_axes[0], steps, ys("identity_distance"))
-            row_axes[0].set_ylabel(f"d = {d}\n||W_i - I||_F")
+            # what training did to each W_i: a seed's Haar start is a random sqrt(2d)-ish distance
+            # from I, and averaging the distances themselves over seeds would show those draws
+            moved = ys("identity_distance") - ys("identity_distance")[:, :1]  # (S, T, L)
+            scale = block_curves(row_axes[0], steps, moved)
+            row_axes[0].axhline(0, color="0.4", linewidth=0.8, linestyle=":")
+            row_axes[0].set_ylabel(f"d = {d}\n||W_i - I||_F - its start\n(< 0: towards I)")
             block_curves(row_axes[1], steps, ys("lipschitz_bound"), log=True)
             row_axes[1].set_ylabel("Lip(f_i): product bound")
             block_curves(row_axes[2], steps, ys("lipschitz_empirical"), log=True)
             row_axes[2].set_ylabel("Lip(f_i): max ||Df_i|| on data")
-            mean_w, mean_l = t["identity_distance"].mean(1), t["lipschitz_empirical"].mean(1)  # (T, L)
-            colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, depth))
+            mean_w, mean_l = moved.mean(0), t["lipschitz_empirical"].mean(1)  # (T, L) each
+            colors = scale.cmap(np.arange(depth))
             for i in range(depth):
                 row_axes[3].plot(mean_l[:, i], mean_w[:, i], color=colors[i], linewidth=1)
-                row_axes[3].scatter(mean_l[-1, i], mean_w[-1, i], color=colors[i], s=12)
-            row_axes[3].set_xscale("log")
-            plain_log_labels(row_axes[3], "x", sparse=True)  # a narrow panel: 0.5, 1, 2 rather than 0.3 ... 0.9
-            plain_log_labels(row_axes[1], "y")
-            plain_log_labels(row_axes[2], "y")
-            row_axes[3].set_xlabel("Lip(f_i) on data (dot: end)")
-            row_axes[3].set_ylabel("||W_i - I||_F")
+                row_axes[3].scatter(mean_l[0, i], mean_w[0, i], facecolors="none", edgecolors=colors[i], s=14)
+                row_axes[3].scatter(mean_l[-1, i], mean_w[-1, i], color=colors[i], s=14)
+            row_axes[3].axhline(0, color="0.4", linewidth=0.8, linestyle=":")
+            for ax in row_axes[1:3]:
+                plain_log_labels(ax, "y", sparse=True)
+            row_axes[3].set_xlabel("Lip(f_i) on data (circle: start, dot: end)")
+            row_axes[3].set_ylabel("||W_i - I||_F - its start")
             row_axes[3].grid(True, alpha=0.3)
             for ax in row_axes[:3]:
                 ax.set_xlabel("step")
-        fig.suptitle(f"{ds}, m = {depth} blocks: per-block trajectories, mean and band over {len(c['seeds'])} seeds")
-        fig.subplots_adjust(wspace=0.4, hspace=0.35, top=1 - 0.6 / (3.3 * len(c["dims"])))  # cheaper than tight_layout
-        # one legend for every panel (the colours are the blocks'), beside them rather than over the first one's bands
-        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(0.91, 0.5),
-                   fontsize="small", title="colour: block i", title_fontsize="small")
+        fig.suptitle(f"{ds}, m = {depth} blocks: per-block trajectories (coloured: each block's mean over "
+                     f"{len(c['seeds'])} seeds; black: the mean over blocks, band: ± its std over seeds)")
+        block_colorbar(fig, scale, axes)
         files.append(savefig(fig, run_dir / f"orth_to_id_trajectories_{ds}.png").name)
 
+    # what the verdict judges: end / start per seed against m, beside the theorem's rate
     fig, axes = plt.subplots(2, len(c["datasets"]), figsize=(5.5 * len(c["datasets"]), 7), squeeze=False)
     for j, ds in enumerate(c["datasets"]):
+        from_identity = False
         for d in c["dims"]:
+            ms, y, from_identity = corrected_distance([r for r in rows if r["dataset"] == ds and r["dim"] == d])
+            mid, lo, hi = np.array([t_interval(y[:, k]) for k in range(len(ms))]).T
+            line = axes[0, j].plot(ms, mid, marker="o", label=f"d = {d}")[0]
+            if len(y) > 1:
+                axes[0, j].fill_between(ms, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+            at = [k for k, m in enumerate(ms) if m >= 2]  # log(m)/m is 0 at m = 1: anchored at the first m >= 2
+            if len(at) >= 2:
+                ref = np.array([reference_rate(ms[k]) for k in at])
+                axes[0, j].plot([ms[k] for k in at], mid[at[0]] * ref / ref[0], linestyle="--", linewidth=1,
+                                color=line.get_color())
             rs = sorted((r for r in rows if r["dataset"] == ds and r["dim"] == d), key=lambda r: r["n_blocks"])
-            ms = [r["n_blocks"] for r in rs]
-            haar = math.sqrt(2 * d)
-            fin = np.stack([np.asarray(r["final_identity_distance"]).mean(1) / haar for r in rs], 1)  # (S, M)
-            ini = np.array([np.mean(r["initial_identity_distance"]) / haar for r in rs])
-            line = axes[0, j].plot(ms, fin.mean(0), marker="o", label=f"d = {d}")[0]
-            axes[0, j].fill_between(ms, fin.mean(0) - fin.std(0), fin.mean(0) + fin.std(0), color=line.get_color(), alpha=0.2)
-            axes[0, j].plot(ms, ini, linestyle=":", color=line.get_color())
             lip = np.stack([np.asarray(r["final_lipschitz_empirical"]).mean(1) for r in rs], 1)
             axes[1, j].plot(ms, lip.mean(0), marker="o", color=line.get_color(), label=f"d = {d}")
-            axes[1, j].fill_between(ms, lip.mean(0) - lip.std(0), lip.mean(0) + lip.std(0), color=line.get_color(), alpha=0.2)
-        axes[0, j].set_title(f"{ds}: mean over blocks of final ||W_i - I||_F / sqrt(2d)", fontsize=9)
+            axes[1, j].fill_between(ms, lip.mean(0) - lip.std(0), lip.mean(0) + lip.std(0), color=line.get_color(),
+                                    alpha=0.2)
+        if from_identity:
+            axes[0, j].set_title(f"{ds}: final ||W_i - I||_F, mean over blocks (started at I)", fontsize=9)
+        else:
+            axes[0, j].set_title(f"{ds}: part of the start distance left, end / start of ||W_i - I||_F\n"
+                                 "(mean over blocks; 1: training did not move them towards I)", fontsize=9)
+            axes[0, j].axhline(1, color="0.4", linewidth=0.8, linestyle=":")
         axes[1, j].set_title(f"{ds}: mean over blocks of final Lip(f_i) on data", fontsize=9)
-        at_init = Line2D([], [], linestyle=":", color="0.4", label="at initialisation")
-        for ax, extra in zip(axes[:, j], ([at_init], [])):
+        rate = Line2D([], [], linestyle="--", color="0.4", label="log(m)/m (the theorem's rate) through the first m >= 2")
+        for ax, extra in zip(axes[:, j], ([rate], [])):
             ax.set_xscale("log", base=2)
             ticks_at(ax.xaxis, [r["n_blocks"] for r in rows if r["dataset"] == ds])  # 2, 4, 8 rather than 2^1
             ax.set_xlabel("number of blocks m")
@@ -245,11 +262,12 @@ def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict
             ax.legend(handles=ax.get_legend_handles_labels()[0] + extra, fontsize="small")
         axes[1, j].set_yscale("log")
         plain_log_labels(axes[1, j], "y")
+    fig.suptitle("lines: mean over seeds; bands: 95% interval of the mean (top), ± std (bottom)", fontsize=9)
     fig.tight_layout()
     files.append(savefig(fig, run_dir / "orth_to_id_depth.png").name)
 
-    fig, axes = plt.subplots(len(c["datasets"]), len(c["dims"]), figsize=(3.6 * len(c["dims"]), 3.6 * len(c["datasets"])),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(c["datasets"]), len(c["dims"]), figsize=(3.6 * len(c["dims"]),
+                             3.6 * len(c["datasets"]) + 0.6), squeeze=False, layout="constrained")
     for i, ds in enumerate(c["datasets"]):
         for j, d in enumerate(c["dims"]):
             data, model = c["data"][(ds, d)], models[(ds, d)]
@@ -266,10 +284,11 @@ def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict
                              title=f"{ds}, d = {d}, m = {depth}, seed {c['seeds'][0]}: test {acc:.1f}%")
             axes[i, j].set_xlabel("PC 1", fontsize=8)
             axes[i, j].set_ylabel("PC 2", fontsize=8)
+    class_legend(fig, max(c["data"][(ds, d)].num_classes for ds in c["datasets"] for d in c["dims"]),
+                 loc="outside lower center", ncols=5)
     fig.suptitle("decision regions on the plane of the first two principal components of the test data\n"
                  "(points: the test data projected onto that plane; for d > 2 they lie off it, so a correctly "
                  "classified\npoint can sit in another class's region)", fontsize=9)
-    fig.tight_layout()
     files.append(savefig(fig, run_dir / "orth_to_id_pca.png").name)
     return files
 

@@ -739,6 +739,33 @@ def test_distance_figure_starts_at_zero(tmp_path, monkeypatch):
     assert accuracy[0] > 0  # accuracy keeps its autoscaled axis
 
 
+def test_haar_started_skips_get_a_figure_of_how_far_they_moved(tmp_path, monkeypatch):
+    """||W - I||_F of a Haar start stays ~8.3 however far training moves W: the report draws
+    ||W - W_0||_F too, from 0 at epoch 0. Curves of runs started at I begin at 0 at epoch 0;
+    a Haar start's distance from I before training is not recorded, so its curve begins at 1."""
+    from orthogonal_skip_connections.report import classification
+
+    figures = []
+    monkeypatch.setattr(classification, "savefig", lambda fig, path: figures.append(fig) or path)
+
+    def runs(variant, ident, start):
+        return [classification.RunRecord(tmp_path / f"{variant}{seed}", {"task": "t", "variant": variant, "seed": seed},
+                                         {"status": "completed"},
+                                         [{"epoch": e, "test_acc": 90.0, "identity_distance": ident(e),
+                                           "start_distance": start(e)} for e in (1, 2, 3)]) for seed in (0, 1)]
+
+    haar = runs("learnable_orth/steepest/haar", lambda e: 8.3, lambda e: 2.0 * e)
+    at_i = runs("learnable_orth/steepest", lambda e: 1.5 * e, lambda e: 1.5 * e)
+    assert all(classification.started_away(r) for r in haar) and not any(classification.started_away(r) for r in at_i)
+    classification.curves_figure("t", haar + at_i, tmp_path, key="start_distance")
+    classification.curves_figure("t", haar + at_i, tmp_path, key="identity_distance")
+    moved, from_i = ({line.get_label().split(" (")[0]: line.get_xydata().tolist() for line in fig.axes[0].lines}
+                     for fig in figures)
+    assert moved["learnable_orth/steepest/haar"] == [[0, 0], [1, 2], [2, 4], [3, 6]]
+    assert from_i["learnable_orth/steepest/haar"] == [[1, 8.3], [2, 8.3], [3, 8.3]]
+    assert from_i["learnable_orth/steepest"] == [[0, 0], [1, 1.5], [2, 3], [3, 4.5]]
+
+
 def test_the_table_says_how_far_skips_moved_where_they_did_not_start_at_identity():
     """From a Haar start the final ‖W − I‖_F (~8.3) says nothing of training: the cell adds
     ‖W − W₀‖_F. Started at I the two are one number, given once; runs from before the start

@@ -29,6 +29,7 @@ from .classification import (
     find_runs,
     mode_tables,
     results_rows,
+    started_away,
     table_markdown,
     task_tables,
 )
@@ -170,11 +171,19 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
         fig = curves_figure(task, runs, out_dir, key="identity_distance")
         if fig is not None:  # the question of the theorem: do the trained skip matrices approach I?
             md += ["How far the skip matrices are from I during training (mean over a run's skips of "
-                   "||W - I||_F; 0 for a skip that is the identity): where training takes the skips from "
-                   "their start (a curve started at 0, init=identity, can only rise at first). The theorem's question is "
+                   "||W - I||_F; 0 for a skip that is the identity, and at epoch 0 for arms that started at I): "
+                   "where training takes the skips from their start. The theorem's question is "
                    "one of depth (in a deep enough net the orthogonal skips sit near I), which one depth cannot "
                    "answer: runs at several depths get the \"skip distance vs depth\" section.", "",
                    f"![{task} distance from I]({fig.name})", ""]
+        away = [r for r in runs if r.task == task and r.status == "completed" and started_away(r)]
+        fig = curves_figure(task, runs, out_dir, key="start_distance") if away else None
+        if fig is not None:  # a Haar start sits ~sqrt(2C) from I however far training moves it
+            md += ["How far the skip matrices moved from where they started (mean over a run's skips of "
+                   "||W - W_0||_F; 0 at epoch 0). Arms that started away from I (" + ", ".join(sorted(
+                       {r.variant for r in away})) + ") stay about sqrt(2 C) from I wherever training takes "
+                   "them (C channels: far rotations are all about that far from I), so the figure above cannot "
+                   "show whether they moved; this one does.", "", f"![{task} distance moved]({fig.name})", ""]
         fig = curves_figure(task, runs, out_dir, key="relu_kept")
         if fig is not None:  # post-activation ResNets, relu(W s + f(s)): a skip far from I loses part of its signal
             md += ["What the ReLU after each block's sum keeps of the skip path, ||relu(W s)||² / ||W s||² (mean over "

@@ -194,7 +194,8 @@ def _read_object(path: Path) -> dict:
 
 def _evals(path: Path) -> tuple[list[dict], list[dict] | None, list[float]]:
     """epoch, test_acc, identity_distance (the mean ||W - I||_F of the run's skip matrices,
-    None for kinds without one) and relu_kept (the mean share of the skip path's energy that the
+    None for kinds without one), start_distance (their mean ||W - W_0||_F, how far they moved
+    from their start; None as well) and relu_kept (the mean share of the skip path's energy that the
     ReLU after each block's sum keeps, None for nets without one) of the eval records of
     metrics.jsonl (a corrupt line is one line), the per-skip rows of the last eval record that
     lists them (None if none does), and each epoch's training time per step (train records)."""
@@ -213,8 +214,10 @@ def _evals(path: Path) -> tuple[list[dict], list[dict] | None, list[float]]:
                 last_step = step
             if rec.get("type") == "eval":
                 distance, kept = rec.get("skip_identity_distance_mean"), rec.get("relu_kept_skip_mean")
+                moved = rec.get("skip_start_distance_mean")
                 evals.append({"epoch": int(rec["epoch"]), "test_acc": float(rec["test_acc"]),
                               "identity_distance": None if distance is None else float(distance),
+                              "start_distance": None if moved is None else float(moved),
                               "relu_kept": None if kept is None else float(kept)})
                 if isinstance(rec.get("skips"), list):
                     skips = rec["skips"]
@@ -595,11 +598,25 @@ def _at_chance(table: list[dict], rows: list[dict]) -> str:
             f"train, so {'its comparison says' if one else 'their comparisons say'} nothing about the skip")
 
 
+def started_away(run: RunRecord) -> bool:
+    """Whether a run's skip matrices started away from I (init=haar, fixed_orth): then their
+    distance from I says where the draw put them, and only ||W - W_0||_F what training did."""
+    return any(started_away_from_identity(e["identity_distance"], e.get("start_distance")) for e in run.evals)
+
+
+def _known_start(key: str, group: list[RunRecord]) -> bool:
+    """Whether each run's value before its first step is 0: the distance moved from the start
+    always, the distance from I when every run started at I."""
+    return key == "start_distance" or (key == "identity_distance" and not any(started_away(r) for r in group))
+
+
 # what curves_figure can draw over epochs: (y label, title, file name prefix)
 CURVES = {
     "test_acc": ("test accuracy (%)", "test accuracy", "accuracy"),
     "identity_distance": ("mean ||W - I||_F over the skips", "distance of the skip matrices from I",
                           "identity_distance"),
+    "start_distance": ("mean ||W - W_0||_F over the skips", "distance the skip matrices moved from their start",
+                       "start_distance"),
     "relu_kept": ("mean ||relu(W s)||² / ||W s||² over the blocks", "share of the skip path kept by the ReLU "
                   "after the sum", "relu_kept"),
 }
@@ -626,14 +643,17 @@ def curves_figure(task: str, runs: list[RunRecord], out_dir: Path, modes: bool =
     arms = {(r.residual_mode, r.variant) for r in shown}
     mode_order, variant_order = _mode_order([a[0] for a in arms]), _variant_order([a[1] for a in arms])
     arms = sorted(arms, key=lambda a: (mode_order.index(a[0]), variant_order.index(a[1])))
-    colors = variant_colors(variant_order)
+    colors = variant_colors(variant_order)  # a skip variant's colour; with modes, the mode's line style
+    styles = dict(zip(mode_order, ("-", "--", ":", "-.") * len(mode_order)))
     baseline = ("add", "identity")
     for arm in [a for a in arms if a in by_arm]:
         group = by_arm[arm]
         epochs = sorted(set.intersection(*[{e["epoch"] for e in r.evals} for r in group]))
         ys = [[next(e[key] for e in r.evals if e["epoch"] == ep) for ep in epochs] for r in group]
+        if _known_start(key, group):  # W = W_0 before the first step: the curve starts where training did
+            epochs, ys = [0] + epochs, [[0.0] + y for y in ys]
         band(ax, epochs, ys, label=f"{' / '.join(arm) if modes else arm[1]} (n={len(group)})",
-             color=f"C{arms.index(arm) % 10}" if modes else colors[arm[1]],
+             color=colors[arm[1]], linestyle=styles[arm[0]] if modes else "-",
              # the baseline on top: another arm at the same value (zero and fixed_orth at chance, scalar's
              # kept share at identity's) would hide the curve every other one is read against
              **({"zorder": 3, "linewidth": 2.0} if arm == baseline else {}))
@@ -643,8 +663,8 @@ def curves_figure(task: str, runs: list[RunRecord], out_dir: Path, modes: bool =
     ax.set_xlabel("epoch")
     integer_ticks(ax.xaxis)
     ax.set_ylabel(ylabel)
-    if key == "identity_distance":  # from 0 (the skip at I): autoscaled, skips that barely move (a Haar start,
-        ax.set_ylim(0, 1.08 * ax.get_ylim()[1])  # ~8.3 throughout) would look as if they travelled the whole height
+    if key in ("identity_distance", "start_distance"):  # from 0: autoscaled, skips that stay far from I (a Haar
+        ax.set_ylim(0, 1.08 * ax.get_ylim()[1])  # start, ~8.3 throughout) would look as if they travelled the height
     if key == "relu_kept":  # a share: 0 to 1, so that identity's ~1 and a Haar skip's ~0.5 read as such
         ax.set_ylim(0, 1.04)
     ax.set_title(f"{task}{': residual modes' if modes else ''}\n{what}, mean ± std over seeds", fontsize=10)

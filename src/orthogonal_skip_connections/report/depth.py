@@ -135,15 +135,33 @@ def depth_tables(groups: dict[str, list[RunRecord]]) -> dict[str, list[dict]]:
 UNTRAINED_GAP = 10.0
 
 
+def _untrained_depths(t: dict) -> dict[int, float]:
+    """m -> mean accuracy of the depths UNTRAINED_GAP points or more below the best depth's."""
+    accs = {c["m"]: c["acc_mean"] for c in t["cells"] if not math.isnan(c["acc_mean"])}
+    best = max(accs.values(), default=math.nan)
+    return {m: a for m, a in accs.items() if a <= best - UNTRAINED_GAP}
+
+
 def _untrained(t: dict) -> str:
     """'; m = 27 trained to 44% (best depth 98%): read the trend with care' for the depths whose
     mean accuracy is UNTRAINED_GAP points or more below the best depth's, else ''."""
-    accs = {c["m"]: c["acc_mean"] for c in t["cells"] if not math.isnan(c["acc_mean"])}
-    if not accs:
+    low = _untrained_depths(t)
+    if not low:
         return ""
-    best = max(accs.values())
-    low = [f"m = {m} trained to {a:.0f}%" for m, a in accs.items() if a <= best - UNTRAINED_GAP]
-    return f"; {', '.join(low)} (best depth {best:.0f}%): read the trend with care" if low else ""
+    best = max(c["acc_mean"] for c in t["cells"] if not math.isnan(c["acc_mean"]))
+    return f"; {', '.join(f'm = {m} trained to {a:.0f}%' for m, a in low.items())} (best depth {best:.0f}%): " \
+           "read the trend with care"
+
+
+def _stages(names: list[str]) -> list[str]:
+    """Each skip's stage: its name up to its block index ('stages.1.0.skip' -> 'stages.1'), so
+    the per-block figure does not join blocks of 16 and 32 channels into one curve."""
+    out = []
+    for name in names:
+        parts = name.split(".")
+        idx = [k for k, x in enumerate(parts) if x.isdigit()]
+        out.append(".".join(parts[:idx[-1]]) if idx else "")
+    return out
 
 
 def _trend(t: dict) -> str:
@@ -233,8 +251,9 @@ def depth_markdown(key: str, table: list[dict], profile: list[dict]) -> list[str
 def depth_figure(key: str, table: list[dict], groups: dict[str, list[RunRecord]], out_dir: Path) -> Path | None:
     """Left: mean ||W - I||_F against m (log-log, error bars the 95% t-interval over seeds)
     per variant with a matrix, and log(m)/m scaled through the first variant's first point.
-    Right: the per-block distance against the block's place in the net (i / m), one line per
-    depth (mean over seeds), one panel per variant."""
+    Depths that did not train (:func:`_untrained_depths`) get hollow markers. Right: the
+    per-block distance against the block's place in the net (i / m), one line per depth and
+    stage (mean over seeds), one panel per variant."""
     rows = [t for t in table if t["has_matrix"]]
     if not rows:
         return None
@@ -254,6 +273,12 @@ def depth_figure(key: str, table: list[dict], groups: dict[str, list[RunRecord]]
         hi = np.array([x["dist_hi"] for x in c])
         if np.all(np.isfinite(lo)):
             ax.errorbar(ms, y, yerr=[y - lo, hi - y], fmt="none", ecolor=line.get_color(), capsize=2)
+        low = _untrained_depths(t)  # a depth that did not train: its distance says nothing of depth
+        if low:
+            ax.scatter([m for m in ms if m in low], [y[k] for k, m in enumerate(ms) if m in low], s=40,
+                       facecolors="white", edgecolors=line.get_color(), zorder=3)
+    if any(_untrained_depths(t) for t in rows):
+        ax.scatter([], [], s=40, facecolors="white", edgecolors="0.3", label="did not train (read with care)")
     ax.set_xlabel("blocks m")
     ax.set_ylabel("mean ||W_i - I||_F at the end")
     ax.legend(fontsize=7)
@@ -261,11 +286,20 @@ def depth_figure(key: str, table: list[dict], groups: dict[str, list[RunRecord]]
     cmap = plt.get_cmap("viridis")
     for ax, t in zip(axes[0, 1:], rows):
         for k, m in enumerate(ms):
-            ds = [p["dist"] for v, p in per if v == t["variant"] and p["m"] == m and None not in p["dist"]]
-            if ds:
-                ax.plot((np.arange(m) + 0.5) / m, np.mean(ds, 0), marker=".", markersize=3,
-                        color=cmap(k / max(1, len(ms) - 1)), label=f"m = {m} (n={len(ds)})")
-        ax.set_xlabel("block place in the net, i / m")
+            mine = [p for v, p in per if v == t["variant"] and p["m"] == m and None not in p["dist"]]
+            if not mine:
+                continue
+            x, y, stages = (np.arange(m) + 0.5) / m, np.mean([p["dist"] for p in mine], 0), _stages(mine[0]["names"])
+            # one curve per stage: the stages' matrices differ in size (16, 32, 64 channels), and a far
+            # rotation is about sqrt(2 C) from I, so a line across a stage boundary would show a jump
+            cuts = [0] + [i for i in range(1, m) if stages[i] != stages[i - 1]] + [m]
+            for j, (a, b) in enumerate(zip(cuts, cuts[1:])):
+                ax.plot(x[a:b], y[a:b], marker=".", markersize=3, color=cmap(k / max(1, len(ms) - 1)),
+                        label=f"m = {m} (n={len(mine)})" if j == 0 else None)
+            if k == len(ms) - 1:  # the boundaries, where every depth has them: at the same places i / m
+                for a in cuts[1:-1]:
+                    ax.axvline(a / m, color="0.6", linestyle=":", linewidth=0.8)
+        ax.set_xlabel("block place in the net, i / m (dotted: stage boundaries)")
         ax.set_title(f"{t['variant']}: per block", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

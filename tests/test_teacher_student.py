@@ -779,6 +779,37 @@ def test_summary_lists_the_seeds_recovered_that_do_not_fit_yet():
                for n in notes), notes
 
 
+def test_loss_figure_draws_every_seed_over_its_own_label_variance(tmp_path):
+    """loss.png draws each seed's train, test and population loss / Var(y), on the scale of the
+    table and of the fit threshold (raw MSE once, with Var(y) from 2 to 50 across seeds), so a
+    seed's last point sits below the dashed threshold exactly when seed_outcomes says it fits;
+    distance.png draws the raw distances; a diverged seed's nan is drawn as a gap, not a crash."""
+    T = 3
+    traj = tst.Trajectory(
+        arch="sum_modified", seeds=np.array([0, 1, 2]), steps=np.arange(T),
+        train_loss=np.array([[10.0, 1e-3, 4e-7], [10.0, 1e-3, 1e-5], [10.0, 1.0, np.nan]]),
+        test_loss=np.array([[12.0, 2e-3, 5e-7], [11.0, 1e-3, 2e-5], [10.0, 1.0, np.nan]]),
+        population_loss=np.array([[11.0, 1.5e-3, 4.5e-7], [10.0, 1e-3, 1.5e-5], [10.0, 1.0, np.nan]]),
+        distance=np.array([[3.0, 2.0, 1.0], [3.0, 2.5, 2.0], [3.0, 3.0, np.nan]]),
+        aligned_distance=np.array([[3.0, 1.0, 1e-3], [3.0, 2.0, 1.5], [3.0, 3.0, np.nan]]),
+        label_variance=np.array([2.0, 50.0, 4.0]), teacher_norm=np.ones(3), teacher_aligned_norm=np.full(3, 3.0),
+        teacher_closest_angle=np.array([30.0, 20.0, 10.0]))
+    drawn = app.plot({"sum_modified": traj}, tmp_path, 1e-6, 0.05)
+    assert (tmp_path / "loss.png").is_file() and (tmp_path / "distance.png").is_file()
+    loss = drawn["loss.png"]["sum_modified"]
+    assert list(loss) == ["train", "test", "population (exact)"]
+    for label, raw in (("train", traj.train_loss), ("test", traj.test_loss), ("population (exact)", traj.population_loss)):
+        np.testing.assert_allclose(loss[label], raw / traj.label_variance[:, None])
+    rel, fits, _ = tsa.seed_outcomes(traj, fit_tol=1e-6, recover_tol=0.05)
+    np.testing.assert_array_equal(loss["train"][:, -1], rel)
+    # seed 1 fits (1e-5 / 50 = 2e-7) though its raw MSE 1e-5 lies above the threshold: raw, it would look stalled
+    assert fits.tolist() == [True, True, False] and traj.train_loss[1, -1] > 1e-6
+    _, masks = app.verdict_groups(traj, 1e-6, 0.05)  # the lines' colours: recovered, fits only, neither
+    assert [m.tolist() for m in masks] == [[True, False, False], [False, True, False], [False, False, True]]
+    np.testing.assert_array_equal(drawn["distance.png"]["sum_modified"]["||W - W*||_F (summed)"], traj.distance)
+    assert app._spread(np.array([[1.0, 3.0, np.nan]]), np.array([[2.0, 1.0, 1.0]])) == pytest.approx(3.0)
+
+
 # --------------------------------------------------------------------------- app
 
 
@@ -793,6 +824,7 @@ def test_app_runs_writes_its_files_and_refuses_to_overwrite(tmp_path, monkeypatc
         assert (run / name).is_file(), name
     summary = json.loads((run / "summary.json").read_text())
     assert summary["report"]["figures"] == ["distance.png", "loss.png", "outcomes.png"]
+    assert any("draw every seed as its own line" in m and "Var(y)" in m for m in summary["report"]["measures"])
     for a in ARCHS:
         s = summary[a]
         for key in ("train_loss_final", "test_loss_final", "distance_final", "aligned_distance_final",

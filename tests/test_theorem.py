@@ -103,6 +103,27 @@ def test_app_runs_at_tiny_size_and_writes_its_files(tmp_path):
     # Dh(0) far from I: the first block keeps a gap of about ||Dh(0) - I|| at every m
     far = summary["maps"]["dh0_far"]
     assert far["rows"][-1]["lipschitz_gap_block1"] > 0.9 * far["h"]["dh0_identity_distance"] > 1.0
+    # the composition error is a length in x's units, the other quantities ratios of lengths
+    assert any("composition error" in m and "units of x" in m for m in summary["report"]["measures"])
+    # one map linear (eps = 0): its blocks 2.. differ from the others', so the combined figure's
+    # legend claims no agreement from block 2 on (nan or far above its 1.5)
+    assert not theorem.agreement([r["per_block"]["lipschitz_gap"] for r in saved["maps"].values()]) < 1.5
+
+
+def test_figure_helpers_reference_flat_note_and_agreement():
+    """The scaled log(m)/m of every theorem figure meets the curve at the first m with
+    log(m)/m > 0 (m = 1 has 0), m = 2 and m = 4 share log(m)/m (the flat first segment the
+    figures explain), and the per-block agreement ignores block 1, the one that carries Dh(0)."""
+    ref, at = theorem.reference([1, 2, 4, 8], [None, 0.5, 0.45, 0.3])
+    assert at == 2 and ref[0] == 0.0
+    assert ref[1] == pytest.approx(0.5) and ref[2] == pytest.approx(0.5)  # log 2 / 2 = log 4 / 4
+    assert ref[3] == pytest.approx(0.5 * (math.log(8) / 8) / (math.log(2) / 2))
+    assert theorem.reference([1], [0.3]) == (None, None)
+    assert theorem.reference([2, 4], [None, 0.2])[1] == 4  # a missing value is skipped, not divided by
+    assert theorem.flat_note([2, 4, 8]) is not None and "log 2 / 2 = log 4 / 4" in theorem.flat_note([1, 2, 4])
+    assert theorem.flat_note([2, 8, 32]) is None
+    assert theorem.agreement([[1e-4, 2e-4, 3e-2], [1.4, 2.2e-4, 3e-2], [2.0, 2e-4, 2.7e-2]]) == pytest.approx(3 / 2.7)
+    assert math.isnan(theorem.agreement([[1.0, 2.0], [1.0]]))  # different m: nothing to compare
 
 
 @pytest.mark.parametrize(

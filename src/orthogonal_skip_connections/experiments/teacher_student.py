@@ -9,13 +9,16 @@ run dir: config.yaml, trajectories.npz (per architecture: steps, per-seed metric
 test and exact population loss, distances), teacher and final student weights),
 summary.json (per architecture: final losses and distances, means over seeds, the fits /
 recovered verdicts with their thresholds, and the seeds that fit without being recovered
-up to symmetry), distance.png, loss.png and outcomes.png (each seed's final loss against its
-teacher's closest pair of hidden units, marked by verdict).
+up to symmetry), distance.png and loss.png (every seed's distances to its teacher and its
+train, test and population loss / Var(y) over the steps, coloured by its verdict) and
+outcomes.png (each seed's final loss against its teacher's closest pair of hidden units,
+marked by verdict).
 """
 
 from __future__ import annotations
 
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +157,24 @@ def build(cfg: Config) -> tuple[list[str], ts.TeacherStudentConfig, list[int]]:
     return list(cfg.archs), cfg.train_config(), list(range(cfg.seed, cfg.seed + cfg.seeds))
 
 
+# Each seed's verdict (analysis.teacher_student.seed_outcomes, as summarize counts them) with the
+# marker and colour that every figure of the app gives it: outcomes.png's points, the lines of
+# distance.png and loss.png.
+VERDICTS = (("recovered up to symmetry", "o", "tab:green"), ("fits, not recovered", "^", "tab:orange"),
+            ("neither", "x", "tab:gray"))
+
+
+def verdict_groups(t: ts.Trajectory, fit: float, recover: float) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Each seed's final train loss / Var(y) (S,) and the masks (S,) of :data:`VERDICTS`' three
+    groups: recovered up to symmetry, fits only, neither (a diverged seed: neither)."""
+    rel, fits, rec = seed_outcomes(t, fit, recover)
+    return rel, (rec, fits & ~rec, ~fits & ~rec)
+
+
+def _group_title(name: str, masks) -> str:
+    return f"{name}: " + ", ".join(f"{int(m.sum())} {word}" for m, word in zip(masks, ("recovered", "fit only", "neither")))
+
+
 def plot_outcomes(trajs: dict[str, ts.Trajectory], run_dir: Path, fit: float, recover: float) -> Path:
     """outcomes.png: per architecture, each seed's final train loss / Var(y) against the angle
     between its teacher's two closest hidden units, marked by verdict (recovered up to
@@ -166,19 +187,15 @@ def plot_outcomes(trajs: dict[str, ts.Trajectory], run_dir: Path, fit: float, re
     nrows = -(-len(names) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows + 0.6), squeeze=False, sharex=True,
                              sharey=True, layout="constrained")
-    kinds = (("recovered up to symmetry", "o", "tab:green"), ("fits, not recovered", "^", "tab:orange"),
-             ("neither", "x", "tab:gray"))
     for k, (ax, name) in enumerate(zip(axes.flat, names)):
         t = trajs[name]
-        rel, fits, rec = seed_outcomes(t, fit, recover)
-        masks = (rec, fits & ~rec, ~fits & ~rec)  # as summarize counts them
-        for (label, marker, color), mask in zip(kinds, masks):
+        rel, masks = verdict_groups(t, fit, recover)
+        for (label, marker, color), mask in zip(VERDICTS, masks):
             ax.scatter(t.teacher_closest_angle[mask], np.clip(np.nan_to_num(rel[mask], nan=1.0, posinf=1.0), 1e-16, None),
                        marker=marker, color=color, s=22, label=label)
         ax.axhline(fit, color="black", linestyle="--", linewidth=0.8)
         ax.set_yscale("log")
-        ax.set_title(f"{name}: " + ", ".join(f"{int(m.sum())} {word}" for m, word in
-                                             zip(masks, ("recovered", "fit only", "neither"))), fontsize="medium")
+        ax.set_title(_group_title(name, masks), fontsize="medium")
         if k % ncols == 0:
             ax.set_ylabel("final train loss / Var(y)")
         if k >= len(names) - ncols:
@@ -192,30 +209,93 @@ def plot_outcomes(trajs: dict[str, ts.Trajectory], run_dir: Path, fit: float, re
     return savefig(fig, run_dir / "outcomes.png")
 
 
-def plot(trajs: dict[str, ts.Trajectory], run_dir: Path) -> None:
-    from ..plots import panels_over_steps
+def _seed_panels(trajs: dict[str, ts.Trajectory], groups: dict, series: dict, styles: dict, path: Path, ylabel: str,
+                 title: str, threshold: tuple[float, str] | None = None) -> Path:
+    """One panel per architecture, one thin line per seed and series, coloured by the seed's
+    verdict (:data:`VERDICTS`), styled per series (``styles``: label -> ``ax.plot`` keywords);
+    ``threshold``: (value, legend label) drawn dashed in black. The seeds are drawn one by one,
+    not as a mean: where some fit and some stall a mean over seeds describes none of them."""
+    from matplotlib.lines import Line2D
 
-    steps = {a: t.steps for a, t in trajs.items()}
-    panels_over_steps(
-        steps,
-        {a: {"||W - W*||_F (summed)": t.distance, "aligned (perm. + rescaling)": t.aligned_distance}
-         for a, t in trajs.items()},
-        run_dir / "distance.png",
-        ylabel="distance to teacher",
-        title="student-teacher distance (geometric mean over seeds, band: ×/÷ geometric std)",
-    )
-    panels_over_steps(
-        steps,
-        {a: {"train": t.train_loss, "test": t.test_loss, "population (exact)": t.population_loss}
-         for a, t in trajs.items()},
-        run_dir / "loss.png",
-        ylabel="MSE (raw)",  # the table divides the train and population losses by Var(y)
-        title="training, test and exact population loss (geometric mean over seeds; band: the training loss ×/÷ geometric std)",
-        # the three coincide where a student generalises: wide, medium and dashed, all visible;
-        # the seeds' band is the training loss's
-        styles={"train": {"linewidth": 4.5}, "test": {"linewidth": 2.2, "alpha": 0},
-                "population (exact)": {"linewidth": 1.1, "linestyle": "--", "color": "black", "alpha": 0}},
-    )
+    from ..plots import plain_log_labels, plt, savefig
+
+    names = list(series)
+    ncols = min(3, len(names))
+    nrows = -(-len(names) // ncols)
+    width = max(4.2 * ncols, 6.5)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, 3.2 * nrows + 0.8), squeeze=False, sharey=True,
+                             layout="constrained")
+    for k, (ax, name) in enumerate(zip(axes.flat, names)):
+        masks = groups[name]
+        for (_, _, color), mask in reversed(list(zip(VERDICTS, masks))):  # the fitting seeds drawn last, on top
+            for s in np.flatnonzero(mask):
+                for label, ys in series[name].items():
+                    y = np.asarray(ys[s], dtype=float)
+                    with np.errstate(invalid="ignore"):
+                        y = np.where(y > 0, y, np.nan)  # a log axis cannot show 0 (nor a diverged seed's nan)
+                    ax.plot(trajs[name].steps, y, **{"color": color, **styles[label]})
+        if threshold is not None:
+            ax.axhline(threshold[0], color="black", linestyle="--", linewidth=0.9)
+        ax.set_yscale("log")
+        ax.set_title(_group_title(name, masks), fontsize="medium")
+        ax.set_xlabel("step")
+        if k % ncols == 0:
+            ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    plain_log_labels(axes.flat[0], "y")
+    handles = [Line2D([], [], color=c, linewidth=2, label=f"seed: {v}") for i, (v, _, c) in enumerate(VERDICTS)
+               if any(groups[n][i].any() for n in names)]  # the verdicts some seed has
+    handles += [Line2D([], [], color="0.3", label=label, **{k: v for k, v in st.items() if k != "color"})
+                for label, st in styles.items()]
+    if threshold is not None:
+        handles.append(Line2D([], [], color="black", linestyle="--", linewidth=0.9, label=threshold[1]))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4 if ncols > 1 else 2),
+               fontsize="small")
+    fig.suptitle("\n".join(textwrap.fill(line, int(10 * width)) for line in title.split("\n")))  # ~10 chars an inch
+    return savefig(fig, path)
+
+
+LOSS_STYLES = {"train": {"linewidth": 3.0, "alpha": 0.35}, "test": {"linewidth": 1.0},
+               "population (exact)": {"linewidth": 0.8, "linestyle": (0, (2, 2)), "color": "black", "alpha": 0.6}}
+DISTANCE_STYLES = {"aligned (perm. + rescaling)": {"linewidth": 1.2},
+                   "||W - W*||_F (summed)": {"linewidth": 1.0, "linestyle": ":"}}
+
+
+def loss_series(t: ts.Trajectory) -> dict[str, np.ndarray]:
+    """loss.png's curves of one architecture: the train, test and exact population loss
+    divided by each seed's Var(y) (the table's and the fit threshold's scale), (S, T) each."""
+    var = np.maximum(t.label_variance, np.finfo(float).tiny)[:, None]
+    return {"train": t.train_loss / var, "test": t.test_loss / var, "population (exact)": t.population_loss / var}
+
+
+def _spread(a: np.ndarray, b: np.ndarray) -> float:
+    """max over seeds and steps of max(a/b, b/a), over the finite positive pairs (1.0 if none)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.abs(np.log(a / b))
+    r = r[np.isfinite(r)]
+    return float(np.exp(r.max())) if r.size else 1.0
+
+
+def plot(trajs: dict[str, ts.Trajectory], run_dir: Path, fit: float, recover: float) -> dict[str, dict]:
+    """distance.png and loss.png: every seed's curve, coloured by its verdict. Returns what they
+    draw: {file: {arch: {label: (S, T)}}}."""
+    groups = {a: verdict_groups(t, fit, recover)[1] for a, t in trajs.items()}
+    distances = {a: {"aligned (perm. + rescaling)": t.aligned_distance, "||W - W*||_F (summed)": t.distance}
+                 for a, t in trajs.items()}
+    _seed_panels(trajs, groups, distances, DISTANCE_STYLES, run_dir / "distance.png", "distance to teacher",
+                 "student-teacher distance, one line per seed and distance, coloured by the seed's final verdict "
+                 "(as in outcomes.png)")
+    losses = {a: loss_series(t) for a, t in trajs.items()}
+    gap = max(max(_spread(v["test"], v["train"]), _spread(v["population (exact)"], v["train"])) for v in losses.values())
+    _seed_panels(trajs, groups, losses, LOSS_STYLES, run_dir / "loss.png", "loss / Var(y)",
+                 "train, test and exact population loss / Var(y), one line per seed, coloured by the seed's final "
+                 "verdict (as in outcomes.png)\n"
+                 f"(test and population stay within ×/÷ {gap:.2g} of train at every seed and step"
+                 + (": the three lines lie on one another)" if gap < 2 else ")"),
+                 threshold=(fit, f"fit threshold {fit:g}"))
+    return {"distance.png": distances, "loss.png": losses}
 
 
 def _geo(s: dict, key: str) -> str:
@@ -314,8 +394,11 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
             "architectures (W, W1, W2 are d x d"
             + (f"; Q is orthogonal, kept on O(d) by {_q_rule(cfg)}" if "orth_resnet" in archs else "") + "): "
             + "; ".join(f"{a}: f(x) = {ARCHS[a].formula}" for a in archs),
-            "statistic: every loss and distance is the geometric mean over seeds ×/÷ the geometric std factor "
-            "(as in the figures), since seeds spread over orders of magnitude",
+            "statistic: the table's losses and distances are geometric means over seeds ×/÷ the geometric std "
+            "factor, since seeds spread over orders of magnitude; where some seeds fit and others stall such a mean "
+            "describes no seed, so distance.png and loss.png draw every seed as its own line, coloured by its verdict "
+            "as in outcomes.png (green: recovered up to symmetry, orange: fits only, grey: neither); loss.png divides "
+            f"each seed's losses by its Var(y), the table's scale, and dashes the fit threshold {cfg.thresholds.fit:g}",
             "relative train loss: final training MSE / Var(y), i.e. 1 - R^2 (Var(y) is the loss of the best constant)",
             "population loss: E ||f(x) - f*(x)||^2 / k over x ~ N(0, I_d) in closed form (arc-cosine kernel, Cho & "
             "Saul 2009), the test loss on infinitely many inputs, divided by Var(y)",
@@ -365,7 +448,7 @@ def run(cfg: Config, rd: RunDir) -> dict:
         "train_seconds": elapsed,
         "seconds_per_step": elapsed / max(train_cfg.total_steps, 1),
     }
-    plot(trajs, rd.path)
+    plot(trajs, rd.path, cfg.thresholds.fit, cfg.thresholds.recover)
     plot_outcomes(trajs, rd.path, cfg.thresholds.fit, cfg.thresholds.recover)
     summary["report"] = report(summary, archs, len(seeds), cfg)
     return summary

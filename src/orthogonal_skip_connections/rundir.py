@@ -95,7 +95,7 @@ def check_report(report: Any) -> dict:
     """A summary's ``report`` section: {title, question, tables: [{caption, columns:
     [{key, label, unit}], rows, note?}], verdict, figures} and optionally ``measures`` (what
     the section measures: definitions, formulas, thresholds) and ``notes`` (caveats), lists
-    of sentences. The question and the verdict are non-empty sentences and every column has
+    of sentences, and ``captions`` ({figure file: what it shows and which question it answers}). The question and the verdict are non-empty sentences and every column has
     a label. Raises ValueError (a library bug, not a user's mistake) when it is malformed."""
     if not isinstance(report, dict) or set(REPORT_KEYS) - set(report):
         raise ValueError(f"a report section needs the keys {', '.join(REPORT_KEYS)}; got {report!r:.200}")
@@ -112,6 +112,10 @@ def check_report(report: Any) -> dict:
                 raise ValueError(f"a report column needs exactly key, label and unit; got {col!r}")
     if not isinstance(report["verdict"], str) or not report["verdict"].strip():
         raise ValueError(f"a report's verdict is a sentence; got {report['verdict']!r}")
+    captions = report.get("captions", {})
+    if not isinstance(captions, dict) or not all(k in report["figures"] and isinstance(v, str) and v
+                                                 for k, v in captions.items()):
+        raise ValueError(f"a report's captions map its figures to sentences; got {captions!r:.200}")
     return report
 
 

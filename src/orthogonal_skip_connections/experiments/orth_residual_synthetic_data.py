@@ -197,8 +197,6 @@ def report(cfg: Config, rows: list[dict], figures: list[str], data) -> dict:
             f"model: {cfg.n_blocks} block(s) y = W x + f(x) on R^2 (f = Linear(2, {2 * cfg.hidden_mult:g}) -> "
             f"{cfg.activation} -> Linear), then a linear head; one seed ({cfg.seed}) per skip kind, "
             f"{cfg.training_text()}; {n_test} test points ({100 / n_test:.2g} accuracy points each)",
-            "figure: one row per (skip kind, block): the grid and the test points as carried by the skip x -> W x, "
-            "the branch x -> f(x) and the whole block; right: the decision regions",
             "||W_i - I||_F: distance of each skip matrix from the identity, mean over blocks (– for kinds without a "
             "matrix)",
             "relative Procrustes residual: ||h_i(Z) - Z Q^T||_F / ||h_i(Z)||_F for the best orthogonal Q on the "
@@ -212,6 +210,10 @@ def report(cfg: Config, rows: list[dict], figures: list[str], data) -> dict:
                     "rows": table}],
         "verdict": verdict,
         "figures": figures,
+        "captions": {f: "one row per (skip kind, block): the grid and the test points as carried by the skip "
+                        "x -> W x, the branch x -> f(x) and the whole block, each row on one scale; right: the "
+                        "decision regions. Does each block act as its skip (a near-orthogonal map) plus a small "
+                        "branch?" for f in figures},
     }
 
 

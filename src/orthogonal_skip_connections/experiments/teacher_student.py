@@ -423,6 +423,15 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
         "notes": notes[1:] if same else notes,
         "verdict": verdict,
         "figures": ["distance.png", "loss.png", "outcomes.png"],
+        "captions": {
+            "distance.png": "each seed's distance to its teacher over training, per architecture, coloured by its "
+                            "final verdict: do the seeds that fit converge to the teacher's weights up to a "
+                            "permutation and rescaling of hidden units (aligned, solid), or only in what the output "
+                            "sees?",
+            "loss.png": "each seed's train, test and exact population loss / Var(y) over training, with the fit "
+                        "threshold: which architectures fit, and whether the seeds that stall sit on plateaus",
+            "outcomes.png": "each seed's final loss against the angle between its teacher's two closest hidden units: "
+                            "do the seeds that stall have teachers with near-collinear units?"},
     }
 
 

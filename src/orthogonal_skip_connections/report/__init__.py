@@ -75,6 +75,8 @@ def _section(d: Path, summary: dict, out_dir: Path) -> list[str]:
     for name in report["figures"]:
         fig = d / name
         if fig.is_file():  # linked where it lies (report.html inlines it): never copied
+            if report.get("captions", {}).get(name):
+                md += [f"*{fig.name}*: {report['captions'][name]}", ""]
             md += [f"![{d.name}: {fig.stem}]({Path(os.path.relpath(fig.resolve(), out_dir.resolve())).as_posix()})", ""]
     return md
 

@@ -244,10 +244,11 @@ def build_construction(
 ) -> Construction:
     """The proof's a_i and W_i for m blocks.
 
-    c = c_scale log(m) / m, a_i = (1 - c)^(m - i): then a_0 = (1 - c)^m ~ m^(-c_scale), so
-    the first block's error (of order a_1, from replacing g_0 = h(a_0 .)/a_0 by Id) and
-    every later block's (of order a_i - a_(i-1) <= c) are both O(log m / m), as in
-    Bartlett et al. W_i = expm(theta_i S) with theta_i = rotation_scale (a_i - a_(i-1));
+    c = c_scale log(m) / m, a_i = (1 - c)^(m - i): then a_0 = (1 - c)^m ~ m^(-c_scale).
+    Every block after the first is within O(a_i - a_(i-1)) <= O(c) = O(log m / m) of W_i.
+    The first, h_1 = g_1 (g_0 = Id, not h(a_0 .)/a_0), is W_1^T Dh(0) W_1 + O(a_1), so its
+    gap ||h_1 - W_1||_L is about ||Dh(0) - I|| + O(a_1): O(log m / m) only when Dh(0) ~ I
+    (module docstring). W_i = expm(theta_i S) with theta_i = rotation_scale (a_i - a_(i-1));
     ``last_skip_identity`` sets W_m = I, the one choice for which g_m = h.
     """
     if m < 1:

@@ -149,9 +149,11 @@ def unit_skew(d: int, generator: torch.Generator) -> Tensor:
 
 def tanh_map(d: int, angle: float, stretch: float, eps: float, generator: torch.Generator) -> TanhMap:
     """The family h(x) = A x + eps tanh(B x) with Dh(0) = L = expm(angle S_L) diag(s),
-    s = stretch^linspace(-1, 1, d): a rotation by ``angle`` in one plane (S_L random,
-    unit) after a stretch with condition number stretch^2. angle = 0 and stretch = 1 give
-    Dh(0) = I. B is a random Gaussian matrix scaled to ||B||_2 = 1.
+    s = stretch^linspace(-1, 1, d): a stretch with condition number stretch^2, then a
+    rotation expm(angle S_L), S_L = :func:`unit_skew` (random, ||S_L||_2 = 1), which turns
+    by ``angle`` in S_L's top invariant plane and by smaller angles in its other
+    floor(d/2) - 1 planes. angle = 0 and stretch = 1 give Dh(0) = I. B is a random
+    Gaussian matrix scaled to ||B||_2 = 1.
 
     Raises ValueError unless 0 <= eps < s_min(L) = min(stretch, 1 / stretch), the
     condition under which h is invertible (see :class:`TanhMap`)."""

@@ -16,16 +16,22 @@ torch.optim.SGD)`` holds) whose param groups are
    every retracted matrix on O(n) with step size ``group["lr"] * group["lr_scale"]``, so
    any ``torch.optim.lr_scheduler`` drives it like any other group; no weight decay.
 
-Momentum of the retraction (the same rule in every loop, chosen to match the original
-project's upkeep): a heavy-ball buffer of the Euclidean gradient, m <- mu m + G (m = G
-on the first step), and the retraction moves W along -m. ``mu`` is the group's
-``retraction_momentum``: the ``retraction_momentum`` argument if given, else the
-optimiser's ``momentum`` (SGD), else its first beta (Adam family), else 0, fixed at
+Momentum of the retraction (chosen to match the original project's upkeep): a heavy-ball
+buffer of the Euclidean gradient, m <- mu m + G (m = G on the first step), and the
+retraction moves W along -m. ``mu`` is the group's ``retraction_momentum``, fixed at
 construction (a scheduler that cycles ``momentum`` or ``betas``, as ``OneCycleLR`` does, moves
-the wrapped optimiser's, not this one). Heavy-ball on
-the Euclidean gradient keeps the buffer in one fixed coordinate system; the retraction
-itself projects the step onto the tangent space (``svd``/``qr``/``newton_schulz``) or
-takes the spectral-norm steepest step (``steepest``), see
+the wrapped optimiser's, not this one). Two rules set it:
+
+- :func:`optimizer` (and the teacher-student loop, which calls it): the
+  ``retraction_momentum`` argument if given, else the optimiser's ``momentum`` (SGD),
+  else its first beta (Adam family), else 0 (as passed, else the class's default);
+- :func:`build_optimizer` (the classifier and small-model loops, from an
+  :class:`OptimConfig`): ``cfg.retraction_momentum`` if set, else ``cfg.momentum``,
+  whatever the optimiser (under Adam too, not its first beta).
+
+Heavy-ball on the Euclidean gradient keeps the buffer in one fixed coordinate system; the
+retraction itself projects the step onto the tangent space (``svd``/``qr``/``newton_schulz``)
+or takes the spectral-norm steepest step (``steepest``), see
 :func:`~orthogonal_skip_connections.maths.orthogonal.retract`.
 
 Adam's normalisation for the retraction (``retraction_adaptive=True``, Adam-family optimisers

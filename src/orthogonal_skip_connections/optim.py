@@ -226,8 +226,10 @@ class RetractingOptimizer:
     def __setstate__(self, state: dict) -> None:
         """``load_state_dict`` (and unpickling) end here. The wrapped class's own
         ``__setstate__`` reads its per-parameter state (Adam, RMSprop, Adagrad, ...: each
-        state's ``step``) over every group; a retracted matrix's state is its momentum buffer
-        alone, so it is held back from that reading and put back after."""
+        state's ``step``) over every group; a retracted matrix's state is the retraction's
+        own (``retraction_buffer``, or with ``retraction_adaptive`` ``retraction_step``,
+        ``retraction_exp_avg`` and ``retraction_exp_avg_sq``), with no ``step``, so it is
+        held back from that reading and put back after."""
         retracted = {id(p) for g in state.get("param_groups", ()) if "retraction" in g for p in g["params"]}
         own = state.get("state", {})
         held = {p: own.pop(p) for p in list(own) if id(p) in retracted}

@@ -312,9 +312,13 @@ def ns_schedule(lower: float, tol: float = 1e-7, max_steps: int = 60) -> list[fl
 
 def scaled_newton_schulz(X: Tensor, alphas: list[float]) -> Tensor:
     """X <- alpha X (3 I - alpha^2 X^T X) / 2 for each alpha of ``alphas`` (:func:`ns_schedule`);
-    (..., n, n). Every singular value in (0, 1] moves towards 1, zero ones stay zero (the
-    map is an odd polynomial), none leaves [0, 1]; the singular vectors are kept. Products
-    only: nothing is read back to the host."""
+    (..., n, n). Each step applies g(x) = alpha x (3 - alpha^2 x^2) / 2 to the singular
+    values: it maps the schedule's interval [l, 1] into [g(l), 1] (g(l) = g(1)), so over the
+    whole schedule every value in [lower, 1] ends within tol of 1 (``ns_schedule``'s lower
+    and tol, unless its max_steps cut it short). One step alone need not move a value
+    towards 1 (the first step of ns_schedule(1e-3) sends 1, 0.5, 1e-3 to 0.0026, 0.974,
+    0.0026). Zero values stay zero (g is odd), none leaves [0, 1]; the singular vectors are
+    kept. Products only: nothing is read back to the host."""
     for alpha in alphas:
         XtX = _mm(X.mT, X)
         X = torch.baddbmm(X, X, XtX, beta=1.5 * alpha, alpha=-0.5 * alpha ** 3) if X.ndim == 3 else \

@@ -570,8 +570,9 @@ def expm_fixed(A: Tensor, max_squarings: int | None = EXPM_MAX_SQUARINGS, read: 
     the host (``torch.linalg.matrix_exp`` reads its matrices' norms on the host to choose its
     degree and squarings, a synchronisation on a GPU that a CUDA graph cannot hold); (..., n, n).
 
-    Per matrix, on the device: s = ceil(log2(||A||_1 / theta)) clipped to [0, max_squarings],
-    X = A / 2^s, the Taylor polynomial of degree m (12 in float32 and below, 18 in float64) with
+    Per matrix, on the device: s = ceil(log2(b / theta)) clipped to [0, max_squarings], b =
+    :func:`_spectral_bound` (A) = min(||A||_F, sqrt(||A||_1 ||A||_inf)) >= ||A||_2, X = A / 2^s,
+    the Taylor polynomial of degree m (12 in float32 and below, 18 in float64) with
     theta = :func:`taylor_theta` (m, unit round-off), then ``max_squarings`` squarings of which
     matrix k takes the first s_k (the others pass it through). For skew-symmetric A (the
     parametrization's) ||exp(X) - T_m(X)||_2 <= u and each squaring adds about one more u: the

@@ -584,8 +584,9 @@ def expm_fixed(A: Tensor, max_squarings: int | None = EXPM_MAX_SQUARINGS, read: 
     vmap): the degree and squarings are chosen for the stack on the host, the fewest products
     that keep value and gradient exact to round-off (:func:`_cheapest_degree`): none at A = 0, 2
     for ||A||_2 up to 0.06 (float32), the fixed degree and as many squarings as needed for large
-    A. Forward and backward then cost 0.2-0.95x matrix_exp's (n = 16 to 256, ||A||_2 = 0.01 to
-    1, one thread; its backward exponentiates a 2n x 2n matrix). Elsewhere ``None`` means
+    A. Forward and backward then take 0.1-0.95x matrix_exp's time (one float32 matrix, n = 16
+    to 256, ||A||_2 = 0.01 to 1, one thread; the larger n, the larger the gain: its backward
+    exponentiates a 2n x 2n matrix; notes/cpu_upkeep.md). Elsewhere ``None`` means
     EXPM_MAX_SQUARINGS. ``read=True`` reads the plan on the host wherever A is (on a GPU one
     synchronisation, as ``matrix_exp``'s), ``False`` never; ``None``: where that is free."""
     check_square(A)

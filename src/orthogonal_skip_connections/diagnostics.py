@@ -352,7 +352,7 @@ def block_procrustes(model: nn.Module, X: torch.Tensor) -> list[dict]:
 
 # --------------------------------------------------------------------------- stacked and linear fits
 # For models whose parameters carry leading batch axes (several seeds trained at once, see
-# small_training.SeedStack), and a reference for the Procrustes fit.
+# models.stack.SeedStack), and a reference for the Procrustes fit.
 
 __all__ += ["lipschitz_upper_bound_stacked", "linear_fit_residual"]
 

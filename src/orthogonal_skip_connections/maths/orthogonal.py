@@ -661,6 +661,12 @@ def steepest_step(W: Tensor, G: Tensor, eta: float | Tensor, rtol: float | None 
     itself), and the iteration runs the few extra steps that the looser bound needs.
     Both: one Newton-Schulz polishing step, X <- 1.5 X - 0.5 X X^T X, then squares whatever
     error remains, so round-off never accumulates over steps.
+
+    ``rtol`` (default sqrt(eps) of W's dtype; no caller in the library sets it) means a
+    different thing in each: ``factor``, the full-rank test s_min > rtol s_max that picks the
+    closed form over the polar factor (X itself is cut at n eps, :func:`sharp`'s default);
+    ``matmul``, :func:`msign`'s ``rtol``: singular values of A above rtol times the largest
+    go to 1, smaller ones are amplified by at most about 1 / rtol.
     """
     check_square(W, "W")
     if G.shape != W.shape:

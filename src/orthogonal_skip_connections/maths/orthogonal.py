@@ -85,11 +85,16 @@ def _mm(A: Tensor, B: Tensor) -> Tensor:
     return torch.bmm(A, B) if A.ndim == 3 and B.ndim == 3 else A @ B
 
 
-def _ns_polish(X: Tensor) -> Tensor:
-    """One Newton-Schulz step 1.5 X - 0.5 X (X^T X): one ``baddbmm`` for a 3-D stack."""
-    if X.ndim == 3:
-        return torch.baddbmm(X, X, torch.bmm(X.mT, X), beta=1.5, alpha=-0.5)
-    return 1.5 * X - 0.5 * X @ (X.mT @ X)
+def _ns_polish(X: Tensor, XtX: Tensor | None = None, fused: bool = True) -> Tensor:
+    """One Newton-Schulz step 1.5 X - 0.5 X (X^T X), with ``XtX`` = X^T X if the caller has
+    it. ``fused``: one ``baddbmm`` for a 3-D stack (the products-only code: one call);
+    otherwise the plain expression, which the factoring code (``newton_schulz``,
+    ``steepest_step``'s ``factor``) has always used: float64 rounds the two differently."""
+    if XtX is None:
+        XtX = _mm(X.mT, X)
+    if fused and X.ndim == 3:
+        return torch.baddbmm(X, X, XtX, beta=1.5, alpha=-0.5)
+    return 1.5 * X - 0.5 * X @ XtX
 
 
 def one_thread(enabled: bool = True):
@@ -260,14 +265,7 @@ def newton_schulz(
         raise ValueError(f"max_steps must be >= 1; got {max_steps}")
     n = A.shape[-1]
     tol = 4 * n * _eps(A) if tol is None else tol
-    fro = torch.linalg.matrix_norm(A, ord="fro", keepdim=True)
-    # sqrt(||A||_1 ||A||_inf) is another upper bound on ||A||_2, often tighter.
-    one_inf = torch.sqrt(
-        torch.linalg.matrix_norm(A, ord=1, keepdim=True)
-        * torch.linalg.matrix_norm(A, ord=math.inf, keepdim=True)
-    )
-    scale = torch.minimum(fro, one_inf).clamp_min(torch.finfo(A.dtype).tiny)
-    X = A / scale
+    X = A / _spectral_bound(A)
     I = eye_like(X)
     best = math.inf
     steps = 0
@@ -278,7 +276,7 @@ def newton_schulz(
             steps -= 1
             break
         best = err
-        X = 1.5 * X - 0.5 * (X @ XtX)
+        X = _ns_polish(X, XtX, fused=False)
     return (X, steps) if return_steps else X
 
 
@@ -699,7 +697,7 @@ def steepest_step(W: Tensor, G: Tensor, eta: float | Tensor, rtol: float | None 
         W_new = torch.where(mask, step / math.sqrt(1.0 + eta * eta), polar(step))
     zero_grad = (S[..., 0] == 0)[..., None, None]
     W_new = torch.where(zero_grad, W, W_new)
-    return 1.5 * W_new - 0.5 * W_new @ (W_new.mT @ W_new)
+    return _ns_polish(W_new, fused=False)
 
 
 # --------------------------------------------------------------------------- retractions

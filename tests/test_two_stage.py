@@ -86,3 +86,29 @@ def test_two_stage_app_at_tiny_size(tmp_path):
     assert set(table) == {"two_stage", "identity", "orth_identity", "orth_haar"}
     assert table["two_stage"]["test_acc_lo"] <= table["two_stage"]["test_acc"] <= table["two_stage"]["test_acc_hi"]
     assert (out / "two_stage.png").is_file() and s["report"]["figures"] == ["two_stage.png"]
+
+
+@pytest.mark.parametrize("kind", ["identity", "learnable_orth", "zero"])
+def test_skip_io_on_a_residual_mlp_and_its_outputs_unchanged(kind):
+    """The MLP block's add-mode sum goes through its residual module, so skip_io's hooks see
+    it; the outputs are bit for bit the plain skip(x) + branch(x) of every block."""
+    from orthogonal_skip_connections.analysis.two_stage import skip_io
+    from orthogonal_skip_connections.models.mlp import ResidualMLP
+
+    torch.manual_seed(0)
+    model = ResidualMLP(4, 2, skip_kind=kind, num_classes=3).eval()
+    x = torch.randn(10, 4)
+    with torch.no_grad():
+        h, inputs, sums = model.embed(x), [], []
+        for block in model.blocks:
+            inputs.append(h)
+            h = block.skip(h) + block.branch(h)  # the block's sum as it was computed before
+            sums.append(h)
+        expected = model.head(h)
+        assert torch.equal(model(x), expected)
+    rows = skip_io(model, x, batch_size=4)
+    assert [name for name, _, _ in rows] == ["blocks.0", "blocks.1"]
+    for (_, X, Y), u, s in zip(rows, inputs, sums):
+        assert torch.equal(X, u.double()) and torch.equal(Y, s.double())
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)  # the hooks are gone, the outputs the same

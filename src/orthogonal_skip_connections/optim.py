@@ -16,16 +16,22 @@ torch.optim.SGD)`` holds) whose param groups are
    every retracted matrix on O(n) with step size ``group["lr"] * group["lr_scale"]``, so
    any ``torch.optim.lr_scheduler`` drives it like any other group; no weight decay.
 
-Momentum of the retraction (the same rule in every loop, chosen to match the original
-project's upkeep): a heavy-ball buffer of the Euclidean gradient, m <- mu m + G (m = G
-on the first step), and the retraction moves W along -m. ``mu`` is the group's
-``retraction_momentum``: the ``retraction_momentum`` argument if given, else the
-optimiser's ``momentum`` (SGD), else its first beta (Adam family), else 0, fixed at
+Momentum of the retraction (chosen to match the original project's upkeep): a heavy-ball
+buffer of the Euclidean gradient, m <- mu m + G (m = G on the first step), and the
+retraction moves W along -m. ``mu`` is the group's ``retraction_momentum``, fixed at
 construction (a scheduler that cycles ``momentum`` or ``betas``, as ``OneCycleLR`` does, moves
-the wrapped optimiser's, not this one). Heavy-ball on
-the Euclidean gradient keeps the buffer in one fixed coordinate system; the retraction
-itself projects the step onto the tangent space (``svd``/``qr``/``newton_schulz``) or
-takes the spectral-norm steepest step (``steepest``), see
+the wrapped optimiser's, not this one). Two rules set it:
+
+- :func:`optimizer` (and the teacher-student loop, which calls it): the
+  ``retraction_momentum`` argument if given, else the optimiser's ``momentum`` (SGD),
+  else its first beta (Adam family), else 0 (as passed, else the class's default);
+- :func:`build_optimizer` (the classifier and small-model loops, from an
+  :class:`OptimConfig`): ``cfg.retraction_momentum`` if set, else ``cfg.momentum``,
+  whatever the optimiser (under Adam too, not its first beta).
+
+Heavy-ball on the Euclidean gradient keeps the buffer in one fixed coordinate system; the
+retraction itself projects the step onto the tangent space (``svd``/``qr``/``newton_schulz``)
+or takes the spectral-norm steepest step (``steepest``), see
 :func:`~orthogonal_skip_connections.maths.orthogonal.retract`.
 
 Adam's normalisation for the retraction (``retraction_adaptive=True``, Adam-family optimisers
@@ -220,8 +226,10 @@ class RetractingOptimizer:
     def __setstate__(self, state: dict) -> None:
         """``load_state_dict`` (and unpickling) end here. The wrapped class's own
         ``__setstate__`` reads its per-parameter state (Adam, RMSprop, Adagrad, ...: each
-        state's ``step``) over every group; a retracted matrix's state is its momentum buffer
-        alone, so it is held back from that reading and put back after."""
+        state's ``step``) over every group; a retracted matrix's state is the retraction's
+        own (``retraction_buffer``, or with ``retraction_adaptive`` ``retraction_step``,
+        ``retraction_exp_avg`` and ``retraction_exp_avg_sq``), with no ``step``, so it is
+        held back from that reading and put back after."""
         retracted = {id(p) for g in state.get("param_groups", ()) if "retraction" in g for p in g["params"]}
         own = state.get("state", {})
         held = {p: own.pop(p) for p in list(own) if id(p) in retracted}

@@ -3,11 +3,14 @@ verdicts of a run (the models are :mod:`orthogonal_skip_connections.models.teach
 the loop that trains them :mod:`orthogonal_skip_connections.train.teacher_student`).
 
 Recovery is measured twice: ``distance`` = sum over weight matrices of ||W - W*||_F,
-and ``aligned_distance``, which first divides out the symmetries that leave f
-unchanged: hidden units can be permuted (Hungarian matching, Kuhn 1955, via
-``scipy.optimize.linear_sum_assignment``) and, where an output layer follows, each unit
-can be rescaled by c > 0 (a -> c a, v -> v / c) because ReLU is positively
-homogeneous; with ``output="sum"`` only the row sums W2 1 of W2 (and the column sums
+and ``aligned_distance``, which first aligns the student along the symmetries that leave
+f unchanged: hidden units can be permuted (the optimal matching of the linear assignment
+problem, as Kuhn's 1955 Hungarian method finds it; ``scipy.optimize.linear_sum_assignment``
+solves it by a modified Jonker-Volgenant algorithm, Crouse 2016) and, where an output layer
+follows, each unit can be rescaled by c > 0 (a -> c a, v -> v / c) because ReLU is
+positively homogeneous. The rescaling is not optimised: c matches each unit's incoming norm
+to its teacher unit's, so the aligned distance is an upper bound on the distance modulo the
+symmetries. With ``output="sum"`` only the row sums W2 1 of W2 (and the column sums
 1^T Q of Q) reach the output.
 
 Whether a student computes the teacher's function, not only on the training sample, is
@@ -102,14 +105,16 @@ def aligned_distance(
     rescale: bool = True,
     extra_sq: float = 0.0,
 ) -> tuple[float, np.ndarray]:
-    """min over permutations pi (and per-unit rescalings) of the Frobenius distance
-    between student and teacher hidden units, for one seed.
+    """min over permutations pi of the Frobenius distance between student and teacher
+    hidden units, for one seed, each student unit (with ``rescale``) first rescaled to its
+    teacher unit's incoming norm: an upper bound on the min over rescalings too.
 
     Returns (sqrt(min_pi sum_k C[pi(k), k] + extra_sq), pi) with C from
     :func:`hidden_unit_cost` and pi[k] the student unit matched to teacher unit k.
     ``extra_sq`` adds squared distances of weights outside the hidden units (Q)."""
     C = hidden_unit_cost(A, V, A_star, V_star, rescale)
-    rows, cols = linear_sum_assignment(C)  # Hungarian algorithm (Kuhn 1955)
+    # the optimal assignment (Kuhn 1955's problem), by a modified Jonker-Volgenant algorithm (Crouse 2016)
+    rows, cols = linear_sum_assignment(C)
     pi = np.empty_like(rows)
     pi[cols] = rows
     return float(math.sqrt(max(C[rows, cols].sum() + extra_sq, 0.0))), pi

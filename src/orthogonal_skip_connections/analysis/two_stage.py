@@ -37,7 +37,7 @@ def _rows(t: Tensor) -> Tensor:
 def skip_io(model: nn.Module, x: Tensor, batch_size: int = 256) -> list[tuple[str, Tensor, Tensor]]:
     """(block name, X, Y) per residual block, in model order: the skip's inputs X and the
     block's sums Y = skip(X) + f as rows (N H W, C), float64, with the model in eval mode
-    on images x (mode restored)."""
+    on inputs x (images, or vectors for a ResidualMLP; mode restored)."""
     blocks = _blocks(model)
     if not blocks:
         raise ValueError(f"{type(model).__name__} has no residual blocks (modules with a skip and a residual)")

@@ -16,9 +16,10 @@ split. Types:
   ``parity_bits`` coordinates, modulo ``num_classes`` (the k-sparse parity problem; with
   ``parity_bits = dim`` and two classes, the full parity of the original project).
 
-``noise`` is the standard deviation of isotropic Gaussian noise on the inputs for every
-type (for ``blobs`` it is the cluster standard deviation, and ``separation`` is measured
-in units of it).
+``noise`` is the standard deviation of Gaussian noise on the inputs for every type:
+isotropic in R^d, except for ``moons`` and ``circles``, where scikit-learn adds it to the
+2-D points before they are placed in R^d, so it stays in their plane (for ``blobs`` it is
+the cluster standard deviation, and ``separation`` is measured in units of it).
 """
 
 from __future__ import annotations

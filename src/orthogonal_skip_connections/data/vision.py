@@ -177,8 +177,10 @@ def _digits(split_seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 def load_image_data(name: str, root: str | Path | None = None, download: bool = True,
                     augment: bool = True) -> ImageData:
-    """Load ``name`` (one of DATASETS). Missing files with ``download=False``, or a failed
-    download, raise ValueError with one line naming the root and how to get the data."""
+    """Load ``name`` (one of DATASETS; another name raises ValueError). Missing files with
+    ``download=False``, a failed download or an unreadable batch file raise
+    :class:`~orthogonal_skip_connections.runs.UserError` (not a ValueError) with one line
+    naming the root or file and how to get the data."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
     if name == "digits":

@@ -85,11 +85,16 @@ def _mm(A: Tensor, B: Tensor) -> Tensor:
     return torch.bmm(A, B) if A.ndim == 3 and B.ndim == 3 else A @ B
 
 
-def _ns_polish(X: Tensor) -> Tensor:
-    """One Newton-Schulz step 1.5 X - 0.5 X (X^T X): one ``baddbmm`` for a 3-D stack."""
-    if X.ndim == 3:
-        return torch.baddbmm(X, X, torch.bmm(X.mT, X), beta=1.5, alpha=-0.5)
-    return 1.5 * X - 0.5 * X @ (X.mT @ X)
+def _ns_polish(X: Tensor, XtX: Tensor | None = None, fused: bool = True) -> Tensor:
+    """One Newton-Schulz step 1.5 X - 0.5 X (X^T X), with ``XtX`` = X^T X if the caller has
+    it. ``fused``: one ``baddbmm`` for a 3-D stack (the products-only code: one call);
+    otherwise the plain expression, which the factoring code (``newton_schulz``,
+    ``steepest_step``'s ``factor``) has always used: float64 rounds the two differently."""
+    if XtX is None:
+        XtX = _mm(X.mT, X)
+    if fused and X.ndim == 3:
+        return torch.baddbmm(X, X, XtX, beta=1.5, alpha=-0.5)
+    return 1.5 * X - 0.5 * X @ XtX
 
 
 def one_thread(enabled: bool = True):
@@ -260,14 +265,7 @@ def newton_schulz(
         raise ValueError(f"max_steps must be >= 1; got {max_steps}")
     n = A.shape[-1]
     tol = 4 * n * _eps(A) if tol is None else tol
-    fro = torch.linalg.matrix_norm(A, ord="fro", keepdim=True)
-    # sqrt(||A||_1 ||A||_inf) is another upper bound on ||A||_2, often tighter.
-    one_inf = torch.sqrt(
-        torch.linalg.matrix_norm(A, ord=1, keepdim=True)
-        * torch.linalg.matrix_norm(A, ord=math.inf, keepdim=True)
-    )
-    scale = torch.minimum(fro, one_inf).clamp_min(torch.finfo(A.dtype).tiny)
-    X = A / scale
+    X = A / _spectral_bound(A)
     I = eye_like(X)
     best = math.inf
     steps = 0
@@ -278,7 +276,7 @@ def newton_schulz(
             steps -= 1
             break
         best = err
-        X = 1.5 * X - 0.5 * (X @ XtX)
+        X = _ns_polish(X, XtX, fused=False)
     return (X, steps) if return_steps else X
 
 
@@ -312,9 +310,13 @@ def ns_schedule(lower: float, tol: float = 1e-7, max_steps: int = 60) -> list[fl
 
 def scaled_newton_schulz(X: Tensor, alphas: list[float]) -> Tensor:
     """X <- alpha X (3 I - alpha^2 X^T X) / 2 for each alpha of ``alphas`` (:func:`ns_schedule`);
-    (..., n, n). Every singular value in (0, 1] moves towards 1, zero ones stay zero (the
-    map is an odd polynomial), none leaves [0, 1]; the singular vectors are kept. Products
-    only: nothing is read back to the host."""
+    (..., n, n). Each step applies g(x) = alpha x (3 - alpha^2 x^2) / 2 to the singular
+    values: it maps the schedule's interval [l, 1] into [g(l), 1] (g(l) = g(1)), so over the
+    whole schedule every value in [lower, 1] ends within tol of 1 (``ns_schedule``'s lower
+    and tol, unless its max_steps cut it short). One step alone need not move a value
+    towards 1 (the first step of ns_schedule(1e-3) sends 1, 0.5, 1e-3 to 0.0026, 0.974,
+    0.0026). Zero values stay zero (g is odd), none leaves [0, 1]; the singular vectors are
+    kept. Products only: nothing is read back to the host."""
     for alpha in alphas:
         XtX = _mm(X.mT, X)
         X = torch.baddbmm(X, X, XtX, beta=1.5 * alpha, alpha=-0.5 * alpha ** 3) if X.ndim == 3 else \
@@ -566,8 +568,9 @@ def expm_fixed(A: Tensor, max_squarings: int | None = EXPM_MAX_SQUARINGS, read: 
     the host (``torch.linalg.matrix_exp`` reads its matrices' norms on the host to choose its
     degree and squarings, a synchronisation on a GPU that a CUDA graph cannot hold); (..., n, n).
 
-    Per matrix, on the device: s = ceil(log2(||A||_1 / theta)) clipped to [0, max_squarings],
-    X = A / 2^s, the Taylor polynomial of degree m (12 in float32 and below, 18 in float64) with
+    Per matrix, on the device: s = ceil(log2(b / theta)) clipped to [0, max_squarings], b =
+    :func:`_spectral_bound` (A) = min(||A||_F, sqrt(||A||_1 ||A||_inf)) >= ||A||_2, X = A / 2^s,
+    the Taylor polynomial of degree m (12 in float32 and below, 18 in float64) with
     theta = :func:`taylor_theta` (m, unit round-off), then ``max_squarings`` squarings of which
     matrix k takes the first s_k (the others pass it through). For skew-symmetric A (the
     parametrization's) ||exp(X) - T_m(X)||_2 <= u and each squaring adds about one more u: the
@@ -579,8 +582,9 @@ def expm_fixed(A: Tensor, max_squarings: int | None = EXPM_MAX_SQUARINGS, read: 
     vmap): the degree and squarings are chosen for the stack on the host, the fewest products
     that keep value and gradient exact to round-off (:func:`_cheapest_degree`): none at A = 0, 2
     for ||A||_2 up to 0.06 (float32), the fixed degree and as many squarings as needed for large
-    A. Forward and backward then cost 0.2-0.95x matrix_exp's (n = 16 to 256, ||A||_2 = 0.01 to
-    1, one thread; its backward exponentiates a 2n x 2n matrix). Elsewhere ``None`` means
+    A. Forward and backward then take 0.1-0.95x matrix_exp's time (one float32 matrix, n = 16
+    to 256, ||A||_2 = 0.01 to 1, one thread; the larger n, the larger the gain: its backward
+    exponentiates a 2n x 2n matrix; notes/cpu_upkeep.md). Elsewhere ``None`` means
     EXPM_MAX_SQUARINGS. ``read=True`` reads the plan on the host wherever A is (on a GPU one
     synchronisation, as ``matrix_exp``'s), ``False`` never; ``None``: where that is free."""
     check_square(A)
@@ -655,6 +659,12 @@ def steepest_step(W: Tensor, G: Tensor, eta: float | Tensor, rtol: float | None 
     itself), and the iteration runs the few extra steps that the looser bound needs.
     Both: one Newton-Schulz polishing step, X <- 1.5 X - 0.5 X X^T X, then squares whatever
     error remains, so round-off never accumulates over steps.
+
+    ``rtol`` (default sqrt(eps) of W's dtype; no caller in the library sets it) means a
+    different thing in each: ``factor``, the full-rank test s_min > rtol s_max that picks the
+    closed form over the polar factor (X itself is cut at n eps, :func:`sharp`'s default);
+    ``matmul``, :func:`msign`'s ``rtol``: singular values of A above rtol times the largest
+    go to 1, smaller ones are amplified by at most about 1 / rtol.
     """
     check_square(W, "W")
     if G.shape != W.shape:
@@ -687,7 +697,7 @@ def steepest_step(W: Tensor, G: Tensor, eta: float | Tensor, rtol: float | None 
         W_new = torch.where(mask, step / math.sqrt(1.0 + eta * eta), polar(step))
     zero_grad = (S[..., 0] == 0)[..., None, None]
     W_new = torch.where(zero_grad, W, W_new)
-    return 1.5 * W_new - 0.5 * W_new @ (W_new.mT @ W_new)
+    return _ns_polish(W_new, fused=False)
 
 
 # --------------------------------------------------------------------------- retractions

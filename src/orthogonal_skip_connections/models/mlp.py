@@ -50,11 +50,12 @@ class ResidualMLPBlock(nn.Module):
         self.residual = residual_layer()
 
     def forward(self, x: Tensor) -> Tensor:  # x: (..., dim)
-        if self.residual.mode == "add":
-            return self.skip(x) + self.branch(x)
         out = self.branch(x)
-        if not self.skip.has_path:  # every mode gives the branch on a zero stream
+        # every mode gives the branch on a zero stream; add keeps the sum out + 0 it always had
+        if not self.skip.has_path and self.residual.mode != "add":
             return out
+        # the sum through the residual module in every mode, where hooks see it (analysis.two_stage.skip_io);
+        # in add mode out + skip(x), bit for bit the skip(x) + out this block computed before
         return self.residual(self.skip(x), out)
 
 

@@ -191,6 +191,13 @@ def _check_shape(num_classes, image_size, patch_size, in_channels, width, depth,
 _SHAPE_KEYS = ("image_size", "patch_size", "in_channels", "width", "depth", "heads", "mlp_ratio", "pool")
 
 
+def _shape(model_type: str, options: dict) -> dict:
+    """The shape options of ``vit(model_type, ..., **options)``: ViT's defaults, then the
+    size's, then the options' own (model_type must be in VIT_SIZES)."""
+    defaults = {k: p.default for k, p in inspect.signature(ViT).parameters.items() if k in _SHAPE_KEYS}
+    return {**defaults, **VIT_SIZES[model_type], **{k: v for k, v in options.items() if k in _SHAPE_KEYS}}
+
+
 def check_vit(model_type: str, num_classes: int = 10, **options) -> None:
     """The ValueError ``vit(model_type, num_classes, **options)`` raises for its shape (image
     side and patch, width and heads, depth, mlp_ratio, pool), without building it: an app
@@ -198,17 +205,14 @@ def check_vit(model_type: str, num_classes: int = 10, **options) -> None:
     (skips, residual mode) are not looked at here."""
     if model_type not in VIT_SIZES:
         raise ValueError(f"unknown model_type {model_type!r}; allowed: {', '.join(VIT_SIZES)}")
-    defaults = {k: p.default for k, p in inspect.signature(ViT).parameters.items() if k in _SHAPE_KEYS}
-    shape = {**defaults, **VIT_SIZES[model_type], **{k: v for k, v in options.items() if k in _SHAPE_KEYS}}
-    _check_shape(num_classes, **shape)
+    _check_shape(num_classes, **_shape(model_type, options))
 
 
 def vit_min_parameters(model_type: str, **options) -> int:
     """The weight matrices of a ViT's patch embedding and blocks (qkv and output
     projections, the MLP's two layers), without biases, norms, skips or head: a lower bound
     of its parameter count from its shape options (as :func:`check_vit`), without building it."""
-    defaults = {k: p.default for k, p in inspect.signature(ViT).parameters.items() if k in _SHAPE_KEYS}
-    shape = {**defaults, **VIT_SIZES[model_type], **{k: v for k, v in options.items() if k in _SHAPE_KEYS}}
+    shape = _shape(model_type, options)
     w, p = shape["width"], shape["patch_size"]
     hidden = max(1, round(shape["mlp_ratio"] * w))
     return shape["in_channels"] * p * p * w + shape["depth"] * (4 * w * w + 2 * w * hidden)

@@ -10,10 +10,10 @@ t-interval over seeds) at each depth, with the accuracy beside it (a distance tr
 net that did not train means nothing), and the per-seed log-log slope of that mean against
 the number of blocks m, with its t-interval over seeds (and the same for the spectral
 ||W_i - I||_2 of the eval records, the theorem's norm), next to the slope of log(m)/m over
-the same m (about -0.8 over m = 9..54; a rate of m^-p has slope -p). ``profile_rows`` gives
-the per-block profile: first and last block, and the mean per stage (a stage's blocks share
-one width n, and ||W - I||_F of an n x n matrix grows like sqrt(n), so stages are compared
-only among themselves across depths).
+the same m (-0.67 over all five depths, m = 9, 15, 21, 27, 54; a rate of m^-p has slope
+-p). ``profile_rows`` gives the per-block profile: first and last block, and the mean per
+stage (a stage's blocks share one width n, and ||W - I||_F of an n x n matrix grows like
+sqrt(n), so stages are compared only among themselves across depths).
 
 m is the number of skips a run's last evaluation lists (metrics.jsonl's ``skips``, read by
 ``find_runs`` into ``RunRecord.skips``: one per residual block, 3 (depth - 2) / 6 for the CIFAR

@@ -46,8 +46,8 @@ class OrthogonalMap(parametrizations._Orthogonal):
     torch's ``matrix_exp`` to round-off (closer to scipy's): under torch.compile and inside
     ``torch.func`` transforms (vmap over seeds) with its full fixed sequence of products
     (``matrix_exp`` reads its matrices' norms on the host, which a CUDA graph cannot hold and
-    vmap cannot batch), elsewhere on the CPU with the squarings the stack needs, read on the
-    host (forward and backward in 0.5-0.6x ``matrix_exp``'s time); eager on a GPU it is
+    vmap cannot batch), elsewhere on the CPU with the degree and squarings the stack needs,
+    read on the host (faster than ``matrix_exp``: see ``expm_fixed``); eager on a GPU it is
     torch's ``matrix_exp``."""
 
     def forward(self, X: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["launched_by_torchrun", "init_from_env", "rank", "world_size", "is_main", "device_for_rank",
-           "broadcast_object", "broadcast_buffers", "all_sum", "all_mean", "any_true", "barrier", "leave"]
+           "broadcast_object", "broadcast_buffers", "all_sum", "all_mean", "any_true", "leave"]
 
 
 def launched_by_torchrun() -> bool:
@@ -125,8 +125,3 @@ def leave() -> None:
     """Leave the process group (at the end of a torchrun job)."""
     if _active():
         dist.destroy_process_group()
-
-
-def barrier() -> None:
-    if _active():
-        dist.barrier()

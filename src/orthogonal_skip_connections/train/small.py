@@ -2,10 +2,10 @@
 synthetic-data apps (``orth_residual_synthetic_data``, ``orth_to_id``,
 ``construction_validity``).
 
-The image-scale loop (:func:`~orthogonal_skip_connections.training.train_classifier`) trains
-one model at a time. The models here are tiny (a few residual blocks of width 2 to 64),
-so one model per step leaves the machine idle in Python overhead; instead the S models of
-S seeds are *stacked* and trained as one:
+The image-scale loop (:func:`~orthogonal_skip_connections.train.classifier.train_classifier`)
+trains one model at a time. The models here are tiny (a few residual blocks of width 2 to
+64), so one model per step leaves the machine idle in Python overhead; instead the S models
+of S seeds are *stacked* and trained as one:
 
 - :class:`~orthogonal_skip_connections.models.stack.SeedStack` holds S copies of one
   architecture with every parameter stacked along a new leading seed axis, evaluated

@@ -380,8 +380,9 @@ def train(
 
     Divergence follows the rule of :mod:`~orthogonal_skip_connections.train.divergence`:
     a step with a non-finite gradient (any architecture, any seed) is skipped for all; the
-    check points are the metric logs (training and test loss of every architecture and
-    seed), the reference loss max(loss at step 0, E[y^2] (the zero predictor's)); a failed
+    check points are the metric logs, where the training loss of every architecture and
+    seed is judged (not the test loss: the rule judges the optimisation), the reference
+    loss max(training loss at step 0, E[y^2] (the zero predictor's)); a failed
     retraction of Q diverges at once. Raises
     :class:`~orthogonal_skip_connections.train.divergence.Diverged`.
     """

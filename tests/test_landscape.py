@@ -461,4 +461,4 @@ def test_the_2d_panel_of_a_variant_is_its_seed_nearest_the_geometric_mean():
     chosen, g = representative(runs(-3.0, 40.0, 7.0))
     assert math.isnan(g) and chosen["seed"] == 2
     notes = figure_notes(runs(181.0, 66.8, variant="learnable_orth") + runs(176.2, 160.2, variant="zero"))
-    assert "learnable_orth seed 1, zero seed 1" in notes[0]
+    assert "learnable_orth seed 1, zero seed 1" in notes[0] and "lowest to the highest seed" in notes[1]

@@ -287,16 +287,31 @@ def draw_2d(results: list[dict], path: Path) -> str:
     return savefig(fig, path).name
 
 
+def one_two_five_ticks(axis) -> None:
+    """Labelled ticks at 1, 2 and 5 x 10^k on a log axis spanning at most 3 powers of ten
+    (at 10^k only beyond that): losses from 0.19 to 0.56 read against 0.2 and 0.5, not
+    between unlabelled ticks at 1 and 10. Call after the limits are final."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    lo, hi = sorted(axis.get_view_interval())
+    subs = (1.0, 2.0, 5.0) if hi / max(lo, 1e-300) <= 1e3 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def draw_1d(results: list[dict], path: Path) -> str:
     """Loss and accuracy along (1 - t) init + t trained, every variant on one axis (mean
-    over seeds, band: min to max)."""
-    from ..plots import plain_log_labels, plt, savefig, variant_colors
+    over seeds, band: the lowest to the highest seed)."""
+    from ..plots import plt, savefig, variant_colors
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = variant_colors(_variants(results))  # each variant's colour in the report's other figures
+    several = False
     for v in _variants(results):
         rs = [r for r in results if r["variant"] == v]
         ts = rs[0]["ts"]
+        several |= len(rs) > 1
         for a, key in ((ax, "loss_1d"), (ax2, "acc_1d")):
             ys = np.stack([r[key] for r in rs])
             line = a.plot(ts, ys.mean(0), label=f"{v} ({len(rs)} seed{'s' if len(rs) > 1 else ''})",
@@ -304,7 +319,6 @@ def draw_1d(results: list[dict], path: Path) -> str:
             if len(rs) > 1:
                 a.fill_between(ts, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_yscale("log")
-    plain_log_labels(ax, "y")
     ax.set_ylabel("training loss (cross-entropy)")
     ax2.set_ylabel("training accuracy (%)")
     for a in (ax, ax2):
@@ -313,8 +327,11 @@ def draw_1d(results: list[dict], path: Path) -> str:
         a.set_xlabel("t: (1 - t) initial weights + t trained weights")
         a.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    fig.suptitle("from initialisation (t = 0) to the trained weights (t = 1)", fontsize=10)
+    fig.suptitle("from initialisation (t = 0) to the trained weights (t = 1)"
+                 + ("\nline: mean over seeds; shaded band: from the lowest to the highest seed at each t"
+                    if several else ""), fontsize=10)
     fig.tight_layout()
+    one_two_five_ticks(ax.yaxis)  # after the layout: the limits are final
     return savefig(fig, path).name
 
 
@@ -476,7 +493,8 @@ def figure_notes(rows: list[dict]) -> list[str]:
     return ["landscape_2d.png: one run per variant, the seed whose top Hessian eigenvalue is nearest the variant's "
             "geometric mean over seeds (on a log scale; of two seeds, the nearer on a linear scale), titled with "
             "that mean, so the panels rank the variants as the verdict does: "
-            + ", ".join(f"{v} seed {s}" for v, s in shown.items())]
+            + ", ".join(f"{v} seed {s}" for v, s in shown.items()),
+            "landscape_1d.png: line: mean over seeds; shaded band: from the lowest to the highest seed at each t"]
 
 
 def run(cfg: Config, rd: RunDir) -> dict:

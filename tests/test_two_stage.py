@@ -86,3 +86,18 @@ def test_two_stage_app_at_tiny_size(tmp_path):
     assert set(table) == {"two_stage", "identity", "orth_identity", "orth_haar"}
     assert table["two_stage"]["test_acc_lo"] <= table["two_stage"]["test_acc"] <= table["two_stage"]["test_acc_hi"]
     assert (out / "two_stage.png").is_file() and s["report"]["figures"] == ["two_stage.png"]
+
+
+def test_two_stage_figure_colours_are_the_skip_kinds_colours_elsewhere():
+    from orthogonal_skip_connections.experiments._compose import compose, typed
+    from orthogonal_skip_connections.experiments.two_stage import Config, variant_styles
+    from orthogonal_skip_connections.plots import VARIANT_COLORS, variant_colors
+
+    styles = variant_styles(typed(Config, compose("two_stage", ["method=cayley"])))
+    assert styles["identity"]["color"] == VARIANT_COLORS["identity"]
+    assert styles["orth_identity"]["color"] == VARIANT_COLORS["learnable_orth/cayley"]
+    # the Haar start: the colour the classification report gives learnable_orth/cayley/haar beside those
+    assert styles["orth_haar"]["color"] == variant_colors(["identity", "learnable_orth/cayley",
+                                                          "learnable_orth/cayley/haar"])["learnable_orth/cayley/haar"]
+    assert len({s["color"] for s in styles.values()}) == 4
+    assert "= identity until the swap" in styles["two_stage"]["label"]

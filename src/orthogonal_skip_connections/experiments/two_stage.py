@@ -234,18 +234,48 @@ def verdict(table: list[dict]) -> str:
             "stage.")
 
 
-def draw(cfg: Config, rows: list[dict], path: Path) -> str:
-    from ..plots import band, integer_ticks, plain_log_labels, plt, savefig, shared_legend, variant_colors
+def variant_styles(cfg: Config) -> dict[str, dict]:
+    """Legend label and colour of each variant: a skip kind's colour in the report's other
+    figures (:func:`~orthogonal_skip_connections.plots.variant_colors` of its run label:
+    identity, learnable_orth/<method>, learnable_orth/<method>/haar); two_stage, no one skip
+    kind, black."""
+    from ..plots import variant_colors
+    from ..train.image import run_variant
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
-    colors = variant_colors(VARIANTS)  # identity's colour in the report's other figures
-    for v in VARIANTS:
+    runs = {"identity": "identity", "orth_identity": run_variant(cfg.spec("learnable_orth", "identity")),
+            "orth_haar": run_variant(cfg.spec("learnable_orth", "haar"))}
+    colors = variant_colors(runs.values())
+    return {"two_stage": {"label": "two_stage (= identity until the swap: dashed)", "color": "black"},
+            "identity": {"label": "identity", "color": colors[runs["identity"]]},
+            "orth_identity": {"label": f"orth_identity ({runs['orth_identity']} from I)",
+                              "color": colors[runs["orth_identity"]]},
+            "orth_haar": {"label": f"orth_haar ({runs['orth_identity']} from Haar)", "color": colors[runs["orth_haar"]]}}
+
+
+def draw(cfg: Config, rows: list[dict], path: Path) -> str:
+    from ..plots import band, integer_ticks, plain_log_labels, plt, savefig, shared_legend
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
+    styles = variant_styles(cfg)
+    for v in ("identity", "orth_identity", "orth_haar", "two_stage"):  # two_stage last: on top of identity
         rs = [r for r in rows if r["variant"] == v]
         epochs = [e["epoch"] for e in rs[0]["curve"]]  # two_stage: the end of stage 1 twice, before and after
         for a, key, log in ((ax, "test_acc", False), (ax2, "test_loss", True)):  # the loss on a log axis: geometric band
-            band(a, epochs, [[e[key] for e in r["curve"]] for r in rs], label=v, log=log, color=colors[v])
+            ys = [[e[key] for e in r["curve"]] for r in rs]
+            if v != "two_stage":
+                band(a, epochs, ys, label=styles[v]["label"], log=log, color=styles[v]["color"],
+                     linewidth=2.6 if v == "identity" else 1.5)  # identity wide: two_stage's stage 1 shows over it
+                continue
+            # stage 1 is identity's own (one model): dashed over it, without a second band; from the end of stage
+            # 1 on (the jump at the swap included), solid with its band
+            swap = epochs.index(cfg.stage1_epochs)
+            band(a, epochs[:swap + 1], [y[:swap + 1] for y in ys], log=log, color=styles[v]["color"], alpha=0,
+                 linestyle=(0, (3, 2)), linewidth=1.1, zorder=3)
+            band(a, epochs[swap:], [y[swap:] for y in ys], label=styles[v]["label"], log=log,
+                 color=styles[v]["color"], linewidth=1.5, zorder=3)
     swaps = [r["loss_after_swap"] for r in rows if r["variant"] == "two_stage"]
-    ax2.plot([cfg.stage1_epochs] * len(swaps), swaps, "x", color="black", label="two_stage right after the swap")
+    ax2.plot([cfg.stage1_epochs] * len(swaps), swaps, "x", color="black", zorder=4,
+             label="two_stage right after the swap (each seed)")
     for a in (ax, ax2):
         a.axvline(cfg.stage1_epochs, color="grey", linestyle="--", linewidth=0.8)
         a.set_xlabel("epoch (dashed: end of stage 1, the swap)")
@@ -254,10 +284,13 @@ def draw(cfg: Config, rows: list[dict], path: Path) -> str:
     ax.set_ylabel("test accuracy (%)")
     ax2.set_ylabel("test loss (cross-entropy)")
     plain_log_labels(ax2, "y")  # (band set the log scale)
-    shared_legend(fig, ax2)  # both panels draw the same variants; below them, not over the bands
+    handles, labels = ax2.get_legend_handles_labels()  # two_stage first, as in the title
+    order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith("two_stage ("))
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside lower center", ncols=3,
+               fontsize="small")  # both panels draw the same variants; below them, not over the bands
     fig.suptitle(f"{cfg.model_type} on {cfg.dataset_name}: identity -> Procrustes-orthogonal swap vs. one skip kind "
-                 f"throughout (band over {cfg.seeds} seeds: accuracy mean ± std, loss geometric mean ×/÷ geometric std)",
-                 fontsize=10)
+                 f"throughout\n(line and band over {cfg.seeds} seeds: accuracy mean ± std, loss geometric mean ×/÷ "
+                 "geometric std)", fontsize=10)
     return savefig(fig, path).name
 
 

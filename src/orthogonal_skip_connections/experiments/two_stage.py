@@ -188,6 +188,18 @@ def _ci(rows, key):
     return t_interval([r[key] for r in rows if r.get(key) is not None])
 
 
+def _geometric_ci(rows, key) -> tuple[float, float, float]:
+    """Geometric mean over seeds and its 95% interval, Student-t on the logs (the interval
+    is the geometric mean times/divided by one factor, so never below 0: test losses after
+    the swap span decades across seeds, where an arithmetic interval ran to -13). NaN
+    without values or with one <= 0."""
+    v = [r[key] for r in rows if r.get(key) is not None]
+    if not v or min(v) <= 0:
+        return (math.nan,) * 3
+    m, lo, hi = t_interval(np.log(v))
+    return math.exp(m), math.exp(lo), math.exp(hi)
+
+
 def by_variant(rows: list[dict]) -> list[dict]:
     base = {r["seed"]: r["test_acc"] for r in rows if r["variant"] == "identity"}
     out = []
@@ -197,11 +209,11 @@ def by_variant(rows: list[dict]) -> list[dict]:
         lo, hi = max(lo, 0.0), min(hi, 100.0)  # an accuracy interval stays within [0, 100]
         diffs = [r["test_acc"] - base[r["seed"]] for r in rs if r["seed"] in base]
         d, dlo, dhi = t_interval(diffs) if v != "identity" else (math.nan,) * 3
-        after, alo, ahi = _ci(rs, "loss_after_swap")
+        after, alo, ahi = _geometric_ci(rs, "loss_after_swap")
         drift, drlo, drhi = _ci(rs, "drift_stage2")
         out.append({"variant": v, "seeds": len(rs), "test_acc": acc, "test_acc_lo": lo, "test_acc_hi": hi,
                     "diff": d, "diff_lo": dlo, "diff_hi": dhi, "stage1_test_loss": _ci(rs, "stage1_test_loss")[0],
-                    "loss_before_swap": _ci(rs, "loss_before_swap")[0], "loss_after_swap": after,
+                    "loss_before_swap": _geometric_ci(rs, "loss_before_swap")[0], "loss_after_swap": after,
                     "loss_after_swap_lo": alo, "loss_after_swap_hi": ahi, "drift_stage2": drift,
                     "drift_stage2_lo": drlo, "drift_stage2_hi": drhi,
                     "fit_residual_mean": _ci(rs, "fit_residual_mean")[0],
@@ -225,9 +237,12 @@ def verdict(table: list[dict]) -> str:
     else:
         vs_id = (f"{'better' if d > 0 else 'worse'} than identity throughout by {abs(d):.2f} points (95% CI "
                  f"[{two['diff_lo']:+.2f}, {two['diff_hi']:+.2f}])")
-    jump = two["loss_after_swap"] - two["loss_before_swap"]
+    ratio = two["loss_after_swap"] / two["loss_before_swap"]
+    interval = "" if math.isnan(two["loss_after_swap_lo"]) else \
+        f", 95% CI after [{two['loss_after_swap_lo']:.3g}, {two['loss_after_swap_hi']:.3g}]"
     return (f"two_stage reaches {two['test_acc']:.2f}% test accuracy ({', '.join(parts)}): {vs_id}. The swap moves "
-            f"the test loss from {two['loss_before_swap']:.3g} to {two['loss_after_swap']:.3g} ({jump:+.3g}; mean "
+            f"the test loss from {two['loss_before_swap']:.3g} to {two['loss_after_swap']:.3g} (geometric means over "
+            f"seeds, ×{ratio:.3g}{interval}; mean "
             f"Procrustes residual {two['fit_residual_mean']:.3g}); in fine-tuning its matrices move "
             f"{two['drift_stage2']:.3g} (mean ||W_end - Q||_F), against {t['orth_identity']['drift_stage2']:.3g} "
             f"and {t['orth_haar']['drift_stage2']:.3g} for orthogonal skips trained from I and from Haar in the same "
@@ -310,19 +325,23 @@ def report(cfg: Config, table: list[dict], figure: str) -> dict:
             f"Y = X + f_i(X) on {cfg.fit_images} training images, one row per pixel: argmin ||Y - X Q^T||_F over "
             "O(C); Procrustes residual ||Y - X Q_i^T||_F / ||Y||_F, mean over blocks (0: the block is orthogonal)",
             "test loss after the swap: of the identity model with its skips replaced by the Q_i, before any "
-            "fine-tuning; drift in stage 2: mean over skips of ||W_end - W_start||_F over stage 2",
+            "fine-tuning; it and the loss at the end of stage 1 are geometric means over seeds (the losses span "
+            "decades), their interval Student-t on the logs: the geometric mean times/divided by one factor; "
+            "drift in stage 2: mean over skips of ||W_end - W_start||_F over stage 2",
         ],
         "tables": [{
-            "caption": f"over {cfg.seeds} seeds, 95% Student-t intervals; difference vs identity paired by seed "
+            "caption": f"over {cfg.seeds} seeds, 95% Student-t intervals (test losses: geometric means, the "
+                       "interval on the logs, so it stays above 0); difference vs identity paired by seed "
                        "(two_stage and identity share their stage-1 model); drift: mean ||W_end - W_start||_F of "
                        f"the skips over stage 2 ({cfg.method} constraint)",
             "columns": [column("variant", "variant"), column("seeds", "seeds"),
                         column("test_acc", "test accuracy", "%"), column("test_acc_lo", "95% CI low", "%"),
                         column("test_acc_hi", "95% CI high", "%"), column("diff", "vs identity", "points"),
                         column("diff_lo", "95% CI low", "points"), column("diff_hi", "95% CI high", "points"),
-                        column("loss_before_swap", "test loss end of stage 1"),
-                        column("loss_after_swap", "test loss after the swap"),
-                        column("loss_after_swap_lo", "95% CI low"), column("loss_after_swap_hi", "95% CI high"),
+                        column("loss_before_swap", "test loss end of stage 1 (geometric mean)"),
+                        column("loss_after_swap", "test loss after the swap (geometric mean)"),
+                        column("loss_after_swap_lo", "95% CI low (on logs)"),
+                        column("loss_after_swap_hi", "95% CI high (on logs)"),
                         column("fit_residual_mean", "Procrustes residual"),
                         column("drift_stage2", "drift in stage 2"), column("drift_stage2_lo", "95% CI low"),
                         column("drift_stage2_hi", "95% CI high"),

@@ -269,3 +269,20 @@ def test_reports_say_how_the_models_were_trained(app):
     assert plain.startswith("3 epochs of batch ") and "adamw lr 0.02" in plain and "schedule" in plain
     assert "upkeep_adaptive" not in plain
     assert adaptive == plain + "; retracted skips by Adam's step in so(n) (upkeep_adaptive)"
+
+
+def test_construction_validity_colours_a_kind_as_its_runs():
+    from orthogonal_skip_connections.experiments._compose import compose, typed
+    from orthogonal_skip_connections.plots import VARIANT_COLORS
+
+    def labels(*overrides):
+        cfg = typed(construction_validity.Config, compose("construction_validity", [
+            "dims=[2]", "num_classes=[2]", "n_blocks=[1]", "n_samples=100", "skip_kinds=[identity,learnable_orth]",
+            *overrides]))
+        cfg.check()
+        return construction_validity.prepare(cfg)["labels"]
+
+    # learnable_orth takes the colour of run_experiments' learnable_orth/<method> runs (plots.VARIANT_COLORS)
+    assert labels("skip.method=cayley") == {"identity": "identity", "learnable_orth": "learnable_orth/cayley"}
+    assert "learnable_orth/cayley" in VARIANT_COLORS
+    assert labels("skip.init=haar")["learnable_orth"] == "learnable_orth/steepest/haar"

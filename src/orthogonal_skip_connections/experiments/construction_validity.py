@@ -205,9 +205,24 @@ def draw(c: dict, rows: list[dict], run_dir: Path) -> list[str]:
             M = [[at[(kind, d, k, m)]["procrustes_residual_mean"] for m in depths] for d in dims]
             im = heatmap(axes[i, j], M, dims, depths, title=f"{labels[kind]}, {k} classes", xlabel="blocks m",
                          ylabel="dimension d", vmin=0.0, vmax=vmax)
+            outlined_values(axes[i, j], M)
     fig.colorbar(im, ax=axes, shrink=0.8, label="Procrustes residual\n(mean over blocks and seeds)")
     files.append(savefig(fig, run_dir / "construction_validity_heatmap.png").name)
     return files
+
+
+def outlined_values(ax, M) -> None:
+    """Each cell's value written in black outlined in white, in place of the text
+    :func:`~orthogonal_skip_connections.plots.heatmap` writes (white or black by the colour's
+    half of the map, which flips between two nearly equal shades): legible on every colour."""
+    from matplotlib import patheffects
+
+    for t in list(ax.texts):
+        t.remove()
+    for (i, j), v in np.ndenumerate(np.asarray(M, dtype=float)):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="black",
+                    path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")])
 
 
 def report(cfg: Config, rows: list[dict], table: dict, figures: list[str]) -> dict:

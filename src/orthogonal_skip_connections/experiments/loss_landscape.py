@@ -258,9 +258,11 @@ def draw_2d(results: list[dict], path: Path) -> str:
         if seeds == 1:
             which = f"seed {r['seed']} (its only seed)"
         elif math.isnan(g):
-            which, lam = f"seed {r['seed']} of {seeds} (the median)", lam + "; geometric mean undefined (a value <= 0)"
+            which = f"seed {r['seed']} of {seeds} (the median)"
+            lam += "; geometric mean undefined (a value <= 0)"
         else:
-            which, lam = f"seed {r['seed']} of {seeds} (nearest the mean)", lam + f"; geometric mean over seeds {_g3(g)}"
+            which = f"seed {r['seed']} of {seeds} (nearest the mean)"
+            lam += f"; geometric mean over seeds {_g3(g)}"
         ax.set_title(f"{r['variant']}\n{which}\n{lam}\ncentre loss {r['centre_loss']:.3g}", fontsize=9)
         ax.set_xlabel("direction 1 (filter-normalised)")
         if i == 0:

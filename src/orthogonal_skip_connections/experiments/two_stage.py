@@ -264,11 +264,12 @@ def variant_styles(cfg: Config) -> dict[str, dict]:
             "identity": {"label": "identity", "color": colors[runs["identity"]]},
             "orth_identity": {"label": f"orth_identity ({runs['orth_identity']} from I)",
                               "color": colors[runs["orth_identity"]]},
-            "orth_haar": {"label": f"orth_haar ({runs['orth_identity']} from Haar)", "color": colors[runs["orth_haar"]]}}
+            "orth_haar": {"label": f"orth_haar ({runs['orth_identity']} from Haar)",
+                          "color": colors[runs["orth_haar"]]}}
 
 
 def draw(cfg: Config, rows: list[dict], path: Path) -> str:
-    from ..plots import band, integer_ticks, plain_log_labels, plt, savefig, shared_legend
+    from ..plots import band, integer_ticks, plain_log_labels, plt, savefig
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
     styles = variant_styles(cfg)

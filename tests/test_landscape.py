@@ -439,3 +439,26 @@ def test_a_run_measures_how_far_its_skips_moved(run_dir):
         assert abs(row["start_distance"] - row["identity_distance"]) > 1.0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["skip_start_distance_mean"] == pytest.approx(np.mean([r["start_distance"] for r in evals[-1]["skips"]]))
+
+
+def test_the_2d_panel_of_a_variant_is_its_seed_nearest_the_geometric_mean():
+    from orthogonal_skip_connections.experiments.loss_landscape import figure_notes, representative
+
+    def runs(*lams, variant="v"):
+        return [{"variant": variant, "seed": s, "top_eigenvalue": lam} for s, lam in enumerate(lams)]
+
+    # geometric mean 14.8: seed 1 (8) on a log scale, where the arithmetic mean (42) would pick seed 2 (60)
+    chosen, g = representative(runs(1.0, 8.0, 60.0, 100.0))
+    assert chosen["seed"] == 1 and g == pytest.approx((1 * 8 * 60 * 100) ** 0.25)
+    # two seeds are equally near on a log scale: the nearer on a linear scale, not the first seed
+    assert representative(runs(181.0, 66.8))[0]["seed"] == 1
+    assert representative(runs(50.0, 50.0))[0]["seed"] == 0
+    # the audit's case: seed 0 alone ranked learnable_orth (181) sharper than zero (176), against the verdict
+    lo = representative(runs(181.0, 66.8))
+    ze = representative(runs(176.2, 160.2))
+    assert (lo[1] < ze[1]) == (lo[0]["top_eigenvalue"] < ze[0]["top_eigenvalue"])
+    # an eigenvalue <= 0: no geometric mean; the median run
+    chosen, g = representative(runs(-3.0, 40.0, 7.0))
+    assert math.isnan(g) and chosen["seed"] == 2
+    notes = figure_notes(runs(181.0, 66.8, variant="learnable_orth") + runs(176.2, 160.2, variant="zero"))
+    assert "learnable_orth seed 1, zero seed 1" in notes[0] and "lowest to the highest seed" in notes[1]

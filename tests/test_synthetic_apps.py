@@ -269,3 +269,28 @@ def test_reports_say_how_the_models_were_trained(app):
     assert plain.startswith("3 epochs of batch ") and "adamw lr 0.02" in plain and "schedule" in plain
     assert "upkeep_adaptive" not in plain
     assert adaptive == plain + "; retracted skips by Adam's step in so(n) (upkeep_adaptive)"
+
+
+def test_construction_validity_colours_a_kind_as_its_runs_and_writes_legible_values():
+    from orthogonal_skip_connections.experiments._compose import compose, typed
+    from orthogonal_skip_connections.plots import VARIANT_COLORS, heatmap, plt
+
+    def labels(*overrides):
+        cfg = typed(construction_validity.Config, compose("construction_validity", [
+            "dims=[2]", "num_classes=[2]", "n_blocks=[1]", "n_samples=100", "skip_kinds=[identity,learnable_orth]",
+            *overrides]))
+        cfg.check()
+        return construction_validity.prepare(cfg)["labels"]
+
+    # learnable_orth takes the colour of run_experiments' learnable_orth/<method> runs (plots.VARIANT_COLORS)
+    assert labels("skip.method=cayley") == {"identity": "identity", "learnable_orth": "learnable_orth/cayley"}
+    assert "learnable_orth/cayley" in VARIANT_COLORS
+    assert labels("skip.init=haar")["learnable_orth"] == "learnable_orth/steepest/haar"
+    # every cell's value in one colour, outlined, in place of heatmap's own text (no value written twice)
+    M = [[0.5, 0.28], [float("nan"), 0.26]]
+    fig, ax = plt.subplots()
+    heatmap(ax, M, [2, 8], [2, 8], vmin=0.0, vmax=0.5)
+    construction_validity.outlined_values(ax, M)
+    texts = [(t.get_text(), t.get_color(), bool(t.get_path_effects())) for t in ax.texts]
+    plt.close(fig)
+    assert sorted(texts) == [("0.26", "black", True), ("0.28", "black", True), ("0.50", "black", True)]

@@ -112,3 +112,34 @@ def test_skip_io_on_a_residual_mlp_and_its_outputs_unchanged(kind):
         assert torch.equal(X, u.double()) and torch.equal(Y, s.double())
     with torch.no_grad():
         assert torch.equal(model(x), expected)  # the hooks are gone, the outputs the same
+
+
+def test_loss_after_the_swap_is_a_geometric_mean_whose_interval_stays_above_zero():
+    from orthogonal_skip_connections.experiments.two_stage import VARIANTS, by_variant, verdict
+
+    after = [0.05, 30.0, 2.0]  # spread over decades: the arithmetic interval, 10.7 +- 42, runs below 0
+    rows = [{"variant": v, "seed": s, "test_acc": 90.0 + s, "stage1_test_loss": 0.1, "loss_before_swap": 0.1,
+             "loss_after_swap": after[s] if v == "two_stage" else None, "drift_stage2": 0.5,
+             "fit_residual_mean": 0.4 if v == "two_stage" else None, "end_identity_distance": 1.0}
+            for v in VARIANTS for s in range(3)]
+    two = next(t for t in by_variant(rows) if t["variant"] == "two_stage")
+    assert two["loss_after_swap"] == pytest.approx((0.05 * 30.0 * 2.0) ** (1 / 3))
+    assert 0 < two["loss_after_swap_lo"] < two["loss_after_swap"] < two["loss_after_swap_hi"]
+    # x/÷ one factor: the geometric mean is the interval's geometric midpoint
+    assert two["loss_after_swap_lo"] * two["loss_after_swap_hi"] == pytest.approx(two["loss_after_swap"] ** 2)
+    assert "geometric means over seeds, ×" in verdict(by_variant(rows))
+
+
+def test_two_stage_figure_colours_are_the_skip_kinds_colours_elsewhere():
+    from orthogonal_skip_connections.experiments._compose import compose, typed
+    from orthogonal_skip_connections.experiments.two_stage import Config, variant_styles
+    from orthogonal_skip_connections.plots import VARIANT_COLORS, variant_colors
+
+    styles = variant_styles(typed(Config, compose("two_stage", ["method=cayley"])))
+    assert styles["identity"]["color"] == VARIANT_COLORS["identity"]
+    assert styles["orth_identity"]["color"] == VARIANT_COLORS["learnable_orth/cayley"]
+    # the Haar start: the colour the classification report gives learnable_orth/cayley/haar beside those
+    assert styles["orth_haar"]["color"] == variant_colors(["identity", "learnable_orth/cayley",
+                                                          "learnable_orth/cayley/haar"])["learnable_orth/cayley/haar"]
+    assert len({s["color"] for s in styles.values()}) == 4
+    assert "= identity until the swap" in styles["two_stage"]["label"]

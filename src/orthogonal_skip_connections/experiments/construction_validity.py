@@ -101,6 +101,10 @@ def prepare(cfg: Config) -> dict:
         for k in c["classes"]:
             c["data"][(d, k)] = make_synthetic(cfg.dataset_type, **cfg.data_args(d, k))
     c["factory"] = lambda d, m, k, kind: residual_mlp_factory(cfg, d, m, k, kind)
+    # each kind as run_experiments labels its runs (learnable_orth/<method>[/haar]): its colour in every figure
+    c["labels"] = {kind: kind if kind != "learnable_orth" else
+                   f"learnable_orth/{cfg.skip.method}" + ("/haar" if cfg.skip.init == "haar" else "")
+                   for kind in c["kinds"]}
     return c
 
 
@@ -135,48 +139,62 @@ def run_point(c: dict, cfg: Config, kind: str, d: int, k: int, m: int) -> dict:
 
 def draw(c: dict, rows: list[dict], run_dir: Path) -> list[str]:
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    from ..plots import heatmap, plt, savefig, ticks_at
+    from ..plots import heatmap, plt, savefig, ticks_at, variant_colors
 
     kinds, classes, dims, depths = c["kinds"], c["classes"], c["dims"], c["depths"]
     at = {(r["kind"], r["dim"], r["num_classes"], r["n_blocks"]): r for r in rows}
+    labels = c["labels"]
+    colors = {kind: variant_colors(labels.values())[labels[kind]] for kind in kinds}  # as in the other figures
     files = []
 
-    fig, axes = plt.subplots(len(kinds), len(classes), figsize=(4.5 * len(classes), 3.4 * len(kinds) + 0.6),
-                             squeeze=False, sharey=True, layout="constrained")
-    # what the line styles mean, once for the figure (the colours, d, are in each panel's legend)
-    styles = [Line2D([], [], color="0.3", marker="o", label="Procrustes residual after training "
-                     f"({'band' if len(depths) > 1 else 'bar'}: std over seeds)"),
-              Line2D([], [], color="0.3", linestyle="--", marker="x", alpha=0.6, label="Procrustes residual at initialisation"),
-              Line2D([], [], color="0.3", linestyle=":", marker=".", label="best linear fit's residual")]
-    for i, kind in enumerate(kinds):
+    # one panel per (d, classes): the kinds the verdict compares side by side on one axis, each its colour;
+    # its references (the residual at initialisation, the best linear fit's) thin, in a paler shade of it
+    fig, axes = plt.subplots(len(dims), len(classes), figsize=(4.4 * len(classes), 3.0 * len(dims) + 1.0),
+                             squeeze=False, sharex=True, sharey=True, layout="constrained")
+    spread = "band" if len(depths) > 1 else "bar"
+    top = 0.0  # the panels' common top: their y axis starts at 0, the residual of an orthogonal map
+    for i, d in enumerate(dims):
         for j, k in enumerate(classes):
             ax = axes[i, j]
-            for d in dims:
+            for kind in kinds:
                 rs = [at[(kind, d, k, m)] for m in depths]
                 per_seed = np.stack([np.asarray(r["per_block"]["procrustes_residual"]).mean(1) for r in rs], 1)  # (S, M)
                 mid, sd = per_seed.mean(0), per_seed.std(0)
-                line = ax.plot(depths, mid, marker="o", label=f"d = {d}")[0]
-                if len(depths) > 1:
-                    ax.fill_between(depths, mid - sd, mid + sd, color=line.get_color(), alpha=0.2)
-                else:  # a band over one depth is a line too thin to see
-                    ax.errorbar(depths, mid, yerr=sd, color=line.get_color(), capsize=3, linestyle="none")
-                # small open markers too, so a grid of one depth still shows both reference values
-                ax.plot(depths, [r["linear_residual_mean"] for r in rs], linestyle=":", marker=".",
-                        color=line.get_color())
+                color = colors[kind]
+                top = max([top, *(mid + sd)] + [r[key] for r in rs for key in ("procrustes_residual_at_init_mean",
+                                                                               "linear_residual_mean")])
+                # small markers on the references too, so a grid of one depth still shows both values
                 ax.plot(depths, [r["procrustes_residual_at_init_mean"] for r in rs], linestyle="--", marker="x",
-                        color=line.get_color(), alpha=0.6)
+                        markersize=4, linewidth=0.9, color=color, alpha=0.45)
+                ax.plot(depths, [r["linear_residual_mean"] for r in rs], linestyle=":", marker=".", linewidth=1.1,
+                        color=color, alpha=0.6)
+                ax.plot(depths, mid, marker="o", linewidth=2.0, color=color, zorder=3)
+                if len(depths) > 1:
+                    ax.fill_between(depths, mid - sd, mid + sd, color=color, alpha=0.18, linewidth=0)
+                else:  # a band over one depth is a line too thin to see
+                    ax.errorbar(depths, mid, yerr=sd, color=color, capsize=3, linestyle="none", zorder=3)
             ax.set_xscale("log", base=2)
             ticks_at(ax.xaxis, depths)  # 2, 8 rather than 2^1, 2^3
-            ax.set_xlabel("number of blocks m")
-            ax.set_title(f"{kind}, {k} classes", fontsize=9)
+            ax.set_title(f"d = {d}, {k} classes", fontsize=9)
             ax.grid(True, which="both", alpha=0.3)
+            if i == len(dims) - 1:
+                ax.set_xlabel("number of blocks m")
             if j == 0:
-                ax.set_ylabel("Procrustes residual\n(mean over blocks)")
-            ax.legend(fontsize="x-small")
-    fig.legend(handles=styles, loc="outside lower center", ncols=1 if len(classes) == 1 else 3, fontsize="x-small")
-    fig.suptitle("relative residual of the best orthogonal fit of each block\nand of the best linear fit, mean over "
-                 "blocks", fontsize=9)
+                ax.set_ylabel("residual (mean over blocks)\n0 = orthogonal on the data")
+    axes[0, 0].set_ylim(0, 1.05 * top)  # (shared by every panel)
+    handles = [Patch(color=colors[kind], label=labels[kind]) for kind in kinds] + [
+        Line2D([], [], color="0.2", marker="o", linewidth=2.0,
+               label=f"Procrustes residual after training ({spread}: std over seeds)"),
+        Line2D([], [], color="0.2", linestyle="--", marker="x", markersize=4, linewidth=0.9, alpha=0.45,
+               label="Procrustes residual at initialisation"),
+        Line2D([], [], color="0.2", linestyle=":", marker=".", linewidth=1.1, alpha=0.6,
+               label="best linear fit's residual (a floor: no orthogonal fit beats it)")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3 if len(classes) > 1 else 1),
+               fontsize="x-small")
+    fig.suptitle("relative residual of the best orthogonal fit of each block, per skip kind (colour),\n"
+                 "mean over blocks; thin lines: the same at initialisation and the best linear fit's", fontsize=9)
     files.append(savefig(fig, run_dir / "construction_validity_grid.png").name)
 
     size = ((1.1 * len(depths) + 2.0) * len(classes), (0.5 * len(dims) + 1.5) * len(kinds))
@@ -185,11 +203,26 @@ def draw(c: dict, rows: list[dict], run_dir: Path) -> list[str]:
     for i, kind in enumerate(kinds):
         for j, k in enumerate(classes):
             M = [[at[(kind, d, k, m)]["procrustes_residual_mean"] for m in depths] for d in dims]
-            im = heatmap(axes[i, j], M, dims, depths, title=f"{kind}, {k} classes", xlabel="blocks m",
+            im = heatmap(axes[i, j], M, dims, depths, title=f"{labels[kind]}, {k} classes", xlabel="blocks m",
                          ylabel="dimension d", vmin=0.0, vmax=vmax)
+            outlined_values(axes[i, j], M)
     fig.colorbar(im, ax=axes, shrink=0.8, label="Procrustes residual\n(mean over blocks and seeds)")
     files.append(savefig(fig, run_dir / "construction_validity_heatmap.png").name)
     return files
+
+
+def outlined_values(ax, M) -> None:
+    """Each cell's value written in black outlined in white, in place of the text
+    :func:`~orthogonal_skip_connections.plots.heatmap` writes (white or black by the colour's
+    half of the map, which flips between two nearly equal shades): legible on every colour."""
+    from matplotlib import patheffects
+
+    for t in list(ax.texts):
+        t.remove()
+    for (i, j), v in np.ndenumerate(np.asarray(M, dtype=float)):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="black",
+                    path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")])
 
 
 def report(cfg: Config, rows: list[dict], table: dict, figures: list[str]) -> dict:
@@ -222,6 +255,15 @@ def report(cfg: Config, rows: list[dict], table: dict, figures: list[str]) -> di
                 column("linear_residual_mean", "linear-fit residual"),
                 column("procrustes_identity_distance_mean", "||Q_i - I||_F")],
              "rows": rows},
+        ],
+        "notes": [
+            "construction_validity_grid.png: one panel per (dimension d, classes), the skip kinds side by side in "
+            "their colours of the report's other figures: thick line with its band, the Procrustes residual after "
+            "training (mean over blocks, band: std over seeds); thin dashed, the same at initialisation; thin "
+            "dotted, the best linear fit's residual, below which no orthogonal fit can go; the y axis starts at 0, "
+            "an orthogonal map",
+            "construction_validity_heatmap.png: the thick lines' values (the per-grid-point table's Procrustes "
+            "residual) as cells, one panel per (skip kind, classes), on one colour scale",
         ],
         "verdict": verdict(table),
         "figures": figures,

@@ -207,32 +207,63 @@ def _variants(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(r["variant"] for r in rows))
 
 
+def representative(runs: list[dict]) -> tuple[dict, float]:
+    """The run of one variant that its 2-D panel shows, and the variant's geometric mean of
+    the top Hessian eigenvalue over seeds (the verdict's statistic): the run whose eigenvalue
+    is nearest that mean on a log scale (ties, as two seeds always are: the nearer on a
+    linear scale, then the lower seed). Some eigenvalue <= 0: the mean is NaN and the run
+    is the one nearest the median."""
+    lams = [r["top_eigenvalue"] for r in runs]
+    if min(lams) > 0:
+        g = math.exp(float(np.mean(np.log(lams))))
+        def key(r):
+            return (round(abs(math.log(r["top_eigenvalue"] / g)), 9), abs(r["top_eigenvalue"] - g), r["seed"])
+    else:
+        g, med = math.nan, float(np.median(lams))
+        def key(r):
+            return (abs(r["top_eigenvalue"] - med), r["seed"])
+    return min(runs, key=key), g
+
+
 def draw_2d(results: list[dict], path: Path) -> str:
-    """Contour (top) and 3-D surface (bottom) of the first run of every variant, side by
-    side on one logarithmic colour scale."""
+    """Contour (top) and 3-D surface (bottom) of one run of every variant, side by side on
+    one logarithmic colour scale: the run whose top eigenvalue is nearest the variant's
+    geometric mean over seeds (:func:`representative`), that mean in its title, so the
+    panels rank the variants as the verdict does."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LogNorm
     from matplotlib.ticker import MaxNLocator
 
     from ..plots import plt, savefig
 
-    firsts = [next(r for r in results if r["variant"] == v) for v in _variants(results)]
-    lo = min(float(r["loss"].min()) for r in firsts)
-    hi = max(float(r["loss"].max()) for r in firsts)
+    shown = []  # (run, geometric mean, seeds of the variant)
+    for v in _variants(results):
+        rs = [r for r in results if r["variant"] == v]
+        shown.append((*representative(rs), len(rs)))
+    lo = min(float(r["loss"].min()) for r, _, _ in shown)
+    hi = max(float(r["loss"].max()) for r, _, _ in shown)
     lo = max(lo, 1e-4)
     norm = LogNorm(vmin=lo, vmax=max(hi, lo * 1.01))
     levels = np.geomspace(norm.vmin, norm.vmax, 25)
-    n = len(firsts)
-    fig = plt.figure(figsize=(4.6 * n + 1.2, 8.6), layout="constrained")  # each panel's labels clear of the next
-    for i, r in enumerate(firsts):
+    n = len(shown)
+    fig = plt.figure(figsize=(4.6 * n + 1.2, 8.9), layout="constrained")  # each panel's labels clear of the next
+    for i, (r, g, seeds) in enumerate(shown):
         A, B = np.meshgrid(r["alphas"], r["betas"], indexing="ij")
         Z = np.clip(r["loss"], norm.vmin, norm.vmax)
         ax = fig.add_subplot(2, n, i + 1)
         ax.contourf(A, B, Z, levels=levels, norm=norm, cmap="viridis")
         ax.contour(A, B, Z, levels=levels[::3], colors="white", linewidths=0.4, alpha=0.6)
         ax.plot([0], [0], marker="*", color="red", markersize=9)
-        ax.set_title(f"{r['variant']} (seed {r['seed']})\ncentre loss {r['centre_loss']:.3g}, "
-                     f"$\\lambda_{{max}}$ {r['top_eigenvalue']:.3g}", fontsize=9)
+        lam = f"$\\lambda_{{max}}$ {_g3(r['top_eigenvalue'])}"
+        if seeds == 1:
+            which = f"seed {r['seed']} (its only seed)"
+        elif math.isnan(g):
+            which = f"seed {r['seed']} of {seeds} (the median)"
+            lam += "; geometric mean undefined (a value <= 0)"
+        else:
+            which = f"seed {r['seed']} of {seeds} (nearest the mean)"
+            lam += f"; geometric mean over seeds {_g3(g)}"
+        ax.set_title(f"{r['variant']}\n{which}\n{lam}\ncentre loss {r['centre_loss']:.3g}", fontsize=9)
         ax.set_xlabel("direction 1 (filter-normalised)")
         if i == 0:
             ax.set_ylabel("direction 2")
@@ -249,21 +280,40 @@ def draw_2d(results: list[dict], path: Path) -> str:
         ax3.view_init(elev=30, azim=-60)
     fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=fig.axes, shrink=0.6,
                  label="training loss (cross-entropy; one colour scale for all)")
+    several = max(s for _, _, s in shown) > 1
     fig.suptitle("loss around the trained weights along two random filter-normalised directions\n"
-                 "(the same directions for every variant's shared weights)", fontsize=10)
+                 "(the same directions for every variant's shared weights)"
+                 + ("\neach panel: the seed whose top Hessian eigenvalue $\\lambda_{max}$ is nearest its variant's "
+                    "geometric mean over seeds, the statistic the verdict ranks" if several else ""),
+                 fontsize=10)
     return savefig(fig, path).name
+
+
+def one_two_five_ticks(axis) -> None:
+    """Labelled ticks at 1, 2 and 5 x 10^k on a log axis spanning at most 3 powers of ten
+    (at 10^k only beyond that): losses from 0.19 to 0.56 read against 0.2 and 0.5, not
+    between unlabelled ticks at 1 and 10. Call after the limits are final."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    lo, hi = sorted(axis.get_view_interval())
+    subs = (1.0, 2.0, 5.0) if hi / max(lo, 1e-300) <= 1e3 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def draw_1d(results: list[dict], path: Path) -> str:
     """Loss and accuracy along (1 - t) init + t trained, every variant on one axis (mean
-    over seeds, band: min to max)."""
-    from ..plots import plain_log_labels, plt, savefig, variant_colors
+    over seeds, band: the lowest to the highest seed)."""
+    from ..plots import plt, savefig, variant_colors
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = variant_colors(_variants(results))  # each variant's colour in the report's other figures
+    several = False
     for v in _variants(results):
         rs = [r for r in results if r["variant"] == v]
         ts = rs[0]["ts"]
+        several |= len(rs) > 1
         for a, key in ((ax, "loss_1d"), (ax2, "acc_1d")):
             ys = np.stack([r[key] for r in rs])
             line = a.plot(ts, ys.mean(0), label=f"{v} ({len(rs)} seed{'s' if len(rs) > 1 else ''})",
@@ -271,7 +321,6 @@ def draw_1d(results: list[dict], path: Path) -> str:
             if len(rs) > 1:
                 a.fill_between(ts, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_yscale("log")
-    plain_log_labels(ax, "y")
     ax.set_ylabel("training loss (cross-entropy)")
     ax2.set_ylabel("training accuracy (%)")
     for a in (ax, ax2):
@@ -280,8 +329,11 @@ def draw_1d(results: list[dict], path: Path) -> str:
         a.set_xlabel("t: (1 - t) initial weights + t trained weights")
         a.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    fig.suptitle("from initialisation (t = 0) to the trained weights (t = 1)", fontsize=10)
+    fig.suptitle("from initialisation (t = 0) to the trained weights (t = 1)"
+                 + ("\nline: mean over seeds; shaded band: from the lowest to the highest seed at each t"
+                    if several else ""), fontsize=10)
     fig.tight_layout()
+    one_two_five_ticks(ax.yaxis)  # after the layout: the limits are final
     return savefig(fig, path).name
 
 
@@ -429,9 +481,22 @@ def report(cfg: Config, table: list[dict], rows: list[dict], figures: list[str],
              "columns": [column("variant", "variant"), column("skip_handling", "skips on the grid")],
              "rows": [{"variant": v, "skip_handling": h} for v, h in handling.items()]},
         ],
+        "notes": figure_notes(rows),
         "verdict": verdict(table, min(t["runs"] for t in table)),
         "figures": figures,
     }
+
+
+def figure_notes(rows: list[dict]) -> list[str]:
+    """What the figures show of the seeds: which run each 2-D panel is, what the 1-D band is."""
+    shown = {v: representative([r for r in rows if r["variant"] == v])[0]["seed"] for v in _variants(rows)}
+    if max(sum(r["variant"] == v for r in rows) for v in shown) == 1:
+        return ["landscape_2d.png and landscape_1d.png: one seed per variant"]
+    return ["landscape_2d.png: one run per variant, the seed whose top Hessian eigenvalue is nearest the variant's "
+            "geometric mean over seeds (on a log scale; of two seeds, the nearer on a linear scale), titled with "
+            "that mean, so the panels rank the variants as the verdict does: "
+            + ", ".join(f"{v} seed {s}" for v, s in shown.items()),
+            "landscape_1d.png: line: mean over seeds; shaded band: from the lowest to the highest seed at each t"]
 
 
 def run(cfg: Config, rd: RunDir) -> dict:

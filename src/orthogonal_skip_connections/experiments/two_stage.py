@@ -188,6 +188,18 @@ def _ci(rows, key):
     return t_interval([r[key] for r in rows if r.get(key) is not None])
 
 
+def _geometric_ci(rows, key) -> tuple[float, float, float]:
+    """Geometric mean over seeds and its 95% interval, Student-t on the logs (the interval
+    is the geometric mean times/divided by one factor, so never below 0: test losses after
+    the swap span decades across seeds, where an arithmetic interval ran to -13). NaN
+    without values or with one <= 0."""
+    v = [r[key] for r in rows if r.get(key) is not None]
+    if not v or min(v) <= 0:
+        return (math.nan,) * 3
+    m, lo, hi = t_interval(np.log(v))
+    return math.exp(m), math.exp(lo), math.exp(hi)
+
+
 def by_variant(rows: list[dict]) -> list[dict]:
     base = {r["seed"]: r["test_acc"] for r in rows if r["variant"] == "identity"}
     out = []
@@ -197,11 +209,11 @@ def by_variant(rows: list[dict]) -> list[dict]:
         lo, hi = max(lo, 0.0), min(hi, 100.0)  # an accuracy interval stays within [0, 100]
         diffs = [r["test_acc"] - base[r["seed"]] for r in rs if r["seed"] in base]
         d, dlo, dhi = t_interval(diffs) if v != "identity" else (math.nan,) * 3
-        after, alo, ahi = _ci(rs, "loss_after_swap")
+        after, alo, ahi = _geometric_ci(rs, "loss_after_swap")
         drift, drlo, drhi = _ci(rs, "drift_stage2")
         out.append({"variant": v, "seeds": len(rs), "test_acc": acc, "test_acc_lo": lo, "test_acc_hi": hi,
                     "diff": d, "diff_lo": dlo, "diff_hi": dhi, "stage1_test_loss": _ci(rs, "stage1_test_loss")[0],
-                    "loss_before_swap": _ci(rs, "loss_before_swap")[0], "loss_after_swap": after,
+                    "loss_before_swap": _geometric_ci(rs, "loss_before_swap")[0], "loss_after_swap": after,
                     "loss_after_swap_lo": alo, "loss_after_swap_hi": ahi, "drift_stage2": drift,
                     "drift_stage2_lo": drlo, "drift_stage2_hi": drhi,
                     "fit_residual_mean": _ci(rs, "fit_residual_mean")[0],
@@ -225,27 +237,61 @@ def verdict(table: list[dict]) -> str:
     else:
         vs_id = (f"{'better' if d > 0 else 'worse'} than identity throughout by {abs(d):.2f} points (95% CI "
                  f"[{two['diff_lo']:+.2f}, {two['diff_hi']:+.2f}])")
-    jump = two["loss_after_swap"] - two["loss_before_swap"]
+    ratio = two["loss_after_swap"] / two["loss_before_swap"]
+    interval = "" if math.isnan(two["loss_after_swap_lo"]) else \
+        f", 95% CI after [{two['loss_after_swap_lo']:.3g}, {two['loss_after_swap_hi']:.3g}]"
     return (f"two_stage reaches {two['test_acc']:.2f}% test accuracy ({', '.join(parts)}): {vs_id}. The swap moves "
-            f"the test loss from {two['loss_before_swap']:.3g} to {two['loss_after_swap']:.3g} ({jump:+.3g}; mean "
+            f"the test loss from {two['loss_before_swap']:.3g} to {two['loss_after_swap']:.3g} (geometric means over "
+            f"seeds, ×{ratio:.3g}{interval}; mean "
             f"Procrustes residual {two['fit_residual_mean']:.3g}); in fine-tuning its matrices move "
             f"{two['drift_stage2']:.3g} (mean ||W_end - Q||_F), against {t['orth_identity']['drift_stage2']:.3g} "
             f"and {t['orth_haar']['drift_stage2']:.3g} for orthogonal skips trained from I and from Haar in the same "
             "stage.")
 
 
-def draw(cfg: Config, rows: list[dict], path: Path) -> str:
-    from ..plots import band, integer_ticks, plain_log_labels, plt, savefig, shared_legend, variant_colors
+def variant_styles(cfg: Config) -> dict[str, dict]:
+    """Legend label and colour of each variant: a skip kind's colour in the report's other
+    figures (:func:`~orthogonal_skip_connections.plots.variant_colors` of its run label:
+    identity, learnable_orth/<method>, learnable_orth/<method>/haar); two_stage, no one skip
+    kind, black."""
+    from ..plots import variant_colors
+    from ..train.image import run_variant
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
-    colors = variant_colors(VARIANTS)  # identity's colour in the report's other figures
-    for v in VARIANTS:
+    runs = {"identity": "identity", "orth_identity": run_variant(cfg.spec("learnable_orth", "identity")),
+            "orth_haar": run_variant(cfg.spec("learnable_orth", "haar"))}
+    colors = variant_colors(runs.values())
+    return {"two_stage": {"label": "two_stage (= identity until the swap: dashed)", "color": "black"},
+            "identity": {"label": "identity", "color": colors[runs["identity"]]},
+            "orth_identity": {"label": f"orth_identity ({runs['orth_identity']} from I)",
+                              "color": colors[runs["orth_identity"]]},
+            "orth_haar": {"label": f"orth_haar ({runs['orth_identity']} from Haar)",
+                          "color": colors[runs["orth_haar"]]}}
+
+
+def draw(cfg: Config, rows: list[dict], path: Path) -> str:
+    from ..plots import band, integer_ticks, plain_log_labels, plt, savefig
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
+    styles = variant_styles(cfg)
+    for v in ("identity", "orth_identity", "orth_haar", "two_stage"):  # two_stage last: on top of identity
         rs = [r for r in rows if r["variant"] == v]
         epochs = [e["epoch"] for e in rs[0]["curve"]]  # two_stage: the end of stage 1 twice, before and after
         for a, key, log in ((ax, "test_acc", False), (ax2, "test_loss", True)):  # the loss on a log axis: geometric band
-            band(a, epochs, [[e[key] for e in r["curve"]] for r in rs], label=v, log=log, color=colors[v])
+            ys = [[e[key] for e in r["curve"]] for r in rs]
+            if v != "two_stage":
+                band(a, epochs, ys, label=styles[v]["label"], log=log, color=styles[v]["color"],
+                     linewidth=2.6 if v == "identity" else 1.5)  # identity wide: two_stage's stage 1 shows over it
+                continue
+            # stage 1 is identity's own (one model): dashed over it, without a second band; from the end of stage
+            # 1 on (the jump at the swap included), solid with its band
+            swap = epochs.index(cfg.stage1_epochs)
+            band(a, epochs[:swap + 1], [y[:swap + 1] for y in ys], log=log, color=styles[v]["color"], alpha=0,
+                 linestyle=(0, (3, 2)), linewidth=1.1, zorder=3)
+            band(a, epochs[swap:], [y[swap:] for y in ys], label=styles[v]["label"], log=log,
+                 color=styles[v]["color"], linewidth=1.5, zorder=3)
     swaps = [r["loss_after_swap"] for r in rows if r["variant"] == "two_stage"]
-    ax2.plot([cfg.stage1_epochs] * len(swaps), swaps, "x", color="black", label="two_stage right after the swap")
+    ax2.plot([cfg.stage1_epochs] * len(swaps), swaps, "x", color="black", zorder=4,
+             label="two_stage right after the swap (each seed)")
     for a in (ax, ax2):
         a.axvline(cfg.stage1_epochs, color="grey", linestyle="--", linewidth=0.8)
         a.set_xlabel("epoch (dashed: end of stage 1, the swap)")
@@ -254,10 +300,13 @@ def draw(cfg: Config, rows: list[dict], path: Path) -> str:
     ax.set_ylabel("test accuracy (%)")
     ax2.set_ylabel("test loss (cross-entropy)")
     plain_log_labels(ax2, "y")  # (band set the log scale)
-    shared_legend(fig, ax2)  # both panels draw the same variants; below them, not over the bands
+    handles, labels = ax2.get_legend_handles_labels()  # two_stage first, as in the title
+    order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith("two_stage ("))
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside lower center", ncols=3,
+               fontsize="small")  # both panels draw the same variants; below them, not over the bands
     fig.suptitle(f"{cfg.model_type} on {cfg.dataset_name}: identity -> Procrustes-orthogonal swap vs. one skip kind "
-                 f"throughout (band over {cfg.seeds} seeds: accuracy mean ± std, loss geometric mean ×/÷ geometric std)",
-                 fontsize=10)
+                 f"throughout\n(line and band over {cfg.seeds} seeds: accuracy mean ± std, loss geometric mean ×/÷ "
+                 "geometric std)", fontsize=10)
     return savefig(fig, path).name
 
 
@@ -277,19 +326,23 @@ def report(cfg: Config, table: list[dict], figure: str) -> dict:
             f"Y = X + f_i(X) on {cfg.fit_images} training images, one row per pixel: argmin ||Y - X Q^T||_F over "
             "O(C); Procrustes residual ||Y - X Q_i^T||_F / ||Y||_F, mean over blocks (0: the block is orthogonal)",
             "test loss after the swap: of the identity model with its skips replaced by the Q_i, before any "
-            "fine-tuning; drift in stage 2: mean over skips of ||W_end - W_start||_F over stage 2",
+            "fine-tuning; it and the loss at the end of stage 1 are geometric means over seeds (the losses span "
+            "decades), their interval Student-t on the logs: the geometric mean times/divided by one factor; "
+            "drift in stage 2: mean over skips of ||W_end - W_start||_F over stage 2",
         ],
         "tables": [{
-            "caption": f"over {cfg.seeds} seeds, 95% Student-t intervals; difference vs identity paired by seed "
+            "caption": f"over {cfg.seeds} seeds, 95% Student-t intervals (test losses: geometric means, the "
+                       "interval on the logs, so it stays above 0); difference vs identity paired by seed "
                        "(two_stage and identity share their stage-1 model); drift: mean ||W_end - W_start||_F of "
                        f"the skips over stage 2 ({cfg.method} constraint)",
             "columns": [column("variant", "variant"), column("seeds", "seeds"),
                         column("test_acc", "test accuracy", "%"), column("test_acc_lo", "95% CI low", "%"),
                         column("test_acc_hi", "95% CI high", "%"), column("diff", "vs identity", "points"),
                         column("diff_lo", "95% CI low", "points"), column("diff_hi", "95% CI high", "points"),
-                        column("loss_before_swap", "test loss end of stage 1"),
-                        column("loss_after_swap", "test loss after the swap"),
-                        column("loss_after_swap_lo", "95% CI low"), column("loss_after_swap_hi", "95% CI high"),
+                        column("loss_before_swap", "test loss end of stage 1 (geometric mean)"),
+                        column("loss_after_swap", "test loss after the swap (geometric mean)"),
+                        column("loss_after_swap_lo", "95% CI low (on logs)"),
+                        column("loss_after_swap_hi", "95% CI high (on logs)"),
                         column("fit_residual_mean", "Procrustes residual"),
                         column("drift_stage2", "drift in stage 2"), column("drift_stage2_lo", "95% CI low"),
                         column("drift_stage2_hi", "95% CI high"),

@@ -223,9 +223,24 @@ def test_summary_has_provenance_and_report(app, tmp_path, capsys):
     assert not list(run_dir.glob("*.log"))
     for name in report["figures"]:
         assert (run_dir / name).is_file(), name
+    assert set(report.get("captions", {})) == set(report["figures"])  # every figure says what it shows
+    if report["figures"]:  # and the report prints that above it
+        from orthogonal_skip_connections.report import build_report
+
+        md = build_report([run_dir], tmp_path / "report")["report"].read_text()
+        name = report["figures"][0]
+        assert f"*{name}*: {report['captions'][name]}" in md
     # a finished run is never overwritten
     assert osc([app, *TINY[app], f"hydra.run.dir={run_dir}", "progress=false"]) == 2
     assert "already holds a finished run" in capsys.readouterr().err
+
+
+def test_a_caption_names_a_figure_of_the_report():
+    report = {"title": "t", "question": "q?", "tables": [], "verdict": "v", "figures": ["a.png"]}
+    assert check_report({**report, "captions": {"a.png": "what a shows"}})
+    for bad in ({"b.png": "a figure it does not have"}, {"a.png": ""}, ["a.png"]):
+        with pytest.raises(ValueError, match="captions"):
+            check_report({**report, "captions": bad})
 
 
 def test_sigterm_is_one_line_and_exit_143(tmp_path, capsys, monkeypatch):

@@ -442,7 +442,7 @@ def test_a_run_measures_how_far_its_skips_moved(run_dir):
 
 
 def test_the_2d_panel_of_a_variant_is_its_seed_nearest_the_geometric_mean():
-    from orthogonal_skip_connections.experiments.loss_landscape import figure_notes, representative
+    from orthogonal_skip_connections.experiments.loss_landscape import figure_captions, representative
 
     def runs(*lams, variant="v"):
         return [{"variant": variant, "seed": s, "top_eigenvalue": lam} for s, lam in enumerate(lams)]
@@ -460,5 +460,6 @@ def test_the_2d_panel_of_a_variant_is_its_seed_nearest_the_geometric_mean():
     # an eigenvalue <= 0: no geometric mean; the median run
     chosen, g = representative(runs(-3.0, 40.0, 7.0))
     assert math.isnan(g) and chosen["seed"] == 2
-    notes = figure_notes(runs(181.0, 66.8, variant="learnable_orth") + runs(176.2, 160.2, variant="zero"))
-    assert "learnable_orth seed 1, zero seed 1" in notes[0] and "lowest to the highest seed" in notes[1]
+    captions = figure_captions(runs(181.0, 66.8, variant="learnable_orth") + runs(176.2, 160.2, variant="zero"))
+    assert "learnable_orth seed 1, zero seed 1" in captions["landscape_2d.png"]
+    assert "lowest to the highest seed" in captions["landscape_1d.png"]

@@ -211,7 +211,7 @@ def loglog_rates(ax, x, series: dict, reference=None, reference_label=None, styl
 # Geometry for pictures of maps R^2 -> R^2 and of decision regions: the app evaluates its
 # model on the points these return, these draw the results.
 
-__all__ += ["padded_box", "plane_grid", "grid_lines", "draw_morphed", "decision_regions", "pca_plane", "heatmap",
+__all__ += ["padded_box", "plane_grid", "grid_lines", "draw_morphed", "decision_regions", "pca_plane",
             "block_curves", "block_colorbar", "class_legend"]
 
 CLASS_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink",
@@ -308,26 +308,6 @@ def pca_plane(X) -> tuple[np.ndarray, np.ndarray]:
     mean = X.mean(0)
     _, _, Vt = np.linalg.svd(X - mean, full_matrices=False)
     return mean, Vt[:2].T
-
-
-def heatmap(ax, M, row_labels, col_labels, fmt: str = "{:.2g}", cmap: str = "viridis", title=None,
-            xlabel=None, ylabel=None, vmin=None, vmax=None):
-    """Matrix M (rows, cols) as coloured cells with each value written in; NaN cells blank."""
-    M = np.asarray(M, dtype=float)
-    im = ax.imshow(M, cmap=cmap, aspect="auto", vmin=vmin, vmax=vmax)
-    ax.set_xticks(range(M.shape[1]), [str(c) for c in col_labels])
-    ax.set_yticks(range(M.shape[0]), [str(r) for r in row_labels])
-    for (i, j), v in np.ndenumerate(M):
-        if np.isfinite(v):
-            dark = float(im.norm(v)) < 0.5  # white text on the dark half of the colour map
-            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7, color="white" if dark else "black")
-    if title:
-        ax.set_title(title, fontsize=9)
-    if xlabel:
-        ax.set_xlabel(xlabel)
-    if ylabel:
-        ax.set_ylabel(ylabel)
-    return im
 
 
 def block_curves(ax, x, ys, log=False, cmap: str = "viridis"):

@@ -481,22 +481,29 @@ def report(cfg: Config, table: list[dict], rows: list[dict], figures: list[str],
              "columns": [column("variant", "variant"), column("skip_handling", "skips on the grid")],
              "rows": [{"variant": v, "skip_handling": h} for v, h in handling.items()]},
         ],
-        "notes": figure_notes(rows),
         "verdict": verdict(table, min(t["runs"] for t in table)),
         "figures": figures,
+        "captions": {f: c for f, c in figure_captions(rows).items() if f in figures},
     }
 
 
-def figure_notes(rows: list[dict]) -> list[str]:
-    """What the figures show of the seeds: which run each 2-D panel is, what the 1-D band is."""
+def figure_captions(rows: list[dict]) -> dict[str, str]:
+    """What each figure shows, and of which seeds: which run each 2-D panel is, what the 1-D band is."""
     shown = {v: representative([r for r in rows if r["variant"] == v])[0]["seed"] for v in _variants(rows)}
-    if max(sum(r["variant"] == v for r in rows) for v in shown) == 1:
-        return ["landscape_2d.png and landscape_1d.png: one seed per variant"]
-    return ["landscape_2d.png: one run per variant, the seed whose top Hessian eigenvalue is nearest the variant's "
-            "geometric mean over seeds (on a log scale; of two seeds, the nearer on a linear scale), titled with "
-            "that mean, so the panels rank the variants as the verdict does: "
-            + ", ".join(f"{v} seed {s}" for v, s in shown.items()),
-            "landscape_1d.png: line: mean over seeds; shaded band: from the lowest to the highest seed at each t"]
+    one = max(sum(r["variant"] == v for r in rows) for v in shown) == 1
+    return {
+        "landscape_2d.png": "the loss around the trained weights along two filter-normalised random directions, per "
+                            "variant: is the basin wider or narrower than identity's? "
+                            + ("One seed per variant." if one else
+                               "One run per variant, the seed whose top Hessian eigenvalue is nearest the variant's "
+                               "geometric mean over seeds (on a log scale; of two seeds, the nearer on a linear "
+                               "scale), titled with that mean, so the panels rank the variants as the verdict does: "
+                               + ", ".join(f"{v} seed {s}" for v, s in shown.items()) + "."),
+        "landscape_1d.png": "the loss on the straight line from the initial (t = 0) to the trained weights (t = 1) "
+                            "and beyond: is the way down monotone, and how steep are the walls past the minimum? "
+                            + ("One seed per variant." if one else
+                               "Line: mean over seeds; shaded band: from the lowest to the highest seed at each t."),
+    }
 
 
 def run(cfg: Config, rd: RunDir) -> dict:

@@ -350,6 +350,9 @@ def report(cfg: Config, table: list[dict], figure: str) -> dict:
             "rows": table}],
         "verdict": verdict(table),
         "figures": [figure],
+        "captions": {figure: "test accuracy (left) and test loss (right) over both stages per variant: where the "
+                             "two-stage arm's accuracy goes when its identity skips are swapped for their fitted "
+                             "orthogonal matrices, and whether stage 2 brings it back to identity's or beyond"},
     }
 
 

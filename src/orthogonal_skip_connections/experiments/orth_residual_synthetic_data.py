@@ -125,7 +125,7 @@ def _image(fn, x: torch.Tensor) -> torch.Tensor:
 def draw(c: dict, rows: list[dict], models: dict, run_dir: Path) -> list[str]:
     from matplotlib.ticker import MaxNLocator
 
-    from ..plots import decision_regions, draw_morphed, grid_lines, padded_box, plane_grid, plt, savefig
+    from ..plots import class_legend, decision_regions, draw_morphed, grid_lines, padded_box, plane_grid, plt, savefig
 
     data, L = c["data"], c["n_blocks"]
     X, y = data.X_test, data.y_test.numpy()
@@ -161,6 +161,7 @@ def draw(c: dict, rows: list[dict], models: dict, run_dir: Path) -> list[str]:
         pred = model(torch.as_tensor(P, dtype=torch.float32)).argmax(-1).numpy().reshape(xx.shape)
         decision_regions(axes[k * L, 3], xx, yy, pred, X.numpy(), y, data.num_classes,
                          title=f"{row['kind']}: train {row['train_acc']:.1f}%, test {row['test_acc']:.1f}%")
+    class_legend(fig, data.num_classes, loc="outside lower center", ncols=min(data.num_classes, 5))
     fig.suptitle(f"{data.dataset_type}: the grid and the test data carried by each block's skip, branch and whole\n"
                  f"map, on one scale per row (inputs of block i = outputs of block i - 1); right: decision regions",
                  fontsize=10)

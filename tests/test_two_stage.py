@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from orthogonal_skip_connections.analysis.two_stage import fit_skips, load_with_skips, skip_matrices
+from orthogonal_skip_connections.analysis.two_stage import fit_skips, load_with_skips, skips_by_block
 from orthogonal_skip_connections.landscape import eval_subset, evaluate_loss
 from orthogonal_skip_connections.maths import orthogonal as orth
 from orthogonal_skip_connections.train.image import ClassifierSpec, build_classifier
@@ -30,7 +30,7 @@ def test_procrustes_fit_is_exact_for_orthogonal_blocks(kind):
     model, data = orthogonal_blocks(kind)
     x, y = eval_subset(data, 48)
     fits = fit_skips(model, x)
-    W = skip_matrices(model)
+    W = skips_by_block(model)
     assert len(fits) == 9
     for f in fits:
         assert f["residual"] < 1e-5, f

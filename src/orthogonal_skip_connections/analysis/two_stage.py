@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..diagnostics import procrustes_fit, skip_weights
 from ..maths import orthogonal as orth
 
-__all__ = ["skip_io", "fit_skips", "load_with_skips", "skip_matrices"]
+__all__ = ["skip_io", "fit_skips", "load_with_skips", "skips_by_block"]
 
 
 def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -112,6 +112,8 @@ def load_with_skips(target: nn.Module, source: nn.Module, matrices: dict[str, Te
 
 
 @torch.no_grad()
-def skip_matrices(model: nn.Module) -> dict[str, Tensor]:
-    """The current matrix of every skip that has one, by block name, float64 on the CPU."""
+def skips_by_block(model: nn.Module) -> dict[str, Tensor]:
+    """The current matrix of every skip that has one, by block name (as :func:`skip_io` names
+    the blocks), float64 on the CPU: :func:`~orthogonal_skip_connections.diagnostics.skip_weights`
+    keyed by block. (``diagnostics.skip_matrices`` is a seed stack's (S, L, n, n) tensor.)"""
     return {name.removesuffix(".skip"): W for name, W in skip_weights(model).items()}

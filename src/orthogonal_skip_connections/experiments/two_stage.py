@@ -34,7 +34,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..analysis.two_stage import fit_skips, load_with_skips, skip_matrices
+from ..analysis.two_stage import fit_skips, load_with_skips, skips_by_block
 from ..landscape import eval_subset, evaluate_loss
 from ..report.classification import t_interval
 from ..rundir import RunDir, column
@@ -128,7 +128,7 @@ def run_seed(cfg: Config, seed: int, root: Path, device) -> list[dict]:
     for name, kind, init in (("identity", "identity", "identity"), ("orth_identity", "learnable_orth", "identity"),
                              ("orth_haar", "learnable_orth", "haar")):
         model, data = build_classifier(cfg.spec(kind, init), seed)
-        start = skip_matrices(model)
+        start = skips_by_block(model)
         s = train_classifier(model, data, cfg.train_config(1, seed), root / f"seed{seed}" / f"{name}_stage1", device,
                              save_checkpoint=False)  # the app cannot resume: no checkpoint.pt to keep
         stage1[name] = (model, data, s, start)
@@ -138,10 +138,10 @@ def run_seed(cfg: Config, seed: int, root: Path, device) -> list[dict]:
 
     def finish(name, model, data, s1, start, swap=None):
         loss_before = evaluate_loss(model, x_test, y_test)[0] if swap is None else swap["loss_before"]
-        W2 = skip_matrices(model)
+        W2 = skips_by_block(model)
         path = root / f"seed{seed}" / f"{name}_stage2"
         s2 = train_classifier(model, data, cfg.train_config(2, seed), path, device, save_checkpoint=False)
-        W_end = skip_matrices(model)
+        W_end = skips_by_block(model)
         stage1_path = root / f"seed{seed}" / f"{'identity' if name == 'two_stage' else name}_stage1"
         swapped_point = [{"epoch": cfg.stage1_epochs, "test_acc": swap["acc_after"], "test_loss": swap["loss_after"]}] \
             if swap else []  # two_stage's curve jumps at the swap

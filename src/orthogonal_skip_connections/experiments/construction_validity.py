@@ -33,6 +33,7 @@ from ..data.synthetic import make_synthetic
 from ..models.stack import SeedStack
 from ..rundir import RunDir, column
 from ..runs import progress_bar, resolve_device
+from ..skips import variant_label
 from ..train.classifier import Diverged
 from ..train.small import train_small_classifier
 from ._app import (App, SkipOptions, SmallTraining, check_residual_mlp_memory, check_synthetic_data, choice,
@@ -102,9 +103,7 @@ def prepare(cfg: Config) -> dict:
             c["data"][(d, k)] = make_synthetic(cfg.dataset_type, **cfg.data_args(d, k))
     c["factory"] = lambda d, m, k, kind: residual_mlp_factory(cfg, d, m, k, kind)
     # each kind as run_experiments labels its runs (learnable_orth/<method>[/haar]): its colour in every figure
-    c["labels"] = {kind: kind if kind != "learnable_orth" else
-                   f"learnable_orth/{cfg.skip.method}" + ("/haar" if cfg.skip.init == "haar" else "")
-                   for kind in c["kinds"]}
+    c["labels"] = {kind: variant_label(kind, cfg.skip.method, cfg.skip.init) for kind in c["kinds"]}
     return c
 
 

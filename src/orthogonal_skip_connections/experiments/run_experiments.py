@@ -28,7 +28,8 @@ from ..models import MODEL_TYPES, STEMS, VIT_SIZES, check_model_options
 from ..rundir import RunDir, column
 from ..runs import UserError, resolve_device
 from ..models.vit import POOLS
-from ..skips import DEFAULT_METHOD, ORTHOGONAL_METHODS, RESIDUAL_MODES, STREAM_NORMS, resolve_stream_norm, skip
+from ..skips import (DEFAULT_METHOD, ORTHOGONAL_METHODS, RESIDUAL_MODES, STREAM_NORMS, resolve_stream_norm, skip,
+                     variant_label)
 from ..train import distributed
 from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_classifier
 from ..train.image import ClassifierSpec, build_classifier, check_batch_size, check_classifier
@@ -268,8 +269,7 @@ class Config:
     def labels(self) -> dict:
         """What a report groups this run by (run.json)."""
         m = self.model
-        variant = m.skip_kind if m.orth_method is None else \
-            f"{m.skip_kind}/{m.orth_method}" + ("/haar" if m.init == "haar" else "")
+        variant = variant_label(m.skip_kind, m.orth_method, m.init)
         sized = [f"{k}={getattr(m, k)}" for k in ("patch_size", "width", "depth", "heads", "mlp_ratio", "pool")
                  if m.is_vit and getattr(m, k) is not None]  # a resized ViT is its own task
         return {"task": f"{self.dataset.name}/{m.model_type}" + (f"[{','.join(sized)}]" if sized else ""),

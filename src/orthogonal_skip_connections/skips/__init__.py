@@ -28,6 +28,7 @@ from .kinds import (
     make_skip,
     skip,
     skip_layer_from,
+    variant_label,
 )
 from .patch import baked_copy, patch_skips
 from .residual import (
@@ -51,7 +52,7 @@ __all__ = [
     "retraction_of",
     "Skip", "apply_matrix", "apply_matrix_add", "iter_skips",
     "SKIP_KINDS", "SKIP_OPTIONS", "IdentitySkip", "MatrixSkip", "OrthogonalSkip", "ScalarSkip", "SkipFactory",
-    "ZeroSkip", "make_skip", "skip", "skip_layer_from",
+    "ZeroSkip", "make_skip", "skip", "skip_layer_from", "variant_label",
     "baked_copy", "patch_skips",
     "DEFAULT_EPS", "ORTHOGONAL_METHODS", "RESIDUAL_MODES", "Residual", "check_residual_mode", "orthogonal_part",
     "residual_combine", "rotation_angle", "STREAM_NORMS", "StreamNorm", "rescale_stream", "resolve_stream_norm",

@@ -28,6 +28,7 @@ __all__ = [
     "make_skip",
     "skip",
     "skip_layer_from",
+    "variant_label",
 ]
 
 SKIP_KINDS = (
@@ -40,6 +41,15 @@ SKIP_KINDS = (
     "scalar",
     "idempotent",
 )
+
+
+def variant_label(kind: str, method: str | None = None, init: str | None = None) -> str:
+    """What runs of a skip are labelled and compared by in reports and figures (and coloured
+    by: ``plots.variant_colors``): the kind, with ``/method`` for learnable_orth (default
+    steepest) and ``/haar`` for its Haar initialisation."""
+    if kind != "learnable_orth":
+        return kind
+    return f"learnable_orth/{method or orth.DEFAULT_METHOD}" + ("/haar" if init == "haar" else "")
 
 
 def _choice(name: str, value, allowed) -> str:

@@ -27,6 +27,7 @@ from ..data.vision import IMAGE_SHAPES, TRAIN_SIZES, ImageData, load_image_data
 from ..models import VIT_SIZES, check_model_options, check_vit, get_model
 from ..models.vit import vit_min_parameters
 from ..runs import UserError, check_memory
+from ..skips import variant_label
 from .classifier import CHECKPOINT, load_checkpoint
 
 __all__ = ["ClassifierSpec", "build_classifier", "check_classifier", "check_batch_size",
@@ -146,11 +147,8 @@ def file_sha256(path: Path) -> str:
 def run_variant(spec: ClassifierSpec) -> str:
     """The variant label of a run: the skip kind, with ``/method`` for learnable_orth and
     ``/haar`` for a Haar initialisation (as run_experiments labels its runs)."""
-    if spec.skip_kind != "learnable_orth":
-        return spec.skip_kind
     o = spec.model_options
-    method = o.get("method") or o.get("update_rule") or "steepest"
-    return f"learnable_orth/{method}" + ("/haar" if o.get("init") == "haar" else "")
+    return variant_label(spec.skip_kind, o.get("method") or o.get("update_rule"), o.get("init"))
 
 
 @dataclass

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 from orthogonal_skip_connections.train import classifier as training
@@ -50,8 +51,20 @@ def test_digits_two_epochs_writes_all_files(tmp_path):
     from orthogonal_skip_connections.diagnostics import relu_kept_energy
     from orthogonal_skip_connections.train.image import load_run
 
+    run = load_run(tmp_path)  # the trained weights, in eval mode
+    # the saved test figures, against the trained model on the whole normalised test set at once
+    # (an oracle outside the loader and classification_sums): accuracy in percent, mean cross-entropy
+    d = run.data
+    x_test = (d.x_test.float() / d.scale - torch.tensor(d.mean).view(1, -1, 1, 1)) / torch.tensor(d.std).view(
+        1, -1, 1, 1)
+    with torch.no_grad():
+        logits = run.model(x_test)
+    assert saved["test_acc"] == pytest.approx(100.0 * float((logits.argmax(1) == d.y_test).double().mean()), abs=1e-9)
+    assert saved["test_loss"] == records[3]["test_loss"] == pytest.approx(float(F.cross_entropy(logits, d.y_test)),
+                                                                         rel=1e-5)
+    assert records[3]["test_acc"] == saved["test_acc"] and len(d.y_test) == 1797 - 1437
     probe, _ = next(iter(TensorLoader(load_image_data("digits"), 256, False, torch.device("cpu"), False).epoch()))
-    rows = relu_kept_energy(load_run(tmp_path).model, probe)
+    rows = relu_kept_energy(run.model, probe)
     assert [r["name"] for r in records[3]["relu_kept_blocks"]] == [r["name"] for r in rows]
     for key in ("skip_kept", "sum_kept"):
         assert [r[key] for r in records[3]["relu_kept_blocks"]] == pytest.approx([r[key] for r in rows], rel=1e-5)

@@ -112,6 +112,38 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, monkeypatch):
     assert lines(tmp_path / "full") == lines(tmp_path / "resumed")
 
 
+def _generator_copy(gen: torch.Generator) -> torch.Generator:
+    return torch.Generator().set_state(gen.get_state())
+
+
+def test_mixup_loss_mixes_both_labels_on_the_mixed_batch():
+    """_forward with mixup, against the loss written out from the same draws (the Beta draw
+    seeded from the epoch generator, then the permutation): lam CE(f(lam x + (1 - lam) x[perm]),
+    y) + (1 - lam) CE(same logits, y[perm]), label smoothing in both terms."""
+    import numpy as np
+
+    from helpers import digits_subset
+
+    x, y = digits_subset(32)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    cfg = TrainConfig(mixup_alpha=0.4, label_smoothing=0.1, amp="off")
+    gen = epoch_generator(0, 2)  # lam = 0.155: y[perm] weighs most and is y_hard
+    twin = _generator_copy(gen)
+    loss, logits, y_hard = training._forward(model, x, y, cfg, gen, torch.device("cpu"))
+    lam = float(np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=twin))).beta(0.4, 0.4))
+    perm = torch.randperm(len(x), generator=twin)
+    assert 0.1 < lam < 0.2 and (y[perm] != y).float().mean() > 0.5  # both terms weigh, on other labels
+    with torch.no_grad():
+        want_logits = model(lam * x + (1 - lam) * x[perm])
+        want = lam * F.cross_entropy(want_logits, y, label_smoothing=0.1) + (1 - lam) * F.cross_entropy(
+            want_logits, y[perm], label_smoothing=0.1)
+    torch.testing.assert_close(logits.detach(), want_logits)
+    assert float(loss.detach()) == pytest.approx(float(want), rel=1e-6)
+    assert torch.equal(y_hard, y if lam >= 0.5 else y[perm])
+    assert torch.equal(gen.get_state(), twin.get_state())  # _forward drew exactly these, nothing more
+
+
 @pytest.mark.parametrize("capability,want", [((9, 0), torch.bfloat16), ((8, 6), torch.bfloat16),
                                              ((7, 5), torch.float16), ((7, 0), torch.float16), ((6, 1), None)])
 def test_amp_auto_picks_native_half_precision_by_compute_capability(monkeypatch, capability, want):

@@ -144,6 +144,32 @@ def test_mixup_loss_mixes_both_labels_on_the_mixed_batch():
     assert torch.equal(gen.get_state(), twin.get_state())  # _forward drew exactly these, nothing more
 
 
+def test_grad_clip_scales_the_gradients_to_the_bound_and_returns_the_norm_before():
+    """_grad_norm(model, c): the global norm before clipping is returned, and afterwards the
+    gradients are those before times min(1, c / norm) (norm min(c, norm), direction kept);
+    c = 0 and c above the norm leave them as they are."""
+    from helpers import digits_subset
+
+    x, y = digits_subset(32)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    F.cross_entropy(model(x), y).backward()
+    before = [p.grad.clone() for p in model.parameters()]
+    norm = float(torch.cat([g.double().flatten() for g in before]).norm())
+    assert norm > 0.1
+    for clip in (0.0, 2 * norm, norm / 3):
+        for p, g in zip(model.parameters(), before):
+            p.grad = g.clone()
+        returned = training._grad_norm(model, clip, torch.device("cpu"))
+        assert float(returned) == pytest.approx(norm, rel=1e-5), clip
+        after = [p.grad for p in model.parameters()]
+        scale = 1.0 if clip == 0 else min(1.0, clip / norm)
+        assert float(torch.cat([g.double().flatten() for g in after]).norm()) == pytest.approx(
+            (norm if clip == 0 else min(clip, norm)), rel=1e-5), clip
+        for a, b in zip(after, before):
+            torch.testing.assert_close(a, b * scale, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("capability,want", [((9, 0), torch.bfloat16), ((8, 6), torch.bfloat16),
                                              ((7, 5), torch.float16), ((7, 0), torch.float16), ((6, 1), None)])
 def test_amp_auto_picks_native_half_precision_by_compute_capability(monkeypatch, capability, want):

@@ -281,6 +281,38 @@ def test_cifar_from_local_files_without_network(tmp_path, name, fake_cifar):
     assert summary["status"] == "completed" and summary["steps"] == 2
 
 
+def test_training_batches_are_the_epochs_permutation_cropped_and_flipped_image_by_image(tmp_path, fake_cifar):
+    """TensorLoader's training batches against the augmentation written out one image at a
+    time from a copy of the epoch generator, drawn in the loader's order (the permutation, then
+    per batch the crop rows, crop columns and flips): zero-pad by 4, slice the 32x32 window,
+    mirror left-right (the last axis), normalise."""
+    fake_cifar(tmp_path / "data", "cifar10")
+    data = load_image_data("cifar10", tmp_path / "data", download=False)
+    pad, bs = data.crop_padding, 8
+    assert pad == 4 and data.flip
+    gen = epoch_generator(0, 1)
+    twin = torch.Generator().set_state(gen.get_state())
+    batches = list(TensorLoader(data, bs, train=True, device=torch.device("cpu")).epoch(gen))
+    mean, std = torch.tensor(data.mean).view(3, 1, 1), torch.tensor(data.std).view(3, 1, 1)
+    order = torch.randperm(len(data.x_train), generator=twin)
+    offsets, flips = set(), []
+    for b, (x, y) in enumerate(batches):
+        idx = order[b * bs:(b + 1) * bs]
+        oy = torch.randint(0, 2 * pad + 1, (bs,), generator=twin)
+        ox = torch.randint(0, 2 * pad + 1, (bs,), generator=twin)
+        flip = torch.rand(bs, generator=twin) < 0.5
+        assert torch.equal(y, data.y_train[idx])
+        for i, k in enumerate(idx.tolist()):
+            image = F.pad(data.x_train[k].float(), (pad, pad, pad, pad))[:, oy[i]:oy[i] + 32, ox[i]:ox[i] + 32]
+            if flip[i]:
+                image = image.flip(-1)
+            torch.testing.assert_close(x[i], (image / 255 - mean) / std, rtol=1e-5, atol=1e-5)
+            offsets.add((int(oy[i]), int(ox[i])))
+        flips += flip.tolist()
+    assert len(batches) == 5 and len(offsets) > 20 and 5 < sum(flips) < 35  # the draws vary
+    assert torch.equal(gen.get_state(), twin.get_state())  # the loader drew exactly these, in this order
+
+
 def test_missing_cifar_offline_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match=r"cifar10 not found under .*data.download=false"):
         load_image_data("cifar10", tmp_path, download=False)

@@ -674,6 +674,28 @@ def test_lr_scale_is_refused_where_it_would_be_ignored(method):
     assert osc.skip("learnable_orth", method="svd", lr_scale=3)(4).lr_scale == 3
 
 
+@pytest.mark.parametrize("method", RETRACTED_METHODS)
+def test_lr_scale_multiplies_the_retracted_step(method):
+    """A retracted skip of lr_scale 3 under lr 0.1 takes the step maths.orthogonal.retract takes
+    at step size 0.3 (float64, first step: the momentum buffer is G), not the one at 0.1 that
+    the same skip of lr_scale 1 takes."""
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    moved = {}
+    for scale in (3.0, 1.0):
+        skip = make_skip("learnable_orth", 6, method=method, init="haar", lr_scale=scale,
+                         generator=torch.Generator().manual_seed(4)).double()
+        opt = osc.optimizer(skip, torch.optim.SGD, lr=0.1, momentum=0.9)
+        assert [g["lr_scale"] for g in opt.param_groups if "retraction" in g] == [scale]
+        W = skip.weight.detach().clone()
+        (skip(x) ** 3).sum().backward()
+        G = skip.weight.grad.clone()
+        opt.step()
+        moved[scale] = skip.weight.detach().clone()
+        expected = O.retract(method, W, G, 0.1 * scale, retraction_of(skip.weight).ns_steps)
+        torch.testing.assert_close(moved[scale], expected, atol=1e-12, rtol=0)
+    assert float((moved[3.0] - moved[1.0]).abs().max()) > 1e-2
+
+
 def test_skip_layer_factory_in_models_and_patch_skips():
     factory = osc.skip("learnable_orth", method="cayley", init="haar")
     model = osc.get_model("resnet20", 10, skip_layer=factory)

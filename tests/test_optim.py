@@ -594,6 +594,46 @@ def test_batch_dims_tells_stacked_biases_from_matrices():
     assert groups["decay"] == [model.weight] and groups["no_decay"] == [model.bias]
 
 
+def test_build_optimizer_takes_the_retraction_momentum_and_decay_knobs_of_its_config():
+    """build_optimizer's rules (optim's docstring): the retraction's momentum is
+    cfg.retraction_momentum if set (0.0 too), else cfg.momentum whatever the optimiser (not
+    AdamW's first beta); decay_norms_and_biases puts every 1-D parameter (norms' weights and
+    biases, the head's bias) into the decayed group, never the retracted matrices nor a
+    parametrized skip's free matrices."""
+    from orthogonal_skip_connections.optim import build_optimizer
+
+    def model(method):
+        torch.manual_seed(0)
+        return get_model("resnet20", 10, skip_layer=osc.skip("learnable_orth", method=method), in_channels=1)
+
+    svd = model("svd")
+
+    def retraction_momenta(cfg):
+        return {g["retraction_momentum"] for g in build_optimizer(svd, cfg).param_groups if "retraction" in g}
+
+    assert retraction_momenta(OptimConfig(name="adamw", momentum=0.5)) == {0.5}
+    assert retraction_momenta(OptimConfig(name="adamw", momentum=0.5, retraction_momentum=0.3)) == {0.3}
+    assert retraction_momenta(OptimConfig(name="sgd", momentum=0.9, retraction_momentum=0.0)) == {0.0}
+    assert retraction_momenta(OptimConfig(name="sgd", momentum=0.7)) == {0.7}
+
+    for method in ("svd", "cayley"):
+        net = svd if method == "svd" else model(method)
+        retracted = {id(p) for p, _ in retracted_parameters(net)}
+        free = {id(p) for _, s in iter_skips(net) if s.upkeep == "parametrized" for p in s.parameters()}
+        assert (len(retracted), len(free) > 0) == ((9, False) if method == "svd" else (0, True))
+        vectors = {id(p) for p in net.parameters() if p.ndim < 2 and id(p) not in free}
+        matrices = {id(p) for p in net.parameters() if p.ndim >= 2} - retracted - free
+        assert len(vectors) > 2 * 19 and matrices  # every BatchNorm's weight and bias, the head's bias
+        for on in (False, True):
+            opt = build_optimizer(net, OptimConfig(weight_decay=5e-4, decay_norms_and_biases=on))
+            groups = {g["name"]: g for g in opt.param_groups}
+            decayed = {id(p) for p in groups["decay"]["params"]}
+            undecayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+            assert groups["decay"]["weight_decay"] == 5e-4
+            assert decayed == (matrices | vectors if on else matrices), (method, on)
+            assert undecayed == (free | retracted if on else free | retracted | vectors), (method, on)
+
+
 # --------------------------------------------------------------------------- users' modules
 
 

@@ -735,7 +735,7 @@ def test_distance_figure_starts_at_zero(tmp_path, monkeypatch):
     classification.curves_figure("digits/resnet20", runs, tmp_path, key="identity_distance")
     classification.curves_figure("digits/resnet20", runs, tmp_path, key="test_acc")
     distance, accuracy = (fig.axes[0].get_ylim() for fig in figures)
-    assert distance[0] == 0 and distance[1] > 8.31
+    assert -0.03 * distance[1] < distance[0] < 0 and distance[1] > 8.31  # 0 in view, a flat 0 curve above the axis
     assert accuracy[0] > 0  # accuracy keeps its autoscaled axis
 
 

@@ -664,7 +664,8 @@ def curves_figure(task: str, runs: list[RunRecord], out_dir: Path, modes: bool =
     integer_ticks(ax.xaxis)
     ax.set_ylabel(ylabel)
     if key in ("identity_distance", "start_distance"):  # from 0: autoscaled, skips that stay far from I (a Haar
-        ax.set_ylim(0, 1.08 * ax.get_ylim()[1])  # start, ~8.3 throughout) would look as if they travelled the height
+        top = ax.get_ylim()[1]  # start, ~8.3 throughout) would look as if they travelled the height; a little
+        ax.set_ylim(-0.02 * top, 1.08 * top)  # below 0, so a skip that never moves (fixed_orth) shows on the axis
     if key == "relu_kept":  # a share: 0 to 1, so that identity's ~1 and a Haar skip's ~0.5 read as such
         ax.set_ylim(0, 1.04)
     ax.set_title(f"{task}{': residual modes' if modes else ''}\n{what}, mean ± std over seeds", fontsize=10)

@@ -1,12 +1,16 @@
 """Diagnostics of trained blocks: Lipschitz constants of residual branches, Procrustes fits."""
 
+import numpy as np
 import pytest
+import scipy.optimize
+import scipy.stats
 import torch
 from torch import nn
 
 from orthogonal_skip_connections import ResidualMLP
 from orthogonal_skip_connections.maths.orthogonal import polar
 from orthogonal_skip_connections.diagnostics import (
+    ACTIVATION_LIPSCHITZ,
     block_procrustes,
     branch_lipschitz,
     empirical_lipschitz,
@@ -90,6 +94,58 @@ def test_lipschitz_bound_and_estimate_on_nonlinear_branches():
         lipschitz_upper_bound(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)))
     with pytest.raises(ValueError, match="no `blocks`"):
         branch_lipschitz(nn.Linear(3, 3))
+
+
+def _derivative(act: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    t = t.detach().double().requires_grad_(True)
+    return torch.autograd.grad(act(t).sum(), t)[0].abs()
+
+
+@pytest.mark.parametrize("cls", list(ACTIVATION_LIPSCHITZ), ids=lambda c: c.__name__)
+def test_activation_lipschitz_constants_are_the_sup_of_the_derivative(cls):
+    """Each constant is sup_t |sigma'(t)|, rounded up at most in the 4th decimal (GELU; the
+    5th for SiLU and Mish): the autograd derivative on a 1e-4 grid of [-40, 40] (wide enough for
+    Softplus, whose derivative reaches 1 only at its threshold 20), refined around its largest
+    value by scipy's bounded scalar minimiser, never exceeds it and comes within 1e-4 of it.
+    A constant below the sup (GELU at 1.0) would make lipschitz_upper_bound no bound."""
+    act = (cls(0.5) if cls is nn.Dropout else cls()).eval()  # measured in eval mode: dropout is the identity
+    grid = torch.linspace(-40, 40, 800_001, dtype=torch.float64)
+    d = _derivative(act, grid)
+    t0 = float(grid[d.argmax()])
+    res = scipy.optimize.minimize_scalar(lambda t: -float(_derivative(act, torch.tensor([t]))[0]),
+                                         bounds=(t0 - 1e-4, t0 + 1e-4), method="bounded",
+                                         options={"xatol": 1e-12})
+    sup = max(float(d.max()), -res.fun)
+    const = ACTIVATION_LIPSCHITZ[cls]
+    assert sup <= const <= sup + 1e-4, (sup, const)
+    assert lipschitz_upper_bound(act) == const
+    if cls is nn.GELU:  # the closed form: Phi(sqrt 2) + sqrt 2 phi(sqrt 2), at t = sqrt 2
+        exact = scipy.stats.norm.cdf(np.sqrt(2)) + np.sqrt(2) * scipy.stats.norm.pdf(np.sqrt(2))
+        assert sup == pytest.approx(exact, rel=1e-12) and res.x == pytest.approx(np.sqrt(2), abs=1e-5)
+
+
+@pytest.mark.parametrize("act,want", [(nn.LeakyReLU(0.1), 1.0), (nn.LeakyReLU(-3.0), 3.0), (nn.ELU(2.0), 2.0),
+                                      (nn.ELU(0.5), 1.0)], ids=["leaky0.1", "leaky-3", "elu2", "elu0.5"])
+def test_leaky_relu_and_elu_bounds_are_the_sup_of_the_derivative(act, want):
+    """The parametrised activations' bounds, max(1, |slope|) and max(1, alpha): the sup of the
+    derivative, reached on the grid (ELU's alpha e^t only as t -> 0-)."""
+    d = _derivative(act, torch.linspace(-10, 10, 200_001, dtype=torch.float64))
+    assert lipschitz_upper_bound(act) == want
+    assert float(d.max()) <= want <= float(d.max()) * (1 + 1e-4)
+
+
+def test_jacobian_spectral_norms_match_autograd_jacobians_point_by_point():
+    """||D f(x)||_2 at each point, against torch.autograd.functional.jacobian and numpy's
+    2-norm one point at a time (a max over points, or a Frobenius norm, would not match)."""
+    torch.manual_seed(2)
+    branch = nn.Sequential(nn.Linear(3, 8), nn.GELU(), nn.Linear(8, 4), nn.Tanh()).double()
+    X = 1.5 * torch.randn(25, 3, dtype=torch.float64)
+    want = [np.linalg.norm(torch.autograd.functional.jacobian(branch, x).numpy(), 2) for x in X]
+    got = jacobian_spectral_norms(branch, X, chunk_size=4)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+    assert np.ptp(want) > 0.1 * max(want)  # the points differ: a per-point check, not one number
+    assert empirical_lipschitz(branch, X) == pytest.approx(max(want), rel=1e-12)
+    assert max(want) <= lipschitz_upper_bound(branch)
 
 
 def _relu_kept_by_hand(model, x):

@@ -1,5 +1,6 @@
 """Models: every kind trains in our ResNets, torchvision ResNets patch exactly, residual MLPs."""
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -95,6 +96,29 @@ def test_diagnostics_measure_distance_and_orthogonality():
     s = summarize_skips(skip_diagnostics(get_model("resnet20", 10)))
     assert s["skip_orth_error_max"] is None and s["skip_identity_distance_mean"] is None
     assert "skip_start_distance_mean" not in s  # measured only against a given start
+
+
+def test_diagnostics_count_the_skips_with_a_negative_determinant():
+    """det_sign is sign(det W) per skip (against numpy's det), and skip_negative_det_count
+    counts the -1s: one reflected skip among SO(n) ones gives exactly one, Haar draws on O(n)
+    (special=False) some of each. A det_sign fixed at +1 would report no reflection ever."""
+    import orthogonal_skip_connections as osc
+    from orthogonal_skip_connections.skips import iter_skips
+
+    m = get_model("resnet20", 10, skip_kind="fixed_orth")
+    with torch.no_grad():  # negate the first column of the second skip: still orthogonal, det -1
+        _, skip = list(iter_skips(m))[1]
+        skip.weight[:, 0].neg_()
+    rows = skip_diagnostics(m)
+    assert [r["det_sign"] for r in rows] == [1, -1] + [1] * (len(rows) - 2)
+    s = summarize_skips(rows)
+    assert s["skip_negative_det_count"] == 1 and s["skip_orth_error_max"] < 1e-5
+    m = get_model("resnet20", 10, skip_layer=osc.skip("fixed_orth", special=False,
+                                                       generator=torch.Generator().manual_seed(0)))
+    rows = skip_diagnostics(m)
+    want = [int(np.sign(np.linalg.det(skip.weight.double().numpy()))) for _, skip in iter_skips(m)]
+    assert [r["det_sign"] for r in rows] == want and 1 in want and -1 in want
+    assert summarize_skips(rows)["skip_negative_det_count"] == want.count(-1)
 
 
 def test_diagnostics_measure_how_far_the_skips_moved_from_their_start():

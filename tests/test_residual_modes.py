@@ -2,6 +2,8 @@
 invariants of each mode on conv maps, tokens and vectors, v1 ResNets unchanged by ``add``,
 every skip kind x mode on preact_resnet20, and a few digits steps that lower the loss."""
 
+import math
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -48,6 +50,15 @@ def group_norm(a: Tensor, method: str) -> Tensor:
     return group_dot(a, a, method).sqrt()
 
 
+def group_rows(a: Tensor, method: str) -> np.ndarray:
+    """The groups as the rows of a float64 array: channel groups are the channels at each
+    position (dim 1 of a conv map, the last dim otherwise), global ones everything but the
+    batch dim. An independent oracle runs row by row on it."""
+    if method == "global":
+        return a.reshape(a.shape[0], -1).double().numpy()
+    return (a.movedim(1, -1) if a.ndim == 4 else a).reshape(-1, a.shape[1 if a.ndim == 4 else -1]).double().numpy()
+
+
 SHAPES = {"conv": (4, 16, 5, 5), "tokens": (4, 7, 24), "vectors": (6, 24)}
 
 
@@ -77,6 +88,35 @@ def test_orthogonal_update_adds_a_term_orthogonal_to_the_stream(layout, method):
                                    residual_combine("orthogonal_update", s, f, "global"), rtol=0, atol=0)
     # Oh et al.'s eps: f_perp = f - <s, f> / (<s, s> + eps) s, so a zero stream passes f through
     torch.testing.assert_close(orthogonal_part(torch.zeros_like(f), f, method), f, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", SHAPES)
+@pytest.mark.parametrize("method", ["channel", "global"])
+def test_orthogonal_update_is_oh_et_al_formula_of_a_float64_oracle(layout, method):
+    """y = s + f - <s, f> / (<s, s> + eps) s in every group, against numpy in float64 row by
+    row: orthogonality alone would pass any multiple of f_perp (s + 0.5 f_perp, or s). Some
+    groups hold a stream so small that <s, s> is of the order of eps = 1e-6, where the eps
+    (not the exact projection) decides the result."""
+    g = torch.Generator().manual_seed(3)
+    shape = SHAPES[layout]
+    s = 3 * torch.randn(shape, generator=g)
+    f = torch.randn(shape, generator=g) + 0.5 * s
+    eps = 1e-6  # DEFAULT_EPS, Oh et al.'s residual_eps
+    group_size = group_rows(s, method).shape[1]
+    s[0] *= math.sqrt(eps / (9 * group_size))  # the first sample's groups: <s, s> ~ eps
+    y = residual_combine("orthogonal_update", s, f, method)
+
+    def oracle(a: np.ndarray, b: np.ndarray, e: float) -> np.ndarray:
+        return a + b - (a @ b) / (a @ a + e) * a
+
+    rs, rf = group_rows(s, method), group_rows(f, method)
+    want = np.stack([oracle(a, b, eps) for a, b in zip(rs, rf)])
+    np.testing.assert_allclose(group_rows(y, method), want, rtol=0, atol=1e-5 * np.abs(want).max())
+    exact = np.stack([oracle(a, b, 0.0) for a, b in zip(rs, rf)])
+    assert np.abs(want - exact).max() > 1e-2 * np.abs(want).max()  # the eps shows in the small groups
+    # Residual(eps=...) passes its eps through: eps = 0 is the exact projection
+    np.testing.assert_allclose(group_rows(Residual("orthogonal_update", method, eps=0.0)(s, f), method), exact,
+                               rtol=0, atol=1e-4 * np.abs(exact).max())
 
 
 @pytest.mark.parametrize("layout", SHAPES)
@@ -111,15 +151,8 @@ def test_rotation_is_the_bounded_angle_rotation_of_an_independent_oracle(layout,
     torch.manual_seed(0)
     s, f = torch.randn(SHAPES[layout]), 3 * torch.randn(SHAPES[layout])
     y = residual_combine("rotation", s, f, method)
-    # the groups as rows: channel groups are the channels at each position (dim 1 of a conv
-    # map, the last dim otherwise), global ones everything but the batch dim
-    def rows(a: Tensor) -> np.ndarray:
-        if method == "global":
-            return a.reshape(a.shape[0], -1).double().numpy()
-        return (a.movedim(1, -1) if a.ndim == 4 else a).reshape(-1, a.shape[1 if a.ndim == 4 else -1]).double().numpy()
-
-    want = np.stack([_rotation_oracle(a, b) for a, b in zip(rows(s), rows(f))])
-    np.testing.assert_allclose(rows(y), want, rtol=0, atol=1e-5 * np.abs(want).max())
+    want = np.stack([_rotation_oracle(a, b) for a, b in zip(group_rows(s, method), group_rows(f, method))])
+    np.testing.assert_allclose(group_rows(y, method), want, rtol=0, atol=1e-5 * np.abs(want).max())
     # the same thing as add-the-orthogonal-part-then-rescale: ||s|| (s + f_perp) / ||s + f_perp||
     moved = s + orthogonal_part(s, f, method, eps=0.0)
     torch.testing.assert_close(y, group_norm(s, method) * moved / group_norm(moved, method), atol=1e-5, rtol=1e-5)

@@ -128,6 +128,21 @@ def test_linear_fit_residual_is_zero_for_a_linear_map_and_below_procrustes():
     assert linear_fit_residual(X, X @ A.T) < 1e-12
     _, rel = orth.procrustes(X, X @ A.T)
     assert float(rel) > 0.05
+    # a non-linear map: the relative residual of numpy's least squares (no bias), in (0, 1),
+    # and never above the Procrustes one on the same data (an orthogonal map is a linear one)
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(80, 4, dtype=torch.float64, generator=g)
+    Y = torch.tanh(2 * X @ A.T) + 0.3 * X**2
+    coef = np.linalg.lstsq(X.numpy(), Y.numpy(), rcond=None)[0]
+    want = np.linalg.norm(Y.numpy() - X.numpy() @ coef) / np.linalg.norm(Y.numpy())
+    got = linear_fit_residual(X, Y)
+    assert got == pytest.approx(want, rel=1e-10) and 0.1 < got < 0.9
+    assert got < float(orth.procrustes(X, Y)[1])
+    # and for Y = X Q^T + noise, with Q orthogonal, the two fits nearly agree, linear still below
+    Q = orth.haar_orthogonal(4, generator=g, dtype=torch.float64)
+    Y = X @ Q.T + 0.1 * torch.randn(80, 4, dtype=torch.float64, generator=g)
+    lin, pro = linear_fit_residual(X, Y), float(orth.procrustes(X, Y)[1])
+    assert 0.05 < lin <= pro < 1.1 * lin
 
 
 # --------------------------------------------------------------------------- the apps

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 from hydra import compose, initialize_config_dir
 
@@ -740,6 +741,16 @@ def test_summary_lists_the_seeds_that_fit_without_being_recovered(tmp_path):
     assert s["fits_not_recovered"] == [{"seed": 5, "relative_train_loss": 1e-8, "relative_population_loss": 3e-8,
                                          "relative_aligned_distance": 0.5, "teacher_closest_angle_deg": 1.5}]
     assert s["relative_population_loss_final"] == pytest.approx((2e-9 + 3e-8 + 1e-3) / 3)
+    # the geometric mean and std over seeds (what the report table and the figures' bands give),
+    # against scipy: the arithmetic mean of these losses (3.3e-4) is 300 times their geomean
+    finals = np.array([1e-9, 1e-8, 1e-3])
+    assert s["train_loss_final_geomean"] == pytest.approx(scipy.stats.gmean(finals), rel=1e-12)
+    assert s["train_loss_final_gsd"] == pytest.approx(np.exp(np.std(np.log(finals))), rel=1e-12)
+    assert s["relative_population_loss_final_geomean"] == pytest.approx(scipy.stats.gmean([2e-9, 3e-8, 1e-3]),
+                                                                         rel=1e-12)
+    assert s["relative_aligned_distance_final_geomean"] == pytest.approx(scipy.stats.gmean([2.5e-5, 0.5, 0.5]),
+                                                                          rel=1e-12)
+    assert s["test_loss_final_geomean"] == 1.0 and s["test_loss_final_gsd"] == 1.0  # no spread: gsd 1
     rel, fits, rec = tsa.seed_outcomes(traj, fit_tol=1e-6, recover_tol=0.05)  # outcomes.png's three groups
     np.testing.assert_array_equal(rel, [1e-9, 1e-8, 1e-3])
     assert fits.tolist() == [True, True, False] and rec.tolist() == [True, False, False]
@@ -773,6 +784,9 @@ def test_summary_lists_the_seeds_recovered_that_do_not_fit_yet():
     s = tsa.summarize(traj, fit_tol=1e-6, recover_tol=0.05)
     assert s["fits_seeds"] == 1 and s["recovered_up_to_symmetry_seeds"] == 2  # the diverged seed 2 counts for neither
     assert s["recovered_not_fit"] == [{"seed": 1, "relative_train_loss": 1.29e-6, "relative_aligned_distance": 4e-3}]
+    # a diverged seed leaves no geometric mean (a nan would read as a number in the table)
+    assert s["train_loss_final_geomean"] is None and s["train_loss_final_gsd"] is None
+    assert s["aligned_distance_final_geomean"] == pytest.approx(scipy.stats.gmean([1e-4, 4e-3, 1e-3]), rel=1e-12)
     notes = app.report({"sum_modified": s, "meta": {"steps": 1}}, ["sum_modified"], 3,
                        compose_cfg("archs=[sum_modified]"))["notes"]
     assert any(n.startswith("recovered up to symmetry without fitting yet: sum_modified seed 1 (loss/Var(y) 1.3e-06")

@@ -80,6 +80,48 @@ def test_rates_for_dh0_identity_and_the_first_block_for_dh0_far_from_identity():
     assert r["lipschitz_gap_rest"] < 0.2
 
 
+def test_rate_checks_say_at_rate_only_for_a_decay_as_fast_as_log_m_over_m():
+    """The theorem app's verdicts (rates.rate_checks): a quantity proportional to log(m)/m is
+    "at rate", one falling like m^-0.2 (slope -0.2 against log(m)/m's -0.60 over m = 2..256,
+    outside the 0.25 tolerance) is not, one at the round-off floor has no slope (None); the
+    composition is exact only when every m's error is below the tolerance."""
+    from orthogonal_skip_connections.analysis import rates
+
+    ms = [2 ** k for k in range(1, 9)]  # config/theorem.yaml's m = 2, 4, ..., 256
+
+    def rows(lip, ide, comp=lambda m: 1e-12):
+        return [{"m": m, "composition_error": comp(m), "lipschitz_gap": lip(m), "lipschitz_gap_rest": lip(m),
+                 "identity_distance": ide(m)} for m in ms]
+
+    def checks(r, comp_tol=1e-9):
+        slope = rates.slopes(r, floor=1e-9)
+        return slope, rates.rate_checks(r, slope, slope_tolerance=0.25, exact_tolerance=comp_tol)
+
+    at_rate = lambda m: 3.0 * math.log(m) / m  # noqa: E731
+    slow = lambda m: 0.8 * m ** -0.2  # noqa: E731
+    slope, c = checks(rows(at_rate, slow))
+    assert slope["reference_log_m_over_m"] == pytest.approx(slope["lipschitz_gap"], abs=1e-12)
+    assert slope["identity_distance"] == pytest.approx(-0.2, abs=1e-12)
+    assert c == {"composition_exact": True, "lipschitz_gap_at_rate": True, "identity_distance_at_rate": False}
+    # faster than the rate (m^-2) counts as at it; a slope just inside / just outside the tolerance
+    ref = slope["reference_log_m_over_m"]
+    assert checks(rows(lambda m: m ** -2.0, lambda m: m ** (ref + 0.24)))[1]["identity_distance_at_rate"] is True
+    assert checks(rows(lambda m: m ** -2.0, lambda m: m ** (ref + 0.26)))[1]["lipschitz_gap_at_rate"] is True
+    assert checks(rows(lambda m: m ** -2.0, lambda m: m ** (ref + 0.26)))[1]["identity_distance_at_rate"] is False
+    # at the floor at every m but one: no slope to judge, neither True nor False
+    floor = lambda m: 1e-12 if m > 2 else 0.5  # noqa: E731
+    _, c = checks(rows(floor, slow))
+    assert c["lipschitz_gap_at_rate"] is None and c["identity_distance_at_rate"] is False
+    # one m with a composition error above the tolerance: not exact
+    _, c = checks(rows(at_rate, at_rate, comp=lambda m: 1e-6 if m == 64 else 1e-12))
+    assert c == {"composition_exact": False, "lipschitz_gap_at_rate": True, "identity_distance_at_rate": True}
+    # and the one-sentence verdict counts them
+    maps = {"a": {"checks": checks(rows(at_rate, slow))[1]}, "b": {"checks": checks(rows(floor, at_rate))[1]}}
+    assert rates.verdict(maps) == (
+        "max_i ||h_i - W_i||_L decays at least at the rate log(m)/m for 1 of 2 maps h, max_i ||I - W_i|| for 1 of "
+        "2; the composition h_m o ... o h_1 equals h to round-off for 2 of 2 (1 map(s) without a fitted slope).")
+
+
 def test_loglog_slope():
     assert cons.loglog_slope([2, 4, 8], [1 / 2, 1 / 4, 1 / 8]) == pytest.approx(-1.0)
     assert cons.loglog_slope([1, 2], [1.0, 0.5]) is None  # m = 1 is left out

@@ -13,7 +13,9 @@ renders as it is. No Hydra here: the apps hand over plain dicts.
 
 One writer at a time: :meth:`RunDir.claim` takes an exclusive ``flock`` on ``<dir>/.lock``
 (held until :meth:`release` or the process ends, so a killed run never leaves a stale
-lock); a second claim of the same dir, from any process, is refused in one line. A
+lock); a second claim of the same dir, from any process, is refused in one line. The empty
+``.lock`` file itself stays in a dir that existed before (even when the claim is refused):
+removing it while another process may be opening it would let two writers lock two files. A
 resumed run must have the config it was started with: ``resume=true`` with a config that
 differs from the saved config.yaml in any key but :data:`RESUME_IGNORED` is refused in one
 line naming the keys, before anything is written. Temporary files a killed write left

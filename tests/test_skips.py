@@ -174,6 +174,17 @@ def test_float64_by_default_dtype_gives_float64_matrices_exact_to_float64():
         torch.set_default_dtype(before)
 
 
+def test_baked_copy_of_a_compiled_model_is_the_plain_module():
+    """torch.compile's wrapper in, the wrapped module's baked copy out: its own class and
+    state_dict keys (no _orig_mod.), nothing compiled (nothing here runs the compiler)."""
+    import orthogonal_skip_connections as osc
+
+    model = torch.nn.Sequential(osc.orthogonal_(torch.nn.Linear(4, 4), method="cayley", init="haar"))
+    baked = osc.baked_copy(torch.compile(model))
+    assert type(baked) is torch.nn.Sequential and baked.state_dict().keys() == {"0.weight", "0.bias"}
+    torch.testing.assert_close(baked[0].weight, model[0].weight.detach())
+
+
 @pytest.mark.parametrize("method", ORTH_METHODS)
 def test_baked_copy_computes_the_same_without_upkeep_and_pickles(method):
     """baked_copy: every W a plain parameter at its current value. The copy computes what

@@ -102,7 +102,9 @@ def baked_copy(model: nn.Module) -> nn.Module:
     and no batched upkeep runs. It computes what ``model`` computes without recomputing any W,
     and goes where a constrained model cannot: ``torch.save(copy)`` (torch refuses to pickle a
     parametrized module) and plain torch optimisers (its W's are then free matrices, as a
-    ``linear`` skip's). ``model`` is left as it was."""
+    ``linear`` skip's). ``model`` is left as it was. A ``torch.compile`` wrapper gives the copy of
+    the module it wraps, uncompiled (its state_dict keys without the wrapper's ``_orig_mod.``)."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
     out = copy.deepcopy(model)
     batch_upkeep(out, enabled=False)
     for module in list(out.modules()):

@@ -448,7 +448,8 @@ def _verdict(variant, dmean, dlo, dhi, n, spread: float = 1.0, baseline: str = "
     95% interval [dlo, dhi] (``clipped``: which ends were cut at -100/+100 points, marked †
     as in the table), and, among ``comparisons`` > 1 with the same baseline, the paired
     t-test's ``p`` and its Holm-adjusted ``p_holm`` (:func:`_holm`): an interval that excludes
-    0 is "better" or "worse" only when ``p_holm`` < 0.05 too."""
+    0 is "better" or "worse" only when ``p_holm`` < 0.05 too. The sentence starts with
+    "better" or "worse" exactly then: the report's "In short" lines sort the arms by that word."""
     if variant == baseline:
         return "baseline"
     if n < 2 or math.isnan(dlo):

@@ -139,43 +139,6 @@ def band(ax, x, ys, label=None, color=None, log=False, alpha=0.25, **line_kw):
     return line
 
 
-def panels_over_steps(steps_by_panel, series_by_panel, path, ylabel, log=True, title=None, ncols=3,
-                      styles: dict | None = None):
-    """One panel per key (e.g. per architecture), several curves per panel, each curve a
-    mean over seeds with a band (:func:`band`), all panels on one y scale (they are compared)
-    and one legend below them when every panel draws the same labels.
-
-    steps_by_panel: {panel: (T,)}; series_by_panel: {panel: {label: (seeds, T)}}; styles:
-    label -> extra :func:`band` keywords (curves that coincide stay visible drawn wide under
-    dashed; ``alpha=0``: no band). Non-positive values are clipped on a log axis. Returns the
-    PNG path."""
-    styles = styles or {}
-    names = list(series_by_panel)
-    ncols = max(1, min(ncols, len(names)))
-    nrows = -(-len(names) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows + 0.4), squeeze=False, sharey=True,
-                             layout="constrained")
-    same_labels = len({tuple(series_by_panel[n]) for n in names}) == 1
-    for k, (ax, name) in enumerate(zip(axes.flat, names)):
-        for label, ys in series_by_panel[name].items():
-            band(ax, steps_by_panel[name], ys, label=label, log=log, **styles.get(label, {}))
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        if k % ncols == 0:
-            ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
-        if not same_labels:
-            ax.legend(fontsize="small")
-    for ax in list(axes.flat)[len(names):]:
-        ax.set_visible(False)
-    plain_log_labels(axes.flat[0], "y")  # the panels share their y axis and its tick labels
-    if same_labels:
-        shared_legend(fig, axes.flat[0])
-    if title:
-        fig.suptitle(title)
-    return savefig(fig, path)
-
-
 __all__ += ["loglog_rates"]
 
 

@@ -289,23 +289,10 @@ def draw_2d(results: list[dict], path: Path) -> str:
     return savefig(fig, path).name
 
 
-def one_two_five_ticks(axis) -> None:
-    """Labelled ticks at 1, 2 and 5 x 10^k on a log axis spanning at most 3 powers of ten
-    (at 10^k only beyond that): losses from 0.19 to 0.56 read against 0.2 and 0.5, not
-    between unlabelled ticks at 1 and 10. Call after the limits are final."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    lo, hi = sorted(axis.get_view_interval())
-    subs = (1.0, 2.0, 5.0) if hi / max(lo, 1e-300) <= 1e3 else (1.0,)
-    axis.set_major_locator(LogLocator(base=10, subs=subs))
-    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-    axis.set_minor_formatter(NullFormatter())
-
-
 def draw_1d(results: list[dict], path: Path) -> str:
     """Loss and accuracy along (1 - t) init + t trained, every variant on one axis (mean
     over seeds, band: the lowest to the highest seed)."""
-    from ..plots import plt, savefig, variant_colors
+    from ..plots import one_two_five_ticks, plt, savefig, variant_colors
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = variant_colors(_variants(results))  # each variant's colour in the report's other figures

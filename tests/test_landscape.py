@@ -463,3 +463,41 @@ def test_the_2d_panel_of_a_variant_is_its_seed_nearest_the_geometric_mean():
     captions = figure_captions(runs(181.0, 66.8, variant="learnable_orth") + runs(176.2, 160.2, variant="zero"))
     assert "learnable_orth seed 1, zero seed 1" in captions["landscape_2d.png"]
     assert "lowest to the highest seed" in captions["landscape_1d.png"]
+
+
+def test_parametrized_skip_directions_live_on_the_strict_lower_triangle():
+    """A parametrized skip (cayley here) is moved through its unconstrained X, of which torch's
+    map reads only the strictly lower triangle: the direction is 0 on and above the diagonal
+    (else part of its norm would be spent where it moves nothing) and ||D||_F = ||W||_F = sqrt(n)."""
+    model = mixed_resnet()
+    d = L.random_direction(model, seed=2, k=1)
+    params = [c for c in L.coordinates(model) if c.role == "parametrized"]
+    assert len(params) == 1
+    for c in params:
+        dc, n = d[c.name].double(), c.tensor.shape[-1]
+        assert torch.count_nonzero(dc.triu()) == 0 and torch.count_nonzero(dc.tril(-1)) == n * (n - 1) // 2
+        assert math.isclose(float(dc.norm()), math.sqrt(n), rel_tol=1e-6)
+
+
+def test_hessian_parameters_are_every_trainable_parameter_but_the_skips():
+    """Sharpness is compared across skip kinds over the coordinates they share: every trainable
+    parameter of the model except the skips' (retracted and parametrized alike)."""
+    model = mixed_resnet()
+    model.fc.bias.requires_grad_(False)
+    want = {name for name, p in model.named_parameters() if p.requires_grad and ".skip." not in name}
+    assert any(".skip." in name for name, _ in model.named_parameters())
+    names = {id(p): name for name, p in model.named_parameters()}
+    got = [names[id(p)] for p in L.hessian_parameters(model)]
+    assert len(got) == len(set(got)) and set(got) == want
+
+
+def test_eval_subset_is_normalised_as_the_evaluation_loader_does():
+    """The landscape's subset is the images the trained model saw, normalised alike: the whole
+    test split equals the (unaugmented) evaluation loader's batches, in order."""
+    from orthogonal_skip_connections.data.vision import TensorLoader, load_image_data
+
+    data = load_image_data("digits")
+    x, y = L.eval_subset(data, len(data.x_test), seed=4, split="test")
+    batches = list(TensorLoader(data, 100, train=False, device=torch.device("cpu")).epoch())
+    torch.testing.assert_close(x, torch.cat([b[0] for b in batches]), rtol=0, atol=1e-6)
+    assert torch.equal(y, torch.cat([b[1] for b in batches]))

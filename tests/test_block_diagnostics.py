@@ -202,3 +202,49 @@ def test_relu_kept_energy_refuses_a_net_without_a_relu_after_the_sum():
         relu_kept_energy(model, torch.randn(4, 1, 8, 8))
     # the trainer's summary leaves such a net without the measure instead
     assert set(summarize_relu_kept(model, torch.randn(4, 1, 8, 8)).values()) == {None}
+
+
+def test_lipschitz_bound_is_the_product_of_the_layers_constants():
+    """Lip(f_k o ... o f_1) <= prod_k Lip(f_k): the bound of a stack is the product of its layers'
+    spectral norms and activation constants (not their largest), nested Sequentials included."""
+    torch.manual_seed(0)
+    a, b = nn.Linear(4, 6).double(), nn.Linear(6, 4).double()
+    with torch.no_grad():
+        a.weight.mul_(3.0), b.weight.mul_(2.0)  # both norms > 1, so a max and a product differ
+    norm = lambda lin: torch.linalg.matrix_norm(lin.weight, ord=2).item()  # noqa: E731
+    branch = nn.Sequential(a, nn.Sigmoid(), nn.Sequential(b, nn.GELU()))
+    want = norm(a) * ACTIVATION_LIPSCHITZ[nn.Sigmoid] * norm(b) * ACTIVATION_LIPSCHITZ[nn.GELU]
+    assert lipschitz_upper_bound(branch) == pytest.approx(want, rel=1e-12)
+
+
+def test_fit_blocks_matches_scipy_procrustes_and_numpy_least_squares_block_by_block():
+    """analysis.blocks.fit_blocks, per block of a non-linear ResidualMLP: block i's map is fitted
+    from its own inputs z_i (the embedding, then each block in turn, run by hand here) to its
+    outputs: the orthogonal fit against scipy's orthogonal_procrustes (||Q - I||_F, ||Q - W_i||_F,
+    the residual), the linear fit against numpy's least squares."""
+    import scipy.linalg
+
+    from orthogonal_skip_connections.analysis.blocks import fit_blocks
+
+    torch.manual_seed(0)
+    model = ResidualMLP(dim=4, depth=3, in_features=3, skip_kind="fixed_orth", activation="tanh").double()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.branch[0].weight.mul_(3)  # a clearly non-linear block
+    X = torch.randn(60, 3, dtype=torch.float64)
+    out = fit_blocks(model, X)
+    z = model.embed(X).detach()
+    for i, block in enumerate(model.blocks):
+        y = block(z).detach()
+        Zn, Yn = z.numpy(), y.numpy()
+        R, _ = scipy.linalg.orthogonal_procrustes(Zn, Yn)  # argmin ||Z R - Y||_F over orthogonal R = Q^T
+        W = block.skip.weight.detach().double().numpy()
+        coef = np.linalg.lstsq(Zn, Yn, rcond=None)[0]
+        assert out["procrustes_residual"][i] == pytest.approx(np.linalg.norm(Zn @ R - Yn) / np.linalg.norm(Yn),
+                                                              rel=1e-9)
+        assert out["procrustes_identity_distance"][i] == pytest.approx(np.linalg.norm(R.T - np.eye(4)), rel=1e-9)
+        assert out["procrustes_skip_distance"][i] == pytest.approx(np.linalg.norm(R.T - W), rel=1e-9)
+        assert out["linear_residual"][i] == pytest.approx(np.linalg.norm(Zn @ coef - Yn) / np.linalg.norm(Yn),
+                                                          rel=1e-9)
+        assert 1e-3 < out["linear_residual"][i] < out["procrustes_residual"][i]
+        z = y

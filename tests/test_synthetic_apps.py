@@ -273,6 +273,23 @@ def test_construction_verdict_names_a_closest_kind_only_when_the_spreads_separat
         "no kind can be told closest to orthogonal maps (one seed)")
 
 
+def test_construction_verdict_says_closer_or_further_only_beyond_the_seeds_spread():
+    """Per kind, the verdict compares the residual after training with the one at
+    initialisation (0.2 here): lower by more than the seeds' std is "closer", higher by more
+    is "further", within it "cannot tell"."""
+    from orthogonal_skip_connections.analysis.blocks import verdict
+
+    def words(after, sd):
+        row = {"procrustes_residual_mean": after, "procrustes_residual_at_init_mean": 0.2,
+               "procrustes_residual_seed_sd": sd, "linear_residual_mean": 0.1}
+        return verdict({"identity": row}).split("identity: ")[1].split(",")[0]
+
+    assert words(0.1, 0.02) == "closer to orthogonal than at initialisation"
+    assert words(0.3, 0.02) == "further from orthogonal than at initialisation"
+    assert words(0.19, 0.02) == words(0.21, 0.02) == "cannot tell (the change is within the seeds' spread)"
+    assert words(0.1, float("nan")) == "cannot tell (one seed)" and words(0.2, 0.0) == "unchanged"
+
+
 @pytest.mark.parametrize("app", ["orth_to_id", "orth_residual_synthetic_data", "construction_validity"])
 def test_reports_say_how_the_models_were_trained(app):
     """The "what is measured" line names the optimiser, lr, schedule and epochs, and whether

@@ -72,3 +72,48 @@ def test_parity_labels_and_multiclass():
 def test_bad_arguments_are_one_clear_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_synthetic(**kwargs)
+
+
+@pytest.mark.parametrize("dataset_type", ["moons", "circles"])
+def test_moons_and_circles_keep_scikit_learns_labels(dataset_type):
+    """Every (x, y) of the split is one of scikit-learn's own (point, label) pairs, and the
+    points placed in R^9 keep their labels: a label is never separated from its point."""
+    from sklearn import datasets
+
+    X, y = (datasets.make_moons(300, noise=0.1, random_state=5) if dataset_type == "moons"
+            else datasets.make_circles(300, noise=0.1, factor=0.5, random_state=5))  # make_synthetic's defaults
+    label_of = {tuple(np.float32(p).tolist()): int(c) for p, c in zip(X, y)}
+    two = make_synthetic(dataset_type, n_samples=300, dim=2, seed=5)
+    points = torch.cat([two.X_train, two.X_test])
+    labels = torch.cat([two.y_train, two.y_test]).tolist()
+    assert [label_of[tuple(p)] for p in points.tolist()] == labels
+    assert len(set(map(tuple, points.tolist()))) == 300
+    nine = make_synthetic(dataset_type, n_samples=300, dim=9, seed=5)
+    assert torch.equal(nine.y_train, two.y_train) and torch.equal(nine.y_test, two.y_test)
+    torch.testing.assert_close(torch.cdist(nine.X_train.double(), nine.X_test.double()),
+                               torch.cdist(two.X_train.double(), two.X_test.double()), rtol=0, atol=1e-5)
+
+
+def test_noise_is_the_standard_deviation_of_the_input_noise():
+    """classification and parity: the same seed with noise s and with none differs by Gaussian
+    noise of std s and nothing else; blobs: s is every cluster's std, and the difficulty stays
+    Phi(separation / 2) at any s (the means are ``separation * s`` apart)."""
+    for dataset_type in ("classification", "parity"):
+        noisy, clean = (make_synthetic(dataset_type, n_samples=1000, dim=5, noise=s, seed=2) for s in (0.5, 0.0))
+        assert torch.equal(noisy.y_train, clean.y_train)
+        assert abs(float((noisy.X_train - clean.X_train).std()) - 0.5) < 0.02, dataset_type
+    for noise in (0.25, 4.0):
+        X, y, _, _ = make_synthetic("blobs", n_samples=2000, dim=8, noise=noise, separation=3.0, seed=1)
+        mu = torch.stack([X[y == k].mean(0) for k in (0, 1)])
+        assert abs(float((X - mu[y]).std()) / noise - 1) < 0.03
+        acc = (torch.cdist(X, mu).argmin(1) == y).float().mean().item()
+        assert 0.9 < acc < 0.96, (noise, acc)  # Phi(1.5) = 0.933
+
+
+def test_the_split_is_stratified():
+    """Unbalanced classes (the number of -1 among 2 bits: 1/4, 1/2, 1/4) keep their shares in
+    the test split to within one sample."""
+    data = make_synthetic("parity", n_samples=1000, dim=3, parity_bits=2, num_classes=3, test_fraction=0.2, seed=0)
+    every = torch.bincount(torch.cat([data.y_train, data.y_test]), minlength=3).double()
+    assert float(every.max() / every.min()) > 1.8
+    assert torch.all((torch.bincount(data.y_test, minlength=3) - 0.2 * every).abs() <= 1)

@@ -66,6 +66,67 @@ def test_composition_is_g_m_so_W_m_other_than_identity_breaks_it():
     assert r["composition_error"] == pytest.approx(r["structural_error"], rel=1e-9)
 
 
+def test_a_rises_to_one_so_the_last_block_ends_at_h_itself():
+    """a_i = (1 - c)^(m - i): a_0 = (1 - c)^m and a_m = 1, so with W_m = I the last g_m is h
+    itself, for a non-linear h too (there a_m != 1 would leave g_m = h(a_m .) / a_m != h),
+    and the composition h_m o ... o h_1 equals h to round-off."""
+    h, S, x, pairs = _setup(eps=0.3)
+    for m in (1, 5):
+        con = cons.build_construction(h, m, S, rotation_scale=2.0, last_skip_identity=True)
+        c = math.log(m) / m
+        assert con.a.tolist() == pytest.approx([(1 - c) ** (m - i) for i in range(m + 1)], rel=1e-14)
+        assert con.a[-1] == 1.0
+        r = cons.measure_construction(con, x, pairs)
+        assert r["structural_error"] < 1e-13 and r["composition_error"] < 1e-12, r
+
+
+def test_block_jacobians_are_autograds():
+    """Dg_k(x) = W_k^T Dh(a_k W_k x) W_k, which the Lipschitz gap's Jacobian estimate is built
+    from, against autograd's Jacobian of g_k itself, at every block k (k = 0: the identity)."""
+    h, S, x, _ = _setup(eps=0.3)
+    con = cons.build_construction(h, 4, S, rotation_scale=2.0)
+    k = torch.arange(5)
+    for i in range(5):
+        auto = torch.func.vmap(torch.func.jacrev(lambda p: con.g(k[i:i + 1], p[None])[0, 0]))(x)
+        torch.testing.assert_close(con.g_jacobian(k[i:i + 1], x)[0], auto, rtol=0, atol=1e-12)
+
+
+def test_sample_ball_is_uniform_in_the_ball_then_on_its_sphere():
+    """The first half of the points uniform in volume (|x|^d / R^d uniform on [0, 1], directions
+    isotropic), the second half on the sphere |x| = R."""
+    import scipy.stats
+
+    x = cons.sample_ball(4000, 3, 2.0, torch.Generator().manual_seed(0))
+    r = torch.linalg.vector_norm(x, dim=-1)
+    assert scipy.stats.kstest(((r[:2000] / 2.0) ** 3).numpy(), "uniform").pvalue > 1e-3
+    torch.testing.assert_close(r[2000:], torch.full((2000,), 2.0, dtype=torch.float64))
+    assert float((x / r[:, None]).mean(0).norm()) < 0.06  # no preferred direction: ~ sqrt(3 / 4000)
+
+
+def test_measure_map_draws_its_close_pairs_pair_distance_R_apart(monkeypatch):
+    """The Lipschitz gap's pairs: the first half independent points of B_R, the second half
+    p and p + pair_distance R v with |v| = 1 (close pairs, where a Lipschitz ratio is local)."""
+    from orthogonal_skip_connections.analysis import rates
+
+    seen = []
+
+    def measure(con, x, pairs):
+        seen.append(pairs)
+        return {k: 0.1 for k in rates.ROW_KEYS} | {"per_block": {}}
+
+    R, n_pairs = 2.0, 16
+    spec = {"angle": 0.5, "stretch": 1.2, "eps": 0.2}
+    monkeypatch.setattr(cons, "measure_construction", measure)  # the pairs, as measure_map draws them
+    rates.measure_map("h", spec, cons.unit_skew(3, torch.Generator().manual_seed(1)), [2], dim=3, radius=R, seed=0,
+                      n_points=8, n_pairs=n_pairs, pair_distance=0.05, c_scale=1.0, rotation_scale=1.0,
+                      last_skip_identity=False, slope_tolerance=0.25, exact_tolerance=1e-9)
+    (p, q), = seen
+    dist = torch.linalg.vector_norm(p - q, dim=-1)
+    torch.testing.assert_close(dist[n_pairs // 2:], torch.full((n_pairs // 2,), 0.05 * R, dtype=torch.float64))
+    assert float(dist[: n_pairs // 2].min()) > 0.05 * R
+    assert float(torch.linalg.vector_norm(p, dim=-1).max()) <= R + 1e-12
+
+
 def test_rates_for_dh0_identity_and_the_first_block_for_dh0_far_from_identity():
     h, S, x, pairs = _setup(angle=0.0, stretch=1.0, eps=0.5)
     rows = [cons.measure_construction(cons.build_construction(h, m, S), x, pairs) for m in (4, 16, 64)]

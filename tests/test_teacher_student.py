@@ -963,3 +963,5 @@ def test_every_weight_init_takes_its_scale(init):
     assert torch.equal(two, 2 * one)
     if init == "uniform":
         assert 0 <= float(two.min()) and float(two.max()) < 2 and float(two.max()) > 1
+    if init == "gaussian":  # Li & Yuan's small-norm teacher: the scale is the spectral norm
+        assert float(torch.linalg.matrix_norm(two, ord=2).max()) == pytest.approx(2.0, rel=1e-12)

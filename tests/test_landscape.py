@@ -501,3 +501,37 @@ def test_eval_subset_is_normalised_as_the_evaluation_loader_does():
     batches = list(TensorLoader(data, 100, train=False, device=torch.device("cpu")).epoch())
     torch.testing.assert_close(x, torch.cat([b[0] for b in batches]), rtol=0, atol=1e-6)
     assert torch.equal(y, torch.cat([b[1] for b in batches]))
+
+
+def test_directions_are_independent_across_k_and_across_tensors():
+    """The plane's two directions are two draws, not one (else the 2-D grid is a line), and two
+    tensors of the same shape get their own draws (else every layer is cut along the same
+    pattern): every pair of them is nearly orthogonal, as independent Gaussians in >= 256
+    dimensions are."""
+    model = mixed_resnet()
+    d0, d1 = (L.random_direction(model, seed=0, k=k) for k in (0, 1))
+    moved = [c for c in L.coordinates(model) if c.role in ("filter", "retracted", "parametrized")]
+
+    def cos(a, b):
+        a, b = a.double().flatten(), b.double().flatten()
+        return float(a @ b / (a.norm() * b.norm()))
+
+    for c in moved:
+        assert abs(cos(d0[c.name], d1[c.name])) < 0.3, c.name
+    same_shape = [(a, b) for i, a in enumerate(moved) for b in moved[i + 1:] if a.tensor.shape == b.tensor.shape]
+    assert same_shape  # the first stage's two convolutions
+    for a, b in same_shape:
+        assert abs(cos(d0[a.name], d0[b.name])) < 0.3, (a.name, b.name)
+
+
+def test_the_cache_key_holds_every_setting_but_the_batch_size():
+    """A cached landscape is reused only for the same numbers: any setting but batch_size
+    (which changes round-off only), the checkpoint or the init seed changes the key."""
+    base = L.LandscapeSettings()
+    key = L._key(base, "abc", 0)
+    assert L._key(L.LandscapeSettings(batch_size=64), "abc", 0) == key
+    assert L._key(base, "abd", 0) != key and L._key(base, "abc", 1) != key
+    for name, value in base.__dict__.items():
+        if name != "batch_size":
+            other = {"eval_split": "test"}.get(name, value + 1 if not isinstance(value, str) else value)
+            assert L._key(L.LandscapeSettings(**{**base.__dict__, name: other}), "abc", 0) != key, name

@@ -280,3 +280,25 @@ def test_idempotent_skip_is_an_orthogonal_projector_of_the_asked_rank():
         torch.testing.assert_close(P, P.T, atol=1e-6, rtol=0)
         assert int(torch.linalg.matrix_rank(P)) == rank and round(float(torch.trace(P))) == rank, fraction
 
+
+def test_project_orthogonal_puts_every_seed_of_a_stacked_matrix_back_on_o_n():
+    """A SeedStack's retracted skips are (S, n, n): project_orthogonal_ (after an average of
+    weights) replaces each seed's matrix by its own polar factor U V^T (the SVD's, here)."""
+    import orthogonal_skip_connections as osc
+    from orthogonal_skip_connections.models.stack import SeedStack
+
+    stack = SeedStack.build(lambda: osc.ResidualMLP(6, 2, skip_kind="learnable_orth", method="svd", init="haar"),
+                            [0, 1, 2])
+    skips = [b.skip for b in stack.template.blocks]
+    with torch.no_grad():
+        for s in skips:
+            s.weight.add_(0.1 * torch.randn_like(s.weight))  # every seed off O(n), as an average leaves it
+    before = [s.weight.detach().double().clone() for s in skips]
+    moved = osc.project_orthogonal_(stack)
+    distances = []
+    for s, A in zip(skips, before):
+        assert s.weight.shape == (3, 6, 6)
+        U, _, Vh = torch.linalg.svd(A)
+        torch.testing.assert_close(s.weight.detach().double(), U @ Vh, atol=1e-5, rtol=0)
+        distances.append(float(torch.linalg.matrix_norm(U @ Vh - A).max()))
+    assert moved == pytest.approx(max(distances), rel=1e-4)

@@ -200,3 +200,33 @@ def test_memory_check_passes_where_the_system_does_not_say(monkeypatch):
     monkeypatch.delattr(os, "sysconf")  # as on Windows
     assert machine_memory() is None
     check_memory("this", 1e30)  # nothing to compare with: the run meets its own limits
+
+
+def test_each_seed_of_a_seed_stack_is_the_model_built_alone_with_that_seed():
+    """SeedStack.build([3, 5, 7]): seed s's weights, buffers and logits are those of the model
+    built alone after torch.manual_seed(s) (fixed_orth and the layers draw from the global RNG),
+    in the order of the seeds; the caller's RNG is left as it was. A stack moved (.double(),
+    .to(device)) after a forward evaluates the moved tensors, not the ones it cached."""
+    from orthogonal_skip_connections.models.stack import SeedStack
+
+    def make():
+        return ResidualMLP(6, 2, skip_kind="fixed_orth", num_classes=3, in_features=4)
+
+    seeds = [3, 5, 7]
+    rng = torch.get_rng_state()
+    stack = SeedStack.build(make, seeds)
+    assert torch.equal(torch.get_rng_state(), rng)
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        out = stack(x)
+        for i, seed in enumerate(seeds):
+            torch.manual_seed(seed)
+            alone = make()
+            state = stack.model(i).state_dict()
+            assert state.keys() == alone.state_dict().keys()
+            assert all(torch.equal(state[k], v) for k, v in alone.state_dict().items()), seed
+            torch.testing.assert_close(out[i], alone(x), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out[0], out[1])
+    stack.double()  # moved after a forward: the next one runs on the moved tensors
+    with torch.no_grad():
+        torch.testing.assert_close(stack(x.double())[2], stack.model(2)(x.double()), rtol=1e-12, atol=1e-12)

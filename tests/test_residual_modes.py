@@ -454,3 +454,56 @@ def test_a_few_digits_steps_lower_the_loss(digits, model_type, mode, method):
     for m in skips:  # the retraction kept every orthogonal skip on O(n)
         W = m.weight.detach()
         torch.testing.assert_close(W.T @ W, torch.eye(W.shape[0]), atol=1e-4, rtol=0)
+
+
+def _matrix_at_every_position(W: Tensor, s: Tensor) -> Tensor:
+    """W s at every position, written here: a 1x1 convolution of a conv map, s W^T of tokens
+    and vectors."""
+    return F.conv2d(s, W[:, :, None, None]) if s.ndim == 4 else torch.einsum("oc,...c->...o", W, s)
+
+
+@pytest.mark.parametrize("model_type", ["resnet20", "preact_resnet20", "vit_tiny", "mlp"])
+@pytest.mark.parametrize("mode", ["add", "orthogonal_update", "rotation"])
+def test_every_block_combines_w_times_its_shortcut_with_its_branch(model_type, mode):
+    """Block by block, from its own input: the mode's combination of the stream W shortcut(x)
+    (fixed_orth W, not symmetric; shortcut: the projection where the shape changes, else x) and
+    the branch's update, in that order, with the model's residual_eps (4, far from the default
+    1e-6). The invariants above hold for any stream the Residual is handed; this pins which."""
+    from orthogonal_skip_connections.models.mlp import ResidualMLPBlock
+    from orthogonal_skip_connections.models.resnet import BasicBlock, PreActBlock
+    from orthogonal_skip_connections.models.vit import PreNormResidual
+
+    eps = 4.0
+    kw = dict(residual_mode=mode, residual_eps=eps)
+    if model_type == "mlp":
+        model, x = ResidualMLP(8, 3, skip_kind="fixed_orth", num_classes=3, in_features=4, **kw), torch.randn(5, 4)
+    elif model_type == "vit_tiny":
+        model = get_model("vit_tiny", 10, "fixed_orth", in_channels=1, image_size=8, patch_size=2, width=16,
+                          depth=2, heads=2, **kw)
+        x = torch.randn(2, 1, 8, 8)
+    else:
+        model, x = get_model(model_type, 10, "fixed_orth", in_channels=1, **kw), torch.randn(2, 1, 8, 8)
+    model.eval()
+
+    def expected(block, z):
+        if isinstance(block, PreActBlock):
+            pre = block.preact(z)
+            stream, update = (z if block.shortcut is None else block.shortcut(pre)), block.branch(pre)
+        elif isinstance(block, BasicBlock):
+            stream, update = block.shortcut(z), block.branch(z)
+        elif isinstance(block, PreNormResidual):
+            stream, update = z, block.branch(block.norm(z))
+        else:
+            stream, update = z, block.branch(z)
+        y = residual_combine(mode, _matrix_at_every_position(block.skip.weight, stream), update, "channel", eps)
+        return F.relu(y) if isinstance(block, BasicBlock) else y
+
+    seen = []
+    for m in model.modules():
+        if isinstance(m, (BasicBlock, PreActBlock, PreNormResidual, ResidualMLPBlock)):
+            m.register_forward_hook(lambda mod, args, out: seen.append((expected(mod, args[0]), out)))
+    with torch.no_grad():
+        model(x)
+    assert len(seen) == {"mlp": 3, "vit_tiny": 4}.get(model_type, 9)
+    for i, (want, got) in enumerate(seen):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"block {i}")

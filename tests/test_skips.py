@@ -84,9 +84,15 @@ def test_haar_init_is_special_unless_asked():
 
 
 def test_generator_makes_init_reproducible():
-    a = make_skip("fixed_orth", 8, generator=torch.Generator().manual_seed(3)).weight
-    b = make_skip("fixed_orth", 8, generator=torch.Generator().manual_seed(3)).weight
-    assert torch.equal(a, b)
+    """Every kind drawn at random takes its draw from ``generator``, not from torch's global RNG
+    (moved between the two builds here): the same seed the same W, another seed another W."""
+    for kind, opts in [("fixed_orth", {}), ("random", {}), ("idempotent", {}), ("learnable_orth", {"init": "haar"}),
+                       ("learnable_orth", {"init": "haar", "method": "cayley"})]:
+        a = make_skip(kind, 8, generator=torch.Generator().manual_seed(3), **opts).weight.detach()
+        torch.manual_seed(123)
+        b = make_skip(kind, 8, generator=torch.Generator().manual_seed(3), **opts).weight.detach()
+        c = make_skip(kind, 8, generator=torch.Generator().manual_seed(4), **opts).weight.detach()
+        assert torch.equal(a, b) and not torch.allclose(a, c), kind
 
 
 def test_original_option_names_accepted():
@@ -233,3 +239,66 @@ def test_baked_copy_computes_the_same_without_upkeep_and_pickles(method):
     if retracted:
         with pytest.raises(TypeError, match="retracted orthogonal matrix"):
             torch.optim.SGD(model.parameters(), lr=0.1).step()
+
+
+def test_trainable_kinds_reach_the_loss_and_frozen_kinds_hold_no_parameter():
+    """What a kind lets training move: linear, random, scalar and learnable_orth have trainable
+    parameters the loss reaches (scalar's alpha: d/d alpha sum(g * alpha x) = sum(g x));
+    fixed_orth and idempotent hold W as a buffer (no optimiser, weight decay or gradient moves
+    it); identity and zero hold nothing. Starts: linear at I, scalar at alpha = 1 and
+    learnable_orth (identity init) at I."""
+    x, g = torch.randn(5, 6), torch.randn(5, 6)
+    trainable = {"linear": ["weight"], "random": ["weight"], "scalar": ["alpha"], "learnable_orth": ["weight"]}
+    for kind in SKIP_KINDS:
+        skip = make_skip(kind, 6)
+        assert [n for n, _ in skip.named_parameters()] == trainable.get(kind, []), kind
+        if kind in ("fixed_orth", "idempotent"):
+            assert list(dict(skip.named_buffers())) == ["weight"] and not skip.weight.requires_grad
+        if kind not in trainable:
+            continue
+        (skip(x) * g).sum().backward()
+        for name, p in skip.named_parameters():
+            assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, (kind, name)
+    scalar = make_skip("scalar", 6)
+    assert float(scalar.alpha.detach()) == 1.0
+    (scalar(x) * g).sum().backward()
+    torch.testing.assert_close(scalar.alpha.grad, (g * x).sum())
+    with torch.no_grad():
+        scalar.alpha.fill_(-0.5)
+    torch.testing.assert_close(scalar.weight, -0.5 * torch.eye(6))  # weight: the current matrix alpha I
+    for kind in ("linear", "learnable_orth"):
+        assert torch.equal(make_skip(kind, 6).weight.detach(), torch.eye(6)), kind
+
+
+def test_idempotent_skip_is_an_orthogonal_projector_of_the_asked_rank():
+    """rank_fraction sets the rank of P = U U^T (round(fraction * C), at least 1); P is
+    symmetric and idempotent. (Only the default 0.5 was checked, where fraction and
+    1 - fraction give the same rank.)"""
+    for fraction, rank in [(0.25, 2), (0.75, 6), (1.0, 8), (0.01, 1)]:
+        P = make_skip("idempotent", 8, rank_fraction=fraction).weight
+        torch.testing.assert_close(P @ P, P, atol=1e-5, rtol=0)
+        torch.testing.assert_close(P, P.T, atol=1e-6, rtol=0)
+        assert int(torch.linalg.matrix_rank(P)) == rank and round(float(torch.trace(P))) == rank, fraction
+
+
+def test_project_orthogonal_puts_every_seed_of_a_stacked_matrix_back_on_o_n():
+    """A SeedStack's retracted skips are (S, n, n): project_orthogonal_ (after an average of
+    weights) replaces each seed's matrix by its own polar factor U V^T (the SVD's, here)."""
+    import orthogonal_skip_connections as osc
+    from orthogonal_skip_connections.models.stack import SeedStack
+
+    stack = SeedStack.build(lambda: osc.ResidualMLP(6, 2, skip_kind="learnable_orth", method="svd", init="haar"),
+                            [0, 1, 2])
+    skips = [b.skip for b in stack.template.blocks]
+    with torch.no_grad():
+        for s in skips:
+            s.weight.add_(0.1 * torch.randn_like(s.weight))  # every seed off O(n), as an average leaves it
+    before = [s.weight.detach().double().clone() for s in skips]
+    moved = osc.project_orthogonal_(stack)
+    distances = []
+    for s, A in zip(skips, before):
+        assert s.weight.shape == (3, 6, 6)
+        U, _, Vh = torch.linalg.svd(A)
+        torch.testing.assert_close(s.weight.detach().double(), U @ Vh, atol=1e-5, rtol=0)
+        distances.append(float(torch.linalg.matrix_norm(U @ Vh - A).max()))
+    assert moved == pytest.approx(max(distances), rel=1e-4)

@@ -121,6 +121,10 @@ def test_bad_input_names_allowed_values(call, match):
 def test_mismatched_input_says_expected_shape():
     with pytest.raises(ValueError, match=r"expects \(N, 4\), \(N, T, 4\) or \(N, 4, H, W\); got \(2, 5\)"):
         make_skip("linear", 4)(torch.randn(2, 5))
+    for kind in ("identity", "linear"):  # a 0-d or 1-d input: the same one line, not an IndexError
+        for x in (torch.tensor(1.0), torch.randn(4)):
+            with pytest.raises(ValueError, match=r"expects \(N, 4\)"):
+                make_skip(kind, 4)(x)
 
 
 @pytest.mark.parametrize("method", ["cayley", "exp", "householder"])

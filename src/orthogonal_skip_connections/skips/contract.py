@@ -97,8 +97,7 @@ class Skip(nn.Module):
         self.shared_weight = None
 
     def _check(self, x: Tensor) -> None:
-        c = x.shape[1] if x.ndim == 4 else x.shape[-1]
-        if x.ndim not in (2, 3, 4) or c != self.channels:
+        if x.ndim not in (2, 3, 4) or (x.shape[1] if x.ndim == 4 else x.shape[-1]) != self.channels:
             raise ValueError(
                 f"{self.kind} skip expects (N, {self.channels}), (N, T, {self.channels}) or "
                 f"(N, {self.channels}, H, W); got {tuple(x.shape)}"

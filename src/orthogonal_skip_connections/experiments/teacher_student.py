@@ -403,8 +403,9 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
             "population loss: E ||f(x) - f*(x)||^2 / k over x ~ N(0, I_d) in closed form (arc-cosine kernel, Cho & "
             "Saul 2009), the test loss on infinitely many inputs, divided by Var(y)",
             "distance: sum over weight matrices of ||W - W*||_F; aligned distance: the same after matching hidden "
-            "units to the teacher's (Hungarian algorithm) and rescaling each by c > 0 (ReLU is positively "
-            "homogeneous)",
+            "units to the teacher's (an optimal assignment, scipy's linear_sum_assignment) and rescaling each "
+            "by c > 0 to its teacher unit's incoming norm (ReLU is positively homogeneous): an upper bound on the "
+            "distance up to these symmetries, since c is fixed, not minimised",
             f"fits: relative train loss <= {thr.fit:g}; recovered: distance / (distance of the all-zero student) <= "
             f"{thr.recover:g}; up to symmetry: aligned distance / (aligned distance of the all-zero student) <= "
             f"{thr.recover:g}; each counted per seed, k of n",

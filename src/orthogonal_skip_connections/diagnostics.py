@@ -222,27 +222,16 @@ def _activation_lipschitz(module: nn.Module) -> float | None:
     return ACTIVATION_LIPSCHITZ.get(type(module))
 
 
-@torch.no_grad()
 def lipschitz_upper_bound(branch: nn.Module) -> float:
     """Product-of-spectral-norms bound on the Lipschitz constant (in the 2-norm) of a stack
     of ``nn.Linear`` layers and elementwise activations (``nn.Sequential`` nests allowed):
     Lip(f_k o ... o f_1) <= prod_k Lip(f_k), with Lip(x -> W x + b) = ||W||_2 and
     Lip(sigma) = sup |sigma'|. Exact for a single linear layer; loose otherwise, because
     the top singular directions of consecutive layers need not line up."""
-    if isinstance(branch, nn.Linear):
-        return float(torch.linalg.matrix_norm(branch.weight.detach().double(), ord=2))
-    if isinstance(branch, nn.Sequential):
-        bound = 1.0
-        for layer in branch:
-            bound *= lipschitz_upper_bound(layer)
-        return bound
-    lip = _activation_lipschitz(branch)
-    if lip is None:
-        allowed = ", ".join(["Linear", "Sequential", "LeakyReLU", "ELU"] + [t.__name__ for t in ACTIVATION_LIPSCHITZ])
-        raise ValueError(
-            f"cannot bound the Lipschitz constant of {type(branch).__name__}; the bound covers: {allowed}"
-        )
-    return lip
+    bound = lipschitz_upper_bound_stacked(branch)
+    if bound.ndim:
+        raise ValueError(f"the branch's weights carry batch axes {tuple(bound.shape)}; use lipschitz_upper_bound_stacked")
+    return float(bound)
 
 
 def jacobian_spectral_norms(f, X: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
@@ -359,7 +348,7 @@ __all__ += ["lipschitz_upper_bound_stacked", "linear_fit_residual"]
 
 @torch.no_grad()
 def lipschitz_upper_bound_stacked(branch: nn.Module) -> torch.Tensor:
-    """:func:`lipschitz_upper_bound` for a branch whose ``nn.Linear`` weights have leading
+    """:func:`lipschitz_upper_bound` for a branch whose ``nn.Linear`` weights may have leading
     batch axes, (..., out, in): the product of the spectral norms for every batch entry,
     a float64 tensor of shape (...) (0-d for an ordinary branch)."""
     if isinstance(branch, nn.Linear):
@@ -369,7 +358,13 @@ def lipschitz_upper_bound_stacked(branch: nn.Module) -> torch.Tensor:
         for layer in branch:
             bound = bound * lipschitz_upper_bound_stacked(layer)
         return bound
-    return torch.tensor(lipschitz_upper_bound(branch), dtype=torch.float64)  # an activation, or the error
+    lip = _activation_lipschitz(branch)
+    if lip is None:
+        allowed = ", ".join(["Linear", "Sequential", "LeakyReLU", "ELU"] + [t.__name__ for t in ACTIVATION_LIPSCHITZ])
+        raise ValueError(
+            f"cannot bound the Lipschitz constant of {type(branch).__name__}; the bound covers: {allowed}"
+        )
+    return torch.tensor(lip, dtype=torch.float64)
 
 
 @torch.no_grad()
@@ -420,17 +415,9 @@ def skip_matrices(stack: SeedStack) -> Tensor | None:
 @torch.no_grad()
 def stacked_block_inputs(stack: SeedStack, X: Tensor) -> list[Tensor]:
     """The input of each block for every seed when the models see X (N, d): a list of L
-    tensors (S, N, n)."""
+    tensors (S, N, n) (:func:`block_inputs` per seed)."""
     _blocks(stack)
-
-    def fn(model, x):
-        z, inputs = model.embed(x), []
-        for block in model.blocks:
-            inputs.append(z)
-            z = block(z)
-        return tuple(inputs)
-
-    return list(stack.apply(fn, X))
+    return list(stack.apply(lambda model, x: tuple(block_inputs(model, x)), X))
 
 
 @torch.no_grad()

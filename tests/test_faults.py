@@ -146,6 +146,12 @@ CASES = [
     ("re-epochs-zero", ["run_experiments", "scheduler.epochs=0"], ["scheduler.epochs"]),
     ("re-seed-negative", ["run_experiments", "seed=-1"], ["seed"]),
     ("re-seed-abc", ["run_experiments", "seed=abc"], ["seed"]),
+    # a seed past NumPy's 2**32 - 1 (torch's past 2**63): a traceback from the first library seeded, at run time
+    ("re-seed-past-torch", ["run_experiments", "seed=9223372036854775808"], ["seed", "4294967295"]),
+    ("sy-seed-past-numpy", ["orth_residual_synthetic_data", "seed=4294967296"], ["seed", "4294967295"]),
+    ("cv-last-seed-past-numpy", ["construction_validity", "seed=4294967295"], ["seed", "4294967294"]),  # seeds=2
+    ("ts2-stage-seed-past-numpy", ["two_stage", "seed=2147483648"], ["seed", "2147483647"]),  # stage 2: 2 s + 1
+    ("ll-direction-seed-past-numpy", ["loss_landscape", "direction_seed=4294967296"], ["direction_seed"]),
     ("re-skip-kind", ["run_experiments", "model.skip_kind=bogus"], ["bogus"]),
     ("re-method", ["run_experiments", "model.skip_kind=learnable_orth", "model.method=adam"], ["adam"]),
     ("re-model-type", ["run_experiments", "model.model_type=resnet7"], ["model.model_type"]),

@@ -42,7 +42,7 @@ from ..rundir import RunDir, column
 from ..runs import UserError, atomic_write_text, read_json, resolve_device, to_jsonable
 from ..train.classifier import TrainConfig, train_classifier
 from ..train.image import ClassifierSpec, build_classifier, check_batch_size, load_run, run_variant
-from ._app import App, choice, number, path_or_null, require, threads
+from ._app import App, check_seed, choice, number, path_or_null, require, threads
 
 SPLITS = ("train", "test")
 
@@ -102,7 +102,7 @@ class Config:
                 "t_min < t_max", self.t_range)
         require(self.n_eval >= 1, "n_eval", "an integer >= 1", self.n_eval)
         choice("eval_split", self.eval_split, SPLITS)
-        require(self.direction_seed >= 0, "direction_seed", "an integer >= 0", self.direction_seed)
+        check_seed("direction_seed", self.direction_seed)
         require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
         require(self.hessian.iters >= 1, "hessian.iters", "an integer >= 1", self.hessian.iters)
         number("hessian.tol", self.hessian.tol, 0, strict=True)

@@ -33,7 +33,7 @@ from ..skips import (DEFAULT_METHOD, ORTHOGONAL_METHODS, RESIDUAL_MODES, STREAM_
 from ..train import distributed
 from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_classifier
 from ..train.image import ClassifierSpec, build_classifier, check_batch_size, check_classifier
-from ._app import App, choice, number, path_or_null, require, threads
+from ._app import App, check_seed, choice, number, path_or_null, require, threads
 
 WANDB_MODES = ("disabled", "offline", "online")
 CHECKPOINT_MODES = ("last", "none")
@@ -225,7 +225,7 @@ class Config:
         require(self.wandb.project.strip() != "", "wandb.project", "a W&B project name", self.wandb.project)
         choice("save_checkpoint", self.save_checkpoint, CHECKPOINT_MODES)
         threads(self.num_threads)
-        require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        check_seed("seed", self.seed)
         try:
             skip(self.model.skip_kind, **self.model.skip_options())
         except (TypeError, ValueError) as err:

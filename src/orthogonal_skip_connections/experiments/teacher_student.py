@@ -32,7 +32,7 @@ from ..models.teacher_student import ARCHS
 from ..train import teacher_student as ts
 from ..rundir import RunDir, column
 from ..runs import UserError, check_memory, resolve_device, write_npz
-from ._app import App, one_of, require, threads, typed
+from ._app import MAX_SEED, App, check_seed, one_of, require, threads, typed
 
 
 @dataclass
@@ -90,7 +90,7 @@ class Config:
         require(len(set(self.archs)) == len(self.archs), "archs", "a list without repeats", self.archs)
         self.archs = one_of("archs", self.archs, ARCHS)
         require(self.seeds >= 1, "seeds (the number of runs)", "an integer >= 1", self.seeds)
-        require(self.seed >= 0, "seed (the first seed)", "an integer >= 0", self.seed)
+        check_seed("seed (the first seed)", self.seed, MAX_SEED - (self.seeds - 1))  # seeds seed .. seed + seeds - 1
         for key in ("fit", "recover"):
             value = getattr(self.thresholds, key)
             require(np.isfinite(value) and value > 0, f"thresholds.{key}", "> 0", value)

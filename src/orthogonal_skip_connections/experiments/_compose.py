@@ -229,15 +229,19 @@ def hydra_dir(app_name: str, overrides: list[str], key: str) -> Path | None:
     """The dir Hydra makes of ``key`` (``hydra.run.dir``, ``hydra.sweep.dir``) with ``overrides``:
     the value as Hydra parses it (``hydra.run.dir='/a b'`` is ``/a b``, quotes and escapes
     removed) with its ``${...}`` resolved (the config's keys, ``${now:...}``), not the text
-    after ``=``. None where only the run itself can resolve it (``${hydra:runtime...}``)."""
+    after ``=``. None where only the run itself can resolve it (``${hydra:runtime...}``). A
+    blank value is a UserError: Hydra would take it as the current dir and write the run there."""
     from hydra.core.utils import setup_globals
 
     setup_globals()  # the ${now:...} resolver
     try:
         hydra_cfg = compose_raw(app_name, [*overrides, *job_name(app_name, overrides)], hydra_config=True)
-        return Path(str(OmegaConf.select(hydra_cfg, key)))
+        value = str(OmegaConf.select(hydra_cfg, key))
     except Exception:  # Hydra's own business when it runs
         return None
+    if not value.strip():
+        raise UserError(f"{key} must be a path (a blank one is the current dir, where no run belongs); got {value!r}")
+    return Path(value)
 
 
 def job_name(app_name: str, argv: list[str]) -> list[str]:

@@ -87,6 +87,15 @@ def root(tmp_path_factory):
         shutil.copytree(unfinished, resume / name, ignore=no_checkpoint)
         (resume / name / "checkpoint.pt").write_bytes(data)
     (resume / "no_config" / "config.yaml").unlink()
+    # checkpoints torch reads but this run cannot take: another model's weights, not a dict
+    import torch
+
+    for name, obj in (("other_model", {"model": {"bogus.weight": torch.zeros(1)}}), ("list_checkpoint", [1, 2])):
+        shutil.copytree(unfinished, resume / name, ignore=no_checkpoint)
+        torch.save(obj, resume / name / "checkpoint.pt")
+    shutil.copytree(unfinished, resume / "bad_config", ignore=no_checkpoint)
+    (resume / "bad_config" / "config.yaml").write_text("model: [unclosed\n")
+    torch.save({}, resume / "bad_config" / "checkpoint.pt")
     (root / "a_file").write_text("not a dir\n")
     (root / "cifar_empty").mkdir()
     write_cifar(root / "cifar_evil", evil=root / "PWNED")
@@ -202,6 +211,15 @@ CASES = [
      ["no config.yaml"]),
     ("re-resume-bad-checkpoint", ["run_experiments", "resume=true", f"hydra.run.dir={M}/resume/bad_checkpoint"],
      ["bad_checkpoint/checkpoint.pt", "UnpicklingError", "move it away"]),
+    ("re-resume-checkpoint-other-model", ["run_experiments", "resume=true", f"hydra.run.dir={M}/resume/other_model"],
+     ["other_model/checkpoint.pt", "does not fit", "bogus.weight", "move it away"]),
+    ("re-resume-checkpoint-not-a-dict", ["run_experiments", "resume=true",
+                                         f"hydra.run.dir={M}/resume/list_checkpoint"],
+     ["list_checkpoint/checkpoint.pt", "does not fit", "move it away"]),
+    ("ll-runs-checkpoint-not-a-dict", ["loss_landscape", f"runs=[{M}/resume/list_checkpoint]"],
+     ["list_checkpoint/checkpoint.pt", "does not fit"]),
+    ("ll-runs-config-unparsable", ["loss_landscape", f"runs=[{M}/resume/bad_config]"],
+     ["bad_config/config.yaml", "ParserError"]),
     ("re-cifar-missing", ["run_experiments", "dataset=cifar10", f"data.root={M}/cifar_empty", "data.download=false"],
      ["cifar10", "cifar_empty"]),
     ("re-cifar-crafted", ["run_experiments", "dataset=cifar10", f"data.root={M}/cifar_evil", "data.download=false"],

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -233,6 +234,26 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
                         "choose another hydra.run.dir") from None
 
 
+# what restoring a readable checkpoint raises when it was saved by another model, optimiser or
+# version (a missing or unexpected key, a shape, a list where a dict was)
+UNFIT = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError)
+
+
+def unfit_checkpoint(path: Path, err: BaseException) -> UserError:
+    """The one line for a checkpoint torch read but this run cannot take (``err``, one of
+    :data:`UNFIT`; torch's state_dict errors list every key, over several lines)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()] or [""]
+    for i, line in enumerate(lines[1:], 1):  # 'Missing key(s) in state_dict: "a", "b", ...': a count and the first
+        head, found, keys = line.partition(" in state_dict: ")
+        names = re.findall(r'"([^"]+)"', keys)
+        if found and names:
+            lines[i] = f"{len(names)} {head[0].lower()}{head[1:]} (first {names[0]})"
+    detail = " ".join(lines[:1]) + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")
+    detail = detail if len(detail) <= 300 else detail[:300] + " ..."
+    return UserError(f"checkpoint {path} does not fit this run ({type(err).__name__}: {detail}): it was saved by "
+                     "another model or version; move it away to start this run over, or choose another hydra.run.dir")
+
+
 def train_classifier(
     model: nn.Module,
     data: ImageData,
@@ -285,14 +306,17 @@ def train_classifier(
     guard = DivergenceGuard(trivial_loss=math.log(max(2, data.num_classes)))
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, device)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and "scaler" in ckpt:
-            scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
-        state.update(ckpt["state"])
-        guard.load_state(state.get("guard"))
+        try:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            if scaler is not None and "scaler" in ckpt:
+                scaler.load_state_dict(ckpt["scaler"])
+            _set_rng_state(ckpt["rng"])
+            state.update(ckpt["state"])
+            guard.load_state(state.get("guard"))
+        except UNFIT as err:
+            raise unfit_checkpoint(ckpt_path, err) from None
         if main:
             _truncate_metrics(metrics_path, state["epoch"])
     else:

@@ -114,6 +114,9 @@ def root(tmp_path_factory):
             (d / "summary.json").write_text(summary)
         if meta is not None:
             (d / "run.json").write_text(json.dumps(meta))
+    damaged = odd / "metrics" / "run"  # a line before the last that is not JSON: damaged, not cut short
+    shutil.copytree(root / "done" / "run_experiments", damaged, ignore=no_checkpoint)
+    (damaged / "metrics.jsonl").write_text("{not json\n" + (damaged / "metrics.jsonl").read_text())
     return root
 
 
@@ -334,6 +337,7 @@ CASES = [
     ("rp-odd-labels", ["report", f"{M}/odd/labels"], ["odd/labels/run/run.json"]),
     ("rp-completed-without-accuracy", ["report", f"{M}/odd/acc"], ["odd/acc/run/summary.json", "test_acc"]),
     ("rp-seed-not-a-number", ["report", f"{M}/odd/seed"], ["odd/seed/run/run.json", "labels.seed"]),
+    ("rp-metrics-damaged", ["report", f"{M}/odd/metrics"], ["odd/metrics/run/metrics.jsonl, line 1", "damaged"]),
     ("rp-out-file", ["report", f"{M}/done", "--out", f"{M}/a_file"], ["a_file"]),
     ("rp-missing", ["report", f"{M}/nowhere"], ["nowhere"]),
     ("rp-file", ["report", f"{M}/a_file"], ["a_file is a file"]),
@@ -477,6 +481,25 @@ def test_resume_ignores_only_the_documented_keys_and_cleans_tmp_files(root, tmp_
     saved, now = yaml.safe_load(config), yaml.safe_load((run_dir / "config.yaml").read_text())
     assert {k: v for k, v in saved.items() if k not in ("resume", "num_threads", "progress")} == \
         {k: v for k, v in now.items() if k not in ("resume", "num_threads", "progress")}
+
+
+def test_a_metrics_line_cut_short_is_left_out_on_resume_and_in_the_report(root, tmp_path, capsys):
+    """A run killed mid-append leaves metrics.jsonl's last line cut short (and a report may
+    read a line still being written): resume=true was a JSONDecodeError traceback, and osc
+    report refused the run as 'not an evaluation record of this version'."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(root / "unfinished", run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    text = metrics.read_text()
+    metrics.write_text(text + text.splitlines()[-1][:25])  # the next record, cut mid-line
+    code, _, err = run(["run_experiments", *TINY["run_experiments"], "resume=true", f"hydra.run.dir={run_dir}",
+                        "progress=false"], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    assert metrics.read_text() == text  # the cut line gone, every whole record kept
+    metrics.write_text(text + '{"type": "eval", "ep')
+    code, _, err = run(["report", run_dir, "--out", tmp_path / "report"], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    assert "1 classifier runs" in run.out
 
 
 def test_a_second_writer_is_refused(tmp_path, capsys):

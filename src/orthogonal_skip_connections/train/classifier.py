@@ -23,7 +23,6 @@ DistributedDataParallel and the data are sharded per rank (see :mod:`.distribute
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -40,7 +39,7 @@ from torch.nn.utils import parametrize
 from ..data.vision import ImageData, TensorLoader, epoch_generator, to_device
 from ..diagnostics import skip_diagnostics, skip_weights, summarize_relu_kept, summarize_skips
 from ..skips import iter_skips
-from ..runs import UserError, append_jsonl, atomic_torch_save, progress_bar, write_json
+from ..runs import UserError, append_jsonl, atomic_torch_save, progress_bar, read_jsonl, write_json
 from ..optim import OptimConfig, build_optimizer, lr_scheduler
 from . import distributed
 from .divergence import Diverged, DivergenceGuard
@@ -524,10 +523,11 @@ def _grad_norm(model: nn.Module, clip: float, device: torch.device) -> torch.Ten
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:
-    """Drop records logged after the checkpoint's epoch (a run killed mid-epoch)."""
+    """Drop records logged after the checkpoint's epoch (a run killed mid-epoch, perhaps
+    mid-line: :func:`read_jsonl` leaves that line out)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("epoch", 0) <= epoch]
+    kept = [line for _, line, rec in read_jsonl(path) if rec.get("epoch", 0) <= epoch]
     path.write_text("".join(line + "\n" for line in kept))
 
 

@@ -87,6 +87,8 @@ def root(tmp_path_factory):
         shutil.copytree(unfinished, resume / name, ignore=no_checkpoint)
         (resume / name / "checkpoint.pt").write_bytes(data)
     (resume / "no_config" / "config.yaml").unlink()
+    shutil.copytree(unfinished, resume / "empty_config", ignore=no_checkpoint)
+    (resume / "empty_config" / "config.yaml").write_text("")
     # checkpoints torch reads but this run cannot take: another model's weights, not a dict
     import torch
 
@@ -223,6 +225,8 @@ CASES = [
      ["list_checkpoint/checkpoint.pt", "does not fit"]),
     ("ll-runs-config-unparsable", ["loss_landscape", f"runs=[{M}/resume/bad_config]"],
      ["bad_config/config.yaml", "ParserError"]),
+    ("re-resume-empty-config", ["run_experiments", "resume=true", f"hydra.run.dir={M}/resume/empty_config"],
+     ["empty_config/config.yaml", "holds nothing"]),  # was 'differs ... in , amp, batch_size, ...' (every key)
     ("re-cifar-missing", ["run_experiments", "dataset=cifar10", f"data.root={M}/cifar_empty", "data.download=false"],
      ["cifar10", "cifar_empty"]),
     ("re-cifar-crafted", ["run_experiments", "dataset=cifar10", f"data.root={M}/cifar_evil", "data.download=false"],

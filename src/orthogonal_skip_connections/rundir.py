@@ -276,6 +276,10 @@ class RunDir:
                     saved = yaml.safe_load((path / CONFIG).read_text())
                 except (OSError, yaml.YAMLError) as err:
                     raise UserError(f"cannot read {path / CONFIG}: {type(err).__name__}") from None
+                if not isinstance(saved, dict):  # an empty file (a write cut short) compared as no keys at all
+                    raise UserError(f"cannot read {path / CONFIG}: it holds "
+                                    f"{'nothing' if saved is None else 'a ' + type(saved).__name__}, not a config; "
+                                    "resume needs the config the run started with, or start a fresh hydra.run.dir")
                 diff = config_differences(saved, config)
                 if diff:
                     raise UserError(f"resume=true with a config that differs from {path / CONFIG} in "

@@ -347,6 +347,10 @@ CASES = [
     ("rp-file", ["report", f"{M}/a_file"], ["a_file is a file"]),
     ("rp-empty", ["report", f"{M}/cifar_empty"], ["cifar_empty"]),
     ("osc-unknown-app", ["bogus_app"], ["bogus_app"]),
+    # options argparse refuses: its usage text and the message (10 lines for an app, 2 for report)
+    ("re-unknown-option", ["run_experiments", "--bogus"], ["--bogus", "--help"]),
+    ("rp-unknown-option", ["report", f"{M}/done", "--bogus"], ["osc report", "--bogus"]),
+    ("rp-no-dirs", ["report"], ["osc report", "dirs"]),
 ]
 
 

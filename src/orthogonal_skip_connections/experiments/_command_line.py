@@ -56,6 +56,15 @@ _MODES = {f: long for long, short in (("--run", "-r"), ("--multirun", "-m"), ("-
                                       ("--shell-completion", "-sc")) for f in (long, short)}
 
 
+def _hydra_flag(flag: str) -> bool:
+    """Whether Hydra's argparse takes ``flag`` (``--cfg=job`` too, and, as argparse does, a
+    long option's unambiguous prefix)."""
+    from hydra._internal.utils import get_args_parser
+
+    name, known = flag.split("=")[0], get_args_parser()._option_string_actions
+    return name in known or (name.startswith("--") and len([k for k in known if k.startswith(name)]) == 1)
+
+
 class CommandLine:
     """One command-line call of ``app`` (an :class:`~._app.App`): the run dirs it claimed
     before Hydra ran, and what an explicit ``hydra.run.dir`` held before."""
@@ -125,6 +134,10 @@ class CommandLine:
         if len(modes) > 1:  # Hydra's own refusal is a traceback
             raise UserError(f"{' and '.join(modes)} cannot be given together: Hydra takes one of "
                             f"{', '.join(sorted(set(_MODES.values())))}")
+        unknown = [f for f in flags if not _hydra_flag(f)]
+        if unknown:  # Hydra's own refusal is its whole usage text
+            raise UserError(f"unknown option {unknown[0]!r}; allowed: key=value overrides and Hydra's options "
+                            f"(-m/--multirun, --cfg job|hydra|all, --info, ...); osc {app.name} --help lists the keys")
         if any(f not in ("-m", "--multirun") for f in flags):
             return  # --help, --cfg, --info...: Hydra's own business
         jobs = [overrides]

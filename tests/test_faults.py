@@ -323,6 +323,8 @@ CASES = [
     # study
     ("st-scale", ["study", "scale=huge"], ["scale"]),
     ("st-jobs", ["study", "jobs=0"], ["jobs"]),
+    ("st-variants-empty", ["study", "scales.smoke.classification.variants=[]"],  # was 'no run dirs found under'
+     ["scales.smoke.classification.variants", "non-empty"]),
     ("st-parts", ["study", "parts=[bogus]"], ["parts"]),
     ("st-resume-maybe", ["study", "resume=maybe"], ["resume"]),
     ("st-old-comment-example", ["study", "overrides.run_experiments=[optimizer.lr=0.05]"],

@@ -235,6 +235,11 @@ CASES = [
     ("re-weight-decay-inf", ["run_experiments", "optimizer.weight_decay=inf"], ["optimizer.weight_decay", "finite"]),
     ("re-upkeep-adaptive-sgd", ["run_experiments", "optimizer.upkeep_adaptive=true"],
      ["optimizer.upkeep_adaptive", "adam or adamw", "'sgd'"]),
+    # conflicting options: nesterov was dropped unsaid (config.yaml still saying nesterov: true)
+    ("re-nesterov-no-momentum", ["run_experiments", "optimizer.nesterov=true", "optimizer.momentum=0"],
+     ["optimizer.nesterov", "momentum > 0"]),
+    ("re-nesterov-adamw", ["run_experiments", "optimizer.nesterov=true", "optimizer.name=adamw"],
+     ["optimizer.nesterov", "'adamw'"]),
     ("re-mixup-inf", ["run_experiments", "mixup_alpha=inf"], ["mixup_alpha", "finite"]),
     ("re-residual-eps-inf", ["run_experiments", "model.residual_eps=inf"], ["model.residual_eps"]),
     ("re-lr-scale-inf", ["run_experiments", "model.skip_kind=learnable_orth", "model.lr_scale=inf"], ["lr_scale"]),

@@ -197,7 +197,8 @@ class Config:
                                 ("weight_decay ", "optimizer.weight_decay "), ("momentum ", "optimizer.momentum "),
                                 ("warmup_epochs ", "scheduler.warmup_epochs "), ("gamma ", "scheduler.gamma "),
                                 ("milestones ", "scheduler.milestones "),
-                                ("retraction_adaptive ", "optimizer.upkeep_adaptive ")):
+                                ("retraction_adaptive ", "optimizer.upkeep_adaptive "),
+                                ("nesterov ", "optimizer.nesterov ")):
                 msg = msg.replace(short, full, 1) if msg.startswith(short) else msg
             raise UserError(msg) from None
         choice("dataset", self.dataset.name, DATASETS)

@@ -350,6 +350,8 @@ CASES = [
     ("rp-seed-not-a-number", ["report", f"{M}/odd/seed"], ["odd/seed/run/run.json", "labels.seed"]),
     ("rp-metrics-damaged", ["report", f"{M}/odd/metrics"], ["odd/metrics/run/metrics.jsonl, line 1", "damaged"]),
     ("rp-out-file", ["report", f"{M}/done", "--out", f"{M}/a_file"], ["a_file"]),
+    ("rp-out-under-file", ["report", f"{M}/done", "--out", f"{M}/a_file/report"], ["--out", "a_file is a file"]),
+    ("rp-out-cannot-be-made", ["report", f"{M}/done", "--out", "/proc/osc_report"], ["--out", "/proc/osc_report"]),
     ("rp-missing", ["report", f"{M}/nowhere"], ["nowhere"]),
     ("rp-file", ["report", f"{M}/a_file"], ["a_file is a file"]),
     ("rp-empty", ["report", f"{M}/cifar_empty"], ["cifar_empty"]),

@@ -324,6 +324,9 @@ CASES = [
     ("cv-classes-huge", ["construction_validity", "num_classes=[1000000000]"], ["num_classes up to", "memory"]),
     ("ts2-batch-above-n-train", ["two_stage", "batch_size=65"], ["batch_size", "64 images of digits"]),
     ("ll-batch-above-n-train", ["loss_landscape", "train.batch_size=65"], ["train.batch_size", "64 images"]),
+    ("ll-cache-dir-file", ["loss_landscape", f"cache_dir={M}/a_file"], ["cache_dir", "a_file is a file"]),
+    ("ll-cache-dir-cannot-be-made", ["loss_landscape", "cache_dir=/proc/osc_cache"], ["cache_dir", "/proc/osc_cache"]),
+    ("ll-train-dir-cannot-be-made", ["loss_landscape", "train.dir=/proc/osc_runs"], ["train.dir", "/proc/osc_runs"]),
     ("ll-cache-dir-blank", ["loss_landscape", "cache_dir=''"], ["cache_dir", "a path or null"]),
     # study
     ("st-scale", ["study", "scale=huge"], ["scale"]),

@@ -158,6 +158,19 @@ def check_dir_writable(path: Path, key: str = "hydra.run.dir", shown: str | None
         raise UserError(f"{where}: {probe} is not writable; choose another {key}")
 
 
+def make_dir(path: Path, key: str) -> Path:
+    """Make the dir a path key names (its parents too), or refuse it in one line: a file, under
+    a file, not writable, or a dir the system will not make (/proc, a read-only mount, a full disk)."""
+    path = Path(path)
+    check_dir_writable(path, key)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{key}={path}: cannot make it ({err.strerror or type(err).__name__}); choose another "
+                        f"{key}") from None
+    return path
+
+
 _HELD: dict[str, list] = {}  # resolved run dir -> [file descriptor, claims]: flock is per open file
 _HELD_ELSEWHERE = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)  # a non-blocking flock's "someone holds it"
 

@@ -38,7 +38,7 @@ import yaml
 
 from ..landscape import LandscapeSettings, landscape_of, skip_handling
 from ..report.classification import t_interval
-from ..rundir import RunDir, column
+from ..rundir import RunDir, check_dir_writable, column, make_dir
 from ..runs import UserError, atomic_write_text, read_json, resolve_device, to_jsonable
 from ..train.classifier import TrainConfig, train_classifier
 from ..train.image import ClassifierSpec, build_classifier, check_batch_size, load_run, run_variant
@@ -110,9 +110,11 @@ class Config:
         threads(self.num_threads)
         for run in self.runs:
             path_or_null("runs", run)
-        path_or_null("cache_dir", self.cache_dir)
         t = self.train
-        path_or_null("train.dir", t.dir)
+        for key, value in (("cache_dir", self.cache_dir), ("train.dir", t.dir)):
+            path_or_null(key, value)
+            if value is not None:  # a file, under one, not writable: refused before Hydra makes a run dir
+                check_dir_writable(Path(value), key)
         choice("train.dataset", t.dataset, DATASETS)
         choice("train.model_type", t.model_type, RESNETS)
         require(len(t.variants) > 0, "train.variants", "a non-empty list of kind[/method[/init]]", t.variants)
@@ -516,6 +518,9 @@ def run(cfg: Config, rd: RunDir) -> dict:
         paths = [p for p, _, _ in planned]
     rd.start(cfg)
     rd.device = device
+    for key, value in (("train.dir", cfg.train.dir if todo else None), ("cache_dir", cfg.cache_dir)):
+        if value is not None:  # one the system will not make (/proc, a read-only mount): one line, not mkdir's traceback
+            make_dir(Path(value), key)
     for p, spec, seed in todo:
         train_run(cfg, p, spec, seed, device)
     settings = cfg.settings()

@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-from ..rundir import check_dir_writable, check_report
+from ..rundir import check_dir_writable, check_report, make_dir
 from ..runs import UserError
 from .classification import (
     CSV_COLUMNS,
@@ -127,11 +127,7 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
     others = [d for d in others if d.resolve() != out_dir.resolve()]
     if not runs and not others:
         raise UserError(f"no run dirs found under {', '.join(map(str, paths))}")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:  # what os.access could not tell (/proc, a read-only mount, a full disk)
-        raise UserError(f"--out={out_dir}: cannot make it ({err.strerror or type(err).__name__}); choose another "
-                        "--out") from None
+    make_dir(out_dir, "--out")
     rows = results_rows(runs)
     with open(out_dir / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)

@@ -227,6 +227,8 @@ CASES = [
      ["bad_config/config.yaml", "ParserError"]),
     ("re-resume-empty-config", ["run_experiments", "resume=true", f"hydra.run.dir={M}/resume/empty_config"],
      ["empty_config/config.yaml", "holds nothing"]),  # was 'differs ... in , amp, batch_size, ...' (every key)
+    ("st-resume-other-apps-dir", ["study", "resume=true", f"hydra.run.dir={M}/unfinished"],  # was 'differs in amp, ...'
+     ["unfinished holds a run_experiments run, not a study one"]),
     ("re-cifar-missing", ["run_experiments", "dataset=cifar10", f"data.root={M}/cifar_empty", "data.download=false"],
      ["cifar10", "cifar_empty"]),
     ("re-cifar-crafted", ["run_experiments", "dataset=cifar10", f"data.root={M}/cifar_evil", "data.download=false"],

@@ -281,6 +281,10 @@ class RunDir:
                 if reason is not None:
                     raise UserError(f"cannot read {summary} ({reason}): move it away to resume from checkpoint.pt, "
                                     "or start a fresh hydra.run.dir")
+            other = cls._app_of(path) if resume and app is not None else None
+            if other is not None and other != app:  # its config would differ in every key: say what it is
+                raise UserError(f"{path} holds a {other} run, not a {app} one; resume=true continues a run of the "
+                                "same app: start a fresh hydra.run.dir")
             if resume and config is not None and not (path / CONFIG).is_file() and (summary.exists() or ckpt.exists()):
                 raise UserError(f"{path} holds a run but no config.yaml to check resume=true against; start a "
                                 "fresh hydra.run.dir")
@@ -311,6 +315,15 @@ class RunDir:
             for tmp in path.glob(".*.tmp"):  # left by a write that was killed half-way
                 tmp.unlink(missing_ok=True)
         return cls(path, resume=resume, app=app)
+
+    @staticmethod
+    def _app_of(path: Path) -> str | None:
+        """The app named by ``path``'s run.json (None: none, or unreadable)."""
+        try:
+            other = read_json(path / RUN).get("app")
+        except Exception:
+            return None
+        return other if isinstance(other, str) else None
 
     @staticmethod
     def _status(summary: Path) -> str:

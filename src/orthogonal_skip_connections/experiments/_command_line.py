@@ -183,7 +183,7 @@ class CommandLine:
                         self.explicit = (path, path.exists(), hydra_files(path), outermost_new(path))
                     # held (locked) until the run ends: a second writer is refused before Hydra writes
                     self.claims.append(RunDir.claim(path, resume=bool(getattr(cfg, "resume", False)),
-                                                    supports_resume=app.supports_resume, config=cfg))
+                                                    supports_resume=app.supports_resume, app=app.name, config=cfg))
 
     def hydra(self, argv: list[str], codes: list[int]) -> int:
         """Run the app under ``@hydra.main`` (one job, or a sweep's jobs)."""

@@ -524,6 +524,21 @@ def test_a_metrics_line_cut_short_is_left_out_on_resume_and_in_the_report(root, 
     assert "1 classifier runs" in run.out
 
 
+def test_a_stopped_study_says_it_resumes(tmp_path, capsys, monkeypatch):
+    """A study's save_checkpoint=none (its default) is its classification runs': a resumed
+    study keeps every run that completed. Its stop line said only 'terminated', as though
+    nothing were kept."""
+    app = load_app("study")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app, "run", interrupted)
+    code, lines, err = run(["study", *TINY["study"], f"hydra.run.dir={tmp_path / 'study'}"], capsys)
+    assert code == 130 and lines == ["interrupted; what it saved continues with resume=true and the same "
+                                     "hydra.run.dir"], err
+
+
 def test_a_second_writer_is_refused(tmp_path, capsys):
     from orthogonal_skip_connections.report.classification import RunRecord
     from orthogonal_skip_connections.rundir import RunDir, in_use

@@ -174,7 +174,9 @@ class CommandLine:
         for job in jobs:
             cfg = typed(app.schema, compose(app.name, job))
             # (a sweep stopped mid-way keeps its finished jobs, whatever save_checkpoint says)
-            self.saves_nothing = not flags and getattr(cfg, "save_checkpoint", None) == "none"
+            # (a study's save_checkpoint is its runs': a resumed study keeps those that completed)
+            self.saves_nothing = (not flags and getattr(cfg, "save_checkpoint", None) == "none"
+                                  and not app.redo_completed)
             if not flags and distributed.is_main() and any(o.startswith("hydra.run.dir=") for o in job):
                 path = hydra_dir(app.name, job, "hydra.run.dir")
                 if path is not None:

@@ -160,6 +160,8 @@ CASES = [
     ("re-epochs-zero", ["run_experiments", "scheduler.epochs=0"], ["scheduler.epochs"]),
     ("re-seed-negative", ["run_experiments", "seed=-1"], ["seed"]),
     ("re-seed-abc", ["run_experiments", "seed=abc"], ["seed"]),
+    ("re-seed-dict", ["run_experiments", "seed={a:1}"], ["seed must be an integer", "{'a': 1}"]),  # was got '{'
+    ("oi-dims-one-value", ["orth_to_id", "dims=3"], ["dims must be a list of integers", "dims=[a,b,...]"]),
     # a seed past NumPy's 2**32 - 1 (torch's past 2**63): a traceback from the first library seeded, at run time
     ("re-seed-past-torch", ["run_experiments", "seed=9223372036854775808"], ["seed", "4294967295"]),
     ("sy-seed-past-numpy", ["orth_residual_synthetic_data", "seed=4294967296"], ["seed", "4294967295"]),

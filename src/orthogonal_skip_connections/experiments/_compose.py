@@ -94,9 +94,12 @@ def one_line(err: BaseException, schema: type) -> str:
         tp = schema_node(schema, re.sub(r"\[\d+\]", "", key).split("."))
         if "[" in key and tp is not None:  # an entry of a list
             tp, key = (typing.get_args(tp) or [None])[0], "every entry of " + re.sub(r"\[\d+\]", "", key)
-        got = re.search(r"[Vv]alue '(.*?)'", msg)
+        got = re.search(r"[Vv]alue '(.*)' of type", msg) or re.search(r"[Vv]alue '(.*?)'", msg)  # '{'a': 1}' whole
         if tp is not None and got:
             return f"{key} must be {kind_of(tp)}; got {got.group(1)!r}"
+        single = re.match(r"Invalid value assigned: (\w+) is not a ListConfig", msg)
+        if tp is not None and single:  # dims=3 for dims=[3]
+            return f"{key} must be {kind_of(tp)}, written {key}=[a,b,...]; got one {single.group(1)}"
         return f"{key}: {msg}"
     options = getattr(err, "options", None)
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -288,6 +288,7 @@ CASES = [
     ("ts-epochs-abc", ["teacher_student", "epochs=abc"], ["epochs"]),
     ("ts-nesterov", ["teacher_student", "optimizer=nesterov", "momentum=0"], ["nesterov"]),
     ("ts-threshold", ["teacher_student", "thresholds.fit=0"], ["thresholds.fit"]),
+    ("ts-start-not-npz", ["teacher_student", f"student.start={M}/a_file"], ["student.start", "not an .npz file"]),
     ("ts-dir-finished", ["teacher_student", f"hydra.run.dir={M}/done/teacher_student"], ["finished"]),
     # the small-model apps
     ("sy-dataset", ["orth_residual_synthetic_data", "dataset_type=spiral"], ["dataset_type"]),

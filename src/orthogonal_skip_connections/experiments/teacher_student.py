@@ -147,7 +147,9 @@ def load_start(path: str, archs: list[str], seeds: list[int]) -> dict[str, dict]
                 rows = [saved.index(s) for s in seeds]
                 start[a] = {k: {n: z[f"{a}.{k}.{n}"][rows] for n in ARCHS[a].params} for k in ("teacher", "student")}
     except (OSError, ValueError, KeyError) as err:  # not an npz, or one without the weights
-        raise UserError(f"student.start: cannot read the weights in {file} ({str(err).splitlines()[0][:100]})") from None
+        # numpy calls any file that is not .npy/.npz 'pickled (object) data' and offers the unsafe loader: neither helps
+        detail = "not an .npz file" if "pickled" in str(err) else str(err).splitlines()[0][:100]
+        raise UserError(f"student.start: cannot read the weights in {file} ({detail})") from None
     return start
 
 

@@ -190,6 +190,7 @@ CASES = [
     ("re-dir-unwritable", ["run_experiments", "hydra.run.dir=/proc/osc_run"], ["/proc/osc_run"]),
     # a blank dir is Hydra's current dir: the run's files landed in the working dir (the repo root, say)
     ("re-dir-blank", ["run_experiments", "hydra.run.dir=''"], ["hydra.run.dir", "a path"]),
+    ("re-dir-tilde", ["run_experiments", "hydra.run.dir='~/osc_run'"], ["hydra.run.dir=~/osc_run", "oc.env:HOME"]),
     ("re-sweep-dir-blank", ["run_experiments", "-m", "seed=0,1", "hydra.sweep.dir=' '"], ["hydra.sweep.dir", "a path"]),
     # the dir as Hydra parses it (quotes removed, ${...} resolved), not the text after '=': a lock file
     # once landed in ./'ROOT/a_file'/ and a failed run left ROOT/fresh/identity behind

@@ -244,6 +244,9 @@ def hydra_dir(app_name: str, overrides: list[str], key: str) -> Path | None:
         return None
     if not value.strip():
         raise UserError(f"{key} must be a path (a blank one is the current dir, where no run belongs); got {value!r}")
+    if value.startswith("~"):  # Hydra does not expand it: the run went into a dir named '~' under the working dir
+        raise UserError(f"{key}={value}: Hydra does not expand '~' (it would make a dir named '~' here); write the "
+                        f"path out, or {key}=${{oc.env:HOME}}{value[1:]}")
     return Path(value)
 
 

@@ -756,3 +756,10 @@ def test_the_image_shapes_the_check_uses_are_what_the_loaders_return(tmp_path):
     for name, root in (("digits", None), ("cifar10", tmp_path)):
         data = load_image_data(name, root, download=False)
         assert tuple(data.x_train.shape[1:]) == tuple(data.x_test.shape[1:]) == IMAGE_SHAPES[name]
+
+
+def test_loss_landscapes_path_keys_take_a_tilde_as_home():
+    """cache_dir='~/cache' made a dir named '~' under the working dir (Hydra expands nothing);
+    data.root already took '~' as home."""
+    cfg = load_app("loss_landscape").config(["cache_dir='~/osc_cache'", "train.dir='~/osc_runs'"])
+    assert (cfg.cache_dir, cfg.train.dir) == (str(Path.home() / "osc_cache"), str(Path.home() / "osc_runs"))

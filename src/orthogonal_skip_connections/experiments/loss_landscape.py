@@ -114,7 +114,10 @@ class Config:
         for key, value in (("cache_dir", self.cache_dir), ("train.dir", t.dir)):
             path_or_null(key, value)
             if value is not None:  # a file, under one, not writable: refused before Hydra makes a run dir
-                check_dir_writable(Path(value), key)
+                check_dir_writable(Path(value).expanduser(), key)
+        # '~' as data.root takes it (Hydra leaves it as written: a dir named '~' under the working dir)
+        self.cache_dir = None if self.cache_dir is None else str(Path(self.cache_dir).expanduser())
+        t.dir = None if t.dir is None else str(Path(t.dir).expanduser())
         choice("train.dataset", t.dataset, DATASETS)
         choice("train.model_type", t.model_type, RESNETS)
         require(len(t.variants) > 0, "train.variants", "a non-empty list of kind[/method[/init]]", t.variants)

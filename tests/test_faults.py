@@ -119,6 +119,9 @@ def root(tmp_path_factory):
     damaged = odd / "metrics" / "run"  # a line before the last that is not JSON: damaged, not cut short
     shutil.copytree(root / "done" / "run_experiments", damaged, ignore=no_checkpoint)
     (damaged / "metrics.jsonl").write_text("{not json\n" + (damaged / "metrics.jsonl").read_text())
+    binary = odd / "binary" / "run"  # bytes that are not text (a disk's garbage)
+    shutil.copytree(root / "done" / "run_experiments", binary, ignore=no_checkpoint)
+    (binary / "metrics.jsonl").write_bytes(b"\xff\xfe\x00garbage")
     return root
 
 
@@ -358,6 +361,7 @@ CASES = [
     ("rp-completed-without-accuracy", ["report", f"{M}/odd/acc"], ["odd/acc/run/summary.json", "test_acc"]),
     ("rp-seed-not-a-number", ["report", f"{M}/odd/seed"], ["odd/seed/run/run.json", "labels.seed"]),
     ("rp-metrics-damaged", ["report", f"{M}/odd/metrics"], ["odd/metrics/run/metrics.jsonl, line 1", "damaged"]),
+    ("rp-metrics-not-text", ["report", f"{M}/odd/binary"], ["odd/binary/run/metrics.jsonl", "UnicodeDecodeError"]),
     ("rp-out-file", ["report", f"{M}/done", "--out", f"{M}/a_file"], ["a_file"]),
     ("rp-out-under-file", ["report", f"{M}/done", "--out", f"{M}/a_file/report"], ["--out", "a_file is a file"]),
     ("rp-out-cannot-be-made", ["report", f"{M}/done", "--out", "/proc/osc_report"], ["--out", "/proc/osc_report"]),

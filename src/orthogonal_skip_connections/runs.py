@@ -111,8 +111,12 @@ def read_jsonl(path: Path) -> list[tuple[int, str, Any]]:
     """The records of a JSON-lines file written by :func:`append_jsonl`, as (line number, line,
     object), blank lines skipped. A last line without its newline that does not parse is a
     write cut short (a run killed mid-append, or one still writing while a report reads it)
-    and is left out; any other line that does not parse is a one-line UserError."""
-    lines = Path(path).read_text().split("\n")  # the last item: what follows the last newline
+    and is left out; any other line that does not parse, or a file that cannot be read as
+    text (a dir, bytes that are not UTF-8), is a one-line UserError."""
+    try:
+        lines = Path(path).read_text().split("\n")  # the last item: what follows the last newline
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path} ({type(err).__name__}): not a JSON-lines file of this library") from None
     out = []
     for n, line in enumerate(lines, 1):
         if not line.strip():

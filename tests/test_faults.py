@@ -98,6 +98,8 @@ def root(tmp_path_factory):
     shutil.copytree(unfinished, resume / "bad_config", ignore=no_checkpoint)
     (resume / "bad_config" / "config.yaml").write_text("model: [unclosed\n")
     torch.save({}, resume / "bad_config" / "checkpoint.pt")
+    shutil.copytree(unfinished, resume / "binary_config", ignore=no_checkpoint)
+    (resume / "binary_config" / "config.yaml").write_bytes(b"\xff\xfe\x00")
     (root / "a_file").write_text("not a dir\n")
     (root / "cifar_empty").mkdir()
     write_cifar(root / "cifar_evil", evil=root / "PWNED")
@@ -235,6 +237,8 @@ CASES = [
      ["empty_config/config.yaml", "holds nothing"]),  # was 'differs ... in , amp, batch_size, ...' (every key)
     ("st-resume-other-apps-dir", ["study", "resume=true", f"hydra.run.dir={M}/unfinished"],  # was 'differs in amp, ...'
      ["unfinished holds a run_experiments run, not a study one"]),
+    ("re-resume-config-not-text", ["run_experiments", "resume=true", f"hydra.run.dir={M}/resume/binary_config"],
+     ["binary_config/config.yaml", "UnicodeDecodeError"]),  # was a traceback out of osc itself
     ("re-cifar-missing", ["run_experiments", "dataset=cifar10", f"data.root={M}/cifar_empty", "data.download=false"],
      ["cifar10", "cifar_empty"]),
     ("re-cifar-crafted", ["run_experiments", "dataset=cifar10", f"data.root={M}/cifar_evil", "data.download=false"],

@@ -291,7 +291,7 @@ class RunDir:
             if resume and config is not None and (path / CONFIG).is_file():
                 try:
                     saved = yaml.safe_load((path / CONFIG).read_text())
-                except (OSError, yaml.YAMLError) as err:
+                except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
                     raise UserError(f"cannot read {path / CONFIG}: {type(err).__name__}") from None
                 if not isinstance(saved, dict):  # an empty file (a write cut short) compared as no keys at all
                     raise UserError(f"cannot read {path / CONFIG}: it holds "

@@ -178,7 +178,7 @@ def load_run(path: Path, device: torch.device | str = "cpu") -> TrainedRun:
         cfg = yaml.safe_load(cfg_path.read_text())
         spec = ClassifierSpec.from_config(cfg)
         seed = int(cfg.get("seed", 0))
-    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
+    except (yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""  # a YAML error's context is lines more
         raise UserError(f"cannot read {cfg_path} as a classifier run's config ({type(err).__name__}: {first})") from None
     model, data = build_classifier(spec, seed)

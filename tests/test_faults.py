@@ -100,6 +100,9 @@ def root(tmp_path_factory):
     torch.save({}, resume / "bad_config" / "checkpoint.pt")
     shutil.copytree(unfinished, resume / "binary_config", ignore=no_checkpoint)
     (resume / "binary_config" / "config.yaml").write_bytes(b"\xff\xfe\x00")
+    garbled = root / "ll_runs" / "digits_resnet20" / "zero" / "seed0"  # loss_landscape's first default run
+    garbled.mkdir(parents=True)
+    (garbled / "config.yaml").write_text("model: [unclosed\n")
     (root / "a_file").write_text("not a dir\n")
     (root / "cifar_empty").mkdir()
     write_cifar(root / "cifar_evil", evil=root / "PWNED")
@@ -340,6 +343,8 @@ CASES = [
     ("ll-cache-dir-file", ["loss_landscape", f"cache_dir={M}/a_file"], ["cache_dir", "a_file is a file"]),
     ("ll-cache-dir-cannot-be-made", ["loss_landscape", "cache_dir=/proc/osc_cache"], ["cache_dir", "/proc/osc_cache"]),
     ("ll-train-dir-cannot-be-made", ["loss_landscape", "train.dir=/proc/osc_runs"], ["train.dir", "/proc/osc_runs"]),
+    ("ll-train-dir-config-unparsable", ["loss_landscape", f"train.dir={M}/ll_runs"],
+     ["ll_runs/digits_resnet20/zero/seed0/config.yaml", "ParserError"]),
     ("ll-cache-dir-blank", ["loss_landscape", "cache_dir=''"], ["cache_dir", "a path or null"]),
     # study
     ("st-scale", ["study", "scale=huge"], ["scale"]),

@@ -175,8 +175,14 @@ def default_runs(cfg: Config, rd: RunDir) -> list[tuple[Path, ClassifierSpec, in
             path = root / f"{cfg.train.dataset}_{cfg.train.model_type}" / re.sub(r"[^A-Za-z0-9]+", "_", variant) / \
                 f"seed{seed}"
             want = run_config(cfg, spec, seed)
-            if (path / "config.yaml").is_file() and yaml.safe_load((path / "config.yaml").read_text()) != want:
-                raise UserError(f"{path} holds a run with other settings; choose another train.dir")
+            if (path / "config.yaml").is_file():
+                try:
+                    saved = yaml.safe_load((path / "config.yaml").read_text())
+                except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+                    raise UserError(f"cannot read {path / 'config.yaml'} ({type(err).__name__}); move the run away "
+                                    "or choose another train.dir") from None
+                if saved != want:
+                    raise UserError(f"{path} holds a run with other settings; choose another train.dir")
             out.append((path, spec, seed))
     return out
 

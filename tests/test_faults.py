@@ -103,6 +103,9 @@ def root(tmp_path_factory):
     garbled = root / "ll_runs" / "digits_resnet20" / "zero" / "seed0"  # loss_landscape's first default run
     garbled.mkdir(parents=True)
     (garbled / "config.yaml").write_text("model: [unclosed\n")
+    cut = root / "ll_runs_cut" / "digits_resnet20" / "zero" / "seed0"
+    cut.mkdir(parents=True)
+    (cut / "summary.json").write_text('{"status": "compl')
     (root / "a_file").write_text("not a dir\n")
     (root / "cifar_empty").mkdir()
     write_cifar(root / "cifar_evil", evil=root / "PWNED")
@@ -345,6 +348,8 @@ CASES = [
     ("ll-train-dir-cannot-be-made", ["loss_landscape", "train.dir=/proc/osc_runs"], ["train.dir", "/proc/osc_runs"]),
     ("ll-train-dir-config-unparsable", ["loss_landscape", f"train.dir={M}/ll_runs"],
      ["ll_runs/digits_resnet20/zero/seed0/config.yaml", "ParserError"]),
+    ("ll-train-dir-summary-unparsable", ["loss_landscape", f"train.dir={M}/ll_runs_cut"],
+     ["ll_runs_cut/digits_resnet20/zero/seed0/summary.json", "JSONDecodeError"]),
     ("ll-cache-dir-blank", ["loss_landscape", "cache_dir=''"], ["cache_dir", "a path or null"]),
     # study
     ("st-scale", ["study", "scale=huge"], ["scale"]),

@@ -196,7 +196,13 @@ def run_config(cfg: Config, spec: ClassifierSpec, seed: int) -> dict:
 
 
 def completed(path: Path) -> bool:
-    return (path / "summary.json").is_file() and read_json(path / "summary.json").get("status") == "completed"
+    if not (path / "summary.json").is_file():
+        return False
+    try:
+        return read_json(path / "summary.json").get("status") == "completed"
+    except (OSError, ValueError, AttributeError) as err:  # not JSON, not text, not an object
+        raise UserError(f"cannot read {path / 'summary.json'} ({type(err).__name__}); move the run away or choose "
+                        "another train.dir") from None
 
 
 def train_run(cfg: Config, path: Path, spec: ClassifierSpec, seed: int, device) -> None:

@@ -781,3 +781,11 @@ def test_loss_landscapes_path_keys_take_a_tilde_as_home():
     data.root already took '~' as home."""
     cfg = load_app("loss_landscape").config(["cache_dir='~/osc_cache'", "train.dir='~/osc_runs'"])
     assert (cfg.cache_dir, cfg.train.dir) == (str(Path.home() / "osc_cache"), str(Path.home() / "osc_runs"))
+
+
+def test_overrides_on_both_sides_of_an_option_with_a_value(capsys):
+    """`osc run_experiments dataset=digits --cfg job seed=3` was Hydra's usage text ('unrecognized
+    arguments: seed=3'): only -m and -r were moved before the overrides, not --cfg with its value."""
+    assert osc(["run_experiments", "dataset=digits", "--cfg", "job", "seed=3"]) == 0
+    out = capsys.readouterr().out
+    assert "seed: 3" in out and "name: digits" in out

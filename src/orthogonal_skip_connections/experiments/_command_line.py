@@ -43,7 +43,7 @@ from ..rundir import RunDir, check_dir_writable
 from ..runs import UserError, outermost_new, remove_empty
 from ..train import distributed
 from ..train.divergence import Diverged
-from ._compose import CONFIG_DIR, compose, compose_raw, hydra_dir, one_line, typed, with_job_name
+from ._compose import CONFIG_DIR, compose, compose_raw, hydra_dir, one_line, options_first, typed, with_job_name
 from ._help import help_text
 from ._interrupt import sigterm_as_interrupt, stopped
 from ._leftovers import has_results, hydra_files, undo
@@ -83,9 +83,7 @@ class CommandLine:
         if any(a in ("-h", "--help") for a in argv):
             print(help_text(self.app.name))
             return 0
-        # Hydra's argparse takes the overrides as one run of positionals: `a=1 -m b=2` was its usage error
-        flags = ("-m", "--multirun", "-r", "--run")  # the flags that take no value
-        argv = [a for a in argv if a in flags] + [a for a in argv if a not in flags]
+        argv = options_first(argv)  # `a=1 -m b=2`, `a=1 --cfg job b=2`: Hydra's usage error
         codes: list[int] = []
         # a sweep's failed jobs write their exit codes here: they may run in other processes
         # (Hydra's joblib or submitit launchers), which inherit the environment

@@ -385,6 +385,8 @@ CASES = [
     ("osc-unknown-app", ["bogus_app"], ["bogus_app"]),
     # options argparse refuses: its usage text and the message (10 lines for an app, 2 for report)
     ("re-unknown-option", ["run_experiments", "--bogus"], ["--bogus", "--help"]),
+    ("re-cfg-bad-value", ["run_experiments", "--cfg", "job", "optimizer.lr=abc"], ["optimizer.lr", "a number"]),
+    ("th-info-unknown-key", ["theorem", "--info", "defaults", "bogus=1"], ["unknown key 'bogus'"]),
     ("rp-unknown-option", ["report", f"{M}/done", "--bogus"], ["osc report", "--bogus"]),
     ("rp-no-dirs", ["report"], ["osc report", "dirs"]),
 ]

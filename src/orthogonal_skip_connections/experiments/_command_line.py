@@ -43,7 +43,8 @@ from ..rundir import RunDir, check_dir_writable
 from ..runs import UserError, outermost_new, remove_empty
 from ..train import distributed
 from ..train.divergence import Diverged
-from ._compose import CONFIG_DIR, compose, compose_raw, hydra_dir, one_line, options_first, typed, with_job_name
+from ._compose import (CONFIG_DIR, compose, compose_raw, hydra_dir, one_line, options_first, split_options, typed,
+                       with_job_name)
 from ._help import help_text
 from ._interrupt import sigterm_as_interrupt, stopped
 from ._leftovers import has_results, hydra_files, undo
@@ -127,7 +128,7 @@ class CommandLine:
         runs (which would print multi-line errors and create the run dir)."""
         app = self.app
         flags = [a for a in argv if a.startswith("-")]
-        overrides = [a for a in argv if not a.startswith("-")]
+        overrides = split_options(argv)[1]  # not the value of --cfg job
         modes = sorted({_MODES[f.split("=")[0]] for f in flags if f.split("=")[0] in _MODES})
         if len(modes) > 1:  # Hydra's own refusal is a traceback
             raise UserError(f"{' and '.join(modes)} cannot be given together: Hydra takes one of "
@@ -136,8 +137,9 @@ class CommandLine:
         if unknown:  # Hydra's own refusal is its whole usage text
             raise UserError(f"unknown option {unknown[0]!r}; allowed: key=value overrides and Hydra's options "
                             f"(-m/--multirun, --cfg job|hydra|all, --info, ...); osc {app.name} --help lists the keys")
-        if any(f not in ("-m", "--multirun") for f in flags):
-            return  # --help, --cfg, --info...: Hydra's own business
+        if any(f not in ("-m", "--multirun") for f in flags):  # --cfg, --info...: Hydra's own business,
+            compose(app.name, overrides)  # but a mistake in the config they show is one line too
+            return
         jobs = [overrides]
         if flags:  # multirun: check every combination of the sweep
             from hydra._internal.core_plugins.basic_sweeper import BasicSweeper

@@ -26,7 +26,8 @@ from ._registry import load_app
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "config")
 
 __all__ = ["CONFIG_DIR", "compose", "compose_each", "typed", "register_schema", "compose_raw", "one_line",
-           "schema_node", "kind_of", "strict_booleans", "hydra_dir", "job_name", "with_job_name", "options_first"]
+           "schema_node", "kind_of", "strict_booleans", "hydra_dir", "job_name", "with_job_name", "options_first",
+           "split_options"]
 
 
 def register_schema(name: str, schema: type) -> None:
@@ -274,6 +275,12 @@ def options_first(argv: list[str]) -> list[str]:
     """``argv`` with Hydra's options, each with its value, before the overrides: Hydra's argparse
     takes the overrides as one run of positionals, so ``a=1 -m b=2`` or ``a=1 --cfg job b=2``
     was its usage text and 'unrecognized arguments'."""
+    options, overrides = split_options(argv)
+    return options + overrides
+
+
+def split_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(Hydra's options with their values, the overrides) of ``argv``."""
     options, overrides, i = [], [], 0
     while i < len(argv):
         a = argv[i]
@@ -284,4 +291,4 @@ def options_first(argv: list[str]) -> list[str]:
         else:
             overrides.append(a)
             i += 1
-    return options + overrides
+    return options, overrides

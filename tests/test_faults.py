@@ -87,6 +87,25 @@ def root(tmp_path_factory):
         shutil.copytree(unfinished, resume / name, ignore=no_checkpoint)
         (resume / name / "checkpoint.pt").write_bytes(data)
     (resume / "no_config" / "config.yaml").unlink()
+    shutil.copytree(unfinished, resume / "empty_config", ignore=no_checkpoint)
+    (resume / "empty_config" / "config.yaml").write_text("")
+    # checkpoints torch reads but this run cannot take: another model's weights, not a dict
+    import torch
+
+    for name, obj in (("other_model", {"model": {"bogus.weight": torch.zeros(1)}}), ("list_checkpoint", [1, 2])):
+        shutil.copytree(unfinished, resume / name, ignore=no_checkpoint)
+        torch.save(obj, resume / name / "checkpoint.pt")
+    shutil.copytree(unfinished, resume / "bad_config", ignore=no_checkpoint)
+    (resume / "bad_config" / "config.yaml").write_text("model: [unclosed\n")
+    torch.save({}, resume / "bad_config" / "checkpoint.pt")
+    shutil.copytree(unfinished, resume / "binary_config", ignore=no_checkpoint)
+    (resume / "binary_config" / "config.yaml").write_bytes(b"\xff\xfe\x00")
+    garbled = root / "ll_runs" / "digits_resnet20" / "zero" / "seed0"  # loss_landscape's first default run
+    garbled.mkdir(parents=True)
+    (garbled / "config.yaml").write_text("model: [unclosed\n")
+    cut = root / "ll_runs_cut" / "digits_resnet20" / "zero" / "seed0"
+    cut.mkdir(parents=True)
+    (cut / "summary.json").write_text('{"status": "compl')
     (root / "a_file").write_text("not a dir\n")
     (root / "cifar_empty").mkdir()
     write_cifar(root / "cifar_evil", evil=root / "PWNED")
@@ -105,6 +124,12 @@ def root(tmp_path_factory):
             (d / "summary.json").write_text(summary)
         if meta is not None:
             (d / "run.json").write_text(json.dumps(meta))
+    damaged = odd / "metrics" / "run"  # a line before the last that is not JSON: damaged, not cut short
+    shutil.copytree(root / "done" / "run_experiments", damaged, ignore=no_checkpoint)
+    (damaged / "metrics.jsonl").write_text("{not json\n" + (damaged / "metrics.jsonl").read_text())
+    binary = odd / "binary" / "run"  # bytes that are not text (a disk's garbage)
+    shutil.copytree(root / "done" / "run_experiments", binary, ignore=no_checkpoint)
+    (binary / "metrics.jsonl").write_bytes(b"\xff\xfe\x00garbage")
     return root
 
 
@@ -146,6 +171,14 @@ CASES = [
     ("re-epochs-zero", ["run_experiments", "scheduler.epochs=0"], ["scheduler.epochs"]),
     ("re-seed-negative", ["run_experiments", "seed=-1"], ["seed"]),
     ("re-seed-abc", ["run_experiments", "seed=abc"], ["seed"]),
+    ("re-seed-dict", ["run_experiments", "seed={a:1}"], ["seed must be an integer", "{'a': 1}"]),  # was got '{'
+    ("oi-dims-one-value", ["orth_to_id", "dims=3"], ["dims must be a list of integers", "dims=[a,b,...]"]),
+    # a seed past NumPy's 2**32 - 1 (torch's past 2**63): a traceback from the first library seeded, at run time
+    ("re-seed-past-torch", ["run_experiments", "seed=9223372036854775808"], ["seed", "4294967295"]),
+    ("sy-seed-past-numpy", ["orth_residual_synthetic_data", "seed=4294967296"], ["seed", "4294967295"]),
+    ("cv-last-seed-past-numpy", ["construction_validity", "seed=4294967295"], ["seed", "4294967294"]),  # seeds=2
+    ("ts2-stage-seed-past-numpy", ["two_stage", "seed=2147483648"], ["seed", "2147483647"]),  # stage 2: 2 s + 1
+    ("ll-direction-seed-past-numpy", ["loss_landscape", "direction_seed=4294967296"], ["direction_seed"]),
     ("re-skip-kind", ["run_experiments", "model.skip_kind=bogus"], ["bogus"]),
     ("re-method", ["run_experiments", "model.skip_kind=learnable_orth", "model.method=adam"], ["adam"]),
     ("re-model-type", ["run_experiments", "model.model_type=resnet7"], ["model.model_type"]),
@@ -166,6 +199,10 @@ CASES = [
     ("re-dir-is-file", ["run_experiments", f"hydra.run.dir={M}/a_file"], ["a_file", "hydra.run.dir"]),
     ("re-dir-under-file", ["run_experiments", f"hydra.run.dir={M}/a_file/run"], ["a_file", "hydra.run.dir"]),
     ("re-dir-unwritable", ["run_experiments", "hydra.run.dir=/proc/osc_run"], ["/proc/osc_run"]),
+    # a blank dir is Hydra's current dir: the run's files landed in the working dir (the repo root, say)
+    ("re-dir-blank", ["run_experiments", "hydra.run.dir=''"], ["hydra.run.dir", "a path"]),
+    ("re-dir-tilde", ["run_experiments", "hydra.run.dir='~/osc_run'"], ["hydra.run.dir=~/osc_run", "oc.env:HOME"]),
+    ("re-sweep-dir-blank", ["run_experiments", "-m", "seed=0,1", "hydra.sweep.dir=' '"], ["hydra.sweep.dir", "a path"]),
     # the dir as Hydra parses it (quotes removed, ${...} resolved), not the text after '=': a lock file
     # once landed in ./'ROOT/a_file'/ and a failed run left ROOT/fresh/identity behind
     ("re-dir-is-file-quoted", ["run_experiments", f"hydra.run.dir='{M}/a_file'"], ["a_file", "hydra.run.dir"]),
@@ -193,6 +230,21 @@ CASES = [
      ["no config.yaml"]),
     ("re-resume-bad-checkpoint", ["run_experiments", "resume=true", f"hydra.run.dir={M}/resume/bad_checkpoint"],
      ["bad_checkpoint/checkpoint.pt", "UnpicklingError", "move it away"]),
+    ("re-resume-checkpoint-other-model", ["run_experiments", "resume=true", f"hydra.run.dir={M}/resume/other_model"],
+     ["other_model/checkpoint.pt", "does not fit", "bogus.weight", "move it away"]),
+    ("re-resume-checkpoint-not-a-dict", ["run_experiments", "resume=true",
+                                         f"hydra.run.dir={M}/resume/list_checkpoint"],
+     ["list_checkpoint/checkpoint.pt", "does not fit", "move it away"]),
+    ("ll-runs-checkpoint-not-a-dict", ["loss_landscape", f"runs=[{M}/resume/list_checkpoint]"],
+     ["list_checkpoint/checkpoint.pt", "does not fit"]),
+    ("ll-runs-config-unparsable", ["loss_landscape", f"runs=[{M}/resume/bad_config]"],
+     ["bad_config/config.yaml", "ParserError"]),
+    ("re-resume-empty-config", ["run_experiments", "resume=true", f"hydra.run.dir={M}/resume/empty_config"],
+     ["empty_config/config.yaml", "holds nothing"]),  # was 'differs ... in , amp, batch_size, ...' (every key)
+    ("st-resume-other-apps-dir", ["study", "resume=true", f"hydra.run.dir={M}/unfinished"],  # was 'differs in amp, ...'
+     ["unfinished holds a run_experiments run, not a study one"]),
+    ("re-resume-config-not-text", ["run_experiments", "resume=true", f"hydra.run.dir={M}/resume/binary_config"],
+     ["binary_config/config.yaml", "UnicodeDecodeError"]),  # was a traceback out of osc itself
     ("re-cifar-missing", ["run_experiments", "dataset=cifar10", f"data.root={M}/cifar_empty", "data.download=false"],
      ["cifar10", "cifar_empty"]),
     ("re-cifar-crafted", ["run_experiments", "dataset=cifar10", f"data.root={M}/cifar_evil", "data.download=false"],
@@ -201,6 +253,11 @@ CASES = [
     ("re-weight-decay-inf", ["run_experiments", "optimizer.weight_decay=inf"], ["optimizer.weight_decay", "finite"]),
     ("re-upkeep-adaptive-sgd", ["run_experiments", "optimizer.upkeep_adaptive=true"],
      ["optimizer.upkeep_adaptive", "adam or adamw", "'sgd'"]),
+    # conflicting options: nesterov was dropped unsaid (config.yaml still saying nesterov: true)
+    ("re-nesterov-no-momentum", ["run_experiments", "optimizer.nesterov=true", "optimizer.momentum=0"],
+     ["optimizer.nesterov", "momentum > 0"]),
+    ("re-nesterov-adamw", ["run_experiments", "optimizer.nesterov=true", "optimizer.name=adamw"],
+     ["optimizer.nesterov", "'adamw'"]),
     ("re-mixup-inf", ["run_experiments", "mixup_alpha=inf"], ["mixup_alpha", "finite"]),
     ("re-residual-eps-inf", ["run_experiments", "model.residual_eps=inf"], ["model.residual_eps"]),
     ("re-lr-scale-inf", ["run_experiments", "model.skip_kind=learnable_orth", "model.lr_scale=inf"], ["lr_scale"]),
@@ -245,6 +302,7 @@ CASES = [
     ("ts-epochs-abc", ["teacher_student", "epochs=abc"], ["epochs"]),
     ("ts-nesterov", ["teacher_student", "optimizer=nesterov", "momentum=0"], ["nesterov"]),
     ("ts-threshold", ["teacher_student", "thresholds.fit=0"], ["thresholds.fit"]),
+    ("ts-start-not-npz", ["teacher_student", f"student.start={M}/a_file"], ["student.start", "not an .npz file"]),
     ("ts-dir-finished", ["teacher_student", f"hydra.run.dir={M}/done/teacher_student"], ["finished"]),
     # the small-model apps
     ("sy-dataset", ["orth_residual_synthetic_data", "dataset_type=spiral"], ["dataset_type"]),
@@ -285,10 +343,19 @@ CASES = [
     ("cv-classes-huge", ["construction_validity", "num_classes=[1000000000]"], ["num_classes up to", "memory"]),
     ("ts2-batch-above-n-train", ["two_stage", "batch_size=65"], ["batch_size", "64 images of digits"]),
     ("ll-batch-above-n-train", ["loss_landscape", "train.batch_size=65"], ["train.batch_size", "64 images"]),
+    ("ll-cache-dir-file", ["loss_landscape", f"cache_dir={M}/a_file"], ["cache_dir", "a_file is a file"]),
+    ("ll-cache-dir-cannot-be-made", ["loss_landscape", "cache_dir=/proc/osc_cache"], ["cache_dir", "/proc/osc_cache"]),
+    ("ll-train-dir-cannot-be-made", ["loss_landscape", "train.dir=/proc/osc_runs"], ["train.dir", "/proc/osc_runs"]),
+    ("ll-train-dir-config-unparsable", ["loss_landscape", f"train.dir={M}/ll_runs"],
+     ["ll_runs/digits_resnet20/zero/seed0/config.yaml", "ParserError"]),
+    ("ll-train-dir-summary-unparsable", ["loss_landscape", f"train.dir={M}/ll_runs_cut"],
+     ["ll_runs_cut/digits_resnet20/zero/seed0/summary.json", "JSONDecodeError"]),
     ("ll-cache-dir-blank", ["loss_landscape", "cache_dir=''"], ["cache_dir", "a path or null"]),
     # study
     ("st-scale", ["study", "scale=huge"], ["scale"]),
     ("st-jobs", ["study", "jobs=0"], ["jobs"]),
+    ("st-variants-empty", ["study", "scales.smoke.classification.variants=[]"],  # was 'no run dirs found under'
+     ["scales.smoke.classification.variants", "non-empty"]),
     ("st-parts", ["study", "parts=[bogus]"], ["parts"]),
     ("st-resume-maybe", ["study", "resume=maybe"], ["resume"]),
     ("st-old-comment-example", ["study", "overrides.run_experiments=[optimizer.lr=0.05]"],
@@ -307,11 +374,21 @@ CASES = [
     ("rp-odd-labels", ["report", f"{M}/odd/labels"], ["odd/labels/run/run.json"]),
     ("rp-completed-without-accuracy", ["report", f"{M}/odd/acc"], ["odd/acc/run/summary.json", "test_acc"]),
     ("rp-seed-not-a-number", ["report", f"{M}/odd/seed"], ["odd/seed/run/run.json", "labels.seed"]),
+    ("rp-metrics-damaged", ["report", f"{M}/odd/metrics"], ["odd/metrics/run/metrics.jsonl, line 1", "damaged"]),
+    ("rp-metrics-not-text", ["report", f"{M}/odd/binary"], ["odd/binary/run/metrics.jsonl", "UnicodeDecodeError"]),
     ("rp-out-file", ["report", f"{M}/done", "--out", f"{M}/a_file"], ["a_file"]),
+    ("rp-out-under-file", ["report", f"{M}/done", "--out", f"{M}/a_file/report"], ["--out", "a_file is a file"]),
+    ("rp-out-cannot-be-made", ["report", f"{M}/done", "--out", "/proc/osc_report"], ["--out", "/proc/osc_report"]),
     ("rp-missing", ["report", f"{M}/nowhere"], ["nowhere"]),
     ("rp-file", ["report", f"{M}/a_file"], ["a_file is a file"]),
     ("rp-empty", ["report", f"{M}/cifar_empty"], ["cifar_empty"]),
     ("osc-unknown-app", ["bogus_app"], ["bogus_app"]),
+    # options argparse refuses: its usage text and the message (10 lines for an app, 2 for report)
+    ("re-unknown-option", ["run_experiments", "--bogus"], ["--bogus", "--help"]),
+    ("re-cfg-bad-value", ["run_experiments", "--cfg", "job", "optimizer.lr=abc"], ["optimizer.lr", "a number"]),
+    ("th-info-unknown-key", ["theorem", "--info", "defaults", "bogus=1"], ["unknown key 'bogus'"]),
+    ("rp-unknown-option", ["report", f"{M}/done", "--bogus"], ["osc report", "--bogus"]),
+    ("rp-no-dirs", ["report"], ["osc report", "dirs"]),
 ]
 
 
@@ -450,6 +527,40 @@ def test_resume_ignores_only_the_documented_keys_and_cleans_tmp_files(root, tmp_
     saved, now = yaml.safe_load(config), yaml.safe_load((run_dir / "config.yaml").read_text())
     assert {k: v for k, v in saved.items() if k not in ("resume", "num_threads", "progress")} == \
         {k: v for k, v in now.items() if k not in ("resume", "num_threads", "progress")}
+
+
+def test_a_metrics_line_cut_short_is_left_out_on_resume_and_in_the_report(root, tmp_path, capsys):
+    """A run killed mid-append leaves metrics.jsonl's last line cut short (and a report may
+    read a line still being written): resume=true was a JSONDecodeError traceback, and osc
+    report refused the run as 'not an evaluation record of this version'."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(root / "unfinished", run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    text = metrics.read_text()
+    metrics.write_text(text + text.splitlines()[-1][:25])  # the next record, cut mid-line
+    code, _, err = run(["run_experiments", *TINY["run_experiments"], "resume=true", f"hydra.run.dir={run_dir}",
+                        "progress=false"], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    assert metrics.read_text() == text  # the cut line gone, every whole record kept
+    metrics.write_text(text + '{"type": "eval", "ep')
+    code, _, err = run(["report", run_dir, "--out", tmp_path / "report"], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    assert "1 classifier runs" in run.out
+
+
+def test_a_stopped_study_says_it_resumes(tmp_path, capsys, monkeypatch):
+    """A study's save_checkpoint=none (its default) is its classification runs': a resumed
+    study keeps every run that completed. Its stop line said only 'terminated', as though
+    nothing were kept."""
+    app = load_app("study")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app, "run", interrupted)
+    code, lines, err = run(["study", *TINY["study"], f"hydra.run.dir={tmp_path / 'study'}"], capsys)
+    assert code == 130 and lines == ["interrupted; what it saved continues with resume=true and the same "
+                                     "hydra.run.dir"], err
 
 
 def test_a_second_writer_is_refused(tmp_path, capsys):
@@ -665,3 +776,18 @@ def test_the_image_shapes_the_check_uses_are_what_the_loaders_return(tmp_path):
     for name, root in (("digits", None), ("cifar10", tmp_path)):
         data = load_image_data(name, root, download=False)
         assert tuple(data.x_train.shape[1:]) == tuple(data.x_test.shape[1:]) == IMAGE_SHAPES[name]
+
+
+def test_loss_landscapes_path_keys_take_a_tilde_as_home():
+    """cache_dir='~/cache' made a dir named '~' under the working dir (Hydra expands nothing);
+    data.root already took '~' as home."""
+    cfg = load_app("loss_landscape").config(["cache_dir='~/osc_cache'", "train.dir='~/osc_runs'"])
+    assert (cfg.cache_dir, cfg.train.dir) == (str(Path.home() / "osc_cache"), str(Path.home() / "osc_runs"))
+
+
+def test_overrides_on_both_sides_of_an_option_with_a_value(capsys):
+    """`osc run_experiments dataset=digits --cfg job seed=3` was Hydra's usage text ('unrecognized
+    arguments: seed=3'): only -m and -r were moved before the overrides, not --cfg with its value."""
+    assert osc(["run_experiments", "dataset=digits", "--cfg", "job", "seed=3"]) == 0
+    out = capsys.readouterr().out
+    assert "seed: 3" in out and "name: digits" in out

@@ -230,3 +230,11 @@ def test_each_seed_of_a_seed_stack_is_the_model_built_alone_with_that_seed():
     stack.double()  # moved after a forward: the next one runs on the moved tensors
     with torch.no_grad():
         torch.testing.assert_close(stack(x.double())[2], stack.model(2)(x.double()), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("model_type", ["resnet20", "resnet18", "vit_tiny"])
+@pytest.mark.parametrize("num_classes", [0, 2.5, True])
+def test_a_class_count_that_is_not_a_positive_int_is_a_one_line_value_error(model_type, num_classes):
+    """get_model("resnet20", num_classes=2.5) was torch's TypeError from inside nn.Linear."""
+    with pytest.raises(ValueError, match="num_classes must be"):
+        get_model(model_type, num_classes=num_classes)

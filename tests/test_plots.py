@@ -74,3 +74,17 @@ def test_a_skip_variant_has_one_colour_in_every_figure():
               two_stage["orth_haar"]]
     assert not set(others) & set(VARIANT_COLORS.values()) and len(set(others[1:])) == 3
     assert len(set(VARIANT_COLORS.values())) == len(VARIANT_COLORS)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_pca_plane_is_a_plane_for_any_number_of_points(n):
+    """orth_to_id's PCA picture with n_samples=2 (one test point) read a second principal
+    direction that one point does not have: an IndexError traceback after training."""
+    from orthogonal_skip_connections.plots import pca_plane
+
+    X = np.random.default_rng(0).standard_normal((n, 3))
+    mean, V = pca_plane(X)
+    assert V.shape == (3, 2) and np.allclose(V.T @ V, np.eye(2)) and np.allclose(mean, X.mean(0))
+    if n >= 2:  # the first axis is still the direction of largest spread
+        top = np.linalg.svd(X - mean)[2][0]
+        assert np.isclose(abs(V[:, 0] @ top), 1.0)

@@ -117,3 +117,11 @@ def test_the_split_is_stratified():
     every = torch.bincount(torch.cat([data.y_train, data.y_test]), minlength=3).double()
     assert float(every.max() / every.min()) > 1.8
     assert torch.all((torch.bincount(data.y_test, minlength=3) - 0.2 * every).abs() <= 1)
+
+
+@pytest.mark.parametrize("n_samples,test_fraction", [(100, 0.001), (100, 0.985), (7, 0.2)])
+def test_a_split_too_small_to_stratify_is_made_unstratified(n_samples, test_fraction):
+    """One test (or training) point for two classes cannot be stratified: scikit-learn's
+    ValueError was a traceback of construction_validity test_fraction=0.001."""
+    d = make_synthetic("blobs", n_samples=n_samples, num_classes=2, test_fraction=test_fraction, seed=0)
+    assert len(d.y_train) + len(d.y_test) == n_samples and len(d.y_test) == int(np.ceil(test_fraction * n_samples))

@@ -30,14 +30,17 @@ def report(argv: list[str]) -> int:
     from .report import build_report
     from .runs import UserError
 
-    parser = argparse.ArgumentParser(prog="osc report", description=report.__doc__)
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):  # argparse's own is its usage and the message: two lines
+            raise UserError(f"osc report: {message}; osc report --help lists its options")
+
+    parser = Parser(prog="osc report", description=report.__doc__)
     parser.add_argument("dirs", nargs="+", type=Path, help="run dirs, sweep dirs or study dirs")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default: first DIR/report)")
     parser.add_argument("--title", default="Do orthogonal skips help?", help="the report's heading (default: %(default)s)")
-    args = parser.parse_args(argv)
-    out = args.out or args.dirs[0] / "report"
     try:
-        result = build_report(args.dirs, out, title=args.title)
+        args = parser.parse_args(argv)
+        result = build_report(args.dirs, args.out or args.dirs[0] / "report", title=args.title)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

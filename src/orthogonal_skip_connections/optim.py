@@ -522,6 +522,8 @@ class OptimConfig:
              f"retraction_momentum must be in [0, 1); got {self.retraction_momentum}"),
             (not self.retraction_adaptive or self.name in ("adam", "adamw"),
              f"retraction_adaptive needs optimizer adam or adamw (its betas and eps); got {self.name!r}"),
+            (not self.nesterov or (self.name == "sgd" and self.momentum > 0),  # else it was dropped unsaid
+             f"nesterov needs the sgd optimizer with momentum > 0; got optimizer {self.name!r}, momentum {self.momentum}"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}"),
             (0 <= self.warmup_epochs < math.inf,
              f"warmup_epochs must be a finite number >= 0; got {self.warmup_epochs}"),

@@ -279,12 +279,17 @@ def class_legend(fig, num_classes: int, **kwargs):
 def pca_plane(X) -> tuple[np.ndarray, np.ndarray]:
     """The plane of the first two principal components of X (N, d), d >= 2: the mean
     (d,) and an orthonormal basis V (d, 2). Coordinates are (X - mean) @ V; a point
-    (a, b) of the plane is mean + a V[:, 0] + b V[:, 1] in R^d."""
+    (a, b) of the plane is mean + a V[:, 0] + b V[:, 1] in R^d. Fewer than two points span
+    fewer than two directions: the basis is completed with orthonormal ones (a test set of
+    one point, ``n_samples=2``, still gets its picture)."""
     X = np.asarray(X, dtype=float)
-    if X.ndim != 2 or X.shape[1] < 2:
+    if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 2:
         raise ValueError(f"a PCA plane needs points in R^d with d >= 2; got shape {X.shape}")
     mean = X.mean(0)
-    _, _, Vt = np.linalg.svd(X - mean, full_matrices=False)
+    _, _, Vt = np.linalg.svd(X - mean, full_matrices=False)  # (min(N, d), d)
+    if Vt.shape[0] < 2:
+        Q, _ = np.linalg.qr(np.concatenate([Vt.T, np.eye(X.shape[1])], axis=1))  # (d, d), Q[:, 0] = +-Vt[0]
+        return mean, Q[:, :2]
     return mean, Vt[:2].T
 
 

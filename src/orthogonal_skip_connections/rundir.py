@@ -158,6 +158,19 @@ def check_dir_writable(path: Path, key: str = "hydra.run.dir", shown: str | None
         raise UserError(f"{where}: {probe} is not writable; choose another {key}")
 
 
+def make_dir(path: Path, key: str) -> Path:
+    """Make the dir a path key names (its parents too), or refuse it in one line: a file, under
+    a file, not writable, or a dir the system will not make (/proc, a read-only mount, a full disk)."""
+    path = Path(path)
+    check_dir_writable(path, key)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{key}={path}: cannot make it ({err.strerror or type(err).__name__}); choose another "
+                        f"{key}") from None
+    return path
+
+
 _HELD: dict[str, list] = {}  # resolved run dir -> [file descriptor, claims]: flock is per open file
 _HELD_ELSEWHERE = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)  # a non-blocking flock's "someone holds it"
 
@@ -268,14 +281,22 @@ class RunDir:
                 if reason is not None:
                     raise UserError(f"cannot read {summary} ({reason}): move it away to resume from checkpoint.pt, "
                                     "or start a fresh hydra.run.dir")
+            other = cls._app_of(path) if resume and app is not None else None
+            if other is not None and other != app:  # its config would differ in every key: say what it is
+                raise UserError(f"{path} holds a {other} run, not a {app} one; resume=true continues a run of the "
+                                "same app: start a fresh hydra.run.dir")
             if resume and config is not None and not (path / CONFIG).is_file() and (summary.exists() or ckpt.exists()):
                 raise UserError(f"{path} holds a run but no config.yaml to check resume=true against; start a "
                                 "fresh hydra.run.dir")
             if resume and config is not None and (path / CONFIG).is_file():
                 try:
                     saved = yaml.safe_load((path / CONFIG).read_text())
-                except (OSError, yaml.YAMLError) as err:
+                except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
                     raise UserError(f"cannot read {path / CONFIG}: {type(err).__name__}") from None
+                if not isinstance(saved, dict):  # an empty file (a write cut short) compared as no keys at all
+                    raise UserError(f"cannot read {path / CONFIG}: it holds "
+                                    f"{'nothing' if saved is None else 'a ' + type(saved).__name__}, not a config; "
+                                    "resume needs the config the run started with, or start a fresh hydra.run.dir")
                 diff = config_differences(saved, config)
                 if diff:
                     raise UserError(f"resume=true with a config that differs from {path / CONFIG} in "
@@ -294,6 +315,15 @@ class RunDir:
             for tmp in path.glob(".*.tmp"):  # left by a write that was killed half-way
                 tmp.unlink(missing_ok=True)
         return cls(path, resume=resume, app=app)
+
+    @staticmethod
+    def _app_of(path: Path) -> str | None:
+        """The app named by ``path``'s run.json (None: none, or unreadable)."""
+        try:
+            other = read_json(path / RUN).get("app")
+        except Exception:
+            return None
+        return other if isinstance(other, str) else None
 
     @staticmethod
     def _status(summary: Path) -> str:

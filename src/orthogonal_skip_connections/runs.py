@@ -19,6 +19,7 @@ __all__ = [
     "UserError",
     "write_json",
     "read_json",
+    "read_jsonl",
     "append_jsonl",
     "atomic_torch_save",
     "progress_bar",
@@ -104,6 +105,29 @@ def read_json(path: Path) -> Any:
 def append_jsonl(path: Path, obj: Any) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(to_jsonable(obj), allow_nan=False) + "\n")
+
+
+def read_jsonl(path: Path) -> list[tuple[int, str, Any]]:
+    """The records of a JSON-lines file written by :func:`append_jsonl`, as (line number, line,
+    object), blank lines skipped. A last line without its newline that does not parse is a
+    write cut short (a run killed mid-append, or one still writing while a report reads it)
+    and is left out; any other line that does not parse, or a file that cannot be read as
+    text (a dir, bytes that are not UTF-8), is a one-line UserError."""
+    try:
+        lines = Path(path).read_text().split("\n")  # the last item: what follows the last newline
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path} ({type(err).__name__}): not a JSON-lines file of this library") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((n, line, json.loads(line)))
+        except json.JSONDecodeError as err:
+            if n == len(lines):
+                break
+            raise UserError(f"{path}, line {n}: not JSON ({err.msg}); the file is damaged") from None
+    return out
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

@@ -229,7 +229,10 @@ def make_synthetic(
         X, y = _parity(n_samples, dim, num_classes, dim if parity_bits is None else parity_bits, noise, seed)
 
     counts = np.bincount(y, minlength=num_classes)
-    stratify = y if counts.min() >= 2 else None  # stratifying needs two of every class
+    n_test, present = math.ceil(test_fraction * len(y)), int((counts > 0).sum())
+    # stratifying needs two of every class, and a test and a training set each with room for every class present
+    # (test_fraction=0.001 of 100 points: one test point for two classes was scikit-learn's ValueError)
+    stratify = y if counts.min() >= 2 and min(n_test, len(y) - n_test) >= present else None
     X_tr, X_te, y_tr, y_te = train_test_split(
         X, y, test_size=test_fraction, random_state=seed, stratify=stratify
     )

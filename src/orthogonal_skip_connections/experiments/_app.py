@@ -39,7 +39,7 @@ from ..rundir import RunDir
 from ..runs import UserError
 from ..train import distributed
 from ..train.divergence import Diverged
-from ._checks import choice, ints_at_least, number, one_of, path_or_null, require, threads
+from ._checks import MAX_SEED, check_seed, choice, ints_at_least, number, one_of, path_or_null, require, threads
 from ._command_line import CommandLine
 from ._compose import CONFIG_DIR, compose, register_schema, typed
 from ._parts import (SkipOptions, SmallTraining, check_residual_mlp_memory, check_synthetic_data,
@@ -47,6 +47,7 @@ from ._parts import (SkipOptions, SmallTraining, check_residual_mlp_memory, chec
 from ._registry import APPS, load_app
 
 __all__ = ["APPS", "load_app", "App", "CONFIG_DIR", "compose", "typed", "require", "threads", "choice", "one_of", "ints_at_least",
+           "check_seed", "MAX_SEED",
            "number", "path_or_null", "SmallTraining", "SkipOptions", "residual_mlp_factory", "skip_kinds",
            "check_synthetic_data",
            "check_residual_mlp_memory"]

@@ -10,7 +10,12 @@ from typing import Any
 
 from ..runs import UserError
 
-__all__ = ["require", "threads", "choice", "one_of", "ints_at_least", "number", "path_or_null"]
+__all__ = ["require", "threads", "choice", "one_of", "ints_at_least", "number", "path_or_null", "check_seed",
+           "MAX_SEED"]
+
+# the largest seed every library a run seeds takes: NumPy's and scikit-learn's 0 .. 2**32 - 1 (torch takes
+# more, up to 2**64 - 1, and a larger Python int overflows there: a traceback, not a line)
+MAX_SEED = 2**32 - 1
 
 
 def require(ok: bool, key: str, allowed: str, value: Any) -> None:
@@ -63,3 +68,10 @@ def path_or_null(key: str, value: str | None) -> None:
     """A path key: null or a path, never a blank string (``''`` would read as the current
     directory, where nothing of the run belongs)."""
     require(value is None or value.strip() != "", key, "a path or null", value)
+
+
+def check_seed(key: str, value: int, high: int = MAX_SEED) -> None:
+    """A first seed: an integer from 0 to ``high`` (default :data:`MAX_SEED`; an app whose run
+    uses seeds above its first passes ``MAX_SEED`` less what it adds, so that all of them fit)."""
+    require(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= high, key,
+            f"an integer from 0 to {high} (every seed a run uses must be in NumPy's range 0 .. 2**32 - 1)", value)

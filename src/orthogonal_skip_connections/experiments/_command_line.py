@@ -43,7 +43,8 @@ from ..rundir import RunDir, check_dir_writable
 from ..runs import UserError, outermost_new, remove_empty
 from ..train import distributed
 from ..train.divergence import Diverged
-from ._compose import CONFIG_DIR, compose, compose_raw, hydra_dir, one_line, typed, with_job_name
+from ._compose import (CONFIG_DIR, compose, compose_raw, hydra_dir, one_line, options_first, split_options, typed,
+                       with_job_name)
 from ._help import help_text
 from ._interrupt import sigterm_as_interrupt, stopped
 from ._leftovers import has_results, hydra_files, undo
@@ -54,6 +55,15 @@ __all__ = ["CommandLine", "CODES_ENV"]
 # Hydra's flags that each choose what the call does (its short name -> its long one): one per call
 _MODES = {f: long for long, short in (("--run", "-r"), ("--multirun", "-m"), ("--cfg", "-c"), ("--info", "-i"),
                                       ("--shell-completion", "-sc")) for f in (long, short)}
+
+
+def _hydra_flag(flag: str) -> bool:
+    """Whether Hydra's argparse takes ``flag`` (``--cfg=job`` too, and, as argparse does, a
+    long option's unambiguous prefix)."""
+    from hydra._internal.utils import get_args_parser
+
+    name, known = flag.split("=")[0], get_args_parser()._option_string_actions
+    return name in known or (name.startswith("--") and len([k for k in known if k.startswith(name)]) == 1)
 
 
 class CommandLine:
@@ -74,9 +84,7 @@ class CommandLine:
         if any(a in ("-h", "--help") for a in argv):
             print(help_text(self.app.name))
             return 0
-        # Hydra's argparse takes the overrides as one run of positionals: `a=1 -m b=2` was its usage error
-        flags = ("-m", "--multirun", "-r", "--run")  # the flags that take no value
-        argv = [a for a in argv if a in flags] + [a for a in argv if a not in flags]
+        argv = options_first(argv)  # `a=1 -m b=2`, `a=1 --cfg job b=2`: Hydra's usage error
         codes: list[int] = []
         # a sweep's failed jobs write their exit codes here: they may run in other processes
         # (Hydra's joblib or submitit launchers), which inherit the environment
@@ -120,13 +128,18 @@ class CommandLine:
         runs (which would print multi-line errors and create the run dir)."""
         app = self.app
         flags = [a for a in argv if a.startswith("-")]
-        overrides = [a for a in argv if not a.startswith("-")]
+        overrides = split_options(argv)[1]  # not the value of --cfg job
         modes = sorted({_MODES[f.split("=")[0]] for f in flags if f.split("=")[0] in _MODES})
         if len(modes) > 1:  # Hydra's own refusal is a traceback
             raise UserError(f"{' and '.join(modes)} cannot be given together: Hydra takes one of "
                             f"{', '.join(sorted(set(_MODES.values())))}")
-        if any(f not in ("-m", "--multirun") for f in flags):
-            return  # --help, --cfg, --info...: Hydra's own business
+        unknown = [f for f in flags if not _hydra_flag(f)]
+        if unknown:  # Hydra's own refusal is its whole usage text
+            raise UserError(f"unknown option {unknown[0]!r}; allowed: key=value overrides and Hydra's options "
+                            f"(-m/--multirun, --cfg job|hydra|all, --info, ...); osc {app.name} --help lists the keys")
+        if any(f not in ("-m", "--multirun") for f in flags):  # --cfg, --info...: Hydra's own business,
+            compose(app.name, overrides)  # but a mistake in the config they show is one line too
+            return
         jobs = [overrides]
         if flags:  # multirun: check every combination of the sweep
             from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -161,7 +174,9 @@ class CommandLine:
         for job in jobs:
             cfg = typed(app.schema, compose(app.name, job))
             # (a sweep stopped mid-way keeps its finished jobs, whatever save_checkpoint says)
-            self.saves_nothing = not flags and getattr(cfg, "save_checkpoint", None) == "none"
+            # (a study's save_checkpoint is its runs': a resumed study keeps those that completed)
+            self.saves_nothing = (not flags and getattr(cfg, "save_checkpoint", None) == "none"
+                                  and not app.redo_completed)
             if not flags and distributed.is_main() and any(o.startswith("hydra.run.dir=") for o in job):
                 path = hydra_dir(app.name, job, "hydra.run.dir")
                 if path is not None:
@@ -170,7 +185,7 @@ class CommandLine:
                         self.explicit = (path, path.exists(), hydra_files(path), outermost_new(path))
                     # held (locked) until the run ends: a second writer is refused before Hydra writes
                     self.claims.append(RunDir.claim(path, resume=bool(getattr(cfg, "resume", False)),
-                                                    supports_resume=app.supports_resume, config=cfg))
+                                                    supports_resume=app.supports_resume, app=app.name, config=cfg))
 
     def hydra(self, argv: list[str], codes: list[int]) -> int:
         """Run the app under ``@hydra.main`` (one job, or a sweep's jobs)."""

@@ -26,7 +26,8 @@ from ._registry import load_app
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "config")
 
 __all__ = ["CONFIG_DIR", "compose", "compose_each", "typed", "register_schema", "compose_raw", "one_line",
-           "schema_node", "kind_of", "strict_booleans", "hydra_dir", "job_name", "with_job_name"]
+           "schema_node", "kind_of", "strict_booleans", "hydra_dir", "job_name", "with_job_name", "options_first",
+           "split_options"]
 
 
 def register_schema(name: str, schema: type) -> None:
@@ -94,9 +95,12 @@ def one_line(err: BaseException, schema: type) -> str:
         tp = schema_node(schema, re.sub(r"\[\d+\]", "", key).split("."))
         if "[" in key and tp is not None:  # an entry of a list
             tp, key = (typing.get_args(tp) or [None])[0], "every entry of " + re.sub(r"\[\d+\]", "", key)
-        got = re.search(r"[Vv]alue '(.*?)'", msg)
+        got = re.search(r"[Vv]alue '(.*)' of type", msg) or re.search(r"[Vv]alue '(.*?)'", msg)  # '{'a': 1}' whole
         if tp is not None and got:
             return f"{key} must be {kind_of(tp)}; got {got.group(1)!r}"
+        single = re.match(r"Invalid value assigned: (\w+) is not a ListConfig", msg)
+        if tp is not None and single:  # dims=3 for dims=[3]
+            return f"{key} must be {kind_of(tp)}, written {key}=[a,b,...]; got one {single.group(1)}"
         return f"{key}: {msg}"
     options = getattr(err, "options", None)
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -229,15 +233,22 @@ def hydra_dir(app_name: str, overrides: list[str], key: str) -> Path | None:
     """The dir Hydra makes of ``key`` (``hydra.run.dir``, ``hydra.sweep.dir``) with ``overrides``:
     the value as Hydra parses it (``hydra.run.dir='/a b'`` is ``/a b``, quotes and escapes
     removed) with its ``${...}`` resolved (the config's keys, ``${now:...}``), not the text
-    after ``=``. None where only the run itself can resolve it (``${hydra:runtime...}``)."""
+    after ``=``. None where only the run itself can resolve it (``${hydra:runtime...}``). A
+    blank value is a UserError: Hydra would take it as the current dir and write the run there."""
     from hydra.core.utils import setup_globals
 
     setup_globals()  # the ${now:...} resolver
     try:
         hydra_cfg = compose_raw(app_name, [*overrides, *job_name(app_name, overrides)], hydra_config=True)
-        return Path(str(OmegaConf.select(hydra_cfg, key)))
+        value = str(OmegaConf.select(hydra_cfg, key))
     except Exception:  # Hydra's own business when it runs
         return None
+    if not value.strip():
+        raise UserError(f"{key} must be a path (a blank one is the current dir, where no run belongs); got {value!r}")
+    if value.startswith("~"):  # Hydra does not expand it: the run went into a dir named '~' under the working dir
+        raise UserError(f"{key}={value}: Hydra does not expand '~' (it would make a dir named '~' here); write the "
+                        f"path out, or {key}=${{oc.env:HOME}}{value[1:]}")
+    return Path(value)
 
 
 def job_name(app_name: str, argv: list[str]) -> list[str]:
@@ -252,3 +263,32 @@ def with_job_name(app_name: str, argv: list[str]) -> list[str]:
     last = max((i for i, a in enumerate(argv) if not a.startswith("-") and ("=" in a or a.startswith("~"))),
                default=len(argv) - 1)
     return [*argv[:last + 1], *named, *argv[last + 1:]]
+
+
+# Hydra's options that take a value (the next argument), and --info's optional one (one of its topics)
+_VALUED = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+           "--experimental-rerun"}
+_INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def options_first(argv: list[str]) -> list[str]:
+    """``argv`` with Hydra's options, each with its value, before the overrides: Hydra's argparse
+    takes the overrides as one run of positionals, so ``a=1 -m b=2`` or ``a=1 --cfg job b=2``
+    was its usage text and 'unrecognized arguments'."""
+    options, overrides = split_options(argv)
+    return options + overrides
+
+
+def split_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(Hydra's options with their values, the overrides) of ``argv``."""
+    options, overrides, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("-"):
+            takes = a in _VALUED or (a in ("--info", "-i") and i + 1 < len(argv) and argv[i + 1] in _INFO_TOPICS)
+            options += argv[i:i + 2] if takes else [a]
+            i += 2 if takes else 1
+        else:
+            overrides.append(a)
+            i += 1
+    return options, overrides

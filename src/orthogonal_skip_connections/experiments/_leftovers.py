@@ -1,10 +1,12 @@
 """What a command-line call refused inside Hydra leaves behind: nothing that was not there.
 
 A run dir this call made (and the empty dirs above it that it made: ``outputs/<app>/``)
-is removed if it holds nothing but Hydra's own files (``.hydra/``, the job's ``.log``) and
-the lock; a dir that holds anything else (a started run's run.json, a resumed run's
-checkpoint and metrics) is never removed, and in a dir that was there before only the
-``.hydra/`` files and job log Hydra rewrote are put back as they were."""
+is removed if it holds nothing but Hydra's own files (``.hydra/``, the job's ``.log``), the
+lock and what :meth:`RunDir.start` writes before any result (config.yaml, run.json: an app
+that checks an input only once started, like loss_landscape's ``runs=``, left them behind);
+a dir that holds anything else (a resumed run's checkpoint and metrics, a summary, figures)
+is never removed, and in a dir that was there before only the ``.hydra/`` files, job log,
+config.yaml and run.json the call rewrote are put back as they were."""
 
 from __future__ import annotations
 
@@ -70,5 +72,7 @@ def hydra_files(path: Path) -> dict[Path, bytes]:
 
 
 def has_results(path: Path) -> bool:
-    """Whether a run dir holds anything besides Hydra's own files and the lock."""
-    return path.is_dir() and any(p.name not in (".hydra", ".lock") and p.suffix != ".log" for p in path.iterdir())
+    """Whether a run dir holds anything besides Hydra's own files, the lock and a start's
+    config.yaml and run.json."""
+    stubs = (".hydra", ".lock", "config.yaml", "run.json")
+    return path.is_dir() and any(p.name not in stubs and p.suffix != ".log" for p in path.iterdir())

@@ -36,8 +36,8 @@ from ..runs import progress_bar, resolve_device
 from ..skips import variant_label
 from ..train.classifier import Diverged
 from ..train.small import train_small_classifier
-from ._app import (App, SkipOptions, SmallTraining, check_residual_mlp_memory, check_synthetic_data, choice,
-                   ints_at_least, require, residual_mlp_factory, skip_kinds)
+from ._app import (MAX_SEED, App, SkipOptions, SmallTraining, check_residual_mlp_memory, check_seed,
+                   check_synthetic_data, choice, ints_at_least, require, residual_mlp_factory, skip_kinds)
 
 DATASETS = ("blobs", "classification", "parity", "moons", "circles")
 FIT_ON = ("test", "train")
@@ -72,7 +72,7 @@ class Config(SmallTraining):
         self.num_classes = ints_at_least("num_classes", self.num_classes, 2)
         self.n_blocks = ints_at_least("n_blocks", self.n_blocks, 1)
         require(self.seeds >= 1, "seeds", "an integer >= 1", self.seeds)
-        require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        check_seed("seed", self.seed, MAX_SEED - (self.seeds - 1))  # seeds seed .. seed + seeds - 1
         require(self.hidden_mult > 0, "hidden_mult", "a number > 0", self.hidden_mult)
         # what the library would refuse at run time, refused here (before Hydra makes a run dir)
         resolve_device(self.device)

@@ -38,11 +38,11 @@ import yaml
 
 from ..landscape import LandscapeSettings, landscape_of, skip_handling
 from ..report.classification import t_interval
-from ..rundir import RunDir, column
+from ..rundir import RunDir, check_dir_writable, column, make_dir
 from ..runs import UserError, atomic_write_text, read_json, resolve_device, to_jsonable
 from ..train.classifier import TrainConfig, train_classifier
 from ..train.image import ClassifierSpec, build_classifier, check_batch_size, load_run, run_variant
-from ._app import App, choice, number, path_or_null, require, threads
+from ._app import App, check_seed, choice, number, path_or_null, require, threads
 
 SPLITS = ("train", "test")
 
@@ -102,7 +102,7 @@ class Config:
                 "t_min < t_max", self.t_range)
         require(self.n_eval >= 1, "n_eval", "an integer >= 1", self.n_eval)
         choice("eval_split", self.eval_split, SPLITS)
-        require(self.direction_seed >= 0, "direction_seed", "an integer >= 0", self.direction_seed)
+        check_seed("direction_seed", self.direction_seed)
         require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
         require(self.hessian.iters >= 1, "hessian.iters", "an integer >= 1", self.hessian.iters)
         number("hessian.tol", self.hessian.tol, 0, strict=True)
@@ -110,9 +110,14 @@ class Config:
         threads(self.num_threads)
         for run in self.runs:
             path_or_null("runs", run)
-        path_or_null("cache_dir", self.cache_dir)
         t = self.train
-        path_or_null("train.dir", t.dir)
+        for key, value in (("cache_dir", self.cache_dir), ("train.dir", t.dir)):
+            path_or_null(key, value)
+            if value is not None:  # a file, under one, not writable: refused before Hydra makes a run dir
+                check_dir_writable(Path(value).expanduser(), key)
+        # '~' as data.root takes it (Hydra leaves it as written: a dir named '~' under the working dir)
+        self.cache_dir = None if self.cache_dir is None else str(Path(self.cache_dir).expanduser())
+        t.dir = None if t.dir is None else str(Path(t.dir).expanduser())
         choice("train.dataset", t.dataset, DATASETS)
         choice("train.model_type", t.model_type, RESNETS)
         require(len(t.variants) > 0, "train.variants", "a non-empty list of kind[/method[/init]]", t.variants)
@@ -170,8 +175,14 @@ def default_runs(cfg: Config, rd: RunDir) -> list[tuple[Path, ClassifierSpec, in
             path = root / f"{cfg.train.dataset}_{cfg.train.model_type}" / re.sub(r"[^A-Za-z0-9]+", "_", variant) / \
                 f"seed{seed}"
             want = run_config(cfg, spec, seed)
-            if (path / "config.yaml").is_file() and yaml.safe_load((path / "config.yaml").read_text()) != want:
-                raise UserError(f"{path} holds a run with other settings; choose another train.dir")
+            if (path / "config.yaml").is_file():
+                try:
+                    saved = yaml.safe_load((path / "config.yaml").read_text())
+                except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+                    raise UserError(f"cannot read {path / 'config.yaml'} ({type(err).__name__}); move the run away "
+                                    "or choose another train.dir") from None
+                if saved != want:
+                    raise UserError(f"{path} holds a run with other settings; choose another train.dir")
             out.append((path, spec, seed))
     return out
 
@@ -185,7 +196,13 @@ def run_config(cfg: Config, spec: ClassifierSpec, seed: int) -> dict:
 
 
 def completed(path: Path) -> bool:
-    return (path / "summary.json").is_file() and read_json(path / "summary.json").get("status") == "completed"
+    if not (path / "summary.json").is_file():
+        return False
+    try:
+        return read_json(path / "summary.json").get("status") == "completed"
+    except (OSError, ValueError, AttributeError) as err:  # not JSON, not text, not an object
+        raise UserError(f"cannot read {path / 'summary.json'} ({type(err).__name__}); move the run away or choose "
+                        "another train.dir") from None
 
 
 def train_run(cfg: Config, path: Path, spec: ClassifierSpec, seed: int, device) -> None:
@@ -516,6 +533,9 @@ def run(cfg: Config, rd: RunDir) -> dict:
         paths = [p for p, _, _ in planned]
     rd.start(cfg)
     rd.device = device
+    for key, value in (("train.dir", cfg.train.dir if todo else None), ("cache_dir", cfg.cache_dir)):
+        if value is not None:  # one the system will not make (/proc, a read-only mount): one line, not mkdir's traceback
+            make_dir(Path(value), key)
     for p, spec, seed in todo:
         train_run(cfg, p, spec, seed, device)
     settings = cfg.settings()

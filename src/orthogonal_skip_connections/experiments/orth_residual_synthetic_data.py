@@ -30,8 +30,8 @@ from ..rundir import RunDir, column
 from ..runs import progress_bar, resolve_device
 from ..train.classifier import Diverged
 from ..train.small import train_small_classifier
-from ._app import (App, SkipOptions, SmallTraining, check_residual_mlp_memory, check_synthetic_data, choice, require,
-                   residual_mlp_factory, skip_kinds)
+from ._app import (App, SkipOptions, SmallTraining, check_residual_mlp_memory, check_seed, check_synthetic_data, choice,
+                   require, residual_mlp_factory, skip_kinds)
 
 DATASETS = ("moons", "circles", "blobs", "classification")
 
@@ -58,7 +58,7 @@ class Config(SmallTraining):
         choice("dataset_type", self.dataset_type, DATASETS)
         self.skip_kinds = skip_kinds("skip_kinds", self.skip_kinds)
         require(self.n_blocks >= 1, "n_blocks", "an integer >= 1", self.n_blocks)
-        require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        check_seed("seed", self.seed)
         require(self.grid_lines >= 2, "grid_lines", "an integer >= 2", self.grid_lines)
         require(self.region_grid >= 2, "region_grid", "an integer >= 2", self.region_grid)
         require(self.hidden_mult > 0, "hidden_mult", "a number > 0", self.hidden_mult)

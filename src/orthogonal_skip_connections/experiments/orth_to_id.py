@@ -37,8 +37,8 @@ from ..skips import SKIP_KINDS
 from ..runs import UserError, progress_bar, resolve_device
 from ..train.classifier import Diverged
 from ..train.small import steps_per_epoch, train_small_classifier
-from ._app import (App, SkipOptions, SmallTraining, check_residual_mlp_memory, check_synthetic_data, ints_at_least,
-                   number, one_of, require, residual_mlp_factory)
+from ._app import (MAX_SEED, App, SkipOptions, SmallTraining, check_residual_mlp_memory, check_seed,
+                   check_synthetic_data, ints_at_least, number, one_of, require, residual_mlp_factory)
 
 DATASETS = ("blobs", "parity")
 MATRIX_KINDS = ("learnable_orth", "fixed_orth", "linear", "random", "scalar", "idempotent")
@@ -95,7 +95,7 @@ class Config(SmallTraining):
         self.dims = ints_at_least("dims", self.dims, 2)
         self.n_blocks = ints_at_least("n_blocks", self.n_blocks, 1)
         require(self.seeds >= 1, "seeds", "an integer >= 1", self.seeds)
-        require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        check_seed("seed", self.seed, MAX_SEED - (self.seeds - 1))  # seeds seed .. seed + seeds - 1
         require(self.parity.bits >= 1, "parity.bits", "an integer >= 1", self.parity.bits)
         require(self.log_points >= 1, "log_points", "an integer >= 1", self.log_points)
         require(self.lipschitz_points >= 1, "lipschitz_points", "an integer >= 1", self.lipschitz_points)

@@ -33,7 +33,7 @@ from ..skips import (DEFAULT_METHOD, ORTHOGONAL_METHODS, RESIDUAL_MODES, STREAM_
 from ..train import distributed
 from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_classifier
 from ..train.image import ClassifierSpec, build_classifier, check_batch_size, check_classifier
-from ._app import App, choice, number, path_or_null, require, threads
+from ._app import App, check_seed, choice, number, path_or_null, require, threads
 
 WANDB_MODES = ("disabled", "offline", "online")
 CHECKPOINT_MODES = ("last", "none")
@@ -197,7 +197,8 @@ class Config:
                                 ("weight_decay ", "optimizer.weight_decay "), ("momentum ", "optimizer.momentum "),
                                 ("warmup_epochs ", "scheduler.warmup_epochs "), ("gamma ", "scheduler.gamma "),
                                 ("milestones ", "scheduler.milestones "),
-                                ("retraction_adaptive ", "optimizer.upkeep_adaptive ")):
+                                ("retraction_adaptive ", "optimizer.upkeep_adaptive "),
+                                ("nesterov ", "optimizer.nesterov ")):
                 msg = msg.replace(short, full, 1) if msg.startswith(short) else msg
             raise UserError(msg) from None
         choice("dataset", self.dataset.name, DATASETS)
@@ -225,7 +226,7 @@ class Config:
         require(self.wandb.project.strip() != "", "wandb.project", "a W&B project name", self.wandb.project)
         choice("save_checkpoint", self.save_checkpoint, CHECKPOINT_MODES)
         threads(self.num_threads)
-        require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        check_seed("seed", self.seed)
         try:
             skip(self.model.skip_kind, **self.model.skip_options())
         except (TypeError, ValueError) as err:

@@ -132,6 +132,12 @@ class Config:
         for variant in r.variants:
             require(1 <= len(variant.split("/")) <= 3, f"{key}.variants",
                     "kind, kind/method or kind/method/init entries", variant)
+        for part, key, lists in (("classification", f"scales.{self.scale}.classification", ("tasks", "variants")),
+                                 ("residual_modes", key, ("tasks", "modes", "variants"))):
+            settings = c if part == "classification" else r
+            for name in lists:  # an empty one runs nothing, and the report then finds no run dirs
+                require(part not in self.parts or len(getattr(settings, name)) > 0, f"{key}.{name}",
+                        f"a non-empty list (part {part} is in parts)", getattr(settings, name))
         lr = self.scales[self.scale].landscape_runs
         require(lr.task.count("/") == 1, f"scales.{self.scale}.landscape_runs.task", "a dataset/model_type", lr.task)
         require(lr.seeds >= 0, f"scales.{self.scale}.landscape_runs.seeds", "an integer >= 0", lr.seeds)

@@ -32,7 +32,7 @@ from ..models.teacher_student import ARCHS
 from ..train import teacher_student as ts
 from ..rundir import RunDir, column
 from ..runs import UserError, check_memory, resolve_device, write_npz
-from ._app import App, one_of, require, threads, typed
+from ._app import MAX_SEED, App, check_seed, one_of, require, threads, typed
 
 
 @dataclass
@@ -90,7 +90,7 @@ class Config:
         require(len(set(self.archs)) == len(self.archs), "archs", "a list without repeats", self.archs)
         self.archs = one_of("archs", self.archs, ARCHS)
         require(self.seeds >= 1, "seeds (the number of runs)", "an integer >= 1", self.seeds)
-        require(self.seed >= 0, "seed (the first seed)", "an integer >= 0", self.seed)
+        check_seed("seed (the first seed)", self.seed, MAX_SEED - (self.seeds - 1))  # seeds seed .. seed + seeds - 1
         for key in ("fit", "recover"):
             value = getattr(self.thresholds, key)
             require(np.isfinite(value) and value > 0, f"thresholds.{key}", "> 0", value)
@@ -147,7 +147,9 @@ def load_start(path: str, archs: list[str], seeds: list[int]) -> dict[str, dict]
                 rows = [saved.index(s) for s in seeds]
                 start[a] = {k: {n: z[f"{a}.{k}.{n}"][rows] for n in ARCHS[a].params} for k in ("teacher", "student")}
     except (OSError, ValueError, KeyError) as err:  # not an npz, or one without the weights
-        raise UserError(f"student.start: cannot read the weights in {file} ({str(err).splitlines()[0][:100]})") from None
+        # numpy calls any file that is not .npy/.npz 'pickled (object) data' and offers the unsafe loader: neither helps
+        detail = "not an .npz file" if "pickled" in str(err) else str(err).splitlines()[0][:100]
+        raise UserError(f"student.start: cannot read the weights in {file} ({detail})") from None
     return start
 
 

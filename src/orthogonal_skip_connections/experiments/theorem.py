@@ -24,7 +24,7 @@ from ..analysis import rates
 from ..maths import construction as cons
 from ..rundir import RunDir, column
 from ..runs import UserError, check_memory, progress_bar
-from ._app import App, ints_at_least, number, require
+from ._app import App, check_seed, ints_at_least, number, require
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Config:
         number("pair_distance", self.pair_distance, 0, strict=True, high=1.0)
         number("slope_tolerance", self.slope_tolerance, 0)
         number("exact_tolerance", self.exact_tolerance, 0, strict=True)
-        require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        check_seed("seed", self.seed)
         require(len(self.ms) > 0, "ms", "a non-empty list of integers >= 1", self.ms)
         for m in self.ms:
             if m < 1:

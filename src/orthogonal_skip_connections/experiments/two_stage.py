@@ -41,7 +41,7 @@ from ..rundir import RunDir, column
 from ..runs import resolve_device
 from ..train.classifier import TrainConfig, train_classifier
 from ..train.image import ClassifierSpec, build_classifier, check_batch_size
-from ._app import App, choice, number, require, threads
+from ._app import MAX_SEED, App, check_seed, choice, number, require, threads
 
 VARIANTS = ("two_stage", "identity", "orth_identity", "orth_haar")
 
@@ -77,7 +77,7 @@ class Config:
         choice("method", self.method, ORTH_METHODS)
         require(self.n_train is None or self.n_train >= 2, "n_train", "an integer >= 2 or null", self.n_train)
         require(self.seeds >= 1, "seeds", "an integer >= 1", self.seeds)
-        require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        check_seed("seed", self.seed, (MAX_SEED - 1) // 2 - (self.seeds - 1))  # stage seeds 2 s + 1, s < seed + seeds
         require(self.stage1_epochs >= 1, "stage1_epochs", "an integer >= 1", self.stage1_epochs)
         require(self.stage2_epochs >= 1, "stage2_epochs", "an integer >= 1", self.stage2_epochs)
         require(self.fit_images >= 1, "fit_images", "an integer >= 1", self.fit_images)

@@ -191,10 +191,9 @@ class ResNet(nn.Module):
         skip_layer = skip_layer_from(skip_kind, skip_layer, skip_options)
         residual_layer = partial(Residual, residual_mode, orthogonal_method, residual_eps)
         residual_layer()  # checks the mode, method and eps before anything is built
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1; got {num_classes}")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1; got {in_channels}")
+        for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:  # 2.5: torch's TypeError from nn.Linear
+                raise ValueError(f"{name} must be an int >= 1; got {value!r}")
         preact = issubclass(block, PreActBlock)
         if stem == "cifar":
             layers = [_conv(in_channels, widths[0], 3)] if preact else [

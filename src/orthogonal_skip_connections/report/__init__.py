@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-from ..rundir import check_report
+from ..rundir import check_dir_writable, check_report, make_dir
 from ..runs import UserError
 from .classification import (
     CSV_COLUMNS,
@@ -122,11 +122,12 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; give a directory (made if missing)")
+    check_dir_writable(out_dir, "--out")  # under a file, or not writable: one line before any run is read
     runs, others = find_runs([Path(p) for p in paths])
     others = [d for d in others if d.resolve() != out_dir.resolve()]
     if not runs and not others:
         raise UserError(f"no run dirs found under {', '.join(map(str, paths))}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir, "--out")
     rows = results_rows(runs)
     with open(out_dir / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)

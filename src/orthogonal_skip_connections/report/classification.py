@@ -27,7 +27,7 @@ from ..data.vision import NUM_CLASSES
 from ..diagnostics import started_away_from_identity
 from ..plots import band, integer_ticks, plt, savefig, variant_colors
 from ..rundir import CHECKPOINT, RUN, SUMMARY, in_use
-from ..runs import UserError, read_json
+from ..runs import UserError, read_json, read_jsonl
 
 __all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "mode_tables", "table_markdown", "curves_figure",
            "caveat", "detectable_difference", "CSV_COLUMNS", "CLASSIFIER_APP", "MODE_BASELINE"]
@@ -202,11 +202,8 @@ def _evals(path: Path) -> tuple[list[dict], list[dict] | None, list[float]]:
     evals, skips, step_times, last_step = [], None, [], 0
     if not path.exists():
         return evals, skips, step_times
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, _, rec in read_jsonl(path):  # a last line cut short (a run killed, or still writing) is left out
         try:
-            rec = json.loads(line)
             if rec.get("type") == "train" and "epoch_time_s" in rec:
                 step = int(rec["step"])
                 if step > last_step:

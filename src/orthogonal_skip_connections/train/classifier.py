@@ -23,8 +23,8 @@ DistributedDataParallel and the data are sharded per rank (see :mod:`.distribute
 
 from __future__ import annotations
 
-import json
 import math
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -39,7 +39,7 @@ from torch.nn.utils import parametrize
 from ..data.vision import ImageData, TensorLoader, epoch_generator, to_device
 from ..diagnostics import skip_diagnostics, skip_weights, summarize_relu_kept, summarize_skips
 from ..skips import iter_skips
-from ..runs import UserError, append_jsonl, atomic_torch_save, progress_bar, write_json
+from ..runs import UserError, append_jsonl, atomic_torch_save, progress_bar, read_jsonl, write_json
 from ..optim import OptimConfig, build_optimizer, lr_scheduler
 from . import distributed
 from .divergence import Diverged, DivergenceGuard
@@ -233,6 +233,26 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
                         "choose another hydra.run.dir") from None
 
 
+# what restoring a readable checkpoint raises when it was saved by another model, optimiser or
+# version (a missing or unexpected key, a shape, a list where a dict was)
+UNFIT = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError)
+
+
+def unfit_checkpoint(path: Path, err: BaseException) -> UserError:
+    """The one line for a checkpoint torch read but this run cannot take (``err``, one of
+    :data:`UNFIT`; torch's state_dict errors list every key, over several lines)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()] or [""]
+    for i, line in enumerate(lines[1:], 1):  # 'Missing key(s) in state_dict: "a", "b", ...': a count and the first
+        head, found, keys = line.partition(" in state_dict: ")
+        names = re.findall(r'"([^"]+)"', keys)
+        if found and names:
+            lines[i] = f"{len(names)} {head[0].lower()}{head[1:]} (first {names[0]})"
+    detail = " ".join(lines[:1]) + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")
+    detail = detail if len(detail) <= 300 else detail[:300] + " ..."
+    return UserError(f"checkpoint {path} does not fit this run ({type(err).__name__}: {detail}): it was saved by "
+                     "another model or version; move it away to start this run over, or choose another hydra.run.dir")
+
+
 def train_classifier(
     model: nn.Module,
     data: ImageData,
@@ -285,14 +305,17 @@ def train_classifier(
     guard = DivergenceGuard(trivial_loss=math.log(max(2, data.num_classes)))
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, device)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and "scaler" in ckpt:
-            scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
-        state.update(ckpt["state"])
-        guard.load_state(state.get("guard"))
+        try:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            if scaler is not None and "scaler" in ckpt:
+                scaler.load_state_dict(ckpt["scaler"])
+            _set_rng_state(ckpt["rng"])
+            state.update(ckpt["state"])
+            guard.load_state(state.get("guard"))
+        except UNFIT as err:
+            raise unfit_checkpoint(ckpt_path, err) from None
         if main:
             _truncate_metrics(metrics_path, state["epoch"])
     else:
@@ -500,10 +523,11 @@ def _grad_norm(model: nn.Module, clip: float, device: torch.device) -> torch.Ten
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:
-    """Drop records logged after the checkpoint's epoch (a run killed mid-epoch)."""
+    """Drop records logged after the checkpoint's epoch (a run killed mid-epoch, perhaps
+    mid-line: :func:`read_jsonl` leaves that line out)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("epoch", 0) <= epoch]
+    kept = [line for _, line, rec in read_jsonl(path) if rec.get("epoch", 0) <= epoch]
     path.write_text("".join(line + "\n" for line in kept))
 
 

@@ -28,7 +28,7 @@ from ..models import VIT_SIZES, check_model_options, check_vit, get_model
 from ..models.vit import vit_min_parameters
 from ..runs import UserError, check_memory
 from ..skips import variant_label
-from .classifier import CHECKPOINT, load_checkpoint
+from .classifier import CHECKPOINT, UNFIT, load_checkpoint, unfit_checkpoint
 
 __all__ = ["ClassifierSpec", "build_classifier", "check_classifier", "check_batch_size",
            "model_options", "subset_train", "TrainedRun",
@@ -178,16 +178,16 @@ def load_run(path: Path, device: torch.device | str = "cpu") -> TrainedRun:
         cfg = yaml.safe_load(cfg_path.read_text())
         spec = ClassifierSpec.from_config(cfg)
         seed = int(cfg.get("seed", 0))
-    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
-        raise UserError(f"cannot read {cfg_path} as a classifier run's config ({type(err).__name__}: {err})") from None
+    except (yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""  # a YAML error's context is lines more
+        raise UserError(f"cannot read {cfg_path} as a classifier run's config ({type(err).__name__}: {first})") from None
     model, data = build_classifier(spec, seed)
     init_model = copy.deepcopy(model)
     ckpt = load_checkpoint(ckpt_path, torch.device("cpu"))
     try:
         model.load_state_dict(ckpt["model"])
-    except (KeyError, RuntimeError) as err:
-        raise UserError(f"{ckpt_path} does not fit the model its config.yaml describes: {str(err).splitlines()[0]}") \
-            from None
+    except UNFIT as err:
+        raise unfit_checkpoint(ckpt_path, err) from None
     device = torch.device(device)
     return TrainedRun(path, spec, seed, model.to(device).eval(), init_model.to(device).eval(), data,
                       file_sha256(ckpt_path), run_variant(spec))

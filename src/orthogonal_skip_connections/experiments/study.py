@@ -34,7 +34,6 @@ from typing import Iterator
 
 from omegaconf import OmegaConf
 
-from ..report import build_report
 from ..rundir import RunDir, column
 from ..runs import UserError, progress_bar, read_json, write_json
 from ..train.classifier import Diverged
@@ -487,6 +486,10 @@ def run(cfg: Config, rd: RunDir) -> dict:
         overrides = landscape_overrides(cfg, jobs, study_dir) if name == "loss_landscape" else \
             [*getattr(scale, name), *getattr(cfg.overrides, name)]
         timed(name, run_app, name, overrides, study_dir / name, cfg.progress)
+    # imported here, not at the top: the report's matplotlib and SciPy would cost every launcher worker
+    # (which imports this module for classification_task) and `osc study --help` ~1.5 s of start-up
+    from ..report import build_report
+
     built = build_report([study_dir], study_dir, title=f"Do orthogonal skips help? (osc study, scale={cfg.scale})")
     wall = time.perf_counter() - t0
     write_json(study_dir / "study.json", {"scale": cfg.scale, "wall_time_s": wall, "seconds": seconds,

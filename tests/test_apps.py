@@ -14,7 +14,8 @@ from orthogonal_skip_connections.rundir import check_report
 TINY = {
     "run_experiments": ["dataset=digits", "model.model_type=resnet20", "scheduler.epochs=1", "device=cpu"],
     "theorem": ["ms=[1,2,4]", "n_points=16", "n_pairs=16"],
-    "teacher_student": ["d=3", "n_train=40", "n_test=20", "batch_size=10", "steps=4", "log_every=2", "seeds=2"],
+    "teacher_student": ["d=3", "n_train=40", "n_test=20", "batch_size=10", "steps=4", "log_every=2", "seeds=2",
+                        "archs=[li_yuan,orth_resnet]"],  # all six: tests/test_teacher_student.py
     "orth_residual_synthetic_data": ["epochs=1", "n_blocks=1", "n_samples=100", "region_grid=10",
                                      "schedule=step", "milestones=[1]", "gamma=0.5"],
     "orth_to_id": ["datasets=[blobs]", "dims=[2]", "n_blocks=[1,2]", "seeds=2", "epochs=1", "n_samples=100",

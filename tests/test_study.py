@@ -24,8 +24,10 @@ TINY = [
     "scales.smoke.residual_modes.tasks=[digits/preact_resnet20]",
     "scales.smoke.residual_modes.modes=[add,rotation]",
     "scales.smoke.residual_modes.overrides=['scheduler.epochs=1','device=cpu']",
+    # two of the six architectures: the section and its figures are what is read here (each figure's
+    # panels cost ~1 s apiece to lay out; all six are drawn by tests/test_teacher_student.py)
     "scales.smoke.teacher_student=['d=3','n_train=200','n_test=100','epochs=2','batch_size=50','lr=0.01',"
-    "'seeds=2','log_every=2']",
+    "'seeds=2','log_every=2','archs=[li_yuan,orth_resnet]']",
     "overrides.loss_landscape=['n_eval=32','hessian.iters=2','hessian.samples=2','steps=3','steps_1d=3']",
     "overrides.two_stage=['n_train=64','batch_size=32','fit_images=32']",
     # the synthetic part's three apps at test_apps.py's tiny sizes (each is read here for its section only)

@@ -766,6 +766,32 @@ def test_haar_started_skips_get_a_figure_of_how_far_they_moved(tmp_path, monkeyp
     assert from_i["learnable_orth/steepest"] == [[0, 0], [1, 1.5], [2, 3], [3, 4.5]]
 
 
+def test_the_distance_moved_figure_is_for_trained_skips_that_started_away_from_identity(tmp_path):
+    """fixed_orth and idempotent start away from I but never train: their ||W - W_0||_F is 0
+    by construction. The study's default arms used to draw the 'distance moved' figure for them
+    alone, captioned as showing whether they moved; only a trained arm off I calls for it."""
+    from orthogonal_skip_connections.report import classification
+    from orthogonal_skip_connections.skips import FIXED_KINDS, SKIP_KINDS, skip
+
+    for kind in SKIP_KINDS:  # the constant says what the skips do: only the fixed matrix kinds never train
+        trains = any(p.requires_grad for p in skip(kind)(4).parameters())
+        assert trains == (kind not in FIXED_KINDS + ("identity", "zero")), kind
+
+    def runs(variant, ident, start):
+        return [classification.RunRecord(tmp_path / f"{variant}{seed}", {"task": "t", "variant": variant, "seed": seed},
+                                         {"status": "completed"},
+                                         [{"epoch": e, "test_acc": 90.0, "identity_distance": ident(e),
+                                           "start_distance": start(e)} for e in (1, 2, 3)]) for seed in (0, 1)]
+
+    fixed = runs("fixed_orth", lambda e: 8.3, lambda e: 0.0) + runs("idempotent", lambda e: 4.2, lambda e: 0.0) + \
+        runs("learnable_orth/steepest", lambda e: 1.5 * e, lambda e: 1.5 * e)
+    haar = runs("learnable_orth/steepest/haar", lambda e: 8.3, lambda e: 2.0 * e)
+    assert all(classification.started_away(r) for r in fixed[:4])  # off I, as a Haar start is
+    assert classification.moved_from_start_arms("t", fixed) == []
+    assert classification.moved_from_start_arms("t", fixed + haar) == ["learnable_orth/steepest/haar"]
+    assert classification.moved_from_start_arms("other task", fixed + haar) == []
+
+
 def test_the_table_says_how_far_skips_moved_where_they_did_not_start_at_identity():
     """From a Haar start the final ‖W − I‖_F (~8.3) says nothing of training: the cell adds
     ‖W − W₀‖_F. Started at I the two are one number, given once; runs from before the start

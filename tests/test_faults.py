@@ -311,6 +311,8 @@ CASES = [
     ("rp-missing", ["report", f"{M}/nowhere"], ["nowhere"]),
     ("rp-file", ["report", f"{M}/a_file"], ["a_file is a file"]),
     ("rp-empty", ["report", f"{M}/cifar_empty"], ["cifar_empty"]),
+    ("rp-no-dirs", ["report"], ["dirs", "usage: osc report DIR"]),  # was argparse's two lines
+    ("rp-unknown-option", ["report", "--bogus", f"{M}/done"], ["--bogus", "usage: osc report DIR"]),
     ("osc-unknown-app", ["bogus_app"], ["bogus_app"]),
 ]
 

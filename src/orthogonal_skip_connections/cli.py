@@ -30,13 +30,17 @@ def report(argv: list[str]) -> int:
     from .report import build_report
     from .runs import UserError
 
-    parser = argparse.ArgumentParser(prog="osc report", description=report.__doc__)
+    class OneLineParser(argparse.ArgumentParser):
+        def error(self, message):  # argparse's own: the usage, then the message, on two lines
+            raise UserError(f"osc report: {message}; usage: osc report DIR... [--out OUT] [--title TITLE]")
+
+    parser = OneLineParser(prog="osc report", description=report.__doc__)
     parser.add_argument("dirs", nargs="+", type=Path, help="run dirs, sweep dirs or study dirs")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default: first DIR/report)")
     parser.add_argument("--title", default="Do orthogonal skips help?", help="the report's heading (default: %(default)s)")
-    args = parser.parse_args(argv)
-    out = args.out or args.dirs[0] / "report"
     try:
+        args = parser.parse_args(argv)
+        out = args.out or args.dirs[0] / "report"
         result = build_report(args.dirs, out, title=args.title)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -102,6 +102,11 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
                                                                "relu_kept_digits_resnet20.png"]
     assert "![digits/resnet20 distance from I](identity_distance_digits_resnet20.png)" in md
     assert "![digits/resnet20 share kept by the ReLU](relu_kept_digits_resnet20.png)" in md
+    # every figure is captioned: the paragraph before it says what it shows (not a verdict list, a table, a heading)
+    lines = [line for line in md.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("!["):
+            assert not lines[i - 1].startswith(("![", "- ", "|", "#")), (lines[i - 1], line)
     # the answers on one screen, before the sections: a line per classification task and per app
     short = md.split("## In short", 1)[1].split("\n## ", 1)[0]
     assert md.index("## In short") < md.index("## Classification: digits/resnet20")

@@ -169,7 +169,8 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
                ["No verdict: identity is the only skip kind here, nothing to compare it with."]) + [""]
         fig = curves_figure(task, runs, out_dir)
         if fig is not None:
-            md += [f"![{task} accuracy]({fig.name})", ""]
+            md += ["Test accuracy over epochs per skip kind (mean ± std over seeds; dotted: chance): how fast "
+                   "each kind learns, and where it ends against identity.", "", f"![{task} accuracy]({fig.name})", ""]
         fig = curves_figure(task, runs, out_dir, key="identity_distance")
         if fig is not None:  # the question of the theorem: do the trained skip matrices approach I?
             md += ["How far the skip matrices are from I during training (mean over a run's skips of "
@@ -221,10 +222,14 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
                ["No verdict: add/identity is the only variant here, nothing to compare it with."]) + [""]
         fig = curves_figure(task, runs, out_dir, modes=True)
         if fig is not None:
-            md += [f"![{task} accuracy by residual mode]({fig.name})", ""]
+            md += ["Test accuracy over epochs per residual mode (line style) and skip kind (colour), mean ± std "
+                   "over seeds: how fast each arm learns, and where it ends against add/identity.", "",
+                   f"![{task} accuracy by residual mode]({fig.name})", ""]
         fig = curves_figure(task, runs, out_dir, modes=True, key="identity_distance")
         if fig is not None:
-            md += [f"![{task} distance from I by residual mode]({fig.name})", ""]
+            md += ["How far the skip matrices are from I during training, per residual mode (mean over a run's "
+                   "skips of ||W - I||_F; arms with identity skips have none): does the residual mode change where "
+                   "training takes them?", "", f"![{task} distance from I by residual mode]({fig.name})", ""]
     for d in others:
         md += _section(d, summaries[d], out_dir)
     report_md = out_dir / "report.md"

@@ -10,7 +10,8 @@ logging caught in the process. Reported per variant:
   recompilations included); breaks: graph breaks (with their reasons below the table);
 - recompiles: "Recompiling function" records (the failed guard of each below the table),
   and whether dynamo hit its recompile limit (then a code object silently runs eagerly);
-- compile s: the first epoch's time minus a later epoch's (the warm-up's extra cost);
+- compile s: the first epoch's time minus a later epoch's (the warm-up's extra cost; "-"
+  with ``--epochs 1``);
 - dloss: the difference of the training losses (per step) compiled against eager, same
   seed, at the first step (before any update: the forward's round-off) and the largest over
   the first ``--first`` and ``--record`` steps; ref: the same for eager against eager in the
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", default=",".join(ALL), help="comma-separated kind[/method] (default: all)")
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3, help="epochs per run (compile s needs >= 2)")
     p.add_argument("--backend", default="inductor", help="inductor | aot_eager | eager")
     p.add_argument("--mode", default="default", help="compile_mode: default | reduce-overhead | max-autotune-no-cudagraphs")
     p.add_argument("--record", type=int, default=20, help="training steps whose losses are compared")
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
                 notes.append(f"{variant}: {comp['error']}")
                 continue
             et = comp["epoch_times"]
-            compile_s = et[0] - statistics.median(et[1:]) if len(et) > 1 else float("nan")
+            compile_s = f"{et[0] - statistics.median(et[1:]):.1f}" if len(et) > 1 else "-"  # needs --epochs >= 2
             dloss = ["-"] * 5
             if eager and "error" not in eager and "error" not in ref:
                 d = [abs(a - b) for a, b in zip(eager["losses"], comp["losses"])]
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
                 ratio = r["error"][:40] if "error" in r else f"{r['compiled_s'] / r['eager_s']:.2f}"
             n_breaks = sum(comp["breaks"].values())
             rows.append([variant, comp["graphs"], n_breaks, len(comp["recompiles"]),
-                         "yes" if comp["limit"] else "no", f"{compile_s:.1f}", f"{wall:.0f}", *dloss, ratio])
+                         "yes" if comp["limit"] else "no", compile_s, f"{wall:.0f}", *dloss, ratio])
             for reason, n in comp["breaks"].items():
                 notes.append(f"{variant}: break x{n}: {reason.splitlines()[0][:200]}")
             for msg in comp["recompiles"]:

@@ -382,13 +382,14 @@ CASES = [
     ("rp-missing", ["report", f"{M}/nowhere"], ["nowhere"]),
     ("rp-file", ["report", f"{M}/a_file"], ["a_file is a file"]),
     ("rp-empty", ["report", f"{M}/cifar_empty"], ["cifar_empty"]),
+    ("rp-no-dirs", ["report"], ["dirs", "usage: osc report DIR"]),  # was argparse's two lines
+    ("rp-unknown-option", ["report", "--bogus", f"{M}/done"], ["--bogus", "usage: osc report DIR"]),
     ("osc-unknown-app", ["bogus_app"], ["bogus_app"]),
     # options argparse refuses: its usage text and the message (10 lines for an app, 2 for report)
     ("re-unknown-option", ["run_experiments", "--bogus"], ["--bogus", "--help"]),
     ("re-cfg-bad-value", ["run_experiments", "--cfg", "job", "optimizer.lr=abc"], ["optimizer.lr", "a number"]),
     ("th-info-unknown-key", ["theorem", "--info", "defaults", "bogus=1"], ["unknown key 'bogus'"]),
-    ("rp-unknown-option", ["report", f"{M}/done", "--bogus"], ["osc report", "--bogus"]),
-    ("rp-no-dirs", ["report"], ["osc report", "dirs"]),
+    ("rp-unknown-option-last", ["report", f"{M}/done", "--bogus"], ["osc report", "--bogus"]),
 ]
 
 
@@ -414,6 +415,21 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(root, case, argv, word
     for word in words:
         assert word.replace(M, str(root)) in lines[0], (word, lines[0])
     assert snapshot(root) == before  # nothing new (PWNED included), run dirs byte-identical
+
+
+@pytest.mark.parametrize("setting,package", [("tensorboard=true", "tensorboard"), ("wandb.mode=offline", "wandb")])
+def test_a_missing_sink_package_is_one_line_and_no_run_dir(setting, package, tmp_path, capsys, monkeypatch):
+    """Without the optional package the refusal used to come after config.yaml and run.json
+    were written, leaving a run dir that a rerun calls unfinished; now the config check
+    refuses first, whether the package is installed here or not."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, package, None)  # import raises ImportError
+    before = snapshot(tmp_path)
+    for where in ([f"hydra.run.dir={tmp_path / 'run'}"], []):  # an explicit dir, and the default outputs/
+        code, lines, err = run(["run_experiments", *TINY["run_experiments"], setting, *where, "progress=false"], capsys)
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+        assert setting in lines[0] and f"pip install {package}" in lines[0]
+        assert snapshot(tmp_path) == before
 
 
 def test_the_study_yaml_comment_example_parses():

@@ -104,6 +104,11 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
                                                                "relu_kept_digits_resnet20.png"]
     assert "![digits/resnet20 distance from I](identity_distance_digits_resnet20.png)" in md
     assert "![digits/resnet20 share kept by the ReLU](relu_kept_digits_resnet20.png)" in md
+    # every figure is captioned: the paragraph before it says what it shows (not a verdict list, a table, a heading)
+    lines = [line for line in md.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("!["):
+            assert not lines[i - 1].startswith(("![", "- ", "|", "#")), (lines[i - 1], line)
     # the answers on one screen, before the sections: a line per classification task and per app
     short = md.split("## In short", 1)[1].split("\n## ", 1)[0]
     assert md.index("## In short") < md.index("## Classification: digits/resnet20")
@@ -766,6 +771,32 @@ def test_haar_started_skips_get_a_figure_of_how_far_they_moved(tmp_path, monkeyp
     assert moved["learnable_orth/steepest/haar"] == [[0, 0], [1, 2], [2, 4], [3, 6]]
     assert from_i["learnable_orth/steepest/haar"] == [[1, 8.3], [2, 8.3], [3, 8.3]]
     assert from_i["learnable_orth/steepest"] == [[0, 0], [1, 1.5], [2, 3], [3, 4.5]]
+
+
+def test_the_distance_moved_figure_is_for_trained_skips_that_started_away_from_identity(tmp_path):
+    """fixed_orth and idempotent start away from I but never train: their ||W - W_0||_F is 0
+    by construction. The study's default arms used to draw the 'distance moved' figure for them
+    alone, captioned as showing whether they moved; only a trained arm off I calls for it."""
+    from orthogonal_skip_connections.report import classification
+    from orthogonal_skip_connections.skips import FIXED_KINDS, SKIP_KINDS, skip
+
+    for kind in SKIP_KINDS:  # the constant says what the skips do: only the fixed matrix kinds never train
+        trains = any(p.requires_grad for p in skip(kind)(4).parameters())
+        assert trains == (kind not in FIXED_KINDS + ("identity", "zero")), kind
+
+    def runs(variant, ident, start):
+        return [classification.RunRecord(tmp_path / f"{variant}{seed}", {"task": "t", "variant": variant, "seed": seed},
+                                         {"status": "completed"},
+                                         [{"epoch": e, "test_acc": 90.0, "identity_distance": ident(e),
+                                           "start_distance": start(e)} for e in (1, 2, 3)]) for seed in (0, 1)]
+
+    fixed = runs("fixed_orth", lambda e: 8.3, lambda e: 0.0) + runs("idempotent", lambda e: 4.2, lambda e: 0.0) + \
+        runs("learnable_orth/steepest", lambda e: 1.5 * e, lambda e: 1.5 * e)
+    haar = runs("learnable_orth/steepest/haar", lambda e: 8.3, lambda e: 2.0 * e)
+    assert all(classification.started_away(r) for r in fixed[:4])  # off I, as a Haar start is
+    assert classification.moved_from_start_arms("t", fixed) == []
+    assert classification.moved_from_start_arms("t", fixed + haar) == ["learnable_orth/steepest/haar"]
+    assert classification.moved_from_start_arms("other task", fixed + haar) == []
 
 
 def test_the_table_says_how_far_skips_moved_where_they_did_not_start_at_identity():

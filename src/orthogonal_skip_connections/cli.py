@@ -30,11 +30,11 @@ def report(argv: list[str]) -> int:
     from .report import build_report
     from .runs import UserError
 
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):  # argparse's own is its usage and the message: two lines
-            raise UserError(f"osc report: {message}; osc report --help lists its options")
+    class OneLineParser(argparse.ArgumentParser):
+        def error(self, message):  # argparse's own: the usage, then the message, on two lines
+            raise UserError(f"osc report: {message}; usage: osc report DIR... [--out OUT] [--title TITLE]")
 
-    parser = Parser(prog="osc report", description=report.__doc__)
+    parser = OneLineParser(prog="osc report", description=report.__doc__)
     parser.add_argument("dirs", nargs="+", type=Path, help="run dirs, sweep dirs or study dirs")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default: first DIR/report)")
     parser.add_argument("--title", default="Do orthogonal skips help?", help="the report's heading (default: %(default)s)")

@@ -31,7 +31,7 @@ from ..models.vit import POOLS
 from ..skips import (DEFAULT_METHOD, ORTHOGONAL_METHODS, RESIDUAL_MODES, STREAM_NORMS, resolve_stream_norm, skip,
                      variant_label)
 from ..train import distributed
-from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, train_classifier
+from ..train.classifier import TensorBoardSink, TrainConfig, WandbSink, require_sink_package, train_classifier
 from ..train.image import ClassifierSpec, build_classifier, check_batch_size, check_classifier
 from ._app import App, check_seed, choice, number, path_or_null, require, threads
 
@@ -224,6 +224,10 @@ class Config:
         path_or_null("data.root", self.data.root)
         choice("wandb.mode", self.wandb.mode, WANDB_MODES)
         require(self.wandb.project.strip() != "", "wandb.project", "a W&B project name", self.wandb.project)
+        if self.tensorboard:  # the sinks are built after config.yaml is written: refuse before Hydra makes a run dir
+            require_sink_package("tensorboard", "tensorboard=true")
+        if self.wandb.mode != "disabled":
+            require_sink_package("wandb", f"wandb.mode={self.wandb.mode}")
         choice("save_checkpoint", self.save_checkpoint, CHECKPOINT_MODES)
         threads(self.num_threads)
         check_seed("seed", self.seed)

@@ -28,8 +28,8 @@ from .classification import (
     _read_object,
     find_runs,
     mode_tables,
+    moved_from_start_arms,
     results_rows,
-    started_away,
     table_markdown,
     task_tables,
 )
@@ -170,7 +170,8 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
                ["No verdict: identity is the only skip kind here, nothing to compare it with."]) + [""]
         fig = curves_figure(task, runs, out_dir)
         if fig is not None:
-            md += [f"![{task} accuracy]({fig.name})", ""]
+            md += ["Test accuracy over epochs per skip kind (mean ± std over seeds; dotted: chance): how fast "
+                   "each kind learns, and where it ends against identity.", "", f"![{task} accuracy]({fig.name})", ""]
         fig = curves_figure(task, runs, out_dir, key="identity_distance")
         if fig is not None:  # the question of the theorem: do the trained skip matrices approach I?
             md += ["How far the skip matrices are from I during training (mean over a run's skips of "
@@ -179,14 +180,14 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
                    "one of depth (in a deep enough net the orthogonal skips sit near I), which one depth cannot "
                    "answer: runs at several depths get the \"skip distance vs depth\" section.", "",
                    f"![{task} distance from I]({fig.name})", ""]
-        away = [r for r in runs if r.task == task and r.status == "completed" and started_away(r)]
+        away = moved_from_start_arms(task, runs)
         fig = curves_figure(task, runs, out_dir, key="start_distance") if away else None
         if fig is not None:  # a Haar start sits ~sqrt(2C) from I however far training moves it
             md += ["How far the skip matrices moved from where they started (mean over a run's skips of "
-                   "||W - W_0||_F; 0 at epoch 0). Arms that started away from I (" + ", ".join(sorted(
-                       {r.variant for r in away})) + ") stay about sqrt(2 C) from I wherever training takes "
-                   "them (C channels: far rotations are all about that far from I), so the figure above cannot "
-                   "show whether they moved; this one does.", "", f"![{task} distance moved]({fig.name})", ""]
+                   "||W - W_0||_F; 0 at epoch 0). Trained arms that started away from I (" + ", ".join(away) +
+                   ") stay about sqrt(2 C) from I wherever training takes them (C channels: far rotations are "
+                   "all about that far from I), so the figure above cannot show whether they moved; this one "
+                   "does.", "", f"![{task} distance moved]({fig.name})", ""]
         fig = curves_figure(task, runs, out_dir, key="relu_kept")
         if fig is not None:  # post-activation ResNets, relu(W s + f(s)): a skip far from I loses part of its signal
             md += ["What the ReLU after each block's sum keeps of the skip path, ||relu(W s)||² / ||W s||² (mean over "
@@ -222,10 +223,14 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
                ["No verdict: add/identity is the only variant here, nothing to compare it with."]) + [""]
         fig = curves_figure(task, runs, out_dir, modes=True)
         if fig is not None:
-            md += [f"![{task} accuracy by residual mode]({fig.name})", ""]
+            md += ["Test accuracy over epochs per residual mode (line style) and skip kind (colour), mean ± std "
+                   "over seeds: how fast each arm learns, and where it ends against add/identity.", "",
+                   f"![{task} accuracy by residual mode]({fig.name})", ""]
         fig = curves_figure(task, runs, out_dir, modes=True, key="identity_distance")
         if fig is not None:
-            md += [f"![{task} distance from I by residual mode]({fig.name})", ""]
+            md += ["How far the skip matrices are from I during training, per residual mode (mean over a run's "
+                   "skips of ||W - I||_F; arms with identity skips have none): does the residual mode change where "
+                   "training takes them?", "", f"![{task} distance from I by residual mode]({fig.name})", ""]
     for d in others:
         md += _section(d, summaries[d], out_dir)
     report_md = out_dir / "report.md"

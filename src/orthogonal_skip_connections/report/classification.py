@@ -28,6 +28,7 @@ from ..diagnostics import started_away_from_identity
 from ..plots import band, integer_ticks, plt, savefig, variant_colors
 from ..rundir import CHECKPOINT, RUN, SUMMARY, in_use
 from ..runs import UserError, read_json, read_jsonl
+from ..skips import FIXED_KINDS
 
 __all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "mode_tables", "table_markdown", "curves_figure",
            "caveat", "detectable_difference", "CSV_COLUMNS", "CLASSIFIER_APP", "MODE_BASELINE"]
@@ -600,6 +601,15 @@ def started_away(run: RunRecord) -> bool:
     """Whether a run's skip matrices started away from I (init=haar, fixed_orth): then their
     distance from I says where the draw put them, and only ||W - W_0||_F what training did."""
     return any(started_away_from_identity(e["identity_distance"], e.get("start_distance")) for e in run.evals)
+
+
+def moved_from_start_arms(task: str, runs: list[RunRecord]) -> list[str]:
+    """The variants of ``task`` whose completed runs started away from I with skips that
+    train (``model.init=haar``): for them only ||W - W_0||_F shows what training did. The
+    fixed kinds (fixed_orth, idempotent) start away from I too but never move, so a figure of
+    the distance moved says nothing of them."""
+    return sorted({r.variant for r in runs if r.task == task and r.status == "completed" and started_away(r)
+                   and r.variant.split("/")[0] not in FIXED_KINDS})
 
 
 def _known_start(key: str, group: list[RunRecord]) -> bool:

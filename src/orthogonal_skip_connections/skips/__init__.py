@@ -17,6 +17,7 @@ from .constraint import (
 )
 from .contract import Skip, apply_matrix, apply_matrix_add, iter_skips
 from .kinds import (
+    FIXED_KINDS,
     SKIP_KINDS,
     SKIP_OPTIONS,
     IdentitySkip,
@@ -51,7 +52,7 @@ __all__ = [
     "batch_upkeep", "Retraction", "mark_retracted", "orthogonal_", "project_orthogonal_", "retracted_parameters",
     "retraction_of",
     "Skip", "apply_matrix", "apply_matrix_add", "iter_skips",
-    "SKIP_KINDS", "SKIP_OPTIONS", "IdentitySkip", "MatrixSkip", "OrthogonalSkip", "ScalarSkip", "SkipFactory",
+    "SKIP_KINDS", "FIXED_KINDS", "SKIP_OPTIONS", "IdentitySkip", "MatrixSkip", "OrthogonalSkip", "ScalarSkip", "SkipFactory",
     "ZeroSkip", "make_skip", "skip", "skip_layer_from", "variant_label",
     "baked_copy", "patch_skips",
     "DEFAULT_EPS", "ORTHOGONAL_METHODS", "RESIDUAL_MODES", "Residual", "check_residual_mode", "orthogonal_part",

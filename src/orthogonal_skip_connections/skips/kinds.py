@@ -18,6 +18,7 @@ from .contract import Skip, apply_matrix, apply_matrix_add
 
 __all__ = [
     "SKIP_KINDS",
+    "FIXED_KINDS",
     "SKIP_OPTIONS",
     "IdentitySkip",
     "ZeroSkip",
@@ -41,6 +42,8 @@ SKIP_KINDS = (
     "scalar",
     "idempotent",
 )
+# kinds whose matrix is drawn at build time and never trains (a buffer, not a parameter)
+FIXED_KINDS = ("fixed_orth", "idempotent")
 
 
 def variant_label(kind: str, method: str | None = None, init: str | None = None) -> str:
@@ -276,7 +279,7 @@ class SkipFactory:
             return MatrixSkip(kind, torch.eye(channels), trainable=True)
         if kind == "random":  # the original project's trainable matrix, N(0, 0.02^2) entries
             return MatrixSkip(kind, 0.02 * torch.randn(channels, channels, generator=g), trainable=True)
-        if kind == "fixed_orth":
+        if kind == "fixed_orth":  # FIXED_KINDS: these two never train
             return MatrixSkip(kind, initial_orthogonal(channels, "haar", self.special, g), trainable=False)
         # idempotent: orthogonal projector U U^T onto a random subspace of dimension r
         r = max(1, round(self.rank_fraction * channels))

@@ -23,6 +23,7 @@ DistributedDataParallel and the data are sharded per rank (see :mod:`.distribute
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 import time
@@ -44,7 +45,8 @@ from ..optim import OptimConfig, build_optimizer, lr_scheduler
 from . import distributed
 from .divergence import Diverged, DivergenceGuard
 
-__all__ = ["TrainConfig", "MetricSink", "Diverged", "train_classifier", "evaluate", "classification_sums"]
+__all__ = ["TrainConfig", "MetricSink", "Diverged", "train_classifier", "evaluate", "classification_sums",
+           "require_sink_package"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -531,14 +533,23 @@ def _truncate_metrics(path: Path, epoch: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
+def require_sink_package(package: str, setting: str) -> None:
+    """Raise the one-line :class:`UserError` naming ``setting`` when the optional
+    ``package`` (tensorboard, wandb) cannot be imported. An app's config check calls it, so
+    the refusal comes before Hydra makes a run dir, not after config.yaml is written."""
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        raise UserError(f"{setting} needs the {package} package: pip install {package}") from None
+
+
 class TensorBoardSink(MetricSink):
     """Scalars of every record into a TensorBoard event file under ``log_dir``."""
 
     def __init__(self, log_dir: Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise UserError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+        require_sink_package("tensorboard", "tensorboard=true")
+        from torch.utils.tensorboard import SummaryWriter
+
         self.writer = SummaryWriter(str(log_dir))
 
     def log(self, record: dict) -> None:
@@ -554,10 +565,9 @@ class WandbSink(MetricSink):
     """Scalars of every record into a Weights & Biases run (mode online or offline)."""
 
     def __init__(self, mode: str, project: str, config: dict, run_dir: Path, name: str | None = None):
-        try:
-            import wandb
-        except ImportError:
-            raise UserError(f"wandb.mode={mode} needs the wandb package: pip install wandb") from None
+        require_sink_package("wandb", f"wandb.mode={mode}")
+        import wandb
+
         self.run = wandb.init(mode=mode, project=project, config=config, dir=str(run_dir), name=name)
 
     def log(self, record: dict) -> None:

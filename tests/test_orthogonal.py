@@ -297,6 +297,31 @@ def test_msign_matches_the_svd_sharp(n):
     assert float(O.msign(torch.zeros(2, n, n)).abs().max()) == 0.0
 
 
+@pytest.mark.parametrize("scale", [1e-30, 1e-25, 1e20, 1e30])
+def test_products_only_projections_at_extreme_float32_scales(scale):
+    # the spectral bound once squared the entries' scale: in float32 it overflowed past ~1e19 (A / inf = 0:
+    # newton_schulz returned 0, a steepest matmul step did not move) and underflowed below ~1e-19 (NaN)
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    u, _ = scipy.linalg.polar(A.numpy())  # the oracle: scipy, float64, unit scale
+    for project in (O.newton_schulz, O.msign, lambda a: O.polar_matmul(a, 1e-3)):
+        np.testing.assert_allclose(project((A * scale).float()).double().numpy(), u, atol=1e-4)
+    W = O.haar_orthogonal(8, generator=g)
+    G = torch.randn(8, 8, generator=g) * scale
+    want = O.steepest_step(W.double(), G.double(), 0.1)  # the SVD's steepest step in float64
+    torch.testing.assert_close(O.steepest_step(W, G, 0.1, impl="matmul").double(), want, atol=1e-5, rtol=0)
+
+
+def test_spectral_bound_is_the_unscaled_formula_bit_for_bit_in_range():
+    g = torch.Generator().manual_seed(4)
+    for A in (torch.randn(3, 7, 7, generator=g) * 3.7, torch.randn(5, 5, generator=g, dtype=torch.float64) * 1e-9):
+        fro = torch.linalg.matrix_norm(A, keepdim=True)
+        one_inf = torch.sqrt(torch.linalg.matrix_norm(A, 1, keepdim=True) * torch.linalg.matrix_norm(A, math.inf, keepdim=True))
+        assert torch.equal(O._spectral_bound(A), torch.minimum(fro, one_inf))
+        assert bool((O._spectral_bound(A) >= torch.linalg.matrix_norm(A, 2, keepdim=True) * (1 - 1e-6)).all())
+    assert float(O._spectral_bound(torch.zeros(2, 2))) == torch.finfo(torch.float32).tiny
+
+
 def test_polar_matmul_and_cholesky_qr_match_scipy():
     g = torch.Generator().manual_seed(3)
     n = 40

@@ -325,11 +325,27 @@ def scaled_newton_schulz(X: Tensor, alphas: list[float]) -> Tensor:
 
 
 def _spectral_bound(A: Tensor) -> Tensor:
-    """An upper bound on ||A||_2 for each matrix, (..., 1, 1): min(||A||_F, sqrt(||A||_1 ||A||_inf))."""
-    fro = torch.linalg.matrix_norm(A, ord="fro", keepdim=True)
-    one_inf = torch.sqrt(torch.linalg.matrix_norm(A, ord=1, keepdim=True)
-                         * torch.linalg.matrix_norm(A, ord=math.inf, keepdim=True))
-    return torch.minimum(fro, one_inf).clamp_min(torch.finfo(A.dtype).tiny)
+    """An upper bound on ||A||_2 for each matrix, (..., 1, 1): min(||A||_F, sqrt(||A||_1 ||A||_inf)).
+
+    Both norms square the entries' scale (||A||_F sums a_ij^2; the other multiplies two norms),
+    which over- or underflows in float32 for entries beyond about 1e19 or below 1e-19: the bound
+    was then inf (A / inf = 0: a retraction returned W = 0, or did not move) or tiny (A / tiny
+    overflowed: NaN). So each matrix is first scaled by the power of 2 that brings its largest
+    entry into [1/2, 1), and the bound scaled back: a power of 2 scales exactly, so wherever
+    nothing over- or underflowed the bound is the same number, bit for bit (LAPACK's xNRM2
+    scales for the same reason; Blue 1978, "A portable Fortran program to find the Euclidean
+    norm of a vector"). Products only: nothing is read back to the host."""
+    fi = torch.finfo(A.dtype)
+    top = torch.amax(A.detach().abs(), dim=(-2, -1), keepdim=True)
+    # exponent of the largest entry, kept where 2^-e and 2^e are both normal numbers (a zero or
+    # non-finite matrix: e = 0, as before)
+    e = torch.frexp(top).exponent.clamp(math.ceil(math.log2(fi.tiny)) + 1, math.floor(math.log2(fi.max)) - 1)
+    up = torch.exp2(e.to(A.dtype))
+    S = A / up
+    fro = torch.linalg.matrix_norm(S, ord="fro", keepdim=True)
+    one_inf = torch.sqrt(torch.linalg.matrix_norm(S, ord=1, keepdim=True)
+                         * torch.linalg.matrix_norm(S, ord=math.inf, keepdim=True))
+    return (torch.minimum(fro, one_inf) * up).clamp_min(fi.tiny)
 
 
 def msign(A: Tensor, rtol: float | None = None) -> Tensor:

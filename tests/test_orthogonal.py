@@ -336,6 +336,23 @@ def test_polar_matmul_and_cholesky_qr_match_scipy():
     assert float(O.orth_error(O.cholesky_qr(A.float()))) <= tol(torch.float32, n)
 
 
+def test_cholesky_qr_past_its_condition_limit_is_nan_not_another_orthogonal_matrix():
+    # a qr retraction's step W (I - eta S) with odd n (S singular) and eta ||S||_2 = 1e4, float32: CholeskyQR2
+    # broke down and returned an orthogonal matrix that was not the Q factor (det -1 where scipy's Q has det +1)
+    g = torch.Generator().manual_seed(0)
+    W = O.haar_orthogonal(5, generator=g, dtype=torch.float64)
+    S = O.skew(torch.randn(5, 5, generator=g, dtype=torch.float64))
+    for eta in (1e2, 1e4 / float(torch.linalg.matrix_norm(S, 2))):
+        A = W @ (torch.eye(5, dtype=torch.float64) - eta * S)
+        q, r = scipy.linalg.qr(A.numpy())
+        q = q * np.sign(np.diag(r))  # the oracle: scipy's Q with diag(R) > 0
+        Q = O.cholesky_qr(A.float()).double()
+        assert torch.isnan(Q).all() or np.abs(Q.numpy() - q).max() < 1e-4, eta
+    assert torch.isnan(Q).all()  # eta ||S|| = 1e4 is past the limit; 1e2 (checked above) is within it
+    stack = O.cholesky_qr(torch.stack([A, W @ (torch.eye(5, dtype=torch.float64) - 0.1 * S)]).float())
+    assert torch.isnan(stack[0]).all() and float(O.orth_error(stack[1])) < 1e-5  # per matrix
+
+
 @pytest.mark.parametrize("method", O.RETRACTED_METHODS)
 @pytest.mark.parametrize("n", [16, 17, 64])
 def test_matmul_retraction_is_the_factor_retraction(method, n):

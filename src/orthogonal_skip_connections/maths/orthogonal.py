@@ -381,14 +381,21 @@ def cholesky_qr(A: Tensor) -> Tensor:
     """Q of A = QR with diag(R) > 0 (the map of :func:`qr_orthogonal`) by CholeskyQR2: R from
     the Cholesky factor of A^T A, Q = A R^{-1}, done twice (Yamamoto et al. 2015, "Roundoff
     error analysis of the CholeskyQR2 algorithm"): orthogonal to round-off for A whose
-    condition number is below about eps^{-1/2} (3e3 in float32), as a retraction's step from
-    an orthogonal matrix is. ``cholesky_ex`` does not check the factorisation on the host."""
+    condition number is below about eps^{-1/2} (3e3 in float32). A retraction's step
+    W (I - eta S) has condition number up to sqrt(1 + (eta ||S||_2)^2) (always reached for odd
+    n, where S is singular), so in float32 a step of eta ||S||_2 past ~1e4 is beyond it. There
+    the Cholesky factorisation of A^T A breaks down and its partial factor gave an orthogonal
+    matrix that was not A's Q (scipy.linalg.qr's; often in the other component of O(n), det
+    -1 for a rotation's step): a matrix whose factorisation reports a breakdown is returned as
+    NaN instead, which no check of orthogonality can mistake for a result. The breakdown flag is
+    ``cholesky_ex``'s, tested on the device: nothing is read back to the host."""
     check_square(A)
-    Q = A
+    Q, failed = A, None
     for _ in range(2):
-        L, _info = torch.linalg.cholesky_ex(_mm(Q.mT, Q))  # A^T A = L L^T, R = L^T
+        L, info = torch.linalg.cholesky_ex(_mm(Q.mT, Q))  # A^T A = L L^T, R = L^T
         Q = torch.linalg.solve_triangular(L, Q.mT, upper=False).mT  # Q R^{-1} = (L^{-1} Q^T)^T
-    return Q
+        failed = info != 0 if failed is None else failed | (info != 0)
+    return torch.where(failed[..., None, None], torch.full_like(Q, math.nan), Q)
 
 
 

@@ -297,6 +297,23 @@ def test_msign_matches_the_svd_sharp(n):
     assert float(O.msign(torch.zeros(2, n, n)).abs().max()) == 0.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_msign_amplifies_values_below_rtol_by_its_documented_slope(dtype):
+    # msign's docstring said "about 1 / rtol"; the scalar map (in float64) and msign itself show 3.4-7.3 sqrt(n) / rtol
+    n, rtol = 8, math.sqrt(torch.finfo(dtype).eps)
+    alphas = O.ns_schedule(rtol / math.sqrt(n), tol=torch.finfo(dtype).eps)
+    slope = math.prod(1.5 * a for a in alphas)
+    assert 3.4 * math.sqrt(n) / rtol <= slope <= (4.0 if dtype == torch.float32 else 7.3) * math.sqrt(n) / rtol
+    g = torch.Generator().manual_seed(5)
+    U, V = (O.haar_orthogonal(n, generator=g, dtype=torch.float64) for _ in range(2))
+    s = torch.ones(n, dtype=torch.float64)
+    s[-1] = 1e-3 * rtol  # far below rtol: in msign's linear range
+    A = (U * s) @ V.T
+    gain = float((U.mT @ O.msign(A.to(dtype)).double() @ V)[-1, -1]) / float(s[-1])
+    bound = float(O._spectral_bound(A))  # msign divides by it first
+    assert gain == pytest.approx(slope / bound, rel=5e-2) and gain > 3 / rtol  # float32: round-off of 2%
+
+
 @pytest.mark.parametrize("scale", [1e-30, 1e-25, 1e20, 1e30])
 def test_products_only_projections_at_extreme_float32_scales(scale):
     # the spectral bound once squared the entries' scale: in float32 it overflowed past ~1e19 (A / inf = 0:

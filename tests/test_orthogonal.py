@@ -263,6 +263,17 @@ def test_safe_svd_retries_in_float64(monkeypatch):
     assert Q.dtype == torch.float32 and O.orth_error(Q) < 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_non_finite_matrix_is_a_non_finite_error_in_either_precision(dtype):
+    # float64 once let LAPACK's own LinAlgError through, so the optimiser could not name the param group
+    A = torch.randn(2, 4, 4, dtype=dtype)
+    A[1, 0, 2] = float("nan")
+    with pytest.raises(O.NonFiniteError, match="non-finite"):
+        O.polar(A)
+    with pytest.raises(O.NonFiniteError):
+        O.steepest_step(O.haar_orthogonal(4, 2, dtype=dtype), A, 0.1)
+
+
 def test_bad_shapes_say_what_was_expected():
     with pytest.raises(ValueError, match=r"\(\.\.\., n, n\); got \(3, 4\)"):
         O.polar(torch.randn(3, 4))

@@ -208,8 +208,10 @@ def safe_svd(A: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         U, S, Vh = torch.linalg.svd(A, full_matrices=False)
         if A.dtype == torch.float64 or bool(torch.isfinite(S).all()):
             return U, S, Vh
-    except RuntimeError:  # torch.linalg.LinAlgError is a RuntimeError
+    except RuntimeError as err:  # torch.linalg.LinAlgError is a RuntimeError
         if A.dtype == torch.float64:
+            if not bool(torch.isfinite(A).all()):  # as float32's retry says: NaN/inf in, not LAPACK
+                raise NonFiniteError("cannot take the SVD of a matrix with non-finite entries") from err
             raise
     if not bool(torch.isfinite(A).all()):
         raise NonFiniteError("cannot take the SVD of a matrix with non-finite entries")

@@ -148,6 +148,20 @@ def test_steepest_step_zero_gradient_and_odd_rank():
     assert O.orth_error(W1) < 1e-5 and (W1 - W).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("impl", ["factor", "matmul"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_steepest_step_does_not_move_at_a_critical_point(impl, dtype):
+    # G = W Sym: the Riemannian gradient W skew(W^T G) is 0 (float64 algebra: ||skew(W^T G)|| ~ eps ||G||); sharp
+    # of the round-off once moved W by a full step of length eta in a direction of noise
+    g = torch.Generator().manual_seed(0)
+    W = O.haar_orthogonal(6, 2, generator=g, dtype=dtype)
+    Sym = torch.randn(2, 6, 6, generator=g, dtype=dtype)
+    G = W @ (Sym + Sym.mT)
+    G[1] += W[1] @ O.skew(torch.randn(6, 6, generator=g, dtype=dtype))  # the second matrix has a tangent part
+    W1 = O.steepest_step(W, G, 0.1, impl=impl)
+    assert float((W1[0] - W[0]).abs().max()) < 1e-6 and float((W1[1] - W[1]).abs().max()) > 1e-2
+
+
 def test_haar_special_and_reproducible():
     Q = O.haar_orthogonal(6, 200, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(torch.linalg.det(Q), torch.ones(200), atol=1e-4)

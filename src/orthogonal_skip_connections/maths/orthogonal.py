@@ -655,6 +655,17 @@ def sharp(M: Tensor, rtol: float | None = None) -> tuple[Tensor, Tensor]:
     return (U * keep.unsqueeze(-2).to(U.dtype)) @ Vh, S
 
 
+def _round_off_tangent(A: Tensor, G: Tensor) -> Tensor:
+    """Whether A = W^T G - G^T W (W orthogonal) is round-off, (..., 1, 1): max |A_ij| <= n eps
+    max |G_ij|. Forming W^T G errs by up to about n eps (|W|^T |G|)_ij entrywise (Higham,
+    "Accuracy and Stability of Numerical Algorithms", 3.5), so a smaller A has no direction; G = 0
+    gives True. Largest entries, not Frobenius norms, whose squares underflow in float32 for
+    entries below ~1e-19 (every such gradient would count as zero)."""
+    n = A.shape[-1]
+    top = functools.partial(torch.amax, dim=(-2, -1), keepdim=True)
+    return top(A.abs()) <= n * _eps(A) * top(G.abs())
+
+
 def tangent_gradient(W: Tensor, G: Tensor) -> Tensor:
     """Riemannian gradient on O(n) under the embedded metric: W skew(W^T G)."""
     return W @ skew(W.mT @ G)
@@ -679,12 +690,16 @@ def steepest_step(W: Tensor, G: Tensor, eta: float | Tensor, rtol: float | None 
     ``impl="factor"``: X from an SVD. Branch tolerance: the polar factor of A is perturbed
     by about eps * ||A|| / s_min(A) (Higham, "Functions of Matrices", thm 8.9), so the first
     branch is taken only when s_min > sqrt(eps) s_max, which bounds X's departure from O(n)
-    by ~sqrt(eps). A zero gradient leaves W unchanged.
+    by ~sqrt(eps). A zero gradient leaves W unchanged, and so does one whose tangent part is
+    round-off: max |(W^T G - G^T W)_ij| <= n eps max |G_ij|, as for G = W Sym with Sym
+    symmetric (a critical point, Riemannian gradient 0), where sharp of the round-off, a unit
+    direction of noise, moved W by a full step of length eta.
     ``impl="matmul"``: X = :func:`msign` (A) (singular values of A below sqrt(eps) times the
     largest count as zero only softly), then W polar(I - eta X) with the polar factor
     from products: X is skew with ||X||_2 <= 1, so I - eta X is normal with singular values
     sqrt(1 + eta^2 x_i^2) in [1, sqrt(1 + eta^2)], a bound known on the host
-    (:func:`polar_matmul`). No host synchronisation; a zero gradient gives X = 0 and W back.
+    (:func:`polar_matmul`). No host synchronisation; a zero gradient (or a round-off one, as above)
+    gives X = 0 and W back.
     Here ``eta`` may also be a 0-d tensor, as a compiled step passes it (one graph for every
     learning rate); the bound then comes from ``eta_max`` >= eta, a host float (default: eta
     itself), and the iteration runs the few extra steps that the looser bound needs.
@@ -703,6 +718,7 @@ def steepest_step(W: Tensor, G: Tensor, eta: float | Tensor, rtol: float | None 
     if impl == "matmul":
         B = _mm(W.mT, G)
         X = skew(msign(B - B.mT, rtol))  # A = W^T G - G^T W = B - B^T: skew, (..., n, n)
+        X = torch.where(_round_off_tangent(B - B.mT, G), 0.0, X)  # no tangent part: no direction
         M = eye_like(X) - eta * X  # W_new = W polar(M)
         # ||X||_2 <= 1 up to round-off; the 1e-3 margin keeps the bound an upper one
         if eta_max is None:
@@ -726,7 +742,7 @@ def steepest_step(W: Tensor, G: Tensor, eta: float | Tensor, rtol: float | None 
     else:
         mask = full_rank[..., None, None]
         W_new = torch.where(mask, step / math.sqrt(1.0 + eta * eta), polar(step))
-    zero_grad = (S[..., 0] == 0)[..., None, None]
+    zero_grad = _round_off_tangent(A, G)  # (..., 1, 1)
     W_new = torch.where(zero_grad, W, W_new)
     return _ns_polish(W_new, fused=False)
 

@@ -717,8 +717,8 @@ def steepest_step(W: Tensor, G: Tensor, eta: float | Tensor, rtol: float | None 
         raise ValueError(f"G must have the shape of W, {tuple(W.shape)}; got {tuple(G.shape)}")
     if impl == "matmul":
         B = _mm(W.mT, G)
-        X = skew(msign(B - B.mT, rtol))  # A = W^T G - G^T W = B - B^T: skew, (..., n, n)
-        X = torch.where(_round_off_tangent(B - B.mT, G), 0.0, X)  # no tangent part: no direction
+        A = B - B.mT  # W^T G - G^T W: skew, (..., n, n)
+        X = torch.where(_round_off_tangent(A, G), 0.0, skew(msign(A, rtol)))  # no tangent part: no direction
         M = eye_like(X) - eta * X  # W_new = W polar(M)
         # ||X||_2 <= 1 up to round-off; the 1e-3 margin keeps the bound an upper one
         if eta_max is None:

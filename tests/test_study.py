@@ -406,6 +406,24 @@ def test_an_arm_with_the_same_difference_in_every_seed_counts_among_holms_compar
     assert table["linear"]["p_value"] == 1.0 and table["scalar"]["comparisons"] == 2
 
 
+def test_a_completed_run_with_a_nan_accuracy_is_one_line(tmp_path):
+    """summary.json holding test_acc NaN (this code writes none, but JSON readers accept it)
+    made the arm's numbers NaN and its verdict "cannot compare with identity (3 paired seeds;
+    need 2)", with a caveat of "pooled std 0.00 points": a NaN read as a finding."""
+    import json
+
+    from orthogonal_skip_connections.report.classification import find_runs
+
+    labels = {"task": "digits/resnet20", "dataset": "digits", "model_type": "resnet20", "variant": "zero",
+              "skip_kind": "zero", "method": "none", "init": "identity", "seed": 0, "planned_epochs": 1,
+              "batch_size": 8, "lr": 0.1}
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "run.json").write_text(json.dumps({"app": "run_experiments", "labels": labels}))
+    (tmp_path / "r" / "summary.json").write_text(json.dumps({"status": "completed", "test_acc": float("nan")}))
+    with pytest.raises(UserError, match="a completed run needs a finite test_acc; got nan"):
+        find_runs([tmp_path])
+
+
 def _children(pid: int) -> set[int]:
     """Every live descendant of ``pid`` (read from /proc)."""
     import os

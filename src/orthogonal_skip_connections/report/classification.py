@@ -178,8 +178,9 @@ def _check_types(d: Path, labels: dict, summary: dict | None) -> None:
     for key in _NUMBERS:
         if summary.get(key) is not None and not _is_number(summary[key]):
             raise UserError(f"{d / SUMMARY}: {key} must be a number or null; got {summary[key]!r}")
-    if summary.get("status", "completed") == "completed" and not _is_number(summary.get("test_acc")):
-        raise UserError(f"{d / SUMMARY}: a completed run needs a test_acc; got {summary.get('test_acc')!r}")
+    acc = summary.get("test_acc")  # NaN, which JSON readers accept, would be a seed without an accuracy
+    if summary.get("status", "completed") == "completed" and not (_is_number(acc) and math.isfinite(acc)):
+        raise UserError(f"{d / SUMMARY}: a completed run needs a finite test_acc; got {acc!r}")
 
 
 def _read_object(path: Path) -> dict:

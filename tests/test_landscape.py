@@ -178,6 +178,20 @@ def test_sharpness_verdict_shows_no_nan_interval_for_one_seed():
     assert "identity (537 [268, 1070]) < zero (898 [449, 1800])" in verdict(two, 3)
     assert "Hessian traces: identity 1070, zero 1800." in verdict(two, 3) and "Lanczos" not in verdict(two, 3)
     # a Lanczos run stopped at its iteration limit gives a lower bound: the verdict says so
+    # the report's "In short" line is the verdict's first clause: an order the intervals do not establish is not it
+    from pathlib import Path
+
+    from orthogonal_skip_connections.report import _in_short
+
+    for tab, n in ((one, 1), (two, 3)):
+        line = _in_short({}, {}, {Path("loss_landscape"): {"report": {"verdict": verdict(tab, n)}},
+                                  Path("other"): {"report": {"verdict": "x"}}})[2]
+        assert "cannot tell which variant is flattest" in line and "<" not in line, line
+    apart = [dict(t, top_eigenvalue_lo=t["top_eigenvalue"] * 0.9, top_eigenvalue_hi=t["top_eigenvalue"] * 1.1)
+             for t in one]
+    assert verdict(apart, 3).startswith("Top Hessian eigenvalue at the trained weights (geometric mean over seeds, "
+                                        "95% interval), flattest to sharpest: identity (537 [483, 591]) < zero (898 "
+                                        "[808, 988]); the 95% intervals over seeds of identity and zero do not overlap")
     short = [dict(t, converged="3/3" if t["variant"] == "identity" else "1/3") for t in two]
     assert verdict(short, 3).endswith("Lanczos did not converge in every run of zero (1/3 converged): their values "
                                       "are lower bounds, which may change the order.")

@@ -365,6 +365,65 @@ def test_verdicts_count_the_comparisons_with_identity_by_holm():
                                         "are counted"), scalar["verdict"]
 
 
+def test_an_arm_with_the_same_difference_in_every_seed_counts_among_holms_comparisons():
+    """An arm whose paired differences do not spread (linear: -2 points in every seed) was
+    left out of Holm's m, yet called "worse": the other arms' adjusted p-values divided the 5% over
+    two comparisons where the table made three. scipy's ttest_rel gives such an arm p = 0 (t is
+    infinite), and Holm's step-down over all three is the oracle. Round-off alone (an arm's
+    per-seed mean of equal accuracies off by an ulp) is no difference."""
+    import warnings
+
+    from scipy import stats
+
+    from orthogonal_skip_connections.report import task_tables
+
+    base = [90.0, 91.0, 92.0]
+    accs = {"zero": np.add(base, [-5.0, -4.9, -4.8]), "linear": np.add(base, -2.0),
+            "scalar": np.add(base, [0.3, -0.2, 0.5])}
+    rows = _arm_rows("identity", base) + [r for k, a in accs.items() for r in _arm_rows(k, a)]
+    table = {t["variant"]: t for t in task_tables(rows)["t"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns of the infinite t
+        p = {k: float(stats.ttest_rel(a, base).pvalue) for k, a in accs.items()}
+    assert p["linear"] == 0.0
+    order = sorted(p, key=p.get)
+    holm = {}
+    for j, k in enumerate(order):  # Holm 1979: max over the smaller p's of min(1, (m - rank + 1) p)
+        holm[k] = max([min(1.0, (len(p) - i) * p[order[i]]) for i in range(j + 1)])
+    for k in accs:
+        assert table[k]["comparisons"] == 3 and table[k]["p_value"] == pytest.approx(p[k], rel=1e-9)
+        assert table[k]["p_holm"] == pytest.approx(holm[k], rel=1e-9)
+    assert table["linear"]["verdict"].startswith("worse than identity by 2.00 points in each of 3 paired seeds")
+    assert table["zero"]["verdict"].startswith("worse") and "over 3 comparisons" in table["zero"]["verdict"]
+
+    # identity's runs of a seed (one per model.method) average to an accuracy an ulp off the variant's equal one
+    acc = 310 / 360 * 100
+    assert float(np.mean([acc] * 3)) != acc
+    rows = [dict(r, seed=s) for s in range(3) for r in _arm_rows("identity", [acc] * 3)]
+    rows += _arm_rows("linear", [acc] * 3) + _arm_rows("scalar", np.add(acc, [0.3, -0.2, 0.5]))
+    table = {t["variant"]: t for t in task_tables(rows)["t"]}
+    assert table["linear"]["verdict"].startswith("no different than identity by 0.00 points"), table["linear"]
+    assert table["linear"]["p_value"] == 1.0 and table["scalar"]["comparisons"] == 2
+
+
+def test_a_completed_run_with_a_nan_accuracy_is_one_line(tmp_path):
+    """summary.json holding test_acc NaN (this code writes none, but JSON readers accept it)
+    made the arm's numbers NaN and its verdict "cannot compare with identity (3 paired seeds;
+    need 2)", with a caveat of "pooled std 0.00 points": a NaN read as a finding."""
+    import json
+
+    from orthogonal_skip_connections.report.classification import find_runs
+
+    labels = {"task": "digits/resnet20", "dataset": "digits", "model_type": "resnet20", "variant": "zero",
+              "skip_kind": "zero", "method": "none", "init": "identity", "seed": 0, "planned_epochs": 1,
+              "batch_size": 8, "lr": 0.1}
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "run.json").write_text(json.dumps({"app": "run_experiments", "labels": labels}))
+    (tmp_path / "r" / "summary.json").write_text(json.dumps({"status": "completed", "test_acc": float("nan")}))
+    with pytest.raises(UserError, match="a completed run needs a finite test_acc; got nan"):
+        find_runs([tmp_path])
+
+
 def _children(pid: int) -> set[int]:
     """Every live descendant of ``pid`` (read from /proc)."""
     import os

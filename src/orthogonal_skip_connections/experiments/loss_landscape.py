@@ -408,13 +408,14 @@ def verdict(table: list[dict], n_min: int) -> str:
                 "geometric means are undefined: see the per-run table.")
     by = sorted(table, key=lambda t: t["top_eigenvalue"])
     flat, sharp = by[0], by[-1]
+    # where the order is not established, the sentence opens with that: the report's "In short" line is
+    # its first clause, which would otherwise state the order alone
     if n_min < 2 or np.isnan(flat["top_eigenvalue_hi"]) or np.isnan(sharp["top_eigenvalue_lo"]):
-        sure = f"with {n_min} seed per variant there are no intervals: cannot tell whether the order holds"
+        unsure = f"with {n_min} seed per variant there are no intervals"
     elif flat["top_eigenvalue_hi"] < sharp["top_eigenvalue_lo"]:
-        sure = f"the 95% intervals over seeds of {flat['variant']} and {sharp['variant']} do not overlap"
+        unsure = None
     else:
-        sure = (f"the 95% intervals over seeds of {flat['variant']} and {sharp['variant']} overlap, so even that "
-                "order is not established")
+        unsure = f"the 95% intervals over seeds of {flat['variant']} and {sharp['variant']} overlap"
     def value(t):  # one seed has no interval: the value alone, not "[nan, nan]"
         if np.isnan(t["top_eigenvalue_lo"]) or np.isnan(t["top_eigenvalue_hi"]):
             return _g3(t["top_eigenvalue"])
@@ -426,8 +427,14 @@ def verdict(table: list[dict], n_min: int) -> str:
              if "converged" in t and len(set(t["converged"].split("/"))) > 1]
     caveat = (f" Lanczos did not converge in every run of {', '.join(short)}: their values are "
               "lower bounds, which may change the order." if short else "")
-    return (f"Top Hessian eigenvalue at the trained weights (geometric mean over seeds, 95% interval), flattest "
-            f"to sharpest: {order}; {sure}. Hessian traces: "
+    what = "Top Hessian eigenvalue at the trained weights (geometric mean over seeds, 95% interval)"
+    if unsure is None:
+        head = (f"{what}, flattest to sharpest: {order}; the 95% intervals over seeds of {flat['variant']} and "
+                f"{sharp['variant']} do not overlap")
+    else:
+        head = (f"{what}: cannot tell which variant is flattest ({unsure}); flattest to sharpest as measured: "
+                f"{order}")
+    return (f"{head}. Hessian traces: "
             + ", ".join(f"{t['variant']} {_g3(t['trace'])}" for t in table) + "." + caveat)
 
 

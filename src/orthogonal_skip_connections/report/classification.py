@@ -178,8 +178,9 @@ def _check_types(d: Path, labels: dict, summary: dict | None) -> None:
     for key in _NUMBERS:
         if summary.get(key) is not None and not _is_number(summary[key]):
             raise UserError(f"{d / SUMMARY}: {key} must be a number or null; got {summary[key]!r}")
-    if summary.get("status", "completed") == "completed" and not _is_number(summary.get("test_acc")):
-        raise UserError(f"{d / SUMMARY}: a completed run needs a test_acc; got {summary.get('test_acc')!r}")
+    acc = summary.get("test_acc")  # NaN, which JSON readers accept, would be a seed without an accuracy
+    if summary.get("status", "completed") == "completed" and not (_is_number(acc) and math.isfinite(acc)):
+        raise UserError(f"{d / SUMMARY}: a completed run needs a finite test_acc; got {acc!r}")
 
 
 def _read_object(path: Path) -> dict:
@@ -366,6 +367,7 @@ def _arm_stats(vrows: list[dict], base: list[dict], is_base: bool, baseline: str
         "diff_mean": dmean, "diff_lo": dlo, "diff_hi": dhi, "diff_ci_clipped": diff_clipped,
         "paired_seeds": len(diffs), "p_value": math.nan if is_base else _paired_p(diffs), "p_holm": math.nan,
         "comparisons": 0,
+        "diff_spread": float(np.ptp(diffs)) if diffs else 0.0,  # range of the per-seed differences
         "verdict": "baseline" if is_base else _verdict(None, dmean, dlo, dhi, len(diffs),
                                                        spread=float(np.ptp(diffs)) if diffs else 0.0,
                                                        baseline=baseline, clipped=diff_clipped),
@@ -410,14 +412,24 @@ def mode_tables(rows: list[dict]) -> dict[str, list[dict]]:
     return tables
 
 
+# points: per-seed differences that spread less than this, or a mean difference smaller than this, are
+# round-off (an arm's per-seed mean of equal accuracies can be off by an ulp), not a measured difference
+ROUND_OFF = 1e-9
+
+
 def _paired_p(diffs: list[float]) -> float:
     """Two-sided p-value of the paired t-test (mean difference 0) on the per-seed differences;
-    NaN for fewer than 2 or for differences without spread (the t statistic is undefined)."""
+    NaN for fewer than 2. Differences without spread (the same in every seed) get the t-test's
+    limit: 0 for a non-zero difference (t is infinite; scipy's ttest_rel says p = 0), 1 for none
+    (0 / 0: no evidence of a difference), so that such an arm counts among the comparisons Holm's
+    adjustment divides the 5% over."""
     from scipy import stats
 
     d = np.asarray(diffs, dtype=float)
-    if len(d) < 2 or float(np.ptp(d)) < 1e-9:
+    if len(d) < 2 or not np.all(np.isfinite(d)):
         return math.nan
+    if float(np.ptp(d)) < ROUND_OFF:
+        return 0.0 if abs(float(d.mean())) >= ROUND_OFF else 1.0
     t = float(d.mean() / (d.std(ddof=1) / math.sqrt(len(d))))
     return float(2 * stats.t.sf(abs(t), len(d) - 1))
 
@@ -434,8 +446,8 @@ def _holm(table: list[dict], baseline: str) -> list[dict]:
         running = max(running, min(1.0, (m - j) * t["p_value"]))
         t["p_holm"], t["comparisons"] = running, m
         t["verdict"] = _verdict(None, t["diff_mean"], t["diff_lo"], t["diff_hi"], t["paired_seeds"],
-                                baseline=baseline, clipped=t["diff_ci_clipped"], p=t["p_value"],
-                                p_holm=running, comparisons=m)
+                                spread=t["diff_spread"], baseline=baseline, clipped=t["diff_ci_clipped"],
+                                p=t["p_value"], p_holm=running, comparisons=m)
     return table
 
 
@@ -452,8 +464,9 @@ def _verdict(variant, dmean, dlo, dhi, n, spread: float = 1.0, baseline: str = "
         return "baseline"
     if n < 2 or math.isnan(dlo):
         return f"cannot compare with {baseline} ({n} paired seed{'s' if n != 1 else ''}; need 2)"
-    if spread < 1e-9:  # a t-interval of (round-off) identical differences has no width: say what was seen
-        return (f"{'better' if dmean > 0 else 'worse' if dmean < 0 else 'no different'} than {baseline} by "
+    if spread < ROUND_OFF:  # a t-interval of (round-off) identical differences has no width: say what was seen
+        return (f"{'better' if dmean >= ROUND_OFF else 'worse' if dmean <= -ROUND_OFF else 'no different'} "
+                f"than {baseline} by "
                 f"{abs(dmean):.2f} points in each of {n} paired seeds (no spread: more seeds would say "
                 "how sure that is)")
     ci = f"[{dlo:+.2f}{'†' if clipped[0] else ''}, {dhi:+.2f}{'†' if clipped[1] else ''}]"

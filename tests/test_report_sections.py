@@ -8,7 +8,8 @@ import pytest
 import scipy.stats
 import torch
 
-from orthogonal_skip_connections.analysis.depth import answer, by_depth, corrected_distance, t_interval, verdict
+from orthogonal_skip_connections.analysis.depth import answer, by_depth, corrected_distance, verdict
+from orthogonal_skip_connections.analysis.stats import t_interval
 from orthogonal_skip_connections.maths import orthogonal as orth
 
 DEPTHS = [2, 4, 8, 16]

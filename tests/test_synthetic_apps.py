@@ -258,36 +258,61 @@ def test_small_trainer_skips_a_non_finite_first_step_without_the_scheduler_order
     assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)], [str(w.message) for w in caught]
 
 
-def test_construction_verdict_names_a_closest_kind_only_when_the_spreads_separate():
+def _construction_row(after, change, linear=0.1):
+    """A by_kind entry from per-seed grid means: the residual after training and its change."""
+    after, change = np.asarray(after, dtype=float), np.asarray(change, dtype=float)
+    return {"procrustes_residual_mean": float(after.mean()), "procrustes_residual_at_init_mean": float((after - change).mean()),
+            "procrustes_residual_seed_sd": float(after.std()), "linear_residual_mean": linear,
+            "procrustes_residual_per_seed": after.tolist(), "procrustes_residual_change_per_seed": change.tolist()}
+
+
+def test_construction_verdict_names_a_closest_kind_only_when_the_paired_interval_excludes_0():
+    """Kinds share their seeds: the closest kind is named only when its residual minus each
+    other kind's, seed by seed, has a 95% t-interval below 0."""
     from orthogonal_skip_connections.analysis.blocks import verdict
 
-    def row(after, sd):
-        return {"procrustes_residual_mean": after, "procrustes_residual_at_init_mean": 0.2,
-                "procrustes_residual_seed_sd": sd, "linear_residual_mean": 0.1}
-
-    close = verdict({"identity": row(0.2485, 0.0297), "learnable_orth": row(0.2444, 0.0214)})
-    assert close.startswith("no kind ends detectably closer to orthogonal maps than the others (learnable_orth lowest")
-    apart = verdict({"identity": row(0.40, 0.02), "learnable_orth": row(0.10, 0.02)})
-    assert apart.startswith("learnable_orth blocks end closest to orthogonal maps; ")
-    assert verdict({"identity": row(0.40, float("nan")), "linear": row(0.1, 0.0)}).startswith(
+    flat = [0.0, 0.0, 0.0]
+    # mean 0.2444 vs 0.2485, the per-seed differences of both signs: not detectable
+    close = verdict({"identity": _construction_row([0.22, 0.28, 0.2455], flat),
+                     "learnable_orth": _construction_row([0.25, 0.24, 0.2432], flat)})
+    assert close.startswith("no kind ends detectably closer to orthogonal maps than the others (learnable_orth lowest"), close
+    # seeds far apart (std 0.1), but learnable_orth below identity by 0.05 +- 0.001 in each: detectable, paired
+    apart = verdict({"identity": _construction_row([0.30, 0.50, 0.40], flat),
+                     "learnable_orth": _construction_row([0.249, 0.451, 0.350], flat)})
+    assert apart.startswith("learnable_orth blocks end closest to orthogonal maps; "), apart
+    assert verdict({"identity": _construction_row([0.4], [0.0]), "linear": _construction_row([0.1], [0.0])}).startswith(
         "no kind can be told closest to orthogonal maps (one seed)")
 
 
-def test_construction_verdict_says_closer_or_further_only_beyond_the_seeds_spread():
-    """Per kind, the verdict compares the residual after training with the one at
-    initialisation (0.2 here): lower by more than the seeds' std is "closer", higher by more
-    is "further", within it "cannot tell"."""
+def test_construction_verdict_says_closer_or_further_only_when_the_seeds_change_interval_excludes_0():
+    """Per kind, the change of the residual from initialisation, seed by seed (each seed's own
+    nets before and after): "closer" when its 95% t-interval lies below 0, "further" above,
+    "cannot tell" when it holds 0 or there is one seed."""
     from orthogonal_skip_connections.analysis.blocks import verdict
 
-    def words(after, sd):
-        row = {"procrustes_residual_mean": after, "procrustes_residual_at_init_mean": 0.2,
-               "procrustes_residual_seed_sd": sd, "linear_residual_mean": 0.1}
-        return verdict({"identity": row}).split("identity: ")[1].split(",")[0]
+    def words(change, after=(0.3, 0.5, 0.4)):
+        return verdict({"identity": _construction_row(list(after)[:len(change)], change)}).split(
+            "identity: ")[1].split(",")[0]
 
-    assert words(0.1, 0.02) == "closer to orthogonal than at initialisation"
-    assert words(0.3, 0.02) == "further from orthogonal than at initialisation"
-    assert words(0.19, 0.02) == words(0.21, 0.02) == "cannot tell (the change is within the seeds' spread)"
-    assert words(0.1, float("nan")) == "cannot tell (one seed)" and words(0.2, 0.0) == "unchanged"
+    assert words([-0.10, -0.11, -0.09]) == "closer to orthogonal than at initialisation"
+    assert words([0.10, 0.11, 0.09]) == "further from orthogonal than at initialisation"
+    assert words([-0.05, 0.04, -0.02]) == "cannot tell (the change's 95% interval over seeds holds 0)"
+    assert words([-0.1]) == "cannot tell (one seed)" and words([0.0, 0.0, 0.0]) == "unchanged"
+
+
+def test_construction_verdict_calls_a_change_about_5_percent_of_the_time_when_there_is_none():
+    """Calibration: where training changes nothing (per-seed changes drawn around 0), the
+    verdict says "closer" or "further" in about 5% of draws at 3 seeds (a t-interval's 95%),
+    not in the ~40% the old rule (after +- the seeds' std against the value at init) did."""
+    from orthogonal_skip_connections.analysis.blocks import verdict
+
+    rng = np.random.default_rng(0)
+    calls = 0
+    for _ in range(600):
+        change = rng.normal(0.0, 0.02, size=3)
+        text = verdict({"identity": _construction_row(0.3 + rng.normal(0.0, 0.02, size=3), change)})
+        calls += "than at initialisation" in text
+    assert 0.01 < calls / 600 < 0.09, calls
 
 
 @pytest.mark.parametrize("app", ["orth_to_id", "orth_residual_synthetic_data", "construction_validity"])

@@ -18,6 +18,7 @@ from ..diagnostics import branch_lipschitz_bounds, branch_lipschitz_empirical, s
 from ..maths import construction as cons
 from ..maths import orthogonal as orth
 from ..models.stack import SeedStack
+from .stats import t_interval
 
 __all__ = ["measure_blocks", "by_depth", "corrected_distance", "answer", "verdict"]
 
@@ -33,19 +34,6 @@ def measure_blocks(stack: SeedStack, X_lip: torch.Tensor) -> dict:
         "lipschitz_bound": branch_lipschitz_bounds(stack),
         "lipschitz_empirical": branch_lipschitz_empirical(stack, X_lip),
     }
-
-
-def t_interval(x) -> tuple[float, float, float]:
-    """(mean, low, high) of the 95% Student-t interval of the mean of ``x``; low = high =
-    nan for fewer than two values, low = high = mean when the values do not spread."""
-    from scipy import stats
-
-    x = np.asarray(x, dtype=float)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, mean - half, mean + half
 
 
 def _per_seed(r: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -220,6 +220,9 @@ def report(cfg: Config, rows: list[dict], table: dict, figures: list[str]) -> di
                 column("kind", "skip kind"), column("procrustes_residual_mean", "Procrustes residual after training"),
                 column("procrustes_residual_seed_sd", "its std over seeds"),
                 column("procrustes_residual_at_init_mean", "Procrustes residual at initialisation"),
+                column("procrustes_residual_change", "change by training (per seed, mean)"),
+                column("procrustes_residual_change_lo", "its 95% interval: low"),
+                column("procrustes_residual_change_hi", "high"),
                 column("linear_residual_mean", "linear-fit residual"), column("test_acc", "test accuracy", "%")],
              "rows": kinds},
             {"caption": "per grid point: means over seeds and blocks", "columns": [

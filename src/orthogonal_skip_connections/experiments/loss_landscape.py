@@ -37,7 +37,7 @@ import torch
 import yaml
 
 from ..landscape import LandscapeSettings, landscape_of, skip_handling
-from ..report.classification import t_interval
+from ..analysis.stats import t_interval
 from ..rundir import RunDir, check_dir_writable, column, make_dir
 from ..runs import UserError, atomic_write_text, read_json, resolve_device, to_jsonable
 from ..train.classifier import TrainConfig, train_classifier

@@ -183,7 +183,8 @@ def run_one(c: dict, dataset: str, dim: int, depth: int) -> tuple[dict, dict, Se
 def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict, run_dir: Path) -> list[str]:
     from matplotlib.lines import Line2D
 
-    from ..analysis.depth import corrected_distance, t_interval
+    from ..analysis.depth import corrected_distance
+    from ..analysis.stats import t_interval
     from ..maths.construction import reference_rate
     from ..plots import (block_colorbar, block_curves, class_legend, decision_regions, pca_plane, plain_log_labels,
                          plane_grid, plt, savefig, ticks_at)

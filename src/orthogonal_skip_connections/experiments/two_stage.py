@@ -36,7 +36,7 @@ import torch
 
 from ..analysis.two_stage import fit_skips, load_with_skips, skips_by_block
 from ..landscape import eval_subset, evaluate_loss
-from ..report.classification import t_interval
+from ..analysis.stats import t_interval
 from ..rundir import RunDir, column
 from ..runs import resolve_device
 from ..train.classifier import TrainConfig, train_classifier

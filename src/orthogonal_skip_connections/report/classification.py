@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis.stats import t_interval
 from ..data.vision import NUM_CLASSES
 from ..diagnostics import started_away_from_identity
 from ..plots import band, integer_ticks, plt, savefig, variant_colors
@@ -290,20 +291,6 @@ def _mode_order(modes) -> list[str]:
     known = ["add", "orthogonal_update", "rotation"]
     return sorted(set(modes), key=lambda m: (known.index(m.split("/")[0]) if m.split("/")[0] in known
                                              else len(known), m))
-
-
-def t_interval(x) -> tuple[float, float, float]:
-    """(mean, low, high) of a 95% Student-t interval; low = high = nan for fewer than 2 values."""
-    from scipy import stats
-
-    x = np.asarray([v for v in x if v is not None], dtype=float)
-    if len(x) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, mean - half, mean + half
 
 
 def _mean(values) -> float:

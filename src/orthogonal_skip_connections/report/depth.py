@@ -31,7 +31,8 @@ import numpy as np
 from ..maths.construction import loglog_slope, reference_rate
 from ..models.resnet import CIFAR_DEPTHS, PREACT_CIFAR_DEPTHS
 from ..plots import loglog_rates, plt, savefig
-from .classification import RunRecord, _variant_order, t_interval
+from ..analysis.stats import t_interval
+from .classification import RunRecord, _variant_order
 
 __all__ = ["depth_groups", "depth_tables", "profile_rows", "depth_markdown", "depth_figure"]
 

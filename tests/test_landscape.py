@@ -70,6 +70,25 @@ def test_centre_is_the_loaded_models_loss_and_the_cache_skips_every_forward(run_
     assert not redo["cached"] and counter.n > 0
 
 
+
+def test_the_checkpoint_hash_is_of_the_weights_not_of_the_training_time(run_dir, tmp_path):
+    """The same training run twice writes checkpoints that differ in the wall-clock training
+    time they carry (for a resumed run's train_time_s): the hash that keys the landscape cache
+    and that summary.json reports is the same for both, and another set of weights has another."""
+    import shutil
+
+    from orthogonal_skip_connections.train.classifier import load_checkpoint
+
+    again = tmp_path / "again"
+    shutil.copytree(run_dir, again)
+    ckpt = load_checkpoint(again / "checkpoint.pt", torch.device("cpu"))
+    ckpt["state"]["train_time_s"] += 1.0
+    torch.save(ckpt, again / "checkpoint.pt")
+    assert load_run(again).checkpoint_sha256 == load_run(run_dir).checkpoint_sha256
+    ckpt["model"]["fc.bias"] = ckpt["model"]["fc.bias"] + 1e-6
+    torch.save(ckpt, again / "checkpoint.pt")
+    assert load_run(again).checkpoint_sha256 != load_run(run_dir).checkpoint_sha256
+
 def test_directions_are_filter_normalised(run_dir):
     model = load_run(run_dir).model
     d = L.random_direction(model, seed=1, k=0)

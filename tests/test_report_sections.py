@@ -145,3 +145,24 @@ def test_teacher_student_defaults_show_the_modified_resnets_fitting(tmp_path):
     assert "+ x" in report["tables"][0]["note"]  # why the two rows agree
     assert any("sum_modified: f(x) = W2^T ReLU((W1+I)^T x)" in m for m in report["measures"])
     assert "fit the data" in report["verdict"]
+
+
+def test_runs_found_are_in_the_same_order_whatever_the_order_of_the_dirs_given(tmp_path):
+    """osc report a b and osc report b a write the same report: the runs found (whose ties,
+    such as one seed run twice, keep this order in results.csv) and the other apps' sections
+    follow the run dirs' paths, not the order of the dirs on the command line."""
+    import json
+
+    from orthogonal_skip_connections.report.classification import LABELS, find_runs
+
+    labels = {key: 1 for key in LABELS} | {"task": "digits/resnet20", "variant": "identity", "seed": 0}
+    for sweep in ("b", "a"):
+        for name, meta in (("run", {"app": "run_experiments", "labels": labels}), ("other", {"app": "theorem"})):
+            d = tmp_path / sweep / name
+            d.mkdir(parents=True)
+            (d / "run.json").write_text(json.dumps(meta))
+            (d / "summary.json").write_text(json.dumps({"status": "completed", "test_acc": 50.0}))
+    found = [find_runs([tmp_path / first, tmp_path / second]) for first, second in (("a", "b"), ("b", "a"))]
+    runs, others = ([[r.path for r in f[0]] for f in found], [f[1] for f in found])
+    assert runs[0] == runs[1] == [tmp_path / "a" / "run", tmp_path / "b" / "run"]
+    assert others[0] == others[1] == [tmp_path / "a" / "other", tmp_path / "b" / "other"]

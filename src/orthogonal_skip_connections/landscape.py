@@ -34,7 +34,7 @@
   every parameter except the skips' (the coordinates all skip kinds share). When the
   evaluation subset is one batch (``n_eval <= batch_size``), the gradient and its graph are
   built once and every product is one backward through them (:func:`make_hvp`).
-- **A cache** (.npz) per run keyed by the checkpoint's hash and every argument, so a
+- **A cache** (.npz) per run keyed by the checkpoint's weights' hash and every argument, so a
   re-run only redraws.
 """
 

@@ -109,6 +109,10 @@ def find_runs(paths: list[Path]) -> tuple[list[RunRecord], list[Path]]:
             elif summary is not None and meta.get("app") != "study":
                 seen.add(d.resolve())
                 others.append(d)
+    # in the order of their paths, not of the dirs given: `osc report a b` and `osc report b a`
+    # write the same report (the other apps' sections, and ties in results.csv, follow this order)
+    runs.sort(key=lambda r: r.path.resolve())
+    others.sort(key=lambda d: d.resolve())
     _split_by_settings(runs)
     return runs, others
 

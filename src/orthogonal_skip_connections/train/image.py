@@ -32,7 +32,7 @@ from .classifier import CHECKPOINT, UNFIT, load_checkpoint, unfit_checkpoint
 
 __all__ = ["ClassifierSpec", "build_classifier", "check_classifier", "check_batch_size",
            "model_options", "subset_train", "TrainedRun",
-           "load_run", "file_sha256", "run_variant"]
+           "load_run", "file_sha256", "weights_sha256", "run_variant"]
 
 CONFIG = "config.yaml"
 
@@ -144,6 +144,21 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def weights_sha256(state: dict) -> str:
+    """The hash of a model's state_dict (names, dtypes, shapes and bytes, in its order): what a
+    checkpoint's weights are, whatever else the file holds (its optimiser state, and the
+    wall-clock training time that makes two runs of one command write different files)."""
+    h = hashlib.sha256()
+    for name, value in state.items():
+        h.update(f"{name}\0{getattr(value, 'dtype', type(value).__name__)}\0{tuple(getattr(value, 'shape', ()))}\0"
+                 .encode())
+        if isinstance(value, torch.Tensor):
+            h.update(value.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(repr(value).encode())
+    return h.hexdigest()
+
+
 def run_variant(spec: ClassifierSpec) -> str:
     """The variant label of a run: the skip kind, with ``/method`` for learnable_orth and
     ``/haar`` for a Haar initialisation (as run_experiments labels its runs)."""
@@ -154,7 +169,8 @@ def run_variant(spec: ClassifierSpec) -> str:
 @dataclass
 class TrainedRun:
     """A trained run dir loaded back: the model at its trained weights (eval mode), the
-    same model at its initial weights, its data, spec, seed, and the checkpoint's hash."""
+    same model at its initial weights, its data, spec, seed, and the hash of the checkpoint's
+    weights (:func:`weights_sha256`: the same for the same weights, which keys the landscape cache)."""
 
     path: Path
     spec: ClassifierSpec
@@ -190,4 +206,4 @@ def load_run(path: Path, device: torch.device | str = "cpu") -> TrainedRun:
         raise unfit_checkpoint(ckpt_path, err) from None
     device = torch.device(device)
     return TrainedRun(path, spec, seed, model.to(device).eval(), init_model.to(device).eval(), data,
-                      file_sha256(ckpt_path), run_variant(spec))
+                      weights_sha256(ckpt["model"]), run_variant(spec))

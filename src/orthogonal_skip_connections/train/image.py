@@ -32,7 +32,7 @@ from .classifier import CHECKPOINT, UNFIT, load_checkpoint, unfit_checkpoint
 
 __all__ = ["ClassifierSpec", "build_classifier", "check_classifier", "check_batch_size",
            "model_options", "subset_train", "TrainedRun",
-           "load_run", "file_sha256", "weights_sha256", "run_variant"]
+           "load_run", "weights_sha256", "run_variant"]
 
 CONFIG = "config.yaml"
 
@@ -134,14 +134,6 @@ def check_batch_size(key: str, batch_size: int, dataset: str, n_train: int | Non
     if batch_size > n:
         what = f"{dataset} with n_train={n_train}" if n_train is not None and n < TRAIN_SIZES[dataset] else dataset
         raise UserError(f"{key} must be at most the training set's size ({n} images of {what}); got {batch_size}")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def weights_sha256(state: dict) -> str:

@@ -335,6 +335,7 @@ def _arm_stats(vrows: list[dict], base: list[dict], is_base: bool, baseline: str
     clipped = (lo < 0.0, hi > 100.0)  # an accuracy interval stays within [0, 100]: say where it was cut
     lo, hi = max(lo, 0.0), min(hi, 100.0)
     diffs = [a - base_acc[seed] for seed, a in acc.items() if seed in base_acc]
+    spread = float(np.ptp(diffs)) if diffs else 0.0
     ratios = [t / base_step[seed] for seed, t in step.items() if base_step.get(seed)]
     dmean, dlo, dhi = t_interval(diffs) if not is_base else (math.nan,) * 3
     diff_clipped = (dlo < -100.0, dhi > 100.0)  # two accuracies differ by at most 100 points
@@ -358,9 +359,9 @@ def _arm_stats(vrows: list[dict], base: list[dict], is_base: bool, baseline: str
         "diff_mean": dmean, "diff_lo": dlo, "diff_hi": dhi, "diff_ci_clipped": diff_clipped,
         "paired_seeds": len(diffs), "p_value": math.nan if is_base else _paired_p(diffs), "p_holm": math.nan,
         "comparisons": 0,
-        "diff_spread": float(np.ptp(diffs)) if diffs else 0.0,  # range of the per-seed differences
+        "diff_spread": spread,  # range of the per-seed differences
         "verdict": "baseline" if is_base else _verdict(None, dmean, dlo, dhi, len(diffs),
-                                                       spread=float(np.ptp(diffs)) if diffs else 0.0,
+                                                       spread=spread,
                                                        baseline=baseline, clipped=diff_clipped),
         "target_acc": target_acc,
     }

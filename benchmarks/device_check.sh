@@ -27,7 +27,7 @@
 # If device time remains after it (each a separate call):
 #   python3 benchmarks/gpu_throughput.py --models resnet20 --compile --compile-mode reduce-overhead --no-settings \
 #     --variants identity,linear,learnable_orth/steepest,learnable_orth/cayley   (CUDA graphs: no launch cost at all)
-#   python3 -m pytest -q -rfE tests/test_cuda.py -k "overhead or exp_skips"   (compile_mode=reduce-overhead: training
+#   python3 -m pytest -o addopts= -q -rfE tests/test_cuda.py -k "overhead or exp_skips"   (compile_mode=reduce-overhead: training
 #     under CUDA graphs; compiled exp skips without a host read)
 #   python3 benchmarks/orthogonal_layer.py --sizes 64,256,512 --steps 100 --rounds 3 --retract-sizes "" --compile
 #     (the layer with its retraction compiled, as compile=true runs it)
@@ -69,7 +69,7 @@ part() {  # part NAME SECONDS COMMAND...: run under a limit, its output in $out/
 }
 
 if [ "${1:-}" = "--quick" ]; then  # a smoke run of the script itself, on any machine (the CUDA tests rehearsed on the CPU)
-  part cuda_tests 240 env OSC_CUDA_REHEARSAL=1 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+  part cuda_tests 240 env OSC_CUDA_REHEARSAL=1 python3 -m pytest -o addopts= -q -p no:cacheprovider tests/test_cuda.py
   part skip_apply 60 python3 benchmarks/skip_apply.py --quick
   part step_time 200 python3 benchmarks/gpu_throughput.py --quick --impls factor,matmul --no-settings
   part step_time_compiled 200 python3 benchmarks/gpu_throughput.py --quick --no-settings --compile aot_eager \
@@ -80,7 +80,7 @@ if [ "${1:-}" = "--quick" ]; then  # a smoke run of the script itself, on any ma
 fi
 # a hung test should not take the part's summary with it (pytest-timeout is in the GPU image)
 per_test=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout=120")
-part cuda_tests 180 python3 -m pytest -q -rfE -p no:cacheprovider $per_test tests/test_cuda.py -k "not overhead and not exp_skips"
+part cuda_tests 180 python3 -m pytest -o addopts= -q -rfE -p no:cacheprovider $per_test tests/test_cuda.py -k "not overhead and not exp_skips"
 part skip_apply 30 python3 benchmarks/skip_apply.py
 part step_time 150 python3 benchmarks/gpu_throughput.py --models resnet20,resnet18 --impls factor,matmul \
   --rounds 3 --steps 10 --warmup 2 --profile

@@ -1,7 +1,8 @@
 """The CUDA path: bf16 training steps with every skip kind (ResNet and ViT, every residual
 mode), resume on CUDA, the on-device loader on CUDA, compile=true with inductor, the loss
 landscape and the Hessian on CUDA. Skipped (at collection cost only) where no CUDA GPU is present, as on CI;
-run on a GPU machine with ``python -m pytest -q tests/test_cuda.py``.
+run on a GPU machine with ``python -m pytest -q -o addopts= tests/test_cuda.py`` (one process;
+the GPU images have no pytest-xdist).
 
 ``OSC_CUDA_REHEARSAL=1`` runs them on the CPU instead (about 2 minutes; ``device_check.sh --quick``
 does), so that a test broken since the last GPU run shows before device time is spent on it: the

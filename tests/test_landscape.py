@@ -4,6 +4,7 @@ wherever the grid goes, the cache answers without a forward pass, and the Lanczo
 finds the top eigenvalue of a quadratic whose Hessian is known."""
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -69,6 +70,78 @@ def test_centre_is_the_loaded_models_loss_and_the_cache_skips_every_forward(run_
     redo = L.landscape_of(run.model, run.init_model, run.data, other, run.checkpoint_sha256, run.seed, cache)
     assert not redo["cached"] and counter.n > 0
 
+
+
+def test_the_cache_is_keyed_by_the_images_evaluated_on(run_dir, tmp_path):
+    """The same weights on other images (the first 100 training images, not 128) are computed
+    again, not read from the cache; the same images loaded afresh (augmentation off: the
+    evaluation never augments) are read with no forward pass. An entry keyed as before the
+    images were (version 3) is not read."""
+    from orthogonal_skip_connections.data.vision import load_image_data
+    from orthogonal_skip_connections.train.image import subset_train
+
+    run = load_run(run_dir)
+    cache = tmp_path / "cache.npz"
+    args = (SETTINGS, run.checkpoint_sha256, run.seed, cache)
+    first = L.landscape_of(run.model, run.init_model, run.data, *args)
+    assert not first["cached"]
+    counter = Counter(run.model)
+    same = subset_train(load_image_data("digits", augment=False), 128)
+    assert L.landscape_of(run.model, run.init_model, same, *args)["cached"] and counter.n == 0
+    fewer = L.landscape_of(run.model, run.init_model, subset_train(run.data, 100), *args)
+    assert not fewer["cached"] and counter.n > 0 and fewer["centre_loss"] != first["centre_loss"]
+    with np.load(cache) as z:
+        arrays = {k: z[k] for k in z.files}
+    old = L._key(SETTINGS, run.checkpoint_sha256, run.seed, "")
+    del old["eval_data_sha256"]
+    arrays["key"] = np.array(json.dumps({**old, "version": 3}, sort_keys=True))
+    np.savez(cache, **arrays)
+    n = counter.n
+    assert not L.landscape_of(run.model, run.init_model, subset_train(run.data, 100), *args)["cached"]
+    assert counter.n > n
+
+
+def test_the_evaluated_images_hash_changes_with_the_images_only():
+    """What the cache key holds of the data: the chosen images, their labels and their
+    normalisation; so n_train counts for the train split only, and augmentation not at all."""
+    import dataclasses
+
+    from orthogonal_skip_connections.data.vision import load_image_data
+    from orthogonal_skip_connections.train.image import subset_train
+
+    data = load_image_data("digits")
+    h = L.eval_subset_sha256(data, 64)
+    assert L.eval_subset_sha256(load_image_data("digits", augment=False), 64) == h
+    assert L.eval_subset_sha256(subset_train(data, 1000), 64) != h
+    test = L.eval_subset_sha256(data, 64, split="test")
+    assert test != h and L.eval_subset_sha256(subset_train(data, 1000), 64, split="test") == test
+    assert L.eval_subset_sha256(data, 65) != h and L.eval_subset_sha256(data, 64, seed=1) != h
+    for change in ({"x_train": data.x_train + 1}, {"y_train": (data.y_train + 1) % 10}, {"mean": (0.5,)},
+                   {"std": (0.5,)}, {"scale": 15.0}):
+        assert L.eval_subset_sha256(dataclasses.replace(data, **change), 64) != h, change
+
+
+def test_the_app_recomputes_a_landscape_on_other_images(run_dir, tmp_path):
+    """Through the app: copies of one run whose config.yaml differs only in data settings.
+    data.augment and a digits data.root (the embedded images whatever the root) leave the
+    evaluated images alone: read from the cache; n_train changes them: computed again."""
+    import shutil
+
+    from orthogonal_skip_connections.cli import main as osc
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    same, fewer = tmp_path / "same", tmp_path / "fewer"
+    for path, changed in ((same, {"data": {**cfg["data"], "augment": False, "root": str(tmp_path / "r")}}),
+                          (fewer, {"n_train": 100})):
+        shutil.copytree(run_dir, path)
+        (path / "config.yaml").write_text(yaml.safe_dump({**cfg, **changed}))
+    out = tmp_path / "out"
+    assert osc(["loss_landscape", f"runs=[{run_dir},{same},{fewer}]", f"cache_dir={tmp_path / 'cache'}",
+                f"hydra.run.dir={out}", "steps=3", "steps_1d=3", "n_eval=64", "hessian.iters=2", "hessian.samples=2",
+                "device=cpu", "progress=false"]) == 0
+    rows = json.loads((out / "summary.json").read_text())["runs"]
+    assert [r["cached"] for r in rows] == [False, True, False]
+    assert rows[1]["centre_loss"] == rows[0]["centre_loss"] != rows[2]["centre_loss"]
 
 
 def test_the_checkpoint_hash_is_of_the_weights_not_of_the_training_time(run_dir, tmp_path):
@@ -559,12 +632,14 @@ def test_directions_are_independent_across_k_and_across_tensors():
 
 def test_the_cache_key_holds_every_setting_but_the_batch_size():
     """A cached landscape is reused only for the same numbers: any setting but batch_size
-    (which changes round-off only), the checkpoint or the init seed changes the key."""
+    (which changes round-off only), the checkpoint, the init seed or the evaluated images
+    changes the key."""
     base = L.LandscapeSettings()
-    key = L._key(base, "abc", 0)
-    assert L._key(L.LandscapeSettings(batch_size=64), "abc", 0) == key
-    assert L._key(base, "abd", 0) != key and L._key(base, "abc", 1) != key
+    key = L._key(base, "abc", 0, "img")
+    assert L._key(L.LandscapeSettings(batch_size=64), "abc", 0, "img") == key
+    assert L._key(base, "abd", 0, "img") != key and L._key(base, "abc", 1, "img") != key
+    assert L._key(base, "abc", 0, "other images") != key
     for name, value in base.__dict__.items():
         if name != "batch_size":
             other = {"eval_split": "test"}.get(name, value + 1 if not isinstance(value, str) else value)
-            assert L._key(L.LandscapeSettings(**{**base.__dict__, name: other}), "abc", 0) != key, name
+            assert L._key(L.LandscapeSettings(**{**base.__dict__, name: other}), "abc", 0, "img") != key, name

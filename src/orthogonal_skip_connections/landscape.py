@@ -34,13 +34,14 @@
   every parameter except the skips' (the coordinates all skip kinds share). When the
   evaluation subset is one batch (``n_eval <= batch_size``), the gradient and its graph are
   built once and every product is one backward through them (:func:`make_hvp`).
-- **A cache** (.npz) per run keyed by the checkpoint's weights' hash and every argument, so a
-  re-run only redraws.
+- **A cache** (.npz) per run keyed by the checkpoint's weights' hash, the evaluated images'
+  hash and every argument, so a re-run only redraws.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import zlib
 from dataclasses import asdict, dataclass
@@ -59,27 +60,47 @@ from .skips import iter_skips, retracted_parameters
 from .train.classifier import classification_sums
 
 __all__ = [
-    "eval_subset", "channels_last", "Coordinate", "coordinates", "skip_handling", "snapshot", "random_direction",
-    "set_point", "set_interpolation", "restore", "evaluate_loss", "grid_axis", "landscape_2d", "interpolation_1d",
+    "eval_subset", "eval_subset_sha256", "channels_last", "Coordinate", "coordinates", "skip_handling", "snapshot",
+    "random_direction", "set_point", "set_interpolation", "restore", "evaluate_loss", "grid_axis", "landscape_2d", "interpolation_1d",
     "hessian_parameters", "make_hvp", "batchnorm_as_affine", "lanczos", "hutchinson_trace", "sharpness",
     "LandscapeSettings", "landscape_of", "CACHE_VERSION",
 ]
 
-CACHE_VERSION = 3  # 2: running variances interpolated geometrically; 3: Lanczos, and the trace deflated by it
+# 2: running variances interpolated geometrically; 3: Lanczos, and the trace deflated by it;
+# 4: keyed by the evaluated images too (a key of 3 named no data: it matched on other images)
+CACHE_VERSION = 4
 
 
 # --------------------------------------------------------------------------- data
+
+
+def _raw_subset(data: ImageData, n: int, seed: int, split: str) -> tuple[Tensor, Tensor]:
+    """The images (as stored) and labels of :func:`eval_subset`, before normalisation."""
+    x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return x[idx], y[idx]
 
 
 def eval_subset(data: ImageData, n: int, seed: int = 0, split: str = "train",
                 device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
     """A fixed subset of ``n`` images of ``split`` (all if fewer), normalised as the
     training loader does, without augmentation: (x (n, C, H, W) float32, y (n,))."""
-    x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    x, y = _raw_subset(data, n, seed, split)
     mean = torch.tensor(data.mean).view(1, -1, 1, 1) * data.scale
     std = torch.tensor(data.std).view(1, -1, 1, 1) * data.scale
-    return ((x[idx].float() - mean) / std).to(device), y[idx].to(device)
+    return ((x.float() - mean) / std).to(device), y.to(device)
+
+
+def eval_subset_sha256(data: ImageData, n: int, seed: int = 0, split: str = "train") -> str:
+    """The hash of what :func:`eval_subset` evaluates on: the chosen images as stored and their
+    labels (dtype, shape, bytes) and the normalisation (mean, std, scale). It changes with the
+    dataset, the images a data root holds, ``n_train`` (for the train split) and the subset's
+    own settings; not with augmentation, download or a root holding the same images."""
+    h = hashlib.sha256(repr((data.mean, data.std, data.scale)).encode())
+    for t in _raw_subset(data, n, seed, split):
+        h.update(f"\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- coordinates
@@ -516,7 +537,8 @@ def sharpness(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512, ite
 
 @dataclass
 class LandscapeSettings:
-    """Every argument a landscape's numbers depend on (the cache key, with the checkpoint's hash)."""
+    """Every argument a landscape's numbers depend on (the cache key, with the checkpoint's
+    and the evaluated images' hashes)."""
 
     steps: int = 21
     radius: float = 1.0
@@ -533,10 +555,14 @@ class LandscapeSettings:
     hutchinson_samples: int = 20
 
 
-def _key(settings: LandscapeSettings, checkpoint_sha256: str, init_seed: int) -> dict:
+def _key(settings: LandscapeSettings, checkpoint_sha256: str, init_seed: int, eval_data_sha256: str) -> dict:
+    """The cache key: the weights, the init seed, the evaluated images (:func:`eval_subset_sha256`)
+    and every setting but batch_size. Not the device nor the thread count: like batch_size,
+    they change round-off only."""
     key = asdict(settings)
     key.pop("batch_size")  # changes nothing but round-off
-    return {"version": CACHE_VERSION, "checkpoint_sha256": checkpoint_sha256, "init_seed": init_seed, **key}
+    return {"version": CACHE_VERSION, "checkpoint_sha256": checkpoint_sha256, "init_seed": init_seed,
+            "eval_data_sha256": eval_data_sha256, **key}
 
 
 def _load_cache(path: Path, key: dict) -> dict | None:
@@ -557,17 +583,18 @@ def landscape_of(model: nn.Module, init_model: nn.Module, data: ImageData, setti
     """Everything about one trained model: the 2-D grid (``alphas``, ``betas``, ``loss``,
     ``acc``), the 1-D interpolation from ``init_model`` (``ts``, ``loss_1d``, ``acc_1d``),
     the centre's loss and accuracy, and the sharpness numbers. With ``cache_path`` the
-    result is read from there when its key (checkpoint hash and every setting) matches,
-    with no forward pass, else computed and saved (``cached`` says which). Every evaluation
-    runs in channels_last (:func:`channels_last`): ``model`` is left in that layout."""
-    key = _key(settings, checkpoint_sha256, init_seed)
+    result is read from there when its key (:func:`_key`: the weights, the evaluated images
+    and every setting) matches, with no forward pass, else computed and saved (``cached``
+    says which). Every evaluation runs in channels_last (:func:`channels_last`): ``model``
+    is left in that layout."""
+    s = settings
+    key = _key(s, checkpoint_sha256, init_seed, eval_subset_sha256(data, s.n_eval, s.eval_seed, s.eval_split))
     if cache_path is not None:
         hit = _load_cache(Path(cache_path), key)
         if hit is not None:
             out = _unpack(hit)
             out["cached"] = True
             return out
-    s = settings
     model = model.to(device).eval()
     x, y = eval_subset(data, s.n_eval, s.eval_seed, s.eval_split, device)
     model, x = channels_last(model, x)

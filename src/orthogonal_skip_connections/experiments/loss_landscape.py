@@ -13,8 +13,8 @@ images with BatchNorm in eval mode (:mod:`~orthogonal_skip_connections.landscape
 With ``runs=[]`` it analyses its default runs (resnet56 on digits with zero, identity and
 learnable_orth skips, ``train.seeds`` each) under ``train.dir``, training those that are
 missing (``train_missing=true``) through the shared classifier loop. Results are cached
-per run in ``cache_dir`` (keyed by the hash of the checkpoint's weights and every setting),
-so running again with the same arguments only redraws.
+per run in ``cache_dir`` (keyed by the hashes of the checkpoint's weights and of the images
+evaluated on, and every setting), so running again with the same arguments only redraws.
 
     osc loss_landscape                                   # the default runs, trained if missing
     osc loss_landscape steps=31 radius=0.5 n_eval=1000

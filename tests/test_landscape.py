@@ -289,6 +289,38 @@ def test_sharpness_verdict_shows_no_nan_interval_for_one_seed():
                                       "are lower bounds, which may change the order.")
 
 
+def test_a_non_finite_top_eigenvalue_is_named_not_ranked():
+    """A diverged run's top eigenvalue is NaN (or inf): NaN compares false with everything, so
+    the verdict read it as "<= 0", inf was ranked as a number, and the 2-D panel's run hung on
+    the order of the seeds. It reads as not finite, outside any comparison."""
+    from orthogonal_skip_connections.experiments.loss_landscape import representative, variant_rows, verdict
+
+    def rows(variant, *lams):
+        return [{"variant": variant, "seed": s, "test_acc": 50.0, "centre_loss": 1.0, "edge_loss_mean": 2.0,
+                 "top_eigenvalue": lam, "trace": 10 * lam, "lanczos_converged": True, "interpolation_monotone": True}
+                for s, lam in enumerate(lams)]
+
+    for bad in (float("nan"), float("inf")):
+        table = variant_rows(rows("identity", 500.0, 600.0) + rows("zero", bad, 800.0))
+        zero = table[1]
+        assert zero["top_eigenvalue_not_finite"] == 1 and table[0]["top_eigenvalue_not_finite"] == 0
+        assert all(math.isnan(zero[k]) for k in ("top_eigenvalue", "top_eigenvalue_lo", "top_eigenvalue_hi"))
+        assert verdict(table, 2) == ("a top Hessian eigenvalue is not finite (NaN or infinite) in 1 of 2 runs of "
+                                     "zero, so the variants cannot be ranked by sharpness: see the per-run table.")
+        assert verdict(table[1:], 2) == ("one variant (zero): top Hessian eigenvalue not finite (NaN or infinite) in "
+                                         "1 of 2 runs, trace undefined (a run's value is <= 0 or not finite); "
+                                         "nothing to compare it with.")
+        for runs in (rows("zero", bad, 800.0), rows("zero", 800.0, bad), rows("zero", bad, 700.0, 800.0, 900.0)):
+            chosen, g = representative(runs)
+            assert math.isnan(g) and chosen["top_eigenvalue"] == 800.0, runs
+        chosen, g = representative(rows("zero", bad, bad))
+        assert math.isnan(g) and chosen["seed"] == 0
+    # an eigenvalue <= 0 keeps its own reason
+    table = variant_rows(rows("identity", 500.0, 600.0) + rows("zero", -3.0, 800.0))
+    assert table[1]["top_eigenvalue_not_finite"] == 0 and "is <= 0" in verdict(table, 2)
+    assert "top Hessian eigenvalue undefined (a run's value is <= 0)" in verdict(table[1:], 2)
+
+
 def mixed_resnet(seed: int = 0):
     """One BasicBlock per stage (BatchNorm everywhere): retracted steepest skips, a
     parametrized Cayley skip in the middle stage; BatchNorm statistics moved off 0 / 1."""

@@ -61,7 +61,8 @@ from .train.classifier import classification_sums
 
 __all__ = [
     "eval_subset", "eval_subset_sha256", "channels_last", "Coordinate", "coordinates", "skip_handling", "snapshot",
-    "random_direction", "set_point", "set_interpolation", "restore", "evaluate_loss", "grid_axis", "landscape_2d", "interpolation_1d",
+    "random_direction", "set_point", "set_interpolation", "restore", "evaluate_loss", "grid_axis", "landscape_2d",
+    "interpolation_1d",
     "hessian_parameters", "make_hvp", "batchnorm_as_affine", "lanczos", "hutchinson_trace", "sharpness",
     "LandscapeSettings", "landscape_of", "CACHE_VERSION",
 ]

@@ -228,18 +228,20 @@ def representative(runs: list[dict]) -> tuple[dict, float]:
     """The run of one variant that its 2-D panel shows, and the variant's geometric mean of
     the top Hessian eigenvalue over seeds (the verdict's statistic): the run whose eigenvalue
     is nearest that mean on a log scale (ties, as two seeds always are: the nearer on a
-    linear scale, then the lower seed). Some eigenvalue <= 0: the mean is NaN and the run
-    is the one nearest the median."""
+    linear scale, then the lower seed). Some eigenvalue <= 0 or not finite: the mean is NaN
+    and the run is the finite one nearest the median of the finite ones (with none finite, the
+    lowest seed)."""
     lams = [r["top_eigenvalue"] for r in runs]
-    if min(lams) > 0:
+    if all(math.isfinite(x) and x > 0 for x in lams):  # NaN > 0 is False: min(lams) > 0 hung on the order
         g = math.exp(float(np.mean(np.log(lams))))
         def key(r):
             return (round(abs(math.log(r["top_eigenvalue"] / g)), 9), abs(r["top_eigenvalue"] - g), r["seed"])
-    else:
-        g, med = math.nan, float(np.median(lams))
-        def key(r):
-            return (abs(r["top_eigenvalue"] - med), r["seed"])
-    return min(runs, key=key), g
+        return min(runs, key=key), g
+    finite = [r for r in runs if math.isfinite(r["top_eigenvalue"])]
+    if not finite:
+        return min(runs, key=lambda r: r["seed"]), math.nan
+    med = float(np.median([r["top_eigenvalue"] for r in finite]))
+    return min(finite, key=lambda r: (abs(r["top_eigenvalue"] - med), r["seed"])), math.nan
 
 
 def draw_2d(results: list[dict], path: Path) -> str:
@@ -271,12 +273,13 @@ def draw_2d(results: list[dict], path: Path) -> str:
         ax.contourf(A, B, Z, levels=levels, norm=norm, cmap="viridis")
         ax.contour(A, B, Z, levels=levels[::3], colors="white", linewidths=0.4, alpha=0.6)
         ax.plot([0], [0], marker="*", color="red", markersize=9)
-        lam = f"$\\lambda_{{max}}$ {_g3(r['top_eigenvalue'])}"
+        top = r["top_eigenvalue"]
+        lam = f"$\\lambda_{{max}}$ {_g3(top) if math.isfinite(top) else 'not finite'}"
         if seeds == 1:
             which = f"seed {r['seed']} (its only seed)"
         elif math.isnan(g):
             which = f"seed {r['seed']} of {seeds} (the median)"
-            lam += "; geometric mean undefined (a value <= 0)"
+            lam += "; geometric mean undefined (a value <= 0 or not finite)"
         else:
             which = f"seed {r['seed']} of {seeds} (nearest the mean)"
             lam += f"; geometric mean over seeds {_g3(g)}"
@@ -366,9 +369,9 @@ def _ci(values) -> tuple[float, float, float]:
 
 def _geometric_ci(values) -> tuple[float, float, float]:
     """Geometric mean and 95% interval (Student-t on the logs): sharpness spans decades
-    across seeds, where an arithmetic interval runs below 0. NaN unless all are > 0."""
+    across seeds, where an arithmetic interval runs below 0. NaN unless all are finite and > 0."""
     v = [x for x in values if x is not None]
-    if not v or min(v) <= 0:
+    if not v or not all(math.isfinite(x) and x > 0 for x in v):  # min(v) <= 0 let NaN and inf through
         return (math.nan,) * 3
     m, lo, hi = t_interval(np.log(v))
     return math.exp(m), math.exp(lo), math.exp(hi)
@@ -386,6 +389,7 @@ def variant_rows(rows: list[dict]) -> list[dict]:
             "edge_loss_mean": float(np.mean([r["edge_loss_mean"] for r in rs])),
             "top_eigenvalue": lam, "top_eigenvalue_lo": lam_lo, "top_eigenvalue_hi": lam_hi,
             "top_eigenvalue_mean": float(np.mean([r["top_eigenvalue"] for r in rs])),
+            "top_eigenvalue_not_finite": sum(not math.isfinite(r["top_eigenvalue"]) for r in rs),
             "trace": tr, "trace_lo": tr_lo, "trace_hi": tr_hi,
             "converged": f"{sum(r['lanczos_converged'] for r in rs)}/{len(rs)}",
             "interpolation_monotone": f"{sum(r['interpolation_monotone'] for r in rs)}/{len(rs)}",
@@ -398,12 +402,34 @@ def _g3(x: float) -> str:
     return f"{float(f'{x:.3g}'):g}"
 
 
+def _not_finite(t: dict) -> str:
+    """In how many of a variant's runs the top eigenvalue is not finite, in words."""
+    return f"{t['top_eigenvalue_not_finite']} of {t['runs']} run{'s' if t['runs'] > 1 else ''}"
+
+
+def _trace(t: dict) -> str:
+    return _g3(t["trace"]) if math.isfinite(t["trace"]) else "undefined (a run's value is <= 0 or not finite)"
+
+
 def verdict(table: list[dict], n_min: int) -> str:
+    """The sharpness verdict. A variant whose geometric mean is NaN (an eigenvalue <= 0, or not
+    finite: a NaN compares false both ways, so it would sort anywhere) is named, never ranked."""
     if len(table) < 2:
         t = table[0]
-        return (f"one variant ({t['variant']}): top Hessian eigenvalue {_g3(t['top_eigenvalue'])}, trace "
-                f"{_g3(t['trace'])}; nothing to compare it with.")
-    if any(math.isnan(t["top_eigenvalue"]) for t in table):
+        if math.isfinite(t["top_eigenvalue"]):
+            lam = _g3(t["top_eigenvalue"])
+        elif t.get("top_eigenvalue_not_finite"):
+            lam = f"not finite (NaN or infinite) in {_not_finite(t)}"
+        else:
+            lam = "undefined (a run's value is <= 0)"
+        return (f"one variant ({t['variant']}): top Hessian eigenvalue {lam}, trace {_trace(t)}; nothing to compare "
+                "it with.")
+    bad = [t for t in table if t.get("top_eigenvalue_not_finite")]
+    if bad:
+        return ("a top Hessian eigenvalue is not finite (NaN or infinite) in "
+                + ", ".join(f"{_not_finite(t)} of {t['variant']}" for t in bad)
+                + ", so the variants cannot be ranked by sharpness: see the per-run table.")
+    if any(not math.isfinite(t["top_eigenvalue"]) for t in table):
         return ("a top Hessian eigenvalue is <= 0 (the trained weights are not at a minimum along it), so "
                 "geometric means are undefined: see the per-run table.")
     by = sorted(table, key=lambda t: t["top_eigenvalue"])
@@ -435,7 +461,7 @@ def verdict(table: list[dict], n_min: int) -> str:
         head = (f"{what}: cannot tell which variant is flattest ({unsure}); flattest to sharpest as measured: "
                 f"{order}")
     return (f"{head}. Hessian traces: "
-            + ", ".join(f"{t['variant']} {_g3(t['trace'])}" for t in table) + "." + caveat)
+            + ", ".join(f"{t['variant']} {_trace(t)}" for t in table) + "." + caveat)
 
 
 def report(cfg: Config, table: list[dict], rows: list[dict], figures: list[str], handling: dict) -> dict:

@@ -559,7 +559,8 @@ class LandscapeSettings:
 def _key(settings: LandscapeSettings, checkpoint_sha256: str, init_seed: int, eval_data_sha256: str) -> dict:
     """The cache key: the weights, the init seed, the evaluated images (:func:`eval_subset_sha256`)
     and every setting but batch_size. Not the device nor the thread count: like batch_size,
-    they change round-off only."""
+    they change only the rounding (on CUDA, of cuDNN's default TF32 convolutions too), not
+    what is computed."""
     key = asdict(settings)
     key.pop("batch_size")  # changes nothing but round-off
     return {"version": CACHE_VERSION, "checkpoint_sha256": checkpoint_sha256, "init_seed": init_seed,

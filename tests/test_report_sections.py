@@ -112,6 +112,23 @@ def test_the_depth_figure_draws_what_the_verdict_judges():
     np.testing.assert_array_equal(y[:, 0], np.asarray(rows[0]["final_identity_distance"]).mean(1))
 
 
+def test_spreads_over_seeds_are_sample_sds():
+    """by_depth's sds over seeds are the sample sd (ddof=1; statistics.stdev), the sd the tables'
+    t-intervals use (they were ddof=0, 1/sqrt(2) of it for two seeds); none for one seed."""
+    import statistics
+
+    rows = _rows(lambda A, W0, m: orth.expm(A / 2))
+    for r in rows:
+        r["test_acc"] = [90.0, 92.5, 91.0, 97.0]
+    for r, t in zip(rows, by_depth(rows)):
+        assert t["final_identity_distance_sd"] == pytest.approx(
+            statistics.stdev(np.mean(r["final_identity_distance"], 1)), rel=1e-12)
+        assert t["test_acc_sd"] == pytest.approx(statistics.stdev(r["test_acc"]), rel=1e-12)
+    one = [{**r, "initial_identity_distance": r["initial_identity_distance"][:1],
+            "final_identity_distance": r["final_identity_distance"][:1], "test_acc": [90.0]} for r in rows]
+    assert all(math.isnan(t["final_identity_distance_sd"]) and math.isnan(t["test_acc_sd"]) for t in by_depth(one))
+
+
 def test_one_seed_cannot_tell():
     global SEEDS
     saved, SEEDS = SEEDS, 1

@@ -18,7 +18,7 @@ from ..diagnostics import branch_lipschitz_bounds, branch_lipschitz_empirical, s
 from ..maths import construction as cons
 from ..maths import orthogonal as orth
 from ..models.stack import SeedStack
-from .stats import t_interval
+from .stats import seed_sd, t_interval
 
 __all__ = ["measure_blocks", "by_depth", "corrected_distance", "answer", "verdict"]
 
@@ -62,10 +62,9 @@ def by_depth(rows: list[dict]) -> list[dict]:
             "dataset": r["dataset"], "dim": r["dim"], "n_blocks": r["n_blocks"], "seeds": len(ini),
             "initial_identity_distance_mean": float(ini.mean()),
             "expected_start_distance": math.sqrt(2 * r["dim"]),
-            "final_identity_distance_mean": float(fin.mean()), "final_identity_distance_sd": float(fin.std()),
+            "final_identity_distance_mean": float(fin.mean()), "final_identity_distance_sd": seed_sd(fin),
             "final_relative_to_haar": float(fin.mean()) / math.sqrt(2 * r["dim"]),
-            "moved_towards_identity": mv, "moved_towards_identity_sd": float(moved.std(ddof=1)) if len(moved) > 1
-            else math.nan, "moved_lo": lo, "moved_hi": hi,
+            "moved_towards_identity": mv, "moved_towards_identity_sd": seed_sd(moved), "moved_lo": lo, "moved_hi": hi,
             "distance_left": None if left is None else float(left.mean()),
             "travelled_mean": float(np.mean(r["travelled"])) if "travelled" in r else math.nan,
             "final_lipschitz_bound_mean": float(np.mean(r["final_lipschitz_bound"])) if "final_lipschitz_bound" in r
@@ -74,7 +73,7 @@ def by_depth(rows: list[dict]) -> list[dict]:
             if "final_lipschitz_empirical" in r else math.nan,
             "negative_det_count": int((np.asarray(r["final_det_sign"]) < 0).sum()) if "final_det_sign" in r else 0,
             "test_acc_mean": float(np.mean(r["test_acc"])) if "test_acc" in r else math.nan,
-            "test_acc_sd": float(np.std(r["test_acc"])) if "test_acc" in r else math.nan,
+            "test_acc_sd": seed_sd(r["test_acc"]) if "test_acc" in r else math.nan,
         })
     return out
 

@@ -164,7 +164,11 @@ def test_the_classifier_depth_section_says_a_distance_of_zero_has_no_slope(tmp_p
     said "cannot tell (fewer than two seeds at two depths)" with two seeds at three depths, or
     gave a slope over the depths left."""
     from orthogonal_skip_connections.report.classification import RunRecord
-    from orthogonal_skip_connections.report.depth import depth_groups, depth_markdown, depth_tables
+    from orthogonal_skip_connections.report.depth import (
+        depth_groups,
+        depth_markdown,
+        depth_tables,
+    )
 
     depths = {"resnet20": 9, "resnet32": 15, "resnet56": 27}
     ends = {"fixed_orth": lambda m: 0.0, "learnable_orth": lambda m: 0.0 if m == 15 else 3.0 / m,

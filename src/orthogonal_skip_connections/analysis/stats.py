@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-__all__ = ["t_interval", "seed_sd"]
+__all__ = ["seed_sd", "t_interval"]
 
 
 def t_interval(x) -> tuple[float, float, float]:

@@ -579,6 +579,28 @@ def test_a_stopped_study_says_it_resumes(tmp_path, capsys, monkeypatch):
                                      "hydra.run.dir"], err
 
 
+def test_a_run_killed_before_its_first_checkpoint_reads_interrupted_not_failed(root, tmp_path, capsys):
+    """A run dir without summary.json whose lock is free: the run stopped. osc report called it
+    "failed" unless a checkpoint was there, though a failure writes a summary (or a study job's
+    error.txt); killed before any checkpoint, it was interrupted, and can only be rerun."""
+    import csv
+
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "unfinished", runs / "resumable")  # killed after a checkpoint
+    shutil.copytree(root / "unfinished", runs / "killed", ignore=shutil.ignore_patterns("checkpoint.pt"))
+    shutil.copytree(runs / "killed", runs / "crashed")  # a study's job that raised: its traceback kept
+    (runs / "crashed" / "error.txt").write_text("Traceback (most recent call last):\n")
+    code, _, err = run(["report", runs, "--out", tmp_path / "report"], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    with open(tmp_path / "report" / "results.csv", newline="") as f:
+        status = {Path(r["run_dir"]).name: r["status"] for r in csv.DictReader(f)}
+    assert status == {"resumable": "incomplete", "killed": "interrupted", "crashed": "failed"}
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "3 did not complete" in md and "seed 0: interrupted" in md
+    assert "1 interrupted: stopped before it saved a checkpoint" in md and "cannot be resumed, only rerun." in md
+    assert "1 incomplete: stopped after it saved a checkpoint: resume=true with the same hydra.run.dir" in md
+
+
 def test_a_second_writer_is_refused(tmp_path, capsys):
     from orthogonal_skip_connections.report.classification import RunRecord
     from orthogonal_skip_connections.rundir import RunDir, in_use
@@ -604,8 +626,8 @@ def test_a_second_writer_is_refused(tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait()
-    # the lock goes with the process that held it
-    assert not in_use(run_dir) and RunRecord(run_dir, {}, None).status == "failed"
+    # the lock goes with the process that held it; killed before any checkpoint, the run was interrupted
+    assert not in_use(run_dir) and RunRecord(run_dir, {}, None).status == "interrupted"
     rd = RunDir.claim(run_dir)
     assert in_use(run_dir)  # held by this process
     rd.release()

@@ -112,6 +112,23 @@ def test_the_depth_figure_draws_what_the_verdict_judges():
     np.testing.assert_array_equal(y[:, 0], np.asarray(rows[0]["final_identity_distance"]).mean(1))
 
 
+def test_spreads_over_seeds_are_sample_sds():
+    """by_depth's sds over seeds are the sample sd (ddof=1; statistics.stdev), the sd the tables'
+    t-intervals use (they were ddof=0, 1/sqrt(2) of it for two seeds); none for one seed."""
+    import statistics
+
+    rows = _rows(lambda A, W0, m: orth.expm(A / 2))
+    for r in rows:
+        r["test_acc"] = [90.0, 92.5, 91.0, 97.0]
+    for r, t in zip(rows, by_depth(rows)):
+        assert t["final_identity_distance_sd"] == pytest.approx(
+            statistics.stdev(np.mean(r["final_identity_distance"], 1)), rel=1e-12)
+        assert t["test_acc_sd"] == pytest.approx(statistics.stdev(r["test_acc"]), rel=1e-12)
+    one = [{**r, "initial_identity_distance": r["initial_identity_distance"][:1],
+            "final_identity_distance": r["final_identity_distance"][:1], "test_acc": [90.0]} for r in rows]
+    assert all(math.isnan(t["final_identity_distance_sd"]) and math.isnan(t["test_acc_sd"]) for t in by_depth(one))
+
+
 def test_one_seed_cannot_tell():
     global SEEDS
     saved, SEEDS = SEEDS, 1
@@ -121,6 +138,56 @@ def test_one_seed_cannot_tell():
         SEEDS = saved
     assert a["approaches_identity_with_depth"] is None
     assert text.startswith("cannot tell")
+
+
+def test_a_distance_of_zero_at_a_depth_cannot_tell_and_says_why():
+    """Skips that end exactly at I at some depth give log 0: no log-log slope. The slope was
+    taken over the other depths (a "yes" here), or, with no depth left, the verdict blamed too
+    few seeds or depths."""
+    def at_identity_when_deep(A, W0, m):
+        return orth.expm(A * math.log(m) / m) if m < 16 else torch.eye(DIM, dtype=W0.dtype).expand_as(W0)
+
+    a, text = _answer(_rows(at_identity_when_deep))
+    assert a["zero_distance_at"] == [16] and a["falls_with_depth"] is None
+    assert a["approaches_identity_with_depth"] is None
+    assert text.startswith("cannot tell (the distance is 0 at m = 16: no log-log slope)"), text
+    rows = _rows(lambda A, W0, m: torch.eye(DIM, dtype=W0.dtype).expand_as(W0))  # started at I, never moved
+    for r in rows:
+        r["initial_identity_distance"] = np.zeros_like(r["initial_identity_distance"])
+    a, text = _answer(rows)
+    assert a["started_at_identity"] and a["zero_distance_at"] == DEPTHS
+    assert text.startswith("cannot tell (the distance is 0 at m = 2, 4, 8, 16: no log-log slope)"), text
+
+
+def test_the_classifier_depth_section_says_a_distance_of_zero_has_no_slope(tmp_path):
+    """The report's "skip distance vs depth" row of a variant whose skips sit at I at a depth
+    said "cannot tell (fewer than two seeds at two depths)" with two seeds at three depths, or
+    gave a slope over the depths left."""
+    from orthogonal_skip_connections.report.classification import RunRecord
+    from orthogonal_skip_connections.report.depth import (
+        depth_groups,
+        depth_markdown,
+        depth_tables,
+    )
+
+    depths = {"resnet20": 9, "resnet32": 15, "resnet56": 27}
+    ends = {"fixed_orth": lambda m: 0.0, "learnable_orth": lambda m: 0.0 if m == 15 else 3.0 / m,
+            "linear": lambda m: 3.0 / m}
+    runs = [RunRecord(tmp_path / f"{v}{model}{seed}", {"task": f"digits/{model}", "variant": v, "seed": seed,
+                                                      "dataset": "digits", "model_type": model},
+                      {"status": "completed", "test_acc": 90.0}, [],
+                      [{"name": f"stages.0.{i}.skip", "identity_distance": end(m) * (1 + seed)} for i in range(m)])
+            for v, end in ends.items() for model, m in depths.items() for seed in (0, 1)]
+    groups = depth_groups(runs)
+    (key, table), = depth_tables(groups).items()
+    rows = {t["variant"]: t for t in table}
+    assert rows["fixed_orth"]["zero_at"] == [9, 15, 27] and rows["learnable_orth"]["zero_at"] == [15]
+    assert math.isnan(rows["learnable_orth"]["slope"]) and rows["linear"]["zero_at"] == []
+    assert rows["linear"]["slope"] == pytest.approx(-1.0)  # 3 / m and 6 / m
+    md = "\n".join(depth_markdown(key, table, []))
+    assert "cannot tell: the distance is 0 at m = 9, 15, 27: no log-log slope" in md
+    assert "cannot tell: the distance is 0 at m = 15: no log-log slope" in md
+    assert "fewer than two seeds" not in md
 
 
 # --------------------------------------------------------------------------- teacher-student defaults

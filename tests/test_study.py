@@ -180,9 +180,11 @@ def test_report_from_run_dirs_matches_study_and_keeps_failures(study_dir, tmp_pa
                      "--out", str(tmp_path / "both")]) == 0
     rows = read_csv(tmp_path / "both" / "results.csv")
     status = {r["seed"]: r["status"] for r in rows if r["variant"] == "identity"}
-    assert status == {"0": "completed", "1": "completed", "5": "diverged", "6": "failed"}
+    # killed before its first checkpoint: interrupted (it was called "failed"), to be rerun
+    assert status == {"0": "completed", "1": "completed", "5": "diverged", "6": "interrupted"}
     md = (tmp_path / "both" / "report.md").read_text()
-    assert "2/4 (seed 5: diverged; seed 6: failed)" in md and "did not complete" in md
+    assert "2/4 (seed 5: diverged; seed 6: interrupted)" in md and "did not complete" in md
+    assert "1 interrupted: stopped before it saved a checkpoint" in md
 
 
 def test_runs_of_other_settings_are_tabled_as_tasks_of_their_own(study_dir, tmp_path):

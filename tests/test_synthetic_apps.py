@@ -187,6 +187,11 @@ def test_orth_to_id_tiny(tmp_path):
     # the empirical estimate never exceeds the product bound
     assert np.all(traj["parity/d=3/m=2/lipschitz_empirical"] <= traj["parity/d=3/m=2/lipschitz_bound"] * (1 + 1e-5))
     assert summary["by_depth"][0]["final_relative_to_haar"] > 0
+    # spreads over seeds are sample sds (ddof=1), as the tables' (they were ddof=0)
+    for r, t in zip(saved["runs"], summary["by_depth"]):
+        assert t["final_identity_distance_sd"] == pytest.approx(np.std(np.mean(r["final_identity_distance"], 1),
+                                                                       ddof=1), rel=1e-12)
+        assert t["test_acc_sd"] == pytest.approx(np.std(r["test_acc"], ddof=1), rel=1e-12, abs=1e-12)
 
 
 def test_construction_validity_tiny(tmp_path):
@@ -202,6 +207,7 @@ def test_construction_validity_tiny(tmp_path):
         assert res.shape == (2, row["n_blocks"]) and np.all((res >= 0) & (res <= 1 + 1e-9))
         # the orthogonal fit can never beat the best linear fit
         assert np.all(res >= np.asarray(row["per_block"]["linear_residual"]) - 1e-9)
+        assert row["procrustes_residual_seed_sd"] == pytest.approx(np.std(res.mean(1), ddof=1), rel=1e-12)
     assert set(summary["by_kind"]) == {"learnable_orth"}
 
 

@@ -4,6 +4,7 @@ teacher as its own student, the symmetry-aware distance, and the app end to end.
 import itertools
 import json
 import math
+import statistics
 import sys
 
 import numpy as np
@@ -746,6 +747,7 @@ def test_summary_lists_the_seeds_that_fit_without_being_recovered(tmp_path):
     finals = np.array([1e-9, 1e-8, 1e-3])
     assert s["train_loss_final_geomean"] == pytest.approx(scipy.stats.gmean(finals), rel=1e-12)
     assert s["train_loss_final_gsd"] == pytest.approx(np.exp(np.std(np.log(finals))), rel=1e-12)
+    assert s["train_loss_final_std"] == pytest.approx(statistics.stdev(finals), rel=1e-12)  # the sample sd, ddof=1
     assert s["relative_population_loss_final_geomean"] == pytest.approx(scipy.stats.gmean([2e-9, 3e-8, 1e-3]),
                                                                          rel=1e-12)
     assert s["relative_aligned_distance_final_geomean"] == pytest.approx(scipy.stats.gmean([2.5e-5, 0.5, 0.5]),

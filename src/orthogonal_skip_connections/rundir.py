@@ -46,7 +46,7 @@ from .runs import UserError, atomic_write_text, read_json, to_jsonable, write_js
 from .train import distributed
 from .train.classifier import CHECKPOINT, SUMMARY
 
-__all__ = ["RunDir", "SUMMARY", "CHECKPOINT", "CONFIG", "RUN", "column", "provenance", "check_report", "git_commit",
+__all__ = ["RunDir", "SUMMARY", "CHECKPOINT", "CONFIG", "RUN", "ERROR", "column", "provenance", "check_report", "git_commit",
            "RESUME_IGNORED", "config_differences", "check_dir_writable", "in_use"]
 
 # keys that may differ between a run and its resume: they change how a run is shown or
@@ -56,6 +56,7 @@ RESUME_IGNORED = ("resume", "progress", "num_threads", "device", "jobs", "save_c
 LOCK = ".lock"
 CONFIG = "config.yaml"
 RUN = "run.json"  # written at start: which app, and the labels a report groups runs by
+ERROR = "error.txt"  # the traceback of a crashed sweep or study job
 REPORT_KEYS = ("title", "question", "tables", "verdict", "figures")
 
 

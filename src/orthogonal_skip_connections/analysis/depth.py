@@ -18,7 +18,7 @@ from ..diagnostics import branch_lipschitz_bounds, branch_lipschitz_empirical, s
 from ..maths import construction as cons
 from ..maths import orthogonal as orth
 from ..models.stack import SeedStack
-from .stats import t_interval
+from .stats import seed_sd, t_interval
 
 __all__ = ["measure_blocks", "by_depth", "corrected_distance", "answer", "verdict"]
 
@@ -43,6 +43,7 @@ def _per_seed(r: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 START_TOL = 1e-6  # a start closer to I than this (init=identity) leaves nothing to divide by
+ZERO = 1e-12  # a corrected distance at or below this is 0: log 0 has no slope
 
 
 def by_depth(rows: list[dict]) -> list[dict]:
@@ -61,10 +62,9 @@ def by_depth(rows: list[dict]) -> list[dict]:
             "dataset": r["dataset"], "dim": r["dim"], "n_blocks": r["n_blocks"], "seeds": len(ini),
             "initial_identity_distance_mean": float(ini.mean()),
             "expected_start_distance": math.sqrt(2 * r["dim"]),
-            "final_identity_distance_mean": float(fin.mean()), "final_identity_distance_sd": float(fin.std()),
+            "final_identity_distance_mean": float(fin.mean()), "final_identity_distance_sd": seed_sd(fin),
             "final_relative_to_haar": float(fin.mean()) / math.sqrt(2 * r["dim"]),
-            "moved_towards_identity": mv, "moved_towards_identity_sd": float(moved.std(ddof=1)) if len(moved) > 1
-            else math.nan, "moved_lo": lo, "moved_hi": hi,
+            "moved_towards_identity": mv, "moved_towards_identity_sd": seed_sd(moved), "moved_lo": lo, "moved_hi": hi,
             "distance_left": None if left is None else float(left.mean()),
             "travelled_mean": float(np.mean(r["travelled"])) if "travelled" in r else math.nan,
             "final_lipschitz_bound_mean": float(np.mean(r["final_lipschitz_bound"])) if "final_lipschitz_bound" in r
@@ -73,7 +73,7 @@ def by_depth(rows: list[dict]) -> list[dict]:
             if "final_lipschitz_empirical" in r else math.nan,
             "negative_det_count": int((np.asarray(r["final_det_sign"]) < 0).sum()) if "final_det_sign" in r else 0,
             "test_acc_mean": float(np.mean(r["test_acc"])) if "test_acc" in r else math.nan,
-            "test_acc_sd": float(np.std(r["test_acc"])) if "test_acc" in r else math.nan,
+            "test_acc_sd": seed_sd(r["test_acc"]) if "test_acc" in r else math.nan,
         })
     return out
 
@@ -105,7 +105,8 @@ def answer(table: list[dict], rows: list[dict], fraction: float) -> dict:
        rate ||I - W_i|| = O(log m / m)).
 
     ``approaches_identity_with_depth`` is true when both hold, false when either fails, and
-    None ("cannot tell") with fewer than two seeds or two depths. Spearman's rank
+    None ("cannot tell") with fewer than two seeds or two depths, or when the corrected distance
+    is 0 at some depth (``zero_distance_at``: no log-log slope). Spearman's rank
     correlation of ||W_i - I||_F with Lip(f_i) over all blocks, seeds and depths is kept
     alongside."""
     out = {}
@@ -114,7 +115,9 @@ def answer(table: list[dict], rows: list[dict], fraction: float) -> dict:
         rs = [r for r in rows if (r["dataset"], r["dim"]) == key]
         ms, y, from_identity = corrected_distance(rs)  # y: (S, M)
         n_seeds = len(y)
-        slopes = [cons.loglog_slope(ms, list(y[s]), floor=1e-12) for s in range(n_seeds)]
+        # a distance of 0 (the skips at I) has no logarithm: no slope, rather than one over the other depths
+        zero_at = [m for j, m in enumerate(ms) if np.any(y[:, j] <= ZERO)]
+        slopes = [] if zero_at else [cons.loglog_slope(ms, list(y[s])) for s in range(n_seeds)]
         slopes = [s for s in slopes if s is not None]
         ref = cons.loglog_slope(ms, [cons.reference_rate(m) for m in ms])
         slope, slope_lo, slope_hi = t_interval(slopes) if slopes else (math.nan,) * 3
@@ -151,10 +154,18 @@ def answer(table: list[dict], rows: list[dict], fraction: float) -> dict:
             "loglog_slope_ci": [slope_lo, slope_hi],
             "reference_slope_log_m_over_m": ref,
             "falls_with_depth": falls,
+            "zero_distance_at": zero_at,
             "approaches_identity_with_depth": approaches,
             "spearman_identity_distance_vs_lipschitz": None if rho is None else float(rho),
         }
     return out
+
+
+def _why_unknown(a: dict) -> str:
+    """Why an answer is None ("cannot tell")."""
+    if a.get("zero_distance_at"):
+        return f"the distance is 0 at m = {', '.join(map(str, a['zero_distance_at']))}: no log-log slope"
+    return "fewer than two seeds or two depths"
 
 
 def verdict(ans: dict, fraction: float) -> str:
@@ -184,10 +195,12 @@ def verdict(ans: dict, fraction: float) -> str:
         head = f"in {len(yes)} of {len(ans)} (dataset, d) settings ({', '.join(yes)}) training brings the W_i " \
                "towards I, the more so the deeper the net; not in the others"
     elif len(unknown) == len(ans):
-        head = "cannot tell (fewer than two seeds or two depths)"
+        why = {_why_unknown(a) for a in ans.values()}
+        head = f"cannot tell ({why.pop()})" if len(why) == 1 else \
+            f"cannot tell ({'; '.join(f'{k}: {_why_unknown(a)}' for k, a in ans.items())})"
     else:
         head = f"no: in none of the {len(ans) - len(unknown)} settings judged does training bring the W_i " \
                f"towards I, the more so the deeper the net (at least {fraction:g} x the rate of log(m)/m)"
         if unknown:
-            head += f"; cannot tell for {', '.join(unknown)}"
+            head += f"; cannot tell for {', '.join(f'{k} ({_why_unknown(ans[k])})' for k in unknown)}"
     return head + " - " + "; ".join(parts) + "."

@@ -42,6 +42,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from ..models.teacher_student import Arch, as_arch, effective_first_layer, output_weights, skip_weights
+from .stats import seed_sd
 
 if TYPE_CHECKING:
     from ..train.teacher_student import Trajectory
@@ -626,7 +627,7 @@ def closest_angle_by_fit(angle: np.ndarray, fits: np.ndarray) -> dict:
 
 
 def summarize(traj: Trajectory, fit_tol: float, recover_tol: float) -> dict:
-    """Final numbers of one architecture, means (and std) over seeds, with verdicts.
+    """Final numbers of one architecture, means (and sample sds, ``*_std``) over seeds, with verdicts.
     ``*_geomean`` and ``*_gsd`` are the geometric mean and geometric std over seeds (what
     the figures draw: losses and distances span orders of magnitude across seeds).
 
@@ -654,7 +655,7 @@ def summarize(traj: Trajectory, fit_tol: float, recover_tol: float) -> dict:
         return float(np.mean(v))
 
     def std(v):
-        return float(np.std(v))
+        return seed_sd(v)
 
     def geo(v):  # geometric mean and geometric std over seeds, the statistic of the figures (plots.band)
         logs = np.log(np.clip(np.asarray(v, dtype=float), 1e-300, None))

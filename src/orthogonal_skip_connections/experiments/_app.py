@@ -35,7 +35,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from ..rundir import RunDir
+from ..rundir import ERROR, RunDir
 from ..runs import UserError
 from ..train import distributed
 from ..train.divergence import Diverged
@@ -113,7 +113,7 @@ class App:
                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (traceback in error.txt)"
                     if not isinstance(err, UserError):
                         rd.path.mkdir(parents=True, exist_ok=True)
-                        (rd.path / "error.txt").write_text("".join(traceback.format_exception(err)))
+                        (rd.path / ERROR).write_text("".join(traceback.format_exception(err)))
                     rd.failed(reason, labels, user_error=isinstance(err, UserError))
                 raise
             if not rd.is_started:

@@ -29,6 +29,7 @@ from typing import Optional
 import numpy as np
 
 from ..analysis.blocks import by_kind, fit_blocks, verdict
+from ..analysis.stats import seed_sd
 from ..data.synthetic import make_synthetic
 from ..models.stack import SeedStack
 from ..rundir import RunDir, column
@@ -126,7 +127,7 @@ def run_point(c: dict, cfg: Config, kind: str, d: int, k: int, m: int) -> dict:
         "kind": kind, "dim": d, "num_classes": k, "n_blocks": m, "seeds": result["seeds"],
         "test_acc": result["test_acc"], "train_acc": result["train_acc"],
         "procrustes_residual_mean": float(resid.mean()),
-        "procrustes_residual_seed_sd": float(resid.mean(1).std()),
+        "procrustes_residual_seed_sd": seed_sd(resid.mean(1)),
         "procrustes_residual_max": float(resid.max()),
         "linear_residual_mean": float(np.mean(per_seed["linear_residual"])),
         "procrustes_residual_at_init_mean": float(np.mean(at_init)),

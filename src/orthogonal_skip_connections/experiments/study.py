@@ -34,7 +34,7 @@ from typing import Iterator
 
 from omegaconf import OmegaConf
 
-from ..rundir import RunDir, column
+from ..rundir import ERROR, RunDir, column
 from ..runs import UserError, progress_bar, read_json, write_json
 from ..train.classifier import Diverged
 from ._app import APPS, CONFIG_DIR, App, choice, load_app, one_of, require, typed
@@ -312,7 +312,7 @@ def run_classification_job(cfg_dict: dict, run_dir: Path) -> str:
     except Diverged:  # a "diverged" summary was written; the report lists it
         pass
     except Exception as err:  # a crash is recorded and reported, and the study goes on
-        (run_dir / "error.txt").write_text("".join(traceback.format_exception(err)))
+        (run_dir / ERROR).write_text("".join(traceback.format_exception(err)))
         return f"failed: {type(err).__name__}: {err}"
     return read_json(summary).get("status", "unknown") if summary.exists() else "failed"
 

@@ -27,11 +27,11 @@ from ..analysis.stats import t_interval
 from ..data.vision import NUM_CLASSES
 from ..diagnostics import started_away_from_identity
 from ..plots import band, integer_ticks, plt, savefig, variant_colors
-from ..rundir import CHECKPOINT, RUN, SUMMARY, in_use
+from ..rundir import CHECKPOINT, ERROR, RUN, SUMMARY, in_use
 from ..runs import UserError, read_json, read_jsonl
 from ..skips import FIXED_KINDS
 
-__all__ = ["RunRecord", "find_runs", "results_rows", "task_tables", "mode_tables", "table_markdown", "curves_figure",
+__all__ = ["RunRecord", "STOPPED", "find_runs", "results_rows", "task_tables", "mode_tables", "table_markdown", "curves_figure",
            "caveat", "detectable_difference", "CSV_COLUMNS", "CLASSIFIER_APP", "MODE_BASELINE"]
 
 CLASSIFIER_APP = "run_experiments"
@@ -59,13 +59,18 @@ class RunRecord:
 
     @property
     def status(self) -> str:
-        """The summary's status; without a summary "running" while a process holds the run
-        dir's lock, else "incomplete" (a checkpoint to resume from) or "failed"."""
+        """The summary's status. Without one (a failure writes a summary with status "failed"):
+        "running" while a process holds the run dir's lock, else the run stopped before it
+        finished: "incomplete" with a checkpoint to resume from; "failed" with the error.txt
+        of a study's crashed job; else "interrupted" (killed before any checkpoint; a single
+        run's crash, its traceback on the terminal, leaves the same), to be rerun."""
         if self.summary is not None:
             return self.summary.get("status", "unknown")
         if in_use(self.path):
             return "running"
-        return "incomplete" if (self.path / CHECKPOINT).exists() else "failed"
+        if (self.path / CHECKPOINT).exists():
+            return "incomplete"
+        return "failed" if (self.path / ERROR).exists() else "interrupted"
 
     @property
     def variant(self) -> str:
@@ -78,6 +83,14 @@ class RunRecord:
     @property
     def residual_mode(self) -> str:
         return self.labels.get("residual_mode", "add")  # runs made before residual modes added
+
+
+# what a report says of a run that stopped without a summary (RunRecord.status), and what to do
+STOPPED = {
+    "incomplete": "stopped after it saved a checkpoint: resume=true with the same hydra.run.dir continues it",
+    "interrupted": "stopped before it saved a checkpoint (killed, or a crash outside a sweep or study): it cannot "
+                   "be resumed, only rerun",
+}
 
 
 def find_runs(paths: list[Path]) -> tuple[list[RunRecord], list[Path]]:

@@ -86,13 +86,22 @@ def _seed_means(ps: list[dict], key: str) -> dict[int, dict]:
     return {m: {seed: float(np.mean(v)) for seed, v in by_seed.items()} for m, by_seed in runs.items()}
 
 
+ZERO = 1e-12  # a distance at or below this is 0: the skip is I, and log 0 has no slope
+
+
+def _zero_at(dist: dict[int, dict]) -> list[int]:
+    """The depths m at which some seed's distance is 0 (at most ZERO)."""
+    return [m for m in sorted(dist) if any(v <= ZERO for v in dist[m].values())]
+
+
 def _slopes(dist: dict[int, dict]) -> list[float]:
-    """The per-seed log-log slopes of the distance against m, for the seeds present at every m."""
+    """The per-seed log-log slopes of the distance against m, for the seeds present at every m;
+    none where the distance is 0 at some depth (a slope over the other depths would hide it)."""
     ms = sorted(dist)
-    if len(ms) < 2:
+    if len(ms) < 2 or _zero_at(dist):
         return []
     seeds = sorted(set.intersection(*[set(dist[m]) for m in ms]))
-    slopes = [loglog_slope(ms, [dist[m][seed] for m in ms], floor=1e-12) for seed in seeds]
+    slopes = [loglog_slope(ms, [dist[m][seed] for m in ms]) for seed in seeds]
     return [x for x in slopes if x is not None]
 
 
@@ -101,7 +110,8 @@ def depth_tables(groups: dict[str, list[RunRecord]]) -> dict[str, list[dict]]:
     seeds and 95% t-interval of the per-seed mean ||W_i - I||_F (None for variants without
     a skip matrix) and of the accuracy, the seeds; the mean log-log slope of the per-seed
     distance against m (seeds present at every depth), its t-interval, and the slope of
-    log(m)/m over the same m."""
+    log(m)/m over the same m; ``zero_at``, the depths where a seed's distance is 0 (then no
+    slope is taken)."""
     out = {}
     for key, rs in groups.items():
         per = [(r.variant, p) for r in rs if (p := _per_run(r)) is not None]
@@ -121,10 +131,11 @@ def depth_tables(groups: dict[str, list[RunRecord]]) -> dict[str, list[dict]]:
             dms = [m for m in ms if m in dist]
             slopes = _slopes(dist)
             sm, slo, shi = t_interval(slopes) if slopes else (math.nan,) * 3
+            zero_at = _zero_at(dist)
             spectral = _slopes(_seed_means(ps, "spectral"))  # ||I - W_i||_2, the theorem's own norm
             pm, plo, phi = t_interval(spectral) if spectral else (math.nan,) * 3
             rows.append({"group": key, "variant": variant, "ms": ms, "cells": cells, "has_matrix": has,
-                         "slope": sm, "slope_lo": slo, "slope_hi": shi, "slope_seeds": len(slopes),
+                         "zero_at": zero_at, "slope": sm, "slope_lo": slo, "slope_hi": shi, "slope_seeds": len(slopes),
                          "spectral_slope": pm, "spectral_slope_lo": plo, "spectral_slope_hi": phi,
                          "reference_slope": loglog_slope(dms, [reference_rate(m) for m in dms]) if len(dms) >= 2
                          else None})
@@ -174,6 +185,8 @@ def _trend(t: dict) -> str:
 def _direction(t: dict) -> str:
     if not t["has_matrix"]:
         return "no skip matrix"
+    if t.get("zero_at"):
+        return f"cannot tell: the distance is 0 at m = {', '.join(map(str, t['zero_at']))}: no log-log slope"
     if math.isnan(t["slope_hi"]):
         return "cannot tell (fewer than two seeds at two depths)"
     if t["slope_hi"] < 0:

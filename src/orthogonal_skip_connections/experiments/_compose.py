@@ -26,8 +26,7 @@ from ._registry import load_app
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "config")
 
 __all__ = ["CONFIG_DIR", "compose", "compose_each", "typed", "register_schema", "compose_raw", "one_line",
-           "schema_node", "kind_of", "strict_booleans", "hydra_dir", "job_name", "with_job_name", "options_first",
-           "split_options"]
+           "schema_node", "kind_of", "strict_booleans", "hydra_dir", "job_name", "with_job_name"]
 
 
 def register_schema(name: str, schema: type) -> None:
@@ -263,32 +262,3 @@ def with_job_name(app_name: str, argv: list[str]) -> list[str]:
     last = max((i for i, a in enumerate(argv) if not a.startswith("-") and ("=" in a or a.startswith("~"))),
                default=len(argv) - 1)
     return [*argv[:last + 1], *named, *argv[last + 1:]]
-
-
-# Hydra's options that take a value (the next argument), and --info's optional one (one of its topics)
-_VALUED = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
-           "--experimental-rerun"}
-_INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
-
-
-def options_first(argv: list[str]) -> list[str]:
-    """``argv`` with Hydra's options, each with its value, before the overrides: Hydra's argparse
-    takes the overrides as one run of positionals, so ``a=1 -m b=2`` or ``a=1 --cfg job b=2``
-    was its usage text and 'unrecognized arguments'."""
-    options, overrides = split_options(argv)
-    return options + overrides
-
-
-def split_options(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(Hydra's options with their values, the overrides) of ``argv``."""
-    options, overrides, i = [], [], 0
-    while i < len(argv):
-        a = argv[i]
-        if a.startswith("-"):
-            takes = a in _VALUED or (a in ("--info", "-i") and i + 1 < len(argv) and argv[i + 1] in _INFO_TOPICS)
-            options += argv[i:i + 2] if takes else [a]
-            i += 2 if takes else 1
-        else:
-            overrides.append(a)
-            i += 1
-    return options, overrides

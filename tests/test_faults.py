@@ -700,6 +700,26 @@ def test_a_sweep_goes_on_after_a_failed_and_a_diverged_job(tmp_path, capsys):
     assert csv.count("failed") == 2 and csv.count("diverged") == 1 and csv.count("completed") == 1
 
 
+@pytest.mark.parametrize("held,overrides,words", [
+    ("done/run_experiments", [], ["already holds a finished run", "choose another hydra.sweep.dir"]),
+    ("unfinished", ["resume=true", "optimizer.lr=0.05"], ["optimizer.lr", "start a fresh hydra.sweep.dir"]),
+])
+def test_a_sweep_job_refused_its_run_dir_names_hydra_sweep_dir(root, tmp_path, held, overrides, words, capsys):
+    """A sweep into a dir that holds its jobs' runs already: each job's refusal told the user to
+    choose another hydra.run.dir, a key the sweep did not set (its jobs' dirs are under
+    hydra.sweep.dir)."""
+    sweep = tmp_path / "sweep"
+    shutil.copytree(root / held, sweep / "0")
+    kept = {p: (sweep / "0" / p).read_bytes() for p in ("checkpoint.pt", "summary.json") if (sweep / "0" / p).exists()}
+    code, lines, err = run(["run_experiments", *TINY["run_experiments"], *overrides, "-m", "seed=0",
+                            f"hydra.sweep.dir={sweep}", "progress=false"], capsys)
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"error: job 0 ({sweep / '0'}): ") and "hydra.run.dir" not in lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert {p: (sweep / "0" / p).read_bytes() for p in kept} == kept  # the job's results untouched
+
+
 def test_a_study_whose_runs_all_fail_says_why(tmp_path, capsys):
     study = tmp_path / "study"
     overrides = f'overrides.run_experiments=["dataset=cifar10","data.download=false","data.root={tmp_path}"]'

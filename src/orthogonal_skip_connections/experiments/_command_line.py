@@ -183,7 +183,8 @@ class CommandLine:
             if hc.mode == RunMode.MULTIRUN:  # a sweep's job: record a failure and go on
                 write_job_dir(run_dir)
                 try:
-                    app.print_result(app.run(cfg, run_dir, command=command, record_failures=True), run_dir)
+                    summary = app.run(cfg, run_dir, command=command, record_failures=True, key="hydra.sweep.dir")
+                    app.print_result(summary, run_dir)
                 except UserError as err:
                     print(f"error: job {hc.job.num} ({run_dir}): {err}", file=sys.stderr)
                     write_code(2)

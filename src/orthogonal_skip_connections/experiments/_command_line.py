@@ -43,11 +43,11 @@ from ..rundir import RunDir, check_dir_writable
 from ..runs import UserError, outermost_new, remove_empty
 from ..train import distributed
 from ..train.divergence import Diverged
-from ._compose import CONFIG_DIR, compose, compose_raw, hydra_dir, one_line, typed, with_job_name
+from ._compose import CONFIG_DIR, compose, compose_raw, hydra_dir, one_line, typed
 from ._help import help_text
 from ._interrupt import sigterm_as_interrupt, stopped
 from ._leftovers import has_results, hydra_files, undo
-from ._options import check_options, options_first, split_options
+from ._options import check_options, options_first, split_options, with_job_name
 from ._sweep_record import CODES_ENV, read_codes, read_job_dirs, sweep_line, write_code, write_job_dir
 
 __all__ = ["CommandLine", "CODES_ENV"]

@@ -6,7 +6,7 @@ Every mistake is one line (:class:`~orthogonal_skip_connections.runs.UserError`)
 and omegaconf's multi-line composition errors are cut down to the key, what it allows and
 what was given (:func:`one_line`); booleans are ``true`` or ``false`` only
 (:func:`strict_booleans`: omegaconf would read ``no`` or ``0``). Also what Hydra makes of a
-call's overrides before it runs: its run or sweep dir (:func:`hydra_dir`), its job name."""
+call's overrides before it runs: its run or sweep dir (:func:`hydra_dir`)."""
 
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from ..runs import UserError
+from ._options import job_name
 from ._registry import load_app
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "config")
 
 __all__ = ["CONFIG_DIR", "compose", "compose_each", "typed", "register_schema", "compose_raw", "one_line",
-           "schema_node", "kind_of", "strict_booleans", "hydra_dir", "job_name", "with_job_name"]
+           "schema_node", "kind_of", "strict_booleans", "hydra_dir"]
 
 
 def register_schema(name: str, schema: type) -> None:
@@ -248,17 +249,3 @@ def hydra_dir(app_name: str, overrides: list[str], key: str) -> Path | None:
         raise UserError(f"{key}={value}: Hydra does not expand '~' (it would make a dir named '~' here); write the "
                         f"path out, or {key}=${{oc.env:HOME}}{value[1:]}")
     return Path(value)
-
-
-def job_name(app_name: str, argv: list[str]) -> list[str]:
-    return [] if any(a.startswith("hydra.job.name=") for a in argv) else [f"hydra.job.name={app_name}"]
-
-
-def with_job_name(app_name: str, argv: list[str]) -> list[str]:
-    """``argv`` with ``hydra.job.name=<app>`` next to its last override: Hydra's argparse
-    takes the overrides as one run of positionals, so one appended after a flag
-    (``seed=1 --cfg job``) would be refused as an unrecognized argument."""
-    named = job_name(app_name, argv)
-    last = max((i for i, a in enumerate(argv) if not a.startswith("-") and ("=" in a or a.startswith("~"))),
-               default=len(argv) - 1)
-    return [*argv[:last + 1], *named, *argv[last + 1:]]

@@ -1,13 +1,14 @@
 """Hydra's options in an ``osc <app>`` call (``-m``, ``--cfg job``, ``--info``, ...), apart
 from its ``key=value`` overrides: split from them and put first (:func:`options_first`), and
 checked before Hydra runs (:func:`check_options`: one mode per call, no unknown option), so a
-mistake is one line rather than Hydra's usage text or traceback."""
+mistake is one line rather than Hydra's usage text or traceback; and the app's name as Hydra's
+job name, among the overrides (:func:`with_job_name`)."""
 
 from __future__ import annotations
 
 from ..runs import UserError
 
-__all__ = ["options_first", "split_options", "check_options"]
+__all__ = ["options_first", "split_options", "check_options", "job_name", "with_job_name"]
 
 # Hydra's options that take a value (the next argument), and --info's optional one (one of its topics)
 _VALUED = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
@@ -63,3 +64,17 @@ def _hydra_flag(flag: str) -> bool:
 
     name, known = flag.split("=")[0], get_args_parser()._option_string_actions
     return name in known or (name.startswith("--") and len([k for k in known if k.startswith(name)]) == 1)
+
+
+def job_name(app_name: str, argv: list[str]) -> list[str]:
+    return [] if any(a.startswith("hydra.job.name=") for a in argv) else [f"hydra.job.name={app_name}"]
+
+
+def with_job_name(app_name: str, argv: list[str]) -> list[str]:
+    """``argv`` with ``hydra.job.name=<app>`` next to its last override: Hydra's argparse
+    takes the overrides as one run of positionals, so one appended after a flag
+    (``seed=1 --cfg job``) would be refused as an unrecognized argument."""
+    named = job_name(app_name, argv)
+    last = max((i for i, a in enumerate(argv) if not a.startswith("-") and ("=" in a or a.startswith("~"))),
+               default=len(argv) - 1)
+    return [*argv[:last + 1], *named, *argv[last + 1:]]

@@ -276,6 +276,14 @@ CASES = [
     ("re-sweep-bogus", ["run_experiments", "-m", "model.skip_kind=bogus,identity", f"hydra.sweep.dir={M}/sweep"],
      ["bogus"]),
     ("re-sweep-dir-file", ["run_experiments", "-m", "seed=0,1", f"hydra.sweep.dir={M}/a_file"], ["a_file"]),
+    # a config group given no option's name: Hydra's 'Config group override must be a string or a list' named
+    # no group; a list merged its configs (the last winning), or left the dataset unset, as ~dataset does
+    ("re-dataset-null", ["run_experiments", "dataset=null"], ["dataset=null", "allowed: cifar10, cifar100, digits"]),
+    ("re-dataset-empty-list", ["run_experiments", "dataset=[]"], ["not a list", "allowed: cifar10, cifar100, digits"]),
+    ("re-dataset-removed", ["run_experiments", "~dataset"], ["~dataset", "allowed: cifar10, cifar100, digits"]),
+    ("re-sweep-dataset-null", ["run_experiments", "-m", "dataset=digits,null", f"hydra.sweep.dir={M}/sweep"],
+     ["dataset=null", "allowed: cifar10, cifar100, digits"]),
+    ("re-launcher-number", ["run_experiments", "hydra/launcher=1"], ["hydra/launcher=1", "basic"]),
     # theorem
     ("th-dim", ["theorem", "dim=1"], ["dim"]),
     ("th-ms", ["theorem", "ms=[0]"], ["ms"]),
@@ -289,6 +297,8 @@ CASES = [
     ("th-interpolation", ["theorem", "seed=${oops}"], ["seed", "oops"]),
     ("th-hydra-key", ["theorem", "hydra.bogus=1"], ["hydra.bogus"]),
     ("th-hydra-launcher", ["theorem", "hydra/launcher=bogus"], ["unknown hydra/launcher 'bogus'", "basic"]),
+    ("th-hydra-launcher-null", ["theorem", "hydra/launcher=null"], ["hydra/launcher=null", "basic"]),
+    ("th-dataset-null", ["theorem", "dataset=null"], ["unknown key 'dataset'", "n_points"]),  # run_experiments' group
     ("th-sweep-without-m", ["theorem", "seed=1,2"], ["seed=1,2"]),
     # teacher_student
     ("ts-batch-zero", ["teacher_student", "batch_size=0"], ["batch_size"]),
@@ -759,6 +769,15 @@ CHECKED_BEFORE_HYDRA = [
     ("study", ["parts=[synthetic]", 'overrides.run_experiments=["optimizer.lr=-1"]'],
      r"part classification \(not in parts, checked all the same\), digits/resnet20 identity: optimizer.lr"),
 ]
+
+
+def test_a_list_of_datasets_is_refused_not_merged():
+    """dataset=[digits,cifar100] made Hydra merge both configs, the last winning: a cifar100 run
+    the user did not ask for (a sweep over both is -m dataset=digits,cifar100)."""
+    from orthogonal_skip_connections.runs import UserError
+
+    with pytest.raises(UserError, match=r"not a list .*-m dataset=a,b\); allowed: cifar10, cifar100, digits"):
+        load_app("run_experiments").config(["dataset=[digits,cifar100]"])
 
 
 @pytest.mark.parametrize("app,overrides,words", CHECKED_BEFORE_HYDRA)

@@ -176,7 +176,8 @@ def _check_group(schema: type, o, key: str) -> None:
         return
     with _hydra() as hydra:
         options = hydra.config_loader().get_group_options(key)
-    raise UserError(f"{o.input_line}: {key} is a config group: {problem}; allowed: {', '.join(options)}")
+    if options:  # none: not a group (foo/bar=1), which Hydra refuses as an unknown key
+        raise UserError(f"{o.input_line}: {key} is a config group: {problem}; allowed: {', '.join(options)}")
 
 
 # --------------------------------------------------------------------------- composing

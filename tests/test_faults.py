@@ -276,6 +276,14 @@ CASES = [
     ("re-sweep-bogus", ["run_experiments", "-m", "model.skip_kind=bogus,identity", f"hydra.sweep.dir={M}/sweep"],
      ["bogus"]),
     ("re-sweep-dir-file", ["run_experiments", "-m", "seed=0,1", f"hydra.sweep.dir={M}/a_file"], ["a_file"]),
+    # a config group given no option's name: Hydra's 'Config group override must be a string or a list' named
+    # no group; a list merged its configs (the last winning), or left the dataset unset, as ~dataset does
+    ("re-dataset-null", ["run_experiments", "dataset=null"], ["dataset=null", "allowed: cifar10, cifar100, digits"]),
+    ("re-dataset-empty-list", ["run_experiments", "dataset=[]"], ["not a list", "allowed: cifar10, cifar100, digits"]),
+    ("re-dataset-removed", ["run_experiments", "~dataset"], ["~dataset", "allowed: cifar10, cifar100, digits"]),
+    ("re-sweep-dataset-null", ["run_experiments", "-m", "dataset=digits,null", f"hydra.sweep.dir={M}/sweep"],
+     ["dataset=null", "allowed: cifar10, cifar100, digits"]),
+    ("re-launcher-number", ["run_experiments", "hydra/launcher=1"], ["hydra/launcher=1", "basic"]),
     # theorem
     ("th-dim", ["theorem", "dim=1"], ["dim"]),
     ("th-ms", ["theorem", "ms=[0]"], ["ms"]),
@@ -289,6 +297,8 @@ CASES = [
     ("th-interpolation", ["theorem", "seed=${oops}"], ["seed", "oops"]),
     ("th-hydra-key", ["theorem", "hydra.bogus=1"], ["hydra.bogus"]),
     ("th-hydra-launcher", ["theorem", "hydra/launcher=bogus"], ["unknown hydra/launcher 'bogus'", "basic"]),
+    ("th-hydra-launcher-null", ["theorem", "hydra/launcher=null"], ["hydra/launcher=null", "basic"]),
+    ("th-dataset-null", ["theorem", "dataset=null"], ["unknown key 'dataset'", "n_points"]),  # run_experiments' group
     ("th-sweep-without-m", ["theorem", "seed=1,2"], ["seed=1,2"]),
     # teacher_student
     ("ts-batch-zero", ["teacher_student", "batch_size=0"], ["batch_size"]),
@@ -722,6 +732,26 @@ def test_a_sweep_goes_on_after_a_failed_and_a_diverged_job(tmp_path, capsys):
     assert csv.count("failed") == 2 and csv.count("diverged") == 1 and csv.count("completed") == 1
 
 
+@pytest.mark.parametrize("held,overrides,words", [
+    ("done/run_experiments", [], ["already holds a finished run", "choose another hydra.sweep.dir"]),
+    ("unfinished", ["resume=true", "optimizer.lr=0.05"], ["optimizer.lr", "start a fresh hydra.sweep.dir"]),
+])
+def test_a_sweep_job_refused_its_run_dir_names_hydra_sweep_dir(root, tmp_path, held, overrides, words, capsys):
+    """A sweep into a dir that holds its jobs' runs already: each job's refusal told the user to
+    choose another hydra.run.dir, a key the sweep did not set (its jobs' dirs are under
+    hydra.sweep.dir)."""
+    sweep = tmp_path / "sweep"
+    shutil.copytree(root / held, sweep / "0")
+    kept = {p: (sweep / "0" / p).read_bytes() for p in ("checkpoint.pt", "summary.json") if (sweep / "0" / p).exists()}
+    code, lines, err = run(["run_experiments", *TINY["run_experiments"], *overrides, "-m", "seed=0",
+                            f"hydra.sweep.dir={sweep}", "progress=false"], capsys)
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"error: job 0 ({sweep / '0'}): ") and "hydra.run.dir" not in lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert {p: (sweep / "0" / p).read_bytes() for p in kept} == kept  # the job's results untouched
+
+
 def test_a_study_whose_runs_all_fail_says_why(tmp_path, capsys):
     study = tmp_path / "study"
     overrides = f'overrides.run_experiments=["dataset=cifar10","data.download=false","data.root={tmp_path}"]'
@@ -761,6 +791,15 @@ CHECKED_BEFORE_HYDRA = [
     ("study", ["parts=[synthetic]", 'overrides.run_experiments=["optimizer.lr=-1"]'],
      r"part classification \(not in parts, checked all the same\), digits/resnet20 identity: optimizer.lr"),
 ]
+
+
+def test_a_list_of_datasets_is_refused_not_merged():
+    """dataset=[digits,cifar100] made Hydra merge both configs, the last winning: a cifar100 run
+    the user did not ask for (a sweep over both is -m dataset=digits,cifar100)."""
+    from orthogonal_skip_connections.runs import UserError
+
+    with pytest.raises(UserError, match=r"not a list .*-m dataset=a,b\); allowed: cifar10, cifar100, digits"):
+        load_app("run_experiments").config(["dataset=[digits,cifar100]"])
 
 
 @pytest.mark.parametrize("app,overrides,words", CHECKED_BEFORE_HYDRA)

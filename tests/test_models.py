@@ -238,3 +238,35 @@ def test_a_class_count_that_is_not_a_positive_int_is_a_one_line_value_error(mode
     """get_model("resnet20", num_classes=2.5) was torch's TypeError from inside nn.Linear."""
     with pytest.raises(ValueError, match="num_classes must be"):
         get_model(model_type, num_classes=num_classes)
+
+
+# (osc.optimizer checks its model itself: tests/test_optim.py)
+TAKES_A_MODULE = [("skip_diagnostics", ()), ("orthogonal_weights", ()), ("patch_skips", ("identity",)),
+                  ("baked_copy", ()), ("project_orthogonal_", ()), ("orthogonal_", ("weight",))]
+
+
+@pytest.mark.parametrize("name,args", TAKES_A_MODULE)
+@pytest.mark.parametrize("given", ["x", {"weight": torch.eye(2)}])  # a name, a state_dict
+def test_a_public_function_given_no_module_says_what_it_takes(name, args, given):
+    """osc.skip_diagnostics("x") was an AttributeError ('str' object has no attribute
+    'named_modules') from deep inside the skip contract."""
+    import re
+
+    import orthogonal_skip_connections as osc
+    from orthogonal_skip_connections.diagnostics import skip_weights
+
+    for fn_name, fn in ((name, getattr(osc, name)), ("skip_weights", skip_weights)):
+        with pytest.raises(TypeError, match=rf"^{re.escape(fn_name)} takes [^;]*\(an nn\.Module\)[^;]*; "
+                                            rf"got {type(given).__name__}$"):
+            fn(given, *(args if fn_name == name else ()))
+
+
+def test_summarize_skips_given_the_model_says_it_takes_rows():
+    """summarize_skips(model) for summarize_skips(skip_diagnostics(model)) was "'ResNet' object is
+    not iterable"."""
+    model = get_model("resnet20", num_classes=10)
+    with pytest.raises(TypeError, match=r"takes the rows of skip_diagnostics\(model\) .*; got ResNet$"):
+        summarize_skips(model)
+    with pytest.raises(TypeError, match="got a list holding str$"):
+        summarize_skips(["identity"])
+    assert summarize_skips(skip_diagnostics(model))["skip_identity_distance_max"] is None  # identity: no matrix

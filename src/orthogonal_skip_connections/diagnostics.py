@@ -17,6 +17,7 @@ from torch.nn.utils import parametrize
 
 from .maths import orthogonal as orth
 from .models.stack import SeedStack
+from .runs import check_module
 from .skips import iter_skips
 from .skips.constraint import _TORCH_NAMES, OrthogonalMap, recorded_retraction
 
@@ -29,6 +30,7 @@ def skip_diagnostics(model: nn.Module, start: dict[str, Tensor] | None = None) -
     orth_error, identity_distance, identity_distance_spectral, det_sign (else None). With
     ``start`` (:func:`skip_weights` at the start of training), also start_distance =
     ||W - W_0||_F (None for a skip without a matrix or not in ``start``)."""
+    check_module("skip_diagnostics", model)
     with orth.one_thread():
         return [_diagnose(name, skip, start) for name, skip in iter_skips(model)]
 
@@ -36,6 +38,7 @@ def skip_diagnostics(model: nn.Module, start: dict[str, Tensor] | None = None) -
 @torch.no_grad()
 def skip_weights(model: nn.Module) -> dict[str, Tensor]:
     """name -> a float64 copy, on the CPU, of each skip's matrix (skips without one left out)."""
+    check_module("skip_weights", model)
     return {name: skip.weight.detach().double().cpu() for name, skip in iter_skips(model)
             if skip.weight is not None}
 
@@ -68,6 +71,7 @@ def orthogonal_weights(model: nn.Module) -> list[dict]:
     :func:`skip_diagnostics`, one row per skip, does not list). One dict each: name (as in
     ``model.state_dict()``, without torch's ``parametrizations.`` path), method, n and
     orth_error = ||W^T W - I||_F in float64 (the largest over a seed stack's leading axes)."""
+    check_module("orthogonal_weights", model)
     rows = []
     with orth.one_thread():
         for prefix, module in model.named_modules():
@@ -91,6 +95,11 @@ def _orthogonal_row(name: str, method: str, W: Tensor) -> dict:
 
 def summarize_skips(rows: list[dict]) -> dict:
     """Model-level summary of :func:`skip_diagnostics` rows (None where no skip has a matrix)."""
+    odd = [r for r in rows if not isinstance(r, dict)] if isinstance(rows, (list, tuple)) else [rows]
+    if odd:  # a model (summarize_skips(model)) failed as "'Linear' object is not iterable"
+        raise TypeError(f"summarize_skips takes the rows of skip_diagnostics(model) (a list of dicts); got "
+                        f"{'a ' + type(rows).__name__ + ' holding ' if odd[0] is not rows else ''}"
+                        f"{type(odd[0]).__name__}")
     mats = [r for r in rows if r["orth_error"] is not None]
     if not mats:
         return {"skip_orth_error_max": None, "skip_identity_distance_mean": None,

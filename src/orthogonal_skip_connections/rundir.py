@@ -176,21 +176,21 @@ _HELD: dict[str, list] = {}  # resolved run dir -> [file descriptor, claims]: fl
 _HELD_ELSEWHERE = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)  # a non-blocking flock's "someone holds it"
 
 
-def _lock(path: Path) -> bool:
+def _lock(path: Path, key: str = "hydra.run.dir") -> bool:
     """Take ``<path>/.lock`` (creating the dir); reentrant within this process. Returns
-    whether the dir was created here."""
+    whether the dir was created here. ``key``: the setting a refusal tells the user to change."""
     import fcntl
 
-    key = str(path.resolve())
-    if key in _HELD:
-        _HELD[key][1] += 1
+    resolved = str(path.resolve())
+    if resolved in _HELD:
+        _HELD[resolved][1] += 1
         return False
     created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
-        raise UserError(f"cannot write the run dir {path}: {err.strerror or err}; choose another hydra.run.dir") \
+        raise UserError(f"cannot write the run dir {path}: {err.strerror or err}; choose another {key}") \
             from None
     # a few tries 10 ms apart: in_use (osc report) holds a shared lock for a moment, a run for its whole life
     for attempt in range(5):
@@ -204,9 +204,9 @@ def _lock(path: Path) -> bool:
             os.close(fd)
             if err.errno in _HELD_ELSEWHERE:
                 raise UserError(f"{path} is in use by another run (its .lock is held); wait for it to end or "
-                                f"choose another hydra.run.dir") from None
+                                f"choose another {key}") from None
             raise
-    _HELD[key] = [fd, 1]
+    _HELD[resolved] = [fd, 1]
     return created
 
 
@@ -256,24 +256,25 @@ class RunDir:
 
     @classmethod
     def claim(cls, path: Path, resume: bool = False, supports_resume: bool = False, app: str | None = None,
-              config: Any = None) -> "RunDir":
+              config: Any = None, key: str = "hydra.run.dir") -> "RunDir":
         """Lock the dir (see the module docstring), then refuse a dir that holds a finished
         run, or an unfinished one unless this app can resume it and ``resume`` is asked
         for, or a resume whose ``config`` differs from the saved one (or that has no saved one to
         compare with, or whose summary.json cannot be read). A refused claim
         releases the lock and removes the dir if it made it; otherwise only the dir and its
-        .lock are written (and, when resuming, stale .tmp files removed)."""
+        .lock are written (and, when resuming, stale .tmp files removed). ``key``: the setting that
+        chose the dir, which a refusal tells the user to change (``hydra.sweep.dir`` for a sweep's job)."""
         path = Path(path)
         if resume and not supports_resume:
-            raise UserError("resume=true: this app cannot resume a run; start a fresh hydra.run.dir")
-        check_dir_writable(path)
-        created = _lock(path)
+            raise UserError(f"resume=true: this app cannot resume a run; start a fresh {key}")
+        check_dir_writable(path, key)
+        created = _lock(path, key)
         try:
             summary, ckpt = path / SUMMARY, path / CHECKPOINT
             if not resume and (summary.exists() or ckpt.exists()):
                 what = f"a {cls._status(summary)} run (summary.json)" if summary.exists() else \
                     "an unfinished run (checkpoint.pt; resume=true continues it)"
-                raise UserError(f"{path} already holds {what}; choose another hydra.run.dir")
+                raise UserError(f"{path} already holds {what}; choose another {key}")
             if resume and summary.exists():  # read when the run starts (RunDir.completed): refuse now if it cannot be
                 try:
                     reason = None if isinstance(read_json(summary), dict) else "not a JSON object"
@@ -281,14 +282,14 @@ class RunDir:
                     reason = type(err).__name__
                 if reason is not None:
                     raise UserError(f"cannot read {summary} ({reason}): move it away to resume from checkpoint.pt, "
-                                    "or start a fresh hydra.run.dir")
+                                    f"or start a fresh {key}")
             other = cls._app_of(path) if resume and app is not None else None
             if other is not None and other != app:  # its config would differ in every key: say what it is
                 raise UserError(f"{path} holds a {other} run, not a {app} one; resume=true continues a run of the "
-                                "same app: start a fresh hydra.run.dir")
+                                f"same app: start a fresh {key}")
             if resume and config is not None and not (path / CONFIG).is_file() and (summary.exists() or ckpt.exists()):
                 raise UserError(f"{path} holds a run but no config.yaml to check resume=true against; start a "
-                                "fresh hydra.run.dir")
+                                f"fresh {key}")
             if resume and config is not None and (path / CONFIG).is_file():
                 try:
                     saved = yaml.safe_load((path / CONFIG).read_text())
@@ -297,12 +298,12 @@ class RunDir:
                 if not isinstance(saved, dict):  # an empty file (a write cut short) compared as no keys at all
                     raise UserError(f"cannot read {path / CONFIG}: it holds "
                                     f"{'nothing' if saved is None else 'a ' + type(saved).__name__}, not a config; "
-                                    "resume needs the config the run started with, or start a fresh hydra.run.dir")
+                                    f"resume needs the config the run started with, or start a fresh {key}")
                 diff = config_differences(saved, config)
                 if diff:
                     raise UserError(f"resume=true with a config that differs from {path / CONFIG} in "
                                     f"{', '.join(diff)}; resume with the saved values, or start a fresh "
-                                    f"hydra.run.dir (may differ: {', '.join(RESUME_IGNORED)})")
+                                    f"{key} (may differ: {', '.join(RESUME_IGNORED)})")
         except BaseException:
             _unlock(path)
             if created:

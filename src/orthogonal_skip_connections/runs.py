@@ -1,7 +1,8 @@
 """Layer 0: what every layer may use. :class:`UserError` (a user's mistake: one line,
-exit code 2, no traceback), files written atomically, JSON/JSONL, progress bars and
-the device choice. No Hydra, no omegaconf: the apps in ``experiments/`` hold those, and
-run dirs live in :mod:`~orthogonal_skip_connections.rundir`."""
+exit code 2, no traceback), files written atomically, JSON/JSONL, progress bars, the
+device choice and :func:`check_module` (a TypeError for a model that is not one). No Hydra,
+no omegaconf: the apps in ``experiments/`` hold those, and run dirs live in
+:mod:`~orthogonal_skip_connections.rundir`."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ __all__ = [
     "check_memory",
     "outermost_new",
     "remove_empty",
+    "check_module",
 ]
 
 
@@ -44,6 +46,14 @@ class UserError(Exception):
     also catch and rewrap or swallow user errors, and a library ValueError could be taken
     for a user's mistake; the command line catches UserError only, so a library error
     that no app converted is a traceback: a bug to fix, not a message to hide."""
+
+
+def check_module(fn: str, obj: Any, takes: str = "a model (an nn.Module)") -> None:
+    """Refuse (TypeError, saying what ``fn`` takes) an ``obj`` that is not an ``nn.Module``: a
+    string or a state_dict given for a model otherwise fails deep inside, as an AttributeError
+    on a name the caller never wrote."""
+    if not isinstance(obj, torch.nn.Module):
+        raise TypeError(f"{fn} takes {takes}; got {type(obj).__name__}")
 
 
 def to_jsonable(obj: Any) -> Any:

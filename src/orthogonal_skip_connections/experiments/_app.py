@@ -22,6 +22,7 @@ The parts, each importable from here as before:
 - :mod:`._parts`    config parts several apps share (``SmallTraining``, ``SkipOptions``, ...)
 - :mod:`._compose`  the config from YAML + schema + overrides (``compose``, ``typed``), one-line errors
 - :mod:`._help`     ``osc <app> --help``
+- :mod:`._options`  Hydra's options in a call (``-m``, ``--cfg job``): put first, checked in one line
 - :mod:`._command_line`  the Hydra glue: checks before Hydra runs, exit codes, sweeps, torchrun
 - :mod:`._leftovers`  what a call refused inside Hydra leaves behind (nothing that was not there)
 - :mod:`._sweep_record`  what a sweep's jobs tell the sweep's process (run dirs, failures) and its last line
@@ -81,17 +82,19 @@ class App:
         """The checked config instance for ``overrides``."""
         return typed(self.schema, compose(self.name, overrides))
 
-    def run(self, cfg: Any, run_dir: Path, command: str | None = None, record_failures: bool = False) -> dict:
+    def run(self, cfg: Any, run_dir: Path, command: str | None = None, record_failures: bool = False,
+            key: str = "hydra.run.dir") -> dict:
         """Run in ``run_dir``; returns the summary or raises (UserError, Diverged after a
         ``status: diverged`` summary, or a library error). ``record_failures``: a
         UserError or library error is first recorded as a ``status: failed`` summary (a
-        sweep's job)."""
+        sweep's job). ``key``: the setting that chose ``run_dir``, named when the dir is
+        refused (``hydra.sweep.dir`` for a sweep's job)."""
         if isinstance(cfg, (list, tuple)):
             cfg = compose(self.name, cfg)
         cfg = typed(self.schema, cfg)
         if distributed.is_main():
             rd = RunDir.claim(run_dir, resume=bool(getattr(cfg, "resume", False)),
-                              supports_resume=self.supports_resume, app=self.name, config=cfg)
+                              supports_resume=self.supports_resume, app=self.name, config=cfg, key=key)
         else:  # under torchrun: rank 0 claims (and locks) the dir; the other ranks write nothing
             rd = RunDir(run_dir, resume=bool(getattr(cfg, "resume", False)), app=self.name)
         labels = cfg.labels() if hasattr(cfg, "labels") else None

@@ -43,27 +43,14 @@ from ..rundir import RunDir, check_dir_writable
 from ..runs import UserError, outermost_new, remove_empty
 from ..train import distributed
 from ..train.divergence import Diverged
-from ._compose import (CONFIG_DIR, compose, compose_raw, hydra_dir, one_line, options_first, split_options, typed,
-                       with_job_name)
+from ._compose import CONFIG_DIR, compose, compose_raw, hydra_dir, one_line, typed
 from ._help import help_text
 from ._interrupt import sigterm_as_interrupt, stopped
 from ._leftovers import has_results, hydra_files, undo
+from ._options import check_options, options_first, split_options, with_job_name
 from ._sweep_record import CODES_ENV, read_codes, read_job_dirs, sweep_line, write_code, write_job_dir
 
 __all__ = ["CommandLine", "CODES_ENV"]
-
-# Hydra's flags that each choose what the call does (its short name -> its long one): one per call
-_MODES = {f: long for long, short in (("--run", "-r"), ("--multirun", "-m"), ("--cfg", "-c"), ("--info", "-i"),
-                                      ("--shell-completion", "-sc")) for f in (long, short)}
-
-
-def _hydra_flag(flag: str) -> bool:
-    """Whether Hydra's argparse takes ``flag`` (``--cfg=job`` too, and, as argparse does, a
-    long option's unambiguous prefix)."""
-    from hydra._internal.utils import get_args_parser
-
-    name, known = flag.split("=")[0], get_args_parser()._option_string_actions
-    return name in known or (name.startswith("--") and len([k for k in known if k.startswith(name)]) == 1)
 
 
 class CommandLine:
@@ -129,14 +116,7 @@ class CommandLine:
         app = self.app
         flags = [a for a in argv if a.startswith("-")]
         overrides = split_options(argv)[1]  # not the value of --cfg job
-        modes = sorted({_MODES[f.split("=")[0]] for f in flags if f.split("=")[0] in _MODES})
-        if len(modes) > 1:  # Hydra's own refusal is a traceback
-            raise UserError(f"{' and '.join(modes)} cannot be given together: Hydra takes one of "
-                            f"{', '.join(sorted(set(_MODES.values())))}")
-        unknown = [f for f in flags if not _hydra_flag(f)]
-        if unknown:  # Hydra's own refusal is its whole usage text
-            raise UserError(f"unknown option {unknown[0]!r}; allowed: key=value overrides and Hydra's options "
-                            f"(-m/--multirun, --cfg job|hydra|all, --info, ...); osc {app.name} --help lists the keys")
+        check_options(flags, app.name)
         if any(f not in ("-m", "--multirun") for f in flags):  # --cfg, --info...: Hydra's own business,
             compose(app.name, overrides)  # but a mistake in the config they show is one line too
             return
@@ -203,7 +183,8 @@ class CommandLine:
             if hc.mode == RunMode.MULTIRUN:  # a sweep's job: record a failure and go on
                 write_job_dir(run_dir)
                 try:
-                    app.print_result(app.run(cfg, run_dir, command=command, record_failures=True), run_dir)
+                    summary = app.run(cfg, run_dir, command=command, record_failures=True, key="hydra.sweep.dir")
+                    app.print_result(summary, run_dir)
                 except UserError as err:
                     print(f"error: job {hc.job.num} ({run_dir}): {err}", file=sys.stderr)
                     write_code(2)

@@ -4,12 +4,14 @@ and reading it back as a checked dataclass instance (:func:`typed`).
 
 Every mistake is one line (:class:`~orthogonal_skip_connections.runs.UserError`): Hydra's
 and omegaconf's multi-line composition errors are cut down to the key, what it allows and
-what was given (:func:`one_line`); booleans are ``true`` or ``false`` only
-(:func:`strict_booleans`: omegaconf would read ``no`` or ``0``). Also what Hydra makes of a
-call's overrides before it runs: its run or sweep dir (:func:`hydra_dir`), its job name."""
+what was given (:func:`one_line`); booleans are ``true`` or ``false`` only and a config group
+takes one config's name (:func:`check_overrides`: omegaconf would read ``no`` or ``0``, Hydra
+names no group for ``dataset=null``). Also what Hydra makes of a call's overrides before it
+runs: its run or sweep dir (:func:`hydra_dir`)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import re
@@ -21,13 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from ..runs import UserError
+from ._options import job_name
 from ._registry import load_app
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "config")
 
 __all__ = ["CONFIG_DIR", "compose", "compose_each", "typed", "register_schema", "compose_raw", "one_line",
-           "schema_node", "kind_of", "strict_booleans", "hydra_dir", "job_name", "with_job_name", "options_first",
-           "split_options"]
+           "schema_node", "kind_of", "check_overrides", "hydra_dir"]
 
 
 def register_schema(name: str, schema: type) -> None:
@@ -127,9 +129,10 @@ def _list_hint(override: str) -> str:
     return f"each override in a list is quoted: \"{key}=[{quoted}]\" (shell quotes around it); "
 
 
-def strict_booleans(schema: type, overrides) -> None:
-    """A boolean key takes ``true`` or ``false`` only: omegaconf would read ``no``, ``off``,
-    ``0`` or ``y`` as booleans, which a user may not mean."""
+def check_overrides(schema: type, overrides) -> None:
+    """The overrides as Hydra's grammar reads them, before Hydra composes: a boolean key takes
+    ``true`` or ``false`` only (omegaconf would read ``no``, ``off``, ``0`` or ``y`` as
+    booleans, which a user may not mean), and a config group one config's name (:func:`_check_group`)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser, parsed = OverridesParser.create(), []
@@ -142,6 +145,7 @@ def strict_booleans(schema: type, overrides) -> None:
     parsed = [o for o in parsed if not o.key_or_group.startswith("hydra.")]
     for o in parsed:
         key = o.key_or_group.lstrip("+~")
+        _check_group(schema, o, key)
         tp = schema_node(schema, key.split("."))
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if not (tp is bool or (typing.get_origin(tp) is typing.Union and args == [bool])) or o.is_delete():
@@ -152,17 +156,50 @@ def strict_booleans(schema: type, overrides) -> None:
                 raise UserError(f"{key} must be true or false; got {v!r}")
 
 
+def _check_group(schema: type, o, key: str) -> None:
+    """Refuse a config group given no config's name: null or a number (Hydra's refusal names no
+    group) and, for the apps' own groups (``dataset``), which pick one config each, a list (Hydra
+    would merge its configs, the last winning) or ``~`` (no dataset); an app without the group
+    refuses it as an unknown key (Hydra: 'No match in the defaults list')."""
+    own = (Path(CONFIG_DIR) / key).is_dir()
+    if o.is_sweep_override() or not (own or "/" in key):  # hydra/launcher: Hydra's groups
+        return
+    if own and schema_node(schema, [key]) is None:
+        raise UserError(f"unknown key {key!r}; allowed: {', '.join(allowed_keys(schema, []))}")
+    if o.is_delete() and own:
+        problem = "it cannot be removed: the app needs one of its configs"
+    elif isinstance(o.value(), list) and own:
+        problem = f"it takes one config's name, not a list (a sweep over several: -m {key}=a,b)"
+    elif not o.is_delete() and not isinstance(o.value(), (str, list)):
+        problem = "it takes one config's name"
+    else:
+        return
+    with _hydra() as hydra:
+        options = hydra.config_loader().get_group_options(key)
+    if options:  # none: not a group (foo/bar=1), which Hydra refuses as an unknown key
+        raise UserError(f"{o.input_line}: {key} is a config group: {problem}; allowed: {', '.join(options)}")
+
+
 # --------------------------------------------------------------------------- composing
 
 
-def compose_raw(name: str, overrides: list[str], hydra_config: bool = False) -> DictConfig:
-    from hydra import compose as hydra_compose
+@contextlib.contextmanager
+def _hydra():
+    """Hydra's global state: a running app's, or, outside one, the apps' config dir's for a while."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():
-        return hydra_compose(config_name=name, overrides=list(overrides), return_hydra_config=hydra_config)
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        yield GlobalHydra.instance()
+    else:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+            yield GlobalHydra.instance()
+
+
+def compose_raw(name: str, overrides: list[str], hydra_config: bool = False) -> DictConfig:
+    from hydra import compose as hydra_compose
+
+    with _hydra():
         return hydra_compose(config_name=name, overrides=list(overrides), return_hydra_config=hydra_config)
 
 
@@ -170,7 +207,7 @@ def compose(name: str, overrides: list[str] = ()) -> DictConfig:
     """App ``name``'s config (its YAML over its schema) with ``overrides``, inside a running
     Hydra app or outside one; a mistake is a one-line :class:`UserError`."""
     app = load_app(name)
-    strict_booleans(app.schema, overrides)
+    check_overrides(app.schema, overrides)
     try:
         return compose_raw(name, list(overrides))
     except Exception as err:  # Hydra's composition errors: unknown key, wrong type, no such option
@@ -195,7 +232,7 @@ def compose_each(name: str, jobs: Iterable[list[str]]) -> Iterator[DictConfig]:
     schema = load_app(name).schema
     parser, bases = OverridesParser.create(), {}
     for job in jobs:
-        strict_booleans(schema, job)  # also parses each override: a grammar error is one line there
+        check_overrides(schema, job)  # also parses each override: a grammar error is one line there
         parsed = parser.parse_overrides(list(job))
         group = [o for o in parsed if o.package is not None or o.key_or_group.split(".")[0].startswith("hydra")
                  or (Path(CONFIG_DIR) / o.key_or_group.lstrip("+~")).is_dir()]
@@ -249,46 +286,3 @@ def hydra_dir(app_name: str, overrides: list[str], key: str) -> Path | None:
         raise UserError(f"{key}={value}: Hydra does not expand '~' (it would make a dir named '~' here); write the "
                         f"path out, or {key}=${{oc.env:HOME}}{value[1:]}")
     return Path(value)
-
-
-def job_name(app_name: str, argv: list[str]) -> list[str]:
-    return [] if any(a.startswith("hydra.job.name=") for a in argv) else [f"hydra.job.name={app_name}"]
-
-
-def with_job_name(app_name: str, argv: list[str]) -> list[str]:
-    """``argv`` with ``hydra.job.name=<app>`` next to its last override: Hydra's argparse
-    takes the overrides as one run of positionals, so one appended after a flag
-    (``seed=1 --cfg job``) would be refused as an unrecognized argument."""
-    named = job_name(app_name, argv)
-    last = max((i for i, a in enumerate(argv) if not a.startswith("-") and ("=" in a or a.startswith("~"))),
-               default=len(argv) - 1)
-    return [*argv[:last + 1], *named, *argv[last + 1:]]
-
-
-# Hydra's options that take a value (the next argument), and --info's optional one (one of its topics)
-_VALUED = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
-           "--experimental-rerun"}
-_INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
-
-
-def options_first(argv: list[str]) -> list[str]:
-    """``argv`` with Hydra's options, each with its value, before the overrides: Hydra's argparse
-    takes the overrides as one run of positionals, so ``a=1 -m b=2`` or ``a=1 --cfg job b=2``
-    was its usage text and 'unrecognized arguments'."""
-    options, overrides = split_options(argv)
-    return options + overrides
-
-
-def split_options(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(Hydra's options with their values, the overrides) of ``argv``."""
-    options, overrides, i = [], [], 0
-    while i < len(argv):
-        a = argv[i]
-        if a.startswith("-"):
-            takes = a in _VALUED or (a in ("--info", "-i") and i + 1 < len(argv) and argv[i + 1] in _INFO_TOPICS)
-            options += argv[i:i + 2] if takes else [a]
-            i += 2 if takes else 1
-        else:
-            overrides.append(a)
-            i += 1
-    return options, overrides

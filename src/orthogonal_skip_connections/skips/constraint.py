@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrizations, parametrize
 
 from ..maths import orthogonal as orth
+from ..runs import check_module
 
 __all__ = ["OrthogonalMap", "Retraction", "retraction_of", "retraction_among", "recorded_retraction", "mark_retracted", "retracted_parameters", "project_orthogonal_", "orthogonal_", "resolve_method"]
 
@@ -212,6 +213,7 @@ def project_orthogonal_(model: nn.Module) -> float:
     Orthogonal matrices stay as they are (to round-off); parametrized methods need nothing
     (an average of their free matrices still maps to O(n)). Returns the largest
     ||W_new - W_old||_F moved, 0.0 for a model without retracted matrices."""
+    check_module("project_orthogonal_", model)
     moved = 0.0
     for p, _ in retracted_parameters(model):
         Q = orth.polar(p.detach())
@@ -316,6 +318,7 @@ def orthogonal_(
     ``ns_steps`` (``update_rule_iters``) tune a retracted method. Train with
     ``orthogonal_skip_connections.optim.optimizer(model, ...)``.
     """
+    check_module("orthogonal_", module, "the module that holds the parameter (an nn.Module), then its name")
     method = resolve_method(method, orthogonal_map, update_rule)
     check_lr_scale(method, lr_scale)
     if ns_steps is not None and update_rule_iters is not None and ns_steps != update_rule_iters:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ..runs import check_module
 from .batched import batch_upkeep
 from .constraint import _MODULE_MARKS
 from .contract import Skip
@@ -61,6 +62,7 @@ def patch_skips(model: nn.Module, kind: str | SkipFactory | None = None, *, skip
     unpatched torchvision model changes nothing, so outputs stay bit-identical. The new skips
     take the device and dtype of the block they go into. Modifies ``model`` in place and returns it.
     """
+    check_module("patch_skips", model)
     if isinstance(kind, SkipFactory):
         kind, skip_layer = None, kind
     if (kind is None) == (skip_layer is None):
@@ -104,6 +106,7 @@ def baked_copy(model: nn.Module) -> nn.Module:
     parametrized module) and plain torch optimisers (its W's are then free matrices, as a
     ``linear`` skip's). ``model`` is left as it was. A ``torch.compile`` wrapper gives the copy of
     the module it wraps, uncompiled (its state_dict keys without the wrapper's ``_orig_mod.``)."""
+    check_module("baked_copy", model)
     model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
     out = copy.deepcopy(model)
     batch_upkeep(out, enabled=False)

@@ -789,6 +789,39 @@ def test_depth_section_counts_a_seed_once():
     assert _seed_means(runs, "acc") == {9: {0: 91.0, 1: 95.0}, 15: {1: 96.0}}
 
 
+def test_depth_distance_interval_is_clipped_at_zero(tmp_path):
+    """A distance ||W_i - I||_F is never negative: its t-interval over two far-apart seeds,
+    which runs below 0, is cut at 0 and marked † with a footnote, as the classification
+    table does for an accuracy cut at 0 or 100; a tight interval is left alone."""
+    from scipy import stats
+
+    from orthogonal_skip_connections.report.classification import RunRecord
+    from orthogonal_skip_connections.report.depth import (
+        depth_groups,
+        depth_markdown,
+        depth_tables,
+    )
+
+    dist = {(9, 0): 0.1, (9, 1): 2.0, (15, 0): 1.0, (15, 1): 1.02}  # (m, seed): each block's distance
+    runs = [RunRecord(tmp_path / f"{m}_{seed}", {"task": f"digits/resnet{2 * m + 2}", "variant": "learnable_orth",
+                                                 "seed": seed, "dataset": "digits", "model_type": f"resnet{2 * m + 2}"},
+                      {"status": "completed", "test_acc": 90.0},
+                      skips=[{"name": f"stages.0.{i}.skip", "identity_distance": d} for i in range(m)])
+            for (m, seed), d in dist.items()]
+    groups = depth_groups(runs)
+    (key,) = groups
+    (row,) = depth_tables(groups)[key]
+    wide, tight = row["cells"]
+    half = stats.t.ppf(0.975, 1) * np.std([0.1, 2.0], ddof=1) / np.sqrt(2)
+    assert 1.05 - half < 0  # the interval the t-distribution gives runs below 0
+    assert (wide["dist_lo"], wide["dist_hi"]) == pytest.approx((0.0, 1.05 + half))
+    assert wide["dist_ci_clipped"] == (True, False)
+    assert tight["dist_lo"] > 0 and tight["dist_ci_clipped"] == (False, False)
+    md = "\n".join(depth_markdown(key, [row], []))
+    assert f"1.05 [0.00†, {1.05 + half:.2f}]" in md and "1.01 [" in md and md.count("†") == 2
+    assert "clipped there: a distance is never negative" in md
+
+
 def test_distance_figure_starts_at_zero(tmp_path, monkeypatch):
     """The distance-from-I curves are drawn from 0 (the skip at I): skips that start far away
     and barely move (Haar starts: 8.31 to 8.33) are a flat line, not a curve filling the axes."""

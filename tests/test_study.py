@@ -623,6 +623,26 @@ def test_caveat_says_when_the_seeds_cannot_tell_anything():
     assert "only differences larger than about" in caveat("t", task_tables(close)["t"], close)
 
 
+def test_caveat_of_a_task_without_a_completed_run_says_so():
+    """The test-set size is read from completed runs' summaries: where a task's runs are all
+    running, interrupted or failed, the caveat says there is none to read it from, not that
+    the runs were made before it was recorded (which it still says of completed old runs)."""
+    from orthogonal_skip_connections.report import task_tables
+    from orthogonal_skip_connections.report.classification import caveat
+
+    def row(variant, seed, status):
+        return {"task": "t", "variant": variant, "seed": seed, "status": status, "test_acc": None,
+                "step_time_s": None, "epochs_to_target": None, "skip_identity_distance_mean": None,
+                "target_acc": None, "n_test": None}
+
+    rows = [row("identity", 0, "running"), row("identity", 1, "interrupted"), row("zero", 0, "failed")]
+    text = caveat("t", task_tables(rows)["t"], rows)
+    assert "test-set size unknown (no completed run to read it from)" in text, text
+    assert "made before" not in text
+    old = [dict(r, status="completed", test_acc=90.0 + r["seed"], step_time_s=1.0) for r in rows]
+    assert "test-set size unknown (runs made before it was recorded)" in caveat("t", task_tables(old)["t"], old)
+
+
 def test_full_scale_plan_checks_every_config_and_builds_every_model(tmp_path, fake_cifar):
     """`osc study scale=full` has never run (it needs a GPU): every job it plans is composed
     and checked, each of its model settings (model type, residual mode, ViT shape...; the

@@ -124,7 +124,8 @@ def test_the_evaluated_images_hash_changes_with_the_images_only():
 def test_the_app_recomputes_a_landscape_on_other_images(run_dir, tmp_path):
     """Through the app: copies of one run whose config.yaml differs only in data settings.
     data.augment and a digits data.root (the embedded images whatever the root) leave the
-    evaluated images alone: read from the cache; n_train changes them: computed again."""
+    evaluated images alone: read from the cache; n_train changes them: computed again. Each
+    of the two keys keeps a cache file of its own: run again, all three are read."""
     import shutil
 
     from orthogonal_skip_connections.cli import main as osc
@@ -135,13 +136,18 @@ def test_the_app_recomputes_a_landscape_on_other_images(run_dir, tmp_path):
                           (fewer, {"n_train": 100})):
         shutil.copytree(run_dir, path)
         (path / "config.yaml").write_text(yaml.safe_dump({**cfg, **changed}))
+    args = [f"runs=[{run_dir},{same},{fewer}]", f"cache_dir={tmp_path / 'cache'}", "steps=3", "steps_1d=3",
+            "n_eval=64", "hessian.iters=2", "hessian.samples=2", "device=cpu", "progress=false"]
     out = tmp_path / "out"
-    assert osc(["loss_landscape", f"runs=[{run_dir},{same},{fewer}]", f"cache_dir={tmp_path / 'cache'}",
-                f"hydra.run.dir={out}", "steps=3", "steps_1d=3", "n_eval=64", "hessian.iters=2", "hessian.samples=2",
-                "device=cpu", "progress=false"]) == 0
+    assert osc(["loss_landscape", *args, f"hydra.run.dir={out}"]) == 0
     rows = json.loads((out / "summary.json").read_text())["runs"]
     assert [r["cached"] for r in rows] == [False, True, False]
     assert rows[1]["centre_loss"] == rows[0]["centre_loss"] != rows[2]["centre_loss"]
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # one per key, not one per weights
+    assert osc(["loss_landscape", *args, f"hydra.run.dir={tmp_path / 'again'}"]) == 0
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())["runs"]
+    assert [r["cached"] for r in again] == [True, True, True]
+    assert [r["centre_loss"] for r in again] == [r["centre_loss"] for r in rows]
 
 
 def test_the_checkpoint_hash_is_of_the_weights_not_of_the_training_time(run_dir, tmp_path):

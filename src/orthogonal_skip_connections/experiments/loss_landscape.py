@@ -13,8 +13,9 @@ images with BatchNorm in eval mode (:mod:`~orthogonal_skip_connections.landscape
 With ``runs=[]`` it analyses its default runs (resnet56 on digits with zero, identity and
 learnable_orth skips, ``train.seeds`` each) under ``train.dir``, training those that are
 missing (``train_missing=true``) through the shared classifier loop. Results are cached
-per run in ``cache_dir`` (keyed by the hashes of the checkpoint's weights and of the images
-evaluated on, and every setting), so running again with the same arguments only redraws.
+in ``cache_dir``, one file per run and settings (keyed by the hashes of the checkpoint's
+weights and of the images evaluated on, and every setting), so running again with the same
+arguments only redraws.
 
     osc loss_landscape                                   # the default runs, trained if missing
     osc loss_landscape steps=31 radius=0.5 n_eval=1000
@@ -576,9 +577,8 @@ def run(cfg: Config, rd: RunDir) -> dict:
     results, handling = [], {}
     for p in paths:
         run = load_run(p, device)
-        cache = cache_root / f"{run.checkpoint_sha256[:16]}.npz"
-        out = landscape_of(run.model, run.init_model, run.data, settings, run.checkpoint_sha256, run.seed, cache,
-                           device, cfg.progress, desc=f"{run.variant} seed {run.seed}")
+        out = landscape_of(run.model, run.init_model, run.data, settings, run.checkpoint_sha256, run.seed, None,
+                           device, cfg.progress, desc=f"{run.variant} seed {run.seed}", cache_dir=cache_root)
         summary = read_json(p / "summary.json") if (p / "summary.json").is_file() else {}
         results.append({**out, "variant": run.variant, "seed": run.seed, "run_dir": str(p),
                         "test_acc": summary.get("test_acc")})

@@ -327,6 +327,44 @@ def test_a_non_finite_top_eigenvalue_is_named_not_ranked():
     assert "top Hessian eigenvalue undefined (a run's value is <= 0)" in verdict(table[1:], 2)
 
 
+def _landscape_result(seed: int, loss_1d, loss_2d=None, variant: str = "zero") -> dict:
+    """What landscape_of returns for one run (and the app adds), with the given 1-D and 2-D losses."""
+    loss_2d = np.full((3, 3), 2.0) if loss_2d is None else np.asarray(loss_2d, dtype=float)
+    return {"variant": variant, "seed": seed, "run_dir": f"r{seed}", "test_acc": 90.0, "centre_loss": 1.0,
+            "centre_acc": 90.0, "alphas": np.linspace(-1, 1, 3), "betas": np.linspace(-1, 1, 3), "loss": loss_2d,
+            "top_eigenvalue": 10.0 + seed, "lanczos_iterations": 3, "lanczos_converged": True,
+            "lanczos_residual": 0.0, "trace": 100.0, "trace_se": 1.0, "ts": np.linspace(0.0, 1.0, 5),
+            "loss_1d": np.asarray(loss_1d, dtype=float), "checkpoint_sha256": "abc", "cached": False,
+            "skip_handling": ""}
+
+
+def test_the_2d_colour_scale_spans_the_finite_losses_whatever_the_order(tmp_path, monkeypatch):
+    """A grid with a NaN loss (a diverged point) made Python's min/max over the grids' .min()
+    and .max() NaN or dependent on the variants' order: the colour scale (read on the 3-D
+    axes' log10 z-limits) spans the finite losses, the same in either order."""
+    from orthogonal_skip_connections.experiments import loss_landscape as app
+
+    figures = []
+    monkeypatch.setattr("orthogonal_skip_connections.plots.savefig",
+                        lambda fig, path: figures.append(fig) or path)
+    nan_grid = np.array([[0.5, 2.0, 3.0], [1.0, np.nan, 2.0], [4.0, np.inf, 2.0]])
+    fine_grid = np.array([[0.2, 1.0, 1.0], [1.0, 0.3, 1.0], [1.0, 1.0, 8.0]])
+    a = _landscape_result(0, [1.0] * 5, nan_grid, variant="identity")
+    b = _landscape_result(0, [1.0] * 5, fine_grid, variant="zero")
+    limits = []
+    for results in ([a, b], [b, a]):
+        app.draw_2d(results, tmp_path / "landscape_2d.png")
+        fig = figures.pop()
+        limits.append([ax.get_zlim() for ax in fig.axes if ax.name == "3d"])
+    for zlims in limits:
+        assert len(zlims) == 2
+        for lim in zlims:
+            assert lim == pytest.approx((np.log10(0.2), np.log10(8.0)))
+    blank = _landscape_result(0, [1.0] * 5, np.full((3, 3), np.nan))  # no finite loss: drawn blank, not an error
+    app.draw_2d([blank], tmp_path / "blank.png")
+    assert all(np.isfinite(ax.get_zlim()).all() for ax in figures.pop().axes if ax.name == "3d")
+
+
 def mixed_resnet(seed: int = 0):
     """One BasicBlock per stage (BatchNorm everywhere): retracted steepest skips, a
     parametrized Cayley skip in the middle stage; BatchNorm statistics moved off 0 / 1."""

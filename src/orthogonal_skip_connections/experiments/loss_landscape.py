@@ -260,8 +260,9 @@ def draw_2d(results: list[dict], path: Path) -> str:
     for v in _variants(results):
         rs = [r for r in results if r["variant"] == v]
         shown.append((*representative(rs), len(rs)))
-    lo = min(float(r["loss"].min()) for r, _, _ in shown)
-    hi = max(float(r["loss"].max()) for r, _, _ in shown)
+    # the colour scale spans the finite losses only: a NaN grid made min/max NaN or order-dependent
+    finite = np.concatenate([r["loss"][np.isfinite(r["loss"])].ravel() for r, _, _ in shown])
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (1.0, 1.0)  # none: blank panels
     lo = max(lo, 1e-4)
     norm = LogNorm(vmin=lo, vmax=max(hi, lo * 1.01))
     levels = np.geomspace(norm.vmin, norm.vmax, 25)

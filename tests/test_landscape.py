@@ -338,6 +338,23 @@ def _landscape_result(seed: int, loss_1d, loss_2d=None, variant: str = "zero") -
             "skip_handling": ""}
 
 
+def test_a_non_finite_interpolation_path_is_not_counted_as_rising():
+    """A NaN (or inf) loss on the 1-D path from init compared false in np.diff(...) <= tol, so
+    the run counted silently as "not monotone": its answer is unknown (None), and the
+    variant's count leaves it out and names it."""
+    from orthogonal_skip_connections.experiments import loss_landscape as app
+
+    run_row, variant_rows = app.run_row, app.variant_rows
+    down, up = [3.0, 2.0, 1.5, 1.0, 0.5], [3.0, 2.0, 2.5, 1.0, 0.5]
+    for bad in (float("nan"), float("inf")):
+        rows = [run_row(_landscape_result(0, down)), run_row(_landscape_result(1, [3.0, bad, 1.5, 1.0, 0.5])),
+                run_row(_landscape_result(2, up))]
+        assert [r["interpolation_monotone"] for r in rows] == [True, None, False]
+        assert variant_rows(rows)[0]["interpolation_monotone"] == "1/2 (1 run's path not finite)"
+        assert variant_rows(rows[1:2])[0]["interpolation_monotone"] == "– (1 run's path not finite)"
+    assert variant_rows(rows[::2])[0]["interpolation_monotone"] == "1/2"
+
+
 def test_the_2d_colour_scale_spans_the_finite_losses_whatever_the_order(tmp_path, monkeypatch):
     """A grid with a NaN loss (a diverged point) made Python's min/max over the grids' .min()
     and .max() NaN or dependent on the variants' order: the colour scale (read on the 3-D

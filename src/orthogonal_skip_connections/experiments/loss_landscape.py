@@ -349,6 +349,24 @@ def draw_1d(results: list[dict], path: Path) -> str:
 # --------------------------------------------------------------------------- numbers
 
 
+def _monotone(path: np.ndarray) -> bool | None:
+    """Whether the loss never rises along ``path`` (up to 1e-6 relative); None where a loss on it
+    is not finite: then the answer is unknown (NaN compares false, so it read as "rises")."""
+    if not np.all(np.isfinite(path)):
+        return None
+    return bool(np.all(np.diff(path) <= 1e-6 * np.abs(path[:-1]).clip(1e-12)))
+
+
+def _monotone_count(values: list) -> str:
+    """'k/n' runs monotone from init among the n with a finite path, naming the others."""
+    known = [v for v in values if v is not None]
+    unknown = len(values) - len(known)
+    text = f"{sum(known)}/{len(known)}" if known else "–"
+    if unknown:
+        text += " (1 run's path not finite)" if unknown == 1 else f" ({unknown} runs' paths not finite)"
+    return text
+
+
 def run_row(r: dict) -> dict:
     edge = np.concatenate([r["loss"][0], r["loss"][-1], r["loss"][1:-1, 0], r["loss"][1:-1, -1]])
     ts, l1 = r["ts"], r["loss_1d"]
@@ -359,8 +377,7 @@ def run_row(r: dict) -> dict:
         "top_eigenvalue": r["top_eigenvalue"], "lanczos_iterations": r["lanczos_iterations"],
         "lanczos_converged": r["lanczos_converged"], "lanczos_residual": r["lanczos_residual"],
         "trace": r["trace"], "trace_se": r["trace_se"],
-        "interpolation_max_loss": float(l1[inside].max()), "interpolation_monotone":
-            bool(np.all(np.diff(l1[inside]) <= 1e-6 * np.abs(l1[inside][:-1]).clip(1e-12))),
+        "interpolation_max_loss": float(l1[inside].max()), "interpolation_monotone": _monotone(l1[inside]),
         "checkpoint_sha256": r["checkpoint_sha256"], "cached": r["cached"], "skip_handling": r["skip_handling"],
     }
 
@@ -394,7 +411,7 @@ def variant_rows(rows: list[dict]) -> list[dict]:
             "top_eigenvalue_not_finite": sum(not math.isfinite(r["top_eigenvalue"]) for r in rs),
             "trace": tr, "trace_lo": tr_lo, "trace_hi": tr_hi,
             "converged": f"{sum(r['lanczos_converged'] for r in rs)}/{len(rs)}",
-            "interpolation_monotone": f"{sum(r['interpolation_monotone'] for r in rs)}/{len(rs)}",
+            "interpolation_monotone": _monotone_count([r["interpolation_monotone"] for r in rs]),
         })
     return out
 
@@ -488,7 +505,7 @@ def report(cfg: Config, table: list[dict], rows: list[dict], figures: list[str],
             f"over {cfg.hessian.samples} Rademacher probes on the rest; both w.r.t. every weight except "
             "the skips' (the coordinates all skip kinds share), on the same images",
             "edge loss: mean loss over the boundary of the 2-D grid; monotone from init: the 1-D loss never rises "
-            "on t in [0, 1]",
+            "on t in [0, 1] (runs whose loss there is not finite are not counted, and named)",
         ],
         "tables": [
             {"caption": f"sharpness per variant over seeds: geometric means, 95% intervals by Student-t on the logs "

@@ -124,7 +124,8 @@ def test_the_evaluated_images_hash_changes_with_the_images_only():
 def test_the_app_recomputes_a_landscape_on_other_images(run_dir, tmp_path):
     """Through the app: copies of one run whose config.yaml differs only in data settings.
     data.augment and a digits data.root (the embedded images whatever the root) leave the
-    evaluated images alone: read from the cache; n_train changes them: computed again."""
+    evaluated images alone: read from the cache; n_train changes them: computed again. Each
+    of the two keys keeps a cache file of its own: run again, all three are read."""
     import shutil
 
     from orthogonal_skip_connections.cli import main as osc
@@ -135,13 +136,18 @@ def test_the_app_recomputes_a_landscape_on_other_images(run_dir, tmp_path):
                           (fewer, {"n_train": 100})):
         shutil.copytree(run_dir, path)
         (path / "config.yaml").write_text(yaml.safe_dump({**cfg, **changed}))
+    args = [f"runs=[{run_dir},{same},{fewer}]", f"cache_dir={tmp_path / 'cache'}", "steps=3", "steps_1d=3",
+            "n_eval=64", "hessian.iters=2", "hessian.samples=2", "device=cpu", "progress=false"]
     out = tmp_path / "out"
-    assert osc(["loss_landscape", f"runs=[{run_dir},{same},{fewer}]", f"cache_dir={tmp_path / 'cache'}",
-                f"hydra.run.dir={out}", "steps=3", "steps_1d=3", "n_eval=64", "hessian.iters=2", "hessian.samples=2",
-                "device=cpu", "progress=false"]) == 0
+    assert osc(["loss_landscape", *args, f"hydra.run.dir={out}"]) == 0
     rows = json.loads((out / "summary.json").read_text())["runs"]
     assert [r["cached"] for r in rows] == [False, True, False]
     assert rows[1]["centre_loss"] == rows[0]["centre_loss"] != rows[2]["centre_loss"]
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # one per key, not one per weights
+    assert osc(["loss_landscape", *args, f"hydra.run.dir={tmp_path / 'again'}"]) == 0
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())["runs"]
+    assert [r["cached"] for r in again] == [True, True, True]
+    assert [r["centre_loss"] for r in again] == [r["centre_loss"] for r in rows]
 
 
 def test_the_checkpoint_hash_is_of_the_weights_not_of_the_training_time(run_dir, tmp_path):
@@ -319,6 +325,61 @@ def test_a_non_finite_top_eigenvalue_is_named_not_ranked():
     table = variant_rows(rows("identity", 500.0, 600.0) + rows("zero", -3.0, 800.0))
     assert table[1]["top_eigenvalue_not_finite"] == 0 and "is <= 0" in verdict(table, 2)
     assert "top Hessian eigenvalue undefined (a run's value is <= 0)" in verdict(table[1:], 2)
+
+
+def _landscape_result(seed: int, loss_1d, loss_2d=None, variant: str = "zero") -> dict:
+    """What landscape_of returns for one run (and the app adds), with the given 1-D and 2-D losses."""
+    loss_2d = np.full((3, 3), 2.0) if loss_2d is None else np.asarray(loss_2d, dtype=float)
+    return {"variant": variant, "seed": seed, "run_dir": f"r{seed}", "test_acc": 90.0, "centre_loss": 1.0,
+            "centre_acc": 90.0, "alphas": np.linspace(-1, 1, 3), "betas": np.linspace(-1, 1, 3), "loss": loss_2d,
+            "top_eigenvalue": 10.0 + seed, "lanczos_iterations": 3, "lanczos_converged": True,
+            "lanczos_residual": 0.0, "trace": 100.0, "trace_se": 1.0, "ts": np.linspace(0.0, 1.0, 5),
+            "loss_1d": np.asarray(loss_1d, dtype=float), "checkpoint_sha256": "abc", "cached": False,
+            "skip_handling": ""}
+
+
+def test_a_non_finite_interpolation_path_is_not_counted_as_rising():
+    """A NaN (or inf) loss on the 1-D path from init compared false in np.diff(...) <= tol, so
+    the run counted silently as "not monotone": its answer is unknown (None), and the
+    variant's count leaves it out and names it."""
+    from orthogonal_skip_connections.experiments import loss_landscape as app
+
+    run_row, variant_rows = app.run_row, app.variant_rows
+    down, up = [3.0, 2.0, 1.5, 1.0, 0.5], [3.0, 2.0, 2.5, 1.0, 0.5]
+    for bad in (float("nan"), float("inf")):
+        rows = [run_row(_landscape_result(0, down)), run_row(_landscape_result(1, [3.0, bad, 1.5, 1.0, 0.5])),
+                run_row(_landscape_result(2, up))]
+        assert [r["interpolation_monotone"] for r in rows] == [True, None, False]
+        assert variant_rows(rows)[0]["interpolation_monotone"] == "1/2 (1 run's path not finite)"
+        assert variant_rows(rows[1:2])[0]["interpolation_monotone"] == "– (1 run's path not finite)"
+    assert variant_rows(rows[::2])[0]["interpolation_monotone"] == "1/2"
+
+
+def test_the_2d_colour_scale_spans_the_finite_losses_whatever_the_order(tmp_path, monkeypatch):
+    """A grid with a NaN loss (a diverged point) made Python's min/max over the grids' .min()
+    and .max() NaN or dependent on the variants' order: the colour scale (read on the 3-D
+    axes' log10 z-limits) spans the finite losses, the same in either order."""
+    from orthogonal_skip_connections.experiments import loss_landscape as app
+
+    figures = []
+    monkeypatch.setattr("orthogonal_skip_connections.plots.savefig",
+                        lambda fig, path: figures.append(fig) or path)
+    nan_grid = np.array([[0.5, 2.0, 3.0], [1.0, np.nan, 2.0], [4.0, np.inf, 2.0]])
+    fine_grid = np.array([[0.2, 1.0, 1.0], [1.0, 0.3, 1.0], [1.0, 1.0, 8.0]])
+    a = _landscape_result(0, [1.0] * 5, nan_grid, variant="identity")
+    b = _landscape_result(0, [1.0] * 5, fine_grid, variant="zero")
+    limits = []
+    for results in ([a, b], [b, a]):
+        app.draw_2d(results, tmp_path / "landscape_2d.png")
+        fig = figures.pop()
+        limits.append([ax.get_zlim() for ax in fig.axes if ax.name == "3d"])
+    for zlims in limits:
+        assert len(zlims) == 2
+        for lim in zlims:
+            assert lim == pytest.approx((np.log10(0.2), np.log10(8.0)))
+    blank = _landscape_result(0, [1.0] * 5, np.full((3, 3), np.nan))  # no finite loss: drawn blank, not an error
+    app.draw_2d([blank], tmp_path / "blank.png")
+    assert all(np.isfinite(ax.get_zlim()).all() for ax in figures.pop().axes if ax.name == "3d")
 
 
 def mixed_resnet(seed: int = 0):

@@ -623,6 +623,26 @@ def test_caveat_says_when_the_seeds_cannot_tell_anything():
     assert "only differences larger than about" in caveat("t", task_tables(close)["t"], close)
 
 
+def test_caveat_of_a_task_without_a_completed_run_says_so():
+    """The test-set size is read from completed runs' summaries: where a task's runs are all
+    running, interrupted or failed, the caveat says there is none to read it from, not that
+    the runs were made before it was recorded (which it still says of completed old runs)."""
+    from orthogonal_skip_connections.report import task_tables
+    from orthogonal_skip_connections.report.classification import caveat
+
+    def row(variant, seed, status):
+        return {"task": "t", "variant": variant, "seed": seed, "status": status, "test_acc": None,
+                "step_time_s": None, "epochs_to_target": None, "skip_identity_distance_mean": None,
+                "target_acc": None, "n_test": None}
+
+    rows = [row("identity", 0, "running"), row("identity", 1, "interrupted"), row("zero", 0, "failed")]
+    text = caveat("t", task_tables(rows)["t"], rows)
+    assert "test-set size unknown (no completed run to read it from)" in text, text
+    assert "made before" not in text
+    old = [dict(r, status="completed", test_acc=90.0 + r["seed"], step_time_s=1.0) for r in rows]
+    assert "test-set size unknown (runs made before it was recorded)" in caveat("t", task_tables(old)["t"], old)
+
+
 def test_full_scale_plan_checks_every_config_and_builds_every_model(tmp_path, fake_cifar):
     """`osc study scale=full` has never run (it needs a GPU): every job it plans is composed
     and checked, each of its model settings (model type, residual mode, ViT shape...; the
@@ -787,6 +807,39 @@ def test_depth_section_counts_a_seed_once():
             {"m": 9, "seed": 1, "acc": 95.0, "dist": [2.0, None]}, {"m": 15, "seed": 1, "acc": 96.0, "dist": [4.0, 6.0]}]
     assert _seed_means(runs, "dist") == {9: {0: 2.0}, 15: {1: 5.0}}  # a run with a block unmeasured is left out
     assert _seed_means(runs, "acc") == {9: {0: 91.0, 1: 95.0}, 15: {1: 96.0}}
+
+
+def test_depth_distance_interval_is_clipped_at_zero(tmp_path):
+    """A distance ||W_i - I||_F is never negative: its t-interval over two far-apart seeds,
+    which runs below 0, is cut at 0 and marked † with a footnote, as the classification
+    table does for an accuracy cut at 0 or 100; a tight interval is left alone."""
+    from scipy import stats
+
+    from orthogonal_skip_connections.report.classification import RunRecord
+    from orthogonal_skip_connections.report.depth import (
+        depth_groups,
+        depth_markdown,
+        depth_tables,
+    )
+
+    dist = {(9, 0): 0.1, (9, 1): 2.0, (15, 0): 1.0, (15, 1): 1.02}  # (m, seed): each block's distance
+    runs = [RunRecord(tmp_path / f"{m}_{seed}", {"task": f"digits/resnet{2 * m + 2}", "variant": "learnable_orth",
+                                                 "seed": seed, "dataset": "digits", "model_type": f"resnet{2 * m + 2}"},
+                      {"status": "completed", "test_acc": 90.0},
+                      skips=[{"name": f"stages.0.{i}.skip", "identity_distance": d} for i in range(m)])
+            for (m, seed), d in dist.items()]
+    groups = depth_groups(runs)
+    (key,) = groups
+    (row,) = depth_tables(groups)[key]
+    wide, tight = row["cells"]
+    half = stats.t.ppf(0.975, 1) * np.std([0.1, 2.0], ddof=1) / np.sqrt(2)
+    assert 1.05 - half < 0  # the interval the t-distribution gives runs below 0
+    assert (wide["dist_lo"], wide["dist_hi"]) == pytest.approx((0.0, 1.05 + half))
+    assert wide["dist_ci_clipped"] == (True, False)
+    assert tight["dist_lo"] > 0 and tight["dist_ci_clipped"] == (False, False)
+    md = "\n".join(depth_markdown(key, [row], []))
+    assert f"1.05 [0.00†, {1.05 + half:.2f}]" in md and "1.01 [" in md and md.count("†") == 2
+    assert "clipped there: a distance is never negative" in md
 
 
 def test_distance_figure_starts_at_zero(tmp_path, monkeypatch):

@@ -35,7 +35,8 @@
   evaluation subset is one batch (``n_eval <= batch_size``), the gradient and its graph are
   built once and every product is one backward through them (:func:`make_hvp`).
 - **A cache** (.npz) per run keyed by the checkpoint's weights' hash, the evaluated images'
-  hash and every argument, so a re-run only redraws.
+  hash and every argument, so a re-run only redraws; in a cache dir each key has a file of
+  its own (:func:`cache_file`).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ __all__ = [
     "random_direction", "set_point", "set_interpolation", "restore", "evaluate_loss", "grid_axis", "landscape_2d",
     "interpolation_1d",
     "hessian_parameters", "make_hvp", "batchnorm_as_affine", "lanczos", "hutchinson_trace", "sharpness",
-    "LandscapeSettings", "landscape_of", "CACHE_VERSION",
+    "LandscapeSettings", "landscape_of", "cache_file", "CACHE_VERSION",
 ]
 
 # 2: running variances interpolated geometrically; 3: Lanczos, and the trace deflated by it;
@@ -567,6 +568,14 @@ def _key(settings: LandscapeSettings, checkpoint_sha256: str, init_seed: int, ev
             "eval_data_sha256": eval_data_sha256, **key}
 
 
+def cache_file(cache_dir: Path, key: dict) -> Path:
+    """``cache_dir``/<the first 16 hex digits of the sha256 of ``key``>.npz: one file per key,
+    so the same weights on other images or settings keep an entry each instead of overwriting
+    one (the file's own copy of the key is still checked when it is read)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return Path(cache_dir) / f"{digest[:16]}.npz"
+
+
 def _load_cache(path: Path, key: dict) -> dict | None:
     if not path.is_file():
         return None
@@ -581,16 +590,22 @@ def _load_cache(path: Path, key: dict) -> dict | None:
 
 def landscape_of(model: nn.Module, init_model: nn.Module, data: ImageData, settings: LandscapeSettings,
                  checkpoint_sha256: str, init_seed: int, cache_path: Path | None = None,
-                 device: torch.device | str = "cpu", progress: bool = False, desc: str = "") -> dict:
+                 device: torch.device | str = "cpu", progress: bool = False, desc: str = "", *,
+                 cache_dir: Path | None = None) -> dict:
     """Everything about one trained model: the 2-D grid (``alphas``, ``betas``, ``loss``,
     ``acc``), the 1-D interpolation from ``init_model`` (``ts``, ``loss_1d``, ``acc_1d``),
     the centre's loss and accuracy, and the sharpness numbers. With ``cache_path`` the
     result is read from there when its key (:func:`_key`: the weights, the evaluated images
     and every setting) matches, with no forward pass, else computed and saved (``cached``
-    says which). Every evaluation runs in channels_last (:func:`channels_last`): ``model``
+    says which); with ``cache_dir`` instead, the file is the key's own (:func:`cache_file`).
+    Every evaluation runs in channels_last (:func:`channels_last`): ``model``
     is left in that layout."""
     s = settings
     key = _key(s, checkpoint_sha256, init_seed, eval_subset_sha256(data, s.n_eval, s.eval_seed, s.eval_split))
+    if cache_dir is not None:
+        if cache_path is not None:
+            raise ValueError("landscape_of: give cache_path or cache_dir, not both")
+        cache_path = cache_file(cache_dir, key)
     if cache_path is not None:
         hit = _load_cache(Path(cache_path), key)
         if hit is not None:

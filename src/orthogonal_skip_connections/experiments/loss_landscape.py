@@ -13,8 +13,9 @@ images with BatchNorm in eval mode (:mod:`~orthogonal_skip_connections.landscape
 With ``runs=[]`` it analyses its default runs (resnet56 on digits with zero, identity and
 learnable_orth skips, ``train.seeds`` each) under ``train.dir``, training those that are
 missing (``train_missing=true``) through the shared classifier loop. Results are cached
-per run in ``cache_dir`` (keyed by the hashes of the checkpoint's weights and of the images
-evaluated on, and every setting), so running again with the same arguments only redraws.
+in ``cache_dir``, one file per run and settings (keyed by the hashes of the checkpoint's
+weights and of the images evaluated on, and every setting), so running again with the same
+arguments only redraws.
 
     osc loss_landscape                                   # the default runs, trained if missing
     osc loss_landscape steps=31 radius=0.5 n_eval=1000
@@ -259,8 +260,9 @@ def draw_2d(results: list[dict], path: Path) -> str:
     for v in _variants(results):
         rs = [r for r in results if r["variant"] == v]
         shown.append((*representative(rs), len(rs)))
-    lo = min(float(r["loss"].min()) for r, _, _ in shown)
-    hi = max(float(r["loss"].max()) for r, _, _ in shown)
+    # the colour scale spans the finite losses only: a NaN grid made min/max NaN or order-dependent
+    finite = np.concatenate([r["loss"][np.isfinite(r["loss"])].ravel() for r, _, _ in shown])
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (1.0, 1.0)  # none: blank panels
     lo = max(lo, 1e-4)
     norm = LogNorm(vmin=lo, vmax=max(hi, lo * 1.01))
     levels = np.geomspace(norm.vmin, norm.vmax, 25)
@@ -347,6 +349,24 @@ def draw_1d(results: list[dict], path: Path) -> str:
 # --------------------------------------------------------------------------- numbers
 
 
+def _monotone(path: np.ndarray) -> bool | None:
+    """Whether the loss never rises along ``path`` (up to 1e-6 relative); None where a loss on it
+    is not finite: then the answer is unknown (NaN compares false, so it read as "rises")."""
+    if not np.all(np.isfinite(path)):
+        return None
+    return bool(np.all(np.diff(path) <= 1e-6 * np.abs(path[:-1]).clip(1e-12)))
+
+
+def _monotone_count(values: list) -> str:
+    """'k/n' runs monotone from init among the n with a finite path, naming the others."""
+    known = [v for v in values if v is not None]
+    unknown = len(values) - len(known)
+    text = f"{sum(known)}/{len(known)}" if known else "–"
+    if unknown:
+        text += " (1 run's path not finite)" if unknown == 1 else f" ({unknown} runs' paths not finite)"
+    return text
+
+
 def run_row(r: dict) -> dict:
     edge = np.concatenate([r["loss"][0], r["loss"][-1], r["loss"][1:-1, 0], r["loss"][1:-1, -1]])
     ts, l1 = r["ts"], r["loss_1d"]
@@ -357,8 +377,7 @@ def run_row(r: dict) -> dict:
         "top_eigenvalue": r["top_eigenvalue"], "lanczos_iterations": r["lanczos_iterations"],
         "lanczos_converged": r["lanczos_converged"], "lanczos_residual": r["lanczos_residual"],
         "trace": r["trace"], "trace_se": r["trace_se"],
-        "interpolation_max_loss": float(l1[inside].max()), "interpolation_monotone":
-            bool(np.all(np.diff(l1[inside]) <= 1e-6 * np.abs(l1[inside][:-1]).clip(1e-12))),
+        "interpolation_max_loss": float(l1[inside].max()), "interpolation_monotone": _monotone(l1[inside]),
         "checkpoint_sha256": r["checkpoint_sha256"], "cached": r["cached"], "skip_handling": r["skip_handling"],
     }
 
@@ -392,7 +411,7 @@ def variant_rows(rows: list[dict]) -> list[dict]:
             "top_eigenvalue_not_finite": sum(not math.isfinite(r["top_eigenvalue"]) for r in rs),
             "trace": tr, "trace_lo": tr_lo, "trace_hi": tr_hi,
             "converged": f"{sum(r['lanczos_converged'] for r in rs)}/{len(rs)}",
-            "interpolation_monotone": f"{sum(r['interpolation_monotone'] for r in rs)}/{len(rs)}",
+            "interpolation_monotone": _monotone_count([r["interpolation_monotone"] for r in rs]),
         })
     return out
 
@@ -486,7 +505,7 @@ def report(cfg: Config, table: list[dict], rows: list[dict], figures: list[str],
             f"over {cfg.hessian.samples} Rademacher probes on the rest; both w.r.t. every weight except "
             "the skips' (the coordinates all skip kinds share), on the same images",
             "edge loss: mean loss over the boundary of the 2-D grid; monotone from init: the 1-D loss never rises "
-            "on t in [0, 1]",
+            "on t in [0, 1] (runs whose loss there is not finite are not counted, and named)",
         ],
         "tables": [
             {"caption": f"sharpness per variant over seeds: geometric means, 95% intervals by Student-t on the logs "
@@ -576,9 +595,8 @@ def run(cfg: Config, rd: RunDir) -> dict:
     results, handling = [], {}
     for p in paths:
         run = load_run(p, device)
-        cache = cache_root / f"{run.checkpoint_sha256[:16]}.npz"
-        out = landscape_of(run.model, run.init_model, run.data, settings, run.checkpoint_sha256, run.seed, cache,
-                           device, cfg.progress, desc=f"{run.variant} seed {run.seed}")
+        out = landscape_of(run.model, run.init_model, run.data, settings, run.checkpoint_sha256, run.seed, None,
+                           device, cfg.progress, desc=f"{run.variant} seed {run.seed}", cache_dir=cache_root)
         summary = read_json(p / "summary.json") if (p / "summary.json").is_file() else {}
         results.append({**out, "variant": run.variant, "seed": run.seed, "run_dir": str(p),
                         "test_acc": summary.get("test_acc")})

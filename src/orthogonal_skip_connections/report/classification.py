@@ -579,8 +579,12 @@ def caveat(task: str, table: list[dict], rows: list[dict]) -> str:
     """The one line above a task's table: how big a difference the study could have seen."""
     d = detectable_difference(table, rows)
     accs = [t["acc_mean"] for t in table if not math.isnan(t["acc_mean"])]
-    size = f"{d['n_test']} test images (accuracy moves in steps of {d['step']:.2f} points)" if d["n_test"] else \
-        "test-set size unknown (runs made before it was recorded)"
+    if d["n_test"]:
+        size = f"{d['n_test']} test images (accuracy moves in steps of {d['step']:.2f} points)"
+    elif any(r["status"] in ("completed", "diverged") for r in rows):  # their summaries record n_test
+        size = "test-set size unknown (runs made before it was recorded)"
+    else:  # a failure's summary has no n_test; a running or stopped run has no summary
+        size = "test-set size unknown (no completed run to read it from)"
     if d["smallest"] is None:
         return (f"**Caveat**: {size}; fewer than 2 seeds paired with identity, so no difference can be judged"
                 f"{_at_chance(table, rows)}.")

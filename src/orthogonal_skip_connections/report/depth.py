@@ -107,8 +107,9 @@ def _slopes(dist: dict[int, dict]) -> list[float]:
 
 def depth_tables(groups: dict[str, list[RunRecord]]) -> dict[str, list[dict]]:
     """Per group, one row per skip variant: ``ms`` (blocks per depth), per depth the mean over
-    seeds and 95% t-interval of the per-seed mean ||W_i - I||_F (None for variants without
-    a skip matrix) and of the accuracy, the seeds; the mean log-log slope of the per-seed
+    seeds and 95% t-interval of the per-seed mean ||W_i - I||_F (NaN for variants without
+    a skip matrix; the interval clipped at 0, ``dist_ci_clipped`` saying which end was cut,
+    (low, high) as the classification table's) and of the accuracy, the seeds; the mean log-log slope of the per-seed
     distance against m (seeds present at every depth), its t-interval, and the slope of
     log(m)/m over the same m; ``zero_at``, the depths where a seed's distance is 0 (then no
     slope is taken)."""
@@ -125,9 +126,11 @@ def depth_tables(groups: dict[str, list[RunRecord]]) -> dict[str, list[dict]]:
             cells = []
             for m in ms:
                 dm, dlo, dhi = t_interval(list(dist.get(m, {}).values())) if has else (math.nan,) * 3
+                clipped = (dlo < 0.0, False)  # a distance is never negative: say where its interval was cut
+                dlo = max(dlo, 0.0)  # (NaN stays NaN)
                 am, alo, ahi = t_interval(list(acc.get(m, {}).values()))
                 cells.append({"m": m, "seeds": len(acc.get(m, {})), "dist_mean": dm, "dist_lo": dlo, "dist_hi": dhi,
-                              "acc_mean": am, "acc_lo": alo, "acc_hi": ahi})
+                              "dist_ci_clipped": clipped, "acc_mean": am, "acc_lo": alo, "acc_hi": ahi})
             dms = [m for m in ms if m in dist]
             slopes = _slopes(dist)
             sm, slo, shi = t_interval(slopes) if slopes else (math.nan,) * 3
@@ -230,10 +233,12 @@ def profile_rows(groups: dict[str, list[RunRecord]]) -> dict[str, list[dict]]:
     return out
 
 
-def _ci(mean, lo, hi, spec=".2f") -> str:
+def _ci(mean, lo, hi, spec=".2f", clipped=(False, False)) -> str:
+    """'mean [lo, hi]', an end cut at the scale's limit marked † (``clipped``: low, high)."""
     if math.isnan(mean):
         return "–"
-    return f"{mean:{spec}}" + ("" if math.isnan(lo) else f" [{lo:{spec}}, {hi:{spec}}]")
+    return f"{mean:{spec}}" + ("" if math.isnan(lo) else
+                               f" [{lo:{spec}}{'†' if clipped[0] else ''}, {hi:{spec}}{'†' if clipped[1] else ''}]")
 
 
 def depth_markdown(key: str, table: list[dict], profile: list[dict]) -> list[str]:
@@ -244,12 +249,15 @@ def depth_markdown(key: str, table: list[dict], profile: list[dict]) -> list[str
              + " | log-log slope vs m [95% CI] | spectral ‖W − I‖₂'s slope | log(m)/m's slope | with depth |",
              "|---|" + "---|" * len(ms) + "---|---|---|---|"]
     for t in table:
-        cells = [f"{_ci(c['dist_mean'], c['dist_lo'], c['dist_hi'])} · {_ci(c['acc_mean'], math.nan, math.nan)}"
+        cells = [f"{_ci(c['dist_mean'], c['dist_lo'], c['dist_hi'], clipped=c['dist_ci_clipped'])} · "
+                 f"{_ci(c['acc_mean'], math.nan, math.nan)}"
                  f" (n={c['seeds']})" for c in t["cells"]]
         ref = "–" if t["reference_slope"] is None else f"{t['reference_slope']:+.2f}"
         slope = _ci(t["slope"], t["slope_lo"], t["slope_hi"], "+.2f") if t["has_matrix"] else "–"
         spectral = _ci(t["spectral_slope"], t["spectral_slope_lo"], t["spectral_slope_hi"], "+.2f")
         lines.append(f"| {t['variant']} | " + " | ".join(cells) + f" | {slope} | {spectral} | {ref} | {_trend(t)} |")
+    if any(c["dist_ci_clipped"][0] for t in table for c in t["cells"]):
+        lines += ["", "† the t-interval reached below 0 and is clipped there: a distance is never negative."]
     if profile:
         n_stages = max(len(p["stages"]) for p in profile)
         lines += ["", "Per-block profile (mean over seeds of ||W_i - I||_F; a stage's blocks share one width, "

@@ -229,9 +229,10 @@ CASES = [
     ("re-resume-no-config", ["run_experiments", "resume=true", f"hydra.run.dir={M}/resume/no_config"],
      ["no config.yaml"]),
     ("re-resume-bad-checkpoint", ["run_experiments", "resume=true", f"hydra.run.dir={M}/resume/bad_checkpoint"],
-     ["bad_checkpoint/checkpoint.pt", "UnpicklingError", "move it away"]),
+     ["bad_checkpoint/checkpoint.pt", "UnpicklingError", "move it away", "choose another hydra.run.dir"]),
     ("re-resume-checkpoint-other-model", ["run_experiments", "resume=true", f"hydra.run.dir={M}/resume/other_model"],
-     ["other_model/checkpoint.pt", "does not fit", "bogus.weight", "move it away"]),
+     ["other_model/checkpoint.pt", "does not fit", "bogus.weight", "move it away",
+      "choose another hydra.run.dir"]),
     ("re-resume-checkpoint-not-a-dict", ["run_experiments", "resume=true",
                                          f"hydra.run.dir={M}/resume/list_checkpoint"],
      ["list_checkpoint/checkpoint.pt", "does not fit", "move it away"]),
@@ -735,11 +736,14 @@ def test_a_sweep_goes_on_after_a_failed_and_a_diverged_job(tmp_path, capsys):
 @pytest.mark.parametrize("held,overrides,words", [
     ("done/run_experiments", [], ["already holds a finished run", "choose another hydra.sweep.dir"]),
     ("unfinished", ["resume=true", "optimizer.lr=0.05"], ["optimizer.lr", "start a fresh hydra.sweep.dir"]),
+    # a checkpoint the job cannot resume from, found once the job runs (it said hydra.run.dir too)
+    ("resume/bad_checkpoint", ["resume=true"], ["checkpoint.pt", "UnpicklingError", "choose another hydra.sweep.dir"]),
+    ("resume/other_model", ["resume=true"], ["checkpoint.pt", "does not fit", "choose another hydra.sweep.dir"]),
 ])
 def test_a_sweep_job_refused_its_run_dir_names_hydra_sweep_dir(root, tmp_path, held, overrides, words, capsys):
     """A sweep into a dir that holds its jobs' runs already: each job's refusal told the user to
     choose another hydra.run.dir, a key the sweep did not set (its jobs' dirs are under
-    hydra.sweep.dir)."""
+    hydra.sweep.dir); so did a job's refusal of a checkpoint it cannot resume from."""
     sweep = tmp_path / "sweep"
     shutil.copytree(root / held, sweep / "0")
     kept = {p: (sweep / "0" / p).read_bytes() for p in ("checkpoint.pt", "summary.json") if (sweep / "0" / p).exists()}

@@ -246,8 +246,11 @@ def _unlock(path: Path) -> None:
 class RunDir:
     """A run directory claimed by one run (see the module docstring)."""
 
-    def __init__(self, path: Path, resume: bool = False, app: str | None = None):
+    def __init__(self, path: Path, resume: bool = False, app: str | None = None, key: str = "hydra.run.dir"):
+        """``key``: the setting that chose the dir (see :meth:`claim`), for the app to name in
+        a refusal of what it finds there (a checkpoint it cannot resume from)."""
         self.path = Path(path)
+        self.key = key
         self.app = app
         self.resume = resume
         self.started = time.perf_counter()
@@ -316,7 +319,7 @@ class RunDir:
         if resume:
             for tmp in path.glob(".*.tmp"):  # left by a write that was killed half-way
                 tmp.unlink(missing_ok=True)
-        return cls(path, resume=resume, app=app)
+        return cls(path, resume=resume, app=app, key=key)
 
     @staticmethod
     def _app_of(path: Path) -> str | None:

@@ -96,7 +96,7 @@ class App:
             rd = RunDir.claim(run_dir, resume=bool(getattr(cfg, "resume", False)),
                               supports_resume=self.supports_resume, app=self.name, config=cfg, key=key)
         else:  # under torchrun: rank 0 claims (and locks) the dir; the other ranks write nothing
-            rd = RunDir(run_dir, resume=bool(getattr(cfg, "resume", False)), app=self.name)
+            rd = RunDir(run_dir, resume=bool(getattr(cfg, "resume", False)), app=self.name, key=key)
         labels = cfg.labels() if hasattr(cfg, "labels") else None
         try:
             rd.command = command

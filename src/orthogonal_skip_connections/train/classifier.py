@@ -224,15 +224,22 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def load_checkpoint(path: Path, device: torch.device) -> dict:
+def resume_advice(key: str = "hydra.run.dir") -> str:
+    """What to do about a run dir's own checkpoint that cannot be resumed from: ``key`` is the
+    setting that chose the dir (``hydra.run.dir``; ``hydra.sweep.dir`` for a sweep's job; an
+    app's own key, like loss_landscape's ``train.dir``), the one the user can change."""
+    return f"move it away to start this run over, or choose another {key}"
+
+
+def load_checkpoint(path: Path, device: torch.device, advice: str | None = None) -> dict:
     """The checkpoint at ``path``, read by torch's safe loader (tensors and plain containers only);
-    a file it cannot read is a one-line UserError saying what to do."""
+    a file it cannot read is a one-line UserError saying what to do: ``advice`` (default
+    :func:`resume_advice`), from the caller, which knows which setting named the file."""
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # torch's own text is many lines, and for a pickle offers the unsafe loader
         raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}): not a whole checkpoint of this "
-                        "library (a write cut short, another file); move it away to start this run over, or "
-                        "choose another hydra.run.dir") from None
+                        f"library (a write cut short, another file); {advice or resume_advice()}") from None
 
 
 # what restoring a readable checkpoint raises when it was saved by another model, optimiser or
@@ -240,9 +247,10 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
 UNFIT = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError)
 
 
-def unfit_checkpoint(path: Path, err: BaseException) -> UserError:
+def unfit_checkpoint(path: Path, err: BaseException, advice: str | None = None) -> UserError:
     """The one line for a checkpoint torch read but this run cannot take (``err``, one of
-    :data:`UNFIT`; torch's state_dict errors list every key, over several lines)."""
+    :data:`UNFIT`; torch's state_dict errors list every key, over several lines), ending in
+    ``advice`` (default :func:`resume_advice`), as :func:`load_checkpoint`'s does."""
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()] or [""]
     for i, line in enumerate(lines[1:], 1):  # 'Missing key(s) in state_dict: "a", "b", ...': a count and the first
         head, found, keys = line.partition(" in state_dict: ")
@@ -252,7 +260,7 @@ def unfit_checkpoint(path: Path, err: BaseException) -> UserError:
     detail = " ".join(lines[:1]) + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")
     detail = detail if len(detail) <= 300 else detail[:300] + " ..."
     return UserError(f"checkpoint {path} does not fit this run ({type(err).__name__}: {detail}): it was saved by "
-                     "another model or version; move it away to start this run over, or choose another hydra.run.dir")
+                     f"another model or version; {advice or resume_advice()}")
 
 
 def train_classifier(
@@ -265,12 +273,14 @@ def train_classifier(
     resume: bool = False,
     extra_summary: dict | None = None,
     save_checkpoint: bool = True,
+    key: str = "hydra.run.dir",
 ) -> dict:
     """Train ``model`` on ``data``; write metrics.jsonl, checkpoint.pt (after every epoch,
     unless ``save_checkpoint`` is false: then a killed run cannot resume) and summary.json
     into ``run_dir``; return the summary. Raises :class:`Diverged` (after writing a summary
     with ``status: diverged``, also its ``partial``) when the run diverges by the rule of
-    :mod:`.divergence`."""
+    :mod:`.divergence`. ``key``: the setting that chose ``run_dir``, named when its checkpoint
+    cannot be resumed from (see :func:`resume_advice`)."""
     cfg.validate()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -306,7 +316,7 @@ def train_classifier(
              "overflow_steps": 0, "last_eval": None, "guard": None, "skip_start": None}
     guard = DivergenceGuard(trivial_loss=math.log(max(2, data.num_classes)))
     if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, device)
+        ckpt = load_checkpoint(ckpt_path, device, resume_advice(key))
         try:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
@@ -317,7 +327,7 @@ def train_classifier(
             state.update(ckpt["state"])
             guard.load_state(state.get("guard"))
         except UNFIT as err:
-            raise unfit_checkpoint(ckpt_path, err) from None
+            raise unfit_checkpoint(ckpt_path, err, resume_advice(key)) from None
         if main:
             _truncate_metrics(metrics_path, state["epoch"])
     else:

@@ -106,6 +106,21 @@ def root(tmp_path_factory):
     cut = root / "ll_runs_cut" / "digits_resnet20" / "zero" / "seed0"
     cut.mkdir(parents=True)
     (cut / "summary.json").write_text('{"status": "compl')
+    # loss_landscape's first default run under train.dir, with the config it wants: a killed run whose
+    # checkpoint cannot be read (resumed), and a completed one whose checkpoint does not fit (analysed)
+    from orthogonal_skip_connections.experiments.loss_landscape import run_config, variant_spec
+
+    ll_cfg = load_app("loss_landscape").config(TINY["loss_landscape"])
+    for name, checkpoint in (("ll_runs_bad_checkpoint", b"garbage\n"), ("ll_runs_list_checkpoint", [1, 2])):
+        seed0 = root / name / "digits_resnet20" / "zero" / "seed0"
+        seed0.mkdir(parents=True)
+        (seed0 / "config.yaml").write_text(yaml.safe_dump(run_config(ll_cfg, variant_spec(ll_cfg, "zero"), 0),
+                                                          sort_keys=False))
+        if isinstance(checkpoint, bytes):
+            (seed0 / "checkpoint.pt").write_bytes(checkpoint)
+        else:
+            torch.save(checkpoint, seed0 / "checkpoint.pt")
+            (seed0 / "summary.json").write_text('{"status": "completed"}')
     (root / "a_file").write_text("not a dir\n")
     (root / "cifar_empty").mkdir()
     write_cifar(root / "cifar_evil", evil=root / "PWNED")
@@ -237,7 +252,19 @@ CASES = [
                                          f"hydra.run.dir={M}/resume/list_checkpoint"],
      ["list_checkpoint/checkpoint.pt", "does not fit", "move it away"]),
     ("ll-runs-checkpoint-not-a-dict", ["loss_landscape", f"runs=[{M}/resume/list_checkpoint]"],
-     ["list_checkpoint/checkpoint.pt", "does not fit"]),
+     ["list_checkpoint/checkpoint.pt", "does not fit", "out of runs="]),
+    # the checkpoint of a run named by runs= is fixed by changing runs=, not hydra.run.dir (it said so)
+    ("ll-runs-bad-checkpoint", ["loss_landscape", f"runs=[{M}/resume/bad_checkpoint]"],
+     ["bad_checkpoint/checkpoint.pt", "UnpicklingError", "out of runs="]),
+    # a default run's, by choosing another train.dir: resumed, and analysed
+    ("ll-train-dir-bad-checkpoint", ["loss_landscape", "train.variants=[zero]",
+                                     f"train.dir={M}/ll_runs_bad_checkpoint"],
+     ["ll_runs_bad_checkpoint/digits_resnet20/zero/seed0/checkpoint.pt", "UnpicklingError",
+      "choose another train.dir"]),
+    ("ll-train-dir-checkpoint-not-a-dict", ["loss_landscape", "train.variants=[zero]",
+                                            f"train.dir={M}/ll_runs_list_checkpoint"],
+     ["ll_runs_list_checkpoint/digits_resnet20/zero/seed0/checkpoint.pt", "does not fit",
+      "choose another train.dir"]),
     ("ll-runs-config-unparsable", ["loss_landscape", f"runs=[{M}/resume/bad_config]"],
      ["bad_config/config.yaml", "ParserError"]),
     ("re-resume-empty-config", ["run_experiments", "resume=true", f"hydra.run.dir={M}/resume/empty_config"],

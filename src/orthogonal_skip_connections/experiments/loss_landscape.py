@@ -206,8 +206,16 @@ def completed(path: Path) -> bool:
                         "another train.dir") from None
 
 
-def train_run(cfg: Config, path: Path, spec: ClassifierSpec, seed: int, device) -> None:
-    """Train one default run through the shared classifier loop (resuming a killed one)."""
+def runs_key(cfg: Config, rd: RunDir) -> str:
+    """The setting that chose where the default runs live: ``train.dir``, or (null: inside this
+    run dir) the one that chose this run dir."""
+    return "train.dir" if cfg.train.dir else rd.key
+
+
+def train_run(cfg: Config, path: Path, spec: ClassifierSpec, seed: int, device, key: str = "train.dir") -> None:
+    """Train one default run through the shared classifier loop (resuming a killed one);
+    ``key``: the setting that chose ``path`` (:func:`runs_key`), named when its checkpoint
+    cannot be resumed from."""
     model, data = build_classifier(spec, seed)
     path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path / "config.yaml", yaml.safe_dump(run_config(cfg, spec, seed), sort_keys=False))
@@ -215,7 +223,7 @@ def train_run(cfg: Config, path: Path, spec: ClassifierSpec, seed: int, device) 
     tcfg.seed = seed
     print(f"training {run_variant(spec)} seed {seed} into {path}")
     train_classifier(model, data, tcfg, path, device, resume=(path / "checkpoint.pt").exists(),
-                     extra_summary={"skip_kind": spec.skip_kind, "seed": seed})
+                     extra_summary={"skip_kind": spec.skip_kind, "seed": seed}, key=key)
 
 
 # --------------------------------------------------------------------------- figures
@@ -589,12 +597,15 @@ def run(cfg: Config, rd: RunDir) -> dict:
         if value is not None:  # one the system will not make (/proc, a read-only mount): one line, not mkdir's traceback
             make_dir(Path(value), key)
     for p, spec, seed in todo:
-        train_run(cfg, p, spec, seed, device)
+        train_run(cfg, p, spec, seed, device, runs_key(cfg, rd))
+    # what a checkpoint that cannot be read or does not fit asks for: the setting that named its run
+    advice = ("leave its run dir out of runs=" if cfg.runs else
+              f"move its run dir away to train the run again, or choose another {runs_key(cfg, rd)}")
     settings = cfg.settings()
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else rd.path / "cache"
     results, handling = [], {}
     for p in paths:
-        run = load_run(p, device)
+        run = load_run(p, device, advice)
         out = landscape_of(run.model, run.init_model, run.data, settings, run.checkpoint_sha256, run.seed, None,
                            device, cfg.progress, desc=f"{run.variant} seed {run.seed}", cache_dir=cache_root)
         summary = read_json(p / "summary.json") if (p / "summary.json").is_file() else {}

@@ -174,9 +174,11 @@ class TrainedRun:
     variant: str
 
 
-def load_run(path: Path, device: torch.device | str = "cpu") -> TrainedRun:
+def load_run(path: Path, device: torch.device | str = "cpu", advice: str = "give another run dir") -> TrainedRun:
     """Load ``path`` (config.yaml and checkpoint.pt). The initial weights are rebuilt from
-    the run's seed (see the module docstring). Missing or unreadable files are one line."""
+    the run's seed (see the module docstring). Missing or unreadable files are one line; one
+    for a checkpoint that cannot be read or does not fit ends in ``advice``, the caller's, which
+    knows the setting that named ``path``."""
     path = Path(path)
     cfg_path, ckpt_path = path / CONFIG, path / CHECKPOINT
     for f in (cfg_path, ckpt_path):
@@ -191,11 +193,11 @@ def load_run(path: Path, device: torch.device | str = "cpu") -> TrainedRun:
         raise UserError(f"cannot read {cfg_path} as a classifier run's config ({type(err).__name__}: {first})") from None
     model, data = build_classifier(spec, seed)
     init_model = copy.deepcopy(model)
-    ckpt = load_checkpoint(ckpt_path, torch.device("cpu"))
+    ckpt = load_checkpoint(ckpt_path, torch.device("cpu"), advice)
     try:
         model.load_state_dict(ckpt["model"])
     except UNFIT as err:
-        raise unfit_checkpoint(ckpt_path, err) from None
+        raise unfit_checkpoint(ckpt_path, err, advice) from None
     device = torch.device(device)
     return TrainedRun(path, spec, seed, model.to(device).eval(), init_model.to(device).eval(), data,
                       weights_sha256(ckpt["model"]), run_variant(spec))

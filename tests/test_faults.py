@@ -121,6 +121,12 @@ def root(tmp_path_factory):
         else:
             torch.save(checkpoint, seed0 / "checkpoint.pt")
             (seed0 / "summary.json").write_text('{"status": "completed"}')
+    # the same inside loss_landscape's own run dir (train.dir=null), as a killed run left it (.hydra/, .lock)
+    for name, source in (("ll_own", garbled), ("ll_own_cut", cut)):
+        shutil.copytree(source, root / name / "runs" / "digits_resnet20" / "zero" / "seed0")
+        (root / name / ".hydra").mkdir()
+        (root / name / ".hydra" / "overrides.yaml").write_text("- train.dir=null\n")
+        (root / name / ".lock").touch()
     (root / "a_file").write_text("not a dir\n")
     (root / "cifar_empty").mkdir()
     write_cifar(root / "cifar_evil", evil=root / "PWNED")
@@ -388,6 +394,11 @@ CASES = [
      ["ll_runs/digits_resnet20/zero/seed0/config.yaml", "ParserError"]),
     ("ll-train-dir-summary-unparsable", ["loss_landscape", f"train.dir={M}/ll_runs_cut"],
      ["ll_runs_cut/digits_resnet20/zero/seed0/summary.json", "JSONDecodeError"]),
+    # the default runs inside this run dir (train.dir=null): the key to change is hydra.run.dir (it said train.dir)
+    ("ll-own-dir-config-unparsable", ["loss_landscape", f"hydra.run.dir={M}/ll_own"],
+     ["ll_own/runs/digits_resnet20/zero/seed0/config.yaml", "choose another hydra.run.dir"]),
+    ("ll-own-dir-summary-unparsable", ["loss_landscape", f"hydra.run.dir={M}/ll_own_cut"],
+     ["ll_own_cut/runs/digits_resnet20/zero/seed0/summary.json", "choose another hydra.run.dir"]),
     ("ll-cache-dir-blank", ["loss_landscape", "cache_dir=''"], ["cache_dir", "a path or null"]),
     # study
     ("st-scale", ["study", "scale=huge"], ["scale"]),

@@ -165,10 +165,17 @@ def variant_spec(cfg: Config, variant: str) -> ClassifierSpec:
     return ClassifierSpec(cfg.train.dataset, cfg.train.model_type, parts[0], options, n_train=cfg.train.n_train)
 
 
+def runs_key(cfg: Config, rd: RunDir) -> str:
+    """The setting that chose where the default runs live: ``train.dir``, or (null: inside this
+    run dir) the one that chose this run dir."""
+    return "train.dir" if cfg.train.dir else rd.key
+
+
 def default_runs(cfg: Config, rd: RunDir) -> list[tuple[Path, ClassifierSpec, int]]:
     """(run dir, spec, seed) of every default run; a dir holding a run with other settings
     is refused (one line) before anything is trained."""
     root = Path(cfg.train.dir) if cfg.train.dir else rd.path / "runs"
+    key = runs_key(cfg, rd)
     out = []
     for variant in cfg.train.variants:
         spec = variant_spec(cfg, variant)
@@ -181,9 +188,9 @@ def default_runs(cfg: Config, rd: RunDir) -> list[tuple[Path, ClassifierSpec, in
                     saved = yaml.safe_load((path / "config.yaml").read_text())
                 except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
                     raise UserError(f"cannot read {path / 'config.yaml'} ({type(err).__name__}); move the run away "
-                                    "or choose another train.dir") from None
+                                    f"or choose another {key}") from None
                 if saved != want:
-                    raise UserError(f"{path} holds a run with other settings; choose another train.dir")
+                    raise UserError(f"{path} holds a run with other settings; choose another {key}")
             out.append((path, spec, seed))
     return out
 
@@ -196,20 +203,16 @@ def run_config(cfg: Config, spec: ClassifierSpec, seed: int) -> dict:
                         "train": {k: v for k, v in asdict(tcfg).items() if k != "progress"}})
 
 
-def completed(path: Path) -> bool:
+def completed(path: Path, key: str = "train.dir") -> bool:
+    """Whether the default run in ``path`` completed; ``key``: the setting that chose ``path``
+    (:func:`runs_key`), named when its summary.json cannot be read."""
     if not (path / "summary.json").is_file():
         return False
     try:
         return read_json(path / "summary.json").get("status") == "completed"
     except (OSError, ValueError, AttributeError) as err:  # not JSON, not text, not an object
         raise UserError(f"cannot read {path / 'summary.json'} ({type(err).__name__}); move the run away or choose "
-                        "another train.dir") from None
-
-
-def runs_key(cfg: Config, rd: RunDir) -> str:
-    """The setting that chose where the default runs live: ``train.dir``, or (null: inside this
-    run dir) the one that chose this run dir."""
-    return "train.dir" if cfg.train.dir else rd.key
+                        f"another {key}") from None
 
 
 def train_run(cfg: Config, path: Path, spec: ClassifierSpec, seed: int, device, key: str = "train.dir") -> None:
@@ -582,7 +585,7 @@ def run(cfg: Config, rd: RunDir) -> dict:
         todo = []
     else:
         planned = default_runs(cfg, rd)
-        todo = [(p, spec, seed) for p, spec, seed in planned if not completed(p)]
+        todo = [(p, spec, seed) for p, spec, seed in planned if not completed(p, runs_key(cfg, rd))]
         if todo and not cfg.train_missing:
             raise UserError(f"{len(todo)} default run(s) missing (first: {todo[0][0]}); set train_missing=true "
                             "to train them, or give runs=[...]")

@@ -775,7 +775,7 @@ def test_a_re_sweep_whose_every_job_is_refused_leaves_the_sweep_dir_as_it_was(tm
 
 def test_a_re_sweep_keeps_the_refused_job_as_it_was_and_records_the_job_that_ran(tmp_path, capsys):
     """Job 0 refused (D/0 holds seed=1's finished run), job 1 runs: D/0 is byte-identical,
-    D/1 holds seed=6's run, and D/multirun.yaml describes the sweep that ran (seed=5,6)."""
+    D/1 holds seed=6's finished run, and D/multirun.yaml describes the sweep that ran (seed=5,6)."""
     sweep = tmp_path / "sweep"
     assert _sweep(sweep, capsys, "seed=1")[0] == 0
     job0 = snapshot(sweep / "0")
@@ -784,7 +784,8 @@ def test_a_re_sweep_keeps_the_refused_job_as_it_was_and_records_the_job_that_ran
     assert run.out.strip().endswith(f"sweep: 2 jobs, 1 failed; run dirs under {sweep.resolve()} "
                                  f"(osc report {sweep.resolve()} tables them)"), run.out
     assert snapshot(sweep / "0") == job0
-    assert json.loads((sweep / "1" / "summary.json").read_text())["seed"] == 6
+    assert json.loads((sweep / "1" / "summary.json").read_text())["report"]["verdict"]
+    assert yaml.safe_load((sweep / "1" / "config.yaml").read_text())["seed"] == 6
     assert yaml.safe_load((sweep / "1" / ".hydra" / "config.yaml").read_text())["seed"] == 6
     assert "seed=5,6" in yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
 

@@ -10,7 +10,8 @@ any other exception (a library bug) propagates as a traceback.
 
 Refused calls leave nothing behind: a run dir this call made is removed, and the ``.hydra/``
 files and job log Hydra rewrote in an existing run dir are put back as they were
-(:meth:`CommandLine.undo`).
+(:meth:`CommandLine.undo`); so does a sweep's job refused its run dir, and a sweep whose every job
+was refused puts back its multirun.yaml (:mod:`._leftovers`).
 
 Sweeps (``-m``): every job's config is checked before the first job runs (a bad value is
 one line, exit 2, nothing run). A job that then fails (a user error found at run time, a
@@ -39,16 +40,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..rundir import RunDir, check_dir_writable
+from ..rundir import Refused, RunDir, check_dir_writable
 from ..runs import UserError, outermost_new, remove_empty
 from ..train import distributed
 from ..train.divergence import Diverged
-from ._compose import CONFIG_DIR, compose, compose_raw, hydra_dir, one_line, typed
+from ._compose import CONFIG_DIR, compose, compose_raw, hydra_dir, one_line, sweep_dirs, typed
 from ._help import help_text
 from ._interrupt import sigterm_as_interrupt, stopped
-from ._leftovers import has_results, hydra_files, undo
+from ._leftovers import has_results, hydra_files, sweep_before, undo, undo_job, undo_sweep
 from ._options import check_options, options_first, split_options, with_job_name
-from ._sweep_record import CODES_ENV, read_codes, read_job_dirs, sweep_line, write_code, write_job_dir
+from ._sweep_record import (CODES_ENV, read_codes, read_job_dirs, read_refused, sweep_line, write_code, write_job_dir,
+                            write_refused)
 
 __all__ = ["CommandLine", "CODES_ENV"]
 
@@ -62,6 +64,7 @@ class CommandLine:
         self.claims: list[RunDir] = []  # held (locked) until the call ends
         self.explicit = None  # (hydra.run.dir, existed, Hydra's files in it, outermost dir this call makes)
         self.default_top = None  # the outermost dir above the default run dir that this call would make
+        self.sweep = None  # a sweep's dir and its jobs' as they were (._leftovers.sweep_before): jobs get a copy
         self.rank0_top = None  # under torchrun, on the other ranks: the outermost dir rank 0's run makes
         self.saves_nothing = False  # one run with save_checkpoint=none: a stop leaves nothing to resume
 
@@ -166,6 +169,8 @@ class CommandLine:
                     # held (locked) until the run ends: a second writer is refused before Hydra writes
                     self.claims.append(RunDir.claim(path, resume=bool(getattr(cfg, "resume", False)),
                                                     supports_resume=app.supports_resume, app=app.name, config=cfg))
+        if flags:  # read last: after every check, before Hydra writes
+            self.sweep = sweep_before(*sweep_dirs(app.name, jobs))
 
     def hydra(self, argv: list[str], codes: list[int]) -> int:
         """Run the app under ``@hydra.main`` (one job, or a sweep's jobs)."""
@@ -186,6 +191,9 @@ class CommandLine:
                     summary = app.run(cfg, run_dir, command=command, record_failures=True, key="hydra.sweep.dir")
                     app.print_result(summary, run_dir)
                 except UserError as err:
+                    if isinstance(err, Refused):  # it ran nothing: its dir as it was, here (it may be another process)
+                        undo_job(self.sweep, hc.job.num, run_dir)
+                        write_refused(run_dir)
                     print(f"error: job {hc.job.num} ({run_dir}): {err}", file=sys.stderr)
                     write_code(2)
                 except Diverged as err:
@@ -221,6 +229,7 @@ class CommandLine:
         finally:
             sys.argv = saved
             codes += read_codes()
+            undo_sweep(self.sweep, read_job_dirs(), read_refused())
         line = sweep_line(read_job_dirs(), codes)
         if line:  # a sweep: where its results are, last (each job's own lines scroll by above)
             print(line)

@@ -761,9 +761,11 @@ def test_a_re_sweep_whose_every_job_is_refused_leaves_the_sweep_dir_as_it_was(tm
     """A second sweep into a dir whose job 0 holds a finished run: job 0 is refused, and nothing
     the first sweep saved changes. Hydra had rewritten D/0/.hydra/ (config.yaml saying seed=5
     next to a seed=1 summary.json) and D/multirun.yaml before the job was refused. The joblib
-    launcher runs the job in a worker process, which puts back its own dir."""
+    launcher runs the job in a worker process, which puts back its own dir; its second sweep
+    here finds the first one's worker still there, started with that call's environment (its
+    record of jobs was read there: the refused job was not counted, exit code 0)."""
     sweep = tmp_path / "sweep"
-    assert _sweep(sweep, capsys, "seed=1")[0] == 0
+    assert _sweep(sweep, capsys, "seed=1", f"hydra/launcher={launcher}")[0] == 0
     before = snapshot(sweep)
     code, lines, err = _sweep(sweep, capsys, "seed=5", f"hydra/launcher={launcher}")
     assert code == 2 and "Traceback" not in err, err

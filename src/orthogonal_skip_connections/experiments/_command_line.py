@@ -20,7 +20,8 @@ diverged training, a library error) is recorded in its run dir (summary.json wit
 error.txt), one line is printed, and the sweep goes on; its exit code is the worst of its
 jobs' (2 > 1 > 0), and its last line names the dir holding its jobs' run dirs. Jobs may run in
 other processes (Hydra's joblib or submitit launchers): they append their run dirs and codes to
-a file named by :data:`CODES_ENV` (:mod:`._sweep_record`).
+a file named by :data:`CODES_ENV` (:mod:`._sweep_record`), which each job sets from the task it
+was given (a joblib worker outlives its call, with that call's environment).
 
 Under ``torchrun`` (apps built with ``torchrun=True``) rank 0 resolves and claims the run
 dir and every rank runs in it (:meth:`CommandLine.join_ranks`).
@@ -67,6 +68,7 @@ class CommandLine:
         self.sweep = None  # a sweep's dir and its jobs' as they were (._leftovers.sweep_before): jobs get a copy
         self.rank0_top = None  # under torchrun, on the other ranks: the outermost dir rank 0's run makes
         self.saves_nothing = False  # one run with save_checkpoint=none: a stop leaves nothing to resume
+        self.codes_file = None  # where a sweep's jobs write what they tell this process (._sweep_record)
 
     def main(self, argv: list[str]) -> int:
         """The exit code of ``osc <app> *argv``: 0; 2 for a user's mistake; 1 for a diverged
@@ -80,6 +82,7 @@ class CommandLine:
         # (Hydra's joblib or submitit launchers), which inherit the environment
         fd, codes_file = tempfile.mkstemp(prefix="osc-sweep-", suffix=".codes")
         os.close(fd)
+        self.codes_file = codes_file
         saved_env = os.environ.get(CODES_ENV)
         os.environ[CODES_ENV] = codes_file
         try:
@@ -186,6 +189,7 @@ class CommandLine:
             hc = HydraConfig.get()
             run_dir = Path(hc.runtime.output_dir)
             if hc.mode == RunMode.MULTIRUN:  # a sweep's job: record a failure and go on
+                os.environ[CODES_ENV] = self.codes_file  # a reused worker's is an earlier call's
                 write_job_dir(run_dir)
                 try:
                     summary = app.run(cfg, run_dir, command=command, record_failures=True, key="hydra.sweep.dir")

@@ -810,6 +810,25 @@ def test_a_sweep_whose_every_job_is_refused_removes_the_dirs_it_made(tmp_path, c
     assert not (tmp_path / "new").exists()
 
 
+def test_a_refusal_from_inside_a_sweep_job_is_not_its_own(tmp_path, capsys, monkeypatch):
+    """A claim refused inside a job's run (another dir: a study's run) fails the job, which
+    records it; the job's own dir is not put back as if the job had been refused it."""
+    from orthogonal_skip_connections.rundir import Refused
+
+    def refused_inside(cfg, rd):
+        rd.start(cfg)
+        raise Refused("another dir is refused", tmp_path / "elsewhere")
+
+    monkeypatch.setattr(load_app("theorem"), "fn", refused_inside)
+    sweep = tmp_path / "sweep"
+    (sweep / "0" / ".hydra").mkdir(parents=True)  # a job dir that holds no run: claimed, then failed
+    (sweep / "0" / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    code, lines, err = _sweep(sweep, capsys, "seed=5")
+    assert code == 2 and len(lines) == 1 and "another dir is refused" in lines[0], err
+    assert json.loads((sweep / "0" / "summary.json").read_text())["status"] == "failed"
+    assert yaml.safe_load((sweep / "0" / ".hydra" / "config.yaml").read_text())["seed"] == 5
+
+
 def test_a_study_whose_runs_all_fail_says_why(tmp_path, capsys):
     study = tmp_path / "study"
     overrides = f'overrides.run_experiments=["dataset=cifar10","data.download=false","data.root={tmp_path}"]'

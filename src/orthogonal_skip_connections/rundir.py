@@ -244,8 +244,12 @@ def _unlock(path: Path) -> None:
 
 
 class Refused(UserError):
-    """A run dir :meth:`RunDir.claim` refused: the run wrote nothing in it (a sweep's job then
-    puts back what Hydra wrote there before the claim)."""
+    """A run dir :meth:`RunDir.claim` refused (``path``): the run wrote nothing in it (a sweep's
+    job then puts back what Hydra wrote there before the claim)."""
+
+    def __init__(self, message: str, path: Path | None = None):
+        super().__init__(message)
+        self.path = path
 
 
 class RunDir:
@@ -273,11 +277,11 @@ class RunDir:
         try:
             return cls._claim(Path(path), resume, supports_resume, app, config, key)
         except UserError as err:  # (its one line as it was)
-            raise Refused(*err.args) from None
+            raise Refused(str(err), Path(path)) from None
 
     @classmethod
     def _claim(cls, path: Path, resume: bool, supports_resume: bool, app: str | None, config: Any,
-               key: str) -> "RunDir":
+               key: str) -> RunDir:
         """:meth:`claim`, its refusals plain UserErrors."""
         if resume and not supports_resume:
             raise UserError(f"resume=true: this app cannot resume a run; start a fresh {key}")

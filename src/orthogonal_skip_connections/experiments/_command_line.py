@@ -78,8 +78,8 @@ class CommandLine:
             return 0
         argv = options_first(argv)  # `a=1 -m b=2`, `a=1 --cfg job b=2`: Hydra's usage error
         codes: list[int] = []
-        # a sweep's failed jobs write their exit codes here: they may run in other processes
-        # (Hydra's joblib or submitit launchers), which inherit the environment
+        # a sweep's jobs write their run dirs and failed jobs' exit codes here: they may run in other
+        # processes (Hydra's joblib or submitit launchers), which inherit the environment (and the task)
         fd, codes_file = tempfile.mkstemp(prefix="osc-sweep-", suffix=".codes")
         os.close(fd)
         self.codes_file = codes_file
@@ -195,7 +195,8 @@ class CommandLine:
                     summary = app.run(cfg, run_dir, command=command, record_failures=True, key="hydra.sweep.dir")
                     app.print_result(summary, run_dir)
                 except UserError as err:
-                    if isinstance(err, Refused):  # it ran nothing: its dir as it was, here (it may be another process)
+                    if isinstance(err, Refused) and err.path == run_dir:  # (not a claim inside the run)
+                        # it ran nothing: its dir as it was, put back here (the job may be in another process)
                         undo_job(self.sweep, hc.job.num, run_dir)
                         write_refused(run_dir)
                     print(f"error: job {hc.job.num} ({run_dir}): {err}", file=sys.stderr)

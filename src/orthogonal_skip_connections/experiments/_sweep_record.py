@@ -1,7 +1,7 @@
 """What a sweep's jobs tell the process that started the sweep: their run dirs, those whose
-claim was refused (their dirs put back as they were) and the exit codes of those that failed, appended to one file named by :data:`CODES_ENV` (jobs may run in
-other processes: Hydra's joblib or submitit launchers, which inherit the environment), and
-the sweep's closing line made from them. No Hydra here."""
+claim was refused (each put its dir back as it was) and the exit codes of those that failed,
+appended to one file named by :data:`CODES_ENV` (jobs may run in other processes: Hydra's
+joblib or submitit launchers), and the sweep's closing line made from them. No Hydra here."""
 
 from __future__ import annotations
 

@@ -794,6 +794,83 @@ def test_a_sweep_job_refused_its_run_dir_names_hydra_sweep_dir(root, tmp_path, h
     assert {p: (sweep / "0" / p).read_bytes() for p in kept} == kept  # the job's results untouched
 
 
+def _sweep(sweep, capsys, *overrides):
+    return run(["theorem", "-m", *TINY["theorem"], *overrides, f"hydra.sweep.dir={sweep}", "progress=false"], capsys)
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_re_sweep_whose_every_job_is_refused_leaves_the_sweep_dir_as_it_was(tmp_path, launcher, capsys):
+    """A second sweep into a dir whose job 0 holds a finished run: job 0 is refused, and nothing
+    the first sweep saved changes. Hydra had rewritten D/0/.hydra/ (config.yaml saying seed=5
+    next to a seed=1 summary.json) and D/multirun.yaml before the job was refused. The joblib
+    launcher runs the job in a worker process, which puts back its own dir; its second sweep
+    here finds the first one's worker still there, started with that call's environment (its
+    record of jobs was read there: the refused job was not counted, exit code 0)."""
+    sweep = tmp_path / "sweep"
+    assert _sweep(sweep, capsys, "seed=1", f"hydra/launcher={launcher}")[0] == 0
+    before = snapshot(sweep)
+    code, lines, err = _sweep(sweep, capsys, "seed=5", f"hydra/launcher={launcher}")
+    assert code == 2 and "Traceback" not in err, err
+    if launcher == "basic":  # (a worker process's stderr is not captured here)
+        assert len(lines) == 1 and lines[0].startswith(f"error: job 0 ({sweep / '0'}): "), err
+        assert "already holds a finished run" in lines[0]
+    assert snapshot(sweep) == before
+
+
+def test_a_re_sweep_keeps_the_refused_job_as_it_was_and_records_the_job_that_ran(tmp_path, capsys):
+    """Job 0 refused (D/0 holds seed=1's finished run), job 1 runs: D/0 is byte-identical,
+    D/1 holds seed=6's finished run, and D/multirun.yaml describes the sweep that ran (seed=5,6)."""
+    sweep = tmp_path / "sweep"
+    assert _sweep(sweep, capsys, "seed=1")[0] == 0
+    job0 = snapshot(sweep / "0")
+    code, lines, err = _sweep(sweep, capsys, "seed=5,6")
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert run.out.strip().endswith(f"sweep: 2 jobs, 1 failed; run dirs under {sweep.resolve()} "
+                                 f"(osc report {sweep.resolve()} tables them)"), run.out
+    assert snapshot(sweep / "0") == job0
+    assert json.loads((sweep / "1" / "summary.json").read_text())["report"]["verdict"]
+    assert yaml.safe_load((sweep / "1" / "config.yaml").read_text())["seed"] == 6
+    assert yaml.safe_load((sweep / "1" / ".hydra" / "config.yaml").read_text())["seed"] == 6
+    assert "seed=5,6" in yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
+
+
+def test_a_sweep_whose_every_job_is_refused_removes_the_dirs_it_made(tmp_path, capsys, monkeypatch):
+    """Every claim refused in a sweep dir this call made (a stand-in: each job's lock held
+    elsewhere; a new dir is not refused in practice but for jobs sharing one): no sweep dir,
+    no job dir, no multirun.yaml."""
+    from orthogonal_skip_connections import rundir
+    from orthogonal_skip_connections.runs import UserError
+
+    def held(path, key="hydra.run.dir"):
+        raise UserError(f"{path} is in use by another run (its .lock is held); wait for it to end or choose "
+                        f"another {key}")
+
+    monkeypatch.setattr(rundir, "_lock", held)
+    sweep = tmp_path / "new" / "sweep"
+    code, lines, err = _sweep(sweep, capsys, "seed=1,2")
+    assert code == 2 and len(lines) == 2 and "Traceback" not in err, err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_refusal_from_inside_a_sweep_job_is_not_its_own(tmp_path, capsys, monkeypatch):
+    """A claim refused inside a job's run (another dir: a study's run) fails the job, which
+    records it; the job's own dir is not put back as if the job had been refused it."""
+    from orthogonal_skip_connections.rundir import Refused
+
+    def refused_inside(cfg, rd):
+        rd.start(cfg)
+        raise Refused("another dir is refused", tmp_path / "elsewhere")
+
+    monkeypatch.setattr(load_app("theorem"), "fn", refused_inside)
+    sweep = tmp_path / "sweep"
+    (sweep / "0" / ".hydra").mkdir(parents=True)  # a job dir that holds no run: claimed, then failed
+    (sweep / "0" / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    code, lines, err = _sweep(sweep, capsys, "seed=5")
+    assert code == 2 and len(lines) == 1 and "another dir is refused" in lines[0], err
+    assert json.loads((sweep / "0" / "summary.json").read_text())["status"] == "failed"
+    assert yaml.safe_load((sweep / "0" / ".hydra" / "config.yaml").read_text())["seed"] == 5
+
+
 def test_a_study_whose_runs_all_fail_says_why(tmp_path, capsys):
     study = tmp_path / "study"
     overrides = f'overrides.run_experiments=["dataset=cifar10","data.download=false","data.root={tmp_path}"]'

@@ -47,7 +47,7 @@ from .train import distributed
 from .train.classifier import CHECKPOINT, SUMMARY
 
 __all__ = ["RunDir", "SUMMARY", "CHECKPOINT", "CONFIG", "RUN", "ERROR", "column", "provenance", "check_report", "git_commit",
-           "RESUME_IGNORED", "config_differences", "check_dir_writable", "in_use"]
+           "RESUME_IGNORED", "config_differences", "check_dir_writable", "in_use", "Refused"]
 
 # keys that may differ between a run and its resume: they change how a run is shown or
 # where it computes, not what it computes (on CPU a resumed run stays bit-identical)
@@ -243,6 +243,15 @@ def _unlock(path: Path) -> None:
         del _HELD[key]
 
 
+class Refused(UserError):
+    """A run dir :meth:`RunDir.claim` refused (``path``): the run wrote nothing in it (a sweep's
+    job then puts back what Hydra wrote there before the claim)."""
+
+    def __init__(self, message: str, path: Path | None = None):
+        super().__init__(message)
+        self.path = path
+
+
 class RunDir:
     """A run directory claimed by one run (see the module docstring)."""
 
@@ -266,8 +275,17 @@ class RunDir:
         compare with, or whose summary.json cannot be read). A refused claim
         releases the lock and removes the dir if it made it; otherwise only the dir and its
         .lock are written (and, when resuming, stale .tmp files removed). ``key``: the setting that
-        chose the dir, which a refusal tells the user to change (``hydra.sweep.dir`` for a sweep's job)."""
-        path = Path(path)
+        chose the dir, which a refusal tells the user to change (``hydra.sweep.dir`` for a sweep's job).
+        A refusal is a :class:`Refused` (a UserError)."""
+        try:
+            return cls._claim(Path(path), resume, supports_resume, app, config, key)
+        except UserError as err:  # (its one line as it was)
+            raise Refused(str(err), Path(path)) from None
+
+    @classmethod
+    def _claim(cls, path: Path, resume: bool, supports_resume: bool, app: str | None, config: Any,
+               key: str) -> RunDir:
+        """:meth:`claim`, its refusals plain UserErrors."""
         if resume and not supports_resume:
             raise UserError(f"resume=true: this app cannot resume a run; start a fresh {key}")
         check_dir_writable(path, key)

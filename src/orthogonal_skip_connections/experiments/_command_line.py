@@ -10,7 +10,8 @@ any other exception (a library bug) propagates as a traceback.
 
 Refused calls leave nothing behind: a run dir this call made is removed, and the ``.hydra/``
 files and job log Hydra rewrote in an existing run dir are put back as they were
-(:meth:`CommandLine.undo`).
+(:meth:`CommandLine.undo`); so does a sweep's job refused its run dir, and a sweep whose every job
+was refused puts back its multirun.yaml (:mod:`._leftovers`).
 
 Sweeps (``-m``): every job's config is checked before the first job runs (a bad value is
 one line, exit 2, nothing run). A job that then fails (a user error found at run time, a
@@ -19,7 +20,8 @@ diverged training, a library error) is recorded in its run dir (summary.json wit
 error.txt), one line is printed, and the sweep goes on; its exit code is the worst of its
 jobs' (2 > 1 > 0), and its last line names the dir holding its jobs' run dirs. Jobs may run in
 other processes (Hydra's joblib or submitit launchers): they append their run dirs and codes to
-a file named by :data:`CODES_ENV` (:mod:`._sweep_record`).
+a file named by :data:`CODES_ENV` (:mod:`._sweep_record`), which each job sets from the task it
+was given (a joblib worker outlives its call, with that call's environment).
 
 Under ``torchrun`` (apps built with ``torchrun=True``) rank 0 resolves and claims the run
 dir and every rank runs in it (:meth:`CommandLine.join_ranks`).
@@ -39,16 +41,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..rundir import RunDir, check_dir_writable
+from ..rundir import Refused, RunDir, check_dir_writable
 from ..runs import UserError, outermost_new, remove_empty
 from ..train import distributed
 from ..train.divergence import Diverged
-from ._compose import CONFIG_DIR, compose, compose_raw, hydra_dir, one_line, typed
+from ._compose import CONFIG_DIR, compose, compose_raw, hydra_dir, one_line, sweep_dirs, typed
 from ._help import help_text
 from ._interrupt import sigterm_as_interrupt, stopped
-from ._leftovers import has_results, hydra_files, undo
+from ._leftovers import has_results, hydra_files, sweep_before, undo, undo_job, undo_sweep
 from ._options import check_options, options_first, split_options, with_job_name
-from ._sweep_record import CODES_ENV, read_codes, read_job_dirs, sweep_line, write_code, write_job_dir
+from ._sweep_record import (CODES_ENV, read_codes, read_job_dirs, read_refused, sweep_line, write_code, write_job_dir,
+                            write_refused)
 
 __all__ = ["CommandLine", "CODES_ENV"]
 
@@ -62,8 +65,10 @@ class CommandLine:
         self.claims: list[RunDir] = []  # held (locked) until the call ends
         self.explicit = None  # (hydra.run.dir, existed, Hydra's files in it, outermost dir this call makes)
         self.default_top = None  # the outermost dir above the default run dir that this call would make
+        self.sweep = None  # a sweep's dir and its jobs' as they were (._leftovers.sweep_before): jobs get a copy
         self.rank0_top = None  # under torchrun, on the other ranks: the outermost dir rank 0's run makes
         self.saves_nothing = False  # one run with save_checkpoint=none: a stop leaves nothing to resume
+        self.codes_file = None  # where a sweep's jobs write what they tell this process (._sweep_record)
 
     def main(self, argv: list[str]) -> int:
         """The exit code of ``osc <app> *argv``: 0; 2 for a user's mistake; 1 for a diverged
@@ -73,10 +78,11 @@ class CommandLine:
             return 0
         argv = options_first(argv)  # `a=1 -m b=2`, `a=1 --cfg job b=2`: Hydra's usage error
         codes: list[int] = []
-        # a sweep's failed jobs write their exit codes here: they may run in other processes
-        # (Hydra's joblib or submitit launchers), which inherit the environment
+        # a sweep's jobs write their run dirs and failed jobs' exit codes here: they may run in other
+        # processes (Hydra's joblib or submitit launchers), which inherit the environment (and the task)
         fd, codes_file = tempfile.mkstemp(prefix="osc-sweep-", suffix=".codes")
         os.close(fd)
+        self.codes_file = codes_file
         saved_env = os.environ.get(CODES_ENV)
         os.environ[CODES_ENV] = codes_file
         try:
@@ -166,6 +172,8 @@ class CommandLine:
                     # held (locked) until the run ends: a second writer is refused before Hydra writes
                     self.claims.append(RunDir.claim(path, resume=bool(getattr(cfg, "resume", False)),
                                                     supports_resume=app.supports_resume, app=app.name, config=cfg))
+        if flags:  # read last: after every check, before Hydra writes
+            self.sweep = sweep_before(*sweep_dirs(app.name, jobs))
 
     def hydra(self, argv: list[str], codes: list[int]) -> int:
         """Run the app under ``@hydra.main`` (one job, or a sweep's jobs)."""
@@ -181,11 +189,16 @@ class CommandLine:
             hc = HydraConfig.get()
             run_dir = Path(hc.runtime.output_dir)
             if hc.mode == RunMode.MULTIRUN:  # a sweep's job: record a failure and go on
+                os.environ[CODES_ENV] = self.codes_file  # a reused worker's is an earlier call's
                 write_job_dir(run_dir)
                 try:
                     summary = app.run(cfg, run_dir, command=command, record_failures=True, key="hydra.sweep.dir")
                     app.print_result(summary, run_dir)
                 except UserError as err:
+                    if isinstance(err, Refused) and err.path == run_dir:  # (not a claim inside the run)
+                        # it ran nothing: its dir as it was, put back here (the job may be in another process)
+                        undo_job(self.sweep, hc.job.num, run_dir)
+                        write_refused(run_dir)
                     print(f"error: job {hc.job.num} ({run_dir}): {err}", file=sys.stderr)
                     write_code(2)
                 except Diverged as err:
@@ -221,6 +234,7 @@ class CommandLine:
         finally:
             sys.argv = saved
             codes += read_codes()
+            undo_sweep(self.sweep, read_job_dirs(), read_refused())
         line = sweep_line(read_job_dirs(), codes)
         if line:  # a sweep: where its results are, last (each job's own lines scroll by above)
             print(line)

@@ -7,7 +7,7 @@ and omegaconf's multi-line composition errors are cut down to the key, what it a
 what was given (:func:`one_line`); booleans are ``true`` or ``false`` only and a config group
 takes one config's name (:func:`check_overrides`: omegaconf would read ``no`` or ``0``, Hydra
 names no group for ``dataset=null``). Also what Hydra makes of a call's overrides before it
-runs: its run or sweep dir (:func:`hydra_dir`)."""
+runs: its run or sweep dir (:func:`hydra_dir`), a sweep's jobs' dirs (:func:`sweep_dirs`)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from ._registry import load_app
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "config")
 
 __all__ = ["CONFIG_DIR", "compose", "compose_each", "typed", "register_schema", "compose_raw", "one_line",
-           "schema_node", "kind_of", "check_overrides", "hydra_dir"]
+           "schema_node", "kind_of", "check_overrides", "hydra_dir", "sweep_dirs"]
 
 
 def register_schema(name: str, schema: type) -> None:
@@ -286,3 +286,15 @@ def hydra_dir(app_name: str, overrides: list[str], key: str) -> Path | None:
         raise UserError(f"{key}={value}: Hydra does not expand '~' (it would make a dir named '~' here); write the "
                         f"path out, or {key}=${{oc.env:HOME}}{value[1:]}")
     return Path(value)
+
+
+def sweep_dirs(app_name: str, jobs: list[list[str]]) -> tuple[Path | None, list[Path | None]]:
+    """A sweep's dir and its jobs' (hydra.sweep.dir / hydra.sweep.subdir); None where only the run can say."""
+    try:  # the subdir is the job's number unless set otherwise: then each job's is composed
+        raw = OmegaConf.to_container(compose_raw(app_name, jobs[0], hydra_config=True).hydra.sweep, resolve=False)
+        sweep = hydra_dir(app_name, jobs[0], "hydra.sweep.dir")
+        subs = [str(i) if raw["subdir"] == "${hydra.job.num}" else
+                hydra_dir(app_name, [*job, f"hydra.job.num={i}"], "hydra.sweep.subdir") for i, job in enumerate(jobs)]
+    except Exception:  # (a blank subdir too): Hydra's business when it runs
+        return None, [None] * len(jobs)
+    return sweep, [None if sweep is None or sub is None else sweep / sub for sub in subs]

@@ -6,14 +6,23 @@ lock and what :meth:`RunDir.start` writes before any result (config.yaml, run.js
 that checks an input only once started, like loss_landscape's ``runs=``, left them behind);
 a dir that holds anything else (a resumed run's checkpoint and metrics, a summary, figures)
 is never removed, and in a dir that was there before only the ``.hydra/`` files, job log,
-config.yaml and run.json the call rewrote are put back as they were."""
+config.yaml and run.json the call rewrote are put back as they were.
+
+A sweep's job whose claim is refused does the same in its own dir (:func:`undo_job`, in the
+job's process: Hydra wrote the job's ``.hydra/`` files before the job began, and jobs may run in
+other processes); a sweep whose every job was refused puts back its sweep dir's
+multirun.yaml (:func:`undo_sweep`). What they put back is read before Hydra runs
+(:func:`sweep_before`)."""
 
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from pathlib import Path
 
-__all__ = ["undo", "hydra_files", "has_results"]
+from ..runs import outermost_new, remove_empty
+
+__all__ = ["undo", "hydra_files", "has_results", "sweep_before", "undo_job", "undo_sweep"]
 
 
 def undo(run_dir: Path, fresh: bool, explicit: tuple | None, default_top: Path | None) -> None:
@@ -32,8 +41,9 @@ def undo(run_dir: Path, fresh: bool, explicit: tuple | None, default_top: Path |
             return
         if existed:
             restore_hydra_files(explicit, run_dir)
-        else:
-            shutil.rmtree(top, ignore_errors=True)
+        else:  # the run dir, then the empty dirs above it that the call made: a sweep's other
+            shutil.rmtree(path, ignore_errors=True)  # jobs may be in those
+            remove_empty(path.parent, top)
     elif fresh:
         shutil.rmtree(run_dir, ignore_errors=True)
         if default_top is not None:  # the empty dirs Hydra made above it (outputs/<app>/)
@@ -61,18 +71,54 @@ def restore_hydra_files(explicit: tuple, run_dir: Path) -> None:
 
 def hydra_files(path: Path) -> dict[Path, bytes]:
     """What a call rewrites in a run dir before the run can be refused, with their bytes: Hydra's
-    files (.hydra/*, the job's .log) and the run's config.yaml and run.json (a resume that then
-    cannot read its checkpoint)."""
+    files (.hydra/*, the job's .log, a sweep dir's multirun.yaml) and the run's config.yaml and
+    run.json (a resume that then cannot read its checkpoint)."""
     path = Path(path)
     if not path.is_dir():
         return {}
     files = [p for p in (path / ".hydra").glob("*") if p.is_file()] + [p for p in path.glob("*.log") if p.is_file()]
-    files += [p for p in (path / "config.yaml", path / "run.json") if p.is_file()]
+    files += [p for p in (path / "config.yaml", path / "run.json", path / "multirun.yaml") if p.is_file()]
     return {p: p.read_bytes() for p in files}
 
 
 def has_results(path: Path) -> bool:
     """Whether a run dir holds anything besides Hydra's own files, the lock and a start's
     config.yaml and run.json."""
-    stubs = (".hydra", ".lock", "config.yaml", "run.json")
+    stubs = (".hydra", ".lock", "config.yaml", "run.json", "multirun.yaml")
     return path.is_dir() and any(p.name not in stubs and p.suffix != ".log" for p in path.iterdir())
+
+
+def sweep_before(sweep_dir: Path | None, job_dirs: list[Path | None]) -> tuple | None:
+    """What a sweep's dirs hold before Hydra writes in them: the record :func:`undo` takes
+    (``(path, existed, Hydra's files in it, the outermost dir making it makes)``, as
+    ``CommandLine.explicit``) for the sweep dir, and for each job's run dir by job number. None
+    for a job whose dir is unknown, or shared with another job (that one may run in it before
+    this one is refused: what was there before is then no longer what to put back)."""
+    if sweep_dir is None:
+        return None
+    shared = Counter(str(d.resolve()) for d in job_dirs if d is not None)
+
+    def before(path: Path) -> tuple:
+        return path, path.exists(), hydra_files(path), outermost_new(path)
+
+    return before(sweep_dir), [None if d is None or shared[str(d.resolve())] > 1 else before(d) for d in job_dirs]
+
+
+def undo_job(before: tuple | None, num: int, run_dir: Path) -> None:
+    """After sweep job ``num``'s claim of ``run_dir`` was refused, in the job's process: its dir
+    as it was (Hydra's files put back; a dir this call made removed). ``before``:
+    :func:`sweep_before`'s record."""
+    if before is not None and 0 <= num < len(before[1]) and before[1][num] is not None:
+        undo(run_dir, False, before[1][num], None)
+
+
+def undo_sweep(before: tuple | None, dirs: list[str], refused: list[str]) -> None:
+    """After a sweep, in the process that started it, given its jobs' run dirs and those
+    refused: when every job was refused, its sweep dir as it was (multirun.yaml put back, a dir
+    this call made removed once its jobs' dirs are). When some job ran, the new multirun.yaml
+    stays: it is the config of the sweep those runs came from (Hydra's record of the dir's last
+    sweep), while each refused job's runs keep their own .hydra/ files, put back, which say how
+    they were made. No job dirs at all (a record that did not reach this process) is no proof
+    that none ran: nothing is put back then."""
+    if before is not None and refused and not set(dirs) - set(refused):
+        undo(before[0][0], False, before[0], None)

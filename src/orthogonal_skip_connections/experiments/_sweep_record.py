@@ -1,7 +1,7 @@
-"""What a sweep's jobs tell the process that started the sweep: their run dirs and the exit
-codes of those that failed, appended to one file named by :data:`CODES_ENV` (jobs may run in
-other processes: Hydra's joblib or submitit launchers, which inherit the environment), and
-the sweep's closing line made from them. No Hydra here."""
+"""What a sweep's jobs tell the process that started the sweep: their run dirs, those whose
+claim was refused (each put its dir back as it was) and the exit codes of those that failed,
+appended to one file named by :data:`CODES_ENV` (jobs may run in other processes: Hydra's
+joblib or submitit launchers), and the sweep's closing line made from them. No Hydra here."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import os
 import shlex
 from pathlib import Path
 
-__all__ = ["CODES_ENV", "write_code", "write_job_dir", "read_codes", "read_job_dirs", "sweep_line"]
+__all__ = ["CODES_ENV", "write_code", "write_job_dir", "write_refused", "read_codes", "read_job_dirs", "read_refused",
+           "sweep_line"]
 
 CODES_ENV = "OSC_SWEEP_CODES"
 
@@ -23,12 +24,17 @@ def write_code(code: int) -> None:
             f.write(f"{code}\n")
 
 
-def write_job_dir(run_dir: Path) -> None:
-    """Append a sweep job's run dir to the same file, as ``dir <path>``."""
+def write_job_dir(run_dir: Path, what: str = "dir") -> None:
+    """Append a sweep job's run dir to the same file, as ``dir <path>`` (``refused <path>``: its
+    claim was refused, it ran nothing)."""
     path = os.environ.get(CODES_ENV)
     if path:
         with open(path, "a") as f:
-            f.write(f"dir {Path(run_dir).resolve()}\n")
+            f.write(f"{what} {Path(run_dir).resolve()}\n")
+
+
+def write_refused(run_dir: Path) -> None:
+    write_job_dir(run_dir, "refused")
 
 
 def _lines() -> list[str]:
@@ -43,8 +49,12 @@ def read_codes() -> list[int]:
     return [int(line) for line in _lines() if line.strip().lstrip("-").isdigit()]
 
 
-def read_job_dirs() -> list[str]:
-    return [line[4:] for line in _lines() if line.startswith("dir ")]
+def read_job_dirs(what: str = "dir") -> list[str]:
+    return [line[len(what) + 1:] for line in _lines() if line.startswith(f"{what} ")]
+
+
+def read_refused() -> list[str]:
+    return read_job_dirs("refused")
 
 
 def sweep_line(dirs: list[str], codes: list[int]) -> str:

@@ -47,7 +47,7 @@ def test_centre_is_the_loaded_models_loss_and_the_cache_skips_every_forward(run_
     assert run.variant == "learnable_orth/steepest/haar" and run.seed == 3
     # the initial weights are rebuilt from the seed: not the trained ones
     assert not torch.equal(run.model.fc.weight, run.init_model.fc.weight)
-    cache = tmp_path / "cache.npz"
+    cache = tmp_path / "cache"
     out = L.landscape_of(run.model, run.init_model, run.data, SETTINGS, run.checkpoint_sha256, run.seed, cache)
     assert not out["cached"] and out["loss"].shape == (3, 3) and out["checkpoint_sha256"] == run.checkpoint_sha256
     # an independent evaluation of the loaded model on the same subset, in one batch
@@ -81,7 +81,7 @@ def test_the_cache_is_keyed_by_the_images_evaluated_on(run_dir, tmp_path):
     from orthogonal_skip_connections.train.image import subset_train
 
     run = load_run(run_dir)
-    cache = tmp_path / "cache.npz"
+    cache = tmp_path / "cache"
     args = (SETTINGS, run.checkpoint_sha256, run.seed, cache)
     first = L.landscape_of(run.model, run.init_model, run.data, *args)
     assert not first["cached"]
@@ -90,12 +90,15 @@ def test_the_cache_is_keyed_by_the_images_evaluated_on(run_dir, tmp_path):
     assert L.landscape_of(run.model, run.init_model, same, *args)["cached"] and counter.n == 0
     fewer = L.landscape_of(run.model, run.init_model, subset_train(run.data, 100), *args)
     assert not fewer["cached"] and counter.n > 0 and fewer["centre_loss"] != first["centre_loss"]
-    with np.load(cache) as z:
+    s = SETTINGS  # fewer's entry, its key rewritten as a version-3 one (no images in it)
+    fewer_file = L.cache_file(cache, L._key(s, run.checkpoint_sha256, run.seed, L.eval_subset_sha256(
+        subset_train(run.data, 100), s.n_eval, s.eval_seed, s.eval_split)))
+    with np.load(fewer_file) as z:
         arrays = {k: z[k] for k in z.files}
     old = L._key(SETTINGS, run.checkpoint_sha256, run.seed, "")
     del old["eval_data_sha256"]
     arrays["key"] = np.array(json.dumps({**old, "version": 3}, sort_keys=True))
-    np.savez(cache, **arrays)
+    np.savez(fewer_file, **arrays)
     n = counter.n
     assert not L.landscape_of(run.model, run.init_model, subset_train(run.data, 100), *args)["cached"]
     assert counter.n > n

@@ -589,23 +589,19 @@ def _load_cache(path: Path, key: dict) -> dict | None:
 
 
 def landscape_of(model: nn.Module, init_model: nn.Module, data: ImageData, settings: LandscapeSettings,
-                 checkpoint_sha256: str, init_seed: int, cache_path: Path | None = None,
-                 device: torch.device | str = "cpu", progress: bool = False, desc: str = "", *,
-                 cache_dir: Path | None = None) -> dict:
+                 checkpoint_sha256: str, init_seed: int, cache_dir: Path | None = None,
+                 device: torch.device | str = "cpu", progress: bool = False, desc: str = "") -> dict:
     """Everything about one trained model: the 2-D grid (``alphas``, ``betas``, ``loss``,
     ``acc``), the 1-D interpolation from ``init_model`` (``ts``, ``loss_1d``, ``acc_1d``),
-    the centre's loss and accuracy, and the sharpness numbers. With ``cache_path`` the
-    result is read from there when its key (:func:`_key`: the weights, the evaluated images
-    and every setting) matches, with no forward pass, else computed and saved (``cached``
-    says which); with ``cache_dir`` instead, the file is the key's own (:func:`cache_file`).
+    the centre's loss and accuracy, and the sharpness numbers. With ``cache_dir`` the result
+    is read from the key's own file there (:func:`cache_file`; :func:`_key`: the weights, the
+    evaluated images and every setting) when the key it holds matches, with no forward pass,
+    else computed and saved (``cached`` says which).
     Every evaluation runs in channels_last (:func:`channels_last`): ``model``
     is left in that layout."""
     s = settings
     key = _key(s, checkpoint_sha256, init_seed, eval_subset_sha256(data, s.n_eval, s.eval_seed, s.eval_split))
-    if cache_dir is not None:
-        if cache_path is not None:
-            raise ValueError("landscape_of: give cache_path or cache_dir, not both")
-        cache_path = cache_file(cache_dir, key)
+    cache_path = None if cache_dir is None else cache_file(cache_dir, key)
     if cache_path is not None:
         hit = _load_cache(Path(cache_path), key)
         if hit is not None:

@@ -43,7 +43,6 @@ def _per_seed(r: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 START_TOL = 1e-6  # a start closer to I than this (init=identity) leaves nothing to divide by
-ZERO = 1e-12  # a corrected distance at or below this is 0: log 0 has no slope
 
 
 def by_depth(rows: list[dict]) -> list[dict]:
@@ -116,7 +115,7 @@ def answer(table: list[dict], rows: list[dict], fraction: float) -> dict:
         ms, y, from_identity = corrected_distance(rs)  # y: (S, M)
         n_seeds = len(y)
         # a distance of 0 (the skips at I) has no logarithm: no slope, rather than one over the other depths
-        zero_at = [m for j, m in enumerate(ms) if np.any(y[:, j] <= ZERO)]
+        zero_at = [m for j, m in enumerate(ms) if np.any(y[:, j] <= cons.ZERO_DISTANCE)]
         slopes = [] if zero_at else [cons.loglog_slope(ms, list(y[s])) for s in range(n_seeds)]
         slopes = [s for s in slopes if s is not None]
         ref = cons.loglog_slope(ms, [cons.reference_rate(m) for m in ms])

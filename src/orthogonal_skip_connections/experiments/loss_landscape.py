@@ -609,8 +609,8 @@ def run(cfg: Config, rd: RunDir) -> dict:
     results, handling = [], {}
     for p in paths:
         run = load_run(p, device, advice)
-        out = landscape_of(run.model, run.init_model, run.data, settings, run.checkpoint_sha256, run.seed, None,
-                           device, cfg.progress, desc=f"{run.variant} seed {run.seed}", cache_dir=cache_root)
+        out = landscape_of(run.model, run.init_model, run.data, settings, run.checkpoint_sha256, run.seed, cache_root,
+                           device, cfg.progress, desc=f"{run.variant} seed {run.seed}")
         summary = read_json(p / "summary.json") if (p / "summary.json").is_file() else {}
         results.append({**out, "variant": run.variant, "seed": run.seed, "run_dir": str(p),
                         "test_acc": summary.get("test_acc")})

@@ -40,6 +40,7 @@ from torch import Tensor
 from . import orthogonal as orth
 
 __all__ = [
+    "ZERO_DISTANCE",
     "TanhMap",
     "tanh_map",
     "unit_skew",
@@ -345,6 +346,11 @@ def _measure(con: Construction, x: Tensor, pairs: tuple[Tensor, Tensor]) -> dict
 def reference_rate(m) -> Tensor | float:
     """log(m) / m, the theorem's rate."""
     return math.log(m) / m if isinstance(m, (int, float)) else torch.log(m) / m
+
+
+# a distance ||W_i - I|| at or below this is 0 (the skip is I): log 0 has no slope, so a depth
+# trend is not taken over the other depths (analysis.depth, report.depth)
+ZERO_DISTANCE = 1e-12
 
 
 def loglog_slope(ms, ys, floor: float = 0.0) -> float | None:

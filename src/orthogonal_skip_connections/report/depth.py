@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..maths.construction import loglog_slope, reference_rate
+from ..maths.construction import ZERO_DISTANCE, loglog_slope, reference_rate
 from ..models.resnet import CIFAR_DEPTHS, PREACT_CIFAR_DEPTHS
 from ..plots import loglog_rates, plt, savefig
 from ..analysis.stats import t_interval
@@ -86,12 +86,9 @@ def _seed_means(ps: list[dict], key: str) -> dict[int, dict]:
     return {m: {seed: float(np.mean(v)) for seed, v in by_seed.items()} for m, by_seed in runs.items()}
 
 
-ZERO = 1e-12  # a distance at or below this is 0: the skip is I, and log 0 has no slope
-
-
 def _zero_at(dist: dict[int, dict]) -> list[int]:
-    """The depths m at which some seed's distance is 0 (at most ZERO)."""
-    return [m for m in sorted(dist) if any(v <= ZERO for v in dist[m].values())]
+    """The depths m at which some seed's distance is 0 (at most ZERO_DISTANCE)."""
+    return [m for m in sorted(dist) if any(v <= ZERO_DISTANCE for v in dist[m].values())]
 
 
 def _slopes(dist: dict[int, dict]) -> list[float]:

@@ -310,6 +310,9 @@ CASES = [
     ("re-sweep-bogus", ["run_experiments", "-m", "model.skip_kind=bogus,identity", f"hydra.sweep.dir={M}/sweep"],
      ["bogus"]),
     ("re-sweep-dir-file", ["run_experiments", "-m", "seed=0,1", f"hydra.sweep.dir={M}/a_file"], ["a_file"]),
+    # two jobs in one run dir: the second rewrote the first's .hydra/ files before its claim was refused
+    ("th-sweep-shared-subdir", ["theorem", "-m", "seed=1,2", f"hydra.sweep.dir={M}/shared", "hydra.sweep.subdir=same"],
+     ["jobs 0 and 1", "shared/same", "hydra.sweep.subdir", "${hydra.job.num}"]),
     # a config group given no option's name: Hydra's 'Config group override must be a string or a list' named
     # no group; a list merged its configs (the last winning), or left the dataset unset, as ~dataset does
     ("re-dataset-null", ["run_experiments", "dataset=null"], ["dataset=null", "allowed: cifar10, cifar100, digits"]),

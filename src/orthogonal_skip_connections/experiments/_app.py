@@ -23,6 +23,7 @@ The parts, each importable from here as before:
 - :mod:`._compose`  the config from YAML + schema + overrides (``compose``, ``typed``), one-line errors
 - :mod:`._help`     ``osc <app> --help``
 - :mod:`._options`  Hydra's options in a call (``-m``, ``--cfg job``): put first, checked in one line
+- :mod:`._hydra_dirs`  the run and sweep dirs Hydra will make of a call's overrides, known before it runs
 - :mod:`._command_line`  the Hydra glue: checks before Hydra runs, exit codes, sweeps, torchrun
 - :mod:`._leftovers`  what a call refused inside Hydra leaves behind (nothing that was not there)
 - :mod:`._sweep_record`  what a sweep's jobs tell the sweep's process (run dirs, failures) and its last line

@@ -45,8 +45,9 @@ from ..rundir import Refused, RunDir, check_dir_writable
 from ..runs import UserError, outermost_new, remove_empty
 from ..train import distributed
 from ..train.divergence import Diverged
-from ._compose import CONFIG_DIR, compose, compose_raw, hydra_dir, one_line, sweep_dirs, typed
+from ._compose import CONFIG_DIR, compose, compose_raw, one_line, typed
 from ._help import help_text
+from ._hydra_dirs import hydra_dir, sweep_dirs
 from ._interrupt import sigterm_as_interrupt, stopped
 from ._leftovers import has_results, hydra_files, sweep_before, undo, undo_job, undo_sweep
 from ._options import check_options, options_first, split_options, with_job_name

@@ -6,8 +6,8 @@ Every mistake is one line (:class:`~orthogonal_skip_connections.runs.UserError`)
 and omegaconf's multi-line composition errors are cut down to the key, what it allows and
 what was given (:func:`one_line`); booleans are ``true`` or ``false`` only and a config group
 takes one config's name (:func:`check_overrides`: omegaconf would read ``no`` or ``0``, Hydra
-names no group for ``dataset=null``). Also what Hydra makes of a call's overrides before it
-runs: its run or sweep dir (:func:`hydra_dir`), a sweep's jobs' dirs (:func:`sweep_dirs`)."""
+names no group for ``dataset=null``). What Hydra makes of a call's run and sweep dirs is
+:mod:`._hydra_dirs`'s."""
 
 from __future__ import annotations
 
@@ -23,13 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from ..runs import UserError
-from ._options import job_name
 from ._registry import load_app
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "config")
 
 __all__ = ["CONFIG_DIR", "compose", "compose_each", "typed", "register_schema", "compose_raw", "one_line",
-           "schema_node", "kind_of", "check_overrides", "hydra_dir", "sweep_dirs"]
+           "schema_node", "kind_of", "check_overrides"]
 
 
 def register_schema(name: str, schema: type) -> None:
@@ -262,39 +261,3 @@ def typed(schema: type, cfg: Any):
             raise UserError(one_line(err, schema)) from None
     cfg.check()
     return cfg
-
-
-# --------------------------------------------------------------------------- what Hydra makes of the overrides
-
-def hydra_dir(app_name: str, overrides: list[str], key: str) -> Path | None:
-    """The dir Hydra makes of ``key`` (``hydra.run.dir``, ``hydra.sweep.dir``) with ``overrides``:
-    the value as Hydra parses it (``hydra.run.dir='/a b'`` is ``/a b``, quotes and escapes
-    removed) with its ``${...}`` resolved (the config's keys, ``${now:...}``), not the text
-    after ``=``. None where only the run itself can resolve it (``${hydra:runtime...}``). A
-    blank value is a UserError: Hydra would take it as the current dir and write the run there."""
-    from hydra.core.utils import setup_globals
-
-    setup_globals()  # the ${now:...} resolver
-    try:
-        hydra_cfg = compose_raw(app_name, [*overrides, *job_name(app_name, overrides)], hydra_config=True)
-        value = str(OmegaConf.select(hydra_cfg, key))
-    except Exception:  # Hydra's own business when it runs
-        return None
-    if not value.strip():
-        raise UserError(f"{key} must be a path (a blank one is the current dir, where no run belongs); got {value!r}")
-    if value.startswith("~"):  # Hydra does not expand it: the run went into a dir named '~' under the working dir
-        raise UserError(f"{key}={value}: Hydra does not expand '~' (it would make a dir named '~' here); write the "
-                        f"path out, or {key}=${{oc.env:HOME}}{value[1:]}")
-    return Path(value)
-
-
-def sweep_dirs(app_name: str, jobs: list[list[str]]) -> tuple[Path | None, list[Path | None]]:
-    """A sweep's dir and its jobs' (hydra.sweep.dir / hydra.sweep.subdir); None where only the run can say."""
-    try:  # the subdir is the job's number unless set otherwise: then each job's is composed
-        raw = OmegaConf.to_container(compose_raw(app_name, jobs[0], hydra_config=True).hydra.sweep, resolve=False)
-        sweep = hydra_dir(app_name, jobs[0], "hydra.sweep.dir")
-        subs = [str(i) if raw["subdir"] == "${hydra.job.num}" else
-                hydra_dir(app_name, [*job, f"hydra.job.num={i}"], "hydra.sweep.subdir") for i, job in enumerate(jobs)]
-    except Exception:  # (a blank subdir too): Hydra's business when it runs
-        return None, [None] * len(jobs)
-    return sweep, [None if sweep is None or sub is None else sweep / sub for sub in subs]

@@ -17,7 +17,6 @@ multirun.yaml (:func:`undo_sweep`). What they put back is read before Hydra runs
 from __future__ import annotations
 
 import shutil
-from collections import Counter
 from pathlib import Path
 
 from ..runs import outermost_new, remove_empty
@@ -91,17 +90,15 @@ def has_results(path: Path) -> bool:
 def sweep_before(sweep_dir: Path | None, job_dirs: list[Path | None]) -> tuple | None:
     """What a sweep's dirs hold before Hydra writes in them: the record :func:`undo` takes
     (``(path, existed, Hydra's files in it, the outermost dir making it makes)``, as
-    ``CommandLine.explicit``) for the sweep dir, and for each job's run dir by job number. None
-    for a job whose dir is unknown, or shared with another job (that one may run in it before
-    this one is refused: what was there before is then no longer what to put back)."""
+    ``CommandLine.explicit``) for the sweep dir, and for each job's run dir by job number (None
+    for a job whose dir is unknown; no two jobs share one: :func:`._hydra_dirs.sweep_dirs`)."""
     if sweep_dir is None:
         return None
-    shared = Counter(str(d.resolve()) for d in job_dirs if d is not None)
 
     def before(path: Path) -> tuple:
         return path, path.exists(), hydra_files(path), outermost_new(path)
 
-    return before(sweep_dir), [None if d is None or shared[str(d.resolve())] > 1 else before(d) for d in job_dirs]
+    return before(sweep_dir), [None if d is None else before(d) for d in job_dirs]
 
 
 def undo_job(before: tuple | None, num: int, run_dir: Path) -> None:

@@ -1,0 +1,57 @@
+"""What Hydra makes of a call's overrides before it runs: the run or sweep dir
+(:func:`hydra_dir`: quotes removed, ``${...}`` resolved, a blank or ``~`` path refused) and a
+sweep's jobs' dirs (:func:`sweep_dirs`: two jobs may not share one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from ..runs import UserError
+from ._compose import compose_raw
+from ._options import job_name
+
+__all__ = ["hydra_dir", "sweep_dirs"]
+
+
+def hydra_dir(app_name: str, overrides: list[str], key: str) -> Path | None:
+    """The dir Hydra makes of ``key`` (``hydra.run.dir``, ``hydra.sweep.dir``) with ``overrides``:
+    the value as Hydra parses it (``hydra.run.dir='/a b'`` is ``/a b``, quotes and escapes
+    removed) with its ``${...}`` resolved (the config's keys, ``${now:...}``), not the text
+    after ``=``. None where only the run itself can resolve it (``${hydra:runtime...}``). A
+    blank value is a UserError: Hydra would take it as the current dir and write the run there."""
+    from hydra.core.utils import setup_globals
+
+    setup_globals()  # the ${now:...} resolver
+    try:
+        hydra_cfg = compose_raw(app_name, [*overrides, *job_name(app_name, overrides)], hydra_config=True)
+        value = str(OmegaConf.select(hydra_cfg, key))
+    except Exception:  # Hydra's own business when it runs
+        return None
+    if not value.strip():
+        raise UserError(f"{key} must be a path (a blank one is the current dir, where no run belongs); got {value!r}")
+    if value.startswith("~"):  # Hydra does not expand it: the run went into a dir named '~' under the working dir
+        raise UserError(f"{key}={value}: Hydra does not expand '~' (it would make a dir named '~' here); write the "
+                        f"path out, or {key}=${{oc.env:HOME}}{value[1:]}")
+    return Path(value)
+
+
+def sweep_dirs(app_name: str, jobs: list[list[str]]) -> tuple[Path | None, list[Path | None]]:
+    """A sweep's dir and its jobs' (hydra.sweep.dir / hydra.sweep.subdir); None where only the run
+    can say. Two jobs in one dir (a subdir without ${hydra.job.num}) are refused: the second would
+    overwrite the first's .hydra/ files before its claim of the dir was refused."""
+    try:  # the subdir is the job's number unless set otherwise: then each job's is composed
+        raw = OmegaConf.to_container(compose_raw(app_name, jobs[0], hydra_config=True).hydra.sweep, resolve=False)
+        sweep = hydra_dir(app_name, jobs[0], "hydra.sweep.dir")
+        subs = [str(i) if raw["subdir"] == "${hydra.job.num}" else
+                hydra_dir(app_name, [*job, f"hydra.job.num={i}"], "hydra.sweep.subdir") for i, job in enumerate(jobs)]
+    except Exception:  # (a blank subdir too): Hydra's business when it runs
+        return None, [None] * len(jobs)
+    dirs = [None if sweep is None or sub is None else sweep / sub for sub in subs]
+    seen: dict[Path, int] = {}
+    for i, d in enumerate(dirs):
+        if d is not None and seen.setdefault(d.resolve(), i) != i:
+            raise UserError(f"jobs {seen[d.resolve()]} and {i} of the sweep would share the run dir {d}: "
+                            "hydra.sweep.subdir must differ per job (the default ${hydra.job.num} does)")
+    return sweep, dirs

@@ -128,6 +128,9 @@ def root(tmp_path_factory):
         (root / name / ".hydra" / "overrides.yaml").write_text("- train.dir=null\n")
         (root / name / ".lock").touch()
     (root / "a_file").write_text("not a dir\n")
+    (root / "user_dir").mkdir()  # a dir of the user's own (no .hydra/): a run refused in it leaves it as it was
+    (root / "user_dir" / "notes.txt").write_text("mine\n")
+    (root / "user_dir" / ".lock").touch()  # the lock stays by rundir's rule (a lock file is never unlinked)
     (root / "cifar_empty").mkdir()
     write_cifar(root / "cifar_evil", evil=root / "PWNED")
     write_cifar(root / "cifar_small")  # 40 training images
@@ -271,6 +274,9 @@ CASES = [
                                             f"train.dir={M}/ll_runs_list_checkpoint"],
      ["ll_runs_list_checkpoint/digits_resnet20/zero/seed0/checkpoint.pt", "does not fit",
       "choose another train.dir"]),
+    # refused inside Hydra, which had made .hydra/ there: its files were removed, the empty dir left behind
+    ("ll-refused-in-a-users-dir", ["loss_landscape", f"runs=[{M}/resume/list_checkpoint]", f"hydra.run.dir={M}/user_dir"],
+     ["list_checkpoint/checkpoint.pt", "does not fit"]),
     ("ll-runs-config-unparsable", ["loss_landscape", f"runs=[{M}/resume/bad_config]"],
      ["bad_config/config.yaml", "ParserError"]),
     ("re-resume-empty-config", ["run_experiments", "resume=true", f"hydra.run.dir={M}/resume/empty_config"],

@@ -16,6 +16,7 @@ multirun.yaml (:func:`undo_sweep`). What they put back is read before Hydra runs
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -66,6 +67,9 @@ def restore_hydra_files(explicit: tuple, run_dir: Path) -> None:
     for p, data in files.items():
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
+    if not any(p.parent.name == ".hydra" for p in files):  # Hydra made .hydra/ in this call: emptied above
+        with contextlib.suppress(OSError):
+            (path / ".hydra").rmdir()  # empty dirs only
 
 
 def hydra_files(path: Path) -> dict[Path, bytes]:

@@ -288,6 +288,12 @@ def test_sharpness_verdict_shows_no_nan_interval_for_one_seed():
         line = _in_short({}, {}, {Path("loss_landscape"): {"report": {"verdict": verdict(tab, n)}},
                                   Path("other"): {"report": {"verdict": "x"}}})[2]
         assert "cannot tell which variant is flattest" in line and "<" not in line, line
+    # a clause inside brackets is part of the answer's: construction_validity's verdict was cut at its "; "
+    cv = ("no kind ends detectably closer to orthogonal maps than the others (learnable_orth lowest; its difference "
+          "from identity's has a 95% interval that holds 0); identity: further from orthogonal")
+    assert _in_short({}, {}, {Path("construction_validity"): {"report": {"verdict": cv}},
+                              Path("other"): {"report": {"verdict": "x. y"}}})[2:4] == [
+        f"- **construction_validity**: {cv.split('; identity')[0]}.", "- **other**: x."]
     apart = [dict(t, top_eigenvalue_lo=t["top_eigenvalue"] * 0.9, top_eigenvalue_hi=t["top_eigenvalue"] * 1.1)
              for t in one]
     assert verdict(apart, 3).startswith("Top Hessian eigenvalue at the trained weights (geometric mean over seeds, "

@@ -115,6 +115,8 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
     assert "- **digits/resnet20**: " in short and "- **Residual modes: digits/preact_resnet20**: " in short
     assert "- **teacher_student**: " in short and "- **orth_to_id**: no" in short, short
     assert "not told apart from identity: " in short
+    for line in short.splitlines():  # a first clause cut inside brackets read "(learnable_orth lowest."
+        assert line.count("(") == line.count(")") and line.count("[") == line.count("]"), line
     assert "](teacher_student/distance.png)" in md
     # ... except in the classification runs loss_landscape reads (smoke: seed 0 of zero, identity, learnable_orth/steepest)
     assert sorted(p.parent for p in study_dir.rglob("checkpoint.pt")) == sorted(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 from pathlib import Path
 
 from ..rundir import check_dir_writable, check_report, make_dir
@@ -82,6 +81,17 @@ def _section(d: Path, summary: dict, out_dir: Path) -> list[str]:
     return md
 
 
+def _first_clause(verdict: str) -> str:
+    """A verdict's answer: its text up to the first ". ", "; " or " - " outside brackets (a clause
+    inside them, "(learnable_orth lowest; its difference ...)", belongs to the answer)."""
+    depth = 0
+    for i, ch in enumerate(verdict):
+        depth += (ch in "([") - (ch in ")]")
+        if depth == 0 and verdict.startswith((". ", "; ", " - "), i):
+            return verdict[:i]
+    return verdict
+
+
 def _in_short(tables: dict, modes: dict, others: dict[Path, dict]) -> list[str]:
     """The report's answers on one screen, one line per section (none for a single section):
     per classification task the arms better than, worse than and not told from the baseline, and
@@ -108,8 +118,7 @@ def _in_short(tables: dict, modes: dict, others: dict[Path, dict]) -> list[str]:
             verdict = str(summary["report"]["verdict"])
         except (KeyError, TypeError):  # no report section: _section says so
             continue
-        first = re.split(r"\. |; | - ", verdict, maxsplit=1)[0].rstrip(".")  # its first clause: the answer
-        lines.append(f"- **{d.name}**: {first}.")
+        lines.append(f"- **{d.name}**: {_first_clause(verdict).rstrip('.')}.")
     if len(lines) < 2:
         return []
     return ["## In short", "", *lines, "", "Each section below gives the numbers, their intervals and the verdict's "

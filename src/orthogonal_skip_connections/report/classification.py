@@ -31,8 +31,8 @@ from ..rundir import CHECKPOINT, ERROR, RUN, SUMMARY, in_use
 from ..runs import UserError, read_json, read_jsonl
 from ..skips import FIXED_KINDS
 
-__all__ = ["RunRecord", "STOPPED", "find_runs", "results_rows", "task_tables", "mode_tables", "table_markdown", "curves_figure",
-           "caveat", "detectable_difference", "CSV_COLUMNS", "CLASSIFIER_APP", "MODE_BASELINE"]
+__all__ = ["RunRecord", "STOPPED", "find_runs", "results_rows", "task_tables", "mode_tables", "table_markdown",
+           "interval", "curves_figure", "caveat", "detectable_difference", "CSV_COLUMNS", "CLASSIFIER_APP", "MODE_BASELINE"]
 
 CLASSIFIER_APP = "run_experiments"
 
@@ -474,7 +474,7 @@ def _verdict(variant, dmean, dlo, dhi, n, spread: float = 1.0, baseline: str = "
                 f"than {baseline} by "
                 f"{abs(dmean):.2f} points in each of {n} paired seeds (no spread: more seeds would say "
                 "how sure that is)")
-    ci = f"[{dlo:+.2f}{'†' if clipped[0] else ''}, {dhi:+.2f}{'†' if clipped[1] else ''}]"
+    ci = interval(dlo, dhi, "+.2f", clipped)
     if dlo <= 0 <= dhi:
         return (f"no detectable difference from {baseline} at {n} seeds "
                 f"(95% CI of the difference {ci} points contains 0)")
@@ -493,6 +493,11 @@ def _fmt(x, spec=".2f", none="–") -> str:
     return none if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def interval(lo, hi, spec=".2f", clipped: tuple[bool, bool] = (False, False)) -> str:
+    """'[lo, hi]', an end cut at its scale's limit (``clipped``: low, high) marked †."""
+    return f"[{_fmt(lo, spec)}{'†' if clipped[0] else ''}, {_fmt(hi, spec)}{'†' if clipped[1] else ''}]"
+
+
 def table_markdown(table: list[dict]) -> list[str]:
     """Markdown of a :func:`task_tables` table, or of a :func:`mode_tables` table (which
     gets a first column, the residual mode, and is compared with add/identity)."""
@@ -509,14 +514,12 @@ def table_markdown(table: list[dict]) -> list[str]:
         runs = f"{t['completed']}/{t['runs']}" + (f" ({'; '.join(t['failed'])})" if t["failed"] else "")
         if t.get("seeds", t["completed"]) < t["completed"]:
             runs += f" of {t['seeds']} seeds‡"
-        dlo_cut, dhi_cut = t.get("diff_ci_clipped", (False, False))
         diff = "–" if t["verdict"] == "baseline" or math.isnan(t["diff_mean"]) else \
-            f"{t['diff_mean']:+.2f} [{_fmt(t['diff_lo'], '+.2f')}{'†' if dlo_cut else ''}, " \
-            f"{_fmt(t['diff_hi'], '+.2f')}{'†' if dhi_cut else ''}]"
+            f"{t['diff_mean']:+.2f} " + interval(t["diff_lo"], t["diff_hi"], "+.2f",
+                                                 t.get("diff_ci_clipped", (False, False)))
         reach = _fmt(t["epochs_to_target"], ".1f") if not math.isnan(t["epochs_to_target"]) else \
             f"– (reached {t['reached_target']} seeds)"
-        lo_cut, hi_cut = t.get("acc_ci_clipped", (False, False))
-        ci = f"[{_fmt(t['acc_lo'])}{'†' if lo_cut else ''}, {_fmt(t['acc_hi'])}{'†' if hi_cut else ''}]"
+        ci = interval(t["acc_lo"], t["acc_hi"], clipped=t.get("acc_ci_clipped", (False, False)))
         rlo, rhi = t.get("step_time_ratio_range", (math.nan, math.nan))
         step = _fmt(t["step_time_ratio"], ".2f") + ("" if t["verdict"] == "baseline" or math.isnan(rlo) else
                                                     f" ({rlo:.2f}–{rhi:.2f})")

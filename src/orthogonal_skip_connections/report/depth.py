@@ -32,7 +32,7 @@ from ..maths.construction import ZERO_DISTANCE, loglog_slope, reference_rate
 from ..models.resnet import CIFAR_DEPTHS, PREACT_CIFAR_DEPTHS
 from ..plots import loglog_rates, plt, savefig
 from ..analysis.stats import t_interval
-from .classification import RunRecord, _variant_order
+from .classification import RunRecord, _variant_order, interval
 
 __all__ = ["depth_groups", "depth_tables", "profile_rows", "depth_markdown", "depth_figure"]
 
@@ -234,8 +234,7 @@ def _ci(mean, lo, hi, spec=".2f", clipped=(False, False)) -> str:
     """'mean [lo, hi]', an end cut at the scale's limit marked † (``clipped``: low, high)."""
     if math.isnan(mean):
         return "–"
-    return f"{mean:{spec}}" + ("" if math.isnan(lo) else
-                               f" [{lo:{spec}}{'†' if clipped[0] else ''}, {hi:{spec}}{'†' if clipped[1] else ''}]")
+    return f"{mean:{spec}}" + ("" if math.isnan(lo) else " " + interval(lo, hi, spec, clipped))
 
 
 def depth_markdown(key: str, table: list[dict], profile: list[dict]) -> list[str]:

@@ -391,6 +391,30 @@ def test_the_2d_colour_scale_spans_the_finite_losses_whatever_the_order(tmp_path
     assert all(np.isfinite(ax.get_zlim()).all() for ax in figures.pop().axes if ax.name == "3d")
 
 
+def test_the_1d_path_of_a_variant_stays_drawn_where_one_seed_is_not_finite(tmp_path, monkeypatch):
+    """A seed whose loss is NaN or inf at some t made the variant's mean (and band) NaN there:
+    its line had a gap wherever any seed diverged. The mean and band are over the seeds that
+    are finite at each t (accuracy too), and the legend says how many seeds were not."""
+    from orthogonal_skip_connections.experiments import loss_landscape as app
+
+    figures = []
+    monkeypatch.setattr("orthogonal_skip_connections.plots.savefig",
+                        lambda fig, path: figures.append(fig) or path)
+    good = [3.0, 2.0, 1.5, 1.0, 0.5]
+    rs = [_landscape_result(0, good), _landscape_result(1, [4.0, np.nan, np.inf, 2.0, 1.5])]
+    for r, acc in zip(rs, ([10.0, 20.0, 30.0, 40.0, 50.0], [30.0, 0.0, 0.0, 60.0, 70.0])):
+        r["acc_1d"] = np.asarray(acc)
+    app.draw_1d(rs, tmp_path / "landscape_1d.png")
+    loss_ax, acc_ax = figures.pop().axes
+    np.testing.assert_allclose(loss_ax.lines[0].get_ydata(), [3.5, 2.0, 1.5, 1.5, 1.0])
+    np.testing.assert_allclose(acc_ax.lines[0].get_ydata(), [20.0, 20.0, 30.0, 50.0, 60.0])
+    assert loss_ax.lines[0].get_label() == "zero (2 seeds; 1 with a loss not finite on the path)"
+    (poly,) = loss_ax.collections
+    assert np.isfinite(poly.get_paths()[0].vertices).all()  # the band is drawn at every t
+    app.draw_1d(rs[:1], tmp_path / "one.png")  # all finite: the legend as before
+    assert figures.pop().axes[0].lines[0].get_label() == "zero (1 seed)"
+
+
 def mixed_resnet(seed: int = 0):
     """One BasicBlock per stage (BatchNorm everywhere): retracted steepest skips, a
     parametrized Cayley skip in the middle stage; BatchNorm statistics moved off 0 / 1."""

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from orthogonal_skip_connections.plots import (draw_morphed, grid_lines, integer_ticks, loglog_rates, plain_log_labels,
+from orthogonal_skip_connections.plots import (band, draw_morphed, grid_lines, integer_ticks, loglog_rates, plain_log_labels,
                                                plt)
 
 
@@ -88,3 +88,36 @@ def test_pca_plane_is_a_plane_for_any_number_of_points(n):
     if n >= 2:  # the first axis is still the direction of largest spread
         top = np.linalg.svd(X - mean)[2][0]
         assert np.isclose(abs(V[:, 0] @ top), 1.0)
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_a_band_spans_the_sample_sd_over_seeds_the_tables_give(log):
+    """band's shaded region is mean +- statistics.stdev (ddof=1) on a linear axis and
+    gmean ×/÷ scipy.stats.gstd on a log one, the sds the report's tables and summaries give
+    (a ddof=0 band was sqrt((n-1)/n) of it: 0.71x at two seeds); one seed draws no band."""
+    import statistics
+
+    import scipy.stats
+
+    ys = np.array([[1.0, 10.0, 1e-3], [4.0, 20.0, 1e-1], [2.0, 15.0, 1e-2]])  # (seeds, x)
+    x = np.arange(3)
+    fig, ax = plt.subplots()
+    line = band(ax, x, ys, log=log)
+    (poly,) = ax.collections
+    vertices = poly.get_paths()[0].vertices
+    if log:
+        mid, factor = scipy.stats.gmean(ys, axis=0), scipy.stats.gstd(ys, axis=0)
+        lo, hi = mid / factor, mid * factor
+    else:
+        mid = ys.mean(0)
+        sd = np.array([statistics.stdev(c) for c in ys.T])
+        lo, hi = mid - sd, mid + sd
+    np.testing.assert_allclose(line.get_ydata(), mid, rtol=1e-12)
+    for k in range(3):  # the polygon's two vertices at x[k]: the band's bottom and top there
+        at = np.sort(vertices[np.isclose(vertices[:, 0], x[k]), 1])
+        np.testing.assert_allclose([at.min(), at.max()], [lo[k], hi[k]], rtol=1e-12)
+    fig2, ax2 = plt.subplots()
+    band(ax2, x, ys[:1], log=log)
+    assert not ax2.collections
+    plt.close(fig)
+    plt.close(fig2)

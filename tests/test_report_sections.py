@@ -2,6 +2,7 @@
 about where the random starts were), and its "cannot tell" is honest."""
 
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import scipy.stats
 import torch
 
 from orthogonal_skip_connections.analysis.depth import answer, by_depth, corrected_distance, verdict
-from orthogonal_skip_connections.analysis.stats import t_interval
+from orthogonal_skip_connections.analysis.stats import geometric_spread, seed_sd, t_interval
 from orthogonal_skip_connections.maths import orthogonal as orth
 
 DEPTHS = [2, 4, 8, 16]
@@ -86,6 +87,23 @@ def test_t_interval_is_scipys_95_percent_student_interval():
     mean, lo, hi = t_interval([0.3])
     assert mean == 0.3 and math.isnan(lo) and math.isnan(hi)
     assert t_interval([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)
+
+
+def test_the_spread_over_seeds_is_the_sample_sd_along_any_axis():
+    """seed_sd is statistics.stdev (ddof=1) over all values or along the seeds' axis, and
+    geometric_spread is (scipy.stats.gmean, scipy.stats.gstd): the sds every table, band and
+    report gives; nan where one seed gives no spread."""
+    g = np.random.default_rng(1)
+    ys = g.lognormal(0.0, 1.5, size=(4, 6))  # (seeds, points)
+    assert seed_sd(ys[:, 0]) == pytest.approx(statistics.stdev(ys[:, 0]), rel=1e-12)
+    np.testing.assert_allclose(seed_sd(ys, axis=0), [statistics.stdev(c) for c in ys.T], rtol=1e-12)
+    np.testing.assert_allclose(seed_sd(ys.T, axis=1), [statistics.stdev(c) for c in ys.T], rtol=1e-12)
+    mid, factor = geometric_spread(ys, axis=0)
+    np.testing.assert_allclose(mid, scipy.stats.gmean(ys, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(factor, scipy.stats.gstd(ys, axis=0), rtol=1e-12)
+    assert geometric_spread(ys[:, 2]) == pytest.approx((scipy.stats.gmean(ys[:, 2]), scipy.stats.gstd(ys[:, 2])))
+    assert np.isnan(seed_sd(ys[:1], axis=0)).all() and math.isnan(seed_sd([0.4]))
+    assert math.isnan(geometric_spread([0.4])[1]) and geometric_spread([0.4])[0] == pytest.approx(0.4)
 
 
 def test_moving_towards_identity_by_the_same_share_at_every_depth_is_not_a_depth_trend():

@@ -746,7 +746,8 @@ def test_summary_lists_the_seeds_that_fit_without_being_recovered(tmp_path):
     # against scipy: the arithmetic mean of these losses (3.3e-4) is 300 times their geomean
     finals = np.array([1e-9, 1e-8, 1e-3])
     assert s["train_loss_final_geomean"] == pytest.approx(scipy.stats.gmean(finals), rel=1e-12)
-    assert s["train_loss_final_gsd"] == pytest.approx(np.exp(np.std(np.log(finals))), rel=1e-12)
+    # the geometric sd with the sample sd of the logs (ddof=1, scipy.stats.gstd's): the figures' bands' too
+    assert s["train_loss_final_gsd"] == pytest.approx(scipy.stats.gstd(finals), rel=1e-12)
     assert s["train_loss_final_std"] == pytest.approx(statistics.stdev(finals), rel=1e-12)  # the sample sd, ddof=1
     assert s["relative_population_loss_final_geomean"] == pytest.approx(scipy.stats.gmean([2e-9, 3e-8, 1e-3]),
                                                                          rel=1e-12)

@@ -135,18 +135,20 @@ __all__ += ["VARIANT_COLORS", "variant_colors"]
 def band(ax, x, ys, label=None, color=None, log=False, alpha=0.25, **line_kw):
     """Mean over seeds with a band: ys has shape (seeds, len(x)).
 
-    The band is mean +- std on a linear axis, and the geometric mean times/divided by the
-    geometric std on a log axis (so it never crosses zero); ``alpha=0``: no band.
+    The band is mean +- the sample sd over seeds on a linear axis, and the geometric mean
+    times/divided by the geometric sd on a log axis (so it never crosses zero): the sds the
+    tables give (:mod:`.analysis.stats`); one seed, or ``alpha=0``: no band.
     ``line_kw``: more ``ax.plot`` keywords for the mean's line (linestyle, linewidth, ...)."""
+    from .analysis.stats import geometric_spread, seed_sd
+
     ys = np.asarray(ys, dtype=float)
     x = np.asarray(x)
     if log:
-        logs = np.log(np.clip(ys, 1e-300, None))
-        mid, sd = np.exp(logs.mean(0)), logs.std(0)
-        lo, hi = mid / np.exp(sd), mid * np.exp(sd)
+        mid, factor = geometric_spread(ys, axis=0)
+        lo, hi = mid / factor, mid * factor
         ax.set_yscale("log")
     else:
-        mid, sd = ys.mean(0), ys.std(0)
+        mid, sd = ys.mean(0), seed_sd(ys, axis=0)
         lo, hi = mid - sd, mid + sd
     (line,) = ax.plot(x, mid, label=label, color=color, **line_kw)
     if ys.shape[0] > 1 and alpha > 0:

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-__all__ = ["seed_sd", "t_interval"]
+__all__ = ["geometric_spread", "seed_sd", "t_interval"]
 
 
 def t_interval(x) -> tuple[float, float, float]:
@@ -27,9 +27,26 @@ def t_interval(x) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def seed_sd(x) -> float:
+def seed_sd(x, axis: int | None = None):
     """The sample standard deviation of ``x`` over seeds, ddof=1 (Bessel's correction: the
     square root of the unbiased variance, numpy.std's ``ddof`` note), the sd that
-    :func:`t_interval` scales; nan for fewer than two values."""
-    x = np.asarray(x, dtype=float).ravel()
-    return float(x.std(ddof=1)) if len(x) > 1 else math.nan
+    :func:`t_interval` scales; nan for fewer than two values. ``axis=None``: over all of ``x``,
+    a float; else over that axis (the seeds'), an array: every band and table gives this sd."""
+    x = np.asarray(x, dtype=float)
+    if axis is None:
+        x = x.ravel()
+        return float(x.std(ddof=1)) if len(x) > 1 else math.nan
+    if x.shape[axis] < 2:
+        return np.full(np.delete(x.shape, axis), math.nan)
+    return x.std(axis=axis, ddof=1)
+
+
+def geometric_spread(x, axis: int | None = None):
+    """(geometric mean, geometric standard deviation) of positive ``x`` over seeds: exp of the
+    mean and of :func:`seed_sd` of log x (Kirkwood 1979; scipy.stats.gstd's ddof=1), the
+    factor ×/÷ which a log axis' band spans; gsd nan for fewer than two values. Values below
+    1e-300 count as 1e-300 (a loss of exactly 0 has no logarithm)."""
+    logs = np.log(np.clip(np.asarray(x, dtype=float), 1e-300, None))
+    mean = np.exp(logs.mean(axis=axis))
+    sd = np.exp(seed_sd(logs, axis))
+    return (float(mean), float(sd)) if axis is None else (mean, sd)

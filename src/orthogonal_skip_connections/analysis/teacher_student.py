@@ -42,7 +42,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from ..models.teacher_student import Arch, as_arch, effective_first_layer, output_weights, skip_weights
-from .stats import seed_sd
+from .stats import geometric_spread, seed_sd
 
 if TYPE_CHECKING:
     from ..train.teacher_student import Trajectory
@@ -628,8 +628,9 @@ def closest_angle_by_fit(angle: np.ndarray, fits: np.ndarray) -> dict:
 
 def summarize(traj: Trajectory, fit_tol: float, recover_tol: float) -> dict:
     """Final numbers of one architecture, means (and sample sds, ``*_std``) over seeds, with verdicts.
-    ``*_geomean`` and ``*_gsd`` are the geometric mean and geometric std over seeds (what
-    the figures draw: losses and distances span orders of magnitude across seeds).
+    ``*_geomean`` and ``*_gsd`` are the geometric mean and geometric sd over seeds
+    (:func:`.stats.geometric_spread`, nan for one seed; what the figures draw: losses and
+    distances span orders of magnitude across seeds).
 
     fits: final train loss / Var(y) <= fit_tol (Var(y) is the loss of the best constant,
     so this is 1 - R^2). recovered: distance / sum ||W*||_F <= recover_tol.
@@ -657,10 +658,6 @@ def summarize(traj: Trajectory, fit_tol: float, recover_tol: float) -> dict:
     def std(v):
         return seed_sd(v)
 
-    def geo(v):  # geometric mean and geometric std over seeds, the statistic of the figures (plots.band)
-        logs = np.log(np.clip(np.asarray(v, dtype=float), 1e-300, None))
-        return float(np.exp(logs.mean())), float(np.exp(logs.std()))
-
     out = {"seeds": len(traj.seeds), "steps": int(traj.steps[-1])}
     for key, arr in (("train_loss", final(traj.train_loss)), ("test_loss", final(traj.test_loss)),
                      ("population_loss", final(traj.population_loss)), ("relative_population_loss", rel_population),
@@ -669,7 +666,8 @@ def summarize(traj: Trajectory, fit_tol: float, recover_tol: float) -> dict:
                      ("relative_aligned_distance", rel_aligned)):
         out[f"{key}_final"] = mean(arr)
         out[f"{key}_final_std"] = std(arr)
-        out[f"{key}_final_geomean"], out[f"{key}_final_gsd"] = geo(arr) if np.all(np.isfinite(arr)) else (None, None)
+        geo = geometric_spread(arr) if np.all(np.isfinite(arr)) else (None, None)
+        out[f"{key}_final_geomean"], out[f"{key}_final_gsd"] = geo
     out["distance_initial"] = mean(traj.distance[:, 0])
     out["aligned_distance_initial"] = mean(traj.aligned_distance[:, 0])
     out["fits"] = bool(ok(np.mean(rel_train), fit_tol))

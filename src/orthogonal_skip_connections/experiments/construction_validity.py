@@ -161,7 +161,7 @@ def draw(c: dict, rows: list[dict], run_dir: Path) -> list[str]:
             for kind in kinds:
                 rs = [at[(kind, d, k, m)] for m in depths]
                 per_seed = np.stack([np.asarray(r["per_block"]["procrustes_residual"]).mean(1) for r in rs], 1)  # (S, M)
-                mid, sd = per_seed.mean(0), per_seed.std(0)
+                mid, sd = per_seed.mean(0), np.nan_to_num(seed_sd(per_seed, axis=0))  # one seed: no band
                 color = colors[kind]
                 top = max([top, *(mid + sd)] + [r[key] for r in rs for key in ("procrustes_residual_at_init_mean",
                                                                                "linear_residual_mean")])

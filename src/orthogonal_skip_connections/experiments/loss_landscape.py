@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -324,7 +325,9 @@ def draw_2d(results: list[dict], path: Path) -> str:
 
 def draw_1d(results: list[dict], path: Path) -> str:
     """Loss and accuracy along (1 - t) init + t trained, every variant on one axis (mean
-    over seeds, band: the lowest to the highest seed)."""
+    over seeds, band: the lowest to the highest seed). A seed whose loss is not finite at some
+    t is left out there (a NaN made the whole variant's line vanish at that t), and the
+    legend says how many seeds' paths were not finite."""
     from ..plots import one_two_five_ticks, plt, savefig, variant_colors
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -334,12 +337,18 @@ def draw_1d(results: list[dict], path: Path) -> str:
         rs = [r for r in results if r["variant"] == v]
         ts = rs[0]["ts"]
         several |= len(rs) > 1
+        finite = np.isfinite(np.stack([r["loss_1d"] for r in rs]))  # (seeds, len(ts)); accuracy shares it
+        label = f"{v} ({len(rs)} seed{'s' if len(rs) > 1 else ''}"
+        if not finite.all():
+            label += f"; {int((~finite).any(1).sum())} with a loss not finite on the path"
         for a, key in ((ax, "loss_1d"), (ax2, "acc_1d")):
-            ys = np.stack([r[key] for r in rs])
-            line = a.plot(ts, ys.mean(0), label=f"{v} ({len(rs)} seed{'s' if len(rs) > 1 else ''})",
-                          color=colors[v])[0]
+            ys = np.where(finite, np.stack([r[key] for r in rs]), np.nan)
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a t where no seed is finite: NaN, a gap
+                mid, lo, hi = np.nanmean(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
+            line = a.plot(ts, mid, label=label + ")", color=colors[v])[0]
             if len(rs) > 1:
-                a.fill_between(ts, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2, linewidth=0)
+                a.fill_between(ts, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_yscale("log")
     ax.set_ylabel("training loss (cross-entropy)")
     ax2.set_ylabel("training accuracy (%)")

@@ -184,7 +184,7 @@ def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict
     from matplotlib.lines import Line2D
 
     from ..analysis.depth import corrected_distance
-    from ..analysis.stats import t_interval
+    from ..analysis.stats import seed_sd, t_interval
     from ..maths.construction import reference_rate
     from ..plots import (block_colorbar, block_curves, class_legend, decision_regions, pca_plane, plain_log_labels,
                          plane_grid, plt, savefig, ticks_at)
@@ -245,8 +245,9 @@ def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict
             rs = sorted((r for r in rows if r["dataset"] == ds and r["dim"] == d), key=lambda r: r["n_blocks"])
             lip = np.stack([np.asarray(r["final_lipschitz_empirical"]).mean(1) for r in rs], 1)
             axes[1, j].plot(ms, lip.mean(0), marker="o", color=line.get_color(), label=f"d = {d}")
-            axes[1, j].fill_between(ms, lip.mean(0) - lip.std(0), lip.mean(0) + lip.std(0), color=line.get_color(),
-                                    alpha=0.2)
+            if len(lip) > 1:  # mean +- the sample sd over seeds
+                sd = seed_sd(lip, axis=0)
+                axes[1, j].fill_between(ms, lip.mean(0) - sd, lip.mean(0) + sd, color=line.get_color(), alpha=0.2)
         if from_identity:
             axes[0, j].set_title(f"{ds}: final ||W_i - I||_F, mean over blocks (started at I)", fontsize=9)
         else:

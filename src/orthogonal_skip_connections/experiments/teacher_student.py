@@ -17,6 +17,7 @@ marked by verdict).
 
 from __future__ import annotations
 
+import math
 import sys
 import textwrap
 import time
@@ -301,9 +302,12 @@ def plot(trajs: dict[str, ts.Trajectory], run_dir: Path, fit: float, recover: fl
 
 
 def _geo(s: dict, key: str) -> str:
-    """'g ×/÷ f': the geometric mean over seeds and the geometric std factor."""
+    """'g ×/÷ f': the geometric mean over seeds and the geometric sd factor ('g' alone for one
+    seed, which has no spread to give)."""
     g, f = s.get(f"{key}_final_geomean"), s.get(f"{key}_final_gsd")
-    return "diverged" if g is None else f"{g:.2g} ×/÷ {f:.2g}"
+    if g is None:
+        return "diverged"
+    return f"{g:.2g}" if f is None or math.isnan(f) else f"{g:.2g} ×/÷ {f:.2g}"
 
 
 def _optimizer_text(cfg: Config) -> str:

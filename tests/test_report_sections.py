@@ -10,7 +10,7 @@ import scipy.stats
 import torch
 
 from orthogonal_skip_connections.analysis.depth import answer, by_depth, corrected_distance, verdict
-from orthogonal_skip_connections.analysis.stats import geometric_spread, seed_sd, t_interval
+from orthogonal_skip_connections.analysis.stats import geometric_spread, seed_sd, t_interval, t_interval_within
 from orthogonal_skip_connections.maths import orthogonal as orth
 
 DEPTHS = [2, 4, 8, 16]
@@ -87,6 +87,20 @@ def test_t_interval_is_scipys_95_percent_student_interval():
     mean, lo, hi = t_interval([0.3])
     assert mean == 0.3 and math.isnan(lo) and math.isnan(hi)
     assert t_interval([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)
+
+
+def test_an_interval_within_its_range_is_cut_there_and_says_which_end():
+    """t_interval_within is t_interval with each end cut to the values' range, flagging the
+    cut ends (the tables' †); an interval inside the range, or of one value (NaN ends), is
+    t_interval's unchanged."""
+    x = [99.0, 91.0]
+    mean, lo, hi = t_interval(x)
+    assert hi > 100.0
+    assert t_interval_within(x, 0.0, 100.0) == (mean, lo, 100.0, (False, True))
+    assert t_interval_within([-0.5, 3.0], 0.0) == (1.25, 0.0, t_interval([-0.5, 3.0])[2], (True, False))
+    assert t_interval_within([95.0, 95.5], 0.0, 100.0) == (*t_interval([95.0, 95.5]), (False, False))
+    m, lo, hi, cut = t_interval_within([50.0], 0.0, 100.0)
+    assert m == 50.0 and math.isnan(lo) and math.isnan(hi) and cut == (False, False)
 
 
 def test_the_spread_over_seeds_is_the_sample_sd_along_any_axis():

@@ -844,6 +844,35 @@ def test_depth_distance_interval_is_clipped_at_zero(tmp_path):
     assert "clipped there: a distance is never negative" in md
 
 
+def test_depth_table_gives_the_accuracy_its_interval_too(tmp_path):
+    """The depth table's accuracy beside each distance was the mean alone (its interval was
+    computed and dropped): it carries the same 95% t-interval over seeds, cut at 100% and
+    marked † with its own footnote, as the classification table's accuracy."""
+    from scipy import stats
+
+    from orthogonal_skip_connections.report.classification import RunRecord
+    from orthogonal_skip_connections.report.depth import depth_groups, depth_markdown, depth_tables
+
+    acc = {(9, 0): 99.0, (9, 1): 91.0, (15, 0): 95.0, (15, 1): 95.5}  # (m, seed): test accuracy
+    runs = [RunRecord(tmp_path / f"{m}_{seed}", {"task": f"digits/resnet{2 * m + 2}", "variant": "learnable_orth",
+                                                 "seed": seed, "dataset": "digits", "model_type": f"resnet{2 * m + 2}"},
+                      {"status": "completed", "test_acc": a},
+                      skips=[{"name": f"stages.0.{i}.skip", "identity_distance": 1.0} for i in range(m)])
+            for (m, seed), a in acc.items()]
+    groups = depth_groups(runs)
+    (key,) = groups
+    (row,) = depth_tables(groups)[key]
+    wide, tight = row["cells"]
+    half = stats.t.ppf(0.975, 1) * np.std([99.0, 91.0], ddof=1) / np.sqrt(2)
+    assert (wide["acc_lo"], wide["acc_hi"]) == pytest.approx((95.0 - half, 100.0))
+    assert wide["acc_ci_clipped"] == (False, True) and tight["acc_ci_clipped"] == (False, False)
+    tight_half = stats.t.ppf(0.975, 1) * np.std([95.0, 95.5], ddof=1) / np.sqrt(2)
+    md = "\n".join(depth_markdown(key, [row], []))
+    assert f"95.0 [{95.0 - half:.1f}, 100.0†]" in md
+    assert f"95.2 [{95.25 - tight_half:.1f}, {95.25 + tight_half:.1f}]" in md
+    assert "acc % [95% CI]" in md and "by an accuracy: its t-interval reached past 100%" in md
+
+
 def test_distance_figure_starts_at_zero(tmp_path, monkeypatch):
     """The distance-from-I curves are drawn from 0 (the skip at I): skips that start far away
     and barely move (Haar starts: 8.31 to 8.33) are a flat line, not a curve filling the axes."""

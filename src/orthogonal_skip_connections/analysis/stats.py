@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-__all__ = ["geometric_spread", "seed_sd", "t_interval"]
+__all__ = ["geometric_spread", "seed_sd", "t_interval", "t_interval_within"]
 
 
 def t_interval(x) -> tuple[float, float, float]:
@@ -25,6 +25,15 @@ def t_interval(x) -> tuple[float, float, float]:
         return mean, math.nan, math.nan
     half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
     return mean, mean - half, mean + half
+
+
+def t_interval_within(x, low: float = -math.inf, high: float = math.inf):
+    """(mean, low, high, (cut_low, cut_high)): :func:`t_interval` cut to the values' own range
+    [``low``, ``high``] (an accuracy within [0, 100], a distance >= 0), with which ends were
+    cut, for a table to mark (report.classification.interval's †). NaN ends stay NaN."""
+    mean, lo, hi = t_interval(x)
+    cut = (bool(lo < low), bool(hi > high))
+    return mean, max(lo, low) if cut[0] else lo, min(hi, high) if cut[1] else hi, cut
 
 
 def seed_sd(x, axis: int | None = None):

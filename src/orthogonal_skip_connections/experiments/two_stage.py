@@ -36,7 +36,7 @@ import torch
 
 from ..analysis.two_stage import fit_skips, load_with_skips, skips_by_block
 from ..landscape import eval_subset, evaluate_loss
-from ..analysis.stats import t_interval
+from ..analysis.stats import t_interval, t_interval_within
 from ..rundir import RunDir, column
 from ..runs import resolve_device
 from ..train.classifier import TrainConfig, train_classifier
@@ -205,8 +205,7 @@ def by_variant(rows: list[dict]) -> list[dict]:
     out = []
     for v in VARIANTS:
         rs = [r for r in rows if r["variant"] == v]
-        acc, lo, hi = _ci(rs, "test_acc")
-        lo, hi = max(lo, 0.0), min(hi, 100.0)  # an accuracy interval stays within [0, 100]
+        acc, lo, hi, _ = t_interval_within([r["test_acc"] for r in rs], 0.0, 100.0)  # an accuracy: in [0, 100]
         diffs = [r["test_acc"] - base[r["seed"]] for r in rs if r["seed"] in base]
         d, dlo, dhi = t_interval(diffs) if v != "identity" else (math.nan,) * 3
         after, alo, ahi = _geometric_ci(rs, "loss_after_swap")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis.stats import t_interval
+from ..analysis.stats import t_interval, t_interval_within
 from ..data.vision import NUM_CLASSES
 from ..diagnostics import started_away_from_identity
 from ..plots import band, integer_ticks, plt, savefig, variant_colors
@@ -344,15 +344,12 @@ def _arm_stats(vrows: list[dict], base: list[dict], is_base: bool, baseline: str
     base_acc, base_step = _per_seed(base, "test_acc"), _per_seed(base, "step_time_s")
     acc, step = _per_seed(vok, "test_acc"), _per_seed(vok, "step_time_s")
     accs = list(acc.values())
-    mean, lo, hi = t_interval(accs)
-    clipped = (lo < 0.0, hi > 100.0)  # an accuracy interval stays within [0, 100]: say where it was cut
-    lo, hi = max(lo, 0.0), min(hi, 100.0)
+    mean, lo, hi, clipped = t_interval_within(accs, 0.0, 100.0)  # an accuracy interval stays within [0, 100]
     diffs = [a - base_acc[seed] for seed, a in acc.items() if seed in base_acc]
     spread = float(np.ptp(diffs)) if diffs else 0.0
     ratios = [t / base_step[seed] for seed, t in step.items() if base_step.get(seed)]
-    dmean, dlo, dhi = t_interval(diffs) if not is_base else (math.nan,) * 3
-    diff_clipped = (dlo < -100.0, dhi > 100.0)  # two accuracies differ by at most 100 points
-    dlo, dhi = max(dlo, -100.0), min(dhi, 100.0)  # (NaN stays NaN; the verdict reads only signs)
+    # two accuracies differ by at most 100 points (NaN stays NaN; the verdict reads only signs)
+    dmean, dlo, dhi, diff_clipped = t_interval_within(diffs if not is_base else [], -100.0, 100.0)
     # per seed, the mean epoch its runs reached the target at; None if one of them never did
     reached = [None if None in v else float(np.mean(v)) for v in _by_seed(vok, "epochs_to_target").values()]
     return {

@@ -31,7 +31,7 @@ import numpy as np
 from ..maths.construction import ZERO_DISTANCE, loglog_slope, reference_rate
 from ..models.resnet import CIFAR_DEPTHS, PREACT_CIFAR_DEPTHS
 from ..plots import loglog_rates, plt, savefig
-from ..analysis.stats import t_interval
+from ..analysis.stats import t_interval, t_interval_within
 from .classification import RunRecord, _variant_order, interval
 
 __all__ = ["depth_groups", "depth_tables", "profile_rows", "depth_markdown", "depth_figure"]
@@ -106,8 +106,8 @@ def depth_tables(groups: dict[str, list[RunRecord]]) -> dict[str, list[dict]]:
     """Per group, one row per skip variant: ``ms`` (blocks per depth), per depth the mean over
     seeds and 95% t-interval of the per-seed mean ||W_i - I||_F (NaN for variants without
     a skip matrix; the interval clipped at 0, ``dist_ci_clipped`` saying which end was cut,
-    (low, high) as the classification table's) and of the accuracy, the seeds; the mean log-log slope of the per-seed
-    distance against m (seeds present at every depth), its t-interval, and the slope of
+    (low, high) as the classification table's) and of the accuracy (clipped to [0, 100],
+    ``acc_ci_clipped``), the seeds; the mean log-log slope of the per-seed distance against m (seeds present at every depth), its t-interval, and the slope of
     log(m)/m over the same m; ``zero_at``, the depths where a seed's distance is 0 (then no
     slope is taken)."""
     out = {}
@@ -122,12 +122,12 @@ def depth_tables(groups: dict[str, list[RunRecord]]) -> dict[str, list[dict]]:
             has = bool(dist)
             cells = []
             for m in ms:
-                dm, dlo, dhi = t_interval(list(dist.get(m, {}).values())) if has else (math.nan,) * 3
-                clipped = (dlo < 0.0, False)  # a distance is never negative: say where its interval was cut
-                dlo = max(dlo, 0.0)  # (NaN stays NaN)
-                am, alo, ahi = t_interval(list(acc.get(m, {}).values()))
+                # a distance is never negative, an accuracy within [0, 100]: say where an interval was cut
+                dm, dlo, dhi, clipped = t_interval_within(list(dist.get(m, {}).values()) if has else [], 0.0)
+                am, alo, ahi, acc_clipped = t_interval_within(list(acc.get(m, {}).values()), 0.0, 100.0)
                 cells.append({"m": m, "seeds": len(acc.get(m, {})), "dist_mean": dm, "dist_lo": dlo, "dist_hi": dhi,
-                              "dist_ci_clipped": clipped, "acc_mean": am, "acc_lo": alo, "acc_hi": ahi})
+                              "dist_ci_clipped": clipped, "acc_mean": am, "acc_lo": alo, "acc_hi": ahi,
+                              "acc_ci_clipped": acc_clipped})
             dms = [m for m in ms if m in dist]
             slopes = _slopes(dist)
             sm, slo, shi = t_interval(slopes) if slopes else (math.nan,) * 3
@@ -241,12 +241,12 @@ def depth_markdown(key: str, table: list[dict], profile: list[dict]) -> list[str
     """The section's tables: distance and accuracy per depth, slope vs log(m)/m's, the verdict
     per variant; then the per-block profile."""
     ms = table[0]["ms"]
-    lines = ["| skip | " + " | ".join(f"m = {m}: ‖W − I‖_F [95% CI] · acc %" for m in ms)
+    lines = ["| skip | " + " | ".join(f"m = {m}: ‖W − I‖_F [95% CI] · acc % [95% CI]" for m in ms)
              + " | log-log slope vs m [95% CI] | spectral ‖W − I‖₂'s slope | log(m)/m's slope | with depth |",
              "|---|" + "---|" * len(ms) + "---|---|---|---|"]
     for t in table:
         cells = [f"{_ci(c['dist_mean'], c['dist_lo'], c['dist_hi'], clipped=c['dist_ci_clipped'])} · "
-                 f"{_ci(c['acc_mean'], math.nan, math.nan)}"
+                 f"{_ci(c['acc_mean'], c['acc_lo'], c['acc_hi'], '.1f', c['acc_ci_clipped'])}"
                  f" (n={c['seeds']})" for c in t["cells"]]
         ref = "–" if t["reference_slope"] is None else f"{t['reference_slope']:+.2f}"
         slope = _ci(t["slope"], t["slope_lo"], t["slope_hi"], "+.2f") if t["has_matrix"] else "–"
@@ -254,6 +254,8 @@ def depth_markdown(key: str, table: list[dict], profile: list[dict]) -> list[str
         lines.append(f"| {t['variant']} | " + " | ".join(cells) + f" | {slope} | {spectral} | {ref} | {_trend(t)} |")
     if any(c["dist_ci_clipped"][0] for t in table for c in t["cells"]):
         lines += ["", "† the t-interval reached below 0 and is clipped there: a distance is never negative."]
+    if any(any(c["acc_ci_clipped"]) for t in table for c in t["cells"]):
+        lines += ["", "† by an accuracy: its t-interval reached past 100% (or below 0%) and is clipped there."]
     if profile:
         n_stages = max(len(p["stages"]) for p in profile)
         lines += ["", "Per-block profile (mean over seeds of ||W_i - I||_F; a stage's blocks share one width, "

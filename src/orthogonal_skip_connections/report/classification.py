@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis.stats import t_interval, t_interval_within
+from ..analysis.stats import t_interval_within
 from ..data.vision import NUM_CLASSES
 from ..diagnostics import started_away_from_identity
 from ..plots import band, integer_ticks, plt, savefig, variant_colors

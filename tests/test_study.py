@@ -811,28 +811,34 @@ def test_depth_section_counts_a_seed_once():
     assert _seed_means(runs, "acc") == {9: {0: 91.0, 1: 95.0}, 15: {1: 96.0}}
 
 
+def _depth_row(tmp_path, runs: dict) -> tuple[str, dict]:
+    """The depth table's (group key, row) of learnable_orth runs on digits, ``runs``:
+    (m, seed) -> (each block's ||W - I||_F, test accuracy)."""
+    from orthogonal_skip_connections.report.classification import RunRecord
+    from orthogonal_skip_connections.report.depth import depth_groups, depth_tables
+
+    records = [RunRecord(tmp_path / f"{m}_{seed}", {"task": f"digits/resnet{2 * m + 2}", "variant": "learnable_orth",
+                                                    "seed": seed, "dataset": "digits",
+                                                    "model_type": f"resnet{2 * m + 2}"},
+                         {"status": "completed", "test_acc": acc},
+                         skips=[{"name": f"stages.0.{i}.skip", "identity_distance": d} for i in range(m)])
+               for (m, seed), (d, acc) in runs.items()]
+    groups = depth_groups(records)
+    (key,) = groups
+    (row,) = depth_tables(groups)[key]
+    return key, row
+
+
 def test_depth_distance_interval_is_clipped_at_zero(tmp_path):
     """A distance ||W_i - I||_F is never negative: its t-interval over two far-apart seeds,
     which runs below 0, is cut at 0 and marked † with a footnote, as the classification
     table does for an accuracy cut at 0 or 100; a tight interval is left alone."""
     from scipy import stats
 
-    from orthogonal_skip_connections.report.classification import RunRecord
-    from orthogonal_skip_connections.report.depth import (
-        depth_groups,
-        depth_markdown,
-        depth_tables,
-    )
+    from orthogonal_skip_connections.report.depth import depth_markdown
 
     dist = {(9, 0): 0.1, (9, 1): 2.0, (15, 0): 1.0, (15, 1): 1.02}  # (m, seed): each block's distance
-    runs = [RunRecord(tmp_path / f"{m}_{seed}", {"task": f"digits/resnet{2 * m + 2}", "variant": "learnable_orth",
-                                                 "seed": seed, "dataset": "digits", "model_type": f"resnet{2 * m + 2}"},
-                      {"status": "completed", "test_acc": 90.0},
-                      skips=[{"name": f"stages.0.{i}.skip", "identity_distance": d} for i in range(m)])
-            for (m, seed), d in dist.items()]
-    groups = depth_groups(runs)
-    (key,) = groups
-    (row,) = depth_tables(groups)[key]
+    key, row = _depth_row(tmp_path, {ms: (d, 90.0) for ms, d in dist.items()})
     wide, tight = row["cells"]
     half = stats.t.ppf(0.975, 1) * np.std([0.1, 2.0], ddof=1) / np.sqrt(2)
     assert 1.05 - half < 0  # the interval the t-distribution gives runs below 0
@@ -850,18 +856,10 @@ def test_depth_table_gives_the_accuracy_its_interval_too(tmp_path):
     marked † with its own footnote, as the classification table's accuracy."""
     from scipy import stats
 
-    from orthogonal_skip_connections.report.classification import RunRecord
-    from orthogonal_skip_connections.report.depth import depth_groups, depth_markdown, depth_tables
+    from orthogonal_skip_connections.report.depth import depth_markdown
 
     acc = {(9, 0): 99.0, (9, 1): 91.0, (15, 0): 95.0, (15, 1): 95.5}  # (m, seed): test accuracy
-    runs = [RunRecord(tmp_path / f"{m}_{seed}", {"task": f"digits/resnet{2 * m + 2}", "variant": "learnable_orth",
-                                                 "seed": seed, "dataset": "digits", "model_type": f"resnet{2 * m + 2}"},
-                      {"status": "completed", "test_acc": a},
-                      skips=[{"name": f"stages.0.{i}.skip", "identity_distance": 1.0} for i in range(m)])
-            for (m, seed), a in acc.items()]
-    groups = depth_groups(runs)
-    (key,) = groups
-    (row,) = depth_tables(groups)[key]
+    key, row = _depth_row(tmp_path, {ms: (1.0, a) for ms, a in acc.items()})
     wide, tight = row["cells"]
     half = stats.t.ppf(0.975, 1) * np.std([99.0, 91.0], ddof=1) / np.sqrt(2)
     assert (wide["acc_lo"], wide["acc_hi"]) == pytest.approx((95.0 - half, 100.0))

@@ -659,6 +659,38 @@ def test_a_run_killed_before_its_first_checkpoint_reads_interrupted_not_failed(r
     assert "1 incomplete: stopped after it saved a checkpoint: resume=true with the same hydra.run.dir" in md
 
 
+def test_a_single_runs_crash_reads_failed_and_its_stop_interrupted(tmp_path, capsys, monkeypatch):
+    """A single run that raised (a library error) before its first checkpoint left no summary and
+    no error.txt: osc report called it interrupted ("killed ... only rerun"), its traceback gone
+    with the terminal. It keeps the record a study's crashed job keeps (error.txt) and reads
+    failed; a Ctrl-C still reads interrupted, and a refusal writes no error.txt."""
+    import csv
+
+    from orthogonal_skip_connections.experiments import run_experiments
+    from orthogonal_skip_connections.runs import UserError
+
+    def raising(err):
+        def train_classifier(*args, **kwargs):
+            raise err
+        return train_classifier
+
+    runs = tmp_path / "runs"
+    for name, err, want in (("crashed", RuntimeError("a library bug"), 1), ("stopped", KeyboardInterrupt(), 130),
+                            ("refused", UserError("a refusal at run time"), 2)):
+        monkeypatch.setattr(run_experiments, "train_classifier", raising(err))
+        code, _, out = run(["run_experiments", *TINY["run_experiments"], f"hydra.run.dir={runs / name}",
+                            "progress=false"], capsys)
+        assert code == want, (name, out)
+    assert "RuntimeError: a library bug" in (runs / "crashed" / "error.txt").read_text()
+    assert not (runs / "stopped" / "error.txt").exists()
+    assert not (runs / "refused").exists()  # the dir this call made, removed: the refusal wrote nothing
+    code, _, err = run(["report", runs, "--out", tmp_path / "report"], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    with open(tmp_path / "report" / "results.csv", newline="") as f:
+        status = {Path(r["run_dir"]).name: r["status"] for r in csv.DictReader(f)}
+    assert status == {"crashed": "failed", "stopped": "interrupted"}
+
+
 def test_a_second_writer_is_refused(tmp_path, capsys):
     from orthogonal_skip_connections.report.classification import RunRecord
     from orthogonal_skip_connections.rundir import RunDir, in_use

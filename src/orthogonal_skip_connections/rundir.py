@@ -56,7 +56,7 @@ RESUME_IGNORED = ("resume", "progress", "num_threads", "device", "jobs", "save_c
 LOCK = ".lock"
 CONFIG = "config.yaml"
 RUN = "run.json"  # written at start: which app, and the labels a report groups runs by
-ERROR = "error.txt"  # the traceback of a crashed sweep or study job
+ERROR = "error.txt"  # the traceback of a run that crashed (a library error; a study job's refusal too)
 REPORT_KEYS = ("title", "question", "tables", "verdict", "figures")
 
 

@@ -86,9 +86,9 @@ class App:
     def run(self, cfg: Any, run_dir: Path, command: str | None = None, record_failures: bool = False,
             key: str = "hydra.run.dir") -> dict:
         """Run in ``run_dir``; returns the summary or raises (UserError, Diverged after a
-        ``status: diverged`` summary, or a library error). ``record_failures``: a
-        UserError or library error is first recorded as a ``status: failed`` summary (a
-        sweep's job). ``key``: the setting that chose ``run_dir``, named when the dir is
+        ``status: diverged`` summary, or a library error, whose traceback is first written to
+        the run dir's error.txt). ``record_failures``: a UserError or library error is first
+        recorded as a ``status: failed`` summary too (a sweep's job). ``key``: the setting that chose ``run_dir``, named when the dir is
         refused (``hydra.sweep.dir`` for a sweep's job)."""
         if isinstance(cfg, (list, tuple)):
             cfg = compose(self.name, cfg)
@@ -112,12 +112,15 @@ class App:
                 rd.diverged(err.info, err.partial, labels)
                 raise
             except Exception as err:
+                # a library error, in any run (one run, a sweep's job, a study's): its traceback kept in
+                # error.txt, so that osc report calls the run failed, not interrupted. A refusal (a
+                # UserError) writes none: a refused run leaves its dir as it was
+                if not isinstance(err, UserError) and distributed.is_main():
+                    rd.path.mkdir(parents=True, exist_ok=True)
+                    (rd.path / ERROR).write_text("".join(traceback.format_exception(err)))
                 if record_failures:
                     reason = str(err).splitlines()[0] if isinstance(err, UserError) else \
                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (traceback in error.txt)"
-                    if not isinstance(err, UserError):
-                        rd.path.mkdir(parents=True, exist_ok=True)
-                        (rd.path / ERROR).write_text("".join(traceback.format_exception(err)))
                     rd.failed(reason, labels, user_error=isinstance(err, UserError))
                 raise
             if not rd.is_started:

@@ -59,11 +59,11 @@ class RunRecord:
 
     @property
     def status(self) -> str:
-        """The summary's status. Without one (a failure writes a summary with status "failed"):
-        "running" while a process holds the run dir's lock, else the run stopped before it
-        finished: "incomplete" with a checkpoint to resume from; "failed" with the error.txt
-        of a study's crashed job; else "interrupted" (killed before any checkpoint; a single
-        run's crash, its traceback on the terminal, leaves the same), to be rerun."""
+        """The summary's status. Without one (a sweep's failed job writes a summary with status
+        "failed"): "running" while a process holds the run dir's lock, else the run stopped
+        before it finished: "incomplete" with a checkpoint to resume from; "failed" with the
+        error.txt a crash leaves (a library error in any run, a study job's refusal too); else
+        "interrupted" (killed, or stopped by Ctrl-C or SIGTERM, before any checkpoint), to be rerun."""
         if self.summary is not None:
             return self.summary.get("status", "unknown")
         if in_use(self.path):
@@ -88,8 +88,8 @@ class RunRecord:
 # what a report says of a run that stopped without a summary (RunRecord.status), and what to do
 STOPPED = {
     "incomplete": "stopped after it saved a checkpoint: resume=true with the same hydra.run.dir continues it",
-    "interrupted": "stopped before it saved a checkpoint (killed, or a crash outside a sweep or study): it cannot "
-                   "be resumed, only rerun",
+    "interrupted": "stopped before it saved a checkpoint (killed, or stopped by Ctrl-C or SIGTERM): it cannot be "
+                   "resumed, only rerun",
 }
 
 

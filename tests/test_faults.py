@@ -691,6 +691,102 @@ def test_a_single_runs_crash_reads_failed_and_its_stop_interrupted(tmp_path, cap
     assert status == {"crashed": "failed", "stopped": "interrupted"}
 
 
+def _stopped_lines(md: str) -> list[str]:
+    """The report's sentences on runs stopped without a summary (their count, status and advice)."""
+    import re
+
+    return re.findall(r"\d+ (?:incomplete|interrupted): .*?\.(?= |$)", md, re.M)
+
+
+def test_a_stopped_sweep_job_resumes_with_its_sweep_and_the_report_says_so(tmp_path, capsys):
+    """osc report told of every run stopped without a summary 'resume=true with the same
+    hydra.run.dir continues it', a sweep's job too, whose dir no hydra.run.dir chose. The same
+    sweep run again with resume=true and the same hydra.sweep.dir continues a job that saved a
+    checkpoint (its training time is the checkpoint's: resumed, not trained again), trains one
+    that saved none, and keeps the finished job as it was."""
+    sweep = tmp_path / "sweep"
+    argv = ["run_experiments", "-m", *TINY["run_experiments"], "seed=0,1,2", f"hydra.sweep.dir={sweep}",
+            "progress=false"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    finished = (sweep / "0" / "summary.json").read_bytes()
+    saved = json.loads((sweep / "1" / "summary.json").read_text())
+    (sweep / "1" / "summary.json").unlink()  # killed after its checkpoint
+    for name in ("summary.json", "checkpoint.pt"):  # killed before one
+        (sweep / "2" / name).unlink()
+    code, _, err = run(["report", sweep, "--out", tmp_path / "report"], capsys)
+    assert code == 0, err
+    assert _stopped_lines((tmp_path / "report" / "report.md").read_text()) == [
+        "1 incomplete: stopped after it saved a checkpoint: running the same sweep again with resume=true and the "
+        "same hydra.sweep.dir continues it.",
+        "1 interrupted: stopped before it saved a checkpoint (killed, or stopped by Ctrl-C or SIGTERM): it cannot be "
+        "resumed; running the same sweep again with resume=true and the same hydra.sweep.dir trains it again."]
+    code, _, err = run([*argv, "resume=true"], capsys)
+    assert code == 0, err
+    assert (sweep / "0" / "summary.json").read_bytes() == finished
+    resumed, again = (json.loads((sweep / job / "summary.json").read_text()) for job in "12")
+    assert resumed["status"] == again["status"] == "completed"
+    assert resumed["train_time_s"] == saved["train_time_s"] and resumed["test_acc"] == saved["test_acc"]
+
+
+def test_a_stopped_study_job_resumes_with_its_study_and_the_report_says_so(tmp_path, capsys):
+    """A study's job stopped without a summary: the report told the study's user to resume it with
+    resume=true and the same hydra.run.dir, as though it were a run of theirs; the same osc study
+    run again with resume=true (and its hydra.run.dir) continues it, or trains it again."""
+    study = tmp_path / "study"
+    argv = ["study", *TINY["study"], "scales.smoke.classification.seeds=2", "save_checkpoint=last",
+            "scales.smoke.classification.overrides=['scheduler.epochs=1','device=cpu']", f"hydra.run.dir={study}",
+            "progress=false"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    jobs = study / "classification" / "digits_resnet20" / "identity"
+    saved = json.loads((jobs / "seed0" / "summary.json").read_text())
+    (jobs / "seed0" / "summary.json").unlink()
+    for name in ("summary.json", "checkpoint.pt"):
+        (jobs / "seed1" / name).unlink()
+    code, _, err = run(["report", study, "--out", tmp_path / "report"], capsys)
+    assert code == 0, err
+    assert _stopped_lines((tmp_path / "report" / "report.md").read_text()) == [
+        "1 incomplete: stopped after it saved a checkpoint: running the same osc study again with resume=true and "
+        "the same hydra.run.dir continues it.",
+        "1 interrupted: stopped before it saved a checkpoint (killed, or stopped by Ctrl-C or SIGTERM): it cannot be "
+        "resumed; running the same osc study again with resume=true and the same hydra.run.dir trains it again."]
+    code, _, err = run([*argv, "resume=true"], capsys)
+    assert code == 0, err
+    resumed, again = (json.loads((jobs / seed / "summary.json").read_text()) for seed in ("seed0", "seed1"))
+    assert resumed["status"] == again["status"] == "completed"
+    assert resumed["train_time_s"] == saved["train_time_s"]
+
+
+def test_the_stopped_runs_note_gives_each_run_its_own_advice(tmp_path):
+    """A report over one run, a sweep's jobs and a study's jobs, each stopped after a checkpoint:
+    one sentence, each advice with the runs it is for."""
+    from orthogonal_skip_connections.report.classification import RunRecord, stopped_note
+
+    def stopped(path, hydra_mode=None):
+        path.mkdir(parents=True)
+        (path / "checkpoint.pt").write_bytes(b"")
+        if hydra_mode is not None:
+            (path / ".hydra").mkdir()
+            (path / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  mode: {hydra_mode}\n")
+        return RunRecord(path, {}, None)
+
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "run.json").write_text('{"app": "study", "labels": {}}')
+    runs = [stopped(tmp_path / "one", "RUN"), stopped(tmp_path / "sweep" / "0", "MULTIRUN"),
+            stopped(tmp_path / "sweep" / "1", "MULTIRUN"),
+            stopped(tmp_path / "study" / "classification" / "seed0", "MULTIRUN")]
+    assert [r.started_by for r in runs] == ["run", "sweep", "sweep", "study"]
+    assert stopped_note(runs) == (
+        " 4 incomplete: stopped after it saved a checkpoint: resume=true with the same hydra.run.dir continues it "
+        "(1 single run); running the same sweep again with resume=true and the same hydra.sweep.dir continues it "
+        "(2 sweep jobs); running the same osc study again with resume=true and the same hydra.run.dir continues it "
+        "(1 study job).")
+    (tmp_path / "sweep" / "multirun.yaml").write_text("hydra: {}\n")  # a sweep that kept no .hydra/ (output_subdir=null)
+    assert stopped(tmp_path / "sweep" / "2").started_by == "sweep"
+    assert stopped(tmp_path / "plain").started_by == "run"
+
+
 def test_a_second_writer_is_refused(tmp_path, capsys):
     from orthogonal_skip_connections.report.classification import RunRecord
     from orthogonal_skip_connections.rundir import RunDir, in_use

@@ -304,7 +304,7 @@ class RunDir:
                 if reason is not None:
                     raise UserError(f"cannot read {summary} ({reason}): move it away to resume from checkpoint.pt, "
                                     f"or start a fresh {key}")
-            other = cls._app_of(path) if resume and app is not None else None
+            other = cls.app_of(path) if resume and app is not None else None
             if other is not None and other != app:  # its config would differ in every key: say what it is
                 raise UserError(f"{path} holds a {other} run, not a {app} one; resume=true continues a run of the "
                                 f"same app: start a fresh {key}")
@@ -340,7 +340,7 @@ class RunDir:
         return cls(path, resume=resume, app=app, key=key)
 
     @staticmethod
-    def _app_of(path: Path) -> str | None:
+    def app_of(path: Path) -> str | None:
         """The app named by ``path``'s run.json (None: none, or unreadable)."""
         try:
             other = read_json(path / RUN).get("app")

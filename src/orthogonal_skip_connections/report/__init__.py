@@ -22,7 +22,6 @@ from ..runs import UserError
 from .classification import (
     CSV_COLUMNS,
     RunRecord,
-    STOPPED,
     caveat,
     curves_figure,
     _read_object,
@@ -30,6 +29,7 @@ from .classification import (
     mode_tables,
     moved_from_start_arms,
     results_rows,
+    stopped_note,
     table_markdown,
     task_tables,
 )
@@ -162,8 +162,7 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
                "task(s)" + (f"; {n_running} still running" if n_running else "")
                + (f"; {n_bad} did not complete" if n_bad else "")
                + (" (listed in the tables, kept in results.csv)." if n_running or n_bad else ".")
-               + "".join(f" {sum(r['status'] == k for r in rows)} {k}: {v}." for k, v in STOPPED.items()
-                         if any(r["status"] == k for r in rows)),
+               + stopped_note(runs),
                "Accuracy is the final test accuracy; the 95% intervals are Student-t over seeds; "
                "the difference vs identity is paired by seed, and a verdict of better or worse also needs the "
                "paired t-test's p-value, Holm-adjusted over the task's comparisons with identity, below 0.05 (the "

@@ -22,16 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from ..analysis.stats import t_interval
 from ..data.vision import NUM_CLASSES
 from ..diagnostics import started_away_from_identity
 from ..plots import band, integer_ticks, plt, savefig, variant_colors
-from ..rundir import CHECKPOINT, ERROR, RUN, SUMMARY, in_use
+from ..rundir import CHECKPOINT, ERROR, RUN, SUMMARY, RunDir, in_use
 from ..runs import UserError, read_json, read_jsonl
 from ..skips import FIXED_KINDS
 
-__all__ = ["RunRecord", "STOPPED", "find_runs", "results_rows", "task_tables", "mode_tables", "table_markdown",
+__all__ = ["RunRecord", "STOPPED", "AGAIN", "stopped_note", "find_runs", "results_rows", "task_tables", "mode_tables", "table_markdown",
            "interval", "curves_figure", "caveat", "detectable_difference", "CSV_COLUMNS", "CLASSIFIER_APP", "MODE_BASELINE"]
 
 CLASSIFIER_APP = "run_experiments"
@@ -84,13 +85,60 @@ class RunRecord:
     def residual_mode(self) -> str:
         return self.labels.get("residual_mode", "add")  # runs made before residual modes added
 
+    @property
+    def started_by(self) -> str:
+        """What ran it, which is what runs it again: "study" (a dir above holds ``osc study``'s
+        run.json: the study runs its jobs through Hydra's launcher), "sweep" (its
+        .hydra/hydra.yaml says Hydra's MULTIRUN mode; without one, the dir above holds a
+        multirun.yaml), else "run" (one run)."""
+        if any(RunDir.app_of(p) == "study" for p in self.path.resolve().parents):
+            return "study"
+        try:
+            mode = yaml.safe_load((self.path / ".hydra" / "hydra.yaml").read_text())["hydra"]["mode"]
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+            return "sweep" if (self.path.parent / "multirun.yaml").is_file() else "run"
+        return "sweep" if mode == "MULTIRUN" else "run"
 
-# what a report says of a run that stopped without a summary (RunRecord.status), and what to do
+
+# what a report says of a run that stopped without a summary (RunRecord.status) ...
 STOPPED = {
-    "incomplete": "stopped after it saved a checkpoint: resume=true with the same hydra.run.dir continues it",
-    "interrupted": "stopped before it saved a checkpoint (killed, or stopped by Ctrl-C or SIGTERM): it cannot be "
-                   "resumed, only rerun",
+    "incomplete": "stopped after it saved a checkpoint",
+    "interrupted": "stopped before it saved a checkpoint (killed, or stopped by Ctrl-C or SIGTERM)",
 }
+# ... and what to do about it, by what ran it (RunRecord.started_by): a sweep's job resumes when
+# its sweep runs again, a study's when the study does (a job without a checkpoint starts over)
+AGAIN = {
+    "incomplete": {
+        "run": "resume=true with the same hydra.run.dir continues it",
+        "sweep": "running the same sweep again with resume=true and the same hydra.sweep.dir continues it",
+        "study": "running the same osc study again with resume=true and the same hydra.run.dir continues it",
+    },
+    "interrupted": {
+        "run": "it cannot be resumed, only rerun",
+        "sweep": "it cannot be resumed; running the same sweep again with resume=true and the same hydra.sweep.dir "
+                 "trains it again",
+        "study": "it cannot be resumed; running the same osc study again with resume=true and the same hydra.run.dir "
+                 "trains it again",
+    },
+}
+_RUNS_OF = {"run": "single run", "sweep": "sweep job", "study": "study job"}
+
+
+def stopped_note(runs: list[RunRecord]) -> str:
+    """The report's sentences on the runs that stopped without a summary: per status of
+    :data:`STOPPED`, how many, what happened and what to do, as each run's :attr:`RunRecord.started_by`
+    says (with a count of runs per advice where they differ)."""
+    out = []
+    for status, what in STOPPED.items():
+        kinds = [r.started_by for r in runs if r.status == status]
+        if not kinds:
+            continue
+        counts = {kind: kinds.count(kind) for kind in AGAIN[status] if kind in kinds}
+        advice = "; ".join(AGAIN[status][kind] + ("" if len(counts) == 1 else
+                                                  f" ({n} {_RUNS_OF[kind]}{'s' if n > 1 else ''})")
+                           for kind, n in counts.items())
+        out.append(f" {len(kinds)} {status}: {what}: {advice}.")
+    return "".join(out)
 
 
 def find_runs(paths: list[Path]) -> tuple[list[RunRecord], list[Path]]:

@@ -787,6 +787,92 @@ def test_the_stopped_runs_note_gives_each_run_its_own_advice(tmp_path):
     assert stopped(tmp_path / "plain").started_by == "run"
 
 
+STUDY_WITH_LANDSCAPE = [
+    "study", "scale=smoke", "jobs=1", "parts=[classification,landscape]", "save_checkpoint=last",
+    "scales.smoke.classification.variants=[zero,identity]", "scales.smoke.classification.seeds=1",
+    "scales.smoke.classification.overrides=['scheduler.epochs=1','device=cpu']",
+    "overrides.loss_landscape=['n_eval=32','hessian.iters=2','hessian.samples=2','steps=3','steps_1d=3']",
+    "progress=false", "resume=true"]
+
+
+@pytest.fixture(scope="module")
+def landscape_study(tmp_path_factory):
+    """A finished study of two classification runs (zero and identity, seed 0, checkpoints kept)
+    and loss_landscape over both."""
+    study = tmp_path_factory.mktemp("landscape_study") / "study"
+    assert osc([*STUDY_WITH_LANDSCAPE, f"hydra.run.dir={study}"]) == 0
+    return study
+
+
+def _damaged_study(landscape_study, tmp_path, damage) -> tuple[Path, Path]:
+    """A copy of the study with ``damage(identity's seed 0 run dir)`` done to it."""
+    study = tmp_path / "study"
+    shutil.copytree(landscape_study, study)
+    run_dir = study / "classification" / "digits_resnet20" / "identity" / "seed0"
+    damage(run_dir)
+    return study, run_dir
+
+
+def _study_advice(study: Path, run_dir: Path) -> str:
+    return (f"move {run_dir} out of {study} (or delete it) and run the same osc study again with resume=true and "
+            f"hydra.run.dir={study}, which makes that run anew")
+
+
+def _follow(study, run_dir, capsys):
+    """Do what the advice says: the study then completes, its run made anew."""
+    shutil.rmtree(run_dir)
+    code, _, err = run([*STUDY_WITH_LANDSCAPE, f"hydra.run.dir={study}"], capsys)
+    assert code == 0, err
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_study_runs_damaged_checkpoint_in_the_landscape_stage_says_what_the_study_can_do(landscape_study, tmp_path,
+                                                                                          capsys):
+    """loss_landscape inside a study reads the runs the study chose for its runs=: a checkpoint it
+    could not read told the study's user to 'leave its run dir out of runs=', which they never wrote."""
+    def damage(run_dir):
+        (run_dir / "checkpoint.pt").write_bytes(b"garbage\n")
+        (run_dir.parents[3] / "loss_landscape" / "summary.json").unlink()  # so that the study runs it again
+
+    study, run_dir = _damaged_study(landscape_study, tmp_path, damage)
+    code, lines, err = run([*STUDY_WITH_LANDSCAPE, f"hydra.run.dir={study}"], capsys)
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"cannot read checkpoint {run_dir / 'checkpoint.pt'}" in lines[0] and "runs=" not in lines[0], lines[0]
+    assert lines[0].endswith(_study_advice(study, run_dir)), lines[0]
+    _follow(study, run_dir, capsys)
+    assert str(run_dir) in [r["run_dir"] for r in json.loads((study / "loss_landscape" / "summary.json").read_text())
+                            ["runs"]]
+
+
+def test_a_study_jobs_damaged_checkpoint_on_resume_says_what_the_study_can_do(landscape_study, tmp_path, capsys):
+    """A study's job resumed from a checkpoint it cannot read failed saying 'move it away to start
+    this run over, or choose another hydra.run.dir', which the study's user did not choose for it."""
+    def damage(run_dir):
+        (run_dir / "summary.json").unlink()  # killed after its checkpoint, which is then damaged
+        (run_dir / "checkpoint.pt").write_bytes(b"garbage\n")
+
+    study, run_dir = _damaged_study(landscape_study, tmp_path, damage)
+    code, _, err = run([*STUDY_WITH_LANDSCAPE, f"hydra.run.dir={study}"], capsys)
+    assert code == 0, err  # the study goes on; the job failed, its reason in study.json and error.txt
+    reason = json.loads((study / "study.json").read_text())["status"]["classification"]["digits/resnet20 identity seed 0"]
+    assert reason.startswith("failed: ") and "cannot read checkpoint" in reason and "hydra.run.dir, " not in reason
+    assert reason.endswith(_study_advice(study, run_dir)), reason
+    assert _study_advice(study, run_dir) in (run_dir / "error.txt").read_text()
+    _follow(study, run_dir, capsys)
+
+
+def test_a_study_jobs_damaged_summary_says_what_the_study_can_do(landscape_study, tmp_path, capsys):
+    """A study's job whose summary.json cannot be read: the study's job crashed reading it (a
+    JSONDecodeError, no advice), and the study's report then refused the dir with none either."""
+    study, run_dir = _damaged_study(landscape_study, tmp_path,
+                                    lambda run_dir: (run_dir / "summary.json").write_text('{"status": "compl'))
+    code, lines, err = run([*STUDY_WITH_LANDSCAPE, f"hydra.run.dir={study}"], capsys)
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"cannot read {run_dir / 'summary.json'}" in lines[0] and lines[0].endswith(_study_advice(study, run_dir))
+    assert _study_advice(study, run_dir) in (run_dir / "error.txt").read_text()  # the job's own refusal
+    _follow(study, run_dir, capsys)
+
+
 def test_a_second_writer_is_refused(tmp_path, capsys):
     from orthogonal_skip_connections.report.classification import RunRecord
     from orthogonal_skip_connections.rundir import RunDir, in_use

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
+from typing import Callable
 
 from ..rundir import check_dir_writable, check_report, make_dir
 from ..runs import UserError
@@ -125,15 +126,17 @@ def _in_short(tables: dict, modes: dict, others: dict[Path, dict]) -> list[str]:
             "reasons.", ""]
 
 
-def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal skips help?") -> dict:
+def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal skips help?",
+                 advice: Callable[[Path], str] | None = None) -> dict:
     """Write results.csv, comparisons.csv (when there are classifier arms to compare), report.md,
     report.html and figures into ``out_dir``; return ``{"rows": ..., "tables": ..., "report": path,
-    "written": the names of the other files}``."""
+    "written": the names of the other files}``. ``advice``: what a run dir that cannot be read
+    asks for (see :func:`.classification.find_runs`)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; give a directory (made if missing)")
     check_dir_writable(out_dir, "--out")  # under a file, or not writable: one line before any run is read
-    runs, others = find_runs([Path(p) for p in paths])
+    runs, others = find_runs([Path(p) for p in paths], advice)
     others = [d for d in others if d.resolve() != out_dir.resolve()]
     if not runs and not others:
         raise UserError(f"no run dirs found under {', '.join(map(str, paths))}")

@@ -20,6 +20,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import yaml
@@ -141,10 +142,12 @@ def stopped_note(runs: list[RunRecord]) -> str:
     return "".join(out)
 
 
-def find_runs(paths: list[Path]) -> tuple[list[RunRecord], list[Path]]:
+def find_runs(paths: list[Path], advice: Callable[[Path], str] | None = None) -> tuple[list[RunRecord], list[Path]]:
     """Classifier runs and other apps' finished run dirs under ``paths`` (single runs,
     Hydra multirun sweep dirs, study dirs). A run dir is known by its run.json (written
-    when the run started); a study's own dir is an index, not a result."""
+    when the run started); a study's own dir is an index, not a result. A run dir that cannot
+    be read is a one-line UserError; ``advice(run dir)``, when given, ends it with what to do
+    (a study's report: what its user can do, who gave no dirs to osc report)."""
     runs, others, seen = [], [], set()
     for root in paths:
         root = Path(root)
@@ -156,20 +159,26 @@ def find_runs(paths: list[Path]) -> tuple[list[RunRecord], list[Path]]:
         for d in candidates:
             if d.resolve() in seen or not (d / RUN).is_file() or any(p in seen for p in d.resolve().parents):
                 continue
-            meta = _read_object(d / RUN)
-            summary = _read_object(d / SUMMARY) if (d / SUMMARY).exists() else None
-            if meta.get("app") == CLASSIFIER_APP:
-                seen.add(d.resolve())
-                labels = meta.get("labels")
-                missing = sorted(LABELS - set(labels)) if isinstance(labels, dict) else sorted(LABELS)
-                if missing:
-                    raise UserError(f"{d / RUN}: its labels lack {', '.join(missing)} (a run dir of another "
-                                    f"version?); move it out of the dirs given to osc report")
-                _check_types(d, labels, summary)
-                runs.append(RunRecord(d, labels, summary, *_evals(d / "metrics.jsonl")))
-            elif summary is not None and meta.get("app") != "study":
-                seen.add(d.resolve())
-                others.append(d)
+            try:
+                meta = _read_object(d / RUN)
+                summary = _read_object(d / SUMMARY) if (d / SUMMARY).exists() else None
+                if meta.get("app") == CLASSIFIER_APP:
+                    seen.add(d.resolve())
+                    labels = meta.get("labels")
+                    missing = sorted(LABELS - set(labels)) if isinstance(labels, dict) else sorted(LABELS)
+                    if missing:
+                        raise UserError(f"{d / RUN}: its labels lack {', '.join(missing)} (a run dir of another "
+                                        "version?)" + ("; move it out of the dirs given to osc report" if advice is None
+                                                       else ""))
+                    _check_types(d, labels, summary)
+                    runs.append(RunRecord(d, labels, summary, *_evals(d / "metrics.jsonl")))
+                elif summary is not None and meta.get("app") != "study":
+                    seen.add(d.resolve())
+                    others.append(d)
+            except UserError as err:
+                if advice is None:
+                    raise
+                raise UserError(f"{err}; {advice(d)}") from None
     # in the order of their paths, not of the dirs given: `osc report a b` and `osc report b a`
     # write the same report (the other apps' sections, and ties in results.csv, follow this order)
     runs.sort(key=lambda r: r.path.resolve())

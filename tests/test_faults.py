@@ -659,6 +659,220 @@ def test_a_run_killed_before_its_first_checkpoint_reads_interrupted_not_failed(r
     assert "1 incomplete: stopped after it saved a checkpoint: resume=true with the same hydra.run.dir" in md
 
 
+def test_a_single_runs_crash_reads_failed_and_its_stop_interrupted(tmp_path, capsys, monkeypatch):
+    """A single run that raised (a library error) before its first checkpoint left no summary and
+    no error.txt: osc report called it interrupted ("killed ... only rerun"), its traceback gone
+    with the terminal. It keeps the record a study's crashed job keeps (error.txt) and reads
+    failed; a Ctrl-C still reads interrupted, and a refusal writes no error.txt."""
+    import csv
+
+    from orthogonal_skip_connections.experiments import run_experiments
+    from orthogonal_skip_connections.runs import UserError
+
+    def raising(err):
+        def train_classifier(*args, **kwargs):
+            raise err
+        return train_classifier
+
+    runs = tmp_path / "runs"
+    for name, err, want in (("crashed", RuntimeError("a library bug"), 1), ("stopped", KeyboardInterrupt(), 130),
+                            ("refused", UserError("a refusal at run time"), 2)):
+        monkeypatch.setattr(run_experiments, "train_classifier", raising(err))
+        code, _, out = run(["run_experiments", *TINY["run_experiments"], f"hydra.run.dir={runs / name}",
+                            "progress=false"], capsys)
+        assert code == want, (name, out)
+    assert "RuntimeError: a library bug" in (runs / "crashed" / "error.txt").read_text()
+    assert not (runs / "stopped" / "error.txt").exists()
+    assert not (runs / "refused").exists()  # the dir this call made, removed: the refusal wrote nothing
+    code, _, err = run(["report", runs, "--out", tmp_path / "report"], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    with open(tmp_path / "report" / "results.csv", newline="") as f:
+        status = {Path(r["run_dir"]).name: r["status"] for r in csv.DictReader(f)}
+    assert status == {"crashed": "failed", "stopped": "interrupted"}
+
+
+def _stopped_lines(md: str) -> list[str]:
+    """The report's sentences on runs stopped without a summary (their count, status and advice)."""
+    import re
+
+    return re.findall(r"\d+ (?:incomplete|interrupted): .*?\.(?= |$)", md, re.M)
+
+
+def test_a_stopped_sweep_job_resumes_with_its_sweep_and_the_report_says_so(tmp_path, capsys):
+    """osc report told of every run stopped without a summary 'resume=true with the same
+    hydra.run.dir continues it', a sweep's job too, whose dir no hydra.run.dir chose. The same
+    sweep run again with resume=true and the same hydra.sweep.dir continues a job that saved a
+    checkpoint (its training time is the checkpoint's: resumed, not trained again), trains one
+    that saved none, and keeps the finished job as it was."""
+    sweep = tmp_path / "sweep"
+    argv = ["run_experiments", "-m", *TINY["run_experiments"], "seed=0,1,2", f"hydra.sweep.dir={sweep}",
+            "progress=false"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    finished = (sweep / "0" / "summary.json").read_bytes()
+    saved = json.loads((sweep / "1" / "summary.json").read_text())
+    (sweep / "1" / "summary.json").unlink()  # killed after its checkpoint
+    for name in ("summary.json", "checkpoint.pt"):  # killed before one
+        (sweep / "2" / name).unlink()
+    code, _, err = run(["report", sweep, "--out", tmp_path / "report"], capsys)
+    assert code == 0, err
+    assert _stopped_lines((tmp_path / "report" / "report.md").read_text()) == [
+        "1 incomplete: stopped after it saved a checkpoint: running the same sweep again with resume=true and the "
+        "same hydra.sweep.dir continues it.",
+        "1 interrupted: stopped before it saved a checkpoint (killed, or stopped by Ctrl-C or SIGTERM): it cannot be "
+        "resumed; running the same sweep again with resume=true and the same hydra.sweep.dir trains it again."]
+    code, _, err = run([*argv, "resume=true"], capsys)
+    assert code == 0, err
+    assert (sweep / "0" / "summary.json").read_bytes() == finished
+    resumed, again = (json.loads((sweep / job / "summary.json").read_text()) for job in "12")
+    assert resumed["status"] == again["status"] == "completed"
+    assert resumed["train_time_s"] == saved["train_time_s"] and resumed["test_acc"] == saved["test_acc"]
+
+
+def test_a_stopped_study_job_resumes_with_its_study_and_the_report_says_so(tmp_path, capsys):
+    """A study's job stopped without a summary: the report told the study's user to resume it with
+    resume=true and the same hydra.run.dir, as though it were a run of theirs; the same osc study
+    run again with resume=true (and its hydra.run.dir) continues it, or trains it again."""
+    study = tmp_path / "study"
+    argv = ["study", *TINY["study"], "scales.smoke.classification.seeds=2", "save_checkpoint=last",
+            "scales.smoke.classification.overrides=['scheduler.epochs=1','device=cpu']", f"hydra.run.dir={study}",
+            "progress=false"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    jobs = study / "classification" / "digits_resnet20" / "identity"
+    saved = json.loads((jobs / "seed0" / "summary.json").read_text())
+    (jobs / "seed0" / "summary.json").unlink()
+    for name in ("summary.json", "checkpoint.pt"):
+        (jobs / "seed1" / name).unlink()
+    code, _, err = run(["report", study, "--out", tmp_path / "report"], capsys)
+    assert code == 0, err
+    assert _stopped_lines((tmp_path / "report" / "report.md").read_text()) == [
+        "1 incomplete: stopped after it saved a checkpoint: running the same osc study again with resume=true and "
+        "the same hydra.run.dir continues it.",
+        "1 interrupted: stopped before it saved a checkpoint (killed, or stopped by Ctrl-C or SIGTERM): it cannot be "
+        "resumed; running the same osc study again with resume=true and the same hydra.run.dir trains it again."]
+    code, _, err = run([*argv, "resume=true"], capsys)
+    assert code == 0, err
+    resumed, again = (json.loads((jobs / seed / "summary.json").read_text()) for seed in ("seed0", "seed1"))
+    assert resumed["status"] == again["status"] == "completed"
+    assert resumed["train_time_s"] == saved["train_time_s"]
+
+
+def test_the_stopped_runs_note_gives_each_run_its_own_advice(tmp_path):
+    """A report over one run, a sweep's jobs and a study's jobs, each stopped after a checkpoint:
+    one sentence, each advice with the runs it is for."""
+    from orthogonal_skip_connections.report.classification import RunRecord, stopped_note
+
+    def stopped(path, hydra_mode=None):
+        path.mkdir(parents=True)
+        (path / "checkpoint.pt").write_bytes(b"")
+        if hydra_mode is not None:
+            (path / ".hydra").mkdir()
+            (path / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  mode: {hydra_mode}\n")
+        return RunRecord(path, {}, None)
+
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "run.json").write_text('{"app": "study", "labels": {}}')
+    runs = [stopped(tmp_path / "one", "RUN"), stopped(tmp_path / "sweep" / "0", "MULTIRUN"),
+            stopped(tmp_path / "sweep" / "1", "MULTIRUN"),
+            stopped(tmp_path / "study" / "classification" / "seed0", "MULTIRUN")]
+    assert [r.started_by for r in runs] == ["run", "sweep", "sweep", "study"]
+    assert stopped_note(runs) == (
+        " 4 incomplete: stopped after it saved a checkpoint: resume=true with the same hydra.run.dir continues it "
+        "(1 single run); running the same sweep again with resume=true and the same hydra.sweep.dir continues it "
+        "(2 sweep jobs); running the same osc study again with resume=true and the same hydra.run.dir continues it "
+        "(1 study job).")
+    (tmp_path / "sweep" / "multirun.yaml").write_text("hydra: {}\n")  # a sweep that kept no .hydra/ (output_subdir=null)
+    assert stopped(tmp_path / "sweep" / "2").started_by == "sweep"
+    assert stopped(tmp_path / "plain").started_by == "run"
+
+
+STUDY_WITH_LANDSCAPE = [
+    "study", "scale=smoke", "jobs=1", "parts=[classification,landscape]", "save_checkpoint=last",
+    "scales.smoke.classification.variants=[zero,identity]", "scales.smoke.classification.seeds=1",
+    "scales.smoke.classification.overrides=['scheduler.epochs=1','device=cpu']",
+    "overrides.loss_landscape=['n_eval=32','hessian.iters=2','hessian.samples=2','steps=3','steps_1d=3']",
+    "progress=false", "resume=true"]
+
+
+@pytest.fixture(scope="module")
+def landscape_study(tmp_path_factory):
+    """A finished study of two classification runs (zero and identity, seed 0, checkpoints kept)
+    and loss_landscape over both."""
+    study = tmp_path_factory.mktemp("landscape_study") / "study"
+    assert osc([*STUDY_WITH_LANDSCAPE, f"hydra.run.dir={study}"]) == 0
+    return study
+
+
+def _damaged_study(landscape_study, tmp_path, damage) -> tuple[Path, Path]:
+    """A copy of the study with ``damage(identity's seed 0 run dir)`` done to it."""
+    study = tmp_path / "study"
+    shutil.copytree(landscape_study, study)
+    run_dir = study / "classification" / "digits_resnet20" / "identity" / "seed0"
+    damage(run_dir)
+    return study, run_dir
+
+
+def _study_advice(study: Path, run_dir: Path) -> str:
+    return (f"move {run_dir} out of {study} (or delete it) and run the same osc study again with resume=true and "
+            f"hydra.run.dir={study}, which makes that run anew")
+
+
+def _follow(study, run_dir, capsys):
+    """Do what the advice says: the study then completes, its run made anew."""
+    shutil.rmtree(run_dir)
+    code, _, err = run([*STUDY_WITH_LANDSCAPE, f"hydra.run.dir={study}"], capsys)
+    assert code == 0, err
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_study_runs_damaged_checkpoint_in_the_landscape_stage_says_what_the_study_can_do(landscape_study, tmp_path,
+                                                                                          capsys):
+    """loss_landscape inside a study reads the runs the study chose for its runs=: a checkpoint it
+    could not read told the study's user to 'leave its run dir out of runs=', which they never wrote."""
+    def damage(run_dir):
+        (run_dir / "checkpoint.pt").write_bytes(b"garbage\n")
+        (run_dir.parents[3] / "loss_landscape" / "summary.json").unlink()  # so that the study runs it again
+
+    study, run_dir = _damaged_study(landscape_study, tmp_path, damage)
+    code, lines, err = run([*STUDY_WITH_LANDSCAPE, f"hydra.run.dir={study}"], capsys)
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"cannot read checkpoint {run_dir / 'checkpoint.pt'}" in lines[0] and "runs=" not in lines[0], lines[0]
+    assert lines[0].endswith(_study_advice(study, run_dir)), lines[0]
+    _follow(study, run_dir, capsys)
+    assert str(run_dir) in [r["run_dir"] for r in json.loads((study / "loss_landscape" / "summary.json").read_text())
+                            ["runs"]]
+
+
+def test_a_study_jobs_damaged_checkpoint_on_resume_says_what_the_study_can_do(landscape_study, tmp_path, capsys):
+    """A study's job resumed from a checkpoint it cannot read failed saying 'move it away to start
+    this run over, or choose another hydra.run.dir', which the study's user did not choose for it."""
+    def damage(run_dir):
+        (run_dir / "summary.json").unlink()  # killed after its checkpoint, which is then damaged
+        (run_dir / "checkpoint.pt").write_bytes(b"garbage\n")
+
+    study, run_dir = _damaged_study(landscape_study, tmp_path, damage)
+    code, _, err = run([*STUDY_WITH_LANDSCAPE, f"hydra.run.dir={study}"], capsys)
+    assert code == 0, err  # the study goes on; the job failed, its reason in study.json and error.txt
+    reason = json.loads((study / "study.json").read_text())["status"]["classification"]["digits/resnet20 identity seed 0"]
+    assert reason.startswith("failed: ") and "cannot read checkpoint" in reason and "hydra.run.dir, " not in reason
+    assert reason.endswith(_study_advice(study, run_dir)), reason
+    assert _study_advice(study, run_dir) in (run_dir / "error.txt").read_text()
+    _follow(study, run_dir, capsys)
+
+
+def test_a_study_jobs_damaged_summary_says_what_the_study_can_do(landscape_study, tmp_path, capsys):
+    """A study's job whose summary.json cannot be read: the study's job crashed reading it (a
+    JSONDecodeError, no advice), and the study's report then refused the dir with none either."""
+    study, run_dir = _damaged_study(landscape_study, tmp_path,
+                                    lambda run_dir: (run_dir / "summary.json").write_text('{"status": "compl'))
+    code, lines, err = run([*STUDY_WITH_LANDSCAPE, f"hydra.run.dir={study}"], capsys)
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"cannot read {run_dir / 'summary.json'}" in lines[0] and lines[0].endswith(_study_advice(study, run_dir))
+    assert _study_advice(study, run_dir) in (run_dir / "error.txt").read_text()  # the job's own refusal
+    _follow(study, run_dir, capsys)
+
+
 def test_a_second_writer_is_refused(tmp_path, capsys):
     from orthogonal_skip_connections.report.classification import RunRecord
     from orthogonal_skip_connections.rundir import RunDir, in_use

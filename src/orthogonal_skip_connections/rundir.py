@@ -44,10 +44,10 @@ import yaml
 
 from .runs import UserError, atomic_write_text, read_json, to_jsonable, write_json
 from .train import distributed
-from .train.classifier import CHECKPOINT, SUMMARY
+from .train.classifier import CHECKPOINT, SUMMARY, resume_advice
 
 __all__ = ["RunDir", "SUMMARY", "CHECKPOINT", "CONFIG", "RUN", "ERROR", "column", "provenance", "check_report", "git_commit",
-           "RESUME_IGNORED", "config_differences", "check_dir_writable", "in_use", "Refused"]
+           "RESUME_IGNORED", "config_differences", "check_dir_writable", "in_use", "Refused", "study_advice"]
 
 # keys that may differ between a run and its resume: they change how a run is shown or
 # where it computes, not what it computes (on CPU a resumed run stays bit-identical)
@@ -56,7 +56,7 @@ RESUME_IGNORED = ("resume", "progress", "num_threads", "device", "jobs", "save_c
 LOCK = ".lock"
 CONFIG = "config.yaml"
 RUN = "run.json"  # written at start: which app, and the labels a report groups runs by
-ERROR = "error.txt"  # the traceback of a crashed sweep or study job
+ERROR = "error.txt"  # the traceback of a run that crashed (a library error; a study job's refusal too)
 REPORT_KEYS = ("title", "question", "tables", "verdict", "figures")
 
 
@@ -243,6 +243,15 @@ def _unlock(path: Path) -> None:
         del _HELD[key]
 
 
+def study_advice(study: Path, path: Path) -> str:
+    """What to do about a run of ``osc study`` (its dir ``path``) that the study cannot use (a
+    checkpoint or file it cannot read, a run of other settings): its user named no run dir or
+    ``runs=`` of its own, and the study makes any of its runs whose dir is gone, resuming its own
+    dir with ``resume=true`` whether it finished or not."""
+    return (f"move {path} out of {study} (or delete it) and run the same osc study again with resume=true and "
+            f"hydra.run.dir={study}, which makes that run anew")
+
+
 class Refused(UserError):
     """A run dir :meth:`RunDir.claim` refused (``path``): the run wrote nothing in it (a sweep's
     job then puts back what Hydra wrote there before the claim)."""
@@ -255,11 +264,15 @@ class Refused(UserError):
 class RunDir:
     """A run directory claimed by one run (see the module docstring)."""
 
-    def __init__(self, path: Path, resume: bool = False, app: str | None = None, key: str = "hydra.run.dir"):
+    def __init__(self, path: Path, resume: bool = False, app: str | None = None, key: str = "hydra.run.dir",
+                 study: Path | None = None):
         """``key``: the setting that chose the dir (see :meth:`claim`), for the app to name in
-        a refusal of what it finds there (a checkpoint it cannot resume from)."""
+        a refusal of what it finds there (a checkpoint it cannot resume from); ``study``: the
+        dir of the ``osc study`` that runs this run, whose advice (:func:`study_advice`) such a
+        refusal gives instead."""
         self.path = Path(path)
         self.key = key
+        self.study = None if study is None else Path(study)
         self.app = app
         self.resume = resume
         self.started = time.perf_counter()
@@ -268,24 +281,30 @@ class RunDir:
 
     @classmethod
     def claim(cls, path: Path, resume: bool = False, supports_resume: bool = False, app: str | None = None,
-              config: Any = None, key: str = "hydra.run.dir") -> "RunDir":
+              config: Any = None, key: str = "hydra.run.dir", study: Path | None = None) -> "RunDir":
         """Lock the dir (see the module docstring), then refuse a dir that holds a finished
         run, or an unfinished one unless this app can resume it and ``resume`` is asked
         for, or a resume whose ``config`` differs from the saved one (or that has no saved one to
         compare with, or whose summary.json cannot be read). A refused claim
         releases the lock and removes the dir if it made it; otherwise only the dir and its
         .lock are written (and, when resuming, stale .tmp files removed). ``key``: the setting that
-        chose the dir, which a refusal tells the user to change (``hydra.sweep.dir`` for a sweep's job).
+        chose the dir, which a refusal tells the user to change (``hydra.sweep.dir`` for a sweep's job);
+        ``study``: the dir of the ``osc study`` that runs this run, whose user named neither: a refusal
+        of what the dir holds says what they can do instead (:func:`study_advice`).
         A refusal is a :class:`Refused` (a UserError)."""
         try:
-            return cls._claim(Path(path), resume, supports_resume, app, config, key)
+            return cls._claim(Path(path), resume, supports_resume, app, config, key, study)
         except UserError as err:  # (its one line as it was)
             raise Refused(str(err), Path(path)) from None
 
     @classmethod
     def _claim(cls, path: Path, resume: bool, supports_resume: bool, app: str | None, config: Any,
-               key: str) -> RunDir:
+               key: str, study: Path | None) -> RunDir:
         """:meth:`claim`, its refusals plain UserErrors."""
+        # what a refusal of what the dir holds asks for: of a study's run, what the study's user can do
+        fresh, another = f"start a fresh {key}", f"choose another {key}"
+        if study is not None:
+            fresh = another = study_advice(study, path)
         if resume and not supports_resume:
             raise UserError(f"resume=true: this app cannot resume a run; start a fresh {key}")
         check_dir_writable(path, key)
@@ -295,36 +314,37 @@ class RunDir:
             if not resume and (summary.exists() or ckpt.exists()):
                 what = f"a {cls._status(summary)} run (summary.json)" if summary.exists() else \
                     "an unfinished run (checkpoint.pt; resume=true continues it)"
-                raise UserError(f"{path} already holds {what}; choose another {key}")
+                raise UserError(f"{path} already holds {what}; {another}")
             if resume and summary.exists():  # read when the run starts (RunDir.completed): refuse now if it cannot be
                 try:
                     reason = None if isinstance(read_json(summary), dict) else "not a JSON object"
                 except Exception as err:
                     reason = type(err).__name__
                 if reason is not None:
-                    raise UserError(f"cannot read {summary} ({reason}): move it away to resume from checkpoint.pt, "
-                                    f"or start a fresh {key}")
-            other = cls._app_of(path) if resume and app is not None else None
+                    raise UserError(f"cannot read {summary} ({reason}): " + (
+                        f"move it away to resume from checkpoint.pt, or {fresh}" if study is None else fresh))
+            other = cls.app_of(path) if resume and app is not None else None
             if other is not None and other != app:  # its config would differ in every key: say what it is
                 raise UserError(f"{path} holds a {other} run, not a {app} one; resume=true continues a run of the "
-                                f"same app: start a fresh {key}")
+                                f"same app: {fresh}")
             if resume and config is not None and not (path / CONFIG).is_file() and (summary.exists() or ckpt.exists()):
-                raise UserError(f"{path} holds a run but no config.yaml to check resume=true against; start a "
-                                f"fresh {key}")
+                raise UserError(f"{path} holds a run but no config.yaml to check resume=true against; {fresh}")
             if resume and config is not None and (path / CONFIG).is_file():
                 try:
                     saved = yaml.safe_load((path / CONFIG).read_text())
                 except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-                    raise UserError(f"cannot read {path / CONFIG}: {type(err).__name__}") from None
+                    raise UserError(f"cannot read {path / CONFIG}: {type(err).__name__}"
+                                    + ("" if study is None else f"; {fresh}")) from None
                 if not isinstance(saved, dict):  # an empty file (a write cut short) compared as no keys at all
                     raise UserError(f"cannot read {path / CONFIG}: it holds "
                                     f"{'nothing' if saved is None else 'a ' + type(saved).__name__}, not a config; "
-                                    f"resume needs the config the run started with, or start a fresh {key}")
+                                    + (f"resume needs the config the run started with, or {fresh}" if study is None
+                                       else fresh))
                 diff = config_differences(saved, config)
                 if diff:
                     raise UserError(f"resume=true with a config that differs from {path / CONFIG} in "
-                                    f"{', '.join(diff)}; resume with the saved values, or start a fresh "
-                                    f"{key} (may differ: {', '.join(RESUME_IGNORED)})")
+                                    f"{', '.join(diff)}; " + (f"resume with the saved values, or {fresh} (may differ: "
+                                                              f"{', '.join(RESUME_IGNORED)})" if study is None else fresh))
         except BaseException:
             _unlock(path)
             if created:
@@ -337,10 +357,15 @@ class RunDir:
         if resume:
             for tmp in path.glob(".*.tmp"):  # left by a write that was killed half-way
                 tmp.unlink(missing_ok=True)
-        return cls(path, resume=resume, app=app, key=key)
+        return cls(path, resume=resume, app=app, key=key, study=study)
+
+    def checkpoint_advice(self) -> str:
+        """What to do about this dir's checkpoint when it cannot be resumed from: inside a study,
+        :func:`study_advice`; else :func:`~.train.classifier.resume_advice` of :attr:`key`."""
+        return resume_advice(self.key) if self.study is None else study_advice(self.study, self.path)
 
     @staticmethod
-    def _app_of(path: Path) -> str | None:
+    def app_of(path: Path) -> str | None:
         """The app named by ``path``'s run.json (None: none, or unreadable)."""
         try:
             other = read_json(path / RUN).get("app")

@@ -84,20 +84,23 @@ class App:
         return typed(self.schema, compose(self.name, overrides))
 
     def run(self, cfg: Any, run_dir: Path, command: str | None = None, record_failures: bool = False,
-            key: str = "hydra.run.dir") -> dict:
+            key: str = "hydra.run.dir", study: Path | None = None) -> dict:
         """Run in ``run_dir``; returns the summary or raises (UserError, Diverged after a
-        ``status: diverged`` summary, or a library error). ``record_failures``: a
-        UserError or library error is first recorded as a ``status: failed`` summary (a
-        sweep's job). ``key``: the setting that chose ``run_dir``, named when the dir is
-        refused (``hydra.sweep.dir`` for a sweep's job)."""
+        ``status: diverged`` summary, or a library error, whose traceback is first written to
+        the run dir's error.txt). ``record_failures``: a UserError or library error is first
+        recorded as a ``status: failed`` summary too (a sweep's job). ``key``: the setting that
+        chose ``run_dir``, named when the dir is refused (``hydra.sweep.dir`` for a sweep's
+        job); ``study``: the dir of the ``osc study`` that runs this run, whose user chose
+        neither: a refusal of what ``run_dir`` holds says what they can do instead
+        (:func:`~..rundir.study_advice`)."""
         if isinstance(cfg, (list, tuple)):
             cfg = compose(self.name, cfg)
         cfg = typed(self.schema, cfg)
         if distributed.is_main():
             rd = RunDir.claim(run_dir, resume=bool(getattr(cfg, "resume", False)),
-                              supports_resume=self.supports_resume, app=self.name, config=cfg, key=key)
+                              supports_resume=self.supports_resume, app=self.name, config=cfg, key=key, study=study)
         else:  # under torchrun: rank 0 claims (and locks) the dir; the other ranks write nothing
-            rd = RunDir(run_dir, resume=bool(getattr(cfg, "resume", False)), app=self.name, key=key)
+            rd = RunDir(run_dir, resume=bool(getattr(cfg, "resume", False)), app=self.name, key=key, study=study)
         labels = cfg.labels() if hasattr(cfg, "labels") else None
         try:
             rd.command = command
@@ -112,12 +115,15 @@ class App:
                 rd.diverged(err.info, err.partial, labels)
                 raise
             except Exception as err:
+                # a library error, in any run (one run, a sweep's job, a study's): its traceback kept in
+                # error.txt, so that osc report calls the run failed, not interrupted. A refusal (a
+                # UserError) writes none: a refused run leaves its dir as it was
+                if not isinstance(err, UserError) and distributed.is_main():
+                    rd.path.mkdir(parents=True, exist_ok=True)
+                    (rd.path / ERROR).write_text("".join(traceback.format_exception(err)))
                 if record_failures:
                     reason = str(err).splitlines()[0] if isinstance(err, UserError) else \
                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} (traceback in error.txt)"
-                    if not isinstance(err, UserError):
-                        rd.path.mkdir(parents=True, exist_ok=True)
-                        (rd.path / ERROR).write_text("".join(traceback.format_exception(err)))
                     rd.failed(reason, labels, user_error=isinstance(err, UserError))
                 raise
             if not rd.is_started:

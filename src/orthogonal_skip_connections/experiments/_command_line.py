@@ -6,7 +6,7 @@ code 2 with nothing written, and an explicit ``hydra.run.dir`` is claimed (locke
 second writer is refused before Hydra writes into it. Only here does a
 :class:`~orthogonal_skip_connections.runs.UserError` become exit code 2 and a diverged
 training (the rule of :mod:`~orthogonal_skip_connections.train.divergence`) exit code 1;
-any other exception (a library bug) propagates as a traceback.
+any other exception (a library bug) propagates as a traceback (also kept in the run dir's error.txt).
 
 Refused calls leave nothing behind: a run dir this call made is removed, and the ``.hydra/``
 files and job log Hydra rewrote in an existing run dir are put back as they were

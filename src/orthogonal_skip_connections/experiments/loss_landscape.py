@@ -40,7 +40,7 @@ import yaml
 
 from ..landscape import LandscapeSettings, landscape_of, skip_handling
 from ..analysis.stats import t_interval
-from ..rundir import RunDir, check_dir_writable, column, make_dir
+from ..rundir import RunDir, check_dir_writable, column, make_dir, study_advice
 from ..runs import UserError, atomic_write_text, read_json, resolve_device, to_jsonable
 from ..train.classifier import TrainConfig, train_classifier
 from ..train.image import ClassifierSpec, build_classifier, check_batch_size, load_run, run_variant
@@ -172,6 +172,16 @@ def runs_key(cfg: Config, rd: RunDir) -> str:
     return "train.dir" if cfg.train.dir else rd.key
 
 
+def study_fix(rd: RunDir, path: Path) -> str | None:
+    """What a message about the run in ``path`` asks for when this app is a part of ``osc study``
+    (``rd.study``) and the run lies in the study's dir (a run the study chose for ``runs=``, or a
+    default run inside this run dir): what the study's user can do (:func:`~..rundir.study_advice`);
+    else None, and the message names the setting that chose the run."""
+    if rd.study is None or not Path(path).resolve().is_relative_to(rd.study.resolve()):
+        return None
+    return study_advice(rd.study, path)
+
+
 def default_runs(cfg: Config, rd: RunDir) -> list[tuple[Path, ClassifierSpec, int]]:
     """(run dir, spec, seed) of every default run; a dir holding a run with other settings
     is refused (one line) before anything is trained."""
@@ -188,10 +198,11 @@ def default_runs(cfg: Config, rd: RunDir) -> list[tuple[Path, ClassifierSpec, in
                 try:
                     saved = yaml.safe_load((path / "config.yaml").read_text())
                 except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-                    raise UserError(f"cannot read {path / 'config.yaml'} ({type(err).__name__}); move the run away "
-                                    f"or choose another {key}") from None
+                    raise UserError(f"cannot read {path / 'config.yaml'} ({type(err).__name__}); "
+                                    f"{study_fix(rd, path) or f'move the run away or choose another {key}'}") from None
                 if saved != want:
-                    raise UserError(f"{path} holds a run with other settings; choose another {key}")
+                    raise UserError(f"{path} holds a run with other settings; "
+                                    f"{study_fix(rd, path) or f'choose another {key}'}")
             out.append((path, spec, seed))
     return out
 
@@ -204,22 +215,24 @@ def run_config(cfg: Config, spec: ClassifierSpec, seed: int) -> dict:
                         "train": {k: v for k, v in asdict(tcfg).items() if k != "progress"}})
 
 
-def completed(path: Path, key: str = "train.dir") -> bool:
+def completed(path: Path, key: str = "train.dir", advice: str | None = None) -> bool:
     """Whether the default run in ``path`` completed; ``key``: the setting that chose ``path``
-    (:func:`runs_key`), named when its summary.json cannot be read."""
+    (:func:`runs_key`), named when its summary.json cannot be read, unless ``advice`` (what
+    that refusal asks for instead: :func:`study_fix`)."""
     if not (path / "summary.json").is_file():
         return False
     try:
         return read_json(path / "summary.json").get("status") == "completed"
     except (OSError, ValueError, AttributeError) as err:  # not JSON, not text, not an object
-        raise UserError(f"cannot read {path / 'summary.json'} ({type(err).__name__}); move the run away or choose "
-                        f"another {key}") from None
+        raise UserError(f"cannot read {path / 'summary.json'} ({type(err).__name__}); "
+                        f"{advice or f'move the run away or choose another {key}'}") from None
 
 
-def train_run(cfg: Config, path: Path, spec: ClassifierSpec, seed: int, device, key: str = "train.dir") -> None:
+def train_run(cfg: Config, path: Path, spec: ClassifierSpec, seed: int, device, key: str = "train.dir",
+              advice: str | None = None) -> None:
     """Train one default run through the shared classifier loop (resuming a killed one);
     ``key``: the setting that chose ``path`` (:func:`runs_key`), named when its checkpoint
-    cannot be resumed from."""
+    cannot be resumed from, unless ``advice`` (what that refusal asks for instead: :func:`study_fix`)."""
     model, data = build_classifier(spec, seed)
     path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path / "config.yaml", yaml.safe_dump(run_config(cfg, spec, seed), sort_keys=False))
@@ -227,7 +240,7 @@ def train_run(cfg: Config, path: Path, spec: ClassifierSpec, seed: int, device, 
     tcfg.seed = seed
     print(f"training {run_variant(spec)} seed {seed} into {path}")
     train_classifier(model, data, tcfg, path, device, resume=(path / "checkpoint.pt").exists(),
-                     extra_summary={"skip_kind": spec.skip_kind, "seed": seed}, key=key)
+                     extra_summary={"skip_kind": spec.skip_kind, "seed": seed}, key=key, advice=advice)
 
 
 # --------------------------------------------------------------------------- figures
@@ -594,7 +607,7 @@ def run(cfg: Config, rd: RunDir) -> dict:
         todo = []
     else:
         planned = default_runs(cfg, rd)
-        todo = [(p, spec, seed) for p, spec, seed in planned if not completed(p, runs_key(cfg, rd))]
+        todo = [(p, spec, seed) for p, spec, seed in planned if not completed(p, runs_key(cfg, rd), study_fix(rd, p))]
         if todo and not cfg.train_missing:
             raise UserError(f"{len(todo)} default run(s) missing (first: {todo[0][0]}); set train_missing=true "
                             "to train them, or give runs=[...]")
@@ -609,15 +622,17 @@ def run(cfg: Config, rd: RunDir) -> dict:
         if value is not None:  # one the system will not make (/proc, a read-only mount): one line, not mkdir's traceback
             make_dir(Path(value), key)
     for p, spec, seed in todo:
-        train_run(cfg, p, spec, seed, device, runs_key(cfg, rd))
+        train_run(cfg, p, spec, seed, device, runs_key(cfg, rd), study_fix(rd, p))
     # what a checkpoint that cannot be read or does not fit asks for: the setting that named its run
+    # (runs= or where the default runs live), or, for a run of the study this app is a part of,
+    # what the study's user can do (they wrote no runs=: the study chose it)
     advice = ("leave its run dir out of runs=" if cfg.runs else
               f"move its run dir away to train the run again, or choose another {runs_key(cfg, rd)}")
     settings = cfg.settings()
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else rd.path / "cache"
     results, handling = [], {}
     for p in paths:
-        run = load_run(p, device, advice)
+        run = load_run(p, device, study_fix(rd, p) or advice)
         out = landscape_of(run.model, run.init_model, run.data, settings, run.checkpoint_sha256, run.seed, cache_root,
                            device, cfg.progress, desc=f"{run.variant} seed {run.seed}")
         summary = read_json(p / "summary.json") if (p / "summary.json").is_file() else {}

@@ -334,7 +334,8 @@ def run(cfg: Config, rd: RunDir) -> dict:
     extra = {"dataset": data.name, "model_type": m.model_type, "skip_kind": m.skip_kind, "method": m.orth_method,
              "residual_mode": m.residual_label, "seed": cfg.seed, "n_test": len(data.y_test)}
     summary = train_classifier(model, data, cfg.train_config(), rd.path, device, sinks, resume=cfg.resume,
-                               extra_summary=extra, save_checkpoint=cfg.save_checkpoint == "last", key=rd.key)
+                               extra_summary=extra, save_checkpoint=cfg.save_checkpoint == "last",
+                               advice=rd.checkpoint_advice())
     # train_classifier raises Diverged after writing a "diverged" summary
     return {**summary, "report": report(cfg, summary)}
 

@@ -17,7 +17,10 @@ synthetic apps (``orth_to_id``, ``orth_residual_synthetic_data``, ``construction
 then ``report.build_report`` over everything it made. A study killed
 half-way and started again with the same ``hydra.run.dir`` skips the runs already
 completed and starts the unfinished ones again (from their checkpoints with
-``save_checkpoint=last``; the default, ``none``, keeps no checkpoints).
+``save_checkpoint=last``; the default, ``none``, keeps no checkpoints). A run whose dir it
+cannot use (a checkpoint or file it cannot read) is refused in words for the study's user,
+who named no run dir: move that dir out of the study and run the same study again with
+``resume=true`` and its ``hydra.run.dir``, which makes that run anew (``rundir.study_advice``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import Iterator
 
 from omegaconf import OmegaConf
 
-from ..rundir import ERROR, RunDir, column
+from ..rundir import ERROR, RunDir, column, study_advice
 from ..runs import UserError, progress_bar, read_json, write_json
 from ..train.classifier import Diverged
 from ._app import APPS, CONFIG_DIR, App, choice, load_app, one_of, require, typed
@@ -290,25 +293,35 @@ def landscape_overrides(cfg: Config, jobs: list, study_dir: Path) -> list[str]:
         for seed in range(want.seeds):
             path = study_dir / "classification" / f"{dataset}_{model_type}" / re.sub(r"[^A-Za-z0-9]+", "_", variant) / \
                 f"seed{seed}"
-            if any(p == path for _, _, p, _ in jobs) and (path / "summary.json").exists() and \
-                    (path / "checkpoint.pt").exists() and read_json(path / "summary.json").get("status") == "completed":
+            if any(p == path for _, _, p, _ in jobs) and (path / "checkpoint.pt").exists() and \
+                    summary_status(path) == "completed":
                 runs.append(path)
     chosen = [f"runs=[{','.join(repr(str(p)) for p in runs)}]"] if runs else []
     return ["train.dir=null", "cache_dir=null", *cfg.scales[cfg.scale].loss_landscape, *cfg.overrides.loss_landscape,
             *chosen]
 
 
-def run_classification_job(cfg_dict: dict, run_dir: Path) -> str:
-    """One run_experiments run (in this process or a joblib worker); returns its status.
-    A completed run is kept as it is; an unfinished one resumes from its checkpoint."""
+def summary_status(run_dir: Path) -> str | None:
+    """The status in ``run_dir``'s summary.json; None without one, or with one that cannot be
+    read (a study's job then claims its dir, which refuses it, saying what to do)."""
+    try:
+        status = read_json(run_dir / "summary.json").get("status", "unknown")
+    except Exception:  # none, not JSON, not an object
+        return None
+    return status if isinstance(status, str) else None
+
+
+def run_classification_job(cfg_dict: dict, run_dir: Path, study: Path | None = None) -> str:
+    """One run_experiments run (in this process or a joblib worker) of the study in ``study``;
+    returns its status. A completed run is kept as it is; an unfinished one resumes from its
+    checkpoint; one whose dir cannot be used (a file it cannot read) fails, saying what the
+    study's user can do (:func:`~..rundir.study_advice`)."""
     summary = run_dir / "summary.json"
-    if summary.exists():
-        status = read_json(summary).get("status", "unknown")
-        if status == "completed":
-            return status
+    if summary_status(run_dir) == "completed":
+        return "completed"
     cfg_dict = {**cfg_dict, "resume": (run_dir / "checkpoint.pt").exists() or summary.exists()}
     try:
-        load_app("run_experiments").run(cfg_dict, run_dir)
+        load_app("run_experiments").run(cfg_dict, run_dir, study=study)
     except Diverged:  # a "diverged" summary was written; the report lists it
         pass
     except Exception as err:  # a crash is recorded and reported, and the study goes on
@@ -343,8 +356,9 @@ def classification_task(cfg) -> str:
     from hydra.core.hydra_config import HydraConfig
 
     _exit_with_parent()
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    return run_classification_job(OmegaConf.to_container(cfg, resolve=True), run_dir)
+    hc = HydraConfig.get()  # the study's launcher's sweep dir is the study's dir
+    return run_classification_job(OmegaConf.to_container(cfg, resolve=True), Path(hc.runtime.output_dir),
+                                  Path(hc.sweep.dir))
 
 
 def _launcher(cfg: Config, study_dir: Path):
@@ -416,11 +430,12 @@ def run_classification(cfg: Config, study_dir: Path, jobs: list) -> dict[str, st
     return statuses
 
 
-def run_app(name: str, overrides: list[str], run_dir: Path, progress: bool) -> str:
-    """Run another app in this process unless its summary is already there."""
+def run_app(name: str, overrides: list[str], run_dir: Path, progress: bool, study: Path | None = None) -> str:
+    """Run another app in this process, as a part of the study in ``study``, unless its summary
+    is already there."""
     if (run_dir / "summary.json").exists():
         return "completed"
-    load_app(name).run([*overrides, f"progress={str(progress).lower()}"], run_dir)
+    load_app(name).run([*overrides, f"progress={str(progress).lower()}"], run_dir, study=study)
     return "completed"
 
 
@@ -485,12 +500,13 @@ def run(cfg: Config, rd: RunDir) -> dict:
     for name in apps:  # loss_landscape after classification: it reads those runs
         overrides = landscape_overrides(cfg, jobs, study_dir) if name == "loss_landscape" else \
             [*getattr(scale, name), *getattr(cfg.overrides, name)]
-        timed(name, run_app, name, overrides, study_dir / name, cfg.progress)
+        timed(name, run_app, name, overrides, study_dir / name, cfg.progress, study_dir)
     # imported here, not at the top: the report's matplotlib and SciPy would cost every launcher worker
     # (which imports this module for classification_task) and `osc study --help` ~1.5 s of start-up
     from ..report import build_report
 
-    built = build_report([study_dir], study_dir, title=f"Do orthogonal skips help? (osc study, scale={cfg.scale})")
+    built = build_report([study_dir], study_dir, title=f"Do orthogonal skips help? (osc study, scale={cfg.scale})",
+                         advice=lambda d: study_advice(study_dir, d))
     wall = time.perf_counter() - t0
     write_json(study_dir / "study.json", {"scale": cfg.scale, "wall_time_s": wall, "seconds": seconds,
                                           "status": status})

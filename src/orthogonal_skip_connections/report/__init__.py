@@ -16,13 +16,13 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
+from typing import Callable
 
 from ..rundir import check_dir_writable, check_report, make_dir
 from ..runs import UserError
 from .classification import (
     CSV_COLUMNS,
     RunRecord,
-    STOPPED,
     caveat,
     curves_figure,
     _read_object,
@@ -30,6 +30,7 @@ from .classification import (
     mode_tables,
     moved_from_start_arms,
     results_rows,
+    stopped_note,
     table_markdown,
     task_tables,
 )
@@ -125,15 +126,17 @@ def _in_short(tables: dict, modes: dict, others: dict[Path, dict]) -> list[str]:
             "reasons.", ""]
 
 
-def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal skips help?") -> dict:
+def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal skips help?",
+                 advice: Callable[[Path], str] | None = None) -> dict:
     """Write results.csv, comparisons.csv (when there are classifier arms to compare), report.md,
     report.html and figures into ``out_dir``; return ``{"rows": ..., "tables": ..., "report": path,
-    "written": the names of the other files}``."""
+    "written": the names of the other files}``. ``advice``: what a run dir that cannot be read
+    asks for (see :func:`.classification.find_runs`)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; give a directory (made if missing)")
     check_dir_writable(out_dir, "--out")  # under a file, or not writable: one line before any run is read
-    runs, others = find_runs([Path(p) for p in paths])
+    runs, others = find_runs([Path(p) for p in paths], advice)
     others = [d for d in others if d.resolve() != out_dir.resolve()]
     if not runs and not others:
         raise UserError(f"no run dirs found under {', '.join(map(str, paths))}")
@@ -162,8 +165,7 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
                "task(s)" + (f"; {n_running} still running" if n_running else "")
                + (f"; {n_bad} did not complete" if n_bad else "")
                + (" (listed in the tables, kept in results.csv)." if n_running or n_bad else ".")
-               + "".join(f" {sum(r['status'] == k for r in rows)} {k}: {v}." for k, v in STOPPED.items()
-                         if any(r["status"] == k for r in rows)),
+               + stopped_note(runs),
                "Accuracy is the final test accuracy; the 95% intervals are Student-t over seeds; "
                "the difference vs identity is paired by seed, and a verdict of better or worse also needs the "
                "paired t-test's p-value, Holm-adjusted over the task's comparisons with identity, below 0.05 (the "

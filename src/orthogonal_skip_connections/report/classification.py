@@ -20,18 +20,20 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import yaml
 
 from ..analysis.stats import t_interval_within
 from ..data.vision import NUM_CLASSES
 from ..diagnostics import started_away_from_identity
 from ..plots import band, integer_ticks, plt, savefig, variant_colors
-from ..rundir import CHECKPOINT, ERROR, RUN, SUMMARY, in_use
+from ..rundir import CHECKPOINT, ERROR, RUN, SUMMARY, RunDir, in_use
 from ..runs import UserError, read_json, read_jsonl
 from ..skips import FIXED_KINDS
 
-__all__ = ["RunRecord", "STOPPED", "find_runs", "results_rows", "task_tables", "mode_tables", "table_markdown",
+__all__ = ["RunRecord", "STOPPED", "AGAIN", "stopped_note", "find_runs", "results_rows", "task_tables", "mode_tables", "table_markdown",
            "interval", "curves_figure", "caveat", "detectable_difference", "CSV_COLUMNS", "CLASSIFIER_APP", "MODE_BASELINE"]
 
 CLASSIFIER_APP = "run_experiments"
@@ -59,11 +61,11 @@ class RunRecord:
 
     @property
     def status(self) -> str:
-        """The summary's status. Without one (a failure writes a summary with status "failed"):
-        "running" while a process holds the run dir's lock, else the run stopped before it
-        finished: "incomplete" with a checkpoint to resume from; "failed" with the error.txt
-        of a study's crashed job; else "interrupted" (killed before any checkpoint; a single
-        run's crash, its traceback on the terminal, leaves the same), to be rerun."""
+        """The summary's status. Without one (a sweep's failed job writes a summary with status
+        "failed"): "running" while a process holds the run dir's lock, else the run stopped
+        before it finished: "incomplete" with a checkpoint to resume from; "failed" with the
+        error.txt a crash leaves (a library error in any run, a study job's refusal too); else
+        "interrupted" (killed, or stopped by Ctrl-C or SIGTERM, before any checkpoint), to be rerun."""
         if self.summary is not None:
             return self.summary.get("status", "unknown")
         if in_use(self.path):
@@ -84,19 +86,68 @@ class RunRecord:
     def residual_mode(self) -> str:
         return self.labels.get("residual_mode", "add")  # runs made before residual modes added
 
+    @property
+    def started_by(self) -> str:
+        """What ran it, which is what runs it again: "study" (a dir above holds ``osc study``'s
+        run.json: the study runs its jobs through Hydra's launcher), "sweep" (its
+        .hydra/hydra.yaml says Hydra's MULTIRUN mode; without one, the dir above holds a
+        multirun.yaml), else "run" (one run)."""
+        if any(RunDir.app_of(p) == "study" for p in self.path.resolve().parents):
+            return "study"
+        try:
+            mode = yaml.safe_load((self.path / ".hydra" / "hydra.yaml").read_text())["hydra"]["mode"]
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+            return "sweep" if (self.path.parent / "multirun.yaml").is_file() else "run"
+        return "sweep" if mode == "MULTIRUN" else "run"
 
-# what a report says of a run that stopped without a summary (RunRecord.status), and what to do
+
+# what a report says of a run that stopped without a summary (RunRecord.status) ...
 STOPPED = {
-    "incomplete": "stopped after it saved a checkpoint: resume=true with the same hydra.run.dir continues it",
-    "interrupted": "stopped before it saved a checkpoint (killed, or a crash outside a sweep or study): it cannot "
-                   "be resumed, only rerun",
+    "incomplete": "stopped after it saved a checkpoint",
+    "interrupted": "stopped before it saved a checkpoint (killed, or stopped by Ctrl-C or SIGTERM)",
 }
+# ... and what to do about it, by what ran it (RunRecord.started_by): a sweep's job resumes when
+# its sweep runs again, a study's when the study does (a job without a checkpoint starts over)
+AGAIN = {
+    "incomplete": {
+        "run": "resume=true with the same hydra.run.dir continues it",
+        "sweep": "running the same sweep again with resume=true and the same hydra.sweep.dir continues it",
+        "study": "running the same osc study again with resume=true and the same hydra.run.dir continues it",
+    },
+    "interrupted": {
+        "run": "it cannot be resumed, only rerun",
+        "sweep": "it cannot be resumed; running the same sweep again with resume=true and the same hydra.sweep.dir "
+                 "trains it again",
+        "study": "it cannot be resumed; running the same osc study again with resume=true and the same hydra.run.dir "
+                 "trains it again",
+    },
+}
+_RUNS_OF = {"run": "single run", "sweep": "sweep job", "study": "study job"}
 
 
-def find_runs(paths: list[Path]) -> tuple[list[RunRecord], list[Path]]:
+def stopped_note(runs: list[RunRecord]) -> str:
+    """The report's sentences on the runs that stopped without a summary: per status of
+    :data:`STOPPED`, how many, what happened and what to do, as each run's :attr:`RunRecord.started_by`
+    says (with a count of runs per advice where they differ)."""
+    out = []
+    for status, what in STOPPED.items():
+        kinds = [r.started_by for r in runs if r.status == status]
+        if not kinds:
+            continue
+        counts = {kind: kinds.count(kind) for kind in AGAIN[status] if kind in kinds}
+        advice = "; ".join(AGAIN[status][kind] + ("" if len(counts) == 1 else
+                                                  f" ({n} {_RUNS_OF[kind]}{'s' if n > 1 else ''})")
+                           for kind, n in counts.items())
+        out.append(f" {len(kinds)} {status}: {what}: {advice}.")
+    return "".join(out)
+
+
+def find_runs(paths: list[Path], advice: Callable[[Path], str] | None = None) -> tuple[list[RunRecord], list[Path]]:
     """Classifier runs and other apps' finished run dirs under ``paths`` (single runs,
     Hydra multirun sweep dirs, study dirs). A run dir is known by its run.json (written
-    when the run started); a study's own dir is an index, not a result."""
+    when the run started); a study's own dir is an index, not a result. A run dir that cannot
+    be read is a one-line UserError; ``advice(run dir)``, when given, ends it with what to do
+    (a study's report: what its user can do, who gave no dirs to osc report)."""
     runs, others, seen = [], [], set()
     for root in paths:
         root = Path(root)
@@ -108,20 +159,26 @@ def find_runs(paths: list[Path]) -> tuple[list[RunRecord], list[Path]]:
         for d in candidates:
             if d.resolve() in seen or not (d / RUN).is_file() or any(p in seen for p in d.resolve().parents):
                 continue
-            meta = _read_object(d / RUN)
-            summary = _read_object(d / SUMMARY) if (d / SUMMARY).exists() else None
-            if meta.get("app") == CLASSIFIER_APP:
-                seen.add(d.resolve())
-                labels = meta.get("labels")
-                missing = sorted(LABELS - set(labels)) if isinstance(labels, dict) else sorted(LABELS)
-                if missing:
-                    raise UserError(f"{d / RUN}: its labels lack {', '.join(missing)} (a run dir of another "
-                                    f"version?); move it out of the dirs given to osc report")
-                _check_types(d, labels, summary)
-                runs.append(RunRecord(d, labels, summary, *_evals(d / "metrics.jsonl")))
-            elif summary is not None and meta.get("app") != "study":
-                seen.add(d.resolve())
-                others.append(d)
+            try:
+                meta = _read_object(d / RUN)
+                summary = _read_object(d / SUMMARY) if (d / SUMMARY).exists() else None
+                if meta.get("app") == CLASSIFIER_APP:
+                    seen.add(d.resolve())
+                    labels = meta.get("labels")
+                    missing = sorted(LABELS - set(labels)) if isinstance(labels, dict) else sorted(LABELS)
+                    if missing:
+                        raise UserError(f"{d / RUN}: its labels lack {', '.join(missing)} (a run dir of another "
+                                        "version?)" + ("; move it out of the dirs given to osc report" if advice is None
+                                                       else ""))
+                    _check_types(d, labels, summary)
+                    runs.append(RunRecord(d, labels, summary, *_evals(d / "metrics.jsonl")))
+                elif summary is not None and meta.get("app") != "study":
+                    seen.add(d.resolve())
+                    others.append(d)
+            except UserError as err:
+                if advice is None:
+                    raise
+                raise UserError(f"{err}; {advice(d)}") from None
     # in the order of their paths, not of the dirs given: `osc report a b` and `osc report b a`
     # write the same report (the other apps' sections, and ties in results.csv, follow this order)
     runs.sort(key=lambda r: r.path.resolve())

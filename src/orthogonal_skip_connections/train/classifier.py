@@ -274,13 +274,15 @@ def train_classifier(
     extra_summary: dict | None = None,
     save_checkpoint: bool = True,
     key: str = "hydra.run.dir",
+    advice: str | None = None,
 ) -> dict:
     """Train ``model`` on ``data``; write metrics.jsonl, checkpoint.pt (after every epoch,
     unless ``save_checkpoint`` is false: then a killed run cannot resume) and summary.json
     into ``run_dir``; return the summary. Raises :class:`Diverged` (after writing a summary
     with ``status: diverged``, also its ``partial``) when the run diverges by the rule of
     :mod:`.divergence`. ``key``: the setting that chose ``run_dir``, named when its checkpoint
-    cannot be resumed from (see :func:`resume_advice`)."""
+    cannot be resumed from (see :func:`resume_advice`); ``advice``: what that refusal asks for
+    instead (a study's run: what the study's user can do)."""
     cfg.validate()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -316,7 +318,8 @@ def train_classifier(
              "overflow_steps": 0, "last_eval": None, "guard": None, "skip_start": None}
     guard = DivergenceGuard(trivial_loss=math.log(max(2, data.num_classes)))
     if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, device, resume_advice(key))
+        advice = advice or resume_advice(key)
+        ckpt = load_checkpoint(ckpt_path, device, advice)
         try:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
@@ -327,7 +330,7 @@ def train_classifier(
             state.update(ckpt["state"])
             guard.load_state(state.get("guard"))
         except UNFIT as err:
-            raise unfit_checkpoint(ckpt_path, err, resume_advice(key)) from None
+            raise unfit_checkpoint(ckpt_path, err, advice) from None
         if main:
             _truncate_metrics(metrics_path, state["epoch"])
     else:

@@ -429,7 +429,7 @@ def test_cholesky_qr_is_scipys_q_for_ill_conditioned_retraction_steps(n, rank2, 
 def test_cholesky_qr_where_cholesky_qr2_returned_a_wrong_matrix_unreported(n, step, seed):
     # found by a seeded search (n = 5, 7, 9; steps 5e5, 1e6, 2e6; seeds 0-299): CholeskyQR2's factorisations
     # all ran to completion (cholesky_ex's info 0) and returned a non-NaN matrix that was not orthogonal
-    # (||Q^T Q - I||_max 1.3e-4 and 4.5e-4, 3-10x this test's bound) and not scipy's Q to n u kappa
+    # (||Q^T Q - I||_F 1.3e-4 and 4.5e-4, 3 and 10x this test's bound; scipy's Q otherwise, to n u kappa)
     A = retraction_step(n, step, seed)
     assert_is_scipy_q(O.cholesky_qr(A), A, "pinned step")
 

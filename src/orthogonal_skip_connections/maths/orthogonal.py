@@ -401,18 +401,19 @@ def cholesky_qr(A: Tensor) -> Tensor:
     s = 11 (m n + n (n + 1)) u ||A||_2^2 is that bound with ||A||_F^2 <= n ||A||_2^2 written in;
     with ||A||_F^2 = trace(A^T A) at hand (on the device: nothing read back), s = 11 (m + n + 1)
     u ||A||_F^2 covers the same round-off with the same margin 11: never larger than the
-    paper's, up to n times smaller. Q_1's singular values are about sigma_i / sqrt(sigma_i^2 + s), so its
-    condition number is about sqrt(s) / sigma_min(A) = sqrt(11 (2n + 1) u) (||A||_F / ||A||_2)
-    cond(A) where that exceeds 1; CholeskyQR2 takes Q_1 up to about u^{-1/2}, hence A up to
-    about u^{-1} / (sqrt(11 (2n + 1)) ||A||_F / ||A||_2): below u^{-1} by a factor that grows
-    with n, and sqrt(n) times further than the paper's s with ||A||_F written for ||A||_2.
+    paper's, up to n times smaller. Q_1's singular values are about sigma_i / sqrt(sigma_i^2 +
+    s), so its condition number is about sqrt(s) / sigma_min(A) = sqrt(11 (2n + 1) u)
+    (||A||_F / ||A||_2) cond(A) where that exceeds 1; CholeskyQR2 takes Q_1 up to about
+    u^{-1/2}, hence A up to about u^{-1} / (sqrt(11 (2n + 1)) ||A||_F / ||A||_2): below u^{-1}
+    by a factor that grows with n, and sqrt(n) times further than the paper's s with ||A||_F
+    written for ||A||_2.
 
     Measured in float32 against scipy.linalg.qr, for a retraction's step W (I - eta S), whose
     condition number is sqrt(1 + (eta ||S||_2)^2) when S = skew(W^T G) is singular (odd n, or a
     low-rank G): the Q came out right (within n u cond(A) of scipy's Q, ||Q^T Q - I||_max below
-    50 n eps, same det) for
-    every step with eta ||S||_2 up to 5e5 at n = 3 to 9, 1e5 at n = 16 to 33, 5e4 at n = 64 to
-    129 (30 random W, G each, full and rank-2 G) and 3e4 at n = 256 and 512 (8 each).
+    50 n eps, same det) for every step with eta ||S||_2 up to 5e5 at n = 3 to 9, 1e5 at n = 16
+    to 33, 5e4 at n = 64 to 129 (30 random W, G each: odd n with a full G, and a rank-2 G) and
+    3e4 at n = 256 to 513 (8 each; notes/cpu_upkeep.md).
     CholeskyQR2 alone broke down from 5e3-1e4 on, at every n: NaN for 10 to 100 % of the steps,
     and in the same sweep 20 of 6,240 steps (condition numbers 5e5 to 1.2e7) gave a non-NaN
     matrix that was not A's Q (||Q^T Q - I||_max 1e-4 to 2.5e-2), ``cholesky_ex`` reporting

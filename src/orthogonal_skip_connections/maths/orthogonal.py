@@ -797,15 +797,16 @@ TORCH_MAPS = {"cayley": "cayley", "exp": "matrix_exp", "householder": "household
 # fixed iteration counts, nothing read back to the host: for GPUs), "auto" (matmul on CUDA,
 # factor elsewhere). Both compute the same maps up to round-off, except that "matmul"'s
 # steepest direction treats singular values of W^T G - G^T W below sqrt(eps) times the
-# largest softly (see msign), where the SVD's sharp cuts at n eps, and that its qr step is
-# NaN past cholesky_qr's range (in float32 past eta ||S||_2 of about 3e4 at n = 512, 5e5 at
-# n = 9; see there), where the Householder QR still has a Q.
+# largest softly (see msign), where the SVD's sharp cuts at n eps, and that its qr step can
+# be NaN past cholesky_qr's range (in float32 past eta ||S||_2 of about 3e4 at n = 512, 5e5
+# at n = 9; see there), where the Householder QR still has a Q.
 RETRACTION_IMPLS = ("auto", "factor", "matmul")
 # The step of the svd / newton_schulz retractions has singular values in [1, sqrt(1 + (eta
 # ||S||_2)^2)], S = skew(W^T G); "matmul" runs the iterations that reach round-off for
 # eta ||S||_2 up to this bound (13-14 steps for n = 16-512), and leaves larger (diverging)
 # steps unfinished. The qr retraction's "matmul" step (cholesky_qr) has no such bound: it is
-# right to round-off up to the condition numbers its docstring gives, NaN past them.
+# right to round-off up to the condition numbers its docstring gives; past them, right or
+# NaN (rarely, near 1 / u, neither: see there).
 MATMUL_MAX_STEP = 1e3
 
 

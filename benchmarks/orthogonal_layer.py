@@ -37,7 +37,7 @@ an eager GPU run uses) against ``expm_fixed`` with its degree and squarings read
 
 The third table (``--qr-sizes``, default the retraction table's C) times ``cholesky_qr``, shifted
 CholeskyQR3 (qr's products-only Q factor), side by side with the unshifted CholeskyQR2 it
-replaced (kept verbatim below as the baseline), alone and inside a qr@matmul retraction step, on
+replaced (kept below as the baseline), alone and inside a qr@matmul retraction step, on
 the same K matrices; the ratio is per round (median and quartiles over the rounds).
 
     python benchmarks/orthogonal_layer.py                  # C in 16, 64, 256, 512; 1000 steps
@@ -225,7 +225,8 @@ def retraction_table(Cs: list[int], args, device: torch.device) -> str:
 
 
 def cholesky_qr2(A: torch.Tensor) -> torch.Tensor:
-    """``orth.cholesky_qr`` before shifted CholeskyQR3 (the baseline), kept verbatim: CholeskyQR2."""
+    """``orth.cholesky_qr`` before shifted CholeskyQR3 (the baseline): CholeskyQR2, its body as it was
+    (module names qualified)."""
     orth.check_square(A)
     Q, failed = A, None
     for _ in range(2):

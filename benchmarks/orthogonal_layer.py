@@ -35,6 +35,11 @@ The exp map also gets forward-and-backward rows at ||A||_2 ~ 1: torch's ``matrix
 an eager GPU run uses) against ``expm_fixed`` with its degree and squarings read on the host
 (the CPU's; on a GPU one synchronisation, as torch's) and with its fixed 12 (compiled code's).
 
+The third table (``--qr-sizes``, default the retraction table's C) times ``cholesky_qr``, shifted
+CholeskyQR3 (qr's products-only Q factor), side by side with the unshifted CholeskyQR2 it
+replaced (kept below as the baseline), alone and inside a qr@matmul retraction step, on
+the same K matrices; the ratio is per round (median and quartiles over the rounds).
+
     python benchmarks/orthogonal_layer.py                  # C in 16, 64, 256, 512; 1000 steps
     python benchmarks/orthogonal_layer.py --quick          # a smoke run: about a minute on a 2-core CPU
 """
@@ -42,6 +47,8 @@ an eager GPU run uses) against ``expm_fixed`` with its degree and squarings read
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
 import sys
 
 import torch
@@ -217,6 +224,46 @@ def retraction_table(Cs: list[int], args, device: torch.device) -> str:
                         "><>>>>")
 
 
+def cholesky_qr2(A: torch.Tensor) -> torch.Tensor:
+    """``orth.cholesky_qr`` before shifted CholeskyQR3 (the baseline): CholeskyQR2, its body as it was
+    (module names qualified)."""
+    orth.check_square(A)
+    Q, failed = A, None
+    for _ in range(2):
+        L, info = torch.linalg.cholesky_ex(orth._mm(Q.mT, Q))  # A^T A = L L^T, R = L^T
+        Q = torch.linalg.solve_triangular(L, Q.mT, upper=False).mT  # Q R^{-1} = (L^{-1} Q^T)^T
+        failed = info != 0 if failed is None else failed | (info != 0)
+    return torch.where(failed[..., None, None], torch.full_like(Q, math.nan), Q)
+
+
+def qr_cost_table(Cs: list[int], args, device: torch.device) -> str:
+    """cholesky_qr (shifted CholeskyQR3) against cholesky_qr2 (before) on K matrices, alone and in the
+    qr retraction's matmul step (W - eta W skew(W^T G), then the Q factor, as ``orth.retract`` does)."""
+    K = args.k
+    rows = []
+    for C in Cs:
+        g = torch.Generator().manual_seed(C)
+        W = torch.stack([orth.haar_orthogonal(C, generator=g) for _ in range(K)]).to(device)
+        G = (1e-2 * torch.randn(K, C, C, generator=g)).to(device)
+        A = W - 0.05 * orth.tangent_gradient(W, G)
+        fns = {"new": lambda: orth.cholesky_qr(A), "before": lambda: cholesky_qr2(A),
+               "step new": lambda: orth.cholesky_qr(W - 0.05 * orth.tangent_gradient(W, G)),
+               "step before": lambda: cholesky_qr2(W - 0.05 * orth.tangent_gradient(W, G))}
+        times = interleaved_times(fns, device, args.retract_rounds, args.retract_calls, warmup=2)
+        row = [str(C)]
+        for new, before in (("new", "before"), ("step new", "step before")):
+            ratios = [a / b for a, b in zip(times[new], times[before])]
+            q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+            row += [f"{1e6 * median(times[new]):.0f}", f"{1e6 * median(times[before]):.0f}",
+                    f"{median(ratios):.2f} ({q[0]:.2f}-{q[2]:.2f})"]
+        rows.append(row)
+    text = (f"per-call cost of cholesky_qr, shifted CholeskyQR3, against CholeskyQR2 (before) on K = {K} matrices, "
+            f"alone and in a qr@matmul step (step 0.05); new / before per round, median (q1-q3) of "
+            f"{args.retract_rounds}\n")
+    return text + table(["C", "sCholQR3 us", "CholQR2 us", "new / before", "step new us", "step before us",
+                         "new / before"], rows, ">>>>>>>")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="16,64,256,512", help="comma-separated C")
@@ -229,6 +276,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--retract-calls", type=int, default=5, help="calls per timing in the retraction table")
     p.add_argument("--retract-sizes", default=None, help="C of the retraction table (default: --sizes; '' for none)")
     p.add_argument("--retract-rounds", type=int, default=5, help="rounds in the retraction table")
+    p.add_argument("--qr-sizes", default=None,
+                   help="C of the cholesky_qr cost table (default: the retraction table's; '' for none)")
     p.add_argument("--householder-max", type=int, default=64,
                    help="largest C with householder rows (C Householder reflections per forward: slow)")
     p.add_argument("--device", default="auto", help="auto (cuda if any, else cpu) | cpu | cuda | cuda:N")
@@ -272,6 +321,9 @@ def main(argv: list[str] | None = None) -> None:
     retract_sizes = Cs if args.retract_sizes is None else [int(c) for c in args.retract_sizes.split(",") if c]
     if retract_sizes:
         print("\n" + retraction_table(retract_sizes, args, device), flush=True)
+    qr_sizes = retract_sizes if args.qr_sizes is None else [int(c) for c in args.qr_sizes.split(",") if c]
+    if qr_sizes:
+        print("\n" + qr_cost_table(qr_sizes, args, device), flush=True)
     if not Cs:
         return
     print(f"\ntarget ({OURS} no slower than {' and '.join(DEFAULTS)} at every C, and at least as orthogonal): "

@@ -5,7 +5,7 @@ each matrix of the stack independently. Names follow the papers they come from:
 
 - polar factor, QR factor and the Newton-Schulz polar iteration (projections onto O(n));
 - the same projections from matrix products alone, with no host synchronisation (the
-  scaled Newton-Schulz iteration of Chen & Chow 2014 and CholeskyQR2), which the retractions
+  scaled Newton-Schulz iteration of Chen & Chow 2014 and shifted CholeskyQR3), which the retractions
   use on GPUs, where batched SVDs are slow (see ``RETRACTION_IMPLS``);
 - Cayley map and matrix exponential (maps from skew-symmetric matrices onto SO(n));
 - ``sharp`` and the steepest-descent step on O(n) under the spectral norm
@@ -386,25 +386,58 @@ def polar_matmul(A: Tensor, lower: float, upper: float | None = None, max_steps:
 
 
 def cholesky_qr(A: Tensor) -> Tensor:
-    """Q of A = QR with diag(R) > 0 (the map of :func:`qr_orthogonal`) by CholeskyQR2: R from
-    the Cholesky factor of A^T A, Q = A R^{-1}, done twice (Yamamoto et al. 2015, "Roundoff
-    error analysis of the CholeskyQR2 algorithm"): orthogonal to round-off for A whose
-    condition number is below about eps^{-1/2} (3e3 in float32). A retraction's step
-    W (I - eta S) has condition number up to sqrt(1 + (eta ||S||_2)^2) (always reached for odd
-    n, where S is singular), so in float32 a step of eta ||S||_2 past ~1e4 is beyond it. There
-    the Cholesky factorisation of A^T A breaks down and its partial factor gave an orthogonal
-    matrix that was not A's Q (scipy.linalg.qr's; often in the other component of O(n), det
-    -1 for a rotation's step): a matrix whose factorisation reports a breakdown is returned as
-    NaN instead, which no check of orthogonality can mistake for a result. The breakdown flag is
-    ``cholesky_ex``'s, tested on the device: nothing is read back to the host."""
-    check_square(A)
-    Q, failed = A, None
-    for _ in range(2):
-        L, info = torch.linalg.cholesky_ex(_mm(Q.mT, Q))  # A^T A = L L^T, R = L^T
-        Q = torch.linalg.solve_triangular(L, Q.mT, upper=False).mT  # Q R^{-1} = (L^{-1} Q^T)^T
-        failed = info != 0 if failed is None else failed | (info != 0)
-    return torch.where(failed[..., None, None], torch.full_like(Q, math.nan), Q)
+    """Q of A = QR with diag(R) > 0 (the map of :func:`qr_orthogonal`) by shifted CholeskyQR3
+    (Fukaya, Kannan, Nakatsukasa, Yamamoto and Yanagisawa 2020, "Shifted Cholesky QR for
+    computing the QR factorization of ill-conditioned matrices"): one Cholesky QR of the shifted
+    Gram matrix, R_1^T R_1 = A^T A + s I and Q_1 = A R_1^{-1}, then CholeskyQR2 on Q_1 (Yamamoto
+    et al. 2015, "Roundoff error analysis of the CholeskyQR2 algorithm": R from the Cholesky
+    factor of Q^T Q, Q R^{-1}, twice). A = Q R_3 R_2 R_1; only Q is returned. Three Gram
+    products, Cholesky factors and triangular solves; (..., n, n), so m = n below.
 
+    The shift covers the round-off of the computed A^T A (at most gamma_m ||A||_F^2 in norm,
+    gamma_k ~ k u, u = eps / 2) and of its Cholesky factor (gamma_{n+1} ||R_1||_F^2) (Higham
+    2002, "Accuracy and Stability of Numerical Algorithms", eq. 3.13 and thm 10.3): about
+    (m + n + 1) u ||A||_F^2, so that the first factorisation runs to completion. The paper's
+    s = 11 (m n + n (n + 1)) u ||A||_2^2 is that bound with ||A||_F^2 <= n ||A||_2^2 written in;
+    with ||A||_F^2 = trace(A^T A) at hand (on the device: nothing read back), s = 11 (m + n + 1)
+    u ||A||_F^2 covers the same round-off with the same margin 11: never larger than the
+    paper's, up to n times smaller. Q_1's singular values are about sigma_i / sqrt(sigma_i^2 +
+    s), so its condition number is about sqrt(s) / sigma_min(A) = sqrt(11 (2n + 1) u)
+    (||A||_F / ||A||_2) cond(A) where that exceeds 1; CholeskyQR2 takes Q_1 up to about
+    u^{-1/2}, hence A up to about u^{-1} / (sqrt(11 (2n + 1)) ||A||_F / ||A||_2): below u^{-1}
+    by a factor that grows with n, and sqrt(n) times further than the paper's s with ||A||_F
+    written for ||A||_2.
+
+    Measured in float32 against scipy.linalg.qr, for a retraction's step W (I - eta S), whose
+    condition number is sqrt(1 + (eta ||S||_2)^2) when S = skew(W^T G) is singular (odd n, or a
+    low-rank G): the Q came out right (within n u cond(A) of scipy's Q, ||Q^T Q - I||_max below
+    50 n eps, same det) for every step with eta ||S||_2 up to 5e5 at n = 3 to 9, 1e5 at n = 16
+    to 33, 5e4 at n = 64 to 129 (30 random W, G each: odd n with a full G, and a rank-2 G) and
+    3e4 at n = 256 to 513 (8 each; notes/cpu_upkeep.md).
+    CholeskyQR2 alone broke down from 5e3-1e4 on, at every n: NaN for 10 to 100 % of the steps,
+    and in the same sweep 20 of 6,240 steps (condition numbers 5e5 to 1.2e7) gave a non-NaN
+    matrix that was not A's Q (||Q^T Q - I||_max 1e-4 to 2.5e-2), ``cholesky_ex`` reporting
+    nothing. Past the range Q_1 is still too ill-conditioned for CholeskyQR2, whose
+    factorisation breaks down: a matrix any of whose three factorisations reports a breakdown
+    is returned as NaN, which no check of orthogonality can mistake for a result. In 5,865
+    random steps (n = 3 to 129, condition numbers 3e3 to 1.7e7) no wrong non-NaN result came
+    below condition number 1e7; two above it (1.1e7, 1.3e7; u^{-1} = 1.7e7) were not orthogonal
+    (||Q^T Q - I||_max 8e-4, 3e-3). The breakdown flag is ``cholesky_ex``'s, tested on the
+    device: nothing is read back to the host."""
+    check_square(A)
+    m, n = A.shape[-2:]
+    u = _eps(A) / 2  # unit round-off
+    AtA = _mm(A.mT, A)  # (..., n, n)
+    fro2 = AtA.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]  # ||A||_F^2 = trace(A^T A), (..., 1, 1)
+    s = (11 * (m + n + 1) * u) * fro2  # the paper's 11 (m n + n (n + 1)) u ||A||_2^2 before ||A||_F^2 <= n ||A||_2^2
+    L, info = torch.linalg.cholesky_ex(AtA + s * eye_like(A))  # A^T A + s I = R_1^T R_1, L = R_1^T
+    Q = torch.linalg.solve_triangular(L, A.mT, upper=False).mT  # Q_1 = A R_1^{-1} = (L^{-1} A^T)^T
+    failed = info != 0
+    for _ in range(2):  # CholeskyQR2 on Q_1
+        L, info = torch.linalg.cholesky_ex(_mm(Q.mT, Q))  # Q^T Q = L L^T, R = L^T
+        Q = torch.linalg.solve_triangular(L, Q.mT, upper=False).mT  # Q R^{-1}
+        failed = failed | (info != 0)
+    return torch.where(failed[..., None, None], torch.full_like(Q, math.nan), Q)
 
 
 # --------------------------------------------------------------------------- maps from so(n)
@@ -764,12 +797,16 @@ TORCH_MAPS = {"cayley": "cayley", "exp": "matrix_exp", "householder": "household
 # fixed iteration counts, nothing read back to the host: for GPUs), "auto" (matmul on CUDA,
 # factor elsewhere). Both compute the same maps up to round-off, except that "matmul"'s
 # steepest direction treats singular values of W^T G - G^T W below sqrt(eps) times the
-# largest softly (see msign), where the SVD's sharp cuts at n eps.
+# largest softly (see msign), where the SVD's sharp cuts at n eps, and that its qr step can
+# be NaN past cholesky_qr's range (in float32 past eta ||S||_2 of about 3e4 at n = 512, 5e5
+# at n = 9; see there), where the Householder QR still has a Q.
 RETRACTION_IMPLS = ("auto", "factor", "matmul")
 # The step of the svd / newton_schulz retractions has singular values in [1, sqrt(1 + (eta
 # ||S||_2)^2)], S = skew(W^T G); "matmul" runs the iterations that reach round-off for
 # eta ||S||_2 up to this bound (13-14 steps for n = 16-512), and leaves larger (diverging)
-# steps unfinished.
+# steps unfinished. The qr retraction's "matmul" step (cholesky_qr) has no such bound: it is
+# right to round-off up to the condition numbers its docstring gives; past them, right or
+# NaN (rarely, near 1 / u, neither: see there).
 MATMUL_MAX_STEP = 1e3
 
 

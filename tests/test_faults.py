@@ -691,6 +691,48 @@ def test_a_single_runs_crash_reads_failed_and_its_stop_interrupted(tmp_path, cap
     assert status == {"crashed": "failed", "stopped": "interrupted"}
 
 
+def test_a_crashed_runs_rerun_that_is_killed_reads_interrupted_and_a_refused_one_keeps_the_crash(tmp_path, capsys,
+                                                                                                   monkeypatch):
+    """A crashed run's error.txt stayed when the run was started again in its dir: a rerun then
+    killed (which writes nothing) read "failed" with the old traceback, though it did not crash.
+    A rerun that starts removes it; one refused (at its claim, or once started) leaves the dir as
+    it was, error.txt included, and the run still reads failed."""
+    import csv
+
+    from orthogonal_skip_connections.experiments import run_experiments
+    from orthogonal_skip_connections.runs import UserError
+
+    def raising(err):
+        def train_classifier(*args, **kwargs):
+            raise err
+        return train_classifier
+
+    def status(run_dir):
+        code, _, err = run(["report", run_dir, "--out", tmp_path / "report"], capsys)
+        assert code == 0 and "Traceback" not in err, err
+        with open(tmp_path / "report" / "results.csv", newline="") as f:
+            return [r["status"] for r in csv.DictReader(f)]
+
+    run_dir = tmp_path / "run"
+    argv = ["run_experiments", *TINY["run_experiments"], f"hydra.run.dir={run_dir}", "progress=false"]
+    monkeypatch.setattr(run_experiments, "train_classifier", raising(RuntimeError("a library bug")))
+    assert run(argv, capsys)[0] == 1
+    assert "RuntimeError: a library bug" in (run_dir / "error.txt").read_text()
+    crashed = snapshot(run_dir)
+    # refused at its claim (a resume with another config), and once started (a check at run time)
+    code, lines, _ = run([*argv, "resume=true", "optimizer.lr=0.05"], capsys)
+    assert code == 2 and len(lines) == 1 and "optimizer.lr" in lines[0], lines
+    monkeypatch.setattr(run_experiments, "train_classifier", raising(UserError("a refusal at run time")))
+    code, lines, _ = run(argv, capsys)
+    assert code == 2 and lines == ["error: a refusal at run time"], lines
+    assert snapshot(run_dir) == crashed  # error.txt included
+    assert status(run_dir) == ["failed"]
+    monkeypatch.setattr(run_experiments, "train_classifier", raising(KeyboardInterrupt()))  # killed: writes nothing
+    assert run(argv, capsys)[0] == 130
+    assert not (run_dir / "error.txt").exists()
+    assert status(run_dir) == ["interrupted"]
+
+
 def _stopped_lines(md: str) -> list[str]:
     """The report's sentences on runs stopped without a summary (their count, status and advice)."""
     import re

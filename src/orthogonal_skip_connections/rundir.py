@@ -1,7 +1,7 @@
 """Layer 5: one run directory, opened and closed the same way by every app.
 
     rd = RunDir.claim(path, resume=False, supports_resume=False, config=cfg)  # refuses a used dir
-    rd.start(config_dict)              # creates the dir, writes config.yaml (plain YAML)
+    rd.start(config_dict)              # creates the dir, writes config.yaml (plain YAML), removes an old error.txt
     ...                                # the app writes metrics, checkpoints, figures into rd.path
     summary = rd.finish(summary)       # summary.json, last, with a ``provenance`` block
     rd.release()                       # the run dir's lock
@@ -401,12 +401,19 @@ class RunDir:
     def start(self, config: Any, labels: dict | None = None) -> None:
         """Create the dir, save the config (a dataclass or dict) as config.yaml and write
         run.json: the app's name and ``labels`` (what a report groups this run by).
-        Under torchrun only rank 0 writes (here and in :meth:`finish`)."""
+        Under torchrun only rank 0 writes (here and in :meth:`finish`).
+
+        An error.txt an earlier attempt left here is removed: it told of that attempt's crash, and
+        this attempt, once stopped, is told by what it leaves (osc report would call a rerun
+        killed before its first checkpoint failed, with the old traceback). Like the config.yaml
+        rewritten here, it is put back when this attempt is then refused
+        (:func:`~.experiments._leftovers.hydra_files`)."""
         self.started = time.perf_counter()
         self.is_started = True
         if not distributed.is_main():
             return
         self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / ERROR).unlink(missing_ok=True)
         atomic_write_text(self.path / CONFIG, yaml.safe_dump(to_jsonable(config), sort_keys=False))
         write_json(self.path / RUN, {"app": self.app, "labels": labels or {}})
 

@@ -771,6 +771,57 @@ def test_a_stopped_sweep_job_resumes_with_its_sweep_and_the_report_says_so(tmp_p
     assert resumed["train_time_s"] == saved["train_time_s"] and resumed["test_acc"] == saved["test_acc"]
 
 
+def _sweep_advice(job: Path) -> str:
+    return (f"move {job} out of its sweep's dir (or delete it) and run the same sweep again with resume=true and the "
+            "same hydra.sweep.dir, which makes that job anew")
+
+
+def test_a_sweep_jobs_damaged_checkpoint_says_what_makes_the_job_anew(tmp_path, capsys):
+    """A sweep's job resumed from a checkpoint it cannot read said 'move it away to start this run
+    over, or choose another hydra.sweep.dir': the sweep run again without resume=true was then
+    refused, that job for the failed summary.json it recorded, every other for its finished run.
+    It says what works, which the test does: move the job's dir away and run the same sweep again
+    with resume=true; the job trains anew and the finished one is kept."""
+    sweep = tmp_path / "sweep"
+    argv = ["run_experiments", "-m", *TINY["run_experiments"], "seed=0,1", f"hydra.sweep.dir={sweep}", "progress=false"]
+    assert run(argv, capsys)[0] == 0
+    finished = (sweep / "0" / "summary.json").read_bytes()
+    job = sweep / "1"
+    (job / "summary.json").unlink()  # killed after its checkpoint, which is then damaged
+    (job / "checkpoint.pt").write_bytes(b"garbage\n")
+    code, lines, err = run([*argv, "resume=true"], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    line = next(x for x in lines if x.startswith("error: job 1"))
+    assert f"cannot read checkpoint {job / 'checkpoint.pt'}" in line and line.endswith(_sweep_advice(job)), line
+    assert json.loads((job / "summary.json").read_text())["status"] == "failed"  # what refused the old advice
+    shutil.move(job, tmp_path / "moved")
+    code, _, err = run([*argv, "resume=true"], capsys)
+    assert code == 0, err
+    assert (sweep / "0" / "summary.json").read_bytes() == finished
+    again = json.loads((job / "summary.json").read_text())
+    assert again["status"] == "completed" and again["epochs"] == 1
+    assert [r["epoch"] for r in map(json.loads, (job / "metrics.jsonl").read_text().splitlines())
+            if r.get("type") == "eval"] == [1]  # trained from its first epoch, not resumed
+
+
+def test_a_sweep_jobs_unusable_default_run_in_loss_landscape_says_run_the_sweep_anew(tmp_path, capsys):
+    """loss_landscape (which cannot resume) in a sweep keeps its default runs in each job's dir: one
+    it could not read said 'move the run away or choose another hydra.sweep.dir', though the job's
+    failed summary.json refuses that job in the same sweep dir, whatever was moved."""
+    sweep = tmp_path / "sweep"
+    garbled = sweep / "0" / "runs" / "digits_resnet20" / "zero" / "seed0"
+    garbled.mkdir(parents=True)
+    (garbled / "config.yaml").write_text("model: [unclosed\n")
+    code, lines, err = run(["loss_landscape", "-m", *TINY["loss_landscape"], "train.variants=[zero]",
+                            "direction_seed=0", f"hydra.sweep.dir={sweep}"], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    line = next(x for x in lines if x.startswith("error: job 0"))
+    assert f"cannot read {garbled / 'config.yaml'}" in line and "move the run away" not in line, line
+    assert line.endswith("run the same sweep again with another hydra.sweep.dir (loss_landscape cannot resume: the "
+                         f"failed summary.json in {sweep / '0'} refuses that job in this one)"), line
+    assert json.loads((sweep / "0" / "summary.json").read_text())["status"] == "failed"
+
+
 def test_a_stopped_study_job_resumes_with_its_study_and_the_report_says_so(tmp_path, capsys):
     """A study's job stopped without a summary: the report told the study's user to resume it with
     resume=true and the same hydra.run.dir, as though it were a run of theirs; the same osc study
@@ -1039,9 +1090,12 @@ def test_a_sweep_goes_on_after_a_failed_and_a_diverged_job(tmp_path, capsys):
 @pytest.mark.parametrize("held,overrides,words", [
     ("done/run_experiments", [], ["already holds a finished run", "choose another hydra.sweep.dir"]),
     ("unfinished", ["resume=true", "optimizer.lr=0.05"], ["optimizer.lr", "start a fresh hydra.sweep.dir"]),
-    # a checkpoint the job cannot resume from, found once the job runs (it said hydra.run.dir too)
-    ("resume/bad_checkpoint", ["resume=true"], ["checkpoint.pt", "UnpicklingError", "choose another hydra.sweep.dir"]),
-    ("resume/other_model", ["resume=true"], ["checkpoint.pt", "does not fit", "choose another hydra.sweep.dir"]),
+    # a checkpoint the job cannot resume from, found once the job runs (it said hydra.run.dir too, then
+    # 'move it away ... or choose another hydra.sweep.dir', which left the job's failed summary.json)
+    ("resume/bad_checkpoint", ["resume=true"], ["checkpoint.pt", "UnpicklingError", "resume=true and the same "
+                                                "hydra.sweep.dir, which makes that job anew"]),
+    ("resume/other_model", ["resume=true"], ["checkpoint.pt", "does not fit", "resume=true and the same "
+                                             "hydra.sweep.dir, which makes that job anew"]),
 ])
 def test_a_sweep_job_refused_its_run_dir_names_hydra_sweep_dir(root, tmp_path, held, overrides, words, capsys):
     """A sweep into a dir that holds its jobs' runs already: each job's refusal told the user to

@@ -966,6 +966,47 @@ def test_a_study_jobs_damaged_summary_says_what_the_study_can_do(landscape_study
     _follow(study, run_dir, capsys)
 
 
+def test_a_study_runs_unreadable_config_in_the_landscape_stage_says_what_the_study_can_do(landscape_study, tmp_path,
+                                                                                         capsys):
+    """A completed run of the study whose config.yaml loss_landscape cannot read as a classifier
+    run's config (the run is kept as completed, so only loss_landscape reads it): its line said
+    so and nothing about what to do."""
+    def damage(run_dir):
+        (run_dir / "config.yaml").write_text("model: [unclosed\n")
+        (run_dir.parents[3] / "loss_landscape" / "summary.json").unlink()  # so that the study runs it again
+
+    study, run_dir = _damaged_study(landscape_study, tmp_path, damage)
+    code, lines, err = run([*STUDY_WITH_LANDSCAPE, f"hydra.run.dir={study}"], capsys)
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"cannot read {run_dir / 'config.yaml'} as a classifier run's config" in lines[0], lines[0]
+    assert lines[0].endswith(_study_advice(study, run_dir)), lines[0]
+    _follow(study, run_dir, capsys)
+
+
+def test_a_study_apps_malformed_report_section_says_what_the_study_can_do(landscape_study, tmp_path, capsys):
+    """The report a study builds refused another app's run dir whose summary.json holds a malformed
+    report section, saying nothing about what to do; and outside a study, nothing either."""
+    def damage(run_dir):
+        summary = run_dir.parents[3] / "loss_landscape" / "summary.json"
+        saved = json.loads(summary.read_text())
+        summary.write_text(json.dumps({**saved, "report": {**saved["report"], "verdict": ""}}))
+
+    study, _ = _damaged_study(landscape_study, tmp_path, damage)
+    landscape = study / "loss_landscape"
+    code, lines, err = run(["report", landscape, "--out", tmp_path / "report"], capsys)
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].endswith("malformed report section (a report's verdict is a sentence; got ''); move its run dir "
+                             "out of the dirs given to osc report"), lines[0]
+    code, lines, err = run([*STUDY_WITH_LANDSCAPE, f"hydra.run.dir={study}"], capsys)
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"{landscape / 'summary.json'}: malformed report section" in lines[0], lines[0]
+    assert lines[0].endswith(_study_advice(study, landscape)), lines[0]
+    shutil.rmtree(landscape)  # what the advice says: the study makes it anew
+    code, _, err = run([*STUDY_WITH_LANDSCAPE, f"hydra.run.dir={study}"], capsys)
+    assert code == 0, err
+    assert json.loads((landscape / "summary.json").read_text())["report"]["verdict"]
+
+
 def test_a_second_writer_is_refused(tmp_path, capsys):
     from orthogonal_skip_connections.report.classification import RunRecord
     from orthogonal_skip_connections.rundir import RunDir, in_use

@@ -733,6 +733,56 @@ def test_a_crashed_runs_rerun_that_is_killed_reads_interrupted_and_a_refused_one
     assert status(run_dir) == ["interrupted"]
 
 
+def test_a_failed_sweep_jobs_rerun_that_is_killed_reads_interrupted(tmp_path, capsys, monkeypatch):
+    """A sweep's job that crashed records a summary.json with status failed (and error.txt): the
+    same sweep run again with resume=true trains it again, and when that is killed before a
+    checkpoint, the old failed summary.json stayed and osc report still read the job failed."""
+    import csv
+
+    from orthogonal_skip_connections.experiments import run_experiments
+
+    def raising(err):
+        def train_classifier(*args, **kwargs):
+            raise err
+        return train_classifier
+
+    sweep = tmp_path / "sweep"
+    argv = ["run_experiments", "-m", *TINY["run_experiments"], "seed=0", f"hydra.sweep.dir={sweep}", "progress=false"]
+    monkeypatch.setattr(run_experiments, "train_classifier", raising(RuntimeError("a library bug")))
+    assert run(argv, capsys)[0] == 1
+    assert json.loads((sweep / "0" / "summary.json").read_text())["status"] == "failed"
+    monkeypatch.setattr(run_experiments, "train_classifier", raising(KeyboardInterrupt()))
+    assert run([*argv, "resume=true"], capsys)[0] == 130
+    code, _, err = run(["report", sweep, "--out", tmp_path / "report"], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    with open(tmp_path / "report" / "results.csv", newline="") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["interrupted"]
+
+
+def test_a_diverged_runs_resume_refused_once_started_keeps_its_summary(tmp_path, capsys, monkeypatch):
+    """A resume of a run whose summary.json says diverged removes that summary once it starts
+    (the new attempt, if killed, is not the old divergence); refused at run time, it leaves the
+    dir as it was, its summary.json included."""
+    from orthogonal_skip_connections.experiments import run_experiments
+    from orthogonal_skip_connections.runs import UserError
+
+    run_dir = tmp_path / "run"
+    argv = ["run_experiments", *TINY["run_experiments"], "optimizer.lr=1e30", f"hydra.run.dir={run_dir}",
+            "progress=false"]
+    assert run(argv, capsys)[0] == 1
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
+    before = snapshot(run_dir)
+
+    def refusing(*args, **kwargs):
+        assert not (run_dir / "summary.json").exists()  # started: the old divergence is not this attempt's
+        raise UserError("a refusal at run time")
+
+    monkeypatch.setattr(run_experiments, "train_classifier", refusing)
+    code, lines, _ = run([*argv, "resume=true"], capsys)
+    assert code == 2 and lines == ["error: a refusal at run time"], lines
+    assert snapshot(run_dir) == before
+
+
 def _stopped_lines(md: str) -> list[str]:
     """The report's sentences on runs stopped without a summary (their count, status and advice)."""
     import re

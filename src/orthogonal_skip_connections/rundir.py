@@ -1,7 +1,7 @@
 """Layer 5: one run directory, opened and closed the same way by every app.
 
     rd = RunDir.claim(path, resume=False, supports_resume=False, config=cfg)  # refuses a used dir
-    rd.start(config_dict)              # creates the dir, writes config.yaml (plain YAML), removes an old error.txt
+    rd.start(config_dict)              # creates the dir, writes config.yaml (plain YAML); see its docstring
     ...                                # the app writes metrics, checkpoints, figures into rd.path
     summary = rd.finish(summary)       # summary.json, last, with a ``provenance`` block
     rd.release()                       # the run dir's lock
@@ -436,17 +436,20 @@ class RunDir:
         run.json: the app's name and ``labels`` (what a report groups this run by).
         Under torchrun only rank 0 writes (here and in :meth:`finish`).
 
-        An error.txt an earlier attempt left here is removed: it told of that attempt's crash, and
-        this attempt, once stopped, is told by what it leaves (osc report would call a rerun
-        killed before its first checkpoint failed, with the old traceback). Like the config.yaml
-        rewritten here, it is put back when this attempt is then refused
-        (:func:`~.experiments._leftovers.hydra_files`)."""
+        What an earlier attempt left here to say how it ended is removed: its error.txt and a
+        summary.json of status failed or diverged (a resume; a sweep's failed job run again).
+        They told of that attempt, and this one, once stopped, is told by what it leaves (osc
+        report would call a rerun killed before its first checkpoint failed, with the old
+        traceback or reason). Like the config.yaml rewritten here, they are put back when this
+        attempt is then refused (:func:`~.experiments._leftovers.hydra_files`)."""
         self.started = time.perf_counter()
         self.is_started = True
         if not distributed.is_main():
             return
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / ERROR).unlink(missing_ok=True)
+        if (self.path / SUMMARY).is_file() and self._status(self.path / SUMMARY) in ("failed", "diverged"):
+            (self.path / SUMMARY).unlink()
         atomic_write_text(self.path / CONFIG, yaml.safe_dump(to_jsonable(config), sort_keys=False))
         write_json(self.path / RUN, {"app": self.app, "labels": labels or {}})
 

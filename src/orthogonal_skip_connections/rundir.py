@@ -440,8 +440,9 @@ class RunDir:
         summary.json of status failed or diverged (a resume; a sweep's failed job run again).
         They told of that attempt, and this one, once stopped, is told by what it leaves (osc
         report would call a rerun killed before its first checkpoint failed, with the old
-        traceback or reason). Like the config.yaml rewritten here, they are put back when this
-        attempt is then refused (:func:`~.experiments._leftovers.hydra_files`)."""
+        traceback or reason). A command line whose run is then refused puts them back, with the
+        config.yaml rewritten here (:func:`~.experiments._leftovers.hydra_files`); a sweep's job
+        records its refusal in a new summary instead."""
         self.started = time.perf_counter()
         self.is_started = True
         if not distributed.is_main():

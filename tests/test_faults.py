@@ -691,6 +691,98 @@ def test_a_single_runs_crash_reads_failed_and_its_stop_interrupted(tmp_path, cap
     assert status == {"crashed": "failed", "stopped": "interrupted"}
 
 
+def test_a_crashed_runs_rerun_that_is_killed_reads_interrupted_and_a_refused_one_keeps_the_crash(tmp_path, capsys,
+                                                                                                   monkeypatch):
+    """A crashed run's error.txt stayed when the run was started again in its dir: a rerun then
+    killed (which writes nothing) read "failed" with the old traceback, though it did not crash.
+    A rerun that starts removes it; one refused (at its claim, or once started) leaves the dir as
+    it was, error.txt included, and the run still reads failed."""
+    import csv
+
+    from orthogonal_skip_connections.experiments import run_experiments
+    from orthogonal_skip_connections.runs import UserError
+
+    def raising(err):
+        def train_classifier(*args, **kwargs):
+            raise err
+        return train_classifier
+
+    def status(run_dir):
+        code, _, err = run(["report", run_dir, "--out", tmp_path / "report"], capsys)
+        assert code == 0 and "Traceback" not in err, err
+        with open(tmp_path / "report" / "results.csv", newline="") as f:
+            return [r["status"] for r in csv.DictReader(f)]
+
+    run_dir = tmp_path / "run"
+    argv = ["run_experiments", *TINY["run_experiments"], f"hydra.run.dir={run_dir}", "progress=false"]
+    monkeypatch.setattr(run_experiments, "train_classifier", raising(RuntimeError("a library bug")))
+    assert run(argv, capsys)[0] == 1
+    assert "RuntimeError: a library bug" in (run_dir / "error.txt").read_text()
+    crashed = snapshot(run_dir)
+    # refused at its claim (a resume with another config), and once started (a check at run time)
+    code, lines, _ = run([*argv, "resume=true", "optimizer.lr=0.05"], capsys)
+    assert code == 2 and len(lines) == 1 and "optimizer.lr" in lines[0], lines
+    monkeypatch.setattr(run_experiments, "train_classifier", raising(UserError("a refusal at run time")))
+    code, lines, _ = run(argv, capsys)
+    assert code == 2 and lines == ["error: a refusal at run time"], lines
+    assert snapshot(run_dir) == crashed  # error.txt included
+    assert status(run_dir) == ["failed"]
+    monkeypatch.setattr(run_experiments, "train_classifier", raising(KeyboardInterrupt()))  # killed: writes nothing
+    assert run(argv, capsys)[0] == 130
+    assert not (run_dir / "error.txt").exists()
+    assert status(run_dir) == ["interrupted"]
+
+
+def test_a_failed_sweep_jobs_rerun_that_is_killed_reads_interrupted(tmp_path, capsys, monkeypatch):
+    """A sweep's job that crashed records a summary.json with status failed (and error.txt): the
+    same sweep run again with resume=true trains it again, and when that is killed before a
+    checkpoint, the old failed summary.json stayed and osc report still read the job failed."""
+    import csv
+
+    from orthogonal_skip_connections.experiments import run_experiments
+
+    def raising(err):
+        def train_classifier(*args, **kwargs):
+            raise err
+        return train_classifier
+
+    sweep = tmp_path / "sweep"
+    argv = ["run_experiments", "-m", *TINY["run_experiments"], "seed=0", f"hydra.sweep.dir={sweep}", "progress=false"]
+    monkeypatch.setattr(run_experiments, "train_classifier", raising(RuntimeError("a library bug")))
+    assert run(argv, capsys)[0] == 1
+    assert json.loads((sweep / "0" / "summary.json").read_text())["status"] == "failed"
+    monkeypatch.setattr(run_experiments, "train_classifier", raising(KeyboardInterrupt()))
+    assert run([*argv, "resume=true"], capsys)[0] == 130
+    code, _, err = run(["report", sweep, "--out", tmp_path / "report"], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    with open(tmp_path / "report" / "results.csv", newline="") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["interrupted"]
+
+
+def test_a_diverged_runs_resume_refused_once_started_keeps_its_summary(tmp_path, capsys, monkeypatch):
+    """A resume of a run whose summary.json says diverged removes that summary once it starts
+    (the new attempt, if killed, is not the old divergence); refused at run time, it leaves the
+    dir as it was, its summary.json included."""
+    from orthogonal_skip_connections.experiments import run_experiments
+    from orthogonal_skip_connections.runs import UserError
+
+    run_dir = tmp_path / "run"
+    argv = ["run_experiments", *TINY["run_experiments"], "optimizer.lr=1e30", f"hydra.run.dir={run_dir}",
+            "progress=false"]
+    assert run(argv, capsys)[0] == 1
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
+    before = snapshot(run_dir)
+
+    def refusing(*args, **kwargs):
+        assert not (run_dir / "summary.json").exists()  # started: the old divergence is not this attempt's
+        raise UserError("a refusal at run time")
+
+    monkeypatch.setattr(run_experiments, "train_classifier", refusing)
+    code, lines, _ = run([*argv, "resume=true"], capsys)
+    assert code == 2 and lines == ["error: a refusal at run time"], lines
+    assert snapshot(run_dir) == before
+
+
 def _stopped_lines(md: str) -> list[str]:
     """The report's sentences on runs stopped without a summary (their count, status and advice)."""
     import re
@@ -727,6 +819,57 @@ def test_a_stopped_sweep_job_resumes_with_its_sweep_and_the_report_says_so(tmp_p
     resumed, again = (json.loads((sweep / job / "summary.json").read_text()) for job in "12")
     assert resumed["status"] == again["status"] == "completed"
     assert resumed["train_time_s"] == saved["train_time_s"] and resumed["test_acc"] == saved["test_acc"]
+
+
+def _sweep_advice(job: Path) -> str:
+    return (f"move {job} out of its sweep's dir (or delete it) and run the same sweep again with resume=true and the "
+            "same hydra.sweep.dir, which makes that job anew")
+
+
+def test_a_sweep_jobs_damaged_checkpoint_says_what_makes_the_job_anew(tmp_path, capsys):
+    """A sweep's job resumed from a checkpoint it cannot read said 'move it away to start this run
+    over, or choose another hydra.sweep.dir': the sweep run again without resume=true was then
+    refused, that job for the failed summary.json it recorded, every other for its finished run.
+    It says what works, which the test does: move the job's dir away and run the same sweep again
+    with resume=true; the job trains anew and the finished one is kept."""
+    sweep = tmp_path / "sweep"
+    argv = ["run_experiments", "-m", *TINY["run_experiments"], "seed=0,1", f"hydra.sweep.dir={sweep}", "progress=false"]
+    assert run(argv, capsys)[0] == 0
+    finished = (sweep / "0" / "summary.json").read_bytes()
+    job = sweep / "1"
+    (job / "summary.json").unlink()  # killed after its checkpoint, which is then damaged
+    (job / "checkpoint.pt").write_bytes(b"garbage\n")
+    code, lines, err = run([*argv, "resume=true"], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    line = next(x for x in lines if x.startswith("error: job 1"))
+    assert f"cannot read checkpoint {job / 'checkpoint.pt'}" in line and line.endswith(_sweep_advice(job)), line
+    assert json.loads((job / "summary.json").read_text())["status"] == "failed"  # what refused the old advice
+    shutil.move(job, tmp_path / "moved")
+    code, _, err = run([*argv, "resume=true"], capsys)
+    assert code == 0, err
+    assert (sweep / "0" / "summary.json").read_bytes() == finished
+    again = json.loads((job / "summary.json").read_text())
+    assert again["status"] == "completed" and again["epochs"] == 1
+    assert [r["epoch"] for r in map(json.loads, (job / "metrics.jsonl").read_text().splitlines())
+            if r.get("type") == "eval"] == [1]  # trained from its first epoch, not resumed
+
+
+def test_a_sweep_jobs_unusable_default_run_in_loss_landscape_says_run_the_sweep_anew(tmp_path, capsys):
+    """loss_landscape (which cannot resume) in a sweep keeps its default runs in each job's dir: one
+    it could not read said 'move the run away or choose another hydra.sweep.dir', though the job's
+    failed summary.json refuses that job in the same sweep dir, whatever was moved."""
+    sweep = tmp_path / "sweep"
+    garbled = sweep / "0" / "runs" / "digits_resnet20" / "zero" / "seed0"
+    garbled.mkdir(parents=True)
+    (garbled / "config.yaml").write_text("model: [unclosed\n")
+    code, lines, err = run(["loss_landscape", "-m", *TINY["loss_landscape"], "train.variants=[zero]",
+                            "direction_seed=0", f"hydra.sweep.dir={sweep}"], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    line = next(x for x in lines if x.startswith("error: job 0"))
+    assert f"cannot read {garbled / 'config.yaml'}" in line and "move the run away" not in line, line
+    assert line.endswith("run the same sweep again with another hydra.sweep.dir (loss_landscape cannot resume: the "
+                         f"failed summary.json in {sweep / '0'} refuses that job in this one)"), line
+    assert json.loads((sweep / "0" / "summary.json").read_text())["status"] == "failed"
 
 
 def test_a_stopped_study_job_resumes_with_its_study_and_the_report_says_so(tmp_path, capsys):
@@ -873,6 +1016,47 @@ def test_a_study_jobs_damaged_summary_says_what_the_study_can_do(landscape_study
     _follow(study, run_dir, capsys)
 
 
+def test_a_study_runs_unreadable_config_in_the_landscape_stage_says_what_the_study_can_do(landscape_study, tmp_path,
+                                                                                         capsys):
+    """A completed run of the study whose config.yaml loss_landscape cannot read as a classifier
+    run's config (the run is kept as completed, so only loss_landscape reads it): its line said
+    so and nothing about what to do."""
+    def damage(run_dir):
+        (run_dir / "config.yaml").write_text("model: [unclosed\n")
+        (run_dir.parents[3] / "loss_landscape" / "summary.json").unlink()  # so that the study runs it again
+
+    study, run_dir = _damaged_study(landscape_study, tmp_path, damage)
+    code, lines, err = run([*STUDY_WITH_LANDSCAPE, f"hydra.run.dir={study}"], capsys)
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"cannot read {run_dir / 'config.yaml'} as a classifier run's config" in lines[0], lines[0]
+    assert lines[0].endswith(_study_advice(study, run_dir)), lines[0]
+    _follow(study, run_dir, capsys)
+
+
+def test_a_study_apps_malformed_report_section_says_what_the_study_can_do(landscape_study, tmp_path, capsys):
+    """The report a study builds refused another app's run dir whose summary.json holds a malformed
+    report section, saying nothing about what to do; and outside a study, nothing either."""
+    def damage(run_dir):
+        summary = run_dir.parents[3] / "loss_landscape" / "summary.json"
+        saved = json.loads(summary.read_text())
+        summary.write_text(json.dumps({**saved, "report": {**saved["report"], "verdict": ""}}))
+
+    study, _ = _damaged_study(landscape_study, tmp_path, damage)
+    landscape = study / "loss_landscape"
+    code, lines, err = run(["report", landscape, "--out", tmp_path / "report"], capsys)
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].endswith("malformed report section (a report's verdict is a sentence; got ''); move its run dir "
+                             "out of the dirs given to osc report"), lines[0]
+    code, lines, err = run([*STUDY_WITH_LANDSCAPE, f"hydra.run.dir={study}"], capsys)
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"{landscape / 'summary.json'}: malformed report section" in lines[0], lines[0]
+    assert lines[0].endswith(_study_advice(study, landscape)), lines[0]
+    shutil.rmtree(landscape)  # what the advice says: the study makes it anew
+    code, _, err = run([*STUDY_WITH_LANDSCAPE, f"hydra.run.dir={study}"], capsys)
+    assert code == 0, err
+    assert json.loads((landscape / "summary.json").read_text())["report"]["verdict"]
+
+
 def test_a_second_writer_is_refused(tmp_path, capsys):
     from orthogonal_skip_connections.report.classification import RunRecord
     from orthogonal_skip_connections.rundir import RunDir, in_use
@@ -997,9 +1181,12 @@ def test_a_sweep_goes_on_after_a_failed_and_a_diverged_job(tmp_path, capsys):
 @pytest.mark.parametrize("held,overrides,words", [
     ("done/run_experiments", [], ["already holds a finished run", "choose another hydra.sweep.dir"]),
     ("unfinished", ["resume=true", "optimizer.lr=0.05"], ["optimizer.lr", "start a fresh hydra.sweep.dir"]),
-    # a checkpoint the job cannot resume from, found once the job runs (it said hydra.run.dir too)
-    ("resume/bad_checkpoint", ["resume=true"], ["checkpoint.pt", "UnpicklingError", "choose another hydra.sweep.dir"]),
-    ("resume/other_model", ["resume=true"], ["checkpoint.pt", "does not fit", "choose another hydra.sweep.dir"]),
+    # a checkpoint the job cannot resume from, found once the job runs (it said hydra.run.dir too, then
+    # 'move it away ... or choose another hydra.sweep.dir', which left the job's failed summary.json)
+    ("resume/bad_checkpoint", ["resume=true"], ["checkpoint.pt", "UnpicklingError", "resume=true and the same "
+                                                "hydra.sweep.dir, which makes that job anew"]),
+    ("resume/other_model", ["resume=true"], ["checkpoint.pt", "does not fit", "resume=true and the same "
+                                             "hydra.sweep.dir, which makes that job anew"]),
 ])
 def test_a_sweep_job_refused_its_run_dir_names_hydra_sweep_dir(root, tmp_path, held, overrides, words, capsys):
     """A sweep into a dir that holds its jobs' runs already: each job's refusal told the user to

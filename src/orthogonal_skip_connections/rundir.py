@@ -1,7 +1,7 @@
 """Layer 5: one run directory, opened and closed the same way by every app.
 
     rd = RunDir.claim(path, resume=False, supports_resume=False, config=cfg)  # refuses a used dir
-    rd.start(config_dict)              # creates the dir, writes config.yaml (plain YAML)
+    rd.start(config_dict)              # creates the dir, writes config.yaml (plain YAML); see its docstring
     ...                                # the app writes metrics, checkpoints, figures into rd.path
     summary = rd.finish(summary)       # summary.json, last, with a ``provenance`` block
     rd.release()                       # the run dir's lock
@@ -47,7 +47,8 @@ from .train import distributed
 from .train.classifier import CHECKPOINT, SUMMARY, resume_advice
 
 __all__ = ["RunDir", "SUMMARY", "CHECKPOINT", "CONFIG", "RUN", "ERROR", "column", "provenance", "check_report", "git_commit",
-           "RESUME_IGNORED", "config_differences", "check_dir_writable", "in_use", "Refused", "study_advice"]
+           "RESUME_IGNORED", "config_differences", "check_dir_writable", "in_use", "Refused", "study_advice",
+           "sweep_advice", "SWEEP_KEY"]
 
 # keys that may differ between a run and its resume: they change how a run is shown or
 # where it computes, not what it computes (on CPU a resumed run stays bit-identical)
@@ -56,6 +57,7 @@ RESUME_IGNORED = ("resume", "progress", "num_threads", "device", "jobs", "save_c
 LOCK = ".lock"
 CONFIG = "config.yaml"
 RUN = "run.json"  # written at start: which app, and the labels a report groups runs by
+SWEEP_KEY = "hydra.sweep.dir"  # the setting that chose a sweep's job's dir (App.run's key for one)
 ERROR = "error.txt"  # the traceback of a run that crashed (a library error; a study job's refusal too)
 REPORT_KEYS = ("title", "question", "tables", "verdict", "figures")
 
@@ -252,6 +254,20 @@ def study_advice(study: Path, path: Path) -> str:
             f"hydra.run.dir={study}, which makes that run anew")
 
 
+def sweep_advice(path: Path, app: str | None = None, resumable: bool = True) -> str:
+    """What to do about a sweep's job (its dir ``path``) whose run cannot go on (a checkpoint or
+    file it cannot read): the job leaves a failed summary.json in its dir, which the same sweep run
+    again refuses unless resume=true, while every other job's finished run refuses a sweep run
+    again without it; the same sweep with resume=true keeps those and makes any job whose dir is
+    gone. An app that cannot resume (``resumable`` false) refuses resume=true: only another
+    sweep dir runs that job again."""
+    if resumable:
+        return (f"move {path} out of its sweep's dir (or delete it) and run the same sweep again with resume=true and "
+                f"the same {SWEEP_KEY}, which makes that job anew")
+    return (f"run the same sweep again with another {SWEEP_KEY} ({app or 'this app'} cannot resume: the failed "
+            f"summary.json in {path} refuses that job in this one)")
+
+
 class Refused(UserError):
     """A run dir :meth:`RunDir.claim` refused (``path``): the run wrote nothing in it (a sweep's
     job then puts back what Hydra wrote there before the claim)."""
@@ -265,15 +281,17 @@ class RunDir:
     """A run directory claimed by one run (see the module docstring)."""
 
     def __init__(self, path: Path, resume: bool = False, app: str | None = None, key: str = "hydra.run.dir",
-                 study: Path | None = None):
+                 study: Path | None = None, supports_resume: bool = False):
         """``key``: the setting that chose the dir (see :meth:`claim`), for the app to name in
         a refusal of what it finds there (a checkpoint it cannot resume from); ``study``: the
-        dir of the ``osc study`` that runs this run, whose advice (:func:`study_advice`) such a
-        refusal gives instead."""
+        dir of the ``osc study`` that runs this run; a study's run, or a sweep's job (``key``
+        :data:`SWEEP_KEY`), gives such a refusal the advice of :meth:`remake_advice` instead;
+        ``supports_resume``: whether the app can resume a run (what a sweep's job can be told)."""
         self.path = Path(path)
         self.key = key
         self.study = None if study is None else Path(study)
         self.app = app
+        self.supports_resume = supports_resume
         self.resume = resume
         self.started = time.perf_counter()
         self.device: Any = None
@@ -357,12 +375,27 @@ class RunDir:
         if resume:
             for tmp in path.glob(".*.tmp"):  # left by a write that was killed half-way
                 tmp.unlink(missing_ok=True)
-        return cls(path, resume=resume, app=app, key=key, study=study)
+        return cls(path, resume=resume, app=app, key=key, study=study, supports_resume=supports_resume)
+
+    def remake_advice(self, path: Path | None = None) -> str | None:
+        """What makes the run in ``path`` (default this run's dir; a run under it, like
+        loss_landscape's default runs; a run in the study's dir) anew, for a message about it
+        that fails this run, where its user did not choose that dir: inside a study (``path`` in
+        the study's dir), :func:`study_advice`; a sweep's job (``path`` in its dir),
+        :func:`sweep_advice` (of the job: the sweep runs it again); else None, and the message
+        names the setting that chose ``path``."""
+        path = self.path if path is None else Path(path)
+        if self.study is not None and path.resolve().is_relative_to(self.study.resolve()):
+            return study_advice(self.study, path)
+        if self.key == SWEEP_KEY and path.resolve().is_relative_to(self.path.resolve()):
+            return sweep_advice(self.path, self.app, self.supports_resume)
+        return None
 
     def checkpoint_advice(self) -> str:
-        """What to do about this dir's checkpoint when it cannot be resumed from: inside a study,
-        :func:`study_advice`; else :func:`~.train.classifier.resume_advice` of :attr:`key`."""
-        return resume_advice(self.key) if self.study is None else study_advice(self.study, self.path)
+        """What to do about this dir's checkpoint when it cannot be resumed from:
+        :meth:`remake_advice` (a study's run, a sweep's job); else
+        :func:`~.train.classifier.resume_advice` of :attr:`key` (move it away and run again)."""
+        return self.remake_advice() or resume_advice(self.key)
 
     @staticmethod
     def app_of(path: Path) -> str | None:
@@ -401,12 +434,23 @@ class RunDir:
     def start(self, config: Any, labels: dict | None = None) -> None:
         """Create the dir, save the config (a dataclass or dict) as config.yaml and write
         run.json: the app's name and ``labels`` (what a report groups this run by).
-        Under torchrun only rank 0 writes (here and in :meth:`finish`)."""
+        Under torchrun only rank 0 writes (here and in :meth:`finish`).
+
+        What an earlier attempt left here to say how it ended is removed: its error.txt and a
+        summary.json of status failed or diverged (a resume; a sweep's failed job run again).
+        They told of that attempt, and this one, once stopped, is told by what it leaves (osc
+        report would call a rerun killed before its first checkpoint failed, with the old
+        traceback or reason). A command line whose run is then refused puts them back, with the
+        config.yaml rewritten here (:func:`~.experiments._leftovers.hydra_files`); a sweep's job
+        records its refusal in a new summary instead."""
         self.started = time.perf_counter()
         self.is_started = True
         if not distributed.is_main():
             return
         self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / ERROR).unlink(missing_ok=True)
+        if (self.path / SUMMARY).is_file() and self._status(self.path / SUMMARY) in ("failed", "diverged"):
+            (self.path / SUMMARY).unlink()
         atomic_write_text(self.path / CONFIG, yaml.safe_dump(to_jsonable(config), sort_keys=False))
         write_json(self.path / RUN, {"app": self.app, "labels": labels or {}})
 

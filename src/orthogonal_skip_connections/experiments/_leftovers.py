@@ -6,7 +6,8 @@ lock and what :meth:`RunDir.start` writes before any result (config.yaml, run.js
 that checks an input only once started, like loss_landscape's ``runs=``, left them behind);
 a dir that holds anything else (a resumed run's checkpoint and metrics, a summary, figures)
 is never removed, and in a dir that was there before only the ``.hydra/`` files, job log,
-config.yaml and run.json the call rewrote are put back as they were.
+config.yaml and run.json the call rewrote (and an earlier attempt's error.txt or failed summary
+it removed) are put back as they were.
 
 A sweep's job whose claim is refused does the same in its own dir (:func:`undo_job`, in the
 job's process: Hydra wrote the job's ``.hydra/`` files before the job began, and jobs may run in
@@ -74,13 +75,16 @@ def restore_hydra_files(explicit: tuple, run_dir: Path) -> None:
 
 def hydra_files(path: Path) -> dict[Path, bytes]:
     """What a call rewrites in a run dir before the run can be refused, with their bytes: Hydra's
-    files (.hydra/*, the job's .log, a sweep dir's multirun.yaml) and the run's config.yaml and
-    run.json (a resume that then cannot read its checkpoint)."""
+    files (.hydra/*, the job's .log, a sweep dir's multirun.yaml), the run's config.yaml and
+    run.json (a resume that then cannot read its checkpoint) and what an earlier attempt left to
+    say how it ended, error.txt and a failed or diverged summary.json (removed when the run
+    starts: :meth:`~..rundir.RunDir.start`)."""
     path = Path(path)
     if not path.is_dir():
         return {}
     files = [p for p in (path / ".hydra").glob("*") if p.is_file()] + [p for p in path.glob("*.log") if p.is_file()]
-    files += [p for p in (path / "config.yaml", path / "run.json", path / "multirun.yaml") if p.is_file()]
+    files += [p for p in (path / "config.yaml", path / "run.json", path / "multirun.yaml", path / "error.txt",
+                          path / "summary.json") if p.is_file()]
     return {p: p.read_bytes() for p in files}
 
 

@@ -40,7 +40,7 @@ import yaml
 
 from ..landscape import LandscapeSettings, landscape_of, skip_handling
 from ..analysis.stats import t_interval
-from ..rundir import RunDir, check_dir_writable, column, make_dir, study_advice
+from ..rundir import RunDir, check_dir_writable, column, make_dir
 from ..runs import UserError, atomic_write_text, read_json, resolve_device, to_jsonable
 from ..train.classifier import TrainConfig, train_classifier
 from ..train.image import ClassifierSpec, build_classifier, check_batch_size, load_run, run_variant
@@ -172,16 +172,6 @@ def runs_key(cfg: Config, rd: RunDir) -> str:
     return "train.dir" if cfg.train.dir else rd.key
 
 
-def study_fix(rd: RunDir, path: Path) -> str | None:
-    """What a message about the run in ``path`` asks for when this app is a part of ``osc study``
-    (``rd.study``) and the run lies in the study's dir (a run the study chose for ``runs=``, or a
-    default run inside this run dir): what the study's user can do (:func:`~..rundir.study_advice`);
-    else None, and the message names the setting that chose the run."""
-    if rd.study is None or not Path(path).resolve().is_relative_to(rd.study.resolve()):
-        return None
-    return study_advice(rd.study, path)
-
-
 def default_runs(cfg: Config, rd: RunDir) -> list[tuple[Path, ClassifierSpec, int]]:
     """(run dir, spec, seed) of every default run; a dir holding a run with other settings
     is refused (one line) before anything is trained."""
@@ -199,10 +189,10 @@ def default_runs(cfg: Config, rd: RunDir) -> list[tuple[Path, ClassifierSpec, in
                     saved = yaml.safe_load((path / "config.yaml").read_text())
                 except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
                     raise UserError(f"cannot read {path / 'config.yaml'} ({type(err).__name__}); "
-                                    f"{study_fix(rd, path) or f'move the run away or choose another {key}'}") from None
+                                    f"{rd.remake_advice(path) or f'move the run away or choose another {key}'}") from None
                 if saved != want:
                     raise UserError(f"{path} holds a run with other settings; "
-                                    f"{study_fix(rd, path) or f'choose another {key}'}")
+                                    f"{rd.remake_advice(path) or f'choose another {key}'}")
             out.append((path, spec, seed))
     return out
 
@@ -218,7 +208,7 @@ def run_config(cfg: Config, spec: ClassifierSpec, seed: int) -> dict:
 def completed(path: Path, key: str = "train.dir", advice: str | None = None) -> bool:
     """Whether the default run in ``path`` completed; ``key``: the setting that chose ``path``
     (:func:`runs_key`), named when its summary.json cannot be read, unless ``advice`` (what
-    that refusal asks for instead: :func:`study_fix`)."""
+    that refusal asks for instead: :meth:`~..rundir.RunDir.remake_advice`)."""
     if not (path / "summary.json").is_file():
         return False
     try:
@@ -232,7 +222,8 @@ def train_run(cfg: Config, path: Path, spec: ClassifierSpec, seed: int, device, 
               advice: str | None = None) -> None:
     """Train one default run through the shared classifier loop (resuming a killed one);
     ``key``: the setting that chose ``path`` (:func:`runs_key`), named when its checkpoint
-    cannot be resumed from, unless ``advice`` (what that refusal asks for instead: :func:`study_fix`)."""
+    cannot be resumed from, unless ``advice`` (what that refusal asks for instead:
+    :meth:`~..rundir.RunDir.remake_advice`)."""
     model, data = build_classifier(spec, seed)
     path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path / "config.yaml", yaml.safe_dump(run_config(cfg, spec, seed), sort_keys=False))
@@ -607,7 +598,8 @@ def run(cfg: Config, rd: RunDir) -> dict:
         todo = []
     else:
         planned = default_runs(cfg, rd)
-        todo = [(p, spec, seed) for p, spec, seed in planned if not completed(p, runs_key(cfg, rd), study_fix(rd, p))]
+        todo = [(p, spec, seed) for p, spec, seed in planned
+                if not completed(p, runs_key(cfg, rd), rd.remake_advice(p))]
         if todo and not cfg.train_missing:
             raise UserError(f"{len(todo)} default run(s) missing (first: {todo[0][0]}); set train_missing=true "
                             "to train them, or give runs=[...]")
@@ -622,17 +614,18 @@ def run(cfg: Config, rd: RunDir) -> dict:
         if value is not None:  # one the system will not make (/proc, a read-only mount): one line, not mkdir's traceback
             make_dir(Path(value), key)
     for p, spec, seed in todo:
-        train_run(cfg, p, spec, seed, device, runs_key(cfg, rd), study_fix(rd, p))
+        train_run(cfg, p, spec, seed, device, runs_key(cfg, rd), rd.remake_advice(p))
     # what a checkpoint that cannot be read or does not fit asks for: the setting that named its run
     # (runs= or where the default runs live), or, for a run of the study this app is a part of,
-    # what the study's user can do (they wrote no runs=: the study chose it)
+    # what the study's user can do (they wrote no runs=: the study chose it), and for a default
+    # run inside a sweep's job, what runs the job again (rd.remake_advice)
     advice = ("leave its run dir out of runs=" if cfg.runs else
               f"move its run dir away to train the run again, or choose another {runs_key(cfg, rd)}")
     settings = cfg.settings()
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else rd.path / "cache"
     results, handling = [], {}
     for p in paths:
-        run = load_run(p, device, study_fix(rd, p) or advice)
+        run = load_run(p, device, rd.remake_advice(p) or advice)
         out = landscape_of(run.model, run.init_model, run.data, settings, run.checkpoint_sha256, run.seed, cache_root,
                            device, cfg.progress, desc=f"{run.variant} seed {run.seed}")
         summary = read_json(p / "summary.json") if (p / "summary.json").is_file() else {}

@@ -62,16 +62,18 @@ def _ends(cut: tuple[bool, bool]) -> str:
     return " ".join(end for end, c in zip(("low", "high"), cut) if c)
 
 
-def _section(d: Path, summary: dict, out_dir: Path) -> list[str]:
+def _section(d: Path, summary: dict, out_dir: Path, advice: Callable[[Path], str] | None = None) -> list[str]:
     """Markdown of another app's run dir (``summary``: its summary.json): its report section and
-    links to its figures."""
+    links to its figures. A malformed section is a one-line UserError ending in ``advice(d)``
+    (see :func:`.classification.find_runs`), else in moving the dir out of the dirs osc report reads."""
     report = summary.get("report")
     if not isinstance(report, dict):
         return [f"## {d.name}", "", f"Run dir: `{d}`: no report section in its summary.json (an older run?)", ""]
     try:
         check_report(report)
     except ValueError as err:
-        raise UserError(f"{d / 'summary.json'}: malformed report section ({str(err)[:120]})") from None
+        fix = advice(d) if advice is not None else "move its run dir out of the dirs given to osc report"
+        raise UserError(f"{d / 'summary.json'}: malformed report section ({str(err)[:120]}); {fix}") from None
     md = [f"## {d.name}: {report['title']}", "", f"Run dir: `{d}`", ""] + section_markdown(report) + [""]
     for name in report["figures"]:
         fig = d / name
@@ -131,7 +133,7 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
     """Write results.csv, comparisons.csv (when there are classifier arms to compare), report.md,
     report.html and figures into ``out_dir``; return ``{"rows": ..., "tables": ..., "report": path,
     "written": the names of the other files}``. ``advice``: what a run dir that cannot be read
-    asks for (see :func:`.classification.find_runs`)."""
+    (or whose report section is malformed) asks for (see :func:`.classification.find_runs`)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; give a directory (made if missing)")
@@ -246,7 +248,7 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
                    "skips of ||W - I||_F; arms with identity skips have none): does the residual mode change where "
                    "training takes them?", "", f"![{task} distance from I by residual mode]({fig.name})", ""]
     for d in others:
-        md += _section(d, summaries[d], out_dir)
+        md += _section(d, summaries[d], out_dir, advice)
     report_md = out_dir / "report.md"
     report_md.write_text("\n".join(md) + "\n")
     (out_dir / "report.html").write_text(to_html("\n".join(md), out_dir, title))

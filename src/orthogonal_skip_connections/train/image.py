@@ -177,8 +177,8 @@ class TrainedRun:
 def load_run(path: Path, device: torch.device | str = "cpu", advice: str = "give another run dir") -> TrainedRun:
     """Load ``path`` (config.yaml and checkpoint.pt). The initial weights are rebuilt from
     the run's seed (see the module docstring). Missing or unreadable files are one line; one
-    for a checkpoint that cannot be read or does not fit ends in ``advice``, the caller's, which
-    knows the setting that named ``path``."""
+    for a config.yaml or checkpoint that cannot be read, or a checkpoint that does not fit, ends
+    in ``advice``, the caller's, which knows the setting that named ``path``."""
     path = Path(path)
     cfg_path, ckpt_path = path / CONFIG, path / CHECKPOINT
     for f in (cfg_path, ckpt_path):
@@ -190,7 +190,8 @@ def load_run(path: Path, device: torch.device | str = "cpu", advice: str = "give
         seed = int(cfg.get("seed", 0))
     except (yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""  # a YAML error's context is lines more
-        raise UserError(f"cannot read {cfg_path} as a classifier run's config ({type(err).__name__}: {first})") from None
+        raise UserError(f"cannot read {cfg_path} as a classifier run's config ({type(err).__name__}: {first}); "
+                        f"{advice}") from None
     model, data = build_classifier(spec, seed)
     init_model = copy.deepcopy(model)
     ckpt = load_checkpoint(ckpt_path, torch.device("cpu"), advice)

@@ -7,6 +7,7 @@ graph capture (Dynamo) and forward/backward tracing (AOTAutograd) that inductor 
 run with eager kernels. Set OSC_TEST_INDUCTOR=1 to run the inductor case too (slow).
 """
 
+import copy
 import json
 import os
 
@@ -205,6 +206,36 @@ def train_steps(model, opt, steps: int, seed: int = 0) -> list[float]:
     return losses
 
 
+def lockstep_steps(models, opts, steps: int) -> float:
+    """:func:`train_steps` (its batches, its schedule) on the pair (eager, compiled), the eager
+    one restarted each step from the compiled one's weights and optimiser state: the largest
+    difference one step makes between them (any parameter, any step). Step by step because a
+    whole trajectory is chaotic: a pre-activation within round-off of a ReLU's kink takes the
+    other branch, and a 1e-7 difference in W became 5e-4 at the eighth step (steepest, torch
+    2.14 on CPU) with each step's retraction still the eager one's to 1e-7."""
+    from torch.nn import functional as F
+
+    base = [[g["lr"] for g in o.param_groups] for o in opts]
+    for o in opts:
+        for group in o.param_groups:
+            group.setdefault("initial_lr", group["lr"])  # as a scheduler sets it
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for k in range(steps):
+        models[0].load_state_dict(models[1].state_dict())
+        opts[0].load_state_dict(copy.deepcopy(opts[1].state_dict()))  # shares no buffer with opts[1]
+        x, y = torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
+        for m, o, lrs in zip(models, opts, base):
+            for group, lr in zip(o.param_groups, lrs):
+                group["lr"] = lr * ((k + 1) / 3 if k < 3 else 3 / (k + 1))
+            o.zero_grad(set_to_none=True)
+            F.cross_entropy(m(x), y).backward()
+            o.step()
+        worst = max([worst] + [float((p - q).detach().abs().max())
+                               for p, q in zip(models[0].parameters(), models[1].parameters())])
+    return worst
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", ["steepest", "svd", "qr", "newton_schulz"])
 def test_compiled_retraction_is_the_eager_retraction(method, backend):
@@ -218,20 +249,17 @@ def test_compiled_retraction_is_the_eager_retraction(method, backend):
     models = [retracted_model(method), retracted_model(method)]
     opts = [optimizer(m, torch.optim.SGD, lr=0.2, momentum=0.9, retraction_impl="matmul") for m in models]
     opts[1].compile_retraction(backend)
-    eager, compiled = (train_steps(m, o, 8) for m, o in zip(models, opts))
+    # every step the eager one's to round-off (steepest's compiled polar iteration is sized for
+    # a bound on eta, not eta: a few ulps; the others' graphs compute the same products)
+    assert lockstep_steps(models, opts, 8) <= 1e-6
     assert len(graphs) == 1  # one group, three shapes, eight learning rates: one graph
-    # steepest's compiled polar iteration is sized for a bound on eta, not eta: round-off apart
-    atol = 1e-5 if method == "steepest" else 1e-6
-    assert max(abs(a - b) for a, b in zip(eager, compiled)) <= atol
-    for (name, p), q in zip(models[0].named_parameters(), models[1].parameters()):
-        torch.testing.assert_close(q, p, atol=atol, rtol=0, msg=name)
     Ws = [W for W, _spec in retracted_parameters(models[1])]
     assert len(Ws) == 6 and max(float(orth.orth_error(W.detach())) for W in Ws) <= 1e-5
     states = [o.state_dict()["state"] for o in opts]
     assert states[0].keys() == states[1].keys()
     for k in states[0]:
         for key, value in states[0][k].items():
-            torch.testing.assert_close(states[1][k][key], value, atol=10 * atol, rtol=0)
+            torch.testing.assert_close(states[1][k][key], value, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("method", ["svd", "steepest"])
@@ -247,15 +275,8 @@ def test_compiled_adaptive_retraction_is_the_eager_one_in_one_graph(method):
     opts = [optimizer(m, torch.optim.AdamW, lr=0.01, retraction_impl="matmul", retraction_adaptive=True)
             for m in models]
     opts[1].compile_retraction(backend)
-    eager, compiled = (train_steps(m, o, 8) for m, o in zip(models, opts))
+    assert lockstep_steps(models, opts, 8) <= 1e-6  # every step the eager one's to round-off
     assert len(graphs) == 1
-    atol = 1e-5 if method == "steepest" else 1e-6
-    assert max(abs(a - b) for a, b in zip(eager, compiled)) <= atol
-    for (W, _), (V, _) in zip(retracted_parameters(models[0]), retracted_parameters(models[1])):
-        torch.testing.assert_close(V, W, atol=atol, rtol=0)
-    for (name, p), q in zip(models[0].named_parameters(), models[1].parameters()):
-        # AdamW's own weights: its normalisation turns round-off in a tiny gradient into ~lr x 1e-3
-        torch.testing.assert_close(q, p, atol=2e-5, rtol=0, msg=name)
     states = [o.state_dict()["state"] for o in opts]
     steps = [s["retraction_step"] for s in states[1].values() if "retraction_step" in s]
     assert len(steps) == 6 and set(steps) == {8}
@@ -263,7 +284,7 @@ def test_compiled_adaptive_retraction_is_the_eager_one_in_one_graph(method):
         for key, value in states[0][k].items():
             if key.startswith("retraction"):
                 torch.testing.assert_close(torch.as_tensor(states[1][k][key]), torch.as_tensor(value),
-                                           atol=10 * atol, rtol=0)
+                                           atol=1e-5, rtol=0)
 
 
 def test_compiled_retraction_keeps_w_orthogonal_over_a_thousand_steps():

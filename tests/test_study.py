@@ -958,3 +958,36 @@ def test_the_table_says_how_far_skips_moved_where_they_did_not_start_at_identity
     md = "\n".join(table_markdown(task_tables(rows)["t"]))
     assert "| 8.300 (moved 0.600) |" in md and "| 0.500 |" in md and "| 3.000 |" in md
     assert md.count("(moved") == 2 and "‖W − W₀‖_F" in md  # the cell and the note under the table
+
+
+def test_a_dataset_missing_offline_refuses_the_study_before_any_run(tmp_path, capsys):
+    """Every run of a missing CIFAR (data.download=false) failed on its own, each writing its
+    error.txt under a study dir; now the study finds each dataset once, before anything is
+    written, and refuses in one line."""
+    study_dir, empty = tmp_path / "s", tmp_path / "no_data"
+    code = osc_main(["study", "scale=smoke", "parts=[classification]", "progress=false",
+                     "scales.smoke.classification.tasks=[cifar10/resnet20]",
+                     "scales.smoke.classification.variants=[identity,linear]",
+                     f"scales.smoke.classification.overrides=['data.root={empty}','data.download=false']",
+                     f"hydra.run.dir={study_dir}"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "study: run cifar10/resnet20 identity seed 0" in err and "cifar10 not found under" in err, err
+    assert not study_dir.exists() and not empty.exists()
+
+
+def test_each_dataset_is_fetched_once_per_root(tmp_path, monkeypatch):
+    """fetch_datasets: one call per (dataset, root, download) however many runs read it, the
+    runs' own data settings passed on."""
+    from orthogonal_skip_connections.data import vision
+
+    calls = []
+    monkeypatch.setattr(vision, "fetch", lambda *key: calls.append(key))
+    cfg = study.main.config(["scale=smoke", "progress=false", "scales.smoke.classification.seeds=2",
+                             "scales.smoke.classification.tasks=[cifar10/resnet20,cifar100/resnet20,digits/resnet20]",
+                             "scales.smoke.classification.variants=[identity,linear]",
+                             f"scales.smoke.classification.overrides=['data.root={tmp_path}']"])
+    jobs = study.classification_jobs(cfg, tmp_path / "s")
+    assert len(jobs) == 12
+    study.fetch_datasets(jobs)
+    assert calls == [("cifar10", str(tmp_path), True), ("cifar100", str(tmp_path), True), ("digits", str(tmp_path), True)]

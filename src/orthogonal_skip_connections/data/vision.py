@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..runs import UserError, outermost_new, remove_empty
 
-__all__ = ["DATASETS", "IMAGE_SHAPES", "NUM_CLASSES", "TRAIN_SIZES", "ImageData", "TensorLoader", "load_image_data",
+__all__ = ["DATASETS", "IMAGE_SHAPES", "NUM_CLASSES", "TRAIN_SIZES", "ImageData", "TensorLoader", "fetch", "load_image_data",
            "default_data_root",
            "epoch_generator", "to_device"]
 
@@ -107,8 +107,23 @@ class _CifarUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_cifar(name: str, root: Path, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    folder, train_files, test_files, label_key = _CIFAR_FILES[name]
+def fetch(name: str, root: str | Path | None = None, download: bool = True) -> None:
+    """Make sure dataset ``name``'s files are under ``root`` (default: :func:`default_data_root`),
+    downloading them once where they are missing and ``download`` is true; reads nothing. What
+    a caller that starts several runs on one dataset does first (``osc study``): each run then
+    finds the files, rather than each downloading the same archive into one root at once. A
+    missing dataset it may not download, or a failed download, is the one-line UserError of
+    :func:`load_image_data`; ``digits`` is bundled and needs nothing."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+    if name != "digits":
+        _fetch_cifar(name, default_data_root() if root in (None, "") else Path(root).expanduser(), download)
+
+
+def _fetch_cifar(name: str, root: Path, download: bool) -> Path:
+    """The folder holding ``name``'s batch files under ``root``, downloaded first where they are
+    missing and ``download`` is true; a UserError where they stay missing."""
+    folder, train_files, test_files, _label_key = _CIFAR_FILES[name]
     base = root / folder
     missing = [f for f in train_files + test_files if not (base / f).is_file()]
     if missing and download:
@@ -136,6 +151,12 @@ def _read_cifar(name: str, root: Path, download: bool) -> tuple[Tensor, Tensor, 
             f"pass data.download=true to fetch it, or put the python-version files in {base} "
             f"(or set data.root=... / ${DATA_ROOT_ENV})"
         )
+    return base
+
+
+def _read_cifar(name: str, root: Path, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _folder, train_files, test_files, label_key = _CIFAR_FILES[name]
+    base = _fetch_cifar(name, root, download)
 
     def read(files):
         xs, ys = [], []

@@ -430,6 +430,25 @@ def run_classification(cfg: Config, study_dir: Path, jobs: list) -> dict[str, st
     return statuses
 
 
+def fetch_datasets(jobs: list) -> None:
+    """Each image dataset the runs of ``jobs`` read (its data.root and data.download as each run
+    has them), found or downloaded here once, before any run starts. Otherwise every run of a
+    CIFAR missing offline failed on its own, each with its error.txt, and with jobs > 1 the
+    launcher's workers downloaded the same archive into one root at once."""
+    from ..data.vision import fetch
+
+    seen = set()
+    for label, run_cfg, _run_dir, _overrides in jobs:
+        key = (run_cfg["dataset"]["name"], run_cfg["data"]["root"], bool(run_cfg["data"]["download"]))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            fetch(*key)
+        except UserError as err:
+            raise UserError(f"study: run {label} (and each of its dataset's): {err}") from None
+
+
 def run_app(name: str, overrides: list[str], run_dir: Path, progress: bool, study: Path | None = None) -> str:
     """Run another app in this process, as a part of the study in ``study``, unless its summary
     is already there."""
@@ -474,6 +493,7 @@ def run(cfg: Config, rd: RunDir) -> dict:
         (list(SYNTHETIC_APPS) if "synthetic" in cfg.parts else []) + \
         (["loss_landscape"] if "landscape" in cfg.parts else []) + (["two_stage"] if "two_stage" in cfg.parts else [])
     apps = [name for name in apps if name in APPS]
+    fetch_datasets([*jobs, *modes])  # before anything is written: a dataset missing offline refuses the study
     rd.start(cfg)
     status: dict[str, object] = {}
     seconds: dict[str, float] = {}

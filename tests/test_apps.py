@@ -185,6 +185,27 @@ def test_slurm_launcher_without_slurm_is_one_line(tmp_path, capsys, monkeypatch)
     assert not sweep.exists()
 
 
+def test_slurm_launcher_not_installed_names_the_extra(tmp_path, capsys, monkeypatch):
+    """On a Slurm login node (srun on the PATH) without hydra-submitit-launcher: Hydra's
+    'Could not find' became 'unknown hydra/launcher', which says nothing of how to get it."""
+    import importlib.util
+
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None:
+        pytest.skip("hydra-submitit-launcher is installed here")
+    srun = tmp_path / "bin" / "srun"
+    srun.parent.mkdir()
+    srun.write_text("#!/bin/sh\nexit 0\n")
+    srun.chmod(0o755)
+    monkeypatch.setenv("PATH", str(srun.parent))
+    sweep = tmp_path / "sweep"
+    assert osc(["run_experiments", "-m", "dataset=digits", "seed=0,1", "hydra/launcher=submitit_slurm",
+                f"hydra.sweep.dir={sweep}"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "unknown hydra/launcher 'submitit_slurm'" in lines[0], lines
+    assert 'pip install -e ".[slurm]"' in lines[0]
+    assert not sweep.exists()
+
+
 def test_cfg_after_overrides_shows_the_config_and_two_modes_are_one_line(tmp_path, capsys, monkeypatch):
     """``osc <app> seed=3 --cfg job`` (Hydra's usual order) prints the composed config: the
     job name the command line adds to the overrides must not land after the flag, where

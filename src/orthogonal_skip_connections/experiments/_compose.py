@@ -112,7 +112,14 @@ def one_line(err: BaseException, schema: type) -> str:
         first += "; a list is written key=[a,b], a sweep over a,b needs -m"
     if options:
         first = first.rstrip(".") + f"; allowed: {', '.join(options)}"
+    if missing and missing.group(1) == "hydra/launcher" and missing.group(2) in _LAUNCHER_EXTRAS:
+        first += f" (it comes with {_LAUNCHER_EXTRAS[missing.group(2)]})"
     return first
+
+
+# Hydra launchers whose configs ship with an optional extra of this package (pyproject.toml)
+_LAUNCHER_EXTRAS = {name: 'pip install -e ".[slurm]", or pip install hydra-submitit-launcher'
+                    for name in ("submitit_slurm", "submitit_local")}
 
 
 def _list_hint(override: str) -> str:

@@ -1281,12 +1281,16 @@ def test_a_refusal_from_inside_a_sweep_job_is_not_its_own(tmp_path, capsys, monk
     assert yaml.safe_load((sweep / "0" / ".hydra" / "config.yaml").read_text())["seed"] == 5
 
 
-def test_a_study_whose_runs_all_fail_says_why(tmp_path, capsys):
-    study = tmp_path / "study"
-    overrides = f'overrides.run_experiments=["dataset=cifar10","data.download=false","data.root={tmp_path}"]'
+def test_a_study_whose_runs_all_fail_says_why(tmp_path, capsys, fake_cifar):
+    """Every run fails reading its data (a CIFAR batch file damaged: the files are there, so
+    the study's check that each dataset is present lets the runs start)."""
+    study, data = tmp_path / "study", tmp_path / "data"
+    fake_cifar(data, "cifar10", n_train=10, n_test=10)
+    (data / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
+    overrides = f'overrides.run_experiments=["dataset=cifar10","data.download=false","data.root={data}"]'
     code, lines, err = run(["study", *TINY["study"], overrides, f"hydra.run.dir={study}", "progress=false"], capsys)
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    assert "all 1 classification runs failed" in lines[0] and "cifar10 not found" in lines[0]
+    assert "all 1 classification runs failed" in lines[0] and "data_batch_3 as a CIFAR batch file" in lines[0]
     assert list(study.rglob("error.txt"))  # the details stay where the line says
 
 

@@ -698,27 +698,41 @@ def test_report_of_identity_runs_alone_has_no_empty_verdict_list(study_dir, tmp_
     assert "distance from I" not in md and not list((tmp_path / "r").glob("identity_distance_*.png"))
 
 
-def test_compose_each_gives_what_compose_gives():
-    """The study's plans are composed by compose_each (Hydra's override rule applied to one
-    composition per set of group overrides): the same configs and the same one-line
-    mistakes as composing each job alone."""
+def test_compose_gives_what_hydra_composes_whole():
+    """compose and compose_each (a study's plans, every command line's checks) apply Hydra's
+    override rule to one composition per set of group overrides, kept for the process: the
+    same configs and the same one-line mistakes as Hydra composing each job whole, whatever
+    run dir a job names (left out of the kept compositions) and after a first call has kept
+    one."""
     from omegaconf import OmegaConf
 
-    from orthogonal_skip_connections.experiments._compose import compose, compose_each
+    from orthogonal_skip_connections.experiments._app import load_app
+    from orthogonal_skip_connections.experiments._compose import _compose_whole, check_overrides, compose, compose_each
+
+    schema = load_app("run_experiments").schema
+
+    def whole(job):  # what compose did before it kept compositions: the key check, then Hydra's
+        check_overrides(schema, job)
+        return _compose_whole("run_experiments", job, schema)
 
     cfg = study.main.config(["scale=default", "progress=false"])
     plan = (study.classification_plan(cfg, seeds=1) + study.mode_plan(cfg, seeds=1))[::3]
     jobs = [[f"dataset={d}", f"model.model_type={m}", *o] for _, d, m, o, _ in plan]
     jobs.append(["dataset=cifar10", "+wandb.extra=1", "optimizer.lr=0.3", "model.method=null"])
+    jobs.append(["dataset=digits", "seed=4", "hydra.run.dir=/tmp/a b", "hydra.job.name=x"])
+    jobs.append(["dataset=digits", "seed=5", "hydra.sweep.dir=elsewhere", "hydra.sweep.subdir=${hydra.job.num}"])
     for job, fast in zip(jobs, compose_each("run_experiments", jobs)):
-        assert OmegaConf.to_container(fast, resolve=True) == \
-            OmegaConf.to_container(compose("run_experiments", job), resolve=True), job
-    for bad in (["bogus=1"], ["optimizer.lr=abc"], ["resume=no"], ["dataset=bogus"], ["+optimizer.lr=1"]):
+        slow = OmegaConf.to_container(whole(job), resolve=True)
+        assert OmegaConf.to_container(fast, resolve=True) == slow, job
+        assert OmegaConf.to_container(compose("run_experiments", job), resolve=True) == slow, job
+    for bad in (["bogus=1"], ["optimizer.lr=abc"], ["resume=no"], ["dataset=bogus"], ["+optimizer.lr=1"],
+                ["seed=1,2"], ["hydra.bogus=1"], ["hydra.run.dir=[a,b]"], ["dataset=digits", "seed=x"]):
         with pytest.raises(UserError) as slow:
-            compose("run_experiments", bad)
-        with pytest.raises(UserError) as fast:
-            next(compose_each("run_experiments", [bad]))
-        assert str(fast.value) == str(slow.value)
+            whole(bad)
+        for _ in range(2):  # the second after the first has kept its composition
+            with pytest.raises(UserError) as fast:
+                compose("run_experiments", bad)
+            assert str(fast.value) == str(slow.value), bad
 
 
 def test_report_tables_skip_distance_vs_depth(study_dir, tmp_path):

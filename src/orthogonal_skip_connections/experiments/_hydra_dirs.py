@@ -21,20 +21,39 @@ def hydra_dir(app_name: str, overrides: list[str], key: str) -> Path | None:
     removed) with its ``${...}`` resolved (the config's keys, ``${now:...}``), not the text
     after ``=``. None where only the run itself can resolve it (``${hydra:runtime...}``). A
     blank value is a UserError: Hydra would take it as the current dir and write the run there."""
-    from hydra.core.utils import setup_globals
+    value = _plain_value(overrides, key)
+    if value is None:  # from the config, or with ${...} in it: what Hydra's composition makes of it
+        from hydra.core.utils import setup_globals
 
-    setup_globals()  # the ${now:...} resolver
-    try:
-        hydra_cfg = compose_raw(app_name, [*overrides, *job_name(app_name, overrides)], hydra_config=True)
-        value = str(OmegaConf.select(hydra_cfg, key))
-    except Exception:  # Hydra's own business when it runs
-        return None
+        setup_globals()  # the ${now:...} resolver
+        try:
+            hydra_cfg = compose_raw(app_name, [*overrides, *job_name(app_name, overrides)], hydra_config=True)
+            value = str(OmegaConf.select(hydra_cfg, key))
+        except Exception:  # Hydra's own business when it runs
+            return None
     if not value.strip():
         raise UserError(f"{key} must be a path (a blank one is the current dir, where no run belongs); got {value!r}")
     if value.startswith("~"):  # Hydra does not expand it: the run went into a dir named '~' under the working dir
         raise UserError(f"{key}={value}: Hydra does not expand '~' (it would make a dir named '~' here); write the "
                         f"path out, or {key}=${{oc.env:HOME}}{value[1:]}")
     return Path(value)
+
+
+def _plain_value(overrides: list[str], key: str) -> str | None:
+    """The string the last ``key=...`` of ``overrides`` sets, as Hydra's grammar reads it
+    (quotes and escapes removed), where it has no ``$`` (so nothing to resolve and no
+    composition needed: ~0.15 s); None otherwise."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    mine = [o for o in overrides if o.split("=", 1)[0].strip() == key]
+    if not mine:
+        return None
+    try:
+        o = OverridesParser.create().parse_overrides([mine[-1]])[0]
+    except Exception:  # Hydra's grammar refuses it: its own business
+        return None
+    value = o.value()
+    return value if isinstance(value, str) and not o.is_sweep_override() and "$" not in value else None
 
 
 def sweep_dirs(app_name: str, jobs: list[list[str]]) -> tuple[Path | None, list[Path | None]]:

@@ -316,6 +316,12 @@ CASES = [
     ("re-sweep-bogus", ["run_experiments", "-m", "model.skip_kind=bogus,identity", f"hydra.sweep.dir={M}/sweep"],
      ["bogus"]),
     ("re-sweep-dir-file", ["run_experiments", "-m", "seed=0,1", f"hydra.sweep.dir={M}/a_file"], ["a_file"]),
+    # joblib's own refusal came from inside the launcher (a traceback) after multirun.yaml was written
+    ("re-joblib-no-workers", ["run_experiments", "-m", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0",
+                              f"hydra.sweep.dir={M}/joblib0"], ["hydra.launcher.n_jobs=0", "-1 for one per CPU"]),
+    ("re-joblib-workers-not-a-number", ["run_experiments", "-m", "seed=0,1", "hydra/launcher=joblib",
+                                        "hydra.launcher.n_jobs=abc", f"hydra.sweep.dir={M}/joblib_abc"],
+     ["hydra.launcher.n_jobs", "abc"]),
     # two jobs in one run dir: the second rewrote the first's .hydra/ files before its claim was refused
     ("th-sweep-shared-subdir", ["theorem", "-m", "seed=1,2", f"hydra.sweep.dir={M}/shared", "hydra.sweep.subdir=same"],
      ["jobs 0 and 1", "shared/same", "hydra.sweep.subdir", "${hydra.job.num}"]),

@@ -57,6 +57,19 @@ from ._sweep_record import (CODES_ENV, read_codes, read_job_dirs, read_refused, 
 __all__ = ["CommandLine", "CODES_ENV"]
 
 
+def check_joblib_settings(app_name: str, job: list[str]) -> None:
+    """hydra.launcher.n_jobs of the joblib launcher: joblib's refusal of 0 came from inside the
+    launcher, as a traceback, after Hydra had written the sweep dir's multirun.yaml."""
+    try:
+        hc = compose_raw(app_name, job, hydra_config=True).hydra.launcher
+    except Exception as err:  # a value of the wrong type: Hydra's composition error, in one line
+        raise UserError(one_line(err, None)) from None
+    n_jobs = hc.get("n_jobs")
+    if isinstance(n_jobs, int) and n_jobs == 0:
+        raise UserError("hydra.launcher.n_jobs=0 runs no job: give the number of worker processes (>= 1), "
+                        "or -1 for one per CPU")
+
+
 class CommandLine:
     """One command-line call of ``app`` (an :class:`~._app.App`): the run dirs it claimed
     before Hydra ran, and what an explicit ``hydra.run.dir`` held before."""
@@ -141,6 +154,8 @@ class CommandLine:
                 # submitit's own refusal comes from inside Hydra's launcher, as a traceback
                 raise UserError("hydra/launcher=submitit_slurm submits to Slurm, and there is no `srun` here: run "
                                 "the sweep where Slurm is (a login node), or use hydra/launcher=joblib on this machine")
+            if "hydra/launcher=joblib" in overrides and any(o.startswith("hydra.launcher.") for o in overrides):
+                check_joblib_settings(app.name, jobs[0])
             if any(o.startswith("hydra.sweep.dir=") for o in overrides):
                 sweep_dir = hydra_dir(app.name, jobs[0], "hydra.sweep.dir")
                 if sweep_dir is not None:

@@ -1005,3 +1005,22 @@ def test_each_dataset_is_fetched_once_per_root(tmp_path, monkeypatch):
     assert len(jobs) == 12
     study.fetch_datasets(jobs)
     assert calls == [("cifar10", str(tmp_path), True), ("cifar100", str(tmp_path), True), ("digits", str(tmp_path), True)]
+
+
+def test_a_report_written_again_into_its_dir_leaves_no_earlier_figure(study_dir, tmp_path):
+    """osc report into a dir that holds an earlier report of more runs: the earlier figures of
+    runs no longer reported were left beside the new report.md as if they were part of it.
+    Files the earlier report did not write (a user's notes) stay."""
+    import re
+
+    out = tmp_path / "out"
+    build_report([study_dir / "classification", study_dir / "residual_modes"], out)
+    first = {p.name for p in out.glob("*.png")}
+    (out / "notes.txt").write_text("mine")
+    build_report([study_dir / "classification"], out)
+    shown = set(re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", (out / "report.md").read_text()))
+    pngs = {p.name for p in out.glob("*.png")}
+    assert pngs == shown and first - shown  # the residual modes' figures went with their section
+    assert (out / "notes.txt").read_text() == "mine"
+    again = build_report([study_dir / "classification"], out)  # nothing to remove: all kept
+    assert {p.name for p in out.glob("*.png")} == pngs and again["report"].is_file()

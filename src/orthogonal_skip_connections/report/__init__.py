@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -126,6 +127,31 @@ def _in_short(tables: dict, modes: dict, others: dict[Path, dict]) -> list[str]:
         return []
     return ["## In short", "", *lines, "", "Each section below gives the numbers, their intervals and the verdict's "
             "reasons.", ""]
+
+
+_MANIFEST = ".osc-report-files"  # the names of the files the last report in a dir wrote, one per line
+
+
+def _figure_names(md: str) -> list[str]:
+    """The images report.md shows from its own dir (``![caption](name.png)``)."""
+    return [name for name in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", md) if "/" not in name]
+
+
+def _forget_earlier_files(out_dir: Path, names: list[str]) -> None:
+    """Remove what the previous report in ``out_dir`` wrote and this one did not (a figure of a
+    task no longer among the runs, a comparisons.csv of arms no longer there), which would
+    otherwise sit beside the new report as if it belonged to it; then record this report's
+    files. Only names a report of this package listed are removed: a dir without the list
+    (a user's own files, a report made before it existed) loses nothing."""
+    manifest = out_dir / _MANIFEST
+    try:
+        earlier = manifest.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        earlier = []
+    for name in set(earlier) - set(names):
+        if name and "/" not in name and name not in (".", ".."):
+            (out_dir / name).unlink(missing_ok=True)
+    manifest.write_text("".join(f"{name}\n" for name in sorted(set(names))))
 
 
 def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal skips help?",
@@ -253,5 +279,6 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
     report_md.write_text("\n".join(md) + "\n")
     (out_dir / "report.html").write_text(to_html("\n".join(md), out_dir, title))
     written = ["report.html", "results.csv"] + (["comparisons.csv"] if arms else [])  # beside report.md
+    _forget_earlier_files(out_dir, ["report.md", *written, *_figure_names("\n".join(md))])
     return {"rows": rows, "tables": tables, "mode_tables": modes, "depth_tables": depth, "depth_profiles": profiles,
             "others": others, "report": report_md, "written": written}

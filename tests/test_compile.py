@@ -216,6 +216,7 @@ def lockstep_steps(models, opts, steps: int) -> float:
     from torch.nn import functional as F
 
     base = [[g["lr"] for g in o.param_groups] for o in opts]
+    device = next(models[0].parameters()).device
     for o in opts:
         for group in o.param_groups:
             group.setdefault("initial_lr", group["lr"])  # as a scheduler sets it
@@ -225,6 +226,7 @@ def lockstep_steps(models, opts, steps: int) -> float:
         models[0].load_state_dict(models[1].state_dict())
         opts[0].load_state_dict(copy.deepcopy(opts[1].state_dict()))  # shares no buffer with opts[1]
         x, y = torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
+        x, y = x.to(device), y.to(device)
         for m, o, lrs in zip(models, opts, base):
             for group, lr in zip(o.param_groups, lrs):
                 group["lr"] = lr * ((k + 1) / 3 if k < 3 else 3 / (k + 1))

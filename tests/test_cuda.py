@@ -383,7 +383,7 @@ def test_compiled_retraction_on_cuda_matches_eager_and_reads_nothing_back(method
     """compile_retraction with inductor on CUDA (what compile=true does there): the eager
     steps to round-off, W on O(n), and no synchronisation in opt.step() once compiled; also
     with Adam's moments in so(n) (retraction_adaptive: its bias corrections are device tensors)."""
-    from test_compile import retracted_model, train_steps
+    from test_compile import lockstep_steps, retracted_model
 
     models = [retracted_model(method).to(CUDA), retracted_model(method).to(CUDA)]
     if adaptive:
@@ -391,10 +391,8 @@ def test_compiled_retraction_on_cuda_matches_eager_and_reads_nothing_back(method
     else:
         opts = [osc.optimizer(m, torch.optim.SGD, lr=0.2, momentum=0.9, foreach=True) for m in models]
     opts[1].compile_retraction("inductor")
-    eager, compiled = (train_steps(m, o, 4) for m, o in zip(models, opts))
-    assert max(abs(a - b) for a, b in zip(eager, compiled)) <= 1e-4
-    for p, q in zip(models[0].parameters(), models[1].parameters()):
-        torch.testing.assert_close(q, p, atol=1e-4, rtol=0)
+    # step by step (a whole trajectory is chaotic: see lockstep_steps)
+    assert lockstep_steps(models, opts, 4) <= 1e-4
     x = torch.randn(16, 1, 8, 8, device=CUDA)
     y = torch.randint(0, 10, (16,), device=CUDA)
     opts[1].zero_grad(set_to_none=True)

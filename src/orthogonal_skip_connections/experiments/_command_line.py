@@ -47,7 +47,7 @@ from ..train import distributed
 from ..train.divergence import Diverged
 from ._compose import CONFIG_DIR, compose, compose_raw, one_line, typed
 from ._help import help_text
-from ._hydra_dirs import hydra_dir, sweep_dirs
+from ._hydra_dirs import check_joblib_settings, hydra_dir, sweep_dirs
 from ._interrupt import sigterm_as_interrupt, stopped
 from ._leftovers import has_results, hydra_files, sweep_before, undo, undo_job, undo_sweep
 from ._options import check_options, options_first, split_options, with_job_name
@@ -55,19 +55,6 @@ from ._sweep_record import (CODES_ENV, read_codes, read_job_dirs, read_refused, 
                             write_refused)
 
 __all__ = ["CommandLine", "CODES_ENV"]
-
-
-def check_joblib_settings(app_name: str, job: list[str]) -> None:
-    """hydra.launcher.n_jobs of the joblib launcher: joblib's refusal of 0 came from inside the
-    launcher, as a traceback, after Hydra had written the sweep dir's multirun.yaml."""
-    try:
-        hc = compose_raw(app_name, job, hydra_config=True).hydra.launcher
-    except Exception as err:  # a value of the wrong type: Hydra's composition error, in one line
-        raise UserError(one_line(err, None)) from None
-    n_jobs = hc.get("n_jobs")
-    if isinstance(n_jobs, int) and n_jobs == 0:
-        raise UserError("hydra.launcher.n_jobs=0 runs no job: give the number of worker processes (>= 1), "
-                        "or -1 for one per CPU")
 
 
 class CommandLine:

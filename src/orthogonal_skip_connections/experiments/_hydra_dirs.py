@@ -1,6 +1,7 @@
 """What Hydra makes of a call's overrides before it runs: the run or sweep dir
-(:func:`hydra_dir`: quotes removed, ``${...}`` resolved, a blank or ``~`` path refused) and a
-sweep's jobs' dirs (:func:`sweep_dirs`: two jobs may not share one)."""
+(:func:`hydra_dir`: quotes removed, ``${...}`` resolved, a blank or ``~`` path refused), a
+sweep's jobs' dirs (:func:`sweep_dirs`: two jobs may not share one), and the joblib launcher's
+settings (:func:`check_joblib_settings`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ..runs import UserError
-from ._compose import compose_raw
+from ._compose import compose_raw, one_line
 from ._options import job_name
 
-__all__ = ["hydra_dir", "sweep_dirs"]
+__all__ = ["check_joblib_settings", "hydra_dir", "sweep_dirs"]
 
 
 def hydra_dir(app_name: str, overrides: list[str], key: str) -> Path | None:
@@ -74,3 +75,16 @@ def sweep_dirs(app_name: str, jobs: list[list[str]]) -> tuple[Path | None, list[
             raise UserError(f"jobs {seen[d.resolve()]} and {i} of the sweep would share the run dir {d}: "
                             "hydra.sweep.subdir must differ per job (the default ${hydra.job.num} does)")
     return sweep, dirs
+
+
+def check_joblib_settings(app_name: str, job: list[str]) -> None:
+    """hydra.launcher.n_jobs of the joblib launcher: joblib's refusal of 0 came from inside the
+    launcher, as a traceback, after Hydra had written the sweep dir's multirun.yaml."""
+    try:
+        hc = compose_raw(app_name, job, hydra_config=True).hydra.launcher
+    except Exception as err:  # a value of the wrong type: Hydra's composition error, in one line
+        raise UserError(one_line(err, None)) from None
+    n_jobs = hc.get("n_jobs")
+    if isinstance(n_jobs, int) and n_jobs == 0:
+        raise UserError("hydra.launcher.n_jobs=0 runs no job: give the number of worker processes (>= 1), "
+                        "or -1 for one per CPU")

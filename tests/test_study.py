@@ -986,7 +986,7 @@ def test_a_dataset_missing_offline_refuses_the_study_before_any_run(tmp_path, ca
                      f"hydra.run.dir={study_dir}"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert "study: run cifar10/resnet20 identity seed 0" in err and "cifar10 not found under" in err, err
+    assert "study: run cifar10/resnet20 identity seed 0 and every other run on cifar10" in err and "cifar10 not found under" in err, err
     assert not study_dir.exists() and not empty.exists()
 
 

@@ -26,9 +26,8 @@ from torch import Tensor
 
 from ..runs import UserError, outermost_new, remove_empty
 
-__all__ = ["DATASETS", "IMAGE_SHAPES", "NUM_CLASSES", "TRAIN_SIZES", "ImageData", "TensorLoader", "fetch", "load_image_data",
-           "default_data_root",
-           "epoch_generator", "to_device"]
+__all__ = ["DATASETS", "IMAGE_SHAPES", "NUM_CLASSES", "TRAIN_SIZES", "ImageData", "TensorLoader", "fetch",
+           "load_image_data", "default_data_root", "epoch_generator", "to_device"]
 
 DATASETS = ("cifar10", "cifar100", "digits")
 # (channels, height, width) of each dataset's images, known before anything is loaded

@@ -446,7 +446,7 @@ def fetch_datasets(jobs: list) -> None:
         try:
             fetch(*key)
         except UserError as err:
-            raise UserError(f"study: run {label} (and each of its dataset's): {err}") from None
+            raise UserError(f"study: run {label} and every other run on {key[0]}: {err}") from None
 
 
 def run_app(name: str, overrides: list[str], run_dir: Path, progress: bool, study: Path | None = None) -> str:

@@ -332,3 +332,16 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     assert osc(["run_experiments", "-m", "dataset=digits", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]) == 130
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert lines[-1] == "interrupted; what it saved continues with resume=true and the same hydra.sweep.dir", lines
+
+
+def test_ctrl_c_while_the_app_is_imported_is_one_line(monkeypatch, capsys):
+    """Ctrl-C during `import torch` (seconds after `osc <app>` starts), before the app's own
+    handling of a stop: it printed the traceback of wherever in torch it landed."""
+    from orthogonal_skip_connections import cli
+
+    def importing(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_app", importing)
+    assert cli.main(["run_experiments", "dataset=digits"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"

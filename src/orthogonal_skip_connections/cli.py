@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `osc list | head`: the reader left; no traceback, and none at exit either
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before the app's own handling (importing torch, checking the config)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _main(argv: list[str]) -> int:

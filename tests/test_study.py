@@ -1018,9 +1018,20 @@ def test_a_report_written_again_into_its_dir_leaves_no_earlier_figure(study_dir,
     first = {p.name for p in out.glob("*.png")}
     (out / "notes.txt").write_text("mine")
     build_report([study_dir / "classification"], out)
-    shown = set(re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", (out / "report.md").read_text()))
+    shown = set(re.findall(r"\]\(([^()\s/]+\.png)\)", (out / "report.md").read_text()))
     pngs = {p.name for p in out.glob("*.png")}
     assert pngs == shown and first - shown  # the residual modes' figures went with their section
     assert (out / "notes.txt").read_text() == "mine"
     again = build_report([study_dir / "classification"], out)  # nothing to remove: all kept
     assert {p.name for p in out.glob("*.png")} == pngs and again["report"].is_file()
+
+
+def test_the_figures_a_report_lists_include_those_with_brackets_in_their_caption():
+    """A residual-modes task of a ViT is named digits/vit_tiny[width=32,...]: its figure's caption
+    holds brackets, and a caption pattern without them missed it (never removed when stale)."""
+    from orthogonal_skip_connections.report import _figure_names
+
+    md = ("![digits/resnet20 accuracy](accuracy_digits_resnet20.png)\n"
+          "![digits/vit_tiny[width=32,depth=2] accuracy by residual mode](accuracy_modes_vit.png) and "
+          "[a table](results.csv), ![elsewhere](teacher_student/fit.png)")
+    assert _figure_names(md) == ["accuracy_digits_resnet20.png", "accuracy_modes_vit.png"]

@@ -133,8 +133,9 @@ _MANIFEST = ".osc-report-files"  # the names of the files the last report in a d
 
 
 def _figure_names(md: str) -> list[str]:
-    """The images report.md shows from its own dir (``![caption](name.png)``)."""
-    return [name for name in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", md) if "/" not in name]
+    """The images report.md shows from its own dir (``![caption](name.png)``; a caption may hold
+    brackets: ``digits/vit_tiny[width=32]``)."""
+    return re.findall(r"\]\(([^()\s/]+\.(?:png|svg|jpe?g))\)", md)
 
 
 def _forget_earlier_files(out_dir: Path, names: list[str]) -> None:

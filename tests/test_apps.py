@@ -285,7 +285,8 @@ def test_sigterm_is_one_line_and_exit_143(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(app, "run", killed)
     assert osc(["run_experiments", "dataset=digits", f"hydra.run.dir={tmp_path / 'run'}"]) == 143
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert lines == ["terminated; what it saved continues with resume=true and the same hydra.run.dir"], lines
+    assert lines == ["terminated; to continue what it saved: osc run_experiments dataset=digits resume=true "
+                     f"hydra.run.dir={tmp_path / 'run'}"], lines
     assert signal.getsignal(signal.SIGTERM) is before
 
 
@@ -322,7 +323,8 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(app, "run", interrupted)
     assert osc(["run_experiments", "dataset=digits", f"hydra.run.dir={tmp_path / 'run'}"]) == 130
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert lines == ["interrupted; what it saved continues with resume=true and the same hydra.run.dir"], lines
+    assert lines == ["interrupted; to continue what it saved: osc run_experiments dataset=digits resume=true "
+                     f"hydra.run.dir={tmp_path / 'run'}"], lines
     # with save_checkpoint=none one run saves nothing to resume from, and the line does not promise it
     assert osc(["run_experiments", "dataset=digits", "save_checkpoint=none",
                 f"hydra.run.dir={tmp_path / 'run2'}"]) == 130
@@ -331,7 +333,14 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     # a sweep resumes by its sweep dir
     assert osc(["run_experiments", "-m", "dataset=digits", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]) == 130
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert lines[-1] == "interrupted; what it saved continues with resume=true and the same hydra.sweep.dir", lines
+    assert lines[-1] == ("interrupted; to continue what it saved: osc run_experiments -m dataset=digits seed=0,1 "
+                         f"resume=true hydra.sweep.dir={tmp_path / 'sweep'}"), lines
+    # stopped before Hydra made the run dir: none to name
+    monkeypatch.setattr(app, "run", lambda *a, **k: pytest.fail("ran"))
+    monkeypatch.setattr("hydra._internal.hydra.Hydra.run", interrupted)
+    assert osc(["run_experiments", "dataset=digits", f"hydra.run.dir={tmp_path / 'run3'}"]) == 130
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == ["interrupted; what it saved continues with resume=true and the same hydra.run.dir"], lines
 
 
 def test_ctrl_c_while_the_app_is_imported_is_one_line(monkeypatch, capsys):

@@ -643,6 +643,56 @@ def test_a_stopped_study_says_it_resumes(tmp_path, capsys, monkeypatch):
                                      "hydra.run.dir"], err
 
 
+@pytest.mark.parametrize("where", ["default", "a dir with a space and a quote"])
+def test_a_stopped_runs_line_is_the_command_that_continues_it(where, tmp_path, capsys, monkeypatch):
+    """A stop's line said "resume=true and the same hydra.run.dir", but a run in the default dir
+    (outputs/<app>/<time>_...) was given no dir: only a look into outputs/ found it. The line
+    is now the command, with the dir Hydra made; run as the shell splits it, it continues the run
+    from its checkpoint (the second epoch alone is trained)."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from orthogonal_skip_connections.experiments._interrupt import hydra_quoted
+    from orthogonal_skip_connections.train import classifier
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["run_experiments", "dataset=digits", "model.model_type=resnet20", "scheduler.epochs=2", "device=cpu",
+            "progress=false"]
+    if where != "default":
+        odd = tmp_path / "it's a run"
+        argv.append(f"hydra.run.dir={hydra_quoted(str(odd))}")
+    real_forward, calls = classifier._forward, {"n": 0}
+    steps = 1437 // 128
+
+    def dying_forward(*args, **kwargs):  # stopped in the middle of epoch 2
+        calls["n"] += 1
+        if calls["n"] == steps + 3:
+            raise KeyboardInterrupt
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(classifier, "_forward", dying_forward)
+    code, lines, err = run(argv, capsys)
+    assert code == 130 and len(lines) == 1 and lines[0].startswith("interrupted; to continue what it saved: "), err
+    command = shlex.split(lines[0].split("what it saved: ", 1)[1])
+    run_dir = Path(OverridesParser.create().parse_overrides(command[-1:])[0].value())  # as Hydra reads it
+    assert command[:2] == ["osc", "run_experiments"] and command[-2] == "resume=true"
+    if where == "default":
+        assert run_dir.parent == tmp_path / "outputs" / "run_experiments"
+    else:
+        assert run_dir == odd
+    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "summary.json").exists()
+    epoch1 = (run_dir / "metrics.jsonl").read_text()
+    calls["n"] = -10 ** 6
+    code, _, err = run(command[1:], capsys)
+    assert code == 0, err
+    assert calls["n"] == -10 ** 6 + steps  # resumed: the second epoch's steps only
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    assert (run_dir / "metrics.jsonl").read_text().startswith(epoch1)
+    assert [p.relative_to(tmp_path) for p in tmp_path.glob("outputs/*/*")] == \
+        ([run_dir.relative_to(tmp_path)] if where == "default" else [])  # no other run dir made
+
+
 def test_a_run_killed_before_its_first_checkpoint_reads_interrupted_not_failed(root, tmp_path, capsys):
     """A run dir without summary.json whose lock is free: the run stopped. osc report called it
     "failed" unless a checkpoint was there, though a failure writes a summary (or a study job's

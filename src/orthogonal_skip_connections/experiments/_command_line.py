@@ -32,7 +32,6 @@ Ctrl-C and SIGTERM stop a call with one line (:mod:`._interrupt`).
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -48,7 +47,7 @@ from ..train.divergence import Diverged
 from ._compose import CONFIG_DIR, compose, compose_raw, one_line, typed
 from ._help import help_text
 from ._hydra_dirs import check_joblib_settings, hydra_dir, sweep_dirs
-from ._interrupt import sigterm_as_interrupt, stopped
+from ._interrupt import hydra_quoted, resume_command, sigterm_as_interrupt, stopped
 from ._leftovers import has_results, hydra_files, sweep_before, undo, undo_job, undo_sweep
 from ._options import check_options, options_first, split_options, with_job_name
 from ._sweep_record import (CODES_ENV, read_codes, read_job_dirs, read_refused, sweep_line, write_code, write_job_dir,
@@ -70,6 +69,7 @@ class CommandLine:
         self.rank0_top = None  # under torchrun, on the other ranks: the outermost dir rank 0's run makes
         self.saves_nothing = False  # one run with save_checkpoint=none: a stop leaves nothing to resume
         self.codes_file = None  # where a sweep's jobs write what they tell this process (._sweep_record)
+        self.run_dir = None  # one run's dir, once Hydra has made it: a stop's line names it
 
     def main(self, argv: list[str]) -> int:
         """The exit code of ``osc <app> *argv``: 0; 2 for a user's mistake; 1 for a diverged
@@ -101,8 +101,11 @@ class CommandLine:
                 with sigterm_as_interrupt(not distributed.launched_by_torchrun()):
                     return self.hydra(argv, codes)
             except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: one line, not the traceback of wherever it landed
-                line, code = stopped(stop, self.app.supports_resume and not self.saves_nothing,
-                                     sweep=any(a in ("-m", "--multirun") for a in argv))
+                sweep = any(a in ("-m", "--multirun") for a in argv)
+                where = (read_job_dirs("sweep") or [None])[0] if sweep else self.run_dir  # (a job's: its sweep's)
+                resume = None if where is None or distributed.launched_by_torchrun() else \
+                    resume_command(self.app.name, argv, "hydra.sweep.dir" if sweep else "hydra.run.dir", Path(where))
+                line, code = stopped(stop, self.app.supports_resume and not self.saves_nothing, sweep, resume)
                 print(line, file=sys.stderr)
                 return code
         finally:
@@ -194,6 +197,7 @@ class CommandLine:
             if hc.mode == RunMode.MULTIRUN:  # a sweep's job: record a failure and go on
                 os.environ[CODES_ENV] = self.codes_file  # a reused worker's is an earlier call's
                 write_job_dir(run_dir)
+                write_job_dir(Path(hc.sweep.dir), "sweep")
                 try:
                     summary = app.run(cfg, run_dir, command=command, record_failures=True, key="hydra.sweep.dir")
                     app.print_result(summary, run_dir)
@@ -213,6 +217,7 @@ class CommandLine:
                     write_code(1)
                 return
             fresh = self.explicit is None and not has_results(run_dir)
+            self.run_dir = run_dir
             try:
                 summary = app.run(cfg, run_dir, command=command)
                 if distributed.is_main():  # under torchrun: rank 0 speaks for all
@@ -276,9 +281,7 @@ class CommandLine:
         if error is not None:
             raise UserError(error)
         self.rank0_top = None if distributed.is_main() or top is None else Path(top)
-        quoted = run_dir if re.fullmatch(r"[\w/.+-]+", run_dir) else \
-            "'" + run_dir.replace("\\", "\\\\").replace("'", "\\'") + "'"
-        argv = [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={quoted}"]
+        argv = [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={hydra_quoted(run_dir)}"]
         if not distributed.is_main():
             argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
         return argv

@@ -4,15 +4,22 @@ SIGTERM (``kill``, Slurm's time limit) is raised as :class:`Terminated`, a Keybo
 so that a call unwinds as after Ctrl-C: run dirs released, a joblib launcher's workers shut
 down, what was saved kept for ``resume=true``. Under torchrun the signal keeps its default:
 torchrun sends it to every rank when one fails.
+
+The line names the command that continues the call (:func:`resume_command`) once its run dir
+(a sweep's: its sweep dir) is known: a default dir (``outputs/<app>/<time>_...``) is known to
+the user only by that line.
 """
 
 from __future__ import annotations
 
+import re
+import shlex
 import signal
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
-__all__ = ["Terminated", "sigterm_as_interrupt", "stopped"]
+__all__ = ["Terminated", "sigterm_as_interrupt", "stopped", "resume_command", "hydra_quoted"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -38,10 +45,34 @@ def sigterm_as_interrupt(enabled: bool = True):
         signal.signal(signal.SIGTERM, previous)
 
 
-def stopped(stop: KeyboardInterrupt, supports_resume: bool, sweep: bool = False) -> tuple[str, int]:
-    """The line to print and the exit code for a call stopped by Ctrl-C (130) or SIGTERM (143 = 128 + 15)."""
+def hydra_quoted(value: str) -> str:
+    """``value`` as the value of one Hydra override: as it is where it holds only ``[\\w/.+-]``,
+    else quoted as Hydra's grammar reads a quoted string: in double quotes where it holds no
+    ``"`` or ``\\`` (``'dir="/a b"'`` after the shell's quoting), else in single quotes with
+    ``'`` escaped and the backslashes before a quote doubled (the only ones Hydra unescapes)."""
+    if re.fullmatch(r"[\w/.+-]+", value):
+        return value
+    if '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    escaped = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value)
+    return f"'{escaped}'"
+
+
+def resume_command(app_name: str, argv: list[str], key: str, where: Path) -> str:
+    """The shell command that continues a stopped call of ``osc <app_name> *argv``: the same
+    arguments, with ``resume=true`` and ``key=where`` (``hydra.run.dir``, ``hydra.sweep.dir``)
+    in place of any value they had."""
+    own = [a for a in argv if a.split("=", 1)[0].lstrip("+~") not in ("resume", key)]
+    return "osc " + shlex.join([app_name, *own, "resume=true", f"{key}={hydra_quoted(str(where))}"])
+
+
+def stopped(stop: KeyboardInterrupt, supports_resume: bool, sweep: bool = False,
+            resume: str | None = None) -> tuple[str, int]:
+    """The line to print and the exit code for a call stopped by Ctrl-C (130) or SIGTERM (143 = 128 + 15);
+    ``resume``: the command that continues it (:func:`resume_command`), where its dir is known."""
     key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
-    hint = f"; what it saved continues with resume=true and the same {key}" if supports_resume else ""
+    hint = "" if not supports_resume else f"; to continue what it saved: {resume}" if resume else \
+        f"; what it saved continues with resume=true and the same {key}"
     if isinstance(stop, Terminated):
         return f"terminated{hint}", 143
     return f"interrupted{hint}", 130

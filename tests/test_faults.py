@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import write_fake_cifar
 
@@ -632,6 +634,8 @@ def test_a_stopped_study_says_it_resumes(tmp_path, capsys, monkeypatch):
     """A study's save_checkpoint=none (its default) is its classification runs': a resumed
     study keeps every run that completed. Its stop line said only 'terminated', as though
     nothing were kept."""
+    import shlex
+
     app = load_app("study")
 
     def interrupted(*args, **kwargs):
@@ -639,8 +643,8 @@ def test_a_stopped_study_says_it_resumes(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(app, "run", interrupted)
     code, lines, err = run(["study", *TINY["study"], f"hydra.run.dir={tmp_path / 'study'}"], capsys)
-    assert code == 130 and lines == ["interrupted; what it saved continues with resume=true and the same "
-                                     "hydra.run.dir"], err
+    assert code == 130 and lines == ["interrupted; to continue what it saved: osc study " + shlex.join(TINY["study"])
+                                     + f" resume=true hydra.run.dir={tmp_path / 'study'}"], err
 
 
 @pytest.mark.parametrize("where", ["default", "a dir with a space and a quote"])
@@ -1457,3 +1461,18 @@ def test_overrides_on_both_sides_of_an_option_with_a_value(capsys):
     assert osc(["run_experiments", "dataset=digits", "--cfg", "job", "seed=3"]) == 0
     out = capsys.readouterr().out
     assert "seed: 3" in out and "name: digits" in out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="ab /'\"\\,=:[]{}() é+._-0~@#%&*?!|<>;`\t", min_size=1, max_size=12))
+def test_a_quoted_override_value_is_read_back_by_hydras_parser(value):
+    """hydra_quoted, which the stop line's command and torchrun's ranks use for a run dir, against
+    Hydra's own override parser (the oracle): the value comes back as it was."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from orthogonal_skip_connections.experiments._interrupt import hydra_quoted
+
+    if value != value.strip():  # Hydra strips an unquoted value; a quoted one keeps its blanks
+        value = value.strip() or "a"
+    parsed = OverridesParser.create().parse_overrides([f"hydra.run.dir={hydra_quoted(value)}"])[0]
+    assert parsed.value() == value

@@ -46,11 +46,12 @@ def sigterm_as_interrupt(enabled: bool = True):
 
 
 def hydra_quoted(value: str) -> str:
-    """``value`` as the value of one Hydra override: as it is where it holds only ``[\\w/.+-]``,
+    """``value`` as the string value of one Hydra override: as it is where it is a path with a
+    ``/`` of ASCII ``[\\w/.+-]`` alone (unquoted, ``0``, ``1e3`` or ``true`` would be a number or a bool),
     else quoted as Hydra's grammar reads a quoted string: in double quotes where it holds no
     ``"`` or ``\\`` (``'dir="/a b"'`` after the shell's quoting), else in single quotes with
     ``'`` escaped and the backslashes before a quote doubled (the only ones Hydra unescapes)."""
-    if re.fullmatch(r"[\w/.+-]+", value):
+    if "/" in value and re.fullmatch(r"[\w/.+-]+", value, re.ASCII):  # (unquoted: ASCII letters only)
         return value
     if '"' not in value and "\\" not in value:
         return f'"{value}"'

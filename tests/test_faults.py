@@ -1476,3 +1476,61 @@ def test_a_quoted_override_value_is_read_back_by_hydras_parser(value):
         value = value.strip() or "a"
     parsed = OverridesParser.create().parse_overrides([f"hydra.run.dir={hydra_quoted(value)}"])[0]
     assert parsed.value() == value
+
+
+def test_a_sweeps_record_is_in_its_sweep_dir_which_hydra_is_given(tmp_path, capsys, monkeypatch):
+    """A sweep's jobs told its process their run dirs and exit codes through a file in this
+    machine's /tmp, which a Slurm job on a compute node does not see: the sweep's last line and
+    exit code were lost there. The record is now a dir in the sweep dir, a file per writing
+    process; the default sweep dir (multirun/<app>/${now:...}) is resolved once, before Hydra
+    runs, and given to Hydra, so the dir that holds the record and that a stop's line names is
+    the one Hydra makes."""
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from orthogonal_skip_connections.experiments._sweep_record import CODES_ENV
+    from orthogonal_skip_connections.runs import UserError
+
+    monkeypatch.chdir(tmp_path)
+    app = load_app("run_experiments")
+    seen = []
+
+    def job(cfg, run_dir, **kwargs):
+        seen.append((Path(os.environ[CODES_ENV]), Path(HydraConfig.get().sweep.dir).absolute()))
+        raise KeyboardInterrupt if cfg.seed == 2 else UserError("a refusal at run time")
+
+    monkeypatch.setattr(app, "run", job)
+    code, lines, err = run(["run_experiments", "-m", "dataset=digits", "seed=0,1"], capsys)
+    (sweep,) = tmp_path.glob("multirun/run_experiments/*")
+    assert code == 2 and len(lines) == 2, err
+    assert run.out.splitlines()[-1] == f"sweep: 2 jobs, 2 failed; run dirs under {sweep} (osc report {sweep} tables them)"
+    assert [s for _, s in seen] == [sweep, sweep]
+    assert seen[0][0] == seen[1][0] and seen[0][0].parent == sweep and seen[0][0].name.startswith(".osc-sweep-")
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]  # the record removed
+    # stopped: its line names the sweep dir Hydra made
+    code, lines, err = run(["run_experiments", "-m", "dataset=digits", "seed=2,3", "hydra.sweep.dir=multirun/${now:%f}"],
+                           capsys)
+    assert code == 130, err
+    assert lines[-1] == ("interrupted; to continue what it saved: osc run_experiments -m dataset=digits seed=2,3 "
+                         f"resume=true hydra.sweep.dir={seen[-1][1].relative_to(tmp_path)}"), lines
+
+
+def test_each_process_of_a_sweep_writes_a_record_file_of_its_own(tmp_path, monkeypatch):
+    """Sweep jobs on several machines append to one record: appends from several NFS clients to
+    one file can overwrite each other, so each process has its own file, and the sweep's process
+    reads them all."""
+    from orthogonal_skip_connections.experiments import _sweep_record as record
+
+    where = tmp_path / "sweep" / ".osc-sweep-test"
+    monkeypatch.setenv(record.CODES_ENV, str(where))
+    assert record.read_codes() == [] and record.read_job_dirs() == []  # no job wrote yet
+    record.write_job_dir(tmp_path / "sweep" / "0")
+    record.write_code(1)
+    subprocess.run([sys.executable, "-c", "from orthogonal_skip_connections.experiments import _sweep_record as r; "
+                    "r.write_job_dir('sweep/1'); r.write_code(2)"], cwd=tmp_path, check=True)
+    assert len(list(where.iterdir())) == 2
+    assert sorted(record.read_codes()) == [1, 2]
+    assert sorted(record.read_job_dirs()) == [str(tmp_path / "sweep" / "0"), str(tmp_path / "sweep" / "1")]
+    record.remove_record(where)
+    assert not where.exists() and (tmp_path / "sweep").is_dir()

@@ -20,8 +20,9 @@ diverged training, a library error) is recorded in its run dir (summary.json wit
 error.txt), one line is printed, and the sweep goes on; its exit code is the worst of its
 jobs' (2 > 1 > 0), and its last line names the dir holding its jobs' run dirs. Jobs may run in
 other processes (Hydra's joblib or submitit launchers): they append their run dirs and codes to
-a file named by :data:`CODES_ENV` (:mod:`._sweep_record`), which each job sets from the task it
-was given (a joblib worker outlives its call, with that call's environment).
+a record dir named by :data:`CODES_ENV` (:mod:`._sweep_record`), which each job sets from the task
+it was given (a joblib worker outlives its call, with that call's environment). A sweep dir known
+before Hydra runs is given to Hydra as such (``${now:...}`` resolved once) and holds that record.
 
 Under ``torchrun`` (apps built with ``torchrun=True``) rank 0 resolves and claims the run
 dir and every rank runs in it (:meth:`CommandLine.join_ranks`).
@@ -35,7 +36,6 @@ import os
 import shlex
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -46,12 +46,12 @@ from ..train import distributed
 from ..train.divergence import Diverged
 from ._compose import CONFIG_DIR, compose, compose_raw, one_line, typed
 from ._help import help_text
-from ._hydra_dirs import check_joblib_settings, hydra_dir, sweep_dirs
+from ._hydra_dirs import check_joblib_settings, hydra_dir, known_now, sweep_dirs
 from ._interrupt import hydra_quoted, resume_command, sigterm_as_interrupt, stopped
 from ._leftovers import has_results, hydra_files, sweep_before, undo, undo_job, undo_sweep
 from ._options import check_options, options_first, split_options, with_job_name
-from ._sweep_record import (CODES_ENV, read_codes, read_job_dirs, read_refused, sweep_line, write_code, write_job_dir,
-                            write_refused)
+from ._sweep_record import (CODES_ENV, new_record, read_codes, read_job_dirs, read_refused, remove_record, sweep_line,
+                            write_code, write_job_dir, write_refused)
 
 __all__ = ["CommandLine", "CODES_ENV"]
 
@@ -68,7 +68,8 @@ class CommandLine:
         self.sweep = None  # a sweep's dir and its jobs' as they were (._leftovers.sweep_before): jobs get a copy
         self.rank0_top = None  # under torchrun, on the other ranks: the outermost dir rank 0's run makes
         self.saves_nothing = False  # one run with save_checkpoint=none: a stop leaves nothing to resume
-        self.codes_file = None  # where a sweep's jobs write what they tell this process (._sweep_record)
+        self.record = None  # where a sweep's jobs write what they tell this process (._sweep_record)
+        self.pin = []  # hydra.sweep.dir=<the sweep dir>, where it is known before Hydra runs
         self.run_dir = None  # one run's dir, once Hydra has made it: a stop's line names it
 
     def main(self, argv: list[str]) -> int:
@@ -81,11 +82,9 @@ class CommandLine:
         codes: list[int] = []
         # a sweep's jobs write their run dirs and failed jobs' exit codes here: they may run in other
         # processes (Hydra's joblib or submitit launchers), which inherit the environment (and the task)
-        fd, codes_file = tempfile.mkstemp(prefix="osc-sweep-", suffix=".codes")
-        os.close(fd)
-        self.codes_file = codes_file
+        self.record = new_record()  # (in the sweep dir, once precheck knows it)
         saved_env = os.environ.get(CODES_ENV)
-        os.environ[CODES_ENV] = codes_file
+        os.environ[CODES_ENV] = str(self.record)
         try:
             try:
                 if distributed.launched_by_torchrun():
@@ -102,7 +101,7 @@ class CommandLine:
                     return self.hydra(argv, codes)
             except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: one line, not the traceback of wherever it landed
                 sweep = any(a in ("-m", "--multirun") for a in argv)
-                where = (read_job_dirs("sweep") or [None])[0] if sweep else self.run_dir  # (a job's: its sweep's)
+                where = (self.sweep[0][0] if self.pin else None) if sweep else self.run_dir
                 resume = None if where is None or distributed.launched_by_torchrun() else \
                     resume_command(self.app.name, argv, "hydra.sweep.dir" if sweep else "hydra.run.dir", Path(where))
                 line, code = stopped(stop, self.app.supports_resume and not self.saves_nothing, sweep, resume)
@@ -118,7 +117,7 @@ class CommandLine:
                 os.environ.pop(CODES_ENV, None)
             else:
                 os.environ[CODES_ENV] = saved_env
-            os.unlink(codes_file)
+            remove_record(self.record)
 
     def precheck(self, argv: list[str]) -> None:
         """Compose and check the config, and check an explicit hydra.run.dir, before Hydra
@@ -179,7 +178,13 @@ class CommandLine:
                     self.claims.append(RunDir.claim(path, resume=bool(getattr(cfg, "resume", False)),
                                                     supports_resume=app.supports_resume, app=app.name, config=cfg))
         if flags:  # read last: after every check, before Hydra writes
-            self.sweep = sweep_before(*sweep_dirs(app.name, jobs))
+            sweep_dir, job_dirs = sweep_dirs(app.name, jobs)
+            self.sweep = sweep_before(sweep_dir, job_dirs)
+            if known_now(sweep_dir, explicit[-1].split("=", 1)[1] if explicit else pattern):
+                self.pin = [f"hydra.sweep.dir={hydra_quoted(str(sweep_dir))}"]
+                remove_record(self.record)
+                self.record = new_record(sweep_dir)
+                os.environ[CODES_ENV] = str(self.record)
 
     def hydra(self, argv: list[str], codes: list[int]) -> int:
         """Run the app under ``@hydra.main`` (one job, or a sweep's jobs)."""
@@ -195,9 +200,8 @@ class CommandLine:
             hc = HydraConfig.get()
             run_dir = Path(hc.runtime.output_dir)
             if hc.mode == RunMode.MULTIRUN:  # a sweep's job: record a failure and go on
-                os.environ[CODES_ENV] = self.codes_file  # a reused worker's is an earlier call's
+                os.environ[CODES_ENV] = str(self.record)  # a reused worker's is an earlier call's
                 write_job_dir(run_dir)
-                write_job_dir(Path(hc.sweep.dir), "sweep")
                 try:
                     summary = app.run(cfg, run_dir, command=command, record_failures=True, key="hydra.sweep.dir")
                     app.print_result(summary, run_dir)
@@ -223,18 +227,18 @@ class CommandLine:
                 if distributed.is_main():  # under torchrun: rank 0 speaks for all
                     app.print_result(summary, run_dir)
             except UserError as err:
-                print(f"error: {_rank_prefix()}{err}", file=sys.stderr)
+                print(f"error: {distributed.rank_prefix()}{err}", file=sys.stderr)
                 if distributed.is_main():
                     self.undo(run_dir, fresh)
                 elif self.rank0_top is not None:  # this rank's Hydra may have made the dir again
                     remove_empty(run_dir, self.rank0_top)  # after rank 0 removed it: empty dirs only
                 sys.exit(2)
             except Diverged as err:
-                print(f"error: {_rank_prefix()}training diverged: {err}", file=sys.stderr)
+                print(f"error: {distributed.rank_prefix()}training diverged: {err}", file=sys.stderr)
                 sys.exit(1)
 
         saved = sys.argv
-        sys.argv = [f"osc {app.name}", *with_job_name(app.name, argv)]  # Hydra parses sys.argv
+        sys.argv = [f"osc {app.name}", *with_job_name(app.name, argv), *self.pin]  # Hydra parses sys.argv
         try:
             task()
         except SystemExit as exit_:
@@ -242,8 +246,10 @@ class CommandLine:
         finally:
             sys.argv = saved
             codes += read_codes()
-            undo_sweep(self.sweep, read_job_dirs(), read_refused())
-        line = sweep_line(read_job_dirs(), codes)
+            dirs, refused = read_job_dirs(), read_refused()
+            remove_record(self.record)  # before undo_sweep: a sweep dir this call made, emptied, is removed
+            undo_sweep(self.sweep, dirs, refused)
+        line = sweep_line(dirs, codes)
         if line:  # a sweep: where its results are, last (each job's own lines scroll by above)
             print(line)
         return max(codes, default=0)
@@ -289,12 +295,3 @@ class CommandLine:
     def undo(self, run_dir: Path, fresh: bool) -> None:
         """After a refusal inside Hydra: leave nothing behind (:func:`._leftovers.undo`)."""
         undo(run_dir, fresh, self.explicit, self.default_top)
-
-
-def _rank_prefix() -> str:
-    """``rank k of n: `` on the other ranks of a torchrun run, else nothing. A refusal at run
-    time can be one rank's own (its shard, its device), so every rank says it, and its line
-    says whose it is; rank 0's reads as a single process's would."""
-    if distributed.is_main():
-        return ""
-    return f"rank {distributed.rank()} of {distributed.world_size()}: "

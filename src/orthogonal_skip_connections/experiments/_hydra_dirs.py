@@ -5,6 +5,7 @@ settings (:func:`check_joblib_settings`)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -13,7 +14,7 @@ from ..runs import UserError
 from ._compose import compose_raw, one_line
 from ._options import job_name
 
-__all__ = ["check_joblib_settings", "hydra_dir", "sweep_dirs"]
+__all__ = ["check_joblib_settings", "hydra_dir", "known_now", "sweep_dirs"]
 
 
 def hydra_dir(app_name: str, overrides: list[str], key: str) -> Path | None:
@@ -75,6 +76,13 @@ def sweep_dirs(app_name: str, jobs: list[list[str]]) -> tuple[Path | None, list[
             raise UserError(f"jobs {seen[d.resolve()]} and {i} of the sweep would share the run dir {d}: "
                             "hydra.sweep.subdir must differ per job (the default ${hydra.job.num} does)")
     return sweep, dirs
+
+
+def known_now(sweep_dir: Path | None, text: str) -> bool:
+    """Whether ``sweep_dir``, resolved before Hydra runs from ``text`` (hydra.sweep.dir's value as
+    written), is the dir Hydra makes: no ``${...}`` in it but ``${now:...}`` (Hydra's own sweep
+    config may resolve another key otherwise), whose time is then fixed by giving Hydra this dir."""
+    return sweep_dir is not None and "${" not in re.sub(r"\$\{now:[^}]*\}", "", text)
 
 
 def check_joblib_settings(app_name: str, job: list[str]) -> None:

@@ -1,36 +1,60 @@
 """What a sweep's jobs tell the process that started the sweep: their run dirs, those whose
 claim was refused (each put its dir back as it was) and the exit codes of those that failed,
-appended to one file named by :data:`CODES_ENV` (jobs may run in other processes: Hydra's
-joblib or submitit launchers), and the sweep's closing line made from them. No Hydra here."""
+and the sweep's closing line made from them. No Hydra here.
+
+Jobs may run in other processes, on other machines (Hydra's joblib or submitit launchers): each
+process appends to a file of its own (``<host>-<pid>``: appends from several NFS clients to one
+file can overwrite each other) in the record dir named by :data:`CODES_ENV`. That dir is in
+the sweep dir where the sweep dir is known before Hydra runs (:func:`new_record`): a Slurm job
+on a compute node writes where its run dir is, not into the login node's /tmp."""
 
 from __future__ import annotations
 
 import json
 import os
 import shlex
+import shutil
+import socket
+import tempfile
+import uuid
 from pathlib import Path
 
-__all__ = ["CODES_ENV", "write_code", "write_job_dir", "write_refused", "read_codes", "read_job_dirs", "read_refused",
-           "sweep_line"]
+__all__ = ["CODES_ENV", "new_record", "remove_record", "write_code", "write_job_dir", "write_refused", "read_codes",
+           "read_job_dirs", "read_refused", "sweep_line"]
 
 CODES_ENV = "OSC_SWEEP_CODES"
 
 
-def write_code(code: int) -> None:
-    """Append a failed sweep job's exit code to the file the sweep's parent reads."""
+def new_record(sweep_dir: Path | None = None) -> Path:
+    """A record dir for one call: ``<sweep_dir>/.osc-sweep-<random>`` (made by the first job that
+    writes: Hydra makes the sweep dir), or, for a call whose sweep dir is not known yet (or no
+    sweep), a new temporary dir."""
+    if sweep_dir is None:
+        return Path(tempfile.mkdtemp(prefix="osc-sweep-"))
+    return Path(sweep_dir).absolute() / f".osc-sweep-{uuid.uuid4().hex[:12]}"  # (a job may chdir)
+
+
+def remove_record(record: Path) -> None:
+    shutil.rmtree(record, ignore_errors=True)
+
+
+def _append(line: str) -> None:
     path = os.environ.get(CODES_ENV)
     if path:
-        with open(path, "a") as f:
-            f.write(f"{code}\n")
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with open(Path(path) / f"{socket.gethostname()}-{os.getpid()}", "a") as f:
+            f.write(f"{line}\n")
+
+
+def write_code(code: int) -> None:
+    """Append a failed sweep job's exit code to the record the sweep's parent reads."""
+    _append(str(code))
 
 
 def write_job_dir(run_dir: Path, what: str = "dir") -> None:
-    """Append a sweep job's run dir to the same file, as ``dir <path>`` (``refused <path>``: its
+    """Append a sweep job's run dir to the same record, as ``dir <path>`` (``refused <path>``: its
     claim was refused, it ran nothing)."""
-    path = os.environ.get(CODES_ENV)
-    if path:
-        with open(path, "a") as f:
-            f.write(f"{what} {Path(run_dir).resolve()}\n")
+    _append(f"{what} {Path(run_dir).resolve()}")
 
 
 def write_refused(run_dir: Path) -> None:
@@ -40,9 +64,16 @@ def write_refused(run_dir: Path) -> None:
 def _lines() -> list[str]:
     path = os.environ.get(CODES_ENV)
     try:
-        return Path(path).read_text().splitlines() if path else []
-    except OSError:
+        files = sorted(Path(path).iterdir()) if path else []
+    except OSError:  # no job wrote
         return []
+    lines = []
+    for file in files:
+        try:
+            lines += file.read_text().splitlines()
+        except OSError:
+            pass
+    return lines
 
 
 def read_codes() -> list[int]:

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["launched_by_torchrun", "init_from_env", "rank", "world_size", "is_main", "device_for_rank",
+__all__ = ["launched_by_torchrun", "init_from_env", "rank", "world_size", "is_main", "rank_prefix", "device_for_rank",
            "broadcast_object", "broadcast_buffers", "all_sum", "all_mean", "any_true", "leave"]
 
 
@@ -51,6 +51,13 @@ def world_size() -> int:
 def is_main() -> bool:
     """Rank 0 (or no process group): the process that writes files."""
     return rank() == 0
+
+
+def rank_prefix() -> str:
+    """``rank k of n: `` on the other ranks of a torchrun run, else nothing. A refusal at run
+    time can be one rank's own (its shard, its device), so every rank says it, and its line
+    says whose it is; rank 0's reads as a single process's would."""
+    return "" if is_main() else f"rank {rank()} of {world_size()}: "
 
 
 def init_from_env(timeout_s: float = 1800.0) -> None:

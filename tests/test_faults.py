@@ -1534,3 +1534,47 @@ def test_each_process_of_a_sweep_writes_a_record_file_of_its_own(tmp_path, monke
     assert sorted(record.read_job_dirs()) == [str(tmp_path / "sweep" / "0"), str(tmp_path / "sweep" / "1")]
     record.remove_record(where)
     assert not where.exists() and (tmp_path / "sweep").is_dir()
+
+
+def test_a_re_sweeps_snapshot_is_read_from_its_record_not_pickled_into_every_job(tmp_path, monkeypatch):
+    """A launcher pickles the task, and with it the command line's state, once per job; the
+    snapshot of what a re-sweep's job dirs held (every job's Hydra files) went with it: 300 jobs,
+    4 MB each time. It is kept in the sweep's record instead, and a refused job reads back the
+    same snapshot."""
+    import pickle
+
+    from orthogonal_skip_connections.experiments._command_line import CommandLine
+    from orthogonal_skip_connections.experiments._sweep_record import CODES_ENV, load_before, remove_record
+
+    sweep = tmp_path / "sweep"
+    for job in range(3):
+        (sweep / str(job) / ".hydra").mkdir(parents=True)
+        (sweep / str(job) / ".hydra" / "config.yaml").write_text(f"the saved config of job {job}\n")
+        (sweep / str(job) / "summary.json").write_bytes(bytes(range(256)))
+    call = CommandLine(load_app("run_experiments"))
+    call.record = tmp_path / "unused"
+    monkeypatch.setenv(CODES_ENV, str(call.record))
+    call.precheck(["-m", "dataset=digits", "seed=0,1,2", f"hydra.sweep.dir={sweep}"])
+    try:
+        assert call.record.parent == sweep and call.sweep[1][2][2][sweep / "2" / ".hydra" / "config.yaml"]
+        assert b"the saved config of job" not in pickle.dumps(call)
+        assert load_before() == call.sweep  # paths, flags and every file's bytes
+    finally:
+        for rd in call.claims:
+            rd.release()
+        remove_record(call.record)
+
+
+def test_a_sweep_stopped_before_hydra_wrote_leaves_no_sweep_dir(tmp_path, capsys, monkeypatch):
+    """The sweep's record and snapshot are made in its sweep dir before Hydra runs: a stop before
+    Hydra wrote there leaves no dir behind (and an existing sweep dir as it was)."""
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("hydra._internal.hydra.Hydra.multirun", stopped)
+    for sweep in (tmp_path / "new" / "sweep", tmp_path / "old"):
+        if sweep.name == "old":
+            (sweep / "0").mkdir(parents=True)
+        code, _, err = run(["run_experiments", "-m", "dataset=digits", "seed=0,1", f"hydra.sweep.dir={sweep}"], capsys)
+        assert code == 130, err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["old", "old/0"]

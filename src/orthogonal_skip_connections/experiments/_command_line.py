@@ -50,8 +50,8 @@ from ._hydra_dirs import check_joblib_settings, hydra_dir, known_now, sweep_dirs
 from ._interrupt import hydra_quoted, resume_command, sigterm_as_interrupt, stopped
 from ._leftovers import has_results, hydra_files, sweep_before, undo, undo_job, undo_sweep
 from ._options import check_options, options_first, split_options, with_job_name
-from ._sweep_record import (CODES_ENV, new_record, read_codes, read_job_dirs, read_refused, remove_record, sweep_line,
-                            write_code, write_job_dir, write_refused)
+from ._sweep_record import (CODES_ENV, load_before, new_record, read_codes, read_job_dirs, read_refused, remove_record,
+                            save_before, sweep_line, write_code, write_job_dir, write_refused)
 
 __all__ = ["CommandLine", "CODES_ENV"]
 
@@ -65,12 +65,15 @@ class CommandLine:
         self.claims: list[RunDir] = []  # held (locked) until the call ends
         self.explicit = None  # (hydra.run.dir, existed, Hydra's files in it, outermost dir this call makes)
         self.default_top = None  # the outermost dir above the default run dir that this call would make
-        self.sweep = None  # a sweep's dir and its jobs' as they were (._leftovers.sweep_before): jobs get a copy
+        self.sweep = None  # a sweep's dir and its jobs' as they were (._leftovers.sweep_before)
         self.rank0_top = None  # under torchrun, on the other ranks: the outermost dir rank 0's run makes
         self.saves_nothing = False  # one run with save_checkpoint=none: a stop leaves nothing to resume
         self.record = None  # where a sweep's jobs write what they tell this process (._sweep_record)
         self.pin = []  # hydra.sweep.dir=<the sweep dir>, where it is known before Hydra runs
         self.run_dir = None  # one run's dir, once Hydra has made it: a stop's line names it
+
+    def __getstate__(self):  # a launcher pickles the task, and so this, once per job: the sweep's snapshot
+        return {**vars(self), "sweep": None}  # stays here (a refused job reads its own: load_before)
 
     def main(self, argv: list[str]) -> int:
         """The exit code of ``osc <app> *argv``: 0; 2 for a user's mistake; 1 for a diverged
@@ -80,9 +83,7 @@ class CommandLine:
             return 0
         argv = options_first(argv)  # `a=1 -m b=2`, `a=1 --cfg job b=2`: Hydra's usage error
         codes: list[int] = []
-        # a sweep's jobs write their run dirs and failed jobs' exit codes here: they may run in other
-        # processes (Hydra's joblib or submitit launchers), which inherit the environment (and the task)
-        self.record = new_record()  # (in the sweep dir, once precheck knows it)
+        self.record = new_record()  # what a sweep's jobs tell this process; in the sweep dir once precheck knows it
         saved_env = os.environ.get(CODES_ENV)
         os.environ[CODES_ENV] = str(self.record)
         try:
@@ -185,6 +186,8 @@ class CommandLine:
                 remove_record(self.record)
                 self.record = new_record(sweep_dir)
                 os.environ[CODES_ENV] = str(self.record)
+            if self.sweep is not None:
+                save_before(self.record, self.sweep)  # (it makes the sweep dir: undo_sweep removes it if empty)
 
     def hydra(self, argv: list[str], codes: list[int]) -> int:
         """Run the app under ``@hydra.main`` (one job, or a sweep's jobs)."""
@@ -208,7 +211,7 @@ class CommandLine:
                 except UserError as err:
                     if isinstance(err, Refused) and err.path == run_dir:  # (not a claim inside the run)
                         # it ran nothing: its dir as it was, put back here (the job may be in another process)
-                        undo_job(self.sweep, hc.job.num, run_dir)
+                        undo_job(load_before(), hc.job.num, run_dir)
                         write_refused(run_dir)
                     print(f"error: job {hc.job.num} ({run_dir}): {err}", file=sys.stderr)
                     write_code(2)

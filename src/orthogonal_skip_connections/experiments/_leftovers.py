@@ -127,3 +127,5 @@ def undo_sweep(before: tuple | None, dirs: list[str], refused: list[str]) -> Non
     that none ran: nothing is put back then."""
     if before is not None and refused and not set(dirs) - set(refused):
         undo(before[0][0], False, before[0], None)
+    elif before is not None and not before[0][1]:  # a sweep dir this call made, still empty: Hydra never
+        remove_empty(before[0][0], before[0][3])  # wrote in it (its record and snapshot removed)

@@ -10,6 +10,7 @@ on a compute node writes where its run dir is, not into the login node's /tmp.""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shlex
@@ -19,7 +20,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-__all__ = ["CODES_ENV", "new_record", "remove_record", "write_code", "write_job_dir", "write_refused", "read_codes",
+__all__ = ["CODES_ENV", "new_record", "remove_record", "save_before", "load_before", "write_code", "write_job_dir", "write_refused", "read_codes",
            "read_job_dirs", "read_refused", "sweep_line"]
 
 CODES_ENV = "OSC_SWEEP_CODES"
@@ -36,6 +37,36 @@ def new_record(sweep_dir: Path | None = None) -> Path:
 
 def remove_record(record: Path) -> None:
     shutil.rmtree(record, ignore_errors=True)
+
+
+_BEFORE = "before.json"
+
+
+def save_before(record: Path, before: tuple) -> None:
+    """Keep a sweep's undo snapshot (:func:`._leftovers.sweep_before`) in ``record``, where a job
+    refused its run dir reads it (:func:`load_before`), rather than in every job's pickled task:
+    a re-sweep's snapshot holds every job's Hydra files (300 jobs: 4 MB, once per job)."""
+    def entry(e):
+        return e and [str(e[0]), e[1], {str(p): base64.b64encode(b).decode() for p, b in e[2].items()},
+                      None if e[3] is None else str(e[3])]
+
+    Path(record).mkdir(parents=True, exist_ok=True)
+    (Path(record) / _BEFORE).write_text(json.dumps([entry(before[0]), [entry(e) for e in before[1]]]))
+
+
+def load_before() -> tuple | None:
+    """The snapshot :func:`save_before` kept in this sweep's record (None if there is none)."""
+    path = os.environ.get(CODES_ENV)
+    try:
+        sweep, jobs = json.loads((Path(path) / _BEFORE).read_text()) if path else (None, None)
+    except (OSError, ValueError):
+        return None
+
+    def entry(e):
+        return e and (Path(e[0]), e[1], {Path(p): base64.b64decode(b) for p, b in e[2].items()},
+                      None if e[3] is None else Path(e[3]))
+
+    return None if sweep is None else (entry(sweep), [entry(e) for e in jobs])
 
 
 def _append(line: str) -> None:
@@ -68,7 +99,7 @@ def _lines() -> list[str]:
     except OSError:  # no job wrote
         return []
     lines = []
-    for file in files:
+    for file in (f for f in files if f.name != _BEFORE):
         try:
             lines += file.read_text().splitlines()
         except OSError:

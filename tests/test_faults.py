@@ -1519,7 +1519,7 @@ def test_a_sweeps_record_is_in_its_sweep_dir_which_hydra_is_given(tmp_path, caps
 def test_each_process_of_a_sweep_writes_a_record_file_of_its_own(tmp_path, monkeypatch):
     """Sweep jobs on several machines append to one record: appends from several NFS clients to
     one file can overwrite each other, so each process has its own file, and the sweep's process
-    reads them all."""
+    reads them all, each job's dir once."""
     from orthogonal_skip_connections.experiments import _sweep_record as record
 
     where = tmp_path / "sweep" / ".osc-sweep-test"
@@ -1529,7 +1529,9 @@ def test_each_process_of_a_sweep_writes_a_record_file_of_its_own(tmp_path, monke
     record.write_code(1)
     subprocess.run([sys.executable, "-c", "from orthogonal_skip_connections.experiments import _sweep_record as r; "
                     "r.write_job_dir('sweep/1'); r.write_code(2)"], cwd=tmp_path, check=True)
-    assert len(list(where.iterdir())) == 2
+    subprocess.run([sys.executable, "-c", "from orthogonal_skip_connections.experiments import _sweep_record as r; "
+                    "r.write_job_dir('sweep/1')"], cwd=tmp_path, check=True)  # the same job, requeued by Slurm
+    assert len(list(where.iterdir())) == 3
     assert sorted(record.read_codes()) == [1, 2]
     assert sorted(record.read_job_dirs()) == [str(tmp_path / "sweep" / "0"), str(tmp_path / "sweep" / "1")]
     record.remove_record(where)

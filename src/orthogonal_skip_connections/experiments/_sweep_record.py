@@ -112,7 +112,8 @@ def read_codes() -> list[int]:
 
 
 def read_job_dirs(what: str = "dir") -> list[str]:
-    return [line[len(what) + 1:] for line in _lines() if line.startswith(f"{what} ")]
+    """The run dirs written as ``what``, each once (a job Slurm requeued writes its dir again)."""
+    return list(dict.fromkeys(line[len(what) + 1:] for line in _lines() if line.startswith(f"{what} ")))
 
 
 def read_refused() -> list[str]:

@@ -20,15 +20,15 @@ import tempfile
 import uuid
 from pathlib import Path
 
-__all__ = ["CODES_ENV", "new_record", "remove_record", "save_before", "load_before", "write_code", "write_job_dir", "write_refused", "read_codes",
-           "read_job_dirs", "read_refused", "sweep_line"]
+__all__ = ["CODES_ENV", "new_record", "remove_record", "save_before", "load_before", "write_code", "write_job_dir",
+           "write_refused", "read_codes", "read_job_dirs", "read_refused", "sweep_line"]
 
 CODES_ENV = "OSC_SWEEP_CODES"
 
 
 def new_record(sweep_dir: Path | None = None) -> Path:
-    """A record dir for one call: ``<sweep_dir>/.osc-sweep-<random>`` (made by the first job that
-    writes: Hydra makes the sweep dir), or, for a call whose sweep dir is not known yet (or no
+    """A record dir for one call: ``<sweep_dir>/.osc-sweep-<random>`` (made by :func:`save_before`
+    or by the first job that writes), or, for a call whose sweep dir is not known yet (or no
     sweep), a new temporary dir."""
     if sweep_dir is None:
         return Path(tempfile.mkdtemp(prefix="osc-sweep-"))

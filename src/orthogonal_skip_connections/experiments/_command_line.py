@@ -83,9 +83,7 @@ class CommandLine:
             return 0
         argv = options_first(argv)  # `a=1 -m b=2`, `a=1 --cfg job b=2`: Hydra's usage error
         codes: list[int] = []
-        self.record = new_record()  # what a sweep's jobs tell this process; in the sweep dir once precheck knows it
-        saved_env = os.environ.get(CODES_ENV)
-        os.environ[CODES_ENV] = str(self.record)
+        saved_env = os.environ.pop(CODES_ENV, None)  # a sweep's record is made by precheck
         try:
             try:
                 if distributed.launched_by_torchrun():
@@ -183,9 +181,8 @@ class CommandLine:
             self.sweep = sweep_before(sweep_dir, job_dirs)
             if known_now(sweep_dir, explicit[-1].split("=", 1)[1] if explicit else pattern):
                 self.pin = [f"hydra.sweep.dir={hydra_quoted(str(sweep_dir))}"]
-                remove_record(self.record)
-                self.record = new_record(sweep_dir)
-                os.environ[CODES_ENV] = str(self.record)
+            self.record = new_record(sweep_dir if self.pin else None)  # in the sweep dir where it is known
+            os.environ[CODES_ENV] = str(self.record)
             if self.sweep is not None:
                 save_before(self.record, self.sweep)  # (it makes the sweep dir: undo_sweep removes it if empty)
 

@@ -35,8 +35,10 @@ def new_record(sweep_dir: Path | None = None) -> Path:
     return Path(sweep_dir).absolute() / f".osc-sweep-{uuid.uuid4().hex[:12]}"  # (a job may chdir)
 
 
-def remove_record(record: Path) -> None:
-    shutil.rmtree(record, ignore_errors=True)
+def remove_record(record: Path | None) -> None:
+    """Remove a record dir (None: a call that made none)."""
+    if record is not None:
+        shutil.rmtree(record, ignore_errors=True)
 
 
 _BEFORE = "before.json"

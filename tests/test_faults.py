@@ -1580,3 +1580,32 @@ def test_a_sweep_stopped_before_hydra_wrote_leaves_no_sweep_dir(tmp_path, capsys
         code, _, err = run(["run_experiments", "-m", "dataset=digits", "seed=0,1", f"hydra.sweep.dir={sweep}"], capsys)
         assert code == 130, err
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["old", "old/0"]
+
+
+def test_a_sweep_started_with_resume_true_continues_a_requeued_job(tmp_path, capsys, monkeypatch):
+    """Slurm requeues a preempted job, and submitit runs it again with the same arguments: a
+    sweep started with resume=true (the README's Slurm example) continues that job from its
+    checkpoint, where one without it refused its own run dir; a job that completed stays as it was."""
+    from orthogonal_skip_connections.train import classifier
+
+    argv = ["run_experiments", "-m", "dataset=digits", "model.model_type=resnet20", "scheduler.epochs=2", "device=cpu",
+            "progress=false", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}", "resume=true"]
+    real_forward, calls = classifier._forward, {"n": 0}
+    steps = 1437 // 128
+
+    def preempted(*args, **kwargs):  # job 1 stops in its second epoch
+        calls["n"] += 1
+        if calls["n"] == 2 * steps + steps + 3:
+            raise KeyboardInterrupt
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(classifier, "_forward", preempted)
+    assert run(argv, capsys)[0] == 130
+    done = (tmp_path / "sweep" / "0" / "summary.json").read_bytes()
+    assert (tmp_path / "sweep" / "1" / "checkpoint.pt").exists()
+    calls["n"] = -10 ** 6
+    code, _, err = run(argv, capsys)  # the requeue: the same arguments
+    assert code == 0, err
+    assert calls["n"] == -10 ** 6 + steps  # job 1's second epoch, nothing else
+    assert (tmp_path / "sweep" / "0" / "summary.json").read_bytes() == done
+    assert json.loads((tmp_path / "sweep" / "1" / "summary.json").read_text())["status"] == "completed"

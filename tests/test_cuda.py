@@ -5,9 +5,10 @@ run on a GPU machine with ``python -m pytest -q -o addopts= tests/test_cuda.py``
 the GPU images have no pytest-xdist).
 
 ``OSC_CUDA_REHEARSAL=1`` runs them on the CPU instead (about 3 minutes on 2 cores, more with a
-cold inductor cache; ``device_check.sh --quick`` does), so that a test broken since the last GPU run shows before device time is spent on it: the
-synchronisation checks become no-ops, the GPU reports compute capability 0.0 (no TF32, no half
-precision by ``amp=auto``), and the one test about a CUDA-only limit skips."""
+cold inductor cache; ``device_check.sh --quick`` does), so that a test broken since the last GPU
+run shows before device time is spent on it: the synchronisation checks become no-ops, the GPU
+reports compute capability 0.0 (no TF32, no half precision by ``amp=auto``), and the one test
+about a CUDA-only limit skips."""
 
 import json
 import os

@@ -1213,12 +1213,13 @@ def test_a_failed_cifar_download_leaves_nothing_it_made(tmp_path, monkeypatch):
 
 def test_a_sweep_goes_on_after_a_failed_and_a_diverged_job(tmp_path, capsys):
     sweep = tmp_path / "sweep"
+    write_fake_cifar(tmp_path / "small")  # 40 training images: fewer than a batch, found only by the run
     # -m between the overrides: Hydra's argparse alone would refuse it (a run of positionals)
     code, lines, err = run(["run_experiments", *TINY["run_experiments"], "dataset=cifar10,digits", "-m",
-                            f"data.root={tmp_path / 'nothing'}", "data.download=false", "optimizer.lr=1e30,0.1",
+                            f"data.root={tmp_path / 'small'}", "data.download=false", "optimizer.lr=1e30,0.1",
                             "model.model_type=resnet20", "scheduler.epochs=1", f"hydra.sweep.dir={sweep}",
                             "progress=false"], capsys)
-    assert code == 2, err  # the worst of the jobs: two failed (cifar10 missing), one diverged
+    assert code == 2, err  # the worst of the jobs: two failed (cifar10's files too small), one diverged
     assert "Traceback" not in err and len(lines) == 3, err
     assert run.out.strip().endswith(f"sweep: 4 jobs, 2 failed, 1 diverged; run dirs under {sweep.resolve()} "
                                  f"(osc report {sweep.resolve()} tables them)"), run.out
@@ -1229,7 +1230,7 @@ def test_a_sweep_goes_on_after_a_failed_and_a_diverged_job(tmp_path, capsys):
         key = " ".join(o for o in cfg if o.startswith(("dataset", "optimizer.lr")))
         status[key.replace("1e+30", "1e30")] = s["status"]
         if s["status"] == "failed":
-            assert "cifar10 not found" in s["reason"]
+            assert "40" in s["reason"] and "batch_size" in s["reason"], s["reason"]
     assert status == {"dataset=cifar10 optimizer.lr=1e30": "failed", "dataset=cifar10 optimizer.lr=0.1": "failed",
                       "dataset=digits optimizer.lr=1e30": "diverged", "dataset=digits optimizer.lr=0.1": "completed"}
     # the report lists every job with its status
@@ -1609,3 +1610,30 @@ def test_a_sweep_started_with_resume_true_continues_a_requeued_job(tmp_path, cap
     assert calls["n"] == -10 ** 6 + steps  # job 1's second epoch, nothing else
     assert (tmp_path / "sweep" / "0" / "summary.json").read_bytes() == done
     assert json.loads((tmp_path / "sweep" / "1" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_sweeps_dataset_missing_offline_refuses_the_sweep_before_any_job(tmp_path, capsys):
+    """Every job of a sweep on a CIFAR missing offline failed on its own (a failed summary per
+    job dir), and a joblib launcher's workers downloaded one archive into one root at once: the
+    sweep now finds each dataset once, before Hydra runs, and refuses in one line."""
+    sweep, empty = tmp_path / "sweep", tmp_path / "no_data"
+    code, lines, err = run(["run_experiments", "-m", "seed=0,1", "dataset=digits,cifar10", "data.download=false",
+                            f"data.root={empty}", f"hydra.sweep.dir={sweep}"], capsys)
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: sweep: job 1 and every other job on cifar10: cifar10 not found under"), lines
+    assert not sweep.exists() and not empty.exists()
+
+
+def test_a_sweep_fetches_each_dataset_once_per_root(tmp_path, monkeypatch):
+    """run_experiments' sweep preparation: one fetch per (dataset, root, download) however many
+    jobs read it, each job's own data settings passed on."""
+    from orthogonal_skip_connections.data import vision
+    from orthogonal_skip_connections.experiments import run_experiments
+
+    calls = []
+    monkeypatch.setattr(vision, "fetch", lambda *key: calls.append(key))
+    cfgs = [run_experiments.main.config([f"dataset={name}", f"seed={seed}", f"data.root={tmp_path / root}"])
+            for name in ("cifar10", "cifar100") for seed in range(3) for root in ("a", "a", "b")]
+    run_experiments.fetch_datasets(cfgs)
+    assert calls == [("cifar10", str(tmp_path / "a"), True), ("cifar10", str(tmp_path / "b"), True),
+                     ("cifar100", str(tmp_path / "a"), True), ("cifar100", str(tmp_path / "b"), True)]

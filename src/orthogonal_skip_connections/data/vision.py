@@ -27,7 +27,7 @@ from torch import Tensor
 from ..runs import UserError, outermost_new, remove_empty
 
 __all__ = ["DATASETS", "IMAGE_SHAPES", "NUM_CLASSES", "TRAIN_SIZES", "ImageData", "TensorLoader", "fetch",
-           "load_image_data", "default_data_root", "epoch_generator", "to_device"]
+           "fetch_each", "load_image_data", "default_data_root", "epoch_generator", "to_device"]
 
 DATASETS = ("cifar10", "cifar100", "digits")
 # (channels, height, width) of each dataset's images, known before anything is loaded
@@ -117,6 +117,23 @@ def fetch(name: str, root: str | Path | None = None, download: bool = True) -> N
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
     if name != "digits":
         _fetch_cifar(name, default_data_root() if root in (None, "") else Path(root).expanduser(), download)
+
+
+def fetch_each(runs, what: str = "run") -> None:
+    """:func:`fetch` once per (dataset, root, download) of ``runs``, given as (label, name, root,
+    download) each: what a caller that starts several runs does before the first (``osc study``,
+    a sweep). Otherwise every run of a CIFAR missing offline failed on its own, and runs side by
+    side downloaded the same archive into one root at once. A failure is the UserError
+    ``<label> and every other <what> on <name>: ...`` of the first run that needs the dataset."""
+    seen = set()
+    for label, *key in runs:
+        key = (key[0], key[1], bool(key[2]))
+        if key not in seen:
+            seen.add(key)
+            try:
+                fetch(*key)
+            except UserError as err:
+                raise UserError(f"{label} and every other {what} on {key[0]}: {err}") from None
 
 
 def _fetch_cifar(name: str, root: Path, download: bool) -> Path:

@@ -63,13 +63,17 @@ class App:
     instance) and returns the summary or raises."""
 
     def __init__(self, name: str, schema: type, fn: Callable, resume: bool = False, redo_completed: bool = False,
-                 console: Callable[[dict], str] | None = None, torchrun: bool = False):
+                 console: Callable[[dict], str] | None = None, torchrun: bool = False,
+                 prepare: Callable[[list], None] | None = None):
         """``resume``: the app can continue an unfinished run (``resume=true``);
         ``redo_completed``: resuming a completed run runs it again (apps that skip the
         parts already done, like ``study``) instead of returning its summary;
         ``console(summary)``: extra text (a table) printed before the result line when the
         app runs from the command line; ``torchrun``: the app trains data-parallel when
-        started by torchrun (every rank runs in rank 0's run dir, and only rank 0 writes)."""
+        started by torchrun (every rank runs in rank 0's run dir, and only rank 0 writes);
+        ``prepare(cfgs)``: what a sweep (``-m``) does once, after every job's config is checked
+        and before Hydra runs (run_experiments: finds or downloads each dataset), raising a
+        UserError to refuse the sweep."""
         self.name = self.config_name = name
         self.schema = schema
         self.fn = fn
@@ -77,6 +81,7 @@ class App:
         self.supports_resume = resume
         self.redo_completed = redo_completed
         self.torchrun = torchrun
+        self.prepare = prepare
         register_schema(name, schema)
 
     def config(self, overrides: list[str] = ()):

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from ..train import distributed
 from ..train.divergence import Diverged
 from ._compose import CONFIG_DIR, compose, compose_raw, one_line, typed
 from ._help import help_text
-from ._hydra_dirs import check_joblib_settings, hydra_dir, known_now, sweep_dirs
+from ._hydra_dirs import check_sweep_settings, hydra_dir, known_now, sweep_dirs
 from ._interrupt import hydra_quoted, resume_command, sigterm_as_interrupt, stopped
 from ._leftovers import has_results, hydra_files, sweep_before, undo, undo_job, undo_sweep
 from ._options import check_options, options_first, split_options, with_job_name
@@ -138,16 +137,7 @@ class CommandLine:
             except Exception as err:
                 raise UserError(one_line(err, app.schema)) from None
             jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-            if "hydra/launcher=submitit_slurm" in overrides and shutil.which("srun") is None:
-                # submitit's own refusal comes from inside Hydra's launcher, as a traceback
-                raise UserError("hydra/launcher=submitit_slurm submits to Slurm, and there is no `srun` here: run "
-                                "the sweep where Slurm is (a login node), or use hydra/launcher=joblib on this machine")
-            if "hydra/launcher=joblib" in overrides and any(o.startswith("hydra.launcher.") for o in overrides):
-                check_joblib_settings(app.name, jobs[0])
-            if any(o.startswith("hydra.sweep.dir=") for o in overrides):
-                sweep_dir = hydra_dir(app.name, jobs[0], "hydra.sweep.dir")
-                if sweep_dir is not None:
-                    check_dir_writable(sweep_dir, "hydra.sweep.dir")
+            check_sweep_settings(app.name, overrides, jobs[0])
         explicit = [o for o in overrides if o.startswith("hydra.sweep.dir=" if flags else "hydra.run.dir=")]
         if not explicit:  # the default dir's fixed part (before the first ${...}) must be writable
             key = "hydra.sweep.dir" if flags else "hydra.run.dir"
@@ -161,8 +151,10 @@ class CommandLine:
                 check_dir_writable(fixed, key, shown=f"{pattern} (the default)")
                 if not flags and not fixed.exists():
                     self.default_top = outermost_new(fixed).absolute()
+        cfgs = []
         for job in jobs:
             cfg = typed(app.schema, compose(app.name, job))
+            cfgs.append(cfg)
             # (a sweep stopped mid-way keeps its finished jobs, whatever save_checkpoint says)
             # (a study's save_checkpoint is its runs': a resumed study keeps those that completed)
             self.saves_nothing = (not flags and getattr(cfg, "save_checkpoint", None) == "none"
@@ -176,6 +168,8 @@ class CommandLine:
                     # held (locked) until the run ends: a second writer is refused before Hydra writes
                     self.claims.append(RunDir.claim(path, resume=bool(getattr(cfg, "resume", False)),
                                                     supports_resume=app.supports_resume, app=app.name, config=cfg))
+        if flags and app.prepare is not None:
+            app.prepare(cfgs)
         if flags:  # read last: after every check, before Hydra writes
             sweep_dir, job_dirs = sweep_dirs(app.name, jobs)
             self.sweep = sweep_before(sweep_dir, job_dirs)

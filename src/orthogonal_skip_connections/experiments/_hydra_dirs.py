@@ -1,20 +1,22 @@
 """What Hydra makes of a call's overrides before it runs: the run or sweep dir
 (:func:`hydra_dir`: quotes removed, ``${...}`` resolved, a blank or ``~`` path refused), a
-sweep's jobs' dirs (:func:`sweep_dirs`: two jobs may not share one), and the joblib launcher's
-settings (:func:`check_joblib_settings`)."""
+sweep's jobs' dirs (:func:`sweep_dirs`: two jobs may not share one), and a sweep's launcher and
+sweep dir (:func:`check_sweep_settings`)."""
 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from ..rundir import check_dir_writable
 from ..runs import UserError
 from ._compose import compose_raw, one_line
 from ._options import job_name
 
-__all__ = ["check_joblib_settings", "hydra_dir", "known_now", "sweep_dirs"]
+__all__ = ["check_sweep_settings", "check_joblib_settings", "hydra_dir", "known_now", "sweep_dirs"]
 
 
 def hydra_dir(app_name: str, overrides: list[str], key: str) -> Path | None:
@@ -83,6 +85,20 @@ def known_now(sweep_dir: Path | None, text: str) -> bool:
     written), is the dir Hydra makes: no ``${...}`` in it but ``${now:...}`` (Hydra's own sweep
     config may resolve another key otherwise), whose time is then fixed by giving Hydra this dir."""
     return sweep_dir is not None and "${" not in re.sub(r"\$\{now:[^}]*\}", "", text)
+
+
+def check_sweep_settings(app_name: str, overrides: list[str], job: list[str]) -> None:
+    """A sweep's launcher and an explicit sweep dir, before Hydra runs (``job``: its first job's
+    overrides): what the launchers would refuse with a traceback from inside Hydra."""
+    if "hydra/launcher=submitit_slurm" in overrides and shutil.which("srun") is None:
+        raise UserError("hydra/launcher=submitit_slurm submits to Slurm, and there is no `srun` here: run "
+                        "the sweep where Slurm is (a login node), or use hydra/launcher=joblib on this machine")
+    if "hydra/launcher=joblib" in overrides and any(o.startswith("hydra.launcher.") for o in overrides):
+        check_joblib_settings(app_name, job)
+    if any(o.startswith("hydra.sweep.dir=") for o in overrides):
+        sweep_dir = hydra_dir(app_name, job, "hydra.sweep.dir")
+        if sweep_dir is not None:
+            check_dir_writable(sweep_dir, "hydra.sweep.dir")
 
 
 def check_joblib_settings(app_name: str, job: list[str]) -> None:

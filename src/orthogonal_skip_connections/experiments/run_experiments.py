@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from ..data.vision import DATASETS
+from ..data.vision import DATASETS, fetch_each
 from ..diagnostics import started_away_from_identity
 from ..models import MODEL_TYPES, STEMS, VIT_SIZES, check_model_options
 from ..rundir import RunDir, column
@@ -340,7 +340,15 @@ def run(cfg: Config, rd: RunDir) -> dict:
     return {**summary, "report": report(cfg, summary)}
 
 
-main = App("run_experiments", Config, run, resume=True, torchrun=True)
+def fetch_datasets(cfgs: list[Config]) -> None:
+    """A sweep's datasets, found or downloaded once before its first job (:func:`fetch_each`):
+    a CIFAR missing offline is one line and no job dir, not a failed job per run, and a joblib
+    launcher's workers do not download one archive into one root at once."""
+    fetch_each(((f"sweep: job {num}", cfg.dataset.name, cfg.data.root, cfg.data.download)
+                for num, cfg in enumerate(cfgs)), what="job")
+
+
+main = App("run_experiments", Config, run, resume=True, torchrun=True, prepare=fetch_datasets)
 
 if __name__ == "__main__":
     sys.exit(main())

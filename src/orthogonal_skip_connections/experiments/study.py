@@ -435,18 +435,10 @@ def fetch_datasets(jobs: list) -> None:
     has them), found or downloaded here once, before any run starts. Otherwise every run of a
     CIFAR missing offline failed on its own, each with its error.txt, and with jobs > 1 the
     launcher's workers downloaded the same archive into one root at once."""
-    from ..data.vision import fetch
+    from ..data.vision import fetch_each
 
-    seen = set()
-    for label, run_cfg, _run_dir, _overrides in jobs:
-        key = (run_cfg["dataset"]["name"], run_cfg["data"]["root"], bool(run_cfg["data"]["download"]))
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            fetch(*key)
-        except UserError as err:
-            raise UserError(f"study: run {label} and every other run on {key[0]}: {err}") from None
+    fetch_each((f"study: run {label}", c["dataset"]["name"], c["data"]["root"], c["data"]["download"])
+               for label, c, _run_dir, _overrides in jobs)
 
 
 def run_app(name: str, overrides: list[str], run_dir: Path, progress: bool, study: Path | None = None) -> str:

@@ -1637,3 +1637,15 @@ def test_a_sweep_fetches_each_dataset_once_per_root(tmp_path, monkeypatch):
     run_experiments.fetch_datasets(cfgs)
     assert calls == [("cifar10", str(tmp_path / "a"), True), ("cifar10", str(tmp_path / "b"), True),
                      ("cifar100", str(tmp_path / "a"), True), ("cifar100", str(tmp_path / "b"), True)]
+
+
+def test_a_two_stage_sweep_fetches_each_dataset_once(monkeypatch):
+    """two_stage reads the default data root (it has no data.root): its sweep fetches from there."""
+    from orthogonal_skip_connections.data import vision
+    from orthogonal_skip_connections.experiments import two_stage
+
+    calls = []
+    monkeypatch.setattr(vision, "fetch", lambda *key: calls.append(key))
+    two_stage.main.prepare([two_stage.main.config([f"dataset_name={name}", f"seeds={k}"])
+                            for name in ("cifar100", "digits") for k in (1, 2)])
+    assert calls == [("cifar100", None, True), ("digits", None, True)]

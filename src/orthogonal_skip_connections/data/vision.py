@@ -158,7 +158,8 @@ def _fetch_cifar(name: str, root: Path, download: bool) -> Path:
                 remove_empty(root, top)
             raise UserError(
                 f"{name} is not under {base} and downloading it failed ({type(err).__name__}: {err}); "
-                f"download it elsewhere and copy the folder {folder}/ into {root}, or set data.root"
+                f"download it elsewhere and copy the folder {folder}/ into {root}, or set data.root=... / "
+                f"${DATA_ROOT_ENV}"
             ) from None
         missing = [f for f in train_files + test_files if not (base / f).is_file()]
     if missing:

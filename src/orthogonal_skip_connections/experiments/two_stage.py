@@ -37,6 +37,7 @@ import torch
 from ..analysis.two_stage import fit_skips, load_with_skips, skips_by_block
 from ..landscape import eval_subset, evaluate_loss
 from ..analysis.stats import t_interval, t_interval_within
+from ..data.vision import fetch_each
 from ..rundir import RunDir, column
 from ..runs import resolve_device
 from ..train.classifier import TrainConfig, train_classifier
@@ -374,7 +375,13 @@ def run(cfg: Config, rd: RunDir) -> dict:
     return {"runs": rows, "by_variant": table, "figures": [figure], "report": report(cfg, table, figure)}
 
 
-main = App("two_stage", Config, run)
+def fetch_datasets(cfgs: list[Config]) -> None:
+    """A sweep's datasets (from the default data root), found or downloaded once before its first
+    job, as run_experiments' sweeps do (:func:`~.run_experiments.fetch_datasets`)."""
+    fetch_each(((f"sweep: job {num}", cfg.dataset_name, None, True) for num, cfg in enumerate(cfgs)), what="job")
+
+
+main = App("two_stage", Config, run, prepare=fetch_datasets)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -335,12 +335,19 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert lines[-1] == ("interrupted; to continue what it saved: osc run_experiments -m dataset=digits seed=0,1 "
                          f"resume=true hydra.sweep.dir={tmp_path / 'sweep'}"), lines
-    # stopped before Hydra made the run dir: none to name
+    # stopped before Hydra made the run dir: an explicit one may hold what an earlier call saved;
+    # the default one is this call's own, not made yet: nothing saved, no dir to name
     monkeypatch.setattr(app, "run", lambda *a, **k: pytest.fail("ran"))
     monkeypatch.setattr("hydra._internal.hydra.Hydra.run", interrupted)
     assert osc(["run_experiments", "dataset=digits", f"hydra.run.dir={tmp_path / 'run3'}"]) == 130
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert lines == ["interrupted; what it saved continues with resume=true and the same hydra.run.dir"], lines
+    assert lines == ["interrupted; to continue what it saved: osc run_experiments dataset=digits resume=true "
+                     f"hydra.run.dir={tmp_path / 'run3'}"], lines
+    monkeypatch.chdir(tmp_path)
+    assert osc(["run_experiments", "dataset=digits"]) == 130
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == ["interrupted"], lines
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_ctrl_c_while_the_app_is_imported_is_one_line(monkeypatch, capsys):

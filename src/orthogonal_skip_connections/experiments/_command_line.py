@@ -99,10 +99,13 @@ class CommandLine:
                     return self.hydra(argv, codes)
             except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: one line, not the traceback of wherever it landed
                 sweep = any(a in ("-m", "--multirun") for a in argv)
-                where = (self.sweep[0][0] if self.pin else None) if sweep else self.run_dir
+                # (one run stopped before Hydra made its default dir saved nothing: no dir to name)
+                where = (self.sweep[0][0] if self.pin else None) if sweep else self.run_dir or (
+                    self.explicit[0] if self.explicit else None)
                 resume = None if where is None or distributed.launched_by_torchrun() else \
                     resume_command(self.app.name, argv, "hydra.sweep.dir" if sweep else "hydra.run.dir", Path(where))
-                line, code = stopped(stop, self.app.supports_resume and not self.saves_nothing, sweep, resume)
+                line, code = stopped(stop, self.app.supports_resume and not self.saves_nothing and (
+                    sweep or where is not None or distributed.launched_by_torchrun()), sweep, resume)
                 print(line, file=sys.stderr)
                 return code
         finally:

@@ -99,6 +99,17 @@ def test_killed_and_resumed_ddp_run_matches_uninterrupted(full_run, cifar_root, 
     assert lines(full_run / "run") == lines(run)
 
 
+def test_a_ctrl_c_under_torchrun_is_one_line_from_rank_0_naming_the_run_dir(cifar_root, tmp_path):
+    """Ctrl-C reaches every rank: each printed its own stop line (and a run in a default dir was
+    never named). Rank 0 now speaks for all, with the run dir to resume from."""
+    stopped = torchrun(tmp_path, cifar_root, "hydra.run.dir=run", OSC_TEST_INTERRUPT_AT_FORWARD=str(STEPS_PER_EPOCH + 2))
+    assert stopped.returncode != 0
+    lines = [line for line in stopped.stderr.splitlines() if line.startswith(("interrupted", "terminated"))]
+    assert lines == ["interrupted; to continue what it saved: the same torchrun command with resume=true "
+                     f"hydra.run.dir={tmp_path / 'run'}"], stopped.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 def test_loader_shards_are_the_single_process_batches():
     from orthogonal_skip_connections.data.vision import TensorLoader, epoch_generator, load_image_data
 

@@ -1649,3 +1649,13 @@ def test_a_two_stage_sweep_fetches_each_dataset_once(monkeypatch):
     two_stage.main.prepare([two_stage.main.config([f"dataset_name={name}", f"seeds={k}"])
                             for name in ("cifar100", "digits") for k in (1, 2)])
     assert calls == [("cifar100", None, True), ("digits", None, True)]
+
+
+def test_the_resume_command_replaces_the_calls_own_resume_and_dir():
+    from orthogonal_skip_connections.experiments._interrupt import resume_command
+
+    argv = ["-m", "seed=0,1", "resume=false", "++hydra.sweep.dir=old", "~resume", "model.skip_kind=identity"]
+    assert resume_command("run_experiments", argv, "hydra.sweep.dir", Path("/runs/a b")) == \
+        "osc run_experiments -m seed=0,1 model.skip_kind=identity resume=true 'hydra.sweep.dir=\"/runs/a b\"'"
+    assert resume_command("run_experiments", None, "hydra.run.dir", Path("/runs/x")) == \
+        "the same torchrun command with resume=true hydra.run.dir=/runs/x"

@@ -102,11 +102,14 @@ class CommandLine:
                 # (one run stopped before Hydra made its default dir saved nothing: no dir to name)
                 where = (self.sweep[0][0] if self.pin else None) if sweep else self.run_dir or (
                     self.explicit[0] if self.explicit else None)
-                resume = None if where is None or distributed.launched_by_torchrun() else \
-                    resume_command(self.app.name, argv, "hydra.sweep.dir" if sweep else "hydra.run.dir", Path(where))
+                torchrun = distributed.launched_by_torchrun()  # (rank 0 speaks for every rank)
+                key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+                resume = None if where is None else resume_command(self.app.name, None if torchrun else argv, key,
+                                                                   Path(where))
                 line, code = stopped(stop, self.app.supports_resume and not self.saves_nothing and (
-                    sweep or where is not None or distributed.launched_by_torchrun()), sweep, resume)
-                print(line, file=sys.stderr)
+                    sweep or where is not None), sweep, resume)
+                if not torchrun or os.environ.get("RANK", "0") == "0":
+                    print(line, file=sys.stderr)
                 return code
         finally:
             if distributed.launched_by_torchrun():

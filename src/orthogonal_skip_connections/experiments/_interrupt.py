@@ -59,12 +59,16 @@ def hydra_quoted(value: str) -> str:
     return f"'{escaped}'"
 
 
-def resume_command(app_name: str, argv: list[str], key: str, where: Path) -> str:
+def resume_command(app_name: str, argv: list[str] | None, key: str, where: Path) -> str:
     """The shell command that continues a stopped call of ``osc <app_name> *argv``: the same
     arguments, with ``resume=true`` and ``key=where`` (``hydra.run.dir``, ``hydra.sweep.dir``)
-    in place of any value they had."""
+    in place of any value they had. ``argv`` None: a torchrun call, whose command only the user
+    knows (its own arguments, then the app's)."""
+    again = ["resume=true", f"{key}={hydra_quoted(str(where))}"]
+    if argv is None:
+        return f"the same torchrun command with {shlex.join(again)}"
     own = [a for a in argv if a.split("=", 1)[0].lstrip("+~") not in ("resume", key)]
-    return "osc " + shlex.join([app_name, *own, "resume=true", f"{key}={hydra_quoted(str(where))}"])
+    return "osc " + shlex.join([app_name, *own, *again])
 
 
 def stopped(stop: KeyboardInterrupt, supports_resume: bool, sweep: bool = False,

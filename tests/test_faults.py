@@ -1527,13 +1527,14 @@ def test_each_process_of_a_sweep_writes_a_record_file_of_its_own(tmp_path, monke
     monkeypatch.setenv(record.CODES_ENV, str(where))
     assert record.read_codes() == [] and record.read_job_dirs() == []  # no job wrote yet
     record.write_job_dir(tmp_path / "sweep" / "0")
-    record.write_code(1)
+    record.job_failed(1, "error: job 0: a library error")
     subprocess.run([sys.executable, "-c", "from orthogonal_skip_connections.experiments import _sweep_record as r; "
-                    "r.write_job_dir('sweep/1'); r.write_code(2)"], cwd=tmp_path, check=True)
+                    "r.write_job_dir('sweep/1'); r.job_failed(2, 'error: job 1: refused')"], cwd=tmp_path, check=True)
     subprocess.run([sys.executable, "-c", "from orthogonal_skip_connections.experiments import _sweep_record as r; "
                     "r.write_job_dir('sweep/1')"], cwd=tmp_path, check=True)  # the same job, requeued by Slurm
     assert len(list(where.iterdir())) == 3
     assert sorted(record.read_codes()) == [1, 2]
+    assert sorted(record.read_errors()) == ["error: job 0: a library error", "error: job 1: refused"]
     assert sorted(record.read_job_dirs()) == [str(tmp_path / "sweep" / "0"), str(tmp_path / "sweep" / "1")]
     record.remove_record(where)
     assert not where.exists() and (tmp_path / "sweep").is_dir()
@@ -1659,3 +1660,21 @@ def test_the_resume_command_replaces_the_calls_own_resume_and_dir():
         "osc run_experiments -m seed=0,1 model.skip_kind=identity resume=true 'hydra.sweep.dir=\"/runs/a b\"'"
     assert resume_command("run_experiments", None, "hydra.run.dir", Path("/runs/x")) == \
         "the same torchrun command with resume=true hydra.run.dir=/runs/x"
+
+
+def test_a_submitit_sweep_prints_its_failed_jobs_lines(tmp_path, capsys):
+    """Under submitit a job's stderr is a file under .submitit/: the sweep said "2 jobs, 2 failed"
+    and no more (a refused job, which writes no summary, left its reason only there). The sweep's
+    process prints each failed job's line from the record, kept in the sweep dir. (Needs the
+    slurm extra; submitit_local runs the jobs as local processes.)"""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    argv = ["run_experiments", "-m", *TINY["run_experiments"], "progress=false", "seed=0,1",
+            "hydra/launcher=submitit_local", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    assert run(argv, capsys)[0] == 0
+    code, lines, err = run(argv, capsys)  # again: both jobs refused their finished run dirs
+    assert code == 2
+    assert sorted(line.split(": ", 2)[:2] for line in lines) == [["error", f"job 0 ({tmp_path / 'sweep' / '0'})"],
+                                                          ["error", f"job 1 ({tmp_path / 'sweep' / '1'})"]], err
+    assert all("already holds a finished run" in line for line in lines)
+    assert run.out.splitlines()[-1].startswith("sweep: 2 jobs, 2 failed;")
+    assert not list((tmp_path / "sweep").glob(".osc-sweep-*"))

@@ -49,8 +49,8 @@ from ._hydra_dirs import check_sweep_settings, hydra_dir, known_now, sweep_dirs
 from ._interrupt import hydra_quoted, resume_command, sigterm_as_interrupt, stopped
 from ._leftovers import has_results, hydra_files, sweep_before, undo, undo_job, undo_sweep
 from ._options import check_options, options_first, split_options, with_job_name
-from ._sweep_record import (CODES_ENV, load_before, new_record, read_codes, read_job_dirs, read_refused, remove_record,
-                            save_before, sweep_line, write_code, write_job_dir, write_refused)
+from ._sweep_record import (CODES_ENV, job_failed, load_before, new_record, read_codes, read_errors, read_job_dirs,
+                            read_refused, remove_record, save_before, sweep_line, write_job_dir, write_refused)
 
 __all__ = ["CommandLine", "CODES_ENV"]
 
@@ -210,15 +210,12 @@ class CommandLine:
                         # it ran nothing: its dir as it was, put back here (the job may be in another process)
                         undo_job(load_before(), hc.job.num, run_dir)
                         write_refused(run_dir)
-                    print(f"error: job {hc.job.num} ({run_dir}): {err}", file=sys.stderr)
-                    write_code(2)
+                    job_failed(2, f"error: job {hc.job.num} ({run_dir}): {err}")
                 except Diverged as err:
-                    print(f"error: job {hc.job.num} ({run_dir}): training diverged: {err}", file=sys.stderr)
-                    write_code(1)
+                    job_failed(1, f"error: job {hc.job.num} ({run_dir}): training diverged: {err}")
                 except Exception as err:
-                    print(f"error: job {hc.job.num} ({run_dir}) failed: {type(err).__name__}: {err}; traceback in "
-                          f"{run_dir / 'error.txt'}".splitlines()[0], file=sys.stderr)
-                    write_code(1)
+                    job_failed(1, f"error: job {hc.job.num} ({run_dir}) failed: {type(err).__name__}: {err}; "
+                                  f"traceback in {run_dir / 'error.txt'}".splitlines()[0])
                 return
             fresh = self.explicit is None and not has_results(run_dir)
             self.run_dir = run_dir
@@ -246,9 +243,11 @@ class CommandLine:
         finally:
             sys.argv = saved
             codes += read_codes()
-            dirs, refused = read_job_dirs(), read_refused()
+            dirs, refused, errors = read_job_dirs(), read_refused(), read_errors()
             remove_record(self.record)  # before undo_sweep: a sweep dir this call made, emptied, is removed
             undo_sweep(self.sweep, dirs, refused)
+        if errors and any(a.startswith("hydra/launcher=submitit") for a in argv):  # jobs' stderr: in .submitit/
+            print("\n".join(errors), file=sys.stderr)
         line = sweep_line(dirs, codes)
         if line:  # a sweep: where its results are, last (each job's own lines scroll by above)
             print(line)

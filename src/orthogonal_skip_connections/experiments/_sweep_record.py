@@ -1,6 +1,6 @@
 """What a sweep's jobs tell the process that started the sweep: their run dirs, those whose
-claim was refused (each put its dir back as it was) and the exit codes of those that failed,
-and the sweep's closing line made from them. No Hydra here.
+claim was refused (each put its dir back as it was) and the exit codes and lines of those that
+failed, and the sweep's closing line made from them. No Hydra here.
 
 Jobs may run in other processes, on other machines (Hydra's joblib or submitit launchers): each
 process appends to a file of its own (``<host>-<pid>``: appends from several NFS clients to one
@@ -16,12 +16,13 @@ import os
 import shlex
 import shutil
 import socket
+import sys
 import tempfile
 import uuid
 from pathlib import Path
 
-__all__ = ["CODES_ENV", "new_record", "remove_record", "save_before", "load_before", "write_code", "write_job_dir",
-           "write_refused", "read_codes", "read_job_dirs", "read_refused", "sweep_line"]
+__all__ = ["CODES_ENV", "new_record", "remove_record", "save_before", "load_before", "job_failed", "write_job_dir",
+           "write_refused", "read_codes", "read_job_dirs", "read_refused", "read_errors", "sweep_line"]
 
 CODES_ENV = "OSC_SWEEP_CODES"
 
@@ -79,9 +80,12 @@ def _append(line: str) -> None:
             f.write(f"{line}\n")
 
 
-def write_code(code: int) -> None:
-    """Append a failed sweep job's exit code to the record the sweep's parent reads."""
+def job_failed(code: int, line: str) -> None:
+    """A failed sweep job: its one line on stderr, and its exit code and line in the record the
+    sweep's parent reads (:func:`read_errors`: a Slurm job's stderr is a file under .submitit/)."""
+    print(line, file=sys.stderr)
     _append(str(code))
+    _append(f"error {line}")
 
 
 def write_job_dir(run_dir: Path, what: str = "dir") -> None:
@@ -120,6 +124,11 @@ def read_job_dirs(what: str = "dir") -> list[str]:
 
 def read_refused() -> list[str]:
     return read_job_dirs("refused")
+
+
+def read_errors() -> list[str]:
+    """The failed jobs' lines (:func:`job_failed`), each once."""
+    return read_job_dirs("error")
 
 
 def sweep_line(dirs: list[str], codes: list[int]) -> str:

@@ -1678,3 +1678,16 @@ def test_a_submitit_sweep_prints_its_failed_jobs_lines(tmp_path, capsys):
     assert all("already holds a finished run" in line for line in lines)
     assert run.out.splitlines()[-1].startswith("sweep: 2 jobs, 2 failed;")
     assert not list((tmp_path / "sweep").glob(".osc-sweep-*"))
+
+
+def test_a_stopped_submitit_sweep_says_its_jobs_go_on():
+    """A stop of the process that submitted a sweep to Slurm (submitit) leaves the jobs running, their
+    run dirs locked: the line said to resume at once, which those locks would refuse."""
+    from orthogonal_skip_connections.experiments._interrupt import Terminated, stopped
+
+    line, code = stopped(KeyboardInterrupt(), True, sweep=True, resume="osc a -m resume=true hydra.sweep.dir=s",
+                         submitted=True)
+    assert (line, code) == ("interrupted; the jobs it submitted go on running (on Slurm, scancel stops them); once they "
+                            "end, to continue what they saved: osc a -m resume=true hydra.sweep.dir=s", 130)
+    assert stopped(Terminated(), False, sweep=True, submitted=True) == (
+        "terminated; the jobs it submitted go on running (on Slurm, scancel stops them)", 143)

@@ -107,7 +107,7 @@ class CommandLine:
                 resume = None if where is None else resume_command(self.app.name, None if torchrun else argv, key,
                                                                    Path(where))
                 line, code = stopped(stop, self.app.supports_resume and not self.saves_nothing and (
-                    sweep or where is not None), sweep, resume)
+                    sweep or where is not None), sweep, resume, any("launcher=submitit" in a for a in argv))
                 if not torchrun or os.environ.get("RANK", "0") == "0":
                     print(line, file=sys.stderr)
                 return code

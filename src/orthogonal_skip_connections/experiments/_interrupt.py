@@ -72,12 +72,16 @@ def resume_command(app_name: str, argv: list[str] | None, key: str, where: Path)
 
 
 def stopped(stop: KeyboardInterrupt, supports_resume: bool, sweep: bool = False,
-            resume: str | None = None) -> tuple[str, int]:
+            resume: str | None = None, submitted: bool = False) -> tuple[str, int]:
     """The line to print and the exit code for a call stopped by Ctrl-C (130) or SIGTERM (143 = 128 + 15);
-    ``resume``: the command that continues it (:func:`resume_command`), where its dir is known."""
+    ``resume``: the command that continues it (:func:`resume_command`), where its dir is known;
+    ``submitted``: a sweep whose jobs submitit started, which a stop of this process leaves running."""
     key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
     hint = "" if not supports_resume else f"; to continue what it saved: {resume}" if resume else \
         f"; what it saved continues with resume=true and the same {key}"
+    if submitted:  # (their run dirs stay locked while they run: a resume now would be refused them)
+        hint = "; the jobs it submitted go on running (on Slurm, scancel stops them)" + \
+            hint.replace("; to continue what it saved", "; once they end, to continue what they saved")
     if isinstance(stop, Terminated):
         return f"terminated{hint}", 143
     return f"interrupted{hint}", 130

@@ -235,7 +235,8 @@ class CommandLine:
                 sys.exit(1)
 
         saved = sys.argv
-        sys.argv = [f"osc {app.name}", *with_job_name(app.name, argv), *self.pin]  # Hydra parses sys.argv
+        own = [a for a in argv if not (self.pin and a.startswith("hydra.sweep.dir="))]  # the pin in its place
+        sys.argv = [f"osc {app.name}", *with_job_name(app.name, [*own, *self.pin])]  # Hydra parses sys.argv
         try:
             task()
         except SystemExit as exit_:

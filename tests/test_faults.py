@@ -1691,3 +1691,27 @@ def test_a_stopped_submitit_sweep_says_its_jobs_go_on():
                             "end, to continue what they saved: osc a -m resume=true hydra.sweep.dir=s", 130)
     assert stopped(Terminated(), False, sweep=True, submitted=True) == (
         "terminated; the jobs it submitted go on running (on Slurm, scancel stops them)", 143)
+
+
+def test_a_sweep_dir_is_given_to_hydra_only_when_it_is_known_before_hydra_runs(tmp_path, capsys, monkeypatch):
+    """hydra.sweep.dir is resolved before Hydra runs, and given to Hydra, only where nothing in it
+    but ${now:...} needs Hydra's own config: a swept key in it is resolved by Hydra from the sweep's
+    config, which the first job's overrides need not match. Such a sweep keeps its record in a
+    temporary dir, as before."""
+    import os
+
+    from orthogonal_skip_connections.experiments._hydra_dirs import known_now
+    from orthogonal_skip_connections.experiments._sweep_record import CODES_ENV
+
+    assert known_now(Path("multirun/05"), "multirun/${now:%H}") and known_now(Path("/a b"), "'/a b'")
+    assert not known_now(Path("multirun/identity"), "multirun/${model.skip_kind}")
+    assert not known_now(None, "multirun/${now:%H}")
+    monkeypatch.chdir(tmp_path)
+    app = load_app("run_experiments")
+    seen = []
+    monkeypatch.setattr(app, "run", lambda cfg, run_dir, **kw: seen.append(Path(os.environ[CODES_ENV])) or {
+        "report": {"verdict": "ran"}})
+    code, _, err = run(["run_experiments", "-m", "dataset=digits", "seed=0", "hydra.sweep.dir=sw/${model.skip_kind}"],
+                       capsys)
+    assert code == 0, err
+    assert (tmp_path / "sw" / "identity" / "0").is_dir() and not seen[0].is_relative_to(tmp_path) and not seen[0].exists()

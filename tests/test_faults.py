@@ -1715,3 +1715,29 @@ def test_a_sweep_dir_is_given_to_hydra_only_when_it_is_known_before_hydra_runs(t
                        capsys)
     assert code == 0, err
     assert (tmp_path / "sw" / "identity" / "0").is_dir() and not seen[0].is_relative_to(tmp_path) and not seen[0].exists()
+
+
+@pytest.mark.parametrize("err", ["ENOSYS", "ENOLCK"])
+def test_a_run_dir_on_a_file_system_without_locks_runs_unlocked_with_a_warning(err, tmp_path, capsys, monkeypatch):
+    """flock on Lustre mounted without -o flock fails with ENOSYS (NFS without lockd: ENOLCK):
+    every run there failed with an OSError traceback. It now runs unlocked, after one line saying
+    that a second writer would not be refused; osc report reads such a dir as not running."""
+    import errno
+    import fcntl
+    import os
+
+    from orthogonal_skip_connections.rundir import RunDir, in_use
+
+    def no_locks(fd, op):
+        raise OSError(getattr(errno, err), os.strerror(getattr(errno, err)))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    rd = RunDir.claim(tmp_path / "run")
+    warning = capsys.readouterr().err
+    assert warning.startswith(f"warning: cannot lock {tmp_path / 'run' / '.lock'}") and "will not be refused" in warning
+    rd.release()
+    assert not in_use(tmp_path / "run")  # (another process cannot tell a run holds it)
+    code, _, out = run(["run_experiments", *TINY["run_experiments"], "progress=false", f"hydra.run.dir={tmp_path / 'r2'}"],
+                       capsys)
+    assert code == 0 and "Traceback" not in out, out
+    assert json.loads((tmp_path / "r2" / "summary.json").read_text())["status"] == "completed"

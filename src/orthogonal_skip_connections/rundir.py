@@ -13,7 +13,9 @@ renders as it is. No Hydra here: the apps hand over plain dicts.
 
 One writer at a time: :meth:`RunDir.claim` takes an exclusive ``flock`` on ``<dir>/.lock``
 (held until :meth:`release` or the process ends, so a killed run never leaves a stale
-lock); a second claim of the same dir, from any process, is refused in one line. The empty
+lock); a second claim of the same dir, from any process, is refused in one line. On a file
+system without file locks (Lustre mounted without ``-o flock``, NFS without lockd) the run
+goes on unlocked after a one-line warning, rather than not at all. The empty
 ``.lock`` file itself stays in a dir that existed before (even when the claim is refused):
 removing it while another process may be opening it would let two writers lock two files. A
 resumed run must have the config it was started with: ``resume=true`` with a config that
@@ -176,6 +178,8 @@ def make_dir(path: Path, key: str) -> Path:
 
 _HELD: dict[str, list] = {}  # resolved run dir -> [file descriptor, claims]: flock is per open file
 _HELD_ELSEWHERE = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)  # a non-blocking flock's "someone holds it"
+# flock's "this file system has no locks": Lustre mounted without -o flock (ENOSYS), NFS without lockd (ENOLCK)
+_NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP)
 
 
 def _lock(path: Path, key: str = "hydra.run.dir") -> bool:
@@ -203,6 +207,11 @@ def _lock(path: Path, key: str = "hydra.run.dir") -> bool:
             if err.errno in _HELD_ELSEWHERE and attempt < 4:
                 time.sleep(0.01)
                 continue
+            if err.errno in _NO_LOCKS:  # run unlocked rather than not at all, and say what is lost
+                print(f"warning: cannot lock {path / LOCK} ({os.strerror(err.errno)}: a file system without file "
+                      "locks, e.g. Lustre mounted without -o flock): a second run into this dir will not be refused",
+                      file=sys.stderr)
+                break
             os.close(fd)
             if err.errno in _HELD_ELSEWHERE:
                 raise UserError(f"{path} is in use by another run (its .lock is held); wait for it to end or "

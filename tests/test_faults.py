@@ -1652,6 +1652,22 @@ def test_a_two_stage_sweep_fetches_each_dataset_once(monkeypatch):
     assert calls == [("cifar100", None, True), ("digits", None, True)]
 
 
+
+def test_a_loss_landscape_sweep_fetches_the_dataset_of_its_default_runs_once(tmp_path, monkeypatch):
+    """loss_landscape trains its default runs when missing: its sweep fetches their dataset first;
+    jobs given their own runs (or not to train) fetch nothing."""
+    from orthogonal_skip_connections.data import vision
+    from orthogonal_skip_connections.experiments import loss_landscape
+
+    calls = []
+    monkeypatch.setattr(vision, "fetch", lambda *key: calls.append(key))
+    cfgs = [loss_landscape.main.config(["train.dataset=cifar10", f"steps={k}"]) for k in (5, 7)]
+    cfgs += [loss_landscape.main.config(["train.dataset=cifar100", "train_missing=false"]),
+             loss_landscape.main.config(["train.dataset=cifar100", f"runs=[{tmp_path}]"])]
+    loss_landscape.main.prepare(cfgs)
+    assert calls == [("cifar10", None, True)]
+
+
 def test_the_resume_command_replaces_the_calls_own_resume_and_dir():
     from orthogonal_skip_connections.experiments._interrupt import resume_command
 

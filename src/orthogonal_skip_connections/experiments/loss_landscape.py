@@ -40,6 +40,7 @@ import yaml
 
 from ..landscape import LandscapeSettings, landscape_of, skip_handling
 from ..analysis.stats import t_interval
+from ..data.vision import fetch_each
 from ..rundir import RunDir, check_dir_writable, column, make_dir
 from ..runs import UserError, atomic_write_text, read_json, resolve_device, to_jsonable
 from ..train.classifier import TrainConfig, train_classifier
@@ -645,7 +646,15 @@ def run(cfg: Config, rd: RunDir) -> dict:
             "grids": grids, "figures": figures, "report": report(cfg, table, rows, figures, handling)}
 
 
-main = App("loss_landscape", Config, run)
+def fetch_datasets(cfgs: list[Config]) -> None:
+    """The dataset of a sweep's default runs (jobs without ``runs``, which may train them: from the
+    default data root), found or downloaded once before its first job, as run_experiments' sweeps
+    do (:func:`~.run_experiments.fetch_datasets`)."""
+    fetch_each(((f"sweep: job {num}", cfg.train.dataset, None, True) for num, cfg in enumerate(cfgs)
+                if not cfg.runs and cfg.train_missing), what="job")
+
+
+main = App("loss_landscape", Config, run, prepare=fetch_datasets)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from helpers import write_fake_cifar
@@ -1465,18 +1465,22 @@ def test_overrides_on_both_sides_of_an_option_with_a_value(capsys):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(alphabet="ab /'\"\\,=:[]{}() é+._-0~@#%&*?!|<>;`\t", min_size=1, max_size=12))
+@given(st.text(alphabet="ab /'\"\\,=:[]{}() é+._-0~@#%&*?!|<>;`\t$", min_size=1, max_size=12))
+@example("/runs/${now:%H}/a").via("a dir holding Hydra's own interpolation, escaped by the user")
+@example("a\\${b}'c\\\\${").via("backslashes before ${, beside a quote")
 def test_a_quoted_override_value_is_read_back_by_hydras_parser(value):
     """hydra_quoted, which the stop line's command and torchrun's ranks use for a run dir, against
-    Hydra's own override parser (the oracle): the value comes back as it was."""
+    Hydra's own override parser and OmegaConf, which resolves hydra.run.dir (the oracles): the
+    value comes back as it was (a ``${`` in it not interpolated)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
 
     from orthogonal_skip_connections.experiments._interrupt import hydra_quoted
 
     if value != value.strip():  # Hydra strips an unquoted value; a quoted one keeps its blanks
         value = value.strip() or "a"
     parsed = OverridesParser.create().parse_overrides([f"hydra.run.dir={hydra_quoted(value)}"])[0]
-    assert parsed.value() == value
+    assert OmegaConf.create({"dir": parsed.value()}).dir == value
 
 
 def test_a_sweeps_record_is_in_its_sweep_dir_which_hydra_is_given(tmp_path, capsys, monkeypatch):

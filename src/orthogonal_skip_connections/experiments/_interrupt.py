@@ -50,7 +50,10 @@ def hydra_quoted(value: str) -> str:
     ``/`` of ASCII ``[\\w/.+-]`` alone (unquoted, ``0``, ``1e3`` or ``true`` would be a number or a bool),
     else quoted as Hydra's grammar reads a quoted string: in double quotes where it holds no
     ``"`` or ``\\`` (``'dir="/a b"'`` after the shell's quoting), else in single quotes with
-    ``'`` escaped and the backslashes before a quote doubled (the only ones Hydra unescapes)."""
+    ``'`` escaped and the backslashes before a quote doubled (the only ones Hydra unescapes).
+    A ``${`` is escaped as OmegaConf reads it, ``\\${`` (a backslash before it doubled), so that
+    the dir is not interpolated again."""
+    value = re.sub(r"(\\*)\$\{", lambda m: m[1] * 2 + "\\${", value)
     if "/" in value and re.fullmatch(r"[\w/.+-]+", value, re.ASCII):  # (unquoted: ASCII letters only)
         return value
     if '"' not in value and "\\" not in value:

@@ -521,16 +521,74 @@ def test_a_part_added_later_is_retracted_with_the_optimisers_settings():
                                                       in_channels=1))[-1], "retraction_momentum": 1.5})
 
 
-def test_a_non_finite_gradient_in_a_retraction_names_its_group():
+@pytest.mark.parametrize("method", RETRACTED_METHODS)
+@pytest.mark.parametrize("optimizer_class", [torch.optim.SGD, torch.optim.AdamW])
+def test_a_refused_step_changes_nothing_and_the_next_one_goes_on(method, optimizer_class):
+    """A non-finite gradient of a retracted matrix raises NonFiniteError naming its group, before
+    either half of the step moves anything: the momentum buffer (or Lie-Adam's moments and step
+    count), the Euclidean parameters and W are as they were, and the next finite step is the one
+    an optimiser that never saw the NaN takes. Before, the buffers were written first (NaN: every
+    later step raised again) and the bias had stepped; qr and newton_schulz wrote NaN into W."""
     from orthogonal_skip_connections.maths.orthogonal import NonFiniteError
 
-    model = osc.ResidualMLP(4, 1, skip_layer=osc.skip("learnable_orth", method="steepest", init="haar"))
-    opt = osc.optimizer(model, torch.optim.SGD, lr=0.1, retraction_impl="factor")
-    model(torch.randn(3, 4)).sum().backward()
-    next(s for _, s in iter_skips(model)).weight.grad.fill_(float("nan"))
-    with pytest.raises(NonFiniteError, match=r"param group 'retracted_steepest': cannot take the SVD.*skip opt.step\(\)"):
-        opt.step()
+    kwargs = {"momentum": 0.9} if optimizer_class is torch.optim.SGD else {"retraction_adaptive": True}
+    torch.manual_seed(0)
+    model = osc.ResidualMLP(4, 1, skip_layer=osc.skip("learnable_orth", method=method, init="haar"))
+    control = copy.deepcopy(model)
+    opt = osc.optimizer(model, optimizer_class, lr=0.1, retraction_impl="factor", **kwargs)
+    control_opt = osc.optimizer(control, optimizer_class, lr=0.1, retraction_impl="factor", **kwargs)
+    x = torch.randn(3, 4)
+
+    def loss_step(m, o, poison=False):
+        o.zero_grad()
+        m(x).sum().backward()
+        if poison:
+            next(s for _, s in iter_skips(m)).weight.grad[0, 0] = float("inf")
+        o.step()
+
+    loss_step(model, opt)
+    loss_step(control, control_opt)
+    before = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
+    with pytest.raises(NonFiniteError, match=rf"param group 'retracted_{method}': a gradient.*not finite.*"
+                                             r"nothing was stepped. Skip opt.step\(\)"):
+        loss_step(model, opt, poison=True)
+    after = (model.state_dict(), opt.state_dict())
+    torch.testing.assert_close(after[0], before[0], rtol=0, atol=0)
+    torch.testing.assert_close(after[1]["state"], before[1]["state"], rtol=0, atol=0)
+    loss_step(model, opt)
+    loss_step(control, control_opt)
+    torch.testing.assert_close(model.state_dict(), control.state_dict(), rtol=0, atol=0)
     assert issubclass(NonFiniteError, ValueError)  # what safe_svd raised before it had a name
+
+
+@pytest.mark.parametrize("method", RETRACTED_METHODS)
+def test_every_factored_retraction_refuses_a_non_finite_step(method):
+    """retract() on its factoring path: svd raised NonFiniteError on a NaN step while qr and
+    newton_schulz returned NaN matrices without a word."""
+    from orthogonal_skip_connections.maths.orthogonal import NonFiniteError, haar_orthogonal, retract
+
+    W = haar_orthogonal(4, dtype=torch.float64)
+    G = torch.randn(4, 4, dtype=torch.float64)
+    G[1, 2] = float("nan")
+    with pytest.raises(NonFiniteError):
+        retract(method, W, G, 0.1, impl="factor")
+    with pytest.raises(NonFiniteError):
+        retract(method, W, torch.randn(4, 4, dtype=torch.float64), float("inf"), impl="factor")
+
+
+def test_a_negative_learning_rate_set_after_construction_steps_nothing():
+    """A group's lr set negative by hand is refused before the Euclidean half steps (it was
+    refused only in the retraction, after the bias had moved)."""
+    model = osc.ResidualMLP(4, 1, skip_layer=osc.skip("learnable_orth", method="qr"))
+    opt = osc.optimizer(model, torch.optim.SGD, lr=0.1)
+    model(torch.randn(3, 4)).sum().backward()
+    before = copy.deepcopy(model.state_dict())
+    for g in opt.param_groups:
+        if "retraction" in g:
+            g["lr"] = -0.1
+    with pytest.raises(ValueError, match="learning rate must be >= 0; got -0.1"):
+        opt.step()
+    torch.testing.assert_close(model.state_dict(), before, rtol=0, atol=0)
 
 
 def test_optimizer_names_what_was_wrong():

@@ -55,7 +55,10 @@ retractions use matrix products only (``retraction_impl="auto"``, see
 nothing read back to the host inside ``step()``. The
 buffers live in ``opt.state`` like any optimiser state, so one ``state_dict()`` holds
 everything. When a step is skipped (the loops skip ``opt.step()`` on non-finite
-gradients) both halves are skipped. A matrix whose ``grad`` is None (it took no part in
+gradients) both halves are skipped. A step that raises (a negative learning rate; a
+non-finite gradient of a retracted matrix where the retraction factors, the CPU default:
+:class:`~orthogonal_skip_connections.maths.orthogonal.NonFiniteError`) raises before either
+half has moved anything, state included, so that a caller who catches it can go on. A matrix whose ``grad`` is None (it took no part in
 the loss since ``zero_grad()``) is not moved and its buffer is kept, as torch's optimisers
 treat any parameter without a gradient. With the wrapped class's ``maximize=True`` the
 retraction ascends too.
@@ -253,6 +256,7 @@ class RetractingOptimizer:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._check_retracted(retracted)
         groups = self.param_groups
         if euclidean:
             self.param_groups = euclidean  # the wrapped optimiser sees only its own groups
@@ -272,6 +276,31 @@ class RetractingOptimizer:
                         "its orthogonal matrices is not finite, as when the loss diverges; skip opt.step() on a "
                         "non-finite gradient, as the library's training loops do") from None
         return loss
+
+    def _check_retracted(self, retracted: list[dict]) -> None:
+        """What a retracted group's step would refuse, refused before either half of the step
+        moves anything: a negative learning rate, and a non-finite gradient where the
+        retraction factors (one host read for all groups; the products-only path, CUDA's,
+        reads nothing back and is not checked here: the training loops check every step)."""
+        flags = []  # (group, all its factored gradients finite: a device bool)
+        for group in retracted:
+            lr = group["lr"]
+            if float(lr) < 0:
+                raise ValueError(f"learning rate must be >= 0; got {float(lr)}")
+            impl = group.get("retraction_impl", "auto")  # older checkpoints lack the key
+            grads = [p.grad for p in group["params"]
+                     if p.grad is not None and orth.resolve_impl(impl, p.device) == "factor"]
+            by_device = defaultdict(list)
+            for g in grads:
+                by_device[g.device].append(g.reshape(-1))
+            for flat in by_device.values():  # (several devices: model parallel)
+                flags.append((group, torch.isfinite(torch.cat(flat)).all().cpu()))
+        if flags and not bool(torch.stack([ok for _, ok in flags]).all()):
+            group = next(g for g, ok in flags if not bool(ok))
+            raise orth.NonFiniteError(
+                f"param group {group.get('name', group['retraction'])!r}: a gradient of its orthogonal matrices is "
+                "not finite, as when the loss diverges; nothing was stepped. Skip opt.step() on a non-finite "
+                "gradient, as the library's training loops do")
 
     def compile_retraction(self, backend: str = "inductor", mode: str | None = None):
         """Run the retraction of every group that retracts from matrix products only
@@ -295,9 +324,7 @@ class RetractingOptimizer:
         lr = group["lr"]
         if isinstance(lr, Tensor):
             lr = float(lr)
-        if lr < 0:
-            raise ValueError(f"learning rate must be >= 0; got {lr}")
-        eta = lr * group["lr_scale"]
+        eta = lr * group["lr_scale"]  # (lr >= 0: _check_retracted)
         mu = group["retraction_momentum"]
         impl_name = group.get("retraction_impl", "auto")  # older checkpoints lack the key
         adaptive = group.get("retraction_adaptive", False)

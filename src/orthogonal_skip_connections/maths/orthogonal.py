@@ -879,6 +879,8 @@ def retract(method: str, W: Tensor, G: Tensor, eta: float | Tensor, ns_steps: in
     tensor (with ``eta_max``, a float bound on it, for ``steepest``: see :func:`steepest_step`)."""
     if method not in RETRACTED_METHODS:
         raise ValueError(f"unknown retraction {method!r}; allowed: {', '.join(RETRACTED_METHODS)}")
+    if not isinstance(eta, Tensor) and not math.isfinite(eta):
+        raise NonFiniteError(f"the step size must be finite; got {eta}")
     if W.dtype in (torch.float16, torch.bfloat16):
         # half-precision weights: the step in float32, rounded once (the CPU has no half QR, and
         # Newton-Schulz in bf16 stalls ~20x further from O(n) than the rounding of W itself)
@@ -899,6 +901,8 @@ def retract(method: str, W: Tensor, G: Tensor, eta: float | Tensor, ns_steps: in
         W_step = W - eta * tangent_gradient(W, G)  # W (I - eta S), singular values >= 1
         if impl == "matmul":
             return cholesky_qr(W_step)
+        if not bool(torch.isfinite(W_step).all()):  # (the factoring path reads the host anyway)
+            raise NonFiniteError(f"cannot take a {method} step from a matrix with non-finite entries")
         if method == "svd":
             return polar(W_step)
         if method == "qr":

@@ -171,6 +171,12 @@ def test_haar_special_and_reproducible():
     assert (signs > 0).any() and (signs < 0).any()
 
 
+def test_haar_refuses_an_integer_dtype():
+    """An integer Q rounded to a zero matrix, returned as a Haar sample."""
+    with pytest.raises(TypeError, match="floating-point dtype; got torch.int64"):
+        O.haar_orthogonal(3, dtype=torch.int64)
+
+
 @pytest.mark.parametrize("special", [True, False])
 def test_haar_entries_have_the_haar_marginals(special):
     """Every row of a Haar matrix (on O(n), and on SO(n) for n >= 2) is uniform on the sphere:

@@ -2,11 +2,14 @@
 
 import pytest
 import torch
+from torch import nn
 
+import orthogonal_skip_connections as osc
 from orthogonal_skip_connections.maths import orthogonal as O
 from orthogonal_skip_connections.skips import (
     ORTH_METHODS,
     SKIP_KINDS,
+    OrthogonalSkip,
     apply_matrix,
     make_skip,
 )
@@ -116,6 +119,32 @@ def test_original_option_names_accepted():
 def test_bad_input_names_allowed_values(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda: osc.orthogonal_(nn.Linear(3, 3), special="no"), ValueError, "special must be True or False; got 'no'"),
+        (lambda: osc.orthogonal_(nn.Linear(3, 3), method="newton_schulz", ns_steps=2.5), ValueError,
+         r"ns_steps \(update_rule_iters\) must be an integer >= 1; got 2.5"),
+        (lambda: osc.orthogonal_(nn.Linear(3, 3), method="newton_schulz", update_rule_iters=True), ValueError,
+         "must be an integer >= 1; got True"),
+        (lambda: osc.orthogonal_(nn.Linear(3, 3), method="cayley", ns_steps=0), ValueError, "got 0"),
+        (lambda: OrthogonalSkip(3, method="newton_schulz", ns_steps=2.5), ValueError, "got 2.5"),
+        (lambda: osc.orthogonal_(_int_matrix_module()), TypeError, "must be a floating-point matrix; got torch.int64"),
+    ],
+)
+def test_orthogonal_refuses_what_skip_refuses(call, error, match):
+    """orthogonal_ (and OrthogonalSkip built directly) took special="no" as True, ns_steps=2.5
+    as 2 and True as 1, and an integer matrix, without a word; skip() refused the first three."""
+    with pytest.raises(error, match=match):
+        call()
+
+
+def _int_matrix_module():
+    m = nn.Module()
+    m.weight = nn.Parameter(torch.zeros(3, 3, dtype=torch.int64), requires_grad=False)
+    return m
 
 
 def test_mismatched_input_says_expected_shape():

@@ -967,6 +967,8 @@ def haar_orthogonal(
     """
     if n < 1:
         raise ValueError(f"n must be >= 1; got {n}")
+    if not dtype.is_floating_point:  # (an integer Q would round to a zero matrix)
+        raise TypeError(f"haar_orthogonal needs a floating-point dtype; got {dtype}")
     gen_device = generator.device if generator is not None else device
     Z = torch.randn(*batch, n, n, generator=generator, dtype=torch.float64, device=gen_device)
     Q = qr_orthogonal(Z)

@@ -118,8 +118,7 @@ class Retraction:
         if self.method not in orth.RETRACTED_METHODS:
             raise ValueError(f"unknown retraction {self.method!r}; allowed: {', '.join(orth.RETRACTED_METHODS)}")
         check_lr_scale(self.method, self.lr_scale)
-        if not (isinstance(self.ns_steps, int) and self.ns_steps >= 1):
-            raise ValueError(f"ns_steps (update_rule_iters) must be an integer >= 1; got {self.ns_steps!r}")
+        check_ns_steps(self.ns_steps)
 
 
 class _Record(dict):
@@ -296,6 +295,19 @@ def check_lr_scale(method: str, lr_scale) -> None:
             "a param group of its own, see the README)")
 
 
+def check_ns_steps(ns_steps) -> None:
+    """Refuse an ``ns_steps`` (``update_rule_iters``) that is not an integer >= 1 (2.5 or True
+    would be truncated to another count without a word)."""
+    if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 1:
+        raise ValueError(f"ns_steps (update_rule_iters) must be an integer >= 1; got {ns_steps!r}")
+
+
+def check_special(special) -> None:
+    """Refuse a ``special`` that is not a bool (``bool("no")`` would be True)."""
+    if not isinstance(special, bool):
+        raise ValueError(f"special must be True or False; got {special!r}")
+
+
 def orthogonal_(
     module: nn.Module,
     name: str = "weight",
@@ -324,6 +336,8 @@ def orthogonal_(
     if ns_steps is not None and update_rule_iters is not None and ns_steps != update_rule_iters:
         raise ValueError(f"ns_steps={ns_steps} and update_rule_iters={update_rule_iters} disagree")
     ns = ns_steps if ns_steps is not None else update_rule_iters if update_rule_iters is not None else 100
+    check_ns_steps(ns)
+    check_special(special)
     if parametrize.is_parametrized(module, name):
         raise ValueError(f"{type(module).__name__}.{name} is already parametrized (torch.nn.utils.parametrize); "
                          "orthogonal_ needs a plain nn.Parameter")
@@ -339,6 +353,8 @@ def orthogonal_(
                          "orthogonal_ constrains a weight once")
     if W.ndim != 2 or W.shape[0] != W.shape[1]:
         raise ValueError(f"{type(module).__name__}.{name} must be a square matrix; got shape {tuple(W.shape)}")
+    if not W.is_floating_point():
+        raise TypeError(f"{type(module).__name__}.{name} must be a floating-point matrix; got {W.dtype}")
     with torch.no_grad():
         if init is None:
             W0 = orth.polar(W.detach().double()).to(W.dtype)
@@ -352,5 +368,5 @@ def orthogonal_(
         parametrize.register_parametrization(module, name, OrthogonalMap(W, orth_map, use_trivialization=True),
                                              unsafe=True)
     else:
-        mark_retracted(W, Retraction(method, float(lr_scale), int(ns)), module, name)
+        mark_retracted(W, Retraction(method, float(lr_scale), ns), module, name)
     return module

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from ..maths import orthogonal as orth
-from .constraint import check_lr_scale, initial_orthogonal, orthogonal_, recorded_retraction, resolve_method
+from .constraint import (check_lr_scale, check_ns_steps, check_special, initial_orthogonal, orthogonal_,
+                         recorded_retraction, resolve_method)
 from .contract import Skip, apply_matrix, apply_matrix_add
 
 __all__ = [
@@ -155,10 +156,9 @@ class OrthogonalSkip(Skip):
         self.init = _choice("learnable_orth init", init, orth.ORTH_INITS)
         self.upkeep = "parametrized" if self.method in orth.PARAMETRIZED_METHODS else "retracted"
         self.weight = nn.Parameter(torch.empty(channels, channels))
-        orthogonal_(self, "weight", self.method, init, special=special, lr_scale=lr_scale, ns_steps=int(ns_steps),
+        orthogonal_(self, "weight", self.method, init, special=special, lr_scale=lr_scale, ns_steps=ns_steps,
                     generator=generator)
-
-        self._ns_steps = int(ns_steps)
+        self._ns_steps = ns_steps  # (an integer >= 1: orthogonal_)
 
     @property
     def lr_scale(self) -> float:
@@ -248,14 +248,12 @@ class SkipFactory:
         self.method = resolve_method(opts.get("method"), opts.get("orthogonal_map"), opts.get("update_rule"))
         self.init = _choice("learnable_orth init", opts.get("init", "identity"), orth.ORTH_INITS)
         self.special = opts.get("special", True)
-        if not isinstance(self.special, bool):  # bool("no") would be True
-            raise ValueError(f"special must be True or False; got {self.special!r}")
+        check_special(self.special)
         self.generator = opts.get("generator")
         if "ns_steps" in opts and "update_rule_iters" in opts and opts["ns_steps"] != opts["update_rule_iters"]:
             raise ValueError(f"ns_steps={opts['ns_steps']} and update_rule_iters={opts['update_rule_iters']} disagree")
         self.ns_steps = opts.get("ns_steps", opts.get("update_rule_iters", 100))
-        if isinstance(self.ns_steps, bool) or not isinstance(self.ns_steps, int) or self.ns_steps < 1:
-            raise ValueError(f"ns_steps (update_rule_iters) must be an integer >= 1; got {self.ns_steps!r}")
+        check_ns_steps(self.ns_steps)
         self.lr_scale = opts.get("lr_scale", 1.0)
         check_lr_scale(self.method if kind == "learnable_orth" else "", self.lr_scale)
         self.rank_fraction = float(opts.get("rank_fraction", 0.5))

@@ -576,6 +576,18 @@ def test_every_factored_retraction_refuses_a_non_finite_step(method):
         retract(method, W, torch.randn(4, 4, dtype=torch.float64), float("inf"), impl="factor")
 
 
+@pytest.mark.parametrize("method", RETRACTED_METHODS)
+def test_retract_names_a_gradient_unlike_its_matrix(method):
+    """svd, qr and newton_schulz failed inside torch ("mat1 and mat2 shapes cannot be
+    multiplied", a dtype error) or broadcast a 2-D G over a batch of W; steepest refused."""
+    from orthogonal_skip_connections.maths.orthogonal import haar_orthogonal, retract
+
+    W = haar_orthogonal(3, 2)
+    for G in (torch.randn(4, 4), torch.randn(3, 3), torch.randn(2, 3, 3, dtype=torch.float64)):
+        with pytest.raises(ValueError, match=r"G must have the shape and dtype of W, \(2, 3, 3\) torch.float32; got"):
+            retract(method, W, G, 0.1, impl="factor")
+
+
 def test_a_negative_learning_rate_set_after_construction_steps_nothing():
     """A group's lr set negative by hand is refused before the Euclidean half steps (it was
     refused only in the retraction, after the bias had moved)."""

@@ -879,6 +879,10 @@ def retract(method: str, W: Tensor, G: Tensor, eta: float | Tensor, ns_steps: in
     tensor (with ``eta_max``, a float bound on it, for ``steepest``: see :func:`steepest_step`)."""
     if method not in RETRACTED_METHODS:
         raise ValueError(f"unknown retraction {method!r}; allowed: {', '.join(RETRACTED_METHODS)}")
+    check_square(W, "W")
+    if G.shape != W.shape or G.dtype != W.dtype:
+        raise ValueError(f"G must have the shape and dtype of W, {tuple(W.shape)} {W.dtype}; "
+                         f"got {tuple(G.shape)} {G.dtype}")
     if not isinstance(eta, Tensor) and not math.isfinite(eta):
         raise NonFiniteError(f"the step size must be finite; got {eta}")
     if W.dtype in (torch.float16, torch.bfloat16):

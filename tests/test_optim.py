@@ -627,6 +627,12 @@ def test_lr_zero_keeps_weights_and_bad_arguments_are_refused():
         osc.optimizer(skip, torch.optim.SGD, lr=-1.0)
     with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0; got inf"):
         osc.optimizer(skip, torch.optim.SGD, lr=0.1, weight_decay=float("inf"))
+    with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0; got 'a'"):  # was a TypeError of '<='
+        osc.optimizer(skip, torch.optim.SGD, lr=0.1, weight_decay="a")
+    with pytest.raises(ValueError, match="batch_dims must be an integer >= 0; got -1"):
+        osc.optimizer(skip, torch.optim.SGD, lr=0.1, batch_dims=-1)
+    with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0; got -0.5"):
+        param_groups(skip, weight_decay=-0.5)
     with pytest.raises(TypeError, match="torch.optim.Optimizer subclass"):
         osc.optimizer(skip, dict, lr=0.1)
     with pytest.raises(TypeError, match=r"takes the model \(an nn.Module\).*got list.*param_groups\(part\)"):

@@ -133,6 +133,9 @@ def param_groups(
     ``auto``: products only on CUDA, SVD/QR on the CPU). ``retraction_adaptive``: Adam's
     moments in so(n) instead of the heavy-ball buffer (module docstring; the optimiser
     must carry ``betas`` and ``eps``, as the Adam family does)."""
+    _check_weight_decay(weight_decay)
+    if isinstance(batch_dims, bool) or not isinstance(batch_dims, int) or batch_dims < 0:
+        raise ValueError(f"batch_dims must be an integer >= 0; got {batch_dims!r}")
     settings = {k: v for k, v in (("retraction_momentum", retraction_momentum), ("retraction_impl", retraction_impl),
                                   ("retraction_adaptive", retraction_adaptive)) if v is not None}
     _check_retraction_settings(settings)
@@ -161,6 +164,11 @@ def param_groups(
 
 # a retracted group's settings, and what they are when neither the group nor its optimiser sets them
 RETRACTION_SETTINGS = {"retraction_momentum": 0.0, "retraction_impl": "auto", "retraction_adaptive": False}
+
+
+def _check_weight_decay(weight_decay) -> None:
+    if isinstance(weight_decay, bool) or not (isinstance(weight_decay, (int, float)) and 0 <= weight_decay < math.inf):
+        raise ValueError(f"weight_decay must be a finite number >= 0; got {weight_decay!r}")
 
 
 def _check_retraction_settings(settings: dict) -> None:
@@ -486,8 +494,7 @@ def optimizer(
     if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
         raise ValueError(f"lr must be a finite number >= 0 (a float or, as torch allows, a one-element tensor); "
                          f"got {lr!r}")
-    if not 0 <= weight_decay < math.inf:
-        raise ValueError(f"weight_decay must be a finite number >= 0; got {weight_decay!r}")
+    _check_weight_decay(weight_decay)
     _retracting_class(optimizer_class)  # refuses what is not an optimiser class first
     if retraction_momentum is None:
         retraction_momentum = kwargs.get("momentum", kwargs.get("betas", (0.0,))[0])

@@ -1,6 +1,7 @@
 """Projections, maps and manifold steps on O(n), against independent oracles."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -57,6 +58,18 @@ def test_polar_and_newton_schulz_match_scipy_polar():
         np.testing.assert_allclose(O.newton_schulz(a).numpy(), u, atol=1e-10)
     # batched call agrees with one call per matrix
     torch.testing.assert_close(O.polar(A), torch.stack([O.polar(a) for a in A]))
+
+
+def test_newton_schulz_differentiates_as_polar_without_a_warning():
+    """Its stopping test read a graph tensor (torch's "Converting a tensor with requires_grad=True
+    to a scalar" warning on every call); the gradient is the polar factor's, to round-off."""
+    A = torch.randn(5, 5, dtype=torch.float64, requires_grad=True)
+    C = torch.randn(5, 5, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (g_ns,) = torch.autograd.grad((O.newton_schulz(A) * C).sum(), A)
+    (g_polar,) = torch.autograd.grad((O.polar(A) * C).sum(), A)
+    torch.testing.assert_close(g_ns, g_polar, atol=1e-8, rtol=1e-6)
 
 
 def test_projections_idempotent_on_orthogonal_input():

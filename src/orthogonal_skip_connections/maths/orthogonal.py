@@ -273,7 +273,7 @@ def newton_schulz(
     steps = 0
     for steps in range(1, max_steps + 1):
         XtX = X.mT @ X
-        err = float(torch.linalg.matrix_norm(XtX - I).max())
+        err = float(torch.linalg.matrix_norm(XtX.detach() - I).max())  # (the stopping test: no graph)
         if err <= tol or (err >= best and err <= 1e3 * tol):  # converged, or stalled at round-off
             steps -= 1
             break

@@ -144,6 +144,19 @@ def test_the_depth_figure_draws_what_the_verdict_judges():
     np.testing.assert_array_equal(y[:, 0], np.asarray(rows[0]["final_identity_distance"]).mean(1))
 
 
+def test_depths_with_fewer_seeds_are_compared_over_the_seeds_all_have():
+    """A depth with fewer seeds than the others: the first seeds common to all, as the cut to
+    the smallest seed count meant; the arrays were stacked before the cut (a ValueError)."""
+    rows = _rows(lambda A, W0, m: orth.expm(A * math.log(m) / m))
+    full = corrected_distance(rows)[1]
+    for key in ("initial_identity_distance", "final_identity_distance", "final_det_sign"):
+        rows[1][key] = rows[1][key][:2]
+    ms, y, _ = corrected_distance(rows)
+    assert ms == DEPTHS and y.shape == (2, len(DEPTHS))
+    np.testing.assert_array_equal(y, full[:2])
+    assert _answer(rows)[0]["approaches_identity_with_depth"] is not None
+
+
 def test_spreads_over_seeds_are_sample_sds():
     """by_depth's sds over seeds are the sample sd (ddof=1; statistics.stdev), the sd the tables'
     t-intervals use (they were ddof=0, 1/sqrt(2) of it for two seeds); none for one seed."""
@@ -220,6 +233,30 @@ def test_the_classifier_depth_section_says_a_distance_of_zero_has_no_slope(tmp_p
     assert "cannot tell: the distance is 0 at m = 9, 15, 27: no log-log slope" in md
     assert "cannot tell: the distance is 0 at m = 15: no log-log slope" in md
     assert "fewer than two seeds" not in md
+
+
+def test_the_block_profile_averages_a_seeds_runs_before_the_seeds(tmp_path):
+    """profile_rows' "mean over seeds" was a mean over runs: a seed with three runs of a sweep
+    over a setting the variant ignores weighed three times, where the depth table beside it
+    (depth_tables) averages each seed's runs first."""
+    from orthogonal_skip_connections.report.classification import RunRecord
+    from orthogonal_skip_connections.report.depth import depth_tables, profile_rows
+
+    m = 9
+
+    def run(seed, rep, d):
+        skips = [{"name": f"stages.{i // 3}.{i % 3}.skip", "identity_distance": d * (1 + i // 3)} for i in range(m)]
+        return RunRecord(tmp_path / f"s{seed}r{rep}", {"task": "digits/resnet20", "variant": "fixed_orth", "seed": seed,
+                                                      "dataset": "digits", "model_type": "resnet20"},
+                         {"status": "completed", "test_acc": 90.0}, [], skips)
+
+    groups = {"digits/resnet{20}": [run(0, rep, 1.0) for rep in range(3)] + [run(1, 0, 4.0)]}
+    (key, (row,)), = profile_rows(groups).items()
+    assert row["seeds"] == 2
+    assert row["first"] == pytest.approx(2.5) and row["last"] == pytest.approx(2.5 * 3)  # (1 + 4) / 2, stage 2 x3
+    assert row["stages"] == pytest.approx({0: 2.5, 1: 5.0, 2: 7.5})
+    (cell,) = depth_tables(groups)[key][0]["cells"]
+    assert cell["seeds"] == 2 and cell["dist_mean"] == pytest.approx(np.mean([2.5 * (1 + 2 + 3) / 3]))
 
 
 # --------------------------------------------------------------------------- teacher-student defaults

@@ -87,7 +87,7 @@ def corrected_distance(rows: list[dict]) -> tuple[list[int], np.ndarray, bool]:
     per_seed = [_per_seed(r) for r in rs]  # [(ini (S,), fin (S,))] per depth
     n_seeds = min(len(ini) for ini, _ in per_seed)
     from_identity = not all(np.all(ini > START_TOL) for ini, _ in per_seed)
-    y = np.stack([fin if from_identity else fin / ini for ini, fin in per_seed], 1)[:n_seeds]
+    y = np.stack([(fin if from_identity else fin / ini)[:n_seeds] for ini, fin in per_seed], 1)  # (S, M)
     return [r["n_blocks"] for r in rs], y, from_identity
 
 

@@ -203,7 +203,8 @@ def _direction(t: dict) -> str:
 def profile_rows(groups: dict[str, list[RunRecord]]) -> dict[str, list[dict]]:
     """Per group, per (variant with a matrix, m): mean over seeds of the first and the last
     block's ||W_i - I||_F and of each stage's mean (stages named ``stages.<k>.`` in the
-    skips' names)."""
+    skips' names); runs of one seed (a sweep over a setting the variant ignores) are averaged
+    first, one sample per seed, as in :func:`depth_tables`."""
     out = {}
     for key, rs in groups.items():
         per = [(r.variant, p) for r in rs if (p := _per_run(r)) is not None]
@@ -213,19 +214,21 @@ def profile_rows(groups: dict[str, list[RunRecord]]) -> dict[str, list[dict]]:
                 ps = [p for v, p in per if v == variant and p["m"] == m and all(x is not None for x in p["dist"])]
                 if not ps:
                     continue
-                stages: dict[int, list[float]] = {}
+                by_seed: dict = {}  # seed -> [{"first", "last", stage k: its mean}] per run
                 for p in ps:
                     by: dict[int, list[float]] = {}
                     for name, x in zip(p["names"], p["dist"]):
                         hit = re.search(r"stages\.(\d+)\.", name)
                         if hit:
                             by.setdefault(int(hit.group(1)), []).append(x)
-                    for k, xs in by.items():
-                        stages.setdefault(k, []).append(float(np.mean(xs)))
-                rows.append({"variant": variant, "m": m, "seeds": len(ps),
-                             "first": float(np.mean([p["dist"][0] for p in ps])),
-                             "last": float(np.mean([p["dist"][-1] for p in ps])),
-                             "stages": {k: float(np.mean(v)) for k, v in sorted(stages.items())}})
+                    run = {"first": p["dist"][0], "last": p["dist"][-1], **{k: float(np.mean(xs)) for k, xs in by.items()}}
+                    by_seed.setdefault(p["seed"], []).append(run)
+                seeds = [{k: float(np.mean([run[k] for run in runs])) for k in runs[0]} for runs in by_seed.values()]
+                stages = sorted(k for k in seeds[0] if isinstance(k, int))
+                rows.append({"variant": variant, "m": m, "seeds": len(seeds),
+                             "first": float(np.mean([sd["first"] for sd in seeds])),
+                             "last": float(np.mean([sd["last"] for sd in seeds])),
+                             "stages": {k: float(np.mean([sd[k] for sd in seeds if k in sd])) for k in stages}})
         out[key] = rows
     return out
 

@@ -126,6 +126,28 @@ def test_loader_shards_are_the_single_process_batches():
         TensorLoader(data, 66, True, cpu, rank=0, world=4)
 
 
+def test_a_batch_larger_than_the_data_is_cut_to_a_multiple_of_the_processes():
+    """103 images, batch 128 over 2 processes: 128 splits, so the batch is cut to 102 (51 each),
+    the single process's batches of 102; it was cut to 103 and refused as "batch_size 103 does
+    not split evenly", a batch the user never asked for."""
+    import dataclasses
+
+    from orthogonal_skip_connections.data.vision import TensorLoader, epoch_generator, load_image_data
+
+    digits = load_image_data("digits")
+    data = dataclasses.replace(digits, x_train=digits.x_train[:103], y_train=digits.y_train[:103])
+    cpu = torch.device("cpu")
+    whole = list(TensorLoader(data, 102, True, cpu).epoch(epoch_generator(0, 1)))
+    shards = [list(TensorLoader(data, 128, True, cpu, rank=r, world=2).epoch(epoch_generator(0, 1))) for r in (0, 1)]
+    assert len(whole) == 1 and [len(s) for s in shards] == [1, 1] and len(shards[0][0][1]) == 51
+    assert torch.equal(torch.cat([s[0][0] for s in shards]), whole[0][0])
+    with pytest.raises(ValueError, match="batch_size 127 does not split evenly over 2 processes"):
+        TensorLoader(data, 127, True, cpu, rank=0, world=2)
+    one = dataclasses.replace(digits, x_train=digits.x_train[:1], y_train=digits.y_train[:1])
+    with pytest.raises(ValueError, match="a training set of 1 cannot be shared by 2 processes"):
+        TensorLoader(one, 128, True, cpu, rank=0, world=2)
+
+
 def test_without_a_process_group_everything_is_rank_0_of_1():
     assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
     assert distributed.all_sum([1.5, 2.0]) == [1.5, 2.0] and distributed.any_true(False) is False

@@ -284,10 +284,13 @@ class TensorLoader:
         self.data, self.train, self.device = data, train, device
         x, y = (data.x_train, data.y_train) if train else (data.x_test, data.y_test)
         self.x, self.y = x.to(device), y.to(device)
-        self.batch_size = min(batch_size, len(self.x)) if train else batch_size
         self.rank, self.world = (rank, world) if train else (0, 1)
-        if self.batch_size % self.world:
-            raise ValueError(f"batch_size {self.batch_size} does not split evenly over {self.world} processes")
+        if batch_size % self.world:
+            raise ValueError(f"batch_size {batch_size} does not split evenly over {self.world} processes")
+        # a batch larger than the training set is cut to it, to a multiple of the processes
+        self.batch_size = min(batch_size, len(self.x) - len(self.x) % self.world) if train else batch_size
+        if self.batch_size < 1:
+            raise ValueError(f"a training set of {len(self.x)} cannot be shared by {self.world} processes")
         self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1) * data.scale
         self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1) * data.scale
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -277,6 +277,30 @@ def sweep_advice(path: Path, app: str | None = None, resumable: bool = True) -> 
             f"summary.json in {path} refuses that job in this one)")
 
 
+def _run_below(path: Path, depth: int = 4, budget: int = 2000) -> Path | None:
+    """A run dir (one holding run.json) below ``path``, down to ``depth`` levels (a workspace
+    holds ``multirun/<app>/<time>/<job>``), looking into at most ``budget`` dirs (a home dir is
+    not walked whole); hidden dirs and links are not entered. None: none found."""
+    level = [path]
+    for _ in range(depth):
+        below = []
+        for d in level:
+            try:
+                with os.scandir(d) as entries:
+                    below += sorted(Path(e.path) for e in entries
+                                    if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+            except OSError:
+                continue
+        for d in below:
+            if (d / RUN).is_file():
+                return d
+        budget -= len(below)
+        if budget <= 0:
+            return None
+        level = below
+    return None
+
+
 class Refused(UserError):
     """A run dir :meth:`RunDir.claim` refused (``path``): the run wrote nothing in it (a sweep's
     job then puts back what Hydra wrote there before the claim)."""
@@ -335,6 +359,10 @@ class RunDir:
         if resume and not supports_resume:
             raise UserError(f"resume=true: this app cannot resume a run; start a fresh {key}")
         check_dir_writable(path, key)
+        below = None if (path / RUN).is_file() else _run_below(path)  # (a run's own dir: its runs, if any)
+        if below is not None:  # (before the lock: its .lock would stay in the dir)
+            raise UserError(f"{path} holds run dirs ({below.relative_to(path)}, ...): a run there would hide them "
+                            f"from osc report, which reads a run dir as one run; {another}")
         created = _lock(path, key)
         try:
             summary, ckpt = path / SUMMARY, path / CHECKPOINT

@@ -80,6 +80,8 @@ class CommandLine:
         if any(a in ("-h", "--help") for a in argv):
             print(help_text(self.app.name))
             return 0
+        if "--hydra-help" in argv:  # Hydra's own options: an app's override is none of Hydra's (its traceback)
+            argv = ["--hydra-help"] + [a for a in argv if a.lstrip("+~").startswith(("hydra/", "hydra."))]
         argv = options_first(argv)  # `a=1 -m b=2`, `a=1 --cfg job b=2`: Hydra's usage error
         codes: list[int] = []
         saved_env = os.environ.pop(CODES_ENV, None)  # a sweep's record is made by precheck

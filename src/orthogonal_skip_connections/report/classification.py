@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -63,15 +64,16 @@ class RunRecord:
     def status(self) -> str:
         """The summary's status. Without one (a sweep's failed job writes a summary with status
         "failed"): "running" while a process holds the run dir's lock, else the run stopped
-        before it finished: "incomplete" with a checkpoint to resume from; "failed" with the
+        before it finished: "incomplete" with a checkpoint to resume from ("damaged" where that
+        checkpoint is no whole checkpoint, which resume=true refuses); "failed" with the
         error.txt a crash leaves (a library error in any run, a study job's refusal too); else
         "interrupted" (killed, or stopped by Ctrl-C or SIGTERM, before any checkpoint), to be rerun."""
         if self.summary is not None:
             return self.summary.get("status", "unknown")
         if in_use(self.path):
             return "running"
-        if (self.path / CHECKPOINT).exists():
-            return "incomplete"
+        if (self.path / CHECKPOINT).exists():  # (a whole checkpoint is a zip: a cut or foreign file is not)
+            return "incomplete" if zipfile.is_zipfile(self.path / CHECKPOINT) else "damaged"
         return "failed" if (self.path / ERROR).exists() else "interrupted"
 
     @property
@@ -105,6 +107,7 @@ class RunRecord:
 STOPPED = {
     "incomplete": "stopped after it saved a checkpoint",
     "interrupted": "stopped before it saved a checkpoint (killed, or stopped by Ctrl-C or SIGTERM)",
+    "damaged": "stopped, and its checkpoint.pt is not a whole checkpoint (a write cut short, another file)",
 }
 # ... and what to do about it, by what ran it (RunRecord.started_by): a sweep's job resumes when
 # its sweep runs again, a study's when the study does (a job without a checkpoint starts over)
@@ -120,6 +123,13 @@ AGAIN = {
                  "trains it again",
         "study": "it cannot be resumed; running the same osc study again with resume=true and the same hydra.run.dir "
                  "trains it again",
+    },
+    "damaged": {
+        "run": "resume=true refuses it: move its checkpoint.pt away to rerun it",
+        "sweep": "move its checkpoint.pt away; running the same sweep again with resume=true and the same "
+                 "hydra.sweep.dir then trains it again",
+        "study": "move its checkpoint.pt away; running the same osc study again with resume=true and the same "
+                 "hydra.run.dir then trains it again",
     },
 }
 _RUNS_OF = {"run": "single run", "sweep": "sweep job", "study": "study job"}

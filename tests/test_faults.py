@@ -708,13 +708,22 @@ def test_a_run_killed_before_its_first_checkpoint_reads_interrupted_not_failed(r
     shutil.copytree(root / "unfinished", runs / "killed", ignore=shutil.ignore_patterns("checkpoint.pt"))
     shutil.copytree(runs / "killed", runs / "crashed")  # a study's job that raised: its traceback kept
     (runs / "crashed" / "error.txt").write_text("Traceback (most recent call last):\n")
+    # its checkpoint cut short (a copy, a full disk): the report said resume=true continues it, which refused it
+    shutil.copytree(root / "unfinished", runs / "damaged")
+    whole = (runs / "damaged" / "checkpoint.pt").read_bytes()
+    (runs / "damaged" / "checkpoint.pt").write_bytes(whole[:len(whole) // 2])
     code, _, err = run(["report", runs, "--out", tmp_path / "report"], capsys)
     assert code == 0 and "Traceback" not in err, err
     with open(tmp_path / "report" / "results.csv", newline="") as f:
         status = {Path(r["run_dir"]).name: r["status"] for r in csv.DictReader(f)}
-    assert status == {"resumable": "incomplete", "killed": "interrupted", "crashed": "failed"}
+    assert status == {"resumable": "incomplete", "killed": "interrupted", "crashed": "failed", "damaged": "damaged"}
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "3 did not complete" in md and "seed 0: interrupted" in md
+    assert "4 did not complete" in md and "seed 0: interrupted" in md
+    assert "1 damaged: stopped, and its checkpoint.pt is not a whole checkpoint (a write cut short, another file): " \
+           "resume=true refuses it: move its checkpoint.pt away to rerun it." in md
+    code, lines, _ = run(["run_experiments", *TINY["run_experiments"], "resume=true",
+                          f"hydra.run.dir={runs / 'damaged'}"], capsys)
+    assert code == 2 and "not a whole checkpoint" in lines[-1]  # what the report said
     assert "1 interrupted: stopped before it saved a checkpoint" in md and "cannot be resumed, only rerun." in md
     assert "1 incomplete: stopped after it saved a checkpoint: resume=true with the same hydra.run.dir" in md
 
@@ -966,9 +975,11 @@ def test_the_stopped_runs_note_gives_each_run_its_own_advice(tmp_path):
     one sentence, each advice with the runs it is for."""
     from orthogonal_skip_connections.report.classification import RunRecord, stopped_note
 
+    import torch
+
     def stopped(path, hydra_mode=None):
         path.mkdir(parents=True)
-        (path / "checkpoint.pt").write_bytes(b"")
+        torch.save({}, path / "checkpoint.pt")
         if hydra_mode is not None:
             (path / ".hydra").mkdir()
             (path / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  mode: {hydra_mode}\n")
@@ -1115,6 +1126,25 @@ def test_a_study_apps_malformed_report_section_says_what_the_study_can_do(landsc
     code, _, err = run([*STUDY_WITH_LANDSCAPE, f"hydra.run.dir={study}"], capsys)
     assert code == 0, err
     assert json.loads((landscape / "summary.json").read_text())["report"]["verdict"]
+
+
+@pytest.mark.parametrize("app", ["run_experiments", "theorem"])
+def test_a_run_into_a_dir_that_holds_runs_is_refused(app, tmp_path, capsys):
+    """hydra.run.dir naming a sweep dir (or the workspace root) trained a run there, and osc
+    report, which reads a run dir as one run, no longer saw the sweep's jobs: a dir that holds
+    run dirs is refused before anything is written; a run's own dir is not (its runs)."""
+    from orthogonal_skip_connections.report.classification import find_runs
+
+    code, _, _ = run(["run_experiments", *TINY["run_experiments"], "-m", "seed=0,1", "progress=false",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}"], capsys)
+    assert code == 0 and len(find_runs([tmp_path])[0]) == 2
+    for target in (tmp_path / "sweep", tmp_path):
+        before = snapshot(tmp_path)
+        code, lines, _ = run([app, *TINY[app], f"hydra.run.dir={target}", "progress=false"], capsys)
+        assert code == 2 and len(lines) == 1, lines
+        assert lines[0].startswith(f"error: {target} holds run dirs (") and "choose another hydra.run.dir" in lines[0]
+        assert snapshot(tmp_path) == before
+    assert len(find_runs([tmp_path])[0]) == 2
 
 
 def test_a_second_writer_is_refused(tmp_path, capsys):
@@ -1462,6 +1492,15 @@ def test_overrides_on_both_sides_of_an_option_with_a_value(capsys):
     assert osc(["run_experiments", "dataset=digits", "--cfg", "job", "seed=3"]) == 0
     out = capsys.readouterr().out
     assert "seed: 3" in out and "name: digits" in out
+
+
+@pytest.mark.parametrize("app", ["run_experiments", "teacher_student"])
+def test_hydra_help_with_an_apps_overrides_is_hydras_help(app, capsys):
+    """Every app's --help points to --hydra-help, which with any of the app's overrides on the line
+    was Hydra's traceback ("Could not override 'dataset'. No match in the defaults list")."""
+    assert osc([app, *TINY[app], "--hydra-help", "hydra/launcher=basic"]) == 0
+    out = capsys.readouterr()
+    assert "Hydra (" in out.out and "== Flags ==" in out.out and "Traceback" not in out.err + out.out
 
 
 @settings(max_examples=200, deadline=None)

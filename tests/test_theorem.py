@@ -163,7 +163,8 @@ def test_rate_checks_say_at_rate_only_for_a_decay_as_fast_as_log_m_over_m():
     slope, c = checks(rows(at_rate, slow))
     assert slope["reference_log_m_over_m"] == pytest.approx(slope["lipschitz_gap"], abs=1e-12)
     assert slope["identity_distance"] == pytest.approx(-0.2, abs=1e-12)
-    assert c == {"composition_exact": True, "lipschitz_gap_at_rate": True, "identity_distance_at_rate": False}
+    assert c == {"composition_exact": True, "lipschitz_gap_at_rate": True, "identity_distance_at_rate": False,
+                 "rate_can_be_told": True}
     # faster than the rate (m^-2) counts as at it; a slope just inside / just outside the tolerance
     ref = slope["reference_log_m_over_m"]
     assert checks(rows(lambda m: m ** -2.0, lambda m: m ** (ref + 0.24)))[1]["identity_distance_at_rate"] is True
@@ -175,12 +176,33 @@ def test_rate_checks_say_at_rate_only_for_a_decay_as_fast_as_log_m_over_m():
     assert c["lipschitz_gap_at_rate"] is None and c["identity_distance_at_rate"] is False
     # one m with a composition error above the tolerance: not exact
     _, c = checks(rows(at_rate, at_rate, comp=lambda m: 1e-6 if m == 64 else 1e-12))
-    assert c == {"composition_exact": False, "lipschitz_gap_at_rate": True, "identity_distance_at_rate": True}
+    assert c == {"composition_exact": False, "lipschitz_gap_at_rate": True, "identity_distance_at_rate": True,
+                 "rate_can_be_told": True}
     # and the one-sentence verdict counts them
     maps = {"a": {"checks": checks(rows(at_rate, slow))[1]}, "b": {"checks": checks(rows(floor, at_rate))[1]}}
     assert rates.verdict(maps) == (
         "max_i ||h_i - W_i||_L decays at least at the rate log(m)/m for 1 of 2 maps h, max_i ||I - W_i|| for 1 of "
         "2; the composition h_m o ... o h_1 equals h to round-off for 2 of 2 (1 map(s) without a fitted slope).")
+
+
+@pytest.mark.parametrize("ms", [[2, 4], [1, 2, 4], [2, 3], [2, 4, 8], [4]])
+def test_m_over_which_log_m_over_m_hardly_falls_cannot_tell_a_rate(ms):
+    """`osc theorem ms=[2,4]` said "decays at least at the rate log(m)/m for 3 of 3 maps":
+    log(m)/m is the same at m = 2 and 4, so anything that does not rise passed. Where its slope
+    over the m is within the tolerance of 0 (a flat quantity would pass), no rate is judged."""
+    from orthogonal_skip_connections.analysis import rates
+
+    rows = [{"m": m, "composition_error": 1e-12, "lipschitz_gap": 1.0, "lipschitz_gap_rest": 1.0,
+             "identity_distance": 1.0} for m in ms]  # flat: no decay at all
+    slope = rates.slopes(rows, floor=1e-9)
+    c = rates.rate_checks(rows, slope, slope_tolerance=0.25, exact_tolerance=1e-9)
+    assert c["rate_can_be_told"] is False and c["lipschitz_gap_at_rate"] is None and c["identity_distance_at_rate"] is None
+    text = rates.verdict({"a": {"checks": c, "rows": rows}, "b": {"checks": c, "rows": rows}})
+    assert text.startswith(f"cannot tell a rate over m = {', '.join(map(str, ms))}: log(m)/m falls too little")
+    assert text.endswith("equals h to round-off for 2 of 2.")
+    wide = [{**rows[0], "m": m} for m in (2, 4, 8, 16)]  # from m = 2 to 16 it can: the flat quantity fails
+    c = rates.rate_checks(wide, rates.slopes(wide, floor=1e-9), slope_tolerance=0.25, exact_tolerance=1e-9)
+    assert c["rate_can_be_told"] is True and c["lipschitz_gap_at_rate"] is False
 
 
 def test_loglog_slope():

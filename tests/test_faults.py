@@ -156,6 +156,9 @@ def root(tmp_path_factory):
     binary = odd / "binary" / "run"  # bytes that are not text (a disk's garbage)
     shutil.copytree(root / "done" / "run_experiments", binary, ignore=no_checkpoint)
     (binary / "metrics.jsonl").write_bytes(b"\xff\xfe\x00garbage")
+    orphan = odd / "no_run_json" / "run"  # copied without the run.json a run dir is known by
+    shutil.copytree(root / "done" / "run_experiments", orphan, ignore=no_checkpoint)
+    (orphan / "run.json").unlink()
     return root
 
 
@@ -435,7 +438,10 @@ CASES = [
     ("st-override-batch", ["study", 'overrides.loss_landscape=["train.batch_size=100000"]'],
      ["part landscape", "train.batch_size", "1437"]),
     # osc report and osc itself
-    ("rp-corrupt", ["report", f"{M}/odd/corrupt"], ["odd/corrupt/run/summary.json"]),
+    ("rp-corrupt", ["report", f"{M}/odd/corrupt"],
+     ["odd/corrupt/run/summary.json", "move", "odd/corrupt/run out of the dirs given to osc report"]),
+    ("rp-no-run-json", ["report", f"{M}/odd/no_run_json"],
+     ["no run dirs found under", "odd/no_run_json/run holds a summary.json but no run.json"]),
     ("rp-list", ["report", f"{M}/odd/list"], ["odd/list/run/summary.json", "list"]),
     ("rp-odd-labels", ["report", f"{M}/odd/labels"], ["odd/labels/run/run.json"]),
     ("rp-completed-without-accuracy", ["report", f"{M}/odd/acc"], ["odd/acc/run/summary.json", "test_acc"]),

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from ..rundir import check_dir_writable, check_report, make_dir
+from ..rundir import RUN, SUMMARY, check_dir_writable, check_report, make_dir
 from ..runs import UserError
 from .classification import (
     CSV_COLUMNS,
@@ -168,7 +168,11 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
     runs, others = find_runs([Path(p) for p in paths], advice)
     others = [d for d in others if d.resolve() != out_dir.resolve()]
     if not runs and not others:
-        raise UserError(f"no run dirs found under {', '.join(map(str, paths))}")
+        # a summary without the run.json a run dir is known by (removed, or copied without it): say so
+        orphan = next((f.parent for p in paths for f in Path(p).rglob(SUMMARY) if not (f.parent / RUN).is_file()),
+                      None)
+        raise UserError(f"no run dirs found under {', '.join(map(str, paths))}" + (
+            "" if orphan is None else f" ({orphan} holds a {SUMMARY} but no {RUN}, by which a run dir is known)"))
     make_dir(out_dir, "--out")
     rows = results_rows(runs)
     with open(out_dir / "results.csv", "w", newline="") as f:

@@ -178,17 +178,15 @@ def find_runs(paths: list[Path], advice: Callable[[Path], str] | None = None) ->
                     missing = sorted(LABELS - set(labels)) if isinstance(labels, dict) else sorted(LABELS)
                     if missing:
                         raise UserError(f"{d / RUN}: its labels lack {', '.join(missing)} (a run dir of another "
-                                        "version?)" + ("; move it out of the dirs given to osc report" if advice is None
-                                                       else ""))
+                                        "version?)")
                     _check_types(d, labels, summary)
                     runs.append(RunRecord(d, labels, summary, *_evals(d / "metrics.jsonl")))
                 elif summary is not None and meta.get("app") != "study":
                     seen.add(d.resolve())
                     others.append(d)
-            except UserError as err:
-                if advice is None:
-                    raise
-                raise UserError(f"{err}; {advice(d)}") from None
+            except UserError as err:  # what to do: move the run away, or (a study's report) what its user can do
+                raise UserError(f"{err}; " + (f"move {d} out of the dirs given to osc report" if advice is None
+                                              else advice(d))) from None
     # in the order of their paths, not of the dirs given: `osc report a b` and `osc report b a`
     # write the same report (the other apps' sections, and ties in results.csv, follow this order)
     runs.sort(key=lambda r: r.path.resolve())

@@ -1245,6 +1245,13 @@ def test_a_failed_cifar_download_leaves_nothing_it_made(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="downloading it failed"):
         load_image_data("cifar10", mine, download=True)
     assert mine.is_dir()  # empty, but it was there before
+    assert str(err.value).endswith(f"into {new_root}, or set data.root=... / $OSC_DATA_ROOT")
+    # two_stage's and loss_landscape's sweeps: no data.root of theirs to name, only the variable
+    from orthogonal_skip_connections.data.vision import fetch_each
+
+    with pytest.raises(UserError, match=r"^sweep: job 0 and every other job on cifar10: .*downloading it failed.*"
+                                        r", or set \$OSC_DATA_ROOT$"):
+        fetch_each([("sweep: job 0", "cifar10", new_root, True)], what="job", keys=(None, None))
 
 
 def test_a_sweep_goes_on_after_a_failed_and_a_diverged_job(tmp_path, capsys):
@@ -1671,6 +1678,8 @@ def test_a_sweeps_dataset_missing_offline_refuses_the_sweep_before_any_job(tmp_p
                             f"data.root={empty}", f"hydra.sweep.dir={sweep}"], capsys)
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith("error: sweep: job 1 and every other job on cifar10: cifar10 not found under"), lines
+    assert lines[0].endswith("and data.download=false; pass data.download=true to fetch it, or put the python-version "
+                             f"files in {empty / 'cifar-10-batches-py'} (or set data.root=... / $OSC_DATA_ROOT)"), lines
     assert not sweep.exists() and not empty.exists()
 
 

@@ -987,6 +987,9 @@ def test_a_dataset_missing_offline_refuses_the_study_before_any_run(tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert "study: run cifar10/resnet20 identity seed 0 and every other run on cifar10" in err and "cifar10 not found under" in err, err
+    # what to do, in the study's own keys (osc study has no data.root: it was refused as an unknown key)
+    assert "and overrides.run_experiments=[data.download=false]; pass overrides.run_experiments=[data.download=true]" \
+        in err and "(or set overrides.run_experiments=[data.root=...] / $OSC_DATA_ROOT)" in err, err
     assert not study_dir.exists() and not empty.exists()
 
 

@@ -51,6 +51,17 @@ _CIFAR_FILES = {
 }
 
 
+# how the user sets the data root and whether to download (a format of true / false), named in a
+# missing dataset's message: run_experiments' keys by default; a caller whose user sets them
+# otherwise gives its own, and an app without them (two_stage, loss_landscape: the default root,
+# always downloading) gives None
+DATA_KEYS = ("data.root=...", "data.download={}")
+
+
+def _root_hint(keys: tuple) -> str:
+    return f"set {keys[0]} / ${DATA_ROOT_ENV}" if keys[0] else f"set ${DATA_ROOT_ENV}"
+
+
 def default_data_root() -> Path:
     """``$OSC_DATA_ROOT`` if set, else ``~/.data`` (the original project's default)."""
     return Path(os.environ.get(DATA_ROOT_ENV, "~/.data")).expanduser()
@@ -106,20 +117,21 @@ class _CifarUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def fetch(name: str, root: str | Path | None = None, download: bool = True) -> None:
+def fetch(name: str, root: str | Path | None = None, download: bool = True, keys: tuple = DATA_KEYS) -> None:
     """Make sure dataset ``name``'s files are under ``root`` (default: :func:`default_data_root`),
     downloading them once where they are missing and ``download`` is true; reads nothing. What
     a caller that starts several runs on one dataset does first (``osc study``): each run then
     finds the files, rather than each downloading the same archive into one root at once. A
     missing dataset it may not download, or a failed download, is the one-line UserError of
-    :func:`load_image_data`; ``digits`` is bundled and needs nothing."""
+    :func:`load_image_data` (naming ``keys``, see :data:`DATA_KEYS`); ``digits`` is bundled
+    and needs nothing."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
     if name != "digits":
-        _fetch_cifar(name, default_data_root() if root in (None, "") else Path(root).expanduser(), download)
+        _fetch_cifar(name, default_data_root() if root in (None, "") else Path(root).expanduser(), download, keys)
 
 
-def fetch_each(runs, what: str = "run") -> None:
+def fetch_each(runs, what: str = "run", keys: tuple = DATA_KEYS) -> None:
     """:func:`fetch` once per (dataset, root, download) of ``runs``, given as (label, name, root,
     download) each: what a caller that starts several runs does before the first (``osc study``,
     a sweep). Otherwise every run of a CIFAR missing offline failed on its own, and runs side by
@@ -131,12 +143,12 @@ def fetch_each(runs, what: str = "run") -> None:
         if key not in seen:
             seen.add(key)
             try:
-                fetch(*key)
+                fetch(*key, keys=keys)
             except UserError as err:
                 raise UserError(f"{label} and every other {what} on {key[0]}: {err}") from None
 
 
-def _fetch_cifar(name: str, root: Path, download: bool) -> Path:
+def _fetch_cifar(name: str, root: Path, download: bool, keys: tuple = DATA_KEYS) -> Path:
     """The folder holding ``name``'s batch files under ``root``, downloaded first where they are
     missing and ``download`` is true; a UserError where they stay missing."""
     folder, train_files, test_files, _label_key = _CIFAR_FILES[name]
@@ -158,15 +170,14 @@ def _fetch_cifar(name: str, root: Path, download: bool) -> Path:
                 remove_empty(root, top)
             raise UserError(
                 f"{name} is not under {base} and downloading it failed ({type(err).__name__}: {err}); "
-                f"download it elsewhere and copy the folder {folder}/ into {root}, or set data.root=... / "
-                f"${DATA_ROOT_ENV}"
+                f"download it elsewhere and copy the folder {folder}/ into {root}, or {_root_hint(keys)}"
             ) from None
         missing = [f for f in train_files + test_files if not (base / f).is_file()]
     if missing:
         raise UserError(
-            f"{name} not found under {root} (missing {folder}/{missing[0]}) and data.download=false; "
-            f"pass data.download=true to fetch it, or put the python-version files in {base} "
-            f"(or set data.root=... / ${DATA_ROOT_ENV})"
+            f"{name} not found under {root} (missing {folder}/{missing[0]}) and {keys[1].format('false')}; "
+            f"pass {keys[1].format('true')} to fetch it, or put the python-version files in {base} "
+            f"(or {_root_hint(keys)})"
         )
     return base
 

@@ -651,7 +651,7 @@ def fetch_datasets(cfgs: list[Config]) -> None:
     default data root), found or downloaded once before its first job, as run_experiments' sweeps
     do (:func:`~.run_experiments.fetch_datasets`)."""
     fetch_each(((f"sweep: job {num}", cfg.train.dataset, None, True) for num, cfg in enumerate(cfgs)
-                if not cfg.runs and cfg.train_missing), what="job")
+                if not cfg.runs and cfg.train_missing), what="job", keys=(None, None))
 
 
 main = App("loss_landscape", Config, run, prepare=fetch_datasets)

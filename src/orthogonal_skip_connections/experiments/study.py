@@ -437,8 +437,9 @@ def fetch_datasets(jobs: list) -> None:
     launcher's workers downloaded the same archive into one root at once."""
     from ..data.vision import fetch_each
 
-    fetch_each((f"study: run {label}", c["dataset"]["name"], c["data"]["root"], c["data"]["download"])
-               for label, c, _run_dir, _overrides in jobs)
+    fetch_each(((f"study: run {label}", c["dataset"]["name"], c["data"]["root"], c["data"]["download"])
+                for label, c, _run_dir, _overrides in jobs),
+               keys=("overrides.run_experiments=[data.root=...]", "overrides.run_experiments=[data.download={}]"))
 
 
 def run_app(name: str, overrides: list[str], run_dir: Path, progress: bool, study: Path | None = None) -> str:

@@ -378,7 +378,8 @@ def run(cfg: Config, rd: RunDir) -> dict:
 def fetch_datasets(cfgs: list[Config]) -> None:
     """A sweep's datasets (from the default data root), found or downloaded once before its first
     job, as run_experiments' sweeps do (:func:`~.run_experiments.fetch_datasets`)."""
-    fetch_each(((f"sweep: job {num}", cfg.dataset_name, None, True) for num, cfg in enumerate(cfgs)), what="job")
+    fetch_each(((f"sweep: job {num}", cfg.dataset_name, None, True) for num, cfg in enumerate(cfgs)), what="job",
+               keys=(None, None))
 
 
 main = App("two_stage", Config, run, prepare=fetch_datasets)

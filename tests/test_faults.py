@@ -1153,6 +1153,18 @@ def test_a_run_into_a_dir_that_holds_runs_is_refused(app, tmp_path, capsys):
     assert len(find_runs([tmp_path])[0]) == 2
 
 
+def test_resume_into_a_dir_with_nothing_saved_says_it_starts_from_the_beginning(tmp_path, capsys):
+    """resume=true with a hydra.run.dir that holds nothing (a typo, a first Slurm start) started a
+    fresh run without a word; a dir that holds a completed run says so, as before."""
+    args = ["run_experiments", *TINY["run_experiments"], "resume=true", f"hydra.run.dir={tmp_path / 'typo'}",
+            "progress=false"]
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    assert f"{tmp_path / 'typo'} holds nothing saved yet; resume=true starts the run from the beginning" in run.out
+    code, _, err = run(args, capsys)
+    assert code == 0 and "is already completed; nothing to resume" in run.out and "nothing saved yet" not in run.out
+
+
 def test_a_second_writer_is_refused(tmp_path, capsys):
     from orthogonal_skip_connections.report.classification import RunRecord
     from orthogonal_skip_connections.rundir import RunDir, in_use

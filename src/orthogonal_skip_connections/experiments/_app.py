@@ -55,6 +55,12 @@ __all__ = ["APPS", "load_app", "App", "CONFIG_DIR", "compose", "typed", "require
            "check_residual_mlp_memory"]
 
 
+def _saved_in(path: Path) -> bool:
+    """Whether a run saved anything in ``path``: a file other than Hydra's (``.hydra/``, its
+    ``<app>.log``) and the run dir's lock."""
+    return path.is_dir() and any(not p.name.startswith(".") and p.suffix != ".log" for p in path.iterdir())
+
+
 class App:
     """An app: its name (= config name), typed config and ``run(cfg, rd)``.
 
@@ -114,6 +120,8 @@ class App:
                 if done is not None:
                     print(f"{rd.path} is already completed; nothing to resume")
                     return done
+                if study is None and distributed.is_main() and not _saved_in(rd.path):  # (a typo'd dir: say so)
+                    print(f"{rd.path} holds nothing saved yet; resume=true starts the run from the beginning")
             try:
                 summary = self.fn(cfg, rd)
             except Diverged as err:

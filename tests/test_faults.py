@@ -367,6 +367,8 @@ CASES = [
     ("ts-nesterov", ["teacher_student", "optimizer=nesterov", "momentum=0"], ["nesterov"]),
     ("ts-threshold", ["teacher_student", "thresholds.fit=0"], ["thresholds.fit"]),
     ("ts-start-not-npz", ["teacher_student", f"student.start={M}/a_file"], ["student.start", "not an .npz file"]),
+    ("ts-start-other-app", ["teacher_student", f"student.start={M}/done/run_experiments"],
+     ["student.start", "that dir holds no trajectories.npz (a run_experiments run, not a teacher_student one)"]),
     ("ts-dir-finished", ["teacher_student", f"hydra.run.dir={M}/done/teacher_student"], ["finished"]),
     # the small-model apps
     ("sy-dataset", ["orth_residual_synthetic_data", "dataset_type=spiral"], ["dataset_type"]),
@@ -452,7 +454,7 @@ CASES = [
     ("rp-out-under-file", ["report", f"{M}/done", "--out", f"{M}/a_file/report"], ["--out", "a_file is a file"]),
     ("rp-out-cannot-be-made", ["report", f"{M}/done", "--out", "/proc/osc_report"], ["--out", "/proc/osc_report"]),
     ("rp-missing", ["report", f"{M}/nowhere"], ["nowhere"]),
-    ("rp-file", ["report", f"{M}/a_file"], ["a_file is a file"]),
+    ("rp-file", ["report", f"{M}/a_file"], ["a_file is a file; give run dirs"]),  # was of the default --out under it
     ("rp-empty", ["report", f"{M}/cifar_empty"], ["cifar_empty"]),
     ("rp-no-dirs", ["report"], ["dirs", "usage: osc report DIR"]),  # was argparse's two lines
     ("rp-unknown-option", ["report", "--bogus", f"{M}/done"], ["--bogus", "usage: osc report DIR"]),
@@ -1165,6 +1167,18 @@ def test_resume_into_a_dir_with_nothing_saved_says_it_starts_from_the_beginning(
     assert code == 0 and "is already completed; nothing to resume" in run.out and "nothing saved yet" not in run.out
 
 
+def test_an_unfinished_run_of_another_app_is_not_said_to_resume(root, tmp_path, capsys):
+    """teacher_student (which cannot resume) refused a dir holding run_experiments' checkpoint
+    saying "resume=true continues it"; run_experiments' own refusal still says so."""
+    target = tmp_path / "unfinished"
+    shutil.copytree(root / "unfinished", target)
+    code, lines, _ = run(["teacher_student", *TINY["teacher_student"], f"hydra.run.dir={target}"], capsys)
+    assert code == 2 and lines == [f"error: {target} already holds an unfinished run (checkpoint.pt); choose another "
+                                   "hydra.run.dir"], lines
+    code, lines, _ = run(["run_experiments", *TINY["run_experiments"], f"hydra.run.dir={target}"], capsys)
+    assert code == 2 and "(checkpoint.pt; resume=true continues it)" in lines[0], lines
+
+
 def test_a_second_writer_is_refused(tmp_path, capsys):
     from orthogonal_skip_connections.report.classification import RunRecord
     from orthogonal_skip_connections.rundir import RunDir, in_use
@@ -1582,7 +1596,7 @@ def test_a_sweeps_record_is_in_its_sweep_dir_which_hydra_is_given(tmp_path, caps
                            capsys)
     assert code == 130, err
     assert lines[-1] == ("interrupted; to continue what it saved: osc run_experiments -m dataset=digits seed=2,3 "
-                         f"resume=true hydra.sweep.dir={seen[-1][1].relative_to(tmp_path)}"), lines
+                         f"resume=true hydra.sweep.dir={seen[-1][1]}"), lines  # absolute: it was the relative dir, quoted
 
 
 def test_each_process_of_a_sweep_writes_a_record_file_of_its_own(tmp_path, monkeypatch):
@@ -1746,6 +1760,8 @@ def test_the_resume_command_replaces_the_calls_own_resume_and_dir():
         "osc run_experiments -m seed=0,1 model.skip_kind=identity resume=true 'hydra.sweep.dir=\"/runs/a b\"'"
     assert resume_command("run_experiments", None, "hydra.run.dir", Path("/runs/x")) == \
         "the same torchrun command with resume=true hydra.run.dir=/runs/x"
+    assert resume_command("a", [], "hydra.sweep.dir", Path("mr3")) == \
+        f"osc a resume=true hydra.sweep.dir={Path.cwd() / 'mr3'}"  # was 'hydra.sweep.dir="mr3"', from this dir only
 
 
 def test_a_submitit_sweep_prints_its_failed_jobs_lines(tmp_path, capsys):

@@ -40,6 +40,9 @@ def report(argv: list[str]) -> int:
     parser.add_argument("--title", default="Do orthogonal skips help?", help="the report's heading (default: %(default)s)")
     try:
         args = parser.parse_args(argv)
+        for d in args.dirs:  # before the default --out under the first: "<file>/report" named no --out given
+            if d.is_file():
+                raise UserError(f"{d} is a file; give run dirs, or dirs that hold them")
         result = build_report(args.dirs, args.out or args.dirs[0] / "report", title=args.title)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -367,8 +367,9 @@ class RunDir:
         try:
             summary, ckpt = path / SUMMARY, path / CHECKPOINT
             if not resume and (summary.exists() or ckpt.exists()):
+                resumable = supports_resume and cls.app_of(path) in (None, app)  # (this app's own)
                 what = f"a {cls._status(summary)} run (summary.json)" if summary.exists() else \
-                    "an unfinished run (checkpoint.pt; resume=true continues it)"
+                    f"an unfinished run (checkpoint.pt{'; resume=true continues it' if resumable else ''})"
                 raise UserError(f"{path} already holds {what}; {another}")
             if resume and summary.exists():  # read when the run starts (RunDir.completed): refuse now if it cannot be
                 try:

@@ -67,7 +67,7 @@ def resume_command(app_name: str, argv: list[str] | None, key: str, where: Path)
     arguments, with ``resume=true`` and ``key=where`` (``hydra.run.dir``, ``hydra.sweep.dir``)
     in place of any value they had. ``argv`` None: a torchrun call, whose command only the user
     knows (its own arguments, then the app's)."""
-    again = ["resume=true", f"{key}={hydra_quoted(str(where))}"]
+    again = ["resume=true", f"{key}={hydra_quoted(str(Path(where).absolute()))}"]  # (from any dir)
     if argv is None:
         return f"the same torchrun command with {shlex.join(again)}"
     own = [a for a in argv if a.split("=", 1)[0].lstrip("+~") not in ("resume", key)]

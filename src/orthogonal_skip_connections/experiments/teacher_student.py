@@ -130,6 +130,11 @@ def load_start(path: str, archs: list[str], seeds: list[int]) -> dict[str, dict]
     """The final teacher and student weights of an earlier run (its dir or its
     trajectories.npz) for ``archs`` and ``seeds``, as :func:`ts.train`'s ``start`` takes them."""
     file = Path(path)
+    if file.is_dir() and not (file / "trajectories.npz").is_file():  # (another app's run dir, or none)
+        app = RunDir.app_of(file)
+        raise UserError(f"student.start={path!r}: that dir holds no trajectories.npz" + (
+            f" (a {app} run, not a teacher_student one)" if app not in (None, "teacher_student") else
+            " (a teacher_student run saves it when it ends)"))
     file = file / "trajectories.npz" if file.is_dir() else file
     if not file.is_file():
         raise UserError(f"student.start={path!r}: no such run dir or trajectories.npz")

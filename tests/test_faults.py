@@ -1716,7 +1716,7 @@ def test_a_sweep_fetches_each_dataset_once_per_root(tmp_path, monkeypatch):
     from orthogonal_skip_connections.experiments import run_experiments
 
     calls = []
-    monkeypatch.setattr(vision, "fetch", lambda *key: calls.append(key))
+    monkeypatch.setattr(vision, "fetch", lambda *key, keys: calls.append(key))
     cfgs = [run_experiments.main.config([f"dataset={name}", f"seed={seed}", f"data.root={tmp_path / root}"])
             for name in ("cifar10", "cifar100") for seed in range(3) for root in ("a", "a", "b")]
     run_experiments.fetch_datasets(cfgs)
@@ -1730,7 +1730,7 @@ def test_a_two_stage_sweep_fetches_each_dataset_once(monkeypatch):
     from orthogonal_skip_connections.experiments import two_stage
 
     calls = []
-    monkeypatch.setattr(vision, "fetch", lambda *key: calls.append(key))
+    monkeypatch.setattr(vision, "fetch", lambda *key, keys: calls.append(key))
     two_stage.main.prepare([two_stage.main.config([f"dataset_name={name}", f"seeds={k}"])
                             for name in ("cifar100", "digits") for k in (1, 2)])
     assert calls == [("cifar100", None, True), ("digits", None, True)]
@@ -1744,7 +1744,7 @@ def test_a_loss_landscape_sweep_fetches_the_dataset_of_its_default_runs_once(tmp
     from orthogonal_skip_connections.experiments import loss_landscape
 
     calls = []
-    monkeypatch.setattr(vision, "fetch", lambda *key: calls.append(key))
+    monkeypatch.setattr(vision, "fetch", lambda *key, keys: calls.append(key))
     cfgs = [loss_landscape.main.config(["train.dataset=cifar10", f"steps={k}"]) for k in (5, 7)]
     cfgs += [loss_landscape.main.config(["train.dataset=cifar100", "train_missing=false"]),
              loss_landscape.main.config(["train.dataset=cifar100", f"runs=[{tmp_path}]"])]

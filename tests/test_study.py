@@ -999,7 +999,7 @@ def test_each_dataset_is_fetched_once_per_root(tmp_path, monkeypatch):
     from orthogonal_skip_connections.data import vision
 
     calls = []
-    monkeypatch.setattr(vision, "fetch", lambda *key: calls.append(key))
+    monkeypatch.setattr(vision, "fetch", lambda *key, keys: calls.append(key))
     cfg = study.main.config(["scale=smoke", "progress=false", "scales.smoke.classification.seeds=2",
                              "scales.smoke.classification.tasks=[cifar10/resnet20,cifar100/resnet20,digits/resnet20]",
                              "scales.smoke.classification.variants=[identity,linear]",

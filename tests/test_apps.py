@@ -257,6 +257,18 @@ def test_summary_has_provenance_and_report(app, tmp_path, capsys):
     assert "already holds a finished run" in capsys.readouterr().err
 
 
+def test_a_sweeps_sections_are_named_by_what_differs(tmp_path, capsys):
+    """osc report over a teacher_student sweep headed its sections "0: ..." and "1: ...": now
+    each job's section (and its In short line) names the overrides in which it differs."""
+    sweep = tmp_path / "sweep"
+    assert osc(["teacher_student", *TINY["teacher_student"], "-m", "lr=0.001,0.002", f"hydra.sweep.dir={sweep}"]) == 0
+    assert osc(["report", str(sweep), "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    headings = [line for line in md.splitlines() if line.startswith("## ") and line != "## In short"]
+    assert [h.split(":", 1)[0] for h in headings] == ["## 0 (lr=0.001)", "## 1 (lr=0.002)"], headings
+    assert "- **0 (lr=0.001)**: " in md and "- **1 (lr=0.002)**: " in md
+
+
 def test_a_caption_names_a_figure_of_the_report():
     report = {"title": "t", "question": "q?", "tables": [], "verdict": "v", "figures": ["a.png"]}
     assert check_report({**report, "captions": {"a.png": "what a shows"}})

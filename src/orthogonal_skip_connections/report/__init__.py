@@ -63,7 +63,39 @@ def _ends(cut: tuple[bool, bool]) -> str:
     return " ".join(end for end, c in zip(("low", "high"), cut) if c)
 
 
-def _section(d: Path, summary: dict, out_dir: Path, advice: Callable[[Path], str] | None = None) -> list[str]:
+def _sweep_names(dirs: list[Path]) -> dict[Path, str]:
+    """A name per run dir for its heading: its dir's name, and for a sweep's job (a numbered dir
+    beside others) the overrides in which it differs from the other jobs of its sweep, read from
+    Hydra's ``.hydra/overrides.yaml`` ("0 (lr=0.001)", where the name alone said "0")."""
+    import yaml
+
+    def overrides(d: Path) -> dict:
+        try:
+            listed = yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return {}
+        pairs = [str(o).split("=", 1) for o in listed] if isinstance(listed, list) else []
+        return {p[0]: p[1] for p in pairs if len(p) == 2 and not p[0].lstrip("+~").startswith("hydra")}
+
+    names = {d: d.name for d in dirs}
+    by_parent: dict[Path, list[Path]] = {}
+    for d in dirs:
+        by_parent.setdefault(d.parent, []).append(d)
+    for jobs in by_parent.values():
+        if len(jobs) > 1:
+            got = {d: overrides(d) for d in jobs}
+            keys = sorted({k for o in got.values() for k in o}, key=lambda k: min(
+                list(o).index(k) for o in got.values() if k in o))
+            differ = [k for k in keys if len({o.get(k) for o in got.values()}) > 1]
+            for d in jobs:
+                if differ:
+                    said = ", ".join(f"{k}={got[d].get(k, '(default)')}" for k in differ)
+                    names[d] = f"{d.name} ({said})"
+    return names
+
+
+def _section(d: Path, summary: dict, out_dir: Path, advice: Callable[[Path], str] | None = None,
+             name: str | None = None) -> list[str]:
     """Markdown of another app's run dir (``summary``: its summary.json): its report section and
     links to its figures. A malformed section is a one-line UserError ending in ``advice(d)``
     (see :func:`.classification.find_runs`), else in moving the dir out of the dirs osc report reads."""
@@ -75,7 +107,7 @@ def _section(d: Path, summary: dict, out_dir: Path, advice: Callable[[Path], str
     except ValueError as err:
         fix = advice(d) if advice is not None else "move its run dir out of the dirs given to osc report"
         raise UserError(f"{d / 'summary.json'}: malformed report section ({str(err)[:120]}); {fix}") from None
-    md = [f"## {d.name}: {report['title']}", "", f"Run dir: `{d}`", ""] + section_markdown(report) + [""]
+    md = [f"## {name or d.name}: {report['title']}", "", f"Run dir: `{d}`", ""] + section_markdown(report) + [""]
     for name in report["figures"]:
         fig = d / name
         if fig.is_file():  # linked where it lies (report.html inlines it): never copied
@@ -96,10 +128,11 @@ def _first_clause(verdict: str) -> str:
     return verdict
 
 
-def _in_short(tables: dict, modes: dict, others: dict[Path, dict]) -> list[str]:
+def _in_short(tables: dict, modes: dict, others: dict[Path, dict], names: dict[Path, str] | None = None) -> list[str]:
     """The report's answers on one screen, one line per section (none for a single section):
     per classification task the arms better than, worse than and not told from the baseline, and
-    the first clause of each other app's verdict (``others``: run dir -> summary.json)."""
+    the first clause of each other app's verdict (``others``: run dir -> summary.json; ``names``:
+    run dir -> the name its section has)."""
     lines = []
     for group, name in ((tables, "variant"), (modes, None)):
         for task, table in group.items():
@@ -122,7 +155,7 @@ def _in_short(tables: dict, modes: dict, others: dict[Path, dict]) -> list[str]:
             verdict = str(summary["report"]["verdict"])
         except (KeyError, TypeError):  # no report section: _section says so
             continue
-        lines.append(f"- **{d.name}**: {_first_clause(verdict).rstrip('.')}.")
+        lines.append(f"- **{(names or {}).get(d, d.name)}**: {_first_clause(verdict).rstrip('.')}.")
     if len(lines) < 2:
         return []
     return ["## In short", "", *lines, "", "Each section below gives the numbers, their intervals and the verdict's "
@@ -208,7 +241,8 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
                "study's jobs > 1, a sweep on the joblib launcher) share the machine and the ratio moves from one study to the next "
                "(benchmarks/skip_step_time.py measures it alone).", ""]
     summaries = {d: _read_object(d / "summary.json") for d in others}  # read once, for both uses
-    md += _in_short(tables, modes, summaries)
+    names = _sweep_names(others)
+    md += _in_short(tables, modes, summaries, names)
     for task, table in tables.items():
         md += [f"## Classification: {task}", "", caveat(task, table, [r for r in rows if r["task"] == task]), ""]
         md += table_markdown(table) + [""]
@@ -279,7 +313,7 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
                    "skips of ||W - I||_F; arms with identity skips have none): does the residual mode change where "
                    "training takes them?", "", f"![{task} distance from I by residual mode]({fig.name})", ""]
     for d in others:
-        md += _section(d, summaries[d], out_dir, advice)
+        md += _section(d, summaries[d], out_dir, advice, names[d])
     report_md = out_dir / "report.md"
     report_md.write_text("\n".join(md) + "\n")
     (out_dir / "report.html").write_text(to_html("\n".join(md), out_dir, title))

@@ -239,6 +239,8 @@ def test_summary_has_provenance_and_report(app, tmp_path, capsys):
             assert col["label"] and ("_" not in col["key"] or col["label"] != col["key"]), col
     if app not in ("study", "run_experiments"):  # the theory sections define what they measure
         assert report.get("measures"), app
+    if app == "run_experiments":  # (TINY: one epoch)
+        assert " after 1 epoch (best " in report["verdict"], report["verdict"]
     # the terminal: a result line and the run dir, last; no empty <app>.log
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-2].startswith(f"{app}: ") and out[-1] == f"run dir: {run_dir.resolve()}", out[-3:]

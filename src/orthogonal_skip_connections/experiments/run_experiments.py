@@ -290,7 +290,7 @@ def report(cfg: Config, s: dict) -> dict:
     moved = s.get("skip_identity_distance_mean")
     mode = "" if labels["residual_mode"] == "add" else f" and {labels['residual_mode']} residuals"
     verdict = (f"{labels['variant']} skips{mode} on {labels['task']}: test accuracy {s['test_acc']:.2f}% after "
-               f"{s['epochs']} epochs (best {s['best_test_acc']:.2f}%)")
+               f"{s['epochs']} epoch{'' if s['epochs'] == 1 else 's'} (best {s['best_test_acc']:.2f}%)")
     start = s.get("skip_start_distance_mean")  # skips that did not start at I (a Haar start): also how far they moved
     if moved is not None:
         verdict += f"; the skip matrices end a mean ||W - I||_F = {moved:.3g} from I" + \

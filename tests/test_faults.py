@@ -1439,6 +1439,8 @@ CHECKED_BEFORE_HYDRA = [
     ("orth_to_id", ["device=tpu"], "unknown device"),
     ("construction_validity", ["device=''"], "unknown device"),
     ("orth_residual_synthetic_data", ["device=cuda:x"], "unknown device"),
+    ("run_experiments", ["dataset=digits", "device=cuda:99"],  # named as given (it said device=cuda)
+     r"device=cuda:99 was asked for but (no CUDA GPU is available|this machine has \d+ CUDA GPU)"),
     # blank values, batches above the training set, absurd sizes, a study's parts
     ("run_experiments", ["dataset=digits", "model.stem=' '"], "model.stem"),
     ("run_experiments", ["dataset=digits", "batch_size=1438"], "1437 images of digits"),

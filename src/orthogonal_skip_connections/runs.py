@@ -201,9 +201,13 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise UserError(f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N, mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda was asked for but no CUDA GPU is available; use device=auto or cpu")
+        raise UserError(f"device={name} was asked for but no CUDA GPU is available; use device=auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise UserError(f"device={name} was asked for but this machine has {n} CUDA GPU{'s' if n > 1 else ''} "
+                        f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError("device=mps was asked for but MPS is not available; use device=auto or cpu")
+        raise UserError(f"device={name} was asked for but MPS is not available; use device=auto or cpu")
     return device
 
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import warnings
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 
 from .data.vision import ImageData
 from .maths import orthogonal as orth
@@ -69,8 +71,10 @@ __all__ = [
 ]
 
 # 2: running variances interpolated geometrically; 3: Lanczos, and the trace deflated by it;
-# 4: keyed by the evaluated images too (a key of 3 named no data: it matched on other images)
-CACHE_VERSION = 4
+# 4: keyed by the evaluated images too (a key of 3 named no data: it matched on other images);
+# 5: a parametrized skip's direction steps W by ||W||_F (it stepped W sqrt(2) to 2 sqrt(2) times further),
+# and the 1-D path holds t = 0 (the default grid of 41 points from -0.25 to 1.25 did not)
+CACHE_VERSION = 5
 
 
 # --------------------------------------------------------------------------- data
@@ -154,7 +158,7 @@ def skip_handling(model: nn.Module) -> str:
     if "parametrized" in kinds:
         parts.append(f"parametrized skips ({', '.join(sorted(kinds['parametrized']))}): moved through the "
                      "parametrization W = B phi(A): a Gaussian on the strictly lower triangle of its "
-                     "unconstrained X, ||D||_F = ||W||_F")
+                     "unconstrained X, scaled so that its first-order step in W has ||dW||_F = ||W||_F")
     return "; ".join(parts)
 
 
@@ -172,9 +176,30 @@ def _generator(seed: int, name: str, k: int) -> torch.Generator:
 
 
 @torch.no_grad()
+def _parametrization_jvp(model: nn.Module, name: str, X: Tensor, D: Tensor) -> tuple[Tensor, Tensor]:
+    """(W, dW): the matrix W = phi(X) of the parametrization whose unconstrained matrix is
+    ``name`` (``....parametrizations.weight.original``) at ``X``, and its derivative along ``D``
+    (forward mode)."""
+    plist = model.get_submodule(name.removesuffix(".original"))
+
+    def phi(x: Tensor) -> Tensor:
+        for p in plist:
+            x = p(x)
+        return x
+
+    with torch.no_grad(), forward_ad.dual_level(), warnings.catch_warnings():
+        # forward AD's first use loads torch's own decompositions, by torch.jit.script, which torch
+        # 2.14 calls deprecated: a FutureWarning about torch's internals, nothing the user can do
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        W, dW = forward_ad.unpack_dual(phi(forward_ad.make_dual(X, D)))
+    return W, dW
+
+
 def random_direction(model: nn.Module, seed: int = 0, k: int = 0) -> dict[str, Tensor]:
     """Direction ``k`` of ``seed``: filter-normalised for weights, 0 on biases, BatchNorm
-    parameters and buffers, tangent and layer-normalised for retracted skips."""
+    parameters and buffers, tangent and layer-normalised for retracted skips, and for a
+    parametrized skip a direction in its unconstrained X whose first-order step in W has the
+    norm of W (as a retracted skip's)."""
     out = {}
     for c in coordinates(model):
         theta = c.tensor.detach()
@@ -187,8 +212,12 @@ def random_direction(model: nn.Module, seed: int = 0, k: int = 0) -> dict[str, T
             d = theta64 @ orth.skew(theta64.mT @ g)  # tangent at W: W Omega, Omega skew
             d = d * (torch.linalg.matrix_norm(theta64) / torch.linalg.matrix_norm(d).clamp_min(1e-30))
         elif c.role == "parametrized":  # the strictly lower triangle is what torch's maps read
-            d = g.tril(-1)
-            d = d * (theta.shape[-1] ** 0.5 / torch.linalg.matrix_norm(d).clamp_min(1e-30))  # ||D|| = ||W||
+            d = g.tril(-1).to(theta.dtype).to(theta.device)
+            # scaled so that the step it makes in W = phi(X) is ||W||_F to first order, as a retracted
+            # skip's: ||D||_F itself is not (cayley and exp read A = D - D^T, sqrt(2) ||D||; householder 2 sqrt(2))
+            W, dW = _parametrization_jvp(model, c.name, theta, d)
+            d = d.double().cpu() * (torch.linalg.matrix_norm(W.double()) /
+                                    torch.linalg.matrix_norm(dW.double()).clamp_min(1e-30)).cpu()
         else:
             shape = (-1,) + (1,) * (theta.ndim - 1)
             d_norm = g.flatten(1).norm(dim=1).clamp_min(1e-30).view(shape)  # one norm per filter
@@ -613,8 +642,9 @@ def landscape_of(model: nn.Module, init_model: nn.Module, data: ImageData, setti
     model, x = channels_last(model, x)
     alphas, betas = grid_axis(s.steps, s.radius), grid_axis(s.steps, s.radius)
     ts = np.linspace(s.t_min, s.t_max, s.steps_1d)
-    if not np.any(np.isclose(ts, 1.0)):
-        ts = np.sort(np.append(ts, 1.0))
+    for end in (0.0, 1.0):  # the initial and the trained weights themselves, where the grid misses them
+        if not np.any(np.isclose(ts, end)):
+            ts = np.sort(np.append(ts, end))
     directions = [random_direction(model, s.direction_seed, k) for k in (0, 1)]
     centre = evaluate_loss(model, x, y, s.batch_size)
     loss, acc = landscape_2d(model, x, y, directions, alphas, betas, s.batch_size, progress, f"{desc} 2-D")

@@ -212,6 +212,23 @@ def test_rotation_gradients_are_finite_at_the_edge_cases_and_match_finite_differ
         assert torch.autograd.gradcheck(lambda a, b: residual_combine("rotation", a, b, method), (a, b))
 
 
+@pytest.mark.parametrize("eps", [0.0, 1e-6])
+def test_orthogonal_update_of_a_zero_stream_is_the_update_even_with_eps_0(eps):
+    """residual_eps=0 (allowed) made a zero stream's group 0 / 0: NaN where the module docstring
+    says y = f in every mode, and a post-ReLU pixel whose channels are all 0 is one (resnet20 on
+    a zero image gave NaN logits). Gradients stay finite there."""
+    s = torch.tensor([[1.0, 2.0, -1.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    f = torch.tensor([[0.5, 1.0, 3.0], [1.0, -1.0, 3.0]], requires_grad=True)
+    y = residual_combine("orthogonal_update", s, f, eps=eps)
+    torch.testing.assert_close(y[1], f[1].detach())
+    assert abs(float(torch.dot(y[0] - s[0], s[0]))) < 1e-5  # the update's part along s removed
+    (y * torch.randn_like(y)).sum().backward()
+    assert torch.isfinite(s.grad).all() and torch.isfinite(f.grad).all()
+    model = get_model("resnet20", 10, residual_mode="orthogonal_update", residual_eps=eps).eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.zeros(1, 3, 8, 8))).all()
+
+
 def test_rotation_is_bf16_safe():
     """bf16 in, bf16 out, computed in float32: the norm is kept to bf16's rounding (2^-8), and
     the result is the float32 one rounded."""

@@ -148,7 +148,9 @@ def _dot(a: Tensor, b: Tensor, dims: tuple[int, ...]) -> Tensor:
 def orthogonal_part(stream: Tensor, update: Tensor, method: str = "channel", eps: float = DEFAULT_EPS) -> Tensor:
     """f_perp = f - (<s, f> / (<s, s> + eps)) s, grouped by ``method`` (Oh et al. 2025)."""
     dims = _group_dims(stream, method)
-    scale = _dot(stream, update, dims) / (_dot(stream, stream, dims) + eps)
+    denom = _dot(stream, stream, dims) + eps
+    # with eps = 0 a zero stream would be 0 / 0: there <s, f> = 0 and f_perp = f, as with eps > 0
+    scale = _dot(stream, update, dims) / torch.where(denom > 0, denom, torch.ones_like(denom))
     return update - scale.to(update.dtype) * stream
 
 

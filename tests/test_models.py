@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 from orthogonal_skip_connections import ResidualMLP, get_model, patch_skips, skip_diagnostics, summarize_skips
-from orthogonal_skip_connections.skips import ORTH_METHODS, SKIP_KINDS
+from orthogonal_skip_connections.skips import ORTH_METHODS, SKIP_KINDS, iter_skips
 
 VARIANTS = [(k, {}) for k in SKIP_KINDS if k != "learnable_orth"] + [
     ("learnable_orth", {"method": m}) for m in ORTH_METHODS
@@ -86,6 +86,38 @@ def test_patched_skips_take_the_dtype_of_their_block(kind, options):
     patch_skips(model, kind, **options)
     assert {p.dtype for p in model.parameters()} == {torch.float64}
     assert model(torch.randn(2, 3, 8, 8, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_float64_blocks_get_skips_orthogonal_to_float64_round_off():
+    """A Haar matrix was drawn as float32 and cast up: orthogonal to 5e-8 in a float64 model
+    (fixed_orth's buffer, a parametrized skip's fixed base, a Haar-started retracted skip)."""
+    torch.manual_seed(0)
+    for kind, options in [("fixed_orth", {}), ("learnable_orth", {"method": "cayley", "init": "haar"}),
+                          ("learnable_orth", {"method": "svd", "init": "haar"})]:
+        for model in (get_model("resnet20", 10).double(), torchvision.models.resnet18(num_classes=10).double()):
+            patch_skips(model, kind, **options)
+            for _, s in iter_skips(model):
+                W = s.weight.detach()
+                assert W.dtype == torch.float64
+                assert float((W @ W.mT - torch.eye(W.shape[0], dtype=W.dtype)).abs().max()) < 1e-13, kind
+    assert torch.get_default_dtype() == torch.float32  # put back
+
+
+@pytest.mark.parametrize("norm", ["group", "frozen_bn"])
+def test_torchvision_resnets_with_another_norm_layer_are_patched(norm):
+    """Blocks were found by a BatchNorm2d, so a GroupNorm ResNet or a detection backbone's
+    (FrozenBatchNorm2d) was "found no residual blocks", made of exactly those blocks."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    layer = (lambda c: torch.nn.GroupNorm(2, c)) if norm == "group" else FrozenBatchNorm2d
+    model = torchvision.models.resnet18(num_classes=10, norm_layer=layer).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+        patch_skips(model, "linear")
+        assert len(list(iter_skips(model))) == 8
+        patch_skips(model, "identity")
+        assert torch.equal(model(x), before)
 
 
 def test_diagnostics_measure_distance_and_orthogonality():

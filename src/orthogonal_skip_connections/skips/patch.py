@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -35,19 +36,31 @@ class _PatchedShortcut(nn.Module):
 
 
 def _torchvision_out_channels(block: nn.Module) -> int | None:
-    bn = getattr(block, "bn3", None) or getattr(block, "bn2", None)
-    if hasattr(block, "downsample") and isinstance(bn, nn.BatchNorm2d):
-        return bn.num_features
+    """The output channels of a torchvision-style BasicBlock / Bottleneck (a ``downsample``
+    attribute, ``conv2`` or ``conv3`` last): its last convolution's, whatever its norm layer
+    (BatchNorm2d, GroupNorm, the detection backbones' FrozenBatchNorm2d); None for another module."""
+    conv = getattr(block, "conv3", None) or getattr(block, "conv2", None)
+    if hasattr(block, "downsample") and isinstance(conv, nn.Conv2d):
+        return conv.out_channels
     return None
 
 
-def _placed(skip: Skip, block: nn.Module) -> Skip:
-    """``skip`` on the device and in the floating dtype of ``block`` (its first floating
-    parameter or buffer): a model moved to a GPU or to float64 before patching stays usable."""
+def _placed(make: Callable[[], Skip], block: nn.Module) -> Skip:
+    """The skip ``make()`` builds, on the device and in the floating dtype of ``block`` (its
+    first floating parameter or buffer): a model moved to a GPU or to float64 before patching
+    stays usable. A float64 block's skip is built in float64 (a Haar draw rounded once to it: a
+    float32 one cast up is orthogonal to 5e-8 only)."""
     for t in (*block.parameters(), *block.buffers()):
         if t.is_floating_point():
+            before = torch.get_default_dtype()
+            if t.dtype == torch.float64:
+                torch.set_default_dtype(torch.float64)
+            try:
+                skip = make()
+            finally:
+                torch.set_default_dtype(before)
             return skip.to(device=t.device, dtype=t.dtype)
-    return skip
+    return make()
 
 
 def patch_skips(model: nn.Module, kind: str | SkipFactory | None = None, *, skip_layer: SkipFactory | None = None,
@@ -74,7 +87,7 @@ def patch_skips(model: nn.Module, kind: str | SkipFactory | None = None, *, skip
     for module in list(model.modules()):
         old = getattr(module, "skip", None)
         if isinstance(old, Skip) and not isinstance(module, _PatchedShortcut):
-            module.skip = _placed(factory(old.channels), module)
+            module.skip = _placed(lambda: factory(old.channels), module)
             found += 1
             continue
         channels = _torchvision_out_channels(module)
@@ -86,7 +99,7 @@ def patch_skips(model: nn.Module, kind: str | SkipFactory | None = None, *, skip
         if factory.kind == "identity":
             module.downsample = projection
         else:
-            module.downsample = _PatchedShortcut(projection, _placed(factory(channels), module))
+            module.downsample = _PatchedShortcut(projection, _placed(lambda: factory(channels), module))
     if found == 0:
         raise ValueError(
             f"found no residual blocks in {type(model).__name__}: expected blocks with a "

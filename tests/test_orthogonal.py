@@ -277,6 +277,12 @@ def test_measures():
     np.testing.assert_allclose(O.identity_distance(A).numpy(), [np.linalg.norm(d, "fro") for d in D], rtol=1e-12)
     np.testing.assert_allclose(O.orth_error(A).numpy(),
                                [np.linalg.norm(a.T @ a - np.eye(5), "fro") for a in A.numpy()], rtol=1e-12)
+    # a diverged matrix (NaN, inf) in the batch: NaN for it, as identity_distance gives, the others' norms
+    # kept (the SVD raised, and skip_diagnostics of such a model with it)
+    A[1, 2, 3], A[3, 0, 0] = math.nan, math.inf
+    spectral = O.identity_distance_spectral(A).numpy()
+    assert np.isnan(spectral[[1, 3]]).all() and np.isnan(O.identity_distance(A).numpy()[1])
+    np.testing.assert_allclose(spectral[[0, 2]], [np.linalg.norm(D[i], 2) for i in (0, 2)], rtol=1e-12)
 
 
 def test_safe_svd_retries_in_float64(monkeypatch):

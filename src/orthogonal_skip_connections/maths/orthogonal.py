@@ -949,9 +949,13 @@ def identity_distance(W: Tensor) -> Tensor:
 
 
 def identity_distance_spectral(W: Tensor) -> Tensor:
-    """||W - I||_2 (largest singular value of W - I)."""
+    """||W - I||_2 (largest singular value of W - I); NaN for a matrix with a non-finite entry,
+    as :func:`identity_distance` gives (the SVD raised there)."""
     check_square(W, "W")
-    return torch.linalg.matrix_norm(W - eye_like(W), ord=2)
+    D = W - eye_like(W)
+    finite = torch.isfinite(D).all(dim=-1).all(dim=-1)  # (...,)
+    norm = torch.linalg.matrix_norm(torch.where(finite[..., None, None], D, torch.zeros_like(D)), ord=2)
+    return torch.where(finite, norm, torch.full_like(norm, math.nan))
 
 
 def haar_orthogonal(

@@ -128,6 +128,38 @@ def test_moving_towards_identity_by_the_same_share_at_every_depth_is_not_a_depth
     assert a["moved_towards_identity"] is True and a["approaches_identity_with_depth"] is False
 
 
+def test_depths_over_which_log_m_over_m_does_not_fall_cannot_tell_a_rate():
+    """m = 2 and 4 (log(m)/m the same at both): the slope was held to fraction x 0 = 0, so a 1 %
+    fall at m = 4 read "yes: training brings the W_i towards I, the more so the deeper the net"."""
+    def one_percent_more_at_4(A, W0, m):
+        return orth.expm(A * (0.99 if m == 2 else 0.98))
+
+    rows = [r for r in _rows(one_percent_more_at_4) if r["n_blocks"] in (2, 4)]
+    a, text = _answer(rows)
+    assert a["rate_can_be_told"] is False and a["falls_with_depth"] is None
+    assert a["approaches_identity_with_depth"] is None
+    assert text.startswith("cannot tell (log(m)/m does not fall over m = 2, 4 (it peaks at m = 3)"), text
+
+
+def test_intervals_that_hold_both_answers_cannot_tell():
+    """A move towards I whose interval over seeds holds 0 read "no: ... does not bring the W_i
+    towards I": it is "cannot tell"; one that rules the move out is still "no"."""
+    g = torch.Generator().manual_seed(4)
+
+    def noisy(A, W0, m):  # each seed moved by its own small random turn: no direction in common
+        return W0 @ orth.expm(0.05 * orth.skew(torch.randn(W0.shape, generator=g, dtype=W0.dtype)))
+
+    a, text = _answer(_rows(noisy))
+    lo, hi = a["moved_at_largest_depth_ci"]
+    assert lo < 0 < hi and a["moved_towards_identity"] is None
+    # its slope's interval, about 0, rules out half log(m)/m's: that part is a "no", and so the answer
+    assert a["loglog_slope_ci"][0] > 0.5 * a["reference_slope_log_m_over_m"] and a["falls_with_depth"] is False
+    assert a["approaches_identity_with_depth"] is False and text.startswith("no:")
+    from orthogonal_skip_connections.analysis.depth import _why_unknown
+
+    assert _why_unknown({**a, "falls_with_depth": None}) == "the 95% intervals over seeds hold both answers"
+
+
 def test_the_depth_figure_draws_what_the_verdict_judges():
     """corrected_distance (orth_to_id_depth.png's top row) is end / start per seed, the table's
     "distance left" per depth; moved along the geodesic to I with the part log(m)/m of the

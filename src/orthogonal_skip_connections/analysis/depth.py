@@ -103,9 +103,14 @@ def answer(table: list[dict], rows: list[dict], fraction: float) -> dict:
        below 0 and a mean at most ``fraction`` times the slope of log(m)/m (the theorem's
        rate ||I - W_i|| = O(log m / m)).
 
-    ``approaches_identity_with_depth`` is true when both hold, false when either fails, and
-    None ("cannot tell") with fewer than two seeds or two depths, or when the corrected distance
-    is 0 at some depth (``zero_distance_at``: no log-log slope). Spearman's rank
+    Each is true where its interval shows it, false where the interval rules it out (1: its
+    upper end at most 0; 2: its lower end above ``fraction`` times log(m)/m's slope: slower
+    than the rate asked, or rising), and None where the interval holds both answers.
+    ``approaches_identity_with_depth`` is true when both hold, false when either is false, and
+    None ("cannot tell") otherwise: also with fewer than two seeds or two depths, when the
+    corrected distance is 0 at some depth (``zero_distance_at``: no log-log slope), or when
+    log(m)/m does not fall over the depths (``rate_can_be_told`` false: m = 2, 4, where it is
+    the same, or 2, 3, where it rises, and any slope at all would pass). Spearman's rank
     correlation of ||W_i - I||_F with Lip(f_i) over all blocks, seeds and depths is kept
     alongside."""
     out = {}
@@ -121,11 +126,18 @@ def answer(table: list[dict], rows: list[dict], fraction: float) -> dict:
         ref = cons.loglog_slope(ms, [cons.reference_rate(m) for m in ms])
         slope, slope_lo, slope_hi = t_interval(slopes) if slopes else (math.nan,) * 3
         deepest = ts[-1]
-        moved_ok = None if math.isnan(deepest["moved_lo"]) else bool(deepest["moved_lo"] > 0)
-        if from_identity:
-            moved_ok = None  # started at I: there is no way towards it
-        falls = None if (len(ms) < 2 or n_seeds < 2 or math.isnan(slope_hi) or ref is None) else \
-            bool(slope_hi < 0 and slope <= fraction * ref)
+        # each condition: true where the interval shows it, false where it rules it out, else None
+        # (the interval holds both answers: "cannot tell", not "no")
+        lo, hi = deepest["moved_lo"], deepest["moved_hi"]
+        moved_ok = None if math.isnan(lo) or from_identity else True if lo > 0 else False if hi <= 0 else None
+        # (started at I: there is no way towards it)
+        rate_told = ref is not None and ref < 0  # log(m)/m falls over these m (m = 2, 4: it is the same at both)
+        if len(ms) < 2 or n_seeds < 2 or math.isnan(slope_hi) or not rate_told:
+            falls = None
+        elif slope_hi < 0 and slope <= fraction * ref:
+            falls = True
+        else:  # false where the whole interval falls slower than the rate asked (or rises)
+            falls = False if slope_lo > fraction * ref else None
         if from_identity:
             approaches = falls
         elif moved_ok is False or falls is False:
@@ -153,6 +165,7 @@ def answer(table: list[dict], rows: list[dict], fraction: float) -> dict:
             "loglog_slope_ci": [slope_lo, slope_hi],
             "reference_slope_log_m_over_m": ref,
             "falls_with_depth": falls,
+            "rate_can_be_told": rate_told,
             "zero_distance_at": zero_at,
             "approaches_identity_with_depth": approaches,
             "spearman_identity_distance_vs_lipschitz": None if rho is None else float(rho),
@@ -164,7 +177,12 @@ def _why_unknown(a: dict) -> str:
     """Why an answer is None ("cannot tell")."""
     if a.get("zero_distance_at"):
         return f"the distance is 0 at m = {', '.join(map(str, a['zero_distance_at']))}: no log-log slope"
-    return "fewer than two seeds or two depths"
+    if a["seeds"] < 2 or len(a["n_blocks"]) < 2:
+        return "fewer than two seeds or two depths"
+    if not a.get("rate_can_be_told", True):
+        return (f"log(m)/m does not fall over m = {', '.join(map(str, a['n_blocks']))} (it peaks at m = 3): "
+                "no rate to hold the slope to")
+    return "the 95% intervals over seeds hold both answers"
 
 
 def verdict(ans: dict, fraction: float) -> str:

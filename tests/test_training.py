@@ -1,6 +1,7 @@
 """The training loop and the run_experiments app: files, resume, CIFAR files, bad input."""
 
 import json
+import math
 import subprocess
 import sys
 import warnings
@@ -255,6 +256,35 @@ def test_fp16_overflows_are_skipped_not_divergence_and_resume_exactly(tmp_path, 
     assert a["scaler"] == b["scaler"] and a["scaler"]["scale"] < 2.0**20
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+
+
+def test_a_batch_with_a_nan_pixel_is_skipped_without_poisoning_batchnorm(tmp_path, monkeypatch):
+    """A non-finite batch's step is skipped, but its forward had already moved BatchNorm's running
+    statistics to NaN: every later evaluation was NaN (test_acc at chance) in a run that said
+    completed. The skipped step puts them back: they are, after it, what they were before it."""
+    from orthogonal_skip_connections.train.image import ClassifierSpec, build_classifier
+
+    model, data = build_classifier(ClassifierSpec("digits", "resnet20", "identity", {}), 0)
+    stats = lambda: [b.clone() for n, b in model.named_buffers() if "running" in n]  # noqa: E731
+    real_forward, calls, seen = training._forward, {"n": 0}, {}
+
+    def forward(m, x, y, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # one pixel of the 5th batch
+            seen["before"] = stats()
+            x = x.clone()
+            x[0, 0, 0, 0] = float("nan")
+        elif calls["n"] == 6:
+            seen["after"] = stats()
+        return real_forward(m, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(training, "_forward", forward)
+    summary = training.train_classifier(model, data, TrainConfig(progress=False, epochs=2), tmp_path,
+                                        torch.device("cpu"))
+    assert summary["status"] == "completed" and summary["skipped_steps"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(seen["before"], seen["after"]))
+    assert all(torch.isfinite(b).all() for b in stats()) and math.isfinite(summary["test_loss"])
+    assert summary["test_acc"] > 20  # (10 % is chance)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])

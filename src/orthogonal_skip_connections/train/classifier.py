@@ -374,6 +374,11 @@ def train_classifier(
         return out
 
     model.train()
+    # BatchNorm's running statistics move in the forward, before the step's finite test: a skipped
+    # step (a non-finite batch) puts them back, else one NaN pixel made every later evaluation NaN
+    stats = [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+             for b in (m.running_mean, m.running_var) if b is not None]
+    stats_before = [torch.empty_like(b) for b in stats]
     show = cfg.progress and main
     epochs_bar = progress_bar(range(state["epoch"], cfg.epochs), enabled=show, desc="epochs",
                               initial=state["epoch"], total=cfg.epochs)
@@ -388,6 +393,8 @@ def train_classifier(
             bar = progress_bar(train_loader.epoch(gen), enabled=show, total=steps_per_epoch,
                                desc=f"epoch {epoch + 1}", leave=False)
             for x, y in bar:
+                if stats:
+                    torch._foreach_copy_(stats_before, stats)
                 loss, logits, y_hard = _forward(step_model, x, y, cfg, gen, device)
                 opt.zero_grad(set_to_none=True)
                 # also for a non-finite loss: its gradients are non-finite, and the step is skipped
@@ -412,6 +419,8 @@ def train_classifier(
                     guard.optimizer_step(opt, state["step"] + 1)  # retracted skips included
                 else:  # skip the update (retraction included), keep the schedule moving
                     opt.zero_grad(set_to_none=True)
+                    if stats:
+                        torch._foreach_copy_(stats, stats_before)
                 if scaler is not None:
                     scaler.update()
                 sched.step(skipped=not finite)

@@ -46,6 +46,15 @@ def test_digits_two_epochs_writes_all_files(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["type"] for r in records] == ["train", "eval", "train", "eval"]
     assert len(records[1]["skips"]) == 9
+    # an epoch's lr is that of its last step (it was the next epoch's first: 0 for the last, never used)
+    from orthogonal_skip_connections.optim import OptimConfig
+
+    cfg = digits_cfg("scheduler.epochs=2")
+    sched = OptimConfig(schedule=cfg.scheduler.name, warmup_epochs=cfg.scheduler.warmup_epochs)
+    spe = 1437 // 128
+    for epoch, r in ((1, records[0]), (2, records[2])):
+        assert r["lr"] == pytest.approx(cfg.optimizer.lr * lr_factor(epoch * spe - 1, spe, 2, sched), rel=1e-12)
+    assert records[2]["lr"] > 0
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ckpt["state"]["epoch"] == 2
     # what the ReLU after each sum keeps, measured on the trained model and the first 256 test images

@@ -380,6 +380,7 @@ def train_classifier(
              for b in (m.running_mean, m.running_var) if b is not None]
     stats_before = [torch.empty_like(b) for b in stats]
     show = cfg.progress and main
+    lr_used = opt.param_groups[0]["lr"]
     epochs_bar = progress_bar(range(state["epoch"], cfg.epochs), enabled=show, desc="epochs",
                               initial=state["epoch"], total=cfg.epochs)
     try:
@@ -423,6 +424,7 @@ def train_classifier(
                         torch._foreach_copy_(stats, stats_before)
                 if scaler is not None:
                     scaler.update()
+                lr_used = opt.param_groups[0]["lr"]  # (the epoch's record: its last step's, not the next one's)
                 sched.step(skipped=not finite)
                 state["step"] += 1
                 state["overflow_steps"] = state.get("overflow_steps", 0) + overflow
@@ -446,7 +448,7 @@ def train_classifier(
             state.update(epoch=epoch + 1, train_time_s=state["train_time_s"] + epoch_time,
                          train_loss=loss_sum / seen if seen else float("nan"),
                          train_acc=100.0 * correct / seen if seen else float("nan"))
-            log({"type": "train", "epoch": epoch + 1, "step": state["step"], "lr": opt.param_groups[0]["lr"],
+            log({"type": "train", "epoch": epoch + 1, "step": state["step"], "lr": lr_used,
                  "train_loss": state["train_loss"], "train_acc": state["train_acc"], "epoch_time_s": epoch_time})
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 ev = evaluate(model, test_loader, cfg.amp)

@@ -53,7 +53,8 @@ __all__ = ["RunDir", "SUMMARY", "CHECKPOINT", "CONFIG", "RUN", "ERROR", "column"
            "sweep_advice", "SWEEP_KEY"]
 
 # keys that may differ between a run and its resume: they change how a run is shown or
-# where it computes, not what it computes (on CPU a resumed run stays bit-identical)
+# where it computes, not what it computes (a resumed CPU run is bit-identical with the same
+# num_threads and device; another thread count or device changes float32 sums' rounding)
 RESUME_IGNORED = ("resume", "progress", "num_threads", "device", "jobs", "save_checkpoint", "data.root",
                   "data.download", "tensorboard", "wandb.mode", "wandb.project")
 LOCK = ".lock"

@@ -173,6 +173,19 @@ def test_retraction_impl_is_checked_and_kept_in_the_groups():
         osc.optimizer(skip, torch.optim.SGD, lr=0.1, retraction_impl="svd")
 
 
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_a_vits_position_embedding_and_class_token_go_without_decay(pool):
+    """They were decayed for having 3 dimensions, though the decay group is documented as weight
+    matrices and kernels (DeiT and timm exempt them): a module's no_weight_decay() names them."""
+    model = get_model("vit_tiny", 10, pool=pool)
+    groups = {g["name"]: {id(p) for p in g["params"]} for g in osc.optimizer(model, torch.optim.AdamW, lr=1e-3,
+                                                                               weight_decay=0.05).param_groups}
+    assert id(model.pos_embed) in groups["no_decay"] and id(model.patch_embed.weight) in groups["decay"]
+    assert pool == "mean" or id(model.cls_token) in groups["no_decay"]
+    assert {"cls_token", "pos_embed"} >= {n for n, p in model.named_parameters() if p.ndim >= 2
+                                          and id(p) in groups["no_decay"]}
+
+
 @pytest.mark.parametrize("method", PARAMETRIZED_METHODS)
 def test_parametrized_weights_go_without_decay(method):
     skip = make_skip("learnable_orth", 8, method=method)

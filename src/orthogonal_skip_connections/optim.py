@@ -9,7 +9,9 @@ torch.optim.SGD)`` holds) whose param groups are
 2. ``no_decay``: norms, biases, scalars (1-D and 0-D; decayed too with
    ``decay_norms_and_biases``) and the free parameters of parametrized orthogonal
    weights (``cayley``/``exp``/``householder``: decay would pull W = B phi(A) towards B,
-   and shrink the +-1 diagonal whose signs the Householder map reads);
+   and shrink the +-1 diagonal whose signs the Householder map reads), and the parameters a
+   module names in its ``no_weight_decay()`` (timm's convention: a ViT's position embedding
+   and class token, which are neither matrices nor kernels, decayed towards 0);
 3. ``retracted`` (one group per retraction method, ``lr_scale`` and ``ns_steps``): the
    matrices marked by :func:`~orthogonal_skip_connections.skips.orthogonal_` with a
    retracted method. ``step()`` first runs the wrapped optimiser on groups 1-2, then moves
@@ -112,6 +114,20 @@ def _orthogonal_parametrized(model: nn.Module) -> set[int]:
     return ids
 
 
+def _named_no_decay(model: nn.Module) -> set[int]:
+    """ids of the parameters that a module of ``model`` names in its ``no_weight_decay()``
+    (names of its own parameters, as timm's models give them)."""
+    ids = set()
+    for module in model.modules():
+        names = getattr(module, "no_weight_decay", None)
+        if callable(names):
+            for name in names():
+                p = getattr(module, name, None)
+                if isinstance(p, nn.Parameter):
+                    ids.add(id(p))
+    return ids
+
+
 def param_groups(
     model: nn.Module,
     weight_decay: float = 0.0,
@@ -139,7 +155,7 @@ def param_groups(
     settings = {k: v for k, v in (("retraction_momentum", retraction_momentum), ("retraction_impl", retraction_impl),
                                   ("retraction_adaptive", retraction_adaptive)) if v is not None}
     _check_retraction_settings(settings)
-    constrained = _orthogonal_parametrized(model)
+    constrained = _orthogonal_parametrized(model) | _named_no_decay(model)
     decay, no_decay, retracted = [], [], defaultdict(list)
     specs = {id(p): spec for p, spec in retracted_parameters(model)}
     seen = set()

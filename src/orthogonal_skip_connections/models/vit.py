@@ -170,6 +170,11 @@ class ViT(nn.Module):
         x = x[:, 0] if self.cls_token is not None else x.mean(dim=1)  # (N, width)
         return self.head(x)
 
+    def no_weight_decay(self) -> set[str]:
+        """The parameters weight decay leaves alone (read by ``optim.param_groups``): the position
+        embedding and class token, as in DeiT and timm."""
+        return {"pos_embed", "cls_token"}
+
 
 def _check_shape(num_classes, image_size, patch_size, in_channels, width, depth, heads, mlp_ratio, pool) -> None:
     for name, value in [("num_classes", num_classes), ("image_size", image_size), ("patch_size", patch_size),

@@ -209,6 +209,11 @@ def test_construction_validity_tiny(tmp_path):
         assert np.all(res >= np.asarray(row["per_block"]["linear_residual"]) - 1e-9)
         assert row["procrustes_residual_seed_sd"] == pytest.approx(np.std(res.mean(1), ddof=1), rel=1e-12)
     assert set(summary["by_kind"]) == {"learnable_orth"}
+    # the per-kind row's "its std over seeds": of each seed's grid mean (it was the grid's mean of the
+    # points' sds, larger than the spread of the mean it stands beside)
+    per_seed = np.mean([np.asarray(r["per_block"]["procrustes_residual"]).mean(1) for r in grid], axis=0)
+    assert summary["by_kind"]["learnable_orth"]["procrustes_residual_seed_sd"] == \
+        pytest.approx(np.std(per_seed, ddof=1), rel=1e-12)
 
 
 @pytest.mark.parametrize(

@@ -184,8 +184,9 @@ def report(cfg: Config, rows: list[dict], figures: list[str], data) -> dict:
     elif gap == 0:
         verdict = f"every skip kind reaches the same test accuracy ({best['test_acc']:.1f}% of {n_test} points)"
     else:
-        verdict = (f"cannot tell which skip kind is better from one seed: test accuracies {accs} differ by at most "
-                   f"{gap:.1f} points ({round(gap * n_test / 100)} of {n_test} test points)")
+        verdict = (f"cannot tell which skip kind is better from one seed: test accuracies {accs} differ by "
+                   f"{'' if len(table) == 2 else 'at most '}{gap:.1f} points ({round(gap * n_test / 100)} of {n_test} "
+                   "test points)")
     # one seed ranks nothing: the residuals as measured (construction_validity compares them over seeds)
     residuals = ", ".join(f"{t['kind']} {t['procrustes']:.2f}" for t in table)
     verdict += (f"; how far the blocks are from orthogonal maps in this one seed, as the mean relative Procrustes "

@@ -386,8 +386,8 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
         notes.append("closest pair of the teacher's hidden units (the effective first layer's columns), median over "
                      "the seeds that fit / that do not, with the two-sided Mann-Whitney p-value: " + "; ".join(
                          f"{a} {c['fit_median']:.1f}° / {c['not_fit_median']:.1f}° (p = {c['p_value']:.2g})"
-                         for a, c in tested) + " (outcomes.png draws every seed; at d = 5 closer units stalled more seeds on "
-                     "plateaus, at d = 10 not: notes/teacher_student_findings.md).")
+                         for a, c in tested) + " (outcomes.png draws every seed; in earlier runs, not this one, closer "
+                     "units stalled more seeds on plateaus at d = 5 and not at d = 10: notes/teacher_student_findings.md).")
     return {
         "title": "Teacher-student convergence (Li & Yuan 2017 and the one-block ResNet variants)",
         "question": "does gradient descent recover the teacher's weights, and up to which symmetry, for each "

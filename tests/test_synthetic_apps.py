@@ -174,6 +174,9 @@ def test_orth_to_id_tiny(tmp_path):
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert len(saved["runs"]) == 8 and len(saved["by_depth"]) == 8
     assert set(saved["answer"]) == {"blobs/d=2", "blobs/d=3", "parity/d=2", "parity/d=3"}
+    # m = 1, 2: only m = 2 has a log-log point (m = 1 is left out), so no rate, and no "no" from a slope
+    assert all(a["falls_with_depth"] is None for a in saved["answer"].values())
+    assert any("steepest steps have a fixed length" in n for n in saved["report"]["notes"])  # the default method
     run = saved["runs"][-1]
     assert run["seeds"] == [1, 2] and np.shape(run["final_identity_distance"]) == (2, 2)
     assert np.all(np.abs(run["final_det_sign"]) == 1) and saved["orth_error_max"] < 1e-5

@@ -324,11 +324,13 @@ def report(cfg: Config, table: list[dict], ans: dict, figures: list[str]) -> dic
             "distance from I: ||W_i - I||_F (Frobenius norm, no unit), averaged over the m blocks of each seed; a "
             "Haar-random W starts sqrt(2d) from I on average",
             "moved towards I: start - end of that distance per seed (> 0: towards I, < 0: away); mean ± std and "
-            "95% Student-t interval over seeds",
+            "95% Student-t interval over seeds; judged yes where the interval is above 0, no where it is at most 0, "
+            "else cannot tell",
             "end / start: the part of the start distance left after training, which divides out where the random "
             "start was (with an identity start: the end distance itself)",
             f"falls with depth: the per-seed log-log slope of end / start against m has a 95% interval below 0 and a "
-            f"mean at most {cfg.slope_fraction:g} x the slope of log(m)/m",
+            f"mean at most {cfg.slope_fraction:g} x the slope of log(m)/m; no where the whole interval is above that, "
+            "else cannot tell (also where log(m)/m does not fall over the depths, as over m = 2, 4)",
             "Lip(f_i): the largest Jacobian spectral norm of the branch f_i at training points",
         ],
         "tables": [
@@ -353,6 +355,10 @@ def report(cfg: Config, table: list[dict], ans: dict, figures: list[str]) -> dic
                          column("rho", "Spearman rho, distance vs Lip(f_i)")],
              "rows": settings},
         ],
+        "notes": ([] if (cfg.skip.kind, cfg.skip.method) != ("learnable_orth", "steepest") else [
+            "steepest steps have a fixed length, the learning rate (in the spectral norm), whatever the gradient's "
+            "size: over a short run from an identity start, ||W_i - I|| measures the schedule's summed learning rate "
+            "as much as the data or the depth (skip.method=svd takes gradient-sized steps)"]),
         "verdict": verdict(ans, cfg.slope_fraction),
         "figures": figures,
         "captions": {f: CAPTIONS["trajectories" if f.startswith("orth_to_id_trajectories_") else f]

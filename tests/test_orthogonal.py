@@ -184,6 +184,18 @@ def test_haar_special_and_reproducible():
     assert (signs > 0).any() and (signs < 0).any()
 
 
+@pytest.mark.parametrize("shape", [(0, 0), (0, 3, 3), (2, 0, 0)])
+def test_every_map_takes_an_empty_batch_or_empty_matrices(shape):
+    """polar, qr and cayley took them; newton_schulz, msign, expm_fixed and polar_matmul raised
+    IndexError, ZeroDivisionError or RuntimeError from inside their norms."""
+    A = torch.zeros(shape)
+    for name, f in [("polar", O.polar), ("qr", O.qr_orthogonal), ("newton_schulz", O.newton_schulz),
+                    ("msign", O.msign), ("expm_fixed", O.expm_fixed), ("expm", O.expm), ("cayley", O.cayley),
+                    ("cholesky_qr", O.cholesky_qr), ("polar_matmul", lambda a: O.polar_matmul(a, 0.1))]:
+        assert f(A).shape == shape, name
+    assert O.newton_schulz(A, return_steps=True)[1] == 0
+
+
 def test_haar_refuses_an_integer_dtype():
     """An integer Q rounded to a zero matrix, returned as a Haar sample."""
     with pytest.raises(TypeError, match="floating-point dtype; got torch.int64"):

@@ -265,6 +265,8 @@ def newton_schulz(
     check_square(A)
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1; got {max_steps}")
+    if A.numel() == 0:  # no matrix, or 0 x 0 ones: nothing to iterate (the norms below would index nothing)
+        return (A.clone(), 0) if return_steps else A.clone()
     n = A.shape[-1]
     tol = 4 * n * _eps(A) if tol is None else tol
     X = A / _spectral_bound(A)
@@ -367,6 +369,8 @@ def msign(A: Tensor, rtol: float | None = None) -> Tensor:
     of iterations depends on n and the dtype only."""
     check_square(A)
     n = A.shape[-1]
+    if A.numel() == 0:  # (n = 0 would divide by sqrt(n) below)
+        return A.clone()
     rtol = math.sqrt(_eps(A)) if rtol is None else rtol
     # The bound exceeds ||A||_2 by at most sqrt(n), so sigma_i >= rtol sigma_1 scales to >= rtol / sqrt(n).
     floor = min(1.0, rtol / math.sqrt(n))
@@ -381,6 +385,8 @@ def polar_matmul(A: Tensor, lower: float, upper: float | None = None, max_steps:
     a smaller singular value is pushed towards 1 by the same steps but may not reach it.
     ``max_steps`` cuts the iteration short (an approximate projection); (..., n, n)."""
     check_square(A)
+    if A.numel() == 0:
+        return A.clone()
     X = A / (_spectral_bound(A) if upper is None else upper)
     return scaled_newton_schulz(X, ns_schedule(lower, tol=_eps(A))[:max_steps])
 
@@ -652,6 +658,8 @@ def expm_fixed(A: Tensor, max_squarings: int | None = EXPM_MAX_SQUARINGS, read: 
     EXPM_MAX_SQUARINGS. ``read=True`` reads the plan on the host wherever A is (on a GPU one
     synchronisation, as ``matrix_exp``'s), ``False`` never; ``None``: where that is free."""
     check_square(A)
+    if A.numel() == 0:  # exp of a 0 x 0 matrix, or of none
+        return A.clone()
     bound = _spectral_bound(A.detach())  # s is piecewise constant: no gradient
     read = bool(max_squarings is None and A.numel() and (_host_read_is_free(A) if read is None else read))
     if read and math.isfinite(float(bound.max())):

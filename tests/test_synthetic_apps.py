@@ -177,6 +177,9 @@ def test_orth_to_id_tiny(tmp_path):
     # m = 1, 2: only m = 2 has a log-log point (m = 1 is left out), so no rate, and no "no" from a slope
     assert all(a["falls_with_depth"] is None for a in saved["answer"].values())
     assert any("steepest steps have a fixed length" in n for n in saved["report"]["notes"])  # the default method
+    conditions = saved["report"]["tables"][1]["rows"]  # a None answer reads "cannot tell", not "–"
+    assert conditions and all(r["falls"] == "cannot tell" for r in conditions)
+    assert all(r["moved"] in (True, False, "cannot tell") for r in conditions)
     run = saved["runs"][-1]
     assert run["seeds"] == [1, 2] and np.shape(run["final_identity_distance"]) == (2, 2)
     assert np.all(np.abs(run["final_det_sign"]) == 1) and saved["orth_error_max"] < 1e-5

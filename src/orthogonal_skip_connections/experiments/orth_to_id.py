@@ -305,9 +305,11 @@ def report(cfg: Config, table: list[dict], ans: dict, figures: list[str]) -> dic
         lo, hi = a["loglog_slope_ci"]
         settings.append({
             "setting": key, "n_blocks": a["n_blocks"], "seeds": a["seeds"], "measure": a["corrected_distance"],
-            "moved": a["moved_towards_identity"], "slope": a["loglog_slope_vs_depth"],
+            "moved": "cannot tell" if a["moved_towards_identity"] is None and not a["started_at_identity"]
+            else a["moved_towards_identity"], "slope": a["loglog_slope_vs_depth"],
             "slope_ci": "–" if lo is None or math.isnan(lo) else f"[{lo:+.3g}, {hi:+.3g}]",
-            "ref": a["reference_slope_log_m_over_m"], "falls": a["falls_with_depth"],
+            "ref": a["reference_slope_log_m_over_m"],
+            "falls": "cannot tell" if a["falls_with_depth"] is None else a["falls_with_depth"],
             "approaches": "cannot tell" if a["approaches_identity_with_depth"] is None
             else a["approaches_identity_with_depth"],
             "rho": a["spearman_identity_distance_vs_lipschitz"]})
@@ -322,7 +324,7 @@ def report(cfg: Config, table: list[dict], ans: dict, figures: list[str]) -> dic
             f"{cfg.skip.init} start), {cfg.seeds} seed(s) per (dataset, d, m), "
             f"{cfg.training_text()}",
             "distance from I: ||W_i - I||_F (Frobenius norm, no unit), averaged over the m blocks of each seed; a "
-            "Haar-random W starts sqrt(2d) from I on average",
+            "Haar-random W starts sqrt(2d) from I in root mean square",
             "moved towards I: start - end of that distance per seed (> 0: towards I, < 0: away); mean ± std and "
             "95% Student-t interval over seeds; judged yes where the interval is above 0, no where it is at most 0, "
             "else cannot tell",

@@ -331,8 +331,8 @@ def report(cfg: Config, table: list[dict], figure: str) -> dict:
             "drift in stage 2: mean over skips of ||W_end - W_start||_F over stage 2",
         ],
         "tables": [{
-            "caption": f"over {cfg.seeds} seeds, 95% Student-t intervals (test losses: geometric means, the "
-                       "interval on the logs, so it stays above 0); difference vs identity paired by seed "
+            "caption": f"over {cfg.seeds} seeds, 95% Student-t intervals (accuracies' cut at 0 and 100 %; test "
+                       "losses: geometric means, the interval on the logs, so it stays above 0); difference vs identity paired by seed "
                        "(two_stage and identity share their stage-1 model); drift: mean ||W_end - W_start||_F of "
                        f"the skips over stage 2 ({cfg.method} constraint)",
             "columns": [column("variant", "variant"), column("seeds", "seeds"),
@@ -341,8 +341,8 @@ def report(cfg: Config, table: list[dict], figure: str) -> dict:
                         column("diff_lo", "95% CI low", "points"), column("diff_hi", "95% CI high", "points"),
                         column("loss_before_swap", "test loss end of stage 1 (geometric mean)"),
                         column("loss_after_swap", "test loss after the swap (geometric mean)"),
-                        column("loss_after_swap_lo", "95% CI low (on logs)"),
-                        column("loss_after_swap_hi", "95% CI high (on logs)"),
+                        column("loss_after_swap_lo", "95% CI low (from the logs)"),
+                        column("loss_after_swap_hi", "95% CI high (from the logs)"),
                         column("fit_residual_mean", "Procrustes residual"),
                         column("drift_stage2", "drift in stage 2"), column("drift_stage2_lo", "95% CI low"),
                         column("drift_stage2_hi", "95% CI high"),

@@ -223,7 +223,8 @@ def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict
             for ax in row_axes[:3]:
                 ax.set_xlabel("step")
         fig.suptitle(f"{ds}, m = {depth} blocks: per-block trajectories (coloured: each block's mean over "
-                     f"{len(c['seeds'])} seeds; black: the mean over blocks, band: ± its std over seeds)")
+                     f"{len(c['seeds'])} seeds; black: the mean over blocks, band: ± its std over seeds; on the "
+                     "log axes of Lip(f_i), geometric means)")
         block_colorbar(fig, scale, axes)
         files.append(savefig(fig, run_dir / f"orth_to_id_trajectories_{ds}.png").name)
 

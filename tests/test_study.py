@@ -113,7 +113,8 @@ def test_study_writes_report_files_and_one_row_per_run(study_dir):
     short = md.split("## In short", 1)[1].split("\n## ", 1)[0]
     assert md.index("## In short") < md.index("## Classification: digits/resnet20")
     assert "- **digits/resnet20**: " in short and "- **Residual modes: digits/preact_resnet20**: " in short
-    assert "- **teacher_student**: " in short and "- **orth_to_id**: no" in short, short
+    # smoke's depths m = 1, 2 hold no rate of log(m)/m: cannot tell (it was "no", from a slope held to 0)
+    assert "- **teacher_student**: " in short and "- **orth_to_id**: cannot tell (log(m)/m does not fall" in short, short
     assert "not told apart from identity: " in short
     for line in short.splitlines():  # a first clause cut inside brackets read "(learnable_orth lowest."
         assert line.count("(") == line.count(")") and line.count("[") == line.count("]"), line

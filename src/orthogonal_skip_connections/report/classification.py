@@ -749,9 +749,10 @@ def curves_figure(task: str, runs: list[RunRecord], out_dir: Path, modes: bool =
             epochs, ys = [0] + epochs, [[0.0] + y for y in ys]
         band(ax, epochs, ys, label=f"{' / '.join(arm) if modes else arm[1]} (n={len(group)})",
              color=colors[arm[1]], linestyle=styles[arm[0]] if modes else "-",
-             # the baseline on top: another arm at the same value (zero and fixed_orth at chance, scalar's
-             # kept share at identity's) would hide the curve every other one is read against
-             **({"zorder": 3, "linewidth": 2.0} if arm == baseline else {}))
+             # the baseline thick and beneath the others: an arm at the same value (zero and fixed_orth at
+             # chance, scalar's kept share at identity's) stays visible on it as a thin line, and the
+             # baseline as the wide line around it (on top, it hid that arm whole)
+             **({"zorder": 1.9, "linewidth": 3.5} if arm == baseline else {}))
     classes = {NUM_CLASSES.get(r.labels.get("dataset")) for r in shown} - {None}
     if key == "test_acc" and len(classes) == 1:  # what an arm that did not train scores: flat curves read as such
         ax.axhline(100.0 / classes.pop(), color="grey", linestyle=":", linewidth=1.0, label="chance")

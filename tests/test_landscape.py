@@ -393,6 +393,11 @@ def test_the_2d_colour_scale_spans_the_finite_losses_whatever_the_order(tmp_path
             assert lim == pytest.approx((np.log10(0.2), np.log10(8.0)))
     blank = _landscape_result(0, [1.0] * 5, np.full((3, 3), np.nan))  # no finite loss: drawn blank, not an error
     app.draw_2d([blank], tmp_path / "blank.png")
+    # a Lanczos run stopped at its iteration limit gives a lower bound: its panel says so
+    short = {**b, "lanczos_converged": False}
+    app.draw_2d([short], tmp_path / "short.png")
+    titles = [ax.get_title() for ax in figures.pop().axes]
+    assert any("$\\lambda_{max}$ $\\geq$ 10" in t for t in titles), titles
     assert all(np.isfinite(ax.get_zlim()).all() for ax in figures.pop().axes if ax.name == "3d")
 
 

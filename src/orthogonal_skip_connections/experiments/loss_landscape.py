@@ -293,7 +293,8 @@ def draw_2d(results: list[dict], path: Path) -> str:
         ax.contour(A, B, Z, levels=levels[::3], colors="white", linewidths=0.4, alpha=0.6)
         ax.plot([0], [0], marker="*", color="red", markersize=9)
         top = r["top_eigenvalue"]
-        lam = f"$\\lambda_{{max}}$ {_g3(top) if math.isfinite(top) else 'not finite'}"
+        bound = "" if r.get("lanczos_converged", True) or not math.isfinite(top) else "$\\geq$ "  # (a lower bound)
+        lam = f"$\\lambda_{{max}}$ {bound}{_g3(top) if math.isfinite(top) else 'not finite'}"
         if seeds == 1:
             which = f"seed {r['seed']} (its only seed)"
         elif math.isnan(g):

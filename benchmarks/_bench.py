@@ -38,6 +38,21 @@ def header(title: str, device: torch.device) -> str:
     return f"{title}\ndevice: {device_name(device)}; torch {torch.__version__}{cuda}"
 
 
+def allow_recompiles(n: int) -> None:
+    """Let torch.compile keep ``n`` graphs of one function: each skip kind or size compiled side
+    by side in one process is a recompilation of the same ``forward``, and past dynamo's limit
+    (8) it falls back to eager without a word but a log line, so a table headed "compiled" timed
+    eager steps from its 9th variant on (recompile_limit from torch 2.6; cache_size_limit before)."""
+    import torch._dynamo.config as config
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), n))
+    for name in ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), 4 * n))
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

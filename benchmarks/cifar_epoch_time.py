@@ -147,11 +147,12 @@ def main(argv: list[str] | None = None) -> None:
 
     results = {k: merge(v) for k, v in runs.items()}
     device = next((r["device"] for r in results.values() if "device" in r), args.device)
-    name = torch.cuda.get_device_name() if str(device).startswith("cuda") else \
-        f"CPU ({os.cpu_count()} cores)"
-    n_train = args.n if args.dataset == "cifar10" else next((r["steps"] // args.epochs * args.batch
-                                                          for r in results.values() if "steps" in r), 0)
-    n = n_train // args.batch * args.batch
+    # the device the runs used (cuda:N: its own name); none ran (cuda asked for without a GPU): as asked
+    name = torch.cuda.get_device_name(torch.device(device)) if str(device).startswith("cuda") and \
+        torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)" if str(device) == "cpu" else str(device)
+    # images trained per epoch, from a run's own step count: whole batches of the files' images (--quick's
+    # 1,024 are 1,020 in five files of 204, 7 batches of 128: the table divided 1,024 by the epoch's time)
+    n = next((r["steps"] // args.epochs * args.batch for r in results.values() if "steps" in r), 0)
     base = {k: statistics.median(r["later"]) for (v, k), r in results.items() if v == "identity" and "error" not in r}
     rows = []
     for (variant, key), r in results.items():
@@ -173,6 +174,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.rounds} round(s)\ndevice: {name} ({device}); torch {torch.__version__}")
     print(table(["variant", "epoch 1 s", "epoch s (later, median)", "train img/s", "/ identity",
                  "this / baseline", "max orth err", "train loss", "run wall s"], rows, "<>>>>>>>>"))
+    failed = [label for label, *cells in rows if cells[0] == "failed"]
+    if failed:  # (it exited 0 with every run failed)
+        raise SystemExit(f"{len(failed)} of {len(rows)} run(s) failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

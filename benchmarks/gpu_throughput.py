@@ -29,7 +29,8 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from _bench import header, impl_rows, interleaved_times, make_optimizer, median, resolve_device, synchronize, table
+from _bench import (allow_recompiles, header, impl_rows, interleaved_times, make_optimizer, median, resolve_device,
+                    synchronize, table)
 
 from orthogonal_skip_connections import get_model
 from orthogonal_skip_connections.skips import ORTH_METHODS, SKIP_KINDS
@@ -129,9 +130,15 @@ def step_profile(step: Step, device: torch.device, steps: int = 3) -> tuple[int,
 
 
 def skip_table(model_type: str, args, device: torch.device) -> tuple[str, list[str]]:
-    chosen = [v for v in variants(args.impls, device) if args.variants is None or v[3] in args.variants]
+    every = variants(args.impls, device)
+    unknown = sorted((args.variants or set()) - {v[3] for v in every})
+    if unknown:  # (a typo was dropped without a word, and the table said every target met)
+        raise SystemExit(f"unknown --variants {', '.join(unknown)}; allowed: {', '.join(v[3] for v in every)}")
+    chosen = [v for v in every if args.variants is None or v[3] in args.variants]
     if not chosen or chosen[0][0] != "identity":
         raise SystemExit("--variants must include identity (the baseline)")
+    if args.compile:
+        allow_recompiles(2 * len(chosen) + 8)  # one graph per variant of the one forward
     steps = {name: Step(model_type, k, m, args.batch, device, not args.no_amp, impl=impl,
                         compile_backend=args.compile, compile_mode=args.compile_mode)
              for k, m, impl, name in chosen}

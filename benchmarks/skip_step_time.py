@@ -21,7 +21,6 @@ model's forward does), interleaved round-robin, median and quartiles over rounds
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -189,10 +188,11 @@ def main() -> None:
     # Ratios are taken within each round (variants timed seconds apart see the same machine
     # load), then summarised over rounds by the median and the quartiles: on a shared machine
     # the load changes between rounds far more than within one.
-    print(f"resnet20, batch {args.batch}, {args.memory_format}, device {device} "
-          f"({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, {args.rounds} rounds x {args.steps} steps, variants interleaved, "
-          f"{args.clock} clock")
+    from _bench import device_name
+
+    print(f"resnet20, batch {args.batch}, {args.memory_format}, device {device_name(device)}, "
+          f"torch {torch.__version__}, {args.rounds} rounds x {args.steps} steps, variants interleaved, "
+          f"{args.clock} clock")  # (device_name: the GPU's name, or the CPU's with its thread count)
     base_col = f" {'/ baseline (q1-q3)':>22}" if len(versions) > 1 else ""
     print(f"{'version':<9} {'skip':<28} {'median ms':>10} {'/ identity (q1-q3)':>22} {'/ linear (q1-q3)':>22}"
           + base_col)

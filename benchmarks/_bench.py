@@ -16,6 +16,20 @@ from collections.abc import Callable
 import torch
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (a batch, a count of steps, rounds or calls), refused in
+    argparse's one error line rather than by a traceback from deep inside the timing."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {value}")
+    return value
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto``: cuda if there is one, else cpu."""
     if name == "auto":
@@ -145,9 +159,9 @@ def add_classifier_args(ap) -> None:
     ``--model``, ``--kind`` (kind[/method]), ``--n-eval``, ``--device``, ``--threads``."""
     ap.add_argument("--model", default="resnet56")
     ap.add_argument("--kind", default="learnable_orth/steepest", help="kind[/method]")
-    ap.add_argument("--n-eval", type=int, default=512)
+    ap.add_argument("--n-eval", type=positive, default=512)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=positive, default=1)
 
 
 def digits_classifier(args, seed: int = 0):

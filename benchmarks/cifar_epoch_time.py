@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _bench import table
+from _bench import positive, table
 
 SRC = Path(__file__).resolve().parents[1] / "src"  # this checkout's library
 
@@ -108,12 +108,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", choices=["cifar10", "digits"], default="cifar10",
                    help="cifar10: random CIFAR-shaped files; digits: the bundled 1,437 8x8 images")
     p.add_argument("--variants", default=FULL_VARIANTS, help="comma-separated kind[/method[/init]]")
-    p.add_argument("--n", type=int, default=50_000, help="training images (cifar10)")
-    p.add_argument("--n-test", type=int, default=10_000)
-    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--n", type=positive, default=50_000, help="training images (cifar10)")
+    p.add_argument("--n-test", type=positive, default=10_000)
+    p.add_argument("--batch", type=positive, default=512)
     p.add_argument("--lr", type=float, default=0.2)
-    p.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is left out; >= 2)")
-    p.add_argument("--rounds", type=int, default=1, help="runs per variant (and version), interleaved")
+    p.add_argument("--epochs", type=positive, default=3, help="epochs per run (the first is left out; >= 2)")
+    p.add_argument("--rounds", type=positive, default=1, help="runs per variant (and version), interleaved")
     p.add_argument("--baseline-src", default=None, help="another checkout's src/ to time side by side")
     p.add_argument("--device", default="auto")
     p.add_argument("--root", default=None, help="folder for the random CIFAR files (default: a temporary one)")

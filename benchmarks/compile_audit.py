@@ -158,21 +158,24 @@ def run_child(kind: str, spec: dict, env: dict, timeout: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    sys.path.insert(0, str(HERE))
+    from _bench import positive
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", default=",".join(ALL), help="comma-separated kind[/method] (default: all)")
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per run (compile s needs >= 2)")
+    p.add_argument("--epochs", type=positive, default=3, help="epochs per run (compile s needs >= 2)")
     p.add_argument("--backend", default="inductor", help="inductor | aot_eager | eager")
     p.add_argument("--mode", default="default", help="compile_mode: default | reduce-overhead | max-autotune-no-cudagraphs")
-    p.add_argument("--record", type=int, default=20, help="training steps whose losses are compared")
-    p.add_argument("--first", type=int, default=3, help="the first steps' column of loss differences")
+    p.add_argument("--record", type=positive, default=20, help="training steps whose losses are compared")
+    p.add_argument("--first", type=positive, default=3, help="the first steps' column of loss differences")
     p.add_argument("--channels-last", default=True, action=argparse.BooleanOptionalAction,
                    help="the runs' memory layout (the round-off reference runs in the other)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more run_experiments overrides")
     p.add_argument("--no-eager", action="store_true", help="skip the eager runs (no loss comparison)")
     p.add_argument("--ratio", action="store_true", help="also time compiled vs eager steps interleaved")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--calls", type=int, default=5)
+    p.add_argument("--rounds", type=positive, default=5)
+    p.add_argument("--calls", type=positive, default=5)
     p.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

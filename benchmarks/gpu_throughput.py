@@ -29,8 +29,8 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from _bench import (allow_recompiles, header, impl_rows, interleaved_times, make_optimizer, median, resolve_device,
-                    synchronize, table)
+from _bench import (allow_recompiles, header, impl_rows, interleaved_times, make_optimizer, median, positive,
+                    resolve_device, synchronize, table)
 
 from orthogonal_skip_connections import get_model
 from orthogonal_skip_connections.skips import ORTH_METHODS, SKIP_KINDS
@@ -204,9 +204,9 @@ def settings_table(args, device: torch.device) -> tuple[str, list[str]]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="resnet20,resnet18", help="comma-separated model types")
-    p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--steps", type=int, default=20, help="steps per timing")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--batch", type=positive, default=512)
+    p.add_argument("--steps", type=positive, default=20, help="steps per timing")
+    p.add_argument("--rounds", type=positive, default=5)
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
     p.add_argument("--device", default="auto", help="auto (cuda if any, else cpu) | cpu | cuda | cuda:N")
     p.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast")
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--impls", default="auto",
                    help="retraction impls of the retracted methods: auto | factor,matmul (a row each; the one "
                         "auto picks on this device is unmarked, the other marked @factor / @matmul)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile's mode with --compile (inductor): reduce-overhead replays the step's kernels as "
                         "CUDA graphs, which removes the host's per-launch cost (run_experiments' compile_mode)")

@@ -28,7 +28,7 @@ import copy
 import numpy as np
 import torch
 
-from _bench import add_classifier_args, digits_classifier, header, interleaved_times, median, table
+from _bench import add_classifier_args, digits_classifier, header, interleaved_times, median, positive, table
 from orthogonal_skip_connections import landscape as L
 from orthogonal_skip_connections.maths import orthogonal as orth
 from orthogonal_skip_connections.models.stack import SeedStack
@@ -84,8 +84,8 @@ def old_path(model, init_state, x, y, ts, batch_size):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_classifier_args(ap)
-    ap.add_argument("--steps", type=int, default=3, help="grid points per axis (odd); the 1-D path gets steps^2")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=positive, default=3, help="grid points per axis (odd); the 1-D path gets steps^2")
+    ap.add_argument("--rounds", type=positive, default=3)
     ap.add_argument("--stack", default="2,4", help="K of the vmapped forward ('' to skip)")
     args = ap.parse_args()
     model, data, device = digits_classifier(args)

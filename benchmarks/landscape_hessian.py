@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp
 
-from _bench import add_classifier_args, digits_classifier, header, interleaved_times, median, table
+from _bench import add_classifier_args, digits_classifier, header, interleaved_times, median, positive, table
 from orthogonal_skip_connections import landscape as L
 
 
@@ -50,10 +50,10 @@ def rel_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_classifier_args(ap)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=positive, default=3)
     ap.add_argument("--probes", type=int, default=4, help="K of the batched-probes candidate (0 to skip)")
-    ap.add_argument("--iters", type=int, default=4, help="Lanczos steps per sharpness() call")
-    ap.add_argument("--samples", type=int, default=2, help="Hutchinson probes per sharpness() call")
+    ap.add_argument("--iters", type=positive, default=4, help="Lanczos steps per sharpness() call")
+    ap.add_argument("--samples", type=positive, default=2, help="Hutchinson probes per sharpness() call")
     args = ap.parse_args()
     model, data, device = digits_classifier(args)
     x, y = L.eval_subset(data, args.n_eval, device=device)

@@ -32,7 +32,7 @@ import sys
 import time
 
 import torch
-from _bench import header, resolve_device, synchronize, table
+from _bench import header, positive, resolve_device, synchronize, table
 
 from orthogonal_skip_connections.data.vision import ImageData, TensorLoader, epoch_generator
 
@@ -120,9 +120,9 @@ def dataloader_epochs(dataset, batch: int, device: torch.device, epochs: int, wo
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=50_000, help="images in the training set")
-    p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--epochs", type=int, default=4, help="epochs per loader, the first a warm-up")
+    p.add_argument("--n", type=positive, default=50_000, help="images in the training set")
+    p.add_argument("--batch", type=positive, default=512)
+    p.add_argument("--epochs", type=positive, default=4, help="epochs per loader, the first a warm-up")
     p.add_argument("--workers", type=int, default=8, help="DataLoader worker processes")
     p.add_argument("--device", default="auto", help="auto (cuda if any, else cpu) | cpu | cuda | cuda:N")
     p.add_argument("--no-pil", action="store_true", help="leave out the PIL DataLoader")

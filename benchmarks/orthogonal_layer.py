@@ -53,7 +53,8 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from _bench import allow_recompiles, header, impl_rows, interleaved_times, make_optimizer, median, resolve_device, table
+from _bench import (allow_recompiles, header, impl_rows, interleaved_times, make_optimizer, median, positive,
+                    resolve_device, table)
 from torch import nn
 
 from orthogonal_skip_connections.maths import orthogonal as orth
@@ -270,15 +271,15 @@ def qr_cost_table(Cs: list[int], args, device: torch.device) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="16,64,256,512", help="comma-separated C")
-    p.add_argument("--batch", type=int, default=256, help="rows of x")
-    p.add_argument("--steps", type=int, default=1000, help="timed SGD steps per variant")
-    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--batch", type=positive, default=256, help="rows of x")
+    p.add_argument("--steps", type=positive, default=1000, help="timed SGD steps per variant")
+    p.add_argument("--rounds", type=positive, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--k", type=int, default=8, help="matrices per batched retraction call")
-    p.add_argument("--retract-calls", type=int, default=5, help="calls per timing in the retraction table")
+    p.add_argument("--k", type=positive, default=8, help="matrices per batched retraction call")
+    p.add_argument("--retract-calls", type=positive, default=5, help="calls per timing in the retraction table")
     p.add_argument("--retract-sizes", default=None, help="C of the retraction table (default: --sizes; '' for none)")
-    p.add_argument("--retract-rounds", type=int, default=5, help="rounds in the retraction table")
+    p.add_argument("--retract-rounds", type=positive, default=5, help="rounds in the retraction table")
     p.add_argument("--qr-sizes", default=None,
                    help="C of the cholesky_qr cost table (default: the retraction table's; '' for none)")
     p.add_argument("--householder-max", type=int, default=64,
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--impls", default="factor,matmul",
                    help="retraction impls of the retracted methods (a row each; the one auto picks on this "
                         "device is unmarked, the other marked @factor / @matmul)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="also a row per method of --compile-methods whose products-only retraction runs through "
                         "torch.compile (default backend inductor), as compile=true runs it")

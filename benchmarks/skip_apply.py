@@ -36,7 +36,7 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from _bench import header, interleaved_times, median, resolve_device, table
+from _bench import header, interleaved_times, median, positive, resolve_device, table
 
 from orthogonal_skip_connections.skips import apply_matrix_add
 
@@ -131,14 +131,14 @@ def shape_times(C: int, side: int, args, device, dtype) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="resnet20,resnet18")
-    p.add_argument("--batch", type=int, default=None, help="default 512 on CUDA, 128 on the CPU")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--calls", type=int, default=20, help="calls per timing")
+    p.add_argument("--batch", type=positive, default=None, help="default 512 on CUDA, 128 on the CPU")
+    p.add_argument("--rounds", type=positive, default=5)
+    p.add_argument("--calls", type=positive, default=20, help="calls per timing")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--chunks", type=int, default=64, help="row blocks of the split-K weight gradient")
+    p.add_argument("--chunks", type=positive, default=64, help="row blocks of the split-K weight gradient")
     p.add_argument("--device", default="auto")
     p.add_argument("--fp32", action="store_true", help="float32 (default: bf16 autocast on CUDA, fp32 on the CPU)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive, default=None)
     p.add_argument("--quick", action="store_true", help="smoke run: resnet20, batch 8, 2 rounds x 2 calls")
     args = p.parse_args(argv)
     if args.threads:

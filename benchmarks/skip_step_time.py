@@ -131,22 +131,24 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
 
 
 def main() -> None:
+    from _bench import positive
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--steps", type=int, default=3, help="steps per timing")
-    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--batch", type=positive, default=128)
+    p.add_argument("--steps", type=positive, default=3, help="steps per timing")
+    p.add_argument("--rounds", type=positive, default=10)
     p.add_argument("--device", default="cpu")
     p.add_argument("--memory-format", choices=["channels_last", "contiguous"], default="channels_last",
                    help="layout of inputs and weights (run_experiments' default: channels_last)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--methods", default=",".join(ORTH_METHODS), help="learnable_orth methods to time")
     p.add_argument("--baseline-src", default=None,
                    help="src/ folder of another checkout (e.g. a worktree of an older commit): its variants are "
                         "timed too, interleaved with this checkout's (before/after in one run)")
     p.add_argument("--upkeep-models", default="resnet20,resnet18",
                    help="models of the upkeep-alone table ('' for none)")
-    p.add_argument("--upkeep-rounds", type=int, default=15)
-    p.add_argument("--upkeep-calls", type=int, default=3)
+    p.add_argument("--upkeep-rounds", type=positive, default=15)
+    p.add_argument("--upkeep-calls", type=positive, default=3)
     p.add_argument("--no-steps", action="store_true", help="only the upkeep-alone table")
     p.add_argument("--clock", choices=["wall", "process"], default="wall",
                    help="wall: elapsed time; process: this process's CPU time (CPU only; on a shared machine "

@@ -12,7 +12,7 @@ import argparse
 import time
 
 import torch
-from _bench import header
+from _bench import header, positive
 
 from orthogonal_skip_connections.models.teacher_student import ARCHS
 from orthogonal_skip_connections.train import teacher_student as ts
@@ -81,9 +81,9 @@ def vectorised_step_time(archs, seeds: int, d: int, batch: int, steps: int, n_tr
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300, help="steps timed for the vectorised trainer")
-    parser.add_argument("--blog-steps", type=int, default=5, help="steps timed for the per-sample loop")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=positive, default=300, help="steps timed for the vectorised trainer")
+    parser.add_argument("--blog-steps", type=positive, default=5, help="steps timed for the per-sample loop")
+    parser.add_argument("--threads", type=positive, default=1)
     args = parser.parse_args()
     if args.steps < 1 or args.blog_steps < 1 or args.threads < 1:
         parser.error("--steps, --blog-steps and --threads must be >= 1")

@@ -1137,22 +1137,22 @@ def test_a_study_apps_malformed_report_section_says_what_the_study_can_do(landsc
 
 
 @pytest.mark.parametrize("app", ["run_experiments", "theorem"])
-def test_a_run_into_a_dir_that_holds_runs_is_refused(app, tmp_path, capsys):
+def test_a_run_into_a_dir_that_holds_runs_is_refused(app, root, capsys):
     """hydra.run.dir naming a sweep dir (or the workspace root) trained a run there, and osc
     report, which reads a run dir as one run, no longer saw the sweep's jobs: a dir that holds
     run dirs is refused before anything is written; a run's own dir is not (its runs)."""
     from orthogonal_skip_connections.report.classification import find_runs
 
-    code, _, _ = run(["run_experiments", *TINY["run_experiments"], "-m", "seed=0,1", "progress=false",
-                      f"hydra.sweep.dir={tmp_path / 'sweep'}"], capsys)
-    assert code == 0 and len(find_runs([tmp_path])[0]) == 2
-    for target in (tmp_path / "sweep", tmp_path):
-        before = snapshot(tmp_path)
+    done = root / "done"  # finished run dirs, as a sweep's dir holds its jobs'
+    found = len(find_runs([done])[0])
+    assert found == len(FINISHED)
+    for target in (done, root):
+        before = snapshot(root)
         code, lines, _ = run([app, *TINY[app], f"hydra.run.dir={target}", "progress=false"], capsys)
         assert code == 2 and len(lines) == 1, lines
         assert lines[0].startswith(f"error: {target} holds run dirs (") and "choose another hydra.run.dir" in lines[0]
-        assert snapshot(tmp_path) == before
-    assert len(find_runs([tmp_path])[0]) == 2
+        assert snapshot(root) == before
+    assert len(find_runs([done])[0]) == found
 
 
 def test_resume_into_a_dir_with_nothing_saved_says_it_starts_from_the_beginning(tmp_path, capsys):

@@ -60,7 +60,8 @@ everything. When a step is skipped (the loops skip ``opt.step()`` on non-finite
 gradients) both halves are skipped. A step that raises (a negative learning rate; a
 non-finite gradient of a retracted matrix where the retraction factors, the CPU default:
 :class:`~orthogonal_skip_connections.maths.orthogonal.NonFiniteError`) raises before either
-half has moved anything, state included, so that a caller who catches it can go on. A matrix whose ``grad`` is None (it took no part in
+half has moved anything, state included, so that a caller who catches it can go on. A
+matrix whose ``grad`` is None (it took no part in
 the loss since ``zero_grad()``) is not moved and its buffer is kept, as torch's optimisers
 treat any parameter without a gradient. With the wrapped class's ``maximize=True`` the
 retraction ascends too.
@@ -155,7 +156,7 @@ def param_groups(
     settings = {k: v for k, v in (("retraction_momentum", retraction_momentum), ("retraction_impl", retraction_impl),
                                   ("retraction_adaptive", retraction_adaptive)) if v is not None}
     _check_retraction_settings(settings)
-    constrained = _orthogonal_parametrized(model) | _named_no_decay(model)
+    exempt = _orthogonal_parametrized(model) | _named_no_decay(model)  # never decayed, whatever their shape
     decay, no_decay, retracted = [], [], defaultdict(list)
     specs = {id(p): spec for p, spec in retracted_parameters(model)}
     seen = set()
@@ -166,7 +167,7 @@ def param_groups(
         spec = specs.get(id(p))
         if spec is not None:
             retracted[spec].append(p)
-        elif id(p) not in constrained and (p.ndim - batch_dims >= 2 or decay_norms_and_biases):
+        elif id(p) not in exempt and (p.ndim - batch_dims >= 2 or decay_norms_and_biases):
             decay.append(p)
         else:
             no_decay.append(p)

@@ -30,13 +30,47 @@ def positive(text: str) -> int:
     return value
 
 
+def names(allowed, what: str):
+    """An argparse type: a comma-separated list of names, each one of ``allowed`` (model types,
+    methods, ...), refused in argparse's one error line rather than by a KeyError mid-table."""
+    import argparse
+
+    allowed = list(allowed)
+
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        unknown = [t for t in items if t not in allowed]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(map(repr, unknown))}; "
+                                             f"allowed: {', '.join(allowed)}")
+        return items
+
+    return parse
+
+
+def parse_args(parser, argv=None, quick: dict | None = None):
+    """``parser.parse_args(argv)``, where ``--quick`` sets the smoke run's ``quick`` values as
+    defaults, so an option given on the command line still wins (``--quick --models resnet18``)."""
+    args = parser.parse_args(argv)
+    if quick and getattr(args, "quick", False):
+        parser.set_defaults(**quick)
+        args = parser.parse_args(argv)
+    return args
+
+
 def resolve_device(name: str) -> torch.device:
-    """``auto``: cuda if there is one, else cpu."""
+    """``auto``: cuda if there is one, else cpu. A name torch does not know (``gpu``) or a GPU
+    this machine lacks is one line and a non-zero exit."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda was asked for but no CUDA GPU is available")
+        raise SystemExit(f"--device {name} was asked for but no CUDA GPU is available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise SystemExit(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 
@@ -171,7 +205,12 @@ def digits_classifier(args, seed: int = 0):
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    from orthogonal_skip_connections.runs import UserError
+
     kind, *method = args.kind.split("/")
     spec = ClassifierSpec("digits", args.model, kind, {"method": method[0]} if method else {})
-    model, data = build_classifier(spec, seed=seed)
+    try:
+        model, data = build_classifier(spec, seed=seed)
+    except (UserError, ValueError) as err:  # an unknown --model or --kind: one line, not a traceback
+        raise SystemExit(f"--model {args.model} --kind {args.kind}: {err}") from None
     return model.to(device).eval(), data, device

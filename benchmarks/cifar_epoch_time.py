@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _bench import positive, table
+from _bench import parse_args, positive, table
 
 SRC = Path(__file__).resolve().parents[1] / "src"  # this checkout's library
 
@@ -120,10 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="folder for the run dirs (default: a temporary one)")
     p.add_argument("--quick", action="store_true", help="smoke run: resnet20, 1,024 images, 2 epochs, 2 variants")
     p.add_argument("extra", nargs="*", help="more run_experiments overrides")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.model, args.n, args.n_test, args.batch, args.epochs = "resnet20", 1024, 256, 128, 2
-        args.variants = "identity,learnable_orth/steepest"
+    args = parse_args(p, argv, quick=dict(model="resnet20", n=1024, n_test=256, batch=128, epochs=2,
+                                          variants="identity,learnable_orth/steepest"))
     if args.epochs < 2:
         raise SystemExit("--epochs must be >= 2 (the first is left out)")
     versions = {"": SRC} | ({"baseline": Path(args.baseline_src).resolve()} if args.baseline_src else {})

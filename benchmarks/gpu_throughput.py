@@ -29,10 +29,11 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from _bench import (allow_recompiles, header, impl_rows, interleaved_times, make_optimizer, median, positive,
-                    resolve_device, synchronize, table)
+from _bench import (allow_recompiles, header, impl_rows, interleaved_times, make_optimizer, median, names,
+                    parse_args, positive, resolve_device, synchronize, table)
 
 from orthogonal_skip_connections import get_model
+from orthogonal_skip_connections.models import MODEL_TYPES
 from orthogonal_skip_connections.skips import ORTH_METHODS, SKIP_KINDS
 
 IMG_TARGET = 20_000  # images/s, ResNet-18 bf16 identity, H100/H200
@@ -203,7 +204,8 @@ def settings_table(args, device: torch.device) -> tuple[str, list[str]]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="resnet20,resnet18", help="comma-separated model types")
+    p.add_argument("--models", type=names(MODEL_TYPES, "model"), default="resnet20,resnet18",
+                   help="comma-separated model types")
     p.add_argument("--batch", type=positive, default=512)
     p.add_argument("--steps", type=positive, default=20, help="steps per timing")
     p.add_argument("--rounds", type=positive, default=5)
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--variants", default=None,
                    help="comma-separated subset, e.g. identity,learnable_orth/householder (default: all)")
     p.add_argument("--no-settings", action="store_true", help="skip the resnet18 settings table")
-    p.add_argument("--impls", default="auto",
+    p.add_argument("--impls", type=names(("auto", "factor", "matmul"), "impl"), default="auto",
                    help="retraction impls of the retracted methods: auto | factor,matmul (a row each; the one "
                         "auto picks on this device is unmarked, the other marked @factor / @matmul)")
     p.add_argument("--threads", type=positive, default=None, help="CPU threads (default: torch's)")
@@ -230,21 +232,18 @@ def main(argv: list[str] | None = None) -> None:
                         "on a GPU, this removes most of a skip's per-op cost. Compiling takes a while per variant")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: resnet20 only, batch 16, 2 rounds x 1 step, warm-up 1")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, quick=dict(models="resnet20", batch=16, steps=1, rounds=2, warmup=1))
     if args.compile_mode and not args.compile:
         raise SystemExit("--compile-mode needs --compile")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.quick:
-        args.models, args.batch, args.steps, args.rounds, args.warmup = "resnet20", 16, 1, 2, 1
     if args.variants is not None:
         args.variants = {v.strip() for v in args.variants.split(",")}
-    args.impls = [i.strip() for i in args.impls.split(",") if i.strip()]
     device = resolve_device(args.device)
     print(header("train-step time by skip kind, and ResNet-18 training throughput", device), flush=True)
     misses = []
-    for model_type in args.models.split(","):
-        text, miss = skip_table(model_type.strip(), args, device)
+    for model_type in args.models:
+        text, miss = skip_table(model_type, args, device)
         misses += miss
         print("\n" + text, flush=True)
     if not args.no_settings:

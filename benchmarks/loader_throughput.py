@@ -32,7 +32,7 @@ import sys
 import time
 
 import torch
-from _bench import header, positive, resolve_device, synchronize, table
+from _bench import header, parse_args, positive, resolve_device, synchronize, table
 
 from orthogonal_skip_connections.data.vision import ImageData, TensorLoader, epoch_generator
 
@@ -127,9 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if any, else cpu) | cpu | cuda | cuda:N")
     p.add_argument("--no-pil", action="store_true", help="leave out the PIL DataLoader")
     p.add_argument("--quick", action="store_true", help="smoke run: 2,048 images, batch 256, 2 workers, 2 epochs")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.n, args.batch, args.workers, args.epochs = 2048, 256, 2, 2
+    args = parse_args(p, argv, quick=dict(n=2048, batch=256, workers=2, epochs=2))
     if args.epochs < 2:
         raise SystemExit("--epochs must be >= 2 (the first is a warm-up)")
     device = resolve_device(args.device)

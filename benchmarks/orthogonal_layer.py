@@ -53,8 +53,8 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from _bench import (allow_recompiles, header, impl_rows, interleaved_times, make_optimizer, median, positive,
-                    resolve_device, table)
+from _bench import (allow_recompiles, header, impl_rows, interleaved_times, make_optimizer, median, names,
+                    parse_args, positive, resolve_device, table)
 from torch import nn
 
 from orthogonal_skip_connections.maths import orthogonal as orth
@@ -285,28 +285,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--householder-max", type=int, default=64,
                    help="largest C with householder rows (C Householder reflections per forward: slow)")
     p.add_argument("--device", default="auto", help="auto (cuda if any, else cpu) | cpu | cuda | cuda:N")
-    p.add_argument("--impls", default="factor,matmul",
+    p.add_argument("--impls", type=names(("factor", "matmul"), "impl"), default="factor,matmul",
                    help="retraction impls of the retracted methods (a row each; the one auto picks on this "
                         "device is unmarked, the other marked @factor / @matmul)")
     p.add_argument("--threads", type=positive, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="also a row per method of --compile-methods whose products-only retraction runs through "
                         "torch.compile (default backend inductor), as compile=true runs it")
-    p.add_argument("--compile-methods", default="steepest",
+    p.add_argument("--compile-methods", type=names(RETRACTED_METHODS, "retracted method"), default="steepest",
                    help="retracted methods given a compiled row with --compile (comma-separated)")
     p.add_argument("--quick", action="store_true", help="smoke run: C in 16, 64; 40 steps in 4 rounds")
-    args = p.parse_args(argv)
-    args.impls = [i.strip() for i in args.impls.split(",") if i.strip()]
-    args.compile_methods = [m.strip() for m in args.compile_methods.split(",") if m.strip()]
-    unknown = [m for m in args.compile_methods if m not in RETRACTED_METHODS]
-    if unknown:
-        raise SystemExit(f"--compile-methods: not retracted methods: {', '.join(unknown)}; "
-                         f"allowed: {', '.join(RETRACTED_METHODS)}")
+    args = parse_args(p, argv, quick=dict(sizes="16,64", steps=40, rounds=4, warmup=1, retract_calls=2,
+                                          retract_rounds=2))
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.quick:
-        args.sizes, args.steps, args.rounds, args.warmup = "16,64", 40, 4, 1
-        args.retract_calls, args.retract_rounds = 2, 2
     if args.steps < args.rounds or args.rounds < 2:
         raise SystemExit("need --rounds >= 2 and --steps >= --rounds")
     device = resolve_device(args.device)

@@ -36,7 +36,7 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from _bench import header, interleaved_times, median, positive, resolve_device, table
+from _bench import header, interleaved_times, median, names, parse_args, positive, resolve_device, table
 
 from orthogonal_skip_connections.skips import apply_matrix_add
 
@@ -130,7 +130,7 @@ def shape_times(C: int, side: int, args, device, dtype) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="resnet20,resnet18")
+    p.add_argument("--models", type=names(SHAPES, "model"), default="resnet20,resnet18")
     p.add_argument("--batch", type=positive, default=None, help="default 512 on CUDA, 128 on the CPU")
     p.add_argument("--rounds", type=positive, default=5)
     p.add_argument("--calls", type=positive, default=20, help="calls per timing")
@@ -140,27 +140,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fp32", action="store_true", help="float32 (default: bf16 autocast on CUDA, fp32 on the CPU)")
     p.add_argument("--threads", type=positive, default=None)
     p.add_argument("--quick", action="store_true", help="smoke run: resnet20, batch 8, 2 rounds x 2 calls")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, quick=dict(models="resnet20", batch=8, rounds=2, calls=2, warmup=1))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    if args.quick:
-        args.models, args.batch, args.rounds, args.calls, args.warmup = "resnet20", 8, 2, 2, 1
     args.batch = args.batch or (512 if device.type == "cuda" else 128)
     dtype = torch.bfloat16 if device.type == "cuda" and not args.fp32 else torch.float32
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False  # the library's setting
     print(header(f"residual sum with a C x C skip matrix vs identity, batch {args.batch}, {dtype}, "
                  f"channels_last, forward + backward (fwd: forward alone)", device), flush=True)
-    names = list(variants(args.chunks))
-    for model in args.models.split(","):
-        model = model.strip()
-        totals = dict.fromkeys(names, 0.0)
+    kinds = list(variants(args.chunks))
+    for model in args.models:
+        totals = dict.fromkeys(kinds, 0.0)
         rows_ = []
         for C, side, blocks in SHAPES[model]:
             t = shape_times(C, side, args, device, dtype)
             base = t["identity"]
-            for name in names:
+            for name in kinds:
                 totals[name] += blocks * t[name]
                 rows_.append([f"{C} x {side}x{side}", name, f"{1e6 * t[name]:.0f}", f"{t[name] / base:.2f}",
                               f"{1e6 * t[name + ' fwd']:.0f}", f"{t[name + ' fwd'] / t['identity fwd']:.2f}"])
@@ -171,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{', '.join(str(b) for *_, b in SHAPES[model])})")
         print(table(["variant", "fwd+bwd us", "/ identity", "over identity us"],
                     [[n, f"{1e6 * totals[n]:.0f}", f"{totals[n] / base:.2f}", f"{1e6 * (totals[n] - base):.0f}"]
-                     for n in names], "<>>>"), flush=True)
+                     for n in kinds], "<>>>"), flush=True)
 
 
 if __name__ == "__main__":

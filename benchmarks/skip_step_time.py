@@ -39,14 +39,19 @@ def load_package(src: str | None):
     both run side by side in this process."""
     if src is None:
         return osc
+    import atexit
     import importlib
     import shutil
     import sys
     import tempfile
     from pathlib import Path
 
+    package = Path(src) / "orthogonal_skip_connections"
+    if not package.is_dir():
+        raise SystemExit(f"--baseline-src {src}: no orthogonal_skip_connections/ in it (give a checkout's src/)")
     folder = Path(tempfile.mkdtemp(prefix="osc_baseline_"))
-    shutil.copytree(Path(src) / "orthogonal_skip_connections", folder / "osc_baseline")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # the copy is this run's alone
+    shutil.copytree(package, folder / "osc_baseline")
     sys.path.insert(0, str(folder))
     return importlib.import_module("osc_baseline")
 
@@ -131,7 +136,8 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    from _bench import positive
+    from _bench import names, positive
+    from orthogonal_skip_connections.models import MODEL_TYPES
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=positive, default=128)
@@ -141,11 +147,12 @@ def main() -> None:
     p.add_argument("--memory-format", choices=["channels_last", "contiguous"], default="channels_last",
                    help="layout of inputs and weights (run_experiments' default: channels_last)")
     p.add_argument("--threads", type=positive, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--methods", default=",".join(ORTH_METHODS), help="learnable_orth methods to time")
+    p.add_argument("--methods", type=names(ORTH_METHODS, "method"), default=",".join(ORTH_METHODS),
+                   help="learnable_orth methods to time")
     p.add_argument("--baseline-src", default=None,
                    help="src/ folder of another checkout (e.g. a worktree of an older commit): its variants are "
                         "timed too, interleaved with this checkout's (before/after in one run)")
-    p.add_argument("--upkeep-models", default="resnet20,resnet18",
+    p.add_argument("--upkeep-models", type=names(MODEL_TYPES, "model"), default="resnet20,resnet18",
                    help="models of the upkeep-alone table ('' for none)")
     p.add_argument("--upkeep-rounds", type=positive, default=15)
     p.add_argument("--upkeep-calls", type=positive, default=3)
@@ -159,20 +166,19 @@ def main() -> None:
     from _bench import resolve_device
 
     device = resolve_device(args.device)
-    methods = [m for m in args.methods.split(",") if m]
-    upkeep_models = [m for m in args.upkeep_models.split(",") if m]
+    methods, upkeep_models = args.methods, args.upkeep_models
+    if args.clock == "process" and device.type != "cpu":
+        raise SystemExit("--clock process measures CPU time: use it with --device cpu")
+    versions = {"this": osc} | ({"baseline": load_package(args.baseline_src)} if args.baseline_src else {})
     if upkeep_models and [m for m in methods if m in PARAMETRIZED_METHODS]:
         print(upkeep_table(upkeep_models, [m for m in methods if m in PARAMETRIZED_METHODS], args.upkeep_rounds,
                            args.upkeep_calls, device) + "\n", flush=True)
     if args.no_steps:
         return
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    if args.clock == "process" and device.type != "cpu":
-        raise SystemExit("--clock process measures CPU time: use it with --device cpu")
     clock = time.process_time if args.clock == "process" else time.perf_counter
     # linear: a plain trainable matrix, the cost of applying any C x C skip without upkeep
     variants = [("identity", None), ("linear", None)] + [("learnable_orth", m) for m in methods]
-    versions = {"this": osc} | ({"baseline": load_package(args.baseline_src)} if args.baseline_src else {})
     steps = {(ver, *v): make_step(pkg, *v, args.batch, device, args.memory_format == "channels_last")
              for v in variants for ver, pkg in versions.items()}
     for step in steps.values():  # warm-up

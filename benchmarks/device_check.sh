@@ -14,7 +14,9 @@
 # then run, carrying .whl:  bash benchmarks/device_check.sh      (--quick: a smoke run, any machine;
 # run it here first: it also runs tests/test_cuda.py on the CPU, which catches a CUDA test broken since the last GPU run)
 #
-# Parts (each under its own time limit, so one slow part cannot eat the others):
+# Parts (each under its own time limit, so one slow part cannot eat the others, and all within
+# 570 s, DEVICE_CHECK_BUDGET; $OUT/summary.txt names each part's exit, and the script exits 1
+# when any part failed, was cut or was skipped):
 #   1. tests/test_cuda.py                                    (bf16 steps, resume, loader, retractions,
 #                                                              compile with inductor, landscape)
 #   2. skip_apply.py                                         (what applying a skip matrix costs, by implementation)
@@ -57,19 +59,41 @@ fi
   git log -1 --oneline 2>/dev/null
 } 2>&1 | tee "$out/env.txt"
 
+# The whole script keeps within $budget seconds (the device tool stops a command at 600 s, and
+# then nothing after the cut is summed up): a part gets its own limit or what is left, whichever
+# is less, and a part with under 10 s left is skipped and named so.
+budget="${DEVICE_CHECK_BUDGET:-570}"
+summary=()
+failed=0
 part() {  # part NAME SECONDS COMMAND...: run under a limit, its output in $out/NAME.txt
   local name=$1 limit=$2
   shift 2
+  local left=$((budget - SECONDS))
+  if [ "$left" -lt 10 ]; then
+    echo "== $name: skipped, ${left} s of the script's ${budget} s left"
+    summary+=("$name: skipped (out of time)")
+    failed=1
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
   echo "== $name (limit ${limit}s): $*"
   local t0=$SECONDS
   timeout "$limit" "$@" >"$out/$name.txt" 2>&1
   local rc=$?
   tail -n 60 "$out/$name.txt"
   echo "== $name: exit $rc after $((SECONDS - t0)) s"
+  if [ "$rc" -eq 124 ]; then summary+=("$name: cut at its ${limit} s limit"); else summary+=("$name: exit $rc"); fi
+  [ "$rc" -ne 0 ] && failed=1
+}
+
+finish() {  # one line per part, in $out/summary.txt too; exit 1 when any part failed, was cut or skipped
+  printf '%s\n' "== summary (${SECONDS} s in all)" "${summary[@]}" | tee "$out/summary.txt"
+  exit "$failed"
 }
 
 if [ "${1:-}" = "--quick" ]; then  # a smoke run of the script itself, on any machine (the CUDA tests rehearsed on the CPU:
   # 155 s on 2 cores with a warm inductor cache, 240+ s with a cold one)
+  budget="${DEVICE_CHECK_BUDGET:-1500}"
   part cuda_tests 420 env OSC_CUDA_REHEARSAL=1 python3 -m pytest -o addopts= -q -p no:cacheprovider tests/test_cuda.py
   part skip_apply 60 python3 benchmarks/skip_apply.py --quick
   part step_time 200 python3 benchmarks/gpu_throughput.py --quick --impls factor,matmul --no-settings
@@ -77,7 +101,7 @@ if [ "${1:-}" = "--quick" ]; then  # a smoke run of the script itself, on any ma
     --variants identity,linear,learnable_orth/steepest,learnable_orth/cayley
   part orthogonal_layer 120 python3 benchmarks/orthogonal_layer.py --quick --compile aot_eager
   part epoch_time 240 python3 benchmarks/cifar_epoch_time.py --quick --variants identity,learnable_orth/steepest
-  exit 0
+  finish
 fi
 # a hung test should not take the part's summary with it (pytest-timeout is in the GPU image)
 per_test=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout=120")
@@ -91,3 +115,4 @@ part orthogonal_layer 60 python3 benchmarks/orthogonal_layer.py --sizes 16,64,25
   --retract-sizes 256,512 --retract-rounds 2 --retract-calls 2
 part epoch_time 60 python3 benchmarks/cifar_epoch_time.py --epochs 2 \
   --variants identity,learnable_orth/steepest,linear
+finish

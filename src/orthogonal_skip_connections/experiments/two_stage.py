@@ -24,7 +24,6 @@ mean ||W_end - W_start||_F over skips.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from ..landscape import eval_subset, evaluate_loss
 from ..analysis.stats import t_interval, t_interval_within
 from ..data.vision import fetch_each
 from ..rundir import RunDir, column
-from ..runs import resolve_device
+from ..runs import read_jsonl, resolve_device
 from ..train.classifier import TrainConfig, train_classifier
 from ..train.image import ClassifierSpec, build_classifier, check_batch_size
 from ._app import MAX_SEED, App, check_seed, choice, number, require, threads
@@ -102,12 +101,9 @@ class Config:
 
 
 def _evals(path: Path) -> list[dict]:
-    out = []
-    for line in (path / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("type") == "eval":
-            out.append({"epoch": rec["epoch"], "test_acc": rec["test_acc"], "test_loss": rec["test_loss"]})
-    return out
+    """The eval records of a stage's metrics.jsonl (a damaged line is one UserError line)."""
+    return [{"epoch": rec["epoch"], "test_acc": rec["test_acc"], "test_loss": rec["test_loss"]}
+            for _, _, rec in read_jsonl(path / "metrics.jsonl") if rec.get("type") == "eval"]
 
 
 def _drift(before: dict, after: dict) -> float | None:

@@ -10,7 +10,8 @@ import scipy.stats
 import torch
 
 from orthogonal_skip_connections.analysis.depth import answer, by_depth, corrected_distance, verdict
-from orthogonal_skip_connections.analysis.stats import geometric_spread, seed_sd, t_interval, t_interval_within
+from orthogonal_skip_connections.analysis.stats import (geometric_interval, geometric_spread, seed_sd, t_interval,
+                                                        t_interval_within)
 from orthogonal_skip_connections.maths import orthogonal as orth
 
 DEPTHS = [2, 4, 8, 16]
@@ -118,6 +119,16 @@ def test_the_spread_over_seeds_is_the_sample_sd_along_any_axis():
     assert geometric_spread(ys[:, 2]) == pytest.approx((scipy.stats.gmean(ys[:, 2]), scipy.stats.gstd(ys[:, 2])))
     assert np.isnan(seed_sd(ys[:1], axis=0)).all() and math.isnan(seed_sd([0.4]))
     assert math.isnan(geometric_spread([0.4])[1]) and geometric_spread([0.4])[0] == pytest.approx(0.4)
+
+
+def test_the_geometric_interval_is_scipys_t_interval_of_the_logs_and_nan_where_a_log_is_not():
+    """Landscape sharpness and two-stage losses (one function since they differed: two_stage's
+    copy gave (inf, nan, nan) for an inf loss, the landscape's nan)."""
+    x = [0.02, 3.0, 0.4, 11.0]
+    lo, hi = scipy.stats.t.interval(0.95, len(x) - 1, loc=np.mean(np.log(x)), scale=scipy.stats.sem(np.log(x)))
+    assert geometric_interval(x + [None]) == pytest.approx((scipy.stats.gmean(x), math.exp(lo), math.exp(hi)))
+    for bad in ([0.1, math.inf], [0.1, math.nan], [0.1, 0.0], [0.1, -2.0], [], [None]):
+        assert all(math.isnan(v) for v in geometric_interval(bad)), bad
 
 
 def test_moving_towards_identity_by_the_same_share_at_every_depth_is_not_a_depth_trend():

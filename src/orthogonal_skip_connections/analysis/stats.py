@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-__all__ = ["geometric_spread", "seed_sd", "t_interval", "t_interval_within"]
+__all__ = ["geometric_interval", "geometric_spread", "seed_sd", "t_interval", "t_interval_within"]
 
 
 def t_interval(x) -> tuple[float, float, float]:
@@ -25,6 +25,18 @@ def t_interval(x) -> tuple[float, float, float]:
         return mean, math.nan, math.nan
     half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
     return mean, mean - half, mean + half
+
+
+def geometric_interval(x) -> tuple[float, float, float]:
+    """(geometric mean, low, high): :func:`t_interval` of log x, mapped back by exp (None
+    entries left out). For what spans decades across seeds (sharpness, a loss after a swap),
+    where an arithmetic interval runs below 0: this one is the geometric mean times/divided by
+    one factor. All nan unless every value is finite and > 0 (a log of 0, inf or NaN is none)."""
+    v = [float(x_) for x_ in x if x_ is not None]
+    if not v or not all(math.isfinite(x_) and x_ > 0 for x_ in v):
+        return math.nan, math.nan, math.nan
+    m, lo, hi = t_interval(np.log(v))
+    return math.exp(m), math.exp(lo), math.exp(hi)
 
 
 def t_interval_within(x, low: float = -math.inf, high: float = math.inf):

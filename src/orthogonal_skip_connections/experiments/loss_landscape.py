@@ -39,7 +39,7 @@ import torch
 import yaml
 
 from ..landscape import LandscapeSettings, landscape_of, skip_handling
-from ..analysis.stats import t_interval
+from ..analysis.stats import geometric_interval, t_interval
 from ..data.vision import fetch_each
 from ..rundir import RunDir, check_dir_writable, column, make_dir
 from ..runs import UserError, atomic_write_text, read_json, resolve_device, to_jsonable
@@ -412,22 +412,12 @@ def _ci(values) -> tuple[float, float, float]:
     return t_interval([v for v in values if v is not None])
 
 
-def _geometric_ci(values) -> tuple[float, float, float]:
-    """Geometric mean and 95% interval (Student-t on the logs): sharpness spans decades
-    across seeds, where an arithmetic interval runs below 0. NaN unless all are finite and > 0."""
-    v = [x for x in values if x is not None]
-    if not v or not all(math.isfinite(x) and x > 0 for x in v):  # min(v) <= 0 let NaN and inf through
-        return (math.nan,) * 3
-    m, lo, hi = t_interval(np.log(v))
-    return math.exp(m), math.exp(lo), math.exp(hi)
-
-
 def variant_rows(rows: list[dict]) -> list[dict]:
     out = []
     for v in _variants(rows):
         rs = [r for r in rows if r["variant"] == v]
-        lam, lam_lo, lam_hi = _geometric_ci([r["top_eigenvalue"] for r in rs])
-        tr, tr_lo, tr_hi = _geometric_ci([r["trace"] for r in rs])
+        lam, lam_lo, lam_hi = geometric_interval([r["top_eigenvalue"] for r in rs])  # sharpness spans decades
+        tr, tr_lo, tr_hi = geometric_interval([r["trace"] for r in rs])
         out.append({
             "variant": v, "runs": len(rs), "test_acc": _ci([r["test_acc"] for r in rs])[0],
             "centre_loss": float(np.mean([r["centre_loss"] for r in rs])),

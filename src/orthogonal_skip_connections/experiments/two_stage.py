@@ -35,7 +35,7 @@ import torch
 
 from ..analysis.two_stage import fit_skips, load_with_skips, skips_by_block
 from ..landscape import eval_subset, evaluate_loss
-from ..analysis.stats import t_interval, t_interval_within
+from ..analysis.stats import geometric_interval, t_interval, t_interval_within
 from ..data.vision import fetch_each
 from ..rundir import RunDir, column
 from ..runs import read_jsonl, resolve_device
@@ -186,15 +186,8 @@ def _ci(rows, key):
 
 
 def _geometric_ci(rows, key) -> tuple[float, float, float]:
-    """Geometric mean over seeds and its 95% interval, Student-t on the logs (the interval
-    is the geometric mean times/divided by one factor, so never below 0: test losses after
-    the swap span decades across seeds, where an arithmetic interval ran to -13). NaN
-    without values or with one <= 0."""
-    v = [r[key] for r in rows if r.get(key) is not None]
-    if not v or min(v) <= 0:
-        return (math.nan,) * 3
-    m, lo, hi = t_interval(np.log(v))
-    return math.exp(m), math.exp(lo), math.exp(hi)
+    # test losses after the swap span decades across seeds, where an arithmetic interval ran to -13
+    return geometric_interval([r.get(key) for r in rows])
 
 
 def by_variant(rows: list[dict]) -> list[dict]:

@@ -96,11 +96,13 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> 
         raise
 
 
-def write_npz(path: Path, arrays: dict) -> None:
-    """``np.savez`` through a temporary file and a rename: never a half-written file."""
+def write_npz(path: Path, arrays: dict, compressed: bool = False) -> None:
+    """``np.savez`` (``np.savez_compressed``) through a temporary file and a rename: never a
+    half-written file."""
     import numpy as np  # here, not at the top: ``osc list`` imports this module and needs no numpy
 
-    _atomic_write(path, lambda f: np.savez(f, **arrays), mode="wb")
+    save = np.savez_compressed if compressed else np.savez
+    _atomic_write(path, lambda f: save(f, **arrays), mode="wb")
 
 
 def write_json(path: Path, obj: Any) -> None:

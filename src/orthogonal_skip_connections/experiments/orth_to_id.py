@@ -34,7 +34,7 @@ from ..diagnostics import skip_matrices
 from ..models.stack import SeedStack
 from ..rundir import RunDir, column
 from ..skips import SKIP_KINDS
-from ..runs import UserError, progress_bar, resolve_device
+from ..runs import UserError, progress_bar, resolve_device, write_npz
 from ..train.classifier import Diverged
 from ..train.small import steps_per_epoch, train_small_classifier
 from ._app import (MAX_SEED, App, SkipOptions, SmallTraining, check_residual_mlp_memory, check_seed,
@@ -395,8 +395,8 @@ def run(cfg: Config, rd: RunDir) -> dict:
         if m == max(c["depths"]):
             models[(ds, d)] = stack.model(0).cpu().eval()
     table = by_depth(rows)
-    np.savez_compressed(rd.path / "trajectories.npz", **{
-        f"{ds}/d={d}/m={m}/{k}": v for (ds, d, m), t in trajs.items() for k, v in t.items()})
+    write_npz(rd.path / "trajectories.npz", {
+        f"{ds}/d={d}/m={m}/{k}": v for (ds, d, m), t in trajs.items() for k, v in t.items()}, compressed=True)
     ans = answer(table, rows, c["slope_fraction"])
     summary = {
         "question": "does training bring the skip matrices W_i towards I, the more so the deeper the net?",

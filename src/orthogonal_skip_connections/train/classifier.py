@@ -40,7 +40,8 @@ from torch.nn.utils import parametrize
 from ..data.vision import ImageData, TensorLoader, epoch_generator, to_device
 from ..diagnostics import skip_diagnostics, skip_weights, summarize_relu_kept, summarize_skips
 from ..skips import iter_skips
-from ..runs import UserError, append_jsonl, atomic_torch_save, progress_bar, read_jsonl, write_json
+from ..runs import (UserError, append_jsonl, atomic_torch_save, atomic_write_text, progress_bar, read_jsonl,
+                    write_json)
 from ..optim import OptimConfig, build_optimizer, lr_scheduler
 from . import distributed
 from .divergence import Diverged, DivergenceGuard
@@ -554,7 +555,7 @@ def _truncate_metrics(path: Path, epoch: int) -> None:
     if not path.exists():
         return
     kept = [line for _, line, rec in read_jsonl(path) if rec.get("epoch", 0) <= epoch]
-    path.write_text("".join(line + "\n" for line in kept))
+    atomic_write_text(path, "".join(line + "\n" for line in kept))  # a kill here keeps the old records
 
 
 def require_sink_package(package: str, setting: str) -> None:

@@ -798,3 +798,35 @@ def test_the_cache_key_holds_every_setting_but_the_batch_size():
         if name != "batch_size":
             other = {"eval_split": "test"}.get(name, value + 1 if not isinstance(value, str) else value)
             assert L._key(L.LandscapeSettings(**{**base.__dict__, name: other}), "abc", 0, "img") != key, name
+
+
+def test_a_default_run_another_job_is_training_is_waited_for_then_used(tmp_path, capsys):
+    """The default runs are shared by every landscape job (a sweep's, a study's): a job that
+    finds one missing while another job trains it (holds its .lock) waits, then uses it,
+    rather than training into the same files at once."""
+    import fcntl
+    import os
+    import threading
+    import time
+
+    from orthogonal_skip_connections.experiments import loss_landscape
+    from orthogonal_skip_connections.runs import write_json
+
+    cfg = loss_landscape.main.config(["train.dataset=digits", "train.epochs=1", "progress=false"])
+    path = tmp_path / "runs" / "identity_seed0"
+    path.mkdir(parents=True)
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another job's (flock is per open file: this process counts as another)
+    spec = ClassifierSpec("digits", "resnet20", "identity", {}, n_train=64)
+    job = threading.Thread(target=loss_landscape.train_run, args=(cfg, path, spec, 0, torch.device("cpu")))
+    job.start()
+    try:
+        time.sleep(1.0)
+        assert job.is_alive() and not (path / "config.yaml").exists()  # waiting, nothing written
+        write_json(path / "summary.json", {"status": "completed"})  # the other job finishes
+    finally:
+        os.close(fd)
+    job.join(60)
+    assert not job.is_alive()
+    assert not (path / "checkpoint.pt").exists() and not (path / "config.yaml").exists()  # used, not retrained
+    assert f"waiting for {path}" in capsys.readouterr().err

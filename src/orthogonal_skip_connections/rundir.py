@@ -37,6 +37,7 @@ import shlex
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ from .train import distributed
 from .train.classifier import CHECKPOINT, SUMMARY, resume_advice
 
 __all__ = ["RunDir", "SUMMARY", "CHECKPOINT", "CONFIG", "RUN", "ERROR", "column", "provenance", "check_report", "git_commit",
-           "RESUME_IGNORED", "config_differences", "check_dir_writable", "in_use", "Refused", "study_advice",
+           "RESUME_IGNORED", "config_differences", "check_dir_writable", "in_use", "holding", "Refused", "study_advice",
            "sweep_advice", "SWEEP_KEY"]
 
 # keys that may differ between a run and its resume: they change how a run is shown or
@@ -183,9 +184,10 @@ _HELD_ELSEWHERE = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)  # a non-block
 _NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP)
 
 
-def _lock(path: Path, key: str = "hydra.run.dir") -> bool:
+def _lock(path: Path, key: str = "hydra.run.dir", wait: bool = False) -> bool:
     """Take ``<path>/.lock`` (creating the dir); reentrant within this process. Returns
-    whether the dir was created here. ``key``: the setting a refusal tells the user to change."""
+    whether the dir was created here. ``key``: the setting a refusal tells the user to change.
+    ``wait``: when another process holds it, say so in one line and wait for it, not refuse."""
     import fcntl
 
     resolved = str(path.resolve())
@@ -212,6 +214,10 @@ def _lock(path: Path, key: str = "hydra.run.dir") -> bool:
                 print(f"warning: cannot lock {path / LOCK} ({os.strerror(err.errno)}: a file system without file "
                       "locks, e.g. Lustre mounted without -o flock): a second run into this dir will not be refused",
                       file=sys.stderr)
+                break
+            if err.errno in _HELD_ELSEWHERE and wait:
+                print(f"waiting for {path}: another process holds its .lock", file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
                 break
             os.close(fd)
             if err.errno in _HELD_ELSEWHERE:
@@ -242,6 +248,18 @@ def in_use(path: Path) -> bool:
     finally:
         os.close(fd)  # also releases the shared lock, if it was taken
     return False
+
+
+@contextmanager
+def holding(path: Path, key: str):
+    """Hold ``<path>/.lock`` for the body, waiting while another process holds it: for a dir
+    that several jobs may fill in turn (the loss landscape's shared default runs: a job
+    finding one missing waits for another job training it, then finds it completed)."""
+    _lock(Path(path), key, wait=True)
+    try:
+        yield
+    finally:
+        _unlock(Path(path))
 
 
 def _unlock(path: Path) -> None:

@@ -41,7 +41,7 @@ import yaml
 from ..landscape import LandscapeSettings, landscape_of, skip_handling
 from ..analysis.stats import geometric_interval, t_interval
 from ..data.vision import fetch_each
-from ..rundir import RunDir, check_dir_writable, column, make_dir
+from ..rundir import RunDir, check_dir_writable, column, holding, make_dir
 from ..runs import UserError, atomic_write_text, read_json, resolve_device, to_jsonable
 from ..train.classifier import TrainConfig, train_classifier
 from ..train.image import ClassifierSpec, build_classifier, check_batch_size, load_run, run_variant
@@ -224,15 +224,19 @@ def train_run(cfg: Config, path: Path, spec: ClassifierSpec, seed: int, device, 
     """Train one default run through the shared classifier loop (resuming a killed one);
     ``key``: the setting that chose ``path`` (:func:`runs_key`), named when its checkpoint
     cannot be resumed from, unless ``advice`` (what that refusal asks for instead:
-    :meth:`~..rundir.RunDir.remake_advice`)."""
-    model, data = build_classifier(spec, seed)
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path / "config.yaml", yaml.safe_dump(run_config(cfg, spec, seed), sort_keys=False))
-    tcfg = cfg.train_config()
-    tcfg.seed = seed
-    print(f"training {run_variant(spec)} seed {seed} into {path}")
-    train_classifier(model, data, tcfg, path, device, resume=(path / "checkpoint.pt").exists(),
-                     extra_summary={"skip_kind": spec.skip_kind, "seed": seed}, key=key, advice=advice)
+    :meth:`~..rundir.RunDir.remake_advice`). One job at a time trains into ``path`` (its .lock:
+    the default runs are shared by every landscape job of a sweep or a study); another that
+    wants the same run waits for it, then uses it."""
+    with holding(path, key):
+        if completed(path, key, advice):  # another job trained it while this one waited
+            return
+        model, data = build_classifier(spec, seed)
+        atomic_write_text(path / "config.yaml", yaml.safe_dump(run_config(cfg, spec, seed), sort_keys=False))
+        tcfg = cfg.train_config()
+        tcfg.seed = seed
+        print(f"training {run_variant(spec)} seed {seed} into {path}")
+        train_classifier(model, data, tcfg, path, device, resume=(path / "checkpoint.pt").exists(),
+                         extra_summary={"skip_kind": spec.skip_kind, "seed": seed}, key=key, advice=advice)
 
 
 # --------------------------------------------------------------------------- figures

@@ -802,7 +802,7 @@ def test_the_cache_key_holds_every_setting_but_the_batch_size():
 
 def test_a_default_run_another_job_is_training_is_waited_for_then_used(tmp_path, capsys):
     """The default runs are shared by every landscape job (a sweep's, a study's): a job that
-    finds one missing while another job trains it (holds its .lock) waits, then uses it,
+    finds one missing while another job trains it (holds the dir's flock) waits, then uses it,
     rather than training into the same files at once."""
     import fcntl
     import os
@@ -815,7 +815,7 @@ def test_a_default_run_another_job_is_training_is_waited_for_then_used(tmp_path,
     cfg = loss_landscape.main.config(["train.dataset=digits", "train.epochs=1", "progress=false"])
     path = tmp_path / "runs" / "identity_seed0"
     path.mkdir(parents=True)
-    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT)
+    fd = os.open(path, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)  # another job's (flock is per open file: this process counts as another)
     spec = ClassifierSpec("digits", "resnet20", "identity", {}, n_train=64)
     job = threading.Thread(target=loss_landscape.train_run, args=(cfg, path, spec, 0, torch.device("cpu")))

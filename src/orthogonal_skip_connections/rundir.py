@@ -184,10 +184,9 @@ _HELD_ELSEWHERE = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)  # a non-block
 _NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP)
 
 
-def _lock(path: Path, key: str = "hydra.run.dir", wait: bool = False) -> bool:
+def _lock(path: Path, key: str = "hydra.run.dir") -> bool:
     """Take ``<path>/.lock`` (creating the dir); reentrant within this process. Returns
-    whether the dir was created here. ``key``: the setting a refusal tells the user to change.
-    ``wait``: when another process holds it, say so in one line and wait for it, not refuse."""
+    whether the dir was created here. ``key``: the setting a refusal tells the user to change."""
     import fcntl
 
     resolved = str(path.resolve())
@@ -214,10 +213,6 @@ def _lock(path: Path, key: str = "hydra.run.dir", wait: bool = False) -> bool:
                 print(f"warning: cannot lock {path / LOCK} ({os.strerror(err.errno)}: a file system without file "
                       "locks, e.g. Lustre mounted without -o flock): a second run into this dir will not be refused",
                       file=sys.stderr)
-                break
-            if err.errno in _HELD_ELSEWHERE and wait:
-                print(f"waiting for {path}: another process holds its .lock", file=sys.stderr, flush=True)
-                fcntl.flock(fd, fcntl.LOCK_EX)
                 break
             os.close(fd)
             if err.errno in _HELD_ELSEWHERE:
@@ -252,14 +247,35 @@ def in_use(path: Path) -> bool:
 
 @contextmanager
 def holding(path: Path, key: str):
-    """Hold ``<path>/.lock`` for the body, waiting while another process holds it: for a dir
-    that several jobs may fill in turn (the loss landscape's shared default runs: a job
-    finding one missing waits for another job training it, then finds it completed)."""
-    _lock(Path(path), key, wait=True)
+    """Hold an exclusive ``flock`` on the dir ``path`` itself (created if missing) for the body,
+    waiting while another process holds it: for a dir that several jobs may fill in turn (the
+    loss landscape's shared default runs: a job finding one missing waits for the job training
+    it, then finds it completed). The dir's own lock, not a .lock file: a job refused inside
+    leaves the dir as it was. Not reentrant; without file locks (see the module docstring) the
+    body runs unlocked after a one-line warning."""
+    import fcntl
+
+    path = Path(path)
     try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as err:
+        raise UserError(f"cannot write the run dir {path}: {err.strerror or err}; choose another {key}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in _HELD_ELSEWHERE:
+                print(f"waiting for {path}: another process holds it", file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            elif err.errno in _NO_LOCKS:
+                print(f"warning: cannot lock {path} ({os.strerror(err.errno)}): another job may write it at once",
+                      file=sys.stderr)
+            else:
+                raise
         yield
     finally:
-        _unlock(Path(path))
+        os.close(fd)  # closing the descriptor releases the flock
 
 
 def _unlock(path: Path) -> None:

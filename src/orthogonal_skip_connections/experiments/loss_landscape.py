@@ -224,7 +224,7 @@ def train_run(cfg: Config, path: Path, spec: ClassifierSpec, seed: int, device, 
     """Train one default run through the shared classifier loop (resuming a killed one);
     ``key``: the setting that chose ``path`` (:func:`runs_key`), named when its checkpoint
     cannot be resumed from, unless ``advice`` (what that refusal asks for instead:
-    :meth:`~..rundir.RunDir.remake_advice`). One job at a time trains into ``path`` (its .lock:
+    :meth:`~..rundir.RunDir.remake_advice`). One job at a time trains into ``path`` (a flock on the dir:
     the default runs are shared by every landscape job of a sweep or a study); another that
     wants the same run waits for it, then uses it."""
     with holding(path, key):

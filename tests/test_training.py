@@ -122,6 +122,28 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, monkeypatch):
     assert lines(tmp_path / "full") == lines(tmp_path / "resumed")
 
 
+def test_a_run_killed_after_training_but_before_its_summary_resumes_to_a_whole_summary(tmp_path, monkeypatch):
+    """summary.json is written once, by RunDir.finish with its report section: a kill between
+    the last checkpoint and finish leaves none (the loop wrote a report-less "completed" one,
+    which resume=true took as done and then died on), and resume finishes the run. A
+    report-less "completed" summary an earlier version left is finished again too."""
+    from orthogonal_skip_connections.rundir import RunDir
+
+    def killed(self, summary, device=None):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(RunDir, "finish", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiments.main.run(digits_cfg("scheduler.epochs=1"), tmp_path)
+    assert not (tmp_path / "summary.json").exists() and (tmp_path / "checkpoint.pt").exists()
+    first = run_experiments.main.run(digits_cfg("scheduler.epochs=1", "resume=true"), tmp_path)
+    assert first["status"] == "completed" and "report" in json.loads((tmp_path / "summary.json").read_text())
+    (tmp_path / "summary.json").write_text(json.dumps({k: v for k, v in first.items() if k != "report"}))
+    again = run_experiments.main.run(digits_cfg("scheduler.epochs=1", "resume=true"), tmp_path)
+    assert again["report"]["verdict"] == first["report"]["verdict"] and again["test_acc"] == first["test_acc"]
+
+
 def _generator_copy(gen: torch.Generator) -> torch.Generator:
     return torch.Generator().set_state(gen.get_state())
 

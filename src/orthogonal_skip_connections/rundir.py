@@ -497,10 +497,13 @@ class RunDir:
 
     @property
     def completed(self) -> dict | None:
-        """The summary of a run already completed in this dir (when resuming), else None."""
+        """The summary of a run already completed in this dir (when resuming), else None. A
+        "completed" summary without its report section is not one :meth:`finish` wrote (an
+        earlier version's training loop wrote its own first, and a kill could come between):
+        the run resumes from its checkpoint and is finished again."""
         if (self.path / SUMMARY).exists():
             done = read_json(self.path / SUMMARY)
-            if done.get("status", "completed") == "completed":
+            if done.get("status", "completed") == "completed" and isinstance(done.get("report"), dict):
                 return done
         return None
 

@@ -335,8 +335,8 @@ def run(cfg: Config, rd: RunDir) -> dict:
              "residual_mode": m.residual_label, "seed": cfg.seed, "n_test": len(data.y_test)}
     summary = train_classifier(model, data, cfg.train_config(), rd.path, device, sinks, resume=cfg.resume,
                                extra_summary=extra, save_checkpoint=cfg.save_checkpoint == "last",
-                               advice=rd.checkpoint_advice())
-    # train_classifier raises Diverged after writing a "diverged" summary
+                               advice=rd.checkpoint_advice(), write_summary=False)
+    # train_classifier raises Diverged, whose partial summary rd.diverged writes
     return {**summary, "report": report(cfg, summary)}
 
 

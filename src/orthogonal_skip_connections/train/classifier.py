@@ -276,10 +276,14 @@ def train_classifier(
     save_checkpoint: bool = True,
     key: str = "hydra.run.dir",
     advice: str | None = None,
+    write_summary: bool = True,
 ) -> dict:
     """Train ``model`` on ``data``; write metrics.jsonl, checkpoint.pt (after every epoch,
     unless ``save_checkpoint`` is false: then a killed run cannot resume) and summary.json
-    into ``run_dir``; return the summary. Raises :class:`Diverged` (after writing a summary
+    into ``run_dir``; return the summary. ``write_summary=False``: the caller writes
+    summary.json (a :class:`~..rundir.RunDir`'s finish, with its report section), so that it
+    appears once, whole: a run killed between the two would otherwise leave a "completed"
+    summary without a report, which resume takes as done. Raises :class:`Diverged` (after writing a summary
     with ``status: diverged``, also its ``partial``) when the run diverges by the rule of
     :mod:`.divergence`. ``key``: the setting that chose ``run_dir``, named when its checkpoint
     cannot be resumed from (see :func:`resume_advice`); ``advice``: what that refusal asks for
@@ -473,14 +477,14 @@ def train_classifier(
                 )
     except Diverged as err:
         err.partial = {**summary("diverged"), "divergence": err.info}
-        if main:
+        if main and write_summary:
             write_json(run_dir / SUMMARY, err.partial)
         raise
     finally:
         for sink in sinks:
             sink.close()
     result = summary("completed")
-    if main:
+    if main and write_summary:
         write_json(run_dir / SUMMARY, result)
     return result
 

@@ -1,4 +1,4 @@
-"""The skip kinds (policies) and their registry: ``make_skip(kind, channels, **options)``
+"""The skip kinds (policies, named in SKIP_KINDS) and how to build one: ``make_skip(kind, channels, **options)``
 and the timm-style factory ``skip(kind, **options)`` (a callable ``channels -> Skip``).
 
 Kinds follow the original project (``identity``, ``zero``, ``fixed_orth``,

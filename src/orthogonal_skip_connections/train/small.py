@@ -127,7 +127,7 @@ def train_small_classifier(
 
     Fields of :class:`TrainConfig` used: epochs, batch_size, optimizer, lr, momentum,
     nesterov, weight_decay, decay_norms_and_biases, betas, schedule, warmup_epochs,
-    milestones, gamma, label_smoothing, grad_clip, upkeep_momentum, progress. Not
+    milestones, gamma, label_smoothing, grad_clip, upkeep_momentum, upkeep_adaptive, progress. Not
     supported: mixup_alpha > 0; amp, channels_last, eval_every and seed do not apply (the
     seeds are the stack's).
 
@@ -139,7 +139,7 @@ def train_small_classifier(
     Returns ``{"seeds", "steps", "epochs", "train_time_s", "train_loss", "train_acc",
     "test_loss", "test_acc", "history"}``, per-seed values as lists of length S (test
     values None without test data). CPU work runs on one thread (see
-    :func:`~orthogonal_skip_connections.orthogonal.one_thread`).
+    :func:`~orthogonal_skip_connections.maths.orthogonal.one_thread`).
     """
     cfg.validate()
     if cfg.mixup_alpha > 0:

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 from orthogonal_skip_connections.maths import orthogonal as orth
@@ -82,6 +83,24 @@ def test_trainer_learns_moons(moons, kind, options):
     assert min(result["test_acc"]) > 85.0 and min(result["train_acc"]) > 85.0  # chance: 50%
     assert max(result["test_acc"]) > 97.0  # (a width-8 ReLU branch can stall a seed near 90%)
     assert result["steps"] == 40 * (320 // 50) and len(result["seeds"]) == 2
+
+
+def test_a_scalar_skip_stack_trains_and_its_seeds_gradients_are_clipped_apart(moons):
+    """A scalar skip's stacked parameter is (S,): the per-seed clip took every gradient as
+    (S, ...) with a dim 1 (an IndexError: the scalar kind crashed all three synthetic apps)."""
+    from orthogonal_skip_connections.train.small import _clip_per_seed
+
+    stack = SeedStack.build(mlp("scalar"), [0, 1])
+    assert stack.runner.model.blocks[0].skip.alpha.shape == (2,)
+    result = train_small_classifier(stack, moons.X_train, moons.y_train, tcfg(epochs=1, grad_clip=0.5),
+                                    moons.X_test, moons.y_test)
+    assert len(result["test_acc"]) == 2
+    stack.zero_grad()
+    F.cross_entropy(stack(moons.X_train[:64]).flatten(0, 1), moons.y_train[:64].repeat(2)).backward()
+    grads = [p.grad.clone() for p in stack.parameters() if p.grad is not None]
+    norms = _clip_per_seed(stack, 0.0)  # max_norm 0: measure only
+    for s in range(2):  # seed s's global 2-norm, over its own slice of every gradient
+        assert float(norms[s]) == pytest.approx(float(torch.linalg.vector_norm(torch.cat([g[s].flatten() for g in grads]))))
 
 
 @pytest.mark.parametrize("method", ["steepest", "svd", "cayley"])

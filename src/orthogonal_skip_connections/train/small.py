@@ -86,7 +86,7 @@ def _clip_per_seed(stack: SeedStack, max_norm: float) -> Tensor:
     grads = [p.grad for p in stack.parameters() if p.grad is not None]
     if not grads:
         return torch.zeros(len(stack))
-    norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]), dim=0)
+    norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.reshape(len(g), -1), dim=1) for g in grads]), dim=0)
     if max_norm > 0:
         factor = (max_norm / (norms + 1e-6)).clamp(max=1.0)
         for g in grads:

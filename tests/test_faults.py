@@ -130,6 +130,14 @@ def root(tmp_path_factory):
         (root / name / ".hydra" / "overrides.yaml").write_text("- train.dir=null\n")
         (root / name / ".lock").touch()
     (root / "a_file").write_text("not a dir\n")
+    ll_cut = root / "ll_corrupt_summary"  # a trained run given in runs=, its summary.json cut short
+    shutil.copytree(root / "done" / "run_experiments", ll_cut)
+    (ll_cut / "summary.json").write_text('{"status": "compl')
+    (root / "ts_cut").mkdir()  # a teacher_student run's trajectories.npz cut short (a disk filled up)
+    import numpy as np
+
+    np.savez(root / "ts_cut" / "trajectories.npz", **{"sum_modified.seeds": np.arange(8), "x": np.zeros(4096)})
+    (root / "ts_cut" / "trajectories.npz").write_bytes((root / "ts_cut" / "trajectories.npz").read_bytes()[:3000])
     (root / "user_dir").mkdir()  # a dir of the user's own (no .hydra/): a run refused in it leaves it as it was
     (root / "user_dir" / "notes.txt").write_text("mine\n")
     (root / "user_dir" / ".lock").touch()  # the lock stays by rundir's rule (a lock file is never unlinked)
@@ -367,6 +375,10 @@ CASES = [
     ("ts-nesterov", ["teacher_student", "optimizer=nesterov", "momentum=0"], ["nesterov"]),
     ("ts-threshold", ["teacher_student", "thresholds.fit=0"], ["thresholds.fit"]),
     ("ts-start-not-npz", ["teacher_student", f"student.start={M}/a_file"], ["student.start", "not an .npz file"]),
+    ("ts-start-cut-npz", ["teacher_student", f"student.start={M}/ts_cut"], ["student.start", "cannot read the weights"]),
+    ("ll-runs-corrupt-summary", ["loss_landscape", f"runs=[{M}/ll_corrupt_summary]"],
+     ["ll_corrupt_summary/summary.json", "JSONDecodeError", "out of runs="]),
+    ("re-data-root-file", ["run_experiments", "dataset=cifar10", f"data.root={M}/a_file"], ["data.root", "a_file"]),
     ("ts-start-other-app", ["teacher_student", f"student.start={M}/done/run_experiments"],
      ["student.start", "that dir holds no trajectories.npz (a run_experiments run, not a teacher_student one)"]),
     ("ts-dir-finished", ["teacher_student", f"hydra.run.dir={M}/done/teacher_student"], ["finished"]),
@@ -1453,6 +1465,18 @@ CHECKED_BEFORE_HYDRA = [
     ("orth_residual_synthetic_data", ["n_blocks=1000000000"], "memory"),
     ("theorem", ["ms=[1000000000]"], "memory"),
     ("teacher_student", ["d=1000000000"], "memory"),
+    # sizes and values past what the run can hold or tell apart (an audit's tracebacks and silent nonsense)
+    ("run_experiments", ["dataset=digits", "device=meta"], "unknown device 'meta'"),
+    ("loss_landscape", ["runs=[/a/b,/a/./b]"], "runs must be a list of different run dirs"),
+    ("loss_landscape", ["train.variants=[identity,identity]"], "without repeats"),
+    ("loss_landscape", ["t_range=[-.inf,1]"], "t_range"),
+    ("loss_landscape", ["radius=1e300"], "radius"),
+    ("loss_landscape", ["steps=1000001"], "memory"),
+    ("theorem", ["maps.dh0_far.angle=1e20"], "maps.dh0_far.angle"),
+    ("construction_validity", ["noise=1e300"], "noise"),
+    ("orth_residual_synthetic_data", ["grid_lines=100000"], "grid_lines"),
+    ("two_stage", ["n_train=100000"], "n_train"),
+    ("teacher_student", ["n_test=1"], "n_test must be an integer >= 2"),
     ("study", ["parts=[synthetic]", 'overrides.run_experiments=["optimizer.lr=-1"]'],
      r"part classification \(not in parts, checked all the same\), digits/resnet20 identity: optimizer.lr"),
 ]

@@ -1039,3 +1039,14 @@ def test_the_figures_a_report_lists_include_those_with_brackets_in_their_caption
           "![digits/vit_tiny[width=32,depth=2] accuracy by residual mode](accuracy_modes_vit.png) and "
           "[a table](results.csv), ![elsewhere](teacher_student/fit.png)")
     assert _figure_names(md) == ["accuracy_digits_resnet20.png", "accuracy_modes_vit.png"]
+
+
+def test_landscape_runs_the_classification_part_did_not_train_are_said_not_skipped_silently(tmp_path, capsys):
+    """landscape_runs naming a task, variant or seed the study's classification part does not
+    train: the landscape falls back to its own runs (or to those that did complete), and says so."""
+    cfg = study.main.config(["scale=smoke", "scales.smoke.landscape_runs.variants=[bogus]"])
+    overrides = study.landscape_overrides(cfg, [], tmp_path)
+    assert not [o for o in overrides if o.startswith("runs=")]
+    out = capsys.readouterr().out  # (stdout: news, not an error; a refusal's one line is stderr's)
+    assert "landscape: 0 of the 1 runs landscape_runs names (digits/resnet20 bogus, seeds 0..0)" in out
+    assert "loss_landscape trains its own default runs" in out

@@ -143,3 +143,16 @@ def test_two_stage_figure_colours_are_the_skip_kinds_colours_elsewhere():
                                                           "learnable_orth/cayley/haar"])["learnable_orth/cayley/haar"]
     assert len({s["color"] for s in styles.values()}) == 4
     assert "= identity until the swap" in styles["two_stage"]["label"]
+
+
+def test_the_report_names_the_images_the_fit_used_not_more_than_the_training_set(monkeypatch):
+    """fit_images above the training set fits on all of it (eval_subset takes what there is):
+    the report said "on 100000 training images" of a 128-image set."""
+    from orthogonal_skip_connections.experiments import load_app, two_stage
+
+    cfg = load_app("two_stage").config(["n_train=128", "fit_images=100000"])
+    assert cfg.fitted_images() == 128
+    assert load_app("two_stage").config(["fit_images=100"]).fitted_images() == 100
+    monkeypatch.setattr(two_stage, "verdict", lambda table: "")  # (of no runs)
+    measures = " ".join(two_stage.report(cfg, [], "two_stage.png")["measures"])
+    assert "on 128 training images" in measures

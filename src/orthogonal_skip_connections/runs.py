@@ -201,7 +201,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N, mps") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):  # meta, xpu, ...: torch's, not trained on here
+        raise UserError(f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N, mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={name} was asked for but no CUDA GPU is available; use device=auto or cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

@@ -142,12 +142,13 @@ def _check(dataset_type, n_samples, dim, num_classes, test_fraction, noise, sepa
         raise ValueError(f"test_fraction must be in (0, 1); got {test_fraction}")
     if not isinstance(n_samples, int) or not 1 <= math.ceil(test_fraction * n_samples) < n_samples:
         raise ValueError(f"n_samples={n_samples!r} is too small for test_fraction={test_fraction}")
-    if not 0 <= noise < math.inf:
-        raise ValueError(f"noise must be a finite number >= 0; got {noise}")
+    # (up to 1e6: the data are float32, and far larger values overflow it before training starts)
+    if not 0 <= noise <= 1e6:
+        raise ValueError(f"noise must be a finite number from 0 to 1e6; got {noise}")
     if dataset_type == "blobs" and noise == 0:
         raise ValueError("blobs need noise > 0: it is the cluster standard deviation")
-    if not 0 < separation < math.inf:
-        raise ValueError(f"separation must be a finite number > 0; got {separation}")
+    if not 0 < separation <= 1e6:
+        raise ValueError(f"separation must be a finite number > 0 and <= 1e6; got {separation}")
     if not isinstance(clusters_per_class, int) or clusters_per_class < 1:
         raise ValueError(f"clusters_per_class must be an integer >= 1; got {clusters_per_class!r}")
     if dataset_type == "classification" and num_classes * clusters_per_class > 2**dim:

@@ -42,7 +42,7 @@ from ..landscape import LandscapeSettings, landscape_of, skip_handling
 from ..analysis.stats import geometric_interval, t_interval
 from ..data.vision import fetch_each
 from ..rundir import RunDir, check_dir_writable, column, holding, make_dir
-from ..runs import UserError, atomic_write_text, read_json, resolve_device, to_jsonable
+from ..runs import UserError, atomic_write_text, check_memory, read_json, resolve_device, to_jsonable
 from ..train.classifier import TrainConfig, train_classifier
 from ..train.image import ClassifierSpec, build_classifier, check_batch_size, load_run, run_variant
 from ._app import App, check_seed, choice, number, path_or_null, require, threads
@@ -99,10 +99,14 @@ class Config:
 
         require(self.steps >= 1 and self.steps % 2 == 1, "steps", "an odd integer >= 1 (the centre is a grid point)",
                 self.steps)
-        number("radius", self.radius, 0, strict=True)
+        # radius in filter norms (1: each filter moves by its own norm); far past it the losses overflow float32
+        number("radius", self.radius, 0, strict=True, high=1e6)
         require(self.steps_1d >= 2, "steps_1d", "an integer >= 2", self.steps_1d)
-        require(len(self.t_range) == 2 and self.t_range[0] < self.t_range[1], "t_range", "[t_min, t_max] with "
-                "t_min < t_max", self.t_range)
+        require(len(self.t_range) == 2 and all(math.isfinite(t) for t in self.t_range)
+                and self.t_range[0] < self.t_range[1], "t_range", "[t_min, t_max], finite, with t_min < t_max",
+                self.t_range)
+        check_memory(f"steps={self.steps} and steps_1d={self.steps_1d} (their grids of losses)",
+                     8 * (self.steps ** 2 + self.steps_1d))
         require(self.n_eval >= 1, "n_eval", "an integer >= 1", self.n_eval)
         choice("eval_split", self.eval_split, SPLITS)
         check_seed("direction_seed", self.direction_seed)
@@ -113,6 +117,9 @@ class Config:
         threads(self.num_threads)
         for run in self.runs:
             path_or_null("runs", run)
+        seen = [str(Path(run).expanduser().resolve()) for run in self.runs]
+        twice = sorted({run for run, r in zip(self.runs, seen) if seen.count(r) > 1})
+        require(not twice, "runs", "a list of different run dirs (one given twice counts as two seeds)", twice)
         t = self.train
         for key, value in (("cache_dir", self.cache_dir), ("train.dir", t.dir)):
             path_or_null(key, value)
@@ -124,6 +131,8 @@ class Config:
         choice("train.dataset", t.dataset, DATASETS)
         choice("train.model_type", t.model_type, RESNETS)
         require(len(t.variants) > 0, "train.variants", "a non-empty list of kind[/method[/init]]", t.variants)
+        require(len(set(t.variants)) == len(t.variants), "train.variants", "a list without repeats (a variant's runs "
+                "would count twice)", t.variants)
         for v in t.variants:
             parts = v.split("/")
             require(parts[0] in SKIP_KINDS and len(parts) <= 3, "train.variants",
@@ -217,6 +226,17 @@ def completed(path: Path, key: str = "train.dir", advice: str | None = None) -> 
     except (OSError, ValueError, AttributeError) as err:  # not JSON, not text, not an object
         raise UserError(f"cannot read {path / 'summary.json'} ({type(err).__name__}); "
                         f"{advice or f'move the run away or choose another {key}'}") from None
+
+
+def _test_acc(path: Path, advice: str) -> float | None:
+    """The test accuracy a run's summary.json gives (None without one); one that cannot be read
+    is one line with ``advice``."""
+    if not (path / "summary.json").is_file():
+        return None
+    try:
+        return read_json(path / "summary.json").get("test_acc")
+    except (OSError, ValueError, AttributeError) as err:  # not JSON, not text, not an object
+        raise UserError(f"cannot read {path / 'summary.json'} ({type(err).__name__}); {advice}") from None
 
 
 def train_run(cfg: Config, path: Path, spec: ClassifierSpec, seed: int, device, key: str = "train.dir",
@@ -620,13 +640,12 @@ def run(cfg: Config, rd: RunDir) -> dict:
     settings = cfg.settings()
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else rd.path / "cache"
     results, handling = [], {}
+    test_accs = {p: _test_acc(p, rd.remake_advice(p) or advice) for p in paths}  # (before hours of landscapes)
     for p in paths:
         run = load_run(p, device, rd.remake_advice(p) or advice)
         out = landscape_of(run.model, run.init_model, run.data, settings, run.checkpoint_sha256, run.seed, cache_root,
                            device, cfg.progress, desc=f"{run.variant} seed {run.seed}")
-        summary = read_json(p / "summary.json") if (p / "summary.json").is_file() else {}
-        results.append({**out, "variant": run.variant, "seed": run.seed, "run_dir": str(p),
-                        "test_acc": summary.get("test_acc")})
+        results.append({**out, "variant": run.variant, "seed": run.seed, "run_dir": str(p), "test_acc": test_accs[p]})
         handling.setdefault(run.variant, skip_handling(run.model))
         print(f"{run.variant} seed {run.seed}: loss {out['centre_loss']:.4g}, top eigenvalue "
               f"{out['top_eigenvalue']:.4g} ({'converged' if out['lanczos_converged'] else 'NOT converged'} after "

@@ -59,7 +59,8 @@ class Config(SmallTraining):
         self.skip_kinds = skip_kinds("skip_kinds", self.skip_kinds)
         require(self.n_blocks >= 1, "n_blocks", "an integer >= 1", self.n_blocks)
         check_seed("seed", self.seed)
-        require(self.grid_lines >= 2, "grid_lines", "an integer >= 2", self.grid_lines)
+        require(2 <= self.grid_lines <= 1000, "grid_lines", "an integer from 2 to 1000 (lines per direction drawn in "
+                "each panel: 1e5 drew for minutes)", self.grid_lines)
         require(self.region_grid >= 2, "region_grid", "an integer >= 2", self.region_grid)
         require(self.hidden_mult > 0, "hidden_mult", "a number > 0", self.hidden_mult)
         # what the library would refuse at run time, refused here (before Hydra makes a run dir)

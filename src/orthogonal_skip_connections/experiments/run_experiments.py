@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -222,6 +223,9 @@ class Config:
         except ValueError as err:
             raise UserError(f"model: {err}") from None
         path_or_null("data.root", self.data.root)
+        root = None if self.data.root is None else Path(self.data.root).expanduser()
+        require(root is None or not root.exists() or root.is_dir(), "data.root", "a dir (or null: $OSC_DATA_ROOT, "
+                "else ~/.data), not a file", self.data.root)
         choice("wandb.mode", self.wandb.mode, WANDB_MODES)
         require(self.wandb.project.strip() != "", "wandb.project", "a W&B project name", self.wandb.project)
         if self.tensorboard:  # the sinks are built after config.yaml is written: refuse before Hydra makes a run dir

@@ -297,6 +297,12 @@ def landscape_overrides(cfg: Config, jobs: list, study_dir: Path) -> list[str]:
                     summary_status(path) == "completed":
                 runs.append(path)
     chosen = [f"runs=[{','.join(repr(str(p)) for p in runs)}]"] if runs else []
+    named = len(want.variants) * want.seeds
+    if len(runs) < named:  # (a task, variant or seed the classification part did not train: said, not silent)
+        what = f"{want.task} {', '.join(want.variants)}, seeds 0..{want.seeds - 1}"
+        print(f"landscape: {len(runs)} of the {named} runs landscape_runs names ({what}) completed in this study's "
+              "classification part; " + ("the landscape reads those alone" if runs else
+                                        "loss_landscape trains its own default runs"))
     return ["train.dir=null", "cache_dir=null", *cfg.scales[cfg.scale].loss_landscape, *cfg.overrides.loss_landscape,
             *chosen]
 

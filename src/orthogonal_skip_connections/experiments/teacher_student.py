@@ -21,6 +21,8 @@ import math
 import sys
 import textwrap
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -152,9 +154,11 @@ def load_start(path: str, archs: list[str], seeds: list[int]) -> dict[str, dict]
                                     f"{', '.join(map(str, saved))})")
                 rows = [saved.index(s) for s in seeds]
                 start[a] = {k: {n: z[f"{a}.{k}.{n}"][rows] for n in ARCHS[a].params} for k in ("teacher", "student")}
-    except (OSError, ValueError, KeyError) as err:  # not an npz, or one without the weights
-        # numpy calls any file that is not .npy/.npz 'pickled (object) data' and offers the unsafe loader: neither helps
-        detail = "not an .npz file" if "pickled" in str(err) else str(err).splitlines()[0][:100]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        # not an npz, one cut short (BadZipFile, EOFError, zlib.error), or one without the weights; numpy calls
+        # any file that is not .npy/.npz 'pickled (object) data' and offers the unsafe loader: neither helps
+        detail = "not an .npz file" if "pickled" in str(err) else \
+            (str(err).splitlines()[0][:100] if str(err) else type(err).__name__)
         raise UserError(f"student.start: cannot read the weights in {file} ({detail})") from None
     return start
 

@@ -77,8 +77,9 @@ class Config:
                      8 * (self.ms[-1] + 1 + self.n_points) * self.dim ** 2)
         require(len(self.maps) > 0, "maps", "a non-empty mapping name -> {angle, stretch, eps}", self.maps)
         for name, spec in self.maps.items():
-            number(f"maps.{name}.angle", spec.angle)
-            number(f"maps.{name}.stretch", spec.stretch, 0, strict=True)
+            # radians; far past 1e6 expm(angle S_L) is no longer finite in float64 (1e20 failed in the SVD)
+            number(f"maps.{name}.angle", spec.angle, -1e6, high=1e6)
+            number(f"maps.{name}.stretch", spec.stretch, 1e-6, high=1e6)
             number(f"maps.{name}.eps", spec.eps, 0)
             s_min = min(spec.stretch, 1.0 / spec.stretch)
             if spec.eps >= s_min:

@@ -68,14 +68,16 @@ class Config:
     progress: bool
 
     def check(self) -> None:
-        from ..data.vision import DATASETS
+        from ..data.vision import DATASETS, TRAIN_SIZES
         from ..models.resnet import RESNETS
         from ..skips import ORTH_METHODS
 
         choice("dataset_name", self.dataset_name, DATASETS)
         choice("model_type", self.model_type, RESNETS)
         choice("method", self.method, ORTH_METHODS)
-        require(self.n_train is None or self.n_train >= 2, "n_train", "an integer >= 2 or null", self.n_train)
+        size = TRAIN_SIZES[self.dataset_name]  # the standard split's training images
+        require(self.n_train is None or 2 <= self.n_train <= size, "n_train",
+                f"an integer from 2 to {size} ({self.dataset_name}'s training images) or null", self.n_train)
         require(self.seeds >= 1, "seeds", "an integer >= 1", self.seeds)
         check_seed("seed", self.seed, (MAX_SEED - 1) // 2 - (self.seeds - 1))  # stage seeds 2 s + 1, s < seed + seeds
         require(self.stage1_epochs >= 1, "stage1_epochs", "an integer >= 1", self.stage1_epochs)
@@ -87,6 +89,14 @@ class Config:
             self.train_config(stage, 0).validate()
         check_batch_size("batch_size", self.batch_size, self.dataset_name, self.n_train)
         resolve_device(self.device)
+
+    def fitted_images(self) -> int:
+        """How many training images the Procrustes fit uses: ``fit_images``, or all of a smaller
+        training set (the standard split's, or n_train's)."""
+        from ..data.vision import TRAIN_SIZES
+
+        size = TRAIN_SIZES[self.dataset_name] if self.n_train is None else self.n_train
+        return min(self.fit_images, size)
 
     def train_config(self, stage: int, seed: int) -> TrainConfig:
         return TrainConfig(
@@ -312,7 +322,7 @@ def report(cfg: Config, table: list[dict], figure: str) -> dict:
             "= identity skips, then each skip W_i := Q_i, then learnable orthogonal skips; identity = identity "
             "throughout; orth_identity / orth_haar = learnable orthogonal skips from I / a Haar draw throughout",
             f"Q_i: the orthogonal Procrustes fit (Schoenemann 1966) of block i's skip inputs X to its residual sums "
-            f"Y = X + f_i(X) on {cfg.fit_images} training images, one row per pixel: argmin ||Y - X Q^T||_F over "
+            f"Y = X + f_i(X) on {cfg.fitted_images()} training images, one row per pixel: argmin ||Y - X Q^T||_F over "
             "O(C); Procrustes residual ||Y - X Q_i^T||_F / ||Y||_F, mean over blocks (0: the block is orthogonal)",
             "test loss after the swap: of the identity model with its skips replaced by the Q_i, before any "
             "fine-tuning; it and the loss at the end of stage 1 are geometric means over seeds (the losses span "

@@ -128,7 +128,8 @@ class TeacherStudentConfig:
         need(is_int(self.d) and self.d >= 1, f"d must be an integer >= 1; got {self.d!r}")
         need(self.output in OUTPUTS, f"unknown output {self.output!r}; allowed: {', '.join(OUTPUTS)}")
         need(is_int(self.n_train) and self.n_train >= 0, f"n_train must be an integer >= 0 (0: fresh samples every step); got {self.n_train!r}")
-        need(is_int(self.n_test) and self.n_test >= 1, f"n_test must be an integer >= 1; got {self.n_test!r}")
+        need(is_int(self.n_test) and self.n_test >= 2, "n_test must be an integer >= 2 (Var(y) on the test set, which "
+             f"the relative losses divide by, needs two); got {self.n_test!r}")
         need(is_int(self.data_draw) and self.data_draw >= 0,
              f"data_draw must be an integer >= 0 (0: each seed's own inputs); got {self.data_draw!r}")
         need(is_int(self.start_draw) and self.start_draw >= 0,

@@ -1290,6 +1290,13 @@ def test_a_failed_cifar_download_leaves_nothing_it_made(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"^sweep: job 0 and every other job on cifar10: .*downloading it failed.*"
                                         r", or set \$OSC_DATA_ROOT$"):
         fetch_each([("sweep: job 0", "cifar10", new_root, True)], what="job", keys=(None, None))
+    # and their single runs (the message came from the loader, which named run_experiments' data.root)
+    monkeypatch.setenv("OSC_DATA_ROOT", str(new_root))
+    for argv in (["two_stage", "dataset_name=cifar10"], ["loss_landscape", "train.dataset=cifar10",
+                                                         f"train.dir={tmp_path / 'runs'}"]):
+        with pytest.raises(UserError, match=r"downloading it failed.*, or set \$OSC_DATA_ROOT$"):
+            load_app(argv[0]).run(load_app(argv[0]).config(argv[1:] + ["progress=false"]), tmp_path / "run")
+        assert not (tmp_path / "runs").exists() and not (tmp_path / "run" / "config.yaml").exists()
 
 
 def test_a_sweep_goes_on_after_a_failed_and_a_diverged_job(tmp_path, capsys):

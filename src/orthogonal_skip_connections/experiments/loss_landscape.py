@@ -40,7 +40,7 @@ import yaml
 
 from ..landscape import LandscapeSettings, landscape_of, skip_handling
 from ..analysis.stats import geometric_interval, t_interval
-from ..data.vision import fetch_each
+from ..data.vision import fetch, fetch_each
 from ..rundir import RunDir, check_dir_writable, column, holding, make_dir
 from ..runs import UserError, atomic_write_text, check_memory, read_json, resolve_device, to_jsonable
 from ..train.classifier import TrainConfig, train_classifier
@@ -620,6 +620,7 @@ def run(cfg: Config, rd: RunDir) -> dict:
             raise UserError(f"{len(todo)} default run(s) missing (first: {todo[0][0]}); set train_missing=true "
                             "to train them, or give runs=[...]")
         if todo:  # the data as loaded (a data root with fewer images than the standard split), before any write
+            fetch(cfg.train.dataset, keys=(None, None))  # missing offline: one line naming $OSC_DATA_ROOT, its one way
             _, data = build_classifier(todo[0][1], todo[0][2])
             t = cfg.train
             check_batch_size("train.batch_size", t.batch_size, t.dataset, t.n_train, loaded=data)

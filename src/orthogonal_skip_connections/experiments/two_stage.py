@@ -36,7 +36,7 @@ import torch
 from ..analysis.two_stage import fit_skips, load_with_skips, skips_by_block
 from ..landscape import eval_subset, evaluate_loss
 from ..analysis.stats import geometric_interval, t_interval, t_interval_within
-from ..data.vision import fetch_each
+from ..data.vision import fetch, fetch_each
 from ..rundir import RunDir, column
 from ..runs import read_jsonl, resolve_device
 from ..train.classifier import TrainConfig, train_classifier
@@ -359,7 +359,9 @@ def run(cfg: Config, rd: RunDir) -> dict:
     device = resolve_device(cfg.device)
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
-    # data and options checked before any write
+    # data and options checked before any write; a dataset missing offline is one line naming the one way
+    # this app takes a data root ($OSC_DATA_ROOT: it has no data.root)
+    fetch(cfg.dataset_name, keys=(None, None))
     _, data = build_classifier(cfg.spec("learnable_orth", "haar"), cfg.seed)
     check_batch_size("batch_size", cfg.batch_size, cfg.dataset_name, cfg.n_train, loaded=data)
     rd.start(cfg)

@@ -276,3 +276,19 @@ def test_module_entry_point_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert theorem.main([f"hydra.run.dir={tmp_path}", "ms=[0]"]) == 2
     assert capsys.readouterr().err.strip() == "error: every m in ms must be an integer >= 1; got 0"
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_a_map_can_be_added_from_the_command_line_and_a_malformed_one_is_one_line():
+    """The config says "add or remove maps freely": OmegaConf refused a dict into a MapSpec
+    slot (``+maps.x={...}`` failed with "dict is not a subclass of MapSpec", naming x)."""
+    from orthogonal_skip_connections.experiments import load_app
+
+    app = load_app("theorem")
+    cfg = app.config(["+maps.x={angle:1,stretch:2,eps:0.1}", "~maps.dh0_far"])
+    assert cfg.maps["x"] == theorem.MapSpec(1.0, 2.0, 0.1) and "dh0_far" not in cfg.maps
+    assert all(isinstance(spec, theorem.MapSpec) for spec in cfg.maps.values())
+    for override, words in (("+maps.x={angle:1,stretch:1}", "maps.x lacks eps"),
+                            ("maps.dh0_far.angle=abc", "maps.dh0_far.angle must be a number"),
+                            ("+maps.x={angle:1,stretch:3,eps:0.5}", "maps.x.eps must be < min")):
+        with pytest.raises(UserError, match=words):
+            app.config([override])

@@ -16,6 +16,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,26 @@ class MapSpec:
     stretch: float
     eps: float
 
+    @classmethod
+    def of(cls, name: str, value: Any) -> "MapSpec":
+        """``maps.<name>`` as given: a MapSpec, or a mapping of exactly its three numbers (how a
+        map added on the command line arrives: ``+maps.x={angle:1,stretch:1,eps:0.1}``)."""
+        if isinstance(value, cls):
+            return value
+        fields = ("angle", "stretch", "eps")
+        if not isinstance(value, dict):
+            raise UserError(f"maps.{name} must be {{angle: ..., stretch: ..., eps: ...}}; got {value!r}")
+        unknown = [k for k in value if k not in fields]
+        if unknown:
+            raise UserError(f"unknown key 'maps.{name}.{unknown[0]}'; allowed in maps.{name}: {', '.join(fields)}")
+        missing = [f for f in fields if f not in value]
+        if missing:
+            raise UserError(f"maps.{name} lacks {', '.join(missing)} (a map is {{angle: ..., stretch: ..., eps: ...}})")
+        for f in fields:
+            require(isinstance(value[f], (int, float)) and not isinstance(value[f], bool), f"maps.{name}.{f}",
+                    "a number", value[f])
+        return cls(**{f: float(value[f]) for f in fields})
+
 
 @dataclass
 class Config:
@@ -51,7 +72,8 @@ class Config:
     exact_tolerance: float
     seed: int
     progress: bool
-    maps: dict[str, MapSpec]
+    # name -> MapSpec; typed Any so that Hydra can add one (OmegaConf refuses a dict into a MapSpec slot)
+    maps: dict[str, Any]
 
     def check(self) -> None:
         require(self.dim >= 2, "dim", "an integer >= 2", self.dim)
@@ -76,6 +98,7 @@ class Config:
         check_memory(f"dim={self.dim} with m up to {self.ms[-1]} and n_points={self.n_points}",
                      8 * (self.ms[-1] + 1 + self.n_points) * self.dim ** 2)
         require(len(self.maps) > 0, "maps", "a non-empty mapping name -> {angle, stretch, eps}", self.maps)
+        self.maps = {name: MapSpec.of(name, spec) for name, spec in self.maps.items()}
         for name, spec in self.maps.items():
             # radians; far past 1e6 expm(angle S_L) is no longer finite in float64 (1e20 failed in the SVD)
             number(f"maps.{name}.angle", spec.angle, -1e6, high=1e6)

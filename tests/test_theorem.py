@@ -233,6 +233,12 @@ def test_app_runs_at_tiny_size_and_writes_its_files(tmp_path):
     # one map linear (eps = 0): its blocks 2.. differ from the others', so the combined figure's
     # legend claims no agreement from block 2 on (nan or far above its 1.5)
     assert not theorem.agreement([r["per_block"]["lipschitz_gap"] for r in saved["maps"].values()]) < 1.5
+    # osc report of this run into its own dir: said so (it said "no run dirs found under" the run's dir)
+    from orthogonal_skip_connections.report import build_report
+
+    with pytest.raises(UserError, match=f"the only run under {tmp_path} is {tmp_path}, which is --out"):
+        build_report([tmp_path], tmp_path)
+    assert build_report([tmp_path], tmp_path / "report")["report"].is_file()
 
 
 def test_figure_helpers_reference_flat_note_and_agreement():

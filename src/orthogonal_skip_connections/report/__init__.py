@@ -199,7 +199,11 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
         raise UserError(f"--out {out_dir} is a file; give a directory (made if missing)")
     check_dir_writable(out_dir, "--out")  # under a file, or not writable: one line before any run is read
     runs, others = find_runs([Path(p) for p in paths], advice)
-    others = [d for d in others if d.resolve() != out_dir.resolve()]
+    kept = [d for d in others if d.resolve() != out_dir.resolve()]  # (a study's report, in its own dir, leaves it out)
+    if not runs and not kept and others:
+        raise UserError(f"the only run under {', '.join(map(str, paths))} is {others[0]}, which is --out: a report "
+                        "of an app's run is not written into that run's dir; give another --out")
+    others = kept
     if not runs and not others:
         # a summary without the run.json a run dir is known by (removed, or copied without it): say so
         orphan = next((f.parent for p in paths for f in Path(p).rglob(SUMMARY) if not (f.parent / RUN).is_file()),

@@ -391,6 +391,17 @@ def test_the_2d_colour_scale_spans_the_finite_losses_whatever_the_order(tmp_path
         assert len(zlims) == 2
         for lim in zlims:
             assert lim == pytest.approx((np.log10(0.2), np.log10(8.0)))
+    # each face of the 3-D surface is coloured by the geometric mean of its four corners, not by one corner
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    app.draw_2d([b], tmp_path / "faces.png")
+    (surface,) = [c for ax in figures.pop().axes if ax.name == "3d" for c in ax.collections]
+    cmap, norm = plt.get_cmap("viridis"), LogNorm(0.2, 8.0)
+    first = (0.2 * 1.0 * 1.0 * 0.3) ** 0.25  # fine_grid's top-left face: corners 0.2, 1.0, 1.0, 0.3
+    colours = surface.get_facecolor()
+    assert len(colours) == 4 and any(np.allclose(c, cmap(norm(first))) for c in colours)
+    assert not any(np.allclose(c, cmap(norm(0.2))) for c in colours)
     blank = _landscape_result(0, [1.0] * 5, np.full((3, 3), np.nan))  # no finite loss: drawn blank, not an error
     app.draw_2d([blank], tmp_path / "blank.png")
     # a Lanczos run stopped at its iteration limit gives a lower bound: its panel says so

@@ -335,8 +335,15 @@ def draw_2d(results: list[dict], path: Path) -> str:
         for axis in (ax.xaxis, ax.yaxis):  # -1, -0.5, 0, ...: at 0.25 steps the labels ran together
             axis.set_major_locator(MaxNLocator(4))
         ax3 = fig.add_subplot(2, n, n + i + 1, projection="3d")
-        ax3.plot_surface(A, B, np.log10(Z), facecolors=plt.get_cmap("viridis")(norm(Z)), rstride=1, cstride=1,
-                         linewidth=0, antialiased=False, shade=False)
+        # each face coloured by the geometric mean of its four corners (the log z axis' mean): matplotlib takes
+        # face (i, j)'s colour from facecolors[i, j], so colouring the grid points coloured it by one corner
+        with np.errstate(invalid="ignore", divide="ignore"):
+            logZ = np.log10(Z)
+            face = 10 ** ((logZ[:-1, :-1] + logZ[1:, :-1] + logZ[:-1, 1:] + logZ[1:, 1:]) / 4)
+        colours = np.zeros(Z.shape + (4,))
+        colours[:-1, :-1] = plt.get_cmap("viridis")(norm(face))  # (the last row and column name no face)
+        ax3.plot_surface(A, B, logZ, facecolors=colours, rstride=1, cstride=1, linewidth=0, antialiased=False,
+                         shade=False)
         ax3.set_zlim(np.log10(norm.vmin), np.log10(norm.vmax))
         ax3.set_xlabel("direction 1", fontsize=8)
         ax3.set_ylabel("direction 2", fontsize=8)

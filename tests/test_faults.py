@@ -235,6 +235,9 @@ CASES = [
     # run_experiments: run dirs
     ("re-dir-is-file", ["run_experiments", f"hydra.run.dir={M}/a_file"], ["a_file", "hydra.run.dir"]),
     ("re-dir-under-file", ["run_experiments", f"hydra.run.dir={M}/a_file/run"], ["a_file", "hydra.run.dir"]),
+    # a run inside a finished run's dir: osc report of that dir read the outer run alone
+    ("re-dir-inside-finished-run", ["theorem", f"hydra.run.dir={M}/done/theorem/inner"],
+     ["inside the finished run dir", "done/theorem", "hydra.run.dir"]),
     ("re-dir-unwritable", ["run_experiments", "hydra.run.dir=/proc/osc_run"], ["/proc/osc_run"]),
     # a blank dir is Hydra's current dir: the run's files landed in the working dir (the repo root, say)
     ("re-dir-blank", ["run_experiments", "hydra.run.dir=''"], ["hydra.run.dir", "a path"]),

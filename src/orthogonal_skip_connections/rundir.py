@@ -336,6 +336,15 @@ def _run_below(path: Path, depth: int = 4, budget: int = 2000) -> Path | None:
     return None
 
 
+def _finished_run_above(path: Path) -> Path | None:
+    """The nearest dir above ``path`` that holds a finished run (run.json and summary.json),
+    or None."""
+    for parent in Path(path).resolve().parents:
+        if (parent / RUN).is_file() and (parent / SUMMARY).is_file():
+            return parent
+    return None
+
+
 class Refused(UserError):
     """A run dir :meth:`RunDir.claim` refused (``path``): the run wrote nothing in it (a sweep's
     job then puts back what Hydra wrote there before the claim)."""
@@ -398,6 +407,10 @@ class RunDir:
         if below is not None:  # (before the lock: its .lock would stay in the dir)
             raise UserError(f"{path} holds run dirs ({below.relative_to(path)}, ...): a run there would hide them "
                             f"from osc report, which reads a run dir as one run; {another}")
+        above = None if study is not None else _finished_run_above(path)  # (a study's runs live in its dir)
+        if above is not None:
+            raise UserError(f"{path} is inside the finished run dir {above}: osc report reads a run dir as one run "
+                            f"and would not see this one; {another}")
         created = _lock(path, key)
         try:
             summary, ckpt = path / SUMMARY, path / CHECKPOINT

@@ -219,23 +219,19 @@ def completed(path: Path, key: str = "train.dir", advice: str | None = None) -> 
     """Whether the default run in ``path`` completed; ``key``: the setting that chose ``path``
     (:func:`runs_key`), named when its summary.json cannot be read, unless ``advice`` (what
     that refusal asks for instead: :meth:`~..rundir.RunDir.remake_advice`)."""
-    if not (path / "summary.json").is_file():
-        return False
-    try:
-        return read_json(path / "summary.json").get("status") == "completed"
-    except (OSError, ValueError, AttributeError) as err:  # not JSON, not text, not an object
-        raise UserError(f"cannot read {path / 'summary.json'} ({type(err).__name__}); "
-                        f"{advice or f'move the run away or choose another {key}'}") from None
+    return _summary(path, advice or f"move the run away or choose another {key}").get("status") == "completed"
 
 
-def _test_acc(path: Path, advice: str) -> float | None:
-    """The test accuracy a run's summary.json gives (None without one); one that cannot be read
-    is one line with ``advice``."""
+def _summary(path: Path, advice: str) -> dict:
+    """A run's summary.json ({} without one); one that cannot be read is one line with ``advice``."""
     if not (path / "summary.json").is_file():
-        return None
+        return {}
     try:
-        return read_json(path / "summary.json").get("test_acc")
-    except (OSError, ValueError, AttributeError) as err:  # not JSON, not text, not an object
+        summary = read_json(path / "summary.json")
+        if not isinstance(summary, dict):
+            raise ValueError("not a JSON object")
+        return summary
+    except (OSError, ValueError) as err:  # not JSON, not text, not an object
         raise UserError(f"cannot read {path / 'summary.json'} ({type(err).__name__}); {advice}") from None
 
 
@@ -648,7 +644,8 @@ def run(cfg: Config, rd: RunDir) -> dict:
     settings = cfg.settings()
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else rd.path / "cache"
     results, handling = [], {}
-    test_accs = {p: _test_acc(p, rd.remake_advice(p) or advice) for p in paths}  # (before hours of landscapes)
+    # the runs' test accuracies, read before hours of landscapes
+    test_accs = {p: _summary(p, rd.remake_advice(p) or advice).get("test_acc") for p in paths}
     for p in paths:
         run = load_run(p, device, rd.remake_advice(p) or advice)
         out = landscape_of(run.model, run.init_model, run.data, settings, run.checkpoint_sha256, run.seed, cache_root,

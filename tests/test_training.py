@@ -504,3 +504,20 @@ def test_osc_cli_lists_apps_and_rejects_unknown(capsys):
     assert "unknown experiment 'reprot' (did you mean report?)" in capsys.readouterr().err
     assert osc_main(["run_experiment"]) == 2
     assert "(did you mean run_experiments?)" in capsys.readouterr().err
+
+
+def test_the_verdict_says_when_the_schedule_outlasts_the_run():
+    """A shortened run keeps its dataset's warm-up (digits: 1 epoch) and milestones: its
+    verdict says the lr never decayed, rather than leaving a near-chance accuracy unexplained."""
+    from orthogonal_skip_connections.experiments.run_experiments import schedule_caveat
+
+    cfg = run_experiments.main.config(["dataset=digits", "scheduler.epochs=1"])
+    assert "warmed up for the whole run (scheduler.warmup_epochs 1 >= scheduler.epochs 1)" in \
+        schedule_caveat(cfg.scheduler)
+    summary = {"test_acc": 10.0, "best_test_acc": 10.0, "epochs": 1}
+    assert "never decayed" in run_experiments.report(cfg, summary)["verdict"]
+    step = run_experiments.main.config(["dataset=digits", "scheduler.epochs=3", "scheduler.name=step",
+                                        "scheduler.milestones=[2,5]"])
+    assert schedule_caveat(step.scheduler) == (" Note: scheduler.milestones [5] fall at or after the last epoch (3): "
+                                               "the lr never dropped there.")
+    assert schedule_caveat(run_experiments.main.config(["dataset=digits", "scheduler.epochs=3"]).scheduler) == ""

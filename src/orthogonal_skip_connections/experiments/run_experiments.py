@@ -289,6 +289,22 @@ class Config:
                 "lr": self.optimizer.lr, "settings": self.settings()}
 
 
+def schedule_caveat(s: SchedulerConfig) -> str:
+    """What the verdict should add when the schedule outlasts the run (a shortened run keeps its
+    dataset's warm-up and milestones; refusing them would refuse the common scheduler.epochs=1):
+    a warm-up as long as the run never lets the lr decay, and a milestone at or past the last
+    epoch never lowers it. '' otherwise."""
+    notes = []
+    if 0 < s.epochs <= s.warmup_epochs:
+        notes.append(f"the learning rate warmed up for the whole run (scheduler.warmup_epochs {s.warmup_epochs:g} >= "
+                     f"scheduler.epochs {s.epochs}), so it never decayed")
+    late = [m for m in s.milestones if m >= s.epochs]
+    if s.name == "step" and late:
+        notes.append(f"scheduler.milestones {late} fall at or after the last epoch ({s.epochs}): the lr never dropped "
+                     "there")
+    return "".join(f" Note: {n}." for n in notes)
+
+
 def report(cfg: Config, s: dict) -> dict:
     labels = cfg.labels()
     moved = s.get("skip_identity_distance_mean")
@@ -299,7 +315,7 @@ def report(cfg: Config, s: dict) -> dict:
     if moved is not None:
         verdict += f"; the skip matrices end a mean ||W - I||_F = {moved:.3g} from I" + \
             (f" ({start:.3g} from where they started)" if started_away_from_identity(moved, start) else "")
-    verdict += "."
+    verdict += "." + schedule_caveat(cfg.scheduler)
     return {
         "title": f"{labels['task']} with {labels['variant']} skips{mode}, seed {cfg.seed}",
         "question": "how accurate is this classifier with this skip kind, and how far do its skips move from I?",

@@ -129,6 +129,15 @@ def root(tmp_path_factory):
         (root / name / ".hydra").mkdir()
         (root / name / ".hydra" / "overrides.yaml").write_text("- train.dir=null\n")
         (root / name / ".lock").touch()
+    # two_stage runs stopped after a seed (parts.json): one cut short, one not of this run (seed 5 of seeds=1)
+    from orthogonal_skip_connections.runs import to_jsonable
+
+    ts_config = yaml.safe_dump(to_jsonable(load_app("two_stage").config(TINY["two_stage"])), sort_keys=False)
+    for name, parts in (("cut", '{"seeds": {"0": [{"vari'), ("foreign", '{"seeds": {"5": []}}')):
+        (root / "ts_parts" / name).mkdir(parents=True)
+        (root / "ts_parts" / name / "config.yaml").write_text(ts_config)
+        (root / "ts_parts" / name / "parts.json").write_text(parts)
+        (root / "ts_parts" / name / ".lock").touch()  # a run's lock file stays (rundir's rule)
     (root / "a_file").write_text("not a dir\n")
     ll_cut = root / "ll_corrupt_summary"  # a trained run given in runs=, its summary.json cut short
     shutil.copytree(root / "done" / "run_experiments", ll_cut)
@@ -423,6 +432,12 @@ CASES = [
     ("cv-blocks-huge", ["construction_validity", "n_blocks=[1000000000]"], ["n_blocks up to 1000000000", "memory"]),
     ("cv-classes-huge", ["construction_validity", "num_classes=[1000000000]"], ["num_classes up to", "memory"]),
     ("ts2-batch-above-n-train", ["two_stage", "batch_size=65"], ["batch_size", "64 images of digits"]),
+    ("ts2-resume-parts-cut", ["two_stage", "resume=true", f"hydra.run.dir={M}/ts_parts/cut"],
+     ["cannot read", "parts.json (JSONDecodeError)", "move it away to run every part again"]),
+    ("ts2-resume-parts-foreign", ["two_stage", "resume=true", f"hydra.run.dir={M}/ts_parts/foreign"],
+     ["parts.json: seed 5's record is not the four rows of a seed of this run", "train every seed again"]),
+    ("ts2-parts-without-resume", ["two_stage", f"hydra.run.dir={M}/ts_parts/foreign"],
+     ["already holds an unfinished run (parts.json; resume=true continues it)"]),
     ("ll-batch-above-n-train", ["loss_landscape", "train.batch_size=65"], ["train.batch_size", "64 images"]),
     ("ll-cache-dir-file", ["loss_landscape", f"cache_dir={M}/a_file"], ["cache_dir", "a_file is a file"]),
     ("ll-cache-dir-cannot-be-made", ["loss_landscape", "cache_dir=/proc/osc_cache"], ["cache_dir", "/proc/osc_cache"]),

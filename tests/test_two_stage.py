@@ -3,6 +3,7 @@ and recovers the map, swapping in the fitted skips then leaves the loss unchange
 `osc two_stage` at tiny size compares its four variants over seeds."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -63,12 +64,22 @@ def test_load_with_skips_refuses_another_architecture():
         load_with_skips(other, source, {})
 
 
-def test_two_stage_app_at_tiny_size(tmp_path):
+TINY = ["two_stage", "n_train=64", "seeds=2", "stage1_epochs=1", "stage2_epochs=1", "batch_size=32", "fit_images=32",
+        "device=cpu", "method=cayley", "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """An uninterrupted two-seed run at tiny size."""
     from orthogonal_skip_connections.cli import main as osc
 
-    out = tmp_path / "run"
-    assert osc(["two_stage", "n_train=64", "seeds=2", "stage1_epochs=1", "stage2_epochs=1", "batch_size=32",
-                "fit_images=32", "device=cpu", "method=cayley", f"hydra.run.dir={out}", "progress=false"]) == 0
+    out = tmp_path_factory.mktemp("two_stage") / "run"
+    assert osc([*TINY, f"hydra.run.dir={out}"]) == 0
+    return out
+
+
+def test_two_stage_app_at_tiny_size(tiny_run):
+    out = tiny_run
     s = json.loads((out / "summary.json").read_text())
     rows = s["runs"]
     assert sorted((r["variant"], r["seed"]) for r in rows) == sorted(
@@ -86,6 +97,75 @@ def test_two_stage_app_at_tiny_size(tmp_path):
     assert set(table) == {"two_stage", "identity", "orth_identity", "orth_haar"}
     assert table["two_stage"]["test_acc_lo"] <= table["two_stage"]["test_acc"] <= table["two_stage"]["test_acc_hi"]
     assert (out / "two_stage.png").is_file() and s["report"]["figures"] == ["two_stage.png"]
+
+
+def test_a_stopped_run_resumes_by_seed_and_matches_an_uninterrupted_one(tiny_run, tmp_path, monkeypatch, capsys):
+    """Stopped in its second seed, a run keeps its first (parts.json); resume=true trains the
+    second alone, and the summary's rows are those of the run that was never stopped."""
+    from orthogonal_skip_connections.cli import main as osc
+    from orthogonal_skip_connections.experiments import two_stage
+
+    trained, run_seed = [], two_stage.run_seed
+
+    def stop_at_seed_1(cfg, seed, *args):
+        trained.append(seed)
+        if seed == 1 and stop_at_seed_1.stop:
+            raise KeyboardInterrupt
+        return run_seed(cfg, seed, *args)
+
+    stop_at_seed_1.stop = True
+    monkeypatch.setattr(two_stage, "run_seed", stop_at_seed_1)
+    out = tmp_path / "run"
+    assert osc([*TINY, f"hydra.run.dir={out}"]) == 130
+    assert capsys.readouterr().err.strip().endswith(f"resume=true hydra.run.dir={out}")
+    assert not (out / "summary.json").exists()
+    assert list(json.loads((out / "parts.json").read_text())["seeds"]) == ["0"]
+    assert osc([*TINY, f"hydra.run.dir={out}"]) == 2  # without resume=true: refused, not overwritten
+    assert "unfinished run (parts.json; resume=true continues it)" in capsys.readouterr().err
+    stop_at_seed_1.stop = False
+    trained.clear()
+    assert osc([*TINY, f"hydra.run.dir={out}", "resume=true"]) == 0
+    assert trained == [1]  # seed 0 kept, not trained again
+    assert "seed 0 (kept from parts.json): two_stage" in capsys.readouterr().out
+    resumed, whole = (json.loads((d / "summary.json").read_text()) for d in (out, tiny_run))
+    assert resumed["runs"] == whole["runs"] and resumed["by_variant"] == whole["by_variant"]
+
+
+def test_a_studys_stopped_two_stage_part_resumes_by_seed(tiny_run, tmp_path, monkeypatch):
+    """osc study run again with resume=true continues its two_stage part from the seeds it
+    finished: the part's dir holds parts.json, which a run without resume=true is refused."""
+    import shutil
+
+    from orthogonal_skip_connections.experiments import study, two_stage
+
+    part = tmp_path / "two_stage"
+    shutil.copytree(tiny_run, part, ignore=shutil.ignore_patterns(".lock"))
+    (part / "summary.json").unlink()
+    parts = json.loads((part / "parts.json").read_text())
+    del parts["seeds"]["1"]  # as the study was killed in seed 1
+    (part / "parts.json").write_text(json.dumps(parts))
+    trained, run_seed = [], two_stage.run_seed
+    monkeypatch.setattr(two_stage, "run_seed", lambda cfg, seed, *a: trained.append(seed) or run_seed(cfg, seed, *a))
+    overrides = [a for a in TINY[1:] if not a.startswith("progress=")]
+    assert study.run_app("two_stage", overrides, part, progress=False, study=tmp_path) == "completed"
+    assert trained == [1]
+    resumed, whole = (json.loads((d / "summary.json").read_text()) for d in (part, tiny_run))
+    assert resumed["runs"] == whole["runs"]
+
+
+def test_kept_seeds_keep_an_infinite_loss(tmp_path):
+    """parts.json keeps inf and NaN (summary.json writes them as null): a swap that sent the
+    test loss to inf counts on resume as it did in the run."""
+    from orthogonal_skip_connections.experiments import two_stage
+    from orthogonal_skip_connections.rundir import RunDir
+
+    rows = [{"variant": v, "seed": 0, "loss_after_swap": math.inf if v == "two_stage" else None,
+             "test_acc": math.nan} for v in two_stage.VARIANTS]
+    two_stage.save_seeds(tmp_path, rows)
+    cfg = two_stage.main.config(["seeds=1"])
+    kept = two_stage.kept_seeds(cfg, RunDir(tmp_path, resume=True))
+    assert kept[0][0]["loss_after_swap"] == math.inf and math.isnan(kept[0][0]["test_acc"])
+    assert two_stage.kept_seeds(cfg, RunDir(tmp_path, resume=False)) == {}  # a fresh run keeps nothing
 
 
 @pytest.mark.parametrize("kind", ["identity", "learnable_orth", "zero"])

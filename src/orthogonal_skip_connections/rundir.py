@@ -7,7 +7,8 @@
     rd.release()                       # the run dir's lock
 
 summary.json is written last: its presence means a finished run, and a dir holding it (or
-a checkpoint) is never reused unless the app can resume and ``resume=true`` asks for it.
+what an unfinished run saved, :func:`saved_state`: a checkpoint.pt, a parts.json) is never
+reused unless the app can resume and ``resume=true`` asks for it.
 Every summary carries a ``report`` section (see :func:`check_report`) that ``osc report``
 renders as it is. No Hydra here: the apps hand over plain dicts.
 
@@ -51,7 +52,7 @@ from .train.classifier import CHECKPOINT, SUMMARY, resume_advice
 
 __all__ = ["RunDir", "SUMMARY", "CHECKPOINT", "CONFIG", "RUN", "ERROR", "column", "provenance", "check_report", "git_commit",
            "RESUME_IGNORED", "config_differences", "check_dir_writable", "in_use", "holding", "Refused", "study_advice",
-           "sweep_advice", "SWEEP_KEY"]
+           "sweep_advice", "SWEEP_KEY", "PARTS", "saved_state"]
 
 # keys that may differ between a run and its resume: they change how a run is shown or
 # where it computes, not what it computes (a resumed CPU run is bit-identical with the same
@@ -63,6 +64,9 @@ CONFIG = "config.yaml"
 RUN = "run.json"  # written at start: which app, and the labels a report groups runs by
 SWEEP_KEY = "hydra.sweep.dir"  # the setting that chose a sweep's job's dir (App.run's key for one)
 ERROR = "error.txt"  # the traceback of a run that crashed (a library error; a study job's refusal too)
+# the parts of a run already done, for an app that resumes part by part (two_stage: its
+# finished seeds); like a classifier's checkpoint.pt, it makes a dir hold an unfinished run
+PARTS = "parts.json"
 REPORT_KEYS = ("title", "question", "tables", "verdict", "figures")
 
 
@@ -289,6 +293,12 @@ def _unlock(path: Path) -> None:
         del _HELD[key]
 
 
+def saved_state(path: Path) -> Path | None:
+    """What the run in ``path`` saved to resume from: its checkpoint.pt (a classifier run) or
+    its :data:`PARTS` (an app that resumes part by part), or None."""
+    return next((p for p in (path / CHECKPOINT, path / PARTS) if p.exists()), None)
+
+
 def study_advice(study: Path, path: Path) -> str:
     """What to do about a run of ``osc study`` (its dir ``path``) that the study cannot use (a
     checkpoint or file it cannot read, a run of other settings): its user named no run dir or
@@ -413,38 +423,42 @@ class RunDir:
                             f"and would not see this one; {another}")
         created = _lock(path, key)
         try:
-            summary, ckpt = path / SUMMARY, path / CHECKPOINT
-            if not resume and (summary.exists() or ckpt.exists()):
+            summary, saved = path / SUMMARY, saved_state(path)
+            if not resume and (summary.exists() or saved is not None):
                 resumable = supports_resume and cls.app_of(path) in (None, app)  # (this app's own)
                 what = f"a {cls._status(summary)} run (summary.json)" if summary.exists() else \
-                    f"an unfinished run (checkpoint.pt{'; resume=true continues it' if resumable else ''})"
+                    f"an unfinished run ({saved.name}{'; resume=true continues it' if resumable else ''})"
                 raise UserError(f"{path} already holds {what}; {another}")
-            if resume and summary.exists():  # read when the run starts (RunDir.completed): refuse now if it cannot be
+            # read when the run starts (RunDir.completed, the app's parts): refuse now if they cannot be
+            for file, away in ((summary, f"to resume from {CHECKPOINT if saved is None else saved.name}"),
+                               (path / PARTS, "to run every part again")):
+                if not (resume and file.exists()):
+                    continue
                 try:
-                    reason = None if isinstance(read_json(summary), dict) else "not a JSON object"
+                    reason = None if isinstance(read_json(file), dict) else "not a JSON object"
                 except Exception as err:
                     reason = type(err).__name__
                 if reason is not None:
-                    raise UserError(f"cannot read {summary} ({reason}): " + (
-                        f"move it away to resume from checkpoint.pt, or {fresh}" if study is None else fresh))
+                    raise UserError(f"cannot read {file} ({reason}): " + (
+                        f"move it away {away}, or {fresh}" if study is None else fresh))
             other = cls.app_of(path) if resume and app is not None else None
             if other is not None and other != app:  # its config would differ in every key: say what it is
                 raise UserError(f"{path} holds a {other} run, not a {app} one; resume=true continues a run of the "
                                 f"same app: {fresh}")
-            if resume and config is not None and not (path / CONFIG).is_file() and (summary.exists() or ckpt.exists()):
+            if resume and config is not None and not (path / CONFIG).is_file() and (summary.exists() or saved is not None):
                 raise UserError(f"{path} holds a run but no config.yaml to check resume=true against; {fresh}")
             if resume and config is not None and (path / CONFIG).is_file():
                 try:
-                    saved = yaml.safe_load((path / CONFIG).read_text())
+                    saved_config = yaml.safe_load((path / CONFIG).read_text())
                 except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
                     raise UserError(f"cannot read {path / CONFIG}: {type(err).__name__}"
                                     + ("" if study is None else f"; {fresh}")) from None
-                if not isinstance(saved, dict):  # an empty file (a write cut short) compared as no keys at all
-                    raise UserError(f"cannot read {path / CONFIG}: it holds "
-                                    f"{'nothing' if saved is None else 'a ' + type(saved).__name__}, not a config; "
+                if not isinstance(saved_config, dict):  # an empty file (a write cut short) compared as no keys at all
+                    held = 'nothing' if saved_config is None else 'a ' + type(saved_config).__name__
+                    raise UserError(f"cannot read {path / CONFIG}: it holds {held}, not a config; "
                                     + (f"resume needs the config the run started with, or {fresh}" if study is None
                                        else fresh))
-                diff = config_differences(saved, config)
+                diff = config_differences(saved_config, config)
                 if diff:
                     raise UserError(f"resume=true with a config that differs from {path / CONFIG} in "
                                     f"{', '.join(diff)}; " + (f"resume with the saved values, or {fresh} (may differ: "

@@ -37,7 +37,7 @@ from typing import Iterator
 
 from omegaconf import OmegaConf
 
-from ..rundir import ERROR, RunDir, column, study_advice
+from ..rundir import ERROR, RunDir, column, saved_state, study_advice
 from ..runs import UserError, progress_bar, read_json, write_json
 from ..train.classifier import Diverged
 from ._app import APPS, CONFIG_DIR, App, choice, load_app, one_of, require, typed
@@ -450,10 +450,12 @@ def fetch_datasets(jobs: list) -> None:
 
 def run_app(name: str, overrides: list[str], run_dir: Path, progress: bool, study: Path | None = None) -> str:
     """Run another app in this process, as a part of the study in ``study``, unless its summary
-    is already there."""
+    is already there; one that saved parts of its run (two_stage's finished seeds) resumes."""
     if (run_dir / "summary.json").exists():
         return "completed"
-    load_app(name).run([*overrides, f"progress={str(progress).lower()}"], run_dir, study=study)
+    app = load_app(name)
+    again = ["resume=true"] if app.supports_resume and saved_state(run_dir) is not None else []
+    app.run([*overrides, f"progress={str(progress).lower()}", *again], run_dir, study=study)
     return "completed"
 
 

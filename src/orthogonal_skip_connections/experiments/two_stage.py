@@ -19,11 +19,16 @@ the fit's relative residual, and how far the orthogonal matrices move in stage 2
 mean ||W_end - W_start||_F over skips.
 
     osc two_stage seeds=3 stage1_epochs=10 stage2_epochs=5
+
+A stopped run resumes seed by seed (``resume=true`` and its ``hydra.run.dir``): each finished
+seed's rows are saved in the run dir's parts.json, kept on resume; a seed stopped half-way
+is trained again from its start (its variants share the stage-1 model).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -37,8 +42,8 @@ from ..analysis.two_stage import fit_skips, load_with_skips, skips_by_block
 from ..landscape import eval_subset, evaluate_loss
 from ..analysis.stats import geometric_interval, t_interval, t_interval_within
 from ..data.vision import fetch, fetch_each
-from ..rundir import RunDir, column
-from ..runs import read_jsonl, resolve_device
+from ..rundir import PARTS, RunDir, column
+from ..runs import UserError, atomic_write_text, read_json, read_jsonl, resolve_device
 from ..train.classifier import TrainConfig, train_classifier
 from ..train.image import ClassifierSpec, build_classifier, check_batch_size
 from ._app import MAX_SEED, App, check_seed, choice, number, require, threads
@@ -66,6 +71,7 @@ class Config:
     device: str
     num_threads: Optional[int]
     progress: bool
+    resume: bool
 
     def check(self) -> None:
         from ..data.vision import DATASETS, TRAIN_SIZES
@@ -137,7 +143,7 @@ def run_seed(cfg: Config, seed: int, root: Path, device) -> list[dict]:
         model, data = build_classifier(cfg.spec(kind, init), seed)
         start = skips_by_block(model)
         s = train_classifier(model, data, cfg.train_config(1, seed), root / f"seed{seed}" / f"{name}_stage1", device,
-                             save_checkpoint=False)  # the app cannot resume: no checkpoint.pt to keep
+                             save_checkpoint=False)  # (the app resumes seed by seed: parts.json)
         stage1[name] = (model, data, s, start)
     rows = []
     x_fit, y_fit = eval_subset(stage1["identity"][1], cfg.fit_images, seed, "train", device)
@@ -355,6 +361,36 @@ def report(cfg: Config, table: list[dict], figure: str) -> dict:
     }
 
 
+def kept_seeds(cfg: Config, rd: RunDir) -> dict[int, list[dict]]:
+    """The rows of the seeds a stopped run finished, by seed (its parts.json; none unless
+    ``resume=true``). A record that is not of this run, four rows of one of its seeds in
+    :data:`VARIANTS`' order, is one UserError line."""
+    path = rd.path / PARTS
+    if not (rd.resume and path.is_file()):
+        return {}
+    seeds = read_json(path).get("seeds")  # (RunDir.claim refused a file that is not a JSON object)
+    kept = {}
+    for key, rows in (seeds.items() if isinstance(seeds, dict) else [("(all)", None)]):
+        ok = key.isdigit() and cfg.seed <= int(key) < cfg.seed + cfg.seeds and isinstance(rows, list) and \
+            all(isinstance(r, dict) for r in rows) and \
+            [(r.get("variant"), r.get("seed")) for r in rows] == [(v, int(key)) for v in VARIANTS]
+        if not ok:
+            raise UserError(f"{path}: seed {key}'s record is not the four rows of a seed of this run; "
+                            + (rd.remake_advice() or "move it away to train every seed again"))
+        kept[int(key)] = rows
+    return kept
+
+
+def save_seeds(path: Path, rows: list[dict]) -> None:
+    """parts.json: the rows of every finished seed, written whole (atomically) after each seed.
+    NaN and inf are kept (Python's JSON reads them back): a loss the swap sent to inf must
+    count on resume as it did in the run."""
+    by_seed: dict[str, list[dict]] = {}
+    for r in rows:
+        by_seed.setdefault(str(r["seed"]), []).append(r)
+    atomic_write_text(path / PARTS, json.dumps({"seeds": by_seed}, allow_nan=True))
+
+
 def run(cfg: Config, rd: RunDir) -> dict:
     device = resolve_device(cfg.device)
     if cfg.num_threads is not None:
@@ -364,13 +400,17 @@ def run(cfg: Config, rd: RunDir) -> dict:
     fetch(cfg.dataset_name, keys=(None, None))
     _, data = build_classifier(cfg.spec("learnable_orth", "haar"), cfg.seed)
     check_batch_size("batch_size", cfg.batch_size, cfg.dataset_name, cfg.n_train, loaded=data)
+    kept = kept_seeds(cfg, rd)
     rd.start(cfg)
     rd.device = device
     rows = []
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
-        rows += run_seed(cfg, seed, rd.path, device)
-        done = [r for r in rows if r["seed"] == seed]
-        print(f"seed {seed}: " + ", ".join(f"{r['variant']} {r['test_acc']:.2f}%" for r in done))
+        done = kept.get(seed) or run_seed(cfg, seed, rd.path, device)
+        rows += done
+        if seed not in kept:
+            save_seeds(rd.path, rows)
+        print(f"seed {seed}{' (kept from ' + PARTS + ')' if seed in kept else ''}: "
+              + ", ".join(f"{r['variant']} {r['test_acc']:.2f}%" for r in done))
     table = by_variant(rows)
     figure = draw(cfg, rows, rd.path / "two_stage.png")
     return {"runs": rows, "by_variant": table, "figures": [figure], "report": report(cfg, table, figure)}
@@ -383,7 +423,7 @@ def fetch_datasets(cfgs: list[Config]) -> None:
                keys=(None, None))
 
 
-main = App("two_stage", Config, run, prepare=fetch_datasets)
+main = App("two_stage", Config, run, resume=True, prepare=fetch_datasets)
 
 if __name__ == "__main__":
     sys.exit(main())

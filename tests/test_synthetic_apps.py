@@ -360,6 +360,11 @@ def test_reports_say_how_the_models_were_trained(app):
     plain = main.config(["optimizer=adamw", "lr=0.02", "epochs=3"]).training_text()
     adaptive = main.config(["optimizer=adamw", "lr=0.02", "epochs=3", "upkeep_adaptive=true"]).training_text()
     assert plain.startswith("3 epochs of batch ") and "adamw lr 0.02" in plain and "schedule" in plain
+    assert "milestones" not in plain  # (none set)
+    step = main.config(["epochs=3", "schedule=step", "milestones=[2,1,2]", "gamma=0.5"]).training_text()
+    assert "step schedule (lr x 0.5 at epochs [1, 2])" in step
+    unused = main.config(["epochs=3", "milestones=[2]"]).training_text()
+    assert "cosine schedule (milestones [2] not used: they apply to schedule=step)" in unused
     assert "upkeep_adaptive" not in plain
     assert adaptive == plain + "; retracted skips by Adam's step in so(n) (upkeep_adaptive)"
 

@@ -521,3 +521,6 @@ def test_the_verdict_says_when_the_schedule_outlasts_the_run():
     assert schedule_caveat(step.scheduler) == (" Note: scheduler.milestones [5] fall at or after the last epoch (3): "
                                                "the lr never dropped there.")
     assert schedule_caveat(run_experiments.main.config(["dataset=digits", "scheduler.epochs=3"]).scheduler) == ""
+    cosine = run_experiments.main.config(["dataset=digits", "scheduler.epochs=3", "scheduler.milestones=[2]"])
+    assert schedule_caveat(cosine.scheduler) == (" Note: scheduler.milestones [2] were not used: they apply to "
+                                                 "scheduler.name=step, and this run's schedule is cosine.")

@@ -51,13 +51,19 @@ class SmallTraining:
 
     def training_text(self) -> str:
         """How the models were trained, for a report's "what is measured" list: epochs,
-        optimiser, lr, schedule, and whether retracted skips took Adam's step."""
+        optimiser, lr, schedule (a step schedule's milestones; milestones another schedule does
+        not use), and whether retracted skips took Adam's step."""
         text = f"{self.epochs} epochs of batch {self.batch_size}, {self.optimizer} lr {self.lr:g}"
         if self.optimizer == "sgd" and self.momentum:
             text += f" momentum {self.momentum:g}"
         if self.weight_decay:
             text += f" weight decay {self.weight_decay:g}"
         text += f", {self.schedule} schedule"
+        milestones = sorted(set(self.milestones))
+        if self.schedule == "step":
+            text += f" (lr x {self.gamma:g} at epochs {milestones})" if milestones else " (no milestones: lr constant)"
+        elif milestones:  # (set for a sweep's step jobs, say): not silently dropped
+            text += f" (milestones {milestones} not used: they apply to schedule=step)"
         if self.upkeep_adaptive:
             text += "; retracted skips by Adam's step in so(n) (upkeep_adaptive)"
         return text

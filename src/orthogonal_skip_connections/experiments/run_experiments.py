@@ -293,7 +293,8 @@ def schedule_caveat(s: SchedulerConfig) -> str:
     """What the verdict should add when the schedule outlasts the run (a shortened run keeps its
     dataset's warm-up and milestones; refusing them would refuse the common scheduler.epochs=1):
     a warm-up as long as the run never lets the lr decay, and a milestone at or past the last
-    epoch never lowers it. '' otherwise."""
+    epoch never lowers it; milestones under another schedule than step are not used (a sweep
+    over scheduler.name may set them for its step jobs). '' otherwise."""
     notes = []
     if 0 < s.epochs <= s.warmup_epochs:
         notes.append(f"the learning rate warmed up for the whole run (scheduler.warmup_epochs {s.warmup_epochs:g} >= "
@@ -302,6 +303,9 @@ def schedule_caveat(s: SchedulerConfig) -> str:
     if s.name == "step" and late:
         notes.append(f"scheduler.milestones {late} fall at or after the last epoch ({s.epochs}): the lr never dropped "
                      "there")
+    if s.name != "step" and s.milestones:
+        notes.append(f"scheduler.milestones {list(s.milestones)} were not used: they apply to scheduler.name=step, and "
+                     f"this run's schedule is {s.name}")
     return "".join(f" Note: {n}." for n in notes)
 
 

@@ -2,6 +2,7 @@
 about where the random starts were), and its "cannot tell" is honest."""
 
 import math
+import os
 import statistics
 
 import numpy as np
@@ -345,3 +346,45 @@ def test_runs_found_are_in_the_same_order_whatever_the_order_of_the_dirs_given(t
     runs, others = ([[r.path for r in f[0]] for f in found], [f[1] for f in found])
     assert runs[0] == runs[1] == [tmp_path / "a" / "run", tmp_path / "b" / "run"]
     assert others[0] == others[1] == [tmp_path / "a" / "other", tmp_path / "b" / "other"]
+
+
+def test_other_apps_runs_without_a_summary_are_named_with_what_continues_them(tmp_path, capsys):
+    """A report cannot show an app's run that has no summary.json yet; it names it, saying
+    whether it is still running, stopped after saving what it resumes from (two_stage's
+    parts.json), or stopped before; a report of such runs alone says so rather than "no run
+    dirs found"."""
+    import fcntl
+    import json
+
+    from orthogonal_skip_connections.cli import main as osc
+    from orthogonal_skip_connections.report import build_report
+
+    def run_dir(name, app, summary=None):
+        d = tmp_path / "runs" / name
+        d.mkdir(parents=True)
+        (d / "run.json").write_text(json.dumps({"app": app, "labels": {}}))
+        if summary is not None:
+            (d / "summary.json").write_text(json.dumps(summary))
+        return d
+
+    report = {"title": "theorem", "question": "q?", "tables": [], "verdict": "v.", "figures": []}
+    run_dir("done", "theorem", {"status": "completed", "report": report})
+    run_dir("killed", "theorem")
+    (run_dir("parts", "two_stage") / "parts.json").write_text('{"seeds": {}}')
+    running = run_dir("running", "two_stage")
+    fd = os.open(running / ".lock", os.O_CREAT | os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held as by a run going on
+        md = build_report([tmp_path / "runs"], tmp_path / "out")["report"].read_text()
+    finally:
+        os.close(fd)
+    runs = tmp_path / "runs"
+    assert (f"Not in this report, without a summary.json yet: {runs / 'killed'} (theorem: stopped before it saved "
+            f"anything to resume from; run it again); {runs / 'parts'} (two_stage: stopped after it saved parts.json; "
+            f"resume=true with its hydra.run.dir continues it); {runs / 'running'} (two_stage: still running).") in md
+    assert "## done: theorem" in md and md.count("\n## ") == 1  # the finished run alone has a section
+    assert osc(["report", str(runs / "parts"), "--out", str(tmp_path / "out2")]) == 2
+    assert capsys.readouterr().err == (f"error: no finished run under {runs / 'parts'}; without a summary.json yet: "
+                                       f"{runs / 'parts'} (two_stage: stopped after it saved parts.json; resume=true "
+                                       "with its hydra.run.dir continues it)\n")
+    assert not (tmp_path / "out2").exists()

@@ -34,6 +34,7 @@ from .classification import (
     stopped_note,
     table_markdown,
     task_tables,
+    unfinished_note,
 )
 from .depth import depth_figure, depth_groups, depth_markdown, depth_tables, profile_rows
 from .render import section_markdown, to_html
@@ -198,7 +199,7 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; give a directory (made if missing)")
     check_dir_writable(out_dir, "--out")  # under a file, or not writable: one line before any run is read
-    runs, others = find_runs([Path(p) for p in paths], advice)
+    runs, others, unfinished = find_runs([Path(p) for p in paths], advice)
     kept = [d for d in others if d.resolve() != out_dir.resolve()]  # (a study's report, in its own dir, leaves it out)
     if not runs and not kept and others:
         raise UserError(f"the only run under {', '.join(map(str, paths))} is {others[0]}, which is --out: a report "
@@ -208,6 +209,9 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
         # a summary without the run.json a run dir is known by (removed, or copied without it): say so
         orphan = next((f.parent for p in paths for f in Path(p).rglob(SUMMARY) if not (f.parent / RUN).is_file()),
                       None)
+        if unfinished:  # (an app's run stopped, or still going: what it is, not "no run dirs")
+            raise UserError(f"no finished run under {', '.join(map(str, paths))}; without a summary.json yet: "
+                            f"{unfinished_note(unfinished)}")
         raise UserError(f"no run dirs found under {', '.join(map(str, paths))}" + (
             "" if orphan is None else f" ({orphan} holds a {SUMMARY} but no {RUN}, by which a run dir is known)"))
     make_dir(out_dir, "--out")
@@ -228,6 +232,8 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
                              for a in arms)
 
     md = [f"# {title}", ""]
+    if unfinished:
+        md += [f"Not in this report, without a summary.json yet: {unfinished_note(unfinished)}.", ""]
     if rows:
         n_running = sum(r["status"] == "running" for r in rows)
         n_bad = sum(r["status"] not in ("completed", "running") for r in rows)

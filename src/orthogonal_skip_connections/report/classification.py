@@ -30,7 +30,7 @@ from ..analysis.stats import t_interval_within
 from ..data.vision import NUM_CLASSES
 from ..diagnostics import started_away_from_identity
 from ..plots import band, integer_ticks, plt, savefig, variant_colors
-from ..rundir import CHECKPOINT, ERROR, RUN, SUMMARY, RunDir, in_use
+from ..rundir import CHECKPOINT, ERROR, RUN, SUMMARY, RunDir, in_use, saved_state
 from ..runs import UserError, read_json, read_jsonl
 from ..skips import FIXED_KINDS
 
@@ -90,17 +90,21 @@ class RunRecord:
 
     @property
     def started_by(self) -> str:
-        """What ran it, which is what runs it again: "study" (a dir above holds ``osc study``'s
-        run.json: the study runs its jobs through Hydra's launcher), "sweep" (its
-        .hydra/hydra.yaml says Hydra's MULTIRUN mode; without one, the dir above holds a
-        multirun.yaml), else "run" (one run)."""
-        if any(RunDir.app_of(p) == "study" for p in self.path.resolve().parents):
-            return "study"
-        try:
-            mode = yaml.safe_load((self.path / ".hydra" / "hydra.yaml").read_text())["hydra"]["mode"]
-        except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
-            return "sweep" if (self.path.parent / "multirun.yaml").is_file() else "run"
-        return "sweep" if mode == "MULTIRUN" else "run"
+        return started_by(self.path)
+
+
+def started_by(path: Path) -> str:
+    """What ran the run in ``path``, which is what runs it again: "study" (a dir above holds
+    ``osc study``'s run.json: the study runs its jobs through Hydra's launcher), "sweep" (its
+    .hydra/hydra.yaml says Hydra's MULTIRUN mode; without one, the dir above holds a
+    multirun.yaml), else "run" (one run)."""
+    if any(RunDir.app_of(p) == "study" for p in path.resolve().parents):
+        return "study"
+    try:
+        mode = yaml.safe_load((path / ".hydra" / "hydra.yaml").read_text())["hydra"]["mode"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+        return "sweep" if (path.parent / "multirun.yaml").is_file() else "run"
+    return "sweep" if mode == "MULTIRUN" else "run"
 
 
 # what a report says of a run that stopped without a summary (RunRecord.status) ...
@@ -152,13 +156,15 @@ def stopped_note(runs: list[RunRecord]) -> str:
     return "".join(out)
 
 
-def find_runs(paths: list[Path], advice: Callable[[Path], str] | None = None) -> tuple[list[RunRecord], list[Path]]:
-    """Classifier runs and other apps' finished run dirs under ``paths`` (single runs,
-    Hydra multirun sweep dirs, study dirs). A run dir is known by its run.json (written
-    when the run started); a study's own dir is an index, not a result. A run dir that cannot
-    be read is a one-line UserError; ``advice(run dir)``, when given, ends it with what to do
-    (a study's report: what its user can do, who gave no dirs to osc report)."""
-    runs, others, seen = [], [], set()
+def find_runs(paths: list[Path], advice: Callable[[Path], str] | None = None) -> \
+        tuple[list[RunRecord], list[Path], list[Path]]:
+    """Classifier runs, other apps' finished run dirs and other apps' run dirs without a
+    summary (running, or stopped) under ``paths`` (single runs, Hydra multirun sweep dirs,
+    study dirs). A run dir is known by its run.json (written when the run started); a study's
+    own dir is an index, not a result. A run dir that cannot be read is a one-line UserError;
+    ``advice(run dir)``, when given, ends it with what to do (a study's report: what its user
+    can do, who gave no dirs to osc report)."""
+    runs, others, unfinished, seen = [], [], [], set()
     for root in paths:
         root = Path(root)
         if not root.exists():
@@ -184,6 +190,8 @@ def find_runs(paths: list[Path], advice: Callable[[Path], str] | None = None) ->
                 elif summary is not None and meta.get("app") != "study":
                     seen.add(d.resolve())
                     others.append(d)
+                elif meta.get("app") != "study":  # (the runs it holds, loss_landscape's own, are still read)
+                    unfinished.append(d)
             except UserError as err:  # what to do: move the run away, or (a study's report) what its user can do
                 raise UserError(f"{err}; " + (f"move {d} out of the dirs given to osc report" if advice is None
                                               else advice(d))) from None
@@ -191,8 +199,26 @@ def find_runs(paths: list[Path], advice: Callable[[Path], str] | None = None) ->
     # write the same report (the other apps' sections, and ties in results.csv, follow this order)
     runs.sort(key=lambda r: r.path.resolve())
     others.sort(key=lambda d: d.resolve())
+    unfinished.sort(key=lambda d: d.resolve())
     _split_by_settings(runs)
-    return runs, others
+    return runs, others, unfinished
+
+
+def unfinished_note(dirs: list[Path]) -> str:
+    """What a report says of other apps' run dirs without a summary.json, which it cannot
+    show: per dir, its app and whether it is still running (its lock held), stopped after it
+    saved what it resumes from (:func:`~..rundir.saved_state`), or stopped before; and what
+    continues it, by what ran it (:func:`started_by`); one clause per dir, '' for none."""
+    again = {"run": "resume=true with its hydra.run.dir", "sweep": "the same sweep again with resume=true",
+             "study": "the same osc study again with resume=true"}
+    notes = []
+    for d in dirs:
+        saved = saved_state(d)
+        state = "still running" if in_use(d) else \
+            f"stopped after it saved {saved.name}; {again[started_by(d)]} continues it" if saved is not None else \
+            "stopped before it saved anything to resume from; run it again"
+        notes.append(f"{d} ({RunDir.app_of(d) or 'unknown app'}: {state})")
+    return "; ".join(notes)
 
 
 def _setting(value) -> str:

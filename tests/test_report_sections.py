@@ -388,3 +388,36 @@ def test_other_apps_runs_without_a_summary_are_named_with_what_continues_them(tm
                                        f"{runs / 'parts'} (two_stage: stopped after it saved parts.json; resume=true "
                                        "with its hydra.run.dir continues it)\n")
     assert not (tmp_path / "out2").exists()
+
+
+def test_runs_of_different_apps_side_by_side_are_not_named_as_one_sweeps_jobs(tmp_path):
+    """Runs of several apps in one dir were named as jobs of one sweep: "theorem (seeds=(default),
+    steps=(default), ...)", keys theorem does not have, in an order that changed between reports."""
+    import json
+
+    from orthogonal_skip_connections.report import _sweep_names
+
+    def run_dir(name, app, overrides):
+        d = tmp_path / name
+        (d / ".hydra").mkdir(parents=True)
+        (d / "run.json").write_text(json.dumps({"app": app, "labels": {}}))
+        (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        return d
+
+    theorem = run_dir("theorem", "theorem", [])
+    ts = [run_dir(f"ts{i}", "teacher_student", [f"steps={s}", f"seeds={n}"]) for i, (s, n) in
+          enumerate(((100, 2), (200, 3), (100, 3)))]
+    stage = run_dir("two_stage", "two_stage", ["stage1_epochs=2"])
+    names = _sweep_names([theorem, *ts, stage])
+    assert names[theorem] == "theorem" and names[stage] == "two_stage"
+    assert [names[d] for d in ts] == ["ts0 (steps=100, seeds=2)", "ts1 (steps=200, seeds=3)",
+                                      "ts2 (steps=100, seeds=3)"]
+
+
+def test_the_in_short_answer_is_not_cut_at_the_minus_inside_a_norm():
+    """The theorem's line read "theorem: max_i ||h_i." (cut at the " - " of ||h_i - W_i||)."""
+    from orthogonal_skip_connections.report import _first_clause
+
+    verdict = "max_i ||h_i - W_i||_L decays at least at the rate log(m)/m for 1 of 3 maps h; the others do not"
+    assert _first_clause(verdict) == "max_i ||h_i - W_i||_L decays at least at the rate log(m)/m for 1 of 3 maps h"
+    assert _first_clause("no: in none of 2 settings - blobs: 0.1; parity: 0.2") == "no: in none of 2 settings"

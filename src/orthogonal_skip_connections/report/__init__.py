@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from ..rundir import RUN, SUMMARY, check_dir_writable, check_report, make_dir
+from ..rundir import RUN, SUMMARY, RunDir, check_dir_writable, check_report, make_dir
 from ..runs import UserError
 from .classification import (
     CSV_COLUMNS,
@@ -65,9 +65,10 @@ def _ends(cut: tuple[bool, bool]) -> str:
 
 
 def _sweep_names(dirs: list[Path]) -> dict[Path, str]:
-    """A name per run dir for its heading: its dir's name, and for a sweep's job (a numbered dir
-    beside others) the overrides in which it differs from the other jobs of its sweep, read from
-    Hydra's ``.hydra/overrides.yaml`` ("0 (lr=0.001)", where the name alone said "0")."""
+    """A name per run dir for its heading: its dir's name, and for a sweep's job (a dir beside
+    others of the same app) the overrides in which it differs from the other jobs of its sweep,
+    read from Hydra's ``.hydra/overrides.yaml`` ("0 (lr=0.001)", where the name alone said "0").
+    Runs of different apps side by side are no sweep: each app has its own keys."""
     import yaml
 
     def overrides(d: Path) -> dict:
@@ -79,14 +80,14 @@ def _sweep_names(dirs: list[Path]) -> dict[Path, str]:
         return {p[0]: p[1] for p in pairs if len(p) == 2 and not p[0].lstrip("+~").startswith("hydra")}
 
     names = {d: d.name for d in dirs}
-    by_parent: dict[Path, list[Path]] = {}
+    sweeps: dict[tuple, list[Path]] = {}
     for d in dirs:
-        by_parent.setdefault(d.parent, []).append(d)
-    for jobs in by_parent.values():
+        sweeps.setdefault((d.parent, RunDir.app_of(d)), []).append(d)
+    for jobs in sweeps.values():
         if len(jobs) > 1:
             got = {d: overrides(d) for d in jobs}
-            keys = sorted({k for o in got.values() for k in o}, key=lambda k: min(
-                list(o).index(k) for o in got.values() if k in o))
+            keys = sorted({k for o in got.values() for k in o}, key=lambda k: (min(
+                list(o).index(k) for o in got.values() if k in o), k))  # (ties by name: the same order every time)
             differ = [k for k in keys if len({o.get(k) for o in got.values()}) > 1]
             for d in jobs:
                 if differ:
@@ -119,13 +120,18 @@ def _section(d: Path, summary: dict, out_dir: Path, advice: Callable[[Path], str
 
 
 def _first_clause(verdict: str) -> str:
-    """A verdict's answer: its text up to the first ". ", "; " or " - " outside brackets (a clause
-    inside them, "(learnable_orth lowest; its difference ...)", belongs to the answer)."""
-    depth = 0
-    for i, ch in enumerate(verdict):
-        depth += (ch in "([") - (ch in ")]")
-        if depth == 0 and verdict.startswith((". ", "; ", " - "), i):
+    """A verdict's answer: its text up to the first ". ", "; " or " - " outside brackets and norm
+    bars (a clause inside brackets, "(learnable_orth lowest; its difference ...)", belongs to the
+    answer; the minus in "||h_i - W_i||" is no clause break)."""
+    depth, norm, i = 0, False, 0
+    while i < len(verdict):
+        if verdict.startswith("||", i):  # opens or closes a norm
+            norm, i = not norm, i + 2
+            continue
+        depth += (verdict[i] in "([") - (verdict[i] in ")]")
+        if depth == 0 and not norm and verdict.startswith((". ", "; ", " - "), i):
             return verdict[:i]
+        i += 1
     return verdict
 
 

@@ -195,7 +195,8 @@ def test_orth_to_id_tiny(tmp_path):
     assert set(saved["answer"]) == {"blobs/d=2", "blobs/d=3", "parity/d=2", "parity/d=3"}
     # m = 1, 2: only m = 2 has a log-log point (m = 1 is left out), so no rate, and no "no" from a slope
     assert all(a["falls_with_depth"] is None for a in saved["answer"].values())
-    assert any("steepest steps have a fixed length" in n for n in saved["report"]["notes"])  # the default method
+    assert saved["report"]["notes"] == []  # the steepest caveat is of identity starts; the default is haar
+    assert "Note:" not in saved["report"]["verdict"] or "did not learn the task" in saved["report"]["verdict"]
     conditions = saved["report"]["tables"][1]["rows"]  # a None answer reads "cannot tell", not "–"
     assert conditions and all(r["falls"] == "cannot tell" for r in conditions)
     assert all(r["moved"] in (True, False, "cannot tell") for r in conditions)
@@ -384,3 +385,23 @@ def test_construction_validity_colours_a_kind_as_its_runs():
     assert labels("skip.method=cayley") == {"identity": "identity", "learnable_orth": "learnable_orth/cayley"}
     assert "learnable_orth/cayley" in VARIANT_COLORS
     assert labels("skip.init=haar")["learnable_orth"] == "learnable_orth/steepest/haar"
+
+
+def test_orth_to_id_says_which_nets_did_not_learn_and_what_steepest_distances_measure():
+    """A net at chance has no task to bring its W_i towards I for: the verdict says so (a
+    tiny run at 24.5% on 4-class blobs was judged as any other). The steepest caveat is of
+    identity starts: from a Haar draw the distance from I is the draw's."""
+    cfg = config("orth_to_id")
+    table = [{"dataset": "blobs", "dim": 2, "n_blocks": 4, "test_acc_mean": 26.0},
+             {"dataset": "parity", "dim": 2, "n_blocks": 4, "test_acc_mean": 51.0},
+             {"dataset": "blobs", "dim": 8, "n_blocks": 4, "test_acc_mean": 90.0}]
+    chance = 100 / cfg.blobs.num_classes, 100 / cfg.parity.num_classes
+    assert chance == (25.0, 50.0)
+    assert orth_to_id.chance_note(cfg, table) == (
+        " Note: the nets of blobs d = 2, m = 4 (chance 25%), parity d = 2, m = 4 (chance 50%) ended within 2 points "
+        "of chance: they did not learn the task (more epochs, or another lr), so where their W_i went says nothing "
+        "about what learning it does.")
+    assert orth_to_id.chance_note(cfg, table[2:]) == ""
+    assert orth_to_id.notes(cfg) == []  # haar start
+    assert "fixed length" in orth_to_id.notes(config("orth_to_id", "skip.init=identity"))[0]
+    assert orth_to_id.notes(config("orth_to_id", "skip.init=identity", "skip.method=svd")) == []

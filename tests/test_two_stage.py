@@ -236,3 +236,16 @@ def test_the_report_names_the_images_the_fit_used_not_more_than_the_training_set
     monkeypatch.setattr(two_stage, "verdict", lambda table: "")  # (of no runs)
     measures = " ".join(two_stage.report(cfg, [], "two_stage.png")["measures"])
     assert "on 128 training images" in measures
+
+
+def test_the_verdict_says_when_variants_ended_near_chance():
+    """A two_stage run whose variants did not train (a tiny run at 12% on digits) was judged as
+    any other; the verdict now says which ended near chance."""
+    from orthogonal_skip_connections.experiments import two_stage
+
+    cfg = two_stage.main.config([])
+    table = [{"variant": v, "test_acc": acc} for v, acc in zip(two_stage.VARIANTS, (11.0, 60.0, 11.9, 12.0))]
+    assert two_stage.chance_note(cfg, table) == (
+        " Note: two_stage, orth_identity ended within 2 points of chance (10%): they did not train (more epochs, or "
+        "another lr), so this comparison says nothing about the skips.")
+    assert two_stage.chance_note(cfg, [dict(t, test_acc=50.0) for t in table]) == ""

@@ -1,6 +1,7 @@
 """The one interval every table and verdict uses: the 95% Student-t interval of a mean over
-seeds (independent runs), with the few values a sweep gives (2 to 8); and the spread over
-seeds every summary gives beside it, the sample standard deviation."""
+seeds (independent runs), with the few values a sweep gives (2 to 8); the spread over
+seeds every summary gives beside it, the sample standard deviation; and the one rule for an
+arm that did not train (:func:`near_chance`), whose comparisons say nothing."""
 
 from __future__ import annotations
 
@@ -8,7 +9,26 @@ import math
 
 import numpy as np
 
-__all__ = ["geometric_interval", "geometric_spread", "seed_sd", "t_interval", "t_interval_within"]
+__all__ = ["geometric_interval", "geometric_spread", "seed_sd", "t_interval", "t_interval_within", "near_chance",
+           "CHANCE_MARGIN"]
+
+CHANCE_MARGIN = 2.0  # accuracy points: an arm whose mean ends this close to chance did not train
+
+
+def near_chance(arms) -> tuple[list[str], str]:
+    """Of ``arms``, (label, mean test accuracy in %, chance accuracy in %) each, the labels of
+    those that ended within :data:`CHANCE_MARGIN` points of chance, and a clause saying so
+    ("a, b ended within 2 points of chance (10%)"; each arm's chance where they differ); a NaN
+    accuracy (no runs) is not judged. ([], '') for none."""
+    idle = [(label, chance) for label, acc, chance in arms if not math.isnan(acc) and acc < chance + CHANCE_MARGIN]
+    if not idle:
+        return [], ""
+    chances = {chance for _, chance in idle}
+    if len(chances) == 1:
+        return [label for label, _ in idle], (f"{', '.join(label for label, _ in idle)} ended within "
+                                              f"{CHANCE_MARGIN:g} points of chance ({chances.pop():.3g}%)")
+    return [label for label, _ in idle], (", ".join(f"{label} (chance {chance:.3g}%)" for label, chance in idle)
+                                          + f" ended within {CHANCE_MARGIN:g} points of chance")
 
 
 def t_interval(x) -> tuple[float, float, float]:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..analysis.depth import answer, by_depth, measure_blocks, verdict
+from ..analysis.stats import near_chance
 from ..data.synthetic import make_synthetic
 from ..diagnostics import skip_matrices
 from ..models.stack import SeedStack
@@ -296,6 +297,26 @@ def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict
     return files
 
 
+def notes(cfg: Config) -> list[str]:
+    """The report's notes: with steepest skips from I, what their distance from I measures."""
+    if (cfg.skip.kind, cfg.skip.method, cfg.skip.init) != ("learnable_orth", "steepest", "identity"):
+        return []  # (from a Haar start the distance from I is the draw's, ~sqrt(2d), whatever the steps)
+    return ["steepest steps have a fixed length, the learning rate (in the spectral norm), whatever the gradient's "
+            "size: over a short run from an identity start, ||W_i - I|| measures the schedule's summed learning rate "
+            "as much as the data or the depth (skip.method=svd takes gradient-sized steps)"]
+
+
+def chance_note(cfg: Config, table: list[dict]) -> str:
+    """What the verdict adds when nets of some (dataset, d, m) ended near chance: they did not
+    learn the task, so where their W_i went says nothing about what learning it does. '' else."""
+    idle, said = near_chance([(f"{t['dataset']} d = {t['dim']}, m = {t['n_blocks']}", t["test_acc_mean"],
+                               100.0 / data_args(cfg, t["dataset"], t["dim"])["num_classes"]) for t in table])
+    if not idle:
+        return ""
+    return (f" Note: the nets of {said}: they did not learn the task (more epochs, or another lr), "
+            "so where their W_i went says nothing about what learning it does.")
+
+
 def report(cfg: Config, table: list[dict], ans: dict, figures: list[str]) -> dict:
     rows = [{**t, "moved": f"{t['moved_towards_identity']:+.3g} ± {t['moved_towards_identity_sd']:.2g}"
              if math.isfinite(t["moved_towards_identity_sd"]) else f"{t['moved_towards_identity']:+.3g}",
@@ -358,11 +379,8 @@ def report(cfg: Config, table: list[dict], ans: dict, figures: list[str]) -> dic
                          column("rho", "Spearman rho, distance vs Lip(f_i)")],
              "rows": settings},
         ],
-        "notes": ([] if (cfg.skip.kind, cfg.skip.method) != ("learnable_orth", "steepest") else [
-            "steepest steps have a fixed length, the learning rate (in the spectral norm), whatever the gradient's "
-            "size: over a short run from an identity start, ||W_i - I|| measures the schedule's summed learning rate "
-            "as much as the data or the depth (skip.method=svd takes gradient-sized steps)"]),
-        "verdict": verdict(ans, cfg.slope_fraction),
+        "notes": notes(cfg),
+        "verdict": verdict(ans, cfg.slope_fraction) + chance_note(cfg, table),
         "figures": figures,
         "captions": {f: CAPTIONS["trajectories" if f.startswith("orth_to_id_trajectories_") else f]
                      .format(m=max(cfg.n_blocks)) for f in figures},

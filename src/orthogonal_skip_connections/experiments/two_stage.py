@@ -40,7 +40,7 @@ import torch
 
 from ..analysis.two_stage import fit_skips, load_with_skips, skips_by_block
 from ..landscape import eval_subset, evaluate_loss
-from ..analysis.stats import geometric_interval, t_interval, t_interval_within
+from ..analysis.stats import geometric_interval, near_chance, t_interval, t_interval_within
 from ..data.vision import fetch, fetch_each
 from ..rundir import PARTS, RunDir, column
 from ..runs import UserError, atomic_write_text, read_json, read_jsonl, resolve_device
@@ -302,10 +302,15 @@ def draw(cfg: Config, rows: list[dict], path: Path) -> str:
         a.set_xlabel("epoch (dashed: end of stage 1, the swap)")
         integer_ticks(a.xaxis)
         a.grid(alpha=0.3)
+    from ..data.vision import NUM_CLASSES
+
+    ax.axhline(100.0 / NUM_CLASSES[cfg.dataset_name], color="grey", linestyle=":", linewidth=1.0, label="chance")
     ax.set_ylabel("test accuracy (%)")
     ax2.set_ylabel("test loss (cross-entropy)")
     plain_log_labels(ax2, "y")  # (band set the log scale)
-    handles, labels = ax2.get_legend_handles_labels()  # two_stage first, as in the title
+    handles, labels = ax2.get_legend_handles_labels()  # two_stage first, as in the title; chance (left) last
+    chance = ax.get_legend_handles_labels()
+    handles, labels = handles + chance[0][-1:], labels + chance[1][-1:]
     order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith("two_stage ("))
     fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside lower center", ncols=3,
                fontsize="small")  # both panels draw the same variants; below them, not over the bands
@@ -313,6 +318,18 @@ def draw(cfg: Config, rows: list[dict], path: Path) -> str:
                  f"throughout\n(line and band over {cfg.seeds} seeds: accuracy mean ± std, loss geometric mean ×/÷ "
                  "geometric std)", fontsize=10)
     return savefig(fig, path).name
+
+
+def chance_note(cfg: Config, table: list[dict]) -> str:
+    """What the verdict adds when variants ended near chance: they did not train, and the
+    comparison (and the swap's numbers, for two_stage) says nothing about the skips. '' else."""
+    from ..data.vision import NUM_CLASSES
+
+    idle, said = near_chance([(t["variant"], t["test_acc"], 100.0 / NUM_CLASSES[cfg.dataset_name]) for t in table])
+    if not idle:
+        return ""
+    return (f" Note: {said}: {'it' if len(idle) == 1 else 'they'} did not train (more epochs, or another lr), so "
+            "this comparison says nothing about the skips.")
 
 
 def report(cfg: Config, table: list[dict], figure: str) -> dict:
@@ -353,11 +370,12 @@ def report(cfg: Config, table: list[dict], figure: str) -> dict:
                         column("drift_stage2_hi", "95% CI high"),
                         column("end_identity_distance", "final ||W - I||_F")],
             "rows": table}],
-        "verdict": verdict(table),
+        "verdict": verdict(table) + chance_note(cfg, table),
         "figures": [figure],
-        "captions": {figure: "test accuracy (left) and test loss (right) over both stages per variant: where the "
-                             "two-stage arm's accuracy goes when its identity skips are swapped for their fitted "
-                             "orthogonal matrices, and whether stage 2 brings it back to identity's or beyond"},
+        "captions": {figure: "test accuracy (left; dotted: chance) and test loss (right) over both stages per "
+                             "variant: where the two-stage arm's accuracy goes when its identity skips are swapped "
+                             "for their fitted orthogonal matrices, and whether stage 2 brings it back to identity's "
+                             "or beyond"},
     }
 
 

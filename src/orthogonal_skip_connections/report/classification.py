@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import yaml
 
-from ..analysis.stats import t_interval_within
+from ..analysis.stats import near_chance, t_interval_within
 from ..data.vision import NUM_CLASSES
 from ..diagnostics import started_away_from_identity
 from ..plots import band, integer_ticks, plt, savefig, variant_colors
@@ -701,13 +701,13 @@ def _at_chance(table: list[dict], rows: list[dict]) -> str:
     if len(classes) != 1:
         return ""
     chance = 100.0 / classes.pop()
-    idle = [t["variant"] if _is_add(t) else f"{t['residual_mode']}/{t['variant']}" for t in table
-            if not math.isnan(t["acc_mean"]) and t["acc_mean"] < chance + 2.0]
+    idle, said = near_chance([(t["variant"] if _is_add(t) else f"{t['residual_mode']}/{t['variant']}",
+                               t["acc_mean"], chance) for t in table])
     if not idle:
         return ""
     one = len(idle) == 1
-    return (f"; {', '.join(idle)} ended within 2 points of chance ({chance:.0f}%): {'it' if one else 'they'} did not "
-            f"train, so {'its comparison says' if one else 'their comparisons say'} nothing about the skip")
+    says = "its comparison says" if one else "their comparisons say"
+    return f"; {said}: {'it' if one else 'they'} did not train, so {says} nothing about the skip"
 
 
 def started_away(run: RunRecord) -> bool:

@@ -200,11 +200,12 @@ def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict
             steps = t["steps"]
             ys = lambda k: np.moveaxis(t[k], 0, 1)  # noqa: E731  (T, S, L) -> (S, T, L)
             # what training did to each W_i: a seed's Haar start is a random sqrt(2d)-ish distance
-            # from I, and averaging the distances themselves over seeds would show those draws
-            moved = ys("identity_distance") - ys("identity_distance")[:, :1]  # (S, T, L)
+            # from I, and averaging the distances themselves over seeds would show those draws; the
+            # table's sign: start - now, > 0 towards I
+            moved = ys("identity_distance")[:, :1] - ys("identity_distance")  # (S, T, L)
             scale = block_curves(row_axes[0], steps, moved)
             row_axes[0].axhline(0, color="0.4", linewidth=0.8, linestyle=":")
-            row_axes[0].set_ylabel(f"d = {d}\n||W_i - I||_F - its start\n(< 0: towards I)")
+            row_axes[0].set_ylabel(f"d = {d}\nmoved towards I: its start\n- ||W_i - I||_F (> 0: towards I)")
             block_curves(row_axes[1], steps, ys("lipschitz_bound"), log=True)
             row_axes[1].set_ylabel("Lip(f_i): product bound")
             block_curves(row_axes[2], steps, ys("lipschitz_empirical"), log=True)
@@ -219,7 +220,7 @@ def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict
             for ax in row_axes[1:3]:
                 plain_log_labels(ax, "y", sparse=True)
             row_axes[3].set_xlabel("Lip(f_i) on data (circle: start, dot: end)")
-            row_axes[3].set_ylabel("||W_i - I||_F - its start")
+            row_axes[3].set_ylabel("moved towards I:\nits start - ||W_i - I||_F")
             row_axes[3].grid(True, alpha=0.3)
             for ax in row_axes[:3]:
                 ax.set_xlabel("step")
@@ -388,7 +389,7 @@ def report(cfg: Config, table: list[dict], ans: dict, figures: list[str]) -> dic
 
 
 CAPTIONS = {  # what each figure shows, and which part of the question it answers
-    "trajectories": "per block of the m = {m} net, over training: how far each W_i moved towards I (below 0) or "
+    "trajectories": "per block of the m = {m} net, over training: how far each W_i moved towards I (above 0) or "
                     "away from it since its start, and the two Lipschitz estimates of its branch f_i; right, the "
                     "two against each other. Does a block whose skip moves towards I also carry a smaller branch?",
     "orth_to_id_depth.png": "what the verdict judges, against depth: the part of each seed's start distance left at "

@@ -266,9 +266,9 @@ def report(summary: dict, figures: list[str], cfg: Config) -> dict:
         }],
         "verdict": rates.verdict(summary["maps"]),
         "figures": figures,
-        "captions": {f: ("all maps at once, per m (left) and per block at m = " + str(m) + " (right): the gap "
-                         "||h_i - W_i||_L of each map against log(m)/m. Only block 1 carries Dh(0), so a map far "
-                         "from I near 0 keeps a gap there that no depth removes")
+        "captions": {f: ("all maps at once: the gap max_i ||h_i - W_i||_L of each map against m, beside log(m)/m "
+                         "(left), and ||h_i - W_i||_L per block i at m = " + str(m) + " (right). Only block 1 carries "
+                         "Dh(0), so a map far from I near 0 keeps a gap there that no depth removes")
                      if f == "theorem_lipschitz_gap.png" else
                      (f"one map h ({f[len('theorem_'):-len('.png')]}): its errors against m on log-log axes "
                       "beside log(m)/m; the theorem's rate holds where a curve falls at least as fast as the "

@@ -175,6 +175,19 @@ def test_steepest_step_does_not_move_at_a_critical_point(impl, dtype):
     assert float((W1[0] - W[0]).abs().max()) < 1e-6 and float((W1[1] - W[1]).abs().max()) > 1e-2
 
 
+@pytest.mark.parametrize("impl", ["factor", "matmul"])
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_steepest_step_does_not_move_at_a_critical_point_in_small_n(impl, n):
+    """At n = 2-4 the round-off of W^T G - G^T W reached 2.6 n eps max |G| (a Haar W is
+    orthogonal only to a few eps), past the old n eps bound: about 1 in 20 float64 critical
+    points moved W by a full step. Now none of 2000 does."""
+    g = torch.Generator().manual_seed(n)
+    W = O.haar_orthogonal(n, 2000, generator=g, dtype=torch.float64)
+    Sym = torch.randn(2000, n, n, generator=g, dtype=torch.float64)
+    W1 = O.steepest_step(W, W @ (Sym + Sym.mT), 0.1, impl=impl)
+    assert float((W1 - W).abs().amax()) < 1e-12
+
+
 def test_haar_special_and_reproducible():
     Q = O.haar_orthogonal(6, 200, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(torch.linalg.det(Q), torch.ones(200), atol=1e-4)

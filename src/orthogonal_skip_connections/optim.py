@@ -57,10 +57,12 @@ retractions use matrix products only (``retraction_impl="auto"``, see
 nothing read back to the host inside ``step()``. The
 buffers live in ``opt.state`` like any optimiser state, so one ``state_dict()`` holds
 everything. When a step is skipped (the loops skip ``opt.step()`` on non-finite
-gradients) both halves are skipped. A step that raises (a negative learning rate; a
-non-finite gradient of a retracted matrix where the retraction factors, the CPU default:
-:class:`~orthogonal_skip_connections.maths.orthogonal.NonFiniteError`) raises before either
-half has moved anything, state included, so that a caller who catches it can go on. A
+gradients) both halves are skipped. A step refused for a negative learning rate, or for a
+non-finite gradient of a retracted matrix where the retraction factors (the CPU default:
+:class:`~orthogonal_skip_connections.maths.orthogonal.NonFiniteError`), raises before either
+half has moved anything, state included, so that a caller who catches it can go on. (A
+finite gradient whose step overflows, lr x gradient past the float range, raises from the
+retraction itself, after the other parameters and the momentum buffers moved.) A
 matrix whose ``grad`` is None (it took no part in
 the loss since ``zero_grad()``) is not moved and its buffer is kept, as torch's optimisers
 treat any parameter without a gradient. With the wrapped class's ``maximize=True`` the

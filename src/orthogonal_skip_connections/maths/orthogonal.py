@@ -505,7 +505,9 @@ def taylor_theta(m: int, u: float) -> float:
 
 
 # expm_fixed: squarings it can do; ||A||_1 up to theta * 2^12 (about 6,000 in float32) is exact
-# to round-off, larger A are scaled by 2^-12 only and lose accuracy
+# to round-off, larger A are scaled by 2^-12 only: their Taylor step is far outside its range and
+# the result is not orthogonal, NaN even (||A||_2 ~ 1e4 in float32), with no error raised.
+# Reached only by a parametrized skip's free matrix grown to such norms (the eager expm has no limit)
 EXPM_MAX_SQUARINGS = 12
 
 
@@ -814,7 +816,7 @@ TORCH_MAPS = {"cayley": "cayley", "exp": "matrix_exp", "householder": "household
 RETRACTION_IMPLS = ("auto", "factor", "matmul")
 # The step of the svd / newton_schulz retractions has singular values in [1, sqrt(1 + (eta
 # ||S||_2)^2)], S = skew(W^T G); "matmul" runs the iterations that reach round-off for
-# eta ||S||_2 up to this bound (13-14 steps for n = 16-512), and leaves larger (diverging)
+# eta ||S||_2 up to this bound (12-15 steps for n = 16-512), and leaves larger (diverging)
 # steps unfinished. The qr retraction's "matmul" step (cholesky_qr) has no such bound: it is
 # right to round-off up to the condition numbers its docstring gives; past them, right or
 # NaN (rarely, near 1 / u, neither: see there).

@@ -800,7 +800,8 @@ def test_loss_figure_draws_every_seed_over_its_own_label_variance(tmp_path):
     """loss.png draws each seed's train, test and population loss / Var(y), on the scale of the
     table and of the fit threshold (raw MSE once, with Var(y) from 2 to 50 across seeds), so a
     seed's last point sits below the dashed threshold exactly when seed_outcomes says it fits;
-    distance.png draws the raw distances; a diverged seed's nan is drawn as a gap, not a crash."""
+    distance.png draws the distances over the zero student's, with the recovered threshold; a diverged
+    seed's nan is drawn as a gap, not a crash."""
     T = 3
     traj = tst.Trajectory(
         arch="sum_modified", seeds=np.array([0, 1, 2]), steps=np.arange(T),
@@ -823,7 +824,14 @@ def test_loss_figure_draws_every_seed_over_its_own_label_variance(tmp_path):
     assert fits.tolist() == [True, True, False] and traj.train_loss[1, -1] > 1e-6
     _, masks = app.verdict_groups(traj, 1e-6, 0.05)  # the lines' colours: recovered, fits only, neither
     assert [m.tolist() for m in masks] == [[True, False, False], [False, True, False], [False, False, True]]
-    np.testing.assert_array_equal(drawn["distance.png"]["sum_modified"]["||W - W*||_F (summed)"], traj.distance)
+    # distance.png: relative to the zero student's distance, so a seed's aligned line ends below the dashed
+    # recovered threshold exactly when seed_outcomes says it is recovered up to symmetry
+    distance = drawn["distance.png"]["sum_modified"]
+    np.testing.assert_allclose(distance["||W - W*||_F (summed)"], traj.distance / traj.teacher_norm[:, None])
+    np.testing.assert_allclose(distance["aligned (perm. + rescaling)"],
+                               traj.aligned_distance / traj.teacher_aligned_norm[:, None])
+    _, _, near = tsa.seed_outcomes(traj, fit_tol=1e-6, recover_tol=0.05)
+    assert (distance["aligned (perm. + rescaling)"][:, -1] <= 0.05).tolist() == near.tolist() == [True, False, False]
     assert app._spread(np.array([[1.0, 3.0, np.nan]]), np.array([[2.0, 1.0, 1.0]])) == pytest.approx(3.0)
 
 

@@ -9,8 +9,9 @@ run dir: config.yaml, trajectories.npz (per architecture: steps, per-seed metric
 test and exact population loss, distances), teacher and final student weights),
 summary.json (per architecture: final losses and distances, means over seeds, the fits /
 recovered verdicts with their thresholds, and the seeds that fit without being recovered
-up to symmetry), distance.png and loss.png (every seed's distances to its teacher and its
-train, test and population loss / Var(y) over the steps, coloured by its verdict) and
+up to symmetry), distance.png and loss.png (every seed's distances to its teacher, relative
+to the all-zero student's, and its train, test and population loss / Var(y) over the steps,
+coloured by its verdict) and
 outcomes.png (each seed's final loss against its teacher's closest pair of hidden units,
 marked by verdict).
 """
@@ -275,6 +276,15 @@ DISTANCE_STYLES = {"aligned (perm. + rescaling)": {"linewidth": 1.2},
                    "||W - W*||_F (summed)": {"linewidth": 1.0, "linestyle": ":"}}
 
 
+def distance_series(t: ts.Trajectory) -> dict[str, np.ndarray]:
+    """distance.png's curves of one architecture: each seed's aligned and plain distance to its
+    teacher divided by the all-zero student's (the scale of the recovered verdicts and their
+    threshold), (S, T) each."""
+    tiny = np.finfo(float).tiny
+    return {"aligned (perm. + rescaling)": t.aligned_distance / np.maximum(t.teacher_aligned_norm, tiny)[:, None],
+            "||W - W*||_F (summed)": t.distance / np.maximum(t.teacher_norm, tiny)[:, None]}
+
+
 def loss_series(t: ts.Trajectory) -> dict[str, np.ndarray]:
     """loss.png's curves of one architecture: the train, test and exact population loss
     divided by each seed's Var(y) (the table's and the fit threshold's scale), (S, T) each."""
@@ -294,11 +304,12 @@ def plot(trajs: dict[str, ts.Trajectory], run_dir: Path, fit: float, recover: fl
     """distance.png and loss.png: every seed's curve, coloured by its verdict. Returns what they
     draw: {file: {arch: {label: (S, T)}}}."""
     groups = {a: verdict_groups(t, fit, recover)[1] for a, t in trajs.items()}
-    distances = {a: {"aligned (perm. + rescaling)": t.aligned_distance, "||W - W*||_F (summed)": t.distance}
-                 for a, t in trajs.items()}
-    _seed_panels(trajs, groups, distances, DISTANCE_STYLES, run_dir / "distance.png", "distance to teacher",
-                 "student-teacher distance, one line per seed and distance, coloured by the seed's final verdict "
-                 "(as in outcomes.png)")
+    distances = {a: distance_series(t) for a, t in trajs.items()}
+    _seed_panels(trajs, groups, distances, DISTANCE_STYLES, run_dir / "distance.png",
+                 "distance / the zero student's",
+                 "student-teacher distance relative to the all-zero student's (the verdicts' scale), one line per "
+                 "seed and distance, coloured by the seed's final verdict (as in outcomes.png)",
+                 threshold=(recover, f"recovered threshold {recover:g}"))
     losses = {a: loss_series(t) for a, t in trajs.items()}
     gap = max(max(_spread(v["test"], v["train"]), _spread(v["population (exact)"], v["train"])) for v in losses.values())
     _seed_panels(trajs, groups, losses, LOSS_STYLES, run_dir / "loss.png", "loss / Var(y)",
@@ -413,7 +424,9 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
             "factor, since seeds spread over orders of magnitude; where some seeds fit and others stall such a mean "
             "describes no seed, so distance.png and loss.png draw every seed as its own line, coloured by its verdict "
             "as in outcomes.png (green: recovered up to symmetry, orange: fits only, grey: neither); loss.png divides "
-            f"each seed's losses by its Var(y), the table's scale, and dashes the fit threshold {cfg.thresholds.fit:g}",
+            f"each seed's losses by its Var(y), the table's scale, and dashes the fit threshold {cfg.thresholds.fit:g}; "
+            "distance.png divides its distances by the all-zero student's and dashes the recovered threshold "
+            f"{cfg.thresholds.recover:g}",
             "relative train loss: final training MSE / Var(y), i.e. 1 - R^2 (Var(y) is the loss of the best constant)",
             "population loss: E ||f(x) - f*(x)||^2 / k over x ~ N(0, I_d) in closed form (arc-cosine kernel, Cho & "
             "Saul 2009), the test loss on infinitely many inputs, divided by Var(y)",
@@ -440,10 +453,10 @@ def report(summary: dict, archs: list[str], n_seeds: int, cfg: Config) -> dict:
         "verdict": verdict,
         "figures": ["distance.png", "loss.png", "outcomes.png"],
         "captions": {
-            "distance.png": "each seed's distance to its teacher over training, per architecture, coloured by its "
-                            "final verdict: do the seeds that fit converge to the teacher's weights up to a "
-                            "permutation and rescaling of hidden units (aligned, solid), or only in what the output "
-                            "sees?",
+            "distance.png": "each seed's distance to its teacher over training, relative to the all-zero "
+                            "student's, per architecture, coloured by its final verdict, with the recovered "
+                            "threshold: do the seeds that fit converge to the teacher's weights up to a permutation "
+                            "and rescaling of hidden units (aligned, solid), or only in what the output sees?",
             "loss.png": "each seed's train, test and exact population loss / Var(y) over training, with the fit "
                         "threshold: which architectures fit, and whether the seeds that stall sit on plateaus",
             "outcomes.png": "each seed's final loss against the angle between its teacher's two closest hidden units: "

@@ -231,7 +231,8 @@ def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict
         files.append(savefig(fig, run_dir / f"orth_to_id_trajectories_{ds}.png").name)
 
     # what the verdict judges: end / start per seed against m, beside the theorem's rate
-    fig, axes = plt.subplots(2, len(c["datasets"]), figsize=(5.5 * len(c["datasets"]), 7), squeeze=False)
+    fig, axes = plt.subplots(2, len(c["datasets"]), figsize=(5.5 * len(c["datasets"]), 7.4), squeeze=False,
+                             layout="constrained")
     for j, ds in enumerate(c["datasets"]):
         from_identity = False
         for d in c["dims"]:
@@ -258,17 +259,19 @@ def draw(c: dict, rows: list[dict], trajs: dict, table: list[dict], models: dict
                                  "(mean over blocks; 1: training did not move them towards I)", fontsize=9)
             axes[0, j].axhline(1, color="0.4", linewidth=0.8, linestyle=":")
         axes[1, j].set_title(f"{ds}: mean over blocks of final Lip(f_i) on data", fontsize=9)
-        rate = Line2D([], [], linestyle="--", color="0.4", label="log(m)/m (the theorem's rate) through the first m >= 2")
-        for ax, extra in zip(axes[:, j], ([rate], [])):
+        for ax in axes[:, j]:
             ax.set_xscale("log", base=2)
             ticks_at(ax.xaxis, [r["n_blocks"] for r in rows if r["dataset"] == ds])  # 2, 4, 8 rather than 2^1
             ax.set_xlabel("number of blocks m")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(handles=ax.get_legend_handles_labels()[0] + extra, fontsize="small")
         axes[1, j].set_yscale("log")
         plain_log_labels(axes[1, j], "y")
+    # one legend for every panel (each d one colour throughout), below them: not over the bands
+    rate = Line2D([], [], linestyle="--", color="0.4",
+                  label="top, dashed in each d's colour: log(m)/m (the theorem's rate) through the first m >= 2")
+    handles = axes[0, 0].get_legend_handles_labels()[0] + [rate]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize="small")
     fig.suptitle("lines: mean over seeds; bands: 95% interval of the mean (top), ± std (bottom)", fontsize=9)
-    fig.tight_layout()
     files.append(savefig(fig, run_dir / "orth_to_id_depth.png").name)
 
     fig, axes = plt.subplots(len(c["datasets"]), len(c["dims"]), figsize=(3.6 * len(c["dims"]),

@@ -74,6 +74,13 @@ def test_a_skip_variant_has_one_colour_in_every_figure():
               two_stage["orth_haar"]]
     assert not set(others) & set(VARIANT_COLORS.values()) and len(set(others[1:])) == 3
     assert len(set(VARIANT_COLORS.values())) == len(VARIANT_COLORS)
+    # an unlisted variant keeps its colour whatever else a figure draws, and in whatever order (it
+    # took the next free colour in order of appearance: two figures gave one arm two colours)
+    haar = "learnable_orth/steepest/haar"
+    alone = variant_colors([haar])[haar]
+    assert variant_colors(["identity", haar])[haar] == variant_colors([haar, "zero", "fixed_orth"])[haar] == alone
+    many = variant_colors([f"arm{i}" for i in range(8)])  # as many as the further set: no colour twice
+    assert len(set(many.values())) == 8
 
 
 @pytest.mark.parametrize("n", [1, 2, 5])

@@ -122,11 +122,23 @@ _MORE_COLORS = ("#843c39", "#5254a3", "#bd9e39", "#ad494a", "#a55194", "#6b6ecf"
 
 
 def variant_colors(variants) -> dict[str, str]:
-    """``{variant: colour}`` for ``variants`` in their order: :data:`VARIANT_COLORS`' colour for
-    the variants it lists, the next of a further set for the others."""
+    """``{variant: colour}`` for ``variants``: :data:`VARIANT_COLORS`' colour for the variants it
+    lists; for the others a colour of a further set chosen by the variant's name (a stable
+    hash), so that it keeps its colour from one figure to the next, else the next one no other
+    variant of these has (the set cycles past its 8 colours)."""
+    import zlib
+
     variants = list(dict.fromkeys(variants))
-    more = iter(_MORE_COLORS * (1 + len(variants) // len(_MORE_COLORS)))
-    return {v: VARIANT_COLORS.get(v) or next(more) for v in variants}
+    out = {v: VARIANT_COLORS[v] for v in variants if v in VARIANT_COLORS}
+    used = set()
+    for v in variants:
+        if v in out:
+            continue
+        start = zlib.crc32(v.encode())
+        ring = [_MORE_COLORS[(start + k) % len(_MORE_COLORS)] for k in range(len(_MORE_COLORS))]
+        out[v] = next((c for c in ring if c not in used), ring[0])
+        used.add(out[v])
+    return {v: out[v] for v in variants}
 
 
 __all__ += ["VARIANT_COLORS", "variant_colors"]

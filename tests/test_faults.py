@@ -1411,6 +1411,49 @@ def test_a_re_sweep_keeps_the_refused_job_as_it_was_and_records_the_job_that_ran
     assert "seed=5,6" in yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
 
 
+@pytest.mark.parametrize("sweep", [False, True])
+def test_a_run_refused_a_dir_another_run_holds_leaves_that_run_its_dir(tmp_path, capsys, monkeypatch, sweep):
+    """Two calls whose run dir Hydra names inside the run (the default dir of two runs started the
+    same second; two sweeps into one dir): the second was refused in use, then removed the dir as
+    one it had made, holding nothing but a start's files (the first run's .lock, config.yaml and
+    run.json), and the first run went on unlocked. Now the refused call touches nothing there."""
+    monkeypatch.chdir(tmp_path)
+    live = tmp_path / ("sweep" if sweep else "run") / ("0" if sweep else "")
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from orthogonal_skip_connections.rundir import RunDir
+        rd = RunDir.claim(Path({str(live)!r}))
+        (rd.path / "config.yaml").write_text("seed: 0\\n")  # a run starting: only its start's files yet
+        (rd.path / "run.json").write_text('{{"app": "theorem", "labels": {{}}}}')
+        print("held", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        where = [f"hydra.sweep.dir={tmp_path / 'sweep'}", "-m"] if sweep else \
+            ["hydra.run.dir=${hydra:runtime.cwd}/run"]  # (resolved only inside Hydra, as the default dir)
+        if sweep:  # both sweeps started together: this one saw no job dir before the other made it
+            from orthogonal_skip_connections.experiments import _command_line
+
+            def before_the_other(sweep_dir, job_dirs):
+                record = sweep_before(sweep_dir, job_dirs)
+                return record[0], [(d, False, {}, d) for d, *_ in record[1]]
+
+            sweep_before = _command_line.sweep_before
+            monkeypatch.setattr(_command_line, "sweep_before", before_the_other)
+        code, lines, err = run(["theorem", *TINY["theorem"], *where, "progress=false"], capsys)
+        assert code == 2 and "Traceback" not in err and any("in use by another run" in line for line in lines), err
+        assert (live / ".lock").is_file() and (live / "config.yaml").read_text() == "seed: 0\n"
+        assert json.loads((live / "run.json").read_text())["app"] == "theorem"
+        from orthogonal_skip_connections.rundir import in_use
+
+        assert in_use(live)  # still the first run's, locked
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_sweep_whose_every_job_is_refused_removes_the_dirs_it_made(tmp_path, capsys, monkeypatch):
     """Every claim refused in a sweep dir this call made (a stand-in: each job's lock held
     elsewhere; a new dir is not refused in practice but for jobs sharing one): no sweep dir,

@@ -220,8 +220,8 @@ def _lock(path: Path, key: str = "hydra.run.dir") -> bool:
                 break
             os.close(fd)
             if err.errno in _HELD_ELSEWHERE:
-                raise UserError(f"{path} is in use by another run (its .lock is held); wait for it to end or "
-                                f"choose another {key}") from None
+                raise InUse(f"{path} is in use by another run (its .lock is held); wait for it to end or "
+                            f"choose another {key}") from None
             raise
     _HELD[resolved] = [fd, 1]
     return created
@@ -355,13 +355,20 @@ def _finished_run_above(path: Path) -> Path | None:
     return None
 
 
+class InUse(UserError):
+    """A run dir whose lock another run holds."""
+
+
 class Refused(UserError):
     """A run dir :meth:`RunDir.claim` refused (``path``): the run wrote nothing in it (a sweep's
-    job then puts back what Hydra wrote there before the claim)."""
+    job then puts back what Hydra wrote there before the claim). ``in_use``: refused because
+    another run holds it: the dir is that run's, and nothing in it may be put back or removed
+    (the other run may have made it a moment before, and is writing in it)."""
 
-    def __init__(self, message: str, path: Path | None = None):
+    def __init__(self, message: str, path: Path | None = None, in_use: bool = False):
         super().__init__(message)
         self.path = path
+        self.in_use = in_use
 
 
 class RunDir:
@@ -400,7 +407,7 @@ class RunDir:
         try:
             return cls._claim(Path(path), resume, supports_resume, app, config, key, study)
         except UserError as err:  # (its one line as it was)
-            raise Refused(str(err), Path(path)) from None
+            raise Refused(str(err), Path(path), in_use=isinstance(err, InUse)) from None
 
     @classmethod
     def _claim(cls, path: Path, resume: bool, supports_resume: bool, app: str | None, config: Any,

@@ -208,8 +208,9 @@ class CommandLine:
                     summary = app.run(cfg, run_dir, command=command, record_failures=True, key="hydra.sweep.dir")
                     app.print_result(summary, run_dir)
                 except UserError as err:
-                    if isinstance(err, Refused) and err.path == run_dir:  # (not a claim inside the run)
-                        # it ran nothing: its dir as it was, put back here (the job may be in another process)
+                    if isinstance(err, Refused) and err.path == run_dir and not err.in_use:  # (not a claim inside
+                        # the run) it ran nothing: its dir as it was, put back here (the job may be in another
+                        # process); a dir another run holds is that run's, touched by nothing
                         undo_job(load_before(), hc.job.num, run_dir)
                         write_refused(run_dir)
                     job_failed(2, f"error: job {hc.job.num} ({run_dir}): {err}")
@@ -227,7 +228,9 @@ class CommandLine:
                     app.print_result(summary, run_dir)
             except UserError as err:
                 print(f"error: {distributed.rank_prefix()}{err}", file=sys.stderr)
-                if distributed.is_main():
+                if isinstance(err, Refused) and err.in_use and err.path == run_dir:
+                    pass  # another run's dir (the default dir of a call started the same second): not ours to undo
+                elif distributed.is_main():
                     self.undo(run_dir, fresh)
                 elif self.rank0_top is not None:  # this rank's Hydra may have made the dir again
                     remove_empty(run_dir, self.rank0_top)  # after rank 0 removed it: empty dirs only

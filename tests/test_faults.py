@@ -1444,6 +1444,8 @@ def test_a_run_refused_a_dir_another_run_holds_leaves_that_run_its_dir(tmp_path,
             monkeypatch.setattr(_command_line, "sweep_before", before_the_other)
         code, lines, err = run(["theorem", *TINY["theorem"], *where, "progress=false"], capsys)
         assert code == 2 and "Traceback" not in err and any("in use by another run" in line for line in lines), err
+        if not sweep:  # a dir the user did not name: why two runs met in it
+            assert lines[-1].endswith("is the same for two calls started in the same second)"), lines
         assert (live / ".lock").is_file() and (live / "config.yaml").read_text() == "seed: 0\n"
         assert json.loads((live / "run.json").read_text())["app"] == "theorem"
         from orthogonal_skip_connections.rundir import in_use

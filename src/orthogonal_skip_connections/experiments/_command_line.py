@@ -227,8 +227,11 @@ class CommandLine:
                 if distributed.is_main():  # under torchrun: rank 0 speaks for all
                     app.print_result(summary, run_dir)
             except UserError as err:
-                print(f"error: {distributed.rank_prefix()}{err}", file=sys.stderr)
-                if isinstance(err, Refused) and err.in_use and err.path == run_dir:
+                theirs = isinstance(err, Refused) and err.in_use and err.path == run_dir
+                why = " (a run dir named as the run starts, like the default one by the second it starts, is the " \
+                    "same for two calls started in the same second)" if theirs and self.explicit is None else ""
+                print(f"error: {distributed.rank_prefix()}{err}{why}", file=sys.stderr)
+                if theirs:
                     pass  # another run's dir (the default dir of a call started the same second): not ours to undo
                 elif distributed.is_main():
                     self.undo(run_dir, fresh)

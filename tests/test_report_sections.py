@@ -421,3 +421,21 @@ def test_the_in_short_answer_is_not_cut_at_the_minus_inside_a_norm():
     verdict = "max_i ||h_i - W_i||_L decays at least at the rate log(m)/m for 1 of 3 maps h; the others do not"
     assert _first_clause(verdict) == "max_i ||h_i - W_i||_L decays at least at the rate log(m)/m for 1 of 3 maps h"
     assert _first_clause("no: in none of 2 settings - blobs: 0.1; parity: 0.2") == "no: in none of 2 settings"
+
+
+def test_a_runs_status_is_read_once_per_report(tmp_path):
+    """A run that took (or let go of) its lock while a report was built had two statuses in it:
+    "1 still running" and "1 incomplete" for one run (results_rows and stopped_note each asked)."""
+    import fcntl
+
+    from orthogonal_skip_connections.report.classification import RunRecord, stopped_note
+
+    record = RunRecord(tmp_path, {"task": "t", "variant": "identity"}, None)
+    assert record.status == "interrupted"
+    fd = os.open(tmp_path / ".lock", os.O_CREAT | os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the run is going again, after the report read its status
+        assert record.status == "interrupted" and "interrupted" in stopped_note([record])
+        assert RunRecord(tmp_path, {}, None).status == "running"  # (a report built now reads it anew)
+    finally:
+        os.close(fd)

@@ -20,6 +20,7 @@ import math
 import re
 import zipfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -60,7 +61,7 @@ class RunRecord:
     skips: list[dict] | None = None  # the per-skip rows (name, identity_distance, ...) of its last eval listing them
     epoch_step_times: list[float] = field(default_factory=list)  # per epoch: its training time / its steps
 
-    @property
+    @cached_property  # once per report: a run ending while the report is built has one status in it
     def status(self) -> str:
         """The summary's status. Without one (a sweep's failed job writes a summary with status
         "failed"): "running" while a process holds the run dir's lock, else the run stopped

@@ -16,6 +16,7 @@
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -1693,6 +1694,28 @@ def test_a_sweeps_record_is_in_its_sweep_dir_which_hydra_is_given(tmp_path, caps
     assert code == 130, err
     assert lines[-1] == ("interrupted; to continue what it saved: osc run_experiments -m dataset=digits seed=2,3 "
                          f"resume=true hydra.sweep.dir={seen[-1][1]}"), lines  # absolute: it was the relative dir, quoted
+
+
+def test_a_killed_sweeps_record_is_removed_by_the_next_call_into_its_dir(tmp_path):
+    """SIGKILL leaves a sweep no time to remove its record dir (.osc-sweep-*), which stayed in the
+    sweep dir for good; the next sweep into that dir removes the records of this host's dead
+    calls, and keeps those of live ones and of other hosts."""
+    import socket
+
+    from orthogonal_skip_connections.experiments import _sweep_record as record
+
+    sweep = tmp_path / "sweep"
+    host = socket.gethostname().replace("-", "_")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a pid whose process has ended
+    left = {name: sweep / f".osc-sweep-{name}" for name in (f"{host}-{dead}-0123abcd", f"{host}-{os.getpid()}-4567",
+                                                             "otherhost-1-89ab")}
+    for d in left.values():
+        (d / "before.json").parent.mkdir(parents=True)
+        (d / "before.json").write_text("[]")
+    new = record.new_record(sweep)
+    assert new.parent == sweep and new.name.startswith(f".osc-sweep-{host}-{os.getpid()}-") and not new.exists()
+    assert sorted(p.name for p in sweep.iterdir()) == sorted(d.name for d in list(left.values())[1:])
 
 
 def test_each_process_of_a_sweep_writes_a_record_file_of_its_own(tmp_path, monkeypatch):

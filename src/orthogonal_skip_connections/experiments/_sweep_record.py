@@ -28,12 +28,31 @@ CODES_ENV = "OSC_SWEEP_CODES"
 
 
 def new_record(sweep_dir: Path | None = None) -> Path:
-    """A record dir for one call: ``<sweep_dir>/.osc-sweep-<random>`` (made by :func:`save_before`
-    or by the first job that writes), or, for a call whose sweep dir is not known yet (or no
-    sweep), a new temporary dir."""
+    """A record dir for one call: ``<sweep_dir>/.osc-sweep-<host>-<pid>-<random>`` (made by
+    :func:`save_before` or by the first job that writes), or, for a call whose sweep dir is not
+    known yet (or no sweep), a new temporary dir. The records that killed calls of this host
+    left in the sweep dir (their process gone: SIGKILL gives it no time to remove its own)
+    are removed."""
     if sweep_dir is None:
         return Path(tempfile.mkdtemp(prefix="osc-sweep-"))
-    return Path(sweep_dir).absolute() / f".osc-sweep-{uuid.uuid4().hex[:12]}"  # (a job may chdir)
+    sweep_dir = Path(sweep_dir).absolute()  # (a job may chdir)
+    host = socket.gethostname().replace("-", "_")
+    for old in sweep_dir.glob(f".osc-sweep-{host}-*-*"):
+        pid = old.name.removeprefix(f".osc-sweep-{host}-").split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return sweep_dir / f".osc-sweep-{host}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_record(record: Path | None) -> None:

@@ -1196,6 +1196,11 @@ def test_resume_into_a_dir_with_nothing_saved_says_it_starts_from_the_beginning(
     assert f"{tmp_path / 'typo'} holds nothing saved yet; resume=true starts the run from the beginning" in run.out
     code, _, err = run(args, capsys)
     assert code == 0 and "is already completed; nothing to resume" in run.out and "nothing saved yet" not in run.out
+    # a run stopped before its first checkpoint left its start's files, but nothing to resume from: said too
+    stopped = tmp_path / "stopped"
+    shutil.copytree(tmp_path / "typo", stopped, ignore=shutil.ignore_patterns("checkpoint.pt", "summary.json", ".lock"))
+    code, _, err = run([*args[:-2], f"hydra.run.dir={stopped}", "progress=false"], capsys)
+    assert code == 0 and f"{stopped} holds nothing saved yet" in run.out, err
 
 
 def test_an_unfinished_run_of_another_app_is_not_said_to_resume(root, tmp_path, capsys):

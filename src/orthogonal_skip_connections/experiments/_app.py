@@ -37,7 +37,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from ..rundir import ERROR, RunDir
+from ..rundir import ERROR, RunDir, saved_state
 from ..runs import UserError
 from ..train import distributed
 from ..train.divergence import Diverged
@@ -55,10 +55,6 @@ __all__ = ["APPS", "load_app", "App", "CONFIG_DIR", "compose", "typed", "require
            "check_residual_mlp_memory"]
 
 
-def _saved_in(path: Path) -> bool:
-    """Whether a run saved anything in ``path``: a file other than Hydra's (``.hydra/``, its
-    ``<app>.log``) and the run dir's lock."""
-    return path.is_dir() and any(not p.name.startswith(".") and p.suffix != ".log" for p in path.iterdir())
 
 
 class App:
@@ -120,7 +116,8 @@ class App:
                 if done is not None:
                     print(f"{rd.path} is already completed; nothing to resume")
                     return done
-                if study is None and distributed.is_main() and not _saved_in(rd.path):  # (a typo'd dir: say so)
+                # (a typo'd dir, a run stopped before its first checkpoint: say so)
+                if study is None and distributed.is_main() and saved_state(rd.path) is None:
                     print(f"{rd.path} holds nothing saved yet; resume=true starts the run from the beginning")
             try:
                 summary = self.fn(cfg, rd)

@@ -439,6 +439,11 @@ CASES = [
      ["parts.json: seed 5's record is not the four rows of a seed of this run", "train every seed again"]),
     ("ts2-parts-without-resume", ["two_stage", f"hydra.run.dir={M}/ts_parts/foreign"],
      ["already holds an unfinished run (parts.json; resume=true continues it)"]),
+    # what cannot be resumed from is not offered to resume=true, which would refuse it
+    ("ts2-cut-parts-without-resume", ["two_stage", f"hydra.run.dir={M}/ts_parts/cut"],
+     ["(parts.json, not whole (a write cut short): resume=true refuses it; move it away to run anew)"]),
+    ("re-bad-checkpoint-without-resume", ["run_experiments", f"hydra.run.dir={M}/resume/bad_checkpoint"],
+     ["(checkpoint.pt, not whole (a write cut short): resume=true refuses it; move it away to run anew)"]),
     ("ll-batch-above-n-train", ["loss_landscape", "train.batch_size=65"], ["train.batch_size", "64 images"]),
     ("ll-cache-dir-file", ["loss_landscape", f"cache_dir={M}/a_file"], ["cache_dir", "a_file is a file"]),
     ("ll-cache-dir-cannot-be-made", ["loss_landscape", "cache_dir=/proc/osc_cache"], ["cache_dir", "/proc/osc_cache"]),

@@ -293,6 +293,21 @@ def _unlock(path: Path) -> None:
         del _HELD[key]
 
 
+def _damaged(saved: Path | None) -> bool:
+    """Whether what a run saved to resume from (:func:`saved_state`) cannot be: a checkpoint.pt
+    that is no zip (a whole torch checkpoint is one), a parts.json that is no JSON object."""
+    if saved is None:
+        return False
+    if saved.name == CHECKPOINT:
+        import zipfile
+
+        return not zipfile.is_zipfile(saved)
+    try:
+        return not isinstance(read_json(saved), dict)
+    except Exception:
+        return True
+
+
 def saved_state(path: Path) -> Path | None:
     """What the run in ``path`` saved to resume from: its checkpoint.pt (a classifier run) or
     its :data:`PARTS` (an app that resumes part by part), or None."""
@@ -433,8 +448,10 @@ class RunDir:
             summary, saved = path / SUMMARY, saved_state(path)
             if not resume and (summary.exists() or saved is not None):
                 resumable = supports_resume and cls.app_of(path) in (None, app)  # (this app's own)
+                hint = (f", not whole (a write cut short): resume=true refuses it; move it away to run anew"
+                        if _damaged(saved) else "; resume=true continues it") if resumable else ""
                 what = f"a {cls._status(summary)} run (summary.json)" if summary.exists() else \
-                    f"an unfinished run ({saved.name}{'; resume=true continues it' if resumable else ''})"
+                    f"an unfinished run ({saved.name}{hint})"
                 raise UserError(f"{path} already holds {what}; {another}")
             # read when the run starts (RunDir.completed, the app's parts): refuse now if they cannot be
             for file, away in ((summary, f"to resume from {CHECKPOINT if saved is None else saved.name}"),

@@ -448,7 +448,7 @@ class RunDir:
             summary, saved = path / SUMMARY, saved_state(path)
             if not resume and (summary.exists() or saved is not None):
                 resumable = supports_resume and cls.app_of(path) in (None, app)  # (this app's own)
-                hint = (f", not whole (a write cut short): resume=true refuses it; move it away to run anew"
+                hint = (", not whole (a write cut short): resume=true refuses it; move it away to run anew"
                         if _damaged(saved) else "; resume=true continues it") if resumable else ""
                 what = f"a {cls._status(summary)} run (summary.json)" if summary.exists() else \
                     f"an unfinished run ({saved.name}{hint})"

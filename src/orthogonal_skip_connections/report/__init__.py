@@ -14,13 +14,14 @@ every other finished run is rendered from its summary's ``report`` section as it
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from pathlib import Path
 from typing import Callable
 
 from ..rundir import RUN, SUMMARY, RunDir, check_dir_writable, check_report, make_dir
-from ..runs import UserError
+from ..runs import UserError, atomic_write_text
 from .classification import (
     CSV_COLUMNS,
     RunRecord,
@@ -178,6 +179,15 @@ def _figure_names(md: str) -> list[str]:
     return re.findall(r"\]\(([^()\s/]+\.(?:png|svg|jpe?g))\)", md)
 
 
+def _write_csv(path: Path, columns: list[str], rows) -> None:
+    """A CSV of ``rows`` (dicts) under ``columns``, written whole or not at all."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
+
+
 def _forget_earlier_files(out_dir: Path, names: list[str]) -> None:
     """Remove what the previous report in ``out_dir`` wrote and this one did not (a figure of a
     task no longer among the runs, a comparisons.csv of arms no longer there), which would
@@ -192,7 +202,7 @@ def _forget_earlier_files(out_dir: Path, names: list[str]) -> None:
     for name in set(earlier) - set(names):
         if name and "/" not in name and name not in (".", ".."):
             (out_dir / name).unlink(missing_ok=True)
-    manifest.write_text("".join(f"{name}\n" for name in sorted(set(names))))
+    atomic_write_text(manifest, "".join(f"{name}\n" for name in sorted(set(names))))
 
 
 def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal skips help?",
@@ -222,20 +232,14 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
             "" if orphan is None else f" ({orphan} holds a {SUMMARY} but no {RUN}, by which a run dir is known)"))
     make_dir(out_dir, "--out")
     rows = results_rows(runs)
-    with open(out_dir / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    _write_csv(out_dir / "results.csv", CSV_COLUMNS, ({k: ("" if v is None else v) for k, v in r.items()} for r in rows))
     tables = task_tables(rows)
     modes = mode_tables(rows)
     arms = [{"task": task, "residual_mode": t.get("residual_mode", "add"), **t}
             for group in (tables, modes) for task, table in group.items() for t in table]
     if arms:  # the tables' numbers, machine-readable: one row per arm and task
-        with open(out_dir / "comparisons.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COMPARISON_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows({k: _cell(_ends(v) if k.endswith("_ci_clipped") else v) for k, v in a.items()}
-                             for a in arms)
+        _write_csv(out_dir / "comparisons.csv", COMPARISON_COLUMNS,
+                   ({k: _cell(_ends(v) if k.endswith("_ci_clipped") else v) for k, v in a.items()} for a in arms))
 
     md = [f"# {title}", ""]
     if unfinished:
@@ -331,8 +335,8 @@ def build_report(paths: list[Path], out_dir: Path, title: str = "Do orthogonal s
     for d in others:
         md += _section(d, summaries[d], out_dir, advice, names[d])
     report_md = out_dir / "report.md"
-    report_md.write_text("\n".join(md) + "\n")
-    (out_dir / "report.html").write_text(to_html("\n".join(md), out_dir, title))
+    atomic_write_text(report_md, "\n".join(md) + "\n")  # (a report killed mid-write leaves the last one whole)
+    atomic_write_text(out_dir / "report.html", to_html("\n".join(md), out_dir, title))
     written = ["report.html", "results.csv"] + (["comparisons.csv"] if arms else [])  # beside report.md
     _forget_earlier_files(out_dir, ["report.md", *written, *_figure_names("\n".join(md))])
     return {"rows": rows, "tables": tables, "mode_tables": modes, "depth_tables": depth, "depth_profiles": profiles,

@@ -318,6 +318,49 @@ def test_a_batch_with_a_nan_pixel_is_skipped_without_poisoning_batchnorm(tmp_pat
     assert summary["test_acc"] > 20  # (10 % is chance)
 
 
+def test_an_epoch_whose_only_step_is_skipped_is_not_divergence(tmp_path, monkeypatch):
+    """One step per epoch (n_train = batch_size), its first step non-finite: the epoch had no loss,
+    which the check point read as a nan of its own and called divergence after 1 skipped step
+    (the rule is 10 in a row). Now it is skipped, counted, and the run completes."""
+    from orthogonal_skip_connections.train.image import ClassifierSpec, build_classifier
+
+    model, data = build_classifier(ClassifierSpec("digits", "resnet20", "identity", {}, n_train=64), 0)
+    real_forward, calls = training._forward, {"n": 0}
+
+    def forward(m, x, y, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            x = torch.full_like(x, float("nan"))
+        return real_forward(m, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(training, "_forward", forward)
+    summary = training.train_classifier(model, data, TrainConfig(progress=False, epochs=3, batch_size=64),
+                                        tmp_path, torch.device("cpu"))
+    assert summary["status"] == "completed" and summary["skipped_steps"] == 1 and summary["steps"] == 3
+
+
+def test_a_small_models_epoch_whose_only_step_is_skipped_is_not_divergence(monkeypatch):
+    """The same in the small-model trainer (full-batch: one step per epoch)."""
+    from orthogonal_skip_connections.data.synthetic import make_synthetic
+    from orthogonal_skip_connections.models.mlp import ResidualMLP
+    from orthogonal_skip_connections.models.stack import SeedStack
+    from orthogonal_skip_connections.train import small
+
+    moons = make_synthetic("moons", n_samples=100, seed=0)
+    stack = SeedStack.build(lambda: ResidualMLP(2, 2, skip_kind="identity", num_classes=2), [0, 1])
+    real_loss, calls = small._per_seed_loss, {"n": 0}
+
+    def loss(*args, **kwargs):
+        calls["n"] += 1
+        out = real_loss(*args, **kwargs)
+        return out * float("nan") if calls["n"] == 1 else out
+
+    monkeypatch.setattr(small, "_per_seed_loss", loss)
+    result = small.train_small_classifier(stack, moons.X_train, moons.y_train,
+                                          TrainConfig(progress=False, epochs=3, batch_size=1000, lr=0.05))
+    assert result["steps"] == 3 and result["skipped_steps"] == 1
+
+
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_from_local_files_without_network(tmp_path, name, fake_cifar):
     fake_cifar(tmp_path / "data", name)

@@ -466,7 +466,9 @@ def train_classifier(
                      **summarize_skips(skips), "skips": skips})
                 if show:
                     epochs_bar.set_postfix(test_acc=f"{ev['test_acc']:.2f}")
-            guard.check(state["step"], {"train loss": state["train_loss"]})  # test losses are not judged
+            # test losses are not judged; nor an epoch whose every step was skipped (no loss, not a nan of
+            # its own: rule 1, the skipped steps in a row, judges it)
+            guard.check(state["step"], {"train loss": state["train_loss"] if seen else None})
             state["guard"] = guard.state()
             if save_checkpoint and main:
                 atomic_torch_save(

@@ -123,7 +123,8 @@ def train_small_classifier(
     gradient is non-finite for any seed is skipped for all seeds (the stack is one run);
     the run diverges (:class:`~orthogonal_skip_connections.train.divergence.Diverged`) by
     the rule of :mod:`~orthogonal_skip_connections.train.divergence`, checked at the end
-    of every epoch on each seed's mean training loss, with reference loss log C.
+    of every epoch on each seed's mean training loss (an epoch whose every step was skipped
+    has none: the skipped steps in a row judge it), with reference loss log C.
 
     Fields of :class:`TrainConfig` used: epochs, batch_size, optimizer, lr, momentum,
     nesterov, weight_decay, decay_norms_and_biases, betas, schedule, warmup_epochs,
@@ -136,7 +137,7 @@ def train_small_classifier(
     last step, under ``torch.no_grad``; the results are returned as ``history``, a list
     of ``{"step": k, **measure(stack)}``.
 
-    Returns ``{"seeds", "steps", "epochs", "train_time_s", "train_loss", "train_acc",
+    Returns ``{"seeds", "steps", "skipped_steps", "epochs", "train_time_s", "train_loss", "train_acc",
     "test_loss", "test_acc", "history"}``, per-seed values as lists of length S (test
     values None without test data). CPU work runs on one thread (see
     :func:`~orthogonal_skip_connections.maths.orthogonal.one_thread`).
@@ -198,7 +199,10 @@ def train_small_classifier(
                     t0 = time.perf_counter()
             t_train += time.perf_counter() - t0
             mean_loss = epoch_loss / epoch_steps if epoch_steps else torch.full_like(epoch_loss, float("nan"))
-            guard.check(step, {f"training loss (seed {s})": float(v) for s, v in zip(stack.seeds, mean_loss)})
+            # an epoch whose every step was skipped has no loss to judge (not a nan of its own): rule 1,
+            # the skipped steps in a row, judges it
+            guard.check(step, {f"training loss (seed {s})": float(v) if epoch_steps else None
+                               for s, v in zip(stack.seeds, mean_loss)})
             if cfg.progress:
                 bar.set_postfix(loss=f"{float(mean_loss.mean()):.3f}")
         bar.close()
@@ -211,6 +215,7 @@ def train_small_classifier(
     return {
         "seeds": list(stack.seeds),
         "steps": step,
+        "skipped_steps": guard.skipped_steps,  # (non-finite for some seed: skipped for every seed)
         "epochs": cfg.epochs,
         "train_time_s": t_train,
         "train_loss": train["loss"],

@@ -126,6 +126,44 @@ def test_loader_shards_are_the_single_process_batches():
         TensorLoader(data, 66, True, cpu, rank=0, world=4)
 
 
+def test_mixup_shards_keep_the_single_process_batches(monkeypatch):
+    """With mixup each rank drew a permutation of its own share from the epoch generator, which
+    one process draws for the whole batch: from the second batch on every crop and flip differed
+    from the single-process run's. Now every rank draws the global permutation and mixes within
+    its share: the loader's batches stay the single process's, and one process mixes as before."""
+    from orthogonal_skip_connections.data.vision import TensorLoader, epoch_generator, load_image_data
+    from orthogonal_skip_connections.train import classifier, distributed
+
+    data = load_image_data("digits")
+    cpu, cfg = torch.device("cpu"), classifier.TrainConfig(mixup_alpha=0.4)
+
+    def epoch(rank, world):
+        monkeypatch.setattr(distributed, "world_size", lambda: world)
+        monkeypatch.setattr(distributed, "rank", lambda: rank)
+        gen, seen, mixed = epoch_generator(0, 1), [], []
+        for x, y in TensorLoader(data, 64, True, cpu, rank=rank, world=world).epoch(gen):
+            seen.append(x)
+            classifier._forward(lambda inp: mixed.append(inp) or inp.flatten(1)[:, :10], x, y, cfg, gen, cpu)
+            if len(seen) == 3:
+                return seen, mixed
+
+    whole, whole_mixed = epoch(0, 1)
+    shards = [epoch(r, 2) for r in (0, 1)]
+    for b in range(3):
+        assert torch.equal(torch.cat([s[0][b] for s in shards]), whole[b])  # the same images, crops and flips
+    # the first batch's draws replayed: lam, then a permutation of the whole batch; one process mixes by
+    # it (as before), each rank by the order it gives the rank's own samples
+    for r, world, mixed in ((0, 1, whole_mixed), (0, 2, shards[0][1]), (1, 2, shards[1][1])):
+        gen = epoch_generator(0, 1)
+        x, _ = next(TensorLoader(data, 64, True, cpu, rank=r, world=world).epoch(gen))
+        lam = classifier._beta(cfg.mixup_alpha, gen)
+        perm = torch.randperm(64, generator=gen)
+        first = r * len(x)
+        local = perm[(perm >= first) & (perm < first + len(x))] - first
+        assert sorted(local.tolist()) == list(range(len(x)))
+        assert torch.equal(mixed[0], lam * x + (1 - lam) * x[local])
+
+
 def test_a_batch_larger_than_the_data_is_cut_to_a_multiple_of_the_processes():
     """103 images, batch 128 over 2 processes: 128 splits, so the batch is cut to 102 (51 each),
     the single process's batches of 102; it was cut to 103 and refused as "batch_size 103 does

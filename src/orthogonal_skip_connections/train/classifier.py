@@ -519,11 +519,21 @@ def _mode(cfg: TrainConfig) -> str | None:
 
 def _forward(model, x, y, cfg: TrainConfig, gen: torch.Generator, device: torch.device):
     """Loss and logits of one batch; with mixup (Zhang et al. 2018) the inputs are convex
-    combinations lam x + (1 - lam) x[perm] and the loss mixes the two labels alike."""
+    combinations lam x + (1 - lam) x[perm] and the loss mixes the two labels alike.
+
+    Under DDP (``x``: this rank's share of the global batch) every rank draws the permutation
+    of the whole global batch, as one process does, so the epoch generator's later draws (the
+    loader's crops and flips) stay those of one process; each rank mixes within its share, in
+    the order the global permutation gives its samples (one process: that permutation)."""
     with _autocast(device, cfg.amp):
         if cfg.mixup_alpha > 0:
             lam = _beta(cfg.mixup_alpha, gen)
-            perm = to_device(torch.randperm(len(x), generator=gen), device)
+            world, share = distributed.world_size(), len(x)
+            perm = torch.randperm(share * world, generator=gen)  # (B_global,)
+            if world > 1:
+                first = distributed.rank() * share
+                perm = perm[(perm >= first) & (perm < first + share)] - first  # (share,)
+            perm = to_device(perm, device)
             logits = model(lam * x + (1 - lam) * x[perm]).float()
             loss = lam * F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing) + (1 - lam) * \
                 F.cross_entropy(logits, y[perm], label_smoothing=cfg.label_smoothing)

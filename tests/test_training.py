@@ -567,3 +567,17 @@ def test_the_verdict_says_when_the_schedule_outlasts_the_run():
     cosine = run_experiments.main.config(["dataset=digits", "scheduler.epochs=3", "scheduler.milestones=[2]"])
     assert schedule_caveat(cosine.scheduler) == (" Note: scheduler.milestones [2] were not used: they apply to "
                                                  "scheduler.name=step, and this run's schedule is cosine.")
+
+
+def test_evaluate_leaves_the_model_in_the_mode_it_was_in():
+    """evaluate() always left the model in training mode, a model in eval mode too (its next
+    forward then moved BatchNorm's running statistics)."""
+    from orthogonal_skip_connections.train.image import ClassifierSpec, build_classifier
+
+    model, data = build_classifier(ClassifierSpec("digits", "resnet20", "identity", {}), 0)
+    loader = TensorLoader(data, 128, train=False, device=torch.device("cpu"))
+    for mode in (False, True):
+        model.train(mode)
+        result = training.evaluate(model, loader)
+        assert model.training is mode and all(m.training is mode for m in model.modules())
+        assert 0 <= result["test_acc"] <= 100

@@ -171,16 +171,19 @@ def _autocast(device: torch.device, amp: str):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: TensorLoader, amp: str = "auto") -> dict:
-    """Test loss (mean cross-entropy) and accuracy (percent) over the whole loader."""
+    """Test loss (mean cross-entropy) and accuracy (percent) over the whole loader, in eval mode;
+    the model is left in the mode it was in."""
+    was_training = model.training
     model.eval()
-    # parametrized skips: W = B phi(A) is computed once for the whole pass, not per batch
-    with parametrize.cached():
-        return _evaluate(model, loader, amp)
+    try:  # parametrized skips: W = B phi(A) is computed once for the whole pass, not per batch
+        with parametrize.cached():
+            return _evaluate(model, loader, amp)
+    finally:
+        model.train(was_training)
 
 
 def _evaluate(model: nn.Module, loader: TensorLoader, amp: str) -> dict:
     loss_sum, correct, n = classification_sums(model, loader.epoch(), lambda: _autocast(loader.device, amp))
-    model.train()
     return {"test_loss": loss_sum / n, "test_acc": 100.0 * correct / n}
 
 

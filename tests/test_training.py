@@ -292,11 +292,12 @@ def test_fp16_overflows_are_skipped_not_divergence_and_resume_exactly(tmp_path, 
 def test_a_batch_with_a_nan_pixel_is_skipped_without_poisoning_batchnorm(tmp_path, monkeypatch):
     """A non-finite batch's step is skipped, but its forward had already moved BatchNorm's running
     statistics to NaN: every later evaluation was NaN (test_acc at chance) in a run that said
-    completed. The skipped step puts them back: they are, after it, what they were before it."""
+    completed. The skipped step puts them back: they are, after it, what they were before it (the
+    count of batches seen too, which momentum=None's cumulative average divides by)."""
     from orthogonal_skip_connections.train.image import ClassifierSpec, build_classifier
 
     model, data = build_classifier(ClassifierSpec("digits", "resnet20", "identity", {}), 0)
-    stats = lambda: [b.clone() for n, b in model.named_buffers() if "running" in n]  # noqa: E731
+    stats = lambda: [b.clone() for n, b in model.named_buffers() if "running" in n or "num_batches" in n]  # noqa: E731
     real_forward, calls, seen = training._forward, {"n": 0}, {}
 
     def forward(m, x, y, *args, **kwargs):

@@ -385,7 +385,8 @@ def train_classifier(
     # BatchNorm's running statistics move in the forward, before the step's finite test: a skipped
     # step (a non-finite batch) puts them back, else one NaN pixel made every later evaluation NaN
     stats = [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
-             for b in (m.running_mean, m.running_var) if b is not None]
+             for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]  # (the count:
+    # what momentum=None's cumulative average divides by)
     stats_before = [torch.empty_like(b) for b in stats]
     show = cfg.progress and main
     lr_used = opt.param_groups[0]["lr"]

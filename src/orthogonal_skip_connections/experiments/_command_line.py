@@ -8,10 +8,9 @@ second writer is refused before Hydra writes into it. Only here does a
 training (the rule of :mod:`~orthogonal_skip_connections.train.divergence`) exit code 1;
 any other exception (a library bug) propagates as a traceback (also kept in the run dir's error.txt).
 
-Refused calls leave nothing behind: a run dir this call made is removed, and the ``.hydra/``
-files and job log Hydra rewrote in an existing run dir are put back as they were
-(:meth:`CommandLine.undo`); so does a sweep's job refused its run dir, and a sweep whose every job
-was refused puts back its multirun.yaml (:mod:`._leftovers`).
+Refused calls leave nothing behind (:mod:`._leftovers`): a run dir this call made is removed, and the ``.hydra/``
+files and job log Hydra rewrote in an existing one are put back, as a sweep's refused job does; a sweep whose every
+job was refused puts back its multirun.yaml. A dir another run holds (its lock) is that run's: left alone.
 
 Sweeps (``-m``): every job's config is checked before the first job runs (a bad value is
 one line, exit 2, nothing run). A job that then fails (a user error found at run time, a
@@ -47,7 +46,7 @@ from ._compose import CONFIG_DIR, compose, compose_raw, one_line, typed
 from ._help import help_text
 from ._hydra_dirs import check_sweep_settings, hydra_dir, known_now, sweep_dirs
 from ._interrupt import hydra_quoted, resume_command, sigterm_as_interrupt, stopped
-from ._leftovers import has_results, hydra_files, sweep_before, undo, undo_job, undo_sweep
+from ._leftovers import SAME_SECOND, has_results, hydra_files, sweep_before, undo, undo_job, undo_sweep
 from ._options import check_options, options_first, split_options, with_job_name
 from ._sweep_record import (CODES_ENV, job_failed, load_before, new_record, read_codes, read_errors, read_job_dirs,
                             read_refused, remove_record, save_before, sweep_line, write_job_dir, write_refused)
@@ -208,9 +207,8 @@ class CommandLine:
                     summary = app.run(cfg, run_dir, command=command, record_failures=True, key="hydra.sweep.dir")
                     app.print_result(summary, run_dir)
                 except UserError as err:
-                    if isinstance(err, Refused) and err.path == run_dir and not err.in_use:  # (not a claim inside
-                        # the run) it ran nothing: its dir as it was, put back here (the job may be in another
-                        # process); a dir another run holds is that run's, touched by nothing
+                    if isinstance(err, Refused) and err.path == run_dir and not err.in_use:  # its own claim, of a dir
+                        # no other run holds: it ran nothing; its dir put back (the job may be in another process)
                         undo_job(load_before(), hc.job.num, run_dir)
                         write_refused(run_dir)
                     job_failed(2, f"error: job {hc.job.num} ({run_dir}): {err}")
@@ -227,16 +225,13 @@ class CommandLine:
                 if distributed.is_main():  # under torchrun: rank 0 speaks for all
                     app.print_result(summary, run_dir)
             except UserError as err:
-                theirs = isinstance(err, Refused) and err.in_use and err.path == run_dir
-                why = " (a run dir named as the run starts, like the default one by the second it starts, is the " \
-                    "same for two calls started in the same second)" if theirs and self.explicit is None else ""
-                print(f"error: {distributed.rank_prefix()}{err}{why}", file=sys.stderr)
-                if theirs:
-                    pass  # another run's dir (the default dir of a call started the same second): not ours to undo
-                elif distributed.is_main():
+                theirs = isinstance(err, Refused) and err.in_use and err.path == run_dir  # another run's: left alone
+                print(f"error: {distributed.rank_prefix()}{err}{SAME_SECOND if theirs and not self.explicit else ''}",
+                      file=sys.stderr)
+                if distributed.is_main() and not theirs:
                     self.undo(run_dir, fresh)
-                elif self.rank0_top is not None:  # this rank's Hydra may have made the dir again
-                    remove_empty(run_dir, self.rank0_top)  # after rank 0 removed it: empty dirs only
+                elif self.rank0_top is not None and not distributed.is_main():  # this rank's Hydra may have made
+                    remove_empty(run_dir, self.rank0_top)  # the dir again after rank 0 removed it: empty dirs only
                 sys.exit(2)
             except Diverged as err:
                 print(f"error: {distributed.rank_prefix()}training diverged: {err}", file=sys.stderr)

@@ -23,7 +23,11 @@ from pathlib import Path
 
 from ..runs import outermost_new, remove_empty
 
-__all__ = ["undo", "hydra_files", "has_results", "sweep_before", "undo_job", "undo_sweep"]
+__all__ = ["undo", "hydra_files", "has_results", "sweep_before", "undo_job", "undo_sweep", "SAME_SECOND"]
+
+# why a run dir named only as the run starts is another run's (a refusal that leaves it alone says so)
+SAME_SECOND = (" (a run dir named as the run starts, like the default one by the second it starts, is the same for "
+               "two calls started in the same second)")
 
 
 def undo(run_dir: Path, fresh: bool, explicit: tuple | None, default_top: Path | None) -> None:

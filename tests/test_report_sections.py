@@ -371,6 +371,7 @@ def test_other_apps_runs_without_a_summary_are_named_with_what_continues_them(tm
     run_dir("done", "theorem", {"status": "completed", "report": report})
     run_dir("killed", "theorem")
     (run_dir("parts", "two_stage") / "parts.json").write_text('{"seeds": {}}')
+    (run_dir("cut", "two_stage") / "parts.json").write_text('{"seeds": {"0": [')
     running = run_dir("running", "two_stage")
     fd = os.open(running / ".lock", os.O_CREAT | os.O_RDWR)
     try:
@@ -379,7 +380,8 @@ def test_other_apps_runs_without_a_summary_are_named_with_what_continues_them(tm
     finally:
         os.close(fd)
     runs = tmp_path / "runs"
-    assert (f"Not in this report, without a summary.json yet: {runs / 'killed'} (theorem: stopped before it saved "
+    assert (f"Not in this report, without a summary.json yet: {runs / 'cut'} (two_stage: stopped, its parts.json "
+            f"not whole: move it away to run it anew); {runs / 'killed'} (theorem: stopped before it saved "
             f"anything to resume from; run it again); {runs / 'parts'} (two_stage: stopped after it saved parts.json; "
             f"resume=true with its hydra.run.dir continues it); {runs / 'running'} (two_stage: still running).") in md
     assert "## done: theorem" in md and md.count("\n## ") == 1  # the finished run alone has a section

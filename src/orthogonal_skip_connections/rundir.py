@@ -52,7 +52,7 @@ from .train.classifier import CHECKPOINT, SUMMARY, resume_advice
 
 __all__ = ["RunDir", "SUMMARY", "CHECKPOINT", "CONFIG", "RUN", "ERROR", "column", "provenance", "check_report", "git_commit",
            "RESUME_IGNORED", "config_differences", "check_dir_writable", "in_use", "holding", "Refused", "study_advice",
-           "sweep_advice", "SWEEP_KEY", "PARTS", "saved_state"]
+           "sweep_advice", "SWEEP_KEY", "PARTS", "saved_state", "damaged"]
 
 # keys that may differ between a run and its resume: they change how a run is shown or
 # where it computes, not what it computes (a resumed CPU run is bit-identical with the same
@@ -293,7 +293,7 @@ def _unlock(path: Path) -> None:
         del _HELD[key]
 
 
-def _damaged(saved: Path | None) -> bool:
+def damaged(saved: Path | None) -> bool:
     """Whether what a run saved to resume from (:func:`saved_state`) cannot be: a checkpoint.pt
     that is no zip (a whole torch checkpoint is one), a parts.json that is no JSON object."""
     if saved is None:
@@ -449,7 +449,7 @@ class RunDir:
             if not resume and (summary.exists() or saved is not None):
                 resumable = supports_resume and cls.app_of(path) in (None, app)  # (this app's own)
                 hint = (", not whole (a write cut short): resume=true refuses it; move it away to run anew"
-                        if _damaged(saved) else "; resume=true continues it") if resumable else ""
+                        if damaged(saved) else "; resume=true continues it") if resumable else ""
                 what = f"a {cls._status(summary)} run (summary.json)" if summary.exists() else \
                     f"an unfinished run ({saved.name}{hint})"
                 raise UserError(f"{path} already holds {what}; {another}")

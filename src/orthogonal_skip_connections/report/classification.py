@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -31,7 +30,7 @@ from ..analysis.stats import near_chance, t_interval_within
 from ..data.vision import NUM_CLASSES
 from ..diagnostics import started_away_from_identity
 from ..plots import band, integer_ticks, plt, savefig, variant_colors
-from ..rundir import CHECKPOINT, ERROR, RUN, SUMMARY, RunDir, in_use, saved_state
+from ..rundir import CHECKPOINT, ERROR, RUN, SUMMARY, RunDir, damaged, in_use, saved_state
 from ..runs import UserError, read_json, read_jsonl
 from ..skips import FIXED_KINDS
 
@@ -74,7 +73,7 @@ class RunRecord:
         if in_use(self.path):
             return "running"
         if (self.path / CHECKPOINT).exists():  # (a whole checkpoint is a zip: a cut or foreign file is not)
-            return "incomplete" if zipfile.is_zipfile(self.path / CHECKPOINT) else "damaged"
+            return "damaged" if damaged(self.path / CHECKPOINT) else "incomplete"
         return "failed" if (self.path / ERROR).exists() else "interrupted"
 
     @property
@@ -216,6 +215,7 @@ def unfinished_note(dirs: list[Path]) -> str:
     for d in dirs:
         saved = saved_state(d)
         state = "still running" if in_use(d) else \
+            f"stopped, its {saved.name} not whole: move it away to run it anew" if damaged(saved) else \
             f"stopped after it saved {saved.name}; {again[started_by(d)]} continues it" if saved is not None else \
             "stopped before it saved anything to resume from; run it again"
         notes.append(f"{d} ({RunDir.app_of(d) or 'unknown app'}: {state})")

@@ -158,6 +158,7 @@ def test_kept_seeds_keep_an_infinite_loss(tmp_path):
     test loss to inf counts on resume as it did in the run."""
     from orthogonal_skip_connections.experiments import two_stage
     from orthogonal_skip_connections.rundir import RunDir
+    from orthogonal_skip_connections.runs import UserError
 
     rows = [{"variant": v, "seed": 0, "loss_after_swap": math.inf if v == "two_stage" else None,
              "test_acc": math.nan} for v in two_stage.VARIANTS]
@@ -166,6 +167,9 @@ def test_kept_seeds_keep_an_infinite_loss(tmp_path):
     kept = two_stage.kept_seeds(cfg, RunDir(tmp_path, resume=True))
     assert kept[0][0]["loss_after_swap"] == math.inf and math.isnan(kept[0][0]["test_acc"])
     assert two_stage.kept_seeds(cfg, RunDir(tmp_path, resume=False)) == {}  # a fresh run keeps nothing
+    (tmp_path / "parts.json").write_text('{"seeds": [1, 2]}')  # JSON, but no rows by seed
+    with pytest.raises(UserError, match="holds no rows by seed"):
+        two_stage.kept_seeds(cfg, RunDir(tmp_path, resume=True))
 
 
 @pytest.mark.parametrize("kind", ["identity", "learnable_orth", "zero"])

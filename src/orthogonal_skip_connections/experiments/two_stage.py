@@ -387,14 +387,16 @@ def kept_seeds(cfg: Config, rd: RunDir) -> dict[int, list[dict]]:
     if not (rd.resume and path.is_file()):
         return {}
     seeds = read_json(path).get("seeds")  # (RunDir.claim refused a file that is not a JSON object)
+    away = rd.remake_advice() or "move it away to train every seed again"
+    if not isinstance(seeds, dict):
+        raise UserError(f"{path} holds no rows by seed (its 'seeds'); {away}")
     kept = {}
-    for key, rows in (seeds.items() if isinstance(seeds, dict) else [("(all)", None)]):
+    for key, rows in seeds.items():
         ok = key.isdigit() and cfg.seed <= int(key) < cfg.seed + cfg.seeds and isinstance(rows, list) and \
             all(isinstance(r, dict) for r in rows) and \
             [(r.get("variant"), r.get("seed")) for r in rows] == [(v, int(key)) for v in VARIANTS]
         if not ok:
-            raise UserError(f"{path}: seed {key}'s record is not the four rows of a seed of this run; "
-                            + (rd.remake_advice() or "move it away to train every seed again"))
+            raise UserError(f"{path}: seed {key}'s record is not the four rows of a seed of this run; {away}")
         kept[int(key)] = rows
     return kept
 
